@@ -1,0 +1,126 @@
+"""Exceptions raised by ctx_memory.
+
+Every error the package raises on purpose derives from :class:`CtxMemoryError`, so
+``except CtxMemoryError`` catches them all. Input errors are raised *before* anything
+is written: a rejected call leaves the session exactly as it was.
+
+The tree::
+
+    CtxMemoryError
+    ├── ConfigurationError          a setting has a wrong type or value (names the key)
+    ├── ValidationError             bad input, rejected before any write (also ValueError)
+    │   ├── InvalidSessionIdError   empty, over-long or non-string session id
+    │   ├── InvalidRoleError        a role outside user|assistant|system|tool
+    │   ├── NotSerializableError    a value that is not JSON-native (names the path)
+    │   ├── InvalidTTLError         a negative or non-numeric TTL
+    │   └── DocumentImportError     malformed JSON or a wrong shape on import (names the field)
+    ├── SessionNotFoundError        an operation that needs an existing session (also KeyError)
+    ├── TokenizerError              a tiktoken encoding cannot be loaded (names the remedies)
+    ├── BudgetExceededError         system prompt + question alone exceed the token budget
+    └── StoreError                  the backend failed
+        └── StoreUnavailableError   the backend cannot be reached (names the URL, never the password)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BudgetExceededError",
+    "ConfigurationError",
+    "CtxMemoryError",
+    "DocumentImportError",
+    "InvalidRoleError",
+    "InvalidSessionIdError",
+    "InvalidTTLError",
+    "NotSerializableError",
+    "SessionNotFoundError",
+    "StoreError",
+    "StoreUnavailableError",
+    "TokenizerError",
+    "ValidationError",
+]
+
+
+class CtxMemoryError(Exception):
+    """Base class of every error ctx_memory raises on purpose."""
+
+
+class ConfigurationError(CtxMemoryError, ValueError):
+    """A configuration value has the wrong type or an invalid value.
+
+    Attributes:
+        key: The setting's name, e.g. ``"MAX_SESSIONS"``.
+    """
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"invalid setting {key}: {message}")
+
+
+class ValidationError(CtxMemoryError, ValueError):
+    """Input was rejected before anything was written."""
+
+
+class InvalidSessionIdError(ValidationError):
+    """A session id is empty, too long or not a string."""
+
+
+class InvalidRoleError(ValidationError):
+    """A message role is not one of ``user``, ``assistant``, ``system``, ``tool``."""
+
+
+class NotSerializableError(ValidationError):
+    """A value cannot be stored as JSON.
+
+    Attributes:
+        path: Where in the value the offending object sits, e.g. ``"shared.details.when"``.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class InvalidTTLError(ValidationError):
+    """A TTL is negative or not a number."""
+
+
+class DocumentImportError(ValidationError):
+    """An imported session document is malformed JSON or has the wrong shape.
+
+    Attributes:
+        field: The dotted path of the first offending field (``""`` for the whole document).
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+class SessionNotFoundError(CtxMemoryError, KeyError):
+    """The session does not exist (or has expired)."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        super().__init__(session_id)
+
+    def __str__(self) -> str:
+        return f"session {self.session_id!r} does not exist (never created, deleted or expired)"
+
+
+class TokenizerError(CtxMemoryError):
+    """A tiktoken encoding could not be loaded."""
+
+
+class BudgetExceededError(CtxMemoryError, ValueError):
+    """The parts of a prompt that are never dropped do not fit the token budget."""
+
+
+class StoreError(CtxMemoryError):
+    """The storage backend failed."""
+
+
+class StoreUnavailableError(StoreError, ConnectionError):
+    """The storage backend cannot be reached.
+
+    The message names the backend's address with any password replaced by ``***``.
+    """

@@ -1,0 +1,134 @@
+"""Session events and the in-process emitter that delivers them to listeners.
+
+A listener is any callable taking one :class:`Event`. Listeners run synchronously in the
+thread that made the change, after the change is stored; a listener that raises is logged
+and never fails the write nor stops the other listeners.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from ctx_memory.schema import now_iso
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["Event", "EventEmitter", "EventType"]
+
+logger = logging.getLogger(__name__)
+
+
+class EventType(str, Enum):
+    """Every event a session can emit."""
+
+    SESSION_CREATED = "session_created"
+    MESSAGE_ADDED = "message_added"
+    FETCHED_ADDED = "fetched_added"
+    CONTEXT_UPDATED = "context_updated"
+    METADATA_UPDATED = "metadata_updated"
+    SESSION_CLEARED = "session_cleared"
+    SESSION_DELETED = "session_deleted"
+    SESSION_EXPIRED = "session_expired"
+    SESSION_EVICTED = "session_evicted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something that happened to a session.
+
+    Attributes:
+        type: What happened.
+        session_id: The session it happened to.
+        data: Event details (e.g. ``{"count": 2}`` for ``message_added``).
+        timestamp: When, as an ISO-8601 UTC string.
+    """
+
+    type: EventType
+    session_id: str
+    data: dict[str, Any] = field(default_factory=dict)
+    timestamp: str = field(default_factory=now_iso)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as JSON-native data (for logs or publishing)."""
+        return {
+            "type": self.type.value,
+            "session_id": self.session_id,
+            "data": self.data,
+            "timestamp": self.timestamp,
+        }
+
+
+class EventEmitter:
+    """Registers listeners and delivers events to them.
+
+    Args:
+        enabled: When false, :meth:`emit` does nothing (``EVENT_EMISSION=false``).
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory import EventEmitter, EventType
+
+            seen = []
+            emitter = EventEmitter()
+            emitter.on(EventType.MESSAGE_ADDED, seen.append)
+            emitter.emit(EventType.MESSAGE_ADDED, "s1", count=1)
+            assert seen[0].data == {"count": 1}
+    """
+
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._lock = threading.Lock()
+        self._listeners: dict[EventType | None, list[Callable[[Event], None]]] = {}
+
+    def on(
+        self, event_type: EventType | str | None, listener: Callable[[Event], None]
+    ) -> Callable[[], None]:
+        """Call ``listener`` for ``event_type`` (``None`` or ``"*"``: every event).
+
+        Returns:
+            A function that removes the listener again.
+        """
+        key = None if event_type in (None, "*") else EventType(event_type)
+        with self._lock:
+            self._listeners.setdefault(key, []).append(listener)
+        return lambda: self.off(event_type, listener)
+
+    def off(self, event_type: EventType | str | None, listener: Callable[[Event], None]) -> None:
+        """Remove a listener registered with :meth:`on` (no error if it is not there)."""
+        key = None if event_type in (None, "*") else EventType(event_type)
+        with self._lock:
+            listeners = self._listeners.get(key, [])
+            if listener in listeners:
+                listeners.remove(listener)
+
+    def has_listeners(self) -> bool:
+        """Whether any listener is registered."""
+        return any(self._listeners.values())
+
+    def emit(self, event_type: EventType | str, session_id: str, **data: Any) -> Event | None:
+        """Deliver an event to its listeners; return it (``None`` when disabled)."""
+        if not self.enabled:
+            return None
+        event = Event(EventType(event_type), session_id, data)
+        with self._lock:
+            listeners = [*self._listeners.get(event.type, ()), *self._listeners.get(None, ())]
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:
+                logger.exception(
+                    "ctx_memory event listener %r failed on %s for session %r",
+                    listener,
+                    event.type.value,
+                    session_id,
+                )
+        return event

@@ -1,0 +1,385 @@
+"""The session document: typed models, validation and LangChain message conversion.
+
+A session is one JSON object::
+
+    {
+      "system_prompt": str | null,
+      "metadata": {session_id, created_at, timestamp, mode, current_url, user_timezone,
+                   user_time, token_count, token_encoding, message_count, ...extra},
+      "fetched_context": {source_type: [ {source_type, content, url, timestamp,
+                                          extracted_data, token_count}, ... ]},
+      "conversation_history": [ {role, content, timestamp, metadata, token_count,
+                                 ...LangChain fields}, ... ],
+      "shared": {free-form JSON}
+    }
+
+Everything here is pure: no I/O, no locks, no event loop. The hot path (appending a
+message) builds plain dicts with the functions below; the pydantic models validate whole
+documents on import and describe the shape for users and type checkers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from datetime import datetime, timezone
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+from ctx_memory.errors import (
+    DocumentImportError,
+    InvalidRoleError,
+    InvalidSessionIdError,
+    NotSerializableError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+__all__ = [
+    "MAX_SESSION_ID_LENGTH",
+    "ROLES",
+    "ContextMode",
+    "FetchedItem",
+    "MessageRecord",
+    "Role",
+    "SessionDocument",
+    "SessionMetadata",
+    "check_json_native",
+    "dumps",
+    "fingerprint",
+    "now_iso",
+    "parse_document",
+    "record_to_message",
+    "message_to_record",
+    "validate_role",
+    "validate_session_id",
+]
+
+MAX_SESSION_ID_LENGTH = 256
+"""Longest accepted session id, in characters."""
+
+Role = Literal["user", "assistant", "system", "tool"]
+ROLES: frozenset[str] = frozenset({"user", "assistant", "system", "tool"})
+
+_LC_TYPE_TO_ROLE = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
+_ROLE_ALIASES = {"human": "user", "ai": "assistant", "user": "user", "assistant": "assistant",
+                 "system": "system", "tool": "tool"}
+# Optional LangChain fields kept on a stored message when they are set.
+_LC_FIELDS = (
+    "name",
+    "id",
+    "tool_calls",
+    "invalid_tool_calls",
+    "usage_metadata",
+    "tool_call_id",
+    "artifact",
+    "status",
+    "additional_kwargs",
+    "response_metadata",
+)
+
+
+class ContextMode(str, Enum):
+    """How the app is answering in a session (seed 001)."""
+
+    NORMAL = "normal"
+    THINKING = "thinking"
+    RESEARCH = "research"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def now_iso() -> str:
+    """The current UTC time as an ISO-8601 string with offset."""
+    return datetime.now(timezone.utc).isoformat()
+
+
+def dumps(value: Any) -> str:
+    """Compact, deterministic-enough JSON used for everything ctx_memory stores."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def validate_session_id(session_id: object) -> str:
+    """Return ``session_id`` if it is acceptable, else raise.
+
+    Any characters are allowed (stores escape them); the id must be a non-blank string of
+    at most :data:`MAX_SESSION_ID_LENGTH` characters without NUL.
+
+    Raises:
+        InvalidSessionIdError: The id is not a string, blank, too long or contains NUL.
+    """
+    if not isinstance(session_id, str):
+        msg = f"session id must be a str, got {type(session_id).__name__}"
+        raise InvalidSessionIdError(msg)
+    if not session_id.strip():
+        msg = "session id must not be empty or blank"
+        raise InvalidSessionIdError(msg)
+    if len(session_id) > MAX_SESSION_ID_LENGTH:
+        msg = (
+            f"session id is {len(session_id)} characters long; "
+            f"the limit is {MAX_SESSION_ID_LENGTH}"
+        )
+        raise InvalidSessionIdError(msg)
+    if "\x00" in session_id:
+        msg = "session id must not contain NUL characters"
+        raise InvalidSessionIdError(msg)
+    return session_id
+
+
+def validate_role(role: object) -> Role:
+    """Normalise a role (``human``/``ai`` accepted as aliases) or raise InvalidRoleError."""
+    if isinstance(role, Enum):
+        role = role.value
+    normalised = _ROLE_ALIASES.get(role) if isinstance(role, str) else None
+    if normalised is None:
+        msg = f"unknown role {role!r}: expected one of user, assistant, system, tool"
+        raise InvalidRoleError(msg)
+    return cast("Role", normalised)
+
+
+def check_json_native(value: Any, path: str = "value") -> None:
+    """Raise NotSerializableError unless ``value`` is made only of JSON-native types.
+
+    JSON-native means dict (with str keys), list, tuple, str, int, finite float, bool and
+    None. The error names the dotted path of the first offending value.
+    """
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if item is None or isinstance(item, (str, bool, int)):
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                msg = f"{where} is {item!r}, which JSON cannot represent"
+                raise NotSerializableError(where, msg)
+            continue
+        if isinstance(item, dict):
+            for key, sub in item.items():
+                if not isinstance(key, str):
+                    msg = f"{where} has a key {key!r} of type {type(key).__name__}; keys must be str"
+                    raise NotSerializableError(where, msg)
+                stack.append((f"{where}.{key}", sub))
+            continue
+        if isinstance(item, (list, tuple)):
+            stack.extend((f"{where}[{i}]", sub) for i, sub in enumerate(item))
+            continue
+        msg = (
+            f"{where} is a {type(item).__name__}, which is not JSON-serialisable "
+            "(use str, int, float, bool, None, list or dict)"
+        )
+        raise NotSerializableError(where, msg)
+
+
+def fingerprint(source_type: str, url: str | None, content: str) -> str:
+    """A stable identity for a fetched item, used to deduplicate sources."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (source_type, url or "", content):
+        digest.update(part.encode("utf-8", "surrogatepass"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- models
+
+
+class MessageRecord(BaseModel):
+    """One stored conversation message."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Role
+    content: str | list[str | dict[str, Any]]
+    timestamp: str
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    token_count: int = Field(default=0, ge=0)
+    name: str | None = None
+    id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    invalid_tool_calls: list[dict[str, Any]] | None = None
+    usage_metadata: dict[str, Any] | None = None
+    tool_call_id: str | None = None
+    artifact: Any = None
+    status: str | None = None
+    additional_kwargs: dict[str, Any] | None = None
+    response_metadata: dict[str, Any] | None = None
+
+
+class FetchedItem(BaseModel):
+    """One piece of fetched material (a search result, scraped page text, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    source_type: str = Field(min_length=1)
+    content: str
+    url: str | None = None
+    timestamp: str
+    extracted_data: dict[str, Any] = Field(default_factory=dict)
+    token_count: int = Field(default=0, ge=0)
+
+
+class SessionMetadata(BaseModel):
+    """The ``metadata`` section; extra keys set by the caller are kept."""
+
+    model_config = ConfigDict(extra="allow", use_enum_values=True)
+
+    session_id: str
+    created_at: str
+    timestamp: str
+    mode: ContextMode = ContextMode.NORMAL
+    current_url: str | None = None
+    user_timezone: str | None = None
+    user_time: str | None = None
+    token_count: int = Field(default=0, ge=0)
+    token_encoding: str = "o200k_base"
+    message_count: int = Field(default=0, ge=0)
+
+
+class SessionDocument(BaseModel):
+    """A whole session document, as exported and imported."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system_prompt: str | None = None
+    metadata: SessionMetadata
+    fetched_context: dict[str, list[FetchedItem]] = Field(default_factory=dict)
+    conversation_history: list[MessageRecord] = Field(default_factory=list)
+    shared: dict[str, Any] = Field(default_factory=dict)
+
+
+def parse_document(data: str | bytes | Mapping[str, Any]) -> SessionDocument:
+    """Validate a session document from JSON text or a mapping.
+
+    Raises:
+        DocumentImportError: Malformed JSON, or a field of the wrong shape (the message
+            and ``.field`` name the first offending field).
+    """
+    if isinstance(data, (str, bytes)):
+        try:
+            data = json.loads(data)
+        except json.JSONDecodeError as e:
+            msg = f"session document is not valid JSON: {e}"
+            raise DocumentImportError("", msg) from e
+    if not isinstance(data, dict):
+        msg = f"session document must be a JSON object, got {type(data).__name__}"
+        raise DocumentImportError("", msg)
+    try:
+        check_json_native(data, "document")
+    except NotSerializableError as e:
+        raise DocumentImportError(e.path.removeprefix("document."), str(e)) from e
+    try:
+        document = SessionDocument.model_validate(data)
+    except PydanticValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        msg = f"invalid session document at {field or '<root>'}: {first['msg']}"
+        raise DocumentImportError(field, msg) from e
+    for source_type, items in document.fetched_context.items():
+        for index, item in enumerate(items):
+            if item.source_type != source_type:
+                field = f"fetched_context.{source_type}.{index}.source_type"
+                msg = (
+                    f"invalid session document at {field}: item of type "
+                    f"{item.source_type!r} filed under {source_type!r}"
+                )
+                raise DocumentImportError(field, msg)
+    return document
+
+
+# --------------------------------------------------------------------------- LangChain
+
+
+def message_to_record(
+    message: BaseMessage,
+    *,
+    timestamp: str,
+    token_count: int = 0,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Turn a LangChain message into a stored message dict, losslessly.
+
+    Chunks (``AIMessageChunk``) are stored as the message they add up to.
+
+    Raises:
+        InvalidRoleError: The message type has no role here (e.g. a ChatMessage with
+            role ``"critic"``).
+        NotSerializableError: A field holds a value that is not JSON-native.
+    """
+    if isinstance(message, ChatMessage):
+        role = validate_role(message.role)
+    else:
+        role = _LC_TYPE_TO_ROLE.get(message.type.removesuffix("Chunk").lower())
+        if role is None and isinstance(message, AIMessageChunk):
+            role = "assistant"
+        if role is None:
+            msg = f"cannot store a {type(message).__name__} (type {message.type!r})"
+            raise InvalidRoleError(msg)
+    record: dict[str, Any] = {
+        "role": role,
+        "content": message.content,
+        "timestamp": timestamp,
+        "metadata": dict(metadata or {}),
+        "token_count": token_count,
+    }
+    for field in _LC_FIELDS:
+        value = getattr(message, field, None)
+        if value is None or (field != "status" and value in ({}, [])):
+            continue
+        if field == "status" and value == "success":
+            continue  # ToolMessage default
+        if field in ("tool_calls", "invalid_tool_calls"):
+            value = [dict(call) for call in value]
+        elif field == "usage_metadata":
+            value = _plain(value)
+        record[field] = value
+    check_json_native(record, "message")
+    return record
+
+
+def _plain(value: Any) -> Any:
+    """Deep-convert TypedDicts and tuples into plain dicts and lists."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def record_to_message(record: Mapping[str, Any]) -> BaseMessage:
+    """Rebuild the LangChain message a stored message dict came from."""
+    role = record["role"]
+    fields: dict[str, Any] = {"content": record["content"]}
+    for key in ("name", "id", "additional_kwargs", "response_metadata"):
+        if record.get(key) is not None:
+            fields[key] = record[key]
+    if role == "user":
+        return HumanMessage(**fields)
+    if role == "system":
+        return SystemMessage(**fields)
+    if role == "assistant":
+        for key in ("tool_calls", "invalid_tool_calls", "usage_metadata"):
+            if record.get(key) is not None:
+                fields[key] = record[key]
+        return AIMessage(**fields)
+    if role == "tool":
+        fields["tool_call_id"] = record.get("tool_call_id") or ""
+        if record.get("artifact") is not None:
+            fields["artifact"] = record["artifact"]
+        fields["status"] = record.get("status") or "success"
+        return ToolMessage(**fields)
+    msg = f"stored message has unknown role {role!r}"
+    raise InvalidRoleError(msg)

@@ -1,0 +1,374 @@
+"""The in-memory store: one process, thread-safe, with TTL, LRU and a garbage collector."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from ctx_memory.errors import InvalidTTLError
+from ctx_memory.schema import dumps
+from ctx_memory.stores.base import (
+    BaseStore,
+    EncodedItem,
+    EncodedMessage,
+    Header,
+    SyncBackedAsyncMixin,
+    WriteResult,
+    assemble_document,
+    deep_merge,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+__all__ = ["InMemoryStore"]
+
+logger = logging.getLogger(__name__)
+
+
+def _clone(value: Any) -> Any:
+    """A deep copy of JSON-native data (a JSON round trip beats ``copy.deepcopy``)."""
+    return json.loads(dumps(value))
+
+
+class _Session:
+    """One session's state. Messages and items are kept as JSON text: compact, and every
+    read decodes fresh objects, so no caller can alias stored state."""
+
+    __slots__ = ("expires_at", "fetched", "fingerprints", "header", "messages")
+
+    def __init__(self, header: Header) -> None:
+        self.header: Header = _clone(header)
+        self.messages: list[str] = []
+        self.fetched: dict[str, list[str]] = {}
+        self.fingerprints: set[str] = set()
+        self.expires_at: float | None = None
+
+
+class InMemoryStore(SyncBackedAsyncMixin, BaseStore):
+    """Sessions in this process's memory.
+
+    Every operation holds one lock for a few microseconds: appends are O(1), reading the
+    last ``k`` messages decodes only those ``k``. Sessions expire ``ttl_seconds`` after
+    their last write (checked on every access, and by the garbage collector for sessions
+    nobody touches); creating a session beyond ``max_sessions`` evicts the least recently
+    used one.
+
+    Args:
+        ttl_seconds: Sliding time to live; ``None`` for no expiry.
+        max_sessions: Most live sessions; ``None`` for no limit.
+        gc_interval_seconds: Run a background garbage-collection thread at this interval;
+            ``None`` for none. The thread stops on :meth:`close`.
+        clock: Monotonic clock in seconds (tests pass a fake one).
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory import ContextManager, InMemoryStore
+
+            with InMemoryStore(ttl_seconds=3600, max_sessions=100) as store:
+                manager = ContextManager(store=store)
+                manager.add_user_message("s1", "hi")
+                assert store.count_messages("s1") == 1
+    """
+
+    name = "memory"
+
+    def __init__(
+        self,
+        *,
+        ttl_seconds: float | None = None,
+        max_sessions: int | None = None,
+        gc_interval_seconds: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ttl_seconds is not None and (not isinstance(ttl_seconds, (int, float)) or ttl_seconds < 0):
+            msg = f"ttl_seconds must be a non-negative number or None, got {ttl_seconds!r}"
+            raise InvalidTTLError(msg)
+        if max_sessions is not None and max_sessions < 1:
+            msg = f"max_sessions must be at least 1, got {max_sessions!r}"
+            raise ValueError(msg)
+        self.ttl_seconds = ttl_seconds or None
+        self.max_sessions = max_sessions
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._closed = threading.Event()
+        self._gc_thread: threading.Thread | None = None
+        if gc_interval_seconds:
+            self._gc_thread = threading.Thread(
+                target=self._gc_loop,
+                args=(gc_interval_seconds,),
+                name="ctx-memory-gc",
+                daemon=True,
+            )
+            self._gc_thread.start()
+
+    def __repr__(self) -> str:
+        return (
+            f"InMemoryStore(sessions={len(self._sessions)}, ttl_seconds={self.ttl_seconds}, "
+            f"max_sessions={self.max_sessions})"
+        )
+
+    # ------------------------------------------------------------ internals (lock held)
+
+    def _live(self, session_id: str, expired: list[str]) -> _Session | None:
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        if session.expires_at is not None and session.expires_at <= self._clock():
+            del self._sessions[session_id]
+            expired.append(session_id)
+            return None
+        self._sessions.move_to_end(session_id)
+        return session
+
+    def _upsert(
+        self, session_id: str, init: Header, expired: list[str], evicted: list[str]
+    ) -> tuple[_Session, bool]:
+        session = self._live(session_id, expired)
+        if session is not None:
+            return session, False
+        session = _Session(init)
+        self._sessions[session_id] = session
+        if self.max_sessions is not None:
+            while len(self._sessions) > self.max_sessions:
+                victim, _ = self._sessions.popitem(last=False)
+                evicted.append(victim)
+        return session, True
+
+    def _touch(self, session: _Session, now: str) -> None:
+        session.header["metadata"]["timestamp"] = now
+        if self.ttl_seconds is not None:
+            session.expires_at = self._clock() + self.ttl_seconds
+
+    def _report(self, expired: list[str], evicted: Sequence[str] = ()) -> None:
+        for session_id in expired:
+            self._notify("session_expired", session_id)
+        for session_id in evicted:
+            self._notify("session_evicted", session_id)
+
+    def _write(
+        self,
+        session_id: str,
+        init: Header,
+        now: str,
+        apply: Callable[[_Session], int],
+    ) -> WriteResult:
+        expired: list[str] = []
+        evicted: list[str] = []
+        with self._lock:
+            session, created = self._upsert(session_id, init, expired, evicted)
+            added = apply(session)
+            self._touch(session, now)
+        self._report(expired, evicted)
+        return WriteResult(created=created, added=added, evicted=tuple(evicted))
+
+    def _read(self, session_id: str, read: Callable[[_Session], Any], default: Any) -> Any:
+        expired: list[str] = []
+        with self._lock:
+            session = self._live(session_id, expired)
+            result = default if session is None else read(session)
+        self._report(expired)
+        return result
+
+    # ------------------------------------------------------------ sync API
+
+    def create(self, session_id: str, init: Header) -> WriteResult:
+        return self._write(session_id, init, init["metadata"]["timestamp"], lambda _s: 0)
+
+    def exists(self, session_id: str) -> bool:
+        return bool(self._read(session_id, lambda _s: True, default=False))
+
+    def delete(self, session_id: str) -> bool:
+        with self._lock:
+            return self._sessions.pop(session_id, None) is not None
+
+    def list_sessions(self) -> list[str]:
+        self.gc()
+        with self._lock:
+            return sorted(self._sessions)
+
+    def get_header(self, session_id: str) -> Header | None:
+        return self._read(session_id, lambda s: _clone(s.header), default=None)  # type: ignore[no-any-return]
+
+    def get_document(self, session_id: str) -> dict[str, Any] | None:
+        def read(s: _Session) -> dict[str, Any]:
+            header: Header = _clone(s.header)
+            messages = [json.loads(m) for m in s.messages]
+            fetched = {t: [json.loads(i) for i in items] for t, items in s.fetched.items()}
+            return assemble_document(header, messages, fetched)
+
+        return self._read(session_id, read, default=None)  # type: ignore[no-any-return]
+
+    def get_messages(self, session_id: str, start: int = 0, end: int = -1) -> list[dict[str, Any]]:
+        def read(s: _Session) -> list[str]:
+            n = len(s.messages)
+            lo = max(start + n if start < 0 else start, 0)
+            hi = min(end + n if end < 0 else end, n - 1)
+            return s.messages[lo : hi + 1] if lo <= hi else []
+
+        raw: list[str] = self._read(session_id, read, default=[])
+        return [json.loads(m) for m in raw]  # decode outside the lock
+
+    def count_messages(self, session_id: str) -> int:
+        return self._read(session_id, lambda s: len(s.messages), default=0)  # type: ignore[no-any-return]
+
+    def get_fetched(
+        self, session_id: str, source_type: str | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        def read(s: _Session) -> dict[str, list[str]]:
+            if source_type is None:
+                return {t: list(items) for t, items in s.fetched.items()}
+            items = s.fetched.get(source_type)
+            return {source_type: list(items)} if items else {}
+
+        raw: dict[str, list[str]] = self._read(session_id, read, default={})
+        return {t: [json.loads(i) for i in items] for t, items in raw.items()}
+
+    def append_messages(
+        self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
+    ) -> WriteResult:
+        def apply(s: _Session) -> int:
+            s.messages.extend(m.json for m in messages)
+            meta = s.header["metadata"]
+            meta["message_count"] += len(messages)
+            meta["token_count"] += sum(m.tokens for m in messages)
+            return len(messages)
+
+        return self._write(session_id, init, now, apply)
+
+    def append_fetched(
+        self,
+        session_id: str,
+        items: Sequence[EncodedItem],
+        *,
+        init: Header,
+        now: str,
+        dedupe: bool = False,
+    ) -> WriteResult:
+        def apply(s: _Session) -> int:
+            added = 0
+            for item in items:
+                if dedupe and item.fingerprint in s.fingerprints:
+                    continue
+                s.fingerprints.add(item.fingerprint)
+                s.fetched.setdefault(item.source_type, []).append(item.json)
+                added += 1
+            return added
+
+        return self._write(session_id, init, now, apply)
+
+    def merge_shared(
+        self, session_id: str, partial: Mapping[str, Any], *, init: Header, now: str
+    ) -> WriteResult:
+        return self._write(
+            session_id, init, now, lambda s: (deep_merge(s.header["shared"], partial), 0)[1]
+        )
+
+    def set_shared(
+        self, session_id: str, key: str, value: Any, *, init: Header, now: str
+    ) -> WriteResult:
+        copied = _clone(value)
+
+        def apply(s: _Session) -> int:
+            s.header["shared"][key] = copied
+            return 0
+
+        return self._write(session_id, init, now, apply)
+
+    def update_header(
+        self,
+        session_id: str,
+        *,
+        init: Header,
+        now: str,
+        metadata: Mapping[str, Any] | None = None,
+        system_prompt: str | None = None,
+        set_system_prompt: bool = False,
+    ) -> WriteResult:
+        fields = {
+            k: v for k, v in _clone(dict(metadata or {})).items()
+            if k not in ("message_count", "token_count")
+        }
+
+        def apply(s: _Session) -> int:
+            s.header["metadata"].update(fields)
+            if set_system_prompt:
+                s.header["system_prompt"] = system_prompt
+            return 0
+
+        return self._write(session_id, init, now, apply)
+
+    def clear(self, session_id: str, *, now: str, preserve_fetched: bool = False) -> bool:
+        def apply(s: _Session) -> bool:
+            s.messages = []
+            s.header["metadata"]["message_count"] = 0
+            s.header["metadata"]["token_count"] = 0
+            if not preserve_fetched:
+                s.fetched = {}
+                s.fingerprints = set()
+            self._touch(s, now)
+            return True
+
+        return bool(self._read(session_id, apply, default=False))
+
+    def replace_document(
+        self,
+        session_id: str,
+        header: Header,
+        messages: Sequence[EncodedMessage],
+        items: Sequence[EncodedItem],
+    ) -> WriteResult:
+        fresh = _Session(header)
+        fresh.messages = [m.json for m in messages]
+        for item in items:
+            fresh.fingerprints.add(item.fingerprint)
+            fresh.fetched.setdefault(item.source_type, []).append(item.json)
+        if self.ttl_seconds is not None:
+            fresh.expires_at = self._clock() + self.ttl_seconds
+        expired: list[str] = []
+        evicted: list[str] = []
+        with self._lock:
+            created = self._live(session_id, expired) is None
+            self._sessions[session_id] = fresh
+            self._sessions.move_to_end(session_id)
+            if self.max_sessions is not None:
+                while len(self._sessions) > self.max_sessions:
+                    victim, _ = self._sessions.popitem(last=False)
+                    evicted.append(victim)
+        self._report(expired, evicted)
+        return WriteResult(created=created, added=len(messages), evicted=tuple(evicted))
+
+    def gc(self) -> int:
+        expired: list[str] = []
+        with self._lock:
+            now = self._clock()
+            for session_id, session in list(self._sessions.items()):
+                if session.expires_at is not None and session.expires_at <= now:
+                    del self._sessions[session_id]
+                    expired.append(session_id)
+        self._report(expired)
+        return len(expired)
+
+    def _gc_loop(self, interval: float) -> None:
+        while not self._closed.wait(interval):
+            try:
+                self.gc()
+            except Exception:
+                logger.exception("ctx_memory garbage collection failed; will retry")
+
+    def close(self) -> None:
+        self._closed.set()
+        thread, self._gc_thread = self._gc_thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    @property
+    def gc_running(self) -> bool:
+        """Whether the background garbage collector is running."""
+        return self._gc_thread is not None and self._gc_thread.is_alive()
