@@ -1,0 +1,54 @@
+# Every command the README tells you to run. `make help` lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+# Offline machines: use the shared tiktoken cache when it sits beside the checkout.
+SHARED_TIKTOKEN := $(abspath ../shared/tiktoken-cache)
+ifeq ($(origin TIKTOKEN_CACHE_DIR), undefined)
+  ifneq ($(wildcard $(SHARED_TIKTOKEN)),)
+    export TIKTOKEN_CACHE_DIR := $(SHARED_TIKTOKEN)
+  endif
+endif
+
+UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+
+.PHONY: help uv install demo test test-fast lint format type notebooks bench redis
+
+help: ## List the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+uv: ## Install uv if it is missing
+	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --user --quiet uv
+
+install: uv ## Create .venv with the package, extras and dev tools (from uv.lock)
+	@$(UV) sync --locked --all-extras --quiet
+
+demo: install ## Run the demo on the in-memory store (no API key needed)
+	@$(UV) run --locked ctx-memory demo
+
+redis: ## Make sure redis-server is installed (Debian package)
+	@scripts/ensure-redis.sh
+
+test: install redis ## Run the whole test suite (starts its own Redis servers)
+	$(UV) run --locked pytest
+
+test-fast: install ## Unit tests only (no Redis)
+	$(UV) run --locked pytest tests/unit
+
+lint: install ## ruff check and format check
+	$(UV) run --locked ruff check .
+	$(UV) run --locked ruff format --check .
+
+format: install ## ruff format and autofix
+	$(UV) run --locked ruff format .
+	$(UV) run --locked ruff check --fix .
+
+type: install ## mypy --strict
+	$(UV) run --locked mypy
+
+notebooks: install redis ## Execute every notebook
+	$(UV) run --locked pytest tests -m notebook
+
+bench: install redis ## Run the benchmarks (ratios against the baselines)
+	$(UV) sync --locked --all-extras --group bench --quiet
+	$(UV) run --locked python benchmarks/run_all.py
