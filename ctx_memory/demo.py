@@ -64,7 +64,9 @@ def run_demo(
     )
     # 2. The page the user is on, scraped by the browser extension.
     integration.add_web_content(
-        {"session_id": session_id}, PAGE_TEXT, "https://airline.example/paris",
+        {"session_id": session_id},
+        PAGE_TEXT,
+        "https://airline.example/paris",
         title="Flights to Paris",
     )
     # 3. The user's question, then a web search for it.

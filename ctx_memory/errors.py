@@ -18,7 +18,7 @@ The tree::
     ├── TokenizerError              a tiktoken encoding cannot be loaded (names the remedies)
     ├── BudgetExceededError         system prompt + question alone exceed the token budget
     └── StoreError                  the backend failed
-        └── StoreUnavailableError   the backend cannot be reached (names the URL, never the password)
+        └── StoreUnavailableError   the backend is unreachable (names the URL, hides the password)
 """
 
 from __future__ import annotations

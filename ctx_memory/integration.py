@@ -99,12 +99,15 @@ class ContextIntegration:
         if value is None:
             value = default
         if value is None:
-            msg = "no session id in the request (session_id parameter, X-Session-ID header or session)"
+            msg = (
+                "no session id in the request "
+                "(session_id parameter, X-Session-ID header or session)"
+            )
             raise InvalidSessionIdError(msg)
         return str(value)
 
     def get_mode(self, request: Any) -> ContextMode:
-        """The context mode from a request: a ``mode`` parameter, or ``research``/``thinking`` flags."""
+        """The context mode: a ``mode`` parameter, else ``research``/``thinking`` flags."""
         value = _lookup(request, ("mode", "context_mode"))
         if value is not None:
             try:
@@ -211,8 +214,13 @@ class ContextIntegration:
         sid = session_id if session_id is not None else self.get_session_id(request)
         extracted = {"title": title} if title else {}
         item = self.manager.add_fetched_context(
-            sid, source_type, text_content, url=current_url, extracted_data=extracted,
-            timestamp=timestamp, dedupe=True,
+            sid,
+            source_type,
+            text_content,
+            url=current_url,
+            extracted_data=extracted,
+            timestamp=timestamp,
+            dedupe=True,
         )
         if current_url:
             self.manager.update_metadata(sid, current_url=current_url)

@@ -56,8 +56,15 @@ __all__ = ["ContextManager", "get_context_manager", "reset_context_manager"]
 R = TypeVar("R")
 
 _RESERVED_METADATA = frozenset(
-    {"session_id", "created_at", "timestamp", "message_count", "token_count", "token_encoding",
-     "system_prompt_tokens"}
+    {
+        "session_id",
+        "created_at",
+        "timestamp",
+        "message_count",
+        "token_count",
+        "token_encoding",
+        "system_prompt_tokens",
+    }
 )
 
 
@@ -265,17 +272,20 @@ class ContextManager:
         if url is not None and not isinstance(url, str):
             msg = f"url must be a str or None, got {type(url).__name__}"
             raise ValidationError(msg)
-        item = {
+        extracted = dict(extracted_data or {})
+        check_json_native(extracted, "extracted_data")
+        tokens = self.token_counter.count(content)
+        item: dict[str, Any] = {
             "source_type": source_type,
             "content": content,
             "url": url,
             "timestamp": _iso(timestamp),
-            "extracted_data": dict(extracted_data or {}),
-            "token_count": self.token_counter.count(content),
+            "extracted_data": extracted,
+            "token_count": tokens,
         }
-        check_json_native(item["extracted_data"], "extracted_data")
-        encoded = EncodedItem(source_type, dumps(item), item["token_count"],
-                              fingerprint(source_type, url, content))
+        encoded = EncodedItem(
+            source_type, dumps(item), tokens, fingerprint(source_type, url, content)
+        )
         return encoded, item
 
     # ----------------------------------------------------------------- seed 000 flows
@@ -324,7 +334,9 @@ class ContextManager:
         check_json_native(value, f"shared.{key}")
         now = now_iso()
         result = yield _Op(
-            "set_shared", (session_id, key, value), {"init": self._init(session_id, now), "now": now}
+            "set_shared",
+            (session_id, key, value),
+            {"init": self._init(session_id, now), "now": now},
         )
         self._created(session_id, result)
         self.events.emit(EventType.CONTEXT_UPDATED, session_id, keys=[key])
@@ -347,7 +359,8 @@ class ContextManager:
         check_json_native(dict(partial), "shared")
         now = now_iso()
         result = yield _Op(
-            "merge_shared", (session_id, dict(partial)),
+            "merge_shared",
+            (session_id, dict(partial)),
             {"init": self._init(session_id, now), "now": now},
         )
         self._created(session_id, result)
@@ -407,19 +420,20 @@ class ContextManager:
     @staticmethod
     def _metadata_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for key, value in fields.items():
+        for key, given in fields.items():
             if key in _RESERVED_METADATA:
                 msg = f"metadata.{key} is maintained by ctx_memory and cannot be set"
                 raise ValidationError(msg)
-            if key == "mode" and value is not None:
+            value = given
+            if key == "mode" and given is not None:
                 try:
-                    value = ContextMode(value).value
+                    value = ContextMode(given).value
                 except ValueError:
                     modes = ", ".join(m.value for m in ContextMode)
-                    msg = f"unknown mode {value!r}: expected one of {modes}"
+                    msg = f"unknown mode {given!r}: expected one of {modes}"
                     raise ValidationError(msg) from None
-            elif key == "user_time" and isinstance(value, datetime):
-                value = value.isoformat()
+            elif key == "user_time" and isinstance(given, datetime):
+                value = given.isoformat()
             out[key] = value
         check_json_native(out, "metadata")
         return out
@@ -448,7 +462,9 @@ class ContextManager:
             kwargs.update(system_prompt)
         now = now_iso()
         result = yield _Op(
-            "update_header", (session_id,), {"init": self._init(session_id, now), "now": now, **kwargs}
+            "update_header",
+            (session_id,),
+            {"init": self._init(session_id, now), "now": now, **kwargs},
         )
         self._created(session_id, result)
         changed = sorted(checked) + (["system_prompt"] if system_prompt is not None else [])
@@ -472,8 +488,12 @@ class ContextManager:
         """
         fields = {
             k: v
-            for k, v in {"mode": mode, "current_url": current_url,
-                         "user_timezone": user_timezone, "user_time": user_time}.items()
+            for k, v in {
+                "mode": mode,
+                "current_url": current_url,
+                "user_timezone": user_timezone,
+                "user_time": user_time,
+            }.items()
             if v is not None
         }
         self._drive(self._metadata_flow(session_id, {**fields, **extra}))
@@ -491,8 +511,12 @@ class ContextManager:
         """Async :meth:`update_metadata`."""
         fields = {
             k: v
-            for k, v in {"mode": mode, "current_url": current_url,
-                         "user_timezone": user_timezone, "user_time": user_time}.items()
+            for k, v in {
+                "mode": mode,
+                "current_url": current_url,
+                "user_timezone": user_timezone,
+                "user_time": user_time,
+            }.items()
             if v is not None
         }
         await self._adrive(self._metadata_flow(session_id, {**fields, **extra}))
@@ -516,7 +540,9 @@ class ContextManager:
             return []
         now = now_iso()
         result = yield _Op(
-            "append_messages", (session_id, encoded), {"init": self._init(session_id, now), "now": now}
+            "append_messages",
+            (session_id, encoded),
+            {"init": self._init(session_id, now), "now": now},
         )
         self._created(session_id, result)
         self.events.emit(
@@ -539,19 +565,19 @@ class ContextManager:
         metadata: Mapping[str, Any] | None,
         timestamp: str | datetime | None,
     ) -> dict[str, Any]:
-        meta = dict(metadata or {})
-        for key, value in (
-            ("model", model),
-            ("response_time_ms", response_time_ms),
-            ("sources_used", list(sources_used) if sources_used is not None else None),
-            ("tools_used", list(tools_used) if tools_used is not None else None),
-        ):
-            if value is not None:
-                meta[key] = value
+        given = {
+            "model": model,
+            "response_time_ms": response_time_ms,
+            "sources_used": list(sources_used) if sources_used is not None else None,
+            "tools_used": list(tools_used) if tools_used is not None else None,
+        }
+        meta = {**(metadata or {}), **{k: v for k, v in given.items() if v is not None}}
         return self._build_record("assistant", content, metadata=meta, timestamp=timestamp)
 
     def _lc_records(
-        self, messages: Sequence[BaseMessage | Mapping[str, Any]], metadata: Mapping[str, Any] | None
+        self,
+        messages: Sequence[BaseMessage | Mapping[str, Any]],
+        metadata: Mapping[str, Any] | None,
     ) -> list[dict[str, Any]]:
         now = now_iso()
         records = []
@@ -559,17 +585,23 @@ class ContextManager:
             if isinstance(message, BaseMessage):
                 record = message_to_record(message, timestamp=now, metadata=metadata)
             elif isinstance(message, Mapping):
-                extra = {k: v for k, v in message.items()
-                         if k not in ("role", "content", "metadata", "timestamp", "name")}
+                extra = {
+                    k: v
+                    for k, v in message.items()
+                    if k not in ("role", "content", "metadata", "timestamp", "name")
+                }
                 record = self._build_record(
-                    message.get("role"), message.get("content"),
+                    message.get("role"),
+                    message.get("content"),
                     metadata={**(metadata or {}), **(message.get("metadata") or {})},
-                    timestamp=message.get("timestamp"), name=message.get("name"),
+                    timestamp=message.get("timestamp"),
+                    name=message.get("name"),
                 )
                 record.update(extra)
                 check_json_native(record, f"messages[{index}]")
             else:
-                msg = f"messages[{index}] must be a BaseMessage or a dict, got {type(message).__name__}"
+                kind = type(message).__name__
+                msg = f"messages[{index}] must be a BaseMessage or a dict, got {kind}"
                 raise ValidationError(msg)
             records.append(record)
         return records
@@ -585,7 +617,9 @@ class ContextManager:
         timestamp: str | datetime | None = None,
     ) -> dict[str, Any]:
         """Append one message with any role; return the stored record."""
-        record = self._build_record(role, content, metadata=metadata, timestamp=timestamp, name=name)
+        record = self._build_record(
+            role, content, metadata=metadata, timestamp=timestamp, name=name
+        )
         return self._drive(self._append_flow(session_id, [record]))[0]
 
     async def aadd_message(
@@ -599,7 +633,9 @@ class ContextManager:
         timestamp: str | datetime | None = None,
     ) -> dict[str, Any]:
         """Async :meth:`add_message`."""
-        record = self._build_record(role, content, metadata=metadata, timestamp=timestamp, name=name)
+        record = self._build_record(
+            role, content, metadata=metadata, timestamp=timestamp, name=name
+        )
         return (await self._adrive(self._append_flow(session_id, [record])))[0]
 
     def add_user_message(
@@ -640,8 +676,13 @@ class ContextManager:
     ) -> dict[str, Any]:
         """Append the assistant's reply with what produced it (seed 001)."""
         record = self._assistant_record(
-            content, model=model, response_time_ms=response_time_ms, sources_used=sources_used,
-            tools_used=tools_used, metadata=metadata, timestamp=timestamp,
+            content,
+            model=model,
+            response_time_ms=response_time_ms,
+            sources_used=sources_used,
+            tools_used=tools_used,
+            metadata=metadata,
+            timestamp=timestamp,
         )
         return self._drive(self._append_flow(session_id, [record]))[0]
 
@@ -659,8 +700,13 @@ class ContextManager:
     ) -> dict[str, Any]:
         """Async :meth:`add_assistant_message`."""
         record = self._assistant_record(
-            content, model=model, response_time_ms=response_time_ms, sources_used=sources_used,
-            tools_used=tools_used, metadata=metadata, timestamp=timestamp,
+            content,
+            model=model,
+            response_time_ms=response_time_ms,
+            sources_used=sources_used,
+            tools_used=tools_used,
+            metadata=metadata,
+            timestamp=timestamp,
         )
         return (await self._adrive(self._append_flow(session_id, [record])))[0]
 
@@ -710,7 +756,9 @@ class ContextManager:
             )
         return int(result.added)
 
-    def _encode_items(self, items: Sequence[Mapping[str, Any]]) -> list[tuple[EncodedItem, dict[str, Any]]]:
+    def _encode_items(
+        self, items: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[EncodedItem, dict[str, Any]]]:
         out = []
         for index, item in enumerate(items):
             if not isinstance(item, Mapping):
@@ -781,9 +829,7 @@ class ContextManager:
         self, session_id: str, items: Sequence[Mapping[str, Any]], *, dedupe: bool = False
     ) -> int:
         """Async :meth:`add_fetched_items`."""
-        return await self._adrive(
-            self._fetched_flow(session_id, self._encode_items(items), dedupe)
-        )
+        return await self._adrive(self._fetched_flow(session_id, self._encode_items(items), dedupe))
 
     # ----------------------------------------------------------------- reads
 
@@ -804,7 +850,9 @@ class ContextManager:
         """Stored message records, oldest first; only the last ``last_k`` if given (O(k))."""
         return self._drive(self._history_flow(session_id, last_k))
 
-    async def aget_history(self, session_id: str, last_k: int | None = None) -> list[dict[str, Any]]:
+    async def aget_history(
+        self, session_id: str, last_k: int | None = None
+    ) -> list[dict[str, Any]]:
         """Async :meth:`get_history`."""
         return await self._adrive(self._history_flow(session_id, last_k))
 
@@ -821,7 +869,9 @@ class ContextManager:
         validate_session_id(session_id)
         return self.store.get_messages(session_id, start, end)
 
-    async def aget_message_range(self, session_id: str, start: int, end: int) -> list[dict[str, Any]]:
+    async def aget_message_range(
+        self, session_id: str, start: int, end: int
+    ) -> list[dict[str, Any]]:
         """Async :meth:`get_message_range`."""
         validate_session_id(session_id)
         return await self.store.aget_messages(session_id, start, end)
@@ -984,8 +1034,9 @@ class ContextManager:
         fetched = yield _Op("get_fetched", (session_id, None))
         meta = header["metadata"]
         fetched_items = {t: len(items) for t, items in fetched.items()}
-        fetched_tokens = {t: sum(int(i.get("token_count", 0)) for i in items)
-                          for t, items in fetched.items()}
+        fetched_tokens = {
+            t: sum(int(i.get("token_count", 0)) for i in items) for t, items in fetched.items()
+        }
         system_tokens = int(meta.get("system_prompt_tokens", 0))
         history_tokens = int(meta["token_count"])
         return {
@@ -1060,8 +1111,12 @@ class ContextManager:
                 plain = entry.model_dump()
                 plain["token_count"] = counter.count(entry.content)
                 items.append(
-                    EncodedItem(source_type, dumps(plain), plain["token_count"],
-                                fingerprint(source_type, entry.url, entry.content))
+                    EncodedItem(
+                        source_type,
+                        dumps(plain),
+                        plain["token_count"],
+                        fingerprint(source_type, entry.url, entry.content),
+                    )
                 )
         metadata = document.metadata.model_dump(mode="json")
         metadata.update(
@@ -1069,7 +1124,9 @@ class ContextManager:
             message_count=len(messages),
             token_count=sum(m.tokens for m in messages),
             token_encoding=counter.encoding_name,
-            system_prompt_tokens=counter.count(document.system_prompt) if document.system_prompt else 0,
+            system_prompt_tokens=counter.count(document.system_prompt)
+            if document.system_prompt
+            else 0,
         )
         header: Header = {
             "system_prompt": document.system_prompt,
@@ -1156,7 +1213,10 @@ def _api_message(record: Mapping[str, Any]) -> dict[str, Any]:
             {
                 "id": call.get("id"),
                 "type": "function",
-                "function": {"name": call.get("name"), "arguments": json.dumps(call.get("args", {}))},
+                "function": {
+                    "name": call.get("name"),
+                    "arguments": json.dumps(call.get("args", {})),
+                },
             }
             for call in record["tool_calls"]
         ]

@@ -76,8 +76,14 @@ Role = Literal["user", "assistant", "system", "tool"]
 ROLES: frozenset[str] = frozenset({"user", "assistant", "system", "tool"})
 
 _LC_TYPE_TO_ROLE = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
-_ROLE_ALIASES = {"human": "user", "ai": "assistant", "user": "user", "assistant": "assistant",
-                 "system": "system", "tool": "tool"}
+_ROLE_ALIASES = {
+    "human": "user",
+    "ai": "assistant",
+    "user": "user",
+    "assistant": "assistant",
+    "system": "system",
+    "tool": "tool",
+}
 # Optional LangChain fields kept on a stored message when they are set.
 _LC_FIELDS = (
     "name",
@@ -131,8 +137,7 @@ def validate_session_id(session_id: object) -> str:
         raise InvalidSessionIdError(msg)
     if len(session_id) > MAX_SESSION_ID_LENGTH:
         msg = (
-            f"session id is {len(session_id)} characters long; "
-            f"the limit is {MAX_SESSION_ID_LENGTH}"
+            f"session id is {len(session_id)} characters long; the limit is {MAX_SESSION_ID_LENGTH}"
         )
         raise InvalidSessionIdError(msg)
     if "\x00" in session_id:
@@ -171,7 +176,9 @@ def check_json_native(value: Any, path: str = "value") -> None:
         if isinstance(item, dict):
             for key, sub in item.items():
                 if not isinstance(key, str):
-                    msg = f"{where} has a key {key!r} of type {type(key).__name__}; keys must be str"
+                    msg = (
+                        f"{where} has a key {key!r} of type {type(key).__name__}; keys must be str"
+                    )
                     raise NotSerializableError(where, msg)
                 stack.append((f"{where}.{key}", sub))
             continue
@@ -319,6 +326,7 @@ def message_to_record(
             role ``"critic"``).
         NotSerializableError: A field holds a value that is not JSON-native.
     """
+    role: str | None
     if isinstance(message, ChatMessage):
         role = validate_role(message.role)
     else:

@@ -27,7 +27,9 @@ import abc
 import asyncio
 import copy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+
+from typing_extensions import ParamSpec, override
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -35,17 +37,22 @@ if TYPE_CHECKING:
 
     from typing_extensions import Self
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 __all__ = [
     "BaseStore",
     "EncodedItem",
     "EncodedMessage",
     "Header",
     "SyncBackedAsyncMixin",
+    "SyncBackedStore",
     "WriteResult",
     "assemble_document",
     "deep_merge",
     "new_header",
 ]
+
 
 class Header(TypedDict):
     """The small, mutable part of a session."""
@@ -399,8 +406,8 @@ class BaseStore(abc.ABC):
         await self.aclose()
 
 
-class SyncBackedAsyncMixin:
-    """Async twins for a store whose sync operations never block on I/O for long.
+class SyncBackedStore(BaseStore):
+    """A store whose async twins call its sync operations.
 
     The in-memory store holds its lock for microseconds, so calling the sync method on the
     event loop is cheaper than a thread hop. Stores that do blocking I/O (SQLite) set
@@ -409,47 +416,58 @@ class SyncBackedAsyncMixin:
 
     _offload: bool = False
 
-    async def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         if self._offload:
             return await asyncio.to_thread(fn, *args, **kwargs)
         return fn(*args, **kwargs)
 
+    @override
     async def acreate(self, session_id: str, init: Header) -> WriteResult:
-        return await self._run(self.create, session_id, init)  # type: ignore[attr-defined,no-any-return]
+        return await self._run(self.create, session_id, init)
 
+    @override
     async def aexists(self, session_id: str) -> bool:
-        return await self._run(self.exists, session_id)  # type: ignore[attr-defined,no-any-return]
+        return await self._run(self.exists, session_id)
 
+    @override
     async def adelete(self, session_id: str) -> bool:
-        return await self._run(self.delete, session_id)  # type: ignore[attr-defined,no-any-return]
+        return await self._run(self.delete, session_id)
 
+    @override
     async def alist_sessions(self) -> list[str]:
-        return await self._run(self.list_sessions)  # type: ignore[attr-defined,no-any-return]
+        return await self._run(self.list_sessions)
 
+    @override
     async def aget_document(self, session_id: str) -> dict[str, Any] | None:
-        return await self._run(self.get_document, session_id)  # type: ignore[attr-defined,no-any-return]
+        return await self._run(self.get_document, session_id)
 
+    @override
     async def aget_header(self, session_id: str) -> Header | None:
-        return await self._run(self.get_header, session_id)  # type: ignore[attr-defined,no-any-return]
+        return await self._run(self.get_header, session_id)
 
+    @override
     async def aget_messages(
         self, session_id: str, start: int = 0, end: int = -1
     ) -> list[dict[str, Any]]:
-        return await self._run(self.get_messages, session_id, start, end)  # type: ignore[attr-defined,no-any-return]
+        return await self._run(self.get_messages, session_id, start, end)
 
+    @override
     async def acount_messages(self, session_id: str) -> int:
-        return await self._run(self.count_messages, session_id)  # type: ignore[attr-defined,no-any-return]
+        return await self._run(self.count_messages, session_id)
 
+    @override
     async def aget_fetched(
         self, session_id: str, source_type: str | None = None
     ) -> dict[str, list[dict[str, Any]]]:
-        return await self._run(self.get_fetched, session_id, source_type)  # type: ignore[attr-defined,no-any-return]
+        return await self._run(self.get_fetched, session_id, source_type)
 
+    @override
     async def aappend_messages(
         self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
     ) -> WriteResult:
-        return await self._run(self.append_messages, session_id, messages, init=init, now=now)  # type: ignore[attr-defined,no-any-return]
+        return await self._run(self.append_messages, session_id, messages, init=init, now=now)
 
+    @override
     async def aappend_fetched(
         self,
         session_id: str,
@@ -459,8 +477,8 @@ class SyncBackedAsyncMixin:
         now: str,
         dedupe: bool = False,
     ) -> WriteResult:
-        return await self._run(  # type: ignore[no-any-return]
-            self.append_fetched,  # type: ignore[attr-defined]
+        return await self._run(
+            self.append_fetched,
             session_id,
             items,
             init=init,
@@ -468,16 +486,19 @@ class SyncBackedAsyncMixin:
             dedupe=dedupe,
         )
 
+    @override
     async def amerge_shared(
         self, session_id: str, partial: Mapping[str, Any], *, init: Header, now: str
     ) -> WriteResult:
-        return await self._run(self.merge_shared, session_id, partial, init=init, now=now)  # type: ignore[attr-defined,no-any-return]
+        return await self._run(self.merge_shared, session_id, partial, init=init, now=now)
 
+    @override
     async def aset_shared(
         self, session_id: str, key: str, value: Any, *, init: Header, now: str
     ) -> WriteResult:
-        return await self._run(self.set_shared, session_id, key, value, init=init, now=now)  # type: ignore[attr-defined,no-any-return]
+        return await self._run(self.set_shared, session_id, key, value, init=init, now=now)
 
+    @override
     async def aupdate_header(
         self,
         session_id: str,
@@ -488,8 +509,8 @@ class SyncBackedAsyncMixin:
         system_prompt: str | None = None,
         set_system_prompt: bool = False,
     ) -> WriteResult:
-        return await self._run(  # type: ignore[no-any-return]
-            self.update_header,  # type: ignore[attr-defined]
+        return await self._run(
+            self.update_header,
             session_id,
             init=init,
             now=now,
@@ -498,9 +519,11 @@ class SyncBackedAsyncMixin:
             set_system_prompt=set_system_prompt,
         )
 
+    @override
     async def aclear(self, session_id: str, *, now: str, preserve_fetched: bool = False) -> bool:
-        return await self._run(self.clear, session_id, now=now, preserve_fetched=preserve_fetched)  # type: ignore[attr-defined,no-any-return]
+        return await self._run(self.clear, session_id, now=now, preserve_fetched=preserve_fetched)
 
+    @override
     async def areplace_document(
         self,
         session_id: str,
@@ -508,4 +531,8 @@ class SyncBackedAsyncMixin:
         messages: Sequence[EncodedMessage],
         items: Sequence[EncodedItem],
     ) -> WriteResult:
-        return await self._run(self.replace_document, session_id, header, messages, items)  # type: ignore[attr-defined,no-any-return]
+        return await self._run(self.replace_document, session_id, header, messages, items)
+
+
+SyncBackedAsyncMixin = SyncBackedStore
+"""Former name of :class:`SyncBackedStore`, kept for subclasses written against it."""

@@ -9,14 +9,15 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from typing_extensions import override
+
 from ctx_memory.errors import InvalidTTLError
 from ctx_memory.schema import dumps
 from ctx_memory.stores.base import (
-    BaseStore,
     EncodedItem,
     EncodedMessage,
     Header,
-    SyncBackedAsyncMixin,
+    SyncBackedStore,
     WriteResult,
     assemble_document,
     deep_merge,
@@ -36,8 +37,11 @@ def _clone(value: Any) -> Any:
 
 
 class _Session:
-    """One session's state. Messages and items are kept as JSON text: compact, and every
-    read decodes fresh objects, so no caller can alias stored state."""
+    """One session's state.
+
+    Messages and items are kept as JSON text: compact, and every read decodes fresh
+    objects, so no caller can alias stored state.
+    """
 
     __slots__ = ("expires_at", "fetched", "fingerprints", "header", "messages")
 
@@ -49,7 +53,7 @@ class _Session:
         self.expires_at: float | None = None
 
 
-class InMemoryStore(SyncBackedAsyncMixin, BaseStore):
+class InMemoryStore(SyncBackedStore):
     """Sessions in this process's memory.
 
     Every operation holds one lock for a few microseconds: appends are O(1), reading the
@@ -86,7 +90,9 @@ class InMemoryStore(SyncBackedAsyncMixin, BaseStore):
         gc_interval_seconds: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if ttl_seconds is not None and (not isinstance(ttl_seconds, (int, float)) or ttl_seconds < 0):
+        if ttl_seconds is not None and (
+            not isinstance(ttl_seconds, (int, float)) or ttl_seconds < 0
+        ):
             msg = f"ttl_seconds must be a non-negative number or None, got {ttl_seconds!r}"
             raise InvalidTTLError(msg)
         if max_sessions is not None and max_sessions < 1:
@@ -178,24 +184,30 @@ class InMemoryStore(SyncBackedAsyncMixin, BaseStore):
 
     # ------------------------------------------------------------ sync API
 
+    @override
     def create(self, session_id: str, init: Header) -> WriteResult:
         return self._write(session_id, init, init["metadata"]["timestamp"], lambda _s: 0)
 
+    @override
     def exists(self, session_id: str) -> bool:
         return bool(self._read(session_id, lambda _s: True, default=False))
 
+    @override
     def delete(self, session_id: str) -> bool:
         with self._lock:
             return self._sessions.pop(session_id, None) is not None
 
+    @override
     def list_sessions(self) -> list[str]:
         self.gc()
         with self._lock:
             return sorted(self._sessions)
 
+    @override
     def get_header(self, session_id: str) -> Header | None:
         return self._read(session_id, lambda s: _clone(s.header), default=None)  # type: ignore[no-any-return]
 
+    @override
     def get_document(self, session_id: str) -> dict[str, Any] | None:
         def read(s: _Session) -> dict[str, Any]:
             header: Header = _clone(s.header)
@@ -205,6 +217,7 @@ class InMemoryStore(SyncBackedAsyncMixin, BaseStore):
 
         return self._read(session_id, read, default=None)  # type: ignore[no-any-return]
 
+    @override
     def get_messages(self, session_id: str, start: int = 0, end: int = -1) -> list[dict[str, Any]]:
         def read(s: _Session) -> list[str]:
             n = len(s.messages)
@@ -215,9 +228,11 @@ class InMemoryStore(SyncBackedAsyncMixin, BaseStore):
         raw: list[str] = self._read(session_id, read, default=[])
         return [json.loads(m) for m in raw]  # decode outside the lock
 
+    @override
     def count_messages(self, session_id: str) -> int:
         return self._read(session_id, lambda s: len(s.messages), default=0)  # type: ignore[no-any-return]
 
+    @override
     def get_fetched(
         self, session_id: str, source_type: str | None = None
     ) -> dict[str, list[dict[str, Any]]]:
@@ -230,6 +245,7 @@ class InMemoryStore(SyncBackedAsyncMixin, BaseStore):
         raw: dict[str, list[str]] = self._read(session_id, read, default={})
         return {t: [json.loads(i) for i in items] for t, items in raw.items()}
 
+    @override
     def append_messages(
         self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
     ) -> WriteResult:
@@ -242,6 +258,7 @@ class InMemoryStore(SyncBackedAsyncMixin, BaseStore):
 
         return self._write(session_id, init, now, apply)
 
+    @override
     def append_fetched(
         self,
         session_id: str,
@@ -263,6 +280,7 @@ class InMemoryStore(SyncBackedAsyncMixin, BaseStore):
 
         return self._write(session_id, init, now, apply)
 
+    @override
     def merge_shared(
         self, session_id: str, partial: Mapping[str, Any], *, init: Header, now: str
     ) -> WriteResult:
@@ -270,6 +288,7 @@ class InMemoryStore(SyncBackedAsyncMixin, BaseStore):
             session_id, init, now, lambda s: (deep_merge(s.header["shared"], partial), 0)[1]
         )
 
+    @override
     def set_shared(
         self, session_id: str, key: str, value: Any, *, init: Header, now: str
     ) -> WriteResult:
@@ -281,6 +300,7 @@ class InMemoryStore(SyncBackedAsyncMixin, BaseStore):
 
         return self._write(session_id, init, now, apply)
 
+    @override
     def update_header(
         self,
         session_id: str,
@@ -292,7 +312,8 @@ class InMemoryStore(SyncBackedAsyncMixin, BaseStore):
         set_system_prompt: bool = False,
     ) -> WriteResult:
         fields = {
-            k: v for k, v in _clone(dict(metadata or {})).items()
+            k: v
+            for k, v in _clone(dict(metadata or {})).items()
             if k not in ("message_count", "token_count")
         }
 
@@ -304,6 +325,7 @@ class InMemoryStore(SyncBackedAsyncMixin, BaseStore):
 
         return self._write(session_id, init, now, apply)
 
+    @override
     def clear(self, session_id: str, *, now: str, preserve_fetched: bool = False) -> bool:
         def apply(s: _Session) -> bool:
             s.messages = []
@@ -317,6 +339,7 @@ class InMemoryStore(SyncBackedAsyncMixin, BaseStore):
 
         return bool(self._read(session_id, apply, default=False))
 
+    @override
     def replace_document(
         self,
         session_id: str,
@@ -344,6 +367,7 @@ class InMemoryStore(SyncBackedAsyncMixin, BaseStore):
         self._report(expired, evicted)
         return WriteResult(created=created, added=len(messages), evicted=tuple(evicted))
 
+    @override
     def gc(self) -> int:
         expired: list[str] = []
         with self._lock:
@@ -362,6 +386,7 @@ class InMemoryStore(SyncBackedAsyncMixin, BaseStore):
             except Exception:
                 logger.exception("ctx_memory garbage collection failed; will retry")
 
+    @override
     def close(self) -> None:
         self._closed.set()
         thread, self._gc_thread = self._gc_thread, None
