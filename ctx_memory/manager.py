@@ -109,7 +109,7 @@ class ContextManager:
     Args:
         settings: Validated settings (default: :func:`~ctx_memory.config.load_settings`).
         store: A store to use instead of the one settings select.
-        token_counter: A counter to use instead of the one settings select.
+        counter: A token counter to use instead of the one settings select.
         events: An event emitter to share (default: a new one).
         **overrides: Setting values by name, e.g. ``max_sessions=500``.
 
@@ -132,7 +132,7 @@ class ContextManager:
         settings: Settings | None = None,
         *,
         store: BaseStore | None = None,
-        token_counter: TokenCounter | None = None,
+        counter: TokenCounter | None = None,
         events: EventEmitter | None = None,
         **overrides: Any,
     ) -> None:
@@ -144,7 +144,7 @@ class ContextManager:
         self.events = events or EventEmitter(enabled=settings.event_emission)
         self.store = store if store is not None else create_store(settings)
         self.store.lifecycle_hook = self._on_lifecycle
-        self._token_counter = token_counter
+        self._token_counter = counter
         self._counter_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -1098,7 +1098,8 @@ class ContextManager:
         try:
             validate_session_id(target)
         except CtxMemoryError as e:
-            raise DocumentImportError("metadata.session_id", str(e)) from e
+            msg = f"invalid session document at metadata.session_id: {e}"
+            raise DocumentImportError("metadata.session_id", msg) from e
         counter = self.token_counter
         messages: list[EncodedMessage] = []
         for record in document.conversation_history:
