@@ -8,6 +8,12 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ctx_memory.config import Settings, load_settings
+from ctx_memory.display import (
+    SessionView,
+    render_assembly_html,
+    render_session_html,
+    show_session,
+)
 from ctx_memory.errors import (
     BudgetExceededError,
     ConfigurationError,
@@ -63,6 +69,7 @@ __all__ = [
     "SessionDocument",
     "SessionMetadata",
     "SessionNotFoundError",
+    "SessionView",
     "Settings",
     "StoreError",
     "StoreUnavailableError",
@@ -74,5 +81,8 @@ __all__ = [
     "get_context_integration",
     "get_context_manager",
     "load_settings",
+    "render_assembly_html",
+    "render_session_html",
     "reset_context_manager",
+    "show_session",
 ]

@@ -1,37 +1,651 @@
-"""The ``ctx-memory`` command line."""
+"""The ``ctx-memory`` command line.
+
+Every command works on the store that settings select (``STORE``, ``SQLITE_PATH``,
+``REDIS_URL`` from ``settings.toml`` / ``CTX_MEMORY_*``); the global options ``--store``,
+``--sqlite-path`` and ``--redis-url`` override them for one invocation.
+
+Exit codes: ``0`` success, ``1`` a session or file was not found, input was invalid or
+the store failed, ``2`` wrong usage (unknown option, missing argument, bad setting).
+
+File formats: ``export ID`` writes one pretty-printed JSON document; ``export --all`` (or
+several ids) writes JSON Lines, one compact document per line. ``import`` reads a single
+document, JSON Lines, a JSON array of documents, or documents simply concatenated.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+
 import typer
 
+from ctx_memory.errors import ConfigurationError, CtxMemoryError, DocumentImportError
 from ctx_memory.manager import ContextManager
+from ctx_memory.schema import parse_document, validate_session_id
 
-__all__ = ["app", "main"]
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+__all__ = ["ParsedDocument", "app", "main", "read_documents"]
+
+_MEMORY_NOTE = (
+    "The in-memory store (the default) lives only as long as one command, so on it the "
+    "commands below see an empty store; use --store sqlite or --store redis (or "
+    "CTX_MEMORY_STORE) for sessions that persist between commands."
+)
 
 app = typer.Typer(
     name="ctx-memory",
-    help="Inspect and manage ctx_memory sessions on the configured store.",
+    help=(
+        "Inspect and manage ctx_memory sessions on the configured store.\n\n"
+        + _MEMORY_NOTE
+        + "\n\nExit codes: 0 ok, 1 not found / invalid input / store error, 2 usage error."
+    ),
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
+sessions_app = typer.Typer(help="List sessions.", no_args_is_help=True, rich_markup_mode="markdown")
+app.add_typer(sessions_app, name="sessions")
+
+
+class StoreName(str, Enum):
+    """The backends ``--store`` accepts."""
+
+    memory = "memory"
+    sqlite = "sqlite"
+    redis = "redis"
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Global options: setting overrides for :class:`ContextManager`."""
+
+    store: StoreName | None = None
+    sqlite_path: Path | None = None
+    redis_url: str | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        store = self.store
+        if store is None:
+            if self.sqlite_path is not None and self.redis_url is None:
+                store = StoreName.sqlite
+            elif self.redis_url is not None and self.sqlite_path is None:
+                store = StoreName.redis
+        values: dict[str, Any] = {}
+        if store is not None:
+            values["store"] = store.value
+            values["use_redis_caching"] = store is StoreName.redis
+        if self.sqlite_path is not None:
+            values["sqlite_path"] = str(self.sqlite_path)
+        if self.redis_url is not None:
+            values["redis_url"] = self.redis_url
+        return values
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _note(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+@contextmanager
+def _open(ctx: typer.Context) -> Iterator[ContextManager]:
+    """The manager the global options select; package errors become exit codes.
+
+    A :class:`ContextManager` passed as the context object (``app(obj=manager)``, or
+    ``CliRunner().invoke(app, args, obj=manager)``) is used as is and left open.
+    """
+    root = ctx.find_root().obj
+    if isinstance(root, ContextManager):
+        try:
+            yield root
+        except CtxMemoryError as e:
+            _fail(str(e))
+        return
+    options: _Options = root if isinstance(root, _Options) else _Options()
+    try:
+        manager = ContextManager(**options.overrides())
+    except ConfigurationError as e:
+        _fail(str(e), code=2)
+    except CtxMemoryError as e:
+        _fail(str(e))
+    try:
+        with manager:
+            yield manager
+    except CtxMemoryError as e:
+        _fail(str(e))
+
+
+def _stdout_console() -> Console:
+    from rich.console import Console  # noqa: PLC0415 - rich is only needed for pretty output
+
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False)
+
+
+def _progress(description: str) -> Progress:
+    """A progress bar on stderr, shown only when stderr is a terminal."""
+    from rich.console import Console  # noqa: PLC0415
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+
+
+def _dump_line(document: dict[str, Any]) -> str:
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+# --------------------------------------------------------------------------- reading files
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    """One document read from an import file.
+
+    Attributes:
+        index: 1-based position in the file.
+        line: Line where the document starts.
+        data: The decoded JSON value (not yet validated as a session document).
+    """
+
+    index: int
+    line: int
+    data: Any
+
+    @property
+    def where(self) -> str:
+        """``document 3 (line 12)`` — how error messages locate it."""
+        return f"document {self.index} (line {self.line})"
+
+
+class InputFileError(ValueError):
+    """An import file is not JSON, JSON Lines or a JSON array (the message says where)."""
+
+
+def read_documents(text: str) -> list[ParsedDocument]:
+    """Split an import file into documents (pure; no validation of their shape).
+
+    Accepts one JSON document, a JSON array of documents, JSON Lines, or several
+    documents concatenated (e.g. ``cat a.json b.json``).
+
+    Raises:
+        InputFileError: The text is not valid JSON at some point (names the document,
+            line and column) or holds no document.
+    """
+    decoder = json.JSONDecoder()
+    values: list[tuple[int, Any]] = []
+    pos = 0
+    length = len(text)
+    while True:
+        while pos < length and text[pos] in " \t\r\n\ufeff":
+            pos += 1
+        if pos >= length:
+            break
+        line = text.count("\n", 0, pos) + 1
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            where = f"document {len(values) + 1} (line {line})"
+            msg = f"{where}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+            raise InputFileError(msg) from e
+        values.append((line, value))
+    if not values:
+        msg = "no documents found (the file is empty)"
+        raise InputFileError(msg)
+    if len(values) == 1 and isinstance(values[0][1], list):
+        line, items = values[0]
+        if not items:
+            msg = "no documents found (an empty JSON array)"
+            raise InputFileError(msg)
+        return [ParsedDocument(i, line, item) for i, item in enumerate(items, 1)]
+    return [ParsedDocument(i, line, value) for i, (line, value) in enumerate(values, 1)]
+
+
+def _read_input(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        _fail(f"{path}: no such file")
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(f"{path}: cannot read: {e}")
+
+
+# --------------------------------------------------------------------------- commands
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    ctx: typer.Context,
+    store: Annotated[
+        StoreName | None,
+        typer.Option(
+            "--store",
+            help="Backend to use, overriding STORE. Default: from settings (memory).",
+            case_sensitive=False,
+        ),
+    ] = None,
+    sqlite_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--sqlite-path",
+            help="SQLite database file, overriding SQLITE_PATH (implies --store sqlite).",
+            dir_okay=False,
+        ),
+    ] = None,
+    redis_url: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-url",
+            help="A redis:// or rediss:// URL, overriding REDIS_URL "
+            "(implies --store redis). Prefer CTX_MEMORY_REDIS_URL for passwords.",
+        ),
+    ] = None,
+) -> None:
     """Inspect and manage ctx_memory sessions on the configured store."""
+    if store is None and sqlite_path is not None and redis_url is not None:
+        msg = "give --store when passing both --sqlite-path and --redis-url"
+        raise typer.BadParameter(msg, param_hint="--store")
+    if isinstance(ctx.obj, ContextManager):  # embedded use: an existing manager
+        return
+    ctx.obj = _Options(store=store, sqlite_path=sqlite_path, redis_url=redis_url)
 
 
 @app.command()
 def demo(
-    session_id: str = typer.Option("demo-session", help="Session id the demo writes."),
+    ctx: typer.Context,
+    session_id: Annotated[str, typer.Option(help="Session id the demo writes.")] = "demo-session",
 ) -> None:
     """Run seed 001's flow (metadata, messages, search results, page text) and print it."""
     from ctx_memory.demo import run_demo  # noqa: PLC0415
 
-    with ContextManager() as manager:
+    with _open(ctx) as manager:
         run_demo(manager, session_id=session_id, echo=typer.echo)
+
+
+@sessions_app.command("list")
+def sessions_list(
+    ctx: typer.Context,
+    long: Annotated[
+        bool, typer.Option("--long", "-l", help="A table with mode, messages, tokens, last update.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="A JSON array of session ids.")] = False,
+) -> None:
+    """List session ids, one per line (sorted)."""
+    with _open(ctx) as manager:
+        ids = manager.list_sessions()
+        if as_json:
+            typer.echo(json.dumps(ids, ensure_ascii=False))
+            return
+        if not long:
+            for session_id in ids:
+                typer.echo(session_id)
+            return
+        from rich.table import Table  # noqa: PLC0415
+
+        table = Table("session", "mode", "messages", "sources", "tokens", "last update")
+        for session_id in ids:
+            stats = manager.get_memory_stats(session_id)
+            if not stats.get("exists"):
+                continue
+            table.add_row(
+                session_id,
+                str(stats.get("mode") or ""),
+                str(stats["message_count"]),
+                str(stats["fetched_item_count"]),
+                str(stats["total_tokens"]),
+                str(stats.get("last_updated") or ""),
+            )
+        _stdout_console().print(table)
+        _note(f"{len(ids)} session(s) on {manager.store.name}")
+
+
+def _print_session(
+    console: Console, document: dict[str, Any], *, last: int | None, full: bool
+) -> None:
+    from rich.panel import Panel  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
+
+    def clip(value: object, limit: int = 300) -> str:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        return text if full or len(text) <= limit else text[:limit] + f"… ({len(text)} chars)"
+
+    meta = document.get("metadata") or {}
+    info = Table.grid(padding=(0, 2))
+    info.add_column(style="bold")
+    info.add_column()
+    for key, value in meta.items():
+        info.add_row(str(key), clip(value, 120))
+    console.print(Panel(info, title=Text(f"session {meta.get('session_id', '?')}"), expand=False))
+    if document.get("system_prompt"):
+        console.print(Text("System prompt", style="bold magenta"))
+        console.print(Text(clip(document["system_prompt"])))
+    fetched = document.get("fetched_context") or {}
+    items = [(t, i) for t, entries in fetched.items() for i in entries]
+    if items:
+        sources = Table(
+            "#", "type", "title", "url", "tokens", title="Sources", title_justify="left"
+        )
+        for n, (source_type, item) in enumerate(items, 1):
+            data = item.get("extracted_data") or {}
+            sources.add_row(
+                str(n),
+                source_type,
+                Text(clip(data.get("title") or "", 80)),
+                Text(str(item.get("url") or "")),
+                str(item.get("token_count", "")),
+            )
+        console.print(sources)
+    history = document.get("conversation_history") or []
+    shown = history if last is None else history[-last:] if last > 0 else []
+    console.print(
+        Text(f"Conversation ({len(history)} messages, showing {len(shown)})", style="bold")
+    )
+    colors = {"user": "blue", "assistant": "green", "system": "magenta", "tool": "yellow"}
+    for record in shown:
+        role = str(record.get("role", "?"))
+        head = Text(f"{role:>9} ", style=f"bold {colors.get(role, 'white')}")
+        head.append(f"{record.get('timestamp', '')}  {record.get('token_count', 0)} tokens", "dim")
+        model = (record.get("metadata") or {}).get("model")
+        if model:
+            head.append(f"  {model}", "dim")
+        console.print(head)
+        content = record.get("content")
+        console.print(Text(clip(content)))
+    shared = document.get("shared") or {}
+    if shared:
+        console.print(Text("Shared state", style="bold"))
+        console.print(Text(clip(json.dumps(shared, ensure_ascii=False, indent=2), 2000)))
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    session_id: Annotated[str, typer.Argument(help="The session to show.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the JSON document instead.")
+    ] = False,
+    last: Annotated[
+        int | None, typer.Option("--last", "-n", min=0, help="Show only the last N messages.")
+    ] = None,
+    full: Annotated[bool, typer.Option("--full", help="Do not shorten long content.")] = False,
+) -> None:
+    """Show one session: metadata, system prompt, sources and conversation."""
+    with _open(ctx) as manager:
+        document = manager.get_context(session_id)
+        if not document:
+            _fail(f"session {session_id!r} does not exist (never created, deleted or expired)")
+        if as_json:
+            typer.echo(json.dumps(document, ensure_ascii=False, indent=2))
+            return
+        _print_session(_stdout_console(), document, last=last, full=full)
+
+
+@contextmanager
+def _output(path: Path | None) -> Iterator[Any]:
+    """Write to ``path`` atomically (temp file + rename), or to stdout."""
+    if path is None or str(path) == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    directory = path.resolve().parent
+    if not directory.is_dir():
+        _fail(f"{path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yield handle
+        Path(tmp).replace(path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+@app.command("export")
+def export_(
+    ctx: typer.Context,
+    session_ids: Annotated[
+        list[str] | None, typer.Argument(help="Session(s) to export.", show_default=False)
+    ] = None,
+    all_sessions: Annotated[bool, typer.Option("--all", help="Export every session.")] = False,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="File to write (default: stdout).", dir_okay=False),
+    ] = None,
+) -> None:
+    """Export sessions as JSON.
+
+    One id: a pretty-printed JSON document. Several ids or --all: JSON Lines, one
+    document per line. `ctx-memory import` reads both. A file is written whole or not
+    at all.
+    """
+    ids = list(session_ids or [])
+    if bool(ids) == all_sessions:
+        msg = "give session ids or --all (not both)"
+        raise typer.BadParameter(msg, param_hint="SESSION_IDS / --all")
+    with _open(ctx) as manager:
+        if not all_sessions and len(ids) == 1:
+            document = manager.get_context(ids[0])
+            if not document:
+                _fail(f"session {ids[0]!r} does not exist (never created, deleted or expired)")
+            with _output(output) as out:
+                out.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+            if output is not None:
+                _note(f"exported 1 session to {output}")
+            return
+        if all_sessions:
+            ids = manager.list_sessions()
+        else:
+            missing = [i for i in ids if not manager.session_exists(i)]
+            if missing:
+                _fail(f"session(s) do not exist: {', '.join(map(repr, missing))}")
+        written = skipped = 0
+        with _output(output) as out, _progress("exporting") as progress:
+            task = progress.add_task("export", total=len(ids))
+            for session_id in ids:
+                document = manager.get_context(session_id)
+                if document:
+                    out.write(_dump_line(document))
+                    written += 1
+                else:  # expired or deleted since it was listed
+                    skipped += 1
+                progress.advance(task)
+        where = f" to {output}" if output is not None else ""
+        gone = f" ({skipped} expired or deleted meanwhile)" if skipped else ""
+        _note(f"exported {written} session(s){where}{gone}")
+
+
+def _validate_all(
+    manager: ContextManager,
+    documents: list[ParsedDocument],
+    *,
+    session_id: str | None,
+    overwrite: bool,
+) -> tuple[list[str], list[str]]:
+    """Check every document; return (target ids, error messages). Writes nothing."""
+    targets: list[str] = []
+    errors: list[str] = []
+    first_seen: dict[str, ParsedDocument] = {}
+    for doc in documents:
+        try:
+            parsed = parse_document(doc.data)
+            target = session_id if session_id is not None else parsed.metadata.session_id
+            try:
+                validate_session_id(target)
+            except CtxMemoryError as e:
+                raise DocumentImportError("metadata.session_id", str(e)) from e
+        except DocumentImportError as e:
+            field = f"field {e.field}" if e.field else "the whole document"
+            errors.append(f"{doc.where}, {field}: {e}")
+            continue
+        if target in first_seen:
+            errors.append(
+                f"{doc.where}, field metadata.session_id: session {target!r} also in "
+                f"{first_seen[target].where}"
+            )
+            continue
+        first_seen[target] = doc
+        targets.append(target)
+    if not errors and not overwrite:
+        errors.extend(
+            f"{first_seen[t].where}, field metadata.session_id: session {t!r} already exists "
+            "(drop --no-overwrite to replace it)"
+            for t in targets
+            if manager.session_exists(t)
+        )
+    return targets, errors
+
+
+@app.command("import")
+def import_(
+    ctx: typer.Context,
+    file: Annotated[
+        str, typer.Argument(help="JSON document, JSON array or JSON Lines file; '-' reads stdin.")
+    ],
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite/--no-overwrite", help="Replace sessions that already exist."),
+    ] = True,
+    session_id: Annotated[
+        str | None,
+        typer.Option("--session-id", help="Store a single-document file under this id instead."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate only; write nothing.")
+    ] = False,
+) -> None:
+    """Import sessions exported by `ctx-memory export` (or `export_session`).
+
+    Every document is validated before any is written: if one is malformed, the
+    command names the document and the field, imports nothing and exits with 1.
+    Token counts are recomputed with this store's encoding.
+    """
+    text = _read_input(file)
+    try:
+        documents = read_documents(text)
+    except InputFileError as e:
+        _fail(f"{file}: {e}; nothing was imported")
+    if session_id is not None and len(documents) != 1:
+        msg = f"--session-id needs a single-document file ({file} holds {len(documents)})"
+        raise typer.BadParameter(msg, param_hint="--session-id")
+    with _open(ctx) as manager:
+        targets, errors = _validate_all(
+            manager, documents, session_id=session_id, overwrite=overwrite
+        )
+        if errors:
+            for message in errors[:20]:
+                typer.echo(f"error: {file}: {message}", err=True)
+            if len(errors) > 20:
+                typer.echo(f"error: … and {len(errors) - 20} more", err=True)
+            _fail(
+                f"{file}: {len(errors)} of {len(documents)} document(s) invalid; "
+                "nothing was imported"
+            )
+        if dry_run:
+            _note(f"{file}: {len(documents)} valid document(s); nothing written (--dry-run)")
+            return
+        done = 0
+        with _progress("importing") as progress:
+            task = progress.add_task("import", total=len(documents))
+            for doc, target in zip(documents, targets, strict=True):
+                try:
+                    manager.import_session(doc.data, session_id=target, overwrite=overwrite)
+                except CtxMemoryError as e:
+                    _fail(f"{file}: {doc.where}: {e} ({done} session(s) were imported before)")
+                done += 1
+                progress.advance(task)
+        _note(f"imported {done} session(s) from {file} into {manager.store.name}")
+
+
+@app.command()
+def delete(
+    ctx: typer.Context,
+    session_ids: Annotated[list[str], typer.Argument(help="Session(s) to delete.")],
+) -> None:
+    """Delete sessions; exits with 1 if any did not exist."""
+    with _open(ctx) as manager:
+        missing = [i for i in session_ids if not manager.delete_context(i)]
+        deleted = len(session_ids) - len(missing)
+        _note(f"deleted {deleted} session(s)")
+        if missing:
+            _fail(f"session(s) did not exist: {', '.join(map(repr, missing))}")
+
+
+@app.command()
+def stats(
+    ctx: typer.Context,
+    session_id: Annotated[
+        str | None,
+        typer.Argument(help="A session; without it, store-wide statistics.", show_default=False),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Token and size statistics for one session, or for the whole store."""
+    with _open(ctx) as manager:
+        result = manager.get_memory_stats(session_id)
+        if session_id is not None and not result.get("exists"):
+            _fail(f"session {session_id!r} does not exist (never created, deleted or expired)")
+        if as_json:
+            typer.echo(json.dumps(result, ensure_ascii=False, indent=2))
+            return
+        from rich.table import Table  # noqa: PLC0415
+
+        table = Table(show_header=False, box=None, padding=(0, 2))
+        table.add_column(style="bold")
+        table.add_column()
+        for key, value in result.items():
+            shown = (
+                json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
+            )
+            table.add_row(key, str(shown))
+        _stdout_console().print(table)
+
+
+@app.command()
+def gc(ctx: typer.Context) -> None:
+    """Remove expired sessions now."""
+    with _open(ctx) as manager:
+        removed = manager.gc()
+        typer.echo(f"removed {removed} expired session(s) from {manager.store.name}")
 
 
 def main() -> None:
     """Console-script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()
