@@ -38,7 +38,9 @@ def manager() -> Iterator[ContextManager]:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_settings(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+def _isolated_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """No settings file or CTX_MEMORY_* variable of the developer's leaks into a test."""
     import os
 

@@ -101,8 +101,12 @@ def test_async_operations_off_still_works_through_threads():
 
 def test_seed_001_flow(manager):
     manager.update_metadata(
-        "s1", mode=ContextMode.THINKING, current_url="https://example.com/page",
-        user_timezone="America/New_York", user_time="2025-12-09T07:00:00", plan="pro",
+        "s1",
+        mode=ContextMode.THINKING,
+        current_url="https://example.com/page",
+        user_timezone="America/New_York",
+        user_time="2025-12-09T07:00:00",
+        plan="pro",
     )
     manager.set_system_prompt("s1", "System instructions")
     manager.add_user_message("s1", "User's question")
@@ -112,15 +116,32 @@ def test_seed_001_flow(manager):
         {"role": "user", "content": "User's question"},
     ]
     manager.add_assistant_message(
-        "s1", "Assistant's response", model="gpt-4o-mini", response_time_ms=850,
-        sources_used=["https://source.url"], tools_used=["web_search"],
+        "s1",
+        "Assistant's response",
+        model="gpt-4o-mini",
+        response_time_ms=850,
+        sources_used=["https://source.url"],
+        tools_used=["web_search"],
     )
     manager.add_fetched_context(
-        "s1", "web_search", "Search result content...", url="https://source.url",
-        extracted_data={"title": "Page Title", "site_name": "Source Site", "published_date": "2025-11-14"},
+        "s1",
+        "web_search",
+        "Search result content...",
+        url="https://source.url",
+        extracted_data={
+            "title": "Page Title",
+            "site_name": "Source Site",
+            "published_date": "2025-11-14",
+        },
     )
     doc = manager.get_context("s1")
-    assert list(doc) == ["system_prompt", "metadata", "fetched_context", "conversation_history", "shared"]
+    assert list(doc) == [
+        "system_prompt",
+        "metadata",
+        "fetched_context",
+        "conversation_history",
+        "shared",
+    ]
     meta = doc["metadata"]
     assert meta["mode"] == "thinking"
     assert meta["current_url"] == "https://example.com/page"
@@ -129,8 +150,10 @@ def test_seed_001_flow(manager):
     assert meta["message_count"] == 2
     assistant = doc["conversation_history"][1]
     assert assistant["metadata"] == {
-        "model": "gpt-4o-mini", "response_time_ms": 850,
-        "sources_used": ["https://source.url"], "tools_used": ["web_search"],
+        "model": "gpt-4o-mini",
+        "response_time_ms": 850,
+        "sources_used": ["https://source.url"],
+        "tools_used": ["web_search"],
     }
     item = doc["fetched_context"]["web_search"][0]
     assert item["source_type"] == "web_search"
@@ -166,7 +189,9 @@ def test_memory_stats_use_cached_counts(manager):
     assert stats["system_prompt_tokens"] == counter.count("You are terse.")
     assert stats["fetched_items"] == {"web_search": 1}
     assert stats["fetched_tokens"] == {"web_search": counter.count("alpha beta")}
-    assert stats["total_tokens"] == stats["token_count"] + stats["system_prompt_tokens"] + counter.count("alpha beta")
+    assert stats["total_tokens"] == stats["token_count"] + stats[
+        "system_prompt_tokens"
+    ] + counter.count("alpha beta")
     assert manager.get_memory_stats("nope") == {"session_id": "nope", "exists": False}
     overall = manager.get_memory_stats()
     assert overall["session_count"] == 1
@@ -200,15 +225,21 @@ def test_langchain_messages_round_trip_through_the_manager(manager):
     messages = [
         SystemMessage(content="sys"),
         HumanMessage(content="weather?", id="h1"),
-        AIMessage(content="", tool_calls=[{"name": "weather", "args": {"city": "Paris"}, "id": "c1"}],
-                  usage_metadata={"input_tokens": 3, "output_tokens": 4, "total_tokens": 7}),
+        AIMessage(
+            content="",
+            tool_calls=[{"name": "weather", "args": {"city": "Paris"}, "id": "c1"}],
+            usage_metadata={"input_tokens": 3, "output_tokens": 4, "total_tokens": 7},
+        ),
         ToolMessage(content="sunny", tool_call_id="c1", name="weather"),
         AIMessage(content="It is sunny.", response_metadata={"model_name": "fake"}),
     ]
     manager.add_messages("s", messages)
     assert manager.get_messages("s") == messages
     api = manager.get_formatted_messages_for_api("s")
-    assert api[2]["tool_calls"][0]["function"] == {"name": "weather", "arguments": '{"city": "Paris"}'}
+    assert api[2]["tool_calls"][0]["function"] == {
+        "name": "weather",
+        "arguments": '{"city": "Paris"}',
+    }
     assert api[3]["tool_call_id"] == "c1"
 
 
@@ -260,10 +291,14 @@ def test_approximate_counter_is_used_only_when_configured():
 
 
 def test_export_import_gives_an_equal_document(manager):
-    manager.update_metadata("s", mode="research", current_url="https://x", extra_key=[1, {"a": None}])
+    manager.update_metadata(
+        "s", mode="research", current_url="https://x", extra_key=[1, {"a": None}]
+    )
     manager.set_system_prompt("s", "sys")
     manager.add_messages("s", [HumanMessage(content="q"), AIMessage(content="a", id="r1")])
-    manager.add_fetched_context("s", "web_search", "content", url="https://u", extracted_data={"title": "T"})
+    manager.add_fetched_context(
+        "s", "web_search", "content", url="https://u", extracted_data={"title": "T"}
+    )
     manager.update_partial_context("s", {"deep": {"er": [1, 2, {}]}, "empty": {}})
     exported = manager.export_session("s")
     with ContextManager() as other:
@@ -287,7 +322,7 @@ def test_import_rejects_bad_documents_and_writes_nothing(manager):
         manager.import_session("{oops")
     with pytest.raises(DocumentImportError, match="already exists"):
         manager.import_session(good, overwrite=False)
-    with pytest.raises(DocumentImportError, match="metadata.session_id"):
+    with pytest.raises(DocumentImportError, match=r"metadata\.session_id"):
         manager.import_session(good, session_id="")
     assert strip_times(manager.get_context("s")) == strip_times(before)
     assert manager.list_sessions() == ["s"]
@@ -308,13 +343,27 @@ BAD_CALLS = [
     (lambda cm: cm.update_partial_context("s", ["not", "a", "mapping"]), ValidationError),
     (lambda cm: cm.add_message("s", "critic", "x"), InvalidRoleError),
     (lambda cm: cm.add_user_message("s", {"not": "content"}), ValidationError),
-    (lambda cm: cm.add_assistant_message("s", "x", metadata={"obj": object()}), NotSerializableError),
-    (lambda cm: cm.add_messages("s", [HumanMessage(content="ok"), {"role": "nobody", "content": "x"}]),
-     InvalidRoleError),
+    (
+        lambda cm: cm.add_assistant_message("s", "x", metadata={"obj": object()}),
+        NotSerializableError,
+    ),
+    (
+        lambda cm: cm.add_messages(
+            "s", [HumanMessage(content="ok"), {"role": "nobody", "content": "x"}]
+        ),
+        InvalidRoleError,
+    ),
     (lambda cm: cm.add_fetched_context("s", "", "x"), ValidationError),
-    (lambda cm: cm.add_fetched_context("s", "web", "x", extracted_data={"d": object()}), NotSerializableError),
-    (lambda cm: cm.add_fetched_items("s", [{"source_type": "w", "content": "ok"}, {"source_type": "w"}]),
-     ValidationError),
+    (
+        lambda cm: cm.add_fetched_context("s", "web", "x", extracted_data={"d": object()}),
+        NotSerializableError,
+    ),
+    (
+        lambda cm: cm.add_fetched_items(
+            "s", [{"source_type": "w", "content": "ok"}, {"source_type": "w"}]
+        ),
+        ValidationError,
+    ),
     (lambda cm: cm.update_metadata("s", mode="sleepy"), ValidationError),
     (lambda cm: cm.update_metadata("s", token_count=3), ValidationError),
     (lambda cm: cm.update_metadata("s", extra=object()), NotSerializableError),
@@ -344,8 +393,14 @@ def test_bad_session_id_writes_nothing(manager, session_id):
 def test_errors_are_one_hierarchy():
     from ctx_memory import CtxMemoryError
 
-    for cls in (NotSerializableError, InvalidRoleError, InvalidSessionIdError, DocumentImportError,
-                SessionNotFoundError, ValidationError):
+    for cls in (
+        NotSerializableError,
+        InvalidRoleError,
+        InvalidSessionIdError,
+        DocumentImportError,
+        SessionNotFoundError,
+        ValidationError,
+    ):
         assert issubclass(cls, CtxMemoryError)
 
 
@@ -413,8 +468,13 @@ def test_events_for_every_kind_of_change(manager):
     manager.clear("s")
     manager.delete_context("s")
     assert [t for t, _ in seen] == [
-        "session_created", "message_added", "fetched_added", "context_updated",
-        "metadata_updated", "session_cleared", "session_deleted",
+        "session_created",
+        "message_added",
+        "fetched_added",
+        "context_updated",
+        "metadata_updated",
+        "session_cleared",
+        "session_deleted",
     ]
 
 

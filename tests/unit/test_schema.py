@@ -52,7 +52,13 @@ LC_MESSAGES = [
     AIMessage(
         content="bad call",
         invalid_tool_calls=[
-            {"name": "search", "args": "{not json", "id": "c2", "error": "bad json", "type": "invalid_tool_call"}
+            {
+                "name": "search",
+                "args": "{not json",
+                "id": "c2",
+                "error": "bad json",
+                "type": "invalid_tool_call",
+            }
         ],
     ),
     ToolMessage(content="results", tool_call_id="call_1", name="search", artifact={"raw": [1, 2]}),
@@ -108,8 +114,14 @@ def test_session_ids_with_any_characters_are_accepted(session_id):
 
 @pytest.mark.parametrize(
     ("session_id", "match"),
-    [("", "empty"), ("   ", "empty"), ("x" * (MAX_SESSION_ID_LENGTH + 1), "limit"), (None, "str"),
-     (42, "str"), ("a\x00b", "NUL")],
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("x" * (MAX_SESSION_ID_LENGTH + 1), "limit"),
+        (None, "str"),
+        (42, "str"),
+        ("a\x00b", "NUL"),
+    ],
 )
 def test_bad_session_ids_are_rejected(session_id, match):
     with pytest.raises(InvalidSessionIdError, match=match):
@@ -150,7 +162,9 @@ def _document(**changes):
             "message_count": 0,
         },
         "fetched_context": {
-            "web_search": [{"source_type": "web_search", "content": "c", "url": None, "timestamp": TS}]
+            "web_search": [
+                {"source_type": "web_search", "content": "c", "url": None, "timestamp": TS}
+            ]
         },
         "conversation_history": [{"role": "user", "content": "hi", "timestamp": TS}],
         "shared": {},
@@ -170,15 +184,36 @@ def test_parse_document_accepts_a_valid_document():
     [
         ("{not json", ""),
         ("[1, 2]", ""),
-        (json.dumps(_document(conversation_history=[{"role": "critic", "content": "x", "timestamp": TS}])),
-         "conversation_history.0.role"),
-        (json.dumps(_document(metadata={"created_at": TS, "timestamp": TS})), "metadata.session_id"),
-        (json.dumps(_document(metadata={**_document()["metadata"], "mode": "sleepy"})), "metadata.mode"),
+        (
+            json.dumps(
+                _document(
+                    conversation_history=[{"role": "critic", "content": "x", "timestamp": TS}]
+                )
+            ),
+            "conversation_history.0.role",
+        ),
+        (
+            json.dumps(_document(metadata={"created_at": TS, "timestamp": TS})),
+            "metadata.session_id",
+        ),
+        (
+            json.dumps(_document(metadata={**_document()["metadata"], "mode": "sleepy"})),
+            "metadata.mode",
+        ),
         (json.dumps(_document(shared=[])), "shared"),
         (json.dumps(_document(unexpected=1)), "unexpected"),
-        (json.dumps(_document(fetched_context={"web_search": [{"source_type": "js_scraping", "content": "c",
-                                                              "timestamp": TS}]})),
-         "fetched_context.web_search.0.source_type"),
+        (
+            json.dumps(
+                _document(
+                    fetched_context={
+                        "web_search": [
+                            {"source_type": "js_scraping", "content": "c", "timestamp": TS}
+                        ]
+                    }
+                )
+            ),
+            "fetched_context.web_search.0.source_type",
+        ),
     ],
 )
 def test_parse_document_names_the_bad_field(data, field):

@@ -28,7 +28,9 @@ def test_unknown_encoding_is_a_configuration_error():
 
 
 @pytest.mark.parametrize("encoding", ["o200k_base", "cl100k_base", "p50k_base"])
-@pytest.mark.parametrize("text", ["", "hello world", "Ünïcode 🚀 text", "<|endoftext|> is plain text here"])
+@pytest.mark.parametrize(
+    "text", ["", "hello world", "Ünïcode 🚀 text", "<|endoftext|> is plain text here"]
+)
 def test_count_matches_tiktoken(encoding, text):
     expected = len(tiktoken.get_encoding(encoding).encode(text, disallowed_special=()))
     assert TokenCounter(encoding=encoding).count(text) == expected
@@ -53,10 +55,17 @@ def test_langchain_messages_count_like_their_records():
     counter = TokenCounter()
     ai = AIMessage(content="", tool_calls=[{"name": "search", "args": {"q": "x"}, "id": "c1"}])
     tool = ToolMessage(content="result", tool_call_id="c1")
-    human = HumanMessage(content=[{"type": "text", "text": "hello"}, {"type": "image_url", "image_url": {"url": "u"}}])
+    human = HumanMessage(
+        content=[
+            {"type": "text", "text": "hello"},
+            {"type": "image_url", "image_url": {"url": "u"}},
+        ]
+    )
     for message in (ai, tool, human):
         assert counter.count_lc_message(message) > TOKENS_PER_MESSAGE
-    assert counter.count_chat([ai, tool]) == REPLY_PRIMING + counter.count_lc_message(ai) + counter.count_lc_message(tool)
+    assert counter.count_chat([ai, tool]) == REPLY_PRIMING + counter.count_lc_message(
+        ai
+    ) + counter.count_lc_message(tool)
 
 
 def test_truncate_cuts_to_whole_tokens():

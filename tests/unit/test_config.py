@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import pytest
+
+from ctx_memory import ConfigurationError, ContextManager, load_settings
+from ctx_memory.config import redact_url
+
+
+def test_defaults():
+    s = load_settings()
+    assert s.backend == "memory"
+    assert s.max_sessions == 100
+    assert s.ttl_seconds == 3600
+    assert s.token_counter == "tiktoken"
+
+
+def test_files_env_and_explicit_precedence(tmp_path, monkeypatch):
+    (tmp_path / "settings.toml").write_text(
+        'MAX_SESSIONS = 7\nSTORE = "sqlite"\nDEFAULT_MODEL = "gpt-4"\n'
+    )
+    (tmp_path / ".secrets.toml").write_text('REDIS_URL = "redis://user:s3cret@cache:6380/2"\n')
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CTX_MEMORY_MAX_SESSIONS", "9")
+    monkeypatch.setenv("CTX_MEMORY_EVENT_EMISSION", "false")
+    s = load_settings()
+    assert s.max_sessions == 9  # env beats file
+    assert s.store == "sqlite"
+    assert s.default_model == "gpt-4"
+    assert s.event_emission is False
+    assert s.redis_url == "redis://user:s3cret@cache:6380/2"
+    assert load_settings(max_sessions=3).max_sessions == 3  # explicit beats env
+    assert "s3cret" not in repr(s)
+
+
+def test_use_redis_caching_selects_redis():
+    s = load_settings(use_redis_caching=True, store="memory")
+    assert s.backend == "redis"
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "key"),
+    [
+        ("CTX_MEMORY_MAX_SESSIONS", "abc", "MAX_SESSIONS"),
+        ("CTX_MEMORY_MAX_SESSIONS", "0", "MAX_SESSIONS"),
+        ("CTX_MEMORY_SESSION_EXPIRATION_SECONDS", "-5", "SESSION_EXPIRATION_SECONDS"),
+        ("CTX_MEMORY_USE_REDIS_CACHING", "maybe", "USE_REDIS_CACHING"),
+        ("CTX_MEMORY_STORE", "postgres", "STORE"),
+        ("CTX_MEMORY_TOKEN_COUNTER", "words", "TOKEN_COUNTER"),
+        ("CTX_MEMORY_REDIS_URL", "http://x", "REDIS_URL"),
+        ("CTX_MEMORY_MAX_SESION", "5", "MAX_SESION"),
+    ],
+)
+def test_wrong_values_fail_at_load_naming_the_key(monkeypatch, env, value, key):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert info.value.key == key
+    assert key in str(info.value)
+
+
+def test_wrong_value_in_settings_file(tmp_path, monkeypatch):
+    (tmp_path / "settings.toml").write_text("GARBAGE_COLLECTION = 3\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match="GARBAGE_COLLECTION"):
+        ContextManager()
+
+
+def test_unknown_explicit_override():
+    with pytest.raises(ConfigurationError, match="NOT_A_SETTING"):
+        load_settings(not_a_setting=1)
+
+
+def test_constructor_overrides_settings(monkeypatch):
+    monkeypatch.setenv("CTX_MEMORY_MAX_SESSIONS", "50")
+    with ContextManager(max_sessions=2) as cm:
+        assert cm.settings.max_sessions == 2
+        assert cm.store.max_sessions == 2
+
+
+def test_redaction():
+    assert redact_url("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
+    assert redact_url("rediss://user:pw@h/1") == "rediss://user:***@h/1"
+    assert redact_url("redis://h:6379") == "redis://h:6379"
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(redis_url="http://user:topsecret@h")
+    assert "topsecret" not in str(info.value)

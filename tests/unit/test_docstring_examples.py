@@ -1,0 +1,49 @@
+"""Every public class's ``Example:`` block runs as written on the in-memory store."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
+import textwrap
+
+import pytest
+
+import ctx_memory
+
+# Examples here need a running server; tests/integration runs them against real Redis.
+NEEDS_SERVER = {"ctx_memory.stores.redis"}
+
+_BLOCK = re.compile(
+    r"Example:\s*\n\s*\.\. code-block:: python\s*\n\n(?P<code>(?:[ \t]+.*\n|\s*\n)+)"
+)
+
+
+def _examples():
+    found = []
+    for info in pkgutil.walk_packages(ctx_memory.__path__, "ctx_memory."):
+        if info.name in NEEDS_SERVER:
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if name.startswith("_") or not inspect.isclass(obj) or obj.__module__ != info.name:
+                continue
+            doc = inspect.getdoc(obj) or ""
+            match = _BLOCK.search(doc + "\n")
+            if match:
+                found.append(pytest.param(textwrap.dedent(match["code"]), id=f"{info.name}.{name}"))
+    return found
+
+
+EXAMPLES = _examples()
+
+
+def test_examples_were_found():
+    assert len(EXAMPLES) >= 5
+
+
+@pytest.mark.parametrize("code", EXAMPLES)
+def test_example_runs(code, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "<docstring example>", "exec"), {"__name__": "__example__"})

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import ctx_memory
+
+# Pinned: a change to the public surface must change this list on purpose.
+EXPECTED_CORE = {
+    "BaseStore",
+    "BudgetExceededError",
+    "ConfigurationError",
+    "ContextIntegration",
+    "ContextManager",
+    "ContextMode",
+    "CtxMemoryError",
+    "DocumentImportError",
+    "Event",
+    "EventEmitter",
+    "EventType",
+    "FetchedItem",
+    "InMemoryStore",
+    "InvalidRoleError",
+    "InvalidSessionIdError",
+    "InvalidTTLError",
+    "MessageRecord",
+    "NotSerializableError",
+    "SessionDocument",
+    "SessionMetadata",
+    "SessionNotFoundError",
+    "Settings",
+    "StoreError",
+    "StoreUnavailableError",
+    "TokenCounter",
+    "TokenizerError",
+    "ValidationError",
+    "__version__",
+    "create_store",
+    "get_context_integration",
+    "get_context_manager",
+    "load_settings",
+    "reset_context_manager",
+}
+
+
+def test_all_is_sorted_and_complete():
+    names = list(ctx_memory.__all__)
+    assert names == sorted(names)
+    assert len(names) == len(set(names))
+    assert set(names) >= EXPECTED_CORE
+    for name in names:
+        assert hasattr(ctx_memory, name), name
+        assert not name.startswith("_") or name == "__version__"
+
+
+def test_py_typed_ships():
+    from importlib.resources import files
+
+    assert files("ctx_memory").joinpath("py.typed").is_file()
