@@ -1,0 +1,412 @@
+"""Lua scripts of the Redis store (text only: no I/O here).
+
+Two scripts, each registered once and shared by the sync and asyncio clients:
+
+* :data:`SESSION_SCRIPT` runs every operation on one session (``ARGV[1]`` names it). Its
+  ``KEYS`` are the session's four keys, which share one hash slot; on a single server the
+  LRU/expiry index keys follow as ``KEYS[5]``/``KEYS[6]`` so that index maintenance and
+  eviction happen in the same atomic call. On Redis Cluster the index lives in its own
+  slot, so the script gets only the four session keys and the client updates the index with
+  :data:`INDEX_SCRIPT` in a second call.
+* :data:`INDEX_SCRIPT` maintains the index alone (cluster mode, ``gc`` and ``list``).
+
+JSON is never decoded with ``cjson`` (it turns ``[]`` into ``{}`` and rounds numbers to 14
+digits). The merge code below parses objects *structurally*: it walks the text, keeps
+every non-object value as its exact source text and re-emits objects key by key, so
+numbers, empty lists and unicode survive byte for byte and key order is preserved.
+
+``ARGV`` layout of :data:`SESSION_SCRIPT` (unused slots are ``""``)::
+
+    1 op   2 session id   3 index member (tag + id)   4 ttl ms (0: none)
+    5 max sessions (0: none)   6 key prefix   7 write token   8 now (JSON string)
+    9 init header (JSON)   10.. operation arguments
+
+Writes answer ``{created, added, expired_members, evicted_members}``. A write token seen
+among the session's recent tokens (a retried write whose first attempt did reach the
+server) answers the first attempt's result without applying the write again.
+"""
+
+from __future__ import annotations
+
+__all__ = ["INDEX_SCRIPT", "SESSION_SCRIPT", "TAG_LENGTH"]
+
+TAG_LENGTH = 64
+"""Length of a session's hash tag (hex SHA-256 of its id); index members are tag + id."""
+
+_COMMON = r"""
+local TAGLEN = 64
+
+local function skip_ws(s, i)
+  return string.find(s, '[^ \t\r\n]', i) or (#s + 1)
+end
+
+local function str_end(s, i)
+  local j = i + 1
+  while true do
+    local k = string.find(s, '["\\]', j)
+    if not k then error('ctx_memory: malformed JSON string') end
+    if string.sub(s, k, k) == '"' then return k end
+    j = k + 2
+  end
+end
+
+local function value_end(s, i)
+  local c = string.sub(s, i, i)
+  if c == '"' then return str_end(s, i) end
+  if c == '{' or c == '[' then
+    local depth, j = 0, i
+    while true do
+      local k = string.find(s, '[%[%]{}"]', j)
+      if not k then error('ctx_memory: malformed JSON value') end
+      local d = string.sub(s, k, k)
+      if d == '"' then
+        j = str_end(s, k) + 1
+      else
+        if d == '{' or d == '[' then depth = depth + 1 else depth = depth - 1 end
+        if depth == 0 then return k end
+        j = k + 1
+      end
+    end
+  end
+  local k = string.find(s, '[,}%] \t\r\n]', i)
+  return (k or (#s + 1)) - 1
+end
+
+-- An object becomes {keys = {raw key text...}, vals = {raw key -> node}}; anything else
+-- stays the exact text it was.
+local function parse_obj(s, i)
+  local node = {keys = {}, vals = {}}
+  i = skip_ws(s, i + 1)
+  if string.sub(s, i, i) == '}' then return node, i + 1 end
+  while true do
+    if string.sub(s, i, i) ~= '"' then error('ctx_memory: malformed JSON object') end
+    local ke = str_end(s, i)
+    local key = string.sub(s, i, ke)
+    i = skip_ws(s, ke + 1)
+    i = skip_ws(s, i + 1)
+    local val
+    if string.sub(s, i, i) == '{' then
+      val, i = parse_obj(s, i)
+    else
+      local ve = value_end(s, i)
+      val = string.sub(s, i, ve)
+      i = ve + 1
+    end
+    if node.vals[key] == nil then table.insert(node.keys, key) end
+    node.vals[key] = val
+    i = skip_ws(s, i)
+    if string.sub(s, i, i) == '}' then return node, i + 1 end
+    i = skip_ws(s, i + 1)
+  end
+end
+
+local function parse(s)
+  local i = skip_ws(s, 1)
+  if string.sub(s, i, i) ~= '{' then error('ctx_memory: expected a JSON object') end
+  local node = parse_obj(s, i)
+  return node
+end
+
+local function dump(node)
+  if type(node) == 'string' then return node end
+  local parts = {}
+  for n, k in ipairs(node.keys) do parts[n] = k .. ':' .. dump(node.vals[k]) end
+  return '{' .. table.concat(parts, ',') .. '}'
+end
+
+-- deep: dicts merge key by key, anything else replaces; shallow: every key replaces.
+local function merge(target, partial, deep)
+  for _, k in ipairs(partial.keys) do
+    local pv, cv = partial.vals[k], target.vals[k]
+    if deep and type(pv) == 'table' and type(cv) == 'table' then
+      merge(cv, pv, true)
+    else
+      if cv == nil then table.insert(target.keys, k) end
+      target.vals[k] = pv
+    end
+  end
+end
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Index: IDX scores members by a logical access clock (the highest score + 1: exact LRU
+-- order even within one millisecond), EXP by expiry time in ms (only ever grows).
+local function index_touch(idx, exp, member, t, ttl, write, must_exist)
+  local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
+  local tick = (tonumber(top[2]) or 0) + 1
+  if must_exist then
+    redis.call('ZADD', idx, 'XX', tick, member)
+    if write and ttl > 0 then redis.call('ZADD', exp, 'XX', 'GT', t + ttl, member) end
+  else
+    redis.call('ZADD', idx, tick, member)
+    if write and ttl > 0 then redis.call('ZADD', exp, 'GT', t + ttl, member) end
+  end
+end
+
+local function index_purge(idx, exp, t, out)
+  local gone = redis.call('ZRANGEBYSCORE', exp, '-inf', '(' .. t)
+  for _, m in ipairs(gone) do
+    redis.call('ZREM', idx, m)
+    redis.call('ZREM', exp, m)
+    table.insert(out, m)
+  end
+end
+
+local function index_evict(idx, exp, maxs, keep, out)
+  local n = redis.call('ZCARD', idx)
+  while n > maxs do
+    local c = redis.call('ZRANGE', idx, 0, 1)
+    local v = c[1]
+    if v == keep then v = c[2] end
+    if not v then break end
+    redis.call('ZREM', idx, v)
+    redis.call('ZREM', exp, v)
+    table.insert(out, v)
+    n = n - 1
+  end
+end
+"""
+
+SESSION_SCRIPT = (
+    _COMMON
+    + r"""
+local H, M, F, FP, IDX, EXP = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local op, sid, member = ARGV[1], ARGV[2], ARGV[3]
+local ttl, maxs = tonumber(ARGV[4]), tonumber(ARGV[5])
+local prefix, token, now, init = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+
+local function refresh()
+  if ttl > 0 then
+    redis.call('PEXPIRE', H, ttl)
+    redis.call('PEXPIRE', M, ttl)
+    redis.call('PEXPIRE', F, ttl)
+    redis.call('PEXPIRE', FP, ttl)
+  end
+end
+
+local function drop_members(members)
+  for _, m in ipairs(members) do
+    local base = prefix .. ':{' .. string.sub(m, 1, TAGLEN) .. '}:'
+    redis.call('DEL', base .. 'h', base .. 'm', base .. 'f', base .. 'fp')
+  end
+end
+
+local function read_touch()
+  if IDX and maxs > 0 then index_touch(IDX, EXP, member, now_ms(), ttl, false, true) end
+end
+
+local function push(key, first, last)
+  local i = first
+  while i <= last do
+    local j = math.min(i + 3999, last)
+    redis.call('RPUSH', key, unpack(ARGV, i, j))
+    i = j + 1
+  end
+end
+
+-- Returns (recent tokens, created) for a live or freshly created session, or
+-- (nil, created, added) when this write token was already applied.
+local function upsert()
+  local r = redis.call('HMGET', H, 'id', 'wt')
+  if r[1] then
+    local recent = r[2] or ''
+    if token ~= '' then
+      local p = string.find(recent, '|' .. token .. ':', 1, true)
+      if p then
+        local a, c = string.match(recent, '^(%d+):(%d)', p + #token + 2)
+        return nil, tonumber(c), tonumber(a)
+      end
+    end
+    return recent, 0
+  end
+  local root = parse(init)
+  local meta = root.vals['"metadata"']
+  if type(meta) ~= 'table' then error('ctx_memory: init header has no metadata object') end
+  local mc = meta.vals['"message_count"'] or '0'
+  local tc = meta.vals['"token_count"'] or '0'
+  local sh = root.vals['"shared"'] or '{}'
+  redis.call('DEL', M, F, FP)
+  redis.call('HSET', H, 'id', sid, 'sp', dump(root.vals['"system_prompt"'] or 'null'),
+    'md', dump(meta), 'sh', dump(sh), 'mc', mc, 'tc', tc)
+  return '', 1
+end
+
+local function finish(recent, created, added)
+  local w = '|' .. token .. ':' .. added .. ':' .. created .. recent
+  if #w > 600 then w = string.sub(w, 1, (string.find(w, '|', 480, true) or 601) - 1) end
+  redis.call('HSET', H, 'ts', now, 'wt', w)
+  refresh()
+  local expired, evicted = {}, {}
+  if IDX then
+    local t = now_ms()
+    index_touch(IDX, EXP, member, t, ttl, true, false)
+    if created == 1 and maxs > 0 then
+      index_purge(IDX, EXP, t, expired)
+      drop_members(expired)
+      index_evict(IDX, EXP, maxs, member, evicted)
+      drop_members(evicted)
+    end
+  end
+  return {created, added, expired, evicted}
+end
+
+if op == 'append' then
+  local recent, created, added = upsert()
+  if recent == nil then return {created, added, {}, {}} end
+  local n = #ARGV - 10
+  if n > 0 then
+    push(M, 11, #ARGV)
+    redis.call('HINCRBY', H, 'mc', n)
+    redis.call('HINCRBY', H, 'tc', ARGV[10])
+  end
+  return finish(recent, created, n)
+
+elseif op == 'fetch' then
+  local recent, created, added = upsert()
+  if recent == nil then return {created, added, {}, {}} end
+  local dedupe = ARGV[10] == '1'
+  local n = 0
+  for i = 11, #ARGV, 2 do
+    if redis.call('SADD', FP, ARGV[i]) == 1 or not dedupe then
+      redis.call('RPUSH', F, ARGV[i + 1])
+      n = n + 1
+    end
+  end
+  return finish(recent, created, n)
+
+elseif op == 'merge' then
+  local partial = parse(ARGV[11])
+  local recent, created, added = upsert()
+  if recent == nil then return {created, added, {}, {}} end
+  local shared = parse(redis.call('HGET', H, 'sh'))
+  merge(shared, partial, ARGV[10] == 'deep')
+  redis.call('HSET', H, 'sh', dump(shared))
+  return finish(recent, created, 0)
+
+elseif op == 'header' then
+  local partial = nil
+  if ARGV[10] ~= '' then partial = parse(ARGV[10]) end
+  local recent, created, added = upsert()
+  if recent == nil then return {created, added, {}, {}} end
+  if partial then
+    local meta = parse(redis.call('HGET', H, 'md'))
+    merge(meta, partial, false)
+    redis.call('HSET', H, 'md', dump(meta))
+  end
+  if ARGV[11] == '1' then redis.call('HSET', H, 'sp', ARGV[12]) end
+  return finish(recent, created, 0)
+
+elseif op == 'create' then
+  local recent, created, added = upsert()
+  if recent == nil then return {created, added, {}, {}} end
+  return finish(recent, created, 0)
+
+elseif op == 'replace' then
+  -- 10 sp, 11 md, 12 sh, 13 mc, 14 tc, 15 number of messages, 16.. messages, then
+  -- (fingerprint, entry) pairs.
+  local existed = redis.call('EXISTS', H)
+  redis.call('DEL', H, M, F, FP)
+  redis.call('HSET', H, 'id', sid, 'sp', ARGV[10], 'md', ARGV[11], 'sh', ARGV[12],
+    'mc', ARGV[13], 'tc', ARGV[14])
+  local n = tonumber(ARGV[15])
+  if n > 0 then push(M, 16, 15 + n) end
+  for i = 16 + n, #ARGV, 2 do
+    redis.call('SADD', FP, ARGV[i])
+    redis.call('RPUSH', F, ARGV[i + 1])
+  end
+  return finish('', 1 - existed, n)
+
+elseif op == 'clear' then
+  if redis.call('EXISTS', H) == 0 then return 0 end
+  redis.call('DEL', M)
+  if ARGV[10] ~= '1' then redis.call('DEL', F, FP) end
+  redis.call('HSET', H, 'mc', 0, 'tc', 0, 'ts', now)
+  refresh()
+  if IDX then index_touch(IDX, EXP, member, now_ms(), ttl, true, true) end
+  return 1
+
+elseif op == 'delete' then
+  local existed = redis.call('DEL', H)
+  redis.call('DEL', M, F, FP)
+  if IDX then
+    redis.call('ZREM', IDX, member)
+    redis.call('ZREM', EXP, member)
+  end
+  return existed
+
+elseif op == 'doc' then
+  local h = redis.call('HMGET', H, 'id', 'sp', 'md', 'sh', 'mc', 'tc', 'ts')
+  if not h[1] then return false end
+  read_touch()
+  return {h, redis.call('LRANGE', M, 0, -1), redis.call('LRANGE', F, 0, -1)}
+
+elseif op == 'head' then
+  local h = redis.call('HMGET', H, 'id', 'sp', 'md', 'sh', 'mc', 'tc', 'ts')
+  if not h[1] then return false end
+  read_touch()
+  return h
+
+elseif op == 'msgs' then
+  read_touch()
+  return redis.call('LRANGE', M, ARGV[10], ARGV[11])
+
+elseif op == 'count' then
+  read_touch()
+  return redis.call('LLEN', M)
+
+elseif op == 'fetched' then
+  read_touch()
+  return redis.call('LRANGE', F, 0, -1)
+
+elseif op == 'exists' then
+  local e = redis.call('EXISTS', H)
+  if e == 1 then read_touch() end
+  return e
+end
+return redis.error_reply('ctx_memory: unknown operation ' .. tostring(op))
+"""
+)
+
+INDEX_SCRIPT = (
+    _COMMON
+    + r"""
+local IDX, EXP = KEYS[1], KEYS[2]
+local op = ARGV[1]
+local t = now_ms()
+
+if op == 'write' then
+  -- 2 member, 3 ttl ms, 4 max sessions, 5 created (0/1), 6 existing only (0/1)
+  local ttl, maxs = tonumber(ARGV[3]), tonumber(ARGV[4])
+  index_touch(IDX, EXP, ARGV[2], t, ttl, true, ARGV[6] == '1')
+  local expired, evicted = {}, {}
+  if ARGV[5] == '1' and maxs > 0 then
+    index_purge(IDX, EXP, t, expired)
+    index_evict(IDX, EXP, maxs, ARGV[2], evicted)
+  end
+  return {expired, evicted}
+
+elseif op == 'read' then
+  index_touch(IDX, EXP, ARGV[2], t, 0, false, true)
+  return 1
+
+elseif op == 'gc' then
+  local expired = {}
+  index_purge(IDX, EXP, t, expired)
+  return expired
+
+elseif op == 'members' then
+  return redis.call('ZRANGE', IDX, 0, -1)
+
+elseif op == 'forget' then
+  for i = 2, #ARGV do
+    redis.call('ZREM', IDX, ARGV[i])
+    redis.call('ZREM', EXP, ARGV[i])
+  end
+  return 1
+end
+return redis.error_reply('ctx_memory: unknown index operation ' .. tostring(op))
+"""
+)

@@ -1,0 +1,1028 @@
+r"""The Redis store: one server or a Redis Cluster, sync (redis-py) and native asyncio.
+
+Key layout (``P`` is ``REDIS_KEY_PREFIX``; ``T`` is the hex SHA-256 of the UTF-8 session
+id, so no id, whatever characters it holds, can name another session's keys)::
+
+    P:{T}:h    hash    id, sp (system prompt JSON), md (metadata JSON), sh (shared JSON),
+                       mc / tc (message / token counters), ts (last write), wt (recent
+                       write tokens, for safe retries)
+    P:{T}:m    list    one JSON message per element, oldest first
+    P:{T}:f    list    fetched items as ``<source type JSON>\\n<item JSON>``, oldest first
+    P:{T}:fp   set     fingerprints of fetched items (deduplication)
+    P:{__index__}:lru  sorted set  member ``T + id``, score last access (ms)
+    P:{__index__}:exp  sorted set  member ``T + id``, score expiry (ms)
+    P:events           pub/sub channel (when ``publish_events``)
+
+``{T}`` is a hash tag: the four keys of a session live in one slot, so one Lua script can
+change them atomically on Redis Cluster too. Every operation on a session is one call of
+one script (:mod:`ctx_memory.stores._redis_lua`) that also bumps the counters, refreshes the
+TTL of every key (``PEXPIRE``), and — on a single server — updates the index and evicts
+the least recently used sessions. On Redis Cluster the index has its own slot: the index
+is updated by a second call right after the session's script, and an evicted session's
+keys are deleted by a third call per victim. Between those calls the two can disagree for
+a moment (a crash there leaves a session unindexed until its next write, or evicted from
+the index but alive until its TTL); the session's own data is never half-written.
+
+Writes carry a random token kept in the session hash; a write retried by redis-py's
+``Retry`` after a dropped connection is therefore applied once, so retries are safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, Union
+
+import redis
+import redis.asyncio
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from typing_extensions import override
+
+from ctx_memory.config import redact_url
+from ctx_memory.errors import ConfigurationError, InvalidTTLError, StoreError, StoreUnavailableError
+from ctx_memory.schema import dumps, now_iso
+from ctx_memory.stores._redis_lua import INDEX_SCRIPT, SESSION_SCRIPT, TAG_LENGTH
+from ctx_memory.stores.base import (
+    BaseStore,
+    EncodedItem,
+    EncodedMessage,
+    Header,
+    WriteResult,
+    assemble_document,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+
+    from redis.client import PubSubWorkerThread
+
+    from ctx_memory.config import Settings
+
+__all__ = ["EventSubscription", "RedisStore"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SyncClient = Union["redis.Redis", "redis.cluster.RedisCluster"]
+AsyncClient = Union["redis.asyncio.Redis", "redis.asyncio.cluster.RedisCluster"]
+
+_HEADER_FIELDS = ("id", "sp", "md", "sh", "mc", "tc", "ts")
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def session_tag(session_id: str) -> str:
+    """The hash tag content of a session: hex SHA-256 of its UTF-8 id (64 characters)."""
+    return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def session_keys(prefix: str, session_id: str) -> tuple[str, str, str, str, str]:
+    """``(hash, messages, fetched, fingerprints, index member)`` of one session."""
+    tag = session_tag(session_id)
+    base = f"{prefix}:{{{tag}}}:"
+    return base + "h", base + "m", base + "f", base + "fp", tag + session_id
+
+
+def index_keys(prefix: str) -> tuple[str, str]:
+    """The LRU and expiry sorted sets (one slot of their own)."""
+    return f"{prefix}:{{__index__}}:lru", f"{prefix}:{{__index__}}:exp"
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else str(value)
+
+
+def member_id(member: Any) -> str:
+    """The session id of an index member (``tag + id``)."""
+    return _text(member)[TAG_LENGTH:]
+
+
+def decode_header(fields: Sequence[Any]) -> Header:
+    """A :class:`Header` from the hash fields ``id, sp, md, sh, mc, tc, ts``."""
+    _, sp, md, sh, mc, tc, ts = fields
+    metadata: dict[str, Any] = json.loads(md)
+    metadata["message_count"] = int(mc)
+    metadata["token_count"] = int(tc)
+    if ts:
+        metadata["timestamp"] = json.loads(ts)
+    return {"system_prompt": json.loads(sp), "metadata": metadata, "shared": json.loads(sh)}
+
+
+def encode_fetched(item: EncodedItem) -> str:
+    """One element of the fetched list: the source type as JSON, a newline, the item."""
+    return dumps(item.source_type) + "\n" + item.json
+
+
+def decode_fetched(
+    entries: Iterable[Any], source_type: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Fetched items grouped by source type, types in order of first appearance."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    types: dict[str, str] = {}
+    for entry in entries:
+        raw_type, _, raw_item = _text(entry).partition("\n")
+        kind = types.get(raw_type)
+        if kind is None:
+            kind = types[raw_type] = json.loads(raw_type)
+        if source_type is None or kind == source_type:
+            out.setdefault(kind, []).append(json.loads(raw_item))
+    return out
+
+
+def _int(value: Any) -> int:
+    return value if type(value) is int else int(value)
+
+
+def _write_result(reply: Sequence[Any]) -> tuple[bool, int, list[str], list[str]]:
+    created, added, expired, evicted = reply
+    return (
+        bool(int(created)),
+        int(added),
+        [member_id(m) for m in expired],
+        [member_id(m) for m in evicted],
+    )
+
+
+# ---------------------------------------------------------------- requests
+
+# Every operation is written once, as a generator that yields requests and receives their
+# replies; ``_drive`` runs it on the sync client and ``_adrive`` on the asyncio client.
+
+
+@dataclass(frozen=True, slots=True)
+class _Eval:
+    index: bool  # INDEX_SCRIPT instead of SESSION_SCRIPT
+    keys: tuple[str, ...]
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Exists:
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Publish:
+    channel: str
+    payloads: tuple[str, ...]
+
+
+_Request = _Eval | _Exists | _Publish
+
+
+class EventSubscription:
+    """A running subscription to a store's published events; :meth:`close` stops it."""
+
+    def __init__(self, pubsub: Any, thread: PubSubWorkerThread) -> None:
+        self._pubsub = pubsub
+        self._thread = thread
+
+    def close(self) -> None:
+        """Stop listening and release the connection."""
+        self._thread.stop()
+        self._thread.join(timeout=5)
+        self._pubsub.close()
+
+    def __enter__(self) -> EventSubscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class RedisStore(BaseStore):
+    """Sessions in Redis (one server or a Redis Cluster), shared by every process using it.
+
+    Each operation is one Lua script call, atomic, with its sliding-TTL refresh and counter
+    updates; see the module docstring for the key layout. Appends are O(1), reading the
+    last ``k`` messages is one ``LRANGE`` of ``k`` elements.
+
+    Args:
+        url: ``redis://[[user]:password@]host:port/db``, ``rediss://`` (TLS) or
+            ``unix:///path.sock``. Ignored when ``client`` is given.
+        client: An existing sync client (``redis.Redis`` or ``redis.cluster.RedisCluster``)
+            to use instead of ``url``; the store does not close it.
+        async_client: An existing ``redis.asyncio`` client for the async methods; by
+            default one is created from ``url`` on first use.
+        cluster: Talk to a Redis Cluster (default: detected from ``client``).
+        key_prefix: Prefix of every key (must not contain ``{`` or ``}``).
+        ttl_seconds: Sliding time to live; ``None`` for no expiry (Redis-native expiry).
+        max_sessions: Most live sessions across every process; ``None`` for no limit.
+        max_retries: Retries with exponential backoff when the connection fails.
+        socket_timeout: Seconds to wait for Redis before failing.
+        publish_events: Also publish every change on the ``<prefix>:events`` channel.
+
+    Example:
+        .. code-block:: python
+
+            # needs a running redis-server
+            from ctx_memory import ContextManager
+            from ctx_memory.stores.redis import RedisStore
+
+            with RedisStore("redis://localhost:6379/0", ttl_seconds=3600) as store:
+                manager = ContextManager(store=store)
+                manager.add_user_message("s1", "hi")
+                assert store.count_messages("s1") == 1
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: SyncClient | None = None,
+        async_client: AsyncClient | None = None,
+        cluster: bool | None = None,
+        key_prefix: str = "ctx_memory",
+        ttl_seconds: float | None = None,
+        max_sessions: int | None = None,
+        max_retries: int = 3,
+        socket_timeout: float = 5.0,
+        publish_events: bool = False,
+    ) -> None:
+        if ttl_seconds is not None and (
+            not isinstance(ttl_seconds, (int, float)) or ttl_seconds < 0
+        ):
+            msg = f"ttl_seconds must be a non-negative number or None, got {ttl_seconds!r}"
+            raise InvalidTTLError(msg)
+        if max_sessions is not None and max_sessions < 1:
+            msg = f"max_sessions must be at least 1, got {max_sessions!r}"
+            raise ValueError(msg)
+        if not key_prefix or "{" in key_prefix or "}" in key_prefix:
+            msg = f"must be non-empty without '{{' or '}}' (hash tags), got {key_prefix!r}"
+            raise ConfigurationError("REDIS_KEY_PREFIX", msg)
+        if client is None and url is None:
+            url = "redis://localhost:6379/0"
+        if cluster is None:
+            cluster = client is not None and isinstance(client, redis.cluster.RedisCluster)
+        self.cluster = cluster
+        self.prefix = key_prefix
+        self.ttl_seconds = ttl_seconds or None
+        self.max_sessions = max_sessions
+        self.publish_events = publish_events
+        self.channel = f"{key_prefix}:events"
+        self._ttl_ms = str(max(1, round(ttl_seconds * 1000))) if ttl_seconds else "0"
+        self._max = str(max_sessions or 0)
+        self._url = url if client is None else _client_url(client)
+        self._max_retries = max_retries
+        self._socket_timeout = socket_timeout
+        self._owns_client = client is None
+        self._client: SyncClient | None = client
+        self._owns_async = async_client is None
+        self._aclient: AsyncClient | None = async_client
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._shas = {
+            False: hashlib.sha1(SESSION_SCRIPT.encode()).hexdigest(),  # noqa: S324 - Redis script id
+            True: hashlib.sha1(INDEX_SCRIPT.encode()).hexdigest(),  # noqa: S324
+        }
+        self._idx, self._exp = index_keys(key_prefix)
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisStore:
+        """A store configured from :class:`~ctx_memory.config.Settings`."""
+        return cls(
+            settings.redis_url,
+            cluster=settings.redis_cluster,
+            key_prefix=settings.redis_key_prefix,
+            ttl_seconds=settings.ttl_seconds,
+            max_sessions=settings.max_sessions,
+            max_retries=settings.redis_max_retries,
+            socket_timeout=settings.redis_socket_timeout,
+            publish_events=settings.redis_publish_events,
+        )
+
+    @property
+    def url(self) -> str:
+        """The server's URL with any password replaced by ``***``."""
+        return redact_url(self._url or "")
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisStore(url={self.url!r}, cluster={self.cluster}, prefix={self.prefix!r}, "
+            f"ttl_seconds={self.ttl_seconds}, max_sessions={self.max_sessions})"
+        )
+
+    # ------------------------------------------------------------ clients
+
+    def _retry_kwargs(self, retry_cls: type[Any]) -> dict[str, Any]:
+        return {
+            "retry": retry_cls(ExponentialBackoff(cap=1.0, base=0.05), self._max_retries),
+            "socket_timeout": self._socket_timeout,
+            "socket_connect_timeout": self._socket_timeout,
+        }
+
+    @property
+    def client(self) -> SyncClient:
+        """The sync client (created from the URL on first use)."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    kwargs = self._retry_kwargs(redis.retry.Retry)
+                    assert self._url is not None
+                    try:
+                        if self.cluster:
+                            self._client = redis.cluster.RedisCluster.from_url(self._url, **kwargs)
+                        else:
+                            self._client = redis.Redis.from_url(self._url, **kwargs)
+                    except (RedisError, *_UNAVAILABLE) as e:
+                        raise self._wrap(e) from e
+        return self._client
+
+    @property
+    def async_client(self) -> AsyncClient:
+        """The asyncio client for the running event loop (created on first use)."""
+        loop = asyncio.get_running_loop()
+        if self._aclient is not None and (not self._owns_async or self._aloop is loop):
+            return self._aclient
+        kwargs = self._retry_kwargs(redis.asyncio.retry.Retry)
+        assert self._url is not None
+        if self.cluster:
+            self._aclient = redis.asyncio.cluster.RedisCluster.from_url(self._url, **kwargs)
+        else:
+            self._aclient = redis.asyncio.Redis.from_url(self._url, **kwargs)
+        self._aloop = loop
+        return self._aclient
+
+    def _wrap(self, error: BaseException) -> StoreError:
+        where = f"Redis at {self.url}"
+        if isinstance(error, _UNAVAILABLE) or "ClusterDown" in type(error).__name__:
+            return StoreUnavailableError(f"{where} is unavailable: {error}")
+        return StoreError(f"{where} failed: {type(error).__name__}: {error}")
+
+    # ------------------------------------------------------------ drivers
+
+    def _drive(self, op: Generator[_Request, Any, T]) -> T:
+        try:
+            request = next(op)
+            while True:
+                request = op.send(self._do(request))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        except StoreError:
+            raise
+        except (RedisError, *_UNAVAILABLE) as e:
+            raise self._wrap(e) from e
+
+    def _do(self, request: _Request) -> Any:
+        client = self.client
+        if isinstance(request, _Eval):
+            sha = self._shas[request.index]
+            keys = request.keys
+            try:
+                return client.evalsha(sha, len(keys), *keys, *request.args)
+            except NoScriptError:
+                client.script_load(INDEX_SCRIPT if request.index else SESSION_SCRIPT)
+                return client.evalsha(sha, len(keys), *keys, *request.args)
+        if isinstance(request, _Exists):
+            pipe = client.pipeline(transaction=False)
+            for key in request.keys:
+                pipe.exists(key)
+            return pipe.execute()
+        for payload in request.payloads:
+            client.publish(request.channel, payload)
+        return None
+
+    async def _adrive(self, op: Generator[_Request, Any, T]) -> T:
+        try:
+            request = next(op)
+            while True:
+                request = op.send(await self._ado(request))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        except StoreError:
+            raise
+        except (RedisError, *_UNAVAILABLE) as e:
+            raise self._wrap(e) from e
+
+    async def _ado(self, request: _Request) -> Any:
+        client = self.async_client
+        if isinstance(request, _Eval):
+            sha = self._shas[request.index]
+            keys = request.keys
+            try:
+                return await client.evalsha(sha, len(keys), *keys, *request.args)
+            except NoScriptError:
+                await client.script_load(INDEX_SCRIPT if request.index else SESSION_SCRIPT)
+                return await client.evalsha(sha, len(keys), *keys, *request.args)
+        if isinstance(request, _Exists):
+            pipe = client.pipeline(transaction=False)
+            for key in request.keys:
+                pipe.exists(key)
+            return await pipe.execute()
+        for payload in request.payloads:
+            await client.publish(request.channel, payload)
+        return None
+
+    # ------------------------------------------------------------ operations (written once)
+
+    def _session(
+        self,
+        op: str,
+        session_id: str,
+        *extra: Any,
+        token: str = "",
+        now: str = "",
+        init: str = "",
+    ) -> _Eval:
+        h, m, f, fp, member = session_keys(self.prefix, session_id)
+        keys = (h, m, f, fp) if self.cluster else (h, m, f, fp, self._idx, self._exp)
+        args = (op, session_id, member, self._ttl_ms, self._max, self.prefix, token, now, init)
+        return _Eval(False, keys, args + extra)
+
+    def _index(self, op: str, *args: Any) -> _Eval:
+        return _Eval(True, (self._idx, self._exp), (op, *args))
+
+    def _read(self, op: str, session_id: str, *extra: Any) -> Generator[_Request, Any, Any]:
+        reply = yield self._session(op, session_id, *extra)
+        if self.cluster and self.max_sessions is not None and reply:
+            yield self._index("read", session_keys(self.prefix, session_id)[4])
+        return reply
+
+    def _write(
+        self,
+        op: str,
+        session_id: str,
+        init: Header,
+        now: str,
+        *extra: Any,
+        events: tuple[str, ...] = (),
+    ) -> Generator[_Request, Any, WriteResult]:
+        init_json = dumps(_clean_init(init))
+        reply = yield self._session(
+            op, session_id, *extra, token=os.urandom(8).hex(), now=dumps(now), init=init_json
+        )
+        created, added, expired, evicted = _write_result(reply)
+        if self.cluster:
+            expired, evicted = yield from self._cluster_index_write(session_id, created)
+        yield from self._report(
+            session_id,
+            created=created,
+            added=added,
+            expired=expired,
+            evicted=evicted,
+            events=events,
+        )
+        return WriteResult(created=created, added=added, evicted=tuple(evicted))
+
+    def _cluster_index_write(
+        self, session_id: str, created: bool, *, existing_only: bool = False
+    ) -> Generator[_Request, Any, tuple[list[str], list[str]]]:
+        member = session_keys(self.prefix, session_id)[4]
+        expired_m, evicted_m = yield self._index(
+            "write",
+            member,
+            self._ttl_ms,
+            self._max,
+            "1" if created else "0",
+            "1" if existing_only else "0",
+        )
+        evicted = [member_id(m) for m in evicted_m]
+        for victim in evicted:
+            h, m, f, fp, _ = session_keys(self.prefix, victim)
+            yield _Eval(
+                False, (h, m, f, fp), ("delete", victim, "", "0", "0", self.prefix, "", "", "")
+            )
+        return [member_id(m) for m in expired_m], evicted
+
+    def _report(
+        self,
+        session_id: str,
+        *,
+        created: bool,
+        added: int,
+        expired: Sequence[str],
+        evicted: Sequence[str],
+        events: tuple[str, ...],
+    ) -> Generator[_Request, Any, None]:
+        for victim in expired:
+            self._notify("session_expired", victim)
+        for victim in evicted:
+            self._notify("session_evicted", victim)
+        if self.publish_events:
+            stamp = now_iso()
+            payloads = [_event("session_created", session_id, {}, stamp)] if created else []
+            payloads += [
+                _event(e, session_id, {"count": added} if e in _COUNTED else {}, stamp)
+                for e in events
+                if e not in _COUNTED or added
+            ]
+            payloads += [_event("session_expired", v, {}, stamp) for v in expired]
+            payloads += [_event("session_evicted", v, {}, stamp) for v in evicted]
+            if payloads:
+                yield _Publish(self.channel, tuple(payloads))
+
+    def _op_create(self, session_id: str, init: Header) -> Generator[_Request, Any, WriteResult]:
+        return self._write("create", session_id, init, init["metadata"]["timestamp"])
+
+    def _op_exists(self, session_id: str) -> Generator[_Request, Any, bool]:
+        return bool((yield from self._read("exists", session_id)))
+
+    def _op_delete(self, session_id: str) -> Generator[_Request, Any, bool]:
+        existed = bool((yield self._session("delete", session_id)))
+        if self.cluster:
+            yield self._index("forget", session_keys(self.prefix, session_id)[4])
+        if existed and self.publish_events:
+            yield _Publish(self.channel, (_event("session_deleted", session_id, {}, now_iso()),))
+        return existed
+
+    def _op_gc(self) -> Generator[_Request, Any, int]:
+        members = yield self._index("gc")
+        expired = [member_id(m) for m in members]
+        yield from self._report("", created=False, added=0, expired=expired, evicted=(), events=())
+        return len(expired)
+
+    def _op_list(self) -> Generator[_Request, Any, list[str]]:
+        yield from self._op_gc()
+        members = yield from self._list_members()
+        return sorted(member_id(m) for m in members)
+
+    def _list_members(self) -> Generator[_Request, Any, list[str]]:
+        members: list[str] = [_text(m) for m in (yield self._index("members"))]
+        if not members:
+            return []
+        hashes = tuple(session_keys(self.prefix, member_id(m))[0] for m in members)
+        alive = yield _Exists(hashes)
+        ghosts = [m for m, ok in zip(members, alive, strict=True) if not int(ok)]
+        if ghosts:  # keys gone without the index knowing (e.g. expired, FLUSHDB, maxmemory)
+            yield self._index("forget", *ghosts)
+            yield from self._report(
+                "",
+                created=False,
+                added=0,
+                expired=[member_id(m) for m in ghosts],
+                evicted=(),
+                events=(),
+            )
+        return [m for m, ok in zip(members, alive, strict=True) if int(ok)]
+
+    def _op_document(self, session_id: str) -> Generator[_Request, Any, dict[str, Any] | None]:
+        reply = yield from self._read("doc", session_id)
+        if not reply:
+            return None
+        fields, messages, fetched = reply
+        return assemble_document(
+            decode_header(fields), [json.loads(m) for m in messages], decode_fetched(fetched)
+        )
+
+    def _op_header(self, session_id: str) -> Generator[_Request, Any, Header | None]:
+        reply = yield from self._read("head", session_id)
+        return decode_header(reply) if reply else None
+
+    def _op_messages(
+        self, session_id: str, start: int, end: int
+    ) -> Generator[_Request, Any, list[dict[str, Any]]]:
+        reply = yield from self._read("msgs", session_id, start, end)
+        return [json.loads(m) for m in reply]
+
+    def _op_count(self, session_id: str) -> Generator[_Request, Any, int]:
+        return int((yield from self._read("count", session_id)))
+
+    def _op_fetched(
+        self, session_id: str, source_type: str | None
+    ) -> Generator[_Request, Any, dict[str, list[dict[str, Any]]]]:
+        reply = yield from self._read("fetched", session_id)
+        return decode_fetched(reply, source_type)
+
+    def _op_append_messages(
+        self, session_id: str, messages: Sequence[EncodedMessage], init: Header, now: str
+    ) -> Generator[_Request, Any, WriteResult]:
+        tokens = sum(msg.tokens for msg in messages)
+        return self._write(
+            "append",
+            session_id,
+            init,
+            now,
+            tokens,
+            *[msg.json for msg in messages],
+            events=("message_added",),
+        )
+
+    def _op_append_fetched(
+        self, session_id: str, items: Sequence[EncodedItem], init: Header, now: str, dedupe: bool
+    ) -> Generator[_Request, Any, WriteResult]:
+        pairs: list[str] = []
+        for item in items:
+            pairs += (item.fingerprint, encode_fetched(item))
+        return self._write(
+            "fetch",
+            session_id,
+            init,
+            now,
+            "1" if dedupe else "0",
+            *pairs,
+            events=("fetched_added",),
+        )
+
+    def _op_merge(
+        self, session_id: str, mode: str, partial: Mapping[str, Any], init: Header, now: str
+    ) -> Generator[_Request, Any, WriteResult]:
+        return self._write(
+            "merge",
+            session_id,
+            init,
+            now,
+            mode,
+            dumps(dict(partial)),
+            events=("context_updated",),
+        )
+
+    def _op_update_header(
+        self,
+        session_id: str,
+        *,
+        init: Header,
+        now: str,
+        metadata: Mapping[str, Any] | None,
+        system_prompt: str | None,
+        set_system_prompt: bool,
+    ) -> Generator[_Request, Any, WriteResult]:
+        fields = {
+            k: v for k, v in (metadata or {}).items() if k not in ("message_count", "token_count")
+        }
+        return self._write(
+            "header",
+            session_id,
+            init,
+            now,
+            dumps(fields) if fields else "",
+            "1" if set_system_prompt else "0",
+            dumps(system_prompt) if set_system_prompt else "",
+            events=("metadata_updated",),
+        )
+
+    def _op_clear(
+        self, session_id: str, now: str, preserve_fetched: bool
+    ) -> Generator[_Request, Any, bool]:
+        existed = bool(
+            (
+                yield self._session(
+                    "clear", session_id, "1" if preserve_fetched else "0", now=dumps(now)
+                )
+            )
+        )
+        if existed and self.cluster:
+            yield from self._cluster_index_write(session_id, False, existing_only=True)
+        if existed:
+            yield from self._report(
+                session_id,
+                created=False,
+                added=0,
+                expired=(),
+                evicted=(),
+                events=("session_cleared",),
+            )
+        return existed
+
+    def _op_replace(
+        self,
+        session_id: str,
+        header: Header,
+        messages: Sequence[EncodedMessage],
+        items: Sequence[EncodedItem],
+    ) -> Generator[_Request, Any, WriteResult]:
+        metadata = dict(header["metadata"])
+        pairs: list[str] = []
+        for item in items:
+            pairs += (item.fingerprint, encode_fetched(item))
+        ts = metadata.get("timestamp")
+        reply = yield self._session(
+            "replace",
+            session_id,
+            dumps(header["system_prompt"]),
+            dumps(metadata),
+            dumps(header["shared"]),
+            _int(metadata.get("message_count", 0)),
+            _int(metadata.get("token_count", 0)),
+            len(messages),
+            *[msg.json for msg in messages],
+            *pairs,
+            token=os.urandom(8).hex(),
+            now=dumps(ts) if "timestamp" in metadata else "",
+        )
+        created, added, expired, evicted = _write_result(reply)
+        if self.cluster:
+            expired, evicted = yield from self._cluster_index_write(session_id, created)
+        yield from self._report(
+            session_id,
+            created=created,
+            added=added,
+            expired=expired,
+            evicted=evicted,
+            events=("context_updated",),
+        )
+        return WriteResult(created=created, added=added, evicted=tuple(evicted))
+
+    # ------------------------------------------------------------ sync API
+
+    @override
+    def create(self, session_id: str, init: Header) -> WriteResult:
+        return self._drive(self._op_create(session_id, init))
+
+    @override
+    def exists(self, session_id: str) -> bool:
+        return self._drive(self._op_exists(session_id))
+
+    @override
+    def delete(self, session_id: str) -> bool:
+        return self._drive(self._op_delete(session_id))
+
+    @override
+    def list_sessions(self) -> list[str]:
+        return self._drive(self._op_list())
+
+    @override
+    def get_document(self, session_id: str) -> dict[str, Any] | None:
+        return self._drive(self._op_document(session_id))
+
+    @override
+    def get_header(self, session_id: str) -> Header | None:
+        return self._drive(self._op_header(session_id))
+
+    @override
+    def get_messages(self, session_id: str, start: int = 0, end: int = -1) -> list[dict[str, Any]]:
+        return self._drive(self._op_messages(session_id, start, end))
+
+    @override
+    def count_messages(self, session_id: str) -> int:
+        return self._drive(self._op_count(session_id))
+
+    @override
+    def get_fetched(
+        self, session_id: str, source_type: str | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        return self._drive(self._op_fetched(session_id, source_type))
+
+    @override
+    def append_messages(
+        self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
+    ) -> WriteResult:
+        return self._drive(self._op_append_messages(session_id, messages, init, now))
+
+    @override
+    def append_fetched(
+        self,
+        session_id: str,
+        items: Sequence[EncodedItem],
+        *,
+        init: Header,
+        now: str,
+        dedupe: bool = False,
+    ) -> WriteResult:
+        return self._drive(self._op_append_fetched(session_id, items, init, now, dedupe))
+
+    @override
+    def merge_shared(
+        self, session_id: str, partial: Mapping[str, Any], *, init: Header, now: str
+    ) -> WriteResult:
+        return self._drive(self._op_merge(session_id, "deep", partial, init, now))
+
+    @override
+    def set_shared(
+        self, session_id: str, key: str, value: Any, *, init: Header, now: str
+    ) -> WriteResult:
+        return self._drive(self._op_merge(session_id, "shallow", {key: value}, init, now))
+
+    @override
+    def update_header(
+        self,
+        session_id: str,
+        *,
+        init: Header,
+        now: str,
+        metadata: Mapping[str, Any] | None = None,
+        system_prompt: str | None = None,
+        set_system_prompt: bool = False,
+    ) -> WriteResult:
+        return self._drive(
+            self._op_update_header(
+                session_id,
+                init=init,
+                now=now,
+                metadata=metadata,
+                system_prompt=system_prompt,
+                set_system_prompt=set_system_prompt,
+            )
+        )
+
+    @override
+    def clear(self, session_id: str, *, now: str, preserve_fetched: bool = False) -> bool:
+        return self._drive(self._op_clear(session_id, now, preserve_fetched))
+
+    @override
+    def replace_document(
+        self,
+        session_id: str,
+        header: Header,
+        messages: Sequence[EncodedMessage],
+        items: Sequence[EncodedItem],
+    ) -> WriteResult:
+        return self._drive(self._op_replace(session_id, header, messages, items))
+
+    @override
+    def gc(self) -> int:
+        return self._drive(self._op_gc())
+
+    @override
+    def close(self) -> None:
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None and self._owns_client:
+            client.close()
+        if self._owns_async:
+            self._aclient, self._aloop = None, None
+
+    # ------------------------------------------------------------ async API
+
+    @override
+    async def acreate(self, session_id: str, init: Header) -> WriteResult:
+        return await self._adrive(self._op_create(session_id, init))
+
+    @override
+    async def aexists(self, session_id: str) -> bool:
+        return await self._adrive(self._op_exists(session_id))
+
+    @override
+    async def adelete(self, session_id: str) -> bool:
+        return await self._adrive(self._op_delete(session_id))
+
+    @override
+    async def alist_sessions(self) -> list[str]:
+        return await self._adrive(self._op_list())
+
+    @override
+    async def aget_document(self, session_id: str) -> dict[str, Any] | None:
+        return await self._adrive(self._op_document(session_id))
+
+    @override
+    async def aget_header(self, session_id: str) -> Header | None:
+        return await self._adrive(self._op_header(session_id))
+
+    @override
+    async def aget_messages(
+        self, session_id: str, start: int = 0, end: int = -1
+    ) -> list[dict[str, Any]]:
+        return await self._adrive(self._op_messages(session_id, start, end))
+
+    @override
+    async def acount_messages(self, session_id: str) -> int:
+        return await self._adrive(self._op_count(session_id))
+
+    @override
+    async def aget_fetched(
+        self, session_id: str, source_type: str | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        return await self._adrive(self._op_fetched(session_id, source_type))
+
+    @override
+    async def aappend_messages(
+        self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
+    ) -> WriteResult:
+        return await self._adrive(self._op_append_messages(session_id, messages, init, now))
+
+    @override
+    async def aappend_fetched(
+        self,
+        session_id: str,
+        items: Sequence[EncodedItem],
+        *,
+        init: Header,
+        now: str,
+        dedupe: bool = False,
+    ) -> WriteResult:
+        return await self._adrive(self._op_append_fetched(session_id, items, init, now, dedupe))
+
+    @override
+    async def amerge_shared(
+        self, session_id: str, partial: Mapping[str, Any], *, init: Header, now: str
+    ) -> WriteResult:
+        return await self._adrive(self._op_merge(session_id, "deep", partial, init, now))
+
+    @override
+    async def aset_shared(
+        self, session_id: str, key: str, value: Any, *, init: Header, now: str
+    ) -> WriteResult:
+        return await self._adrive(self._op_merge(session_id, "shallow", {key: value}, init, now))
+
+    @override
+    async def aupdate_header(
+        self,
+        session_id: str,
+        *,
+        init: Header,
+        now: str,
+        metadata: Mapping[str, Any] | None = None,
+        system_prompt: str | None = None,
+        set_system_prompt: bool = False,
+    ) -> WriteResult:
+        return await self._adrive(
+            self._op_update_header(
+                session_id,
+                init=init,
+                now=now,
+                metadata=metadata,
+                system_prompt=system_prompt,
+                set_system_prompt=set_system_prompt,
+            )
+        )
+
+    @override
+    async def aclear(self, session_id: str, *, now: str, preserve_fetched: bool = False) -> bool:
+        return await self._adrive(self._op_clear(session_id, now, preserve_fetched))
+
+    @override
+    async def areplace_document(
+        self,
+        session_id: str,
+        header: Header,
+        messages: Sequence[EncodedMessage],
+        items: Sequence[EncodedItem],
+    ) -> WriteResult:
+        return await self._adrive(self._op_replace(session_id, header, messages, items))
+
+    async def agc(self) -> int:
+        """Async :meth:`gc`."""
+        return await self._adrive(self._op_gc())
+
+    @override
+    async def aclose(self) -> None:
+        aclient, self._aclient = self._aclient, None
+        if aclient is not None and self._owns_async:
+            try:
+                await aclient.aclose()
+            except RuntimeError:  # created on another, now closed, event loop
+                logger.debug("async Redis client belonged to a closed event loop")
+        self.close()
+
+    # ------------------------------------------------------------ events across processes
+
+    def subscribe_events(self, callback: Callable[[dict[str, Any]], None]) -> EventSubscription:
+        """Call ``callback`` in a background thread for every event published on the channel.
+
+        Events are published by stores created with ``publish_events=True`` (in any process)
+        as JSON objects ``{"type", "session_id", "data", "timestamp"}``, the shape of
+        :meth:`ctx_memory.events.Event.to_dict`.
+
+        Returns:
+            The subscription; call :meth:`EventSubscription.close` to stop it.
+        """
+
+        def handle(message: dict[str, Any]) -> None:
+            try:
+                callback(json.loads(message["data"]))
+            except Exception:
+                logger.exception("ctx_memory event subscriber %r failed", callback)
+
+        try:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub.subscribe(**{self.channel: handle})
+            thread = pubsub.run_in_thread(sleep_time=0.01, daemon=True)
+        except (RedisError, *_UNAVAILABLE) as e:
+            raise self._wrap(e) from e
+        return EventSubscription(pubsub, thread)
+
+
+_COUNTED = frozenset({"message_added", "fetched_added"})
+
+
+def _event(kind: str, session_id: str, data: dict[str, Any], stamp: str) -> str:
+    return dumps({"type": kind, "session_id": session_id, "data": data, "timestamp": stamp})
+
+
+def _clean_init(init: Header) -> Header:
+    meta = init["metadata"]
+    mc, tc = meta.get("message_count", 0), meta.get("token_count", 0)
+    if type(mc) is int and type(tc) is int:
+        return init
+    return {**init, "metadata": {**meta, "message_count": _int(mc), "token_count": _int(tc)}}
+
+
+def _client_url(client: Any) -> str:
+    """A password-free URL describing an existing client, for error messages."""
+    try:
+        kwargs = client.connection_pool.connection_kwargs
+    except AttributeError:
+        nodes = getattr(client, "startup_nodes", None) or []
+        first = nodes[0] if nodes else None
+        if first is None:
+            return "redis://<cluster>"
+        return f"redis://{first.host}:{first.port}"
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}"
+    host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
+    return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
