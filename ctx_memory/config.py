@@ -24,7 +24,14 @@ from pydantic import ValidationError as PydanticValidationError
 
 from ctx_memory.errors import ConfigurationError
 
-__all__ = ["ENV_PREFIX", "SETTINGS_FILES", "Settings", "load_settings", "redact_url"]
+__all__ = [
+    "ENV_PREFIX",
+    "SETTINGS_FILES",
+    "Settings",
+    "load_settings",
+    "redact_url",
+    "with_overrides",
+]
 
 ENV_PREFIX = "CTX_MEMORY"
 SETTINGS_FILES = ("settings.toml", ".secrets.toml")
@@ -136,6 +143,30 @@ def _from_dynaconf(root: Path) -> dict[str, Any]:
     return values
 
 
+def _validated(values: dict[str, Any]) -> Settings:
+    try:
+        return Settings(**values)
+    except PydanticValidationError as e:
+        first = e.errors()[0]
+        key = str(first["loc"][0]).upper() if first["loc"] else "<settings>"
+        shown = first.get("input")
+        if key == "REDIS_URL" and isinstance(shown, str):
+            shown = redact_url(shown)
+        raise ConfigurationError(key, f"{first['msg']} (got {shown!r})") from e
+
+
+def _checked_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    for key in overrides:
+        if key.upper() not in _KEYS:
+            raise ConfigurationError(key.upper(), "is not a ctx_memory setting")
+    return {k.lower(): v for k, v in overrides.items() if v is not None}
+
+
+def with_overrides(settings: Settings, **overrides: Any) -> Settings:
+    """A copy of ``settings`` with ``overrides`` applied and validated (no file is read)."""
+    return _validated({**settings.model_dump(), **_checked_overrides(overrides)})
+
+
 def load_settings(*, root: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
     """Read settings files and environment, apply ``overrides`` and validate.
 
@@ -149,17 +180,4 @@ def load_settings(*, root: str | os.PathLike[str] | None = None, **overrides: An
         ConfigurationError: A key is unknown, or a value has the wrong type or range.
     """
     values = _from_dynaconf(Path(root) if root is not None else Path.cwd())
-    for key, value in overrides.items():
-        if key.upper() not in _KEYS:
-            raise ConfigurationError(key.upper(), "is not a ctx_memory setting")
-        if value is not None:
-            values[key.lower()] = value
-    try:
-        return Settings(**values)
-    except PydanticValidationError as e:
-        first = e.errors()[0]
-        key = str(first["loc"][0]).upper() if first["loc"] else "<settings>"
-        shown = first.get("input")
-        if key == "REDIS_URL" and isinstance(shown, str):
-            shown = redact_url(shown)
-        raise ConfigurationError(key, f"{first['msg']} (got {shown!r})") from e
+    return _validated({**values, **_checked_overrides(overrides)})

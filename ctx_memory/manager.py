@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from langchain_core.messages import BaseMessage
 
-from ctx_memory.config import Settings, load_settings
+from ctx_memory.config import Settings, load_settings, with_overrides
 from ctx_memory.errors import (
     CtxMemoryError,
     DocumentImportError,
@@ -139,7 +139,7 @@ class ContextManager:
         if settings is None:
             settings = load_settings(**overrides)
         elif overrides:
-            settings = load_settings(**{**settings.model_dump(), **overrides})
+            settings = with_overrides(settings, **overrides)
         self.settings = settings
         self.events = events or EventEmitter(enabled=settings.event_emission)
         self.store = store if store is not None else create_store(settings)

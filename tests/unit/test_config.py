@@ -84,3 +84,14 @@ def test_redaction():
     with pytest.raises(ConfigurationError) as info:
         load_settings(redis_url="http://user:topsecret@h")
     assert "topsecret" not in str(info.value)
+
+
+def test_settings_object_plus_overrides_reads_no_file(tmp_path, monkeypatch):
+    base = load_settings(max_sessions=5)
+    (tmp_path / "settings.toml").write_text("MAX_SESSIONS = 77\n")
+    monkeypatch.chdir(tmp_path)
+    with ContextManager(base, event_emission=False) as cm:
+        assert cm.settings.max_sessions == 5
+        assert cm.settings.event_emission is False
+    with pytest.raises(ConfigurationError, match="MAX_SESSIONS"):
+        ContextManager(base, max_sessions=-1)
