@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from ctx_memory.config import load_settings
 from ctx_memory.errors import ConfigurationError, CtxMemoryError, DocumentImportError
 from ctx_memory.manager import ContextManager
 from ctx_memory.schema import parse_document, validate_session_id
@@ -122,7 +123,8 @@ def _open(ctx: typer.Context) -> Iterator[ContextManager]:
         return
     options: _Options = root if isinstance(root, _Options) else _Options()
     try:
-        manager = ContextManager(**options.overrides())
+        # Settings first: ContextManager's own ``store=`` keyword takes a store object.
+        manager = ContextManager(load_settings(**options.overrides()))
     except ConfigurationError as e:
         _fail(str(e), code=2)
     except CtxMemoryError as e:
@@ -357,9 +359,9 @@ def _print_session(
     fetched = document.get("fetched_context") or {}
     items = [(t, i) for t, entries in fetched.items() for i in entries]
     if items:
-        sources = Table(
-            "#", "type", "title", "url", "tokens", title="Sources", title_justify="left"
-        )
+        sources = Table(title="Sources", title_justify="left")
+        for name in ("#", "type", "title", "url", "tokens"):
+            sources.add_column(name, overflow="fold")
         for n, (source_type, item) in enumerate(items, 1):
             data = item.get("extracted_data") or {}
             sources.add_row(

@@ -1,0 +1,252 @@
+"""HTML views: escaping, links, folding, the budget bar, the assembly report, SessionView."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from typing import TYPE_CHECKING
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+
+from ctx_memory import (
+    ContextManager,
+    InMemoryStore,
+    SessionView,
+    render_assembly_html,
+    render_session_html,
+    show_session,
+)
+from ctx_memory.demo import run_demo
+from ctx_memory.display import PREVIEW_CHARS, budget_segments
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+class _Checker(HTMLParser):
+    """Collects tags, links and text; fails on unbalanced structural tags."""
+
+    VOID = frozenset({"br", "hr", "img", "meta", "link", "input"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.hrefs: list[str] = []
+        self.tags: list[str] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag == "a":
+            self.hrefs.append(dict(attrs).get("href") or "")
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.stack, f"stray </{tag}>"
+        assert self.stack[-1] == tag, f"</{tag}> closes <{self.stack[-1]}>"
+        self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse(markup: str) -> _Checker:
+    checker = _Checker()
+    checker.feed(markup)
+    checker.close()
+    assert checker.stack == [], f"unclosed: {checker.stack}"
+    return checker
+
+
+@pytest.fixture
+def cm() -> Iterator[ContextManager]:
+    with ContextManager(store=InMemoryStore()) as manager:
+        run_demo(manager, echo=lambda _: None)
+        yield manager
+
+
+def test_session_html_has_every_section(cm: ContextManager) -> None:
+    document = cm.get_context("demo-session")
+    markup = render_session_html(document, cm.get_memory_stats("demo-session"))
+    checker = parse(markup)
+    text = " ".join(checker.text)
+    for heading in ("Metadata", "System prompt", "Sources (3)", "Conversation (4 messages)"):
+        assert heading in text
+    assert "https://travel.example/booking-guide" in checker.hrefs
+    assert "Booking flights: a practical guide" in text
+    assert "Travel Example" in text  # site name
+    assert "2026-10-02" in text  # published date
+    assert "scripted-demo-model" in text
+    assert text.count("assistant") >= 2
+    assert "store: memory" in text
+
+
+def test_budget_bar_legend_matches_stats(cm: ContextManager) -> None:
+    stats = cm.get_memory_stats("demo-session")
+    markup = render_session_html(cm.get_context("demo-session"), stats)
+    sources = sum(stats["fetched_tokens"].values())
+    assert f"system <b>{stats['system_prompt_tokens']}</b>" in markup
+    assert f"sources <b>{sources}</b>" in markup
+    assert f"history <b>{stats['token_count']}</b>" in markup
+    # without stats, the counts cached in the document give the same bar
+    assert _legend(render_session_html(cm.get_context("demo-session"))) == _legend(markup)
+
+
+def _legend(markup: str) -> list[str]:
+    return re.findall(r"</i>([a-z ]+) <b>([\d,]+)</b>", markup)  # type: ignore[arg-type]
+
+
+def test_budget_shows_reserve_and_left_out(cm: ContextManager) -> None:
+    markup = render_session_html(cm.get_context("demo-session"), budget=150, reserve_tokens=30)
+    labels = [label for label, _ in _legend(markup)]
+    assert labels == ["system", "sources", "history", "reserve", "left out"]
+    assert "(30 reserved for the reply)" in markup
+
+
+def test_everything_is_escaped(cm: ContextManager) -> None:
+    evil = '<script>alert("x")</script>'
+    cm.add_user_message("evil", evil, metadata={"model": evil})
+    cm.update_metadata("evil", current_url="javascript:alert(1)", note=evil)
+    cm.set_system_prompt("evil", evil)
+    cm.add_fetched_context(
+        "evil", "web_search", evil, url="javascript:alert(2)", extracted_data={"title": evil}
+    )
+    cm.set_context("evil", evil, evil)
+    markup = render_session_html(cm.get_context("evil"), cm.get_memory_stats("evil"))
+    checker = parse(markup)
+    assert "script" not in checker.tags
+    assert "<script" not in markup
+    assert all(h.startswith(("http://", "https://")) for h in checker.hrefs)
+    assert "&lt;script&gt;" in markup
+
+
+def test_long_content_is_folded(cm: ContextManager) -> None:
+    cm.add_assistant_message("long", "word " * 1000)
+    markup = render_session_html(cm.get_context("long"))
+    parse(markup)
+    assert "<details><summary>show all (5,000 characters)</summary>" in markup
+    assert PREVIEW_CHARS < 5000
+
+
+def test_max_messages_shows_newest(cm: ContextManager) -> None:
+    for i in range(10):
+        cm.add_user_message("many", f"message number {i}")
+    markup = render_session_html(cm.get_context("many"), max_messages=3)
+    assert "7 older messages not shown" in markup
+    assert "message number 9" in markup
+    assert "message number 6" not in markup
+
+
+def test_content_blocks_and_tool_calls(cm: ContextManager) -> None:
+    cm.add_messages(
+        "blocks",
+        [
+            HumanMessage(content=[{"type": "text", "text": "look at this"}, {"type": "image"}]),
+            AIMessage(
+                content="", tool_calls=[{"name": "search", "args": {"q": "paris"}, "id": "c1"}]
+            ),
+        ],
+    )
+    markup = render_session_html(cm.get_context("blocks"))
+    parse(markup)
+    assert "look at this" in markup
+    assert "[image]" in markup
+    assert "<code>search</code>" in markup
+
+
+def test_missing_session_renders_a_note() -> None:
+    assert "No such session" in render_session_html({})
+
+
+def test_budget_segments_arithmetic() -> None:
+    assert budget_segments({"system": 5, "history": 10}) == budget_segments(
+        {"system": 5, "history": 10}, budget=None
+    )
+    fits = budget_segments({"system": 10, "history": 20}, budget=100, reserve_tokens=10)
+    assert [(s.label, s.tokens) for s in fits] == [
+        ("system", 10),
+        ("history", 20),
+        ("free", 60),
+        ("reserve", 10),
+    ]
+    over = budget_segments({"system": 50, "sources": 50, "history": 50}, budget=100)
+    assert [(s.label, s.tokens) for s in over] == [
+        ("system", 50),
+        ("sources", 50),
+        ("left out", 50),
+    ]
+    assert sum(s.tokens for s in over if s.label != "left out") == 100
+
+
+@dataclass
+class FakeReport:
+    """Duck-typed stand-in for the assembler's report (the real one has these names)."""
+
+    system_tokens: int = 40
+    sources_tokens: int = 300
+    history_tokens: int = 200
+    question_tokens: int = 20
+    total_tokens: int = 566
+    budget: int = 1000
+    reserve_tokens: int = 200
+    left_out_messages: int = 6
+    left_out_sources: int = 1
+    left_out_tokens: int = 900
+
+
+@dataclass
+class FakeResult:
+    report: FakeReport = field(default_factory=FakeReport)
+    messages: list[object] = field(
+        default_factory=lambda: [
+            SystemMessage("Be brief. <b>"),
+            HumanMessage("Hi"),
+            {"role": "assistant", "content": "Hello"},
+        ]
+    )
+
+
+def test_assembly_html_reads_report_and_messages() -> None:
+    markup = render_assembly_html(FakeResult())
+    checker = parse(markup)
+    text = " ".join(checker.text)
+    assert "Assembled prompt: 566 tokens of 800 allowed" in text
+    legend = dict(_legend(markup))
+    # API framing (total minus the sections) is drawn with the system part
+    assert legend["system"] == "46"
+    assert legend["left out"] == "900"
+    assert legend["reserve"] == "200"
+    assert legend["free"] == "234"
+    assert "left-out messages" in text
+    assert "Messages (3)" in text
+    assert "Be brief. &lt;b&gt;" in markup
+    # the report alone, or a mapping, works too
+    assert "566 tokens" in render_assembly_html(FakeReport())
+    assert "566 tokens" in render_assembly_html({"total_tokens": 566, "budget": 1000})
+
+
+def test_session_view_renders_fresh_each_time(cm: ContextManager) -> None:
+    view = show_session(cm, "demo-session", budget=8000, reserve_tokens=1000)
+    assert isinstance(view, SessionView)
+    before = view._repr_html_()
+    cm.add_user_message("demo-session", "one more question")
+    after = view._repr_html_()
+    assert "one more question" not in before
+    assert "one more question" in after
+
+
+def test_session_view_repr_is_short_and_hides_secrets() -> None:
+    secret_url = "redis://user:hunter2@redis.example:6379/0"
+    with ContextManager(store=InMemoryStore(), redis_url=secret_url) as cm:
+        cm.add_user_message("s" * 200, "private content " * 100)
+        text = repr(SessionView(cm, "s" * 200))
+        assert "hunter2" not in text
+        assert "private" not in text
+        assert len(text) < 120
+        assert text.endswith(": 1 messages, 0 sources>")
+        assert (
+            repr(SessionView(cm, "missing")) == "<SessionView 'missing' on memory: no such session>"
+        )
