@@ -63,12 +63,14 @@ __all__ = [
     "ContextPromptAssembler",
     "HistoryWindow",
     "PromptInput",
+    "Question",
     "SourcePlan",
     "adrive",
     "bm25_scores",
     "drive",
     "format_header",
     "format_sources",
+    "parse_question",
     "plan_sources",
     "rank_sources",
     "repair_tool_pairs",
@@ -729,21 +731,24 @@ class AssembledPrompt:
 # --------------------------------------------------------------------------- assembler
 
 
-class _Question(NamedTuple):
+class Question(NamedTuple):
+    """A question as the message sent and its plain text."""
+
     message: BaseMessage
     text: str
 
 
-def _question(value: Any, input_key: str) -> _Question:
+def parse_question(value: Any, input_key: str = "question") -> Question:
+    """The question as a message and as text, from a str, a message or a dict."""
     if isinstance(value, dict):
         if input_key not in value:
             msg = f"the input dict has no {input_key!r} key (keys: {sorted(value)})"
             raise ValidationError(msg)
         value = value[input_key]
     if isinstance(value, BaseMessage):
-        return _Question(value, value.text)
+        return Question(value, value.text)
     if isinstance(value, str):
-        return _Question(HumanMessage(content=value), value)
+        return Question(HumanMessage(content=value), value)
     msg = f"question must be a str, a message or a dict, got {type(value).__name__}"
     raise ValidationError(msg)
 
@@ -870,7 +875,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             budget: Override ``max_tokens - reserve_tokens``.
             now: The current time (for the header's local time); default: now.
         """
-        q = _question(question, self.input_key)
+        q = parse_question(question, self.input_key)
         counter = self.manager.token_counter
         budget = self.budget if budget is None else budget
         header = yield Call("get_header", (session_id,))
