@@ -1,0 +1,300 @@
+"""Shared fixtures: real Redis servers (single and a 3-master cluster) and every store.
+
+``REDIS_URL`` / ``REDIS_CLUSTER_URL`` point at servers you run yourself; otherwise the
+suite starts ``redis-server`` from ``PATH`` on free loopback ports in a temp dir. When
+``redis-server`` is missing the Redis tests fail under ``CI=true`` and are skipped
+(with the reason) elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+import redis.cluster
+
+from ctx_memory.stores.memory import InMemoryStore
+from ctx_memory.stores.redis import RedisStore
+from ctx_memory.stores.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    from ctx_memory.stores.base import BaseStore
+
+STORE_KINDS = ["memory", "sqlite", "redis", "cluster"]
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _no_redis(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: the Redis tests must run; install redis-server)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A free loopback port whose cluster-bus twin (port + 10000) is free too."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return int(port)
+    msg = "no free port pair found"
+    raise RuntimeError(msg)
+
+
+class RedisServer:
+    """One ``redis-server`` process on a loopback port, in its own directory."""
+
+    def __init__(self, directory: Path, *extra: str, port: int | None = None) -> None:
+        self.directory = directory
+        self.extra = extra
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        exe = shutil.which("redis-server")
+        assert exe is not None
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
+        args += ["--save", "", "--appendonly", "no", *self.extra]
+        log = (self.directory / "redis.log").open("ab")
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        try:
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        msg = f"redis-server on port {self.port} did not start; see {log.name}"
+                        raise RuntimeError(msg) from None
+                    time.sleep(0.02)
+        finally:
+            client.close()
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL (a crash), then wait for the process to be gone."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+            self.proc = None
+
+
+def _require_redis() -> None:
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        _no_redis("redis-server/redis-cli not on PATH and REDIS_URL not set")
+
+
+@pytest.fixture(scope="session")
+def redis_server_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., RedisServer]]:
+    """Start extra private ``redis-server`` processes (stopped at the end of the session)."""
+    started: list[RedisServer] = []
+
+    def start(*extra: str) -> RedisServer:
+        _require_redis()
+        server = RedisServer(tmp_path_factory.mktemp("redis"), *extra).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server_factory: Callable[..., RedisServer]) -> str:
+    """URL of a single Redis server for the whole session."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        return url
+    return redis_server_factory().url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of one node of a 3-master Redis Cluster for the whole session."""
+    url = os.environ.get("REDIS_CLUSTER_URL")
+    if url:
+        yield url
+        return
+    _require_redis()
+    root = tmp_path_factory.mktemp("cluster")
+    nodes = [
+        RedisServer(
+            root / f"n{i}",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "5000",
+        )
+        for i in range(3)
+    ]
+    try:
+        for node in nodes:
+            node.start()
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{n.port}" for n in nodes],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        for node in nodes:
+            client = redis.Redis(port=node.port)
+            while client.cluster("info")["cluster_state"] != "ok":
+                if time.monotonic() > deadline:
+                    msg = "the test Redis Cluster did not reach cluster_state:ok"
+                    raise RuntimeError(msg)
+                time.sleep(0.05)
+            client.close()
+        yield nodes[0].url
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A key prefix unique to this test."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+def _cleanup(client: Any, prefix: str) -> None:
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    for key in keys:
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def make_store(
+    request: pytest.FixtureRequest, key_prefix: str, tmp_path: Path
+) -> Iterator[Callable[..., BaseStore]]:
+    """Build stores of the parametrised kind (``memory|sqlite|redis|cluster``).
+
+    Stores built by one test share their data (same Redis prefix, same SQLite file), like
+    several processes on one backend; all of it is removed after the test.
+    """
+    kind: str = request.param
+    made: list[BaseStore] = []
+    cleanup: list[Callable[[], None]] = []
+    url = ""
+    if kind == "redis":
+        url = request.getfixturevalue("redis_url")
+        cleanup.append(lambda: _cleanup(redis.Redis.from_url(url), key_prefix))
+    elif kind == "cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+        cleanup.append(lambda: _cleanup(redis.cluster.RedisCluster.from_url(url), key_prefix))
+
+    def make(**kwargs: Any) -> BaseStore:
+        store: BaseStore
+        if kind == "memory":
+            store = InMemoryStore(**kwargs)
+        elif kind == "sqlite":
+            store = SqliteStore(str(tmp_path / "ctx.sqlite3"), **kwargs)
+        else:
+            store = RedisStore(url, cluster=kind == "cluster", key_prefix=key_prefix, **kwargs)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+    for clean in cleanup:
+        clean()
+
+
+@pytest.fixture
+def store(make_store: Callable[..., BaseStore]) -> BaseStore:
+    """A fresh store of the parametrised kind, no TTL, no session limit."""
+    return make_store()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrise ``make_store`` (and so ``store``) over every kind of store.
+
+    A test narrows the kinds with ``@pytest.mark.stores("redis", "cluster")``.
+    """
+    if "make_store" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("stores")
+        kinds = list(marker.args) if marker else STORE_KINDS
+        marks = {"redis": pytest.mark.redis, "cluster": pytest.mark.cluster}
+        metafunc.parametrize(
+            "make_store",
+            [pytest.param(k, id=k, marks=[marks[k]] if k in marks else []) for k in kinds],
+            indirect=True,
+        )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "stores(*kinds): run a store-parametrised test on these kinds only"
+    )
+
+
+@pytest.fixture
+def manager_factory(make_store: Callable[..., BaseStore]) -> Iterator[Callable[..., Any]]:
+    """Build ``ContextManager(store=<parametrised store>, **settings)`` objects.
+
+    ``manager_factory(ttl_seconds=1, max_sessions=2, **setting_overrides)``; the token
+    counter is approximate unless a test asks otherwise, so no tiktoken data is needed.
+    """
+    from ctx_memory.manager import ContextManager
+
+    made: list[Any] = []
+
+    def build(
+        *, ttl_seconds: float | None = None, max_sessions: int | None = None, **overrides: Any
+    ) -> Any:
+        store = make_store(ttl_seconds=ttl_seconds, max_sessions=max_sessions)
+        overrides.setdefault("token_counter", "approximate")
+        cm = ContextManager(store=store, **overrides)
+        made.append(cm)
+        return cm
+
+    yield build  # stores are closed by make_store
