@@ -469,6 +469,8 @@ class HistoryWindow:
         self._skip = skip
         self.seen = 0
         self.seen_tokens = 0
+        self.skipped = 0
+        self.skipped_tokens = 0
         self.done = False
         self._pending: list[Mapping[str, Any]] = []
         self._pending_tokens = 0
@@ -482,6 +484,8 @@ class HistoryWindow:
             return True
         for record in records:
             if self._skip is not None and self._skip(record):
+                self.skipped += 1
+                self.skipped_tokens += int(record.get("token_count") or 0)
                 continue
             cost = self._cost(record)
             self.seen += 1
@@ -619,7 +623,8 @@ class AssemblyReport:
         system_tokens: The system message with system prompt and header only.
         sources_tokens: What the sources added to the system message.
         history_tokens: The history messages included.
-        question_tokens: The question message.
+        question_tokens: The question message (for the agent middleware: the current
+            run's messages, from the last human message on).
         priming_tokens: The reply priming the API adds to every request.
         sources_included: Sources in the prompt.
         sources_truncated: Of those, how many were cut to the per-source cap.
@@ -876,24 +881,59 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             now: The current time (for the header's local time); default: now.
         """
         q = parse_question(question, self.input_key)
+        return (
+            yield from self.build_flow(
+                session_id,
+                [q.message],
+                query=q.text,
+                exclude_last=exclude_last,
+                budget=budget,
+                now=now,
+            )
+        )
+
+    def build_flow(
+        self,
+        session_id: str,
+        tail: Sequence[BaseMessage],
+        *,
+        query: str,
+        exclude_last: int = 0,
+        skip_ids: frozenset[str] = frozenset(),
+        system_prefix: str = "",
+        budget: int | None = None,
+        now: datetime | None = None,
+    ) -> Generator[Call, Any, AssembledPrompt]:
+        """The general assembly flow: system message, sources, history, then ``tail``.
+
+        ``tail`` (the question, or an agent's current run) is never dropped and sources
+        are ranked against ``query``. Stored messages whose ``id`` is in ``skip_ids``
+        are passed over (the caller sends them in ``tail``). ``system_prefix`` (an
+        agent's own system prompt) goes before the session's system prompt.
+
+        Raises:
+            BudgetExceededError: The system prompt, header and ``tail`` alone exceed the
+                budget.
+        """
         counter = self.manager.token_counter
         budget = self.budget if budget is None else budget
         header = yield Call("get_header", (session_id,))
         meta: Mapping[str, Any] = header["metadata"] if header else {}
         system_prompt = header["system_prompt"] if header else None
-        head = head_text(
+        session_head = head_text(
             system_prompt,
             format_header(meta, now=now or datetime.now(timezone.utc))
             if self.include_header
             else "",
         )
-        question_tokens = counter.count_lc_message(q.message)
+        head = "\n\n".join(part for part in (system_prefix, session_head) if part)
+        tail_tokens = sum(counter.count_lc_message(m) for m in tail)
         head_tokens = counter.count_message("system", head) if head else 0
-        fixed = REPLY_PRIMING + head_tokens + question_tokens
+        fixed = REPLY_PRIMING + head_tokens + tail_tokens
         if fixed > budget:
             msg = (
                 f"the system prompt and header ({head_tokens} tokens) and the question "
-                f"({question_tokens} tokens) need {fixed} tokens with the reply priming, "
+                f"({tail_tokens} tokens) need {fixed} tokens with the reply priming, "
                 f"over the budget of {budget} (max_tokens={self.max_tokens} - "
                 f"reserve_tokens={self.reserve_tokens}); shorten them or raise max_tokens"
             )
@@ -906,68 +946,66 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             for source_type, entries in fetched.items():
                 if self.source_types is None or source_type in self.source_types:
                     items.extend(entries)
-        ranked = [item for _, item in rank_sources(q.text, items, cache=self._bounded_terms())]
-        free = budget - fixed
-        allowance = head_tokens + int(free * self.sources_share)
+        ranked = [item for _, item in rank_sources(query, items, cache=self._bounded_terms())]
+        allowance = head_tokens + int((budget - fixed) * self.sources_share)
         plan = plan_sources(
             head,
             ranked,
             counter=counter,
-            allowance=max(allowance, head_tokens),
+            allowance=allowance,
             per_source_tokens=self.source_token_cap,
             max_sources=self.max_sources,
             cache=self._bounded_cuts(),
         )
 
         # History: newest whole turns in what remains, read newest first in chunks.
-        history_budget = budget - REPLY_PRIMING - plan.system_tokens - question_tokens
+        history_budget = budget - REPLY_PRIMING - plan.system_tokens - tail_tokens
         stored = int(meta.get("message_count", 0))
         end = max(stored - max(exclude_last, 0), 0)
         same_encoding = meta.get("token_encoding") in (None, counter.encoding_name)
         window = HistoryWindow(
             history_budget,
             cost=None if same_encoding else counter.count_record,
+            skip=(lambda r: r.get("id") in skip_ids) if skip_ids else None,
         )
         average = max(int(meta.get("token_count", 0)) // max(stored, 1), 1)
-        first = history_budget // average + 8
+        first = history_budget // average + 8 + len(skip_ids)
         reached = end
         for start, stop in history_chunks(end, first):
             records = yield Call("get_message_range", (session_id, start, stop))
             reached = start
             if window.feed(reversed(records)) or not records:
                 break
-        chosen = window.finish(at_start=reached == 0 and not window.done)
+        chosen = window.finish(at_start=reached == 0)
         history = [record_to_message(r) for r in chosen]
 
         messages: list[BaseMessage] = []
         if plan.text:
             messages.append(SystemMessage(content=plan.text))
         messages.extend(history)
-        messages.append(q.message)
-        total = REPLY_PRIMING + plan.system_tokens + window.tokens + question_tokens
-        left_out_tokens = int(meta.get("token_count", 0)) - window.tokens
-        if exclude_last and stored:
+        messages.extend(tail)
+        left_out_tokens = int(meta.get("token_count", 0)) - window.tokens - window.skipped_tokens
+        if exclude_last and stored > end:
             # The excluded newest messages are not "left out": they are the question.
-            left_out_tokens -= sum(
-                _cached_cost(r) for r in (yield Call("get_message_range", (session_id, end, -1)))
-            )
+            excluded = yield Call("get_message_range", (session_id, end, stored - 1))
+            left_out_tokens -= sum(_cached_cost(r) for r in excluded)
         report = AssemblyReport(
             session_id=session_id,
             budget=budget,
             max_tokens=self.max_tokens,
             reserve_tokens=self.reserve_tokens,
-            total_tokens=total,
+            total_tokens=REPLY_PRIMING + plan.system_tokens + window.tokens + tail_tokens,
             system_tokens=head_tokens,
             sources_tokens=plan.system_tokens - head_tokens,
             history_tokens=window.tokens,
-            question_tokens=question_tokens,
+            question_tokens=tail_tokens,
             priming_tokens=REPLY_PRIMING,
             sources_included=len(plan.chosen),
             sources_truncated=plan.truncated,
             sources_dropped=plan.dropped,
             source_urls=tuple(str(item.get("url") or _title(item)) for item, _ in plan.chosen),
             history_messages=len(chosen),
-            history_left_out_messages=end - len(chosen),
+            history_left_out_messages=max(end - len(chosen) - window.skipped, 0),
             history_left_out_tokens=max(left_out_tokens, 0) if same_encoding else 0,
             history_repaired_messages=len(window.dropped),
             encoding=counter.encoding_name,
@@ -978,7 +1016,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             sources=tuple(item for item, _ in plan.chosen),
             system=plan.text,
             history=history,
-            question=q.message,
+            question=tail[-1] if tail else None,
             head=head,
             sources_text=format_sources(plan.chosen),
         )

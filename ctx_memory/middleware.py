@@ -1,0 +1,287 @@
+"""ContextMiddleware: session memory for ``langchain.agents.create_agent`` (LangChain 1.x).
+
+Needs the ``agents`` extra (``pip install ctx-memory[agents]``).
+
+On every model call the middleware
+
+1. persists the run's messages that the store does not have yet (the human input, the
+   AI tool calls, the tool results), recognised by message id against the newest stored
+   messages, so nothing is stored twice whether or not a LangGraph checkpointer keeps
+   the conversation in the agent's state;
+2. sends the model: one system message (the agent's own system prompt, then the
+   session's system prompt, header and numbered sources ranked against the last human
+   message), then as much stored history as fits the token budget (newest whole turns,
+   skipping messages the request already holds), then the current run from its last
+   human message on, which is never dropped;
+3. persists the model's reply with ``model``, ``response_time_ms``, ``sources_used`` and
+   ``tools_used`` in its metadata.
+
+After the agent finishes, anything still unsaved (e.g. the result of a ``return_direct``
+tool) is persisted. No orphan tool message is ever sent: the history window starts at a
+user message and is repaired (:func:`~ctx_memory.prompt.repair_tool_pairs`), and so is the
+final message list.
+
+Tool schemas are not counted; keep ``reserve_tokens`` large enough for them and the reply.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, cast
+
+try:
+    from langchain.agents.middleware import AgentMiddleware, AgentState, ModelResponse
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    msg = (
+        "ctx_memory.middleware needs LangChain 1.x agents: "
+        "pip install ctx-memory[agents] (or pip install 'langchain>=1.0')"
+    )
+    raise ImportError(msg) from e
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables.config import var_child_runnable_config
+from typing_extensions import override
+
+from ctx_memory.prompt import (
+    AssembledPrompt,
+    Call,
+    ContextPromptAssembler,
+    adrive,
+    drive,
+    repair_tool_pairs,
+    session_id_from,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Generator, Sequence
+
+    from langchain.agents.middleware import ModelRequest
+    from langchain.agents.middleware.types import ModelCallResult
+    from langchain_core.messages import AnyMessage
+    from langgraph.runtime import Runtime
+
+    from ctx_memory.manager import ContextManager
+
+__all__ = ["ContextMiddleware"]
+
+
+def _reply_messages(result: Any) -> list[BaseMessage]:
+    """The messages a model call produced, whatever shape the handler returned."""
+    if isinstance(result, AIMessage):
+        return [result]
+    if isinstance(result, ModelResponse):
+        return list(result.result)
+    inner = getattr(result, "model_response", None)
+    return list(inner.result) if isinstance(inner, ModelResponse) else []
+
+
+class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
+    """Agent middleware that gives ``create_agent`` agents a ctx_memory session.
+
+    The session id is, in order: ``runtime.context["session_id"]`` (or a
+    ``session_id`` attribute of the context object), ``config["configurable"]
+    ["session_id"]``, the checkpointer's ``config["configurable"]["thread_id"]``, then
+    ``session_id``.
+
+    Args:
+        manager: Where sessions live.
+        session_id: Default session id.
+        max_tokens: The model's context size.
+        reserve_tokens: Kept free for the reply and the tool schemas.
+        max_sources: Most sources to inject (``0`` for none).
+        source_token_cap: Tokens each source's text is cut to.
+        sources_share: At most this share of the free budget goes to sources.
+        include_header: Add the mode / current URL / local time header.
+        persist: Store the run's messages (``False``: read-only memory).
+        model_name: Name recorded with replies (default: from the reply or the model).
+
+    Example:
+        .. code-block:: python
+
+            from langchain.agents import create_agent
+            from langchain_core.language_models import GenericFakeChatModel
+            from langchain_core.messages import AIMessage
+
+            from ctx_memory import ContextManager
+            from ctx_memory.middleware import ContextMiddleware
+
+            manager = ContextManager()
+            manager.set_system_prompt("s1", "You are a travel assistant.")
+            model = GenericFakeChatModel(messages=iter([AIMessage("Hi!"), AIMessage("Paris.")]))
+            agent = create_agent(model, middleware=[ContextMiddleware(manager)])
+            config = {"configurable": {"session_id": "s1"}}
+
+            agent.invoke({"messages": [("user", "Hello")]}, config)
+            agent.invoke({"messages": [("user", "Where did I say hello?")]}, config)
+            history = manager.get_history("s1")
+            assert [r["content"] for r in history] == [
+                "Hello", "Hi!", "Where did I say hello?", "Paris."
+            ]
+    """
+
+    def __init__(
+        self,
+        manager: ContextManager,
+        *,
+        session_id: str | None = None,
+        max_tokens: int = 8000,
+        reserve_tokens: int = 1000,
+        max_sources: int | None = 8,
+        source_token_cap: int = 400,
+        sources_share: float = 0.5,
+        include_header: bool = True,
+        persist: bool = True,
+        model_name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.manager = manager
+        self.session_id = session_id
+        self.persist = persist
+        self.model_name = model_name
+        self.assembler = ContextPromptAssembler(
+            manager,
+            max_tokens=max_tokens,
+            reserve_tokens=reserve_tokens,
+            max_sources=max_sources,
+            source_token_cap=source_token_cap,
+            sources_share=sources_share,
+            include_header=include_header,
+        )
+
+    def __repr__(self) -> str:
+        return f"ContextMiddleware(session_id={self.session_id!r}, assembler={self.assembler!r})"
+
+    # ------------------------------------------------------------ pure helpers
+
+    def _session(self, runtime: Any) -> str:
+        context = getattr(runtime, "context", None)
+        if isinstance(context, Mapping) and context.get("session_id"):
+            return str(context["session_id"])
+        if context is not None and getattr(context, "session_id", None):
+            return str(context.session_id)
+        config = var_child_runnable_config.get() or {}
+        configurable = config.get("configurable") or {}
+        default = configurable.get("thread_id") or self.session_id
+        return session_id_from(config, default, owner="ContextMiddleware")
+
+    @staticmethod
+    def _current_run(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
+        """The messages from the last human message on (all of them if there is none)."""
+        for index in range(len(messages) - 1, -1, -1):
+            if isinstance(messages[index], HumanMessage):
+                return list(messages[index:])
+        return list(messages)
+
+    def _unsaved_flow(
+        self, session_id: str, messages: Sequence[BaseMessage]
+    ) -> Generator[Call, Any, None]:
+        """Store the messages the newest stored messages do not already hold (by id)."""
+        if not self.persist or not messages:
+            return
+        stored = yield Call("get_message_range", (session_id, -len(messages), -1))
+        known = {r.get("id") for r in stored if r.get("id")}
+        unsaved = [m for m in messages if m.id is None or m.id not in known]
+        if unsaved:
+            yield Call("add_messages", (session_id, unsaved))
+
+    def _prepare_flow(
+        self, session_id: str, request: ModelRequest[Any]
+    ) -> Generator[Call, Any, AssembledPrompt]:
+        yield from self._unsaved_flow(session_id, request.messages)
+        tail = self._current_run(request.messages) if self.persist else list(request.messages)
+        tail, _ = repair_tool_pairs(tail)
+        query = next((m.text for m in reversed(tail) if isinstance(m, HumanMessage)), "")
+        system = request.system_message.text if request.system_message is not None else ""
+        skip = frozenset(m.id for m in tail if m.id)
+        return (
+            yield from self.assembler.build_flow(
+                session_id, tail, query=query, skip_ids=skip, system_prefix=system
+            )
+        )
+
+    @staticmethod
+    def _override(request: ModelRequest[Any], prompt: AssembledPrompt) -> ModelRequest[Any]:
+        messages = prompt.messages
+        system = None
+        if messages and isinstance(messages[0], SystemMessage):
+            system, messages = messages[0], messages[1:]
+        return request.override(system_message=system, messages=cast("list[AnyMessage]", messages))
+
+    def _reply_flow(
+        self,
+        session_id: str,
+        request: ModelRequest[Any],
+        result: Any,
+        started: float,
+        prompt: AssembledPrompt,
+    ) -> Generator[Call, Any, None]:
+        replies = _reply_messages(result)
+        for reply in replies:
+            if reply.id is None:
+                # The state keeps this id, so the next call recognises the stored copy.
+                reply.id = f"ctx-{uuid.uuid4()}"
+        if not self.persist or not replies:
+            return
+        model = request.model
+        name = self.model_name or next(
+            (
+                v
+                for v in (
+                    replies[-1].response_metadata.get("model_name"),
+                    getattr(model, "model_name", None),
+                    getattr(model, "model", None),
+                )
+                if isinstance(v, str) and v
+            ),
+            type(model).__name__,
+        )
+        tools = [c["name"] for r in replies if isinstance(r, AIMessage) for c in r.tool_calls]
+        metadata = {
+            "model": name,
+            "response_time_ms": round((time.perf_counter() - started) * 1000, 3),
+            "sources_used": list(prompt.report.source_urls),
+            "tools_used": tools,
+        }
+        yield Call("add_messages", (session_id, replies), {"metadata": metadata})
+
+    # ------------------------------------------------------------ hooks
+
+    @override
+    def wrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
+    ) -> ModelCallResult[Any]:
+        session_id = self._session(request.runtime)
+        prompt = drive(self.manager, self._prepare_flow(session_id, request))
+        started = time.perf_counter()
+        result = handler(self._override(request, prompt))
+        drive(self.manager, self._reply_flow(session_id, request, result, started, prompt))
+        return result
+
+    @override
+    async def awrap_model_call(
+        self,
+        request: ModelRequest[Any],
+        handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
+    ) -> ModelCallResult[Any]:
+        session_id = self._session(request.runtime)
+        prompt = await adrive(self.manager, self._prepare_flow(session_id, request))
+        started = time.perf_counter()
+        result = await handler(self._override(request, prompt))
+        await adrive(self.manager, self._reply_flow(session_id, request, result, started, prompt))
+        return result
+
+    @override
+    def after_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
+        drive(self.manager, self._unsaved_flow(self._session(runtime), state["messages"]))
+        return None
+
+    @override
+    async def aafter_agent(
+        self, state: AgentState[Any], runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        await adrive(self.manager, self._unsaved_flow(self._session(runtime), state["messages"]))
+        return None
