@@ -1,0 +1,234 @@
+"""Manager-level contract: the same workload gives the same documents on every store.
+
+Plus a hypothesis state machine: random sequences of manager operations produce identical
+``get_context`` documents (timestamps aside) on the in-memory store and on Redis.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+from ctx_memory.manager import ContextManager
+from ctx_memory.stores.memory import InMemoryStore
+from ctx_memory.stores.redis import RedisStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+_TIME_KEYS = frozenset({"timestamp", "created_at", "user_time"})
+
+
+def normalise(value: Any) -> Any:
+    """The document with every timestamp replaced (they differ from run to run)."""
+    if isinstance(value, dict):
+        return {k: "<time>" if k in _TIME_KEYS else normalise(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [normalise(v) for v in value]
+    return value
+
+
+def workload(cm: ContextManager) -> None:
+    """One scripted session life: every kind of write the manager offers."""
+    cm.create_session("s1")
+    cm.set_system_prompt("s1", "You are terse.")
+    cm.update_metadata("s1", mode="research", current_url="https://a.example", lang="en")
+    cm.add_user_message("s1", "What is Redis?")
+    cm.add_fetched_context(
+        "s1",
+        "web_search",
+        "Redis is an in-memory store.",
+        url="https://redis.io",
+        extracted_data={"title": "Redis", "site_name": "redis.io"},
+        dedupe=True,
+    )
+    cm.add_fetched_context(
+        "s1", "web_search", "Redis is an in-memory store.", url="https://redis.io", dedupe=True
+    )
+    cm.add_fetched_context("s1", "js_scraping", "<p>x</p>", url="https://b.example")
+    cm.add_assistant_message(
+        "s1",
+        "A data store.",
+        model="gpt-4o-mini",
+        response_time_ms=12.5,
+        sources_used=["https://redis.io"],
+        tools_used=[],
+    )
+    cm.update_partial_context("s1", {"plan": {"steps": [], "done": False}, "n": 2**60 + 1})
+    cm.update_partial_context("s1", {"plan": {"done": True, "notes": {}}, "f": 0.1 + 0.2})
+    cm.set_context("s1", "agent:{weird}", {"list": [1, [], {}]})
+    cm.add_user_message("s2 {}*", "second session ✓")
+    cm.clear("s2 {}*", preserve_fetched=True)
+    cm.add_user_message("s2 {}*", "after clear")
+    cm.add_user_message("s3", "to be deleted")
+    cm.delete_context("s3")
+    exported = cm.export_session("s1")
+    cm.import_session(exported, session_id="s1-copy")
+
+
+def test_same_documents_on_every_store(manager_factory: Callable[..., ContextManager]) -> None:
+    reference = ContextManager(store=InMemoryStore(), token_counter="approximate")
+    subject = manager_factory()
+    workload(reference)
+    workload(subject)
+    assert subject.list_sessions() == reference.list_sessions() == ["s1", "s1-copy", "s2 {}*"]
+    for sid in reference.list_sessions():
+        assert normalise(subject.get_context(sid)) == normalise(reference.get_context(sid))
+    original = subject.get_context("s1")
+    copy = subject.get_context("s1-copy")
+    assert copy["conversation_history"] == original["conversation_history"]
+    assert copy["shared"] == original["shared"]
+    assert subject.get_context("s3") == {}
+    assert subject.get_history("s1", last_k=1)[0]["content"] == "A data store."
+
+
+async def test_async_workload_matches_sync(manager_factory: Callable[..., ContextManager]) -> None:
+    sync_cm, async_cm = manager_factory(), manager_factory(redis_key_prefix="unused")
+    workload(sync_cm)
+    await async_cm.aadd_user_message("a", "What is Redis?")
+    await async_cm.aadd_assistant_message("a", "A data store.", model="m")
+    await async_cm.aupdate_partial_context("a", {"x": {"y": []}})
+    await async_cm.aadd_fetched_context("a", "web", "c", url="https://u", dedupe=True)
+    await async_cm.aadd_fetched_context("a", "web", "c", url="https://u", dedupe=True)
+    context = await async_cm.aget_context("a")
+    assert [m["content"] for m in context["conversation_history"]] == [
+        "What is Redis?",
+        "A data store.",
+    ]
+    assert context["shared"] == {"x": {"y": []}}
+    assert len(context["fetched_context"]["web"]) == 1
+    assert context["metadata"]["message_count"] == 2
+    await async_cm.aclose()
+
+
+# ------------------------------------------------------------------ hypothesis
+
+
+SESSION_IDS = st.sampled_from(["a", "b{x}", "ü:*"])
+KEYS = st.sampled_from(["k", "l", "m", "n:{}", "ü"])
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=6)
+)
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
+    max_leaves=8,
+)
+PARTIALS = st.dictionaries(KEYS, JSON, max_size=3)
+TEXT = st.text(min_size=1, max_size=12).filter(lambda s: s.strip() != "")
+
+
+class SameDocuments(RuleBasedStateMachine):
+    """Drive the in-memory store and Redis with the same random operations."""
+
+    redis_url = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefix = f"h{uuid.uuid4().hex[:10]}"
+        self.memory = ContextManager(store=InMemoryStore(), token_counter="approximate")
+        self.redis = ContextManager(
+            store=RedisStore(self.redis_url, key_prefix=self.prefix), token_counter="approximate"
+        )
+        self.both = (self.memory, self.redis)
+
+    @rule(sid=SESSION_IDS, content=TEXT)
+    def user_message(self, sid: str, content: str) -> None:
+        for cm in self.both:
+            cm.add_user_message(sid, content)
+
+    @rule(sid=SESSION_IDS, content=TEXT, model=st.sampled_from(["m1", "m2"]))
+    def assistant_message(self, sid: str, content: str, model: str) -> None:
+        for cm in self.both:
+            cm.add_assistant_message(sid, content, model=model)
+
+    @rule(sid=SESSION_IDS, partial=PARTIALS)
+    def merge(self, sid: str, partial: dict[str, Any]) -> None:
+        for cm in self.both:
+            cm.update_partial_context(sid, partial)
+
+    @rule(sid=SESSION_IDS, key=KEYS, value=JSON)
+    def set_context(self, sid: str, key: str, value: Any) -> None:
+        for cm in self.both:
+            cm.set_context(sid, key, value)
+
+    @rule(
+        sid=SESSION_IDS,
+        source=st.sampled_from(["web_search", "js_scraping", "pdf"]),
+        content=TEXT,
+        dedupe=st.booleans(),
+    )
+    def fetched(self, sid: str, source: str, content: str, dedupe: bool) -> None:
+        for cm in self.both:
+            cm.add_fetched_context(sid, source, content, url="https://x", dedupe=dedupe)
+
+    @rule(
+        sid=SESSION_IDS,
+        mode=st.sampled_from(["normal", "thinking", "research"]),
+        extra=JSON,
+    )
+    def metadata(self, sid: str, mode: str, extra: Any) -> None:
+        for cm in self.both:
+            cm.update_metadata(sid, mode=mode, extra=extra)
+
+    @rule(sid=SESSION_IDS, prompt=st.none() | TEXT)
+    def system_prompt(self, sid: str, prompt: str | None) -> None:
+        for cm in self.both:
+            cm.set_system_prompt(sid, prompt)
+
+    @rule(sid=SESSION_IDS, preserve=st.booleans())
+    def clear(self, sid: str, preserve: bool) -> None:
+        for cm in self.both:
+            cm.clear(sid, preserve_fetched=preserve)
+
+    @rule(sid=SESSION_IDS)
+    def delete(self, sid: str) -> None:
+        results = [cm.delete_context(sid) for cm in self.both]
+        assert results[0] == results[1]
+
+    @rule(source=SESSION_IDS, dest=SESSION_IDS)
+    def copy(self, source: str, dest: str) -> None:
+        if self.memory.get_context(source):
+            for cm in self.both:
+                cm.import_session(cm.export_session(source), session_id=dest)
+
+    @invariant()
+    def same_documents(self) -> None:
+        assert self.memory.list_sessions() == self.redis.list_sessions()
+        for sid in self.memory.list_sessions():
+            assert normalise(self.redis.get_context(sid)) == normalise(self.memory.get_context(sid))
+            assert normalise(self.redis.get_history(sid, last_k=2)) == normalise(
+                self.memory.get_history(sid, last_k=2)
+            )
+
+    def teardown(self) -> None:
+        client = redis.Redis.from_url(self.redis_url)
+        for key in client.scan_iter(match=f"{self.prefix}:*"):
+            client.delete(key)
+        client.close()
+        self.memory.close()
+        self.redis.close()
+
+
+@pytest.mark.redis
+def test_random_operations_same_documents_on_memory_and_redis(redis_url: str) -> None:
+    SameDocuments.redis_url = redis_url
+    run_state_machine_as_test(
+        SameDocuments,
+        settings=settings(
+            max_examples=40,
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
