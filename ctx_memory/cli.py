@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
-from ctx_memory.config import load_settings
+from ctx_memory.config import Settings, load_settings
 from ctx_memory.errors import ConfigurationError, CtxMemoryError, DocumentImportError
 from ctx_memory.manager import ContextManager
 from ctx_memory.schema import parse_document, validate_session_id
@@ -76,6 +76,14 @@ class _Options:
     store: StoreName | None = None
     sqlite_path: Path | None = None
     redis_url: str | None = None
+    max_sessions: int | None = None
+
+    def settings(self) -> Settings:
+        """Settings from files and environment with these options applied."""
+        settings = load_settings(**self.overrides())
+        if self.max_sessions == 0:  # "no limit": keyword overrides cannot carry None
+            settings = settings.model_copy(update={"max_sessions": None})
+        return settings
 
     def overrides(self) -> dict[str, Any]:
         store = self.store
@@ -92,6 +100,8 @@ class _Options:
             values["sqlite_path"] = str(self.sqlite_path)
         if self.redis_url is not None:
             values["redis_url"] = self.redis_url
+        if self.max_sessions:
+            values["max_sessions"] = self.max_sessions
         return values
 
 
@@ -124,7 +134,7 @@ def _open(ctx: typer.Context) -> Iterator[ContextManager]:
     options: _Options = root if isinstance(root, _Options) else _Options()
     try:
         # Settings first: ContextManager's own ``store=`` keyword takes a store object.
-        manager = ContextManager(load_settings(**options.overrides()))
+        manager = ContextManager(options.settings())
     except ConfigurationError as e:
         _fail(str(e), code=2)
     except CtxMemoryError as e:
@@ -276,6 +286,14 @@ def _root(
             "(implies --store redis). Prefer CTX_MEMORY_REDIS_URL for passwords.",
         ),
     ] = None,
+    max_sessions: Annotated[
+        int | None,
+        typer.Option(
+            "--max-sessions",
+            min=0,
+            help="Session limit before LRU eviction, overriding MAX_SESSIONS (0: no limit).",
+        ),
+    ] = None,
 ) -> None:
     """Inspect and manage ctx_memory sessions on the configured store."""
     if store is None and sqlite_path is not None and redis_url is not None:
@@ -283,7 +301,9 @@ def _root(
         raise typer.BadParameter(msg, param_hint="--store")
     if isinstance(ctx.obj, ContextManager):  # embedded use: an existing manager
         return
-    ctx.obj = _Options(store=store, sqlite_path=sqlite_path, redis_url=redis_url)
+    ctx.obj = _Options(
+        store=store, sqlite_path=sqlite_path, redis_url=redis_url, max_sessions=max_sessions
+    )
 
 
 @app.command()
@@ -531,6 +551,21 @@ def _validate_all(
     return targets, errors
 
 
+def _check_capacity(manager: ContextManager, targets: list[str]) -> str | None:
+    """Why importing ``targets`` would make the store evict sessions, if it would."""
+    limit = getattr(manager.store, "max_sessions", manager.settings.max_sessions)
+    if not isinstance(limit, int):
+        return None
+    after = len(set(manager.list_sessions()) | set(targets))
+    if after <= limit:
+        return None
+    return (
+        f"the store would hold {after} sessions but MAX_SESSIONS is {limit}, so the least "
+        "recently used would be evicted; raise the limit with --max-sessions N (0: no "
+        "limit) or CTX_MEMORY_MAX_SESSIONS"
+    )
+
+
 @app.command("import")
 def import_(
     ctx: typer.Context,
@@ -576,6 +611,9 @@ def import_(
                 f"{file}: {len(errors)} of {len(documents)} document(s) invalid; "
                 "nothing was imported"
             )
+        full = _check_capacity(manager, targets)
+        if full is not None:
+            _fail(f"{file}: {full}; nothing was imported")
         if dry_run:
             _note(f"{file}: {len(documents)} valid document(s); nothing written (--dry-run)")
             return

@@ -373,3 +373,48 @@ def test_read_documents_locates_errors() -> None:
         read_documents('{"a": 1}\n{"b": }\n')
     with pytest.raises(InputFileError, match="document 1"):
         read_documents('{\n "a": 1,\n}')
+
+
+def test_import_refuses_to_overflow_max_sessions(source: ContextManager) -> None:
+    exported = run(source, "export", "--all").stdout
+    with ContextManager(store=InMemoryStore(max_sessions=4)) as small:
+        small.add_user_message("keep-me", "hello")
+        result = run(small, "import", "-", input=exported)
+        assert result.exit_code == 1
+        assert "would hold 7 sessions but MAX_SESSIONS is 4" in result.stderr
+        assert small.list_sessions() == ["keep-me"]
+
+
+# --------------------------------------------------------------------------- SQLite
+
+
+def test_sqlite_file_persists_between_invocations(
+    source: ContextManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    db = str(tmp_path / "sessions.db")
+    dump = tmp_path / "all.jsonl"
+    assert run(source, "export", "--all", "-o", str(dump)).exit_code == 0
+
+    imported = runner.invoke(app, ["--sqlite-path", db, "import", str(dump)])
+    assert imported.exit_code == 0, imported.output
+    listed = runner.invoke(app, ["--store", "sqlite", "--sqlite-path", db, "sessions", "list"])
+    assert listed.stdout.splitlines() == source.list_sessions()
+    shown = runner.invoke(app, ["--sqlite-path", db, "show", "demo-session", "--json"])
+    assert json.loads(shown.stdout) == source.get_context("demo-session")
+    deleted = runner.invoke(app, ["--sqlite-path", db, "delete", "user-0"])
+    assert deleted.exit_code == 0
+    again = runner.invoke(app, ["--sqlite-path", db, "export", "--all"])
+    assert len(again.stdout.splitlines()) == 5
+    assert runner.invoke(app, ["--sqlite-path", db, "gc"]).exit_code == 0
+
+
+def test_settings_file_selects_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "settings.toml").write_text('STORE = "sqlite"\nSQLITE_PATH = "s.db"\n')
+    assert runner.invoke(app, ["demo", "--session-id", "from-settings"]).exit_code == 0
+    listed = runner.invoke(app, ["sessions", "list"])
+    assert listed.stdout.splitlines() == ["from-settings"]
+    assert (tmp_path / "s.db").exists()
+    # --store on the command line wins over the file
+    assert runner.invoke(app, ["--store", "memory", "sessions", "list"]).stdout == ""

@@ -1,0 +1,189 @@
+"""The CLI moves many sessions SQLite → file → Redis → file → SQLite with nothing lost.
+
+Uses the real ``redis-server`` the suite starts (``redis_url`` fixture) and a SQLite file;
+each test writes under its own Redis key prefix and deletes it afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from typer.testing import CliRunner
+
+from ctx_memory import ContextManager, ContextMode, load_settings
+from ctx_memory.cli import app
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+pytestmark = pytest.mark.redis
+
+N_SESSIONS = 250
+runner = CliRunner()
+
+
+@pytest.fixture
+def redis_env(redis_url: str, key_prefix: str) -> Iterator[dict[str, str]]:
+    """Environment pointing the CLI at the test server under a unique key prefix."""
+    yield {"CTX_MEMORY_REDIS_URL": redis_url, "CTX_MEMORY_REDIS_KEY_PREFIX": key_prefix}
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{key_prefix}:*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+def redis_keys(redis_url: str, key_prefix: str) -> list[bytes]:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        return list(client.scan_iter(match=f"{key_prefix}:*", count=1000))
+    finally:
+        client.close()
+
+
+def session_id(i: int) -> str:
+    """Ids that stress key naming: braces (hash tags), colons, spaces, unicode."""
+    return ["plain-{i}", "user:{i}:chat", "{{tag}}-{i}", "spaces and ✓ {i}", "a/b\\c {i}"][
+        i % 5
+    ].format(i=i)
+
+
+def fill(db: Path) -> list[str]:
+    """Write N_SESSIONS varied sessions into a SQLite file with the library itself."""
+    settings = load_settings(store="sqlite", sqlite_path=str(db)).model_copy(
+        update={"max_sessions": None}  # keyword overrides ignore None
+    )
+    ids = []
+    with ContextManager(settings) as cm:
+        for i in range(N_SESSIONS):
+            sid = session_id(i)
+            ids.append(sid)
+            if i % 3:
+                cm.set_system_prompt(sid, f"You are assistant #{i}. Ünïcödé ok.")
+            cm.update_metadata(
+                sid, mode=ContextMode.RESEARCH if i % 2 else ContextMode.NORMAL, tenant=f"t{i % 7}"
+            )
+            cm.add_user_message(sid, f"question {i}: what about «{i}»?")
+            cm.add_fetched_context(
+                sid,
+                "web_search",
+                f"result body {i}",
+                url=f"https://example.com/{i}",
+                extracted_data={"title": f"Result {i}", "site_name": "Example", "rank": i},
+            )
+            if i % 4 == 0:
+                cm.add_messages(
+                    sid,
+                    [
+                        AIMessage(
+                            content="",
+                            tool_calls=[{"name": "search", "args": {"q": str(i)}, "id": f"c{i}"}],
+                        ),
+                        ToolMessage(content=f"tool output {i}", tool_call_id=f"c{i}"),
+                        HumanMessage(content=[{"type": "text", "text": f"block {i}"}]),
+                    ],
+                )
+            cm.add_assistant_message(
+                sid, f"answer {i}", model="fake", response_time_ms=i, sources_used=[f"u{i}"]
+            )
+            cm.update_partial_context(sid, {"plan": {"step": i, "done": [1, 2]}, "flag": True})
+    return ids
+
+
+def load(path: Path) -> dict[str, dict[str, Any]]:
+    docs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return {d["metadata"]["session_id"]: d for d in docs}
+
+
+def normalised(docs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``system_prompt_tokens: 0`` written by import for prompt-less sessions = absent."""
+    for doc in docs.values():
+        if doc["metadata"].get("system_prompt_tokens") == 0:
+            del doc["metadata"]["system_prompt_tokens"]
+    return docs
+
+
+def cli(args: list[str], env: dict[str, str] | None = None, input: str | None = None) -> Any:
+    return runner.invoke(app, args, env=env, input=input)
+
+
+@pytest.mark.slow
+def test_round_trip_sqlite_file_redis_file_sqlite(
+    tmp_path: Path, redis_env: dict[str, str], redis_url: str, key_prefix: str
+) -> None:
+    first_db, second_db = tmp_path / "first.db", tmp_path / "second.db"
+    file1, file2, file3 = (tmp_path / f"export{n}.jsonl" for n in (1, 2, 3))
+    ids = fill(first_db)
+
+    sqlite1 = ["--sqlite-path", str(first_db), "--max-sessions", "0"]
+    to_redis = ["--store", "redis", "--max-sessions", "0"]
+    sqlite2 = ["--sqlite-path", str(second_db), "--max-sessions", "0"]
+
+    result = cli([*sqlite1, "export", "--all", "-o", str(file1)])
+    assert result.exit_code == 0, result.output
+    assert f"exported {N_SESSIONS} session(s)" in result.stderr
+
+    result = cli([*to_redis, "import", str(file1)], env=redis_env)
+    assert result.exit_code == 0, result.output
+    assert f"imported {N_SESSIONS} session(s)" in result.stderr
+
+    listed = cli([*to_redis, "sessions", "list"], env=redis_env)
+    assert sorted(listed.stdout.splitlines()) == sorted(ids)
+
+    result = cli([*to_redis, "export", "--all", "-o", str(file2)], env=redis_env)
+    assert result.exit_code == 0, result.output
+
+    first, second = load(file1), load(file2)
+    assert len(first) == N_SESSIONS
+    assert normalised(second) == normalised(first)
+
+    # and back into a fresh SQLite file: byte-identical export
+    assert cli([*sqlite2, "import", str(file2)]).exit_code == 0
+    assert cli([*sqlite2, "export", "--all", "-o", str(file3)]).exit_code == 0
+    assert file3.read_bytes() == file2.read_bytes()
+
+    # one session, pretty JSON, the same document everywhere
+    sid = session_id(8)
+    from_sqlite = cli([*sqlite1, "show", sid, "--json"])
+    from_redis = cli([*to_redis, "show", sid, "--json"], env=redis_env)
+    assert normalised({sid: json.loads(from_redis.stdout)}) == normalised(
+        {sid: json.loads(from_sqlite.stdout)}
+    )
+    assert redis_keys(redis_url, key_prefix)
+
+
+def test_bad_file_writes_nothing_to_redis(
+    tmp_path: Path, redis_env: dict[str, str], redis_url: str, key_prefix: str
+) -> None:
+    db = tmp_path / "s.db"
+    fill_small = load_settings(store="sqlite", sqlite_path=str(db))
+    with ContextManager(fill_small) as cm:
+        for i in range(5):
+            cm.add_user_message(f"s{i}", f"hello {i}")
+    good = cli(["--sqlite-path", str(db), "export", "--all"]).stdout.splitlines()
+    bad = good[:]
+    doc = json.loads(bad[4])
+    doc["conversation_history"][0]["token_count"] = -3
+    bad[4] = json.dumps(doc)
+    result = cli(["--store", "redis", "import", "-"], env=redis_env, input="\n".join(bad))
+    assert result.exit_code == 1
+    assert "document 5 (line 5), field conversation_history.0.token_count" in result.stderr
+    assert "nothing was imported" in result.stderr
+    assert redis_keys(redis_url, key_prefix) == []
+
+
+def test_unreachable_redis_exits_1_without_the_password(
+    redis_env: dict[str, str], key_prefix: str
+) -> None:
+    from tests.conftest import free_port
+
+    url = f"redis://user:hunter2@127.0.0.1:{free_port()}/0"
+    env = {**redis_env, "CTX_MEMORY_REDIS_MAX_RETRIES": "0"}
+    result = cli(["--redis-url", url, "sessions", "list"], env=env)
+    assert result.exit_code == 1
+    assert "hunter2" not in result.output
+    assert "***" in result.stderr
