@@ -70,6 +70,7 @@ __all__ = [
     "drive",
     "format_header",
     "format_sources",
+    "history_window_flow",
     "parse_question",
     "plan_sources",
     "rank_sources",
@@ -477,6 +478,7 @@ class HistoryWindow:
         self._selected: list[Mapping[str, Any]] = []
         self.tokens = 0
         self.dropped: list[Mapping[str, Any]] = []
+        self.chosen: list[Mapping[str, Any]] = []
 
     def feed(self, records: Iterable[Mapping[str, Any]]) -> bool:
         """Consume records, newest first; return true once no older record can fit."""
@@ -600,6 +602,44 @@ def history_chunks(end: int, first: int) -> Iterable[tuple[int, int]]:
         yield start, end - 1
         end = start
         size *= 2
+
+
+def history_window_flow(
+    session_id: str,
+    metadata: Mapping[str, Any],
+    budget: int,
+    *,
+    counter: TokenCounter,
+    end: int | None = None,
+    skip_ids: frozenset[str] = frozenset(),
+) -> Generator[Call, Any, HistoryWindow]:
+    """Read the newest whole turns that fit ``budget``, newest first in chunks.
+
+    ``metadata`` is the session's (for ``message_count``, ``token_count`` and
+    ``token_encoding``); the first chunk is sized from the average message so one read
+    usually suffices. Messages before index ``end`` (default: all) are considered.
+    Cached counts are used unless the session was counted in another encoding.
+
+    Returns:
+        The finished window; its ``chosen`` records are oldest first.
+    """
+    stored = int(metadata.get("message_count", 0))
+    end = stored if end is None else min(end, stored)
+    same_encoding = metadata.get("token_encoding") in (None, counter.encoding_name)
+    window = HistoryWindow(
+        budget,
+        cost=None if same_encoding else counter.count_record,
+        skip=(lambda r: r.get("id") in skip_ids) if skip_ids else None,
+    )
+    average = max(int(metadata.get("token_count", 0)) // max(stored, 1), 1)
+    reached = end
+    for start, stop in history_chunks(end, budget // average + 8 + len(skip_ids)):
+        records = yield Call("get_message_range", (session_id, start, stop))
+        reached = start
+        if window.feed(reversed(records)) or not records:
+            break
+    window.chosen = window.finish(at_start=reached == 0)
+    return window
 
 
 # --------------------------------------------------------------------------- report
@@ -963,20 +1003,10 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         stored = int(meta.get("message_count", 0))
         end = max(stored - max(exclude_last, 0), 0)
         same_encoding = meta.get("token_encoding") in (None, counter.encoding_name)
-        window = HistoryWindow(
-            history_budget,
-            cost=None if same_encoding else counter.count_record,
-            skip=(lambda r: r.get("id") in skip_ids) if skip_ids else None,
+        window = yield from history_window_flow(
+            session_id, meta, history_budget, counter=counter, end=end, skip_ids=skip_ids
         )
-        average = max(int(meta.get("token_count", 0)) // max(stored, 1), 1)
-        first = history_budget // average + 8 + len(skip_ids)
-        reached = end
-        for start, stop in history_chunks(end, first):
-            records = yield Call("get_message_range", (session_id, start, stop))
-            reached = start
-            if window.feed(reversed(records)) or not records:
-                break
-        chosen = window.finish(at_start=reached == 0)
+        chosen = window.chosen
         history = [record_to_message(r) for r in chosen]
 
         messages: list[BaseMessage] = []
