@@ -244,21 +244,39 @@ def budget_segments(
     return [s for s in segments if s.tokens > 0]
 
 
-def _bar_html(segments: Sequence[BudgetSegment], *, caption: str) -> str:
-    total = sum(s.tokens for s in segments) or 1
-    spans = "".join(
-        f'<span class="{"out" if s.label == "left out" else ""}" '
-        f'style="width:{100 * s.tokens / total:.3f}%;background-color:{s.color}" '
-        f'title="{_e(s.label)}: {_fmt(s.tokens)} tokens"></span>'
-        for s in segments
+def _span(segment: BudgetSegment, total: int) -> str:
+    return (
+        f'<span class="{"out" if segment.label == "left out" else ""}" '
+        f'style="width:{100 * segment.tokens / total:.3f}%;background-color:{segment.color}" '
+        f'title="{_e(segment.label)}: {_fmt(segment.tokens)} tokens"></span>'
     )
+
+
+def _bar_html(segments: Sequence[BudgetSegment], *, caption: str) -> str:
+    """The bar, its caption and legend.
+
+    What was left out is drawn on a second row at the same scale (capped at the bar's
+    width), so a long history does not squash the budget itself.
+    """
+    inside = [s for s in segments if s.label != "left out"]
+    out = [s for s in segments if s.label == "left out"]
+    total = sum(s.tokens for s in inside) or sum(s.tokens for s in out) or 1
+    rows = f'<div class="bar">{"".join(_span(s, total) for s in inside)}</div>'
+    if out:
+        left = out[0].tokens
+        width = min(100.0, 100 * left / total)
+        note = f"{left / total:.1f} times the bar, not to scale" if left > total else "same scale"
+        rows += (
+            f'<div class="bar" style="width:{width:.3f}%">{_span(out[0], left)}</div>'
+            f'<div class="muted">left out of the prompt: {_fmt(left)} tokens ({note})</div>'
+        )
     legend = "".join(
         f'<span><i class="sw" style="background:{s.color}"></i>{_e(s.label)} '
         f"<b>{_fmt(s.tokens)}</b></span>"
         for s in segments
     )
     return (
-        f'<div class="muted">{caption}</div><div class="bar">{spans}</div>'
+        f'<div class="muted">{caption}</div>{rows}'
         f'<div class="legend">{legend or "<span class=muted>empty</span>"}</div>'
     )
 
@@ -474,11 +492,11 @@ def _message_parts(message: object) -> tuple[str, str]:
 def render_assembly_html(result: object) -> str:
     """Render an assembled prompt and its token report as HTML.
 
-    Accepts the assembler's result (an object with ``report`` and ``messages``), the
-    report alone, or a mapping with the same keys. Report fields are read by name:
-    ``system_tokens``, ``sources_tokens``, ``history_tokens``, ``question_tokens``,
-    ``total_tokens``, ``budget`` (or ``max_tokens``), ``reserve_tokens``, and what was
-    left out (``left_out_messages``, ``left_out_sources``, ``left_out_tokens``).
+    Accepts an :class:`~ctx_memory.prompt.AssembledPrompt` (report and messages), an
+    :class:`~ctx_memory.prompt.AssemblyReport` alone, or a mapping with the report's
+    field names (``report.as_dict()``). The bar spans the model's ``max_tokens``: system,
+    sources, history and question (reply priming is drawn with the system part), the free
+    rest of the budget, the reserve kept for the reply, and what was left out.
 
     Args:
         result: The assembly result or its report.
@@ -488,50 +506,72 @@ def render_assembly_html(result: object) -> str:
     """
     report = _get(result, "report", default=result)
     sections = {
-        "system": _int(_get(report, "system_tokens", "system")),
-        "sources": _int(_get(report, "sources_tokens", "source_tokens", "sources")),
-        "history": _int(_get(report, "history_tokens", "history")),
-        "question": _int(_get(report, "question_tokens", "question")),
+        "system": _int(_get(report, "system_tokens")),
+        "sources": _int(_get(report, "sources_tokens")),
+        "history": _int(_get(report, "history_tokens")),
+        "question": _int(_get(report, "question_tokens")),
     }
-    total = _int(_get(report, "total_tokens", "total")) or sum(sections.values())
-    overhead = max(0, total - sum(sections.values()))
-    if overhead:
-        sections["system"] += overhead  # API framing tokens, shown with the system part
-    budget_raw = _get(report, "budget", "max_tokens")
-    budget = None if budget_raw is None else _int(budget_raw)
-    reserve = _int(_get(report, "reserve_tokens", "reserve"))
-    left_tokens = _int(_get(report, "left_out_tokens", "dropped_tokens"))
-    left_messages = _get(report, "left_out_messages", "dropped_messages", default=0)
-    left_sources = _get(report, "left_out_sources", "dropped_sources", default=0)
-    n_left_messages = left_messages if isinstance(left_messages, int) else len(left_messages)
-    n_left_sources = left_sources if isinstance(left_sources, int) else len(left_sources)
+    total = _int(_get(report, "total_tokens")) or sum(sections.values())
+    framing = max(0, total - sum(sections.values()))  # reply priming
+    sections["system"] += framing
+    reserve = _int(_get(report, "reserve_tokens"))
+    max_tokens = _get(report, "max_tokens")
+    allowed = _get(report, "budget")
+    if max_tokens is None and allowed is not None:
+        max_tokens = _int(allowed) + reserve
+    full = None if max_tokens is None else _int(max_tokens)
+    allowed_n = _int(allowed) if allowed is not None else (None if full is None else full - reserve)
+    left_tokens = _int(_get(report, "history_left_out_tokens", "left_out_tokens"))
+    left_messages = _int(_get(report, "history_left_out_messages", "left_out_messages"))
+    dropped_sources = _int(_get(report, "sources_dropped", "left_out_sources"))
     segments = budget_segments(
-        sections, budget=budget, reserve_tokens=reserve, left_out_tokens=left_tokens
+        sections, budget=full, reserve_tokens=reserve, left_out_tokens=left_tokens
     )
-    limit = f" of {_fmt(budget - reserve)} allowed" if budget is not None else ""
-    caption = f"Assembled prompt: {_fmt(total)} tokens{limit}" + (
-        f" (budget {_fmt(budget)}, {_fmt(reserve)} reserved for the reply)"
-        if budget is not None
+    caption = f"Assembled prompt: {_fmt(total)} tokens" + (
+        f" of {_fmt(allowed_n)} allowed (context {_fmt(full)}, {_fmt(reserve)} reserved "
+        "for the reply)"
+        if full is not None and allowed_n is not None
         else ""
     )
-    rows = "".join(
-        f'<tr><th>{_e(k)}</th><td class="num">{_fmt(v)}</td></tr>'
-        for k, v in [
-            *sections.items(),
-            ("total", total),
-            ("reserve", reserve),
-            ("left-out messages", n_left_messages),
-            ("left-out sources", n_left_sources),
-            ("left-out tokens", left_tokens),
-        ]
+    encoding = _get(report, "encoding")
+    if encoding:
+        caption += f" · encoding {_e(encoding)}"
+    rows: list[tuple[str, object]] = [
+        ("system prompt + header", sections["system"] - framing),
+        ("sources", sections["sources"]),
+        ("history", sections["history"]),
+        ("question", sections["question"]),
+        ("reply priming", framing),
+        ("total", total),
+    ]
+    if allowed_n is not None:
+        rows.append(("remaining in budget", max(0, allowed_n - total)))
+    rows += [
+        ("reserved for the reply", reserve),
+        ("sources included", _get(report, "sources_included", default="—")),
+        ("… cut to the per-source cap", _get(report, "sources_truncated", default="—")),
+        ("sources left out", dropped_sources),
+        ("history messages included", _get(report, "history_messages", default="—")),
+        ("history messages left out", left_messages),
+        ("history tokens left out", left_tokens),
+    ]
+    table = "".join(
+        f'<tr><th>{_e(k)}</th><td class="num">{_fmt(v) if isinstance(v, int) else _e(v)}</td></tr>'
+        for k, v in rows
     )
     parts = [
         f"<style>{_CSS}</style>",
         '<div class="ctxm">',
-        "<h3>Assembled prompt</h3>",
+        "<h3>Assembled prompt"
+        + (f" <code>{_e(_get(report, 'session_id'))}</code>" if _get(report, "session_id") else "")
+        + "</h3>",
         _bar_html(segments, caption=caption),
-        f'<h4>Report</h4><table style="width:auto">{rows}</table>',
+        f'<h4>Report</h4><table style="width:auto">{table}</table>',
     ]
+    urls = _get(report, "source_urls", default=())
+    if isinstance(urls, Sequence) and not isinstance(urls, str) and urls:
+        items = "".join(f"<li>{_link(u)}</li>" for u in urls)
+        parts.append(f"<h4>Sources in the prompt</h4><ol>{items}</ol>")
     messages = _get(result, "messages", default=None)
     if isinstance(messages, Sequence) and not isinstance(messages, (str, bytes)):
         blocks = []

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING
 
 import pytest
-from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, HumanMessage
 
 from ctx_memory import (
     ContextManager,
@@ -181,51 +180,45 @@ def test_budget_segments_arithmetic() -> None:
     assert sum(s.tokens for s in over if s.label != "left out") == 100
 
 
-@dataclass
-class FakeReport:
-    """Duck-typed stand-in for the assembler's report (the real one has these names)."""
+def test_assembly_html_from_the_real_assembler(cm: ContextManager) -> None:
+    from ctx_memory.prompt import ContextPromptAssembler
 
-    system_tokens: int = 40
-    sources_tokens: int = 300
-    history_tokens: int = 200
-    question_tokens: int = 20
-    total_tokens: int = 566
-    budget: int = 1000
-    reserve_tokens: int = 200
-    left_out_messages: int = 6
-    left_out_sources: int = 1
-    left_out_tokens: int = 900
+    for i in range(40):
+        cm.add_user_message("demo-session", f"older question {i} " * 20)
+        cm.add_assistant_message("demo-session", f"older answer {i} " * 20)
+    assembler = ContextPromptAssembler(cm, max_tokens=1200, reserve_tokens=300)
+    result = assembler.assemble("demo-session", "When should I book? <b>")
+    report = result.report
+    assert report.history_left_out_messages > 0
 
-
-@dataclass
-class FakeResult:
-    report: FakeReport = field(default_factory=FakeReport)
-    messages: list[object] = field(
-        default_factory=lambda: [
-            SystemMessage("Be brief. <b>"),
-            HumanMessage("Hi"),
-            {"role": "assistant", "content": "Hello"},
-        ]
-    )
-
-
-def test_assembly_html_reads_report_and_messages() -> None:
-    markup = render_assembly_html(FakeResult())
+    markup = render_assembly_html(result)
     checker = parse(markup)
     text = " ".join(checker.text)
-    assert "Assembled prompt: 566 tokens of 800 allowed" in text
+    assert f"Assembled prompt: {report.total_tokens:,} tokens of 900 allowed" in text
     legend = dict(_legend(markup))
-    # API framing (total minus the sections) is drawn with the system part
-    assert legend["system"] == "46"
-    assert legend["left out"] == "900"
-    assert legend["reserve"] == "200"
-    assert legend["free"] == "234"
-    assert "left-out messages" in text
-    assert "Messages (3)" in text
-    assert "Be brief. &lt;b&gt;" in markup
-    # the report alone, or a mapping, works too
-    assert "566 tokens" in render_assembly_html(FakeReport())
-    assert "566 tokens" in render_assembly_html({"total_tokens": 566, "budget": 1000})
+    assert legend["system"] == f"{report.system_tokens + report.priming_tokens:,}"
+    assert legend["sources"] == f"{report.sources_tokens:,}"
+    assert legend["history"] == f"{report.history_tokens:,}"
+    assert legend["question"] == f"{report.question_tokens:,}"
+    assert legend["reserve"] == "300"
+    assert legend["left out"] == f"{report.history_left_out_tokens:,}"
+    assert "history messages left out" in text
+    assert f"Messages ({len(result.messages)})" in text
+    assert "When should I book? &lt;b&gt;" in markup
+    assert set(report.source_urls) <= set(checker.hrefs)
+    # the report alone, its dict, and the objects' own _repr_html_ render the same numbers
+    assert _legend(render_assembly_html(report)) == _legend(markup)
+    assert _legend(render_assembly_html(report.as_dict())) == _legend(markup)
+    assert result._repr_html_() == markup
+    assert report._repr_html_() == render_assembly_html(report)
+
+
+def test_assembly_html_duck_typed_mapping() -> None:
+    markup = render_assembly_html(
+        {"system_tokens": 10, "question_tokens": 5, "total_tokens": 18, "max_tokens": 100}
+    )
+    parse(markup)
+    assert dict(_legend(markup)) == {"system": "13", "question": "5", "free": "82"}
 
 
 def test_session_view_renders_fresh_each_time(cm: ContextManager) -> None:
