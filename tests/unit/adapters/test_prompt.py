@@ -149,7 +149,7 @@ def test_history_window_keeps_leading_messages_at_start():
     history = [rec("assistant", content="Welcome!"), rec("user"), rec("assistant")]
     window = HistoryWindow(budget=100)
     window.feed(reversed(history))
-    assert [r["content"] for r in window.finish(at_start=True)][0] == "Welcome!"
+    assert window.finish(at_start=True)[0]["content"] == "Welcome!"
     window = HistoryWindow(budget=100)
     window.feed(reversed(history))
     assert len(window.finish(at_start=False)) == 2
