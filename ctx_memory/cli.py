@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
-__all__ = ["ParsedDocument", "app", "main", "read_documents"]
+__all__ = ["InputFileError", "ParsedDocument", "app", "main", "read_documents"]
 
 _MEMORY_NOTE = (
     "The in-memory store (the default) lives only as long as one command, so on it the "
@@ -61,7 +61,7 @@ sessions_app = typer.Typer(help="List sessions.", no_args_is_help=True, rich_mar
 app.add_typer(sessions_app, name="sessions")
 
 
-class StoreName(str, Enum):
+class _StoreName(str, Enum):
     """The backends ``--store`` accepts."""
 
     memory = "memory"
@@ -73,7 +73,7 @@ class StoreName(str, Enum):
 class _Options:
     """Global options: setting overrides for :class:`ContextManager`."""
 
-    store: StoreName | None = None
+    store: _StoreName | None = None
     sqlite_path: Path | None = None
     redis_url: str | None = None
     max_sessions: int | None = None
@@ -89,13 +89,13 @@ class _Options:
         store = self.store
         if store is None:
             if self.sqlite_path is not None and self.redis_url is None:
-                store = StoreName.sqlite
+                store = _StoreName.sqlite
             elif self.redis_url is not None and self.sqlite_path is None:
-                store = StoreName.redis
+                store = _StoreName.redis
         values: dict[str, Any] = {}
         if store is not None:
             values["store"] = store.value
-            values["use_redis_caching"] = store is StoreName.redis
+            values["use_redis_caching"] = store is _StoreName.redis
         if self.sqlite_path is not None:
             values["sqlite_path"] = str(self.sqlite_path)
         if self.redis_url is not None:
@@ -184,12 +184,21 @@ def _dump_line(document: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class ParsedDocument:
-    """One document read from an import file.
+    r"""One document read from an import file.
 
     Attributes:
         index: 1-based position in the file.
         line: Line where the document starts.
         data: The decoded JSON value (not yet validated as a session document).
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.cli import read_documents
+
+            [first, second] = read_documents('{"a": 1}\n\n{"b": 2}\n')
+            assert (second.index, second.line, second.data) == (2, 3, {"b": 2})
+            assert second.where == "document 2 (line 3)"
     """
 
     index: int
@@ -263,7 +272,7 @@ def _read_input(path: str) -> str:
 def _root(
     ctx: typer.Context,
     store: Annotated[
-        StoreName | None,
+        _StoreName | None,
         typer.Option(
             "--store",
             help="Backend to use, overriding STORE. Default: from settings (memory).",

@@ -179,6 +179,14 @@ class BudgetSegment:
         label: ``system``, ``sources``, ``history``, ``question``, ``free``, ``reserve``
             or ``left out``.
         tokens: Tokens in this part.
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.display import BudgetSegment
+
+            segment = BudgetSegment("history", 120)
+            assert segment.color.startswith("#")
     """
 
     label: str
