@@ -14,7 +14,6 @@ import socket
 import subprocess
 import time
 import uuid
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -27,6 +26,7 @@ from ctx_memory.stores.sqlite import SqliteStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from pathlib import Path
 
     from ctx_memory.stores.base import BaseStore
 
@@ -80,19 +80,15 @@ class RedisServer:
         log = (self.directory / "redis.log").open("ab")
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
-        client = redis.Redis(port=self.port, socket_timeout=1)
-        try:
-            while True:
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    if self.proc.poll() is not None or time.monotonic() > deadline:
-                        msg = f"redis-server on port {self.port} did not start; see {log.name}"
-                        raise RuntimeError(msg) from None
-                    time.sleep(0.02)
-        finally:
-            client.close()
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    msg = f"redis-server on port {self.port} did not start; see {log.name}"
+                    raise RuntimeError(msg) from None
+                time.sleep(0.02)
         return self
 
     def kill(self) -> None:
@@ -278,7 +274,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-def manager_factory(make_store: Callable[..., BaseStore]) -> Iterator[Callable[..., Any]]:
+def manager_factory(make_store: Callable[..., BaseStore]) -> Callable[..., Any]:
     """Build ``ContextManager(store=<parametrised store>, **settings)`` objects.
 
     ``manager_factory(ttl_seconds=1, max_sessions=2, **setting_overrides)``; the token
@@ -297,4 +293,4 @@ def manager_factory(make_store: Callable[..., BaseStore]) -> Iterator[Callable[.
         made.append(cm)
         return cm
 
-    yield build  # stores are closed by make_store
+    return build  # stores are closed by make_store

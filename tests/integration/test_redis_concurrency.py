@@ -1,0 +1,87 @@
+"""Several processes writing one session at once, on Redis, Redis Cluster and SQLite."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from redis_workers import append_worker, merge_worker, publish_worker
+
+from ctx_memory.stores.redis import RedisStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ctx_memory.stores.base import BaseStore
+
+pytestmark = pytest.mark.slow
+
+
+def _spec(store: BaseStore, tmp_path: Any) -> dict[str, Any]:
+    if isinstance(store, RedisStore):
+        kind = "cluster" if store.cluster else "redis"
+        return {"kind": kind, "url": store._url, "prefix": store.prefix}
+    return {"kind": "sqlite", "path": str(tmp_path / "ctx.sqlite3")}
+
+
+def _run(target: Callable[..., None], jobs: list[tuple[Any, ...]]) -> None:
+    # fork: the children reuse the parent's imports (spawn would re-import LangChain, ~1 s
+    # each); every child builds its own store and connections.
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=target, args=args) for args in jobs]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+
+
+@pytest.mark.stores("redis", "cluster", "sqlite")
+def test_four_processes_append_to_one_session(
+    make_store: Callable[..., BaseStore], tmp_path: Any
+) -> None:
+    store = make_store()
+    spec = _spec(store, tmp_path)
+    _run(append_worker, [(spec, w, 500, "shared {session}") for w in range(4)])
+    messages = store.get_messages("shared {session}")
+    assert len(messages) == 2000
+    header = store.get_header("shared {session}")
+    assert header is not None
+    assert header["metadata"]["message_count"] == 2000
+    assert header["metadata"]["token_count"] == sum(m["token_count"] for m in messages)
+    for w in range(4):
+        mine = [m["content"] for m in messages if m["content"].startswith(f"{w}:")]
+        assert mine == [f"{w}:{i}" for i in range(500)]
+
+
+@pytest.mark.stores("redis", "cluster", "sqlite")
+def test_concurrent_partial_updates_keep_every_key(
+    make_store: Callable[..., BaseStore], tmp_path: Any
+) -> None:
+    store = make_store()
+    spec = _spec(store, tmp_path)
+    _run(merge_worker, [(spec, w, 60, "merge") for w in range(4)])
+    header = store.get_header("merge")
+    assert header is not None
+    assert header["shared"] == {
+        "agents": {f"w{w}": {f"k{i}": i for i in range(60)} for w in range(4)}
+    }
+
+
+@pytest.mark.stores("redis", "cluster")
+def test_events_reach_another_process(make_store: Callable[..., BaseStore], tmp_path: Any) -> None:
+    store = make_store()
+    assert isinstance(store, RedisStore)
+    received: list[dict[str, Any]] = []
+    with store.subscribe_events(received.append):
+        time.sleep(0.2)  # the subscription is live
+        _run(publish_worker, [(_spec(store, tmp_path), "evt")])
+        deadline = time.monotonic() + 10
+        while len(received) < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    kinds = [e["type"] for e in received]
+    assert kinds == ["session_created", "message_added", "context_updated", "session_deleted"]
+    assert {e["session_id"] for e in received} == {"evt"}
+    assert received[1]["data"] == {"count": 1}

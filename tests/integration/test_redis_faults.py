@@ -1,0 +1,242 @@
+"""Redis-specific behaviour: crashes, secrets in URLs, connection kinds, key layout, retries."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+import redis.asyncio
+from redis.crc import key_slot
+
+from ctx_memory.errors import ConfigurationError, StoreError, StoreUnavailableError
+from ctx_memory.schema import dumps
+from ctx_memory.stores.base import EncodedMessage, new_header
+from ctx_memory.stores.redis import RedisStore, session_keys
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from conftest import RedisServer
+
+pytestmark = pytest.mark.redis
+
+NOW = "2025-01-01T00:00:00+00:00"
+SECRET = "s3cr3t-Pa55"
+
+
+def init(sid: str) -> Any:
+    return new_header(sid, now=NOW, encoding="o200k_base")
+
+
+def msg(i: int, tokens: int = 2) -> EncodedMessage:
+    return EncodedMessage(dumps({"role": "user", "content": f"m{i}"}), tokens)
+
+
+@pytest.fixture
+def secured(redis_server_factory: Callable[..., RedisServer]) -> RedisServer:
+    """A private server with a password, an ACL user and AOF (data survives a restart)."""
+    server = redis_server_factory(
+        "--requirepass", SECRET, "--appendonly", "yes", "--appendfsync", "always"
+    )
+    client = redis.Redis(port=server.port, password=SECRET)
+    client.acl_setuser(
+        "alice", enabled=True, passwords=[f"+{SECRET}"], keys="*", channels="*", commands=["+@all"]
+    )
+    client.close()
+    return server
+
+
+def test_server_killed_and_restarted_during_writes(secured: RedisServer) -> None:
+    url = f"redis://:{SECRET}@127.0.0.1:{secured.port}/0"
+    store = RedisStore(url, key_prefix="crash", max_retries=1, socket_timeout=2)
+    acked: list[int] = []
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        i = 0
+        while True:
+            try:
+                store.append_messages("s", [msg(i), msg(i + 1)], init=init("s"), now=NOW)
+            except StoreError as e:
+                errors.append(e)
+                return
+            acked.append(i)
+            i += 2
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    time.sleep(0.3)
+    secured.kill()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert len(errors) == 1
+    error = errors[0]
+    assert isinstance(error, StoreUnavailableError)
+    assert f"127.0.0.1:{secured.port}" in str(error)
+    assert "***" in str(error)
+    assert SECRET not in str(error)
+    assert SECRET not in repr(store)
+
+    secured.start()  # same port and directory: the AOF brings the data back
+    probe = redis.Redis(port=secured.port, password=SECRET)
+    deadline = time.monotonic() + 10
+    while True:  # the server may answer LOADING for a moment
+        try:
+            probe.ping()
+            break
+        except redis.BusyLoadingError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    probe.close()
+    messages = store.get_messages("s")
+    header = store.get_header("s")
+    assert header is not None
+    # every acknowledged write is there, whole; the in-flight one is all or nothing
+    assert len(messages) in (2 * len(acked), 2 * len(acked) + 2)
+    assert header["metadata"]["message_count"] == len(messages)
+    assert header["metadata"]["token_count"] == 2 * len(messages)
+    assert [m["content"] for m in messages] == [f"m{i}" for i in range(len(messages))]
+    # and the store works again
+    store.append_messages("s", [msg(10**6)], init=init("s"), now=NOW)
+    assert store.count_messages("s") == len(messages) + 1
+    store.close()
+
+
+def test_unreachable_server_error_names_url_without_password() -> None:
+    store = RedisStore(f"redis://bob:{SECRET}@127.0.0.1:1/0", max_retries=1, socket_timeout=0.5)
+    with pytest.raises(StoreUnavailableError) as info:
+        store.get_document("s")
+    message = str(info.value)
+    assert "redis://bob:***@127.0.0.1:1/0" in message
+    assert SECRET not in message
+    assert isinstance(info.value.__cause__, redis.ConnectionError)
+    assert SECRET not in repr(store)
+    assert store.url == "redis://bob:***@127.0.0.1:1/0"
+
+
+async def test_unreachable_server_async() -> None:
+    store = RedisStore(f"redis://:{SECRET}@127.0.0.1:1/0", max_retries=0, socket_timeout=0.5)
+    with pytest.raises(StoreUnavailableError, match=r"\*\*\*") as info:
+        await store.aget_document("s")
+    assert SECRET not in str(info.value)
+    await store.aclose()
+
+
+def test_acl_user_and_password_in_url(secured: RedisServer) -> None:
+    with RedisStore(f"redis://alice:{SECRET}@127.0.0.1:{secured.port}/0", key_prefix="acl") as s:
+        s.append_messages("s", [msg(0)], init=init("s"), now=NOW)
+        assert s.count_messages("s") == 1
+    wrong = RedisStore(f"redis://alice:nope@127.0.0.1:{secured.port}/0", max_retries=0)
+    with pytest.raises(StoreError) as info:
+        wrong.exists("s")
+    assert "nope" not in str(info.value)
+
+
+def test_unix_socket_url(redis_server_factory: Callable[..., RedisServer], tmp_path: Any) -> None:
+    sock = tmp_path / "r.sock"
+    redis_server_factory("--unixsocket", str(sock), "--unixsocketperm", "700")
+    with RedisStore(f"unix://{sock}", key_prefix="unix") as store:
+        store.append_messages("s", [msg(0)], init=init("s"), now=NOW)
+        assert store.get_messages("s", -1, -1) == [{"role": "user", "content": "m0"}]
+
+
+async def test_existing_clients_are_used_and_not_closed(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    aclient = redis.asyncio.Redis.from_url(redis_url)
+    store = RedisStore(client=client, async_client=aclient, key_prefix="given")
+    store.append_messages("s", [msg(0)], init=init("s"), now=NOW)
+    await store.aappend_messages("s", [msg(1)], init=init("s"), now=NOW)
+    assert [m["content"] for m in await store.aget_messages("s")] == ["m0", "m1"]
+    assert store.list_sessions() == ["s"]
+    store.delete("s")
+    await store.aclose()
+    assert client.ping()  # still usable: the caller owns it
+    assert await aclient.ping()
+    client.close()
+    await aclient.aclose()
+
+
+def test_retried_write_is_applied_once(
+    redis_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write whose reply was lost is retried with the same token and not applied twice."""
+    store = RedisStore(redis_url, key_prefix=key_prefix)
+    monkeypatch.setattr("ctx_memory.stores.redis.os.urandom", lambda n: b"\x01" * n)
+    first = store.append_messages("s", [msg(0), msg(1)], init=init("s"), now=NOW)
+    again = store.append_messages("s", [msg(0), msg(1)], init=init("s"), now=NOW)
+    assert first == again
+    assert first.created
+    assert store.count_messages("s") == 2
+    store.delete("s")
+    store.close()
+
+
+def test_key_layout_one_slot_per_session(redis_url: str, key_prefix: str) -> None:
+    store = RedisStore(redis_url, key_prefix=key_prefix)
+    ids = ["a", "a}", "{a}", "x" * 256, "ü ✓ *", "a:h", "}:h"]
+    for sid in ids:
+        store.append_messages(sid, [msg(0)], init=init(sid), now=NOW)
+        store.merge_shared(sid, {"k": 1}, init=init(sid), now=NOW)
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    keys = set(client.scan_iter(match=f"{key_prefix}:*"))
+    tags = set()
+    for sid in ids:
+        h, m, _f, _fp, _member = session_keys(key_prefix, sid)
+        assert {h, m} <= keys
+        assert client.hget(h, "id") == sid
+        tag = h[len(key_prefix) + 2 : h.index("}")]
+        assert len(tag) == 64
+        assert all(c in "0123456789abcdef" for c in tag)
+        slots = {key_slot(k.encode()) for k in session_keys(key_prefix, sid)[:4]}
+        assert len(slots) == 1
+        tags.add(tag)
+    assert len(tags) == len(ids)
+    session_key_count = len([k for k in keys if "__index__" not in k])
+    assert session_key_count == 2 * len(ids)  # hash and messages (no fetched yet)
+    client.close()
+    store.close()
+
+
+def test_prefix_with_hash_tag_is_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="REDIS_KEY_PREFIX"):
+        RedisStore("redis://localhost:6379/0", key_prefix="app{1}")
+
+
+@pytest.mark.cluster
+def test_cluster_spreads_sessions(redis_cluster_url: str, key_prefix: str) -> None:
+    store = RedisStore(redis_cluster_url, cluster=True, key_prefix=key_prefix, max_sessions=50)
+    for i in range(30):
+        store.append_messages(f"s{i}", [msg(i)], init=init(f"s{i}"), now=NOW)
+    client = redis.cluster.RedisCluster.from_url(redis_cluster_url)
+    per_node = {
+        node.name: len(list(node.redis_connection.scan_iter(match=f"{key_prefix}:*")))
+        for node in client.get_primaries()
+    }
+    assert len(per_node) == 3
+    assert all(count > 0 for count in per_node.values())
+    assert store.list_sessions() == sorted(f"s{i}" for i in range(30))
+    for i in range(30):
+        store.delete(f"s{i}")
+    assert store.list_sessions() == []
+    client.close()
+    store.close()
+
+
+def test_from_settings(redis_url: str) -> None:
+    from ctx_memory.config import load_settings
+
+    settings = load_settings(
+        store="redis",
+        redis_url=redis_url,
+        redis_key_prefix="fs",
+        max_sessions=7,
+        session_expiration_seconds=30,
+        redis_max_retries=2,
+    )
+    store = RedisStore.from_settings(settings)
+    assert (store.prefix, store.max_sessions, store.ttl_seconds) == ("fs", 7, 30)
+    assert not store.cluster
+    store.close()
