@@ -1,45 +1,10 @@
-"""Helpers for the LangChain adapter tests: fake tool-calling models, seeded sessions."""
+"""Fixtures for the LangChain adapter tests (fake models live in adapter_fakes.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from langchain_core.language_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.tools import tool
-
-
-class ToolCallingFakeModel(GenericFakeChatModel):
-    """LangChain's GenericFakeChatModel that accepts ``bind_tools`` and records its inputs."""
-
-    seen: list[list[BaseMessage]] = []  # noqa: RUF012 - replaced per instance below
-
-    def __init__(self, **data: Any) -> None:
-        super().__init__(**data)
-        object.__setattr__(self, "seen", [])
-
-    def bind_tools(self, tools: Any, **kwargs: Any) -> ToolCallingFakeModel:
-        return self
-
-    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Any:
-        self.seen.append(list(messages))
-        return super()._generate(messages, *args, **kwargs)
-
-
-def fake_model(*replies: AIMessage | str) -> ToolCallingFakeModel:
-    messages = [AIMessage(r) if isinstance(r, str) else r for r in replies]
-    return ToolCallingFakeModel(messages=iter(messages))
-
-
-def tool_call(name: str, call_id: str, **args: Any) -> AIMessage:
-    return AIMessage("", tool_calls=[{"name": name, "args": args, "id": call_id}])
-
-
-@tool
-def get_weather(city: str) -> str:
-    """The weather in a city."""
-    return f"Sunny in {city}"
 
 
 @pytest.fixture
