@@ -164,6 +164,7 @@ def _progress(description: str) -> Progress:
     )
 
     console = Console(stderr=True)
+    interactive = sys.stderr.isatty()  # not rich's is_terminal: FORCE_COLOR would fake one
     return Progress(
         TextColumn(description),
         BarColumn(),
@@ -171,7 +172,7 @@ def _progress(description: str) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=True,
-        disable=not console.is_terminal,
+        disable=not interactive,
     )
 
 

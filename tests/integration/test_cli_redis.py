@@ -7,6 +7,7 @@ each test writes under its own Redis key prefix and deletes it afterwards.
 from __future__ import annotations
 
 import json
+import socket
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -179,9 +180,10 @@ def test_bad_file_writes_nothing_to_redis(
 def test_unreachable_redis_exits_1_without_the_password(
     redis_env: dict[str, str], key_prefix: str
 ) -> None:
-    from tests.conftest import free_port
-
-    url = f"redis://user:hunter2@127.0.0.1:{free_port()}/0"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket closes
+    url = f"redis://user:hunter2@127.0.0.1:{port}/0"
     env = {**redis_env, "CTX_MEMORY_REDIS_MAX_RETRIES": "0"}
     result = cli(["--redis-url", url, "sessions", "list"], env=env)
     assert result.exit_code == 1
