@@ -5,7 +5,7 @@ import warnings
 import pytest
 from adapter_fakes import fake_model, get_weather, tool_call
 from langchain_classic.agents import AgentExecutor, create_tool_calling_agent
-from langchain_classic.chains import ConversationChain
+from langchain_classic.chains.conversation.base import ConversationChain
 from langchain_core.messages import HumanMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
