@@ -4,13 +4,18 @@ import warnings
 
 import pytest
 from adapter_fakes import fake_model, get_weather, tool_call
-from langchain_classic.agents import AgentExecutor, create_tool_calling_agent
-from langchain_classic.chains.conversation.base import ConversationChain
 from langchain_core.messages import HumanMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
 from ctx_memory import ContextManager, InMemoryStore, TokenCounter
 from ctx_memory.memory import ContextMemory
+
+with warnings.catch_warnings():
+    # langchain_classic.agents imports langchain-community (installed by the bench group),
+    # which announces its own sunset on import: theirs, not ours.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from langchain_classic.agents import AgentExecutor, create_tool_calling_agent
+    from langchain_classic.chains.conversation.base import ConversationChain
 
 AGENT_PROMPT = ChatPromptTemplate.from_messages(
     [
