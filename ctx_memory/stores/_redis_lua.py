@@ -127,35 +127,22 @@ local function merge(target, partial, deep)
   end
 end
 
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
--- Index: IDX scores members by a logical access clock (the highest score + 1: exact LRU
--- order even within one millisecond), EXP by expiry time in ms (only ever grows).
-local function index_touch(idx, exp, member, t, ttl, write, must_exist)
+-- Index: IDX scores members by a logical access clock (the highest score + 1), so the LRU
+-- order is exact even within one millisecond.
+local function index_touch(idx, member, must_exist)
   local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
   local tick = (tonumber(top[2]) or 0) + 1
   if must_exist then
     redis.call('ZADD', idx, 'XX', tick, member)
-    if write and ttl > 0 then redis.call('ZADD', exp, 'XX', 'GT', t + ttl, member) end
   else
     redis.call('ZADD', idx, tick, member)
-    if write and ttl > 0 then redis.call('ZADD', exp, 'GT', t + ttl, member) end
   end
 end
 
-local function index_purge(idx, exp, t, out)
-  local gone = redis.call('ZRANGEBYSCORE', exp, '-inf', '(' .. t)
-  for _, m in ipairs(gone) do
-    redis.call('ZREM', idx, m)
-    redis.call('ZREM', exp, m)
-    table.insert(out, m)
-  end
-end
-
-local function index_evict(idx, exp, maxs, keep, out)
+-- Remove the least recently used members until at most maxs remain (never keep).
+-- alive(member) tells whether a member's session still exists (nil: assume it does);
+-- members whose session is gone are reported as expired, not evicted.
+local function index_evict(idx, maxs, keep, alive, evicted, expired)
   local n = redis.call('ZCARD', idx)
   while n > maxs do
     local c = redis.call('ZRANGE', idx, 0, 1)
@@ -163,8 +150,11 @@ local function index_evict(idx, exp, maxs, keep, out)
     if v == keep then v = c[2] end
     if not v then break end
     redis.call('ZREM', idx, v)
-    redis.call('ZREM', exp, v)
-    table.insert(out, v)
+    if alive and not alive(v) then
+      table.insert(expired, v)
+    else
+      table.insert(evicted, v)
+    end
     n = n - 1
   end
 end
@@ -173,29 +163,45 @@ end
 SESSION_SCRIPT = (
     _COMMON
     + r"""
-local H, M, F, FP, IDX, EXP = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
-local op, sid, member = ARGV[1], ARGV[2], ARGV[3]
-local ttl, maxs = tonumber(ARGV[4]), tonumber(ARGV[5])
-local prefix, token, now, init = ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local H, M, F, FP, IDX = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local op, ttl, maxs, token = string.match(ARGV[1], '^([^:]*):(%d+):(%d+):(.*)$')
+ttl, maxs = tonumber(ttl), tonumber(maxs)
+local sid, now, init = ARGV[2], ARGV[3], ARGV[4]
+local prefix = string.sub(H, 1, #H - 69)
+local member = string.sub(H, #H - 66, #H - 3) .. sid
 
-local function refresh()
+-- The session's counters and whether it has fetched items ("fx"): read by upsert(),
+-- changed by the operation, written back by finish() in a single HSET.
+local st = {mc = 0, tc = 0, fx = false}
+
+local function refresh(fetched)
   if ttl > 0 then
     redis.call('PEXPIRE', H, ttl)
     redis.call('PEXPIRE', M, ttl)
-    redis.call('PEXPIRE', F, ttl)
-    redis.call('PEXPIRE', FP, ttl)
+    if fetched then
+      redis.call('PEXPIRE', F, ttl)
+      redis.call('PEXPIRE', FP, ttl)
+    end
   end
+end
+
+local function base_of(m)
+  return prefix .. ':{' .. string.sub(m, 1, TAGLEN) .. '}:'
+end
+
+local function alive(m)
+  return redis.call('EXISTS', base_of(m) .. 'h') == 1
 end
 
 local function drop_members(members)
   for _, m in ipairs(members) do
-    local base = prefix .. ':{' .. string.sub(m, 1, TAGLEN) .. '}:'
+    local base = base_of(m)
     redis.call('DEL', base .. 'h', base .. 'm', base .. 'f', base .. 'fp')
   end
 end
 
 local function read_touch()
-  if IDX and maxs > 0 then index_touch(IDX, EXP, member, now_ms(), ttl, false, true) end
+  if IDX and maxs > 0 then index_touch(IDX, member, true) end
 end
 
 local function push(key, first, last)
@@ -210,8 +216,9 @@ end
 -- Returns (recent tokens, created) for a live or freshly created session, or
 -- (nil, created, added) when this write token was already applied.
 local function upsert()
-  local r = redis.call('HMGET', H, 'id', 'wt')
+  local r = redis.call('HMGET', H, 'id', 'wt', 'mc', 'tc', 'fx')
   if r[1] then
+    st.mc, st.tc, st.fx = tonumber(r[3]), tonumber(r[4]), r[5] == '1'
     local recent = r[2] or ''
     if token ~= '' then
       local p = string.find(recent, '|' .. token .. ':', 1, true)
@@ -222,6 +229,7 @@ local function upsert()
     end
     return recent, 0
   end
+  if init == '' then return 'init' end
   local root = parse(init)
   local meta = root.vals['"metadata"']
   if type(meta) ~= 'table' then error('ctx_memory: init header has no metadata object') end
@@ -230,23 +238,22 @@ local function upsert()
   local sh = root.vals['"shared"'] or '{}'
   redis.call('DEL', M, F, FP)
   redis.call('HSET', H, 'id', sid, 'sp', dump(root.vals['"system_prompt"'] or 'null'),
-    'md', dump(meta), 'sh', dump(sh), 'mc', mc, 'tc', tc)
+    'md', dump(meta), 'sh', dump(sh))
+  st.mc, st.tc, st.fx = tonumber(mc), tonumber(tc), false
   return '', 1
 end
 
 local function finish(recent, created, added)
   local w = '|' .. token .. ':' .. added .. ':' .. created .. recent
   if #w > 600 then w = string.sub(w, 1, (string.find(w, '|', 480, true) or 601) - 1) end
-  redis.call('HSET', H, 'ts', now, 'wt', w)
-  refresh()
+  redis.call('HSET', H, 'ts', now, 'wt', w, 'mc', string.format('%d', st.mc),
+    'tc', string.format('%d', st.tc), 'fx', st.fx and '1' or '0')
+  refresh(st.fx)
   local expired, evicted = {}, {}
-  if IDX then
-    local t = now_ms()
-    index_touch(IDX, EXP, member, t, ttl, true, false)
+  if IDX and (created == 1 or maxs > 0) then
+    index_touch(IDX, member, false)
     if created == 1 and maxs > 0 then
-      index_purge(IDX, EXP, t, expired)
-      drop_members(expired)
-      index_evict(IDX, EXP, maxs, member, evicted)
+      index_evict(IDX, maxs, member, alive, evicted, expired)
       drop_members(evicted)
     end
   end
@@ -255,86 +262,95 @@ end
 
 if op == 'append' then
   local recent, created, added = upsert()
+  if recent == 'init' then return 'init' end
   if recent == nil then return {created, added, {}, {}} end
-  local n = #ARGV - 10
+  local n = #ARGV - 5
   if n > 0 then
-    push(M, 11, #ARGV)
-    redis.call('HINCRBY', H, 'mc', n)
-    redis.call('HINCRBY', H, 'tc', ARGV[10])
+    push(M, 6, #ARGV)
+    st.mc = st.mc + n
+    st.tc = st.tc + tonumber(ARGV[5])
   end
   return finish(recent, created, n)
 
 elseif op == 'fetch' then
   local recent, created, added = upsert()
+  if recent == 'init' then return 'init' end
   if recent == nil then return {created, added, {}, {}} end
-  local dedupe = ARGV[10] == '1'
+  local dedupe = ARGV[5] == '1'
   local n = 0
-  for i = 11, #ARGV, 2 do
+  for i = 6, #ARGV, 2 do
     if redis.call('SADD', FP, ARGV[i]) == 1 or not dedupe then
       redis.call('RPUSH', F, ARGV[i + 1])
       n = n + 1
     end
   end
+  if #ARGV >= 6 then st.fx = true end
   return finish(recent, created, n)
 
 elseif op == 'merge' then
-  local partial = parse(ARGV[11])
+  local partial = parse(ARGV[6])
   local recent, created, added = upsert()
+  if recent == 'init' then return 'init' end
   if recent == nil then return {created, added, {}, {}} end
   local shared = parse(redis.call('HGET', H, 'sh'))
-  merge(shared, partial, ARGV[10] == 'deep')
+  merge(shared, partial, ARGV[5] == 'deep')
   redis.call('HSET', H, 'sh', dump(shared))
   return finish(recent, created, 0)
 
 elseif op == 'header' then
   local partial = nil
-  if ARGV[10] ~= '' then partial = parse(ARGV[10]) end
+  if ARGV[5] ~= '' then partial = parse(ARGV[5]) end
   local recent, created, added = upsert()
+  if recent == 'init' then return 'init' end
   if recent == nil then return {created, added, {}, {}} end
   if partial then
     local meta = parse(redis.call('HGET', H, 'md'))
     merge(meta, partial, false)
     redis.call('HSET', H, 'md', dump(meta))
   end
-  if ARGV[11] == '1' then redis.call('HSET', H, 'sp', ARGV[12]) end
+  if ARGV[6] == '1' then redis.call('HSET', H, 'sp', ARGV[7]) end
   return finish(recent, created, 0)
 
 elseif op == 'create' then
   local recent, created, added = upsert()
+  if recent == 'init' then return 'init' end
   if recent == nil then return {created, added, {}, {}} end
   return finish(recent, created, 0)
 
 elseif op == 'replace' then
-  -- 10 sp, 11 md, 12 sh, 13 mc, 14 tc, 15 number of messages, 16.. messages, then
+  -- 5 sp, 6 md, 7 sh, 8 mc, 9 tc, 10 number of messages, 11.. messages, then
   -- (fingerprint, entry) pairs.
   local existed = redis.call('EXISTS', H)
   redis.call('DEL', H, M, F, FP)
-  redis.call('HSET', H, 'id', sid, 'sp', ARGV[10], 'md', ARGV[11], 'sh', ARGV[12],
-    'mc', ARGV[13], 'tc', ARGV[14])
-  local n = tonumber(ARGV[15])
-  if n > 0 then push(M, 16, 15 + n) end
-  for i = 16 + n, #ARGV, 2 do
+  redis.call('HSET', H, 'id', sid, 'sp', ARGV[5], 'md', ARGV[6], 'sh', ARGV[7])
+  st.mc, st.tc = tonumber(ARGV[8]), tonumber(ARGV[9])
+  local n = tonumber(ARGV[10])
+  if n > 0 then push(M, 11, 10 + n) end
+  for i = 11 + n, #ARGV, 2 do
     redis.call('SADD', FP, ARGV[i])
     redis.call('RPUSH', F, ARGV[i + 1])
   end
+  st.fx = #ARGV >= 11 + n
   return finish('', 1 - existed, n)
 
 elseif op == 'clear' then
   if redis.call('EXISTS', H) == 0 then return 0 end
   redis.call('DEL', M)
-  if ARGV[10] ~= '1' then redis.call('DEL', F, FP) end
-  redis.call('HSET', H, 'mc', 0, 'tc', 0, 'ts', now)
-  refresh()
-  if IDX then index_touch(IDX, EXP, member, now_ms(), ttl, true, true) end
+  local fx = '0'
+  if ARGV[5] == '1' then
+    fx = redis.call('HGET', H, 'fx') or '0'
+  else
+    redis.call('DEL', F, FP)
+  end
+  redis.call('HSET', H, 'mc', 0, 'tc', 0, 'ts', now, 'fx', fx)
+  refresh(fx == '1')
+  if IDX and maxs > 0 then index_touch(IDX, member, true) end
   return 1
 
 elseif op == 'delete' then
   local existed = redis.call('DEL', H)
   redis.call('DEL', M, F, FP)
-  if IDX then
-    redis.call('ZREM', IDX, member)
-    redis.call('ZREM', EXP, member)
-  end
+  if IDX then redis.call('ZREM', IDX, member) end
   return existed
 
 elseif op == 'doc' then
@@ -351,7 +367,7 @@ elseif op == 'head' then
 
 elseif op == 'msgs' then
   read_touch()
-  return redis.call('LRANGE', M, ARGV[10], ARGV[11])
+  return redis.call('LRANGE', M, ARGV[5], ARGV[6])
 
 elseif op == 'count' then
   read_touch()
@@ -373,38 +389,30 @@ return redis.error_reply('ctx_memory: unknown operation ' .. tostring(op))
 INDEX_SCRIPT = (
     _COMMON
     + r"""
-local IDX, EXP = KEYS[1], KEYS[2]
+local IDX = KEYS[1]
 local op = ARGV[1]
-local t = now_ms()
 
 if op == 'write' then
-  -- 2 member, 3 ttl ms, 4 max sessions, 5 created (0/1), 6 existing only (0/1)
-  local ttl, maxs = tonumber(ARGV[3]), tonumber(ARGV[4])
-  index_touch(IDX, EXP, ARGV[2], t, ttl, true, ARGV[6] == '1')
+  -- 2 member, 3 max sessions, 4 created (0/1), 5 existing only (0/1)
+  local maxs = tonumber(ARGV[3])
   local expired, evicted = {}, {}
-  if ARGV[5] == '1' and maxs > 0 then
-    index_purge(IDX, EXP, t, expired)
-    index_evict(IDX, EXP, maxs, ARGV[2], evicted)
+  if ARGV[4] == '1' or maxs > 0 then
+    index_touch(IDX, ARGV[2], ARGV[5] == '1')
+    if ARGV[4] == '1' and maxs > 0 then
+      index_evict(IDX, maxs, ARGV[2], nil, evicted, expired)
+    end
   end
   return {expired, evicted}
 
 elseif op == 'read' then
-  index_touch(IDX, EXP, ARGV[2], t, 0, false, true)
+  index_touch(IDX, ARGV[2], true)
   return 1
-
-elseif op == 'gc' then
-  local expired = {}
-  index_purge(IDX, EXP, t, expired)
-  return expired
 
 elseif op == 'members' then
   return redis.call('ZRANGE', IDX, 0, -1)
 
 elseif op == 'forget' then
-  for i = 2, #ARGV do
-    redis.call('ZREM', IDX, ARGV[i])
-    redis.call('ZREM', EXP, ARGV[i])
-  end
+  for i = 2, #ARGV do redis.call('ZREM', IDX, ARGV[i]) end
   return 1
 end
 return redis.error_reply('ctx_memory: unknown index operation ' .. tostring(op))

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
@@ -96,9 +97,9 @@ def session_keys(prefix: str, session_id: str) -> tuple[str, str, str, str, str]
     return base + "h", base + "m", base + "f", base + "fp", tag + session_id
 
 
-def index_keys(prefix: str) -> tuple[str, str]:
-    """The LRU and expiry sorted sets (one slot of their own)."""
-    return f"{prefix}:{{__index__}}:lru", f"{prefix}:{{__index__}}:exp"
+def index_key(prefix: str) -> str:
+    """The sorted set indexing every session (a slot of its own on a cluster)."""
+    return f"{prefix}:{{__index__}}:lru"
 
 
 def _text(value: Any) -> str:
@@ -277,6 +278,10 @@ class RedisStore(BaseStore):
         self.channel = f"{key_prefix}:events"
         self._ttl_ms = str(max(1, round(ttl_seconds * 1000))) if ttl_seconds else "0"
         self._max = str(max_sessions or 0)
+        self._limits = f"{self._ttl_ms}:{self._max}"
+        # Sessions this object has written: their writes skip sending the init header (the
+        # script asks for it, costing a second round trip, if the session vanished since).
+        self._known: OrderedDict[str, None] = OrderedDict()
         self._url = url if client is None else _client_url(client)
         self._max_retries = max_retries
         self._socket_timeout = socket_timeout
@@ -290,7 +295,7 @@ class RedisStore(BaseStore):
             False: hashlib.sha1(SESSION_SCRIPT.encode()).hexdigest(),  # noqa: S324 - Redis script id
             True: hashlib.sha1(INDEX_SCRIPT.encode()).hexdigest(),  # noqa: S324
         }
-        self._idx, self._exp = index_keys(key_prefix)
+        self._idx = index_key(key_prefix)
         self._closed = False
 
     @classmethod
@@ -440,13 +445,12 @@ class RedisStore(BaseStore):
         now: str = "",
         init: str = "",
     ) -> _Eval:
-        h, m, f, fp, member = session_keys(self.prefix, session_id)
-        keys = (h, m, f, fp) if self.cluster else (h, m, f, fp, self._idx, self._exp)
-        args = (op, session_id, member, self._ttl_ms, self._max, self.prefix, token, now, init)
-        return _Eval(False, keys, args + extra)
+        h, m, f, fp, _ = session_keys(self.prefix, session_id)
+        keys = (h, m, f, fp) if self.cluster else (h, m, f, fp, self._idx)
+        return _Eval(False, keys, (f"{op}:{self._limits}:{token}", session_id, now, init, *extra))
 
     def _index(self, op: str, *args: Any) -> _Eval:
-        return _Eval(True, (self._idx, self._exp), (op, *args))
+        return _Eval(True, (self._idx,), (op, *args))
 
     def _read(self, op: str, session_id: str, *extra: Any) -> Generator[_Request, Any, Any]:
         reply = yield self._session(op, session_id, *extra)
@@ -463,10 +467,18 @@ class RedisStore(BaseStore):
         *extra: Any,
         events: tuple[str, ...] = (),
     ) -> Generator[_Request, Any, WriteResult]:
-        init_json = dumps(_clean_init(init))
+        token, now_json = os.urandom(8).hex(), dumps(now)
+        known = session_id in self._known
+        init_json = "" if known else dumps(_clean_init(init))
         reply = yield self._session(
-            op, session_id, *extra, token=os.urandom(8).hex(), now=dumps(now), init=init_json
+            op, session_id, *extra, token=token, now=now_json, init=init_json
         )
+        if known and _text(reply) == "init":  # gone since (expired, evicted, deleted elsewhere)
+            init_json = dumps(_clean_init(init))
+            reply = yield self._session(
+                op, session_id, *extra, token=token, now=now_json, init=init_json
+            )
+        self._remember(session_id)
         created, added, expired, evicted = _write_result(reply)
         if self.cluster:
             expired, evicted = yield from self._cluster_index_write(session_id, created)
@@ -480,24 +492,27 @@ class RedisStore(BaseStore):
         )
         return WriteResult(created=created, added=added, evicted=tuple(evicted))
 
+    def _remember(self, session_id: str) -> None:
+        known = self._known
+        known[session_id] = None
+        if len(known) > 10_000:
+            known.popitem(last=False)
+
+    def _forget(self, session_ids: Iterable[str]) -> None:
+        for session_id in session_ids:
+            self._known.pop(session_id, None)
+
     def _cluster_index_write(
         self, session_id: str, created: bool, *, existing_only: bool = False
     ) -> Generator[_Request, Any, tuple[list[str], list[str]]]:
         member = session_keys(self.prefix, session_id)[4]
         expired_m, evicted_m = yield self._index(
-            "write",
-            member,
-            self._ttl_ms,
-            self._max,
-            "1" if created else "0",
-            "1" if existing_only else "0",
+            "write", member, self._max, "1" if created else "0", "1" if existing_only else "0"
         )
         evicted = [member_id(m) for m in evicted_m]
         for victim in evicted:
             h, m, f, fp, _ = session_keys(self.prefix, victim)
-            yield _Eval(
-                False, (h, m, f, fp), ("delete", victim, "", "0", "0", self.prefix, "", "", "")
-            )
+            yield _Eval(False, (h, m, f, fp), ("delete:0:0:", victim, "", ""))
         return [member_id(m) for m in expired_m], evicted
 
     def _report(
@@ -510,6 +525,8 @@ class RedisStore(BaseStore):
         evicted: Sequence[str],
         events: tuple[str, ...],
     ) -> Generator[_Request, Any, None]:
+        self._forget(expired)
+        self._forget(evicted)
         for victim in expired:
             self._notify("session_expired", victim)
         for victim in evicted:
@@ -535,6 +552,7 @@ class RedisStore(BaseStore):
 
     def _op_delete(self, session_id: str) -> Generator[_Request, Any, bool]:
         existed = bool((yield self._session("delete", session_id)))
+        self._forget((session_id,))
         if self.cluster:
             yield self._index("forget", session_keys(self.prefix, session_id)[4])
         if existed and self.publish_events:
@@ -542,34 +560,32 @@ class RedisStore(BaseStore):
         return existed
 
     def _op_gc(self) -> Generator[_Request, Any, int]:
-        members = yield self._index("gc")
-        expired = [member_id(m) for m in members]
-        yield from self._report("", created=False, added=0, expired=expired, evicted=(), events=())
-        return len(expired)
+        _, expired = yield from self._members()
+        return expired
 
     def _op_list(self) -> Generator[_Request, Any, list[str]]:
-        yield from self._op_gc()
-        members = yield from self._list_members()
-        return sorted(member_id(m) for m in members)
+        alive, _ = yield from self._members()
+        return sorted(member_id(m) for m in alive)
 
-    def _list_members(self) -> Generator[_Request, Any, list[str]]:
+    def _members(self) -> Generator[_Request, Any, tuple[list[str], int]]:
+        """Live index members; members whose keys are gone (expired) are dropped."""
         members: list[str] = [_text(m) for m in (yield self._index("members"))]
         if not members:
-            return []
+            return [], 0
         hashes = tuple(session_keys(self.prefix, member_id(m))[0] for m in members)
         alive = yield _Exists(hashes)
-        ghosts = [m for m, ok in zip(members, alive, strict=True) if not int(ok)]
-        if ghosts:  # keys gone without the index knowing (e.g. expired, FLUSHDB, maxmemory)
-            yield self._index("forget", *ghosts)
+        gone = [m for m, ok in zip(members, alive, strict=True) if not int(ok)]
+        if gone:
+            yield self._index("forget", *gone)
             yield from self._report(
                 "",
                 created=False,
                 added=0,
-                expired=[member_id(m) for m in ghosts],
+                expired=[member_id(m) for m in gone],
                 evicted=(),
                 events=(),
             )
-        return [m for m, ok in zip(members, alive, strict=True) if int(ok)]
+        return [m for m, ok in zip(members, alive, strict=True) if int(ok)], len(gone)
 
     def _op_document(self, session_id: str) -> Generator[_Request, Any, dict[str, Any] | None]:
         reply = yield from self._read("doc", session_id)

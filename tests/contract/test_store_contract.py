@@ -492,3 +492,18 @@ async def test_async_twins(store: BaseStore) -> None:
     assert await store.adelete("s")
     assert await store.alist_sessions() == ["t"]
     await store.aclose()
+
+
+@pytest.mark.stores("sqlite", "redis", "cluster")  # the in-memory store is private
+def test_write_after_another_store_object_deleted_the_session(
+    make_store: Callable[..., BaseStore],
+) -> None:
+    one, two = make_store(), make_store()
+    append(one, "s", 0)
+    assert two.delete("s")
+    result = append(one, "s", 1)
+    assert result.created
+    document = two.get_document("s")
+    assert document is not None
+    assert document["metadata"]["session_id"] == "s"
+    assert contents(document["conversation_history"]) == ["m1"]
