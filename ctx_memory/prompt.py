@@ -484,23 +484,25 @@ class HistoryWindow:
         """Consume records, newest first; return true once no older record can fit."""
         if self.done:
             return True
+        cost_of, skip, budget = self._cost, self._skip, self.budget
+        pending = self._pending
         for record in records:
-            if self._skip is not None and self._skip(record):
+            if skip is not None and skip(record):
                 self.skipped += 1
                 self.skipped_tokens += int(record.get("token_count") or 0)
                 continue
-            cost = self._cost(record)
+            cost = int(record["token_count"]) if cost_of is _cached_cost else cost_of(record)
             self.seen += 1
             self.seen_tokens += cost
-            if self.tokens + self._pending_tokens + cost > self.budget:
+            if self.tokens + self._pending_tokens + cost > budget:
                 self.done = True
                 return True
-            self._pending.append(record)
+            pending.append(record)
             self._pending_tokens += cost
-            if record.get("role") == "user":
-                self._selected.extend(self._pending)
+            if record["role"] == "user":
+                self._selected.extend(pending)
                 self.tokens += self._pending_tokens
-                self._pending.clear()
+                pending.clear()
                 self._pending_tokens = 0
         return False
 
@@ -570,6 +572,8 @@ def repair_tool_pairs(messages: Sequence[M]) -> tuple[list[M], list[M]]:
     Returns:
         ``(kept, dropped)``, both in the original order.
     """
+    if not any(_role_of(m) == "tool" or _has_tool_calls(m) for m in messages):
+        return list(messages), []  # the common case: no tool traffic at all
     answered: set[str] = set()
     for message in messages:
         if _role_of(message) == "tool" and (call_id := _tool_call_id_of(message)):
