@@ -49,8 +49,19 @@ def server() -> Iterator[str]:
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(
-            [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", tmp, "--save", "",
-             "--appendonly", "no"],
+            [
+                exe,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                tmp,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
         )
         try:
@@ -144,9 +155,7 @@ def bench_append(url: str, admin: redis.Redis) -> dict[str, tuple[float, float, 
             admin.config_resetstat()
             best[name] = min(best[name], timed(fn))
             per_msg[name] = sum(commands(admin).values()) / APPENDS
-    out = {
-        name: (best[name] / APPENDS * 1e6, per_msg[name], calls[name]) for name in cases
-    }
+    out = {name: (best[name] / APPENDS * 1e6, per_msg[name], calls[name]) for name in cases}
     raw.close()
     store.close()
     return out
@@ -185,13 +194,16 @@ def main() -> None:
         append = bench_append(url, admin)
         base = append["raw redis-py"][0]
         print(f"append one message with TTL ({APPENDS} appends, one call each)")
-        print(f"  {'':22} {'µs/msg':>8} {'msgs/s':>8} {'× raw':>6} {'round trips':>11} "
-              f"{'server cmds':>11}")
+        print(
+            f"  {'':22} {'µs/msg':>8} {'msgs/s':>8} {'x raw':>6} {'round trips':>11} "
+            f"{'server cmds':>11}"
+        )
         for name, (us, cmds, trips) in append.items():
-            print(f"  {name:22} {us:8.1f} {1e6 / us:8.0f} {us / base:6.2f} {trips:11.0f} "
-                  f"{cmds:11.1f}")
+            print(
+                f"  {name:22} {us:8.1f} {1e6 / us:8.0f} {us / base:6.2f} {trips:11.0f} {cmds:11.1f}"
+            )
         ratio = base / append["RedisStore"][0]
-        print(f"  RedisStore throughput = {ratio:.2f}× raw (target ≥ 0.8×)\n")
+        print(f"  RedisStore throughput = {ratio:.2f}x raw (target ≥ 0.8x)\n")
 
         store, history, raw = fill(url, admin, BIG)
         raw_last = timed(lambda: [json.loads(m) for m in raw.lrange("raw:read", -20, -1)], 200)
@@ -200,10 +212,12 @@ def main() -> None:
         lc_last = timed(lambda: history.messages[-20:], 2)
         print(f"last 20 of {BIG:,} messages")
         print(f"  raw LRANGE              {raw_last_bare * 1e6:10.1f} µs")
-        print(f"  raw LRANGE + json       {raw_last * 1e6:10.1f} µs   1.00×")
-        print(f"  RedisStore.get_messages {store_last * 1e6:10.1f} µs {store_last / raw_last:6.2f}×"
-              f"  ({store_last / raw_last_bare:.2f}× bare LRANGE; target ≤ 2×)")
-        print(f"  langchain_community     {lc_last * 1e6:10.1f} µs {lc_last / raw_last:6.0f}×\n")
+        print(f"  raw LRANGE + json       {raw_last * 1e6:10.1f} µs   1.00x")
+        print(
+            f"  RedisStore.get_messages {store_last * 1e6:10.1f} µs {store_last / raw_last:6.2f}x"
+            f"  ({store_last / raw_last_bare:.2f}x bare LRANGE; target ≤ 2x)"
+        )
+        print(f"  langchain_community     {lc_last * 1e6:10.1f} µs {lc_last / raw_last:6.0f}x\n")
 
         store, history, raw = fill(url, admin, ALL)
         raw_all = timed(lambda: [json.loads(m) for m in raw.lrange("raw:read", 0, -1)], 10)
@@ -211,12 +225,16 @@ def main() -> None:
         store_doc = timed(lambda: store.get_document("read"), 10)
         lc_all = timed(lambda: history.messages, 10)
         print(f"read all {ALL:,} messages into dicts / documents")
-        print(f"  raw LRANGE + json       {raw_all * 1e3:10.2f} ms   1.00×")
-        print(f"  RedisStore.get_messages {store_all * 1e3:10.2f} ms {store_all / raw_all:6.2f}×"
-              "  (target ≤ 1.5×)")
-        print(f"  RedisStore.get_document {store_doc * 1e3:10.2f} ms {store_doc / raw_all:6.2f}×")
-        print(f"  langchain_community     {lc_all * 1e3:10.2f} ms {lc_all / raw_all:6.2f}×"
-              "  (BaseMessage objects)")
+        print(f"  raw LRANGE + json       {raw_all * 1e3:10.2f} ms   1.00x")
+        print(
+            f"  RedisStore.get_messages {store_all * 1e3:10.2f} ms {store_all / raw_all:6.2f}x"
+            "  (target ≤ 1.5x)"
+        )
+        print(f"  RedisStore.get_document {store_doc * 1e3:10.2f} ms {store_doc / raw_all:6.2f}x")
+        print(
+            f"  langchain_community     {lc_all * 1e3:10.2f} ms {lc_all / raw_all:6.2f}x"
+            "  (BaseMessage objects)"
+        )
         admin.flushdb()
         admin.close()
 

@@ -17,13 +17,14 @@ numbers, empty lists and unicode survive byte for byte and key order is preserve
 
 ``ARGV`` layout of :data:`SESSION_SCRIPT` (unused slots are ``""``)::
 
-    1 op   2 session id   3 index member (tag + id)   4 ttl ms (0: none)
-    5 max sessions (0: none)   6 key prefix   7 write token   8 now (JSON string)
-    9 init header (JSON)   10.. operation arguments
+    1 "op:ttl_ms:max_sessions:write_token"   2 session id   3 now (JSON string)
+    4 init header JSON ("" when the client believes the session exists; the script then
+      answers "init" if it does not)   5.. operation arguments
 
-Writes answer ``{created, added, expired_members, evicted_members}``. A write token seen
-among the session's recent tokens (a retried write whose first attempt did reach the
-server) answers the first attempt's result without applying the write again.
+The key prefix and the index member (tag + id) are derived from ``KEYS[1]``. Writes answer
+``{created, added, expired_members, evicted_members}``. A write token seen among the
+session's recent tokens (a retried write whose first attempt did reach the server) answers
+the first attempt's result without applying the write again.
 """
 
 from __future__ import annotations

@@ -4,24 +4,25 @@ Key layout (``P`` is ``REDIS_KEY_PREFIX``; ``T`` is the hex SHA-256 of the UTF-8
 id, so no id, whatever characters it holds, can name another session's keys)::
 
     P:{T}:h    hash    id, sp (system prompt JSON), md (metadata JSON), sh (shared JSON),
-                       mc / tc (message / token counters), ts (last write), wt (recent
-                       write tokens, for safe retries)
+                       mc / tc (message / token counters), ts (last write), fx (has
+                       fetched items), wt (recent write tokens, for safe retries)
     P:{T}:m    list    one JSON message per element, oldest first
     P:{T}:f    list    fetched items as ``<source type JSON>\\n<item JSON>``, oldest first
     P:{T}:fp   set     fingerprints of fetched items (deduplication)
-    P:{__index__}:lru  sorted set  member ``T + id``, score last access (ms)
-    P:{__index__}:exp  sorted set  member ``T + id``, score expiry (ms)
+    P:{__index__}:lru  sorted set  member ``T + id``, score a logical last-access clock
     P:events           pub/sub channel (when ``publish_events``)
 
 ``{T}`` is a hash tag: the four keys of a session live in one slot, so one Lua script can
 change them atomically on Redis Cluster too. Every operation on a session is one call of
 one script (:mod:`ctx_memory.stores._redis_lua`) that also bumps the counters, refreshes the
 TTL of every key (``PEXPIRE``), and — on a single server — updates the index and evicts
-the least recently used sessions. On Redis Cluster the index has its own slot: the index
-is updated by a second call right after the session's script, and an evicted session's
-keys are deleted by a third call per victim. Between those calls the two can disagree for
-a moment (a crash there leaves a session unindexed until its next write, or evicted from
-the index but alive until its TTL); the session's own data is never half-written.
+the least recently used sessions. Expired sessions vanish by Redis-native expiry; ``gc()``
+and ``list_sessions()`` drop their index entries and report ``session_expired``. On Redis
+Cluster the index has its own slot: it is updated by a second call right after the
+session's script, and an evicted session's keys are deleted by a third call per victim. A
+crash between those calls can leave a session unindexed (not listed until it is recreated;
+it still expires by TTL) or dropped from the index but alive until its TTL; the session's
+own data is never half-written.
 
 Writes carry a random token kept in the session hash; a write retried by redis-py's
 ``Retry`` after a dropped connection is therefore applied once, so retries are safe.
