@@ -1,6 +1,10 @@
 """The demo behind ``ctx-memory demo``: seed 001's request flow on the configured store.
 
-It needs no API key: the assistant's replies come from a scripted stand-in for an LLM.
+Part 1 is seed 001's request flow step by step on the manager; part 2 is the same flow as
+a chat loop through LangChain: :class:`~ctx_memory.chat.ContextualChat` records each
+question, assembles a token-budgeted prompt (system prompt + header, ranked sources,
+history) and records the reply. It needs no API key: the replies come from LangChain's
+``GenericFakeChatModel``, a scripted stand-in for an LLM.
 """
 
 from __future__ import annotations
@@ -8,7 +12,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from langchain_core.language_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
+
+from ctx_memory.chat import ContextualChat
 from ctx_memory.integration import ContextIntegration
+from ctx_memory.prompt import ContextPromptAssembler
+from ctx_memory.retrievers import FetchedContextRetriever
 from ctx_memory.schema import ContextMode
 
 if TYPE_CHECKING:
@@ -16,7 +26,7 @@ if TYPE_CHECKING:
 
     from ctx_memory.manager import ContextManager
 
-__all__ = ["run_demo"]
+__all__ = ["run_chat_loop", "run_demo"]
 
 SYSTEM_PROMPT = "You are a concise travel assistant. Cite sources as [n]."
 SEARCH_RESULTS = [
@@ -37,6 +47,20 @@ SEARCH_RESULTS = [
     },
 ]
 PAGE_TEXT = "Paris (CDG) from New York (JFK): daily non-stop flights, from $420 round trip."
+CHAT_TURNS = [
+    (
+        "Which source says when to book?",
+        "Source [1], the booking guide: book 6-8 weeks ahead for economy.",
+    ),
+    (
+        "Is there a non-stop from JFK?",
+        "Yes: daily non-stops JFK to CDG from $420 round trip [2].",
+    ),
+    (
+        "Summarise my options in one line.",
+        "Book 6-8 weeks ahead [1], take the $420 JFK non-stop [2], pick a flexible fare [3].",
+    ),
+]
 
 
 def run_demo(
@@ -96,9 +120,68 @@ def run_demo(
         sources_used=["https://fares.example/flex"],
     )
 
+    run_chat_loop(manager, session_id=session_id, echo=echo)
+
     document = manager.get_context(session_id)
     echo("\nSession document:")
     echo(json.dumps(document, indent=2, ensure_ascii=False))
     echo("\nMemory stats:")
     echo(json.dumps(manager.get_memory_stats(session_id), indent=2))
     return document
+
+
+def run_chat_loop(
+    manager: ContextManager,
+    *,
+    session_id: str = "demo-session",
+    echo: Callable[[str], Any] = print,
+    max_tokens: int = 560,
+) -> list[AIMessage]:
+    """Seed 001's flow as a LangChain chat loop with a fake chat model.
+
+    Each turn goes through :class:`~ctx_memory.chat.ContextualChat`: the question is
+    recorded, the prompt assembled within ``max_tokens`` (its report is printed), the
+    fake model called and its reply recorded with model name, response time and the
+    sources used. The last turn is streamed.
+
+    Returns:
+        The replies.
+    """
+    model = GenericFakeChatModel(messages=iter([AIMessage(reply) for _, reply in CHAT_TURNS]))
+    assembler = ContextPromptAssembler(
+        manager, max_tokens=max_tokens, reserve_tokens=250, source_token_cap=24
+    )
+    chat = ContextualChat(manager, model, assembler=assembler, model_name="fake-chat-model")
+    config: Any = {"configurable": {"session_id": session_id}}
+    echo(f"\nChat loop (ContextualChat + GenericFakeChatModel, {max_tokens}-token context):")
+    replies: list[AIMessage] = []
+    for index, (question, _) in enumerate(CHAT_TURNS):
+        assembled = assembler.assemble(session_id, question)
+        report = assembled.report
+        echo(f"\n  user: {question}")
+        if index == 0:
+            echo("  system message the model gets:")
+            echo("\n".join(f"    | {line}" for line in assembled.system.splitlines()))
+        echo(
+            f"  prompt: {report.total_tokens}/{report.budget} tokens = system "
+            f"{report.system_tokens} + sources {report.sources_tokens} "
+            f"({report.sources_included} in, {report.sources_truncated} cut, "
+            f"{report.sources_dropped} out) + history {report.history_tokens} "
+            f"({report.history_messages} messages, {report.history_left_out_messages} left out)"
+            f" + question {report.question_tokens} + priming {report.priming_tokens}"
+        )
+        if index < len(CHAT_TURNS) - 1:
+            reply = chat.invoke(question, config=config)
+            echo(f"  assistant: {reply.content}")
+        else:
+            parts = [str(chunk.content) for chunk in chat.stream(question, config=config)]
+            echo(f"  assistant (streamed in {len(parts)} chunks): {''.join(parts)}")
+            reply = AIMessage("".join(parts))
+        replies.append(reply)
+    last = manager.get_history(session_id, last_k=1)[0]["metadata"]
+    echo(f"\n  recorded with the last reply: {last}")
+    retriever = FetchedContextRetriever(manager=manager, session_id=session_id, k=2)
+    echo("\n  FetchedContextRetriever('flexible fares', k=2):")
+    for doc in retriever.invoke("flexible fares"):
+        echo(f"    {doc.metadata['score']:.2f}  {doc.metadata['title']}  {doc.metadata['url']}")
+    return replies
