@@ -311,14 +311,14 @@ def _session_tokens(
 def _metadata_html(meta: Mapping[str, Any]) -> str:
     rows = []
     for key, value in meta.items():
-        if key == "current_url":
+        if value is None:
+            shown = '<span class="muted">—</span>'
+        elif key == "current_url":
             shown = _link(value)
-        elif key in ("created_at", "timestamp", "user_time"):
-            shown = _e(value)
         elif isinstance(value, (Mapping, list)):
             shown = f"<code>{_e(json.dumps(value, ensure_ascii=False, default=str))}</code>"
         else:
-            shown = _e("—" if value is None else value)
+            shown = _e(value)
         rows.append(f"<tr><th>{_e(key)}</th><td>{shown}</td></tr>")
     return f'<table class="kv">{"".join(rows)}</table>'
 

@@ -10,6 +10,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
 from ctx_memory import (
+    ContextIntegration,
     ContextManager,
     InMemoryStore,
     SessionView,
@@ -17,7 +18,6 @@ from ctx_memory import (
     render_session_html,
     show_session,
 )
-from ctx_memory.demo import run_demo
 from ctx_memory.display import PREVIEW_CHARS, budget_segments
 
 if TYPE_CHECKING:
@@ -52,6 +52,58 @@ class _Checker(HTMLParser):
         self.text.append(data)
 
 
+def travel_session(cm: ContextManager, session_id: str = "demo-session") -> None:
+    """Seed 001's flow: metadata, page text, a question, search results, two turns."""
+    integration = ContextIntegration(cm)
+    cm.set_system_prompt(session_id, "You are a concise travel assistant. Cite sources as [n].")
+    cm.update_metadata(
+        session_id,
+        mode="research",
+        current_url="https://airline.example/paris",
+        user_timezone="America/New_York",
+        user_time="2026-11-21T07:00:00",
+    )
+    integration.add_web_content(
+        session_id=session_id,
+        text_content="Paris (CDG) from New York (JFK): daily non-stop flights, from $420.",
+        current_url="https://airline.example/paris",
+        title="Flights to Paris",
+    )
+    cm.add_user_message(session_id, "How do I book a cheap flight to Paris?")
+    integration.add_search_results(
+        session_id,
+        [
+            {
+                "title": "Booking flights: a practical guide",
+                "url": "https://travel.example/booking-guide",
+                "body": "Compare fares across airlines and book 6-8 weeks ahead for economy.",
+                "site_name": "Travel Example",
+                "published_date": "2026-10-02",
+            },
+            {
+                "title": "Economy vs. flexible fares",
+                "url": "https://fares.example/flex",
+                "body": "Flexible economy fares cost more but allow free date changes.",
+            },
+        ],
+    )
+    cm.add_assistant_message(
+        session_id,
+        "Book 6-8 weeks ahead and compare fares [1]; non-stops from JFK start at $420 [2].",
+        model="scripted-demo-model",
+        response_time_ms=850,
+        sources_used=["https://travel.example/booking-guide", "https://fares.example/flex"],
+        tools_used=["web_search"],
+    )
+    cm.add_user_message(session_id, "And if my dates might change?")
+    cm.add_assistant_message(
+        session_id,
+        "Choose a flexible economy fare: free date changes and refunds [2].",
+        model="scripted-demo-model",
+        response_time_ms=640,
+    )
+
+
 def parse(markup: str) -> _Checker:
     checker = _Checker()
     checker.feed(markup)
@@ -63,7 +115,7 @@ def parse(markup: str) -> _Checker:
 @pytest.fixture
 def cm() -> Iterator[ContextManager]:
     with ContextManager(store=InMemoryStore()) as manager:
-        run_demo(manager, echo=lambda _: None)
+        travel_session(manager)
         yield manager
 
 
@@ -72,7 +124,10 @@ def test_session_html_has_every_section(cm: ContextManager) -> None:
     markup = render_session_html(document, cm.get_memory_stats("demo-session"))
     checker = parse(markup)
     text = " ".join(checker.text)
-    for heading in ("Metadata", "System prompt", "Sources (3)", "Conversation (4 messages)"):
+    n_messages = len(document["conversation_history"])
+    n_sources = sum(len(items) for items in document["fetched_context"].values())
+    headings = ("Metadata", "System prompt", f"Sources ({n_sources})")
+    for heading in (*headings, f"Conversation ({n_messages} messages)"):
         assert heading in text
     assert "https://travel.example/booking-guide" in checker.hrefs
     assert "Booking flights: a practical guide" in text
