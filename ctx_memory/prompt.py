@@ -479,6 +479,7 @@ class HistoryWindow:
         self.tokens = 0
         self.dropped: list[Mapping[str, Any]] = []
         self.chosen: list[Mapping[str, Any]] = []
+        self._tool_traffic = False
 
     def feed(self, records: Iterable[Mapping[str, Any]]) -> bool:
         """Consume records, newest first; return true once no older record can fit."""
@@ -499,7 +500,10 @@ class HistoryWindow:
                 return True
             pending.append(record)
             self._pending_tokens += cost
-            if record["role"] == "user":
+            role = record["role"]
+            if role == "tool" or (role == "assistant" and record.get("tool_calls")):
+                self._tool_traffic = True
+            if role == "user":
                 self._selected.extend(pending)
                 self.tokens += self._pending_tokens
                 pending.clear()
@@ -519,6 +523,8 @@ class HistoryWindow:
         self._pending = []
         self._pending_tokens = 0
         chosen = list(reversed(self._selected))
+        if not self._tool_traffic:
+            return chosen
         kept, dropped = repair_tool_pairs(chosen)
         if dropped:
             self.tokens -= sum(self._cost(r) for r in dropped)
