@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ctx_memory.manager import ContextManager
+    from ctx_memory.schema import SessionDocument
 
 __all__ = [
     "BudgetSegment",
@@ -390,7 +391,7 @@ def _message_html(record: Mapping[str, Any], index: int) -> str:
 
 
 def render_session_html(
-    document: Mapping[str, Any],
+    document: Mapping[str, Any] | SessionDocument,
     stats: Mapping[str, Any] | None = None,
     *,
     budget: int | None = None,
@@ -400,7 +401,8 @@ def render_session_html(
     """Render a session document as a self-contained HTML fragment.
 
     Args:
-        document: The session document (``ContextManager.get_context``).
+        document: The session document (``ContextManager.get_context``), or a
+            :class:`~ctx_memory.schema.SessionDocument`.
         stats: ``ContextManager.get_memory_stats(session_id)``, if at hand; token counts
             come from it, else from the counts cached in the document.
         budget: A token budget (e.g. the model's context window) to draw the bar against;
@@ -411,6 +413,8 @@ def render_session_html(
     Returns:
         An HTML ``<div>`` with its own scoped ``<style>``.
     """
+    if not isinstance(document, Mapping):
+        document = document.model_dump(mode="json")
     if not document:
         return (
             f'<style>{_CSS}</style><div class="ctxm"><span class="muted">'

@@ -211,6 +211,13 @@ def test_content_blocks_and_tool_calls(cm: ContextManager) -> None:
     assert "<code>search</code>" in markup
 
 
+def test_session_document_model_renders_like_the_dict(cm: ContextManager) -> None:
+    from ctx_memory.schema import parse_document
+
+    document = cm.get_context("demo-session")
+    assert render_session_html(parse_document(document)) == render_session_html(document)
+
+
 def test_missing_session_renders_a_note() -> None:
     assert "No such session" in render_session_html({})
 
