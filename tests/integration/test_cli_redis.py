@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
+import redis.cluster
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from typer.testing import CliRunner
 
@@ -189,3 +190,45 @@ def test_unreachable_redis_exits_1_without_the_password(
     assert result.exit_code == 1
     assert "hunter2" not in result.output
     assert "***" in result.stderr
+
+
+@pytest.mark.cluster
+def test_round_trip_through_redis_cluster(
+    tmp_path: Path, redis_cluster_url: str, key_prefix: str
+) -> None:
+    """Sessions spread over three masters come back the same (each session in one slot)."""
+    db = tmp_path / "first.db"
+    fill(db)
+    file1, file2 = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    env = {
+        "CTX_MEMORY_REDIS_URL": redis_cluster_url,
+        "CTX_MEMORY_REDIS_CLUSTER": "true",
+        "CTX_MEMORY_REDIS_KEY_PREFIX": key_prefix,
+    }
+    cluster = ["--store", "redis", "--max-sessions", "0"]
+    try:
+        assert (
+            cli(
+                [
+                    "--sqlite-path",
+                    str(db),
+                    "--max-sessions",
+                    "0",
+                    "export",
+                    "--all",
+                    "-o",
+                    str(file1),
+                ]
+            ).exit_code
+            == 0
+        )
+        imported = cli([*cluster, "import", str(file1)], env=env)
+        assert imported.exit_code == 0, imported.output
+        exported = cli([*cluster, "export", "--all", "-o", str(file2)], env=env)
+        assert exported.exit_code == 0, exported.output
+        assert normalised(load(file2)) == normalised(load(file1))
+    finally:
+        client = redis.cluster.RedisCluster.from_url(redis_cluster_url)
+        for key in client.scan_iter(match=f"{key_prefix}:*", count=1000):
+            client.delete(key)
+        client.close()
