@@ -1,0 +1,198 @@
+"""The LangChain adapters on every store: chains and agents remember across invocations."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+from langchain.agents import create_agent
+from langchain_core.language_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.tools import tool
+from langgraph.checkpoint.memory import InMemorySaver
+
+from ctx_memory import (
+    ContextPromptAssembler,
+    ContextualChat,
+    FetchedContextRetriever,
+    SourceRecordingRetriever,
+    TokenCounter,
+)
+from ctx_memory.memory import ContextMemory
+from ctx_memory.middleware import ContextMiddleware
+
+pytestmark = pytest.mark.stores("memory", "sqlite", "redis")
+CONFIG = {"configurable": {"session_id": "s1", "thread_id": "t1"}}
+
+
+class FakeToolModel(GenericFakeChatModel):
+    seen: list = []  # noqa: RUF012
+
+    def __init__(self, **data: Any) -> None:
+        data.setdefault("disable_streaming", True)
+        super().__init__(**data)
+        object.__setattr__(self, "seen", [])
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> FakeToolModel:
+        return self
+
+    def _generate(self, messages: list[BaseMessage], *args: Any, **kwargs: Any) -> Any:
+        self.seen.append(list(messages))
+        return super()._generate(messages, *args, **kwargs)
+
+
+def _model(*replies: AIMessage | str) -> FakeToolModel:
+    return FakeToolModel(
+        messages=iter([AIMessage(r) if isinstance(r, str) else r for r in replies])
+    )
+
+
+def _weather_replies() -> FakeToolModel:
+    return _model(
+        AIMessage("", tool_calls=[{"name": "get_weather", "args": {"city": "Paris"}, "id": "c1"}]),
+        "It is sunny in Paris.",
+        "You asked about Paris.",
+    )
+
+
+@tool
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"Sunny in {city}"
+
+
+@pytest.fixture
+def manager(manager_factory):
+    return manager_factory(token_counter="tiktoken")
+
+
+def test_contextual_chat_remembers(manager):
+    model = _model("Nice to meet you, Ada.", "You are Ada.")
+    chat = ContextualChat(manager, model, max_tokens=2000)
+    chat.invoke("I am Ada.", config=CONFIG)
+    assert chat.invoke("Who am I?", config=CONFIG).content == "You are Ada."
+    assert [m.content for m in model.seen[-1]] == [
+        "I am Ada.",
+        "Nice to meet you, Ada.",
+        "Who am I?",
+    ]
+    assert manager.get_history("s1")[-1]["metadata"]["model"] == "FakeToolModel"
+
+
+async def test_contextual_chat_async_stream(manager):
+    chat = ContextualChat(manager, GenericFakeChatModel(messages=iter([AIMessage("a b c")])))
+    chunks = [c async for c in chat.astream("q", config=CONFIG)]
+    assert "".join(c.content for c in chunks) == "a b c"
+    assert [r["content"] for r in await manager.aget_history("s1")] == ["q", "a b c"]
+
+
+def test_assembler_budget_on_a_long_session(manager):
+    manager.add_messages(
+        "s1",
+        [
+            HumanMessage(f"question {i} " * 5) if i % 2 == 0 else AIMessage(f"answer {i} " * 9)
+            for i in range(600)
+        ],
+    )
+    counter = TokenCounter()
+    for budget in (60, 300, 1000):
+        result = ContextPromptAssembler(manager, max_tokens=budget, reserve_tokens=0).assemble(
+            "s1", "latest?"
+        )
+        assert result.report.total_tokens == counter.count_chat(result.messages) <= budget
+        if len(result.messages) > 1:
+            assert result.messages[-2].content == "answer 599 " * 9
+
+
+@pytest.mark.parametrize("checkpointer", [False, True], ids=["no-checkpointer", "checkpointer"])
+def test_create_agent_remembers_without_duplicates(manager, checkpointer):
+    model = _weather_replies()
+    agent = create_agent(
+        model,
+        tools=[get_weather],
+        middleware=[ContextMiddleware(manager)],
+        checkpointer=InMemorySaver() if checkpointer else None,
+    )
+    agent.invoke({"messages": [("user", "Weather in Paris?")]}, CONFIG)
+    agent.invoke({"messages": [("user", "What did I ask?")]}, CONFIG)
+    stored = manager.get_history("s1")
+    assert [r["role"] for r in stored] == [
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+        "user",
+        "assistant",
+    ]
+    assert [m.content for m in model.seen[-1]][:1] == ["Weather in Paris?"]
+
+
+async def test_create_agent_async(manager):
+    model = _weather_replies()
+    agent = create_agent(model, tools=[get_weather], middleware=[ContextMiddleware(manager)])
+    await agent.ainvoke({"messages": [("user", "Weather in Paris?")]}, CONFIG)
+    await agent.ainvoke({"messages": [("user", "What did I ask?")]}, CONFIG)
+    assert len(await manager.aget_history("s1")) == 6
+    assert model.seen[-1][0].content == "Weather in Paris?"
+
+
+def _executor(manager, model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from langchain_classic.agents import AgentExecutor, create_tool_calling_agent
+        from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+
+        prompt = ChatPromptTemplate.from_messages(
+            [
+                ("system", "You are helpful."),
+                MessagesPlaceholder("chat_history"),
+                ("human", "{input}"),
+                MessagesPlaceholder("agent_scratchpad"),
+            ]
+        )
+        memory = ContextMemory(
+            manager=manager, session_id="s1", memory_key="chat_history", return_messages=True
+        )
+        agent = create_tool_calling_agent(model, [get_weather], prompt)
+        return AgentExecutor(agent=agent, tools=[get_weather], memory=memory)
+
+
+def test_agent_executor_remembers(manager):
+    model = _weather_replies()
+    executor = _executor(manager, model)
+    executor.invoke({"input": "Weather in Paris?"})
+    assert executor.invoke({"input": "What did I ask?"})["output"] == "You asked about Paris."
+    assert model.seen[-1][1].content == "Weather in Paris?"
+
+
+async def test_agent_executor_async_and_budget(manager):
+    model = _weather_replies()
+    executor = _executor(manager, model)
+    await executor.ainvoke({"input": "Weather in Paris?"})
+    await executor.ainvoke({"input": "What did I ask?"})
+    memory = ContextMemory(
+        manager=manager, session_id="s1", max_token_limit=30, return_messages=True
+    )
+    loaded = (await memory.aload_memory_variables({}))["history"]
+    assert loaded == memory.load_memory_variables({})["history"]
+    assert [m.content for m in loaded] == ["What did I ask?", "You asked about Paris."]
+
+
+def test_retrievers(manager):
+    from langchain_core.documents import Document
+    from langchain_core.retrievers import BaseRetriever
+
+    class Search(BaseRetriever):
+        def _get_relevant_documents(self, query, *, run_manager):
+            return [
+                Document("Paris fares drop.", metadata={"url": "https://a", "title": "A"}),
+                Document("Rome hotels.", metadata={"url": "https://b", "title": "B"}),
+            ]
+
+    recording = SourceRecordingRetriever(retriever=Search(), manager=manager)
+    recording.invoke("x", config=CONFIG)
+    recording.invoke("x", config=CONFIG)
+    docs = FetchedContextRetriever(manager=manager, k=1).invoke("rome", config=CONFIG)
+    assert docs[0].metadata["url"] == "https://b"
+    assert len(manager.get_fetched_context("s1")["web_search"]) == 2
