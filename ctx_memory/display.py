@@ -423,6 +423,8 @@ def render_session_html(
     meta = dict(document.get("metadata") or {})
     session_id = meta.get("session_id", "?")
     history = list(document.get("conversation_history") or [])
+    # the document may hold only the newest messages (SessionView reads just those)
+    n_messages = max(len(history), _int(meta.get("message_count")))
     fetched = document.get("fetched_context") or {}
     system, sources, hist = _session_tokens(document, stats)
     n_sources = sum(len(v or []) for v in fetched.values())
@@ -443,12 +445,12 @@ def render_session_html(
     mode = meta.get("mode")
     badges = (
         (f'<span class="badge" style="background:#57606a">{_e(mode)}</span>' if mode else "")
-        + f'<span class="chip">{_fmt(len(history))} messages</span>'
+        + f'<span class="chip">{_fmt(n_messages)} messages</span>'
         + f'<span class="chip">{_fmt(n_sources)} sources</span>'
         + (f'<span class="chip">store: {_e(stats["store"])}</span>' if stats else "")
     )
-    shown = history if max_messages is None else history[-max_messages:]
-    skipped = len(history) - len(shown)
+    shown = history if max_messages is None else history[len(history) - max_messages :]
+    skipped = n_messages - len(shown)
     first_index = skipped + 1
     messages = "".join(_message_html(r, first_index + i) for i, r in enumerate(shown))
     if skipped:
@@ -466,7 +468,7 @@ def render_session_html(
         _fold(system_prompt) if system_prompt else '<div class="muted">None.</div>',
         f"<h4>Sources ({_fmt(n_sources)})</h4>",
         _sources_html(fetched),
-        f"<h4>Conversation ({_fmt(len(history))} messages)</h4>",
+        f"<h4>Conversation ({_fmt(n_messages)} messages)</h4>",
         messages or '<div class="muted">No messages yet.</div>',
     ]
     if shared:
@@ -648,9 +650,28 @@ class SessionView:
         self.reserve_tokens = reserve_tokens
         self.max_messages = max_messages
 
+    def document(self) -> dict[str, Any]:
+        """The session as shown: header, sources and only the newest ``max_messages``.
+
+        Reads the newest messages alone (O(k)), so a view of a 100,000-message session
+        costs what its last page costs. ``{}`` if the session does not exist.
+        """
+        header = self.manager.get_header(self.session_id)
+        if header is None:
+            return {}
+        return {
+            "system_prompt": header["system_prompt"],
+            "metadata": header["metadata"],
+            "fetched_context": self.manager.get_fetched_context(self.session_id),
+            "conversation_history": self.manager.get_history(
+                self.session_id, last_k=self.max_messages
+            ),
+            "shared": header["shared"],
+        }
+
     def to_html(self) -> str:
         """The session rendered now (see :func:`render_session_html`)."""
-        document = self.manager.get_context(self.session_id)
+        document = self.document()
         stats = self.manager.get_memory_stats(self.session_id) if document else None
         return render_session_html(
             document,

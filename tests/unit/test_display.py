@@ -305,3 +305,21 @@ def test_session_view_repr_is_short_and_hides_secrets() -> None:
         assert (
             repr(SessionView(cm, "missing")) == "<SessionView 'missing' on memory: no such session>"
         )
+
+
+def test_session_view_reads_only_the_newest_messages(cm: ContextManager) -> None:
+    for i in range(120):
+        cm.add_user_message("long-chat", f"message number {i}")
+    view = SessionView(cm, "long-chat", max_messages=5)
+    document = view.document()
+    assert len(document["conversation_history"]) == 5
+    markup = view._repr_html_()
+    assert "Conversation (120 messages)" in markup
+    assert "115 older messages not shown" in markup
+    assert '<span class="muted">#116</span>' in markup
+    assert "message number 119" in markup
+    assert "message number 114" not in markup
+    # the same as rendering the whole document
+    assert markup == render_session_html(
+        cm.get_context("long-chat"), cm.get_memory_stats("long-chat"), max_messages=5
+    )
