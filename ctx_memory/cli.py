@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import typer
 
 from ctx_memory.config import Settings, load_settings
+from ctx_memory.display import SessionView
 from ctx_memory.errors import ConfigurationError, CtxMemoryError, DocumentImportError
 from ctx_memory.manager import ContextManager
 from ctx_memory.schema import parse_document, validate_session_id
@@ -365,9 +366,7 @@ def sessions_list(
         _note(f"{len(ids)} session(s) on {manager.store.name}")
 
 
-def _print_session(
-    console: Console, document: dict[str, Any], *, last: int | None, full: bool
-) -> None:
+def _print_session(console: Console, document: dict[str, Any], *, full: bool) -> None:
     from rich.panel import Panel  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
     from rich.text import Text  # noqa: PLC0415
@@ -402,11 +401,9 @@ def _print_session(
                 str(item.get("token_count", "")),
             )
         console.print(sources)
-    history = document.get("conversation_history") or []
-    shown = history if last is None else history[-last:] if last > 0 else []
-    console.print(
-        Text(f"Conversation ({len(history)} messages, showing {len(shown)})", style="bold")
-    )
+    shown = document.get("conversation_history") or []  # already cut to --last
+    total = max(len(shown), int(meta.get("message_count") or 0))
+    console.print(Text(f"Conversation ({total} messages, showing {len(shown)})", style="bold"))
     colors = {"user": "blue", "assistant": "green", "system": "magenta", "tool": "yellow"}
     for record in shown:
         role = str(record.get("role", "?"))
@@ -438,13 +435,16 @@ def show(
 ) -> None:
     """Show one session: metadata, system prompt, sources and conversation."""
     with _open(ctx) as manager:
-        document = manager.get_context(session_id)
+        if as_json:
+            document = manager.get_context(session_id)
+        else:  # only the newest --last messages are read
+            document = SessionView(manager, session_id, max_messages=last).document()
         if not document:
             _fail(f"session {session_id!r} does not exist (never created, deleted or expired)")
         if as_json:
             typer.echo(json.dumps(document, ensure_ascii=False, indent=2))
             return
-        _print_session(_stdout_console(), document, last=last, full=full)
+        _print_session(_stdout_console(), document, full=full)
 
 
 @contextmanager
