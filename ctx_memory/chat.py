@@ -23,6 +23,7 @@ from typing_extensions import override
 
 from ctx_memory.errors import ValidationError
 from ctx_memory.prompt import (
+    SESSION_ID_SPEC,
     AssembledPrompt,
     Call,
     ContextPromptAssembler,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     )
     from langchain_core.language_models import LanguageModelInput
     from langchain_core.runnables import RunnableConfig
+    from langchain_core.runnables.utils import ConfigurableFieldSpec
 
     from ctx_memory.manager import ContextManager
 
@@ -145,6 +147,11 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         self.session_id = session_id
         self.model_name = model_name
         self.name = name
+
+    @property
+    @override
+    def config_specs(self) -> list[ConfigurableFieldSpec]:
+        return [SESSION_ID_SPEC]
 
     def __repr__(self) -> str:
         return f"ContextualChat(model={type(self.model).__name__}, assembler={self.assembler!r})"

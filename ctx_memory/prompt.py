@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.prompt_values import ChatPromptValue
 from langchain_core.runnables import Runnable
+from langchain_core.runnables.utils import ConfigurableFieldSpec
 from typing_extensions import override
 
 from ctx_memory.errors import BudgetExceededError, ValidationError
@@ -64,6 +65,7 @@ __all__ = [
     "HistoryWindow",
     "PromptInput",
     "Question",
+    "SESSION_ID_SPEC",
     "SourcePlan",
     "adrive",
     "bm25_scores",
@@ -83,6 +85,17 @@ R = TypeVar("R")
 
 PromptInput = str | BaseMessage | dict[str, Any]
 """What the assembler accepts: a question, a HumanMessage, or a dict holding one."""
+
+SESSION_ID_SPEC = ConfigurableFieldSpec(
+    id="session_id",
+    annotation=str,
+    name="Session ID",
+    description="The ctx_memory session to read and write.",
+    default="",
+    is_shared=True,
+)
+"""``config["configurable"]["session_id"]``, declared the way LangChain's own
+history-aware runnables declare it (visible in ``config_specs``)."""
 
 # --------------------------------------------------------------------------- I/O driving
 
@@ -1135,6 +1148,11 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
     ) -> ChatPromptValue:
         return await self._acall_with_config(self._arun, input, config, run_type="prompt", **kwargs)
 
+    @property
+    @override
+    def config_specs(self) -> list[ConfigurableFieldSpec]:
+        return [SESSION_ID_SPEC]
+
     def as_variables(self) -> Runnable[PromptInput, dict[str, Any]]:
         """A Runnable giving template variables instead of messages.
 
@@ -1153,6 +1171,11 @@ class _AssemblerVariables(Runnable[PromptInput, dict[str, Any]]):
     def __init__(self, assembler: ContextPromptAssembler) -> None:
         self.assembler = assembler
         self.name = "ContextPromptVariables"
+
+    @property
+    @override
+    def config_specs(self) -> list[ConfigurableFieldSpec]:
+        return [SESSION_ID_SPEC]
 
     def _run(
         self, input_: PromptInput, run_manager: CallbackManagerForChainRun, config: RunnableConfig

@@ -160,3 +160,9 @@ def test_options(manager):
         warnings.simplefilter("error")
         chat.invoke(HumanMessage("as a message"))
     assert manager.get_history("s1")[0]["content"] == "as a message"
+
+
+def test_session_id_is_a_declared_configurable(manager):
+    chain = ContextPromptAssembler(manager) | fake("x")
+    assert [spec.id for spec in chain.config_specs] == ["session_id"]
+    assert [s.id for s in ContextualChat(manager, fake("x")).config_specs] == ["session_id"]
