@@ -13,6 +13,7 @@ stream ends; the async methods do the same with the store's native async path.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage, BaseMessage, message_chunk_to_message
@@ -162,10 +163,24 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         return session_id_from(config, self.session_id, payload=input_, owner="ContextualChat")
 
     def _prepare_flow(self, session_id: str, input_: Any) -> Generator[Call, Any, AssembledPrompt]:
-        """Record the question, then assemble the prompt without it in the history."""
-        question = parse_question(input_, self.assembler.input_key).message
+        """Record the question, then assemble the prompt without it in the history.
+
+        The question gets an id (if it has none) so the assembler recognises its stored
+        copy even when other writers append to the session at the same time.
+        """
+        parsed = parse_question(input_, self.assembler.input_key)
+        question = parsed.message
+        if question.id is None:
+            question = question.model_copy(update={"id": f"ctx-{uuid.uuid4()}"})
         yield Call("add_messages", (session_id, [question]))
-        return (yield from self.assembler.assemble_flow(session_id, question, exclude_last=1))
+        return (
+            yield from self.assembler.build_flow(
+                session_id,
+                [question],
+                query=parsed.text,
+                skip_ids=frozenset({str(question.id)}),
+            )
+        )
 
     def _record_call(
         self, session_id: str, reply: BaseMessage, started: float, prompt: AssembledPrompt
