@@ -129,6 +129,10 @@ def measure_llama(
     return rows, llama_note
 
 
+def _met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=10_000)
@@ -210,11 +214,10 @@ def main() -> int:
     print(f"  ctx_memory (history only) / physical limit:        {ours_hist / phys:,.0f}x")
     print(f"  ctx_memory (with sources) / physical limit:        {ours_full / phys:,.0f}x")
     print(f"  LlamaIndex ChatMemoryBuffer.get(): {llama_note}")
-    targets = trim / ours_hist >= 100 and ours_hist / phys <= 100
-    print(
-        "\nTargets (>= 100x faster than trim_messages, within 100x of the physical limit, "
-        f"history only): {'met' if targets else 'NOT met'}"
-    )
+    print("\nTargets (history only, as the other contenders):")
+    print(f"  >= 100x faster than trim_messages+tiktoken: {_met(trim / ours_hist >= 100)}")
+    print(f"  within 100x of the physical limit:          {_met(ours_hist / phys <= 100)}")
+    print(f"  about 1 ms, output messages included:       {_met(ours_hist <= 1.0)}")
     return 0
 
 
