@@ -70,7 +70,7 @@ class Settings(BaseModel):
     gc_interval_seconds: float = Field(default=60.0, gt=0)
     async_operations: StrictBool = True
     event_emission: StrictBool = True
-    max_sessions: int | None = Field(default=100, ge=1)
+    max_sessions: int | None = Field(default=100, ge=0)
     redis_url: str = "redis://localhost:6379/0"
     redis_key_prefix: str = Field(default="ctx_memory", min_length=1)
     redis_max_retries: int = Field(default=3, ge=0)
@@ -81,6 +81,11 @@ class Settings(BaseModel):
     default_model: str = "gpt-4o-mini"
     token_encoding: str | None = None
     token_counter: Literal["tiktoken", "approximate"] = "tiktoken"
+
+    @field_validator("max_sessions")
+    @classmethod
+    def _zero_is_unlimited(cls, value: int | None) -> int | None:
+        return value or None
 
     @field_validator("redis_url")
     @classmethod

@@ -108,7 +108,8 @@ class ContextManager:
 
     Args:
         settings: Validated settings (default: :func:`~ctx_memory.config.load_settings`).
-        store: A store to use instead of the one settings select.
+        store: A store to use instead of the one settings select, or a backend name
+            (``"memory"``, ``"sqlite"``, ``"redis"``) overriding the ``STORE`` setting.
         counter: A token counter to use instead of the one settings select.
         events: An event emitter to share (default: a new one).
         **overrides: Setting values by name, e.g. ``max_sessions=500``.
@@ -131,11 +132,14 @@ class ContextManager:
         self,
         settings: Settings | None = None,
         *,
-        store: BaseStore | None = None,
+        store: BaseStore | str | None = None,
         counter: TokenCounter | None = None,
         events: EventEmitter | None = None,
         **overrides: Any,
     ) -> None:
+        if isinstance(store, str):
+            overrides["store"] = store
+            store = None
         if settings is None:
             settings = load_settings(**overrides)
         elif overrides:

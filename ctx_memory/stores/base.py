@@ -110,6 +110,7 @@ def new_header(session_id: str, *, now: str, encoding: str) -> Header:
             "token_count": 0,
             "token_encoding": encoding,
             "message_count": 0,
+            "system_prompt_tokens": 0,
         },
         "shared": {},
     }

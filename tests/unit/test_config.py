@@ -41,7 +41,7 @@ def test_use_redis_caching_selects_redis():
     ("env", "value", "key"),
     [
         ("CTX_MEMORY_MAX_SESSIONS", "abc", "MAX_SESSIONS"),
-        ("CTX_MEMORY_MAX_SESSIONS", "0", "MAX_SESSIONS"),
+        ("CTX_MEMORY_MAX_SESSIONS", "-1", "MAX_SESSIONS"),
         ("CTX_MEMORY_SESSION_EXPIRATION_SECONDS", "-5", "SESSION_EXPIRATION_SECONDS"),
         ("CTX_MEMORY_USE_REDIS_CACHING", "maybe", "USE_REDIS_CACHING"),
         ("CTX_MEMORY_STORE", "postgres", "STORE"),
@@ -95,3 +95,18 @@ def test_settings_object_plus_overrides_reads_no_file(tmp_path, monkeypatch):
         assert cm.settings.event_emission is False
     with pytest.raises(ConfigurationError, match="MAX_SESSIONS"):
         ContextManager(base, max_sessions=-1)
+
+
+def test_zero_max_sessions_means_no_limit(monkeypatch):
+    monkeypatch.setenv("CTX_MEMORY_MAX_SESSIONS", "0")
+    assert load_settings().max_sessions is None
+    with ContextManager() as cm:
+        for i in range(150):
+            cm.create_session(f"s{i}")
+        assert len(cm.list_sessions()) == 150
+
+
+def test_store_name_as_constructor_argument(tmp_path):
+    with ContextManager(store="sqlite", sqlite_path=str(tmp_path / "x.sqlite3")) as cm:
+        assert cm.store.name == "sqlite"
+        assert cm.settings.store == "sqlite"

@@ -554,3 +554,11 @@ def test_get_context_manager_is_process_wide(monkeypatch):
         assert isinstance(cm.store, InMemoryStore)
     finally:
         reset_context_manager()
+
+
+def test_export_import_export_is_stable(manager):
+    manager.add_user_message("s", "no system prompt here")
+    first = manager.export_session("s")
+    with ContextManager() as other:
+        other.import_session(first)
+        assert other.export_session("s") == first
