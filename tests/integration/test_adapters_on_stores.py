@@ -67,6 +67,14 @@ def manager(manager_factory):
     return manager_factory(token_counter="tiktoken")
 
 
+@pytest.fixture
+async def amanager(manager_factory):
+    """For async tests: the store's async connections close in the test's own loop."""
+    manager = manager_factory(token_counter="tiktoken")
+    yield manager
+    await manager.aclose()
+
+
 def test_contextual_chat_remembers(manager):
     model = _model("Nice to meet you, Ada.", "You are Ada.")
     chat = ContextualChat(manager, model, max_tokens=2000)
@@ -80,11 +88,11 @@ def test_contextual_chat_remembers(manager):
     assert manager.get_history("s1")[-1]["metadata"]["model"] == "FakeToolModel"
 
 
-async def test_contextual_chat_async_stream(manager):
-    chat = ContextualChat(manager, GenericFakeChatModel(messages=iter([AIMessage("a b c")])))
+async def test_contextual_chat_async_stream(amanager):
+    chat = ContextualChat(amanager, GenericFakeChatModel(messages=iter([AIMessage("a b c")])))
     chunks = [c async for c in chat.astream("q", config=CONFIG)]
     assert "".join(c.content for c in chunks) == "a b c"
-    assert [r["content"] for r in await manager.aget_history("s1")] == ["q", "a b c"]
+    assert [r["content"] for r in await amanager.aget_history("s1")] == ["q", "a b c"]
 
 
 def test_assembler_budget_on_a_long_session(manager):
@@ -128,12 +136,12 @@ def test_create_agent_remembers_without_duplicates(manager, checkpointer):
     assert [m.content for m in model.seen[-1]][:1] == ["Weather in Paris?"]
 
 
-async def test_create_agent_async(manager):
+async def test_create_agent_async(amanager):
     model = _weather_replies()
-    agent = create_agent(model, tools=[get_weather], middleware=[ContextMiddleware(manager)])
+    agent = create_agent(model, tools=[get_weather], middleware=[ContextMiddleware(amanager)])
     await agent.ainvoke({"messages": [("user", "Weather in Paris?")]}, CONFIG)
     await agent.ainvoke({"messages": [("user", "What did I ask?")]}, CONFIG)
-    assert len(await manager.aget_history("s1")) == 6
+    assert len(await amanager.aget_history("s1")) == 6
     assert model.seen[-1][0].content == "Weather in Paris?"
 
 
@@ -166,13 +174,13 @@ def test_agent_executor_remembers(manager):
     assert model.seen[-1][1].content == "Weather in Paris?"
 
 
-async def test_agent_executor_async_and_budget(manager):
+async def test_agent_executor_async_and_budget(amanager):
     model = _weather_replies()
-    executor = _executor(manager, model)
+    executor = _executor(amanager, model)
     await executor.ainvoke({"input": "Weather in Paris?"})
     await executor.ainvoke({"input": "What did I ask?"})
     memory = ContextMemory(
-        manager=manager, session_id="s1", max_token_limit=30, return_messages=True
+        manager=amanager, session_id="s1", max_token_limit=30, return_messages=True
     )
     loaded = (await memory.aload_memory_variables({}))["history"]
     assert loaded == memory.load_memory_variables({})["history"]
