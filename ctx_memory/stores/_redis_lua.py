@@ -1,6 +1,6 @@
 """Lua scripts of the Redis store (text only: no I/O here).
 
-Two scripts, each registered once and shared by the sync and asyncio clients:
+Three scripts, each registered once and shared by the sync and asyncio clients:
 
 * :data:`SESSION_SCRIPT` runs every operation on one session (``ARGV[1]`` names it). Its
   ``KEYS`` are the session's four keys, which share one hash slot; on a single server the
@@ -9,6 +9,11 @@ Two scripts, each registered once and shared by the sync and asyncio clients:
   slot, so the script gets only the four session keys and the client updates the index with
   :data:`INDEX_SCRIPT` in a second call.
 * :data:`INDEX_SCRIPT` maintains the index alone (cluster mode, ``gc`` and ``list``).
+* :data:`APPEND_SCRIPT` is the hot path: appending messages to a session that exists. It
+  is small (no JSON parsing, no operation dispatch, no helper definitions to instantiate),
+  answers one integer and shares the hash fields, token format and TTL rules of
+  :data:`SESSION_SCRIPT`; when the session does not exist it changes nothing and answers
+  ``-1``, and the client repeats the write with :data:`SESSION_SCRIPT` and the init header.
 
 JSON is never decoded with ``cjson`` (it turns ``[]`` into ``{}`` and rounds numbers to 14
 digits). The merge code below parses objects *structurally*: it walks the text, keeps
@@ -29,7 +34,7 @@ the first attempt's result without applying the write again.
 
 from __future__ import annotations
 
-__all__ = ["INDEX_SCRIPT", "SESSION_SCRIPT", "TAG_LENGTH"]
+__all__ = ["APPEND_SCRIPT", "INDEX_SCRIPT", "SESSION_SCRIPT", "TAG_LENGTH"]
 
 TAG_LENGTH = 64
 """Length of a session's hash tag (hex SHA-256 of its id); index members are tag + id."""
@@ -419,3 +424,53 @@ end
 return redis.error_reply('ctx_memory: unknown index operation ' .. tostring(op))
 """
 )
+
+APPEND_SCRIPT = r"""
+-- KEYS: H, M, F, FP [, IDX when max_sessions is set on a single server]
+-- ARGV: 1 ttl ms ("0": none)  2 write token ("": retries off)  3 now (JSON string)
+--       4 tokens added  5.. messages
+-- Answers -1 (session missing: nothing changed) or added * 2 + created.
+local H = KEYS[1]
+local r = redis.call('HMGET', H, 'id', 'fx', 'wt', 'mc', 'tc')
+if not r[1] then return -1 end
+local token = ARGV[2]
+local n = #ARGV - 4
+local mc = string.format('%d', tonumber(r[4]) + n)
+local tc = string.format('%d', tonumber(r[5]) + tonumber(ARGV[4]))
+if token ~= '' then
+  local recent = r[3] or ''
+  local p = string.find(recent, '|' .. token .. ':', 1, true)
+  if p then
+    local a, c = string.match(recent, '^(%d+):(%d)', p + #token + 2)
+    return tonumber(a) * 2 + tonumber(c)
+  end
+  local w = '|' .. token .. ':' .. n .. ':0' .. recent
+  if #w > 600 then w = string.sub(w, 1, (string.find(w, '|', 480, true) or 601) - 1) end
+  redis.call('HSET', H, 'ts', ARGV[3], 'mc', mc, 'tc', tc, 'wt', w)
+else
+  redis.call('HSET', H, 'ts', ARGV[3], 'mc', mc, 'tc', tc)
+end
+local M = KEYS[2]
+local i = 5
+while i <= #ARGV do
+  local j = math.min(i + 3999, #ARGV)
+  redis.call('RPUSH', M, unpack(ARGV, i, j))
+  i = j + 1
+end
+local ttl = ARGV[1]
+if ttl ~= '0' then
+  redis.call('PEXPIRE', H, ttl)
+  redis.call('PEXPIRE', M, ttl)
+  if r[2] == '1' then
+    redis.call('PEXPIRE', KEYS[3], ttl)
+    redis.call('PEXPIRE', KEYS[4], ttl)
+  end
+end
+local IDX = KEYS[5]
+if IDX then
+  local top = redis.call('ZRANGE', IDX, -1, -1, 'WITHSCORES')
+  redis.call('ZADD', IDX, 'XX', (tonumber(top[2]) or 0) + 1,
+    string.sub(H, #H - 66, #H - 3) .. r[1])
+end
+return n * 2
+"""

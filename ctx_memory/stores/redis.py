@@ -39,7 +39,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, Union
 
 import redis
 import redis.asyncio
@@ -52,7 +52,12 @@ from typing_extensions import override
 from ctx_memory.config import redact_url
 from ctx_memory.errors import ConfigurationError, InvalidTTLError, StoreError, StoreUnavailableError
 from ctx_memory.schema import dumps, now_iso
-from ctx_memory.stores._redis_lua import INDEX_SCRIPT, SESSION_SCRIPT, TAG_LENGTH
+from ctx_memory.stores._redis_lua import (
+    APPEND_SCRIPT,
+    INDEX_SCRIPT,
+    SESSION_SCRIPT,
+    TAG_LENGTH,
+)
 from ctx_memory.stores.base import (
     BaseStore,
     EncodedItem,
@@ -164,11 +169,19 @@ def _write_result(reply: Sequence[Any]) -> tuple[bool, int, list[str], list[str]
 # replies; ``_drive`` runs it on the sync client and ``_adrive`` on the asyncio client.
 
 
-@dataclass(frozen=True, slots=True)
-class _Eval:
-    index: bool  # INDEX_SCRIPT instead of SESSION_SCRIPT
-    keys: tuple[str, ...]
+_SESSION, _INDEX, _APPEND = 0, 1, 2
+_SCRIPTS = (SESSION_SCRIPT, INDEX_SCRIPT, APPEND_SCRIPT)
+_SHAS = tuple(hashlib.sha1(s.encode()).hexdigest() for s in _SCRIPTS)  # noqa: S324 - script id
+
+
+class _Eval(NamedTuple):
+    script: int  # _SESSION, _INDEX or _APPEND
+    keys: tuple[str | bytes, ...]
     args: tuple[Any, ...]
+
+
+class _Command(NamedTuple):
+    args: tuple[Any, ...]  # a complete command, e.g. ("EVALSHA", sha, numkeys, ...)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +195,7 @@ class _Publish:
     payloads: tuple[str, ...]
 
 
-_Request = _Eval | _Exists | _Publish
+_Request = _Eval | _Command | _Exists | _Publish
 
 
 class EventSubscription:
@@ -280,9 +293,14 @@ class RedisStore(BaseStore):
         self._ttl_ms = str(max(1, round(ttl_seconds * 1000))) if ttl_seconds else "0"
         self._max = str(max_sessions or 0)
         self._limits = f"{self._ttl_ms}:{self._max}"
-        # Sessions this object has written: their writes skip sending the init header (the
-        # script asks for it, costing a second round trip, if the session vanished since).
-        self._known: OrderedDict[str, None] = OrderedDict()
+        # Sessions this object has written, with the keys APPEND_SCRIPT takes (as bytes):
+        # their writes skip sending the init header (the script asks for it, costing a
+        # second round trip, if the session vanished since).
+        self._known: OrderedDict[str, tuple[bytes, ...]] = OrderedDict()
+        self._ttl_arg = self._ttl_ms.encode()
+        self._idx_arg: tuple[bytes, ...] = (
+            (index_key(key_prefix).encode(),) if max_sessions and not cluster else ()
+        )
         self._url = url if client is None else _client_url(client)
         self._max_retries = max_retries
         self._socket_timeout = socket_timeout
@@ -292,10 +310,14 @@ class RedisStore(BaseStore):
         self._aclient: AsyncClient | None = async_client
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._shas = {
-            False: hashlib.sha1(SESSION_SCRIPT.encode()).hexdigest(),  # noqa: S324 - Redis script id
-            True: hashlib.sha1(INDEX_SCRIPT.encode()).hexdigest(),  # noqa: S324
-        }
+        # Write tokens make a write retried by redis-py's Retry apply once; they are only
+        # left out when no retry can happen (our own single-server clients, max_retries=0).
+        # Appends to known sessions skip the generator driver when nothing follows the script
+        # (no cluster index call, no event publication).
+        self._direct = not cluster and not publish_events
+        self._tokens = bool(
+            max_retries > 0 or cluster or client is not None or async_client is not None
+        )
         self._idx = index_key(key_prefix)
         self._closed = False
 
@@ -386,15 +408,21 @@ class RedisStore(BaseStore):
             raise self._wrap(e) from e
 
     def _do(self, request: _Request) -> Any:
-        client = self.client
+        client: Any = self.client  # RedisCluster.execute_command is untyped
         if isinstance(request, _Eval):
-            sha = self._shas[request.index]
-            keys = request.keys
+            script, keys, args = request
+            sha = _SHAS[script]
             try:
-                return client.evalsha(sha, len(keys), *keys, *request.args)
+                return client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
             except NoScriptError:
-                client.script_load(INDEX_SCRIPT if request.index else SESSION_SCRIPT)
-                return client.evalsha(sha, len(keys), *keys, *request.args)
+                client.script_load(_SCRIPTS[script])
+                return client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+        if isinstance(request, _Command):
+            try:
+                return client.execute_command(*request.args)
+            except NoScriptError:  # only APPEND_SCRIPT is sent as a _Command
+                client.script_load(APPEND_SCRIPT)
+                return client.execute_command(*request.args)
         if isinstance(request, _Exists):
             pipe = client.pipeline(transaction=False)
             for key in request.keys:
@@ -419,13 +447,19 @@ class RedisStore(BaseStore):
     async def _ado(self, request: _Request) -> Any:
         client = self.async_client
         if isinstance(request, _Eval):
-            sha = self._shas[request.index]
-            keys = request.keys
+            script, keys, args = request
+            sha = _SHAS[script]
             try:
-                return await client.evalsha(sha, len(keys), *keys, *request.args)
+                return await client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
             except NoScriptError:
-                await client.script_load(INDEX_SCRIPT if request.index else SESSION_SCRIPT)
-                return await client.evalsha(sha, len(keys), *keys, *request.args)
+                await client.script_load(_SCRIPTS[script])
+                return await client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+        if isinstance(request, _Command):
+            try:
+                return await client.execute_command(*request.args)
+            except NoScriptError:  # only APPEND_SCRIPT is sent as a _Command
+                await client.script_load(APPEND_SCRIPT)
+                return await client.execute_command(*request.args)
         if isinstance(request, _Exists):
             pipe = client.pipeline(transaction=False)
             for key in request.keys:
@@ -448,10 +482,12 @@ class RedisStore(BaseStore):
     ) -> _Eval:
         h, m, f, fp, _ = session_keys(self.prefix, session_id)
         keys = (h, m, f, fp) if self.cluster else (h, m, f, fp, self._idx)
-        return _Eval(False, keys, (f"{op}:{self._limits}:{token}", session_id, now, init, *extra))
+        return _Eval(
+            _SESSION, keys, (f"{op}:{self._limits}:{token}", session_id, now, init, *extra)
+        )
 
     def _index(self, op: str, *args: Any) -> _Eval:
-        return _Eval(True, (self._idx,), (op, *args))
+        return _Eval(_INDEX, (self._idx,), (op, *args))
 
     def _read(self, op: str, session_id: str, *extra: Any) -> Generator[_Request, Any, Any]:
         reply = yield self._session(op, session_id, *extra)
@@ -467,8 +503,11 @@ class RedisStore(BaseStore):
         now: str,
         *extra: Any,
         events: tuple[str, ...] = (),
+        token: str | None = None,
     ) -> Generator[_Request, Any, WriteResult]:
-        token, now_json = os.urandom(8).hex(), dumps(now)
+        if token is None:
+            token = self._token()
+        now_json = _json_str(now)
         known = session_id in self._known
         init_json = "" if known else dumps(_clean_init(init))
         reply = yield self._session(
@@ -493,9 +532,15 @@ class RedisStore(BaseStore):
         )
         return WriteResult(created=created, added=added, evicted=tuple(evicted))
 
+    def _token(self) -> str:
+        return os.urandom(8).hex() if self._tokens else ""
+
     def _remember(self, session_id: str) -> None:
         known = self._known
-        known[session_id] = None
+        if session_id in known:
+            return
+        h, m, f, fp, _ = session_keys(self.prefix, session_id)
+        known[session_id] = (h.encode(), m.encode(), f.encode(), fp.encode(), *self._idx_arg)
         if len(known) > 10_000:
             known.popitem(last=False)
 
@@ -513,7 +558,7 @@ class RedisStore(BaseStore):
         evicted = [member_id(m) for m in evicted_m]
         for victim in evicted:
             h, m, f, fp, _ = session_keys(self.prefix, victim)
-            yield _Eval(False, (h, m, f, fp), ("delete:0:0:", victim, "", ""))
+            yield _Eval(_SESSION, (h, m, f, fp), ("delete:0:0:", victim, "", ""))
         return [member_id(m) for m in expired_m], evicted
 
     def _report(
@@ -616,18 +661,59 @@ class RedisStore(BaseStore):
         reply = yield from self._read("fetched", session_id)
         return decode_fetched(reply, source_type)
 
+    def _append_args(
+        self, keys: tuple[bytes, ...], messages: Sequence[EncodedMessage], now: str
+    ) -> tuple[Any, ...]:
+        """The ``EVALSHA`` arguments of :data:`APPEND_SCRIPT`."""
+        if len(messages) == 1:
+            msg = messages[0]
+            return (
+                "EVALSHA", _SHAS[_APPEND], len(keys), *keys,
+                self._ttl_arg, self._token(), _json_str(now), msg.tokens, msg.json,
+            )  # fmt: skip
+        return (
+            "EVALSHA", _SHAS[_APPEND], len(keys), *keys,
+            self._ttl_arg, self._token(), _json_str(now), sum(m.tokens for m in messages),
+            *[m.json for m in messages],
+        )  # fmt: skip
+
     def _op_append_messages(
         self, session_id: str, messages: Sequence[EncodedMessage], init: Header, now: str
     ) -> Generator[_Request, Any, WriteResult]:
-        tokens = sum(msg.tokens for msg in messages)
-        return self._write(
-            "append",
-            session_id,
-            init,
-            now,
-            tokens,
-            *[msg.json for msg in messages],
-            events=("message_added",),
+        keys = self._known.get(session_id)
+        if keys is not None:
+            # The session exists as far as we know: APPEND_SCRIPT, which answers an integer.
+            reply = yield _Command(self._append_args(keys, messages, now))
+            if reply >= 0:
+                created, added = bool(reply & 1), reply >> 1
+                expired: Sequence[str] = ()
+                evicted: Sequence[str] = ()
+                if self.cluster and (created or self.max_sessions is not None):
+                    expired, evicted = yield from self._cluster_index_write(session_id, created)
+                if expired or evicted or self.publish_events:
+                    yield from self._report(
+                        session_id,
+                        created=created,
+                        added=added,
+                        expired=expired,
+                        evicted=evicted,
+                        events=("message_added",),
+                    )
+                if evicted:
+                    return WriteResult(created=created, added=added, evicted=tuple(evicted))
+                return _append_result(reply)
+            self._forget((session_id,))  # gone since: create it again with the init header
+        tokens = sum(m.tokens for m in messages)
+        return (
+            yield from self._write(
+                "append",
+                session_id,
+                init,
+                now,
+                tokens,
+                *[m.json for m in messages],
+                events=("message_added",),
+            )
         )
 
     def _op_append_fetched(
@@ -789,6 +875,22 @@ class RedisStore(BaseStore):
     def append_messages(
         self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
     ) -> WriteResult:
+        keys = self._known.get(session_id)
+        if keys is not None and self._direct:
+            # The hot path without the generator machinery: one EVALSHA, one integer back.
+            client: Any = self._client or self.client
+            args = self._append_args(keys, messages, now)
+            try:
+                try:
+                    reply = client.execute_command(*args)
+                except NoScriptError:
+                    client.script_load(APPEND_SCRIPT)
+                    reply = client.execute_command(*args)
+            except (RedisError, *_UNAVAILABLE) as e:
+                raise self._wrap(e) from e
+            if reply >= 0:
+                return _append_result(reply)
+            self._forget((session_id,))
         return self._drive(self._op_append_messages(session_id, messages, init, now))
 
     @override
@@ -910,6 +1012,21 @@ class RedisStore(BaseStore):
     async def aappend_messages(
         self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
     ) -> WriteResult:
+        keys = self._known.get(session_id)
+        if keys is not None and self._direct:
+            client = self.async_client
+            args = self._append_args(keys, messages, now)
+            try:
+                try:
+                    reply = await client.execute_command(*args)
+                except NoScriptError:
+                    await client.script_load(APPEND_SCRIPT)
+                    reply = await client.execute_command(*args)
+            except (RedisError, *_UNAVAILABLE) as e:
+                raise self._wrap(e) from e
+            if reply >= 0:
+                return _append_result(reply)
+            self._forget((session_id,))
         return await self._adrive(self._op_append_messages(session_id, messages, init, now))
 
     @override
@@ -1027,6 +1144,26 @@ def _clean_init(init: Header) -> Header:
     if type(mc) is int and type(tc) is int:
         return init
     return {**init, "metadata": {**meta, "message_count": _int(mc), "token_count": _int(tc)}}
+
+
+_APPEND_RESULTS: dict[int, WriteResult] = {}
+
+
+def _append_result(reply: int) -> WriteResult:
+    """The (immutable, hence shared) result of an append answered ``added * 2 + created``."""
+    result = _APPEND_RESULTS.get(reply)
+    if result is None:
+        result = WriteResult(created=bool(reply & 1), added=reply >> 1)
+        if reply < 1024:
+            _APPEND_RESULTS[reply] = result
+    return result
+
+
+def _json_str(text: str) -> str:
+    """``dumps(text)`` for a string, without the encoder's setup for the common ISO stamp."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return '"' + text + '"'
+    return dumps(text)
 
 
 def _client_url(client: Any) -> str:
