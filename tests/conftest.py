@@ -77,8 +77,9 @@ class RedisServer:
         assert exe is not None
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
         args += ["--save", "", "--appendonly", "no", *self.extra]
-        log = (self.directory / "redis.log").open("ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log = self.directory / "redis.log"
+        with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -86,7 +87,7 @@ class RedisServer:
                 break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    msg = f"redis-server on port {self.port} did not start; see {log.name}"
+                    msg = f"redis-server on port {self.port} did not start; see {log}"
                     raise RuntimeError(msg) from None
                 time.sleep(0.02)
         return self

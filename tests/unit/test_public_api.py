@@ -38,6 +38,16 @@ EXPECTED_CORE = {
     "load_settings",
     "reset_context_manager",
 }
+EXPECTED_ADAPTERS = {
+    "AssembledPrompt",
+    "AssemblyReport",
+    "ContextChatMessageHistory",
+    "ContextPromptAssembler",
+    "ContextualChat",
+    "FetchedContextRetriever",
+    "SourceRecordingRetriever",
+}
+EXPECTED_SURFACES = {"SessionView", "render_assembly_html", "render_session_html", "show_session"}
 
 
 def test_all_is_sorted_and_complete():
@@ -54,3 +64,10 @@ def test_py_typed_ships():
     from importlib.resources import files
 
     assert files("ctx_memory").joinpath("py.typed").is_file()
+
+
+def test_optional_extras_load_lazily():
+    # Present in the namespace on demand, never in __all__ (star-imports need no extra).
+    assert ctx_memory.ContextMiddleware.__name__ == "ContextMiddleware"
+    assert ctx_memory.ContextMemory.__name__ == "ContextMemory"
+    assert "ContextMiddleware" not in ctx_memory.__all__
