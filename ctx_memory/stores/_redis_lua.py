@@ -250,10 +250,14 @@ local function upsert()
 end
 
 local function finish(recent, created, added)
-  local w = '|' .. token .. ':' .. added .. ':' .. created .. recent
-  if #w > 600 then w = string.sub(w, 1, (string.find(w, '|', 480, true) or 601) - 1) end
-  redis.call('HSET', H, 'ts', now, 'wt', w, 'mc', string.format('%d', st.mc),
-    'tc', string.format('%d', st.tc), 'fx', st.fx and '1' or '0')
+  local mc, tc, fx = string.format('%d', st.mc), string.format('%d', st.tc), st.fx and '1' or '0'
+  if token ~= '' then
+    local w = '|' .. token .. ':' .. added .. ':' .. created .. recent
+    if #w > 600 then w = string.sub(w, 1, (string.find(w, '|', 480, true) or 601) - 1) end
+    redis.call('HSET', H, 'ts', now, 'wt', w, 'mc', mc, 'tc', tc, 'fx', fx)
+  else
+    redis.call('HSET', H, 'ts', now, 'mc', mc, 'tc', tc, 'fx', fx)
+  end
   refresh(st.fx)
   local expired, evicted = {}, {}
   if IDX and (created == 1 or maxs > 0) then
@@ -469,8 +473,7 @@ end
 local IDX = KEYS[5]
 if IDX then
   local top = redis.call('ZRANGE', IDX, -1, -1, 'WITHSCORES')
-  redis.call('ZADD', IDX, 'XX', (tonumber(top[2]) or 0) + 1,
-    string.sub(H, #H - 66, #H - 3) .. r[1])
+  redis.call('ZADD', IDX, (tonumber(top[2]) or 0) + 1, string.sub(H, #H - 66, #H - 3) .. r[1])
 end
 return n * 2
 """

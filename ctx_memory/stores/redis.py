@@ -815,7 +815,7 @@ class RedisStore(BaseStore):
             len(messages),
             *[msg.json for msg in messages],
             *pairs,
-            token=os.urandom(8).hex(),
+            token=self._token(),
             now=dumps(ts) if "timestamp" in metadata else "",
         )
         created, added, expired, evicted = _write_result(reply)

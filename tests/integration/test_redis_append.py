@@ -1,0 +1,154 @@
+"""The Redis append hot path (APPEND_SCRIPT): TTL of every key, tokens, index, fallbacks."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+import redis.cluster
+
+from ctx_memory.schema import dumps
+from ctx_memory.stores.base import EncodedItem, EncodedMessage, new_header
+from ctx_memory.stores.redis import RedisStore, index_key, session_keys
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ctx_memory.stores.base import BaseStore
+
+pytestmark = [pytest.mark.redis, pytest.mark.stores("redis", "cluster")]
+
+NOW = "2025-01-01T00:00:00+00:00"
+
+
+def init(sid: str) -> Any:
+    return new_header(sid, now=NOW, encoding="o200k_base")
+
+
+def msg(i: int, tokens: int = 2) -> EncodedMessage:
+    return EncodedMessage(dumps({"role": "user", "content": f"m{i}"}), tokens)
+
+
+def item(i: int) -> EncodedItem:
+    return EncodedItem("web", dumps({"content": f"c{i}"}), 1, f"fp{i}")
+
+
+def raw_client(store: RedisStore) -> Any:
+    url = store._url
+    assert url is not None
+    if store.cluster:
+        return redis.cluster.RedisCluster.from_url(url, decode_responses=True)
+    return redis.Redis.from_url(url, decode_responses=True)
+
+
+def test_append_refreshes_the_ttl_of_every_key(make_store: Callable[..., BaseStore]) -> None:
+    store = make_store(ttl_seconds=60)
+    assert isinstance(store, RedisStore)
+    store.append_messages("s", [msg(0)], init=init("s"), now=NOW)
+    store.append_fetched("s", [item(0)], init=init("s"), now=NOW)
+    keys = session_keys(store.prefix, "s")[:4]
+    client = raw_client(store)
+    for key in keys:
+        assert client.pexpire(key, 5_000)
+    store.append_messages("s", [msg(1)], init=init("s"), now=NOW)  # the hot path
+    assert all(client.pttl(key) > 50_000 for key in keys)
+    header = store.get_header("s")
+    assert header is not None
+    assert header["metadata"]["message_count"] == 2
+    assert header["metadata"]["token_count"] == 4
+    client.close()
+
+
+async def test_async_append_refreshes_ttl_and_counts(
+    make_store: Callable[..., BaseStore],
+) -> None:
+    store = make_store(ttl_seconds=60)
+    assert isinstance(store, RedisStore)
+    await store.aappend_messages("s", [msg(0)], init=init("s"), now=NOW)
+    client = raw_client(store)
+    h, m = session_keys(store.prefix, "s")[:2]
+    client.pexpire(h, 5_000)
+    client.pexpire(m, 5_000)
+    result = await store.aappend_messages("s", [msg(1), msg(2)], init=init("s"), now=NOW)
+    assert (result.created, result.added) == (False, 2)
+    assert client.pttl(h) > 50_000
+    assert client.pttl(m) > 50_000
+    assert await store.acount_messages("s") == 3
+    await store.aclose()
+    client.close()
+
+
+async def test_async_retried_append_is_applied_once(
+    make_store: Callable[..., BaseStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store()
+    await store.aappend_messages("s", [msg(0)], init=init("s"), now=NOW)
+    monkeypatch.setattr("ctx_memory.stores.redis.os.urandom", lambda n: b"\x02" * n)
+    first = await store.aappend_messages("s", [msg(1)], init=init("s"), now=NOW)
+    again = await store.aappend_messages("s", [msg(1)], init=init("s"), now=NOW)
+    assert first == again
+    assert (first.created, first.added) == (False, 1)
+    assert await store.acount_messages("s") == 2
+    header = await store.aget_header("s")
+    assert header is not None
+    assert header["metadata"]["token_count"] == 4
+    await store.aclose()
+
+
+def test_write_tokens_are_kept_only_when_retries_can_happen(
+    make_store: Callable[..., BaseStore],
+) -> None:
+    with_retries = make_store()
+    assert isinstance(with_retries, RedisStore)
+    with_retries.append_messages("a", [msg(0)], init=init("a"), now=NOW)
+    with_retries.append_messages("a", [msg(1)], init=init("a"), now=NOW)
+    client = raw_client(with_retries)
+    assert client.hget(session_keys(with_retries.prefix, "a")[0], "wt")
+    if not with_retries.cluster:  # a cluster client may re-send on its own: tokens stay
+        without = make_store(max_retries=0)
+        assert isinstance(without, RedisStore)
+        for i in range(3):
+            without.append_messages("b", [msg(i)], init=init("b"), now=NOW)
+        assert client.hget(session_keys(without.prefix, "b")[0], "wt") is None
+        assert without.count_messages("b") == 3
+    client.close()
+
+
+def test_append_many_messages_at_once_to_a_known_session(
+    make_store: Callable[..., BaseStore],
+) -> None:
+    store = make_store()
+    store.append_messages("s", [msg(0)], init=init("s"), now=NOW)
+    result = store.append_messages(
+        "s", [msg(i, 1) for i in range(1, 9001)], init=init("s"), now=NOW
+    )
+    assert result.added == 9000
+    assert store.count_messages("s") == 9001
+    tail = store.get_messages("s", -2, -1)
+    assert [m["content"] for m in tail] == ["m8999", "m9000"]
+
+
+def test_append_indexes_a_session_missing_from_the_index(
+    make_store: Callable[..., BaseStore],
+) -> None:
+    store = make_store(max_sessions=5)
+    assert isinstance(store, RedisStore)
+    store.append_messages("s", [msg(0)], init=init("s"), now=NOW)
+    client = raw_client(store)
+    assert client.zrem(index_key(store.prefix), session_keys(store.prefix, "s")[4]) == 1
+    assert store.list_sessions() == []
+    store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
+    assert store.list_sessions() == ["s"]
+    client.close()
+
+
+def test_append_after_script_flush(make_store: Callable[..., BaseStore]) -> None:
+    store = make_store()
+    assert isinstance(store, RedisStore)
+    store.append_messages("s", [msg(0)], init=init("s"), now=NOW)
+    client = raw_client(store)
+    client.script_flush()
+    store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
+    assert store.count_messages("s") == 2
+    client.close()
