@@ -181,7 +181,7 @@ class _Eval(NamedTuple):
 
 
 class _Command(NamedTuple):
-    args: tuple[Any, ...]  # a complete command, e.g. ("EVALSHA", sha, numkeys, ...)
+    args: tuple[Any, ...]  # a complete command: EVALSHA of APPEND_SCRIPT, LRANGE, LLEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -420,7 +420,7 @@ class RedisStore(BaseStore):
         if isinstance(request, _Command):
             try:
                 return client.execute_command(*request.args)
-            except NoScriptError:  # only APPEND_SCRIPT is sent as a _Command
+            except NoScriptError:  # the only script sent as a _Command is APPEND_SCRIPT
                 client.script_load(APPEND_SCRIPT)
                 return client.execute_command(*request.args)
         if isinstance(request, _Exists):
@@ -457,7 +457,7 @@ class RedisStore(BaseStore):
         if isinstance(request, _Command):
             try:
                 return await client.execute_command(*request.args)
-            except NoScriptError:  # only APPEND_SCRIPT is sent as a _Command
+            except NoScriptError:  # the only script sent as a _Command is APPEND_SCRIPT
                 await client.script_load(APPEND_SCRIPT)
                 return await client.execute_command(*request.args)
         if isinstance(request, _Exists):
@@ -649,10 +649,16 @@ class RedisStore(BaseStore):
     def _op_messages(
         self, session_id: str, start: int, end: int
     ) -> Generator[_Request, Any, list[dict[str, Any]]]:
-        reply = yield from self._read("msgs", session_id, start, end)
+        if self.max_sessions is None:  # no LRU index to touch, and reads never slide the TTL
+            key = session_keys(self.prefix, session_id)[1]
+            reply = yield _Command(("LRANGE", key, start, end))
+        else:
+            reply = yield from self._read("msgs", session_id, start, end)
         return [json.loads(m) for m in reply]
 
     def _op_count(self, session_id: str) -> Generator[_Request, Any, int]:
+        if self.max_sessions is None:
+            return int((yield _Command(("LLEN", session_keys(self.prefix, session_id)[1]))))
         return int((yield from self._read("count", session_id)))
 
     def _op_fetched(
