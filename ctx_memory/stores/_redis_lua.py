@@ -431,16 +431,16 @@ return redis.error_reply('ctx_memory: unknown index operation ' .. tostring(op))
 
 APPEND_SCRIPT = r"""
 -- KEYS: H, M, F, FP [, IDX when max_sessions is set on a single server]
--- ARGV: 1 ttl ms ("0": none)  2 write token ("": retries off)  3 now (JSON string)
---       4 tokens added  5.. messages
+-- ARGV: 1 "<ttl ms, 0: none> <tokens added> <write token, empty: retries off> <now JSON>"
+--       2.. messages
 -- Answers -1 (session missing: nothing changed) or added * 2 + created.
 local H = KEYS[1]
 local r = redis.call('HMGET', H, 'id', 'fx', 'wt', 'mc', 'tc')
 if not r[1] then return -1 end
-local token = ARGV[2]
-local n = #ARGV - 4
+local ttl, tk, token, now = string.match(ARGV[1], '^(%d+) (%S+) (%x*) (.*)$')
+local n = #ARGV - 1
 local mc = string.format('%d', tonumber(r[4]) + n)
-local tc = string.format('%d', tonumber(r[5]) + tonumber(ARGV[4]))
+local tc = string.format('%d', tonumber(r[5]) + tonumber(tk))
 if token ~= '' then
   local recent = r[3] or ''
   local p = string.find(recent, '|' .. token .. ':', 1, true)
@@ -450,18 +450,17 @@ if token ~= '' then
   end
   local w = '|' .. token .. ':' .. n .. ':0' .. recent
   if #w > 600 then w = string.sub(w, 1, (string.find(w, '|', 480, true) or 601) - 1) end
-  redis.call('HSET', H, 'ts', ARGV[3], 'mc', mc, 'tc', tc, 'wt', w)
+  redis.call('HSET', H, 'ts', now, 'mc', mc, 'tc', tc, 'wt', w)
 else
-  redis.call('HSET', H, 'ts', ARGV[3], 'mc', mc, 'tc', tc)
+  redis.call('HSET', H, 'ts', now, 'mc', mc, 'tc', tc)
 end
 local M = KEYS[2]
-local i = 5
+local i = 2
 while i <= #ARGV do
   local j = math.min(i + 3999, #ARGV)
   redis.call('RPUSH', M, unpack(ARGV, i, j))
   i = j + 1
 end
-local ttl = ARGV[1]
 if ttl ~= '0' then
   redis.call('PEXPIRE', H, ttl)
   redis.call('PEXPIRE', M, ttl)

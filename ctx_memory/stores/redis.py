@@ -297,7 +297,6 @@ class RedisStore(BaseStore):
         # their writes skip sending the init header (the script asks for it, costing a
         # second round trip, if the session vanished since).
         self._known: OrderedDict[str, tuple[bytes, ...]] = OrderedDict()
-        self._ttl_arg = self._ttl_ms.encode()
         self._idx_arg: tuple[bytes, ...] = (
             (index_key(key_prefix).encode(),) if max_sessions and not cluster else ()
         )
@@ -670,18 +669,14 @@ class RedisStore(BaseStore):
     def _append_args(
         self, keys: tuple[bytes, ...], messages: Sequence[EncodedMessage], now: str
     ) -> tuple[Any, ...]:
-        """The ``EVALSHA`` arguments of :data:`APPEND_SCRIPT`."""
+        """The ``EVALSHA`` arguments of :data:`APPEND_SCRIPT` (scalars packed in one)."""
         if len(messages) == 1:
             msg = messages[0]
-            return (
-                "EVALSHA", _SHAS[_APPEND], len(keys), *keys,
-                self._ttl_arg, self._token(), _json_str(now), msg.tokens, msg.json,
-            )  # fmt: skip
-        return (
-            "EVALSHA", _SHAS[_APPEND], len(keys), *keys,
-            self._ttl_arg, self._token(), _json_str(now), sum(m.tokens for m in messages),
-            *[m.json for m in messages],
-        )  # fmt: skip
+            head = f"{self._ttl_ms} {msg.tokens} {self._token()} {_json_str(now)}"
+            return ("EVALSHA", _SHAS[_APPEND], len(keys), *keys, head, msg.json)
+        tokens = sum(m.tokens for m in messages)
+        head = f"{self._ttl_ms} {tokens} {self._token()} {_json_str(now)}"
+        return ("EVALSHA", _SHAS[_APPEND], len(keys), *keys, head, *[m.json for m in messages])
 
     def _op_append_messages(
         self, session_id: str, messages: Sequence[EncodedMessage], init: Header, now: str
