@@ -13,19 +13,27 @@ id, so no id, whatever characters it holds, can name another session's keys)::
     P:events           pub/sub channel (when ``publish_events``)
 
 ``{T}`` is a hash tag: the four keys of a session live in one slot, so one Lua script can
-change them atomically on Redis Cluster too. Every operation on a session is one call of
-one script (:mod:`ctx_memory.stores._redis_lua`) that also bumps the counters, refreshes the
+change them atomically on Redis Cluster too. Every write to a session is one call of one
+script (:mod:`ctx_memory.stores._redis_lua`) that also bumps the counters, refreshes the
 TTL of every key (``PEXPIRE``), and — on a single server — updates the index and evicts
-the least recently used sessions. Expired sessions vanish by Redis-native expiry; ``gc()``
+the least recently used sessions. Appending messages to a session this object has written
+before uses a small dedicated script (``APPEND_SCRIPT``: one ``HMGET``, one ``HSET``, the
+``RPUSH`` and the ``PEXPIRE`` calls, one integer back); if the session vanished meanwhile
+it changes nothing and the write is repeated with the init header. Reading messages or
+counting them without ``max_sessions`` (no LRU index to touch; reads never slide the TTL)
+is a plain ``LRANGE`` / ``LLEN``. Expired sessions vanish by Redis-native expiry; ``gc()``
 and ``list_sessions()`` drop their index entries and report ``session_expired``. On Redis
 Cluster the index has its own slot: it is updated by a second call right after the
-session's script, and an evicted session's keys are deleted by a third call per victim. A
-crash between those calls can leave a session unindexed (not listed until it is recreated;
-it still expires by TTL) or dropped from the index but alive until its TTL; the session's
-own data is never half-written.
+session's script (when the write created the session or ``max_sessions`` is set), and an
+evicted session's keys are deleted by a third call per victim. A crash between those calls
+can leave a session unindexed (not listed until it is recreated or written again with
+``max_sessions`` set; it still expires by TTL) or dropped from the index but alive until
+its TTL; the session's own data is never half-written.
 
 Writes carry a random token kept in the session hash; a write retried by redis-py's
-``Retry`` after a dropped connection is therefore applied once, so retries are safe.
+``Retry`` after a dropped connection is therefore applied once, so retries are safe. The
+token is left out only when nothing can re-send a write: the store's own clients on a
+single server with ``max_retries=0``.
 """
 
 from __future__ import annotations
@@ -221,7 +229,7 @@ class EventSubscription:
 class RedisStore(BaseStore):
     """Sessions in Redis (one server or a Redis Cluster), shared by every process using it.
 
-    Each operation is one Lua script call, atomic, with its sliding-TTL refresh and counter
+    Each write is one Lua script call, atomic, with its sliding-TTL refresh and counter
     updates; see the module docstring for the key layout. Appends are O(1), reading the
     last ``k`` messages is one ``LRANGE`` of ``k`` elements.
 
