@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -152,3 +155,64 @@ def test_append_after_script_flush(make_store: Callable[..., BaseStore]) -> None
     store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
     assert store.count_messages("s") == 2
     client.close()
+
+
+class _ReplyDroppingProxy:
+    """A TCP proxy to Redis that, when armed, drops the connection instead of a reply."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.armed = threading.Event()
+        self.dropped = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, replies: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if replies and self.armed.is_set():
+                    self.armed.clear()
+                    self.dropped += 1
+                    break  # the command ran; its reply is lost
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.mark.stores("redis")
+def test_append_whose_reply_is_lost_is_applied_once(redis_url: str, key_prefix: str) -> None:
+    port = int(redis_url.rsplit(":", 1)[1].split("/", 1)[0])
+    proxy = _ReplyDroppingProxy(port)
+    store = RedisStore(f"redis://127.0.0.1:{proxy.port}/0", key_prefix=key_prefix, max_retries=3)
+    store.append_messages("s", [msg(0)], init=init("s"), now=NOW)  # creates: session script
+    store.append_fetched("s", [item(0)], init=init("s"), now=NOW)
+    proxy.armed.set()
+    result = store.append_messages("s", [msg(1), msg(2)], init=init("s"), now=NOW)
+    assert proxy.dropped == 1
+    assert (result.created, result.added) == (False, 2)
+    header = store.get_header("s")
+    assert header is not None
+    assert header["metadata"]["message_count"] == 3
+    assert header["metadata"]["token_count"] == 6
+    assert [m["content"] for m in store.get_messages("s")] == ["m0", "m1", "m2"]
+    store.delete("s")
+    store.close()
+    proxy.close()
