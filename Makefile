@@ -51,4 +51,5 @@ notebooks: install redis ## Execute every notebook
 
 bench: install redis ## Run the benchmarks (ratios against the baselines)
 	$(UV) sync --locked --all-extras --group bench --quiet
-	$(UV) run --locked python benchmarks/run_all.py
+	$(UV) run --locked --all-extras --group bench python benchmarks/bench_redis.py
+	$(UV) run --locked --all-extras --group bench python benchmarks/bench_assembly.py
