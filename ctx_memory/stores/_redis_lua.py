@@ -42,6 +42,24 @@ TAG_LENGTH = 64
 _COMMON = r"""
 local TAGLEN = 64
 
+-- Write tokens: records '|<token>:<added>:<created>', newest first, in two generations of
+-- hash fields: 'wt' (current) and 'wo' (the previous one, > WINDOW bytes, ~22 records).
+-- A full current generation becomes the previous one, so at least ~22 and at most ~45
+-- recent writes are remembered, and a write copies only the short current generation.
+-- APPEND_SCRIPT repeats this logic inline; both must agree.
+local WINDOW = 480
+
+-- (added, created) of a write already applied with this token mark, or nil.
+local function seen_token(wt, wo, mark)
+  local p = string.find(wt, mark, 1, true)
+  if p then return string.match(wt, '^(%d+):(%d)', p + #mark) end
+  if wo then
+    p = string.find(wo, mark, 1, true)
+    if p then return string.match(wo, '^(%d+):(%d)', p + #mark) end
+  end
+  return nil
+end
+
 local function skip_ws(s, i)
   return string.find(s, '[^ \t\r\n]', i) or (#s + 1)
 end
@@ -222,16 +240,13 @@ end
 -- Returns (recent tokens, created) for a live or freshly created session, or
 -- (nil, created, added) when this write token was already applied.
 local function upsert()
-  local r = redis.call('HMGET', H, 'id', 'wt', 'mc', 'tc', 'fx')
+  local r = redis.call('HMGET', H, 'id', 'wt', 'mc', 'tc', 'fx', 'wo')
   if r[1] then
     st.mc, st.tc, st.fx = tonumber(r[3]), tonumber(r[4]), r[5] == '1'
     local recent = r[2] or ''
     if token ~= '' then
-      local p = string.find(recent, '|' .. token .. ':', 1, true)
-      if p then
-        local a, c = string.match(recent, '^(%d+):(%d)', p + #token + 2)
-        return nil, tonumber(c), tonumber(a)
-      end
+      local a, c = seen_token(recent, r[6], '|' .. token .. ':')
+      if a then return nil, tonumber(c), tonumber(a) end
     end
     return recent, 0
   end
@@ -253,8 +268,11 @@ local function finish(recent, created, added)
   local mc, tc, fx = string.format('%d', st.mc), string.format('%d', st.tc), st.fx and '1' or '0'
   if token ~= '' then
     local w = '|' .. token .. ':' .. added .. ':' .. created .. recent
-    if #w > 600 then w = string.sub(w, 1, (string.find(w, '|', 480, true) or 601) - 1) end
-    redis.call('HSET', H, 'ts', now, 'wt', w, 'mc', mc, 'tc', tc, 'fx', fx)
+    if #w > WINDOW then
+      redis.call('HSET', H, 'ts', now, 'wo', w, 'wt', '', 'mc', mc, 'tc', tc, 'fx', fx)
+    else
+      redis.call('HSET', H, 'ts', now, 'wt', w, 'mc', mc, 'tc', tc, 'fx', fx)
+    end
   else
     redis.call('HSET', H, 'ts', now, 'mc', mc, 'tc', tc, 'fx', fx)
   end
@@ -434,23 +452,29 @@ APPEND_SCRIPT = r"""
 -- ARGV: 1 "<ttl ms, 0: none> <tokens added> <write token, empty: retries off> <now JSON>"
 --       2.. messages
 -- Answers -1 (session missing: nothing changed) or added * 2 + created.
+-- Write tokens as in SESSION_SCRIPT (seen_token and finish there), inline here.
 local H = KEYS[1]
-local r = redis.call('HMGET', H, 'id', 'fx', 'wt', 'mc', 'tc')
+local r = redis.call('HMGET', H, 'id', 'fx', 'wt', 'mc', 'tc', 'wo')
 if not r[1] then return -1 end
 local ttl, tk, token, now = string.match(ARGV[1], '^(%d+) (%S+) (%x*) (.*)$')
 local n = #ARGV - 1
 local mc = string.format('%d', tonumber(r[4]) + n)
 local tc = string.format('%d', tonumber(r[5]) + tonumber(tk))
 if token ~= '' then
-  local recent = r[3] or ''
-  local p = string.find(recent, '|' .. token .. ':', 1, true)
+  local mark = '|' .. token .. ':'
+  local wt, wo = r[3] or '', r[6]
+  local p, seen = string.find(wt, mark, 1, true), wt
+  if not p and wo then p, seen = string.find(wo, mark, 1, true), wo end
   if p then
-    local a, c = string.match(recent, '^(%d+):(%d)', p + #token + 2)
+    local a, c = string.match(seen, '^(%d+):(%d)', p + #mark)
     return tonumber(a) * 2 + tonumber(c)
   end
-  local w = '|' .. token .. ':' .. n .. ':0' .. recent
-  if #w > 600 then w = string.sub(w, 1, (string.find(w, '|', 480, true) or 601) - 1) end
-  redis.call('HSET', H, 'ts', now, 'mc', mc, 'tc', tc, 'wt', w)
+  wt = mark .. n .. ':0' .. wt
+  if #wt > 480 then
+    redis.call('HSET', H, 'ts', now, 'mc', mc, 'tc', tc, 'wo', wt, 'wt', '')
+  else
+    redis.call('HSET', H, 'ts', now, 'mc', mc, 'tc', tc, 'wt', wt)
+  end
 else
   redis.call('HSET', H, 'ts', now, 'mc', mc, 'tc', tc)
 end

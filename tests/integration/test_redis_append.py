@@ -216,3 +216,37 @@ def test_append_whose_reply_is_lost_is_applied_once(redis_url: str, key_prefix: 
     store.delete("s")
     store.close()
     proxy.close()
+
+
+def test_write_tokens_are_remembered_for_recent_writes_only(
+    make_store: Callable[..., BaseStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store()
+    assert isinstance(store, RedisStore)
+    token = [b"\x00" * 8]
+    monkeypatch.setattr("ctx_memory.stores.redis.os.urandom", lambda n: token[0])
+
+    def write(i: int) -> Any:  # both scripts write tokens: alternate them
+        token[0] = i.to_bytes(8, "big")
+        if i % 2:
+            return store.merge_shared("s", {"k": i}, init=init("s"), now=NOW)
+        return store.append_messages("s", [msg(i)], init=init("s"), now=NOW)
+
+    assert write(1).created
+    first, shared = write(2), write(3)
+    for i in range(4, 25):  # 21 later writes: at least 23 recent tokens are remembered
+        write(i)
+    assert write(2) == first
+    assert write(3) == shared
+    count = store.count_messages("s")
+    client = raw_client(store)
+    h = session_keys(store.prefix, "s")[0]
+    for i in range(25, 300):
+        write(i)
+        assert len(client.hget(h, "wt") or "") <= 500
+        assert len(client.hget(h, "wo") or "") <= 500
+    count += len(range(26, 300, 2))  # the even writes append
+    assert store.count_messages("s") == count
+    write(2)  # long forgotten: a new write
+    assert store.count_messages("s") == count + 1
+    client.close()
