@@ -448,15 +448,20 @@ return redis.error_reply('ctx_memory: unknown index operation ' .. tostring(op))
 )
 
 APPEND_SCRIPT = r"""
--- KEYS: H, M, F, FP [, IDX when max_sessions is set on a single server]
+-- KEYS: H, M [, F, FP] [, IDX]: F and FP once the client knows the session has fetched
+--       items; IDX (last) when max_sessions is set on a single server.
 -- ARGV: 1 "<ttl ms, 0: none> <tokens added> <write token, empty: retries off> <now JSON>"
 --       2.. messages
--- Answers -1 (session missing: nothing changed) or added * 2 + created.
+-- Answers -1 (session missing) or -2 (it has fetched items whose TTL must be refreshed
+-- but F and FP were not given), both having changed nothing, else added * 2 + created.
 -- Write tokens as in SESSION_SCRIPT (seen_token and finish there), inline here.
 local H = KEYS[1]
 local r = redis.call('HMGET', H, 'id', 'fx', 'wt', 'mc', 'tc', 'wo')
 if not r[1] then return -1 end
 local ttl, tk, token, now = string.match(ARGV[1], '^(%d+) (%S+) (%x*) (.*)$')
+local nk = #KEYS
+local fetched = r[2] == '1' and ttl ~= '0'
+if fetched and nk < 4 then return -2 end
 local n = #ARGV - 1
 local mc = string.format('%d', tonumber(r[4]) + n)
 local tc = string.format('%d', tonumber(r[5]) + tonumber(tk))
@@ -488,13 +493,13 @@ end
 if ttl ~= '0' then
   redis.call('PEXPIRE', H, ttl)
   redis.call('PEXPIRE', M, ttl)
-  if r[2] == '1' then
+  if fetched then
     redis.call('PEXPIRE', KEYS[3], ttl)
     redis.call('PEXPIRE', KEYS[4], ttl)
   end
 end
-local IDX = KEYS[5]
-if IDX then
+if nk == 3 or nk == 5 then
+  local IDX = KEYS[nk]
   local top = redis.call('ZRANGE', IDX, -1, -1, 'WITHSCORES')
   redis.call('ZADD', IDX, (tonumber(top[2]) or 0) + 1, string.sub(H, #H - 66, #H - 3) .. r[1])
 end

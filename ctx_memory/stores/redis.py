@@ -180,6 +180,7 @@ def _write_result(reply: Sequence[Any]) -> tuple[bool, int, list[str], list[str]
 _SESSION, _INDEX, _APPEND = 0, 1, 2
 _SCRIPTS = (SESSION_SCRIPT, INDEX_SCRIPT, APPEND_SCRIPT)
 _SHAS = tuple(hashlib.sha1(s.encode()).hexdigest() for s in _SCRIPTS)  # noqa: S324 - script id
+_APPEND_SHA = _SHAS[_APPEND].encode()
 
 
 class _Eval(NamedTuple):
@@ -301,12 +302,13 @@ class RedisStore(BaseStore):
         self._ttl_ms = str(max(1, round(ttl_seconds * 1000))) if ttl_seconds else "0"
         self._max = str(max_sessions or 0)
         self._limits = f"{self._ttl_ms}:{self._max}"
-        # Sessions this object has written, with the keys APPEND_SCRIPT takes (as bytes):
-        # their writes skip sending the init header (the script asks for it, costing a
-        # second round trip, if the session vanished since).
-        self._known: OrderedDict[str, tuple[bytes, ...]] = OrderedDict()
-        self._idx_arg: tuple[bytes, ...] = (
-            (index_key(key_prefix).encode(),) if max_sessions and not cluster else ()
+        # Sessions this object has written, each with the start of its APPEND_SCRIPT call
+        # (EVALSHA, sha, key count, keys; bytes): their writes skip sending the init header
+        # (the script asks for it, costing a second round trip, if the session vanished
+        # since). The keys are H and M, plus F and FP once the session has fetched items.
+        self._known: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self._idx_arg: tuple[str, ...] = (
+            (index_key(key_prefix),) if max_sessions and not cluster else ()
         )
         self._url = url if client is None else _client_url(client)
         self._max_retries = max_retries
@@ -542,14 +544,19 @@ class RedisStore(BaseStore):
     def _token(self) -> str:
         return os.urandom(8).hex() if self._tokens else ""
 
-    def _remember(self, session_id: str) -> None:
+    def _remember(self, session_id: str, *, fetched: bool = False) -> tuple[Any, ...]:
+        """Remember a session as existing; returns the start of its APPEND_SCRIPT call."""
         known = self._known
-        if session_id in known:
-            return
+        call = known.get(session_id)
+        if call is not None and (not fetched or int(call[2]) - len(self._idx_arg) == 4):
+            return call
         h, m, f, fp, _ = session_keys(self.prefix, session_id)
-        known[session_id] = (h.encode(), m.encode(), f.encode(), fp.encode(), *self._idx_arg)
+        keys = ((h, m, f, fp) if fetched else (h, m)) + self._idx_arg
+        call = ("EVALSHA", _APPEND_SHA, str(len(keys)).encode(), *[k.encode() for k in keys])
+        known[session_id] = call
         if len(known) > 10_000:
             known.popitem(last=False)
+        return call
 
     def _forget(self, session_ids: Iterable[str]) -> None:
         for session_id in session_ids:
@@ -674,25 +681,26 @@ class RedisStore(BaseStore):
         reply = yield from self._read("fetched", session_id)
         return decode_fetched(reply, source_type)
 
-    def _append_args(
-        self, keys: tuple[bytes, ...], messages: Sequence[EncodedMessage], now: str
-    ) -> tuple[Any, ...]:
-        """The ``EVALSHA`` arguments of :data:`APPEND_SCRIPT` (scalars packed in one)."""
+    def _append_tail(self, messages: Sequence[EncodedMessage], now: str) -> tuple[str, ...]:
+        """The ``ARGV`` of :data:`APPEND_SCRIPT`: its scalars packed in one, then the messages."""
         if len(messages) == 1:
             msg = messages[0]
-            head = f"{self._ttl_ms} {msg.tokens} {self._token()} {_json_str(now)}"
-            return ("EVALSHA", _SHAS[_APPEND], len(keys), *keys, head, msg.json)
+            return (f"{self._ttl_ms} {msg.tokens} {self._token()} {_json_str(now)}", msg.json)
         tokens = sum(m.tokens for m in messages)
         head = f"{self._ttl_ms} {tokens} {self._token()} {_json_str(now)}"
-        return ("EVALSHA", _SHAS[_APPEND], len(keys), *keys, head, *[m.json for m in messages])
+        return (head, *[m.json for m in messages])
 
     def _op_append_messages(
         self, session_id: str, messages: Sequence[EncodedMessage], init: Header, now: str
     ) -> Generator[_Request, Any, WriteResult]:
-        keys = self._known.get(session_id)
-        if keys is not None:
+        call = self._known.get(session_id)
+        if call is not None:
             # The session exists as far as we know: APPEND_SCRIPT, which answers an integer.
-            reply = yield _Command(self._append_args(keys, messages, now))
+            tail = self._append_tail(messages, now)
+            reply = yield _Command((*call, *tail))
+            if reply == -2:  # it has fetched items: their keys' TTL must be refreshed too
+                call = self._remember(session_id, fetched=True)
+                reply = yield _Command((*call, *tail))  # same token: still applied once
             if reply >= 0:
                 created, added = bool(reply & 1), reply >> 1
                 expired: Sequence[str] = ()
@@ -731,7 +739,7 @@ class RedisStore(BaseStore):
         pairs: list[str] = []
         for item in items:
             pairs += (item.fingerprint, encode_fetched(item))
-        return self._write(
+        result = yield from self._write(
             "fetch",
             session_id,
             init,
@@ -740,6 +748,9 @@ class RedisStore(BaseStore):
             *pairs,
             events=("fetched_added",),
         )
+        if items:
+            self._remember(session_id, fetched=True)
+        return result
 
     def _op_merge(
         self, session_id: str, mode: str, partial: Mapping[str, Any], init: Header, now: str
@@ -884,17 +895,20 @@ class RedisStore(BaseStore):
     def append_messages(
         self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
     ) -> WriteResult:
-        keys = self._known.get(session_id)
-        if keys is not None and self._direct:
+        call = self._known.get(session_id)
+        if call is not None and self._direct:
             # The hot path without the generator machinery: one EVALSHA, one integer back.
             client: Any = self._client or self.client
-            args = self._append_args(keys, messages, now)
+            tail = self._append_tail(messages, now)
             try:
                 try:
-                    reply = client.execute_command(*args)
+                    reply = client.execute_command(*call, *tail)
                 except NoScriptError:
                     client.script_load(APPEND_SCRIPT)
-                    reply = client.execute_command(*args)
+                    reply = client.execute_command(*call, *tail)
+                if reply == -2:  # the session has fetched items: add their keys, same token
+                    call = self._remember(session_id, fetched=True)
+                    reply = client.execute_command(*call, *tail)
             except (RedisError, *_UNAVAILABLE) as e:
                 raise self._wrap(e) from e
             if reply >= 0:
@@ -1021,16 +1035,19 @@ class RedisStore(BaseStore):
     async def aappend_messages(
         self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
     ) -> WriteResult:
-        keys = self._known.get(session_id)
-        if keys is not None and self._direct:
+        call = self._known.get(session_id)
+        if call is not None and self._direct:
             client = self.async_client
-            args = self._append_args(keys, messages, now)
+            tail = self._append_tail(messages, now)
             try:
                 try:
-                    reply = await client.execute_command(*args)
+                    reply = await client.execute_command(*call, *tail)
                 except NoScriptError:
                     await client.script_load(APPEND_SCRIPT)
-                    reply = await client.execute_command(*args)
+                    reply = await client.execute_command(*call, *tail)
+                if reply == -2:
+                    call = self._remember(session_id, fetched=True)
+                    reply = await client.execute_command(*call, *tail)
             except (RedisError, *_UNAVAILABLE) as e:
                 raise self._wrap(e) from e
             if reply >= 0:

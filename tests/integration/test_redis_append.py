@@ -63,6 +63,29 @@ def test_append_refreshes_the_ttl_of_every_key(make_store: Callable[..., BaseSto
     client.close()
 
 
+@pytest.mark.parametrize("use_async", [False, True])
+async def test_append_refreshes_fetched_keys_another_store_added(
+    make_store: Callable[..., BaseStore], use_async: bool
+) -> None:
+    one, two = make_store(ttl_seconds=60), make_store(ttl_seconds=60)
+    assert isinstance(one, RedisStore)
+    one.append_messages("s", [msg(0)], init=init("s"), now=NOW)  # one knows "s": no fetched keys
+    two.append_fetched("s", [item(0)], init=init("s"), now=NOW)
+    keys = session_keys(one.prefix, "s")[:4]
+    client = raw_client(one)
+    for key in keys:
+        assert client.pexpire(key, 5_000)
+    if use_async:
+        result = await one.aappend_messages("s", [msg(1)], init=init("s"), now=NOW)
+        await one.aclose()
+    else:
+        result = one.append_messages("s", [msg(1)], init=init("s"), now=NOW)
+    assert (result.created, result.added) == (False, 1)
+    assert all(client.pttl(key) > 50_000 for key in keys)
+    assert two.count_messages("s") == 2
+    client.close()
+
+
 async def test_async_append_refreshes_ttl_and_counts(
     make_store: Callable[..., BaseStore],
 ) -> None:
