@@ -512,11 +512,8 @@ class RedisStore(BaseStore):
         now: str,
         *extra: Any,
         events: tuple[str, ...] = (),
-        token: str | None = None,
     ) -> Generator[_Request, Any, WriteResult]:
-        if token is None:
-            token = self._token()
-        now_json = _json_str(now)
+        token, now_json = self._token(), _json_str(now)
         known = session_id in self._known
         init_json = "" if known else dumps(_clean_init(init))
         reply = yield self._session(
