@@ -14,6 +14,9 @@ Three scripts, each registered once and shared by the sync and asyncio clients:
   answers one integer and shares the hash fields, token format and TTL rules of
   :data:`SESSION_SCRIPT`; when the session does not exist it changes nothing and answers
   ``-1``, and the client repeats the write with :data:`SESSION_SCRIPT` and the init header.
+  It takes only the hash and the list until the client knows the session has fetched
+  items; if it has (and a TTL is set) it answers ``-2``, again having changed nothing, and
+  the client repeats the call, same token, with the fetched keys too.
 
 JSON is never decoded with ``cjson`` (it turns ``[]`` into ``{}`` and rounds numbers to 14
 digits). The merge code below parses objects *structurally*: it walks the text, keeps
@@ -29,7 +32,8 @@ numbers, empty lists and unicode survive byte for byte and key order is preserve
 The key prefix and the index member (tag + id) are derived from ``KEYS[1]``. Writes answer
 ``{created, added, expired_members, evicted_members}``. A write token seen among the
 session's recent tokens (a retried write whose first attempt did reach the server) answers
-the first attempt's result without applying the write again.
+the first attempt's result without applying the write again; see ``seen_token`` for how
+the recent tokens are kept.
 """
 
 from __future__ import annotations
