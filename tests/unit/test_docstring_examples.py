@@ -12,7 +12,7 @@ import pytest
 
 import ctx_memory
 
-# Examples here need a running server; tests/integration runs them against real Redis.
+# Needs a running server: tests/integration/test_redis_docstring_example.py runs it.
 NEEDS_SERVER = {"ctx_memory.stores.redis"}
 
 _BLOCK = re.compile(
