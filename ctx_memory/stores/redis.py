@@ -58,7 +58,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from typing_extensions import override
 
 from ctx_memory.config import redact_url
-from ctx_memory.errors import ConfigurationError, InvalidTTLError, StoreError, StoreUnavailableError
+from ctx_memory.errors import ConfigurationError, StoreError, StoreUnavailableError
 from ctx_memory.schema import dumps, now_iso
 from ctx_memory.stores._redis_lua import (
     APPEND_SCRIPT,
@@ -73,6 +73,7 @@ from ctx_memory.stores.base import (
     Header,
     WriteResult,
     assemble_document,
+    check_limits,
 )
 
 if TYPE_CHECKING:
@@ -278,14 +279,7 @@ class RedisStore(BaseStore):
         socket_timeout: float = 5.0,
         publish_events: bool = False,
     ) -> None:
-        if ttl_seconds is not None and (
-            not isinstance(ttl_seconds, (int, float)) or ttl_seconds < 0
-        ):
-            msg = f"ttl_seconds must be a non-negative number or None, got {ttl_seconds!r}"
-            raise InvalidTTLError(msg)
-        if max_sessions is not None and max_sessions < 1:
-            msg = f"max_sessions must be at least 1, got {max_sessions!r}"
-            raise ValueError(msg)
+        ttl_seconds = check_limits(ttl_seconds, max_sessions)
         if not key_prefix or "{" in key_prefix or "}" in key_prefix:
             msg = f"must be non-empty without '{{' or '}}' (hash tags), got {key_prefix!r}"
             raise ConfigurationError("REDIS_KEY_PREFIX", msg)
@@ -295,7 +289,7 @@ class RedisStore(BaseStore):
             cluster = client is not None and isinstance(client, redis.cluster.RedisCluster)
         self.cluster = cluster
         self.prefix = key_prefix
-        self.ttl_seconds = ttl_seconds or None
+        self.ttl_seconds = ttl_seconds
         self.max_sessions = max_sessions
         self.publish_events = publish_events
         self.channel = f"{key_prefix}:events"

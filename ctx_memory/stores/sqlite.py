@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
-from ctx_memory.errors import InvalidTTLError, StoreError, StoreUnavailableError
+from ctx_memory.errors import StoreError, StoreUnavailableError
 from ctx_memory.schema import dumps
 from ctx_memory.stores.base import (
     EncodedItem,
@@ -34,6 +34,7 @@ from ctx_memory.stores.base import (
     SyncBackedStore,
     WriteResult,
     assemble_document,
+    check_limits,
     deep_merge,
 )
 
@@ -167,16 +168,9 @@ class SqliteStore(SyncBackedStore):
         busy_timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if ttl_seconds is not None and (
-            not isinstance(ttl_seconds, (int, float)) or ttl_seconds < 0
-        ):
-            msg = f"ttl_seconds must be a non-negative number or None, got {ttl_seconds!r}"
-            raise InvalidTTLError(msg)
-        if max_sessions is not None and max_sessions < 1:
-            msg = f"max_sessions must be at least 1, got {max_sessions!r}"
-            raise ValueError(msg)
+        ttl_seconds = check_limits(ttl_seconds, max_sessions)
         self.path = str(path)
-        self.ttl_seconds = ttl_seconds or None
+        self.ttl_seconds = ttl_seconds
         self.max_sessions = max_sessions
         self._clock = clock
         self._lock = threading.RLock()
