@@ -39,14 +39,11 @@ from ctx_memory.schema import (
     validate_session_id,
 )
 from ctx_memory.stores import create_store
-from ctx_memory.stores.base import EncodedItem, EncodedMessage, Header, new_header
+from ctx_memory.stores.base import Closeable, EncodedItem, EncodedMessage, Header, new_header
 from ctx_memory.tokens import TokenCounter
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator
-    from types import TracebackType
-
-    from typing_extensions import Self
 
     from ctx_memory.events import Event
     from ctx_memory.stores.base import BaseStore, WriteResult
@@ -99,7 +96,7 @@ def _validate_content(content: object, where: str) -> None:
     raise ValidationError(msg)
 
 
-class ContextManager:
+class ContextManager(Closeable):
     """Per-session context for LLM apps: history, fetched sources, metadata, shared state.
 
     Both seeds' APIs on one object. Settings come from Dynaconf (``settings.toml``,
@@ -1185,28 +1182,6 @@ class ContextManager:
     async def aclose(self) -> None:
         """Async :meth:`close`."""
         await self.store.aclose()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _api_message(record: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from typing_extensions import ParamSpec, override
 
+from ctx_memory.errors import InvalidTTLError
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from types import TracebackType
@@ -42,6 +44,7 @@ T = TypeVar("T")
 
 __all__ = [
     "BaseStore",
+    "Closeable",
     "EncodedItem",
     "EncodedMessage",
     "Header",
@@ -49,6 +52,7 @@ __all__ = [
     "SyncBackedStore",
     "WriteResult",
     "assemble_document",
+    "check_limits",
     "deep_merge",
     "new_header",
 ]
@@ -131,6 +135,22 @@ def deep_merge(target: dict[str, Any], partial: Mapping[str, Any]) -> dict[str, 
     return target
 
 
+def check_limits(ttl_seconds: float | None, max_sessions: int | None) -> float | None:
+    """Validate a store's TTL and session limit; return the TTL (``None`` for none).
+
+    Raises:
+        InvalidTTLError: ``ttl_seconds`` is negative or not a number.
+        ValueError: ``max_sessions`` is below 1.
+    """
+    if ttl_seconds is not None and (not isinstance(ttl_seconds, (int, float)) or ttl_seconds < 0):
+        msg = f"ttl_seconds must be a non-negative number or None, got {ttl_seconds!r}"
+        raise InvalidTTLError(msg)
+    if max_sessions is not None and max_sessions < 1:
+        msg = f"max_sessions must be at least 1, got {max_sessions!r}"
+        raise ValueError(msg)
+    return ttl_seconds or None
+
+
 def assemble_document(
     header: Header,
     messages: list[dict[str, Any]],
@@ -146,7 +166,41 @@ def assemble_document(
     }
 
 
-class BaseStore(abc.ABC):
+class Closeable(abc.ABC):
+    """``with`` / ``async with`` support for anything with ``close`` and ``aclose``."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release what the object holds. Idempotent."""
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+        self.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class BaseStore(Closeable):
     """One storage backend. Sync methods and their ``a``-prefixed async twins.
 
     Constructor arguments every store accepts (beyond its own connection settings):
@@ -381,30 +435,6 @@ class BaseStore(abc.ABC):
     async def aclose(self) -> None:
         """Async :meth:`close`."""
         self.close()
-
-    # ---------------------------------------------------------------- context manager
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 class SyncBackedStore(BaseStore):
