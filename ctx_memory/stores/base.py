@@ -48,6 +48,7 @@ __all__ = [
     "EncodedItem",
     "EncodedMessage",
     "Header",
+    "MAX_TTL_SECONDS",
     "SyncBackedAsyncMixin",
     "SyncBackedStore",
     "WriteResult",
@@ -68,10 +69,16 @@ class Header(TypedDict):
 
 @dataclass(frozen=True, slots=True)
 class EncodedMessage:
-    """A validated message, already JSON-encoded, with its cached token count."""
+    """A validated message, already JSON-encoded, with its cached token count and its id.
+
+    ``id`` is the message's ``id`` field (the LangChain message's, or one the manager
+    generated). A store appends a message only if no message with this id is already in
+    the session's history, which makes every append safe to retry.
+    """
 
     json: str
     tokens: int
+    id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,15 +142,27 @@ def deep_merge(target: dict[str, Any], partial: Mapping[str, Any]) -> dict[str, 
     return target
 
 
+MAX_TTL_SECONDS = 10 * 366 * 86_400
+"""Longest accepted TTL (ten years): every store, Redis's ``PEXPIRE`` included, can keep it."""
+
+
 def check_limits(ttl_seconds: float | None, max_sessions: int | None) -> float | None:
     """Validate a store's TTL and session limit; return the TTL (``None`` for none).
 
     Raises:
-        InvalidTTLError: ``ttl_seconds`` is negative or not a number.
+        InvalidTTLError: ``ttl_seconds`` is negative, not a finite number, a bool, or
+            longer than :data:`MAX_TTL_SECONDS`.
         ValueError: ``max_sessions`` is below 1.
     """
-    if ttl_seconds is not None and (not isinstance(ttl_seconds, (int, float)) or ttl_seconds < 0):
-        msg = f"ttl_seconds must be a non-negative number or None, got {ttl_seconds!r}"
+    if ttl_seconds is not None and (
+        isinstance(ttl_seconds, bool)
+        or not isinstance(ttl_seconds, (int, float))
+        or not 0 <= ttl_seconds <= MAX_TTL_SECONDS
+    ):
+        msg = (
+            f"ttl_seconds must be a number from 0 to {MAX_TTL_SECONDS} (ten years) or None, "
+            f"got {ttl_seconds!r}"
+        )
         raise InvalidTTLError(msg)
     if max_sessions is not None and max_sessions < 1:
         msg = f"max_sessions must be at least 1, got {max_sessions!r}"

@@ -49,7 +49,11 @@ def init(session_id: str, now: str = NOW) -> Header:
 
 
 def msg(i: int, tokens: int = 3, role: str = "user") -> EncodedMessage:
-    return EncodedMessage(dumps({"role": role, "content": f"m{i}", "token_count": tokens}), tokens)
+    return EncodedMessage(
+        dumps({"role": role, "content": f"m{i}", "token_count": tokens, "id": f"id-{i}"}),
+        tokens,
+        f"id-{i}",
+    )
 
 
 def item(source_type: str, i: int, fp: str | None = None) -> EncodedItem:

@@ -32,7 +32,9 @@ def init(sid: str) -> Any:
 
 
 def msg(i: int, tokens: int = 2) -> EncodedMessage:
-    return EncodedMessage(dumps({"role": "user", "content": f"m{i}"}), tokens)
+    return EncodedMessage(
+        dumps({"role": "user", "content": f"m{i}", "id": f"id-{i}"}), tokens, f"id-{i}"
+    )
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ NOW = "2026-01-01T00:00:00+00:00"
 
 
 def msg(i: int) -> EncodedMessage:
-    return EncodedMessage(dumps({"role": "user", "content": f"m{i}", "token_count": 5}), 5)
+    return EncodedMessage(
+        dumps({"role": "user", "content": f"m{i}", "token_count": 5, "id": f"id-{i}"}), 5, f"id-{i}"
+    )
 
 
 def init(sid: str):
