@@ -11,7 +11,10 @@ The tree::
     ├── ValidationError             bad input, rejected before any write (also ValueError)
     │   ├── InvalidSessionIdError   empty, over-long or non-string session id
     │   ├── InvalidRoleError        a role outside user|assistant|system|tool
-    │   ├── NotSerializableError    a value that is not JSON-native (names the path)
+    │   ├── NotSerializableError    a value no store can keep exactly (names the path): not
+    │   │                           JSON-native, a lone surrogate, an int beyond 64 bits,
+    │   │                           nested deeper than 100 levels
+    │   ├── InvalidMessageError     a message dict with an unknown field or a malformed one
     │   ├── InvalidTTLError         a negative or non-numeric TTL
     │   └── DocumentImportError     malformed JSON or a wrong shape on import (names the field)
     ├── SessionNotFoundError        an operation that needs an existing session (also KeyError)
@@ -28,6 +31,7 @@ __all__ = [
     "ConfigurationError",
     "CtxMemoryError",
     "DocumentImportError",
+    "InvalidMessageError",
     "InvalidRoleError",
     "InvalidSessionIdError",
     "InvalidTTLError",
@@ -69,10 +73,25 @@ class InvalidRoleError(ValidationError):
 
 
 class NotSerializableError(ValidationError):
-    """A value cannot be stored as JSON.
+    """A value cannot be stored exactly by every store.
+
+    Not JSON-native (a set, a datetime, NaN), a string with a lone surrogate, an integer
+    outside the signed 64-bit range, or dicts/lists nested more than 100 levels deep.
 
     Attributes:
         path: Where in the value the offending object sits, e.g. ``"shared.details.when"``.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(message)
+
+
+class InvalidMessageError(ValidationError):
+    """A message has an unknown field, or a field LangChain cannot rebuild it from.
+
+    Attributes:
+        path: Where the offending field sits, e.g. ``"messages[2].tool_calls"``.
     """
 
     def __init__(self, path: str, message: str) -> None:

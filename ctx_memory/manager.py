@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -22,6 +24,7 @@ from ctx_memory.config import Settings, load_settings, with_overrides
 from ctx_memory.errors import (
     CtxMemoryError,
     DocumentImportError,
+    InvalidMessageError,
     SessionNotFoundError,
     ValidationError,
 )
@@ -29,12 +32,14 @@ from ctx_memory.events import EventEmitter, EventType
 from ctx_memory.schema import (
     ContextMode,
     check_json_native,
+    check_text,
     dumps,
     fingerprint,
     message_to_record,
     now_iso,
     parse_document,
     record_to_message,
+    validate_record,
     validate_role,
     validate_session_id,
 )
@@ -51,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["ContextManager", "get_context_manager", "reset_context_manager"]
 
 R = TypeVar("R")
+
+logger = logging.getLogger("ctx_memory")
 
 _RESERVED_METADATA = frozenset(
     {
@@ -88,6 +95,7 @@ def _iso(value: str | datetime | None) -> str:
 
 def _validate_content(content: object, where: str) -> None:
     if isinstance(content, str):
+        check_text(content, where)
         return
     if isinstance(content, list):
         check_json_native(content, where)
@@ -144,7 +152,8 @@ class ContextManager(Closeable):
         self.settings = settings
         self.events = events or EventEmitter(enabled=settings.event_emission)
         self.store = store if store is not None else create_store(settings)
-        self.store.lifecycle_hook = self._on_lifecycle
+        self._lifecycle_counts = {"session_expired": 0, "session_evicted": 0}
+        self._remove_hook = self.store.add_lifecycle_hook(self._on_lifecycle, key=self.events)
         self._token_counter = counter
         self._counter_lock = threading.Lock()
 
@@ -177,6 +186,10 @@ class ContextManager(Closeable):
         return self._token_counter
 
     def _on_lifecycle(self, event_type: str, session_id: str) -> None:
+        if event_type in self._lifecycle_counts:
+            self._lifecycle_counts[event_type] += 1
+            why = "expired (TTL)" if event_type == "session_expired" else "evicted (LRU)"
+            logger.info("ctx_memory: session %r %s on %s store", session_id, why, self.store.name)
         self.events.emit(event_type, session_id)
 
     def _drive(self, flow: Generator[_Op, Any, R]) -> R:
@@ -228,9 +241,15 @@ class ContextManager(Closeable):
 
     # ----------------------------------------------------------------- encoding
 
-    def _encode_record(self, record: dict[str, Any]) -> EncodedMessage:
+    def _encode_record(self, record: dict[str, Any], where: str = "message") -> EncodedMessage:
+        message_id = record.get("id")
+        if message_id is None:
+            message_id = record["id"] = str(uuid.uuid4())
+        elif not isinstance(message_id, str) or not message_id:
+            msg = f"{where}.id must be a non-empty str or None, got {message_id!r}"
+            raise InvalidMessageError(f"{where}.id", msg)
         record["token_count"] = self.token_counter.count_record(record)
-        return EncodedMessage(dumps(record), record["token_count"])
+        return EncodedMessage(dumps(record), record["token_count"], message_id)
 
     def _build_record(
         self,
@@ -243,6 +262,7 @@ class ContextManager(Closeable):
     ) -> dict[str, Any]:
         checked_role = validate_role(role)
         _validate_content(content, "content")
+        check_text(name, "name", optional=True)
         record: dict[str, Any] = {
             "role": checked_role,
             "content": content,
@@ -267,12 +287,9 @@ class ContextManager(Closeable):
         if not isinstance(source_type, str) or not source_type.strip():
             msg = f"source_type must be a non-empty str, got {source_type!r}"
             raise ValidationError(msg)
-        if not isinstance(content, str):
-            msg = f"fetched content must be a str, got {type(content).__name__}"
-            raise ValidationError(msg)
-        if url is not None and not isinstance(url, str):
-            msg = f"url must be a str or None, got {type(url).__name__}"
-            raise ValidationError(msg)
+        check_text(source_type, "source_type")
+        check_text(content, "content")
+        check_text(url, "url", optional=True)
         extracted = dict(extracted_data or {})
         check_json_native(extracted, "extracted_data")
         tokens = self.token_counter.count(content)
@@ -332,6 +349,7 @@ class ContextManager(Closeable):
         if not isinstance(key, str) or not key:
             msg = f"context key must be a non-empty str, got {key!r}"
             raise ValidationError(msg)
+        check_text(key, "shared key")
         check_json_native(value, f"shared.{key}")
         now = now_iso()
         result = yield _Op(
@@ -440,9 +458,7 @@ class ContextManager(Closeable):
         return out
 
     def _system_prompt_kwargs(self, prompt: str | None) -> dict[str, Any]:
-        if prompt is not None and not isinstance(prompt, str):
-            msg = f"system prompt must be a str or None, got {type(prompt).__name__}"
-            raise ValidationError(msg)
+        check_text(prompt, "system prompt", optional=True)
         tokens = self.token_counter.count(prompt) if prompt else 0
         return {"system_prompt": prompt, "set_system_prompt": True, "system_prompt_tokens": tokens}
 
@@ -536,7 +552,7 @@ class ContextManager(Closeable):
         self, session_id: str, records: list[dict[str, Any]]
     ) -> Generator[_Op, Any, list[dict[str, Any]]]:
         validate_session_id(session_id)
-        encoded = [self._encode_record(r) for r in records]
+        encoded = [self._encode_record(r, f"messages[{i}]") for i, r in enumerate(records)]
         if not encoded:
             return []
         now = now_iso()
@@ -546,13 +562,14 @@ class ContextManager(Closeable):
             {"init": self._init(session_id, now), "now": now},
         )
         self._created(session_id, result)
-        self.events.emit(
-            EventType.MESSAGE_ADDED,
-            session_id,
-            count=len(records),
-            roles=[r["role"] for r in records],
-            tokens=sum(m.tokens for m in encoded),
-        )
+        if result.added:
+            self.events.emit(
+                EventType.MESSAGE_ADDED,
+                session_id,
+                count=result.added,
+                roles=[r["role"] for r in records],
+                tokens=sum(m.tokens for m in encoded),
+            )
         return records
 
     def _assistant_record(
@@ -586,20 +603,25 @@ class ContextManager(Closeable):
             if isinstance(message, BaseMessage):
                 record = message_to_record(message, timestamp=now, metadata=metadata)
             elif isinstance(message, Mapping):
+                where = f"messages[{index}]"
+                own_metadata = message.get("metadata") or {}
+                if not isinstance(own_metadata, Mapping):
+                    msg = f"{where}.metadata must be a dict, got {type(own_metadata).__name__}"
+                    raise InvalidMessageError(f"{where}.metadata", msg)
                 extra = {
                     k: v
                     for k, v in message.items()
-                    if k not in ("role", "content", "metadata", "timestamp", "name")
+                    if k not in ("role", "content", "metadata", "timestamp", "name", "token_count")
                 }
                 record = self._build_record(
                     message.get("role"),
                     message.get("content"),
-                    metadata={**(metadata or {}), **(message.get("metadata") or {})},
+                    metadata={**(metadata or {}), **own_metadata},
                     timestamp=message.get("timestamp"),
                     name=message.get("name"),
                 )
                 record.update(extra)
-                check_json_native(record, f"messages[{index}]")
+                validate_record(record, where)
             else:
                 kind = type(message).__name__
                 msg = f"messages[{index}] must be a BaseMessage or a dict, got {kind}"
@@ -1028,6 +1050,8 @@ class ContextManager(Closeable):
                 "ttl_seconds": self.settings.ttl_seconds,
                 "token_encoding": self.token_counter.encoding_name,
                 "event_emission": self.events.enabled,
+                "sessions_expired": self._lifecycle_counts["session_expired"],
+                "sessions_evicted": self._lifecycle_counts["session_evicted"],
             }
         header = yield from self._header_flow(session_id)
         if header is None:
@@ -1103,10 +1127,14 @@ class ContextManager(Closeable):
             raise DocumentImportError("metadata.session_id", msg) from e
         counter = self.token_counter
         messages: list[EncodedMessage] = []
-        for record in document.conversation_history:
+        seen: set[str] = set()
+        for index, record in enumerate(document.conversation_history):
             plain = record.model_dump(exclude_none=True)
             plain.setdefault("metadata", {})
-            messages.append(self._encode_record(plain))
+            encoded = self._encode_record(plain, f"conversation_history.{index}")
+            if encoded.id not in seen:  # a message id is stored once, as appends do
+                seen.add(encoded.id)
+                messages.append(encoded)
         items: list[EncodedItem] = []
         for source_type, entries in document.fetched_context.items():
             for entry in entries:
@@ -1177,10 +1205,12 @@ class ContextManager(Closeable):
 
     def close(self) -> None:
         """Close the store (stops the garbage collector, releases connections)."""
+        self._remove_hook()
         self.store.close()
 
     async def aclose(self) -> None:
         """Async :meth:`close`."""
+        self._remove_hook()
         await self.store.aclose()
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from datetime import datetime, timezone
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -41,16 +42,21 @@ from pydantic import ValidationError as PydanticValidationError
 
 from ctx_memory.errors import (
     DocumentImportError,
+    InvalidMessageError,
     InvalidRoleError,
     InvalidSessionIdError,
     NotSerializableError,
+    ValidationError,
 )
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = [
+    "MAX_DEPTH",
+    "MAX_INT",
     "MAX_SESSION_ID_LENGTH",
+    "MIN_INT",
     "ROLES",
     "ContextMode",
     "FetchedItem",
@@ -59,18 +65,32 @@ __all__ = [
     "SessionDocument",
     "SessionMetadata",
     "check_json_native",
+    "check_text",
     "dumps",
     "fingerprint",
     "now_iso",
     "parse_document",
     "record_to_message",
     "message_to_record",
+    "validate_record",
     "validate_role",
     "validate_session_id",
 ]
 
 MAX_SESSION_ID_LENGTH = 256
 """Longest accepted session id, in characters."""
+
+MAX_DEPTH = 100
+"""Deepest nesting of dicts and lists in a stored value (a top-level dict is depth 1)."""
+
+MAX_INT = 2**63 - 1
+"""Largest integer a stored value may hold (signed 64-bit, as every store keeps it)."""
+
+MIN_INT = -(2**63)
+"""Smallest integer a stored value may hold."""
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_BAD_ID_CHAR = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 Role = Literal["user", "assistant", "system", "tool"]
 ROLES: frozenset[str] = frozenset({"user", "assistant", "system", "tool"})
@@ -123,11 +143,13 @@ def dumps(value: Any) -> str:
 def validate_session_id(session_id: object) -> str:
     """Return ``session_id`` if it is acceptable, else raise.
 
-    Any characters are allowed (stores escape them); the id must be a non-blank string of
-    at most :data:`MAX_SESSION_ID_LENGTH` characters without NUL.
+    Any printable characters are allowed (stores escape them); the id must be a non-blank
+    string of at most :data:`MAX_SESSION_ID_LENGTH` characters, valid Unicode (no lone
+    surrogates) and free of control characters (``\\x00``-``\\x1f``, ``\\x7f``).
 
     Raises:
-        InvalidSessionIdError: The id is not a string, blank, too long or contains NUL.
+        InvalidSessionIdError: The id is not a string, blank, too long, or contains a
+            control character or a lone surrogate.
     """
     if not isinstance(session_id, str):
         msg = f"session id must be a str, got {type(session_id).__name__}"
@@ -140,8 +162,13 @@ def validate_session_id(session_id: object) -> str:
             f"session id is {len(session_id)} characters long; the limit is {MAX_SESSION_ID_LENGTH}"
         )
         raise InvalidSessionIdError(msg)
-    if "\x00" in session_id:
-        msg = "session id must not contain NUL characters"
+    bad = _BAD_ID_CHAR.search(session_id)
+    if bad is not None:
+        kind = "a lone surrogate" if "\ud800" <= bad.group() <= "\udfff" else "a control character"
+        msg = (
+            f"session id {session_id!r} contains {kind} ({bad.group()!r} at index "
+            f"{bad.start()}); use printable characters"
+        )
         raise InvalidSessionIdError(msg)
     return session_id
 
@@ -158,21 +185,37 @@ def validate_role(role: object) -> Role:
 
 
 def check_json_native(value: Any, path: str = "value") -> None:
-    """Raise NotSerializableError unless ``value`` is made only of JSON-native types.
+    """Raise NotSerializableError unless every store can keep ``value`` exactly.
 
-    JSON-native means dict (with str keys), list, tuple, str, int, finite float, bool and
-    None. The error names the dotted path of the first offending value.
+    Accepted: dict (with str keys), list, tuple, str, int, finite float, bool and None,
+    within the limits every store shares: nesting at most :data:`MAX_DEPTH` containers
+    deep, integers within the signed 64-bit range (:data:`MIN_INT`..:data:`MAX_INT`), and
+    strings (keys included) that are valid Unicode (no lone surrogates, which UTF-8 cannot
+    encode). The error names the dotted path of the first offending value.
     """
-    stack: list[tuple[str, Any]] = [(path, value)]
+    stack: list[tuple[str, Any, int]] = [(path, value, 0)]
     while stack:
-        where, item = stack.pop()
-        if item is None or isinstance(item, (str, bool, int)):
+        where, item, depth = stack.pop()
+        if item is None or item is True or item is False:
+            continue
+        if isinstance(item, str):
+            if _SURROGATE.search(item) is not None:
+                msg = f"{where} holds a lone surrogate, which is not valid Unicode"
+                raise NotSerializableError(where, msg)
+            continue
+        if isinstance(item, int):
+            if not MIN_INT <= item <= MAX_INT:
+                msg = f"{where} is an integer outside the signed 64-bit range"
+                raise NotSerializableError(where, msg)
             continue
         if isinstance(item, float):
             if not math.isfinite(item):
                 msg = f"{where} is {item!r}, which JSON cannot represent"
                 raise NotSerializableError(where, msg)
             continue
+        if isinstance(item, (dict, list, tuple)) and depth >= MAX_DEPTH:
+            msg = f"{where} is nested more than {MAX_DEPTH} levels deep"
+            raise NotSerializableError(where, msg)
         if isinstance(item, dict):
             for key, sub in item.items():
                 if not isinstance(key, str):
@@ -180,16 +223,32 @@ def check_json_native(value: Any, path: str = "value") -> None:
                         f"{where} has a key {key!r} of type {type(key).__name__}; keys must be str"
                     )
                     raise NotSerializableError(where, msg)
-                stack.append((f"{where}.{key}", sub))
+                if _SURROGATE.search(key) is not None:
+                    msg = f"{where} has a key holding a lone surrogate, which is not valid Unicode"
+                    raise NotSerializableError(where, msg)
+                stack.append((f"{where}.{key}", sub, depth + 1))
             continue
         if isinstance(item, (list, tuple)):
-            stack.extend((f"{where}[{i}]", sub) for i, sub in enumerate(item))
+            stack.extend((f"{where}[{i}]", sub, depth + 1) for i, sub in enumerate(item))
             continue
         msg = (
             f"{where} is a {type(item).__name__}, which is not JSON-serialisable "
             "(use str, int, float, bool, None, list or dict)"
         )
         raise NotSerializableError(where, msg)
+
+
+def check_text(value: object, path: str, *, optional: bool = False) -> None:
+    """Raise ValidationError unless ``value`` is a str of valid Unicode (or None if optional)."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        expected = "a str or None" if optional else "a str"
+        msg = f"{path} must be {expected}, got {type(value).__name__}"
+        raise ValidationError(msg)
+    if _SURROGATE.search(value) is not None:
+        msg = f"{path} holds a lone surrogate, which is not valid Unicode"
+        raise NotSerializableError(path, msg)
 
 
 def fingerprint(source_type: str, url: str | None, content: str) -> str:
@@ -295,6 +354,14 @@ def parse_document(data: str | bytes | Mapping[str, Any]) -> SessionDocument:
         field = ".".join(str(part) for part in first["loc"])
         msg = f"invalid session document at {field or '<root>'}: {first['msg']}"
         raise DocumentImportError(field, msg) from e
+    for index, record in enumerate(document.conversation_history):
+        try:
+            record_to_message(record.model_dump(exclude_none=True))
+        except PydanticValidationError as e:
+            first = e.errors()[0]
+            field = f"conversation_history.{index}"
+            msg = f"invalid session document at {field}: {first['msg']} ({first['loc']})"
+            raise DocumentImportError(field, msg) from None
     for source_type, items in document.fetched_context.items():
         for index, item in enumerate(items):
             if item.source_type != source_type:
@@ -391,3 +458,36 @@ def record_to_message(record: Mapping[str, Any]) -> BaseMessage:
         return ToolMessage(**fields)
     msg = f"stored message has unknown role {role!r}"
     raise InvalidRoleError(msg)
+
+
+_RECORD_FIELDS = frozenset(MessageRecord.model_fields)
+
+
+def validate_record(record: Mapping[str, Any], where: str = "message") -> None:
+    """Raise unless ``record`` is a stored message dict every store and LangChain accept.
+
+    Checks the fields (no unknown ones, each of its documented type), the value limits of
+    :func:`check_json_native`, and that :func:`record_to_message` can rebuild the
+    LangChain message (so malformed ``tool_calls`` are refused here, not on a later read).
+
+    Raises:
+        InvalidMessageError: An unknown or malformed field (``.path`` names it).
+        NotSerializableError: A value beyond the limits (``.path`` names it).
+        InvalidRoleError: The role is not user, assistant, system or tool.
+    """
+    unknown = sorted(str(key) for key in record if key not in _RECORD_FIELDS)
+    if unknown:
+        known = ", ".join(sorted(_RECORD_FIELDS))
+        msg = f"{where}.{unknown[0]} is not a message field (known fields: {known})"
+        raise InvalidMessageError(f"{where}.{unknown[0]}", msg)
+    check_json_native(dict(record), where)
+    validate_role(record.get("role"))
+    try:
+        MessageRecord.model_validate(record)
+        record_to_message(record)
+    except PydanticValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        path = f"{where}.{field}" if field else where
+        msg = f"{path}: {first['msg']}"
+        raise InvalidMessageError(path, msg) from None

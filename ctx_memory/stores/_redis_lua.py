@@ -11,58 +11,56 @@ Three scripts, each registered once and shared by the sync and asyncio clients:
 * :data:`INDEX_SCRIPT` maintains the index alone (cluster mode, ``gc`` and ``list``).
 * :data:`APPEND_SCRIPT` is the hot path: appending messages to a session that exists. It
   is small (no JSON parsing, no operation dispatch, no helper definitions to instantiate),
-  answers one integer and shares the hash fields, token format and TTL rules of
-  :data:`SESSION_SCRIPT`; when the session does not exist it changes nothing and answers
-  ``-1``, and the client repeats the write with :data:`SESSION_SCRIPT` and the init header.
-  It takes only the hash and the list until the client knows the session has fetched
-  items; if it has (and a TTL is set) it answers ``-2``, again having changed nothing, and
-  the client repeats the call, same token, with the fetched keys too.
+  answers one integer and shares the hash fields and TTL rules of :data:`SESSION_SCRIPT`;
+  when the session does not exist it changes nothing and answers ``-1``, and the client
+  repeats the write with :data:`SESSION_SCRIPT` and the init header. It takes only the
+  hash, the list and the id set until the client knows the session has fetched items; if
+  it has (and a TTL is set) it answers ``-2``, again having changed nothing, and the
+  client repeats the call with the fetched keys too.
+
+Appends are idempotent by message id, with no window: the id set ``IDS`` holds the id of
+every message in the history, and a message whose id is in it is skipped (``SADD``
+answers 0). A retried append whose first attempt landed therefore adds nothing and
+answers ``added = 0``. Other writes (create, merge, header, fetched items, clear, replace)
+carry a random write token: the first result of each token is kept in the hash ``W`` for
+at least ``TOKEN_WINDOW`` seconds of server time (``W`` becomes ``WO`` when its
+generation is that old, and the older ``WO`` is dropped), and a retry whose first attempt
+was applied answers that result without applying the write again. A retry arrives within
+the client's retry budget (``max_retries`` × socket timeout and backoff, seconds), far
+inside the window, however many other writes happen meanwhile.
 
 JSON is never decoded with ``cjson`` (it turns ``[]`` into ``{}`` and rounds numbers to 14
 digits). The merge code below parses objects *structurally*: it walks the text, keeps
 every non-object value as its exact source text and re-emits objects key by key, so
 numbers, empty lists and unicode survive byte for byte and key order is preserved.
 
-``ARGV`` layout of :data:`SESSION_SCRIPT` (unused slots are ``""``)::
+``KEYS`` of :data:`SESSION_SCRIPT`: ``H, M, F, FP, IDS, W, WO`` (one hash slot), then the
+index on a single server. ``ARGV`` (unused slots are ``""``)::
 
     1 "op:ttl_ms:max_sessions:write_token"   2 session id   3 now (JSON string)
     4 init header JSON ("" when the client believes the session exists; the script then
       answers "init" if it does not)   5.. operation arguments
 
 The key prefix and the index member (tag + id) are derived from ``KEYS[1]``. Writes answer
-``{created, added, expired_members, evicted_members}``. A write token seen among the
-session's recent tokens (a retried write whose first attempt did reach the server) answers
-the first attempt's result without applying the write again; see ``seen_token`` for how
-the recent tokens are kept.
+``{created, added, expired_members, evicted_members}``.
 """
 
 from __future__ import annotations
 
-__all__ = ["APPEND_SCRIPT", "INDEX_SCRIPT", "SESSION_SCRIPT", "TAG_LENGTH"]
+__all__ = ["APPEND_SCRIPT", "INDEX_SCRIPT", "SESSION_SCRIPT", "SESSION_SUFFIXES", "TAG_LENGTH"]
 
 TAG_LENGTH = 64
 """Length of a session's hash tag (hex SHA-256 of its id); index members are tag + id."""
 
-_COMMON = r"""
+SESSION_SUFFIXES = ("h", "m", "f", "fp", "ids", "w", "wo")
+"""The keys of one session, ``P:{T}:<suffix>``, in the order :data:`SESSION_SCRIPT` takes."""
+
+TOKEN_WINDOW = 600
+"""Seconds (server time) a write token's result is kept at least (at most twice that)."""
+
+_COMMON = f"local TOKEN_WINDOW = {TOKEN_WINDOW}\n" + r"""
 local TAGLEN = 64
-
--- Write tokens: records '|<token>:<added>:<created>', newest first, in two generations of
--- hash fields: 'wt' (current) and 'wo' (the previous one, > WINDOW bytes, ~22 records).
--- A full current generation becomes the previous one, so at least ~22 and at most ~45
--- recent writes are remembered, and a write copies only the short current generation.
--- APPEND_SCRIPT repeats this logic inline; both must agree.
-local WINDOW = 480
-
--- (added, created) of a write already applied with this token mark, or nil.
-local function seen_token(wt, wo, mark)
-  local p = string.find(wt, mark, 1, true)
-  if p then return string.match(wt, '^(%d+):(%d)', p + #mark) end
-  if wo then
-    p = string.find(wo, mark, 1, true)
-    if p then return string.match(wo, '^(%d+):(%d)', p + #mark) end
-  end
-  return nil
-end
+local SUFFIXES = {'h', 'm', 'f', 'fp', 'ids', 'w', 'wo'}
 
 local function skip_ws(s, i)
   return string.find(s, '[^ \t\r\n]', i) or (#s + 1)
@@ -191,7 +189,8 @@ end
 SESSION_SCRIPT = (
     _COMMON
     + r"""
-local H, M, F, FP, IDX = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local H, M, F, FP, IDS, W, WO = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local IDX = KEYS[8]
 local op, ttl, maxs, token = string.match(ARGV[1], '^([^:]*):(%d+):(%d+):(.*)$')
 ttl, maxs = tonumber(ttl), tonumber(maxs)
 local sid, now, init = ARGV[2], ARGV[3], ARGV[4]
@@ -206,6 +205,9 @@ local function refresh(fetched)
   if ttl > 0 then
     redis.call('PEXPIRE', H, ttl)
     redis.call('PEXPIRE', M, ttl)
+    redis.call('PEXPIRE', IDS, ttl)
+    redis.call('PEXPIRE', W, ttl)
+    redis.call('PEXPIRE', WO, ttl)
     if fetched then
       redis.call('PEXPIRE', F, ttl)
       redis.call('PEXPIRE', FP, ttl)
@@ -224,35 +226,46 @@ end
 local function drop_members(members)
   for _, m in ipairs(members) do
     local base = base_of(m)
-    redis.call('DEL', base .. 'h', base .. 'm', base .. 'f', base .. 'fp')
+    for _, suffix in ipairs(SUFFIXES) do redis.call('DEL', base .. suffix) end
   end
+end
+
+-- The result {added, created} a write with this token already had, or nil.
+local function seen_token()
+  if token == '' then return nil end
+  local r = redis.call('HGET', W, token) or redis.call('HGET', WO, token)
+  if not r then return nil end
+  local a, c = string.match(r, '^(%d+):(%d)$')
+  return tonumber(a), tonumber(c)
+end
+
+-- Keep this write's result under its token; W becomes WO when its generation (started at
+-- server time 'wg', seconds) is TOKEN_WINDOW old, so every token is kept at least that long.
+local function keep_token(added, created)
+  if token == '' then return end
+  local t = tonumber(redis.call('TIME')[1])
+  local wg = tonumber(redis.call('HGET', H, 'wg') or '0')
+  if t - wg >= TOKEN_WINDOW then
+    if redis.call('EXISTS', W) == 1 then redis.call('RENAME', W, WO) else redis.call('DEL', WO) end
+    redis.call('HSET', H, 'wg', t)
+  end
+  redis.call('HSET', W, token, added .. ':' .. created)
 end
 
 local function read_touch()
   if IDX and maxs > 0 then index_touch(IDX, member, true) end
 end
 
-local function push(key, first, last)
-  local i = first
-  while i <= last do
-    local j = math.min(i + 3999, last)
-    redis.call('RPUSH', key, unpack(ARGV, i, j))
-    i = j + 1
-  end
-end
-
--- Returns (recent tokens, created) for a live or freshly created session, or
--- (nil, created, added) when this write token was already applied.
+-- Returns ('', created) for a live or freshly created session, 'init' when the session is
+-- missing and no init header was sent, or (nil, created, added) when this write token was
+-- already applied.
 local function upsert()
-  local r = redis.call('HMGET', H, 'id', 'wt', 'mc', 'tc', 'fx', 'wo')
+  local a, c = seen_token()
+  if a then return nil, c, a end
+  local r = redis.call('HMGET', H, 'id', 'mc', 'tc', 'fx')
   if r[1] then
-    st.mc, st.tc, st.fx = tonumber(r[3]), tonumber(r[4]), r[5] == '1'
-    local recent = r[2] or ''
-    if token ~= '' then
-      local a, c = seen_token(recent, r[6], '|' .. token .. ':')
-      if a then return nil, tonumber(c), tonumber(a) end
-    end
-    return recent, 0
+    st.mc, st.tc, st.fx = tonumber(r[2]), tonumber(r[3]), r[4] == '1'
+    return '', 0
   end
   if init == '' then return 'init' end
   local root = parse(init)
@@ -261,25 +274,17 @@ local function upsert()
   local mc = meta.vals['"message_count"'] or '0'
   local tc = meta.vals['"token_count"'] or '0'
   local sh = root.vals['"shared"'] or '{}'
-  redis.call('DEL', M, F, FP)
+  redis.call('DEL', M, F, FP, IDS)
   redis.call('HSET', H, 'id', sid, 'sp', dump(root.vals['"system_prompt"'] or 'null'),
     'md', dump(meta), 'sh', dump(sh))
   st.mc, st.tc, st.fx = tonumber(mc), tonumber(tc), false
   return '', 1
 end
 
-local function finish(recent, created, added)
+local function finish(created, added)
   local mc, tc, fx = string.format('%d', st.mc), string.format('%d', st.tc), st.fx and '1' or '0'
-  if token ~= '' then
-    local w = '|' .. token .. ':' .. added .. ':' .. created .. recent
-    if #w > WINDOW then
-      redis.call('HSET', H, 'ts', now, 'wo', w, 'wt', '', 'mc', mc, 'tc', tc, 'fx', fx)
-    else
-      redis.call('HSET', H, 'ts', now, 'wt', w, 'mc', mc, 'tc', tc, 'fx', fx)
-    end
-  else
-    redis.call('HSET', H, 'ts', now, 'mc', mc, 'tc', tc, 'fx', fx)
-  end
+  redis.call('HSET', H, 'ts', now, 'mc', mc, 'tc', tc, 'fx', fx)
+  keep_token(added, created)
   refresh(st.fx)
   local expired, evicted = {}, {}
   if IDX and (created == 1 or maxs > 0) then
@@ -292,17 +297,38 @@ local function finish(recent, created, added)
   return {created, added, expired, evicted}
 end
 
+-- Append the (id, tokens, message) triples ARGV[first..] whose id is new to the session.
+local function append_new(first)
+  local n, again, batch = 0, 0, {}
+  for i = first, #ARGV, 3 do
+    if redis.call('HSETNX', IDS, ARGV[i], token) == 1 then
+      n = n + 1
+      st.tc = st.tc + tonumber(ARGV[i + 1])
+      batch[#batch + 1] = ARGV[i + 2]
+      if #batch == 4000 then
+        redis.call('RPUSH', M, unpack(batch))
+        batch = {}
+      end
+    elseif redis.call('HGET', IDS, ARGV[i]) == token then
+      again = again + 1
+    end
+  end
+  if #batch > 0 then redis.call('RPUSH', M, unpack(batch)) end
+  st.mc = st.mc + n
+  return n, again
+end
+
 if op == 'append' then
   local recent, created, added = upsert()
   if recent == 'init' then return 'init' end
   if recent == nil then return {created, added, {}, {}} end
-  local n = #ARGV - 5
-  if n > 0 then
-    push(M, 6, #ARGV)
-    st.mc = st.mc + n
-    st.tc = st.tc + tonumber(ARGV[5])
+  local n, again = append_new(5)
+  if n == 0 and created == 0 then  -- every id known: a no-op
+    if again > 0 and redis.call('HGET', H, 'ct') == token then created = 1 end
+    return {created, again, {}, {}}
   end
-  return finish(recent, created, n)
+  if created == 1 then redis.call('HSET', H, 'ct', token) end
+  return finish(created, n + again)
 
 elseif op == 'fetch' then
   local recent, created, added = upsert()
@@ -317,7 +343,7 @@ elseif op == 'fetch' then
     end
   end
   if #ARGV >= 6 then st.fx = true end
-  return finish(recent, created, n)
+  return finish(created, n)
 
 elseif op == 'merge' then
   local partial = parse(ARGV[6])
@@ -327,7 +353,7 @@ elseif op == 'merge' then
   local shared = parse(redis.call('HGET', H, 'sh'))
   merge(shared, partial, ARGV[5] == 'deep')
   redis.call('HSET', H, 'sh', dump(shared))
-  return finish(recent, created, 0)
+  return finish(created, 0)
 
 elseif op == 'header' then
   local partial = nil
@@ -341,33 +367,46 @@ elseif op == 'header' then
     redis.call('HSET', H, 'md', dump(meta))
   end
   if ARGV[6] == '1' then redis.call('HSET', H, 'sp', ARGV[7]) end
-  return finish(recent, created, 0)
+  return finish(created, 0)
 
 elseif op == 'create' then
   local recent, created, added = upsert()
   if recent == 'init' then return 'init' end
   if recent == nil then return {created, added, {}, {}} end
-  return finish(recent, created, 0)
+  return finish(created, 0)
 
 elseif op == 'replace' then
   -- 5 sp, 6 md, 7 sh, 8 mc, 9 tc, 10 number of messages, 11.. messages, then
   -- (fingerprint, entry) pairs.
+  -- 5 sp, 6 md, 7 sh, 8 mc, 9 tc, 10 number of messages n, 11.. n (id, tokens, message)
+  -- triples, then (fingerprint, entry) pairs.
+  local a, c = seen_token()
+  if a then return {c, a, {}, {}} end
   local existed = redis.call('EXISTS', H)
-  redis.call('DEL', H, M, F, FP)
+  redis.call('DEL', H, M, F, FP, IDS)
   redis.call('HSET', H, 'id', sid, 'sp', ARGV[5], 'md', ARGV[6], 'sh', ARGV[7])
   st.mc, st.tc = tonumber(ARGV[8]), tonumber(ARGV[9])
   local n = tonumber(ARGV[10])
-  if n > 0 then push(M, 11, 10 + n) end
-  for i = 11 + n, #ARGV, 2 do
-    redis.call('SADD', FP, ARGV[i])
-    redis.call('RPUSH', F, ARGV[i + 1])
+  local last = 10 + 3 * n
+  local added = 0
+  for i = 11, last, 3 do
+    if redis.call('HSETNX', IDS, ARGV[i], token) == 1 then
+      redis.call('RPUSH', M, ARGV[i + 2])
+      added = added + 1
+    end
   end
-  st.fx = #ARGV >= 11 + n
-  return finish('', 1 - existed, n)
+  for j = last + 1, #ARGV, 2 do
+    redis.call('SADD', FP, ARGV[j])
+    redis.call('RPUSH', F, ARGV[j + 1])
+  end
+  st.fx = #ARGV > last
+  return finish(1 - existed, added)
 
 elseif op == 'clear' then
+  local a = seen_token()
+  if a then return 1 end
   if redis.call('EXISTS', H) == 0 then return 0 end
-  redis.call('DEL', M)
+  redis.call('DEL', M, IDS)
   local fx = '0'
   if ARGV[5] == '1' then
     fx = redis.call('HGET', H, 'fx') or '0'
@@ -375,13 +414,14 @@ elseif op == 'clear' then
     redis.call('DEL', F, FP)
   end
   redis.call('HSET', H, 'mc', 0, 'tc', 0, 'ts', now, 'fx', fx)
+  keep_token(0, 0)
   refresh(fx == '1')
   if IDX and maxs > 0 then index_touch(IDX, member, true) end
   return 1
 
 elseif op == 'delete' then
   local existed = redis.call('DEL', H)
-  redis.call('DEL', M, F, FP)
+  redis.call('DEL', M, F, FP, IDS, W, WO)
   if IDX then redis.call('ZREM', IDX, member) end
   return existed
 
@@ -441,71 +481,81 @@ elseif op == 'read' then
   return 1
 
 elseif op == 'members' then
-  return redis.call('ZRANGE', IDX, 0, -1)
+  return redis.call('ZRANGE', IDX, 0, -1, 'WITHSCORES')
 
 elseif op == 'forget' then
   for i = 2, #ARGV do redis.call('ZREM', IDX, ARGV[i]) end
   return 1
+
+elseif op == 'forget_stale' then
+  -- 2.. (member, score) pairs read by a listing that found the session gone: remove each
+  -- only if its score is unchanged (nobody re-created it since); answer those removed, so
+  -- exactly one of several concurrent listings reports each expiry.
+  local removed = {}
+  for i = 2, #ARGV, 2 do
+    local score = redis.call('ZSCORE', IDX, ARGV[i])
+    if score and tonumber(score) == tonumber(ARGV[i + 1]) then
+      redis.call('ZREM', IDX, ARGV[i])
+      table.insert(removed, ARGV[i])
+    end
+  end
+  return removed
 end
 return redis.error_reply('ctx_memory: unknown index operation ' .. tostring(op))
 """
 )
 
 APPEND_SCRIPT = r"""
--- KEYS: H, M [, F, FP] [, IDX]: F and FP once the client knows the session has fetched
---       items; IDX (last) when max_sessions is set on a single server.
--- ARGV: 1 "<ttl ms, 0: none> <tokens added> <write token, empty: retries off> <now JSON>"
---       2.. messages
+-- KEYS: H, M, IDS [, F, FP] [, IDX]: F and FP once the client knows the session has
+--       fetched items; IDX (last) when max_sessions is set on a single server.
+-- ARGV: 1 "<ttl ms, 0: none> <write token, hex> <now JSON>", then (id, tokens, message)
+--       triples.
 -- Answers -1 (session missing) or -2 (it has fetched items whose TTL must be refreshed
--- but F and FP were not given), both having changed nothing, else added * 2 + created.
--- Write tokens as in SESSION_SCRIPT (seen_token and finish there), inline here.
-local H = KEYS[1]
-local r = redis.call('HMGET', H, 'id', 'fx', 'wt', 'mc', 'tc', 'wo')
+-- but F and FP were not given), both having changed nothing, else added * 2 + created
+-- (created only for a retry of the write that created the session: hash field 'ct'). Messages whose id is in IDS are skipped; when all are, the
+-- call changes nothing. IDS maps each id to the token of the write that stored it, so a
+-- retry of that write counts it as added, as the lost first answer did.
+local H, M, IDS = KEYS[1], KEYS[2], KEYS[3]
+local r = redis.call('HMGET', H, 'id', 'fx', 'mc', 'tc')
 if not r[1] then return -1 end
-local ttl, tk, token, now = string.match(ARGV[1], '^(%d+) (%S+) (%x*) (.*)$')
+local ttl, token, now = string.match(ARGV[1], '^(%d+) (%x+) (.*)$')
 local nk = #KEYS
 local fetched = r[2] == '1' and ttl ~= '0'
-if fetched and nk < 4 then return -2 end
-local n = #ARGV - 1
-local mc = string.format('%d', tonumber(r[4]) + n)
-local tc = string.format('%d', tonumber(r[5]) + tonumber(tk))
-if token ~= '' then
-  local mark = '|' .. token .. ':'
-  local wt, wo = r[3] or '', r[6]
-  local p, seen = string.find(wt, mark, 1, true), wt
-  if not p and wo then p, seen = string.find(wo, mark, 1, true), wo end
-  if p then
-    local a, c = string.match(seen, '^(%d+):(%d)', p + #mark)
-    return tonumber(a) * 2 + tonumber(c)
+if fetched and nk < 5 then return -2 end
+local n, again, tokens, batch = 0, 0, 0, {}
+for i = 2, #ARGV, 3 do
+  if redis.call('HSETNX', IDS, ARGV[i], token) == 1 then
+    n = n + 1
+    tokens = tokens + tonumber(ARGV[i + 1])
+    batch[#batch + 1] = ARGV[i + 2]
+    if #batch == 4000 then
+      redis.call('RPUSH', M, unpack(batch))
+      batch = {}
+    end
+  elseif redis.call('HGET', IDS, ARGV[i]) == token then
+    again = again + 1  -- stored by this very write (a retry): added, not by this attempt
   end
-  wt = mark .. n .. ':0' .. wt
-  if #wt > 480 then
-    redis.call('HSET', H, 'ts', now, 'mc', mc, 'tc', tc, 'wo', wt, 'wt', '')
-  else
-    redis.call('HSET', H, 'ts', now, 'mc', mc, 'tc', tc, 'wt', wt)
-  end
-else
-  redis.call('HSET', H, 'ts', now, 'mc', mc, 'tc', tc)
 end
-local M = KEYS[2]
-local i = 2
-while i <= #ARGV do
-  local j = math.min(i + 3999, #ARGV)
-  redis.call('RPUSH', M, unpack(ARGV, i, j))
-  i = j + 1
+if n == 0 then  -- nothing new: a no-op (a retry answers what its first attempt did)
+  if again > 0 and redis.call('HGET', H, 'ct') == token then return again * 2 + 1 end
+  return again * 2
 end
+if #batch > 0 then redis.call('RPUSH', M, unpack(batch)) end
+redis.call('HSET', H, 'ts', now, 'mc', string.format('%d', tonumber(r[3]) + n),
+  'tc', string.format('%d', tonumber(r[4]) + tokens))
 if ttl ~= '0' then
   redis.call('PEXPIRE', H, ttl)
   redis.call('PEXPIRE', M, ttl)
+  redis.call('PEXPIRE', IDS, ttl)
   if fetched then
-    redis.call('PEXPIRE', KEYS[3], ttl)
     redis.call('PEXPIRE', KEYS[4], ttl)
+    redis.call('PEXPIRE', KEYS[5], ttl)
   end
 end
-if nk == 3 or nk == 5 then
+if nk == 4 or nk == 6 then
   local IDX = KEYS[nk]
   local top = redis.call('ZRANGE', IDX, -1, -1, 'WITHSCORES')
   redis.call('ZADD', IDX, (tonumber(top[2]) or 0) + 1, string.sub(H, #H - 66, #H - 3) .. r[1])
 end
-return n * 2
+return (n + again) * 2
 """

@@ -15,8 +15,10 @@ Writes *upsert*: a write on a missing session first creates it from ``init`` (th
 fresh session gets), and reports that with ``WriteResult.created``. Reads never create.
 
 Lifecycle events the store alone can see (``session_expired``, ``session_evicted``) are
-reported through :attr:`BaseStore.lifecycle_hook`, a callable taking the event type and
-the session id, set by the manager.
+reported to every hook added with :meth:`BaseStore.add_lifecycle_hook` (each manager on
+the store adds one) and to :attr:`BaseStore.lifecycle_hook`, callables taking the event
+type and the session id. Each fact is reported once: by the call that removed the
+session.
 
 A store knows nothing of LangChain.
 """
@@ -234,11 +236,36 @@ class BaseStore(Closeable):
 
     name: str = "base"
     lifecycle_hook: Callable[[str, str], None] | None = None
+    _lifecycle_hooks: dict[object, Callable[[str, str], None]] | None = None
+
+    def add_lifecycle_hook(
+        self, hook: Callable[[str, str], None], *, key: object = None
+    ) -> Callable[[], None]:
+        """Also report lifecycle events to ``hook``; returns a function that removes it.
+
+        Every manager sharing this store registers one, so each hears every expiry and
+        eviction whichever manager's call (or the garbage collector) found it. Hooks
+        registered with the same ``key`` replace each other (one per event emitter).
+        """
+        hooks = self._lifecycle_hooks
+        if hooks is None:
+            hooks = self._lifecycle_hooks = {}
+        slot = key if key is not None else hook
+        hooks[slot] = hook
+
+        def remove() -> None:
+            if hooks.get(slot) is hook:
+                del hooks[slot]
+
+        return remove
 
     def _notify(self, event_type: str, session_id: str) -> None:
-        """Report a lifecycle event (``session_expired``/``session_evicted``)."""
+        """Report a lifecycle event (``session_expired``/``session_evicted``) to every hook."""
         if self.lifecycle_hook is not None:
             self.lifecycle_hook(event_type, session_id)
+        if self._lifecycle_hooks:
+            for hook in list(self._lifecycle_hooks.values()):
+                hook(event_type, session_id)
 
     # ---------------------------------------------------------------- sync API
 

@@ -52,11 +52,12 @@ class _Session:
     objects, so no caller can alias stored state.
     """
 
-    __slots__ = ("expires_at", "fetched", "fingerprints", "header", "messages")
+    __slots__ = ("expires_at", "fetched", "fingerprints", "header", "ids", "messages")
 
     def __init__(self, header: Header) -> None:
         self.header: Header = _clone(header)
         self.messages: list[str] = []
+        self.ids: set[str] = set()
         self.fetched: dict[str, list[str]] = {}
         self.fingerprints: set[str] = set()
         self.expires_at: float | None = None
@@ -252,11 +253,18 @@ class InMemoryStore(SyncBackedStore):
         self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
     ) -> WriteResult:
         def apply(s: _Session) -> int:
-            s.messages.extend(m.json for m in messages)
+            ids, added, tokens = s.ids, 0, 0
+            for m in messages:
+                if m.id in ids:
+                    continue  # already stored: appending is idempotent by message id
+                ids.add(m.id)
+                s.messages.append(m.json)
+                added += 1
+                tokens += m.tokens
             meta = s.header["metadata"]
-            meta["message_count"] += len(messages)
-            meta["token_count"] += sum(m.tokens for m in messages)
-            return len(messages)
+            meta["message_count"] += added
+            meta["token_count"] += tokens
+            return added
 
         return self._write(session_id, init, now, apply)
 
@@ -331,6 +339,7 @@ class InMemoryStore(SyncBackedStore):
     def clear(self, session_id: str, *, now: str, preserve_fetched: bool = False) -> bool:
         def apply(s: _Session) -> bool:
             s.messages = []
+            s.ids = set()
             s.header["metadata"]["message_count"] = 0
             s.header["metadata"]["token_count"] = 0
             if not preserve_fetched:
@@ -350,7 +359,10 @@ class InMemoryStore(SyncBackedStore):
         items: Sequence[EncodedItem],
     ) -> WriteResult:
         fresh = _Session(header)
-        fresh.messages = [m.json for m in messages]
+        for m in messages:
+            if m.id not in fresh.ids:
+                fresh.ids.add(m.id)
+                fresh.messages.append(m.json)
         for item in items:
             fresh.fingerprints.add(item.fingerprint)
             fresh.fetched.setdefault(item.source_type, []).append(item.json)
@@ -367,7 +379,7 @@ class InMemoryStore(SyncBackedStore):
                     victim, _ = self._sessions.popitem(last=False)
                     evicted.append(victim)
         self._report(expired, evicted)
-        return WriteResult(created=created, added=len(messages), evicted=tuple(evicted))
+        return WriteResult(created=created, added=len(fresh.messages), evicted=tuple(evicted))
 
     @override
     def gc(self) -> int:

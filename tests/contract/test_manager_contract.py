@@ -23,12 +23,13 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 _TIME_KEYS = frozenset({"timestamp", "created_at", "user_time"})
+_GENERATED = frozenset({*_TIME_KEYS, "id"})  # message ids are generated uuids
 
 
 def normalise(value: Any) -> Any:
-    """The document with every timestamp replaced (they differ from run to run)."""
+    """The document with every timestamp and generated id replaced (they differ per run)."""
     if isinstance(value, dict):
-        return {k: "<time>" if k in _TIME_KEYS else normalise(v) for k, v in value.items()}
+        return {k: "<generated>" if k in _GENERATED else normalise(v) for k, v in value.items()}
     if isinstance(value, list):
         return [normalise(v) for v in value]
     return value

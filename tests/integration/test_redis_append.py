@@ -114,9 +114,12 @@ async def test_async_retried_append_is_applied_once(
     await store.aappend_messages("s", [msg(0)], init=init("s"), now=NOW)
     monkeypatch.setattr("ctx_memory.stores.redis.os.urandom", lambda n: b"\x02" * n)
     first = await store.aappend_messages("s", [msg(1)], init=init("s"), now=NOW)
-    again = await store.aappend_messages("s", [msg(1)], init=init("s"), now=NOW)
+    again = await store.aappend_messages("s", [msg(1)], init=init("s"), now=NOW)  # same token
     assert first == again
     assert (first.created, first.added) == (False, 1)
+    monkeypatch.setattr("ctx_memory.stores.redis.os.urandom", lambda n: b"\x03" * n)
+    other = await store.aappend_messages("s", [msg(1)], init=init("s"), now=NOW)  # new write
+    assert (other.created, other.added) == (False, 0)
     assert await store.acount_messages("s") == 2
     header = await store.aget_header("s")
     assert header is not None
@@ -129,17 +132,17 @@ def test_write_tokens_are_kept_only_when_retries_can_happen(
 ) -> None:
     with_retries = make_store()
     assert isinstance(with_retries, RedisStore)
-    with_retries.append_messages("a", [msg(0)], init=init("a"), now=NOW)
-    with_retries.append_messages("a", [msg(1)], init=init("a"), now=NOW)
+    with_retries.merge_shared("a", {"k": 0}, init=init("a"), now=NOW)
+    with_retries.merge_shared("a", {"k": 1}, init=init("a"), now=NOW)
     client = raw_client(with_retries)
-    assert client.hget(session_keys(with_retries.prefix, "a")[0], "wt")
+    assert client.hlen(session_keys(with_retries.prefix, "a").w) == 2
     if not with_retries.cluster:  # a cluster client may re-send on its own: tokens stay
         without = make_store(max_retries=0)
         assert isinstance(without, RedisStore)
         for i in range(3):
-            without.append_messages("b", [msg(i)], init=init("b"), now=NOW)
-        assert client.hget(session_keys(without.prefix, "b")[0], "wt") is None
-        assert without.count_messages("b") == 3
+            without.merge_shared("b", {"k": i}, init=init("b"), now=NOW)
+        assert client.exists(session_keys(without.prefix, "b").w) == 0
+        assert without.get_header("b")["shared"] == {"k": 2}  # type: ignore[index]
     client.close()
 
 
@@ -243,15 +246,16 @@ def test_append_whose_reply_is_lost_is_applied_once(redis_url: str, key_prefix: 
     proxy.close()
 
 
-def test_write_tokens_are_remembered_for_recent_writes_only(
+def test_retried_writes_are_applied_once_however_many_writes_come_between(
     make_store: Callable[..., BaseStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A retry re-sends the same command (same token, same ids): no window can forget it."""
     store = make_store()
     assert isinstance(store, RedisStore)
     token = [b"\x00" * 8]
     monkeypatch.setattr("ctx_memory.stores.redis.os.urandom", lambda n: token[0])
 
-    def write(i: int) -> Any:  # both scripts write tokens: alternate them
+    def write(i: int) -> Any:  # appends and merges alternate, each with its own token
         token[0] = i.to_bytes(8, "big")
         if i % 2:
             return store.merge_shared("s", {"k": i}, init=init("s"), now=NOW)
@@ -259,19 +263,39 @@ def test_write_tokens_are_remembered_for_recent_writes_only(
 
     assert write(1).created
     first, shared = write(2), write(3)
-    for i in range(4, 25):  # 21 later writes: at least 23 recent tokens are remembered
+    for i in range(4, 1000):
         write(i)
-    assert write(2) == first
-    assert write(3) == shared
     count = store.count_messages("s")
-    client = raw_client(store)
-    h = session_keys(store.prefix, "s")[0]
-    for i in range(25, 300):
-        write(i)
-        assert len(client.hget(h, "wt") or "") <= 500
-        assert len(client.hget(h, "wo") or "") <= 500
-    count += len(range(26, 300, 2))  # the even writes append
+    assert count == len(range(2, 1000, 2))
+    assert write(2) == first  # the retry answers what the first attempt did
+    assert write(3) == shared
     assert store.count_messages("s") == count
-    write(2)  # long forgotten: a new write
-    assert store.count_messages("s") == count + 1
+    header = store.get_header("s")
+    assert header is not None
+    assert header["shared"] == {"k": 999}  # the retried merge was not applied again
+    client = raw_client(store)
+    keys = session_keys(store.prefix, "s")
+    assert client.hlen(keys.ids) == count
+    client.close()
+
+
+def test_write_tokens_rotate_by_server_time(
+    make_store: Callable[..., BaseStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Token generations turn over after TOKEN_WINDOW seconds: the hashes stay bounded."""
+    store = make_store()
+    assert isinstance(store, RedisStore)
+    client = raw_client(store)
+    keys = session_keys(store.prefix, "s")
+    for i in range(5):
+        store.merge_shared("s", {"k": i}, init=init("s"), now=NOW)
+    assert client.hlen(keys.w) == 5
+    client.hset(keys.h, "wg", 1)  # the generation started long ago
+    store.merge_shared("s", {"k": 5}, init=init("s"), now=NOW)
+    assert client.hlen(keys.wo) == 5
+    assert client.hlen(keys.w) == 1
+    client.hset(keys.h, "wg", 1)
+    store.merge_shared("s", {"k": 6}, init=init("s"), now=NOW)
+    assert client.hlen(keys.wo) == 1  # the oldest generation is gone
+    assert client.hlen(keys.w) == 1
     client.close()

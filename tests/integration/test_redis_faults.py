@@ -142,7 +142,7 @@ def test_unix_socket_url(redis_server_factory: Callable[..., RedisServer], tmp_p
     redis_server_factory("--unixsocket", str(sock), "--unixsocketperm", "700")
     with RedisStore(f"unix://{sock}", key_prefix="unix") as store:
         store.append_messages("s", [msg(0)], init=init("s"), now=NOW)
-        assert store.get_messages("s", -1, -1) == [{"role": "user", "content": "m0"}]
+        assert store.get_messages("s", -1, -1) == [{"role": "user", "content": "m0", "id": "id-0"}]
 
 
 async def test_existing_clients_are_used_and_not_closed(redis_url: str) -> None:
@@ -186,18 +186,19 @@ def test_key_layout_one_slot_per_session(redis_url: str, key_prefix: str) -> Non
     keys = set(client.scan_iter(match=f"{key_prefix}:*"))
     tags = set()
     for sid in ids:
-        h, m, _f, _fp, _member = session_keys(key_prefix, sid)
+        h, m = session_keys(key_prefix, sid)[:2]
         assert {h, m} <= keys
         assert client.hget(h, "id") == sid
         tag = h[len(key_prefix) + 2 : h.index("}")]
         assert len(tag) == 64
         assert all(c in "0123456789abcdef" for c in tag)
-        slots = {key_slot(k.encode()) for k in session_keys(key_prefix, sid)[:4]}
+        slots = {key_slot(k.encode()) for k in session_keys(key_prefix, sid).script_keys}
         assert len(slots) == 1
         tags.add(tag)
     assert len(tags) == len(ids)
     session_key_count = len([k for k in keys if "__index__" not in k])
-    assert session_key_count == 2 * len(ids)  # hash and messages (no fetched yet)
+    # hash, messages, message ids and the merge's write token (no fetched items yet)
+    assert session_key_count == 4 * len(ids)
     client.close()
     store.close()
 
