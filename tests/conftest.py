@@ -40,6 +40,19 @@ def _no_redis(reason: str) -> None:
     pytest.skip(reason)
 
 
+def _redis_major() -> int:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        return 0
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout
+    version = out.split("v=", 1)[1].split(".", 1)[0] if "v=" in out else "0"
+    return int(version) if version.isdigit() else 0
+
+
+# Fault tests stall the server with DEBUG SLEEP, which Redis 7 enables only on request.
+_DEBUG_COMMAND = ("--enable-debug-command", "yes") if _redis_major() >= 7 else ()
+
+
 def free_port() -> int:
     """A free loopback port whose cluster-bus twin (port + 10000) is free too."""
     for _ in range(100):
@@ -76,7 +89,7 @@ class RedisServer:
         exe = shutil.which("redis-server")
         assert exe is not None
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
-        args += ["--save", "", "--appendonly", "no", *self.extra]
+        args += ["--save", "", "--appendonly", "no", *_DEBUG_COMMAND, *self.extra]
         log = self.directory / "redis.log"
         with log.open("ab") as out:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)

@@ -299,9 +299,10 @@ end
 
 -- Append the (id, tokens, message) triples ARGV[first..] whose id is new to the session.
 local function append_new(first)
-  local n, again, batch = 0, 0, {}
+  local n, again, batch, mine = 0, 0, {}, {}
   for i = first, #ARGV, 3 do
     if redis.call('HSETNX', IDS, ARGV[i], token) == 1 then
+      mine[ARGV[i]] = true
       n = n + 1
       st.tc = st.tc + tonumber(ARGV[i + 1])
       batch[#batch + 1] = ARGV[i + 2]
@@ -309,7 +310,8 @@ local function append_new(first)
         redis.call('RPUSH', M, unpack(batch))
         batch = {}
       end
-    elseif redis.call('HGET', IDS, ARGV[i]) == token then
+    elseif not mine[ARGV[i]] and redis.call('HGET', IDS, ARGV[i]) == token then
+      mine[ARGV[i]] = true
       again = again + 1
     end
   end
@@ -522,9 +524,10 @@ local ttl, token, now = string.match(ARGV[1], '^(%d+) (%x+) (.*)$')
 local nk = #KEYS
 local fetched = r[2] == '1' and ttl ~= '0'
 if fetched and nk < 5 then return -2 end
-local n, again, tokens, batch = 0, 0, 0, {}
+local n, again, tokens, batch, mine = 0, 0, 0, {}, {}
 for i = 2, #ARGV, 3 do
   if redis.call('HSETNX', IDS, ARGV[i], token) == 1 then
+    mine[ARGV[i]] = true
     n = n + 1
     tokens = tokens + tonumber(ARGV[i + 1])
     batch[#batch + 1] = ARGV[i + 2]
@@ -532,8 +535,9 @@ for i = 2, #ARGV, 3 do
       redis.call('RPUSH', M, unpack(batch))
       batch = {}
     end
-  elseif redis.call('HGET', IDS, ARGV[i]) == token then
-    again = again + 1  -- stored by this very write (a retry): added, not by this attempt
+  elseif not mine[ARGV[i]] and redis.call('HGET', IDS, ARGV[i]) == token then
+    mine[ARGV[i]] = true
+    again = again + 1  -- stored by an earlier attempt of this very write (a retry)
   end
 end
 if n == 0 then  -- nothing new: a no-op (a retry answers what its first attempt did)

@@ -5,46 +5,58 @@ id, so no id, whatever characters it holds, can name another session's keys)::
 
     P:{T}:h    hash    id, sp (system prompt JSON), md (metadata JSON), sh (shared JSON),
                        mc / tc (message / token counters), ts (last write), fx (has
-                       fetched items), wt (recent write tokens, for safe retries)
+                       fetched items), wg (start of the current write-token generation)
     P:{T}:m    list    one JSON message per element, oldest first
+    P:{T}:ids  hash    message id -> token of the write that stored it, for every message
+                       in the list (appends are idempotent by id)
     P:{T}:f    list    fetched items as ``<source type JSON>\\n<item JSON>``, oldest first
     P:{T}:fp   set     fingerprints of fetched items (deduplication)
+    P:{T}:w    hash    write token -> result of the other writes, current generation
+    P:{T}:wo   hash    the previous generation of write tokens
     P:{__index__}:lru  sorted set  member ``T + id``, score a logical last-access clock
     P:events           pub/sub channel (when ``publish_events``)
 
-``{T}`` is a hash tag: the four keys of a session live in one slot, so one Lua script can
+``{T}`` is a hash tag: the keys of a session live in one slot, so one Lua script can
 change them atomically on Redis Cluster too. Every write to a session is one call of one
 script (:mod:`ctx_memory.stores._redis_lua`) that also bumps the counters, refreshes the
 TTL of every key (``PEXPIRE``), and — on a single server — updates the index and evicts
 the least recently used sessions. Appending messages to a session this object has written
-before uses a small dedicated script (``APPEND_SCRIPT``: one ``HMGET``, one ``HSET``, the
-``RPUSH`` and the ``PEXPIRE`` calls, one integer back); if the session vanished meanwhile
-it changes nothing and the write is repeated with the init header. Reading messages or
-counting them without ``max_sessions`` (no LRU index to touch; reads never slide the TTL)
-is a plain ``LRANGE`` / ``LLEN``. Expired sessions vanish by Redis-native expiry; ``gc()``
-and ``list_sessions()`` drop their index entries and report ``session_expired``. On Redis
-Cluster the index has its own slot: it is updated by a second call right after the
-session's script (when the write created the session or ``max_sessions`` is set), and an
-evicted session's keys are deleted by a third call per victim. A crash between those calls
-can leave a session unindexed (not listed until it is recreated or written again with
+before uses a small dedicated script (``APPEND_SCRIPT``: one ``HMGET``, an ``SADD`` per
+message, one ``HSET``, the ``RPUSH`` and the ``PEXPIRE`` calls, one integer back); if the
+session vanished meanwhile it changes nothing and the write is repeated with the init
+header. Reading messages or counting them without ``max_sessions`` (no LRU index to
+touch; reads never slide the TTL) is a plain ``LRANGE`` / ``LLEN``. Expired sessions
+vanish by Redis-native expiry; ``gc()`` and ``list_sessions()`` drop their index entries
+and report ``session_expired`` (once, whichever process drops it). On Redis Cluster the
+index has its own slot: it is updated by a second call right after the session's script
+(when the write created the session or ``max_sessions`` is set), and an evicted session's
+keys are deleted by a third call per victim. A crash between those calls can leave a
+session unindexed (not listed until it is recreated or written again with
 ``max_sessions`` set; it still expires by TTL) or dropped from the index but alive until
 its TTL; the session's own data is never half-written.
 
-Writes carry a random token kept in the session hash; a write retried by redis-py's
-``Retry`` after a dropped connection is therefore applied once, so retries are safe. The
-token is left out only when nothing can re-send a write: the store's own clients on a
-single server with ``max_retries=0``.
+Retries are safe. Appends skip every message whose id the session holds, so a retried
+append never stores a message twice, however many writes happen in between; each id
+remembers the token of the write that stored it, so a retry whose first attempt landed
+still answers that attempt's count. Every other write carries a random
+token whose result the session keeps for at least ten minutes of server time, so a write
+retried by redis-py's ``Retry`` after a dropped connection is applied once and answers
+its first result. Tokens are left out only when nothing can re-send a write: the store's
+own clients on a single server with ``max_retries=0``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
+import socket
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, Union
@@ -57,13 +69,14 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from typing_extensions import override
 
-from ctx_memory.config import redact_url
+from ctx_memory.config import redact_url, url_secrets, validate_redis_url
 from ctx_memory.errors import ConfigurationError, StoreError, StoreUnavailableError
 from ctx_memory.schema import dumps, now_iso
 from ctx_memory.stores._redis_lua import (
     APPEND_SCRIPT,
     INDEX_SCRIPT,
     SESSION_SCRIPT,
+    SESSION_SUFFIXES,
     TAG_LENGTH,
 )
 from ctx_memory.stores.base import (
@@ -104,12 +117,31 @@ def session_tag(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+class SessionKeys(NamedTuple):
+    """The keys of one session (all in one hash slot) and its index member."""
+
+    h: str
+    m: str
+    f: str
+    fp: str
+    member: str
+    ids: str
+    w: str
+    wo: str
+
+    @property
+    def script_keys(self) -> tuple[str, str, str, str, str, str, str]:
+        """The session's keys in the order :data:`SESSION_SCRIPT` takes them."""
+        return self.h, self.m, self.f, self.fp, self.ids, self.w, self.wo
+
+
 @functools.lru_cache(maxsize=4096)
-def session_keys(prefix: str, session_id: str) -> tuple[str, str, str, str, str]:
-    """``(hash, messages, fetched, fingerprints, index member)`` of one session."""
+def session_keys(prefix: str, session_id: str) -> SessionKeys:
+    """The keys of one session: ``P:{T}:<suffix>`` for each of ``SESSION_SUFFIXES``."""
     tag = session_tag(session_id)
     base = f"{prefix}:{{{tag}}}:"
-    return base + "h", base + "m", base + "f", base + "fp", tag + session_id
+    h, m, f, fp, ids, w, wo = (base + suffix for suffix in SESSION_SUFFIXES)
+    return SessionKeys(h, m, f, fp, tag + session_id, ids, w, wo)
 
 
 def index_key(prefix: str) -> str:
@@ -285,6 +317,8 @@ class RedisStore(BaseStore):
             raise ConfigurationError("REDIS_KEY_PREFIX", msg)
         if client is None and url is None:
             url = "redis://localhost:6379/0"
+        if client is None:  # malformed: ConfigurationError naming REDIS_URL, password masked
+            url = validate_redis_url(url)
         if cluster is None:
             cluster = client is not None and isinstance(client, redis.cluster.RedisCluster)
         self.cluster = cluster
@@ -311,7 +345,11 @@ class RedisStore(BaseStore):
         self._client: SyncClient | None = client
         self._owns_async = async_client is None
         self._aclient: AsyncClient | None = async_client
-        self._aloop: asyncio.AbstractEventLoop | None = None
+        # Clients this store made, one per event loop that used it (a redis.asyncio client
+        # is bound to the loop it first ran on): reused by that loop, closed by aclose().
+        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
         # Write tokens make a write retried by redis-py's Retry apply once; they are only
         # left out when no retry can happen (our own single-server clients, max_retries=0).
@@ -371,27 +409,48 @@ class RedisStore(BaseStore):
                             self._client = redis.cluster.RedisCluster.from_url(self._url, **kwargs)
                         else:
                             self._client = redis.Redis.from_url(self._url, **kwargs)
-                    except (RedisError, *_UNAVAILABLE) as e:
+                    except (RedisError, redis.exceptions.RedisClusterException, *_UNAVAILABLE) as e:
                         raise self._wrap(e) from e
         return self._client
 
     @property
     def async_client(self) -> AsyncClient:
-        """The asyncio client for the running event loop (created on first use)."""
-        loop = asyncio.get_running_loop()
-        if self._aclient is not None and (not self._owns_async or self._aloop is loop):
+        """The asyncio client for the running event loop (created on its first use).
+
+        Each event loop gets its own client (a redis.asyncio connection belongs to the
+        loop it was opened on) and keeps it; clients of loops that have closed since are
+        released when another loop asks, and every client is closed by :meth:`aclose`.
+        """
+        if not self._owns_async:
+            assert self._aclient is not None
             return self._aclient
-        kwargs = self._retry_kwargs(redis.asyncio.retry.Retry)
-        assert self._url is not None
-        if self.cluster:
-            self._aclient = redis.asyncio.cluster.RedisCluster.from_url(self._url, **kwargs)
-        else:
-            self._aclient = redis.asyncio.Redis.from_url(self._url, **kwargs)
-        self._aloop = loop
-        return self._aclient
+        loop = asyncio.get_running_loop()
+        client = self._aclients.get(loop)
+        if client is not None:
+            return client
+        with self._lock:
+            for old in [old for old in self._aclients if old.is_closed()]:
+                _release(self._aclients.pop(old))
+            kwargs = self._retry_kwargs(redis.asyncio.retry.Retry)
+            assert self._url is not None
+            if self.cluster:
+                client = redis.asyncio.cluster.RedisCluster.from_url(self._url, **kwargs)
+            else:
+                client = redis.asyncio.Redis.from_url(self._url, **kwargs)
+            self._aclients[loop] = client
+        return client
+
+    @property
+    def async_client_count(self) -> int:
+        """How many asyncio clients this store holds open (one per live event loop)."""
+        return len(self._aclients)
 
     def _wrap(self, error: BaseException) -> StoreError:
         where = f"Redis at {self.url}"
+        secrets = url_secrets(self._url or "")
+        if secrets and any(secret in str(arg) for arg in error.args for secret in secrets):
+            # The error becomes our error's __cause__: no password may stay in it either.
+            error.args = tuple(_scrub(arg, secrets) for arg in error.args)
         if isinstance(error, _UNAVAILABLE) or "ClusterDown" in type(error).__name__:
             return StoreUnavailableError(f"{where} is unavailable: {error}")
         return StoreError(f"{where} failed: {type(error).__name__}: {error}")
@@ -483,8 +542,9 @@ class RedisStore(BaseStore):
         now: str = "",
         init: str = "",
     ) -> _Eval:
-        h, m, f, fp, _ = session_keys(self.prefix, session_id)
-        keys = (h, m, f, fp) if self.cluster else (h, m, f, fp, self._idx)
+        keys = session_keys(self.prefix, session_id).script_keys
+        if not self.cluster:
+            keys += (self._idx,)
         return _Eval(
             _SESSION, keys, (f"{op}:{self._limits}:{token}", session_id, now, init, *extra)
         )
@@ -495,7 +555,7 @@ class RedisStore(BaseStore):
     def _read(self, op: str, session_id: str, *extra: Any) -> Generator[_Request, Any, Any]:
         reply = yield self._session(op, session_id, *extra)
         if self.cluster and self.max_sessions is not None and reply:
-            yield self._index("read", session_keys(self.prefix, session_id)[4])
+            yield self._index("read", session_keys(self.prefix, session_id).member)
         return reply
 
     def _write(
@@ -506,17 +566,21 @@ class RedisStore(BaseStore):
         now: str,
         *extra: Any,
         events: tuple[str, ...] = (),
+        always_token: bool = False,
     ) -> Generator[_Request, Any, WriteResult]:
-        token, now_json = self._token(), _json_str(now)
+        # An append always carries a token: its message ids record it, so that a retry
+        # whose first attempt landed answers that attempt's count.
+        write_token = os.urandom(8).hex() if always_token else self._token()
+        now_json = _json_str(now)
         known = session_id in self._known
         init_json = "" if known else dumps(_clean_init(init))
         reply = yield self._session(
-            op, session_id, *extra, token=token, now=now_json, init=init_json
+            op, session_id, *extra, token=write_token, now=now_json, init=init_json
         )
         if known and _text(reply) == "init":  # gone since (expired, evicted, deleted elsewhere)
             init_json = dumps(_clean_init(init))
             reply = yield self._session(
-                op, session_id, *extra, token=token, now=now_json, init=init_json
+                op, session_id, *extra, token=write_token, now=now_json, init=init_json
             )
         self._remember(session_id)
         created, added, expired, evicted = _write_result(reply)
@@ -539,10 +603,10 @@ class RedisStore(BaseStore):
         """Remember a session as existing; returns the start of its APPEND_SCRIPT call."""
         known = self._known
         call = known.get(session_id)
-        if call is not None and (not fetched or int(call[2]) - len(self._idx_arg) == 4):
+        if call is not None and (not fetched or int(call[2]) - len(self._idx_arg) == 5):
             return call
-        h, m, f, fp, _ = session_keys(self.prefix, session_id)
-        keys = ((h, m, f, fp) if fetched else (h, m)) + self._idx_arg
+        k = session_keys(self.prefix, session_id)
+        keys = ((k.h, k.m, k.ids, k.f, k.fp) if fetched else (k.h, k.m, k.ids)) + self._idx_arg
         call = ("EVALSHA", _APPEND_SHA, str(len(keys)).encode(), *[k.encode() for k in keys])
         known[session_id] = call
         if len(known) > 10_000:
@@ -556,14 +620,14 @@ class RedisStore(BaseStore):
     def _cluster_index_write(
         self, session_id: str, created: bool, *, existing_only: bool = False
     ) -> Generator[_Request, Any, tuple[list[str], list[str]]]:
-        member = session_keys(self.prefix, session_id)[4]
+        member = session_keys(self.prefix, session_id).member
         expired_m, evicted_m = yield self._index(
             "write", member, self._max, "1" if created else "0", "1" if existing_only else "0"
         )
         evicted = [member_id(m) for m in evicted_m]
         for victim in evicted:
-            h, m, f, fp, _ = session_keys(self.prefix, victim)
-            yield _Eval(_SESSION, (h, m, f, fp), ("delete:0:0:", victim, "", ""))
+            keys = session_keys(self.prefix, victim).script_keys
+            yield _Eval(_SESSION, keys, ("delete:0:0:", victim, "", ""))
         return [member_id(m) for m in expired_m], evicted
 
     def _report(
@@ -602,10 +666,12 @@ class RedisStore(BaseStore):
         return bool((yield from self._read("exists", session_id)))
 
     def _op_delete(self, session_id: str) -> Generator[_Request, Any, bool]:
+        if self.cluster:
+            # Unindex first: a write re-creating the session after the keys are gone indexes
+            # it again, so no live session is left out of the index by this race.
+            yield self._index("forget", session_keys(self.prefix, session_id).member)
         existed = bool((yield self._session("delete", session_id)))
         self._forget((session_id,))
-        if self.cluster:
-            yield self._index("forget", session_keys(self.prefix, session_id)[4])
         if existed and self.publish_events:
             yield _Publish(self.channel, (_event("session_deleted", session_id, {}, now_iso()),))
         return existed
@@ -619,24 +685,34 @@ class RedisStore(BaseStore):
         return sorted(member_id(m) for m in alive)
 
     def _members(self) -> Generator[_Request, Any, tuple[list[str], int]]:
-        """Live index members; members whose keys are gone (expired) are dropped."""
-        members: list[str] = [_text(m) for m in (yield self._index("members"))]
+        """Live index members; members whose keys are gone (expired) are dropped.
+
+        A gone member is dropped only if its score is the one read here (nobody re-created
+        the session since), and only the call that dropped it reports it: several
+        processes listing at once report each expiry once.
+        """
+        reply = yield self._index("members")
+        members = [_text(m) for m in reply[0::2]]
         if not members:
             return [], 0
-        hashes = tuple(session_keys(self.prefix, member_id(m))[0] for m in members)
+        hashes = tuple(session_keys(self.prefix, member_id(m)).h for m in members)
         alive = yield _Exists(hashes)
-        gone = [m for m, ok in zip(members, alive, strict=True) if not int(ok)]
-        if gone:
-            yield self._index("forget", *gone)
+        stale: list[Any] = []
+        for member, score, ok in zip(members, reply[1::2], alive, strict=True):
+            if not int(ok):
+                stale += (member, score)
+        removed: list[str] = []
+        if stale:
+            removed = [_text(m) for m in (yield self._index("forget_stale", *stale))]
             yield from self._report(
                 "",
                 created=False,
                 added=0,
-                expired=[member_id(m) for m in gone],
+                expired=[member_id(m) for m in removed],
                 evicted=(),
                 events=(),
             )
-        return [m for m, ok in zip(members, alive, strict=True) if int(ok)], len(gone)
+        return [m for m, ok in zip(members, alive, strict=True) if int(ok)], len(removed)
 
     def _op_document(self, session_id: str) -> Generator[_Request, Any, dict[str, Any] | None]:
         reply = yield from self._read("doc", session_id)
@@ -655,7 +731,7 @@ class RedisStore(BaseStore):
         self, session_id: str, start: int, end: int
     ) -> Generator[_Request, Any, list[dict[str, Any]]]:
         if self.max_sessions is None:  # no LRU index to touch, and reads never slide the TTL
-            key = session_keys(self.prefix, session_id)[1]
+            key = session_keys(self.prefix, session_id).m
             reply = yield _Command(("LRANGE", key, start, end))
         else:
             reply = yield from self._read("msgs", session_id, start, end)
@@ -663,7 +739,7 @@ class RedisStore(BaseStore):
 
     def _op_count(self, session_id: str) -> Generator[_Request, Any, int]:
         if self.max_sessions is None:
-            return int((yield _Command(("LLEN", session_keys(self.prefix, session_id)[1]))))
+            return int((yield _Command(("LLEN", session_keys(self.prefix, session_id).m))))
         return int((yield from self._read("count", session_id)))
 
     def _op_fetched(
@@ -672,14 +748,13 @@ class RedisStore(BaseStore):
         reply = yield from self._read("fetched", session_id)
         return decode_fetched(reply, source_type)
 
-    def _append_tail(self, messages: Sequence[EncodedMessage], now: str) -> tuple[str, ...]:
+    def _append_tail(self, messages: Sequence[EncodedMessage], now: str) -> tuple[Any, ...]:
         """The ``ARGV`` of :data:`APPEND_SCRIPT`: its scalars packed in one, then the messages."""
+        head = f"{self._ttl_ms} {os.urandom(8).hex()} {_json_str(now)}"
         if len(messages) == 1:
             msg = messages[0]
-            return (f"{self._ttl_ms} {msg.tokens} {self._token()} {_json_str(now)}", msg.json)
-        tokens = sum(m.tokens for m in messages)
-        head = f"{self._ttl_ms} {tokens} {self._token()} {_json_str(now)}"
-        return (head, *[m.json for m in messages])
+            return (head, msg.id, msg.tokens, msg.json)
+        return (head, *_triples(messages))
 
     def _op_append_messages(
         self, session_id: str, messages: Sequence[EncodedMessage], init: Header, now: str
@@ -711,16 +786,15 @@ class RedisStore(BaseStore):
                     return WriteResult(created=created, added=added, evicted=tuple(evicted))
                 return _append_result(reply)
             self._forget((session_id,))  # gone since: create it again with the init header
-        tokens = sum(m.tokens for m in messages)
         return (
             yield from self._write(
                 "append",
                 session_id,
                 init,
                 now,
-                tokens,
-                *[m.json for m in messages],
+                *_triples(messages),
                 events=("message_added",),
+                always_token=True,
             )
         )
 
@@ -786,7 +860,11 @@ class RedisStore(BaseStore):
         existed = bool(
             (
                 yield self._session(
-                    "clear", session_id, "1" if preserve_fetched else "0", now=dumps(now)
+                    "clear",
+                    session_id,
+                    "1" if preserve_fetched else "0",
+                    token=self._token(),
+                    now=dumps(now),
                 )
             )
         )
@@ -824,7 +902,7 @@ class RedisStore(BaseStore):
             _int(metadata.get("message_count", 0)),
             _int(metadata.get("token_count", 0)),
             len(messages),
-            *[msg.json for msg in messages],
+            *_triples(messages),
             *pairs,
             token=self._token(),
             now=dumps(ts) if "timestamp" in metadata else "",
@@ -977,8 +1055,14 @@ class RedisStore(BaseStore):
         client, self._client = self._client, None
         if client is not None and self._owns_client:
             client.close()
-        if self._owns_async:
-            self._aclient, self._aloop = None, None
+        with self._lock:
+            clients = list(self._aclients.items())
+            self._aclients.clear()
+        for loop, aclient in clients:  # nothing to await on here: close each on its loop
+            if loop.is_running() and not _runs_here(loop):
+                asyncio.run_coroutine_threadsafe(aclient.aclose(), loop)
+            else:  # closed, idle, or this thread's loop (which a sync call is blocking)
+                _release(aclient)
 
     # ------------------------------------------------------------ async API
 
@@ -1112,13 +1196,12 @@ class RedisStore(BaseStore):
 
     @override
     async def aclose(self) -> None:
-        aclient, self._aclient = self._aclient, None
-        if aclient is not None and self._owns_async:
-            try:
-                await aclient.aclose()
-            except RuntimeError:  # created on another, now closed, event loop
-                logger.debug("async Redis client belonged to a closed event loop")
-        self.close()
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            aclient = self._aclients.pop(loop, None)
+        if aclient is not None:
+            await aclient.aclose()
+        self.close()  # the other loops' clients
 
     # ------------------------------------------------------------ events across processes
 
@@ -1176,11 +1259,59 @@ def _append_result(reply: int) -> WriteResult:
     return result
 
 
+def _triples(messages: Sequence[EncodedMessage]) -> list[Any]:
+    """``id, tokens, json`` of each message, flat: the scripts' message arguments."""
+    out: list[Any] = []
+    for m in messages:
+        out += (m.id, m.tokens, m.json)
+    return out
+
+
 def _json_str(text: str) -> str:
     """``dumps(text)`` for a string, without the encoder's setup for the common ISO stamp."""
     if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
         return '"' + text + '"'
     return dumps(text)
+
+
+def _scrub(value: object, secrets: list[str]) -> object:
+    """``value`` (an exception argument) with every secret replaced by ``***``."""
+    if not isinstance(value, str):
+        return value if not any(secret in str(value) for secret in secrets) else "***"
+    for secret in secrets:
+        value = value.replace(secret, "***")
+    return value
+
+
+def _runs_here(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _release(client: Any) -> None:
+    """Shut down the sockets of an asyncio client whose event loop has closed.
+
+    Its connections cannot be closed the asyncio way (that needs their loop), so each
+    socket is shut down directly: the server drops the connection at once, and the file
+    descriptors go with the client object. redis-py keeps connections in
+    ``_available_connections``/``_in_use_connections`` (a pool) or ``_connections`` (a
+    cluster node); anything else is left to the garbage collector.
+    """
+    holders = [getattr(client, "connection_pool", None), *getattr(client, "get_nodes", list)()]
+    for holder in holders:
+        connections = [
+            *getattr(holder, "_available_connections", ()),
+            *getattr(holder, "_in_use_connections", ()),
+            *getattr(holder, "_connections", ()),
+        ]
+        for connection in connections:
+            writer = getattr(connection, "_writer", None)
+            sock = writer.get_extra_info("socket") if writer is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
 
 def _client_url(client: Any) -> str:

@@ -45,3 +45,16 @@ def publish_worker(spec: dict[str, Any], session_id: str) -> None:
     cm.update_partial_context(session_id, {"x": 1})
     cm.delete_context(session_id)
     cm.close()
+
+
+def list_worker(spec: dict[str, Any], start: Any, results: Any) -> None:
+    """List the store once, when ``start`` is set; put the expiries this process saw."""
+    from ctx_memory.events import EventType
+
+    cm = build_manager(spec)
+    seen: list[str] = []
+    cm.on(EventType.SESSION_EXPIRED, lambda event: seen.append(event.session_id))
+    start.wait(10)
+    cm.list_sessions()
+    results.put(seen)
+    cm.close()
