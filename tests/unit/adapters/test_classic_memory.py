@@ -4,7 +4,6 @@ import warnings
 
 import pytest
 from adapter_fakes import fake_model, get_weather, tool_call
-from langchain_core.messages import HumanMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
 from ctx_memory import ContextManager, InMemoryStore, TokenCounter
@@ -132,7 +131,8 @@ def test_no_warning_from_our_memory_and_unknown_session():
         assert memory.load_memory_variables({}) == {"history": []}
         assert memory.memory_variables == ["history"]
         memory.save_context({"input": "a"}, {"output": "b"})
-        assert memory.chat_memory.messages[0] == HumanMessage("a")
+        first = memory.chat_memory.messages[0]
+        assert (first.type, first.content) == ("human", "a")
 
 
 def test_missing_extra_names_the_install_command(monkeypatch):

@@ -15,11 +15,15 @@ def test_round_trip_last_k_and_clear(manager):
     history = ContextChatMessageHistory(manager, "s1")
     messages = [
         HumanMessage("hi", id="h1"),
-        AIMessage("", tool_calls=[{"name": "t", "args": {"a": 1}, "id": "c1"}]),
-        ToolMessage("r", tool_call_id="c1"),
-        AIMessage([{"type": "text", "text": "done"}], response_metadata={"model_name": "m"}),
+        AIMessage("", id="a1", tool_calls=[{"name": "t", "args": {"a": 1}, "id": "c1"}]),
+        ToolMessage("r", tool_call_id="c1", id="t1"),
+        AIMessage(
+            [{"type": "text", "text": "done"}], id="a2", response_metadata={"model_name": "m"}
+        ),
     ]
     history.add_messages(messages)
+    assert history.messages == messages
+    history.add_messages(messages)  # appends are idempotent by message id
     assert history.messages == messages
     assert ContextChatMessageHistory(manager, "s1", last_k=2).messages == messages[2:]
     manager.add_fetched_context("s1", "web", "kept")
