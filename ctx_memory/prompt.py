@@ -446,7 +446,8 @@ class HistoryWindow:
     to at most ``budget``. At the very start of the history, leading messages before the
     first user message are kept too if they fit. The result is then passed through
     :func:`repair_tool_pairs`, so it never holds an orphan tool message nor an AI tool
-    call without all its results.
+    call without all its results, and :func:`group_tool_results`, so each result
+    follows its call.
 
     Args:
         budget: Tokens available for history.
@@ -542,7 +543,7 @@ class HistoryWindow:
         if dropped:
             self.tokens -= sum(self._cost(r) for r in dropped)
             self.dropped = dropped
-        return kept
+        return group_tool_results(kept)
 
 
 def _cached_cost(record: Mapping[str, Any]) -> int:
@@ -615,6 +616,36 @@ def repair_tool_pairs(messages: Sequence[M]) -> tuple[list[M], list[M]]:
                 continue
         kept.append(message)
     return kept, dropped
+
+
+def group_tool_results(messages: Sequence[M]) -> list[M]:
+    """Move each tool result right after the AI message that called it.
+
+    A shared session can hold other messages between an AI tool call and its results
+    (an agent used as a tool writes its own turn there; so can any writer while a tool
+    runs). Chat APIs want the results right after the call (here in the order of the
+    calls), so the messages in between move after the results; nothing is dropped. Run
+    after :func:`repair_tool_pairs`.
+    """
+    results: dict[str, list[M]] = {}
+    for message in messages:
+        if _role_of(message) == "tool" and (call_id := _tool_call_id_of(message)):
+            results.setdefault(call_id, []).append(message)
+    if not results:
+        return list(messages)
+    out: list[M] = []
+    placed: set[int] = set()
+    for message in messages:
+        if id(message) in placed:
+            continue
+        out.append(message)
+        if _role_of(message) == "assistant":
+            for call_id in _calls_of(message):
+                for result in results.pop(call_id, ()):
+                    if id(result) not in placed:
+                        placed.add(id(result))
+                        out.append(result)
+    return out
 
 
 def history_chunks(end: int, first: int) -> Iterable[tuple[int, int]]:

@@ -27,6 +27,7 @@ from ctx_memory.prompt import (
     bm25_scores,
     format_header,
     format_sources,
+    group_tool_results,
     plan_sources,
     rank_sources,
     repair_tool_pairs,
@@ -185,6 +186,33 @@ def test_repair_drops_orphans_and_unanswered_calls():
     kept_msgs, dropped_msgs = repair_tool_pairs(messages)
     assert [m.type for m in kept_msgs] == ["human", "ai", "tool"]
     assert dropped_msgs == [messages[0]]
+
+
+def test_tool_results_follow_their_call_in_the_window():
+    """Another writer's turn between a call and its results moves after the results."""
+    calls = [{"name": "t", "args": {}, "id": "c1"}, {"name": "t", "args": {}, "id": "c2"}]
+    history = [
+        rec("user", content="q"),
+        rec("assistant", content="", tool_calls=calls),
+        rec("user", content="inner question"),
+        rec("tool", content="r2", tool_call_id="c2"),
+        rec("assistant", content="inner answer"),
+        rec("tool", content="r1", tool_call_id="c1"),
+        rec("assistant", content="done"),
+    ]
+    window = HistoryWindow(budget=1000)
+    window.feed(reversed(history))
+    kept = window.finish(at_start=True)
+    assert [r["content"] for r in kept] == [
+        "q", "", "r1", "r2", "inner question", "inner answer", "done"
+    ]  # fmt: skip
+    messages = [
+        AIMessage("", tool_calls=calls[:1]),
+        HumanMessage("between"),
+        ToolMessage("r1", tool_call_id="c1"),
+    ]
+    assert [m.type for m in group_tool_results(messages)] == ["ai", "tool", "human"]
+    assert group_tool_results(messages[1:2]) == messages[1:2]
 
 
 def test_plan_sources_caps_counts_exactly_and_drops_least_relevant():
