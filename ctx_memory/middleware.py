@@ -4,28 +4,39 @@ Needs the ``agents`` extra (``pip install ctx-memory[agents]``).
 
 On every model call the middleware
 
-1. persists the run's messages that the store does not have yet (the human input, the
-   AI tool calls, the tool results), recognised by message id against the newest stored
-   messages, so nothing is stored twice whether or not a LangGraph checkpointer keeps
-   the conversation in the agent's state;
+1. appends the current run (the state's messages from the last human message on: the
+   human input, the AI tool calls, the tool results) to the session. Appends are
+   idempotent by message id, so a message the session already holds is passed over
+   whoever wrote it and whatever else was written since: another agent on the same
+   session, an agent used as a tool that inherits ``configurable.session_id``, or a
+   plain :meth:`~ctx_memory.manager.ContextManager.add_user_message`. LangGraph's
+   ``add_messages`` reducer gives every state message an id; a message without one gets
+   a deterministic id (derived from the session, the message before it and its
+   content), so a re-run stores it once too;
 2. sends the model: one system message (the agent's own system prompt, then the
    session's system prompt, header and numbered sources ranked against the last human
    message), then as much stored history as fits the token budget (newest whole turns,
-   skipping messages the request already holds), then the current run from its last
-   human message on, which is never dropped;
-3. persists the model's reply with ``model``, ``response_time_ms``, ``sources_used`` and
-   ``tools_used`` in its metadata.
+   passing over the stored copies of the current run's messages), then the current run,
+   which is never dropped. With a LangGraph checkpointer the state also holds earlier
+   runs; those are not sent from the state but from the session, so the model gets
+   every message at most once, checkpointer or not;
+3. appends the model's reply with ``model``, ``response_time_ms``, ``sources_used`` and
+   ``tools_used`` in its metadata. A reply without an id gets a deterministic one (from
+   the request's last message), set on the message itself so the state keeps it.
 
-After the agent finishes, anything still unsaved (e.g. the result of a ``return_direct``
-tool) is persisted. No orphan tool message is ever sent: the history window starts at a
-user message and is repaired (:func:`~ctx_memory.prompt.repair_tool_pairs`), and so is the
-final message list.
+After the agent finishes, the current run is appended once more, which stores anything
+no model call saw (e.g. the result of a ``return_direct`` tool). Messages of earlier runs
+held only by a checkpointer (say, after :meth:`~ctx_memory.manager.ContextManager.clear`)
+are not written back. No orphan tool message is ever sent: the history window starts at
+a user message and is repaired (:func:`~ctx_memory.prompt.repair_tool_pairs`), and so is
+the current run.
 
 Tool schemas are not counted; keep ``reserve_tokens`` large enough for them and the reply.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -65,6 +76,39 @@ if TYPE_CHECKING:
     from ctx_memory.manager import ContextManager
 
 __all__ = ["ContextMiddleware"]
+
+
+_ID_NAMESPACE = uuid.UUID("5b0f1f8e-3c1e-4b5e-9a52-2f6a1d0c7e41")
+
+
+def _stable_id(session_id: str, *parts: str) -> str:
+    """A deterministic message id: the same session and parts give the same id."""
+    return str(uuid.uuid5(_ID_NAMESPACE, "\x1f".join((session_id, *parts))))
+
+
+def _assign_ids(session_id: str, messages: Sequence[BaseMessage]) -> None:
+    """Give every message without an id a deterministic one, in place.
+
+    The id derives from the session, the previous message's id, the position and the
+    message itself, so the same run seen again (a retried model call, ``after_agent``)
+    gets the same ids and the id-idempotent append stores each message once.
+    """
+    previous = ""
+    for index, message in enumerate(messages):
+        if message.id is None:
+            body = json.dumps(
+                [
+                    message.type,
+                    message.content,
+                    message.name,
+                    getattr(message, "tool_call_id", None),
+                    getattr(message, "tool_calls", None),
+                ],
+                sort_keys=True,
+                default=repr,
+            )
+            message.id = _stable_id(session_id, previous, str(index), body)
+        previous = str(message.id)
 
 
 def _reply_messages(result: Any) -> list[BaseMessage]:
@@ -174,27 +218,24 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
                 return list(messages[index:])
         return list(messages)
 
-    def _unsaved_flow(
+    def _store_flow(
         self, session_id: str, messages: Sequence[BaseMessage]
     ) -> Generator[Call, Any, None]:
-        """Store the messages the newest stored messages do not already hold (by id)."""
+        """Append ``messages`` in one write; the session passes over ids it holds."""
         if not self.persist or not messages:
             return
-        stored = yield Call("get_message_range", (session_id, -len(messages), -1))
-        known = {r.get("id") for r in stored if r.get("id")}
-        unsaved = [m for m in messages if m.id is None or m.id not in known]
-        if unsaved:
-            yield Call("add_messages", (session_id, unsaved))
+        yield Call("add_messages", (session_id, list(messages)))
 
     def _prepare_flow(
         self, session_id: str, request: ModelRequest[Any]
     ) -> Generator[Call, Any, AssembledPrompt]:
-        yield from self._unsaved_flow(session_id, request.messages)
-        tail = self._current_run(request.messages) if self.persist else list(request.messages)
-        tail, _ = repair_tool_pairs(tail)
+        run = self._current_run(request.messages) if self.persist else list(request.messages)
+        _assign_ids(session_id, run)
+        yield from self._store_flow(session_id, run)
+        tail, _ = repair_tool_pairs(run)
         query = next((m.text for m in reversed(tail) if isinstance(m, HumanMessage)), "")
         system = request.system_message.text if request.system_message is not None else ""
-        skip = frozenset(m.id for m in tail if m.id)
+        skip = frozenset(str(m.id) for m in run if m.id)
         return (
             yield from self.assembler.build_flow(
                 session_id, tail, query=query, skip_ids=skip, system_prefix=system
@@ -218,10 +259,12 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         prompt: AssembledPrompt,
     ) -> Generator[Call, Any, None]:
         replies = _reply_messages(result)
-        for reply in replies:
+        anchor = str(request.messages[-1].id) if request.messages else ""
+        for index, reply in enumerate(replies):
             if reply.id is None:
-                # The state keeps this id, so the next call recognises the stored copy.
-                reply.id = f"ctx-{uuid.uuid4()}"
+                # Set on the message itself: the state keeps this id, so the next call
+                # passes over the stored copy; and a re-run of this call gets it again.
+                reply.id = _stable_id(session_id, anchor, "reply", str(index))
         if not self.persist or not replies:
             return
         model = request.model
@@ -274,14 +317,19 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         await adrive(self.manager, self._reply_flow(session_id, request, result, started, prompt))
         return result
 
+    def _finish_flow(self, session_id: str, state: AgentState[Any]) -> Generator[Call, Any, None]:
+        run = self._current_run(state["messages"])
+        _assign_ids(session_id, run)
+        yield from self._store_flow(session_id, run)
+
     @override
     def after_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
-        drive(self.manager, self._unsaved_flow(self._session(runtime), state["messages"]))
+        drive(self.manager, self._finish_flow(self._session(runtime), state))
         return None
 
     @override
     async def aafter_agent(
         self, state: AgentState[Any], runtime: Runtime[Any]
     ) -> dict[str, Any] | None:
-        await adrive(self.manager, self._unsaved_flow(self._session(runtime), state["messages"]))
+        await adrive(self.manager, self._finish_flow(self._session(runtime), state))
         return None
