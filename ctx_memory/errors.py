@@ -15,6 +15,7 @@ The tree::
     │   │                           JSON-native, a lone surrogate, an int beyond 64 bits,
     │   │                           nested deeper than 100 levels
     │   ├── InvalidMessageError     a message dict with an unknown field or a malformed one
+    │   ├── SharedStateTooLargeError  ``shared`` would exceed its size limit (1 MiB of JSON)
     │   ├── InvalidTTLError         a negative or non-numeric TTL
     │   └── DocumentImportError     malformed JSON or a wrong shape on import (names the field)
     ├── SessionNotFoundError        an operation that needs an existing session (also KeyError)
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidTTLError",
     "NotSerializableError",
     "SessionNotFoundError",
+    "SharedStateTooLargeError",
     "StoreError",
     "StoreUnavailableError",
     "TokenizerError",
@@ -97,6 +99,28 @@ class InvalidMessageError(ValidationError):
     def __init__(self, path: str, message: str) -> None:
         self.path = path
         super().__init__(message)
+
+
+class SharedStateTooLargeError(ValidationError):
+    """A write would make the session's ``shared`` state larger than its limit.
+
+    Every store keeps ``shared`` as one JSON text that a merge reads and rewrites whole, so
+    its size is bounded (:data:`ctx_memory.stores.base.MAX_SHARED_BYTES`): a merge never
+    blocks a Redis server for long. Nothing was written.
+
+    Attributes:
+        size: The UTF-8 size in bytes the ``shared`` JSON would have had.
+        limit: The limit in bytes.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.path = "shared"
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"shared would be {size} bytes of JSON; the limit is {limit} bytes "
+            "(keep large material in fetched context or your own storage)"
+        )
 
 
 class InvalidTTLError(ValidationError):

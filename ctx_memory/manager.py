@@ -44,7 +44,14 @@ from ctx_memory.schema import (
     validate_session_id,
 )
 from ctx_memory.stores import create_store
-from ctx_memory.stores.base import Closeable, EncodedItem, EncodedMessage, Header, new_header
+from ctx_memory.stores.base import (
+    Closeable,
+    EncodedItem,
+    EncodedMessage,
+    Header,
+    check_shared_size,
+    new_header,
+)
 from ctx_memory.tokens import TokenCounter
 
 if TYPE_CHECKING:
@@ -351,6 +358,7 @@ class ContextManager(Closeable):
             raise ValidationError(msg)
         check_text(key, "shared key")
         check_json_native(value, f"shared.{key}")
+        check_shared_size(dumps({key: value}))  # a new session holds just this
         now = now_iso()
         result = yield _Op(
             "set_shared",
@@ -376,6 +384,7 @@ class ContextManager(Closeable):
             msg = f"partial context must be a mapping, got {type(partial).__name__}"
             raise ValidationError(msg)
         check_json_native(dict(partial), "shared")
+        check_shared_size(dumps(dict(partial)))  # a new session holds just this
         now = now_iso()
         result = yield _Op(
             "merge_shared",
@@ -1158,6 +1167,10 @@ class ContextManager(Closeable):
             if document.system_prompt
             else 0,
         )
+        try:
+            check_shared_size(dumps(document.shared))
+        except ValidationError as e:
+            raise DocumentImportError("shared", f"invalid session document at shared: {e}") from None
         header: Header = {
             "system_prompt": document.system_prompt,
             "metadata": metadata,

@@ -355,13 +355,11 @@ def parse_document(data: str | bytes | Mapping[str, Any]) -> SessionDocument:
         msg = f"invalid session document at {field or '<root>'}: {first['msg']}"
         raise DocumentImportError(field, msg) from e
     for index, record in enumerate(document.conversation_history):
-        try:
-            record_to_message(record.model_dump(exclude_none=True))
-        except PydanticValidationError as e:
-            first = e.errors()[0]
-            field = f"conversation_history.{index}"
-            msg = f"invalid session document at {field}: {first['msg']} ({first['loc']})"
-            raise DocumentImportError(field, msg) from None
+        problem = _rebuild_problem(record.model_dump(exclude_none=True))
+        if problem is not None:
+            field = f"conversation_history.{index}.{problem[0]}"
+            msg = f"invalid session document at {field}: {problem[1]}"
+            raise DocumentImportError(field, msg)
     for source_type, items in document.fetched_context.items():
         for index, item in enumerate(items):
             if item.source_type != source_type:
@@ -484,10 +482,28 @@ def validate_record(record: Mapping[str, Any], where: str = "message") -> None:
     validate_role(record.get("role"))
     try:
         MessageRecord.model_validate(record)
-        record_to_message(record)
     except PydanticValidationError as e:
         first = e.errors()[0]
         field = ".".join(str(part) for part in first["loc"])
         path = f"{where}.{field}" if field else where
         msg = f"{path}: {first['msg']}"
         raise InvalidMessageError(path, msg) from None
+    problem = _rebuild_problem(record)
+    if problem is not None:
+        field, detail = problem
+        path = f"{where}.{field}"
+        raise InvalidMessageError(path, f"{path}: LangChain cannot rebuild the message: {detail}")
+
+
+def _rebuild_problem(record: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Why :func:`record_to_message` fails on ``record`` (the field, the reason), or None."""
+    try:
+        record_to_message(record)
+    except PydanticValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "content"
+        return field, first["msg"]
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        fields = [f for f in ("tool_calls", "invalid_tool_calls", "usage_metadata") if record.get(f)]
+        return (fields[0] if fields else "content"), str(e)
+    return None

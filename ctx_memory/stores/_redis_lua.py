@@ -354,7 +354,11 @@ elseif op == 'merge' then
   if recent == nil then return {created, added, {}, {}} end
   local shared = parse(redis.call('HGET', H, 'sh'))
   merge(shared, partial, ARGV[5] == 'deep')
-  redis.call('HSET', H, 'sh', dump(shared))
+  local text = dump(shared)
+  -- 7: the size limit of shared in bytes; checked before this write changes anything (a
+  -- session this call created holds only the partial, which the client checked).
+  if #text > tonumber(ARGV[7]) then return 'too_large:' .. #text end
+  redis.call('HSET', H, 'sh', text)
   return finish(created, 0)
 
 elseif op == 'header' then

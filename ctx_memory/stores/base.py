@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 from typing_extensions import ParamSpec, override
 
-from ctx_memory.errors import InvalidTTLError
+from ctx_memory.errors import InvalidTTLError, SharedStateTooLargeError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -50,12 +50,14 @@ __all__ = [
     "EncodedItem",
     "EncodedMessage",
     "Header",
+    "MAX_SHARED_BYTES",
     "MAX_TTL_SECONDS",
     "SyncBackedAsyncMixin",
     "SyncBackedStore",
     "WriteResult",
     "assemble_document",
     "check_limits",
+    "check_shared_size",
     "deep_merge",
     "new_header",
 ]
@@ -146,6 +148,22 @@ def deep_merge(target: dict[str, Any], partial: Mapping[str, Any]) -> dict[str, 
 
 MAX_TTL_SECONDS = 10 * 366 * 86_400
 """Longest accepted TTL (ten years): every store, Redis's ``PEXPIRE`` included, can keep it."""
+
+
+MAX_SHARED_BYTES = 1 << 20
+"""Largest ``shared`` state of a session, in bytes of compact UTF-8 JSON (1 MiB)."""
+
+
+def check_shared_size(shared_json: str) -> None:
+    """Raise unless ``shared_json`` (compact JSON) fits :data:`MAX_SHARED_BYTES`.
+
+    Raises:
+        SharedStateTooLargeError: It does not.
+    """
+    if len(shared_json) > MAX_SHARED_BYTES // 4:  # else it fits whatever its characters
+        size = len(shared_json.encode("utf-8"))
+        if size > MAX_SHARED_BYTES:
+            raise SharedStateTooLargeError(size, MAX_SHARED_BYTES)
 
 
 def check_limits(ttl_seconds: float | None, max_sessions: int | None) -> float | None:

@@ -20,6 +20,7 @@ from ctx_memory.stores.base import (
     WriteResult,
     assemble_document,
     check_limits,
+    check_shared_size,
     deep_merge,
 )
 
@@ -294,9 +295,13 @@ class InMemoryStore(SyncBackedStore):
     def merge_shared(
         self, session_id: str, partial: Mapping[str, Any], *, init: Header, now: str
     ) -> WriteResult:
-        return self._write(
-            session_id, init, now, lambda s: (deep_merge(s.header["shared"], partial), 0)[1]
-        )
+        def apply(s: _Session) -> int:
+            merged = deep_merge(_clone(s.header["shared"]), partial)
+            check_shared_size(dumps(merged))  # before any change
+            s.header["shared"] = merged
+            return 0
+
+        return self._write(session_id, init, now, apply)
 
     @override
     def set_shared(
@@ -305,7 +310,9 @@ class InMemoryStore(SyncBackedStore):
         copied = _clone(value)
 
         def apply(s: _Session) -> int:
-            s.header["shared"][key] = copied
+            merged = {**s.header["shared"], key: copied}
+            check_shared_size(dumps(merged))
+            s.header["shared"] = merged
             return 0
 
         return self._write(session_id, init, now, apply)

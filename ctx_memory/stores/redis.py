@@ -70,7 +70,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from typing_extensions import override
 
 from ctx_memory.config import redact_url, url_secrets, validate_redis_url
-from ctx_memory.errors import ConfigurationError, StoreError, StoreUnavailableError
+from ctx_memory.errors import (
+    ConfigurationError,
+    SharedStateTooLargeError,
+    StoreError,
+    StoreUnavailableError,
+)
 from ctx_memory.schema import dumps, now_iso
 from ctx_memory.stores._redis_lua import (
     APPEND_SCRIPT,
@@ -80,6 +85,7 @@ from ctx_memory.stores._redis_lua import (
     TAG_LENGTH,
 )
 from ctx_memory.stores.base import (
+    MAX_SHARED_BYTES,
     BaseStore,
     EncodedItem,
     EncodedMessage,
@@ -582,6 +588,8 @@ class RedisStore(BaseStore):
             reply = yield self._session(
                 op, session_id, *extra, token=write_token, now=now_json, init=init_json
             )
+        if isinstance(reply, (bytes, str)) and _text(reply).startswith("too_large:"):
+            raise SharedStateTooLargeError(int(_text(reply)[10:]), MAX_SHARED_BYTES)
         self._remember(session_id)
         created, added, expired, evicted = _write_result(reply)
         if self.cluster:
@@ -827,6 +835,7 @@ class RedisStore(BaseStore):
             now,
             mode,
             dumps(dict(partial)),
+            _MAX_SHARED,
             events=("context_updated",),
         )
 
@@ -1232,6 +1241,7 @@ class RedisStore(BaseStore):
 
 
 _COUNTED = frozenset({"message_added", "fetched_added"})
+_MAX_SHARED = str(MAX_SHARED_BYTES)
 
 
 def _event(kind: str, session_id: str, data: dict[str, Any], stamp: str) -> str:
