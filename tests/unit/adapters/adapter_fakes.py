@@ -42,3 +42,27 @@ def tool_call(name: str, call_id: str, **args: Any) -> AIMessage:
 def get_weather(city: str) -> str:
     """The weather in a city."""
     return f"Sunny in {city}"
+
+
+class FlakyChatModel(GenericFakeChatModel):
+    """GenericFakeChatModel whose first ``failures`` calls raise ``ConnectionError``.
+
+    ``calls`` counts every call (failed or not), sync, async and streaming alike.
+    """
+
+    failures: int = 0
+    calls: int = 0
+
+    def _maybe_fail(self) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            msg = f"model unavailable (call {self.calls})"
+            raise ConnectionError(msg)
+
+    def _generate(self, *args: Any, **kwargs: Any) -> Any:
+        self._maybe_fail()
+        return super()._generate(*args, **kwargs)  # streaming goes through here too
+
+
+def flaky_model(*replies: str, failures: int = 0) -> FlakyChatModel:
+    return FlakyChatModel(messages=iter([AIMessage(r) for r in replies]), failures=failures)
