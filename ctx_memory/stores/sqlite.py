@@ -1,26 +1,55 @@
 """The SQLite store: sessions in one file, kept across restarts, shared by local processes.
 
-Tables (one row per session, message, fetched item and fingerprint)::
+Tables (schema version 2, ``PRAGMA user_version``)::
 
-    sessions(id, sp, md, sh, mc, tc, ts, n_messages, expires_at, last_access)
-    messages(session_id, seq, body)          -- seq = position 0..n-1
+    sessions(id, mc, tc, ts, n_messages, expires_at, last_access)   -- small, hot row
+    session_headers(session_id, sp, md)
+    session_shared(session_id, sh)
+    messages(session_id, seq, body, id)      -- seq = position 0..n-1; UNIQUE(session_id, id)
     fetched(session_id, seq, source_type, body)
     fingerprints(session_id, fp)
 
-``md`` is the metadata JSON; the counters (``mc``, ``tc``) and the last-write timestamp
-(``ts``) are columns, spliced into it on read, so an append touches no JSON. Every
-operation is one ``BEGIN IMMEDIATE`` transaction (WAL mode, ``busy_timeout``), so
-concurrent processes serialise their writes and never see half of one. ``expires_at`` is
-wall-clock time (sliding TTL, refreshed on writes); ``last_access`` is a logical clock
-(the highest value + 1) bumped by writes and, when ``max_sessions`` is set, by reads.
+``sp`` is the system prompt, ``md`` the metadata JSON and ``sh`` the shared state, each
+kept out of the ``sessions`` row: an append updates only that small row (SQLite rewrites
+a whole row on update), so its cost does not grow with the size of ``shared``. The
+counters (``mc``, ``tc``) and the last-write timestamp (``ts``) are columns, spliced into
+the metadata on read, so an append touches no JSON.
+
+Appends are idempotent by message id: ``messages`` has a unique index on
+``(session_id, id)`` and a message whose id is already in the history is not inserted
+(nor counted), so a retried append never lands twice. ``clear`` and ``delete`` drop the
+ids with the messages. Files written by version 1 of the schema (the three JSON columns
+in ``sessions``, no message ids) are migrated when opened, in one transaction.
+
+Every write is one ``BEGIN IMMEDIATE`` transaction on the store's write connection (WAL
+mode, ``busy_timeout``), so concurrent processes serialise their writes and never see half
+of one. Reads use other connections (a small pool, one per concurrent reader) and plain
+deferred transactions: in WAL mode a reader sees the last committed state and neither
+waits for nor blocks a writer, in this process or another. Two exceptions: a
+``":memory:"`` database has a single connection, shared under a lock; and with
+``max_sessions`` set every read also bumps the session's LRU clock, so reads are then
+write transactions and wait for other writers.
+
+``expires_at`` is wall-clock time (sliding TTL, refreshed on writes). A read treats an
+expired session as absent but leaves it in place; writes, :meth:`SqliteStore.gc` and
+:meth:`SqliteStore.list_sessions` delete it and report ``session_expired``.
+``last_access`` is a logical clock (the highest value + 1) bumped by writes and, when
+``max_sessions`` is set, by reads.
+
+The store remembers which file it opened (device and inode). If the file is deleted or
+replaced while the store is open, every later operation raises
+:class:`~ctx_memory.errors.StoreUnavailableError` instead of writing to the orphaned file,
+where an acknowledged write would be lost.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
@@ -35,6 +64,7 @@ from ctx_memory.stores.base import (
     WriteResult,
     assemble_document,
     check_limits,
+    check_shared_size,
     deep_merge,
 )
 
@@ -45,46 +75,109 @@ if TYPE_CHECKING:
 
 __all__ = ["SqliteStore", "lrange_bounds"]
 
-_SCHEMA = """
+SCHEMA_VERSION = 2
+"""The layout this module writes (``PRAGMA user_version``); 0 is the first, unversioned one."""
+
+_SESSIONS = """
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,
-    sp TEXT NOT NULL,
-    md TEXT NOT NULL,
-    sh TEXT NOT NULL,
     mc INTEGER NOT NULL,
     tc INTEGER NOT NULL,
     ts TEXT,
     n_messages INTEGER NOT NULL DEFAULT 0,
     expires_at REAL,
     last_access INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS sessions_lru ON sessions(last_access);
-CREATE INDEX IF NOT EXISTS sessions_exp ON sessions(expires_at);
+)"""
+_SESSION_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS sessions_lru ON sessions(last_access)",
+    "CREATE INDEX IF NOT EXISTS sessions_exp ON sessions(expires_at)",
+)
+_HEADERS = """
+CREATE TABLE IF NOT EXISTS session_headers (
+    session_id TEXT PRIMARY KEY,
+    sp TEXT NOT NULL,
+    md TEXT NOT NULL
+)"""
+_SHARED = """
+CREATE TABLE IF NOT EXISTS session_shared (
+    session_id TEXT PRIMARY KEY,
+    sh TEXT NOT NULL
+)"""
+# ``id`` last: a version-1 file gains it with ALTER TABLE, so both layouts are identical.
+_MESSAGES = """
 CREATE TABLE IF NOT EXISTS messages (
     session_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     body TEXT NOT NULL,
+    id TEXT,
     PRIMARY KEY (session_id, seq)
-) WITHOUT ROWID;
+) WITHOUT ROWID"""
+_MESSAGE_IDS = "CREATE UNIQUE INDEX IF NOT EXISTS messages_id ON messages(session_id, id)"
+_FETCHED = """
 CREATE TABLE IF NOT EXISTS fetched (
     session_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
     source_type TEXT NOT NULL,
     body TEXT NOT NULL,
     PRIMARY KEY (session_id, seq)
-) WITHOUT ROWID;
+) WITHOUT ROWID"""
+_FINGERPRINTS = """
 CREATE TABLE IF NOT EXISTS fingerprints (
     session_id TEXT NOT NULL,
     fp TEXT NOT NULL,
     PRIMARY KEY (session_id, fp)
-) WITHOUT ROWID;
-"""
+) WITHOUT ROWID"""
+_CREATE = (
+    _SESSIONS,
+    *_SESSION_INDEXES,
+    _HEADERS,
+    _SHARED,
+    _MESSAGES,
+    _MESSAGE_IDS,
+    _FETCHED,
+    _FINGERPRINTS,
+)
 
-_ROW = "SELECT sp, md, sh, mc, tc, ts, n_messages, expires_at FROM sessions WHERE id = ?"
+_V1_SESSION_COLUMNS = frozenset(
+    ("id", "sp", "md", "sh", "mc", "tc", "ts", "n_messages", "expires_at", "last_access")
+)
+# Version 1 -> 2: move the JSON columns out of ``sessions`` (rebuilt without them) and
+# give every message the id in its body; of several messages of a session with one id
+# (written by version 1, which did not deduplicate) only the first keeps it.
+_MIGRATE_V1 = (
+    _HEADERS,
+    _SHARED,
+    "INSERT INTO session_headers (session_id, sp, md) SELECT id, sp, md FROM sessions",
+    "INSERT INTO session_shared (session_id, sh) SELECT id, sh FROM sessions",
+    _SESSIONS.replace("EXISTS sessions", "EXISTS sessions_v2"),
+    "INSERT INTO sessions_v2 (id, mc, tc, ts, n_messages, expires_at, last_access) "
+    "SELECT id, mc, tc, ts, n_messages, expires_at, last_access FROM sessions",
+    "DROP TABLE sessions",
+    "ALTER TABLE sessions_v2 RENAME TO sessions",
+    *_SESSION_INDEXES,
+    "ALTER TABLE messages ADD COLUMN id TEXT",
+    "UPDATE messages SET id = json_extract(body, '$.id') WHERE json_type(body, '$.id') = 'text'",
+    "CREATE INDEX messages_id_migration ON messages(session_id, id)",
+    "UPDATE messages SET id = NULL WHERE id IS NOT NULL AND seq > (SELECT MIN(m.seq) "
+    "FROM messages AS m WHERE m.session_id = messages.session_id AND m.id = messages.id)",
+    "DROP INDEX messages_id_migration",
+    _MESSAGE_IDS,
+    _FETCHED,
+    _FINGERPRINTS,
+)
+
+# What each operation reads of the session: always ``expires_at`` and ``n_messages``
+# (small columns of the small row), the three JSON parts only when it returns the header.
+_LIVE = "SELECT expires_at, n_messages FROM sessions WHERE id = ?"
+_HEADER = (
+    "SELECT s.expires_at, s.n_messages, s.mc, s.tc, s.ts, h.sp, h.md, x.sh "
+    "FROM sessions AS s JOIN session_headers AS h ON h.session_id = s.id "
+    "JOIN session_shared AS x ON x.session_id = s.id WHERE s.id = ?"
+)
 # ``last_access`` is a logical clock: the highest value in the table + 1.
 _INSERT = (
-    "INSERT INTO sessions (id, sp, md, sh, mc, tc, ts, n_messages, expires_at, last_access) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, (SELECT COALESCE(MAX(last_access), 0) + 1 FROM sessions))"
+    "INSERT INTO sessions (id, mc, tc, ts, n_messages, expires_at, last_access) "
+    "VALUES (?, ?, ?, ?, 0, ?, (SELECT COALESCE(MAX(last_access), 0) + 1 FROM sessions))"
 )
 _TOUCH_READ = (
     "UPDATE sessions SET last_access = "
@@ -98,6 +191,18 @@ _CLEAR = (
     "UPDATE sessions SET n_messages = 0, mc = 0, tc = 0, ts = ?, expires_at = ?, last_access = "
     "(SELECT COALESCE(MAX(last_access), 0) + 1 FROM sessions) WHERE id = ?"
 )
+_APPEND = (
+    "INSERT INTO messages (session_id, seq, body, id) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (session_id, id) DO NOTHING"
+)
+_SESSION_TABLES = (
+    ("sessions", "id"),
+    ("session_headers", "session_id"),
+    ("session_shared", "session_id"),
+    ("messages", "session_id"),
+    ("fetched", "session_id"),
+    ("fingerprints", "session_id"),
+)
 
 
 def lrange_bounds(start: int, end: int, length: int) -> tuple[int, int] | None:
@@ -108,7 +213,8 @@ def lrange_bounds(start: int, end: int, length: int) -> tuple[int, int] | None:
 
 
 def _header(row: Sequence[Any]) -> Header:
-    sp, md, sh, mc, tc, ts = row[:6]
+    """The header from a :data:`_HEADER` row."""
+    mc, tc, ts, sp, md, sh = row[2:8]
     metadata: dict[str, Any] = json.loads(md)
     metadata["message_count"] = mc
     metadata["token_count"] = tc
@@ -131,10 +237,12 @@ class _Tx:
 class SqliteStore(SyncBackedStore):
     """Sessions in an SQLite file (stdlib ``sqlite3``, WAL), safe for several processes.
 
-    Each operation is one ``BEGIN IMMEDIATE`` transaction; in this process one connection
-    is shared under a lock, and async methods run in a worker thread. Appending is O(1)
-    (an indexed insert), reading the last ``k`` messages an indexed range scan of ``k``
-    rows.
+    Each write is one ``BEGIN IMMEDIATE`` transaction on one connection shared under a
+    lock in this process; reads run on separate connections and never wait for a writer
+    (unless ``max_sessions`` is set: reads then bump the LRU clock, which is a write).
+    Async methods run in a worker thread. Appending is O(1) (indexed inserts, no scan of
+    the history, duplicates by message id skipped), reading the last ``k`` messages an
+    indexed range scan of ``k`` rows.
 
     Args:
         path: The database file (created if missing); ``":memory:"`` for a private
@@ -143,6 +251,11 @@ class SqliteStore(SyncBackedStore):
         max_sessions: Most live sessions in the file; ``None`` for no limit.
         busy_timeout: Seconds to wait for another process's transaction.
         clock: Wall clock in seconds (expiry is shared between processes).
+
+    Raises:
+        StoreUnavailableError: The file cannot be opened, or was written by a newer
+            version of this package. Any later operation raises it too if the file is
+            deleted or replaced while the store is open.
 
     Example:
         .. code-block:: python
@@ -173,22 +286,32 @@ class SqliteStore(SyncBackedStore):
         self.ttl_seconds = ttl_seconds
         self.max_sessions = max_sessions
         self._clock = clock
-        self._lock = threading.RLock()
+        self._busy_timeout = busy_timeout
+        self._lock = threading.RLock()  # the write connection
+        self._pool_lock = threading.Lock()  # the idle read connections
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
+        # A private database (":memory:" or "") is one connection: no readers of its own.
+        self._private = self.path in ("", ":memory:")
+        self._file = os.path.abspath(self.path) if not self._private else self.path
+        self._identity: tuple[int, int] | None = None
+        conn: sqlite3.Connection | None = None
         try:
-            self._conn: sqlite3.Connection | None = sqlite3.connect(
-                self.path,
-                timeout=busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            if self.path != ":memory:":
-                self._conn.execute("PRAGMA journal_mode = WAL")
-                self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._conn.executescript(_SCHEMA)
-        except sqlite3.Error as e:
+            conn = self._connect(self.path)
+            if not self._private:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+            self._ensure_schema(conn)
+            if not self._private:
+                self._identity = self._stat()
+        except BaseException as e:
+            if conn is not None:
+                conn.close()
+            if isinstance(e, StoreError) or not isinstance(e, (sqlite3.Error, OSError)):
+                raise
             msg = f"SQLite database {self.path!r} cannot be opened: {e}"
             raise StoreUnavailableError(msg) from e
+        self._conn: sqlite3.Connection | None = conn
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SqliteStore:
@@ -205,55 +328,195 @@ class SqliteStore(SyncBackedStore):
             f"max_sessions={self.max_sessions})"
         )
 
+    # ------------------------------------------------------------ connections
+
+    def _connect(self, target: str, *, uri: bool = False) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            target,
+            timeout=self._busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            uri=uri,
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
+        """Create the tables, or migrate a version-1 file, in one transaction."""
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return  # the common case takes no lock
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()  # another process?
+            if version > SCHEMA_VERSION:
+                msg = (
+                    f"SQLite database {self.path!r} has schema version {version}, newer than "
+                    f"this ctx_memory understands ({SCHEMA_VERSION}); upgrade ctx_memory"
+                )
+                raise StoreUnavailableError(msg)
+            if version < SCHEMA_VERSION:
+                columns = {r[1] for r in conn.execute("PRAGMA table_info(sessions)")}
+                if not columns:
+                    statements: Sequence[str] = _CREATE
+                elif columns == _V1_SESSION_COLUMNS:
+                    statements = _MIGRATE_V1
+                else:
+                    msg = (
+                        f"SQLite database {self.path!r} has a 'sessions' table this "
+                        f"ctx_memory does not recognise (columns: {sorted(columns)})"
+                    )
+                    raise StoreUnavailableError(msg)
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            if conn.in_transaction:  # some errors already rolled it back
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _stat(self) -> tuple[int, int]:
+        st = os.stat(self._file)
+        return (st.st_dev, st.st_ino)
+
+    def _check_file(self) -> None:
+        """Raise unless the path still names the file this store opened.
+
+        A connection keeps using a deleted (or replaced) file: its writes would succeed
+        and be lost. Checked inside every transaction, before it commits.
+        """
+        if self._identity is None:
+            return
+        try:
+            now = self._stat()
+        except FileNotFoundError:
+            problem = "was deleted"
+        except OSError as e:
+            problem = f"cannot be checked ({e})"
+        else:
+            if now == self._identity:
+                return
+            problem = "was replaced by another file"
+        msg = (
+            f"SQLite database {self.path!r} {problem} while the store was open; "
+            "nothing more is read from or written to it (open a new store)"
+        )
+        raise StoreUnavailableError(msg)
+
+    def _closed_error(self) -> StoreError:
+        return StoreError(f"SQLite store {self.path!r} is closed")
+
+    def _checkout(self) -> sqlite3.Connection:
+        with self._pool_lock:
+            if self._closed:
+                raise self._closed_error()
+            if self._idle:
+                return self._idle.pop()
+        self._check_file()  # never open (and so create) a file in place of the one we had
+        # mode=rw: a read connection never creates the file.
+        return self._connect(Path(self._file).as_uri() + "?mode=rw", uri=True)
+
+    def _checkin(self, conn: sqlite3.Connection) -> None:
+        with self._pool_lock:
+            if not self._closed:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def _failed(self, e: sqlite3.Error) -> StoreError:
+        msg = f"SQLite database {self.path!r} failed: {e}"
+        if isinstance(e, sqlite3.OperationalError):
+            return StoreUnavailableError(msg)
+        return StoreError(msg)
+
     # ------------------------------------------------------------ transactions
 
     def _tx(self, body: Callable[[sqlite3.Connection, _Tx], Any]) -> Any:
+        """Run ``body`` in one write transaction, then report what it expired or evicted."""
         tx = _Tx(self._clock())
         with self._lock:
             conn = self._conn
             if conn is None:
-                msg = f"SQLite store {self.path!r} is closed"
-                raise StoreError(msg)
+                raise self._closed_error()
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    self._check_file()
                     result = body(conn, tx)
+                    self._check_file()
                 except BaseException:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:  # some errors already rolled it back
+                        conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
-            except sqlite3.OperationalError as e:
-                msg = f"SQLite database {self.path!r} failed: {e}"
-                raise StoreUnavailableError(msg) from e
             except sqlite3.Error as e:
-                msg = f"SQLite database {self.path!r} failed: {e}"
-                raise StoreError(msg) from e
+                raise self._failed(e) from e
         for session_id in tx.expired:
             self._notify("session_expired", session_id)
         for session_id in tx.evicted:
             self._notify("session_evicted", session_id)
         return result
 
+    def _read_tx(self, body: Callable[[sqlite3.Connection, float], Any]) -> Any:
+        """Run ``body`` in a read-only (deferred) transaction that takes no write lock."""
+        now = self._clock()
+        if self._private:
+            with self._lock:
+                conn = self._conn
+                if conn is None:
+                    raise self._closed_error()
+                return self._read_on(conn, body, now)
+        try:
+            conn = self._checkout()
+        except sqlite3.Error as e:
+            raise self._failed(e) from e
+        try:
+            result = self._read_on(conn, body, now)
+        except BaseException:
+            conn.close()  # in an unknown state: not back to the pool
+            raise
+        self._checkin(conn)
+        return result
+
+    def _read_on(
+        self, conn: sqlite3.Connection, body: Callable[[sqlite3.Connection, float], Any], now: float
+    ) -> Any:
+        try:
+            conn.execute("BEGIN")
+            try:
+                self._check_file()
+                result = body(conn, now)
+            finally:
+                if conn.in_transaction:  # read-only: commit and rollback are the same
+                    conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise self._failed(e) from e
+        return result
+
     @staticmethod
     def _drop(conn: sqlite3.Connection, session_id: str) -> bool:
-        gone = conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,)).rowcount
-        for table in ("messages", "fetched", "fingerprints"):
-            conn.execute(f"DELETE FROM {table} WHERE session_id = ?", (session_id,))  # noqa: S608
-        return bool(gone)
+        gone = False
+        for table, column in _SESSION_TABLES:
+            cur = conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (session_id,))  # noqa: S608
+            gone = gone or (table == "sessions" and cur.rowcount > 0)
+        return gone
 
-    def _live(
-        self, conn: sqlite3.Connection, tx: _Tx, session_id: str, *, touch: bool
-    ) -> tuple[Any, ...] | None:
-        row = conn.execute(_ROW, (session_id,)).fetchone()
+    def _live(self, conn: sqlite3.Connection, tx: _Tx, session_id: str) -> int | None:
+        """For a write: the session's length, or ``None`` if absent (expired: deleted)."""
+        row = conn.execute(_LIVE, (session_id,)).fetchone()
         if row is None:
             return None
-        if row[7] is not None and row[7] <= tx.now:
+        if row[0] is not None and row[0] <= tx.now:
             self._drop(conn, session_id)
             tx.expired.append(session_id)
             return None
-        if touch and self.max_sessions is not None:
-            conn.execute(_TOUCH_READ, (session_id,))
-        return tuple(row)
+        n: int = row[1]
+        return n
 
     def _expires(self, tx: _Tx) -> float | None:
         return None if self.ttl_seconds is None else tx.now + self.ttl_seconds
@@ -265,25 +528,25 @@ class SqliteStore(SyncBackedStore):
             _INSERT,
             (
                 session_id,
-                dumps(header["system_prompt"]),
-                dumps(meta),
-                dumps(header["shared"]),
                 int(meta.get("message_count", 0)),
                 int(meta.get("token_count", 0)),
                 dumps(ts) if "timestamp" in meta else None,
                 self._expires(tx),
             ),
         )
+        conn.execute(
+            "INSERT INTO session_headers (session_id, sp, md) VALUES (?, ?, ?)",
+            (session_id, dumps(header["system_prompt"]), dumps(meta)),
+        )
+        conn.execute(
+            "INSERT INTO session_shared (session_id, sh) VALUES (?, ?)",
+            (session_id, dumps(header["shared"])),
+        )
 
     def _evict(self, conn: sqlite3.Connection, tx: _Tx, keep: str) -> None:
         if self.max_sessions is None:
             return
-        expired = conn.execute(
-            "SELECT id FROM sessions WHERE expires_at <= ? ORDER BY id", (tx.now,)
-        ).fetchall()
-        for (session_id,) in expired:
-            self._drop(conn, session_id)
-            tx.expired.append(session_id)
+        self._collect(conn, tx)
         (count,) = conn.execute("SELECT COUNT(*) FROM sessions").fetchone()
         if count <= self.max_sessions:
             return
@@ -295,21 +558,33 @@ class SqliteStore(SyncBackedStore):
             self._drop(conn, session_id)
             tx.evicted.append(session_id)
 
+    def _collect(self, conn: sqlite3.Connection, tx: _Tx) -> int:
+        """Delete every expired session (reported as expired after commit)."""
+        rows = conn.execute(
+            "SELECT id FROM sessions WHERE expires_at <= ? ORDER BY id", (tx.now,)
+        ).fetchall()
+        for (session_id,) in rows:
+            self._drop(conn, session_id)
+            tx.expired.append(session_id)
+        return len(rows)
+
     def _write(
         self,
         session_id: str,
         init: Header,
         now: str,
-        apply: Callable[[sqlite3.Connection, tuple[Any, ...]], int],
+        apply: Callable[[sqlite3.Connection, int], int],
     ) -> WriteResult:
+        """Upsert the session, then ``apply(conn, length_of_history)`` -> items added."""
+
         def body(conn: sqlite3.Connection, tx: _Tx) -> WriteResult:
-            row = self._live(conn, tx, session_id, touch=False)
-            created = row is None
-            if row is None:
+            n = self._live(conn, tx, session_id)
+            created = n is None
+            if n is None:
                 self._insert(conn, session_id, init, tx)
                 self._evict(conn, tx, session_id)
-                row = tuple(conn.execute(_ROW, (session_id,)).fetchone())
-            added = apply(conn, row)
+                n = 0
+            added = apply(conn, n)
             conn.execute(_TOUCH_WRITE, (dumps(now), self._expires(tx), session_id))
             return WriteResult(created=created, added=added, evicted=tuple(tx.evicted))
 
@@ -319,20 +594,46 @@ class SqliteStore(SyncBackedStore):
     def _read(
         self,
         session_id: str,
-        read: Callable[[sqlite3.Connection, tuple[Any, ...]], Any],
+        read: Callable[[sqlite3.Connection, Sequence[Any]], Any],
         default: Any,
+        *,
+        header: bool = False,
     ) -> Any:
-        def body(conn: sqlite3.Connection, tx: _Tx) -> Any:
-            row = self._live(conn, tx, session_id, touch=True)
-            return default if row is None else read(conn, row)
+        """``read(conn, row)`` if the session is live, else ``default``.
 
-        return self._tx(body)
+        ``row`` starts with ``expires_at, n_messages``; with ``header``, the columns
+        :func:`_header` takes follow. An expired session is absent but not deleted here.
+        """
+        query = _HEADER if header else _LIVE
+
+        def lookup(conn: sqlite3.Connection, now: float) -> Sequence[Any] | None:
+            row: Sequence[Any] | None = conn.execute(query, (session_id,)).fetchone()
+            if row is None or (row[0] is not None and row[0] <= now):
+                return None
+            return row
+
+        if self.max_sessions is None:
+
+            def pure(conn: sqlite3.Connection, now: float) -> Any:
+                row = lookup(conn, now)
+                return default if row is None else read(conn, row)
+
+            return self._read_tx(pure)
+
+        def touching(conn: sqlite3.Connection, tx: _Tx) -> Any:
+            row = lookup(conn, tx.now)
+            if row is None:
+                return default
+            conn.execute(_TOUCH_READ, (session_id,))
+            return read(conn, row)
+
+        return self._tx(touching)
 
     # ------------------------------------------------------------ sync API
 
     @override
     def create(self, session_id: str, init: Header) -> WriteResult:
-        return self._write(session_id, init, init["metadata"]["timestamp"], lambda _c, _r: 0)
+        return self._write(session_id, init, init["metadata"]["timestamp"], lambda _c, _n: 0)
 
     @override
     def exists(self, session_id: str) -> bool:
@@ -344,18 +645,30 @@ class SqliteStore(SyncBackedStore):
 
     @override
     def list_sessions(self) -> list[str]:
-        self.gc()
-        rows = self._tx(lambda conn, _tx: conn.execute("SELECT id FROM sessions").fetchall())
-        return sorted(r[0] for r in rows)
+        def read(conn: sqlite3.Connection, now: float) -> tuple[list[str], bool]:
+            rows = conn.execute(
+                "SELECT id FROM sessions WHERE expires_at IS NULL OR expires_at > ?", (now,)
+            ).fetchall()
+            (expired,) = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM sessions WHERE expires_at <= ?)", (now,)
+            ).fetchone()
+            return [r[0] for r in rows], bool(expired)
+
+        ids, expired = self._read_tx(read)
+        if expired:  # only then a write: delete them and report them
+            self.gc()
+        return sorted(ids)
 
     @override
     def get_header(self, session_id: str) -> Header | None:
-        header: Header | None = self._read(session_id, lambda _c, row: _header(row), None)
+        header: Header | None = self._read(
+            session_id, lambda _c, row: _header(row), None, header=True
+        )
         return header
 
     @override
     def get_document(self, session_id: str) -> dict[str, Any] | None:
-        def read(conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
+        def read(conn: sqlite3.Connection, row: Sequence[Any]) -> dict[str, Any]:
             messages = conn.execute(
                 "SELECT body FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
             ).fetchall()
@@ -365,13 +678,13 @@ class SqliteStore(SyncBackedStore):
                 self._fetched(conn, session_id, None),
             )
 
-        document: dict[str, Any] | None = self._read(session_id, read, None)
+        document: dict[str, Any] | None = self._read(session_id, read, None, header=True)
         return document
 
     @override
     def get_messages(self, session_id: str, start: int = 0, end: int = -1) -> list[dict[str, Any]]:
-        def read(conn: sqlite3.Connection, row: tuple[Any, ...]) -> list[Any]:
-            bounds = lrange_bounds(start, end, row[6])
+        def read(conn: sqlite3.Connection, row: Sequence[Any]) -> list[Any]:
+            bounds = lrange_bounds(start, end, row[1])
             if bounds is None:
                 return []
             return conn.execute(
@@ -385,7 +698,7 @@ class SqliteStore(SyncBackedStore):
 
     @override
     def count_messages(self, session_id: str) -> int:
-        count: int = self._read(session_id, lambda _c, row: row[6], 0)
+        count: int = self._read(session_id, lambda _c, row: row[1], 0)
         return count
 
     @staticmethod
@@ -421,18 +734,21 @@ class SqliteStore(SyncBackedStore):
     def append_messages(
         self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
     ) -> WriteResult:
-        def apply(conn: sqlite3.Connection, row: tuple[Any, ...]) -> int:
-            n = row[6]
-            conn.executemany(
-                "INSERT INTO messages (session_id, seq, body) VALUES (?, ?, ?)",
-                [(session_id, n + i, m.json) for i, m in enumerate(messages)],
-            )
-            conn.execute(
-                "UPDATE sessions SET n_messages = n_messages + ?, mc = mc + ?, tc = tc + ? "
-                "WHERE id = ?",
-                (len(messages), len(messages), sum(m.tokens for m in messages), session_id),
-            )
-            return len(messages)
+        def apply(conn: sqlite3.Connection, n: int) -> int:
+            # One indexed insert per message; the unique (session_id, id) index skips a
+            # message already in the history, or earlier in this batch.
+            added = tokens = 0
+            for m in messages:
+                if conn.execute(_APPEND, (session_id, n + added, m.json, m.id)).rowcount:
+                    added += 1
+                    tokens += m.tokens
+            if added:
+                conn.execute(
+                    "UPDATE sessions SET n_messages = n_messages + ?, mc = mc + ?, tc = tc + ? "
+                    "WHERE id = ?",
+                    (added, added, tokens, session_id),
+                )
+            return added
 
         return self._write(session_id, init, now, apply)
 
@@ -446,7 +762,7 @@ class SqliteStore(SyncBackedStore):
         now: str,
         dedupe: bool = False,
     ) -> WriteResult:
-        def apply(conn: sqlite3.Connection, _row: tuple[Any, ...]) -> int:
+        def apply(conn: sqlite3.Connection, _n: int) -> int:
             (seq,) = conn.execute(
                 "SELECT COALESCE(MAX(seq), -1) + 1 FROM fetched WHERE session_id = ?",
                 (session_id,),
@@ -471,10 +787,18 @@ class SqliteStore(SyncBackedStore):
     def _update_shared(
         self, session_id: str, init: Header, now: str, change: Callable[[dict[str, Any]], None]
     ) -> WriteResult:
-        def apply(conn: sqlite3.Connection, row: tuple[Any, ...]) -> int:
-            shared = json.loads(row[2])
+        def apply(conn: sqlite3.Connection, _n: int) -> int:
+            (sh,) = conn.execute(
+                "SELECT sh FROM session_shared WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            shared = json.loads(sh)
             change(shared)
-            conn.execute("UPDATE sessions SET sh = ? WHERE id = ?", (dumps(shared), session_id))
+            text = dumps(shared)
+            check_shared_size(text)  # raises before the update; the transaction rolls back
+            conn.execute(
+                "UPDATE session_shared SET sh = ? WHERE session_id = ?",
+                (text, session_id),
+            )
             return 0
 
         return self._write(session_id, init, now, apply)
@@ -513,14 +837,21 @@ class SqliteStore(SyncBackedStore):
         }
         encoded = dumps(fields)
 
-        def apply(conn: sqlite3.Connection, row: tuple[Any, ...]) -> int:
+        def apply(conn: sqlite3.Connection, _n: int) -> int:
             if fields:
-                meta = json.loads(row[1])
+                (md,) = conn.execute(
+                    "SELECT md FROM session_headers WHERE session_id = ?", (session_id,)
+                ).fetchone()
+                meta = json.loads(md)
                 meta.update(json.loads(encoded))
-                conn.execute("UPDATE sessions SET md = ? WHERE id = ?", (dumps(meta), session_id))
+                conn.execute(
+                    "UPDATE session_headers SET md = ? WHERE session_id = ?",
+                    (dumps(meta), session_id),
+                )
             if set_system_prompt:
                 conn.execute(
-                    "UPDATE sessions SET sp = ? WHERE id = ?", (dumps(system_prompt), session_id)
+                    "UPDATE session_headers SET sp = ? WHERE session_id = ?",
+                    (dumps(system_prompt), session_id),
                 )
             return 0
 
@@ -529,8 +860,9 @@ class SqliteStore(SyncBackedStore):
     @override
     def clear(self, session_id: str, *, now: str, preserve_fetched: bool = False) -> bool:
         def body(conn: sqlite3.Connection, tx: _Tx) -> bool:
-            if self._live(conn, tx, session_id, touch=False) is None:
+            if self._live(conn, tx, session_id) is None:
                 return False
+            # The ids go with the messages: the same id may be appended again.
             conn.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
             if not preserve_fetched:
                 conn.execute("DELETE FROM fetched WHERE session_id = ?", (session_id,))
@@ -549,12 +881,18 @@ class SqliteStore(SyncBackedStore):
         items: Sequence[EncodedItem],
     ) -> WriteResult:
         def body(conn: sqlite3.Connection, tx: _Tx) -> WriteResult:
-            created = self._live(conn, tx, session_id, touch=False) is None
+            created = self._live(conn, tx, session_id) is None
             self._drop(conn, session_id)
             self._insert(conn, session_id, header, tx)
+            # Every message is kept as imported; its id is recorded unless an earlier
+            # message of the document has the same one (the history then holds the id once).
+            seen: set[str] = set()
+            rows = []
+            for i, m in enumerate(messages):
+                rows.append((session_id, i, m.json, None if m.id in seen else m.id))
+                seen.add(m.id)
             conn.executemany(
-                "INSERT INTO messages (session_id, seq, body) VALUES (?, ?, ?)",
-                [(session_id, i, m.json) for i, m in enumerate(messages)],
+                "INSERT INTO messages (session_id, seq, body, id) VALUES (?, ?, ?, ?)", rows
             )
             conn.executemany(
                 "INSERT INTO fetched (session_id, seq, source_type, body) VALUES (?, ?, ?, ?)",
@@ -564,33 +902,27 @@ class SqliteStore(SyncBackedStore):
                 "INSERT OR IGNORE INTO fingerprints (session_id, fp) VALUES (?, ?)",
                 [(session_id, it.fingerprint) for it in items],
             )
-            conn.execute(
-                "UPDATE sessions SET n_messages = ? WHERE id = ?", (len(messages), session_id)
-            )
+            conn.execute("UPDATE sessions SET n_messages = ? WHERE id = ?", (len(rows), session_id))
             if created:
                 self._evict(conn, tx, session_id)
-            return WriteResult(created=created, added=len(messages), evicted=tuple(tx.evicted))
+            return WriteResult(created=created, added=len(rows), evicted=tuple(tx.evicted))
 
         result: WriteResult = self._tx(body)
         return result
 
     @override
     def gc(self) -> int:
-        def body(conn: sqlite3.Connection, tx: _Tx) -> int:
-            rows = conn.execute(
-                "SELECT id FROM sessions WHERE expires_at <= ? ORDER BY id", (tx.now,)
-            ).fetchall()
-            for (session_id,) in rows:
-                self._drop(conn, session_id)
-                tx.expired.append(session_id)
-            return len(rows)
-
-        removed: int = self._tx(body)
+        removed: int = self._tx(self._collect)
         return removed
 
     @override
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
+        with self._pool_lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for reader in idle:
+            reader.close()
         if conn is not None:
             conn.close()
