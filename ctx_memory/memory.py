@@ -23,14 +23,14 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
     )
     raise ImportError(msg) from e
 
-from langchain_core.messages import BaseMessage, get_buffer_string
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, get_buffer_string
 from pydantic import ConfigDict, Field
 from typing_extensions import override
 
 from ctx_memory.history import ContextChatMessageHistory
 from ctx_memory.manager import ContextManager  # noqa: TC001 - pydantic field type
 from ctx_memory.prompt import Call, adrive, drive, history_window_flow
-from ctx_memory.schema import record_to_message
+from ctx_memory.schema import record_to_message, validate_session_id
 
 if TYPE_CHECKING:
     from collections.abc import Generator
@@ -45,6 +45,10 @@ class ContextMemory(BaseChatMemory):
     message) whose cached token counts fit ``max_token_limit``; ``save_context`` appends
     the human input and the AI output. Use ``return_messages=True`` with chat prompts
     (a ``MessagesPlaceholder``) and the default string buffer with text prompts.
+
+    Reads, writes and ``clear`` always go to the current ``session_id``: assigning a new
+    one (``memory.session_id = "user-43"``) moves all of them, and ``chat_memory`` (a
+    :class:`~ctx_memory.history.ContextChatMessageHistory` view) follows too.
 
     Args:
         manager: Where the session lives.
@@ -85,6 +89,50 @@ class ContextMemory(BaseChatMemory):
         if "chat_memory" not in data and "manager" in data and "session_id" in data:
             data["chat_memory"] = ContextChatMessageHistory(data["manager"], data["session_id"])
         super().__init__(**data)
+
+    @override
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "session_id":
+            value = validate_session_id(value)
+        super().__setattr__(name, value)
+        if name in ("session_id", "manager") and isinstance(
+            self.chat_memory, ContextChatMessageHistory
+        ):
+            # chat_memory is a view of the current session: it follows the change.
+            super().__setattr__(
+                "chat_memory",
+                ContextChatMessageHistory(
+                    self.manager, self.session_id, last_k=self.chat_memory.last_k
+                ),
+            )
+
+    def _history(self) -> ContextChatMessageHistory:
+        """The current session's history (reads and writes follow ``session_id``)."""
+        return ContextChatMessageHistory(self.manager, self.session_id)
+
+    def _messages(self, inputs: dict[str, Any], outputs: dict[str, Any]) -> list[BaseMessage]:
+        input_str, output_str = self._get_input_output(inputs, outputs)
+        return [HumanMessage(content=input_str), AIMessage(content=output_str)]
+
+    @override
+    def save_context(self, inputs: dict[str, Any], outputs: dict[str, str]) -> None:
+        """Append the human input and the AI output to the current session, atomically."""
+        self._history().add_messages(self._messages(inputs, outputs))
+
+    @override
+    async def asave_context(self, inputs: dict[str, Any], outputs: dict[str, str]) -> None:
+        """Async :meth:`save_context`."""
+        await self._history().aadd_messages(self._messages(inputs, outputs))
+
+    @override
+    def clear(self) -> None:
+        """Drop the current session's history (system prompt, metadata and sources stay)."""
+        self._history().clear()
+
+    @override
+    async def aclear(self) -> None:
+        """Async :meth:`clear`."""
+        await self._history().aclear()
 
     @property
     @override

@@ -6,7 +6,7 @@ import pytest
 from adapter_fakes import fake_model, get_weather, tool_call
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
-from ctx_memory import ContextManager, InMemoryStore, TokenCounter
+from ctx_memory import ContextManager, InMemoryStore, InvalidSessionIdError, TokenCounter
 from ctx_memory.memory import ContextMemory
 
 with warnings.catch_warnings():
@@ -144,3 +144,52 @@ def test_missing_extra_names_the_install_command(monkeypatch):
     with pytest.raises(ImportError, match=r"pip install ctx-memory\[classic\]"):
         importlib.import_module("ctx_memory.memory")
     monkeypatch.delitem(sys.modules, "ctx_memory.memory", raising=False)
+
+
+def _texts(manager, session):
+    return [r["content"] for r in manager.get_history(session)]
+
+
+def test_reads_and_writes_follow_the_current_session_id(manager):
+    memory = ContextMemory(manager=manager, session_id="first", return_messages=True)
+    memory.save_context({"input": "q1"}, {"output": "a1"})
+    memory.session_id = "second"
+    memory.save_context({"input": "q2"}, {"output": "a2"})
+    assert _texts(manager, "first") == ["q1", "a1"]
+    assert _texts(manager, "second") == ["q2", "a2"]
+    loaded = memory.load_memory_variables({})["history"]
+    assert [m.content for m in loaded] == ["q2", "a2"]
+    assert [m.content for m in memory.chat_memory.messages] == ["q2", "a2"]
+    memory.clear()
+    assert _texts(manager, "second") == []
+    assert _texts(manager, "first") == ["q1", "a1"]
+
+
+async def test_async_reads_and_writes_follow_the_current_session_id(manager):
+    memory = ContextMemory(manager=manager, session_id="first")
+    await memory.asave_context({"input": "q1"}, {"output": "a1"})
+    memory.session_id = "second"
+    await memory.asave_context({"input": "q2"}, {"output": "a2"})
+    assert _texts(manager, "first") == ["q1", "a1"]
+    assert (await memory.aload_memory_variables({}))["history"] == "Human: q2\nAI: a2"
+    await memory.aclear()
+    assert _texts(manager, "second") == []
+    assert _texts(manager, "first") == ["q1", "a1"]
+
+
+def test_an_executor_follows_a_session_switch(manager):
+    executor, memory = _executor(manager, fake_model("Hi A.", "Hi B."))
+    executor.invoke({"input": "I am A."})
+    memory.session_id = "s2"
+    executor.invoke({"input": "I am B."})
+    assert _texts(manager, "s1") == ["I am A.", "Hi A."]
+    assert _texts(manager, "s2") == ["I am B.", "Hi B."]
+
+
+def test_a_bad_session_id_is_refused_on_assignment(manager):
+    memory = ContextMemory(manager=manager, session_id="s1")
+    with pytest.raises(InvalidSessionIdError):
+        memory.session_id = "   "
+    assert memory.session_id == "s1"
+    memory.save_context({"input": "q"}, {"output": "a"})
+    assert _texts(manager, "s1") == ["q", "a"]
