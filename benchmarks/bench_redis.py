@@ -86,6 +86,7 @@ def message(i: int) -> dict[str, Any]:
         "timestamp": now_iso(),
         "metadata": {},
         "token_count": 30,
+        "id": f"msg-{i}",
     }
 
 
@@ -148,16 +149,16 @@ def bench_append(url: str, admin: redis.Redis) -> dict[str, tuple[float, float, 
             pipe.execute()
 
     def store_append() -> None:
-        for p in payloads:  # as ContextManager._append_flow calls it
+        for i, p in enumerate(payloads):  # as ContextManager._append_flow calls it
             now = now_iso()
             store.append_messages(
                 "append",
-                [EncodedMessage(p, 30)],
+                [EncodedMessage(p, 30, f"msg-{i}")],
                 init=new_header("append", now=now, encoding="o200k_base"),
                 now=now,
             )
 
-    encoded = [[EncodedMessage(p, 30)] for p in payloads]
+    encoded = [[EncodedMessage(p, 30, f"msg-{i}")] for i, p in enumerate(payloads)]
     stamp = now_iso()
     header = new_header("append", now=stamp, encoding="o200k_base")
 
@@ -214,7 +215,7 @@ def fill(url: str, admin: redis.Redis, n: int) -> tuple[RedisStore, Any, redis.R
         raw.rpush("raw:read", *chunk)
         store.append_messages(
             "read",
-            [EncodedMessage(p, 30) for p in chunk],
+            [EncodedMessage(p, 30, f"msg-{start + i}") for i, p in enumerate(chunk)],
             init=new_header("read", now=now, encoding="o200k_base"),
             now=now,
         )
