@@ -13,6 +13,7 @@ from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 
 from ctx_memory import (
+    BudgetExceededError,
     ContextPromptAssembler,
     ContextualChat,
     FetchedContextRetriever,
@@ -204,3 +205,127 @@ def test_retrievers(manager):
     docs = FetchedContextRetriever(manager=manager, k=1).invoke("rome", config=CONFIG)
     assert docs[0].metadata["url"] == "https://b"
     assert len(manager.get_fetched_context("s1")["web_search"]) == 2
+
+
+# --------------------------------------------------------------------------- issue 8: nothing
+# lost, nothing duplicated (each test below runs on every store, the Cluster included)
+
+EVERY_STORE = pytest.mark.stores("memory", "sqlite", "redis", "cluster")
+
+
+def _no_duplicates(manager, model=None) -> list[dict]:
+    stored = manager.get_history("s1")
+    ids = [r.get("id") for r in stored]
+    assert None not in ids
+    assert len(set(ids)) == len(ids)
+    for call in model.seen if model else ():
+        sent = [m.id for m in call if m.id]
+        assert len(set(sent)) == len(sent)
+    return stored
+
+
+@EVERY_STORE
+@pytest.mark.parametrize("checkpointer", [False, True], ids=["no-checkpointer", "checkpointer"])
+def test_middleware_stores_each_message_once_whoever_writes(manager, checkpointer):
+    model = _weather_replies()
+    agent = create_agent(
+        model,
+        tools=[get_weather],
+        middleware=[ContextMiddleware(manager)],
+        checkpointer=InMemorySaver() if checkpointer else None,
+    )
+    agent.invoke({"messages": [("user", "Weather in Paris?")]}, CONFIG)
+    manager.add_user_message("s1", "x")
+    manager.add_assistant_message("s1", "y")
+    agent.invoke({"messages": [("user", "What did I ask?")]}, CONFIG)
+    stored = _no_duplicates(manager, model)
+    assert [r["role"] for r in stored] == [
+        "user", "assistant", "tool", "assistant", "user", "assistant", "user", "assistant"
+    ]  # fmt: skip
+    assert [m.content for m in model.seen[-1]][:1] == ["Weather in Paris?"]
+
+
+@EVERY_STORE
+def test_middleware_agent_used_as_a_tool(manager):
+    expert_model = _model("Take the 8:15 train.")
+    expert = create_agent(expert_model, tools=[], middleware=[ContextMiddleware(manager)])
+
+    @tool
+    def ask_expert(question: str) -> str:
+        """Ask the travel expert."""
+        return str(expert.invoke({"messages": [("user", question)]})["messages"][-1].content)
+
+    outer_model = _model(
+        AIMessage(
+            "", tool_calls=[{"name": "ask_expert", "args": {"question": "Train?"}, "id": "e1"}]
+        ),
+        "The 8:15.",
+        "You asked about Lyon.",
+    )
+    outer = create_agent(
+        outer_model,
+        tools=[ask_expert],
+        middleware=[ContextMiddleware(manager)],
+        checkpointer=InMemorySaver(),
+    )
+    outer.invoke({"messages": [("user", "To Lyon?")]}, CONFIG)
+    outer.invoke({"messages": [("user", "What did I ask?")]}, CONFIG)
+    stored = _no_duplicates(manager, outer_model)
+    assert len(stored) == 8  # outer: user, call, tool, answer, user, answer; expert: 2
+
+
+@EVERY_STORE
+async def test_contextual_chat_failures_leave_no_orphan_or_duplicate(amanager):
+    class Flaky(GenericFakeChatModel):
+        failures: int = 0
+
+        def _generate(self, *args: Any, **kwargs: Any) -> Any:
+            if self.failures:
+                self.failures -= 1
+                msg = "model down"
+                raise ConnectionError(msg)
+            return super()._generate(*args, **kwargs)
+
+    model = Flaky(messages=iter([AIMessage("one"), AIMessage("two three"), AIMessage("4")]))
+    chat = ContextualChat(amanager, model, max_tokens=200, reserve_tokens=0)
+    model.failures = 1
+    with pytest.raises(ConnectionError):
+        await chat.ainvoke("lost?", config=CONFIG)
+    model.failures = 2
+    retrying = chat.with_retry(stop_after_attempt=3, wait_exponential_jitter=False)
+    assert (await retrying.ainvoke("retried", config=CONFIG)).content == "one"
+    async for _ in chat.astream("cut", config=CONFIG):
+        break
+    with pytest.raises(BudgetExceededError):
+        await chat.ainvoke("word " * 500, config=CONFIG)
+    assert "".join([c.content async for c in chat.astream("whole", config=CONFIG)]) == "4"
+    history = await amanager.aget_history("s1")
+    assert [(r["role"], r["content"]) for r in history] == [
+        ("user", "retried"),
+        ("assistant", "one"),
+        ("user", "whole"),
+        ("assistant", "4"),
+    ]
+
+
+@EVERY_STORE
+def test_contextual_chat_sync_failures(manager):
+    chat = ContextualChat(manager, _model("a b c", "d"), max_tokens=200, reserve_tokens=0)
+    for _ in chat.stream("cut", config=CONFIG):
+        break
+    with pytest.raises(BudgetExceededError):
+        chat.invoke("word " * 500, config=CONFIG)
+    assert not manager.session_exists("s1")
+    assert chat.invoke("kept", config=CONFIG).content == "d"
+    assert [r["content"] for r in manager.get_history("s1")] == ["kept", "d"]
+
+
+@EVERY_STORE
+def test_context_memory_follows_the_session_id(manager):
+    memory = ContextMemory(manager=manager, session_id="s1")
+    memory.save_context({"input": "q1"}, {"output": "a1"})
+    memory.session_id = "s2"
+    memory.save_context({"input": "q2"}, {"output": "a2"})
+    assert [r["content"] for r in manager.get_history("s1")] == ["q1", "a1"]
+    assert [r["content"] for r in manager.get_history("s2")] == ["q2", "a2"]
+    assert memory.load_memory_variables({})["history"] == "Human: q2\nAI: a2"
