@@ -168,13 +168,16 @@ class InMemoryStore(SyncBackedStore):
         init: Header,
         now: str,
         apply: Callable[[_Session], int],
+        *,
+        appends: bool = False,
     ) -> WriteResult:
         expired: list[str] = []
         evicted: list[str] = []
         with self._lock:
             session, created = self._upsert(session_id, init, expired, evicted)
             added = apply(session)
-            self._touch(session, now)
+            if added or created or not appends:  # appending only known ids is a no-op
+                self._touch(session, now)
         self._report(expired, evicted)
         return WriteResult(created=created, added=added, evicted=tuple(evicted))
 
@@ -267,7 +270,7 @@ class InMemoryStore(SyncBackedStore):
             meta["token_count"] += tokens
             return added
 
-        return self._write(session_id, init, now, apply)
+        return self._write(session_id, init, now, apply, appends=True)
 
     @override
     def append_fetched(

@@ -574,8 +574,14 @@ class SqliteStore(SyncBackedStore):
         init: Header,
         now: str,
         apply: Callable[[sqlite3.Connection, int], int],
+        *,
+        appends: bool = False,
     ) -> WriteResult:
-        """Upsert the session, then ``apply(conn, length_of_history)`` -> items added."""
+        """Upsert the session, then ``apply(conn, length_of_history)`` -> items added.
+
+        With ``appends``, a call that added nothing to an existing session is a no-op: it
+        does not touch the timestamp, TTL or LRU order either (as on every store).
+        """
 
         def body(conn: sqlite3.Connection, tx: _Tx) -> WriteResult:
             n = self._live(conn, tx, session_id)
@@ -585,7 +591,8 @@ class SqliteStore(SyncBackedStore):
                 self._evict(conn, tx, session_id)
                 n = 0
             added = apply(conn, n)
-            conn.execute(_TOUCH_WRITE, (dumps(now), self._expires(tx), session_id))
+            if added or created or not appends:
+                conn.execute(_TOUCH_WRITE, (dumps(now), self._expires(tx), session_id))
             return WriteResult(created=created, added=added, evicted=tuple(tx.evicted))
 
         result: WriteResult = self._tx(body)
@@ -750,7 +757,7 @@ class SqliteStore(SyncBackedStore):
                 )
             return added
 
-        return self._write(session_id, init, now, apply)
+        return self._write(session_id, init, now, apply, appends=True)
 
     @override
     def append_fetched(
@@ -884,13 +891,13 @@ class SqliteStore(SyncBackedStore):
             created = self._live(conn, tx, session_id) is None
             self._drop(conn, session_id)
             self._insert(conn, session_id, header, tx)
-            # Every message is kept as imported; its id is recorded unless an earlier
-            # message of the document has the same one (the history then holds the id once).
+            # A message id is stored once, as appends do: a repeated id is skipped.
             seen: set[str] = set()
             rows = []
-            for i, m in enumerate(messages):
-                rows.append((session_id, i, m.json, None if m.id in seen else m.id))
-                seen.add(m.id)
+            for m in messages:
+                if m.id not in seen:
+                    rows.append((session_id, len(rows), m.json, m.id))
+                    seen.add(m.id)
             conn.executemany(
                 "INSERT INTO messages (session_id, seq, body, id) VALUES (?, ?, ?, ?)", rows
             )

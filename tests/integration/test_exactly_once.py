@@ -315,3 +315,14 @@ def _init(sid: str) -> Any:
     from ctx_memory.stores.base import new_header
 
     return new_header(sid, now="2026-01-01T00:00:00Z", encoding="o200k_base")
+
+
+def test_appending_only_known_ids_changes_nothing(make_store: Callable[..., BaseStore]) -> None:
+    """A no-op append leaves the timestamp (and so TTL and LRU order) as they were."""
+    store = make_store(ttl_seconds=3600)
+    cm = manager(store)
+    cm.add_messages("s", [HumanMessage("a", id="x")])
+    before = cm.get_context("s")
+    time.sleep(0.01)
+    cm.add_messages("s", [HumanMessage("a", id="x")])
+    assert cm.get_context("s") == before
