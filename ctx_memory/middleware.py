@@ -4,25 +4,25 @@ Needs the ``agents`` extra (``pip install ctx-memory[agents]``).
 
 On every model call the middleware
 
-1. appends the current run (the state's messages from the last human message on: the
-   human input, the AI tool calls, the tool results) to the session. Appends are
-   idempotent by message id, so a message the session already holds is passed over
-   whoever wrote it and whatever else was written since: another agent on the same
-   session, an agent used as a tool that inherits ``configurable.session_id``, or a
-   plain :meth:`~ctx_memory.manager.ContextManager.add_user_message`. LangGraph's
-   ``add_messages`` reducer gives every state message an id; a message without one gets
-   a deterministic id (derived from the session, the message before it and its
-   content), so a re-run stores it once too;
-2. sends the model: one system message (the agent's own system prompt, then the
+1. sends the model: one system message (the agent's own system prompt, then the
    session's system prompt, header and numbered sources ranked against the last human
    message), then as much stored history as fits the token budget (newest whole turns,
-   passing over the stored copies of the current run's messages), then the current run,
-   which is never dropped. With a LangGraph checkpointer the state also holds earlier
-   runs; those are not sent from the state but from the session, so the model gets
-   every message at most once, checkpointer or not;
-3. appends the model's reply with ``model``, ``response_time_ms``, ``sources_used`` and
-   ``tools_used`` in its metadata. A reply without an id gets a deterministic one (from
-   the request's last message), set on the message itself so the state keeps it.
+   passing over the stored copies of the current run's messages), then the current run
+   (the state's messages from the last human message on: the human input, the AI tool
+   calls, the tool results), which is never dropped. With a LangGraph checkpointer the
+   state also holds earlier runs; those are not sent from the state but from the
+   session, so the model gets every message at most once, checkpointer or not;
+2. once the model has answered, appends the current run and the reply (with ``model``,
+   ``response_time_ms``, ``sources_used`` and ``tools_used`` in its metadata) in one
+   write. A failed model call writes nothing. Appends are idempotent by message id, so
+   a message the session already holds is passed over, whoever wrote it and whatever
+   else was written since: another agent on the same session, an agent used as a tool
+   that inherits ``configurable.session_id``, or a plain
+   :meth:`~ctx_memory.manager.ContextManager.add_user_message`. LangGraph's
+   ``add_messages`` reducer gives every state message an id; a message without one gets
+   a deterministic id (derived from the session, the message before it and its
+   content), and so does a reply without one (derived from the request's last message;
+   set on the message itself so the state keeps it), so a re-run stores it once too.
 
 After the agent finishes, the current run is appended once more, which stores anything
 no model call saw (e.g. the result of a ``return_direct`` tool). Messages of earlier runs
@@ -64,6 +64,7 @@ from ctx_memory.prompt import (
     repair_tool_pairs,
     session_id_from,
 )
+from ctx_memory.schema import message_to_record, now_iso
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Generator, Sequence
@@ -226,12 +227,18 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
             return
         yield Call("add_messages", (session_id, list(messages)))
 
-    def _prepare_flow(
-        self, session_id: str, request: ModelRequest[Any]
-    ) -> Generator[Call, Any, AssembledPrompt]:
-        run = self._current_run(request.messages) if self.persist else list(request.messages)
+    def _run_of(self, session_id: str, request: ModelRequest[Any]) -> list[BaseMessage]:
+        """The current run (every message of the request if not persisting), with ids."""
+        run: list[BaseMessage] = list(request.messages)
+        if self.persist:
+            run = self._current_run(run)
         _assign_ids(session_id, run)
-        yield from self._store_flow(session_id, run)
+        return run
+
+    def _prepare_flow(
+        self, session_id: str, request: ModelRequest[Any], run: list[BaseMessage]
+    ) -> Generator[Call, Any, AssembledPrompt]:
+        """Assemble the prompt (reads only: nothing is written before the model answers)."""
         tail, _ = repair_tool_pairs(run)
         query = next((m.text for m in reversed(tail) if isinstance(m, HumanMessage)), "")
         system = request.system_message.text if request.system_message is not None else ""
@@ -254,10 +261,13 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         self,
         session_id: str,
         request: ModelRequest[Any],
+        run: list[BaseMessage],
         result: Any,
+        *,
         started: float,
         prompt: AssembledPrompt,
     ) -> Generator[Call, Any, None]:
+        """Append the current run and the reply in one write (ids already stored pass)."""
         replies = _reply_messages(result)
         anchor = str(request.messages[-1].id) if request.messages else ""
         for index, reply in enumerate(replies):
@@ -265,7 +275,10 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
                 # Set on the message itself: the state keeps this id, so the next call
                 # passes over the stored copy; and a re-run of this call gets it again.
                 reply.id = _stable_id(session_id, anchor, "reply", str(index))
-        if not self.persist or not replies:
+        if not self.persist:
+            return
+        if not replies:
+            yield from self._store_flow(session_id, run)
             return
         model = request.model
         name = self.model_name or next(
@@ -287,7 +300,13 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
             "sources_used": list(prompt.report.source_urls),
             "tools_used": tools,
         }
-        yield Call("add_messages", (session_id, replies), {"metadata": metadata})
+        now = now_iso()
+        records = []
+        for reply in replies:
+            record = message_to_record(reply, timestamp=now, metadata=metadata)
+            del record["token_count"]  # counted by the manager
+            records.append(record)
+        yield Call("add_messages", (session_id, [*run, *records]))
 
     # ------------------------------------------------------------ hooks
 
@@ -298,10 +317,12 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         handler: Callable[[ModelRequest[Any]], ModelResponse[Any]],
     ) -> ModelCallResult[Any]:
         session_id = self._session(request.runtime)
-        prompt = drive(self.manager, self._prepare_flow(session_id, request))
+        run = self._run_of(session_id, request)
+        prompt = drive(self.manager, self._prepare_flow(session_id, request, run))
         started = time.perf_counter()
         result = handler(self._override(request, prompt))
-        drive(self.manager, self._reply_flow(session_id, request, result, started, prompt))
+        flow = self._reply_flow(session_id, request, run, result, started=started, prompt=prompt)
+        drive(self.manager, flow)
         return result
 
     @override
@@ -311,10 +332,12 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         handler: Callable[[ModelRequest[Any]], Awaitable[ModelResponse[Any]]],
     ) -> ModelCallResult[Any]:
         session_id = self._session(request.runtime)
-        prompt = await adrive(self.manager, self._prepare_flow(session_id, request))
+        run = self._run_of(session_id, request)
+        prompt = await adrive(self.manager, self._prepare_flow(session_id, request, run))
         started = time.perf_counter()
         result = await handler(self._override(request, prompt))
-        await adrive(self.manager, self._reply_flow(session_id, request, result, started, prompt))
+        flow = self._reply_flow(session_id, request, run, result, started=started, prompt=prompt)
+        await adrive(self.manager, flow)
         return result
 
     def _finish_flow(self, session_id: str, state: AgentState[Any]) -> Generator[Call, Any, None]:

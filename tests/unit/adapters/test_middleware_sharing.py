@@ -11,7 +11,7 @@ from collections import Counter
 from types import SimpleNamespace
 
 import pytest
-from adapter_fakes import fake_model, get_weather, tool_call
+from adapter_fakes import fake_model, flaky_model, get_weather, tool_call
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelRequest, ModelResponse
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
@@ -263,3 +263,26 @@ def test_after_agent_never_writes_back_earlier_runs(manager):
     agent.invoke({"messages": [("user", "second")]}, _config())
     assert [r["content"] for r in manager.get_history("s1")] == ["second", "second answer"]
     assert [m.content for m in model.seen[-1][1:]] == ["second"]
+
+
+@CHECKPOINTERS
+async def test_a_failed_model_call_writes_nothing(manager, checkpointer):
+    model = flaky_model("Here you go.", failures=1)
+    agent = _agent(manager, model, checkpointer=checkpointer, tools=[])
+    with pytest.raises(ConnectionError):
+        agent.invoke({"messages": [("user", "lost?")]}, _config())
+    assert manager.get_history("s1") == []
+    await agent.ainvoke({"messages": [("user", "again")]}, _config())
+    assert [r["content"] for r in manager.get_history("s1")] == ["again", "Here you go."]
+
+
+def test_the_run_and_the_reply_land_in_one_write(manager):
+    writes = []
+    manager.on("message_added", writes.append)
+    model = fake_model(tool_call("get_weather", "c1", city="Paris"), "Sunny.")
+    _agent(manager, model, checkpointer=False).invoke(
+        {"messages": [("user", "Weather?")]}, _config()
+    )
+    # call 1: question + tool call; call 2: tool result + answer (the rest already held)
+    assert len(writes) == 2
+    assert len(manager.get_history("s1")) == 4
