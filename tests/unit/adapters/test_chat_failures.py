@@ -278,3 +278,24 @@ async def test_the_turn_ids(manager):
     # The same question message again is the same turn: nothing new is stored.
     chat.invoke(HumanMessage("with my id", id="q-1"), config=CONFIG)
     assert len(manager.get_history("s1")) == 4
+
+
+def test_the_reply_is_stored_losslessly_in_the_turn_write(manager):
+    reply = AIMessage(
+        [{"type": "text", "text": "Booked."}],
+        name="planner",
+        tool_calls=[{"name": "book", "args": {"city": "Paris"}, "id": "c1"}],
+        usage_metadata={"input_tokens": 30, "output_tokens": 2, "total_tokens": 32},
+        response_metadata={"model_name": "gpt-x", "finish_reason": "stop"},
+        additional_kwargs={"refusal": None},
+    )
+    chat = ContextualChat(manager, GenericFakeChatModel(messages=iter([reply])))
+    returned = chat.invoke("Book Paris", config=CONFIG)
+    question, answer = manager.get_messages("s1")
+    assert (question.type, question.content) == ("human", "Book Paris")
+    assert answer == returned
+    assert returned.model_dump(exclude={"id"}) == reply.model_dump(exclude={"id"})
+    record = manager.get_history("s1")[1]
+    assert record["metadata"]["model"] == "gpt-x"
+    assert record["metadata"]["tools_used"] == ["book"]
+    assert manager.get_history("s1")[0]["metadata"] == {}
