@@ -1,4 +1,4 @@
-"""The ``ctx-memory`` command line.
+r"""The ``ctx-memory`` command line.
 
 Every command works on the store that settings select (``STORE``, ``SQLITE_PATH``,
 ``REDIS_URL`` from ``settings.toml`` / ``CTX_MEMORY_*``); the global options ``--store``,
@@ -6,6 +6,11 @@ Every command works on the store that settings select (``STORE``, ``SQLITE_PATH`
 
 Exit codes: ``0`` success, ``1`` a session or file was not found, input was invalid or
 the store failed, ``2`` wrong usage (unknown option, missing argument, bad setting).
+Errors are one line on stderr, never a traceback, and never show a password.
+
+Stored data is printed literally: ids, metadata, sources and keys are never read as rich
+markup, and control characters in them are shown escaped (``\n``, ``\x1b``), so a
+session cannot break or forge the terminal output.
 
 File formats: ``export ID`` writes one pretty-printed JSON document; ``export --all`` (or
 several ids) writes JSON Lines, one compact document per line. ``import`` reads a single
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -28,7 +34,12 @@ import typer
 
 from ctx_memory.config import Settings, load_settings
 from ctx_memory.display import SessionView
-from ctx_memory.errors import ConfigurationError, CtxMemoryError, DocumentImportError
+from ctx_memory.errors import (
+    ConfigurationError,
+    CtxMemoryError,
+    DocumentImportError,
+    ValidationError,
+)
 from ctx_memory.manager import ContextManager
 from ctx_memory.schema import parse_document, validate_session_id
 
@@ -37,8 +48,9 @@ if TYPE_CHECKING:
 
     from rich.console import Console
     from rich.progress import Progress
+    from rich.text import Text
 
-__all__ = ["InputFileError", "ParsedDocument", "app", "main", "read_documents"]
+__all__ = ["InputFileError", "ParsedDocument", "app", "main", "printable", "read_documents"]
 
 _MEMORY_NOTE = (
     "The in-memory store (the default) lives only as long as one command, so on it the "
@@ -81,10 +93,7 @@ class _Options:
 
     def settings(self) -> Settings:
         """Settings from files and environment with these options applied."""
-        settings = load_settings(**self.overrides())
-        if self.max_sessions == 0:  # "no limit": keyword overrides cannot carry None
-            settings = settings.model_copy(update={"max_sessions": None})
-        return settings
+        return load_settings(**self.overrides())
 
     def overrides(self) -> dict[str, Any]:
         store = self.store
@@ -101,7 +110,7 @@ class _Options:
             values["sqlite_path"] = str(self.sqlite_path)
         if self.redis_url is not None:
             values["redis_url"] = self.redis_url
-        if self.max_sessions:
+        if self.max_sessions is not None:  # 0: no limit
             values["max_sessions"] = self.max_sessions
         return values
 
@@ -109,8 +118,50 @@ class _Options:
 # --------------------------------------------------------------------------- helpers
 
 
+# C0 and C1 control characters, DEL, bidi overrides and line/paragraph separators: what
+# moves the cursor, recolours the terminal or reorders what is shown.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_CONTROL_NO_NEWLINE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(value: object, *, multiline: bool = False) -> str:
+    r"""``value`` as text safe for a terminal: control characters shown escaped.
+
+    A newline becomes the two characters ``\n``, ESC becomes ``\x1b``, and so on; with
+    ``multiline`` (message bodies, the system prompt) newlines and tabs are kept.
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.cli import printable
+
+            assert printable("a\r\nb\x1b[31m") == "a\\r\\nb\\x1b[31m"
+            assert printable("line 1\nline 2", multiline=True) == "line 1\nline 2"
+    """
+    text = value if isinstance(value, str) else str(value)
+    return (_CONTROL_NO_NEWLINE if multiline else _CONTROL).sub(_escape_char, text)
+
+
+def _text(value: object, style: str = "", *, multiline: bool = False) -> Text:
+    """A rich ``Text`` showing ``value`` literally (never parsed as markup)."""
+    from rich.text import Text  # noqa: PLC0415
+
+    return Text(printable(value, multiline=multiline), style=style)
+
+
 def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {message}", err=True)
+    typer.echo(f"error: {printable(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -130,21 +181,26 @@ def _open(ctx: typer.Context) -> Iterator[ContextManager]:
         try:
             yield root
         except CtxMemoryError as e:
-            _fail(str(e))
+            _fail_with(e)
         return
     options: _Options = root if isinstance(root, _Options) else _Options()
     try:
         # Settings first: ContextManager's own ``store=`` keyword takes a store object.
         manager = ContextManager(options.settings())
-    except ConfigurationError as e:
+    except ValidationError as e:  # a setting the store refuses: a usage error, like a bad one
         _fail(str(e), code=2)
     except CtxMemoryError as e:
-        _fail(str(e))
+        _fail_with(e)
     try:
         with manager:
             yield manager
     except CtxMemoryError as e:
-        _fail(str(e))
+        _fail_with(e)
+
+
+def _fail_with(error: CtxMemoryError) -> NoReturn:
+    """Exit for a package error: ``2`` for a bad setting, else ``1`` (one line, no traceback)."""
+    _fail(str(error), code=2 if isinstance(error, ConfigurationError) else 1)
 
 
 def _stdout_console() -> Console:
@@ -225,24 +281,32 @@ def read_documents(text: str) -> list[ParsedDocument]:
 
     Raises:
         InputFileError: The text is not valid JSON at some point (names the document,
-            line and column) or holds no document.
+            line and column), nests too deeply to decode, or holds no document.
     """
     decoder = json.JSONDecoder()
     values: list[tuple[int, Any]] = []
-    pos = 0
+    pos = counted = 0
+    line = 1
     length = len(text)
     while True:
         while pos < length and text[pos] in " \t\r\n\ufeff":
             pos += 1
         if pos >= length:
             break
-        line = text.count("\n", 0, pos) + 1
+        line += text.count("\n", counted, pos)
+        counted = pos
+        where = f"document {len(values) + 1} (line {line})"
         try:
             value, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as e:
-            where = f"document {len(values) + 1} (line {line})"
             msg = f"{where}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
-            raise InputFileError(msg) from e
+            raise InputFileError(msg) from None
+        except RecursionError:
+            msg = f"{where}: nested too deeply to decode"
+            raise InputFileError(msg) from None
+        except ValueError as e:  # e.g. an integer literal of more than 4300 digits
+            msg = f"{where}: not decodable: {e}"
+            raise InputFileError(msg) from None
         values.append((line, value))
     if not values:
         msg = "no documents found (the file is empty)"
@@ -257,14 +321,15 @@ def read_documents(text: str) -> list[ParsedDocument]:
 
 
 def _read_input(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
     try:
+        if path == "-":
+            raw = getattr(sys.stdin, "buffer", None)  # bytes: decode errors are ours to report
+            return raw.read().decode("utf-8") if raw is not None else sys.stdin.read()
         return Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         _fail(f"{path}: no such file")
     except (OSError, UnicodeDecodeError) as e:
-        _fail(f"{path}: cannot read: {e}")
+        _fail(f"{path}: cannot read: {e}; nothing was imported")
 
 
 # --------------------------------------------------------------------------- commands
@@ -326,7 +391,11 @@ def demo(
     from ctx_memory.demo import run_demo  # noqa: PLC0415
 
     with _open(ctx) as manager:
-        run_demo(manager, session_id=session_id, echo=typer.echo)
+        run_demo(
+            manager,
+            session_id=session_id,
+            echo=lambda text: typer.echo(printable(text, multiline=True)),
+        )
 
 
 @sessions_app.command("list")
@@ -345,31 +414,35 @@ def sessions_list(
             return
         if not long:
             for session_id in ids:
-                typer.echo(session_id)
+                typer.echo(printable(session_id))
             return
         from rich.table import Table  # noqa: PLC0415
 
         table = Table("session", "mode", "messages", "sources", "tokens", "last update")
         for session_id in ids:
-            stats = manager.get_memory_stats(session_id)
+            try:
+                stats = manager.get_memory_stats(session_id)
+            except ValidationError as e:  # stored before its id became invalid: show, go on
+                table.add_row(_text(session_id), _text(f"(unreadable: {e})"))
+                continue
             if not stats.get("exists"):
                 continue
             table.add_row(
-                session_id,
-                str(stats.get("mode") or ""),
-                str(stats["message_count"]),
-                str(stats["fetched_item_count"]),
-                str(stats["total_tokens"]),
-                str(stats.get("last_updated") or ""),
+                _text(session_id),
+                _text(stats.get("mode") or ""),
+                _text(stats["message_count"]),
+                _text(stats["fetched_item_count"]),
+                _text(stats["total_tokens"]),
+                _text(stats.get("last_updated") or ""),
             )
         _stdout_console().print(table)
         _note(f"{len(ids)} session(s) on {manager.store.name}")
 
 
 def _print_session(console: Console, document: dict[str, Any], *, full: bool) -> None:
+    """Pretty-print a session; every stored value goes through :func:`_text` (literal)."""
     from rich.panel import Panel  # noqa: PLC0415
     from rich.table import Table  # noqa: PLC0415
-    from rich.text import Text  # noqa: PLC0415
 
     def clip(value: object, limit: int = 300) -> str:
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
@@ -377,14 +450,15 @@ def _print_session(console: Console, document: dict[str, Any], *, full: bool) ->
 
     meta = document.get("metadata") or {}
     info = Table.grid(padding=(0, 2))
-    info.add_column(style="bold")
+    info.add_column()
     info.add_column()
     for key, value in meta.items():
-        info.add_row(str(key), clip(value, 120))
-    console.print(Panel(info, title=Text(f"session {meta.get('session_id', '?')}"), expand=False))
+        info.add_row(_text(key, "bold"), _text(clip(value, 120)))
+    title = _text(f"session {meta.get('session_id', '?')}")
+    console.print(Panel(info, title=title, expand=False))
     if document.get("system_prompt"):
-        console.print(Text("System prompt", style="bold magenta"))
-        console.print(Text(clip(document["system_prompt"])))
+        console.print(_text("System prompt", "bold magenta"))
+        console.print(_text(clip(document["system_prompt"]), multiline=True))
     fetched = document.get("fetched_context") or {}
     items = [(t, i) for t, entries in fetched.items() for i in entries]
     if items:
@@ -394,31 +468,37 @@ def _print_session(console: Console, document: dict[str, Any], *, full: bool) ->
         for n, (source_type, item) in enumerate(items, 1):
             data = item.get("extracted_data") or {}
             sources.add_row(
-                str(n),
-                source_type,
-                Text(clip(data.get("title") or "", 80)),
-                Text(str(item.get("url") or "")),
-                str(item.get("token_count", "")),
+                _text(n),
+                _text(source_type),
+                _text(clip(data.get("title") or "", 80)),
+                _text(item.get("url") or ""),
+                _text(item.get("token_count", "")),
             )
         console.print(sources)
     shown = document.get("conversation_history") or []  # already cut to --last
-    total = max(len(shown), int(meta.get("message_count") or 0))
-    console.print(Text(f"Conversation ({total} messages, showing {len(shown)})", style="bold"))
+    total = max(len(shown), _count(meta.get("message_count")))
+    console.print(_text(f"Conversation ({total} messages, showing {len(shown)})", "bold"))
     colors = {"user": "blue", "assistant": "green", "system": "magenta", "tool": "yellow"}
     for record in shown:
         role = str(record.get("role", "?"))
-        head = Text(f"{role:>9} ", style=f"bold {colors.get(role, 'white')}")
-        head.append(f"{record.get('timestamp', '')}  {record.get('token_count', 0)} tokens", "dim")
+        head = _text(f"{role:>9} ", f"bold {colors.get(role, 'white')}")
+        stamp = f"{record.get('timestamp', '')}  {record.get('token_count', 0)} tokens"
+        head.append_text(_text(stamp, "dim"))
         model = (record.get("metadata") or {}).get("model")
         if model:
-            head.append(f"  {model}", "dim")
+            head.append_text(_text(f"  {model}", "dim"))
         console.print(head)
-        content = record.get("content")
-        console.print(Text(clip(content)))
+        console.print(_text(clip(record.get("content")), multiline=True))
     shared = document.get("shared") or {}
-    if shared:
-        console.print(Text("Shared state", style="bold"))
-        console.print(Text(clip(json.dumps(shared, ensure_ascii=False, indent=2), 2000)))
+    if shared:  # JSON escapes control characters in keys and values itself
+        console.print(_text("Shared state", "bold"))
+        shared_json = clip(json.dumps(shared, ensure_ascii=False, indent=2), 2000)
+        console.print(_text(shared_json, multiline=True))
+
+
+def _count(value: object) -> int:
+    """A stored count, or 0 when the stored value is not a plain number."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 @app.command()
@@ -527,22 +607,24 @@ def _validate_all(
     session_id: str | None,
     overwrite: bool,
 ) -> tuple[list[str], list[str]]:
-    """Check every document; return (target ids, error messages). Writes nothing."""
+    """Check every document; return (target ids, error messages). Writes nothing.
+
+    Checks what :meth:`ContextManager.import_session` and every store would refuse: the
+    shape (a JSON object, not text holding one), every field, the value limits (valid
+    Unicode, integer range, nesting), the session id, duplicates and ``--no-overwrite``.
+    """
     targets: list[str] = []
     errors: list[str] = []
     first_seen: dict[str, ParsedDocument] = {}
     for doc in documents:
-        try:
-            parsed = parse_document(doc.data)
-            target = session_id if session_id is not None else parsed.metadata.session_id
-            try:
-                validate_session_id(target)
-            except CtxMemoryError as e:
-                raise DocumentImportError("metadata.session_id", str(e)) from e
-        except DocumentImportError as e:
-            field = f"field {e.field}" if e.field else "the whole document"
-            errors.append(f"{doc.where}, {field}: {e}")
+        if not isinstance(doc.data, dict):  # text is never re-parsed: no double decoding
+            errors.append(_not_an_object(doc))
             continue
+        problem = _document_problem(doc.data, session_id)
+        if isinstance(problem, str):
+            errors.append(f"{doc.where}, {problem}")
+            continue
+        target = problem[0]
         if target in first_seen:
             errors.append(
                 f"{doc.where}, field metadata.session_id: session {target!r} also in "
@@ -559,6 +641,46 @@ def _validate_all(
             if manager.session_exists(t)
         )
     return targets, errors
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    return "null" if value is None else type(value).__name__
+
+
+def _not_an_object(doc: ParsedDocument) -> str:
+    message = (
+        f"document {doc.index} is {_json_kind(doc.data)}, expected a session object "
+        f"(line {doc.line})"
+    )
+    if isinstance(doc.data, str) and doc.data.lstrip().startswith("{"):
+        message += "; it holds JSON text: was the document encoded twice?"
+    return message
+
+
+def _document_problem(data: dict[str, Any], session_id: str | None) -> tuple[str] | str:
+    """``(target id,)`` for a document the store will take, else ``"field X: why"``."""
+    try:
+        parsed = parse_document(data)
+        target = session_id if session_id is not None else parsed.metadata.session_id
+        try:
+            validate_session_id(target)
+        except CtxMemoryError as e:
+            raise DocumentImportError("metadata.session_id", str(e)) from None
+    except DocumentImportError as e:
+        field = f"field {e.field}" if e.field else "the whole document"
+        return f"{field}: {e}"
+    except ValidationError as e:  # any other refusal, with the path when it has one
+        path = getattr(e, "path", "") or getattr(e, "field", "")
+        return f"{f'field {path}' if path else 'the whole document'}: {e}"
+    return (target,)
 
 
 def _check_capacity(manager: ContextManager, targets: list[str]) -> str | None:
@@ -627,17 +749,67 @@ def import_(
         if dry_run:
             _note(f"{file}: {len(documents)} valid document(s); nothing written (--dry-run)")
             return
-        done = 0
-        with _progress("importing") as progress:
-            task = progress.add_task("import", total=len(documents))
-            for doc, target in zip(documents, targets, strict=True):
-                try:
-                    manager.import_session(doc.data, session_id=target, overwrite=overwrite)
-                except CtxMemoryError as e:
-                    _fail(f"{file}: {doc.where}: {e} ({done} session(s) were imported before)")
-                done += 1
-                progress.advance(task)
-        _note(f"imported {done} session(s) from {file} into {manager.store.name}")
+        failure = _write_all(manager, documents, targets, overwrite=overwrite)
+        if failure is not None:
+            _fail(f"{file}: {failure}")
+        _note(f"imported {len(targets)} session(s) from {file} into {manager.store.name}")
+
+
+def _write_all(
+    manager: ContextManager,
+    documents: list[ParsedDocument],
+    targets: list[str],
+    *,
+    overwrite: bool,
+) -> str | None:
+    """Import validated documents, all or nothing; the error message if it failed.
+
+    A write can still fail after validation (the store goes down, a check this module
+    does not know of): then every session written so far is put back as it was (deleted,
+    or restored from the copy read before writing) and the message says so.
+    """
+    before: dict[str, dict[str, Any]] = {}
+    if overwrite:
+        for target in targets:
+            existing = manager.get_context(target)
+            if existing:
+                before[target] = existing
+    touched: list[str] = []
+    failure: str | None = None
+    with _progress("importing") as progress:
+        task = progress.add_task("import", total=len(documents))
+        for doc, target in zip(documents, targets, strict=True):
+            touched.append(target)
+            try:
+                manager.import_session(doc.data, session_id=target, overwrite=overwrite)
+            except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - undo, whatever failed
+                detail = str(e) if isinstance(e, CtxMemoryError) else f"{type(e).__name__}: {e}"
+                failure = f"{doc.where}: {detail}"
+                break
+            progress.advance(task)
+    if failure is None:
+        return None
+    left = _undo(manager, touched, before)
+    if not left:
+        return f"{failure}; nothing was imported (the {len(touched) - 1} written were undone)"
+    shown = ", ".join(map(repr, left[:10])) + (" …" if len(left) > 10 else "")
+    return f"{failure}; could not undo {len(left)} session(s): {shown}"
+
+
+def _undo(
+    manager: ContextManager, touched: list[str], before: dict[str, dict[str, Any]]
+) -> list[str]:
+    """Put ``touched`` sessions back as in ``before`` (absent: delete); those that failed."""
+    left = []
+    for target in reversed(touched):
+        try:
+            if target in before:
+                manager.import_session(before[target], session_id=target, overwrite=True)
+            else:
+                manager.delete_context(target)
+        except Exception:  # noqa: BLE001 - report what is left, keep undoing the rest
+            left.append(target)
+    return left
 
 
 @app.command()
@@ -674,13 +846,13 @@ def stats(
         from rich.table import Table  # noqa: PLC0415
 
         table = Table(show_header=False, box=None, padding=(0, 2))
-        table.add_column(style="bold")
+        table.add_column()
         table.add_column()
         for key, value in result.items():
             shown = (
                 json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else value
             )
-            table.add_row(key, str(shown))
+            table.add_row(_text(key, "bold"), _text(shown))
         _stdout_console().print(table)
 
 

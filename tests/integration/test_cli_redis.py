@@ -232,3 +232,104 @@ def test_round_trip_through_redis_cluster(
         for key in client.scan_iter(match=f"{key_prefix}:*", count=1000):
             client.delete(key)
         client.close()
+
+
+# --------------------------------------------------------------------------- issue 8
+
+
+def redis_manager(redis_url: str, key_prefix: str) -> ContextManager:
+    return ContextManager(
+        store="redis", redis_url=redis_url, redis_key_prefix=key_prefix, token_counter="approximate"
+    )
+
+
+def snapshot(redis_url: str, key_prefix: str) -> dict[str, dict[str, Any]]:
+    with redis_manager(redis_url, key_prefix) as cm:
+        return normalised({sid: cm.get_context(sid) for sid in cm.list_sessions()})
+
+
+@pytest.mark.parametrize("bad", [0, 2, 4], ids=["first", "middle", "last"])
+def test_lone_surrogate_anywhere_writes_nothing_to_redis(
+    tmp_path: Path, redis_env: dict[str, str], redis_url: str, key_prefix: str, bad: int
+) -> None:
+    with redis_manager(redis_url, key_prefix) as cm:
+        cm.add_user_message("already-here", "keep me")
+        cm.add_user_message("s1", "an older s1")
+    before, keys = snapshot(redis_url, key_prefix), sorted(redis_keys(redis_url, key_prefix))
+    db = tmp_path / "s.db"
+    with ContextManager(load_settings(store="sqlite", sqlite_path=str(db))) as cm:
+        for i in range(5):
+            cm.add_user_message(f"s{i}", f"hello {i}")
+    lines = cli(["--sqlite-path", str(db), "export", "--all"]).stdout.splitlines()
+    lines[bad] = lines[bad].replace(f'"hello {bad}"', f'"hello {bad}\\ud83d"')
+    result = cli(["--store", "redis", "import", "-"], env=redis_env, input="\n".join(lines))
+    assert result.exit_code == 1, result.output
+    assert f"document {bad + 1} (line {bad + 1}), field conversation_history" in result.stderr
+    assert "nothing was imported" in result.stderr
+    assert "Traceback" not in result.output
+    assert snapshot(redis_url, key_prefix) == before
+    assert sorted(redis_keys(redis_url, key_prefix)) == keys
+
+
+def test_a_write_failing_half_way_is_undone(
+    redis_server_factory: Any, tmp_path: Path, key_prefix: str
+) -> None:
+    """The server refuses the file's 6th session (a request over ``proto-max-bulk-len``),
+    which validation cannot know: the sessions written before are taken back."""
+    server = redis_server_factory("--proto-max-bulk-len", "1mb")
+    with redis_manager(server.url, key_prefix) as cm:
+        cm.add_user_message("s0", "the original s0")  # in the file too: restored
+        cm.add_user_message("already-here", "keep me")
+    before = snapshot(server.url, key_prefix)
+    with ContextManager(
+        store="sqlite", sqlite_path=str(tmp_path / "s.db"), token_counter="approximate"
+    ) as cm:
+        for i in range(8):
+            cm.add_user_message(f"s{i}", f"imported {i} " + ("x" * 1_500_000 if i == 5 else ""))
+        text = "".join(json.dumps(cm.get_context(f"s{i}")) + "\n" for i in range(8))
+    env = {
+        "CTX_MEMORY_REDIS_URL": server.url,
+        "CTX_MEMORY_REDIS_KEY_PREFIX": key_prefix,
+        "CTX_MEMORY_TOKEN_COUNTER": "approximate",
+        "CTX_MEMORY_REDIS_MAX_RETRIES": "0",
+    }
+    result = cli(["--store", "redis", "import", "-"], env=env, input=text)
+    assert result.exit_code == 1, result.output
+    assert "document 6 (line 6)" in result.stderr
+    assert "nothing was imported (the 5 written were undone)" in result.stderr
+    assert "Traceback" not in result.output
+    assert snapshot(server.url, key_prefix) == before
+
+
+def test_hostile_values_are_printed_literally_from_redis(
+    redis_env: dict[str, str], redis_url: str, key_prefix: str
+) -> None:
+    with redis_manager(redis_url, key_prefix) as cm:
+        for sid in ("[/]", "[bold]x[/bold]"):
+            cm.update_metadata(sid, current_url="[/]", note="\x1b[31mred\r\n")
+            cm.add_fetched_context(sid, "[/]", "body", extracted_data={"title": "[b]t"})
+            cm.set_context(sid, "[/]", 1)
+            cm.add_user_message(sid, "[bold]hi[/bold]")
+    env = {**redis_env, "COLUMNS": "250"}
+    for command in (
+        ["sessions", "list"],
+        ["sessions", "list", "-l"],
+        ["show", "[/]"],
+        ["show", "[bold]x[/bold]"],
+        ["stats", "[/]"],
+        ["stats"],
+    ):
+        result = cli(["--store", "redis", *command], env=env)
+        assert result.exit_code == 0, (command, result.output)
+        assert "\x1b" not in result.stdout
+        assert "\r" not in result.stdout
+    shown = cli(["--store", "redis", "show", "[bold]x[/bold]"], env=env).stdout
+    for literal in (
+        "session [bold]x[/bold]",
+        "[/]",
+        "\\x1b[31mred\\r\\n",
+        "[b]t",
+        "[bold]hi[/bold]",
+    ):
+        assert literal in shown, literal
+    assert "[bold]x[/bold]" in cli(["--store", "redis", "sessions", "list", "-l"], env=env).stdout
