@@ -25,7 +25,7 @@ import re
 import sys
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -88,7 +88,7 @@ class _Options:
 
     store: _StoreName | None = None
     sqlite_path: Path | None = None
-    redis_url: str | None = None
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
     max_sessions: int | None = None
 
     def settings(self) -> Settings:
@@ -675,8 +675,8 @@ def _document_problem(data: dict[str, Any], session_id: str | None) -> tuple[str
         except CtxMemoryError as e:
             raise DocumentImportError("metadata.session_id", str(e)) from None
     except DocumentImportError as e:
-        field = f"field {e.field}" if e.field else "the whole document"
-        return f"{field}: {e}"
+        where = f"field {e.field}" if e.field else "the whole document"
+        return f"{where}: {e}"
     except ValidationError as e:  # any other refusal, with the path when it has one
         path = getattr(e, "path", "") or getattr(e, "field", "")
         return f"{f'field {path}' if path else 'the whole document'}: {e}"

@@ -288,3 +288,9 @@ def test_real_entry_point_prints_no_secret_and_no_traceback(url: str) -> None:
     assert "Traceback" not in done.stderr
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert done.returncode == (2 if url in MALFORMED else 1)
+
+
+def test_cli_options_repr_hides_the_url() -> None:
+    from ctx_memory.cli import _Options
+
+    assert_no_secret(repr(_Options(redis_url=VALID[0])))
