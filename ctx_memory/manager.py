@@ -409,7 +409,7 @@ class ContextManager(Closeable):
         await self._adrive(self._partial_flow(session_id, partial_context))
 
     def _get_context_flow(self, session_id: str) -> Generator[_Op, Any, dict[str, Any]]:
-        validate_session_id(session_id)
+        validate_session_id(session_id, existing=True)
         document = yield _Op("get_document", (session_id,))
         return document or {}
 
@@ -422,7 +422,7 @@ class ContextManager(Closeable):
         return await self._adrive(self._get_context_flow(session_id))
 
     def _delete_flow(self, session_id: str) -> Generator[_Op, Any, bool]:
-        validate_session_id(session_id)
+        validate_session_id(session_id, existing=True)
         existed = yield _Op("delete", (session_id,))
         if existed:
             self.events.emit(EventType.SESSION_DELETED, session_id)
@@ -868,7 +868,7 @@ class ContextManager(Closeable):
     def _history_flow(
         self, session_id: str, last_k: int | None
     ) -> Generator[_Op, Any, list[dict[str, Any]]]:
-        validate_session_id(session_id)
+        validate_session_id(session_id, existing=True)
         if last_k is not None and (not isinstance(last_k, int) or last_k < 0):
             msg = f"last_k must be a non-negative int or None, got {last_k!r}"
             raise ValidationError(msg)
@@ -898,18 +898,18 @@ class ContextManager(Closeable):
 
     def get_message_range(self, session_id: str, start: int, end: int) -> list[dict[str, Any]]:
         """Records ``start..end`` inclusive, negative indices from the end (LRANGE)."""
-        validate_session_id(session_id)
+        validate_session_id(session_id, existing=True)
         return self.store.get_messages(session_id, start, end)
 
     async def aget_message_range(
         self, session_id: str, start: int, end: int
     ) -> list[dict[str, Any]]:
         """Async :meth:`get_message_range`."""
-        validate_session_id(session_id)
+        validate_session_id(session_id, existing=True)
         return await self.store.aget_messages(session_id, start, end)
 
     def _header_flow(self, session_id: str) -> Generator[_Op, Any, Header | None]:
-        validate_session_id(session_id)
+        validate_session_id(session_id, existing=True)
         header = yield _Op("get_header", (session_id,))
         return header  # type: ignore[no-any-return]
 
@@ -944,7 +944,7 @@ class ContextManager(Closeable):
     def _fetched_read_flow(
         self, session_id: str, source_type: str | None
     ) -> Generator[_Op, Any, dict[str, list[dict[str, Any]]]]:
-        validate_session_id(session_id)
+        validate_session_id(session_id, existing=True)
         fetched = yield _Op("get_fetched", (session_id, source_type))
         return fetched  # type: ignore[no-any-return]
 
@@ -992,7 +992,7 @@ class ContextManager(Closeable):
     # ----------------------------------------------------------------- lifecycle
 
     def _clear_flow(self, session_id: str, preserve_fetched: bool) -> Generator[_Op, Any, bool]:
-        validate_session_id(session_id)
+        validate_session_id(session_id, existing=True)
         existed = yield _Op(
             "clear", (session_id,), {"now": now_iso(), "preserve_fetched": preserve_fetched}
         )
@@ -1015,7 +1015,7 @@ class ContextManager(Closeable):
         return await self._adrive(self._clear_flow(session_id, preserve_fetched))
 
     def _exists_flow(self, session_id: str) -> Generator[_Op, Any, bool]:
-        validate_session_id(session_id)
+        validate_session_id(session_id, existing=True)
         exists = yield _Op("exists", (session_id,))
         return bool(exists)
 
@@ -1170,7 +1170,8 @@ class ContextManager(Closeable):
         try:
             check_shared_size(dumps(document.shared))
         except ValidationError as e:
-            raise DocumentImportError("shared", f"invalid session document at shared: {e}") from None
+            msg = f"invalid session document at shared: {e}"
+            raise DocumentImportError("shared", msg) from None
         header: Header = {
             "system_prompt": document.system_prompt,
             "metadata": metadata,

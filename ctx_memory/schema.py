@@ -140,12 +140,16 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-def validate_session_id(session_id: object) -> str:
+def validate_session_id(session_id: object, *, existing: bool = False) -> str:
     """Return ``session_id`` if it is acceptable, else raise.
 
     Any printable characters are allowed (stores escape them); the id must be a non-blank
     string of at most :data:`MAX_SESSION_ID_LENGTH` characters, valid Unicode (no lone
-    surrogates) and free of control characters (``\\x00``-``\\x1f``, ``\\x7f``).
+    surrogates) and free of control characters (U+0000 to U+001F and U+007F).
+
+    With ``existing`` (reading, clearing or deleting a session, which creates nothing),
+    control characters are let through, so a session stored under such an id by an
+    earlier version can still be read, exported and deleted.
 
     Raises:
         InvalidSessionIdError: The id is not a string, blank, too long, or contains a
@@ -162,7 +166,7 @@ def validate_session_id(session_id: object) -> str:
             f"session id is {len(session_id)} characters long; the limit is {MAX_SESSION_ID_LENGTH}"
         )
         raise InvalidSessionIdError(msg)
-    bad = _BAD_ID_CHAR.search(session_id)
+    bad = (_SURROGATE if existing else _BAD_ID_CHAR).search(session_id)
     if bad is not None:
         kind = "a lone surrogate" if "\ud800" <= bad.group() <= "\udfff" else "a control character"
         msg = (
@@ -196,22 +200,10 @@ def check_json_native(value: Any, path: str = "value") -> None:
     stack: list[tuple[str, Any, int]] = [(path, value, 0)]
     while stack:
         where, item, depth = stack.pop()
-        if item is None or item is True or item is False:
-            continue
-        if isinstance(item, str):
-            if _SURROGATE.search(item) is not None:
-                msg = f"{where} holds a lone surrogate, which is not valid Unicode"
-                raise NotSerializableError(where, msg)
-            continue
-        if isinstance(item, int):
-            if not MIN_INT <= item <= MAX_INT:
-                msg = f"{where} is an integer outside the signed 64-bit range"
-                raise NotSerializableError(where, msg)
-            continue
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                msg = f"{where} is {item!r}, which JSON cannot represent"
-                raise NotSerializableError(where, msg)
+        if item is None or isinstance(item, (str, int, float)):
+            problem = _scalar_problem(item)
+            if problem:
+                raise NotSerializableError(where, f"{where} {problem}")
             continue
         if isinstance(item, (dict, list, tuple)) and depth >= MAX_DEPTH:
             msg = f"{where} is nested more than {MAX_DEPTH} levels deep"
@@ -236,6 +228,19 @@ def check_json_native(value: Any, path: str = "value") -> None:
             "(use str, int, float, bool, None, list or dict)"
         )
         raise NotSerializableError(where, msg)
+
+
+def _scalar_problem(item: str | float | None) -> str:
+    """Why a JSON scalar cannot be stored exactly (``""`` when it can)."""
+    if isinstance(item, str):
+        return (
+            "holds a lone surrogate, which is not valid Unicode" if _SURROGATE.search(item) else ""
+        )
+    if item is None or isinstance(item, bool):
+        return ""
+    if isinstance(item, int):
+        return "" if MIN_INT <= item <= MAX_INT else "is an integer outside the signed 64-bit range"
+    return "" if math.isfinite(item) else f"is {item!r}, which JSON cannot represent"
 
 
 def check_text(value: object, path: str, *, optional: bool = False) -> None:
@@ -504,6 +509,7 @@ def _rebuild_problem(record: Mapping[str, Any]) -> tuple[str, str] | None:
         field = ".".join(str(part) for part in first["loc"]) or "content"
         return field, first["msg"]
     except (TypeError, ValueError, KeyError, AttributeError) as e:
-        fields = [f for f in ("tool_calls", "invalid_tool_calls", "usage_metadata") if record.get(f)]
+        calls = ("tool_calls", "invalid_tool_calls", "usage_metadata")
+        fields = [f for f in calls if record.get(f)]
         return (fields[0] if fields else "content"), str(e)
     return None

@@ -26,7 +26,7 @@ carry a random write token: the first result of each token is kept in the hash `
 at least ``TOKEN_WINDOW`` seconds of server time (``W`` becomes ``WO`` when its
 generation is that old, and the older ``WO`` is dropped), and a retry whose first attempt
 was applied answers that result without applying the write again. A retry arrives within
-the client's retry budget (``max_retries`` × socket timeout and backoff, seconds), far
+the client's retry budget (``max_retries`` times the socket timeout and backoff: seconds), far
 inside the window, however many other writes happen meanwhile.
 
 JSON is never decoded with ``cjson`` (it turns ``[]`` into ``{}`` and rounds numbers to 14
@@ -58,7 +58,9 @@ SESSION_SUFFIXES = ("h", "m", "f", "fp", "ids", "w", "wo")
 TOKEN_WINDOW = 600
 """Seconds (server time) a write token's result is kept at least (at most twice that)."""
 
-_COMMON = f"local TOKEN_WINDOW = {TOKEN_WINDOW}\n" + r"""
+_COMMON = (
+    f"local TOKEN_WINDOW = {TOKEN_WINDOW}\n"
+    + r"""
 local TAGLEN = 64
 local SUFFIXES = {'h', 'm', 'f', 'fp', 'ids', 'w', 'wo'}
 
@@ -185,6 +187,7 @@ local function index_evict(idx, maxs, keep, alive, evicted, expired)
   end
 end
 """
+)
 
 SESSION_SCRIPT = (
     _COMMON
@@ -518,7 +521,8 @@ APPEND_SCRIPT = r"""
 --       triples.
 -- Answers -1 (session missing) or -2 (it has fetched items whose TTL must be refreshed
 -- but F and FP were not given), both having changed nothing, else added * 2 + created
--- (created only for a retry of the write that created the session: hash field 'ct'). Messages whose id is in IDS are skipped; when all are, the
+-- (created only for a retry of the write that created the session: hash field 'ct').
+-- Messages whose id is in IDS are skipped; when all are, the
 -- call changes nothing. IDS maps each id to the token of the write that stored it, so a
 -- retry of that write counts it as added, as the lost first answer did.
 local H, M, IDS = KEYS[1], KEYS[2], KEYS[3]

@@ -548,7 +548,7 @@ class RedisStore(BaseStore):
         now: str = "",
         init: str = "",
     ) -> _Eval:
-        keys = session_keys(self.prefix, session_id).script_keys
+        keys: tuple[str, ...] = session_keys(self.prefix, session_id).script_keys
         if not self.cluster:
             keys += (self._idx,)
         return _Eval(

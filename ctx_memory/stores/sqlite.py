@@ -893,7 +893,7 @@ class SqliteStore(SyncBackedStore):
             self._insert(conn, session_id, header, tx)
             # A message id is stored once, as appends do: a repeated id is skipped.
             seen: set[str] = set()
-            rows = []
+            rows: list[tuple[str, int, str, str]] = []
             for m in messages:
                 if m.id not in seen:
                     rows.append((session_id, len(rows), m.json, m.id))

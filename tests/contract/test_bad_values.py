@@ -235,12 +235,35 @@ def test_shared_growing_over_its_limit_is_refused_unchanged(cm: ContextManager, 
     """The limit holds for the merged result, not just for what one call sends."""
     before = snapshot(cm)
     big = "y" * (MAX_SHARED_BYTES - 30)  # fits alone, not with what "existing" holds
+    write = (
+        (lambda: cm.update_partial_context("existing", {"more": big}))
+        if how == "merge"
+        else (lambda: cm.set_context("existing", "more", big))
+    )
     with pytest.raises(SharedStateTooLargeError) as info:
-        if how == "merge":
-            cm.update_partial_context("existing", {"more": big})
-        else:
-            cm.set_context("existing", "more", big)
+        write()
     assert info.value.size > info.value.limit == MAX_SHARED_BYTES
     assert snapshot(cm) == before
     cm.update_partial_context("fresh", {"more": big})  # a new session: it fits
     assert len(cm.get_context("fresh")["shared"]["more"]) == len(big)
+
+
+def test_a_legacy_session_id_with_control_characters_stays_readable(
+    make_store: Callable[..., BaseStore],
+) -> None:
+    """An id stored before control characters were refused can be read, cleared, deleted."""
+    from ctx_memory.stores.base import new_header
+
+    store = make_store()
+    legacy = "old\nid"
+    header = new_header(legacy, now="2026-01-01T00:00:00+00:00", encoding="approximate")
+    store.replace_document(legacy, header, [], [])
+    cm = ContextManager(store=store, token_counter="approximate")
+    assert legacy in cm.list_sessions()
+    assert cm.get_context(legacy)["metadata"]["session_id"] == legacy
+    assert json.loads(cm.export_session(legacy))["metadata"]["session_id"] == legacy
+    with pytest.raises(InvalidSessionIdError):
+        cm.add_user_message(legacy, "new writes are refused")
+    assert cm.clear(legacy)
+    assert cm.delete_context(legacy)
+    assert legacy not in cm.list_sessions()

@@ -116,7 +116,7 @@ KEYS = st.sampled_from(["k", "l", "m", "n:{}", "ü"])
 SCALARS = (
     st.none()
     | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**63)
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)  # the signed 64-bit range
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=6)
 )

@@ -10,9 +10,7 @@ import multiprocessing
 import os
 import re
 import sqlite3
-import statistics
 import threading
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, overload
 
@@ -284,28 +282,6 @@ def test_an_append_reads_and_writes_nothing_of_shared(db: str) -> None:
         assert not re.search(r"\bsh\b|\bsession_shared\b|\*", statement), statement
         # the row an append updates holds no JSON part (SQLite rewrites whole rows)
         assert not re.search(r"\b(sp|md|sh)\b", statement), statement
-
-
-def _median_append(store: SqliteStore, sid: str, start: int) -> float:
-    times = []
-    for i in range(start, start + 15):
-        t = time.perf_counter()
-        store.append_messages(sid, [msg(i)], init=init(sid), now=NOW)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def test_append_time_does_not_grow_with_shared(db: str) -> None:
-    with SqliteStore(db) as store:
-        store.merge_shared("small", {"blob": "x" * 1_000}, init=init("small"), now=NOW)
-        store.merge_shared("big", {"blob": "x" * 20_000_000}, init=init("big"), now=NOW)
-        small = big = 0.0
-        for round_ in range(3):  # interleaved, so both see the same machine load
-            small += _median_append(store, "small", round_ * 100)
-            big += _median_append(store, "big", round_ * 100)
-        # rewriting or re-reading 20 MB per append costs tens of milliseconds
-        assert big < 3 * small + 0.003, (small, big)
-        assert len(store.get_header("big")["shared"]["blob"]) == 20_000_000  # type: ignore[index]
 
 
 # ------------------------------------------------------------------ the file goes away

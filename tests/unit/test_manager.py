@@ -237,7 +237,9 @@ def test_langchain_messages_round_trip_through_the_manager(manager):
     stored = manager.get_messages("s")
     assert stored[1].id == "h1"  # a LangChain id is kept; the others get generated ones
     assert all(isinstance(m.id, str) and m.id for m in stored)
-    assert stored == [m.model_copy(update={"id": s.id}) for m, s in zip(messages, stored)]
+    assert stored == [
+        m.model_copy(update={"id": s.id}) for m, s in zip(messages, stored, strict=True)
+    ]
     api = manager.get_formatted_messages_for_api("s")
     assert api[2]["tool_calls"][0]["function"] == {
         "name": "weather",
