@@ -705,7 +705,6 @@ _PLAIN_CLASSES: dict[str, type[BaseMessage]] = {
 }
 _RICH_KEYS = (
     "name",
-    "id",
     "additional_kwargs",
     "response_metadata",
     "tool_calls",
@@ -717,10 +716,11 @@ _set_attr = object.__setattr__
 
 
 class _PlainMessageFactory:
-    """Builds ``cls(content=text)`` without re-running pydantic validation.
+    """Builds ``cls(content=text, id=id)`` without re-running pydantic validation.
 
-    A message with plain string content and nothing else (no name, id, kwargs, tool
-    calls) always validates to the same field values: the defaults plus ``content``.
+    A message with plain string content, a str id (every stored message has one) and
+    nothing else (no name, kwargs, tool calls) always validates to the same field values:
+    the defaults plus ``content`` and ``id``.
     This factory copies those values from one validated prototype (with fresh empty
     containers, so no two messages share a mutable default) and sets the same fields-set,
     extra and private state pydantic would, about 4x faster than the constructor. It
@@ -747,8 +747,9 @@ class _PlainMessageFactory:
             and all(not self.template[key] for key, _ in self.containers)
         )
         if self.ok:
-            for probe in ("", "probe text", " \n[1] x\u00e9 "):
-                fast, slow = self._build(probe), cls(content=probe)
+            for probe, probe_id in (("", None), ("probe text", "id-1"), (" \n[1] x\u00e9 ", "é")):
+                fast = self._build(probe, probe_id)
+                slow = cls(content=probe) if probe_id is None else cls(content=probe, id=probe_id)
                 if not (
                     fast == slow
                     and fast.model_dump() == slow.model_dump()
@@ -760,20 +761,29 @@ class _PlainMessageFactory:
                     self.ok = False
                     break
 
-    def _build(self, content: str) -> BaseMessage:
+    def _build(self, content: str, message_id: str | None = None) -> BaseMessage:
         values = self.template.copy()
         values["content"] = content
         for key, factory in self.containers:
             values[key] = factory()
         message = self.cls.__new__(self.cls)
+        if message_id is None:
+            fields_set = {"content"}
+        else:
+            values["id"] = message_id
+            fields_set = {"content", "id"}
         _set_attr(message, "__dict__", values)
-        _set_attr(message, "__pydantic_fields_set__", {"content"})
+        _set_attr(message, "__pydantic_fields_set__", fields_set)
         _set_attr(message, "__pydantic_extra__", {})
         _set_attr(message, "__pydantic_private__", None)
         return message
 
-    def __call__(self, content: str) -> BaseMessage:
-        return self._build(content) if self.ok else self.cls(content=content)
+    def __call__(self, content: str, message_id: str | None = None) -> BaseMessage:
+        if self.ok:
+            return self._build(content, message_id)
+        if message_id is None:
+            return self.cls(content=content)
+        return self.cls(content=content, id=message_id)
 
 
 _factories: dict[str, _PlainMessageFactory] = {}
@@ -789,8 +799,9 @@ def _factory(role: str) -> _PlainMessageFactory:
 def records_to_messages(records: Iterable[Mapping[str, Any]]) -> list[BaseMessage]:
     """``[record_to_message(r) for r in records]``, equal message for message, faster.
 
-    Plain text records (user, assistant or system; string content; no name, id, kwargs,
-    response metadata or tool calls), most of any history, take a fast path that skips
+    Plain text records (user, assistant or system; string content; a str id or none; no
+    name, kwargs, response metadata or tool calls), most of any history, take a fast path
+    that skips
     re-validating what is known valid (see :class:`_PlainMessageFactory`); all others
     go through :func:`~ctx_memory.schema.record_to_message`.
     """
@@ -800,14 +811,16 @@ def records_to_messages(records: Iterable[Mapping[str, Any]]) -> list[BaseMessag
     for record in records:
         role = record.get("role")
         content = record.get("content")
+        message_id = record.get("id")
         if (
             type(content) is str
             and role in _PLAIN_CLASSES
+            and (message_id is None or type(message_id) is str)
             and (isdisjoint(record) or all(record.get(key) is None for key in _RICH_KEYS))
         ):
             factory = _factory(role)
             if not factory.ok:
-                append(factory.cls(content=content))
+                append(factory(content, message_id))
                 continue
             # Inlined _PlainMessageFactory._build (this loop is the hot path).
             values = factory.template.copy()
@@ -815,8 +828,13 @@ def records_to_messages(records: Iterable[Mapping[str, Any]]) -> list[BaseMessag
             for key, container in factory.containers:
                 values[key] = container()
             message = factory.cls.__new__(factory.cls)
+            if message_id is None:
+                fields_set = {"content"}
+            else:
+                values["id"] = message_id
+                fields_set = {"content", "id"}
             set_attr(message, "__dict__", values)
-            set_attr(message, "__pydantic_fields_set__", {"content"})
+            set_attr(message, "__pydantic_fields_set__", fields_set)
             set_attr(message, "__pydantic_extra__", {})
             set_attr(message, "__pydantic_private__", None)
             append(message)

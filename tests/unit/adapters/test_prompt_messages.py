@@ -24,6 +24,8 @@ SHAPES: list[dict[str, Any]] = [
     {"role": "system", "content": "be terse"},
     {"role": "user", "content": "named", "name": "bob"},
     {"role": "user", "content": "with id", "id": "msg-1"},
+    {"role": "assistant", "content": "with id only", "id": "9f1c2b7e-0d1a-4c6e-8f3a-1b2c3d4e5f60"},
+    {"role": "system", "content": "sys with id", "id": "s-\u00e9"},
     {"role": "assistant", "content": "with id", "id": "run-1", "name": "bot"},
     {"role": "assistant", "content": "kw", "additional_kwargs": {"refusal": None}},
     {"role": "assistant", "content": "meta", "response_metadata": {"model_name": "m"}},
