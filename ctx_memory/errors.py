@@ -19,6 +19,7 @@ The tree::
     │   ├── InvalidTTLError         a negative or non-numeric TTL
     │   └── DocumentImportError     malformed JSON or a wrong shape on import (names the field)
     ├── SessionNotFoundError        an operation that needs an existing session (also KeyError)
+    ├── MessageNotFoundError        no message of the session has that id (also KeyError)
     ├── TokenizerError              a tiktoken encoding cannot be loaded (names the remedies)
     ├── BudgetExceededError         system prompt + question alone exceed the token budget
     └── StoreError                  the backend failed
@@ -36,6 +37,7 @@ __all__ = [
     "InvalidRoleError",
     "InvalidSessionIdError",
     "InvalidTTLError",
+    "MessageNotFoundError",
     "NotSerializableError",
     "SessionNotFoundError",
     "SharedStateTooLargeError",
@@ -148,6 +150,18 @@ class SessionNotFoundError(CtxMemoryError, KeyError):
 
     def __str__(self) -> str:
         return f"session {self.session_id!r} does not exist (never created, deleted or expired)"
+
+
+class MessageNotFoundError(CtxMemoryError, KeyError):
+    """No message of the session has this id (or the session does not exist)."""
+
+    def __init__(self, session_id: str, message_id: str) -> None:
+        self.session_id = session_id
+        self.message_id = message_id
+        super().__init__(message_id)
+
+    def __str__(self) -> str:
+        return f"session {self.session_id!r} has no message with id {self.message_id!r}"
 
 
 class TokenizerError(CtxMemoryError):

@@ -28,6 +28,7 @@ class EventType(str, Enum):
 
     SESSION_CREATED = "session_created"
     MESSAGE_ADDED = "message_added"
+    HISTORY_EDITED = "history_edited"
     FETCHED_ADDED = "fetched_added"
     CONTEXT_UPDATED = "context_updated"
     METADATA_UPDATED = "metadata_updated"

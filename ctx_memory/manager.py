@@ -25,6 +25,7 @@ from ctx_memory.errors import (
     CtxMemoryError,
     DocumentImportError,
     InvalidMessageError,
+    MessageNotFoundError,
     SessionNotFoundError,
     ValidationError,
 )
@@ -764,6 +765,121 @@ class ContextManager(Closeable):
             self._append_flow(session_id, self._lc_records(messages, metadata))
         )
 
+    # ----------------------------------------------------------------- history edits
+
+    def _delete_message_flow(self, session_id: str, message_id: str) -> Generator[_Op, Any, bool]:
+        validate_session_id(session_id, existing=True)
+        check_text(message_id, "message_id")
+        removed = yield _Op("delete_messages", (session_id, [message_id]), {"now": now_iso()})
+        if removed:
+            self.events.emit(
+                EventType.HISTORY_EDITED,
+                session_id,
+                action="delete",
+                message_id=message_id,
+                count=1,
+            )
+        return bool(removed)
+
+    def delete_message(self, session_id: str, message_id: str) -> bool:
+        """Remove one message by id, atomically (counters follow); return whether it was there."""
+        return self._drive(self._delete_message_flow(session_id, message_id))
+
+    async def adelete_message(self, session_id: str, message_id: str) -> bool:
+        """Async :meth:`delete_message`."""
+        return await self._adrive(self._delete_message_flow(session_id, message_id))
+
+    def _replace_message_flow(
+        self,
+        session_id: str,
+        message_id: str,
+        message: BaseMessage | Mapping[str, Any],
+        metadata: Mapping[str, Any] | None,
+    ) -> Generator[_Op, Any, dict[str, Any]]:
+        validate_session_id(session_id, existing=True)
+        check_text(message_id, "message_id")
+        (record,) = self._lc_records([message], metadata)
+        record["id"] = message_id  # the replacement takes the message's place and identity
+        encoded = self._encode_record(record, "message")
+        found = yield _Op("replace_message", (session_id, message_id, encoded), {"now": now_iso()})
+        if not found:
+            raise MessageNotFoundError(session_id, message_id)
+        self.events.emit(
+            EventType.HISTORY_EDITED, session_id, action="replace", message_id=message_id, count=1
+        )
+        return record
+
+    def replace_message(
+        self,
+        session_id: str,
+        message_id: str,
+        message: BaseMessage | Mapping[str, Any],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Put ``message`` in the place of the message with ``message_id``; return the record.
+
+        The replacement keeps the id (and the position) of the message it replaces, so an
+        edited question is still the same turn; ``token_count`` follows. Atomic.
+
+        Raises:
+            MessageNotFoundError: No message of the session has that id.
+        """
+        return self._drive(self._replace_message_flow(session_id, message_id, message, metadata))
+
+    async def areplace_message(
+        self,
+        session_id: str,
+        message_id: str,
+        message: BaseMessage | Mapping[str, Any],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Async :meth:`replace_message`."""
+        return await self._adrive(
+            self._replace_message_flow(session_id, message_id, message, metadata)
+        )
+
+    def _truncate_flow(
+        self, session_id: str, message_id: str, inclusive: bool
+    ) -> Generator[_Op, Any, int]:
+        validate_session_id(session_id, existing=True)
+        check_text(message_id, "message_id")
+        removed = yield _Op(
+            "truncate_messages",
+            (session_id, message_id),
+            {"inclusive": inclusive, "now": now_iso()},
+        )
+        if removed is None:
+            raise MessageNotFoundError(session_id, message_id)
+        if removed:
+            self.events.emit(
+                EventType.HISTORY_EDITED,
+                session_id,
+                action="truncate",
+                message_id=message_id,
+                count=removed,
+            )
+        return int(removed)
+
+    def truncate_after(self, session_id: str, message_id: str, *, inclusive: bool = False) -> int:
+        """Remove every message after ``message_id`` (and it too with ``inclusive``).
+
+        For a chat UI: regenerate an answer (truncate after the question, then ask again)
+        or edit the last question (:meth:`replace_message`, then truncate after it).
+        Atomic, counters follow. Returns how many messages were removed.
+
+        Raises:
+            MessageNotFoundError: No message of the session has that id.
+        """
+        return self._drive(self._truncate_flow(session_id, message_id, inclusive))
+
+    async def atruncate_after(
+        self, session_id: str, message_id: str, *, inclusive: bool = False
+    ) -> int:
+        """Async :meth:`truncate_after`."""
+        return await self._adrive(self._truncate_flow(session_id, message_id, inclusive))
+
     # ----------------------------------------------------------------- fetched context
 
     def _fetched_flow(
@@ -1027,17 +1143,36 @@ class ContextManager(Closeable):
         """Async :meth:`session_exists`."""
         return await self._adrive(self._exists_flow(session_id))
 
-    def _list_flow(self) -> Generator[_Op, Any, list[str]]:
-        sessions = yield _Op("list_sessions")
-        return list(sessions)
+    def _list_flow(
+        self, prefix: str, limit: int | None, cursor: str | None
+    ) -> Generator[_Op, Any, list[str]]:
+        check_text(prefix, "prefix")
+        check_text(cursor, "cursor", optional=True)
+        if limit is None:
+            sessions = yield _Op("list_sessions")
+            return [s for s in sessions if s.startswith(prefix) and (cursor is None or s > cursor)]
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            msg = f"limit must be a positive int or None, got {limit!r}"
+            raise ValidationError(msg)
+        page = yield _Op("list_page", (), {"prefix": prefix, "cursor": cursor, "limit": limit})
+        return list(page)
 
-    def list_sessions(self) -> list[str]:
-        """Ids of all live sessions, sorted."""
-        return self._drive(self._list_flow())
+    def list_sessions(
+        self, prefix: str = "", *, limit: int | None = None, cursor: str | None = None
+    ) -> list[str]:
+        """Ids of live sessions, sorted; those starting with ``prefix``; a page with ``limit``.
 
-    async def alist_sessions(self) -> list[str]:
+        Paging: ``list_sessions(limit=50)`` is the first page; pass its last id as
+        ``cursor`` for the next (a page shorter than ``limit`` is the last). A page costs
+        O(limit) on SQLite and Redis, whatever the number of sessions.
+        """
+        return self._drive(self._list_flow(prefix, limit, cursor))
+
+    async def alist_sessions(
+        self, prefix: str = "", *, limit: int | None = None, cursor: str | None = None
+    ) -> list[str]:
         """Async :meth:`list_sessions`."""
-        return await self._adrive(self._list_flow())
+        return await self._adrive(self._list_flow(prefix, limit, cursor))
 
     def _gc_flow(self) -> Generator[_Op, Any, int]:
         removed = yield _Op("gc")

@@ -29,8 +29,9 @@ was applied answers that result without applying the write again. A retry arrive
 the client's retry budget (``max_retries`` times the socket timeout and backoff: seconds), far
 inside the window, however many other writes happen meanwhile.
 
-JSON is never decoded with ``cjson`` (it turns ``[]`` into ``{}`` and rounds numbers to 14
-digits). The merge code below parses objects *structurally*: it walks the text, keeps
+JSON is never re-encoded from ``cjson`` (it turns ``[]`` into ``{}`` and rounds numbers
+to 14 digits); history edits only read a message's ``id`` and ``token_count`` with it.
+The merge code below parses objects *structurally*: it walks the text, keeps
 every non-object value as its exact source text and re-emits objects key by key, so
 numbers, empty lists and unicode survive byte for byte and key order is preserved.
 
@@ -155,29 +156,36 @@ local function merge(target, partial, deep)
   end
 end
 
--- Index: IDX scores members by a logical access clock (the highest score + 1), so the LRU
--- order is exact even within one millisecond.
-local function index_touch(idx, member, must_exist)
+-- Index: IDX scores members (tag + id) by a logical access clock (the highest score + 1),
+-- so the LRU order is exact even within one millisecond. LEX holds the same sessions by id
+-- alone, all scored 0, so ZRANGEBYLEX pages through them in id order.
+local function index_touch(idx, lex, member, must_exist)
   local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
   local tick = (tonumber(top[2]) or 0) + 1
   if must_exist then
     redis.call('ZADD', idx, 'XX', tick, member)
   else
     redis.call('ZADD', idx, tick, member)
+    redis.call('ZADD', lex, 0, string.sub(member, TAGLEN + 1))
   end
+end
+
+local function index_remove(idx, lex, member)
+  redis.call('ZREM', idx, member)
+  redis.call('ZREM', lex, string.sub(member, TAGLEN + 1))
 end
 
 -- Remove the least recently used members until at most maxs remain (never keep).
 -- alive(member) tells whether a member's session still exists (nil: assume it does);
 -- members whose session is gone are reported as expired, not evicted.
-local function index_evict(idx, maxs, keep, alive, evicted, expired)
+local function index_evict(idx, lex, maxs, keep, alive, evicted, expired)
   local n = redis.call('ZCARD', idx)
   while n > maxs do
     local c = redis.call('ZRANGE', idx, 0, 1)
     local v = c[1]
     if v == keep then v = c[2] end
     if not v then break end
-    redis.call('ZREM', idx, v)
+    index_remove(idx, lex, v)
     if alive and not alive(v) then
       table.insert(expired, v)
     else
@@ -193,7 +201,7 @@ SESSION_SCRIPT = (
     _COMMON
     + r"""
 local H, M, F, FP, IDS, W, WO = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local IDX = KEYS[8]
+local IDX, LEX = KEYS[8], KEYS[9]
 local op, ttl, maxs, token = string.match(ARGV[1], '^([^:]*):(%d+):(%d+):(.*)$')
 ttl, maxs = tonumber(ttl), tonumber(maxs)
 local sid, now, init = ARGV[2], ARGV[3], ARGV[4]
@@ -256,7 +264,36 @@ local function keep_token(added, created)
 end
 
 local function read_touch()
-  if IDX and maxs > 0 then index_touch(IDX, member, true) end
+  if IDX and maxs > 0 then index_touch(IDX, LEX, member, true) end
+end
+
+-- A list element no message can be (messages are JSON objects): marks one to LREM.
+local DELETED = '\0ctx_memory:deleted'
+
+local function decode_message(raw)
+  local ok, rec = pcall(cjson.decode, raw)
+  if ok and type(rec) == 'table' then return rec end
+  return nil
+end
+
+-- Position (0-based) and decoded record of the message with this id, searching from the
+-- newest (edits are usually near the end); nil when the session holds no such id.
+local function find_message(mid)
+  if redis.call('HEXISTS', IDS, mid) == 0 then return nil end
+  local plain = not string.find(mid, '[%c"\\]')  -- appears verbatim in the JSON text
+  local hi = redis.call('LLEN', M) - 1
+  while hi >= 0 do
+    local lo = math.max(0, hi - 99)
+    local chunk = redis.call('LRANGE', M, lo, hi)
+    for j = #chunk, 1, -1 do
+      if not plain or string.find(chunk[j], mid, 1, true) then
+        local rec = decode_message(chunk[j])
+        if rec and rec.id == mid then return lo + j - 1, rec end
+      end
+    end
+    hi = lo - 1
+  end
+  return nil
 end
 
 -- Returns ('', created) for a live or freshly created session, 'init' when the session is
@@ -291,9 +328,9 @@ local function finish(created, added)
   refresh(st.fx)
   local expired, evicted = {}, {}
   if IDX and (created == 1 or maxs > 0) then
-    index_touch(IDX, member, false)
+    index_touch(IDX, LEX, member, false)
     if created == 1 and maxs > 0 then
-      index_evict(IDX, maxs, member, alive, evicted, expired)
+      index_evict(IDX, LEX, maxs, member, alive, evicted, expired)
       drop_members(evicted)
     end
   end
@@ -425,14 +462,67 @@ elseif op == 'clear' then
   redis.call('HSET', H, 'mc', 0, 'tc', 0, 'ts', now, 'fx', fx)
   keep_token(0, 0)
   refresh(fx == '1')
-  if IDX and maxs > 0 then index_touch(IDX, member, true) end
+  if IDX and maxs > 0 then index_touch(IDX, LEX, member, true) end
   return 1
 
 elseif op == 'delete' then
   local existed = redis.call('DEL', H)
   redis.call('DEL', M, F, FP, IDS, W, WO)
-  if IDX then redis.call('ZREM', IDX, member) end
+  if IDX then index_remove(IDX, LEX, member) end
   return existed
+
+elseif op == 'msgdel' or op == 'msgset' or op == 'truncate' then
+  -- History edits on a live session: 5.. message ids (msgdel); 5 id, 6 tokens, 7 message
+  -- (msgset); 5 id, 6 inclusive 0/1 (truncate). Answers how many messages were removed
+  -- or replaced, or -1 when the session or the message is not there (truncate, msgset).
+  local a = seen_token()
+  if a then return a end
+  local r = redis.call('HMGET', H, 'id', 'mc', 'tc', 'fx')
+  if not r[1] then return -1 end
+  st.mc, st.tc, st.fx = tonumber(r[2]), tonumber(r[3]), r[4] == '1'
+  local result = 0
+  if op == 'msgdel' then
+    for i = 5, #ARGV do
+      local pos, rec = find_message(ARGV[i])
+      if pos then
+        redis.call('LSET', M, pos, DELETED)
+        redis.call('HDEL', IDS, ARGV[i])
+        st.mc, st.tc = st.mc - 1, st.tc - (tonumber(rec.token_count) or 0)
+        result = result + 1
+      end
+    end
+    if result > 0 then redis.call('LREM', M, 0, DELETED) end
+  elseif op == 'msgset' then
+    local pos, rec = find_message(ARGV[5])
+    if not pos then return -1 end
+    redis.call('LSET', M, pos, ARGV[7])
+    st.tc = st.tc + tonumber(ARGV[6]) - (tonumber(rec.token_count) or 0)
+    result = 1
+  else
+    local pos = find_message(ARGV[5])
+    if not pos then return -1 end
+    local cut = pos + 1
+    if ARGV[6] == '1' then cut = pos end
+    local gone = redis.call('LRANGE', M, cut, -1)
+    for _, raw in ipairs(gone) do
+      local rec = decode_message(raw)
+      if rec then
+        if type(rec.id) == 'string' then redis.call('HDEL', IDS, rec.id) end
+        st.tc = st.tc - (tonumber(rec.token_count) or 0)
+      end
+    end
+    if cut == 0 then redis.call('DEL', M) else redis.call('LTRIM', M, 0, cut - 1) end
+    st.mc = st.mc - #gone
+    result = #gone
+  end
+  if result > 0 then
+    redis.call('HSET', H, 'ts', now, 'mc', string.format('%d', st.mc),
+      'tc', string.format('%d', st.tc))
+    refresh(st.fx)
+    if IDX and maxs > 0 then index_touch(IDX, LEX, member, true) end
+  end
+  keep_token(result, 0)
+  return result
 
 elseif op == 'doc' then
   local h = redis.call('HMGET', H, 'id', 'sp', 'md', 'sh', 'mc', 'tc', 'ts')
@@ -470,7 +560,7 @@ return redis.error_reply('ctx_memory: unknown operation ' .. tostring(op))
 INDEX_SCRIPT = (
     _COMMON
     + r"""
-local IDX = KEYS[1]
+local IDX, LEX, LEXV = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[1]
 
 if op == 'write' then
@@ -478,23 +568,34 @@ if op == 'write' then
   local maxs = tonumber(ARGV[3])
   local expired, evicted = {}, {}
   if ARGV[4] == '1' or maxs > 0 then
-    index_touch(IDX, ARGV[2], ARGV[5] == '1')
+    index_touch(IDX, LEX, ARGV[2], ARGV[5] == '1')
     if ARGV[4] == '1' and maxs > 0 then
-      index_evict(IDX, maxs, ARGV[2], nil, evicted, expired)
+      index_evict(IDX, LEX, maxs, ARGV[2], nil, evicted, expired)
     end
   end
   return {expired, evicted}
 
 elseif op == 'read' then
-  index_touch(IDX, ARGV[2], true)
+  index_touch(IDX, LEX, ARGV[2], true)
   return 1
 
 elseif op == 'members' then
   return redis.call('ZRANGE', IDX, 0, -1, 'WITHSCORES')
 
 elseif op == 'forget' then
-  for i = 2, #ARGV do redis.call('ZREM', IDX, ARGV[i]) end
+  for i = 2, #ARGV do index_remove(IDX, LEX, ARGV[i]) end
   return 1
+
+elseif op == 'page' then
+  -- 2 min, 3 max (ZRANGEBYLEX bounds), 4 count: up to count ids in id order, each with
+  -- its index member's score (to drop it safely if its session is gone). LEX is built
+  -- from IDX once (LEXV marks it built), for sessions indexed before LEX existed.
+  if redis.call('EXISTS', LEXV) == 0 then
+    local members = redis.call('ZRANGE', IDX, 0, -1)
+    for _, m in ipairs(members) do redis.call('ZADD', LEX, 0, string.sub(m, TAGLEN + 1)) end
+    redis.call('SET', LEXV, '1')
+  end
+  return redis.call('ZRANGEBYLEX', LEX, ARGV[2], ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))
 
 elseif op == 'forget_stale' then
   -- 2.. (member, score) pairs read by a listing that found the session gone: remove each
@@ -504,7 +605,7 @@ elseif op == 'forget_stale' then
   for i = 2, #ARGV, 2 do
     local score = redis.call('ZSCORE', IDX, ARGV[i])
     if score and tonumber(score) == tonumber(ARGV[i + 1]) then
-      redis.call('ZREM', IDX, ARGV[i])
+      index_remove(IDX, LEX, ARGV[i])
       table.insert(removed, ARGV[i])
     end
   end
@@ -515,8 +616,9 @@ return redis.error_reply('ctx_memory: unknown index operation ' .. tostring(op))
 )
 
 APPEND_SCRIPT = r"""
--- KEYS: H, M, IDS [, F, FP] [, IDX]: F and FP once the client knows the session has
---       fetched items; IDX (last) when max_sessions is set on a single server.
+-- KEYS: H, M, IDS [, F, FP] [, IDX, LEX]: F and FP once the client knows the session has
+--       fetched items, and always with IDX and LEX, which come when max_sessions is set on
+--       a single server (so 3 or 5 keys without the index, 7 with it).
 -- ARGV: 1 "<ttl ms, 0: none> <write token, hex> <now JSON>", then (id, tokens, message)
 --       triples.
 -- Answers -1 (session missing) or -2 (it has fetched items whose TTL must be refreshed
@@ -564,10 +666,11 @@ if ttl ~= '0' then
     redis.call('PEXPIRE', KEYS[5], ttl)
   end
 end
-if nk == 4 or nk == 6 then
-  local IDX = KEYS[nk]
+if nk == 7 then
+  local IDX = KEYS[6]
   local top = redis.call('ZRANGE', IDX, -1, -1, 'WITHSCORES')
   redis.call('ZADD', IDX, (tonumber(top[2]) or 0) + 1, string.sub(H, #H - 66, #H - 3) .. r[1])
+  redis.call('ZADD', KEYS[7], 0, r[1])
 end
 return (n + again) * 2
 """

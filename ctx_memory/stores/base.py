@@ -332,6 +332,43 @@ class BaseStore(Closeable):
         """Append messages, bump both counters, set ``metadata.timestamp`` to ``now``."""
 
     @abc.abstractmethod
+    def delete_messages(self, session_id: str, message_ids: Sequence[str], *, now: str) -> int:
+        """Remove the messages with these ids; return how many were there.
+
+        Both counters drop by what was removed; ``metadata.timestamp`` becomes ``now`` when
+        anything was. The other messages keep their order.
+        """
+
+    @abc.abstractmethod
+    def replace_message(
+        self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
+    ) -> bool:
+        """Put ``message`` (whose id is ``message_id``) in that message's place.
+
+        ``token_count`` changes by the difference. Returns whether the message was there
+        (nothing changes when it was not).
+        """
+
+    @abc.abstractmethod
+    def truncate_messages(
+        self, session_id: str, message_id: str, *, inclusive: bool, now: str
+    ) -> int | None:
+        """Remove every message after ``message_id`` (and it too if ``inclusive``).
+
+        Returns how many were removed, or ``None`` (nothing changed) if no message of the
+        session has that id.
+        """
+
+    @abc.abstractmethod
+    def list_page(self, *, prefix: str = "", cursor: str | None = None, limit: int) -> list[str]:
+        """Up to ``limit`` live session ids starting with ``prefix``, sorted, after ``cursor``.
+
+        Ids sort by code point (the order of their UTF-8 bytes). Pass the last id of a page
+        as ``cursor`` to get the next one; a short page is the last. Costs O(limit), not
+        O(sessions), on every store but the in-memory one.
+        """
+
+    @abc.abstractmethod
     def append_fetched(
         self,
         session_id: str,
@@ -444,6 +481,30 @@ class BaseStore(Closeable):
         self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
     ) -> WriteResult:
         """Async :meth:`append_messages`."""
+
+    @abc.abstractmethod
+    async def adelete_messages(
+        self, session_id: str, message_ids: Sequence[str], *, now: str
+    ) -> int:
+        """Async :meth:`delete_messages`."""
+
+    @abc.abstractmethod
+    async def areplace_message(
+        self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
+    ) -> bool:
+        """Async :meth:`replace_message`."""
+
+    @abc.abstractmethod
+    async def atruncate_messages(
+        self, session_id: str, message_id: str, *, inclusive: bool, now: str
+    ) -> int | None:
+        """Async :meth:`truncate_messages`."""
+
+    @abc.abstractmethod
+    async def alist_page(
+        self, *, prefix: str = "", cursor: str | None = None, limit: int
+    ) -> list[str]:
+        """Async :meth:`list_page`."""
 
     @abc.abstractmethod
     async def aappend_fetched(
@@ -561,6 +622,32 @@ class SyncBackedStore(BaseStore):
         self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
     ) -> WriteResult:
         return await self._run(self.append_messages, session_id, messages, init=init, now=now)
+
+    @override
+    async def adelete_messages(
+        self, session_id: str, message_ids: Sequence[str], *, now: str
+    ) -> int:
+        return await self._run(self.delete_messages, session_id, message_ids, now=now)
+
+    @override
+    async def areplace_message(
+        self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
+    ) -> bool:
+        return await self._run(self.replace_message, session_id, message_id, message, now=now)
+
+    @override
+    async def atruncate_messages(
+        self, session_id: str, message_id: str, *, inclusive: bool, now: str
+    ) -> int | None:
+        return await self._run(
+            self.truncate_messages, session_id, message_id, inclusive=inclusive, now=now
+        )
+
+    @override
+    async def alist_page(
+        self, *, prefix: str = "", cursor: str | None = None, limit: int
+    ) -> list[str]:
+        return await self._run(self.list_page, prefix=prefix, cursor=cursor, limit=limit)
 
     @override
     async def aappend_fetched(

@@ -273,6 +273,83 @@ class InMemoryStore(SyncBackedStore):
         return self._write(session_id, init, now, apply, appends=True)
 
     @override
+    def delete_messages(self, session_id: str, message_ids: Sequence[str], *, now: str) -> int:
+        doomed = set(message_ids)
+
+        def edit(s: _Session) -> int:
+            gone = doomed & s.ids
+            if not gone:
+                return 0
+            kept: list[str] = []
+            tokens = 0
+            for raw in s.messages:
+                record = json.loads(raw)
+                if record.get("id") in gone:
+                    tokens += int(record.get("token_count", 0))
+                else:
+                    kept.append(raw)
+            s.messages = kept
+            s.ids -= gone
+            self._counted(s, -len(gone), -tokens, now)
+            return len(gone)
+
+        return int(self._read(session_id, edit, default=0))
+
+    @override
+    def replace_message(
+        self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
+    ) -> bool:
+        def edit(s: _Session) -> bool:
+            if message_id not in s.ids:
+                return False
+            for index in range(len(s.messages) - 1, -1, -1):
+                old = json.loads(s.messages[index])
+                if old.get("id") == message_id:
+                    s.messages[index] = message.json
+                    self._counted(s, 0, message.tokens - int(old.get("token_count", 0)), now)
+                    return True
+            return False  # pragma: no cover - ids and messages agree
+
+        return bool(self._read(session_id, edit, default=False))
+
+    @override
+    def truncate_messages(
+        self, session_id: str, message_id: str, *, inclusive: bool, now: str
+    ) -> int | None:
+        def edit(s: _Session) -> int | None:
+            if message_id not in s.ids:
+                return None
+            for index in range(len(s.messages) - 1, -1, -1):
+                if json.loads(s.messages[index]).get("id") == message_id:
+                    cut = index if inclusive else index + 1
+                    removed = [json.loads(raw) for raw in s.messages[cut:]]
+                    del s.messages[cut:]
+                    s.ids -= {r.get("id") for r in removed}
+                    tokens = sum(int(r.get("token_count", 0)) for r in removed)
+                    if removed:
+                        self._counted(s, -len(removed), -tokens, now)
+                    return len(removed)
+            return None  # pragma: no cover - ids and messages agree
+
+        result: int | None = self._read(session_id, edit, default=None)
+        return result
+
+    def _counted(self, s: _Session, messages: int, tokens: int, now: str) -> None:
+        meta = s.header["metadata"]
+        meta["message_count"] += messages
+        meta["token_count"] += tokens
+        self._touch(s, now)
+
+    @override
+    def list_page(self, *, prefix: str = "", cursor: str | None = None, limit: int) -> list[str]:
+        ids = [
+            sid
+            for sid in self.list_sessions()
+            if sid.startswith(prefix) and (cursor is None or sid > cursor)
+        ]
+        return ids[:limit]
+
+    @override
     def append_fetched(
         self,
         session_id: str,

@@ -60,10 +60,14 @@ import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, Union
+from urllib.parse import parse_qs, unquote
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
 from redis.backoff import ExponentialBackoff
+from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -77,6 +81,7 @@ from ctx_memory.errors import (
     StoreUnavailableError,
 )
 from ctx_memory.schema import dumps, now_iso
+from ctx_memory.stores._gc import GarbageCollector, gc_interval
 from ctx_memory.stores._redis_lua import (
     APPEND_SCRIPT,
     INDEX_SCRIPT,
@@ -155,6 +160,11 @@ def index_key(prefix: str) -> str:
     return f"{prefix}:{{__index__}}:lru"
 
 
+def lex_key(prefix: str) -> str:
+    """The sorted set of every session id, all scored 0: paged in id order (same slot)."""
+    return f"{prefix}:{{__index__}}:ids"
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else str(value)
 
@@ -229,7 +239,7 @@ class _Eval(NamedTuple):
 
 
 class _Command(NamedTuple):
-    args: tuple[Any, ...]  # a complete command: EVALSHA of APPEND_SCRIPT, LRANGE, LLEN
+    args: tuple[Any, ...]  # a complete command: EVALSHA of APPEND_SCRIPT, LRANGE, ZMSCORE
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,8 +284,11 @@ class RedisStore(BaseStore):
     last ``k`` messages is one ``LRANGE`` of ``k`` elements.
 
     Args:
-        url: ``redis://[[user]:password@]host:port/db``, ``rediss://`` (TLS) or
-            ``unix:///path.sock``. Ignored when ``client`` is given.
+        url: ``redis://[[user]:password@]host:port/db``, ``rediss://`` (TLS),
+            ``unix:///path.sock``, or through Sentinel
+            ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...][/service[/db]]``
+            (``rediss+sentinel://`` for TLS; see :func:`parse_sentinel_url`). Ignored when
+            ``client`` is given.
         client: An existing sync client (``redis.Redis`` or ``redis.cluster.RedisCluster``)
             to use instead of ``url``; the store does not close it.
         async_client: An existing ``redis.asyncio`` client for the async methods; by
@@ -287,6 +300,9 @@ class RedisStore(BaseStore):
         max_retries: Retries with exponential backoff when the connection fails.
         socket_timeout: Seconds to wait for Redis before failing.
         publish_events: Also publish every change on the ``<prefix>:events`` channel.
+        gc_interval_seconds: Run :meth:`gc` in a background thread at this interval
+            (dropping expired sessions from the index); ``None`` for none. A failing
+            collection is logged and retried; the thread stops on :meth:`close`.
 
     Example:
         .. code-block:: python
@@ -316,6 +332,7 @@ class RedisStore(BaseStore):
         max_retries: int = 3,
         socket_timeout: float = 5.0,
         publish_events: bool = False,
+        gc_interval_seconds: float | None = None,
     ) -> None:
         ttl_seconds = check_limits(ttl_seconds, max_sessions)
         if not key_prefix or "{" in key_prefix or "}" in key_prefix:
@@ -327,6 +344,9 @@ class RedisStore(BaseStore):
             url = validate_redis_url(url)
         if cluster is None:
             cluster = client is not None and isinstance(client, redis.cluster.RedisCluster)
+        if cluster and client is None and _is_sentinel(url):
+            msg = "a Redis Cluster is not reached through Sentinel: give one of its nodes' URL"
+            raise ConfigurationError("REDIS_CLUSTER", msg)
         self.cluster = cluster
         self.prefix = key_prefix
         self.ttl_seconds = ttl_seconds
@@ -342,7 +362,7 @@ class RedisStore(BaseStore):
         # since). The keys are H and M, plus F and FP once the session has fetched items.
         self._known: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
         self._idx_arg: tuple[str, ...] = (
-            (index_key(key_prefix),) if max_sessions and not cluster else ()
+            (index_key(key_prefix), lex_key(key_prefix)) if max_sessions and not cluster else ()
         )
         self._url = url if client is None else _client_url(client)
         self._max_retries = max_retries
@@ -366,7 +386,13 @@ class RedisStore(BaseStore):
             max_retries > 0 or cluster or client is not None or async_client is not None
         )
         self._idx = index_key(key_prefix)
+        self._lex = lex_key(key_prefix)
         self._closed = False
+        self._collector = (
+            GarbageCollector(self.gc, gc_interval_seconds, name=repr(self))
+            if gc_interval_seconds is not None
+            else None
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisStore:
@@ -380,6 +406,7 @@ class RedisStore(BaseStore):
             max_retries=settings.redis_max_retries,
             socket_timeout=settings.redis_socket_timeout,
             publish_events=settings.redis_publish_events,
+            gc_interval_seconds=gc_interval(settings),
         )
 
     @property
@@ -413,6 +440,8 @@ class RedisStore(BaseStore):
                     try:
                         if self.cluster:
                             self._client = redis.cluster.RedisCluster.from_url(self._url, **kwargs)
+                        elif _is_sentinel(self._url):
+                            self._client = _sentinel_master(self._url, kwargs, asynchronous=False)
                         else:
                             self._client = redis.Redis.from_url(self._url, **kwargs)
                     except (RedisError, redis.exceptions.RedisClusterException, *_UNAVAILABLE) as e:
@@ -441,6 +470,8 @@ class RedisStore(BaseStore):
             assert self._url is not None
             if self.cluster:
                 client = redis.asyncio.cluster.RedisCluster.from_url(self._url, **kwargs)
+            elif _is_sentinel(self._url):
+                client = _sentinel_master(self._url, kwargs, asynchronous=True)
             else:
                 client = redis.asyncio.Redis.from_url(self._url, **kwargs)
             self._aclients[loop] = client
@@ -550,13 +581,13 @@ class RedisStore(BaseStore):
     ) -> _Eval:
         keys: tuple[str, ...] = session_keys(self.prefix, session_id).script_keys
         if not self.cluster:
-            keys += (self._idx,)
+            keys += (self._idx, self._lex)
         return _Eval(
             _SESSION, keys, (f"{op}:{self._limits}:{token}", session_id, now, init, *extra)
         )
 
     def _index(self, op: str, *args: Any) -> _Eval:
-        return _Eval(_INDEX, (self._idx,), (op, *args))
+        return _Eval(_INDEX, (self._idx, self._lex, self._lex + "v"), (op, *args))
 
     def _read(self, op: str, session_id: str, *extra: Any) -> Generator[_Request, Any, Any]:
         reply = yield self._session(op, session_id, *extra)
@@ -611,10 +642,12 @@ class RedisStore(BaseStore):
         """Remember a session as existing; returns the start of its APPEND_SCRIPT call."""
         known = self._known
         call = known.get(session_id)
-        if call is not None and (not fetched or int(call[2]) - len(self._idx_arg) == 5):
+        if call is not None and (not fetched or int(call[2]) >= 5):
             return call
         k = session_keys(self.prefix, session_id)
-        keys = ((k.h, k.m, k.ids, k.f, k.fp) if fetched else (k.h, k.m, k.ids)) + self._idx_arg
+        # With the index (max_sessions on a single server) the fetched keys always come too.
+        full = fetched or bool(self._idx_arg)
+        keys = ((k.h, k.m, k.ids, k.f, k.fp) if full else (k.h, k.m, k.ids)) + self._idx_arg
         call = ("EVALSHA", _APPEND_SHA, str(len(keys)).encode(), *[k.encode() for k in keys])
         known[session_id] = call
         if len(known) > 10_000:
@@ -709,18 +742,21 @@ class RedisStore(BaseStore):
         for member, score, ok in zip(members, reply[1::2], alive, strict=True):
             if not int(ok):
                 stale += (member, score)
-        removed: list[str] = []
-        if stale:
-            removed = [_text(m) for m in (yield self._index("forget_stale", *stale))]
-            yield from self._report(
-                "",
-                created=False,
-                added=0,
-                expired=[member_id(m) for m in removed],
-                evicted=(),
-                events=(),
-            )
-        return [m for m, ok in zip(members, alive, strict=True) if int(ok)], len(removed)
+        removed = (yield from self._forget_stale(stale)) if stale else 0
+        return [m for m, ok in zip(members, alive, strict=True) if int(ok)], removed
+
+    def _forget_stale(self, stale: Sequence[Any]) -> Generator[_Request, Any, int]:
+        """Drop ``(member, score)`` pairs still at that score; report those expiries once."""
+        removed = [_text(m) for m in (yield self._index("forget_stale", *stale))]
+        yield from self._report(
+            "",
+            created=False,
+            added=0,
+            expired=[member_id(m) for m in removed],
+            evicted=(),
+            events=(),
+        )
+        return len(removed)
 
     def _op_document(self, session_id: str) -> Generator[_Request, Any, dict[str, Any] | None]:
         reply = yield from self._read("doc", session_id)
@@ -805,6 +841,74 @@ class RedisStore(BaseStore):
                 always_token=True,
             )
         )
+
+    def _op_edit(
+        self, op: str, session_id: str, now: str, *extra: Any
+    ) -> Generator[_Request, Any, int]:
+        """A history edit (``msgdel``, ``msgset``, ``truncate``): removed/replaced, or -1."""
+        reply = yield self._session(op, session_id, *extra, token=self._token(), now=dumps(now))
+        result = int(reply)
+        if result > 0 and self.cluster and self.max_sessions is not None:
+            yield self._index("read", session_keys(self.prefix, session_id).member)
+        return result
+
+    def _op_delete_messages(
+        self, session_id: str, message_ids: Sequence[str], now: str
+    ) -> Generator[_Request, Any, int]:
+        if not message_ids:
+            return 0
+        return max(0, (yield from self._op_edit("msgdel", session_id, now, *message_ids)))
+
+    def _op_replace_message(
+        self, session_id: str, message_id: str, message: EncodedMessage, now: str
+    ) -> Generator[_Request, Any, bool]:
+        reply = yield from self._op_edit(
+            "msgset", session_id, now, message_id, message.tokens, message.json
+        )
+        return reply > 0
+
+    def _op_truncate(
+        self, session_id: str, message_id: str, inclusive: bool, now: str
+    ) -> Generator[_Request, Any, int | None]:
+        reply = yield from self._op_edit(
+            "truncate", session_id, now, message_id, "1" if inclusive else "0"
+        )
+        return None if reply < 0 else reply
+
+    def _op_page(
+        self, prefix: str, cursor: str | None, limit: int
+    ) -> Generator[_Request, Any, list[str]]:
+        """A page of live ids from the id-ordered index; gone sessions are dropped from it."""
+        low = b"[" + prefix.encode()
+        if cursor is not None and cursor >= prefix:
+            low = b"(" + cursor.encode()
+        high = b"(" + prefix.encode() + b"\xff" if prefix else b"+"  # 0xff: in no UTF-8 text
+        page: list[str] = []
+        while len(page) < limit:
+            want = limit - len(page)
+            ids = [_text(i) for i in (yield self._index("page", low, high, want))]
+            if not ids:
+                break
+            keys = [session_keys(self.prefix, sid) for sid in ids]
+            alive = yield _Exists(tuple(k.h for k in keys))
+            page += [sid for sid, ok in zip(ids, alive, strict=True) if int(ok)]
+            gone = [k.member for k, ok in zip(keys, alive, strict=True) if not int(ok)]
+            if gone:
+                yield from self._drop_gone(gone)
+            if len(ids) < want:
+                break
+            low = b"(" + ids[-1].encode()
+        return page
+
+    def _drop_gone(self, members: Sequence[str]) -> Generator[_Request, Any, None]:
+        """Drop index members whose session expired; report each expiry once."""
+        scores = yield _Command(("ZMSCORE", self._idx, *members))
+        stale: list[Any] = []
+        for member, score in zip(members, scores, strict=True):
+            if score is not None:
+                stale += (member, score)
+        if stale:
+            yield from self._forget_stale(stale)
 
     def _op_append_fetched(
         self, session_id: str, items: Sequence[EncodedItem], init: Header, now: str, dedupe: bool
@@ -995,6 +1099,26 @@ class RedisStore(BaseStore):
         return self._drive(self._op_append_messages(session_id, messages, init, now))
 
     @override
+    def delete_messages(self, session_id: str, message_ids: Sequence[str], *, now: str) -> int:
+        return self._drive(self._op_delete_messages(session_id, message_ids, now))
+
+    @override
+    def replace_message(
+        self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
+    ) -> bool:
+        return self._drive(self._op_replace_message(session_id, message_id, message, now))
+
+    @override
+    def truncate_messages(
+        self, session_id: str, message_id: str, *, inclusive: bool, now: str
+    ) -> int | None:
+        return self._drive(self._op_truncate(session_id, message_id, inclusive, now))
+
+    @override
+    def list_page(self, *, prefix: str = "", cursor: str | None = None, limit: int) -> list[str]:
+        return self._drive(self._op_page(prefix, cursor, limit))
+
+    @override
     def append_fetched(
         self,
         session_id: str,
@@ -1061,17 +1185,25 @@ class RedisStore(BaseStore):
     @override
     def close(self) -> None:
         self._closed = True
+        collector, self._collector = self._collector, None
+        if collector is not None:
+            collector.stop()
         client, self._client = self._client, None
         if client is not None and self._owns_client:
-            client.close()
+            _close(client)
         with self._lock:
             clients = list(self._aclients.items())
             self._aclients.clear()
         for loop, aclient in clients:  # nothing to await on here: close each on its loop
             if loop.is_running() and not _runs_here(loop):
-                asyncio.run_coroutine_threadsafe(aclient.aclose(), loop)
+                asyncio.run_coroutine_threadsafe(_aclose(aclient), loop)
             else:  # closed, idle, or this thread's loop (which a sync call is blocking)
                 _release(aclient)
+
+    @property
+    def gc_running(self) -> bool:
+        """Whether the background garbage collector is running."""
+        return self._collector is not None and self._collector.running
 
     # ------------------------------------------------------------ async API
 
@@ -1138,6 +1270,30 @@ class RedisStore(BaseStore):
                 return _append_result(reply)
             self._forget((session_id,))
         return await self._adrive(self._op_append_messages(session_id, messages, init, now))
+
+    @override
+    async def adelete_messages(
+        self, session_id: str, message_ids: Sequence[str], *, now: str
+    ) -> int:
+        return await self._adrive(self._op_delete_messages(session_id, message_ids, now))
+
+    @override
+    async def areplace_message(
+        self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
+    ) -> bool:
+        return await self._adrive(self._op_replace_message(session_id, message_id, message, now))
+
+    @override
+    async def atruncate_messages(
+        self, session_id: str, message_id: str, *, inclusive: bool, now: str
+    ) -> int | None:
+        return await self._adrive(self._op_truncate(session_id, message_id, inclusive, now))
+
+    @override
+    async def alist_page(
+        self, *, prefix: str = "", cursor: str | None = None, limit: int
+    ) -> list[str]:
+        return await self._adrive(self._op_page(prefix, cursor, limit))
 
     @override
     async def aappend_fetched(
@@ -1209,8 +1365,8 @@ class RedisStore(BaseStore):
         with self._lock:
             aclient = self._aclients.pop(loop, None)
         if aclient is not None:
-            await aclient.aclose()
-        self.close()  # the other loops' clients
+            await _aclose(aclient)
+        self.close()  # the other loops' clients and the garbage collector
 
     # ------------------------------------------------------------ events across processes
 
@@ -1310,6 +1466,7 @@ def _release(client: Any) -> None:
     cluster node); anything else is left to the garbage collector.
     """
     holders = [getattr(client, "connection_pool", None), *getattr(client, "get_nodes", list)()]
+    holders += [sentinel.connection_pool for sentinel in _sentinels_of(client)]
     for holder in holders:
         connections = [
             *getattr(holder, "_available_connections", ()),
@@ -1326,6 +1483,12 @@ def _release(client: Any) -> None:
 
 def _client_url(client: Any) -> str:
     """A password-free URL describing an existing client, for error messages."""
+    sentinels = _sentinels_of(client)
+    if sentinels:
+        pool = client.connection_pool
+        hosts = ",".join(_host_port(s.connection_pool.connection_kwargs) for s in sentinels)
+        db = pool.connection_kwargs.get("db", 0)
+        return f"redis+sentinel://{hosts}/{pool.service_name}/{db}"
     try:
         kwargs = client.connection_pool.connection_kwargs
     except AttributeError:
@@ -1338,3 +1501,184 @@ def _client_url(client: Any) -> str:
         return f"unix://{kwargs['path']}"
     host, port = kwargs.get("host", "localhost"), kwargs.get("port", 6379)
     return f"redis://{host}:{port}/{kwargs.get('db', 0)}"
+
+
+# ---------------------------------------------------------------- Sentinel
+
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+DEFAULT_SENTINEL_PORT = 26379
+DEFAULT_SENTINEL_SERVICE = "mymaster"
+_SENTINEL_AUTH = ("sentinel_username", "sentinel_password")
+_ENCODE_HINT = "percent-encode '/', '?', '#' and '@' in a user name or password"
+
+
+class SentinelURL(NamedTuple):
+    """A ``redis+sentinel://`` URL read by :func:`parse_sentinel_url`."""
+
+    sentinels: list[tuple[str, int]]
+    """``(host, port)`` of each sentinel, in the URL's order."""
+    service: str
+    """The name the sentinels monitor the master under."""
+    connection: dict[str, Any]
+    """Connection arguments of the master: credentials, ``db``, TLS, query options."""
+    sentinel: dict[str, Any]
+    """Connection arguments of the sentinels: credentials and TLS."""
+
+
+def _is_sentinel(url: str | None) -> bool:
+    return url is not None and url.startswith(SENTINEL_SCHEMES)
+
+
+def _sentinel_address(part: str, *, alone: bool) -> tuple[str, int]:
+    """``(host, port)`` of one ``host[:port]`` (``[v6]:port``) of the sentinel list."""
+    if part.startswith("["):
+        host, bracket, port = part[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            msg = "an IPv6 sentinel address is written [address]:port, e.g. [::1]:26379"
+            raise ValueError(msg)
+        port = port[1:]
+    else:
+        host, _, port = part.partition(":")
+        if ":" in port:
+            msg = "an IPv6 sentinel address is written [address]:port, e.g. [::1]:26379"
+            raise ValueError(msg)
+    if not host and not alone:
+        msg = "every sentinel in the comma-separated list needs a host"
+        raise ValueError(msg)
+    if not port:
+        return unquote(host) or "localhost", DEFAULT_SENTINEL_PORT
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        msg = "a sentinel port must be a number from 1 to 65535"
+        raise ValueError(msg)
+    return unquote(host) or "localhost", int(port)
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Read ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...][/service[/db]]``.
+
+    The form langchain-community, LangGraph's Redis saver (redisvl) and LlamaIndex accept:
+    one or more sentinels separated by commas (port 26379 when left out; IPv6 in
+    brackets), then the service name the sentinels monitor (default ``mymaster``) and
+    the database (default 0). ``rediss+sentinel://`` uses TLS to the sentinels and the
+    master. The user name and password are the master's and, as in langchain-community,
+    the sentinels' too; the query parameters ``sentinel_username`` and
+    ``sentinel_password`` give the sentinels others (empty: none). Every other query
+    parameter is redis-py's, as in a ``redis://`` URL (``?socket_keepalive=true``).
+
+    Raises:
+        ValueError: What is wrong, without quoting the URL (it may hold a password).
+    """
+    scheme, _, rest = url.partition("://")
+    if scheme + "://" not in SENTINEL_SCHEMES:
+        msg = "must start with redis+sentinel:// or rediss+sentinel://"
+        raise ValueError(msg)
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, hostlist = netloc.rpartition("@")
+    if "@" in tail:
+        msg = f"holds an '@' after the sentinel hosts; {_ENCODE_HINT} (%2F, %3F, %23, %40)"
+        raise ValueError(msg)
+    if "#" in tail:
+        msg = f"holds a '#' (a URL fragment means nothing to Redis); {_ENCODE_HINT}"
+        raise ValueError(msg)
+    parts = hostlist.split(",")
+    sentinels = [_sentinel_address(part, alone=len(parts) == 1) for part in parts]
+    path, _, query = tail.partition("?")
+    segments = path.split("/")[1:]
+    if segments and not segments[-1]:  # a trailing slash
+        segments.pop()
+    if len(segments) > 2:  # service and database
+        msg = "the path is /service_name[/db], e.g. redis+sentinel://host:26379/mymaster/0"
+        raise ValueError(msg)
+    service = unquote(segments[0]) if segments and segments[0] else DEFAULT_SENTINEL_SERVICE
+    db = segments[1] if len(segments) > 1 else ""
+    if db and not (db.isascii() and db.isdigit()):
+        msg = "the database must be a number, e.g. redis+sentinel://host:26379/mymaster/0"
+        raise ValueError(msg)
+    auth = {
+        name: values[0]
+        for name, values in parse_qs(query, keep_blank_values=True).items()
+        if name in _SENTINEL_AUTH
+    }
+    kept = "&".join(p for p in query.split("&") if p and p.split("=", 1)[0] not in _SENTINEL_AUTH)
+    # Everything but the hosts and the service is a plain Redis URL's: redis-py reads it.
+    plain = "rediss" if scheme == "rediss+sentinel" else "redis"
+    try:
+        connection: dict[str, Any] = parse_url(
+            f"{plain}://{userinfo}{at}localhost/{db}" + (f"?{kept}" if kept else "")
+        )
+    except ValueError as e:  # its text names a query parameter, or quotes the user info
+        text = str(e)
+        problem = text if text.startswith("Invalid value for '") else "unreadable user info"
+        raise ValueError(problem.rstrip(".")) from None
+    connection.pop("host", None)
+    connection.pop("port", None)
+    if connection.pop("connection_class", None) is not None:  # rediss: SSLConnection
+        connection["ssl"] = True
+    sentinel = {
+        k: v
+        for k, v in connection.items()
+        if k in ("username", "password", "ssl") or k.startswith("ssl_")
+    }
+    for name, value in auth.items():
+        key = name.removeprefix("sentinel_")
+        if value:
+            sentinel[key] = value
+        else:
+            sentinel.pop(key, None)
+    return SentinelURL(sentinels, service, connection, sentinel)
+
+
+def sentinel_url_problem(url: str) -> str | None:
+    """What :func:`parse_sentinel_url` finds wrong with ``url``, or ``None``."""
+    try:
+        parse_sentinel_url(url)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def _sentinel_master(url: str, options: dict[str, Any], *, asynchronous: bool) -> Any:
+    """A client of the master the sentinels of ``url`` name, following every failover.
+
+    ``options`` (retry, timeouts) apply to the master's connections, as in
+    ``redis.Redis.from_url`` the URL's query options win; the sentinels get the
+    timeouts only: one sentinel down must not hold up the question to the next.
+    """
+    target = parse_sentinel_url(url)
+    sentinel_kwargs = {k: v for k, v in options.items() if k.startswith("socket_")}
+    sentinel_kwargs.update(target.sentinel)
+    if asynchronous:
+        manager: Any = redis.asyncio.sentinel.Sentinel(
+            target.sentinels, sentinel_kwargs=sentinel_kwargs, **{**options, **target.connection}
+        )
+        return manager.master_for(target.service, redis_class=redis.asyncio.Redis)
+    manager = redis.sentinel.Sentinel(
+        target.sentinels, sentinel_kwargs=sentinel_kwargs, **{**options, **target.connection}
+    )
+    return manager.master_for(target.service, redis_class=redis.Redis)
+
+
+def _sentinels_of(client: Any) -> list[Any]:
+    """The clients of the sentinels behind a client from ``master_for`` (else none)."""
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    return list(getattr(manager, "sentinels", ()))
+
+
+def _close(client: Any) -> None:
+    """Close a sync client this store made, and its sentinels' connections."""
+    client.close()
+    for sentinel in _sentinels_of(client):
+        sentinel.close()
+
+
+async def _aclose(client: Any) -> None:
+    """Close an asyncio client this store made, and its sentinels' connections."""
+    await client.aclose()
+    for sentinel in _sentinels_of(client):
+        await sentinel.aclose()
+
+
+def _host_port(kwargs: Mapping[str, Any]) -> str:
+    host, port = str(kwargs.get("host", "localhost")), kwargs.get("port", DEFAULT_SENTINEL_PORT)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -205,6 +205,21 @@ _SESSION_TABLES = (
 )
 
 
+def _prefix_end(prefix: str) -> str | None:
+    """The least string above every string starting with ``prefix`` (``None``: no bound).
+
+    Strings compare by code point, as SQLite compares UTF-8 text and Redis compares bytes.
+    """
+    while prefix:
+        last = ord(prefix[-1]) + 1
+        if last == 0xD800:  # surrogates are not characters: skip them
+            last = 0xE000
+        if last <= 0x10FFFF:
+            return prefix[:-1] + chr(last)
+        prefix = prefix[:-1]
+    return None
+
+
 def lrange_bounds(start: int, end: int, length: int) -> tuple[int, int] | None:
     """Redis ``LRANGE`` index rules: inclusive, negative from the end; ``None`` if empty."""
     lo = max(start + length if start < 0 else start, 0)
@@ -758,6 +773,136 @@ class SqliteStore(SyncBackedStore):
             return added
 
         return self._write(session_id, init, now, apply, appends=True)
+
+    def _edit(
+        self, session_id: str, now: str, edit: Callable[[sqlite3.Connection, int], Any]
+    ) -> Any:
+        """Run ``edit(conn, length)`` on a live session's history in one write transaction.
+
+        ``edit`` answers ``(result, messages_delta, tokens_delta)``; the counters follow
+        and the session is touched when anything changed. Absent: ``None``.
+        """
+
+        def body(conn: sqlite3.Connection, tx: _Tx) -> Any:
+            n = self._live(conn, tx, session_id)
+            if n is None:
+                return None
+            result, messages, tokens = edit(conn, n)
+            if messages or tokens or result:
+                conn.execute(
+                    "UPDATE sessions SET n_messages = n_messages + ?, mc = mc + ?, tc = tc + ? "
+                    "WHERE id = ?",
+                    (messages, messages, tokens, session_id),
+                )
+                conn.execute(_TOUCH_WRITE, (dumps(now), self._expires(tx), session_id))
+            return result
+
+        return self._tx(body)
+
+    @staticmethod
+    def _renumber(conn: sqlite3.Connection, session_id: str, first: int) -> None:
+        """Give the messages from position ``first`` on positions ``first, first + 1, ...``."""
+        # Through negative positions: the (session_id, seq) key stays unique at every step.
+        conn.execute(
+            "UPDATE messages SET seq = -1 - seq WHERE session_id = ? AND seq >= ?",
+            (session_id, first),
+        )
+        olds = conn.execute(
+            "SELECT seq FROM messages WHERE session_id = ? AND seq < 0 ORDER BY seq DESC",
+            (session_id,),
+        ).fetchall()
+        conn.executemany(
+            "UPDATE messages SET seq = ? WHERE session_id = ? AND seq = ?",
+            [(first + i, session_id, old) for i, (old,) in enumerate(olds)],
+        )
+
+    @override
+    def delete_messages(self, session_id: str, message_ids: Sequence[str], *, now: str) -> int:
+        wanted = list(dict.fromkeys(message_ids))
+
+        def edit(conn: sqlite3.Connection, _n: int) -> tuple[int, int, int]:
+            found = [
+                row
+                for mid in wanted
+                for row in conn.execute(
+                    "SELECT seq, body FROM messages WHERE session_id = ? AND id = ?",
+                    (session_id, mid),
+                ).fetchall()
+            ]
+            if not found:
+                return 0, 0, 0
+            conn.executemany(
+                "DELETE FROM messages WHERE session_id = ? AND seq = ?",
+                [(session_id, seq) for seq, _ in found],
+            )
+            self._renumber(conn, session_id, min(seq for seq, _ in found))
+            tokens = sum(int(json.loads(body).get("token_count", 0)) for _, body in found)
+            return len(found), -len(found), -tokens
+
+        removed: int | None = self._edit(session_id, now, edit)
+        return removed or 0
+
+    @override
+    def replace_message(
+        self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
+    ) -> bool:
+        def edit(conn: sqlite3.Connection, _n: int) -> tuple[bool, int, int]:
+            row = conn.execute(
+                "SELECT seq, body FROM messages WHERE session_id = ? AND id = ?",
+                (session_id, message_id),
+            ).fetchone()
+            if row is None:
+                return False, 0, 0
+            conn.execute(
+                "UPDATE messages SET body = ? WHERE session_id = ? AND seq = ?",
+                (message.json, session_id, row[0]),
+            )
+            return True, 0, message.tokens - int(json.loads(row[1]).get("token_count", 0))
+
+        return bool(self._edit(session_id, now, edit))
+
+    @override
+    def truncate_messages(
+        self, session_id: str, message_id: str, *, inclusive: bool, now: str
+    ) -> int | None:
+        def edit(conn: sqlite3.Connection, _n: int) -> tuple[int | None, int, int]:
+            row = conn.execute(
+                "SELECT seq FROM messages WHERE session_id = ? AND id = ?",
+                (session_id, message_id),
+            ).fetchone()
+            if row is None:
+                return None, 0, 0
+            cut = row[0] if inclusive else row[0] + 1
+            bodies = conn.execute(
+                "SELECT body FROM messages WHERE session_id = ? AND seq >= ?", (session_id, cut)
+            ).fetchall()
+            conn.execute(
+                "DELETE FROM messages WHERE session_id = ? AND seq >= ?", (session_id, cut)
+            )
+            tokens = sum(int(json.loads(body).get("token_count", 0)) for (body,) in bodies)
+            return len(bodies), -len(bodies), -tokens
+
+        result: int | None = self._edit(session_id, now, edit)
+        return result
+
+    @override
+    def list_page(self, *, prefix: str = "", cursor: str | None = None, limit: int) -> list[str]:
+        low = prefix if cursor is None or cursor < prefix else cursor
+        upper = _prefix_end(prefix)
+        query = "SELECT id FROM sessions WHERE (expires_at IS NULL OR expires_at > ?) AND id >= ?"
+        args: list[Any] = [low]
+        if cursor is not None and cursor >= prefix:
+            query = query.replace("id >= ?", "id > ?")
+        if upper is not None:
+            query += " AND id < ?"
+            args.append(upper)
+        query += " ORDER BY id LIMIT ?"
+
+        def read(conn: sqlite3.Connection, now: float) -> list[str]:
+            return [r[0] for r in conn.execute(query, (now, *args, limit)).fetchall()]
+
+        page: list[str] = self._read_tx(read)
+        return page
 
     @override
     def append_fetched(
