@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -401,14 +402,28 @@ def demo(
 @sessions_app.command("list")
 def sessions_list(
     ctx: typer.Context,
+    *,
     long: Annotated[
         bool, typer.Option("--long", "-l", help="A table with mode, messages, tokens, last update.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="A JSON array of session ids.")] = False,
+    prefix: Annotated[
+        str, typer.Option("--prefix", help="Only the sessions whose id starts with this.")
+    ] = "",
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", min=1, help="At most this many (a page; O(page) on SQLite/Redis)."),
+    ] = None,
+    after: Annotated[
+        str | None,
+        typer.Option("--after", help="Start after this id: the last id of the previous page."),
+    ] = None,
 ) -> None:
-    """List session ids, one per line (sorted)."""
+    """List session ids, one per line (sorted); page with --limit and --after."""
     with _open(ctx) as manager:
-        ids = manager.list_sessions()
+        ids = manager.list_sessions(prefix, limit=limit, cursor=after)
+        if limit is not None and len(ids) == limit:
+            _note(f"more may follow: --after {printable(shlex.quote(ids[-1]))}")
         if as_json:
             typer.echo(json.dumps(ids, ensure_ascii=False))
             return

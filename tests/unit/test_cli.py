@@ -143,6 +143,19 @@ def test_sessions_list(source: ContextManager) -> None:
     assert "6 session(s)" in long.stderr
 
 
+def test_sessions_list_pages(source: ContextManager) -> None:
+    everyone = source.list_sessions()
+    first = run(source, "sessions", "list", "--limit", "4")
+    assert first.exit_code == 0, first.output
+    assert first.stdout.splitlines() == everyone[:4]
+    assert f"--after {everyone[3]}" in first.stderr
+    rest = run(source, "sessions", "list", "--limit", "4", "--after", everyone[3], "--json")
+    assert json.loads(rest.stdout) == everyone[4:8]
+    users = run(source, "sessions", "list", "--prefix", "user-")
+    assert users.stdout.splitlines() == [s for s in everyone if s.startswith("user-")]
+    assert run(source, "sessions", "list", "--limit", "0").exit_code == 2
+
+
 def test_show_pretty_keeps_brackets_literal(source: ContextManager) -> None:
     result = run(source, "show", "user-1")
     assert result.exit_code == 0, result.output
