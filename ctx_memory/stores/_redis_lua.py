@@ -59,6 +59,30 @@ SESSION_SUFFIXES = ("h", "m", "f", "fp", "ids", "w", "wo")
 TOKEN_WINDOW = 600
 """Seconds (server time) a write token's result is kept at least (at most twice that)."""
 
+# Appending (id, tokens, message) triples whose id the session does not hold yet, shared by
+# SESSION_SCRIPT (from ARGV[5]) and APPEND_SCRIPT (from ARGV[2]); needs IDS, M and token.
+# A message whose id was stored by this very write token (a retry of a write that landed)
+# counts as added ("again") without being pushed twice.
+_APPEND_NEW = r"""
+local n, again, tokens, batch, mine = 0, 0, 0, {}, {}
+for i = FIRST, #ARGV, 3 do
+  if redis.call('HSETNX', IDS, ARGV[i], token) == 1 then
+    mine[ARGV[i]] = true
+    n = n + 1
+    tokens = tokens + tonumber(ARGV[i + 1])
+    batch[#batch + 1] = ARGV[i + 2]
+    if #batch == 4000 then
+      redis.call('RPUSH', M, unpack(batch))
+      batch = {}
+    end
+  elseif not mine[ARGV[i]] and redis.call('HGET', IDS, ARGV[i]) == token then
+    mine[ARGV[i]] = true
+    again = again + 1
+  end
+end
+if #batch > 0 then redis.call('RPUSH', M, unpack(batch)) end
+"""
+
 _COMMON = (
     f"local TOKEN_WINDOW = {TOKEN_WINDOW}\n"
     + r"""
@@ -337,26 +361,9 @@ local function finish(created, added)
   return {created, added, expired, evicted}
 end
 
--- Append the (id, tokens, message) triples ARGV[first..] whose id is new to the session.
-local function append_new(first)
-  local n, again, batch, mine = 0, 0, {}, {}
-  for i = first, #ARGV, 3 do
-    if redis.call('HSETNX', IDS, ARGV[i], token) == 1 then
-      mine[ARGV[i]] = true
-      n = n + 1
-      st.tc = st.tc + tonumber(ARGV[i + 1])
-      batch[#batch + 1] = ARGV[i + 2]
-      if #batch == 4000 then
-        redis.call('RPUSH', M, unpack(batch))
-        batch = {}
-      end
-    elseif not mine[ARGV[i]] and redis.call('HGET', IDS, ARGV[i]) == token then
-      mine[ARGV[i]] = true
-      again = again + 1
-    end
-  end
-  if #batch > 0 then redis.call('RPUSH', M, unpack(batch)) end
-  st.mc = st.mc + n
+-- Append the (id, tokens, message) triples from ARGV[5] whose id is new to the session.
+local function append_new()
+__APPEND_NEW_5__  st.mc, st.tc = st.mc + n, st.tc + tokens
   return n, again
 end
 
@@ -364,7 +371,7 @@ if op == 'append' then
   local recent, created, added = upsert()
   if recent == 'init' then return 'init' end
   if recent == nil then return {created, added, {}, {}} end
-  local n, again = append_new(5)
+  local n, again = append_new()
   if n == 0 and created == 0 then  -- every id known: a no-op
     if again > 0 and redis.call('HGET', H, 'ct') == token then created = 1 end
     return {created, again, {}, {}}
@@ -555,7 +562,7 @@ elseif op == 'exists' then
 end
 return redis.error_reply('ctx_memory: unknown operation ' .. tostring(op))
 """
-)
+).replace("__APPEND_NEW_5__", _APPEND_NEW.replace("FIRST", "5").lstrip())
 
 INDEX_SCRIPT = (
     _COMMON
@@ -634,27 +641,10 @@ local ttl, token, now = string.match(ARGV[1], '^(%d+) (%x+) (.*)$')
 local nk = #KEYS
 local fetched = r[2] == '1' and ttl ~= '0'
 if fetched and nk < 5 then return -2 end
-local n, again, tokens, batch, mine = 0, 0, 0, {}, {}
-for i = 2, #ARGV, 3 do
-  if redis.call('HSETNX', IDS, ARGV[i], token) == 1 then
-    mine[ARGV[i]] = true
-    n = n + 1
-    tokens = tokens + tonumber(ARGV[i + 1])
-    batch[#batch + 1] = ARGV[i + 2]
-    if #batch == 4000 then
-      redis.call('RPUSH', M, unpack(batch))
-      batch = {}
-    end
-  elseif not mine[ARGV[i]] and redis.call('HGET', IDS, ARGV[i]) == token then
-    mine[ARGV[i]] = true
-    again = again + 1  -- stored by an earlier attempt of this very write (a retry)
-  end
-end
-if n == 0 then  -- nothing new: a no-op (a retry answers what its first attempt did)
+__APPEND_NEW_2__if n == 0 then  -- nothing new: a no-op (a retry answers what its first attempt did)
   if again > 0 and redis.call('HGET', H, 'ct') == token then return again * 2 + 1 end
   return again * 2
 end
-if #batch > 0 then redis.call('RPUSH', M, unpack(batch)) end
 redis.call('HSET', H, 'ts', now, 'mc', string.format('%d', tonumber(r[3]) + n),
   'tc', string.format('%d', tonumber(r[4]) + tokens))
 if ttl ~= '0' then
@@ -673,4 +663,4 @@ if nk == 7 then
   redis.call('ZADD', KEYS[7], 0, r[1])
 end
 return (n + again) * 2
-"""
+""".replace("__APPEND_NEW_2__", _APPEND_NEW.replace("FIRST", "2").lstrip())
