@@ -8,10 +8,35 @@ A chat message costs::
     + tokens(tool_call_id)                        for tool results
     + tokens(JSON of [{name, arguments}, ...])    for assistant tool calls
 
-and a whole request adds REPLY_PRIMING (3) for the assistant's reply. Content-block lists
-count the text of their text blocks and the compact JSON of any other block. This count is
+and a whole request adds REPLY_PRIMING (3) for the assistant's reply. This count is
 computed once, when a message is written, and stored with it as ``token_count``;
 ``metadata.token_count`` is the sum over the stored history.
+
+Content-block lists count each block by what it is, in every block form LangChain passes
+on (OpenAI's ``image_url`` / ``input_image`` / ``input_audio`` / ``file``, LangChain's
+standard ``image`` / ``audio`` / ``video`` / ``file`` / ``text-plain`` blocks with
+``base64``, ``url``, ``file_id`` or the older ``source_type`` + ``data``, Anthropic's
+``source`` dict, ``media``)::
+
+    text block                the tokens of its text
+    image block               OpenAI's vision formula (:func:`ctx_memory.images.image_tokens`):
+                              85 for detail "low"; for "high" or "auto" (counted as high)
+                              85 + 170 per 512 px tile of the image scaled into 2048 x 2048
+                              and then to a shortest side of at most 768 px, with the size
+                              read from the PNG/JPEG/GIF/WebP header in the base64 data
+    image of unknown size     UNKNOWN_IMAGE_TOKENS (765, what a 1024 x 1024 image costs
+                              at high detail): an http(s) URL, a file id, a format whose
+                              header is not read; 85 at detail "low"
+    audio block               AUDIO_BLOCK_TOKENS (1,000) each, whatever its length
+    file / video block        FILE_BLOCK_TOKENS (1,500) each: about one PDF page (its image
+                              at high detail and a page of text); a text-plain block with
+                              its text inline counts that text
+    any other block           the tokens of its compact JSON (tool calls, reasoning, ...)
+
+Base64 data is never counted as text: the image cost replaces it, and audio and file
+costs are fixed reservations for the budget, not the provider's bill (pass
+``audio_tokens`` / ``file_tokens`` / ``unknown_image_tokens`` to :class:`TokenCounter`
+to reserve what your files take).
 
 The approximate mode (about four characters a token, the seed's behaviour) is used only
 when asked for (``TOKEN_COUNTER=approximate``).
@@ -27,6 +52,13 @@ from typing import TYPE_CHECKING, Any
 import tiktoken
 
 from ctx_memory.errors import ConfigurationError, TokenizerError
+from ctx_memory.images import (
+    LOW_DETAIL_TOKENS,
+    image_size_from_base64,
+    image_size_from_bytes,
+    image_tokens,
+    parse_data_url,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -34,11 +66,15 @@ if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
 
 __all__ = [
+    "AUDIO_BLOCK_TOKENS",
     "DEFAULT_ENCODING",
+    "FILE_BLOCK_TOKENS",
     "REPLY_PRIMING",
     "TOKENS_PER_MESSAGE",
     "TOKENS_PER_NAME",
+    "UNKNOWN_IMAGE_TOKENS",
     "TokenCounter",
+    "block_kind",
     "encoding_for_model",
 ]
 
@@ -48,6 +84,18 @@ TOKENS_PER_NAME = 1
 REPLY_PRIMING = 3
 APPROXIMATE = "approximate"
 _CHARS_PER_TOKEN = 4
+UNKNOWN_IMAGE_TOKENS = 765
+AUDIO_BLOCK_TOKENS = 1000
+FILE_BLOCK_TOKENS = 1500
+
+_IMAGE_TYPES = frozenset({"image", "image_url", "input_image"})
+_AUDIO_TYPES = frozenset({"audio", "input_audio"})
+_FILE_TYPES = frozenset({"file", "input_file", "document", "video", "text-plain", "media"})
+_KINDS = {
+    **dict.fromkeys(_IMAGE_TYPES, "image"),
+    **dict.fromkeys(_AUDIO_TYPES, "audio"),
+    **dict.fromkeys(_FILE_TYPES, "file"),
+}
 
 
 def encoding_for_model(model: str) -> str:
@@ -77,6 +125,53 @@ def _load_encoding(name: str) -> tiktoken.Encoding:
         raise TokenizerError(msg) from e
 
 
+def block_kind(block: Mapping[str, Any]) -> str:
+    """What a content block holds: ``"text"``, ``"image"``, ``"audio"``, ``"file"`` or ``"other"``.
+
+    ``file``, ``media`` and similar blocks whose MIME type is ``image/*`` or
+    ``audio/*`` count as images or audio.
+    """
+    kind = block.get("type")
+    if kind == "text":
+        return "text" if isinstance(block.get("text"), str) else "other"
+    if kind in _FILE_TYPES:
+        mime = str(block.get("mime_type") or "").lower()
+        kind = {"image": "image", "audio": "audio"}.get(mime.partition("/")[0], "file")
+    return _KINDS.get(kind, "other") if isinstance(kind, str) else "other"
+
+
+def _image_detail(block: Mapping[str, Any]) -> str | None:
+    for holder in (block, block.get("image_url"), block.get("extras")):
+        if isinstance(holder, dict) and isinstance(holder.get("detail"), str):
+            return str(holder["detail"]).lower()
+    return None
+
+
+def _image_data(block: Mapping[str, Any]) -> str | bytes | None:
+    """The image's bytes or base64 text, if the block carries them (not for a URL)."""
+    image_url = block.get("image_url")
+    source = block.get("source")
+    urls = (image_url.get("url") if isinstance(image_url, dict) else image_url, block.get("url"))
+    inline = [block.get("base64")]
+    if isinstance(source, dict) and source.get("type") == "base64":  # Anthropic
+        inline.append(source.get("data"))
+    if block.get("source_type") in (None, "base64"):  # LangChain's older data blocks, media
+        inline.append(block.get("data"))
+    for value in urls:
+        data_url = parse_data_url(value) if isinstance(value, str) else None
+        if data_url is not None:
+            return data_url.payload if data_url.base64 else None
+    for value in inline:
+        if isinstance(value, (bytes, bytearray)):
+            return bytes(value)
+        if isinstance(value, str) and value:
+            data_url = parse_data_url(value)
+            if data_url is None:
+                return value  # bare base64
+            return data_url.payload if data_url.base64 else None
+    return None
+
+
 class TokenCounter:
     """Counts tokens for text and chat messages with one tiktoken encoding.
 
@@ -84,7 +179,12 @@ class TokenCounter:
         model: A model name; its tiktoken encoding is used (unknown models fall back to
             ``o200k_base``). Ignored when ``encoding`` is given.
         encoding: A tiktoken encoding name such as ``"cl100k_base"``.
-        approximate: Count about four characters a token instead of encoding.
+        approximate: Count about four characters a token instead of encoding (text
+            only: content blocks count the same in both modes).
+        unknown_image_tokens: What an image costs whose size is not known (a URL, a
+            file id, an unread format) at detail "high" or "auto".
+        audio_tokens: What each audio block costs.
+        file_tokens: What each file or video block costs.
 
     Example:
         .. code-block:: python
@@ -96,6 +196,9 @@ class TokenCounter:
             assert counter.count("hello world") == 2
             # 3 per message + role + content, and 3 to prime the reply:
             assert counter.count_chat([{"role": "user", "content": "hello world"}]) == 9
+            # An image costs what OpenAI's vision formula says, never its base64 text:
+            image = {"type": "image_url", "image_url": {"url": "https://a.example/cat.png"}}
+            assert counter.count_content([image]) == 765  # size unknown: 1024 x 1024
     """
 
     def __init__(
@@ -104,8 +207,14 @@ class TokenCounter:
         *,
         encoding: str | None = None,
         approximate: bool = False,
+        unknown_image_tokens: int = UNKNOWN_IMAGE_TOKENS,
+        audio_tokens: int = AUDIO_BLOCK_TOKENS,
+        file_tokens: int = FILE_BLOCK_TOKENS,
     ) -> None:
         self.approximate = approximate
+        self.unknown_image_tokens = unknown_image_tokens
+        self.audio_tokens = audio_tokens
+        self.file_tokens = file_tokens
         if approximate:
             self.encoding_name = APPROXIMATE
             self._encoding: tiktoken.Encoding | None = None
@@ -141,15 +250,38 @@ class TokenCounter:
         """Tokens in message content: a string or a list of content blocks."""
         if isinstance(content, str):
             return self.count(content)
-        total = 0
-        for block in content:
-            if isinstance(block, str):
-                total += self.count(block)
-            elif block.get("type") == "text" and isinstance(block.get("text"), str):
-                total += self.count(block["text"])
-            else:
-                total += self.count(json.dumps(block, separators=(",", ":"), sort_keys=True))
-        return total
+        return sum(
+            self.count(block) if isinstance(block, str) else self.count_block(block)
+            for block in content
+        )
+
+    def count_block(self, block: Mapping[str, Any]) -> int:
+        """Tokens of one content block, by what it holds (see the module docstring)."""
+        kind = block_kind(block)
+        if kind == "text":
+            return self.count(block["text"])
+        if kind == "image":
+            return self.count_image(block)
+        if kind == "audio":
+            return self.audio_tokens
+        if kind == "file":
+            text = block.get("text")
+            return self.count(text) if isinstance(text, str) else self.file_tokens
+        return self.count(json.dumps(block, separators=(",", ":"), sort_keys=True, default=str))
+
+    def count_image(self, block: Mapping[str, Any]) -> int:
+        """Tokens of an image block: OpenAI's formula from the size in its header."""
+        detail = _image_detail(block)
+        if detail == "low":
+            return LOW_DETAIL_TOKENS
+        data = _image_data(block)
+        if isinstance(data, bytes):
+            size = image_size_from_bytes(data)
+        else:
+            size = image_size_from_base64(data) if data else None
+        if size is None:
+            return self.unknown_image_tokens
+        return image_tokens(*size, detail)
 
     def count_message(
         self,
