@@ -954,6 +954,24 @@ class AssembledPrompt:
         """The messages as a :class:`ChatPromptValue`, what a chat model takes."""
         return ChatPromptValue(messages=self.messages)
 
+    def sources_used(self) -> list[dict[str, Any]]:
+        """The numbered sources in the prompt, as the model saw them.
+
+        One JSON-native dict per source, in prompt order: ``n`` (the ``[n]`` the prompt
+        shows, from 1), ``url`` (``None`` for a source without one), ``title`` (as in
+        the prompt's heading: the title, else the site name, else the URL) and
+        ``source_type`` (its ``fetched_context`` key, e.g. ``"web_search"``).
+        """
+        return [
+            {
+                "n": n,
+                "url": str(item["url"]) if item.get("url") else None,
+                "title": _title(item),
+                "source_type": item.get("source_type"),
+            }
+            for n, item in enumerate(self.sources, 1)
+        ]
+
     def to_variables(self) -> dict[str, Any]:
         """Variables for a user's own ``ChatPromptTemplate``.
 
