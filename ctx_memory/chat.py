@@ -10,17 +10,29 @@ produced it. A turn lands whole or not at all: a model error, a question over th
 or a stream that does not finish writes nothing, and the question and reply carry ids
 that a retry of the chat reuses, so it records one turn. The async methods do the same
 with the store's native async path.
+
+What the caller gets back is the model's message plus ``response_metadata["ctx_memory"]``
+(:data:`METADATA_KEY`): the numbered sources the prompt held, which of them the reply
+cites as ``[n]``, and the assembly's budget report (:func:`reply_metadata`). The assembly
+runs as a child run of the chat's run, so tracers and callbacks see the same report.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from langchain_core.messages import AIMessage, BaseMessage, message_chunk_to_message
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    message_chunk_to_message,
+)
 from langchain_core.messages.base import BaseMessageChunk
 from langchain_core.runnables import Runnable
 from langchain_core.runnables.config import patch_config
@@ -54,7 +66,65 @@ if TYPE_CHECKING:
 
     from ctx_memory.manager import ContextManager
 
-__all__ = ["ContextualChat"]
+__all__ = ["METADATA_KEY", "ContextualChat", "cited_sources", "reply_metadata"]
+
+METADATA_KEY = "ctx_memory"
+"""The key of ctx_memory's part of a reply's ``response_metadata``."""
+
+_REPORT_LEFT_OUT = frozenset({"session_id", "source_urls"})  # said once, elsewhere
+_CITATION = re.compile(r"\[(\d+(?:\s*(?:[,;]|[-\u2013])\s*\d+)*)\]")
+_CITATION_PART = re.compile(r"(\d+)(?:\s*[-\u2013]\s*(\d+))?")
+
+
+def cited_sources(text: str, count: int) -> list[int]:
+    """The source numbers a reply cites, ascending, each once.
+
+    A citation is a bracketed number or list of numbers: ``[2]``, ``[1, 3]``,
+    ``[1][3]``, ``[1-3]`` (a range). Only numbers of a source in the prompt
+    (``1..count``) count, so a bracketed year such as ``[2024]`` is passed over.
+    """
+    cited: set[int] = set()
+    for group in _CITATION.findall(text):
+        for first, last in _CITATION_PART.findall(group):
+            low = int(first)
+            high = int(last) if last else low
+            if high - low > count:  # not a range of sources
+                continue
+            cited.update(n for n in range(low, high + 1) if 1 <= n <= count)
+    return sorted(cited)
+
+
+def reply_metadata(prompt: AssembledPrompt, reply: BaseMessage | None = None) -> dict[str, Any]:
+    """``response_metadata["ctx_memory"]`` for a reply to ``prompt`` (JSON-native).
+
+    ``session_id``; ``sources_used``, the numbered sources in the prompt
+    (:meth:`AssembledPrompt.sources_used`: ``n``, ``url``, ``title``, ``source_type``);
+    ``cited``, the numbers of those the reply cites as ``[n]`` (:func:`cited_sources`;
+    left out without a reply, as in the assembly's trace); and ``report``, the budget
+    report: :meth:`AssemblyReport.as_dict` without ``session_id`` and ``source_urls``
+    (tokens per section, budget, what was left out).
+    """
+    sources = prompt.sources_used()
+    out: dict[str, Any] = {"session_id": prompt.report.session_id, "sources_used": sources}
+    if reply is not None:
+        out["cited"] = cited_sources(reply.text, len(sources))
+    report = prompt.report.as_dict()
+    out["report"] = {k: v for k, v in report.items() if k not in _REPORT_LEFT_OUT}
+    return out
+
+
+def _profile_max_input_tokens(model: Any) -> int | None:
+    """``model.profile["max_input_tokens"]`` through bindings and retries, if declared."""
+    for _ in range(8):  # a binding of a retry of a binding ... of the chat model
+        profile = getattr(model, "profile", None)
+        if isinstance(profile, Mapping):
+            value = profile.get("max_input_tokens")
+            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+            return value if ok else None
+        model = getattr(model, "bound", None)
+        if model is None:
+            break
+    return None
 
 
 def _model_name(model: Any, message: BaseMessage, default: str | None) -> str:
@@ -134,6 +204,47 @@ class _RetryKeys:
         return fresh
 
 
+class _ReplyStream:
+    """What a stream yields, fed the model's items one by one (no I/O).
+
+    Chunks go out as they come, with the reply's id. The model's final chunk (its
+    ``chunk_position="last"``) and a whole message (a model that does not stream) are
+    held back: :meth:`last` gives them once the turn is recorded, carrying
+    ``response_metadata["ctx_memory"]``, or an empty final chunk when there is none.
+    So the stream's last item, and only it, says the turn was recorded.
+    """
+
+    def __init__(self, reply_id: str) -> None:
+        self.reply_id = reply_id
+        self.full: BaseMessage | None = None  # the whole reply so far, as the model sent it
+        self._held: BaseMessage | None = None
+
+    def feed(self, item: BaseMessage) -> list[AIMessage]:
+        """The items to yield now that ``item`` came (held ones first)."""
+        self.full = item if self.full is None else _add(self.full, item)
+        out = [] if self._held is None else [_with_id(self._held, self.reply_id)]
+        self._held = None
+        if isinstance(item, BaseMessageChunk) and getattr(item, "chunk_position", None) is None:
+            out.append(_with_id(item, self.reply_id))
+        else:
+            self._held = item
+        return out
+
+    def last(self, reply: AIMessage) -> AIMessage:
+        """The final item, for ``reply`` (the whole reply as recorded)."""
+        meta = {METADATA_KEY: reply.response_metadata[METADATA_KEY]}
+        held = self._held
+        if held is None:  # the model marked no final chunk: add an empty one
+            content: Any = "" if isinstance(reply.content, str) else []
+            return AIMessageChunk(
+                content=content, id=self.reply_id, response_metadata=meta, chunk_position="last"
+            )
+        if not isinstance(held, BaseMessageChunk):
+            return reply  # a whole message: the reply as stored
+        update = {"id": self.reply_id, "response_metadata": {**held.response_metadata, **meta}}
+        return held.model_copy(update=update)  # type: ignore[return-value]
+
+
 class ContextualChat(Runnable[PromptInput, AIMessage]):
     """Assembles, calls a chat model and records the turn, as one Runnable.
 
@@ -143,6 +254,20 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
     ``session_id``. Output: the model's ``AIMessage`` (chunks when streaming), stored
     with ``metadata`` ``model``, ``response_time_ms``, ``sources_used`` (URLs of the
     sources in the prompt) and ``tools_used`` (names of the reply's tool calls).
+
+    The reply carries ``response_metadata["ctx_memory"]`` (:func:`reply_metadata`):
+    ``sources_used`` (``[{"n", "url", "title", "source_type"}]``, the numbered sources
+    the prompt held), ``cited`` (the ``n`` the reply cites as ``[n]``), ``report`` (the
+    budget report) and ``session_id``. It is part of the reply, so it is stored with it
+    and ``manager.get_messages`` gives the reply back exactly as returned. A stream
+    carries it on its final chunk only (``chunk_position="last"``), yielded once the turn
+    is recorded, so adding up the chunks gives the stored reply. The assembly is a child
+    run named after the assembler (``run_type="prompt"``) whose output is the same
+    dict without ``cited``: tracers and callbacks see it before the model is called.
+
+    Without ``max_tokens`` (and without an ``assembler``), the prompt is sized to the
+    model's ``profile["max_input_tokens"]`` when the model declares one (``reserve_tokens``
+    is still kept free), else to the assembler's default of 8000.
 
     A turn lands atomically: the question and the reply are written together, in one
     ``add_messages`` call, once the model has answered. So
@@ -154,7 +279,8 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
     - a stream that does not finish records **nothing**: if the consumer stops reading
       (``break`` out of ``stream()`` / ``astream()``) or the model raises mid-stream,
       the chunks already yielded are the caller's and the session is as if the question
-      had not been asked. A stream is recorded once the model's last chunk was read;
+      had not been asked. A stream is recorded once the model's last chunk was read,
+      before the stream's final chunk is yielded;
     - the question and the reply carry ids: the question keeps its own (a
       ``HumanMessage`` with an ``id``), else gets a new uuid4; the reply's id derives
       from the question's and replaces the model's per-call id (on the returned message,
@@ -171,7 +297,8 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         session_id: Default session id.
         model_name: Name to record (default: from the reply's ``response_metadata`` or
             the model's ``model_name`` / ``model`` attribute).
-        **assembler_kwargs: For the default assembler, e.g. ``max_tokens=16000``.
+        **assembler_kwargs: For the default assembler, e.g. ``max_tokens=16000``
+            (default: the model's ``profile["max_input_tokens"]``, else 8000).
 
     Example:
         .. code-block:: python
@@ -190,8 +317,10 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
 
             reply = chat.invoke("When should I book?", config=config)
             assert reply.content == "Book early."
+            assert reply.response_metadata["ctx_memory"]["report"]["budget"] == 3000
             chunks = list(chat.stream("Really?", config=config))
             assert "".join(c.content for c in chunks) == "Yes."
+            assert "ctx_memory" in chunks[-1].response_metadata
 
             history = manager.get_history("s1")
             assert [r["role"] for r in history] == ["user", "assistant"] * 2
@@ -216,7 +345,7 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
             raise ValidationError(msg)
         self.manager = manager
         self.model = model
-        self.assembler = assembler or ContextPromptAssembler(manager, **assembler_kwargs)
+        self.assembler = assembler or _default_assembler(manager, model, assembler_kwargs)
         self.session_id = session_id
         self.model_name = model_name
         self.name = name
@@ -263,10 +392,15 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
     def _record_flow(
         self, turn: Turn, reply: BaseMessage, started: float, prompt: AssembledPrompt
     ) -> Generator[Call, Any, AIMessage]:
-        """Write the question and the reply in one append; return the reply as stored."""
+        """Write the question and the reply in one append; return the reply as stored.
+
+        The reply gets the turn's id and ``response_metadata["ctx_memory"]``; the rest
+        is the model's, kept whole.
+        """
         message = _as_message(reply)
-        if message.id != turn.reply_id:
-            message = message.model_copy(update={"id": turn.reply_id})
+        extra = {METADATA_KEY: reply_metadata(prompt, message)}
+        update = {"id": turn.reply_id, "response_metadata": {**message.response_metadata, **extra}}
+        message = message.model_copy(update=update)
         metadata = {
             "model": _model_name(self.model, message, self.model_name),
             "response_time_ms": round((time.perf_counter() - started) * 1000, 3),
@@ -282,13 +416,42 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
     def _child(config: RunnableConfig, run_manager: Any) -> RunnableConfig:
         return patch_config(config, callbacks=run_manager.get_child())
 
+    def _assembly_run(self, turn: Turn) -> dict[str, Any]:
+        """How the assembly's child run starts: its inputs, type and name."""
+        inputs = {"question": turn.text, "session_id": turn.session_id}
+        return {"inputs": inputs, "run_type": "prompt", "name": self.assembler.get_name()}
+
+    def _assemble(self, turn: Turn, run_manager: CallbackManagerForChainRun) -> AssembledPrompt:
+        """The prompt, assembled in a child run whose output is the report."""
+        child = run_manager.get_child().on_chain_start(None, **self._assembly_run(turn))
+        try:
+            prompt = drive(self.manager, self._prepare_flow(turn))
+        except BaseException as e:
+            child.on_chain_error(e)
+            raise
+        child.on_chain_end(reply_metadata(prompt))
+        return prompt
+
+    async def _aassemble(
+        self, turn: Turn, run_manager: AsyncCallbackManagerForChainRun
+    ) -> AssembledPrompt:
+        """Async :meth:`_assemble`."""
+        child = await run_manager.get_child().on_chain_start(None, **self._assembly_run(turn))
+        try:
+            prompt = await adrive(self.manager, self._prepare_flow(turn))
+        except BaseException as e:
+            await child.on_chain_error(e)
+            raise
+        await child.on_chain_end(reply_metadata(prompt))
+        return prompt
+
     # ------------------------------------------------------------ invoke
 
     def _run(
         self, input_: PromptInput, run_manager: CallbackManagerForChainRun, config: RunnableConfig
     ) -> AIMessage:
         turn = self._turn(input_, config, run_manager)
-        prompt = drive(self.manager, self._prepare_flow(turn))
+        prompt = self._assemble(turn, run_manager)
         started = time.perf_counter()
         reply = self.model.invoke(prompt.messages, self._child(config, run_manager))
         return drive(self.manager, self._record_flow(turn, reply, started, prompt))
@@ -300,7 +463,7 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         config: RunnableConfig,
     ) -> AIMessage:
         turn = self._turn(input_, config, run_manager)
-        prompt = await adrive(self.manager, self._prepare_flow(turn))
+        prompt = await self._aassemble(turn, run_manager)
         started = time.perf_counter()
         reply = await self.model.ainvoke(prompt.messages, self._child(config, run_manager))
         return await adrive(self.manager, self._record_flow(turn, reply, started, prompt))
@@ -321,7 +484,8 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
     #
     # The turn is written after the model's last chunk has been read, so a consumer
     # that stops early (GeneratorExit at a ``yield``) or a model that raises mid-stream
-    # leaves the session untouched: nothing is written on either path.
+    # leaves the session untouched: nothing is written on either path. The final chunk,
+    # with ``response_metadata["ctx_memory"]``, is yielded after the write.
 
     def _stream_run(
         self,
@@ -331,14 +495,14 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
     ) -> Iterator[AIMessage]:
         input_ = _join(list(inputs))
         turn = self._turn(input_, config, run_manager)
-        prompt = drive(self.manager, self._prepare_flow(turn))
+        prompt = self._assemble(turn, run_manager)
         started = time.perf_counter()
-        full: BaseMessage | None = None
-        for chunk in self.model.stream(prompt.messages, self._child(config, run_manager)):
-            full = chunk if full is None else _add(full, chunk)
-            yield _with_id(chunk, turn.reply_id)
-        if full is not None:
-            drive(self.manager, self._record_flow(turn, full, started, prompt))
+        stream = _ReplyStream(turn.reply_id)
+        for item in self.model.stream(prompt.messages, self._child(config, run_manager)):
+            yield from stream.feed(item)
+        if stream.full is not None:
+            reply = drive(self.manager, self._record_flow(turn, stream.full, started, prompt))
+            yield stream.last(reply)
 
     async def _astream_run(
         self,
@@ -348,14 +512,17 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
     ) -> AsyncIterator[AIMessage]:
         input_ = _join([part async for part in inputs])
         turn = self._turn(input_, config, run_manager)
-        prompt = await adrive(self.manager, self._prepare_flow(turn))
+        prompt = await self._aassemble(turn, run_manager)
         started = time.perf_counter()
-        full: BaseMessage | None = None
-        async for chunk in self.model.astream(prompt.messages, self._child(config, run_manager)):
-            full = chunk if full is None else _add(full, chunk)
-            yield _with_id(chunk, turn.reply_id)
-        if full is not None:
-            await adrive(self.manager, self._record_flow(turn, full, started, prompt))
+        stream = _ReplyStream(turn.reply_id)
+        async for item in self.model.astream(prompt.messages, self._child(config, run_manager)):
+            for out in stream.feed(item):
+                yield out
+        if stream.full is not None:
+            reply = await adrive(
+                self.manager, self._record_flow(turn, stream.full, started, prompt)
+            )
+            yield stream.last(reply)
 
     @override
     def transform(
@@ -395,6 +562,20 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
 
         async for chunk in self.atransform(once(), config, **kwargs):
             yield chunk
+
+
+def _default_assembler(
+    manager: ContextManager, model: Any, kwargs: dict[str, Any]
+) -> ContextPromptAssembler:
+    """The assembler from ``kwargs``, sized to the model's profile without ``max_tokens``."""
+    profiled = None if "max_tokens" in kwargs else _profile_max_input_tokens(model)
+    if profiled is None:
+        return ContextPromptAssembler(manager, **kwargs)
+    try:
+        return ContextPromptAssembler(manager, max_tokens=profiled, **kwargs)
+    except ValidationError as e:
+        msg = f"{e} (max_tokens is the model's profile['max_input_tokens']: pass max_tokens=)"
+        raise ValidationError(msg) from e
 
 
 def _with_id(chunk: BaseMessage, message_id: str) -> AIMessage:

@@ -145,7 +145,7 @@ def test_run_names_in_traces(manager):
             names.append("model")
 
     ContextualChat(manager, fake("x"), session_id="s1").invoke("q", config={"callbacks": [Names()]})
-    assert names == ["ContextualChat", "model"]
+    assert names == ["ContextualChat", "ContextPromptAssembler", "model"]
 
 
 def test_options(manager):
