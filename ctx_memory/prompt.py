@@ -20,7 +20,8 @@ chunks sized from the session's average message size, so assembling from a 10,00
 session reads about as many messages as fit.
 
 The module is split the way the rest of the package is: pure functions and classes that
-touch no store (:func:`bm25_scores`, :func:`rank_sources`, :func:`format_header`,
+touch no store (:func:`~ctx_memory.ranking.rank_sources`, in :mod:`ctx_memory.ranking`
+with the tokenizer and BM25, :func:`format_header`,
 :func:`format_sources`, :class:`HistoryWindow`, :func:`repair_tool_pairs`,
 :func:`plan_sources`) and thin I/O shells (:class:`ContextPromptAssembler`) that read
 through the manager's public API, once with its sync methods and once with its async
@@ -29,9 +30,6 @@ twins, driving the same generator (:func:`drive` / :func:`adrive`).
 
 from __future__ import annotations
 
-import math
-import re
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
@@ -43,10 +41,12 @@ from langchain_core.runnables.utils import ConfigurableFieldSpec
 from typing_extensions import override
 
 from ctx_memory.errors import BudgetExceededError, ValidationError
+from ctx_memory.ranking import bm25_scores, item_key, item_title, rank_sources, tokenize
 from ctx_memory.schema import record_to_message
 from ctx_memory.tokens import REPLY_PRIMING
 
 if TYPE_CHECKING:
+    from collections import Counter
     from collections.abc import Callable, Generator, Iterable, Mapping, MutableMapping, Sequence
 
     from langchain_core.callbacks import (
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
 
     from ctx_memory.manager import ContextManager
+    from ctx_memory.ranking import Tokenizer
     from ctx_memory.tokens import TokenCounter
 
 __all__ = [
@@ -161,111 +162,10 @@ def session_id_from(
 
 
 # --------------------------------------------------------------------------- BM25
+# Tokenization and BM25 live in ctx_memory.ranking; the names stay importable from here.
 
-_WORD = re.compile(r"\w+", re.UNICODE)
-_STOPWORD_TEXT = (
-    "a an and are as at be but by can do does for from how i if in into is it its me my "
-    "of on or our so that the their them then there these they this to was we what when "
-    "where which who why will with you your"
-)
-_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-BM25_K1 = 1.5
-BM25_B = 0.75
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens without common English stop words (for BM25)."""
-    return [w for w in _WORD.findall(text.lower()) if w not in _STOPWORDS]
-
-
-def bm25_scores(
-    query: Sequence[str],
-    documents: Sequence[Mapping[str, int]],
-    lengths: Sequence[int],
-    *,
-    k1: float = BM25_K1,
-    b: float = BM25_B,
-) -> list[float]:
-    """Okapi BM25 scores of ``documents`` (term counts) for the ``query`` tokens.
-
-    The IDF is ``ln((N + 1) / n(q))``, which is never negative, so a document that shares
-    no term with the query scores exactly 0. Only the query's terms are looked up, so the
-    cost is ``O(len(query) * len(documents))`` given each document's term counts. The
-    scores equal ``rank_bm25.BM25Plus(corpus, k1=k1, b=b, delta=0).get_scores(query)``
-    (a test pins this); rank_bm25 itself would rebuild the whole corpus index on every
-    call, which is what made it 10x too slow for per-prompt ranking.
-    """
-    n_docs = len(documents)
-    if n_docs == 0:
-        return []
-    avgdl = (sum(lengths) / n_docs) or 1.0
-    norms = [k1 * (1 - b + b * length / avgdl) for length in lengths]
-    scores = [0.0] * n_docs
-    idf_cache: dict[str, float] = {}
-    for term in query:
-        idf = idf_cache.get(term)
-        if idf is None:
-            containing = sum(1 for doc in documents if term in doc)
-            idf = math.log((n_docs + 1) / containing) if containing else 0.0
-            idf_cache[term] = idf
-        if idf == 0.0:
-            continue
-        for i, doc in enumerate(documents):
-            tf = doc.get(term)
-            if tf:
-                scores[i] += idf * (tf * (k1 + 1)) / (norms[i] + tf)
-    return scores
-
-
-def _item_key(item: Mapping[str, Any]) -> tuple[Any, ...]:
-    content = item.get("content") or ""
-    return (
-        item.get("source_type"),
-        item.get("url"),
-        item.get("timestamp"),
-        item.get("token_count"),
-        len(content),
-        content[:64],
-    )
-
-
-def _title(item: Mapping[str, Any]) -> str:
-    data = item.get("extracted_data") or {}
-    return str(data.get("title") or data.get("site_name") or item.get("url") or "Untitled")
-
-
-def rank_sources(
-    question: str,
-    items: Sequence[Mapping[str, Any]],
-    *,
-    cache: MutableMapping[tuple[Any, ...], tuple[Counter[str], int]] | None = None,
-) -> list[tuple[float, Mapping[str, Any]]]:
-    """``items`` with their BM25 scores against ``question``, most relevant first.
-
-    Each item is scored on its title and content; ties (including items that share no
-    word with the question) go to the most recent ``timestamp`` first. ``cache`` maps an
-    item's identity to its term counts so repeated assemblies over the same sources do
-    not re-tokenize them.
-    """
-    documents: list[Counter[str]] = []
-    lengths: list[int] = []
-    for item in items:
-        key = _item_key(item)
-        cached = cache.get(key) if cache is not None else None
-        if cached is None:
-            words = tokenize(f"{_title(item)} {item.get('content') or ''}")
-            cached = (Counter(words), len(words))
-            if cache is not None:
-                cache[key] = cached
-        documents.append(cached[0])
-        lengths.append(cached[1])
-    scores = bm25_scores(tokenize(question), documents, lengths)
-    order = sorted(
-        range(len(items)),
-        key=lambda i: (scores[i], str(items[i].get("timestamp") or ""), -i),
-        reverse=True,
-    )
-    return [(scores[i], items[i]) for i in order]
+_item_key = item_key
+_title = item_title
 
 
 # --------------------------------------------------------------------------- formatting
@@ -1041,6 +941,9 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         source_types: Only these fetched-context types (default: all).
         include_header: Add the mode / current URL / local time header.
         input_key: The question's key in dict input.
+        tokenizer: Splits the question and the sources into terms for ranking (any
+            ``str -> list[str]``); default :func:`ctx_memory.ranking.tokenize`
+            (folded words, bigrams for Chinese, Japanese, Korean and Thai).
 
     Example:
         .. code-block:: python
@@ -1083,6 +986,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         include_header: bool = True,
         input_key: str = "question",
         name: str | None = None,
+        tokenizer: Tokenizer | None = None,
     ) -> None:
         if max_tokens <= 0 or reserve_tokens < 0 or reserve_tokens >= max_tokens:
             msg = (
@@ -1104,6 +1008,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         self.include_header = include_header
         self.input_key = input_key
         self.name = name
+        self.tokenizer = tokenizer
         self._term_cache: dict[tuple[Any, ...], tuple[Counter[str], int]] = {}
         self._cut_cache: dict[tuple[Any, ...], str] = {}
 
@@ -1205,7 +1110,12 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             for source_type, entries in fetched.items():
                 if self.source_types is None or source_type in self.source_types:
                     items.extend(entries)
-        ranked = [item for _, item in rank_sources(query, items, cache=self._bounded_terms())]
+        ranked = [
+            item
+            for _, item in rank_sources(
+                query, items, cache=self._bounded_terms(), tokenizer=self.tokenizer
+            )
+        ]
         allowance = head_tokens + int((budget - fixed) * self.sources_share)
         plan = plan_sources(
             head,

@@ -1,8 +1,10 @@
 """Retrievers over a session's fetched context, and one that records what another finds.
 
 :class:`FetchedContextRetriever` ranks the sources a session has gathered (search results,
-scraped pages, ...) against a query with BM25 (:func:`ctx_memory.prompt.rank_sources`, the
-same ranking the prompt assembler uses), most recent first among equals.
+scraped pages, ...) against a query with BM25 (:func:`ctx_memory.ranking.rank_sources`, the
+same ranking the prompt assembler uses), most recent first among equals, in any language
+(case and accents folded, Chinese, Japanese, Korean and Thai cut into character bigrams;
+or your own tokenizer).
 :class:`SourceRecordingRetriever` wraps any retriever (a web-search retriever, a vector
 store) and files what it returns into the session's ``fetched_context``, deduplicated, so
 the assembler and the HTML view can show it later.
@@ -25,7 +27,8 @@ from typing_extensions import override
 
 from ctx_memory.errors import NotSerializableError
 from ctx_memory.manager import ContextManager  # noqa: TC001 - pydantic field type, needed at runtime
-from ctx_memory.prompt import rank_sources, session_id_from
+from ctx_memory.prompt import session_id_from
+from ctx_memory.ranking import Tokenizer, rank_sources
 from ctx_memory.schema import check_json_native
 
 if TYPE_CHECKING:
@@ -104,8 +107,12 @@ class FetchedContextRetriever(_SessionRetriever):
         session_id: Default session id; ``config["configurable"]["session_id"]`` wins.
         k: How many documents to return (also accepted as ``invoke(..., k=)``).
         source_types: Only these source types (default: all).
-        min_score: Leave out documents scoring below this (default: keep all, so
-            sources sharing no word with the query still come back, newest first).
+        min_score: Return only documents that share a term with the query and score at
+            least this; so with ``min_score=0`` a query matching nothing returns ``[]``.
+            Default ``None``: keep all, so up to ``k`` documents always come back, those
+            sharing no term with the query last, newest first.
+        tokenizer: Splits the query and the sources into terms (any
+            ``str -> list[str]``); default :func:`ctx_memory.ranking.tokenize`.
 
     Example:
         .. code-block:: python
@@ -122,11 +129,20 @@ class FetchedContextRetriever(_SessionRetriever):
             [doc] = retriever.invoke("cheap flights to Paris")
             assert doc.metadata["url"] == "https://a.example"
             assert doc.metadata["title"] == "Paris fares"
+
+            # Chinese, Japanese, Korean and accented text match too:
+            manager.add_fetched_context("s1", "web_search", "東京の天気は晴れ。")
+            [doc] = retriever.invoke("東京")
+            assert doc.page_content == "東京の天気は晴れ。"
+            # With min_score set, a query that matches nothing returns nothing:
+            strict = FetchedContextRetriever(manager=manager, session_id="s1", min_score=0)
+            assert strict.invoke("Lisbon trams") == []
     """
 
     k: int = 4
     source_types: list[str] | None = None
     min_score: float | None = None
+    tokenizer: Tokenizer | None = Field(default=None, exclude=True)
 
     def _rank(
         self, query: str, fetched: Mapping[str, list[dict[str, Any]]], k: int | None
@@ -137,9 +153,9 @@ class FetchedContextRetriever(_SessionRetriever):
             if self.source_types is None or source_type in self.source_types
             for item in entries
         ]
-        ranked = rank_sources(query, items)
+        ranked = rank_sources(query, items, tokenizer=self.tokenizer)
         if self.min_score is not None:
-            ranked = [(s, i) for s, i in ranked if s >= self.min_score]
+            ranked = [(s, i) for s, i in ranked if s > 0.0 and s >= self.min_score]
         limit = self.k if k is None else k
         return [item_to_document(item, score=score) for score, item in ranked[:limit]]
 

@@ -497,3 +497,38 @@ def test_store_keeps_everything(seeded):
 def test_repr():
     with ContextManager(store=InMemoryStore()) as manager:
         assert "max_tokens=8000" in repr(ContextPromptAssembler(manager))
+
+
+def test_sources_are_ranked_in_any_language(manager):
+    for content, url in [
+        ("京都には多くの寺があります。", "https://kyoto.example"),
+        ("東京は日本の首都です。", "https://tokyo.example"),
+        ("Café de Flore, Paris.", "https://paris.example"),
+        ("서울은 한국의 수도입니다.", "https://seoul.example"),
+    ]:
+        manager.add_fetched_context("s1", "web_search", content, url=url)
+    assembler = ContextPromptAssembler(manager)
+    for question, url in [
+        ("東京について教えて", "https://tokyo.example"),
+        ("京都", "https://kyoto.example"),
+        ("cafe?", "https://paris.example"),
+        ("서울", "https://seoul.example"),
+    ]:
+        result = assembler.assemble("s1", question)
+        assert result.report.source_urls[0] == url, question
+
+
+def test_custom_tokenizer_ranks_the_sources(manager):
+    manager.add_fetched_context("s1", "web_search", "alpha beta", url="https://a.example")
+    manager.add_fetched_context("s1", "web_search", "gamma delta", url="https://b.example")
+    # Newest first by default when nothing matches; a tokenizer that maps "one" to
+    # "alpha" finds the older source.
+    synonyms = {"one": "alpha"}
+
+    def tokenizer(text: str) -> list[str]:
+        return [synonyms.get(w, w) for w in text.lower().split()]
+
+    plain = ContextPromptAssembler(manager).assemble("s1", "one")
+    assert plain.report.source_urls[0] == "https://b.example"
+    custom = ContextPromptAssembler(manager, tokenizer=tokenizer).assemble("s1", "one")
+    assert custom.report.source_urls[0] == "https://a.example"

@@ -155,3 +155,78 @@ async def test_recording_async(manager):
     docs = await recording.ainvoke("q", config={"configurable": {"session_id": "s1"}})
     assert len(docs) == 1
     assert len((await manager.aget_fetched_context("s1"))["web_search"]) == 1
+
+
+# --------------------------------------------------------------------------- every language
+
+WORLD = [
+    ("web_search", "東京は日本の首都です。東京タワーが有名です。", "https://tokyo.example"),
+    ("web_search", "京都には多くの寺があります。", "https://kyoto.example"),
+    ("web_search", "日本語の勉強はひらがなとカタカナから。", "https://school.example"),
+    ("web_search", "서울은 한국의 수도입니다.", "https://seoul.example"),
+    ("web_search", "Café de Flore, Saint-Germain-des-Prés.", "https://paris.example"),
+    ("web_search", "One Ångström is 0.1 nanometres.", "https://physics.example"),
+    ("web_search", "Rome hotels are cheapest in February.", "https://rome.example"),
+]
+
+
+@pytest.fixture
+def world(manager):
+    for source_type, content, url in WORLD:
+        manager.add_fetched_context("s1", source_type, content, url=url)
+    return manager
+
+
+@pytest.mark.parametrize(
+    ("query", "url"),
+    [
+        ("東京", "https://tokyo.example"),
+        ("日本語", "https://school.example"),
+        ("カタカナ", "https://school.example"),
+        ("서울", "https://seoul.example"),
+        ("cafe", "https://paris.example"),
+        ("CAFÉ DE FLORE", "https://paris.example"),
+        ("angstrom", "https://physics.example"),
+    ],
+)
+def test_queries_in_any_language_find_their_source(world, query, url):
+    retriever = FetchedContextRetriever(manager=world, session_id="s1", k=1)
+    [doc] = retriever.invoke(query)
+    assert doc.metadata["url"] == url
+    assert doc.metadata["score"] > 0
+
+
+def test_min_score_returns_nothing_for_a_query_that_matches_nothing(world):
+    strict = FetchedContextRetriever(manager=world, session_id="s1", k=4, min_score=0)
+    assert strict.invoke("Lisbon trams") == []
+    assert strict.invoke("リスボン") == []
+    [doc] = strict.invoke("東京")
+    assert doc.metadata["url"] == "https://tokyo.example"
+    # Without min_score the documented behaviour stands: k documents, newest first.
+    loose = FetchedContextRetriever(manager=world, session_id="s1", k=4)
+    docs = loose.invoke("Lisbon trams")
+    assert [d.metadata["url"] for d in docs] == [url for _, _, url in WORLD[::-1][:4]]
+    assert all(d.metadata["score"] == 0 for d in docs)
+
+
+async def test_min_score_async(world):
+    strict = FetchedContextRetriever(manager=world, session_id="s1", min_score=0.0)
+    assert await strict.ainvoke("Lisbon trams") == []
+    assert len(await strict.ainvoke("cafe")) == 1
+
+
+def test_custom_tokenizer_in_the_retriever(world):
+    seen: list[str] = []
+
+    def reversed_words(text: str) -> list[str]:
+        seen.append(text)
+        return [word[::-1].lower() for word in text.split()]
+
+    retriever = FetchedContextRetriever(
+        manager=world, session_id="s1", k=1, tokenizer=reversed_words, min_score=0
+    )
+    [doc] = retriever.invoke("Rome")
+    assert doc.metadata["url"] == "https://rome.example"
+    assert "Rome" in seen
+    assert retriever.invoke("東京") == []  # whitespace words: "東京は日本の首都です。..." is one
+    assert "tokenizer" not in retriever.model_dump()
