@@ -5,8 +5,9 @@ Django's ``RequestFactory`` / ``AsyncRequestFactory`` and ``Client`` / ``AsyncCl
 no database, sessions in signed cookies through Django's SessionMiddleware. Sync and
 ``async def`` views read the session id and mode from the query string, headers, JSON body,
 form (``request.POST``, DRF's ``request.data``) and ``request.session``, and record content
-in the right session of an in-memory ContextManager. Errors of ours become HTTP 400 (a
-middleware for Django views, DRF's exception handler for API views).
+in the right session of an in-memory ContextManager. Input errors (``ValidationError``:
+a missing or bad id, an unknown mode) become HTTP 400 (a middleware for Django views, DRF's
+exception handler for API views).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ if not settings.configured:
         ],
         MIDDLEWARE=[
             "django.contrib.sessions.middleware.SessionMiddleware",
-            f"{__name__}.CtxMemoryErrors",
+            f"{__name__}.BadRequests",
         ],
         SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies",
         DATABASES={},
@@ -59,9 +60,9 @@ from rest_framework.views import APIView, exception_handler
 from ctx_memory import (
     ContextIntegration,
     ContextManager,
-    CtxMemoryError,
     InMemoryStore,
     InvalidSessionIdError,
+    ValidationError,
 )
 
 if TYPE_CHECKING:
@@ -75,17 +76,17 @@ def integration_() -> ContextIntegration:
     return STATE["integration"]
 
 
-class CtxMemoryErrors(MiddlewareMixin):
-    """The app's choice: ctx_memory's errors are the client's (HTTP 400)."""
+class BadRequests(MiddlewareMixin):
+    """The app's choice: ctx_memory's input errors are the client's (HTTP 400)."""
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> Any:
-        if isinstance(exception, CtxMemoryError):
+        if isinstance(exception, ValidationError):
             return JsonResponse({"error": str(exception)}, status=400)
         return None
 
 
 def drf_errors(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if isinstance(exc, CtxMemoryError):
+    if isinstance(exc, ValidationError):
         return Response({"error": str(exc)}, status=400)
     return exception_handler(exc, context)
 

@@ -2,12 +2,15 @@
 
 Sync (``def``) and async (``async def``) endpoints read the session id and mode from the
 query string, headers, JSON body, form and the Starlette session (SessionMiddleware), and
-record content in the right session of an in-memory ContextManager. Errors of ours become
-HTTP 400 through the app's exception handler; nothing is answered 415 or 500.
+record content in the right session of an in-memory ContextManager. Input errors
+(``ValidationError``: a missing or bad id, an unknown mode) become HTTP 400 through the
+app's exception handler; nothing is answered 415 or 500.
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -17,7 +20,13 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 from starlette.middleware.sessions import SessionMiddleware
 
-from ctx_memory import ContextIntegration, ContextManager, CtxMemoryError, InMemoryStore
+from ctx_memory import (
+    ContextIntegration,
+    ContextManager,
+    CtxMemoryError,
+    InMemoryStore,
+    ValidationError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -35,8 +44,8 @@ def make_app(integration: ContextIntegration, *, sessions: bool = True) -> FastA
     if sessions:
         app.add_middleware(SessionMiddleware, secret_key="test-secret")
 
-    @app.exception_handler(CtxMemoryError)
-    async def bad_request(request: Request, exc: CtxMemoryError) -> JSONResponse:
+    @app.exception_handler(ValidationError)
+    async def bad_request(request: Request, exc: ValidationError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=400)
 
     @app.api_route("/sync/context", methods=["GET", "POST"])
@@ -152,13 +161,12 @@ def test_async_endpoint_reads_form(client: TestClient) -> None:
 
 
 def test_sync_endpoint_says_the_unread_body_needs_the_async_twin(client: TestClient) -> None:
-    response = client.post("/sync/context", json={"session_id": "j1"})
-    assert response.status_code == 400
-    assert "aget_session_id" in response.json()["error"]
-    assert "JSON body" in response.json()["error"]
-    response = client.post("/sync/context", data={"session_id": "f1"})
-    assert response.status_code == 400
-    assert "form" in response.json()["error"]
+    # A programming error, not the client's: it is not a ValidationError (so not a 400).
+    with pytest.raises(CtxMemoryError, match=r"JSON body .*aget_session_id") as raised:
+        client.post("/sync/context", json={"session_id": "j1"})
+    assert not isinstance(raised.value, ValidationError)
+    with pytest.raises(CtxMemoryError, match=r"form .*`async def` endpoint"):
+        client.post("/sync/context", data={"session_id": "f1"})
     # What is available synchronously is enough when it holds both values.
     response = client.post("/sync/context?session_id=q&mode=normal", json={"session_id": "ignored"})
     assert response.json() == {"session_id": "q", "mode": "normal"}
@@ -274,3 +282,24 @@ def test_nothing_is_written_for_a_request_without_id(
     response = client.post("/async/page", json={"text": "orphan"})
     assert response.status_code == 400
     assert manager.list_sessions() == []
+
+
+def test_the_readme_example_runs() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("\n## Web apps: ContextIntegration\n")
+    section = readme[start : readme.index("\n## ", start + 1)]
+    block = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)[0]
+    namespace: dict[str, Any] = {"__name__": "readme_web_example"}
+    exec(compile(block, "<README web apps>", "exec"), namespace)
+    with TestClient(namespace["app"]) as client:
+        response = client.post(
+            "/page",
+            json={"text": "Fares", "url": "https://f.example", "mode": "research"},
+            headers={"X-Session-ID": "readme"},
+        )
+        assert response.status_code == 200, response.text
+        assert response.json() == {"session_id": "readme", "mode": "research"}
+        assert client.post("/page", json={"text": "no id"}).status_code == 400
+    manager = namespace["integration"].manager
+    assert manager.get_fetched_context("readme")["js_scraping"][0]["content"] == "Fares"
+    assert manager.get_metadata("readme")["current_url"] == "https://f.example"

@@ -1,8 +1,9 @@
 """ContextIntegration in a real Flask app, through Flask's test client.
 
 GET, form POST, JSON POST, header-only and plain-text requests, and Flask's own ``session``,
-in sync and ``async def`` views (Flask runs those with asgiref). Errors of ours become HTTP
-400 through the app's error handler; nothing is answered 415 or 500.
+in sync and ``async def`` views (Flask runs those with asgiref). Input errors
+(``ValidationError``: a missing or bad id, an unknown mode) become HTTP 400 through the
+app's error handler; nothing is answered 415 or 500.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from flask import Flask, jsonify, request, session
 
-from ctx_memory import ContextIntegration, ContextManager, CtxMemoryError, InMemoryStore
+from ctx_memory import ContextIntegration, ContextManager, InMemoryStore, ValidationError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -25,8 +26,8 @@ def make_app(integration: ContextIntegration) -> Flask:
     app = Flask(__name__)
     app.secret_key = "test-secret"
 
-    @app.errorhandler(CtxMemoryError)
-    def bad_request(exc: CtxMemoryError) -> tuple[Response, int]:
+    @app.errorhandler(ValidationError)
+    def bad_request(exc: ValidationError) -> tuple[Response, int]:
         return jsonify(error=str(exc)), 400
 
     @app.route("/context", methods=["GET", "POST"])
