@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from fastapi import FastAPI, Form, Request
+from fastapi import FastAPI, Form, Request, WebSocket
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
@@ -84,6 +84,15 @@ def make_app(integration: ContextIntegration, *, sessions: bool = True) -> FastA
         await integration.aadd_web_content(request, data.get("text", ""), data.get("url"))
         await integration.aadd_search_results(sid, [{"title": "T", "url": "https://s.example"}])
         return {"session_id": sid}
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        sid = integration.get_session_id(websocket, default="anonymous")
+        await websocket.send_json(
+            {"session_id": sid, "mode": integration.get_mode(websocket).value}
+        )
+        await websocket.close()
 
     @app.post("/login")
     async def login(request: Request) -> dict[str, Any]:
@@ -303,3 +312,16 @@ def test_the_readme_example_runs() -> None:
     manager = namespace["integration"].manager
     assert manager.get_fetched_context("readme")["js_scraping"][0]["content"] == "Fares"
     assert manager.get_metadata("readme")["current_url"] == "https://f.example"
+
+
+def test_websocket_query_header_and_session(client: TestClient) -> None:
+    # A WebSocket is a Starlette HTTPConnection (a Mapping over its scope) without a body.
+    with client.websocket_connect("/ws?session_id=w1&mode=thinking") as ws:
+        assert ws.receive_json() == {"session_id": "w1", "mode": "thinking"}
+    with client.websocket_connect("/ws", headers={"X-Session-ID": "w2"}) as ws:
+        assert ws.receive_json() == {"session_id": "w2", "mode": "normal"}
+    with client.websocket_connect("/ws") as ws:
+        assert ws.receive_json() == {"session_id": "anonymous", "mode": "normal"}
+    client.post("/login")
+    with client.websocket_connect("/ws") as ws:
+        assert ws.receive_json() == {"session_id": "from-session", "mode": "thinking"}
