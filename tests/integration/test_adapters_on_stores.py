@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 from langchain.agents import create_agent
 from langchain_core.language_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    message_chunk_to_message,
+)
 from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 
@@ -94,6 +99,44 @@ async def test_contextual_chat_async_stream(amanager):
     chunks = [c async for c in chat.astream("q", config=CONFIG)]
     assert "".join(c.content for c in chunks) == "a b c"
     assert [r["content"] for r in await amanager.aget_history("s1")] == ["q", "a b c"]
+
+
+def _with_a_source(manager: Any) -> None:
+    manager.add_fetched_context(
+        "s1", "web_search", "Book 6-8 weeks ahead.", url="https://t.example",
+        extracted_data={"title": "Booking guide"},
+    )  # fmt: skip
+
+
+def test_contextual_chat_reply_metadata_is_stored_with_the_reply(manager):
+    _with_a_source(manager)
+    chat = ContextualChat(manager, GenericFakeChatModel(messages=iter(["Early [1].", "Yes [1]."])))
+    reply = chat.invoke("When?", config=CONFIG)
+    chunks = list(chat.stream("Sure?", config=CONFIG))
+    ours = reply.response_metadata["ctx_memory"]
+    assert ours["sources_used"] == [
+        {"n": 1, "url": "https://t.example", "title": "Booking guide", "source_type": "web_search"}
+    ]
+    assert ours["cited"] == [1]
+    streamed = chunks[0]
+    for chunk in chunks[1:]:
+        streamed = streamed + chunk
+    # What the caller got is what the store gives back, after a JSON round trip.
+    stored = manager.get_messages("s1")
+    assert stored[1] == reply
+    assert stored[3] == message_chunk_to_message(streamed)
+    assert stored[3].response_metadata["ctx_memory"]["report"]["history_messages"] == 2
+
+
+async def test_contextual_chat_reply_metadata_async(amanager):
+    _with_a_source(amanager)
+    chat = ContextualChat(amanager, GenericFakeChatModel(messages=iter(["A [1].", "B."])))
+    reply = await chat.ainvoke("When?", config=CONFIG)
+    chunks = [c async for c in chat.astream("Sure?", config=CONFIG)]
+    assert "ctx_memory" in chunks[-1].response_metadata
+    stored = await amanager.aget_messages("s1")
+    assert stored[1] == reply
+    assert stored[3].response_metadata["ctx_memory"]["cited"] == []
 
 
 def test_assembler_budget_on_a_long_session(manager):
@@ -310,7 +353,9 @@ async def test_contextual_chat_failures_leave_no_orphan_or_duplicate(amanager):
 
 @EVERY_STORE
 def test_contextual_chat_sync_failures(manager):
-    chat = ContextualChat(manager, _model("a b c", "d"), max_tokens=200, reserve_tokens=0)
+    # A model that streams: a consumer can stop before the final chunk.
+    model = GenericFakeChatModel(messages=iter([AIMessage("a b c"), AIMessage("d")]))
+    chat = ContextualChat(manager, model, max_tokens=200, reserve_tokens=0)
     for _ in chat.stream("cut", config=CONFIG):
         break
     with pytest.raises(BudgetExceededError):

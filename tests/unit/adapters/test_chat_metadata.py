@@ -263,6 +263,15 @@ async def test_a_model_that_does_not_stream_yields_one_annotated_message(seeded,
     assert whole == seeded.get_messages("s1")[-1]
 
 
+def test_a_whole_message_stream_is_recorded_when_its_only_item_arrives(manager):
+    chat = ContextualChat(manager, fake_model("All at once."), session_id="s1")
+    for message in chat.stream("q"):
+        # The only item is the final one: the turn is recorded before it is yielded.
+        question, reply = manager.get_messages("s1")
+        assert (question.content, reply) == ("q", message)
+        break
+
+
 @pytest.mark.parametrize("mode", ["stream", "astream"])
 async def test_chunks_without_a_final_mark_get_an_empty_final_chunk(manager, mode):
     def words(_: Any) -> Any:
