@@ -1,15 +1,28 @@
-"""Settings: read once with Dynaconf, validated into a typed object.
+"""Settings: read once, validated into a typed object.
 
 Sources, lowest precedence first:
 
 1. defaults (below);
-2. ``settings.toml`` then ``.secrets.toml`` in the working directory (top-level keys);
+2. the ``[ctx_memory]`` table of ``settings.toml`` then of ``.secrets.toml`` in the
+   working directory (key by key: a key in ``.secrets.toml`` wins, the others stay);
 3. ``CTX_MEMORY_*`` environment variables (``CTX_MEMORY_MAX_SESSIONS=500``; values are
    parsed as TOML, so ``true``, ``42`` and ``1.5`` have their types);
 4. explicit keyword arguments to :func:`load_settings` / ``ContextManager(...)``.
 
-This is the only module that reads the environment. A wrong type or value fails at load
-with :class:`~ctx_memory.errors.ConfigurationError` naming the key.
+The settings files are the app's too, so ctx_memory reads nothing of them but its own
+table: an app's top-level ``REDIS_URL`` or ``STORE`` is never taken for ours. A file with
+ctx_memory keys at its top level and no ``[ctx_memory]`` table in either file was written
+for an earlier version: that is a :class:`~ctx_memory.errors.ConfigurationError` saying
+to move them (or, if they are the app's own, to add an empty table), never a silent
+switch to other settings.
+
+This is the only module that reads the environment. Files are read with Dynaconf's TOML
+reader and values go through Dynaconf's value parser (``@int``, ``@format`` tokens), but
+no Dynaconf settings object is built: an app's own ``*_FOR_DYNACONF`` and ``DYNACONF_*``
+variables configure the app's Dynaconf, never ours. Every mistake fails at load with a
+``ConfigurationError`` naming the key: a wrong type or value (and where it was set), a
+boolean for a number, an unknown key in the table, the environment or the arguments (with
+a did-you-mean), a file that is not TOML (its path and line, nothing of its content).
 
 ``MAX_SESSIONS`` and ``SESSION_EXPIRATION_SECONDS`` left unset depend on the store: the
 in-memory store keeps at most 100 sessions for an hour (it lives in one process's memory),
@@ -22,8 +35,9 @@ from __future__ import annotations
 
 import os
 import re
+from difflib import get_close_matches
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
@@ -39,11 +53,13 @@ __all__ = [
     "ENV_PREFIX",
     "MEMORY_MAX_SESSIONS",
     "MEMORY_TTL_SECONDS",
+    "NAMESPACE",
     "PERSISTENT_TTL_SECONDS",
     "SETTINGS_FILES",
     "Settings",
     "load_settings",
     "redact_url",
+    "setting_differences",
     "url_secrets",
     "validate_redis_url",
     "with_overrides",
@@ -51,6 +67,8 @@ __all__ = [
 
 ENV_PREFIX = "CTX_MEMORY"
 SETTINGS_FILES = ("settings.toml", ".secrets.toml")
+NAMESPACE = "ctx_memory"
+"""The table of the settings files that holds ctx_memory's settings: ``[ctx_memory]``."""
 
 MEMORY_MAX_SESSIONS = 100
 """``MAX_SESSIONS`` of the in-memory store when the setting is not given."""
@@ -273,70 +291,209 @@ class Settings(BaseModel):
             yield key, (redact_url(value) if key == "redis_url" else value)
 
 
-_KEYS = {name.upper() for name in Settings.model_fields}
+_KEYS = frozenset(name.upper() for name in Settings.model_fields)
+_FILE_KEY = "SETTINGS_FILE"
 
 
-def _from_dynaconf(root: Path) -> dict[str, Any]:
-    from dynaconf import Dynaconf  # noqa: PLC0415 - keep import time low for the CLI
+class _Source(NamedTuple):
+    """Where a value was read: ``[ctx_memory] of /app/settings.toml``, an env variable."""
 
-    dyn = Dynaconf(
-        envvar_prefix=ENV_PREFIX,
-        settings_files=[str(root / name) for name in SETTINGS_FILES],
-        environments=False,
-        load_dotenv=False,
-        merge_enabled=False,
-    )
-    values: dict[str, Any] = {}
-    failure: str | None = None
+    where: str
+    secret: bool = False  # never echo the value (it came from ``.secrets.toml``)
+
+
+def _hint(name: str, spell: Callable[[str], str]) -> str:
+    close = get_close_matches(name.upper(), sorted(_KEYS), n=1)
+    if close:
+        return f"did you mean {spell(close[0])}?"
+    return f"the settings are {', '.join(spell(key) for key in sorted(_KEYS))}"
+
+
+def _unknown_keys(
+    names: list[str], where: str, spell: Callable[[str], str] = str
+) -> ConfigurationError:
+    """The error for keys that are no setting, each with its did-you-mean."""
+    listed = "; ".join(f"{spell(name)} ({_hint(name, spell)})" for name in names)
+    return ConfigurationError(names[0].upper(), f"not a ctx_memory setting in {where}: {listed}")
+
+
+def _toml_problem(error_text: str, text: str) -> str:
+    """``Invalid value at line 3, column 9`` from the parser's message.
+
+    The parser's messages quote at most one character or a key name, never a value.
+    """
+    reason, _, where = error_text.rpartition(" (at ")
+    where = where.removesuffix(")")
+    if where == "end of document":
+        where = f"line {text.count(chr(10)) + 1} (the end of the file)"
+    return f"{reason or error_text} at {where}"
+
+
+def _read_toml(path: Path) -> dict[str, Any] | None:
+    """The TOML document in ``path``, ``None`` if there is no such file.
+
+    Raises:
+        ConfigurationError: The file cannot be read, is not UTF-8 or not TOML; the message
+            names the file and line, quotes nothing of it and chains no parser error.
+    """
+    from dynaconf.vendor import tomllib  # noqa: PLC0415 - Dynaconf's reader, also on 3.10
+
+    problem: str
     try:
-        for key in _KEYS:
-            value = dyn.get(key)
-            if value is not None:
-                values[key.lower()] = value
-    except Exception as e:  # noqa: BLE001 - a broken settings file, whatever the parser says
-        # Only the error's type and position: its text may quote the file (a password).
-        where = re.search(r"line \d+, column \d+", str(e))
-        failure = f"cannot read {' / '.join(SETTINGS_FILES)} in {root}: {type(e).__name__}" + (
-            f" at {where.group()}" if where else ""
-        )
-    if failure is not None:  # raised here, so no parser error (which may quote it) is chained
-        raise ConfigurationError("SETTINGS_FILE", failure)
-    unknown = sorted(
-        name.removeprefix(f"{ENV_PREFIX}_")
-        for name in os.environ
-        if name.startswith(f"{ENV_PREFIX}_") and name.removeprefix(f"{ENV_PREFIX}_") not in _KEYS
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        problem = f"cannot read {path}: {e.strerror or type(e).__name__}"
+    else:
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            problem = f"{path} is not UTF-8 text (byte {e.start}, line {line})"
+        else:
+            try:
+                document: dict[str, Any] = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as e:
+                problem = f"{path} is not valid TOML: {_toml_problem(str(e), text)}"
+            else:
+                return document
+    # Raised here, outside every ``except``: no parser error (which may quote the file) is
+    # chained, and the traceback ends in this module.
+    raise ConfigurationError(_FILE_KEY, problem)
+
+
+def _namespace(document: dict[str, Any], path: Path) -> dict[str, Any] | None:
+    """The ``[ctx_memory]`` table of a settings document (any case), if it has one."""
+    names = [name for name in document if name.lower() == NAMESPACE]
+    if not names:
+        return None
+    if len(names) > 1:
+        msg = f"{path} has both [{names[0]}] and [{names[1]}]: keep one [{NAMESPACE}] table"
+        raise ConfigurationError(_FILE_KEY, msg)
+    table = document[names[0]]
+    if not isinstance(table, dict):
+        msg = f"{names[0]} in {path} must be a table ([{NAMESPACE}]), got {type(table).__name__}"
+        raise ConfigurationError(_FILE_KEY, msg)
+    return table
+
+
+def _parsed(value: Any, key: str, source: _Source, *, from_env: bool) -> Any:
+    """``value`` through Dynaconf's value parser (env text as TOML, ``@int``/``@format``)."""
+    from dynaconf.utils.parse_conf import (  # noqa: PLC0415 - keep import time low for the CLI
+        Lazy,
+        boolean_fix,
+        parse_conf_data,
     )
+
+    if not isinstance(value, str):
+        return value
+    # Dynaconf's parser reads AUTO_CAST_FOR_DYNACONF from here before the app's environment.
+    box: dict[str, Any] = {"AUTO_CAST_FOR_DYNACONF": True}
+    try:
+        parsed = parse_conf_data(
+            boolean_fix(value) if from_env else value, tomlfy=from_env, box_settings=box
+        )
+        return parsed(box) if isinstance(parsed, Lazy) else parsed
+    except Exception as e:  # noqa: BLE001 - whatever the token does, it is the user's value
+        failure = type(e).__name__
+    raise ConfigurationError(key, f"its Dynaconf token failed ({failure}) in {source.where}")
+
+
+def _top_level_keys(found: list[tuple[Path, list[str]]]) -> ConfigurationError:
+    """The error for settings files written for versions that read top-level keys."""
+    where = "; ".join(f"{', '.join(keys)} at the top level of {path}" for path, keys in found)
+    msg = (
+        f"{where}: ctx_memory reads only its [{NAMESPACE}] table (top-level keys belong to"
+        f" your app). Move ctx_memory's settings under a [{NAMESPACE}] table; if these keys"
+        f" are your app's own, add an empty [{NAMESPACE}] table to say so"
+    )
+    return ConfigurationError(found[0][1][0], msg)
+
+
+def _from_files(root: Path) -> dict[str, tuple[Any, _Source]]:
+    """The ``[ctx_memory]`` tables of the settings files, later files winning key by key."""
+    found: dict[str, tuple[Any, _Source]] = {}
+    has_table = False
+    top_level: list[tuple[Path, list[str]]] = []  # our keys outside [ctx_memory]
+    for file_name in SETTINGS_FILES:
+        path = root / file_name
+        document = _read_toml(path)
+        if document is None:
+            continue
+        ours = sorted(name.upper() for name in document if name.upper() in _KEYS)
+        if ours:
+            top_level.append((path, ours))
+        table = _namespace(document, path)
+        if table is None:
+            continue
+        has_table = True
+        source = _Source(f"[{NAMESPACE}] of {path}", secret=file_name == ".secrets.toml")
+        unknown = sorted(name for name in table if name.upper() not in _KEYS)
+        if unknown:
+            raise _unknown_keys(unknown, source.where)
+        seen: dict[str, str] = {}
+        for name, value in table.items():
+            key = name.upper()
+            if key in seen:
+                msg = f"given twice in {source.where} ({seen[key]} and {name})"
+                raise ConfigurationError(key, msg)
+            seen[key] = name
+            found[key.lower()] = (_parsed(value, key, source, from_env=False), source)
+    if top_level and not has_table:
+        raise _top_level_keys(top_level)
+    return found
+
+
+def _from_environment() -> dict[str, tuple[Any, _Source]]:
+    """The ``CTX_MEMORY_*`` variables, each value parsed as Dynaconf parses env values."""
+    prefix = f"{ENV_PREFIX}_"
+    names = sorted(name for name in os.environ if name.startswith(prefix))
+    unknown = [name.removeprefix(prefix) for name in names]
+    unknown = [key for key in unknown if key not in _KEYS]
     if unknown:
-        key = unknown[0]
-        known = ", ".join(sorted(_KEYS))
-        raise ConfigurationError(key, f"{ENV_PREFIX}_{key} is not a ctx_memory setting ({known})")
-    return values
+        raise _unknown_keys(unknown, "the environment", lambda key: f"{prefix}{key}")
+    found: dict[str, tuple[Any, _Source]] = {}
+    for name in names:
+        key = name.removeprefix(prefix)
+        source = _Source(name)
+        found[key.lower()] = (_parsed(os.environ[name], key, source, from_env=True), source)
+    return found
 
 
-def _configuration_error(error: PydanticValidationError) -> ConfigurationError:
+def _configuration_error(
+    error: PydanticValidationError, sources: dict[str, _Source]
+) -> ConfigurationError:
     first = error.errors()[0]
-    key = str(first["loc"][0]).upper() if first["loc"] else "<settings>"
+    field = str(first["loc"][0]) if first["loc"] else ""
+    key = field.upper() or "<settings>"
     message = str(first["msg"]).removeprefix("Value error, ")
     shown = first.get("input")
-    if key == "REDIS_URL" and isinstance(shown, str):
-        shown = redact_url(shown)
-    return ConfigurationError(key, f"{message} (got {shown!r})")
+    source = sources.get(field)
+    if source is not None and source.secret:
+        got = f"a {type(shown).__name__}"
+    elif key == "REDIS_URL" and isinstance(shown, str):
+        got = repr(redact_url(shown))
+    else:
+        got = repr(shown)
+    where = f", in {source.where}" if source is not None else ""
+    return ConfigurationError(key, f"{message} (got {got}{where})")
 
 
-def _validated(values: dict[str, Any]) -> Settings:
+def _validated(values: dict[str, Any], sources: dict[str, _Source] | None = None) -> Settings:
     try:
         return Settings(**values)
     except PydanticValidationError as e:
-        error = _configuration_error(e)
+        error = _configuration_error(e, sources or {})
     # Raised outside the ``except``: pydantic's error quotes the raw input (a password in
     # REDIS_URL), so it must be neither the cause nor the context of ours.
     raise error
 
 
 def _checked_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    for key in overrides:
-        if key.upper() not in _KEYS:
-            raise ConfigurationError(key.upper(), "is not a ctx_memory setting")
+    unknown = sorted(key for key in overrides if key.upper() not in _KEYS)
+    if unknown:
+        raise _unknown_keys(unknown, "the arguments", str.lower)
     return {k.lower(): v for k, v in overrides.items() if v is not None}
 
 
@@ -350,8 +507,28 @@ def with_overrides(settings: Settings, **overrides: Any) -> Settings:
     return _validated({**given, **_checked_overrides(overrides)})
 
 
+def setting_differences(current: Settings, other: Settings) -> list[tuple[str, str]]:
+    """``(KEY, "KEY=value (asked other value)")`` for each setting that differs.
+
+    Redis URLs are shown through :func:`redact_url`.
+    """
+    mine, theirs = current.model_dump(), other.model_dump()
+
+    def shown(name: str, value: object) -> str:
+        return repr(redact_url(value) if name == "redis_url" and isinstance(value, str) else value)
+
+    return [
+        (name.upper(), f"{name.upper()}={shown(name, value)} (asked {shown(name, theirs[name])})")
+        for name, value in mine.items()
+        if value != theirs[name]
+    ]
+
+
 def load_settings(*, root: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
-    """Read settings files and environment, apply ``overrides`` and validate.
+    """Read the settings files and the environment, apply ``overrides`` and validate.
+
+    Only the ``[ctx_memory]`` table of ``settings.toml`` / ``.secrets.toml`` is read: the
+    files' top-level keys belong to the app (see the module docstring).
 
     Args:
         root: Directory holding ``settings.toml`` / ``.secrets.toml`` (default: the
@@ -360,7 +537,16 @@ def load_settings(*, root: str | os.PathLike[str] | None = None, **overrides: An
             files and environment. ``None`` values are ignored.
 
     Raises:
-        ConfigurationError: A key is unknown, or a value has the wrong type or range.
+        ConfigurationError: A file is not valid TOML (names the file and line), a key is
+            unknown (with a did-you-mean), a value has the wrong type or range (names the
+            key and where it was set), or a file has ctx_memory keys at its top level and
+            no ``[ctx_memory]`` table anywhere.
     """
-    values = _from_dynaconf(Path(root) if root is not None else Path.cwd())
-    return _validated({**values, **_checked_overrides(overrides)})
+    found = {
+        **_from_files(Path(root) if root is not None else Path.cwd()),
+        **_from_environment(),
+    }
+    explicit = _checked_overrides(overrides)
+    values = {key: value for key, (value, _) in found.items()}
+    sources = {key: source for key, (_, source) in found.items() if key not in explicit}
+    return _validated({**values, **explicit}, sources)
