@@ -1,3 +1,8 @@
+"""Settings: precedence, validation and redaction.
+
+Files, namespaces, typos, broken TOML and the singleton are in ``test_settings_*.py``.
+"""
+
 from __future__ import annotations
 
 import pytest
@@ -16,9 +21,11 @@ def test_defaults():
 
 def test_files_env_and_explicit_precedence(tmp_path, monkeypatch):
     (tmp_path / "settings.toml").write_text(
-        'MAX_SESSIONS = 7\nSTORE = "sqlite"\nDEFAULT_MODEL = "gpt-4"\n'
+        '[ctx_memory]\nMAX_SESSIONS = 7\nSTORE = "sqlite"\nDEFAULT_MODEL = "gpt-4"\n'
     )
-    (tmp_path / ".secrets.toml").write_text('REDIS_URL = "redis://user:s3cret@cache:6380/2"\n')
+    (tmp_path / ".secrets.toml").write_text(
+        '[ctx_memory]\nREDIS_URL = "redis://user:s3cret@cache:6380/2"\n'
+    )
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CTX_MEMORY_MAX_SESSIONS", "9")
     monkeypatch.setenv("CTX_MEMORY_EVENT_EMISSION", "false")
@@ -59,15 +66,19 @@ def test_wrong_values_fail_at_load_naming_the_key(monkeypatch, env, value, key):
 
 
 def test_wrong_value_in_settings_file(tmp_path, monkeypatch):
-    (tmp_path / "settings.toml").write_text("GARBAGE_COLLECTION = 3\n")
+    (tmp_path / "settings.toml").write_text("[ctx_memory]\nGARBAGE_COLLECTION = 3\n")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigurationError, match="GARBAGE_COLLECTION"):
+    with pytest.raises(ConfigurationError, match="GARBAGE_COLLECTION") as info:
         ContextManager()
+    assert info.value.key == "GARBAGE_COLLECTION"
+    assert str(tmp_path / "settings.toml") in str(info.value)  # where it was set
 
 
 def test_unknown_explicit_override():
     with pytest.raises(ConfigurationError, match="NOT_A_SETTING"):
         load_settings(not_a_setting=1)
+    with pytest.raises(ConfigurationError, match=r"max_session \(did you mean max_sessions\?\)"):
+        ContextManager(max_session=5)
 
 
 def test_constructor_overrides_settings(monkeypatch):
@@ -88,7 +99,7 @@ def test_redaction():
 
 def test_settings_object_plus_overrides_reads_no_file(tmp_path, monkeypatch):
     base = load_settings(max_sessions=5)
-    (tmp_path / "settings.toml").write_text("MAX_SESSIONS = 77\n")
+    (tmp_path / "settings.toml").write_text("[ctx_memory]\nMAX_SESSIONS = 77\n")
     monkeypatch.chdir(tmp_path)
     with ContextManager(base, event_emission=False) as cm:
         assert cm.settings.max_sessions == 5
