@@ -1391,14 +1391,50 @@ _default_lock = threading.Lock()
 def get_context_manager(**overrides: Any) -> ContextManager:
     """The process-wide ContextManager, built from settings on first call (seed 001).
 
-    Keyword arguments apply only when the manager is first built.
+    The first call builds it with ``overrides`` (the keyword arguments of
+    :class:`ContextManager`). A later call returns the same manager when it passes nothing,
+    or only what that manager already has (``store="memory"`` on a memory manager, the
+    same store object); one asking for anything else is refused rather than silently
+    given a manager that ignores it.
+
+    Raises:
+        ConfigurationError: ``overrides`` differ from the manager already built (the
+            message says what differs): call :func:`reset_context_manager` first to build
+            another. Also for invalid settings, as ``ContextManager(...)`` raises.
     """
+    from ctx_memory.config import setting_differences  # noqa: PLC0415 - only needed here
+    from ctx_memory.errors import ConfigurationError  # noqa: PLC0415 - only needed here
+
     global _default_manager  # noqa: PLW0603 - the seed's process-wide singleton
-    if _default_manager is None:
-        with _default_lock:
-            if _default_manager is None:
-                _default_manager = ContextManager(**overrides)
-    return _default_manager
+    with _default_lock:
+        if _default_manager is None:
+            _default_manager = ContextManager(**overrides)
+            return _default_manager
+        manager = _default_manager
+    asked = {key: value for key, value in overrides.items() if value is not None}
+    differences: list[tuple[str, str]] = []
+    for name, own in (
+        ("store", manager.store),
+        ("counter", manager._token_counter),
+        ("events", manager.events),
+    ):
+        part = asked.get(name)
+        if part is not None and not isinstance(part, str):
+            del asked[name]
+            if part is not own:
+                differences.append((name.upper(), f"{name}=another {type(part).__name__} object"))
+    base = asked.pop("settings", None) or manager.settings
+    if asked or base is not manager.settings:
+        differences += setting_differences(manager.settings, with_overrides(base, **asked))
+    if differences:
+        listed = "; ".join(text for _, text in differences)
+        msg = (
+            f"get_context_manager() already built the process-wide manager, which differs"
+            f" from this call's arguments: {listed}. Call reset_context_manager() first to"
+            " build another"
+        )
+        raise ConfigurationError(differences[0][0], msg)
+    return manager
 
 
 def reset_context_manager() -> None:
