@@ -10,15 +10,28 @@ ifeq ($(origin TIKTOKEN_CACHE_DIR), undefined)
   endif
 endif
 
-UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+# uv: `make UV=/path/to/uv`, else the uv on PATH, else ~/.local/bin/uv, else a pinned uv that
+# scripts/bootstrap_uv.py downloads from PyPI into .tools/bin with python3 alone (Debian's
+# python3 refuses `pip install --user`, PEP 668, and may have no venv module).
+UV_VERSION := 0.13.9
+LOCAL_UV := $(CURDIR)/.tools/bin/uv
+ifeq ($(origin UV), undefined)
+  UV := $(or $(shell command -v uv 2>/dev/null),$(wildcard $(HOME)/.local/bin/uv),$(LOCAL_UV))
+endif
+# uv makes .venv from a Python already on the machine (Debian 12's python3 is 3.11) rather
+# than downloading one, and trusts the system's CA certificates (/etc/ssl/certs), as pip and
+# python3 do: both matter behind a proxy. Override either on the command line or in the env.
+export UV_PYTHON_DOWNLOADS ?= never
+export UV_SYSTEM_CERTS ?= 1
 
 .PHONY: help uv install demo test test-fast lint format type notebooks bench redis
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-uv: ## Install uv if it is missing
-	@command -v uv >/dev/null 2>&1 || [ -x "$(UV)" ] || python3 -m pip install --user --quiet uv
+uv: ## Install uv (pinned, into .tools/bin) if there is none
+	@if [ "$(UV)" = "$(LOCAL_UV)" ]; then python3 scripts/bootstrap_uv.py "$(dir $(LOCAL_UV))" $(UV_VERSION); \
+	elif [ ! -x "$(UV)" ]; then echo "error: UV=$(UV) is not an executable" >&2; exit 1; fi
 
 install: uv ## Create .venv with the package, extras and dev tools (from uv.lock)
 	@$(UV) sync --locked --all-extras --quiet
