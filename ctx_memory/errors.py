@@ -20,6 +20,7 @@ The tree::
     │   └── DocumentImportError     malformed JSON or a wrong shape on import (names the field)
     ├── SessionNotFoundError        an operation that needs an existing session (also KeyError)
     ├── MessageNotFoundError        no message of the session has that id (also KeyError)
+    ├── RequestBodyNotReadError     a sync helper needs a Starlette body: use its async twin
     ├── TokenizerError              a tiktoken encoding cannot be loaded (names the remedies)
     ├── BudgetExceededError         system prompt + question alone exceed the token budget
     └── StoreError                  the backend failed
@@ -39,6 +40,7 @@ __all__ = [
     "InvalidTTLError",
     "MessageNotFoundError",
     "NotSerializableError",
+    "RequestBodyNotReadError",
     "SessionNotFoundError",
     "SharedStateTooLargeError",
     "StoreError",
@@ -162,6 +164,14 @@ class MessageNotFoundError(CtxMemoryError, KeyError):
 
     def __str__(self) -> str:
         return f"session {self.session_id!r} has no message with id {self.message_id!r}"
+
+
+class RequestBodyNotReadError(CtxMemoryError, RuntimeError):
+    """A sync request helper needs a Starlette/FastAPI body that only ``await`` can read.
+
+    Call the helper's async twin (``aget_session_id``, ``aprepare_request``, ...) from an
+    ``async def`` endpoint, or declare the body in the endpoint so FastAPI reads it first.
+    """
 
 
 class TokenizerError(CtxMemoryError):

@@ -32,7 +32,7 @@ Reading a request is written once, as a flow that yields each part of the reques
 helper and its ``a`` twin differ by ``await`` only. A Starlette/FastAPI body can only be read
 with ``await``: the sync helpers use it when it has already been read (FastAPI reads the body
 of an endpoint that declares body parameters) and otherwise raise
-:class:`~ctx_memory.errors.CtxMemoryError` naming the async twins.
+:class:`~ctx_memory.errors.RequestBodyNotReadError` naming the async twins.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from ctx_memory.errors import CtxMemoryError, InvalidSessionIdError, ValidationError
+from ctx_memory.errors import InvalidSessionIdError, RequestBodyNotReadError, ValidationError
 from ctx_memory.manager import ContextManager, get_context_manager
 from ctx_memory.schema import ContextMode, validate_session_id
 
@@ -314,13 +314,13 @@ def _starlette_body(request: Any, media_type: str) -> _Values | None:
     if media_type in _FORMS:
         form: _Values | None = getattr(request, "_form", None)
         if form is None:
-            raise CtxMemoryError(_NEEDS_AWAIT.format(what="form"))
+            raise RequestBodyNotReadError(_NEEDS_AWAIT.format(what="form"))
         return form
     if hasattr(request, "_json"):
         return _object(request._json)
     if hasattr(request, "_body"):
         return _json_object(request._body)
-    raise CtxMemoryError(_NEEDS_AWAIT.format(what="JSON body"))
+    raise RequestBodyNotReadError(_NEEDS_AWAIT.format(what="JSON body"))
 
 
 async def _astarlette_body(request: Any, media_type: str) -> _Values | None:
@@ -566,7 +566,7 @@ class ContextIntegration:
         Raises:
             InvalidSessionIdError: None was found and no ``default`` was given, or the one
                 found is not a valid session id (the message says where it was found).
-            CtxMemoryError: Only the body of a Starlette/FastAPI request, not read yet, can
+            RequestBodyNotReadError: Only the body of a Starlette/FastAPI request, not read yet, can
                 hold it: use :meth:`aget_session_id`.
         """
         return _read(self._session_id_flow(self._request(request), default))
@@ -583,7 +583,7 @@ class ContextIntegration:
 
         Raises:
             ValidationError: The mode is not one of ``normal``, ``research``, ``thinking``.
-            CtxMemoryError: As :meth:`get_session_id`, for an unread Starlette body.
+            RequestBodyNotReadError: As :meth:`get_session_id`, for an unread Starlette body.
         """
         return _read(self._mode_flow(self._request(request)))
 

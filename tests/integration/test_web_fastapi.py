@@ -23,8 +23,8 @@ from starlette.middleware.sessions import SessionMiddleware
 from ctx_memory import (
     ContextIntegration,
     ContextManager,
-    CtxMemoryError,
     InMemoryStore,
+    RequestBodyNotReadError,
     ValidationError,
 )
 
@@ -171,10 +171,10 @@ def test_async_endpoint_reads_form(client: TestClient) -> None:
 
 def test_sync_endpoint_says_the_unread_body_needs_the_async_twin(client: TestClient) -> None:
     # A programming error, not the client's: it is not a ValidationError (so not a 400).
-    with pytest.raises(CtxMemoryError, match=r"JSON body .*aget_session_id") as raised:
+    with pytest.raises(RequestBodyNotReadError, match=r"JSON body .*aget_session_id") as raised:
         client.post("/sync/context", json={"session_id": "j1"})
     assert not isinstance(raised.value, ValidationError)
-    with pytest.raises(CtxMemoryError, match=r"form .*`async def` endpoint"):
+    with pytest.raises(RequestBodyNotReadError, match=r"form .*`async def` endpoint"):
         client.post("/sync/context", data={"session_id": "f1"})
     # What is available synchronously is enough when it holds both values.
     response = client.post("/sync/context?session_id=q&mode=normal", json={"session_id": "ignored"})
