@@ -574,6 +574,7 @@ REDIS = [
 
     ```toml
     # settings.toml (or CTX_MEMORY_STORE=redis, CTX_MEMORY_REDIS_URL=... in the environment)
+    [ctx_memory]                             # ctx_memory's own table; top-level keys are your app's
     STORE = "redis"
     REDIS_URL = "redis://localhost:6379/0"   # rediss://user:password@host:port/db for TLS + ACL
     ```
