@@ -424,7 +424,9 @@ def test_sqlite_file_persists_between_invocations(
 
 def test_settings_file_selects_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "settings.toml").write_text('STORE = "sqlite"\nSQLITE_PATH = "s.db"\n')
+    (tmp_path / "settings.toml").write_text(
+        '[ctx_memory]\nSTORE = "sqlite"\nSQLITE_PATH = "s.db"\n'
+    )
     assert runner.invoke(app, ["demo", "--session-id", "from-settings"]).exit_code == 0
     listed = runner.invoke(app, ["sessions", "list"])
     assert listed.stdout.splitlines() == ["from-settings"]

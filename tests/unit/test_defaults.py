@@ -54,7 +54,7 @@ def test_store_from_file_or_environment_picks_its_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "settings.toml").write_text('STORE = "sqlite"\n')
+    (tmp_path / "settings.toml").write_text('[ctx_memory]\nSTORE = "sqlite"\n')
     assert (load_settings().max_sessions, load_settings().ttl_seconds) == (None, 30 * DAY)
     monkeypatch.setenv("CTX_MEMORY_STORE", "memory")
     assert (load_settings().max_sessions, load_settings().ttl_seconds) == (100, 3600)
@@ -66,7 +66,7 @@ def test_values_set_in_a_file_apply_to_every_store(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "settings.toml").write_text(
-        f'STORE = "{store}"\nMAX_SESSIONS = 100\nSESSION_EXPIRATION_SECONDS = 3600\n'
+        f'[ctx_memory]\nSTORE = "{store}"\nMAX_SESSIONS = 100\nSESSION_EXPIRATION_SECONDS = 3600\n'
     )
     settings = load_settings()
     assert (settings.max_sessions, settings.ttl_seconds) == (100, 3600)
@@ -173,6 +173,6 @@ def test_bad_numbers_in_the_environment(
 
 def test_bad_numbers_in_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "settings.toml").write_text("MAX_SESSIONS = true\n")
+    (tmp_path / "settings.toml").write_text("[ctx_memory]\nMAX_SESSIONS = true\n")
     with pytest.raises(ConfigurationError, match="MAX_SESSIONS"):
         load_settings()
