@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from langchain_core.messages import BaseMessage
 
-from ctx_memory.config import Settings, load_settings, with_overrides
+from ctx_memory.config import Settings, load_settings, setting_differences, with_overrides
 from ctx_memory.errors import (
+    ConfigurationError,
     CtxMemoryError,
     DocumentImportError,
     InvalidMessageError,
@@ -1402,9 +1403,6 @@ def get_context_manager(**overrides: Any) -> ContextManager:
             message says what differs): call :func:`reset_context_manager` first to build
             another. Also for invalid settings, as ``ContextManager(...)`` raises.
     """
-    from ctx_memory.config import setting_differences  # noqa: PLC0415 - only needed here
-    from ctx_memory.errors import ConfigurationError  # noqa: PLC0415 - only needed here
-
     global _default_manager  # noqa: PLW0603 - the seed's process-wide singleton
     with _default_lock:
         if _default_manager is None:
