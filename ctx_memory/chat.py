@@ -253,15 +253,17 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
     dict's ``"session_id"``, else ``config["configurable"]["session_id"]``, else
     ``session_id``. Output: the model's ``AIMessage`` (chunks when streaming), stored
     with ``metadata`` ``model``, ``response_time_ms``, ``sources_used`` (URLs of the
-    sources in the prompt) and ``tools_used`` (names of the reply's tool calls).
+    sources in the prompt), ``cited`` (the source numbers the reply cites) and
+    ``tools_used`` (names of the reply's tool calls).
 
     The reply carries ``response_metadata["ctx_memory"]`` (:func:`reply_metadata`):
     ``sources_used`` (``[{"n", "url", "title", "source_type"}]``, the numbered sources
     the prompt held), ``cited`` (the ``n`` the reply cites as ``[n]``), ``report`` (the
-    budget report) and ``session_id``. It is part of the reply, so it is stored with it
-    and ``manager.get_messages`` gives the reply back exactly as returned. A stream
+    budget report) and ``session_id``. It is ctx_memory's annotation, not the model's
+    words, so the stored record leaves it out (its ``metadata`` keeps ``sources_used`` and
+    ``cited``) and ``manager.get_messages`` gives back the model's message whole. A stream
     carries it on its final chunk only (``chunk_position="last"``), yielded once the turn
-    is recorded, so adding up the chunks gives the stored reply. The assembly is a child
+    is recorded, so adding up the chunks gives the stored reply plus it. The assembly is a child
     run named after the assembler (``run_type="prompt"``) whose output is the same
     dict without ``cited``: tracers and callbacks see it before the model is called.
 
@@ -394,23 +396,26 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
     ) -> Generator[Call, Any, AIMessage]:
         """Write the question and the reply in one append; return the reply as stored.
 
-        The reply gets the turn's id and ``response_metadata["ctx_memory"]``; the rest
-        is the model's, kept whole.
+        The reply gets the turn's id; the caller's copy also gets
+        ``response_metadata["ctx_memory"]``. The stored record keeps the model's message
+        whole without that annotation (which would make every later prompt heavier to
+        build and is no part of what the model said); its ``metadata`` holds
+        ``sources_used`` (the URLs) and ``cited`` (the source numbers the reply cites).
         """
-        message = _as_message(reply)
-        extra = {METADATA_KEY: reply_metadata(prompt, message)}
-        update = {"id": turn.reply_id, "response_metadata": {**message.response_metadata, **extra}}
-        message = message.model_copy(update=update)
+        message = _as_message(reply).model_copy(update={"id": turn.reply_id})
+        extra = reply_metadata(prompt, message)
         metadata = {
             "model": _model_name(self.model, message, self.model_name),
             "response_time_ms": round((time.perf_counter() - started) * 1000, 3),
             "sources_used": list(prompt.report.source_urls),
+            "cited": list(extra["cited"]),
             "tools_used": [call["name"] for call in message.tool_calls],
         }
         record = message_to_record(message, timestamp=now_iso(), metadata=metadata)
         del record["token_count"]  # counted by the manager
         yield Call("add_messages", (turn.session_id, [turn.question, record]))
-        return message
+        meta = {**message.response_metadata, METADATA_KEY: extra}
+        return message.model_copy(update={"response_metadata": meta})
 
     @staticmethod
     def _child(config: RunnableConfig, run_manager: Any) -> RunnableConfig:
