@@ -75,6 +75,7 @@ if TYPE_CHECKING:
     from langgraph.runtime import Runtime
 
     from ctx_memory.manager import ContextManager
+    from ctx_memory.ranking import Tokenizer
 
 __all__ = ["ContextMiddleware"]
 
@@ -141,6 +142,8 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         include_header: Add the mode / current URL / local time header.
         persist: Store the run's messages (``False``: read-only memory).
         model_name: Name recorded with replies (default: from the reply or the model).
+        tokenizer: Splits the question and sources into terms for ranking (default: the
+            built-in one, see :mod:`ctx_memory.ranking`).
 
     Example:
         .. code-block:: python
@@ -179,6 +182,7 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         include_header: bool = True,
         persist: bool = True,
         model_name: str | None = None,
+        tokenizer: Tokenizer | None = None,
     ) -> None:
         super().__init__()
         self.manager = manager
@@ -193,6 +197,7 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
             source_token_cap=source_token_cap,
             sources_share=sources_share,
             include_header=include_header,
+            tokenizer=tokenizer,
         )
 
     def __repr__(self) -> str:

@@ -286,3 +286,19 @@ def test_the_run_and_the_reply_land_in_one_write(manager):
     # call 1: question + tool call; call 2: tool result + answer (the rest already held)
     assert len(writes) == 2
     assert len(manager.get_history("s1")) == 4
+
+
+def test_the_middleware_ranks_sources_with_a_given_tokenizer(manager):
+    from ctx_memory.middleware import ContextMiddleware
+
+    seen: list[str] = []
+
+    def words(text: str) -> list[str]:
+        seen.append(text)
+        return text.lower().split()
+
+    manager.add_fetched_context("tok", "web_search", "Tokyo travel guide", url="https://t.example")
+    middleware = ContextMiddleware(manager, tokenizer=words)
+    middleware.assembler.assemble("tok", "tokyo trip")
+    assert "tokyo trip" in seen
+    assert any("Tokyo travel guide" in text for text in seen)
