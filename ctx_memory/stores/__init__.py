@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ctx_memory.stores._gc import gc_interval
 from ctx_memory.stores.base import BaseStore, EncodedItem, EncodedMessage, Header, WriteResult
 from ctx_memory.stores.memory import InMemoryStore
 
@@ -26,7 +27,11 @@ __all__ = [
 
 
 def create_store(settings: Settings) -> BaseStore:
-    """The store ``settings`` select (``STORE`` / ``USE_REDIS_CACHING``)."""
+    """The store ``settings`` select (``STORE`` / ``USE_REDIS_CACHING``).
+
+    With ``GARBAGE_COLLECTION`` on (the default) and a session TTL, every store runs a
+    background garbage collector every ``GC_INTERVAL_SECONDS`` until it is closed.
+    """
     backend = settings.backend
     if backend == "redis":
         from ctx_memory.stores.redis import RedisStore  # noqa: PLC0415
@@ -39,9 +44,5 @@ def create_store(settings: Settings) -> BaseStore:
     return InMemoryStore(
         ttl_seconds=settings.ttl_seconds,
         max_sessions=settings.max_sessions,
-        gc_interval_seconds=(
-            settings.gc_interval_seconds
-            if settings.garbage_collection and settings.ttl_seconds
-            else None
-        ),
+        gc_interval_seconds=gc_interval(settings),
     )

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from ctx_memory.config import Settings
 
-__all__ = ["GarbageCollector", "gc_interval"]
+__all__ = ["GarbageCollector", "check_interval", "gc_interval"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,20 @@ def gc_interval(settings: Settings) -> float | None:
     return None
 
 
+def check_interval(interval: float | None) -> float | None:
+    """``interval`` if it is ``None`` or a positive, finite number of seconds, else raise.
+
+    Raises:
+        ConfigurationError: Names ``GC_INTERVAL_SECONDS``.
+    """
+    if interval is None:
+        return None
+    if isinstance(interval, bool) or not (interval > 0 and math.isfinite(interval)):
+        msg = f"must be a positive number of seconds, got {interval!r}"
+        raise ConfigurationError("GC_INTERVAL_SECONDS", msg)
+    return interval
+
+
 class GarbageCollector:
     """A daemon thread that calls ``collect`` every ``interval`` seconds until stopped.
 
@@ -46,9 +60,7 @@ class GarbageCollector:
     """
 
     def __init__(self, collect: Callable[[], int], interval: float, *, name: str) -> None:
-        if isinstance(interval, bool) or not (interval > 0 and math.isfinite(interval)):
-            msg = f"must be a positive number of seconds, got {interval!r}"
-            raise ConfigurationError("GC_INTERVAL_SECONDS", msg)
+        check_interval(interval)
         self._collect = weakref.WeakMethod(collect)
         self._interval = interval
         self._name = name

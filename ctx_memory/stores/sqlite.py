@@ -56,6 +56,7 @@ from typing_extensions import override
 
 from ctx_memory.errors import StoreError, StoreUnavailableError
 from ctx_memory.schema import dumps
+from ctx_memory.stores._gc import GarbageCollector, check_interval, gc_interval
 from ctx_memory.stores.base import (
     EncodedItem,
     EncodedMessage,
@@ -266,6 +267,9 @@ class SqliteStore(SyncBackedStore):
         max_sessions: Most live sessions in the file; ``None`` for no limit.
         busy_timeout: Seconds to wait for another process's transaction.
         clock: Wall clock in seconds (expiry is shared between processes).
+        gc_interval_seconds: Run :meth:`gc` in a background thread at this interval
+            (deleting expired sessions nobody touches); ``None`` for none. A failing
+            collection is logged and retried; the thread stops on :meth:`close`.
 
     Raises:
         StoreUnavailableError: The file cannot be opened, or was written by a newer
@@ -295,8 +299,10 @@ class SqliteStore(SyncBackedStore):
         max_sessions: int | None = None,
         busy_timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
+        gc_interval_seconds: float | None = None,
     ) -> None:
         ttl_seconds = check_limits(ttl_seconds, max_sessions)
+        gc_interval_seconds = check_interval(gc_interval_seconds)
         self.path = str(path)
         self.ttl_seconds = ttl_seconds
         self.max_sessions = max_sessions
@@ -327,6 +333,11 @@ class SqliteStore(SyncBackedStore):
             msg = f"SQLite database {self.path!r} cannot be opened: {e}"
             raise StoreUnavailableError(msg) from e
         self._conn: sqlite3.Connection | None = conn
+        self._collector = (
+            GarbageCollector(self.gc, gc_interval_seconds, name=repr(self))
+            if gc_interval_seconds is not None
+            else None
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SqliteStore:
@@ -335,6 +346,7 @@ class SqliteStore(SyncBackedStore):
             settings.sqlite_path,
             ttl_seconds=settings.ttl_seconds,
             max_sessions=settings.max_sessions,
+            gc_interval_seconds=gc_interval(settings),
         )
 
     def __repr__(self) -> str:
@@ -1069,6 +1081,9 @@ class SqliteStore(SyncBackedStore):
 
     @override
     def close(self) -> None:
+        collector, self._collector = self._collector, None
+        if collector is not None:  # first: a collection under way still has the connection
+            collector.stop()
         with self._lock:
             conn, self._conn = self._conn, None
         with self._pool_lock:
@@ -1078,3 +1093,8 @@ class SqliteStore(SyncBackedStore):
             reader.close()
         if conn is not None:
             conn.close()
+
+    @property
+    def gc_running(self) -> bool:
+        """Whether the background garbage collector is running."""
+        return self._collector is not None and self._collector.running
