@@ -79,7 +79,7 @@ MEMORY_TTL_SECONDS = 3600.0
 PERSISTENT_TTL_SECONDS = 30 * 86_400.0
 """``SESSION_EXPIRATION_SECONDS`` of SQLite and Redis when the setting is not given."""
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 
 # --------------------------------------------------------------------------- URLs
 
@@ -141,11 +141,18 @@ def url_secrets(url: str) -> list[str]:
 def _redis_url_problem(url: str) -> str | None:  # noqa: PLR0911 - one return per fault
     """What is wrong with a Redis URL (worded for ``invalid setting REDIS_URL: ...``)."""
     if not url.startswith(REDIS_SCHEMES):
-        return "must start with redis://, rediss:// or unix:// (e.g. redis://localhost:6379/0)"
+        return (
+            "must start with redis://, rediss://, unix:// or redis+sentinel:// "
+            "(e.g. redis://localhost:6379/0)"
+        )
     if any(ch.isspace() or not ch.isprintable() for ch in url):
         return "must not contain spaces or control characters"
     if "#" in url:
         return f"holds a '#' (a URL fragment means nothing to Redis); {_ENCODE_HINT}"
+    if url.startswith(REDIS_SCHEMES[3:]):
+        from ctx_memory.stores.redis import sentinel_url_problem  # noqa: PLC0415 - redis-py
+
+        return sentinel_url_problem(url)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -182,9 +189,11 @@ def _query_problem(query: str) -> str | None:
 def validate_redis_url(url: object) -> str:
     """Return ``url`` if redis-py will read it as the server it names, else raise.
 
-    Accepts ``redis://``, ``rediss://`` and ``unix://`` URLs. Refuses anything redis-py
-    would misread: no scheme, a ``#``, an ``@`` after the host (an unencoded ``/`` or ``?``
-    in a password), a port or database that is not a number, a bad known query value.
+    Accepts ``redis://``, ``rediss://`` and ``unix://`` URLs, and ``redis+sentinel://`` /
+    ``rediss+sentinel://`` (read by :func:`ctx_memory.stores.redis.parse_sentinel_url`).
+    Refuses anything redis-py would misread: no scheme, a ``#``, an ``@`` after the host
+    (an unencoded ``/`` or ``?`` in a password), a port or database that is not a number,
+    a bad known query value.
 
     Raises:
         ConfigurationError: Names ``REDIS_URL``; the message shows the URL only through

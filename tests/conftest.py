@@ -308,3 +308,133 @@ def manager_factory(make_store: Callable[..., BaseStore]) -> Callable[..., Any]:
         return cm
 
     return build  # stores are closed by make_store
+
+
+# ---------------------------------------------------------------- Redis Sentinel
+
+SENTINEL_SERVICE = "ctxmaster"
+
+
+class SentinelServer(RedisServer):
+    """One Redis Sentinel process (``redis-sentinel``, or ``redis-server --sentinel``)."""
+
+    def __init__(self, directory: Path, config: str) -> None:
+        super().__init__(directory)
+        self.config = config
+
+    def start(self) -> SentinelServer:
+        conf = self.directory / "sentinel.conf"  # Sentinel rewrites it: one per process
+        conf.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n{self.config}")
+        exe = shutil.which("redis-sentinel")
+        args = [exe, str(conf)] if exe else [shutil.which("redis-server"), str(conf), "--sentinel"]
+        log = self.directory / "sentinel.log"
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen([str(a) for a in args], stdout=out, stderr=out)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    msg = f"Redis Sentinel on port {self.port} did not start; see {log}"
+                    raise RuntimeError(msg) from None
+                time.sleep(0.02)
+
+
+class SentinelSetup:
+    """A master, a replica and three sentinels watching them, on loopback ports.
+
+    The data servers require ``password``, the sentinels ``sentinel_password``; ``url``
+    reaches the master through all three sentinels.
+    """
+
+    password = "m-pw-7f3a"
+    sentinel_password = "s-pw-91c2"
+
+    def __init__(self, root: Path) -> None:
+        auth = ("--requirepass", self.password, "--masterauth", self.password)
+        self.master = RedisServer(root / "master", *auth)
+        self.replica = RedisServer(
+            root / "replica", *auth, "--replicaof", "127.0.0.1", str(self.master.port)
+        )
+        config = (
+            f'requirepass "{self.sentinel_password}"\n'
+            f"sentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {self.master.port} 2\n"
+            f'sentinel auth-pass {SENTINEL_SERVICE} "{self.password}"\n'
+            f"sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n"
+            f"sentinel failover-timeout {SENTINEL_SERVICE} 3000\n"
+        )
+        self.sentinels = [SentinelServer(root / f"sentinel{i}", config) for i in range(3)]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return (
+            f"redis+sentinel://:{self.password}@{hosts}/{SENTINEL_SERVICE}/0"
+            f"?sentinel_password={self.sentinel_password}"
+        )
+
+    def sentinel_client(self, index: int = 0) -> redis.Redis:
+        port = self.sentinels[index].port
+        return redis.Redis(port=port, password=self.sentinel_password, socket_timeout=5)
+
+    def data_client(self, server: RedisServer) -> redis.Redis:
+        return redis.Redis(port=server.port, password=self.password, socket_timeout=5)
+
+    def master_port(self, index: int = 0) -> int:
+        """The master's port as sentinel ``index`` reports it."""
+        with self.sentinel_client(index) as client:
+            _, port = client.sentinel_get_master_addr_by_name(SENTINEL_SERVICE)
+        return int(port)
+
+    def wait_until(self, done: Callable[[], bool], what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                logs = [s.directory / "sentinel.log" for s in self.sentinels]
+                msg = f"timed out waiting until {what}; see {logs}"
+                raise RuntimeError(msg)
+            time.sleep(0.05)
+
+    def ready(self) -> bool:
+        """Every sentinel sees the master up, the replica and the two other sentinels."""
+        for index in range(len(self.sentinels)):
+            with self.sentinel_client(index) as client:
+                state = client.sentinel_master(SENTINEL_SERVICE)
+            if (
+                state["num-slaves"] < 1
+                or state["num-other-sentinels"] < len(self.sentinels) - 1
+                or state["is_sdown"]
+                or state["is_odown"]
+            ):
+                return False
+        with self.data_client(self.master) as client:
+            return bool(client.info("replication").get("connected_slaves", 0) >= 1)
+
+    def start(self) -> SentinelSetup:
+        self.master.start()
+        self.replica.start()
+        for sentinel in self.sentinels:
+            sentinel.start()
+        with self.sentinel_client() as client:
+            mode = client.info("server").get("redis_mode")
+        if mode != "sentinel":
+            _no_redis(f"no Redis Sentinel: the server runs in {mode} mode; install redis-sentinel")
+        self.wait_until(self.ready, "the sentinels watch the master, its replica and each other")
+        return self
+
+    def stop(self) -> None:
+        for server in [*self.sentinels, self.master, self.replica]:
+            server.kill()  # a master waits for its replicas on SIGTERM: nothing to keep
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
+    """A fresh master + replica + three sentinels for this test (tests fail over)."""
+    _require_redis()  # redis-sentinel if installed, else redis-server --sentinel (same binary)
+    setup = SentinelSetup(tmp_path_factory.mktemp("sentinel"))
+    try:
+        yield setup.start()
+    finally:
+        setup.stop()

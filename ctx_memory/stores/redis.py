@@ -1561,9 +1561,10 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     brackets), then the service name the sentinels monitor (default ``mymaster``) and
     the database (default 0). ``rediss+sentinel://`` uses TLS to the sentinels and the
     master. The user name and password are the master's and, as in langchain-community,
-    the sentinels' too; the query parameters ``sentinel_username`` and
-    ``sentinel_password`` give the sentinels others (empty: none). Every other query
-    parameter is redis-py's, as in a ``redis://`` URL (``?socket_keepalive=true``).
+    the sentinels' too; with the query parameter ``sentinel_password`` (and
+    ``sentinel_username``) the sentinels use those instead (``?sentinel_password=``,
+    empty: none). Every other query parameter is redis-py's, as in a ``redis://`` URL
+    (``?socket_keepalive=true``).
 
     Raises:
         ValueError: What is wrong, without quoting the URL (it may hold a password).
@@ -1603,10 +1604,9 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     kept = "&".join(p for p in query.split("&") if p and p.split("=", 1)[0] not in _SENTINEL_AUTH)
     # Everything but the hosts and the service is a plain Redis URL's: redis-py reads it.
     plain = "rediss" if scheme == "rediss+sentinel" else "redis"
+    plain_url = f"{plain}://{userinfo}{at}localhost/{db}" + (f"?{kept}" if kept else "")
     try:
-        connection: dict[str, Any] = parse_url(
-            f"{plain}://{userinfo}{at}localhost/{db}" + (f"?{kept}" if kept else "")
-        )
+        connection: dict[str, Any] = parse_url(plain_url)  # type: ignore[no-untyped-call]
     except ValueError as e:  # its text names a query parameter, or quotes the user info
         text = str(e)
         problem = text if text.startswith("Invalid value for '") else "unreadable user info"
@@ -1620,12 +1620,13 @@ def parse_sentinel_url(url: str) -> SentinelURL:
         for k, v in connection.items()
         if k in ("username", "password", "ssl") or k.startswith("ssl_")
     }
-    for name, value in auth.items():
-        key = name.removeprefix("sentinel_")
-        if value:
-            sentinel[key] = value
-        else:
-            sentinel.pop(key, None)
+    if auth:  # the sentinels' own credentials, instead of the master's
+        for name in _SENTINEL_AUTH:
+            key, value = name.removeprefix("sentinel_"), auth.get(name)
+            if value:
+                sentinel[key] = value
+            else:
+                sentinel.pop(key, None)
     return SentinelURL(sentinels, service, connection, sentinel)
 
 
@@ -1638,6 +1639,46 @@ def sentinel_url_problem(url: str) -> str | None:
     return None
 
 
+class _SentinelConnection(redis.sentinel.SentinelManagedConnection):
+    """A connection to the master that asks the sentinels where it is on every connect.
+
+    redis-py's own reconnects a dropped connection to the address it had, retries
+    included (redis/redis-py#3874): after a failover every retry of a write would reach
+    the demoted master again (``READONLY``) or the dead one. Each attempt here connects
+    once to the master the sentinels name now; the command's ``Retry`` makes the next.
+    """
+
+    @override
+    def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if not self.is_connected:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=False)
+
+
+class _SentinelSSLConnection(_SentinelConnection, redis.sentinel.SentinelManagedSSLConnection):
+    """:class:`_SentinelConnection` over TLS (``rediss+sentinel://``)."""
+
+
+class _AsyncSentinelConnection(redis.asyncio.sentinel.SentinelManagedConnection):
+    """The asyncio :class:`_SentinelConnection`."""
+
+    @override
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if not self.is_connected:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(check_health=check_health, retry_socket_connect=False)
+
+
+class _AsyncSentinelSSLConnection(
+    _AsyncSentinelConnection, redis.asyncio.sentinel.SentinelManagedSSLConnection
+):
+    """:class:`_AsyncSentinelConnection` over TLS (``rediss+sentinel://``)."""
+
+
 def _sentinel_master(url: str, options: dict[str, Any], *, asynchronous: bool) -> Any:
     """A client of the master the sentinels of ``url`` name, following every failover.
 
@@ -1648,15 +1689,23 @@ def _sentinel_master(url: str, options: dict[str, Any], *, asynchronous: bool) -
     target = parse_sentinel_url(url)
     sentinel_kwargs = {k: v for k, v in options.items() if k.startswith("socket_")}
     sentinel_kwargs.update(target.sentinel)
+    tls = bool(target.connection.get("ssl"))
+    sentinel_class: Any
+    redis_class: type[Any]
     if asynchronous:
-        manager: Any = redis.asyncio.sentinel.Sentinel(
-            target.sentinels, sentinel_kwargs=sentinel_kwargs, **{**options, **target.connection}
+        sentinel_class, redis_class = redis.asyncio.sentinel.Sentinel, redis.asyncio.Redis
+        connection_class: type[Any] = (
+            _AsyncSentinelSSLConnection if tls else _AsyncSentinelConnection
         )
-        return manager.master_for(target.service, redis_class=redis.asyncio.Redis)
-    manager = redis.sentinel.Sentinel(
+    else:
+        sentinel_class, redis_class = redis.sentinel.Sentinel, redis.Redis
+        connection_class = _SentinelSSLConnection if tls else _SentinelConnection
+    manager = sentinel_class(
         target.sentinels, sentinel_kwargs=sentinel_kwargs, **{**options, **target.connection}
     )
-    return manager.master_for(target.service, redis_class=redis.Redis)
+    return manager.master_for(
+        target.service, redis_class=redis_class, connection_class=connection_class
+    )
 
 
 def _sentinels_of(client: Any) -> list[Any]:
