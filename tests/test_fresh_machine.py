@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -353,8 +354,11 @@ def _checkout_files() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def fresh_checkout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A copy of the checkout beside a ``shared/`` dir (as CI lays it) and an empty HOME."""
+def fresh_checkout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A copy of the checkout beside a ``shared/`` dir (as CI lays it) and an empty HOME.
+
+    Removed afterwards: HOME ends up holding uv's cache of every locked package.
+    """
     base = tmp_path_factory.mktemp("fresh-machine")
     work = base / "ctx_memory"
     for name in _checkout_files():
@@ -366,7 +370,8 @@ def fresh_checkout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         (base / "shared" / "tiktoken-cache").symlink_to(Path(cache).resolve())
     home = base / "home"
     home.mkdir()
-    return {"work": work, "home": home}
+    yield {"work": work, "home": home}
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _bare_make(checkout: dict[str, Any], *targets: str) -> subprocess.CompletedProcess[str]:
