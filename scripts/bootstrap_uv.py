@@ -3,13 +3,13 @@
     python3 scripts/bootstrap_uv.py .tools/bin 0.13.9
 
 ``make`` runs this when no ``uv`` is on ``PATH`` (nor in ``~/.local/bin``); it returns at
-once when DEST already holds that version. Debian's own
-``python3`` refuses ``pip install --user`` (PEP 668, "externally managed") and ships without
-``venv``/``ensurepip`` unless ``python3-venv`` is installed, so this script needs neither: it
-reads the uv release's file list from the package index (PyPI's JSON simple API, PEP 691,
-or the HTML one, PEP 503), downloads the wheel built for this machine, checks its sha256
-against the index, and unpacks the ``uv`` and ``uvx`` executables that the wheel carries in
-its ``.data/scripts`` directory into DEST. Nothing is installed into any Python.
+once when DEST already holds that version. Debian's own ``python3`` refuses
+``pip install --user`` (PEP 668, "externally managed") and ships without ``venv`` /
+``ensurepip`` unless ``python3-venv`` is installed, so this script needs neither: it reads
+the uv release's file list from the package index (PyPI's JSON simple API, PEP 691, or the
+HTML one, PEP 503), downloads the wheel built for this machine, checks its sha256 against
+the index, and unpacks the ``uv`` and ``uvx`` executables that the wheel carries in its
+``.data/scripts`` directory into DEST. Nothing is installed into any Python.
 
 The index is ``$UV_DEFAULT_INDEX`` or ``$UV_INDEX_URL`` when set (the mirror uv itself is
 told to use), else PyPI. If that fails and ``python3 -m pip`` works, ``pip download``
