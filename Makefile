@@ -19,8 +19,9 @@ ifeq ($(origin UV), undefined)
   UV := $(or $(shell command -v uv 2>/dev/null),$(wildcard $(HOME)/.local/bin/uv),$(LOCAL_UV))
 endif
 # uv makes .venv from a Python already on the machine (Debian 12's python3 is 3.11) rather
-# than downloading one, and trusts the system's CA certificates (/etc/ssl/certs), as pip and
-# python3 do: both matter behind a proxy. Override either on the command line or in the env.
+# than downloading one (where its download host is unreachable that would only fail late),
+# and trusts the system's CA certificates (/etc/ssl/certs) as pip and python3 do (needed
+# behind a TLS-inspecting proxy). Override either on the command line or in the env.
 export UV_PYTHON_DOWNLOADS ?= never
 export UV_SYSTEM_CERTS ?= 1
 
