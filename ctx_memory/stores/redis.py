@@ -1564,7 +1564,8 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     the sentinels' too; with the query parameter ``sentinel_password`` (and
     ``sentinel_username``) the sentinels use those instead (``?sentinel_password=``,
     empty: none). Every other query parameter is redis-py's, as in a ``redis://`` URL
-    (``?socket_keepalive=true``).
+    (``?socket_keepalive=true``); ``client_name`` and the TLS ones apply to the sentinel
+    connections too.
 
     Raises:
         ValueError: What is wrong, without quoting the URL (it may hold a password).
@@ -1618,7 +1619,7 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     sentinel = {
         k: v
         for k, v in connection.items()
-        if k in ("username", "password", "ssl") or k.startswith("ssl_")
+        if k in ("username", "password", "ssl", "client_name") or k.startswith("ssl_")
     }
     if auth:  # the sentinels' own credentials, instead of the master's
         for name in _SENTINEL_AUTH:

@@ -184,15 +184,16 @@ async def test_master_killed_the_store_writes_to_the_promoted_replica(
 def test_close_releases_the_sentinel_connections(
     redis_sentinel: SentinelSetup, key_prefix: str
 ) -> None:
-    def clients() -> list[int]:  # connections each sentinel has (peers and this probe too)
+    name = f"ctx-{key_prefix}"
+
+    def ours() -> list[int]:  # this store's connections to each sentinel
         counts = []
         for index in range(len(redis_sentinel.sentinels)):
             with redis_sentinel.sentinel_client(index) as sentinel:
-                counts.append(len(sentinel.client_list()))
+                counts.append(sum(c["name"] == name for c in sentinel.client_list()))
         return counts
 
-    before = clients()
-    store = RedisStore(redis_sentinel.url, key_prefix=key_prefix)
+    store = RedisStore(f"{redis_sentinel.url}&client_name={name}", key_prefix=key_prefix)
     cm = manager(store)
     cm.add_user_message("s", "sync")
 
@@ -200,9 +201,16 @@ def test_close_releases_the_sentinel_connections(
         await cm.aadd_user_message("s", "async")
 
     asyncio.run(use())  # that loop is closed now: close() shuts its sockets down
-    assert clients() != before
+    assert sum(ours()) >= 2  # the sync and the asyncio clients asked a sentinel
+    with redis_sentinel.data_client(redis_sentinel.master) as master:
+        assert any(c["name"] == name for c in master.client_list())
     store.close()
-    redis_sentinel.wait_until(lambda: clients() == before, "the sentinels see no store left")
+    redis_sentinel.wait_until(lambda: sum(ours()) == 0, "the sentinels see no store left")
+    with redis_sentinel.data_client(redis_sentinel.master) as master:
+        redis_sentinel.wait_until(
+            lambda: all(c["name"] != name for c in master.client_list()),
+            "the master sees no store left",
+        )
 
 
 def test_given_sentinel_client(redis_sentinel: SentinelSetup, key_prefix: str) -> None:
@@ -263,11 +271,11 @@ def test_cluster_through_sentinel_is_refused(redis_sentinel: SentinelSetup) -> N
             {"username": "u", "password": "p@ss"},
         ),
         (
-            "redis+sentinel://:pw@h/svc?sentinel_password=sp&socket_keepalive=true",
+            "redis+sentinel://:pw@h/svc?sentinel_password=sp&socket_keepalive=true&client_name=a",
             [("h", 26379)],
             "svc",
-            {"password": "pw", "socket_keepalive": True},
-            {"password": "sp"},
+            {"password": "pw", "socket_keepalive": True, "client_name": "a"},
+            {"password": "sp", "client_name": "a"},
         ),
         (
             "redis+sentinel://u:pw@h/svc/1?sentinel_password=",
