@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from typing_extensions import override
 
 from ctx_memory.schema import dumps
+from ctx_memory.stores._gc import GarbageCollector
 from ctx_memory.stores.base import (
     EncodedItem,
     EncodedMessage,
@@ -107,16 +108,11 @@ class InMemoryStore(SyncBackedStore):
         self._clock = clock
         self._lock = threading.Lock()
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
-        self._closed = threading.Event()
-        self._gc_thread: threading.Thread | None = None
-        if gc_interval_seconds:
-            self._gc_thread = threading.Thread(
-                target=self._gc_loop,
-                args=(gc_interval_seconds,),
-                name="ctx-memory-gc",
-                daemon=True,
-            )
-            self._gc_thread.start()
+        self._collector = (
+            GarbageCollector(self.gc, gc_interval_seconds, name=repr(self))
+            if gc_interval_seconds
+            else None
+        )
 
     def __repr__(self) -> str:
         return (
@@ -480,21 +476,13 @@ class InMemoryStore(SyncBackedStore):
         self._report(expired)
         return len(expired)
 
-    def _gc_loop(self, interval: float) -> None:
-        while not self._closed.wait(interval):
-            try:
-                self.gc()
-            except Exception:
-                logger.exception("ctx_memory garbage collection failed; will retry")
-
     @override
     def close(self) -> None:
-        self._closed.set()
-        thread, self._gc_thread = self._gc_thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
+        collector, self._collector = self._collector, None
+        if collector is not None:
+            collector.stop()
 
     @property
     def gc_running(self) -> bool:
         """Whether the background garbage collector is running."""
-        return self._gc_thread is not None and self._gc_thread.is_alive()
+        return self._collector is not None and self._collector.running
