@@ -15,7 +15,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from langchain_core.messages import BaseMessage
@@ -94,7 +94,7 @@ def _iso(value: str | datetime | None) -> str:
         return now_iso()
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return value.isoformat()
     if isinstance(value, str):
         return value

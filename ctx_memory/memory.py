@@ -14,14 +14,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ctx_memory._extras import missing_extra
+
 try:
     from langchain_classic.memory.chat_memory import BaseChatMemory
 except ImportError as e:  # pragma: no cover - exercised only without the extra
-    msg = (
-        "ctx_memory.memory needs langchain-classic: pip install ctx-memory[classic] "
-        "(or pip install langchain-classic)"
-    )
-    raise ImportError(msg) from e
+    raise missing_extra("classic", __name__, e) from e
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, get_buffer_string
 from pydantic import ConfigDict, Field

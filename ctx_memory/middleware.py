@@ -42,14 +42,12 @@ import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
+from ctx_memory._extras import missing_extra
+
 try:
     from langchain.agents.middleware import AgentMiddleware, AgentState, ModelResponse
 except ImportError as e:  # pragma: no cover - exercised only without the extra
-    msg = (
-        "ctx_memory.middleware needs LangChain 1.x agents: "
-        "pip install ctx-memory[agents] (or pip install 'langchain>=1.0')"
-    )
-    raise ImportError(msg) from e
+    raise missing_extra("agents", __name__, e) from e
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables.config import var_child_runnable_config

@@ -31,7 +31,7 @@ twins, driving the same generator (:func:`drive` / :func:`adrive`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
@@ -1086,9 +1086,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         system_prompt = header["system_prompt"] if header else None
         session_head = head_text(
             system_prompt,
-            format_header(meta, now=now or datetime.now(timezone.utc))
-            if self.include_header
-            else "",
+            format_header(meta, now=now or datetime.now(UTC)) if self.include_header else "",
         )
         head = "\n\n".join(part for part in (system_prefix, session_head) if part)
         tail_tokens = sum(counter.count_lc_message(m) for m in tail)

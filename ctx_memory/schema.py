@@ -24,7 +24,7 @@ import hashlib
 import json
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -132,7 +132,7 @@ class ContextMode(str, Enum):
 
 def now_iso() -> str:
     """The current UTC time as an ISO-8601 string with offset."""
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def dumps(value: Any) -> str:

@@ -38,8 +38,7 @@ from ctx_memory.errors import InvalidTTLError, SharedStateTooLargeError
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from types import TracebackType
-
-    from typing_extensions import Self
+    from typing import Self
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -141,7 +141,8 @@ def test_missing_extra_names_the_install_command(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "langchain_classic.memory.chat_memory", None)
     monkeypatch.delitem(sys.modules, "ctx_memory.memory", raising=False)
-    with pytest.raises(ImportError, match=r"pip install ctx-memory\[classic\]"):
+    expected = r'(?s)pip install "ctx-memory\[classic\]".*uv sync --extra classic'
+    with pytest.raises(ImportError, match=expected):
         importlib.import_module("ctx_memory.memory")
     monkeypatch.delitem(sys.modules, "ctx_memory.memory", raising=False)
 

@@ -184,7 +184,8 @@ async def test_aafter_agent(manager):
 def test_missing_extra_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "langchain.agents.middleware", None)
     monkeypatch.delitem(sys.modules, "ctx_memory.middleware", raising=False)
-    with pytest.raises(ImportError, match=r"pip install ctx-memory\[agents\]"):
+    expected = r'(?s)pip install "ctx-memory\[agents\]".*uv sync --extra agents'
+    with pytest.raises(ImportError, match=expected):
         importlib.import_module("ctx_memory.middleware")
     monkeypatch.delitem(sys.modules, "ctx_memory.middleware", raising=False)
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from langchain_core.callbacks import BaseCallbackHandler
@@ -104,7 +104,7 @@ def test_format_header_shows_what_is_known():
         "Current page: https://a.example",
         "User's local time: 2026-11-21 09:00",
     ]
-    now = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
     assert "2026-11-21 13:00 (Europe/Paris)" in format_header(
         {"user_timezone": "Europe/Paris"}, now=now
     )
