@@ -116,12 +116,20 @@ class EventEmitter:
         return any(self._listeners.values())
 
     def emit(self, event_type: EventType | str, session_id: str, **data: Any) -> Event | None:
-        """Deliver an event to its listeners; return it (``None`` when disabled)."""
+        """Deliver an event to its listeners; return it.
+
+        Returns ``None`` (and builds no event) when emission is disabled or nobody listens
+        to this type: a write with no listener pays for no event object.
+        """
         if not self.enabled:
             return None
-        event = Event(EventType(event_type), session_id, data)
+        kind = event_type if type(event_type) is EventType else EventType(event_type)
+        registered = self._listeners
+        if not registered.get(kind) and not registered.get(None):  # read without the lock:
+            return None  # a listener added meanwhile hears the next event
+        event = Event(kind, session_id, data)
         with self._lock:
-            listeners = [*self._listeners.get(event.type, ()), *self._listeners.get(None, ())]
+            listeners = [*registered.get(kind, ()), *registered.get(None, ())]
         for listener in listeners:
             try:
                 listener(event)

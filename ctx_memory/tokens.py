@@ -215,6 +215,7 @@ class TokenCounter:
         self.unknown_image_tokens = unknown_image_tokens
         self.audio_tokens = audio_tokens
         self.file_tokens = file_tokens
+        self._role_tokens: dict[str, int] = {}  # the four roles, counted once
         if approximate:
             self.encoding_name = APPROXIMATE
             self._encoding: tiktoken.Encoding | None = None
@@ -293,7 +294,10 @@ class TokenCounter:
         tool_call_id: str | None = None,
     ) -> int:
         """Tokens one chat message costs, overhead included (see the module docstring)."""
-        total = TOKENS_PER_MESSAGE + self.count(role) + self.count_content(content)
+        role_tokens = self._role_tokens.get(role)
+        if role_tokens is None:
+            role_tokens = self._role_tokens[role] = self.count(role)
+        total = TOKENS_PER_MESSAGE + role_tokens + self.count_content(content)
         if name:
             total += TOKENS_PER_NAME + self.count(name)
         if tool_calls:

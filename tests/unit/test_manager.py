@@ -567,3 +567,18 @@ def test_export_import_export_is_stable(manager):
     with ContextManager() as other:
         other.import_session(first)
         assert other.export_session("s") == first
+
+
+def test_an_event_nobody_listens_to_is_not_built():
+    from ctx_memory.events import EventEmitter, EventType
+
+    emitter = EventEmitter()
+    assert emitter.emit(EventType.MESSAGE_ADDED, "s", count=1) is None
+    seen = []
+    emitter.on(EventType.SESSION_CREATED, seen.append)
+    assert emitter.emit("message_added", "s") is None  # another type's listener
+    event = emitter.emit("session_created", "s")
+    assert event is not None
+    assert seen == [event]
+    emitter.on("*", seen.append)
+    assert emitter.emit(EventType.MESSAGE_ADDED, "s", count=2) is seen[-1]
