@@ -1,5 +1,9 @@
 """Every notebook in ``notebooks/`` runs top to bottom in a fresh kernel without an error.
 
+Each notebook is a jupytext pair: ``NAME.py`` (percent format) is the source that ruff and
+mypy check, ``NAME.ipynb`` is what Jupyter opens and what runs here; the two must hold the
+same cells (``uv run jupytext --sync notebooks/*.py`` brings them in step).
+
 The kernel is this interpreter (the project's virtualenv): a kernelspec pointing at
 ``sys.executable`` is written to a temp dir that ``JUPYTER_PATH`` puts first, so a fresh
 clone needs no ``ipykernel install`` and a user-level ``python3`` kernel elsewhere cannot
@@ -16,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import jupytext
 import nbformat
 import pytest
 from nbclient import NotebookClient
@@ -45,13 +50,31 @@ def kernel_name(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield KERNEL_NAME
 
 
-def test_there_are_four_notebooks() -> None:
+def test_there_are_four_notebooks_each_with_its_source() -> None:
     assert [p.name for p in NOTEBOOKS] == [
         "01_quickstart.ipynb",
         "02_sources_and_retrievers.ipynb",
         "03_agents.ipynb",
         "04_redis.ipynb",
     ]
+    sources = sorted(p.name for p in NOTEBOOK_DIR.glob("*.py"))
+    assert sources == [p.with_suffix(".py").name for p in NOTEBOOKS]
+
+
+def _cells(nb: nbformat.NotebookNode) -> list[tuple[str, str, list[str]]]:
+    return [(cell.cell_type, cell.source, cell.metadata.get("tags", [])) for cell in nb.cells]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_and_its_source_are_in_step(path: Path) -> None:
+    source = path.with_suffix(".py")
+    from_source = jupytext.read(source)
+    committed = nbformat.read(path, as_version=4)
+    assert _cells(committed) == _cells(from_source), (
+        f"{path.name} and {source.name} differ: edit {source.name}, then run "
+        f"`uv run jupytext --sync notebooks/{source.name}`"
+    )
+    assert committed.metadata["kernelspec"] == from_source.metadata["kernelspec"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
