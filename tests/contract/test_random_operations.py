@@ -1,13 +1,14 @@
-"""Manager-level contract: the same workload gives the same documents on every store.
+"""Random sequences of manager operations give the same documents on memory and Redis.
 
-Plus a hypothesis state machine: random sequences of manager operations produce identical
-``get_context`` documents (timestamps aside) on the in-memory store and on Redis.
+A hypothesis state machine, beyond the scripted workload of the shipped contract suite
+(``ctx_memory.testing``, run on every store by ``test_builtin_stores.py``): identical
+``get_context`` documents, timestamps and generated ids aside.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 import redis
@@ -18,98 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from ctx_memory.manager import ContextManager
 from ctx_memory.stores.memory import InMemoryStore
 from ctx_memory.stores.redis import RedisStore
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-_TIME_KEYS = frozenset({"timestamp", "created_at", "user_time"})
-_GENERATED = frozenset({*_TIME_KEYS, "id"})  # message ids are generated uuids
-
-
-def normalise(value: Any) -> Any:
-    """The document with every timestamp and generated id replaced (they differ per run)."""
-    if isinstance(value, dict):
-        return {k: "<generated>" if k in _GENERATED else normalise(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [normalise(v) for v in value]
-    return value
-
-
-def workload(cm: ContextManager) -> None:
-    """One scripted session life: every kind of write the manager offers."""
-    cm.create_session("s1")
-    cm.set_system_prompt("s1", "You are terse.")
-    cm.update_metadata("s1", mode="research", current_url="https://a.example", lang="en")
-    cm.add_user_message("s1", "What is Redis?")
-    cm.add_fetched_context(
-        "s1",
-        "web_search",
-        "Redis is an in-memory store.",
-        url="https://redis.io",
-        extracted_data={"title": "Redis", "site_name": "redis.io"},
-        dedupe=True,
-    )
-    cm.add_fetched_context(
-        "s1", "web_search", "Redis is an in-memory store.", url="https://redis.io", dedupe=True
-    )
-    cm.add_fetched_context("s1", "js_scraping", "<p>x</p>", url="https://b.example")
-    cm.add_assistant_message(
-        "s1",
-        "A data store.",
-        model="gpt-4o-mini",
-        response_time_ms=12.5,
-        sources_used=["https://redis.io"],
-        tools_used=[],
-    )
-    cm.update_partial_context("s1", {"plan": {"steps": [], "done": False}, "n": 2**60 + 1})
-    cm.update_partial_context("s1", {"plan": {"done": True, "notes": {}}, "f": 0.1 + 0.2})
-    cm.set_context("s1", "agent:{weird}", {"list": [1, [], {}]})
-    cm.add_user_message("s2 {}*", "second session ✓")
-    cm.clear("s2 {}*", preserve_fetched=True)
-    cm.add_user_message("s2 {}*", "after clear")
-    cm.add_user_message("s3", "to be deleted")
-    cm.delete_context("s3")
-    exported = cm.export_session("s1")
-    cm.import_session(exported, session_id="s1-copy")
-
-
-def test_same_documents_on_every_store(manager_factory: Callable[..., ContextManager]) -> None:
-    reference = ContextManager(store=InMemoryStore(), token_counter="approximate")
-    subject = manager_factory()
-    workload(reference)
-    workload(subject)
-    assert subject.list_sessions() == reference.list_sessions() == ["s1", "s1-copy", "s2 {}*"]
-    for sid in reference.list_sessions():
-        assert normalise(subject.get_context(sid)) == normalise(reference.get_context(sid))
-    original = subject.get_context("s1")
-    copy = subject.get_context("s1-copy")
-    assert copy["conversation_history"] == original["conversation_history"]
-    assert copy["shared"] == original["shared"]
-    assert subject.get_context("s3") == {}
-    assert subject.get_history("s1", last_k=1)[0]["content"] == "A data store."
-
-
-async def test_async_workload_matches_sync(manager_factory: Callable[..., ContextManager]) -> None:
-    sync_cm, async_cm = manager_factory(), manager_factory(redis_key_prefix="unused")
-    workload(sync_cm)
-    await async_cm.aadd_user_message("a", "What is Redis?")
-    await async_cm.aadd_assistant_message("a", "A data store.", model="m")
-    await async_cm.aupdate_partial_context("a", {"x": {"y": []}})
-    await async_cm.aadd_fetched_context("a", "web", "c", url="https://u", dedupe=True)
-    await async_cm.aadd_fetched_context("a", "web", "c", url="https://u", dedupe=True)
-    context = await async_cm.aget_context("a")
-    assert [m["content"] for m in context["conversation_history"]] == [
-        "What is Redis?",
-        "A data store.",
-    ]
-    assert context["shared"] == {"x": {"y": []}}
-    assert len(context["fetched_context"]["web"]) == 1
-    assert context["metadata"]["message_count"] == 2
-    await async_cm.aclose()
-
-
-# ------------------------------------------------------------------ hypothesis
-
+from ctx_memory.testing.manager_tests import normalised as normalise
 
 SESSION_IDS = st.sampled_from(["a", "b{x}", "ü:*"])
 KEYS = st.sampled_from(["k", "l", "m", "n:{}", "ü"])

@@ -1,0 +1,54 @@
+"""The shipped contract suite (``ctx_memory.testing``) on every built-in store.
+
+Each class takes its stores from ``make_store`` (``tests/conftest.py``), narrowed to one
+kind: ``redis`` is a real server and ``cluster`` a real 3-master Redis Cluster, both
+started by the test session; stores built in one test share their data.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from ctx_memory.testing import StoreContract
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ctx_memory.stores.base import BaseStore
+
+
+class BuiltInStore(StoreContract):
+    @pytest.fixture
+    def store_factory(self, make_store: Callable[..., BaseStore]) -> Callable[..., BaseStore]:
+        return make_store
+
+
+@pytest.mark.stores("memory")
+class TestInMemoryStore(BuiltInStore):
+    supports_shared_backend = False  # each InMemoryStore object keeps its own sessions
+
+
+@pytest.mark.stores("sqlite")
+class TestSqliteStore(BuiltInStore):
+    pass
+
+
+@pytest.mark.stores("redis")
+class TestRedisStore(BuiltInStore):
+    pass
+
+
+@pytest.mark.stores("cluster")
+class TestRedisClusterStore(BuiltInStore):
+    pass
+
+
+def test_every_built_in_store_runs_the_contract() -> None:
+    assert TestInMemoryStore.excluded_tests == (
+        "test_lru_is_shared_between_store_objects",
+        "test_write_after_another_store_object_deleted_the_session",
+    )
+    for suite in (TestSqliteStore, TestRedisStore, TestRedisClusterStore):
+        assert suite.excluded_tests == ()
