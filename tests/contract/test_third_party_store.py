@@ -1,0 +1,459 @@
+"""A store written as a third party would, against the public interface only, passes the suite.
+
+``BlobStore`` keeps each session as one JSON document in a key-value backend (what a
+document database or a plain key-value service offers), with TTL, LRU and several store
+objects on one backend. It uses nothing of ctx_memory but ``ctx_memory.stores.base``
+(the interface, its value types and helpers) and ``ctx_memory.schema.dumps``, and
+reports lifecycle events through ``BaseStore._notify``, the hook every store calls.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from typing_extensions import override
+
+from ctx_memory.schema import dumps
+from ctx_memory.stores.base import (
+    SyncBackedStore,
+    WriteResult,
+    assemble_document,
+    check_limits,
+    check_shared_size,
+    deep_merge,
+)
+from ctx_memory.testing import StoreContract
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from ctx_memory.stores.base import BaseStore, EncodedItem, EncodedMessage, Header
+
+Blob = dict[str, Any]
+"""A session: ``header``, ``messages`` ([id, tokens, JSON]), ``fetched`` ([type, JSON]), ``fps``."""
+
+
+class Backend:
+    """A key-value service: session documents as JSON text, plus expiry and access order."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.blobs: dict[str, str] = {}
+        self.expires: dict[str, float] = {}
+        self.used: dict[str, int] = {}
+        self.clock = itertools.count()
+
+    def drop(self, session_id: str) -> None:
+        for table in (self.blobs, self.expires, self.used):
+            table.pop(session_id, None)
+
+
+class BlobStore(SyncBackedStore):
+    """One JSON document per session; every call is one transaction under the backend lock."""
+
+    name = "blob"
+
+    def __init__(
+        self, backend: Backend, *, ttl_seconds: float | None = None, max_sessions: int | None = None
+    ) -> None:
+        self.ttl_seconds = check_limits(ttl_seconds, max_sessions)
+        self.max_sessions = max_sessions
+        self.backend = backend
+
+    # ------------------------------------------------------------ one transaction (lock held)
+
+    def _live(self, session_id: str, gone: list[tuple[str, str]]) -> Blob | None:
+        db = self.backend
+        if session_id not in db.blobs:
+            return None
+        if db.expires.get(session_id, float("inf")) <= time.monotonic():
+            db.drop(session_id)
+            gone.append(("session_expired", session_id))
+            return None
+        db.used[session_id] = next(db.clock)  # reads and writes both count for LRU
+        blob: Blob = json.loads(db.blobs[session_id])
+        return blob
+
+    def _save(self, session_id: str, blob: Blob, gone: list[tuple[str, str]]) -> list[str]:
+        """Store the document, refresh its TTL; return the sessions evicted to make room."""
+        db = self.backend
+        created = session_id not in db.blobs
+        db.blobs[session_id] = dumps(blob)
+        db.used[session_id] = next(db.clock)
+        if self.ttl_seconds is not None:
+            db.expires[session_id] = time.monotonic() + self.ttl_seconds
+        evicted: list[str] = []
+        while created and self.max_sessions is not None and len(db.blobs) > self.max_sessions:
+            victim = min(db.used, key=db.used.__getitem__)
+            db.drop(victim)
+            evicted.append(victim)
+            gone.append(("session_evicted", victim))
+        return evicted
+
+    def _report(self, gone: list[tuple[str, str]]) -> None:
+        for event_type, session_id in gone:
+            self._notify(event_type, session_id)
+
+    def _write(
+        self,
+        session_id: str,
+        init: Header,
+        now: str,
+        change: Callable[[Blob], int],
+        *,
+        append: bool = False,
+    ) -> WriteResult:
+        """Upsert: apply ``change`` (it may raise: then nothing is stored) and save."""
+        gone: list[tuple[str, str]] = []
+        with self.backend.lock:
+            blob = self._live(session_id, gone)
+            created = blob is None
+            if blob is None:
+                blob = {"header": init, "messages": [], "fetched": [], "fps": []}
+            added = change(blob)
+            evicted: list[str] = []
+            if created or added or not append:  # appending only known ids changes nothing
+                blob["header"]["metadata"]["timestamp"] = now
+                evicted = self._save(session_id, blob, gone)
+        self._report(gone)
+        return WriteResult(created=created, added=added, evicted=tuple(evicted))
+
+    def _edit(self, session_id: str, now: str, edit: Callable[[Blob], Any], default: Any) -> Any:
+        """Change an existing session; ``edit`` returns ``(result, changed)``."""
+        gone: list[tuple[str, str]] = []
+        with self.backend.lock:
+            blob = self._live(session_id, gone)
+            result = default
+            if blob is not None:
+                result, changed = edit(blob)
+                if changed:
+                    blob["header"]["metadata"]["timestamp"] = now
+                    self._save(session_id, blob, gone)
+        self._report(gone)
+        return result
+
+    def _read(self, session_id: str) -> Blob | None:
+        gone: list[tuple[str, str]] = []
+        with self.backend.lock:
+            blob = self._live(session_id, gone)
+        self._report(gone)
+        return blob
+
+    @staticmethod
+    def _count(blob: Blob, messages: int, tokens: int) -> None:
+        meta = blob["header"]["metadata"]
+        meta["message_count"] += messages
+        meta["token_count"] += tokens
+
+    # ------------------------------------------------------------ reads
+
+    @override
+    def exists(self, session_id: str) -> bool:
+        return self._read(session_id) is not None
+
+    @override
+    def get_header(self, session_id: str) -> Header | None:
+        blob = self._read(session_id)
+        return None if blob is None else blob["header"]  # type: ignore[no-any-return]
+
+    @override
+    def get_messages(self, session_id: str, start: int = 0, end: int = -1) -> list[dict[str, Any]]:
+        blob = self._read(session_id)
+        stored = [] if blob is None else blob["messages"]
+        n = len(stored)
+        lo, hi = max(start + n if start < 0 else start, 0), min(end + n if end < 0 else end, n - 1)
+        return [json.loads(raw) for _, _, raw in stored[lo : hi + 1]]
+
+    @override
+    def count_messages(self, session_id: str) -> int:
+        blob = self._read(session_id)
+        return 0 if blob is None else len(blob["messages"])
+
+    @override
+    def get_fetched(
+        self, session_id: str, source_type: str | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        blob = self._read(session_id)
+        fetched: dict[str, list[dict[str, Any]]] = {}
+        for kind, raw in [] if blob is None else blob["fetched"]:
+            if source_type in (None, kind):
+                fetched.setdefault(kind, []).append(json.loads(raw))
+        return fetched
+
+    @override
+    def get_document(self, session_id: str) -> dict[str, Any] | None:
+        blob = self._read(session_id)
+        if blob is None:
+            return None
+        fetched: dict[str, list[dict[str, Any]]] = {}
+        for kind, raw in blob["fetched"]:
+            fetched.setdefault(kind, []).append(json.loads(raw))
+        messages = [json.loads(raw) for _, _, raw in blob["messages"]]
+        return assemble_document(blob["header"], messages, fetched)
+
+    @override
+    def list_sessions(self) -> list[str]:
+        self.gc()
+        with self.backend.lock:
+            return sorted(self.backend.blobs)
+
+    @override
+    def list_page(self, *, prefix: str = "", cursor: str | None = None, limit: int) -> list[str]:
+        ids = self.list_sessions()
+        return [s for s in ids if s.startswith(prefix) and (cursor is None or s > cursor)][:limit]
+
+    # ------------------------------------------------------------ writes
+
+    @override
+    def create(self, session_id: str, init: Header) -> WriteResult:
+        return self._write(session_id, init, init["metadata"]["timestamp"], lambda _: 0)
+
+    @override
+    def append_messages(
+        self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
+    ) -> WriteResult:
+        def change(blob: Blob) -> int:
+            known = {mid for mid, _, _ in blob["messages"]}
+            new = []
+            for m in messages:
+                if m.id not in known:
+                    known.add(m.id)
+                    new.append([m.id, m.tokens, m.json])
+            blob["messages"] += new
+            self._count(blob, len(new), sum(tokens for _, tokens, _ in new))
+            return len(new)
+
+        return self._write(session_id, init, now, change, append=True)
+
+    @override
+    def append_fetched(
+        self,
+        session_id: str,
+        items: Sequence[EncodedItem],
+        *,
+        init: Header,
+        now: str,
+        dedupe: bool = False,
+    ) -> WriteResult:
+        def change(blob: Blob) -> int:
+            added = 0
+            for i in items:
+                if not (dedupe and i.fingerprint in blob["fps"]):
+                    blob["fps"].append(i.fingerprint)
+                    blob["fetched"].append([i.source_type, i.json])
+                    added += 1
+            return added
+
+        return self._write(session_id, init, now, change)
+
+    @override
+    def merge_shared(
+        self, session_id: str, partial: Mapping[str, Any], *, init: Header, now: str
+    ) -> WriteResult:
+        def change(blob: Blob) -> int:
+            check_shared_size(dumps(deep_merge(blob["header"]["shared"], partial)))
+            return 0
+
+        return self._write(session_id, init, now, change)
+
+    @override
+    def set_shared(
+        self, session_id: str, key: str, value: Any, *, init: Header, now: str
+    ) -> WriteResult:
+        def change(blob: Blob) -> int:
+            blob["header"]["shared"][key] = json.loads(dumps(value))
+            check_shared_size(dumps(blob["header"]["shared"]))
+            return 0
+
+        return self._write(session_id, init, now, change)
+
+    @override
+    def update_header(
+        self,
+        session_id: str,
+        *,
+        init: Header,
+        now: str,
+        metadata: Mapping[str, Any] | None = None,
+        system_prompt: str | None = None,
+        set_system_prompt: bool = False,
+    ) -> WriteResult:
+        def change(blob: Blob) -> int:
+            for key, value in (metadata or {}).items():
+                if key not in ("message_count", "token_count"):
+                    blob["header"]["metadata"][key] = json.loads(dumps(value))
+            if set_system_prompt:
+                blob["header"]["system_prompt"] = system_prompt
+            return 0
+
+        return self._write(session_id, init, now, change)
+
+    @override
+    def replace_document(
+        self,
+        session_id: str,
+        header: Header,
+        messages: Sequence[EncodedMessage],
+        items: Sequence[EncodedItem],
+    ) -> WriteResult:
+        unique: dict[str, list[Any]] = {}
+        for m in messages:
+            unique.setdefault(m.id, [m.id, m.tokens, m.json])  # the first of each id
+        blob = {
+            "header": json.loads(dumps(header)),
+            "messages": list(unique.values()),
+            "fetched": [[i.source_type, i.json] for i in items],
+            "fps": [i.fingerprint for i in items],
+        }
+        gone: list[tuple[str, str]] = []
+        with self.backend.lock:
+            created = self._live(session_id, gone) is None
+            evicted = self._save(session_id, blob, gone)
+        self._report(gone)
+        return WriteResult(created=created, added=len(unique), evicted=tuple(evicted))
+
+    # ------------------------------------------------------------ edits, removal
+
+    @override
+    def delete_messages(self, session_id: str, message_ids: Sequence[str], *, now: str) -> int:
+        def edit(blob: Blob) -> tuple[int, bool]:
+            gone = [m for m in blob["messages"] if m[0] in set(message_ids)]
+            blob["messages"] = [m for m in blob["messages"] if m[0] not in set(message_ids)]
+            self._count(blob, -len(gone), -sum(tokens for _, tokens, _ in gone))
+            return len(gone), bool(gone)
+
+        return int(self._edit(session_id, now, edit, 0))
+
+    @override
+    def replace_message(
+        self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
+    ) -> bool:
+        def edit(blob: Blob) -> tuple[bool, bool]:
+            for index, (mid, tokens, _) in enumerate(blob["messages"]):
+                if mid == message_id:
+                    blob["messages"][index] = [message_id, message.tokens, message.json]
+                    self._count(blob, 0, message.tokens - tokens)
+                    return True, True
+            return False, False
+
+        return bool(self._edit(session_id, now, edit, default=False))
+
+    @override
+    def truncate_messages(
+        self, session_id: str, message_id: str, *, inclusive: bool, now: str
+    ) -> int | None:
+        def edit(blob: Blob) -> tuple[int | None, bool]:
+            ids = [mid for mid, _, _ in blob["messages"]]
+            if message_id not in ids:
+                return None, False
+            cut = ids.index(message_id) + (0 if inclusive else 1)
+            removed = blob["messages"][cut:]
+            del blob["messages"][cut:]
+            self._count(blob, -len(removed), -sum(tokens for _, tokens, _ in removed))
+            return len(removed), bool(removed)
+
+        result: int | None = self._edit(session_id, now, edit, default=None)
+        return result
+
+    @override
+    def clear(self, session_id: str, *, now: str, preserve_fetched: bool = False) -> bool:
+        def edit(blob: Blob) -> tuple[bool, bool]:
+            blob["messages"] = []
+            blob["header"]["metadata"].update(message_count=0, token_count=0)
+            if not preserve_fetched:
+                blob["fetched"], blob["fps"] = [], []
+            return True, True
+
+        return bool(self._edit(session_id, now, edit, default=False))
+
+    @override
+    def delete(self, session_id: str) -> bool:
+        gone: list[tuple[str, str]] = []
+        with self.backend.lock:
+            found = self._live(session_id, gone) is not None
+            self.backend.drop(session_id)
+        self._report(gone)
+        return found
+
+    @override
+    def gc(self) -> int:
+        gone: list[tuple[str, str]] = []
+        with self.backend.lock:
+            for session_id, expires in list(self.backend.expires.items()):
+                if expires <= time.monotonic():
+                    self.backend.drop(session_id)
+                    gone.append(("session_expired", session_id))
+        self._report(gone)
+        return len(gone)
+
+    @override
+    def close(self) -> None:
+        """Nothing to release: the backend belongs to whoever made it."""
+
+
+# ---------------------------------------------------------------------- the suite
+
+
+class TestBlobStore(StoreContract):
+    """Every test of the contract: TTL, LRU and several store objects on one backend."""
+
+    @pytest.fixture
+    def store_factory(self) -> Callable[..., BaseStore]:
+        backend = Backend()  # one per test, shared by the stores the test builds
+
+        def build(
+            *, ttl_seconds: float | None = None, max_sessions: int | None = None
+        ) -> BaseStore:
+            return BlobStore(backend, ttl_seconds=ttl_seconds, max_sessions=max_sessions)
+
+        return build
+
+
+class TestBlobStoreWithoutOptionalCapabilities(StoreContract):
+    """The same store declared without TTL, LRU or a shared backend: the rest still runs."""
+
+    supports_ttl = False
+    supports_max_sessions = False
+    supports_shared_backend = False
+
+    @pytest.fixture
+    def store_factory(self) -> Callable[..., BaseStore]:
+        def build(
+            *, ttl_seconds: float | None = None, max_sessions: int | None = None
+        ) -> BaseStore:
+            if ttl_seconds is not None or max_sessions is not None:
+                asked = f"{ttl_seconds=}, {max_sessions=}"
+                pytest.fail(f"asked for a capability the class declares absent: {asked}")
+            return BlobStore(Backend())  # each object its own backend
+
+        return build
+
+
+def test_only_the_tests_of_missing_capabilities_are_left_out() -> None:
+    excluded = set(TestBlobStoreWithoutOptionalCapabilities.excluded_tests)
+    assert TestBlobStore.excluded_tests == ()
+    assert excluded == {
+        "test_ttl_expiry_and_sliding_refresh",
+        "test_each_expiry_is_reported_once",
+        "test_list_page_skips_expired_sessions",
+        "test_paging_skips_expired_sessions",
+        "test_lru_eviction",
+        "test_every_lifecycle_hook_hears_each_eviction",
+        "test_each_manager_on_a_store_hears_its_evictions",
+        "test_write_after_another_store_object_deleted_the_session",
+        "test_lru_is_shared_between_store_objects",
+    }
+    for name in excluded:
+        assert getattr(TestBlobStoreWithoutOptionalCapabilities, name) is None
+        assert callable(getattr(TestBlobStore, name))
+
+    class BackAgain(TestBlobStoreWithoutOptionalCapabilities):
+        supports_ttl = True
+
+    assert callable(BackAgain.test_ttl_expiry_and_sliding_refresh)
+    assert "test_ttl_expiry_and_sliding_refresh" not in BackAgain.excluded_tests
