@@ -25,7 +25,7 @@ endif
 export UV_PYTHON_DOWNLOADS ?= never
 export UV_SYSTEM_CERTS ?= 1
 
-.PHONY: help uv install demo test test-fast lint format type notebooks bench redis
+.PHONY: help uv install demo test test-fast lint format type notebooks docs bench redis
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -62,6 +62,11 @@ type: install ## mypy --strict
 
 notebooks: install redis ## Execute every notebook
 	$(UV) run --locked pytest tests -m notebook
+
+# --strict: a warning (broken link, cross-reference without a target) fails the build.
+# NO_MKDOCS_2_WARNING silences mkdocs-material's banner about its successor; nothing else.
+docs: install ## Build the docs site into site/ (mkdocs build --strict)
+	NO_MKDOCS_2_WARNING=1 $(UV) run --locked mkdocs build --strict
 
 bench: install redis ## Run the benchmarks (ratios against the baselines)
 	$(UV) sync --locked --all-extras --group bench --quiet

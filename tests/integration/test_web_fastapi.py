@@ -293,13 +293,11 @@ def test_nothing_is_written_for_a_request_without_id(
     assert manager.list_sessions() == []
 
 
-def test_the_readme_example_runs() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    start = readme.index("\n## Web apps: ContextIntegration\n")
-    section = readme[start : readme.index("\n## ", start + 1)]
-    block = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)[0]
-    namespace: dict[str, Any] = {"__name__": "readme_web_example"}
-    exec(compile(block, "<README web apps>", "exec"), namespace)
+def test_the_documented_example_serves_as_documented() -> None:
+    page = (Path(__file__).resolve().parents[2] / "docs" / "web.md").read_text(encoding="utf-8")
+    block = re.findall(r"```python\n(.*?)```", page, flags=re.DOTALL)[0]
+    namespace: dict[str, Any] = {"__name__": "docs_web_example"}
+    exec(compile(block, "<docs/web.md>", "exec"), namespace)
     with TestClient(namespace["app"]) as client:
         response = client.post(
             "/page",

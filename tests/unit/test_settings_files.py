@@ -346,13 +346,12 @@ def test_a_file_of_only_the_apps_keys_is_fine(tmp_path: Path) -> None:
     assert load_settings(root=tmp_path) == Settings()
 
 
-# ------------------------------------------------------------------ the README's examples
+# ------------------------------------------------------------------ the documented examples
 
 
-def test_the_readme_configuration_examples_load_as_documented(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    start = readme.index("\n## Configuration\n")
-    section = readme[start : readme.index("\n## ", start + 1)]
+def test_the_documented_configuration_examples_load_as_documented(tmp_path: Path) -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    section = (docs / "configuration.md").read_text(encoding="utf-8")
     blocks = dict(
         re.findall(r"```toml\n# (settings\.toml|\.secrets\.toml)[^\n]*\n(.*?)```", section, re.S)
     )
