@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -457,3 +461,50 @@ def test_only_the_tests_of_missing_capabilities_are_left_out() -> None:
 
     assert callable(BackAgain.test_ttl_expiry_and_sliding_refresh)
     assert "test_ttl_expiry_and_sliding_refresh" not in BackAgain.excluded_tests
+
+
+# ---------------------------------------------------------------------- as a third party runs it
+
+ROOT = Path(__file__).resolve().parents[2]
+_EXAMPLE = re.compile(
+    r"```python\n(?P<code>[^`]*?from ctx_memory\.testing import StoreContract.*?)```", re.S
+)
+
+
+def test_the_readme_example_runs_the_suite_outside_this_project(tmp_path: Path) -> None:
+    """The README's example, as its own project: the whole suite runs and passes, none skipped."""
+    found = _EXAMPLE.search((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert found, "README.md shows how to run the contract suite on your store"
+    (tmp_path / "test_my_store.py").write_text(found["code"], encoding="utf-8")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")  # none of our settings
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--strict-markers", "-rs"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    summary = run.stdout.strip().splitlines()[-1]
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    passed = re.fullmatch(r"(\d+) passed.* in [\d.]+s", summary)
+    assert passed, summary  # nothing failed, skipped or errored
+    assert int(passed[1]) >= 120
+
+
+def test_pytest_is_needed_by_the_suite_only(tmp_path: Path) -> None:
+    """``import ctx_memory`` needs no pytest; ``ctx_memory.testing`` names the extra."""
+    for module in sorted((ROOT / "ctx_memory").rglob("*.py")):
+        if "testing" not in module.relative_to(ROOT / "ctx_memory").parts:
+            assert not re.search(r"^\s*(import|from) pytest\b", module.read_text(), re.M), module
+    code = (
+        "import sys; sys.modules['pytest'] = None\n"
+        "import ctx_memory, ctx_memory.stores.base\n"
+        "try:\n    import ctx_memory.testing\n"
+        "except ImportError as e:\n    print(e)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert run.stdout.startswith("ctx_memory.testing needs the 'testing' extra (pytest>=8)")
+    assert 'pip install "ctx-memory[testing]"' in run.stdout
