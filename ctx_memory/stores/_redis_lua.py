@@ -402,9 +402,13 @@ elseif op == 'merge' then
   local shared = parse(redis.call('HGET', H, 'sh'))
   merge(shared, partial, ARGV[5] == 'deep')
   local text = dump(shared)
-  -- 7: the size limit of shared in bytes; checked before this write changes anything (a
-  -- session this call created holds only the partial, which the client checked).
-  if #text > tonumber(ARGV[7]) then return 'too_large:' .. #text end
+  -- 7: the size limit of shared in bytes. Nothing of an existing session has changed yet;
+  -- a session this call created (upsert wrote only its hash: no index, no eviction yet)
+  -- is removed again, so a refused write leaves no trace.
+  if #text > tonumber(ARGV[7]) then
+    if created == 1 then redis.call('DEL', H) end
+    return 'too_large:' .. #text
+  end
   redis.call('HSET', H, 'sh', text)
   return finish(created, 0)
 

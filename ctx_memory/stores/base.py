@@ -277,7 +277,12 @@ class BaseStore(Closeable):
         return remove
 
     def _notify(self, event_type: str, session_id: str) -> None:
-        """Report a lifecycle event (``session_expired``/``session_evicted``) to every hook."""
+        """Report a lifecycle event (``session_expired``/``session_evicted``) to every hook.
+
+        Part of the subclassing interface: a store calls it once per session it removed
+        because its TTL ran out or because it was the least recently used, after the
+        removal is stored (outside its locks), whichever call or thread found it.
+        """
         if self.lifecycle_hook is not None:
             self.lifecycle_hook(event_type, session_id)
         if self._lifecycle_hooks:

@@ -371,27 +371,40 @@ class InMemoryStore(SyncBackedStore):
     def merge_shared(
         self, session_id: str, partial: Mapping[str, Any], *, init: Header, now: str
     ) -> WriteResult:
-        def apply(s: _Session) -> int:
-            merged = deep_merge(_clone(s.header["shared"]), partial)
-            check_shared_size(dumps(merged))  # before any change
-            s.header["shared"] = merged
-            return 0
-
-        return self._write(session_id, init, now, apply)
+        return self._write_shared(session_id, init, now, lambda s: deep_merge(_clone(s), partial))
 
     @override
     def set_shared(
         self, session_id: str, key: str, value: Any, *, init: Header, now: str
     ) -> WriteResult:
         copied = _clone(value)
+        return self._write_shared(session_id, init, now, lambda s: {**s, key: copied})
 
-        def apply(s: _Session) -> int:
-            merged = {**s.header["shared"], key: copied}
-            check_shared_size(dumps(merged))
-            s.header["shared"] = merged
-            return 0
+    def _write_shared(
+        self,
+        session_id: str,
+        init: Header,
+        now: str,
+        change: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> WriteResult:
+        """Replace ``shared`` by ``change(shared)``, refused whole when it would be too large.
 
-        return self._write(session_id, init, now, apply)
+        The size is checked before the session is created (or another one evicted), so a
+        refused write changes nothing, on a missing session too.
+        """
+        expired: list[str] = []
+        evicted: list[str] = []
+        try:
+            with self._lock:
+                current = self._live(session_id, expired)
+                merged = change(current.header["shared"] if current else _clone(init["shared"]))
+                check_shared_size(dumps(merged))
+                session, created = self._upsert(session_id, init, expired, evicted)
+                session.header["shared"] = merged
+                self._touch(session, now)
+        finally:
+            self._report(expired, evicted)
+        return WriteResult(created=created, evicted=tuple(evicted))
 
     @override
     def update_header(

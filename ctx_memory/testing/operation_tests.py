@@ -290,6 +290,20 @@ class StoreOperationTests(ContractBase):
         assert header is not None
         assert header["shared"] == {"have": big}
 
+    @pytest.mark.parametrize("how", ["merge", "set"])
+    def test_a_refused_shared_write_creates_no_session(self, store: BaseStore, how: str) -> None:
+        """Too large for a session that does not exist: no session is created either."""
+        big = "z" * (MAX_SHARED_BYTES + 1)
+        write: Callable[[], object] = (
+            (lambda: store.merge_shared("new", {"blob": big}, init=init("new"), now=NOW))
+            if how == "merge"
+            else (lambda: store.set_shared("new", "blob", big, init=init("new"), now=NOW))
+        )
+        with pytest.raises(SharedStateTooLargeError):
+            write()
+        assert not store.exists("new")
+        assert store.list_sessions() == []
+
     # -------------------------------------------------------------- header
 
     def test_update_header_never_touches_counters(self, store: BaseStore) -> None:

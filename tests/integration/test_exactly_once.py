@@ -174,21 +174,6 @@ def test_stalled_server_stores_no_duplicates(
 # ------------------------------------------------------------------ events
 
 
-def test_each_manager_on_a_store_hears_its_evictions(
-    make_store: Callable[..., BaseStore],
-) -> None:
-    store = make_store(max_sessions=1)
-    first, second = manager(store), manager(store)
-    heard: dict[str, list[str]] = {"first": [], "second": []}
-    first.on(EventType.SESSION_EVICTED, lambda e: heard["first"].append(e.session_id))
-    second.on(EventType.SESSION_EVICTED, lambda e: heard["second"].append(e.session_id))
-    first.add_user_message("a", "hi")
-    second.add_user_message("b", "hi")  # evicts "a", which the first manager wrote
-    assert heard == {"first": ["a"], "second": ["a"]}
-    assert first.get_memory_stats()["sessions_evicted"] == 1
-    assert second.get_memory_stats()["sessions_evicted"] == 1
-
-
 def test_evictions_are_logged(
     make_store: Callable[..., BaseStore], caplog: pytest.LogCaptureFixture
 ) -> None:
