@@ -1,27 +1,17 @@
 r"""The Redis store: one server or a Redis Cluster, sync (redis-py) and native asyncio.
 
-Key layout (``P`` is ``REDIS_KEY_PREFIX``; ``T`` is the hex SHA-256 of the UTF-8 session
-id, so no id, whatever characters it holds, can name another session's keys)::
-
-    P:{T}:h    hash    id, sp (system prompt JSON), md (metadata JSON), sh (shared JSON),
-                       mc / tc (message / token counters), ts (last write), fx (has
-                       fetched items), wg (start of the current write-token generation)
-    P:{T}:m    list    one JSON message per element, oldest first
-    P:{T}:ids  hash    message id -> token of the write that stored it, for every message
-                       in the list (appends are idempotent by id)
-    P:{T}:f    list    fetched items as ``<source type JSON>\\n<item JSON>``, oldest first
-    P:{T}:fp   set     fingerprints of fetched items (deduplication)
-    P:{T}:w    hash    write token -> result of the other writes, current generation
-    P:{T}:wo   hash    the previous generation of write tokens
-    P:{__index__}:lru  sorted set  member ``T + id``, score a logical last-access clock
-    P:events           pub/sub channel (when ``publish_events``)
+Keys are ``P:{T}:<part>`` (``P`` is ``REDIS_KEY_PREFIX``; ``T`` the hex SHA-256 of the
+UTF-8 session id, so no id, whatever characters it holds, can name another session's
+keys), plus two index sorted sets ``P:{__index__}:lru`` and ``P:{__index__}:ids`` and the
+``P:events`` channel; the one table of every key and field is in the manual
+(``docs/stores.md``, "Redis key layout"), and :data:`SESSION_SUFFIXES` lists the parts.
 
 ``{T}`` is a hash tag: the keys of a session live in one slot, so one Lua script can
 change them atomically on Redis Cluster too. Every write to a session is one call of one
 script (:mod:`ctx_memory.stores._redis_lua`) that also bumps the counters, refreshes the
 TTL of every key (``PEXPIRE``), and — on a single server — updates the index and evicts
 the least recently used sessions. Appending messages to a session this object has written
-before uses a small dedicated script (``APPEND_SCRIPT``: one ``HMGET``, an ``SADD`` per
+before uses a small dedicated script (``APPEND_SCRIPT``: one ``HMGET``, an ``HSETNX`` per
 message, one ``HSET``, the ``RPUSH`` and the ``PEXPIRE`` calls, one integer back); if the
 session vanished meanwhile it changes nothing and the write is repeated with the init
 header. Reading messages or counting them without ``max_sessions`` (no LRU index to
