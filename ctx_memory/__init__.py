@@ -4,7 +4,7 @@ The public API lives here; submodules hold the implementation.
 
 The adapters that need an optional extra are not imported eagerly, so ``import ctx_memory``
 works without them: ``ContextMiddleware`` (extra ``agents``) and ``ContextMemory`` (extra
-``classic``) live in :mod:`ctx_memory.middleware` and :mod:`ctx_memory.memory`, and
+``classic``) live in :mod:`ctx_memory.middleware` and :mod:`ctx_memory.classic`, and
 ``ctx_memory.ContextMiddleware`` / ``ctx_memory.ContextMemory`` load them on first access
 (an ``ImportError`` names the extra to install). They are left out of ``__all__`` so that
 ``from ctx_memory import *`` never needs an extra.
@@ -45,7 +45,6 @@ from ctx_memory.errors import (
 )
 from ctx_memory.events import Event, EventEmitter, EventType
 from ctx_memory.history import ContextChatMessageHistory
-from ctx_memory.integration import ContextIntegration, get_context_integration
 from ctx_memory.manager import ContextManager, get_context_manager, reset_context_manager
 from ctx_memory.prompt import AssembledPrompt, AssemblyReport, ContextPromptAssembler
 from ctx_memory.retrievers import FetchedContextRetriever, SourceRecordingRetriever
@@ -58,6 +57,7 @@ from ctx_memory.schema import (
 )
 from ctx_memory.stores import BaseStore, InMemoryStore, create_store
 from ctx_memory.tokens import TokenCounter
+from ctx_memory.web import ContextIntegration, get_context_integration
 
 try:
     __version__ = version("ctx-memory")
@@ -115,7 +115,7 @@ __all__ = [
     "show_session",
 ]
 
-_OPTIONAL = {"ContextMemory": "ctx_memory.memory", "ContextMiddleware": "ctx_memory.middleware"}
+_OPTIONAL = {"ContextMemory": "ctx_memory.classic", "ContextMiddleware": "ctx_memory.middleware"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,6 +1,6 @@
 """The ``ImportError`` an optional adapter raises when its extra is not installed.
 
-:mod:`ctx_memory.middleware` needs the ``agents`` extra and :mod:`ctx_memory.memory` the
+:mod:`ctx_memory.middleware` needs the ``agents`` extra and :mod:`ctx_memory.classic` the
 ``classic`` extra. Each imports its extra's package at module level and, when that fails,
 raises :func:`missing_extra`'s error, whose message names the commands that add the
 extra however ctx_memory itself was installed: from a package index, from a checkout

@@ -16,10 +16,10 @@ from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 
 from ctx_memory.chat import ContextualChat
-from ctx_memory.integration import ContextIntegration
 from ctx_memory.prompt import ContextPromptAssembler
 from ctx_memory.retrievers import FetchedContextRetriever
 from ctx_memory.schema import ContextMode
+from ctx_memory.web import ContextIntegration
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -130,7 +130,7 @@ show_session(cm, SESSION, budget=4_000, reserve_tokens=1_000)
 from langchain_classic.agents import AgentExecutor, create_tool_calling_agent
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
-from ctx_memory.memory import ContextMemory
+from ctx_memory.classic import ContextMemory
 
 memory = ContextMemory(
     manager=cm,

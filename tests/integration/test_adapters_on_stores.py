@@ -25,7 +25,7 @@ from ctx_memory import (
     SourceRecordingRetriever,
     TokenCounter,
 )
-from ctx_memory.memory import ContextMemory
+from ctx_memory.classic import ContextMemory
 from ctx_memory.middleware import ContextMiddleware
 
 pytestmark = pytest.mark.stores("memory", "sqlite", "redis")

@@ -97,7 +97,7 @@ def test_an_adapter_import_without_its_extra_raises_import_error() -> None:
         "sys.modules['langchain'] = None\n"
         "sys.modules['langchain_classic'] = None\n"
         "import ctx_memory\n"
-        "adapters = (('ctx_memory.middleware', 'agents'), ('ctx_memory.memory', 'classic'))\n"
+        "adapters = (('ctx_memory.middleware', 'agents'), ('ctx_memory.classic', 'classic'))\n"
         "for name, extra in adapters:\n"
         "    try:\n"
         "        __import__(name)\n"

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from ctx_memory import get_context_manager, reset_context_manager
-from ctx_memory.integration import reset_context_integration
+from ctx_memory.web import reset_context_integration
 
 SEED_000 = """
 from ctx_memory import ContextManager

@@ -7,7 +7,7 @@ from adapter_fakes import fake_model, get_weather, tool_call
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
 from ctx_memory import ContextManager, InMemoryStore, InvalidSessionIdError, TokenCounter
-from ctx_memory.memory import ContextMemory
+from ctx_memory.classic import ContextMemory
 
 with warnings.catch_warnings():
     # langchain_classic.agents imports langchain-community (installed by the bench group),
@@ -140,11 +140,11 @@ def test_missing_extra_names_the_install_command(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "langchain_classic.memory.chat_memory", None)
-    monkeypatch.delitem(sys.modules, "ctx_memory.memory", raising=False)
+    monkeypatch.delitem(sys.modules, "ctx_memory.classic", raising=False)
     expected = r'(?s)pip install "ctx-memory\[classic\]".*uv sync --extra classic'
     with pytest.raises(ImportError, match=expected):
-        importlib.import_module("ctx_memory.memory")
-    monkeypatch.delitem(sys.modules, "ctx_memory.memory", raising=False)
+        importlib.import_module("ctx_memory.classic")
+    monkeypatch.delitem(sys.modules, "ctx_memory.classic", raising=False)
 
 
 def _texts(manager, session):

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-import ctx_memory.integration as integration_module
+import ctx_memory._requests as requests_module
+import ctx_memory.web as web_module
 from ctx_memory import ContextIntegration, ContextMode, InvalidSessionIdError, ValidationError
 
 
@@ -206,7 +207,7 @@ async def test_async_twins_on_a_mapping(integration, manager):
 
 
 def _method_bodies() -> dict[str, ast.AsyncFunctionDef | ast.FunctionDef]:
-    tree = ast.parse(Path(integration_module.__file__).read_text(encoding="utf-8"))
+    tree = ast.parse(Path(web_module.__file__).read_text(encoding="utf-8"))
     cls = next(
         n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "ContextIntegration"
     )
@@ -252,7 +253,7 @@ def test_every_request_helper_has_an_async_twin_that_differs_by_await_only():
         assert f"a{name}" in twins, f"{name} has no async twin"
     names = {
         n.id
-        for n in ast.walk(ast.parse(Path(integration_module.__file__).read_text()))
+        for n in ast.walk(ast.parse(Path(web_module.__file__).read_text()))
         if isinstance(n, ast.Name)
     } | {"add_fetched_context", "update_metadata", "add_fetched_items"}
     for twin in sorted(twins):
@@ -267,8 +268,9 @@ def test_every_request_helper_has_an_async_twin_that_differs_by_await_only():
 FRAMEWORKS = ("starlette", "fastapi", "flask", "werkzeug", "django", "rest_framework")
 
 
-def test_integration_never_imports_a_web_framework():
-    tree = ast.parse(Path(integration_module.__file__).read_text(encoding="utf-8"))
+@pytest.mark.parametrize("module", [web_module, requests_module], ids=lambda m: m.__name__)
+def test_reading_requests_never_imports_a_web_framework(module):
+    tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
     imported = {
         alias.name for n in ast.walk(tree) if isinstance(n, ast.Import) for alias in n.names
     }
