@@ -8,16 +8,17 @@ keys), plus two index sorted sets ``P:{__index__}:lru`` and ``P:{__index__}:ids`
 
 ``{T}`` is a hash tag: the keys of a session live in one slot, so one Lua script can
 change them atomically on Redis Cluster too. Every write to a session is one call of one
-script (:mod:`ctx_memory.stores._redis_lua`) that also bumps the counters, refreshes the
-TTL of every key (``PEXPIRE``), and — on a single server — updates the index and evicts
-the least recently used sessions. Appending messages to a session this object has written
-before uses a small dedicated script (``APPEND_SCRIPT``: one ``HMGET``, an ``HSETNX`` per
-message, one ``HSET``, the ``RPUSH`` and the ``PEXPIRE`` calls, one integer back); if the
-session vanished meanwhile it changes nothing and the write is repeated with the init
-header. Reading messages or counting them without ``max_sessions`` (no LRU index to
-touch; reads never slide the TTL) is a plain ``LRANGE`` / ``LLEN``. Expired sessions
-vanish by Redis-native expiry; ``gc()`` and ``list_sessions()`` drop their index entries
-and report ``session_expired`` (once, whichever process drops it). On Redis Cluster the
+script (``SESSION_SCRIPT``, from ``lua/session.lua``) that also bumps the counters,
+refreshes the TTL of every key (``PEXPIRE``), and — on a single server — updates the index
+and evicts the least recently used sessions. Appending messages to a session this object
+has written before uses a small dedicated script (``APPEND_SCRIPT``, ``lua/append.lua``:
+one ``HMGET``, an ``HSETNX`` per message, one ``HSET``, the ``RPUSH`` and the ``PEXPIRE``
+calls, one integer back); if the session vanished meanwhile it changes nothing and the
+write is repeated with the init header. Reading messages or counting them without
+``max_sessions`` (no LRU index to touch; reads never slide the TTL) is a plain ``LRANGE`` /
+``LLEN``. Expired sessions vanish by Redis-native expiry; ``gc()`` and ``list_sessions()``
+drop their index entries and report ``session_expired`` (once, whichever process drops
+it). On Redis Cluster the
 index has its own slot: it is updated by a second call right after the session's script
 (when the write created the session or ``max_sessions`` is set), and an evicted session's
 keys are deleted by a third call per victim. A crash between those calls can leave a
@@ -33,13 +34,19 @@ token whose result the session keeps for at least ten minutes of server time, so
 retried by redis-py's ``Retry`` after a dropped connection is applied once and answers
 its first result. Tokens are left out only when nothing can re-send a write: the store's
 own clients on a single server with ``max_retries=0``.
+
+Layout: the key names are in :mod:`ctx_memory.stores._redis_keys`, what is written and read
+back in :mod:`ctx_memory.stores._redis_codec` (both pure, re-exported here where public),
+and the scripts in ``ctx_memory/stores/lua/``, composed once at import by
+:mod:`ctx_memory.stores._redis_lua`. Scripts run by ``EVALSHA``, one round trip; a server
+that lacks one (restarted, failed over, flushed) answers ``NOSCRIPT`` and ``_run`` /
+``_arun`` load it there and repeat the call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -72,13 +79,29 @@ from ctx_memory.errors import (
 )
 from ctx_memory.schema import dumps, now_iso
 from ctx_memory.stores._gc import GarbageCollector, gc_interval
-from ctx_memory.stores._redis_lua import (
-    APPEND_SCRIPT,
-    INDEX_SCRIPT,
-    SESSION_SCRIPT,
-    SESSION_SUFFIXES,
-    TAG_LENGTH,
+from ctx_memory.stores._redis_codec import (
+    append_result,
+    as_int,
+    clean_init,
+    decode_fetched,
+    decode_header,
+    encode_fetched,
+    event_json,
+    json_str,
+    triples,
+    write_result,
 )
+from ctx_memory.stores._redis_keys import (
+    SESSION_SUFFIXES,  # noqa: F401 - re-exported
+    SessionKeys,  # noqa: F401 - re-exported
+    as_text,
+    index_key,
+    lex_key,
+    member_id,
+    session_keys,
+    session_tag,  # noqa: F401 - re-exported
+)
+from ctx_memory.stores._redis_lua import APPEND_SCRIPT, INDEX_SCRIPT, SESSION_SCRIPT
 from ctx_memory.stores.base import (
     MAX_SHARED_BYTES,
     BaseStore,
@@ -108,106 +131,6 @@ AsyncClient = Union["redis.asyncio.Redis", "redis.asyncio.cluster.RedisCluster"]
 
 _HEADER_FIELDS = ("id", "sp", "md", "sh", "mc", "tc", "ts")
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-# ---------------------------------------------------------------- pure helpers
-
-
-def session_tag(session_id: str) -> str:
-    """The hash tag content of a session: hex SHA-256 of its UTF-8 id (64 characters)."""
-    return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-class SessionKeys(NamedTuple):
-    """The keys of one session (all in one hash slot) and its index member."""
-
-    h: str
-    m: str
-    f: str
-    fp: str
-    member: str
-    ids: str
-    w: str
-    wo: str
-
-    @property
-    def script_keys(self) -> tuple[str, str, str, str, str, str, str]:
-        """The session's keys in the order :data:`SESSION_SCRIPT` takes them."""
-        return self.h, self.m, self.f, self.fp, self.ids, self.w, self.wo
-
-
-@functools.lru_cache(maxsize=4096)
-def session_keys(prefix: str, session_id: str) -> SessionKeys:
-    """The keys of one session: ``P:{T}:<suffix>`` for each of ``SESSION_SUFFIXES``."""
-    tag = session_tag(session_id)
-    base = f"{prefix}:{{{tag}}}:"
-    h, m, f, fp, ids, w, wo = (base + suffix for suffix in SESSION_SUFFIXES)
-    return SessionKeys(h, m, f, fp, tag + session_id, ids, w, wo)
-
-
-def index_key(prefix: str) -> str:
-    """The sorted set indexing every session (a slot of its own on a cluster)."""
-    return f"{prefix}:{{__index__}}:lru"
-
-
-def lex_key(prefix: str) -> str:
-    """The sorted set of every session id, all scored 0: paged in id order (same slot)."""
-    return f"{prefix}:{{__index__}}:ids"
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else str(value)
-
-
-def member_id(member: Any) -> str:
-    """The session id of an index member (``tag + id``)."""
-    return _text(member)[TAG_LENGTH:]
-
-
-def decode_header(fields: Sequence[Any]) -> Header:
-    """A :class:`Header` from the hash fields ``id, sp, md, sh, mc, tc, ts``."""
-    _, sp, md, sh, mc, tc, ts = fields
-    metadata: dict[str, Any] = json.loads(md)
-    metadata["message_count"] = int(mc)
-    metadata["token_count"] = int(tc)
-    if ts:
-        metadata["timestamp"] = json.loads(ts)
-    return {"system_prompt": json.loads(sp), "metadata": metadata, "shared": json.loads(sh)}
-
-
-def encode_fetched(item: EncodedItem) -> str:
-    """One element of the fetched list: the source type as JSON, a newline, the item."""
-    return dumps(item.source_type) + "\n" + item.json
-
-
-def decode_fetched(
-    entries: Iterable[Any], source_type: str | None = None
-) -> dict[str, list[dict[str, Any]]]:
-    """Fetched items grouped by source type, types in order of first appearance."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    types: dict[str, str] = {}
-    for entry in entries:
-        raw_type, _, raw_item = _text(entry).partition("\n")
-        kind = types.get(raw_type)
-        if kind is None:
-            kind = types[raw_type] = json.loads(raw_type)
-        if source_type is None or kind == source_type:
-            out.setdefault(kind, []).append(json.loads(raw_item))
-    return out
-
-
-def _int(value: Any) -> int:
-    return value if type(value) is int else int(value)
-
-
-def _write_result(reply: Sequence[Any]) -> tuple[bool, int, list[str], list[str]]:
-    created, added, expired, evicted = reply
-    return (
-        bool(int(created)),
-        int(added),
-        [member_id(m) for m in expired],
-        [member_id(m) for m in evicted],
-    )
 
 
 # ---------------------------------------------------------------- requests
@@ -241,6 +164,29 @@ class _Exists:
 class _Publish:
     channel: str
     payloads: tuple[str, ...]
+
+
+# The one place a missing script is handled, per client kind: a server that does not hold
+# the script (restarted, failed over, SCRIPT FLUSH, a cluster node) answers NOSCRIPT; the
+# script is loaded there and the same command sent again.
+
+
+def _run(client: Any, script: str, *command: Any) -> Any:
+    """``client.execute_command(*command)``, loading ``script`` first if the server lacks it."""
+    try:
+        return client.execute_command(*command)
+    except NoScriptError:
+        client.script_load(script)
+        return client.execute_command(*command)
+
+
+async def _arun(client: Any, script: str, *command: Any) -> Any:
+    """``await client.execute_command(*command)``, loading ``script`` if the server lacks it."""
+    try:
+        return await client.execute_command(*command)
+    except NoScriptError:
+        await client.script_load(script)
+        return await client.execute_command(*command)
 
 
 _Request = _Eval | _Command | _Exists | _Publish
@@ -500,18 +446,9 @@ class RedisStore(BaseStore):
         client: Any = self.client  # RedisCluster.execute_command is untyped
         if isinstance(request, _Eval):
             script, keys, args = request
-            sha = _SHAS[script]
-            try:
-                return client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-            except NoScriptError:
-                client.script_load(_SCRIPTS[script])
-                return client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-        if isinstance(request, _Command):
-            try:
-                return client.execute_command(*request.args)
-            except NoScriptError:  # the only script sent as a _Command is APPEND_SCRIPT
-                client.script_load(APPEND_SCRIPT)
-                return client.execute_command(*request.args)
+            return _run(client, _SCRIPTS[script], "EVALSHA", _SHAS[script], len(keys), *keys, *args)
+        if isinstance(request, _Command):  # the only script sent as a _Command is APPEND_SCRIPT
+            return _run(client, APPEND_SCRIPT, *request.args)
         if isinstance(request, _Exists):
             pipe = client.pipeline(transaction=False)
             for key in request.keys:
@@ -537,18 +474,11 @@ class RedisStore(BaseStore):
         client = self.async_client
         if isinstance(request, _Eval):
             script, keys, args = request
-            sha = _SHAS[script]
-            try:
-                return await client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-            except NoScriptError:
-                await client.script_load(_SCRIPTS[script])
-                return await client.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-        if isinstance(request, _Command):
-            try:
-                return await client.execute_command(*request.args)
-            except NoScriptError:  # the only script sent as a _Command is APPEND_SCRIPT
-                await client.script_load(APPEND_SCRIPT)
-                return await client.execute_command(*request.args)
+            return await _arun(
+                client, _SCRIPTS[script], "EVALSHA", _SHAS[script], len(keys), *keys, *args
+            )
+        if isinstance(request, _Command):  # the only script sent as a _Command is APPEND_SCRIPT
+            return await _arun(client, APPEND_SCRIPT, *request.args)
         if isinstance(request, _Exists):
             pipe = client.pipeline(transaction=False)
             for key in request.keys:
@@ -598,21 +528,21 @@ class RedisStore(BaseStore):
         # An append always carries a token: its message ids record it, so that a retry
         # whose first attempt landed answers that attempt's count.
         write_token = os.urandom(8).hex() if always_token else self._token()
-        now_json = _json_str(now)
+        now_json = json_str(now)
         known = session_id in self._known
-        init_json = "" if known else dumps(_clean_init(init))
+        init_json = "" if known else dumps(clean_init(init))
         reply = yield self._session(
             op, session_id, *extra, token=write_token, now=now_json, init=init_json
         )
-        if known and _text(reply) == "init":  # gone since (expired, evicted, deleted elsewhere)
-            init_json = dumps(_clean_init(init))
+        if known and as_text(reply) == "init":  # gone since (expired, evicted, deleted elsewhere)
+            init_json = dumps(clean_init(init))
             reply = yield self._session(
                 op, session_id, *extra, token=write_token, now=now_json, init=init_json
             )
-        if isinstance(reply, (bytes, str)) and _text(reply).startswith("too_large:"):
-            raise SharedStateTooLargeError(int(_text(reply)[10:]), MAX_SHARED_BYTES)
+        if isinstance(reply, (bytes, str)) and as_text(reply).startswith("too_large:"):
+            raise SharedStateTooLargeError(int(as_text(reply)[10:]), MAX_SHARED_BYTES)
         self._remember(session_id)
-        created, added, expired, evicted = _write_result(reply)
+        created, added, expired, evicted = write_result(reply)
         if self.cluster:
             expired, evicted = yield from self._cluster_index_write(session_id, created)
         yield from self._report(
@@ -679,14 +609,14 @@ class RedisStore(BaseStore):
             self._notify("session_evicted", victim)
         if self.publish_events:
             stamp = now_iso()
-            payloads = [_event("session_created", session_id, {}, stamp)] if created else []
+            payloads = [event_json("session_created", session_id, {}, stamp)] if created else []
             payloads += [
-                _event(e, session_id, {"count": added} if e in _COUNTED else {}, stamp)
+                event_json(e, session_id, {"count": added} if e in _COUNTED else {}, stamp)
                 for e in events
                 if e not in _COUNTED or added
             ]
-            payloads += [_event("session_expired", v, {}, stamp) for v in expired]
-            payloads += [_event("session_evicted", v, {}, stamp) for v in evicted]
+            payloads += [event_json("session_expired", v, {}, stamp) for v in expired]
+            payloads += [event_json("session_evicted", v, {}, stamp) for v in evicted]
             if payloads:
                 yield _Publish(self.channel, tuple(payloads))
 
@@ -704,7 +634,9 @@ class RedisStore(BaseStore):
         existed = bool((yield self._session("delete", session_id)))
         self._forget((session_id,))
         if existed and self.publish_events:
-            yield _Publish(self.channel, (_event("session_deleted", session_id, {}, now_iso()),))
+            yield _Publish(
+                self.channel, (event_json("session_deleted", session_id, {}, now_iso()),)
+            )
         return existed
 
     def _op_gc(self) -> Generator[_Request, Any, int]:
@@ -723,7 +655,7 @@ class RedisStore(BaseStore):
         processes listing at once report each expiry once.
         """
         reply = yield self._index("members")
-        members = [_text(m) for m in reply[0::2]]
+        members = [as_text(m) for m in reply[0::2]]
         if not members:
             return [], 0
         hashes = tuple(session_keys(self.prefix, member_id(m)).h for m in members)
@@ -737,7 +669,7 @@ class RedisStore(BaseStore):
 
     def _forget_stale(self, stale: Sequence[Any]) -> Generator[_Request, Any, int]:
         """Drop ``(member, score)`` pairs still at that score; report those expiries once."""
-        removed = [_text(m) for m in (yield self._index("forget_stale", *stale))]
+        removed = [as_text(m) for m in (yield self._index("forget_stale", *stale))]
         yield from self._report(
             "",
             created=False,
@@ -784,11 +716,11 @@ class RedisStore(BaseStore):
 
     def _append_tail(self, messages: Sequence[EncodedMessage], now: str) -> tuple[Any, ...]:
         """The ``ARGV`` of :data:`APPEND_SCRIPT`: its scalars packed in one, then the messages."""
-        head = f"{self._ttl_ms} {os.urandom(8).hex()} {_json_str(now)}"
+        head = f"{self._ttl_ms} {os.urandom(8).hex()} {json_str(now)}"
         if len(messages) == 1:
             msg = messages[0]
             return (head, msg.id, msg.tokens, msg.json)
-        return (head, *_triples(messages))
+        return (head, *triples(messages))
 
     def _op_append_messages(
         self, session_id: str, messages: Sequence[EncodedMessage], init: Header, now: str
@@ -818,7 +750,7 @@ class RedisStore(BaseStore):
                     )
                 if evicted:
                     return WriteResult(created=created, added=added, evicted=tuple(evicted))
-                return _append_result(reply)
+                return append_result(reply)
             self._forget((session_id,))  # gone since: create it again with the init header
         return (
             yield from self._write(
@@ -826,7 +758,7 @@ class RedisStore(BaseStore):
                 session_id,
                 init,
                 now,
-                *_triples(messages),
+                *triples(messages),
                 events=("message_added",),
                 always_token=True,
             )
@@ -876,7 +808,7 @@ class RedisStore(BaseStore):
         page: list[str] = []
         while len(page) < limit:
             want = limit - len(page)
-            ids = [_text(i) for i in (yield self._index("page", low, high, want))]
+            ids = [as_text(i) for i in (yield self._index("page", low, high, want))]
             if not ids:
                 break
             keys = [session_keys(self.prefix, sid) for sid in ids]
@@ -1002,15 +934,15 @@ class RedisStore(BaseStore):
             dumps(header["system_prompt"]),
             dumps(metadata),
             dumps(header["shared"]),
-            _int(metadata.get("message_count", 0)),
-            _int(metadata.get("token_count", 0)),
+            as_int(metadata.get("message_count", 0)),
+            as_int(metadata.get("token_count", 0)),
             len(messages),
-            *_triples(messages),
+            *triples(messages),
             *pairs,
             token=self._token(),
             now=dumps(ts) if "timestamp" in metadata else "",
         )
-        created, added, expired, evicted = _write_result(reply)
+        created, added, expired, evicted = write_result(reply)
         if self.cluster:
             expired, evicted = yield from self._cluster_index_write(session_id, created)
         yield from self._report(
@@ -1073,18 +1005,14 @@ class RedisStore(BaseStore):
             client: Any = self._client or self.client
             tail = self._append_tail(messages, now)
             try:
-                try:
-                    reply = client.execute_command(*call, *tail)
-                except NoScriptError:
-                    client.script_load(APPEND_SCRIPT)
-                    reply = client.execute_command(*call, *tail)
+                reply = _run(client, APPEND_SCRIPT, *call, *tail)
                 if reply == -2:  # the session has fetched items: add their keys, same token
                     call = self._remember(session_id, fetched=True)
-                    reply = client.execute_command(*call, *tail)
+                    reply = _run(client, APPEND_SCRIPT, *call, *tail)
             except (RedisError, *_UNAVAILABLE) as e:
                 raise self._wrap(e) from e
             if reply >= 0:
-                return _append_result(reply)
+                return append_result(reply)
             self._forget((session_id,))
         return self._drive(self._op_append_messages(session_id, messages, init, now))
 
@@ -1246,18 +1174,14 @@ class RedisStore(BaseStore):
             client = self.async_client
             tail = self._append_tail(messages, now)
             try:
-                try:
-                    reply = await client.execute_command(*call, *tail)
-                except NoScriptError:
-                    await client.script_load(APPEND_SCRIPT)
-                    reply = await client.execute_command(*call, *tail)
+                reply = await _arun(client, APPEND_SCRIPT, *call, *tail)
                 if reply == -2:
                     call = self._remember(session_id, fetched=True)
-                    reply = await client.execute_command(*call, *tail)
+                    reply = await _arun(client, APPEND_SCRIPT, *call, *tail)
             except (RedisError, *_UNAVAILABLE) as e:
                 raise self._wrap(e) from e
             if reply >= 0:
-                return _append_result(reply)
+                return append_result(reply)
             self._forget((session_id,))
         return await self._adrive(self._op_append_messages(session_id, messages, init, now))
 
@@ -1388,46 +1312,6 @@ class RedisStore(BaseStore):
 
 _COUNTED = frozenset({"message_added", "fetched_added"})
 _MAX_SHARED = str(MAX_SHARED_BYTES)
-
-
-def _event(kind: str, session_id: str, data: dict[str, Any], stamp: str) -> str:
-    return dumps({"type": kind, "session_id": session_id, "data": data, "timestamp": stamp})
-
-
-def _clean_init(init: Header) -> Header:
-    meta = init["metadata"]
-    mc, tc = meta.get("message_count", 0), meta.get("token_count", 0)
-    if type(mc) is int and type(tc) is int:
-        return init
-    return {**init, "metadata": {**meta, "message_count": _int(mc), "token_count": _int(tc)}}
-
-
-_APPEND_RESULTS: dict[int, WriteResult] = {}
-
-
-def _append_result(reply: int) -> WriteResult:
-    """The (immutable, hence shared) result of an append answered ``added * 2 + created``."""
-    result = _APPEND_RESULTS.get(reply)
-    if result is None:
-        result = WriteResult(created=bool(reply & 1), added=reply >> 1)
-        if reply < 1024:
-            _APPEND_RESULTS[reply] = result
-    return result
-
-
-def _triples(messages: Sequence[EncodedMessage]) -> list[Any]:
-    """``id, tokens, json`` of each message, flat: the scripts' message arguments."""
-    out: list[Any] = []
-    for m in messages:
-        out += (m.id, m.tokens, m.json)
-    return out
-
-
-def _json_str(text: str) -> str:
-    """``dumps(text)`` for a string, without the encoder's setup for the common ISO stamp."""
-    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
-        return '"' + text + '"'
-    return dumps(text)
 
 
 def _scrub(value: object, secrets: list[str]) -> object:

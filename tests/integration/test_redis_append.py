@@ -185,6 +185,22 @@ def test_append_after_script_flush(make_store: Callable[..., BaseStore]) -> None
     client.close()
 
 
+async def test_async_calls_after_script_flush(make_store: Callable[..., BaseStore]) -> None:
+    """Every script the asyncio client runs is loaded again where the server lost it."""
+    store = make_store(max_sessions=10)
+    assert isinstance(store, RedisStore)
+    await store.aappend_messages("s", [msg(0)], init=init("s"), now=NOW)
+    client = raw_client(store)
+    client.script_flush()
+    await store.aappend_messages("s", [msg(1)], init=init("s"), now=NOW)  # APPEND_SCRIPT
+    client.script_flush()
+    await store.aappend_messages("t", [msg(2)], init=init("t"), now=NOW)  # SESSION_SCRIPT
+    client.script_flush()
+    assert sorted(await store.alist_sessions()) == ["s", "t"]  # INDEX_SCRIPT
+    assert await store.acount_messages("s") == 2
+    client.close()
+
+
 class _ReplyDroppingProxy:
     """A TCP proxy to Redis that, when armed, drops the connection instead of a reply."""
 
