@@ -25,6 +25,7 @@ import re
 import shlex
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -39,6 +40,7 @@ from ctx_memory.errors import (
     ConfigurationError,
     CtxMemoryError,
     DocumentImportError,
+    StoreUnavailableError,
     ValidationError,
 )
 from ctx_memory.manager import ContextManager
@@ -814,17 +816,33 @@ def _write_all(
 def _undo(
     manager: ContextManager, touched: list[str], before: dict[str, dict[str, Any]]
 ) -> list[str]:
-    """Put ``touched`` sessions back as in ``before`` (absent: delete); those that failed."""
+    """Put ``touched`` sessions back as in ``before`` (absent: delete); those that failed.
+
+    Each step is idempotent (a delete, or a whole document written again), so a step that
+    meets a dropped connection (the failure being undone may have been the server closing
+    it) is tried again, a few times, whatever the store's own retry setting.
+    """
     left = []
     for target in reversed(touched):
-        try:
-            if target in before:
-                manager.import_session(before[target], session_id=target, overwrite=True)
-            else:
-                manager.delete_context(target)
-        except Exception:  # noqa: BLE001 - report what is left, keep undoing the rest
-            left.append(target)
+        for attempt in range(_UNDO_ATTEMPTS):
+            try:
+                if target in before:
+                    manager.import_session(before[target], session_id=target, overwrite=True)
+                else:
+                    manager.delete_context(target)
+                break
+            except StoreUnavailableError:
+                if attempt + 1 < _UNDO_ATTEMPTS:
+                    time.sleep(0.05 * 4**attempt)
+                    continue
+                left.append(target)
+            except Exception:  # noqa: BLE001 - report what is left, keep undoing the rest
+                left.append(target)
+                break
     return left
+
+
+_UNDO_ATTEMPTS = 4
 
 
 @app.command()
