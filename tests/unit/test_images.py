@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 from image_files import b64, data_url, gif, jpeg, png, webp_extended, webp_lossless, webp_lossy
+from PIL import Image as _PILImage  # Pillow is in the test dependency group: never skipped
 
 from ctx_memory import images
 from ctx_memory.images import (
@@ -41,13 +42,13 @@ def test_size_from_the_header(kind, size):
 
 @pytest.mark.parametrize("kind", BUILDERS)
 def test_the_files_are_what_pillow_reads(kind):
-    pil = pytest.importorskip("PIL.Image")
-    with pil.open(io.BytesIO(BUILDERS[kind](321, 123))) as image:
+
+    with _PILImage.open(io.BytesIO(BUILDERS[kind](321, 123))) as image:
         assert image.size == (321, 123)
 
 
 def test_real_encoder_output_when_pillow_is_there():
-    pil = pytest.importorskip("PIL.Image")
+
     for fmt, options in [
         ("PNG", {}),
         ("GIF", {}),
@@ -57,10 +58,10 @@ def test_real_encoder_output_when_pillow_is_there():
         ("WEBP", {"lossless": True}),
     ]:
         out = io.BytesIO()
-        pil.new("RGB", (1500, 700), (200, 30, 30)).save(out, fmt, **options)
+        _PILImage.new("RGB", (1500, 700), (200, 30, 30)).save(out, fmt, **options)
         assert image_size_from_base64(b64(out.getvalue())) == (1500, 700), (fmt, options)
     out = io.BytesIO()
-    pil.new("RGBA", (90, 60), (0, 0, 0, 10)).save(out, "WEBP")  # alpha: a VP8X file
+    _PILImage.new("RGBA", (90, 60), (0, 0, 0, 10)).save(out, "WEBP")  # alpha: a VP8X file
     assert out.getvalue()[12:16] == b"VP8X"
     assert image_size_from_bytes(out.getvalue()) == (90, 60)
 
