@@ -47,6 +47,16 @@ def _decode_all(raw: Sequence[str]) -> list[Any]:
     return json.loads("[" + ",".join(raw) + "]") if raw else []
 
 
+def _position(session: _Session, message_id: str) -> tuple[int, dict[str, Any]] | None:
+    """Where the message with this id is, and its record (searching from the newest)."""
+    if message_id in session.ids:
+        for index in range(len(session.messages) - 1, -1, -1):
+            record: dict[str, Any] = json.loads(session.messages[index])
+            if record.get("id") == message_id:
+                return index, record
+    return None
+
+
 class _Session:
     """One session's state.
 
@@ -296,15 +306,13 @@ class InMemoryStore(SyncBackedStore):
         self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
     ) -> bool:
         def edit(s: _Session) -> bool:
-            if message_id not in s.ids:
+            found = _position(s, message_id)
+            if found is None:
                 return False
-            for index in range(len(s.messages) - 1, -1, -1):
-                old = json.loads(s.messages[index])
-                if old.get("id") == message_id:
-                    s.messages[index] = message.json
-                    self._counted(s, 0, message.tokens - int(old.get("token_count", 0)), now)
-                    return True
-            return False  # pragma: no cover - ids and messages agree
+            index, old = found
+            s.messages[index] = message.json
+            self._counted(s, 0, message.tokens - int(old.get("token_count", 0)), now)
+            return True
 
         return bool(self._read(session_id, edit, default=False))
 
@@ -313,19 +321,17 @@ class InMemoryStore(SyncBackedStore):
         self, session_id: str, message_id: str, *, inclusive: bool, now: str
     ) -> int | None:
         def edit(s: _Session) -> int | None:
-            if message_id not in s.ids:
+            found = _position(s, message_id)
+            if found is None:
                 return None
-            for index in range(len(s.messages) - 1, -1, -1):
-                if json.loads(s.messages[index]).get("id") == message_id:
-                    cut = index if inclusive else index + 1
-                    removed = [json.loads(raw) for raw in s.messages[cut:]]
-                    del s.messages[cut:]
-                    s.ids -= {r.get("id") for r in removed}
-                    tokens = sum(int(r.get("token_count", 0)) for r in removed)
-                    if removed:
-                        self._counted(s, -len(removed), -tokens, now)
-                    return len(removed)
-            return None  # pragma: no cover - ids and messages agree
+            cut = found[0] if inclusive else found[0] + 1
+            removed = _decode_all(s.messages[cut:])
+            del s.messages[cut:]
+            s.ids -= {r.get("id") for r in removed}
+            if removed:
+                tokens = sum(int(r.get("token_count", 0)) for r in removed)
+                self._counted(s, -len(removed), -tokens, now)
+            return len(removed)
 
         result: int | None = self._read(session_id, edit, default=None)
         return result
