@@ -37,10 +37,10 @@ import os
 import re
 from difflib import get_close_matches
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from ctx_memory.errors import ConfigurationError
@@ -56,6 +56,7 @@ __all__ = [
     "NAMESPACE",
     "PERSISTENT_TTL_SECONDS",
     "SETTINGS_FILES",
+    "ApiKey",
     "Settings",
     "load_settings",
     "redact_url",
@@ -222,6 +223,28 @@ def _default_ttl(data: dict[str, Any]) -> float:
     return MEMORY_TTL_SECONDS if _backend_of(data) == "memory" else PERSISTENT_TTL_SECONDS
 
 
+# --------------------------------------------------------------------------- server settings
+# The HTTP service's settings (``ctx_memory.server``, ``ctx-memory serve``): the SERVER_*
+# keys of the Settings class below, documented in docs/server.md. Only the server reads them.
+
+_TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_SHA256_PATTERN = r"^[0-9a-f]{64}$"
+
+
+class ApiKey(BaseModel):
+    """One API key of the HTTP service: its SHA-256 and the tenant it opens.
+
+    The key itself is never stored: ``sha256`` is the hex SHA-256 of its UTF-8 text
+    (:func:`ctx_memory.server.keys.hash_api_key`). A tenant is 1-64 letters, digits,
+    ``_`` or ``-`` (it becomes part of the store's key prefix or file name).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tenant: str = Field(pattern=_TENANT_PATTERN)
+    sha256: str = Field(pattern=_SHA256_PATTERN)
+
+
 class Settings(BaseModel):
     """Every ctx_memory setting, validated. Field names are the keys in lower case.
 
@@ -254,6 +277,41 @@ class Settings(BaseModel):
     default_model: str = "gpt-4o-mini"
     token_encoding: str | None = None
     token_counter: Literal["tiktoken", "approximate"] = "tiktoken"
+
+    # ------------------------------------------------------------- the HTTP service
+    # SERVER_* keys: read by ctx_memory.server only (docs/server.md says what each does).
+    server_auth: Literal["auto", "on", "off"] = "auto"
+    server_api_keys: tuple[ApiKey, ...] = ()
+    server_admin_keys: tuple[Annotated[str, Field(pattern=_SHA256_PATTERN)], ...] = ()
+    server_cookie_secret: SecretStr | None = None
+    server_cors_origins: tuple[str, ...] = ()
+    server_max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    server_max_webtext_bytes: int = Field(default=1024 * 1024, gt=0)
+    server_rate_limit_per_minute: float = Field(default=600.0, ge=0, allow_inf_nan=False)
+    server_rate_limit_burst: int = Field(default=60, ge=1)
+    server_chat_model: str = Field(default="fake", min_length=1)
+    server_chat_model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    server_max_tokens: int = Field(default=8000, gt=0)
+    server_retriever: str = Field(default="fake", min_length=1)
+    server_retriever_k: int = Field(default=5, ge=1)
+    server_agent_tools: tuple[str, ...] = ()
+    server_tracing: StrictBool = True
+
+    @field_validator(
+        "server_max_body_bytes",
+        "server_max_webtext_bytes",
+        "server_rate_limit_per_minute",
+        "server_rate_limit_burst",
+        "server_max_tokens",
+        "server_retriever_k",
+        mode="before",
+    )
+    @classmethod
+    def _no_bools_for_server_numbers(cls, value: object) -> object:
+        if isinstance(value, bool):
+            msg = "must be a number, not a boolean"
+            raise ValueError(msg)
+        return value
 
     @field_validator(
         "session_expiration_seconds",

@@ -217,6 +217,12 @@ def test_the_numeric_settings_are_the_ones_tested() -> None:
         "max_sessions",
         "redis_max_retries",
         "redis_socket_timeout",
+        "server_max_body_bytes",
+        "server_max_tokens",
+        "server_max_webtext_bytes",
+        "server_rate_limit_burst",
+        "server_rate_limit_per_minute",
+        "server_retriever_k",
         "session_expiration_seconds",
     ]
 

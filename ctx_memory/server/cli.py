@@ -1,0 +1,122 @@
+"""``ctx-memory serve``: run the HTTP service with uvicorn on the configured store.
+
+Importing this module imports neither FastAPI nor uvicorn, so the ``ctx-memory`` command
+works without the ``server`` extra; ``serve`` imports them when it runs and raises
+``ImportError`` naming ``ctx-memory[server]`` when they are missing.
+
+Without keys in settings the service needs none, and then it listens on loopback only:
+``--host 0.0.0.0`` without ``SERVER_API_KEYS`` / ``SERVER_ADMIN_KEYS`` is refused unless
+``SERVER_AUTH = "off"`` says an open service is meant. Nothing printed shows a key or a
+password.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    from ctx_memory.config import Settings
+    from ctx_memory.manager import ContextManager
+
+__all__ = ["is_loopback", "serve"]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or ``localhost`` (pure)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _settings_and_manager(ctx: typer.Context) -> tuple[Settings, ContextManager | None]:
+    """The settings the global options select, or the embedded manager's."""
+    from ctx_memory.cli import _Options  # noqa: PLC0415 - the CLI imports this module
+    from ctx_memory.config import load_settings  # noqa: PLC0415
+    from ctx_memory.manager import ContextManager  # noqa: PLC0415
+
+    root = ctx.find_root().obj
+    if isinstance(root, ContextManager):
+        return root.settings, root
+    options = root if isinstance(root, _Options) else _Options()
+    return (options.settings() if options.overrides() else load_settings()), None
+
+
+def serve(
+    ctx: typer.Context,
+    *,
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on (0.0.0.0: every interface; needs keys).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8000,
+    proxy_headers: Annotated[
+        bool,
+        typer.Option(
+            "--proxy-headers/--no-proxy-headers",
+            help="Trust X-Forwarded-For/-Proto from --forwarded-allow-ips (behind a proxy).",
+        ),
+    ] = False,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(help="Proxy addresses whose X-Forwarded-* headers are trusted."),
+    ] = None,
+    root_path: Annotated[
+        str, typer.Option(help="The path prefix a proxy serves the app under, e.g. /ctx.")
+    ] = "",
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+) -> None:
+    """Serve seed 001's endpoints, the /v1 API and the inspector (docs/server.md)."""
+    try:
+        import uvicorn  # noqa: PLC0415 - the server extra
+
+        from ctx_memory.server.app import auth_enabled, create_app  # noqa: PLC0415
+    except ImportError as e:
+        from ctx_memory._extras import missing_extra  # noqa: PLC0415
+
+        raise missing_extra("server", "ctx-memory serve", e) from e
+    from ctx_memory.cli import _fail, _fail_with, printable  # noqa: PLC0415
+    from ctx_memory.errors import CtxMemoryError  # noqa: PLC0415
+
+    try:
+        settings, manager = _settings_and_manager(ctx)
+        auth = auth_enabled(settings)
+        if not auth and settings.server_auth != "off" and not is_loopback(host):
+            _fail(
+                f"refusing to serve on {host} without keys: set SERVER_API_KEYS and"
+                ' SERVER_ADMIN_KEYS (docs/server.md), or SERVER_AUTH = "off" for an open'
+                " service",
+                code=2,
+            )
+        app = create_app(manager, settings)
+    except CtxMemoryError as e:
+        _fail_with(e)
+    tenants = len({entry.tenant for entry in settings.server_api_keys})
+    who = (
+        f"keys required ({tenants} tenant(s), {len(settings.server_admin_keys)} admin key(s))"
+        if auth
+        else "no keys (one open tenant)"
+    )
+    typer.echo(
+        printable(
+            f"ctx_memory: serving the {settings.backend} store, {who}, chat model"
+            f" {settings.server_chat_model!r}, on http://{host}:{port}{root_path}"
+            " (/docs: the API, /inspector: the inspector)"
+        ),
+        err=True,
+    )
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        proxy_headers=proxy_headers,
+        forwarded_allow_ips=forwarded_allow_ips,
+        root_path=root_path,
+        log_level=log_level,
+        reload=False,
+    )
+    uvicorn.Server(config).run()

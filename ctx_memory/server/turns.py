@@ -1,0 +1,308 @@
+"""Chat, research and agent turns over HTTP: Server-Sent Events or one JSON reply.
+
+A chat turn is :class:`~ctx_memory.chat.ContextualChat` itself, so it is recorded exactly
+as the library records it: the question and the reply land together once the model's last
+token was read, with the model, response time, sources used and citations. A stream that
+does not finish records nothing: when the client goes away mid-stream the server stops
+reading the model, and the session is as if the question had not been asked.
+
+The stream's events (``text/event-stream``; each ``data`` is one JSON object):
+
+=========  ================================================================================
+event      data
+=========  ================================================================================
+sources    research only, first: ``[{"title", "url"}]``, the search results just recorded
+token      ``{"content": "..."}``, as the model streams
+done       last, once the turn is recorded: ``session_id``, ``message_id``, ``model``,
+           ``sources_used`` (``[{"n", "url", "title", "source_type"}]``, the numbered
+           sources of the prompt), ``cited`` (the ``n`` the reply cites) and ``report``
+           (the prompt's token budget report)
+error      instead of ``done`` when the turn failed after the stream began
+           (``{"error", "detail"}``); nothing was recorded
+=========  ================================================================================
+
+Research mode first asks the configured retriever and records its documents as
+``fetched_context["web_search"]`` items (deduplicated, so a retried question adds none),
+then runs the chat turn, whose prompt numbers them as sources the reply cites as ``[n]``.
+The sources are recorded before the answer streams (the prompt is assembled from the
+session), so a research request cancelled mid-answer keeps them and records no turn.
+
+The agent turn runs ``create_agent`` with :class:`~ctx_memory.middleware.ContextMiddleware`
+and returns JSON once the agent finished (the middleware records each model call's
+messages as it documents).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from fastapi.responses import JSONResponse
+from langchain_core.messages import AIMessage, HumanMessage
+from sse_starlette import EventSourceResponse
+
+from ctx_memory.chat import METADATA_KEY
+from ctx_memory.errors import StoreError
+from ctx_memory.server.tracing import turn_attributes
+from ctx_memory.web import ContextIntegration
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+    from langchain_core.documents import Document
+    from langchain_core.messages import BaseMessage
+    from opentelemetry.trace import Span
+    from starlette.responses import Response
+
+    from ctx_memory.manager import ContextManager
+    from ctx_memory.schema import ContextMode
+    from ctx_memory.server.app import ServerState
+
+__all__ = ["document_result", "run_agent", "run_chat"]
+
+logger = logging.getLogger("ctx_memory.server")
+
+
+def document_result(document: Document) -> dict[str, Any]:
+    """A search result (``title``, ``url``, ``body``, ...) from a retriever's document (pure)."""
+    meta = document.metadata or {}
+    result: dict[str, Any] = {
+        "title": meta.get("title"),
+        "url": meta.get("url") or meta.get("source") or meta.get("link"),
+        "body": document.page_content,
+    }
+    for key in ("snippet", "site_name", "published_date"):
+        if meta.get(key) is not None:
+            result[key] = meta[key]
+    return result
+
+
+def _reply_json(session_id: str, reply: BaseMessage, model: str | None) -> dict[str, Any]:
+    meta = reply.response_metadata.get(METADATA_KEY, {})
+    return {
+        "session_id": session_id,
+        "message_id": reply.id,
+        "response": reply.text,
+        "model": model,
+        "sources_used": meta.get("sources_used", []),
+        "cited": meta.get("cited", []),
+        "report": meta.get("report", {}),
+    }
+
+
+def _event(name: str, data: Any) -> dict[str, str]:
+    return {"event": name, "data": json.dumps(data, ensure_ascii=False)}
+
+
+class _TurnSpan:
+    """The ``chat {model}`` span of one turn (does nothing without a tracer)."""
+
+    def __init__(self, state: ServerState, session_id: str, operation: str) -> None:
+        self.span: Span | None = None
+        if state.tracer is None:
+            return
+        from opentelemetry import trace  # noqa: PLC0415 - optional dependency
+
+        model = state.model_name or _model_of(state.chat_model)
+        self.span = state.tracer.start_span(
+            f"{operation} {model}",
+            kind=trace.SpanKind.INTERNAL,
+            attributes=turn_attributes(
+                session_id=session_id, model=model, operation=operation, report=None
+            ),
+        )
+
+    def first_token(self) -> None:
+        if self.span is not None:
+            self.span.add_event("first_token")
+
+    def finish(self, reply: BaseMessage) -> None:
+        if self.span is None:
+            return
+        self.span.set_attribute("gen_ai.response.id", str(reply.id))
+        usage = getattr(reply, "usage_metadata", None) or {}
+        for ours, theirs in (("input_tokens", "input"), ("output_tokens", "output")):
+            if isinstance(usage.get(ours), int):
+                self.span.set_attribute(f"gen_ai.usage.{theirs}_tokens", usage[ours])
+        report = reply.response_metadata.get(METADATA_KEY, {}).get("report", {})
+        for key, value in turn_attributes(
+            session_id="", model="", operation="", report=report
+        ).items():
+            if key.startswith("ctx_memory."):
+                self.span.set_attribute(key, value)
+
+    def fail(self, error: BaseException) -> None:
+        if self.span is None:
+            return
+        from opentelemetry.trace import Status, StatusCode  # noqa: PLC0415
+
+        self.span.record_exception(error)
+        self.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+
+    def end(self) -> None:
+        if self.span is not None:
+            self.span.end()
+
+
+def _model_of(model: Any) -> str:
+    for name in ("model_name", "model"):
+        value = getattr(model, name, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(model).__name__
+
+
+async def _record_sources(
+    state: ServerState, manager: ContextManager, session_id: str, question: str
+) -> list[dict[str, Any]]:
+    documents = await state.retriever.ainvoke(question)
+    results = [document_result(d) for d in documents if d.page_content]
+    if results:
+        await ContextIntegration(manager).aadd_search_results(session_id, results)
+    return [{"title": r.get("title"), "url": r.get("url")} for r in results]
+
+
+async def run_chat(
+    state: ServerState,
+    manager: ContextManager,
+    session_id: str,
+    question: str,
+    *,
+    mode: ContextMode,
+    page: Mapping[str, str | None],
+    research: bool,
+    stream: bool,
+) -> Response:
+    """Record the request's metadata, (research) the sources, then run the chat turn.
+
+    Errors before the first token (a store outage, a question over the budget) are HTTP
+    errors; later ones end the stream with an ``error`` event.
+    """
+    fields = {k: v for k, v in page.items() if v is not None}
+    await manager.aupdate_metadata(session_id, mode=mode, **fields)
+    found = await _record_sources(state, manager, session_id, question) if research else None
+    chat = state.chat(manager)
+    payload = {"question": question, "session_id": session_id}
+    span = _TurnSpan(state, session_id, "chat")
+    model = state.model_name or _model_of(state.chat_model)
+    if not stream:
+        try:
+            reply = await chat.ainvoke(payload)
+        except BaseException as e:
+            span.fail(e)
+            span.end()
+            raise
+        span.finish(reply)
+        span.end()
+        body = _reply_json(session_id, reply, model)
+        if found is not None:
+            body["search_results"] = found
+        return JSONResponse(body)
+    replies = chat.astream(payload)
+    try:
+        first: AIMessage | None = await anext(replies)
+    except StopAsyncIteration:
+        first = None
+    except BaseException as e:
+        span.fail(e)
+        span.end()
+        raise
+    span.first_token()
+    return EventSourceResponse(
+        _events(replies, first=first, found=found, session_id=session_id, model=model, span=span),
+        ping=15,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _events(
+    replies: AsyncIterator[AIMessage],
+    *,
+    first: AIMessage | None,
+    found: list[dict[str, Any]] | None,
+    session_id: str,
+    model: str,
+    span: _TurnSpan,
+) -> AsyncIterator[dict[str, str]]:
+    try:
+        if found is not None:
+            yield _event("sources", found)
+        item = first
+        while item is not None:
+            if item.text:
+                yield _event("token", {"content": item.text})
+            meta = item.response_metadata.get(METADATA_KEY)
+            if meta is not None:
+                span.finish(item)
+                yield _event(
+                    "done",
+                    {
+                        "session_id": session_id,
+                        "message_id": item.id,
+                        "model": model,
+                        "sources_used": meta.get("sources_used", []),
+                        "cited": meta.get("cited", []),
+                        "report": meta.get("report", {}),
+                    },
+                )
+            item = await anext(replies, None)
+    except Exception as e:  # noqa: BLE001 - the status is sent: the client gets an event
+        span.fail(e)
+        if isinstance(e, StoreError):
+            logger.warning("ctx_memory.server: store error mid-stream: %s", e)
+            error = {"error": "store_unavailable", "detail": "the session store is unavailable"}
+        else:
+            logger.error("ctx_memory.server: turn failed mid-stream: %s: %s", type(e).__name__, e)
+            error = {"error": "turn_failed", "detail": "the model or the store failed"}
+        yield _event("error", error)
+    except BaseException as e:  # the client went away (cancelled): nothing recorded
+        span.fail(e)
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await replies.aclose()  # type: ignore[attr-defined]
+        span.end()
+
+
+async def run_agent(
+    state: ServerState,
+    manager: ContextManager,
+    session_id: str,
+    question: str,
+    *,
+    mode: ContextMode,
+    page: Mapping[str, str | None],
+) -> dict[str, Any]:
+    """Run the agent on the question; return its reply and the tools it used."""
+    fields = {k: v for k, v in page.items() if v is not None}
+    await manager.aupdate_metadata(session_id, mode=mode, **fields)
+    agent = state.agent(manager)
+    span = _TurnSpan(state, session_id, "invoke_agent")
+    question_message = HumanMessage(question, id=str(uuid.uuid4()))
+    try:
+        result = await agent.ainvoke(
+            {"messages": [question_message]}, {"configurable": {"session_id": session_id}}
+        )
+    except BaseException as e:
+        span.fail(e)
+        span.end()
+        raise
+    messages = list(result.get("messages", []))
+    start = next(
+        (i for i, m in enumerate(messages) if m.id == question_message.id), len(messages) - 1
+    )
+    run = messages[start:]
+    replies = [m for m in run if isinstance(m, AIMessage)]
+    last = replies[-1] if replies else AIMessage("")
+    span.finish(last)
+    span.end()
+    return {
+        "session_id": session_id,
+        "message_id": last.id,
+        "response": last.text,
+        "model": state.model_name or _model_of(state.chat_model),
+        "tools_used": [call["name"] for m in replies for call in m.tool_calls],
+    }
