@@ -45,6 +45,7 @@ from ctx_memory.errors import (
 )
 from ctx_memory.manager import ContextManager
 from ctx_memory.schema import parse_document, validate_session_id
+from ctx_memory.server.cli import serve
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -75,6 +76,7 @@ app = typer.Typer(
 )
 sessions_app = typer.Typer(help="List sessions.", no_args_is_help=True, rich_markup_mode="markdown")
 app.add_typer(sessions_app, name="sessions")
+app.command("serve")(serve)  # ctx_memory/server/cli.py: imports the server extra when run
 
 
 class _StoreName(str, Enum):
