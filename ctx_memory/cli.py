@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from ctx_memory.analytics._command import analytics_command
 from ctx_memory.config import Settings, load_settings
 from ctx_memory.display import SessionView
 from ctx_memory.errors import (
@@ -77,6 +78,7 @@ app = typer.Typer(
 sessions_app = typer.Typer(help="List sessions.", no_args_is_help=True, rich_markup_mode="markdown")
 app.add_typer(sessions_app, name="sessions")
 app.command("serve")(serve)  # ctx_memory/server/cli.py: imports the server extra when run
+app.command("analytics")(analytics_command)
 
 
 class _StoreName(str, Enum):
