@@ -1,10 +1,11 @@
 """The ContextManager: both seeds' API on top of any store.
 
-Every public operation is written once, as a *flow*: a generator that validates and
-encodes its input (pure, before anything is written), yields the store calls it needs and
-turns their results into the return value and events. :meth:`ContextManager._drive` runs
-a flow with the store's sync methods and :meth:`ContextManager._adrive` with its async
-twins, so ``x`` and ``ax`` differ by one ``await`` and never by a copied body.
+Each public method is three steps: *plan* (validate and encode the input into one typed
+operation of :mod:`ctx_memory.stores.ops`, pure, before anything is written), *execute*
+(one call of :meth:`BaseStore.execute <ctx_memory.stores.base.BaseStore.execute>`, or
+:meth:`~ctx_memory.stores.base.BaseStore.aexecute` in the async twin) and *finish* (turn
+the result into the return value and events, pure). The sync and async twins share the
+plan and finish helpers and differ only by ``await`` (a test checks that).
 """
 
 from __future__ import annotations
@@ -13,51 +14,73 @@ import asyncio
 import json
 import logging
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
-
-from langchain_core.messages import BaseMessage
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ctx_memory.config import Settings, load_settings, setting_differences, with_overrides
 from ctx_memory.errors import (
     ConfigurationError,
     CtxMemoryError,
     DocumentImportError,
-    InvalidMessageError,
     MessageNotFoundError,
     SessionNotFoundError,
     ValidationError,
 )
 from ctx_memory.events import EventEmitter, EventType
+from ctx_memory.records import (
+    api_message,
+    assistant_record,
+    build_record,
+    encode_document,
+    encode_item,
+    encode_items,
+    encode_record,
+    metadata_fields,
+    records_from,
+    session_stats,
+)
 from ctx_memory.schema import (
     ContextMode,
     check_json_native,
     check_text,
     dumps,
-    fingerprint,
-    message_to_record,
     now_iso,
     parse_document,
     record_to_message,
-    validate_record,
-    validate_role,
     validate_session_id,
 )
 from ctx_memory.stores import create_store
-from ctx_memory.stores.base import (
-    Closeable,
-    EncodedItem,
-    EncodedMessage,
-    Header,
-    check_shared_size,
-    new_header,
+from ctx_memory.stores.base import Closeable, EncodedItem, Header, check_shared_size, new_header
+from ctx_memory.stores.ops import (
+    AppendFetched,
+    AppendMessages,
+    ClearSession,
+    CollectGarbage,
+    CreateSession,
+    DeleteMessages,
+    DeleteSession,
+    GetDocument,
+    GetFetched,
+    GetHeader,
+    GetMessages,
+    ListPage,
+    ListSessions,
+    MergeShared,
+    Op,
+    ReplaceDocument,
+    ReplaceMessage,
+    SessionExists,
+    SetShared,
+    TruncateMessages,
+    UpdateHeader,
 )
 from ctx_memory.tokens import TokenCounter
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Generator
+    from collections.abc import Callable
+    from datetime import datetime
+
+    from langchain_core.messages import BaseMessage
 
     from ctx_memory.events import Event
     from ctx_memory.stores.base import BaseStore, WriteResult
@@ -68,49 +91,7 @@ R = TypeVar("R")
 
 logger = logging.getLogger("ctx_memory")
 
-_RESERVED_METADATA = frozenset(
-    {
-        "session_id",
-        "created_at",
-        "timestamp",
-        "message_count",
-        "token_count",
-        "token_encoding",
-        "system_prompt_tokens",
-    }
-)
-
-
-class _Op(NamedTuple):
-    """One store call a flow needs: the sync method's name and its arguments."""
-
-    method: str
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = {}  # noqa: RUF012 - NamedTuple default, never mutated
-
-
-def _iso(value: str | datetime | None) -> str:
-    if value is None:
-        return now_iso()
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value.isoformat()
-    if isinstance(value, str):
-        return value
-    msg = f"timestamp must be an ISO-8601 str or a datetime, got {type(value).__name__}"
-    raise ValidationError(msg)
-
-
-def _validate_content(content: object, where: str) -> None:
-    if isinstance(content, str):
-        check_text(content, where)
-        return
-    if isinstance(content, list):
-        check_json_native(content, where)
-        return
-    msg = f"{where} must be a str or a list of content blocks, got {type(content).__name__}"
-    raise ValidationError(msg)
+Content = str | list[str | dict[str, Any]]
 
 
 class ContextManager(Closeable):
@@ -163,6 +144,9 @@ class ContextManager(Closeable):
         self.store = store if store is not None else create_store(settings)
         self._lifecycle_counts = {"session_expired": 0, "session_evicted": 0}
         self._remove_hook = self.store.add_lifecycle_hook(self._on_lifecycle, key=self.events)
+        self._store_listeners = self.store.event_listeners()
+        for listener in self._store_listeners:
+            self.events.on(None, listener)
         self._token_counter = counter
         self._counter_lock = threading.Lock()
 
@@ -194,34 +178,20 @@ class ContextManager(Closeable):
                     )
         return self._token_counter
 
+    def _execute(self, op: Op[R]) -> R:
+        return self.store.execute(op)
+
+    async def _aexecute(self, op: Op[R]) -> R:
+        if self.settings.async_operations:
+            return await self.store.aexecute(op)
+        return await asyncio.to_thread(self.store.execute, op)
+
     def _on_lifecycle(self, event_type: str, session_id: str) -> None:
         if event_type in self._lifecycle_counts:
             self._lifecycle_counts[event_type] += 1
             why = "expired (TTL)" if event_type == "session_expired" else "evicted (LRU)"
             logger.info("ctx_memory: session %r %s on %s store", session_id, why, self.store.name)
         self.events.emit(event_type, session_id)
-
-    def _drive(self, flow: Generator[_Op, Any, R]) -> R:
-        try:
-            op = next(flow)
-            while True:
-                op = flow.send(getattr(self.store, op.method)(*op.args, **op.kwargs))
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-
-    async def _adrive(self, flow: Generator[_Op, Any, R]) -> R:
-        try:
-            op = next(flow)
-            while True:
-                if self.async_enabled:
-                    call = getattr(self.store, "a" + op.method)
-                    result = await call(*op.args, **op.kwargs)
-                else:
-                    call = getattr(self.store, op.method)
-                    result = await asyncio.to_thread(call, *op.args, **op.kwargs)
-                op = flow.send(result)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
 
     def _init(self, session_id: str, now: str) -> Header:
         return new_header(session_id, now=now, encoding=self.token_counter.encoding_name)
@@ -248,90 +218,53 @@ class ContextManager(Closeable):
         """Remove a listener added with :meth:`add_event_listener`."""
         self.events.off(event_type, listener)
 
-    # ----------------------------------------------------------------- encoding
+    # ----------------------------------------------------------------- header writes
 
-    def _encode_record(self, record: dict[str, Any], where: str = "message") -> EncodedMessage:
-        message_id = record.get("id")
-        if message_id is None:
-            message_id = record["id"] = str(uuid.uuid4())
-        elif not isinstance(message_id, str) or not message_id:
-            msg = f"{where}.id must be a non-empty str or None, got {message_id!r}"
-            raise InvalidMessageError(f"{where}.id", msg)
-        record["token_count"] = self.token_counter.count_record(record)
-        return EncodedMessage(dumps(record), record["token_count"], message_id)
-
-    def _build_record(
-        self,
-        role: object,
-        content: object,
-        *,
-        metadata: Mapping[str, Any] | None,
-        timestamp: str | datetime | None,
-        name: str | None = None,
-    ) -> dict[str, Any]:
-        checked_role = validate_role(role)
-        _validate_content(content, "content")
-        check_text(name, "name", optional=True)
-        record: dict[str, Any] = {
-            "role": checked_role,
-            "content": content,
-            "timestamp": _iso(timestamp),
-            "metadata": dict(metadata or {}),
-            "token_count": 0,
-        }
-        if name is not None:
-            record["name"] = name
-        check_json_native(record["metadata"], "metadata")
-        return record
-
-    def _encode_item(
-        self,
-        source_type: str,
-        content: str,
-        *,
-        url: str | None,
-        extracted_data: Mapping[str, Any] | None,
-        timestamp: str | datetime | None,
-    ) -> tuple[EncodedItem, dict[str, Any]]:
-        if not isinstance(source_type, str) or not source_type.strip():
-            msg = f"source_type must be a non-empty str, got {source_type!r}"
-            raise ValidationError(msg)
-        check_text(source_type, "source_type")
-        check_text(content, "content")
-        check_text(url, "url", optional=True)
-        extracted = dict(extracted_data or {})
-        check_json_native(extracted, "extracted_data")
-        tokens = self.token_counter.count(content)
-        item: dict[str, Any] = {
-            "source_type": source_type,
-            "content": content,
-            "url": url,
-            "timestamp": _iso(timestamp),
-            "extracted_data": extracted,
-            "token_count": tokens,
-        }
-        encoded = EncodedItem(
-            source_type, dumps(item), tokens, fingerprint(source_type, url, content)
-        )
-        return encoded, item
-
-    # ----------------------------------------------------------------- seed 000 flows
-
-    def _create_flow(
+    def _plan_header(
         self,
         session_id: str,
-        system_prompt: str | None,
-        metadata: Mapping[str, Any] | None,
-    ) -> Generator[_Op, Any, bool]:
+        fields: Mapping[str, Any],
+        system_prompt: str | None = None,
+        *,
+        set_system_prompt: bool = False,
+    ) -> UpdateHeader:
         validate_session_id(session_id)
+        checked = metadata_fields(fields)
+        if set_system_prompt:
+            check_text(system_prompt, "system prompt", optional=True)
+            tokens = self.token_counter.count(system_prompt) if system_prompt else 0
+            checked["system_prompt_tokens"] = tokens
         now = now_iso()
-        init = self._init(session_id, now)
+        return UpdateHeader(
+            session_id,
+            self._init(session_id, now),
+            now,
+            checked,
+            system_prompt,
+            set_system_prompt,
+        )
+
+    def _plan_create(
+        self, session_id: str, system_prompt: str | None, metadata: Mapping[str, Any] | None
+    ) -> CreateSession | UpdateHeader:
         if system_prompt is None and not metadata:
-            result = yield _Op("create", (session_id, init))
-            self._created(session_id, result)
-            return bool(result.created)
-        prompt = None if system_prompt is None else self._system_prompt_kwargs(system_prompt)
-        return (yield from self._metadata_flow(session_id, metadata or {}, prompt))
+            validate_session_id(session_id)
+            return CreateSession(session_id, self._init(session_id, now_iso()))
+        return self._plan_header(
+            session_id,
+            metadata or {},
+            system_prompt,
+            set_system_prompt=system_prompt is not None,
+        )
+
+    def _finish_header(self, op: CreateSession | UpdateHeader, result: WriteResult) -> bool:
+        self._created(op.session_id, result)
+        if isinstance(op, UpdateHeader):
+            changed = sorted(k for k in op.metadata if k != "system_prompt_tokens")
+            if op.set_system_prompt:
+                changed.append("system_prompt")
+            self.events.emit(EventType.METADATA_UPDATED, op.session_id, fields=changed)
+        return result.created
 
     def create_session(
         self,
@@ -341,7 +274,8 @@ class ContextManager(Closeable):
         metadata: Mapping[str, Any] | None = None,
     ) -> bool:
         """Create a session (no change if it exists); return whether it was created."""
-        return self._drive(self._create_flow(session_id, system_prompt, metadata))
+        op = self._plan_create(session_id, system_prompt, metadata)
+        return self._finish_header(op, self._execute(op))
 
     async def acreate_session(
         self,
@@ -351,153 +285,24 @@ class ContextManager(Closeable):
         metadata: Mapping[str, Any] | None = None,
     ) -> bool:
         """Async :meth:`create_session`."""
-        return await self._adrive(self._create_flow(session_id, system_prompt, metadata))
-
-    def _set_context_flow(self, session_id: str, key: str, value: Any) -> Generator[_Op, Any, None]:
-        validate_session_id(session_id)
-        if not isinstance(key, str) or not key:
-            msg = f"context key must be a non-empty str, got {key!r}"
-            raise ValidationError(msg)
-        check_text(key, "shared key")
-        check_json_native(value, f"shared.{key}")
-        check_shared_size(dumps({key: value}))  # a new session holds just this
-        now = now_iso()
-        result = yield _Op(
-            "set_shared",
-            (session_id, key, value),
-            {"init": self._init(session_id, now), "now": now},
-        )
-        self._created(session_id, result)
-        self.events.emit(EventType.CONTEXT_UPDATED, session_id, keys=[key])
-
-    def set_context(self, session_id: str, key: str, value: Any) -> None:
-        """Set ``shared[key] = value`` (seed 000), creating the session if needed."""
-        self._drive(self._set_context_flow(session_id, key, value))
-
-    async def aset_context(self, session_id: str, key: str, value: Any) -> None:
-        """Async :meth:`set_context`."""
-        await self._adrive(self._set_context_flow(session_id, key, value))
-
-    def _partial_flow(
-        self, session_id: str, partial: Mapping[str, Any]
-    ) -> Generator[_Op, Any, None]:
-        validate_session_id(session_id)
-        if not isinstance(partial, Mapping):
-            msg = f"partial context must be a mapping, got {type(partial).__name__}"
-            raise ValidationError(msg)
-        check_json_native(dict(partial), "shared")
-        check_shared_size(dumps(dict(partial)))  # a new session holds just this
-        now = now_iso()
-        result = yield _Op(
-            "merge_shared",
-            (session_id, dict(partial)),
-            {"init": self._init(session_id, now), "now": now},
-        )
-        self._created(session_id, result)
-        self.events.emit(EventType.CONTEXT_UPDATED, session_id, keys=sorted(partial))
-
-    def update_partial_context(self, session_id: str, partial_context: Mapping[str, Any]) -> None:
-        """Recursively merge ``partial_context`` into the session's ``shared`` state.
-
-        Nested dicts merge key by key; any other value (lists included) replaces what was
-        there. Atomic: concurrent merges of different keys never lose each other.
-        """
-        self._drive(self._partial_flow(session_id, partial_context))
-
-    async def aupdate_partial_context(
-        self, session_id: str, partial_context: Mapping[str, Any]
-    ) -> None:
-        """Async :meth:`update_partial_context`."""
-        await self._adrive(self._partial_flow(session_id, partial_context))
-
-    def _get_context_flow(self, session_id: str) -> Generator[_Op, Any, dict[str, Any]]:
-        validate_session_id(session_id, existing=True)
-        document = yield _Op("get_document", (session_id,))
-        return document or {}
-
-    def get_context(self, session_id: str) -> dict[str, Any]:
-        """The whole session document as a dict; ``{}`` if the session does not exist."""
-        return self._drive(self._get_context_flow(session_id))
-
-    async def aget_context(self, session_id: str) -> dict[str, Any]:
-        """Async :meth:`get_context`."""
-        return await self._adrive(self._get_context_flow(session_id))
-
-    def _delete_flow(self, session_id: str) -> Generator[_Op, Any, bool]:
-        validate_session_id(session_id, existing=True)
-        existed = yield _Op("delete", (session_id,))
-        if existed:
-            self.events.emit(EventType.SESSION_DELETED, session_id)
-        return bool(existed)
-
-    def delete_context(self, session_id: str) -> bool:
-        """Delete the session; return whether it existed."""
-        return self._drive(self._delete_flow(session_id))
-
-    async def adelete_context(self, session_id: str) -> bool:
-        """Async :meth:`delete_context`."""
-        return await self._adrive(self._delete_flow(session_id))
-
-    # Seed 000 spells its async twins ``async_*``.
-    async_create_session = acreate_session
-    async_set_context = aset_context
-    async_update_partial_context = aupdate_partial_context
-    async_get_context = aget_context
-    async_delete_context = adelete_context
-
-    # ----------------------------------------------------------------- metadata
+        op = self._plan_create(session_id, system_prompt, metadata)
+        return self._finish_header(op, await self._aexecute(op))
 
     @staticmethod
-    def _metadata_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, given in fields.items():
-            if key in _RESERVED_METADATA:
-                msg = f"metadata.{key} is maintained by ctx_memory and cannot be set"
-                raise ValidationError(msg)
-            value = given
-            if key == "mode" and given is not None:
-                try:
-                    value = ContextMode(given).value
-                except ValueError:
-                    modes = ", ".join(m.value for m in ContextMode)
-                    msg = f"unknown mode {given!r}: expected one of {modes}"
-                    raise ValidationError(msg) from None
-            elif key == "user_time" and isinstance(given, datetime):
-                value = given.isoformat()
-            out[key] = value
-        check_json_native(out, "metadata")
-        return out
-
-    def _system_prompt_kwargs(self, prompt: str | None) -> dict[str, Any]:
-        check_text(prompt, "system prompt", optional=True)
-        tokens = self.token_counter.count(prompt) if prompt else 0
-        return {"system_prompt": prompt, "set_system_prompt": True, "system_prompt_tokens": tokens}
-
-    def _metadata_flow(
-        self,
-        session_id: str,
-        fields: Mapping[str, Any],
-        system_prompt: dict[str, Any] | None = None,
-    ) -> Generator[_Op, Any, bool]:
-        validate_session_id(session_id)
-        checked = self._metadata_fields(fields)
-        kwargs: dict[str, Any] = {"metadata": checked}
-        if system_prompt is not None:
-            kwargs["metadata"] = {
-                **checked,
-                "system_prompt_tokens": system_prompt.pop("system_prompt_tokens"),
-            }
-            kwargs.update(system_prompt)
-        now = now_iso()
-        result = yield _Op(
-            "update_header",
-            (session_id,),
-            {"init": self._init(session_id, now), "now": now, **kwargs},
-        )
-        self._created(session_id, result)
-        changed = sorted(checked) + (["system_prompt"] if system_prompt is not None else [])
-        self.events.emit(EventType.METADATA_UPDATED, session_id, fields=changed)
-        return bool(result.created)
+    def _metadata_given(
+        mode: ContextMode | str | None,
+        current_url: str | None,
+        user_timezone: str | None,
+        user_time: str | datetime | None,
+        extra: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        named = {
+            "mode": mode,
+            "current_url": current_url,
+            "user_timezone": user_timezone,
+            "user_time": user_time,
+        }
+        return {**{k: v for k, v in named.items() if v is not None}, **extra}
 
     def update_metadata(
         self,
@@ -514,17 +319,9 @@ class ContextManager(Closeable):
         Extra keyword arguments are stored as extra metadata keys. Counters, timestamps
         and ``session_id`` belong to ctx_memory and are rejected.
         """
-        fields = {
-            k: v
-            for k, v in {
-                "mode": mode,
-                "current_url": current_url,
-                "user_timezone": user_timezone,
-                "user_time": user_time,
-            }.items()
-            if v is not None
-        }
-        self._drive(self._metadata_flow(session_id, {**fields, **extra}))
+        fields = self._metadata_given(mode, current_url, user_timezone, user_time, extra)
+        op = self._plan_header(session_id, fields)
+        self._finish_header(op, self._execute(op))
 
     async def aupdate_metadata(
         self,
@@ -537,169 +334,201 @@ class ContextManager(Closeable):
         **extra: Any,
     ) -> None:
         """Async :meth:`update_metadata`."""
-        fields = {
-            k: v
-            for k, v in {
-                "mode": mode,
-                "current_url": current_url,
-                "user_timezone": user_timezone,
-                "user_time": user_time,
-            }.items()
-            if v is not None
-        }
-        await self._adrive(self._metadata_flow(session_id, {**fields, **extra}))
+        fields = self._metadata_given(mode, current_url, user_timezone, user_time, extra)
+        op = self._plan_header(session_id, fields)
+        self._finish_header(op, await self._aexecute(op))
 
     def set_system_prompt(self, session_id: str, prompt: str | None) -> None:
         """Set (or with ``None`` remove) the session's system prompt."""
-        self._drive(self._metadata_flow(session_id, {}, self._system_prompt_kwargs(prompt)))
+        op = self._plan_header(session_id, {}, prompt, set_system_prompt=True)
+        self._finish_header(op, self._execute(op))
 
     async def aset_system_prompt(self, session_id: str, prompt: str | None) -> None:
         """Async :meth:`set_system_prompt`."""
-        await self._adrive(self._metadata_flow(session_id, {}, self._system_prompt_kwargs(prompt)))
+        op = self._plan_header(session_id, {}, prompt, set_system_prompt=True)
+        self._finish_header(op, await self._aexecute(op))
+
+    # ----------------------------------------------------------------- shared state
+
+    def _plan_set_context(self, session_id: str, key: str, value: Any) -> SetShared:
+        validate_session_id(session_id)
+        if not isinstance(key, str) or not key:
+            msg = f"context key must be a non-empty str, got {key!r}"
+            raise ValidationError(msg)
+        check_text(key, "shared key")
+        check_json_native(value, f"shared.{key}")
+        check_shared_size(dumps({key: value}))  # a new session holds just this
+        now = now_iso()
+        return SetShared(session_id, key, value, self._init(session_id, now), now)
+
+    def _plan_merge(self, session_id: str, partial: Mapping[str, Any]) -> MergeShared:
+        validate_session_id(session_id)
+        if not isinstance(partial, Mapping):
+            msg = f"partial context must be a mapping, got {type(partial).__name__}"
+            raise ValidationError(msg)
+        check_json_native(dict(partial), "shared")
+        check_shared_size(dumps(dict(partial)))  # a new session holds just this
+        now = now_iso()
+        return MergeShared(session_id, dict(partial), self._init(session_id, now), now)
+
+    def _finish_shared(self, op: SetShared | MergeShared, result: WriteResult) -> None:
+        self._created(op.session_id, result)
+        keys = [op.key] if isinstance(op, SetShared) else sorted(op.partial)
+        self.events.emit(EventType.CONTEXT_UPDATED, op.session_id, keys=keys)
+
+    def set_context(self, session_id: str, key: str, value: Any) -> None:
+        """Set ``shared[key] = value`` (seed 000), creating the session if needed."""
+        op = self._plan_set_context(session_id, key, value)
+        self._finish_shared(op, self._execute(op))
+
+    async def aset_context(self, session_id: str, key: str, value: Any) -> None:
+        """Async :meth:`set_context`."""
+        op = self._plan_set_context(session_id, key, value)
+        self._finish_shared(op, await self._aexecute(op))
+
+    def update_partial_context(self, session_id: str, partial_context: Mapping[str, Any]) -> None:
+        """Recursively merge ``partial_context`` into the session's ``shared`` state.
+
+        Nested dicts merge key by key; any other value (lists included) replaces what was
+        there. Atomic: concurrent merges of different keys never lose each other.
+        """
+        op = self._plan_merge(session_id, partial_context)
+        self._finish_shared(op, self._execute(op))
+
+    async def aupdate_partial_context(
+        self, session_id: str, partial_context: Mapping[str, Any]
+    ) -> None:
+        """Async :meth:`update_partial_context`."""
+        op = self._plan_merge(session_id, partial_context)
+        self._finish_shared(op, await self._aexecute(op))
+
+    def get_context(self, session_id: str) -> dict[str, Any]:
+        """The whole session document as a dict; ``{}`` if the session does not exist."""
+        validate_session_id(session_id, existing=True)
+        return self._execute(GetDocument(session_id)) or {}
+
+    async def aget_context(self, session_id: str) -> dict[str, Any]:
+        """Async :meth:`get_context`."""
+        validate_session_id(session_id, existing=True)
+        return await self._aexecute(GetDocument(session_id)) or {}
+
+    def _finish_delete(self, session_id: str, existed: bool) -> bool:
+        if existed:
+            self.events.emit(EventType.SESSION_DELETED, session_id)
+        return existed
+
+    def delete_context(self, session_id: str) -> bool:
+        """Delete the session; return whether it existed."""
+        validate_session_id(session_id, existing=True)
+        return self._finish_delete(session_id, self._execute(DeleteSession(session_id)))
+
+    async def adelete_context(self, session_id: str) -> bool:
+        """Async :meth:`delete_context`."""
+        validate_session_id(session_id, existing=True)
+        return self._finish_delete(session_id, await self._aexecute(DeleteSession(session_id)))
+
+    # Seed 000 spells its async twins ``async_*``.
+    async_create_session = acreate_session
+    async_set_context = aset_context
+    async_update_partial_context = aupdate_partial_context
+    async_get_context = aget_context
+    async_delete_context = adelete_context
 
     # ----------------------------------------------------------------- history writes
 
-    def _append_flow(
-        self, session_id: str, records: list[dict[str, Any]]
-    ) -> Generator[_Op, Any, list[dict[str, Any]]]:
+    def _plan_append(self, session_id: str, records: list[dict[str, Any]]) -> AppendMessages | None:
         validate_session_id(session_id)
-        encoded = [self._encode_record(r, f"messages[{i}]") for i, r in enumerate(records)]
+        counter = self.token_counter
+        encoded = [encode_record(r, counter, f"messages[{i}]") for i, r in enumerate(records)]
         if not encoded:
-            return []
+            return None
         now = now_iso()
-        result = yield _Op(
-            "append_messages",
-            (session_id, encoded),
-            {"init": self._init(session_id, now), "now": now},
-        )
-        self._created(session_id, result)
+        return AppendMessages(session_id, encoded, self._init(session_id, now), now)
+
+    def _finish_append(
+        self, op: AppendMessages, result: WriteResult, records: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        self._created(op.session_id, result)
         if result.added:
             self.events.emit(
                 EventType.MESSAGE_ADDED,
-                session_id,
+                op.session_id,
                 count=result.added,
                 roles=[r["role"] for r in records],
-                tokens=sum(m.tokens for m in encoded),
+                tokens=sum(m.tokens for m in op.messages),
             )
         return records
 
-    def _assistant_record(
-        self,
-        content: object,
-        *,
-        model: str | None,
-        response_time_ms: float | None,
-        sources_used: Sequence[Any] | None,
-        tools_used: Sequence[str] | None,
-        metadata: Mapping[str, Any] | None,
-        timestamp: str | datetime | None,
-    ) -> dict[str, Any]:
-        given = {
-            "model": model,
-            "response_time_ms": response_time_ms,
-            "sources_used": list(sources_used) if sources_used is not None else None,
-            "tools_used": list(tools_used) if tools_used is not None else None,
-        }
-        meta = {**(metadata or {}), **{k: v for k, v in given.items() if v is not None}}
-        return self._build_record("assistant", content, metadata=meta, timestamp=timestamp)
+    def _append(self, session_id: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        op = self._plan_append(session_id, records)
+        if op is None:
+            return records
+        return self._finish_append(op, self._execute(op), records)
 
-    def _lc_records(
-        self,
-        messages: Sequence[BaseMessage | Mapping[str, Any]],
-        metadata: Mapping[str, Any] | None,
+    async def _aappend(
+        self, session_id: str, records: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
-        now = now_iso()
-        records = []
-        for index, message in enumerate(messages):
-            if isinstance(message, BaseMessage):
-                record = message_to_record(message, timestamp=now, metadata=metadata)
-            elif isinstance(message, Mapping):
-                where = f"messages[{index}]"
-                own_metadata = message.get("metadata") or {}
-                if not isinstance(own_metadata, Mapping):
-                    msg = f"{where}.metadata must be a dict, got {type(own_metadata).__name__}"
-                    raise InvalidMessageError(f"{where}.metadata", msg)
-                extra = {
-                    k: v
-                    for k, v in message.items()
-                    if k not in ("role", "content", "metadata", "timestamp", "name", "token_count")
-                }
-                record = self._build_record(
-                    message.get("role"),
-                    message.get("content"),
-                    metadata={**(metadata or {}), **own_metadata},
-                    timestamp=message.get("timestamp"),
-                    name=message.get("name"),
-                )
-                record.update(extra)
-                validate_record(record, where)
-            else:
-                kind = type(message).__name__
-                msg = f"messages[{index}] must be a BaseMessage or a dict, got {kind}"
-                raise ValidationError(msg)
-            records.append(record)
-        return records
+        op = self._plan_append(session_id, records)
+        if op is None:
+            return records
+        return self._finish_append(op, await self._aexecute(op), records)
 
     def add_message(
         self,
         session_id: str,
         role: str,
-        content: str | list[str | dict[str, Any]],
+        content: Content,
         *,
         metadata: Mapping[str, Any] | None = None,
         name: str | None = None,
         timestamp: str | datetime | None = None,
     ) -> dict[str, Any]:
         """Append one message with any role; return the stored record."""
-        record = self._build_record(
-            role, content, metadata=metadata, timestamp=timestamp, name=name
-        )
-        return self._drive(self._append_flow(session_id, [record]))[0]
+        record = build_record(role, content, metadata=metadata, timestamp=timestamp, name=name)
+        return self._append(session_id, [record])[0]
 
     async def aadd_message(
         self,
         session_id: str,
         role: str,
-        content: str | list[str | dict[str, Any]],
+        content: Content,
         *,
         metadata: Mapping[str, Any] | None = None,
         name: str | None = None,
         timestamp: str | datetime | None = None,
     ) -> dict[str, Any]:
         """Async :meth:`add_message`."""
-        record = self._build_record(
-            role, content, metadata=metadata, timestamp=timestamp, name=name
-        )
-        return (await self._adrive(self._append_flow(session_id, [record])))[0]
+        record = build_record(role, content, metadata=metadata, timestamp=timestamp, name=name)
+        return (await self._aappend(session_id, [record]))[0]
 
     def add_user_message(
         self,
         session_id: str,
-        content: str | list[str | dict[str, Any]],
+        content: Content,
         *,
         metadata: Mapping[str, Any] | None = None,
         timestamp: str | datetime | None = None,
     ) -> dict[str, Any]:
         """Append the user's message (seed 001); return the stored record."""
-        return self.add_message(session_id, "user", content, metadata=metadata, timestamp=timestamp)
+        record = build_record("user", content, metadata=metadata, timestamp=timestamp)
+        return self._append(session_id, [record])[0]
 
     async def aadd_user_message(
         self,
         session_id: str,
-        content: str | list[str | dict[str, Any]],
+        content: Content,
         *,
         metadata: Mapping[str, Any] | None = None,
         timestamp: str | datetime | None = None,
     ) -> dict[str, Any]:
         """Async :meth:`add_user_message`."""
-        return await self.aadd_message(
-            session_id, "user", content, metadata=metadata, timestamp=timestamp
-        )
+        record = build_record("user", content, metadata=metadata, timestamp=timestamp)
+        return (await self._aappend(session_id, [record]))[0]
 
     def add_assistant_message(
         self,
         session_id: str,
-        content: str | list[str | dict[str, Any]],
+        content: Content,
         *,
         model: str | None = None,
         response_time_ms: float | None = None,
@@ -709,7 +538,7 @@ class ContextManager(Closeable):
         timestamp: str | datetime | None = None,
     ) -> dict[str, Any]:
         """Append the assistant's reply with what produced it (seed 001)."""
-        record = self._assistant_record(
+        record = assistant_record(
             content,
             model=model,
             response_time_ms=response_time_ms,
@@ -718,12 +547,12 @@ class ContextManager(Closeable):
             metadata=metadata,
             timestamp=timestamp,
         )
-        return self._drive(self._append_flow(session_id, [record]))[0]
+        return self._append(session_id, [record])[0]
 
     async def aadd_assistant_message(
         self,
         session_id: str,
-        content: str | list[str | dict[str, Any]],
+        content: Content,
         *,
         model: str | None = None,
         response_time_ms: float | None = None,
@@ -733,7 +562,7 @@ class ContextManager(Closeable):
         timestamp: str | datetime | None = None,
     ) -> dict[str, Any]:
         """Async :meth:`add_assistant_message`."""
-        record = self._assistant_record(
+        record = assistant_record(
             content,
             model=model,
             response_time_ms=response_time_ms,
@@ -742,7 +571,7 @@ class ContextManager(Closeable):
             metadata=metadata,
             timestamp=timestamp,
         )
-        return (await self._adrive(self._append_flow(session_id, [record])))[0]
+        return (await self._aappend(session_id, [record]))[0]
 
     def add_messages(
         self,
@@ -752,7 +581,7 @@ class ContextManager(Closeable):
         metadata: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         """Append LangChain messages (or message dicts) atomically, in order."""
-        return self._drive(self._append_flow(session_id, self._lc_records(messages, metadata)))
+        return self._append(session_id, records_from(messages, metadata))
 
     async def aadd_messages(
         self,
@@ -762,53 +591,58 @@ class ContextManager(Closeable):
         metadata: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         """Async :meth:`add_messages`."""
-        return await self._adrive(
-            self._append_flow(session_id, self._lc_records(messages, metadata))
-        )
+        return await self._aappend(session_id, records_from(messages, metadata))
 
     # ----------------------------------------------------------------- history edits
 
-    def _delete_message_flow(self, session_id: str, message_id: str) -> Generator[_Op, Any, bool]:
+    @staticmethod
+    def _plan_delete_message(session_id: str, message_id: str) -> DeleteMessages:
         validate_session_id(session_id, existing=True)
         check_text(message_id, "message_id")
-        removed = yield _Op("delete_messages", (session_id, [message_id]), {"now": now_iso()})
-        if removed:
+        return DeleteMessages(session_id, [message_id], now_iso())
+
+    def _finish_edit(self, session_id: str, action: str, message_id: str, count: int) -> None:
+        if count:
             self.events.emit(
                 EventType.HISTORY_EDITED,
                 session_id,
-                action="delete",
+                action=action,
                 message_id=message_id,
-                count=1,
+                count=count,
             )
-        return bool(removed)
 
     def delete_message(self, session_id: str, message_id: str) -> bool:
         """Remove one message by id, atomically (counters follow); return whether it was there."""
-        return self._drive(self._delete_message_flow(session_id, message_id))
+        op = self._plan_delete_message(session_id, message_id)
+        removed = self._execute(op)
+        self._finish_edit(session_id, "delete", message_id, removed)
+        return bool(removed)
 
     async def adelete_message(self, session_id: str, message_id: str) -> bool:
         """Async :meth:`delete_message`."""
-        return await self._adrive(self._delete_message_flow(session_id, message_id))
+        op = self._plan_delete_message(session_id, message_id)
+        removed = await self._aexecute(op)
+        self._finish_edit(session_id, "delete", message_id, removed)
+        return bool(removed)
 
-    def _replace_message_flow(
+    def _plan_replace(
         self,
         session_id: str,
         message_id: str,
         message: BaseMessage | Mapping[str, Any],
         metadata: Mapping[str, Any] | None,
-    ) -> Generator[_Op, Any, dict[str, Any]]:
+    ) -> tuple[ReplaceMessage, dict[str, Any]]:
         validate_session_id(session_id, existing=True)
         check_text(message_id, "message_id")
-        (record,) = self._lc_records([message], metadata)
+        (record,) = records_from([message], metadata)
         record["id"] = message_id  # the replacement takes the message's place and identity
-        encoded = self._encode_record(record, "message")
-        found = yield _Op("replace_message", (session_id, message_id, encoded), {"now": now_iso()})
+        encoded = encode_record(record, self.token_counter, "message")
+        return ReplaceMessage(session_id, message_id, encoded, now_iso()), record
+
+    def _finish_replace(self, op: ReplaceMessage, found: bool) -> None:
         if not found:
-            raise MessageNotFoundError(session_id, message_id)
-        self.events.emit(
-            EventType.HISTORY_EDITED, session_id, action="replace", message_id=message_id, count=1
-        )
-        return record
+            raise MessageNotFoundError(op.session_id, op.message_id)
+        self._finish_edit(op.session_id, "replace", op.message_id, 1)
 
     def replace_message(
         self,
@@ -826,7 +660,9 @@ class ContextManager(Closeable):
         Raises:
             MessageNotFoundError: No message of the session has that id.
         """
-        return self._drive(self._replace_message_flow(session_id, message_id, message, metadata))
+        op, record = self._plan_replace(session_id, message_id, message, metadata)
+        self._finish_replace(op, self._execute(op))
+        return record
 
     async def areplace_message(
         self,
@@ -837,31 +673,21 @@ class ContextManager(Closeable):
         metadata: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Async :meth:`replace_message`."""
-        return await self._adrive(
-            self._replace_message_flow(session_id, message_id, message, metadata)
-        )
+        op, record = self._plan_replace(session_id, message_id, message, metadata)
+        self._finish_replace(op, await self._aexecute(op))
+        return record
 
-    def _truncate_flow(
-        self, session_id: str, message_id: str, inclusive: bool
-    ) -> Generator[_Op, Any, int]:
+    @staticmethod
+    def _plan_truncate(session_id: str, message_id: str, inclusive: bool) -> TruncateMessages:
         validate_session_id(session_id, existing=True)
         check_text(message_id, "message_id")
-        removed = yield _Op(
-            "truncate_messages",
-            (session_id, message_id),
-            {"inclusive": inclusive, "now": now_iso()},
-        )
+        return TruncateMessages(session_id, message_id, inclusive, now_iso())
+
+    def _finish_truncate(self, op: TruncateMessages, removed: int | None) -> int:
         if removed is None:
-            raise MessageNotFoundError(session_id, message_id)
-        if removed:
-            self.events.emit(
-                EventType.HISTORY_EDITED,
-                session_id,
-                action="truncate",
-                message_id=message_id,
-                count=removed,
-            )
-        return int(removed)
+            raise MessageNotFoundError(op.session_id, op.message_id)
+        self._finish_edit(op.session_id, "truncate", op.message_id, removed)
+        return removed
 
     def truncate_after(self, session_id: str, message_id: str, *, inclusive: bool = False) -> int:
         """Remove every message after ``message_id`` (and it too with ``inclusive``).
@@ -873,56 +699,38 @@ class ContextManager(Closeable):
         Raises:
             MessageNotFoundError: No message of the session has that id.
         """
-        return self._drive(self._truncate_flow(session_id, message_id, inclusive))
+        op = self._plan_truncate(session_id, message_id, inclusive)
+        return self._finish_truncate(op, self._execute(op))
 
     async def atruncate_after(
         self, session_id: str, message_id: str, *, inclusive: bool = False
     ) -> int:
         """Async :meth:`truncate_after`."""
-        return await self._adrive(self._truncate_flow(session_id, message_id, inclusive))
+        op = self._plan_truncate(session_id, message_id, inclusive)
+        return self._finish_truncate(op, await self._aexecute(op))
 
     # ----------------------------------------------------------------- fetched context
 
-    def _fetched_flow(
-        self, session_id: str, encoded: list[tuple[EncodedItem, dict[str, Any]]], dedupe: bool
-    ) -> Generator[_Op, Any, int]:
+    def _plan_fetched(
+        self, session_id: str, encoded: Sequence[tuple[EncodedItem, dict[str, Any]]], dedupe: bool
+    ) -> AppendFetched | None:
         validate_session_id(session_id)
         if not encoded:
-            return 0
+            return None
         now = now_iso()
-        result = yield _Op(
-            "append_fetched",
-            (session_id, [e for e, _ in encoded]),
-            {"init": self._init(session_id, now), "now": now, "dedupe": dedupe},
-        )
-        self._created(session_id, result)
+        items = [e for e, _ in encoded]
+        return AppendFetched(session_id, items, self._init(session_id, now), now, dedupe)
+
+    def _finish_fetched(self, op: AppendFetched, result: WriteResult) -> int:
+        self._created(op.session_id, result)
         if result.added:
             self.events.emit(
                 EventType.FETCHED_ADDED,
-                session_id,
+                op.session_id,
                 count=result.added,
-                source_types=sorted({e.source_type for e, _ in encoded}),
+                source_types=sorted({e.source_type for e in op.items}),
             )
-        return int(result.added)
-
-    def _encode_items(
-        self, items: Sequence[Mapping[str, Any]]
-    ) -> list[tuple[EncodedItem, dict[str, Any]]]:
-        out = []
-        for index, item in enumerate(items):
-            if not isinstance(item, Mapping):
-                msg = f"items[{index}] must be a mapping, got {type(item).__name__}"
-                raise ValidationError(msg)
-            out.append(
-                self._encode_item(
-                    item.get("source_type", ""),
-                    item.get("content"),  # type: ignore[arg-type]
-                    url=item.get("url"),
-                    extracted_data=item.get("extracted_data"),
-                    timestamp=item.get("timestamp"),
-                )
-            )
-        return out
+        return result.added
 
     def add_fetched_context(
         self,
@@ -940,10 +748,17 @@ class ContextManager(Closeable):
         With ``dedupe=True`` an item with the same source type, URL and content as one
         already stored is skipped.
         """
-        pair = self._encode_item(
-            source_type, content, url=url, extracted_data=extracted_data, timestamp=timestamp
+        pair = encode_item(
+            self.token_counter,
+            source_type,
+            content,
+            url=url,
+            extracted_data=extracted_data,
+            timestamp=timestamp,
         )
-        self._drive(self._fetched_flow(session_id, [pair], dedupe))
+        op = self._plan_fetched(session_id, [pair], dedupe)
+        if op is not None:
+            self._finish_fetched(op, self._execute(op))
         return pair[1]
 
     async def aadd_fetched_context(
@@ -958,10 +773,17 @@ class ContextManager(Closeable):
         dedupe: bool = False,
     ) -> dict[str, Any]:
         """Async :meth:`add_fetched_context`."""
-        pair = self._encode_item(
-            source_type, content, url=url, extracted_data=extracted_data, timestamp=timestamp
+        pair = encode_item(
+            self.token_counter,
+            source_type,
+            content,
+            url=url,
+            extracted_data=extracted_data,
+            timestamp=timestamp,
         )
-        await self._adrive(self._fetched_flow(session_id, [pair], dedupe))
+        op = self._plan_fetched(session_id, [pair], dedupe)
+        if op is not None:
+            self._finish_fetched(op, await self._aexecute(op))
         return pair[1]
 
     def add_fetched_items(
@@ -972,38 +794,47 @@ class ContextManager(Closeable):
         Returns:
             How many were added (fewer than given when ``dedupe`` skipped some).
         """
-        return self._drive(self._fetched_flow(session_id, self._encode_items(items), dedupe))
+        op = self._plan_fetched(session_id, encode_items(self.token_counter, items), dedupe)
+        if op is None:
+            return 0
+        return self._finish_fetched(op, self._execute(op))
 
     async def aadd_fetched_items(
         self, session_id: str, items: Sequence[Mapping[str, Any]], *, dedupe: bool = False
     ) -> int:
         """Async :meth:`add_fetched_items`."""
-        return await self._adrive(self._fetched_flow(session_id, self._encode_items(items), dedupe))
+        op = self._plan_fetched(session_id, encode_items(self.token_counter, items), dedupe)
+        if op is None:
+            return 0
+        return self._finish_fetched(op, await self._aexecute(op))
 
     # ----------------------------------------------------------------- reads
 
-    def _history_flow(
-        self, session_id: str, last_k: int | None
-    ) -> Generator[_Op, Any, list[dict[str, Any]]]:
+    @staticmethod
+    def _plan_history(session_id: str, last_k: int | None) -> GetMessages | None:
         validate_session_id(session_id, existing=True)
         if last_k is not None and (not isinstance(last_k, int) or last_k < 0):
             msg = f"last_k must be a non-negative int or None, got {last_k!r}"
             raise ValidationError(msg)
         if last_k == 0:
-            return []
-        start = 0 if last_k is None else -last_k
-        records = yield _Op("get_messages", (session_id, start, -1))
-        return list(records)
+            return None
+        return GetMessages(session_id, 0 if last_k is None else -last_k, -1)
 
     def get_history(self, session_id: str, last_k: int | None = None) -> list[dict[str, Any]]:
         """Stored message records, oldest first; only the last ``last_k`` if given (O(k))."""
-        return self._drive(self._history_flow(session_id, last_k))
+        op = self._plan_history(session_id, last_k)
+        if op is None:
+            return []
+        return self._execute(op)
 
     async def aget_history(
         self, session_id: str, last_k: int | None = None
     ) -> list[dict[str, Any]]:
         """Async :meth:`get_history`."""
-        return await self._adrive(self._history_flow(session_id, last_k))
+        op = self._plan_history(session_id, last_k)
+        if op is None:
+            return []
+        return await self._aexecute(op)
 
     def get_messages(self, session_id: str, last_k: int | None = None) -> list[BaseMessage]:
         """The history as LangChain messages, exactly as they were added."""
@@ -1016,78 +847,65 @@ class ContextManager(Closeable):
     def get_message_range(self, session_id: str, start: int, end: int) -> list[dict[str, Any]]:
         """Records ``start..end`` inclusive, negative indices from the end (LRANGE)."""
         validate_session_id(session_id, existing=True)
-        return self.store.get_messages(session_id, start, end)
+        return self._execute(GetMessages(session_id, start, end))
 
     async def aget_message_range(
         self, session_id: str, start: int, end: int
     ) -> list[dict[str, Any]]:
         """Async :meth:`get_message_range`."""
         validate_session_id(session_id, existing=True)
-        return await self.store.aget_messages(session_id, start, end)
+        return await self._aexecute(GetMessages(session_id, start, end))
 
-    def _header_flow(self, session_id: str) -> Generator[_Op, Any, Header | None]:
+    def get_header(self, session_id: str) -> Header | None:
+        """System prompt, metadata and shared state without history or sources."""
         validate_session_id(session_id, existing=True)
-        header = yield _Op("get_header", (session_id,))
-        return header  # type: ignore[no-any-return]
+        return self._execute(GetHeader(session_id))
+
+    async def aget_header(self, session_id: str) -> Header | None:
+        """Async :meth:`get_header`."""
+        validate_session_id(session_id, existing=True)
+        return await self._aexecute(GetHeader(session_id))
 
     def get_metadata(self, session_id: str) -> dict[str, Any]:
         """The ``metadata`` section; ``{}`` if the session does not exist."""
-        header = self._drive(self._header_flow(session_id))
+        header = self.get_header(session_id)
         return header["metadata"] if header else {}
 
     async def aget_metadata(self, session_id: str) -> dict[str, Any]:
         """Async :meth:`get_metadata`."""
-        header = await self._adrive(self._header_flow(session_id))
+        header = await self.aget_header(session_id)
         return header["metadata"] if header else {}
-
-    def get_header(self, session_id: str) -> Header | None:
-        """System prompt, metadata and shared state without history or sources."""
-        return self._drive(self._header_flow(session_id))
-
-    async def aget_header(self, session_id: str) -> Header | None:
-        """Async :meth:`get_header`."""
-        return await self._adrive(self._header_flow(session_id))
 
     def get_system_prompt(self, session_id: str) -> str | None:
         """The session's system prompt, or ``None``."""
-        header = self._drive(self._header_flow(session_id))
+        header = self.get_header(session_id)
         return header["system_prompt"] if header else None
 
     async def aget_system_prompt(self, session_id: str) -> str | None:
         """Async :meth:`get_system_prompt`."""
-        header = await self._adrive(self._header_flow(session_id))
+        header = await self.aget_header(session_id)
         return header["system_prompt"] if header else None
-
-    def _fetched_read_flow(
-        self, session_id: str, source_type: str | None
-    ) -> Generator[_Op, Any, dict[str, list[dict[str, Any]]]]:
-        validate_session_id(session_id, existing=True)
-        fetched = yield _Op("get_fetched", (session_id, source_type))
-        return fetched  # type: ignore[no-any-return]
 
     def get_fetched_context(
         self, session_id: str, source_type: str | None = None
     ) -> dict[str, list[dict[str, Any]]]:
         """Fetched items by source type (only ``source_type`` if given)."""
-        return self._drive(self._fetched_read_flow(session_id, source_type))
+        validate_session_id(session_id, existing=True)
+        return self._execute(GetFetched(session_id, source_type))
 
     async def aget_fetched_context(
         self, session_id: str, source_type: str | None = None
     ) -> dict[str, list[dict[str, Any]]]:
         """Async :meth:`get_fetched_context`."""
-        return await self._adrive(self._fetched_read_flow(session_id, source_type))
+        validate_session_id(session_id, existing=True)
+        return await self._aexecute(GetFetched(session_id, source_type))
 
-    def _formatted_flow(
-        self, session_id: str, last_k: int | None
-    ) -> Generator[_Op, Any, list[dict[str, Any]]]:
-        header = yield from self._header_flow(session_id)
-        if header is None:
-            return []
-        records = yield from self._history_flow(session_id, last_k)
+    @staticmethod
+    def _formatted(header: Header | None, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        if header["system_prompt"]:
+        if header and header["system_prompt"]:
             out.append({"role": "system", "content": header["system_prompt"]})
-        out.extend(_api_message(r) for r in records)
+        out.extend(api_message(r) for r in records)
         return out
 
     def get_formatted_messages_for_api(
@@ -1098,26 +916,33 @@ class ContextManager(Closeable):
         Each is ``{"role", "content"}`` plus ``name``, ``tool_calls`` (OpenAI function
         format) or ``tool_call_id`` where the stored message has them.
         """
-        return self._drive(self._formatted_flow(session_id, last_k))
+        header = self.get_header(session_id)
+        if header is None:
+            return []
+        return self._formatted(header, self.get_history(session_id, last_k))
 
     async def aget_formatted_messages_for_api(
         self, session_id: str, last_k: int | None = None
     ) -> list[dict[str, Any]]:
         """Async :meth:`get_formatted_messages_for_api`."""
-        return await self._adrive(self._formatted_flow(session_id, last_k))
+        header = await self.aget_header(session_id)
+        if header is None:
+            return []
+        return self._formatted(header, await self.aget_history(session_id, last_k))
 
     # ----------------------------------------------------------------- lifecycle
 
-    def _clear_flow(self, session_id: str, preserve_fetched: bool) -> Generator[_Op, Any, bool]:
-        validate_session_id(session_id, existing=True)
-        existed = yield _Op(
-            "clear", (session_id,), {"now": now_iso(), "preserve_fetched": preserve_fetched}
-        )
+    def _finish_clear(self, op: ClearSession, existed: bool) -> bool:
         if existed:
             self.events.emit(
-                EventType.SESSION_CLEARED, session_id, preserve_fetched=preserve_fetched
+                EventType.SESSION_CLEARED, op.session_id, preserve_fetched=op.preserve_fetched
             )
-        return bool(existed)
+        return existed
+
+    @staticmethod
+    def _plan_clear(session_id: str, preserve_fetched: bool) -> ClearSession:
+        validate_session_id(session_id, existing=True)
+        return ClearSession(session_id, now_iso(), preserve_fetched)
 
     def clear(self, session_id: str, preserve_fetched: bool = False) -> bool:
         """Drop the history (and fetched context unless ``preserve_fetched``).
@@ -1125,38 +950,38 @@ class ContextManager(Closeable):
         System prompt, metadata and shared state stay; counters restart at zero.
         Returns whether the session existed.
         """
-        return self._drive(self._clear_flow(session_id, preserve_fetched))
+        op = self._plan_clear(session_id, preserve_fetched)
+        return self._finish_clear(op, self._execute(op))
 
     async def aclear(self, session_id: str, preserve_fetched: bool = False) -> bool:
         """Async :meth:`clear`."""
-        return await self._adrive(self._clear_flow(session_id, preserve_fetched))
-
-    def _exists_flow(self, session_id: str) -> Generator[_Op, Any, bool]:
-        validate_session_id(session_id, existing=True)
-        exists = yield _Op("exists", (session_id,))
-        return bool(exists)
+        op = self._plan_clear(session_id, preserve_fetched)
+        return self._finish_clear(op, await self._aexecute(op))
 
     def session_exists(self, session_id: str) -> bool:
         """Whether the session exists (and has not expired)."""
-        return self._drive(self._exists_flow(session_id))
+        validate_session_id(session_id, existing=True)
+        return self._execute(SessionExists(session_id))
 
     async def asession_exists(self, session_id: str) -> bool:
         """Async :meth:`session_exists`."""
-        return await self._adrive(self._exists_flow(session_id))
+        validate_session_id(session_id, existing=True)
+        return await self._aexecute(SessionExists(session_id))
 
-    def _list_flow(
-        self, prefix: str, limit: int | None, cursor: str | None
-    ) -> Generator[_Op, Any, list[str]]:
+    @staticmethod
+    def _plan_list(prefix: str, limit: int | None, cursor: str | None) -> ListSessions | ListPage:
         check_text(prefix, "prefix")
         check_text(cursor, "cursor", optional=True)
         if limit is None:
-            sessions = yield _Op("list_sessions")
-            return [s for s in sessions if s.startswith(prefix) and (cursor is None or s > cursor)]
+            return ListSessions()
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             msg = f"limit must be a positive int or None, got {limit!r}"
             raise ValidationError(msg)
-        page = yield _Op("list_page", (), {"prefix": prefix, "cursor": cursor, "limit": limit})
-        return list(page)
+        return ListPage(limit, prefix, cursor)
+
+    @staticmethod
+    def _finish_list(ids: list[str], prefix: str, cursor: str | None) -> list[str]:
+        return [s for s in ids if s.startswith(prefix) and (cursor is None or s > cursor)]
 
     def list_sessions(
         self, prefix: str = "", *, limit: int | None = None, cursor: str | None = None
@@ -1167,81 +992,61 @@ class ContextManager(Closeable):
         ``cursor`` for the next (a page shorter than ``limit`` is the last). A page costs
         O(limit) on SQLite and Redis, whatever the number of sessions.
         """
-        return self._drive(self._list_flow(prefix, limit, cursor))
+        op = self._plan_list(prefix, limit, cursor)
+        return self._finish_list(self._execute(op), prefix, cursor)
 
     async def alist_sessions(
         self, prefix: str = "", *, limit: int | None = None, cursor: str | None = None
     ) -> list[str]:
         """Async :meth:`list_sessions`."""
-        return await self._adrive(self._list_flow(prefix, limit, cursor))
-
-    def _gc_flow(self) -> Generator[_Op, Any, int]:
-        removed = yield _Op("gc")
-        return int(removed)
+        op = self._plan_list(prefix, limit, cursor)
+        return self._finish_list(await self._aexecute(op), prefix, cursor)
 
     def gc(self) -> int:
         """Remove expired sessions now; return how many."""
-        return self._drive(self._gc_flow())
+        return self._execute(CollectGarbage())
+
+    async def agc(self) -> int:
+        """Async :meth:`gc`."""
+        return await self._aexecute(CollectGarbage())
 
     # ----------------------------------------------------------------- stats
 
-    def _stats_flow(self, session_id: str | None) -> Generator[_Op, Any, dict[str, Any]]:
-        if session_id is None:
-            sessions = yield _Op("list_sessions")
-            return {
-                "store": self.store.name,
-                "session_count": len(sessions),
-                "max_sessions": self.settings.max_sessions,
-                "ttl_seconds": self.settings.ttl_seconds,
-                "token_encoding": self.token_counter.encoding_name,
-                "event_emission": self.events.enabled,
-                "sessions_expired": self._lifecycle_counts["session_expired"],
-                "sessions_evicted": self._lifecycle_counts["session_evicted"],
-            }
-        header = yield from self._header_flow(session_id)
-        if header is None:
-            return {"session_id": session_id, "exists": False}
-        fetched = yield _Op("get_fetched", (session_id, None))
-        meta = header["metadata"]
-        fetched_items = {t: len(items) for t, items in fetched.items()}
-        fetched_tokens = {
-            t: sum(int(i.get("token_count", 0)) for i in items) for t, items in fetched.items()
-        }
-        system_tokens = int(meta.get("system_prompt_tokens", 0))
-        history_tokens = int(meta["token_count"])
+    def _store_stats(self, sessions: list[str]) -> dict[str, Any]:
         return {
-            "session_id": session_id,
-            "exists": True,
-            "mode": meta.get("mode"),
-            "created_at": meta.get("created_at"),
-            "last_updated": meta.get("timestamp"),
-            "message_count": int(meta["message_count"]),
-            "token_count": history_tokens,
-            "token_encoding": meta.get("token_encoding"),
-            "system_prompt_tokens": system_tokens,
-            "fetched_items": fetched_items,
-            "fetched_tokens": fetched_tokens,
-            "fetched_item_count": sum(fetched_items.values()),
-            "total_tokens": system_tokens + history_tokens + sum(fetched_tokens.values()),
-            "shared_keys": sorted(header["shared"]),
             "store": self.store.name,
+            "session_count": len(sessions),
+            "max_sessions": self.settings.max_sessions,
+            "ttl_seconds": self.settings.ttl_seconds,
+            "token_encoding": self.token_counter.encoding_name,
+            "event_emission": self.events.enabled,
+            "sessions_expired": self._lifecycle_counts["session_expired"],
+            "sessions_evicted": self._lifecycle_counts["session_evicted"],
         }
 
     def get_memory_stats(self, session_id: str | None = None) -> dict[str, Any]:
         """Statistics for one session (from cached counts), or for the store if ``None``."""
-        return self._drive(self._stats_flow(session_id))
+        if session_id is None:
+            return self._store_stats(self._execute(ListSessions()))
+        header = self.get_header(session_id)
+        fetched = {} if header is None else self._execute(GetFetched(session_id))
+        return session_stats(session_id, header, fetched, self.store.name)
 
     async def aget_memory_stats(self, session_id: str | None = None) -> dict[str, Any]:
         """Async :meth:`get_memory_stats`."""
-        return await self._adrive(self._stats_flow(session_id))
+        if session_id is None:
+            return self._store_stats(await self._aexecute(ListSessions()))
+        header = await self.aget_header(session_id)
+        fetched = {} if header is None else await self._aexecute(GetFetched(session_id))
+        return session_stats(session_id, header, fetched, self.store.name)
 
     # ----------------------------------------------------------------- export / import
 
-    def _export_flow(self, session_id: str) -> Generator[_Op, Any, dict[str, Any]]:
-        document = yield from self._get_context_flow(session_id)
+    @staticmethod
+    def _exported(session_id: str, document: dict[str, Any], indent: int | None) -> str:
         if not document:
             raise SessionNotFoundError(session_id)
-        return document
+        return json.dumps(document, ensure_ascii=False, indent=indent)
 
     def export_session(self, session_id: str, *, indent: int | None = 2) -> str:
         """The session document as JSON text.
@@ -1249,20 +1054,15 @@ class ContextManager(Closeable):
         Raises:
             SessionNotFoundError: No such session.
         """
-        document = self._drive(self._export_flow(session_id))
-        return json.dumps(document, ensure_ascii=False, indent=indent)
+        return self._exported(session_id, self.get_context(session_id), indent)
 
     async def aexport_session(self, session_id: str, *, indent: int | None = 2) -> str:
         """Async :meth:`export_session`."""
-        document = await self._adrive(self._export_flow(session_id))
-        return json.dumps(document, ensure_ascii=False, indent=indent)
+        return self._exported(session_id, await self.aget_context(session_id), indent)
 
-    def _import_flow(
-        self,
-        data: str | bytes | Mapping[str, Any],
-        session_id: str | None,
-        overwrite: bool,
-    ) -> Generator[_Op, Any, str]:
+    def _plan_import(
+        self, data: str | bytes | Mapping[str, Any], session_id: str | None
+    ) -> ReplaceDocument:
         document = parse_document(data)
         target = session_id if session_id is not None else document.metadata.session_id
         try:
@@ -1270,58 +1070,19 @@ class ContextManager(Closeable):
         except CtxMemoryError as e:
             msg = f"invalid session document at metadata.session_id: {e}"
             raise DocumentImportError("metadata.session_id", msg) from e
-        counter = self.token_counter
-        messages: list[EncodedMessage] = []
-        seen: set[str] = set()
-        for index, record in enumerate(document.conversation_history):
-            plain = record.model_dump(exclude_none=True)
-            plain.setdefault("metadata", {})
-            encoded = self._encode_record(plain, f"conversation_history.{index}")
-            if encoded.id not in seen:  # a message id is stored once, as appends do
-                seen.add(encoded.id)
-                messages.append(encoded)
-        items: list[EncodedItem] = []
-        for source_type, entries in document.fetched_context.items():
-            for entry in entries:
-                plain = entry.model_dump()
-                plain["token_count"] = counter.count(entry.content)
-                items.append(
-                    EncodedItem(
-                        source_type,
-                        dumps(plain),
-                        plain["token_count"],
-                        fingerprint(source_type, entry.url, entry.content),
-                    )
-                )
-        metadata = document.metadata.model_dump(mode="json")
-        metadata.update(
-            session_id=target,
-            message_count=len(messages),
-            token_count=sum(m.tokens for m in messages),
-            token_encoding=counter.encoding_name,
-            system_prompt_tokens=counter.count(document.system_prompt)
-            if document.system_prompt
-            else 0,
-        )
-        try:
-            check_shared_size(dumps(document.shared))
-        except ValidationError as e:
-            msg = f"invalid session document at shared: {e}"
-            raise DocumentImportError("shared", msg) from None
-        header: Header = {
-            "system_prompt": document.system_prompt,
-            "metadata": metadata,
-            "shared": document.shared,
-        }
-        if not overwrite:
-            exists = yield _Op("exists", (target,))
-            if exists:
-                msg = f"session {target!r} already exists (pass overwrite=True to replace it)"
-                raise DocumentImportError("metadata.session_id", msg)
-        result = yield _Op("replace_document", (target, header, messages, items))
-        self._created(target, result)
-        self.events.emit(EventType.CONTEXT_UPDATED, target, imported=True)
-        return target
+        header, messages, items = encode_document(document, target, self.token_counter)
+        return ReplaceDocument(target, header, messages, items)
+
+    @staticmethod
+    def _refuse_existing(op: ReplaceDocument, exists: bool) -> None:
+        if exists:
+            msg = f"session {op.session_id!r} already exists (pass overwrite=True to replace it)"
+            raise DocumentImportError("metadata.session_id", msg)
+
+    def _finish_import(self, op: ReplaceDocument, result: WriteResult) -> str:
+        self._created(op.session_id, result)
+        self.events.emit(EventType.CONTEXT_UPDATED, op.session_id, imported=True)
+        return op.session_id
 
     def import_session(
         self,
@@ -1339,7 +1100,10 @@ class ContextManager(Closeable):
             DocumentImportError: Malformed JSON or a wrong shape (names the field), or the
                 session exists and ``overwrite`` is false.
         """
-        return self._drive(self._import_flow(data, session_id, overwrite))
+        op = self._plan_import(data, session_id)
+        if not overwrite:
+            self._refuse_existing(op, self._execute(SessionExists(op.session_id)))
+        return self._finish_import(op, self._execute(op))
 
     async def aimport_session(
         self,
@@ -1349,40 +1113,27 @@ class ContextManager(Closeable):
         overwrite: bool = True,
     ) -> str:
         """Async :meth:`import_session`."""
-        return await self._adrive(self._import_flow(data, session_id, overwrite))
+        op = self._plan_import(data, session_id)
+        if not overwrite:
+            self._refuse_existing(op, await self._aexecute(SessionExists(op.session_id)))
+        return self._finish_import(op, await self._aexecute(op))
 
     # ----------------------------------------------------------------- closing
 
+    def _detach(self) -> None:
+        self._remove_hook()
+        for listener in self._store_listeners:
+            self.events.off(None, listener)
+
     def close(self) -> None:
         """Close the store (stops the garbage collector, releases connections)."""
-        self._remove_hook()
+        self._detach()
         self.store.close()
 
     async def aclose(self) -> None:
         """Async :meth:`close`."""
-        self._remove_hook()
+        self._detach()
         await self.store.aclose()
-
-
-def _api_message(record: Mapping[str, Any]) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": record["role"], "content": record["content"]}
-    if record.get("name"):
-        message["name"] = record["name"]
-    if record.get("tool_calls"):
-        message["tool_calls"] = [
-            {
-                "id": call.get("id"),
-                "type": "function",
-                "function": {
-                    "name": call.get("name"),
-                    "arguments": json.dumps(call.get("args", {})),
-                },
-            }
-            for call in record["tool_calls"]
-        ]
-    if record.get("tool_call_id"):
-        message["tool_call_id"] = record["tool_call_id"]
-    return message
 
 
 _default_manager: ContextManager | None = None

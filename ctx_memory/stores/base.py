@@ -28,20 +28,21 @@ from __future__ import annotations
 import abc
 import asyncio
 import copy
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
-
-from typing_extensions import ParamSpec, override
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ctx_memory.errors import InvalidTTLError, SharedStateTooLargeError
+from ctx_memory.stores import ops
+from ctx_memory.stores.ops import EncodedItem, EncodedMessage, Header, WriteResult
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from types import TracebackType
     from typing import Self
 
-P = ParamSpec("P")
-T = TypeVar("T")
+    from ctx_memory.events import Event
+    from ctx_memory.stores.ops import Op, StoreOp
+
+R = TypeVar("R")
 
 __all__ = [
     "BaseStore",
@@ -60,53 +61,6 @@ __all__ = [
     "deep_merge",
     "new_header",
 ]
-
-
-class Header(TypedDict):
-    """The small, mutable part of a session."""
-
-    system_prompt: str | None
-    metadata: dict[str, Any]
-    shared: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedMessage:
-    """A validated message, already JSON-encoded, with its cached token count and its id.
-
-    ``id`` is the message's ``id`` field (the LangChain message's, or one the manager
-    generated). A store appends a message only if no message with this id is already in
-    the session's history, which makes every append safe to retry.
-    """
-
-    json: str
-    tokens: int
-    id: str
-
-
-@dataclass(frozen=True, slots=True)
-class EncodedItem:
-    """A validated fetched item, JSON-encoded, with its source type, tokens and identity."""
-
-    source_type: str
-    json: str
-    tokens: int
-    fingerprint: str
-
-
-@dataclass(frozen=True, slots=True)
-class WriteResult:
-    """What a write did beyond its own effect.
-
-    Attributes:
-        created: The session did not exist and was created by this write.
-        added: How many messages or fetched items were appended (after deduplication).
-        evicted: Sessions evicted by LRU because this write created one too many.
-    """
-
-    created: bool = False
-    added: int = 0
-    evicted: tuple[str, ...] = field(default_factory=tuple)
 
 
 def new_header(session_id: str, *, now: str, encoding: str) -> Header:
@@ -239,19 +193,27 @@ class Closeable(abc.ABC):
 
 
 class BaseStore(Closeable):
-    """One storage backend. Sync methods and their ``a``-prefixed async twins.
+    """One storage backend: it executes the typed operations of :mod:`ctx_memory.stores.ops`.
+
+    A backend implements :meth:`handle` (one ``match`` over :data:`~ctx_memory.stores.ops.StoreOp`)
+    and :meth:`close`; a backend with native async I/O also implements :meth:`ahandle`,
+    else async callers run :meth:`handle` in a worker thread (or on the event loop when
+    ``offload`` is false: the in-memory store holds its lock for microseconds). Callers use
+    :meth:`execute` / :meth:`aexecute`, typed by the operation's result, or the one-line
+    shortcuts below (``store.get_header(sid)`` is ``store.execute(GetHeader(sid))``).
 
     Constructor arguments every store accepts (beyond its own connection settings):
     ``ttl_seconds`` (``None``: sessions never expire; the TTL slides, refreshed on every
     write) and ``max_sessions`` (``None``: unbounded; else the least recently used
     session — read or written — is evicted when one more is created).
 
-    Index arguments of :meth:`get_messages` follow Redis ``LRANGE``: ``start`` and ``end``
-    are inclusive and may be negative (``-1`` is the last message), so the last ``k``
-    messages are ``get_messages(sid, -k, -1)``.
+    :mod:`ctx_memory.testing` holds the contract suite every backend must pass.
     """
 
     name: str = "base"
+    offload: bool = True
+    """Whether the default :meth:`ahandle` runs :meth:`handle` in a worker thread."""
+
     lifecycle_hook: Callable[[str, str], None] | None = None
     _lifecycle_hooks: dict[object, Callable[[str, str], None]] | None = None
 
@@ -289,90 +251,108 @@ class BaseStore(Closeable):
             for hook in list(self._lifecycle_hooks.values()):
                 hook(event_type, session_id)
 
-    # ---------------------------------------------------------------- sync API
+    # ---------------------------------------------------------------- the interface
 
     @abc.abstractmethod
+    def handle(self, op: StoreOp) -> object:
+        """Execute one operation; return what its ``Op[R]`` type says.
+
+        Every mutating operation is atomic: it happens whole or not at all, and concurrent
+        callers never lose each other's writes.
+        """
+
+    async def ahandle(self, op: StoreOp) -> object:
+        """Async :meth:`handle`: in a worker thread (or inline if not :attr:`offload`)."""
+        if self.offload:
+            return await asyncio.to_thread(self.handle, op)
+        return self.handle(op)
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release connections and background threads. Idempotent."""
+
+    def event_listeners(self) -> tuple[Callable[[Event], None], ...]:
+        """Listeners every manager on this store adds to its emitter (none by default).
+
+        A Redis store that publishes events returns its
+        :class:`~ctx_memory.stores.redis_events.RedisEventPublisher` here.
+        """
+        return ()
+
+    def execute(self, op: Op[R]) -> R:
+        """Execute ``op`` and return its result."""
+        return cast("R", self.handle(cast("StoreOp", op)))
+
+    async def aexecute(self, op: Op[R]) -> R:
+        """Async :meth:`execute`."""
+        return cast("R", await self.ahandle(cast("StoreOp", op)))
+
+    # ---------------------------------------------------------------- shortcuts
+
     def create(self, session_id: str, init: Header) -> WriteResult:
-        """Create the session from ``init`` unless it exists (then only touch it)."""
+        """Execute :class:`~ctx_memory.stores.ops.CreateSession`."""
+        return self.execute(ops.CreateSession(session_id, init))
 
-    @abc.abstractmethod
     def exists(self, session_id: str) -> bool:
-        """Whether the session exists and has not expired."""
+        """Execute :class:`~ctx_memory.stores.ops.SessionExists`."""
+        return self.execute(ops.SessionExists(session_id))
 
-    @abc.abstractmethod
     def delete(self, session_id: str) -> bool:
-        """Remove the session; return whether it existed."""
+        """Execute :class:`~ctx_memory.stores.ops.DeleteSession`."""
+        return self.execute(ops.DeleteSession(session_id))
 
-    @abc.abstractmethod
     def list_sessions(self) -> list[str]:
-        """Ids of all live sessions, sorted."""
+        """Execute :class:`~ctx_memory.stores.ops.ListSessions`."""
+        return self.execute(ops.ListSessions())
 
-    @abc.abstractmethod
+    def list_page(self, *, prefix: str = "", cursor: str | None = None, limit: int) -> list[str]:
+        """Execute :class:`~ctx_memory.stores.ops.ListPage`."""
+        return self.execute(ops.ListPage(limit, prefix, cursor))
+
     def get_document(self, session_id: str) -> dict[str, Any] | None:
-        """The whole document (fresh objects), or ``None`` if absent."""
+        """Execute :class:`~ctx_memory.stores.ops.GetDocument`."""
+        return self.execute(ops.GetDocument(session_id))
 
-    @abc.abstractmethod
     def get_header(self, session_id: str) -> Header | None:
-        """The header (fresh objects), or ``None`` if absent."""
+        """Execute :class:`~ctx_memory.stores.ops.GetHeader`."""
+        return self.execute(ops.GetHeader(session_id))
 
-    @abc.abstractmethod
     def get_messages(self, session_id: str, start: int = 0, end: int = -1) -> list[dict[str, Any]]:
-        """Messages ``start..end`` (inclusive, LRANGE semantics); ``[]`` if absent."""
+        """Execute :class:`~ctx_memory.stores.ops.GetMessages`."""
+        return self.execute(ops.GetMessages(session_id, start, end))
 
-    @abc.abstractmethod
     def count_messages(self, session_id: str) -> int:
-        """Length of the stored history (0 if absent)."""
+        """Execute :class:`~ctx_memory.stores.ops.CountMessages`."""
+        return self.execute(ops.CountMessages(session_id))
 
-    @abc.abstractmethod
     def get_fetched(
         self, session_id: str, source_type: str | None = None
     ) -> dict[str, list[dict[str, Any]]]:
-        """Fetched items by source type (one type if given); ``{}`` if absent."""
+        """Execute :class:`~ctx_memory.stores.ops.GetFetched`."""
+        return self.execute(ops.GetFetched(session_id, source_type))
 
-    @abc.abstractmethod
     def append_messages(
         self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
     ) -> WriteResult:
-        """Append messages, bump both counters, set ``metadata.timestamp`` to ``now``."""
+        """Execute :class:`~ctx_memory.stores.ops.AppendMessages`."""
+        return self.execute(ops.AppendMessages(session_id, messages, init, now))
 
-    @abc.abstractmethod
     def delete_messages(self, session_id: str, message_ids: Sequence[str], *, now: str) -> int:
-        """Remove the messages with these ids; return how many were there.
+        """Execute :class:`~ctx_memory.stores.ops.DeleteMessages`."""
+        return self.execute(ops.DeleteMessages(session_id, message_ids, now))
 
-        Both counters drop by what was removed; ``metadata.timestamp`` becomes ``now`` when
-        anything was. The other messages keep their order.
-        """
-
-    @abc.abstractmethod
     def replace_message(
         self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
     ) -> bool:
-        """Put ``message`` (whose id is ``message_id``) in that message's place.
+        """Execute :class:`~ctx_memory.stores.ops.ReplaceMessage`."""
+        return self.execute(ops.ReplaceMessage(session_id, message_id, message, now))
 
-        ``token_count`` changes by the difference. Returns whether the message was there
-        (nothing changes when it was not).
-        """
-
-    @abc.abstractmethod
     def truncate_messages(
         self, session_id: str, message_id: str, *, inclusive: bool, now: str
     ) -> int | None:
-        """Remove every message after ``message_id`` (and it too if ``inclusive``).
+        """Execute :class:`~ctx_memory.stores.ops.TruncateMessages`."""
+        return self.execute(ops.TruncateMessages(session_id, message_id, inclusive, now))
 
-        Returns how many were removed, or ``None`` (nothing changed) if no message of the
-        session has that id.
-        """
-
-    @abc.abstractmethod
-    def list_page(self, *, prefix: str = "", cursor: str | None = None, limit: int) -> list[str]:
-        """Up to ``limit`` live session ids starting with ``prefix``, sorted, after ``cursor``.
-
-        Ids sort by code point (the order of their UTF-8 bytes). Pass the last id of a page
-        as ``cursor`` to get the next one; a short page is the last. Costs O(limit), not
-        O(sessions), on every store but the in-memory one.
-        """
-
-    @abc.abstractmethod
     def append_fetched(
         self,
         session_id: str,
@@ -382,21 +362,21 @@ class BaseStore(Closeable):
         now: str,
         dedupe: bool = False,
     ) -> WriteResult:
-        """Append fetched items; with ``dedupe``, skip items whose fingerprint is stored."""
+        """Execute :class:`~ctx_memory.stores.ops.AppendFetched`."""
+        return self.execute(ops.AppendFetched(session_id, items, init, now, dedupe))
 
-    @abc.abstractmethod
     def merge_shared(
         self, session_id: str, partial: Mapping[str, Any], *, init: Header, now: str
     ) -> WriteResult:
-        """Recursively merge ``partial`` into ``shared`` (see :func:`deep_merge`)."""
+        """Execute :class:`~ctx_memory.stores.ops.MergeShared`."""
+        return self.execute(ops.MergeShared(session_id, partial, init, now))
 
-    @abc.abstractmethod
     def set_shared(
         self, session_id: str, key: str, value: Any, *, init: Header, now: str
     ) -> WriteResult:
-        """Set ``shared[key] = value``, replacing what was there."""
+        """Execute :class:`~ctx_memory.stores.ops.SetShared`."""
+        return self.execute(ops.SetShared(session_id, key, value, init, now))
 
-    @abc.abstractmethod
     def update_header(
         self,
         session_id: str,
@@ -407,20 +387,17 @@ class BaseStore(Closeable):
         system_prompt: str | None = None,
         set_system_prompt: bool = False,
     ) -> WriteResult:
-        """Set metadata keys (shallow) and, if ``set_system_prompt``, the system prompt.
+        """Execute :class:`~ctx_memory.stores.ops.UpdateHeader`."""
+        return self.execute(
+            ops.UpdateHeader(
+                session_id, init, now, metadata or {}, system_prompt, set_system_prompt
+            )
+        )
 
-        ``message_count`` and ``token_count`` are the store's own counters and are never
-        taken from ``metadata``.
-        """
-
-    @abc.abstractmethod
     def clear(self, session_id: str, *, now: str, preserve_fetched: bool = False) -> bool:
-        """Drop the history (and fetched context unless preserved); reset both counters.
+        """Execute :class:`~ctx_memory.stores.ops.ClearSession`."""
+        return self.execute(ops.ClearSession(session_id, now, preserve_fetched))
 
-        System prompt, other metadata and ``shared`` stay. Returns whether it existed.
-        """
-
-    @abc.abstractmethod
     def replace_document(
         self,
         session_id: str,
@@ -428,89 +405,83 @@ class BaseStore(Closeable):
         messages: Sequence[EncodedMessage],
         items: Sequence[EncodedItem],
     ) -> WriteResult:
-        """Atomically replace the whole session (import). Counters come from ``header``."""
+        """Execute :class:`~ctx_memory.stores.ops.ReplaceDocument`."""
+        return self.execute(ops.ReplaceDocument(session_id, header, messages, items))
 
-    @abc.abstractmethod
     def gc(self) -> int:
-        """Remove expired sessions now; return how many were removed."""
+        """Execute :class:`~ctx_memory.stores.ops.CollectGarbage`."""
+        return self.execute(ops.CollectGarbage())
 
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Release connections and background threads. Idempotent."""
-
-    # ---------------------------------------------------------------- async API
-
-    @abc.abstractmethod
     async def acreate(self, session_id: str, init: Header) -> WriteResult:
         """Async :meth:`create`."""
+        return await self.aexecute(ops.CreateSession(session_id, init))
 
-    @abc.abstractmethod
     async def aexists(self, session_id: str) -> bool:
         """Async :meth:`exists`."""
+        return await self.aexecute(ops.SessionExists(session_id))
 
-    @abc.abstractmethod
     async def adelete(self, session_id: str) -> bool:
         """Async :meth:`delete`."""
+        return await self.aexecute(ops.DeleteSession(session_id))
 
-    @abc.abstractmethod
     async def alist_sessions(self) -> list[str]:
         """Async :meth:`list_sessions`."""
+        return await self.aexecute(ops.ListSessions())
 
-    @abc.abstractmethod
-    async def aget_document(self, session_id: str) -> dict[str, Any] | None:
-        """Async :meth:`get_document`."""
-
-    @abc.abstractmethod
-    async def aget_header(self, session_id: str) -> Header | None:
-        """Async :meth:`get_header`."""
-
-    @abc.abstractmethod
-    async def aget_messages(
-        self, session_id: str, start: int = 0, end: int = -1
-    ) -> list[dict[str, Any]]:
-        """Async :meth:`get_messages`."""
-
-    @abc.abstractmethod
-    async def acount_messages(self, session_id: str) -> int:
-        """Async :meth:`count_messages`."""
-
-    @abc.abstractmethod
-    async def aget_fetched(
-        self, session_id: str, source_type: str | None = None
-    ) -> dict[str, list[dict[str, Any]]]:
-        """Async :meth:`get_fetched`."""
-
-    @abc.abstractmethod
-    async def aappend_messages(
-        self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
-    ) -> WriteResult:
-        """Async :meth:`append_messages`."""
-
-    @abc.abstractmethod
-    async def adelete_messages(
-        self, session_id: str, message_ids: Sequence[str], *, now: str
-    ) -> int:
-        """Async :meth:`delete_messages`."""
-
-    @abc.abstractmethod
-    async def areplace_message(
-        self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
-    ) -> bool:
-        """Async :meth:`replace_message`."""
-
-    @abc.abstractmethod
-    async def atruncate_messages(
-        self, session_id: str, message_id: str, *, inclusive: bool, now: str
-    ) -> int | None:
-        """Async :meth:`truncate_messages`."""
-
-    @abc.abstractmethod
     async def alist_page(
         self, *, prefix: str = "", cursor: str | None = None, limit: int
     ) -> list[str]:
         """Async :meth:`list_page`."""
+        return await self.aexecute(ops.ListPage(limit, prefix, cursor))
 
-    @abc.abstractmethod
+    async def aget_document(self, session_id: str) -> dict[str, Any] | None:
+        """Async :meth:`get_document`."""
+        return await self.aexecute(ops.GetDocument(session_id))
+
+    async def aget_header(self, session_id: str) -> Header | None:
+        """Async :meth:`get_header`."""
+        return await self.aexecute(ops.GetHeader(session_id))
+
+    async def aget_messages(
+        self, session_id: str, start: int = 0, end: int = -1
+    ) -> list[dict[str, Any]]:
+        """Async :meth:`get_messages`."""
+        return await self.aexecute(ops.GetMessages(session_id, start, end))
+
+    async def acount_messages(self, session_id: str) -> int:
+        """Async :meth:`count_messages`."""
+        return await self.aexecute(ops.CountMessages(session_id))
+
+    async def aget_fetched(
+        self, session_id: str, source_type: str | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Async :meth:`get_fetched`."""
+        return await self.aexecute(ops.GetFetched(session_id, source_type))
+
+    async def aappend_messages(
+        self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
+    ) -> WriteResult:
+        """Async :meth:`append_messages`."""
+        return await self.aexecute(ops.AppendMessages(session_id, messages, init, now))
+
+    async def adelete_messages(
+        self, session_id: str, message_ids: Sequence[str], *, now: str
+    ) -> int:
+        """Async :meth:`delete_messages`."""
+        return await self.aexecute(ops.DeleteMessages(session_id, message_ids, now))
+
+    async def areplace_message(
+        self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
+    ) -> bool:
+        """Async :meth:`replace_message`."""
+        return await self.aexecute(ops.ReplaceMessage(session_id, message_id, message, now))
+
+    async def atruncate_messages(
+        self, session_id: str, message_id: str, *, inclusive: bool, now: str
+    ) -> int | None:
+        """Async :meth:`truncate_messages`."""
+        return await self.aexecute(ops.TruncateMessages(session_id, message_id, inclusive, now))
+
     async def aappend_fetched(
         self,
         session_id: str,
@@ -521,20 +492,20 @@ class BaseStore(Closeable):
         dedupe: bool = False,
     ) -> WriteResult:
         """Async :meth:`append_fetched`."""
+        return await self.aexecute(ops.AppendFetched(session_id, items, init, now, dedupe))
 
-    @abc.abstractmethod
     async def amerge_shared(
         self, session_id: str, partial: Mapping[str, Any], *, init: Header, now: str
     ) -> WriteResult:
         """Async :meth:`merge_shared`."""
+        return await self.aexecute(ops.MergeShared(session_id, partial, init, now))
 
-    @abc.abstractmethod
     async def aset_shared(
         self, session_id: str, key: str, value: Any, *, init: Header, now: str
     ) -> WriteResult:
         """Async :meth:`set_shared`."""
+        return await self.aexecute(ops.SetShared(session_id, key, value, init, now))
 
-    @abc.abstractmethod
     async def aupdate_header(
         self,
         session_id: str,
@@ -546,12 +517,16 @@ class BaseStore(Closeable):
         set_system_prompt: bool = False,
     ) -> WriteResult:
         """Async :meth:`update_header`."""
+        return await self.aexecute(
+            ops.UpdateHeader(
+                session_id, init, now, metadata or {}, system_prompt, set_system_prompt
+            )
+        )
 
-    @abc.abstractmethod
     async def aclear(self, session_id: str, *, now: str, preserve_fetched: bool = False) -> bool:
         """Async :meth:`clear`."""
+        return await self.aexecute(ops.ClearSession(session_id, now, preserve_fetched))
 
-    @abc.abstractmethod
     async def areplace_document(
         self,
         session_id: str,
@@ -560,165 +535,15 @@ class BaseStore(Closeable):
         items: Sequence[EncodedItem],
     ) -> WriteResult:
         """Async :meth:`replace_document`."""
+        return await self.aexecute(ops.ReplaceDocument(session_id, header, messages, items))
 
-    async def aclose(self) -> None:
-        """Async :meth:`close`."""
-        self.close()
-
-
-class SyncBackedStore(BaseStore):
-    """A store whose async twins call its sync operations.
-
-    The in-memory store holds its lock for microseconds, so calling the sync method on the
-    event loop is cheaper than a thread hop. Stores that do blocking I/O (SQLite) set
-    ``_offload = True`` to run each call in the default executor instead.
-    """
-
-    _offload: bool = False
-
-    async def _run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        if self._offload:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-        return fn(*args, **kwargs)
-
-    @override
-    async def acreate(self, session_id: str, init: Header) -> WriteResult:
-        return await self._run(self.create, session_id, init)
-
-    @override
-    async def aexists(self, session_id: str) -> bool:
-        return await self._run(self.exists, session_id)
-
-    @override
-    async def adelete(self, session_id: str) -> bool:
-        return await self._run(self.delete, session_id)
-
-    @override
-    async def alist_sessions(self) -> list[str]:
-        return await self._run(self.list_sessions)
-
-    @override
-    async def aget_document(self, session_id: str) -> dict[str, Any] | None:
-        return await self._run(self.get_document, session_id)
-
-    @override
-    async def aget_header(self, session_id: str) -> Header | None:
-        return await self._run(self.get_header, session_id)
-
-    @override
-    async def aget_messages(
-        self, session_id: str, start: int = 0, end: int = -1
-    ) -> list[dict[str, Any]]:
-        return await self._run(self.get_messages, session_id, start, end)
-
-    @override
-    async def acount_messages(self, session_id: str) -> int:
-        return await self._run(self.count_messages, session_id)
-
-    @override
-    async def aget_fetched(
-        self, session_id: str, source_type: str | None = None
-    ) -> dict[str, list[dict[str, Any]]]:
-        return await self._run(self.get_fetched, session_id, source_type)
-
-    @override
-    async def aappend_messages(
-        self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
-    ) -> WriteResult:
-        return await self._run(self.append_messages, session_id, messages, init=init, now=now)
-
-    @override
-    async def adelete_messages(
-        self, session_id: str, message_ids: Sequence[str], *, now: str
-    ) -> int:
-        return await self._run(self.delete_messages, session_id, message_ids, now=now)
-
-    @override
-    async def areplace_message(
-        self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
-    ) -> bool:
-        return await self._run(self.replace_message, session_id, message_id, message, now=now)
-
-    @override
-    async def atruncate_messages(
-        self, session_id: str, message_id: str, *, inclusive: bool, now: str
-    ) -> int | None:
-        return await self._run(
-            self.truncate_messages, session_id, message_id, inclusive=inclusive, now=now
-        )
-
-    @override
-    async def alist_page(
-        self, *, prefix: str = "", cursor: str | None = None, limit: int
-    ) -> list[str]:
-        return await self._run(self.list_page, prefix=prefix, cursor=cursor, limit=limit)
-
-    @override
-    async def aappend_fetched(
-        self,
-        session_id: str,
-        items: Sequence[EncodedItem],
-        *,
-        init: Header,
-        now: str,
-        dedupe: bool = False,
-    ) -> WriteResult:
-        return await self._run(
-            self.append_fetched,
-            session_id,
-            items,
-            init=init,
-            now=now,
-            dedupe=dedupe,
-        )
-
-    @override
-    async def amerge_shared(
-        self, session_id: str, partial: Mapping[str, Any], *, init: Header, now: str
-    ) -> WriteResult:
-        return await self._run(self.merge_shared, session_id, partial, init=init, now=now)
-
-    @override
-    async def aset_shared(
-        self, session_id: str, key: str, value: Any, *, init: Header, now: str
-    ) -> WriteResult:
-        return await self._run(self.set_shared, session_id, key, value, init=init, now=now)
-
-    @override
-    async def aupdate_header(
-        self,
-        session_id: str,
-        *,
-        init: Header,
-        now: str,
-        metadata: Mapping[str, Any] | None = None,
-        system_prompt: str | None = None,
-        set_system_prompt: bool = False,
-    ) -> WriteResult:
-        return await self._run(
-            self.update_header,
-            session_id,
-            init=init,
-            now=now,
-            metadata=metadata,
-            system_prompt=system_prompt,
-            set_system_prompt=set_system_prompt,
-        )
-
-    @override
-    async def aclear(self, session_id: str, *, now: str, preserve_fetched: bool = False) -> bool:
-        return await self._run(self.clear, session_id, now=now, preserve_fetched=preserve_fetched)
-
-    @override
-    async def areplace_document(
-        self,
-        session_id: str,
-        header: Header,
-        messages: Sequence[EncodedMessage],
-        items: Sequence[EncodedItem],
-    ) -> WriteResult:
-        return await self._run(self.replace_document, session_id, header, messages, items)
+    async def agc(self) -> int:
+        """Async :meth:`gc`."""
+        return await self.aexecute(ops.CollectGarbage())
 
 
-SyncBackedAsyncMixin = SyncBackedStore
-"""Former name of :class:`SyncBackedStore`, kept for subclasses written against it."""
+SyncBackedStore = BaseStore
+"""Former base of stores whose async twins call the sync ones; now every store's default."""
+
+SyncBackedAsyncMixin = BaseStore
+"""Former name of :class:`BaseStore` for stores without native async I/O."""

@@ -7,26 +7,48 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 from typing_extensions import override
 
 from ctx_memory.schema import dumps
 from ctx_memory.stores._gc import GarbageCollector
 from ctx_memory.stores.base import (
-    EncodedItem,
-    EncodedMessage,
+    BaseStore,
     Header,
-    SyncBackedStore,
     WriteResult,
     assemble_document,
     check_limits,
     check_shared_size,
     deep_merge,
 )
+from ctx_memory.stores.ops import (
+    AppendFetched,
+    AppendMessages,
+    ClearSession,
+    CollectGarbage,
+    CountMessages,
+    CreateSession,
+    DeleteMessages,
+    DeleteSession,
+    GetDocument,
+    GetFetched,
+    GetHeader,
+    GetMessages,
+    ListPage,
+    ListSessions,
+    MergeShared,
+    ReplaceDocument,
+    ReplaceMessage,
+    SessionExists,
+    SetShared,
+    StoreOp,
+    TruncateMessages,
+    UpdateHeader,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Sequence
 
 __all__ = ["InMemoryStore"]
 
@@ -75,7 +97,7 @@ class _Session:
         self.expires_at: float | None = None
 
 
-class InMemoryStore(SyncBackedStore):
+class InMemoryStore(BaseStore):
     """Sessions in this process's memory.
 
     Every operation holds one lock for a few microseconds: appends are O(1), reading the
@@ -103,6 +125,7 @@ class InMemoryStore(SyncBackedStore):
     """
 
     name = "memory"
+    offload = False  # the lock is held for microseconds: no thread hop for async callers
 
     def __init__(
         self,
@@ -195,33 +218,81 @@ class InMemoryStore(SyncBackedStore):
         self._report(expired)
         return result
 
-    # ------------------------------------------------------------ sync API
+    # ------------------------------------------------------------ operations
 
     @override
-    def create(self, session_id: str, init: Header) -> WriteResult:
+    def handle(self, op: StoreOp) -> object:  # noqa: PLR0911, PLR0912 - one case per operation
+        match op:
+            case AppendMessages():
+                return self._append_messages(op)
+            case GetMessages():
+                return self._get_messages(op)
+            case GetHeader():
+                return self._get_header(op)
+            case GetDocument():
+                return self._get_document(op)
+            case GetFetched():
+                return self._get_fetched(op)
+            case CountMessages():
+                return self._count_messages(op)
+            case SessionExists():
+                return self._exists(op)
+            case ListSessions():
+                return self._list_sessions(op)
+            case ListPage():
+                return self._list_page(op)
+            case CreateSession():
+                return self._create(op)
+            case DeleteSession():
+                return self._delete(op)
+            case DeleteMessages():
+                return self._delete_messages(op)
+            case ReplaceMessage():
+                return self._replace_message(op)
+            case TruncateMessages():
+                return self._truncate_messages(op)
+            case AppendFetched():
+                return self._append_fetched(op)
+            case MergeShared():
+                return self._merge_shared(op)
+            case SetShared():
+                return self._set_shared(op)
+            case UpdateHeader():
+                return self._update_header(op)
+            case ClearSession():
+                return self._clear(op)
+            case ReplaceDocument():
+                return self._replace_document(op)
+            case CollectGarbage():
+                return self._gc(op)
+            case _:
+                assert_never(op)
+
+    def _create(self, op: CreateSession) -> WriteResult:
+        session_id, init = op.session_id, op.init
         return self._write(session_id, init, init["metadata"]["timestamp"], lambda _s: 0)
 
-    @override
-    def exists(self, session_id: str) -> bool:
+    def _exists(self, op: SessionExists) -> bool:
+        session_id = op.session_id
         return bool(self._read(session_id, lambda _s: True, default=False))
 
-    @override
-    def delete(self, session_id: str) -> bool:
+    def _delete(self, op: DeleteSession) -> bool:
+        session_id = op.session_id
         with self._lock:
             return self._sessions.pop(session_id, None) is not None
 
-    @override
-    def list_sessions(self) -> list[str]:
+    def _list_sessions(self, op: ListSessions) -> list[str]:
         self.gc()
         with self._lock:
             return sorted(self._sessions)
 
-    @override
-    def get_header(self, session_id: str) -> Header | None:
+    def _get_header(self, op: GetHeader) -> Header | None:
+        session_id = op.session_id
         return self._read(session_id, lambda s: _clone(s.header), default=None)  # type: ignore[no-any-return]
 
-    @override
-    def get_document(self, session_id: str) -> dict[str, Any] | None:
+    def _get_document(self, op: GetDocument) -> dict[str, Any] | None:
+        session_id = op.session_id
+
         def read(s: _Session) -> dict[str, Any]:
             header: Header = _clone(s.header)
             messages = [json.loads(m) for m in s.messages]
@@ -230,8 +301,9 @@ class InMemoryStore(SyncBackedStore):
 
         return self._read(session_id, read, default=None)  # type: ignore[no-any-return]
 
-    @override
-    def get_messages(self, session_id: str, start: int = 0, end: int = -1) -> list[dict[str, Any]]:
+    def _get_messages(self, op: GetMessages) -> list[dict[str, Any]]:
+        session_id, start, end = op.session_id, op.start, op.end
+
         def read(s: _Session) -> list[str]:
             n = len(s.messages)
             lo = max(start + n if start < 0 else start, 0)
@@ -241,14 +313,13 @@ class InMemoryStore(SyncBackedStore):
         raw: list[str] = self._read(session_id, read, default=[])
         return _decode_all(raw)  # decode outside the lock
 
-    @override
-    def count_messages(self, session_id: str) -> int:
+    def _count_messages(self, op: CountMessages) -> int:
+        session_id = op.session_id
         return self._read(session_id, lambda s: len(s.messages), default=0)  # type: ignore[no-any-return]
 
-    @override
-    def get_fetched(
-        self, session_id: str, source_type: str | None = None
-    ) -> dict[str, list[dict[str, Any]]]:
+    def _get_fetched(self, op: GetFetched) -> dict[str, list[dict[str, Any]]]:
+        session_id, source_type = op.session_id, op.source_type
+
         def read(s: _Session) -> dict[str, list[str]]:
             if source_type is None:
                 return {t: list(items) for t, items in s.fetched.items()}
@@ -258,10 +329,9 @@ class InMemoryStore(SyncBackedStore):
         raw: dict[str, list[str]] = self._read(session_id, read, default={})
         return {t: _decode_all(items) for t, items in raw.items()}
 
-    @override
-    def append_messages(
-        self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
-    ) -> WriteResult:
+    def _append_messages(self, op: AppendMessages) -> WriteResult:
+        session_id, messages, init, now = op.session_id, op.messages, op.init, op.now
+
         def apply(s: _Session) -> int:
             ids, added, tokens = s.ids, 0, 0
             for m in messages:
@@ -278,8 +348,8 @@ class InMemoryStore(SyncBackedStore):
 
         return self._write(session_id, init, now, apply, appends=True)
 
-    @override
-    def delete_messages(self, session_id: str, message_ids: Sequence[str], *, now: str) -> int:
+    def _delete_messages(self, op: DeleteMessages) -> int:
+        session_id, message_ids, now = op.session_id, op.message_ids, op.now
         doomed = set(message_ids)
 
         def edit(s: _Session) -> int:
@@ -301,10 +371,9 @@ class InMemoryStore(SyncBackedStore):
 
         return int(self._read(session_id, edit, default=0))
 
-    @override
-    def replace_message(
-        self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
-    ) -> bool:
+    def _replace_message(self, op: ReplaceMessage) -> bool:
+        session_id, message_id, message, now = op.session_id, op.message_id, op.message, op.now
+
         def edit(s: _Session) -> bool:
             found = _position(s, message_id)
             if found is None:
@@ -316,10 +385,9 @@ class InMemoryStore(SyncBackedStore):
 
         return bool(self._read(session_id, edit, default=False))
 
-    @override
-    def truncate_messages(
-        self, session_id: str, message_id: str, *, inclusive: bool, now: str
-    ) -> int | None:
+    def _truncate_messages(self, op: TruncateMessages) -> int | None:
+        session_id, message_id, inclusive, now = op.session_id, op.message_id, op.inclusive, op.now
+
         def edit(s: _Session) -> int | None:
             found = _position(s, message_id)
             if found is None:
@@ -342,8 +410,8 @@ class InMemoryStore(SyncBackedStore):
         meta["token_count"] += tokens
         self._touch(s, now)
 
-    @override
-    def list_page(self, *, prefix: str = "", cursor: str | None = None, limit: int) -> list[str]:
+    def _list_page(self, op: ListPage) -> list[str]:
+        prefix, cursor, limit = op.prefix, op.cursor, op.limit
         ids = [
             sid
             for sid in self.list_sessions()
@@ -351,16 +419,9 @@ class InMemoryStore(SyncBackedStore):
         ]
         return ids[:limit]
 
-    @override
-    def append_fetched(
-        self,
-        session_id: str,
-        items: Sequence[EncodedItem],
-        *,
-        init: Header,
-        now: str,
-        dedupe: bool = False,
-    ) -> WriteResult:
+    def _append_fetched(self, op: AppendFetched) -> WriteResult:
+        session_id, items, init, now, dedupe = op.session_id, op.items, op.init, op.now, op.dedupe
+
         def apply(s: _Session) -> int:
             added = 0
             for item in items:
@@ -373,16 +434,12 @@ class InMemoryStore(SyncBackedStore):
 
         return self._write(session_id, init, now, apply)
 
-    @override
-    def merge_shared(
-        self, session_id: str, partial: Mapping[str, Any], *, init: Header, now: str
-    ) -> WriteResult:
+    def _merge_shared(self, op: MergeShared) -> WriteResult:
+        session_id, partial, init, now = op.session_id, op.partial, op.init, op.now
         return self._write_shared(session_id, init, now, lambda s: deep_merge(_clone(s), partial))
 
-    @override
-    def set_shared(
-        self, session_id: str, key: str, value: Any, *, init: Header, now: str
-    ) -> WriteResult:
+    def _set_shared(self, op: SetShared) -> WriteResult:
+        session_id, key, value, init, now = op.session_id, op.key, op.value, op.init, op.now
         copied = _clone(value)
         return self._write_shared(session_id, init, now, lambda s: {**s, key: copied})
 
@@ -412,17 +469,15 @@ class InMemoryStore(SyncBackedStore):
             self._report(expired, evicted)
         return WriteResult(created=created, evicted=tuple(evicted))
 
-    @override
-    def update_header(
-        self,
-        session_id: str,
-        *,
-        init: Header,
-        now: str,
-        metadata: Mapping[str, Any] | None = None,
-        system_prompt: str | None = None,
-        set_system_prompt: bool = False,
-    ) -> WriteResult:
+    def _update_header(self, op: UpdateHeader) -> WriteResult:
+        session_id, init, now, metadata, system_prompt, set_system_prompt = (
+            op.session_id,
+            op.init,
+            op.now,
+            op.metadata,
+            op.system_prompt,
+            op.set_system_prompt,
+        )
         fields = {
             k: v
             for k, v in _clone(dict(metadata or {})).items()
@@ -437,8 +492,9 @@ class InMemoryStore(SyncBackedStore):
 
         return self._write(session_id, init, now, apply)
 
-    @override
-    def clear(self, session_id: str, *, now: str, preserve_fetched: bool = False) -> bool:
+    def _clear(self, op: ClearSession) -> bool:
+        session_id, now, preserve_fetched = op.session_id, op.now, op.preserve_fetched
+
         def apply(s: _Session) -> bool:
             s.messages = []
             s.ids = set()
@@ -452,14 +508,8 @@ class InMemoryStore(SyncBackedStore):
 
         return bool(self._read(session_id, apply, default=False))
 
-    @override
-    def replace_document(
-        self,
-        session_id: str,
-        header: Header,
-        messages: Sequence[EncodedMessage],
-        items: Sequence[EncodedItem],
-    ) -> WriteResult:
+    def _replace_document(self, op: ReplaceDocument) -> WriteResult:
+        session_id, header, messages, items = op.session_id, op.header, op.messages, op.items
         fresh = _Session(header)
         for m in messages:
             if m.id not in fresh.ids:
@@ -483,8 +533,7 @@ class InMemoryStore(SyncBackedStore):
         self._report(expired, evicted)
         return WriteResult(created=created, added=len(fresh.messages), evicted=tuple(evicted))
 
-    @override
-    def gc(self) -> int:
+    def _gc(self, op: CollectGarbage) -> int:
         expired: list[str] = []
         with self._lock:
             now = self._clock()

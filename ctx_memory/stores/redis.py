@@ -56,7 +56,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, Union, assert_never
 from urllib.parse import parse_qs, unquote
 
 import redis
@@ -77,7 +77,7 @@ from ctx_memory.errors import (
     StoreError,
     StoreUnavailableError,
 )
-from ctx_memory.schema import dumps, now_iso
+from ctx_memory.schema import dumps
 from ctx_memory.stores._gc import GarbageCollector, gc_interval
 from ctx_memory.stores._redis_codec import (
     append_result,
@@ -86,7 +86,6 @@ from ctx_memory.stores._redis_codec import (
     decode_fetched,
     decode_header,
     encode_fetched,
-    event_json,
     json_str,
     triples,
     write_result,
@@ -112,6 +111,31 @@ from ctx_memory.stores.base import (
     assemble_document,
     check_limits,
 )
+from ctx_memory.stores.ops import (
+    AppendFetched,
+    AppendMessages,
+    ClearSession,
+    CollectGarbage,
+    CountMessages,
+    CreateSession,
+    DeleteMessages,
+    DeleteSession,
+    GetDocument,
+    GetFetched,
+    GetHeader,
+    GetMessages,
+    ListPage,
+    ListSessions,
+    MergeShared,
+    ReplaceDocument,
+    ReplaceMessage,
+    SessionExists,
+    SetShared,
+    StoreOp,
+    TruncateMessages,
+    UpdateHeader,
+)
+from ctx_memory.stores.redis_events import RedisEventPublisher
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -119,6 +143,7 @@ if TYPE_CHECKING:
     from redis.client import PubSubWorkerThread
 
     from ctx_memory.config import Settings
+    from ctx_memory.events import Event
 
 __all__ = ["EventSubscription", "RedisStore"]
 
@@ -160,12 +185,6 @@ class _Exists:
     keys: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class _Publish:
-    channel: str
-    payloads: tuple[str, ...]
-
-
 # The one place a missing script is handled, per client kind: a server that does not hold
 # the script (restarted, failed over, SCRIPT FLUSH, a cluster node) answers NOSCRIPT; the
 # script is loaded there and the same command sent again.
@@ -189,7 +208,7 @@ async def _arun(client: Any, script: str, *command: Any) -> Any:
         return await client.execute_command(*command)
 
 
-_Request = _Eval | _Command | _Exists | _Publish
+_Request = _Eval | _Command | _Exists
 
 
 class EventSubscription:
@@ -315,15 +334,19 @@ class RedisStore(BaseStore):
         self._lock = threading.Lock()
         # Write tokens make a write retried by redis-py's Retry apply once; they are only
         # left out when no retry can happen (our own single-server clients, max_retries=0).
-        # Appends to known sessions skip the generator driver when nothing follows the script
-        # (no cluster index call, no event publication).
-        self._direct = not cluster and not publish_events
         self._tokens = bool(
             max_retries > 0 or cluster or client is not None or async_client is not None
         )
         self._idx = index_key(key_prefix)
         self._lex = lex_key(key_prefix)
         self._closed = False
+        self.publisher = (
+            RedisEventPublisher(lambda: self.client, self.channel, describe=lambda: self.url)
+            if publish_events
+            else None
+        )
+        if self.publisher is not None:  # expiries and evictions: once per store
+            self.add_lifecycle_hook(self.publisher.lifecycle, key=self.publisher)
         self._collector = (
             GarbageCollector(self.gc, gc_interval_seconds, name=repr(self))
             if gc_interval_seconds is not None
@@ -449,14 +472,10 @@ class RedisStore(BaseStore):
             return _run(client, _SCRIPTS[script], "EVALSHA", _SHAS[script], len(keys), *keys, *args)
         if isinstance(request, _Command):  # the only script sent as a _Command is APPEND_SCRIPT
             return _run(client, APPEND_SCRIPT, *request.args)
-        if isinstance(request, _Exists):
-            pipe = client.pipeline(transaction=False)
-            for key in request.keys:
-                pipe.exists(key)
-            return pipe.execute()
-        for payload in request.payloads:
-            client.publish(request.channel, payload)
-        return None
+        pipe = client.pipeline(transaction=False)  # _Exists
+        for key in request.keys:
+            pipe.exists(key)
+        return pipe.execute()
 
     async def _adrive(self, op: Generator[_Request, Any, T]) -> T:
         try:
@@ -479,14 +498,10 @@ class RedisStore(BaseStore):
             )
         if isinstance(request, _Command):  # the only script sent as a _Command is APPEND_SCRIPT
             return await _arun(client, APPEND_SCRIPT, *request.args)
-        if isinstance(request, _Exists):
-            pipe = client.pipeline(transaction=False)
-            for key in request.keys:
-                pipe.exists(key)
-            return await pipe.execute()
-        for payload in request.payloads:
-            await client.publish(request.channel, payload)
-        return None
+        pipe = client.pipeline(transaction=False)  # _Exists
+        for key in request.keys:
+            pipe.exists(key)
+        return await pipe.execute()
 
     # ------------------------------------------------------------ operations (written once)
 
@@ -522,7 +537,6 @@ class RedisStore(BaseStore):
         init: Header,
         now: str,
         *extra: Any,
-        events: tuple[str, ...] = (),
         always_token: bool = False,
     ) -> Generator[_Request, Any, WriteResult]:
         # An append always carries a token: its message ids record it, so that a retry
@@ -545,14 +559,7 @@ class RedisStore(BaseStore):
         created, added, expired, evicted = write_result(reply)
         if self.cluster:
             expired, evicted = yield from self._cluster_index_write(session_id, created)
-        yield from self._report(
-            session_id,
-            created=created,
-            added=added,
-            expired=expired,
-            evicted=evicted,
-            events=events,
-        )
+        self._report(expired, evicted)
         return WriteResult(created=created, added=added, evicted=tuple(evicted))
 
     def _token(self) -> str:
@@ -591,34 +598,14 @@ class RedisStore(BaseStore):
             yield _Eval(_SESSION, keys, ("delete:0:0:", victim, "", ""))
         return [member_id(m) for m in expired_m], evicted
 
-    def _report(
-        self,
-        session_id: str,
-        *,
-        created: bool,
-        added: int,
-        expired: Sequence[str],
-        evicted: Sequence[str],
-        events: tuple[str, ...],
-    ) -> Generator[_Request, Any, None]:
+    def _report(self, expired: Sequence[str], evicted: Sequence[str]) -> None:
+        """Forget and report sessions a call found expired or evicted."""
         self._forget(expired)
         self._forget(evicted)
         for victim in expired:
             self._notify("session_expired", victim)
         for victim in evicted:
             self._notify("session_evicted", victim)
-        if self.publish_events:
-            stamp = now_iso()
-            payloads = [event_json("session_created", session_id, {}, stamp)] if created else []
-            payloads += [
-                event_json(e, session_id, {"count": added} if e in _COUNTED else {}, stamp)
-                for e in events
-                if e not in _COUNTED or added
-            ]
-            payloads += [event_json("session_expired", v, {}, stamp) for v in expired]
-            payloads += [event_json("session_evicted", v, {}, stamp) for v in evicted]
-            if payloads:
-                yield _Publish(self.channel, tuple(payloads))
 
     def _op_create(self, session_id: str, init: Header) -> Generator[_Request, Any, WriteResult]:
         return self._write("create", session_id, init, init["metadata"]["timestamp"])
@@ -633,10 +620,6 @@ class RedisStore(BaseStore):
             yield self._index("forget", session_keys(self.prefix, session_id).member)
         existed = bool((yield self._session("delete", session_id)))
         self._forget((session_id,))
-        if existed and self.publish_events:
-            yield _Publish(
-                self.channel, (event_json("session_deleted", session_id, {}, now_iso()),)
-            )
         return existed
 
     def _op_gc(self) -> Generator[_Request, Any, int]:
@@ -670,14 +653,7 @@ class RedisStore(BaseStore):
     def _forget_stale(self, stale: Sequence[Any]) -> Generator[_Request, Any, int]:
         """Drop ``(member, score)`` pairs still at that score; report those expiries once."""
         removed = [as_text(m) for m in (yield self._index("forget_stale", *stale))]
-        yield from self._report(
-            "",
-            created=False,
-            added=0,
-            expired=[member_id(m) for m in removed],
-            evicted=(),
-            events=(),
-        )
+        self._report([member_id(m) for m in removed], ())
         return len(removed)
 
     def _op_document(self, session_id: str) -> Generator[_Request, Any, dict[str, Any] | None]:
@@ -739,15 +715,8 @@ class RedisStore(BaseStore):
                 evicted: Sequence[str] = ()
                 if self.cluster and (created or self.max_sessions is not None):
                     expired, evicted = yield from self._cluster_index_write(session_id, created)
-                if expired or evicted or self.publish_events:
-                    yield from self._report(
-                        session_id,
-                        created=created,
-                        added=added,
-                        expired=expired,
-                        evicted=evicted,
-                        events=("message_added",),
-                    )
+                if expired or evicted:
+                    self._report(expired, evicted)
                 if evicted:
                     return WriteResult(created=created, added=added, evicted=tuple(evicted))
                 return append_result(reply)
@@ -759,7 +728,6 @@ class RedisStore(BaseStore):
                 init,
                 now,
                 *triples(messages),
-                events=("message_added",),
                 always_token=True,
             )
         )
@@ -845,7 +813,6 @@ class RedisStore(BaseStore):
             now,
             "1" if dedupe else "0",
             *pairs,
-            events=("fetched_added",),
         )
         if items:
             self._remember(session_id, fetched=True)
@@ -862,7 +829,6 @@ class RedisStore(BaseStore):
             mode,
             dumps(dict(partial)),
             _MAX_SHARED,
-            events=("context_updated",),
         )
 
     def _op_update_header(
@@ -886,7 +852,6 @@ class RedisStore(BaseStore):
             dumps(fields) if fields else "",
             "1" if set_system_prompt else "0",
             dumps(system_prompt) if set_system_prompt else "",
-            events=("metadata_updated",),
         )
 
     def _op_clear(
@@ -905,15 +870,6 @@ class RedisStore(BaseStore):
         )
         if existed and self.cluster:
             yield from self._cluster_index_write(session_id, False, existing_only=True)
-        if existed:
-            yield from self._report(
-                session_id,
-                created=False,
-                added=0,
-                expired=(),
-                evicted=(),
-                events=("session_cleared",),
-            )
         return existed
 
     def _op_replace(
@@ -945,163 +901,82 @@ class RedisStore(BaseStore):
         created, added, expired, evicted = write_result(reply)
         if self.cluster:
             expired, evicted = yield from self._cluster_index_write(session_id, created)
-        yield from self._report(
-            session_id,
-            created=created,
-            added=added,
-            expired=expired,
-            evicted=evicted,
-            events=("context_updated",),
-        )
+        self._report(expired, evicted)
         return WriteResult(created=created, added=added, evicted=tuple(evicted))
 
-    # ------------------------------------------------------------ sync API
+    # ------------------------------------------------------------ the store interface
+
+    def _plan(self, op: StoreOp) -> Generator[_Request, Any, object]:  # noqa: PLR0911, PLR0912
+        """The requests ``op`` needs, as a generator the two drivers run."""
+        match op:
+            case AppendMessages():
+                return self._op_append_messages(op.session_id, op.messages, op.init, op.now)
+            case GetMessages():
+                return self._op_messages(op.session_id, op.start, op.end)
+            case GetHeader():
+                return self._op_header(op.session_id)
+            case GetDocument():
+                return self._op_document(op.session_id)
+            case GetFetched():
+                return self._op_fetched(op.session_id, op.source_type)
+            case CountMessages():
+                return self._op_count(op.session_id)
+            case SessionExists():
+                return self._op_exists(op.session_id)
+            case ListSessions():
+                return self._op_list()
+            case ListPage():
+                return self._op_page(op.prefix, op.cursor, op.limit)
+            case CreateSession():
+                return self._op_create(op.session_id, op.init)
+            case DeleteSession():
+                return self._op_delete(op.session_id)
+            case DeleteMessages():
+                return self._op_delete_messages(op.session_id, op.message_ids, op.now)
+            case ReplaceMessage():
+                return self._op_replace_message(op.session_id, op.message_id, op.message, op.now)
+            case TruncateMessages():
+                return self._op_truncate(op.session_id, op.message_id, op.inclusive, op.now)
+            case AppendFetched():
+                return self._op_append_fetched(op.session_id, op.items, op.init, op.now, op.dedupe)
+            case MergeShared():
+                return self._op_merge(op.session_id, "deep", op.partial, op.init, op.now)
+            case SetShared():
+                return self._op_merge(op.session_id, "shallow", {op.key: op.value}, op.init, op.now)
+            case UpdateHeader():
+                return self._op_update_header(
+                    op.session_id,
+                    init=op.init,
+                    now=op.now,
+                    metadata=op.metadata,
+                    system_prompt=op.system_prompt,
+                    set_system_prompt=op.set_system_prompt,
+                )
+            case ClearSession():
+                return self._op_clear(op.session_id, op.now, op.preserve_fetched)
+            case ReplaceDocument():
+                return self._op_replace(op.session_id, op.header, op.messages, op.items)
+            case CollectGarbage():
+                return self._op_gc()
+            case _:
+                assert_never(op)
 
     @override
-    def create(self, session_id: str, init: Header) -> WriteResult:
-        return self._drive(self._op_create(session_id, init))
+    def handle(self, op: StoreOp) -> object:
+        return self._drive(self._plan(op))
 
     @override
-    def exists(self, session_id: str) -> bool:
-        return self._drive(self._op_exists(session_id))
+    async def ahandle(self, op: StoreOp) -> object:
+        return await self._adrive(self._plan(op))
 
     @override
-    def delete(self, session_id: str) -> bool:
-        return self._drive(self._op_delete(session_id))
-
-    @override
-    def list_sessions(self) -> list[str]:
-        return self._drive(self._op_list())
-
-    @override
-    def get_document(self, session_id: str) -> dict[str, Any] | None:
-        return self._drive(self._op_document(session_id))
-
-    @override
-    def get_header(self, session_id: str) -> Header | None:
-        return self._drive(self._op_header(session_id))
-
-    @override
-    def get_messages(self, session_id: str, start: int = 0, end: int = -1) -> list[dict[str, Any]]:
-        return self._drive(self._op_messages(session_id, start, end))
-
-    @override
-    def count_messages(self, session_id: str) -> int:
-        return self._drive(self._op_count(session_id))
-
-    @override
-    def get_fetched(
-        self, session_id: str, source_type: str | None = None
-    ) -> dict[str, list[dict[str, Any]]]:
-        return self._drive(self._op_fetched(session_id, source_type))
-
-    @override
-    def append_messages(
-        self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
-    ) -> WriteResult:
-        call = self._known.get(session_id)
-        if call is not None and self._direct:
-            # The hot path without the generator machinery: one EVALSHA, one integer back.
-            client: Any = self._client or self.client
-            tail = self._append_tail(messages, now)
-            try:
-                reply = _run(client, APPEND_SCRIPT, *call, *tail)
-                if reply == -2:  # the session has fetched items: add their keys, same token
-                    call = self._remember(session_id, fetched=True)
-                    reply = _run(client, APPEND_SCRIPT, *call, *tail)
-            except (RedisError, *_UNAVAILABLE) as e:
-                raise self._wrap(e) from e
-            if reply >= 0:
-                return append_result(reply)
-            self._forget((session_id,))
-        return self._drive(self._op_append_messages(session_id, messages, init, now))
-
-    @override
-    def delete_messages(self, session_id: str, message_ids: Sequence[str], *, now: str) -> int:
-        return self._drive(self._op_delete_messages(session_id, message_ids, now))
-
-    @override
-    def replace_message(
-        self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
-    ) -> bool:
-        return self._drive(self._op_replace_message(session_id, message_id, message, now))
-
-    @override
-    def truncate_messages(
-        self, session_id: str, message_id: str, *, inclusive: bool, now: str
-    ) -> int | None:
-        return self._drive(self._op_truncate(session_id, message_id, inclusive, now))
-
-    @override
-    def list_page(self, *, prefix: str = "", cursor: str | None = None, limit: int) -> list[str]:
-        return self._drive(self._op_page(prefix, cursor, limit))
-
-    @override
-    def append_fetched(
-        self,
-        session_id: str,
-        items: Sequence[EncodedItem],
-        *,
-        init: Header,
-        now: str,
-        dedupe: bool = False,
-    ) -> WriteResult:
-        return self._drive(self._op_append_fetched(session_id, items, init, now, dedupe))
-
-    @override
-    def merge_shared(
-        self, session_id: str, partial: Mapping[str, Any], *, init: Header, now: str
-    ) -> WriteResult:
-        return self._drive(self._op_merge(session_id, "deep", partial, init, now))
-
-    @override
-    def set_shared(
-        self, session_id: str, key: str, value: Any, *, init: Header, now: str
-    ) -> WriteResult:
-        return self._drive(self._op_merge(session_id, "shallow", {key: value}, init, now))
-
-    @override
-    def update_header(
-        self,
-        session_id: str,
-        *,
-        init: Header,
-        now: str,
-        metadata: Mapping[str, Any] | None = None,
-        system_prompt: str | None = None,
-        set_system_prompt: bool = False,
-    ) -> WriteResult:
-        return self._drive(
-            self._op_update_header(
-                session_id,
-                init=init,
-                now=now,
-                metadata=metadata,
-                system_prompt=system_prompt,
-                set_system_prompt=set_system_prompt,
-            )
-        )
-
-    @override
-    def clear(self, session_id: str, *, now: str, preserve_fetched: bool = False) -> bool:
-        return self._drive(self._op_clear(session_id, now, preserve_fetched))
-
-    @override
-    def replace_document(
-        self,
-        session_id: str,
-        header: Header,
-        messages: Sequence[EncodedMessage],
-        items: Sequence[EncodedItem],
-    ) -> WriteResult:
-        return self._drive(self._op_replace(session_id, header, messages, items))
-
-    @override
-    def gc(self) -> int:
-        return self._drive(self._op_gc())
+    def event_listeners(self) -> tuple[Callable[[Event], None], ...]:
+        return () if self.publisher is None else (self.publisher,)
 
     @override
     def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.close()
         self._closed = True
         collector, self._collector = self._collector, None
         if collector is not None:
@@ -1122,156 +997,6 @@ class RedisStore(BaseStore):
     def gc_running(self) -> bool:
         """Whether the background garbage collector is running."""
         return self._collector is not None and self._collector.running
-
-    # ------------------------------------------------------------ async API
-
-    @override
-    async def acreate(self, session_id: str, init: Header) -> WriteResult:
-        return await self._adrive(self._op_create(session_id, init))
-
-    @override
-    async def aexists(self, session_id: str) -> bool:
-        return await self._adrive(self._op_exists(session_id))
-
-    @override
-    async def adelete(self, session_id: str) -> bool:
-        return await self._adrive(self._op_delete(session_id))
-
-    @override
-    async def alist_sessions(self) -> list[str]:
-        return await self._adrive(self._op_list())
-
-    @override
-    async def aget_document(self, session_id: str) -> dict[str, Any] | None:
-        return await self._adrive(self._op_document(session_id))
-
-    @override
-    async def aget_header(self, session_id: str) -> Header | None:
-        return await self._adrive(self._op_header(session_id))
-
-    @override
-    async def aget_messages(
-        self, session_id: str, start: int = 0, end: int = -1
-    ) -> list[dict[str, Any]]:
-        return await self._adrive(self._op_messages(session_id, start, end))
-
-    @override
-    async def acount_messages(self, session_id: str) -> int:
-        return await self._adrive(self._op_count(session_id))
-
-    @override
-    async def aget_fetched(
-        self, session_id: str, source_type: str | None = None
-    ) -> dict[str, list[dict[str, Any]]]:
-        return await self._adrive(self._op_fetched(session_id, source_type))
-
-    @override
-    async def aappend_messages(
-        self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
-    ) -> WriteResult:
-        call = self._known.get(session_id)
-        if call is not None and self._direct:
-            client = self.async_client
-            tail = self._append_tail(messages, now)
-            try:
-                reply = await _arun(client, APPEND_SCRIPT, *call, *tail)
-                if reply == -2:
-                    call = self._remember(session_id, fetched=True)
-                    reply = await _arun(client, APPEND_SCRIPT, *call, *tail)
-            except (RedisError, *_UNAVAILABLE) as e:
-                raise self._wrap(e) from e
-            if reply >= 0:
-                return append_result(reply)
-            self._forget((session_id,))
-        return await self._adrive(self._op_append_messages(session_id, messages, init, now))
-
-    @override
-    async def adelete_messages(
-        self, session_id: str, message_ids: Sequence[str], *, now: str
-    ) -> int:
-        return await self._adrive(self._op_delete_messages(session_id, message_ids, now))
-
-    @override
-    async def areplace_message(
-        self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
-    ) -> bool:
-        return await self._adrive(self._op_replace_message(session_id, message_id, message, now))
-
-    @override
-    async def atruncate_messages(
-        self, session_id: str, message_id: str, *, inclusive: bool, now: str
-    ) -> int | None:
-        return await self._adrive(self._op_truncate(session_id, message_id, inclusive, now))
-
-    @override
-    async def alist_page(
-        self, *, prefix: str = "", cursor: str | None = None, limit: int
-    ) -> list[str]:
-        return await self._adrive(self._op_page(prefix, cursor, limit))
-
-    @override
-    async def aappend_fetched(
-        self,
-        session_id: str,
-        items: Sequence[EncodedItem],
-        *,
-        init: Header,
-        now: str,
-        dedupe: bool = False,
-    ) -> WriteResult:
-        return await self._adrive(self._op_append_fetched(session_id, items, init, now, dedupe))
-
-    @override
-    async def amerge_shared(
-        self, session_id: str, partial: Mapping[str, Any], *, init: Header, now: str
-    ) -> WriteResult:
-        return await self._adrive(self._op_merge(session_id, "deep", partial, init, now))
-
-    @override
-    async def aset_shared(
-        self, session_id: str, key: str, value: Any, *, init: Header, now: str
-    ) -> WriteResult:
-        return await self._adrive(self._op_merge(session_id, "shallow", {key: value}, init, now))
-
-    @override
-    async def aupdate_header(
-        self,
-        session_id: str,
-        *,
-        init: Header,
-        now: str,
-        metadata: Mapping[str, Any] | None = None,
-        system_prompt: str | None = None,
-        set_system_prompt: bool = False,
-    ) -> WriteResult:
-        return await self._adrive(
-            self._op_update_header(
-                session_id,
-                init=init,
-                now=now,
-                metadata=metadata,
-                system_prompt=system_prompt,
-                set_system_prompt=set_system_prompt,
-            )
-        )
-
-    @override
-    async def aclear(self, session_id: str, *, now: str, preserve_fetched: bool = False) -> bool:
-        return await self._adrive(self._op_clear(session_id, now, preserve_fetched))
-
-    @override
-    async def areplace_document(
-        self,
-        session_id: str,
-        header: Header,
-        messages: Sequence[EncodedMessage],
-        items: Sequence[EncodedItem],
-    ) -> WriteResult:
-        return await self._adrive(self._op_replace(session_id, header, messages, items))
-
-    async def agc(self) -> int:
-        """Async :meth:`gc`."""
-        return await self._adrive(self._op_gc())
 
     @override
     async def aclose(self) -> None:

@@ -50,7 +50,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 from typing_extensions import override
 
@@ -58,19 +58,41 @@ from ctx_memory.errors import StoreError, StoreUnavailableError
 from ctx_memory.schema import dumps
 from ctx_memory.stores._gc import GarbageCollector, check_interval, gc_interval
 from ctx_memory.stores.base import (
-    EncodedItem,
-    EncodedMessage,
+    BaseStore,
     Header,
-    SyncBackedStore,
     WriteResult,
     assemble_document,
     check_limits,
     check_shared_size,
     deep_merge,
 )
+from ctx_memory.stores.ops import (
+    AppendFetched,
+    AppendMessages,
+    ClearSession,
+    CollectGarbage,
+    CountMessages,
+    CreateSession,
+    DeleteMessages,
+    DeleteSession,
+    GetDocument,
+    GetFetched,
+    GetHeader,
+    GetMessages,
+    ListPage,
+    ListSessions,
+    MergeShared,
+    ReplaceDocument,
+    ReplaceMessage,
+    SessionExists,
+    SetShared,
+    StoreOp,
+    TruncateMessages,
+    UpdateHeader,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Sequence
 
     from ctx_memory.config import Settings
 
@@ -250,7 +272,7 @@ class _Tx:
         self.evicted: list[str] = []
 
 
-class SqliteStore(SyncBackedStore):
+class SqliteStore(BaseStore):
     """Sessions in an SQLite file (stdlib ``sqlite3``, WAL), safe for several processes.
 
     Each write is one ``BEGIN IMMEDIATE`` transaction on one connection shared under a
@@ -289,7 +311,6 @@ class SqliteStore(SyncBackedStore):
     """
 
     name = "sqlite"
-    _offload = True
 
     def __init__(
         self,
@@ -666,19 +687,66 @@ class SqliteStore(SyncBackedStore):
     # ------------------------------------------------------------ sync API
 
     @override
-    def create(self, session_id: str, init: Header) -> WriteResult:
+    def handle(self, op: StoreOp) -> object:  # noqa: PLR0911, PLR0912 - one case per operation
+        match op:
+            case AppendMessages():
+                return self._append_messages(op)
+            case GetMessages():
+                return self._get_messages(op)
+            case GetHeader():
+                return self._get_header(op)
+            case GetDocument():
+                return self._get_document(op)
+            case GetFetched():
+                return self._get_fetched(op)
+            case CountMessages():
+                return self._count_messages(op)
+            case SessionExists():
+                return self._exists(op)
+            case ListSessions():
+                return self._list_sessions(op)
+            case ListPage():
+                return self._list_page(op)
+            case CreateSession():
+                return self._create(op)
+            case DeleteSession():
+                return self._delete(op)
+            case DeleteMessages():
+                return self._delete_messages(op)
+            case ReplaceMessage():
+                return self._replace_message(op)
+            case TruncateMessages():
+                return self._truncate_messages(op)
+            case AppendFetched():
+                return self._append_fetched(op)
+            case MergeShared():
+                return self._merge_shared(op)
+            case SetShared():
+                return self._set_shared(op)
+            case UpdateHeader():
+                return self._update_header(op)
+            case ClearSession():
+                return self._clear(op)
+            case ReplaceDocument():
+                return self._replace_document(op)
+            case CollectGarbage():
+                return self._gc(op)
+            case _:
+                assert_never(op)
+
+    def _create(self, op: CreateSession) -> WriteResult:
+        session_id, init = op.session_id, op.init
         return self._write(session_id, init, init["metadata"]["timestamp"], lambda _c, _n: 0)
 
-    @override
-    def exists(self, session_id: str) -> bool:
+    def _exists(self, op: SessionExists) -> bool:
+        session_id = op.session_id
         return bool(self._read(session_id, lambda _c, _r: True, default=False))
 
-    @override
-    def delete(self, session_id: str) -> bool:
+    def _delete(self, op: DeleteSession) -> bool:
+        session_id = op.session_id
         return bool(self._tx(lambda conn, _tx: self._drop(conn, session_id)))
 
-    @override
-    def list_sessions(self) -> list[str]:
+    def _list_sessions(self, op: ListSessions) -> list[str]:
         def read(conn: sqlite3.Connection, now: float) -> tuple[list[str], bool]:
             rows = conn.execute(
                 "SELECT id FROM sessions WHERE expires_at IS NULL OR expires_at > ?", (now,)
@@ -693,15 +761,16 @@ class SqliteStore(SyncBackedStore):
             self.gc()
         return sorted(ids)
 
-    @override
-    def get_header(self, session_id: str) -> Header | None:
+    def _get_header(self, op: GetHeader) -> Header | None:
+        session_id = op.session_id
         header: Header | None = self._read(
             session_id, lambda _c, row: _header(row), None, header=True
         )
         return header
 
-    @override
-    def get_document(self, session_id: str) -> dict[str, Any] | None:
+    def _get_document(self, op: GetDocument) -> dict[str, Any] | None:
+        session_id = op.session_id
+
         def read(conn: sqlite3.Connection, row: Sequence[Any]) -> dict[str, Any]:
             messages = conn.execute(
                 "SELECT body FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
@@ -715,8 +784,9 @@ class SqliteStore(SyncBackedStore):
         document: dict[str, Any] | None = self._read(session_id, read, None, header=True)
         return document
 
-    @override
-    def get_messages(self, session_id: str, start: int = 0, end: int = -1) -> list[dict[str, Any]]:
+    def _get_messages(self, op: GetMessages) -> list[dict[str, Any]]:
+        session_id, start, end = op.session_id, op.start, op.end
+
         def read(conn: sqlite3.Connection, row: Sequence[Any]) -> list[Any]:
             bounds = lrange_bounds(start, end, row[1])
             if bounds is None:
@@ -730,8 +800,8 @@ class SqliteStore(SyncBackedStore):
         rows: list[Any] = self._read(session_id, read, [])
         return [json.loads(r[0]) for r in rows]
 
-    @override
-    def count_messages(self, session_id: str) -> int:
+    def _count_messages(self, op: CountMessages) -> int:
+        session_id = op.session_id
         count: int = self._read(session_id, lambda _c, row: row[1], 0)
         return count
 
@@ -755,19 +825,16 @@ class SqliteStore(SyncBackedStore):
             out.setdefault(kind, []).append(json.loads(body))
         return out
 
-    @override
-    def get_fetched(
-        self, session_id: str, source_type: str | None = None
-    ) -> dict[str, list[dict[str, Any]]]:
+    def _get_fetched(self, op: GetFetched) -> dict[str, list[dict[str, Any]]]:
+        session_id, source_type = op.session_id, op.source_type
         fetched: dict[str, list[dict[str, Any]]] = self._read(
             session_id, lambda conn, _r: self._fetched(conn, session_id, source_type), {}
         )
         return fetched
 
-    @override
-    def append_messages(
-        self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
-    ) -> WriteResult:
+    def _append_messages(self, op: AppendMessages) -> WriteResult:
+        session_id, messages, init, now = op.session_id, op.messages, op.init, op.now
+
         def apply(conn: sqlite3.Connection, n: int) -> int:
             # One indexed insert per message; the unique (session_id, id) index skips a
             # message already in the history, or earlier in this batch.
@@ -828,8 +895,8 @@ class SqliteStore(SyncBackedStore):
             [(first + i, session_id, old) for i, (old,) in enumerate(olds)],
         )
 
-    @override
-    def delete_messages(self, session_id: str, message_ids: Sequence[str], *, now: str) -> int:
+    def _delete_messages(self, op: DeleteMessages) -> int:
+        session_id, message_ids, now = op.session_id, op.message_ids, op.now
         wanted = list(dict.fromkeys(message_ids))
 
         def edit(conn: sqlite3.Connection, _n: int) -> tuple[int, int, int]:
@@ -854,10 +921,9 @@ class SqliteStore(SyncBackedStore):
         removed: int | None = self._edit(session_id, now, edit)
         return removed or 0
 
-    @override
-    def replace_message(
-        self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
-    ) -> bool:
+    def _replace_message(self, op: ReplaceMessage) -> bool:
+        session_id, message_id, message, now = op.session_id, op.message_id, op.message, op.now
+
         def edit(conn: sqlite3.Connection, _n: int) -> tuple[bool, int, int]:
             row = conn.execute(
                 "SELECT seq, body FROM messages WHERE session_id = ? AND id = ?",
@@ -873,10 +939,9 @@ class SqliteStore(SyncBackedStore):
 
         return bool(self._edit(session_id, now, edit))
 
-    @override
-    def truncate_messages(
-        self, session_id: str, message_id: str, *, inclusive: bool, now: str
-    ) -> int | None:
+    def _truncate_messages(self, op: TruncateMessages) -> int | None:
+        session_id, message_id, inclusive, now = op.session_id, op.message_id, op.inclusive, op.now
+
         def edit(conn: sqlite3.Connection, _n: int) -> tuple[int | None, int, int]:
             row = conn.execute(
                 "SELECT seq FROM messages WHERE session_id = ? AND id = ?",
@@ -897,8 +962,8 @@ class SqliteStore(SyncBackedStore):
         result: int | None = self._edit(session_id, now, edit)
         return result
 
-    @override
-    def list_page(self, *, prefix: str = "", cursor: str | None = None, limit: int) -> list[str]:
+    def _list_page(self, op: ListPage) -> list[str]:
+        prefix, cursor, limit = op.prefix, op.cursor, op.limit
         low = prefix if cursor is None or cursor < prefix else cursor
         upper = _prefix_end(prefix)
         query = "SELECT id FROM sessions WHERE (expires_at IS NULL OR expires_at > ?) AND id >= ?"
@@ -916,16 +981,9 @@ class SqliteStore(SyncBackedStore):
         page: list[str] = self._read_tx(read)
         return page
 
-    @override
-    def append_fetched(
-        self,
-        session_id: str,
-        items: Sequence[EncodedItem],
-        *,
-        init: Header,
-        now: str,
-        dedupe: bool = False,
-    ) -> WriteResult:
+    def _append_fetched(self, op: AppendFetched) -> WriteResult:
+        session_id, items, init, now, dedupe = op.session_id, op.items, op.init, op.now, op.dedupe
+
         def apply(conn: sqlite3.Connection, _n: int) -> int:
             (seq,) = conn.execute(
                 "SELECT COALESCE(MAX(seq), -1) + 1 FROM fetched WHERE session_id = ?",
@@ -967,35 +1025,30 @@ class SqliteStore(SyncBackedStore):
 
         return self._write(session_id, init, now, apply)
 
-    @override
-    def merge_shared(
-        self, session_id: str, partial: Mapping[str, Any], *, init: Header, now: str
-    ) -> WriteResult:
+    def _merge_shared(self, op: MergeShared) -> WriteResult:
+        session_id, partial, init, now = op.session_id, op.partial, op.init, op.now
+
         def change(shared: dict[str, Any]) -> None:
             deep_merge(shared, partial)
 
         return self._update_shared(session_id, init, now, change)
 
-    @override
-    def set_shared(
-        self, session_id: str, key: str, value: Any, *, init: Header, now: str
-    ) -> WriteResult:
+    def _set_shared(self, op: SetShared) -> WriteResult:
+        session_id, key, value, init, now = op.session_id, op.key, op.value, op.init, op.now
         encoded = dumps(value)
         return self._update_shared(
             session_id, init, now, lambda s: s.__setitem__(key, json.loads(encoded))
         )
 
-    @override
-    def update_header(
-        self,
-        session_id: str,
-        *,
-        init: Header,
-        now: str,
-        metadata: Mapping[str, Any] | None = None,
-        system_prompt: str | None = None,
-        set_system_prompt: bool = False,
-    ) -> WriteResult:
+    def _update_header(self, op: UpdateHeader) -> WriteResult:
+        session_id, init, now, metadata, system_prompt, set_system_prompt = (
+            op.session_id,
+            op.init,
+            op.now,
+            op.metadata,
+            op.system_prompt,
+            op.set_system_prompt,
+        )
         fields = {
             k: v for k, v in (metadata or {}).items() if k not in ("message_count", "token_count")
         }
@@ -1021,8 +1074,9 @@ class SqliteStore(SyncBackedStore):
 
         return self._write(session_id, init, now, apply)
 
-    @override
-    def clear(self, session_id: str, *, now: str, preserve_fetched: bool = False) -> bool:
+    def _clear(self, op: ClearSession) -> bool:
+        session_id, now, preserve_fetched = op.session_id, op.now, op.preserve_fetched
+
         def body(conn: sqlite3.Connection, tx: _Tx) -> bool:
             if self._live(conn, tx, session_id) is None:
                 return False
@@ -1036,14 +1090,9 @@ class SqliteStore(SyncBackedStore):
 
         return bool(self._tx(body))
 
-    @override
-    def replace_document(
-        self,
-        session_id: str,
-        header: Header,
-        messages: Sequence[EncodedMessage],
-        items: Sequence[EncodedItem],
-    ) -> WriteResult:
+    def _replace_document(self, op: ReplaceDocument) -> WriteResult:
+        session_id, header, messages, items = op.session_id, op.header, op.messages, op.items
+
         def body(conn: sqlite3.Connection, tx: _Tx) -> WriteResult:
             created = self._live(conn, tx, session_id) is None
             self._drop(conn, session_id)
@@ -1074,8 +1123,7 @@ class SqliteStore(SyncBackedStore):
         result: WriteResult = self._tx(body)
         return result
 
-    @override
-    def gc(self) -> int:
+    def _gc(self, op: CollectGarbage) -> int:
         removed: int = self._tx(self._collect)
         return removed
 

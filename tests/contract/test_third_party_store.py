@@ -2,9 +2,10 @@
 
 ``BlobStore`` keeps each session as one JSON document in a key-value backend (what a
 document database or a plain key-value service offers), with TTL, LRU and several store
-objects on one backend. It uses nothing of ctx_memory but ``ctx_memory.stores.base``
-(the interface, its value types and helpers) and ``ctx_memory.schema.dumps``, and
-reports lifecycle events through ``BaseStore._notify``, the hook every store calls.
+objects on one backend. It uses nothing of ctx_memory but ``ctx_memory.stores.base`` (the
+interface and its helpers), ``ctx_memory.stores.ops`` (the operations it executes) and
+``ctx_memory.schema.dumps``, and reports lifecycle events through ``BaseStore._notify``, the
+hook every store calls.
 """
 
 from __future__ import annotations
@@ -17,26 +18,50 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, assert_never
 
 import pytest
 from typing_extensions import override
 
 from ctx_memory.schema import dumps
 from ctx_memory.stores.base import (
-    SyncBackedStore,
+    BaseStore,
     WriteResult,
     assemble_document,
     check_limits,
     check_shared_size,
     deep_merge,
 )
+from ctx_memory.stores.ops import (
+    AppendFetched,
+    AppendMessages,
+    ClearSession,
+    CollectGarbage,
+    CountMessages,
+    CreateSession,
+    DeleteMessages,
+    DeleteSession,
+    GetDocument,
+    GetFetched,
+    GetHeader,
+    GetMessages,
+    ListPage,
+    ListSessions,
+    MergeShared,
+    ReplaceDocument,
+    ReplaceMessage,
+    SessionExists,
+    SetShared,
+    StoreOp,
+    TruncateMessages,
+    UpdateHeader,
+)
 from ctx_memory.testing import StoreContract
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable
 
-    from ctx_memory.stores.base import BaseStore, EncodedItem, EncodedMessage, Header
+    from ctx_memory.stores.base import Header
 
 Blob = dict[str, Any]
 """A session: ``header``, ``messages`` ([id, tokens, JSON]), ``fetched`` ([type, JSON]), ``fps``."""
@@ -57,7 +82,7 @@ class Backend:
             table.pop(session_id, None)
 
 
-class BlobStore(SyncBackedStore):
+class BlobStore(BaseStore):
     """One JSON document per session; every call is one transaction under the backend lock."""
 
     name = "blob"
@@ -154,34 +179,82 @@ class BlobStore(SyncBackedStore):
         meta["message_count"] += messages
         meta["token_count"] += tokens
 
+    # ------------------------------------------------------------ the interface
+
+    @override
+    def handle(self, op: StoreOp) -> object:
+        match op:
+            case AppendMessages():
+                return self._append_messages(op)
+            case GetMessages():
+                return self._get_messages(op)
+            case GetHeader():
+                return self._get_header(op)
+            case GetDocument():
+                return self._get_document(op)
+            case GetFetched():
+                return self._get_fetched(op)
+            case CountMessages():
+                return self._count_messages(op)
+            case SessionExists():
+                return self._exists(op)
+            case ListSessions():
+                return self._list_sessions(op)
+            case ListPage():
+                return self._list_page(op)
+            case CreateSession():
+                return self._create(op)
+            case DeleteSession():
+                return self._delete(op)
+            case DeleteMessages():
+                return self._delete_messages(op)
+            case ReplaceMessage():
+                return self._replace_message(op)
+            case TruncateMessages():
+                return self._truncate_messages(op)
+            case AppendFetched():
+                return self._append_fetched(op)
+            case MergeShared():
+                return self._merge_shared(op)
+            case SetShared():
+                return self._set_shared(op)
+            case UpdateHeader():
+                return self._update_header(op)
+            case ClearSession():
+                return self._clear(op)
+            case ReplaceDocument():
+                return self._replace_document(op)
+            case CollectGarbage():
+                return self._gc(op)
+            case _:
+                assert_never(op)
+
     # ------------------------------------------------------------ reads
 
-    @override
-    def exists(self, session_id: str) -> bool:
+    def _exists(self, op: SessionExists) -> bool:
+        session_id = op.session_id
         return self._read(session_id) is not None
 
-    @override
-    def get_header(self, session_id: str) -> Header | None:
+    def _get_header(self, op: GetHeader) -> Header | None:
+        session_id = op.session_id
         blob = self._read(session_id)
         return None if blob is None else blob["header"]  # type: ignore[no-any-return]
 
-    @override
-    def get_messages(self, session_id: str, start: int = 0, end: int = -1) -> list[dict[str, Any]]:
+    def _get_messages(self, op: GetMessages) -> list[dict[str, Any]]:
+        session_id, start, end = op.session_id, op.start, op.end
         blob = self._read(session_id)
         stored = [] if blob is None else blob["messages"]
         n = len(stored)
         lo, hi = max(start + n if start < 0 else start, 0), min(end + n if end < 0 else end, n - 1)
         return [json.loads(raw) for _, _, raw in stored[lo : hi + 1]]
 
-    @override
-    def count_messages(self, session_id: str) -> int:
+    def _count_messages(self, op: CountMessages) -> int:
+        session_id = op.session_id
         blob = self._read(session_id)
         return 0 if blob is None else len(blob["messages"])
 
-    @override
-    def get_fetched(
-        self, session_id: str, source_type: str | None = None
-    ) -> dict[str, list[dict[str, Any]]]:
+    def _get_fetched(self, op: GetFetched) -> dict[str, list[dict[str, Any]]]:
+        session_id, source_type = op.session_id, op.source_type
         blob = self._read(session_id)
         fetched: dict[str, list[dict[str, Any]]] = {}
         for kind, raw in [] if blob is None else blob["fetched"]:
@@ -189,8 +262,8 @@ class BlobStore(SyncBackedStore):
                 fetched.setdefault(kind, []).append(json.loads(raw))
         return fetched
 
-    @override
-    def get_document(self, session_id: str) -> dict[str, Any] | None:
+    def _get_document(self, op: GetDocument) -> dict[str, Any] | None:
+        session_id = op.session_id
         blob = self._read(session_id)
         if blob is None:
             return None
@@ -200,27 +273,25 @@ class BlobStore(SyncBackedStore):
         messages = [json.loads(raw) for _, _, raw in blob["messages"]]
         return assemble_document(blob["header"], messages, fetched)
 
-    @override
-    def list_sessions(self) -> list[str]:
+    def _list_sessions(self, op: ListSessions) -> list[str]:
         self.gc()
         with self.backend.lock:
             return sorted(self.backend.blobs)
 
-    @override
-    def list_page(self, *, prefix: str = "", cursor: str | None = None, limit: int) -> list[str]:
+    def _list_page(self, op: ListPage) -> list[str]:
+        prefix, cursor, limit = op.prefix, op.cursor, op.limit
         ids = self.list_sessions()
         return [s for s in ids if s.startswith(prefix) and (cursor is None or s > cursor)][:limit]
 
     # ------------------------------------------------------------ writes
 
-    @override
-    def create(self, session_id: str, init: Header) -> WriteResult:
+    def _create(self, op: CreateSession) -> WriteResult:
+        session_id, init = op.session_id, op.init
         return self._write(session_id, init, init["metadata"]["timestamp"], lambda _: 0)
 
-    @override
-    def append_messages(
-        self, session_id: str, messages: Sequence[EncodedMessage], *, init: Header, now: str
-    ) -> WriteResult:
+    def _append_messages(self, op: AppendMessages) -> WriteResult:
+        session_id, messages, init, now = op.session_id, op.messages, op.init, op.now
+
         def change(blob: Blob) -> int:
             known = {mid for mid, _, _ in blob["messages"]}
             new = []
@@ -234,16 +305,9 @@ class BlobStore(SyncBackedStore):
 
         return self._write(session_id, init, now, change, append=True)
 
-    @override
-    def append_fetched(
-        self,
-        session_id: str,
-        items: Sequence[EncodedItem],
-        *,
-        init: Header,
-        now: str,
-        dedupe: bool = False,
-    ) -> WriteResult:
+    def _append_fetched(self, op: AppendFetched) -> WriteResult:
+        session_id, items, init, now, dedupe = op.session_id, op.items, op.init, op.now, op.dedupe
+
         def change(blob: Blob) -> int:
             added = 0
             for i in items:
@@ -255,20 +319,18 @@ class BlobStore(SyncBackedStore):
 
         return self._write(session_id, init, now, change)
 
-    @override
-    def merge_shared(
-        self, session_id: str, partial: Mapping[str, Any], *, init: Header, now: str
-    ) -> WriteResult:
+    def _merge_shared(self, op: MergeShared) -> WriteResult:
+        session_id, partial, init, now = op.session_id, op.partial, op.init, op.now
+
         def change(blob: Blob) -> int:
             check_shared_size(dumps(deep_merge(blob["header"]["shared"], partial)))
             return 0
 
         return self._write(session_id, init, now, change)
 
-    @override
-    def set_shared(
-        self, session_id: str, key: str, value: Any, *, init: Header, now: str
-    ) -> WriteResult:
+    def _set_shared(self, op: SetShared) -> WriteResult:
+        session_id, key, value, init, now = op.session_id, op.key, op.value, op.init, op.now
+
         def change(blob: Blob) -> int:
             blob["header"]["shared"][key] = json.loads(dumps(value))
             check_shared_size(dumps(blob["header"]["shared"]))
@@ -276,17 +338,16 @@ class BlobStore(SyncBackedStore):
 
         return self._write(session_id, init, now, change)
 
-    @override
-    def update_header(
-        self,
-        session_id: str,
-        *,
-        init: Header,
-        now: str,
-        metadata: Mapping[str, Any] | None = None,
-        system_prompt: str | None = None,
-        set_system_prompt: bool = False,
-    ) -> WriteResult:
+    def _update_header(self, op: UpdateHeader) -> WriteResult:
+        session_id, init, now, metadata, system_prompt, set_system_prompt = (
+            op.session_id,
+            op.init,
+            op.now,
+            op.metadata,
+            op.system_prompt,
+            op.set_system_prompt,
+        )
+
         def change(blob: Blob) -> int:
             for key, value in (metadata or {}).items():
                 if key not in ("message_count", "token_count"):
@@ -297,14 +358,8 @@ class BlobStore(SyncBackedStore):
 
         return self._write(session_id, init, now, change)
 
-    @override
-    def replace_document(
-        self,
-        session_id: str,
-        header: Header,
-        messages: Sequence[EncodedMessage],
-        items: Sequence[EncodedItem],
-    ) -> WriteResult:
+    def _replace_document(self, op: ReplaceDocument) -> WriteResult:
+        session_id, header, messages, items = op.session_id, op.header, op.messages, op.items
         unique: dict[str, list[Any]] = {}
         for m in messages:
             unique.setdefault(m.id, [m.id, m.tokens, m.json])  # the first of each id
@@ -323,8 +378,9 @@ class BlobStore(SyncBackedStore):
 
     # ------------------------------------------------------------ edits, removal
 
-    @override
-    def delete_messages(self, session_id: str, message_ids: Sequence[str], *, now: str) -> int:
+    def _delete_messages(self, op: DeleteMessages) -> int:
+        session_id, message_ids, now = op.session_id, op.message_ids, op.now
+
         def edit(blob: Blob) -> tuple[int, bool]:
             gone = [m for m in blob["messages"] if m[0] in set(message_ids)]
             blob["messages"] = [m for m in blob["messages"] if m[0] not in set(message_ids)]
@@ -333,10 +389,9 @@ class BlobStore(SyncBackedStore):
 
         return int(self._edit(session_id, now, edit, 0))
 
-    @override
-    def replace_message(
-        self, session_id: str, message_id: str, message: EncodedMessage, *, now: str
-    ) -> bool:
+    def _replace_message(self, op: ReplaceMessage) -> bool:
+        session_id, message_id, message, now = op.session_id, op.message_id, op.message, op.now
+
         def edit(blob: Blob) -> tuple[bool, bool]:
             for index, (mid, tokens, _) in enumerate(blob["messages"]):
                 if mid == message_id:
@@ -347,10 +402,9 @@ class BlobStore(SyncBackedStore):
 
         return bool(self._edit(session_id, now, edit, default=False))
 
-    @override
-    def truncate_messages(
-        self, session_id: str, message_id: str, *, inclusive: bool, now: str
-    ) -> int | None:
+    def _truncate_messages(self, op: TruncateMessages) -> int | None:
+        session_id, message_id, inclusive, now = op.session_id, op.message_id, op.inclusive, op.now
+
         def edit(blob: Blob) -> tuple[int | None, bool]:
             ids = [mid for mid, _, _ in blob["messages"]]
             if message_id not in ids:
@@ -364,8 +418,9 @@ class BlobStore(SyncBackedStore):
         result: int | None = self._edit(session_id, now, edit, default=None)
         return result
 
-    @override
-    def clear(self, session_id: str, *, now: str, preserve_fetched: bool = False) -> bool:
+    def _clear(self, op: ClearSession) -> bool:
+        session_id, now, preserve_fetched = op.session_id, op.now, op.preserve_fetched
+
         def edit(blob: Blob) -> tuple[bool, bool]:
             blob["messages"] = []
             blob["header"]["metadata"].update(message_count=0, token_count=0)
@@ -375,8 +430,8 @@ class BlobStore(SyncBackedStore):
 
         return bool(self._edit(session_id, now, edit, default=False))
 
-    @override
-    def delete(self, session_id: str) -> bool:
+    def _delete(self, op: DeleteSession) -> bool:
+        session_id = op.session_id
         gone: list[tuple[str, str]] = []
         with self.backend.lock:
             found = self._live(session_id, gone) is not None
@@ -384,8 +439,7 @@ class BlobStore(SyncBackedStore):
         self._report(gone)
         return found
 
-    @override
-    def gc(self) -> int:
+    def _gc(self, op: CollectGarbage) -> int:
         gone: list[tuple[str, str]] = []
         with self.backend.lock:
             for session_id, expires in list(self.backend.expires.items()):

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from redis_workers import append_worker, merge_worker, publish_worker
+from redis_workers import append_worker, build_manager, merge_worker, publish_worker
 
 from ctx_memory.stores.redis import RedisStore
 
@@ -84,4 +84,32 @@ def test_events_reach_another_process(make_store: Callable[..., BaseStore], tmp_
     kinds = [e["type"] for e in received]
     assert kinds == ["session_created", "message_added", "context_updated", "session_deleted"]
     assert {e["session_id"] for e in received} == {"evt"}
-    assert received[1]["data"] == {"count": 1}
+    assert received[1]["data"]["count"] == 1
+    assert received[1]["data"]["roles"] == ["user"]
+
+
+@pytest.mark.stores("redis", "cluster")
+def test_published_events_are_the_in_process_events(
+    make_store: Callable[..., BaseStore], tmp_path: Any
+) -> None:
+    """Other processes receive exactly what this process's listeners got (Event.to_dict)."""
+    store = make_store()
+    assert isinstance(store, RedisStore)
+    spec = {**_spec(store, tmp_path), "publish": True}
+    received: list[dict[str, Any]] = []
+    local: list[dict[str, Any]] = []
+    with store.subscribe_events(received.append):
+        time.sleep(0.2)
+        cm = build_manager(spec)
+        cm.on(None, lambda event: local.append(event.to_dict()))
+        cm.add_user_message("same", "hello")
+        cm.add_fetched_context("same", "web", "page", url="https://a.example")
+        cm.update_metadata("same", mode="research")
+        cm.clear("same", preserve_fetched=True)
+        cm.delete_context("same")
+        cm.close()  # publishes what is queued before it returns
+        deadline = time.monotonic() + 10
+        while len(received) < len(local) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert len(local) == 6
+    assert received == local

@@ -35,16 +35,16 @@ def test_round_trip_last_k_and_clear(manager):
 
 async def test_async_is_native(manager):
     calls = []
-    original = manager.store.aappend_messages
+    original = manager.store.aexecute
 
-    async def spy(*args, **kwargs):
-        calls.append(args)
-        return await original(*args, **kwargs)
+    async def spy(op):
+        calls.append(type(op).__name__)
+        return await original(op)
 
-    manager.store.aappend_messages = spy
+    manager.store.aexecute = spy
     history = ContextChatMessageHistory(manager, "s1")
     await history.aadd_messages([HumanMessage("a"), AIMessage("b")])
-    assert calls
+    assert calls == ["AppendMessages"]  # one write, through the store's async path
     assert [m.content for m in await history.aget_messages()] == ["a", "b"]
     await history.aclear()
     assert await history.aget_messages() == []

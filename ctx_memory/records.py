@@ -1,0 +1,368 @@
+"""Building, validating and encoding what the manager stores: pure, no store, no I/O.
+
+Everything here runs before a write, so bad input raises a specific error naming what and
+where, and nothing has been written. The manager calls these functions to *plan* an
+operation; a store only ever receives the encoded result.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.messages import BaseMessage
+
+from ctx_memory.errors import DocumentImportError, InvalidMessageError, ValidationError
+from ctx_memory.schema import (
+    ContextMode,
+    SessionDocument,
+    check_json_native,
+    check_text,
+    dumps,
+    fingerprint,
+    message_to_record,
+    now_iso,
+    validate_record,
+    validate_role,
+)
+from ctx_memory.stores.base import EncodedItem, EncodedMessage, Header, check_shared_size
+
+if TYPE_CHECKING:
+    from ctx_memory.tokens import TokenCounter
+
+__all__ = [
+    "RESERVED_METADATA",
+    "api_message",
+    "assistant_record",
+    "build_record",
+    "encode_document",
+    "encode_item",
+    "encode_items",
+    "encode_record",
+    "iso_timestamp",
+    "metadata_fields",
+    "records_from",
+    "session_stats",
+]
+
+RESERVED_METADATA = frozenset(
+    {
+        "session_id",
+        "created_at",
+        "timestamp",
+        "message_count",
+        "token_count",
+        "token_encoding",
+        "system_prompt_tokens",
+    }
+)
+"""Metadata keys ctx_memory maintains itself; callers cannot set them."""
+
+
+def iso_timestamp(value: str | datetime | None) -> str:
+    """``value`` as an ISO-8601 string (now, in UTC, for ``None``; naive means UTC)."""
+    if value is None:
+        return now_iso()
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.isoformat()
+    if isinstance(value, str):
+        return value
+    msg = f"timestamp must be an ISO-8601 str or a datetime, got {type(value).__name__}"
+    raise ValidationError(msg)
+
+
+def _check_content(content: object, where: str) -> None:
+    if isinstance(content, str):
+        check_text(content, where)
+        return
+    if isinstance(content, list):
+        check_json_native(content, where)
+        return
+    msg = f"{where} must be a str or a list of content blocks, got {type(content).__name__}"
+    raise ValidationError(msg)
+
+
+def build_record(
+    role: object,
+    content: object,
+    *,
+    metadata: Mapping[str, Any] | None,
+    timestamp: str | datetime | None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """A validated message record (its ``id`` and ``token_count`` come at encoding)."""
+    checked_role = validate_role(role)
+    _check_content(content, "content")
+    check_text(name, "name", optional=True)
+    record: dict[str, Any] = {
+        "role": checked_role,
+        "content": content,
+        "timestamp": iso_timestamp(timestamp),
+        "metadata": dict(metadata or {}),
+        "token_count": 0,
+    }
+    if name is not None:
+        record["name"] = name
+    check_json_native(record["metadata"], "metadata")
+    return record
+
+
+def assistant_record(
+    content: object,
+    *,
+    model: str | None,
+    response_time_ms: float | None,
+    sources_used: Sequence[Any] | None,
+    tools_used: Sequence[str] | None,
+    metadata: Mapping[str, Any] | None,
+    timestamp: str | datetime | None,
+) -> dict[str, Any]:
+    """The assistant's reply, with what produced it in its metadata (seed 001)."""
+    given = {
+        "model": model,
+        "response_time_ms": response_time_ms,
+        "sources_used": list(sources_used) if sources_used is not None else None,
+        "tools_used": list(tools_used) if tools_used is not None else None,
+    }
+    meta = {**(metadata or {}), **{k: v for k, v in given.items() if v is not None}}
+    return build_record("assistant", content, metadata=meta, timestamp=timestamp)
+
+
+def records_from(
+    messages: Sequence[BaseMessage | Mapping[str, Any]],
+    metadata: Mapping[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """Records for LangChain messages or message dicts, validated, in order."""
+    now = now_iso()
+    records = []
+    for index, message in enumerate(messages):
+        if isinstance(message, BaseMessage):
+            record = message_to_record(message, timestamp=now, metadata=metadata)
+        elif isinstance(message, Mapping):
+            where = f"messages[{index}]"
+            own_metadata = message.get("metadata") or {}
+            if not isinstance(own_metadata, Mapping):
+                msg = f"{where}.metadata must be a dict, got {type(own_metadata).__name__}"
+                raise InvalidMessageError(f"{where}.metadata", msg)
+            extra = {
+                k: v
+                for k, v in message.items()
+                if k not in ("role", "content", "metadata", "timestamp", "name", "token_count")
+            }
+            record = build_record(
+                message.get("role"),
+                message.get("content"),
+                metadata={**(metadata or {}), **own_metadata},
+                timestamp=message.get("timestamp"),
+                name=message.get("name"),
+            )
+            record.update(extra)
+            validate_record(record, where)
+        else:
+            kind = type(message).__name__
+            msg = f"messages[{index}] must be a BaseMessage or a dict, got {kind}"
+            raise ValidationError(msg)
+        records.append(record)
+    return records
+
+
+def encode_record(
+    record: dict[str, Any], counter: TokenCounter, where: str = "message"
+) -> EncodedMessage:
+    """Give ``record`` its id (a new uuid4 if it has none) and exact token count; encode it."""
+    message_id = record.get("id")
+    if message_id is None:
+        message_id = record["id"] = str(uuid.uuid4())
+    elif not isinstance(message_id, str) or not message_id:
+        msg = f"{where}.id must be a non-empty str or None, got {message_id!r}"
+        raise InvalidMessageError(f"{where}.id", msg)
+    record["token_count"] = counter.count_record(record)
+    return EncodedMessage(dumps(record), record["token_count"], message_id)
+
+
+def encode_item(
+    counter: TokenCounter,
+    source_type: str,
+    content: str,
+    *,
+    url: str | None,
+    extracted_data: Mapping[str, Any] | None,
+    timestamp: str | datetime | None,
+) -> tuple[EncodedItem, dict[str, Any]]:
+    """A validated fetched item, encoded, and the item as stored."""
+    if not isinstance(source_type, str) or not source_type.strip():
+        msg = f"source_type must be a non-empty str, got {source_type!r}"
+        raise ValidationError(msg)
+    check_text(source_type, "source_type")
+    check_text(content, "content")
+    check_text(url, "url", optional=True)
+    extracted = dict(extracted_data or {})
+    check_json_native(extracted, "extracted_data")
+    tokens = counter.count(content)
+    item: dict[str, Any] = {
+        "source_type": source_type,
+        "content": content,
+        "url": url,
+        "timestamp": iso_timestamp(timestamp),
+        "extracted_data": extracted,
+        "token_count": tokens,
+    }
+    encoded = EncodedItem(source_type, dumps(item), tokens, fingerprint(source_type, url, content))
+    return encoded, item
+
+
+def encode_items(
+    counter: TokenCounter, items: Sequence[Mapping[str, Any]]
+) -> list[tuple[EncodedItem, dict[str, Any]]]:
+    """:func:`encode_item` for each of several item dicts shaped like stored items."""
+    out = []
+    for index, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            msg = f"items[{index}] must be a mapping, got {type(item).__name__}"
+            raise ValidationError(msg)
+        out.append(
+            encode_item(
+                counter,
+                item.get("source_type", ""),
+                item.get("content"),  # type: ignore[arg-type]
+                url=item.get("url"),
+                extracted_data=item.get("extracted_data"),
+                timestamp=item.get("timestamp"),
+            )
+        )
+    return out
+
+
+def metadata_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Metadata fields a caller may set, checked (mode by name, datetimes as ISO text)."""
+    out: dict[str, Any] = {}
+    for key, given in fields.items():
+        if key in RESERVED_METADATA:
+            msg = f"metadata.{key} is maintained by ctx_memory and cannot be set"
+            raise ValidationError(msg)
+        value = given
+        if key == "mode" and given is not None:
+            try:
+                value = ContextMode(given).value
+            except ValueError:
+                modes = ", ".join(m.value for m in ContextMode)
+                msg = f"unknown mode {given!r}: expected one of {modes}"
+                raise ValidationError(msg) from None
+        elif key == "user_time" and isinstance(given, datetime):
+            value = given.isoformat()
+        out[key] = value
+    check_json_native(out, "metadata")
+    return out
+
+
+def encode_document(
+    document: SessionDocument, target: str, counter: TokenCounter
+) -> tuple[Header, list[EncodedMessage], list[EncodedItem]]:
+    """An imported document as a store writes it; counts recomputed with ``counter``.
+
+    Raises:
+        DocumentImportError: ``shared`` is too large (or a message id is invalid).
+    """
+    messages: list[EncodedMessage] = []
+    seen: set[str] = set()
+    for index, record in enumerate(document.conversation_history):
+        plain = record.model_dump(exclude_none=True)
+        plain.setdefault("metadata", {})
+        encoded = encode_record(plain, counter, f"conversation_history.{index}")
+        if encoded.id not in seen:  # a message id is stored once, as appends do
+            seen.add(encoded.id)
+            messages.append(encoded)
+    items: list[EncodedItem] = []
+    for source_type, entries in document.fetched_context.items():
+        for entry in entries:
+            plain = entry.model_dump()
+            plain["token_count"] = counter.count(entry.content)
+            items.append(
+                EncodedItem(
+                    source_type,
+                    dumps(plain),
+                    plain["token_count"],
+                    fingerprint(source_type, entry.url, entry.content),
+                )
+            )
+    metadata = document.metadata.model_dump(mode="json")
+    metadata.update(
+        session_id=target,
+        message_count=len(messages),
+        token_count=sum(m.tokens for m in messages),
+        token_encoding=counter.encoding_name,
+        system_prompt_tokens=counter.count(document.system_prompt) if document.system_prompt else 0,
+    )
+    try:
+        check_shared_size(dumps(document.shared))
+    except ValidationError as e:
+        msg = f"invalid session document at shared: {e}"
+        raise DocumentImportError("shared", msg) from None
+    header: Header = {
+        "system_prompt": document.system_prompt,
+        "metadata": metadata,
+        "shared": document.shared,
+    }
+    return header, messages, items
+
+
+def session_stats(
+    session_id: str,
+    header: Header | None,
+    fetched: Mapping[str, Sequence[Mapping[str, Any]]],
+    store_name: str,
+) -> dict[str, Any]:
+    """One session's statistics from its cached counts (``get_memory_stats(session_id)``)."""
+    if header is None:
+        return {"session_id": session_id, "exists": False}
+    meta = header["metadata"]
+    fetched_items = {t: len(items) for t, items in fetched.items()}
+    fetched_tokens = {
+        t: sum(int(i.get("token_count", 0)) for i in items) for t, items in fetched.items()
+    }
+    system_tokens = int(meta.get("system_prompt_tokens", 0))
+    history_tokens = int(meta["token_count"])
+    return {
+        "session_id": session_id,
+        "exists": True,
+        "mode": meta.get("mode"),
+        "created_at": meta.get("created_at"),
+        "last_updated": meta.get("timestamp"),
+        "message_count": int(meta["message_count"]),
+        "token_count": history_tokens,
+        "token_encoding": meta.get("token_encoding"),
+        "system_prompt_tokens": system_tokens,
+        "fetched_items": fetched_items,
+        "fetched_tokens": fetched_tokens,
+        "fetched_item_count": sum(fetched_items.values()),
+        "total_tokens": system_tokens + history_tokens + sum(fetched_tokens.values()),
+        "shared_keys": sorted(header["shared"]),
+        "store": store_name,
+    }
+
+
+def api_message(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored record as an OpenAI-style chat message (function-format tool calls)."""
+    message: dict[str, Any] = {"role": record["role"], "content": record["content"]}
+    if record.get("name"):
+        message["name"] = record["name"]
+    if record.get("tool_calls"):
+        message["tool_calls"] = [
+            {
+                "id": call.get("id"),
+                "type": "function",
+                "function": {
+                    "name": call.get("name"),
+                    "arguments": json.dumps(call.get("args", {})),
+                },
+            }
+            for call in record["tool_calls"]
+        ]
+    if record.get("tool_call_id"):
+        message["tool_call_id"] = record["tool_call_id"]
+    return message
