@@ -57,6 +57,9 @@ class Part:
     load: Callable[[], Values | None]
     aload: Callable[[], Awaitable[Values | None]] | None = None
 
+    def read(self) -> Values | None:
+        return self.load()
+
     async def aread(self) -> Values | None:
         return self.load() if self.aload is None else await self.aload()
 
@@ -156,7 +159,7 @@ def read(flow: Generator[Part, Values | None, T]) -> T:
     try:
         part = next(flow)
         while True:
-            part = flow.send(part.load())
+            part = flow.send(part.read())
     except StopIteration as done:
         result: T = done.value
         return result
