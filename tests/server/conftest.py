@@ -1,0 +1,61 @@
+"""Fixtures for the HTTP service: apps, and clients in process and over real uvicorn.
+
+Every endpoint test runs twice through the ``http`` fixture: with FastAPI's ``TestClient``
+(in process) and with ``httpx`` against the same app served by uvicorn on a loopback port.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from server_helpers import LiveServer
+
+from ctx_memory import ContextManager
+from ctx_memory.server import create_app
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from fastapi import FastAPI
+
+
+@pytest.fixture
+def manager() -> Iterator[ContextManager]:
+    with ContextManager() as cm:
+        yield cm
+
+
+@pytest.fixture(params=["testclient", "uvicorn"])
+def serve(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """``serve(app)`` gives a client of ``app``: TestClient, or httpx over real uvicorn."""
+    opened: list[Any] = []
+
+    def start(app: FastAPI) -> Any:
+        if request.param == "testclient":
+            client: Any = TestClient(app)
+            client.__enter__()
+            opened.append(client)
+            return client
+        live = LiveServer(app).__enter__()
+        opened.append(live)
+        client = httpx.Client(base_url=live.url, timeout=30)
+        opened.append(client)
+        return client
+
+    yield start
+    for thing in reversed(opened):
+        if isinstance(thing, LiveServer):
+            thing.__exit__(None, None, None)
+        elif isinstance(thing, httpx.Client):
+            thing.close()
+        else:
+            thing.__exit__(None, None, None)
+
+
+@pytest.fixture
+def http(serve: Any, manager: ContextManager) -> Any:
+    """A client of an open app (no keys) over ``manager``."""
+    return serve(create_app(manager))

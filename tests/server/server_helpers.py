@@ -1,0 +1,106 @@
+"""Helpers of the HTTP service tests: keys, a uvicorn server in a thread, SSE parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+
+from ctx_memory.config import load_settings
+from ctx_memory.server.keys import hash_api_key
+from ctx_memory.server.models import DemoChatModel
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from fastapi import FastAPI
+    from langchain_core.outputs import ChatGenerationChunk
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+KEY_A = "ctxm_tenant-a-key-0123456789abcdef"
+KEY_B = "ctxm_tenant-b-key-fedcba9876543210"
+ADMIN = "ctxm_admin-key-00112233445566778899"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def keyed_settings(**overrides: Any) -> Any:
+    """Settings with two tenants (a, b) and one admin key, on the in-memory store."""
+    values: dict[str, Any] = {
+        "server_api_keys": [
+            {"tenant": "a", "sha256": hash_api_key(KEY_A)},
+            {"tenant": "b", "sha256": hash_api_key(KEY_B)},
+        ],
+        "server_admin_keys": [hash_api_key(ADMIN)],
+        "server_cookie_secret": "test-cookie-secret",
+        **overrides,
+    }
+    return load_settings(**values)
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+class LiveServer:
+    """An app served by uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                msg = "uvicorn did not start"
+                raise RuntimeError(msg)
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+def sse_events(text: str) -> list[tuple[str, str]]:
+    """``(event, data)`` of each Server-Sent Event in a body."""
+    events = []
+    for block in text.replace("\r\n", "\n").split("\n\n"):
+        name, data = "message", []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
+        if data:
+            events.append((name, "\n".join(data)))
+    return events
+
+
+class SlowModel(DemoChatModel):
+    """The demo model, waiting ``delay`` seconds before each streamed chunk."""
+
+    delay: float = 0.05
+
+    async def _astream(self, messages: Any, stop: Any = None, run_manager: Any = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:  # fmt: skip
+        for chunk in self._stream(messages, stop=stop, **kwargs):
+            await asyncio.sleep(self.delay)
+            yield chunk

@@ -1,0 +1,146 @@
+"""``ctx-memory serve`` as a user runs it: a real process, a real HTTP client."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+from server_helpers import ADMIN, KEY_A, auth, free_port, sse_events
+
+from ctx_memory.server.keys import hash_api_key
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CTX_MEMORY_")}
+
+
+class Served:
+    def __init__(self, cwd: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "ctx_memory", *args, "serve", "--port", str(self.port)]
+        self.proc = subprocess.Popen(
+            command, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                out, err = self.proc.communicate(timeout=10)
+                pytest.fail(f"ctx-memory serve did not start: {err[-2000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> str:
+        self.proc.send_signal(signal.SIGINT)
+        _, err = self.proc.communicate(timeout=30)
+        return err
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Any]:
+    started: list[Served] = []
+
+    def start(*args: str) -> Served:
+        server = Served(tmp_path, *args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.stop()
+
+
+def test_serve_runs_the_seed_endpoints_on_the_configured_store(served: Any, tmp_path: Path) -> None:
+    db = str(tmp_path / "sessions.sqlite3")
+    server = served("--store", "sqlite", "--sqlite-path", db)
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        sent = {
+            "session_id": "cli",
+            "text_content": "Paris from $420",
+            "current_url": "https://a.example",
+        }
+        assert client.post("/add_webtext/", json=sent).status_code == 200
+        chat = client.get("/chat_response/", params={"session_id": "cli", "question": "Price?"})
+        assert sse_events(chat.text)[-1][0] == "done"
+        stats = client.get("/get_memory_stats/", params={"session_id": "cli"}).json()
+        assert (stats["message_count"], stats["store"]) == (2, "sqlite")
+    err = server.stop()
+    assert "serving the sqlite store, no keys" in err
+    # the sessions outlive the process: a new server sees them
+    again = served("--sqlite-path", db)
+    assert httpx.get(f"{again.url}/v1/sessions").json()["sessions"] == ["cli"]
+
+
+def test_serve_with_keys_from_settings_toml(served: Any, tmp_path: Path) -> None:
+    (tmp_path / "settings.toml").write_text(
+        "[ctx_memory]\n"
+        f'SERVER_API_KEYS = [{{ tenant = "acme", sha256 = "{hash_api_key(KEY_A)}" }}]\n'
+        f'SERVER_ADMIN_KEYS = ["{hash_api_key(ADMIN)}"]\n',
+        encoding="utf-8",
+    )
+    server = served()
+    assert httpx.get(f"{server.url}/v1/sessions").status_code == 401
+    ok = httpx.get(f"{server.url}/v1/whoami", headers=auth(KEY_A))
+    assert ok.json()["tenant"] == "acme"
+    err = server.stop()
+    assert "keys required (1 tenant(s), 1 admin key(s))" in err
+    assert KEY_A not in err
+    assert ADMIN not in err
+    assert hash_api_key(KEY_A) not in err
+
+
+def test_serve_refuses_every_interface_without_keys(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ctx_memory", "serve", "--host", "0.0.0.0", "--port", "1"],
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "refusing to serve on 0.0.0.0 without keys" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_cli_imports_no_web_framework() -> None:
+    code = (
+        "import sys, ctx_memory.cli, ctx_memory.server, ctx_memory.server.cli;"
+        "bad = [m for m in ('fastapi', 'uvicorn', 'starlette', 'sse_starlette') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_serve_is_in_the_help() -> None:
+    done = subprocess.run([sys.executable, "-m", "ctx_memory", "serve", "--help"],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**_env(), "COLUMNS": "200", "TERM": "dumb"})  # fmt: skip
+    assert done.returncode == 0
+    for option in ("--host", "--port", "--proxy-headers", "--forwarded-allow-ips", "--root-path"):
+        assert option in done.stdout
+
+
+def test_keys_module_prints_a_new_key_and_its_settings_line() -> None:
+    done = subprocess.run([sys.executable, "-m", "ctx_memory.server.keys", "acme"],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    lines = done.stdout.splitlines()
+    key = lines[1].strip()
+    assert key.startswith("ctxm_")
+    assert f'sha256 = "{hash_api_key(key)}"' in done.stdout
+    assert 'tenant = "acme"' in done.stdout
+    assert json.dumps(key) not in done.stderr

@@ -1,0 +1,308 @@
+"""Keys, tenants and limits: two tenants try each other's sessions; hostile ids, keys, bodies."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import pytest
+import redis
+from server_helpers import ADMIN, KEY_A, KEY_B, auth, free_port, keyed_settings, sse_events
+
+from ctx_memory.config import load_settings
+from ctx_memory.server import create_app
+from ctx_memory.server.keys import hash_api_key
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+HOSTILE_IDS = [
+    "../b",
+    "a/../../b",
+    "..",
+    "%2e%2e",
+    "a%2Fb",
+    "x?tenant=b",
+    "x#frag",
+    "<script>alert(1)</script>",
+    "\u202eevil",
+    "spaces and ; , = & + $",
+    "ключ-сессии-🙂",
+    "a:{b}:c",
+    "b" * 256,
+]
+
+
+def _webtext(client: Any, key: str, sid: str, text: str) -> Any:
+    return client.post(
+        "/add_webtext/", json={"session_id": sid, "text_content": text}, headers=auth(key)
+    )
+
+
+@pytest.fixture
+def keyed(serve: Any) -> Any:
+    return serve(create_app(settings=keyed_settings()))
+
+
+def test_requests_without_a_valid_key_are_401(keyed: Any) -> None:
+    response = keyed.get("/v1/sessions")
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["error"] == "unauthorized"
+    for headers in (
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Bearer"},
+        {"Authorization": f"Basic {KEY_A}"},
+        {"Authorization": f"Bearer {KEY_A}x"},
+        {"Authorization": f"Bearer {KEY_A[:-1]}"},
+        {"Authorization": "Bearer " + "k" * 20_000},
+        {"X-API-Key": hash_api_key(KEY_A)},  # the stored hash is not a key
+        {"Authorization": "Bearer caf\xe9".encode("latin-1")},
+    ):
+        assert keyed.get("/v1/sessions", headers=headers).status_code == 401, headers
+    assert keyed.get("/v1/sessions", params={"api_key": KEY_A}).status_code == 401
+    assert keyed.get("/get_memory_stats/", headers={"X-API-Key": KEY_A}).status_code == 200
+    assert keyed.get("/healthz").status_code == 200
+
+
+def test_two_tenants_cannot_read_write_list_or_export_each_other(keyed: Any) -> None:
+    assert _webtext(keyed, KEY_A, "shared-name", "secret of A").status_code == 200
+    assert _webtext(keyed, KEY_A, "only-a", "more of A").status_code == 200
+    # B sees nothing of A, by any route
+    assert keyed.get("/v1/sessions", headers=auth(KEY_B)).json()["sessions"] == []
+    for path in (
+        "/v1/sessions/shared-name",
+        "/v1/sessions/shared-name/export",
+        "/v1/sessions/shared-name/messages",
+        "/v1/sessions/shared-name/stats",
+        "/v1/sessions/only-a",
+    ):
+        assert keyed.get(path, headers=auth(KEY_B)).status_code == 404, path
+    stats = keyed.get("/get_memory_stats/", params={"session_id": "only-a"}, headers=auth(KEY_B))
+    assert stats.json() == {"session_id": "only-a", "exists": False}
+    assert keyed.delete("/v1/sessions/only-a", headers=auth(KEY_B)).status_code == 404
+    keyed.delete("/clear/", params={"session_id": "only-a"}, headers=auth(KEY_B))
+    # B naming A's tenant is refused, not answered
+    for path in ("/v1/sessions", "/v1/sessions/only-a", "/get_memory_stats/"):
+        refused = keyed.get(path, params={"tenant": "a"}, headers=auth(KEY_B))
+        assert refused.status_code == 403, path
+    # B writes the same id: its own session; A's is untouched
+    assert _webtext(keyed, KEY_B, "shared-name", "secret of B").status_code == 200
+    chat = keyed.get("/chat_response/", params={"session_id": "shared-name", "question": "secret?"},
+                     headers=auth(KEY_B))  # fmt: skip
+    done = json.loads(sse_events(chat.text)[-1][1])
+    assert [s["url"] for s in done["sources_used"]] == [None]
+    assert "secret of A" not in chat.text
+    document_b = keyed.get("/v1/sessions/shared-name", headers=auth(KEY_B)).json()
+    document_a = keyed.get("/v1/sessions/shared-name", headers=auth(KEY_A)).json()
+    assert document_b["fetched_context"]["js_scraping"][0]["content"] == "secret of B"
+    assert document_a["fetched_context"]["js_scraping"][0]["content"] == "secret of A"
+    assert document_a["conversation_history"] == []
+    assert keyed.get("/v1/sessions/only-a", headers=auth(KEY_A)).status_code == 200
+    # B imports a document claiming A's session id: it lands in B's tenant only
+    exported = keyed.get("/v1/sessions/only-a/export", headers=auth(KEY_A)).text
+    hijack = json.loads(exported)
+    hijack["fetched_context"]["js_scraping"][0]["content"] = "overwritten by B"
+    put = keyed.post("/v1/sessions", params={"overwrite": "true"}, json=hijack, headers=auth(KEY_B))
+    assert put.status_code == 201
+    again = keyed.get("/v1/sessions/only-a", headers=auth(KEY_A)).json()
+    assert again["fetched_context"]["js_scraping"][0]["content"] == "more of A"
+    assert keyed.get("/v1/sessions", headers=auth(KEY_A)).json()["sessions"] == [
+        "only-a",
+        "shared-name",
+    ]
+    assert keyed.get("/v1/sessions", headers=auth(KEY_B)).json()["sessions"] == [
+        "only-a",
+        "shared-name",
+    ]
+
+
+def test_an_admin_key_names_the_tenant(keyed: Any) -> None:
+    _webtext(keyed, KEY_A, "s", "A's")
+    assert keyed.get("/v1/sessions", headers=auth(ADMIN)).status_code == 400
+    listed = keyed.get("/v1/sessions", params={"tenant": "a"}, headers=auth(ADMIN)).json()
+    assert listed["sessions"] == ["s"]
+    assert (
+        keyed.get("/v1/sessions", params={"tenant": "b"}, headers=auth(ADMIN)).json()["sessions"]
+        == []
+    )
+    for tenant in ("c", "../a", "a:b", "", "A"):
+        response = keyed.get("/v1/sessions", params={"tenant": tenant}, headers=auth(ADMIN))
+        assert response.status_code in (400, 404), tenant
+    assert keyed.get("/v1/whoami", headers=auth(KEY_A)).json() == {
+        "tenant": "a",
+        "admin": False,
+        "key_id": hash_api_key(KEY_A)[:12],
+    }
+
+
+@pytest.mark.parametrize("sid", HOSTILE_IDS, ids=range(len(HOSTILE_IDS)))
+def test_hostile_session_ids_stay_in_their_tenant(keyed: Any, sid: str) -> None:
+    written = _webtext(keyed, KEY_A, sid, f"text of {sid}")
+    assert written.status_code == 200, written.text
+    # "." and ".." are dot segments a client removes: they go percent-encoded too
+    path = f"/v1/sessions/{quote(sid, safe='').replace('.', '%2E')}"
+    document = keyed.get(path, headers=auth(KEY_A))
+    assert document.status_code == 200
+    assert document.json()["metadata"]["session_id"] == sid
+    assert keyed.get(path, headers=auth(KEY_B)).status_code == 404
+    assert keyed.get(f"{path}/export", headers=auth(KEY_B)).status_code == 404
+    assert keyed.get("/v1/sessions", headers=auth(KEY_A)).json()["sessions"] == [sid]
+    assert keyed.get("/v1/sessions", headers=auth(KEY_B)).json()["sessions"] == []
+    assert keyed.delete(path, headers=auth(KEY_A)).status_code == 200
+    assert keyed.get("/v1/sessions", headers=auth(KEY_A)).json()["sessions"] == []
+
+
+@pytest.mark.parametrize("sid", ["", "a\x00b", "tab\there", "line\nbreak", "x" * 257, "x" * 5000])
+def test_invalid_session_ids_are_400(keyed: Any, sid: str) -> None:
+    response = _webtext(keyed, KEY_A, sid, "text")
+    assert response.status_code in (400, 422), response.text
+    assert keyed.get("/v1/sessions", headers=auth(KEY_A)).json()["sessions"] == []
+
+
+def test_body_and_webtext_size_limits(serve: Any) -> None:
+    client = serve(create_app(settings=keyed_settings(
+        server_max_body_bytes=2000, server_max_webtext_bytes=500)))  # fmt: skip
+    big = {"session_id": "s", "text_content": "x" * 3000}
+    response = client.post("/add_webtext/", json=big, headers=auth(KEY_A))
+    assert (response.status_code, response.json()["error"]) == (413, "too_large")
+
+    def chunks() -> Any:  # no Content-Length: chunked transfer encoding
+        for _ in range(10):
+            yield b'{"session_id": "s", "text_content": "' + b"y" * 300
+
+    chunked = client.post("/add_webtext/", content=chunks(),
+                          headers={**auth(KEY_A), "content-type": "application/json"})  # fmt: skip
+    assert chunked.status_code == 413
+    webtext = client.post("/add_webtext/", json={"session_id": "s", "text_content": "é" * 300},
+                          headers=auth(KEY_A))  # fmt: skip
+    assert (webtext.status_code, webtext.json()["error"]) == (413, "too_large")
+    assert "600 bytes" in webtext.json()["detail"]
+    assert client.get("/v1/sessions", headers=auth(KEY_A)).json()["sessions"] == []
+    fits = client.post("/add_webtext/", json={"session_id": "s", "text_content": "z" * 400},
+                       headers=auth(KEY_A))  # fmt: skip
+    assert fits.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type"),
+    [
+        (b"{not json", "application/json"),
+        (b"[1, 2, 3]", "application/json"),
+        (b'{"session_id": "s"}', "application/json"),
+        (b'{"session_id": "s", "text_content": 42}', "application/json"),
+        (b'{"session_id": "s", "text_content": null}', "application/json"),
+        (b"session_id=s&text_content=x", "application/x-www-form-urlencoded"),
+        (b"\xff\xfe\x00garbage", "application/json"),
+        (b"[" * 10_000 + b"]" * 10_000, "application/json"),
+    ],
+)
+def test_malformed_bodies_are_clear_4xx(keyed: Any, content: bytes, content_type: str) -> None:
+    response = keyed.post(
+        "/add_webtext/", content=content, headers={**auth(KEY_A), "content-type": content_type}
+    )
+    assert 400 <= response.status_code < 500, response.text
+    assert "error" in response.json()
+    assert keyed.get("/v1/sessions", headers=auth(KEY_A)).json()["sessions"] == []
+
+
+def test_rate_limits_are_per_key(serve: Any) -> None:
+    client = serve(create_app(settings=keyed_settings(
+        server_rate_limit_per_minute=6, server_rate_limit_burst=3)))  # fmt: skip
+    codes = [client.get("/v1/sessions", headers=auth(KEY_A)).status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+    limited = client.get("/v1/sessions", headers=auth(KEY_A))
+    assert limited.json()["error"] == "rate_limited"
+    assert 1 <= int(limited.headers["retry-after"]) <= 10
+    assert client.get("/v1/sessions", headers=auth(KEY_B)).status_code == 200
+
+
+def test_cors_allows_the_configured_extension_origin_only(serve: Any) -> None:
+    origin = "chrome-extension://abcdefghijklmnop"
+    client = serve(create_app(settings=keyed_settings(server_cors_origins=[origin])))
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}  # fmt: skip
+    ok = client.options("/add_webtext/", headers={"Origin": origin, **preflight})
+    assert ok.status_code == 200
+    assert ok.headers["access-control-allow-origin"] == origin
+    evil = client.options("/add_webtext/", headers={"Origin": "https://evil.example", **preflight})
+    assert "access-control-allow-origin" not in evil.headers
+    simple = client.get("/v1/sessions", headers={"Origin": origin, **auth(KEY_A)})
+    assert simple.headers["access-control-allow-origin"] == origin
+
+
+def test_a_store_outage_is_503_with_retry_after(serve: Any) -> None:
+    settings = load_settings(
+        store="redis",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        redis_max_retries=0,
+        redis_socket_timeout=0.5,
+    )
+    client = serve(create_app(settings=settings))
+    for response in (
+        client.get("/v1/sessions"),
+        client.get("/get_memory_stats/", params={"session_id": "s"}),
+        client.get("/chat_response/", params={"session_id": "s", "question": "hi"}),
+        client.post("/add_webtext/", json={"session_id": "s", "text_content": "t"}),
+    ):
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "5"
+        body = response.json()
+        assert body["error"] == "store_unavailable"
+        assert "127.0.0.1" not in body["detail"]  # nothing of the store's address
+
+
+def test_sqlite_tenants_live_in_their_own_files(serve: Any, tmp_path: Path) -> None:
+    path = tmp_path / "ctx.sqlite3"
+    client = serve(create_app(settings=keyed_settings(store="sqlite", sqlite_path=str(path))))
+    _webtext(client, KEY_A, "s", "text of A")
+    _webtext(client, KEY_B, "s", "text of B")
+    files = sorted(p.name for p in tmp_path.glob("*.sqlite3"))
+    assert files == ["ctx.tenant-a.sqlite3", "ctx.tenant-b.sqlite3"]
+    for tenant, text in (("a", "text of A"), ("b", "text of B")):
+        with sqlite3.connect(tmp_path / f"ctx.tenant-{tenant}.sqlite3") as db:
+            dump = "\n".join(db.iterdump())
+        assert text in dump
+        assert ("text of B" if tenant == "a" else "text of A") not in dump
+
+
+@pytest.mark.redis
+def test_redis_tenants_live_under_their_own_key_prefix(
+    serve: Any, redis_url: str, key_prefix: str
+) -> None:
+    settings = keyed_settings(store="redis", redis_url=redis_url, redis_key_prefix=key_prefix)
+    client = serve(create_app(settings=settings))
+    try:
+        _webtext(client, KEY_A, "s", "text of A")
+        _webtext(client, KEY_B, "s", "text of B")
+        assert (
+            client.get("/v1/sessions/s", headers=auth(KEY_B)).json()["fetched_context"][
+                "js_scraping"
+            ][0]["content"]
+            == "text of B"
+        )
+        raw = redis.Redis.from_url(redis_url)
+        keys = {k.decode() for k in raw.scan_iter(match=f"{key_prefix}:*")}
+        assert keys
+        assert all(
+            k.startswith((f"{key_prefix}:tenant:a:", f"{key_prefix}:tenant:b:")) for k in keys
+        )
+    finally:
+        raw = redis.Redis.from_url(redis_url)
+        for key in raw.scan_iter(match=f"{key_prefix}:*"):
+            raw.delete(key)
+        raw.close()
+
+
+def test_auth_on_without_keys_is_a_configuration_error() -> None:
+    from ctx_memory.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="SERVER_AUTH"):
+        create_app(settings=load_settings(server_auth="on"))
+
+
+def test_auth_off_serves_openly_even_with_keys(serve: Any) -> None:
+    client = serve(create_app(settings=keyed_settings(server_auth="off")))
+    assert client.get("/v1/sessions").status_code == 200

@@ -1,0 +1,152 @@
+"""The versioned JSON API: sessions (list, get, export, import, delete, messages) and turns."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from server_helpers import sse_events
+
+if TYPE_CHECKING:
+    from ctx_memory import ContextManager
+
+
+def test_list_sessions_pages_with_a_cursor(http: Any, manager: ContextManager) -> None:
+    for i in range(7):
+        manager.add_user_message(f"user-{i}", "hi")
+    manager.add_user_message("other", "hi")
+    first = http.get("/v1/sessions", params={"prefix": "user-", "limit": 3}).json()
+    assert first == {"sessions": ["user-0", "user-1", "user-2"], "next_cursor": "user-2"}
+    second = http.get(
+        "/v1/sessions", params={"prefix": "user-", "limit": 3, "cursor": first["next_cursor"]}
+    ).json()
+    assert second["sessions"] == ["user-3", "user-4", "user-5"]
+    last = http.get(
+        "/v1/sessions", params={"prefix": "user-", "limit": 3, "cursor": second["next_cursor"]}
+    ).json()
+    assert last == {"sessions": ["user-6"], "next_cursor": None}
+    assert http.get("/v1/sessions", params={"limit": 0}).status_code == 422
+    assert http.get("/v1/sessions", params={"limit": 501}).status_code == 422
+
+
+def test_get_export_import_delete_round_trip(http: Any, manager: ContextManager) -> None:
+    manager.set_system_prompt("trip", "Be brief.")
+    manager.add_user_message("trip", "Where?")
+    manager.add_assistant_message("trip", "Paris.", model="m")
+    document = http.get("/v1/sessions/trip").json()
+    assert document == manager.get_context("trip")
+    exported = http.get("/v1/sessions/trip/export")
+    assert exported.headers["content-disposition"].startswith("attachment")
+    text = exported.text
+    assert json.loads(text) == document
+    deleted = http.delete("/v1/sessions/trip")
+    assert deleted.json() == {"session_id": "trip", "deleted": True}
+    assert http.get("/v1/sessions/trip").status_code == 404
+    assert http.delete("/v1/sessions/trip").status_code == 404
+    created = http.post("/v1/sessions", content=text, headers={"content-type": "application/json"})
+    assert created.status_code == 201
+    assert created.json() == {"session_id": "trip"}
+    assert manager.get_history("trip")[1]["content"] == "Paris."
+    again = http.post("/v1/sessions", content=text, headers={"content-type": "application/json"})
+    assert again.status_code == 409
+    assert http.post("/v1/sessions", params={"overwrite": "true"}, content=text,
+                     headers={"content-type": "application/json"}).status_code == 201  # fmt: skip
+    put = http.put(
+        "/v1/sessions/copy%2F1", content=text, headers={"content-type": "application/json"}
+    )
+    assert put.json() == {"session_id": "copy/1"}
+    assert manager.get_history("copy/1")[0]["content"] == "Where?"
+
+
+def test_a_malformed_import_names_the_field_and_writes_nothing(
+    http: Any, manager: ContextManager
+) -> None:
+    manager.add_user_message("x", "hi")
+    bad = json.loads(manager.export_session("x"))
+    manager.delete_context("x")
+    bad["conversation_history"][0]["role"] = "wizard"
+    response = http.post("/v1/sessions", json=bad)
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"] == "invalid_document"
+    assert body["field"].startswith("conversation_history")
+    assert manager.list_sessions() == []
+    assert http.post("/v1/sessions", content=b"{not json",
+                     headers={"content-type": "application/json"}).status_code == 422  # fmt: skip
+    assert http.post("/v1/sessions", json=[1, 2]).status_code == 422
+
+
+def test_messages_read_and_append(http: Any, manager: ContextManager) -> None:
+    manager.add_user_message("m", "one")
+    manager.add_assistant_message("m", "two")
+    body = http.get("/v1/sessions/m/messages", params={"last_k": 1}).json()
+    assert [r["content"] for r in body["messages"]] == ["two"]
+    added = http.post("/v1/sessions/m/messages", json={"role": "user", "content": "three"})
+    assert added.status_code == 201
+    assert added.json()["content"] == "three"
+    assert [r["content"] for r in manager.get_history("m")] == ["one", "two", "three"]
+    wrong = http.post("/v1/sessions/m/messages", json={"role": "wizard", "content": "x"})
+    assert (wrong.status_code, wrong.json()["error"]) == (400, "invalid_input")
+    assert http.get("/v1/sessions/none/messages").status_code == 404
+
+
+def test_stats_webtext_and_clear(http: Any, manager: ContextManager) -> None:
+    sent = {"text": "Page text", "url": "https://p.example", "title": "P"}
+    assert http.post("/v1/sessions/w/webtext", json=sent).status_code == 200
+    stats = http.get("/v1/sessions/w/stats").json()
+    assert stats["fetched_items"] == {"js_scraping": 1}
+    assert http.get("/v1/sessions/none/stats").status_code == 404
+    manager.add_user_message("w", "q")
+    cleared = http.post("/v1/sessions/w/clear", params={"preserve_fetched": "true"}).json()
+    assert cleared == {"session_id": "w", "cleared": True}
+    assert manager.get_memory_stats("w")["fetched_item_count"] == 1
+    assert http.get("/v1/stats").json()["session_count"] == 1
+
+
+def test_chat_research_and_agent_turns(http: Any, manager: ContextManager) -> None:
+    sid = "turn/with slash"
+    path = f"/v1/sessions/{quote(sid, safe='')}"
+    streamed = http.post(f"{path}/chat", json={"question": "Hello?"})
+    assert sse_events(streamed.text)[-1][0] == "done"
+    reply = http.post(f"{path}/chat", json={"question": "Again?", "stream": False}).json()
+    assert "Again?" in reply["response"]
+    research = http.post(f"{path}/research", json={"question": "book ahead", "stream": False})
+    assert research.json()["cited"] == [1]
+    agent = http.post(f"{path}/agent", json={"question": "Go"}).json()
+    assert "Go" in agent["response"]
+    roles = [r["role"] for r in manager.get_history(sid)]
+    assert roles == ["user", "assistant"] * 4
+
+
+def test_validation_errors_are_clear_json(http: Any) -> None:
+    response = http.post("/v1/sessions/s/chat", json={"question": ""})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["error"] == "validation_error"
+    assert body["detail"][0]["loc"] == ["body", "question"]
+    assert http.post("/v1/sessions/s/chat", content=b"{", headers={"content-type":
+                     "application/json"}).status_code == 422  # fmt: skip
+    assert http.post("/v1/sessions/s/chat", json={"question": 5}).status_code == 422
+    assert http.get("/v1/sessions", params={"limit": "many"}).status_code == 422
+    assert http.get("/no/such/route").json()["error"] == "not_found"
+    assert http.patch("/v1/sessions").status_code == 405
+
+
+def test_a_question_over_the_budget_is_422_and_writes_nothing(
+    serve: Any, manager: ContextManager
+) -> None:
+    from ctx_memory.config import load_settings
+    from ctx_memory.server import create_app
+
+    client = serve(create_app(manager, load_settings(server_max_tokens=1200)))
+    response = client.get(
+        "/chat_response/", params={"session_id": "big", "question": "word " * 2000}
+    )
+    assert response.status_code == 422
+    assert response.json()["error"] == "over_budget"
+    assert manager.get_history("big") == []
+
+
+def test_health_needs_no_key(http: Any) -> None:
+    assert http.get("/healthz").json() == {"status": "ok"}
