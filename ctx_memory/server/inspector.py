@@ -127,7 +127,10 @@ def _page(
 
 
 def _tenant(request: Request, who: Principal, asked: str | None) -> tuple[str, Any]:
+    """The tenant a page shows: the one asked for, else the first (in name order)."""
     state = state_of(request)
+    if not asked and who.admin and state.tenants.names:
+        asked = state.tenants.names[0]
     name = resolve_tenant(state, who, asked or None)
     request.state.ctx_memory_tenant = name
     return name, state.tenants.get(name)

@@ -99,8 +99,9 @@ class SlowModel(DemoChatModel):
 
     delay: float = 0.05
 
-    async def _astream(self, messages: Any, stop: Any = None, run_manager: Any = None,
-                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:  # fmt: skip
+    async def _astream(
+        self, messages: Any, stop: Any = None, run_manager: Any = None, **kwargs: Any
+    ) -> AsyncIterator[ChatGenerationChunk]:
         for chunk in self._stream(messages, stop=stop, **kwargs):
             await asyncio.sleep(self.delay)
             yield chunk

@@ -41,7 +41,7 @@ class Served:
             except httpx.HTTPError:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                out, err = self.proc.communicate(timeout=10)
+                _, err = self.proc.communicate(timeout=10)
                 pytest.fail(f"ctx-memory serve did not start: {err[-2000:]}")
             time.sleep(0.1)
 
@@ -108,8 +108,13 @@ def test_serve_with_keys_from_settings_toml(served: Any, tmp_path: Path) -> None
 def test_serve_refuses_every_interface_without_keys(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "ctx_memory", "serve", "--host", "0.0.0.0", "--port", "1"],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 2
     assert "refusing to serve on 0.0.0.0 without keys" in done.stderr
     assert "Traceback" not in done.stderr
@@ -118,26 +123,38 @@ def test_serve_refuses_every_interface_without_keys(tmp_path: Path) -> None:
 def test_the_cli_imports_no_web_framework() -> None:
     code = (
         "import sys, ctx_memory.cli, ctx_memory.server, ctx_memory.server.cli;"
-        "bad = [m for m in ('fastapi', 'uvicorn', 'starlette', 'sse_starlette') if m in sys.modules];"
+        "web = ('fastapi', 'uvicorn', 'starlette', 'sse_starlette');"
+        "bad = [m for m in web if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_serve_is_in_the_help() -> None:
-    done = subprocess.run([sys.executable, "-m", "ctx_memory", "serve", "--help"],
-                          capture_output=True, text=True, timeout=60, check=False,
-                          env={**_env(), "COLUMNS": "200", "TERM": "dumb"})  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "ctx_memory", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**_env(), "COLUMNS": "200", "TERM": "dumb"},
+    )
     assert done.returncode == 0
     for option in ("--host", "--port", "--proxy-headers", "--forwarded-allow-ips", "--root-path"):
         assert option in done.stdout
 
 
 def test_keys_module_prints_a_new_key_and_its_settings_line() -> None:
-    done = subprocess.run([sys.executable, "-m", "ctx_memory.server.keys", "acme"],
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "ctx_memory.server.keys", "acme"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     lines = done.stdout.splitlines()
     key = lines[1].strip()
     assert key.startswith("ctxm_")

@@ -90,8 +90,11 @@ def test_two_tenants_cannot_read_write_list_or_export_each_other(keyed: Any) -> 
         assert refused.status_code == 403, path
     # B writes the same id: its own session; A's is untouched
     assert _webtext(keyed, KEY_B, "shared-name", "secret of B").status_code == 200
-    chat = keyed.get("/chat_response/", params={"session_id": "shared-name", "question": "secret?"},
-                     headers=auth(KEY_B))  # fmt: skip
+    chat = keyed.get(
+        "/chat_response/",
+        params={"session_id": "shared-name", "question": "secret?"},
+        headers=auth(KEY_B),
+    )
     done = json.loads(sse_events(chat.text)[-1][1])
     assert [s["url"] for s in done["sources_used"]] == [None]
     assert "secret of A" not in chat.text
@@ -163,8 +166,11 @@ def test_invalid_session_ids_are_400(keyed: Any, sid: str) -> None:
 
 
 def test_body_and_webtext_size_limits(serve: Any) -> None:
-    client = serve(create_app(settings=keyed_settings(
-        server_max_body_bytes=2000, server_max_webtext_bytes=500)))  # fmt: skip
+    client = serve(
+        create_app(
+            settings=keyed_settings(server_max_body_bytes=2000, server_max_webtext_bytes=500)
+        )
+    )
     big = {"session_id": "s", "text_content": "x" * 3000}
     response = client.post("/add_webtext/", json=big, headers=auth(KEY_A))
     assert (response.status_code, response.json()["error"]) == (413, "too_large")
@@ -173,16 +179,21 @@ def test_body_and_webtext_size_limits(serve: Any) -> None:
         for _ in range(10):
             yield b'{"session_id": "s", "text_content": "' + b"y" * 300
 
-    chunked = client.post("/add_webtext/", content=chunks(),
-                          headers={**auth(KEY_A), "content-type": "application/json"})  # fmt: skip
+    chunked = client.post(
+        "/add_webtext/",
+        content=chunks(),
+        headers={**auth(KEY_A), "content-type": "application/json"},
+    )
     assert chunked.status_code == 413
-    webtext = client.post("/add_webtext/", json={"session_id": "s", "text_content": "é" * 300},
-                          headers=auth(KEY_A))  # fmt: skip
+    webtext = client.post(
+        "/add_webtext/", json={"session_id": "s", "text_content": "é" * 300}, headers=auth(KEY_A)
+    )
     assert (webtext.status_code, webtext.json()["error"]) == (413, "too_large")
     assert "600 bytes" in webtext.json()["detail"]
     assert client.get("/v1/sessions", headers=auth(KEY_A)).json()["sessions"] == []
-    fits = client.post("/add_webtext/", json={"session_id": "s", "text_content": "z" * 400},
-                       headers=auth(KEY_A))  # fmt: skip
+    fits = client.post(
+        "/add_webtext/", json={"session_id": "s", "text_content": "z" * 400}, headers=auth(KEY_A)
+    )
     assert fits.status_code == 200
 
 
@@ -209,8 +220,11 @@ def test_malformed_bodies_are_clear_4xx(keyed: Any, content: bytes, content_type
 
 
 def test_rate_limits_are_per_key(serve: Any) -> None:
-    client = serve(create_app(settings=keyed_settings(
-        server_rate_limit_per_minute=6, server_rate_limit_burst=3)))  # fmt: skip
+    client = serve(
+        create_app(
+            settings=keyed_settings(server_rate_limit_per_minute=6, server_rate_limit_burst=3)
+        )
+    )
     codes = [client.get("/v1/sessions", headers=auth(KEY_A)).status_code for _ in range(4)]
     assert codes == [200, 200, 200, 429]
     limited = client.get("/v1/sessions", headers=auth(KEY_A))
@@ -222,8 +236,10 @@ def test_rate_limits_are_per_key(serve: Any) -> None:
 def test_cors_allows_the_configured_extension_origin_only(serve: Any) -> None:
     origin = "chrome-extension://abcdefghijklmnop"
     client = serve(create_app(settings=keyed_settings(server_cors_origins=[origin])))
-    preflight = {"Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization,content-type"}  # fmt: skip
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
     ok = client.options("/add_webtext/", headers={"Origin": origin, **preflight})
     assert ok.status_code == 200
     assert ok.headers["access-control-allow-origin"] == origin

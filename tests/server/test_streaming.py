@@ -27,9 +27,11 @@ def test_tokens_arrive_while_the_model_is_still_answering(manager: ContextManage
         with client.stream("GET", "/chat_response/", params=params) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
             assert response.headers["cache-control"] == "no-store"
-            for line in response.iter_lines():
-                if line.startswith("event:"):
-                    seen.append((time.perf_counter() - started, line[6:].strip()))
+            seen.extend(
+                (time.perf_counter() - started, line[6:].strip())
+                for line in response.iter_lines()
+                if line.startswith("event:")
+            )
     first_token = next(t for t, name in seen if name == "token")
     done = next(t for t, name in seen if name == "done")
     assert done - first_token > 0.5  # ~30 chunks 50 ms apart: the first came long before

@@ -70,8 +70,12 @@ def test_a_5xx_marks_the_span_as_an_error() -> None:
     from server_helpers import free_port
 
     provider, exporter = _provider()
-    settings = load_settings(store="redis", redis_url=f"redis://127.0.0.1:{free_port()}/0",
-                             redis_max_retries=0, redis_socket_timeout=0.5)  # fmt: skip
+    settings = load_settings(
+        store="redis",
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+        redis_max_retries=0,
+        redis_socket_timeout=0.5,
+    )
     with TestClient(create_app(settings=settings, tracer_provider=provider)) as client:
         assert client.get("/v1/sessions").status_code == 503
     (span,) = exporter.get_finished_spans()

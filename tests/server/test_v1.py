@@ -50,8 +50,15 @@ def test_get_export_import_delete_round_trip(http: Any, manager: ContextManager)
     assert manager.get_history("trip")[1]["content"] == "Paris."
     again = http.post("/v1/sessions", content=text, headers={"content-type": "application/json"})
     assert again.status_code == 409
-    assert http.post("/v1/sessions", params={"overwrite": "true"}, content=text,
-                     headers={"content-type": "application/json"}).status_code == 201  # fmt: skip
+    assert (
+        http.post(
+            "/v1/sessions",
+            params={"overwrite": "true"},
+            content=text,
+            headers={"content-type": "application/json"},
+        ).status_code
+        == 201
+    )
     put = http.put(
         "/v1/sessions/copy%2F1", content=text, headers={"content-type": "application/json"}
     )
@@ -72,8 +79,12 @@ def test_a_malformed_import_names_the_field_and_writes_nothing(
     assert body["error"] == "invalid_document"
     assert body["field"].startswith("conversation_history")
     assert manager.list_sessions() == []
-    assert http.post("/v1/sessions", content=b"{not json",
-                     headers={"content-type": "application/json"}).status_code == 422  # fmt: skip
+    assert (
+        http.post(
+            "/v1/sessions", content=b"{not json", headers={"content-type": "application/json"}
+        ).status_code
+        == 422
+    )
     assert http.post("/v1/sessions", json=[1, 2]).status_code == 422
 
 
@@ -125,8 +136,12 @@ def test_validation_errors_are_clear_json(http: Any) -> None:
     body = response.json()
     assert body["error"] == "validation_error"
     assert body["detail"][0]["loc"] == ["body", "question"]
-    assert http.post("/v1/sessions/s/chat", content=b"{", headers={"content-type":
-                     "application/json"}).status_code == 422  # fmt: skip
+    assert (
+        http.post(
+            "/v1/sessions/s/chat", content=b"{", headers={"content-type": "application/json"}
+        ).status_code
+        == 422
+    )
     assert http.post("/v1/sessions/s/chat", json={"question": 5}).status_code == 422
     assert http.get("/v1/sessions", params={"limit": "many"}).status_code == 422
     assert http.get("/no/such/route").json()["error"] == "not_found"
