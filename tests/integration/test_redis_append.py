@@ -112,12 +112,12 @@ async def test_async_retried_append_is_applied_once(
 ) -> None:
     store = make_store()
     await store.aappend_messages("s", [msg(0)], init=init("s"), now=NOW)
-    monkeypatch.setattr("ctx_memory.stores.redis.os.urandom", lambda n: b"\x02" * n)
+    monkeypatch.setattr("ctx_memory.stores._redis_ops.os.urandom", lambda n: b"\x02" * n)
     first = await store.aappend_messages("s", [msg(1)], init=init("s"), now=NOW)
     again = await store.aappend_messages("s", [msg(1)], init=init("s"), now=NOW)  # same token
     assert first == again
     assert (first.created, first.added) == (False, 1)
-    monkeypatch.setattr("ctx_memory.stores.redis.os.urandom", lambda n: b"\x03" * n)
+    monkeypatch.setattr("ctx_memory.stores._redis_ops.os.urandom", lambda n: b"\x03" * n)
     other = await store.aappend_messages("s", [msg(1)], init=init("s"), now=NOW)  # new write
     assert (other.created, other.added) == (False, 0)
     assert await store.acount_messages("s") == 2
@@ -269,7 +269,7 @@ def test_retried_writes_are_applied_once_however_many_writes_come_between(
     store = make_store()
     assert isinstance(store, RedisStore)
     token = [b"\x00" * 8]
-    monkeypatch.setattr("ctx_memory.stores.redis.os.urandom", lambda n: token[0])
+    monkeypatch.setattr("ctx_memory.stores._redis_ops.os.urandom", lambda n: token[0])
 
     def write(i: int) -> Any:  # appends and merges alternate, each with its own token
         token[0] = i.to_bytes(8, "big")

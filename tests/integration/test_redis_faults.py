@@ -166,7 +166,7 @@ def test_retried_write_is_applied_once(
 ) -> None:
     """A write whose reply was lost is retried with the same token and not applied twice."""
     store = RedisStore(redis_url, key_prefix=key_prefix)
-    monkeypatch.setattr("ctx_memory.stores.redis.os.urandom", lambda n: b"\x01" * n)
+    monkeypatch.setattr("ctx_memory.stores._redis_ops.os.urandom", lambda n: b"\x01" * n)
     first = store.append_messages("s", [msg(0), msg(1)], init=init("s"), now=NOW)
     again = store.append_messages("s", [msg(0), msg(1)], init=init("s"), now=NOW)
     assert first == again

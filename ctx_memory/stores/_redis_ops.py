@@ -1,0 +1,577 @@
+"""What each Redis store operation sends, as requests: no sockets, no event loop.
+
+:class:`RedisOperations` turns each typed operation into a generator that yields
+:data:`Request` values (a script call, a raw command, a pipelined ``EXISTS``) and receives
+their replies; :class:`~ctx_memory.stores.redis.RedisStore` runs that generator on the
+sync client or on the asyncio client. Every operation is thus written once for both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, assert_never
+
+from ctx_memory.errors import SharedStateTooLargeError
+from ctx_memory.schema import dumps
+from ctx_memory.stores._redis_codec import (
+    append_result,
+    as_int,
+    clean_init,
+    decode_fetched,
+    decode_header,
+    encode_fetched,
+    json_str,
+    triples,
+    write_result,
+)
+from ctx_memory.stores._redis_keys import as_text, member_id, session_keys
+from ctx_memory.stores._redis_lua import APPEND_SCRIPT, INDEX_SCRIPT, SESSION_SCRIPT
+from ctx_memory.stores.base import MAX_SHARED_BYTES, BaseStore, WriteResult, assemble_document
+from ctx_memory.stores.ops import (
+    AppendFetched,
+    AppendMessages,
+    ClearSession,
+    CollectGarbage,
+    CountMessages,
+    CreateSession,
+    DeleteMessages,
+    DeleteSession,
+    GetDocument,
+    GetFetched,
+    GetHeader,
+    GetMessages,
+    ListPage,
+    ListSessions,
+    MergeShared,
+    ReplaceDocument,
+    ReplaceMessage,
+    SessionExists,
+    SetShared,
+    StoreOp,
+    TruncateMessages,
+    UpdateHeader,
+)
+
+if TYPE_CHECKING:
+    from collections import OrderedDict
+    from collections.abc import Generator, Iterable, Mapping, Sequence
+
+    from ctx_memory.stores.base import EncodedItem, EncodedMessage, Header
+
+__all__ = [
+    "APPEND_SHA",
+    "SCRIPTS",
+    "SHAS",
+    "Command",
+    "Eval",
+    "Exists",
+    "RedisOperations",
+    "Request",
+]
+
+
+# ---------------------------------------------------------------- requests
+
+# Every operation is written once, as a generator that yields requests and receives their
+# replies; ``_drive`` runs it on the sync client and ``_adrive`` on the asyncio client.
+
+
+SESSION, INDEX, APPEND = 0, 1, 2
+SCRIPTS = (SESSION_SCRIPT, INDEX_SCRIPT, APPEND_SCRIPT)
+SHAS = tuple(hashlib.sha1(s.encode()).hexdigest() for s in SCRIPTS)  # noqa: S324 - script id
+APPEND_SHA = SHAS[APPEND].encode()
+
+
+class Eval(NamedTuple):
+    script: int  # SESSION, INDEX or APPEND
+    keys: tuple[str | bytes, ...]
+    args: tuple[Any, ...]
+
+
+class Command(NamedTuple):
+    args: tuple[Any, ...]  # a complete command: EVALSHA of APPEND_SCRIPT, LRANGE, ZMSCORE
+
+
+@dataclass(frozen=True, slots=True)
+class Exists:
+    keys: tuple[str, ...]
+
+
+Request = Eval | Command | Exists
+
+_MAX_SHARED = str(MAX_SHARED_BYTES)
+
+
+class RedisOperations(BaseStore):
+    """The Redis store's operations as request generators (the store runs them)."""
+
+    prefix: str
+    cluster: bool
+    max_sessions: int | None
+    _known: OrderedDict[str, tuple[Any, ...]]
+    _tokens: bool
+    _ttl_ms: str
+    _max: str
+    _limits: str
+    _idx: str
+    _lex: str
+    _idx_arg: tuple[str, ...]
+
+    # ------------------------------------------------------------ operations (written once)
+
+    def _session(
+        self,
+        op: str,
+        session_id: str,
+        *extra: Any,
+        token: str = "",
+        now: str = "",
+        init: str = "",
+    ) -> Eval:
+        keys: tuple[str, ...] = session_keys(self.prefix, session_id).script_keys
+        if not self.cluster:
+            keys += (self._idx, self._lex)
+        return Eval(SESSION, keys, (f"{op}:{self._limits}:{token}", session_id, now, init, *extra))
+
+    def _index(self, op: str, *args: Any) -> Eval:
+        return Eval(INDEX, (self._idx, self._lex, self._lex + "v"), (op, *args))
+
+    def _read(self, op: str, session_id: str, *extra: Any) -> Generator[Request, Any, Any]:
+        reply = yield self._session(op, session_id, *extra)
+        if self.cluster and self.max_sessions is not None and reply:
+            yield self._index("read", session_keys(self.prefix, session_id).member)
+        return reply
+
+    def _write(
+        self,
+        op: str,
+        session_id: str,
+        init: Header,
+        now: str,
+        *extra: Any,
+        always_token: bool = False,
+    ) -> Generator[Request, Any, WriteResult]:
+        # An append always carries a token: its message ids record it, so that a retry
+        # whose first attempt landed answers that attempt's count.
+        write_token = os.urandom(8).hex() if always_token else self._token()
+        now_json = json_str(now)
+        known = session_id in self._known
+        init_json = "" if known else dumps(clean_init(init))
+        reply = yield self._session(
+            op, session_id, *extra, token=write_token, now=now_json, init=init_json
+        )
+        if known and as_text(reply) == "init":  # gone since (expired, evicted, deleted elsewhere)
+            init_json = dumps(clean_init(init))
+            reply = yield self._session(
+                op, session_id, *extra, token=write_token, now=now_json, init=init_json
+            )
+        if isinstance(reply, (bytes, str)) and as_text(reply).startswith("too_large:"):
+            raise SharedStateTooLargeError(int(as_text(reply)[10:]), MAX_SHARED_BYTES)
+        self._remember(session_id)
+        created, added, expired, evicted = write_result(reply)
+        if self.cluster:
+            expired, evicted = yield from self._cluster_index_write(session_id, created)
+        self._report(expired, evicted)
+        return WriteResult(created=created, added=added, evicted=tuple(evicted))
+
+    def _token(self) -> str:
+        return os.urandom(8).hex() if self._tokens else ""
+
+    def _remember(self, session_id: str, *, fetched: bool = False) -> tuple[Any, ...]:
+        """Remember a session as existing; returns the start of its APPEND_SCRIPT call."""
+        known = self._known
+        call = known.get(session_id)
+        if call is not None and (not fetched or int(call[2]) >= 5):
+            return call
+        k = session_keys(self.prefix, session_id)
+        # With the index (max_sessions on a single server) the fetched keys always come too.
+        full = fetched or bool(self._idx_arg)
+        keys = ((k.h, k.m, k.ids, k.f, k.fp) if full else (k.h, k.m, k.ids)) + self._idx_arg
+        call = ("EVALSHA", APPEND_SHA, str(len(keys)).encode(), *[k.encode() for k in keys])
+        known[session_id] = call
+        if len(known) > 10_000:
+            known.popitem(last=False)
+        return call
+
+    def _forget(self, session_ids: Iterable[str]) -> None:
+        for session_id in session_ids:
+            self._known.pop(session_id, None)
+
+    def _cluster_index_write(
+        self, session_id: str, created: bool, *, existing_only: bool = False
+    ) -> Generator[Request, Any, tuple[list[str], list[str]]]:
+        member = session_keys(self.prefix, session_id).member
+        expired_m, evicted_m = yield self._index(
+            "write", member, self._max, "1" if created else "0", "1" if existing_only else "0"
+        )
+        evicted = [member_id(m) for m in evicted_m]
+        for victim in evicted:
+            keys = session_keys(self.prefix, victim).script_keys
+            yield Eval(SESSION, keys, ("delete:0:0:", victim, "", ""))
+        return [member_id(m) for m in expired_m], evicted
+
+    def _report(self, expired: Sequence[str], evicted: Sequence[str]) -> None:
+        """Forget and report sessions a call found expired or evicted."""
+        self._forget(expired)
+        self._forget(evicted)
+        for victim in expired:
+            self._notify("session_expired", victim)
+        for victim in evicted:
+            self._notify("session_evicted", victim)
+
+    def _op_create(self, session_id: str, init: Header) -> Generator[Request, Any, WriteResult]:
+        return self._write("create", session_id, init, init["metadata"]["timestamp"])
+
+    def _op_exists(self, session_id: str) -> Generator[Request, Any, bool]:
+        return bool((yield from self._read("exists", session_id)))
+
+    def _op_delete(self, session_id: str) -> Generator[Request, Any, bool]:
+        if self.cluster:
+            # Unindex first: a write re-creating the session after the keys are gone indexes
+            # it again, so no live session is left out of the index by this race.
+            yield self._index("forget", session_keys(self.prefix, session_id).member)
+        existed = bool((yield self._session("delete", session_id)))
+        self._forget((session_id,))
+        return existed
+
+    def _op_gc(self) -> Generator[Request, Any, int]:
+        _, expired = yield from self._members()
+        return expired
+
+    def _op_list(self) -> Generator[Request, Any, list[str]]:
+        alive, _ = yield from self._members()
+        return sorted(member_id(m) for m in alive)
+
+    def _members(self) -> Generator[Request, Any, tuple[list[str], int]]:
+        """Live index members; members whose keys are gone (expired) are dropped.
+
+        A gone member is dropped only if its score is the one read here (nobody re-created
+        the session since), and only the call that dropped it reports it: several
+        processes listing at once report each expiry once.
+        """
+        reply = yield self._index("members")
+        members = [as_text(m) for m in reply[0::2]]
+        if not members:
+            return [], 0
+        hashes = tuple(session_keys(self.prefix, member_id(m)).h for m in members)
+        alive = yield Exists(hashes)
+        stale: list[Any] = []
+        for member, score, ok in zip(members, reply[1::2], alive, strict=True):
+            if not int(ok):
+                stale += (member, score)
+        removed = (yield from self._forget_stale(stale)) if stale else 0
+        return [m for m, ok in zip(members, alive, strict=True) if int(ok)], removed
+
+    def _forget_stale(self, stale: Sequence[Any]) -> Generator[Request, Any, int]:
+        """Drop ``(member, score)`` pairs still at that score; report those expiries once."""
+        removed = [as_text(m) for m in (yield self._index("forget_stale", *stale))]
+        self._report([member_id(m) for m in removed], ())
+        return len(removed)
+
+    def _op_document(self, session_id: str) -> Generator[Request, Any, dict[str, Any] | None]:
+        reply = yield from self._read("doc", session_id)
+        if not reply:
+            return None
+        fields, messages, fetched = reply
+        return assemble_document(
+            decode_header(fields), [json.loads(m) for m in messages], decode_fetched(fetched)
+        )
+
+    def _op_header(self, session_id: str) -> Generator[Request, Any, Header | None]:
+        reply = yield from self._read("head", session_id)
+        return decode_header(reply) if reply else None
+
+    def _op_messages(
+        self, session_id: str, start: int, end: int
+    ) -> Generator[Request, Any, list[dict[str, Any]]]:
+        if self.max_sessions is None:  # no LRU index to touch, and reads never slide the TTL
+            key = session_keys(self.prefix, session_id).m
+            reply = yield Command(("LRANGE", key, start, end))
+        else:
+            reply = yield from self._read("msgs", session_id, start, end)
+        return [json.loads(m) for m in reply]
+
+    def _op_count(self, session_id: str) -> Generator[Request, Any, int]:
+        if self.max_sessions is None:
+            return int((yield Command(("LLEN", session_keys(self.prefix, session_id).m))))
+        return int((yield from self._read("count", session_id)))
+
+    def _op_fetched(
+        self, session_id: str, source_type: str | None
+    ) -> Generator[Request, Any, dict[str, list[dict[str, Any]]]]:
+        reply = yield from self._read("fetched", session_id)
+        return decode_fetched(reply, source_type)
+
+    def _append_tail(self, messages: Sequence[EncodedMessage], now: str) -> tuple[Any, ...]:
+        """The ``ARGV`` of :data:`APPEND_SCRIPT`: its scalars packed in one, then the messages."""
+        head = f"{self._ttl_ms} {os.urandom(8).hex()} {json_str(now)}"
+        if len(messages) == 1:
+            msg = messages[0]
+            return (head, msg.id, msg.tokens, msg.json)
+        return (head, *triples(messages))
+
+    def _op_append_messages(
+        self, session_id: str, messages: Sequence[EncodedMessage], init: Header, now: str
+    ) -> Generator[Request, Any, WriteResult]:
+        call = self._known.get(session_id)
+        if call is not None:
+            # The session exists as far as we know: APPEND_SCRIPT, which answers an integer.
+            tail = self._append_tail(messages, now)
+            reply = yield Command((*call, *tail))
+            if reply == -2:  # it has fetched items: their keys' TTL must be refreshed too
+                call = self._remember(session_id, fetched=True)
+                reply = yield Command((*call, *tail))  # same token: still applied once
+            if reply >= 0:
+                created, added = bool(reply & 1), reply >> 1
+                expired: Sequence[str] = ()
+                evicted: Sequence[str] = ()
+                if self.cluster and (created or self.max_sessions is not None):
+                    expired, evicted = yield from self._cluster_index_write(session_id, created)
+                if expired or evicted:
+                    self._report(expired, evicted)
+                if evicted:
+                    return WriteResult(created=created, added=added, evicted=tuple(evicted))
+                return append_result(reply)
+            self._forget((session_id,))  # gone since: create it again with the init header
+        return (
+            yield from self._write(
+                "append",
+                session_id,
+                init,
+                now,
+                *triples(messages),
+                always_token=True,
+            )
+        )
+
+    def _op_edit(
+        self, op: str, session_id: str, now: str, *extra: Any
+    ) -> Generator[Request, Any, int]:
+        """A history edit (``msgdel``, ``msgset``, ``truncate``): removed/replaced, or -1."""
+        reply = yield self._session(op, session_id, *extra, token=self._token(), now=dumps(now))
+        result = int(reply)
+        if result > 0 and self.cluster and self.max_sessions is not None:
+            yield self._index("read", session_keys(self.prefix, session_id).member)
+        return result
+
+    def _op_delete_messages(
+        self, session_id: str, message_ids: Sequence[str], now: str
+    ) -> Generator[Request, Any, int]:
+        if not message_ids:
+            return 0
+        return max(0, (yield from self._op_edit("msgdel", session_id, now, *message_ids)))
+
+    def _op_replace_message(
+        self, session_id: str, message_id: str, message: EncodedMessage, now: str
+    ) -> Generator[Request, Any, bool]:
+        reply = yield from self._op_edit(
+            "msgset", session_id, now, message_id, message.tokens, message.json
+        )
+        return reply > 0
+
+    def _op_truncate(
+        self, session_id: str, message_id: str, inclusive: bool, now: str
+    ) -> Generator[Request, Any, int | None]:
+        reply = yield from self._op_edit(
+            "truncate", session_id, now, message_id, "1" if inclusive else "0"
+        )
+        return None if reply < 0 else reply
+
+    def _op_page(
+        self, prefix: str, cursor: str | None, limit: int
+    ) -> Generator[Request, Any, list[str]]:
+        """A page of live ids from the id-ordered index; gone sessions are dropped from it."""
+        low = b"[" + prefix.encode()
+        if cursor is not None and cursor >= prefix:
+            low = b"(" + cursor.encode()
+        high = b"(" + prefix.encode() + b"\xff" if prefix else b"+"  # 0xff: in no UTF-8 text
+        page: list[str] = []
+        while len(page) < limit:
+            want = limit - len(page)
+            ids = [as_text(i) for i in (yield self._index("page", low, high, want))]
+            if not ids:
+                break
+            keys = [session_keys(self.prefix, sid) for sid in ids]
+            alive = yield Exists(tuple(k.h for k in keys))
+            page += [sid for sid, ok in zip(ids, alive, strict=True) if int(ok)]
+            gone = [k.member for k, ok in zip(keys, alive, strict=True) if not int(ok)]
+            if gone:
+                yield from self._drop_gone(gone)
+            if len(ids) < want:
+                break
+            low = b"(" + ids[-1].encode()
+        return page
+
+    def _drop_gone(self, members: Sequence[str]) -> Generator[Request, Any, None]:
+        """Drop index members whose session expired; report each expiry once."""
+        scores = yield Command(("ZMSCORE", self._idx, *members))
+        stale: list[Any] = []
+        for member, score in zip(members, scores, strict=True):
+            if score is not None:
+                stale += (member, score)
+        if stale:
+            yield from self._forget_stale(stale)
+
+    def _op_append_fetched(
+        self, session_id: str, items: Sequence[EncodedItem], init: Header, now: str, dedupe: bool
+    ) -> Generator[Request, Any, WriteResult]:
+        pairs: list[str] = []
+        for item in items:
+            pairs += (item.fingerprint, encode_fetched(item))
+        result = yield from self._write(
+            "fetch",
+            session_id,
+            init,
+            now,
+            "1" if dedupe else "0",
+            *pairs,
+        )
+        if items:
+            self._remember(session_id, fetched=True)
+        return result
+
+    def _op_merge(
+        self, session_id: str, mode: str, partial: Mapping[str, Any], init: Header, now: str
+    ) -> Generator[Request, Any, WriteResult]:
+        return self._write(
+            "merge",
+            session_id,
+            init,
+            now,
+            mode,
+            dumps(dict(partial)),
+            _MAX_SHARED,
+        )
+
+    def _op_update_header(
+        self,
+        session_id: str,
+        *,
+        init: Header,
+        now: str,
+        metadata: Mapping[str, Any] | None,
+        system_prompt: str | None,
+        set_system_prompt: bool,
+    ) -> Generator[Request, Any, WriteResult]:
+        fields = {
+            k: v for k, v in (metadata or {}).items() if k not in ("message_count", "token_count")
+        }
+        return self._write(
+            "header",
+            session_id,
+            init,
+            now,
+            dumps(fields) if fields else "",
+            "1" if set_system_prompt else "0",
+            dumps(system_prompt) if set_system_prompt else "",
+        )
+
+    def _op_clear(
+        self, session_id: str, now: str, preserve_fetched: bool
+    ) -> Generator[Request, Any, bool]:
+        existed = bool(
+            (
+                yield self._session(
+                    "clear",
+                    session_id,
+                    "1" if preserve_fetched else "0",
+                    token=self._token(),
+                    now=dumps(now),
+                )
+            )
+        )
+        if existed and self.cluster:
+            yield from self._cluster_index_write(session_id, False, existing_only=True)
+        return existed
+
+    def _op_replace(
+        self,
+        session_id: str,
+        header: Header,
+        messages: Sequence[EncodedMessage],
+        items: Sequence[EncodedItem],
+    ) -> Generator[Request, Any, WriteResult]:
+        metadata = dict(header["metadata"])
+        pairs: list[str] = []
+        for item in items:
+            pairs += (item.fingerprint, encode_fetched(item))
+        ts = metadata.get("timestamp")
+        reply = yield self._session(
+            "replace",
+            session_id,
+            dumps(header["system_prompt"]),
+            dumps(metadata),
+            dumps(header["shared"]),
+            as_int(metadata.get("message_count", 0)),
+            as_int(metadata.get("token_count", 0)),
+            len(messages),
+            *triples(messages),
+            *pairs,
+            token=self._token(),
+            now=dumps(ts) if "timestamp" in metadata else "",
+        )
+        created, added, expired, evicted = write_result(reply)
+        if self.cluster:
+            expired, evicted = yield from self._cluster_index_write(session_id, created)
+        self._report(expired, evicted)
+        return WriteResult(created=created, added=added, evicted=tuple(evicted))
+
+    # ------------------------------------------------------------ operation -> requests
+
+    def _plan(self, op: StoreOp) -> Generator[Request, Any, object]:  # noqa: PLR0911, PLR0912
+        """The requests ``op`` needs, as a generator the two drivers run."""
+        match op:
+            case AppendMessages():
+                return self._op_append_messages(op.session_id, op.messages, op.init, op.now)
+            case GetMessages():
+                return self._op_messages(op.session_id, op.start, op.end)
+            case GetHeader():
+                return self._op_header(op.session_id)
+            case GetDocument():
+                return self._op_document(op.session_id)
+            case GetFetched():
+                return self._op_fetched(op.session_id, op.source_type)
+            case CountMessages():
+                return self._op_count(op.session_id)
+            case SessionExists():
+                return self._op_exists(op.session_id)
+            case ListSessions():
+                return self._op_list()
+            case ListPage():
+                return self._op_page(op.prefix, op.cursor, op.limit)
+            case CreateSession():
+                return self._op_create(op.session_id, op.init)
+            case DeleteSession():
+                return self._op_delete(op.session_id)
+            case DeleteMessages():
+                return self._op_delete_messages(op.session_id, op.message_ids, op.now)
+            case ReplaceMessage():
+                return self._op_replace_message(op.session_id, op.message_id, op.message, op.now)
+            case TruncateMessages():
+                return self._op_truncate(op.session_id, op.message_id, op.inclusive, op.now)
+            case AppendFetched():
+                return self._op_append_fetched(op.session_id, op.items, op.init, op.now, op.dedupe)
+            case MergeShared():
+                return self._op_merge(op.session_id, "deep", op.partial, op.init, op.now)
+            case SetShared():
+                return self._op_merge(op.session_id, "shallow", {op.key: op.value}, op.init, op.now)
+            case UpdateHeader():
+                return self._op_update_header(
+                    op.session_id,
+                    init=op.init,
+                    now=op.now,
+                    metadata=op.metadata,
+                    system_prompt=op.system_prompt,
+                    set_system_prompt=op.set_system_prompt,
+                )
+            case ClearSession():
+                return self._op_clear(op.session_id, op.now, op.preserve_fetched)
+            case ReplaceDocument():
+                return self._op_replace(op.session_id, op.header, op.messages, op.items)
+            case CollectGarbage():
+                return self._op_gc()
+            case _:
+                assert_never(op)
