@@ -73,3 +73,4 @@ bench: install redis ## Run the benchmarks (ratios against the baselines)
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_redis.py
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_assembly.py
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_manager.py
+	$(UV) run --locked --all-extras --group bench python benchmarks/bench_analytics.py

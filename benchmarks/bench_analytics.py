@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from ctx_memory import ContextManager, InMemoryStore
-from ctx_memory.stores.sqlite import SqliteStore
 from ctx_memory.analytics import analyze
+from ctx_memory.stores.sqlite import SqliteStore
 
 SESSIONS = int(os.environ.get("BENCH_SESSIONS", "100000"))
-ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 TARGET_SECONDS = 10.0 * SESSIONS / 100_000
 SEED = 14
 MODELS = ("gpt-4o-mini", "gpt-4o", "claude-sonnet-4", "llama-3.1-70b")
@@ -89,8 +89,13 @@ def session_document(rng: random.Random, index: int) -> dict[str, Any]:
         history.append(reply)
     return {
         "system_prompt": "You are a concise travel assistant.",
-        "metadata": {"session_id": sid, "created_at": _ts(started), "timestamp": _ts(at),
-                     "mode": rng.choice(MODES), "current_url": None},  # fmt: skip
+        "metadata": {
+            "session_id": sid,
+            "created_at": _ts(started),
+            "timestamp": _ts(at),
+            "mode": rng.choice(MODES),
+            "current_url": None,
+        },
         "fetched_context": fetched,
         "conversation_history": history,
         "shared": {},
@@ -108,15 +113,17 @@ def fill(manager: ContextManager, count: int) -> float:
 
 def measure(name: str, manager: ContextManager) -> dict[str, float]:
     """Best of ``ROUNDS`` full ``analyze()`` runs."""
-    best = float("inf")
+    best, best_cpu = float("inf"), float("inf")
     report = None
     for _ in range(ROUNDS):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         report = analyze(manager)
         best = min(best, time.perf_counter() - start)
+        best_cpu = min(best_cpu, time.process_time() - cpu)
     assert report is not None
     assert report.sessions == SESSIONS, (name, report.sessions)
-    return {"seconds": best, "turns": report.turns, "messages": sum(report.messages_by_role.values())}
+    messages = sum(report.messages_by_role.values())
+    return {"seconds": best, "cpu": best_cpu, "messages": messages}
 
 
 def main() -> None:
@@ -135,12 +142,14 @@ def main() -> None:
             have = len(manager.list_sessions(limit=SESSIONS + 1))
             wrote = fill(manager, SESSIONS) if have != SESSIONS else 0.0
             rows.append(("sqlite", wrote, measure("sqlite", manager)))
-    print(f"{'store':<8} {'write (untimed)':>16} {'analyze':>9} {'sessions/s':>11} "
+    print(f"{'store':<8} {'write (untimed)':>16} {'analyze':>9} {'CPU':>7} {'sessions/s':>11} "
           f"{'messages':>9} {'target':>8}")  # fmt: skip
     for name, wrote, m in rows:
         ok = "met" if m["seconds"] <= TARGET_SECONDS else "MISSED"
-        print(f"{name:<8} {wrote:>15.1f}s {m['seconds']:>8.2f}s {SESSIONS / m['seconds']:>11,.0f} "
-              f"{m['messages']:>9,.0f} {ok:>8}")  # fmt: skip
+        print(f"{name:<8} {wrote:>15.1f}s {m['seconds']:>8.2f}s {m['cpu']:>6.2f}s "
+              f"{SESSIONS / m['seconds']:>11,.0f} {m['messages']:>9,.0f} {ok:>8}")  # fmt: skip
+    print(f"target: {TARGET_SECONDS:.1f} s wall for {SESSIONS:,} sessions; CPU is this process's "
+          "time (SQLite runs in it), which a busy machine does not inflate")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -252,6 +252,7 @@ class Aggregator:
         call_names: dict[str, str] = {}
         messages_by_role = self.messages_by_role
         tokens_by_role = self.tokens_by_role
+        turns_by_day = self.turns_by_day
         previous: Mapping[str, Any] | None = None
         for message in history:
             role = message.get("role")
@@ -259,14 +260,16 @@ class Aggregator:
                 previous = message
                 continue
             messages_by_role[role] += 1
-            tokens_by_role[role] += _int(message.get("token_count"))
+            tokens = message.get("token_count")
+            if type(tokens) is int:  # the hot loop: no call for the common case
+                tokens_by_role[role] += tokens
             if role == "user":
                 turns += 1
                 day = _day(message.get("timestamp"))
                 if day is None:
                     self.skipped_timestamps += 1
                 else:
-                    _bump(self.turns_by_day, day)
+                    turns_by_day[day] = turns_by_day.get(day, 0) + 1
             elif role == "assistant":
                 self._add_reply(message, previous, used, cited, call_names)
             elif role == "tool":

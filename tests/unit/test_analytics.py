@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import textwrap
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -38,6 +39,8 @@ from ctx_memory.cli import app
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from pathlib import Path
+
+    from langchain_core.runnables import RunnableConfig
 
 DAY0 = datetime(2026, 3, 1, tzinfo=UTC)
 MODELS = ("gpt-4o-mini", "gpt-4o", "claude-sonnet-4")
@@ -147,7 +150,9 @@ def build(manager: ContextManager, *, sessions: int = 60, seed: int = 14) -> lis
             shown = rng.sample(urls, rng.randrange(len(urls) + 1))
             if shown and rng.random() < 0.3:
                 shown.append(ELSEWHERE)
-            cited_numbers = sorted(rng.sample(range(1, len(shown) + 1), rng.randrange(len(shown) + 1)))
+            cited_numbers = sorted(
+                rng.sample(range(1, len(shown) + 1), rng.randrange(len(shown) + 1))
+            )
             tools_used = [rng.choice(TOOLS)] if rng.random() < 0.2 else None
             manager.add_assistant_message(
                 gen.sid,
@@ -347,11 +352,13 @@ def data(manager: ContextManager) -> list[Gen]:
 
 
 def test_the_data_set_exercises_every_figure(data: list[Gen]) -> None:
-    """The generator must produce each case the figures distinguish, or the tests below prove less."""
+    """The generator produces every case the figures tell apart (else the tests prove less)."""
     report = expected(data, scanned=len(data))
     assert report["sessions"]["empty"] > 0
     assert report["sessions"]["one_turn"] > 0
-    assert report["sessions"]["matched"] - report["sessions"]["empty"] > report["sessions"]["one_turn"]
+    assert (
+        report["sessions"]["matched"] - report["sessions"]["empty"] > report["sessions"]["one_turn"]
+    )
     assert 10 <= len(report["by_day"]) <= 13  # starts over 10 days, turns up to 2 days later
     assert all(report["messages"]["by_role"].values())
     assert report["latency_ms"]["recorded"]["count"] > 20
@@ -410,7 +417,7 @@ def test_time_and_mode_filters_combine(manager: ContextManager, data: list[Gen])
 
 
 def test_naive_datetimes_are_utc(manager: ContextManager, data: list[Gen]) -> None:
-    naive = analyze(manager, since=datetime(2026, 3, 4), until=datetime(2026, 3, 7))  # noqa: DTZ001
+    naive = analyze(manager, since=datetime(2026, 3, 4), until=datetime(2026, 3, 7))
     aware = analyze(manager, since=DAY0 + timedelta(days=3), until=DAY0 + timedelta(days=6))
     assert _figures(naive) == _figures(aware)
     assert naive.as_dict()["filters"]["since"] == "2026-03-04T00:00:00+00:00"
@@ -445,32 +452,41 @@ def test_unparseable_timestamps_are_counted_not_fatal() -> None:
     assert timed.report().sessions == 0
 
 
-# --------------------------------------------------------------------------- what adapters record
+# --------------------------------------------------------------------------- adapters
 
 
 def test_contextual_chat_turns_are_counted(manager: ContextManager) -> None:
-    manager.add_fetched_context("chat", "web_search", "Orly is 13 km south.", url="https://o.example")
-    manager.add_fetched_context("chat", "web_search", "CDG is 25 km north.", url="https://c.example")
+    manager.add_fetched_context(
+        "chat", "web_search", "Orly is 13 km south.", url="https://o.example"
+    )
+    manager.add_fetched_context(
+        "chat", "web_search", "CDG is 25 km north.", url="https://c.example"
+    )
     model = GenericFakeChatModel(messages=iter([AIMessage("Orly [1]."), AIMessage("Thanks.")]))
     chat = ContextualChat(manager, model, model_name="fake-model", max_tokens=4000)
-    config = {"configurable": {"session_id": "chat"}}
+    config: RunnableConfig = {"configurable": {"session_id": "chat"}}
     chat.invoke("Which airport is closest, Orly or CDG?", config)
     chat.invoke("Thanks", config)
     report = analyze(manager)
     assert report.turns == 2
-    assert [(m.model, m.replies, m.latency_ms.count) for m in report.models] == [("fake-model", 2, 2)]
+    assert [(m.model, m.replies, m.latency_ms.count) for m in report.models] == [
+        ("fake-model", 2, 2)
+    ]
     assert report.latency_estimated_ms.count == 0  # ContextualChat records its latency
-    cited = [r["metadata"]["cited"] for r in manager.get_history("chat") if r["role"] == "assistant"]
-    assert cited[0] and not cited[1]
+    cited = [
+        r["metadata"]["cited"] for r in manager.get_history("chat") if r["role"] == "assistant"
+    ]
+    assert cited[0]
+    assert not cited[1]
     s = report.sources
     assert (s.fetched_urls, s.cited_urls, s.cited_fetched_urls, s.replies_citing) == (2, 1, 1, 1)
 
 
-# --------------------------------------------------------------------------- streaming over the store
+# --------------------------------------------------------------------------- reading the store
 
 
 def test_pages_through_a_paged_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from ctx_memory.stores.sqlite import SqliteStore  # noqa: PLC0415
+    from ctx_memory.stores.sqlite import SqliteStore
 
     with ContextManager(
         store=SqliteStore(str(tmp_path / "a.sqlite3")), token_counter="approximate"
@@ -564,7 +580,8 @@ def test_html_escapes_everything_from_the_store() -> None:
     assert "javascript:" not in page
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page
     assert page.count("<svg") >= 5
-    assert page.startswith('<div class="ctxm-an">') and page.endswith("</div>")
+    assert page.startswith('<div class="ctxm-an">')
+    assert page.endswith("</div>")
     assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # no asset
     assert report._repr_html_() == page
 
@@ -580,13 +597,18 @@ def test_markdown_cannot_break_its_tables() -> None:
 
 def test_charts_escape_labels_and_scale_series_apart() -> None:
     svg = bar_chart([("<b>", [10, 1000]), ("x", [5, 10])], series=["n", "tokens"], title="<t>")
-    assert "<b>" not in svg and "&lt;b&gt;" in svg and "&lt;t&gt;" in svg
+    assert "<b>" not in svg
+    assert "&lt;b&gt;" in svg
+    assert "&lt;t&gt;" in svg
     widths = [float(w) for w in re.findall(r'<rect[^>]*width="([\d.]+)"', svg)]
     assert widths[0] == widths[1]  # both series' largest bars are full length
     many = bar_chart([(f"m{i}", [i + 1]) for i in range(20)], series=["n"], title="t")
-    assert "(9 more)" in many and ">m10<" in many and ">m11<" not in many  # 11 rows, then the rest
+    assert "(9 more)" in many
+    assert ">m10<" in many
+    assert ">m11<" not in many
     line = line_chart(["2026-03-01", "2026-03-02"], {"a": [0, 4]}, title="t")
-    assert line.count("<circle") == 2 and "2026-03-02" in line
+    assert line.count("<circle") == 2
+    assert "2026-03-02" in line
     assert "nothing recorded" in line_chart([], {}, title="t")
 
 
@@ -622,7 +644,9 @@ def test_cli_tables_and_html_file(manager: ContextManager, data: list[Gen], tmp_
     assert f"| sessions matched | {len(data)} |" in result.stdout
     assert f"wrote {target}" in result.stderr
     page = target.read_text("utf-8")
-    assert page.startswith("<!doctype html>") and "<svg" in page and "<script" not in page
+    assert page.startswith("<!doctype html>")
+    assert "<svg" in page
+    assert "<script" not in page
 
 
 def test_cli_escapes_terminal_control_characters() -> None:
@@ -647,3 +671,35 @@ def test_cli_reports_an_unwritable_html_file(manager: ContextManager, tmp_path: 
     assert result.exit_code == 1
     assert result.stderr.startswith("error: cannot write")
 
+
+def test_estimated_latency_needs_a_user_message_right_before() -> None:
+    def message(role: str, second: int, **extra: Any) -> dict[str, Any]:
+        return {
+            "role": role,
+            "content": "",
+            "timestamp": f"2026-03-01T10:00:{second:02d}Z",
+            **extra,
+        }
+
+    aggregator = Aggregator()
+    aggregator.add({"metadata": {}, "conversation_history": [
+        message("user", 0), message("assistant", 0),  # same instant: 0 ms
+        message("user", 5), message("tool", 6), message("assistant", 9),  # not after a user
+        message("user", 20), message("assistant", 19),  # clock skew: negative, passed over
+        message("user", 30), message("assistant", 32, metadata={"response_time_ms": 7}),
+    ]})  # fmt: skip
+    report = aggregator.report()
+    assert (report.latency_estimated_ms.count, report.latency_estimated_ms.max) == (1, 0.0)
+    assert (report.latency_ms.count, report.latency_ms.p50) == (1, 7.0)
+    assert report.turns == 4
+
+
+@pytest.mark.parametrize("name", ["analyze", "percentiles", "bar_chart"])
+def test_function_examples_run(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The ``Example:`` blocks of the module's functions (classes are run by another test)."""
+    import ctx_memory.analytics as module
+
+    monkeypatch.chdir(tmp_path)
+    doc = getattr(module, name).__doc__
+    code = textwrap.dedent(doc.split(".. code-block:: python\n", 1)[1])
+    exec(compile(code, f"<{name} example>", "exec"), {"__name__": "__example__"})
