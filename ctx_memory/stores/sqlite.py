@@ -57,6 +57,21 @@ from typing_extensions import override
 from ctx_memory.errors import StoreError, StoreUnavailableError
 from ctx_memory.schema import dumps
 from ctx_memory.stores._gc import GarbageCollector, check_interval, gc_interval
+from ctx_memory.stores._sqlite_schema import (
+    APPEND,
+    CLEAR,
+    HEADER,
+    INSERT,
+    LIVE,
+    SCHEMA_VERSION,  # noqa: F401 - re-exported
+    SESSION_TABLES,
+    TOUCH_READ,
+    TOUCH_WRITE,
+    decode_header_row,
+    ensure_schema,
+    lrange_bounds,
+    prefix_end,
+)
 from ctx_memory.stores.base import (
     BaseStore,
     Header,
@@ -97,168 +112,6 @@ if TYPE_CHECKING:
     from ctx_memory.config import Settings
 
 __all__ = ["SqliteStore", "lrange_bounds"]
-
-SCHEMA_VERSION = 2
-"""The layout this module writes (``PRAGMA user_version``); 0 is the first, unversioned one."""
-
-_SESSIONS = """
-CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY,
-    mc INTEGER NOT NULL,
-    tc INTEGER NOT NULL,
-    ts TEXT,
-    n_messages INTEGER NOT NULL DEFAULT 0,
-    expires_at REAL,
-    last_access INTEGER NOT NULL
-)"""
-_SESSION_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS sessions_lru ON sessions(last_access)",
-    "CREATE INDEX IF NOT EXISTS sessions_exp ON sessions(expires_at)",
-)
-_HEADERS = """
-CREATE TABLE IF NOT EXISTS session_headers (
-    session_id TEXT PRIMARY KEY,
-    sp TEXT NOT NULL,
-    md TEXT NOT NULL
-)"""
-_SHARED = """
-CREATE TABLE IF NOT EXISTS session_shared (
-    session_id TEXT PRIMARY KEY,
-    sh TEXT NOT NULL
-)"""
-# ``id`` last: a version-1 file gains it with ALTER TABLE, so both layouts are identical.
-_MESSAGES = """
-CREATE TABLE IF NOT EXISTS messages (
-    session_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    id TEXT,
-    PRIMARY KEY (session_id, seq)
-) WITHOUT ROWID"""
-_MESSAGE_IDS = "CREATE UNIQUE INDEX IF NOT EXISTS messages_id ON messages(session_id, id)"
-_FETCHED = """
-CREATE TABLE IF NOT EXISTS fetched (
-    session_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    source_type TEXT NOT NULL,
-    body TEXT NOT NULL,
-    PRIMARY KEY (session_id, seq)
-) WITHOUT ROWID"""
-_FINGERPRINTS = """
-CREATE TABLE IF NOT EXISTS fingerprints (
-    session_id TEXT NOT NULL,
-    fp TEXT NOT NULL,
-    PRIMARY KEY (session_id, fp)
-) WITHOUT ROWID"""
-_CREATE = (
-    _SESSIONS,
-    *_SESSION_INDEXES,
-    _HEADERS,
-    _SHARED,
-    _MESSAGES,
-    _MESSAGE_IDS,
-    _FETCHED,
-    _FINGERPRINTS,
-)
-
-_V1_SESSION_COLUMNS = frozenset(
-    ("id", "sp", "md", "sh", "mc", "tc", "ts", "n_messages", "expires_at", "last_access")
-)
-# Version 1 -> 2: move the JSON columns out of ``sessions`` (rebuilt without them) and
-# give every message the id in its body; of several messages of a session with one id
-# (written by version 1, which did not deduplicate) only the first keeps it.
-_MIGRATE_V1 = (
-    _HEADERS,
-    _SHARED,
-    "INSERT INTO session_headers (session_id, sp, md) SELECT id, sp, md FROM sessions",
-    "INSERT INTO session_shared (session_id, sh) SELECT id, sh FROM sessions",
-    _SESSIONS.replace("EXISTS sessions", "EXISTS sessions_v2"),
-    "INSERT INTO sessions_v2 (id, mc, tc, ts, n_messages, expires_at, last_access) "
-    "SELECT id, mc, tc, ts, n_messages, expires_at, last_access FROM sessions",
-    "DROP TABLE sessions",
-    "ALTER TABLE sessions_v2 RENAME TO sessions",
-    *_SESSION_INDEXES,
-    "ALTER TABLE messages ADD COLUMN id TEXT",
-    "UPDATE messages SET id = json_extract(body, '$.id') WHERE json_type(body, '$.id') = 'text'",
-    "CREATE INDEX messages_id_migration ON messages(session_id, id)",
-    "UPDATE messages SET id = NULL WHERE id IS NOT NULL AND seq > (SELECT MIN(m.seq) "
-    "FROM messages AS m WHERE m.session_id = messages.session_id AND m.id = messages.id)",
-    "DROP INDEX messages_id_migration",
-    _MESSAGE_IDS,
-    _FETCHED,
-    _FINGERPRINTS,
-)
-
-# What each operation reads of the session: always ``expires_at`` and ``n_messages``
-# (small columns of the small row), the three JSON parts only when it returns the header.
-_LIVE = "SELECT expires_at, n_messages FROM sessions WHERE id = ?"
-_HEADER = (
-    "SELECT s.expires_at, s.n_messages, s.mc, s.tc, s.ts, h.sp, h.md, x.sh "
-    "FROM sessions AS s JOIN session_headers AS h ON h.session_id = s.id "
-    "JOIN session_shared AS x ON x.session_id = s.id WHERE s.id = ?"
-)
-# ``last_access`` is a logical clock: the highest value in the table + 1.
-_INSERT = (
-    "INSERT INTO sessions (id, mc, tc, ts, n_messages, expires_at, last_access) "
-    "VALUES (?, ?, ?, ?, 0, ?, (SELECT COALESCE(MAX(last_access), 0) + 1 FROM sessions))"
-)
-_TOUCH_READ = (
-    "UPDATE sessions SET last_access = "
-    "(SELECT COALESCE(MAX(last_access), 0) + 1 FROM sessions) WHERE id = ?"
-)
-_TOUCH_WRITE = (
-    "UPDATE sessions SET ts = ?, expires_at = ?, last_access = "
-    "(SELECT COALESCE(MAX(last_access), 0) + 1 FROM sessions) WHERE id = ?"
-)
-_CLEAR = (
-    "UPDATE sessions SET n_messages = 0, mc = 0, tc = 0, ts = ?, expires_at = ?, last_access = "
-    "(SELECT COALESCE(MAX(last_access), 0) + 1 FROM sessions) WHERE id = ?"
-)
-_APPEND = (
-    "INSERT INTO messages (session_id, seq, body, id) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (session_id, id) DO NOTHING"
-)
-_SESSION_TABLES = (
-    ("sessions", "id"),
-    ("session_headers", "session_id"),
-    ("session_shared", "session_id"),
-    ("messages", "session_id"),
-    ("fetched", "session_id"),
-    ("fingerprints", "session_id"),
-)
-
-
-def _prefix_end(prefix: str) -> str | None:
-    """The least string above every string starting with ``prefix`` (``None``: no bound).
-
-    Strings compare by code point, as SQLite compares UTF-8 text and Redis compares bytes.
-    """
-    while prefix:
-        last = ord(prefix[-1]) + 1
-        if last == 0xD800:  # surrogates are not characters: skip them
-            last = 0xE000
-        if last <= 0x10FFFF:
-            return prefix[:-1] + chr(last)
-        prefix = prefix[:-1]
-    return None
-
-
-def lrange_bounds(start: int, end: int, length: int) -> tuple[int, int] | None:
-    """Redis ``LRANGE`` index rules: inclusive, negative from the end; ``None`` if empty."""
-    lo = max(start + length if start < 0 else start, 0)
-    hi = min(end + length if end < 0 else end, length - 1)
-    return (lo, hi) if lo <= hi else None
-
-
-def _header(row: Sequence[Any]) -> Header:
-    """The header from a :data:`_HEADER` row."""
-    mc, tc, ts, sp, md, sh = row[2:8]
-    metadata: dict[str, Any] = json.loads(md)
-    metadata["message_count"] = mc
-    metadata["token_count"] = tc
-    if ts is not None:
-        metadata["timestamp"] = json.loads(ts)
-    return {"system_prompt": json.loads(sp), "metadata": metadata, "shared": json.loads(sh)}
 
 
 class _Tx:
@@ -343,7 +196,7 @@ class SqliteStore(BaseStore):
             if not self._private:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
-            self._ensure_schema(conn)
+            ensure_schema(conn, self.path)
             if not self._private:
                 self._identity = self._stat()
         except BaseException as e:
@@ -392,41 +245,6 @@ class SqliteStore(BaseStore):
             conn.close()
             raise
         return conn
-
-    def _ensure_schema(self, conn: sqlite3.Connection) -> None:
-        """Create the tables, or migrate a version-1 file, in one transaction."""
-        (version,) = conn.execute("PRAGMA user_version").fetchone()
-        if version == SCHEMA_VERSION:
-            return  # the common case takes no lock
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            (version,) = conn.execute("PRAGMA user_version").fetchone()  # another process?
-            if version > SCHEMA_VERSION:
-                msg = (
-                    f"SQLite database {self.path!r} has schema version {version}, newer than "
-                    f"this ctx_memory understands ({SCHEMA_VERSION}); upgrade ctx_memory"
-                )
-                raise StoreUnavailableError(msg)
-            if version < SCHEMA_VERSION:
-                columns = {r[1] for r in conn.execute("PRAGMA table_info(sessions)")}
-                if not columns:
-                    statements: Sequence[str] = _CREATE
-                elif columns == _V1_SESSION_COLUMNS:
-                    statements = _MIGRATE_V1
-                else:
-                    msg = (
-                        f"SQLite database {self.path!r} has a 'sessions' table this "
-                        f"ctx_memory does not recognise (columns: {sorted(columns)})"
-                    )
-                    raise StoreUnavailableError(msg)
-                for statement in statements:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except BaseException:
-            if conn.in_transaction:  # some errors already rolled it back
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     def _stat(self) -> tuple[int, int]:
         st = os.stat(self._file)
@@ -549,14 +367,14 @@ class SqliteStore(BaseStore):
     @staticmethod
     def _drop(conn: sqlite3.Connection, session_id: str) -> bool:
         gone = False
-        for table, column in _SESSION_TABLES:
+        for table, column in SESSION_TABLES:
             cur = conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (session_id,))  # noqa: S608
             gone = gone or (table == "sessions" and cur.rowcount > 0)
         return gone
 
     def _live(self, conn: sqlite3.Connection, tx: _Tx, session_id: str) -> int | None:
         """For a write: the session's length, or ``None`` if absent (expired: deleted)."""
-        row = conn.execute(_LIVE, (session_id,)).fetchone()
+        row = conn.execute(LIVE, (session_id,)).fetchone()
         if row is None:
             return None
         if row[0] is not None and row[0] <= tx.now:
@@ -573,7 +391,7 @@ class SqliteStore(BaseStore):
         meta = header["metadata"]
         ts = meta.get("timestamp")
         conn.execute(
-            _INSERT,
+            INSERT,
             (
                 session_id,
                 int(meta.get("message_count", 0)),
@@ -640,7 +458,7 @@ class SqliteStore(BaseStore):
                 n = 0
             added = apply(conn, n)
             if added or created or not appends:
-                conn.execute(_TOUCH_WRITE, (dumps(now), self._expires(tx), session_id))
+                conn.execute(TOUCH_WRITE, (dumps(now), self._expires(tx), session_id))
             return WriteResult(created=created, added=added, evicted=tuple(tx.evicted))
 
         result: WriteResult = self._tx(body)
@@ -657,9 +475,9 @@ class SqliteStore(BaseStore):
         """``read(conn, row)`` if the session is live, else ``default``.
 
         ``row`` starts with ``expires_at, n_messages``; with ``header``, the columns
-        :func:`_header` takes follow. An expired session is absent but not deleted here.
+        :func:`header` takes follow. An expired session is absent but not deleted here.
         """
-        query = _HEADER if header else _LIVE
+        query = HEADER if header else LIVE
 
         def lookup(conn: sqlite3.Connection, now: float) -> Sequence[Any] | None:
             row: Sequence[Any] | None = conn.execute(query, (session_id,)).fetchone()
@@ -679,7 +497,7 @@ class SqliteStore(BaseStore):
             row = lookup(conn, tx.now)
             if row is None:
                 return default
-            conn.execute(_TOUCH_READ, (session_id,))
+            conn.execute(TOUCH_READ, (session_id,))
             return read(conn, row)
 
         return self._tx(touching)
@@ -764,7 +582,7 @@ class SqliteStore(BaseStore):
     def _get_header(self, op: GetHeader) -> Header | None:
         session_id = op.session_id
         header: Header | None = self._read(
-            session_id, lambda _c, row: _header(row), None, header=True
+            session_id, lambda _c, row: decode_header_row(row), None, header=True
         )
         return header
 
@@ -776,7 +594,7 @@ class SqliteStore(BaseStore):
                 "SELECT body FROM messages WHERE session_id = ? ORDER BY seq", (session_id,)
             ).fetchall()
             return assemble_document(
-                _header(row),
+                decode_header_row(row),
                 [json.loads(m[0]) for m in messages],
                 self._fetched(conn, session_id, None),
             )
@@ -840,7 +658,7 @@ class SqliteStore(BaseStore):
             # message already in the history, or earlier in this batch.
             added = tokens = 0
             for m in messages:
-                if conn.execute(_APPEND, (session_id, n + added, m.json, m.id)).rowcount:
+                if conn.execute(APPEND, (session_id, n + added, m.json, m.id)).rowcount:
                     added += 1
                     tokens += m.tokens
             if added:
@@ -873,7 +691,7 @@ class SqliteStore(BaseStore):
                     "WHERE id = ?",
                     (messages, messages, tokens, session_id),
                 )
-                conn.execute(_TOUCH_WRITE, (dumps(now), self._expires(tx), session_id))
+                conn.execute(TOUCH_WRITE, (dumps(now), self._expires(tx), session_id))
             return result
 
         return self._tx(body)
@@ -965,7 +783,7 @@ class SqliteStore(BaseStore):
     def _list_page(self, op: ListPage) -> list[str]:
         prefix, cursor, limit = op.prefix, op.cursor, op.limit
         low = prefix if cursor is None or cursor < prefix else cursor
-        upper = _prefix_end(prefix)
+        upper = prefix_end(prefix)
         query = "SELECT id FROM sessions WHERE (expires_at IS NULL OR expires_at > ?) AND id >= ?"
         args: list[Any] = [low]
         if cursor is not None and cursor >= prefix:
@@ -1085,7 +903,7 @@ class SqliteStore(BaseStore):
             if not preserve_fetched:
                 conn.execute("DELETE FROM fetched WHERE session_id = ?", (session_id,))
                 conn.execute("DELETE FROM fingerprints WHERE session_id = ?", (session_id,))
-            conn.execute(_CLEAR, (dumps(now), self._expires(tx), session_id))
+            conn.execute(CLEAR, (dumps(now), self._expires(tx), session_id))
             return True
 
         return bool(self._tx(body))
