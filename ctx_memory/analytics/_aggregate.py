@@ -166,7 +166,11 @@ class Aggregator:
 
     def _start(self, metadata: Mapping[str, Any], history: list[Any]) -> datetime | None:
         created = _parse(metadata.get("created_at"))
-        first = _parse(history[0].get("timestamp")) if history else None
+        first = (
+            _parse(history[0].get("timestamp"))
+            if history and isinstance(history[0], dict)
+            else None
+        )
         if created is None or (first is not None and first < created):
             return first
         return created
@@ -255,6 +259,8 @@ class Aggregator:
         turns_by_day = self.turns_by_day
         previous: Mapping[str, Any] | None = None
         for message in history:
+            if not isinstance(message, dict):  # not a message record: nothing to count
+                continue
             role = message.get("role")
             if role not in messages_by_role:
                 previous = message

@@ -210,17 +210,23 @@ def _kv_table(rows: Sequence[tuple[str, str]]) -> str:
     return f"<table>{body}</table>"
 
 
-def _latency_rows(name: str, count: int, p: Percentiles) -> str:
-    cells = "".join(f'<td class="num">{_fmt(v)}</td>' for v in (count, p.p50, p.p90, p.p99, p.max))
+def _latency_row(name: str, replies: int | None, p: Percentiles) -> str:
+    values = (
+        "" if replies is None else _fmt(replies),
+        *map(_fmt, (p.count, p.p50, p.p90, p.p99, p.max)),
+    )
+    cells = "".join(f'<td class="num">{v}</td>' for v in values)
     return f"<tr><td>{_e(name)}</td>{cells}</tr>"
 
 
 def _latency_table(report: AnalyticsReport) -> str:
-    head = "".join(f'<th class="num">{h}</th>' for h in ("replies", "p50", "p90", "p99", "max"))
-    rows = [_latency_rows(m.model, m.replies, m.latency_ms) for m in report.models]
-    rows.append(_latency_rows("all, recorded", report.latency_ms.count, report.latency_ms))
-    est = report.latency_estimated_ms
-    rows.append(_latency_rows("all, estimated from timestamps", est.count, est))
+    """Replies and latency percentiles per model; ``timed`` is how many had a latency."""
+    heads = ("replies", "timed", "p50", "p90", "p99", "max")
+    head = "".join(f'<th class="num">{h}</th>' for h in heads)
+    rows = [_latency_row(m.model, m.replies, m.latency_ms) for m in report.models]
+    replies = sum(m.replies for m in report.models)
+    rows.append(_latency_row("all, recorded", replies, report.latency_ms))
+    rows.append(_latency_row("all, estimated from timestamps", None, report.latency_estimated_ms))
     return f"<table><tr><th>model</th>{head}</tr>{''.join(rows)}</table>"
 
 

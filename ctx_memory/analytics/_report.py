@@ -417,16 +417,17 @@ def _markdown(report: AnalyticsReport) -> str:
     )
     out += ["## Models and latency (ms)", ""]
     rows: list[Sequence[object]] = [
-        (m.model, _num(m.replies), _num(m.latency_ms.p50), _num(m.latency_ms.p90),
-         _num(m.latency_ms.p99))
+        (m.model, _num(m.replies), _num(m.latency_ms.count), _num(m.latency_ms.p50),
+         _num(m.latency_ms.p90), _num(m.latency_ms.p99))
         for m in report.models
     ]  # fmt: skip
-    for label, p in (
-        ("all (recorded)", report.latency_ms),
-        ("all (estimated from timestamps)", report.latency_estimated_ms),
+    replies = sum(m.replies for m in report.models)
+    for label, total, p in (
+        ("all, recorded", _num(replies), report.latency_ms),
+        ("all, estimated from timestamps", "", report.latency_estimated_ms),
     ):
-        rows.append((label, _num(p.count), _num(p.p50), _num(p.p90), _num(p.p99)))
-    out += _table(["model", "replies", "p50", "p90", "p99"], rows)
+        rows.append((label, total, _num(p.count), _num(p.p50), _num(p.p90), _num(p.p99)))
+    out += _table(["model", "replies", "timed", "p50", "p90", "p99"], rows)
     s = report.sources
     out += ["## Sources", ""]
     out += _table(

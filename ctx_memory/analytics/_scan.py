@@ -7,12 +7,16 @@ import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from typing_extensions import override
+
 from ctx_memory.analytics._aggregate import Aggregator
 from ctx_memory.errors import ValidationError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
     from datetime import datetime
+
+    from rich.progress import Progress
 
     from ctx_memory.analytics._report import AnalyticsReport
     from ctx_memory.manager import ContextManager
@@ -52,11 +56,35 @@ def session_ids(manager: ContextManager, page_size: int = PAGE_SIZE) -> Iterator
         cursor = page[-1]
 
 
+class _Bar:
+    """What :func:`analyze` tells the progress bar; does nothing when there is none."""
+
+    def advance(self, sessions: int) -> None:
+        """``sessions`` more were read."""
+
+    def total(self, sessions: int) -> None:
+        """The store holds this many (known only when it is listed in one call)."""
+
+
+class _RichBar(_Bar):
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._task = progress.add_task("analytics", total=None)
+
+    @override
+    def advance(self, sessions: int) -> None:
+        self._progress.advance(self._task, sessions)
+
+    @override
+    def total(self, sessions: int) -> None:
+        self._progress.update(self._task, total=sessions)
+
+
 @contextmanager
-def _progress_bar(enabled: bool, total: int | None = None) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr (only when stderr is a terminal); yields ``advance``."""
+def _progress_bar(enabled: bool) -> Iterator[_Bar]:
+    """A rich progress bar on stderr, shown only when stderr is a terminal."""
     if not enabled or not sys.stderr.isatty():
-        yield lambda _n: None
+        yield _Bar()
         return
     from rich.console import Console  # noqa: PLC0415 - rich is only needed for the bar
     from rich.progress import (  # noqa: PLC0415
@@ -77,8 +105,7 @@ def _progress_bar(enabled: bool, total: int | None = None) -> Iterator[Callable[
         console=Console(stderr=True),
         transient=True,
     ) as progress:
-        task = progress.add_task("analytics", total=total)
-        yield lambda n: progress.advance(task, n)
+        yield _RichBar(progress)
 
 
 def analyze(
@@ -122,10 +149,10 @@ def analyze(
                 assert (report.sessions_scanned, report.sessions) == (2, 1)
     """
     aggregator = Aggregator(since=since, until=until, mode=mode)
-    total = None
-    pages = session_ids(manager)
-    with _progress_bar(progress, total) as advance:
-        for page in pages:
+    with _progress_bar(progress) as bar:
+        for page in session_ids(manager):
+            if manager.store.name in _LIST_AT_ONCE:
+                bar.total(len(page))
             for session_id in page:
                 try:
                     document = manager.get_context(session_id)
@@ -134,5 +161,5 @@ def analyze(
                     aggregator.unreadable += 1
                     continue
                 aggregator.add(document)
-            advance(len(page))
+            bar.advance(len(page))
     return aggregator.report()

@@ -703,3 +703,19 @@ def test_function_examples_run(name: str, monkeypatch: pytest.MonkeyPatch, tmp_p
     doc = getattr(module, name).__doc__
     code = textwrap.dedent(doc.split(".. code-block:: python\n", 1)[1])
     exec(compile(code, f"<{name} example>", "exec"), {"__name__": "__example__"})
+
+
+def test_malformed_parts_of_a_document_are_passed_over() -> None:
+    aggregator = Aggregator()
+    aggregator.add({
+        "metadata": {"mode": None, "system_prompt_tokens": "many"},
+        "conversation_history": ["junk", None, {"role": "critic", "content": "?"},
+                                 {"role": "user", "content": "q", "token_count": True}],
+        "fetched_context": {"web": "not a list", "docs": ["not an item", {"url": 3}]},
+    })  # fmt: skip
+    report = aggregator.report()
+    assert (report.sessions, report.turns, report.total_tokens) == (1, 1, 0)
+    assert dict(report.modes) == {"(none)": 1}
+    assert (report.sources.fetched_items, report.sources.fetched_urls) == (2, 0)
+    assert aggregator.add({}) is False  # a session gone before it was read
+    assert aggregator.report().sessions_scanned == 1
