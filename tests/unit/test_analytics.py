@@ -35,6 +35,7 @@ from ctx_memory.analytics import (
 )
 from ctx_memory.analytics import _scan as scan_module
 from ctx_memory.cli import app
+from ctx_memory.errors import ValidationError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -719,3 +720,22 @@ def test_malformed_parts_of_a_document_are_passed_over() -> None:
     assert (report.sources.fetched_items, report.sources.fetched_urls) == (2, 0)
     assert aggregator.add({}) is False  # a session gone before it was read
     assert aggregator.report().sessions_scanned == 1
+
+
+def test_an_unreadable_session_is_logged_and_counted(
+    manager: ContextManager, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager.add_user_message("bad", "hi")
+    manager.add_user_message("good", "hi")
+    real = manager.get_context
+
+    def refuse_bad(session_id: str) -> dict[str, Any]:
+        if session_id == "bad":
+            raise ValidationError("session id 'bad' is not valid any more")
+        return real(session_id)
+
+    monkeypatch.setattr(manager, "get_context", refuse_bad)
+    report = analyze(manager)
+    assert (report.sessions_unreadable, report.sessions_scanned, report.sessions) == (1, 1, 1)
+    assert report.as_dict()["sessions"]["unreadable"] == 1
+    assert "session 'bad' unreadable" in caplog.text
