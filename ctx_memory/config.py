@@ -62,6 +62,7 @@ __all__ = [
     "redact_url",
     "setting_differences",
     "url_secrets",
+    "validate_postgres_url",
     "validate_redis_url",
     "with_overrides",
 ]
@@ -208,6 +209,68 @@ def validate_redis_url(url: object) -> str:
     return url
 
 
+# --------------------------------------------------------------------------- PostgreSQL
+# The PostgreSQL store's settings (POSTGRES_* keys of the Settings class below) and the
+# names STORE accepts (built-in stores and third-party stores registered by entry point).
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+BUILTIN_STORES = ("memory", "postgres", "redis", "sqlite")
+
+
+def _postgres_url_problem(url: str) -> str | None:  # noqa: PLR0911 - one return per problem
+    """What is wrong with a PostgreSQL URL, or ``None``; never quotes the URL."""
+    if not url.startswith(POSTGRES_SCHEMES):
+        return "must start with postgresql:// or postgres://"
+    if any(c.isspace() or ord(c) < 32 for c in url):
+        return "must not contain spaces or control characters"
+    if "#" in url:
+        return f"holds a '#' (a URL fragment means nothing to PostgreSQL); {_ENCODE_HINT}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return f"has no valid host and port; {_ENCODE_HINT}"
+    if "@" in parts.path or "@" in parts.query:
+        return f"holds an '@' after the host; {_ENCODE_HINT}"
+    if port == 0:
+        return "the port must be a number from 1 to 65535"
+    return None
+
+
+def validate_postgres_url(url: object) -> str:
+    """Return ``url`` if it is a ``postgresql://`` URL libpq reads as written, else raise.
+
+    Raises:
+        ConfigurationError: Names ``POSTGRES_URL``; the message shows the URL only through
+            :func:`redact_url` and chains no other exception.
+    """
+    if not isinstance(url, str):
+        raise ConfigurationError("POSTGRES_URL", f"must be a string, got {type(url).__name__}")
+    problem = _postgres_url_problem(url)
+    if problem is not None:
+        raise ConfigurationError("POSTGRES_URL", f"{problem} (got {redact_url(url)!r})")
+    return url
+
+
+def _store_name_problem(name: str) -> str | None:
+    """Why ``name`` selects no store (neither built in nor registered), or ``None``."""
+    if name in BUILTIN_STORES:
+        return None
+    from ctx_memory.stores import registered_stores  # noqa: PLC0415 - reads entry points
+
+    registered = registered_stores()
+    if name in registered:
+        return None
+    known = ", ".join(sorted({*BUILTIN_STORES, *registered}))
+    return (
+        f"no store has that name; known stores: {known} (a third-party store registers "
+        "its name in the 'ctx_memory.stores' entry point group)"
+    )
+
+
+_SECRET_URL_KEYS = ("redis_url", "postgres_url")
+
+
 # --------------------------------------------------------------------------- settings
 
 
@@ -256,7 +319,7 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
-    store: Literal["memory", "sqlite", "redis"] = "memory"
+    store: str = "memory"
     use_redis_caching: StrictBool = False
     time_based_expiration: StrictBool = True
     session_expiration_seconds: float = Field(
@@ -277,6 +340,48 @@ class Settings(BaseModel):
     default_model: str = "gpt-4o-mini"
     token_encoding: str | None = None
     token_counter: Literal["tiktoken", "approximate"] = "tiktoken"
+
+    # ------------------------------------------------------------- PostgreSQL
+    # POSTGRES_* keys: read by ctx_memory.stores.postgres (docs/stores.md, "PostgreSQL").
+    postgres_url: str = "postgresql://localhost:5432/postgres"
+    postgres_schema: str = "ctx_memory"
+    postgres_pool_size: int = Field(default=10, ge=1)
+    postgres_connect_timeout: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    postgres_publish_events: StrictBool = False
+
+    @field_validator("postgres_pool_size", "postgres_connect_timeout", mode="before")
+    @classmethod
+    def _no_bools_for_postgres_numbers(cls, value: object) -> object:
+        if isinstance(value, bool):
+            msg = "must be a number, not a boolean"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("postgres_url")
+    @classmethod
+    def _check_postgres_url(cls, value: str) -> str:
+        problem = _postgres_url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("postgres_schema")
+    @classmethod
+    def _check_postgres_schema(cls, value: str) -> str:
+        from ctx_memory.stores._postgres_sql import schema_name_problem  # noqa: PLC0415
+
+        problem = schema_name_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("store")
+    @classmethod
+    def _check_store(cls, value: str) -> str:
+        problem = _store_name_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     # ------------------------------------------------------------- the HTTP service
     # SERVER_* keys: read by ctx_memory.server only (docs/server.md says what each does).
@@ -355,7 +460,7 @@ class Settings(BaseModel):
 
     def __repr_args__(self) -> Any:
         for key, value in super().__repr_args__():
-            yield key, (redact_url(value) if key == "redis_url" else value)
+            yield key, (redact_url(value) if key in _SECRET_URL_KEYS else value)
 
 
 _KEYS = frozenset(name.upper() for name in Settings.model_fields)
@@ -539,7 +644,7 @@ def _configuration_error(
     source = sources.get(field)
     if source is not None and source.secret:
         got = f"a {type(shown).__name__}"
-    elif key == "REDIS_URL" and isinstance(shown, str):
+    elif field in _SECRET_URL_KEYS and isinstance(shown, str):
         got = repr(redact_url(shown))
     else:
         got = repr(shown)
@@ -582,7 +687,8 @@ def setting_differences(current: Settings, other: Settings) -> list[tuple[str, s
     mine, theirs = current.model_dump(), other.model_dump()
 
     def shown(name: str, value: object) -> str:
-        return repr(redact_url(value) if name == "redis_url" and isinstance(value, str) else value)
+        secret = name in _SECRET_URL_KEYS and isinstance(value, str)
+        return repr(redact_url(str(value)) if secret else value)
 
     return [
         (name.upper(), f"{name.upper()}={shown(name, value)} (asked {shown(name, theirs[name])})")

@@ -1,9 +1,10 @@
-"""Shared fixtures: real Redis servers (single and a 3-master cluster) and every store.
+"""Shared fixtures: real Redis servers (single and a 3-master cluster), PostgreSQL, every store.
 
 ``REDIS_URL`` / ``REDIS_CLUSTER_URL`` point at servers you run yourself; otherwise the
 suite starts ``redis-server`` from ``PATH`` on free loopback ports in a temp dir. When
 ``redis-server`` is missing the Redis tests fail under ``CI=true`` and are skipped
-(with the reason) elsewhere.
+(with the reason) elsewhere. PostgreSQL likewise (the block at the end): ``POSTGRES_URL``,
+else a server the suite starts with ``initdb`` / ``pg_ctl`` (``tests/pg_server.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
     from ctx_memory.stores.base import BaseStore
 
-STORE_KINDS = ["memory", "sqlite", "redis", "cluster"]
+STORE_KINDS = ["memory", "sqlite", "redis", "cluster", "postgres"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
@@ -240,6 +241,8 @@ def make_store(
     elif kind == "cluster":
         url = request.getfixturevalue("redis_cluster_url")
         cleanup.append(lambda: _cleanup(redis.cluster.RedisCluster.from_url(url), key_prefix))
+    elif kind == "postgres":  # the PostgreSQL block below: one schema per test
+        return (yield from _postgres_stores(request, made))
 
     def make(**kwargs: Any) -> BaseStore:
         store: BaseStore
@@ -273,7 +276,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "make_store" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("stores")
         kinds = list(marker.args) if marker else STORE_KINDS
-        marks = {"redis": pytest.mark.redis, "cluster": pytest.mark.cluster}
+        marks = {
+            "redis": pytest.mark.redis,
+            "cluster": pytest.mark.cluster,
+            "postgres": pytest.mark.postgres,
+        }
         metafunc.parametrize(
             "make_store",
             [pytest.param(k, id=k, marks=[marks[k]] if k in marks else []) for k in kinds],
@@ -438,3 +445,95 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sentine
         yield setup.start()
     finally:
         setup.stop()
+
+
+# ---------------------------------------------------------------- PostgreSQL
+# One server for the whole session (POSTGRES_URL, else started here), one schema per test.
+# Missing PostgreSQL fails the tests under CI=true (scripts/ensure-postgres.sh installs it)
+# and skips them elsewhere. Fault tests start private servers they can stop and restart.
+
+
+def _no_postgres(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: the PostgreSQL tests must run; install postgresql)")
+    pytest.skip(reason)
+
+
+def _require_postgres() -> None:
+    from pg_server import find_bin_dir
+
+    if find_bin_dir() is None:
+        _no_postgres(
+            "initdb/pg_ctl not found (PATH, /usr/lib/postgresql/*/bin) and POSTGRES_URL not set"
+        )
+
+
+@pytest.fixture(scope="session")
+def postgres_server_factory() -> Iterator[Callable[..., Any]]:
+    """Start private PostgreSQL servers (stopped and removed at the end of the session).
+
+    Each runs in a fresh ``/tmp/ctx-pg-*`` directory (pytest's own temp dirs are private to
+    root, and the server runs as the ``postgres`` user when the tests run as root).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from pg_server import PostgresServer
+
+    started: list[Any] = []
+
+    def start(*settings: str) -> Any:
+        _require_postgres()
+        from pg_server import FAST
+
+        directory = Path(tempfile.mkdtemp(prefix="ctx-pg-"))
+        server = PostgresServer(directory, (*FAST, *settings))
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        try:
+            server.stop("immediate")
+        finally:
+            shutil.rmtree(server.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server_factory: Callable[..., Any]) -> str:
+    """URL of one PostgreSQL server for the whole session (it holds a password)."""
+    url = os.environ.get("POSTGRES_URL")
+    if url:
+        return url
+    return str(postgres_server_factory().url)
+
+
+@pytest.fixture
+def pg_schema(postgres_url: str) -> Iterator[str]:
+    """A schema name unique to this test, dropped after it."""
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield schema
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def _postgres_stores(
+    request: pytest.FixtureRequest, made: list[BaseStore]
+) -> Iterator[Callable[..., BaseStore]]:
+    """``make_store``'s body for ``postgres``: stores on one schema of the session's server."""
+    from ctx_memory.stores.postgres import PostgresStore
+
+    url = request.getfixturevalue("postgres_url")
+    schema = request.getfixturevalue("pg_schema")
+
+    def make(**kwargs: Any) -> BaseStore:
+        kwargs.setdefault("pool_size", 4)
+        store = PostgresStore(url, schema=schema, **kwargs)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()

@@ -1,8 +1,9 @@
 """The shipped contract suite (``ctx_memory.testing``) on every built-in store.
 
 Each class takes its stores from ``make_store`` (``tests/conftest.py``), narrowed to one
-kind: ``redis`` is a real server and ``cluster`` a real 3-master Redis Cluster, both
-started by the test session; stores built in one test share their data.
+kind: ``redis`` is a real server, ``cluster`` a real 3-master Redis Cluster and
+``postgres`` a real PostgreSQL server (one schema per test), all started by the test
+session; stores built in one test share their data.
 """
 
 from __future__ import annotations
@@ -45,10 +46,15 @@ class TestRedisClusterStore(BuiltInStore):
     pass
 
 
+@pytest.mark.stores("postgres")
+class TestPostgresStore(BuiltInStore):
+    pass
+
+
 def test_every_built_in_store_runs_the_contract() -> None:
     assert TestInMemoryStore.excluded_tests == (
         "test_lru_is_shared_between_store_objects",
         "test_write_after_another_store_object_deleted_the_session",
     )
-    for suite in (TestSqliteStore, TestRedisStore, TestRedisClusterStore):
+    for suite in (TestSqliteStore, TestRedisStore, TestRedisClusterStore, TestPostgresStore):
         assert suite.excluded_tests == ()

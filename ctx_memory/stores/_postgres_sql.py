@@ -1,0 +1,439 @@
+"""The PostgreSQL store's schema and statements: pure text, no connection.
+
+Everything lives in one schema (``POSTGRES_SCHEMA``, default ``ctx_memory``), so tenants or
+apps sharing a database are kept apart by schema name, the way Redis keys are by prefix.
+The schema name is the only value ever spliced into SQL text, and only after
+:func:`check_schema_name` accepted it (lower-case letters, digits, ``_``); session ids,
+message ids and every stored value travel as bound parameters.
+
+Tables (schema version :data:`SCHEMA_VERSION`, kept in ``meta``)::
+
+    meta(key, value)                        -- ('schema_version', '1')
+    sessions(sk, id, sp, md, sh, mc, tc, ts, n_messages, n_fetched, expires_at, last_access)
+    messages(sk, pos, id, tokens, body)     -- PRIMARY KEY (sk, pos), UNIQUE (sk, id)
+    fetched(sk, seq, source_type, body)     -- PRIMARY KEY (sk, seq)
+    fingerprints(sk, fp)                    -- PRIMARY KEY (sk, fp)
+
+``sk`` is a surrogate key; ``id`` the session id (``COLLATE "C"``: ids sort by code point,
+as on every store). ``sp``, ``md`` and ``sh`` are the system prompt, metadata and shared
+state as JSON text (kept byte for byte: key order and numbers as written); the counters
+(``mc``, ``tc``) and the last write (``ts``, JSON) are columns spliced into the metadata on
+read. Message and item bodies are the JSON text the manager encoded. ``expires_at`` is
+server time (sliding TTL; reads ignore an expired session, writes and ``collect()`` delete
+it); ``last_access`` comes from the sequence ``access_clock`` (LRU order). The sessions
+table has no index on ``expires_at`` or ``last_access``: an append then updates the
+session row in place (a HOT update), and garbage collection and LRU eviction scan it.
+
+Writes that need no value computed in Python are plpgsql functions, one statement each:
+``append`` (messages), ``append_fetched``, ``collect`` (garbage collection); the others run
+in one transaction that locks the session row (``upsert`` or ``live`` first).
+"""
+
+# ruff: noqa: S608 - SQL text by design: the one value spliced in is the validated schema name
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass
+
+from ctx_memory.errors import ConfigurationError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MIGRATIONS",
+    "SchemaSql",
+    "check_schema_name",
+    "events_channel",
+    "prefix_end",
+    "schema_name_problem",
+]
+
+SCHEMA_VERSION = 1
+"""The layout this module writes (``meta.schema_version``)."""
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {}
+"""Statements taking a schema from version ``k`` to ``k + 1`` (``{s}`` is the schema).
+
+Version 1 is the first layout: there is nothing to migrate from yet. Opening a schema of an
+older version runs the statements from its version up, then re-creates the functions, in
+one transaction.
+"""
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
+
+
+def schema_name_problem(name: object) -> str | None:
+    """Why ``name`` cannot be the store's schema, or ``None``."""
+    if isinstance(name, str) and _SCHEMA_NAME.fullmatch(name) and not name.startswith("pg_"):
+        return None
+    return (
+        "must be 1-40 lower-case ASCII letters, digits or '_', not starting with a digit or 'pg_'"
+    )
+
+
+def check_schema_name(name: object) -> str:
+    """Return ``name`` if it can be the store's schema, else raise.
+
+    Raises:
+        ConfigurationError: Names ``POSTGRES_SCHEMA``: 1-40 lower-case ASCII letters,
+            digits or ``_``, not starting with a digit nor with ``pg_`` (PostgreSQL keeps
+            those names).
+    """
+    problem = schema_name_problem(name)
+    if problem is not None:
+        raise ConfigurationError("POSTGRES_SCHEMA", f"{problem}, got {name!r}")
+    assert isinstance(name, str)
+    return name
+
+
+def events_channel(schema: str) -> str:
+    """The LISTEN/NOTIFY channel of a schema's events: ``<schema>_events``."""
+    return f"{schema}_events"
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The least string above every string starting with ``prefix`` (``None``: no bound).
+
+    Strings compare by code point (``COLLATE "C"`` on UTF-8 text compares the bytes).
+    """
+    while prefix:
+        last = ord(prefix[-1]) + 1
+        if last == 0xD800:  # surrogates are not characters: skip them
+            last = 0xE000
+        if last <= 0x10FFFF:
+            return prefix[:-1] + chr(last)
+        prefix = prefix[:-1]
+    return None
+
+
+_TABLES = """
+CREATE SCHEMA IF NOT EXISTS {s};
+CREATE TABLE {s}.meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE SEQUENCE {s}.access_clock;
+CREATE TABLE {s}.sessions (
+    sk bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id text COLLATE "C" NOT NULL UNIQUE,
+    sp text NOT NULL,
+    md text NOT NULL,
+    sh text NOT NULL,
+    mc bigint NOT NULL,
+    tc bigint NOT NULL,
+    ts text,
+    n_messages integer NOT NULL DEFAULT 0,
+    n_fetched integer NOT NULL DEFAULT 0,
+    expires_at timestamptz,
+    last_access bigint NOT NULL
+) WITH (fillfactor = 70);
+CREATE TABLE {s}.messages (
+    sk bigint NOT NULL,
+    pos integer NOT NULL,
+    id text COLLATE "C" NOT NULL,
+    tokens bigint NOT NULL,
+    body text NOT NULL,
+    PRIMARY KEY (sk, pos),
+    UNIQUE (sk, id)
+);
+CREATE TABLE {s}.fetched (
+    sk bigint NOT NULL,
+    seq integer NOT NULL,
+    source_type text NOT NULL,
+    body text NOT NULL,
+    PRIMARY KEY (sk, seq)
+);
+CREATE TABLE {s}.fingerprints (
+    sk bigint NOT NULL,
+    fp text NOT NULL,
+    PRIMARY KEY (sk, fp)
+);
+"""
+
+# The functions: re-created (CREATE OR REPLACE) whenever the schema is created or migrated.
+_FUNCTIONS = """
+CREATE OR REPLACE FUNCTION {s}.expiry(p_ttl float8) RETURNS timestamptz
+LANGUAGE sql STABLE AS $fn$
+    SELECT CASE WHEN p_ttl IS NULL THEN NULL ELSE now() + p_ttl * interval '1 second' END
+$fn$;
+
+CREATE OR REPLACE FUNCTION {s}.drop_session(p_sk bigint) RETURNS void
+LANGUAGE sql AS $fn$
+    DELETE FROM {s}.messages WHERE sk = p_sk;
+    DELETE FROM {s}.fetched WHERE sk = p_sk;
+    DELETE FROM {s}.fingerprints WHERE sk = p_sk;
+    DELETE FROM {s}.sessions WHERE sk = p_sk;
+$fn$;
+
+-- Delete every expired session; the ids, each reported by the one call that deleted it.
+CREATE OR REPLACE FUNCTION {s}.collect() RETURNS text[]
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    r record;
+    gone text[] := '{{}}';
+BEGIN
+    FOR r IN SELECT sk, id FROM {s}.sessions WHERE expires_at <= now() ORDER BY id
+             FOR UPDATE SKIP LOCKED LOOP
+        PERFORM {s}.drop_session(r.sk);
+        gone := gone || r.id;
+    END LOOP;
+    RETURN gone;
+END
+$fn$;
+
+-- After creating session p_keep: at most p_max sessions (expired ones go first).
+CREATE OR REPLACE FUNCTION {s}.evict(p_max integer, p_keep bigint,
+                                     OUT o_expired text[], OUT o_evicted text[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    r record;
+    n bigint;
+BEGIN
+    o_evicted := '{{}}';
+    PERFORM pg_advisory_xact_lock({lock});  -- creators count one at a time
+    o_expired := {s}.collect();
+    SELECT count(*) INTO n FROM {s}.sessions;
+    IF n > p_max THEN
+        FOR r IN SELECT sk, id FROM {s}.sessions WHERE sk <> p_keep
+                 ORDER BY last_access LIMIT n - p_max FOR UPDATE LOOP
+            PERFORM {s}.drop_session(r.sk);
+            o_evicted := o_evicted || r.id;
+        END LOOP;
+    END IF;
+END
+$fn$;
+
+-- Lock a session for a write that does not create: (sk, length), or nulls if absent.
+-- An expired session is deleted and reported in o_expired.
+CREATE OR REPLACE FUNCTION {s}.live(p_id text,
+                                    OUT o_sk bigint, OUT o_n integer, OUT o_expired text[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    r record;
+BEGIN
+    o_expired := '{{}}';
+    SELECT sk, n_messages, expires_at INTO r FROM {s}.sessions WHERE id = p_id FOR UPDATE;
+    IF r.sk IS NULL THEN
+        RETURN;
+    END IF;
+    IF r.expires_at IS NOT NULL AND r.expires_at <= now() THEN
+        PERFORM {s}.drop_session(r.sk);
+        o_expired := ARRAY[p_id];
+        RETURN;
+    END IF;
+    o_sk := r.sk;
+    o_n := r.n_messages;
+END
+$fn$;
+
+-- Lock a session for a write, creating it from the init header if absent.
+CREATE OR REPLACE FUNCTION {s}.upsert(p_id text, p_sp text, p_md text, p_sh text, p_ts text,
+                                      p_ttl float8, p_max integer,
+                                      OUT o_sk bigint, OUT o_created boolean, OUT o_n integer,
+                                      OUT o_expired text[], OUT o_evicted text[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v record;
+    e record;
+BEGIN
+    o_created := false;
+    o_evicted := '{{}}';
+    LOOP
+        v := {s}.live(p_id);
+        o_expired := v.o_expired;
+        IF v.o_sk IS NOT NULL THEN
+            o_sk := v.o_sk;
+            o_n := v.o_n;
+            RETURN;
+        END IF;
+        INSERT INTO {s}.sessions (id, sp, md, sh, mc, tc, ts, expires_at, last_access)
+        VALUES (p_id, p_sp, p_md, p_sh, 0, 0, p_ts, {s}.expiry(p_ttl),
+                nextval('{s}.access_clock'))
+        ON CONFLICT (id) DO NOTHING
+        RETURNING sk INTO o_sk;
+        IF o_sk IS NOT NULL THEN
+            o_created := true;
+            o_n := 0;
+            IF p_max IS NOT NULL THEN
+                e := {s}.evict(p_max, o_sk);
+                o_expired := o_expired || e.o_expired;
+                o_evicted := e.o_evicted;
+            END IF;
+            RETURN;
+        END IF;
+        -- another transaction created it meanwhile: go round and lock that one
+    END LOOP;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION {s}.touch(p_sk bigint, p_now text, p_ttl float8) RETURNS void
+LANGUAGE sql AS $fn$
+    UPDATE {s}.sessions
+    SET ts = p_now, expires_at = {s}.expiry(p_ttl), last_access = nextval('{s}.access_clock')
+    WHERE sk = p_sk;
+$fn$;
+
+-- Append messages: skip ids the session holds, bump the counters, slide the TTL.
+CREATE OR REPLACE FUNCTION {s}.append(p_id text, p_ids text[], p_tokens bigint[],
+                                      p_bodies text[], p_now text,
+                                      p_sp text, p_md text, p_sh text, p_ts text,
+                                      p_ttl float8, p_max integer,
+                                      OUT o_created boolean, OUT o_added integer,
+                                      OUT o_expired text[], OUT o_evicted text[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    u record;
+    t bigint := 0;
+BEGIN
+    u := {s}.upsert(p_id, p_sp, p_md, p_sh, p_ts, p_ttl, p_max);
+    o_added := 0;
+    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
+        INSERT INTO {s}.messages (sk, pos, id, tokens, body)
+        VALUES (u.o_sk, u.o_n + o_added, p_ids[i], p_tokens[i], p_bodies[i])
+        ON CONFLICT (sk, id) DO NOTHING;
+        IF FOUND THEN
+            o_added := o_added + 1;
+            t := t + p_tokens[i];
+        END IF;
+    END LOOP;
+    IF o_added > 0 OR u.o_created THEN
+        UPDATE {s}.sessions
+        SET n_messages = n_messages + o_added, mc = mc + o_added, tc = tc + t, ts = p_now,
+            expires_at = {s}.expiry(p_ttl), last_access = nextval('{s}.access_clock')
+        WHERE sk = u.o_sk;
+    END IF;
+    o_created := u.o_created;
+    o_expired := u.o_expired;
+    o_evicted := u.o_evicted;
+END
+$fn$;
+
+-- Append fetched items; with p_dedupe, skip those whose fingerprint is stored.
+CREATE OR REPLACE FUNCTION {s}.append_fetched(p_id text, p_types text[], p_bodies text[],
+                                              p_fps text[], p_dedupe boolean, p_now text,
+                                              p_sp text, p_md text, p_sh text, p_ts text,
+                                              p_ttl float8, p_max integer,
+                                              OUT o_created boolean, OUT o_added integer,
+                                              OUT o_expired text[], OUT o_evicted text[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    u record;
+    seq0 integer;
+    fresh boolean;
+BEGIN
+    u := {s}.upsert(p_id, p_sp, p_md, p_sh, p_ts, p_ttl, p_max);
+    SELECT n_fetched INTO seq0 FROM {s}.sessions WHERE sk = u.o_sk;
+    o_added := 0;
+    FOR i IN 1 .. coalesce(array_length(p_types, 1), 0) LOOP
+        INSERT INTO {s}.fingerprints (sk, fp) VALUES (u.o_sk, p_fps[i])
+        ON CONFLICT DO NOTHING;
+        fresh := FOUND;
+        IF fresh OR NOT p_dedupe THEN
+            INSERT INTO {s}.fetched (sk, seq, source_type, body)
+            VALUES (u.o_sk, seq0 + o_added, p_types[i], p_bodies[i]);
+            o_added := o_added + 1;
+        END IF;
+    END LOOP;
+    UPDATE {s}.sessions
+    SET n_fetched = n_fetched + o_added, ts = p_now, expires_at = {s}.expiry(p_ttl),
+        last_access = nextval('{s}.access_clock')
+    WHERE sk = u.o_sk;
+    o_created := u.o_created;
+    o_expired := u.o_expired;
+    o_evicted := u.o_evicted;
+END
+$fn$;
+
+-- Renumber the messages from position p_first on as p_first, p_first + 1, ...
+CREATE OR REPLACE FUNCTION {s}.renumber(p_sk bigint, p_first integer) RETURNS void
+LANGUAGE sql AS $fn$
+    -- through negative positions: (sk, pos) stays unique after every row
+    UPDATE {s}.messages SET pos = -1 - pos WHERE sk = p_sk AND pos >= p_first;
+    UPDATE {s}.messages AS m SET pos = r.new_pos
+    FROM (SELECT pos, p_first - 1 + row_number() OVER (ORDER BY pos DESC) AS new_pos
+          FROM {s}.messages WHERE sk = p_sk AND pos < 0) AS r
+    WHERE m.sk = p_sk AND m.pos = r.pos;
+$fn$;
+"""
+
+_LIVE = "(s.expires_at IS NULL OR s.expires_at > now())"
+
+# A read's session row: a plain lookup, or (with max_sessions) one that bumps the LRU clock.
+_READ_SESSION = f"SELECT * FROM {{s}}.sessions AS s WHERE s.id = %(id)s AND {_LIVE}"
+_TOUCH_SESSION = (
+    "UPDATE {s}.sessions AS s SET last_access = nextval('{s}.access_clock') "
+    f"WHERE s.id = %(id)s AND {_LIVE} RETURNING s.*"
+)
+_HEADER_COLUMNS = "s.sp, s.md, s.sh, s.mc, s.tc, s.ts"
+_MESSAGES_JSON = (
+    "SELECT '[' || coalesce(string_agg(m.body, ',' ORDER BY m.pos), '') || ']' "
+    "FROM {s}.messages AS m WHERE m.sk = s.sk"
+)
+# Fetched items as one JSON array of [source_type, item] pairs, in insertion order.
+_FETCHED_JSON = (
+    "SELECT '[' || coalesce(string_agg('[' || to_json(f.source_type)::text || ',' || f.body "
+    "|| ']', ',' ORDER BY f.seq), '') || ']' FROM {s}.fetched AS f WHERE f.sk = s.sk"
+)
+_READS = {
+    "exists": "SELECT 1 FROM s",
+    "count": "SELECT s.n_messages FROM s",
+    "header": f"SELECT {_HEADER_COLUMNS} FROM s",
+    "document": f"SELECT {_HEADER_COLUMNS}, ({_MESSAGES_JSON}), ({_FETCHED_JSON}) FROM s",
+    # LRANGE bounds computed against the stored length: an indexed range scan of k rows.
+    "messages": (
+        "SELECT '[' || coalesce(string_agg(m.body, ',' ORDER BY m.pos), '') || ']' "
+        "FROM s JOIN {s}.messages AS m ON m.sk = s.sk AND m.pos BETWEEN "
+        "greatest(CASE WHEN %(lo)s < 0 THEN %(lo)s + s.n_messages ELSE %(lo)s END, 0) AND "
+        "least(CASE WHEN %(hi)s < 0 THEN %(hi)s + s.n_messages ELSE %(hi)s END, "
+        "s.n_messages - 1)"
+    ),
+    "fetched": f"SELECT ({_FETCHED_JSON}) FROM s",
+    "fetched_type": (
+        "SELECT '[' || coalesce(string_agg('[' || to_json(f.source_type)::text || ',' || "
+        "f.body || ']', ',' ORDER BY f.seq), '') || ']' FROM s JOIN {s}.fetched AS f "
+        "ON f.sk = s.sk AND f.source_type = %(type)s"
+    ),
+}
+
+
+def _text(template: str, schema: str, lock: int) -> str:
+    return template.format(s=f'"{schema}"', lock=lock)
+
+
+@dataclass(frozen=True)
+class SchemaSql:
+    """Every statement of the store, for one schema, as bytes ready for psycopg.
+
+    Args:
+        schema: A name :func:`check_schema_name` accepted.
+    """
+
+    schema: str
+
+    @property
+    def quoted(self) -> str:
+        """The schema as an SQL identifier."""
+        return f'"{self.schema}"'
+
+    @property
+    def lock_key(self) -> int:
+        """The advisory lock key of this schema (creators, schema changes)."""
+        return zlib.crc32(f"ctx_memory:{self.schema}".encode())
+
+    def q(self, template: str) -> bytes:
+        """``template`` with ``{s}`` replaced by the quoted schema."""
+        return _text(template, self.schema, self.lock_key).encode()
+
+    def create_tables(self) -> bytes:
+        """The tables of a fresh schema (version :data:`SCHEMA_VERSION`)."""
+        return self.q(_TABLES)
+
+    def create_functions(self) -> bytes:
+        """Every function, ``CREATE OR REPLACE``."""
+        return self.q(_FUNCTIONS)
+
+    def migration(self, version: int) -> list[bytes]:
+        """The statements taking the schema from ``version`` to ``version + 1``."""
+        return [self.q(statement) for statement in MIGRATIONS[version]]
+
+    def read(self, kind: str, *, touch: bool) -> bytes:
+        """A read of one live session (``kind`` in ``_READS``), bumping LRU if ``touch``."""
+        source = _TOUCH_SESSION if touch else _READ_SESSION
+        return self.q(f"WITH s AS ({source}) {_READS[kind]}")
