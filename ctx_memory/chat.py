@@ -41,19 +41,15 @@ from typing_extensions import override
 from ctx_memory.errors import ValidationError
 from ctx_memory.prompt import (
     SESSION_ID_SPEC,
-    AssembledPrompt,
-    Call,
     ContextPromptAssembler,
     PromptInput,
-    adrive,
-    drive,
     parse_question,
     session_id_from,
 )
 from ctx_memory.schema import message_to_record, now_iso
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Generator, Iterator
+    from collections.abc import AsyncIterator, Iterator
 
     from langchain_core.callbacks import (
         AsyncCallbackManagerForChainRun,
@@ -64,6 +60,7 @@ if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
     from langchain_core.runnables.utils import ConfigurableFieldSpec
 
+    from ctx_memory.assembly.report import AssembledPrompt
     from ctx_memory.manager import ContextManager
 
 __all__ = ["METADATA_KEY", "ContextualChat", "cited_sources", "reply_metadata"]
@@ -361,7 +358,7 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
     def __repr__(self) -> str:
         return f"ContextualChat(model={type(self.model).__name__}, assembler={self.assembler!r})"
 
-    # ------------------------------------------------------------ shared steps (pure + flows)
+    # ------------------------------------------------------------ pure steps
 
     def _turn(self, input_: Any, config: RunnableConfig, run_manager: BaseRunManager) -> Turn:
         """The session, the question with its id and the reply's id for this run."""
@@ -376,31 +373,17 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         reply_id = str(uuid.uuid5(_ID_NAMESPACE, f"{session_id}\x1f{question.id}\x1freply"))
         return Turn(session_id, question, parsed.text, reply_id)
 
-    def _prepare_flow(self, turn: Turn) -> Generator[Call, Any, AssembledPrompt]:
-        """Assemble the prompt; reads only, so an over-budget question writes nothing.
-
-        The turn's own ids are passed over in the stored history, in case an earlier
-        attempt of this very turn already landed.
-        """
-        return (
-            yield from self.assembler.build_flow(
-                turn.session_id,
-                [turn.question],
-                query=turn.text,
-                skip_ids=frozenset({str(turn.question.id), turn.reply_id}),
-            )
-        )
-
-    def _record_flow(
+    def _turn_records(
         self, turn: Turn, reply: BaseMessage, started: float, prompt: AssembledPrompt
-    ) -> Generator[Call, Any, AIMessage]:
-        """Write the question and the reply in one append; return the reply as stored.
+    ) -> tuple[list[BaseMessage | dict[str, Any]], AIMessage]:
+        """What to write for the turn, and the reply as the caller gets it.
 
-        The reply gets the turn's id; the caller's copy also gets
-        ``response_metadata["ctx_memory"]``. The stored record keeps the model's message
-        whole without that annotation (which would make every later prompt heavier to
-        build and is no part of what the model said); its ``metadata`` holds
-        ``sources_used`` (the URLs) and ``cited`` (the source numbers the reply cites).
+        The question and the reply go in one append. The reply gets the turn's id; the
+        caller's copy also gets ``response_metadata["ctx_memory"]``. The stored record
+        keeps the model's message whole without that annotation (which would make every
+        later prompt heavier to build and is no part of what the model said); its
+        ``metadata`` holds ``sources_used`` (the URLs) and ``cited`` (the source numbers
+        the reply cites).
         """
         message = _as_message(reply).model_copy(update={"id": turn.reply_id})
         extra = reply_metadata(prompt, message)
@@ -413,24 +396,33 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         }
         record = message_to_record(message, timestamp=now_iso(), metadata=metadata)
         del record["token_count"]  # counted by the manager
-        yield Call("add_messages", (turn.session_id, [turn.question, record]))
         meta = {**message.response_metadata, METADATA_KEY: extra}
-        return message.model_copy(update={"response_metadata": meta})
+        return [turn.question, record], message.model_copy(update={"response_metadata": meta})
 
     @staticmethod
     def _child(config: RunnableConfig, run_manager: Any) -> RunnableConfig:
         return patch_config(config, callbacks=run_manager.get_child())
 
-    def _assembly_run(self, turn: Turn) -> dict[str, Any]:
+    def _prompt_run(self, turn: Turn) -> dict[str, Any]:
         """How the assembly's child run starts: its inputs, type and name."""
         inputs = {"question": turn.text, "session_id": turn.session_id}
         return {"inputs": inputs, "run_type": "prompt", "name": self.assembler.get_name()}
 
+    # ------------------------------------------------------------ I/O twins
+
     def _assemble(self, turn: Turn, run_manager: CallbackManagerForChainRun) -> AssembledPrompt:
-        """The prompt, assembled in a child run whose output is the report."""
-        child = run_manager.get_child().on_chain_start(None, **self._assembly_run(turn))
+        """The prompt, assembled in a child run whose output is the report.
+
+        Reads only, so an over-budget question writes nothing. The turn's own ids are
+        passed over in the stored history, in case an earlier attempt of this very turn
+        already landed.
+        """
+        child = run_manager.get_child().on_chain_start(None, **self._prompt_run(turn))
+        skip = frozenset({str(turn.question.id), turn.reply_id})
         try:
-            prompt = drive(self.manager, self._prepare_flow(turn))
+            prompt = self.assembler.build(
+                turn.session_id, [turn.question], query=turn.text, skip_ids=skip
+            )
         except BaseException as e:
             child.on_chain_error(e)
             raise
@@ -441,14 +433,33 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         self, turn: Turn, run_manager: AsyncCallbackManagerForChainRun
     ) -> AssembledPrompt:
         """Async :meth:`_assemble`."""
-        child = await run_manager.get_child().on_chain_start(None, **self._assembly_run(turn))
+        child = await run_manager.get_child().on_chain_start(None, **self._prompt_run(turn))
+        skip = frozenset({str(turn.question.id), turn.reply_id})
         try:
-            prompt = await adrive(self.manager, self._prepare_flow(turn))
+            prompt = await self.assembler.abuild(
+                turn.session_id, [turn.question], query=turn.text, skip_ids=skip
+            )
         except BaseException as e:
             await child.on_chain_error(e)
             raise
         await child.on_chain_end(reply_metadata(prompt))
         return prompt
+
+    def _record(
+        self, turn: Turn, reply: BaseMessage, started: float, prompt: AssembledPrompt
+    ) -> AIMessage:
+        """Write the question and the reply in one append; return the reply as stored."""
+        written, message = self._turn_records(turn, reply, started, prompt)
+        self.manager.add_messages(turn.session_id, written)
+        return message
+
+    async def _arecord(
+        self, turn: Turn, reply: BaseMessage, started: float, prompt: AssembledPrompt
+    ) -> AIMessage:
+        """Async :meth:`_record`."""
+        written, message = self._turn_records(turn, reply, started, prompt)
+        await self.manager.aadd_messages(turn.session_id, written)
+        return message
 
     # ------------------------------------------------------------ invoke
 
@@ -459,7 +470,7 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         prompt = self._assemble(turn, run_manager)
         started = time.perf_counter()
         reply = self.model.invoke(prompt.messages, self._child(config, run_manager))
-        return drive(self.manager, self._record_flow(turn, reply, started, prompt))
+        return self._record(turn, reply, started, prompt)
 
     async def _arun(
         self,
@@ -471,7 +482,7 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         prompt = await self._aassemble(turn, run_manager)
         started = time.perf_counter()
         reply = await self.model.ainvoke(prompt.messages, self._child(config, run_manager))
-        return await adrive(self.manager, self._record_flow(turn, reply, started, prompt))
+        return await self._arecord(turn, reply, started, prompt)
 
     @override
     def invoke(
@@ -506,7 +517,7 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         for item in self.model.stream(prompt.messages, self._child(config, run_manager)):
             yield from stream.feed(item)
         if stream.full is not None:
-            reply = drive(self.manager, self._record_flow(turn, stream.full, started, prompt))
+            reply = self._record(turn, stream.full, started, prompt)
             yield stream.last(reply)
 
     async def _astream_run(
@@ -524,9 +535,7 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
             for out in stream.feed(item):
                 yield out
         if stream.full is not None:
-            reply = await adrive(
-                self.manager, self._record_flow(turn, stream.full, started, prompt)
-            )
+            reply = await self._arecord(turn, stream.full, started, prompt)
             yield stream.last(reply)
 
     @override

@@ -25,13 +25,13 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, get_bu
 from pydantic import ConfigDict, Field
 from typing_extensions import override
 
+from ctx_memory.assembly.window import HistoryChunks, aread_history_window, read_history_window
 from ctx_memory.history import ContextChatMessageHistory
 from ctx_memory.manager import ContextManager  # noqa: TC001 - pydantic field type
-from ctx_memory.prompt import Call, adrive, drive, history_window_flow
 from ctx_memory.schema import record_to_message, validate_session_id
 
 if TYPE_CHECKING:
-    from collections.abc import Generator
+    from collections.abc import Mapping
 
 __all__ = ["ContextMemory"]
 
@@ -137,16 +137,24 @@ class ContextMemory(BaseChatMemory):
     def memory_variables(self) -> list[str]:
         return [self.memory_key]
 
-    def _load_flow(self) -> Generator[Call, Any, list[BaseMessage]]:
-        header = yield Call("get_header", (self.session_id,))
+    def _chunks(self, header: Mapping[str, Any]) -> HistoryChunks:
+        counter = self.manager.token_counter
+        return HistoryChunks(header["metadata"], self.max_token_limit, counter=counter)
+
+    def _load(self) -> list[BaseMessage]:
+        """The newest whole turns that fit ``max_token_limit``, as messages."""
+        header = self.manager.get_header(self.session_id)
         if header is None:
             return []
-        window = yield from history_window_flow(
-            self.session_id,
-            header["metadata"],
-            self.max_token_limit,
-            counter=self.manager.token_counter,
-        )
+        window = read_history_window(self.manager, self.session_id, self._chunks(header))
+        return [record_to_message(r) for r in window.chosen]
+
+    async def _aload(self) -> list[BaseMessage]:
+        """Async :meth:`_load`."""
+        header = await self.manager.aget_header(self.session_id)
+        if header is None:
+            return []
+        window = await aread_history_window(self.manager, self.session_id, self._chunks(header))
         return [record_to_message(r) for r in window.chosen]
 
     def _variables(self, messages: list[BaseMessage]) -> dict[str, Any]:
@@ -157,8 +165,8 @@ class ContextMemory(BaseChatMemory):
 
     @override
     def load_memory_variables(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        return self._variables(drive(self.manager, self._load_flow()))
+        return self._variables(self._load())
 
     @override
     async def aload_memory_variables(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        return self._variables(await adrive(self.manager, self._load_flow()))
+        return self._variables(await self._aload())

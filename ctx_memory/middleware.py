@@ -28,7 +28,7 @@ After the agent finishes, the current run is appended once more, which stores an
 no model call saw (e.g. the result of a ``return_direct`` tool). Messages of earlier runs
 held only by a checkpointer (say, after :meth:`~ctx_memory.manager.ContextManager.clear`)
 are not written back. No orphan tool message is ever sent: the history window starts at
-a user message and is repaired (:func:`~ctx_memory.prompt.repair_tool_pairs`), and so is
+a user message and is repaired (:func:`~ctx_memory.assembly.window.repair_tool_pairs`), and so is
 the current run.
 
 Tool schemas are not counted; keep ``reserve_tokens`` large enough for them and the reply.
@@ -53,25 +53,19 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.runnables.config import var_child_runnable_config
 from typing_extensions import override
 
-from ctx_memory.prompt import (
-    AssembledPrompt,
-    Call,
-    ContextPromptAssembler,
-    adrive,
-    drive,
-    repair_tool_pairs,
-    session_id_from,
-)
+from ctx_memory.assembly.window import repair_tool_pairs
+from ctx_memory.prompt import ContextPromptAssembler, session_id_from
 from ctx_memory.schema import message_to_record, now_iso
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Generator, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from langchain.agents.middleware import ModelRequest
     from langchain.agents.middleware.types import ModelCallResult
     from langchain_core.messages import AnyMessage
     from langgraph.runtime import Runtime
 
+    from ctx_memory.assembly.report import AssembledPrompt
     from ctx_memory.manager import ContextManager
     from ctx_memory.ranking import Tokenizer
 
@@ -222,14 +216,6 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
                 return list(messages[index:])
         return list(messages)
 
-    def _store_flow(
-        self, session_id: str, messages: Sequence[BaseMessage]
-    ) -> Generator[Call, Any, None]:
-        """Append ``messages`` in one write; the session passes over ids it holds."""
-        if not self.persist or not messages:
-            return
-        yield Call("add_messages", (session_id, list(messages)))
-
     def _run_of(self, session_id: str, request: ModelRequest[Any]) -> list[BaseMessage]:
         """The current run (every message of the request if not persisting), with ids."""
         run: list[BaseMessage] = list(request.messages)
@@ -238,19 +224,19 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         _assign_ids(session_id, run)
         return run
 
-    def _prepare_flow(
-        self, session_id: str, request: ModelRequest[Any], run: list[BaseMessage]
-    ) -> Generator[Call, Any, AssembledPrompt]:
-        """Assemble the prompt (reads only: nothing is written before the model answers)."""
+    @staticmethod
+    def _prompt_parts(
+        request: ModelRequest[Any], run: list[BaseMessage]
+    ) -> tuple[list[BaseMessage], str, str, frozenset[str]]:
+        """What the prompt is built from: the repaired run and its question.
+
+        Also the agent's own system prompt and the ids the stored history passes over.
+        """
         tail, _ = repair_tool_pairs(run)
         query = next((m.text for m in reversed(tail) if isinstance(m, HumanMessage)), "")
         system = request.system_message.text if request.system_message is not None else ""
         skip = frozenset(str(m.id) for m in run if m.id)
-        return (
-            yield from self.assembler.build_flow(
-                session_id, tail, query=query, skip_ids=skip, system_prefix=system
-            )
-        )
+        return tail, query, system, skip
 
     @staticmethod
     def _override(request: ModelRequest[Any], prompt: AssembledPrompt) -> ModelRequest[Any]:
@@ -260,7 +246,7 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
             system, messages = messages[0], messages[1:]
         return request.override(system_message=system, messages=cast("list[AnyMessage]", messages))
 
-    def _reply_flow(
+    def _written(
         self,
         session_id: str,
         request: ModelRequest[Any],
@@ -269,8 +255,12 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         *,
         started: float,
         prompt: AssembledPrompt,
-    ) -> Generator[Call, Any, None]:
-        """Append the current run and the reply in one write (ids already stored pass)."""
+    ) -> list[BaseMessage | dict[str, Any]]:
+        """What to append once the model answered: the current run and the reply.
+
+        Gives replies without an id their deterministic one first, persisting or not.
+        Nothing (``[]``) without ``persist``.
+        """
         replies = _reply_messages(result)
         anchor = str(request.messages[-1].id) if request.messages else ""
         for index, reply in enumerate(replies):
@@ -279,10 +269,9 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
                 # passes over the stored copy; and a re-run of this call gets it again.
                 reply.id = _stable_id(session_id, anchor, "reply", str(index))
         if not self.persist:
-            return
+            return []
         if not replies:
-            yield from self._store_flow(session_id, run)
-            return
+            return list(run)
         model = request.model
         name = self.model_name or next(
             (
@@ -304,14 +293,32 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
             "tools_used": tools,
         }
         now = now_iso()
-        records = []
+        records: list[BaseMessage | dict[str, Any]] = []
         for reply in replies:
             record = message_to_record(reply, timestamp=now, metadata=metadata)
             del record["token_count"]  # counted by the manager
             records.append(record)
-        yield Call("add_messages", (session_id, [*run, *records]))
+        return [*run, *records]
 
-    # ------------------------------------------------------------ hooks
+    def _final_run(self, session_id: str, state: AgentState[Any]) -> list[BaseMessage]:
+        """The current run when the agent finishes, with ids (persisting or not)."""
+        run = self._current_run(state["messages"])
+        _assign_ids(session_id, run)
+        return run if self.persist else []
+
+    # ------------------------------------------------------------ writes, then hooks (I/O twins)
+
+    def _store(self, session_id: str, messages: Sequence[BaseMessage | dict[str, Any]]) -> None:
+        """Append ``messages`` in one write; the session passes over ids it holds."""
+        if messages:
+            self.manager.add_messages(session_id, messages)
+
+    async def _astore(
+        self, session_id: str, messages: Sequence[BaseMessage | dict[str, Any]]
+    ) -> None:
+        """Async :meth:`_store`."""
+        if messages:
+            await self.manager.aadd_messages(session_id, messages)
 
     @override
     def wrap_model_call(
@@ -321,11 +328,15 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
     ) -> ModelCallResult[Any]:
         session_id = self._session(request.runtime)
         run = self._run_of(session_id, request)
-        prompt = drive(self.manager, self._prepare_flow(session_id, request, run))
+        # Reads only: nothing is written before the model answers.
+        tail, query, system, skip = self._prompt_parts(request, run)
+        prompt = self.assembler.build(
+            session_id, tail, query=query, skip_ids=skip, system_prefix=system
+        )
         started = time.perf_counter()
         result = handler(self._override(request, prompt))
-        flow = self._reply_flow(session_id, request, run, result, started=started, prompt=prompt)
-        drive(self.manager, flow)
+        written = self._written(session_id, request, run, result, started=started, prompt=prompt)
+        self._store(session_id, written)
         return result
 
     @override
@@ -336,26 +347,27 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
     ) -> ModelCallResult[Any]:
         session_id = self._session(request.runtime)
         run = self._run_of(session_id, request)
-        prompt = await adrive(self.manager, self._prepare_flow(session_id, request, run))
+        # Reads only: nothing is written before the model answers.
+        tail, query, system, skip = self._prompt_parts(request, run)
+        prompt = await self.assembler.abuild(
+            session_id, tail, query=query, skip_ids=skip, system_prefix=system
+        )
         started = time.perf_counter()
         result = await handler(self._override(request, prompt))
-        flow = self._reply_flow(session_id, request, run, result, started=started, prompt=prompt)
-        await adrive(self.manager, flow)
+        written = self._written(session_id, request, run, result, started=started, prompt=prompt)
+        await self._astore(session_id, written)
         return result
-
-    def _finish_flow(self, session_id: str, state: AgentState[Any]) -> Generator[Call, Any, None]:
-        run = self._current_run(state["messages"])
-        _assign_ids(session_id, run)
-        yield from self._store_flow(session_id, run)
 
     @override
     def after_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
-        drive(self.manager, self._finish_flow(self._session(runtime), state))
+        session_id = self._session(runtime)
+        self._store(session_id, self._final_run(session_id, state))
         return None
 
     @override
     async def aafter_agent(
         self, state: AgentState[Any], runtime: Runtime[Any]
     ) -> dict[str, Any] | None:
-        await adrive(self.manager, self._finish_flow(self._session(runtime), state))
+        session_id = self._session(runtime)
+        await self._astore(session_id, self._final_run(session_id, state))
         return None

@@ -22,12 +22,12 @@ from ctx_memory import (
     TokenCounter,
     ValidationError,
 )
+from ctx_memory.assembly.window import group_tool_results
 from ctx_memory.prompt import (
     HistoryWindow,
     bm25_scores,
     format_header,
     format_sources,
-    group_tool_results,
     plan_sources,
     rank_sources,
     repair_tool_pairs,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from langchain_core.messages import HumanMessage, messages_to_dict
 
-from ctx_memory.prompt import _factories, _PlainMessageFactory, records_to_messages
+from ctx_memory.assembly.messages import _factories, _PlainMessageFactory, records_to_messages
 from ctx_memory.schema import record_to_message
 from ctx_memory.stores.memory import _decode_all
 

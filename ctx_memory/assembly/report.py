@@ -1,0 +1,168 @@
+"""What an assembly gives back: the prompt and its budget report.
+
+:class:`AssembledPrompt` holds the messages and their parts; :class:`AssemblyReport`
+the tokens per section and what was left out. Plain frozen dataclasses with no I/O;
+:mod:`ctx_memory.display` renders both in a notebook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
+
+from langchain_core.prompt_values import ChatPromptValue
+
+from ctx_memory.ranking import item_title
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from langchain_core.messages import BaseMessage
+
+__all__ = ["AssembledPrompt", "AssemblyReport"]
+
+
+@dataclass(frozen=True)
+class AssemblyReport:
+    """What an assembled prompt spends, section by section, and what it left out.
+
+    Every ``*_tokens`` section includes its messages' chat overhead, so
+    ``system_tokens + sources_tokens + history_tokens + question_tokens +
+    priming_tokens == total_tokens`` and ``total_tokens`` is what
+    :meth:`TokenCounter.count_chat` returns for the messages.
+
+    Attributes:
+        session_id: The session the prompt was assembled from.
+        budget: ``max_tokens - reserve_tokens``; ``total_tokens`` never exceeds it.
+        max_tokens: The model's context size the caller gave.
+        reserve_tokens: Tokens kept free for the reply.
+        total_tokens: Tokens of the whole prompt, reply priming included.
+        system_tokens: The system message with system prompt and header only.
+        sources_tokens: What the sources added to the system message.
+        history_tokens: The history messages included.
+        question_tokens: The question message (for the agent middleware: the current
+            run's messages, from the last human message on).
+        priming_tokens: The reply priming the API adds to every request.
+        sources_included: Sources in the prompt.
+        sources_truncated: Of those, how many were cut to the per-source cap.
+        sources_dropped: Sources left out (over ``max_sources`` or over budget).
+        source_urls: URLs (or titles) of the sources included, in prompt order.
+        history_messages: Stored messages in the history window.
+        history_left_out_messages: Stored messages left out of the prompt.
+        history_left_out_tokens: Their tokens (from cached counts).
+        history_repaired_messages: Messages dropped from the window as orphan tool
+            messages or tool calls without results (included in the left-out counts).
+        encoding: The tiktoken encoding the counts are in.
+    """
+
+    session_id: str
+    budget: int
+    max_tokens: int
+    reserve_tokens: int
+    total_tokens: int
+    system_tokens: int
+    sources_tokens: int
+    history_tokens: int
+    question_tokens: int
+    priming_tokens: int
+    sources_included: int
+    sources_truncated: int
+    sources_dropped: int
+    source_urls: tuple[str, ...]
+    history_messages: int
+    history_left_out_messages: int
+    history_left_out_tokens: int
+    history_repaired_messages: int
+    encoding: str
+
+    @property
+    def remaining_tokens(self) -> int:
+        """Budget not used by the prompt."""
+        return self.budget - self.total_tokens
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as a plain, JSON-native dict."""
+        from dataclasses import asdict  # noqa: PLC0415
+
+        out = asdict(self)
+        out["source_urls"] = list(self.source_urls)
+        out["remaining_tokens"] = self.remaining_tokens
+        return out
+
+    def _repr_html_(self) -> str | None:
+        return _render_html(self)
+
+
+def _render_html(value: Any) -> str | None:
+    try:
+        from ctx_memory import display  # noqa: PLC0415 - optional surface, built elsewhere
+    except ImportError:
+        return None
+    render = getattr(display, "render_assembly_html", None)
+    return None if render is None else cast("str", render(value))
+
+
+@dataclass(frozen=True)
+class AssembledPrompt:
+    """An assembled prompt: the messages, the report and the sources used.
+
+    Attributes:
+        messages: System message (if any), history, then the question.
+        report: Tokens per section and what was left out.
+        sources: The fetched items in the prompt, numbered from 1 in this order.
+        system: The system message text (system prompt, header and sources).
+        history: The history messages.
+        question: The question message.
+        head: The system prompt and header without sources.
+        sources_text: The numbered sources block alone (``""`` for none).
+    """
+
+    messages: list[BaseMessage]
+    report: AssemblyReport
+    sources: tuple[Mapping[str, Any], ...] = ()
+    system: str = ""
+    history: list[BaseMessage] = field(default_factory=list)
+    question: BaseMessage | None = None
+    head: str = ""
+    sources_text: str = ""
+
+    def to_prompt_value(self) -> ChatPromptValue:
+        """The messages as a :class:`ChatPromptValue`, what a chat model takes."""
+        return ChatPromptValue(messages=self.messages)
+
+    def sources_used(self) -> list[dict[str, Any]]:
+        """The numbered sources in the prompt, as the model saw them.
+
+        One JSON-native dict per source, in prompt order: ``n`` (the ``[n]`` the prompt
+        shows, from 1), ``url`` (``None`` for a source without one), ``title`` (as in
+        the prompt's heading: the title, else the site name, else the URL) and
+        ``source_type`` (its ``fetched_context`` key, e.g. ``"web_search"``).
+        """
+        return [
+            {
+                "n": n,
+                "url": str(item["url"]) if item.get("url") else None,
+                "title": item_title(item),
+                "source_type": item.get("source_type"),
+            }
+            for n, item in enumerate(self.sources, 1)
+        ]
+
+    def to_variables(self) -> dict[str, Any]:
+        """Variables for a user's own ``ChatPromptTemplate``.
+
+        ``system`` (system prompt + header), ``sources`` (the numbered block),
+        ``history`` (messages, for a ``MessagesPlaceholder``), ``question`` (text) and
+        ``report``.
+        """
+        question = self.question.text if self.question is not None else ""
+        return {
+            "system": self.head,
+            "sources": self.sources_text,
+            "history": list(self.history),
+            "question": question,
+            "report": self.report,
+        }
+
+    def _repr_html_(self) -> str | None:
+        return _render_html(self)

@@ -1,0 +1,342 @@
+"""The history window: the newest whole turns of a session that fit a token budget.
+
+Pure, like a decoder: :class:`HistoryWindow` is fed stored records newest first and keeps
+the longest suffix of whole turns (each starting at a user message) whose cached
+``token_count`` values fit, then repairs tool traffic (:func:`repair_tool_pairs`,
+:func:`group_tool_results`) so no orphan tool message and no AI tool call without its
+results is ever sent. :class:`HistoryChunks` says which index ranges to read, newest
+first and doubling in size, and takes what each read gave back.
+
+The two read loops at the end, :func:`read_history_window` and
+:func:`aread_history_window`, are the only I/O: they feed a :class:`HistoryChunks` from
+:meth:`~ctx_memory.manager.ContextManager.get_message_range` (or its async twin) and
+differ by ``await`` alone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from langchain_core.messages import BaseMessage
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+    from ctx_memory.manager import ContextManager
+    from ctx_memory.tokens import TokenCounter
+
+__all__ = [
+    "HistoryChunks",
+    "HistoryWindow",
+    "aread_history_window",
+    "group_tool_results",
+    "history_chunks",
+    "read_history_window",
+    "repair_tool_pairs",
+]
+
+
+class HistoryWindow:
+    """Chooses the newest whole turns of a history that fit a token budget.
+
+    Feed records newest first (in any number of chunks); the window keeps the longest
+    suffix that starts at a user message and whose cached ``token_count`` values add up
+    to at most ``budget``. At the very start of the history, leading messages before the
+    first user message are kept too if they fit. The result is then passed through
+    :func:`repair_tool_pairs`, so it never holds an orphan tool message nor an AI tool
+    call without all its results, and :func:`group_tool_results`, so each result
+    follows its call.
+
+    Args:
+        budget: Tokens available for history.
+        cost: Tokens of one record (default: its cached ``token_count``).
+        skip: Returns true for records to pass over entirely (e.g. messages the caller
+            sends anyway); they neither count nor end a turn.
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.assembly.window import HistoryWindow
+
+            history = [
+                {"role": "user", "content": "a", "token_count": 5},
+                {"role": "assistant", "content": "b", "token_count": 5},
+                {"role": "user", "content": "c", "token_count": 5},
+                {"role": "assistant", "content": "d", "token_count": 5},
+            ]
+            window = HistoryWindow(budget=12)
+            window.feed(reversed(history))
+            kept = window.finish(at_start=True)
+            assert [r["content"] for r in kept] == ["c", "d"]
+    """
+
+    def __init__(
+        self,
+        budget: int,
+        *,
+        cost: Callable[[Mapping[str, Any]], int] | None = None,
+        skip: Callable[[Mapping[str, Any]], bool] | None = None,
+    ) -> None:
+        self.budget = max(budget, 0)
+        self._cost = cost or _cached_cost
+        self._skip = skip
+        self.seen = 0
+        self.seen_tokens = 0
+        self.skipped = 0
+        self.skipped_tokens = 0
+        self.done = False
+        self._pending: list[Mapping[str, Any]] = []
+        self._pending_tokens = 0
+        self._selected: list[Mapping[str, Any]] = []
+        self.tokens = 0
+        self.dropped: list[Mapping[str, Any]] = []
+        self.chosen: list[Mapping[str, Any]] = []
+        self._tool_traffic = False
+
+    def feed(self, records: Iterable[Mapping[str, Any]]) -> bool:
+        """Consume records, newest first; return true once no older record can fit."""
+        if self.done:
+            return True
+        cost_of, skip, budget = self._cost, self._skip, self.budget
+        pending = self._pending
+        for record in records:
+            if skip is not None and skip(record):
+                self.skipped += 1
+                self.skipped_tokens += int(record.get("token_count") or 0)
+                continue
+            cost = int(record["token_count"]) if cost_of is _cached_cost else cost_of(record)
+            self.seen += 1
+            self.seen_tokens += cost
+            if self.tokens + self._pending_tokens + cost > budget:
+                self.done = True
+                return True
+            pending.append(record)
+            self._pending_tokens += cost
+            role = record["role"]
+            if role == "tool" or (role == "assistant" and record.get("tool_calls")):
+                self._tool_traffic = True
+            if role == "user":
+                self._selected.extend(pending)
+                self.tokens += self._pending_tokens
+                pending.clear()
+                self._pending_tokens = 0
+        return False
+
+    def finish(self, *, at_start: bool) -> list[Mapping[str, Any]]:
+        """The chosen records, oldest first.
+
+        Args:
+            at_start: The oldest record fed was the first of the history, so messages
+                before the first user message (a greeting, say) may be kept.
+        """
+        if at_start and not self.done and self._pending:
+            self._selected.extend(self._pending)
+            self.tokens += self._pending_tokens
+        self._pending = []
+        self._pending_tokens = 0
+        chosen = list(reversed(self._selected))
+        if not self._tool_traffic:
+            return chosen
+        kept, dropped = repair_tool_pairs(chosen)
+        if dropped:
+            self.tokens -= sum(self._cost(r) for r in dropped)
+            self.dropped = dropped
+        return group_tool_results(kept)
+
+
+def _cached_cost(record: Mapping[str, Any]) -> int:
+    return int(record["token_count"])
+
+
+def _calls_of(message: Mapping[str, Any] | BaseMessage) -> list[str]:
+    calls = (
+        getattr(message, "tool_calls", None)
+        if isinstance(message, BaseMessage)
+        else message.get("tool_calls")
+    )
+    return [str(c.get("id")) for c in calls or () if c.get("id")]
+
+
+def _has_tool_calls(message: Mapping[str, Any] | BaseMessage) -> bool:
+    if isinstance(message, BaseMessage):
+        return bool(getattr(message, "tool_calls", None))
+    return bool(message.get("tool_calls"))
+
+
+def _role_of(message: Mapping[str, Any] | BaseMessage) -> str:
+    if isinstance(message, BaseMessage):
+        return {"human": "user", "ai": "assistant"}.get(message.type, message.type)
+    return str(message.get("role"))
+
+
+def _tool_call_id_of(message: Mapping[str, Any] | BaseMessage) -> str | None:
+    if isinstance(message, BaseMessage):
+        value = getattr(message, "tool_call_id", None)
+    else:
+        value = message.get("tool_call_id")
+    return str(value) if value else None
+
+
+M = TypeVar("M", "Mapping[str, Any]", BaseMessage)
+
+
+def repair_tool_pairs(messages: Sequence[M]) -> tuple[list[M], list[M]]:
+    """Drop orphan tool messages and AI tool calls without all their results.
+
+    Works on stored records and on LangChain messages alike. An AI message whose tool
+    calls are not all answered by later tool messages is dropped, and then every tool
+    message whose call is not in an earlier kept AI message.
+
+    Returns:
+        ``(kept, dropped)``, both in the original order.
+    """
+    if not any(_role_of(m) == "tool" or _has_tool_calls(m) for m in messages):
+        return list(messages), []  # the common case: no tool traffic at all
+    answered: set[str] = set()
+    for message in messages:
+        if _role_of(message) == "tool" and (call_id := _tool_call_id_of(message)):
+            answered.add(call_id)
+    kept: list[M] = []
+    dropped: list[M] = []
+    open_calls: set[str] = set()
+    for message in messages:
+        role = _role_of(message)
+        if role == "assistant":
+            calls = _calls_of(message)
+            if _has_tool_calls(message) and (not calls or not set(calls) <= answered):
+                dropped.append(message)
+                continue
+            open_calls.update(calls)
+        elif role == "tool":
+            call_id = _tool_call_id_of(message)
+            if call_id is None or call_id not in open_calls:
+                dropped.append(message)
+                continue
+        kept.append(message)
+    return kept, dropped
+
+
+def group_tool_results(messages: Sequence[M]) -> list[M]:
+    """Move each tool result right after the AI message that called it.
+
+    A shared session can hold other messages between an AI tool call and its results
+    (an agent used as a tool writes its own turn there; so can any writer while a tool
+    runs). Chat APIs want the results right after the call (here in the order of the
+    calls), so the messages in between move after the results; nothing is dropped. Run
+    after :func:`repair_tool_pairs`.
+    """
+    results: dict[str, list[M]] = {}
+    for message in messages:
+        if _role_of(message) == "tool" and (call_id := _tool_call_id_of(message)):
+            results.setdefault(call_id, []).append(message)
+    if not results:
+        return list(messages)
+    out: list[M] = []
+    placed: set[int] = set()
+    for message in messages:
+        if id(message) in placed:
+            continue
+        out.append(message)
+        if _role_of(message) == "assistant":
+            for call_id in _calls_of(message):
+                for result in results.pop(call_id, ()):
+                    if id(result) not in placed:
+                        placed.add(id(result))
+                        out.append(result)
+    return out
+
+
+def history_chunks(end: int, first: int) -> Iterator[tuple[int, int]]:
+    """Inclusive ``(start, stop)`` index ranges from ``end - 1`` down to 0, doubling."""
+    size = max(first, 1)
+    while end > 0:
+        start = max(0, end - size)
+        yield start, end - 1
+        end = start
+        size *= 2
+
+
+class HistoryChunks:
+    """Which ranges of a session to read for a :class:`HistoryWindow`, and what came back.
+
+    The read loops (:func:`read_history_window`, :func:`aread_history_window`) ask for
+    :meth:`ranges`, read each and :meth:`feed` it here until it says stop; no I/O here.
+    ``metadata`` is the session's (for ``message_count``, ``token_count`` and
+    ``token_encoding``); the first range is sized from the average message so one read
+    usually suffices. Messages before index ``end`` (default: all) are considered.
+    Cached counts are used unless the session was counted in another encoding. Stored
+    messages whose ``id`` is in ``skip_ids`` are passed over.
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory import ContextManager
+            from ctx_memory.assembly.window import HistoryChunks, read_history_window
+
+            manager = ContextManager()
+            for i in range(10):
+                manager.add_user_message("s1", f"question {i}")
+                manager.add_assistant_message("s1", f"answer {i}")
+            header = manager.get_header("s1")
+            chunks = HistoryChunks(header["metadata"], 40, counter=manager.token_counter)
+            window = read_history_window(manager, "s1", chunks)
+            assert window.chosen[-1]["content"] == "answer 9"
+            assert window.tokens <= 40
+    """
+
+    def __init__(
+        self,
+        metadata: Mapping[str, Any],
+        budget: int,
+        *,
+        counter: TokenCounter,
+        end: int | None = None,
+        skip_ids: frozenset[str] = frozenset(),
+    ) -> None:
+        stored = int(metadata.get("message_count", 0))
+        self.end = stored if end is None else min(end, stored)
+        same_encoding = metadata.get("token_encoding") in (None, counter.encoding_name)
+        self.window = HistoryWindow(
+            budget,
+            cost=None if same_encoding else counter.count_record,
+            skip=(lambda r: r.get("id") in skip_ids) if skip_ids else None,
+        )
+        average = max(int(metadata.get("token_count", 0)) // max(stored, 1), 1)
+        self._first = budget // average + 8 + len(skip_ids)
+        self._reached = self.end
+
+    def ranges(self) -> Iterator[tuple[int, int]]:
+        """Inclusive ``(start, stop)`` ranges to read, newest first (:func:`history_chunks`)."""
+        return history_chunks(self.end, self._first)
+
+    def feed(self, start: int, records: Sequence[Mapping[str, Any]]) -> bool:
+        """Take the records read from ``start`` on; return true once no more are needed."""
+        self._reached = start
+        return self.window.feed(reversed(records)) or not records
+
+    def finish(self) -> HistoryWindow:
+        """The finished window; its ``chosen`` records are oldest first."""
+        self.window.chosen = self.window.finish(at_start=self._reached == 0)
+        return self.window
+
+
+def read_history_window(
+    manager: ContextManager, session_id: str, chunks: HistoryChunks
+) -> HistoryWindow:
+    """Read the newest whole turns that fit, newest first in chunks (see :class:`HistoryChunks`)."""
+    for start, stop in chunks.ranges():
+        records = manager.get_message_range(session_id, start, stop)
+        if chunks.feed(start, records):
+            break
+    return chunks.finish()
+
+
+async def aread_history_window(
+    manager: ContextManager, session_id: str, chunks: HistoryChunks
+) -> HistoryWindow:
+    """Async :func:`read_history_window` (the store's native async reads)."""
+    for start, stop in chunks.ranges():
+        records = await manager.aget_message_range(session_id, start, stop)
+        if chunks.feed(start, records):
+            break
+    return chunks.finish()
