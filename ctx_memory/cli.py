@@ -45,7 +45,7 @@ from ctx_memory.errors import (
     ValidationError,
 )
 from ctx_memory.manager import ContextManager
-from ctx_memory.schema import parse_document, validate_session_id
+from ctx_memory.schema import exported, parse_document, validate_session_id
 from ctx_memory.server.cli import serve
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ def _progress(description: str) -> Progress:
 
 
 def _dump_line(document: dict[str, Any]) -> str:
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")) + "\n"
+    return json.dumps(exported(document), ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
 # --------------------------------------------------------------------------- reading files
@@ -595,7 +595,7 @@ def export_(
             if not document:
                 _fail(f"session {ids[0]!r} does not exist (never created, deleted or expired)")
             with _output(output) as out:
-                out.write(json.dumps(document, ensure_ascii=False, indent=2) + "\n")
+                out.write(json.dumps(exported(document), ensure_ascii=False, indent=2) + "\n")
             if output is not None:
                 _note(f"exported 1 session to {output}")
             return

@@ -44,6 +44,7 @@ from ctx_memory.schema import (
     check_json_native,
     check_text,
     dumps,
+    exported,
     now_iso,
     parse_document,
     record_to_message,
@@ -1046,10 +1047,10 @@ class ContextManager(Closeable):
     def _exported(session_id: str, document: dict[str, Any], indent: int | None) -> str:
         if not document:
             raise SessionNotFoundError(session_id)
-        return json.dumps(document, ensure_ascii=False, indent=indent)
+        return json.dumps(exported(document), ensure_ascii=False, indent=indent)
 
     def export_session(self, session_id: str, *, indent: int | None = 2) -> str:
-        """The session document as JSON text.
+        """The session document as JSON text, with its ``format_version``.
 
         Raises:
             SessionNotFoundError: No such session.

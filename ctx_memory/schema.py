@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = [
+    "DOCUMENT_FORMAT_VERSION",
     "MAX_DEPTH",
     "MAX_INT",
     "MAX_SESSION_ID_LENGTH",
@@ -67,6 +68,7 @@ __all__ = [
     "check_json_native",
     "check_text",
     "dumps",
+    "exported",
     "fingerprint",
     "now_iso",
     "parse_document",
@@ -76,6 +78,13 @@ __all__ = [
     "validate_role",
     "validate_session_id",
 ]
+
+DOCUMENT_FORMAT_VERSION = 1
+"""Version of the exported session document (its ``format_version`` key).
+
+Documents without the key were exported before it existed and are version 1. A document
+of a newer version is refused by :func:`parse_document` with a message saying so.
+"""
 
 MAX_SESSION_ID_LENGTH = 256
 """Longest accepted session id, in characters."""
@@ -325,11 +334,17 @@ class SessionDocument(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    format_version: int = Field(default=1, ge=1, strict=True)
     system_prompt: str | None = None
     metadata: SessionMetadata
     fetched_context: dict[str, list[FetchedItem]] = Field(default_factory=dict)
     conversation_history: list[MessageRecord] = Field(default_factory=list)
     shared: dict[str, Any] = Field(default_factory=dict)
+
+
+def exported(document: Mapping[str, Any]) -> dict[str, Any]:
+    """``document`` as exported: its ``format_version`` first, then the session's parts."""
+    return {"format_version": DOCUMENT_FORMAT_VERSION, **document}
 
 
 def parse_document(data: str | bytes | Mapping[str, Any]) -> SessionDocument:
@@ -352,6 +367,17 @@ def parse_document(data: str | bytes | Mapping[str, Any]) -> SessionDocument:
         check_json_native(data, "document")
     except NotSerializableError as e:
         raise DocumentImportError(e.path.removeprefix("document."), str(e)) from e
+    version = data.get("format_version", 1)
+    if (
+        isinstance(version, int)
+        and not isinstance(version, bool)
+        and version > DOCUMENT_FORMAT_VERSION
+    ):
+        msg = (
+            f"session document has format_version {version}, newer than this ctx_memory"
+            f" reads ({DOCUMENT_FORMAT_VERSION}): upgrade ctx_memory to import it"
+        )
+        raise DocumentImportError("format_version", msg)
     try:
         document = SessionDocument.model_validate(data)
     except PydanticValidationError as e:

@@ -14,10 +14,12 @@ from typing import Any, NamedTuple
 
 __all__ = [
     "SESSION_SUFFIXES",
+    "LAYOUT_VERSION",
     "TAG_LENGTH",
     "SessionKeys",
     "as_text",
     "index_key",
+    "layout_key",
     "lex_key",
     "member_id",
     "session_keys",
@@ -26,6 +28,9 @@ __all__ = [
 
 TAG_LENGTH = 64
 """Length of a session's hash tag (hex SHA-256 of its id); index members are tag + id."""
+
+LAYOUT_VERSION = 1
+"""Version of the key layout below, kept in :func:`layout_key` (``1``: the first release's)."""
 
 SESSION_SUFFIXES = ("h", "m", "f", "fp", "ids", "w", "wo")
 """The keys of one session, ``P:{T}:<suffix>``, in the order ``SESSION_SCRIPT`` takes."""
@@ -71,6 +76,11 @@ def index_key(prefix: str) -> str:
 def lex_key(prefix: str) -> str:
     """The sorted set of every session id, all scored 0: paged in id order (same slot)."""
     return f"{prefix}:{{__index__}}:ids"
+
+
+def layout_key(prefix: str) -> str:
+    """The key holding the layout version of the data under ``prefix`` (no hash tag)."""
+    return f"{prefix}:layout"
 
 
 def as_text(value: Any) -> str:

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, assert_never
 
-from ctx_memory.errors import SharedStateTooLargeError
+from ctx_memory.errors import SharedStateTooLargeError, StoreError
 from ctx_memory.schema import dumps
 from ctx_memory.stores._redis_codec import (
     append_result,
@@ -27,7 +27,13 @@ from ctx_memory.stores._redis_codec import (
     triples,
     write_result,
 )
-from ctx_memory.stores._redis_keys import as_text, member_id, session_keys
+from ctx_memory.stores._redis_keys import (
+    LAYOUT_VERSION,
+    as_text,
+    layout_key,
+    member_id,
+    session_keys,
+)
 from ctx_memory.stores._redis_lua import APPEND_SCRIPT, INDEX_SCRIPT, SESSION_SCRIPT
 from ctx_memory.stores.base import MAX_SHARED_BYTES, BaseStore, WriteResult, assemble_document
 from ctx_memory.stores.ops import (
@@ -518,6 +524,26 @@ class RedisOperations(BaseStore):
             expired, evicted = yield from self._cluster_index_write(session_id, created)
         self._report(expired, evicted)
         return WriteResult(created=created, added=added, evicted=tuple(evicted))
+
+    # ------------------------------------------------------------ the layout version
+
+    def _op_layout(self) -> Generator[Request, Any, None]:
+        """Mark the data under the prefix with this layout, or refuse a newer one.
+
+        Data written before the version key existed has the first layout (version 1), so a
+        missing key is set, never migrated.
+        """
+        key = layout_key(self.prefix)
+        yield Command(("SET", key, str(LAYOUT_VERSION), "NX"))
+        raw = yield Command(("GET", key))
+        found = LAYOUT_VERSION if raw is None else int(as_text(raw))
+        if found > LAYOUT_VERSION:
+            msg = (
+                f"the Redis data under key prefix {self.prefix!r} has layout version {found},"
+                f" newer than this ctx_memory writes ({LAYOUT_VERSION}): upgrade ctx_memory"
+                " (or use another REDIS_KEY_PREFIX)"
+            )
+            raise StoreError(msg)
 
     # ------------------------------------------------------------ operation -> requests
 

@@ -87,6 +87,7 @@ from ctx_memory.stores._redis_keys import (
     SessionKeys,  # noqa: F401 - re-exported
     index_key,
     lex_key,
+    member_id,  # noqa: F401 - re-exported
     session_keys,  # noqa: F401 - re-exported
     session_tag,  # noqa: F401 - re-exported
 )
@@ -268,6 +269,7 @@ class RedisStore(RedisOperations):
         self._idx = index_key(key_prefix)
         self._lex = lex_key(key_prefix)
         self._closed = False
+        self._layout_checked = False
         self.publisher = (
             RedisEventPublisher(lambda: self.client, self.channel, describe=lambda: self.url)
             if publish_events
@@ -433,10 +435,16 @@ class RedisStore(RedisOperations):
 
     @override
     def handle(self, op: StoreOp) -> object:
+        if not self._layout_checked:
+            self._drive(self._op_layout())
+            self._layout_checked = True
         return self._drive(self._plan(op))
 
     @override
     async def ahandle(self, op: StoreOp) -> object:
+        if not self._layout_checked:
+            await self._adrive(self._op_layout())
+            self._layout_checked = True
         return await self._adrive(self._plan(op))
 
     @override

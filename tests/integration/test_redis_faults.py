@@ -14,6 +14,7 @@ from redis.crc import key_slot
 from ctx_memory.errors import ConfigurationError, StoreError, StoreUnavailableError
 from ctx_memory.schema import dumps
 from ctx_memory.stores.base import EncodedMessage, new_header
+from ctx_memory.stores._redis_keys import LAYOUT_VERSION, layout_key
 from ctx_memory.stores.redis import RedisStore, session_keys
 
 if TYPE_CHECKING:
@@ -196,9 +197,12 @@ def test_key_layout_one_slot_per_session(redis_url: str, key_prefix: str) -> Non
         assert len(slots) == 1
         tags.add(tag)
     assert len(tags) == len(ids)
-    session_key_count = len([k for k in keys if "__index__" not in k])
+    session_key_count = len(
+        [k for k in keys if "__index__" not in k and k != layout_key(key_prefix)]
+    )
     # hash, messages, message ids and the merge's write token (no fetched items yet)
     assert session_key_count == 4 * len(ids)
+    assert client.get(layout_key(key_prefix)) == str(LAYOUT_VERSION)  # the layout's version
     client.close()
     store.close()
 

@@ -198,7 +198,7 @@ def test_stats_of_the_store(db: str) -> None:
 def test_export_and_import_keep_every_value(db: str, tmp_path: Path) -> None:
     one = run(db, "export", "[/]")
     assert one.exit_code == 0, one.output
-    assert json.loads(one.stdout) == contexts(db)["[/]"]
+    assert json.loads(one.stdout) == {"format_version": 1, **contexts(db)["[/]"]}
     dump = tmp_path / "all.jsonl"
     every = run(db, "export", "--all", "-o", str(dump))
     assert every.exit_code == 0, every.output
