@@ -61,7 +61,7 @@ def test_a_document_without_format_version_is_version_one() -> None:
         assert cm.import_session(DOCUMENT) == "s1"
         exported = json.loads(cm.export_session("s1"))
     assert exported["format_version"] == DOCUMENT_FORMAT_VERSION
-    assert list(exported)[0] == "format_version"
+    assert next(iter(exported)) == "format_version"
     assert _without_volatile(exported)["conversation_history"] == DOCUMENT["conversation_history"]
     assert exported["shared"] == DOCUMENT["shared"]
 
@@ -122,7 +122,7 @@ def _restore(client: redis.Redis, prefix: str) -> None:
         elif entry["type"] == "list":
             client.rpush(key, *value)
         elif entry["type"] == "zset":
-            client.zadd(key, {member: score for member, score in value})
+            client.zadd(key, dict(value))
         elif entry["type"] == "set":
             client.sadd(key, *value)
         else:
