@@ -45,6 +45,7 @@ from ctx_memory.errors import (
     ValidationError,
 )
 from ctx_memory.manager import ContextManager
+from ctx_memory.migrate import migrate_command
 from ctx_memory.schema import exported, parse_document, validate_session_id
 from ctx_memory.server.cli import serve
 
@@ -79,6 +80,7 @@ sessions_app = typer.Typer(help="List sessions.", no_args_is_help=True, rich_mar
 app.add_typer(sessions_app, name="sessions")
 app.command("serve")(serve)  # ctx_memory/server/cli.py: imports the server extra when run
 app.command("analytics")(analytics_command)
+app.command("migrate")(migrate_command)
 
 
 class _StoreName(str, Enum):

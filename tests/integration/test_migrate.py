@@ -1,0 +1,144 @@
+"""``ctx-memory migrate`` between SQLite, Redis and PostgreSQL: nothing lost, resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from typer.testing import CliRunner
+
+from ctx_memory import ContextManager
+from ctx_memory.cli import app
+from ctx_memory.errors import ConfigurationError
+from ctx_memory.migrate import migrate, open_store
+from ctx_memory.stores.sqlite import SqliteStore
+
+pytestmark = [pytest.mark.redis]
+
+SESSIONS = [f"user-{i:03d}" for i in range(40)] + ["ü ✓ *", "a}{b", "x" * 200]
+
+
+def _fill(path: Path) -> dict[str, dict[str, Any]]:
+    """A SQLite file with every kind of content; returns each session's document."""
+    with ContextManager(store=SqliteStore(str(path))) as cm:
+        for n, sid in enumerate(SESSIONS):
+            cm.set_system_prompt(sid, f"prompt {n}")
+            cm.update_metadata(sid, mode="research", current_url=f"https://{n}.example")
+            for turn in range(n % 7):
+                cm.add_user_message(sid, f"question {turn} of {sid}")
+                cm.add_assistant_message(sid, f"answer {turn}", model="fake")
+            if n % 3 == 0:
+                cm.add_fetched_context(sid, "web_search", f"page {n}", url=f"https://{n}.example")
+            cm.update_partial_context(sid, {"agents": {"a": n}})
+        return {sid: cm.get_context(sid) for sid in SESSIONS}
+
+
+def _documents(url: str) -> dict[str, dict[str, Any]]:
+    with open_store(url) as store:
+        return {sid: store.get_document(sid) or {} for sid in store.list_sessions()}
+
+
+def _redis(url: str, prefix: str) -> str:
+    return f"{url}?key_prefix={prefix}"
+
+
+def test_sqlite_to_redis_to_sqlite_keeps_everything(
+    tmp_path: Path, redis_url: str, key_prefix: str
+) -> None:
+    expected = _fill(tmp_path / "a.sqlite3")
+    there = _redis(redis_url, key_prefix)
+    with open_store(str(tmp_path / "a.sqlite3")) as src, open_store(there) as dst:
+        report = migrate(src, dst)
+    assert report.ok
+    assert (report.sessions, report.copied, report.skipped) == (len(SESSIONS), len(SESSIONS), 0)
+    assert report.messages == sum(d["metadata"]["message_count"] for d in expected.values())
+    assert report.tokens == sum(d["metadata"]["token_count"] for d in expected.values())
+    assert _documents(there) == expected
+    back = f"sqlite:///{tmp_path / 'b.sqlite3'}"
+    with open_store(there) as src, open_store(back) as dst:
+        assert migrate(src, dst).ok
+    assert _documents(back) == expected
+
+
+def test_a_second_run_resumes_and_conflicts_are_left_alone(
+    tmp_path: Path, redis_url: str, key_prefix: str
+) -> None:
+    _fill(tmp_path / "a.sqlite3")
+    there = _redis(redis_url, key_prefix)
+    with open_store(str(tmp_path / "a.sqlite3")) as src, open_store(there) as dst:
+        half = migrate(src, dst, prefix="user-00")  # an interrupted run: ten sessions
+        assert half.copied == 10
+        with ContextManager(store=dst) as cm:
+            cm.add_user_message("user-001", "written on the target meanwhile")
+            again = migrate(src, dst)
+            assert again.skipped == 9
+            assert again.copied == len(SESSIONS) - 10
+            assert again.conflicts == ["user-001"]
+            assert not again.ok
+            assert cm.get_history("user-001")[-1]["content"] == "written on the target meanwhile"
+            forced = migrate(src, dst, overwrite=True)
+            assert forced.ok
+            assert forced.copied == 1
+            assert forced.skipped == len(SESSIONS) - 1
+
+
+def test_the_command_reports_json_and_masks_passwords(
+    tmp_path: Path, redis_url: str, key_prefix: str
+) -> None:
+    _fill(tmp_path / "a.sqlite3")
+    runner = CliRunner()
+    args = ["migrate", "--from", str(tmp_path / "a.sqlite3"), "--to", _redis(redis_url, key_prefix)]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert report["copied"] == len(SESSIONS)
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0
+    assert f"{len(SESSIONS)} already there" in again.stdout
+    secret = "s3cr3t-pw"
+    refused = runner.invoke(
+        app,
+        [
+            "migrate",
+            "--from",
+            str(tmp_path / "a.sqlite3"),
+            "--to",
+            f"redis://:{secret}@127.0.0.1:1/0",
+        ],
+    )
+    assert refused.exit_code == 1
+    assert "error:" in refused.output
+    assert secret not in refused.output
+    unknown = runner.invoke(
+        app, ["migrate", "--from", f"ftp://u:{secret}@h/x", "--to", "memory://"]
+    )
+    assert unknown.exit_code == 2
+    assert "unknown scheme 'ftp'" in unknown.output
+    assert secret not in unknown.output
+
+
+def test_open_store_refuses_an_unknown_scheme_without_its_password() -> None:
+    with pytest.raises(ConfigurationError, match="unknown scheme") as caught:
+        open_store("mongodb://user:hunter2@db/x")
+    assert "hunter2" not in str(caught.value)
+
+
+@pytest.mark.postgres
+def test_redis_to_postgres_and_back(
+    tmp_path: Path, redis_url: str, key_prefix: str, postgres_url: str, pg_schema: str
+) -> None:
+    expected = _fill(tmp_path / "a.sqlite3")
+    there = _redis(redis_url, key_prefix)
+    pg = f"{postgres_url}{'&' if '?' in postgres_url else '?'}schema={pg_schema}"
+    with open_store(str(tmp_path / "a.sqlite3")) as src, open_store(there) as dst:
+        assert migrate(src, dst).ok
+    with open_store(there) as src, open_store(pg) as dst:
+        report = migrate(src, dst)
+        assert report.ok
+        assert report.copied == len(SESSIONS)
+    assert _documents(pg) == expected
+    redis.Redis.from_url(redis_url).close()
