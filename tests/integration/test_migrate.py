@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
@@ -15,6 +14,9 @@ from ctx_memory.cli import app
 from ctx_memory.errors import ConfigurationError
 from ctx_memory.migrate import migrate, open_store
 from ctx_memory.stores.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 pytestmark = [pytest.mark.redis]
 
