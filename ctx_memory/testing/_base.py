@@ -73,6 +73,16 @@ class StoreFactory(Protocol):
         ...
 
 
+def _supports(cls: type[ContractBase], capability: str) -> bool:
+    """Whether a contract class declares ``capability`` (its ``supports_*`` flag)."""
+    flags = {
+        "ttl": cls.supports_ttl,
+        "max_sessions": cls.supports_max_sessions,
+        "shared_backend": cls.supports_shared_backend,
+    }
+    return flags[capability]
+
+
 class ContractBase:
     """Fixtures and capability flags of the contract suite (see ``StoreContract``).
 
@@ -99,7 +109,7 @@ class ContractBase:
             if current is not None and current is not test:
                 continue  # the subclass wrote its own version of the test
             needs: frozenset[str] = getattr(test, _REQUIRES, frozenset())
-            if all(getattr(cls, f"supports_{capability}") for capability in needs):
+            if all(_supports(cls, capability) for capability in needs):
                 if current is None:  # left out by a parent class, back in here
                     setattr(cls, name, test)
             else:
