@@ -25,7 +25,7 @@ endif
 export UV_PYTHON_DOWNLOADS ?= never
 export UV_SYSTEM_CERTS ?= 1
 
-.PHONY: help uv install demo test test-fast lint format type notebooks docs bench redis
+.PHONY: help uv install demo test test-fast lint format type notebooks docs bench redis chromium
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,7 +43,10 @@ demo: install ## Run the demo on the in-memory store (no API key needed)
 redis: ## Make sure redis-server is installed (Debian package)
 	@scripts/ensure-redis.sh
 
-test: install redis ## Run the whole test suite (starts its own Redis servers)
+chromium: ## Make sure Chromium is installed (Debian package; the inspector's browser tests)
+	@scripts/ensure-chromium.sh
+
+test: install redis chromium ## Run the whole test suite (starts its own Redis servers)
 	$(UV) run --locked pytest
 
 test-fast: install ## Unit tests only (no Redis)
@@ -73,4 +76,5 @@ bench: install redis ## Run the benchmarks (ratios against the baselines)
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_redis.py
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_assembly.py
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_manager.py
+	$(UV) run --locked --all-extras --group bench python benchmarks/bench_server.py
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_analytics.py
