@@ -322,3 +322,17 @@ def test_auth_on_without_keys_is_a_configuration_error() -> None:
 def test_auth_off_serves_openly_even_with_keys(serve: Any) -> None:
     client = serve(create_app(settings=keyed_settings(server_auth="off")))
     assert client.get("/v1/sessions").status_code == 200
+
+
+def test_analytics_count_the_keys_own_tenant_only(keyed: Any) -> None:
+    for i in range(3):
+        _webtext(keyed, KEY_A, f"a-{i}", "A's page")
+    _webtext(keyed, KEY_B, "b-0", "B's page")
+    assert keyed.get("/v1/analytics", headers=auth(KEY_A)).json()["sessions"]["scanned"] == 3
+    assert keyed.get("/v1/analytics", headers=auth(KEY_B)).json()["sessions"]["scanned"] == 1
+    assert (
+        keyed.get("/v1/analytics", params={"tenant": "a"}, headers=auth(KEY_B)).status_code == 403
+    )
+    admin = keyed.get("/v1/analytics", params={"tenant": "b"}, headers=auth(ADMIN)).json()
+    assert admin["sessions"]["scanned"] == 1
+    assert keyed.get("/inspector/sessions", headers=auth(KEY_A)).status_code == 403

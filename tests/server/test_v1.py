@@ -167,3 +167,21 @@ def test_a_question_over_the_budget_is_422_and_writes_nothing(
 
 def test_health_needs_no_key(http: Any) -> None:
     assert http.get("/healthz").json() == {"status": "ok"}
+
+
+def test_analytics_as_json_with_filters(http: Any, manager: ContextManager) -> None:
+    http.get(
+        "/get_adv_response/", params={"session_id": "r", "question": "fares?", "stream": "false"}
+    )
+    http.get("/chat_response/", params={"session_id": "c", "question": "hi", "stream": "false"})
+    report = http.get("/v1/analytics").json()
+    assert report["schema"].startswith("ctx_memory.analytics/")
+    assert report["sessions"]["matched"] == 2
+    assert report["turns"]["total"] == 2
+    research = http.get("/v1/analytics", params={"mode": "research"}).json()
+    assert research["sessions"]["matched"] == 1
+    assert research["filters"]["mode"] == "research"
+    later = http.get("/v1/analytics", params={"since": "2999-01-01T00:00:00+00:00"}).json()
+    assert later["sessions"]["matched"] == 0
+    assert http.get("/v1/analytics", params={"mode": "dreaming"}).status_code == 422
+    assert http.get("/v1/analytics", params={"since": "yesterday"}).status_code == 422
