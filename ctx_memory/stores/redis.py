@@ -75,21 +75,21 @@ from ctx_memory.stores._redis_clients import (
     client_url,
     close_client,
     is_sentinel,
-    parse_sentinel_url,  # noqa: F401 - re-exported
+    parse_sentinel_url,
     release_client,
     runs_here,
     scrub,
     sentinel_master,
-    sentinel_url_problem,  # noqa: F401 - re-exported
+    sentinel_url_problem,
 )
 from ctx_memory.stores._redis_keys import (
-    SESSION_SUFFIXES,  # noqa: F401 - re-exported
-    SessionKeys,  # noqa: F401 - re-exported
+    SESSION_SUFFIXES,
+    SessionKeys,
     index_key,
     lex_key,
-    member_id,  # noqa: F401 - re-exported
-    session_keys,  # noqa: F401 - re-exported
-    session_tag,  # noqa: F401 - re-exported
+    member_id,
+    session_keys,
+    session_tag,
 )
 from ctx_memory.stores._redis_lua import APPEND_SCRIPT
 from ctx_memory.stores._redis_ops import SCRIPTS, SHAS, Command, Eval, RedisOperations, Request
@@ -105,7 +105,20 @@ if TYPE_CHECKING:
     from ctx_memory.events import Event
     from ctx_memory.stores.ops import StoreOp
 
-__all__ = ["EventSubscription", "RedisStore"]
+__all__ = [
+    "EventSubscription",
+    "RedisStore",
+    # re-exported: key names and Sentinel URLs live in private modules
+    "SESSION_SUFFIXES",
+    "SessionKeys",
+    "index_key",
+    "lex_key",
+    "member_id",
+    "parse_sentinel_url",
+    "sentinel_url_problem",
+    "session_keys",
+    "session_tag",
+]
 
 logger = logging.getLogger(__name__)
 

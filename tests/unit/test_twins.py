@@ -19,12 +19,16 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "ctx_memory"
 
 ALLOWED: dict[str, str] = {
-    "manager.py:ContextManager._aexecute": (
+    "manager/_core.py:ManagerCore._aexecute": (
         "with ASYNC_OPERATIONS=false the async twin runs the sync store call in a thread"
     ),
     "stores/base.py:BaseStore.ahandle": "the default async path: a worker thread or inline",
     "stores/base.py:Closeable.aclose": "closing is sync unless a subclass says otherwise",
     "stores/redis.py:RedisStore.aclose": "an asyncio client is closed on its own loop first",
+    "stores/postgres.py:PostgresStore._adrive": (
+        "one asyncio pool per event loop (_loop_pool) vs one shared sync pool"
+    ),
+    "stores/postgres.py:PostgresStore.aclose": "the asyncio pool is closed on its own loop first",
     "stores/redis.py:RedisStore._ado": (
         "one client per event loop (async_client) vs one shared client; awaits the script load"
     ),
@@ -156,7 +160,7 @@ PAIRS = _pairs()
 
 def test_the_package_has_twins_to_check() -> None:
     names = {key for key, _, _ in PAIRS}
-    assert "manager.py:ContextManager.aadd_user_message" in names
+    assert "manager/_history.py:HistoryMethods.aadd_user_message" in names
     assert "stores/base.py:BaseStore.aexecute" in names
     assert len(PAIRS) > 60
 

@@ -1,0 +1,149 @@
+"""The manager's plumbing: settings, store, token counter, events, and executing operations.
+
+Each public method of :class:`~ctx_memory.manager.ContextManager` is three steps: *plan*
+(validate and encode the input into one typed operation of :mod:`ctx_memory.stores.ops`,
+pure, before anything is written), *execute* (:meth:`ManagerCore._execute`, one call of
+:meth:`BaseStore.execute <ctx_memory.stores.base.BaseStore.execute>`, or
+:meth:`ManagerCore._aexecute` in the async twin) and *finish* (turn the result into the
+return value and events, pure). The sync and async twins share the plan and finish helpers
+and differ only by ``await`` (``tests/unit/test_twins.py`` checks that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ctx_memory.config import Settings, load_settings, with_overrides
+from ctx_memory.events import EventEmitter, EventType
+from ctx_memory.stores import create_store
+from ctx_memory.stores.base import Closeable, Header, new_header
+from ctx_memory.tokens import TokenCounter
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ctx_memory.events import Event
+    from ctx_memory.stores.base import BaseStore, WriteResult
+    from ctx_memory.stores.ops import (
+        Op,
+    )
+
+
+R = TypeVar("R")
+
+logger = logging.getLogger("ctx_memory")
+
+
+class ManagerCore(Closeable):
+    """Settings, store, counter and events of a manager; how it executes an operation."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        store: BaseStore | str | None = None,
+        counter: TokenCounter | None = None,
+        events: EventEmitter | None = None,
+        **overrides: Any,
+    ) -> None:
+        if isinstance(store, str):
+            overrides["store"] = store
+            store = None
+        if settings is None:
+            settings = load_settings(**overrides)
+        elif overrides:
+            settings = with_overrides(settings, **overrides)
+        self.settings = settings
+        self.events = events or EventEmitter(enabled=settings.event_emission)
+        self.store = store if store is not None else create_store(settings)
+        self._lifecycle_counts = {"session_expired": 0, "session_evicted": 0}
+        self._remove_hook = self.store.add_lifecycle_hook(self._on_lifecycle, key=self.events)
+        self._store_listeners = self.store.event_listeners()
+        for listener in self._store_listeners:
+            self.events.on(None, listener)
+        self._token_counter = counter
+        self._counter_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ContextManager(store={self.store!r})"
+
+    @property
+    def async_enabled(self) -> bool:
+        """Whether async twins use the store's native async I/O (``ASYNC_OPERATIONS``).
+
+        When false the async methods still work: they run the sync store call in a
+        worker thread.
+        """
+        return self.settings.async_operations
+
+    @property
+    def token_counter(self) -> TokenCounter:
+        """The counter used for every write (built on first use from settings)."""
+        if self._token_counter is None:
+            with self._counter_lock:
+                if self._token_counter is None:
+                    s = self.settings
+                    self._token_counter = TokenCounter(
+                        s.default_model,
+                        encoding=s.token_encoding,
+                        approximate=s.token_counter == "approximate",
+                    )
+        return self._token_counter
+
+    def _execute(self, op: Op[R]) -> R:
+        return self.store.execute(op)
+
+    async def _aexecute(self, op: Op[R]) -> R:
+        if self.settings.async_operations:
+            return await self.store.aexecute(op)
+        return await asyncio.to_thread(self.store.execute, op)
+
+    def _on_lifecycle(self, event_type: str, session_id: str) -> None:
+        if event_type in self._lifecycle_counts:
+            self._lifecycle_counts[event_type] += 1
+            why = "expired (TTL)" if event_type == "session_expired" else "evicted (LRU)"
+            logger.info("ctx_memory: session %r %s on %s store", session_id, why, self.store.name)
+        self.events.emit(event_type, session_id)
+
+    def _init(self, session_id: str, now: str) -> Header:
+        return new_header(session_id, now=now, encoding=self.token_counter.encoding_name)
+
+    def _created(self, session_id: str, result: WriteResult) -> None:
+        if result.created:
+            self.events.emit(EventType.SESSION_CREATED, session_id)
+
+    def on(
+        self, event_type: EventType | str | None, listener: Callable[[Event], None]
+    ) -> Callable[[], None]:
+        """Register an event listener (``None``/``"*"`` for all); returns an unsubscriber."""
+        return self.events.on(event_type, listener)
+
+    def add_event_listener(
+        self, listener: Callable[[Event], None], event_type: EventType | str | None = None
+    ) -> Callable[[], None]:
+        """Seed 000's name for :meth:`on` (listener first; all events by default)."""
+        return self.events.on(event_type, listener)
+
+    def remove_event_listener(
+        self, listener: Callable[[Event], None], event_type: EventType | str | None = None
+    ) -> None:
+        """Remove a listener added with :meth:`add_event_listener`."""
+        self.events.off(event_type, listener)
+
+    def _detach(self) -> None:
+        self._remove_hook()
+        for listener in self._store_listeners:
+            self.events.off(None, listener)
+
+    def close(self) -> None:
+        """Close the store (stops the garbage collector, releases connections)."""
+        self._detach()
+        self.store.close()
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`."""
+        self._detach()
+        await self.store.aclose()

@@ -1,0 +1,509 @@
+"""A session's history and fetched context: appends, edits and reads."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ctx_memory.errors import (
+    MessageNotFoundError,
+    ValidationError,
+)
+from ctx_memory.events import EventType
+from ctx_memory.records import (
+    api_message,
+    assistant_record,
+    build_record,
+    encode_item,
+    encode_items,
+    encode_record,
+    records_from,
+)
+from ctx_memory.schema import (
+    check_text,
+    now_iso,
+    record_to_message,
+    validate_session_id,
+)
+from ctx_memory.stores.ops import (
+    AppendFetched,
+    AppendMessages,
+    DeleteMessages,
+    GetFetched,
+    GetMessages,
+    ReplaceMessage,
+    TruncateMessages,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from datetime import datetime
+
+    from langchain_core.messages import BaseMessage
+
+    from ctx_memory.stores.base import EncodedItem, Header, WriteResult
+
+from ctx_memory.manager._sessions import SessionMethods
+
+Content = str | list[str | dict[str, Any]]
+
+
+class HistoryMethods(SessionMethods):
+    """History and fetched-context operations (see :class:`~ctx_memory.manager.ContextManager`)."""
+
+    def _plan_append(self, session_id: str, records: list[dict[str, Any]]) -> AppendMessages | None:
+        validate_session_id(session_id)
+        counter = self.token_counter
+        encoded = [encode_record(r, counter, f"messages[{i}]") for i, r in enumerate(records)]
+        if not encoded:
+            return None
+        now = now_iso()
+        return AppendMessages(session_id, encoded, self._init(session_id, now), now)
+
+    def _finish_append(
+        self, op: AppendMessages, result: WriteResult, records: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        self._created(op.session_id, result)
+        if result.added:
+            self.events.emit(
+                EventType.MESSAGE_ADDED,
+                op.session_id,
+                count=result.added,
+                roles=[r["role"] for r in records],
+                tokens=sum(m.tokens for m in op.messages),
+            )
+        return records
+
+    def _append(self, session_id: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        op = self._plan_append(session_id, records)
+        if op is None:
+            return records
+        return self._finish_append(op, self._execute(op), records)
+
+    async def _aappend(
+        self, session_id: str, records: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        op = self._plan_append(session_id, records)
+        if op is None:
+            return records
+        return self._finish_append(op, await self._aexecute(op), records)
+
+    def add_message(
+        self,
+        session_id: str,
+        role: str,
+        content: Content,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        timestamp: str | datetime | None = None,
+    ) -> dict[str, Any]:
+        """Append one message with any role; return the stored record."""
+        record = build_record(role, content, metadata=metadata, timestamp=timestamp, name=name)
+        return self._append(session_id, [record])[0]
+
+    async def aadd_message(
+        self,
+        session_id: str,
+        role: str,
+        content: Content,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        timestamp: str | datetime | None = None,
+    ) -> dict[str, Any]:
+        """Async :meth:`add_message`."""
+        record = build_record(role, content, metadata=metadata, timestamp=timestamp, name=name)
+        return (await self._aappend(session_id, [record]))[0]
+
+    def add_user_message(
+        self,
+        session_id: str,
+        content: Content,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        timestamp: str | datetime | None = None,
+    ) -> dict[str, Any]:
+        """Append the user's message (seed 001); return the stored record."""
+        record = build_record("user", content, metadata=metadata, timestamp=timestamp)
+        return self._append(session_id, [record])[0]
+
+    async def aadd_user_message(
+        self,
+        session_id: str,
+        content: Content,
+        *,
+        metadata: Mapping[str, Any] | None = None,
+        timestamp: str | datetime | None = None,
+    ) -> dict[str, Any]:
+        """Async :meth:`add_user_message`."""
+        record = build_record("user", content, metadata=metadata, timestamp=timestamp)
+        return (await self._aappend(session_id, [record]))[0]
+
+    def add_assistant_message(
+        self,
+        session_id: str,
+        content: Content,
+        *,
+        model: str | None = None,
+        response_time_ms: float | None = None,
+        sources_used: Sequence[Any] | None = None,
+        tools_used: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        timestamp: str | datetime | None = None,
+    ) -> dict[str, Any]:
+        """Append the assistant's reply with what produced it (seed 001)."""
+        record = assistant_record(
+            content,
+            model=model,
+            response_time_ms=response_time_ms,
+            sources_used=sources_used,
+            tools_used=tools_used,
+            metadata=metadata,
+            timestamp=timestamp,
+        )
+        return self._append(session_id, [record])[0]
+
+    async def aadd_assistant_message(
+        self,
+        session_id: str,
+        content: Content,
+        *,
+        model: str | None = None,
+        response_time_ms: float | None = None,
+        sources_used: Sequence[Any] | None = None,
+        tools_used: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        timestamp: str | datetime | None = None,
+    ) -> dict[str, Any]:
+        """Async :meth:`add_assistant_message`."""
+        record = assistant_record(
+            content,
+            model=model,
+            response_time_ms=response_time_ms,
+            sources_used=sources_used,
+            tools_used=tools_used,
+            metadata=metadata,
+            timestamp=timestamp,
+        )
+        return (await self._aappend(session_id, [record]))[0]
+
+    def add_messages(
+        self,
+        session_id: str,
+        messages: Sequence[BaseMessage | Mapping[str, Any]],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Append LangChain messages (or message dicts) atomically, in order."""
+        return self._append(session_id, records_from(messages, metadata))
+
+    async def aadd_messages(
+        self,
+        session_id: str,
+        messages: Sequence[BaseMessage | Mapping[str, Any]],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Async :meth:`add_messages`."""
+        return await self._aappend(session_id, records_from(messages, metadata))
+
+    @staticmethod
+    def _plan_delete_message(session_id: str, message_id: str) -> DeleteMessages:
+        validate_session_id(session_id, existing=True)
+        check_text(message_id, "message_id")
+        return DeleteMessages(session_id, [message_id], now_iso())
+
+    def _finish_edit(self, session_id: str, action: str, message_id: str, count: int) -> None:
+        if count:
+            self.events.emit(
+                EventType.HISTORY_EDITED,
+                session_id,
+                action=action,
+                message_id=message_id,
+                count=count,
+            )
+
+    def delete_message(self, session_id: str, message_id: str) -> bool:
+        """Remove one message by id, atomically (counters follow); return whether it was there."""
+        op = self._plan_delete_message(session_id, message_id)
+        removed = self._execute(op)
+        self._finish_edit(session_id, "delete", message_id, removed)
+        return bool(removed)
+
+    async def adelete_message(self, session_id: str, message_id: str) -> bool:
+        """Async :meth:`delete_message`."""
+        op = self._plan_delete_message(session_id, message_id)
+        removed = await self._aexecute(op)
+        self._finish_edit(session_id, "delete", message_id, removed)
+        return bool(removed)
+
+    def _plan_replace(
+        self,
+        session_id: str,
+        message_id: str,
+        message: BaseMessage | Mapping[str, Any],
+        metadata: Mapping[str, Any] | None,
+    ) -> tuple[ReplaceMessage, dict[str, Any]]:
+        validate_session_id(session_id, existing=True)
+        check_text(message_id, "message_id")
+        (record,) = records_from([message], metadata)
+        record["id"] = message_id  # the replacement takes the message's place and identity
+        encoded = encode_record(record, self.token_counter, "message")
+        return ReplaceMessage(session_id, message_id, encoded, now_iso()), record
+
+    def _finish_replace(self, op: ReplaceMessage, found: bool) -> None:
+        if not found:
+            raise MessageNotFoundError(op.session_id, op.message_id)
+        self._finish_edit(op.session_id, "replace", op.message_id, 1)
+
+    def replace_message(
+        self,
+        session_id: str,
+        message_id: str,
+        message: BaseMessage | Mapping[str, Any],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Put ``message`` in the place of the message with ``message_id``; return the record.
+
+        The replacement keeps the id (and the position) of the message it replaces, so an
+        edited question is still the same turn; ``token_count`` follows. Atomic.
+
+        Raises:
+            MessageNotFoundError: No message of the session has that id.
+        """
+        op, record = self._plan_replace(session_id, message_id, message, metadata)
+        self._finish_replace(op, self._execute(op))
+        return record
+
+    async def areplace_message(
+        self,
+        session_id: str,
+        message_id: str,
+        message: BaseMessage | Mapping[str, Any],
+        *,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Async :meth:`replace_message`."""
+        op, record = self._plan_replace(session_id, message_id, message, metadata)
+        self._finish_replace(op, await self._aexecute(op))
+        return record
+
+    @staticmethod
+    def _plan_truncate(session_id: str, message_id: str, inclusive: bool) -> TruncateMessages:
+        validate_session_id(session_id, existing=True)
+        check_text(message_id, "message_id")
+        return TruncateMessages(session_id, message_id, inclusive, now_iso())
+
+    def _finish_truncate(self, op: TruncateMessages, removed: int | None) -> int:
+        if removed is None:
+            raise MessageNotFoundError(op.session_id, op.message_id)
+        self._finish_edit(op.session_id, "truncate", op.message_id, removed)
+        return removed
+
+    def truncate_after(self, session_id: str, message_id: str, *, inclusive: bool = False) -> int:
+        """Remove every message after ``message_id`` (and it too with ``inclusive``).
+
+        For a chat UI: regenerate an answer (truncate after the question, then ask again)
+        or edit the last question (:meth:`replace_message`, then truncate after it).
+        Atomic, counters follow. Returns how many messages were removed.
+
+        Raises:
+            MessageNotFoundError: No message of the session has that id.
+        """
+        op = self._plan_truncate(session_id, message_id, inclusive)
+        return self._finish_truncate(op, self._execute(op))
+
+    async def atruncate_after(
+        self, session_id: str, message_id: str, *, inclusive: bool = False
+    ) -> int:
+        """Async :meth:`truncate_after`."""
+        op = self._plan_truncate(session_id, message_id, inclusive)
+        return self._finish_truncate(op, await self._aexecute(op))
+
+    def _plan_fetched(
+        self, session_id: str, encoded: Sequence[tuple[EncodedItem, dict[str, Any]]], dedupe: bool
+    ) -> AppendFetched | None:
+        validate_session_id(session_id)
+        if not encoded:
+            return None
+        now = now_iso()
+        items = [e for e, _ in encoded]
+        return AppendFetched(session_id, items, self._init(session_id, now), now, dedupe)
+
+    def _finish_fetched(self, op: AppendFetched, result: WriteResult) -> int:
+        self._created(op.session_id, result)
+        if result.added:
+            self.events.emit(
+                EventType.FETCHED_ADDED,
+                op.session_id,
+                count=result.added,
+                source_types=sorted({e.source_type for e in op.items}),
+            )
+        return result.added
+
+    def add_fetched_context(
+        self,
+        session_id: str,
+        source_type: str,
+        content: str,
+        *,
+        url: str | None = None,
+        extracted_data: Mapping[str, Any] | None = None,
+        timestamp: str | datetime | None = None,
+        dedupe: bool = False,
+    ) -> dict[str, Any]:
+        """File fetched material under ``fetched_context[source_type]``; return the item.
+
+        With ``dedupe=True`` an item with the same source type, URL and content as one
+        already stored is skipped.
+        """
+        pair = encode_item(
+            self.token_counter,
+            source_type,
+            content,
+            url=url,
+            extracted_data=extracted_data,
+            timestamp=timestamp,
+        )
+        op = self._plan_fetched(session_id, [pair], dedupe)
+        if op is not None:
+            self._finish_fetched(op, self._execute(op))
+        return pair[1]
+
+    async def aadd_fetched_context(
+        self,
+        session_id: str,
+        source_type: str,
+        content: str,
+        *,
+        url: str | None = None,
+        extracted_data: Mapping[str, Any] | None = None,
+        timestamp: str | datetime | None = None,
+        dedupe: bool = False,
+    ) -> dict[str, Any]:
+        """Async :meth:`add_fetched_context`."""
+        pair = encode_item(
+            self.token_counter,
+            source_type,
+            content,
+            url=url,
+            extracted_data=extracted_data,
+            timestamp=timestamp,
+        )
+        op = self._plan_fetched(session_id, [pair], dedupe)
+        if op is not None:
+            self._finish_fetched(op, await self._aexecute(op))
+        return pair[1]
+
+    def add_fetched_items(
+        self, session_id: str, items: Sequence[Mapping[str, Any]], *, dedupe: bool = False
+    ) -> int:
+        """Append several fetched items (dicts shaped like stored items) atomically.
+
+        Returns:
+            How many were added (fewer than given when ``dedupe`` skipped some).
+        """
+        op = self._plan_fetched(session_id, encode_items(self.token_counter, items), dedupe)
+        if op is None:
+            return 0
+        return self._finish_fetched(op, self._execute(op))
+
+    async def aadd_fetched_items(
+        self, session_id: str, items: Sequence[Mapping[str, Any]], *, dedupe: bool = False
+    ) -> int:
+        """Async :meth:`add_fetched_items`."""
+        op = self._plan_fetched(session_id, encode_items(self.token_counter, items), dedupe)
+        if op is None:
+            return 0
+        return self._finish_fetched(op, await self._aexecute(op))
+
+    @staticmethod
+    def _plan_history(session_id: str, last_k: int | None) -> GetMessages | None:
+        validate_session_id(session_id, existing=True)
+        if last_k is not None and (not isinstance(last_k, int) or last_k < 0):
+            msg = f"last_k must be a non-negative int or None, got {last_k!r}"
+            raise ValidationError(msg)
+        if last_k == 0:
+            return None
+        return GetMessages(session_id, 0 if last_k is None else -last_k, -1)
+
+    def get_history(self, session_id: str, last_k: int | None = None) -> list[dict[str, Any]]:
+        """Stored message records, oldest first; only the last ``last_k`` if given (O(k))."""
+        op = self._plan_history(session_id, last_k)
+        if op is None:
+            return []
+        return self._execute(op)
+
+    async def aget_history(
+        self, session_id: str, last_k: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Async :meth:`get_history`."""
+        op = self._plan_history(session_id, last_k)
+        if op is None:
+            return []
+        return await self._aexecute(op)
+
+    def get_messages(self, session_id: str, last_k: int | None = None) -> list[BaseMessage]:
+        """The history as LangChain messages, exactly as they were added."""
+        return [record_to_message(r) for r in self.get_history(session_id, last_k)]
+
+    async def aget_messages(self, session_id: str, last_k: int | None = None) -> list[BaseMessage]:
+        """Async :meth:`get_messages`."""
+        return [record_to_message(r) for r in await self.aget_history(session_id, last_k)]
+
+    def get_message_range(self, session_id: str, start: int, end: int) -> list[dict[str, Any]]:
+        """Records ``start..end`` inclusive, negative indices from the end (LRANGE)."""
+        validate_session_id(session_id, existing=True)
+        return self._execute(GetMessages(session_id, start, end))
+
+    async def aget_message_range(
+        self, session_id: str, start: int, end: int
+    ) -> list[dict[str, Any]]:
+        """Async :meth:`get_message_range`."""
+        validate_session_id(session_id, existing=True)
+        return await self._aexecute(GetMessages(session_id, start, end))
+
+    def get_fetched_context(
+        self, session_id: str, source_type: str | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Fetched items by source type (only ``source_type`` if given)."""
+        validate_session_id(session_id, existing=True)
+        return self._execute(GetFetched(session_id, source_type))
+
+    async def aget_fetched_context(
+        self, session_id: str, source_type: str | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Async :meth:`get_fetched_context`."""
+        validate_session_id(session_id, existing=True)
+        return await self._aexecute(GetFetched(session_id, source_type))
+
+    @staticmethod
+    def _formatted(header: Header | None, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if header and header["system_prompt"]:
+            out.append({"role": "system", "content": header["system_prompt"]})
+        out.extend(api_message(r) for r in records)
+        return out
+
+    def get_formatted_messages_for_api(
+        self, session_id: str, last_k: int | None = None
+    ) -> list[dict[str, Any]]:
+        """OpenAI-style messages: the system prompt first, then the history (seed 001).
+
+        Each is ``{"role", "content"}`` plus ``name``, ``tool_calls`` (OpenAI function
+        format) or ``tool_call_id`` where the stored message has them.
+        """
+        header = self.get_header(session_id)
+        if header is None:
+            return []
+        return self._formatted(header, self.get_history(session_id, last_k))
+
+    async def aget_formatted_messages_for_api(
+        self, session_id: str, last_k: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Async :meth:`get_formatted_messages_for_api`."""
+        header = await self.aget_header(session_id)
+        if header is None:
+            return []
+        return self._formatted(header, await self.aget_history(session_id, last_k))

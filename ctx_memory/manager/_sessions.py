@@ -1,0 +1,490 @@
+"""Sessions as a whole: creating, metadata, shared state, listing, stats, export and import.
+
+Seed 000's API (``create_session``, ``set_context``, ``update_partial_context``,
+``get_context``, ``delete_context``) and the session-level half of seed 001's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from ctx_memory.errors import (
+    CtxMemoryError,
+    DocumentImportError,
+    SessionNotFoundError,
+    ValidationError,
+)
+from ctx_memory.events import EventType
+from ctx_memory.records import (
+    encode_document,
+    metadata_fields,
+    session_stats,
+)
+from ctx_memory.schema import (
+    ContextMode,
+    check_json_native,
+    check_text,
+    dumps,
+    exported,
+    now_iso,
+    parse_document,
+    validate_session_id,
+)
+from ctx_memory.stores.base import Header, check_shared_size
+from ctx_memory.stores.ops import (
+    ClearSession,
+    CollectGarbage,
+    CreateSession,
+    DeleteSession,
+    GetDocument,
+    GetFetched,
+    GetHeader,
+    ListPage,
+    ListSessions,
+    MergeShared,
+    ReplaceDocument,
+    SessionExists,
+    SetShared,
+    UpdateHeader,
+)
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from ctx_memory.stores.base import WriteResult
+
+from ctx_memory.manager._core import ManagerCore
+
+
+class SessionMethods(ManagerCore):
+    """Whole-session operations (see :class:`~ctx_memory.manager.ContextManager`)."""
+
+    def _plan_header(
+        self,
+        session_id: str,
+        fields: Mapping[str, Any],
+        system_prompt: str | None = None,
+        *,
+        set_system_prompt: bool = False,
+    ) -> UpdateHeader:
+        validate_session_id(session_id)
+        checked = metadata_fields(fields)
+        if set_system_prompt:
+            check_text(system_prompt, "system prompt", optional=True)
+            tokens = self.token_counter.count(system_prompt) if system_prompt else 0
+            checked["system_prompt_tokens"] = tokens
+        now = now_iso()
+        return UpdateHeader(
+            session_id,
+            self._init(session_id, now),
+            now,
+            checked,
+            system_prompt,
+            set_system_prompt,
+        )
+
+    def _plan_create(
+        self, session_id: str, system_prompt: str | None, metadata: Mapping[str, Any] | None
+    ) -> CreateSession | UpdateHeader:
+        if system_prompt is None and not metadata:
+            validate_session_id(session_id)
+            return CreateSession(session_id, self._init(session_id, now_iso()))
+        return self._plan_header(
+            session_id,
+            metadata or {},
+            system_prompt,
+            set_system_prompt=system_prompt is not None,
+        )
+
+    def _finish_header(self, op: CreateSession | UpdateHeader, result: WriteResult) -> bool:
+        self._created(op.session_id, result)
+        if isinstance(op, UpdateHeader):
+            changed = sorted(k for k in op.metadata if k != "system_prompt_tokens")
+            if op.set_system_prompt:
+                changed.append("system_prompt")
+            self.events.emit(EventType.METADATA_UPDATED, op.session_id, fields=changed)
+        return result.created
+
+    def create_session(
+        self,
+        session_id: str,
+        *,
+        system_prompt: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Create a session (no change if it exists); return whether it was created."""
+        op = self._plan_create(session_id, system_prompt, metadata)
+        return self._finish_header(op, self._execute(op))
+
+    async def acreate_session(
+        self,
+        session_id: str,
+        *,
+        system_prompt: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Async :meth:`create_session`."""
+        op = self._plan_create(session_id, system_prompt, metadata)
+        return self._finish_header(op, await self._aexecute(op))
+
+    @staticmethod
+    def _metadata_given(
+        mode: ContextMode | str | None,
+        current_url: str | None,
+        user_timezone: str | None,
+        user_time: str | datetime | None,
+        extra: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        named = {
+            "mode": mode,
+            "current_url": current_url,
+            "user_timezone": user_timezone,
+            "user_time": user_time,
+        }
+        return {**{k: v for k, v in named.items() if v is not None}, **extra}
+
+    def update_metadata(
+        self,
+        session_id: str,
+        *,
+        mode: ContextMode | str | None = None,
+        current_url: str | None = None,
+        user_timezone: str | None = None,
+        user_time: str | datetime | None = None,
+        **extra: Any,
+    ) -> None:
+        """Set metadata fields (seed 001); ``None`` arguments leave a field unchanged.
+
+        Extra keyword arguments are stored as extra metadata keys. Counters, timestamps
+        and ``session_id`` belong to ctx_memory and are rejected.
+        """
+        fields = self._metadata_given(mode, current_url, user_timezone, user_time, extra)
+        op = self._plan_header(session_id, fields)
+        self._finish_header(op, self._execute(op))
+
+    async def aupdate_metadata(
+        self,
+        session_id: str,
+        *,
+        mode: ContextMode | str | None = None,
+        current_url: str | None = None,
+        user_timezone: str | None = None,
+        user_time: str | datetime | None = None,
+        **extra: Any,
+    ) -> None:
+        """Async :meth:`update_metadata`."""
+        fields = self._metadata_given(mode, current_url, user_timezone, user_time, extra)
+        op = self._plan_header(session_id, fields)
+        self._finish_header(op, await self._aexecute(op))
+
+    def set_system_prompt(self, session_id: str, prompt: str | None) -> None:
+        """Set (or with ``None`` remove) the session's system prompt."""
+        op = self._plan_header(session_id, {}, prompt, set_system_prompt=True)
+        self._finish_header(op, self._execute(op))
+
+    async def aset_system_prompt(self, session_id: str, prompt: str | None) -> None:
+        """Async :meth:`set_system_prompt`."""
+        op = self._plan_header(session_id, {}, prompt, set_system_prompt=True)
+        self._finish_header(op, await self._aexecute(op))
+
+    def _plan_set_context(self, session_id: str, key: str, value: Any) -> SetShared:
+        validate_session_id(session_id)
+        if not isinstance(key, str) or not key:
+            msg = f"context key must be a non-empty str, got {key!r}"
+            raise ValidationError(msg)
+        check_text(key, "shared key")
+        check_json_native(value, f"shared.{key}")
+        check_shared_size(dumps({key: value}))  # a new session holds just this
+        now = now_iso()
+        return SetShared(session_id, key, value, self._init(session_id, now), now)
+
+    def _plan_merge(self, session_id: str, partial: Mapping[str, Any]) -> MergeShared:
+        validate_session_id(session_id)
+        if not isinstance(partial, Mapping):
+            msg = f"partial context must be a mapping, got {type(partial).__name__}"
+            raise ValidationError(msg)
+        check_json_native(dict(partial), "shared")
+        check_shared_size(dumps(dict(partial)))  # a new session holds just this
+        now = now_iso()
+        return MergeShared(session_id, dict(partial), self._init(session_id, now), now)
+
+    def _finish_shared(self, op: SetShared | MergeShared, result: WriteResult) -> None:
+        self._created(op.session_id, result)
+        keys = [op.key] if isinstance(op, SetShared) else sorted(op.partial)
+        self.events.emit(EventType.CONTEXT_UPDATED, op.session_id, keys=keys)
+
+    def set_context(self, session_id: str, key: str, value: Any) -> None:
+        """Set ``shared[key] = value`` (seed 000), creating the session if needed."""
+        op = self._plan_set_context(session_id, key, value)
+        self._finish_shared(op, self._execute(op))
+
+    async def aset_context(self, session_id: str, key: str, value: Any) -> None:
+        """Async :meth:`set_context`."""
+        op = self._plan_set_context(session_id, key, value)
+        self._finish_shared(op, await self._aexecute(op))
+
+    def update_partial_context(self, session_id: str, partial_context: Mapping[str, Any]) -> None:
+        """Recursively merge ``partial_context`` into the session's ``shared`` state.
+
+        Nested dicts merge key by key; any other value (lists included) replaces what was
+        there. Atomic: concurrent merges of different keys never lose each other.
+        """
+        op = self._plan_merge(session_id, partial_context)
+        self._finish_shared(op, self._execute(op))
+
+    async def aupdate_partial_context(
+        self, session_id: str, partial_context: Mapping[str, Any]
+    ) -> None:
+        """Async :meth:`update_partial_context`."""
+        op = self._plan_merge(session_id, partial_context)
+        self._finish_shared(op, await self._aexecute(op))
+
+    def get_context(self, session_id: str) -> dict[str, Any]:
+        """The whole session document as a dict; ``{}`` if the session does not exist."""
+        validate_session_id(session_id, existing=True)
+        return self._execute(GetDocument(session_id)) or {}
+
+    async def aget_context(self, session_id: str) -> dict[str, Any]:
+        """Async :meth:`get_context`."""
+        validate_session_id(session_id, existing=True)
+        return await self._aexecute(GetDocument(session_id)) or {}
+
+    def _finish_delete(self, session_id: str, existed: bool) -> bool:
+        if existed:
+            self.events.emit(EventType.SESSION_DELETED, session_id)
+        return existed
+
+    def delete_context(self, session_id: str) -> bool:
+        """Delete the session; return whether it existed."""
+        validate_session_id(session_id, existing=True)
+        return self._finish_delete(session_id, self._execute(DeleteSession(session_id)))
+
+    async def adelete_context(self, session_id: str) -> bool:
+        """Async :meth:`delete_context`."""
+        validate_session_id(session_id, existing=True)
+        return self._finish_delete(session_id, await self._aexecute(DeleteSession(session_id)))
+
+    # Seed 000 spells its async twins ``async_*``.
+    async_create_session = acreate_session
+
+    async_set_context = aset_context
+
+    async_update_partial_context = aupdate_partial_context
+
+    async_get_context = aget_context
+
+    async_delete_context = adelete_context
+
+    def get_header(self, session_id: str) -> Header | None:
+        """System prompt, metadata and shared state without history or sources."""
+        validate_session_id(session_id, existing=True)
+        return self._execute(GetHeader(session_id))
+
+    async def aget_header(self, session_id: str) -> Header | None:
+        """Async :meth:`get_header`."""
+        validate_session_id(session_id, existing=True)
+        return await self._aexecute(GetHeader(session_id))
+
+    def get_metadata(self, session_id: str) -> dict[str, Any]:
+        """The ``metadata`` section; ``{}`` if the session does not exist."""
+        header = self.get_header(session_id)
+        return header["metadata"] if header else {}
+
+    async def aget_metadata(self, session_id: str) -> dict[str, Any]:
+        """Async :meth:`get_metadata`."""
+        header = await self.aget_header(session_id)
+        return header["metadata"] if header else {}
+
+    def get_system_prompt(self, session_id: str) -> str | None:
+        """The session's system prompt, or ``None``."""
+        header = self.get_header(session_id)
+        return header["system_prompt"] if header else None
+
+    async def aget_system_prompt(self, session_id: str) -> str | None:
+        """Async :meth:`get_system_prompt`."""
+        header = await self.aget_header(session_id)
+        return header["system_prompt"] if header else None
+
+    def _finish_clear(self, op: ClearSession, existed: bool) -> bool:
+        if existed:
+            self.events.emit(
+                EventType.SESSION_CLEARED, op.session_id, preserve_fetched=op.preserve_fetched
+            )
+        return existed
+
+    @staticmethod
+    def _plan_clear(session_id: str, preserve_fetched: bool) -> ClearSession:
+        validate_session_id(session_id, existing=True)
+        return ClearSession(session_id, now_iso(), preserve_fetched)
+
+    def clear(self, session_id: str, preserve_fetched: bool = False) -> bool:
+        """Drop the history (and fetched context unless ``preserve_fetched``).
+
+        System prompt, metadata and shared state stay; counters restart at zero.
+        Returns whether the session existed.
+        """
+        op = self._plan_clear(session_id, preserve_fetched)
+        return self._finish_clear(op, self._execute(op))
+
+    async def aclear(self, session_id: str, preserve_fetched: bool = False) -> bool:
+        """Async :meth:`clear`."""
+        op = self._plan_clear(session_id, preserve_fetched)
+        return self._finish_clear(op, await self._aexecute(op))
+
+    def session_exists(self, session_id: str) -> bool:
+        """Whether the session exists (and has not expired)."""
+        validate_session_id(session_id, existing=True)
+        return self._execute(SessionExists(session_id))
+
+    async def asession_exists(self, session_id: str) -> bool:
+        """Async :meth:`session_exists`."""
+        validate_session_id(session_id, existing=True)
+        return await self._aexecute(SessionExists(session_id))
+
+    @staticmethod
+    def _plan_list(prefix: str, limit: int | None, cursor: str | None) -> ListSessions | ListPage:
+        check_text(prefix, "prefix")
+        check_text(cursor, "cursor", optional=True)
+        if limit is None:
+            return ListSessions()
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            msg = f"limit must be a positive int or None, got {limit!r}"
+            raise ValidationError(msg)
+        return ListPage(limit, prefix, cursor)
+
+    @staticmethod
+    def _finish_list(ids: list[str], prefix: str, cursor: str | None) -> list[str]:
+        return [s for s in ids if s.startswith(prefix) and (cursor is None or s > cursor)]
+
+    def list_sessions(
+        self, prefix: str = "", *, limit: int | None = None, cursor: str | None = None
+    ) -> list[str]:
+        """Ids of live sessions, sorted; those starting with ``prefix``; a page with ``limit``.
+
+        Paging: ``list_sessions(limit=50)`` is the first page; pass its last id as
+        ``cursor`` for the next (a page shorter than ``limit`` is the last). A page costs
+        O(limit) on SQLite and Redis, whatever the number of sessions.
+        """
+        op = self._plan_list(prefix, limit, cursor)
+        return self._finish_list(self._execute(op), prefix, cursor)
+
+    async def alist_sessions(
+        self, prefix: str = "", *, limit: int | None = None, cursor: str | None = None
+    ) -> list[str]:
+        """Async :meth:`list_sessions`."""
+        op = self._plan_list(prefix, limit, cursor)
+        return self._finish_list(await self._aexecute(op), prefix, cursor)
+
+    def gc(self) -> int:
+        """Remove expired sessions now; return how many."""
+        return self._execute(CollectGarbage())
+
+    async def agc(self) -> int:
+        """Async :meth:`gc`."""
+        return await self._aexecute(CollectGarbage())
+
+    def _store_stats(self, sessions: list[str]) -> dict[str, Any]:
+        return {
+            "store": self.store.name,
+            "session_count": len(sessions),
+            "max_sessions": self.settings.max_sessions,
+            "ttl_seconds": self.settings.ttl_seconds,
+            "token_encoding": self.token_counter.encoding_name,
+            "event_emission": self.events.enabled,
+            "sessions_expired": self._lifecycle_counts["session_expired"],
+            "sessions_evicted": self._lifecycle_counts["session_evicted"],
+        }
+
+    def get_memory_stats(self, session_id: str | None = None) -> dict[str, Any]:
+        """Statistics for one session (from cached counts), or for the store if ``None``."""
+        if session_id is None:
+            return self._store_stats(self._execute(ListSessions()))
+        header = self.get_header(session_id)
+        fetched = {} if header is None else self._execute(GetFetched(session_id))
+        return session_stats(session_id, header, fetched, self.store.name)
+
+    async def aget_memory_stats(self, session_id: str | None = None) -> dict[str, Any]:
+        """Async :meth:`get_memory_stats`."""
+        if session_id is None:
+            return self._store_stats(await self._aexecute(ListSessions()))
+        header = await self.aget_header(session_id)
+        fetched = {} if header is None else await self._aexecute(GetFetched(session_id))
+        return session_stats(session_id, header, fetched, self.store.name)
+
+    @staticmethod
+    def _exported(session_id: str, document: dict[str, Any], indent: int | None) -> str:
+        if not document:
+            raise SessionNotFoundError(session_id)
+        return json.dumps(exported(document), ensure_ascii=False, indent=indent)
+
+    def export_session(self, session_id: str, *, indent: int | None = 2) -> str:
+        """The session document as JSON text, with its ``format_version``.
+
+        Raises:
+            SessionNotFoundError: No such session.
+        """
+        return self._exported(session_id, self.get_context(session_id), indent)
+
+    async def aexport_session(self, session_id: str, *, indent: int | None = 2) -> str:
+        """Async :meth:`export_session`."""
+        return self._exported(session_id, await self.aget_context(session_id), indent)
+
+    def _plan_import(
+        self, data: str | bytes | Mapping[str, Any], session_id: str | None
+    ) -> ReplaceDocument:
+        document = parse_document(data)
+        target = session_id if session_id is not None else document.metadata.session_id
+        try:
+            validate_session_id(target)
+        except CtxMemoryError as e:
+            msg = f"invalid session document at metadata.session_id: {e}"
+            raise DocumentImportError("metadata.session_id", msg) from e
+        header, messages, items = encode_document(document, target, self.token_counter)
+        return ReplaceDocument(target, header, messages, items)
+
+    @staticmethod
+    def _refuse_existing(op: ReplaceDocument, exists: bool) -> None:
+        if exists:
+            msg = f"session {op.session_id!r} already exists (pass overwrite=True to replace it)"
+            raise DocumentImportError("metadata.session_id", msg)
+
+    def _finish_import(self, op: ReplaceDocument, result: WriteResult) -> str:
+        self._created(op.session_id, result)
+        self.events.emit(EventType.CONTEXT_UPDATED, op.session_id, imported=True)
+        return op.session_id
+
+    def import_session(
+        self,
+        data: str | bytes | Mapping[str, Any],
+        *,
+        session_id: str | None = None,
+        overwrite: bool = True,
+    ) -> str:
+        """Validate an exported document and store it whole; return its session id.
+
+        Token counts are recomputed with this manager's encoding, so imported counts are
+        always exact. Nothing is written unless the whole document is valid.
+
+        Raises:
+            DocumentImportError: Malformed JSON or a wrong shape (names the field), or the
+                session exists and ``overwrite`` is false.
+        """
+        op = self._plan_import(data, session_id)
+        if not overwrite:
+            self._refuse_existing(op, self._execute(SessionExists(op.session_id)))
+        return self._finish_import(op, self._execute(op))
+
+    async def aimport_session(
+        self,
+        data: str | bytes | Mapping[str, Any],
+        *,
+        session_id: str | None = None,
+        overwrite: bool = True,
+    ) -> str:
+        """Async :meth:`import_session`."""
+        op = self._plan_import(data, session_id)
+        if not overwrite:
+            self._refuse_existing(op, await self._aexecute(SessionExists(op.session_id)))
+        return self._finish_import(op, await self._aexecute(op))
