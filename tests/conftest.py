@@ -482,12 +482,13 @@ def postgres_server_factory() -> Iterator[Callable[..., Any]]:
 
     started: list[Any] = []
 
-    def start(*settings: str) -> Any:
+    def start(*settings: str, durable: bool = False) -> Any:
+        """A server; ``durable``: fsync and synchronous commit on (crash tests)."""
         _require_postgres()
         from pg_server import FAST
 
         directory = Path(tempfile.mkdtemp(prefix="ctx-pg-"))
-        server = PostgresServer(directory, (*FAST, *settings))
+        server = PostgresServer(directory, (*(() if durable else FAST), *settings))
         started.append(server)
         return server.start()
 

@@ -397,12 +397,12 @@ class PostgresStore(BaseStore):
             try:
                 with pool.connection() as conn:
                     result = self._attempt(conn, op, found)
-            except (psycopg.OperationalError, OSError) as e:
-                pool.check()  # drop the other connections the server closed too
+            except (psycopg.OperationalError, OSError) as e:  # PoolTimeout too
+                self._discard(pool)
                 if attempt or isinstance(op, _NOT_REPEATED):
                     raise self._unavailable(e) from e
                 continue
-            except (psycopg.Error, PoolTimeout) as e:
+            except psycopg.Error as e:
                 raise self._unavailable(e) from e
             self._report(found)
             return result
@@ -415,16 +415,42 @@ class PostgresStore(BaseStore):
             try:
                 async with pool.connection() as conn:
                     result = await self._aattempt(conn, op, found)
-            except (psycopg.OperationalError, OSError) as e:
-                await pool.check()  # drop the other connections the server closed too
+            except (psycopg.OperationalError, OSError) as e:  # PoolTimeout too
+                await self._adiscard(pool)
                 if attempt or isinstance(op, _NOT_REPEATED):
                     raise self._unavailable(e) from e
                 continue
-            except (psycopg.Error, PoolTimeout) as e:
+            except psycopg.Error as e:
                 raise self._unavailable(e) from e
             self._report(found)
             return result
         raise AssertionError  # pragma: no cover - the loop returns or raises
+
+    # A connection failed: the server restarted, went away, or the pool waited in vain. The
+    # pool's own reconnection backs off (up to minutes) while the server is down, so a pool
+    # this store opened is replaced: the next call connects at once. A pool the caller gave
+    # is only checked (its broken connections dropped).
+
+    def _discard(self, pool: ConnectionPool[Any]) -> None:
+        with self._lock:
+            replace = self._owns_pool and self._pool is pool
+            if replace:
+                self._pool = None
+        if replace:
+            pool.close(timeout=0.2)
+        elif not pool.closed:  # (another thread may have replaced and closed it)
+            pool.check()
+
+    async def _adiscard(self, pool: AsyncConnectionPool[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            replace = self._given_apool is None and self._apools.get(loop) is pool
+            if replace:
+                del self._apools[loop]
+        if replace:
+            await pool.close(timeout=0.2)
+        elif not pool.closed:  # (another call may have replaced and closed it)
+            await pool.check()
 
     def _attempt(self, conn: psycopg.Connection[Any], op: StoreOp, found: _Found) -> Any:
         if not self._schema_ready:

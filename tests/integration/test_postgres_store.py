@@ -1,0 +1,365 @@
+"""PostgresStore specifics against a real server: round trips, schema versions, TTL on every
+row, crafted ids, secrets, settings and the docstring example."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import textwrap
+import time
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import pytest
+
+from ctx_memory.config import load_settings
+from ctx_memory.errors import ConfigurationError, StoreUnavailableError
+from ctx_memory.manager import ContextManager
+from ctx_memory.schema import dumps
+from ctx_memory.stores import _postgres_sql, create_store
+from ctx_memory.stores import postgres as postgres_module
+from ctx_memory.stores.base import EncodedItem, EncodedMessage, new_header
+from ctx_memory.stores.postgres import PostgresStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+pytestmark = pytest.mark.postgres
+
+NOW = "2025-01-01T00:00:00+00:00"
+TABLES = ("sessions", "messages", "fetched", "fingerprints")
+
+
+def init(sid: str) -> Any:
+    return new_header(sid, now=NOW, encoding="o200k_base")
+
+
+def msg(i: int, tokens: int = 2) -> EncodedMessage:
+    record = {"role": "user", "content": f"m{i}", "id": f"id-{i}", "token_count": tokens}
+    return EncodedMessage(dumps(record), tokens, f"id-{i}")
+
+
+def rows(url: str, schema: str) -> dict[str, int]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {
+            table: conn.execute(f'SELECT count(*) FROM "{schema}".{table}').fetchone()[0]  # type: ignore[index]
+            for table in TABLES
+        }
+
+
+@pytest.fixture
+def store(postgres_url: str, pg_schema: str) -> Iterator[PostgresStore]:
+    with PostgresStore(postgres_url, schema=pg_schema) as store:
+        yield store
+
+
+# ------------------------------------------------------------------ round trips
+
+
+@pytest.fixture(scope="module")
+def counted_server(postgres_server_factory: Callable[..., Any]) -> Any:
+    """A private server with pg_stat_statements (nothing else runs statements on it)."""
+    server = postgres_server_factory()
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    return server
+
+
+def _statements(url: str) -> dict[str, int]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT query, calls FROM pg_stat_statements "
+            "WHERE query NOT LIKE '%%pg_stat_statements%%'"
+        ).fetchall()
+    return dict(found)
+
+
+def _reset(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_statements_reset()")
+
+
+@pytest.mark.parametrize("ttl", [None, 3600.0])
+def test_one_statement_per_append_counted_by_the_server(counted_server: Any, ttl: Any) -> None:
+    """Each add_user_message is one statement on the server: no BEGIN, no COMMIT, no read."""
+    with PostgresStore(counted_server.url, schema="counted", ttl_seconds=ttl) as store:
+        cm = ContextManager(store=store, token_counter="approximate")
+        cm.add_user_message("warm", "schema created, statements prepared")
+        _reset(counted_server.url)
+        for i in range(50):
+            cm.add_user_message("s", f"message {i}")
+        seen = _statements(counted_server.url)
+        assert sum(seen.values()) == 50, seen
+        ((query, calls),) = seen.items()
+        assert calls == 50
+        assert '"counted".append(' in query
+        _reset(counted_server.url)
+        assert len(cm.get_messages("s", last_k=20)) == 20  # the last 20: one statement too
+        assert sum(_statements(counted_server.url).values()) == 1
+
+
+# ------------------------------------------------------------------ schema versions
+
+
+def _version(url: str, schema: str) -> str:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            f"SELECT value FROM \"{schema}\".meta WHERE key = 'schema_version'"
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def test_a_new_schema_records_its_version(store: PostgresStore, postgres_url: str) -> None:
+    store.create("s", init("s"))
+    assert _version(postgres_url, store.schema) == str(postgres_module.SCHEMA_VERSION)
+
+
+def test_a_newer_schema_is_refused_with_what_to_do(store: PostgresStore, postgres_url: str) -> None:
+    store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"UPDATE \"{store.schema}\".meta SET value = '99'")
+    newer = PostgresStore(postgres_url, schema=store.schema)
+    with pytest.raises(StoreUnavailableError) as info:
+        newer.get_messages("s")
+    message = str(info.value)
+    assert "version 99" in message
+    assert "upgrade ctx_memory" in message
+    assert "POSTGRES_SCHEMA" in message
+    assert _password(postgres_url) not in message
+    newer.close()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # nothing was changed
+        conn.execute(f"UPDATE \"{store.schema}\".meta SET value = '1'")
+
+
+def test_an_older_schema_is_migrated_keeping_its_data(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a schema an older version made runs the migrations, in one transaction."""
+    with PostgresStore(postgres_url, schema=pg_schema) as old:  # today's layout, version 1
+        ContextManager(store=old, token_counter="approximate").add_user_message("kept", "hi")
+    step = ("ALTER TABLE {s}.sessions ADD COLUMN note text DEFAULT 'migrated'",)
+    monkeypatch.setitem(_postgres_sql.MIGRATIONS, 1, step)
+    monkeypatch.setattr(postgres_module, "SCHEMA_VERSION", 2)
+    with PostgresStore(postgres_url, schema=pg_schema) as new:
+        assert [m["content"] for m in new.get_messages("kept")] == ["hi"]
+        new.append_messages("kept", [msg(2)], init=init("kept"), now=NOW)
+        assert new.count_messages("kept") == 2
+    assert _version(postgres_url, pg_schema) == "2"
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        (note,) = conn.execute(f'SELECT note FROM "{pg_schema}".sessions').fetchone()  # type: ignore[misc]
+    assert note == "migrated"
+
+
+def test_a_foreign_meta_table_is_refused(postgres_url: str, pg_schema: str) -> None:
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{pg_schema}"')
+        conn.execute(f'CREATE TABLE "{pg_schema}".meta (key text PRIMARY KEY, value text)')
+    with (
+        PostgresStore(postgres_url, schema=pg_schema) as store,
+        pytest.raises(StoreUnavailableError, match="not made by ctx_memory"),
+    ):
+        store.exists("s")
+
+
+# ------------------------------------------------------------------ TTL on every row
+
+
+def test_ttl_removes_every_row_of_an_expired_session(postgres_url: str, pg_schema: str) -> None:
+    with PostgresStore(postgres_url, schema=pg_schema, ttl_seconds=0.4) as store:
+        cm = ContextManager(store=store, token_counter="approximate")
+        cm.add_user_message("gone", "hello")
+        cm.add_fetched_context("gone", "web_search", "a page", url="https://a.example")
+        cm.update_partial_context("gone", {"k": 1})
+        cm.add_user_message("kept", "hello")
+        assert all(n > 0 for n in rows(postgres_url, pg_schema).values())
+        time.sleep(0.25)
+        cm.add_user_message("kept", "again")  # slides kept's TTL
+        time.sleep(0.25)
+        assert store.get_document("gone") is None  # enforced on read, before any GC
+        assert store.count_messages("gone") == 0
+        assert store.get_fetched("gone") == {}
+        assert store.exists("kept")
+        assert store.gc() == 1
+        left = rows(postgres_url, pg_schema)
+        assert left == {"sessions": 1, "messages": 2, "fetched": 0, "fingerprints": 0}
+        time.sleep(0.5)
+        assert store.gc() == 1
+        assert rows(postgres_url, pg_schema) == dict.fromkeys(TABLES, 0)
+
+
+def test_lru_eviction_removes_every_row(postgres_url: str, pg_schema: str) -> None:
+    with PostgresStore(postgres_url, schema=pg_schema, max_sessions=2) as store:
+        cm = ContextManager(store=store, token_counter="approximate")
+        for sid in ("a", "b", "c"):
+            cm.add_user_message(sid, "x")
+            cm.add_fetched_context(sid, "web", "page", url=f"https://{sid}.example")
+        assert store.list_sessions() == ["b", "c"]
+        assert rows(postgres_url, pg_schema) == {
+            "sessions": 2,
+            "messages": 2,
+            "fetched": 2,
+            "fingerprints": 2,
+        }
+
+
+# ------------------------------------------------------------------ crafted ids
+
+CRAFTED = [
+    "'; DROP TABLE sessions; --",
+    'x"); DELETE FROM messages; --',
+    "a%",
+    "a_",
+    "\\",
+    "$1",
+    "{s}",
+    "%(id)s",
+    "ünï €",
+    "😀" * 64,
+    "z" * 256,
+    " leading and trailing ",
+]
+
+
+def test_crafted_session_ids_stay_their_own_sessions(store: PostgresStore) -> None:
+    cm = ContextManager(store=store, token_counter="approximate")
+    cm.add_user_message("ab", "plain")
+    for i, sid in enumerate(CRAFTED):
+        cm.add_user_message(sid, f"for {i}")
+        cm.update_partial_context(sid, {"who": sid})
+    for i, sid in enumerate(CRAFTED):
+        assert [m.content for m in cm.get_messages(sid)] == [f"for {i}"]
+        assert cm.get_context(sid)["shared"] == {"who": sid}
+    assert store.list_sessions() == sorted([*CRAFTED, "ab"])
+    assert store.list_page(prefix="a%", limit=10) == ["a%"]  # no LIKE wildcard
+    assert store.list_page(prefix="a_", limit=10) == ["a_"]
+    assert [m.content for m in cm.get_messages("ab")] == ["plain"]
+    for sid in CRAFTED:
+        assert cm.delete_context(sid)
+    assert store.list_sessions() == ["ab"]
+
+
+def test_crafted_message_ids_and_source_types(store: PostgresStore) -> None:
+    odd = EncodedMessage(dumps({"role": "user", "content": "x", "id": "'); --"}), 1, "'); --")
+    store.append_messages("s", [odd, odd], init=init("s"), now=NOW)
+    item = EncodedItem("x'); DROP TABLE fetched; --", dumps({"content": "c"}), 1, "fp'--")
+    store.append_fetched("s", [item], init=init("s"), now=NOW)
+    assert store.count_messages("s") == 1
+    assert store.get_fetched("s", "x'); DROP TABLE fetched; --") == {
+        "x'); DROP TABLE fetched; --": [{"content": "c"}]
+    }
+    assert store.delete_messages("s", ["'); --"], now=NOW) == 1
+
+
+def test_bad_schema_names_are_refused_before_connecting() -> None:
+    for bad in ("Upper", "has-dash", 'q"uote', "pg_catalog", "1st", "", "x" * 41, "a b"):
+        with pytest.raises(ConfigurationError, match="POSTGRES_SCHEMA"):
+            PostgresStore("postgresql://127.0.0.1:1/db", schema=bad)
+
+
+def test_schemas_keep_apps_apart(postgres_url: str, pg_schema: str) -> None:
+    other = pg_schema + "_b"
+    try:
+        with (
+            PostgresStore(postgres_url, schema=pg_schema) as one,
+            PostgresStore(postgres_url, schema=other) as two,
+        ):
+            one.append_messages("s", [msg(1)], init=init("s"), now=NOW)
+            assert two.get_document("s") is None
+            assert two.list_sessions() == []
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{other}" CASCADE')
+
+
+# ------------------------------------------------------------------ secrets
+
+
+def _password(url: str) -> str:
+    match = re.match(r"postgres(?:ql)?://[^:/@]*:([^@]*)@", url)
+    return match[1] if match else "\x00no password\x00"
+
+
+def test_unreachable_server_error_names_url_without_password() -> None:
+    secret = "pw-Not-Printed-77"
+    store = PostgresStore(f"postgresql://bob:{secret}@127.0.0.1:1/db", connect_timeout=1)
+    with pytest.raises(StoreUnavailableError) as info:
+        store.get_document("s")
+    message = str(info.value)
+    assert "postgresql://bob:***@127.0.0.1:1/db" in message
+    assert secret not in message
+    assert secret not in repr(info.value.__cause__)
+    assert secret not in repr(store)
+    assert store.url == "postgresql://bob:***@127.0.0.1:1/db"
+    store.close()
+
+
+def test_wrong_password_error_hides_both(postgres_url: str) -> None:
+    wrong = re.sub(r"(://[^:]+:)[^@]*@", r"\1Wr0ng-Secret@", postgres_url)
+    store = PostgresStore(wrong, connect_timeout=2)
+    with pytest.raises(StoreUnavailableError) as info:
+        store.exists("s")
+    text = f"{info.value} {info.value.__cause__!r} {info.value.__context__!r}"
+    assert "Wr0ng-Secret" not in text
+    assert _password(postgres_url) not in text
+    store.close()
+
+
+def test_settings_and_their_errors_hide_the_password(postgres_url: str) -> None:
+    settings = load_settings(store="postgres", postgres_url=postgres_url)
+    assert _password(postgres_url) not in repr(settings)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(store="postgres", postgres_url="mysql://u:Sekr1t@h/db")
+    assert "Sekr1t" not in str(info.value)
+    assert "POSTGRES_URL" in str(info.value)
+    with pytest.raises(ConfigurationError) as info:
+        PostgresStore("postgresql://u:Sekr1t@h/db#frag")
+    assert "Sekr1t" not in str(info.value)
+
+
+# ------------------------------------------------------------------ settings, pools
+
+
+def test_store_postgres_from_settings(postgres_url: str, pg_schema: str) -> None:
+    settings = load_settings(store="postgres", postgres_url=postgres_url, postgres_schema=pg_schema)
+    store = create_store(settings)
+    assert isinstance(store, PostgresStore)
+    assert (store.schema, store.ttl_seconds, store.max_sessions) == (pg_schema, 30 * 86_400, None)
+    assert store.gc_running
+    with ContextManager(store=store, token_counter="approximate") as cm:
+        cm.add_user_message("s", "hi")
+        assert cm.get_memory_stats("s")["message_count"] == 1
+
+
+def test_an_existing_pool_is_used_and_not_closed(postgres_url: str, pg_schema: str) -> None:
+    from psycopg_pool import ConnectionPool
+
+    with ConnectionPool(postgres_url, min_size=1, max_size=2, open=True) as pool:  # no autocommit
+        store = PostgresStore(pool=pool, schema=pg_schema)
+        assert _password(postgres_url) not in repr(store)
+        store.append_messages("s", [msg(1), msg(2)], init=init("s"), now=NOW)
+        assert store.count_messages("s") == 2
+        store.close()
+        with pool.connection() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+async def test_native_async_on_two_event_loops_in_turn(postgres_url: str, pg_schema: str) -> None:
+    store = PostgresStore(postgres_url, schema=pg_schema)
+    await store.aappend_messages("s", [msg(1)], init=init("s"), now=NOW)
+    assert [m["content"] for m in await store.aget_messages("s")] == ["m1"]
+    await store.aclose()
+
+
+def test_docstring_example_runs(postgres_url: str) -> None:
+    doc = inspect.getdoc(PostgresStore) or ""
+    match = re.search(r"\.\. code-block:: python\s*\n\n(?P<code>(?:[ \t]+.*\n|\s*\n)+)", doc + "\n")
+    assert match is not None
+    code = textwrap.dedent(match["code"])
+    assert "postgresql://localhost:5432/postgres" in code
+    exec(
+        compile(code.replace("postgresql://localhost:5432/postgres", postgres_url), "<ex>", "exec"),
+        {"__name__": "__example__"},
+    )
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute('DROP SCHEMA IF EXISTS "ctx_memory" CASCADE')
