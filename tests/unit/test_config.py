@@ -51,7 +51,7 @@ def test_use_redis_caching_selects_redis():
         ("CTX_MEMORY_MAX_SESSIONS", "-1", "MAX_SESSIONS"),
         ("CTX_MEMORY_SESSION_EXPIRATION_SECONDS", "-5", "SESSION_EXPIRATION_SECONDS"),
         ("CTX_MEMORY_USE_REDIS_CACHING", "maybe", "USE_REDIS_CACHING"),
-        ("CTX_MEMORY_STORE", "postgres", "STORE"),
+        ("CTX_MEMORY_STORE", "mongodb", "STORE"),  # no such store (postgres is one now)
         ("CTX_MEMORY_TOKEN_COUNTER", "words", "TOKEN_COUNTER"),
         ("CTX_MEMORY_REDIS_URL", "http://x", "REDIS_URL"),
         ("CTX_MEMORY_MAX_SESION", "5", "MAX_SESION"),

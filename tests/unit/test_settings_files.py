@@ -215,6 +215,8 @@ def test_the_numeric_settings_are_the_ones_tested() -> None:
     assert NUMERIC == [
         "gc_interval_seconds",
         "max_sessions",
+        "postgres_connect_timeout",
+        "postgres_pool_size",
         "redis_max_retries",
         "redis_socket_timeout",
         "server_max_body_bytes",
