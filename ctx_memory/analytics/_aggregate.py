@@ -93,10 +93,10 @@ class Aggregator:
 
     Feed it documents (what :meth:`~ctx_memory.manager.ContextManager.get_context`
     returns) with :meth:`add`, then call :meth:`report`. The filters select sessions: a
-    session *starts* at the earlier of ``metadata.created_at`` and its first message's
-    timestamp, and is counted when ``since <= start < until`` and, with ``mode``, when
-    ``metadata.mode == mode``. A selected session counts whole (all its messages and
-    sources). Timestamps without a time zone are taken as UTC.
+    session *starts* with its first message (its ``timestamp``), or, without one, when it
+    was created (``metadata.created_at``); it is counted when ``since <= start < until``
+    and, with ``mode``, when ``metadata.mode == mode``. A selected session counts whole
+    (all its messages and sources). Timestamps without a time zone are taken as UTC.
 
     Args:
         since: Keep sessions that started at or after this instant.
@@ -165,15 +165,10 @@ class Aggregator:
     # ------------------------------------------------------------------ selection
 
     def _start(self, metadata: Mapping[str, Any], history: list[Any]) -> datetime | None:
-        created = _parse(metadata.get("created_at"))
-        first = (
-            _parse(history[0].get("timestamp"))
-            if history and isinstance(history[0], dict)
-            else None
-        )
-        if created is None or (first is not None and first < created):
-            return first
-        return created
+        """The first message's timestamp; for a session without one, ``created_at``."""
+        first = history[0] if history and isinstance(history[0], dict) else None
+        start = _parse(first.get("timestamp")) if first is not None else None
+        return start if start is not None else _parse(metadata.get("created_at"))
 
     def selects(self, document: Mapping[str, Any]) -> bool:
         """Whether the filters keep this session (without counting it)."""

@@ -425,17 +425,26 @@ def test_naive_datetimes_are_utc(manager: ContextManager, data: list[Gen]) -> No
 
 
 def test_a_session_starts_at_its_first_message_or_creation() -> None:
-    """Imported history older than ``created_at`` dates the session by its first message."""
+    """The first message dates a session, whenever it was created; else ``created_at`` does."""
     aggregator = Aggregator(since=datetime(2026, 1, 2, tzinfo=UTC))
     created = "2026-01-05T00:00:00+00:00"
-    aggregator.add({"metadata": {"created_at": created}, "conversation_history": [
-        {"role": "user", "content": "old", "timestamp": "2026-01-01T23:00:00-02:00"}]})  # fmt: skip
-    aggregator.add({"metadata": {"created_at": created}, "conversation_history": []})
+
+    def session(*timestamps: str) -> dict[str, Any]:
+        history = [{"role": "user", "content": "q", "timestamp": t} for t in timestamps]
+        return {"metadata": {"created_at": created}, "conversation_history": history}
+
+    aggregator.add(session("2026-01-01T23:00:00-02:00"))  # imported: older than created_at
+    aggregator.add(session("2026-01-07T10:00:00Z", "2026-01-01T10:00:00Z"))  # opened earlier
+    aggregator.add(session())  # no message
+    aggregator.add(session("garbled"))  # no readable first timestamp
+    aggregator.add(session("2026-01-01T21:00:00-02:00"))  # 23:00Z on the 1st: before since
     report = aggregator.report()
-    assert (report.sessions_scanned, report.sessions) == (2, 2)  # 01T23:00-02:00 is 02T01:00Z
+    assert (report.sessions_scanned, report.sessions) == (5, 4)
     assert [(d.date, d.sessions, d.turns) for d in report.days] == [
-        ("2026-01-02", 1, 1), ("2026-01-03", 0, 0), ("2026-01-04", 0, 0), ("2026-01-05", 1, 0)
+        ("2026-01-01", 0, 1), ("2026-01-02", 1, 1), ("2026-01-03", 0, 0), ("2026-01-04", 0, 0),
+        ("2026-01-05", 2, 0), ("2026-01-06", 0, 0), ("2026-01-07", 1, 1),
     ]  # fmt: skip
+    assert report.skipped_timestamps == 1
 
 
 def test_unparseable_timestamps_are_counted_not_fatal() -> None:
