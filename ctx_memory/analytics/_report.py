@@ -43,6 +43,14 @@ class Percentiles:
         p99: The 99th percentile.
         mean: The arithmetic mean.
         max: The largest value.
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.analytics import Percentiles, percentiles
+
+            assert percentiles([]) == Percentiles()
+            assert percentiles([1.0, 2.0]).as_dict()["p50"] == 1.0
     """
 
     count: int = 0
@@ -101,6 +109,17 @@ class DayCount:
         date: ``YYYY-MM-DD`` (UTC).
         sessions: Selected sessions that started that day.
         turns: User messages sent that day (in the selected sessions).
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.analytics import Aggregator
+
+            aggregator = Aggregator()
+            aggregator.add({"metadata": {"created_at": "2026-03-01T12:00:00Z"}})
+            assert [(d.date, d.sessions, d.turns) for d in aggregator.report().days] == [
+                ("2026-03-01", 1, 0)
+            ]
     """
 
     date: str
@@ -116,6 +135,19 @@ class ModelUsage:
         model: The model name recorded on the reply (``"(unknown)"`` when none).
         replies: Assistant messages recorded with this model.
         latency_ms: Percentiles of their recorded ``response_time_ms``.
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.analytics import Aggregator
+
+            aggregator = Aggregator()
+            aggregator.add({"metadata": {}, "conversation_history": [
+                {"role": "assistant", "content": "hi",
+                 "metadata": {"model": "gpt-4o-mini", "response_time_ms": 640}},
+            ]})
+            usage = aggregator.report().models[0]
+            assert (usage.model, usage.replies, usage.latency_ms.p50) == ("gpt-4o-mini", 1, 640)
     """
 
     model: str
@@ -133,6 +165,20 @@ class ToolUsage:
             ``metadata.tools_used`` on a reply without ``tool_calls``).
         results: Tool messages answering it.
         errors: Of those, results with ``status: "error"``.
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.analytics import Aggregator
+
+            aggregator = Aggregator()
+            aggregator.add({"metadata": {}, "conversation_history": [
+                {"role": "assistant", "content": "",
+                 "tool_calls": [{"name": "search", "args": {}, "id": "c1"}]},
+                {"role": "tool", "content": "timeout", "tool_call_id": "c1", "status": "error"},
+            ]})
+            tool = aggregator.report().tools[0]
+            assert (tool.tool, tool.calls, tool.results, tool.errors) == ("search", 1, 1, 1)
     """
 
     tool: str
@@ -161,6 +207,25 @@ class SourceUsage:
         replies_citing: Replies that cite at least one source.
         by_type: Per source type: ``items``, ``urls`` and ``cited_urls`` (cited URLs
             fetched under that type).
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.analytics import Aggregator
+
+            aggregator = Aggregator()
+            aggregator.add({
+                "metadata": {},
+                "fetched_context": {"web_search": [
+                    {"url": "https://a.example", "token_count": 50},
+                    {"url": "https://b.example", "token_count": 40},
+                ]},
+                "conversation_history": [{"role": "assistant", "content": "A [1].", "metadata": {
+                    "sources_used": ["https://a.example", "https://b.example"], "cited": [1]}}],
+            })
+            sources = aggregator.report().sources
+            assert (sources.fetched_urls, sources.cited_fetched_urls) == (2, 1)
+            assert sources.citation_rate == 0.5
     """
 
     fetched_items: int = 0
