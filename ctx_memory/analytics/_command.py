@@ -66,7 +66,8 @@ def analytics_command(
     are selected by when they started: --since inclusive, --until exclusive.
     """
     # ctx_memory.cli imports this module to register the command: import it back late.
-    from ctx_memory.cli import _fail, _note, _open, printable  # noqa: PLC0415
+    from ctx_memory.cli import _open  # noqa: PLC0415
+    from ctx_memory.cli._output import _fail, _note, printable  # noqa: PLC0415
 
     start = parse_instant(since, "--since") if since is not None else None
     end = parse_instant(until, "--until") if until is not None else None

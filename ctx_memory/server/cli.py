@@ -79,7 +79,8 @@ def serve(
         from ctx_memory._extras import missing_extra  # noqa: PLC0415
 
         raise missing_extra("server", "ctx-memory serve", e) from e
-    from ctx_memory.cli import _fail, _fail_with, printable  # noqa: PLC0415
+    from ctx_memory.cli import _fail_with  # noqa: PLC0415
+    from ctx_memory.cli._output import _fail, printable  # noqa: PLC0415
     from ctx_memory.errors import CtxMemoryError  # noqa: PLC0415
 
     try:

@@ -20,41 +20,56 @@ document, JSON Lines, a JSON array of documents, or documents simply concatenate
 from __future__ import annotations
 
 import json
-import os
-import re
 import shlex
-import sys
-import tempfile
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
+from pathlib import Path  # noqa: TC003 - typer reads the annotations at run time
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from ctx_memory.analytics._command import analytics_command
+from ctx_memory.cli._files import (  # noqa: F401 - re-exported
+    InputFileError,
+    ParsedDocument,
+    _check_capacity,
+    _document_problem,
+    _json_kind,
+    _not_an_object,
+    _read_input,
+    _undo,
+    _validate_all,
+    _write_all,
+    read_documents,
+)
+from ctx_memory.cli._output import (  # noqa: F401 - _fail, _note, printable: used by other commands
+    _count,
+    _dump_line,
+    _fail,
+    _note,
+    _output,
+    _print_session,
+    _progress,
+    _stdout_console,
+    _text,
+    printable,
+)
 from ctx_memory.config import Settings, load_settings
 from ctx_memory.display import SessionView
 from ctx_memory.errors import (
     ConfigurationError,
     CtxMemoryError,
-    DocumentImportError,
-    StoreUnavailableError,
     ValidationError,
 )
 from ctx_memory.manager import ContextManager
 from ctx_memory.migrate import migrate_command
-from ctx_memory.schema import exported, parse_document, validate_session_id
+from ctx_memory.schema import exported
 from ctx_memory.server.cli import serve
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from rich.console import Console
-    from rich.progress import Progress
-    from rich.text import Text
 
 __all__ = ["InputFileError", "ParsedDocument", "app", "main", "printable", "read_documents"]
 
@@ -127,57 +142,6 @@ class _Options:
 # --------------------------------------------------------------------------- helpers
 
 
-# C0 and C1 control characters, DEL, bidi overrides and line/paragraph separators: what
-# moves the cursor, recolours the terminal or reorders what is shown.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-_CONTROL_NO_NEWLINE = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
-)
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape_char(match: re.Match[str]) -> str:
-    char = match.group()
-    if char in _ESCAPES:
-        return _ESCAPES[char]
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def printable(value: object, *, multiline: bool = False) -> str:
-    r"""``value`` as text safe for a terminal: control characters shown escaped.
-
-    A newline becomes the two characters ``\n``, ESC becomes ``\x1b``, and so on; with
-    ``multiline`` (message bodies, the system prompt) newlines and tabs are kept.
-
-    Example:
-        .. code-block:: python
-
-            from ctx_memory.cli import printable
-
-            assert printable("a\r\nb\x1b[31m") == "a\\r\\nb\\x1b[31m"
-            assert printable("line 1\nline 2", multiline=True) == "line 1\nline 2"
-    """
-    text = value if isinstance(value, str) else str(value)
-    return (_CONTROL_NO_NEWLINE if multiline else _CONTROL).sub(_escape_char, text)
-
-
-def _text(value: object, style: str = "", *, multiline: bool = False) -> Text:
-    """A rich ``Text`` showing ``value`` literally (never parsed as markup)."""
-    from rich.text import Text  # noqa: PLC0415
-
-    return Text(printable(value, multiline=multiline), style=style)
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.echo(f"error: {printable(message)}", err=True)
-    raise typer.Exit(code)
-
-
-def _note(message: str) -> None:
-    typer.echo(message, err=True)
-
-
 @contextmanager
 def _open(ctx: typer.Context) -> Iterator[ContextManager]:
     """The manager the global options select; package errors become exit codes.
@@ -212,133 +176,7 @@ def _fail_with(error: CtxMemoryError) -> NoReturn:
     _fail(str(error), code=2 if isinstance(error, ConfigurationError) else 1)
 
 
-def _stdout_console() -> Console:
-    from rich.console import Console  # noqa: PLC0415 - rich is only needed for pretty output
-
-    return Console(file=sys.stdout, highlight=False, soft_wrap=False)
-
-
-def _progress(description: str) -> Progress:
-    """A progress bar on stderr, shown only when stderr is a terminal."""
-    from rich.console import Console  # noqa: PLC0415
-    from rich.progress import (  # noqa: PLC0415
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    console = Console(stderr=True)
-    interactive = sys.stderr.isatty()  # not rich's is_terminal: FORCE_COLOR would fake one
-    return Progress(
-        TextColumn(description),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not interactive,
-    )
-
-
-def _dump_line(document: dict[str, Any]) -> str:
-    return json.dumps(exported(document), ensure_ascii=False, separators=(",", ":")) + "\n"
-
-
 # --------------------------------------------------------------------------- reading files
-
-
-@dataclass(frozen=True)
-class ParsedDocument:
-    r"""One document read from an import file.
-
-    Attributes:
-        index: 1-based position in the file.
-        line: Line where the document starts.
-        data: The decoded JSON value (not yet validated as a session document).
-
-    Example:
-        .. code-block:: python
-
-            from ctx_memory.cli import read_documents
-
-            [first, second] = read_documents('{"a": 1}\n\n{"b": 2}\n')
-            assert (second.index, second.line, second.data) == (2, 3, {"b": 2})
-            assert second.where == "document 2 (line 3)"
-    """
-
-    index: int
-    line: int
-    data: Any
-
-    @property
-    def where(self) -> str:
-        """``document 3 (line 12)`` — how error messages locate it."""
-        return f"document {self.index} (line {self.line})"
-
-
-class InputFileError(ValueError):
-    """An import file is not JSON, JSON Lines or a JSON array (the message says where)."""
-
-
-def read_documents(text: str) -> list[ParsedDocument]:
-    """Split an import file into documents (pure; no validation of their shape).
-
-    Accepts one JSON document, a JSON array of documents, JSON Lines, or several
-    documents concatenated (e.g. ``cat a.json b.json``).
-
-    Raises:
-        InputFileError: The text is not valid JSON at some point (names the document,
-            line and column), nests too deeply to decode, or holds no document.
-    """
-    decoder = json.JSONDecoder()
-    values: list[tuple[int, Any]] = []
-    pos = counted = 0
-    line = 1
-    length = len(text)
-    while True:
-        while pos < length and text[pos] in " \t\r\n\ufeff":
-            pos += 1
-        if pos >= length:
-            break
-        line += text.count("\n", counted, pos)
-        counted = pos
-        where = f"document {len(values) + 1} (line {line})"
-        try:
-            value, pos = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as e:
-            msg = f"{where}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
-            raise InputFileError(msg) from None
-        except RecursionError:
-            msg = f"{where}: nested too deeply to decode"
-            raise InputFileError(msg) from None
-        except ValueError as e:  # e.g. an integer literal of more than 4300 digits
-            msg = f"{where}: not decodable: {e}"
-            raise InputFileError(msg) from None
-        values.append((line, value))
-    if not values:
-        msg = "no documents found (the file is empty)"
-        raise InputFileError(msg)
-    if len(values) == 1 and isinstance(values[0][1], list):
-        line, items = values[0]
-        if not items:
-            msg = "no documents found (an empty JSON array)"
-            raise InputFileError(msg)
-        return [ParsedDocument(i, line, item) for i, item in enumerate(items, 1)]
-    return [ParsedDocument(i, line, value) for i, (line, value) in enumerate(values, 1)]
-
-
-def _read_input(path: str) -> str:
-    try:
-        if path == "-":
-            raw = getattr(sys.stdin, "buffer", None)  # bytes: decode errors are ours to report
-            return raw.read().decode("utf-8") if raw is not None else sys.stdin.read()
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        _fail(f"{path}: no such file")
-    except (OSError, UnicodeDecodeError) as e:
-        _fail(f"{path}: cannot read: {e}; nothing was imported")
 
 
 # --------------------------------------------------------------------------- commands
@@ -462,68 +300,6 @@ def sessions_list(
         _note(f"{len(ids)} session(s) on {manager.store.name}")
 
 
-def _print_session(console: Console, document: dict[str, Any], *, full: bool) -> None:
-    """Pretty-print a session; every stored value goes through :func:`_text` (literal)."""
-    from rich.panel import Panel  # noqa: PLC0415
-    from rich.table import Table  # noqa: PLC0415
-
-    def clip(value: object, limit: int = 300) -> str:
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        return text if full or len(text) <= limit else text[:limit] + f"… ({len(text)} chars)"
-
-    meta = document.get("metadata") or {}
-    info = Table.grid(padding=(0, 2))
-    info.add_column()
-    info.add_column()
-    for key, value in meta.items():
-        info.add_row(_text(key, "bold"), _text(clip(value, 120)))
-    title = _text(f"session {meta.get('session_id', '?')}")
-    console.print(Panel(info, title=title, expand=False))
-    if document.get("system_prompt"):
-        console.print(_text("System prompt", "bold magenta"))
-        console.print(_text(clip(document["system_prompt"]), multiline=True))
-    fetched = document.get("fetched_context") or {}
-    items = [(t, i) for t, entries in fetched.items() for i in entries]
-    if items:
-        sources = Table(title="Sources", title_justify="left")
-        for name in ("#", "type", "title", "url", "tokens"):
-            sources.add_column(name, overflow="fold")
-        for n, (source_type, item) in enumerate(items, 1):
-            data = item.get("extracted_data") or {}
-            sources.add_row(
-                _text(n),
-                _text(source_type),
-                _text(clip(data.get("title") or "", 80)),
-                _text(item.get("url") or ""),
-                _text(item.get("token_count", "")),
-            )
-        console.print(sources)
-    shown = document.get("conversation_history") or []  # already cut to --last
-    total = max(len(shown), _count(meta.get("message_count")))
-    console.print(_text(f"Conversation ({total} messages, showing {len(shown)})", "bold"))
-    colors = {"user": "blue", "assistant": "green", "system": "magenta", "tool": "yellow"}
-    for record in shown:
-        role = str(record.get("role", "?"))
-        head = _text(f"{role:>9} ", f"bold {colors.get(role, 'white')}")
-        stamp = f"{record.get('timestamp', '')}  {record.get('token_count', 0)} tokens"
-        head.append_text(_text(stamp, "dim"))
-        model = (record.get("metadata") or {}).get("model")
-        if model:
-            head.append_text(_text(f"  {model}", "dim"))
-        console.print(head)
-        console.print(_text(clip(record.get("content")), multiline=True))
-    shared = document.get("shared") or {}
-    if shared:  # JSON escapes control characters in keys and values itself
-        console.print(_text("Shared state", "bold"))
-        shared_json = clip(json.dumps(shared, ensure_ascii=False, indent=2), 2000)
-        console.print(_text(shared_json, multiline=True))
-
-
-def _count(value: object) -> int:
-    """A stored count, or 0 when the stored value is not a plain number."""
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
 @app.command()
 def show(
     ctx: typer.Context,
@@ -548,25 +324,6 @@ def show(
             typer.echo(json.dumps(document, ensure_ascii=False, indent=2))
             return
         _print_session(_stdout_console(), document, full=full)
-
-
-@contextmanager
-def _output(path: Path | None) -> Iterator[Any]:
-    """Write to ``path`` atomically (temp file + rename), or to stdout."""
-    if path is None or str(path) == "-":
-        yield sys.stdout
-        sys.stdout.flush()
-        return
-    directory = path.resolve().parent
-    if not directory.is_dir():
-        _fail(f"{path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            yield handle
-        Path(tmp).replace(path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 @app.command("export")
@@ -621,104 +378,6 @@ def export_(
         where = f" to {output}" if output is not None else ""
         gone = f" ({skipped} expired or deleted meanwhile)" if skipped else ""
         _note(f"exported {written} session(s){where}{gone}")
-
-
-def _validate_all(
-    manager: ContextManager,
-    documents: list[ParsedDocument],
-    *,
-    session_id: str | None,
-    overwrite: bool,
-) -> tuple[list[str], list[str]]:
-    """Check every document; return (target ids, error messages). Writes nothing.
-
-    Checks what :meth:`ContextManager.import_session` and every store would refuse: the
-    shape (a JSON object, not text holding one), every field, the value limits (valid
-    Unicode, integer range, nesting), the session id, duplicates and ``--no-overwrite``.
-    """
-    targets: list[str] = []
-    errors: list[str] = []
-    first_seen: dict[str, ParsedDocument] = {}
-    for doc in documents:
-        if not isinstance(doc.data, dict):  # text is never re-parsed: no double decoding
-            errors.append(_not_an_object(doc))
-            continue
-        problem = _document_problem(doc.data, session_id)
-        if isinstance(problem, str):
-            errors.append(f"{doc.where}, {problem}")
-            continue
-        target = problem[0]
-        if target in first_seen:
-            errors.append(
-                f"{doc.where}, field metadata.session_id: session {target!r} also in "
-                f"{first_seen[target].where}"
-            )
-            continue
-        first_seen[target] = doc
-        targets.append(target)
-    if not errors and not overwrite:
-        errors.extend(
-            f"{first_seen[t].where}, field metadata.session_id: session {t!r} already exists "
-            "(drop --no-overwrite to replace it)"
-            for t in targets
-            if manager.session_exists(t)
-        )
-    return targets, errors
-
-
-def _json_kind(value: object) -> str:
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, list):
-        return "an array"
-    return "null" if value is None else type(value).__name__
-
-
-def _not_an_object(doc: ParsedDocument) -> str:
-    message = (
-        f"document {doc.index} is {_json_kind(doc.data)}, expected a session object "
-        f"(line {doc.line})"
-    )
-    if isinstance(doc.data, str) and doc.data.lstrip().startswith("{"):
-        message += "; it holds JSON text: was the document encoded twice?"
-    return message
-
-
-def _document_problem(data: dict[str, Any], session_id: str | None) -> tuple[str] | str:
-    """``(target id,)`` for a document the store will take, else ``"field X: why"``."""
-    try:
-        parsed = parse_document(data)
-        target = session_id if session_id is not None else parsed.metadata.session_id
-        try:
-            validate_session_id(target)
-        except CtxMemoryError as e:
-            raise DocumentImportError("metadata.session_id", str(e)) from None
-    except DocumentImportError as e:
-        where = f"field {e.field}" if e.field else "the whole document"
-        return f"{where}: {e}"
-    except ValidationError as e:  # any other refusal, with the path when it has one
-        path = getattr(e, "path", "") or getattr(e, "field", "")
-        return f"{f'field {path}' if path else 'the whole document'}: {e}"
-    return (target,)
-
-
-def _check_capacity(manager: ContextManager, targets: list[str]) -> str | None:
-    """Why importing ``targets`` would make the store evict sessions, if it would."""
-    limit = getattr(manager.store, "max_sessions", manager.settings.max_sessions)
-    if not isinstance(limit, int):
-        return None
-    after = len(set(manager.list_sessions()) | set(targets))
-    if after <= limit:
-        return None
-    return (
-        f"the store would hold {after} sessions but MAX_SESSIONS is {limit}, so the least "
-        "recently used would be evicted; raise the limit with --max-sessions N (0: no "
-        "limit) or CTX_MEMORY_MAX_SESSIONS"
-    )
 
 
 @app.command("import")
@@ -776,79 +435,6 @@ def import_(
         if failure is not None:
             _fail(f"{file}: {failure}")
         _note(f"imported {len(targets)} session(s) from {file} into {manager.store.name}")
-
-
-def _write_all(
-    manager: ContextManager,
-    documents: list[ParsedDocument],
-    targets: list[str],
-    *,
-    overwrite: bool,
-) -> str | None:
-    """Import validated documents, all or nothing; the error message if it failed.
-
-    A write can still fail after validation (the store goes down, a check this module
-    does not know of): then every session written so far is put back as it was (deleted,
-    or restored from the copy read before writing) and the message says so.
-    """
-    before: dict[str, dict[str, Any]] = {}
-    if overwrite:
-        for target in targets:
-            existing = manager.get_context(target)
-            if existing:
-                before[target] = existing
-    touched: list[str] = []
-    failure: str | None = None
-    with _progress("importing") as progress:
-        task = progress.add_task("import", total=len(documents))
-        for doc, target in zip(documents, targets, strict=True):
-            touched.append(target)
-            try:
-                manager.import_session(doc.data, session_id=target, overwrite=overwrite)
-            except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - undo, whatever failed
-                detail = str(e) if isinstance(e, CtxMemoryError) else f"{type(e).__name__}: {e}"
-                failure = f"{doc.where}: {detail}"
-                break
-            progress.advance(task)
-    if failure is None:
-        return None
-    left = _undo(manager, touched, before)
-    if not left:
-        return f"{failure}; nothing was imported (the {len(touched) - 1} written were undone)"
-    shown = ", ".join(map(repr, left[:10])) + (" …" if len(left) > 10 else "")
-    return f"{failure}; could not undo {len(left)} session(s): {shown}"
-
-
-def _undo(
-    manager: ContextManager, touched: list[str], before: dict[str, dict[str, Any]]
-) -> list[str]:
-    """Put ``touched`` sessions back as in ``before`` (absent: delete); those that failed.
-
-    Each step is idempotent (a delete, or a whole document written again), so a step that
-    meets a dropped connection (the failure being undone may have been the server closing
-    it) is tried again, a few times, whatever the store's own retry setting.
-    """
-    left = []
-    for target in reversed(touched):
-        for attempt in range(_UNDO_ATTEMPTS):
-            try:
-                if target in before:
-                    manager.import_session(before[target], session_id=target, overwrite=True)
-                else:
-                    manager.delete_context(target)
-                break
-            except StoreUnavailableError:
-                if attempt + 1 < _UNDO_ATTEMPTS:
-                    time.sleep(0.05 * 4**attempt)
-                    continue
-                left.append(target)
-            except Exception:  # noqa: BLE001 - report what is left, keep undoing the rest
-                left.append(target)
-                break
-    return left
-
-
-_UNDO_ATTEMPTS = 4
 
 
 @app.command()

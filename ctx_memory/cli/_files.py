@@ -1,0 +1,285 @@
+"""Reading session files for ``ctx-memory import``, and writing them all or nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ctx_memory.cli._output import _count, _fail, _note, _progress  # noqa: F401
+from ctx_memory.errors import (
+    CtxMemoryError,
+    DocumentImportError,
+    StoreUnavailableError,
+    ValidationError,
+)
+from ctx_memory.schema import parse_document, validate_session_id
+
+if TYPE_CHECKING:
+    from ctx_memory.manager import ContextManager
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    r"""One document read from an import file.
+
+    Attributes:
+        index: 1-based position in the file.
+        line: Line where the document starts.
+        data: The decoded JSON value (not yet validated as a session document).
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.cli import read_documents
+
+            [first, second] = read_documents('{"a": 1}\n\n{"b": 2}\n')
+            assert (second.index, second.line, second.data) == (2, 3, {"b": 2})
+            assert second.where == "document 2 (line 3)"
+    """
+
+    index: int
+    line: int
+    data: Any
+
+    @property
+    def where(self) -> str:
+        """``document 3 (line 12)`` — how error messages locate it."""
+        return f"document {self.index} (line {self.line})"
+
+
+class InputFileError(ValueError):
+    """An import file is not JSON, JSON Lines or a JSON array (the message says where)."""
+
+
+def read_documents(text: str) -> list[ParsedDocument]:
+    """Split an import file into documents (pure; no validation of their shape).
+
+    Accepts one JSON document, a JSON array of documents, JSON Lines, or several
+    documents concatenated (e.g. ``cat a.json b.json``).
+
+    Raises:
+        InputFileError: The text is not valid JSON at some point (names the document,
+            line and column), nests too deeply to decode, or holds no document.
+    """
+    decoder = json.JSONDecoder()
+    values: list[tuple[int, Any]] = []
+    pos = counted = 0
+    line = 1
+    length = len(text)
+    while True:
+        while pos < length and text[pos] in " \t\r\n\ufeff":
+            pos += 1
+        if pos >= length:
+            break
+        line += text.count("\n", counted, pos)
+        counted = pos
+        where = f"document {len(values) + 1} (line {line})"
+        try:
+            value, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            msg = f"{where}: not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
+            raise InputFileError(msg) from None
+        except RecursionError:
+            msg = f"{where}: nested too deeply to decode"
+            raise InputFileError(msg) from None
+        except ValueError as e:  # e.g. an integer literal of more than 4300 digits
+            msg = f"{where}: not decodable: {e}"
+            raise InputFileError(msg) from None
+        values.append((line, value))
+    if not values:
+        msg = "no documents found (the file is empty)"
+        raise InputFileError(msg)
+    if len(values) == 1 and isinstance(values[0][1], list):
+        line, items = values[0]
+        if not items:
+            msg = "no documents found (an empty JSON array)"
+            raise InputFileError(msg)
+        return [ParsedDocument(i, line, item) for i, item in enumerate(items, 1)]
+    return [ParsedDocument(i, line, value) for i, (line, value) in enumerate(values, 1)]
+
+
+def _read_input(path: str) -> str:
+    try:
+        if path == "-":
+            raw = getattr(sys.stdin, "buffer", None)  # bytes: decode errors are ours to report
+            return raw.read().decode("utf-8") if raw is not None else sys.stdin.read()
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        _fail(f"{path}: no such file")
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(f"{path}: cannot read: {e}; nothing was imported")
+
+
+def _validate_all(
+    manager: ContextManager,
+    documents: list[ParsedDocument],
+    *,
+    session_id: str | None,
+    overwrite: bool,
+) -> tuple[list[str], list[str]]:
+    """Check every document; return (target ids, error messages). Writes nothing.
+
+    Checks what :meth:`ContextManager.import_session` and every store would refuse: the
+    shape (a JSON object, not text holding one), every field, the value limits (valid
+    Unicode, integer range, nesting), the session id, duplicates and ``--no-overwrite``.
+    """
+    targets: list[str] = []
+    errors: list[str] = []
+    first_seen: dict[str, ParsedDocument] = {}
+    for doc in documents:
+        if not isinstance(doc.data, dict):  # text is never re-parsed: no double decoding
+            errors.append(_not_an_object(doc))
+            continue
+        problem = _document_problem(doc.data, session_id)
+        if isinstance(problem, str):
+            errors.append(f"{doc.where}, {problem}")
+            continue
+        target = problem[0]
+        if target in first_seen:
+            errors.append(
+                f"{doc.where}, field metadata.session_id: session {target!r} also in "
+                f"{first_seen[target].where}"
+            )
+            continue
+        first_seen[target] = doc
+        targets.append(target)
+    if not errors and not overwrite:
+        errors.extend(
+            f"{first_seen[t].where}, field metadata.session_id: session {t!r} already exists "
+            "(drop --no-overwrite to replace it)"
+            for t in targets
+            if manager.session_exists(t)
+        )
+    return targets, errors
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    return "null" if value is None else type(value).__name__
+
+
+def _not_an_object(doc: ParsedDocument) -> str:
+    message = (
+        f"document {doc.index} is {_json_kind(doc.data)}, expected a session object "
+        f"(line {doc.line})"
+    )
+    if isinstance(doc.data, str) and doc.data.lstrip().startswith("{"):
+        message += "; it holds JSON text: was the document encoded twice?"
+    return message
+
+
+def _document_problem(data: dict[str, Any], session_id: str | None) -> tuple[str] | str:
+    """``(target id,)`` for a document the store will take, else ``"field X: why"``."""
+    try:
+        parsed = parse_document(data)
+        target = session_id if session_id is not None else parsed.metadata.session_id
+        try:
+            validate_session_id(target)
+        except CtxMemoryError as e:
+            raise DocumentImportError("metadata.session_id", str(e)) from None
+    except DocumentImportError as e:
+        where = f"field {e.field}" if e.field else "the whole document"
+        return f"{where}: {e}"
+    except ValidationError as e:  # any other refusal, with the path when it has one
+        path = getattr(e, "path", "") or getattr(e, "field", "")
+        return f"{f'field {path}' if path else 'the whole document'}: {e}"
+    return (target,)
+
+
+def _check_capacity(manager: ContextManager, targets: list[str]) -> str | None:
+    """Why importing ``targets`` would make the store evict sessions, if it would."""
+    limit = getattr(manager.store, "max_sessions", manager.settings.max_sessions)
+    if not isinstance(limit, int):
+        return None
+    after = len(set(manager.list_sessions()) | set(targets))
+    if after <= limit:
+        return None
+    return (
+        f"the store would hold {after} sessions but MAX_SESSIONS is {limit}, so the least "
+        "recently used would be evicted; raise the limit with --max-sessions N (0: no "
+        "limit) or CTX_MEMORY_MAX_SESSIONS"
+    )
+
+
+def _write_all(
+    manager: ContextManager,
+    documents: list[ParsedDocument],
+    targets: list[str],
+    *,
+    overwrite: bool,
+) -> str | None:
+    """Import validated documents, all or nothing; the error message if it failed.
+
+    A write can still fail after validation (the store goes down, a check this module
+    does not know of): then every session written so far is put back as it was (deleted,
+    or restored from the copy read before writing) and the message says so.
+    """
+    before: dict[str, dict[str, Any]] = {}
+    if overwrite:
+        for target in targets:
+            existing = manager.get_context(target)
+            if existing:
+                before[target] = existing
+    touched: list[str] = []
+    failure: str | None = None
+    with _progress("importing") as progress:
+        task = progress.add_task("import", total=len(documents))
+        for doc, target in zip(documents, targets, strict=True):
+            touched.append(target)
+            try:
+                manager.import_session(doc.data, session_id=target, overwrite=overwrite)
+            except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - undo, whatever failed
+                detail = str(e) if isinstance(e, CtxMemoryError) else f"{type(e).__name__}: {e}"
+                failure = f"{doc.where}: {detail}"
+                break
+            progress.advance(task)
+    if failure is None:
+        return None
+    left = _undo(manager, touched, before)
+    if not left:
+        return f"{failure}; nothing was imported (the {len(touched) - 1} written were undone)"
+    shown = ", ".join(map(repr, left[:10])) + (" …" if len(left) > 10 else "")
+    return f"{failure}; could not undo {len(left)} session(s): {shown}"
+
+
+def _undo(
+    manager: ContextManager, touched: list[str], before: dict[str, dict[str, Any]]
+) -> list[str]:
+    """Put ``touched`` sessions back as in ``before`` (absent: delete); those that failed.
+
+    Each step is idempotent (a delete, or a whole document written again), so a step that
+    meets a dropped connection (the failure being undone may have been the server closing
+    it) is tried again, a few times, whatever the store's own retry setting.
+    """
+    left = []
+    for target in reversed(touched):
+        for attempt in range(_UNDO_ATTEMPTS):
+            try:
+                if target in before:
+                    manager.import_session(before[target], session_id=target, overwrite=True)
+                else:
+                    manager.delete_context(target)
+                break
+            except StoreUnavailableError:
+                if attempt + 1 < _UNDO_ATTEMPTS:
+                    time.sleep(0.05 * 4**attempt)
+                    continue
+                left.append(target)
+            except Exception:  # noqa: BLE001 - report what is left, keep undoing the rest
+                left.append(target)
+                break
+    return left
+
+
+_UNDO_ATTEMPTS = 4

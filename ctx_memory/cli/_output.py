@@ -1,0 +1,193 @@
+"""What the command line prints: stored values escaped, progress bars, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import typer
+
+from ctx_memory.schema import exported
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.text import Text
+
+
+# C0 and C1 control characters, DEL, bidi overrides and line/paragraph separators: what
+# moves the cursor, recolours the terminal or reorders what is shown.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+_CONTROL_NO_NEWLINE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(value: object, *, multiline: bool = False) -> str:
+    r"""``value`` as text safe for a terminal: control characters shown escaped.
+
+    A newline becomes the two characters ``\n``, ESC becomes ``\x1b``, and so on; with
+    ``multiline`` (message bodies, the system prompt) newlines and tabs are kept.
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.cli import printable
+
+            assert printable("a\r\nb\x1b[31m") == "a\\r\\nb\\x1b[31m"
+            assert printable("line 1\nline 2", multiline=True) == "line 1\nline 2"
+    """
+    text = value if isinstance(value, str) else str(value)
+    return (_CONTROL_NO_NEWLINE if multiline else _CONTROL).sub(_escape_char, text)
+
+
+def _text(value: object, style: str = "", *, multiline: bool = False) -> Text:
+    """A rich ``Text`` showing ``value`` literally (never parsed as markup)."""
+    from rich.text import Text  # noqa: PLC0415
+
+    return Text(printable(value, multiline=multiline), style=style)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    typer.echo(f"error: {printable(message)}", err=True)
+    raise typer.Exit(code)
+
+
+def _note(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _stdout_console() -> Console:
+    from rich.console import Console  # noqa: PLC0415 - rich is only needed for pretty output
+
+    return Console(file=sys.stdout, highlight=False, soft_wrap=False)
+
+
+def _progress(description: str) -> Progress:
+    """A progress bar on stderr, shown only when stderr is a terminal."""
+    from rich.console import Console  # noqa: PLC0415
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    interactive = sys.stderr.isatty()  # not rich's is_terminal: FORCE_COLOR would fake one
+    return Progress(
+        TextColumn(description),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not interactive,
+    )
+
+
+def _dump_line(document: dict[str, Any]) -> str:
+    return json.dumps(exported(document), ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+def _print_session(console: Console, document: dict[str, Any], *, full: bool) -> None:
+    """Pretty-print a session; every stored value goes through :func:`_text` (literal)."""
+    from rich.panel import Panel  # noqa: PLC0415
+    from rich.table import Table  # noqa: PLC0415
+
+    def clip(value: object, limit: int = 300) -> str:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        return text if full or len(text) <= limit else text[:limit] + f"… ({len(text)} chars)"
+
+    meta = document.get("metadata") or {}
+    info = Table.grid(padding=(0, 2))
+    info.add_column()
+    info.add_column()
+    for key, value in meta.items():
+        info.add_row(_text(key, "bold"), _text(clip(value, 120)))
+    title = _text(f"session {meta.get('session_id', '?')}")
+    console.print(Panel(info, title=title, expand=False))
+    if document.get("system_prompt"):
+        console.print(_text("System prompt", "bold magenta"))
+        console.print(_text(clip(document["system_prompt"]), multiline=True))
+    fetched = document.get("fetched_context") or {}
+    items = [(t, i) for t, entries in fetched.items() for i in entries]
+    if items:
+        sources = Table(title="Sources", title_justify="left")
+        for name in ("#", "type", "title", "url", "tokens"):
+            sources.add_column(name, overflow="fold")
+        for n, (source_type, item) in enumerate(items, 1):
+            data = item.get("extracted_data") or {}
+            sources.add_row(
+                _text(n),
+                _text(source_type),
+                _text(clip(data.get("title") or "", 80)),
+                _text(item.get("url") or ""),
+                _text(item.get("token_count", "")),
+            )
+        console.print(sources)
+    shown = document.get("conversation_history") or []  # already cut to --last
+    total = max(len(shown), _count(meta.get("message_count")))
+    console.print(_text(f"Conversation ({total} messages, showing {len(shown)})", "bold"))
+    colors = {"user": "blue", "assistant": "green", "system": "magenta", "tool": "yellow"}
+    for record in shown:
+        role = str(record.get("role", "?"))
+        head = _text(f"{role:>9} ", f"bold {colors.get(role, 'white')}")
+        stamp = f"{record.get('timestamp', '')}  {record.get('token_count', 0)} tokens"
+        head.append_text(_text(stamp, "dim"))
+        model = (record.get("metadata") or {}).get("model")
+        if model:
+            head.append_text(_text(f"  {model}", "dim"))
+        console.print(head)
+        console.print(_text(clip(record.get("content")), multiline=True))
+    shared = document.get("shared") or {}
+    if shared:  # JSON escapes control characters in keys and values itself
+        console.print(_text("Shared state", "bold"))
+        shared_json = clip(json.dumps(shared, ensure_ascii=False, indent=2), 2000)
+        console.print(_text(shared_json, multiline=True))
+
+
+def _count(value: object) -> int:
+    """A stored count, or 0 when the stored value is not a plain number."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+@contextmanager
+def _output(path: Path | None) -> Iterator[Any]:
+    """Write to ``path`` atomically (temp file + rename), or to stdout."""
+    if path is None or str(path) == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    directory = path.resolve().parent
+    if not directory.is_dir():
+        _fail(f"{path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yield handle
+        Path(tmp).replace(path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
