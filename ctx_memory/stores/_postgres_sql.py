@@ -270,7 +270,8 @@ LANGUAGE sql AS $fn$
     WHERE sk = p_sk;
 $fn$;
 
--- Append messages: skip ids the session holds, bump the counters, slide the TTL.
+-- Append messages: skip ids the session holds, bump the counters, slide the TTL. The common
+-- case (a live session, new ids) is one row lock, an insert per message, one HOT update.
 CREATE OR REPLACE FUNCTION {s}.append(p_id text, p_ids text[], p_tokens bigint[],
                                       p_bodies text[], p_now text,
                                       p_sp text, p_md text, p_sh text, p_ts text,
@@ -279,29 +280,44 @@ CREATE OR REPLACE FUNCTION {s}.append(p_id text, p_ids text[], p_tokens bigint[]
                                       OUT o_expired text[], OUT o_evicted text[])
 LANGUAGE plpgsql AS $fn$
 DECLARE
+    r record;
     u record;
+    v_sk bigint;
+    v_n integer;
     t bigint := 0;
 BEGIN
-    u := {s}.upsert(p_id, p_sp, p_md, p_sh, p_ts, p_ttl, p_max);
+    o_created := false;
     o_added := 0;
+    o_expired := '{{}}';
+    o_evicted := '{{}}';
+    SELECT sk, n_messages, expires_at INTO r FROM {s}.sessions WHERE id = p_id FOR UPDATE;
+    IF r.sk IS NULL OR r.expires_at <= now() THEN
+        u := {s}.upsert(p_id, p_sp, p_md, p_sh, p_ts, p_ttl, p_max);
+        v_sk := u.o_sk;
+        v_n := u.o_n;
+        o_created := u.o_created;
+        o_expired := u.o_expired;
+        o_evicted := u.o_evicted;
+    ELSE
+        v_sk := r.sk;
+        v_n := r.n_messages;
+    END IF;
+    -- the session row is locked: no other transaction inserts into this session meanwhile
     FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
         INSERT INTO {s}.messages (sk, pos, id, tokens, body)
-        VALUES (u.o_sk, u.o_n + o_added, p_ids[i], p_tokens[i], p_bodies[i])
-        ON CONFLICT (sk, id) DO NOTHING;
+        SELECT v_sk, v_n + o_added, p_ids[i], p_tokens[i], p_bodies[i]
+        WHERE NOT EXISTS (SELECT 1 FROM {s}.messages WHERE sk = v_sk AND id = p_ids[i]);
         IF FOUND THEN
             o_added := o_added + 1;
             t := t + p_tokens[i];
         END IF;
     END LOOP;
-    IF o_added > 0 OR u.o_created THEN
+    IF o_added > 0 OR o_created THEN
         UPDATE {s}.sessions
         SET n_messages = n_messages + o_added, mc = mc + o_added, tc = tc + t, ts = p_now,
             expires_at = {s}.expiry(p_ttl), last_access = nextval('{s}.access_clock')
-        WHERE sk = u.o_sk;
+        WHERE sk = v_sk;
     END IF;
-    o_created := u.o_created;
-    o_expired := u.o_expired;
-    o_evicted := u.o_evicted;
 END
 $fn$;
 
@@ -432,6 +448,14 @@ class SchemaSql:
     def migration(self, version: int) -> list[bytes]:
         """The statements taking the schema from ``version`` to ``version + 1``."""
         return [self.q(statement) for statement in MIGRATIONS[version]]
+
+    def append(self) -> bytes:
+        """The statement appending messages: one call of the function ``append``."""
+        return self.q(
+            "SELECT * FROM {s}.append(%(id)s, %(ids)s::text[], %(tokens)s::bigint[], "
+            "%(bodies)s::text[], %(now)s, %(sp)s, %(md)s, %(sh)s, %(ts)s, %(ttl)s::float8, "
+            "%(max)s::integer)"
+        )
 
     def read(self, kind: str, *, touch: bool) -> bytes:
         """A read of one live session (``kind`` in ``_READS``), bumping LRU if ``touch``."""

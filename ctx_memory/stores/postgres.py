@@ -311,11 +311,7 @@ class PostgresStore(BaseStore):
         }
         self._reads["fetched_type"] = self._sql.read("fetched_type", touch=touch)
         init = "%s, %s, %s, %s, %s::float8, %s::integer"
-        self._append_sql = q(
-            "SELECT * FROM {s}.append(%s, %s::text[], %s::bigint[], %s::text[], %s, "  # noqa: S608 - constant text
-            + init
-            + ")"
-        )
+        self._append_sql = self._sql.append()
         self._append_fetched_sql = q(
             "SELECT * FROM {s}.append_fetched(%s, %s::text[], %s::text[], %s::text[], %s, %s, "  # noqa: S608 - constant text
             + init
@@ -375,6 +371,9 @@ class PostgresStore(BaseStore):
                 "autocommit": True,
                 "connect_timeout": max(1, round(self._connect_timeout)),
                 "application_name": "ctx_memory",
+                # Plan each prepared statement once: the append's CTEs cost more to plan
+                # than to run, and the plan does not depend on the values.
+                "options": "-c plan_cache_mode=force_generic_plan",
             },
         }
 
@@ -391,7 +390,7 @@ class PostgresStore(BaseStore):
     # ------------------------------------------------------------ drivers
 
     def _drive(self, op: StoreOp) -> Any:
-        for attempt in range(2):
+        for attempt in range(3):
             pool = self.pool
             found = _Found()
             try:
@@ -399,9 +398,13 @@ class PostgresStore(BaseStore):
                     result = self._attempt(conn, op, found)
             except (psycopg.OperationalError, OSError) as e:  # PoolTimeout too
                 self._discard(pool)
-                if attempt or isinstance(op, _NOT_REPEATED):
+                if attempt > 0 or isinstance(op, _NOT_REPEATED):
                     raise self._unavailable(e) from e
                 continue
+            except psycopg.errors.UniqueViolation as e:
+                if attempt < 2 and isinstance(op, AppendMessages):
+                    continue  # the same id, appended meanwhile: the next snapshot sees it
+                raise self._unavailable(e) from e
             except psycopg.Error as e:
                 raise self._unavailable(e) from e
             self._report(found)
@@ -409,7 +412,7 @@ class PostgresStore(BaseStore):
         raise AssertionError  # pragma: no cover - the loop returns or raises
 
     async def _adrive(self, op: StoreOp) -> Any:
-        for attempt in range(2):
+        for attempt in range(3):
             pool = await self._loop_pool()
             found = _Found()
             try:
@@ -417,9 +420,13 @@ class PostgresStore(BaseStore):
                     result = await self._aattempt(conn, op, found)
             except (psycopg.OperationalError, OSError) as e:  # PoolTimeout too
                 await self._adiscard(pool)
-                if attempt or isinstance(op, _NOT_REPEATED):
+                if attempt > 0 or isinstance(op, _NOT_REPEATED):
                     raise self._unavailable(e) from e
                 continue
+            except psycopg.errors.UniqueViolation as e:
+                if attempt < 2 and isinstance(op, AppendMessages):
+                    continue  # the same id, appended meanwhile: the next snapshot sees it
+                raise self._unavailable(e) from e
             except psycopg.Error as e:
                 raise self._unavailable(e) from e
             self._report(found)
@@ -727,17 +734,22 @@ class PostgresStore(BaseStore):
         self, op: AppendMessages, found: _Found
     ) -> Generator[_Q, Any, WriteResult]:
         ms = op.messages
+        sp, md, sh, ts = _init_args(op.init)
         created, added, expired, evicted = yield _Q(
             self._append_sql,
-            (
-                op.session_id,
-                [m.id for m in ms],
-                [m.tokens for m in ms],
-                [m.json for m in ms],
-                dumps(op.now),
-                *_init_args(op.init),
-                *self._limits(),
-            ),
+            {
+                "id": op.session_id,
+                "ids": [m.id for m in ms],
+                "tokens": [m.tokens for m in ms],
+                "bodies": [m.json for m in ms],
+                "now": dumps(op.now),
+                "sp": sp,
+                "md": md,
+                "sh": sh,
+                "ts": ts,
+                "ttl": self.ttl_seconds,
+                "max": self.max_sessions,
+            },
         )
         found.add(expired, evicted)
         return WriteResult(created=created, added=added, evicted=tuple(evicted))

@@ -28,6 +28,7 @@ ALLOWED: dict[str, str] = {
     "stores/postgres.py:PostgresStore._adrive": (
         "one asyncio pool per event loop (_loop_pool) vs one shared sync pool"
     ),
+    "stores/postgres.py:PostgresStore._adiscard": "the pool replaced is the running loop's own",
     "stores/postgres.py:PostgresStore.aclose": "the asyncio pool is closed on its own loop first",
     "stores/redis.py:RedisStore._ado": (
         "one client per event loop (async_client) vs one shared client; awaits the script load"
