@@ -115,6 +115,11 @@ class EventEmitter:
         """Whether any listener is registered."""
         return any(self._listeners.values())
 
+    def listens(self, event_type: EventType) -> bool:
+        """Whether :meth:`emit` of ``event_type`` would reach a listener (build no data else)."""
+        registered = self._listeners
+        return self.enabled and bool(registered.get(event_type) or registered.get(None))
+
     def emit(self, event_type: EventType | str, session_id: str, **data: Any) -> Event | None:
         """Deliver an event to its listeners; return it.
 

@@ -8,7 +8,7 @@ operation; a store only ever receives the encoded result.
 from __future__ import annotations
 
 import json
-import uuid
+import os
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,7 @@ __all__ = [
     "encode_record",
     "iso_timestamp",
     "metadata_fields",
+    "new_message_id",
     "records_from",
     "session_stats",
 ]
@@ -108,7 +109,8 @@ def build_record(
     }
     if name is not None:
         record["name"] = name
-    check_json_native(record["metadata"], "metadata")
+    if record["metadata"]:
+        check_json_native(record["metadata"], "metadata")
     return record
 
 
@@ -171,14 +173,28 @@ def records_from(
     return records
 
 
+def new_message_id() -> str:
+    """A random (version 4) UUID as text, like ``str(uuid.uuid4())`` at a third of the cost."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def encode_record(
-    record: dict[str, Any], counter: TokenCounter, where: str = "message"
+    record: dict[str, Any], counter: TokenCounter, where: str = "message", index: int | None = None
 ) -> EncodedMessage:
-    """Give ``record`` its id (a new uuid4 if it has none) and exact token count; encode it."""
+    """Give ``record`` its id (a new uuid4 if it has none) and exact token count; encode it.
+
+    ``where`` (with ``index``: ``where[index]``) names the record in an error message.
+    """
     message_id = record.get("id")
     if message_id is None:
-        message_id = record["id"] = str(uuid.uuid4())
+        message_id = record["id"] = new_message_id()
     elif not isinstance(message_id, str) or not message_id:
+        if index is not None:
+            where = f"{where}[{index}]"
         msg = f"{where}.id must be a non-empty str or None, got {message_id!r}"
         raise InvalidMessageError(f"{where}.id", msg)
     record["token_count"] = counter.count_record(record)

@@ -144,9 +144,12 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def dumps(value: Any) -> str:
     """Compact, deterministic-enough JSON used for everything ctx_memory stores."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(value)  # one encoder: json.dumps builds one per call
 
 
 def validate_session_id(session_id: object, *, existing: bool = False) -> str:

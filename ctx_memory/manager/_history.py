@@ -53,7 +53,7 @@ class HistoryMethods(SessionMethods):
     def _plan_append(self, session_id: str, records: list[dict[str, Any]]) -> AppendMessages | None:
         validate_session_id(session_id)
         counter = self.token_counter
-        encoded = [encode_record(r, counter, f"messages[{i}]") for i, r in enumerate(records)]
+        encoded = [encode_record(r, counter, "messages", i) for i, r in enumerate(records)]
         if not encoded:
             return None
         now = now_iso()
@@ -63,7 +63,7 @@ class HistoryMethods(SessionMethods):
         self, op: AppendMessages, result: WriteResult, records: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
         self._created(op.session_id, result)
-        if result.added:
+        if result.added and self.events.listens(EventType.MESSAGE_ADDED):
             self.events.emit(
                 EventType.MESSAGE_ADDED,
                 op.session_id,
