@@ -25,7 +25,7 @@ endif
 export UV_PYTHON_DOWNLOADS ?= never
 export UV_SYSTEM_CERTS ?= 1
 
-.PHONY: help uv install demo test test-fast lint format type notebooks docs bench redis chromium
+.PHONY: help uv install demo test test-fast lint format type notebooks docs bench redis postgres chromium
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,7 +46,10 @@ redis: ## Make sure redis-server is installed (Debian package)
 chromium: ## Make sure Chromium is installed (Debian package; the inspector's browser tests)
 	@scripts/ensure-chromium.sh
 
-test: install redis chromium ## Run the whole test suite (starts its own Redis servers)
+postgres: ## Make sure PostgreSQL's initdb/pg_ctl are installed (Debian package)
+	@scripts/ensure-postgres.sh
+
+test: install redis postgres chromium ## Run the whole test suite (starts its own Redis and PostgreSQL servers)
 	$(UV) run --locked pytest
 
 test-fast: install ## Unit tests only (no Redis)
@@ -71,10 +74,11 @@ notebooks: install redis ## Execute every notebook
 docs: install ## Build the docs site into site/ (mkdocs build --strict)
 	NO_MKDOCS_2_WARNING=1 $(UV) run --locked mkdocs build --strict
 
-bench: install redis ## Run the benchmarks (ratios against the baselines)
+bench: install redis postgres ## Run the benchmarks (ratios against the baselines)
 	$(UV) sync --locked --all-extras --group bench --quiet
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_redis.py
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_assembly.py
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_manager.py
+	$(UV) run --locked --all-extras --group bench python benchmarks/bench_postgres.py
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_server.py
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_analytics.py
