@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from ctx_memory import tracing
 from ctx_memory.schema import now_iso
 
 if TYPE_CHECKING:
@@ -118,7 +119,9 @@ class EventEmitter:
     def listens(self, event_type: EventType) -> bool:
         """Whether :meth:`emit` of ``event_type`` would reach a listener (build no data else)."""
         registered = self._listeners
-        return self.enabled and bool(registered.get(event_type) or registered.get(None))
+        return self.enabled and (
+            bool(registered.get(event_type) or registered.get(None)) or tracing.instrumented()
+        )
 
     def emit(self, event_type: EventType | str, session_id: str, **data: Any) -> Event | None:
         """Deliver an event to its listeners; return it.
@@ -130,9 +133,12 @@ class EventEmitter:
             return None
         kind = event_type if type(event_type) is EventType else EventType(event_type)
         registered = self._listeners
-        if not registered.get(kind) and not registered.get(None):  # read without the lock:
-            return None  # a listener added meanwhile hears the next event
+        traced = tracing.instrumented()
+        if not registered.get(kind) and not registered.get(None) and not traced:
+            return None  # (read without the lock: a listener added meanwhile hears the next)
         event = Event(kind, session_id, data)
+        if traced:
+            tracing.span_event(event)
         with self._lock:
             listeners = [*registered.get(kind, ()), *registered.get(None, ())]
         for listener in listeners:

@@ -31,6 +31,7 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise missing_extra("server", __name__, e) from e
 
+from ctx_memory import tracing as library_tracing
 from ctx_memory.chat import ContextualChat
 from ctx_memory.config import load_settings
 from ctx_memory.errors import (
@@ -445,6 +446,8 @@ def create_app(
         )
     if state.tracer is not None:
         app.add_middleware(TracingMiddleware, tracer=state.tracer)
+        # Store operations and events become child spans / span events of the request's.
+        library_tracing.instrument(tracer_provider)
     return app
 
 

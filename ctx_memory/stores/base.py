@@ -30,6 +30,7 @@ import asyncio
 import copy
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from ctx_memory import tracing
 from ctx_memory.errors import InvalidTTLError, SharedStateTooLargeError
 from ctx_memory.stores import ops
 from ctx_memory.stores.ops import EncodedItem, EncodedMessage, Header, WriteResult
@@ -280,12 +281,18 @@ class BaseStore(Closeable):
         return ()
 
     def execute(self, op: Op[R]) -> R:
-        """Execute ``op`` and return its result."""
-        return cast("R", self.handle(cast("StoreOp", op)))
+        """Execute ``op`` and return its result (in a span if :mod:`~ctx_memory.tracing` is on)."""
+        if not tracing.instrumented():
+            return cast("R", self.handle(cast("StoreOp", op)))
+        with tracing.store_span(self, cast("StoreOp", op)):
+            return cast("R", self.handle(cast("StoreOp", op)))
 
     async def aexecute(self, op: Op[R]) -> R:
         """Async :meth:`execute`."""
-        return cast("R", await self.ahandle(cast("StoreOp", op)))
+        if not tracing.instrumented():
+            return cast("R", await self.ahandle(cast("StoreOp", op)))
+        with tracing.store_span(self, cast("StoreOp", op)):
+            return cast("R", await self.ahandle(cast("StoreOp", op)))
 
     # ---------------------------------------------------------------- shortcuts
 

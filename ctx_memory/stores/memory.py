@@ -282,7 +282,7 @@ class InMemoryStore(BaseStore):
             return self._sessions.pop(session_id, None) is not None
 
     def _list_sessions(self, op: ListSessions) -> list[str]:
-        self.gc()
+        self._gc(CollectGarbage())  # inside this operation, not a second one
         with self._lock:
             return sorted(self._sessions)
 

@@ -576,7 +576,7 @@ class SqliteStore(BaseStore):
 
         ids, expired = self._read_tx(read)
         if expired:  # only then a write: delete them and report them
-            self.gc()
+            self._gc(CollectGarbage())
         return sorted(ids)
 
     def _get_header(self, op: GetHeader) -> Header | None:

@@ -59,3 +59,12 @@ def serve(request: pytest.FixtureRequest) -> Iterator[Any]:
 def http(serve: Any, manager: ContextManager) -> Any:
     """A client of an open app (no keys) over ``manager``."""
     return serve(create_app(manager))
+
+
+@pytest.fixture(autouse=True)
+def _library_tracing_off() -> Iterator[None]:
+    """``create_app`` with tracing instruments the library for the process: undo it after."""
+    yield
+    from ctx_memory import tracing
+
+    tracing.uninstrument()

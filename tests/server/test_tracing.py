@@ -78,8 +78,14 @@ def test_a_5xx_marks_the_span_as_an_error() -> None:
     )
     with TestClient(create_app(settings=settings, tracer_provider=provider)) as client:
         assert client.get("/v1/sessions").status_code == 503
-    (span,) = exporter.get_finished_spans()
+    spans = exporter.get_finished_spans()
+    (span,) = [s for s in spans if s.kind is SpanKind.SERVER]
     assert span.status.status_code is StatusCode.ERROR
+    # the store operation that failed is a child span of the request, marked too
+    (store,) = [s for s in spans if s.name.startswith("ctx_memory.store ")]
+    assert store.parent is not None
+    assert store.parent.span_id == span.context.span_id
+    assert store.status.status_code is StatusCode.ERROR
 
 
 def test_tracing_off_adds_no_middleware(manager: ContextManager) -> None:
