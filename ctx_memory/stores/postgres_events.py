@@ -1,8 +1,8 @@
 r"""Events across processes on PostgreSQL: ``NOTIFY`` to publish, ``LISTEN`` to receive.
 
-:class:`PostgresEventPublisher` is the Redis publisher's background thread and queue
-(:class:`~ctx_memory.stores.redis_events.RedisEventPublisher`: a write never waits for
-it, events leave in order, expiries and evictions once per store) sending each batch with
+:class:`PostgresEventPublisher` is the background publisher of
+:mod:`ctx_memory.stores._publisher` (a write never waits for it, events leave in order,
+expiries and evictions once per store) sending each batch with
 one ``SELECT pg_notify(channel, payload) FROM unnest(...)`` on a pooled connection. The
 payload is the same :func:`~ctx_memory.stores.redis_events.event_payload` JSON text
 in-process listeners get as ``Event.to_dict()``. PostgreSQL caps a notification at 8000
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from typing_extensions import override
 
 from ctx_memory._extras import missing_extra
-from ctx_memory.stores.redis_events import RedisEventPublisher
+from ctx_memory.stores._publisher import EventPublisher
 
 try:
     import psycopg
@@ -46,7 +46,7 @@ MAX_PAYLOAD_BYTES = 7999
 _NOTIFY = b"SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p"
 
 
-class PostgresEventPublisher(RedisEventPublisher):
+class PostgresEventPublisher(EventPublisher):
     """Publish events with ``NOTIFY`` on ``channel``, from one background thread.
 
     Args:

@@ -1,49 +1,28 @@
-"""Events across processes: a listener that publishes them on a Redis channel.
+"""Events across processes on Redis: pub/sub on the ``<prefix>:events`` channel.
 
-:class:`RedisEventPublisher` is an ordinary event listener. A :class:`ContextManager
-<ctx_memory.manager.ContextManager>` on a Redis store built with ``publish_events=True``
-(setting ``REDIS_PUBLISH_EVENTS``) adds it to its emitter, so other processes receive the
-same :meth:`Event.to_dict <ctx_memory.events.Event.to_dict>` objects as in-process
-listeners. Expiries and evictions, which the store finds, are published once per store
-(not once per manager sharing it). Publishing happens on a background thread: a write
-never waits for it, sync or async, and events leave in the order they happened.
-
-Events are notifications, not data: one the server does not take (it is down) is logged
-and dropped, never retried into a later write's path.
+A Redis store built with ``publish_events=True`` (setting ``REDIS_PUBLISH_EVENTS``) returns a
+:class:`RedisEventPublisher` from its ``event_listeners()``: the background publisher of
+:mod:`ctx_memory.stores._publisher`, sending each batch in one pipeline (one ``PUBLISH`` at a
+time on a Cluster, whose pipelines refuse it). Subscribers use
+:meth:`RedisStore.subscribe_events <ctx_memory.stores.redis.RedisStore.subscribe_events>`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
-import threading
-from typing import TYPE_CHECKING, Any
 
 from redis.cluster import RedisCluster
+from typing_extensions import override
 
-from ctx_memory.events import Event, EventType
-from ctx_memory.schema import now_iso
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from ctx_memory.stores._publisher import EventPublisher, event_payload
 
 __all__ = ["RedisEventPublisher", "event_payload"]
 
 logger = logging.getLogger(__name__)
 
-_LIFECYCLE = frozenset({EventType.SESSION_EXPIRED, EventType.SESSION_EVICTED})
-_STOP = object()
-_BATCH = 256
 
-
-def event_payload(event: Event) -> str:
-    """The published JSON text of ``event``: its :meth:`~ctx_memory.events.Event.to_dict`."""
-    return json.dumps(event.to_dict(), ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-class RedisEventPublisher:
-    """Publish events on ``channel`` with ``client()``, from one background thread.
+class RedisEventPublisher(EventPublisher):
+    """Publish events with ``PUBLISH`` on ``channel``, from one background thread.
 
     Args:
         client: Returns the (sync) redis-py client to publish with.
@@ -51,53 +30,7 @@ class RedisEventPublisher:
         describe: How to name the server in a log line (its URL, password masked).
     """
 
-    def __init__(
-        self, client: Callable[[], Any], channel: str, *, describe: Callable[[], str] = str
-    ) -> None:
-        self._client = client
-        self.channel = channel
-        self._describe = describe
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def __call__(self, event: Event) -> None:
-        """Publish an event a manager emitted (lifecycle events come from :meth:`lifecycle`)."""
-        if event.type not in _LIFECYCLE:
-            self._put(event_payload(event))
-
-    def lifecycle(self, event_type: str, session_id: str) -> None:
-        """Publish an expiry or eviction the store found (a store lifecycle hook)."""
-        self._put(event_payload(Event(EventType(event_type), session_id, {}, now_iso())))
-
-    def _put(self, payload: str) -> None:
-        if self._closed:
-            return
-        self._queue.put(payload)
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None and not self._closed:
-                    self._thread = threading.Thread(
-                        target=self._run, name=f"ctx_memory-publish-{self.channel}", daemon=True
-                    )
-                    self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            while len(batch) < _BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = _STOP in batch
-            payloads = [p for p in batch if isinstance(p, str)]
-            if payloads:
-                self._publish(payloads)
-            if stop:
-                return
-
+    @override
     def _publish(self, payloads: list[str]) -> None:
         try:
             client = self._client()
@@ -117,12 +50,3 @@ class RedisEventPublisher:
                 self.channel,
                 type(e).__name__,
             )
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Publish what is queued (waiting up to ``timeout`` seconds), then stop."""
-        with self._lock:
-            self._closed = True
-            thread = self._thread
-        if thread is not None:
-            self._queue.put(_STOP)
-            thread.join(timeout)
