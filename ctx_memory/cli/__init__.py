@@ -98,19 +98,11 @@ app.command("analytics")(analytics_command)
 app.command("migrate")(migrate_command)
 
 
-class _StoreName(str, Enum):
-    """The backends ``--store`` accepts."""
-
-    memory = "memory"
-    sqlite = "sqlite"
-    redis = "redis"
-
-
 @dataclass(frozen=True)
 class _Options:
     """Global options: setting overrides for :class:`ContextManager`."""
 
-    store: _StoreName | None = None
+    store: str | None = None  # a built-in or registered store; settings validate it
     sqlite_path: Path | None = None
     redis_url: str | None = field(default=None, repr=False)  # may hold a password
     max_sessions: int | None = None
@@ -123,13 +115,13 @@ class _Options:
         store = self.store
         if store is None:
             if self.sqlite_path is not None and self.redis_url is None:
-                store = _StoreName.sqlite
+                store = "sqlite"
             elif self.redis_url is not None and self.sqlite_path is None:
-                store = _StoreName.redis
+                store = "redis"
         values: dict[str, Any] = {}
         if store is not None:
-            values["store"] = store.value
-            values["use_redis_caching"] = store is _StoreName.redis
+            values["store"] = store.lower()
+            values["use_redis_caching"] = store.lower() == "redis"
         if self.sqlite_path is not None:
             values["sqlite_path"] = str(self.sqlite_path)
         if self.redis_url is not None:
@@ -186,11 +178,13 @@ def _fail_with(error: CtxMemoryError) -> NoReturn:
 def _root(
     ctx: typer.Context,
     store: Annotated[
-        _StoreName | None,
+        str | None,
         typer.Option(
             "--store",
-            help="Backend to use, overriding STORE. Default: from settings (memory).",
-            case_sensitive=False,
+            help=(
+                "Backend to use, overriding STORE: memory, sqlite, redis, postgres or a store"
+                " installed through the ctx_memory.stores entry point. Default: from settings."
+            ),
         ),
     ] = None,
     sqlite_path: Annotated[

@@ -433,3 +433,9 @@ def test_settings_file_selects_the_store(tmp_path: Path, monkeypatch: pytest.Mon
     assert (tmp_path / "s.db").exists()
     # --store on the command line wins over the file
     assert runner.invoke(app, ["--store", "memory", "sessions", "list"]).stdout == ""
+
+
+def test_an_unknown_store_is_a_usage_error_naming_the_known_ones() -> None:
+    result = runner.invoke(app, ["--store", "mongo", "sessions", "list"])
+    assert result.exit_code == 2
+    assert "known stores: memory, postgres, redis, sqlite" in result.output
