@@ -22,54 +22,35 @@ harmless: reads, appends of messages (skipped by message id), and writes that se
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, assert_never
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from typing_extensions import override
 
 from ctx_memory._extras import missing_extra
 from ctx_memory.config import redact_url, url_secrets, validate_postgres_url
 from ctx_memory.errors import StoreError, StoreUnavailableError
-from ctx_memory.schema import dumps
 from ctx_memory.stores._gc import GarbageCollector, check_interval, gc_interval
+from ctx_memory.stores._postgres_ops import ALL, ONE, Found, PostgresOperations, Statement
 from ctx_memory.stores._postgres_sql import (
     SCHEMA_VERSION,
     SchemaSql,
     check_schema_name,
     events_channel,
-    prefix_end,
 )
 from ctx_memory.stores.base import (
-    BaseStore,
-    Header,
-    WriteResult,
-    assemble_document,
     check_limits,
-    check_shared_size,
-    deep_merge,
 )
 from ctx_memory.stores.ops import (
     AppendFetched,
     AppendMessages,
     ClearSession,
-    CollectGarbage,
-    CountMessages,
-    CreateSession,
     DeleteMessages,
-    DeleteSession,
-    GetDocument,
-    GetFetched,
-    GetHeader,
-    GetMessages,
-    ListPage,
-    ListSessions,
     MergeShared,
     ReplaceDocument,
     ReplaceMessage,
-    SessionExists,
     SetShared,
     StoreOp,
     TruncateMessages,
@@ -84,7 +65,7 @@ except ImportError as e:  # pragma: no cover - the extra is installed in every t
     raise missing_extra("postgres", __name__, e) from e
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Generator, Sequence
+    from collections.abc import Callable, Generator
 
     from ctx_memory.config import Settings
     from ctx_memory.events import Event
@@ -94,31 +75,6 @@ __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-_NONE, _ONE, _ALL = 0, 1, 2
-
-
-class _Q(NamedTuple):
-    """One statement: its text, its parameters, and what to fetch (none, one row, all)."""
-
-    sql: bytes
-    params: Any = ()
-    fetch: int = _ONE
-
-
-class _Found:
-    """Sessions one call found expired or evicted (reported after its commit)."""
-
-    __slots__ = ("evicted", "expired")
-
-    def __init__(self) -> None:
-        self.expired: list[str] = []
-        self.evicted: list[str] = []
-
-    def add(self, expired: Sequence[str] | None, evicted: Sequence[str] | None = None) -> None:
-        self.expired += expired or ()
-        self.evicted += evicted or ()
-
 
 # Operations that run in one transaction (several statements), and those that may be sent
 # again after a dropped connection (see the module docstring).
@@ -141,32 +97,6 @@ _CREATED_MEANWHILE = (
 )
 
 
-def _init_args(init: Header) -> tuple[str, str, str, str | None]:
-    """``p_sp, p_md, p_sh, p_ts`` of the SQL functions: the init header as JSON text."""
-    meta = init["metadata"]
-    ts = dumps(meta["timestamp"]) if "timestamp" in meta else None
-    return dumps(init["system_prompt"]), dumps(meta), dumps(init["shared"]), ts
-
-
-def _header(row: Sequence[Any]) -> Header:
-    """The header from ``sp, md, sh, mc, tc, ts`` (counters and timestamp are columns)."""
-    sp, md, sh, mc, tc, ts = row[:6]
-    metadata: dict[str, Any] = json.loads(md)
-    metadata["message_count"] = mc
-    metadata["token_count"] = tc
-    if ts is not None:
-        metadata["timestamp"] = json.loads(ts)
-    return {"system_prompt": json.loads(sp), "metadata": metadata, "shared": json.loads(sh)}
-
-
-def _fetched(pairs_json: str | None) -> dict[str, list[dict[str, Any]]]:
-    """``{source_type: [item, ...]}`` from a JSON array of ``[source_type, item]`` pairs."""
-    out: dict[str, list[dict[str, Any]]] = {}
-    for source_type, body in json.loads(pairs_json or "[]"):
-        out.setdefault(source_type, []).append(body)
-    return out
-
-
 def _scrub(value: object, secrets: list[str]) -> object:
     """An exception argument with every secret replaced by ``***``."""
     if not isinstance(value, str):
@@ -176,7 +106,7 @@ def _scrub(value: object, secrets: list[str]) -> object:
     return value
 
 
-class PostgresStore(BaseStore):
+class PostgresStore(PostgresOperations):
     """Sessions in PostgreSQL, shared by every process using the database.
 
     One schema holds the tables (``POSTGRES_SCHEMA``; several apps or tenants use several
@@ -302,34 +232,6 @@ class PostgresStore(BaseStore):
             f"ttl_seconds={self.ttl_seconds}, max_sessions={self.max_sessions})"
         )
 
-    def _prepare_statements(self) -> None:
-        q = self._sql.q
-        touch = self.max_sessions is not None
-        self._reads = {
-            kind: self._sql.read(kind, touch=touch)
-            for kind in ("exists", "count", "header", "document", "messages", "fetched")
-        }
-        self._reads["fetched_type"] = self._sql.read("fetched_type", touch=touch)
-        init = "%s, %s, %s, %s, %s::float8, %s::integer"
-        self._append_sql = self._sql.append()
-        self._append_fetched_sql = q(
-            "SELECT * FROM {s}.append_fetched(%s, %s::text[], %s::text[], %s::text[], %s, %s, "  # noqa: S608 - constant text
-            + init
-            + ")"
-        )
-        self._upsert_sql = q("SELECT * FROM {s}.upsert(%s, " + init + ")")  # noqa: S608 - constant
-        self._create_sql = q(
-            "SELECT u.o_created, u.o_expired, u.o_evicted, {s}.touch(u.o_sk, %s, %s::float8) "
-            "FROM {s}.upsert(%s, " + init + ") AS u"
-        )
-        self._live_sql = q("SELECT * FROM {s}.live(%s)")
-        self._collect_sql = q("SELECT {s}.collect()")
-        # UPDATE ... SET <columns>, then the touch: timestamp, TTL, LRU clock.
-        self._touch_set = (
-            "ts = %(now)s, expires_at = {s}.expiry(%(ttl)s::float8), "
-            "last_access = nextval('{s}.access_clock')"
-        )
-
     # ------------------------------------------------------------ pools
 
     @property
@@ -392,7 +294,7 @@ class PostgresStore(BaseStore):
     def _drive(self, op: StoreOp) -> Any:
         for attempt in range(3):
             pool = self.pool
-            found = _Found()
+            found = Found()
             try:
                 with pool.connection() as conn:
                     result = self._attempt(conn, op, found)
@@ -414,7 +316,7 @@ class PostgresStore(BaseStore):
     async def _adrive(self, op: StoreOp) -> Any:
         for attempt in range(3):
             pool = await self._loop_pool()
-            found = _Found()
+            found = Found()
             try:
                 async with pool.connection() as conn:
                     result = await self._aattempt(conn, op, found)
@@ -459,7 +361,7 @@ class PostgresStore(BaseStore):
         elif not pool.closed:  # (another call may have replaced and closed it)
             await pool.check()
 
-    def _attempt(self, conn: psycopg.Connection[Any], op: StoreOp, found: _Found) -> Any:
+    def _attempt(self, conn: psycopg.Connection[Any], op: StoreOp, found: Found) -> Any:
         if not self._schema_ready:
             self._ready(conn)
         # A pool the caller gave may hold connections outside autocommit: a transaction then.
@@ -468,9 +370,7 @@ class PostgresStore(BaseStore):
                 return self._run(conn, self._plan(op, found))
         return self._run(conn, self._plan(op, found))
 
-    async def _aattempt(
-        self, conn: psycopg.AsyncConnection[Any], op: StoreOp, found: _Found
-    ) -> Any:
+    async def _aattempt(self, conn: psycopg.AsyncConnection[Any], op: StoreOp, found: Found) -> Any:
         if not self._schema_ready:
             await self._aready(conn)
         # A pool the caller gave may hold connections outside autocommit: a transaction then.
@@ -510,14 +410,14 @@ class PostgresStore(BaseStore):
             return
 
     @staticmethod
-    def _run(conn: psycopg.Connection[Any], steps: Generator[_Q, Any, T]) -> T:
+    def _run(conn: psycopg.Connection[Any], steps: Generator[Statement, Any, T]) -> T:
         try:
             q = next(steps)
             while True:
                 cur = conn.execute(q.sql, q.params)
-                if q.fetch == _ONE:
+                if q.fetch == ONE:
                     reply: Any = cur.fetchone()
-                elif q.fetch == _ALL:
+                elif q.fetch == ALL:
                     reply = cur.fetchall()
                 else:
                     reply = cur.rowcount
@@ -526,14 +426,14 @@ class PostgresStore(BaseStore):
             return stop.value  # type: ignore[no-any-return]
 
     @staticmethod
-    async def _arun(conn: psycopg.AsyncConnection[Any], steps: Generator[_Q, Any, T]) -> T:
+    async def _arun(conn: psycopg.AsyncConnection[Any], steps: Generator[Statement, Any, T]) -> T:
         try:
             q = next(steps)
             while True:
                 cur = await conn.execute(q.sql, q.params)
-                if q.fetch == _ONE:
+                if q.fetch == ONE:
                     reply: Any = await cur.fetchone()
-                elif q.fetch == _ALL:
+                elif q.fetch == ALL:
                     reply = await cur.fetchall()
                 else:
                     reply = cur.rowcount
@@ -541,65 +441,11 @@ class PostgresStore(BaseStore):
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
-    def _report(self, found: _Found) -> None:
+    def _report(self, found: Found) -> None:
         for session_id in found.expired:
             self._notify("session_expired", session_id)
         for session_id in found.evicted:
             self._notify("session_evicted", session_id)
-
-    # ------------------------------------------------------------ the schema
-
-    def _ensure_schema(self) -> Generator[_Q, Any, None]:
-        """Create the schema, or migrate an older one; refuse a newer one (one transaction)."""
-        sql = self._sql
-        meta = f"{sql.quoted}.meta"
-        version_sql = sql.q("SELECT value FROM {s}.meta WHERE key = 'schema_version'")
-        (table,) = yield _Q(b"SELECT to_regclass(%s)::text", (meta,))
-        if table is not None:
-            row = yield _Q(version_sql)
-            if row is not None and int(row[0]) == SCHEMA_VERSION:
-                return  # the common case takes no lock
-        yield _Q(b"SELECT pg_advisory_xact_lock(%s)", (sql.lock_key,), _NONE)
-        (table,) = yield _Q(b"SELECT to_regclass(%s)::text", (meta,))  # another process?
-        if table is None:
-            yield _Q(sql.create_tables(), None, _NONE)
-            version = SCHEMA_VERSION
-        else:
-            row = yield _Q(version_sql)
-            version = int(row[0]) if row is not None else 0
-            if version > SCHEMA_VERSION:
-                msg = (
-                    f"PostgreSQL schema {self.schema!r} at {self.url} has version {version}, "
-                    f"newer than this ctx_memory understands ({SCHEMA_VERSION}): upgrade "
-                    "ctx_memory, or set POSTGRES_SCHEMA to another schema"
-                )
-                raise StoreUnavailableError(msg)
-            if version < 1:
-                msg = (
-                    f"PostgreSQL schema {self.schema!r} at {self.url} has a 'meta' table "
-                    "without a schema version: it was not made by ctx_memory; set "
-                    "POSTGRES_SCHEMA to another schema"
-                )
-                raise StoreUnavailableError(msg)
-            for step in range(version, SCHEMA_VERSION):
-                for statement in sql.migration(step):
-                    yield _Q(statement, None, _NONE)
-        yield _Q(sql.create_functions(), None, _NONE)
-        yield _Q(
-            sql.q(
-                "INSERT INTO {s}.meta (key, value) VALUES ('schema_version', %s) "
-                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
-            ),
-            (str(SCHEMA_VERSION),),
-            _NONE,
-        )
-        if version < SCHEMA_VERSION:
-            logger.info(
-                "ctx_memory: migrated PostgreSQL schema %r from version %d to %d",
-                self.schema,
-                version,
-                SCHEMA_VERSION,
-            )
 
     # ------------------------------------------------------------ operations
 
@@ -610,442 +456,6 @@ class PostgresStore(BaseStore):
     @override
     async def ahandle(self, op: StoreOp) -> object:
         return await self._adrive(op)
-
-    def _plan(self, op: StoreOp, found: _Found) -> Generator[_Q, Any, Any]:  # noqa: PLR0911, PLR0912 - one case per operation
-        match op:
-            case AppendMessages():
-                return self._append_messages(op, found)
-            case GetMessages():
-                return self._get_messages(op)
-            case GetHeader():
-                return self._get_header(op)
-            case GetDocument():
-                return self._get_document(op)
-            case GetFetched():
-                return self._get_fetched(op)
-            case CountMessages():
-                return self._count_messages(op)
-            case SessionExists():
-                return self._exists(op)
-            case ListSessions():
-                return self._list_sessions(found)
-            case ListPage():
-                return self._list_page(op)
-            case CreateSession():
-                return self._create(op, found)
-            case DeleteSession():
-                return self._delete(op)
-            case DeleteMessages():
-                return self._delete_messages(op, found)
-            case ReplaceMessage():
-                return self._replace_message(op, found)
-            case TruncateMessages():
-                return self._truncate_messages(op, found)
-            case AppendFetched():
-                return self._append_fetched(op, found)
-            case MergeShared():
-                return self._write_shared(
-                    op.session_id, op.init, op.now, lambda s: deep_merge(s, op.partial), found
-                )
-            case SetShared():
-                value = json.loads(dumps(op.value))
-                return self._write_shared(
-                    op.session_id, op.init, op.now, lambda s: s.__setitem__(op.key, value), found
-                )
-            case UpdateHeader():
-                return self._update_header(op, found)
-            case ClearSession():
-                return self._clear(op, found)
-            case ReplaceDocument():
-                return self._replace_document(op, found)
-            case CollectGarbage():
-                return self._gc(found)
-            case _:
-                assert_never(op)
-
-    # ---- reads (one statement each)
-
-    def _read(self, kind: str, **params: Any) -> Generator[_Q, Any, Any]:
-        row = yield _Q(self._reads[kind], params)
-        return row
-
-    def _exists(self, op: SessionExists) -> Generator[_Q, Any, bool]:
-        return (yield from self._read("exists", id=op.session_id)) is not None
-
-    def _count_messages(self, op: CountMessages) -> Generator[_Q, Any, int]:
-        row = yield from self._read("count", id=op.session_id)
-        return 0 if row is None else int(row[0])
-
-    def _get_header(self, op: GetHeader) -> Generator[_Q, Any, Header | None]:
-        row = yield from self._read("header", id=op.session_id)
-        return None if row is None else _header(row)
-
-    def _get_document(self, op: GetDocument) -> Generator[_Q, Any, dict[str, Any] | None]:
-        row = yield from self._read("document", id=op.session_id)
-        if row is None:
-            return None
-        return assemble_document(_header(row), json.loads(row[6]), _fetched(row[7]))
-
-    def _get_messages(self, op: GetMessages) -> Generator[_Q, Any, list[dict[str, Any]]]:
-        row = yield from self._read("messages", id=op.session_id, lo=op.start, hi=op.end)
-        messages: list[dict[str, Any]] = json.loads(row[0])  # one decode of the whole range
-        return messages
-
-    def _get_fetched(self, op: GetFetched) -> Generator[_Q, Any, dict[str, list[dict[str, Any]]]]:
-        if op.source_type is None:
-            row = yield from self._read("fetched", id=op.session_id)
-        else:
-            row = yield from self._read("fetched_type", id=op.session_id, type=op.source_type)
-        return {} if row is None else _fetched(row[0])
-
-    def _list_sessions(self, found: _Found) -> Generator[_Q, Any, list[str]]:
-        ids, expired = yield _Q(
-            self._sql.q(
-                "SELECT ARRAY(SELECT id FROM {s}.sessions AS s WHERE s.expires_at IS NULL OR "
-                "s.expires_at > now() ORDER BY id), "
-                "EXISTS (SELECT 1 FROM {s}.sessions WHERE expires_at <= now())"
-            )
-        )
-        if expired:  # only then a write: delete them and report them
-            yield from self._gc(found)
-        return list(ids)
-
-    def _list_page(self, op: ListPage) -> Generator[_Q, Any, list[str]]:
-        low = op.prefix if op.cursor is None or op.cursor < op.prefix else op.cursor
-        strict = op.cursor is not None and op.cursor >= op.prefix
-        upper = prefix_end(op.prefix)
-        rows = yield _Q(
-            self._sql.q(
-                "SELECT id FROM {s}.sessions AS s WHERE (s.expires_at IS NULL OR "
-                "s.expires_at > now()) AND (id > %(low)s OR (NOT %(strict)s AND id = %(low)s)) "
-                "AND (%(upper)s::text IS NULL OR id < %(upper)s::text) ORDER BY id LIMIT %(n)s"
-            ),
-            {"low": low, "strict": strict, "upper": upper, "n": op.limit},
-            _ALL,
-        )
-        return [r[0] for r in rows]
-
-    # ---- single-statement writes
-
-    def _limits(self) -> tuple[float | None, int | None]:
-        return self.ttl_seconds, self.max_sessions
-
-    def _append_messages(
-        self, op: AppendMessages, found: _Found
-    ) -> Generator[_Q, Any, WriteResult]:
-        ms = op.messages
-        sp, md, sh, ts = _init_args(op.init)
-        created, added, expired, evicted = yield _Q(
-            self._append_sql,
-            {
-                "id": op.session_id,
-                "ids": [m.id for m in ms],
-                "tokens": [m.tokens for m in ms],
-                "bodies": [m.json for m in ms],
-                "now": dumps(op.now),
-                "sp": sp,
-                "md": md,
-                "sh": sh,
-                "ts": ts,
-                "ttl": self.ttl_seconds,
-                "max": self.max_sessions,
-            },
-        )
-        found.add(expired, evicted)
-        return WriteResult(created=created, added=added, evicted=tuple(evicted))
-
-    def _append_fetched(self, op: AppendFetched, found: _Found) -> Generator[_Q, Any, WriteResult]:
-        items = op.items
-        created, added, expired, evicted = yield _Q(
-            self._append_fetched_sql,
-            (
-                op.session_id,
-                [i.source_type for i in items],
-                [i.json for i in items],
-                [i.fingerprint for i in items],
-                op.dedupe,
-                dumps(op.now),
-                *_init_args(op.init),
-                *self._limits(),
-            ),
-        )
-        found.add(expired, evicted)
-        return WriteResult(created=created, added=added, evicted=tuple(evicted))
-
-    def _create(self, op: CreateSession, found: _Found) -> Generator[_Q, Any, WriteResult]:
-        init = op.init
-        created, expired, evicted, _ = yield _Q(
-            self._create_sql,
-            (
-                dumps(init["metadata"]["timestamp"]),
-                self.ttl_seconds,
-                op.session_id,
-                *_init_args(init),
-                *self._limits(),
-            ),
-        )
-        found.add(expired, evicted)
-        return WriteResult(created=created, evicted=tuple(evicted))
-
-    def _delete(self, op: DeleteSession) -> Generator[_Q, Any, bool]:
-        (count,) = yield _Q(
-            self._sql.q(
-                "WITH d AS (DELETE FROM {s}.sessions WHERE id = %(id)s RETURNING sk), "
-                "m AS (DELETE FROM {s}.messages WHERE sk IN (SELECT sk FROM d)), "
-                "f AS (DELETE FROM {s}.fetched WHERE sk IN (SELECT sk FROM d)), "
-                "p AS (DELETE FROM {s}.fingerprints WHERE sk IN (SELECT sk FROM d)) "
-                "SELECT count(*) FROM d"
-            ),
-            {"id": op.session_id},
-        )
-        return bool(count)
-
-    def _gc(self, found: _Found) -> Generator[_Q, Any, int]:
-        (expired,) = yield _Q(self._collect_sql)
-        found.add(expired)
-        return len(expired)
-
-    # ---- writes in one transaction (the session row locked first)
-
-    def _upsert(
-        self, session_id: str, init: Header, found: _Found
-    ) -> Generator[_Q, Any, tuple[int, bool, tuple[str, ...]]]:
-        """Lock the session, creating it from ``init``: ``(sk, created, evicted)``."""
-        sk, created, _, expired, evicted = yield _Q(
-            self._upsert_sql, (session_id, *_init_args(init), *self._limits())
-        )
-        found.add(expired, evicted)
-        return sk, created, tuple(evicted)
-
-    def _live(self, session_id: str, found: _Found) -> Generator[_Q, Any, tuple[int, int] | None]:
-        """Lock a live session: ``(sk, length)``, or ``None`` if absent (expired: deleted)."""
-        sk, n, expired = yield _Q(self._live_sql, (session_id,))
-        found.add(expired)
-        return None if sk is None else (sk, n)
-
-    def _update(self, columns: str, **params: Any) -> _Q:
-        """``UPDATE sessions SET <columns>`` and the touch, for ``sk``."""
-        params.setdefault("ttl", self.ttl_seconds)
-        return _Q(
-            # ``columns`` is constant text of this module; values are parameters
-            self._sql.q(f"UPDATE {{s}}.sessions SET {columns}{self._touch_set} WHERE sk = %(sk)s"),  # noqa: S608
-            params,
-            _NONE,
-        )
-
-    def _write_shared(
-        self,
-        session_id: str,
-        init: Header,
-        now: str,
-        change: Callable[[dict[str, Any]], object],
-        found: _Found,
-    ) -> Generator[_Q, Any, WriteResult]:
-        """Replace ``shared`` by its changed copy; too large: raise (the transaction rolls back)."""
-        sk, created, evicted = yield from self._upsert(session_id, init, found)
-        if created:
-            shared: dict[str, Any] = json.loads(dumps(init["shared"]))
-        else:
-            (sh,) = yield _Q(self._sql.q("SELECT sh FROM {s}.sessions WHERE sk = %s"), (sk,))
-            shared = json.loads(sh)
-        change(shared)
-        text = dumps(shared)
-        check_shared_size(text)  # raises before the update: nothing is written, nor created
-        yield self._update("sh = %(sh)s, ", sk=sk, sh=text, now=dumps(now))
-        return WriteResult(created=created, evicted=evicted)
-
-    def _update_header(self, op: UpdateHeader, found: _Found) -> Generator[_Q, Any, WriteResult]:
-        fields = {
-            k: v
-            for k, v in (op.metadata or {}).items()
-            if k not in ("message_count", "token_count")
-        }
-        sk, created, evicted = yield from self._upsert(op.session_id, op.init, found)
-        md: str | None = None
-        if fields:
-            (current,) = yield _Q(self._sql.q("SELECT md FROM {s}.sessions WHERE sk = %s"), (sk,))
-            meta = json.loads(current)
-            meta.update(json.loads(dumps(fields)))
-            md = dumps(meta)
-        sp = dumps(op.system_prompt) if op.set_system_prompt else None
-        yield self._update(
-            "md = coalesce(%(md)s, md), sp = coalesce(%(sp)s, sp), ",
-            sk=sk,
-            md=md,
-            sp=sp,
-            now=dumps(op.now),
-        )
-        return WriteResult(created=created, evicted=evicted)
-
-    def _clear(self, op: ClearSession, found: _Found) -> Generator[_Q, Any, bool]:
-        live = yield from self._live(op.session_id, found)
-        if live is None:
-            return False
-        sk = live[0]
-        yield _Q(self._sql.q("DELETE FROM {s}.messages WHERE sk = %s"), (sk,), _NONE)
-        if not op.preserve_fetched:
-            yield _Q(
-                self._sql.q(
-                    "WITH f AS (DELETE FROM {s}.fetched WHERE sk = %(sk)s) "
-                    "DELETE FROM {s}.fingerprints WHERE sk = %(sk)s"
-                ),
-                {"sk": sk},
-                _NONE,
-            )
-        fetched = "n_fetched" if op.preserve_fetched else "0"
-        yield self._update(
-            f"n_messages = 0, mc = 0, tc = 0, n_fetched = {fetched}, ", sk=sk, now=dumps(op.now)
-        )
-        return True
-
-    def _counters(self, sk: int, messages: int, tokens: int, now: str) -> _Q:
-        return self._update(
-            "n_messages = n_messages + %(m)s, mc = mc + %(m)s, tc = tc + %(t)s, ",
-            sk=sk,
-            m=messages,
-            t=tokens,
-            now=dumps(now),
-        )
-
-    def _delete_messages(self, op: DeleteMessages, found: _Found) -> Generator[_Q, Any, int]:
-        live = yield from self._live(op.session_id, found)
-        if live is None:
-            return 0
-        sk = live[0]
-        rows = yield _Q(
-            self._sql.q(
-                "DELETE FROM {s}.messages WHERE sk = %s AND id = ANY(%s::text[]) "
-                "RETURNING pos, tokens"
-            ),
-            (sk, list(dict.fromkeys(op.message_ids))),
-            _ALL,
-        )
-        if not rows:
-            return 0
-        yield _Q(self._sql.q("SELECT {s}.renumber(%s, %s)"), (sk, min(r[0] for r in rows)), _NONE)
-        yield self._counters(sk, -len(rows), -sum(r[1] for r in rows), op.now)
-        return len(rows)
-
-    def _replace_message(self, op: ReplaceMessage, found: _Found) -> Generator[_Q, Any, bool]:
-        live = yield from self._live(op.session_id, found)
-        if live is None:
-            return False
-        sk = live[0]
-        row = yield _Q(
-            self._sql.q(
-                "UPDATE {s}.messages AS m SET body = %(body)s, tokens = %(tokens)s "
-                "FROM (SELECT pos, tokens FROM {s}.messages WHERE sk = %(sk)s AND id = %(id)s) "
-                "AS old WHERE m.sk = %(sk)s AND m.pos = old.pos RETURNING old.tokens"
-            ),
-            {"sk": sk, "id": op.message_id, "body": op.message.json, "tokens": op.message.tokens},
-        )
-        if row is None:
-            return False
-        yield self._counters(sk, 0, op.message.tokens - int(row[0]), op.now)
-        return True
-
-    def _truncate_messages(
-        self, op: TruncateMessages, found: _Found
-    ) -> Generator[_Q, Any, int | None]:
-        live = yield from self._live(op.session_id, found)
-        if live is None:
-            return None
-        sk = live[0]
-        row = yield _Q(
-            self._sql.q("SELECT pos FROM {s}.messages WHERE sk = %s AND id = %s"),
-            (sk, op.message_id),
-        )
-        if row is None:
-            return None
-        cut = row[0] if op.inclusive else row[0] + 1
-        rows = yield _Q(
-            self._sql.q("DELETE FROM {s}.messages WHERE sk = %s AND pos >= %s RETURNING tokens"),
-            (sk, cut),
-            _ALL,
-        )
-        if rows:
-            yield self._counters(sk, -len(rows), -sum(r[0] for r in rows), op.now)
-        return len(rows)
-
-    def _replace_document(
-        self, op: ReplaceDocument, found: _Found
-    ) -> Generator[_Q, Any, WriteResult]:
-        live = yield from self._live(op.session_id, found)
-        created = live is None
-        if live is not None:
-            yield _Q(self._sql.q("SELECT {s}.drop_session(%s)"), (live[0],), _NONE)
-        meta = op.header["metadata"]
-        (sk,) = yield _Q(
-            self._sql.q(
-                "INSERT INTO {s}.sessions (id, sp, md, sh, mc, tc, ts, expires_at, last_access) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, {s}.expiry(%s::float8), "
-                "nextval('{s}.access_clock')) RETURNING sk"
-            ),
-            (
-                op.session_id,
-                dumps(op.header["system_prompt"]),
-                dumps(meta),
-                dumps(op.header["shared"]),
-                int(meta.get("message_count", 0)),
-                int(meta.get("token_count", 0)),
-                dumps(meta["timestamp"]) if "timestamp" in meta else None,
-                self.ttl_seconds,
-            ),
-        )
-        # A message id is stored once, as appends do: a repeated id is skipped.
-        seen: set[str] = set()
-        messages = []
-        for m in op.messages:
-            if m.id not in seen:
-                seen.add(m.id)
-                messages.append(m)
-        yield _Q(
-            self._sql.q(
-                "INSERT INTO {s}.messages (sk, pos, id, tokens, body) "
-                "SELECT %s, t.n - 1, t.id, t.tokens, t.body "
-                "FROM unnest(%s::text[], %s::bigint[], %s::text[]) "
-                "WITH ORDINALITY AS t(id, tokens, body, n)"
-            ),
-            (
-                sk,
-                [m.id for m in messages],
-                [m.tokens for m in messages],
-                [m.json for m in messages],
-            ),
-            _NONE,
-        )
-        items = op.items
-        yield _Q(
-            self._sql.q(
-                "WITH f AS (INSERT INTO {s}.fetched (sk, seq, source_type, body) "
-                "SELECT %(sk)s, t.n - 1, t.source_type, t.body "
-                "FROM unnest(%(types)s::text[], %(bodies)s::text[]) "
-                "WITH ORDINALITY AS t(source_type, body, n)) "
-                "INSERT INTO {s}.fingerprints (sk, fp) "
-                "SELECT DISTINCT %(sk)s, fp FROM unnest(%(fps)s::text[]) AS fp "
-                "ON CONFLICT DO NOTHING"
-            ),
-            {
-                "sk": sk,
-                "types": [i.source_type for i in items],
-                "bodies": [i.json for i in items],
-                "fps": [i.fingerprint for i in items],
-            },
-            _NONE,
-        )
-        yield _Q(
-            self._sql.q("UPDATE {s}.sessions SET n_messages = %s, n_fetched = %s WHERE sk = %s"),
-            (len(messages), len(items), sk),
-            _NONE,
-        )
-        evicted: tuple[str, ...] = ()
-        if created and self.max_sessions is not None:
-            expired, victims = yield _Q(
-                self._sql.q("SELECT * FROM {s}.evict(%s, %s)"), (self.max_sessions, sk)
-            )
-            found.add(expired, victims)
-            evicted = tuple(victims)
-        return WriteResult(created=created, added=len(messages), evicted=evicted)
 
     # ------------------------------------------------------------ events across processes
 

@@ -16,7 +16,7 @@ from ctx_memory.config import load_settings
 from ctx_memory.errors import ConfigurationError, StoreUnavailableError
 from ctx_memory.manager import ContextManager
 from ctx_memory.schema import dumps
-from ctx_memory.stores import _postgres_sql, create_store
+from ctx_memory.stores import _postgres_ops, _postgres_sql, create_store
 from ctx_memory.stores import postgres as postgres_module
 from ctx_memory.stores.base import EncodedItem, EncodedMessage, new_header
 from ctx_memory.stores.postgres import PostgresStore
@@ -140,7 +140,7 @@ def test_an_older_schema_is_migrated_keeping_its_data(
         ContextManager(store=old, token_counter="approximate").add_user_message("kept", "hi")
     step = ("ALTER TABLE {s}.sessions ADD COLUMN note text DEFAULT 'migrated'",)
     monkeypatch.setitem(_postgres_sql.MIGRATIONS, 1, step)
-    monkeypatch.setattr(postgres_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(_postgres_ops, "SCHEMA_VERSION", 2)  # where the schema is checked
     with PostgresStore(postgres_url, schema=pg_schema) as new:
         assert [m["content"] for m in new.get_messages("kept")] == ["hi"]
         new.append_messages("kept", [msg(2)], init=init("kept"), now=NOW)
