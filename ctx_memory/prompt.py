@@ -32,7 +32,7 @@ from here.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.prompt_values import ChatPromptValue
@@ -41,6 +41,7 @@ from langchain_core.runnables.utils import ConfigurableFieldSpec
 from typing_extensions import override
 
 from ctx_memory.assembly.plan import begin_prompt, finish_prompt, plan_prompt
+from ctx_memory.assembly.recalled import recall_step
 from ctx_memory.assembly.report import AssembledPrompt, AssemblyReport
 from ctx_memory.assembly.sources import SourcePlan, format_header, format_sources, plan_sources
 from ctx_memory.assembly.window import (
@@ -51,6 +52,7 @@ from ctx_memory.assembly.window import (
 )
 from ctx_memory.errors import ValidationError
 from ctx_memory.ranking import bm25_scores, rank_sources, tokenize
+from ctx_memory.recall import Recall, recall_for
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
 
     from ctx_memory.assembly.plan import PromptDraft, PromptPlan
+    from ctx_memory.assembly.recalled import RecallChoice
     from ctx_memory.manager import ContextManager
     from ctx_memory.ranking import Tokenizer
 
@@ -130,6 +133,28 @@ def session_id_from(
     return str(session_id)
 
 
+_HINTS = frozenset({"anthropic", "openai"})
+
+
+def _check_options(
+    layout: str, recall_share: float, trim_block: float, cache_hints: Sequence[str]
+) -> None:
+    """Validate the layout, recall and cache-hint options (a clear error for each)."""
+    if layout not in ("classic", "stable"):
+        msg = f"layout must be 'classic' or 'stable', got {layout!r}"
+        raise ValidationError(msg)
+    if not 0.0 <= recall_share < 1.0:
+        msg = f"recall_share must be at least 0 and below 1, got {recall_share}"
+        raise ValidationError(msg)
+    if not 0.0 <= trim_block < 1.0:
+        msg = f"trim_block must be at least 0 and below 1, got {trim_block}"
+        raise ValidationError(msg)
+    unknown = set(cache_hints) - _HINTS
+    if isinstance(cache_hints, str) or unknown:
+        msg = f"cache_hints takes a list of 'anthropic' and 'openai', got {cache_hints!r}"
+        raise ValidationError(msg)
+
+
 class Question(NamedTuple):
     """A question as the message sent and its plain text."""
 
@@ -179,6 +204,23 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         tokenizer: Splits the question and the sources into terms for ranking (any
             ``str -> list[str]``); default :func:`ctx_memory.ranking.tokenize`
             (folded words, bigrams for Chinese, Japanese, Korean and Thai).
+        layout: ``"classic"`` (default; the layout of earlier versions: sources and
+            local time in the system message) or ``"stable"`` (system prompt first,
+            history trimmed in blocks, the volatile parts last, on the last user
+            message, so consecutive prompts share their prefix; see
+            :mod:`ctx_memory.assembly.plan`).
+        recall_share: When the stored history does not fit, this share of the
+            history budget (default 0.5) goes to older whole turns matching the
+            question (:mod:`ctx_memory.recall`); ``0`` keeps the pure recency window.
+        trim_block: Stable layout: when the window is full it moves in blocks of
+            about this share of what it holds (default 0.25), rather than a turn at a
+            time; ``0`` moves it a turn at a time.
+        cache_hints: Provider prompt-cache hints to emit: ``"anthropic"``
+            (``cache_control`` on the system message and the last history message)
+            and/or ``"openai"`` (``prompt_cache_key`` derived from the session id, in
+            :attr:`AssembledPrompt.model_kwargs`). None by default.
+        recall: The index cache to use (default: the manager's shared one,
+            :func:`ctx_memory.recall.recall_for`).
 
     Example:
         .. code-block:: python
@@ -222,6 +264,11 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         input_key: str = "question",
         name: str | None = None,
         tokenizer: Tokenizer | None = None,
+        layout: Literal["classic", "stable"] = "classic",
+        recall_share: float = 0.5,
+        trim_block: float = 0.25,
+        cache_hints: Sequence[Literal["anthropic", "openai"]] = (),
+        recall: Recall | None = None,
     ) -> None:
         if max_tokens <= 0 or reserve_tokens < 0 or reserve_tokens >= max_tokens:
             msg = (
@@ -232,6 +279,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         if not 0.0 <= sources_share <= 1.0:
             msg = f"sources_share must be between 0 and 1, got {sources_share}"
             raise ValidationError(msg)
+        _check_options(layout, recall_share, trim_block, cache_hints)
         self.manager = manager
         self.max_tokens = max_tokens
         self.reserve_tokens = reserve_tokens
@@ -244,14 +292,27 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         self.input_key = input_key
         self.name = name
         self.tokenizer = tokenizer
+        self.layout = layout
+        self.recall_share = recall_share
+        self.trim_block = trim_block
+        self.cache_hints = frozenset(cache_hints)
+        self._recall = recall
         self._term_cache: dict[tuple[Any, ...], tuple[Counter[str], int]] = {}
         self._cut_cache: dict[tuple[Any, ...], str] = {}
 
     def __repr__(self) -> str:
         return (
             f"ContextPromptAssembler(max_tokens={self.max_tokens}, "
-            f"reserve_tokens={self.reserve_tokens}, max_sources={self.max_sources})"
+            f"reserve_tokens={self.reserve_tokens}, max_sources={self.max_sources}, "
+            f"layout={self.layout!r}, recall_share={self.recall_share})"
         )
+
+    @property
+    def recall(self) -> Recall:
+        """The session index cache recall uses (the manager's shared one by default)."""
+        if self._recall is None:
+            self._recall = recall_for(self.manager)
+        return self._recall
 
     @property
     def budget(self) -> int:
@@ -300,11 +361,15 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         draft = self._begin(session_id, header, tail, prefix=system_prefix, budget=budget, now=now)
         fetched = self.manager.get_fetched_context(session_id) if draft.reads_sources else {}
         plan = self._plan(draft, fetched, query=query, exclude_last=exclude_last, skip_ids=skip_ids)
-        window = read_history_window(self.manager, session_id, plan.history)
+        index = self.recall.index(self.manager, session_id, header) if plan.recalls else None
+        choice, chunks = recall_step(plan, index)
+        window = read_history_window(self.manager, session_id, chunks)
+        reads = choice.reads if choice is not None else []
+        recalled = [self.manager.get_message_range(session_id, a, b) for a, b in reads]
         excluded: list[dict[str, Any]] = []
         if plan.reads_excluded:
             excluded = self.manager.get_message_range(session_id, plan.end, plan.stored - 1)
-        return self._finish(plan, window, excluded)
+        return self._finish(plan, window, excluded, choice, recalled)
 
     async def abuild(
         self,
@@ -323,11 +388,15 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         draft = self._begin(session_id, header, tail, prefix=system_prefix, budget=budget, now=now)
         fetched = await self.manager.aget_fetched_context(session_id) if draft.reads_sources else {}
         plan = self._plan(draft, fetched, query=query, exclude_last=exclude_last, skip_ids=skip_ids)
-        window = await aread_history_window(self.manager, session_id, plan.history)
+        index = await self.recall.aindex(self.manager, session_id, header) if plan.recalls else None
+        choice, chunks = recall_step(plan, index)
+        window = await aread_history_window(self.manager, session_id, chunks)
+        reads = choice.reads if choice is not None else []
+        recalled = [await self.manager.aget_message_range(session_id, a, b) for a, b in reads]
         excluded: list[dict[str, Any]] = []
         if plan.reads_excluded:
             excluded = await self.manager.aget_message_range(session_id, plan.end, plan.stored - 1)
-        return self._finish(plan, window, excluded)
+        return self._finish(plan, window, excluded, choice, recalled)
 
     # ------------------------------------------------------------ build: pure steps
 
@@ -353,6 +422,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             with_sources=self.max_sources != 0,
             system_prefix=prefix,
             now=now,
+            layout=self.layout,
         )
 
     def _plan(
@@ -378,10 +448,17 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             cut_cache=self._bounded_cuts(),
             exclude_last=exclude_last,
             skip_ids=skip_ids,
+            recall_share=self.recall_share,
+            trim_block=self.trim_block,
         )
 
     def _finish(
-        self, plan: PromptPlan, window: HistoryWindow, excluded: Sequence[Mapping[str, Any]]
+        self,
+        plan: PromptPlan,
+        window: HistoryWindow,
+        excluded: Sequence[Mapping[str, Any]],
+        choice: RecallChoice | None,
+        recalled: Sequence[Sequence[Mapping[str, Any]]],
     ) -> AssembledPrompt:
         return finish_prompt(
             plan,
@@ -390,6 +467,9 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             counter=self.manager.token_counter,
             max_tokens=self.max_tokens,
             reserve_tokens=self.reserve_tokens,
+            choice=choice,
+            recalled=recalled,
+            cache_hints=self.cache_hints,
         )
 
     def _bounded_terms(self) -> dict[tuple[Any, ...], tuple[Counter[str], int]]:

@@ -1,5 +1,7 @@
 """Stored records as LangChain messages, fast: what a prompt's history is made of.
 
+:func:`attach_context` puts the stable layout's volatile parts on the last user message.
+
 :func:`records_to_messages` gives what ``[record_to_message(r) for r in records]`` gives,
 message for message, but builds plain text messages (most of any history) without
 re-running pydantic validation on values known valid (:class:`_PlainMessageFactory`,
@@ -16,9 +18,13 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from ctx_memory.schema import record_to_message
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
-__all__ = ["records_to_messages"]
+__all__ = ["CONTEXT_CLOSE", "CONTEXT_OPEN", "attach_context", "records_to_messages"]
+
+CONTEXT_OPEN = "<context>"
+CONTEXT_CLOSE = "</context>"
+"""What the stable layout wraps the volatile parts in, on the last user message."""
 
 _PLAIN_CLASSES: dict[str, type[BaseMessage]] = {
     "user": HumanMessage,
@@ -152,3 +158,26 @@ def records_to_messages(records: Iterable[Mapping[str, Any]]) -> list[BaseMessag
         else:
             append(record_to_message(record))
     return out
+
+
+def attach_context(tail: Sequence[BaseMessage], context: str) -> list[BaseMessage]:
+    """``tail`` with ``context`` put before the text of its last human message (a copy).
+
+    Without a human message the context goes first, as one of its own. ``""`` changes
+    nothing.
+    """
+    out = list(tail)
+    if not context:
+        return out
+    wrapped = f"{CONTEXT_OPEN}\n{context}\n{CONTEXT_CLOSE}"
+    for i in range(len(out) - 1, -1, -1):
+        message = out[i]
+        if isinstance(message, HumanMessage):
+            content = message.content
+            if isinstance(content, str):
+                new: Any = f"{wrapped}\n\n{content}" if content else wrapped
+            else:
+                new = [{"type": "text", "text": wrapped}, *content]
+            out[i] = message.model_copy(update={"content": new})
+            return out
+    return [HumanMessage(content=wrapped), *out]

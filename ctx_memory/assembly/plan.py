@@ -11,21 +11,44 @@ result to these steps, which touch no store:
 2. :func:`plan_prompt` takes the fetched sources: ranked against the question, cut and
    chosen within their share of what is left (:func:`~ctx_memory.assembly.sources.plan_sources`),
    then the :class:`~ctx_memory.assembly.window.HistoryChunks` to read for the rest.
-3. :func:`finish_prompt` takes the history window (and, when the newest stored messages
-   are the question itself, those): the messages and the :class:`AssemblyReport`.
+3. :func:`~ctx_memory.assembly.recalled.recall_step` (only when recall is on and the
+   history does not fit) takes the session's :class:`~ctx_memory.recall.RecallIndex`:
+   the older whole turns to read, and the window to read with what they leave
+   (:mod:`ctx_memory.assembly.recalled`).
+4. :func:`finish_prompt` takes the history window, the recalled turns read (and, when
+   the newest stored messages are the question itself, those): the messages and the
+   :class:`AssemblyReport`.
+
+Two layouts. ``"classic"``: system prompt, header and the ranked sources in the system
+message; recalled turns as messages before the window, a gap marker for each gap.
+``"stable"``: only what rarely changes (an agent's system prompt, the session's system
+prompt and mode) in the system message, then the history window trimmed in blocks
+(:meth:`HistoryWindow.finish <ctx_memory.assembly.window.HistoryWindow.finish>`), and
+the volatile parts (current page, local time, ranked sources, recalled turns as text)
+attached to the last user message of the tail, so the prompt's prefix stays the same
+from request to request.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.messages import SystemMessage
 
-from ctx_memory.assembly.messages import records_to_messages
+from ctx_memory.assembly.hints import anthropic_breakpoints, prompt_cache_key
+from ctx_memory.assembly.messages import attach_context, records_to_messages
+from ctx_memory.assembly.recalled import finish_recalled, recalled_entries
 from ctx_memory.assembly.report import AssembledPrompt, AssemblyReport
-from ctx_memory.assembly.sources import format_header, format_sources, head_text, plan_sources
+from ctx_memory.assembly.sources import (
+    SourcePlan,
+    format_header,
+    format_sources,
+    head_text,
+    plan_sources,
+)
 from ctx_memory.assembly.window import HistoryChunks
 from ctx_memory.errors import BudgetExceededError
 from ctx_memory.ranking import item_title, rank_sources
@@ -37,12 +60,40 @@ if TYPE_CHECKING:
 
     from langchain_core.messages import BaseMessage
 
-    from ctx_memory.assembly.sources import SourcePlan
+    from ctx_memory.assembly.recalled import RecallChoice
     from ctx_memory.assembly.window import HistoryWindow
     from ctx_memory.ranking import Tokenizer
     from ctx_memory.tokens import TokenCounter
 
-__all__ = ["PromptDraft", "PromptPlan", "begin_prompt", "finish_prompt", "plan_prompt"]
+__all__ = [
+    "Layout",
+    "PromptDraft",
+    "PromptPlan",
+    "begin_prompt",
+    "block_size",
+    "finish_prompt",
+    "plan_prompt",
+]
+
+Layout = Literal["classic", "stable"]
+"""Where the volatile parts go: in the system message, or last (see the module docstring)."""
+
+_QUESTION_SHARE = 0.1  # stable layout without sources: kept back for the question
+
+
+def block_size(budget: int, metadata: Mapping[str, Any], share: float) -> int:
+    """Positions per trimming block: ``share`` of the messages ``budget`` holds.
+
+    Rounded down to a power of two, from the session's average message size, so it
+    stays the same from one request to the next (and a multiple of the next smaller
+    size when it changes).
+    """
+    if share <= 0:
+        return 0
+    stored = int(metadata.get("message_count", 0))
+    average = max(int(metadata.get("token_count", 0)) / max(stored, 1), 1.0)
+    wanted = share * budget / average
+    return 2 ** int(math.log2(wanted)) if wanted >= 2 else 0
 
 
 @dataclass(frozen=True)
@@ -58,6 +109,9 @@ class PromptDraft:
         tail_tokens: Their tokens.
         budget: Tokens the whole prompt may use.
         reads_sources: Whether the session's fetched sources are to be read.
+        layout: ``"classic"`` or ``"stable"``.
+        volatile: The stable layout's volatile header lines (current page, local
+            time), sent with the tail; ``""`` otherwise.
     """
 
     session_id: str
@@ -68,6 +122,8 @@ class PromptDraft:
     tail_tokens: int
     budget: int
     reads_sources: bool
+    layout: Layout = "classic"
+    volatile: str = ""
 
     @property
     def fixed_tokens(self) -> int:
@@ -88,20 +144,30 @@ def begin_prompt(
     with_sources: bool,
     system_prefix: str = "",
     now: datetime | None = None,
+    layout: Layout = "classic",
 ) -> PromptDraft:
     """Count the head and the tail once the session's header (or ``None``) is read.
+
+    In the stable layout the head holds the system prompts and the mode only; the
+    current page and local time are counted with the tail they are attached to.
 
     Raises:
         BudgetExceededError: The head and ``tail`` alone exceed ``budget``.
     """
     meta: Mapping[str, Any] = header["metadata"] if header else {}
     system_prompt = header["system_prompt"] if header else None
-    session_head = head_text(
-        system_prompt,
-        format_header(meta, now=now or datetime.now(UTC)) if include_header else "",
-    )
+    moment = now or datetime.now(UTC)
+    volatile = ""
+    if not include_header:
+        header_text = ""
+    elif layout == "stable":
+        header_text = format_header(meta, now=moment, part="stable")
+        volatile = format_header(meta, now=moment, part="volatile")
+    else:
+        header_text = format_header(meta, now=moment)
+    session_head = head_text(system_prompt, header_text)
     head = "\n\n".join(part for part in (system_prefix, session_head) if part)
-    tail_tokens = sum(counter.count_lc_message(m) for m in tail)
+    tail_tokens = sum(counter.count_lc_message(m) for m in attach_context(tail, volatile))
     head_tokens = counter.count_message("system", head) if head else 0
     fixed = REPLY_PRIMING + head_tokens + tail_tokens
     if fixed > budget:
@@ -114,7 +180,16 @@ def begin_prompt(
         raise BudgetExceededError(msg)
     reads_sources = with_sources and header is not None
     return PromptDraft(
-        session_id, meta, head, head_tokens, tail, tail_tokens, budget, reads_sources
+        session_id,
+        meta,
+        head,
+        head_tokens,
+        tail,
+        tail_tokens,
+        budget,
+        reads_sources,
+        layout,
+        volatile,
     )
 
 
@@ -129,6 +204,13 @@ class PromptPlan:
         stored: Messages the session holds.
         end: Messages before this index are history; those from it on are the question
             itself (``exclude_last``), read only for the report.
+        tail: The messages sent after the history (the stable layout's volatile
+            parts attached).
+        tail_tokens: Their exact tokens.
+        history_budget: Tokens for the window and recalled turns together.
+        recall_budget: Of those, reserved for recalled turns (``0``: no recall).
+        query: What recall searches for.
+        skip_ids: Stored messages never sent from the history.
     """
 
     draft: PromptDraft
@@ -136,6 +218,17 @@ class PromptPlan:
     history: HistoryChunks
     stored: int
     end: int
+    tail: Sequence[BaseMessage] = ()
+    tail_tokens: int = 0
+    history_budget: int = 0
+    recall_budget: int = 0
+    query: str = ""
+    skip_ids: frozenset[str] = frozenset()
+
+    @property
+    def recalls(self) -> bool:
+        """Whether older turns are to be recalled (the session's index is needed)."""
+        return self.recall_budget > 0
 
     @property
     def reads_excluded(self) -> bool:
@@ -158,35 +251,124 @@ def plan_prompt(
     cut_cache: MutableMapping[tuple[Any, ...], str],
     exclude_last: int = 0,
     skip_ids: frozenset[str] = frozenset(),
+    recall_share: float = 0.0,
+    trim_block: float = 0.0,
 ) -> PromptPlan:
     """Choose the sources within their share, then size the history to the rest.
 
     ``fetched`` is the session's fetched context by source type (``{}`` when not read);
     sources are ranked against ``query``. The newest ``exclude_last`` stored messages
     are left out of the history, and so are stored messages whose id is in ``skip_ids``.
+    When the stored history does not fit, ``recall_share`` of the history budget is
+    kept for recalled turns (:func:`~ctx_memory.assembly.recalled.recall_step`). In
+    the stable layout the window is trimmed in blocks of ``trim_block`` of what it
+    holds (:func:`block_size`).
     """
     items: list[Mapping[str, Any]] = []
     for source_type, entries in fetched.items():
         if source_types is None or source_type in source_types:
             items.extend(entries)
     ranked = [item for _, item in rank_sources(query, items, cache=term_cache, tokenizer=tokenizer)]
-    allowance = draft.head_tokens + int((draft.budget - draft.fixed_tokens) * sources_share)
-    sources = plan_sources(
-        draft.head,
+    free = int((draft.budget - draft.fixed_tokens) * sources_share)
+    if draft.layout == "stable":
+        sources, tail, tail_tokens = _stable_sources(
+            draft,
+            ranked,
+            counter=counter,
+            allowance=free,
+            cap=source_token_cap,
+            max_sources=max_sources,
+            cut_cache=cut_cache,
+        )
+    else:
+        sources = plan_sources(
+            draft.head,
+            ranked,
+            counter=counter,
+            allowance=draft.head_tokens + free,
+            per_source_tokens=source_token_cap,
+            max_sources=max_sources,
+            cache=cut_cache,
+        )
+        tail, tail_tokens = list(draft.tail), draft.tail_tokens
+    history_budget = draft.budget - REPLY_PRIMING - sources.system_tokens - tail_tokens
+    meta = draft.metadata
+    stored = int(meta.get("message_count", 0))
+    end = max(stored - max(exclude_last, 0), 0)
+    stored_tokens = int(meta.get("token_count", 0))
+    block = 0
+    if draft.layout == "stable":
+        # The window's size must not depend on the question or its sources, or its start
+        # (and so the prompt's prefix) would move from one request to the next.
+        # What the tail may take is set aside whatever this question and its sources are:
+        # the sources' share when the session has sources, else a tenth for the question.
+        kept_back = sources_share if sources.chosen or items else _QUESTION_SHARE
+        steady = int((draft.budget - REPLY_PRIMING - draft.head_tokens) * (1 - kept_back))
+        recalls = recall_share > 0 and stored_tokens > min(steady, history_budget) and end > 0
+        window_budget = min(int(steady * (1 - recall_share)) if recalls else steady, history_budget)
+        recall_budget = history_budget - window_budget if recalls else 0
+        block = block_size(window_budget, meta, trim_block)
+    else:
+        recalls = recall_share > 0 and stored_tokens > history_budget and end > 0
+        recall_budget = int(history_budget * recall_share) if recalls else 0
+        window_budget = history_budget - recall_budget
+    history = HistoryChunks(
+        meta, window_budget, counter=counter, end=end, skip_ids=skip_ids, block=block
+    )
+    return PromptPlan(
+        draft,
+        sources,
+        history,
+        stored,
+        end,
+        tail,
+        tail_tokens,
+        history_budget,
+        recall_budget,
+        query,
+        skip_ids,
+    )
+
+
+def _stable_sources(
+    draft: PromptDraft,
+    ranked: Sequence[Mapping[str, Any]],
+    *,
+    counter: TokenCounter,
+    allowance: int,
+    cap: int,
+    max_sources: int | None,
+    cut_cache: MutableMapping[tuple[Any, ...], str],
+) -> tuple[SourcePlan, list[BaseMessage], int]:
+    """The stable layout's sources: ranked, cut, and attached to the tail with the header.
+
+    The system message holds the head alone. The sources block is chosen within
+    ``allowance`` (as if it were a system message of its own), then attached with the
+    volatile header lines to the tail, which is counted exactly; the least relevant
+    source goes until the head and tail leave room for no history at all at worst.
+    """
+    block_plan = plan_sources(
+        "",
         ranked,
         counter=counter,
         allowance=allowance,
-        per_source_tokens=source_token_cap,
+        per_source_tokens=cap,
         max_sources=max_sources,
         cache=cut_cache,
     )
-    history_budget = draft.budget - REPLY_PRIMING - sources.system_tokens - draft.tail_tokens
-    stored = int(draft.metadata.get("message_count", 0))
-    end = max(stored - max(exclude_last, 0), 0)
-    history = HistoryChunks(
-        draft.metadata, history_budget, counter=counter, end=end, skip_ids=skip_ids
-    )
-    return PromptPlan(draft, sources, history, stored, end)
+    chosen = list(block_plan.chosen)
+    while True:
+        context = "\n\n".join(p for p in (draft.volatile, format_sources(chosen)) if p)
+        tail = attach_context(draft.tail, context)
+        tail_tokens = sum(counter.count_lc_message(m) for m in tail)
+        fixed = REPLY_PRIMING + draft.head_tokens + tail_tokens
+        if fixed <= draft.budget or not chosen:
+            break
+        chosen.pop()
+    dropped = block_plan.dropped + len(block_plan.chosen) - len(chosen)
+    truncated = sum(1 for item, text in chosen if text != (item.get("content") or "").strip())
+    sources = SourcePlan(tuple(chosen), truncated, dropped, draft.head_tokens, draft.head)
+    return sources, tail, tail_tokens
 
 
 def finish_prompt(
@@ -197,53 +379,109 @@ def finish_prompt(
     counter: TokenCounter,
     max_tokens: int,
     reserve_tokens: int,
+    choice: RecallChoice | None = None,
+    recalled: Sequence[Sequence[Mapping[str, Any]]] = (),
+    cache_hints: frozenset[str] = frozenset(),
 ) -> AssembledPrompt:
-    """The messages and the report, from the plan and the history window read for it.
+    """The messages and the report, from the plan and what was read for it.
 
     ``excluded`` holds the stored messages from ``plan.end`` on (the question itself
     when it was recorded before assembling); they count as neither history nor left out.
+    ``choice`` and ``recalled`` are the turns
+    :func:`~ctx_memory.assembly.recalled.recall_step` chose and the records
+    read for them (one list per turn); they are repaired, counted exactly and cut to
+    what the window left of the history budget, weakest first. ``cache_hints`` holds
+    ``"anthropic"`` (``cache_control`` on the system message and the last history
+    message) and/or ``"openai"`` (``prompt_cache_key`` in
+    :attr:`AssembledPrompt.model_kwargs`).
     """
     draft, sources = plan.draft, plan.sources
     meta = draft.metadata
     same_encoding = meta.get("token_encoding") in (None, counter.encoding_name)
     chosen = window.chosen
     history = records_to_messages(chosen)
+    window_start = window.start if window.start is not None else plan.end
+    part = finish_recalled(
+        plan,
+        window_start,
+        plan.history_budget - window.tokens,
+        choice,
+        recalled,
+        counter=counter,
+        cost=_cached_cost if same_encoding else counter.count_record,
+    )
+    kept, recall_messages, tail = part.turns, part.messages, part.tail
+    stable = draft.layout == "stable"
 
     messages: list[BaseMessage] = []
     if sources.text:
         messages.append(SystemMessage(content=sources.text))
+    messages.extend(recall_messages)
     messages.extend(history)
-    messages.extend(draft.tail)
+    messages.extend(tail)
+    if "anthropic" in cache_hints:
+        messages = anthropic_breakpoints(
+            messages, has_system=bool(sources.text), history=len(recall_messages) + len(history)
+        )
+    model_kwargs: dict[str, Any] = {}
+    if "openai" in cache_hints:
+        model_kwargs["prompt_cache_key"] = prompt_cache_key(draft.session_id)
+
+    recalled_count = sum(len(records) for _, records in kept)
+    recalled_cached = sum(int(r.get("token_count") or 0) for _, records in kept for r in records)
     left_out_tokens = int(meta.get("token_count", 0)) - window.tokens - window.skipped_tokens
-    left_out_tokens -= sum(int(r["token_count"]) for r in excluded)
+    left_out_tokens -= sum(int(r["token_count"]) for r in excluded) + recalled_cached
+    if stable:
+        sources_tokens = plan.tail_tokens - draft.tail_tokens
+        question_tokens = draft.tail_tokens
+        prefix = sources.system_tokens + window.tokens
+    else:
+        sources_tokens = sources.system_tokens - draft.head_tokens
+        question_tokens = draft.tail_tokens
+        volatile_head = any(meta.get(k) for k in ("current_url", "user_time", "user_timezone"))
+        prefix = sources.system_tokens if not sources.chosen and not volatile_head else 0
+    history_tokens = window.tokens + part.tokens
     report = AssemblyReport(
         session_id=draft.session_id,
         budget=draft.budget,
         max_tokens=max_tokens,
         reserve_tokens=reserve_tokens,
-        total_tokens=REPLY_PRIMING + sources.system_tokens + window.tokens + draft.tail_tokens,
+        total_tokens=REPLY_PRIMING
+        + draft.head_tokens
+        + sources_tokens
+        + history_tokens
+        + question_tokens,
         system_tokens=draft.head_tokens,
-        sources_tokens=sources.system_tokens - draft.head_tokens,
-        history_tokens=window.tokens,
-        question_tokens=draft.tail_tokens,
+        sources_tokens=sources_tokens,
+        history_tokens=history_tokens,
+        question_tokens=question_tokens,
         priming_tokens=REPLY_PRIMING,
         sources_included=len(sources.chosen),
         sources_truncated=sources.truncated,
         sources_dropped=sources.dropped,
         source_urls=tuple(str(item.get("url") or item_title(item)) for item, _ in sources.chosen),
-        history_messages=len(chosen),
-        history_left_out_messages=max(plan.end - len(chosen) - window.skipped, 0),
+        history_messages=len(chosen) + recalled_count,
+        history_left_out_messages=max(plan.end - len(chosen) - window.skipped - recalled_count, 0),
         history_left_out_tokens=max(left_out_tokens, 0) if same_encoding else 0,
-        history_repaired_messages=len(window.dropped),
+        history_repaired_messages=len(window.dropped) + part.repaired,
         encoding=counter.encoding_name,
+        recalled=recalled_entries(kept, choice.ids if choice is not None else {}),
+        recall_tokens=part.tokens,
+        stable_prefix_tokens=prefix,
+        layout=draft.layout,
     )
     return AssembledPrompt(
         messages=messages,
         report=report,
         sources=tuple(item for item, _ in sources.chosen),
         system=sources.text,
-        history=history,
+        history=[*recall_messages, *history],
         question=draft.tail[-1] if draft.tail else None,
         head=draft.head,
         sources_text=format_sources(sources.chosen),
+        model_kwargs=model_kwargs,
     )
+
+
+def _cached_cost(record: Mapping[str, Any]) -> int:
+    return int(record["token_count"])

@@ -53,6 +53,18 @@ class AssemblyReport:
         history_repaired_messages: Messages dropped from the window as orphan tool
             messages or tool calls without results (included in the left-out counts).
         encoding: The tiktoken encoding the counts are in.
+        recalled: Older messages brought back by recall, one dict each:
+            ``message_id``, ``index`` (position in the history), ``score`` (BM25),
+            ``terms`` (the query terms it matched) and ``reason`` (short text). Each
+            came with its whole turn (counted in ``history_messages``).
+        recall_tokens: Tokens the recalled turns and their gap markers take (in
+            ``history_tokens``).
+        stable_prefix_tokens: Tokens of the prompt's prefix that is, by construction,
+            the same as the previous request's for this session unless something in
+            it changed (stable layout: the system message and the history window,
+            which moves only at block trims; classic: the system message when it holds
+            no sources and no current page or local time, else 0).
+        layout: ``"classic"`` or ``"stable"``.
     """
 
     session_id: str
@@ -74,6 +86,10 @@ class AssemblyReport:
     history_left_out_tokens: int
     history_repaired_messages: int
     encoding: str
+    recalled: list[dict[str, Any]] = field(default_factory=list)
+    recall_tokens: int = 0
+    stable_prefix_tokens: int = 0
+    layout: str = "classic"
 
     @property
     def remaining_tokens(self) -> int:
@@ -86,6 +102,7 @@ class AssemblyReport:
 
         out = asdict(self)
         out["source_urls"] = list(self.source_urls)
+        out["recalled"] = [dict(entry) for entry in self.recalled]
         out["remaining_tokens"] = self.remaining_tokens
         return out
 
@@ -115,6 +132,8 @@ class AssembledPrompt:
         question: The question message.
         head: The system prompt and header without sources.
         sources_text: The numbered sources block alone (``""`` for none).
+        model_kwargs: Call options for the chat model (``prompt_cache_key`` with the
+            ``"openai"`` cache hint): ``model.bind(**prompt.model_kwargs)``.
     """
 
     messages: list[BaseMessage]
@@ -125,6 +144,7 @@ class AssembledPrompt:
     question: BaseMessage | None = None
     head: str = ""
     sources_text: str = ""
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def to_prompt_value(self) -> ChatPromptValue:
         """The messages as a :class:`ChatPromptValue`, what a chat model takes."""

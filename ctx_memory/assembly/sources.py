@@ -10,7 +10,7 @@ block the model cites as ``[n]``. Ranking itself lives in :mod:`ctx_memory.ranki
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ctx_memory.ranking import item_key, item_title
 
@@ -38,18 +38,23 @@ def format_header(
     metadata: Mapping[str, Any] | None,
     *,
     now: datetime | None = None,
+    part: Literal["all", "stable", "volatile"] = "all",
 ) -> str:
     """The short session header: mode, current URL and the user's local time.
 
     Only what is known is shown; the default ``normal`` mode is not. The user's local
     time is ``metadata.user_time`` (with ``user_timezone`` in brackets); without it, but
-    with a timezone, it is ``now`` converted to that zone.
+    with a timezone, it is ``now`` converted to that zone. ``part="stable"`` gives the
+    mode line alone (what rarely changes), ``part="volatile"`` the current page and
+    local time (what changes from request to request; the stable layout sends them last).
     """
     meta = metadata or {}
     lines: list[str] = []
     mode = meta.get("mode")
-    if mode and str(mode) != "normal":
+    if mode and str(mode) != "normal" and part != "volatile":
         lines.append(f"Mode: {mode}")
+    if part == "stable":
+        return "\n".join(lines)
     if meta.get("current_url"):
         lines.append(f"Current page: {meta['current_url']}")
     zone = meta.get("user_timezone")

@@ -53,6 +53,9 @@ class HistoryWindow:
         skip: Returns true for records to pass over entirely (e.g. messages the caller
             sends anyway); they neither count nor end a turn.
 
+    Fed with positions (``newest=`` in :meth:`feed`), it also knows :attr:`start`, the
+    position of the oldest record chosen, and :meth:`finish` can trim in blocks.
+
     Example:
         .. code-block:: python
 
@@ -92,14 +95,28 @@ class HistoryWindow:
         self.dropped: list[Mapping[str, Any]] = []
         self.chosen: list[Mapping[str, Any]] = []
         self._tool_traffic = False
+        self.start: int | None = None
+        self._pos = 0
+        self._pending_pos: list[int] = []
+        self._selected_pos: list[int] = []
+        self._pending_cost: list[int] = []
+        self._selected_cost: list[int] = []
 
-    def feed(self, records: Iterable[Mapping[str, Any]]) -> bool:
-        """Consume records, newest first; return true once no older record can fit."""
+    def feed(self, records: Iterable[Mapping[str, Any]], *, newest: int | None = None) -> bool:
+        """Consume records, newest first; return true once no older record can fit.
+
+        ``newest`` is the position in the history of the first record fed (the chunk
+        loops pass it), so that :attr:`start` and block trimming know positions.
+        """
         if self.done:
             return True
+        if newest is not None:
+            self._pos = newest
         cost_of, skip, budget = self._cost, self._skip, self.budget
-        pending = self._pending
+        pending, pending_pos, pending_cost = self._pending, self._pending_pos, self._pending_cost
         for record in records:
+            position = self._pos
+            self._pos -= 1
             if skip is not None and skip(record):
                 self.skipped += 1
                 self.skipped_tokens += int(record.get("token_count") or 0)
@@ -111,29 +128,66 @@ class HistoryWindow:
                 self.done = True
                 return True
             pending.append(record)
+            pending_pos.append(position)
+            pending_cost.append(cost)
             self._pending_tokens += cost
             role = record["role"]
             if role == "tool" or (role == "assistant" and record.get("tool_calls")):
                 self._tool_traffic = True
             if role == "user":
-                self._selected.extend(pending)
-                self.tokens += self._pending_tokens
-                pending.clear()
-                self._pending_tokens = 0
+                self._commit()
         return False
 
-    def finish(self, *, at_start: bool) -> list[Mapping[str, Any]]:
+    def _commit(self) -> None:
+        self._selected.extend(self._pending)
+        self._selected_pos.extend(self._pending_pos)
+        self._selected_cost.extend(self._pending_cost)
+        self.tokens += self._pending_tokens
+        self._pending.clear()
+        self._pending_pos.clear()
+        self._pending_cost.clear()
+        self._pending_tokens = 0
+
+    def _trim_to_block(self, block: int) -> None:
+        """Drop the oldest turns so the window starts at or after a multiple of ``block``.
+
+        The start then moves only when the window, full, crosses the next multiple: the
+        prefix of the prompt stays the same over many requests, and about ``block``
+        messages go at once.
+        """
+        positions = self._selected_pos
+        if block <= 1 or not positions:
+            return
+        oldest = positions[-1]
+        floor = -(-oldest // block) * block
+        if floor == oldest and self._selected[-1]["role"] == "user":
+            return
+        for i in range(len(positions) - 1, -1, -1):  # oldest first
+            if positions[i] >= floor and self._selected[i]["role"] == "user":
+                self.tokens -= sum(self._selected_cost[i + 1 :])
+                del self._selected[i + 1 :], positions[i + 1 :], self._selected_cost[i + 1 :]
+                return
+
+    def finish(self, *, at_start: bool, block: int = 0) -> list[Mapping[str, Any]]:
         """The chosen records, oldest first.
 
         Args:
             at_start: The oldest record fed was the first of the history, so messages
                 before the first user message (a greeting, say) may be kept.
+            block: When the window is full (older records did not fit), start it at the
+                first user message at or after a multiple of ``block`` positions (needs
+                positions, see :meth:`feed`); ``0``: no trimming.
         """
         if at_start and not self.done and self._pending:
-            self._selected.extend(self._pending)
-            self.tokens += self._pending_tokens
+            self._commit()
+        elif block and self.done:
+            self._trim_to_block(block)
         self._pending = []
+        self._pending_pos = []
+        self._pending_cost = []
         self._pending_tokens = 0
+        if self._selected_pos:
+            self.start = self._selected_pos[-1]
         chosen = list(reversed(self._selected))
         if not self._tool_traffic:
             return chosen
@@ -264,6 +318,8 @@ class HistoryChunks:
     ``metadata`` is the session's (for ``message_count``, ``token_count`` and
     ``token_encoding``); the first range is sized from the average message so one read
     usually suffices. Messages before index ``end`` (default: all) are considered.
+    With ``block``, a full window is trimmed in blocks of that many positions
+    (:meth:`HistoryWindow.finish`).
     Cached counts are used unless the session was counted in another encoding. Stored
     messages whose ``id`` is in ``skip_ids`` are passed over.
 
@@ -292,8 +348,11 @@ class HistoryChunks:
         counter: TokenCounter,
         end: int | None = None,
         skip_ids: frozenset[str] = frozenset(),
+        block: int = 0,
     ) -> None:
         stored = int(metadata.get("message_count", 0))
+        self.block = block
+        self.counter = counter
         self.end = stored if end is None else min(end, stored)
         same_encoding = metadata.get("token_encoding") in (None, counter.encoding_name)
         self.window = HistoryWindow(
@@ -312,12 +371,16 @@ class HistoryChunks:
     def feed(self, start: int, records: Sequence[Mapping[str, Any]]) -> bool:
         """Take the records read from ``start`` on; return true once no more are needed."""
         self._reached = start
-        return self.window.feed(reversed(records)) or not records
+        newest = start + len(records) - 1
+        return self.window.feed(reversed(records), newest=newest) or not records
 
     def finish(self) -> HistoryWindow:
         """The finished window; its ``chosen`` records are oldest first."""
-        self.window.chosen = self.window.finish(at_start=self._reached == 0)
-        return self.window
+        window = self.window
+        window.chosen = window.finish(at_start=self._reached == 0, block=self.block)
+        if window.start is None:
+            window.start = self.end
+        return window
 
 
 def read_history_window(

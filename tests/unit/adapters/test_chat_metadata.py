@@ -58,6 +58,10 @@ REPORT_KEYS = {
     "history_left_out_tokens",
     "history_repaired_messages",
     "encoding",
+    "recalled",
+    "recall_tokens",
+    "stable_prefix_tokens",
+    "layout",
 }
 
 

@@ -293,7 +293,9 @@ def test_history_left_out_when_budget_is_small(seeded):
     for i in range(30):
         seeded.add_user_message("s1", f"question number {i} " * 5)
         seeded.add_assistant_message("s1", f"answer number {i} " * 5)
-    assembler = ContextPromptAssembler(seeded, max_tokens=600, reserve_tokens=100, max_sources=0)
+    assembler = ContextPromptAssembler(
+        seeded, max_tokens=600, reserve_tokens=100, max_sources=0, recall_share=0.0
+    )
     result = assembler.assemble("s1", "latest?")
     report = result.report
     assert report.total_tokens <= 500
@@ -369,7 +371,8 @@ def test_reads_only_what_fits(manager):
         return records
 
     manager.get_message_range = spy
-    result = ContextPromptAssembler(manager, max_tokens=500, reserve_tokens=0).assemble("s1", "q")
+    assembler = ContextPromptAssembler(manager, max_tokens=500, reserve_tokens=0, recall_share=0.0)
+    result = assembler.assemble("s1", "q")
     assert sum(calls) < 120
     assert len(result.history) > 40
 

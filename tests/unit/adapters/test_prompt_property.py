@@ -85,8 +85,12 @@ def test_budget_is_never_exceeded_and_newest_turns_are_kept(
                     for i, text in enumerate(sources)
                 ],
             )
-        assembler = ContextPromptAssembler(
-            manager, max_tokens=max_tokens, reserve_tokens=reserve, source_token_cap=cap
+        assembler = ContextPromptAssembler(  # the pure recency window (recall: test_recall*.py)
+            manager,
+            max_tokens=max_tokens,
+            reserve_tokens=reserve,
+            source_token_cap=cap,
+            recall_share=0.0,
         )
         budget = max_tokens - reserve
         try:

@@ -1,0 +1,76 @@
+"""Provider prompt-cache hints, through the LangChain chat models' documented fields.
+
+- Anthropic: a ``cache_control`` key on a message's content block marks a cache
+  breakpoint; langchain-anthropic's ``ChatAnthropic`` passes it on to the API (at most
+  four per request). :func:`anthropic_breakpoints` sets two: on the system message and
+  on the last history message, the end of the prefix the stable layout keeps the same
+  from request to request.
+- OpenAI: ``prompt_cache_key`` is a request parameter that routes requests sharing a
+  prefix to the same cache; with langchain-openai pass it as a call option,
+  ``model.bind(prompt_cache_key=...)`` (or ``model_kwargs``). :func:`prompt_cache_key`
+  derives one from the session id without exposing it.
+
+Text blocks cost what their text costs (:class:`~ctx_memory.tokens.TokenCounter`), so a
+hint never changes the budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from langchain_core.messages import BaseMessage
+
+__all__ = ["anthropic_breakpoints", "prompt_cache_key", "with_cache_control"]
+
+
+def prompt_cache_key(session_id: str) -> str:
+    """OpenAI's ``prompt_cache_key`` for a session: stable, short, not the id itself."""
+    digest = hashlib.sha256(session_id.encode("utf-8")).hexdigest()[:32]
+    return f"ctx-memory-{digest}"
+
+
+def with_cache_control(
+    message: BaseMessage, cache_control: Mapping[str, Any] | None = None
+) -> BaseMessage:
+    """A copy of ``message`` whose last content block carries Anthropic's ``cache_control``.
+
+    String content becomes one text block (the same tokens). langchain-anthropic passes
+    ``cache_control`` on content blocks through to the API as a cache breakpoint.
+    """
+    control = dict(cache_control or {"type": "ephemeral"})
+    content = message.content
+    blocks: list[Any]
+    if isinstance(content, str):
+        blocks = [{"type": "text", "text": content, "cache_control": control}]
+    else:
+        blocks = list(content)
+        for i in range(len(blocks) - 1, -1, -1):
+            if isinstance(blocks[i], dict):
+                blocks[i] = {**blocks[i], "cache_control": control}
+                break
+            if isinstance(blocks[i], str):
+                blocks[i] = {"type": "text", "text": blocks[i], "cache_control": control}
+                break
+    return message.model_copy(update={"content": blocks})
+
+
+def anthropic_breakpoints(
+    messages: list[BaseMessage], *, has_system: bool, history: int
+) -> list[BaseMessage]:
+    """``messages`` with ``cache_control`` on the system message and the last history one.
+
+    ``history`` is how many history messages follow the system message (if any). Two of
+    Anthropic's four breakpoints: the prefix that stays the same between requests.
+    """
+    out = list(messages)
+    first = 1 if has_system else 0
+    if has_system:
+        out[0] = with_cache_control(out[0])
+    if history:
+        last = first + history - 1
+        out[last] = with_cache_control(out[last])
+    return out

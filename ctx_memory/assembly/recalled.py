@@ -1,0 +1,349 @@
+"""Recalled turns: which older turns to bring back, how they look, what they cost.
+
+Pure, like the rest of :mod:`ctx_memory.assembly`. :func:`choose_turns` asks a
+:class:`~ctx_memory.recall.RecallIndex` for the messages before the history window
+that best match the question and expands each to its whole turn (a user message and
+everything up to the next one, so tool calls keep their results), best first, while
+their cached token counts fit the recall budget. The assembler reads the
+:attr:`RecallChoice.reads` ranges and hands them to :meth:`RecallChoice.turn_records`;
+:func:`fit_recalled` then repairs tool pairs, recounts exactly and drops the weakest
+turns until what is left fits, and :func:`gap_messages` gives the visible markers for
+what lies between (``[… 37 earlier messages not shown …]``).
+
+:func:`recall_step` runs the choice for an assembly and :func:`finish_recalled` turns
+what was read into messages (classic layout) or text on the last user message (stable).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.messages import BaseMessage, HumanMessage
+
+from ctx_memory.assembly.messages import attach_context, records_to_messages
+from ctx_memory.assembly.sources import format_sources
+from ctx_memory.assembly.window import HistoryChunks, group_tool_results, repair_tool_pairs
+from ctx_memory.recall import format_turns, gap_text
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
+
+    from ctx_memory.assembly.plan import PromptPlan
+    from ctx_memory.recall import RecallIndex
+    from ctx_memory.tokens import TokenCounter
+
+__all__ = [
+    "GAP_ID_PREFIX",
+    "RECALL_HEADING",
+    "RecallChoice",
+    "RecalledPart",
+    "RecalledTurn",
+    "choose_turns",
+    "count_markers",
+    "finish_recalled",
+    "fit_recalled",
+    "gap_messages",
+    "marker_message",
+    "recall_step",
+    "recalled_entries",
+    "recency_start",
+]
+
+GAP_ID_PREFIX = "ctx_memory-gap-"
+"""The id prefix of gap marker messages (they are never stored)."""
+
+MAX_HITS = 64
+"""Most matching messages considered per assembly."""
+
+RECALL_HEADING = "Recalled from earlier in this conversation (oldest first):"
+"""Opens the stable layout's recalled turns (text on the last user message)."""
+
+_MARKER_ESTIMATE = 16  # a gap marker as a user message, upper bound for choosing
+_TEXT_OVERHEAD = 12  # per recalled message rendered as text (role label, positions)
+
+
+@dataclass(frozen=True)
+class RecalledTurn:
+    """One whole turn brought back.
+
+    Attributes:
+        start: Position of its first message.
+        stop: Position after its last message.
+        score: Its best hit's BM25 score.
+        hits: ``(position, score, terms)`` of the messages in it that matched.
+        cost: Cached tokens of its messages.
+    """
+
+    start: int
+    stop: int
+    score: float
+    hits: tuple[tuple[int, float, tuple[str, ...]], ...]
+    cost: int
+
+
+@dataclass(frozen=True)
+class RecallChoice:
+    """The turns chosen to recall, oldest first, and the reads they need.
+
+    Attributes:
+        turns: The turns, in history order.
+        budget: Tokens they may take.
+        ids: Message ids by position (from the index), for the report.
+    """
+
+    turns: tuple[RecalledTurn, ...]
+    budget: int
+    ids: Mapping[int, str | None]
+
+    @property
+    def reads(self) -> list[tuple[int, int]]:
+        """Inclusive ``(start, stop)`` ranges to read: one per turn."""
+        return [(t.start, t.stop - 1) for t in self.turns]
+
+    def turn_records(
+        self, reads: Sequence[Sequence[Mapping[str, Any]]]
+    ) -> list[tuple[RecalledTurn, list[Mapping[str, Any]]]]:
+        """Each turn with the records read for it (in :attr:`reads` order)."""
+        return [(turn, list(records)) for turn, records in zip(self.turns, reads, strict=True)]
+
+
+def choose_turns(
+    index: RecallIndex,
+    query: str,
+    *,
+    before: int,
+    budget: int,
+    overhead: int,
+    skip_ids: frozenset[str] = frozenset(),
+) -> RecallChoice:
+    """The best-matching whole turns before position ``before`` within ``budget``.
+
+    Each turn's cost is its cached tokens plus ``overhead`` (a gap marker or the text
+    a layout adds). Turns are taken best first; one that does not fit is passed over
+    for a smaller one. Messages whose id is in ``skip_ids`` are never recalled.
+    """
+    chosen: dict[int, list[Any]] = {}
+    spent = 0
+    for position, score, terms in index.search(query, k=MAX_HITS, before=before):
+        start, stop = index.turn(position)
+        stop = min(stop, before)
+        entry = chosen.get(start)
+        if entry is not None:
+            entry[3].append((position, score, terms))
+            continue
+        if skip_ids and any(index.ids[p] in skip_ids for p in range(start, stop)):
+            continue
+        cost = index.cost(start, stop)
+        if spent + cost + overhead > budget:
+            continue
+        spent += cost + overhead
+        chosen[start] = [start, stop, score, [(position, score, terms)], cost]
+    turns = tuple(
+        RecalledTurn(s, e, score, tuple(hits), cost)
+        for s, e, score, hits, cost in (chosen[key] for key in sorted(chosen))
+    )
+    ids = {p: index.ids[p] for t in turns for p, _, _ in t.hits}
+    return RecallChoice(turns, budget, ids)
+
+
+def gap_messages(turns: Sequence[tuple[int, int]], window_start: int) -> list[tuple[int, str]]:
+    """``(position, marker text)`` for each gap before, between and after ``turns``.
+
+    ``turns`` are ``(start, stop)`` in history order; the last gap runs to
+    ``window_start`` (where the recent window begins).
+    """
+    gaps: list[tuple[int, str]] = []
+    previous = 0
+    for start, stop in [*turns, (window_start, window_start)]:
+        if start > previous:
+            gaps.append((start, gap_text(start - previous)))
+        previous = max(previous, stop)
+    return gaps
+
+
+def fit_recalled(
+    turns: Sequence[tuple[RecalledTurn, list[Mapping[str, Any]]]],
+    *,
+    budget: int,
+    measure: Callable[[Sequence[tuple[RecalledTurn, list[Mapping[str, Any]]]]], int],
+) -> tuple[list[tuple[RecalledTurn, list[Mapping[str, Any]]]], int, int]:
+    """Repair each turn's tool pairs, then drop the weakest turns until ``measure`` fits.
+
+    ``measure`` gives the exact tokens the turns add to the prompt (markers included).
+
+    Returns:
+        ``(kept turns, their exact tokens, messages dropped by the tool-pair repair)``.
+    """
+    repaired: list[tuple[RecalledTurn, list[Mapping[str, Any]]]] = []
+    dropped = 0
+    for turn, records in turns:
+        kept, lost = repair_tool_pairs(records)
+        dropped += len(lost)
+        if kept:
+            repaired.append((turn, group_tool_results(kept)))
+    while repaired:
+        tokens = measure(repaired)
+        if tokens <= budget:
+            return repaired, tokens, dropped
+        weakest = min(range(len(repaired)), key=lambda i: (repaired[i][0].score, -i))
+        del repaired[weakest]
+    return [], 0, dropped
+
+
+def marker_message(position: int, text: str) -> BaseMessage:
+    """A gap marker as a user message (never stored; its id says what it is)."""
+    return HumanMessage(content=text, id=f"{GAP_ID_PREFIX}{position}")
+
+
+def recalled_entries(
+    turns: Sequence[tuple[RecalledTurn, Sequence[Mapping[str, Any]]]],
+    ids: Mapping[int, str | None],
+) -> list[dict[str, Any]]:
+    """The report's ``recalled`` list: one JSON-native dict per matching message."""
+    out: list[dict[str, Any]] = []
+    for turn, records in turns:
+        for position, score, terms in turn.hits:
+            out.append(
+                {
+                    "message_id": ids.get(position),
+                    "index": position,
+                    "score": round(score, 4),
+                    "terms": list(terms),
+                    "reason": (
+                        f"BM25 {score:.2f} on {', '.join(terms)}; whole turn "
+                        f"{turn.start}-{turn.stop - 1} ({len(records)} messages)"
+                    ),
+                }
+            )
+    return out
+
+
+def count_markers(counter: TokenCounter, gaps: Sequence[tuple[int, str]]) -> int:
+    """Exact tokens of the gap markers as user messages."""
+    return sum(counter.count_message("user", text) for _, text in gaps)
+
+
+def recency_start(index: RecallIndex, end: int, budget: int) -> int:
+    """Where a window of the newest whole turns within ``budget`` would start (from the index)."""
+    tokens, spent, position = index.tokens, 0, min(end, len(index))
+    while position > 0 and spent + tokens[position - 1] <= budget:
+        position -= 1
+        spent += tokens[position]
+    users = index.user_positions
+    at = bisect_left(users, position)
+    return users[at] if at < len(users) and users[at] < end else end
+
+
+def recall_step(
+    plan: PromptPlan, index: RecallIndex | None
+) -> tuple[RecallChoice | None, HistoryChunks]:
+    """The older turns to recall, and the window to read with what they leave.
+
+    Turns are chosen (from the index alone) before where the recency window would
+    start, within the recall budget. In the classic layout what recall did not use
+    goes back to the window; in the stable layout the window's budget stays as planned
+    (its start must not depend on the question). Turns the window ends up holding are
+    passed over when finishing.
+    """
+    if index is None or not plan.recalls:
+        return None, plan.history
+    classic = plan.draft.layout == "classic"
+    window_budget = plan.history_budget - plan.recall_budget
+    before = recency_start(index, plan.end, window_budget)
+    overhead = _MARKER_ESTIMATE if classic else _TEXT_OVERHEAD * 2
+    choice = choose_turns(
+        index,
+        plan.query,
+        before=before,
+        budget=plan.recall_budget - _MARKER_ESTIMATE,  # the marker between recall and window
+        overhead=overhead,
+        skip_ids=plan.skip_ids,
+    )
+    if not choice.turns:
+        return None, plan.history
+    if not classic:
+        return choice, plan.history
+    used = sum(t.cost + overhead for t in choice.turns) + _MARKER_ESTIMATE
+    chunks = HistoryChunks(
+        plan.draft.metadata,
+        plan.history_budget - used,
+        counter=plan.history.counter,
+        end=plan.end,
+        skip_ids=plan.skip_ids,
+    )
+    return choice, chunks
+
+
+@dataclass(frozen=True)
+class RecalledPart:
+    """What recall adds to a finished prompt.
+
+    Attributes:
+        turns: The turns kept, each with its (repaired) records, in history order.
+        tokens: Their exact tokens in the prompt (markers or text included).
+        repaired: Messages dropped by the tool-pair repair.
+        messages: Classic layout: markers and turns as messages, before the window.
+        tail: The tail to send (stable layout: with the recalled text attached).
+    """
+
+    turns: list[tuple[RecalledTurn, list[Mapping[str, Any]]]]
+    tokens: int
+    repaired: int
+    messages: list[BaseMessage] = field(default_factory=list)
+    tail: list[BaseMessage] = field(default_factory=list)
+
+
+def finish_recalled(
+    plan: PromptPlan,
+    window_start: int,
+    budget: int,
+    choice: RecallChoice | None,
+    recalled: Sequence[Sequence[Mapping[str, Any]]],
+    *,
+    counter: TokenCounter,
+    cost: Callable[[Mapping[str, Any]], int],
+) -> RecalledPart:
+    """The recalled turns read, repaired and cut to ``budget`` counted exactly.
+
+    Turns the window holds (from ``window_start`` on) are passed over. Classic layout:
+    each turn as messages, a gap marker before it and before the window where messages
+    are not shown. Stable layout: the turns as text (:func:`~ctx_memory.recall.format_turns`)
+    after the volatile header and sources on the last user message.
+    """
+    draft = plan.draft
+    turns = choice.turn_records(recalled) if choice is not None else []
+    turns = [(t, r) for t, r in turns if t.stop <= window_start]  # never twice
+    stable = draft.layout == "stable"
+    context = "\n\n".join(p for p in (draft.volatile, format_sources(plan.sources.chosen)) if p)
+
+    def stable_tail(
+        kept: Sequence[tuple[RecalledTurn, list[Mapping[str, Any]]]],
+    ) -> list[BaseMessage]:
+        text = format_turns([(t.start, r) for t, r in kept], heading=RECALL_HEADING)
+        return attach_context(draft.tail, "\n\n".join(p for p in (context, text) if p))
+
+    def measure(kept: Sequence[tuple[RecalledTurn, list[Mapping[str, Any]]]]) -> int:
+        if stable:
+            tail = stable_tail(kept)
+            return sum(counter.count_lc_message(m) for m in tail) - plan.tail_tokens
+        gaps = gap_messages([(t.start, t.stop) for t, _ in kept], window_start)
+        return sum(cost(r) for _, records in kept for r in records) + count_markers(counter, gaps)
+
+    if not turns:
+        return RecalledPart([], 0, 0, [], list(plan.tail))
+    kept, tokens, repaired = fit_recalled(turns, budget=budget, measure=measure)
+    if not kept:
+        return RecalledPart([], 0, repaired, [], list(plan.tail))
+    if stable:
+        return RecalledPart(kept, tokens, repaired, [], stable_tail(kept))
+    gaps = dict(gap_messages([(t.start, t.stop) for t, _ in kept], window_start))
+    messages: list[BaseMessage] = []
+    for turn, records in kept:
+        if turn.start in gaps:
+            messages.append(marker_message(turn.start, gaps[turn.start]))
+        messages.extend(records_to_messages(records))
+    if window_start in gaps:
+        messages.append(marker_message(window_start, gaps[window_start]))
+    return RecalledPart(kept, tokens, repaired, messages, list(plan.tail))

@@ -1,0 +1,491 @@
+"""Recall: a lexical (BM25) index over a session's whole history, kept up to date cheaply.
+
+Three layers, from pure to I/O:
+
+- :class:`RecallIndex` is pure: records are added in history order (``O(new text)``
+  each: their terms go into an inverted index), :meth:`RecallIndex.search` scores only
+  the postings of the query's terms (Okapi BM25, the IDF and parameters of
+  :func:`ctx_memory.ranking.bm25_scores`, terms from :func:`ctx_memory.ranking.tokenize`:
+  folded case and accents, English stop words dropped) and
+  :meth:`RecallIndex.turn` gives the whole turn around a position. It also keeps each
+  message's role, id and cached ``token_count``, so choosing what to recall needs no read.
+- :class:`Recall` keeps one index per session of one manager's store in a bounded,
+  in-process LRU cache and brings it up to date before each use by reading only the
+  messages written since (``get_message_range(session, n_indexed, message_count - 1)``).
+  An index is dropped when the history was edited (``history_edited``,
+  ``session_cleared``, ``session_deleted``, ``session_expired``, ``session_evicted``
+  events), when ``message_count`` went down, or when the indexed ``token_count`` no
+  longer adds up to the session's (an edit by another process); it is then rebuilt
+  from the store on next use. :func:`recall_for` gives the shared :class:`Recall` of a
+  manager; the prompt assembler uses it.
+- :func:`make_recall_tool` is a LangChain tool an agent calls to bring back older turns
+  matching a query (whole turns, tool calls with their results), with their positions.
+
+What is and is not persisted: **nothing of the index is stored**. The history is (with
+its token counts); the index lives in the process and is rebuilt from the history when
+missing (about 0.3 s for 10,000 messages; see ``benchmarks/bench_recall.py``). Writes
+pay nothing for it: appending a message does not touch the index; the next assembly
+indexes what was appended since the last one.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import threading
+import weakref
+from bisect import bisect_left, bisect_right
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ctx_memory.events import EventType
+from ctx_memory.ranking import BM25_B, BM25_K1, tokenize
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+    from langchain_core.tools import BaseTool
+
+    from ctx_memory.events import Event
+    from ctx_memory.manager import ContextManager
+    from ctx_memory.ranking import Tokenizer
+
+__all__ = [
+    "INVALIDATING_EVENTS",
+    "Recall",
+    "RecallIndex",
+    "RecallUpdate",
+    "format_turns",
+    "gap_text",
+    "make_recall_tool",
+    "record_text",
+    "recall_for",
+    "tool_ranges",
+]
+
+INVALIDATING_EVENTS = (
+    EventType.HISTORY_EDITED,
+    EventType.SESSION_CLEARED,
+    EventType.SESSION_DELETED,
+    EventType.SESSION_EXPIRED,
+    EventType.SESSION_EVICTED,
+)
+"""Events after which a session's index is dropped (rebuilt on next use)."""
+
+
+def record_text(record: Mapping[str, Any]) -> str:
+    """The searchable text of a stored message: its text, tool names and tool arguments."""
+    content = record.get("content")
+    if isinstance(content, str):
+        parts = [content]
+    else:
+        parts = [
+            str(block.get("text") or "") if isinstance(block, dict) else str(block)
+            for block in content or ()
+        ]
+    for call in record.get("tool_calls") or ():
+        parts.append(str(call.get("name") or ""))
+        parts.append(json.dumps(call.get("args") or {}, ensure_ascii=False, sort_keys=True))
+    if record.get("name"):
+        parts.append(str(record["name"]))
+    return " ".join(part for part in parts if part)
+
+
+class RecallIndex:
+    """A BM25 index over a session's messages, added in history order.
+
+    Each message is one document at its position in the history. Adding is
+    ``O(terms of the message)``; :meth:`search` touches only the postings of the
+    query's terms. Ties in score go to the newer message, so results are deterministic.
+
+    Args:
+        tokenizer: Splits text into terms (default :func:`ctx_memory.ranking.tokenize`).
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.recall import RecallIndex
+
+            index = RecallIndex()
+            index.extend([
+                {"role": "user", "content": "My passport number is X123", "token_count": 9},
+                {"role": "assistant", "content": "Noted.", "token_count": 5},
+                {"role": "user", "content": "Book a hotel in Rome", "token_count": 9},
+                {"role": "assistant", "content": "Done.", "token_count": 5},
+            ])
+            [(position, score, terms)] = index.search("what was my passport number?", k=1)
+            assert position == 0 and terms == ("passport", "number")
+            assert index.turn(1) == (0, 2)
+    """
+
+    def __init__(self, tokenizer: Tokenizer | None = None) -> None:
+        self._split = tokenize if tokenizer is None else tokenizer
+        self._postings: dict[str, list[int]] = {}
+        self._tfs: dict[str, list[int]] = {}
+        self.lengths: list[int] = []
+        self.total_length = 0
+        self.roles: list[str] = []
+        self.ids: list[str | None] = []
+        self.tokens: list[int] = []
+        self.token_sum = 0
+        self.user_positions: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def add(self, record: Mapping[str, Any]) -> int:
+        """Index one stored message as the next position; return that position."""
+        position = len(self.lengths)
+        terms = Counter(self._split(record_text(record)))
+        postings, tfs = self._postings, self._tfs
+        for term, tf in terms.items():
+            found = postings.get(term)
+            if found is None:
+                postings[term] = [position]
+                tfs[term] = [tf]
+            else:
+                found.append(position)
+                tfs[term].append(tf)
+        length = sum(terms.values())
+        self.lengths.append(length)
+        self.total_length += length
+        role = str(record.get("role"))
+        self.roles.append(role)
+        message_id = record.get("id")
+        self.ids.append(str(message_id) if message_id is not None else None)
+        tokens = int(record.get("token_count") or 0)
+        self.tokens.append(tokens)
+        self.token_sum += tokens
+        if role == "user":
+            self.user_positions.append(position)
+        return position
+
+    def extend(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Index messages in history order."""
+        for record in records:
+            self.add(record)
+
+    def search(
+        self, query: str, k: int = 10, *, before: int | None = None
+    ) -> list[tuple[int, float, tuple[str, ...]]]:
+        """The ``k`` best positions for ``query``: ``(position, score, matched terms)``.
+
+        Only positions below ``before`` (default: all) are considered; only messages
+        that share a term with the query are returned (score > 0), best first, the newer
+        first among equal scores. Matched terms are in query order.
+        """
+        size = len(self.lengths)
+        if size == 0 or k <= 0:
+            return []
+        limit = size if before is None else min(before, size)
+        terms = list(dict.fromkeys(self._split(query)))
+        avgdl = (self.total_length / size) or 1.0
+        c1, c2, k1p = BM25_K1 * (1 - BM25_B), BM25_K1 * BM25_B / avgdl, BM25_K1 + 1
+        lengths = self.lengths
+        scores: dict[int, float] = {}
+        matched: dict[int, list[str]] = {}
+        for term in terms:
+            postings = self._postings.get(term)
+            if not postings:
+                continue
+            idf = math.log((size + 1) / len(postings))
+            if idf <= 0.0:
+                continue
+            stop = bisect_left(postings, limit) if limit < size else len(postings)
+            tfs = self._tfs[term]
+            weight = idf * k1p
+            for i in range(stop):
+                position, tf = postings[i], tfs[i]
+                score = weight * tf / (c1 + c2 * lengths[position] + tf)
+                if position in scores:
+                    scores[position] += score
+                    matched[position].append(term)
+                else:
+                    scores[position] = score
+                    matched[position] = [term]
+        best = heapq.nlargest(k, scores.items(), key=lambda item: (item[1], item[0]))
+        return [(position, score, tuple(matched[position])) for position, score in best]
+
+    def turn(self, position: int) -> tuple[int, int]:
+        """The whole turn around ``position`` as ``(start, stop)``, ``stop`` exclusive.
+
+        A turn starts at a user message and runs to the next one (messages before the
+        first user message form a turn of their own), so an AI tool call and its results
+        stay together.
+        """
+        users = self.user_positions
+        at = bisect_right(users, position)
+        start = users[at - 1] if at else 0
+        stop = users[at] if at < len(users) else len(self.lengths)
+        return start, stop
+
+    def cost(self, start: int, stop: int) -> int:
+        """Cached tokens of messages ``start`` to ``stop - 1``."""
+        return sum(self.tokens[start:stop])
+
+
+@dataclass(frozen=True)
+class RecallUpdate:
+    """What to read to bring a session's index up to date (see :meth:`Recall.plan`).
+
+    Attributes:
+        session_id: The session.
+        index: The index to extend (a fresh one when rebuilding).
+        start: First position to read.
+        stop: Last position to read (inclusive); ``stop < start`` means nothing to read.
+        token_count: The session's ``metadata.token_count`` when its header was read.
+    """
+
+    session_id: str
+    index: RecallIndex
+    start: int
+    stop: int
+    token_count: int
+
+    @property
+    def reads(self) -> bool:
+        """Whether messages are to be read."""
+        return self.stop >= self.start
+
+
+class Recall:
+    """One :class:`RecallIndex` per session, bounded, kept up to date incrementally.
+
+    Pure but for :meth:`index` / :meth:`aindex`, which read only the messages written
+    since the index was last brought up to date. Register it on a manager
+    (:meth:`watch`, done by :func:`recall_for`) so edits drop the edited session's index.
+
+    Args:
+        max_sessions: Sessions kept; the least recently used index is dropped first.
+        tokenizer: For the indexes (default :func:`ctx_memory.ranking.tokenize`).
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory import ContextManager
+            from ctx_memory.recall import recall_for
+
+            manager = ContextManager()
+            manager.add_user_message("s1", "The wifi password is tulip42")
+            manager.add_assistant_message("s1", "Got it.")
+            recall = recall_for(manager)
+            index = recall.index(manager, "s1", manager.get_header("s1"))
+            assert index.search("wifi password")[0][0] == 0
+            manager.add_user_message("s1", "Thanks")
+            assert len(recall.index(manager, "s1", manager.get_header("s1"))) == 3
+    """
+
+    def __init__(self, *, max_sessions: int = 128, tokenizer: Tokenizer | None = None) -> None:
+        self.max_sessions = max_sessions
+        self.tokenizer = tokenizer
+        self._indexes: OrderedDict[str, RecallIndex] = OrderedDict()
+        self._lock = threading.Lock()
+        self.rebuilds = 0
+
+    def watch(self, manager: ContextManager) -> None:
+        """Drop a session's index whenever ``manager`` reports its history edited or gone."""
+        for event_type in INVALIDATING_EVENTS:
+            manager.on(event_type, self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        self.forget(event.session_id)
+
+    def forget(self, session_id: str) -> None:
+        """Drop the session's index (it is rebuilt on next use)."""
+        with self._lock:
+            self._indexes.pop(session_id, None)
+
+    def plan(
+        self, session_id: str, header: Mapping[str, Any] | None, *, rebuild: bool = False
+    ) -> RecallUpdate:
+        """What to read for ``session_id`` given its header (``None``: no session)."""
+        meta: Mapping[str, Any] = header["metadata"] if header else {}
+        stored = int(meta.get("message_count", 0))
+        token_count = int(meta.get("token_count", 0))
+        with self._lock:
+            index = None if rebuild else self._indexes.get(session_id)
+        if index is None or len(index) > stored:
+            index = RecallIndex(self.tokenizer)
+        return RecallUpdate(session_id, index, len(index), stored - 1, token_count)
+
+    def apply(
+        self, update: RecallUpdate, records: Sequence[Mapping[str, Any]]
+    ) -> RecallIndex | None:
+        """Add what was read; ``None`` if the index no longer matches the session.
+
+        A mismatch (the indexed tokens do not add up to the session's ``token_count``)
+        means the history changed in a way no event reported here (another process
+        edited it): the index is dropped and the caller rebuilds it.
+        """
+        index = update.index
+        with self._lock:
+            if len(index) == update.start:  # not extended meanwhile by another caller
+                index.extend(records)
+            consistent = index.token_sum == update.token_count or len(index) != update.stop + 1
+            if not consistent:
+                self._indexes.pop(update.session_id, None)
+                return None
+            self._indexes[update.session_id] = index
+            self._indexes.move_to_end(update.session_id)
+            while len(self._indexes) > self.max_sessions:
+                self._indexes.popitem(last=False)
+        if update.start == 0 and update.reads:
+            self.rebuilds += 1
+        return index
+
+    def index(
+        self, manager: ContextManager, session_id: str, header: Mapping[str, Any] | None
+    ) -> RecallIndex:
+        """The session's index, brought up to date (reads only what is new)."""
+        update = self.plan(session_id, header)
+        for rebuild in (True, False):
+            records = (
+                manager.get_message_range(session_id, update.start, update.stop)
+                if update.reads
+                else []
+            )
+            index = self.apply(update, records)
+            if index is not None or not rebuild:
+                break
+            update = self.plan(session_id, header, rebuild=True)
+        return update.index if index is None else index
+
+    async def aindex(
+        self, manager: ContextManager, session_id: str, header: Mapping[str, Any] | None
+    ) -> RecallIndex:
+        """Async :meth:`index`."""
+        update = self.plan(session_id, header)
+        for rebuild in (True, False):
+            records = (
+                await manager.aget_message_range(session_id, update.start, update.stop)
+                if update.reads
+                else []
+            )
+            index = self.apply(update, records)
+            if index is not None or not rebuild:
+                break
+            update = self.plan(session_id, header, rebuild=True)
+        return update.index if index is None else index
+
+
+_RECALLS: weakref.WeakKeyDictionary[ContextManager, Recall] = weakref.WeakKeyDictionary()
+_RECALLS_LOCK = threading.Lock()
+
+
+def recall_for(manager: ContextManager) -> Recall:
+    """The :class:`Recall` shared by everything assembling from ``manager`` (made once)."""
+    with _RECALLS_LOCK:
+        recall = _RECALLS.get(manager)
+        if recall is None:
+            recall = _RECALLS[manager] = Recall()
+            recall.watch(manager)
+        return recall
+
+
+# ------------------------------------------------------------------ turns as text
+
+
+def _line(record: Mapping[str, Any]) -> str:
+    role = str(record.get("role"))
+    text = record_text({**record, "tool_calls": None, "name": None})
+    if role == "tool":
+        label = f"tool result ({record.get('name') or record.get('tool_call_id') or 'tool'})"
+        return f"[{label}] {text}"
+    calls = record.get("tool_calls") or ()
+    if calls:
+        called = ", ".join(
+            f"{c.get('name')}({json.dumps(c.get('args') or {}, ensure_ascii=False)})" for c in calls
+        )
+        text = f"{text} [calls {called}]".strip()
+    return f"[{role}] {text}"
+
+
+def format_turns(
+    turns: Sequence[tuple[int, Sequence[Mapping[str, Any]]]], *, heading: str = ""
+) -> str:
+    """Recalled turns as text: ``(start position, records)`` pairs, oldest first.
+
+    Each turn is headed by its positions; a gap between turns (or before the first) is
+    shown as ``[… n earlier messages not shown …]``.
+    """
+    lines = [heading] if heading else []
+    previous = 0
+    for start, records in turns:
+        if start > previous:
+            lines.append(gap_text(start - previous))
+        stop = start + len(records)
+        lines.append(f"Messages {start}-{stop - 1}:")
+        lines.extend(_line(r) for r in records)
+        previous = stop
+    return "\n".join(lines)
+
+
+def gap_text(count: int) -> str:
+    """The visible marker for ``count`` messages not shown."""
+    noun = "message" if count == 1 else "messages"
+    return f"[… {count} earlier {noun} not shown …]"
+
+
+# ------------------------------------------------------------------ the tool
+
+
+def tool_ranges(index: RecallIndex, query: str, k: int, budget: int) -> list[tuple[int, int]]:
+    """The whole turns to show for ``query``: best first, within ``budget``, oldest first.
+
+    ``(start, stop)`` pairs, ``stop`` exclusive; at most ``k`` turns whose cached
+    tokens add up to at most ``budget``.
+    """
+    chosen: list[tuple[int, int]] = []
+    spent = 0
+    for position, _, _ in index.search(query, k=k * 4):
+        start, stop = index.turn(position)
+        if (start, stop) in chosen:
+            continue
+        cost = index.cost(start, stop)
+        if spent + cost > budget:
+            continue
+        chosen.append((start, stop))
+        spent += cost
+        if len(chosen) >= k:
+            break
+    return sorted(chosen)
+
+
+def make_recall_tool(
+    manager: ContextManager,
+    session_id: str | None = None,
+    *,
+    k: int = 3,
+    max_tokens: int = 2000,
+    name: str = "recall",
+) -> BaseTool:
+    """A tool that returns older turns of the session matching a query.
+
+    Needs the ``agents`` extra (``langchain``). The tool takes ``query`` (words to look
+    for) and answers with up to ``k`` whole turns (tool calls with their results),
+    oldest first, each headed by its positions in the history, within ``max_tokens``
+    (cached token counts), or says that nothing matched. The session id is
+    ``session_id``, else the agent's ``runtime.context["session_id"]`` (or a
+    ``session_id`` attribute), else ``config["configurable"]["session_id"]``, else the
+    checkpointer's ``thread_id``: as :class:`~ctx_memory.middleware.ContextMiddleware`
+    finds it. Sync and async.
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory import ContextManager
+            from ctx_memory.recall import make_recall_tool
+
+            manager = ContextManager()
+            manager.add_user_message("s1", "My locker code is 4471")
+            manager.add_assistant_message("s1", "Saved.")
+            tool = make_recall_tool(manager, "s1")
+            assert "4471" in tool.invoke({"query": "locker code"})
+    """
+    from ctx_memory._recall_tool import build_recall_tool  # noqa: PLC0415 - needs langchain
+
+    return build_recall_tool(
+        manager, recall_for(manager), session_id, k=k, max_tokens=max_tokens, name=name
+    )
