@@ -10,6 +10,8 @@ store      where tenant ``acme`` lives (:func:`tenant_settings`)
 memory     its own :class:`~ctx_memory.stores.memory.InMemoryStore` (own ``MAX_SESSIONS``)
 sqlite     its own file: ``ctx_memory.sqlite3`` becomes ``ctx_memory.tenant-acme.sqlite3``
 redis      its own key prefix: ``REDIS_KEY_PREFIX`` + ``:tenant:acme``
+postgres   its own schema: ``POSTGRES_SCHEMA``'s first 15 characters, ``_t`` and 22 hex
+           digits of a SHA-256 of schema and tenant (:func:`postgres_tenant_schema`)
 =========  ==========================================================================
 
 Any other store: pass ``create_app(tenant_manager=...)``, a function from a tenant name to
@@ -20,6 +22,7 @@ are the ones it serves.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import PurePath
 from typing import TYPE_CHECKING
@@ -34,7 +37,19 @@ if TYPE_CHECKING:
 
     from ctx_memory.config import Settings
 
-__all__ = ["Tenants", "tenant_settings"]
+__all__ = ["Tenants", "postgres_tenant_schema", "tenant_settings"]
+
+
+def postgres_tenant_schema(schema: str, tenant: str) -> str:
+    """The PostgreSQL schema of ``tenant`` under the app's ``schema`` (a valid schema name).
+
+    Tenant names may hold upper-case letters and ``-``, which a schema name may not, and the
+    schema name has at most 40 characters: the tenant is hashed with the app's schema, so
+    two tenants (or two apps) never share a schema, and the name stays readable by its
+    start.
+    """
+    digest = hashlib.sha256(f"{schema}\0{tenant}".encode()).hexdigest()[:22]
+    return f"{schema[:15]}_t{digest}"
 
 
 def tenant_settings(settings: Settings, tenant: str) -> Settings:
@@ -70,6 +85,9 @@ def tenant_settings(settings: Settings, tenant: str) -> Settings:
         pure = PurePath(path)
         name = f"{pure.stem}.tenant-{tenant}{pure.suffix}"
         return with_overrides(settings, sqlite_path=str(pure.with_name(name)))
+    if backend == "postgres":
+        schema = postgres_tenant_schema(settings.postgres_schema, tenant)
+        return with_overrides(settings, postgres_schema=schema)
     msg = (
         f"the HTTP service has no tenant layout for the {backend} store: pass"
         " create_app(tenant_manager=...) (a function from a tenant name to its manager)"

@@ -312,6 +312,43 @@ def test_redis_tenants_live_under_their_own_key_prefix(
         raw.close()
 
 
+@pytest.mark.postgres
+def test_postgres_tenants_live_in_their_own_schemas(
+    serve: Any, postgres_url: str, pg_schema: str
+) -> None:
+    import psycopg
+
+    from ctx_memory.server.tenants import postgres_tenant_schema
+
+    settings = keyed_settings(
+        store="postgres", postgres_url=postgres_url, postgres_schema=pg_schema
+    )
+    client = serve(create_app(settings=settings))
+    schemas = {t: postgres_tenant_schema(pg_schema, t) for t in ("a", "b")}
+    try:
+        _webtext(client, KEY_A, "s", "text of A")
+        _webtext(client, KEY_B, "s", "text of B")
+        assert (
+            client.get("/v1/sessions/s", headers=auth(KEY_A)).json()["fetched_context"][
+                "js_scraping"
+            ][0]["content"]
+            == "text of A"
+        )
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            for tenant, schema in schemas.items():
+                rows = conn.execute(f'SELECT count(*) FROM "{schema}".sessions').fetchone()
+                assert rows == (1,), tenant
+            found = conn.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s",
+                (pg_schema[:15] + "\\_t%",),
+            ).fetchall()
+            assert sorted(r[0] for r in found) == sorted(schemas.values())
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            for schema in schemas.values():
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 def test_auth_on_without_keys_is_a_configuration_error() -> None:
     from ctx_memory.errors import ConfigurationError
 
