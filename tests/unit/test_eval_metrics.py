@@ -1,0 +1,218 @@
+"""The eval's pure measures on hand-built cases with known answers."""
+
+from __future__ import annotations
+
+import pytest
+import tiktoken
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+
+from ctx_memory import TokenCounter
+from ctx_memory.eval.data import agent_trace, parse_locomo
+from ctx_memory.eval.metrics import (
+    PrefixReuseMeter,
+    common_prefix_length,
+    gold_coverage,
+    percentile,
+    recall_at_k,
+    recalled_ids,
+    recount_tokens,
+    request_tokens,
+    serialize_request,
+    tool_pair_problems,
+)
+
+ENC = tiktoken.get_encoding("o200k_base")
+
+
+def call(call_id: str) -> AIMessage:
+    return AIMessage("", tool_calls=[{"name": "search", "args": {"q": "x"}, "id": call_id}])
+
+
+# --------------------------------------------------------------------------- prefix reuse
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ([], [], 0),
+        ([1, 2, 3], [1, 2, 3], 3),
+        ([1, 2, 3], [1, 2, 3, 4, 5], 3),
+        ([1, 2, 3, 4], [1, 2, 9, 4], 2),
+        ([7], [8], 0),
+        (list(range(1000)), [*range(999), -1], 999),
+    ],
+)
+def test_common_prefix_length(a: list[int], b: list[int], expected: int) -> None:
+    assert common_prefix_length(a, b) == expected
+    assert common_prefix_length(b, a) == expected
+
+
+def test_prefix_reuse_counts_only_long_requests_and_restarts_per_session() -> None:
+    meter = PrefixReuseMeter(min_tokens=4, cache_min=3)
+    meter.add([1, 2, 3])  # first request: no pair
+    meter.add([1, 2, 3, 4, 5])  # prefix 3 of 5: reuse 0.6, cacheable
+    meter.add([1, 2, 9, 9, 9, 9, 9, 9, 9, 9])  # prefix 2 of 10: reuse 0.2, not cacheable
+    meter.add([1, 2])  # too short to count
+    meter.start()  # a new session: no pair with the previous request
+    meter.add([1, 2, 9, 9, 9, 9, 9, 9, 9, 9])
+    result = meter.result()
+    assert result.pairs == 2
+    assert result.requests == 5
+    assert result.mean_reuse == pytest.approx((0.6 + 0.2) / 2)
+    assert result.share_cacheable == 0.5
+    assert result.mean_prefix_tokens == 2.5
+
+
+def test_prefix_reuse_without_pairs_is_none_not_zero() -> None:
+    meter = PrefixReuseMeter()
+    meter.add([1] * 10)
+    assert meter.result().mean_reuse is None
+    assert meter.result().share_cacheable is None
+
+
+def test_a_changed_system_message_breaks_the_prefix_at_the_change() -> None:
+    history = [HumanMessage("hello " * 50), AIMessage("world " * 50)]
+    first = request_tokens([SystemMessage("time 10:00"), *history], ENC)
+    same = request_tokens([SystemMessage("time 10:00"), *history, HumanMessage("next")], ENC)
+    moved = request_tokens([SystemMessage("time 10:01"), *history, HumanMessage("next")], ENC)
+    assert common_prefix_length(first, same) >= len(first) - 2  # only the closing bracket
+    assert 0 < common_prefix_length(first, moved) < 20  # up to "...content":"time 10:0
+
+
+def test_serialised_request_is_what_a_provider_receives() -> None:
+    text = serialize_request([SystemMessage("s"), HumanMessage("q"), call("c1")])
+    assert text.startswith('[{"role":"system","content":"s"},{"role":"user","content":"q"}')
+    assert '"tool_calls":[{"type":"function","id":"c1"' in text
+
+
+# --------------------------------------------------------------------------- coverage
+
+
+def test_gold_coverage() -> None:
+    assert gold_coverage(["a", "b", None], ["a", "c"]) == 0.5
+    assert gold_coverage(["a", "b"], ["a", "b"]) == 1.0
+    assert gold_coverage([], ["a"]) == 0.0
+    assert gold_coverage([None], []) == 1.0
+
+
+def test_recall_at_k_uses_the_first_k_distinct_ids() -> None:
+    ranked = ["x", "x", "g1", "y", "g2"]
+    assert recall_at_k(ranked, ["g1", "g2"], 2) == 0.5
+    assert recall_at_k(ranked, ["g1", "g2"], 4) == 1.0
+    assert recall_at_k([], ["g1"], 5) == 0.0
+
+
+def test_recalled_ids_read_each_entrys_ids_in_order() -> None:
+    entries = [{"message_id": "m3", "score": 2.0}, {"message_ids": ["m1", "m3", "m2"]}, {"x": 1}]
+    assert recalled_ids(entries) == ["m3", "m1", "m2"]
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def test_tool_pairs_whole() -> None:
+    messages = [HumanMessage("q"), call("c1"), ToolMessage("r", tool_call_id="c1"), AIMessage("a")]
+    assert tool_pair_problems(messages).total == 0
+
+
+def test_tool_result_without_its_call_is_an_orphan() -> None:
+    messages = [HumanMessage("q"), ToolMessage("r", tool_call_id="c1"), AIMessage("a")]
+    problems = tool_pair_problems(messages)
+    assert (problems.orphan_results, problems.unanswered_calls) == (1, 0)
+
+
+def test_tool_call_without_its_result_is_unanswered() -> None:
+    messages = [HumanMessage("q"), call("c1"), AIMessage("a")]
+    assert (tool_pair_problems(messages).unanswered_calls, tool_pair_problems(messages).total) == (
+        1,
+        1,
+    )
+    assert tool_pair_problems([call("c1")]).unanswered_calls == 1
+
+
+def test_tool_result_after_another_message_is_an_orphan_and_its_call_unanswered() -> None:
+    messages = [call("c1"), HumanMessage("interrupt"), ToolMessage("r", tool_call_id="c1")]
+    problems = tool_pair_problems(messages)
+    assert (problems.orphan_results, problems.unanswered_calls) == (1, 1)
+
+
+def test_a_result_answering_another_call_is_an_orphan() -> None:
+    messages = [call("c1"), ToolMessage("r", tool_call_id="c2")]
+    problems = tool_pair_problems(messages)
+    assert (problems.orphan_results, problems.unanswered_calls) == (1, 1)
+
+
+# --------------------------------------------------------------------------- budget recount
+
+
+def test_recount_matches_the_documented_convention_by_hand() -> None:
+    # 3 per message + role + content, 3 for the reply: "hello world" is 2 tokens, "user" 1.
+    assert recount_tokens([HumanMessage("hello world")], ENC) == 3 + 1 + 2 + 3
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [SystemMessage("You are terse."), HumanMessage("Hi"), AIMessage("Hello! Where to?")],
+        [HumanMessage("q"), call("c1"), ToolMessage("a result", tool_call_id="c1", name="search")],
+        [HumanMessage([{"type": "text", "text": "block text"}])],
+    ],
+)
+def test_recount_agrees_with_token_counter(messages: list) -> None:
+    assert recount_tokens(messages, ENC) == TokenCounter(encoding="o200k_base").count_chat(messages)
+
+
+def test_recount_sees_a_prompt_over_budget() -> None:
+    prompt = [SystemMessage("s"), HumanMessage("word " * 100)]
+    assert recount_tokens(prompt, ENC) > 100
+
+
+# --------------------------------------------------------------------------- summaries, data
+
+
+def test_percentile() -> None:
+    assert percentile([3.0, 1.0, 2.0, 4.0], 50) == 2.5
+    assert percentile([1.0, 2.0, 3.0], 100) == 3.0
+    assert percentile([5.0], 95) == 5.0
+    assert percentile([], 50) is None
+
+
+def test_locomo_speakers_map_to_roles_by_first_speaker() -> None:
+    blob = {
+        "conversations": [
+            {
+                "conv_id": "c",
+                "docs": [
+                    {"id": "s1::D1:1", "text": "Ann: hi"},
+                    {"id": "s1::D1:2", "text": "Bob: hey"},
+                    {"id": "s1::D1:3", "text": "Bob: again"},
+                ],
+                "queries": [
+                    {
+                        "id": "c#0",
+                        "query": "Who?",
+                        "gold_turns": ["s1::D1:2"],
+                        "question_type": "cat4",
+                    }
+                ],
+            }
+        ]
+    }
+    (conv,) = parse_locomo(blob)
+    assert (conv.user, conv.assistant) == ("Ann", "Bob")
+    assert [t.role for t in conv.turns] == ["user", "assistant", "assistant"]
+    assert conv.questions[0].gold_turns == ("s1::D1:2",)
+
+
+def test_agent_traces_are_seeded_and_sized() -> None:
+    first, again = agent_trace(3, 20), agent_trace(3, 20)
+    assert [m.content for t in first for m in t.messages] == [
+        m.content for t in again for m in t.messages
+    ]
+    assert agent_trace(4, 20)[0].messages[0].content != first[0].messages[0].content
+    sizes = [len(ENC.encode(m.text)) for t in first for m in t.messages if m.type == "tool"]
+    assert sizes
+    assert min(sizes) >= 200
+    assert max(sizes) <= 2000
+    for task in first:
+        assert tool_pair_problems(list(task.messages)).total == 0
