@@ -297,7 +297,11 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         model_name: Name to record (default: from the reply's ``response_metadata`` or
             the model's ``model_name`` / ``model`` attribute).
         **assembler_kwargs: For the default assembler, e.g. ``max_tokens=16000``
-            (default: the model's ``profile["max_input_tokens"]``, else 8000).
+            (default: the model's ``profile["max_input_tokens"]``, else 8000),
+            ``layout="stable"``, ``recall_share=0.3``, ``trim_block=0.25`` or
+            ``cache_hints=["anthropic", "openai"]`` (see
+            :class:`~ctx_memory.prompt.ContextPromptAssembler`). With the ``"openai"``
+            hint the model is called as ``model.bind(prompt_cache_key=...)``.
 
     Example:
         .. code-block:: python
@@ -399,6 +403,12 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         meta = {**message.response_metadata, METADATA_KEY: extra}
         return [turn.question, record], message.model_copy(update={"response_metadata": meta})
 
+    def _model_for(self, prompt: AssembledPrompt) -> Runnable[LanguageModelInput, BaseMessage]:
+        """The model, bound to the prompt's call options (``prompt_cache_key``) if any."""
+        if not prompt.model_kwargs:
+            return self.model
+        return self.model.bind(**prompt.model_kwargs)
+
     @staticmethod
     def _child(config: RunnableConfig, run_manager: Any) -> RunnableConfig:
         return patch_config(config, callbacks=run_manager.get_child())
@@ -469,7 +479,7 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         turn = self._turn(input_, config, run_manager)
         prompt = self._assemble(turn, run_manager)
         started = time.perf_counter()
-        reply = self.model.invoke(prompt.messages, self._child(config, run_manager))
+        reply = self._model_for(prompt).invoke(prompt.messages, self._child(config, run_manager))
         return self._record(turn, reply, started, prompt)
 
     async def _arun(
@@ -481,7 +491,9 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         turn = self._turn(input_, config, run_manager)
         prompt = await self._aassemble(turn, run_manager)
         started = time.perf_counter()
-        reply = await self.model.ainvoke(prompt.messages, self._child(config, run_manager))
+        reply = await self._model_for(prompt).ainvoke(
+            prompt.messages, self._child(config, run_manager)
+        )
         return await self._arecord(turn, reply, started, prompt)
 
     @override
@@ -514,7 +526,8 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         prompt = self._assemble(turn, run_manager)
         started = time.perf_counter()
         stream = _ReplyStream(turn.reply_id)
-        for item in self.model.stream(prompt.messages, self._child(config, run_manager)):
+        model = self._model_for(prompt)
+        for item in model.stream(prompt.messages, self._child(config, run_manager)):
             yield from stream.feed(item)
         if stream.full is not None:
             reply = self._record(turn, stream.full, started, prompt)
@@ -531,7 +544,8 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         prompt = await self._aassemble(turn, run_manager)
         started = time.perf_counter()
         stream = _ReplyStream(turn.reply_id)
-        async for item in self.model.astream(prompt.messages, self._child(config, run_manager)):
+        model = self._model_for(prompt)
+        async for item in model.astream(prompt.messages, self._child(config, run_manager)):
             for out in stream.feed(item):
                 yield out
         if stream.full is not None:

@@ -40,7 +40,7 @@ import json
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ctx_memory._extras import missing_extra
 
@@ -136,6 +136,15 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         model_name: Name recorded with replies (default: from the reply or the model).
         tokenizer: Splits the question and sources into terms for ranking (default: the
             built-in one, see :mod:`ctx_memory.ranking`).
+        layout: ``"classic"`` or ``"stable"`` (the volatile parts on the current run's
+            human message, history trimmed in blocks; see
+            :class:`~ctx_memory.prompt.ContextPromptAssembler`).
+        recall_share: Share of the history budget for older turns matching the
+            question when the history does not fit (``0``: recency only).
+        trim_block: Stable layout: share of the window dropped at once when full.
+        cache_hints: ``"anthropic"`` (``cache_control`` breakpoints on the messages)
+            and/or ``"openai"`` (``prompt_cache_key`` in the request's
+            ``model_settings``, which the agent binds to the model).
 
     Example:
         .. code-block:: python
@@ -175,6 +184,10 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         persist: bool = True,
         model_name: str | None = None,
         tokenizer: Tokenizer | None = None,
+        layout: Literal["classic", "stable"] = "classic",
+        recall_share: float = 0.5,
+        trim_block: float = 0.25,
+        cache_hints: Sequence[Literal["anthropic", "openai"]] = (),
     ) -> None:
         super().__init__()
         self.manager = manager
@@ -190,6 +203,10 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
             sources_share=sources_share,
             include_header=include_header,
             tokenizer=tokenizer,
+            layout=layout,
+            recall_share=recall_share,
+            trim_block=trim_block,
+            cache_hints=cache_hints,
         )
 
     def __repr__(self) -> str:
@@ -244,7 +261,14 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         system = None
         if messages and isinstance(messages[0], SystemMessage):
             system, messages = messages[0], messages[1:]
-        return request.override(system_message=system, messages=cast("list[AnyMessage]", messages))
+        settings = request.model_settings
+        if prompt.model_kwargs:
+            settings = {**settings, **prompt.model_kwargs}
+        return request.override(
+            system_message=system,
+            messages=cast("list[AnyMessage]", messages),
+            model_settings=settings,
+        )
 
     def _written(
         self,

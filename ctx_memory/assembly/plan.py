@@ -84,16 +84,16 @@ _QUESTION_SHARE = 0.1  # stable layout without sources: kept back for the questi
 def block_size(budget: int, metadata: Mapping[str, Any], share: float) -> int:
     """Positions per trimming block: ``share`` of the messages ``budget`` holds.
 
-    Rounded down to a power of two, from the session's average message size, so it
-    stays the same from one request to the next (and a multiple of the next smaller
-    size when it changes).
+    Rounded to the nearest power of two, from the session's average message size, so
+    it stays the same from one request to the next (and a multiple of the next smaller
+    size when it changes). Under 2 positions: ``0`` (no block trimming).
     """
     if share <= 0:
         return 0
     stored = int(metadata.get("message_count", 0))
     average = max(int(metadata.get("token_count", 0)) / max(stored, 1), 1.0)
     wanted = share * budget / average
-    return 2 ** int(math.log2(wanted)) if wanted >= 2 else 0
+    return 2 ** round(math.log2(wanted)) if wanted >= 2 else 0
 
 
 @dataclass(frozen=True)
