@@ -50,7 +50,7 @@ postgres: ## Make sure PostgreSQL's initdb/pg_ctl are installed (Debian package)
 	@scripts/ensure-postgres.sh
 
 test: install redis postgres chromium ## Run the whole test suite (starts its own Redis and PostgreSQL servers)
-	$(UV) run --locked pytest
+	$(UV) run --locked --all-extras --group bench pytest
 
 test-fast: install ## Unit tests only (no Redis)
 	$(UV) run --locked pytest tests/unit
