@@ -538,3 +538,13 @@ def _postgres_stores(
     yield make
     for store in made:
         store.close()
+
+
+@pytest.fixture(autouse=True)
+def _tracing_off_after_each_test() -> Iterator[None]:
+    """A test (or an example) that turns ctx_memory.tracing on leaves it off for the next."""
+    yield
+    from ctx_memory import tracing
+
+    tracing.uninstrument()
+
