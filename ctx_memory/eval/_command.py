@@ -20,7 +20,9 @@ def eval_command(
     ] = Path("eval-report"),
     quick: Annotated[
         bool,
-        typer.Option("--quick", help="A small subset (1 conversation, a short trace): about a minute."),
+        typer.Option(
+            "--quick", help="A small subset (1 conversation, a short trace): about a minute."
+        ),
     ] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seeds the traces and latency data.")] = 12,
 ) -> None:

@@ -94,8 +94,11 @@ class EvalSettings:
         conversations: LoCoMo conversations to replay (``None``: all 10).
         questions_per_conversation: Questions asked per conversation, the first ones in
             the dataset's order (``None``: all).
-        replay_requests: Build a request at every user turn of the replays (cache
-            stability); without it only the questions are asked.
+        replay_requests: Build a request at user turns of the replays (cache stability);
+            without it only the questions are asked.
+        replay_last: Build those requests at each conversation's last this many user turns
+            (consecutive, where the history already exceeds the budgets; ``None``: at every
+            user turn). Keeps the whole run within minutes.
         trace_sessions: Generated agent sessions.
         trace_tasks: User requests per agent session.
         trace_budget: The agent traces' request budget.
@@ -110,6 +113,7 @@ class EvalSettings:
     conversations: int | None = None
     questions_per_conversation: int | None = None
     replay_requests: bool = True
+    replay_last: int | None = 60
     trace_sessions: int = 3
     trace_tasks: int = 80
     trace_budget: int = 16000
@@ -248,9 +252,12 @@ def _replay_conversation(
     ids: dict[str, str] = {}
     now = START
     cache.start()
-    for turn in conv.turns:
+    user_turns = [i for i, t in enumerate(conv.turns) if t.role == "user"]
+    last = settings.replay_last
+    first_replayed = user_turns[-last] if last and len(user_turns) > last else 0
+    for index, turn in enumerate(conv.turns):
         now += timedelta(seconds=TURN_SECONDS)
-        if turn.role == "user" and settings.replay_requests:
+        if turn.role == "user" and settings.replay_requests and index >= first_replayed:
             asked = [HumanMessage(turn.text)]
             for contender in contenders:
                 if contender.budget not in settings.cache_budgets:
