@@ -78,6 +78,7 @@ bench: install redis postgres ## Run the benchmarks (ratios against the baseline
 	$(UV) sync --locked --all-extras --group bench --quiet
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_redis.py
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_assembly.py
+	$(UV) run --locked --all-extras --group bench python benchmarks/bench_recall.py
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_manager.py
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_postgres.py
 	$(UV) run --locked --all-extras --group bench python benchmarks/bench_server.py

@@ -93,6 +93,11 @@ def record_text(record: Mapping[str, Any]) -> str:
     return " ".join(part for part in parts if part)
 
 
+def _contains(postings: Sequence[int], position: int) -> bool:
+    at = bisect_left(postings, position)
+    return at < len(postings) and postings[at] == position
+
+
 class RecallIndex:
     """A BM25 index over a session's messages, added in history order.
 
@@ -122,8 +127,8 @@ class RecallIndex:
 
     def __init__(self, tokenizer: Tokenizer | None = None) -> None:
         self._split = tokenize if tokenizer is None else tokenizer
-        self._postings: dict[str, list[int]] = {}
-        self._tfs: dict[str, list[int]] = {}
+        self._postings: dict[str, list[int]] = {}  # term -> ascending positions
+        self._tfs: dict[str, list[int]] = {}  # term -> its frequency at each of those
         self.lengths: list[int] = []
         self.total_length = 0
         self.roles: list[str] = []
@@ -138,9 +143,11 @@ class RecallIndex:
     def add(self, record: Mapping[str, Any]) -> int:
         """Index one stored message as the next position; return that position."""
         position = len(self.lengths)
-        terms = Counter(self._split(record_text(record)))
+        content = record.get("content")
+        plain = type(content) is str and not record.get("tool_calls") and not record.get("name")
+        words = self._split(content if plain else record_text(record))  # type: ignore[arg-type]
         postings, tfs = self._postings, self._tfs
-        for term, tf in terms.items():
+        for term, tf in Counter(words).items():
             found = postings.get(term)
             if found is None:
                 postings[term] = [position]
@@ -148,9 +155,8 @@ class RecallIndex:
             else:
                 found.append(position)
                 tfs[term].append(tf)
-        length = sum(terms.values())
-        self.lengths.append(length)
-        self.total_length += length
+        self.lengths.append(len(words))
+        self.total_length += len(words)
         role = str(record.get("role"))
         self.roles.append(role)
         message_id = record.get("id")
@@ -180,33 +186,34 @@ class RecallIndex:
         if size == 0 or k <= 0:
             return []
         limit = size if before is None else min(before, size)
-        terms = list(dict.fromkeys(self._split(query)))
         avgdl = (self.total_length / size) or 1.0
         c1, c2, k1p = BM25_K1 * (1 - BM25_B), BM25_K1 * BM25_B / avgdl, BM25_K1 + 1
         lengths = self.lengths
         scores: dict[int, float] = {}
-        matched: dict[int, list[str]] = {}
-        for term in terms:
+        get = scores.get
+        used: list[tuple[str, list[int]]] = []
+        for term in dict.fromkeys(self._split(query)):  # each query term counts once
             postings = self._postings.get(term)
             if not postings:
                 continue
             idf = math.log((size + 1) / len(postings))
             if idf <= 0.0:
                 continue
-            stop = bisect_left(postings, limit) if limit < size else len(postings)
-            tfs = self._tfs[term]
+            used.append((term, postings))
+            if limit < size:
+                postings = postings[: bisect_left(postings, limit)]
             weight = idf * k1p
-            for i in range(stop):
-                position, tf = postings[i], tfs[i]
-                score = weight * tf / (c1 + c2 * lengths[position] + tf)
-                if position in scores:
-                    scores[position] += score
-                    matched[position].append(term)
-                else:
-                    scores[position] = score
-                    matched[position] = [term]
-        best = heapq.nlargest(k, scores.items(), key=lambda item: (item[1], item[0]))
-        return [(position, score, tuple(matched[position])) for position, score in best]
+            # The hot loop: one multiply-add and one dict update per posting.
+            for position, tf in zip(postings, self._tfs[term], strict=False):
+                scores[position] = get(position, 0.0) + weight * tf / (
+                    c1 + c2 * lengths[position] + tf
+                )
+        best = heapq.nlargest(k, zip(scores.values(), scores.keys(), strict=True))
+        out: list[tuple[int, float, tuple[str, ...]]] = []
+        for score, position in best:
+            terms = tuple(term for term, postings in used if _contains(postings, position))
+            out.append((position, score, terms))
+        return out
 
     def turn(self, position: int) -> tuple[int, int]:
         """The whole turn around ``position`` as ``(start, stop)``, ``stop`` exclusive.
