@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
 
 __all__ = [
+    "MIN_QUOTED_CHARS",
+    "quoted_ids",
     "CACHE_MIN_TOKENS",
     "LONG_PROMPT_TOKENS",
     "PrefixReuse",
@@ -190,6 +192,30 @@ class PrefixReuseMeter:
 
 
 # --------------------------------------------------------------------------- coverage
+
+
+MIN_QUOTED_CHARS = 20
+"""Shortest stored text looked for verbatim inside a prompt message (shorter: by id only)."""
+
+
+def quoted_ids(contents: Collection[str], candidates: Mapping[str, str]) -> set[str]:
+    """The ids in ``candidates`` (id -> stored text) whose text a prompt message quotes.
+
+    The stable layout shows recalled turns as text inside the last user message, not as
+    messages of their own, so a turn can be in the prompt without its id. A text shorter
+    than :data:`MIN_QUOTED_CHARS` is never matched this way (it could be anywhere).
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.eval.metrics import quoted_ids
+
+            prompt = ["Earlier turns: [12] user: Caroline: I went to the LGBTQ support group"]
+            stored = {"m12": "Caroline: I went to the LGBTQ support group", "m13": "Yes."}
+            assert quoted_ids(prompt, stored) == {"m12"}
+    """
+    joined = chr(10).join(contents)
+    return {i for i, text in candidates.items() if len(text) >= MIN_QUOTED_CHARS and text in joined}
 
 
 def gold_coverage(prompt_ids: Collection[str | None], gold_ids: Collection[str]) -> float:

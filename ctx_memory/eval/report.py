@@ -241,7 +241,11 @@ def to_markdown(result: dict[str, Any]) -> str:
         ]
     lines += _targets(result)
     lines += _coverage(result)
-    lines += _cache(result, "locomo", "LoCoMo replays (a request at every user turn)")
+    lines += _cache(
+        result,
+        "locomo",
+        "LoCoMo replays (a request at each of the last user turns of every conversation)",
+    )
     traces = result["traces"]
     lines += _cache(
         result,

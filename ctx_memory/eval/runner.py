@@ -52,6 +52,7 @@ from ctx_memory.eval.metrics import (
     gold_coverage,
     mean,
     percentile,
+    quoted_ids,
     recall_at_k,
     recount_tokens,
     request_tokens,
@@ -250,6 +251,7 @@ def _replay_conversation(
     manager.update_metadata(session_id, **METADATA)
     contenders = _contenders(manager, session_id, settings.budgets, system_prompt, START)
     ids: dict[str, str] = {}
+    texts: dict[str, str] = {}  # stored id -> text, to find turns quoted inside a message
     now = START
     cache.start()
     user_turns = [i for i, t in enumerate(conv.turns) if t.role == "user"]
@@ -268,6 +270,7 @@ def _replay_conversation(
         cls = HumanMessage if turn.role == "user" else AIMessage
         stored = _write(manager, session_id, cls(turn.text))
         ids[turn.turn_id] = str(stored.id)
+        texts[str(stored.id)] = str(stored.content)
         for contender in contenders:
             contender.observe([stored])
     rows: list[_QuestionRow] = []
@@ -287,7 +290,16 @@ def _replay_conversation(
                     contender=contender.name,
                     budget=contender.budget,
                     category=question.category,
-                    coverage=gold_coverage([m.id for m in prompt.messages], gold),
+                    coverage=gold_coverage(
+                        [m.id for m in prompt.messages]
+                        + list(
+                            quoted_ids(
+                                [str(m.content) for m in prompt.messages],
+                                {g: texts[g] for g in gold},
+                            )
+                        ),
+                        gold,
+                    ),
                     recall=recall,
                     tokens=tokens,
                 )

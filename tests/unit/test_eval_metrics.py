@@ -216,3 +216,15 @@ def test_agent_traces_are_seeded_and_sized() -> None:
     assert max(sizes) <= 2000
     for task in first:
         assert tool_pair_problems(list(task.messages)).total == 0
+
+
+def test_a_turn_quoted_inside_a_message_counts_as_present() -> None:
+    from ctx_memory.eval.metrics import MIN_QUOTED_CHARS, gold_coverage, quoted_ids
+
+    long_text = "Melanie: we camped at the lake last summer"
+    stored = {"g1": long_text, "g2": "Sure!", "g3": "Caroline: the adoption agency called"}
+    prompt = [f"Recalled turns:\n[40] {long_text}\n[41] Sure!", "Sure!"]
+    found = quoted_ids(prompt, stored)
+    assert found == {"g1"}  # "Sure!" is too short to be looked for; g3 is not there
+    assert len("Sure!") < MIN_QUOTED_CHARS
+    assert gold_coverage([*found, "m9"], ["g1", "g3"]) == 0.5
