@@ -70,14 +70,14 @@ def build_recall_tool(
     def ranges(index: "RecallIndex", query: str) -> list[tuple[int, int]]:
         return tool_ranges(index, query, k, max_tokens)
 
-    def recall_turns(query: str, runtime: ToolRuntime = None) -> str:  # type: ignore[assignment]
+    def recall_turns(query: str, runtime: ToolRuntime[Any, Any] = None) -> str:  # type: ignore[assignment]
         sid = runtime_session(runtime, session_id)
         index = recall.index(manager, sid, manager.get_header(sid))
         found = ranges(index, query)
         parts = [(a, manager.get_message_range(sid, a, b - 1)) for a, b in found]
         return _answer(query, parts)
 
-    async def arecall_turns(query: str, runtime: ToolRuntime = None) -> str:  # type: ignore[assignment]
+    async def arecall_turns(query: str, runtime: ToolRuntime[Any, Any] = None) -> str:  # type: ignore[assignment]
         sid = runtime_session(runtime, session_id)
         index = await recall.aindex(manager, sid, await manager.aget_header(sid))
         found = ranges(index, query)
