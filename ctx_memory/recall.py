@@ -5,8 +5,8 @@ Three layers, from pure to I/O:
 - :class:`RecallIndex` is pure: records are added in history order (``O(new text)``
   each: their terms go into an inverted index), :meth:`RecallIndex.search` scores only
   the postings of the query's terms (Okapi BM25, the IDF and parameters of
-  :func:`ctx_memory.ranking.bm25_scores`, terms from :func:`ctx_memory.ranking.tokenize`:
-  folded case and accents, English stop words dropped) and
+  :func:`ctx_memory.ranking.bm25_scores`, terms from :func:`recall_terms`: folded case
+  and accents, English stop words dropped, a light English stemmer) and
   :meth:`RecallIndex.turn` gives the whole turn around a position. It also keeps each
   message's role, id and cached ``token_count``, so choosing what to recall needs no read.
 - :class:`Recall` keeps one index per session of one manager's store in a bounded,
@@ -62,6 +62,7 @@ __all__ = [
     "make_recall_tool",
     "record_text",
     "recall_for",
+    "recall_terms",
     "tool_ranges",
 ]
 
@@ -73,6 +74,61 @@ INVALIDATING_EVENTS = (
     EventType.SESSION_EVICTED,
 )
 """Events after which a session's index is dropped (rebuilt on next use)."""
+
+
+_RECALL_STOPWORDS = frozenset(
+    (
+        *("did", "has", "have", "had", "been", "being", "would", "could", "should"),
+        *("about", "after", "before", "like", "just", "also", "get", "got", "very"),
+        *("really", "am", "were", "im", "ive", "youre", "thats"),
+    )
+)
+
+
+def _stem(word: str) -> str:
+    """A light English suffix stripper: ``painted``, ``paints``, ``painting`` -> ``paint``.
+
+    Only ASCII words longer than four letters; plurals, ``-ing``, ``-ed``, ``-ly``,
+    ``-ation``/``-ion`` and a final ``e`` go, and a doubled final consonant is undoubled
+    (``running`` -> ``run``). Deterministic, no dictionary; good enough to match a
+    question's wording with a conversation's.
+    """
+    if len(word) <= 4 or not word.isascii() or not word.isalpha():
+        return word
+    if word.endswith("ies"):
+        word = word[:-3] + "y"
+    elif word.endswith("sses"):
+        word = word[:-2]
+    elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        word = word[:-1]
+    for suffix in ("ation", "ing", "ion", "ed", "ly"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word = word[: -len(suffix)]
+            if len(word) > 3 and word[-1] == word[-2] and word[-1] not in "aeiouls":
+                word = word[:-1]
+            break
+    if len(word) > 3 and word.endswith("e"):
+        word = word[:-1]
+    return word
+
+
+def recall_terms(text: str) -> list[str]:
+    """The recall index's terms: the ranking tokenizer's, lightly stemmed.
+
+    :func:`~ctx_memory.ranking.tokenize`, a few more stop words dropped, each word
+    through a light English suffix stripper (``painted`` and ``paints`` are ``paint``).
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.recall import recall_terms
+
+            assert recall_terms("When did Melanie paint a sunrise?") == [
+                "melani", "paint", "sunris"
+            ]
+            assert recall_terms("I painted the sunrises") == ["paint", "sunris"]
+    """
+    return [_stem(w) for w in tokenize(text) if w not in _RECALL_STOPWORDS]
 
 
 def record_text(record: Mapping[str, Any]) -> str:
@@ -106,7 +162,8 @@ class RecallIndex:
     query's terms. Ties in score go to the newer message, so results are deterministic.
 
     Args:
-        tokenizer: Splits text into terms (default :func:`ctx_memory.ranking.tokenize`).
+        tokenizer: Splits text into terms (default :func:`recall_terms`: the ranking
+            tokenizer with more stop words and a light English stemmer).
 
     Example:
         .. code-block:: python
@@ -126,7 +183,7 @@ class RecallIndex:
     """
 
     def __init__(self, tokenizer: Tokenizer | None = None) -> None:
-        self._split = tokenize if tokenizer is None else tokenizer
+        self._split = recall_terms if tokenizer is None else tokenizer
         self._postings: dict[str, list[int]] = {}  # term -> ascending positions
         self._tfs: dict[str, list[int]] = {}  # term -> its frequency at each of those
         self.lengths: list[int] = []
