@@ -547,4 +547,3 @@ def _tracing_off_after_each_test() -> Iterator[None]:
     from ctx_memory import tracing
 
     tracing.uninstrument()
-

@@ -13,8 +13,8 @@ from redis.crc import key_slot
 
 from ctx_memory.errors import ConfigurationError, StoreError, StoreUnavailableError
 from ctx_memory.schema import dumps
-from ctx_memory.stores.base import EncodedMessage, new_header
 from ctx_memory.stores._redis_keys import LAYOUT_VERSION, layout_key
+from ctx_memory.stores.base import EncodedMessage, new_header
 from ctx_memory.stores.redis import RedisStore, session_keys
 
 if TYPE_CHECKING:
