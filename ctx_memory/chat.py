@@ -298,7 +298,8 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
             the model's ``model_name`` / ``model`` attribute).
         **assembler_kwargs: For the default assembler, e.g. ``max_tokens=16000``
             (default: the model's ``profile["max_input_tokens"]``, else 8000),
-            ``layout="stable"``, ``recall_share=0.3``, ``trim_block=0.25`` or
+            ``layout="stable"``, ``recall_share=0.3``, ``trim_block=0.25``,
+            ``compaction=CompactionPolicy()`` or
             ``cache_hints=["anthropic", "openai"]`` (see
             :class:`~ctx_memory.prompt.ContextPromptAssembler`). With the ``"openai"``
             hint the model is called as ``model.bind(prompt_cache_key=...)``.

@@ -54,6 +54,7 @@ from langchain_core.runnables.config import var_child_runnable_config
 from typing_extensions import override
 
 from ctx_memory.assembly.window import repair_tool_pairs
+from ctx_memory.compaction import make_restore_tool
 from ctx_memory.prompt import ContextPromptAssembler, session_id_from
 from ctx_memory.schema import message_to_record, now_iso
 
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
     from langgraph.runtime import Runtime
 
     from ctx_memory.assembly.report import AssembledPrompt
+    from ctx_memory.compaction import CompactionPolicy
     from ctx_memory.manager import ContextManager
     from ctx_memory.ranking import Tokenizer
 
@@ -145,6 +147,10 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         cache_hints: ``"anthropic"`` (``cache_control`` breakpoints on the messages)
             and/or ``"openai"`` (``prompt_cache_key`` in the request's
             ``model_settings``, which the agent binds to the model).
+        compaction: A :class:`~ctx_memory.compaction.CompactionPolicy`: the prompt
+            uses stored compactions, clears old tool outputs (and the agent gets the
+            ``restore_tool_result`` tool) and summarises old ranges when the policy's
+            trigger fires, with no ``SummarizationMiddleware``. Off by default.
 
     Example:
         .. code-block:: python
@@ -188,6 +194,7 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         recall_share: float = 0.5,
         trim_block: float = 0.25,
         cache_hints: Sequence[Literal["anthropic", "openai"]] = (),
+        compaction: CompactionPolicy | None = None,
     ) -> None:
         super().__init__()
         self.manager = manager
@@ -207,7 +214,10 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
             recall_share=recall_share,
             trim_block=trim_block,
             cache_hints=cache_hints,
+            compaction=compaction,
         )
+        if compaction is not None and compaction.clear_tool_outputs_at is not None:
+            self.tools = [make_restore_tool(manager, session_id)]
 
     def __repr__(self) -> str:
         return f"ContextMiddleware(session_id={self.session_id!r}, assembler={self.assembler!r})"

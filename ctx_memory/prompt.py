@@ -40,6 +40,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.runnables.utils import ConfigurableFieldSpec
 from typing_extensions import override
 
+from ctx_memory.assembly.compacted import CompactedView, compactions_of
 from ctx_memory.assembly.plan import begin_prompt, finish_prompt, plan_prompt
 from ctx_memory.assembly.recalled import recall_step
 from ctx_memory.assembly.report import AssembledPrompt, AssemblyReport
@@ -50,6 +51,7 @@ from ctx_memory.assembly.window import (
     read_history_window,
     repair_tool_pairs,
 )
+from ctx_memory.compaction import CompactionOutcome, CompactionPolicy, acompact, compact
 from ctx_memory.errors import ValidationError
 from ctx_memory.ranking import bm25_scores, rank_sources, tokenize
 from ctx_memory.recall import Recall, recall_for
@@ -221,6 +223,11 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             :attr:`AssembledPrompt.model_kwargs`). None by default.
         recall: The index cache to use (default: the manager's shared one,
             :func:`ctx_memory.recall.recall_for`).
+        compaction: A :class:`~ctx_memory.compaction.CompactionPolicy`: stored
+            compactions are then used in place of the messages they cover, old tool
+            outputs are cleared from the prompt, and each build first summarises the
+            next range when the policy's trigger fires (:func:`ctx_memory.compaction.compact`).
+            ``None`` (default): stored compactions are ignored and nothing is written.
 
     Example:
         .. code-block:: python
@@ -269,6 +276,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         trim_block: float = 0.25,
         cache_hints: Sequence[Literal["anthropic", "openai"]] = (),
         recall: Recall | None = None,
+        compaction: CompactionPolicy | None = None,
     ) -> None:
         if max_tokens <= 0 or reserve_tokens < 0 or reserve_tokens >= max_tokens:
             msg = (
@@ -297,6 +305,10 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         self.trim_block = trim_block
         self.cache_hints = frozenset(cache_hints)
         self._recall = recall
+        if compaction is not None and not isinstance(compaction, CompactionPolicy):
+            msg = f"compaction must be a CompactionPolicy or None, got {type(compaction).__name__}"
+            raise ValidationError(msg)
+        self.compaction = compaction
         self._term_cache: dict[tuple[Any, ...], tuple[Counter[str], int]] = {}
         self._cut_cache: dict[tuple[Any, ...], str] = {}
 
@@ -358,9 +370,17 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
                 budget.
         """
         header = self.manager.get_header(session_id)
+        outcome = None
+        if self._summarizes(header):
+            outcome = compact(self.manager, session_id, self._policy)
+            if outcome.entry is not None:
+                header = self.manager.get_header(session_id)
         draft = self._begin(session_id, header, tail, prefix=system_prefix, budget=budget, now=now)
         fetched = self.manager.get_fetched_context(session_id) if draft.reads_sources else {}
-        plan = self._plan(draft, fetched, query=query, exclude_last=exclude_last, skip_ids=skip_ids)
+        plan = self._plan(
+            draft, fetched, query=query, exclude_last=exclude_last, skip_ids=skip_ids,
+            view=self._view(header),
+        )  # fmt: skip
         index = self.recall.index(self.manager, session_id, header) if plan.recalls else None
         choice, chunks = recall_step(plan, index)
         window = read_history_window(self.manager, session_id, chunks)
@@ -369,7 +389,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         excluded: list[dict[str, Any]] = []
         if plan.reads_excluded:
             excluded = self.manager.get_message_range(session_id, plan.end, plan.stored - 1)
-        return self._finish(plan, window, excluded, choice, recalled)
+        return self._finish(plan, window, excluded, choice, recalled, outcome)
 
     async def abuild(
         self,
@@ -385,9 +405,17 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
     ) -> AssembledPrompt:
         """Async :meth:`build` (the store's native async reads)."""
         header = await self.manager.aget_header(session_id)
+        outcome = None
+        if self._summarizes(header):
+            outcome = await acompact(self.manager, session_id, self._policy)
+            if outcome.entry is not None:
+                header = await self.manager.aget_header(session_id)
         draft = self._begin(session_id, header, tail, prefix=system_prefix, budget=budget, now=now)
         fetched = await self.manager.aget_fetched_context(session_id) if draft.reads_sources else {}
-        plan = self._plan(draft, fetched, query=query, exclude_last=exclude_last, skip_ids=skip_ids)
+        plan = self._plan(
+            draft, fetched, query=query, exclude_last=exclude_last, skip_ids=skip_ids,
+            view=self._view(header),
+        )  # fmt: skip
         index = await self.recall.aindex(self.manager, session_id, header) if plan.recalls else None
         choice, chunks = recall_step(plan, index)
         window = await aread_history_window(self.manager, session_id, chunks)
@@ -396,9 +424,31 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         excluded: list[dict[str, Any]] = []
         if plan.reads_excluded:
             excluded = await self.manager.aget_message_range(session_id, plan.end, plan.stored - 1)
-        return self._finish(plan, window, excluded, choice, recalled)
+        return self._finish(plan, window, excluded, choice, recalled, outcome)
 
     # ------------------------------------------------------------ build: pure steps
+
+    @property
+    def _policy(self) -> CompactionPolicy:
+        assert self.compaction is not None
+        return self.compaction
+
+    def _summarizes(self, header: Mapping[str, Any] | None) -> bool:
+        """Whether the policy's summary trigger fires for this header (no I/O)."""
+        if self.compaction is None or header is None:
+            return False
+        entries = compactions_of(header["shared"])
+        return self.compaction.summary_range(header["metadata"], entries) is not None
+
+    def _view(self, header: Mapping[str, Any] | None) -> CompactedView | None:
+        if self.compaction is None or header is None:
+            return None
+        return CompactedView(
+            compactions_of(header["shared"]),
+            self.manager.token_counter,
+            clear_before=self.compaction.clear_before(header["metadata"]),
+            min_tool_tokens=self.compaction.tool_output_min_tokens,
+        )
 
     def _begin(
         self,
@@ -433,6 +483,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         query: str,
         exclude_last: int,
         skip_ids: frozenset[str],
+        view: CompactedView | None = None,
     ) -> PromptPlan:
         return plan_prompt(
             draft,
@@ -450,16 +501,19 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             skip_ids=skip_ids,
             recall_share=self.recall_share,
             trim_block=self.trim_block,
+            view=view,
         )
 
-    def _finish(
+    def _finish(  # noqa: PLR0917 - the read results, in build order
         self,
         plan: PromptPlan,
         window: HistoryWindow,
         excluded: Sequence[Mapping[str, Any]],
         choice: RecallChoice | None,
         recalled: Sequence[Sequence[Mapping[str, Any]]],
+        outcome: CompactionOutcome | None = None,
     ) -> AssembledPrompt:
+        notes = [outcome.reason] if outcome is not None and outcome.failed else []
         return finish_prompt(
             plan,
             window,
@@ -470,6 +524,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             choice=choice,
             recalled=recalled,
             cache_hints=self.cache_hints,
+            notes=notes,
         )
 
     def _bounded_terms(self) -> dict[tuple[Any, ...], tuple[Counter[str], int]]:

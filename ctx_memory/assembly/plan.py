@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
     from langchain_core.messages import BaseMessage
 
+    from ctx_memory.assembly.compacted import CompactedView
     from ctx_memory.assembly.recalled import RecallChoice
     from ctx_memory.assembly.window import HistoryWindow
     from ctx_memory.ranking import Tokenizer
@@ -253,6 +254,7 @@ def plan_prompt(
     skip_ids: frozenset[str] = frozenset(),
     recall_share: float = 0.0,
     trim_block: float = 0.0,
+    view: CompactedView | None = None,
 ) -> PromptPlan:
     """Choose the sources within their share, then size the history to the rest.
 
@@ -262,7 +264,8 @@ def plan_prompt(
     When the stored history does not fit, ``recall_share`` of the history budget is
     kept for recalled turns (:func:`~ctx_memory.assembly.recalled.recall_step`). In
     the stable layout the window is trimmed in blocks of ``trim_block`` of what it
-    holds (:func:`block_size`).
+    holds (:func:`block_size`). With ``view``, the history is read as compactions
+    rewrite it (:mod:`ctx_memory.assembly.compacted`).
     """
     items: list[Mapping[str, Any]] = []
     for source_type, entries in fetched.items():
@@ -313,7 +316,7 @@ def plan_prompt(
         recall_budget = int(history_budget * recall_share) if recalls else 0
         window_budget = history_budget - recall_budget
     history = HistoryChunks(
-        meta, window_budget, counter=counter, end=end, skip_ids=skip_ids, block=block
+        meta, window_budget, counter=counter, end=end, skip_ids=skip_ids, block=block, view=view
     )
     return PromptPlan(
         draft,
@@ -382,6 +385,7 @@ def finish_prompt(
     choice: RecallChoice | None = None,
     recalled: Sequence[Sequence[Mapping[str, Any]]] = (),
     cache_hints: frozenset[str] = frozenset(),
+    notes: Sequence[str] = (),
 ) -> AssembledPrompt:
     """The messages and the report, from the plan and what was read for it.
 
@@ -393,7 +397,9 @@ def finish_prompt(
     what the window left of the history budget, weakest first. ``cache_hints`` holds
     ``"anthropic"`` (``cache_control`` on the system message and the last history
     message) and/or ``"openai"`` (``prompt_cache_key`` in
-    :attr:`AssembledPrompt.model_kwargs`).
+    :attr:`AssembledPrompt.model_kwargs`). ``notes`` are reported as
+    :attr:`AssemblyReport.compaction_notes` (e.g. a summariser that failed), with the
+    history view's own.
     """
     draft, sources = plan.draft, plan.sources
     meta = draft.metadata
@@ -431,6 +437,8 @@ def finish_prompt(
     recalled_cached = sum(int(r.get("token_count") or 0) for _, records in kept for r in records)
     left_out_tokens = int(meta.get("token_count", 0)) - window.tokens - window.skipped_tokens
     left_out_tokens -= sum(int(r["token_count"]) for r in excluded) + recalled_cached
+    compacted = _compaction_parts(plan.history.view, chosen)
+    left_out_tokens -= compacted.saved_tokens
     if stable:
         sources_tokens = plan.tail_tokens - draft.tail_tokens
         question_tokens = draft.tail_tokens
@@ -461,7 +469,9 @@ def finish_prompt(
         sources_dropped=sources.dropped,
         source_urls=tuple(str(item.get("url") or item_title(item)) for item, _ in sources.chosen),
         history_messages=len(chosen) + recalled_count,
-        history_left_out_messages=max(plan.end - len(chosen) - window.skipped - recalled_count, 0),
+        history_left_out_messages=max(
+            plan.end - len(chosen) - window.skipped - recalled_count - compacted.extra_messages, 0
+        ),
         history_left_out_tokens=max(left_out_tokens, 0) if same_encoding else 0,
         history_repaired_messages=len(window.dropped) + part.repaired,
         encoding=counter.encoding_name,
@@ -469,6 +479,9 @@ def finish_prompt(
         recall_tokens=part.tokens,
         stable_prefix_tokens=prefix,
         layout=draft.layout,
+        compactions=compacted.entries,
+        tool_outputs_cleared=compacted.cleared,
+        compaction_notes=[*notes, *(plan.history.view.notes if plan.history.view else ())],
     )
     return AssembledPrompt(
         messages=messages,
@@ -485,3 +498,46 @@ def finish_prompt(
 
 def _cached_cost(record: Mapping[str, Any]) -> int:
     return int(record["token_count"])
+
+
+@dataclass(frozen=True)
+class _Compacted:
+    entries: list[dict[str, Any]]
+    cleared: list[str]
+    saved_tokens: int
+    extra_messages: int
+
+
+def _compaction_parts(
+    view: CompactedView | None, chosen: Sequence[Mapping[str, Any]]
+) -> _Compacted:
+    """What the compactions the window used stand for (for the report)."""
+    if view is None:
+        return _Compacted([], [], 0, 0)
+    entries: list[dict[str, Any]] = []
+    cleared: list[str] = []
+    saved = extra = 0
+    for record in chosen:
+        message_id = str(record.get("id"))
+        stored = view.replaced.get(message_id)
+        if stored is None:
+            continue
+        saved += stored - int(record["token_count"])
+        if (entry := view.used.get(message_id)) is not None:
+            extra += int(entry["last_index"]) - int(entry["first_index"])
+            entries.append(
+                {
+                    key: entry.get(key)
+                    for key in (
+                        "id",
+                        "kind",
+                        "first_index",
+                        "last_index",
+                        "tokens_covered",
+                        "summary_tokens",
+                    )
+                }
+            )
+        else:
+            cleared.append(view.cleared_calls[message_id])
+    return _Compacted(entries, cleared, saved, extra)

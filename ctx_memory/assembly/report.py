@@ -65,6 +65,15 @@ class AssemblyReport:
             which moves only at block trims; classic: the system message when it holds
             no sources and no current page or local time, else 0).
         layout: ``"classic"`` or ``"stable"``.
+        compactions: Summary compactions used in place of the messages they cover,
+            one dict each: ``id``, ``kind``, ``first_index``, ``last_index``,
+            ``tokens_covered``, ``summary_tokens`` (:mod:`ctx_memory.compaction`). Each
+            summary message counts as one of ``history_messages``; the messages it
+            covers are not counted as left out.
+        tool_outputs_cleared: Tool-call ids of tool outputs sent as a placeholder
+            (``restore_tool_result`` brings them back).
+        compaction_notes: What did not go as planned: a summariser that failed or
+            returned nothing, a compaction not used because the history was edited.
     """
 
     session_id: str
@@ -90,6 +99,9 @@ class AssemblyReport:
     recall_tokens: int = 0
     stable_prefix_tokens: int = 0
     layout: str = "classic"
+    compactions: list[dict[str, Any]] = field(default_factory=list)
+    tool_outputs_cleared: list[str] = field(default_factory=list)
+    compaction_notes: list[str] = field(default_factory=list)
 
     @property
     def remaining_tokens(self) -> int:
@@ -97,13 +109,20 @@ class AssemblyReport:
         return self.budget - self.total_tokens
 
     def as_dict(self) -> dict[str, Any]:
-        """The report as a plain, JSON-native dict."""
+        """The report as a plain, JSON-native dict.
+
+        ``compactions``, ``tool_outputs_cleared`` and ``compaction_notes`` are left out
+        when empty.
+        """
         from dataclasses import asdict  # noqa: PLC0415
 
         out = asdict(self)
         out["source_urls"] = list(self.source_urls)
         out["recalled"] = [dict(entry) for entry in self.recalled]
         out["remaining_tokens"] = self.remaining_tokens
+        for key in ("compactions", "tool_outputs_cleared", "compaction_notes"):
+            if not out[key]:
+                del out[key]  # present only when compaction acted: older readers see no change
         return out
 
     def _repr_html_(self) -> str | None:

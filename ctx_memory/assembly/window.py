@@ -22,6 +22,7 @@ from langchain_core.messages import BaseMessage
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
+    from ctx_memory.assembly.compacted import CompactedView
     from ctx_memory.manager import ContextManager
     from ctx_memory.tokens import TokenCounter
 
@@ -321,7 +322,10 @@ class HistoryChunks:
     With ``block``, a full window is trimmed in blocks of that many positions
     (:meth:`HistoryWindow.finish`).
     Cached counts are used unless the session was counted in another encoding. Stored
-    messages whose ``id`` is in ``skip_ids`` are passed over.
+    messages whose ``id`` is in ``skip_ids`` are passed over. With ``view`` (a
+    :class:`~ctx_memory.assembly.compacted.CompactedView`), records are fed as the view
+    rewrites them (a summary for a compacted range, placeholders for cleared tool
+    outputs) and the reads skip the ranges a summary covers.
 
     Example:
         .. code-block:: python
@@ -349,9 +353,11 @@ class HistoryChunks:
         end: int | None = None,
         skip_ids: frozenset[str] = frozenset(),
         block: int = 0,
+        view: CompactedView | None = None,
     ) -> None:
         stored = int(metadata.get("message_count", 0))
         self.block = block
+        self.view = view if view is not None and view.active else None
         self.counter = counter
         self.end = stored if end is None else min(end, stored)
         same_encoding = metadata.get("token_encoding") in (None, counter.encoding_name)
@@ -365,14 +371,33 @@ class HistoryChunks:
         self._reached = self.end
 
     def ranges(self) -> Iterator[tuple[int, int]]:
-        """Inclusive ``(start, stop)`` ranges to read, newest first (:func:`history_chunks`)."""
-        return history_chunks(self.end, self._first)
+        """Inclusive ``(start, stop)`` ranges to read, newest first (:func:`history_chunks`).
+
+        With a view, a range a summary covers is not read.
+        """
+        if self.view is None:
+            return history_chunks(self.end, self._first)
+        return self._view_ranges(self.view)
+
+    def _view_ranges(self, view: CompactedView) -> Iterator[tuple[int, int]]:
+        end, size = self.end, max(self._first, 1)
+        while end > 0:
+            start = max(0, end - size)
+            yield start, end - 1
+            end = view.resume_below(start)
+            size *= 2
 
     def feed(self, start: int, records: Sequence[Mapping[str, Any]]) -> bool:
         """Take the records read from ``start`` on; return true once no more are needed."""
         self._reached = start
         newest = start + len(records) - 1
-        return self.window.feed(reversed(records), newest=newest) or not records
+        if self.view is None:
+            return self.window.feed(reversed(records), newest=newest) or not records
+        for top, run in self.view.segments(reversed(records), newest=newest):
+            self._reached = min(self._reached, top - len(run) + 1)
+            if self.window.feed(run, newest=top):
+                return True
+        return not records
 
     def finish(self) -> HistoryWindow:
         """The finished window; its ``chosen`` records are oldest first."""

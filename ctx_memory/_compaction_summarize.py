@@ -1,0 +1,215 @@
+"""Summarisers for :mod:`ctx_memory.compaction`: an offline extractive one and a chat prompt.
+
+A summariser is any ``Runnable`` that takes the covered messages (a list of LangChain
+messages) and returns the summary as a ``str`` or a message (its text is used).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.runnables import Runnable, RunnableLambda
+from typing_extensions import override
+
+from ctx_memory.recall import recall_terms, record_text
+from ctx_memory.schema import message_to_record
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from langchain_core.callbacks import (
+        AsyncCallbackManagerForChainRun,
+        CallbackManagerForChainRun,
+    )
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.runnables import RunnableConfig
+
+__all__ = ["DEFAULT_SUMMARY_PROMPT", "ExtractiveSummarizer", "chat_summarizer", "producer_of"]
+
+DEFAULT_SUMMARY_PROMPT = (
+    "Summarise the conversation excerpt below for your own later use. Keep every name, "
+    "number, date, identifier (tool-call ids, file names, URLs), decision and open question; "
+    "drop greetings and repetition. Write short factual lines, oldest first, no preamble."
+)
+"""The prompt :func:`chat_summarizer` puts before the covered messages."""
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_FACTY = re.compile(r"\d|\b[A-Z][a-z]+")
+
+
+def _sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE.split(text) if s.strip()]
+
+
+def _cut(sentence: str, words: int) -> str:
+    parts = sentence.split()
+    return sentence if len(parts) <= words else " ".join(parts[:words]) + " …"
+
+
+class ExtractiveSummarizer(Runnable[list[BaseMessage], str]):
+    """A deterministic, offline summariser: the most informative sentences of each message.
+
+    Each message's sentences are scored by the inverse document frequency of their
+    recall terms (:func:`~ctx_memory.recall.recall_terms`) across the covered messages,
+    plus a bonus for numbers and capitalised names, so the rare, specific sentence wins;
+    the best ``per_message`` sentences of each message not already kept stay, in
+    order, one line per message (``user:``, ``assistant:``, ``tool <name> [<call id>]:``), cut to
+    ``words_per_sentence`` words. Lines go until ``max_chars``.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_core.messages import AIMessage, HumanMessage
+            from ctx_memory.compaction import ExtractiveSummarizer
+
+            text = ExtractiveSummarizer().invoke([
+                HumanMessage("Hello there. My flight AF123 leaves Paris at 09:40."),
+                AIMessage("Noted. I will remind you."),
+            ])
+            assert "AF123" in text and "09:40" in text
+    """
+
+    def __init__(
+        self, *, per_message: int = 1, words_per_sentence: int = 40, max_chars: int = 6000
+    ) -> None:
+        self.per_message = per_message
+        self.words_per_sentence = words_per_sentence
+        self.max_chars = max_chars
+        self.name = "ExtractiveSummarizer"
+
+    def summarize(self, messages: Sequence[BaseMessage]) -> str:
+        """The summary of ``messages`` (what :meth:`invoke` returns)."""
+        records = [message_to_record(m, timestamp="") for m in messages]
+        texts = [record_text(r) for r in records]
+        docs = [set(recall_terms(t)) for t in texts]
+        frequency: Counter[str] = Counter(term for doc in docs for term in doc)
+        n = max(len(docs), 1)
+        lines: list[str] = []
+        seen: set[str] = set()
+        size = 0
+        for record, text in zip(records, texts, strict=True):
+            scored = []
+            for i, sentence in enumerate(_sentences(text)):
+                terms = set(recall_terms(sentence))
+                score = sum(math.log((n + 1) / frequency.get(t, 1)) for t in terms)
+                score += 2.0 * len(_FACTY.findall(sentence))
+                scored.append((score, -i, sentence))
+            best = sorted(scored, reverse=True)[: self.per_message]
+            picked = [s for _, _, s in sorted(best, key=lambda x: -x[1]) if s not in seen]
+            seen.update(picked)
+            if not picked:
+                continue
+            role = record["role"]
+            if role == "tool":
+                role = f"tool {record.get('name') or ''} [{record.get('tool_call_id')}]".strip()
+            line = f"{role}: " + " ".join(_cut(s, self.words_per_sentence) for s in picked)
+            if size + len(line) > self.max_chars:
+                lines.append("…")
+                break
+            lines.append(line)
+            size += len(line) + 1
+        return "\n".join(lines)
+
+    def _run(
+        self,
+        messages: list[BaseMessage],
+        run_manager: CallbackManagerForChainRun,
+        config: RunnableConfig,
+    ) -> str:
+        return self.summarize(messages)
+
+    async def _arun(
+        self,
+        messages: list[BaseMessage],
+        run_manager: AsyncCallbackManagerForChainRun,
+        config: RunnableConfig,
+    ) -> str:
+        return self.summarize(messages)
+
+    @override
+    def invoke(
+        self, input: list[BaseMessage], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> str:
+        return self._call_with_config(self._run, input, config, **kwargs)
+
+    @override
+    async def ainvoke(
+        self, input: list[BaseMessage], config: RunnableConfig | None = None, **kwargs: Any
+    ) -> str:
+        return await self._acall_with_config(self._arun, input, config, **kwargs)
+
+
+def _transcript(messages: Sequence[BaseMessage]) -> str:
+    lines = []
+    for message in messages:
+        record = message_to_record(message, timestamp="")
+        lines.append(f"{record['role']}: {record_text(record)}")
+    return "\n".join(lines)
+
+
+def chat_summarizer(
+    model: BaseChatModel, prompt: str = DEFAULT_SUMMARY_PROMPT
+) -> Runnable[list[BaseMessage], Any]:
+    """A summariser from a chat model: ``prompt`` as the system message, then a transcript.
+
+    The covered messages are sent as one plain-text transcript (so tool calls never need
+    their results in the summariser's own request). Its name records the prompt's hash,
+    which :func:`producer_of` reports.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_core.language_models.fake_chat_models import FakeListChatModel
+            from langchain_core.messages import HumanMessage
+            from ctx_memory.compaction import chat_summarizer
+
+            summarize = chat_summarizer(FakeListChatModel(responses=["user flies AF123"]))
+            assert summarize.invoke([HumanMessage("I fly AF123")]).content == "user flies AF123"
+    """
+
+    def build(messages: list[BaseMessage]) -> list[BaseMessage]:
+        return [SystemMessage(prompt), HumanMessage(_transcript(messages))]
+
+    chain = RunnableLambda(build, name="summary_prompt") | model
+    return chain.with_config(
+        run_name=f"chat_summarizer:{type(model).__name__}",
+        metadata={"ctx_memory_prompt_hash": _hash(prompt), "ctx_memory_model": _model(model)},
+    )
+
+
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _model(model: Any) -> str:
+    for attribute in ("model_name", "model", "model_id"):
+        value = getattr(model, attribute, None)
+        if isinstance(value, str) and value:
+            return value
+    return type(model).__name__
+
+
+def producer_of(summarizer: Runnable[Any, Any]) -> dict[str, str]:
+    """``{name, model, prompt_hash}`` of a summariser, for a compaction's ``producer``."""
+    config = getattr(summarizer, "config", None) or {}
+    metadata = config.get("metadata") or {}
+    if isinstance(summarizer, ExtractiveSummarizer):
+        settings = (
+            f"{summarizer.per_message}/{summarizer.words_per_sentence}/{summarizer.max_chars}"
+        )
+        return {
+            "name": summarizer.name or "ExtractiveSummarizer",
+            "model": "",
+            "prompt_hash": _hash(settings),
+        }
+    name = str(config.get("run_name") or summarizer.get_name())
+    return {
+        "name": name,
+        "model": str(metadata.get("ctx_memory_model") or _model(summarizer)),
+        "prompt_hash": str(metadata.get("ctx_memory_prompt_hash") or ""),
+    }

@@ -1,0 +1,46 @@
+"""The ``restore_tool_result`` tool (see :func:`ctx_memory.compaction.make_restore_tool`).
+
+No ``from __future__ import annotations`` here: LangChain injects ``ToolRuntime`` by its
+annotation, which must be a real class at run time (as in :mod:`ctx_memory._recall_tool`).
+"""
+
+from typing import TYPE_CHECKING, Any
+
+from langchain.tools import ToolRuntime
+from langchain_core.tools import BaseTool, StructuredTool
+
+from ctx_memory._recall_tool import runtime_session
+from ctx_memory.recall import record_text
+
+if TYPE_CHECKING:
+    from ctx_memory.manager import ContextManager
+
+__all__ = ["build_restore_tool"]
+
+DESCRIPTION = (
+    "Bring back a tool output that was cleared from view to save space. Pass `tool_call_id`: "
+    "the id named in the placeholder. Returns the tool's full output."
+)
+
+
+def _answer(tool_call_id: str, history: list[dict[str, Any]]) -> str:
+    for record in reversed(history):
+        if record.get("role") == "tool" and record.get("tool_call_id") == tool_call_id:
+            return record_text(record)
+    return f"No tool output with tool_call_id {tool_call_id!r} in this conversation."
+
+
+def build_restore_tool(manager: "ContextManager", session_id: str | None, *, name: str) -> BaseTool:
+    """The tool (see :func:`ctx_memory.compaction.make_restore_tool`)."""
+
+    def restore(tool_call_id: str, runtime: ToolRuntime[Any, Any] = None) -> str:  # type: ignore[assignment]
+        sid = runtime_session(runtime, session_id)
+        return _answer(tool_call_id, manager.get_history(sid))
+
+    async def arestore(tool_call_id: str, runtime: ToolRuntime[Any, Any] = None) -> str:  # type: ignore[assignment]
+        sid = runtime_session(runtime, session_id)
+        return _answer(tool_call_id, await manager.aget_history(sid))
+
+    return StructuredTool.from_function(
+        func=restore, coroutine=arestore, name=name, description=DESCRIPTION
+    )

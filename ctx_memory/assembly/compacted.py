@@ -1,0 +1,194 @@
+"""The history as a prompt sees it once compactions apply: pure, fed newest first.
+
+:class:`CompactedView` sits between the history reads and the
+:class:`~ctx_memory.assembly.window.HistoryWindow`: each stored record, with its
+position, comes out as itself, as a placeholder (a tool output cleared from the prompt),
+or, for a summary compaction, the whole covered range comes out as one user message
+``[Summary of messages a-b]`` at position ``a``, exactly counted. A compaction whose
+newest covered message is no longer at ``last_index`` with ``last_id`` (history edited
+since) is not used, and said so in :attr:`CompactedView.notes`. Nothing here writes.
+
+Also the pure half of :mod:`ctx_memory.compaction`'s data: the reserved key, reading the
+entries from ``shared``, and the summary message.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+
+    from ctx_memory.tokens import TokenCounter
+
+__all__ = [
+    "COMPACTIONS_KEY",
+    "CompactedView",
+    "compactions_of",
+    "placeholder_text",
+    "summary_record",
+    "summary_text",
+]
+
+COMPACTIONS_KEY = "ctx_memory.compactions"
+"""The reserved ``shared`` key holding a session's compactions."""
+
+
+def compactions_of(shared: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The live compactions in a ``shared`` dict, oldest range first (tombstones skipped)."""
+    entries = (shared or {}).get(COMPACTIONS_KEY) or {}
+    if not isinstance(entries, dict):
+        return []
+    live = [dict(e) for e in entries.values() if isinstance(e, dict) and e.get("id")]
+    return sorted(live, key=lambda e: (int(e.get("first_index", 0)), str(e["id"])))
+
+
+def summary_text(entry: Mapping[str, Any]) -> str:
+    """The text of the message that stands for a summary compaction in a prompt."""
+    first, last = entry["first_index"], entry["last_index"]
+    return f"[Summary of messages {first}-{last}]\n{entry['summary']}"
+
+
+def summary_record(entry: Mapping[str, Any], counter: TokenCounter) -> dict[str, Any]:
+    """The prompt message (as a stored-record dict) for a summary, counted exactly."""
+    record: dict[str, Any] = {
+        "role": "user",
+        "content": summary_text(entry),
+        "id": f"{COMPACTIONS_KEY}:{entry['id']}",
+    }
+    record["token_count"] = counter.count_record(record)
+    return record
+
+
+def placeholder_text(call_id: str, position: int, tokens: int) -> str:
+    """What a cleared tool output is replaced by in a prompt."""
+    return (
+        f"[Tool output cleared from view ({tokens} tokens, message {position}). "
+        f'Call restore_tool_result with tool_call_id="{call_id}" to see it.]'
+    )
+
+
+class CompactedView:
+    """Rewrites stored records, newest first, as the prompt is to see them.
+
+    Args:
+        compactions: The session's live compactions (:func:`compactions_of`).
+        counter: Counts the summary and placeholder messages exactly.
+        clear_before: Tool outputs at positions below this (and of at least
+            ``min_tool_tokens``) become placeholders; ``0``: none.
+        min_tool_tokens: Smaller tool outputs are kept.
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory import TokenCounter
+            from ctx_memory.assembly.compacted import CompactedView
+
+            entry = {"id": "c1", "kind": "summary", "first_index": 0, "last_index": 1,
+                     "first_id": "m0", "last_id": "m1", "summary": "said hi"}
+            view = CompactedView([entry], TokenCounter())
+            records = [
+                {"role": "user", "content": "hi", "id": "m0", "token_count": 5},
+                {"role": "assistant", "content": "hello", "id": "m1", "token_count": 5},
+                {"role": "user", "content": "bye", "id": "m2", "token_count": 5},
+            ]
+            out = list(view.segments(reversed(records), newest=2))
+            assert [(p, [r["id"] for r in rs]) for p, rs in out] == [
+                (2, ["m2"]), (0, ["ctx_memory.compactions:c1"])
+            ]
+    """
+
+    def __init__(
+        self,
+        compactions: Sequence[Mapping[str, Any]],
+        counter: TokenCounter,
+        *,
+        clear_before: int = 0,
+        min_tool_tokens: int = 0,
+    ) -> None:
+        self.counter = counter
+        self.summaries = {
+            int(c["last_index"]): c for c in compactions if c.get("kind") == "summary"
+        }
+        self.cleared = [
+            (int(c["first_index"]), int(c["last_index"]))
+            for c in compactions
+            if c.get("kind") == "tool_outputs_cleared"
+        ]
+        self.clear_before = clear_before
+        self.min_tool_tokens = min_tool_tokens
+        self.used: dict[str, Mapping[str, Any]] = {}
+        """Summary compactions emitted, by their message id."""
+        self.replaced: dict[str, int] = {}
+        """Stored tokens of each emitted message that stands for others, by its id."""
+        self.cleared_calls: dict[str, str] = {}
+        """Tool-call ids of placeholders emitted, by message id."""
+        self.notes: list[str] = []
+        self._skip_to: int | None = None  # inside a summary: positions >= this are covered
+        self._resume: int | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is to be rewritten at all."""
+        return bool(self.summaries or self.cleared or self.clear_before)
+
+    def resume_below(self, start: int) -> int:
+        """Where the next read should end (exclusive): below a summary reaching past ``start``."""
+        resume, self._resume = self._resume, None
+        return min(start, resume) if resume is not None else start
+
+    def _clears(self, record: Mapping[str, Any], position: int) -> bool:
+        if record.get("role") != "tool" or not record.get("tool_call_id"):
+            return False
+        if any(a <= position <= b for a, b in self.cleared):
+            return True
+        return position < self.clear_before and int(record["token_count"]) >= self.min_tool_tokens
+
+    def _placeholder(self, record: Mapping[str, Any], position: int) -> dict[str, Any]:
+        stored = int(record["token_count"])
+        call_id = str(record["tool_call_id"])
+        new = {key: record[key] for key in ("role", "id", "tool_call_id", "name") if key in record}
+        new["content"] = placeholder_text(call_id, position, stored)
+        new["token_count"] = self.counter.count_record(new)
+        self.replaced[str(record.get("id"))] = stored
+        self.cleared_calls[str(record.get("id"))] = call_id
+        return new
+
+    def segments(
+        self, records: Iterator[Mapping[str, Any]] | Sequence[Mapping[str, Any]], *, newest: int
+    ) -> Iterator[tuple[int, list[Mapping[str, Any]]]]:
+        """``(position of the first, records)`` runs to feed a window, newest first."""
+        run: list[Mapping[str, Any]] = []
+        run_top = newest
+        position = newest + 1
+        for record in records:
+            position -= 1
+            if self._skip_to is not None:
+                if position >= self._skip_to:
+                    continue  # covered by the summary just emitted
+                self._skip_to = None
+            entry = self.summaries.get(position)
+            if entry is not None and record.get("id") == entry.get("last_id"):
+                if run:
+                    yield run_top, run
+                summary = summary_record(entry, self.counter)
+                first = int(entry["first_index"])
+                self.used[summary["id"]] = entry
+                self.replaced[summary["id"]] = int(entry.get("tokens_covered") or 0)
+                yield first, [summary]
+                self._skip_to = first
+                self._resume = first
+                run, run_top = [], first - 1
+                continue
+            if entry is not None:
+                self.notes.append(
+                    f"compaction {entry['id']} not used: message {position} is no longer "
+                    f"{entry.get('last_id')!r} (history edited since)"
+                )
+            if not run:
+                run_top = position
+            run.append(
+                self._placeholder(record, position) if self._clears(record, position) else record
+            )
+        if run:
+            yield run_top, run

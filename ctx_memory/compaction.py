@@ -1,0 +1,543 @@
+"""Compactions: summaries of old history kept as data, never in place of the messages.
+
+A compaction is an entry of the session's ``shared`` state under the reserved key
+:data:`COMPACTIONS_KEY` (``"ctx_memory.compactions"``), a dict ``{compaction_id: entry}``.
+It is therefore exported, imported and versioned with the document. Entries are written
+with :meth:`~ctx_memory.manager.ContextManager.update_partial_context` (a deep merge,
+atomic on every store), so concurrent compactors never lose each other's entries;
+removing one merges ``{id: None}``, a tombstone that readers skip. Stored messages are
+never deleted or changed: assembly uses a compaction *instead of* the messages it covers
+(:mod:`ctx_memory.assembly.compacted`), and once it is removed the session assembles as
+before.
+
+An entry::
+
+    {"id": "c-…", "kind": "summary" | "tool_outputs_cleared",
+     "first_id": "…", "last_id": "…",          # covered stored message ids (inclusive)
+     "first_index": 120, "last_index": 380,    # their positions when it was made
+     "summary": "…",
+     "producer": {"name": "ExtractiveSummarizer", "model": "", "prompt_hash": "…"},
+     "tokens_covered": 51234,                  # the covered records' cached counts
+     "summary_tokens": 812,                    # the summary message, exactly counted
+     "created_at": "2025-…"}
+
+The ladder, cheapest first (:class:`CompactionPolicy`): (a) old tool outputs are
+replaced *in the prompt* by a placeholder naming the tool-call id, which the
+``restore_tool_result`` tool (:func:`make_restore_tool`) brings back; (b) a covered
+range is summarised by any Runnable (:class:`ExtractiveSummarizer`, the offline default,
+or :func:`chat_summarizer`) and stored as a compaction (:func:`compact`); (c) recall
+(:mod:`ctx_memory.recall`) brings back what a summary lost. A summariser that raises or
+returns nothing changes nothing; :class:`CompactionOutcome` says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from ctx_memory._compaction_summarize import (
+    DEFAULT_SUMMARY_PROMPT,
+    ExtractiveSummarizer,
+    chat_summarizer,
+    producer_of,
+)
+from ctx_memory.assembly.compacted import (
+    COMPACTIONS_KEY,
+    compactions_of,
+    summary_record,
+    summary_text,
+)
+from ctx_memory.assembly.messages import records_to_messages
+from ctx_memory.errors import ValidationError
+from ctx_memory.schema import now_iso
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from langchain_core.runnables import Runnable
+    from langchain_core.tools import BaseTool
+
+    from ctx_memory.manager import ContextManager
+    from ctx_memory.tokens import TokenCounter
+
+__all__ = [
+    "COMPACTIONS_KEY",
+    "DEFAULT_SUMMARY_PROMPT",
+    "CompactionOutcome",
+    "CompactionPolicy",
+    "ExtractiveSummarizer",
+    "aadd_compaction",
+    "acompact",
+    "aget_compactions",
+    "add_compaction",
+    "aremove_compaction",
+    "chat_summarizer",
+    "compact",
+    "compactions_of",
+    "get_compactions",
+    "make_restore_tool",
+    "remove_compaction",
+    "summary_text",
+]
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("summary", "tool_outputs_cleared")
+Kind = Literal["summary", "tool_outputs_cleared"]
+_MAX_ID = 128
+
+
+# ------------------------------------------------------------------ validation (pure)
+
+
+def _bad(field_name: str, problem: str) -> ValidationError:
+    return ValidationError(f"compaction {field_name}: {problem}")
+
+
+def _check_add(  # noqa: PLR0917 - the public signature's fields, in its order
+    first_index: object,
+    last_index: object,
+    summary: object,
+    kind: object,
+    producer: object,
+    compaction_id: object,
+) -> None:
+    for name, value in (("first_index", first_index), ("last_index", last_index)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise _bad(name, f"must be an int >= 0, got {value!r}")
+    assert isinstance(first_index, int)
+    assert isinstance(last_index, int)
+    if last_index < first_index:
+        raise _bad("last_index", f"{last_index} is before first_index {first_index}")
+    if kind not in KINDS:
+        raise _bad("kind", f"must be one of {KINDS}, got {kind!r}")
+    if not isinstance(summary, str):
+        raise _bad("summary", f"must be a str, got {type(summary).__name__}")
+    if kind == "summary" and not summary.strip():
+        raise _bad("summary", "is empty (a summary compaction needs text)")
+    if producer is not None:
+        if not isinstance(producer, dict) or not set(producer) <= {"name", "model", "prompt_hash"}:
+            raise _bad("producer", f"must be a dict of name, model, prompt_hash; got {producer!r}")
+        for key, value in producer.items():
+            if not isinstance(value, str):
+                raise _bad(f"producer.{key}", f"must be a str, got {value!r}")
+    if compaction_id is not None and (
+        not isinstance(compaction_id, str) or not compaction_id or len(compaction_id) > _MAX_ID
+    ):
+        raise _bad("id", f"must be a non-empty str of at most {_MAX_ID} chars")
+
+
+def _entry(
+    records: Sequence[Mapping[str, Any]],
+    first_index: int,
+    last_index: int,
+    summary: str,
+    *,
+    kind: str,
+    producer: Mapping[str, str] | None,
+    compaction_id: str | None,
+    first_id: str | None,
+    last_id: str | None,
+    counter: TokenCounter,
+) -> dict[str, Any]:
+    """The entry once the covered records are read; raises if they are not what was said."""
+    if len(records) != last_index - first_index + 1:
+        msg = (
+            f"compaction last_index: the session holds {first_index + len(records)} messages, "
+            f"the range {first_index}-{last_index} is past its end"
+        )
+        raise ValidationError(msg)
+    for name, given, record in (
+        ("first_id", first_id, records[0]),
+        ("last_id", last_id, records[-1]),
+    ):
+        if given is not None and record.get("id") != given:
+            msg = f"compaction {name}: message {given!r} is not at that position"
+            raise ValidationError(msg)
+    entry: dict[str, Any] = {
+        "id": compaction_id or f"c-{uuid.uuid4().hex[:16]}",
+        "kind": kind,
+        "first_id": str(records[0].get("id")),
+        "last_id": str(records[-1].get("id")),
+        "first_index": first_index,
+        "last_index": last_index,
+        "summary": summary,
+        "producer": {"name": "", "model": "", "prompt_hash": "", **(producer or {})},
+        "tokens_covered": sum(int(r.get("token_count") or 0) for r in records),
+        "created_at": now_iso(),
+    }
+    entry["summary_tokens"] = (
+        summary_record(entry, counter)["token_count"] if kind == "summary" else 0
+    )
+    return entry
+
+
+def _check_remove(compaction_id: object) -> str:
+    if not isinstance(compaction_id, str) or not compaction_id:
+        raise _bad("id", f"must be a non-empty str, got {compaction_id!r}")
+    return compaction_id
+
+
+# ------------------------------------------------------------------ the data: I/O twins
+
+
+def add_compaction(
+    manager: ContextManager,
+    session_id: str,
+    first_index: int,
+    last_index: int,
+    summary: str,
+    *,
+    kind: Kind = "summary",
+    producer: Mapping[str, str] | None = None,
+    compaction_id: str | None = None,
+    first_id: str | None = None,
+    last_id: str | None = None,
+) -> dict[str, Any]:
+    """Store a compaction of messages ``first_index``..``last_index`` (inclusive).
+
+    The covered messages are read to check ``first_id`` / ``last_id`` (when given) and
+    count ``tokens_covered`` from their cached counts; nothing is written if any check
+    fails. Safe beside concurrent compactors (one atomic deep merge).
+
+    Returns:
+        The entry written.
+
+    Raises:
+        ValidationError: A bad argument, a range past the history's end or ids that
+            are not at those positions (the message names the field).
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory import ContextManager
+            from ctx_memory.compaction import add_compaction, get_compactions
+
+            manager = ContextManager()
+            for i in range(3):
+                manager.add_user_message("s1", f"question {i}")
+                manager.add_assistant_message("s1", f"answer {i}")
+            entry = add_compaction(manager, "s1", 0, 3, "User asked 0 and 1; answered.")
+            assert get_compactions(manager, "s1") == [entry]
+            assert len(manager.get_history("s1")) == 6  # messages untouched
+    """
+    _check_add(first_index, last_index, summary, kind, producer, compaction_id)
+    records = manager.get_message_range(session_id, first_index, last_index)
+    entry = _entry(
+        records, first_index, last_index, summary, kind=kind, producer=producer,
+        compaction_id=compaction_id, first_id=first_id, last_id=last_id,
+        counter=manager.token_counter,
+    )  # fmt: skip
+    manager.update_partial_context(session_id, {COMPACTIONS_KEY: {entry["id"]: entry}})
+    return entry
+
+
+async def aadd_compaction(
+    manager: ContextManager,
+    session_id: str,
+    first_index: int,
+    last_index: int,
+    summary: str,
+    *,
+    kind: Kind = "summary",
+    producer: Mapping[str, str] | None = None,
+    compaction_id: str | None = None,
+    first_id: str | None = None,
+    last_id: str | None = None,
+) -> dict[str, Any]:
+    """Async :func:`add_compaction`."""
+    _check_add(first_index, last_index, summary, kind, producer, compaction_id)
+    records = await manager.aget_message_range(session_id, first_index, last_index)
+    entry = _entry(
+        records, first_index, last_index, summary, kind=kind, producer=producer,
+        compaction_id=compaction_id, first_id=first_id, last_id=last_id,
+        counter=manager.token_counter,
+    )  # fmt: skip
+    await manager.aupdate_partial_context(session_id, {COMPACTIONS_KEY: {entry["id"]: entry}})
+    return entry
+
+
+def get_compactions(manager: ContextManager, session_id: str) -> list[dict[str, Any]]:
+    """The session's live compactions, oldest range first (``[]`` for none).
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory import ContextManager
+            from ctx_memory.compaction import get_compactions
+
+            assert get_compactions(ContextManager(), "nobody") == []
+    """
+    header = manager.get_header(session_id)
+    return compactions_of(header["shared"] if header else None)
+
+
+async def aget_compactions(manager: ContextManager, session_id: str) -> list[dict[str, Any]]:
+    """Async :func:`get_compactions`."""
+    header = await manager.aget_header(session_id)
+    return compactions_of(header["shared"] if header else None)
+
+
+def remove_compaction(manager: ContextManager, session_id: str, compaction_id: str) -> bool:
+    """Remove a compaction (a tombstone); the session then assembles as before.
+
+    Returns:
+        Whether it was live.
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory import ContextManager
+            from ctx_memory.compaction import add_compaction, get_compactions, remove_compaction
+
+            manager = ContextManager()
+            manager.add_user_message("s1", "hi")
+            entry = add_compaction(manager, "s1", 0, 0, "greeting")
+            assert remove_compaction(manager, "s1", entry["id"])
+            assert get_compactions(manager, "s1") == []
+    """
+    cid = _check_remove(compaction_id)
+    live = any(e["id"] == cid for e in get_compactions(manager, session_id))
+    if live:
+        manager.update_partial_context(session_id, {COMPACTIONS_KEY: {cid: None}})
+    return live
+
+
+async def aremove_compaction(manager: ContextManager, session_id: str, compaction_id: str) -> bool:
+    """Async :func:`remove_compaction`."""
+    cid = _check_remove(compaction_id)
+    live = any(e["id"] == cid for e in await aget_compactions(manager, session_id))
+    if live:
+        await manager.aupdate_partial_context(session_id, {COMPACTIONS_KEY: {cid: None}})
+    return live
+
+
+# ------------------------------------------------------------------ the ladder
+
+
+@dataclass(frozen=True)
+class CompactionPolicy:
+    """When and how to compact; pass it as ``compaction=`` to the assembler, chat or middleware.
+
+    Every trigger is on the session's exact cached ``metadata.token_count``.
+
+    Attributes:
+        clear_tool_outputs_at: Rung (a): once the session holds more tokens than this,
+            tool outputs older than the newest ``keep_tool_outputs`` messages (rounded
+            down to a multiple of ``block``, so the boundary moves in steps) and of at
+            least ``tool_output_min_tokens`` are sent as a placeholder naming the
+            tool-call id. ``None``: never. Prompt only; nothing is written.
+        keep_tool_outputs: Newest messages whose tool outputs are always sent whole.
+        tool_output_min_tokens: Smaller tool outputs are always sent whole.
+        summarize_at: Rung (b): once the uncompacted history holds more tokens than
+            this, the oldest uncompacted messages up to the newest ``keep_recent``
+            (rounded down to a multiple of ``block`` and to a turn start) are
+            summarised into a stored compaction before assembling. ``None``: never.
+        keep_recent: Newest messages never summarised.
+        block: Positions per step of both boundaries.
+        min_messages: Fewest messages one summary covers.
+        summarizer: Any Runnable from the covered messages to the summary text (or a
+            message); default :class:`ExtractiveSummarizer`.
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.compaction import CompactionPolicy
+
+            policy = CompactionPolicy(summarize_at=4000, keep_recent=32)
+            assert policy.clear_before({"message_count": 100, "token_count": 9000}) == 80
+    """
+
+    clear_tool_outputs_at: int | None = 4000
+    keep_tool_outputs: int = 16
+    tool_output_min_tokens: int = 100
+    summarize_at: int | None = 8000
+    keep_recent: int = 32
+    block: int = 16
+    min_messages: int = 8
+    summarizer: Runnable[Any, Any] = field(default_factory=ExtractiveSummarizer)
+
+    def __post_init__(self) -> None:
+        for name in ("keep_tool_outputs", "tool_output_min_tokens", "keep_recent", "min_messages"):
+            if getattr(self, name) < 0:
+                raise _bad(name, "must be >= 0")
+        if self.block < 1:
+            raise _bad("block", "must be >= 1")
+
+    def _floor(self, position: int) -> int:
+        return max(position, 0) // self.block * self.block
+
+    def clear_before(self, metadata: Mapping[str, Any]) -> int:
+        """Tool outputs at positions before this are cleared from the prompt (0: none)."""
+        if self.clear_tool_outputs_at is None:
+            return 0
+        if int(metadata.get("token_count", 0)) <= self.clear_tool_outputs_at:
+            return 0
+        return self._floor(int(metadata.get("message_count", 0)) - self.keep_tool_outputs)
+
+    def summary_range(
+        self, metadata: Mapping[str, Any], compactions: Sequence[Mapping[str, Any]]
+    ) -> tuple[int, int] | None:
+        """The positions ``(start, boundary)`` to read for the next summary, or None.
+
+        ``start`` follows the newest summary; ``boundary`` (read too: the summary ends
+        before the turn start at or below it) is ``keep_recent`` back, on a block.
+        """
+        if self.summarize_at is None:
+            return None
+        summaries = [c for c in compactions if c.get("kind") == "summary"]
+        saved = sum(int(c["tokens_covered"]) - int(c["summary_tokens"]) for c in summaries)
+        if int(metadata.get("token_count", 0)) - saved <= self.summarize_at:
+            return None
+        start = max((int(c["last_index"]) + 1 for c in summaries), default=0)
+        boundary = self._floor(int(metadata.get("message_count", 0)) - self.keep_recent)
+        if boundary - start < max(self.min_messages, 1):
+            return None
+        return start, boundary
+
+
+@dataclass(frozen=True)
+class CompactionOutcome:
+    """What one :func:`compact` did.
+
+    Attributes:
+        entry: The compaction written, or None.
+        reason: Why nothing was written (``"not needed"``, ``"no turn boundary"``,
+            ``"summarizer failed: …"``, ``"summarizer returned nothing"``); ``""`` if written.
+    """
+
+    entry: dict[str, Any] | None = None
+    reason: str = ""
+
+    @property
+    def failed(self) -> bool:
+        """Whether a summariser failed or returned nothing (reported by the assembly)."""
+        return self.reason.startswith("summarizer")
+
+
+def _covered(records: Sequence[Mapping[str, Any]], start: int) -> list[Mapping[str, Any]]:
+    """The records up to the last turn start (a user message) after the first: whole turns."""
+    for i in range(len(records) - 1, 0, -1):
+        if records[i].get("role") == "user":
+            return list(records[:i])
+    return []
+
+
+def _summary_of(result: Any) -> str:
+    text = result if isinstance(result, str) else getattr(result, "text", None)
+    if callable(text):  # langchain-core < 1.0: .text() is a method
+        text = text()
+    return text.strip() if isinstance(text, str) else ""
+
+
+def _failed(session_id: str, reason: str) -> CompactionOutcome:
+    logger.warning("compaction of session %r skipped: %s", session_id, reason)
+    return CompactionOutcome(reason=reason)
+
+
+def compact(
+    manager: ContextManager, session_id: str, policy: CompactionPolicy
+) -> CompactionOutcome:
+    """Run rung (b) once: summarise the next range if the policy says so, and store it.
+
+    Reads the header, and only when the trigger fires the range to cover. A summariser
+    that raises or returns nothing changes nothing: the outcome says why and a warning
+    is logged.
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory import ContextManager
+            from ctx_memory.compaction import CompactionPolicy, compact
+
+            manager = ContextManager()
+            for i in range(40):
+                manager.add_user_message("s1", f"Flight number {i} is AF{100 + i}.")
+                manager.add_assistant_message("s1", "Noted.")
+            policy = CompactionPolicy(summarize_at=100, keep_recent=16, block=8)
+            outcome = compact(manager, "s1", policy)
+            assert outcome.entry is not None and outcome.entry["first_index"] == 0
+            assert "AF100" in outcome.entry["summary"]
+    """
+    header = manager.get_header(session_id)
+    if header is None:
+        return CompactionOutcome(reason="not needed")
+    span = policy.summary_range(header["metadata"], compactions_of(header["shared"]))
+    if span is None:
+        return CompactionOutcome(reason="not needed")
+    records = _covered(manager.get_message_range(session_id, *span), span[0])
+    if not records:
+        return CompactionOutcome(reason="no turn boundary")
+    try:
+        result = policy.summarizer.invoke(records_to_messages(records))
+    except Exception as e:  # noqa: BLE001 - any summariser failure is reported, not raised
+        return _failed(session_id, f"summarizer failed: {type(e).__name__}: {e}")
+    summary = _summary_of(result)
+    if not summary:
+        return _failed(session_id, "summarizer returned nothing")
+    entry = add_compaction(
+        manager, session_id, span[0], span[0] + len(records) - 1, summary,
+        producer=producer_of(policy.summarizer), first_id=records[0].get("id"),
+        last_id=records[-1].get("id"),
+    )  # fmt: skip
+    return CompactionOutcome(entry=entry)
+
+
+async def acompact(
+    manager: ContextManager, session_id: str, policy: CompactionPolicy
+) -> CompactionOutcome:
+    """Async :func:`compact`."""
+    header = await manager.aget_header(session_id)
+    if header is None:
+        return CompactionOutcome(reason="not needed")
+    span = policy.summary_range(header["metadata"], compactions_of(header["shared"]))
+    if span is None:
+        return CompactionOutcome(reason="not needed")
+    records = _covered(await manager.aget_message_range(session_id, *span), span[0])
+    if not records:
+        return CompactionOutcome(reason="no turn boundary")
+    try:
+        result = await policy.summarizer.ainvoke(records_to_messages(records))
+    except Exception as e:  # noqa: BLE001 - any summariser failure is reported, not raised
+        return _failed(session_id, f"summarizer failed: {type(e).__name__}: {e}")
+    summary = _summary_of(result)
+    if not summary:
+        return _failed(session_id, "summarizer returned nothing")
+    entry = await aadd_compaction(
+        manager, session_id, span[0], span[0] + len(records) - 1, summary,
+        producer=producer_of(policy.summarizer), first_id=records[0].get("id"),
+        last_id=records[-1].get("id"),
+    )  # fmt: skip
+    return CompactionOutcome(entry=entry)
+
+
+def make_restore_tool(
+    manager: ContextManager, session_id: str | None = None, *, name: str = "restore_tool_result"
+) -> BaseTool:
+    """A LangChain tool that brings back a tool output cleared from the prompt, by call id.
+
+    The session is found as the ``recall`` tool finds it (the agent's context, the
+    config's ``session_id`` or ``thread_id``, else ``session_id``). Needs the
+    ``agents`` extra.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_core.messages import AIMessage, ToolMessage
+            from ctx_memory import ContextManager
+            from ctx_memory.compaction import make_restore_tool
+
+            manager = ContextManager()
+            manager.add_user_message("s1", "weather?")
+            manager.add_messages("s1", [
+                AIMessage("", tool_calls=[{"name": "weather", "args": {}, "id": "call-1"}]),
+                ToolMessage("Sunny, 21 C", tool_call_id="call-1", name="weather"),
+            ])
+            tool = make_restore_tool(manager, "s1")
+            assert "Sunny, 21 C" in tool.invoke({"tool_call_id": "call-1"})
+    """
+    from ctx_memory._compaction_tool import build_restore_tool  # noqa: PLC0415 - optional extra
+
+    return build_restore_tool(manager, session_id, name=name)
