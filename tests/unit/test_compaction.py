@@ -1,0 +1,217 @@
+"""Compactions as data: stored in ``shared``, round-tripped, concurrent, removable."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from langchain_core.runnables import RunnableLambda
+
+from ctx_memory import ContextManager, ContextPromptAssembler, TokenCounter
+from ctx_memory.assembly.window import repair_tool_pairs
+from ctx_memory.compaction import (
+    COMPACTIONS_KEY,
+    CompactionPolicy,
+    aadd_compaction,
+    acompact,
+    add_compaction,
+    aget_compactions,
+    aremove_compaction,
+    compact,
+    get_compactions,
+    remove_compaction,
+)
+from ctx_memory.errors import ValidationError
+from ctx_memory.eval.data import agent_trace
+from ctx_memory.stores.memory import InMemoryStore
+from ctx_memory.stores.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store_manager(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ContextManager]:
+    store = InMemoryStore() if request.param == "memory" else SqliteStore(str(tmp_path / "c.db"))
+    with ContextManager(store=store) as manager:
+        yield manager
+
+
+def _chat(manager: ContextManager, sid: str, turns: int) -> None:
+    for i in range(turns):
+        manager.add_user_message(sid, f"Flight {i} is AF{100 + i}, seat {i}A. Filler words here.")
+        manager.add_assistant_message(sid, f"Noted flight {i}.")
+
+
+def test_round_trip_through_export_import_and_stores(store_manager: ContextManager) -> None:
+    _chat(store_manager, "s1", 5)
+    entry = add_compaction(
+        store_manager, "s1", 0, 3, "Flights 0 and 1.", producer={"name": "me", "model": "x"}
+    )
+    assert entry["first_id"] == store_manager.get_history("s1")[0]["id"]
+    assert entry["tokens_covered"] == sum(
+        r["token_count"] for r in store_manager.get_history("s1")[:4]
+    )
+    assert entry["summary_tokens"] > 0
+    assert get_compactions(store_manager, "s1") == [entry]
+    exported = store_manager.export_session("s1")
+    store_manager.import_session(exported, session_id="s2")
+    assert get_compactions(store_manager, "s2") == [entry]
+
+
+def test_bad_entries_are_refused_before_any_write(manager: ContextManager) -> None:
+    _chat(manager, "s1", 2)
+    cases: list[dict[str, Any]] = [
+        {"first_index": -1, "last_index": 1, "summary": "x"},
+        {"first_index": 2, "last_index": 1, "summary": "x"},
+        {"first_index": 0, "last_index": 1, "summary": ""},
+        {"first_index": 0, "last_index": 1, "summary": "x", "kind": "zip"},
+        {"first_index": 0, "last_index": 9, "summary": "x"},
+        {"first_index": 0, "last_index": 1, "summary": "x", "last_id": "nope"},
+        {"first_index": 0, "last_index": 1, "summary": "x", "producer": {"name": 3}},
+    ]
+    for case in cases:
+        with pytest.raises(ValidationError, match="compaction"):
+            add_compaction(manager, "s1", **case)
+    assert get_compactions(manager, "s1") == []
+
+
+def test_concurrent_adds_keep_every_entry(store_manager: ContextManager) -> None:
+    _chat(store_manager, "s1", 10)
+
+    def add(i: int) -> None:
+        add_compaction(store_manager, "s1", i, i + 1, f"summary {i}", compaction_id=f"c{i}")
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(e["id"] for e in get_compactions(store_manager, "s1")) == sorted(
+        f"c{i}" for i in range(16)
+    )
+
+
+async def test_async_twins(manager: ContextManager) -> None:
+    _chat(manager, "s1", 3)
+    entry = await aadd_compaction(manager, "s1", 0, 1, "first")
+    assert await aget_compactions(manager, "s1") == [entry]
+    assert await aremove_compaction(manager, "s1", entry["id"])
+    assert not await aremove_compaction(manager, "s1", entry["id"])
+    assert await aget_compactions(manager, "s1") == []
+    assert manager.get_context("s1")["shared"][COMPACTIONS_KEY] == {entry["id"]: None}
+
+
+def _assembler(manager: ContextManager, **kwargs: Any) -> ContextPromptAssembler:
+    policy = CompactionPolicy(summarize_at=None, clear_tool_outputs_at=None)
+    return ContextPromptAssembler(
+        manager, max_tokens=900, reserve_tokens=100, compaction=policy, **kwargs
+    )
+
+
+@pytest.mark.parametrize("layout", ["classic", "stable"])
+def test_summary_replaces_its_range_and_removing_restores(
+    manager: ContextManager, layout: str
+) -> None:
+    _chat(manager, "s1", 40)
+    assembler = _assembler(manager, layout=layout, recall_share=0)
+    before = assembler.assemble("s1", "Which seat on flight 2?")
+    history = manager.get_history("s1")
+    entry = add_compaction(manager, "s1", 0, 59, "Flights AF100-AF129 booked, seats nA.")
+    after = assembler.assemble("s1", "Which seat on flight 2?")
+    texts = [m.text for m in after.messages]
+    assert any(t.startswith("[Summary of messages 0-59]") for t in texts)
+    assert after.report.compactions[0]["id"] == entry["id"]
+    assert after.report.total_tokens == TokenCounter().count_chat(after.messages)
+    assert after.report.total_tokens <= assembler.budget
+    assert manager.get_history("s1") == history  # nothing stored changed
+    remove_compaction(manager, "s1", entry["id"])
+    again = assembler.assemble("s1", "Which seat on flight 2?")
+    assert [m.model_dump() for m in again.messages] == [m.model_dump() for m in before.messages]
+    assert again.report.compactions == []
+
+
+def test_a_stale_compaction_is_not_used_and_said_so(manager: ContextManager) -> None:
+    _chat(manager, "s1", 40)
+    add_compaction(manager, "s1", 0, 59, "old summary")
+    manager.delete_message("s1", manager.get_history("s1")[10]["id"])
+    assembler = ContextPromptAssembler(
+        manager, max_tokens=8000, compaction=CompactionPolicy(summarize_at=None)
+    )
+    result = assembler.assemble("s1", "flight?")
+    assert result.report.compactions == []
+    assert any("not used" in note for note in result.report.compaction_notes)
+
+
+@pytest.mark.parametrize("bad", ["raise", "empty"])
+def test_a_failing_summarizer_changes_nothing_and_is_reported(
+    manager: ContextManager, bad: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def summarize(_: Any) -> str:
+        if bad == "raise":
+            raise RuntimeError("model down")
+        return "  "
+
+    _chat(manager, "s1", 40)
+    document = manager.get_context("s1")
+    policy = CompactionPolicy(
+        summarize_at=100, keep_recent=8, block=8, summarizer=RunnableLambda(summarize)
+    )
+    assembler = ContextPromptAssembler(
+        manager, max_tokens=900, reserve_tokens=100, compaction=policy
+    )
+    result = assembler.assemble("s1", "flight?")
+    assert manager.get_context("s1") == document
+    assert result.report.compaction_notes and result.report.compaction_notes[0].startswith(
+        "summarizer"
+    )
+    assert "compaction of session 's1' skipped" in caplog.text
+
+
+async def test_compact_writes_one_summary_at_a_block_boundary(manager: ContextManager) -> None:
+    _chat(manager, "s1", 40)
+    policy = CompactionPolicy(summarize_at=100, keep_recent=20, block=16)
+    outcome = await acompact(manager, "s1", policy)
+    assert outcome.entry is not None
+    assert outcome.entry["first_index"] == 0
+    assert outcome.entry["last_index"] == 47  # ends before the user turn at the block (48)
+    assert "AF100" in outcome.entry["summary"]
+    assert compact(manager, "s1", policy).reason == "not needed"  # nothing new past the block
+
+
+def _check_prompt(messages: list[Any]) -> None:
+    kept, dropped = repair_tool_pairs(messages)
+    assert dropped == [], "orphan tool result or unanswered tool call"
+
+
+@pytest.mark.parametrize("layout", ["classic", "stable"])
+def test_generated_traces_never_orphan_and_count_exactly(layout: str) -> None:
+    counter = TokenCounter()
+    for seed in range(12):
+        manager = ContextManager()
+        policy = CompactionPolicy(
+            clear_tool_outputs_at=2000, keep_tool_outputs=6, summarize_at=6000,
+            keep_recent=10, block=4, min_messages=4,
+        )  # fmt: skip
+        assembler = ContextPromptAssembler(
+            manager, max_tokens=6000, reserve_tokens=500, compaction=policy, layout=layout
+        )
+        stored: list[dict[str, Any]] = []
+        for task in agent_trace(seed, 12):
+            manager.add_messages("s", list(task.messages))
+            result = assembler.assemble("s", task.query)
+            _check_prompt(result.messages)
+            assert result.report.total_tokens == counter.count_chat(result.messages)
+            assert result.report.total_tokens <= assembler.budget
+        history = manager.get_history("s")
+        assert len(history) == sum(len(t.messages) for t in agent_trace(seed, 12))
+        assert all(
+            r["content"] == m.content
+            for r, m in zip(
+                history, [m for t in agent_trace(seed, 12) for m in t.messages], strict=True
+            )
+        )
+        assert get_compactions(manager, "s"), "the policy summarised"
+        stored.extend(history)
