@@ -40,6 +40,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.runnables.utils import ConfigurableFieldSpec
 from typing_extensions import override
 
+from ctx_memory import tracing
 from ctx_memory.assembly.compacted import CompactedView, compactions_of
 from ctx_memory.assembly.plan import begin_prompt, finish_prompt, plan_prompt
 from ctx_memory.assembly.recalled import recall_step
@@ -369,6 +370,26 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             BudgetExceededError: The system prompt, header and ``tail`` alone exceed the
                 budget.
         """
+        with tracing.assembly_span(session_id) as span:
+            prompt = self._build(
+                session_id, tail, query=query, exclude_last=exclude_last, skip_ids=skip_ids,
+                system_prefix=system_prefix, budget=budget, now=now,
+            )  # fmt: skip
+            tracing.report_attributes(span, prompt.report.as_dict())
+            return prompt
+
+    def _build(
+        self,
+        session_id: str,
+        tail: Sequence[BaseMessage],
+        *,
+        query: str,
+        exclude_last: int,
+        skip_ids: frozenset[str],
+        system_prefix: str,
+        budget: int | None,
+        now: datetime | None,
+    ) -> AssembledPrompt:
         header = self.manager.get_header(session_id)
         outcome = None
         if self._summarizes(header):
@@ -404,6 +425,26 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         now: datetime | None = None,
     ) -> AssembledPrompt:
         """Async :meth:`build` (the store's native async reads)."""
+        with tracing.assembly_span(session_id) as span:
+            prompt = await self._abuild(
+                session_id, tail, query=query, exclude_last=exclude_last, skip_ids=skip_ids,
+                system_prefix=system_prefix, budget=budget, now=now,
+            )  # fmt: skip
+            tracing.report_attributes(span, prompt.report.as_dict())
+            return prompt
+
+    async def _abuild(
+        self,
+        session_id: str,
+        tail: Sequence[BaseMessage],
+        *,
+        query: str,
+        exclude_last: int,
+        skip_ids: frozenset[str],
+        system_prefix: str,
+        budget: int | None,
+        now: datetime | None,
+    ) -> AssembledPrompt:
         header = await self.manager.aget_header(session_id)
         outcome = None
         if self._summarizes(header):

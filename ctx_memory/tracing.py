@@ -13,12 +13,17 @@ Once on:
   ``postgresql``, ``memory``), ``db.operation.name`` (the operation) and, following the
   GenAI conventions, ``gen_ai.conversation.id`` (the session id) when the operation has one.
   A failed operation records its exception and marks the span as an error;
+* every prompt assembly (:meth:`ContextPromptAssembler.build
+  <ctx_memory.prompt.ContextPromptAssembler.build>`, which ``ContextualChat`` and
+  ``ContextMiddleware`` use) is a span ``ctx_memory.assemble`` with
+  ``gen_ai.conversation.id`` and the report's figures as ``ctx_memory.prompt.*`` attributes
+  (``total_tokens``, ``budget``, ``messages_included``, ...), its store reads as children;
 * every event a manager emits (``message_added``, ``session_evicted``, ...) is added to the
   current span as a span event ``ctx_memory.{type}`` with the session id and the event's
   scalar data, whether or not a listener is registered.
 
-Prompt assembly and chat turns carry their own figures: see
-:mod:`ctx_memory.server.tracing` for the ``chat {model}`` span of the HTTP service.
+The HTTP service adds its request spans and a ``chat {model}`` span per turn: see
+:mod:`ctx_memory.server.tracing`.
 
 Example:
     .. code-block:: python
@@ -45,9 +50,11 @@ Example:
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from contextlib import AbstractContextManager
 
     from opentelemetry.trace import Tracer, TracerProvider
@@ -56,7 +63,14 @@ if TYPE_CHECKING:
     from ctx_memory.stores.base import BaseStore
     from ctx_memory.stores.ops import StoreOp
 
-__all__ = ["TRACER_NAME", "instrument", "instrumented", "uninstrument"]
+__all__ = [
+    "TRACER_NAME",
+    "assembly_span",
+    "instrument",
+    "instrumented",
+    "report_attributes",
+    "uninstrument",
+]
 
 TRACER_NAME = "ctx_memory"
 
@@ -109,6 +123,28 @@ def store_span(store: BaseStore, op: StoreOp) -> AbstractContextManager[Any]:
     kind = SpanKind.INTERNAL if store.name in _LOCAL_STORES else SpanKind.CLIENT
     return _tracer.start_as_current_span(
         f"ctx_memory.store {name}", kind=kind, attributes=attributes
+    )
+
+
+def assembly_span(session_id: str) -> AbstractContextManager[Any]:
+    """The span of one prompt assembly, or a no-op context when tracing is off."""
+    if _tracer is None:
+        return nullcontext()
+    return _tracer.start_as_current_span(
+        "ctx_memory.assemble", attributes={"gen_ai.conversation.id": session_id}
+    )
+
+
+def report_attributes(span: Any, report: Mapping[str, Any]) -> None:
+    """Put a report's scalar figures on ``span`` as ``ctx_memory.prompt.*`` (no-op if off)."""
+    if span is None:
+        return
+    span.set_attributes(
+        {
+            f"ctx_memory.prompt.{key}": value
+            for key, value in report.items()
+            if isinstance(value, (str, bool, int, float))
+        }
     )
 
 

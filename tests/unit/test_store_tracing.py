@@ -121,3 +121,29 @@ def test_an_exception_in_the_store_is_recorded(
     (span,) = exporter.get_finished_spans()
     assert span.status.status_code is StatusCode.ERROR
     assert [e.name for e in span.events] == ["exception"]
+
+
+async def test_an_assembly_is_a_span_with_the_reports_figures(
+    exporter: InMemorySpanExporter,
+) -> None:
+    from langchain_core.messages import HumanMessage
+
+    from ctx_memory import ContextPromptAssembler
+
+    with ContextManager() as cm:
+        cm.add_user_message("s7", "an earlier question")
+        cm.add_assistant_message("s7", "an earlier answer")
+        assembler = ContextPromptAssembler(cm, session_id="s7", max_tokens=2000)
+        exporter.clear()
+        prompt = assembler.build("s7", [HumanMessage("now?")], query="now?")
+        await assembler.abuild("s7", [HumanMessage("now?")], query="now?")
+    spans = exporter.get_finished_spans()
+    assemblies = [s for s in spans if s.name == "ctx_memory.assemble"]
+    assert len(assemblies) == 2
+    attributes = assemblies[0].attributes or {}
+    assert attributes["gen_ai.conversation.id"] == "s7"
+    assert attributes["ctx_memory.prompt.total_tokens"] == prompt.report.total_tokens
+    assert attributes["ctx_memory.prompt.budget"] == prompt.report.budget
+    reads = [s for s in spans if s.name.startswith("ctx_memory.store ")]
+    assert reads
+    assert {s.parent.span_id for s in reads if s.parent} <= {a.context.span_id for a in assemblies}
