@@ -59,7 +59,9 @@ class ExtractiveSummarizer(Runnable[list[BaseMessage], str]):
     plus a bonus for numbers and capitalised names, so the rare, specific sentence wins;
     the best ``per_message`` sentences of each message not already kept stay, in
     order, one line per message (``user:``, ``assistant:``, ``tool <name> [<call id>]:``), cut to
-    ``words_per_sentence`` words. Lines go until ``max_chars``.
+    ``words_per_sentence`` words. When the lines exceed ``max_chars`` (about 500 tokens by
+    default) the most specific ones are kept, in their order, and a last line says how many
+    were left out.
 
     Example:
         .. code-block:: python
@@ -75,7 +77,7 @@ class ExtractiveSummarizer(Runnable[list[BaseMessage], str]):
     """
 
     def __init__(
-        self, *, per_message: int = 1, words_per_sentence: int = 40, max_chars: int = 6000
+        self, *, per_message: int = 1, words_per_sentence: int = 40, max_chars: int = 2000
     ) -> None:
         self.per_message = per_message
         self.words_per_sentence = words_per_sentence
@@ -89,10 +91,9 @@ class ExtractiveSummarizer(Runnable[list[BaseMessage], str]):
         docs = [set(recall_terms(t)) for t in texts]
         frequency: Counter[str] = Counter(term for doc in docs for term in doc)
         n = max(len(docs), 1)
-        lines: list[str] = []
+        candidates: list[tuple[float, int, str]] = []  # (best score, position, line)
         seen: set[str] = set()
-        size = 0
-        for record, text in zip(records, texts, strict=True):
+        for position, (record, text) in enumerate(zip(records, texts, strict=True)):
             scored = []
             for i, sentence in enumerate(_sentences(text)):
                 terms = set(recall_terms(sentence))
@@ -108,11 +109,17 @@ class ExtractiveSummarizer(Runnable[list[BaseMessage], str]):
             if role == "tool":
                 role = f"tool {record.get('name') or ''} [{record.get('tool_call_id')}]".strip()
             line = f"{role}: " + " ".join(_cut(s, self.words_per_sentence) for s in picked)
-            if size + len(line) > self.max_chars:
-                lines.append("…")
-                break
-            lines.append(line)
-            size += len(line) + 1
+            candidates.append((max(score for score, _, _ in best), position, line))
+        # The most specific lines win the room (never more than max_chars), in their order.
+        kept: list[tuple[int, str]] = []
+        size = 0
+        for _, position, line in sorted(candidates, key=lambda c: (-c[0], c[1])):
+            if size + len(line) + 1 <= self.max_chars:
+                kept.append((position, line))
+                size += len(line) + 1
+        lines = [line for _, line in sorted(kept)]
+        if len(kept) < len(candidates):
+            lines.append(f"(… {len(candidates) - len(kept)} less specific lines left out)")
         return "\n".join(lines)
 
     def _run(
