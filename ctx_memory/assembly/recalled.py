@@ -272,6 +272,7 @@ def recall_step(
         counter=plan.history.counter,
         end=plan.end,
         skip_ids=plan.skip_ids,
+        view=plan.history.view,  # compactions apply to the resized window too
     )
     return choice, chunks
 

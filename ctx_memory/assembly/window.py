@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from langchain_core.messages import BaseMessage
 
+from ctx_memory.assembly.compacted import summary_record
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -369,6 +371,18 @@ class HistoryChunks:
         average = max(int(metadata.get("token_count", 0)) // max(stored, 1), 1)
         self._first = budget // average + 8 + len(skip_ids)
         self._reached = self.end
+        # The newest summary is pinned: its tokens are set aside before the window fills,
+        # so it stands in front of the window even when the window does not reach back to
+        # it (once its newest message is checked, by one read, to be the one it covered).
+        self._pin: tuple[int, dict[str, Any]] | None = None
+        self._pin_state = "none"  # none | unchecked | kept | dropped | reached
+        if self.view is not None:
+            positions = [p for p in self.view.summaries if p < self.end]
+            if positions:
+                last = max(positions)
+                record = summary_record(self.view.summaries[last], counter)
+                if record["token_count"] <= budget * 3 // 4:  # the window keeps a quarter
+                    self._pin, self._pin_state = (last, record), "unchecked"
 
     def ranges(self) -> Iterator[tuple[int, int]]:
         """Inclusive ``(start, stop)`` ranges to read, newest first (:func:`history_chunks`).
@@ -380,6 +394,8 @@ class HistoryChunks:
         return self._view_ranges(self.view)
 
     def _view_ranges(self, view: CompactedView) -> Iterator[tuple[int, int]]:
+        if self._pin is not None:
+            yield self._pin[0], self._pin[0]  # the pinned summary's newest covered message
         end, size = self.end, max(self._first, 1)
         while end > 0:
             start = max(0, end - size)
@@ -389,12 +405,25 @@ class HistoryChunks:
 
     def feed(self, start: int, records: Sequence[Mapping[str, Any]]) -> bool:
         """Take the records read from ``start`` on; return true once no more are needed."""
+        if self._pin_state == "unchecked" and self._pin is not None:
+            position, summary = self._pin
+            entry = self.view.summaries[position] if self.view is not None else {}
+            if records and records[0].get("id") == entry.get("last_id"):
+                self._pin_state = "kept"
+                self.window.budget -= int(summary["token_count"])
+            else:  # edited since: the view says so when the window gets there
+                self._pin_state = "dropped"
+            return False
         self._reached = start
         newest = start + len(records) - 1
         if self.view is None:
             return self.window.feed(reversed(records), newest=newest) or not records
         for top, run in self.view.segments(reversed(records), newest=newest):
             self._reached = min(self._reached, top - len(run) + 1)
+            pinned = self._pin[1] if self._pin_state == "kept" and self._pin else None
+            if pinned is not None and run[0].get("id") == pinned["id"]:  # reached it after all
+                self._pin_state = "reached"
+                self.window.budget += int(pinned["token_count"])
             if self.window.feed(run, newest=top):
                 return True
         return not records
@@ -405,6 +434,13 @@ class HistoryChunks:
         window.chosen = window.finish(at_start=self._reached == 0, block=self.block)
         if window.start is None:
             window.start = self.end
+        if self._pin_state == "kept" and self._pin is not None and self.view is not None:
+            summary = self._pin[1]
+            entry = self.view.summaries[self._pin[0]]
+            window.chosen.insert(0, summary)
+            window.tokens += int(summary["token_count"])
+            self.view.used[summary["id"]] = entry
+            self.view.replaced[summary["id"]] = int(entry.get("tokens_covered") or 0)
         return window
 
 

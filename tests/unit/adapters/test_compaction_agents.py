@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from adapter_fakes import fake_model, tool_call
 from langchain.agents import create_agent
 from langchain_core.messages import ToolMessage
 
 from ctx_memory import ContextManager, ContextMiddleware, ContextualChat
 from ctx_memory.compaction import CompactionPolicy, get_compactions
-
-from adapter_fakes import fake_model, tool_call
 
 CONFIG = {"configurable": {"thread_id": "s1"}}
 
@@ -31,9 +29,6 @@ def _seed(manager: ContextManager) -> None:
         manager.add_assistant_message("s1", f"Order {1000 + i} shipped.")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="open: the summary/placeholders do not reach these prompts yet (see report)"
-)
 def test_agent_compacts_and_restores_without_summarization_middleware(
     manager: ContextManager,
 ) -> None:
@@ -59,9 +54,6 @@ def test_agent_compacts_and_restores_without_summarization_middleware(
     assert not any(r["role"] == "user" and r["content"].startswith("[Summary") for r in after)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="open: the summary/placeholders do not reach these prompts yet (see report)"
-)
 async def test_contextual_chat_uses_compaction_async(manager: ContextManager) -> None:
     _seed(manager)
     model = fake_model("ok")
