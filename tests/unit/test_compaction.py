@@ -164,9 +164,8 @@ def test_a_failing_summarizer_changes_nothing_and_is_reported(
     )
     result = assembler.assemble("s1", "flight?")
     assert manager.get_context("s1") == document
-    assert result.report.compaction_notes and result.report.compaction_notes[0].startswith(
-        "summarizer"
-    )
+    assert result.report.compaction_notes
+    assert result.report.compaction_notes[0].startswith("summarizer")
     assert "compaction of session 's1' skipped" in caplog.text
 
 
@@ -182,7 +181,7 @@ async def test_compact_writes_one_summary_at_a_block_boundary(manager: ContextMa
 
 
 def _check_prompt(messages: list[Any]) -> None:
-    kept, dropped = repair_tool_pairs(messages)
+    _, dropped = repair_tool_pairs(messages)
     assert dropped == [], "orphan tool result or unanswered tool call"
 
 
