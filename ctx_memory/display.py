@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ctx_memory.assembly.compacted import COMPACTIONS_KEY, compactions_of
+
 if TYPE_CHECKING:
     from ctx_memory.manager import ContextManager
     from ctx_memory.schema import SessionDocument
@@ -456,7 +458,9 @@ def render_session_html(
     if skipped:
         messages = f'<div class="muted">… {_fmt(skipped)} older messages not shown</div>' + messages
     system_prompt = document.get("system_prompt")
-    shared = document.get("shared") or {}
+    shared = dict(document.get("shared") or {})
+    compactions = compactions_of(shared)
+    shared.pop(COMPACTIONS_KEY, None)  # shown as compactions below
     parts = [
         f"<style>{_CSS}</style>",
         '<div class="ctxm">',
@@ -471,6 +475,11 @@ def render_session_html(
         f"<h4>Conversation ({_fmt(n_messages)} messages)</h4>",
         messages or '<div class="muted">No messages yet.</div>',
     ]
+    if compactions:
+        parts += [
+            f"<h4>Compactions ({_fmt(len(compactions))})</h4>",
+            _compactions_html(compactions),
+        ]
     if shared:
         parts += [
             f"<h4>Shared state ({_fmt(len(shared))} keys)</h4>",
@@ -479,6 +488,28 @@ def render_session_html(
         ]
     parts.append("</div>")
     return "".join(parts)
+
+
+def _compactions_html(compactions: Sequence[Mapping[str, Any]]) -> str:
+    """One folded row per compaction: range, kind, tokens, producer, time, summary."""
+    rows = []
+    for entry in compactions:
+        producer = entry.get("producer") or {}
+        name = producer.get("name", "?") if isinstance(producer, Mapping) else "?"
+        head = (
+            f"messages {_e(entry.get('first_index'))}-{_e(entry.get('last_index'))} · "
+            f"{_e(entry.get('kind', '?'))} · {_fmt(_num(entry.get('tokens_covered')))} → "
+            f"{_fmt(_num(entry.get('summary_tokens')))} tokens · {_e(name)} · "
+            f"{_e(entry.get('created_at', ''))}"
+        )
+        rows.append(
+            f"<details><summary>{head}</summary><pre>{_e(entry.get('summary', ''))}</pre></details>"
+        )
+    return "".join(rows)
+
+
+def _num(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 # --------------------------------------------------------------------------- assembly

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
+from ctx_memory.assembly.compacted import COMPACTIONS_KEY, compactions_of
 from ctx_memory.schema import exported
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from rich.console import Console
     from rich.progress import Progress
@@ -162,11 +163,45 @@ def _print_session(console: Console, document: dict[str, Any], *, full: bool) ->
             head.append_text(_text(f"  {model}", "dim"))
         console.print(head)
         console.print(_text(clip(record.get("content")), multiline=True))
-    shared = document.get("shared") or {}
+    shared = dict(document.get("shared") or {})
+    compactions = compactions_of(shared)
+    shared.pop(COMPACTIONS_KEY, None)  # listed as compactions
+    if compactions:
+        _print_compactions(console, compactions, clip)
     if shared:  # JSON escapes control characters in keys and values itself
         console.print(_text("Shared state", "bold"))
         shared_json = clip(json.dumps(shared, ensure_ascii=False, indent=2), 2000)
         console.print(_text(shared_json, multiline=True))
+
+
+def _print_compactions(
+    console: Console, compactions: list[dict[str, Any]], clip: Callable[[object], str]
+) -> None:
+    """The compactions table, then each summary (stored text printed literally)."""
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title="Compactions", title_justify="left")
+    for name in ("messages", "kind", "tokens", "summary tokens", "producer", "created"):
+        table.add_column(name, overflow="fold")
+    for entry in compactions:
+        producer = entry.get("producer") or {}
+        table.add_row(
+            _text(f"{entry.get('first_index')}-{entry.get('last_index')}"),
+            _text(entry.get("kind", "")),
+            _text(entry.get("tokens_covered", "")),
+            _text(entry.get("summary_tokens", "")),
+            _text(producer.get("name", "") if isinstance(producer, dict) else ""),
+            _text(entry.get("created_at", "")),
+        )
+    console.print(table)
+    for entry in compactions:
+        console.print(
+            _text(
+                f"Summary of messages {entry.get('first_index')}-{entry.get('last_index')}",
+                "bold",
+            )
+        )
+        console.print(_text(clip(entry.get("summary", "")), multiline=True))
 
 
 def _count(value: object) -> int:

@@ -1,0 +1,54 @@
+"""Compactions are shown by ``ctx-memory show`` and the HTML view (stored text literal)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from typer.testing import CliRunner
+
+from ctx_memory import ContextManager
+from ctx_memory.cli import app
+from ctx_memory.compaction import add_compaction
+from ctx_memory.display import render_session_html
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+HOSTILE = "<script>alert(1)</script> [bold]x[/bold] \x1b[31mred"
+
+
+def _session(path: str) -> None:
+    with ContextManager(store="sqlite", sqlite_path=path) as cm:
+        for i in range(6):
+            cm.add_user_message("s1", f"question {i} about flight AF{100 + i}")
+            cm.add_assistant_message("s1", f"answer {i}")
+        add_compaction(
+            cm, "s1", 0, 5, f"Asked about AF100-AF102. {HOSTILE}", producer={"name": "test"}
+        )
+
+
+def test_show_lists_compactions_and_prints_their_text_literally(tmp_path: Path) -> None:
+    path = str(tmp_path / "db.sqlite3")
+    _session(path)
+    result = CliRunner().invoke(app, ["--sqlite-path", path, "show", "s1"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "Compactions" in out
+    assert "0-5" in out
+    assert "Summary of messages 0-5" in out
+    assert "Asked about AF100-AF102." in out
+    assert "[bold]x[/bold]" in out  # not read as markup
+    assert "\x1b" not in out  # control characters escaped
+    assert "ctx_memory.compactions" not in out  # not repeated as shared state
+
+
+def test_the_html_view_has_a_compactions_section_escaped(tmp_path: Path) -> None:
+    path = str(tmp_path / "db.sqlite3")
+    _session(path)
+    with ContextManager(store="sqlite", sqlite_path=path) as cm:
+        html = render_session_html(cm.get_context("s1"))
+    assert "<h4>Compactions (1)</h4>" in html
+    assert "messages 0-5" in html
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "Shared state" not in html  # the only shared key is the compactions'
