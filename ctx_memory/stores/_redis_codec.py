@@ -25,12 +25,26 @@ __all__ = [
     "clean_init",
     "decode_fetched",
     "decode_header",
+    "decode_messages",
     "encode_fetched",
     "event_json",
     "json_str",
     "triples",
     "write_result",
 ]
+
+
+def decode_messages(replies: Sequence[Any]) -> list[dict[str, Any]]:
+    """Stored message texts (bytes or str) as dicts, in one ``json.loads`` of a joined array.
+
+    The same values as one ``json.loads`` per message (each text is one JSON value), about
+    three times faster for long histories.
+    """
+    if not replies:
+        return []
+    if isinstance(replies[0], bytes):
+        return json.loads(b"[" + b",".join(replies) + b"]")  # type: ignore[no-any-return]
+    return json.loads("[" + ",".join(replies) + "]")  # type: ignore[no-any-return]
 
 
 def decode_header(fields: Sequence[Any]) -> Header:

@@ -9,7 +9,6 @@ sync client or on the asyncio client. Every operation is thus written once for b
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, assert_never
@@ -22,6 +21,7 @@ from ctx_memory.stores._redis_codec import (
     clean_init,
     decode_fetched,
     decode_header,
+    decode_messages,
     encode_fetched,
     json_str,
     triples,
@@ -283,7 +283,7 @@ class RedisOperations(BaseStore):
             return None
         fields, messages, fetched = reply
         return assemble_document(
-            decode_header(fields), [json.loads(m) for m in messages], decode_fetched(fetched)
+            decode_header(fields), decode_messages(messages), decode_fetched(fetched)
         )
 
     def _op_header(self, session_id: str) -> Generator[Request, Any, Header | None]:
@@ -298,7 +298,7 @@ class RedisOperations(BaseStore):
             reply = yield Command(("LRANGE", key, start, end))
         else:
             reply = yield from self._read("msgs", session_id, start, end)
-        return [json.loads(m) for m in reply]
+        return decode_messages(reply)
 
     def _op_count(self, session_id: str) -> Generator[Request, Any, int]:
         if self.max_sessions is None:
