@@ -14,7 +14,7 @@ On every model call the middleware
    session, so the model gets every message at most once, checkpointer or not;
 2. once the model has answered, appends the current run and the reply (with ``model``,
    ``response_time_ms``, ``sources_used`` and ``tools_used`` in its metadata) in one
-   write. A failed model call writes nothing. Appends are idempotent by message id, so
+   write. A failed model call writes no message. Appends are idempotent by message id, so
    a message the session already holds is passed over, whoever wrote it and whatever
    else was written since: another agent on the same session, an agent used as a tool
    that inherits ``configurable.session_id``, or a plain
@@ -23,6 +23,13 @@ On every model call the middleware
    a deterministic id (derived from the session, the message before it and its
    content), and so does a reply without one (derived from the request's last message;
    set on the message itself so the state keeps it), so a re-run stores it once too.
+
+Beside LangChain's ``SummarizationMiddleware`` (which replaces the state's older messages
+with one ``HumanMessage`` summary), the summary is never stored as a user turn: it is
+stored as a compaction (producer ``langchain.SummarizationMiddleware``) covering the
+stored messages it replaced, and the prompt sends it once, in place of them
+(:mod:`ctx_memory._compaction_langchain`). The middleware always uses a session's stored
+compactions; ``compaction=`` adds clearing and summarising of its own.
 
 After the agent finishes, the current run is appended once more, which stores anything
 no model call saw (e.g. the result of a ``return_direct`` tool). Messages of earlier runs
@@ -37,24 +44,43 @@ Tool schemas are not counted; keep ``reserve_tokens`` large enough for them and 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from ctx_memory._extras import missing_extra
 
 try:
     from langchain.agents.middleware import AgentMiddleware, AgentState, ModelResponse
+    from langchain.agents.middleware.types import PrivateStateAttr
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise missing_extra("agents", __name__, e) from e
+
+from typing import NotRequired
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables.config import var_child_runnable_config
 from typing_extensions import override
 
+from ctx_memory._compaction_langchain import (
+    STATE_START_KEY,
+    compaction_id_for,
+    known,
+    producer_for,
+    split_summaries,
+    summary_body,
+    summary_span,
+)
+from ctx_memory.assembly.compacted import compactions_of
 from ctx_memory.assembly.window import repair_tool_pairs
-from ctx_memory.compaction import make_restore_tool
+from ctx_memory.compaction import (
+    CompactionPolicy,
+    aadd_compaction,
+    add_compaction,
+    make_restore_tool,
+)
 from ctx_memory.prompt import ContextPromptAssembler, session_id_from
 from ctx_memory.schema import message_to_record, now_iso
 
@@ -67,11 +93,21 @@ if TYPE_CHECKING:
     from langgraph.runtime import Runtime
 
     from ctx_memory.assembly.report import AssembledPrompt
-    from ctx_memory.compaction import CompactionPolicy
     from ctx_memory.manager import ContextManager
     from ctx_memory.ranking import Tokenizer
 
 __all__ = ["ContextMiddleware"]
+
+logger = logging.getLogger(__name__)
+
+_USE_STORED = CompactionPolicy(clear_tool_outputs_at=None, summarize_at=None)
+"""Without ``compaction=``: stored compactions are used, nothing is cleared or written."""
+
+
+class ContextAgentState(AgentState[Any]):
+    """The agent state with the id of its first message when the run began (private)."""
+
+    ctx_memory_state_start: NotRequired[Annotated[str, PrivateStateAttr]]
 
 
 _ID_NAMESPACE = uuid.UUID("5b0f1f8e-3c1e-4b5e-9a52-2f6a1d0c7e41")
@@ -117,7 +153,7 @@ def _reply_messages(result: Any) -> list[BaseMessage]:
     return list(inner.result) if isinstance(inner, ModelResponse) else []
 
 
-class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
+class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
     """Agent middleware that gives ``create_agent`` agents a ctx_memory session.
 
     The session id is, in order: ``runtime.context["session_id"]`` (or a
@@ -150,7 +186,11 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         compaction: A :class:`~ctx_memory.compaction.CompactionPolicy`: the prompt
             uses stored compactions, clears old tool outputs (and the agent gets the
             ``restore_tool_result`` tool) and summarises old ranges when the policy's
-            trigger fires, with no ``SummarizationMiddleware``. Off by default.
+            trigger fires, with no ``SummarizationMiddleware``. Off by default (stored
+            compactions are still used).
+        summarization: The ``SummarizationMiddleware`` running beside this one, if
+            any: its model and prompt hash are recorded as the producer of the
+            compactions read from its summaries (they are recognised without it).
 
     Example:
         .. code-block:: python
@@ -195,12 +235,14 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         trim_block: float = 0.25,
         cache_hints: Sequence[Literal["anthropic", "openai"]] = (),
         compaction: CompactionPolicy | None = None,
+        summarization: AgentMiddleware[Any, Any] | None = None,
     ) -> None:
         super().__init__()
         self.manager = manager
         self.session_id = session_id
         self.persist = persist
         self.model_name = model_name
+        self.summarization = summarization
         self.assembler = ContextPromptAssembler(
             manager,
             max_tokens=max_tokens,
@@ -214,7 +256,7 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
             recall_share=recall_share,
             trim_block=trim_block,
             cache_hints=cache_hints,
-            compaction=compaction,
+            compaction=compaction or _USE_STORED,
         )
         if compaction is not None and compaction.clear_tool_outputs_at is not None:
             self.tools = [make_restore_tool(manager, session_id)]
@@ -235,16 +277,26 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         default = configurable.get("thread_id") or self.session_id
         return session_id_from(config, default, owner="ContextMiddleware")
 
+    state_schema = ContextAgentState
+
     @staticmethod
     def _current_run(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
-        """The messages from the last human message on (all of them if there is none)."""
+        """The messages from the last human message on (all of them if there is none).
+
+        LangChain summaries are left out: they are never a user turn.
+        """
+        _, messages = split_summaries(messages)
         for index in range(len(messages) - 1, -1, -1):
             if isinstance(messages[index], HumanMessage):
                 return list(messages[index:])
         return list(messages)
 
     def _run_of(self, session_id: str, request: ModelRequest[Any]) -> list[BaseMessage]:
-        """The current run (every message of the request if not persisting), with ids."""
+        """The current run (every message of the request if not persisting), with ids.
+
+        Not persisting, a LangChain summary stays in the run: nothing it covers is
+        stored, so it is sent as the agent state holds it.
+        """
         run: list[BaseMessage] = list(request.messages)
         if self.persist:
             run = self._current_run(run)
@@ -334,6 +386,66 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
             records.append(record)
         return [*run, *records]
 
+    def _summaries_of(self, request: ModelRequest[Any]) -> list[BaseMessage]:
+        """The request's LangChain summaries this middleware handles (none if not persisting)."""
+        return split_summaries(request.messages)[0] if self.persist else []
+
+    @staticmethod
+    def _needs_history(header: Mapping[str, Any] | None, summaries: Sequence[BaseMessage]) -> bool:
+        """Whether some summary is new to the session (its covered range must be read)."""
+        shared = header["shared"] if header else None
+        return any(not known(shared, compaction_id_for(m)) for m in summaries)
+
+    def _summary_writes(
+        self,
+        header: Mapping[str, Any] | None,
+        records: Sequence[Mapping[str, Any]],
+        request: ModelRequest[Any],
+        summaries: Sequence[BaseMessage],
+    ) -> tuple[list[dict[str, Any]], list[BaseMessage]]:
+        """The compactions to add for new summaries, and the summaries to send as they are.
+
+        A summary already recorded (or recorded and since removed) is neither; one whose
+        covered range is unknown (its messages were never stored) is sent, not stored.
+        """
+        shared = header["shared"] if header else None
+        state = request.state if isinstance(request.state, Mapping) else {}
+        start = state.get(STATE_START_KEY)
+        start = start if isinstance(start, str) else None
+        last = max(i for i, m in enumerate(request.messages) if any(m is s for s in summaries))
+        kept = list(request.messages[last + 1 :])
+        writes: list[dict[str, Any]] = []
+        unsent: list[BaseMessage] = []
+        for message in summaries:
+            compaction_id = compaction_id_for(message)
+            body = summary_body(message)
+            if known(shared, compaction_id) or not body:
+                continue
+            span = summary_span(records, kept, start, compactions_of(shared))
+            if span is None:
+                logger.info("LangChain summary %s: covered messages not stored", message.id)
+                unsent.append(message)
+                continue
+            first, end = span
+            writes.append({
+                "first_index": first,
+                "last_index": end,
+                "summary": body,
+                "producer": producer_for(self.summarization),
+                "compaction_id": compaction_id,
+                "first_id": str(records[first].get("id")),
+                "last_id": str(records[end].get("id")),
+            })  # fmt: skip
+        return writes, unsent
+
+    @staticmethod
+    def _start_of(state: AgentState[Any]) -> dict[str, Any] | None:
+        """The state update recording the state's first message id as the run begins."""
+        messages = state.get("messages") or []
+        if not messages or messages[0].id is None:
+            return None
+        return {STATE_START_KEY: str(messages[0].id)}
+
     def _final_run(self, session_id: str, state: AgentState[Any]) -> list[BaseMessage]:
         """The current run when the agent finishes, with ids (persisting or not)."""
         run = self._current_run(state["messages"])
@@ -354,6 +466,36 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         if messages:
             await self.manager.aadd_messages(session_id, messages)
 
+    def _record_summaries(self, session_id: str, request: ModelRequest[Any]) -> list[BaseMessage]:
+        """Store new LangChain summaries as compactions; returns those to send as they are."""
+        summaries = self._summaries_of(request)
+        if not summaries:
+            return []
+        header = self.manager.get_header(session_id)
+        records = []
+        if self._needs_history(header, summaries):
+            records = self.manager.get_history(session_id)
+        writes, unsent = self._summary_writes(header, records, request, summaries)
+        for write in writes:
+            add_compaction(self.manager, session_id, **write)
+        return unsent
+
+    async def _arecord_summaries(
+        self, session_id: str, request: ModelRequest[Any]
+    ) -> list[BaseMessage]:
+        """Async :meth:`_record_summaries`."""
+        summaries = self._summaries_of(request)
+        if not summaries:
+            return []
+        header = await self.manager.aget_header(session_id)
+        records = []
+        if self._needs_history(header, summaries):
+            records = await self.manager.aget_history(session_id)
+        writes, unsent = self._summary_writes(header, records, request, summaries)
+        for write in writes:
+            await aadd_compaction(self.manager, session_id, **write)
+        return unsent
+
     @override
     def wrap_model_call(
         self,
@@ -362,8 +504,10 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
     ) -> ModelCallResult[Any]:
         session_id = self._session(request.runtime)
         run = self._run_of(session_id, request)
-        # Reads only: nothing is written before the model answers.
-        tail, query, system, skip = self._prompt_parts(request, run)
+        # A LangChain summary is stored as a compaction (not a turn) before the prompt
+        # is built, so the prompt sends it once, in place of what it covers.
+        unsent = self._record_summaries(session_id, request)
+        tail, query, system, skip = self._prompt_parts(request, [*unsent, *run])
         prompt = self.assembler.build(
             session_id, tail, query=query, skip_ids=skip, system_prefix=system
         )
@@ -381,8 +525,10 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
     ) -> ModelCallResult[Any]:
         session_id = self._session(request.runtime)
         run = self._run_of(session_id, request)
-        # Reads only: nothing is written before the model answers.
-        tail, query, system, skip = self._prompt_parts(request, run)
+        # A LangChain summary is stored as a compaction (not a turn) before the prompt
+        # is built, so the prompt sends it once, in place of what it covers.
+        unsent = await self._arecord_summaries(session_id, request)
+        tail, query, system, skip = self._prompt_parts(request, [*unsent, *run])
         prompt = await self.assembler.abuild(
             session_id, tail, query=query, skip_ids=skip, system_prefix=system
         )
@@ -391,6 +537,16 @@ class ContextMiddleware(AgentMiddleware[AgentState[Any], Any]):
         written = self._written(session_id, request, run, result, started=started, prompt=prompt)
         await self._astore(session_id, written)
         return result
+
+    @override
+    def before_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
+        return self._start_of(state)
+
+    @override
+    async def abefore_agent(
+        self, state: AgentState[Any], runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        return self._start_of(state)
 
     @override
     def after_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
