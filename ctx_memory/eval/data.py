@@ -8,7 +8,10 @@ answer); nothing of it is copied into this repository. :func:`parse_locomo` is p
 
 :func:`agent_trace` generates an agent session from a seed: a user asks, the assistant
 calls one to three tools, each result is 200-2,000 tokens of tool output, the assistant
-answers; repeated for as many tasks as asked. The same seed gives the same trace.
+answers; repeated for as many tasks as asked. The same seed gives the same trace. With
+``facts=True`` every tool output also holds one planted fact (:class:`PlantedFact`, a
+unique code on a row of its own, from a second generator seeded alike), so the trace's
+other text stays as it is without facts.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ __all__ = [
     "AgentTask",
     "Conversation",
     "LocomoQuestion",
+    "PlantedFact",
     "Turn",
     "agent_trace",
     "load_locomo",
@@ -171,6 +175,15 @@ class AgentTask:
 
     messages: tuple[BaseMessage, ...]
     query: str
+    facts: tuple[PlantedFact, ...] = ()
+
+
+@dataclass(frozen=True)
+class PlantedFact:
+    """A fact planted in one tool output: its code and the tool call that returned it."""
+
+    code: str
+    call_id: str
 
 
 def _text(rng: random.Random, words: int) -> str:
@@ -192,25 +205,40 @@ def _tool_output(rng: random.Random, tokens: int, step: int) -> str:
     return "\n".join(rows)
 
 
-def agent_trace(seed: int, tasks: int) -> list[AgentTask]:
+def _plant(output: str, fact_rng: random.Random, code: str) -> str:
+    rows = output.split("\n")
+    row = json.dumps({"fact": f"the access code for this result is {code}"})
+    rows.insert(fact_rng.randrange(len(rows) + 1), row)
+    return "\n".join(rows)
+
+
+def agent_trace(seed: int, tasks: int, *, facts: bool = False) -> list[AgentTask]:
     """A seeded agent session of ``tasks`` user requests with tool calls.
 
     Each task: a user message (10-40 words), one to three tool calls, each an assistant
     message with one call and a tool result of 200-2,000 tokens, then an answer (20-80
-    words). Call ids are unique within the trace.
+    words). Call ids are unique within the trace. With ``facts``, each tool result also
+    holds a planted fact (a code ``FX-`` and 8 hex digits, unique in the trace) on a row
+    at a random place, listed in :attr:`AgentTask.facts`.
     """
     rng = random.Random(seed)
+    fact_rng = random.Random(seed * 7919 + 1)
     out: list[AgentTask] = []
     for task in range(tasks):
         query = f"Task {task}: " + _text(rng, rng.randint(10, 40)) + "?"
         messages: list[BaseMessage] = [HumanMessage(query)]
+        planted: list[PlantedFact] = []
         for call in range(rng.randint(1, 3)):
             tool = rng.choice(_TOOLS)
             call_id = f"call_{seed}_{task}_{call}"
             args = {"query": _text(rng, rng.randint(2, 6)), "limit": rng.randint(5, 50)}
             messages.append(AIMessage("", tool_calls=[{"name": tool, "args": args, "id": call_id}]))
             output = _tool_output(rng, rng.randint(200, 2000), task)
+            if facts:
+                code = f"FX-{fact_rng.getrandbits(32):08x}"
+                output = _plant(output, fact_rng, code)
+                planted.append(PlantedFact(code, call_id))
             messages.append(ToolMessage(output, tool_call_id=call_id, name=tool))
         messages.append(AIMessage(_text(rng, rng.randint(20, 80)) + "."))
-        out.append(AgentTask(tuple(messages), query))
+        out.append(AgentTask(tuple(messages), query, tuple(planted)))
     return out

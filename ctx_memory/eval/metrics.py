@@ -14,6 +14,8 @@ that hold an answer, the token lists of consecutive requests) and returns number
   result, by the rule chat APIs enforce.
 * :func:`recount_tokens`: a prompt's tokens recounted from the serialised request with
   tiktoken alone (the documented convention of :mod:`ctx_memory.tokens`, not its code).
+* :func:`fact_availability`: of the facts planted in tool outputs, how many a prompt
+  holds, and how many more it names the tool-call id of (restorable through a tool).
 * :func:`percentile` and :func:`mean`: summaries that need no numpy.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +42,10 @@ __all__ = [
     "LONG_PROMPT_TOKENS",
     "PrefixReuse",
     "PrefixReuseMeter",
+    "FactAvailability",
     "ToolPairProblems",
     "common_prefix_length",
+    "fact_availability",
     "gold_coverage",
     "mean",
     "percentile",
@@ -333,6 +338,62 @@ def tool_pair_problems(messages: Sequence[BaseMessage]) -> ToolPairProblems:
             open_calls = set(ids)
     unanswered += len(pending)
     return ToolPairProblems(orphans, unanswered)
+
+
+_FACT_CODE = re.compile(r"FX-[0-9a-f]{8}")
+_CALL_ID = re.compile(r"[A-Za-z0-9_\-]+")
+
+
+@dataclass(frozen=True)
+class FactAvailability:
+    """Planted facts and one prompt.
+
+    Attributes:
+        planted: Facts planted so far.
+        in_prompt: Facts whose code the prompt's text holds.
+        restorable: Facts not in the prompt whose tool-call id the prompt names (a
+            placeholder or summary line, or the call itself), so a restore tool brings
+            the output back by that id.
+    """
+
+    planted: int
+    in_prompt: int
+    restorable: int
+
+
+def fact_availability(
+    messages: Sequence[BaseMessage], facts: Iterable[tuple[str, str]]
+) -> FactAvailability:
+    """Which ``(code, call id)`` facts ``messages`` hold, or name the call id of.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_core.messages import HumanMessage
+            from ctx_memory.eval.metrics import fact_availability
+
+            got = fact_availability(
+                [HumanMessage('code FX-0000000a; cleared: tool_call_id="c2"')],
+                [("FX-0000000a", "c1"), ("FX-0000000b", "c2"), ("FX-0000000c", "c3")],
+            )
+            assert (got.planted, got.in_prompt, got.restorable) == (3, 1, 1)
+    """
+    codes: set[str] = set()
+    words: set[str] = set()
+    for message in messages:
+        text = message.text if isinstance(message.content, str) else str(message.content)
+        codes.update(_FACT_CODE.findall(text))
+        words.update(_CALL_ID.findall(text))
+        for call in getattr(message, "tool_calls", None) or []:
+            words.add(str(call.get("id")))
+    planted = in_prompt = restorable = 0
+    for code, call_id in facts:
+        planted += 1
+        if code in codes:
+            in_prompt += 1
+        elif call_id in words:
+            restorable += 1
+    return FactAvailability(planted, in_prompt, restorable)
 
 
 def _content_tokens(content: Any, encoding: tiktoken.Encoding) -> int:

@@ -144,6 +144,51 @@ def _cache(result: dict[str, Any], part: str, title: str) -> list[str]:
     return lines + _table(header, rows)
 
 
+def _compaction(result: dict[str, Any]) -> list[str]:
+    part = result.get("compaction")
+    if part is None:
+        return []
+    lines = [
+        "## Compaction: tool-heavy traces with planted facts",
+        "",
+        f"{part['sessions']} sessions of {part['tasks_per_session']} tasks "
+        f"({part['messages']:,} messages), a fact planted in every tool output; "
+        f"{part['model_calls_counted']:,} model calls once the history exceeds the "
+        f"{part['budget']:,}-token budget. Prompt tokens as a share of the full history's; "
+        "planted facts in the prompt, or restorable by the tool-call id the prompt names "
+        "(only with a restore tool). Budget violations and orphans: the integrity table.",
+        "",
+    ]
+    rows = [
+        [
+            name,
+            _pct(row["prompt_share_mean"]),
+            _pct(row["prompt_share_last"]),
+            _pct(row["facts_in_prompt"]),
+            _pct(row["facts_in_prompt_or_restorable"]),
+            _integrity_cell(result, name),
+        ]
+        for name, row in part["results"].items()
+    ]
+    header = [
+        "contender",
+        "prompt / history (mean)",
+        "at the last call",
+        "facts in prompt",
+        "in prompt or restorable",
+        "over budget / orphans",
+    ]
+    return lines + _table(header, rows)
+
+
+def _integrity_cell(result: dict[str, Any], name: str) -> str:
+    row = result["integrity"].get(name)
+    if row is None:
+        return NOT_AVAILABLE
+    orphans = row["orphan_results"] + row["unanswered_calls"]
+    return f"{row['budget_violations']} / {orphans}"
+
+
 def _latency(result: dict[str, Any]) -> list[str]:
     latency = result["latency"]
     lines = [
@@ -253,6 +298,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         f"agent traces ({traces['sessions']} sessions, {traces['model_calls']:,} model calls, "
         f"{traces['messages']:,} messages)",
     )
+    lines += _compaction(result)
     lines += _latency(result)
     lines += _integrity(result)
     return "\n".join(lines)

@@ -18,6 +18,10 @@ agent middleware runs: every message written as it happens, a request at every m
 call (after the user's message and after each tool result) with the current run as the
 tail.
 
+**Compaction.** The same kind of traces with a fact planted in every tool output, for
+ctx_memory with a :class:`~ctx_memory.compaction.CompactionPolicy`, recency only and
+LangChain's ``SummarizationMiddleware`` (:mod:`ctx_memory.eval.compaction`).
+
 **Integrity.** Every request any contender built is recounted from its serialised form
 (:func:`~ctx_memory.eval.metrics.recount_tokens`) against its budget and checked for
 orphan tool messages (:func:`~ctx_memory.eval.metrics.tool_pair_problems`).
@@ -37,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
+from ctx_memory.eval.compaction import run_compaction
 from ctx_memory.eval.contenders import (
     STABLE_RECALL,
     AssemblerContender,
@@ -589,6 +594,10 @@ def run_eval(
     trace_cache = _CacheMeters(encoding)
     locomo = run_locomo(conversations, settings, checks, replay_cache, progress)
     traces = run_traces(settings, checks, trace_cache, progress)
+    compaction = run_compaction(
+        settings, checks.check, progress, start=START, system_prompt=AGENT_PROMPT,
+        metadata=METADATA,
+    )  # fmt: skip
     latency = run_latency(conversations, settings, progress)
     integrity = {name: asdict(entry) for name, entry in sorted(checks.integrity.items())}
     ours = [v for k, v in integrity.items() if k.startswith("ctx_memory")]
@@ -602,6 +611,7 @@ def run_eval(
         "locomo": locomo,
         "cache": {"locomo": replay_cache.as_dict(), "traces": trace_cache.as_dict()},
         "traces": traces,
+        "compaction": compaction,
         "latency": latency,
         "integrity": integrity,
         "integrity_ctx_memory": {

@@ -6,11 +6,14 @@ import pytest
 import tiktoken
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from ctx_memory import TokenCounter
+from ctx_memory import ContextManager, TokenCounter
+from ctx_memory.eval.compaction import COMPACTION, SUMMARIZATION, run_compaction
+from ctx_memory.eval.contenders import CLASSIC
 from ctx_memory.eval.data import agent_trace, parse_locomo
 from ctx_memory.eval.metrics import (
     PrefixReuseMeter,
     common_prefix_length,
+    fact_availability,
     gold_coverage,
     percentile,
     recall_at_k,
@@ -20,6 +23,8 @@ from ctx_memory.eval.metrics import (
     serialize_request,
     tool_pair_problems,
 )
+from ctx_memory.eval.report import _compaction as _compaction_section
+from ctx_memory.eval.runner import AGENT_PROMPT, METADATA, START, EvalSettings, _Checks
 
 ENC = tiktoken.get_encoding("o200k_base")
 
@@ -228,3 +233,64 @@ def test_a_turn_quoted_inside_a_message_counts_as_present() -> None:
     assert found == {"g1"}  # "Sure!" is too short to be looked for; g3 is not there
     assert len("Sure!") < MIN_QUOTED_CHARS
     assert gold_coverage([*found, "m9"], ["g1", "g3"]) == 0.5
+
+
+# --------------------------------------------------------------------------- compaction
+
+
+def test_planted_facts_are_seeded_and_leave_the_trace_as_it_was() -> None:
+    plain, planted = agent_trace(5, 6), agent_trace(5, 6, facts=True)
+    assert planted == agent_trace(5, 6, facts=True)
+    assert all(task.facts == () for task in plain)
+    codes = [f.code for task in planted for f in task.facts]
+    assert (
+        len(codes)
+        == len(set(codes))
+        == sum(1 for task in planted for m in task.messages if m.type == "tool")
+    )
+    for before, after in zip(plain, planted, strict=True):
+        outputs = {m.tool_call_id: m.text for m in after.messages if m.type == "tool"}
+        for fact in after.facts:
+            assert fact.code in outputs[fact.call_id]
+        for old, new in zip(before.messages, after.messages, strict=True):
+            fact_rows = [r for r in new.text.split("\n") if '"fact"' in r]
+            rest = "\n".join(r for r in new.text.split("\n") if '"fact"' not in r)
+            assert rest == old.text
+            assert len(fact_rows) == (1 if new.type == "tool" else 0)
+
+
+def test_fact_availability_counts_codes_then_named_call_ids() -> None:
+    call = AIMessage("", tool_calls=[{"name": "f", "args": {}, "id": "call_1_0_0"}])
+    messages = [
+        call,
+        ToolMessage("row FX-000000aa", tool_call_id="call_1_0_0"),
+        HumanMessage('[Tool output cleared (...)] tool_call_id="call_1_0_1"'),
+    ]
+    facts = [("FX-000000aa", "call_1_0_0"), ("FX-000000bb", "call_1_0_1"), ("FX-000000cc", "x")]
+    got = fact_availability(messages, facts)
+    assert (got.planted, got.in_prompt, got.restorable) == (3, 1, 1)
+
+
+def test_compaction_part_runs_clean_and_is_reported() -> None:
+    settings = EvalSettings(trace_sessions=1, trace_tasks=14, trace_budget=8000)
+    checks = _Checks(tiktoken.get_encoding(ContextManager().token_counter.encoding_name))
+    part = run_compaction(
+        settings, checks.check, lambda _: None, start=START, system_prompt=AGENT_PROMPT,
+        metadata=METADATA,
+    )  # fmt: skip
+    assert set(part["results"]) == {COMPACTION, CLASSIC, SUMMARIZATION}
+    for name, row in part["results"].items():
+        integrity = checks.integrity[name]
+        assert integrity.prompts == row["calls"] == part["model_calls_counted"] > 0
+        assert integrity.budget_violations == 0
+        assert integrity.orphan_results == integrity.unanswered_calls == 0
+        assert 0 < row["prompt_share_mean"] < 1
+        assert row["facts_in_prompt"] <= row["facts_in_prompt_or_restorable"] <= 1
+    ours = part["results"][COMPACTION]
+    assert ours["facts_in_prompt_or_restorable"] > ours["facts_in_prompt"]  # placeholders
+    assert not part["results"][SUMMARIZATION]["restore_tool"]
+    result = {"compaction": part, "integrity": {k: vars(v) for k, v in checks.integrity.items()}}
+    text = "\n".join(_compaction_section(result))
+    assert "## Compaction: tool-heavy traces with planted facts" in text
+    assert f"| {COMPACTION} |" in text
+    assert "| 0 / 0 |" in text
