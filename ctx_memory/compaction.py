@@ -230,7 +230,9 @@ def add_compaction(
         compaction_id=compaction_id, first_id=first_id, last_id=last_id,
         counter=manager.token_counter,
     )  # fmt: skip
-    manager.update_partial_context(session_id, {COMPACTIONS_KEY: {entry["id"]: entry}})
+    manager.update_partial_context(
+        session_id, {COMPACTIONS_KEY: {entry["id"]: entry}}, reserved=True
+    )
     return entry
 
 
@@ -255,7 +257,9 @@ async def aadd_compaction(
         compaction_id=compaction_id, first_id=first_id, last_id=last_id,
         counter=manager.token_counter,
     )  # fmt: skip
-    await manager.aupdate_partial_context(session_id, {COMPACTIONS_KEY: {entry["id"]: entry}})
+    await manager.aupdate_partial_context(
+        session_id, {COMPACTIONS_KEY: {entry["id"]: entry}}, reserved=True
+    )
     return entry
 
 
@@ -301,7 +305,7 @@ def remove_compaction(manager: ContextManager, session_id: str, compaction_id: s
     cid = _check_remove(compaction_id)
     live = any(e["id"] == cid for e in get_compactions(manager, session_id))
     if live:
-        manager.update_partial_context(session_id, {COMPACTIONS_KEY: {cid: None}})
+        manager.update_partial_context(session_id, {COMPACTIONS_KEY: {cid: None}}, reserved=True)
     return live
 
 
@@ -310,7 +314,9 @@ async def aremove_compaction(manager: ContextManager, session_id: str, compactio
     cid = _check_remove(compaction_id)
     live = any(e["id"] == cid for e in await aget_compactions(manager, session_id))
     if live:
-        await manager.aupdate_partial_context(session_id, {COMPACTIONS_KEY: {cid: None}})
+        await manager.aupdate_partial_context(
+            session_id, {COMPACTIONS_KEY: {cid: None}}, reserved=True
+        )
     return live
 
 

@@ -7,7 +7,7 @@ Seed 000's API (``create_session``, ``set_context``, ``update_partial_context``,
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ctx_memory.errors import (
@@ -195,16 +195,20 @@ class SessionMethods(ManagerCore):
             msg = f"context key must be a non-empty str, got {key!r}"
             raise ValidationError(msg)
         check_text(key, "shared key")
+        _refuse_reserved([key], reserved=False)
         check_json_native(value, f"shared.{key}")
         check_shared_size(dumps({key: value}))  # a new session holds just this
         now = now_iso()
         return SetShared(session_id, key, value, self._init(session_id, now), now)
 
-    def _plan_merge(self, session_id: str, partial: Mapping[str, Any]) -> MergeShared:
+    def _plan_merge(
+        self, session_id: str, partial: Mapping[str, Any], reserved: bool
+    ) -> MergeShared:
         validate_session_id(session_id)
         if not isinstance(partial, Mapping):
             msg = f"partial context must be a mapping, got {type(partial).__name__}"
             raise ValidationError(msg)
+        _refuse_reserved(partial, reserved=reserved)
         check_json_native(dict(partial), "shared")
         check_shared_size(dumps(dict(partial)))  # a new session holds just this
         now = now_iso()
@@ -225,20 +229,29 @@ class SessionMethods(ManagerCore):
         op = self._plan_set_context(session_id, key, value)
         self._finish_shared(op, await self._aexecute(op))
 
-    def update_partial_context(self, session_id: str, partial_context: Mapping[str, Any]) -> None:
+    def update_partial_context(
+        self, session_id: str, partial_context: Mapping[str, Any], *, reserved: bool = False
+    ) -> None:
         """Recursively merge ``partial_context`` into the session's ``shared`` state.
 
         Nested dicts merge key by key; any other value (lists included) replaces what was
         there. Atomic: concurrent merges of different keys never lose each other.
+
+        Top-level keys starting with ``ctx_memory.`` belong to ctx_memory's own features
+        (``ctx_memory.compactions``, see :mod:`ctx_memory.compaction`) and are refused
+        unless ``reserved`` is true, which only those features pass.
+
+        Raises:
+            ValidationError: A value every store would refuse, or a reserved key.
         """
-        op = self._plan_merge(session_id, partial_context)
+        op = self._plan_merge(session_id, partial_context, reserved)
         self._finish_shared(op, self._execute(op))
 
     async def aupdate_partial_context(
-        self, session_id: str, partial_context: Mapping[str, Any]
+        self, session_id: str, partial_context: Mapping[str, Any], *, reserved: bool = False
     ) -> None:
         """Async :meth:`update_partial_context`."""
-        op = self._plan_merge(session_id, partial_context)
+        op = self._plan_merge(session_id, partial_context, reserved)
         self._finish_shared(op, await self._aexecute(op))
 
     def get_context(self, session_id: str) -> dict[str, Any]:
@@ -488,3 +501,19 @@ class SessionMethods(ManagerCore):
         if not overwrite:
             self._refuse_existing(op, await self._aexecute(SessionExists(op.session_id)))
         return self._finish_import(op, await self._aexecute(op))
+
+
+RESERVED_PREFIX = "ctx_memory."
+"""Top-level ``shared`` keys with this prefix are written only by ctx_memory's own features."""
+
+
+def _refuse_reserved(keys: Iterable[object], *, reserved: bool) -> None:
+    if reserved:
+        return
+    for key in keys:
+        if isinstance(key, str) and key.startswith(RESERVED_PREFIX):
+            msg = (
+                f"shared key {key!r} is reserved: keys starting with {RESERVED_PREFIX!r} belong"
+                " to ctx_memory's own features (compactions)"
+            )
+            raise ValidationError(msg)

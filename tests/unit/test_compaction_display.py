@@ -52,3 +52,18 @@ def test_the_html_view_has_a_compactions_section_escaped(tmp_path: Path) -> None
     assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "Shared state" not in html  # the only shared key is the compactions'
+
+
+def test_the_compactions_key_is_reserved_for_ctx_memory() -> None:
+    import pytest
+
+    from ctx_memory.errors import ValidationError
+
+    with ContextManager() as cm:
+        cm.add_user_message("s1", "hi")
+        with pytest.raises(ValidationError, match="reserved"):
+            cm.update_partial_context("s1", {"ctx_memory.compactions": {"x": {"id": "x"}}})
+        with pytest.raises(ValidationError, match="reserved"):
+            cm.set_context("s1", "ctx_memory.anything", 1)
+        assert "ctx_memory.compactions" not in cm.get_context("s1")["shared"]
+        cm.update_partial_context("s1", {"ctx_memory_note": 1})  # only the dotted prefix
