@@ -7,14 +7,13 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, assert_never
+from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
 from ctx_memory.schema import dumps
 from ctx_memory.stores._gc import GarbageCollector
 from ctx_memory.stores.base import (
-    BaseStore,
     Header,
     WriteResult,
     assemble_document,
@@ -22,6 +21,7 @@ from ctx_memory.stores.base import (
     check_shared_size,
     deep_merge,
 )
+from ctx_memory.stores.handlers import OperationStore
 from ctx_memory.stores.ops import (
     AppendFetched,
     AppendMessages,
@@ -42,7 +42,6 @@ from ctx_memory.stores.ops import (
     ReplaceMessage,
     SessionExists,
     SetShared,
-    StoreOp,
     TruncateMessages,
     UpdateHeader,
 )
@@ -97,7 +96,7 @@ class _Session:
         self.expires_at: float | None = None
 
 
-class InMemoryStore(BaseStore):
+class InMemoryStore(OperationStore):
     """Sessions in this process's memory.
 
     Every operation holds one lock for a few microseconds: appends are O(1), reading the
@@ -221,75 +220,33 @@ class InMemoryStore(BaseStore):
     # ------------------------------------------------------------ operations
 
     @override
-    def handle(self, op: StoreOp) -> object:  # noqa: PLR0911, PLR0912 - one case per operation
-        match op:
-            case AppendMessages():
-                return self._append_messages(op)
-            case GetMessages():
-                return self._get_messages(op)
-            case GetHeader():
-                return self._get_header(op)
-            case GetDocument():
-                return self._get_document(op)
-            case GetFetched():
-                return self._get_fetched(op)
-            case CountMessages():
-                return self._count_messages(op)
-            case SessionExists():
-                return self._exists(op)
-            case ListSessions():
-                return self._list_sessions(op)
-            case ListPage():
-                return self._list_page(op)
-            case CreateSession():
-                return self._create(op)
-            case DeleteSession():
-                return self._delete(op)
-            case DeleteMessages():
-                return self._delete_messages(op)
-            case ReplaceMessage():
-                return self._replace_message(op)
-            case TruncateMessages():
-                return self._truncate_messages(op)
-            case AppendFetched():
-                return self._append_fetched(op)
-            case MergeShared():
-                return self._merge_shared(op)
-            case SetShared():
-                return self._set_shared(op)
-            case UpdateHeader():
-                return self._update_header(op)
-            case ClearSession():
-                return self._clear(op)
-            case ReplaceDocument():
-                return self._replace_document(op)
-            case CollectGarbage():
-                return self._gc(op)
-            case _:
-                assert_never(op)
-
     def _create(self, op: CreateSession) -> WriteResult:
         session_id, init = op.session_id, op.init
         return self._write(session_id, init, init["metadata"]["timestamp"], lambda _s: 0)
 
+    @override
     def _exists(self, op: SessionExists) -> bool:
         session_id = op.session_id
         return bool(self._read(session_id, lambda _s: True, default=False))
 
+    @override
     def _delete(self, op: DeleteSession) -> bool:
         session_id = op.session_id
         with self._lock:
             return self._sessions.pop(session_id, None) is not None
 
+    @override
     def _list_sessions(self, op: ListSessions) -> list[str]:
         self._gc(CollectGarbage())  # inside this operation, not a second one
         with self._lock:
             return sorted(self._sessions)
 
+    @override
     def _get_header(self, op: GetHeader) -> Header | None:
         session_id = op.session_id
         return self._read(session_id, lambda s: _clone(s.header), default=None)  # type: ignore[no-any-return]
 
+    @override
     def _get_document(self, op: GetDocument) -> dict[str, Any] | None:
         session_id = op.session_id
 
@@ -301,6 +258,7 @@ class InMemoryStore(BaseStore):
 
         return self._read(session_id, read, default=None)  # type: ignore[no-any-return]
 
+    @override
     def _get_messages(self, op: GetMessages) -> list[dict[str, Any]]:
         session_id, start, end = op.session_id, op.start, op.end
 
@@ -313,10 +271,12 @@ class InMemoryStore(BaseStore):
         raw: list[str] = self._read(session_id, read, default=[])
         return _decode_all(raw)  # decode outside the lock
 
+    @override
     def _count_messages(self, op: CountMessages) -> int:
         session_id = op.session_id
         return self._read(session_id, lambda s: len(s.messages), default=0)  # type: ignore[no-any-return]
 
+    @override
     def _get_fetched(self, op: GetFetched) -> dict[str, list[dict[str, Any]]]:
         session_id, source_type = op.session_id, op.source_type
 
@@ -329,6 +289,7 @@ class InMemoryStore(BaseStore):
         raw: dict[str, list[str]] = self._read(session_id, read, default={})
         return {t: _decode_all(items) for t, items in raw.items()}
 
+    @override
     def _append_messages(self, op: AppendMessages) -> WriteResult:
         session_id, messages, init, now = op.session_id, op.messages, op.init, op.now
 
@@ -348,6 +309,7 @@ class InMemoryStore(BaseStore):
 
         return self._write(session_id, init, now, apply, appends=True)
 
+    @override
     def _delete_messages(self, op: DeleteMessages) -> int:
         session_id, message_ids, now = op.session_id, op.message_ids, op.now
         doomed = set(message_ids)
@@ -371,6 +333,7 @@ class InMemoryStore(BaseStore):
 
         return int(self._read(session_id, edit, default=0))
 
+    @override
     def _replace_message(self, op: ReplaceMessage) -> bool:
         session_id, message_id, message, now = op.session_id, op.message_id, op.message, op.now
 
@@ -385,6 +348,7 @@ class InMemoryStore(BaseStore):
 
         return bool(self._read(session_id, edit, default=False))
 
+    @override
     def _truncate_messages(self, op: TruncateMessages) -> int | None:
         session_id, message_id, inclusive, now = op.session_id, op.message_id, op.inclusive, op.now
 
@@ -410,6 +374,7 @@ class InMemoryStore(BaseStore):
         meta["token_count"] += tokens
         self._touch(s, now)
 
+    @override
     def _list_page(self, op: ListPage) -> list[str]:
         prefix, cursor, limit = op.prefix, op.cursor, op.limit
         ids = [
@@ -419,6 +384,7 @@ class InMemoryStore(BaseStore):
         ]
         return ids[:limit]
 
+    @override
     def _append_fetched(self, op: AppendFetched) -> WriteResult:
         session_id, items, init, now, dedupe = op.session_id, op.items, op.init, op.now, op.dedupe
 
@@ -434,10 +400,12 @@ class InMemoryStore(BaseStore):
 
         return self._write(session_id, init, now, apply)
 
+    @override
     def _merge_shared(self, op: MergeShared) -> WriteResult:
         session_id, partial, init, now = op.session_id, op.partial, op.init, op.now
         return self._write_shared(session_id, init, now, lambda s: deep_merge(_clone(s), partial))
 
+    @override
     def _set_shared(self, op: SetShared) -> WriteResult:
         session_id, key, value, init, now = op.session_id, op.key, op.value, op.init, op.now
         copied = _clone(value)
@@ -469,6 +437,7 @@ class InMemoryStore(BaseStore):
             self._report(expired, evicted)
         return WriteResult(created=created, evicted=tuple(evicted))
 
+    @override
     def _update_header(self, op: UpdateHeader) -> WriteResult:
         session_id, init, now, metadata, system_prompt, set_system_prompt = (
             op.session_id,
@@ -492,6 +461,7 @@ class InMemoryStore(BaseStore):
 
         return self._write(session_id, init, now, apply)
 
+    @override
     def _clear(self, op: ClearSession) -> bool:
         session_id, now, preserve_fetched = op.session_id, op.now, op.preserve_fetched
 
@@ -508,6 +478,7 @@ class InMemoryStore(BaseStore):
 
         return bool(self._read(session_id, apply, default=False))
 
+    @override
     def _replace_document(self, op: ReplaceDocument) -> WriteResult:
         session_id, header, messages, items = op.session_id, op.header, op.messages, op.items
         fresh = _Session(header)
@@ -533,6 +504,7 @@ class InMemoryStore(BaseStore):
         self._report(expired, evicted)
         return WriteResult(created=created, added=len(fresh.messages), evicted=tuple(evicted))
 
+    @override
     def _gc(self, op: CollectGarbage) -> int:
         expired: list[str] = []
         with self._lock:

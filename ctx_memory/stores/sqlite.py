@@ -50,7 +50,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, assert_never
+from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
@@ -73,7 +73,6 @@ from ctx_memory.stores._sqlite_schema import (
     prefix_end,
 )
 from ctx_memory.stores.base import (
-    BaseStore,
     Header,
     WriteResult,
     assemble_document,
@@ -81,6 +80,7 @@ from ctx_memory.stores.base import (
     check_shared_size,
     deep_merge,
 )
+from ctx_memory.stores.handlers import OperationStore
 from ctx_memory.stores.ops import (
     AppendFetched,
     AppendMessages,
@@ -101,7 +101,6 @@ from ctx_memory.stores.ops import (
     ReplaceMessage,
     SessionExists,
     SetShared,
-    StoreOp,
     TruncateMessages,
     UpdateHeader,
 )
@@ -125,7 +124,7 @@ class _Tx:
         self.evicted: list[str] = []
 
 
-class SqliteStore(BaseStore):
+class SqliteStore(OperationStore):
     """Sessions in an SQLite file (stdlib ``sqlite3``, WAL), safe for several processes.
 
     Each write is one ``BEGIN IMMEDIATE`` transaction on one connection shared under a
@@ -505,65 +504,21 @@ class SqliteStore(BaseStore):
     # ------------------------------------------------------------ sync API
 
     @override
-    def handle(self, op: StoreOp) -> object:  # noqa: PLR0911, PLR0912 - one case per operation
-        match op:
-            case AppendMessages():
-                return self._append_messages(op)
-            case GetMessages():
-                return self._get_messages(op)
-            case GetHeader():
-                return self._get_header(op)
-            case GetDocument():
-                return self._get_document(op)
-            case GetFetched():
-                return self._get_fetched(op)
-            case CountMessages():
-                return self._count_messages(op)
-            case SessionExists():
-                return self._exists(op)
-            case ListSessions():
-                return self._list_sessions(op)
-            case ListPage():
-                return self._list_page(op)
-            case CreateSession():
-                return self._create(op)
-            case DeleteSession():
-                return self._delete(op)
-            case DeleteMessages():
-                return self._delete_messages(op)
-            case ReplaceMessage():
-                return self._replace_message(op)
-            case TruncateMessages():
-                return self._truncate_messages(op)
-            case AppendFetched():
-                return self._append_fetched(op)
-            case MergeShared():
-                return self._merge_shared(op)
-            case SetShared():
-                return self._set_shared(op)
-            case UpdateHeader():
-                return self._update_header(op)
-            case ClearSession():
-                return self._clear(op)
-            case ReplaceDocument():
-                return self._replace_document(op)
-            case CollectGarbage():
-                return self._gc(op)
-            case _:
-                assert_never(op)
-
     def _create(self, op: CreateSession) -> WriteResult:
         session_id, init = op.session_id, op.init
         return self._write(session_id, init, init["metadata"]["timestamp"], lambda _c, _n: 0)
 
+    @override
     def _exists(self, op: SessionExists) -> bool:
         session_id = op.session_id
         return bool(self._read(session_id, lambda _c, _r: True, default=False))
 
+    @override
     def _delete(self, op: DeleteSession) -> bool:
         session_id = op.session_id
         return bool(self._tx(lambda conn, _tx: self._drop(conn, session_id)))
 
+    @override
     def _list_sessions(self, op: ListSessions) -> list[str]:
         def read(conn: sqlite3.Connection, now: float) -> tuple[list[str], bool]:
             rows = conn.execute(
@@ -579,6 +534,7 @@ class SqliteStore(BaseStore):
             self._gc(CollectGarbage())
         return sorted(ids)
 
+    @override
     def _get_header(self, op: GetHeader) -> Header | None:
         session_id = op.session_id
         header: Header | None = self._read(
@@ -586,6 +542,7 @@ class SqliteStore(BaseStore):
         )
         return header
 
+    @override
     def _get_document(self, op: GetDocument) -> dict[str, Any] | None:
         session_id = op.session_id
 
@@ -602,6 +559,7 @@ class SqliteStore(BaseStore):
         document: dict[str, Any] | None = self._read(session_id, read, None, header=True)
         return document
 
+    @override
     def _get_messages(self, op: GetMessages) -> list[dict[str, Any]]:
         session_id, start, end = op.session_id, op.start, op.end
 
@@ -618,6 +576,7 @@ class SqliteStore(BaseStore):
         rows: list[Any] = self._read(session_id, read, [])
         return [json.loads(r[0]) for r in rows]
 
+    @override
     def _count_messages(self, op: CountMessages) -> int:
         session_id = op.session_id
         count: int = self._read(session_id, lambda _c, row: row[1], 0)
@@ -643,6 +602,7 @@ class SqliteStore(BaseStore):
             out.setdefault(kind, []).append(json.loads(body))
         return out
 
+    @override
     def _get_fetched(self, op: GetFetched) -> dict[str, list[dict[str, Any]]]:
         session_id, source_type = op.session_id, op.source_type
         fetched: dict[str, list[dict[str, Any]]] = self._read(
@@ -650,6 +610,7 @@ class SqliteStore(BaseStore):
         )
         return fetched
 
+    @override
     def _append_messages(self, op: AppendMessages) -> WriteResult:
         session_id, messages, init, now = op.session_id, op.messages, op.init, op.now
 
@@ -713,6 +674,7 @@ class SqliteStore(BaseStore):
             [(first + i, session_id, old) for i, (old,) in enumerate(olds)],
         )
 
+    @override
     def _delete_messages(self, op: DeleteMessages) -> int:
         session_id, message_ids, now = op.session_id, op.message_ids, op.now
         wanted = list(dict.fromkeys(message_ids))
@@ -739,6 +701,7 @@ class SqliteStore(BaseStore):
         removed: int | None = self._edit(session_id, now, edit)
         return removed or 0
 
+    @override
     def _replace_message(self, op: ReplaceMessage) -> bool:
         session_id, message_id, message, now = op.session_id, op.message_id, op.message, op.now
 
@@ -757,6 +720,7 @@ class SqliteStore(BaseStore):
 
         return bool(self._edit(session_id, now, edit))
 
+    @override
     def _truncate_messages(self, op: TruncateMessages) -> int | None:
         session_id, message_id, inclusive, now = op.session_id, op.message_id, op.inclusive, op.now
 
@@ -780,6 +744,7 @@ class SqliteStore(BaseStore):
         result: int | None = self._edit(session_id, now, edit)
         return result
 
+    @override
     def _list_page(self, op: ListPage) -> list[str]:
         prefix, cursor, limit = op.prefix, op.cursor, op.limit
         low = prefix if cursor is None or cursor < prefix else cursor
@@ -799,6 +764,7 @@ class SqliteStore(BaseStore):
         page: list[str] = self._read_tx(read)
         return page
 
+    @override
     def _append_fetched(self, op: AppendFetched) -> WriteResult:
         session_id, items, init, now, dedupe = op.session_id, op.items, op.init, op.now, op.dedupe
 
@@ -843,6 +809,7 @@ class SqliteStore(BaseStore):
 
         return self._write(session_id, init, now, apply)
 
+    @override
     def _merge_shared(self, op: MergeShared) -> WriteResult:
         session_id, partial, init, now = op.session_id, op.partial, op.init, op.now
 
@@ -851,6 +818,7 @@ class SqliteStore(BaseStore):
 
         return self._update_shared(session_id, init, now, change)
 
+    @override
     def _set_shared(self, op: SetShared) -> WriteResult:
         session_id, key, value, init, now = op.session_id, op.key, op.value, op.init, op.now
         encoded = dumps(value)
@@ -858,6 +826,7 @@ class SqliteStore(BaseStore):
             session_id, init, now, lambda s: s.__setitem__(key, json.loads(encoded))
         )
 
+    @override
     def _update_header(self, op: UpdateHeader) -> WriteResult:
         session_id, init, now, metadata, system_prompt, set_system_prompt = (
             op.session_id,
@@ -892,6 +861,7 @@ class SqliteStore(BaseStore):
 
         return self._write(session_id, init, now, apply)
 
+    @override
     def _clear(self, op: ClearSession) -> bool:
         session_id, now, preserve_fetched = op.session_id, op.now, op.preserve_fetched
 
@@ -908,6 +878,7 @@ class SqliteStore(BaseStore):
 
         return bool(self._tx(body))
 
+    @override
     def _replace_document(self, op: ReplaceDocument) -> WriteResult:
         session_id, header, messages, items = op.session_id, op.header, op.messages, op.items
 
@@ -941,6 +912,7 @@ class SqliteStore(BaseStore):
         result: WriteResult = self._tx(body)
         return result
 
+    @override
     def _gc(self, op: CollectGarbage) -> int:
         removed: int = self._tx(self._collect)
         return removed

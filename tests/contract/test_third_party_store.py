@@ -18,50 +18,49 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, assert_never
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from typing_extensions import override
 
 from ctx_memory.schema import dumps
 from ctx_memory.stores.base import (
-    BaseStore,
     WriteResult,
     assemble_document,
     check_limits,
     check_shared_size,
     deep_merge,
 )
-from ctx_memory.stores.ops import (
-    AppendFetched,
-    AppendMessages,
-    ClearSession,
-    CollectGarbage,
-    CountMessages,
-    CreateSession,
-    DeleteMessages,
-    DeleteSession,
-    GetDocument,
-    GetFetched,
-    GetHeader,
-    GetMessages,
-    ListPage,
-    ListSessions,
-    MergeShared,
-    ReplaceDocument,
-    ReplaceMessage,
-    SessionExists,
-    SetShared,
-    StoreOp,
-    TruncateMessages,
-    UpdateHeader,
-)
+from ctx_memory.stores.handlers import OperationStore
 from ctx_memory.testing import StoreContract
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from ctx_memory.stores.base import Header
+    from ctx_memory.stores.base import BaseStore, Header
+    from ctx_memory.stores.ops import (
+        AppendFetched,
+        AppendMessages,
+        ClearSession,
+        CollectGarbage,
+        CountMessages,
+        CreateSession,
+        DeleteMessages,
+        DeleteSession,
+        GetDocument,
+        GetFetched,
+        GetHeader,
+        GetMessages,
+        ListPage,
+        ListSessions,
+        MergeShared,
+        ReplaceDocument,
+        ReplaceMessage,
+        SessionExists,
+        SetShared,
+        TruncateMessages,
+        UpdateHeader,
+    )
 
 Blob = dict[str, Any]
 """A session: ``header``, ``messages`` ([id, tokens, JSON]), ``fetched`` ([type, JSON]), ``fps``."""
@@ -82,7 +81,7 @@ class Backend:
             table.pop(session_id, None)
 
 
-class BlobStore(BaseStore):
+class BlobStore(OperationStore):
     """One JSON document per session; every call is one transaction under the backend lock."""
 
     name = "blob"
@@ -181,65 +180,20 @@ class BlobStore(BaseStore):
 
     # ------------------------------------------------------------ the interface
 
-    @override
-    def handle(self, op: StoreOp) -> object:
-        match op:
-            case AppendMessages():
-                return self._append_messages(op)
-            case GetMessages():
-                return self._get_messages(op)
-            case GetHeader():
-                return self._get_header(op)
-            case GetDocument():
-                return self._get_document(op)
-            case GetFetched():
-                return self._get_fetched(op)
-            case CountMessages():
-                return self._count_messages(op)
-            case SessionExists():
-                return self._exists(op)
-            case ListSessions():
-                return self._list_sessions(op)
-            case ListPage():
-                return self._list_page(op)
-            case CreateSession():
-                return self._create(op)
-            case DeleteSession():
-                return self._delete(op)
-            case DeleteMessages():
-                return self._delete_messages(op)
-            case ReplaceMessage():
-                return self._replace_message(op)
-            case TruncateMessages():
-                return self._truncate_messages(op)
-            case AppendFetched():
-                return self._append_fetched(op)
-            case MergeShared():
-                return self._merge_shared(op)
-            case SetShared():
-                return self._set_shared(op)
-            case UpdateHeader():
-                return self._update_header(op)
-            case ClearSession():
-                return self._clear(op)
-            case ReplaceDocument():
-                return self._replace_document(op)
-            case CollectGarbage():
-                return self._gc(op)
-            case _:
-                assert_never(op)
-
     # ------------------------------------------------------------ reads
 
+    @override
     def _exists(self, op: SessionExists) -> bool:
         session_id = op.session_id
         return self._read(session_id) is not None
 
+    @override
     def _get_header(self, op: GetHeader) -> Header | None:
         session_id = op.session_id
         blob = self._read(session_id)
         return None if blob is None else blob["header"]  # type: ignore[no-any-return]
 
+    @override
     def _get_messages(self, op: GetMessages) -> list[dict[str, Any]]:
         session_id, start, end = op.session_id, op.start, op.end
         blob = self._read(session_id)
@@ -248,11 +202,13 @@ class BlobStore(BaseStore):
         lo, hi = max(start + n if start < 0 else start, 0), min(end + n if end < 0 else end, n - 1)
         return [json.loads(raw) for _, _, raw in stored[lo : hi + 1]]
 
+    @override
     def _count_messages(self, op: CountMessages) -> int:
         session_id = op.session_id
         blob = self._read(session_id)
         return 0 if blob is None else len(blob["messages"])
 
+    @override
     def _get_fetched(self, op: GetFetched) -> dict[str, list[dict[str, Any]]]:
         session_id, source_type = op.session_id, op.source_type
         blob = self._read(session_id)
@@ -262,6 +218,7 @@ class BlobStore(BaseStore):
                 fetched.setdefault(kind, []).append(json.loads(raw))
         return fetched
 
+    @override
     def _get_document(self, op: GetDocument) -> dict[str, Any] | None:
         session_id = op.session_id
         blob = self._read(session_id)
@@ -273,11 +230,13 @@ class BlobStore(BaseStore):
         messages = [json.loads(raw) for _, _, raw in blob["messages"]]
         return assemble_document(blob["header"], messages, fetched)
 
+    @override
     def _list_sessions(self, op: ListSessions) -> list[str]:
         self.gc()
         with self.backend.lock:
             return sorted(self.backend.blobs)
 
+    @override
     def _list_page(self, op: ListPage) -> list[str]:
         prefix, cursor, limit = op.prefix, op.cursor, op.limit
         ids = self.list_sessions()
@@ -285,10 +244,12 @@ class BlobStore(BaseStore):
 
     # ------------------------------------------------------------ writes
 
+    @override
     def _create(self, op: CreateSession) -> WriteResult:
         session_id, init = op.session_id, op.init
         return self._write(session_id, init, init["metadata"]["timestamp"], lambda _: 0)
 
+    @override
     def _append_messages(self, op: AppendMessages) -> WriteResult:
         session_id, messages, init, now = op.session_id, op.messages, op.init, op.now
 
@@ -305,6 +266,7 @@ class BlobStore(BaseStore):
 
         return self._write(session_id, init, now, change, append=True)
 
+    @override
     def _append_fetched(self, op: AppendFetched) -> WriteResult:
         session_id, items, init, now, dedupe = op.session_id, op.items, op.init, op.now, op.dedupe
 
@@ -319,6 +281,7 @@ class BlobStore(BaseStore):
 
         return self._write(session_id, init, now, change)
 
+    @override
     def _merge_shared(self, op: MergeShared) -> WriteResult:
         session_id, partial, init, now = op.session_id, op.partial, op.init, op.now
 
@@ -328,6 +291,7 @@ class BlobStore(BaseStore):
 
         return self._write(session_id, init, now, change)
 
+    @override
     def _set_shared(self, op: SetShared) -> WriteResult:
         session_id, key, value, init, now = op.session_id, op.key, op.value, op.init, op.now
 
@@ -338,6 +302,7 @@ class BlobStore(BaseStore):
 
         return self._write(session_id, init, now, change)
 
+    @override
     def _update_header(self, op: UpdateHeader) -> WriteResult:
         session_id, init, now, metadata, system_prompt, set_system_prompt = (
             op.session_id,
@@ -358,6 +323,7 @@ class BlobStore(BaseStore):
 
         return self._write(session_id, init, now, change)
 
+    @override
     def _replace_document(self, op: ReplaceDocument) -> WriteResult:
         session_id, header, messages, items = op.session_id, op.header, op.messages, op.items
         unique: dict[str, list[Any]] = {}
@@ -378,6 +344,7 @@ class BlobStore(BaseStore):
 
     # ------------------------------------------------------------ edits, removal
 
+    @override
     def _delete_messages(self, op: DeleteMessages) -> int:
         session_id, message_ids, now = op.session_id, op.message_ids, op.now
 
@@ -389,6 +356,7 @@ class BlobStore(BaseStore):
 
         return int(self._edit(session_id, now, edit, 0))
 
+    @override
     def _replace_message(self, op: ReplaceMessage) -> bool:
         session_id, message_id, message, now = op.session_id, op.message_id, op.message, op.now
 
@@ -402,6 +370,7 @@ class BlobStore(BaseStore):
 
         return bool(self._edit(session_id, now, edit, default=False))
 
+    @override
     def _truncate_messages(self, op: TruncateMessages) -> int | None:
         session_id, message_id, inclusive, now = op.session_id, op.message_id, op.inclusive, op.now
 
@@ -418,6 +387,7 @@ class BlobStore(BaseStore):
         result: int | None = self._edit(session_id, now, edit, default=None)
         return result
 
+    @override
     def _clear(self, op: ClearSession) -> bool:
         session_id, now, preserve_fetched = op.session_id, op.now, op.preserve_fetched
 
@@ -430,6 +400,7 @@ class BlobStore(BaseStore):
 
         return bool(self._edit(session_id, now, edit, default=False))
 
+    @override
     def _delete(self, op: DeleteSession) -> bool:
         session_id = op.session_id
         gone: list[tuple[str, str]] = []
@@ -439,6 +410,7 @@ class BlobStore(BaseStore):
         self._report(gone)
         return found
 
+    @override
     def _gc(self, op: CollectGarbage) -> int:
         gone: list[tuple[str, str]] = []
         with self.backend.lock:
