@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from typing import Self
 
     from ctx_memory.events import Event
+    from ctx_memory.stores._publisher import EventPublisher
     from ctx_memory.stores.ops import Op, StoreOp
 
 R = TypeVar("R")
@@ -272,13 +273,23 @@ class BaseStore(Closeable):
     def close(self) -> None:
         """Release connections and background threads. Idempotent."""
 
-    def event_listeners(self) -> tuple[Callable[[Event], None], ...]:
-        """Listeners every manager on this store adds to its emitter (none by default).
+    publisher: EventPublisher | None = None
+    """What publishes this store's events to other processes, if anything (see
+    ``ctx_memory.stores._publisher``); set with :meth:`_publish_with`."""
 
-        A Redis store that publishes events returns its
-        :class:`~ctx_memory.stores.redis_events.RedisEventPublisher` here.
+    def _publish_with(self, publisher: EventPublisher | None) -> None:
+        """Publish events with ``publisher``: managers add it, lifecycle events reach it once.
+
+        Part of the subclassing interface, for a store that publishes events (Redis pub/sub,
+        PostgreSQL ``NOTIFY``); such a store closes it in :meth:`close`.
         """
-        return ()
+        self.publisher = publisher
+        if publisher is not None:  # expiries and evictions: once per store, not per manager
+            self.add_lifecycle_hook(publisher.lifecycle, key=publisher)
+
+    def event_listeners(self) -> tuple[Callable[[Event], None], ...]:
+        """Listeners every manager on this store adds to its emitter: its publisher, if any."""
+        return () if self.publisher is None else (self.publisher,)
 
     def execute(self, op: Op[R]) -> R:
         """Execute ``op`` and return its result (in a span if :mod:`~ctx_memory.tracing` is on)."""

@@ -68,7 +68,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Generator
 
     from ctx_memory.config import Settings
-    from ctx_memory.events import Event
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
@@ -194,13 +193,11 @@ class PostgresStore(PostgresOperations):
         self._prepare_statements()
         self.channel = events_channel(self.schema)
         self.publish_events = publish_events
-        self.publisher = (
+        self._publish_with(
             PostgresEventPublisher(lambda: self.pool, self.channel, describe=lambda: self.url)
             if publish_events
             else None
         )
-        if self.publisher is not None:  # expiries and evictions: once per store
-            self.add_lifecycle_hook(self.publisher.lifecycle, key=self.publisher)
         self._collector = (
             GarbageCollector(self.gc, gc_interval_seconds, name=repr(self))
             if gc_interval_seconds is not None
@@ -458,10 +455,6 @@ class PostgresStore(PostgresOperations):
         return await self._adrive(op)
 
     # ------------------------------------------------------------ events across processes
-
-    @override
-    def event_listeners(self) -> tuple[Callable[[Event], None], ...]:
-        return () if self.publisher is None else (self.publisher,)
 
     def subscribe_events(
         self, callback: Callable[[dict[str, Any]], None]

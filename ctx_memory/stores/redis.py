@@ -102,7 +102,6 @@ if TYPE_CHECKING:
     from redis.client import PubSubWorkerThread
 
     from ctx_memory.config import Settings
-    from ctx_memory.events import Event
     from ctx_memory.stores.ops import StoreOp
 
 __all__ = [
@@ -283,13 +282,11 @@ class RedisStore(RedisOperations):
         self._lex = lex_key(key_prefix)
         self._closed = False
         self._layout_checked = False
-        self.publisher = (
+        self._publish_with(
             RedisEventPublisher(lambda: self.client, self.channel, describe=lambda: self.url)
             if publish_events
             else None
         )
-        if self.publisher is not None:  # expiries and evictions: once per store
-            self.add_lifecycle_hook(self.publisher.lifecycle, key=self.publisher)
         self._collector = (
             GarbageCollector(self.gc, gc_interval_seconds, name=repr(self))
             if gc_interval_seconds is not None
@@ -459,10 +456,6 @@ class RedisStore(RedisOperations):
             await self._adrive(self._op_layout())
             self._layout_checked = True
         return await self._adrive(self._plan(op))
-
-    @override
-    def event_listeners(self) -> tuple[Callable[[Event], None], ...]:
-        return () if self.publisher is None else (self.publisher,)
 
     @override
     def close(self) -> None:
