@@ -16,10 +16,16 @@ An entry::
      "first_id": "…", "last_id": "…",          # covered stored message ids (inclusive)
      "first_index": 120, "last_index": 380,    # their positions when it was made
      "summary": "…",
+     "tool_call_ids": ["call_1", …],           # the covered tool results' call ids
      "producer": {"name": "ExtractiveSummarizer", "model": "", "prompt_hash": "…"},
      "tokens_covered": 51234,                  # the covered records' cached counts
      "summary_tokens": 812,                    # the summary message, exactly counted
      "created_at": "2025-…"}
+
+The summary message a prompt gets (:func:`summary_text`) ends with a line naming the
+covered tool-call ids its text does not name, so every covered tool output stays
+restorable by id whatever the summariser kept. Entries written before ``tool_call_ids``
+existed load as they are (their message has no such line).
 
 The ladder, cheapest first (:class:`CompactionPolicy`): (a) old tool outputs are
 replaced *in the prompt* by a placeholder naming the tool-call id, which the
@@ -103,6 +109,7 @@ def _check_add(  # noqa: PLR0917 - the public signature's fields, in its order
     kind: object,
     producer: object,
     compaction_id: object,
+    tool_call_ids: object = None,
 ) -> None:
     for name, value in (("first_index", first_index), ("last_index", last_index)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -127,6 +134,21 @@ def _check_add(  # noqa: PLR0917 - the public signature's fields, in its order
         not isinstance(compaction_id, str) or not compaction_id or len(compaction_id) > _MAX_ID
     ):
         raise _bad("id", f"must be a non-empty str of at most {_MAX_ID} chars")
+    if tool_call_ids is not None and (
+        not isinstance(tool_call_ids, (list, tuple))
+        or not all(isinstance(i, str) and i for i in tool_call_ids)
+    ):
+        raise _bad("tool_call_ids", f"must be a list of non-empty str, got {tool_call_ids!r}")
+
+
+def _tool_ids(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The call ids of the tool results among ``records``, in order, once each."""
+    out: dict[str, None] = {}
+    for record in records:
+        call_id = record.get("tool_call_id")
+        if record.get("role") == "tool" and call_id:
+            out[str(call_id)] = None
+    return list(out)
 
 
 def _entry(
@@ -141,6 +163,7 @@ def _entry(
     first_id: str | None,
     last_id: str | None,
     counter: TokenCounter,
+    tool_call_ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The entry once the covered records are read; raises if they are not what was said."""
     if len(records) != last_index - first_index + 1:
@@ -156,6 +179,16 @@ def _entry(
         if given is not None and record.get("id") != given:
             msg = f"compaction {name}: message {given!r} is not at that position"
             raise ValidationError(msg)
+    covered_ids = _tool_ids(records)
+    if tool_call_ids is not None:
+        unknown = [i for i in tool_call_ids if i not in set(covered_ids)]
+        if unknown:
+            msg = (
+                f"compaction tool_call_ids: {unknown[0]!r} is no tool result in messages "
+                f"{first_index}-{last_index}"
+            )
+            raise ValidationError(msg)
+        covered_ids = list(dict.fromkeys(tool_call_ids))
     entry: dict[str, Any] = {
         "id": compaction_id or f"c-{uuid.uuid4().hex[:16]}",
         "kind": kind,
@@ -164,6 +197,7 @@ def _entry(
         "first_index": first_index,
         "last_index": last_index,
         "summary": summary,
+        "tool_call_ids": covered_ids,
         "producer": {"name": "", "model": "", "prompt_hash": "", **(producer or {})},
         "tokens_covered": sum(int(r.get("token_count") or 0) for r in records),
         "created_at": now_iso(),
@@ -195,12 +229,15 @@ def add_compaction(
     compaction_id: str | None = None,
     first_id: str | None = None,
     last_id: str | None = None,
+    tool_call_ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Store a compaction of messages ``first_index``..``last_index`` (inclusive).
 
-    The covered messages are read to check ``first_id`` / ``last_id`` (when given) and
-    count ``tokens_covered`` from their cached counts; nothing is written if any check
-    fails. Safe beside concurrent compactors (one atomic deep merge).
+    The covered messages are read to check ``first_id`` / ``last_id`` (when given),
+    count ``tokens_covered`` from their cached counts and list the call ids of the tool
+    results among them (``tool_call_ids``; when given, each must be one of those); nothing
+    is written if any check fails. Safe beside concurrent compactors (one atomic deep
+    merge).
 
     Returns:
         The entry written.
@@ -223,12 +260,12 @@ def add_compaction(
             assert get_compactions(manager, "s1") == [entry]
             assert len(manager.get_history("s1")) == 6  # messages untouched
     """
-    _check_add(first_index, last_index, summary, kind, producer, compaction_id)
+    _check_add(first_index, last_index, summary, kind, producer, compaction_id, tool_call_ids)
     records = manager.get_message_range(session_id, first_index, last_index)
     entry = _entry(
         records, first_index, last_index, summary, kind=kind, producer=producer,
         compaction_id=compaction_id, first_id=first_id, last_id=last_id,
-        counter=manager.token_counter,
+        counter=manager.token_counter, tool_call_ids=tool_call_ids,
     )  # fmt: skip
     manager.update_partial_context(
         session_id, {COMPACTIONS_KEY: {entry["id"]: entry}}, reserved=True
@@ -248,14 +285,15 @@ async def aadd_compaction(
     compaction_id: str | None = None,
     first_id: str | None = None,
     last_id: str | None = None,
+    tool_call_ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Async :func:`add_compaction`."""
-    _check_add(first_index, last_index, summary, kind, producer, compaction_id)
+    _check_add(first_index, last_index, summary, kind, producer, compaction_id, tool_call_ids)
     records = await manager.aget_message_range(session_id, first_index, last_index)
     entry = _entry(
         records, first_index, last_index, summary, kind=kind, producer=producer,
         compaction_id=compaction_id, first_id=first_id, last_id=last_id,
-        counter=manager.token_counter,
+        counter=manager.token_counter, tool_call_ids=tool_call_ids,
     )  # fmt: skip
     await manager.aupdate_partial_context(
         session_id, {COMPACTIONS_KEY: {entry["id"]: entry}}, reserved=True

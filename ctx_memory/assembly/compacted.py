@@ -4,9 +4,13 @@
 :class:`~ctx_memory.assembly.window.HistoryWindow`: each stored record, with its
 position, comes out as itself, as a placeholder (a tool output cleared from the prompt),
 or, for a summary compaction, the whole covered range comes out as one user message
-``[Summary of messages a-b]`` at position ``a``, exactly counted. A compaction whose
-newest covered message is no longer at ``last_index`` with ``last_id`` (history edited
-since) is not used, and said so in :attr:`CompactedView.notes`. Nothing here writes.
+``[Summary of messages a-b]`` at position ``a``, exactly counted, whose last line names
+the tool-call ids of the tool results it covers that its text does not name already
+(``restore_tool_result`` brings any of them back). A compaction whose newest covered
+message is no longer at ``last_index`` with ``last_id`` (history edited since) is not
+used, and said so in :attr:`CompactedView.notes`. Tool outputs of the turn in progress
+(after the newest user message the view reads) are never cleared by ``clear_before``.
+Nothing here writes.
 
 Also the pure half of :mod:`ctx_memory.compaction`'s data: the reserved key, reading the
 entries from ``shared``, and the summary message.
@@ -14,6 +18,7 @@ entries from ``shared``, and the summary message.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,8 +28,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMPACTIONS_KEY",
+    "RESTORABLE_PREFIX",
     "CompactedView",
     "compactions_of",
+    "effective_summaries",
     "placeholder_text",
     "summary_record",
     "summary_text",
@@ -32,6 +39,11 @@ __all__ = [
 
 COMPACTIONS_KEY = "ctx_memory.compactions"
 """The reserved ``shared`` key holding a session's compactions."""
+
+RESTORABLE_PREFIX = "Tool results restorable with restore_tool_result:"
+"""Opens the summary message's last line: the covered tool-call ids its text does not name."""
+
+_WORD = re.compile(r"[A-Za-z0-9_\-]+")
 
 
 def compactions_of(shared: Mapping[str, Any] | None) -> list[dict[str, Any]]:
@@ -43,10 +55,66 @@ def compactions_of(shared: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     return sorted(live, key=lambda e: (int(e.get("first_index", 0)), str(e["id"])))
 
 
+def effective_summaries(compactions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The summaries a prompt uses, oldest first: the newest, then each ending before the last.
+
+    A summary inside the range of a newer one (one that ends later, or at the same
+    message and reaches further back) is never reached by the view, so it is not
+    counted here either.
+    """
+    summaries = sorted(
+        (dict(c) for c in compactions if c.get("kind") == "summary"),
+        key=lambda c: (-int(c["last_index"]), int(c["first_index"])),
+    )
+    out: list[dict[str, Any]] = []
+    below: int | None = None
+    for entry in summaries:
+        if below is None or int(entry["last_index"]) < below:
+            out.append(entry)
+            below = int(entry["first_index"])
+    return out[::-1]
+
+
+def _listed_ids(entry: Mapping[str, Any]) -> list[str]:
+    """The covered tool-call ids the summary's text does not name (in their order)."""
+    ids = entry.get("tool_call_ids") or []
+    if not ids:
+        return []
+    named = set(_WORD.findall(str(entry.get("summary", ""))))
+    out: list[str] = []
+    for call_id in ids:
+        if isinstance(call_id, str) and call_id and call_id not in named and call_id not in out:
+            out.append(call_id)
+    return out
+
+
 def summary_text(entry: Mapping[str, Any]) -> str:
-    """The text of the message that stands for a summary compaction in a prompt."""
+    """The text of the message that stands for a summary compaction in a prompt.
+
+    ``[Summary of messages a-b]``, the summary, and (when the summary covers tool
+    results whose call ids its text does not name) a last line naming them, so each
+    covered tool output stays restorable by id whatever the summariser wrote. An entry
+    without ``tool_call_ids`` (written before they were recorded) has no such line.
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.assembly.compacted import summary_text
+
+            entry = {"first_index": 0, "last_index": 5, "summary": "tool f [c1]: ok",
+                     "tool_call_ids": ["c1", "c2"]}
+            assert summary_text(entry).splitlines() == [
+                "[Summary of messages 0-5]",
+                "tool f [c1]: ok",
+                "Tool results restorable with restore_tool_result: c2",
+            ]
+    """
     first, last = entry["first_index"], entry["last_index"]
-    return f"[Summary of messages {first}-{last}]\n{entry['summary']}"
+    text = f"[Summary of messages {first}-{last}]\n{entry['summary']}"
+    listed = _listed_ids(entry)
+    if listed:
+        text += f"\n{RESTORABLE_PREFIX} {', '.join(listed)}"
+    return text
 
 
 def summary_record(entry: Mapping[str, Any], counter: TokenCounter) -> dict[str, Any]:
@@ -75,7 +143,8 @@ class CompactedView:
         compactions: The session's live compactions (:func:`compactions_of`).
         counter: Counts the summary and placeholder messages exactly.
         clear_before: Tool outputs at positions below this (and of at least
-            ``min_tool_tokens``) become placeholders; ``0``: none.
+            ``min_tool_tokens``) become placeholders, except those after the newest
+            user message read (the turn in progress); ``0``: none.
         min_tool_tokens: Smaller tool outputs are kept.
 
     Example:
@@ -107,9 +176,13 @@ class CompactedView:
         min_tool_tokens: int = 0,
     ) -> None:
         self.counter = counter
-        self.summaries = {
-            int(c["last_index"]): c for c in compactions if c.get("kind") == "summary"
-        }
+        # One summary per newest covered message: the one reaching furthest back (then
+        # the newest written) when two end at the same message.
+        ordered = sorted(
+            (c for c in compactions if c.get("kind") == "summary"),
+            key=lambda c: (-int(c["first_index"]), str(c.get("created_at") or "")),
+        )
+        self.summaries = {int(c["last_index"]): c for c in ordered}
         self.cleared = [
             (int(c["first_index"]), int(c["last_index"]))
             for c in compactions
@@ -126,6 +199,7 @@ class CompactedView:
         self.notes: list[str] = []
         self._skip_to: int | None = None  # inside a summary: positions >= this are covered
         self._resume: int | None = None
+        self._turn_open = True  # no user message read yet: tool outputs are the current turn's
 
     @property
     def active(self) -> bool:
@@ -142,6 +216,8 @@ class CompactedView:
             return False
         if any(a <= position <= b for a, b in self.cleared):
             return True
+        if self._turn_open:
+            return False  # the turn in progress keeps its tool outputs
         return position < self.clear_before and int(record["token_count"]) >= self.min_tool_tokens
 
     def _placeholder(self, record: Mapping[str, Any], position: int) -> dict[str, Any]:
@@ -178,6 +254,7 @@ class CompactedView:
                 yield first, [summary]
                 self._skip_to = first
                 self._resume = first
+                self._turn_open = False
                 run, run_top = [], first - 1
                 continue
             if entry is not None:
@@ -185,6 +262,8 @@ class CompactedView:
                     f"compaction {entry['id']} not used: message {position} is no longer "
                     f"{entry.get('last_id')!r} (history edited since)"
                 )
+            if record.get("role") == "user":
+                self._turn_open = False
             if not run:
                 run_top = position
             run.append(
