@@ -15,10 +15,14 @@ What the caller gets back is the model's message plus ``response_metadata["ctx_m
 (:data:`METADATA_KEY`): the numbered sources the prompt held, which of them the reply
 cites as ``[n]``, and the assembly's budget report (:func:`reply_metadata`). The assembly
 runs as a child run of the chat's run, so tracers and callbacks see the same report.
+
+With ``compaction=`` and ``compaction_mode="background"`` the summarising rung runs after
+the turn is recorded, not before the prompt, so no reply waits for the summariser.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import threading
 import time
@@ -38,6 +42,13 @@ from langchain_core.runnables import Runnable
 from langchain_core.runnables.config import patch_config
 from typing_extensions import override
 
+from ctx_memory._compaction_background import (
+    BackgroundCompactor,
+    CompactionMode,
+    Finished,
+    check_mode,
+    prompt_policy,
+)
 from ctx_memory.errors import ValidationError
 from ctx_memory.prompt import (
     SESSION_ID_SPEC,
@@ -303,6 +314,18 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
             ``cache_hints=["anthropic", "openai"]`` (see
             :class:`~ctx_memory.prompt.ContextPromptAssembler`). With the ``"openai"``
             hint the model is called as ``model.bind(prompt_cache_key=...)``.
+        compaction_mode: When the policy's summarising rung runs (``compaction=``, or the
+            ``assembler``'s). ``"before"`` (default): before the prompt is assembled, so
+            the prompt that crosses the trigger already holds the summary, and a failed
+            summariser is in its report's ``compaction_notes``; the caller waits for the
+            summariser. ``"background"``: once the turn is recorded, in a daemon thread
+            (``invoke``, ``stream``, ``batch``) or an asyncio task on the caller's loop
+            (``ainvoke``, ``astream``), so no reply waits for it; the prompt still uses
+            stored compactions and clears old tool outputs, and the next request uses
+            the summary once it is stored. At most one compaction per session runs at a
+            time (repeats are coalesced). :meth:`flush_compactions` /
+            :meth:`aflush_compactions` wait for it. The assembler then is a copy of the
+            given one whose policy has ``summarize_at=None``.
 
     Example:
         .. code-block:: python
@@ -342,6 +365,7 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         session_id: str | None = None,
         model_name: str | None = None,
         name: str | None = None,
+        compaction_mode: CompactionMode = "before",
         **assembler_kwargs: Any,
     ) -> None:
         if assembler is not None and assembler_kwargs:
@@ -350,6 +374,14 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         self.manager = manager
         self.model = model
         self.assembler = assembler or _default_assembler(manager, model, assembler_kwargs)
+        policy = self.assembler.compaction
+        self.compaction_mode = check_mode(compaction_mode, policy, owner="ContextualChat")
+        self._background: BackgroundCompactor | None = None
+        if self.compaction_mode == "background" and policy is not None:
+            self.assembler = copy.copy(self.assembler)
+            self.assembler.compaction = prompt_policy(policy)
+            if policy.summarize_at is not None:
+                self._background = BackgroundCompactor(manager, policy)
         self.session_id = session_id
         self.model_name = model_name
         self.name = name
@@ -462,6 +494,8 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         """Write the question and the reply in one append; return the reply as stored."""
         written, message = self._turn_records(turn, reply, started, prompt)
         self.manager.add_messages(turn.session_id, written)
+        if self._background is not None:
+            self._background.submit(turn.session_id)
         return message
 
     async def _arecord(
@@ -470,7 +504,42 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         """Async :meth:`_record`."""
         written, message = self._turn_records(turn, reply, started, prompt)
         await self.manager.aadd_messages(turn.session_id, written)
+        if self._background is not None:
+            self._background.asubmit(turn.session_id)
         return message
+
+    # ------------------------------------------------------------ background compaction
+
+    @property
+    def compactions_pending(self) -> frozenset[str]:
+        """Sessions whose background compaction is queued or running (none in ``"before"``)."""
+        return self._background.pending if self._background is not None else frozenset()
+
+    def flush_compactions(self, timeout: float | None = None) -> list[Finished]:
+        """Wait for the background compactions; ``(session_id, outcome)`` of each finished.
+
+        Lists the runs finished since the previous flush, each with its
+        :class:`~ctx_memory.compaction.CompactionOutcome` (``outcome.entry`` is the
+        compaction written, else ``outcome.reason`` says why not). ``[]`` in
+        ``"before"`` mode. For tests, scripts and shutdown.
+
+        Raises:
+            TimeoutError: Work still pending after ``timeout`` seconds.
+            RuntimeError: Called on the event loop its compaction tasks run on: use
+                :meth:`aflush_compactions`.
+        """
+        if self._background is None:
+            return []
+        return self._background.flush(timeout)
+
+    async def aflush_compactions(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 - the twin of flush_compactions
+    ) -> list[Finished]:
+        """Async :meth:`flush_compactions`: await it before the event loop ends."""
+        if self._background is None:
+            return []
+        return await self._background.aflush(timeout)
 
     # ------------------------------------------------------------ invoke
 

@@ -29,7 +29,8 @@ with one ``HumanMessage`` summary), the summary is never stored as a user turn: 
 stored as a compaction (producer ``langchain.SummarizationMiddleware``) covering the
 stored messages it replaced, and the prompt sends it once, in place of them
 (:mod:`ctx_memory._compaction_langchain`). The middleware always uses a session's stored
-compactions; ``compaction=`` adds clearing and summarising of its own.
+compactions; ``compaction=`` adds clearing and summarising of its own, before the prompt
+or, with ``compaction_mode="background"``, after the reply is stored.
 
 After the agent finishes, the current run is appended once more, which stores anything
 no model call saw (e.g. the result of a ``return_direct`` tool). Messages of earlier runs
@@ -64,6 +65,13 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.runnables.config import var_child_runnable_config
 from typing_extensions import override
 
+from ctx_memory._compaction_background import (
+    BackgroundCompactor,
+    CompactionMode,
+    Finished,
+    check_mode,
+    prompt_policy,
+)
 from ctx_memory._compaction_langchain import (
     STATE_START_KEY,
     compaction_id_for,
@@ -188,6 +196,14 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
             ``restore_tool_result`` tool) and summarises old ranges when the policy's
             trigger fires, with no ``SummarizationMiddleware``. Off by default (stored
             compactions are still used).
+        compaction_mode: When the policy's summarising rung runs. ``"before"``
+            (default): before the prompt is assembled (the model call waits for the
+            summariser; a failure is in the report's ``compaction_notes``).
+            ``"background"``: once a model call's messages are stored, in a daemon
+            thread (``invoke``) or an asyncio task on the agent's loop (``ainvoke``), so
+            no reply waits; the next model call uses the summary once it is stored. At
+            most one compaction per session runs at a time (repeats are coalesced);
+            :meth:`flush_compactions` / :meth:`aflush_compactions` wait for it.
         summarization: The ``SummarizationMiddleware`` running beside this one, if
             any: its model and prompt hash are recorded as the producer of the
             compactions read from its summaries (they are recognised without it).
@@ -236,8 +252,16 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
         cache_hints: Sequence[Literal["anthropic", "openai"]] = (),
         compaction: CompactionPolicy | None = None,
         summarization: AgentMiddleware[Any, Any] | None = None,
+        compaction_mode: CompactionMode = "before",
     ) -> None:
         super().__init__()
+        self.compaction_mode = check_mode(compaction_mode, compaction, owner="ContextMiddleware")
+        self._background: BackgroundCompactor | None = None
+        prompt_compaction = compaction or _USE_STORED
+        if self.compaction_mode == "background" and compaction is not None:
+            prompt_compaction = prompt_policy(compaction)
+            if compaction.summarize_at is not None:
+                self._background = BackgroundCompactor(manager, compaction)
         self.manager = manager
         self.session_id = session_id
         self.persist = persist
@@ -256,7 +280,7 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
             recall_share=recall_share,
             trim_block=trim_block,
             cache_hints=cache_hints,
-            compaction=compaction or _USE_STORED,
+            compaction=prompt_compaction,
         )
         if compaction is not None and compaction.clear_tool_outputs_at is not None:
             self.tools = [make_restore_tool(manager, session_id)]
@@ -466,6 +490,45 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
         if messages:
             await self.manager.aadd_messages(session_id, messages)
 
+    def _compact_later(self, session_id: str) -> None:
+        """Background mode: summarise in a worker thread once the reply is stored."""
+        if self._background is not None:
+            self._background.submit(session_id)
+
+    def _acompact_later(self, session_id: str) -> None:
+        """Background mode: summarise in a task on the running loop once the reply is stored."""
+        if self._background is not None:
+            self._background.asubmit(session_id)
+
+    @property
+    def compactions_pending(self) -> frozenset[str]:
+        """Sessions whose background compaction is queued or running (none in ``"before"``)."""
+        return self._background.pending if self._background is not None else frozenset()
+
+    def flush_compactions(self, timeout: float | None = None) -> list[Finished]:
+        """Wait for the background compactions; ``(session_id, outcome)`` of each finished.
+
+        Lists the runs finished since the previous flush, each with its
+        :class:`~ctx_memory.compaction.CompactionOutcome`. ``[]`` in ``"before"`` mode.
+
+        Raises:
+            TimeoutError: Work still pending after ``timeout`` seconds.
+            RuntimeError: Called on the event loop its compaction tasks run on: use
+                :meth:`aflush_compactions`.
+        """
+        if self._background is None:
+            return []
+        return self._background.flush(timeout)
+
+    async def aflush_compactions(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 - the twin of flush_compactions
+    ) -> list[Finished]:
+        """Async :meth:`flush_compactions`: await it before the event loop ends."""
+        if self._background is None:
+            return []
+        return await self._background.aflush(timeout)
+
     def _record_summaries(self, session_id: str, request: ModelRequest[Any]) -> list[BaseMessage]:
         """Store new LangChain summaries as compactions; returns those to send as they are."""
         summaries = self._summaries_of(request)
@@ -515,6 +578,7 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
         result = handler(self._override(request, prompt))
         written = self._written(session_id, request, run, result, started=started, prompt=prompt)
         self._store(session_id, written)
+        self._compact_later(session_id)
         return result
 
     @override
@@ -536,6 +600,7 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
         result = await handler(self._override(request, prompt))
         written = self._written(session_id, request, run, result, started=started, prompt=prompt)
         await self._astore(session_id, written)
+        self._acompact_later(session_id)
         return result
 
     @override
