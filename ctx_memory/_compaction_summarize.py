@@ -16,6 +16,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import Runnable, RunnableLambda
 from typing_extensions import override
 
+from ctx_memory.assembly.compacted import RESTORABLE_PREFIX
 from ctx_memory.recall import recall_terms, record_text
 from ctx_memory.schema import message_to_record
 
@@ -38,6 +39,7 @@ DEFAULT_SUMMARY_PROMPT = (
 )
 """The prompt :func:`chat_summarizer` puts before the covered messages."""
 
+_SUMMARY_OPENING = "[Summary of messages "
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 _FACTY = re.compile(r"\d|\b[A-Z][a-z]+")
 
@@ -61,7 +63,9 @@ class ExtractiveSummarizer(Runnable[list[BaseMessage], str]):
     order, one line per message (``user:``, ``assistant:``, ``tool <name> [<call id>]:``), cut to
     ``words_per_sentence`` words. When the lines exceed ``max_chars`` (about 500 tokens by
     default) the most specific ones are kept, in their order, and a last line says how many
-    were left out.
+    were left out. An earlier summary among the messages (a rolling summary takes in the
+    one before it) gives each of its lines as a line of its own, so what it kept competes
+    with the new lines rather than shrinking to one sentence.
 
     Example:
         .. code-block:: python
@@ -84,18 +88,38 @@ class ExtractiveSummarizer(Runnable[list[BaseMessage], str]):
         self.max_chars = max_chars
         self.name = "ExtractiveSummarizer"
 
+    def _units(self, messages: Sequence[BaseMessage]) -> list[tuple[str | None, str]]:
+        """``(role label, text)`` per message; an earlier summary's lines as ``(None, line)``."""
+        units: list[tuple[str | None, str]] = []
+        for message in messages:
+            record = message_to_record(message, timestamp="")
+            text = record_text(record)
+            if record["role"] == "user" and text.startswith(_SUMMARY_OPENING):
+                lines = (line.strip() for line in text.splitlines()[1:])
+                units.extend(
+                    (None, line)
+                    for line in lines
+                    if line and not line.startswith((RESTORABLE_PREFIX, "(… "))
+                )
+                continue
+            role = record["role"]
+            if role == "tool":
+                role = f"tool {record.get('name') or ''} [{record.get('tool_call_id')}]".strip()
+            units.append((role, text))
+        return units
+
     def summarize(self, messages: Sequence[BaseMessage]) -> str:
         """The summary of ``messages`` (what :meth:`invoke` returns)."""
-        records = [message_to_record(m, timestamp="") for m in messages]
-        texts = [record_text(r) for r in records]
-        docs = [set(recall_terms(t)) for t in texts]
+        units = self._units(messages)
+        docs = [set(recall_terms(text)) for _, text in units]
         frequency: Counter[str] = Counter(term for doc in docs for term in doc)
         n = max(len(docs), 1)
         candidates: list[tuple[float, int, str]] = []  # (best score, position, line)
         seen: set[str] = set()
-        for position, (record, text) in enumerate(zip(records, texts, strict=True)):
+        for position, (role, text) in enumerate(units):
+            sentences = [text] if role is None else _sentences(text)
             scored = []
-            for i, sentence in enumerate(_sentences(text)):
+            for i, sentence in enumerate(sentences):
                 terms = set(recall_terms(sentence))
                 score = sum(math.log((n + 1) / frequency.get(t, 1)) for t in terms)
                 score += 2.0 * len(_FACTY.findall(sentence))
@@ -105,10 +129,10 @@ class ExtractiveSummarizer(Runnable[list[BaseMessage], str]):
             seen.update(picked)
             if not picked:
                 continue
-            role = record["role"]
-            if role == "tool":
-                role = f"tool {record.get('name') or ''} [{record.get('tool_call_id')}]".strip()
-            line = f"{role}: " + " ".join(_cut(s, self.words_per_sentence) for s in picked)
+            if role is None:
+                line = picked[0]  # an earlier summary's line, as it was written
+            else:
+                line = f"{role}: " + " ".join(_cut(s, self.words_per_sentence) for s in picked)
             candidates.append((max(score for score, _, _ in best), position, line))
         # The most specific lines win the room (never more than max_chars), in their order.
         kept: list[tuple[int, str]] = []

@@ -52,6 +52,7 @@ from ctx_memory._compaction_summarize import (
 from ctx_memory.assembly.compacted import (
     COMPACTIONS_KEY,
     compactions_of,
+    effective_summaries,
     summary_record,
     summary_text,
 )
@@ -62,6 +63,7 @@ from ctx_memory.schema import now_iso
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from langchain_core.messages import BaseMessage
     from langchain_core.runnables import Runnable
     from langchain_core.tools import BaseTool
 
@@ -367,21 +369,46 @@ class CompactionPolicy:
 
     Every trigger is on the session's exact cached ``metadata.token_count``.
 
+    The defaults are for agents, where old tool outputs are most of the history: once
+    the session holds 4,000 tokens, every tool output of a finished turn is sent as a
+    placeholder naming its call id (an agent's current run, sent as the prompt's tail,
+    and the turn in progress keep theirs; ``restore_tool_result`` brings any back), and
+    once the uncompacted history holds 8,000 tokens, all but the newest 32 messages are
+    folded into one rolling summary whose message names every covered tool-call id. On
+    ``ctx-memory eval``'s tool-heavy traces this sends about 6 % of the full history's
+    tokens with every planted fact in the prompt or restorable by id (keeping the newest
+    16 messages' tool outputs whole and stacking summaries, the earlier defaults, sent
+    20 % and left two thirds of the facts neither in the prompt nor named, the older
+    summaries falling out of the window). Clearing at the turn boundary
+    also changes the prompt only where the previous request's tail was, so the prefix
+    before it stays cacheable; a rolling summary changes the first history message once
+    per summary.
+
     Attributes:
         clear_tool_outputs_at: Rung (a): once the session holds more tokens than this,
-            tool outputs older than the newest ``keep_tool_outputs`` messages (rounded
-            down to a multiple of ``block``, so the boundary moves in steps) and of at
-            least ``tool_output_min_tokens`` are sent as a placeholder naming the
-            tool-call id. ``None``: never. Prompt only; nothing is written.
-        keep_tool_outputs: Newest messages whose tool outputs are always sent whole.
+            tool outputs of at least ``tool_output_min_tokens`` are sent as a
+            placeholder naming the tool-call id, except the newest
+            ``keep_tool_outputs`` messages' (that boundary rounded down to a multiple of
+            ``block``, so it moves in steps) and those of the turn in progress (after the
+            newest stored user message). ``None``: never. Prompt only; nothing is
+            written.
+        keep_tool_outputs: Newest messages whose tool outputs are always sent whole;
+            ``0`` (the default): none but the turn in progress, at every turn (no
+            rounding to ``block``).
         tool_output_min_tokens: Smaller tool outputs are always sent whole.
         summarize_at: Rung (b): once the uncompacted history holds more tokens than
             this, the oldest uncompacted messages up to the newest ``keep_recent``
-            (rounded down to a multiple of ``block`` and to a turn start) are
-            summarised into a stored compaction before assembling. ``None``: never.
+            (rounded down to a multiple of ``block`` and to a turn start where no tool
+            call waits for its result) are summarised into a stored compaction before
+            assembling. ``None``: never.
         keep_recent: Newest messages never summarised.
         block: Positions per step of both boundaries.
         min_messages: Fewest messages one summary covers.
+        rolling: Each new summary takes in the summaries it follows (their text, as
+            the summariser's first messages, and their tool-call ids), so one summary
+            message stands for everything compacted and its size stays bounded; the
+            summaries it replaces are removed in the same write. ``False``: summaries
+            stack, one message each.
         summarizer: Any Runnable from the covered messages to the summary text (or a
             message); default :class:`ExtractiveSummarizer`.
 
@@ -391,16 +418,19 @@ class CompactionPolicy:
             from ctx_memory.compaction import CompactionPolicy
 
             policy = CompactionPolicy(summarize_at=4000, keep_recent=32)
+            assert policy.clear_before({"message_count": 100, "token_count": 9000}) == 100
+            policy = CompactionPolicy(keep_tool_outputs=16)
             assert policy.clear_before({"message_count": 100, "token_count": 9000}) == 80
     """
 
     clear_tool_outputs_at: int | None = 4000
-    keep_tool_outputs: int = 16
+    keep_tool_outputs: int = 0
     tool_output_min_tokens: int = 100
     summarize_at: int | None = 8000
     keep_recent: int = 32
     block: int = 16
     min_messages: int = 8
+    rolling: bool = True
     summarizer: Runnable[Any, Any] = field(default_factory=ExtractiveSummarizer)
 
     def __post_init__(self) -> None:
@@ -414,12 +444,19 @@ class CompactionPolicy:
         return max(position, 0) // self.block * self.block
 
     def clear_before(self, metadata: Mapping[str, Any]) -> int:
-        """Tool outputs at positions before this are cleared from the prompt (0: none)."""
+        """Tool outputs at positions before this are cleared from the prompt (0: none).
+
+        The turn in progress keeps its tool outputs whatever this says
+        (:class:`~ctx_memory.assembly.compacted.CompactedView`).
+        """
         if self.clear_tool_outputs_at is None:
             return 0
         if int(metadata.get("token_count", 0)) <= self.clear_tool_outputs_at:
             return 0
-        return self._floor(int(metadata.get("message_count", 0)) - self.keep_tool_outputs)
+        count = int(metadata.get("message_count", 0))
+        if self.keep_tool_outputs == 0:
+            return count
+        return self._floor(count - self.keep_tool_outputs)
 
     def summary_range(
         self, metadata: Mapping[str, Any], compactions: Sequence[Mapping[str, Any]]
@@ -427,19 +464,40 @@ class CompactionPolicy:
         """The positions ``(start, boundary)`` to read for the next summary, or None.
 
         ``start`` follows the newest summary; ``boundary`` (read too: the summary ends
-        before the turn start at or below it) is ``keep_recent`` back, on a block.
+        before the turn start at or below it) is ``keep_recent`` back, on a block. The
+        trigger counts the history less what the summaries a prompt uses save.
         """
         if self.summarize_at is None:
             return None
-        summaries = [c for c in compactions if c.get("kind") == "summary"]
-        saved = sum(int(c["tokens_covered"]) - int(c["summary_tokens"]) for c in summaries)
+        used = effective_summaries(compactions)
+        saved = sum(int(c["tokens_covered"]) - int(c["summary_tokens"]) for c in used)
         if int(metadata.get("token_count", 0)) - saved <= self.summarize_at:
             return None
+        summaries = [c for c in compactions if c.get("kind") == "summary"]
         start = max((int(c["last_index"]) + 1 for c in summaries), default=0)
         boundary = self._floor(int(metadata.get("message_count", 0)) - self.keep_recent)
         if boundary - start < max(self.min_messages, 1):
             return None
         return start, boundary
+
+    def rolled_in(
+        self, compactions: Sequence[Mapping[str, Any]], start: int
+    ) -> list[dict[str, Any]]:
+        """The summaries a summary from ``start`` takes in (oldest first; ``[]`` unless rolling).
+
+        The summaries a prompt uses that follow each other without a gap up to
+        ``start - 1``.
+        """
+        if not self.rolling:
+            return []
+        chain: list[dict[str, Any]] = []
+        expected = start - 1
+        for entry in reversed(effective_summaries(compactions)):
+            if int(entry["last_index"]) != expected:
+                break
+            chain.append(entry)
+            expected = int(entry["first_index"]) - 1
+        return chain[::-1]
 
 
 @dataclass(frozen=True)
@@ -461,12 +519,24 @@ class CompactionOutcome:
         return self.reason.startswith("summarizer")
 
 
-def _covered(records: Sequence[Mapping[str, Any]], start: int) -> list[Mapping[str, Any]]:
-    """The records up to the last turn start (a user message) after the first: whole turns."""
-    for i in range(len(records) - 1, 0, -1):
-        if records[i].get("role") == "user":
-            return list(records[:i])
-    return []
+def _covered(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The records up to the last safe turn start after the first: whole, closed turns.
+
+    A cut is at a user message before which every tool call has its result (so no
+    result is left after the summary without its call, and a pending call is never
+    summarised); with interleaved writers that is not every user message.
+    """
+    best = 0
+    open_calls: set[str] = set()
+    for i, record in enumerate(records):
+        if i and record.get("role") == "user" and not open_calls:
+            best = i
+        for call in record.get("tool_calls") or ():
+            if call.get("id"):
+                open_calls.add(str(call["id"]))
+        if record.get("role") == "tool" and record.get("tool_call_id"):
+            open_calls.discard(str(record["tool_call_id"]))
+    return list(records[:best])
 
 
 def _summary_of(result: Any) -> str:
@@ -481,14 +551,99 @@ def _failed(session_id: str, reason: str) -> CompactionOutcome:
     return CompactionOutcome(reason=reason)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One summary to make: where to read, and what it takes in (pure, from the header)."""
+
+    start: int
+    boundary: int
+    chain: list[dict[str, Any]]
+
+    @property
+    def read_from(self) -> int:
+        """The first position to read: the chain's newest covered message, to check it."""
+        return self.start - 1 if self.chain else self.start
+
+
+def _job(policy: CompactionPolicy, header: Mapping[str, Any] | None) -> _Job | None:
+    if header is None:
+        return None
+    compactions = compactions_of(header["shared"])
+    span = policy.summary_range(header["metadata"], compactions)
+    if span is None:
+        return None
+    return _Job(span[0], span[1], policy.rolled_in(compactions, span[0]))
+
+
+@dataclass(frozen=True)
+class _Step:
+    """The summariser's input once the range is read."""
+
+    chain: list[dict[str, Any]]
+    covered: list[Mapping[str, Any]]
+    messages: list[BaseMessage]
+
+
+def _step(job: _Job, records: Sequence[Mapping[str, Any]], counter: TokenCounter) -> _Step | None:
+    """The covered records and the summariser's messages; None without a safe turn start."""
+    chain = job.chain
+    if chain:
+        checked, records = records[:1], records[1:]
+        if not checked or checked[0].get("id") != chain[-1].get("last_id"):
+            chain = []  # history edited since: that summary is not used; do not fold it in
+    covered = _covered(records)
+    if not covered:
+        return None
+    messages = records_to_messages([summary_record(e, counter) for e in chain])
+    return _Step(chain, covered, [*messages, *records_to_messages(covered)])
+
+
+def _needs_ids(chain: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Summaries written before ``tool_call_ids`` existed: their range is read for them."""
+    return [e for e in chain if not isinstance(e.get("tool_call_ids"), list)]
+
+
+def _rolled_entry(
+    step: _Step,
+    job: _Job,
+    summary: str,
+    *,
+    producer: Mapping[str, str],
+    older_ids: Mapping[str, list[str]],
+    counter: TokenCounter,
+) -> tuple[dict[str, Any], dict[str, None]]:
+    """The entry for ``step`` (taking in its chain) and the tombstones of that chain."""
+    covered = step.covered
+    entry = _entry(
+        covered, job.start, job.start + len(covered) - 1, summary, kind="summary",
+        producer=producer, compaction_id=None, first_id=str(covered[0].get("id")),
+        last_id=str(covered[-1].get("id")), counter=counter,
+    )  # fmt: skip
+    if not step.chain:
+        return entry, {}
+    ids: dict[str, None] = {}
+    for older in step.chain:
+        listed = older.get("tool_call_ids")
+        ids.update(dict.fromkeys(listed if isinstance(listed, list) else older_ids[older["id"]]))
+    ids.update(dict.fromkeys(entry["tool_call_ids"]))
+    entry["tool_call_ids"] = list(ids)
+    entry["first_index"] = int(step.chain[0]["first_index"])
+    entry["first_id"] = str(step.chain[0]["first_id"])
+    entry["tokens_covered"] += sum(int(e.get("tokens_covered") or 0) for e in step.chain)
+    entry["summary_tokens"] = summary_record(entry, counter)["token_count"]
+    return entry, {str(e["id"]): None for e in step.chain}
+
+
 def compact(
     manager: ContextManager, session_id: str, policy: CompactionPolicy
 ) -> CompactionOutcome:
     """Run rung (b) once: summarise the next range if the policy says so, and store it.
 
-    Reads the header, and only when the trigger fires the range to cover. A summariser
-    that raises or returns nothing changes nothing: the outcome says why and a warning
-    is logged.
+    Reads the header, and only when the trigger fires the range to cover (and, rolling,
+    the newest covered message of the summary it takes in, to check it). The range ends
+    at the last turn start where no tool call waits for its result. A summariser that
+    raises or returns nothing changes nothing: the outcome says why and a warning is
+    logged.
 
     Example:
         .. code-block:: python
@@ -505,27 +660,34 @@ def compact(
             assert outcome.entry is not None and outcome.entry["first_index"] == 0
             assert "AF100" in outcome.entry["summary"]
     """
-    header = manager.get_header(session_id)
-    if header is None:
+    counter = manager.token_counter
+    job = _job(policy, manager.get_header(session_id))
+    if job is None:
         return CompactionOutcome(reason="not needed")
-    span = policy.summary_range(header["metadata"], compactions_of(header["shared"]))
-    if span is None:
-        return CompactionOutcome(reason="not needed")
-    records = _covered(manager.get_message_range(session_id, *span), span[0])
-    if not records:
+    records = manager.get_message_range(session_id, job.read_from, job.boundary)
+    step = _step(job, records, counter)
+    if step is None:
         return CompactionOutcome(reason="no turn boundary")
+    older_ids = {
+        str(e["id"]): _tool_ids(
+            manager.get_message_range(session_id, int(e["first_index"]), int(e["last_index"]))
+        )
+        for e in _needs_ids(step.chain)
+    }
     try:
-        result = policy.summarizer.invoke(records_to_messages(records))
+        result = policy.summarizer.invoke(step.messages)
     except Exception as e:  # noqa: BLE001 - any summariser failure is reported, not raised
         return _failed(session_id, f"summarizer failed: {type(e).__name__}: {e}")
     summary = _summary_of(result)
     if not summary:
         return _failed(session_id, "summarizer returned nothing")
-    entry = add_compaction(
-        manager, session_id, span[0], span[0] + len(records) - 1, summary,
-        producer=producer_of(policy.summarizer), first_id=records[0].get("id"),
-        last_id=records[-1].get("id"),
+    entry, tombstones = _rolled_entry(
+        step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
+        counter=counter,
     )  # fmt: skip
+    manager.update_partial_context(
+        session_id, {COMPACTIONS_KEY: {**tombstones, entry["id"]: entry}}, reserved=True
+    )
     return CompactionOutcome(entry=entry)
 
 
@@ -533,27 +695,36 @@ async def acompact(
     manager: ContextManager, session_id: str, policy: CompactionPolicy
 ) -> CompactionOutcome:
     """Async :func:`compact`."""
-    header = await manager.aget_header(session_id)
-    if header is None:
+    counter = manager.token_counter
+    job = _job(policy, await manager.aget_header(session_id))
+    if job is None:
         return CompactionOutcome(reason="not needed")
-    span = policy.summary_range(header["metadata"], compactions_of(header["shared"]))
-    if span is None:
-        return CompactionOutcome(reason="not needed")
-    records = _covered(await manager.aget_message_range(session_id, *span), span[0])
-    if not records:
+    records = await manager.aget_message_range(session_id, job.read_from, job.boundary)
+    step = _step(job, records, counter)
+    if step is None:
         return CompactionOutcome(reason="no turn boundary")
+    older_ids = {
+        str(e["id"]): _tool_ids(
+            await manager.aget_message_range(
+                session_id, int(e["first_index"]), int(e["last_index"])
+            )
+        )
+        for e in _needs_ids(step.chain)
+    }
     try:
-        result = await policy.summarizer.ainvoke(records_to_messages(records))
+        result = await policy.summarizer.ainvoke(step.messages)
     except Exception as e:  # noqa: BLE001 - any summariser failure is reported, not raised
         return _failed(session_id, f"summarizer failed: {type(e).__name__}: {e}")
     summary = _summary_of(result)
     if not summary:
         return _failed(session_id, "summarizer returned nothing")
-    entry = await aadd_compaction(
-        manager, session_id, span[0], span[0] + len(records) - 1, summary,
-        producer=producer_of(policy.summarizer), first_id=records[0].get("id"),
-        last_id=records[-1].get("id"),
+    entry, tombstones = _rolled_entry(
+        step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
+        counter=counter,
     )  # fmt: skip
+    await manager.aupdate_partial_context(
+        session_id, {COMPACTIONS_KEY: {**tombstones, entry["id"]: entry}}, reserved=True
+    )
     return CompactionOutcome(entry=entry)
 
 

@@ -7,20 +7,22 @@ same budget:
 
 * ``ctx_memory classic + compaction``: the assembler as ``ContextMiddleware`` builds it
   (classic layout, default recall share) with the default
-  :class:`~ctx_memory.compaction.CompactionPolicy` (old tool outputs cleared to a
-  placeholder naming the tool-call id, extractive summaries of old ranges stored as
-  compactions); it has the ``restore_tool_result`` tool, so a fact whose call id the
-  prompt names is restorable.
+  :class:`~ctx_memory.compaction.CompactionPolicy` (finished turns' tool outputs cleared
+  to a placeholder naming the tool-call id, one rolling extractive summary of the older
+  history stored as a compaction, naming the call ids it covers); it has the
+  ``restore_tool_result`` tool, so a fact whose call id the prompt names is restorable.
 * ``ctx_memory classic (recency)``: the same assembler, recency only, no compaction.
 * ``SummarizationMiddleware``: LangChain's middleware itself (its ``before_model`` on a
   state holding the whole thread, as with a checkpointer), with the same extractive
   summariser, triggered at 80 % of the budget and keeping the newest 40 %; the request is
   the system message and its state. It has no restore tool.
 
-Per contender: prompt tokens as a share of the full history's tokens (mean over the model
-calls once the history exceeds the budget, and at the last call), the share of planted
-facts in the prompt or restorable (mean over those calls), and the requests' integrity
-(the runner's recount and orphan checks).
+Every contender builds a request at every model call (as the agent would); the measures
+are over the model calls once the history exceeds the budget. Per contender: prompt
+tokens as a share of the full history's tokens (mean over those calls, and at the last
+call), the share of planted facts in the prompt or restorable (mean over those calls; a
+fact counts as planted once its tool output is written), and the requests' integrity
+(the runner's recount and orphan checks, over every request).
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ def run_compaction(
         now = start
         last: dict[str, float] = {}
         for task in tasks:
-            facts += [(f.code, f.call_id) for f in task.facts]
+            planted = {f.call_id: (f.code, f.call_id) for f in task.facts}
             run: list[BaseMessage] = []
             for message in task.messages:
                 record = manager.add_messages(session_id, [message])[0]
@@ -184,17 +186,20 @@ def run_compaction(
                 messages += 1
                 run.append(stored)
                 full += int(record["token_count"])
+                if (fact := planted.get(str(record.get("tool_call_id")))) is not None:
+                    facts.append(fact)  # planted once its tool output exists
                 for contender in contenders:
                     contender.observe([stored])
                 if isinstance(stored, AIMessage):
                     continue  # a model call follows the user's message and each tool result
                 now += timedelta(seconds=20)
-                if full <= settings.trace_budget:
-                    continue
-                calls += 1
+                counted = full > settings.trace_budget
+                calls += counted
                 for contender in contenders:
                     prompt = contender.prompt(run, task.query, now)
                     tokens = check(contender, prompt)
+                    if not counted:
+                        continue  # built (as the agent would), measured once over budget
                     got = fact_availability(prompt.messages, facts)
                     row = rows[contender.name]
                     row.shares.append(tokens / full)

@@ -1,0 +1,207 @@
+"""The default ladder: finished turns' tool outputs cleared, one rolling summary, safe cuts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+
+from ctx_memory import ContextManager, ContextPromptAssembler, TokenCounter
+from ctx_memory.assembly.compacted import COMPACTIONS_KEY, summary_record
+from ctx_memory.compaction import (
+    CompactionPolicy,
+    ExtractiveSummarizer,
+    acompact,
+    add_compaction,
+    compact,
+    get_compactions,
+)
+from ctx_memory.eval.metrics import tool_pair_problems
+
+
+def _turn(i: int, *, calls: int = 1, words: int = 150) -> list[BaseMessage]:
+    ids = [f"call_{i}_{k}" for k in range(calls)]
+    return [
+        HumanMessage(f"Task {i}: look up order {1000 + i}."),
+        AIMessage(
+            "",
+            tool_calls=[{"name": "lookup", "args": {"k": k}, "id": c} for k, c in enumerate(ids)],
+        ),
+        *[
+            ToolMessage(
+                f"order {1000 + i} row {c} " + "data " * words, tool_call_id=c, name="lookup"
+            )
+            for c in ids
+        ],
+        AIMessage(f"Order {1000 + i} is shipped."),
+    ]
+
+
+def _session(manager: ContextManager, sid: str, turns: int) -> None:
+    for i in range(turns):
+        manager.add_messages(sid, _turn(i))
+
+
+def test_defaults_clear_every_finished_turn_but_keep_the_turn_in_progress(
+    manager: ContextManager,
+) -> None:
+    _session(manager, "s", 6)
+    manager.add_messages("s", _turn(6)[:3])  # the turn in progress: its tool result is in
+    policy = CompactionPolicy(summarize_at=None, clear_tool_outputs_at=1000)
+    assert policy.clear_before(manager.get_header("s")["metadata"]) == 27
+    assembler = ContextPromptAssembler(manager, max_tokens=8000, compaction=policy)
+    result = assembler.assemble("s", "and?")
+    tools = [m for m in result.messages if isinstance(m, ToolMessage)]
+    assert [m.text.startswith("[Tool output cleared") for m in tools] == [True] * 6 + [False]
+    assert result.report.tool_outputs_cleared == [f"call_{i}_0" for i in range(6)]
+    assert result.report.total_tokens == TokenCounter().count_chat(result.messages)
+
+
+def test_keep_tool_outputs_still_rounds_to_the_block() -> None:
+    policy = CompactionPolicy(keep_tool_outputs=10, block=8)
+    assert policy.clear_before({"message_count": 45, "token_count": 10**5}) == 32
+    assert policy.clear_before({"message_count": 45, "token_count": 10}) == 0
+
+
+def _summaries(manager: ContextManager, sid: str) -> list[dict[str, Any]]:
+    return [c for c in get_compactions(manager, sid) if c["kind"] == "summary"]
+
+
+def test_a_rolling_summary_takes_in_the_one_before(manager: ContextManager) -> None:
+    _session(manager, "s", 10)
+    policy = CompactionPolicy(summarize_at=100, keep_recent=8, block=4, min_messages=4)
+    first = compact(manager, "s", policy).entry
+    assert first is not None
+    assert compact(manager, "s", policy).reason == "not needed"
+    _session(manager, "t", 0)
+    manager.add_messages("s", [m for i in range(10, 16) for m in _turn(i)])
+    second = compact(manager, "s", policy).entry
+    assert second is not None
+    assert second["first_index"] == 0
+    assert second["first_id"] == first["first_id"]
+    assert _summaries(manager, "s") == [second]  # the first is removed in the same write
+    assert manager.get_context("s")["shared"][COMPACTIONS_KEY][first["id"]] is None
+    history = manager.get_history("s")
+    covered = history[: second["last_index"] + 1]
+    assert second["tokens_covered"] == sum(r["token_count"] for r in covered)
+    assert second["tool_call_ids"] == [r["tool_call_id"] for r in covered if r["role"] == "tool"]
+    assert second["summary_tokens"] == summary_record(second, TokenCounter())["token_count"]
+    assert "1000" in second["summary"]  # the first summary's lines live on
+
+
+async def test_rolling_async_and_an_old_entry_without_ids(manager: ContextManager) -> None:
+    _session(manager, "s", 12)
+    history = manager.get_history("s")
+    old = add_compaction(manager, "s", 0, 15, "Orders 1000-1003 shipped.")
+    del old["tool_call_ids"]  # as written before the field existed
+    manager.update_partial_context("s", {COMPACTIONS_KEY: {old["id"]: old}}, reserved=True)
+    policy = CompactionPolicy(summarize_at=100, keep_recent=8, block=4, min_messages=4)
+    entry = (await acompact(manager, "s", policy)).entry
+    assert entry is not None
+    assert entry["first_index"] == 0
+    covered = history[: entry["last_index"] + 1]
+    assert entry["tool_call_ids"] == [r["tool_call_id"] for r in covered if r["role"] == "tool"]
+
+
+def test_not_rolling_stacks(manager: ContextManager) -> None:
+    _session(manager, "s", 16)
+    policy = CompactionPolicy(
+        summarize_at=100, keep_recent=8, block=4, min_messages=4, rolling=False
+    )
+    first = compact(manager, "s", policy).entry
+    manager.add_messages("s", [m for i in range(16, 22) for m in _turn(i)])
+    second = compact(manager, "s", policy).entry
+    assert first is not None
+    assert second is not None
+    assert second["first_index"] == first["last_index"] + 1
+    assert len(_summaries(manager, "s")) == 2
+
+
+def test_a_stale_summary_is_not_rolled_in(manager: ContextManager) -> None:
+    _session(manager, "s", 12)
+    policy = CompactionPolicy(summarize_at=100, keep_recent=8, block=4, min_messages=4)
+    first = compact(manager, "s", policy).entry
+    assert first is not None
+    manager.delete_message("s", manager.get_history("s")[first["last_index"]]["id"])
+    manager.add_messages("s", [m for i in range(12, 18) for m in _turn(i)])
+    second = compact(manager, "s", policy).entry
+    assert second is not None
+    assert second["first_index"] == first["last_index"] + 1  # stacked, not folded in
+
+
+def _interleaved(manager: ContextManager, sid: str, *, pending: bool) -> None:
+    """Writer A calls a tool; writer B's turn lands before A's result (then a pending call)."""
+    _session(manager, sid, 3)
+    manager.add_messages(
+        sid,
+        [
+            HumanMessage("A: slow lookup please."),
+            AIMessage("", tool_calls=[{"name": "lookup", "args": {}, "id": "slow"}]),
+            HumanMessage("B: unrelated question."),
+            AIMessage("B: unrelated answer."),
+            ToolMessage("slow result " + "data " * 100, tool_call_id="slow", name="lookup"),
+            AIMessage("A: done."),
+        ],
+    )
+    if pending:
+        manager.add_messages(
+            sid,
+            [
+                HumanMessage("A: another one."),
+                AIMessage("", tool_calls=[{"name": "lookup", "args": {}, "id": "pending"}]),
+                HumanMessage("B: still there?"),
+                AIMessage("B: yes."),
+            ],
+        )
+
+
+@pytest.mark.parametrize(
+    ("pending", "after"), [(False, "A: slow lookup please."), (True, "A: another one.")]
+)
+def test_the_cut_never_leaves_a_call_without_its_result(
+    manager: ContextManager, pending: bool, after: str
+) -> None:
+    _interleaved(manager, "s", pending=pending)
+    policy = CompactionPolicy(summarize_at=100, keep_recent=0, block=1, min_messages=1)
+    entry = compact(manager, "s", policy).entry
+    assert entry is not None
+    history = manager.get_history("s")
+    assert history[entry["last_index"] + 1]["content"] == after
+    assert "pending" not in entry["tool_call_ids"]
+    assembler = ContextPromptAssembler(manager, max_tokens=4000, compaction=policy)
+    result = assembler.assemble("s", "next?")
+    assert tool_pair_problems(result.messages).total == 0
+
+
+def test_the_extractive_summarizer_keeps_an_earlier_summarys_lines() -> None:
+    earlier = HumanMessage(
+        "[Summary of messages 0-9]\nuser: Flight AF123 leaves at 09:40.\n"
+        "tool search [c1]: Hotel Lutetia booked, 3 nights.\n"
+        "Tool results restorable with restore_tool_result: c2"
+    )
+    text = ExtractiveSummarizer().invoke([earlier, HumanMessage("Also rent a car in Nice.")])
+    assert text.splitlines() == [
+        "user: Flight AF123 leaves at 09:40.",
+        "tool search [c1]: Hotel Lutetia booked, 3 nights.",
+        "user: Also rent a car in Nice.",
+    ]
+
+
+@pytest.mark.parametrize("layout", ["classic", "stable"])
+def test_default_policy_on_tool_traffic_stays_small_and_exact(layout: str) -> None:
+    manager = ContextManager()
+    assembler = ContextPromptAssembler(
+        manager, max_tokens=6000, reserve_tokens=0, compaction=CompactionPolicy(), layout=layout
+    )
+    full = 0
+    counter = TokenCounter()
+    for i in range(40):
+        for record in manager.add_messages("s", _turn(i, calls=1 + i % 3, words=600)):
+            full += record["token_count"]
+        result = assembler.assemble("s", f"Task {i + 1}?")
+        assert tool_pair_problems(result.messages).total == 0
+        assert result.report.total_tokens == counter.count_chat(result.messages)
+        assert result.report.total_tokens <= assembler.budget
+    assert len(_summaries(manager, "s")) == 1
+    assert result.report.total_tokens < 0.15 * full
