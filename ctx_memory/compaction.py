@@ -216,6 +216,67 @@ def _check_remove(compaction_id: object) -> str:
     return compaction_id
 
 
+def _same_end(entry: Mapping[str, Any], live: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The other live summaries ending at ``entry``'s newest message (same position and id)."""
+    if entry.get("kind") != "summary":
+        return []
+    return [
+        dict(other)
+        for other in live
+        if other.get("kind") == "summary"
+        and other.get("id") != entry["id"]
+        and int(other["last_index"]) == int(entry["last_index"])
+        and other.get("last_id") == entry["last_id"]
+    ]
+
+
+def _wider(entry: Mapping[str, Any], same: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """Of the summaries at the same boundary, the one reaching furthest before ``entry``."""
+    earlier = [o for o in same if int(o["first_index"]) < int(entry["first_index"])]
+    return dict(min(earlier, key=lambda o: int(o["first_index"]))) if earlier else None
+
+
+def _unite(
+    entry: Mapping[str, Any],
+    wider: Mapping[str, Any],
+    extra: Sequence[Mapping[str, Any]],
+    counter: TokenCounter,
+) -> dict[str, Any]:
+    """``entry`` covering the union with ``wider`` (same end, reaching back further).
+
+    ``extra`` are the stored records from ``wider``'s start to just before ``entry``'s.
+    The text is ``wider``'s, then ``entry``'s (the part only ``wider`` covers keeps its
+    summary); the tool-call ids are those of the whole union.
+    """
+    united = dict(entry)
+    united["first_index"] = int(wider["first_index"])
+    united["first_id"] = str(wider["first_id"])
+    united["summary"] = f"{wider['summary']}\n{entry['summary']}"
+    united["tokens_covered"] = int(entry["tokens_covered"]) + sum(
+        int(r.get("token_count") or 0) for r in extra
+    )
+    united["tool_call_ids"] = list(
+        dict.fromkeys([*_tool_ids(extra), *(entry.get("tool_call_ids") or [])])
+    )
+    united["summary_tokens"] = summary_record(united, counter)["token_count"]
+    return united
+
+
+def _settled(
+    entry: dict[str, Any],
+    same: Sequence[Mapping[str, Any]],
+    extra: Sequence[Mapping[str, Any]] | None,
+    counter: TokenCounter,
+    tombstones: Mapping[str, None] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The entry to write and the ``{id: entry or None}`` update (the replaced ones removed)."""
+    wider = _wider(entry, same)
+    if wider is not None and extra is not None:
+        entry = _unite(entry, wider, extra, counter)
+    removed = {str(o["id"]): None for o in same}
+    return entry, {**(tombstones or {}), **removed, entry["id"]: entry}
+
+
 # ------------------------------------------------------------------ the data: I/O twins
 
 
@@ -240,6 +301,12 @@ def add_compaction(
     results among them (``tool_call_ids``; when given, each must be one of those); nothing
     is written if any check fails. Safe beside concurrent compactors (one atomic deep
     merge).
+
+    A summary ending at the same message as a live summary (a LangChain
+    ``SummarizationMiddleware`` summary and a policy's, say) replaces it, so one message
+    is sent: the new entry covers the union of both ranges (when the other reaches
+    further back, its text comes first and the extra messages are read for their counts
+    and tool-call ids) and the other is removed in the same write.
 
     Returns:
         The entry written.
@@ -269,9 +336,44 @@ def add_compaction(
         compaction_id=compaction_id, first_id=first_id, last_id=last_id,
         counter=manager.token_counter, tool_call_ids=tool_call_ids,
     )  # fmt: skip
-    manager.update_partial_context(
-        session_id, {COMPACTIONS_KEY: {entry["id"]: entry}}, reserved=True
-    )
+    return _write(manager, session_id, entry)
+
+
+def _write(
+    manager: ContextManager,
+    session_id: str,
+    entry: dict[str, Any],
+    tombstones: Mapping[str, None] | None = None,
+) -> dict[str, Any]:
+    """Write ``entry``, merged with the summaries at its boundary, in one atomic update."""
+    same = _same_end(entry, get_compactions(manager, session_id))
+    wider = _wider(entry, same)
+    extra = None
+    if wider is not None:
+        extra = manager.get_message_range(
+            session_id, int(wider["first_index"]), int(entry["first_index"]) - 1
+        )
+    entry, update = _settled(entry, same, extra, manager.token_counter, tombstones)
+    manager.update_partial_context(session_id, {COMPACTIONS_KEY: update}, reserved=True)
+    return entry
+
+
+async def _awrite(
+    manager: ContextManager,
+    session_id: str,
+    entry: dict[str, Any],
+    tombstones: Mapping[str, None] | None = None,
+) -> dict[str, Any]:
+    """Async :func:`_write`."""
+    same = _same_end(entry, await aget_compactions(manager, session_id))
+    wider = _wider(entry, same)
+    extra = None
+    if wider is not None:
+        extra = await manager.aget_message_range(
+            session_id, int(wider["first_index"]), int(entry["first_index"]) - 1
+        )
+    entry, update = _settled(entry, same, extra, manager.token_counter, tombstones)
+    await manager.aupdate_partial_context(session_id, {COMPACTIONS_KEY: update}, reserved=True)
     return entry
 
 
@@ -297,10 +399,7 @@ async def aadd_compaction(
         compaction_id=compaction_id, first_id=first_id, last_id=last_id,
         counter=manager.token_counter, tool_call_ids=tool_call_ids,
     )  # fmt: skip
-    await manager.aupdate_partial_context(
-        session_id, {COMPACTIONS_KEY: {entry["id"]: entry}}, reserved=True
-    )
-    return entry
+    return await _awrite(manager, session_id, entry)
 
 
 def get_compactions(manager: ContextManager, session_id: str) -> list[dict[str, Any]]:
@@ -685,10 +784,7 @@ def compact(
         step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
         counter=counter,
     )  # fmt: skip
-    manager.update_partial_context(
-        session_id, {COMPACTIONS_KEY: {**tombstones, entry["id"]: entry}}, reserved=True
-    )
-    return CompactionOutcome(entry=entry)
+    return CompactionOutcome(entry=_write(manager, session_id, entry, tombstones))
 
 
 async def acompact(
@@ -722,10 +818,7 @@ async def acompact(
         step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
         counter=counter,
     )  # fmt: skip
-    await manager.aupdate_partial_context(
-        session_id, {COMPACTIONS_KEY: {**tombstones, entry["id"]: entry}}, reserved=True
-    )
-    return CompactionOutcome(entry=entry)
+    return CompactionOutcome(entry=await _awrite(manager, session_id, entry, tombstones))
 
 
 def make_restore_tool(
