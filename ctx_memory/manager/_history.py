@@ -50,13 +50,15 @@ Content = str | list[str | dict[str, Any]]
 class HistoryMethods(SessionMethods):
     """History and fetched-context operations (see :class:`~ctx_memory.manager.ContextManager`)."""
 
-    def _plan_append(self, session_id: str, records: list[dict[str, Any]]) -> AppendMessages | None:
+    def _plan_append(
+        self, session_id: str, records: list[dict[str, Any]], now: str
+    ) -> AppendMessages | None:
+        """The append of ``records`` at ``now`` (the clock read once for the whole write)."""
         validate_session_id(session_id)
         counter = self.token_counter
         encoded = [encode_record(r, counter, "messages", i) for i, r in enumerate(records)]
         if not encoded:
             return None
-        now = now_iso()
         return AppendMessages(session_id, encoded, self._init(session_id, now), now)
 
     def _finish_append(
@@ -73,16 +75,18 @@ class HistoryMethods(SessionMethods):
             )
         return records
 
-    def _append(self, session_id: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        op = self._plan_append(session_id, records)
+    def _append(
+        self, session_id: str, records: list[dict[str, Any]], now: str
+    ) -> list[dict[str, Any]]:
+        op = self._plan_append(session_id, records, now)
         if op is None:
             return records
         return self._finish_append(op, self._execute(op), records)
 
     async def _aappend(
-        self, session_id: str, records: list[dict[str, Any]]
+        self, session_id: str, records: list[dict[str, Any]], now: str
     ) -> list[dict[str, Any]]:
-        op = self._plan_append(session_id, records)
+        op = self._plan_append(session_id, records, now)
         if op is None:
             return records
         return self._finish_append(op, await self._aexecute(op), records)
@@ -98,8 +102,11 @@ class HistoryMethods(SessionMethods):
         timestamp: str | datetime | None = None,
     ) -> dict[str, Any]:
         """Append one message with any role; return the stored record."""
-        record = build_record(role, content, metadata=metadata, timestamp=timestamp, name=name)
-        return self._append(session_id, [record])[0]
+        now = now_iso()
+        record = build_record(
+            role, content, metadata=metadata, timestamp=timestamp, name=name, now=now
+        )
+        return self._append(session_id, [record], now)[0]
 
     async def aadd_message(
         self,
@@ -112,8 +119,11 @@ class HistoryMethods(SessionMethods):
         timestamp: str | datetime | None = None,
     ) -> dict[str, Any]:
         """Async :meth:`add_message`."""
-        record = build_record(role, content, metadata=metadata, timestamp=timestamp, name=name)
-        return (await self._aappend(session_id, [record]))[0]
+        now = now_iso()
+        record = build_record(
+            role, content, metadata=metadata, timestamp=timestamp, name=name, now=now
+        )
+        return (await self._aappend(session_id, [record], now))[0]
 
     def add_user_message(
         self,
@@ -124,8 +134,9 @@ class HistoryMethods(SessionMethods):
         timestamp: str | datetime | None = None,
     ) -> dict[str, Any]:
         """Append the user's message (seed 001); return the stored record."""
-        record = build_record("user", content, metadata=metadata, timestamp=timestamp)
-        return self._append(session_id, [record])[0]
+        now = now_iso()
+        record = build_record("user", content, metadata=metadata, timestamp=timestamp, now=now)
+        return self._append(session_id, [record], now)[0]
 
     async def aadd_user_message(
         self,
@@ -136,8 +147,9 @@ class HistoryMethods(SessionMethods):
         timestamp: str | datetime | None = None,
     ) -> dict[str, Any]:
         """Async :meth:`add_user_message`."""
-        record = build_record("user", content, metadata=metadata, timestamp=timestamp)
-        return (await self._aappend(session_id, [record]))[0]
+        now = now_iso()
+        record = build_record("user", content, metadata=metadata, timestamp=timestamp, now=now)
+        return (await self._aappend(session_id, [record], now))[0]
 
     def add_assistant_message(
         self,
@@ -152,6 +164,7 @@ class HistoryMethods(SessionMethods):
         timestamp: str | datetime | None = None,
     ) -> dict[str, Any]:
         """Append the assistant's reply with what produced it (seed 001)."""
+        now = now_iso()
         record = assistant_record(
             content,
             model=model,
@@ -160,8 +173,9 @@ class HistoryMethods(SessionMethods):
             tools_used=tools_used,
             metadata=metadata,
             timestamp=timestamp,
+            now=now,
         )
-        return self._append(session_id, [record])[0]
+        return self._append(session_id, [record], now)[0]
 
     async def aadd_assistant_message(
         self,
@@ -176,6 +190,7 @@ class HistoryMethods(SessionMethods):
         timestamp: str | datetime | None = None,
     ) -> dict[str, Any]:
         """Async :meth:`add_assistant_message`."""
+        now = now_iso()
         record = assistant_record(
             content,
             model=model,
@@ -184,8 +199,9 @@ class HistoryMethods(SessionMethods):
             tools_used=tools_used,
             metadata=metadata,
             timestamp=timestamp,
+            now=now,
         )
-        return (await self._aappend(session_id, [record]))[0]
+        return (await self._aappend(session_id, [record], now))[0]
 
     def add_messages(
         self,
@@ -195,7 +211,8 @@ class HistoryMethods(SessionMethods):
         metadata: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         """Append LangChain messages (or message dicts) atomically, in order."""
-        return self._append(session_id, records_from(messages, metadata))
+        now = now_iso()
+        return self._append(session_id, records_from(messages, metadata, now), now)
 
     async def aadd_messages(
         self,
@@ -205,7 +222,8 @@ class HistoryMethods(SessionMethods):
         metadata: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         """Async :meth:`add_messages`."""
-        return await self._aappend(session_id, records_from(messages, metadata))
+        now = now_iso()
+        return await self._aappend(session_id, records_from(messages, metadata, now), now)
 
     @staticmethod
     def _plan_delete_message(session_id: str, message_id: str) -> DeleteMessages:

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from ctx_memory.schema import dumps
 from ctx_memory.stores._redis_keys import as_text, member_id
-from ctx_memory.stores.base import WriteResult
+from ctx_memory.stores.base import shared_result
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-    from ctx_memory.stores.base import EncodedItem, EncodedMessage, Header
+    from ctx_memory.stores.base import EncodedItem, EncodedMessage, Header, WriteResult
 
 __all__ = [
     "append_result",
@@ -95,17 +95,9 @@ def write_result(reply: Sequence[Any]) -> tuple[bool, int, list[str], list[str]]
     )
 
 
-_APPEND_RESULTS: dict[int, WriteResult] = {}
-
-
 def append_result(reply: int) -> WriteResult:
-    """The (immutable, hence shared) result of an append answered ``added * 2 + created``."""
-    result = _APPEND_RESULTS.get(reply)
-    if result is None:
-        result = WriteResult(created=bool(reply & 1), added=reply >> 1)
-        if reply < 1024:
-            _APPEND_RESULTS[reply] = result
-    return result
+    """The (shared) result of an append answered ``added * 2 + created``."""
+    return shared_result(bool(reply & 1), reply >> 1)
 
 
 def triples(messages: Sequence[EncodedMessage]) -> list[Any]:

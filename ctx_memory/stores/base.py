@@ -62,6 +62,7 @@ __all__ = [
     "check_shared_size",
     "deep_merge",
     "new_header",
+    "shared_result",
 ]
 
 
@@ -84,6 +85,26 @@ def new_header(session_id: str, *, now: str, encoding: str) -> Header:
         },
         "shared": {},
     }
+
+
+_SHARED_RESULTS: dict[int, WriteResult] = {}
+
+
+def shared_result(created: bool, added: int, evicted: Sequence[str] = ()) -> WriteResult:
+    """The :class:`WriteResult` of a write; one that evicted nothing is shared (immutable).
+
+    Nearly every write evicts nothing, so its result is taken from a small cache rather
+    than built again (a frozen dataclass costs more to build than a store's append).
+    """
+    if evicted:
+        return WriteResult(created=created, added=added, evicted=tuple(evicted))
+    key = added * 2 + created
+    result = _SHARED_RESULTS.get(key)
+    if result is None:
+        result = WriteResult(created=created, added=added)
+        if 0 <= key < 2048:
+            _SHARED_RESULTS[key] = result
+    return result
 
 
 def deep_merge(target: dict[str, Any], partial: Mapping[str, Any]) -> dict[str, Any]:

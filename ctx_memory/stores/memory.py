@@ -20,6 +20,7 @@ from ctx_memory.stores.base import (
     check_limits,
     check_shared_size,
     deep_merge,
+    shared_result,
 )
 from ctx_memory.stores.handlers import OperationStore
 from ctx_memory.stores.ops import (
@@ -196,18 +197,15 @@ class InMemoryStore(OperationStore):
         init: Header,
         now: str,
         apply: Callable[[_Session], int],
-        *,
-        appends: bool = False,
     ) -> WriteResult:
         expired: list[str] = []
         evicted: list[str] = []
         with self._lock:
             session, created = self._upsert(session_id, init, expired, evicted)
             added = apply(session)
-            if added or created or not appends:  # appending only known ids is a no-op
-                self._touch(session, now)
+            self._touch(session, now)
         self._report(expired, evicted)
-        return WriteResult(created=created, added=added, evicted=tuple(evicted))
+        return shared_result(created, added, evicted)
 
     def _read(self, session_id: str, read: Callable[[_Session], Any], default: Any) -> Any:
         expired: list[str] = []
@@ -291,23 +289,28 @@ class InMemoryStore(OperationStore):
 
     @override
     def _append_messages(self, op: AppendMessages) -> WriteResult:
-        session_id, messages, init, now = op.session_id, op.messages, op.init, op.now
-
-        def apply(s: _Session) -> int:
-            ids, added, tokens = s.ids, 0, 0
-            for m in messages:
-                if m.id in ids:
-                    continue  # already stored: appending is idempotent by message id
-                ids.add(m.id)
-                s.messages.append(m.json)
-                added += 1
-                tokens += m.tokens
-            meta = s.header["metadata"]
-            meta["message_count"] += added
-            meta["token_count"] += tokens
-            return added
-
-        return self._write(session_id, init, now, apply, appends=True)
+        # The hot path, written out (no closure, no generic _write): its cost is what an
+        # in-memory append costs beyond encoding the message.
+        expired: list[str] = []
+        evicted: list[str] = []
+        with self._lock:
+            s, created = self._upsert(op.session_id, op.init, expired, evicted)
+            ids, stored = s.ids, s.messages
+            added = tokens = 0
+            for m in op.messages:
+                if m.id not in ids:  # a stored id is skipped: appends are idempotent by id
+                    ids.add(m.id)
+                    stored.append(m.json)
+                    added += 1
+                    tokens += m.tokens
+            if added or created:  # appending only known ids is a no-op
+                meta = s.header["metadata"]
+                meta["message_count"] += added
+                meta["token_count"] += tokens
+                self._touch(s, op.now)
+        if expired or evicted:
+            self._report(expired, evicted)
+        return shared_result(created, added, evicted)
 
     @override
     def _delete_messages(self, op: DeleteMessages) -> int:
