@@ -61,11 +61,16 @@ NONE, ONE, ALL = 0, 1, 2
 
 
 class Statement(NamedTuple):
-    """One statement: its text, its parameters, and what to fetch (none, one row, all)."""
+    """One statement: its text, its parameters, and what to fetch (none, one row, all).
+
+    ``large``: the reply may be large (a history, a document): the driver then checks its
+    size, so that a cached cursor does not keep a large result alive.
+    """
 
     sql: bytes
     params: Any = ()
     fetch: int = ONE
+    large: bool = False
 
 
 class Found:
@@ -122,6 +127,7 @@ class PostgresOperations(BaseStore):
     _sql: SchemaSql
     _reads: dict[str, Any]
     _append_sql: Any
+    _append_one_sql: Any
     _append_fetched_sql: Any
     _upsert_sql: Any
     _create_sql: Any
@@ -144,6 +150,7 @@ class PostgresOperations(BaseStore):
         self._reads["fetched_type"] = self._sql.read("fetched_type", touch=touch)
         init = "%s, %s, %s, %s, %s::float8, %s::integer"
         self._append_sql = self._sql.append()
+        self._append_one_sql = self._sql.append_one()
         self._append_fetched_sql = q(
             "SELECT * FROM {s}.append_fetched(%s, %s::text[], %s::text[], %s::text[], %s, %s, "  # noqa: S608 - constant text
             + init
@@ -273,7 +280,7 @@ class PostgresOperations(BaseStore):
     # ---- reads (one statement each)
 
     def _read(self, kind: str, **params: Any) -> Generator[Statement, Any, Any]:
-        row = yield Statement(self._reads[kind], params)
+        row = yield Statement(self._reads[kind], params, ONE, large=True)
         return row
 
     def _exists(self, op: SessionExists) -> Generator[Statement, Any, bool]:
@@ -313,7 +320,8 @@ class PostgresOperations(BaseStore):
                 "SELECT ARRAY(SELECT id FROM {s}.sessions AS s WHERE s.expires_at IS NULL OR "
                 "s.expires_at > now() ORDER BY id), "
                 "EXISTS (SELECT 1 FROM {s}.sessions WHERE expires_at <= now())"
-            )
+            ),
+            large=True,
         )
         if expired:  # only then a write: delete them and report them
             yield from self._gc(found)
@@ -343,10 +351,22 @@ class PostgresOperations(BaseStore):
         self, op: AppendMessages, found: Found
     ) -> Generator[Statement, Any, WriteResult]:
         ms = op.messages
-        sp, md, sh, ts = _init_args(op.init)
-        created, added, expired, evicted = yield Statement(
-            self._append_sql,
-            {
+        if len(ms) == 1:  # the common case: scalar parameters, plain SQL on a live session
+            (m,) = ms
+            params: dict[str, Any] = {
+                "id": op.session_id,
+                "mid": m.id,
+                "tokens": m.tokens,
+                "body": m.json,
+                "now": dumps(op.now),
+                "init": dumps(op.init),
+                "ttl": self.ttl_seconds,
+                "max": self.max_sessions,
+            }
+            sql = self._append_one_sql
+        else:
+            sp, md, sh, ts = _init_args(op.init)
+            params = {
                 "id": op.session_id,
                 "ids": [m.id for m in ms],
                 "tokens": [m.tokens for m in ms],
@@ -358,10 +378,11 @@ class PostgresOperations(BaseStore):
                 "ts": ts,
                 "ttl": self.ttl_seconds,
                 "max": self.max_sessions,
-            },
-        )
-        found.add(expired, evicted)
-        return WriteResult(created=created, added=added, evicted=tuple(evicted))
+            }
+            sql = self._append_sql
+        created, added, expired, evicted = yield Statement(sql, params)
+        found.add(expired, evicted)  # (NULL arrays from the plain SQL path)
+        return WriteResult(created=created, added=added, evicted=tuple(evicted or ()))
 
     def _append_fetched(
         self, op: AppendFetched, found: Found

@@ -92,10 +92,139 @@ def test_one_statement_per_append_counted_by_the_server(counted_server: Any, ttl
         assert sum(seen.values()) == 50, seen
         ((query, calls),) = seen.items()
         assert calls == 50
-        assert '"counted".append(' in query
+        assert query.startswith('WITH u AS (UPDATE "counted".sessions')  # plain SQL ...
+        assert '"counted".append(' in query  # ... with the function as its fallback
         _reset(counted_server.url)
         assert len(cm.get_messages("s", last_k=20)) == 20  # the last 20: one statement too
         assert sum(_statements(counted_server.url).values()) == 1
+
+
+def _nested(url: str) -> dict[str, int]:
+    """Statements run inside functions (recorded with ``pg_stat_statements.track=all``)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT query, calls FROM pg_stat_statements WHERE NOT toplevel"
+        ).fetchall()
+    return dict(found)
+
+
+def test_an_append_to_a_live_session_runs_no_function(counted_server: Any) -> None:
+    """A new message on a live session is plain SQL; the plpgsql ``append`` runs only to
+    create a session, replace an expired one or skip a known id, in the same statement."""
+    from psycopg_pool import ConnectionPool
+
+    kwargs = {"autocommit": True, "options": "-c pg_stat_statements.track=all"}
+    with (
+        ConnectionPool(counted_server.url, min_size=1, max_size=2, kwargs=kwargs) as pool,
+        PostgresStore(pool=pool, schema="plain", ttl_seconds=0.5) as store,
+    ):
+        first = store.append_messages("s", [msg(0)], init=init("s"), now=NOW)
+        assert (first.created, first.added) == (True, 1)
+        _reset(counted_server.url)
+        for i in range(1, 21):
+            assert store.append_messages("s", [msg(i, 3)], init=init("s"), now=NOW).added == 1
+        assert _nested(counted_server.url) == {}
+        assert sum(_statements(counted_server.url).values()) == 20
+
+        again = store.append_messages("s", [msg(7)], init=init("s"), now=NOW)  # a retry
+        assert (again.created, again.added) == (False, 0)
+        assert _nested(counted_server.url)  # the function decided
+        header = store.get_header("s")
+        assert header is not None
+        assert header["metadata"]["message_count"] == 21
+        assert header["metadata"]["token_count"] == 2 + 20 * 3
+        assert [m["content"] for m in store.get_messages("s", -3, -1)] == ["m18", "m19", "m20"]
+
+        time.sleep(0.6)  # expired: the fallback deletes it and starts afresh
+        expired: list[str] = []
+        store.add_lifecycle_hook(lambda kind, sid: expired.append(f"{kind}:{sid}"))
+        fresh = store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
+        assert (fresh.created, fresh.added) == (True, 1)
+        assert expired == ["session_expired:s"]
+        assert store.count_messages("s") == 1
+
+
+def test_a_concurrent_append_of_the_same_id_is_stored_once(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    """An append waiting for the row lock while another transaction appends the same id:
+    its snapshot cannot see that id, the unique index refuses it, it is sent again and
+    skips it. Counters and positions stay exact."""
+    import threading
+
+    store.append_messages("s", [msg(0)], init=init("s"), now=NOW)
+    params = {
+        "id": "s",
+        "mid": "id-1",
+        "tokens": 2,
+        "body": msg(1).json,
+        "now": dumps(NOW),
+        "init": dumps(init("s")),
+        "ttl": None,
+        "max": None,
+    }
+    results: list[Any] = []
+    with psycopg.connect(postgres_url) as other:  # a transaction held open
+        assert other.execute(store._append_one_sql, params).fetchone()[:2] == (False, 1)  # type: ignore[index]
+        waiter = threading.Thread(
+            target=lambda: results.append(
+                store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
+            )
+        )
+        waiter.start()
+        time.sleep(0.3)
+        assert waiter.is_alive()  # waiting for the session row
+        other.commit()
+    waiter.join(10)
+    assert [(r.created, r.added) for r in results] == [(False, 0)]
+    header = store.get_header("s")
+    assert header is not None
+    assert (header["metadata"]["message_count"], header["metadata"]["token_count"]) == (2, 4)
+    assert [m["content"] for m in store.get_messages("s")] == ["m0", "m1"]
+    store.append_messages("s", [msg(2)], init=init("s"), now=NOW)
+    assert [m["content"] for m in store.get_messages("s", -1, -1)] == ["m2"]
+
+
+def test_a_pool_with_another_row_factory_still_gets_tuples(
+    postgres_url: str, pg_schema: str
+) -> None:
+    from psycopg.rows import dict_row
+    from psycopg_pool import ConnectionPool
+
+    kwargs = {"autocommit": True, "row_factory": dict_row}
+    with ConnectionPool(postgres_url, min_size=1, max_size=1, kwargs=kwargs) as pool:
+        with PostgresStore(pool=pool, schema=pg_schema) as store:
+            store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
+            store.append_messages("s", [msg(2), msg(3)], init=init("s"), now=NOW)
+            assert [m["content"] for m in store.get_messages("s", -2, -1)] == ["m2", "m3"]
+        with pool.connection() as conn:  # the pool's own use of it is unchanged
+            assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
+
+
+def test_a_large_reply_is_not_kept_by_the_pooled_connection(
+    postgres_url: str, pg_schema: str
+) -> None:
+    """Each connection keeps one cursor; after a large reply it is closed, not kept."""
+    with PostgresStore(postgres_url, schema=pg_schema, pool_size=1) as store:
+        big = "x" * 100_000
+        record = {"role": "user", "content": big, "id": "big", "token_count": 1}
+        store.append_messages(
+            "s", [EncodedMessage(dumps(record), 1, "big")], init=init("s"), now=NOW
+        )
+        with store.pool.connection() as conn:
+            kept = conn._ctx_memory_cursor  # type: ignore[attr-defined]
+        assert store.count_messages("s") == 1
+        with store.pool.connection() as conn:
+            assert conn._ctx_memory_cursor is kept  # type: ignore[attr-defined]  # reused
+        assert store.get_messages("s")[0]["content"] == big
+        assert kept.closed
+        with store.pool.connection() as conn:
+            fresh = conn._ctx_memory_cursor  # type: ignore[attr-defined]
+        assert fresh is not kept
+        assert fresh.pgresult is None  # nothing of the large reply is held
+        assert store.count_messages("s") == 1
+        assert fresh.pgresult is not None  # a small one is: the cursor is reused
+        assert fresh.pgresult.ntuples == 1
 
 
 # ------------------------------------------------------------------ schema versions
