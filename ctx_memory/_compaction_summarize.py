@@ -30,7 +30,15 @@ if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
     from langchain_core.runnables import RunnableConfig
 
-__all__ = ["DEFAULT_SUMMARY_PROMPT", "ExtractiveSummarizer", "chat_summarizer", "producer_of"]
+__all__ = [
+    "DEFAULT_PREFIX_INSTRUCTION",
+    "DEFAULT_SUMMARY_PROMPT",
+    "PREFIX_KEY",
+    "ExtractiveSummarizer",
+    "chat_summarizer",
+    "prefixed_request",
+    "producer_of",
+]
 
 DEFAULT_SUMMARY_PROMPT = (
     "Summarise the conversation excerpt below for your own later use. Keep every name, "
@@ -38,6 +46,21 @@ DEFAULT_SUMMARY_PROMPT = (
     "drop greetings and repetition. Write short factual lines, oldest first, no preamble."
 )
 """The prompt :func:`chat_summarizer` puts before the covered messages."""
+
+DEFAULT_PREFIX_INSTRUCTION = (
+    "Summarise messages {first} to {last} of this conversation for your own later use "
+    "(counting every message above from 1, the system message included; the {after} "
+    "after them are kept as they are). Keep every name, number, date, identifier "
+    "(tool-call ids, file names, URLs), decision and open question; drop greetings and "
+    "repetition. Write short factual lines, oldest first, no preamble; do not answer or "
+    "continue the conversation."
+)
+"""The last user message of a summarisation request that reuses the live request's prefix.
+
+``{first}``, ``{last}`` and ``{after}`` are filled in (see :func:`chat_summarizer`)."""
+
+PREFIX_KEY = "ctx_memory_prefix_messages"
+"""``configurable`` key: the messages the live request sent, for :func:`chat_summarizer`."""
 
 _SUMMARY_OPENING = "[Summary of messages "
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -183,14 +206,61 @@ def _transcript(messages: Sequence[BaseMessage]) -> str:
     return "\n".join(lines)
 
 
-def chat_summarizer(
-    model: BaseChatModel, prompt: str = DEFAULT_SUMMARY_PROMPT
-) -> Runnable[list[BaseMessage], Any]:
-    """A summariser from a chat model: ``prompt`` as the system message, then a transcript.
+def prefixed_request(
+    prefix: Sequence[BaseMessage],
+    covered: Sequence[BaseMessage],
+    instruction: str = DEFAULT_PREFIX_INSTRUCTION,
+) -> list[BaseMessage]:
+    """A summarisation request that starts as the live request did: ``prefix``, then one ask.
 
-    The covered messages are sent as one plain-text transcript (so tool calls never need
-    their results in the summariser's own request). Its name records the prompt's hash,
-    which :func:`producer_of` reports.
+    ``prefix`` is what the live request sent (system message, history as assembled,
+    tail); the covered messages are found in it by id, and the last message, a user
+    message, asks for a summary of them by their positions (``instruction`` formatted
+    with ``first``, ``last`` and ``after``). Covered messages the prefix does not hold
+    (the window had dropped them) follow in that message as a transcript. The request
+    shares all of ``prefix`` with the live one, so a provider's prompt cache serves it.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
+            from ctx_memory._compaction_summarize import prefixed_request
+
+            live = [SystemMessage("Be brief.", id="s"), HumanMessage("I fly AF123", id="m0"),
+                    AIMessage("Noted.", id="m1"), HumanMessage("Hotel?", id="m2")]
+            request = prefixed_request(live, [live[1], live[2]])
+            assert request[:4] == live
+            assert request[4].text.startswith("Summarise messages 2 to 3 ")
+    """
+    positions = {str(m.id): i for i, m in enumerate(prefix) if m.id is not None}
+    found = [positions[str(m.id)] for m in covered if str(m.id) in positions]
+    missing = [m for m in covered if str(m.id) not in positions]
+    if found:
+        first, last = min(found) + 1, max(found) + 1
+    else:
+        first = last = len(prefix) + 1  # none shown: the transcript is all there is
+    ask = instruction.format(first=first, last=last, after=max(len(prefix) - last, 0))
+    if missing:
+        ask += "\n\nMessages of that part not shown above:\n" + _transcript(missing)
+    return [*prefix, HumanMessage(ask)]
+
+
+def chat_summarizer(
+    model: BaseChatModel,
+    prompt: str = DEFAULT_SUMMARY_PROMPT,
+    *,
+    instruction: str = DEFAULT_PREFIX_INSTRUCTION,
+) -> Runnable[list[BaseMessage], Any]:
+    """A summariser from a chat model.
+
+    Given the live request's messages (``config["configurable"][PREFIX_KEY]``, which
+    :func:`~ctx_memory.compaction.compact` sets from its ``prefix_messages``), the
+    request is those messages followed by one user message asking to summarise the
+    covered ones by position (:func:`prefixed_request`), so it shares its whole prefix
+    with the live request and hits the provider's prompt cache. Without it: ``prompt``
+    as the system message, then the covered messages as one plain-text transcript (so
+    tool calls never need their results in the summariser's own request). Its name
+    records the prompts' hash, which :func:`producer_of` reports.
 
     Example:
         .. code-block:: python
@@ -203,13 +273,17 @@ def chat_summarizer(
             assert summarize.invoke([HumanMessage("I fly AF123")]).content == "user flies AF123"
     """
 
-    def build(messages: list[BaseMessage]) -> list[BaseMessage]:
+    def build(messages: list[BaseMessage], config: RunnableConfig) -> list[BaseMessage]:
+        prefix = (config.get("configurable") or {}).get(PREFIX_KEY)
+        if prefix:
+            return prefixed_request(prefix, messages, instruction)
         return [SystemMessage(prompt), HumanMessage(_transcript(messages))]
 
     chain = RunnableLambda(build, name="summary_prompt") | model
+    prompt_hash = _hash(f"{prompt}\n{instruction}")
     return chain.with_config(
         run_name=f"chat_summarizer:{type(model).__name__}",
-        metadata={"ctx_memory_prompt_hash": _hash(prompt), "ctx_memory_model": _model(model)},
+        metadata={"ctx_memory_prompt_hash": prompt_hash, "ctx_memory_model": _model(model)},
     )
 
 

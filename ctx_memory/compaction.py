@@ -44,7 +44,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from ctx_memory._compaction_summarize import (
+    DEFAULT_PREFIX_INSTRUCTION,
     DEFAULT_SUMMARY_PROMPT,
+    PREFIX_KEY,
     ExtractiveSummarizer,
     chat_summarizer,
     producer_of,
@@ -64,7 +66,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from langchain_core.messages import BaseMessage
-    from langchain_core.runnables import Runnable
+    from langchain_core.runnables import Runnable, RunnableConfig
     from langchain_core.tools import BaseTool
 
     from ctx_memory.manager import ContextManager
@@ -72,6 +74,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMPACTIONS_KEY",
+    "DEFAULT_PREFIX_INSTRUCTION",
     "DEFAULT_SUMMARY_PROMPT",
     "CompactionOutcome",
     "CompactionPolicy",
@@ -640,7 +643,7 @@ def _covered(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 def _summary_of(result: Any) -> str:
     text = result if isinstance(result, str) else getattr(result, "text", None)
-    if callable(text):  # langchain-core < 1.0: .text() is a method
+    if callable(text) and not isinstance(text, str):  # langchain-core < 1.0: .text() method
         text = text()
     return text.strip() if isinstance(text, str) else ""
 
@@ -733,8 +736,19 @@ def _rolled_entry(
     return entry, {str(e["id"]): None for e in step.chain}
 
 
+def _config(prefix_messages: Sequence[BaseMessage] | None) -> RunnableConfig | None:
+    """The summariser's config: the live request's messages, for a chat summariser."""
+    if not prefix_messages:
+        return None
+    return {"configurable": {PREFIX_KEY: list(prefix_messages)}}
+
+
 def compact(
-    manager: ContextManager, session_id: str, policy: CompactionPolicy
+    manager: ContextManager,
+    session_id: str,
+    policy: CompactionPolicy,
+    *,
+    prefix_messages: Sequence[BaseMessage] | None = None,
 ) -> CompactionOutcome:
     """Run rung (b) once: summarise the next range if the policy says so, and store it.
 
@@ -743,6 +757,12 @@ def compact(
     at the last turn start where no tool call waits for its result. A summariser that
     raises or returns nothing changes nothing: the outcome says why and a warning is
     logged.
+
+    ``prefix_messages``: the messages of the live request just sent (as assembled,
+    system message first). A :func:`chat_summarizer` then sends them again followed by
+    one instruction naming the covered messages by position, so the summarisation
+    request shares the live request's prefix and the provider's prompt cache serves it
+    (``ctx-memory eval`` measures the share); other summarisers ignore it.
 
     Example:
         .. code-block:: python
@@ -774,7 +794,7 @@ def compact(
         for e in _needs_ids(step.chain)
     }
     try:
-        result = policy.summarizer.invoke(step.messages)
+        result = policy.summarizer.invoke(step.messages, config=_config(prefix_messages))
     except Exception as e:  # noqa: BLE001 - any summariser failure is reported, not raised
         return _failed(session_id, f"summarizer failed: {type(e).__name__}: {e}")
     summary = _summary_of(result)
@@ -788,7 +808,11 @@ def compact(
 
 
 async def acompact(
-    manager: ContextManager, session_id: str, policy: CompactionPolicy
+    manager: ContextManager,
+    session_id: str,
+    policy: CompactionPolicy,
+    *,
+    prefix_messages: Sequence[BaseMessage] | None = None,
 ) -> CompactionOutcome:
     """Async :func:`compact`."""
     counter = manager.token_counter
@@ -808,7 +832,7 @@ async def acompact(
         for e in _needs_ids(step.chain)
     }
     try:
-        result = await policy.summarizer.ainvoke(step.messages)
+        result = await policy.summarizer.ainvoke(step.messages, config=_config(prefix_messages))
     except Exception as e:  # noqa: BLE001 - any summariser failure is reported, not raised
         return _failed(session_id, f"summarizer failed: {type(e).__name__}: {e}")
     summary = _summary_of(result)

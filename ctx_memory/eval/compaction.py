@@ -2,8 +2,8 @@
 
 The seeded :func:`~ctx_memory.eval.data.agent_trace` sessions (with ``facts=True``) are
 replayed as the agent middleware runs them (every message written as it happens, a request
-at each model call with the current run as the tail) for three contenders, same data,
-same budget:
+at each model call with the current run as the tail) for three contenders and a variant,
+same data, same budget:
 
 * ``ctx_memory classic + compaction``: the assembler as ``ContextMiddleware`` builds it
   (classic layout, default recall share) with the default
@@ -12,17 +12,26 @@ same budget:
   history stored as a compaction, naming the call ids it covers); it has the
   ``restore_tool_result`` tool, so a fact whose call id the prompt names is restorable.
 * ``ctx_memory classic (recency)``: the same assembler, recency only, no compaction.
+* ``ctx_memory classic + compaction (chat summariser)``, the variant: the same with
+  :func:`~ctx_memory.compaction.chat_summarizer` on an offline stand-in chat model (it
+  answers with the extractive summary of what it is sent), compacting before each
+  request with the previous request's messages as ``prefix_messages``
+  (:func:`~ctx_memory.compaction.compact`), as an integration passing its last prompt
+  does. Each summarisation request is compared with the live request before it: the
+  share of its serialised tokens (:func:`~ctx_memory.eval.metrics.request_tokens`) that
+  is their common prefix (what a provider's prompt cache serves).
 * ``SummarizationMiddleware``: LangChain's middleware itself (its ``before_model`` on a
   state holding the whole thread, as with a checkpointer), with the same extractive
   summariser, triggered at 80 % of the budget and keeping the newest 40 %; the request is
   the system message and its state. It has no restore tool.
 
-Every contender builds a request at every model call (as the agent would); the measures
-are over the model calls once the history exceeds the budget. Per contender: prompt
-tokens as a share of the full history's tokens (mean over those calls, and at the last
-call), the share of planted facts in the prompt or restorable (mean over those calls; a
-fact counts as planted once its tool output is written), and the requests' integrity
-(the runner's recount and orphan checks, over every request).
+Per contender: prompt tokens as a share of the full history's tokens (mean over the model
+calls once the history exceeds the budget, and at the last call), the share of planted
+facts in the prompt or restorable (mean over those calls; a fact counts as planted once
+its tool output is written), and the requests' integrity (the runner's recount and
+orphan checks). The chat-summariser variant's row is under ``compaction_requests``
+with its requests' prefix reuse (its first compaction of a session comes before any
+request it could share a prefix with, and is counted apart).
 """
 
 from __future__ import annotations
@@ -32,10 +41,18 @@ from collections import defaultdict
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from langchain_core.language_models import GenericFakeChatModel
+from langchain_core.language_models import BaseChatModel, GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from pydantic import Field
+from typing_extensions import override
 
-from ctx_memory.compaction import CompactionPolicy, ExtractiveSummarizer
+from ctx_memory.compaction import (
+    CompactionPolicy,
+    ExtractiveSummarizer,
+    chat_summarizer,
+    compact,
+)
 from ctx_memory.eval.contenders import (
     CLASSIC,
     AssemblerContender,
@@ -44,7 +61,12 @@ from ctx_memory.eval.contenders import (
     system_text,
 )
 from ctx_memory.eval.data import agent_trace
-from ctx_memory.eval.metrics import fact_availability, mean
+from ctx_memory.eval.metrics import (
+    common_prefix_length,
+    fact_availability,
+    mean,
+    request_tokens,
+)
 from ctx_memory.manager import ContextManager
 from ctx_memory.stores.memory import InMemoryStore
 
@@ -52,17 +74,105 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
     from datetime import datetime
 
+    import tiktoken
+    from langchain_core.callbacks import CallbackManagerForLLMRun
+
     from ctx_memory.tokens import TokenCounter
 
 __all__ = [
+    "CHAT_COMPACTION",
     "COMPACTION",
     "SUMMARIZATION",
+    "ChatCompactionContender",
     "SummarizationContender",
     "run_compaction",
 ]
 
 COMPACTION = "ctx_memory classic + compaction"
+CHAT_COMPACTION = "ctx_memory classic + compaction (chat summariser)"
 SUMMARIZATION = "SummarizationMiddleware"
+RESTORABLE = (COMPACTION, CHAT_COMPACTION)
+"""Contenders with the ``restore_tool_result`` tool."""
+
+
+class StandInSummaryModel(BaseChatModel):
+    """An offline chat model for the eval: records each request, answers extractively.
+
+    The answer is the :class:`~ctx_memory.compaction.ExtractiveSummarizer` summary of the
+    request's messages between its first and its last (what a real model would be asked
+    about); what is measured is the request's shape, not the summary's quality.
+    """
+
+    requests: list[list[BaseMessage]] = Field(default_factory=list)
+
+    @property
+    @override
+    def _llm_type(self) -> str:
+        return "ctx-memory-eval-stand-in"
+
+    @override
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.requests.append(list(messages))
+        text = ExtractiveSummarizer().summarize(messages[1:-1] or messages)
+        return ChatResult(generations=[ChatGeneration(message=AIMessage(text or "(nothing)"))])
+
+
+class ChatCompactionContender(AssemblerContender):
+    """The default policy with a chat summariser fed the previous request as its prefix.
+
+    It compacts, so it keeps a session of its own (every message written there too, with
+    the same ids) rather than share the one the default policy compacts.
+    """
+
+    def __init__(
+        self,
+        session_id: str,
+        budget: int,
+        system_prompt: str,
+        metadata: Mapping[str, Any],
+        encoding: tiktoken.Encoding,
+    ) -> None:
+        manager = ContextManager(store=InMemoryStore())
+        manager.set_system_prompt(session_id, system_prompt)
+        manager.update_metadata(session_id, **metadata)
+        self.model = StandInSummaryModel()
+        self.policy = CompactionPolicy(summarizer=chat_summarizer(self.model))
+        super().__init__(CHAT_COMPACTION, manager, session_id, budget, {"compaction": self.policy})
+        self.manager = manager
+        self.encoding = encoding
+        self.last: list[BaseMessage] | None = None
+        self.prefix_shares: list[float] = []
+        self.without_live = 0
+        self.in_assembler = 0
+
+    @override
+    def observe(self, messages: Sequence[BaseMessage]) -> None:
+        """Write the messages to its own session, with their ids."""
+        self.manager.add_messages(self.session_id, list(messages))
+
+    @override
+    def prompt(self, tail: Sequence[BaseMessage], query: str, now: datetime) -> Prompt:
+        """Compact with the previous request as the prefix, then assemble as usual."""
+        seen = len(self.model.requests)
+        compact(self.manager, self.session_id, self.policy, prefix_messages=self.last)
+        for request in self.model.requests[seen:]:
+            if self.last is None:
+                self.without_live += 1
+                continue
+            live = request_tokens(self.last, self.encoding)
+            asked = request_tokens(request, self.encoding)
+            self.prefix_shares.append(common_prefix_length(live, asked) / max(len(asked), 1))
+        seen = len(self.model.requests)
+        prompt = super().prompt(tail, query, now)
+        self.in_assembler += len(self.model.requests) - seen  # a second range at once
+        self.last = prompt.messages
+        return prompt
 
 
 class SummarizationContender:
@@ -108,13 +218,19 @@ class SummarizationContender:
         return Prompt(messages=[system, *self.state])
 
 
-def _contenders(
-    manager: ContextManager, session_id: str, budget: int, system_prompt: str, metadata: Any
+def _contenders(  # noqa: PLR0917 - what the replay has, in its order
+    manager: ContextManager,
+    session_id: str,
+    budget: int,
+    system_prompt: str,
+    metadata: Any,
+    chat: ChatCompactionContender,
 ) -> list[Contender]:
     return [
         AssemblerContender(
             COMPACTION, manager, session_id, budget, {"compaction": CompactionPolicy()}
         ),
+        chat,
         AssemblerContender(
             CLASSIC, manager, session_id, budget, {"layout": "classic", "recall_share": 0.0}
         ),
@@ -149,7 +265,10 @@ def run_compaction(
     system_prompt: str,
     metadata: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Replay the fact traces for the three contenders; their rows, keyed by name.
+    """Replay the fact traces for the contenders; their rows, keyed by name.
+
+    The chat-summariser variant's compaction requests, their prefix reuse and its own
+    row are under ``compaction_requests``.
 
     Args:
         settings: The run's :class:`~ctx_memory.eval.runner.EvalSettings`.
@@ -160,8 +279,14 @@ def run_compaction(
         system_prompt: The agents' system prompt.
         metadata: The sessions' metadata.
     """
+    import tiktoken  # noqa: PLC0415 - the bench group's, as the runner's
+
     rows: dict[str, _Row] = defaultdict(_Row)
     calls = messages = 0
+    chats: list[ChatCompactionContender] = []
+    encoding = tiktoken.get_encoding(
+        ContextManager(store=InMemoryStore()).token_counter.encoding_name
+    )
     for index in range(settings.trace_sessions):
         seed = settings.seed * 1000 + index
         tasks = agent_trace(seed, settings.trace_tasks, facts=True)
@@ -170,8 +295,12 @@ def run_compaction(
         session_id = f"facts-{seed}"
         manager.set_system_prompt(session_id, system_prompt)
         manager.update_metadata(session_id, **metadata)
+        chat = ChatCompactionContender(
+            session_id, settings.trace_budget, system_prompt, metadata, encoding
+        )
+        chats.append(chat)
         contenders = _contenders(
-            manager, session_id, settings.trace_budget, system_prompt, metadata
+            manager, session_id, settings.trace_budget, system_prompt, metadata, chat
         )
         facts: list[tuple[str, str]] = []
         full = 3  # the whole history as one request: its messages' exact counts + priming
@@ -193,19 +322,18 @@ def run_compaction(
                 if isinstance(stored, AIMessage):
                     continue  # a model call follows the user's message and each tool result
                 now += timedelta(seconds=20)
-                counted = full > settings.trace_budget
-                calls += counted
+                if full <= settings.trace_budget:
+                    continue
+                calls += 1
                 for contender in contenders:
                     prompt = contender.prompt(run, task.query, now)
                     tokens = check(contender, prompt)
-                    if not counted:
-                        continue  # built (as the agent would), measured once over budget
                     got = fact_availability(prompt.messages, facts)
                     row = rows[contender.name]
                     row.shares.append(tokens / full)
                     last[contender.name] = tokens / full
                     row.in_prompt.append(got.in_prompt / max(got.planted, 1))
-                    restorable = got.restorable if contender.name == COMPACTION else 0
+                    restorable = got.restorable if contender.name in RESTORABLE else 0
                     row.available.append((got.in_prompt + restorable) / max(got.planted, 1))
         for name, share in last.items():
             rows[name].last_share.append(share)
@@ -215,5 +343,27 @@ def run_compaction(
         "messages": messages,
         "model_calls_counted": calls,
         "budget": settings.trace_budget,
-        "results": {name: row.as_dict(name == COMPACTION) for name, row in rows.items()},
+        "results": {
+            name: row.as_dict(name in RESTORABLE)
+            for name, row in rows.items()
+            if name != CHAT_COMPACTION
+        },
+        "compaction_requests": {
+            **_requests(chats),
+            "prompts": rows[CHAT_COMPACTION].as_dict(restorable=True),
+        },
+    }
+
+
+def _requests(chats: Sequence[ChatCompactionContender]) -> dict[str, Any]:
+    """The chat summariser's requests over every session: prefix reuse with the live one."""
+    shares = [share for chat in chats for share in chat.prefix_shares]
+    return {
+        "contender": CHAT_COMPACTION,
+        "requests": sum(len(chat.model.requests) for chat in chats),
+        "with_live_request": len(shares),
+        "prefix_share_mean": mean(shares),
+        "prefix_share_min": min(shares, default=None),
+        "without_live_request": sum(chat.without_live for chat in chats),
+        "in_assembler_without_prefix": sum(chat.in_assembler for chat in chats),
     }

@@ -178,7 +178,35 @@ def _compaction(result: dict[str, Any]) -> list[str]:
         "in prompt or restorable",
         "over budget / orphans",
     ]
-    return lines + _table(header, rows)
+    return lines + _table(header, rows) + _compaction_requests(part)
+
+
+def _compaction_requests(part: dict[str, Any]) -> list[str]:
+    requests = part.get("compaction_requests")
+    if not requests:
+        return []
+    lines = [
+        f"`{requests['contender']}`: the default policy with a chat summariser given the live "
+        f"request's messages. Its compaction requests: {requests['requests']:,}, of which "
+        f"{requests['with_live_request']:,} follow a live request (the first of a session "
+        "comes before any); their serialised tokens shared as a prefix with that live "
+        f"request: {_pct(requests['prefix_share_mean'])} mean, "
+        f"{_pct(requests['prefix_share_min'])} lowest (target >= 90 %).",
+        "",
+    ]
+    row = requests.get("prompts")
+    if row:
+        lines += _table(
+            ["variant", "prompt / history (mean)", "facts in prompt or restorable"],
+            [
+                [
+                    requests["contender"],
+                    _pct(row["prompt_share_mean"]),
+                    _pct(row["facts_in_prompt_or_restorable"]),
+                ]
+            ],
+        )
+    return lines
 
 
 def _integrity_cell(result: dict[str, Any], name: str) -> str:
