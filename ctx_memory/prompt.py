@@ -3,6 +3,7 @@
 The assembled prompt is, in order::
 
     SystemMessage   system prompt + a short header (mode, current URL, user's local time)
+                    + pinned sources, oldest first, whatever the question
                     + numbered sources (title, URL), most relevant to the question first,
                       each cut to a per-source token cap
     ...history      as much stored history as fits, newest first, whole turns (a turn
@@ -202,6 +203,18 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         sources_share: At most this share of the budget left after system prompt and
             question goes to sources, so history keeps room.
         source_types: Only these fetched-context types (default: all).
+        pinned_source_types: Pin every fetched item of these types (read whatever
+            ``source_types`` says). An item is also pinned by ``"pinned": True`` in its
+            ``extracted_data``
+            (``manager.add_fetched_context(sid, "docs", text, extracted_data={"pinned": True})``).
+            Pinned sources are sent first, right after the system prompt and header, in
+            the system message in both layouts (in the stable layout, so part of the
+            cached prefix), oldest first and never re-ranked, each cut to
+            ``source_token_cap``, within ``sources_share`` of the budget left after the
+            system prompt (the newest go if they do not all fit; reported in
+            ``sources_dropped`` and ``pinned_sources_dropped``) and within
+            ``max_sources``; the sources ranked for the question take what is left and
+            never repeat a pinned one.
         include_header: Add the mode / current URL / local time header.
         input_key: The question's key in dict input.
         tokenizer: Splits the question and the sources into terms for ranking (any
@@ -278,6 +291,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         cache_hints: Sequence[Literal["anthropic", "openai"]] = (),
         recall: Recall | None = None,
         compaction: CompactionPolicy | None = None,
+        pinned_source_types: Sequence[str] = (),
     ) -> None:
         if max_tokens <= 0 or reserve_tokens < 0 or reserve_tokens >= max_tokens:
             msg = (
@@ -289,6 +303,9 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             msg = f"sources_share must be between 0 and 1, got {sources_share}"
             raise ValidationError(msg)
         _check_options(layout, recall_share, trim_block, cache_hints)
+        if isinstance(pinned_source_types, str):
+            msg = f"pinned_source_types takes a list of source types, got {pinned_source_types!r}"
+            raise ValidationError(msg)
         self.manager = manager
         self.max_tokens = max_tokens
         self.reserve_tokens = reserve_tokens
@@ -297,6 +314,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         self.source_token_cap = source_token_cap
         self.sources_share = sources_share
         self.source_types = tuple(source_types) if source_types is not None else None
+        self.pinned_source_types = tuple(pinned_source_types)
         self.include_header = include_header
         self.input_key = input_key
         self.name = name
@@ -543,6 +561,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             recall_share=self.recall_share,
             trim_block=self.trim_block,
             view=view,
+            pinned_source_types=self.pinned_source_types,
         )
 
     def _finish(  # noqa: PLR0917 - the read results, in build order

@@ -524,17 +524,33 @@ def make_recall_tool(
     k: int = 3,
     max_tokens: int = 2000,
     name: str = "recall",
+    sources: bool = True,
+    source_k: int = 3,
+    source_token_cap: int = 300,
+    source_types: Sequence[str] | None = None,
 ) -> BaseTool:
-    """A tool that returns older turns of the session matching a query.
+    """A tool that returns older turns of the session, and its fetched sources, matching a query.
 
     Needs the ``agents`` extra (``langchain``). The tool takes ``query`` (words to look
-    for) and answers with up to ``k`` whole turns (tool calls with their results),
-    oldest first, each headed by its positions in the history, within ``max_tokens``
-    (cached token counts), or says that nothing matched. The session id is
-    ``session_id``, else the agent's ``runtime.context["session_id"]`` (or a
-    ``session_id`` attribute), else ``config["configurable"]["session_id"]``, else the
-    checkpointer's ``thread_id``: as :class:`~ctx_memory.middleware.ContextMiddleware`
-    finds it. Sync and async.
+    for) and answers in up to two labelled sections, or says that nothing matched:
+
+    - ``Earlier turns of this conversation (positions in the history):`` up to ``k``
+      whole turns (tool calls with their results), oldest first, with their positions
+      in the history (:func:`format_turns`);
+    - ``Fetched sources matching the query (most relevant first):`` (with ``sources``,
+      the default) up to ``source_k`` fetched items (``add_fetched_context``; of
+      ``source_types`` only, when given) sharing a term with the query, ranked by BM25
+      (:func:`~ctx_memory.ranking.rank_sources`, with the index's terms), each as
+      ``[source_type] title - url`` and the passage around the query's terms, cut to
+      ``source_token_cap`` tokens (``…`` where text is left out).
+
+    The two are not ranked together (their scores are not comparable). Both fit in
+    ``max_tokens``: the sources section (counted exactly) takes at most half of it,
+    the turns (their cached token counts) the rest, and what the turns leave goes back
+    to the sources. The session id is ``session_id``, else the agent's
+    ``runtime.context["session_id"]`` (or a ``session_id`` attribute), else
+    ``config["configurable"]["session_id"]``, else the checkpointer's ``thread_id``:
+    as :class:`~ctx_memory.middleware.ContextMiddleware` finds it. Sync and async.
 
     Example:
         .. code-block:: python
@@ -545,11 +561,26 @@ def make_recall_tool(
             manager = ContextManager()
             manager.add_user_message("s1", "My locker code is 4471")
             manager.add_assistant_message("s1", "Saved.")
+            manager.add_fetched_context(
+                "s1", "docs", "Lockers are on level 2. Codes reset every Monday.",
+                url="https://gym.example/lockers", extracted_data={"title": "Lockers"},
+            )
             tool = make_recall_tool(manager, "s1")
-            assert "4471" in tool.invoke({"query": "locker code"})
+            answer = tool.invoke({"query": "locker code"})
+            assert "4471" in answer
+            assert "[docs] Lockers - https://gym.example/lockers" in answer
     """
     from ctx_memory._recall_tool import build_recall_tool  # noqa: PLC0415 - needs langchain
 
     return build_recall_tool(
-        manager, recall_for(manager), session_id, k=k, max_tokens=max_tokens, name=name
+        manager,
+        recall_for(manager),
+        session_id,
+        k=k,
+        max_tokens=max_tokens,
+        name=name,
+        sources=sources,
+        source_k=source_k,
+        source_token_cap=source_token_cap,
+        source_types=source_types,
     )

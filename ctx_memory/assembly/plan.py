@@ -8,9 +8,11 @@ result to these steps, which touch no store:
    session's system prompt and header) and the tail (the question, or an agent's current
    run) are counted, and :class:`~ctx_memory.errors.BudgetExceededError` is raised if
    they alone do not fit. The :class:`PromptDraft` says whether sources are to be read.
-2. :func:`plan_prompt` takes the fetched sources: ranked against the question, cut and
-   chosen within their share of what is left (:func:`~ctx_memory.assembly.sources.plan_sources`),
-   then the :class:`~ctx_memory.assembly.window.HistoryChunks` to read for the rest.
+2. :func:`plan_prompt` takes the fetched sources: the pinned ones first, oldest first
+   (:func:`~ctx_memory.assembly.sources.plan_pinned`), then the others ranked against the
+   question, cut and chosen within what is left of their share
+   (:func:`~ctx_memory.assembly.sources.plan_sources`), then the
+   :class:`~ctx_memory.assembly.window.HistoryChunks` to read for the rest.
 3. :func:`~ctx_memory.assembly.recalled.recall_step` (only when recall is on and the
    history does not fit) takes the session's :class:`~ctx_memory.recall.RecallIndex`:
    the older whole turns to read, and the window to read with what they leave
@@ -19,10 +21,11 @@ result to these steps, which touch no store:
    the newest stored messages are the question itself, those): the messages and the
    :class:`AssemblyReport`.
 
-Two layouts. ``"classic"``: system prompt, header and the ranked sources in the system
-message; recalled turns as messages before the window, a gap marker for each gap.
-``"stable"``: only what rarely changes (an agent's system prompt, the session's system
-prompt and mode) in the system message, then the history window trimmed in blocks
+Two layouts. ``"classic"``: system prompt, header, pinned sources and the ranked sources
+in the system message; recalled turns as messages before the window, a gap marker for
+each gap. ``"stable"``: only what rarely changes (an agent's system prompt, the
+session's system prompt and mode, the pinned sources) in the system message, then the
+history window trimmed in blocks
 (:meth:`HistoryWindow.finish <ctx_memory.assembly.window.HistoryWindow.finish>`), and
 the volatile parts (current page, local time, ranked sources, recalled turns as text)
 attached to the last user message of the tail, so the prompt's prefix stays the same
@@ -43,11 +46,15 @@ from ctx_memory.assembly.messages import attach_context, records_to_messages
 from ctx_memory.assembly.recalled import finish_recalled, recalled_entries
 from ctx_memory.assembly.report import AssembledPrompt, AssemblyReport
 from ctx_memory.assembly.sources import (
+    ChosenSources,
     SourcePlan,
     format_header,
     format_sources,
     head_text,
+    plan_pinned,
     plan_sources,
+    sources_block,
+    split_pinned,
 )
 from ctx_memory.assembly.window import HistoryChunks
 from ctx_memory.errors import BudgetExceededError
@@ -255,24 +262,48 @@ def plan_prompt(
     recall_share: float = 0.0,
     trim_block: float = 0.0,
     view: CompactedView | None = None,
+    pinned_source_types: Sequence[str] = (),
 ) -> PromptPlan:
     """Choose the sources within their share, then size the history to the rest.
 
-    ``fetched`` is the session's fetched context by source type (``{}`` when not read);
-    sources are ranked against ``query``. The newest ``exclude_last`` stored messages
-    are left out of the history, and so are stored messages whose id is in ``skip_ids``.
-    When the stored history does not fit, ``recall_share`` of the history budget is
-    kept for recalled turns (:func:`~ctx_memory.assembly.recalled.recall_step`). In
-    the stable layout the window is trimmed in blocks of ``trim_block`` of what it
-    holds (:func:`block_size`). With ``view``, the history is read as compactions
-    rewrite it (:mod:`ctx_memory.assembly.compacted`).
+    ``fetched`` is the session's fetched context by source type (``{}`` when not read).
+    Pinned items (``"pinned": true`` in their ``extracted_data``, or of a type in
+    ``pinned_source_types``, read whatever ``source_types`` says) go first, in the system
+    message, oldest first, within the sources' share of the budget left after the head
+    (not the question, so which are pinned does not change from question to question;
+    never more than the question leaves); the other sources are ranked against
+    ``query`` and take what is left of the sources' share. The newest ``exclude_last``
+    stored messages are left out of the history, and so are stored messages whose id is
+    in ``skip_ids``. When the stored history does not fit, ``recall_share`` of the
+    history budget is kept for recalled turns
+    (:func:`~ctx_memory.assembly.recalled.recall_step`). In the stable layout the window
+    is trimmed in blocks of ``trim_block`` of what it holds (:func:`block_size`). With
+    ``view``, the history is read as compactions rewrite it
+    (:mod:`ctx_memory.assembly.compacted`).
     """
     items: list[Mapping[str, Any]] = []
     for source_type, entries in fetched.items():
-        if source_types is None or source_type in source_types:
+        wanted = source_types is None or source_type in source_types
+        if wanted or source_type in pinned_source_types:
             items.extend(entries)
-    ranked = [item for _, item in rank_sources(query, items, cache=term_cache, tokenizer=tokenizer)]
+    pinned_items, others = split_pinned(items, pinned_source_types)
+    scored = rank_sources(query, others, cache=term_cache, tokenizer=tokenizer)
+    ranked = [item for _, item in scored]
     free = int((draft.budget - draft.fixed_tokens) * sources_share)
+    pinned = None
+    if pinned_items:
+        # The question's size must not decide which sources are pinned, or the prefix
+        # would move: their share is of what the head leaves (at most what the tail leaves).
+        steady_free = int((draft.budget - REPLY_PRIMING - draft.head_tokens) * sources_share)
+        pinned = plan_pinned(
+            draft.head,
+            pinned_items,
+            counter=counter,
+            allowance=draft.head_tokens + min(steady_free, draft.budget - draft.fixed_tokens),
+            per_source_tokens=source_token_cap,
+            max_sources=max_sources,
+            cache=cut_cache,
+        )
     if draft.layout == "stable":
         sources, tail, tail_tokens = _stable_sources(
             draft,
@@ -282,6 +313,7 @@ def plan_prompt(
             cap=source_token_cap,
             max_sources=max_sources,
             cut_cache=cut_cache,
+            pinned=pinned,
         )
     else:
         sources = plan_sources(
@@ -292,6 +324,7 @@ def plan_prompt(
             per_source_tokens=source_token_cap,
             max_sources=max_sources,
             cache=cut_cache,
+            pinned=pinned,
         )
         tail, tail_tokens = list(draft.tail), draft.tail_tokens
     history_budget = draft.budget - REPLY_PRIMING - sources.system_tokens - tail_tokens
@@ -304,9 +337,10 @@ def plan_prompt(
         # The window's size must not depend on the question or its sources, or its start
         # (and so the prompt's prefix) would move from one request to the next.
         # What the tail may take is set aside whatever this question and its sources are:
-        # the sources' share when the session has sources, else a tenth for the question.
-        kept_back = sources_share if sources.chosen or items else _QUESTION_SHARE
-        steady = int((draft.budget - REPLY_PRIMING - draft.head_tokens) * (1 - kept_back))
+        # the sources' share when the session has sources to rank, else a tenth for the
+        # question. The system message (head and pinned sources) does not depend on it.
+        kept_back = sources_share if others else _QUESTION_SHARE
+        steady = int((draft.budget - REPLY_PRIMING - sources.system_tokens) * (1 - kept_back))
         recalls = recall_share > 0 and stored_tokens > min(steady, history_budget) and end > 0
         window_budget = min(int(steady * (1 - recall_share)) if recalls else steady, history_budget)
         recall_budget = history_budget - window_budget if recalls else 0
@@ -342,35 +376,51 @@ def _stable_sources(
     cap: int,
     max_sources: int | None,
     cut_cache: MutableMapping[tuple[Any, ...], str],
+    pinned: SourcePlan | None = None,
 ) -> tuple[SourcePlan, list[BaseMessage], int]:
     """The stable layout's sources: ranked, cut, and attached to the tail with the header.
 
-    The system message holds the head alone. The sources block is chosen within
-    ``allowance`` (as if it were a system message of its own), then attached with the
-    volatile header lines to the tail, which is counted exactly; the least relevant
-    source goes until the head and tail leave room for no history at all at worst.
+    The system message holds the head and the ``pinned`` sources (:func:`plan_pinned`),
+    the same for every question. The ranked sources block is chosen within what
+    ``allowance`` leaves after the pinned ones (as if it were a system message of its
+    own), numbered on after them, then attached with the volatile header lines to the
+    tail, which is counted exactly; the least relevant source goes until the system
+    message and tail leave room for no history at all at worst.
     """
+    first = pinned.chosen if pinned is not None else ()
+    system_tokens = pinned.system_tokens if pinned is not None else draft.head_tokens
     block_plan = plan_sources(
         "",
         ranked,
         counter=counter,
-        allowance=allowance,
+        allowance=allowance - (system_tokens - draft.head_tokens),
         per_source_tokens=cap,
-        max_sources=max_sources,
+        max_sources=None if max_sources is None else max(max_sources - len(first), 0),
         cache=cut_cache,
     )
     chosen = list(block_plan.chosen)
     while True:
-        context = "\n\n".join(p for p in (draft.volatile, format_sources(chosen)) if p)
+        pairs = ChosenSources([*first, *chosen], len(first))
+        context = "\n\n".join(p for p in (draft.volatile, format_sources(pairs)) if p)
         tail = attach_context(draft.tail, context)
         tail_tokens = sum(counter.count_lc_message(m) for m in tail)
-        fixed = REPLY_PRIMING + draft.head_tokens + tail_tokens
+        fixed = REPLY_PRIMING + system_tokens + tail_tokens
         if fixed <= draft.budget or not chosen:
             break
         chosen.pop()
     dropped = block_plan.dropped + len(block_plan.chosen) - len(chosen)
     truncated = sum(1 for item, text in chosen if text != (item.get("content") or "").strip())
-    sources = SourcePlan(tuple(chosen), truncated, dropped, draft.head_tokens, draft.head)
+    if pinned is None:
+        sources = SourcePlan(pairs, truncated, dropped, draft.head_tokens, draft.head)
+    else:
+        sources = SourcePlan(
+            pairs,
+            truncated + pinned.truncated,
+            dropped + pinned.dropped,
+            system_tokens,
+            pinned.text,
+            pinned.pinned_dropped,
+        )
     return sources, tail, tail_tokens
 
 
@@ -439,15 +489,16 @@ def finish_prompt(
     left_out_tokens -= sum(int(r["token_count"]) for r in excluded) + recalled_cached
     compacted = _compaction_parts(plan.history.view, chosen)
     left_out_tokens -= compacted.saved_tokens
+    # What the sources add to the system message (the pinned ones; all of them, classic)
+    sources_tokens = sources.system_tokens - draft.head_tokens
+    question_tokens = draft.tail_tokens
     if stable:
-        sources_tokens = plan.tail_tokens - draft.tail_tokens
-        question_tokens = draft.tail_tokens
-        prefix = sources.system_tokens + window.tokens
+        sources_tokens += plan.tail_tokens - draft.tail_tokens  # the ranked ones, last
+        prefix = sources.system_tokens + window.tokens  # the pinned sources included
     else:
-        sources_tokens = sources.system_tokens - draft.head_tokens
-        question_tokens = draft.tail_tokens
         volatile_head = any(meta.get(k) for k in ("current_url", "user_time", "user_timezone"))
-        prefix = sources.system_tokens if not sources.chosen and not volatile_head else 0
+        ranked_in_system = len(sources.chosen) > sources.pinned
+        prefix = sources.system_tokens if not ranked_in_system and not volatile_head else 0
     history_tokens = window.tokens + part.tokens
     report = AssemblyReport(
         session_id=draft.session_id,
@@ -468,6 +519,11 @@ def finish_prompt(
         sources_truncated=sources.truncated,
         sources_dropped=sources.dropped,
         source_urls=tuple(str(item.get("url") or item_title(item)) for item, _ in sources.chosen),
+        pinned_sources=sources.pinned,
+        pinned_source_urls=tuple(
+            str(item.get("url") or item_title(item)) for item, _ in sources.chosen[: sources.pinned]
+        ),
+        pinned_sources_dropped=sources.pinned_dropped,
         history_messages=len(chosen) + recalled_count,
         history_left_out_messages=max(
             plan.end - len(chosen) - window.skipped - recalled_count - compacted.extra_messages, 0
@@ -491,7 +547,7 @@ def finish_prompt(
         history=[*recall_messages, *history],
         question=draft.tail[-1] if draft.tail else None,
         head=draft.head,
-        sources_text=format_sources(sources.chosen),
+        sources_text=sources_block(sources.chosen),
         model_kwargs=model_kwargs,
     )
 

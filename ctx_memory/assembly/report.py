@@ -38,15 +38,19 @@ class AssemblyReport:
         reserve_tokens: Tokens kept free for the reply.
         total_tokens: Tokens of the whole prompt, reply priming included.
         system_tokens: The system message with system prompt and header only.
-        sources_tokens: What the sources added to the system message.
+        sources_tokens: What the sources added to the prompt (stable layout: the
+            pinned ones in the system message and the ranked ones on the last user
+            message).
         history_tokens: The history messages included.
         question_tokens: The question message (for the agent middleware: the current
             run's messages, from the last human message on).
         priming_tokens: The reply priming the API adds to every request.
-        sources_included: Sources in the prompt.
+        sources_included: Sources in the prompt (pinned ones included).
         sources_truncated: Of those, how many were cut to the per-source cap.
-        sources_dropped: Sources left out (over ``max_sources`` or over budget).
-        source_urls: URLs (or titles) of the sources included, in prompt order.
+        sources_dropped: Sources left out (over ``max_sources`` or over budget),
+            pinned ones included.
+        source_urls: URLs (or titles) of the sources included, in prompt order (the
+            pinned ones first).
         history_messages: Stored messages in the history window.
         history_left_out_messages: Stored messages left out of the prompt.
         history_left_out_tokens: Their tokens (from cached counts).
@@ -74,6 +78,12 @@ class AssemblyReport:
             (``restore_tool_result`` brings them back).
         compaction_notes: What did not go as planned: a summariser that failed or
             returned nothing, a compaction not used because the history was edited.
+        pinned_sources: Of ``sources_included``, the pinned ones (the first
+            ``pinned_sources`` of ``source_urls``, numbered ``[1]`` on, right after the
+            system prompt; in the stable layout part of ``stable_prefix_tokens``).
+        pinned_source_urls: Their URLs (or titles), oldest first.
+        pinned_sources_dropped: Of ``sources_dropped``, the pinned ones (pinned
+            sources beyond their share of the budget or ``max_sources``: the newest go).
     """
 
     session_id: str
@@ -102,6 +112,9 @@ class AssemblyReport:
     compactions: list[dict[str, Any]] = field(default_factory=list)
     tool_outputs_cleared: list[str] = field(default_factory=list)
     compaction_notes: list[str] = field(default_factory=list)
+    pinned_sources: int = 0
+    pinned_source_urls: tuple[str, ...] = ()
+    pinned_sources_dropped: int = 0
 
     @property
     def remaining_tokens(self) -> int:
@@ -112,17 +125,22 @@ class AssemblyReport:
         """The report as a plain, JSON-native dict.
 
         ``compactions``, ``tool_outputs_cleared`` and ``compaction_notes`` are left out
-        when empty.
+        when empty; ``pinned_sources``, ``pinned_source_urls`` and
+        ``pinned_sources_dropped`` when the session has no pinned source.
         """
         from dataclasses import asdict  # noqa: PLC0415
 
         out = asdict(self)
         out["source_urls"] = list(self.source_urls)
+        out["pinned_source_urls"] = list(self.pinned_source_urls)
         out["recalled"] = [dict(entry) for entry in self.recalled]
         out["remaining_tokens"] = self.remaining_tokens
         for key in ("compactions", "tool_outputs_cleared", "compaction_notes"):
             if not out[key]:
                 del out[key]  # present only when compaction acted: older readers see no change
+        if not self.pinned_sources and not self.pinned_sources_dropped:
+            for key in ("pinned_sources", "pinned_source_urls", "pinned_sources_dropped"):
+                del out[key]  # likewise, present only when something is pinned
         return out
 
     def _repr_html_(self) -> str | None:
@@ -145,12 +163,15 @@ class AssembledPrompt:
     Attributes:
         messages: System message (if any), history, then the question.
         report: Tokens per section and what was left out.
-        sources: The fetched items in the prompt, numbered from 1 in this order.
-        system: The system message text (system prompt, header and sources).
+        sources: The fetched items in the prompt, numbered from 1 in this order (the
+            pinned ones first).
+        system: The system message text (system prompt, header and sources; in the
+            stable layout, of the sources only the pinned ones).
         history: The history messages.
         question: The question message.
         head: The system prompt and header without sources.
-        sources_text: The numbered sources block alone (``""`` for none).
+        sources_text: The numbered sources alone: the pinned block, then the ranked
+            block (``""`` for none).
         model_kwargs: Call options for the chat model (``prompt_cache_key`` with the
             ``"openai"`` cache hint): ``model.bind(**prompt.model_kwargs)``.
     """
