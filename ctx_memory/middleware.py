@@ -248,7 +248,7 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
         tokenizer: Tokenizer | None = None,
         layout: Literal["classic", "stable"] = "classic",
         recall_share: float = 0.5,
-        trim_block: float = 0.25,
+        trim_block: float = 0.5,
         cache_hints: Sequence[Literal["anthropic", "openai"]] = (),
         compaction: CompactionPolicy | None = None,
         summarization: AgentMiddleware[Any, Any] | None = None,

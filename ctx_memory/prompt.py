@@ -229,7 +229,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             history budget (default 0.5) goes to older whole turns matching the
             question (:mod:`ctx_memory.recall`); ``0`` keeps the pure recency window.
         trim_block: Stable layout: when the window is full it moves in blocks of
-            about this share of what it holds (default 0.25), rather than a turn at a
+            about this share of what it holds (default 0.5), rather than a turn at a
             time; ``0`` moves it a turn at a time.
         cache_hints: Provider prompt-cache hints to emit: ``"anthropic"``
             (``cache_control`` on the system message and the last history message)
@@ -287,7 +287,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         tokenizer: Tokenizer | None = None,
         layout: Literal["classic", "stable"] = "classic",
         recall_share: float = 0.5,
-        trim_block: float = 0.25,
+        trim_block: float = 0.5,
         cache_hints: Sequence[Literal["anthropic", "openai"]] = (),
         recall: Recall | None = None,
         compaction: CompactionPolicy | None = None,

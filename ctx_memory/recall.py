@@ -451,19 +451,19 @@ def recall_for(manager: ContextManager) -> Recall:
 # ------------------------------------------------------------------ turns as text
 
 
-def _line(record: Mapping[str, Any]) -> str:
+def _line(position: int, record: Mapping[str, Any]) -> str:
     role = str(record.get("role"))
     text = record_text({**record, "tool_calls": None, "name": None})
     if role == "tool":
         label = f"tool result ({record.get('name') or record.get('tool_call_id') or 'tool'})"
-        return f"[{label}] {text}"
+        return f"[{position} {label}] {text}"
     calls = record.get("tool_calls") or ()
     if calls:
         called = ", ".join(
             f"{c.get('name')}({json.dumps(c.get('args') or {}, ensure_ascii=False)})" for c in calls
         )
         text = f"{text} [calls {called}]".strip()
-    return f"[{role}] {text}"
+    return f"[{position} {role}] {text}"
 
 
 def format_turns(
@@ -471,18 +471,16 @@ def format_turns(
 ) -> str:
     """Recalled turns as text: ``(start position, records)`` pairs, oldest first.
 
-    Each turn is headed by its positions; a gap between turns (or before the first) is
-    shown as ``[… n earlier messages not shown …]``.
+    Each message is a line labelled with its position and role (``[120 user] …``); a gap
+    between turns (or before the first) is shown as ``[… n earlier messages not shown …]``.
     """
     lines = [heading] if heading else []
     previous = 0
     for start, records in turns:
         if start > previous:
             lines.append(gap_text(start - previous))
-        stop = start + len(records)
-        lines.append(f"Messages {start}-{stop - 1}:")
-        lines.extend(_line(r) for r in records)
-        previous = stop
+        lines.extend(_line(start + i, r) for i, r in enumerate(records))
+        previous = start + len(records)
     return "\n".join(lines)
 
 

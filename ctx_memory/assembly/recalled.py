@@ -61,7 +61,10 @@ RECALL_HEADING = "Recalled from earlier in this conversation (oldest first):"
 """Opens the stable layout's recalled turns (text on the last user message)."""
 
 _MARKER_ESTIMATE = 16  # a gap marker as a user message, upper bound for choosing
-_TEXT_OVERHEAD = 12  # per recalled message rendered as text (role label, positions)
+# Per recalled message rendered as text, for choosing (the exact count decides): its
+# ``[position role]`` label (~4 tokens) and a share of the gap line before its turn
+# (~11 tokens per turn), less the per-message overhead its cached count includes (~4).
+_TEXT_OVERHEAD = 6
 
 
 @dataclass(frozen=True)

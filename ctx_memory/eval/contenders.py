@@ -57,6 +57,7 @@ __all__ = [
     "CLASSIC",
     "CLASSIC_RECALL",
     "QUESTION_ALLOWANCE",
+    "STABLE",
     "STABLE_RECALL",
     "AssemblerContender",
     "Contender",
@@ -80,6 +81,7 @@ def supports_layouts() -> bool:
 CLASSIC = "ctx_memory classic (recency)"
 CLASSIC_RECALL = "ctx_memory classic + recall"
 STABLE_RECALL = "ctx_memory stable + recall"
+STABLE = "ctx_memory stable (recency)"
 
 
 def assembler_variants() -> list[tuple[str, dict[str, Any]]]:
@@ -88,8 +90,10 @@ def assembler_variants() -> list[tuple[str, dict[str, Any]]]:
     ``classic (recency)`` is the recency-only layout (``layout="classic",
     recall_share=0.0``; on a ctx_memory without those parameters, the assembler as it
     is). With them, also ``stable + recall`` (``layout="stable"``, the default recall
-    share) and, when the default layout is classic with recall, ``classic + recall``
-    (the constructor's defaults).
+    share), ``stable (recency)`` (``layout="stable", recall_share=0.0``: what the
+    layout alone does for the prefix, apart from what per-question recall costs it)
+    and, when the default layout is classic with recall, ``classic + recall`` (the
+    constructor's defaults).
     """
     if not supports_layouts():
         return [(CLASSIC, {})]
@@ -98,6 +102,7 @@ def assembler_variants() -> list[tuple[str, dict[str, Any]]]:
     if params["layout"].default == "classic" and params["recall_share"].default:
         out.append((CLASSIC_RECALL, {"layout": "classic"}))
     out.append((STABLE_RECALL, {"layout": "stable"}))
+    out.append((STABLE, {"layout": "stable", "recall_share": 0.0}))
     return out
 
 

@@ -258,7 +258,8 @@ def test_the_recall_tool_inside_a_real_agent(manager, how):
     tool_result = result["messages"][-2]
     assert tool_result.type == "tool"
     assert FACT in tool_result.content
-    assert "Messages 0-1:" in tool_result.content
+    assert "[0 user]" in tool_result.content
+    assert "[1 assistant]" in tool_result.content
     # The model saw the tool result with its call (no orphan), and it is stored too.
     second = model.seen[1]
     assert any(m.type == "tool" and FACT in m.content for m in second)
