@@ -36,23 +36,31 @@ request it could share a prefix with, and is counted apart).
 
 from __future__ import annotations
 
+import logging
+import random
+import time
 import warnings
 from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from langchain_core.language_models import BaseChatModel, GenericFakeChatModel
-from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.runnables import Runnable, RunnableLambda
 from pydantic import Field
 from typing_extensions import override
 
+from ctx_memory.assembly.compacted import compactions_of, summary_record
+from ctx_memory.assembly.window import repair_tool_pairs
 from ctx_memory.compaction import (
     CompactionPolicy,
     ExtractiveSummarizer,
     chat_summarizer,
     compact,
 )
+from ctx_memory.errors import BudgetExceededError
 from ctx_memory.eval.contenders import (
     CLASSIC,
     AssemblerContender,
@@ -60,14 +68,17 @@ from ctx_memory.eval.contenders import (
     Prompt,
     system_text,
 )
-from ctx_memory.eval.data import agent_trace
+from ctx_memory.eval.data import _WORDS, agent_trace
 from ctx_memory.eval.metrics import (
     common_prefix_length,
     fact_availability,
     mean,
+    recount_tokens,
     request_tokens,
+    tool_pair_problems,
 )
 from ctx_memory.manager import ContextManager
+from ctx_memory.prompt import ContextPromptAssembler
 from ctx_memory.stores.memory import InMemoryStore
 
 if TYPE_CHECKING:
@@ -264,11 +275,14 @@ def run_compaction(
     start: datetime,
     system_prompt: str,
     metadata: Mapping[str, Any],
+    stress_traces: int = 0,
 ) -> dict[str, Any]:
     """Replay the fact traces for the contenders; their rows, keyed by name.
 
     The chat-summariser variant's compaction requests, their prefix reuse and its own
-    row are under ``compaction_requests``.
+    row are under ``compaction_requests``; ``stress_traces`` generated traces with a
+    failing summariser (:func:`run_stress`; the runner passes
+    ``settings.compaction_traces``) under ``stress``.
 
     Args:
         settings: The run's :class:`~ctx_memory.eval.runner.EvalSettings`.
@@ -278,6 +292,7 @@ def run_compaction(
         start: The simulated clock's start.
         system_prompt: The agents' system prompt.
         metadata: The sessions' metadata.
+        stress_traces: How many generated traces :func:`run_stress` runs (0: none).
     """
     import tiktoken  # noqa: PLC0415 - the bench group's, as the runner's
 
@@ -352,6 +367,7 @@ def run_compaction(
             **_requests(chats),
             "prompts": rows[CHAT_COMPACTION].as_dict(restorable=True),
         },
+        "stress": run_stress(stress_traces, settings.seed, progress, encoding),
     }
 
 
@@ -367,3 +383,252 @@ def _requests(chats: Sequence[ChatCompactionContender]) -> dict[str, Any]:
         "without_live_request": sum(chat.without_live for chat in chats),
         "in_assembler_without_prefix": sum(chat.in_assembler for chat in chats),
     }
+
+
+# --------------------------------------------------------------------------- stress
+
+
+@dataclass
+class _StressCounts:
+    """What the generated traces did and every integrity problem found (all should be 0)."""
+
+    traces: int = 0
+    messages: int = 0
+    prompts: int = 0
+    parallel_calls: int = 0
+    pending_at_prompt: int = 0
+    interleaved: int = 0
+    second_compactor_runs: int = 0
+    summarizer_calls: int = 0
+    summarizer_raised: int = 0
+    summarizer_empty: int = 0
+    compactions_live: int = 0
+    failures_unreported: int = 0
+    messages_lost_or_altered: int = 0
+    orphan_results: int = 0
+    unanswered_calls: int = 0
+    budget_violations: int = 0
+    reported_mismatches: int = 0
+    tail_over_budget: int = 0
+    bad_compactions: int = 0
+
+
+class _FlakySummarizer:
+    """Fails at random: raises, or returns nothing (``""``, blanks, ``None``, an empty reply)."""
+
+    def __init__(self, rng: random.Random, counts: _StressCounts) -> None:
+        self.rng = rng
+        self.counts = counts
+        self.failed = 0
+
+    def __call__(self, messages: list[BaseMessage]) -> Any:
+        self.counts.summarizer_calls += 1
+        roll = self.rng.random()
+        if roll < 0.15:
+            self.counts.summarizer_raised += 1
+            self.failed += 1
+            raise RuntimeError("summariser down")
+        if roll < 0.30:
+            self.counts.summarizer_empty += 1
+            self.failed += 1
+            return self.rng.choice(["", "  \n ", None, AIMessage("")])
+        last = messages[-1].text if messages else ""
+        return f"{len(messages)} messages; last: " + " ".join(last.split()[:10])
+
+
+_RECORD_KEYS = ("id", "role", "content", "tool_calls", "tool_call_id", "name", "token_count")
+
+
+def _key(record: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(str(record.get(k)) for k in _RECORD_KEYS)
+
+
+class _Writer:
+    """One agent writing to the shared session: its run, and the calls it waits for."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.run: list[BaseMessage] = []
+        self.pending: list[str] = []
+        self.rounds = 0
+
+
+def _stress_policy(rng: random.Random, summarizer: Runnable[Any, Any]) -> CompactionPolicy:
+    return CompactionPolicy(
+        clear_tool_outputs_at=rng.choice([None, 100, 400, 1000]),
+        keep_tool_outputs=rng.choice([0, 0, 2, 6]),
+        tool_output_min_tokens=rng.choice([0, 20, 60]),
+        summarize_at=rng.choice([150, 300, 600]),
+        keep_recent=rng.choice([0, 2, 4, 8]),
+        block=rng.choice([1, 2, 4]),
+        min_messages=rng.choice([1, 2, 4]),
+        rolling=rng.random() < 0.8,
+        summarizer=summarizer,
+    )
+
+
+def _check_compactions(
+    history: Sequence[Mapping[str, Any]],
+    compactions: Sequence[Mapping[str, Any]],
+    counter: TokenCounter,
+) -> int:
+    """How many live compactions disagree with the stored history (0 expected)."""
+    bad = 0
+    for entry in compactions:
+        first, last = int(entry["first_index"]), int(entry["last_index"])
+        covered = history[first : last + 1]
+        ok = (
+            len(covered) == last - first + 1
+            and covered[0].get("id") == entry["first_id"]
+            and covered[-1].get("id") == entry["last_id"]
+        )
+        if ok and entry.get("kind") == "summary":
+            calls = {str(c["id"]) for r in covered for c in r.get("tool_calls") or ()}
+            results = [str(r["tool_call_id"]) for r in covered if r.get("role") == "tool"]
+            ok = (
+                entry["tokens_covered"] == sum(int(r["token_count"]) for r in covered)
+                and entry["summary_tokens"] == summary_record(entry, counter)["token_count"]
+                and sorted(entry.get("tool_call_ids") or []) == sorted(set(results))
+                and calls <= set(results)  # no call summarised without its result
+            )
+        bad += not ok
+    return bad
+
+
+def _stress_trace(  # noqa: PLR0915 - one generated session, start to end
+    seed: int, manager: ContextManager, counts: _StressCounts, encoding: tiktoken.Encoding
+) -> None:
+    """One small generated session: writers, parallel and pending calls, prompts, checks."""
+    rng = random.Random(seed)
+    session_id = f"stress-{seed}"
+    flaky = _FlakySummarizer(rng, counts)
+    summarizer = RunnableLambda(flaky, name="flaky")
+    policy = _stress_policy(rng, summarizer)
+    base = rng.randint(300, 1500)  # raised per request to what its tail needs
+    assembler = ContextPromptAssembler(
+        manager, max_tokens=base, reserve_tokens=0, max_sources=0, compaction=policy,
+        layout=rng.choice(["classic", "stable"]), recall_share=rng.choice([0.0, 0.5]),
+    )  # fmt: skip
+    second = replace(policy, rolling=not policy.rolling, keep_recent=policy.keep_recent + 2)
+    writers = [_Writer("A")] + ([_Writer("B")] if rng.random() < 0.5 else [])
+    stored: list[dict[str, Any]] = []
+    reported = 0
+    calls = 0
+
+    def write(writer: _Writer, message: BaseMessage) -> BaseMessage:
+        record = manager.add_messages(session_id, [message])[0]
+        stored.append(record)
+        counts.messages += 1
+        copy = message.model_copy(update={"id": record["id"]})
+        writer.run.append(copy)
+        if any(w.pending for w in writers if w is not writer):
+            counts.interleaved += 1
+        return copy
+
+    def model_call(writer: _Writer) -> None:
+        nonlocal reported
+        counts.prompts += 1
+        if any(w.pending for w in writers):
+            counts.pending_at_prompt += 1
+        if rng.random() < 0.2:  # a chat-style question, not stored
+            tail: list[BaseMessage] = [HumanMessage(f"question {counts.prompts}?")]
+            skip: frozenset[str] = frozenset()
+        else:  # an agent's run as the tail, repaired as ContextMiddleware does
+            tail = repair_tool_pairs(writer.run)[0]
+            skip = frozenset(str(m.id) for m in writer.run if m.id)
+        count = len(stored)
+        budget = max(base, manager.token_counter.count_chat(tail) + 120)
+        try:
+            prompt = assembler.build(
+                session_id, tail, query="question", skip_ids=skip, budget=budget
+            )
+        except BudgetExceededError:
+            counts.tail_over_budget += 1
+            return
+        if len(manager.get_history(session_id)) != count:
+            counts.messages_lost_or_altered += 1
+        reported += sum(1 for note in prompt.report.compaction_notes if note.startswith("summ"))
+        tokens = recount_tokens(prompt.messages, encoding)
+        counts.budget_violations += tokens > budget
+        counts.reported_mismatches += tokens != prompt.report.total_tokens
+        problems = tool_pair_problems(prompt.messages)
+        counts.orphan_results += problems.orphan_results
+        counts.unanswered_calls += problems.unanswered_calls
+        if rng.random() < 0.1:  # a second compactor on the same session, another policy
+            counts.second_compactor_runs += 1
+            if compact(manager, session_id, second).failed:
+                reported += 1
+
+    for _ in range(rng.randint(10, 26)):
+        writer = rng.choice(writers)
+        if not writer.run:  # idle: a new request
+            write(writer, HumanMessage(f"{writer.name}: task {rng.getrandbits(20)} please."))
+            writer.rounds = rng.randint(0, 3)
+            model_call(writer)
+        elif writer.pending:  # a tool finishes (in any order)
+            call_id = writer.pending.pop(rng.randrange(len(writer.pending)))
+            words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(5, 90)))
+            write(writer, ToolMessage(f"{call_id}: {words}", tool_call_id=call_id, name="tool"))
+            if not writer.pending:
+                model_call(writer)
+        elif writer.rounds > 0:  # the model calls tools, one to three at once
+            writer.rounds -= 1
+            n = rng.choice([1, 1, 2, 3])
+            ids = []
+            for _ in range(n):
+                calls += 1
+                ids.append(f"{writer.name.lower()}{seed}_{calls}")
+            counts.parallel_calls += n > 1
+            message = AIMessage(
+                "", tool_calls=[{"name": "tool", "args": {"n": i}, "id": i} for i in ids]
+            )
+            write(writer, message)
+            writer.pending = ids
+        else:  # the answer ends the run
+            write(writer, AIMessage(f"{writer.name}: done, {rng.getrandbits(16)}."))
+            writer.run = []
+    history = manager.get_history(session_id)
+    counts.messages_lost_or_altered += sum(
+        1 for a, b in zip(history, stored, strict=False) if _key(a) != _key(b)
+    ) + abs(len(history) - len(stored))
+    header = manager.get_header(session_id)
+    compactions = compactions_of(header["shared"] if header else None)
+    counts.compactions_live += len(compactions)
+    counts.bad_compactions += _check_compactions(history, compactions, manager.token_counter)
+    counts.failures_unreported += max(flaky.failed - reported, 0)
+    counts.traces += 1
+
+
+def run_stress(
+    traces: int, seed: int, progress: Callable[[str], None], encoding: tiktoken.Encoding
+) -> dict[str, Any]:
+    """``traces`` small generated sessions with a summariser that fails at random.
+
+    Each: one or two writers sharing the session (one's messages landing between the
+    other's tool call and its result), one to three parallel tool calls per AI message,
+    results in any order, prompts built while a call is pending, a random policy
+    (rolling or not, thresholds, blocks), layout, recall share and budget, and now and
+    then a second compactor with another policy on the same session. Checked: every
+    stored message against what was written (after each prompt and at the end), every
+    prompt recounted against its budget and for orphan results and unanswered calls,
+    every summariser failure reported (a prompt's ``compaction_notes`` or the outcome),
+    every live compaction against the history (ids at its positions, exact counts, the
+    tool-call ids it covers, no call summarised without its result).
+    """
+    counts = _StressCounts()
+    started = time.perf_counter()
+    manager = ContextManager(store=InMemoryStore())
+    log = logging.getLogger("ctx_memory.compaction")
+    level = log.level
+    log.setLevel(logging.ERROR)  # thousands of failures on purpose: counted, not logged
+    try:
+        for index in range(traces):
+            if index % 1000 == 0:
+                progress(f"compaction stress: traces {index + 1}-{min(index + 1000, traces)}")
+                manager = ContextManager(store=InMemoryStore())  # keeps the store small
+            _stress_trace(seed * 100_000 + index, manager, counts, encoding)
+    finally:
+        log.setLevel(level)
+    out: dict[str, Any] = asdict(counts)
+    out["wall_time_s"] = time.perf_counter() - started
+    return out

@@ -178,7 +178,39 @@ def _compaction(result: dict[str, Any]) -> list[str]:
         "in prompt or restorable",
         "over budget / orphans",
     ]
-    return lines + _table(header, rows) + _compaction_requests(part)
+    return lines + _table(header, rows) + _compaction_requests(part) + _compaction_stress(part)
+
+
+def _compaction_stress(part: dict[str, Any]) -> list[str]:
+    stress = part.get("stress")
+    if not stress or not stress.get("traces"):
+        return []
+    failed = stress["summarizer_raised"] + stress["summarizer_empty"]
+    lines = [
+        f"Integrity over {stress['traces']:,} small generated sessions "
+        f"({stress['messages']:,} messages, {stress['prompts']:,} requests, "
+        f"{_num(stress['wall_time_s'], 1)} s): one or two writers sharing a session "
+        f"({stress['interleaved']:,} messages written while another writer's tool call "
+        f"waited), {stress['parallel_calls']:,} AI messages with parallel tool calls, "
+        f"{stress['pending_at_prompt']:,} requests built while a call was pending, random "
+        f"policies, layouts and budgets, a second compactor now and then; the summariser "
+        f"failed {failed:,} of {stress['summarizer_calls']:,} times "
+        f"({stress['summarizer_raised']:,} raised, {stress['summarizer_empty']:,} returned "
+        f"nothing); {stress['compactions_live']:,} compactions live at the end.",
+        "",
+    ]
+    checks = [
+        ("stored messages lost or altered", "messages_lost_or_altered"),
+        ("orphan tool results in a request", "orphan_results"),
+        ("unanswered tool calls in a request", "unanswered_calls"),
+        ("requests over budget (recounted)", "budget_violations"),
+        ("reported tokens != recount", "reported_mismatches"),
+        ("summariser failures not reported", "failures_unreported"),
+        ("compactions disagreeing with the history", "bad_compactions"),
+        ("requests refused (tail alone over budget)", "tail_over_budget"),
+    ]
+    rows = [[label, f"{stress[key]:,}"] for label, key in checks]
+    return lines + _table(["check (all should be 0)", "found"], rows)
 
 
 def _compaction_requests(part: dict[str, Any]) -> list[str]:

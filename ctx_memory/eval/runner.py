@@ -109,6 +109,8 @@ class EvalSettings:
         trace_sessions: Generated agent sessions.
         trace_tasks: User requests per agent session.
         trace_budget: The agent traces' request budget.
+        compaction_traces: Small generated sessions the compaction part runs with a
+            summariser that fails at random (integrity only).
         latency_messages: Messages in the latency session.
         latency_repeat: Timed assemblies per latency figure.
         seed: Seeds the traces and the latency session.
@@ -124,6 +126,7 @@ class EvalSettings:
     trace_sessions: int = 3
     trace_tasks: int = 80
     trace_budget: int = 16000
+    compaction_traces: int = 10_000
     latency_messages: int = 10_000
     latency_repeat: int = 200
     seed: int = 12
@@ -137,6 +140,7 @@ class EvalSettings:
             questions_per_conversation=6,
             trace_sessions=1,
             trace_tasks=12,
+            compaction_traces=200,
             latency_messages=2000,
             latency_repeat=20,
             seed=seed,
@@ -619,7 +623,7 @@ def run_eval(
     traces = run_traces(settings, checks, trace_cache, progress)
     compaction = run_compaction(
         settings, checks.check, progress, start=START, system_prompt=AGENT_PROMPT,
-        metadata=METADATA,
+        metadata=METADATA, stress_traces=settings.compaction_traces,
     )  # fmt: skip
     latency = run_latency(conversations, settings, progress)
     integrity = {name: asdict(entry) for name, entry in sorted(checks.integrity.items())}
