@@ -230,6 +230,30 @@ class CompactedView:
         self.cleared_calls[str(record.get("id"))] = call_id
         return new
 
+    def recalled(self, records: Sequence[Mapping[str, Any]], start: int) -> list[Mapping[str, Any]]:
+        """A recalled turn (its records from position ``start``) as the prompt is to see it.
+
+        Tool outputs the view clears in the window are cleared here too (a recalled turn
+        is never the turn in progress), so recall brings back the conversation around a
+        tool call, not the output every placeholder already names: the caller restores
+        that by id. Placeholders are counted exactly and noted in :attr:`cleared_calls`.
+        """
+        out: list[Mapping[str, Any]] = []
+        for offset, record in enumerate(records):
+            position = start + offset
+            old = record.get("role") == "tool" and record.get("tool_call_id")
+            if old and (
+                any(a <= position <= b for a, b in self.cleared)
+                or (
+                    position < self.clear_before
+                    and int(record["token_count"]) >= self.min_tool_tokens
+                )
+            ):
+                out.append(self._placeholder(record, position))
+            else:
+                out.append(record)
+        return out
+
     def segments(
         self, records: Iterator[Mapping[str, Any]] | Sequence[Mapping[str, Any]], *, newest: int
     ) -> Iterator[tuple[int, list[Mapping[str, Any]]]]:

@@ -8,7 +8,7 @@ import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
 from ctx_memory import ContextManager, ContextPromptAssembler, TokenCounter
-from ctx_memory.assembly.compacted import COMPACTIONS_KEY, summary_record
+from ctx_memory.assembly.compacted import COMPACTIONS_KEY, CompactedView, summary_record
 from ctx_memory.compaction import (
     CompactionPolicy,
     ExtractiveSummarizer,
@@ -205,3 +205,23 @@ def test_default_policy_on_tool_traffic_stays_small_and_exact(layout: str) -> No
         assert result.report.total_tokens <= assembler.budget
     assert len(_summaries(manager, "s")) == 1
     assert result.report.total_tokens < 0.15 * full
+
+
+def test_recalled_turns_can_be_seen_as_the_window_sees_them() -> None:
+    counter = TokenCounter()
+    view = CompactedView([], counter, clear_before=10, min_tool_tokens=20)
+    records = [
+        {"role": "user", "content": "q", "id": "m4", "token_count": 5},
+        {"role": "assistant", "content": "", "id": "m5", "token_count": 20,
+         "tool_calls": [{"name": "f", "args": {}, "id": "c1"}]},
+        {"role": "tool", "content": "big " * 50, "id": "m6", "tool_call_id": "c1",
+         "token_count": 60},
+        {"role": "tool", "content": "tiny", "id": "m7", "tool_call_id": "c2", "token_count": 8},
+    ]  # fmt: skip
+    out = view.recalled(records, 4)
+    assert out[:2] == records[:2]
+    assert out[2]["content"].startswith("[Tool output cleared from view (60 tokens, message 6)")
+    assert out[2]["token_count"] == counter.count_record(out[2])
+    assert out[3] is records[3]  # below min_tool_tokens
+    assert view.cleared_calls == {"m6": "c1"}
+    assert CompactedView([], counter, clear_before=5).recalled(records, 4)[2] is records[2]
