@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from langchain_core.messages import BaseMessage
 
     from ctx_memory.assembly.compacted import CompactedView
-    from ctx_memory.assembly.recalled import RecallChoice
+    from ctx_memory.assembly.recalled import RecallChoice, RecalledTurn
     from ctx_memory.assembly.window import HistoryWindow
     from ctx_memory.ranking import Tokenizer
     from ctx_memory.tokens import TokenCounter
@@ -456,7 +456,9 @@ def finish_prompt(
     same_encoding = meta.get("token_encoding") in (None, counter.encoding_name)
     chosen = window.chosen
     history = records_to_messages(chosen)
-    window_start = window.start if window.start is not None else plan.end
+    window_start = _verbatim_start(
+        window.start if window.start is not None else plan.end, plan.history.view
+    )
     part = finish_recalled(
         plan,
         window_start,
@@ -483,8 +485,10 @@ def finish_prompt(
     if "openai" in cache_hints:
         model_kwargs["prompt_cache_key"] = prompt_cache_key(draft.session_id)
 
-    recalled_count = sum(len(records) for _, records in kept)
-    recalled_cached = sum(int(r.get("token_count") or 0) for _, records in kept for r in records)
+    # Recalled messages a window summary also stands for are left out once, not twice.
+    only_recalled = [r for t, records in kept for r in _outside(t, records, plan.history.view)]
+    recalled_count = len(only_recalled)
+    recalled_cached = sum(int(r.get("token_count") or 0) for r in only_recalled)
     left_out_tokens = int(meta.get("token_count", 0)) - window.tokens - window.skipped_tokens
     left_out_tokens -= sum(int(r["token_count"]) for r in excluded) + recalled_cached
     compacted = _compaction_parts(plan.history.view, chosen)
@@ -550,6 +554,42 @@ def finish_prompt(
         sources_text=sources_block(sources.chosen),
         model_kwargs=model_kwargs,
     )
+
+
+def _verbatim_start(start: int, view: CompactedView | None) -> int:
+    """Where the window's messages start being sent as they are stored.
+
+    A summary the window opens with stands for its covered range, so recall may still
+    bring back turns from that range (rung (c) of the compaction ladder): only turns the
+    window sends verbatim are never recalled twice.
+    """
+    if view is None:
+        return start
+    moved = True
+    while moved:
+        moved = False
+        for entry in view.used.values():
+            if int(entry["first_index"]) <= start <= int(entry["last_index"]):
+                start, moved = int(entry["last_index"]) + 1, True
+    return start
+
+
+def _outside(
+    turn: RecalledTurn, records: Sequence[Mapping[str, Any]], view: CompactedView | None
+) -> Sequence[Mapping[str, Any]]:
+    """The records of a recalled turn that no summary the window used covers.
+
+    A turn whose tool pairs were repaired no longer maps to positions: it counts whole.
+    """
+    if view is None or not view.used or len(records) != turn.stop - turn.start:
+        return records
+    start = turn.start
+    covered = [(int(e["first_index"]), int(e["last_index"])) for e in view.used.values()]
+    return [
+        record
+        for i, record in enumerate(records)
+        if not any(a <= start + i <= b for a, b in covered)
+    ]
 
 
 def _cached_cost(record: Mapping[str, Any]) -> int:
