@@ -177,6 +177,9 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
         max_sources: Most sources to inject (``0`` for none).
         source_token_cap: Tokens each source's text is cut to.
         sources_share: At most this share of the free budget goes to sources.
+        pinned_source_types: Fetched-context types always sent first, in the system
+            message (besides items pinned by ``"pinned": True`` in their
+            ``extracted_data``); see :class:`~ctx_memory.prompt.ContextPromptAssembler`.
         include_header: Add the mode / current URL / local time header.
         persist: Store the run's messages (``False``: read-only memory).
         model_name: Name recorded with replies (default: from the reply or the model).
@@ -242,6 +245,7 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
         max_sources: int | None = 8,
         source_token_cap: int = 400,
         sources_share: float = 0.5,
+        pinned_source_types: Sequence[str] = (),
         include_header: bool = True,
         persist: bool = True,
         model_name: str | None = None,
@@ -274,6 +278,7 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
             max_sources=max_sources,
             source_token_cap=source_token_cap,
             sources_share=sources_share,
+            pinned_source_types=pinned_source_types,
             include_header=include_header,
             tokenizer=tokenizer,
             layout=layout,

@@ -531,3 +531,31 @@ def test_middleware_sends_sources_pinned_by_their_data(manager):
     assert "[1] Refund policy" in system.text
     assert "[2] Traveller profile" in system.text
     assert "[3]" in seen[0].messages[-1].text
+
+
+def test_middleware_pins_by_source_type(manager):
+    session(manager)
+    seen: list[ModelRequest[Any]] = []
+
+    def handler(request: ModelRequest[Any]) -> ModelResponse[Any]:
+        seen.append(request)
+        return ModelResponse(result=[AIMessage("ok")])
+
+    middleware = ContextMiddleware(
+        manager, max_tokens=3000, layout="stable", pinned_source_types=["web_search"]
+    )
+    assert middleware.assembler.pinned_source_types == ("web_search",)
+    request = ModelRequest(
+        model=ToolCallingFakeModel(messages=iter([])),
+        messages=[HumanMessage("refund?", id="q1")],
+        system_message=SystemMessage("Agent rules."),
+        state={"messages": [HumanMessage("refund?", id="q1")]},
+        runtime=SimpleNamespace(context={"session_id": "s1"}),
+    )
+    middleware.wrap_model_call(request, handler)
+    system = seen[0].system_message
+    assert system is not None
+    # Every web_search item is pinned in the system message, whatever the question asks.
+    assert "Rome hotels are cheapest in February." in system.text
+    assert "Paris trains leave every hour" in system.text
+    assert "Rome hotels" not in seen[0].messages[-1].text
