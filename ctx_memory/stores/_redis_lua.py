@@ -1,6 +1,6 @@
 """Lua scripts of the Redis store, read once at import from ``ctx_memory/stores/lua/``.
 
-Three scripts, each loaded on a server once and shared by the sync and asyncio clients.
+Four scripts, each loaded on a server once and shared by the sync and asyncio clients.
 Their source is package data, one file per part: ``common.lua`` (JSON and index helpers)
 comes first in ``session.lua`` and ``index.lua``, after a line setting ``TOKEN_WINDOW``;
 ``append_new.lua`` is included where ``session.lua`` and ``append.lua`` say
@@ -14,6 +14,12 @@ the message triples). Nothing here talks to Redis.
   slot, so the script gets only the seven session keys and the client updates the index with
   :data:`INDEX_SCRIPT` in a second call.
 * :data:`INDEX_SCRIPT` maintains the index alone (cluster mode, ``gc`` and ``list``).
+* :data:`TOUCH_SCRIPT` is a read's LRU touch (``max_sessions`` set). The read itself
+  (``LRANGE``, ``LLEN``, ``HMGET``) is a plain command in the same round trip (on a single
+  server) or sent first (on a cluster, where the index has its own slot): a reply passed
+  through Lua costs more than the commands, every element becoming a Lua string and back.
+  It touches only a session that exists and is indexed (``ZADD XX``), so no read puts a
+  deleted or evicted session back in the index.
 * :data:`APPEND_SCRIPT` is the hot path: appending messages to a session that exists. It
   is small (no JSON parsing, no operation dispatch, no helper definitions to instantiate),
   answers one integer and shares the hash fields and TTL rules of :data:`SESSION_SCRIPT`;
@@ -56,7 +62,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-__all__ = ["APPEND_SCRIPT", "INDEX_SCRIPT", "SESSION_SCRIPT", "TOKEN_WINDOW"]
+__all__ = ["APPEND_SCRIPT", "INDEX_SCRIPT", "SESSION_SCRIPT", "TOKEN_WINDOW", "TOUCH_SCRIPT"]
 
 TOKEN_WINDOW = 600
 """Seconds (server time) a write token's result is kept at least (at most twice that)."""
@@ -84,3 +90,6 @@ INDEX_SCRIPT = _COMMON + "\n" + _compose("index.lua")
 
 APPEND_SCRIPT = _compose("append.lua")
 """The hot path: appending messages to a session that exists."""
+
+TOUCH_SCRIPT = _source("touch.lua")
+"""A read's LRU touch: ``KEYS`` the index and, on a single server, the session's hash."""

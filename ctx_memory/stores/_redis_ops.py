@@ -1,16 +1,16 @@
 """What each Redis store operation sends, as requests: no sockets, no event loop.
 
 :class:`RedisOperations` turns each typed operation into a generator that yields
-:data:`Request` values (a script call, a raw command, a pipelined ``EXISTS``) and receives
-their replies; :class:`~ctx_memory.stores.redis.RedisStore` runs that generator on the
-sync client or on the asyncio client. Every operation is thus written once for both.
+:data:`Request` values (a script call, a raw command, several commands in one round trip)
+and receives their replies; :class:`~ctx_memory.stores.redis.RedisStore` runs that
+generator on the sync client or on the asyncio client. Every operation is thus written
+once for both.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, assert_never
 
 from ctx_memory.errors import SharedStateTooLargeError, StoreError
@@ -34,7 +34,13 @@ from ctx_memory.stores._redis_keys import (
     member_id,
     session_keys,
 )
-from ctx_memory.stores._redis_lua import APPEND_SCRIPT, INDEX_SCRIPT, SESSION_SCRIPT
+from ctx_memory.stores._redis_lua import (
+    APPEND_SCRIPT,
+    INDEX_SCRIPT,
+    SESSION_SCRIPT,
+    TOUCH_SCRIPT,
+)
+from ctx_memory.stores._redis_wire import pack_args
 from ctx_memory.stores.base import MAX_SHARED_BYTES, BaseStore, WriteResult, assemble_document
 from ctx_memory.stores.ops import (
     AppendFetched,
@@ -71,11 +77,15 @@ __all__ = [
     "APPEND_SHA",
     "SCRIPTS",
     "SHAS",
+    "Call",
     "Command",
     "Eval",
-    "Exists",
+    "Pipeline",
+    "Prepared",
     "RedisOperations",
     "Request",
+    "commands_of",
+    "script_of",
 ]
 
 
@@ -85,30 +95,85 @@ __all__ = [
 # replies; ``_drive`` runs it on the sync client and ``_adrive`` on the asyncio client.
 
 
-SESSION, INDEX, APPEND = 0, 1, 2
-SCRIPTS = (SESSION_SCRIPT, INDEX_SCRIPT, APPEND_SCRIPT)
+SESSION, INDEX, APPEND, TOUCH = 0, 1, 2, 3
+SCRIPTS = (SESSION_SCRIPT, INDEX_SCRIPT, APPEND_SCRIPT, TOUCH_SCRIPT)
 SHAS = tuple(hashlib.sha1(s.encode()).hexdigest() for s in SCRIPTS)  # noqa: S324 - script id
 APPEND_SHA = SHAS[APPEND].encode()
+_SCRIPT_OF_SHA: dict[str | bytes, str] = {
+    key: script for sha, script in zip(SHAS, SCRIPTS, strict=True) for key in (sha, sha.encode())
+}
 
 
 class Eval(NamedTuple):
-    script: int  # SESSION, INDEX or APPEND
+    """A call of one of :data:`SCRIPTS` (``EVALSHA``)."""
+
+    script: int  # SESSION, INDEX, APPEND or TOUCH
     keys: tuple[str | bytes, ...]
     args: tuple[Any, ...]
 
 
 class Command(NamedTuple):
-    args: tuple[Any, ...]  # a complete command: EVALSHA of APPEND_SCRIPT, LRANGE, ZMSCORE
+    """A complete command (``LRANGE``, ``ZMSCORE``, an ``EVALSHA`` whose sha names its script)."""
+
+    args: tuple[Any, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Exists:
-    keys: tuple[str, ...]
+class Call(NamedTuple):
+    """The start of a command sent often (a known session's APPEND_SCRIPT call).
+
+    ``packed`` is ``args`` as RESP, packed once (:func:`~ctx_memory.stores._redis_wire.pack_args`).
+    """
+
+    args: tuple[Any, ...]
+    packed: bytes
 
 
-Request = Eval | Command | Exists
+class Prepared(NamedTuple):
+    """One command: ``call``'s arguments, then ``tail``."""
+
+    call: Call
+    tail: tuple[Any, ...]
+
+
+class Pipeline(NamedTuple):
+    """Commands sent in one round trip, not atomically; the reply is the list of theirs.
+
+    None depends on another's effect: one answered ``NOSCRIPT`` (its script is loaded) is
+    sent again alone, after the others ran.
+    """
+
+    commands: tuple[tuple[Any, ...], ...]
+
+
+Request = Eval | Command | Prepared | Pipeline
+
+
+def _eval_command(request: Eval) -> tuple[Any, ...]:
+    return ("EVALSHA", SHAS[request.script], len(request.keys), *request.keys, *request.args)
+
+
+def commands_of(request: Request) -> tuple[tuple[Any, ...], ...]:
+    """The commands ``request`` sends, in order (one, but for a :class:`Pipeline`)."""
+    if isinstance(request, Command):
+        return (request.args,)
+    if isinstance(request, Eval):
+        return (_eval_command(request),)
+    if isinstance(request, Prepared):
+        return ((*request.call.args, *request.tail),)
+    return request.commands
+
+
+def script_of(command: tuple[Any, ...]) -> str | None:
+    """The script an ``EVALSHA`` command runs (to load where the server lacks it), or None."""
+    if len(command) > 1 and command[0] in ("EVALSHA", b"EVALSHA"):
+        return _SCRIPT_OF_SHA.get(command[1])
+    return None
+
 
 _MAX_SHARED = str(MAX_SHARED_BYTES)
+
+HEADER_FIELDS = ("id", "sp", "md", "sh", "mc", "tc", "ts")
+"""The hash fields of a header, in the order :func:`decode_header` takes them."""
 
 
 class RedisOperations(BaseStore):
@@ -117,7 +182,7 @@ class RedisOperations(BaseStore):
     prefix: str
     cluster: bool
     max_sessions: int | None
-    _known: OrderedDict[str, tuple[Any, ...]]
+    _known: OrderedDict[str, Call]
     _tokens: bool
     _ttl_ms: str
     _max: str
@@ -145,10 +210,41 @@ class RedisOperations(BaseStore):
     def _index(self, op: str, *args: Any) -> Eval:
         return Eval(INDEX, (self._idx, self._lex, self._lex + "v"), (op, *args))
 
+    def _touch(self, session_id: str) -> Eval:
+        """The LRU touch of a read (TOUCH_SCRIPT): of a session that exists and is indexed."""
+        k = session_keys(self.prefix, session_id)
+        # On a cluster the session's hash is in another slot: the caller read it first.
+        keys = (self._idx,) if self.cluster else (self._idx, k.h)
+        return Eval(TOUCH, keys, (k.member,))
+
     def _read(self, op: str, session_id: str, *extra: Any) -> Generator[Request, Any, Any]:
+        """A read in SESSION_SCRIPT (a document, existence): it touches the index itself."""
         reply = yield self._session(op, session_id, *extra)
         if self.cluster and self.max_sessions is not None and reply:
-            yield self._index("read", session_keys(self.prefix, session_id).member)
+            yield self._touch(session_id)
+        return reply
+
+    def _plain_read(
+        self, command: tuple[Any, ...], session_id: str
+    ) -> Generator[Request, Any, Any]:
+        """The reply of a read ``command``, and, with ``max_sessions``, the session's touch.
+
+        No script returns the data: a reply passed through Lua costs more than the command.
+        On a single server the touch goes in the same round trip (TOUCH_SCRIPT checks that
+        the session exists); on a cluster, where the index has its own slot, it follows
+        when an ``EXISTS`` sent with the read (same slot, same round trip) found the session.
+        """
+        if self.max_sessions is None:  # no LRU index to touch, and reads never slide the TTL
+            return (yield Command(command))
+        touch = self._touch(session_id)
+        if self.cluster:
+            reply, exists = yield Pipeline(
+                (command, ("EXISTS", session_keys(self.prefix, session_id).h))
+            )
+            if exists:
+                yield touch
+            return reply
+        reply, _ = yield Pipeline((command, _eval_command(touch)))
         return reply
 
     def _write(
@@ -186,18 +282,18 @@ class RedisOperations(BaseStore):
     def _token(self) -> str:
         return os.urandom(8).hex() if self._tokens else ""
 
-    def _remember(self, session_id: str, *, fetched: bool = False) -> tuple[Any, ...]:
+    def _remember(self, session_id: str, *, fetched: bool = False) -> Call:
         """Remember a session as existing; returns the start of its APPEND_SCRIPT call."""
         known = self._known
         call = known.get(session_id)
-        if call is not None and (not fetched or int(call[2]) >= 5):
+        if call is not None and (not fetched or int(call.args[2]) >= 5):
             return call
         k = session_keys(self.prefix, session_id)
         # With the index (max_sessions on a single server) the fetched keys always come too.
         full = fetched or bool(self._idx_arg)
         keys = ((k.h, k.m, k.ids, k.f, k.fp) if full else (k.h, k.m, k.ids)) + self._idx_arg
-        call = ("EVALSHA", APPEND_SHA, str(len(keys)).encode(), *[k.encode() for k in keys])
-        known[session_id] = call
+        args = ("EVALSHA", APPEND_SHA, str(len(keys)).encode(), *[k.encode() for k in keys])
+        call = known[session_id] = Call(args, pack_args(args))
         if len(known) > 10_000:
             known.popitem(last=False)
         return call
@@ -262,8 +358,9 @@ class RedisOperations(BaseStore):
         members = [as_text(m) for m in reply[0::2]]
         if not members:
             return [], 0
-        hashes = tuple(session_keys(self.prefix, member_id(m)).h for m in members)
-        alive = yield Exists(hashes)
+        alive = yield Pipeline(
+            tuple(("EXISTS", session_keys(self.prefix, member_id(m)).h) for m in members)
+        )
         stale: list[Any] = []
         for member, score, ok in zip(members, reply[1::2], alive, strict=True):
             if not int(ok):
@@ -287,29 +384,25 @@ class RedisOperations(BaseStore):
         )
 
     def _op_header(self, session_id: str) -> Generator[Request, Any, Header | None]:
-        reply = yield from self._read("head", session_id)
-        return decode_header(reply) if reply else None
+        command = ("HMGET", session_keys(self.prefix, session_id).h, *HEADER_FIELDS)
+        reply = yield from self._plain_read(command, session_id)
+        return decode_header(reply) if reply[0] is not None else None
 
     def _op_messages(
         self, session_id: str, start: int, end: int
     ) -> Generator[Request, Any, list[dict[str, Any]]]:
-        if self.max_sessions is None:  # no LRU index to touch, and reads never slide the TTL
-            key = session_keys(self.prefix, session_id).m
-            reply = yield Command(("LRANGE", key, start, end))
-        else:
-            reply = yield from self._read("msgs", session_id, start, end)
-        return decode_messages(reply)
+        command = ("LRANGE", session_keys(self.prefix, session_id).m, start, end)
+        return decode_messages((yield from self._plain_read(command, session_id)))
 
     def _op_count(self, session_id: str) -> Generator[Request, Any, int]:
-        if self.max_sessions is None:
-            return int((yield Command(("LLEN", session_keys(self.prefix, session_id).m))))
-        return int((yield from self._read("count", session_id)))
+        command = ("LLEN", session_keys(self.prefix, session_id).m)
+        return int((yield from self._plain_read(command, session_id)))
 
     def _op_fetched(
         self, session_id: str, source_type: str | None
     ) -> Generator[Request, Any, dict[str, list[dict[str, Any]]]]:
-        reply = yield from self._read("fetched", session_id)
-        return decode_fetched(reply, source_type)
+        command = ("LRANGE", session_keys(self.prefix, session_id).f, 0, -1)
+        return decode_fetched((yield from self._plain_read(command, session_id)), source_type)
 
     def _append_tail(self, messages: Sequence[EncodedMessage], now: str) -> tuple[Any, ...]:
         """The ``ARGV`` of :data:`APPEND_SCRIPT`: its scalars packed in one, then the messages."""
@@ -326,10 +419,10 @@ class RedisOperations(BaseStore):
         if call is not None:
             # The session exists as far as we know: APPEND_SCRIPT, which answers an integer.
             tail = self._append_tail(messages, now)
-            reply = yield Command((*call, *tail))
+            reply = yield Prepared(call, tail)
             if reply == -2:  # it has fetched items: their keys' TTL must be refreshed too
                 call = self._remember(session_id, fetched=True)
-                reply = yield Command((*call, *tail))  # same token: still applied once
+                reply = yield Prepared(call, tail)  # same token: still applied once
             if reply >= 0:
                 created, added = bool(reply & 1), reply >> 1
                 expired: Sequence[str] = ()
@@ -360,7 +453,7 @@ class RedisOperations(BaseStore):
         reply = yield self._session(op, session_id, *extra, token=self._token(), now=dumps(now))
         result = int(reply)
         if result > 0 and self.cluster and self.max_sessions is not None:
-            yield self._index("read", session_keys(self.prefix, session_id).member)
+            yield self._touch(session_id)
         return result
 
     def _op_delete_messages(
@@ -401,7 +494,7 @@ class RedisOperations(BaseStore):
             if not ids:
                 break
             keys = [session_keys(self.prefix, sid) for sid in ids]
-            alive = yield Exists(tuple(k.h for k in keys))
+            alive = yield Pipeline(tuple(("EXISTS", k.h) for k in keys))
             page += [sid for sid, ok in zip(ids, alive, strict=True) if int(ok)]
             gone = [k.member for k, ok in zip(keys, alive, strict=True) if not int(ok)]
             if gone:

@@ -14,13 +14,18 @@ and evicts the least recently used sessions. Appending messages to a session thi
 has written before uses a small dedicated script (``APPEND_SCRIPT``, ``lua/append.lua``:
 one ``HMGET``, an ``HSETNX`` per message, one ``HSET``, the ``RPUSH`` and the ``PEXPIRE``
 calls, one integer back); if the session vanished meanwhile it changes nothing and the
-write is repeated with the init header. Reading messages or counting them without
-``max_sessions`` (no LRU index to touch; reads never slide the TTL) is a plain ``LRANGE`` /
-``LLEN``. Expired sessions vanish by Redis-native expiry; ``gc()`` and ``list_sessions()``
+write is repeated with the init header. Reading the history, its length, the header or
+the fetched items is a plain ``LRANGE`` / ``LLEN`` / ``HMGET`` (reads never slide the TTL);
+with ``max_sessions`` the same round trip carries the session's LRU touch
+(``TOUCH_SCRIPT``, ``lua/touch.lua``, which touches only a session that exists and is
+indexed, so no read puts a deleted or evicted session back). The whole document (one
+snapshot) and ``exists`` are read by ``SESSION_SCRIPT``, which touches the index itself.
+Expired sessions vanish by Redis-native expiry; ``gc()`` and ``list_sessions()``
 drop their index entries and report ``session_expired`` (once, whichever process drops
 it). On Redis Cluster the
 index has its own slot: it is updated by a second call right after the session's script
-(when the write created the session or ``max_sessions`` is set), and an evicted session's
+(when the write created the session or ``max_sessions`` is set; a read's touch follows the
+read, when the session exists), and an evicted session's
 keys are deleted by a third call per victim. A crash between those calls can leave a
 session unindexed (not listed until it is recreated or written again with
 ``max_sessions`` set; it still expires by TTL) or dropped from the index but alive until
@@ -39,8 +44,11 @@ Layout: the key names are in :mod:`ctx_memory.stores._redis_keys`, what is writt
 back in :mod:`ctx_memory.stores._redis_codec` (both pure, re-exported here where public),
 and the scripts in ``ctx_memory/stores/lua/``, composed once at import by
 :mod:`ctx_memory.stores._redis_lua`. Scripts run by ``EVALSHA``, one round trip; a server
-that lacks one (restarted, failed over, flushed) answers ``NOSCRIPT`` and ``_run`` /
-``_arun`` load it there and repeat the call.
+that lacks one (restarted, failed over, flushed) answers ``NOSCRIPT`` and ``_do`` /
+``_ado`` load it there and repeat that command. With a plain client (not a cluster) the
+sync calls skip redis-py's command machinery: :mod:`ctx_memory.stores._redis_wire` packs
+them and sends them on the client's connections (kept between calls when the store made
+the client).
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ import redis.asyncio.sentinel
 import redis.sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from typing_extensions import override
 
@@ -91,13 +99,21 @@ from ctx_memory.stores._redis_keys import (
     session_keys,
     session_tag,
 )
-from ctx_memory.stores._redis_lua import APPEND_SCRIPT
-from ctx_memory.stores._redis_ops import SCRIPTS, SHAS, Command, Eval, RedisOperations, Request
+from ctx_memory.stores._redis_ops import (
+    Call,
+    Pipeline,
+    Prepared,
+    RedisOperations,
+    Request,
+    commands_of,
+    script_of,
+)
+from ctx_memory.stores._redis_wire import Wire, pack, pack_prepared
 from ctx_memory.stores.base import check_limits
 from ctx_memory.stores.redis_events import RedisEventPublisher
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Generator
+    from collections.abc import Callable, Generator, Sequence
 
     from redis.client import PubSubWorkerThread
 
@@ -129,27 +145,57 @@ AsyncClient = Union["redis.asyncio.Redis", "redis.asyncio.cluster.RedisCluster"]
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
-# The one place a missing script is handled, per client kind: a server that does not hold
-# the script (restarted, failed over, SCRIPT FLUSH, a cluster node) answers NOSCRIPT; the
-# script is loaded there and the same command sent again.
+# A server that does not hold a script (restarted, failed over, SCRIPT FLUSH, a cluster
+# node) answers NOSCRIPT: the drivers load the script there and send that command again.
 
 
-def _run(client: Any, script: str, *command: Any) -> Any:
-    """``client.execute_command(*command)``, loading ``script`` first if the server lacks it."""
-    try:
-        return client.execute_command(*command)
-    except NoScriptError:
-        client.script_load(script)
-        return client.execute_command(*command)
+def _unloaded(commands: Sequence[tuple[Any, ...]], replies: list[Any]) -> list[tuple[int, str]]:
+    """The replies that are NOSCRIPT errors, with the script to load; raises other errors."""
+    missing = []
+    for i, reply in enumerate(replies):
+        if isinstance(reply, ResponseError):
+            script = script_of(commands[i]) if isinstance(reply, NoScriptError) else None
+            if script is None:
+                raise reply
+            missing.append((i, script))
+    return missing
 
 
-async def _arun(client: Any, script: str, *command: Any) -> Any:
-    """``await client.execute_command(*command)``, loading ``script`` if the server lacks it."""
-    try:
-        return await client.execute_command(*command)
-    except NoScriptError:
-        await client.script_load(script)
-        return await client.execute_command(*command)
+def _checked(reply: Any) -> Any:
+    """``reply``, unless it is an error (then raised)."""
+    if isinstance(reply, ResponseError):
+        raise reply
+    return reply
+
+
+def _sync_replies(client: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Replies of ``commands`` by redis-py's own command path, errors as values.
+
+    For a cluster, a single-connection client, and a command sent again once its script
+    is loaded; a plain client's calls go by :class:`~ctx_memory.stores._redis_wire.Wire`.
+    """
+    if len(commands) == 1:
+        try:
+            return [client.execute_command(*commands[0])]
+        except ResponseError as error:
+            return [error]
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+
+
+async def _async_replies(client: Any, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """Replies of ``commands`` on an asyncio client, errors as values."""
+    if len(commands) == 1:
+        try:
+            return [await client.execute_command(*commands[0])]
+        except ResponseError as error:
+            return [error]
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
 
 
 class EventSubscription:
@@ -253,10 +299,11 @@ class RedisStore(RedisOperations):
         self._max = str(max_sessions or 0)
         self._limits = f"{self._ttl_ms}:{self._max}"
         # Sessions this object has written, each with the start of its APPEND_SCRIPT call
-        # (EVALSHA, sha, key count, keys; bytes): their writes skip sending the init header
-        # (the script asks for it, costing a second round trip, if the session vanished
-        # since). The keys are H and M, plus F and FP once the session has fetched items.
-        self._known: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        # (EVALSHA, sha, key count, keys; bytes, and packed once): their writes skip sending
+        # the init header (the script asks for it, costing a second round trip, if the
+        # session vanished since). The keys are H, M and IDS, plus F and FP once the session
+        # has fetched items (always with the index keys, which come with max_sessions).
+        self._known: OrderedDict[str, Call] = OrderedDict()
         self._idx_arg: tuple[str, ...] = (
             (index_key(key_prefix), lex_key(key_prefix)) if max_sessions and not cluster else ()
         )
@@ -264,7 +311,10 @@ class RedisStore(RedisOperations):
         self._max_retries = max_retries
         self._socket_timeout = socket_timeout
         self._owns_client = client is None
-        self._client: SyncClient | None = client
+        self._client: SyncClient | None = None
+        self._wire: Wire | None = None  # how a plain client's commands go (_redis_wire)
+        if client is not None:
+            self._use(client)
         self._owns_async = async_client is None
         self._aclient: AsyncClient | None = async_client
         # Clients this store made, one per event loop that used it (a redis.asyncio client
@@ -328,6 +378,14 @@ class RedisStore(RedisOperations):
             "socket_connect_timeout": self._socket_timeout,
         }
 
+    def _use(self, client: SyncClient) -> None:
+        """Send with ``client``: by its pool directly if it is a plain (pooled) client."""
+        self._wire = None
+        if isinstance(client, redis.Redis) and not self.cluster and client.connection is None:
+            # Not a single-connection client: its pool's connections, kept if it is ours.
+            self._wire = Wire(client.connection_pool, keep=self._owns_client)
+        self._client = client
+
     @property
     def client(self) -> SyncClient:
         """The sync client (created from the URL on first use)."""
@@ -338,13 +396,17 @@ class RedisStore(RedisOperations):
                     assert self._url is not None
                     try:
                         if self.cluster:
-                            self._client = redis.cluster.RedisCluster.from_url(self._url, **kwargs)
+                            client: SyncClient = redis.cluster.RedisCluster.from_url(
+                                self._url, **kwargs
+                            )
                         elif is_sentinel(self._url):
-                            self._client = sentinel_master(self._url, kwargs, asynchronous=False)
+                            client = sentinel_master(self._url, kwargs, asynchronous=False)
                         else:
-                            self._client = redis.Redis.from_url(self._url, **kwargs)
+                            client = redis.Redis.from_url(self._url, **kwargs)
                     except (RedisError, redis.exceptions.RedisClusterException, *_UNAVAILABLE) as e:
                         raise self._wrap(e) from e
+                    self._use(client)
+        assert self._client is not None
         return self._client
 
     @property
@@ -407,15 +469,21 @@ class RedisStore(RedisOperations):
 
     def _do(self, request: Request) -> Any:
         client: Any = self.client  # RedisCluster.execute_command is untyped
-        if isinstance(request, Eval):
-            script, keys, args = request
-            return _run(client, SCRIPTS[script], "EVALSHA", SHAS[script], len(keys), *keys, *args)
-        if isinstance(request, Command):  # the only script sent as a Command is APPEND_SCRIPT
-            return _run(client, APPEND_SCRIPT, *request.args)
-        pipe = client.pipeline(transaction=False)  # Exists
-        for key in request.keys:
-            pipe.exists(key)
-        return pipe.execute()
+        commands = commands_of(request)
+        wire = self._wire
+        if wire is not None:  # a plain client: the hot path (ctx_memory.stores._redis_wire)
+            if isinstance(request, Prepared):
+                call, tail = request
+                data = pack_prepared(len(call.args) + len(tail), call.packed, tail)
+            else:
+                data = pack(commands)
+            replies = wire.roundtrip(data, len(commands))
+        else:
+            replies = _sync_replies(client, commands)
+        for i, script in _unloaded(commands, replies):
+            client.script_load(script)
+            replies[i] = _checked((_sync_replies(client, commands[i : i + 1]))[0])
+        return replies if isinstance(request, Pipeline) else replies[0]
 
     async def _adrive(self, op: Generator[Request, Any, T]) -> T:
         try:
@@ -431,17 +499,12 @@ class RedisStore(RedisOperations):
 
     async def _ado(self, request: Request) -> Any:
         client = self.async_client
-        if isinstance(request, Eval):
-            script, keys, args = request
-            return await _arun(
-                client, SCRIPTS[script], "EVALSHA", SHAS[script], len(keys), *keys, *args
-            )
-        if isinstance(request, Command):  # the only script sent as a Command is APPEND_SCRIPT
-            return await _arun(client, APPEND_SCRIPT, *request.args)
-        pipe = client.pipeline(transaction=False)  # Exists
-        for key in request.keys:
-            pipe.exists(key)
-        return await pipe.execute()
+        commands = commands_of(request)
+        replies = await _async_replies(client, commands)
+        for i, script in _unloaded(commands, replies):
+            await client.script_load(script)
+            replies[i] = _checked((await _async_replies(client, commands[i : i + 1]))[0])
+        return replies if isinstance(request, Pipeline) else replies[0]
 
     @override
     def handle(self, op: StoreOp) -> object:
@@ -465,7 +528,9 @@ class RedisStore(RedisOperations):
         collector, self._collector = self._collector, None
         if collector is not None:
             collector.stop()
-        client, self._client = self._client, None
+        client, self._client, wire, self._wire = self._client, None, self._wire, None
+        if wire is not None:
+            wire.close()
         if client is not None and self._owns_client:
             close_client(client)
         with self._lock:

@@ -9,7 +9,14 @@ from importlib import resources
 
 from ctx_memory.stores import _redis_lua
 
-LUA_FILES = ("append.lua", "append_new.lua", "common.lua", "index.lua", "session.lua")
+LUA_FILES = (
+    "append.lua",
+    "append_new.lua",
+    "common.lua",
+    "index.lua",
+    "session.lua",
+    "touch.lua",
+)
 
 
 def test_the_scripts_are_found_as_package_resources() -> None:
@@ -21,7 +28,12 @@ def test_the_scripts_are_found_as_package_resources() -> None:
 
 
 def test_the_scripts_are_composed_without_markers() -> None:
-    scripts = (_redis_lua.SESSION_SCRIPT, _redis_lua.INDEX_SCRIPT, _redis_lua.APPEND_SCRIPT)
+    scripts = (
+        _redis_lua.SESSION_SCRIPT,
+        _redis_lua.INDEX_SCRIPT,
+        _redis_lua.APPEND_SCRIPT,
+        _redis_lua.TOUCH_SCRIPT,
+    )
     common = resources.files("ctx_memory.stores").joinpath("lua", "common.lua").read_text()
     for script in scripts:
         assert not _redis_lua._INCLUDE.search(script)
@@ -29,9 +41,10 @@ def test_the_scripts_are_composed_without_markers() -> None:
     assert common in _redis_lua.SESSION_SCRIPT
     assert common in _redis_lua.INDEX_SCRIPT
     assert common not in _redis_lua.APPEND_SCRIPT
+    assert common not in _redis_lua.TOUCH_SCRIPT
     assert "for i = 5, #ARGV, 3 do" in _redis_lua.SESSION_SCRIPT
     assert "for i = 2, #ARGV, 3 do" in _redis_lua.APPEND_SCRIPT
-    assert len({hashlib.sha1(s.encode()).hexdigest() for s in scripts}) == 3
+    assert len({hashlib.sha1(s.encode()).hexdigest() for s in scripts}) == 4
 
 
 def test_keys_codecs_and_scripts_import_no_redis_client() -> None:

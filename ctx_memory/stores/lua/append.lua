@@ -34,9 +34,15 @@ if ttl ~= '0' then
   end
 end
 if nk == 7 then
-  local IDX = KEYS[6]
+  -- The LRU touch: nothing when the session is the most recent already (a chat's user and
+  -- assistant messages come in pairs; the session exists, so the write that created it
+  -- moved its score already, see index_touch); the id list LEX only when the session was
+  -- missing from the index (LEX is written with IDX, or built from it once: it holds every
+  -- indexed session).
+  local IDX, member = KEYS[6], string.sub(H, #H - 66, #H - 3) .. r[1]
   local top = redis.call('ZRANGE', IDX, -1, -1, 'WITHSCORES')
-  redis.call('ZADD', IDX, (tonumber(top[2]) or 0) + 1, string.sub(H, #H - 66, #H - 3) .. r[1])
-  redis.call('ZADD', KEYS[7], 0, r[1])
+  if top[1] ~= member and redis.call('ZADD', IDX, (tonumber(top[2]) or 0) + 1, member) == 1 then
+    redis.call('ZADD', KEYS[7], 0, r[1])
+  end
 end
 return (n + again) * 2

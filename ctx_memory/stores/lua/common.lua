@@ -97,9 +97,13 @@ end
 
 -- Index: IDX scores members (tag + id) by a logical access clock (the highest score + 1),
 -- so the LRU order is exact even within one millisecond. LEX holds the same sessions by id
--- alone, all scored 0, so ZRANGEBYLEX pages through them in id order.
+-- alone, all scored 0, so ZRANGEBYLEX pages through them in id order. The touch of an
+-- existing session on top already (the most recent) leaves it as it is; a write's touch
+-- always moves the score, which tells a listing that dropped nothing yet that the session
+-- was written (re-created) since it found the session gone (forget_stale).
 local function index_touch(idx, lex, member, must_exist)
   local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
+  if must_exist and top[1] == member then return end
   local tick = (tonumber(top[2]) or 0) + 1
   if must_exist then
     redis.call('ZADD', idx, 'XX', tick, member)

@@ -1,4 +1,5 @@
 -- INDEX_SCRIPT: the session index alone (Redis Cluster, gc, list); common.lua comes first.
+-- A read's touch is TOUCH_SCRIPT (touch.lua).
 
 local IDX, LEX, LEXV = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[1]
@@ -14,10 +15,6 @@ if op == 'write' then
     end
   end
   return {expired, evicted}
-
-elseif op == 'read' then
-  index_touch(IDX, LEX, ARGV[2], true)
-  return 1
 
 elseif op == 'members' then
   return redis.call('ZRANGE', IDX, 0, -1, 'WITHSCORES')

@@ -313,29 +313,14 @@ elseif op == 'msgdel' or op == 'msgset' or op == 'truncate' then
   keep_token(result, 0)
   return result
 
+-- Reads: the whole document, one snapshot (the header, the history and the fetched items
+-- agree), and whether the session exists. The other reads (history, count, header, fetched
+-- items) are plain commands sent with TOUCH_SCRIPT (touch.lua).
 elseif op == 'doc' then
   local h = redis.call('HMGET', H, 'id', 'sp', 'md', 'sh', 'mc', 'tc', 'ts')
   if not h[1] then return false end
   read_touch()
   return {h, redis.call('LRANGE', M, 0, -1), redis.call('LRANGE', F, 0, -1)}
-
-elseif op == 'head' then
-  local h = redis.call('HMGET', H, 'id', 'sp', 'md', 'sh', 'mc', 'tc', 'ts')
-  if not h[1] then return false end
-  read_touch()
-  return h
-
-elseif op == 'msgs' then
-  read_touch()
-  return redis.call('LRANGE', M, ARGV[5], ARGV[6])
-
-elseif op == 'count' then
-  read_touch()
-  return redis.call('LLEN', M)
-
-elseif op == 'fetched' then
-  read_touch()
-  return redis.call('LRANGE', F, 0, -1)
 
 elseif op == 'exists' then
   local e = redis.call('EXISTS', H)

@@ -1,0 +1,164 @@
+"""The sync hot path to one Redis server: commands packed here, sent on a pooled connection.
+
+``client.execute_command`` costs more client time than the round trip it makes on an idle
+server (observability hooks, a retry closure, packing through the encoder, the pool's
+checks on every checkout and return). For a plain ``redis.Redis`` client (one server, or
+the master behind Sentinel) the store sends its commands with a :class:`Wire` instead,
+keeping what matters of that path:
+
+* connections are the client's (its pool makes them: its options, TLS, the Sentinel
+  master lookup and reconnects apply);
+* the connection's ``Retry`` repeats a round trip that lost its connection (every write
+  the store sends is safe to repeat: message ids and write tokens);
+* an error reply is returned as a value after every reply of the round trip has been
+  read, so the connection stays in step; one that failed otherwise is closed.
+
+A client the store made keeps its connections between calls (``keep``): a stack of idle
+connections, as many as calls ran at once, taken back from the pool only by ``close``.
+Checking a connection out of the pool and back costs about a fifth of a round trip (and a
+``poll``), which the pool spends on finding one closed by the server or left with unread
+replies; the second cannot happen here, and the first is checked as the pool checks it
+for a connection idle longer than :data:`IDLE_CHECK` seconds (a connection closed while
+in use fails its round trip, which the ``Retry`` repeats). A connection made before a
+``fork`` is never used by the child. A client given to the store is used through its pool
+on every call, so the store holds none of its connections between calls.
+
+Arguments are packed as RESP bulk strings: ``bytes`` as they are, ``str`` as UTF-8 (what
+the store writes is valid Unicode), ``int`` and ``float`` as their decimal text. Replies
+are the parser's, without redis-py's response callbacks (the store reads none that has
+one but ``ZMSCORE``, whose raw scores it passes back as they are).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = ["IDLE_CHECK", "Wire", "pack", "pack_args", "pack_prepared"]
+
+IDLE_CHECK = 1.0
+"""Seconds a kept connection may stay idle before it is checked (closed by the server?)."""
+
+
+def _bulk(arg: Any) -> bytes:
+    if isinstance(arg, bytes):
+        data = arg
+    elif isinstance(arg, str):
+        data = arg.encode()
+    elif isinstance(arg, (int, float)) and not isinstance(arg, bool):
+        data = repr(arg).encode()
+    else:
+        msg = f"cannot send a {type(arg).__name__} to Redis: {arg!r}"
+        raise TypeError(msg)
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
+def pack_args(args: Sequence[Any]) -> bytes:
+    """The RESP bulk strings of ``args``, without the array header (a command's part)."""
+    return b"".join([_bulk(arg) for arg in args])
+
+
+def pack(commands: Sequence[Sequence[Any]]) -> bytes:
+    """The RESP request of ``commands``, one after the other."""
+    return b"".join(b"*%d\r\n%b" % (len(command), pack_args(command)) for command in commands)
+
+
+def pack_prepared(count: int, packed: bytes, tail: Sequence[Any]) -> bytes:
+    """The RESP request of one command of ``count`` arguments whose first are ``packed``."""
+    return b"*%d\r\n%b%b" % (count, packed, pack_args(tail))
+
+
+def _takes_no_command_name(pool_class: type[Any]) -> bool:
+    """Whether ``get_connection()`` may be called bare (redis-py >= 5.3; deprecated after)."""
+    try:
+        parameter = inspect.signature(pool_class.get_connection).parameters.get("command_name")
+    except (TypeError, ValueError):
+        return True
+    return parameter is None or parameter.default is not inspect.Parameter.empty
+
+
+def _read(connection: Any) -> Any:
+    try:
+        return connection.read_response()
+    except ResponseError as error:  # the reply was read: the connection stays in step
+        return error
+
+
+def _closed(connection: Any) -> bool:
+    """The pool's check of a connection it hands out: closed, or data nobody asked for."""
+    try:
+        return bool(connection.can_read())
+    except (OSError, RedisConnectionError, RedisTimeoutError):
+        return True
+
+
+class Wire:
+    """Send packed requests on connections of ``pool`` (see the module docstring).
+
+    Args:
+        pool: The client's connection pool.
+        keep: Keep connections between calls (a client the store made), else check one
+            out of the pool for each call and return it.
+    """
+
+    def __init__(self, pool: Any, *, keep: bool) -> None:
+        self.pool = pool
+        self.keep = keep
+        self._idle: list[tuple[Any, float]] = []  # (connection, idle since): a stack
+        self._bare = _takes_no_command_name(type(pool))
+
+    def _take(self) -> Any:
+        idle = self._idle
+        while idle:
+            try:
+                connection, since = idle.pop()
+            except IndexError:  # another thread took the last one
+                break
+            if connection.pid != os.getpid():
+                continue  # made before a fork: the parent's
+            if time.monotonic() - since > IDLE_CHECK and _closed(connection):
+                connection.disconnect()  # the next send connects again
+            return connection
+        return self.pool.get_connection() if self._bare else self.pool.get_connection("EVALSHA")
+
+    def _give(self, connection: Any) -> None:
+        if self.keep:
+            self._idle.append((connection, time.monotonic()))
+        else:
+            self.pool.release(connection)
+
+    def roundtrip(self, request: bytes, count: int) -> list[Any]:
+        """Send ``request`` (``count`` packed commands); their replies, errors as values."""
+        connection = self._take()
+        try:
+            chunks = [request]
+
+            def attempt() -> list[Any]:
+                connection.send_packed_command(chunks)
+                return [_read(connection) for _ in range(count)]
+
+            replies: list[Any] = connection.retry.call_with_retry(
+                attempt, lambda _error: connection.disconnect()
+            )
+        except BaseException:
+            connection.disconnect()  # a reply may be left unread: never use it as it is
+            raise
+        finally:
+            self._give(connection)
+        return replies
+
+    def close(self) -> None:
+        """Give the kept connections back to the pool (which the client's close closes)."""
+        idle, self._idle = self._idle, []
+        for connection, _ in idle:
+            if connection.pid == os.getpid():
+                self.pool.release(connection)
