@@ -269,12 +269,15 @@ def build_recall_tool(
         return text
 
     def plan(
-        index: "RecallIndex", fetched: Mapping[str, Sequence[Mapping[str, Any]]], query: str
+        index: "RecallIndex",
+        fetched: Mapping[str, Sequence[Mapping[str, Any]]],
+        query: str,
+        vector: Sequence[float] | None = None,
     ) -> tuple[list[tuple[int, int]], str]:
         half = max_tokens // 2
         first = section(fetched, query, half) if fetched else ""
         spent = counter.count(first) if first else 0
-        found = tool_ranges(index, query, k, max_tokens - spent)
+        found = tool_ranges(index, query, k, max_tokens - spent, query_vector=vector)
         used = sum(index.cost(a, b) for a, b in found)
         if first and used < half:  # the turns left room: the sources may take it
             first = section(fetched, query, max_tokens - used)
@@ -284,7 +287,7 @@ def build_recall_tool(
         sid = runtime_session(runtime, session_id)
         index = recall.index(manager, sid, manager.get_header(sid))
         fetched = manager.get_fetched_context(sid) if sources else {}
-        found, text = plan(index, fetched, query)
+        found, text = plan(index, fetched, query, recall.embed_query(query, index))
         parts = [(a, manager.get_message_range(sid, a, b - 1)) for a, b in found]
         return _answer(query, parts, text, with_sources=sources)
 
@@ -292,7 +295,7 @@ def build_recall_tool(
         sid = runtime_session(runtime, session_id)
         index = await recall.aindex(manager, sid, await manager.aget_header(sid))
         fetched = await manager.aget_fetched_context(sid) if sources else {}
-        found, text = plan(index, fetched, query)
+        found, text = plan(index, fetched, query, await recall.aembed_query(query, index))
         parts = [(a, await manager.aget_message_range(sid, a, b - 1)) for a, b in found]
         return _answer(query, parts, text, with_sources=sources)
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
+from langchain_core.embeddings import Embeddings
 from langchain_core.messages import BaseMessage, HumanMessage
 from langchain_core.prompt_values import ChatPromptValue
 from langchain_core.runnables import Runnable
@@ -237,6 +238,18 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             :attr:`AssembledPrompt.model_kwargs`). None by default.
         recall: The index cache to use (default: the manager's shared one,
             :func:`ctx_memory.recall.recall_for`).
+        embeddings: A LangChain ``Embeddings`` (e.g. ``OpenAIEmbeddings()``) for hybrid
+            recall: each message is embedded once, when it is indexed
+            (``embed_documents``, batched; ``aembed_documents`` on the async path), the
+            question once per assembly that recalls (``embed_query`` /
+            ``aembed_query``), and older turns are ranked by BM25 and cosine similarity
+            fused (reciprocal rank fusion,
+            :meth:`~ctx_memory.recall.RecallIndex.hybrid_search`), so a turn sharing no
+            word with the question can be recalled. A failing call makes that assembly's
+            recall lexical, logs a warning and adds a line to the report's
+            ``compaction_notes``. The index cache is then
+            ``recall_for(manager, embeddings)`` (or ``recall``'s, whose ``embeddings``
+            this must be). Default ``None``: BM25 alone, as before.
         compaction: A :class:`~ctx_memory.compaction.CompactionPolicy`: stored
             compactions are then used in place of the messages they cover, old tool
             outputs are cleared from the prompt, and each build first summarises the
@@ -292,6 +305,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         recall: Recall | None = None,
         compaction: CompactionPolicy | None = None,
         pinned_source_types: Sequence[str] = (),
+        embeddings: Embeddings | None = None,
     ) -> None:
         if max_tokens <= 0 or reserve_tokens < 0 or reserve_tokens >= max_tokens:
             msg = (
@@ -323,6 +337,13 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         self.recall_share = recall_share
         self.trim_block = trim_block
         self.cache_hints = frozenset(cache_hints)
+        if embeddings is not None and not isinstance(embeddings, Embeddings):
+            msg = f"embeddings must be a LangChain Embeddings, got {type(embeddings).__name__}"
+            raise ValidationError(msg)
+        if recall is not None and embeddings is not None and recall.embeddings is not embeddings:
+            msg = "recall= was made with other embeddings: pass embeddings to Recall(...) only"
+            raise ValidationError(msg)
+        self.embeddings = embeddings if recall is None else recall.embeddings
         self._recall = recall
         if compaction is not None and not isinstance(compaction, CompactionPolicy):
             msg = f"compaction must be a CompactionPolicy or None, got {type(compaction).__name__}"
@@ -342,7 +363,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
     def recall(self) -> Recall:
         """The session index cache recall uses (the manager's shared one by default)."""
         if self._recall is None:
-            self._recall = recall_for(self.manager)
+            self._recall = recall_for(self.manager, self.embeddings)
         return self._recall
 
     @property
@@ -420,15 +441,19 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             draft, fetched, query=query, exclude_last=exclude_last, skip_ids=skip_ids,
             view=self._view(header),
         )  # fmt: skip
-        index = self.recall.index(self.manager, session_id, header) if plan.recalls else None
-        choice, chunks = recall_step(plan, index)
+        notes: list[str] = []
+        index, vector = None, None
+        if plan.recalls:
+            index = self.recall.index(self.manager, session_id, header, notes=notes)
+            vector = self.recall.embed_query(plan.query, index, notes=notes)
+        choice, chunks = recall_step(plan, index, query_vector=vector)
         window = read_history_window(self.manager, session_id, chunks)
         reads = choice.reads if choice is not None else []
         recalled = [self.manager.get_message_range(session_id, a, b) for a, b in reads]
         excluded: list[dict[str, Any]] = []
         if plan.reads_excluded:
             excluded = self.manager.get_message_range(session_id, plan.end, plan.stored - 1)
-        return self._finish(plan, window, excluded, choice, recalled, outcome)
+        return self._finish(plan, window, excluded, choice, recalled, outcome, notes)
 
     async def abuild(
         self,
@@ -475,15 +500,19 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             draft, fetched, query=query, exclude_last=exclude_last, skip_ids=skip_ids,
             view=self._view(header),
         )  # fmt: skip
-        index = await self.recall.aindex(self.manager, session_id, header) if plan.recalls else None
-        choice, chunks = recall_step(plan, index)
+        notes: list[str] = []
+        index, vector = None, None
+        if plan.recalls:
+            index = await self.recall.aindex(self.manager, session_id, header, notes=notes)
+            vector = await self.recall.aembed_query(plan.query, index, notes=notes)
+        choice, chunks = recall_step(plan, index, query_vector=vector)
         window = await aread_history_window(self.manager, session_id, chunks)
         reads = choice.reads if choice is not None else []
         recalled = [await self.manager.aget_message_range(session_id, a, b) for a, b in reads]
         excluded: list[dict[str, Any]] = []
         if plan.reads_excluded:
             excluded = await self.manager.aget_message_range(session_id, plan.end, plan.stored - 1)
-        return self._finish(plan, window, excluded, choice, recalled, outcome)
+        return self._finish(plan, window, excluded, choice, recalled, outcome, notes)
 
     # ------------------------------------------------------------ build: pure steps
 
@@ -572,8 +601,10 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         choice: RecallChoice | None,
         recalled: Sequence[Sequence[Mapping[str, Any]]],
         outcome: CompactionOutcome | None = None,
+        recall_notes: Sequence[str] = (),
     ) -> AssembledPrompt:
         notes = [outcome.reason] if outcome is not None and outcome.failed else []
+        notes.extend(recall_notes)
         return finish_prompt(
             plan,
             window,

@@ -12,6 +12,11 @@ what lies between (``[… 37 earlier messages not shown …]``).
 
 :func:`recall_step` runs the choice for an assembly and :func:`finish_recalled` turns
 what was read into messages (classic layout) or text on the last user message (stable).
+
+Given the question's vector (hybrid recall: the assembler's ``embeddings=``), the hits
+come from :meth:`~ctx_memory.recall.RecallIndex.hybrid_search` (BM25 and cosine
+similarity fused by reciprocal rank fusion) instead of BM25 alone; without one, nothing
+differs.
 """
 
 from __future__ import annotations
@@ -74,9 +79,12 @@ class RecalledTurn:
     Attributes:
         start: Position of its first message.
         stop: Position after its last message.
-        score: Its best hit's BM25 score.
+        score: Its best hit's score (BM25; hybrid recall: the fused score).
         hits: ``(position, score, terms)`` of the messages in it that matched.
         cost: Cached tokens of its messages.
+        signals: Hybrid recall only: ``(position, BM25 score, cosine similarity)`` of
+            each hit, the similarity ``None`` where the vector ranking did not count
+            (no vector, or not among the nearest).
     """
 
     start: int
@@ -84,6 +92,7 @@ class RecalledTurn:
     score: float
     hits: tuple[tuple[int, float, tuple[str, ...]], ...]
     cost: int
+    signals: tuple[tuple[int, float, float | None], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -120,16 +129,28 @@ def choose_turns(
     budget: int,
     overhead: int,
     skip_ids: frozenset[str] = frozenset(),
+    query_vector: Sequence[float] | None = None,
 ) -> RecallChoice:
     """The best-matching whole turns before position ``before`` within ``budget``.
 
     Each turn's cost is its cached tokens plus ``overhead`` (a gap marker or the text
     a layout adds). Turns are taken best first; one that does not fit is passed over
-    for a smaller one. Messages whose id is in ``skip_ids`` are never recalled.
+    for a smaller one. Messages whose id is in ``skip_ids`` are never recalled. With
+    ``query_vector`` (and vectors in the index) the hits are those of
+    :meth:`~ctx_memory.recall.RecallIndex.hybrid_search`, else of BM25 alone.
     """
     chosen: dict[int, list[Any]] = {}
     spent = 0
-    for position, score, terms in index.search(query, k=MAX_HITS, before=before):
+    signals: dict[int, tuple[float, float | None]] = {}
+    if query_vector is not None and index.vector_count:
+        found: list[tuple[int, float, tuple[str, ...]]] = []
+        for hit in index.hybrid_search(query, query_vector, k=MAX_HITS, before=before):
+            found.append((hit.position, hit.score, hit.terms))
+            similarity = hit.similarity if hit.vector_rank is not None else None
+            signals[hit.position] = (hit.bm25, similarity)
+    else:
+        found = index.search(query, k=MAX_HITS, before=before)
+    for position, score, terms in found:
         start, stop = index.turn(position)
         stop = min(stop, before)
         entry = chosen.get(start)
@@ -144,7 +165,14 @@ def choose_turns(
         spent += cost + overhead
         chosen[start] = [start, stop, score, [(position, score, terms)], cost]
     turns = tuple(
-        RecalledTurn(s, e, score, tuple(hits), cost)
+        RecalledTurn(
+            s,
+            e,
+            score,
+            tuple(hits),
+            cost,
+            tuple((p, *signals[p]) for p, _, _ in hits if p in signals),
+        )
         for s, e, score, hits, cost in (chosen[key] for key in sorted(chosen))
     )
     ids = {p: index.ids[p] for t in turns for p, _, _ in t.hits}
@@ -204,22 +232,38 @@ def recalled_entries(
     turns: Sequence[tuple[RecalledTurn, Sequence[Mapping[str, Any]]]],
     ids: Mapping[int, str | None],
 ) -> list[dict[str, Any]]:
-    """The report's ``recalled`` list: one JSON-native dict per matching message."""
+    """The report's ``recalled`` list: one JSON-native dict per matching message.
+
+    ``message_id``, ``index``, ``score``, ``terms`` and ``reason``
+    (``"BM25 3.20 on passport, number; whole turn 4-5 (2 messages)"``). A hybrid hit's
+    ``score`` is its fused score, with ``bm25`` and ``similarity`` (cosine, ``None``
+    where the vector ranking did not count) beside it, and its reason says which
+    ranking found it (``"BM25 3.20 on passport + vector 0.81 (fused 0.0325); …"``,
+    ``"vector 0.77 (fused 0.0164); …"``).
+    """
     out: list[dict[str, Any]] = []
     for turn, records in turns:
+        signals = {p: (bm25, similarity) for p, bm25, similarity in turn.signals}
+        whole = f"whole turn {turn.start}-{turn.stop - 1} ({len(records)} messages)"
         for position, score, terms in turn.hits:
-            out.append(
-                {
-                    "message_id": ids.get(position),
-                    "index": position,
-                    "score": round(score, 4),
-                    "terms": list(terms),
-                    "reason": (
-                        f"BM25 {score:.2f} on {', '.join(terms)}; whole turn "
-                        f"{turn.start}-{turn.stop - 1} ({len(records)} messages)"
-                    ),
-                }
-            )
+            entry: dict[str, Any] = {
+                "message_id": ids.get(position),
+                "index": position,
+                "score": round(score, 4),
+                "terms": list(terms),
+            }
+            if position not in signals:
+                entry["reason"] = f"BM25 {score:.2f} on {', '.join(terms)}; {whole}"
+                out.append(entry)
+                continue
+            bm25, similarity = signals[position]
+            found = [f"BM25 {bm25:.2f} on {', '.join(terms)}"] if terms else []
+            if similarity is not None:
+                found.append(f"vector {similarity:.2f}")
+            entry["bm25"] = round(bm25, 4)
+            entry["similarity"] = round(similarity, 4) if similarity is not None else None
+            entry["reason"] = f"{' + '.join(found)} (fused {score:.4f}); {whole}"
+            out.append(entry)
     return out
 
 
@@ -240,7 +284,10 @@ def recency_start(index: RecallIndex, end: int, budget: int) -> int:
 
 
 def recall_step(
-    plan: PromptPlan, index: RecallIndex | None
+    plan: PromptPlan,
+    index: RecallIndex | None,
+    *,
+    query_vector: Sequence[float] | None = None,
 ) -> tuple[RecallChoice | None, HistoryChunks]:
     """The older turns to recall, and the window to read with what they leave.
 
@@ -248,7 +295,8 @@ def recall_step(
     start, within the recall budget. In the classic layout what recall did not use
     goes back to the window; in the stable layout the window's budget stays as planned
     (its start must not depend on the question). Turns the window ends up holding are
-    passed over when finishing.
+    passed over when finishing. ``query_vector``: the question's vector, for hybrid
+    recall (:func:`choose_turns`).
     """
     if index is None or not plan.recalls:
         return None, plan.history
@@ -263,6 +311,7 @@ def recall_step(
         budget=plan.recall_budget - _MARKER_ESTIMATE,  # the marker between recall and window
         overhead=overhead,
         skip_ids=plan.skip_ids,
+        query_vector=query_vector,
     )
     if not choice.turns:
         return None, plan.history
