@@ -27,6 +27,7 @@ from ctx_memory.stores.base import (
     assemble_document,
     check_shared_size,
     deep_merge,
+    shared_result,
 )
 from ctx_memory.stores.ops import (
     AppendFetched,
@@ -92,6 +93,30 @@ def _init_args(init: Header) -> tuple[str, str, str, str | None]:
     meta = init["metadata"]
     ts = dumps(meta["timestamp"]) if "timestamp" in meta else None
     return dumps(init["system_prompt"]), dumps(meta), dumps(init["shared"]), ts
+
+
+def _not_json(value: object) -> Any:
+    msg = f"Object of type {type(value).__name__} is not JSON serializable"
+    raise TypeError(msg)
+
+
+# An append sends its init header every time (the server uses it only to create the
+# session). ``schema.dumps`` sets up a C encoder on every call, about half the cost of
+# encoding a header; one is built once here, with the same options (the text is the same)
+# and no cycle check: headers hold JSON values only (a cycle would raise RecursionError).
+_C_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)  # None without _json (PyPy)
+_encode_header = (
+    _C_ENCODER(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False)
+    if _C_ENCODER is not None
+    else None
+)
+
+
+def _header_json(init: Header) -> str:
+    """``dumps(init)``."""
+    if _encode_header is None:  # pragma: no cover - CPython has the C encoder
+        return dumps(init)
+    return "".join(_encode_header(init, 0))
 
 
 def _header(row: Sequence[Any]) -> Header:
@@ -353,36 +378,42 @@ class PostgresOperations(BaseStore):
         ms = op.messages
         if len(ms) == 1:  # the common case: scalar parameters, plain SQL on a live session
             (m,) = ms
-            params: dict[str, Any] = {
-                "id": op.session_id,
-                "mid": m.id,
-                "tokens": m.tokens,
-                "body": m.json,
-                "now": dumps(op.now),
-                "init": dumps(op.init),
-                "ttl": self.ttl_seconds,
-                "max": self.max_sessions,
-            }
-            sql = self._append_one_sql
+            (reply,) = yield Statement(
+                self._append_one_sql,
+                {
+                    "id": op.session_id,
+                    "mid": m.id,
+                    "tokens": m.tokens,
+                    "body": m.json,
+                    "now": json.encoder.encode_basestring(op.now),  # dumps(op.now): a str
+                    "init": _header_json(op.init),
+                    "ttl": self.ttl_seconds,
+                    "max": self.max_sessions,
+                },
+            )
+            if not reply:  # appended to a live session
+                return shared_result(False, 1)
+            created, added, expired, evicted = json.loads(reply)
         else:
             sp, md, sh, ts = _init_args(op.init)
-            params = {
-                "id": op.session_id,
-                "ids": [m.id for m in ms],
-                "tokens": [m.tokens for m in ms],
-                "bodies": [m.json for m in ms],
-                "now": dumps(op.now),
-                "sp": sp,
-                "md": md,
-                "sh": sh,
-                "ts": ts,
-                "ttl": self.ttl_seconds,
-                "max": self.max_sessions,
-            }
-            sql = self._append_sql
-        created, added, expired, evicted = yield Statement(sql, params)
-        found.add(expired, evicted)  # (NULL arrays from the plain SQL path)
-        return WriteResult(created=created, added=added, evicted=tuple(evicted or ()))
+            created, added, expired, evicted = yield Statement(
+                self._append_sql,
+                {
+                    "id": op.session_id,
+                    "ids": [m.id for m in ms],
+                    "tokens": [m.tokens for m in ms],
+                    "bodies": [m.json for m in ms],
+                    "now": dumps(op.now),
+                    "sp": sp,
+                    "md": md,
+                    "sh": sh,
+                    "ts": ts,
+                    "ttl": self.ttl_seconds,
+                    "max": self.max_sessions,
+                },
+            )
+        found.add(expired, evicted)
+        return shared_result(created, added, evicted)
 
     def _append_fetched(
         self, op: AppendFetched, found: Found

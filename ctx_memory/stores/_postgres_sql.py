@@ -8,7 +8,7 @@ message ids and every stored value travel as bound parameters.
 
 Tables (schema version :data:`SCHEMA_VERSION`, kept in ``meta``)::
 
-    meta(key, value)                        -- ('schema_version', '1')
+    meta(key, value)                        -- ('schema_version', '2')
     sessions(sk, id, sp, md, sh, mc, tc, ts, n_messages, n_fetched, expires_at, last_access)
     messages(sk, pos, id, tokens, body)     -- PRIMARY KEY (sk, pos), UNIQUE (sk, id)
     fetched(sk, seq, source_type, body)     -- PRIMARY KEY (sk, seq)
@@ -26,7 +26,7 @@ session row in place (a HOT update), and garbage collection and LRU eviction sca
 
 Writes that need no value computed in Python are one statement each: appending one message
 to a live session is plain SQL (:meth:`SchemaSql.append_one`: an ``UPDATE`` of the session
-row and an ``INSERT``, with the plpgsql function ``append`` as its fallback in the same
+row and an ``INSERT``, with the plpgsql function ``append_one`` as its fallback in the same
 statement); ``append`` (several messages, or a session to create), ``append_fetched`` and
 ``collect`` (garbage collection) are plpgsql functions; the other writes run in one
 transaction that locks the session row (``upsert`` or ``live`` first).
@@ -51,15 +51,19 @@ __all__ = [
     "schema_name_problem",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """The layout this module writes (``meta.schema_version``)."""
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {}
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 1 -> 2: the function append_one (the fallback of the one-message append). The tables
+    # are unchanged; the functions are re-created after every migration, which adds it.
+    1: (),
+}
 """Statements taking a schema from version ``k`` to ``k + 1`` (``{s}`` is the schema).
 
-Version 1 is the first layout: there is nothing to migrate from yet. Opening a schema of an
-older version runs the statements from its version up, then re-creates the functions, in
-one transaction.
+Opening a schema of an older version runs the statements from its version up, then
+re-creates the functions, in one transaction. Version 1 is the first layout; version 2
+adds the function ``append_one`` (no table changes).
 """
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
@@ -324,6 +328,26 @@ BEGIN
 END
 $fn$;
 
+-- Append one message (the fallback of SchemaSql.append_one: no live session, or a known
+-- id): append with one-element arrays and the init header split from one JSON text (json,
+-- not jsonb: each part is the text as written). The result as one JSON text:
+-- [created, added, expired, evicted].
+CREATE OR REPLACE FUNCTION {s}.append_one(p_id text, p_mid text, p_tokens bigint,
+                                          p_body text, p_now text, p_init text,
+                                          p_ttl float8, p_max integer) RETURNS text
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    j json := p_init::json;
+    a record;
+BEGIN
+    a := {s}.append(p_id, ARRAY[p_mid], ARRAY[p_tokens], ARRAY[p_body], p_now,
+                    (j -> 'system_prompt')::text, (j -> 'metadata')::text,
+                    (j -> 'shared')::text, (j -> 'metadata' -> 'timestamp')::text,
+                    p_ttl, p_max);
+    RETURN json_build_array(a.o_created, a.o_added, a.o_expired, a.o_evicted)::text;
+END
+$fn$;
+
 -- Append fetched items; with p_dedupe, skip those whose fingerprint is stored.
 CREATE OR REPLACE FUNCTION {s}.append_fetched(p_id text, p_types text[], p_bodies text[],
                                               p_fps text[], p_dedupe boolean, p_now text,
@@ -469,17 +493,20 @@ class SchemaSql:
         )
 
     def append_one(self) -> bytes:
-        """The statement appending one message: plain SQL, the function only as fallback.
+        """The statement appending one message: plain SQL, a function only as fallback.
 
         The common case, a live session and a new message id, is an ``UPDATE`` of the
         session row (counters, timestamp, TTL, LRU clock; it takes the row lock, so appends
         to one session serialise and each sees the length the previous one left) and an
         ``INSERT`` at the position it returned: about 30 µs on the server, against 80 µs
-        for the plpgsql function (its per-call and per-statement overhead). When the
-        ``UPDATE`` matches nothing (no such session, an expired one, or a message id the
-        session holds), the same statement calls ``append``, which creates, expires,
-        evicts or skips as it always did; its arguments, the init header included
-        (``init``: one JSON text, split on the server), are evaluated only then.
+        for the plpgsql function ``append`` (its per-call and per-statement overhead).
+        The reply is then ``''``. When the ``UPDATE`` matches nothing (no such session, an
+        expired one, or a message id the session holds), the same statement calls
+        ``append_one``, which calls ``append`` (it creates, expires, evicts or skips) and
+        replies ``[created, added, expired, evicted]`` as JSON text. ``coalesce`` calls it
+        only then; being a function, it adds little to the statement's plan, which is set
+        up on every execution (an inline fallback, ``UNION ALL SELECT * FROM append(...)``
+        with its arguments, cost about 20 µs more per append though never run).
 
         A concurrent append of the same id that commits while this one waits for the row
         lock is not seen by this statement's snapshot: the ``INSERT`` then fails on
@@ -499,16 +526,9 @@ class SchemaSql:
             "i AS (INSERT INTO {s}.messages (sk, pos, id, tokens, body) "
             "SELECT u.sk, u.n_messages - 1, %(mid)s::text, %(tokens)s::bigint, %(body)s::text "
             "FROM u) "
-            "SELECT false, 1, NULL::text[], NULL::text[] FROM u "
-            "UNION ALL "
-            "SELECT a.o_created, a.o_added, a.o_expired, a.o_evicted FROM {s}.append("
-            "%(id)s::text, ARRAY[%(mid)s::text], ARRAY[%(tokens)s::bigint], "
-            "ARRAY[%(body)s::text], %(now)s::text, "
-            "(%(init)s::json -> 'system_prompt')::text, (%(init)s::json -> 'metadata')::text, "
-            "(%(init)s::json -> 'shared')::text, "
-            "(%(init)s::json -> 'metadata' -> 'timestamp')::text, "
-            "%(ttl)s::float8, %(max)s::integer) AS a "
-            "WHERE NOT EXISTS (SELECT 1 FROM u)"
+            "SELECT coalesce((SELECT '' FROM u), {s}.append_one(%(id)s::text, %(mid)s::text, "
+            "%(tokens)s::bigint, %(body)s::text, %(now)s::text, %(init)s::text, "
+            "%(ttl)s::float8, %(max)s::integer))"
         )
 
     def read(self, kind: str, *, touch: bool) -> bytes:

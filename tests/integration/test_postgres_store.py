@@ -93,7 +93,7 @@ def test_one_statement_per_append_counted_by_the_server(counted_server: Any, ttl
         ((query, calls),) = seen.items()
         assert calls == 50
         assert query.startswith('WITH u AS (UPDATE "counted".sessions')  # plain SQL ...
-        assert '"counted".append(' in query  # ... with the function as its fallback
+        assert '"counted".append_one(' in query  # ... with a function as its fallback
         _reset(counted_server.url)
         assert len(cm.get_messages("s", last_k=20)) == 20  # the last 20: one statement too
         assert sum(_statements(counted_server.url).values()) == 1
@@ -144,6 +144,42 @@ def test_an_append_to_a_live_session_runs_no_function(counted_server: Any) -> No
         assert store.count_messages("s") == 1
 
 
+def test_the_init_header_split_on_the_server_is_stored_byte_for_byte(
+    store: PostgresStore, postgres_url: str
+) -> None:
+    """One message sends the init header as one JSON text the server splits; several send
+    its parts: both store the same texts, as ``dumps`` wrote them."""
+    header = init("x")
+    header["system_prompt"] = 'Tu es "utile" ✓ 😀'
+    header["metadata"].update({"n": 1.5, "big": 10**20, "nested": {"a": [1, "é", None]}})
+    header["shared"] = {"k": {"v": [True, False]}, "e": "\u2028"}
+    assert _postgres_ops._header_json(header) == dumps(header)
+    store.append_messages("one", [msg(1)], init={**header}, now=NOW)
+    store.append_messages("two", [msg(1), msg(2)], init={**header}, now=NOW)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        stored = dict(
+            conn.execute(
+                f'SELECT id, ARRAY[sp, md, sh] FROM "{store.schema}".sessions ORDER BY id'
+            ).fetchall()
+        )
+    meta = header["metadata"]
+    assert (
+        stored["one"]
+        == stored["two"]
+        == [
+            dumps(header["system_prompt"]),
+            dumps(meta),
+            dumps(header["shared"]),
+        ]
+    )
+    one, two = store.get_header("one"), store.get_header("two")
+    assert one is not None
+    assert two is not None
+    assert (one["system_prompt"], one["shared"]) == (header["system_prompt"], header["shared"])
+    assert one["metadata"] == {**meta, "message_count": 1, "token_count": 2}
+    assert two["metadata"] == {**meta, "message_count": 2, "token_count": 4}
+
+
 def test_a_concurrent_append_of_the_same_id_is_stored_once(
     store: PostgresStore, postgres_url: str
 ) -> None:
@@ -165,7 +201,7 @@ def test_a_concurrent_append_of_the_same_id_is_stored_once(
     }
     results: list[Any] = []
     with psycopg.connect(postgres_url) as other:  # a transaction held open
-        assert other.execute(store._append_one_sql, params).fetchone()[:2] == (False, 1)  # type: ignore[index]
+        assert other.execute(store._append_one_sql, params).fetchone() == ("",)  # appended
         waiter = threading.Thread(
             target=lambda: results.append(
                 store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
@@ -258,26 +294,63 @@ def test_a_newer_schema_is_refused_with_what_to_do(store: PostgresStore, postgre
     assert _password(postgres_url) not in message
     newer.close()
     with psycopg.connect(postgres_url, autocommit=True) as conn:  # nothing was changed
-        conn.execute(f"UPDATE \"{store.schema}\".meta SET value = '1'")
+        conn.execute(
+            f'UPDATE "{store.schema}".meta SET value = %s', (str(postgres_module.SCHEMA_VERSION),)
+        )
 
 
 def test_an_older_schema_is_migrated_keeping_its_data(
     postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Opening a schema an older version made runs the migrations, in one transaction."""
-    with PostgresStore(postgres_url, schema=pg_schema) as old:  # today's layout, version 1
+    today = postgres_module.SCHEMA_VERSION
+    with PostgresStore(postgres_url, schema=pg_schema) as old:  # today's layout
         ContextManager(store=old, token_counter="approximate").add_user_message("kept", "hi")
     step = ("ALTER TABLE {s}.sessions ADD COLUMN note text DEFAULT 'migrated'",)
-    monkeypatch.setitem(_postgres_sql.MIGRATIONS, 1, step)
-    monkeypatch.setattr(_postgres_ops, "SCHEMA_VERSION", 2)  # where the schema is checked
+    monkeypatch.setitem(_postgres_sql.MIGRATIONS, today, step)
+    monkeypatch.setattr(_postgres_ops, "SCHEMA_VERSION", today + 1)  # where it is checked
     with PostgresStore(postgres_url, schema=pg_schema) as new:
         assert [m["content"] for m in new.get_messages("kept")] == ["hi"]
         new.append_messages("kept", [msg(2)], init=init("kept"), now=NOW)
         assert new.count_messages("kept") == 2
-    assert _version(postgres_url, pg_schema) == "2"
+    assert _version(postgres_url, pg_schema) == str(today + 1)
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         (note,) = conn.execute(f'SELECT note FROM "{pg_schema}".sessions').fetchone()  # type: ignore[misc]
     assert note == "migrated"
+
+
+def _functions(url: str, schema: str) -> set[str]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT p.proname FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = %s",
+            (schema,),
+        ).fetchall()
+    return {name for (name,) in rows}
+
+
+def test_a_version_1_schema_gets_append_one(postgres_url: str, pg_schema: str) -> None:
+    """Version 1 (the first layout) had every function but ``append_one``: opening it adds
+    that function and records version 2; the sessions, their counters and appends go on."""
+    assert postgres_module.SCHEMA_VERSION == 2
+    with PostgresStore(postgres_url, schema=pg_schema, ttl_seconds=3600) as store:
+        store.append_messages("s", [msg(1), msg(2)], init=init("s"), now=NOW)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # back to version 1
+        conn.execute(f'DROP FUNCTION "{pg_schema}".append_one')
+        conn.execute(f"UPDATE \"{pg_schema}\".meta SET value = '1'")
+    assert "append_one" not in _functions(postgres_url, pg_schema)
+    assert {"append", "append_fetched", "upsert", "collect"} <= _functions(postgres_url, pg_schema)
+    with PostgresStore(postgres_url, schema=pg_schema, ttl_seconds=3600) as store:
+        assert store.append_messages("s", [msg(2)], init=init("s"), now=NOW).added == 0
+        assert store.append_messages("s", [msg(3)], init=init("s"), now=NOW).added == 1
+        created = store.append_messages("new", [msg(1)], init=init("new"), now=NOW)
+        assert (created.created, created.added) == (True, 1)
+        header = store.get_header("s")
+        assert header is not None
+        assert (header["metadata"]["message_count"], header["metadata"]["token_count"]) == (3, 6)
+        assert [m["content"] for m in store.get_messages("s")] == ["m1", "m2", "m3"]
+    assert _version(postgres_url, pg_schema) == "2"
+    assert "append_one" in _functions(postgres_url, pg_schema)
 
 
 def test_a_foreign_meta_table_is_refused(postgres_url: str, pg_schema: str) -> None:
