@@ -16,6 +16,10 @@ one. Everything runs in one process against that one server, interleaved, best o
   a role/content dict); ``SELECT ... ORDER BY id DESC LIMIT 20`` and ``json.loads``.
 * **langchain-postgres**: ``PostgresChatMessageHistory`` on its own connection;
   ``add_message``; it reads with ``.messages`` (the whole history; it has no last-k).
+
+When the server has ``pg_stat_statements`` (the private one does), the report ends with
+each implementation's mean server time per append and per last-20 read: the part of a
+round trip that is PostgreSQL's, apart from the client's Python and the loopback.
 """
 
 from __future__ import annotations
@@ -117,6 +121,34 @@ class Raw:
         return [json.loads(r[0]) for r in rows]
 
 
+class ServerTimes:
+    """Mean execution times on the server (``pg_stat_statements``), if it is loaded."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = psycopg.connect(url, autocommit=True)
+        try:
+            self.conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            self.conn.execute("SELECT pg_stat_statements_reset()")
+            self.available = True
+        except psycopg.Error:
+            self.available = False
+
+    def reset(self) -> None:
+        if self.available:
+            self.conn.execute("SELECT pg_stat_statements_reset()")
+
+    def mean(self, pattern: str) -> float | None:
+        """Mean seconds of the most called statement whose text matches ``pattern``."""
+        if not self.available:
+            return None
+        row = self.conn.execute(
+            "SELECT mean_exec_time FROM pg_stat_statements WHERE query LIKE %s "
+            "ORDER BY calls DESC LIMIT 1",
+            (pattern,),
+        ).fetchone()
+        return None if row is None else row[0] / 1e3
+
+
 def main() -> None:  # noqa: PLR0915 - one script, one report
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     from langchain_core.messages import HumanMessage
@@ -154,12 +186,20 @@ def main() -> None:  # noqa: PLR0915 - one script, one report
                 lc_append_session.add_message(message)
 
         cm.add_user_message("cm", "warm up")  # the session exists, as in a chat
+        stats = ServerTimes(url)
         append: dict[str, float] = {}
         for _ in range(ROUNDS):  # interleaved: the same machine load for each
             for name, fn in (("raw", raw_append), ("ctx_memory", cm_append), ("lc", lc_append)):
                 t = best(fn, rounds=1) / APPENDS
                 append[name] = min(append.get(name, float("inf")), t)
         rows["append"] = append
+        server_rows = {
+            "append": {
+                "raw": stats.mean("INSERT INTO raw_messages%"),
+                "ctx_memory": stats.mean('WITH u AS (UPDATE "bench".sessions%'),
+                "lc": stats.mean('INSERT INTO "lc_messages"%'),
+            }
+        }
 
         def fill(tag: str, n: int) -> tuple[str, Any]:
             raw.fill(f"raw-{tag}", n)
@@ -175,10 +215,16 @@ def main() -> None:  # noqa: PLR0915 - one script, one report
         for tag, n in (("small", SMALL), ("big", BIG)):
             _, history = fill(tag, n)
             label = f"last 20 of {n:,}"
+            stats.reset()
             rows[label] = {
                 "raw": best(lambda tag=tag: raw.last(f"raw-{tag}", 20), 200),
                 "ctx_memory": best(lambda tag=tag: cm.get_history(f"cm-{tag}", last_k=20), 200),
                 "lc": best(lambda history=history: history.messages[-20:], 2 if n > SMALL else 20),
+            }
+            server_rows[label] = {
+                "raw": stats.mean("SELECT message FROM raw_messages%LIMIT%"),
+                "ctx_memory": stats.mean('WITH s AS (SELECT * FROM "bench".sessions%LATERAL%'),
+                "lc": stats.mean('SELECT message FROM "lc_messages"%'),
             }
         _, history = fill("all", ALL)
         rows[f"read all {ALL:,}"] = {
@@ -238,6 +284,15 @@ def main() -> None:  # noqa: PLR0915 - one script, one report
             "longer langchain-postgres takes (> 1: ctx_memory is ahead). Times per append "
             "(per message for the writers), per read otherwise."
         )
+        if stats.available:
+            print("\nMean server time per statement (pg_stat_statements):")
+            for name, row in server_rows.items():
+                shown = "  ".join(
+                    f"{who} {_t(row[key]).strip() if row[key] is not None else '-'}"
+                    for key, who in (("raw", "raw"), ("ctx_memory", "ctx_memory"), ("lc", "lc"))
+                )
+                print(f"  {name:26} {shown}")
+        stats.conn.close()
         for r in raws:
             r.conn.close()
         for h in lcs:
