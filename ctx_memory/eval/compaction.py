@@ -37,10 +37,13 @@ request it could share a prefix with, and is counted apart).
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import random
 import time
 import warnings
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -599,6 +602,28 @@ def _stress_trace(  # noqa: PLR0915 - one generated session, start to end
     counts.traces += 1
 
 
+_CHUNK = 1000
+"""Generated traces per chunk (one in-memory store each; a worker process runs a chunk)."""
+
+
+def _stress_chunk(first: int, stop: int, seed: int, encoding_name: str) -> dict[str, int]:
+    """Traces ``first``..``stop - 1`` of a stress run, their counts (runs in a worker too)."""
+    import tiktoken  # noqa: PLC0415 - the bench group's, as the runner's
+
+    encoding = tiktoken.get_encoding(encoding_name)
+    counts = _StressCounts()
+    manager = ContextManager(store=InMemoryStore())
+    log = logging.getLogger("ctx_memory.compaction")
+    level = log.level
+    log.setLevel(logging.ERROR)  # thousands of failures on purpose: counted, not logged
+    try:
+        for index in range(first, stop):
+            _stress_trace(seed * 100_000 + index, manager, counts, encoding)
+    finally:
+        log.setLevel(level)
+    return asdict(counts)
+
+
 def run_stress(
     traces: int, seed: int, progress: Callable[[str], None], encoding: tiktoken.Encoding
 ) -> dict[str, Any]:
@@ -614,21 +639,34 @@ def run_stress(
     every summariser failure reported (a prompt's ``compaction_notes`` or the outcome),
     every live compaction against the history (ids at its positions, exact counts, the
     tool-call ids it covers, no call summarised without its result).
+
+    Each trace is seeded from ``seed`` and its number alone, so the counts are the same
+    however the run is split: in chunks of 1,000 over two worker processes where
+    ``fork`` is available and there are more than one chunk and CPU, else in this
+    process.
     """
-    counts = _StressCounts()
     started = time.perf_counter()
-    manager = ContextManager(store=InMemoryStore())
-    log = logging.getLogger("ctx_memory.compaction")
-    level = log.level
-    log.setLevel(logging.ERROR)  # thousands of failures on purpose: counted, not logged
-    try:
-        for index in range(traces):
-            if index % 1000 == 0:
-                progress(f"compaction stress: traces {index + 1}-{min(index + 1000, traces)}")
-                manager = ContextManager(store=InMemoryStore())  # keeps the store small
-            _stress_trace(seed * 100_000 + index, manager, counts, encoding)
-    finally:
-        log.setLevel(level)
-    out: dict[str, Any] = asdict(counts)
+    chunks = [(a, min(a + _CHUNK, traces)) for a in range(0, traces, _CHUNK)]
+    workers = min(os.cpu_count() or 1, 2, len(chunks))
+    totals = _StressCounts()
+
+    def add(done: Mapping[str, int], first: int, stop: int) -> None:
+        for name, value in done.items():
+            setattr(totals, name, getattr(totals, name) + value)
+        progress(f"compaction stress: traces {first + 1:,}-{stop:,} of {traces:,} checked")
+
+    if workers > 1 and "fork" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = {
+                pool.submit(_stress_chunk, a, b, seed, encoding.name): (a, b) for a, b in chunks
+            }
+            for future in as_completed(futures):
+                add(future.result(), *futures[future])
+    else:
+        for a, b in chunks:
+            add(_stress_chunk(a, b, seed, encoding.name), a, b)
+    out: dict[str, Any] = asdict(totals)
+    out["workers"] = workers
     out["wall_time_s"] = time.perf_counter() - started
     return out

@@ -186,10 +186,12 @@ def _compaction_stress(part: dict[str, Any]) -> list[str]:
     if not stress or not stress.get("traces"):
         return []
     failed = stress["summarizer_raised"] + stress["summarizer_empty"]
+    workers = stress.get("workers", 1)
     lines = [
         f"Integrity over {stress['traces']:,} small generated sessions "
         f"({stress['messages']:,} messages, {stress['prompts']:,} requests, "
-        f"{_num(stress['wall_time_s'], 1)} s): one or two writers sharing a session "
+        f"{_num(stress['wall_time_s'], 1)} s in {workers} process"
+        f"{'es' if workers > 1 else ''}): one or two writers sharing a session "
         f"({stress['interleaved']:,} messages written while another writer's tool call "
         f"waited), {stress['parallel_calls']:,} AI messages with parallel tool calls, "
         f"{stress['pending_at_prompt']:,} requests built while a call was pending, random "

@@ -9,6 +9,7 @@ import pytest
 import tiktoken
 
 from ctx_memory import compaction
+from ctx_memory.eval import compaction as eval_compaction
 from ctx_memory.eval.compaction import (
     CHAT_COMPACTION,
     COMPACTION,
@@ -123,3 +124,16 @@ def test_the_report_renders_the_compaction_part(part: dict[str, Any]) -> None:
     assert "| stored messages lost or altered | 0 |" in text
     assert "shared as a prefix with that live request" in text
     assert f"| {CHAT_COMPACTION} |" in text
+
+
+def test_the_stress_counts_do_not_depend_on_the_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    encoding = tiktoken.get_encoding("o200k_base")
+    monkeypatch.setattr(eval_compaction, "_CHUNK", 40)
+    split = run_stress(160, 7, lambda _: None, encoding)  # four chunks, workers if fork
+    monkeypatch.setattr(eval_compaction, "_CHUNK", 1000)
+    whole = run_stress(160, 7, lambda _: None, encoding)
+    assert whole["workers"] == 1
+    for key in ("workers", "wall_time_s"):
+        split.pop(key)
+        whole.pop(key)
+    assert split == whole
