@@ -48,6 +48,12 @@ TARGETS = {
 }
 
 
+def load() -> str:
+    """The machine's load average (other work skews every ratio here)."""
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
+
+
 def best(fn: Callable[[], Any], rounds: int = ROUNDS) -> float:
     """Best wall time of ``rounds`` runs of ``fn``."""
     times = []
@@ -73,7 +79,7 @@ def main() -> None:  # noqa: PLR0915 - one script, one report
         print(
             f"redis-server {admin.info('server')['redis_version']}; ContextManager defaults + "
             f"MAX_SESSIONS=10000 (store={cm.store.name}, events "
-            f"{'on' if cm.events.enabled else 'off'}); best of {ROUNDS}\n"
+            f"{'on' if cm.events.enabled else 'off'}); best of {ROUNDS}; {load()}\n"
         )
         rows: dict[str, dict[str, float]] = {}
 
@@ -171,7 +177,7 @@ def main() -> None:  # noqa: PLR0915 - one script, one report
                 )
         print(
             "\nbaseline: raw redis-py (pipelined RPUSH+PEXPIRE / LRANGE+json); for the "
-            "in-memory append, one tiktoken count of the same content"
+            f"in-memory append, one tiktoken count of the same content; at the end {load()}"
         )
         admin.flushdb()
         for client in (admin, raw):
