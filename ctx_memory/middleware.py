@@ -97,6 +97,7 @@ if TYPE_CHECKING:
 
     from langchain.agents.middleware import ModelRequest
     from langchain.agents.middleware.types import ModelCallResult
+    from langchain_core.embeddings import Embeddings
     from langchain_core.messages import AnyMessage
     from langgraph.runtime import Runtime
 
@@ -191,6 +192,8 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
         recall_share: Share of the history budget for older turns matching the
             question when the history does not fit (``0``: recency only).
         trim_block: Stable layout: share of the window dropped at once when full.
+        embeddings: A LangChain ``Embeddings`` for hybrid recall (BM25 and vector
+            similarity fused); see :class:`~ctx_memory.prompt.ContextPromptAssembler`.
         cache_hints: ``"anthropic"`` (``cache_control`` breakpoints on the messages)
             and/or ``"openai"`` (``prompt_cache_key`` in the request's
             ``model_settings``, which the agent binds to the model).
@@ -253,6 +256,7 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
         layout: Literal["classic", "stable"] = "classic",
         recall_share: float = 0.5,
         trim_block: float = 0.5,
+        embeddings: Embeddings | None = None,
         cache_hints: Sequence[Literal["anthropic", "openai"]] = (),
         compaction: CompactionPolicy | None = None,
         summarization: AgentMiddleware[Any, Any] | None = None,
@@ -284,6 +288,7 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
             layout=layout,
             recall_share=recall_share,
             trim_block=trim_block,
+            embeddings=embeddings,
             cache_hints=cache_hints,
             compaction=prompt_compaction,
         )

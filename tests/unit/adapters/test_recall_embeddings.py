@@ -542,3 +542,26 @@ def test_recall_batches_and_shares_per_embeddings_object(manager):
     assert recall_for(manager, embeddings) is recall_for(manager, embeddings)
     assert recall_for(manager, embeddings) is not recall_for(manager, ConceptEmbeddings())
     assert recall_for(manager) is not recall_for(manager, embeddings)
+
+
+def test_context_middleware_recalls_by_meaning_inside_an_agent(manager):
+    from typing import TypedDict
+
+    from adapter_fakes import fake_model
+    from langchain.agents import create_agent
+
+    from ctx_memory.middleware import ContextMiddleware
+
+    class SessionContext(TypedDict):
+        session_id: str
+
+    long_session(manager, "s1", 600, fact_at=40)
+    model = fake_model("The Orangery at Kew Gardens.")
+    middleware = ContextMiddleware(
+        manager, max_tokens=1500, reserve_tokens=300, embeddings=ConceptEmbeddings()
+    )
+    assert middleware.assembler.embeddings is not None
+    agent = create_agent(model, middleware=[middleware], context_schema=SessionContext)
+    agent.invoke({"messages": [("user", SEMANTIC_QUESTION)]}, context={"session_id": "s1"})
+    [sent] = model.seen
+    assert FACT in text_of(sent)  # recalled by meaning: no shared term with the question
