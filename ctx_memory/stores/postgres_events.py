@@ -50,7 +50,9 @@ class PostgresEventPublisher(EventPublisher):
     """Publish events with ``NOTIFY`` on ``channel``, from one background thread.
 
     Args:
-        client: Returns the sync ``psycopg_pool.ConnectionPool`` to publish with.
+        client: Returns what to publish with: an object whose ``connection()`` is a context
+            manager giving a sync connection (a ``psycopg_pool.ConnectionPool``, or the
+            store's own connection source).
         channel: The channel name (``<schema>_events``).
         describe: How to name the server in a log line (its URL, password masked).
     """

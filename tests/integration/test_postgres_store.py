@@ -247,14 +247,14 @@ def test_a_large_reply_is_not_kept_by_the_pooled_connection(
         store.append_messages(
             "s", [EncodedMessage(dumps(record), 1, "big")], init=init("s"), now=NOW
         )
-        with store.pool.connection() as conn:
+        with store._borrow() as conn:  # the connection the store's calls use
             kept = conn._ctx_memory_cursor  # type: ignore[attr-defined]
         assert store.count_messages("s") == 1
-        with store.pool.connection() as conn:
+        with store._borrow() as conn:
             assert conn._ctx_memory_cursor is kept  # type: ignore[attr-defined]  # reused
         assert store.get_messages("s")[0]["content"] == big
         assert kept.closed
-        with store.pool.connection() as conn:
+        with store._borrow() as conn:
             fresh = conn._ctx_memory_cursor  # type: ignore[attr-defined]
         assert fresh is not kept
         assert fresh.pgresult is None  # nothing of the large reply is held
@@ -541,9 +541,83 @@ def test_an_existing_pool_is_used_and_not_closed(postgres_url: str, pg_schema: s
         assert _password(postgres_url) not in repr(store)
         store.append_messages("s", [msg(1), msg(2)], init=init("s"), now=NOW)
         assert store.count_messages("s") == 2
+        assert store._kept == []  # none of a given pool's connections held between calls
+        assert pool.get_stats()["pool_available"] == pool.get_stats()["pool_size"]
         store.close()
         with pool.connection() as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_the_store_keeps_its_own_connections_between_calls(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its own pool's connections stay checked out between calls, as many as calls ran at
+    once; they go back through the pool every KEEP_SECONDS and all of them on close."""
+    import threading
+
+    store = PostgresStore(postgres_url, schema=pg_schema, pool_size=4)
+    cm = ContextManager(store=store, token_counter="approximate")
+    cm.add_user_message("s", "first")
+    requests = store.pool.get_stats()["requests_num"]
+    for i in range(20):
+        cm.add_user_message("s", f"m{i}")
+        assert len(cm.get_history("s", last_k=2)) == 2
+    assert store.pool.get_stats()["requests_num"] == requests  # not one checkout per call
+    assert len(store._kept) == 1
+
+    barrier = threading.Barrier(4)
+
+    def writer(w: int) -> None:
+        barrier.wait()
+        for i in range(30):
+            cm.add_user_message(f"w{w}", f"{i}")
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert 1 <= len(store._kept) <= 4
+    assert [len(cm.get_history(f"w{w}")) for w in range(4)] == [30] * 4
+
+    kept = [lease.conn for lease in store._kept]
+    pool = store.pool
+    store.close()
+    assert store._kept == []
+    assert pool.closed
+    assert all(conn.closed for conn in kept)
+
+    monkeypatch.setattr(postgres_module, "KEEP_SECONDS", 0.0)  # due at once: via the pool
+    with PostgresStore(postgres_url, schema=pg_schema) as store:
+        store.count_messages("s")
+        before = store.pool.get_stats()["requests_num"]
+        for _ in range(5):
+            assert store.count_messages("s") == 21
+        assert store.pool.get_stats()["requests_num"] == before + 5
+
+
+def _child_sees_no_kept_connection(store: PostgresStore, out: Any) -> None:
+    out.put(len(store._kept))
+
+
+def test_a_forked_child_drops_the_kept_connections_without_closing_them(
+    postgres_url: str, pg_schema: str
+) -> None:
+    import multiprocessing
+
+    with PostgresStore(postgres_url, schema=pg_schema) as store:
+        store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
+        assert len(store._kept) == 1
+        ctx = multiprocessing.get_context("fork")
+        out = ctx.Queue()
+        child = ctx.Process(target=_child_sees_no_kept_connection, args=(store, out))
+        child.start()
+        assert out.get(timeout=30) == 0
+        child.join(30)
+        assert child.exitcode == 0
+        assert len(store._kept) == 1  # the parent's, still open and working
+        store.append_messages("s", [msg(2)], init=init("s"), now=NOW)
+        assert store.count_messages("s") == 2
 
 
 async def test_native_async_on_two_event_loops_in_turn(postgres_url: str, pg_schema: str) -> None:
