@@ -54,14 +54,21 @@ def load() -> str:
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
 
 
-def best(fn: Callable[[], Any], rounds: int = ROUNDS) -> float:
-    """Best wall time of ``rounds`` runs of ``fn``."""
-    times = []
+def interleaved(
+    cases: dict[str, Callable[[], Any]], rounds: int = ROUNDS, per: int = 1
+) -> dict[str, float]:
+    """Best wall time of each case (divided by ``per``) over ``rounds`` rounds.
+
+    The cases alternate within each round, so a burst of other work on the machine
+    slows all of them, not the one that happened to run then.
+    """
+    times = dict.fromkeys(cases, float("inf"))
     for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name] = min(times[name], time.perf_counter() - start)
+    return {name: t / per for name, t in times.items()}
 
 
 def main() -> None:  # noqa: PLR0915 - one script, one report
@@ -99,12 +106,9 @@ def main() -> None:  # noqa: PLR0915 - one script, one report
                 lc.add_message(message)
 
         cm.add_user_message("cm", "warm up")  # the session exists, as in a chat
-        append: dict[str, float] = {}
-        for _ in range(ROUNDS):  # interleaved: the same machine load for each
-            for name, fn in (("raw", raw_append), ("ctx_memory", cm_append), ("lc", lc_append)):
-                t = best(fn, rounds=1) / APPENDS
-                append[name] = min(append.get(name, float("inf")), t)
-        rows["append"] = append
+        rows["append"] = interleaved(
+            {"raw": raw_append, "ctx_memory": cm_append, "lc": lc_append}, per=APPENDS
+        )
 
         def fill(n: int) -> None:
             admin.flushdb()
@@ -114,15 +118,20 @@ def main() -> None:  # noqa: PLR0915 - one script, one report
                 cm.add_messages("read", [HumanMessage(TEXT) for _ in range(k)])
 
         fill(BIG)
-        rows["last 20 of 100,000"] = {
-            "raw": best(lambda: [json.loads(m) for m in raw.lrange("raw", -20, -1)], 50),
-            "ctx_memory": best(lambda: cm.get_history("read", last_k=20), 50),
-        }
+        rows["last 20 of 100,000"] = interleaved(
+            {
+                "raw": lambda: [json.loads(m) for m in raw.lrange("raw", -20, -1)],
+                "ctx_memory": lambda: cm.get_history("read", last_k=20),
+            },
+            rounds=50,
+        )
         fill(ALL)
-        rows["read all 10,000"] = {
-            "raw": best(lambda: [json.loads(m) for m in raw.lrange("raw", 0, -1)], 5),
-            "ctx_memory": best(lambda: cm.get_history("read"), 5),
-        }
+        rows["read all 10,000"] = interleaved(
+            {
+                "raw": lambda: [json.loads(m) for m in raw.lrange("raw", 0, -1)],
+                "ctx_memory": lambda: cm.get_history("read"),
+            }
+        )
 
         def threads(work: Callable[[int], None]) -> float:
             workers = [threading.Thread(target=work, args=(i,)) for i in range(THREADS)]
@@ -155,11 +164,13 @@ def main() -> None:  # noqa: PLR0915 - one script, one report
         memory = ContextManager()
         counter = memory.token_counter
         memory.add_user_message("m", "warm up")
-        rows["in-memory append"] = {
-            "raw": best(lambda: [counter.count(TEXT) for _ in range(APPENDS)]) / APPENDS,
-            "ctx_memory": best(lambda: [memory.add_user_message("m", TEXT) for _ in range(APPENDS)])
-            / APPENDS,
-        }
+        rows["in-memory append"] = interleaved(
+            {
+                "raw": lambda: [counter.count(TEXT) for _ in range(APPENDS)],
+                "ctx_memory": lambda: [memory.add_user_message("m", TEXT) for _ in range(APPENDS)],
+            },
+            per=APPENDS,
+        )
 
         print(f"{'':30} {'baseline':>12} {'ctx_memory':>12} {'ratio':>7} {'target':>7}")
         for name, row in rows.items():
