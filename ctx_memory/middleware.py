@@ -191,6 +191,7 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
             :class:`~ctx_memory.prompt.ContextPromptAssembler`).
         recall_share: Share of the history budget for older turns matching the
             question when the history does not fit (``0``: recency only).
+        recall_max_tokens: At most this many tokens for recalled turns (``None``: no cap).
         trim_block: Stable layout: share of the window dropped at once when full.
         embeddings: A LangChain ``Embeddings`` for hybrid recall (BM25 and vector
             similarity fused); see :class:`~ctx_memory.prompt.ContextPromptAssembler`.
@@ -255,6 +256,7 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
         tokenizer: Tokenizer | None = None,
         layout: Literal["classic", "stable"] = "classic",
         recall_share: float = 0.5,
+        recall_max_tokens: int | None = 4000,
         trim_block: float = 0.5,
         embeddings: Embeddings | None = None,
         cache_hints: Sequence[Literal["anthropic", "openai"]] = (),
@@ -287,6 +289,7 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
             tokenizer=tokenizer,
             layout=layout,
             recall_share=recall_share,
+            recall_max_tokens=recall_max_tokens,
             trim_block=trim_block,
             embeddings=embeddings,
             cache_hints=cache_hints,

@@ -229,6 +229,11 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         recall_share: When the stored history does not fit, this share of the
             history budget (default 0.5) goes to older whole turns matching the
             question (:mod:`ctx_memory.recall`); ``0`` keeps the pure recency window.
+        recall_max_tokens: At most this many tokens go to recalled turns, whatever
+            the share gives (default 4,000; ``None``: no cap). What the cap leaves goes
+            to the recency window. Recalled turns change with every question, so they
+            are never part of a cacheable prefix: the cap keeps what a large budget
+            pays for them at full price bounded.
         trim_block: Stable layout: when the window is full it moves in blocks of
             about this share of what it holds (default 0.5), rather than a turn at a
             time; ``0`` moves it a turn at a time.
@@ -300,6 +305,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         tokenizer: Tokenizer | None = None,
         layout: Literal["classic", "stable"] = "classic",
         recall_share: float = 0.5,
+        recall_max_tokens: int | None = 4000,
         trim_block: float = 0.5,
         cache_hints: Sequence[Literal["anthropic", "openai"]] = (),
         recall: Recall | None = None,
@@ -335,6 +341,14 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         self.tokenizer = tokenizer
         self.layout = layout
         self.recall_share = recall_share
+        if recall_max_tokens is not None and (
+            isinstance(recall_max_tokens, bool)
+            or not isinstance(recall_max_tokens, int)
+            or recall_max_tokens < 0
+        ):
+            msg = f"recall_max_tokens must be an int >= 0 or None, got {recall_max_tokens!r}"
+            raise ValidationError(msg)
+        self.recall_max_tokens = recall_max_tokens
         self.trim_block = trim_block
         self.cache_hints = frozenset(cache_hints)
         if embeddings is not None and not isinstance(embeddings, Embeddings):
@@ -588,6 +602,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             exclude_last=exclude_last,
             skip_ids=skip_ids,
             recall_share=self.recall_share,
+            recall_max_tokens=self.recall_max_tokens,
             trim_block=self.trim_block,
             view=view,
             pinned_source_types=self.pinned_source_types,

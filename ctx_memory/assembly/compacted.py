@@ -242,17 +242,21 @@ class CompactedView:
         for offset, record in enumerate(records):
             position = start + offset
             old = record.get("role") == "tool" and record.get("tool_call_id")
-            if old and (
-                any(a <= position <= b for a, b in self.cleared)
-                or (
-                    position < self.clear_before
-                    and int(record["token_count"]) >= self.min_tool_tokens
-                )
-            ):
+            if old and self.clears_output(position, int(record["token_count"])):
                 out.append(self._placeholder(record, position))
             else:
                 out.append(record)
         return out
+
+    def clears_output(self, position: int, tokens: int) -> bool:
+        """Whether a recalled tool output of ``tokens`` at ``position`` is a placeholder.
+
+        It is when it is old (before ``clear_before`` and large enough) or a compaction
+        cleared it.
+        """
+        return any(a <= position <= b for a, b in self.cleared) or (
+            position < self.clear_before and tokens >= self.min_tool_tokens
+        )
 
     def segments(
         self, records: Iterator[Mapping[str, Any]] | Sequence[Mapping[str, Any]], *, newest: int

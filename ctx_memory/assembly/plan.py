@@ -263,6 +263,7 @@ def plan_prompt(
     trim_block: float = 0.0,
     view: CompactedView | None = None,
     pinned_source_types: Sequence[str] = (),
+    recall_max_tokens: int | None = None,
 ) -> PromptPlan:
     """Choose the sources within their share, then size the history to the rest.
 
@@ -275,8 +276,9 @@ def plan_prompt(
     ``query`` and take what is left of the sources' share. The newest ``exclude_last``
     stored messages are left out of the history, and so are stored messages whose id is
     in ``skip_ids``. When the stored history does not fit, ``recall_share`` of the
-    history budget is kept for recalled turns
-    (:func:`~ctx_memory.assembly.recalled.recall_step`). In the stable layout the window
+    history budget, at most ``recall_max_tokens`` (``None``: no cap), is kept for
+    recalled turns (:func:`~ctx_memory.assembly.recalled.recall_step`); what the cap
+    leaves goes to the window. In the stable layout the window
     is trimmed in blocks of ``trim_block`` of what it holds (:func:`block_size`). With
     ``view``, the history is read as compactions rewrite it
     (:mod:`ctx_memory.assembly.compacted`).
@@ -342,12 +344,19 @@ def plan_prompt(
         kept_back = sources_share if others else _QUESTION_SHARE
         steady = int((draft.budget - REPLY_PRIMING - sources.system_tokens) * (1 - kept_back))
         recalls = recall_share > 0 and stored_tokens > min(steady, history_budget) and end > 0
-        window_budget = min(int(steady * (1 - recall_share)) if recalls else steady, history_budget)
+        window_budget = int(steady * (1 - recall_share)) if recalls else steady
+        if recalls and recall_max_tokens is not None:
+            window_budget = max(window_budget, steady - recall_max_tokens)
+        window_budget = min(window_budget, history_budget)
         recall_budget = history_budget - window_budget if recalls else 0
+        if recall_max_tokens is not None:
+            recall_budget = min(recall_budget, recall_max_tokens)
         block = block_size(window_budget, meta, trim_block)
     else:
         recalls = recall_share > 0 and stored_tokens > history_budget and end > 0
         recall_budget = int(history_budget * recall_share) if recalls else 0
+        if recall_max_tokens is not None:
+            recall_budget = min(recall_budget, recall_max_tokens)
         window_budget = history_budget - recall_budget
     history = HistoryChunks(
         meta, window_budget, counter=counter, end=end, skip_ids=skip_ids, block=block, view=view
@@ -456,9 +465,14 @@ def finish_prompt(
     same_encoding = meta.get("token_encoding") in (None, counter.encoding_name)
     chosen = window.chosen
     history = records_to_messages(chosen)
-    window_start = _verbatim_start(
-        window.start if window.start is not None else plan.end, plan.history.view
-    )
+    view = plan.history.view
+    window_start = _verbatim_start(window.start if window.start is not None else plan.end, view)
+    if view is not None and choice is not None:
+        # Recalled turns clear old tool outputs as the window does (restorable by id).
+        recalled = [
+            view.recalled(records, turn.start)
+            for turn, records in zip(choice.turns, recalled, strict=True)
+        ]
     part = finish_recalled(
         plan,
         window_start,
@@ -491,8 +505,15 @@ def finish_prompt(
     recalled_cached = sum(int(r.get("token_count") or 0) for r in only_recalled)
     left_out_tokens = int(meta.get("token_count", 0)) - window.tokens - window.skipped_tokens
     left_out_tokens -= sum(int(r["token_count"]) for r in excluded) + recalled_cached
-    compacted = _compaction_parts(plan.history.view, chosen)
+    compacted = _compaction_parts(view, chosen)
     left_out_tokens -= compacted.saved_tokens
+    if view is not None:  # a recalled placeholder stands for its whole stored output
+        for _, records in kept:
+            for record in records:
+                record_id = str(record.get("id"))
+                stored_tokens = view.replaced.get(record_id)
+                if stored_tokens is not None and record_id not in view.used:
+                    left_out_tokens -= stored_tokens - int(record["token_count"])
     # What the sources add to the system message (the pinned ones; all of them, classic)
     sources_tokens = sources.system_tokens - draft.head_tokens
     question_tokens = draft.tail_tokens

@@ -35,6 +35,7 @@ from ctx_memory.recall import format_turns, gap_text
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
 
+    from ctx_memory.assembly.compacted import CompactedView
     from ctx_memory.assembly.plan import PromptPlan
     from ctx_memory.recall import RecallIndex
     from ctx_memory.tokens import TokenCounter
@@ -66,6 +67,7 @@ RECALL_HEADING = "Recalled from earlier in this conversation (oldest first):"
 """Opens the stable layout's recalled turns (text on the last user message)."""
 
 _MARKER_ESTIMATE = 16  # a gap marker as a user message, upper bound for choosing
+_PLACEHOLDER_ESTIMATE = 48  # a cleared tool output's placeholder, upper bound for choosing
 # Per recalled message rendered as text, for choosing (the exact count decides): its
 # ``[position role]`` label (~4 tokens) and a share of the gap line before its turn
 # (~11 tokens per turn), less the per-message overhead its cached count includes (~4).
@@ -130,8 +132,12 @@ def choose_turns(
     overhead: int,
     skip_ids: frozenset[str] = frozenset(),
     query_vector: Sequence[float] | None = None,
+    cost: Callable[[int, int], int] | None = None,
 ) -> RecallChoice:
     """The best-matching whole turns before position ``before`` within ``budget``.
+
+    ``cost(start, stop)`` prices a turn (default: its messages' cached tokens,
+    :meth:`RecallIndex.cost <ctx_memory.recall.RecallIndex.cost>`).
 
     Each turn's cost is its cached tokens plus ``overhead`` (a gap marker or the text
     a layout adds). Turns are taken best first; one that does not fit is passed over
@@ -159,21 +165,21 @@ def choose_turns(
             continue
         if skip_ids and any(index.ids[p] in skip_ids for p in range(start, stop)):
             continue
-        cost = index.cost(start, stop)
-        if spent + cost + overhead > budget:
+        price = index.cost(start, stop) if cost is None else cost(start, stop)
+        if spent + price + overhead > budget:
             continue
-        spent += cost + overhead
-        chosen[start] = [start, stop, score, [(position, score, terms)], cost]
+        spent += price + overhead
+        chosen[start] = [start, stop, score, [(position, score, terms)], price]
     turns = tuple(
         RecalledTurn(
             s,
             e,
             score,
             tuple(hits),
-            cost,
+            priced,
             tuple((p, *signals[p]) for p, _, _ in hits if p in signals),
         )
-        for s, e, score, hits, cost in (chosen[key] for key in sorted(chosen))
+        for s, e, score, hits, priced in (chosen[key] for key in sorted(chosen))
     )
     ids = {p: index.ids[p] for t in turns for p, _, _ in t.hits}
     return RecallChoice(turns, budget, ids)
@@ -312,6 +318,7 @@ def recall_step(
         overhead=overhead,
         skip_ids=plan.skip_ids,
         query_vector=query_vector,
+        cost=_view_cost(index, plan.history.view),
     )
     if not choice.turns:
         return None, plan.history
@@ -327,6 +334,23 @@ def recall_step(
         view=plan.history.view,  # compactions apply to the resized window too
     )
     return choice, chunks
+
+
+def _view_cost(index: RecallIndex, view: CompactedView | None) -> Callable[[int, int], int] | None:
+    """A turn's price when compactions clear its old tool outputs (None: no view)."""
+    if view is None:
+        return None
+    tokens, roles = index.tokens, index.roles
+
+    def cost(start: int, stop: int) -> int:
+        return sum(
+            _PLACEHOLDER_ESTIMATE
+            if roles[p] == "tool" and view.clears_output(p, tokens[p])
+            else tokens[p]
+            for p in range(start, stop)
+        )
+
+    return cost
 
 
 @dataclass(frozen=True)

@@ -70,3 +70,35 @@ def test_without_recall_the_summary_alone_stands_for_the_range(manager: ContextM
     assert "[Summary of messages 0-79]" in text
     assert "4417" not in text
     assert result.report.recalled == []
+
+
+def test_a_recalled_turn_sends_old_tool_outputs_as_placeholders() -> None:
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+
+    manager = ContextManager(store=InMemoryStore())
+    output = "row: the shipment to Lisbon left on Tuesday. " + "filler row of data. " * 120
+    manager.add_messages(
+        "s1",
+        [
+            HumanMessage("Where is the Lisbon shipment?"),
+            AIMessage("", tool_calls=[{"name": "query_db", "args": {}, "id": "call-9"}]),
+            ToolMessage(output, tool_call_id="call-9", name="query_db"),
+            AIMessage("It left Lisbon on Tuesday."),
+        ],
+    )
+    for i in range(80):
+        manager.add_user_message("s1", f"Tell me about the weather on day {i} of the trip.")
+        manager.add_assistant_message("s1", f"Day {i} looks mild and partly cloudy, about 18 C.")
+    assembler = ContextPromptAssembler(
+        manager,
+        max_tokens=1200,
+        reserve_tokens=0,
+        compaction=CompactionPolicy(clear_tool_outputs_at=100, summarize_at=None),
+    )
+    result = assembler.assemble("s1", "When did the Lisbon shipment leave?")
+    text = "\n".join(str(m.content) for m in result.messages)
+    assert "It left Lisbon on Tuesday." in text  # the turn is recalled
+    assert "filler row of data" not in text  # but not its old tool output
+    assert "call-9" in text  # which is restorable by its id
+    assert manager.token_counter.count_chat(result.messages) == result.report.total_tokens
+    assert result.report.history_left_out_tokens >= 0
