@@ -34,7 +34,7 @@ def test_message_ids_are_random_uuid4_text() -> None:
         build_record("user", "hello", metadata=None, timestamp=None, now=NOW),
         build_record(
             "assistant",
-            "héllo ✓ \u2028 \"quoted\" \\ tab\t \U0001f600",
+            'héllo ✓ \u2028 "quoted" \\ tab\t \U0001f600',
             metadata={"f": 0.1, "big": 2**62, "neg": -1.5e-300, "nested": {"l": [1, [], {}]}},
             timestamp=NOW,
             name="bot",
