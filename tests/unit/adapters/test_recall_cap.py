@@ -11,7 +11,18 @@ from ctx_memory.errors import ValidationError
 from ctx_memory.prompt import ContextPromptAssembler
 from ctx_memory.stores.memory import InMemoryStore
 
-WORDS = "river market garden lunch museum ticket harbour cinema bakery weekend".split()
+WORDS = [
+    "river",
+    "market",
+    "garden",
+    "lunch",
+    "museum",
+    "ticket",
+    "harbour",
+    "cinema",
+    "bakery",
+    "weekend",
+]
 
 
 @pytest.fixture
