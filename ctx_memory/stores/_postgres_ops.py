@@ -11,6 +11,8 @@ from __future__ import annotations
 import abc
 import json
 import logging
+import re
+import zlib
 from typing import TYPE_CHECKING, Any, NamedTuple, assert_never
 
 from ctx_memory.errors import StoreUnavailableError
@@ -61,17 +63,47 @@ if TYPE_CHECKING:
 NONE, ONE, ALL = 0, 1, 2
 
 
+class Prepared(NamedTuple):
+    """A statement the driver may send as a server-side prepared statement through libpq.
+
+    ``sql`` is its text with ``$n`` parameters, ``order`` their names in ``$n`` order. Its
+    columns must all be text (the driver decodes them as text, no loaders).
+    """
+
+    name: bytes
+    sql: bytes
+    order: tuple[str, ...]
+
+    @classmethod
+    def of(cls, text: bytes) -> Prepared:
+        """The prepared form of ``text`` (``%(name)s`` parameters), named after its text."""
+        order: list[str] = []
+
+        def number(match: re.Match[bytes]) -> bytes:
+            key = match[1].decode()
+            if key not in order:
+                order.append(key)
+            return b"$%d" % (order.index(key) + 1)
+
+        body = re.sub(rb"%\((\w+)\)s", number, text)
+        name = b"ctx_memory_%08x" % zlib.crc32(body)
+        return cls(name, body, tuple(order))
+
+
 class Statement(NamedTuple):
     """One statement: its text, its parameters, and what to fetch (none, one row, all).
 
     ``large``: the reply may be large (a history, a document): the driver then checks its
-    size, so that a cached cursor does not keep a large result alive.
+    size, so that a cached cursor does not keep a large result alive. ``prepared``: the
+    driver may send it through libpq as that prepared statement instead (``params`` is
+    then a dict, and one row is fetched).
     """
 
     sql: bytes
     params: Any = ()
     fetch: int = ONE
     large: bool = False
+    prepared: Prepared | None = None
 
 
 class Found:
@@ -140,7 +172,7 @@ def _fetched(pairs_json: str | None) -> dict[str, list[dict[str, Any]]]:
 
 logger = logging.getLogger("ctx_memory.stores.postgres")
 
-__all__ = ["ALL", "NONE", "ONE", "Found", "PostgresOperations", "Statement"]
+__all__ = ["ALL", "NONE", "ONE", "Found", "PostgresOperations", "Prepared", "Statement"]
 
 
 class PostgresOperations(BaseStore):
@@ -153,6 +185,7 @@ class PostgresOperations(BaseStore):
     _reads: dict[str, Any]
     _append_sql: Any
     _append_one_sql: Any
+    _prepared: dict[bytes, Prepared]
     _append_fetched_sql: Any
     _upsert_sql: Any
     _create_sql: Any
@@ -176,6 +209,11 @@ class PostgresOperations(BaseStore):
         init = "%s, %s, %s, %s, %s::float8, %s::integer"
         self._append_sql = self._sql.append()
         self._append_one_sql = self._sql.append_one()
+        # The hot statements (one message appended, a range of messages read) go through
+        # libpq as prepared statements when the driver can (PostgresStore._run).
+        self._prepared = {
+            sql: Prepared.of(sql) for sql in (self._append_one_sql, self._reads["messages"])
+        }
         self._append_fetched_sql = q(
             "SELECT * FROM {s}.append_fetched(%s, %s::text[], %s::text[], %s::text[], %s, %s, "  # noqa: S608 - constant text
             + init
@@ -305,7 +343,8 @@ class PostgresOperations(BaseStore):
     # ---- reads (one statement each)
 
     def _read(self, kind: str, **params: Any) -> Generator[Statement, Any, Any]:
-        row = yield Statement(self._reads[kind], params, ONE, large=True)
+        sql = self._reads[kind]
+        row = yield Statement(sql, params, ONE, large=True, prepared=self._prepared.get(sql))
         return row
 
     def _exists(self, op: SessionExists) -> Generator[Statement, Any, bool]:
@@ -378,8 +417,9 @@ class PostgresOperations(BaseStore):
         ms = op.messages
         if len(ms) == 1:  # the common case: scalar parameters, plain SQL on a live session
             (m,) = ms
+            sql = self._append_one_sql
             (reply,) = yield Statement(
-                self._append_one_sql,
+                sql,
                 {
                     "id": op.session_id,
                     "mid": m.id,
@@ -390,6 +430,7 @@ class PostgresOperations(BaseStore):
                     "ttl": self.ttl_seconds,
                     "max": self.max_sessions,
                 },
+                prepared=self._prepared[sql],
             )
             if not reply:  # appended to a live session
                 return shared_result(False, 1)

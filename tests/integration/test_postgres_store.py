@@ -92,7 +92,7 @@ def test_one_statement_per_append_counted_by_the_server(counted_server: Any, ttl
         assert sum(seen.values()) == 50, seen
         ((query, calls),) = seen.items()
         assert calls == 50
-        assert query.startswith('WITH u AS (UPDATE "counted".sessions')  # plain SQL ...
+        assert 'WITH u AS (UPDATE "counted".sessions' in query  # plain SQL (prepared) ...
         assert '"counted".append_one(' in query  # ... with a function as its fallback
         _reset(counted_server.url)
         assert len(cm.get_messages("s", last_k=20)) == 20  # the last 20: one statement too
@@ -237,10 +237,73 @@ def test_a_pool_with_another_row_factory_still_gets_tuples(
             assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
 
 
+def test_prepared_statements_the_server_forgot_are_prepared_again(
+    postgres_url: str, pg_schema: str
+) -> None:
+    """The hot statements are prepared once per connection; DEALLOCATE ALL (or a pooler's
+    DISCARD ALL) on that connection is met by preparing them again."""
+    with PostgresStore(postgres_url, schema=pg_schema, pool_size=1) as store:
+        store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
+        assert [m["content"] for m in store.get_messages("s", -1, -1)] == ["m1"]
+        with store._borrow() as conn:
+            (names,) = conn.execute(
+                "SELECT array_agg(name ORDER BY name) FROM pg_prepared_statements "
+                "WHERE starts_with(name, 'ctx_memory_')"
+            ).fetchone()  # type: ignore[misc]
+            assert len(names) == 2  # the append and the read
+            conn.execute("DEALLOCATE ALL")
+        store.append_messages("s", [msg(2)], init=init("s"), now=NOW)
+        with store._borrow() as conn:
+            conn.execute("DISCARD ALL")
+        assert [m["content"] for m in store.get_messages("s")] == ["m1", "m2"]
+        assert store.count_messages("s") == 2
+
+
+def test_no_prepared_statement_where_psycopg_prepares_none(
+    postgres_url: str, pg_schema: str
+) -> None:
+    """prepare_threshold=None (as behind PgBouncer in transaction mode before 1.21): the
+    store prepares nothing either."""
+    from psycopg_pool import ConnectionPool
+
+    kwargs = {"autocommit": True, "prepare_threshold": None}
+    with (
+        ConnectionPool(postgres_url, min_size=1, max_size=1, kwargs=kwargs) as pool,
+        PostgresStore(pool=pool, schema=pg_schema) as store,
+    ):
+        for i in range(8):
+            store.append_messages("s", [msg(i)], init=init("s"), now=NOW)
+            assert len(store.get_messages("s", -2, -1)) == min(i + 1, 2)
+        with pool.connection() as conn:
+            assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+
+
+def test_parameters_and_replies_in_the_connection_encoding(
+    postgres_url: str, pg_schema: str
+) -> None:
+    from psycopg_pool import ConnectionPool
+
+    kwargs = {"autocommit": True, "options": "-c client_encoding=LATIN1"}
+    with (
+        ConnectionPool(postgres_url, min_size=1, max_size=1, kwargs=kwargs) as pool,
+        PostgresStore(pool=pool, schema=pg_schema) as store,
+    ):
+        with pool.connection() as conn:
+            assert conn.info.encoding == "iso8859-1"
+        sid = "sessiön ü"
+        record = {"role": "user", "content": "café naïve", "id": "ïd", "token_count": 1}
+        store.append_messages(
+            sid, [EncodedMessage(dumps(record), 1, "ïd")], init=init(sid), now=NOW
+        )
+        assert store.get_messages(sid) == [record]
+        assert store.list_sessions() == [sid]
+
+
 def test_a_large_reply_is_not_kept_by_the_pooled_connection(
     postgres_url: str, pg_schema: str
 ) -> None:
-    """Each connection keeps one cursor; after a large reply it is closed, not kept."""
+    """Each connection keeps one cursor; after a large reply it is closed, not kept. A
+    range of messages goes through libpq (no cursor): nothing of it is kept either."""
     with PostgresStore(postgres_url, schema=pg_schema, pool_size=1) as store:
         big = "x" * 100_000
         record = {"role": "user", "content": big, "id": "big", "token_count": 1}
@@ -252,7 +315,12 @@ def test_a_large_reply_is_not_kept_by_the_pooled_connection(
         assert store.count_messages("s") == 1
         with store._borrow() as conn:
             assert conn._ctx_memory_cursor is kept  # type: ignore[attr-defined]  # reused
-        assert store.get_messages("s")[0]["content"] == big
+        assert store.get_messages("s")[0]["content"] == big  # libpq: the cursor is not used
+        assert not kept.closed
+        assert kept.pgresult.ntuples == 1  # (still the count's result)
+        document = store.get_document("s")  # a large reply through the cursor
+        assert document is not None
+        assert document["conversation_history"][0]["content"] == big
         assert kept.closed
         with store._borrow() as conn:
             fresh = conn._ctx_memory_cursor  # type: ignore[attr-defined]
