@@ -6,7 +6,9 @@ dir, a free loopback port, as the ``postgres`` user when run as root; fsync off,
 server on a battery-backed disk or with ``synchronous_commit=off`` would be: what is left
 is round trips and CPU, the hard case for ratios); set ``POSTGRES_URL`` to use a running
 one. Everything runs in one process against that one server, interleaved, best of
-``BENCH_ROUNDS``.
+``BENCH_ROUNDS``; appends (``BENCH_APPENDS`` per implementation and round) are timed in
+interleaved blocks of 250, best block, so that a burst of load on a shared machine lands on
+one block of each rather than on one implementation's whole round.
 
 * **ctx_memory**: ``ContextManager(store="postgres", postgres_url=...)``, every other
   setting at its default (a 30-day sliding TTL, events on, exact tiktoken counts), through
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 APPENDS = int(os.environ.get("BENCH_APPENDS", "2000"))
+BLOCK = max(1, min(APPENDS, 250))  # appends are timed in interleaved blocks of this many
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 BIG, SMALL, ALL = 100_000, 1_000, 10_000
 THREADS, PER_THREAD = 8, 250
@@ -174,29 +177,29 @@ def main() -> None:  # noqa: PLR0915 - one script, one report
         lc_append_session = lc(str(uuid.uuid4()))
 
         def raw_append() -> None:
-            for _ in range(APPENDS):
+            for _ in range(BLOCK):
                 raw.append("raw", TEXT)
 
         def cm_append() -> None:
-            for _ in range(APPENDS):
+            for _ in range(BLOCK):
                 cm.add_user_message("cm", TEXT)
 
         def lc_append() -> None:
-            for _ in range(APPENDS):
+            for _ in range(BLOCK):
                 lc_append_session.add_message(message)
 
         cm.add_user_message("cm", "warm up")  # the session exists, as in a chat
         stats = ServerTimes(url)
         append: dict[str, float] = {}
-        for _ in range(ROUNDS):  # interleaved: the same machine load for each
+        for _ in range(ROUNDS * (APPENDS // BLOCK)):  # interleaved in blocks: the same load
             for name, fn in (("raw", raw_append), ("ctx_memory", cm_append), ("lc", lc_append)):
-                t = best(fn, rounds=1) / APPENDS
+                t = best(fn, rounds=1) / BLOCK
                 append[name] = min(append.get(name, float("inf")), t)
         rows["append"] = append
         server_rows = {
             "append": {
                 "raw": stats.mean("INSERT INTO raw_messages%"),
-                "ctx_memory": stats.mean('WITH u AS (UPDATE "bench".sessions%'),
+                "ctx_memory": stats.mean('%WITH u AS (UPDATE "bench".sessions%'),
                 "lc": stats.mean('INSERT INTO "lc_messages"%'),
             }
         }
@@ -223,7 +226,7 @@ def main() -> None:  # noqa: PLR0915 - one script, one report
             }
             server_rows[label] = {
                 "raw": stats.mean("SELECT message FROM raw_messages%LIMIT%"),
-                "ctx_memory": stats.mean('WITH s AS (SELECT * FROM "bench".sessions%LATERAL%'),
+                "ctx_memory": stats.mean('%WITH s AS (SELECT * FROM "bench".sessions%LATERAL%'),
                 "lc": stats.mean('SELECT message FROM "lc_messages"%'),
             }
         _, history = fill("all", ALL)
