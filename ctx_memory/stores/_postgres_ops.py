@@ -85,7 +85,7 @@ class Prepared(NamedTuple):
                 order.append(key)
             return b"$%d" % (order.index(key) + 1)
 
-        body = re.sub(rb"%\((\w+)\)s", number, text)
+        body = re.sub(rb"%\((\w+)\)s", number, text).replace(b"%%", b"%")  # psycopg's escape
         name = b"ctx_memory_%08x" % zlib.crc32(body)
         return cls(name, body, tuple(order))
 

@@ -237,6 +237,16 @@ def test_a_pool_with_another_row_factory_still_gets_tuples(
             assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
 
 
+def test_prepared_statement_text_numbers_each_named_parameter_once() -> None:
+    prepared = _postgres_ops.Prepared.of(
+        b"SELECT %(b)s, %(a)s, %(b)s::text, '%%' || %(c)s WHERE x LIKE 'a%%'"
+    )
+    assert prepared.sql == b"SELECT $1, $2, $1::text, '%' || $3 WHERE x LIKE 'a%'"
+    assert prepared.order == ("b", "a", "c")
+    assert prepared.name.startswith(b"ctx_memory_")
+    assert _postgres_ops.Prepared.of(b"SELECT %(a)s").name != prepared.name
+
+
 def test_prepared_statements_the_server_forgot_are_prepared_again(
     postgres_url: str, pg_schema: str
 ) -> None:
