@@ -26,7 +26,8 @@ ALLOWED: dict[str, str] = {
     "stores/base.py:Closeable.aclose": "closing is sync unless a subclass says otherwise",
     "stores/redis.py:RedisStore.aclose": "an asyncio client is closed on its own loop first",
     "stores/postgres.py:PostgresStore._adrive": (
-        "one asyncio pool per event loop (_loop_pool) vs one shared sync pool"
+        "one asyncio pool per event loop (_loop_pool) vs one shared sync pool whose"
+        " connections the sync path keeps between calls"
     ),
     "stores/postgres.py:PostgresStore._adiscard": "the pool replaced is the running loop's own",
     "stores/postgres.py:PostgresStore.aclose": "the asyncio pool is closed on its own loop first",
