@@ -44,23 +44,29 @@ embedded is the lexical one.
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
-import math
 import threading
 import weakref
-from bisect import bisect_left, bisect_right
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
+from ctx_memory._recall_index import (
+    RRF_DEPTH,
+    RRF_K,
+    RecallHit,
+    RecallIndex,
+    VectorKey,
+    recall_terms,
+    record_text,
+    unit_vector,
+)
 from ctx_memory.errors import ValidationError
 from ctx_memory.events import EventType
-from ctx_memory.ranking import BM25_B, BM25_K1, tokenize
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from langchain_core.embeddings import Embeddings
     from langchain_core.tools import BaseTool
@@ -97,391 +103,10 @@ INVALIDATING_EVENTS = (
 )
 """Events after which a session's index is dropped (rebuilt on next use)."""
 
-RRF_K = 60
-"""Reciprocal rank fusion's constant: a message at rank ``r`` of a ranking adds
-``1 / (RRF_K + r)`` to its fused score (60, as in Cormack, Clarke and Büttcher, 2009)."""
-
-RRF_DEPTH = 100
-"""Each ranking (BM25, cosine) contributes its best ``max(k, RRF_DEPTH)`` messages."""
-
 EMBED_BATCH_SIZE = 256
 """Most texts per ``embed_documents`` call when indexing."""
 
 logger = logging.getLogger(__name__)
-
-_VectorKey = tuple[str, int]  # (message id, hash of the embedded text): carries vectors over
-
-
-_RECALL_STOPWORDS = frozenset(
-    (
-        *("did", "has", "have", "had", "been", "being", "would", "could", "should"),
-        *("about", "after", "before", "like", "just", "also", "get", "got", "very"),
-        *("really", "am", "were", "im", "ive", "youre", "thats"),
-    )
-)
-
-
-def _stem(word: str) -> str:
-    """A light English suffix stripper: ``painted``, ``paints``, ``painting`` -> ``paint``.
-
-    Only ASCII words longer than four letters; plurals, ``-ing``, ``-ed``, ``-ly``,
-    ``-ation``/``-ion`` and a final ``e`` go, and a doubled final consonant is undoubled
-    (``running`` -> ``run``). Deterministic, no dictionary; good enough to match a
-    question's wording with a conversation's.
-    """
-    if len(word) <= 4 or not word.isascii() or not word.isalpha():
-        return word
-    if word.endswith("ies"):
-        word = word[:-3] + "y"
-    elif word.endswith("sses"):
-        word = word[:-2]
-    elif word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        word = word[:-1]
-    for suffix in ("ation", "ing", "ion", "ed", "ly"):
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
-            word = word[: -len(suffix)]
-            if len(word) > 3 and word[-1] == word[-2] and word[-1] not in "aeiouls":
-                word = word[:-1]
-            break
-    if len(word) > 3 and word.endswith("e"):
-        word = word[:-1]
-    return word
-
-
-def recall_terms(text: str) -> list[str]:
-    """The recall index's terms: the ranking tokenizer's, lightly stemmed.
-
-    :func:`~ctx_memory.ranking.tokenize`, a few more stop words dropped, each word
-    through a light English suffix stripper (``painted`` and ``paints`` are ``paint``).
-
-    Example:
-        .. code-block:: python
-
-            from ctx_memory.recall import recall_terms
-
-            assert recall_terms("When did Melanie paint a sunrise?") == [
-                "melani", "paint", "sunris"
-            ]
-            assert recall_terms("I painted the sunrises") == ["paint", "sunris"]
-    """
-    return [_stem(w) for w in tokenize(text) if w not in _RECALL_STOPWORDS]
-
-
-def record_text(record: Mapping[str, Any]) -> str:
-    """The searchable text of a stored message: its text, tool names and tool arguments."""
-    content = record.get("content")
-    if isinstance(content, str):
-        parts = [content]
-    else:
-        parts = [
-            str(block.get("text") or "") if isinstance(block, dict) else str(block)
-            for block in content or ()
-        ]
-    for call in record.get("tool_calls") or ():
-        parts.append(str(call.get("name") or ""))
-        parts.append(json.dumps(call.get("args") or {}, ensure_ascii=False, sort_keys=True))
-    if record.get("name"):
-        parts.append(str(record["name"]))
-    return " ".join(part for part in parts if part)
-
-
-def _contains(postings: Sequence[int], position: int) -> bool:
-    at = bisect_left(postings, position)
-    return at < len(postings) and postings[at] == position
-
-
-def unit_vector(vector: Sequence[float]) -> tuple[float, ...] | None:
-    """``vector`` scaled to length 1, as floats; ``None`` if empty, zero or not finite."""
-    values = tuple(map(float, vector))
-    norm = math.hypot(*values) if values else 0.0
-    if not norm or not math.isfinite(norm):
-        return None
-    return tuple(v / norm for v in values)
-
-
-class RecallHit(NamedTuple):
-    """One message found by :meth:`RecallIndex.hybrid_search`.
-
-    Attributes:
-        position: Its position in the history.
-        score: Its fused score: ``1 / (RRF_K + bm25_rank) + 1 / (RRF_K + vector_rank)``,
-            a missing rank adding nothing.
-        terms: The query terms it matched, in query order (empty for a vector-only hit).
-        bm25: Its BM25 score (``0.0``: no term shared with the query).
-        similarity: Cosine similarity of its vector and the query's (``None``: no vector).
-        bm25_rank: Its rank (from 1) in the BM25 ranking, ``None`` when not in it.
-        vector_rank: Its rank (from 1) in the cosine ranking, ``None`` when not in it.
-    """
-
-    position: int
-    score: float
-    terms: tuple[str, ...]
-    bm25: float
-    similarity: float | None
-    bm25_rank: int | None
-    vector_rank: int | None
-
-
-class RecallIndex:
-    """A BM25 index over a session's messages, added in history order.
-
-    Each message is one document at its position in the history. Adding is
-    ``O(terms of the message)``; :meth:`search` touches only the postings of the
-    query's terms. Ties in score go to the newer message, so results are deterministic.
-
-    A message may also have a vector (:meth:`set_vector`; :class:`Recall` computes them
-    with a LangChain ``Embeddings``): :meth:`hybrid_search` then fuses BM25 with cosine
-    similarity. Vectors are kept as tuples of floats scaled to length 1 (about 32 bytes
-    per dimension per message) and compared with :func:`math.dist` (``cos = 1 - d² / 2``
-    for unit vectors; C speed, about 13 µs per 1,536-dimension vector).
-
-    Args:
-        tokenizer: Splits text into terms (default :func:`recall_terms`: the ranking
-            tokenizer with more stop words and a light English stemmer).
-
-    Example:
-        .. code-block:: python
-
-            from ctx_memory.recall import RecallIndex
-
-            index = RecallIndex()
-            index.extend([
-                {"role": "user", "content": "My passport number is X123", "token_count": 9},
-                {"role": "assistant", "content": "Noted.", "token_count": 5},
-                {"role": "user", "content": "Book a hotel in Rome", "token_count": 9},
-                {"role": "assistant", "content": "Done.", "token_count": 5},
-            ])
-            [(position, score, terms)] = index.search("what was my passport number?", k=1)
-            assert position == 0 and terms == ("passport", "number")
-            assert index.turn(1) == (0, 2)
-    """
-
-    def __init__(self, tokenizer: Tokenizer | None = None) -> None:
-        self._split = recall_terms if tokenizer is None else tokenizer
-        self._postings: dict[str, list[int]] = {}  # term -> ascending positions
-        self._tfs: dict[str, list[int]] = {}  # term -> its frequency at each of those
-        self.lengths: list[int] = []
-        self.total_length = 0
-        self.roles: list[str] = []
-        self.ids: list[str | None] = []
-        self.tokens: list[int] = []
-        self.token_sum = 0
-        self.user_positions: list[int] = []
-        self.vectors: list[tuple[float, ...] | None] = []  # by position; None: no vector
-        self.vector_count = 0
-        self.dimensions: int | None = None
-        self.unembedded: dict[int, tuple[str, _VectorKey | None]] = {}  # Recall's to-do
-        self.vector_keys: dict[_VectorKey, int] = {}
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def add(self, record: Mapping[str, Any]) -> int:
-        """Index one stored message as the next position; return that position."""
-        position = len(self.lengths)
-        content = record.get("content")
-        plain = type(content) is str and not record.get("tool_calls") and not record.get("name")
-        words = self._split(content if plain else record_text(record))  # type: ignore[arg-type]
-        postings, tfs = self._postings, self._tfs
-        for term, tf in Counter(words).items():
-            found = postings.get(term)
-            if found is None:
-                postings[term] = [position]
-                tfs[term] = [tf]
-            else:
-                found.append(position)
-                tfs[term].append(tf)
-        self.lengths.append(len(words))
-        self.total_length += len(words)
-        role = str(record.get("role"))
-        self.roles.append(role)
-        message_id = record.get("id")
-        self.ids.append(str(message_id) if message_id is not None else None)
-        tokens = int(record.get("token_count") or 0)
-        self.tokens.append(tokens)
-        self.token_sum += tokens
-        if role == "user":
-            self.user_positions.append(position)
-        self.vectors.append(None)
-        return position
-
-    def extend(self, records: Iterable[Mapping[str, Any]]) -> None:
-        """Index messages in history order."""
-        for record in records:
-            self.add(record)
-
-    def search(
-        self, query: str, k: int = 10, *, before: int | None = None
-    ) -> list[tuple[int, float, tuple[str, ...]]]:
-        """The ``k`` best positions for ``query``: ``(position, score, matched terms)``.
-
-        Only positions below ``before`` (default: all) are considered; only messages
-        that share a term with the query are returned (score > 0), best first, the newer
-        first among equal scores. Matched terms are in query order.
-        """
-        size = len(self.lengths)
-        if size == 0 or k <= 0:
-            return []
-        limit = size if before is None else min(before, size)
-        avgdl = (self.total_length / size) or 1.0
-        c1, c2, k1p = BM25_K1 * (1 - BM25_B), BM25_K1 * BM25_B / avgdl, BM25_K1 + 1
-        lengths = self.lengths
-        scores: dict[int, float] = {}
-        get = scores.get
-        used: list[tuple[str, list[int]]] = []
-        for term in dict.fromkeys(self._split(query)):  # each query term counts once
-            postings = self._postings.get(term)
-            if not postings:
-                continue
-            idf = math.log((size + 1) / len(postings))
-            if idf <= 0.0:
-                continue
-            used.append((term, postings))
-            if limit < size:
-                postings = postings[: bisect_left(postings, limit)]
-            weight = idf * k1p
-            # The hot loop: one multiply-add and one dict update per posting.
-            for position, tf in zip(postings, self._tfs[term], strict=False):
-                scores[position] = get(position, 0.0) + weight * tf / (
-                    c1 + c2 * lengths[position] + tf
-                )
-        best = heapq.nlargest(k, zip(scores.values(), scores.keys(), strict=True))
-        out: list[tuple[int, float, tuple[str, ...]]] = []
-        for score, position in best:
-            terms = tuple(term for term, postings in used if _contains(postings, position))
-            out.append((position, score, terms))
-        return out
-
-    # ------------------------------------------------------------ vectors
-
-    def query_vector(self, vector: Sequence[float]) -> tuple[float, ...]:
-        """``vector`` scaled to length 1, checked against the index's vectors.
-
-        Raises:
-            ValueError: It is empty, zero or not finite, or its length is not the one
-                of the vectors already held.
-        """
-        unit = unit_vector(vector)
-        if unit is None:
-            msg = "the vector is empty, zero or not finite"
-            raise ValueError(msg)
-        if self.dimensions is not None and len(unit) != self.dimensions:
-            msg = f"the vector has {len(unit)} dimensions, the index's have {self.dimensions}"
-            raise ValueError(msg)
-        return unit
-
-    def set_vector(
-        self, position: int, vector: Sequence[float], *, key: _VectorKey | None = None
-    ) -> None:
-        """Give the message at ``position`` its vector (scaled to length 1 here).
-
-        ``key`` (message id and text hash) lets a rebuilt index reuse it.
-
-        Raises:
-            ValueError: As :meth:`query_vector` (the first vector sets the length).
-        """
-        self._put(position, self.query_vector(vector), key)
-
-    def _put(self, position: int, unit: tuple[float, ...], key: _VectorKey | None) -> None:
-        """Keep a checked unit vector (see :meth:`set_vector`)."""
-        if self.dimensions is None:
-            self.dimensions = len(unit)
-        if self.vectors[position] is None:
-            self.vector_count += 1
-        self.vectors[position] = unit
-        self.unembedded.pop(position, None)
-        if key is not None:
-            self.vector_keys[key] = position
-
-    def similarities(
-        self, query_vector: Sequence[float], *, before: int | None = None
-    ) -> dict[int, float]:
-        """Cosine similarity of ``query_vector`` with each vector below ``before``.
-
-        Raises:
-            ValueError: As :meth:`query_vector`.
-        """
-        query = self.query_vector(query_vector)
-        if not self.vector_count:
-            return {}
-        limit = len(self.vectors) if before is None else min(before, len(self.vectors))
-        dist = math.dist
-        return {
-            position: 1.0 - dist(query, vector) ** 2 / 2.0
-            for position, vector in enumerate(self.vectors[:limit])
-            if vector is not None
-        }
-
-    def hybrid_search(
-        self, query: str, query_vector: Sequence[float], k: int = 10, *, before: int | None = None
-    ) -> list[RecallHit]:
-        """The ``k`` best positions for ``query`` by BM25 and by vector, fused.
-
-        Reciprocal rank fusion: the messages below ``before`` are ranked twice, by BM25
-        (those sharing a term with the query, as :meth:`search`) and by cosine
-        similarity with ``query_vector`` (those with a vector and a similarity above 0);
-        each ranking keeps its best ``max(k, RRF_DEPTH)``. A message's score is::
-
-            1 / (RRF_K + bm25_rank) + 1 / (RRF_K + vector_rank)
-
-        (ranks from 1; a ranking it is not in adds nothing), so a message found by both
-        outranks one found by only one at the same rank, and a message sharing no term
-        with the query is found by its vector alone. Best first, the newer first among
-        equal scores.
-
-        Raises:
-            ValueError: ``query_vector`` is unusable (see :meth:`query_vector`).
-        """
-        size = len(self.lengths)
-        if size == 0 or k <= 0:
-            return []
-        depth = max(k, RRF_DEPTH)
-        similarity = self.similarities(query_vector, before=before)
-        lexical = self.search(query, k=depth, before=before)
-        nearest = heapq.nlargest(depth, ((s, p) for p, s in similarity.items() if s > 0.0))
-        fused: dict[int, float] = {}
-        bm25_ranks: dict[int, int] = {}
-        found: dict[int, tuple[float, tuple[str, ...]]] = {}
-        for rank, (position, score, terms) in enumerate(lexical, 1):
-            fused[position] = 1.0 / (RRF_K + rank)
-            bm25_ranks[position] = rank
-            found[position] = (score, terms)
-        vector_ranks: dict[int, int] = {}
-        for rank, (_, position) in enumerate(nearest, 1):
-            fused[position] = fused.get(position, 0.0) + 1.0 / (RRF_K + rank)
-            vector_ranks[position] = rank
-        best = heapq.nlargest(k, ((score, position) for position, score in fused.items()))
-        return [
-            RecallHit(
-                position,
-                score,
-                found.get(position, (0.0, ()))[1],
-                found.get(position, (0.0, ()))[0],
-                similarity.get(position),
-                bm25_ranks.get(position),
-                vector_ranks.get(position),
-            )
-            for score, position in best
-        ]
-
-    # ------------------------------------------------------------ turns
-
-    def turn(self, position: int) -> tuple[int, int]:
-        """The whole turn around ``position`` as ``(start, stop)``, ``stop`` exclusive.
-
-        A turn starts at a user message and runs to the next one (messages before the
-        first user message form a turn of their own), so an AI tool call and its results
-        stay together.
-        """
-        users = self.user_positions
-        at = bisect_right(users, position)
-        start = users[at - 1] if at else 0
-        stop = users[at] if at < len(users) else len(self.lengths)
-        return start, stop
-
-    def cost(self, start: int, stop: int) -> int:
-        """Cached tokens of messages ``start`` to ``stop - 1``."""
-        return sum(self.tokens[start:stop])
 
 
 @dataclass(frozen=True)
@@ -560,7 +185,7 @@ class Recall:
         self.embeddings = embeddings
         self.embed_batch_size = embed_batch_size
         self._indexes: OrderedDict[str, RecallIndex] = OrderedDict()
-        self._carried: OrderedDict[str, dict[_VectorKey, tuple[float, ...]]] = OrderedDict()
+        self._carried: OrderedDict[str, dict[VectorKey, tuple[float, ...]]] = OrderedDict()
         self._lock = threading.Lock()
         self._subscriptions: list[Callable[[], None]] = []
         self.rebuilds = 0
@@ -678,7 +303,7 @@ class Recall:
 
     # ------------------------------------------------------------ embedding
 
-    def _take(self, index: RecallIndex) -> list[list[tuple[int, str, _VectorKey | None]]]:
+    def _take(self, index: RecallIndex) -> list[list[tuple[int, str, VectorKey | None]]]:
         """Claim the index's messages to embed, in batches (another caller gets none)."""
         with self._lock:
             work = sorted((p, text, key) for p, (text, key) in index.unembedded.items())
@@ -689,7 +314,7 @@ class Recall:
     def _store(
         self,
         index: RecallIndex,
-        batch: Sequence[tuple[int, str, _VectorKey | None]],
+        batch: Sequence[tuple[int, str, VectorKey | None]],
         vectors: Sequence[Sequence[float]],
     ) -> None:
         """Keep a batch's vectors, all or none.
@@ -711,7 +336,7 @@ class Recall:
     def _failed(
         self,
         index: RecallIndex,
-        batches: Sequence[Sequence[tuple[int, str, _VectorKey | None]]],
+        batches: Sequence[Sequence[tuple[int, str, VectorKey | None]]],
         session_id: str,
         error: Exception,
         notes: list[str] | None,
