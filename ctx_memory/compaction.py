@@ -39,10 +39,22 @@ returns nothing changes nothing; :class:`CompactionOutcome` says why.
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
+from ctx_memory._compaction_entries import (
+    aadd_compaction,
+    add_compaction,
+    aget_compactions,
+    aremove_compaction,
+    awrite_entry,
+    bad_field,
+    get_compactions,
+    new_entry,
+    remove_compaction,
+    tool_ids_of,
+    write_entry,
+)
 from ctx_memory._compaction_summarize import (
     DEFAULT_PREFIX_INSTRUCTION,
     DEFAULT_SUMMARY_PROMPT,
@@ -59,8 +71,6 @@ from ctx_memory.assembly.compacted import (
     summary_text,
 )
 from ctx_memory.assembly.messages import records_to_messages
-from ctx_memory.errors import ValidationError
-from ctx_memory.schema import now_iso
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -94,373 +104,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-KINDS = ("summary", "tool_outputs_cleared")
-Kind = Literal["summary", "tool_outputs_cleared"]
-_MAX_ID = 128
-
-
-# ------------------------------------------------------------------ validation (pure)
-
-
-def _bad(field_name: str, problem: str) -> ValidationError:
-    return ValidationError(f"compaction {field_name}: {problem}")
-
-
-def _check_add(  # noqa: PLR0917 - the public signature's fields, in its order
-    first_index: object,
-    last_index: object,
-    summary: object,
-    kind: object,
-    producer: object,
-    compaction_id: object,
-    tool_call_ids: object = None,
-) -> None:
-    for name, value in (("first_index", first_index), ("last_index", last_index)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise _bad(name, f"must be an int >= 0, got {value!r}")
-    assert isinstance(first_index, int)
-    assert isinstance(last_index, int)
-    if last_index < first_index:
-        raise _bad("last_index", f"{last_index} is before first_index {first_index}")
-    if kind not in KINDS:
-        raise _bad("kind", f"must be one of {KINDS}, got {kind!r}")
-    if not isinstance(summary, str):
-        raise _bad("summary", f"must be a str, got {type(summary).__name__}")
-    if kind == "summary" and not summary.strip():
-        raise _bad("summary", "is empty (a summary compaction needs text)")
-    if producer is not None:
-        if not isinstance(producer, dict) or not set(producer) <= {"name", "model", "prompt_hash"}:
-            raise _bad("producer", f"must be a dict of name, model, prompt_hash; got {producer!r}")
-        for key, value in producer.items():
-            if not isinstance(value, str):
-                raise _bad(f"producer.{key}", f"must be a str, got {value!r}")
-    if compaction_id is not None and (
-        not isinstance(compaction_id, str) or not compaction_id or len(compaction_id) > _MAX_ID
-    ):
-        raise _bad("id", f"must be a non-empty str of at most {_MAX_ID} chars")
-    if tool_call_ids is not None and (
-        not isinstance(tool_call_ids, (list, tuple))
-        or not all(isinstance(i, str) and i for i in tool_call_ids)
-    ):
-        raise _bad("tool_call_ids", f"must be a list of non-empty str, got {tool_call_ids!r}")
-
-
-def _tool_ids(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The call ids of the tool results among ``records``, in order, once each."""
-    out: dict[str, None] = {}
-    for record in records:
-        call_id = record.get("tool_call_id")
-        if record.get("role") == "tool" and call_id:
-            out[str(call_id)] = None
-    return list(out)
-
-
-def _entry(
-    records: Sequence[Mapping[str, Any]],
-    first_index: int,
-    last_index: int,
-    summary: str,
-    *,
-    kind: str,
-    producer: Mapping[str, str] | None,
-    compaction_id: str | None,
-    first_id: str | None,
-    last_id: str | None,
-    counter: TokenCounter,
-    tool_call_ids: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """The entry once the covered records are read; raises if they are not what was said."""
-    if len(records) != last_index - first_index + 1:
-        msg = (
-            f"compaction last_index: the session holds {first_index + len(records)} messages, "
-            f"the range {first_index}-{last_index} is past its end"
-        )
-        raise ValidationError(msg)
-    for name, given, record in (
-        ("first_id", first_id, records[0]),
-        ("last_id", last_id, records[-1]),
-    ):
-        if given is not None and record.get("id") != given:
-            msg = f"compaction {name}: message {given!r} is not at that position"
-            raise ValidationError(msg)
-    covered_ids = _tool_ids(records)
-    if tool_call_ids is not None:
-        unknown = [i for i in tool_call_ids if i not in set(covered_ids)]
-        if unknown:
-            msg = (
-                f"compaction tool_call_ids: {unknown[0]!r} is no tool result in messages "
-                f"{first_index}-{last_index}"
-            )
-            raise ValidationError(msg)
-        covered_ids = list(dict.fromkeys(tool_call_ids))
-    entry: dict[str, Any] = {
-        "id": compaction_id or f"c-{uuid.uuid4().hex[:16]}",
-        "kind": kind,
-        "first_id": str(records[0].get("id")),
-        "last_id": str(records[-1].get("id")),
-        "first_index": first_index,
-        "last_index": last_index,
-        "summary": summary,
-        "tool_call_ids": covered_ids,
-        "producer": {"name": "", "model": "", "prompt_hash": "", **(producer or {})},
-        "tokens_covered": sum(int(r.get("token_count") or 0) for r in records),
-        "created_at": now_iso(),
-    }
-    entry["summary_tokens"] = (
-        summary_record(entry, counter)["token_count"] if kind == "summary" else 0
-    )
-    return entry
-
-
-def _check_remove(compaction_id: object) -> str:
-    if not isinstance(compaction_id, str) or not compaction_id:
-        raise _bad("id", f"must be a non-empty str, got {compaction_id!r}")
-    return compaction_id
-
-
-def _same_end(entry: Mapping[str, Any], live: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The other live summaries ending at ``entry``'s newest message (same position and id)."""
-    if entry.get("kind") != "summary":
-        return []
-    return [
-        dict(other)
-        for other in live
-        if other.get("kind") == "summary"
-        and other.get("id") != entry["id"]
-        and int(other["last_index"]) == int(entry["last_index"])
-        and other.get("last_id") == entry["last_id"]
-    ]
-
-
-def _wider(entry: Mapping[str, Any], same: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """Of the summaries at the same boundary, the one reaching furthest before ``entry``."""
-    earlier = [o for o in same if int(o["first_index"]) < int(entry["first_index"])]
-    return dict(min(earlier, key=lambda o: int(o["first_index"]))) if earlier else None
-
-
-def _unite(
-    entry: Mapping[str, Any],
-    wider: Mapping[str, Any],
-    extra: Sequence[Mapping[str, Any]],
-    counter: TokenCounter,
-) -> dict[str, Any]:
-    """``entry`` covering the union with ``wider`` (same end, reaching back further).
-
-    ``extra`` are the stored records from ``wider``'s start to just before ``entry``'s.
-    The text is ``wider``'s, then ``entry``'s (the part only ``wider`` covers keeps its
-    summary); the tool-call ids are those of the whole union.
-    """
-    united = dict(entry)
-    united["first_index"] = int(wider["first_index"])
-    united["first_id"] = str(wider["first_id"])
-    united["summary"] = f"{wider['summary']}\n{entry['summary']}"
-    united["tokens_covered"] = int(entry["tokens_covered"]) + sum(
-        int(r.get("token_count") or 0) for r in extra
-    )
-    united["tool_call_ids"] = list(
-        dict.fromkeys([*_tool_ids(extra), *(entry.get("tool_call_ids") or [])])
-    )
-    united["summary_tokens"] = summary_record(united, counter)["token_count"]
-    return united
-
-
-def _settled(
-    entry: dict[str, Any],
-    same: Sequence[Mapping[str, Any]],
-    extra: Sequence[Mapping[str, Any]] | None,
-    counter: TokenCounter,
-    tombstones: Mapping[str, None] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The entry to write and the ``{id: entry or None}`` update (the replaced ones removed)."""
-    wider = _wider(entry, same)
-    if wider is not None and extra is not None:
-        entry = _unite(entry, wider, extra, counter)
-    removed = {str(o["id"]): None for o in same}
-    return entry, {**(tombstones or {}), **removed, entry["id"]: entry}
-
-
-# ------------------------------------------------------------------ the data: I/O twins
-
-
-def add_compaction(
-    manager: ContextManager,
-    session_id: str,
-    first_index: int,
-    last_index: int,
-    summary: str,
-    *,
-    kind: Kind = "summary",
-    producer: Mapping[str, str] | None = None,
-    compaction_id: str | None = None,
-    first_id: str | None = None,
-    last_id: str | None = None,
-    tool_call_ids: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """Store a compaction of messages ``first_index``..``last_index`` (inclusive).
-
-    The covered messages are read to check ``first_id`` / ``last_id`` (when given),
-    count ``tokens_covered`` from their cached counts and list the call ids of the tool
-    results among them (``tool_call_ids``; when given, each must be one of those); nothing
-    is written if any check fails. Safe beside concurrent compactors (one atomic deep
-    merge).
-
-    A summary ending at the same message as a live summary (a LangChain
-    ``SummarizationMiddleware`` summary and a policy's, say) replaces it, so one message
-    is sent: the new entry covers the union of both ranges (when the other reaches
-    further back, its text comes first and the extra messages are read for their counts
-    and tool-call ids) and the other is removed in the same write.
-
-    Returns:
-        The entry written.
-
-    Raises:
-        ValidationError: A bad argument, a range past the history's end or ids that
-            are not at those positions (the message names the field).
-
-    Example:
-        .. code-block:: python
-
-            from ctx_memory import ContextManager
-            from ctx_memory.compaction import add_compaction, get_compactions
-
-            manager = ContextManager()
-            for i in range(3):
-                manager.add_user_message("s1", f"question {i}")
-                manager.add_assistant_message("s1", f"answer {i}")
-            entry = add_compaction(manager, "s1", 0, 3, "User asked 0 and 1; answered.")
-            assert get_compactions(manager, "s1") == [entry]
-            assert len(manager.get_history("s1")) == 6  # messages untouched
-    """
-    _check_add(first_index, last_index, summary, kind, producer, compaction_id, tool_call_ids)
-    records = manager.get_message_range(session_id, first_index, last_index)
-    entry = _entry(
-        records, first_index, last_index, summary, kind=kind, producer=producer,
-        compaction_id=compaction_id, first_id=first_id, last_id=last_id,
-        counter=manager.token_counter, tool_call_ids=tool_call_ids,
-    )  # fmt: skip
-    return _write(manager, session_id, entry)
-
-
-def _write(
-    manager: ContextManager,
-    session_id: str,
-    entry: dict[str, Any],
-    tombstones: Mapping[str, None] | None = None,
-) -> dict[str, Any]:
-    """Write ``entry``, merged with the summaries at its boundary, in one atomic update."""
-    same = _same_end(entry, get_compactions(manager, session_id))
-    wider = _wider(entry, same)
-    extra = None
-    if wider is not None:
-        extra = manager.get_message_range(
-            session_id, int(wider["first_index"]), int(entry["first_index"]) - 1
-        )
-    entry, update = _settled(entry, same, extra, manager.token_counter, tombstones)
-    manager.update_partial_context(session_id, {COMPACTIONS_KEY: update}, reserved=True)
-    return entry
-
-
-async def _awrite(
-    manager: ContextManager,
-    session_id: str,
-    entry: dict[str, Any],
-    tombstones: Mapping[str, None] | None = None,
-) -> dict[str, Any]:
-    """Async :func:`_write`."""
-    same = _same_end(entry, await aget_compactions(manager, session_id))
-    wider = _wider(entry, same)
-    extra = None
-    if wider is not None:
-        extra = await manager.aget_message_range(
-            session_id, int(wider["first_index"]), int(entry["first_index"]) - 1
-        )
-    entry, update = _settled(entry, same, extra, manager.token_counter, tombstones)
-    await manager.aupdate_partial_context(session_id, {COMPACTIONS_KEY: update}, reserved=True)
-    return entry
-
-
-async def aadd_compaction(
-    manager: ContextManager,
-    session_id: str,
-    first_index: int,
-    last_index: int,
-    summary: str,
-    *,
-    kind: Kind = "summary",
-    producer: Mapping[str, str] | None = None,
-    compaction_id: str | None = None,
-    first_id: str | None = None,
-    last_id: str | None = None,
-    tool_call_ids: Sequence[str] | None = None,
-) -> dict[str, Any]:
-    """Async :func:`add_compaction`."""
-    _check_add(first_index, last_index, summary, kind, producer, compaction_id, tool_call_ids)
-    records = await manager.aget_message_range(session_id, first_index, last_index)
-    entry = _entry(
-        records, first_index, last_index, summary, kind=kind, producer=producer,
-        compaction_id=compaction_id, first_id=first_id, last_id=last_id,
-        counter=manager.token_counter, tool_call_ids=tool_call_ids,
-    )  # fmt: skip
-    return await _awrite(manager, session_id, entry)
-
-
-def get_compactions(manager: ContextManager, session_id: str) -> list[dict[str, Any]]:
-    """The session's live compactions, oldest range first (``[]`` for none).
-
-    Example:
-        .. code-block:: python
-
-            from ctx_memory import ContextManager
-            from ctx_memory.compaction import get_compactions
-
-            assert get_compactions(ContextManager(), "nobody") == []
-    """
-    header = manager.get_header(session_id)
-    return compactions_of(header["shared"] if header else None)
-
-
-async def aget_compactions(manager: ContextManager, session_id: str) -> list[dict[str, Any]]:
-    """Async :func:`get_compactions`."""
-    header = await manager.aget_header(session_id)
-    return compactions_of(header["shared"] if header else None)
-
-
-def remove_compaction(manager: ContextManager, session_id: str, compaction_id: str) -> bool:
-    """Remove a compaction (a tombstone); the session then assembles as before.
-
-    Returns:
-        Whether it was live.
-
-    Example:
-        .. code-block:: python
-
-            from ctx_memory import ContextManager
-            from ctx_memory.compaction import add_compaction, get_compactions, remove_compaction
-
-            manager = ContextManager()
-            manager.add_user_message("s1", "hi")
-            entry = add_compaction(manager, "s1", 0, 0, "greeting")
-            assert remove_compaction(manager, "s1", entry["id"])
-            assert get_compactions(manager, "s1") == []
-    """
-    cid = _check_remove(compaction_id)
-    live = any(e["id"] == cid for e in get_compactions(manager, session_id))
-    if live:
-        manager.update_partial_context(session_id, {COMPACTIONS_KEY: {cid: None}}, reserved=True)
-    return live
-
-
-async def aremove_compaction(manager: ContextManager, session_id: str, compaction_id: str) -> bool:
-    """Async :func:`remove_compaction`."""
-    cid = _check_remove(compaction_id)
-    live = any(e["id"] == cid for e in await aget_compactions(manager, session_id))
-    if live:
-        await manager.aupdate_partial_context(
-            session_id, {COMPACTIONS_KEY: {cid: None}}, reserved=True
-        )
-    return live
-
 
 # ------------------------------------------------------------------ the ladder
 
@@ -539,9 +182,9 @@ class CompactionPolicy:
     def __post_init__(self) -> None:
         for name in ("keep_tool_outputs", "tool_output_min_tokens", "keep_recent", "min_messages"):
             if getattr(self, name) < 0:
-                raise _bad(name, "must be >= 0")
+                raise bad_field(name, "must be >= 0")
         if self.block < 1:
-            raise _bad("block", "must be >= 1")
+            raise bad_field("block", "must be >= 1")
 
     def _floor(self, position: int) -> int:
         return max(position, 0) // self.block * self.block
@@ -717,7 +360,7 @@ def _rolled_entry(
 ) -> tuple[dict[str, Any], dict[str, None]]:
     """The entry for ``step`` (taking in its chain) and the tombstones of that chain."""
     covered = step.covered
-    entry = _entry(
+    entry = new_entry(
         covered, job.start, job.start + len(covered) - 1, summary, kind="summary",
         producer=producer, compaction_id=None, first_id=str(covered[0].get("id")),
         last_id=str(covered[-1].get("id")), counter=counter,
@@ -789,7 +432,7 @@ def compact(
     if step is None:
         return CompactionOutcome(reason="no turn boundary")
     older_ids = {
-        str(e["id"]): _tool_ids(
+        str(e["id"]): tool_ids_of(
             manager.get_message_range(session_id, int(e["first_index"]), int(e["last_index"]))
         )
         for e in _needs_ids(step.chain)
@@ -805,7 +448,7 @@ def compact(
         step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
         counter=counter,
     )  # fmt: skip
-    return CompactionOutcome(entry=_write(manager, session_id, entry, tombstones))
+    return CompactionOutcome(entry=write_entry(manager, session_id, entry, tombstones))
 
 
 async def acompact(
@@ -825,7 +468,7 @@ async def acompact(
     if step is None:
         return CompactionOutcome(reason="no turn boundary")
     older_ids = {
-        str(e["id"]): _tool_ids(
+        str(e["id"]): tool_ids_of(
             await manager.aget_message_range(
                 session_id, int(e["first_index"]), int(e["last_index"])
             )
@@ -843,7 +486,7 @@ async def acompact(
         step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
         counter=counter,
     )  # fmt: skip
-    return CompactionOutcome(entry=await _awrite(manager, session_id, entry, tombstones))
+    return CompactionOutcome(entry=await awrite_entry(manager, session_id, entry, tombstones))
 
 
 def make_restore_tool(
