@@ -52,7 +52,6 @@ from ctx_memory.stores._postgres_ops import (
     ONE,
     Found,
     PostgresOperations,
-    Prepared,
     Statement,
 )
 from ctx_memory.stores._postgres_sql import (
@@ -60,6 +59,16 @@ from ctx_memory.stores._postgres_sql import (
     SchemaSql,
     check_schema_name,
     events_channel,
+)
+from ctx_memory.stores._postgres_wire import (
+    acursor,
+    arelease_cursor,
+    asend,
+    cursor,
+    prepared_session,
+    release_cursor,
+    send,
+    sizeable,
 )
 from ctx_memory.stores.base import (
     check_limits,
@@ -82,7 +91,6 @@ from ctx_memory.stores.postgres_events import PostgresEventPublisher, PostgresEv
 try:
     import psycopg
     from psycopg.pq import TransactionStatus
-    from psycopg.rows import tuple_row
     from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 except ImportError as e:  # pragma: no cover - the extra is installed in every test run
     raise missing_extra("postgres", __name__, e) from e
@@ -564,12 +572,12 @@ class PostgresStore(PostgresOperations):
 
     @staticmethod
     def _run(conn: psycopg.Connection[Any], steps: Generator[Statement, Any, T]) -> T:
-        cur = _cursor(conn)
+        cur = cursor(conn)
         try:
             q = next(steps)
             while True:
-                if q.prepared is not None and (session := _session(conn)) is not None:
-                    q = steps.send(_send(conn, session, q.prepared, q.params))
+                if q.prepared is not None and (session := prepared_session(conn)) is not None:
+                    q = steps.send(send(conn, session, q.prepared, q.params))
                     continue
                 cur.execute(q.sql, q.params)
                 if q.fetch == ONE:
@@ -578,20 +586,20 @@ class PostgresStore(PostgresOperations):
                     reply = cur.fetchall()
                 else:
                     reply = cur.rowcount
-                if q.large and _sizeable(reply):
-                    cur = _release_cursor(conn, cur)
+                if q.large and sizeable(reply):
+                    cur = release_cursor(conn, cur)
                 q = steps.send(reply)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
 
     @staticmethod
     async def _arun(conn: psycopg.AsyncConnection[Any], steps: Generator[Statement, Any, T]) -> T:
-        cur = _acursor(conn)
+        cur = acursor(conn)
         try:
             q = next(steps)
             while True:
-                if q.prepared is not None and (session := _session(conn)) is not None:
-                    q = steps.send(await _asend(conn, session, q.prepared, q.params))
+                if q.prepared is not None and (session := prepared_session(conn)) is not None:
+                    q = steps.send(await asend(conn, session, q.prepared, q.params))
                     continue
                 await cur.execute(q.sql, q.params)
                 if q.fetch == ONE:
@@ -600,8 +608,8 @@ class PostgresStore(PostgresOperations):
                     reply = await cur.fetchall()
                 else:
                     reply = cur.rowcount
-                if q.large and _sizeable(reply):
-                    cur = await _arelease_cursor(conn, cur)
+                if q.large and sizeable(reply):
+                    cur = await arelease_cursor(conn, cur)
                 q = steps.send(reply)
         except StopIteration as stop:
             return stop.value  # type: ignore[no-any-return]
@@ -679,193 +687,6 @@ class PostgresStore(PostgresOperations):
     def gc_running(self) -> bool:
         """Whether the background garbage collector is running."""
         return self._collector is not None and self._collector.running
-
-
-# The hot statements (Statement.prepared: one message appended, a range of messages read)
-# skip the cursor: they are prepared once per connection (libpq's PQsendPrepare, named after
-# their text, as psycopg prepares a statement it has seen five times) and sent with
-# PQsendQueryPrepared, parameters encoded here (text, in the connection's encoding), the one
-# row decoded as text. Cursor.execute spends about 16 µs of Python per statement on what
-# these do not need (adapting by type, the prepared-statement bookkeeping, result loaders,
-# row makers). Errors are psycopg's (error_from_result: the class of the SQLSTATE), a lost
-# connection its OperationalError, as through a cursor. A statement the server forgot
-# (DEALLOCATE, DISCARD ALL) is prepared again. A connection with psycopg's prepared
-# statements turned off (prepare_threshold None, as behind PgBouncer before 1.21) gets
-# none from the store either: the cursor sends the statement unprepared. Without psycopg's
-# execute generator (another psycopg than 3.2 to 3.3) the cursor path is used.
-
-try:
-    from psycopg.errors import error_from_result
-    from psycopg.generators import execute as _execute_generator
-except ImportError:  # pragma: no cover - psycopg 3.2 and 3.3 have both
-    _LIBPQ = False
-else:
-    _LIBPQ = True
-
-_PREPARED = "_ctx_memory_prepared"
-_TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
-_COMMAND_OK = psycopg.pq.ExecStatus.COMMAND_OK
-
-
-class _Session:
-    """What one connection has prepared, and its encoding (kept on the connection)."""
-
-    __slots__ = ("encoding", "names")
-
-    def __init__(self, encoding: str) -> None:
-        self.encoding = encoding
-        self.names: set[bytes] = set()
-
-
-def _session(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> _Session | None:
-    """What ``conn`` has prepared; ``None``: send prepared statements through a cursor."""
-    session: _Session | None = getattr(conn, _PREPARED, None)
-    if session is None:
-        if not _LIBPQ or conn.prepare_threshold is None:
-            return None
-        session = _Session(conn.info.encoding)
-        try:
-            setattr(conn, _PREPARED, session)
-        except AttributeError:  # a connection class with __slots__: nothing to remember by
-            return None
-    return session
-
-
-def _encode(value: object, encoding: str) -> bytes | None:
-    """A parameter as PostgreSQL's text input: what psycopg's text dumpers send."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value.encode(encoding)
-    if isinstance(value, bool):
-        return b"t" if value else b"f"
-    if isinstance(value, int):
-        return b"%d" % value
-    if isinstance(value, float):
-        return repr(value).encode()
-    msg = f"cannot send a {type(value).__name__} as a prepared statement's parameter"
-    raise TypeError(msg)
-
-
-def _check(results: list[Any], encoding: str) -> None:
-    """Raise psycopg's error for a statement that failed."""
-    result = results[-1]
-    if result.status not in (_TUPLES_OK, _COMMAND_OK):
-        raise error_from_result(result, encoding=encoding)
-
-
-def _row(results: list[Any], encoding: str) -> tuple[str | None, ...] | None:
-    """The first row of a statement's last result, every column decoded as text."""
-    result = results[-1]
-    if result.status != _TUPLES_OK:
-        raise error_from_result(result, encoding=encoding)
-    if result.ntuples == 0:
-        return None
-    values = [result.get_value(0, i) for i in range(result.nfields)]
-    return tuple(None if v is None else bytes(v).decode(encoding) for v in values)
-
-
-def _send(
-    conn: psycopg.Connection[Any], session: _Session, prepared: Prepared, params: dict[str, Any]
-) -> Any:
-    values = [_encode(params[key], session.encoding) for key in prepared.order]
-    for attempt in range(2):
-        try:
-            with conn.lock:
-                if prepared.name not in session.names:
-                    conn.pgconn.send_prepare(prepared.name, prepared.sql)
-                    _check(conn.wait(_execute_generator(conn.pgconn)), session.encoding)
-                    session.names.add(prepared.name)
-                conn.pgconn.send_query_prepared(prepared.name, values)
-                results = conn.wait(_execute_generator(conn.pgconn))
-            return _row(results, session.encoding)
-        except psycopg.errors.InvalidSqlStatementName:
-            session.names.clear()  # the server forgot them
-            if attempt:
-                raise
-    raise AssertionError  # pragma: no cover - the loop returns or raises
-
-
-async def _asend(
-    conn: psycopg.AsyncConnection[Any],
-    session: _Session,
-    prepared: Prepared,
-    params: dict[str, Any],
-) -> Any:
-    values = [_encode(params[key], session.encoding) for key in prepared.order]
-    for attempt in range(2):
-        try:
-            async with conn.lock:
-                if prepared.name not in session.names:
-                    conn.pgconn.send_prepare(prepared.name, prepared.sql)
-                    _check(await conn.wait(_execute_generator(conn.pgconn)), session.encoding)
-                    session.names.add(prepared.name)
-                conn.pgconn.send_query_prepared(prepared.name, values)
-                results = await conn.wait(_execute_generator(conn.pgconn))
-            return _row(results, session.encoding)
-        except psycopg.errors.InvalidSqlStatementName:
-            session.names.clear()  # the server forgot them
-            if attempt:
-                raise
-    raise AssertionError  # pragma: no cover - the loop returns or raises
-
-
-# One cursor per connection, kept on the connection and used for every statement the store
-# sends on it: ``conn.execute`` makes a cursor per call, and a new cursor looks up again the
-# dumpers of its parameters and the loaders of its columns (about 12 µs of CPU per
-# statement). A connection is used by one caller at a time (the pool's checkout), so its
-# cursor is too. Rows are always tuples, whatever row factory a given pool's connections
-# have. A cursor holds its last result until the next statement: after a large reply it is
-# closed and a new one made, so that an idle connection does not keep a history in memory.
-
-_CURSOR = "_ctx_memory_cursor"
-_LARGE_REPLY = 1 << 16  # characters
-
-
-def _cursor(conn: psycopg.Connection[Any]) -> psycopg.Cursor[Any]:
-    cur: psycopg.Cursor[Any] | None = getattr(conn, _CURSOR, None)
-    if cur is None or cur.closed:
-        cur = conn.cursor(row_factory=tuple_row)
-        with contextlib.suppress(AttributeError):  # a connection class with __slots__
-            setattr(conn, _CURSOR, cur)
-    return cur
-
-
-def _acursor(conn: psycopg.AsyncConnection[Any]) -> psycopg.AsyncCursor[Any]:
-    cur: psycopg.AsyncCursor[Any] | None = getattr(conn, _CURSOR, None)
-    if cur is None or cur.closed:
-        cur = conn.cursor(row_factory=tuple_row)
-        with contextlib.suppress(AttributeError):
-            setattr(conn, _CURSOR, cur)
-    return cur
-
-
-def _release_cursor(conn: psycopg.Connection[Any], cur: psycopg.Cursor[Any]) -> psycopg.Cursor[Any]:
-    cur.close()
-    return _cursor(conn)
-
-
-async def _arelease_cursor(
-    conn: psycopg.AsyncConnection[Any], cur: psycopg.AsyncCursor[Any]
-) -> psycopg.AsyncCursor[Any]:
-    await cur.close()
-    return _acursor(conn)
-
-
-def _sizeable(reply: object) -> bool:
-    """Whether a reply (a row, or a list of rows) is large enough to free its result.
-
-    Text counts its characters, an array or a list of rows 64 per element.
-    """
-    if isinstance(reply, tuple):
-        size = 0
-        for value in reply:
-            if isinstance(value, str):
-                size += len(value)
-            elif isinstance(value, list):
-                size += 64 * len(value)
-        return size > _LARGE_REPLY
-    return isinstance(reply, list) and 64 * len(reply) > _LARGE_REPLY
 
 
 def _close_async_pool(loop: asyncio.AbstractEventLoop, pool: AsyncConnectionPool[Any]) -> None:
