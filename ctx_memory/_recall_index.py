@@ -11,10 +11,9 @@ import heapq
 import json
 import math
 from bisect import bisect_left, bisect_right
-from collections import Counter
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ctx_memory.ranking import BM25_B, BM25_K1, tokenize
+from ctx_memory.ranking import _STOPWORDS, BM25_B, BM25_K1, tokenize
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
@@ -51,7 +50,7 @@ _RECALL_STOPWORDS = frozenset(
 )
 
 
-def _stem(word: str) -> str:
+def _strip_suffix(word: str) -> str:
     """A light English suffix stripper: ``painted``, ``paints``, ``painting`` -> ``paint``.
 
     Only ASCII words longer than four letters; plurals, ``-ing``, ``-ed``, ``-ly``,
@@ -78,6 +77,23 @@ def _stem(word: str) -> str:
     return word
 
 
+_NOT_WORD = str.maketrans(
+    {chr(c): " " for c in range(128) if not (chr(c).isalnum() or chr(c) == "_")}
+)
+"""ASCII characters outside ``\\w`` to spaces: ``split()`` then finds ``\\w+`` (faster)."""
+
+_TERMS: dict[str, str] = {}  # word -> its term, "" for a stop word (words repeat)
+_TERMS_LIMIT = 1 << 16
+
+
+def _term(word: str) -> str:
+    """``word``'s recall term, ``""`` for a stop word; memoised in :data:`_TERMS`."""
+    term = "" if word in _STOPWORDS or word in _RECALL_STOPWORDS else _strip_suffix(word)
+    if len(_TERMS) < _TERMS_LIMIT:
+        _TERMS[word] = term
+    return term
+
+
 def recall_terms(text: str) -> list[str]:
     """The recall index's terms: the ranking tokenizer's, lightly stemmed.
 
@@ -94,7 +110,16 @@ def recall_terms(text: str) -> list[str]:
             ]
             assert recall_terms("I painted the sunrises") == ["paint", "sunris"]
     """
-    return [_stem(w) for w in tokenize(text) if w not in _RECALL_STOPWORDS]
+    words = text.lower().translate(_NOT_WORD).split() if text.isascii() else tokenize(text)
+    known = _TERMS.get
+    terms = []
+    for word in words:
+        term = known(word)
+        if term is None:
+            term = _term(word)
+        if term:
+            terms.append(term)
+    return terms
 
 
 def record_text(record: Mapping[str, Any]) -> str:
@@ -212,8 +237,11 @@ class RecallIndex:
         content = record.get("content")
         plain = type(content) is str and not record.get("tool_calls") and not record.get("name")
         words = self._split(content if plain else record_text(record))  # type: ignore[arg-type]
+        counts: dict[str, int] = {}
+        for word in words:  # a dict, not a Counter: faster on a message's few words
+            counts[word] = counts.get(word, 0) + 1
         postings, tfs = self._postings, self._tfs
-        for term, tf in Counter(words).items():
+        for term, tf in counts.items():
             found = postings.get(term)
             if found is None:
                 postings[term] = [position]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import random
+import string
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
 from ctx_memory import ContextManager, ContextPromptAssembler, InMemoryStore, TokenCounter
@@ -94,6 +97,18 @@ def test_index_scores_equal_bm25_over_the_same_documents():
         assert set(terms) == set(recall_terms(query)) & set(docs[position])
     scores = [s for _, s, _ in found]
     assert scores == sorted(scores, reverse=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=string.printable + "éüÅß東京서울", max_size=120))
+def test_recall_terms_are_the_ranking_words_without_stop_words_stemmed(text):
+    """The fast ASCII path and the memo give what the definition gives, on any text."""
+    from ctx_memory._recall_index import _RECALL_STOPWORDS, _strip_suffix
+    from ctx_memory.ranking import tokenize
+
+    expected = [_strip_suffix(w) for w in tokenize(text) if w not in _RECALL_STOPWORDS]
+    assert recall_terms(text) == expected
+    assert recall_terms(text) == expected  # again, from the memo
 
 
 def test_index_search_before_turns_and_ties():
