@@ -1,8 +1,9 @@
 r"""The ``ctx-memory`` command line.
 
 Every command works on the store that settings select (``STORE``, ``SQLITE_PATH``,
-``REDIS_URL`` from ``settings.toml`` / ``CTX_MEMORY_*``); the global options ``--store``,
-``--sqlite-path`` and ``--redis-url`` override them for one invocation.
+``REDIS_URL``, ``POSTGRES_URL`` from ``settings.toml`` / ``CTX_MEMORY_*``); the global
+options ``--store``, ``--sqlite-path``, ``--redis-url`` and ``--postgres-url`` override them
+for one invocation (each of the last three implies its store).
 
 Exit codes: ``0`` success, ``1`` a session or file was not found, input was invalid or
 the store failed, ``2`` wrong usage (unknown option, missing argument, bad setting).
@@ -20,6 +21,7 @@ document, JSON Lines, a JSON array of documents, or documents simply concatenate
 from __future__ import annotations
 
 import json
+import logging
 import shlex
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -106,7 +108,17 @@ class _Options:
     store: str | None = None  # a built-in or registered store; settings validate it
     sqlite_path: Path | None = None
     redis_url: str | None = field(default=None, repr=False)  # may hold a password
+    postgres_url: str | None = field(default=None, repr=False)  # may hold a password
     max_sessions: int | None = None
+
+    def implied_stores(self) -> list[str]:
+        """The stores that ``--sqlite-path``, ``--redis-url`` and ``--postgres-url`` imply."""
+        given = (
+            ("sqlite", self.sqlite_path),
+            ("redis", self.redis_url),
+            ("postgres", self.postgres_url),
+        )
+        return [name for name, value in given if value is not None]
 
     def settings(self) -> Settings:
         """Settings from files and environment with these options applied."""
@@ -115,10 +127,8 @@ class _Options:
     def overrides(self) -> dict[str, Any]:
         store = self.store
         if store is None:
-            if self.sqlite_path is not None and self.redis_url is None:
-                store = "sqlite"
-            elif self.redis_url is not None and self.sqlite_path is None:
-                store = "redis"
+            implied = self.implied_stores()
+            store = implied[0] if len(implied) == 1 else None
         values: dict[str, Any] = {}
         if store is not None:
             values["store"] = store.lower()
@@ -127,12 +137,26 @@ class _Options:
             values["sqlite_path"] = str(self.sqlite_path)
         if self.redis_url is not None:
             values["redis_url"] = self.redis_url
+        if self.postgres_url is not None:
+            values["postgres_url"] = self.postgres_url
         if self.max_sessions is not None:  # 0: no limit
             values["max_sessions"] = self.max_sessions
         return values
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _quiet_pool_logs() -> None:
+    """Keep psycopg_pool's per-attempt warnings off stderr when logging is not configured.
+
+    The pool logs each failed connection attempt; with no handler anywhere, Python prints
+    them (its "last resort" handler), a dozen lines before the command's one-line error.
+    A ``NullHandler`` stops only that: configured handlers still receive the records.
+    """
+    logger = logging.getLogger("psycopg.pool")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
 
 
 @contextmanager
@@ -150,6 +174,7 @@ def _open(ctx: typer.Context) -> Iterator[ContextManager]:
             _fail_with(e)
         return
     options: _Options = root if isinstance(root, _Options) else _Options()
+    _quiet_pool_logs()
     try:
         # Settings first: ContextManager's own ``store=`` keyword takes a store object.
         manager = ContextManager(options.settings())
@@ -178,6 +203,7 @@ def _fail_with(error: CtxMemoryError) -> NoReturn:
 @app.callback()
 def _root(
     ctx: typer.Context,
+    *,
     store: Annotated[
         str | None,
         typer.Option(
@@ -204,6 +230,14 @@ def _root(
             "(implies --store redis). Prefer CTX_MEMORY_REDIS_URL for passwords.",
         ),
     ] = None,
+    postgres_url: Annotated[
+        str | None,
+        typer.Option(
+            "--postgres-url",
+            help="A postgresql:// URL, overriding POSTGRES_URL "
+            "(implies --store postgres). Prefer CTX_MEMORY_POSTGRES_URL for passwords.",
+        ),
+    ] = None,
     max_sessions: Annotated[
         int | None,
         typer.Option(
@@ -214,14 +248,21 @@ def _root(
     ] = None,
 ) -> None:
     """Inspect and manage ctx_memory sessions on the configured store."""
-    if store is None and sqlite_path is not None and redis_url is not None:
-        msg = "give --store when passing both --sqlite-path and --redis-url"
+    options = _Options(
+        store=store,
+        sqlite_path=sqlite_path,
+        redis_url=redis_url,
+        postgres_url=postgres_url,
+        max_sessions=max_sessions,
+    )
+    implied = options.implied_stores()
+    if store is None and len(implied) > 1:
+        flags = {"sqlite": "--sqlite-path", "redis": "--redis-url", "postgres": "--postgres-url"}
+        msg = f"give --store when passing {' and '.join(flags[name] for name in implied)}"
         raise typer.BadParameter(msg, param_hint="--store")
     if isinstance(ctx.obj, ContextManager):  # embedded use: an existing manager
         return
-    ctx.obj = _Options(
-        store=store, sqlite_path=sqlite_path, redis_url=redis_url, max_sessions=max_sessions
-    )
+    ctx.obj = options
 
 
 @app.command()

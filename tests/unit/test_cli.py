@@ -439,3 +439,44 @@ def test_an_unknown_store_is_a_usage_error_naming_the_known_ones() -> None:
     result = runner.invoke(app, ["--store", "mongo", "sessions", "list"])
     assert result.exit_code == 2
     assert "known stores: memory, postgres, redis, sqlite" in result.output
+
+
+# --------------------------------------------------------------------------- --postgres-url
+
+
+def test_bad_postgres_url_is_a_usage_error_naming_the_key() -> None:
+    result = runner.invoke(app, ["--postgres-url", "http://u:hunter2@x/db", "sessions", "list"])
+    assert result.exit_code == 2
+    assert "POSTGRES_URL" in result.stderr
+    assert "hunter2" not in result.output
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        ["--sqlite-path", "x.db", "--postgres-url", "postgresql://h/db"],
+        ["--redis-url", "redis://h", "--postgres-url", "postgresql://h/db"],
+    ],
+)
+def test_two_implied_stores_without_store_is_a_usage_error(pair: list[str]) -> None:
+    result = runner.invoke(app, [*pair, "gc"])
+    assert result.exit_code == 2
+    assert "--postgres-url" in result.output
+
+
+def test_unreachable_postgres_is_one_line_without_the_password() -> None:
+    """psycopg_pool's per-attempt warnings stay off stderr: one line, no secret."""
+    import socket
+
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"postgresql://alice:hunter2@127.0.0.1:{port}/db"
+    env = {"CTX_MEMORY_POSTGRES_CONNECT_TIMEOUT": "1"}
+    result = runner.invoke(app, ["--postgres-url", url, "sessions", "list"], env=env)
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"error: PostgreSQL at postgresql://alice:***@127.0.0.1:{port}/db is unavailable: "
+        "couldn't get a connection after 1.00 sec"
+    ]
+    assert "hunter2" not in result.output
