@@ -20,6 +20,9 @@ Three layers, from pure to I/O:
   manager; the prompt assembler uses it.
 - :func:`make_recall_tool` is a LangChain tool an agent calls to bring back older turns
   matching a query (whole turns, tool calls with their results), with their positions.
+- :func:`search_history` (and :func:`asearch_history`) give people the same search:
+  the best-matching stored messages with their positions, scores and matched terms
+  (``ctx-memory search``, the service's ``/v1/sessions/{id}/search``, the inspector).
 
 What is and is not persisted: **nothing of the index is stored**. The history is (with
 its token counts); the index lives in the process and is rebuilt from the history when
@@ -62,6 +65,12 @@ from ctx_memory._recall_index import (
     record_text,
     unit_vector,
 )
+from ctx_memory._recall_search import (
+    MAX_SEARCH_HITS,
+    HistoryHit,
+    asearch_history,
+    search_history,
+)
 from ctx_memory.errors import ValidationError
 from ctx_memory.events import EventType
 
@@ -78,18 +87,22 @@ if TYPE_CHECKING:
 __all__ = [
     "EMBED_BATCH_SIZE",
     "INVALIDATING_EVENTS",
+    "MAX_SEARCH_HITS",
     "RRF_DEPTH",
     "RRF_K",
+    "HistoryHit",
     "Recall",
     "RecallHit",
     "RecallIndex",
     "RecallUpdate",
+    "asearch_history",
     "format_turns",
     "gap_text",
     "make_recall_tool",
     "record_text",
     "recall_for",
     "recall_terms",
+    "search_history",
     "tool_ranges",
     "unit_vector",
 ]
