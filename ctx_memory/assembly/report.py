@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
+from langchain_core.messages import convert_to_openai_messages
 from langchain_core.prompt_values import ChatPromptValue
 
 from ctx_memory.ranking import item_title
@@ -207,6 +208,21 @@ class AssembledPrompt:
             }
             for n, item in enumerate(self.sources, 1)
         ]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The prompt as JSON-native data: what a preview shows.
+
+        ``messages`` in the OpenAI chat format (``role``, ``content``, and ``tool_calls``
+        or ``tool_call_id`` where they belong; LangChain's ``convert_to_openai_messages``),
+        ``sources`` (:meth:`sources_used`), ``report`` (:meth:`AssemblyReport.as_dict`)
+        and ``model_kwargs``.
+        """
+        return {
+            "messages": convert_to_openai_messages(self.messages),
+            "sources": self.sources_used(),
+            "report": self.report.as_dict(),
+            "model_kwargs": dict(self.model_kwargs),
+        }
 
     def to_variables(self) -> dict[str, Any]:
         """Variables for a user's own ``ChatPromptTemplate``.
