@@ -50,12 +50,13 @@ def kernel_name(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield KERNEL_NAME
 
 
-def test_there_are_four_notebooks_each_with_its_source() -> None:
+def test_there_are_five_notebooks_each_with_its_source() -> None:
     assert [p.name for p in NOTEBOOKS] == [
         "01_quickstart.ipynb",
         "02_sources_and_retrievers.ipynb",
         "03_agents.ipynb",
         "04_redis.ipynb",
+        "05_long_sessions.ipynb",
     ]
     sources = sorted(p.name for p in NOTEBOOK_DIR.glob("*.py"))
     assert sources == [p.with_suffix(".py").name for p in NOTEBOOKS]
