@@ -28,8 +28,11 @@ def test_quickstart_runs(monkeypatch, tmp_path, capsys):
     for block in blocks:
         exec(compile(block, "<README quickstart>", "exec"), namespace)
     cm = namespace["cm"]
-    assert cm.get_memory_stats("user-42")["message_count"] == 2
+    assert cm.get_memory_stats("user-42")["message_count"] == 4  # 2, then ContextualChat's turn
     assert namespace["messages"][0]["role"] == "system"
+    report = namespace["reply"].response_metadata["ctx_memory"]["report"]
+    assert 0 < report["total_tokens"] <= report["budget"]
+    assert cm.get_history("user-42")[-1]["content"] == "Yes: a flexible fare [1]."
 
 
 def test_the_first_two_commands_are_demo_and_test_and_ci_runs_them():
