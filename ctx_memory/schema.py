@@ -20,10 +20,12 @@ documents on import and describe the shape for users and type checkers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import re
+import time
 from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -74,6 +76,7 @@ __all__ = [
     "parse_document",
     "record_to_message",
     "message_to_record",
+    "utc_iso",
     "validate_record",
     "validate_role",
     "validate_session_id",
@@ -140,8 +143,29 @@ class ContextMode(str, Enum):
 
 
 def now_iso() -> str:
-    """The current UTC time as an ISO-8601 string with offset."""
-    return datetime.now(UTC).isoformat()
+    """The current UTC time as an ISO-8601 string with offset.
+
+    The same clock and the same text as ``datetime.now(UTC).isoformat()``, at half the
+    cost (see :func:`utc_iso`): every write reads the clock once.
+    """
+    return utc_iso(time.time_ns() // 1000)
+
+
+def utc_iso(micros: int) -> str:
+    """A Unix time in whole microseconds as ``datetime.isoformat()`` writes it in UTC.
+
+    ``2026-01-02T03:04:05.000006+00:00``; at a whole second the fraction is left out, as
+    ``isoformat`` does. The date and the time of day are formatted once a second.
+    """
+    seconds, fraction = divmod(micros, 1_000_000)
+    whole = _whole_second(seconds)
+    return f"{whole}.{fraction:06d}+00:00" if fraction else f"{whole}+00:00"
+
+
+@functools.lru_cache(maxsize=2)
+def _whole_second(seconds: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` of a Unix time in seconds, in UTC."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat().removesuffix("+00:00")
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
