@@ -21,20 +21,25 @@ header):
 =====================================  ===============================================
 
 ``/v1`` holds the same operations with the session in the path, and sessions themselves:
-list (paged), get, export, import, delete, messages. Every route takes the tenant's
-manager from :func:`~ctx_memory.server.security.tenant_manager`.
+list (paged), get, export, import, delete, messages, search (the stored messages that best
+match some words) and the preview of the prompt a chat turn would send. Every route takes
+the tenant's manager from :func:`~ctx_memory.server.security.tenant_manager`.
 """
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime  # noqa: TC003 - FastAPI reads the annotations
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from langchain_core.messages import HumanMessage
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from ctx_memory.recall import MAX_SEARCH_HITS, asearch_history
 from ctx_memory.schema import ContextMode
 from ctx_memory.server.app import session_path_id
 from ctx_memory.server.keys import Principal  # noqa: TC001 - FastAPI reads the annotation
@@ -42,15 +47,23 @@ from ctx_memory.server.security import Manager, ServiceError, principal, state_o
 from ctx_memory.server.turns import run_agent, run_chat
 from ctx_memory.web import ContextIntegration
 
+if TYPE_CHECKING:
+    from ctx_memory.manager import ContextManager
+    from ctx_memory.prompt import ContextPromptAssembler
+    from ctx_memory.server.app import ServerState
+
 __all__ = ["router"]
 
 router = APIRouter()
 
 MAX_PAGE = 500
+MAX_PROMPT_TOKENS = 10_000_000
+"""The largest ``max_tokens`` a prompt preview takes (above any model's context window)."""
 
 # --------------------------------------------------------------------------- parameters
 
 Question = Annotated[str, Query(min_length=1, max_length=100_000, description="The question.")]
+Words = Annotated[str, Query(min_length=1, max_length=100_000, description="What to look for.")]
 SessionQuery = Annotated[
     str | None,
     Query(
@@ -170,6 +183,27 @@ async def _require(manager: Any, session_id: str) -> None:
         from ctx_memory.errors import SessionNotFoundError  # noqa: PLC0415
 
         raise SessionNotFoundError(session_id)
+
+
+def _turn_assembler(
+    state: ServerState, manager: ContextManager, max_tokens: int | None
+) -> ContextPromptAssembler:
+    """The assembler of the tenant's chat turns, sized to ``max_tokens`` when given.
+
+    Raises:
+        RequestValidationError: ``max_tokens`` leaves nothing beyond the reply's reserve.
+    """
+    assembler = state.chat(manager).assembler
+    if max_tokens is None or max_tokens == assembler.max_tokens:
+        return assembler
+    if max_tokens <= assembler.reserve_tokens:
+        reserve = assembler.reserve_tokens
+        msg = f"Input should be greater than {reserve} (the tokens kept for the reply)"
+        error = {"loc": ("query", "max_tokens"), "msg": msg, "type": "greater_than"}
+        raise RequestValidationError([error])
+    sized = copy.copy(assembler)  # as ContextualChat copies it: same options, same caches
+    sized.max_tokens = max_tokens
+    return sized
 
 
 # --------------------------------------------------------------------------- seed 001
@@ -378,6 +412,57 @@ async def add_message(manager: Manager, session_id: SessionPath, body: NewMessag
         metadata=body.metadata,
         name=body.name,
     )
+
+
+@router.get("/v1/sessions/{session_id}/search", tags=["sessions"], summary="Search the history")
+async def search_session(
+    manager: Manager,
+    session_id: SessionPath,
+    q: Words,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_SEARCH_HITS, description="At most this many hits.")
+    ] = 10,
+) -> Any:
+    """The stored messages that best match ``q``, best first; 404 if the session does not exist.
+
+    Each hit is :meth:`ctx_memory.recall.HistoryHit.as_dict`: ``position`` (0 is the first
+    message), ``score``, ``terms`` (the query's terms it holds) and the stored ``message``.
+    """
+    sid = session_path_id(session_id)
+    await _require(manager, sid)
+    hits = await asearch_history(manager, sid, q, k=limit)
+    return {"session_id": sid, "query": q, "hits": [hit.as_dict() for hit in hits]}
+
+
+@router.get("/v1/sessions/{session_id}/prompt", tags=["turns"], summary="Preview a chat prompt")
+async def preview_prompt(
+    request: Request,
+    manager: Manager,
+    session_id: SessionPath,
+    q: Question,
+    max_tokens: Annotated[
+        int | None,
+        Query(
+            ge=1, le=MAX_PROMPT_TOKENS, description="The context size (default SERVER_MAX_TOKENS)."
+        ),
+    ] = None,
+) -> Any:
+    """The prompt a chat turn would send for question ``q``: no model called, nothing written.
+
+    ``messages`` and ``report`` are those of ``AssembledPrompt.as_dict()`` (the OpenAI chat
+    format, the budget report). 404 if the session does not exist, 422 ``over_budget`` if
+    the question alone does not fit.
+    """
+    sid = session_path_id(session_id)
+    await _require(manager, sid)
+    assembler = _turn_assembler(state_of(request), manager, max_tokens)
+    preview = (await assembler.abuild(sid, [HumanMessage(q)], query=q)).as_dict()
+    return {
+        "session_id": sid,
+        "question": q,
+        "messages": preview["messages"],
+        "report": preview["report"],
+    }
 
 
 @router.get("/v1/sessions/{session_id}/stats", tags=["sessions"], summary="Statistics")

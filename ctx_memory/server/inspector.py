@@ -7,7 +7,8 @@
   each one's mode, messages, sources, tokens and last update.
 * ``/inspector/sessions/{session_id}``: the session as the notebooks show it
   (:class:`~ctx_memory.display.SessionView`: metadata, system prompt, sources with links,
-  history with roles, shared state, the token-budget bar against ``SERVER_MAX_TOKENS``).
+  history with roles, shared state, the token-budget bar against ``SERVER_MAX_TOKENS``),
+  under a box searching its history (``q``: :func:`ctx_memory.recall.asearch_history`).
 * ``/inspector/analytics``: :func:`ctx_memory.analytics.analyze`'s HTML report, filtered
   by time and mode.
 
@@ -29,6 +30,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials  # noqa: TC002 - FastAPI reads it
 
 from ctx_memory.display import SessionView
+from ctx_memory.recall import MAX_SEARCH_HITS, HistoryHit, asearch_history, record_text
 from ctx_memory.schema import ContextMode
 from ctx_memory.server.app import session_path_id
 from ctx_memory.server.keys import Principal
@@ -81,6 +83,10 @@ button{background:#2da44e;color:#fff;border-color:#2a8f46;cursor:pointer}
 .login{max-width:380px;margin:60px auto;background:#fff;border:1px solid #d0d7de;
  border-radius:8px;padding:20px}
 .login input{width:100%;box-sizing:border-box;margin:8px 0 12px}
+h2{font-size:16px;margin:4px 0 8px}
+table.list td{vertical-align:top}
+.hit{white-space:pre-wrap;word-break:break-word;max-height:12em;overflow:auto}
+#search-results{margin:0 0 16px}
 """
 
 
@@ -318,6 +324,37 @@ async def sessions_page(
     return _page("Sessions", body, tenant=name, tenants=state_of(request).tenants.names)
 
 
+def _search_form(tenant: str, session_id: str, q: str, messages: int) -> str:
+    return (
+        '<form class="search" method="get" '
+        f'action="/inspector/sessions/{_e(quote(session_id, safe=""))}">'
+        f'<input type="hidden" name="tenant" value="{_e(tenant)}">'
+        f'<input type="hidden" name="messages" value="{messages}">'
+        f'<input id="q" name="q" value="{_e(q)}" placeholder="words in this history">'
+        '<button type="submit">Search</button></form>'
+    )
+
+
+def _search_results(hits: list[HistoryHit]) -> str:
+    """The hits, best first, numbered as the conversation below numbers its messages."""
+    if not hits:
+        return '<p class="muted" id="no-hits">No message matches.</p>'
+    rows = "".join(
+        "<tr>"
+        f'<td class="num">#{hit.position + 1}</td>'
+        f"<td>{_e(hit.message.get('role', '?'))}</td>"
+        f'<td class="num">{hit.score:.3f}</td>'
+        f"<td>{_e(', '.join(hit.terms))}</td>"
+        f'<td><div class="hit">{_e(record_text(hit.message))}</div></td>'
+        "</tr>"
+        for hit in hits
+    )
+    return (
+        '<table class="list" id="hits"><thead><tr><th>#</th><th>role</th><th>score</th>'
+        f"<th>matched terms</th><th>message</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
 @router.get("/sessions/{session_id}")
 async def session_page(
     request: Request,
@@ -326,8 +363,9 @@ async def session_page(
     *,
     tenant: Annotated[str | None, Query(max_length=64)] = None,
     messages: Annotated[int, Query(ge=1, le=5000)] = 200,
+    q: Annotated[str, Query(max_length=100_000)] = "",
 ) -> Response:
-    """One session, rendered by :class:`~ctx_memory.display.SessionView`."""
+    """One session, rendered by :class:`~ctx_memory.display.SessionView`, and a search box."""
     name, manager = _tenant(request, who, tenant)
     sid = session_path_id(session_id)
     view = SessionView(
@@ -336,8 +374,13 @@ async def session_page(
     fragment = await run_in_threadpool(view.to_html)
     back = f"/inspector/sessions?{urlencode({'tenant': name})}"
     export = f"/v1/sessions/{quote(sid, safe='')}/export?{urlencode({'tenant': name})}"
+    results = ""
+    if q.strip():
+        hits = _search_results(await asearch_history(manager, sid, q, k=MAX_SEARCH_HITS))
+        results = f'<section id="search-results"><h2>Search results</h2>{hits}</section>'
     body = (
         f'<p><a href="{_e(back)}">« sessions</a> · <a href="{_e(export)}">export JSON</a></p>'
+        f"{_search_form(name, sid, q, messages)}{results}"
         f'<div id="session">{fragment}</div>'
     )
     found = await manager.asession_exists(sid)

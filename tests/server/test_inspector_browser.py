@@ -17,6 +17,7 @@ import httpx
 import pytest
 from server_helpers import ADMIN, IN_CI, KEY_A, KEY_B, LiveServer, auth, keyed_settings
 
+from ctx_memory.recall import recall_terms
 from ctx_memory.server import create_app
 from ctx_memory.server.keys import hash_api_key
 
@@ -203,6 +204,28 @@ def test_a_session_page_shows_history_sources_and_the_budget(
     _shot(page, "session", tmp_path)
     # no script runs, whatever a session holds
     assert "script-src" not in (page.evaluate("document.contentType") or "")
+    context.close()
+
+
+def test_a_session_page_searches_its_history(browser: Any, site: str) -> None:
+    context = browser.new_context(viewport={"width": 1200, "height": 1100})
+    page = context.new_page()
+    _login(page, site)
+    page.goto(f"{site}/inspector/sessions/trip-paris?tenant=a")
+    assert page.locator("#search-results").count() == 0
+    page.fill("#q", "flexible fares")
+    page.click("form.search button")
+    page.wait_for_url("**q=flexible+fares*")
+    rows = page.locator("#hits tbody tr")
+    assert rows.count() >= 2
+    first = rows.first.locator("td").all_inner_texts()
+    assert first[3].split(", ") == recall_terms("flexible fares")  # as indexed: stemmed
+    assert "flexible fares" in first[4].lower()
+    assert page.locator("#q").input_value() == "flexible fares"
+    assert "Summarise my options." in page.locator("#session").inner_text()
+    page.fill("#q", "zeppelin")
+    page.click("form.search button")
+    assert page.locator("#no-hits").inner_text() == "No message matches."
     context.close()
 
 
