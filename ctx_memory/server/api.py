@@ -449,20 +449,16 @@ async def preview_prompt(
 ) -> Any:
     """The prompt a chat turn would send for question ``q``: no model called, nothing written.
 
-    ``messages`` and ``report`` are those of ``AssembledPrompt.as_dict()`` (the OpenAI chat
-    format, the budget report). 404 if the session does not exist, 422 ``over_budget`` if
+    ``messages``, ``sources``, ``report`` and ``model_kwargs`` are those of
+    ``AssembledPrompt.as_dict()`` (the OpenAI chat format, the numbered sources, the budget
+    report, the model options). 404 if the session does not exist, 422 ``over_budget`` if
     the question alone does not fit.
     """
     sid = session_path_id(session_id)
     await _require(manager, sid)
     assembler = _turn_assembler(state_of(request), manager, max_tokens)
     preview = (await assembler.abuild(sid, [HumanMessage(q)], query=q)).as_dict()
-    return {
-        "session_id": sid,
-        "question": q,
-        "messages": preview["messages"],
-        "report": preview["report"],
-    }
+    return {"session_id": sid, "question": q, **preview}
 
 
 @router.get("/v1/sessions/{session_id}/stats", tags=["sessions"], summary="Statistics")

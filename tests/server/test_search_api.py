@@ -115,6 +115,11 @@ def test_the_preview_is_the_prompt_a_chat_turn_sends(serve: Any, manager: Contex
     body = preview.json()
     assert model.seen == []  # no model called
     assert (body["session_id"], body["question"]) == ("p", question)
+    assert set(body) == {"session_id", "question", "messages", "sources", "report", "model_kwargs"}
+    assert body["sources"] == [
+        {"n": 1, "url": "https://travel.example/guide", "title": "https://travel.example/guide",
+         "source_type": "web_search"}
+    ]  # fmt: skip
     assert [m["role"] for m in body["messages"]] == ["system", *[r for r, _ in TRAVEL], "user"]
     assert body["messages"][-1] == {"role": "user", "content": question}
     assert "Book 6-8 weeks ahead." in body["messages"][0]["content"]
