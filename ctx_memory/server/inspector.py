@@ -368,8 +368,13 @@ async def session_page(
     """One session, rendered by :class:`~ctx_memory.display.SessionView`, and a search box."""
     name, manager = _tenant(request, who, tenant)
     sid = session_path_id(session_id)
-    view = SessionView(
-        manager, sid, budget=state_of(request).settings.server_max_tokens, max_messages=messages
+    state = state_of(request)
+    view = SessionView(  # the budget bar as the chat turns spend it: their size and reserve
+        manager,
+        sid,
+        budget=state.settings.server_max_tokens,
+        reserve_tokens=state.chat(manager).assembler.reserve_tokens,
+        max_messages=messages,
     )
     fragment = await run_in_threadpool(view.to_html)
     back = f"/inspector/sessions?{urlencode({'tenant': name})}"

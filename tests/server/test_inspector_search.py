@@ -144,3 +144,10 @@ def test_the_search_stays_in_the_pages_tenant(serve: Any) -> None:
     tenant_key = client.get("/inspector/sessions/s", params={"q": "secret"}, headers=auth(KEY_A))
     assert tenant_key.status_code == 403
     assert "secret plans" not in tenant_key.text
+
+
+def test_the_budget_bar_keeps_the_chat_turns_reserve(http: Any, manager: ContextManager) -> None:
+    """The session page's budget is the chat turns': SERVER_MAX_TOKENS less their reply reserve."""
+    manager.add_user_message("s", "Book the train to Lyon")
+    page = http.get("/inspector/sessions/s")
+    assert "(1,000 reserved for the reply)" in page.text
