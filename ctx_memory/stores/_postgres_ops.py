@@ -185,6 +185,7 @@ class PostgresOperations(BaseStore):
     _reads: dict[str, Any]
     _append_sql: Any
     _append_one_sql: Any
+    _append_one_checked_sql: Any
     _prepared: dict[bytes, Prepared]
     _append_fetched_sql: Any
     _upsert_sql: Any
@@ -209,6 +210,7 @@ class PostgresOperations(BaseStore):
         init = "%s, %s, %s, %s, %s::float8, %s::integer"
         self._append_sql = self._sql.append()
         self._append_one_sql = self._sql.append_one()
+        self._append_one_checked_sql = self._sql.append_one_checked()
         # The hot statements (one message appended, a range of messages read) go through
         # libpq as prepared statements when the driver can (PostgresStore._run).
         self._prepared = {
@@ -288,10 +290,13 @@ class PostgresOperations(BaseStore):
 
     # ------------------------------------------------------------ operations
 
-    def _plan(self, op: StoreOp, found: Found) -> Generator[Statement, Any, Any]:  # noqa: PLR0911, PLR0912 - one case per operation
+    def _plan(  # noqa: PLR0911, PLR0912 - one case per operation
+        self, op: StoreOp, found: Found, *, again: bool = False
+    ) -> Generator[Statement, Any, Any]:
+        """The statements of ``op``; ``again``: a second attempt (see :meth:`_append_messages`)."""
         match op:
             case AppendMessages():
-                return self._append_messages(op, found)
+                return self._append_messages(op, found, again=again)
             case GetMessages():
                 return self._get_messages(op)
             case GetHeader():
@@ -412,26 +417,32 @@ class PostgresOperations(BaseStore):
         return self.ttl_seconds, self.max_sessions
 
     def _append_messages(
-        self, op: AppendMessages, found: Found
+        self, op: AppendMessages, found: Found, *, again: bool = False
     ) -> Generator[Statement, Any, WriteResult]:
+        """One message: plain SQL, which a known id makes fail (``UNIQUE (sk, id)``).
+
+        The driver then tries again with ``again``: the function ``append_one`` alone,
+        which skips the id. So does any second attempt (after a dropped connection, the
+        first may have stored the message).
+        """
         ms = op.messages
         if len(ms) == 1:  # the common case: scalar parameters, plain SQL on a live session
             (m,) = ms
-            sql = self._append_one_sql
-            (reply,) = yield Statement(
-                sql,
-                {
-                    "id": op.session_id,
-                    "mid": m.id,
-                    "tokens": m.tokens,
-                    "body": m.json,
-                    "now": json.encoder.encode_basestring(op.now),  # dumps(op.now): a str
-                    "init": _header_json(op.init),
-                    "ttl": self.ttl_seconds,
-                    "max": self.max_sessions,
-                },
-                prepared=self._prepared[sql],
-            )
+            params = {
+                "id": op.session_id,
+                "mid": m.id,
+                "tokens": m.tokens,
+                "body": m.json,
+                "now": json.encoder.encode_basestring(op.now),  # dumps(op.now): a str
+                "init": _header_json(op.init),
+                "ttl": self.ttl_seconds,
+                "max": self.max_sessions,
+            }
+            if again:
+                (reply,) = yield Statement(self._append_one_checked_sql, params)
+            else:
+                sql = self._append_one_sql
+                (reply,) = yield Statement(sql, params, prepared=self._prepared[sql])
             if not reply:  # appended to a live session
                 return shared_result(False, 1)
             created, added, expired, evicted = json.loads(reply)

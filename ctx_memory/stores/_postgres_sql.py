@@ -27,7 +27,8 @@ session row in place (a HOT update), and garbage collection and LRU eviction sca
 Writes that need no value computed in Python are one statement each: appending one message
 to a live session is plain SQL (:meth:`SchemaSql.append_one`: an ``UPDATE`` of the session
 row and an ``INSERT``, with the plpgsql function ``append_one`` as its fallback in the same
-statement); ``append`` (several messages, or a session to create), ``append_fetched`` and
+statement; an id the session holds is refused by ``UNIQUE (sk, id)`` and sent again to the
+function); ``append`` (several messages, or a session to create), ``append_fetched`` and
 ``collect`` (garbage collection) are plpgsql functions; the other writes run in one
 transaction that locks the session row (``upsert`` or ``live`` first).
 """
@@ -500,18 +501,21 @@ class SchemaSql:
         to one session serialise and each sees the length the previous one left) and an
         ``INSERT`` at the position it returned: about 30 µs on the server, against 80 µs
         for the plpgsql function ``append`` (its per-call and per-statement overhead).
-        The reply is then ``''``. When the ``UPDATE`` matches nothing (no such session, an
-        expired one, or a message id the session holds), the same statement calls
-        ``append_one``, which calls ``append`` (it creates, expires, evicts or skips) and
-        replies ``[created, added, expired, evicted]`` as JSON text. ``coalesce`` calls it
-        only then; being a function, it adds little to the statement's plan, which is set
-        up on every execution (an inline fallback, ``UNION ALL SELECT * FROM append(...)``
-        with its arguments, cost about 20 µs more per append though never run).
+        The reply is then ``''``. When the ``UPDATE`` matches nothing (no such session or
+        an expired one), the same statement calls ``append_one``, which calls ``append``
+        (it creates, expires or evicts) and replies ``[created, added, expired, evicted]``
+        as JSON text. ``coalesce`` calls it only then; being a function, it adds little to
+        the statement's plan, which is set up on every execution (an inline fallback,
+        ``UNION ALL SELECT * FROM append(...)`` with its arguments, cost about 20 µs more
+        per append though never run).
 
-        A concurrent append of the same id that commits while this one waits for the row
-        lock is not seen by this statement's snapshot: the ``INSERT`` then fails on
-        ``UNIQUE (sk, id)``, the statement (counters too) rolls back, and the store sends
-        it again, which skips the id.
+        Nothing looks for the message id first: ``UNIQUE (sk, id)`` does. A message id the
+        session holds (a retry of an append whose reply was lost, an id the caller chose
+        twice, the same id appended concurrently and committed while this one waited for
+        the row lock) makes the ``INSERT`` fail with a unique violation, which rolls the
+        whole statement back, counters included; the store then sends
+        :meth:`append_one_checked`, which skips the id. A new id, nearly every append,
+        costs no lookup of its own (the index's uniqueness check is the lookup).
         """
         return self.q(
             "WITH u AS ("
@@ -520,8 +524,6 @@ class SchemaSql:
             "expires_at = {s}.expiry(%(ttl)s::float8), "
             "last_access = nextval('{s}.access_clock') "
             "WHERE s.id = %(id)s::text AND (s.expires_at IS NULL OR s.expires_at > now()) "
-            "AND NOT EXISTS (SELECT 1 FROM {s}.messages AS m "
-            "WHERE m.sk = s.sk AND m.id = %(mid)s::text) "
             "RETURNING s.sk, s.n_messages), "
             "i AS (INSERT INTO {s}.messages (sk, pos, id, tokens, body) "
             "SELECT u.sk, u.n_messages - 1, %(mid)s::text, %(tokens)s::bigint, %(body)s::text "
@@ -529,6 +531,20 @@ class SchemaSql:
             "SELECT coalesce((SELECT '' FROM u), {s}.append_one(%(id)s::text, %(mid)s::text, "
             "%(tokens)s::bigint, %(body)s::text, %(now)s::text, %(init)s::text, "
             "%(ttl)s::float8, %(max)s::integer))"
+        )
+
+    def append_one_checked(self) -> bytes:
+        """One message through the function ``append_one`` alone (same parameters).
+
+        What the store sends after :meth:`append_one` met a unique violation, and on any
+        second attempt of an append: the function locks the session row, then looks for
+        the id in a snapshot taken after the lock (so a concurrent append of it that
+        committed meanwhile is seen) and skips it. The reply is its JSON text.
+        """
+        return self.q(
+            "SELECT {s}.append_one(%(id)s::text, %(mid)s::text, %(tokens)s::bigint, "
+            "%(body)s::text, %(now)s::text, %(init)s::text, %(ttl)s::float8, "
+            "%(max)s::integer)"
         )
 
     def read(self, kind: str, *, touch: bool) -> bytes:

@@ -27,7 +27,11 @@ an idle connection) is sent again once, on a fresh connection, when sending it t
 harmless: reads, appends of messages (skipped by message id), and writes that set a value
 (create, delete, set shared, metadata, clear, import, history edits). A deep merge of
 ``shared``, an append of fetched items and a truncation are not repeated: they raise
-:class:`~ctx_memory.errors.StoreUnavailableError` and the caller decides.
+:class:`~ctx_memory.errors.StoreUnavailableError` and the caller decides. An append of one
+message looks for its id only through ``UNIQUE (sk, id)``: an id the session holds makes the
+statement fail whole (a unique violation, nothing written; the server logs it as an error
+with the message id), and the append is sent again as the function that skips it, as is
+every second attempt of an append.
 """
 
 from __future__ import annotations
@@ -450,7 +454,7 @@ class PostgresStore(PostgresOperations):
             try:
                 lease = self._take()
                 try:
-                    result = self._attempt(lease.conn, op, found)
+                    result = self._attempt(lease.conn, op, found, again=attempt > 0)
                 finally:
                     self._give(lease)
             except (psycopg.OperationalError, OSError) as e:  # PoolTimeout too
@@ -460,7 +464,7 @@ class PostgresStore(PostgresOperations):
                 continue
             except psycopg.errors.UniqueViolation as e:
                 if attempt < 2 and isinstance(op, AppendMessages):
-                    continue  # the same id, appended meanwhile: the next snapshot sees it
+                    continue  # an id the session holds: the function skips it (_plan again)
                 raise self._unavailable(e) from e
             except psycopg.Error as e:
                 raise self._unavailable(e) from e
@@ -475,7 +479,7 @@ class PostgresStore(PostgresOperations):
             try:
                 conn = await pool.getconn()
                 try:
-                    result = await self._aattempt(conn, op, found)
+                    result = await self._aattempt(conn, op, found, again=attempt > 0)
                 finally:
                     await pool.putconn(conn)
             except (psycopg.OperationalError, OSError) as e:  # PoolTimeout too
@@ -485,7 +489,7 @@ class PostgresStore(PostgresOperations):
                 continue
             except psycopg.errors.UniqueViolation as e:
                 if attempt < 2 and isinstance(op, AppendMessages):
-                    continue  # the same id, appended meanwhile: the next snapshot sees it
+                    continue  # an id the session holds: the function skips it (_plan again)
                 raise self._unavailable(e) from e
             except psycopg.Error as e:
                 raise self._unavailable(e) from e
@@ -522,23 +526,34 @@ class PostgresStore(PostgresOperations):
         elif not pool.closed:  # (another call may have replaced and closed it)
             await pool.check()
 
-    def _attempt(self, conn: psycopg.Connection[Any], op: StoreOp, found: Found) -> Any:
+    # A statement that fails on the server (a unique violation: an append of an id the
+    # session holds) is rolled back whole: in autocommit its implicit transaction, else
+    # the transaction below, which psycopg rolls back as the error leaves it. Either way
+    # the connection is idle again and goes on serving calls.
+
+    def _attempt(
+        self, conn: psycopg.Connection[Any], op: StoreOp, found: Found, *, again: bool
+    ) -> Any:
         if not self._schema_ready:
             self._ready(conn)
+        steps = self._plan(op, found, again=again)
         # A pool the caller gave may hold connections outside autocommit: a transaction then.
         if isinstance(op, _TRANSACTION) or not conn.autocommit:
             with conn.transaction():
-                return self._run(conn, self._plan(op, found))
-        return self._run(conn, self._plan(op, found))
+                return self._run(conn, steps)
+        return self._run(conn, steps)
 
-    async def _aattempt(self, conn: psycopg.AsyncConnection[Any], op: StoreOp, found: Found) -> Any:
+    async def _aattempt(
+        self, conn: psycopg.AsyncConnection[Any], op: StoreOp, found: Found, *, again: bool
+    ) -> Any:
         if not self._schema_ready:
             await self._aready(conn)
+        steps = self._plan(op, found, again=again)
         # A pool the caller gave may hold connections outside autocommit: a transaction then.
         if isinstance(op, _TRANSACTION) or not conn.autocommit:
             async with conn.transaction():
-                return await self._arun(conn, self._plan(op, found))
-        return await self._arun(conn, self._plan(op, found))
+                return await self._arun(conn, steps)
+        return await self._arun(conn, steps)
 
     def _ready(self, conn: psycopg.Connection[Any]) -> None:
         # A process that waited for another's schema creation may still hold the catalog

@@ -110,7 +110,8 @@ def _nested(url: str) -> dict[str, int]:
 
 def test_an_append_to_a_live_session_runs_no_function(counted_server: Any) -> None:
     """A new message on a live session is plain SQL; the plpgsql ``append`` runs only to
-    create a session, replace an expired one or skip a known id, in the same statement."""
+    create a session or replace an expired one, in the same statement, or to skip a known
+    id, in the statement sent after the unique index refused the first."""
     from psycopg_pool import ConnectionPool
 
     kwargs = {"autocommit": True, "options": "-c pg_stat_statements.track=all"}
@@ -126,9 +127,13 @@ def test_an_append_to_a_live_session_runs_no_function(counted_server: Any) -> No
         assert _nested(counted_server.url) == {}
         assert sum(_statements(counted_server.url).values()) == 20
 
+        _reset(counted_server.url)
         again = store.append_messages("s", [msg(7)], init=init("s"), now=NOW)  # a retry
         assert (again.created, again.added) == (False, 0)
         assert _nested(counted_server.url)  # the function decided
+        nested = _nested(counted_server.url)
+        (checked,) = (q for q in _statements(counted_server.url) if q not in nested)
+        assert checked.startswith('SELECT "plain".append_one(')  # (a refused one: not counted)
         header = store.get_header("s")
         assert header is not None
         assert header["metadata"]["message_count"] == 21
