@@ -70,6 +70,7 @@ def test_json_has_every_part(report: Path) -> None:
     assert result["latency"]["layouts"]["ctx_memory classic (recency)"]["warm_ms_p50"] > 0
     latency = result["latency"]
     assert latency["index_us_per_message_mean"] > 0
+    assert latency["index_us_per_turn_p50"] > 0
     assert latency["write_with_index_ratio"] > 1.0  # keeping the index is not free
     [row] = [t for t in result["targets"] if t["name"].startswith("writes with the recall index")]
     assert row["value"] == latency["write_with_index_ratio"]
