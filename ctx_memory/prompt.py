@@ -45,7 +45,7 @@ from typing_extensions import override
 from ctx_memory import tracing
 from ctx_memory.assembly.compacted import CompactedView, compactions_of
 from ctx_memory.assembly.plan import begin_prompt, finish_prompt, plan_prompt
-from ctx_memory.assembly.recalled import recall_step
+from ctx_memory.assembly.recalled import recall_beside_window, recall_step
 from ctx_memory.assembly.report import AssembledPrompt, AssemblyReport
 from ctx_memory.assembly.sources import SourcePlan, format_header, format_sources, plan_sources
 from ctx_memory.assembly.window import (
@@ -462,6 +462,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             vector = self.recall.embed_query(plan.query, index, notes=notes)
         choice, chunks = recall_step(plan, index, query_vector=vector)
         window = read_history_window(self.manager, session_id, chunks)
+        choice = choice or recall_beside_window(plan, index, window, query_vector=vector)
         reads = choice.reads if choice is not None else []
         recalled = [self.manager.get_message_range(session_id, a, b) for a, b in reads]
         excluded: list[dict[str, Any]] = []
@@ -521,6 +522,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             vector = await self.recall.aembed_query(plan.query, index, notes=notes)
         choice, chunks = recall_step(plan, index, query_vector=vector)
         window = await aread_history_window(self.manager, session_id, chunks)
+        choice = choice or recall_beside_window(plan, index, window, query_vector=vector)
         reads = choice.reads if choice is not None else []
         recalled = [await self.manager.aget_message_range(session_id, a, b) for a, b in reads]
         excluded: list[dict[str, Any]] = []

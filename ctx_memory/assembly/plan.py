@@ -219,6 +219,7 @@ class PromptPlan:
         recall_budget: Of those, reserved for recalled turns (``0``: no recall).
         query: What recall searches for.
         skip_ids: Stored messages never sent from the history.
+        recall_max_tokens: The most tokens recalled turns take (``None``: no cap).
     """
 
     draft: PromptDraft
@@ -232,6 +233,7 @@ class PromptPlan:
     recall_budget: int = 0
     query: str = ""
     skip_ids: frozenset[str] = frozenset()
+    recall_max_tokens: int | None = None
 
     @property
     def recalls(self) -> bool:
@@ -373,6 +375,7 @@ def plan_prompt(
         recall_budget,
         query,
         skip_ids,
+        recall_max_tokens,
     )
 
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
     from ctx_memory.assembly.compacted import CompactedView
     from ctx_memory.assembly.plan import PromptPlan
+    from ctx_memory.assembly.window import HistoryWindow
     from ctx_memory.recall import RecallIndex
     from ctx_memory.tokens import TokenCounter
 
@@ -52,6 +53,7 @@ __all__ = [
     "fit_recalled",
     "gap_messages",
     "marker_message",
+    "recall_beside_window",
     "recall_step",
     "recalled_entries",
     "recency_start",
@@ -304,12 +306,11 @@ def recall_step(
     passed over when finishing. ``query_vector``: the question's vector, for hybrid
     recall (:func:`choose_turns`).
     """
-    if index is None or not plan.recalls:
-        return None, plan.history
-    classic = plan.draft.layout == "classic"
+    if index is None or not plan.recalls or plan.draft.layout != "classic":
+        return None, plan.history  # stable: recall_beside_window, once the window is read
     window_budget = plan.history_budget - plan.recall_budget
     before = recency_start(index, plan.end, window_budget)
-    overhead = _MARKER_ESTIMATE if classic else _TEXT_OVERHEAD * 2
+    overhead = _MARKER_ESTIMATE
     choice = choose_turns(
         index,
         plan.query,
@@ -322,8 +323,6 @@ def recall_step(
     )
     if not choice.turns:
         return None, plan.history
-    if not classic:
-        return choice, plan.history
     used = sum(t.cost + overhead for t in choice.turns) + _MARKER_ESTIMATE
     chunks = HistoryChunks(
         plan.draft.metadata,
@@ -334,6 +333,39 @@ def recall_step(
         view=plan.history.view,  # compactions apply to the resized window too
     )
     return choice, chunks
+
+
+def recall_beside_window(
+    plan: PromptPlan,
+    index: RecallIndex | None,
+    window: HistoryWindow,
+    *,
+    query_vector: Sequence[float] | None = None,
+) -> RecallChoice | None:
+    """Stable layout: the older turns to recall, chosen once the window is read.
+
+    The window's size does not depend on the question, so it is read first; recall then
+    gets everything of the history budget the window left (a window trimmed in blocks
+    is between half full and full), at most ``recall_max_tokens``, and reaches every
+    turn before where the window really starts. ``None`` in the classic layout
+    (:func:`recall_step` chose before the window) or when nothing is recalled.
+    """
+    if index is None or not plan.recalls or plan.draft.layout != "stable":
+        return None
+    budget = plan.history_budget - window.tokens
+    if plan.recall_max_tokens is not None:
+        budget = min(budget, plan.recall_max_tokens)
+    choice = choose_turns(
+        index,
+        plan.query,
+        before=window.start if window.start is not None else plan.end,
+        budget=budget - _MARKER_ESTIMATE,  # the heading before the recalled turns
+        overhead=_TEXT_OVERHEAD * 2,
+        skip_ids=plan.skip_ids,
+        query_vector=query_vector,
+        cost=_view_cost(index, plan.history.view),
+    )
+    return choice if choice.turns else None
 
 
 def _view_cost(index: RecallIndex, view: CompactedView | None) -> Callable[[int, int], int] | None:

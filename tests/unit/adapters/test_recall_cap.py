@@ -72,3 +72,43 @@ def test_the_default_cap_is_4000(manager: ContextManager) -> None:
 def test_a_bad_cap_is_refused(manager: ContextManager, bad: object) -> None:
     with pytest.raises(ValidationError, match="recall_max_tokens"):
         ContextPromptAssembler(manager, recall_max_tokens=bad)  # type: ignore[arg-type]
+
+
+def test_stable_recall_takes_what_the_window_leaves(manager: ContextManager) -> None:
+    """The stable window is read first; recall gets the rest of the history budget.
+
+    A window trimmed in blocks is between half full and full, so recall may take more
+    than its share of the history budget, never more than the cap, never past the budget,
+    and it reaches every turn before where the window really starts.
+    """
+    question = "river market garden museum?"
+    for max_tokens in (2000, 3000, 4000):  # (larger: recall runs out of hits, 64 at most)
+        assembler = ContextPromptAssembler(
+            manager, max_tokens=max_tokens, reserve_tokens=0, layout="stable"
+        )
+        prompt = assembler.assemble("s1", question)
+        report = prompt.report
+        assert report.total_tokens <= report.budget
+        window_tokens = report.history_tokens - report.recall_tokens
+        assert report.recall_tokens > 0
+        # the window is not changed by recall: the same as with recall off
+        alone = ContextPromptAssembler(
+            manager, max_tokens=max_tokens, reserve_tokens=0, layout="stable", recall_share=0.0
+        )
+        assert report.stable_prefix_tokens <= report.total_tokens
+        assert window_tokens <= alone.assemble("s1", question).report.history_tokens
+        # the prompt uses the budget: what is left is less than one recalled turn or so
+        assert report.remaining_tokens < 150, (max_tokens, report.remaining_tokens)
+        # the window: the messages between the system message (if any) and the last one,
+        # which holds the recalled turns as text
+        window = prompt.messages[1 if report.system_tokens else 0 : -1]
+        assert (
+            window[0].text == manager.get_message_range("s1", 1800 - len(window), -1)[0]["content"]
+        )
+        recalled = {entry["index"] for entry in report.recalled}
+        assert recalled
+        assert max(recalled) < 1800 - len(window)  # all of it before the window
+    capped = ContextPromptAssembler(
+        manager, max_tokens=6000, reserve_tokens=0, layout="stable", recall_max_tokens=300
+    )
+    assert 0 < capped.assemble("s1", question).report.recall_tokens <= 300
