@@ -22,6 +22,7 @@ from ctx_memory.schema import (
     check_json_native,
     check_text,
     dumps,
+    dumps_validated,
     fingerprint,
     message_to_record,
     now_iso,
@@ -224,30 +225,6 @@ def new_message_id() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT_DIGIT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
-def _not_json(value: object) -> Any:
-    msg = f"Object of type {type(value).__name__} is not JSON serializable"
-    raise TypeError(msg)
-
-
-# ``schema.dumps`` (one shared ``JSONEncoder``) sets up a C encoder on every call, which
-# costs more than encoding a short message. Records reach encode_record validated (every
-# value JSON-native, nesting bounded: no cycle), so one C encoder, with the same options
-# and no cycle check, is built once; the text is the same as ``dumps`` gives.
-_C_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)  # None without _json (PyPy)
-_encode_json = (
-    _C_ENCODER(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False)
-    if _C_ENCODER is not None
-    else None
-)
-
-
-def _record_json(record: dict[str, Any]) -> str:
-    """``dumps(record)`` for a validated record."""
-    if _encode_json is None:  # no C accelerator (not CPython)
-        return dumps(record)
-    return "".join(_encode_json(record, 0))
-
-
 def encode_record(
     record: dict[str, Any], counter: TokenCounter, where: str = "message", index: int | None = None
 ) -> EncodedMessage:
@@ -266,7 +243,7 @@ def encode_record(
         msg = f"{where}.id must be a non-empty str or None, got {message_id!r}"
         raise InvalidMessageError(f"{where}.id", msg)
     tokens = record["token_count"] = counter.count_record(record)
-    return EncodedMessage(_record_json(record), tokens, message_id)
+    return EncodedMessage(dumps_validated(record), tokens, message_id)
 
 
 def encode_item(

@@ -16,7 +16,7 @@ import zlib
 from typing import TYPE_CHECKING, Any, NamedTuple, assert_never
 
 from ctx_memory.errors import StoreUnavailableError
-from ctx_memory.schema import dumps
+from ctx_memory.schema import dumps, dumps_validated
 from ctx_memory.stores._postgres_sql import (
     SCHEMA_VERSION,
     SchemaSql,
@@ -125,30 +125,6 @@ def _init_args(init: Header) -> tuple[str, str, str, str | None]:
     meta = init["metadata"]
     ts = dumps(meta["timestamp"]) if "timestamp" in meta else None
     return dumps(init["system_prompt"]), dumps(meta), dumps(init["shared"]), ts
-
-
-def _not_json(value: object) -> Any:
-    msg = f"Object of type {type(value).__name__} is not JSON serializable"
-    raise TypeError(msg)
-
-
-# An append sends its init header every time (the server uses it only to create the
-# session). ``schema.dumps`` sets up a C encoder on every call, about half the cost of
-# encoding a header; one is built once here, with the same options (the text is the same)
-# and no cycle check: headers hold JSON values only (a cycle would raise RecursionError).
-_C_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)  # None without _json (PyPy)
-_encode_header = (
-    _C_ENCODER(None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, False)
-    if _C_ENCODER is not None
-    else None
-)
-
-
-def _header_json(init: Header) -> str:
-    """``dumps(init)``."""
-    if _encode_header is None:  # pragma: no cover - CPython has the C encoder
-        return dumps(init)
-    return "".join(_encode_header(init, 0))
 
 
 def _header(row: Sequence[Any]) -> Header:
@@ -434,7 +410,7 @@ class PostgresOperations(BaseStore):
                 "tokens": m.tokens,
                 "body": m.json,
                 "now": json.encoder.encode_basestring(op.now),  # dumps(op.now): a str
-                "init": _header_json(op.init),
+                "init": dumps_validated(op.init),
                 "ttl": self.ttl_seconds,
                 "max": self.max_sessions,
             }

@@ -15,7 +15,7 @@ import pytest
 from ctx_memory.config import load_settings
 from ctx_memory.errors import ConfigurationError, StoreUnavailableError
 from ctx_memory.manager import ContextManager
-from ctx_memory.schema import dumps
+from ctx_memory.schema import dumps, dumps_validated
 from ctx_memory.stores import _postgres_ops, _postgres_sql, create_store
 from ctx_memory.stores import postgres as postgres_module
 from ctx_memory.stores.base import EncodedItem, EncodedMessage, new_header
@@ -158,7 +158,7 @@ def test_the_init_header_split_on_the_server_is_stored_byte_for_byte(
     header["system_prompt"] = 'Tu es "utile" ✓ 😀'
     header["metadata"].update({"n": 1.5, "big": 10**20, "nested": {"a": [1, "é", None]}})
     header["shared"] = {"k": {"v": [True, False]}, "e": "\u2028"}
-    assert _postgres_ops._header_json(header) == dumps(header)
+    assert dumps_validated(header) == dumps(header)
     store.append_messages("one", [msg(1)], init={**header}, now=NOW)
     store.append_messages("two", [msg(1), msg(2)], init={**header}, now=NOW)
     with psycopg.connect(postgres_url, autocommit=True) as conn:

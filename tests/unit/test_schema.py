@@ -4,6 +4,8 @@ import json
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
@@ -23,6 +25,8 @@ from ctx_memory.errors import (
 from ctx_memory.schema import (
     MAX_SESSION_ID_LENGTH,
     check_json_native,
+    dumps,
+    dumps_validated,
     message_to_record,
     parse_document,
     record_to_message,
@@ -222,3 +226,28 @@ def test_parse_document_names_the_bad_field(data, field):
     assert info.value.field == field
     if field:
         assert field in str(info.value)
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON_VALUES)
+def test_dumps_validated_gives_the_text_dumps_gives(value: object) -> None:
+    assert dumps_validated(value) == dumps(value)
+
+
+def test_dumps_validated_refuses_what_dumps_refuses() -> None:
+    for bad in (float("nan"), {"x": object()}):
+        with pytest.raises((ValueError, TypeError)):
+            dumps(bad)
+        with pytest.raises((ValueError, TypeError)):
+            dumps_validated(bad)
