@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXIT_TIMEOUT_SECONDS",
+    "BackgroundCompactions",
     "BackgroundCompactor",
     "CompactionMode",
     "check_mode",
@@ -389,3 +390,54 @@ def _drain_at_exit() -> None:
     deadline = monotonic() + EXIT_TIMEOUT_SECONDS
     for compactor in list(_LIVE):
         compactor._drain_threads(deadline)
+
+
+class BackgroundCompactions:
+    """What ``ContextualChat`` and ``ContextMiddleware`` share of background compaction.
+
+    Both hold a :class:`BackgroundCompactor` in ``_background`` in ``"background"``
+    mode (``None`` in ``"before"`` mode, where these do nothing).
+    """
+
+    _background: BackgroundCompactor | None
+
+    def _compact_later(self, session_id: str) -> None:
+        """Background mode: summarise in a worker thread once the turn is stored."""
+        if self._background is not None:
+            self._background.submit(session_id)
+
+    def _acompact_later(self, session_id: str) -> None:
+        """Background mode: summarise in a task on the running loop once the turn is stored."""
+        if self._background is not None:
+            self._background.asubmit(session_id)
+
+    @property
+    def compactions_pending(self) -> frozenset[str]:
+        """Sessions whose background compaction is queued or running (none in ``"before"``)."""
+        return self._background.pending if self._background is not None else frozenset()
+
+    def flush_compactions(self, timeout: float | None = None) -> list[Finished]:
+        """Wait for the background compactions; ``(session_id, outcome)`` of each finished.
+
+        Lists the runs finished since the previous flush, each with its
+        :class:`~ctx_memory.compaction.CompactionOutcome` (``outcome.entry`` is the
+        compaction written, else ``outcome.reason`` says why not). ``[]`` in
+        ``"before"`` mode. For tests, scripts and shutdown.
+
+        Raises:
+            TimeoutError: Work still pending after ``timeout`` seconds.
+            RuntimeError: Called on the event loop its compaction tasks run on: use
+                :meth:`aflush_compactions`.
+        """
+        if self._background is None:
+            return []
+        return self._background.flush(timeout)
+
+    async def aflush_compactions(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 - the twin of flush_compactions
+    ) -> list[Finished]:
+        """Async :meth:`flush_compactions`: await it before the event loop ends."""
+        if self._background is None:
+            return []
+        return await self._background.aflush(timeout)

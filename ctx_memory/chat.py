@@ -43,9 +43,9 @@ from langchain_core.runnables.config import patch_config
 from typing_extensions import override
 
 from ctx_memory._compaction_background import (
+    BackgroundCompactions,
     BackgroundCompactor,
     CompactionMode,
-    Finished,
     check_mode,
     prompt_policy,
 )
@@ -253,7 +253,7 @@ class _ReplyStream:
         return held.model_copy(update=update)  # type: ignore[return-value]
 
 
-class ContextualChat(Runnable[PromptInput, AIMessage]):
+class ContextualChat(BackgroundCompactions, Runnable[PromptInput, AIMessage]):
     """Assembles, calls a chat model and records the turn, as one Runnable.
 
     Input: a question (``str``), a ``HumanMessage`` or a dict with the question under
@@ -494,8 +494,7 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         """Write the question and the reply in one append; return the reply as stored."""
         written, message = self._turn_records(turn, reply, started, prompt)
         self.manager.add_messages(turn.session_id, written)
-        if self._background is not None:
-            self._background.submit(turn.session_id)
+        self._compact_later(turn.session_id)
         return message
 
     async def _arecord(
@@ -504,42 +503,8 @@ class ContextualChat(Runnable[PromptInput, AIMessage]):
         """Async :meth:`_record`."""
         written, message = self._turn_records(turn, reply, started, prompt)
         await self.manager.aadd_messages(turn.session_id, written)
-        if self._background is not None:
-            self._background.asubmit(turn.session_id)
+        self._acompact_later(turn.session_id)
         return message
-
-    # ------------------------------------------------------------ background compaction
-
-    @property
-    def compactions_pending(self) -> frozenset[str]:
-        """Sessions whose background compaction is queued or running (none in ``"before"``)."""
-        return self._background.pending if self._background is not None else frozenset()
-
-    def flush_compactions(self, timeout: float | None = None) -> list[Finished]:
-        """Wait for the background compactions; ``(session_id, outcome)`` of each finished.
-
-        Lists the runs finished since the previous flush, each with its
-        :class:`~ctx_memory.compaction.CompactionOutcome` (``outcome.entry`` is the
-        compaction written, else ``outcome.reason`` says why not). ``[]`` in
-        ``"before"`` mode. For tests, scripts and shutdown.
-
-        Raises:
-            TimeoutError: Work still pending after ``timeout`` seconds.
-            RuntimeError: Called on the event loop its compaction tasks run on: use
-                :meth:`aflush_compactions`.
-        """
-        if self._background is None:
-            return []
-        return self._background.flush(timeout)
-
-    async def aflush_compactions(
-        self,
-        timeout: float | None = None,  # noqa: ASYNC109 - the twin of flush_compactions
-    ) -> list[Finished]:
-        """Async :meth:`flush_compactions`: await it before the event loop ends."""
-        if self._background is None:
-            return []
-        return await self._background.aflush(timeout)
 
     # ------------------------------------------------------------ invoke
 

@@ -66,9 +66,9 @@ from langchain_core.runnables.config import var_child_runnable_config
 from typing_extensions import override
 
 from ctx_memory._compaction_background import (
+    BackgroundCompactions,
     BackgroundCompactor,
     CompactionMode,
-    Finished,
     check_mode,
     prompt_policy,
 )
@@ -162,7 +162,7 @@ def _reply_messages(result: Any) -> list[BaseMessage]:
     return list(inner.result) if isinstance(inner, ModelResponse) else []
 
 
-class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
+class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState, Any]):
     """Agent middleware that gives ``create_agent`` agents a ctx_memory session.
 
     The session id is, in order: ``runtime.context["session_id"]`` (or a
@@ -502,45 +502,6 @@ class ContextMiddleware(AgentMiddleware[ContextAgentState, Any]):
         """Async :meth:`_store`."""
         if messages:
             await self.manager.aadd_messages(session_id, messages)
-
-    def _compact_later(self, session_id: str) -> None:
-        """Background mode: summarise in a worker thread once the reply is stored."""
-        if self._background is not None:
-            self._background.submit(session_id)
-
-    def _acompact_later(self, session_id: str) -> None:
-        """Background mode: summarise in a task on the running loop once the reply is stored."""
-        if self._background is not None:
-            self._background.asubmit(session_id)
-
-    @property
-    def compactions_pending(self) -> frozenset[str]:
-        """Sessions whose background compaction is queued or running (none in ``"before"``)."""
-        return self._background.pending if self._background is not None else frozenset()
-
-    def flush_compactions(self, timeout: float | None = None) -> list[Finished]:
-        """Wait for the background compactions; ``(session_id, outcome)`` of each finished.
-
-        Lists the runs finished since the previous flush, each with its
-        :class:`~ctx_memory.compaction.CompactionOutcome`. ``[]`` in ``"before"`` mode.
-
-        Raises:
-            TimeoutError: Work still pending after ``timeout`` seconds.
-            RuntimeError: Called on the event loop its compaction tasks run on: use
-                :meth:`aflush_compactions`.
-        """
-        if self._background is None:
-            return []
-        return self._background.flush(timeout)
-
-    async def aflush_compactions(
-        self,
-        timeout: float | None = None,  # noqa: ASYNC109 - the twin of flush_compactions
-    ) -> list[Finished]:
-        """Async :meth:`flush_compactions`: await it before the event loop ends."""
-        if self._background is None:
-            return []
-        return await self._background.aflush(timeout)
 
     def _record_summaries(self, session_id: str, request: ModelRequest[Any]) -> list[BaseMessage]:
         """Store new LangChain summaries as compactions; returns those to send as they are."""
