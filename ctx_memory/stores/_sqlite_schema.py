@@ -22,6 +22,7 @@ __all__ = [
     "APPEND",
     "CLEAR",
     "CREATE",
+    "DROP_RECALL",
     "FETCHED",
     "FINGERPRINTS",
     "HEADER",
@@ -31,6 +32,8 @@ __all__ = [
     "MESSAGES",
     "MESSAGE_IDS",
     "MIGRATE_V1",
+    "MIGRATE_V2",
+    "RECALL_SEGMENTS",
     "SCHEMA_VERSION",
     "SESSIONS",
     "SESSION_INDEXES",
@@ -45,8 +48,11 @@ __all__ = [
     "prefix_end",
 ]
 
-SCHEMA_VERSION = 2
-"""The layout this module writes (``PRAGMA user_version``); 0 is the first, unversioned one."""
+SCHEMA_VERSION = 3
+"""The layout this module writes (``PRAGMA user_version``); 0 is the first, unversioned one.
+
+2 moved the JSON columns out of ``sessions`` and gave messages their ids; 3 added
+``recall_segments`` (the saved recall index: derived data, rebuilt when missing)."""
 
 SESSIONS = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -97,6 +103,13 @@ CREATE TABLE IF NOT EXISTS fingerprints (
     fp TEXT NOT NULL,
     PRIMARY KEY (session_id, fp)
 ) WITHOUT ROWID"""
+RECALL_SEGMENTS = """
+CREATE TABLE IF NOT EXISTS recall_segments (
+    session_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (session_id, seq)
+) WITHOUT ROWID"""
 CREATE = (
     SESSIONS,
     *SESSION_INDEXES,
@@ -106,6 +119,7 @@ CREATE = (
     MESSAGE_IDS,
     FETCHED,
     FINGERPRINTS,
+    RECALL_SEGMENTS,
 )
 
 V1_SESSION_COLUMNS = frozenset(
@@ -135,6 +149,8 @@ MIGRATE_V1 = (
     FETCHED,
     FINGERPRINTS,
 )
+# Version 2 -> 3: a new table; nothing else changes.
+MIGRATE_V2 = (RECALL_SEGMENTS,)
 
 # What each operation reads of the session: always ``expires_at`` and ``n_messages``
 # (small columns of the small row), the three JSON parts only when it returns the header.
@@ -165,6 +181,7 @@ APPEND = (
     "INSERT INTO messages (session_id, seq, body, id) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (session_id, id) DO NOTHING"
 )
+DROP_RECALL = "DELETE FROM recall_segments WHERE session_id = ?"
 SESSION_TABLES = (
     ("sessions", "id"),
     ("session_headers", "session_id"),
@@ -172,6 +189,7 @@ SESSION_TABLES = (
     ("messages", "session_id"),
     ("fetched", "session_id"),
     ("fingerprints", "session_id"),
+    ("recall_segments", "session_id"),
 )
 
 
@@ -209,7 +227,7 @@ def decode_header_row(row: Sequence[Any]) -> Header:
 
 
 def ensure_schema(conn: sqlite3.Connection, path: str) -> None:
-    """Create the tables, or migrate a version-1 file, in one transaction."""
+    """Create the tables, or migrate a version-1 or version-2 file, in one transaction."""
     (version,) = conn.execute("PRAGMA user_version").fetchone()
     if version == SCHEMA_VERSION:
         return  # the common case takes no lock
@@ -226,8 +244,10 @@ def ensure_schema(conn: sqlite3.Connection, path: str) -> None:
             columns = {r[1] for r in conn.execute("PRAGMA table_info(sessions)")}
             if not columns:
                 statements: Sequence[str] = CREATE
+            elif version == 2:
+                statements = MIGRATE_V2
             elif columns == V1_SESSION_COLUMNS:
-                statements = MIGRATE_V1
+                statements = (*MIGRATE_V1, *MIGRATE_V2)
             else:
                 msg = (
                     f"SQLite database {path!r} has a 'sessions' table this "

@@ -234,6 +234,11 @@ class BaseStore(Closeable):
     """
 
     name: str = "base"
+    keeps_recall_segments: bool = False
+    """Whether the store keeps :mod:`ctx_memory.recall`'s index segments
+    (:class:`~ctx_memory.stores.ops.GetRecallSegments`,
+    :class:`~ctx_memory.stores.ops.SaveRecallSegments`); a store that does not answers
+    ``[]`` and ``False``, and each process rebuilds its indexes from the history."""
     offload: bool = True
     """Whether the default :meth:`ahandle` runs :meth:`handle` in a worker thread."""
 
@@ -451,6 +456,16 @@ class BaseStore(Closeable):
         """Execute :class:`~ctx_memory.stores.ops.CollectGarbage`."""
         return self.execute(ops.CollectGarbage())
 
+    def get_recall_segments(self, session_id: str) -> list[str]:
+        """Execute :class:`~ctx_memory.stores.ops.GetRecallSegments`."""
+        return self.execute(ops.GetRecallSegments(session_id))
+
+    def save_recall_segments(
+        self, session_id: str, segments: Sequence[str], *, replace: bool = False
+    ) -> bool:
+        """Execute :class:`~ctx_memory.stores.ops.SaveRecallSegments`."""
+        return self.execute(ops.SaveRecallSegments(session_id, tuple(segments), replace))
+
     async def acreate(self, session_id: str, init: Header) -> WriteResult:
         """Async :meth:`create`."""
         return await self.aexecute(ops.CreateSession(session_id, init))
@@ -579,6 +594,16 @@ class BaseStore(Closeable):
     async def agc(self) -> int:
         """Async :meth:`gc`."""
         return await self.aexecute(ops.CollectGarbage())
+
+    async def aget_recall_segments(self, session_id: str) -> list[str]:
+        """Async :meth:`get_recall_segments`."""
+        return await self.aexecute(ops.GetRecallSegments(session_id))
+
+    async def asave_recall_segments(
+        self, session_id: str, segments: Sequence[str], *, replace: bool = False
+    ) -> bool:
+        """Async :meth:`save_recall_segments`."""
+        return await self.aexecute(ops.SaveRecallSegments(session_id, tuple(segments), replace))
 
 
 SyncBackedStore = BaseStore

@@ -32,11 +32,13 @@ from ctx_memory.stores.ops import (
     GetFetched,
     GetHeader,
     GetMessages,
+    GetRecallSegments,
     ListPage,
     ListSessions,
     MergeShared,
     ReplaceDocument,
     ReplaceMessage,
+    SaveRecallSegments,
     SessionExists,
     SetShared,
     StoreOp,
@@ -99,6 +101,10 @@ class OperationStore(BaseStore):
                 return self._replace_document(op)
             case CollectGarbage():
                 return self._gc(op)
+            case GetRecallSegments():
+                return self._get_recall_segments(op)
+            case SaveRecallSegments():
+                return self._save_recall_segments(op)
             case _:
                 assert_never(op)
 
@@ -185,3 +191,13 @@ class OperationStore(BaseStore):
     @abc.abstractmethod
     def _gc(self, op: CollectGarbage) -> int:
         """Remove expired sessions; how many."""
+
+    # A store that keeps recall segments sets ``keeps_recall_segments`` and overrides both.
+
+    def _get_recall_segments(self, op: GetRecallSegments) -> list[str]:  # noqa: ARG002
+        """The saved recall segments; this default keeps none."""
+        return []
+
+    def _save_recall_segments(self, op: SaveRecallSegments) -> bool:  # noqa: ARG002
+        """Save recall segments; this default keeps none (``False``: not saved)."""
+        return False

@@ -36,11 +36,13 @@ from ctx_memory.stores.ops import (
     GetFetched,
     GetHeader,
     GetMessages,
+    GetRecallSegments,
     ListPage,
     ListSessions,
     MergeShared,
     ReplaceDocument,
     ReplaceMessage,
+    SaveRecallSegments,
     SessionExists,
     SetShared,
     TruncateMessages,
@@ -86,7 +88,15 @@ class _Session:
     objects, so no caller can alias stored state.
     """
 
-    __slots__ = ("expires_at", "fetched", "fingerprints", "header", "ids", "messages")
+    __slots__ = (
+        "expires_at",
+        "fetched",
+        "fingerprints",
+        "header",
+        "ids",
+        "messages",
+        "recall_segments",
+    )
 
     def __init__(self, header: Header) -> None:
         self.header: Header = _clone(header)
@@ -95,6 +105,7 @@ class _Session:
         self.fetched: dict[str, list[str]] = {}
         self.fingerprints: set[str] = set()
         self.expires_at: float | None = None
+        self.recall_segments: list[str] = []
 
 
 class InMemoryStore(OperationStore):
@@ -125,6 +136,7 @@ class InMemoryStore(OperationStore):
     """
 
     name = "memory"
+    keeps_recall_segments = True
     offload = False  # the lock is held for microseconds: no thread hop for async callers
 
     def __init__(
@@ -372,6 +384,8 @@ class InMemoryStore(OperationStore):
         return result
 
     def _counted(self, s: _Session, messages: int, tokens: int, now: str) -> None:
+        """Counters and touch after a history edit (which drops the recall segments)."""
+        s.recall_segments = []
         meta = s.header["metadata"]
         meta["message_count"] += messages
         meta["token_count"] += tokens
@@ -471,6 +485,7 @@ class InMemoryStore(OperationStore):
         def apply(s: _Session) -> bool:
             s.messages = []
             s.ids = set()
+            s.recall_segments = []
             s.header["metadata"]["message_count"] = 0
             s.header["metadata"]["token_count"] = 0
             if not preserve_fetched:
@@ -518,6 +533,33 @@ class InMemoryStore(OperationStore):
                     expired.append(session_id)
         self._report(expired)
         return len(expired)
+
+    def _unexpired(self, session_id: str) -> _Session | None:
+        """The live session, not touched (lock held): recall segments are not an access."""
+        session = self._sessions.get(session_id)
+        if session is None or (
+            session.expires_at is not None and session.expires_at <= self._clock()
+        ):
+            return None
+        return session
+
+    @override
+    def _get_recall_segments(self, op: GetRecallSegments) -> list[str]:
+        with self._lock:
+            session = self._unexpired(op.session_id)
+            return [] if session is None else list(session.recall_segments)
+
+    @override
+    def _save_recall_segments(self, op: SaveRecallSegments) -> bool:
+        with self._lock:
+            session = self._unexpired(op.session_id)
+            if session is None:
+                return False
+            if op.replace:
+                session.recall_segments = list(op.segments)
+            else:
+                session.recall_segments.extend(op.segments)
+            return True
 
     @override
     def close(self) -> None:

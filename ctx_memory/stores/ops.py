@@ -43,6 +43,7 @@ __all__ = [
     "GetFetched",
     "GetHeader",
     "GetMessages",
+    "GetRecallSegments",
     "Header",
     "ListPage",
     "ListSessions",
@@ -50,6 +51,7 @@ __all__ = [
     "Op",
     "ReplaceDocument",
     "ReplaceMessage",
+    "SaveRecallSegments",
     "SessionExists",
     "SetShared",
     "StoreOp",
@@ -334,6 +336,38 @@ class CollectGarbage(Op[int]):
     """Remove expired sessions now; the result is how many were removed."""
 
 
+# ------------------------------------------------------------------------------ recall index
+
+
+@dataclass(frozen=True, slots=True)
+class GetRecallSegments(Op[list[str]]):
+    """The session's saved recall-index segments, oldest first (``[]``: none, or no session).
+
+    Segments are opaque text written by :mod:`ctx_memory.recall` (derived data: each is
+    the index of a run of the history). A read of them is not an access: no TTL refresh,
+    no LRU touch.
+    """
+
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SaveRecallSegments(Op[bool]):
+    """Append ``segments`` to the session's saved ones (``replace``: instead of them all).
+
+    ``replace`` with no segments drops them. Returns ``False``, and writes nothing, when
+    the session does not exist (never creates one). Not an access: no TTL refresh, no
+    LRU touch, no event. A store that keeps segments drops them, in the same atomic step,
+    with every write that removes or changes stored messages (delete, replace, truncate,
+    clear, import) and with the session (delete, expiry, eviction); they may also expire
+    earlier than the session (they are rebuilt from the history).
+    """
+
+    session_id: str
+    segments: tuple[str, ...]
+    replace: bool = False
+
+
 StoreOp = (
     AppendMessages
     | GetMessages
@@ -356,5 +390,7 @@ StoreOp = (
     | ClearSession
     | ReplaceDocument
     | CollectGarbage
+    | GetRecallSegments
+    | SaveRecallSegments
 )
 """Every operation: what :meth:`~ctx_memory.stores.base.BaseStore.handle` must cover."""

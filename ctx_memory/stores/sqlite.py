@@ -1,6 +1,6 @@
 """The SQLite store: sessions in one file, kept across restarts, shared by local processes.
 
-Tables (schema version 2, ``PRAGMA user_version``)::
+Tables (schema version 3, ``PRAGMA user_version``)::
 
     sessions(id, mc, tc, ts, n_messages, expires_at, last_access)   -- small, hot row
     session_headers(session_id, sp, md)
@@ -8,6 +8,7 @@ Tables (schema version 2, ``PRAGMA user_version``)::
     messages(session_id, seq, body, id)      -- seq = position 0..n-1; UNIQUE(session_id, id)
     fetched(session_id, seq, source_type, body)
     fingerprints(session_id, fp)
+    recall_segments(session_id, seq, body)   -- the saved recall index (ctx_memory.recall)
 
 ``sp`` is the system prompt, ``md`` the metadata JSON and ``sh`` the shared state, each
 kept out of the ``sessions`` row: an append updates only that small row (SQLite rewrites
@@ -19,7 +20,9 @@ Appends are idempotent by message id: ``messages`` has a unique index on
 ``(session_id, id)`` and a message whose id is already in the history is not inserted
 (nor counted), so a retried append never lands twice. ``clear`` and ``delete`` drop the
 ids with the messages. Files written by version 1 of the schema (the three JSON columns
-in ``sessions``, no message ids) are migrated when opened, in one transaction.
+in ``sessions``, no message ids) or version 2 (no ``recall_segments``) are migrated when
+opened, in one transaction; a file of a newer version is refused. ``recall_segments`` is
+derived data: every write that removes or changes messages deletes the session's rows.
 
 Every write is one ``BEGIN IMMEDIATE`` transaction on the store's write connection (WAL
 mode, ``busy_timeout``), so concurrent processes serialise their writes and never see half
@@ -60,6 +63,8 @@ from ctx_memory.stores._sqlite_db import SqliteDatabase, Tx
 from ctx_memory.stores._sqlite_schema import (
     APPEND,
     CLEAR,
+    DROP_RECALL,
+    LIVE,
     SCHEMA_VERSION,  # noqa: F401 - re-exported
     TOUCH_WRITE,
     decode_header_row,
@@ -88,11 +93,13 @@ from ctx_memory.stores.ops import (
     GetFetched,
     GetHeader,
     GetMessages,
+    GetRecallSegments,
     ListPage,
     ListSessions,
     MergeShared,
     ReplaceDocument,
     ReplaceMessage,
+    SaveRecallSegments,
     SessionExists,
     SetShared,
     TruncateMessages,
@@ -146,6 +153,7 @@ class SqliteStore(SqliteDatabase):
     """
 
     name = "sqlite"
+    keeps_recall_segments = True
 
     def __init__(
         self,
@@ -357,6 +365,7 @@ class SqliteStore(SqliteDatabase):
                 return None
             result, messages, tokens = edit(conn, n)
             if messages or tokens or result:
+                conn.execute(DROP_RECALL, (session_id,))
                 conn.execute(
                     "UPDATE sessions SET n_messages = n_messages + ?, mc = mc + ?, tc = tc + ? "
                     "WHERE id = ?",
@@ -580,6 +589,7 @@ class SqliteStore(SqliteDatabase):
                 return False
             # The ids go with the messages: the same id may be appended again.
             conn.execute("DELETE FROM messages WHERE session_id = ?", (session_id,))
+            conn.execute(DROP_RECALL, (session_id,))
             if not preserve_fetched:
                 conn.execute("DELETE FROM fetched WHERE session_id = ?", (session_id,))
                 conn.execute("DELETE FROM fingerprints WHERE session_id = ?", (session_id,))
@@ -621,6 +631,44 @@ class SqliteStore(SqliteDatabase):
 
         result: WriteResult = self._tx(body)
         return result
+
+    @override
+    def _get_recall_segments(self, op: GetRecallSegments) -> list[str]:
+        def read(conn: sqlite3.Connection, now: float) -> list[str]:
+            row = conn.execute(LIVE, (op.session_id,)).fetchone()
+            if row is None or (row[0] is not None and row[0] <= now):
+                return []
+            rows = conn.execute(
+                "SELECT body FROM recall_segments WHERE session_id = ? ORDER BY seq",
+                (op.session_id,),
+            ).fetchall()
+            return [body for (body,) in rows]
+
+        result: list[str] = self._read_tx(read)  # not an access: no LRU touch
+        return result
+
+    @override
+    def _save_recall_segments(self, op: SaveRecallSegments) -> bool:
+        session_id = op.session_id
+
+        def body(conn: sqlite3.Connection, tx: Tx) -> bool:
+            row = conn.execute(LIVE, (session_id,)).fetchone()
+            if row is None or (row[0] is not None and row[0] <= tx.now):
+                return False  # expired: left for the next write or gc to remove
+            if op.replace:
+                conn.execute(DROP_RECALL, (session_id,))
+            (last,) = conn.execute(
+                "SELECT COALESCE(MAX(seq), -1) FROM recall_segments WHERE session_id = ?",
+                (session_id,),
+            ).fetchone()
+            conn.executemany(
+                "INSERT INTO recall_segments (session_id, seq, body) VALUES (?, ?, ?)",
+                [(session_id, last + 1 + i, text) for i, text in enumerate(op.segments)],
+            )
+            return True
+
+        saved: bool = self._tx(body)
+        return saved
 
     @override
     def _gc(self, op: CollectGarbage) -> int:

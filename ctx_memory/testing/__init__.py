@@ -15,7 +15,10 @@ The tests are grouped by what they check:
   concurrent writers and several store objects on one backend;
 * :mod:`ctx_memory.testing.manager_tests`: the same through a
   :class:`~ctx_memory.manager.ContextManager` (the documents of a workload, bad values
-  refused before any write, history edits, paging, events).
+  refused before any write, history edits, paging, events);
+* :mod:`ctx_memory.testing.recall_segment_tests`: the saved recall-index segments (kept
+  in order, dropped with history edits and with the session; or, for a store whose
+  ``keeps_recall_segments`` is false, never kept).
 """
 
 from __future__ import annotations
@@ -31,11 +34,14 @@ from ctx_memory.testing._base import StoreFactory
 from ctx_memory.testing.lifecycle_tests import StoreLifecycleTests
 from ctx_memory.testing.manager_tests import ManagerContractTests
 from ctx_memory.testing.operation_tests import StoreOperationTests
+from ctx_memory.testing.recall_segment_tests import StoreRecallSegmentTests
 
 __all__ = ["StoreContract", "StoreFactory"]
 
 
-class StoreContract(StoreOperationTests, StoreLifecycleTests, ManagerContractTests):
+class StoreContract(
+    StoreOperationTests, StoreLifecycleTests, ManagerContractTests, StoreRecallSegmentTests
+):
     """The whole store contract, as a pytest test class to subclass.
 
     Name the subclass ``Test...`` so pytest collects it, and override the

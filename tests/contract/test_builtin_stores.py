@@ -58,3 +58,13 @@ def test_every_built_in_store_runs_the_contract() -> None:
     )
     for suite in (TestSqliteStore, TestRedisStore, TestRedisClusterStore, TestPostgresStore):
         assert suite.excluded_tests == ()
+
+
+def test_every_built_in_store_keeps_recall_segments() -> None:
+    from ctx_memory.stores.memory import InMemoryStore
+    from ctx_memory.stores.postgres import PostgresStore
+    from ctx_memory.stores.redis import RedisStore
+    from ctx_memory.stores.sqlite import SqliteStore
+
+    for store_class in (InMemoryStore, SqliteStore, RedisStore, PostgresStore):
+        assert store_class.keeps_recall_segments, store_class

@@ -477,6 +477,8 @@ def test_only_the_tests_of_missing_capabilities_are_left_out() -> None:
         "test_each_manager_on_a_store_hears_its_evictions",
         "test_write_after_another_store_object_deleted_the_session",
         "test_lru_is_shared_between_store_objects",
+        "test_recall_segments_expire_with_the_session",
+        "test_recall_segments_go_with_an_evicted_session",
     }
     for name in excluded:
         assert getattr(TestBlobStoreWithoutOptionalCapabilities, name) is None

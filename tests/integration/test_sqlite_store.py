@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import re
+import shutil
 import sqlite3
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -20,7 +22,6 @@ from ctx_memory.stores.sqlite import SCHEMA_VERSION, SqliteStore
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 NOW = "2025-01-01T00:00:00+00:00"
 LATER = "2025-01-01T00:05:00+00:00"
@@ -322,11 +323,28 @@ def test_a_file_of_the_first_schema_is_migrated_on_open(db: str) -> None:
         assert store.append_messages("other", [msg(0)], init=init("other"), now=NOW).added == 1
     version, tables, columns = layout(db)
     assert version == SCHEMA_VERSION
-    assert {"session_headers", "session_shared"} <= tables
+    assert {"session_headers", "session_shared", "recall_segments"} <= tables
     assert "sh" not in columns
     with SqliteStore(db) as again:  # opening a migrated file changes nothing
         assert again.count_messages("old") == 5
         assert again.get_header("old")["shared"]["plan"] == {"step": 2, "done": True}  # type: ignore[index]
+
+
+def test_a_version_2_file_gains_the_recall_segments_table_and_keeps_its_data(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "v2.sqlite3"
+    shutil.copy(Path(__file__).parents[1] / "fixtures" / "sqlite-v2.sqlite3", path)
+    assert layout(str(path))[0] == 2
+    with SqliteStore(str(path)) as store:
+        before = store.get_document("s1")
+        assert before is not None
+        assert store.save_recall_segments("s1", ["seg"])
+        assert store.get_recall_segments("s1") == ["seg"]
+        assert store.get_document("s1") == before
+    version, tables, _ = layout(str(path))
+    assert version == SCHEMA_VERSION == 3
+    assert "recall_segments" in tables
 
 
 def test_a_failed_migration_leaves_the_old_file_untouched(db: str) -> None:
