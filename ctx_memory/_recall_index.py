@@ -227,6 +227,8 @@ class RecallIndex:
         self.dimensions: int | None = None
         self.unembedded: dict[int, tuple[str, VectorKey | None]] = {}  # Recall's to-do
         self.vector_keys: dict[VectorKey, int] = {}
+        self.saved = 0  # positions below this are in the store's saved segments (Recall)
+        self.recent: list[dict[str, int]] | None = None  # term counts from ``saved`` on
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -240,6 +242,8 @@ class RecallIndex:
         counts: dict[str, int] = {}
         for word in words:  # a dict, not a Counter: faster on a message's few words
             counts[word] = counts.get(word, 0) + 1
+        if self.recent is not None:
+            self.recent.append(counts)
         postings, tfs = self._postings, self._tfs
         for term, tf in counts.items():
             found = postings.get(term)
@@ -267,6 +271,91 @@ class RecallIndex:
         """Index messages in history order."""
         for record in records:
             self.add(record)
+
+    # ------------------------------------------------------------ segments
+
+    def segment(self, start: int, stop: int) -> dict[str, Any]:
+        """What the index holds of positions ``start`` to ``stop - 1``, as plain data.
+
+        ``postings`` maps each term to ``[position - start, tf, ...]``. :meth:`add_segment`
+        of an index holding exactly ``start`` messages adds them back without their text
+        (:mod:`ctx_memory.recall` saves segments in the store). ``O(new text)`` for the
+        positions from :attr:`saved` on while :attr:`recent` keeps their term counts,
+        else a pass over every term.
+        """
+        postings: dict[str, list[int]] = {}
+        recent = self.recent
+        if recent is not None and start == self.saved and stop - start == len(recent):
+            for offset, counts in enumerate(recent):
+                for term, tf in counts.items():
+                    flat = postings.get(term)
+                    if flat is None:
+                        postings[term] = [offset, tf]
+                    else:
+                        flat += (offset, tf)
+            return self._segment_of(start, stop, postings)
+        tfs = self._tfs
+        for term, positions in self._postings.items():
+            if positions[-1] < start:
+                continue
+            lo = bisect_left(positions, start)
+            hi = bisect_left(positions, stop, lo)
+            if lo == hi:
+                continue
+            flat = postings[term] = [0] * (2 * (hi - lo))
+            flat[0::2] = [p - start for p in positions[lo:hi]]
+            flat[1::2] = tfs[term][lo:hi]
+        return self._segment_of(start, stop, postings)
+
+    def _segment_of(self, start: int, stop: int, postings: dict[str, list[int]]) -> dict[str, Any]:
+        return {
+            "start": start,
+            "stop": stop,
+            "ids": self.ids[start:stop],
+            "roles": self.roles[start:stop],
+            "tokens": self.tokens[start:stop],
+            "lengths": self.lengths[start:stop],
+            "postings": postings,
+        }
+
+    def add_segment(self, segment: Mapping[str, Any]) -> None:
+        """Add a :meth:`segment` of another index as the next positions.
+
+        Raises:
+            ValueError: It does not start where this index ends, or is malformed (then
+                this index is unusable: build a new one).
+        """
+        start, stop = segment["start"], segment["stop"]
+        count = stop - start
+        ids, roles, tokens, lengths = (
+            list(segment[key]) for key in ("ids", "roles", "tokens", "lengths")
+        )
+        if start != len(self.lengths) or not (
+            count == len(ids) == len(roles) == len(tokens) == len(lengths)
+        ):
+            msg = f"segment {start}..{stop} does not follow {len(self.lengths)} messages"
+            raise ValueError(msg)
+        postings, tfs = self._postings, self._tfs
+        for term, flat in segment["postings"].items():
+            positions = [start + p for p in flat[0::2]]
+            if len(positions) * 2 != len(flat) or not 0 <= flat[0] <= flat[-2] < count:
+                msg = f"segment {start}..{stop}: malformed postings of {term!r}"
+                raise ValueError(msg)
+            found = postings.get(term)
+            if found is None:
+                postings[term] = positions
+                tfs[term] = flat[1::2]
+            else:
+                found.extend(positions)
+                tfs[term].extend(flat[1::2])
+        self.ids.extend(ids)
+        self.roles.extend(roles)
+        self.user_positions.extend(p for p, role in enumerate(roles, start) if role == "user")
+        self.tokens.extend(tokens)
+        self.token_sum += sum(tokens)
+        self.lengths.extend(lengths)
+        self.total_length += sum(lengths)
+        self.vectors.extend([None] * count)
 
     def search(
         self, query: str, k: int = 10, *, before: int | None = None

@@ -24,11 +24,22 @@ Three layers, from pure to I/O:
   the best-matching stored messages with their positions, scores and matched terms
   (``ctx-memory search``, the service's ``/v1/sessions/{id}/search``, the inspector).
 
-What is and is not persisted: **nothing of the index is stored**. The history is (with
-its token counts); the index lives in the process and is rebuilt from the history when
-missing (about 0.3 s for 10,000 messages; see ``benchmarks/bench_recall.py``). Writes
-pay nothing for it: appending a message does not touch the index; the next assembly
-indexes what was appended since the last one.
+Saved segments: the index is also kept **in the store, beside the session**, so a
+process that has not indexed a long session yet (a restarted server, another worker)
+does not rebuild it from the history. Once :data:`SAVE_EVERY` (256) messages are indexed
+and not saved, the update that indexed them saves them as one segment
+(:class:`~ctx_memory.stores.ops.SaveRecallSegments`: their terms, ids, roles and token
+counts, JSON; built from the term counts kept since the last save, so ``O(new text)``).
+A cold index of a session of at least that many messages starts from the saved
+segments (:func:`load_segments`, one read), checks the last of them against the stored
+history (its message id) and indexes from the history only what follows; any mismatch,
+gap or unknown format, and it is rebuilt from the history and saved again whole. The
+store drops a session's segments with every write that removes or changes its messages
+and with the session, so they never describe another history. Segments are derived
+data: not exported, dropped at will (``ctx-memory reindex`` rebuilds and saves them),
+and written only for the default terms and without embeddings (vectors stay in the
+process). With a store whose ``keeps_recall_segments`` is false, each process rebuilds
+(about 0.2 s for 10,000 messages; ``benchmarks/bench_recall.py``).
 
 Hybrid recall (optional): a :class:`Recall` made with a LangChain ``Embeddings``
 (``Recall(embeddings=...)``, ``recall_for(manager, embeddings)``, or the ``embeddings=``
@@ -47,7 +58,6 @@ embedded is the lexical one.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import weakref
@@ -55,6 +65,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ctx_memory._recall_embed import RecallEmbedding
 from ctx_memory._recall_index import (
     RRF_DEPTH,
     RRF_K,
@@ -65,14 +76,24 @@ from ctx_memory._recall_index import (
     record_text,
     unit_vector,
 )
+from ctx_memory._recall_saved import (
+    MAX_SEGMENTS,
+    SAVE_EVERY,
+    SEGMENT_FORMAT,
+    TERMS_VERSION,
+    encode_segment,
+    load_segments,
+)
 from ctx_memory._recall_search import (
     MAX_SEARCH_HITS,
     HistoryHit,
     asearch_history,
     search_history,
 )
-from ctx_memory.errors import ValidationError
+from ctx_memory._recall_turns import format_turns, gap_text, tool_ranges
+from ctx_memory.errors import StoreError, ValidationError
 from ctx_memory.events import EventType
+from ctx_memory.stores.ops import GetRecallSegments, SaveRecallSegments
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -88,6 +109,7 @@ __all__ = [
     "EMBED_BATCH_SIZE",
     "INVALIDATING_EVENTS",
     "MAX_SEARCH_HITS",
+    "MAX_SEGMENTS",
     "RRF_DEPTH",
     "RRF_K",
     "HistoryHit",
@@ -95,9 +117,14 @@ __all__ = [
     "RecallHit",
     "RecallIndex",
     "RecallUpdate",
+    "SAVE_EVERY",
+    "SEGMENT_FORMAT",
+    "TERMS_VERSION",
     "asearch_history",
+    "encode_segment",
     "format_turns",
     "gap_text",
+    "load_segments",
     "make_recall_tool",
     "record_text",
     "recall_for",
@@ -132,6 +159,8 @@ class RecallUpdate:
         start: First position to read.
         stop: Last position to read (inclusive); ``stop < start`` means nothing to read.
         token_count: The session's ``metadata.token_count`` when its header was read.
+        overlap: Messages read before ``start`` (0 or 1): the last one the index holds,
+            read again to check its id (an index loaded from saved segments).
     """
 
     session_id: str
@@ -139,14 +168,20 @@ class RecallUpdate:
     start: int
     stop: int
     token_count: int
+    overlap: int = 0
+
+    @property
+    def first(self) -> int:
+        """First position to read: ``start - overlap``."""
+        return self.start - self.overlap
 
     @property
     def reads(self) -> bool:
         """Whether messages are to be read."""
-        return self.stop >= self.start
+        return self.stop >= self.first
 
 
-class Recall:
+class Recall(RecallEmbedding):
     """One :class:`RecallIndex` per session, bounded, kept up to date incrementally.
 
     Pure but for :meth:`index` / :meth:`aindex`, which read only the messages written
@@ -165,6 +200,9 @@ class Recall:
             the next update; meanwhile those messages are found by BM25 alone. Use one
             embeddings object for the life of the process: vectors belong to it.
         embed_batch_size: Most texts per ``embed_documents`` call.
+        save_every: Save the index in the store once this many messages are indexed
+            and not saved (see "Saved segments" in the module docs); ``0``: never read
+            or save segments.
 
     Example:
         .. code-block:: python
@@ -189,10 +227,15 @@ class Recall:
         tokenizer: Tokenizer | None = None,
         embeddings: Embeddings | None = None,
         embed_batch_size: int = EMBED_BATCH_SIZE,
+        save_every: int = SAVE_EVERY,
     ) -> None:
         if embed_batch_size < 1:
             msg = f"embed_batch_size must be at least 1, got {embed_batch_size}"
             raise ValidationError(msg)
+        if save_every < 0:
+            msg = f"save_every must be 0 (never) or more, got {save_every}"
+            raise ValidationError(msg)
+        self.save_every = save_every
         self.max_sessions = max_sessions
         self.tokenizer = tokenizer
         self.embeddings = embeddings
@@ -202,6 +245,7 @@ class Recall:
         self._lock = threading.Lock()
         self._subscriptions: list[Callable[[], None]] = []
         self.rebuilds = 0
+        self.loads = 0
 
     def watch(self, manager: ContextManager) -> None:
         """Drop a session's index whenever ``manager`` reports its history edited or gone."""
@@ -271,6 +315,10 @@ class Recall:
         those whose vector a rebuilt index carries over.
         """
         index = update.index
+        if update.overlap:  # loaded from segments: is its last message still there?
+            if not records or not _same_message(index, update.start - 1, records[0]):
+                return None
+            records = records[update.overlap :]
         with self._lock:
             if len(index) == update.start:  # not extended meanwhile by another caller
                 index.extend(records)
@@ -291,6 +339,8 @@ class Recall:
                 self._carried.pop(update.session_id, None)  # used by this rebuild
         if update.start == 0 and update.reads:
             self.rebuilds += 1
+        elif update.overlap:
+            self.loads += 1
         return index
 
     def _queue(
@@ -314,139 +364,169 @@ class Recall:
             else:
                 index.unembedded[position] = (text, key)
 
-    # ------------------------------------------------------------ embedding
+    # ------------------------------------------------------------ saved segments
 
-    def _take(self, index: RecallIndex) -> list[list[tuple[int, str, VectorKey | None]]]:
-        """Claim the index's messages to embed, in batches (another caller gets none)."""
+    def _saves(self, manager: ContextManager) -> bool:
+        """Whether indexes of ``manager``'s sessions are read from and saved in its store."""
+        return (
+            self.save_every > 0
+            and self.tokenizer is None
+            and self.embeddings is None  # vectors are not saved: rebuild and embed
+            and manager.store.keeps_recall_segments
+        )
+
+    def _loads(self, update: RecallUpdate, saves: bool) -> bool:
+        """Whether to read saved segments: a cold index of a session long enough to have them."""
+        return saves and update.start == 0 and update.stop + 1 >= self.save_every
+
+    @staticmethod
+    def _resume(update: RecallUpdate, texts: Sequence[str]) -> RecallUpdate:
+        """``update`` to extend the index the saved ``texts`` hold (unchanged if none)."""
+        index, clean = load_segments(texts, update.stop + 1)
+        if not len(index):
+            return update
+        if clean:  # else it is saved again whole, in one segment
+            index.saved = len(index)
+            index.recent = []
+        return RecallUpdate(
+            update.session_id, index, len(index), update.stop, update.token_count, overlap=1
+        )
+
+    @staticmethod
+    def _track(update: RecallUpdate, saves: bool) -> None:
+        """Keep the term counts of a fresh index's messages until they are saved."""
+        if saves and update.start == 0 and update.index.recent is None:
+            update.index.recent = []
+
+    def _claim(self, index: RecallIndex, saves: bool) -> tuple[int, int, str] | None:
+        """The segment to save, if enough is unsaved: ``(start, stop, text)``.
+
+        Claimed under the lock (another caller does not save it too) and marked saved;
+        :meth:`_unclaim` undoes that if the save fails.
+        """
+        if not saves:
+            return None
         with self._lock:
-            work = sorted((p, text, key) for p, (text, key) in index.unembedded.items())
-            index.unembedded.clear()
-        size = self.embed_batch_size
-        return [work[i : i + size] for i in range(0, len(work), size)]
+            start, stop = index.saved, len(index)
+            if stop - start < self.save_every:
+                return None
+            segment = index.segment(start, stop)
+            index.saved, index.recent = stop, []
+        return start, stop, encode_segment(segment)
 
-    def _store(
-        self,
-        index: RecallIndex,
-        batch: Sequence[tuple[int, str, VectorKey | None]],
-        vectors: Sequence[Sequence[float]],
-    ) -> None:
-        """Keep a batch's vectors, all or none.
+    def _unclaim(self, index: RecallIndex, claim: tuple[int, int, str], error: Exception) -> None:
+        start, stop, _ = claim
+        with self._lock:
+            if index.saved == stop:
+                index.saved, index.recent = start, None  # the next save takes it again
+        logger.warning(
+            "recall: the index of positions %d..%d was not saved (%s: %s); it is saved "
+            "with the next update",
+            start,
+            stop - 1,
+            type(error).__name__,
+            error,
+        )
+
+    def _save(self, manager: ContextManager, session_id: str, index: RecallIndex) -> None:
+        claim = self._claim(index, self._saves(manager))
+        if claim is None:
+            return
+        start, _, text = claim
+        try:  # from position 0: instead of whatever is saved (a stale or broken chain)
+            manager.execute(SaveRecallSegments(session_id, (text,), replace=start == 0))
+        except StoreError as e:
+            self._unclaim(index, claim, e)
+
+    async def _asave(self, manager: ContextManager, session_id: str, index: RecallIndex) -> None:
+        claim = self._claim(index, self._saves(manager))
+        if claim is None:
+            return
+        start, _, text = claim
+        try:  # from position 0: instead of whatever is saved (a stale or broken chain)
+            await manager.aexecute(SaveRecallSegments(session_id, (text,), replace=start == 0))
+        except StoreError as e:
+            self._unclaim(index, claim, e)
+
+    @staticmethod
+    def _unread(session_id: str, error: Exception) -> list[str]:
+        logger.warning(
+            "recall: the saved index of session %r was not read (%s: %s); rebuilding it",
+            session_id,
+            type(error).__name__,
+            error,
+        )
+        return []
+
+    def _segments(self, manager: ContextManager, session_id: str) -> list[str]:
+        try:
+            return manager.execute(GetRecallSegments(session_id))
+        except StoreError as e:
+            return self._unread(session_id, e)
+
+    async def _asegments(self, manager: ContextManager, session_id: str) -> list[str]:
+        try:
+            return await manager.aexecute(GetRecallSegments(session_id))
+        except StoreError as e:
+            return self._unread(session_id, e)
+
+    def _replan(self, session_id: str, header: Mapping[str, Any] | None) -> RecallUpdate:
+        """A fresh index to build from the whole history (for :meth:`reindex`)."""
+        self.forget(session_id, keep_vectors=True)
+        return self.plan(session_id, header, rebuild=True)
+
+    def _rebuilt(
+        self, update: RecallUpdate, records: Sequence[Mapping[str, Any]], saves: bool
+    ) -> tuple[str, ...] | None:
+        """The segments to save for a rebuilt index (``None``: the history moved, retry)."""
+        index = self.apply(update, records)
+        if index is None:
+            return None
+        if not saves or len(index) < self.save_every:
+            return ()
+        with self._lock:
+            segment = index.segment(0, len(index))
+            index.saved, index.recent = len(index), []
+        return (encode_segment(segment),)
+
+    def reindex(self, manager: ContextManager, session_id: str) -> int:
+        """Rebuild the session's index from its history and save it, whole, in the store.
+
+        What ``ctx-memory reindex`` runs: the saved segments (stale, broken, or missing
+        after an import) are replaced by one segment of the whole history. A session
+        shorter than ``save_every`` messages, or a recall or store that does not save
+        segments, gets none (any saved ones are dropped). Returns the messages saved.
 
         Raises:
-            ValueError: Not one usable vector per text, or of a different length.
+            StoreError: The history kept changing while it was read (three times).
         """
-        if len(vectors) != len(batch):
-            msg = f"embed_documents returned {len(vectors)} vectors for {len(batch)} texts"
-            raise ValueError(msg)
-        with self._lock:
-            units = [index.query_vector(v) for v in vectors]
-            if len({len(u) for u in units}) > 1:
-                msg = "embed_documents returned vectors of different lengths"
-                raise ValueError(msg)
-            for (position, _, key), unit in zip(batch, units, strict=True):
-                index._put(position, unit, key)  # checked just above
+        saves = self._saves(manager)
+        for _ in range(3):
+            update = self._replan(session_id, manager.get_header(session_id))
+            records = manager.get_message_range(session_id, 0, update.stop) if update.reads else []
+            saved = self._rebuilt(update, records, saves)
+            if saved is not None:
+                if manager.store.keeps_recall_segments:
+                    manager.execute(SaveRecallSegments(session_id, saved, replace=True))
+                return len(update.index) if saved else 0
+        msg = f"the history of session {session_id!r} kept changing while it was indexed"
+        raise StoreError(msg)
 
-    def _failed(
-        self,
-        index: RecallIndex,
-        batches: Sequence[Sequence[tuple[int, str, VectorKey | None]]],
-        session_id: str,
-        error: Exception,
-        notes: list[str] | None,
-    ) -> None:
-        """Put back what was not embedded (retried at the next update); warn; note."""
-        left = [item for batch in batches for item in batch]
-        with self._lock:
-            for position, text, key in left:
-                index.unembedded[position] = (text, key)
-        reason = (
-            f"embeddings: {len(left)} messages of session {session_id!r} not embedded "
-            f"({type(error).__name__}: {error}); they are found by BM25 alone until a "
-            "later update embeds them"
-        )
-        logger.warning("%s", reason)
-        if notes is not None:
-            notes.append(reason)
-
-    def embed_pending(
-        self, index: RecallIndex, session_id: str = "", *, notes: list[str] | None = None
-    ) -> None:
-        """Embed the index's messages that have no vector yet (``embed_documents``).
-
-        Done by :meth:`index`. A failing call is logged as a warning (and appended to
-        ``notes``); the messages it was for are retried at the next update.
-        """
-        if self.embeddings is None or not index.unembedded:
-            return
-        batches = self._take(index)
-        for i, batch in enumerate(batches):
-            try:
-                vectors = self.embeddings.embed_documents([text for _, text, _ in batch])
-                self._store(index, batch, vectors)
-            except Exception as e:  # noqa: BLE001 - recall must not break the assembly
-                self._failed(index, batches[i:], session_id, e, notes)
-                return
-
-    async def aembed_pending(
-        self, index: RecallIndex, session_id: str = "", *, notes: list[str] | None = None
-    ) -> None:
-        """Async :meth:`embed_pending` (``aembed_documents``)."""
-        if self.embeddings is None or not index.unembedded:
-            return
-        batches = self._take(index)
-        for i, batch in enumerate(batches):
-            try:
-                vectors = await self.embeddings.aembed_documents([text for _, text, _ in batch])
-                self._store(index, batch, vectors)
-            except Exception as e:  # noqa: BLE001 - recall must not break the assembly
-                self._failed(index, batches[i:], session_id, e, notes)
-                return
-
-    def _query_failed(self, error: Exception, notes: list[str] | None) -> None:
-        reason = (
-            f"embeddings: the query was not embedded ({type(error).__name__}: {error}); "
-            "recall was lexical (BM25) for this request"
-        )
-        logger.warning("%s", reason)
-        if notes is not None:
-            notes.append(reason)
-
-    def _for_query(self, query: str, index: RecallIndex | None) -> Embeddings | None:
-        """The embeddings to embed ``query`` with for ``index``, if there is a point."""
-        if index is None or not index.vector_count or not query.strip():
-            return None
-        return self.embeddings
-
-    def embed_query(
-        self, query: str, index: RecallIndex | None, *, notes: list[str] | None = None
-    ) -> tuple[float, ...] | None:
-        """The query's vector for a hybrid search of ``index`` (``embed_query``), or ``None``.
-
-        ``None`` (a lexical search) without embeddings, when the index holds no vector,
-        for a blank query, or when the call fails or gives an unusable vector (logged as
-        a warning and appended to ``notes``).
-        """
-        embeddings = self._for_query(query, index)
-        if embeddings is None or index is None:
-            return None
-        try:
-            return index.query_vector(embeddings.embed_query(query))
-        except Exception as e:  # noqa: BLE001 - recall must not break the assembly
-            self._query_failed(e, notes)
-            return None
-
-    async def aembed_query(
-        self, query: str, index: RecallIndex | None, *, notes: list[str] | None = None
-    ) -> tuple[float, ...] | None:
-        """Async :meth:`embed_query` (``aembed_query``)."""
-        embeddings = self._for_query(query, index)
-        if embeddings is None or index is None:
-            return None
-        try:
-            return index.query_vector(await embeddings.aembed_query(query))
-        except Exception as e:  # noqa: BLE001 - recall must not break the assembly
-            self._query_failed(e, notes)
-            return None
+    async def areindex(self, manager: ContextManager, session_id: str) -> int:
+        """Async :meth:`reindex`."""
+        saves = self._saves(manager)
+        for _ in range(3):
+            update = self._replan(session_id, await manager.aget_header(session_id))
+            records = (
+                await manager.aget_message_range(session_id, 0, update.stop) if update.reads else []
+            )
+            saved = self._rebuilt(update, records, saves)
+            if saved is not None:
+                if manager.store.keeps_recall_segments:
+                    await manager.aexecute(SaveRecallSegments(session_id, saved, replace=True))
+                return len(update.index) if saved else 0
+        msg = f"the history of session {session_id!r} kept changing while it was indexed"
+        raise StoreError(msg)
 
     # ------------------------------------------------------------ reads
 
@@ -460,13 +540,19 @@ class Recall:
     ) -> RecallIndex:
         """The session's index, brought up to date (reads only what is new).
 
-        With embeddings, the messages added are embedded too (:meth:`embed_pending`;
-        a failure is appended to ``notes``).
+        A cold index of a long session starts from its saved segments, if any; enough
+        newly indexed messages are saved as a segment (see "Saved segments" in the
+        module docs). With embeddings, the messages added are embedded too
+        (:meth:`embed_pending`; a failure is appended to ``notes``).
         """
+        saves = self._saves(manager)
         update = self.plan(session_id, header)
+        if self._loads(update, saves):
+            update = self._resume(update, self._segments(manager, session_id))
+        self._track(update, saves)
         for rebuild in (True, False):
             records = (
-                manager.get_message_range(session_id, update.start, update.stop)
+                manager.get_message_range(session_id, update.first, update.stop)
                 if update.reads
                 else []
             )
@@ -474,8 +560,10 @@ class Recall:
             if index is not None or not rebuild:
                 break
             update = self.plan(session_id, header, rebuild=True)
+            self._track(update, saves)
         index = update.index if index is None else index
         self.embed_pending(index, session_id, notes=notes)
+        self._save(manager, session_id, index)
         return index
 
     async def aindex(
@@ -487,10 +575,14 @@ class Recall:
         notes: list[str] | None = None,
     ) -> RecallIndex:
         """Async :meth:`index` (``aembed_documents`` for the vectors)."""
+        saves = self._saves(manager)
         update = self.plan(session_id, header)
+        if self._loads(update, saves):
+            update = self._resume(update, await self._asegments(manager, session_id))
+        self._track(update, saves)
         for rebuild in (True, False):
             records = (
-                await manager.aget_message_range(session_id, update.start, update.stop)
+                await manager.aget_message_range(session_id, update.first, update.stop)
                 if update.reads
                 else []
             )
@@ -498,9 +590,23 @@ class Recall:
             if index is not None or not rebuild:
                 break
             update = self.plan(session_id, header, rebuild=True)
+            self._track(update, saves)
         index = update.index if index is None else index
         await self.aembed_pending(index, session_id, notes=notes)
+        await self._asave(manager, session_id, index)
         return index
+
+
+def _same_message(index: RecallIndex, position: int, record: Mapping[str, Any]) -> bool:
+    """Whether ``record`` is the message ``index`` holds at ``position`` (by id)."""
+    found = record.get("id")
+    expected = index.ids[position]
+    if expected is None:  # no id (an old record): its role and tokens, at least
+        return found is None and (
+            str(record.get("role")) == index.roles[position]
+            and int(record.get("token_count") or 0) == index.tokens[position]
+        )
+    return found is not None and str(found) == expected
 
 
 _RECALLS: weakref.WeakKeyDictionary[ContextManager, Recall] = weakref.WeakKeyDictionary()
@@ -541,83 +647,7 @@ def recall_for(manager: ContextManager, embeddings: Embeddings | None = None) ->
         return recall
 
 
-# ------------------------------------------------------------------ turns as text
-
-
-def _line(position: int, record: Mapping[str, Any]) -> str:
-    role = str(record.get("role"))
-    text = record_text({**record, "tool_calls": None, "name": None})
-    if role == "tool":
-        label = f"tool result ({record.get('name') or record.get('tool_call_id') or 'tool'})"
-        return f"[{position} {label}] {text}"
-    calls = record.get("tool_calls") or ()
-    if calls:
-        called = ", ".join(
-            f"{c.get('name')}({json.dumps(c.get('args') or {}, ensure_ascii=False)})" for c in calls
-        )
-        text = f"{text} [calls {called}]".strip()
-    return f"[{position} {role}] {text}"
-
-
-def format_turns(
-    turns: Sequence[tuple[int, Sequence[Mapping[str, Any]]]], *, heading: str = ""
-) -> str:
-    """Recalled turns as text: ``(start position, records)`` pairs, oldest first.
-
-    Each message is a line labelled with its position and role (``[120 user] …``); a gap
-    between turns (or before the first) is shown as ``[… n earlier messages not shown …]``.
-    """
-    lines = [heading] if heading else []
-    previous = 0
-    for start, records in turns:
-        if start > previous:
-            lines.append(gap_text(start - previous))
-        lines.extend(_line(start + i, r) for i, r in enumerate(records))
-        previous = start + len(records)
-    return "\n".join(lines)
-
-
-def gap_text(count: int) -> str:
-    """The visible marker for ``count`` messages not shown."""
-    noun = "message" if count == 1 else "messages"
-    return f"[… {count} earlier {noun} not shown …]"
-
-
 # ------------------------------------------------------------------ the tool
-
-
-def tool_ranges(
-    index: RecallIndex,
-    query: str,
-    k: int,
-    budget: int,
-    *,
-    query_vector: Sequence[float] | None = None,
-) -> list[tuple[int, int]]:
-    """The whole turns to show for ``query``: best first, within ``budget``, oldest first.
-
-    ``(start, stop)`` pairs, ``stop`` exclusive; at most ``k`` turns whose cached
-    tokens add up to at most ``budget``. With ``query_vector`` (and vectors in the
-    index), hits are ranked by :meth:`RecallIndex.hybrid_search`, else by BM25.
-    """
-    chosen: list[tuple[int, int]] = []
-    spent = 0
-    if query_vector is not None and index.vector_count:
-        positions = [hit.position for hit in index.hybrid_search(query, query_vector, k=k * 4)]
-    else:
-        positions = [position for position, _, _ in index.search(query, k=k * 4)]
-    for position in positions:
-        start, stop = index.turn(position)
-        if (start, stop) in chosen:
-            continue
-        cost = index.cost(start, stop)
-        if spent + cost > budget:
-            continue
-        chosen.append((start, stop))
-        spent += cost
-        if len(chosen) >= k:
-            break
-    return sorted(chosen)
 
 
 def make_recall_tool(

@@ -101,6 +101,18 @@ class ManagerCore(Closeable):
             return await self.store.aexecute(op)
         return await asyncio.to_thread(self.store.execute, op)
 
+    def execute(self, op: Op[R]) -> R:
+        """Execute one store operation (:mod:`ctx_memory.stores.ops`) on this manager's store.
+
+        For what the manager's methods do not cover (``ctx_memory.recall`` reads and
+        saves its index segments this way); no validation, no events.
+        """
+        return self._execute(op)
+
+    async def aexecute(self, op: Op[R]) -> R:
+        """Async :meth:`execute` (in a worker thread when ``ASYNC_OPERATIONS`` is off)."""
+        return await self._aexecute(op)
+
     def _on_lifecycle(self, event_type: str, session_id: str) -> None:
         if event_type in self._lifecycle_counts:
             self._lifecycle_counts[event_type] += 1

@@ -1,0 +1,91 @@
+"""Recalled turns as text, and which turns the ``recall`` tool shows (pure: no I/O).
+
+Re-exported by :mod:`ctx_memory.recall`, which documents them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from ctx_memory._recall_index import record_text
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from ctx_memory._recall_index import RecallIndex
+
+__all__ = ["format_turns", "gap_text", "tool_ranges"]
+
+
+def _line(position: int, record: Mapping[str, Any]) -> str:
+    role = str(record.get("role"))
+    text = record_text({**record, "tool_calls": None, "name": None})
+    if role == "tool":
+        label = f"tool result ({record.get('name') or record.get('tool_call_id') or 'tool'})"
+        return f"[{position} {label}] {text}"
+    calls = record.get("tool_calls") or ()
+    if calls:
+        called = ", ".join(
+            f"{c.get('name')}({json.dumps(c.get('args') or {}, ensure_ascii=False)})" for c in calls
+        )
+        text = f"{text} [calls {called}]".strip()
+    return f"[{position} {role}] {text}"
+
+
+def format_turns(
+    turns: Sequence[tuple[int, Sequence[Mapping[str, Any]]]], *, heading: str = ""
+) -> str:
+    """Recalled turns as text: ``(start position, records)`` pairs, oldest first.
+
+    Each message is a line labelled with its position and role (``[120 user] …``); a gap
+    between turns (or before the first) is shown as ``[… n earlier messages not shown …]``.
+    """
+    lines = [heading] if heading else []
+    previous = 0
+    for start, records in turns:
+        if start > previous:
+            lines.append(gap_text(start - previous))
+        lines.extend(_line(start + i, r) for i, r in enumerate(records))
+        previous = start + len(records)
+    return "\n".join(lines)
+
+
+def gap_text(count: int) -> str:
+    """The visible marker for ``count`` messages not shown."""
+    noun = "message" if count == 1 else "messages"
+    return f"[… {count} earlier {noun} not shown …]"
+
+
+def tool_ranges(
+    index: RecallIndex,
+    query: str,
+    k: int,
+    budget: int,
+    *,
+    query_vector: Sequence[float] | None = None,
+) -> list[tuple[int, int]]:
+    """The whole turns to show for ``query``: best first, within ``budget``, oldest first.
+
+    ``(start, stop)`` pairs, ``stop`` exclusive; at most ``k`` turns whose cached
+    tokens add up to at most ``budget``. With ``query_vector`` (and vectors in the
+    index), hits are ranked by :meth:`RecallIndex.hybrid_search`, else by BM25.
+    """
+    chosen: list[tuple[int, int]] = []
+    spent = 0
+    if query_vector is not None and index.vector_count:
+        positions = [hit.position for hit in index.hybrid_search(query, query_vector, k=k * 4)]
+    else:
+        positions = [position for position, _, _ in index.search(query, k=k * 4)]
+    for position in positions:
+        start, stop = index.turn(position)
+        if (start, stop) in chosen:
+            continue
+        cost = index.cost(start, stop)
+        if spent + cost > budget:
+            continue
+        chosen.append((start, stop))
+        spent += cost
+        if len(chosen) >= k:
+            break
+    return sorted(chosen)
