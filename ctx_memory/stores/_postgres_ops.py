@@ -44,11 +44,13 @@ from ctx_memory.stores.ops import (
     GetFetched,
     GetHeader,
     GetMessages,
+    GetRecallSegments,
     ListPage,
     ListSessions,
     MergeShared,
     ReplaceDocument,
     ReplaceMessage,
+    SaveRecallSegments,
     SessionExists,
     SetShared,
     StoreOp,
@@ -168,6 +170,8 @@ class PostgresOperations(BaseStore):
     _create_sql: Any
     _live_sql: Any
     _collect_sql: Any
+    _recall_read_sql: Any
+    _recall_save_sql: Any
     _touch_set: str
 
     @property
@@ -204,6 +208,8 @@ class PostgresOperations(BaseStore):
         )
         self._live_sql = q("SELECT * FROM {s}.live(%s)")
         self._collect_sql = q("SELECT {s}.collect()")
+        self._recall_read_sql = self._sql.read("recall_segments", touch=False)  # no access
+        self._recall_save_sql = self._sql.save_recall()
         # UPDATE ... SET <columns>, then the touch: timestamp, TTL, LRU clock.
         self._touch_set = (
             "ts = %(now)s, expires_at = {s}.expiry(%(ttl)s::float8), "
@@ -318,6 +324,10 @@ class PostgresOperations(BaseStore):
                 return self._replace_document(op, found)
             case CollectGarbage():
                 return self._gc(found)
+            case GetRecallSegments():
+                return self._get_recall_segments(op)
+            case SaveRecallSegments():
+                return self._save_recall_segments(op)
             case _:
                 assert_never(op)
 
@@ -484,7 +494,8 @@ class PostgresOperations(BaseStore):
                 "WITH d AS (DELETE FROM {s}.sessions WHERE id = %(id)s RETURNING sk), "
                 "m AS (DELETE FROM {s}.messages WHERE sk IN (SELECT sk FROM d)), "
                 "f AS (DELETE FROM {s}.fetched WHERE sk IN (SELECT sk FROM d)), "
-                "p AS (DELETE FROM {s}.fingerprints WHERE sk IN (SELECT sk FROM d)) "
+                "p AS (DELETE FROM {s}.fingerprints WHERE sk IN (SELECT sk FROM d)), "
+                "r AS (DELETE FROM {s}.recall_segments WHERE sk IN (SELECT sk FROM d)) "
                 "SELECT count(*) FROM d"
             ),
             {"id": op.session_id},
@@ -495,6 +506,15 @@ class PostgresOperations(BaseStore):
         (expired,) = yield Statement(self._collect_sql)
         found.add(expired)
         return len(expired)
+
+    def _get_recall_segments(self, op: GetRecallSegments) -> Generator[Statement, Any, list[str]]:
+        rows = yield Statement(self._recall_read_sql, {"id": op.session_id}, ALL, large=True)
+        return [body for (body,) in rows]
+
+    def _save_recall_segments(self, op: SaveRecallSegments) -> Generator[Statement, Any, bool]:
+        params = {"id": op.session_id, "bodies": list(op.segments), "replace": op.replace}
+        (saved,) = yield Statement(self._recall_save_sql, params)
+        return bool(saved)
 
     # ---- writes in one transaction (the session row locked first)
 
@@ -516,12 +536,19 @@ class PostgresOperations(BaseStore):
         found.add(expired)
         return None if sk is None else (sk, n)
 
-    def _update(self, columns: str, **params: Any) -> Statement:
-        """``UPDATE sessions SET <columns>`` and the touch, for ``sk``."""
+    def _update(self, columns: str, *, history: bool = False, **params: Any) -> Statement:
+        """``UPDATE sessions SET <columns>`` and the touch, for ``sk``.
+
+        ``history``: the write removed or changed stored messages, so the same statement
+        deletes the session's recall segments (derived from them).
+        """
         params.setdefault("ttl", self.ttl_seconds)
+        drop = "WITH r AS (DELETE FROM {s}.recall_segments WHERE sk = %(sk)s) " if history else ""
         return Statement(
             # ``columns`` is constant text of this module; values are parameters
-            self._sql.q(f"UPDATE {{s}}.sessions SET {columns}{self._touch_set} WHERE sk = %(sk)s"),  # noqa: S608
+            self._sql.q(
+                f"{drop}UPDATE {{s}}.sessions SET {columns}{self._touch_set} WHERE sk = %(sk)s"  # noqa: S608
+            ),
             params,
             NONE,
         )
@@ -591,13 +618,18 @@ class PostgresOperations(BaseStore):
             )
         fetched = "n_fetched" if op.preserve_fetched else "0"
         yield self._update(
-            f"n_messages = 0, mc = 0, tc = 0, n_fetched = {fetched}, ", sk=sk, now=dumps(op.now)
+            f"n_messages = 0, mc = 0, tc = 0, n_fetched = {fetched}, ",
+            history=True,
+            sk=sk,
+            now=dumps(op.now),
         )
         return True
 
     def _counters(self, sk: int, messages: int, tokens: int, now: str) -> Statement:
+        """The counters after a history edit (which drops the recall segments)."""
         return self._update(
             "n_messages = n_messages + %(m)s, mc = mc + %(m)s, tc = tc + %(t)s, ",
+            history=True,
             sk=sk,
             m=messages,
             t=tokens,

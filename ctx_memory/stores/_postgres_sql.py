@@ -8,11 +8,12 @@ message ids and every stored value travel as bound parameters.
 
 Tables (schema version :data:`SCHEMA_VERSION`, kept in ``meta``)::
 
-    meta(key, value)                        -- ('schema_version', '2')
+    meta(key, value)                        -- ('schema_version', '3')
     sessions(sk, id, sp, md, sh, mc, tc, ts, n_messages, n_fetched, expires_at, last_access)
     messages(sk, pos, id, tokens, body)     -- PRIMARY KEY (sk, pos), UNIQUE (sk, id)
     fetched(sk, seq, source_type, body)     -- PRIMARY KEY (sk, seq)
     fingerprints(sk, fp)                    -- PRIMARY KEY (sk, fp)
+    recall_segments(sk, seq, body)          -- PRIMARY KEY (sk, seq)
 
 ``sk`` is a surrogate key; ``id`` the session id (``COLLATE "C"``: ids sort by code point,
 as on every store). ``sp``, ``md`` and ``sh`` are the system prompt, metadata and shared
@@ -23,6 +24,13 @@ server time (sliding TTL; reads ignore an expired session, writes and ``collect(
 it); ``last_access`` comes from the sequence ``access_clock`` (LRU order). The sessions
 table has no index on ``expires_at`` or ``last_access``: an append then updates the
 session row in place (a HOT update), and garbage collection and LRU eviction scan it.
+
+``recall_segments`` holds a session's saved recall-index segments (opaque text written by
+:mod:`ctx_memory.recall`, in ``seq`` order). They are derived data: every write that
+removes or changes stored messages (delete, replace, truncate, clear, import) deletes them
+in its transaction, and they go with the session (``drop_session``, ``delete``) as its
+other rows do (no foreign key: an append's update of the session row checks nothing).
+Saving them (the function ``save_recall``) and reading them is not an access: no touch.
 
 Writes that need no value computed in Python are one statement each: appending one message
 to a live session is plain SQL (:meth:`SchemaSql.append_one`: an ``UPDATE`` of the session
@@ -52,19 +60,31 @@ __all__ = [
     "schema_name_problem",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The layout this module writes (``meta.schema_version``)."""
+
+_RECALL_SEGMENTS = """CREATE TABLE {s}.recall_segments (
+    sk bigint NOT NULL,
+    seq integer NOT NULL,
+    body text NOT NULL,
+    PRIMARY KEY (sk, seq)
+);
+"""
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     # 1 -> 2: the function append_one (the fallback of the one-message append). The tables
     # are unchanged; the functions are re-created after every migration, which adds it.
     1: (),
+    # 2 -> 3: the table recall_segments (the functions re-created after it: drop_session
+    # deletes its rows, save_recall writes them).
+    2: (_RECALL_SEGMENTS,),
 }
 """Statements taking a schema from version ``k`` to ``k + 1`` (``{s}`` is the schema).
 
 Opening a schema of an older version runs the statements from its version up, then
 re-creates the functions, in one transaction. Version 1 is the first layout; version 2
-adds the function ``append_one`` (no table changes).
+adds the function ``append_one`` (no table changes); version 3 the table
+``recall_segments`` and the function ``save_recall``.
 """
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
@@ -114,7 +134,8 @@ def prefix_end(prefix: str) -> str | None:
     return None
 
 
-_TABLES = """
+_TABLES = (
+    """
 CREATE SCHEMA IF NOT EXISTS {s};
 CREATE TABLE {s}.meta (key text PRIMARY KEY, value text NOT NULL);
 CREATE SEQUENCE {s}.access_clock;
@@ -154,6 +175,8 @@ CREATE TABLE {s}.fingerprints (
     PRIMARY KEY (sk, fp)
 );
 """
+    + _RECALL_SEGMENTS
+)
 
 # The functions: re-created (CREATE OR REPLACE) whenever the schema is created or migrated.
 _FUNCTIONS = """
@@ -167,6 +190,7 @@ LANGUAGE sql AS $fn$
     DELETE FROM {s}.messages WHERE sk = p_sk;
     DELETE FROM {s}.fetched WHERE sk = p_sk;
     DELETE FROM {s}.fingerprints WHERE sk = p_sk;
+    DELETE FROM {s}.recall_segments WHERE sk = p_sk;
     DELETE FROM {s}.sessions WHERE sk = p_sk;
 $fn$;
 
@@ -385,6 +409,33 @@ BEGIN
 END
 $fn$;
 
+-- Save recall segments, after the session's (p_replace: instead of them). Not an access:
+-- the session row is locked (saves, history edits and deletes of the session serialise
+-- on it), not touched. false, and nothing written, without a live session.
+CREATE OR REPLACE FUNCTION {s}.save_recall(p_id text, p_bodies text[], p_replace boolean)
+RETURNS boolean
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_sk bigint;
+    v_next integer := 0;
+BEGIN
+    SELECT sk INTO v_sk FROM {s}.sessions
+    WHERE id = p_id AND (expires_at IS NULL OR expires_at > now()) FOR UPDATE;
+    IF v_sk IS NULL THEN
+        RETURN false;
+    END IF;
+    -- each statement sees what committed while this one waited for the lock
+    IF p_replace THEN
+        DELETE FROM {s}.recall_segments WHERE sk = v_sk;
+    ELSE
+        SELECT coalesce(max(seq) + 1, 0) INTO v_next FROM {s}.recall_segments WHERE sk = v_sk;
+    END IF;
+    INSERT INTO {s}.recall_segments (sk, seq, body)
+    SELECT v_sk, v_next + t.n - 1, t.body FROM unnest(p_bodies) WITH ORDINALITY AS t(body, n);
+    RETURN true;
+END
+$fn$;
+
 -- Renumber the messages from position p_first on as p_first, p_first + 1, ...
 CREATE OR REPLACE FUNCTION {s}.renumber(p_sk bigint, p_first integer) RETURNS void
 LANGUAGE sql AS $fn$
@@ -433,6 +484,10 @@ _READS = {
         "s.n_messages - 1) ORDER BY m.pos) AS m"
     ),
     "fetched": f"SELECT ({_FETCHED_JSON}) FROM s",
+    # one row per segment, in order (no rows: none, or no live session); never touched
+    "recall_segments": (
+        "SELECT r.body FROM s JOIN {s}.recall_segments AS r ON r.sk = s.sk ORDER BY r.seq"
+    ),
     "fetched_type": (
         "SELECT '[' || coalesce(string_agg('[' || to_json(f.source_type)::text || ',' || "
         "f.body || ']', ',' ORDER BY f.seq), '') || ']' FROM s JOIN {s}.fetched AS f "
@@ -546,6 +601,14 @@ class SchemaSql:
             "%(body)s::text, %(now)s::text, %(init)s::text, %(ttl)s::float8, "
             "%(max)s::integer)"
         )
+
+    def save_recall(self) -> bytes:
+        """The statement saving recall segments: one call of the function ``save_recall``.
+
+        The segments are a binary ``text[]`` parameter (``%b``: each may be hundreds of
+        KB, which the text dumper would escape in Python). The reply is ``(saved,)``.
+        """
+        return self.q("SELECT {s}.save_recall(%(id)s, %(bodies)b::text[], %(replace)s)")
 
     def read(self, kind: str, *, touch: bool) -> bytes:
         """A read of one live session (``kind`` in ``_READS``), bumping LRU if ``touch``."""

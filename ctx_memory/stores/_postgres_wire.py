@@ -204,14 +204,26 @@ async def arelease_cursor(
 def sizeable(reply: object) -> bool:
     """Whether a reply (a row, or a list of rows) is large enough to free its result.
 
-    Text counts its characters, an array or a list of rows 64 per element.
+    Text counts its characters, an array or a list of rows 64 per element, plus the text
+    of the rows of a list short enough to count them (a few rows of large text).
     """
     if isinstance(reply, tuple):
-        size = 0
-        for value in reply:
-            if isinstance(value, str):
-                size += len(value)
-            elif isinstance(value, list):
-                size += 64 * len(value)
-        return size > _LARGE_REPLY
-    return isinstance(reply, list) and 64 * len(reply) > _LARGE_REPLY
+        return _size(reply) > _LARGE_REPLY
+    if not isinstance(reply, list):
+        return False
+    size = 64 * len(reply)
+    for row in reply:  # (at most _LARGE_REPLY / 64 of them before the answer is known)
+        if size > _LARGE_REPLY:
+            return True
+        size += _size(row)
+    return size > _LARGE_REPLY
+
+
+def _size(row: tuple[Any, ...]) -> int:
+    size = 0
+    for value in row:
+        if isinstance(value, str):
+            size += len(value)
+        elif isinstance(value, list):
+            size += 64 * len(value)
+    return size

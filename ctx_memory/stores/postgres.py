@@ -2,14 +2,17 @@
 
 psycopg 3 with connection pools (``psycopg_pool``): a sync pool for sync calls, an asyncio
 pool per event loop for the async twins (native async I/O, no worker threads). The schema,
-its tables and its functions are in :mod:`ctx_memory.stores._postgres_sql`.
+its tables and its functions are in :mod:`ctx_memory.stores._postgres_sql` (schema version
+3: sessions, messages, fetched items and their fingerprints, and the sessions' saved
+recall-index segments, ``recall_segments``, which every history edit drops).
 
 Every operation is written once, as a generator that yields statements and receives their
 rows; :meth:`PostgresStore._drive` runs it on a sync connection and
 :meth:`PostgresStore._adrive` on an async one, so the two paths differ by ``await`` only.
-An append (messages or fetched items), a read, a delete and garbage collection are one
-statement each, so one round trip, in autocommit; the other writes (shared state, metadata,
-history edits, clear, import) run in one transaction that first locks the session row.
+An append (messages or fetched items), a read, a delete, garbage collection and a save of
+recall segments are one statement each, so one round trip, in autocommit; the other writes
+(shared state, metadata, history edits, clear, import) run in one transaction that first
+locks the session row.
 
 Connections: a pool the store made lends its connections for longer than a call. Each call
 takes the most recently returned one from a stack (:class:`_Lease`) and puts it back, as many
@@ -25,8 +28,9 @@ connections its parent kept.
 Retries: a statement that meets a dropped connection (the server restarted, a proxy closed
 an idle connection) is sent again once, on a fresh connection, when sending it twice is
 harmless: reads, appends of messages (skipped by message id), and writes that set a value
-(create, delete, set shared, metadata, clear, import, history edits). A deep merge of
-``shared``, an append of fetched items and a truncation are not repeated: they raise
+(create, delete, set shared, metadata, clear, import, history edits, recall segments saved
+with ``replace``). A deep merge of ``shared``, an append of fetched items, a truncation and
+recall segments saved after the session's are not repeated: they raise
 :class:`~ctx_memory.errors.StoreUnavailableError` and the caller decides. An append of one
 message looks for its id only through ``UNIQUE (sk, id)``: an id the session holds makes the
 statement fail whole (a unique violation, nothing written; the server logs it as an error
@@ -85,6 +89,7 @@ from ctx_memory.stores.ops import (
     MergeShared,
     ReplaceDocument,
     ReplaceMessage,
+    SaveRecallSegments,
     SetShared,
     StoreOp,
     TruncateMessages,
@@ -133,6 +138,13 @@ _CREATED_MEANWHILE = (
     psycopg.errors.DuplicateSchema,
     psycopg.errors.UniqueViolation,
 )
+
+
+def _repeatable(op: StoreOp) -> bool:
+    """Whether sending ``op`` twice is harmless (an appending save of segments is not)."""
+    if isinstance(op, SaveRecallSegments):
+        return op.replace
+    return not isinstance(op, _NOT_REPEATED)
 
 
 class _Lease(NamedTuple):
@@ -226,6 +238,7 @@ class PostgresStore(PostgresOperations):
     """
 
     name = "postgres"
+    keeps_recall_segments = True
 
     def __init__(
         self,
@@ -459,7 +472,7 @@ class PostgresStore(PostgresOperations):
                     self._give(lease)
             except (psycopg.OperationalError, OSError) as e:  # PoolTimeout too
                 self._discard(lease.pool if lease is not None else self._pool)
-                if attempt > 0 or isinstance(op, _NOT_REPEATED):
+                if attempt > 0 or not _repeatable(op):
                     raise self._unavailable(e) from e
                 continue
             except psycopg.errors.UniqueViolation as e:
@@ -484,7 +497,7 @@ class PostgresStore(PostgresOperations):
                     await pool.putconn(conn)
             except (psycopg.OperationalError, OSError) as e:  # PoolTimeout too
                 await self._adiscard(pool)
-                if attempt > 0 or isinstance(op, _NOT_REPEATED):
+                if attempt > 0 or not _repeatable(op):
                     raise self._unavailable(e) from e
                 continue
             except psycopg.errors.UniqueViolation as e:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.postgres
 
 NOW = "2025-01-01T00:00:00+00:00"
-TABLES = ("sessions", "messages", "fetched", "fingerprints")
+TABLES = ("sessions", "messages", "fetched", "fingerprints", "recall_segments")
 
 
 def init(sid: str) -> Any:
@@ -346,6 +346,52 @@ def test_a_large_reply_is_not_kept_by_the_pooled_connection(
         assert fresh.pgresult.ntuples == 1
 
 
+def test_large_recall_segments_are_not_kept_by_the_pooled_connection(
+    postgres_url: str, pg_schema: str
+) -> None:
+    """Recall segments come back one row each: a few large rows free the cursor too."""
+    with PostgresStore(postgres_url, schema=pg_schema, pool_size=1) as store:
+        store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
+        store.save_recall_segments("s", ["small"])
+        with store._borrow() as conn:
+            kept = conn._ctx_memory_cursor  # type: ignore[attr-defined]
+        assert store.get_recall_segments("s") == ["small"]
+        assert not kept.closed  # a small reply: the cursor is reused
+        big = "y" * 100_000
+        store.save_recall_segments("s", [big], replace=True)
+        assert store.get_recall_segments("s") == [big]
+        assert kept.closed
+        with store._borrow() as conn:
+            assert conn._ctx_memory_cursor.pgresult is None  # type: ignore[attr-defined]
+
+
+def test_a_save_of_recall_segments_whose_reply_is_lost(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection drops after the save ran: one that appends is not sent again (its
+    segments would be stored twice), one that replaces is."""
+    store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
+    run = PostgresStore._run
+    losses: list[int] = []
+
+    def lose_the_reply(conn: psycopg.Connection[Any], steps: Any) -> Any:
+        result = run(conn, steps)
+        if losses:
+            losses.pop()
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return result
+
+    monkeypatch.setattr(PostgresStore, "_run", staticmethod(lose_the_reply))
+    losses.append(1)
+    with pytest.raises(StoreUnavailableError):
+        store.save_recall_segments("s", ["a"])
+    assert store.get_recall_segments("s") == ["a"]  # saved once
+    losses.append(1)
+    assert store.save_recall_segments("s", ["b", "c"], replace=True)
+    assert not losses  # the first attempt lost its reply; the second one answered
+    assert store.get_recall_segments("s") == ["b", "c"]
+
+
 # ------------------------------------------------------------------ schema versions
 
 
@@ -402,40 +448,6 @@ def test_an_older_schema_is_migrated_keeping_its_data(
     assert note == "migrated"
 
 
-def _functions(url: str, schema: str) -> set[str]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT p.proname FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace "
-            "WHERE n.nspname = %s",
-            (schema,),
-        ).fetchall()
-    return {name for (name,) in rows}
-
-
-def test_a_version_1_schema_gets_append_one(postgres_url: str, pg_schema: str) -> None:
-    """Version 1 (the first layout) had every function but ``append_one``: opening it adds
-    that function and records version 2; the sessions, their counters and appends go on."""
-    assert postgres_module.SCHEMA_VERSION == 2
-    with PostgresStore(postgres_url, schema=pg_schema, ttl_seconds=3600) as store:
-        store.append_messages("s", [msg(1), msg(2)], init=init("s"), now=NOW)
-    with psycopg.connect(postgres_url, autocommit=True) as conn:  # back to version 1
-        conn.execute(f'DROP FUNCTION "{pg_schema}".append_one')
-        conn.execute(f"UPDATE \"{pg_schema}\".meta SET value = '1'")
-    assert "append_one" not in _functions(postgres_url, pg_schema)
-    assert {"append", "append_fetched", "upsert", "collect"} <= _functions(postgres_url, pg_schema)
-    with PostgresStore(postgres_url, schema=pg_schema, ttl_seconds=3600) as store:
-        assert store.append_messages("s", [msg(2)], init=init("s"), now=NOW).added == 0
-        assert store.append_messages("s", [msg(3)], init=init("s"), now=NOW).added == 1
-        created = store.append_messages("new", [msg(1)], init=init("new"), now=NOW)
-        assert (created.created, created.added) == (True, 1)
-        header = store.get_header("s")
-        assert header is not None
-        assert (header["metadata"]["message_count"], header["metadata"]["token_count"]) == (3, 6)
-        assert [m["content"] for m in store.get_messages("s")] == ["m1", "m2", "m3"]
-    assert _version(postgres_url, pg_schema) == "2"
-    assert "append_one" in _functions(postgres_url, pg_schema)
-
-
 def test_a_foreign_meta_table_is_refused(postgres_url: str, pg_schema: str) -> None:
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{pg_schema}"')
@@ -457,6 +469,8 @@ def test_ttl_removes_every_row_of_an_expired_session(postgres_url: str, pg_schem
         cm.add_fetched_context("gone", "web_search", "a page", url="https://a.example")
         cm.update_partial_context("gone", {"k": 1})
         cm.add_user_message("kept", "hello")
+        assert store.save_recall_segments("gone", ["g"])
+        assert store.save_recall_segments("kept", ["k"])
         assert all(n > 0 for n in rows(postgres_url, pg_schema).values())
         time.sleep(0.25)
         cm.add_user_message("kept", "again")  # slides kept's TTL
@@ -467,7 +481,8 @@ def test_ttl_removes_every_row_of_an_expired_session(postgres_url: str, pg_schem
         assert store.exists("kept")
         assert store.gc() == 1
         left = rows(postgres_url, pg_schema)
-        assert left == {"sessions": 1, "messages": 2, "fetched": 0, "fingerprints": 0}
+        expected = {"sessions": 1, "messages": 2, "fetched": 0, "fingerprints": 0}
+        assert left == {**expected, "recall_segments": 1}
         time.sleep(0.5)
         assert store.gc() == 1
         assert rows(postgres_url, pg_schema) == dict.fromkeys(TABLES, 0)
@@ -479,12 +494,14 @@ def test_lru_eviction_removes_every_row(postgres_url: str, pg_schema: str) -> No
         for sid in ("a", "b", "c"):
             cm.add_user_message(sid, "x")
             cm.add_fetched_context(sid, "web", "page", url=f"https://{sid}.example")
+            assert store.save_recall_segments(sid, [sid])  # not an access: LRU order kept
         assert store.list_sessions() == ["b", "c"]
         assert rows(postgres_url, pg_schema) == {
             "sessions": 2,
             "messages": 2,
             "fetched": 2,
             "fingerprints": 2,
+            "recall_segments": 2,
         }
 
 

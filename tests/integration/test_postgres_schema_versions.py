@@ -1,0 +1,176 @@
+"""PostgreSQL schemas an older release made open with this one; this layout is refused by
+the release before it.
+
+There is no fixture file (as ``tests/fixtures`` has for SQLite and Redis): an older layout
+is made with today's store, then what the later versions added is taken away
+(:func:`_back_to_version_2`, whose result is checked against the version-2 catalog).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from ctx_memory import ContextManager
+from ctx_memory.errors import StoreUnavailableError
+from ctx_memory.schema import dumps
+from ctx_memory.stores import _postgres_ops
+from ctx_memory.stores import postgres as postgres_module
+from ctx_memory.stores.base import EncodedMessage, new_header
+from ctx_memory.stores.postgres import PostgresStore
+
+pytestmark = pytest.mark.postgres
+
+NOW = "2025-01-01T00:00:00+00:00"
+V2_TABLES = {"meta", "sessions", "messages", "fetched", "fingerprints"}
+V2_FUNCTIONS = {
+    "expiry",
+    "drop_session",
+    "collect",
+    "evict",
+    "live",
+    "upsert",
+    "touch",
+    "append",
+    "append_one",
+    "append_fetched",
+    "renumber",
+}
+# drop_session as version 2 wrote it (version 3 deletes the session's recall segments too)
+V2_DROP_SESSION = """
+CREATE OR REPLACE FUNCTION "{s}".drop_session(p_sk bigint) RETURNS void
+LANGUAGE sql AS $fn$
+    DELETE FROM "{s}".messages WHERE sk = p_sk;
+    DELETE FROM "{s}".fetched WHERE sk = p_sk;
+    DELETE FROM "{s}".fingerprints WHERE sk = p_sk;
+    DELETE FROM "{s}".sessions WHERE sk = p_sk;
+$fn$
+"""
+
+
+def init(sid: str) -> Any:
+    return new_header(sid, now=NOW, encoding="o200k_base")
+
+
+def msg(i: int) -> EncodedMessage:
+    record = {"role": "user", "content": f"m{i}", "id": f"id-{i}", "token_count": 2}
+    return EncodedMessage(dumps(record), 2, f"id-{i}")
+
+
+def _catalog(url: str, schema: str) -> tuple[set[str], set[str], str]:
+    """The schema's tables, its functions and its recorded version."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)
+        ).fetchall()
+        functions = conn.execute(
+            "SELECT p.proname FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = %s",
+            (schema,),
+        ).fetchall()
+        (version,) = conn.execute(
+            f"SELECT value FROM \"{schema}\".meta WHERE key = 'schema_version'"
+        ).fetchone() or (None,)
+    return {t for (t,) in tables}, {f for (f,) in functions}, str(version)
+
+
+def _rows(url: str, schema: str, tables: set[str]) -> dict[str, int]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {
+            table: conn.execute(f'SELECT count(*) FROM "{schema}".{table}').fetchone()[0]  # type: ignore[index]
+            for table in sorted(tables - {"meta"})
+        }
+
+
+def _back_to_version_2(url: str, schema: str) -> None:
+    """Turn a schema of today's layout into the one the version-2 release made."""
+    with psycopg.connect(url) as conn, conn.transaction():
+        conn.execute(f'DROP FUNCTION "{schema}".save_recall')
+        conn.execute(V2_DROP_SESSION.replace("{s}", schema))
+        conn.execute(f'DROP TABLE "{schema}".recall_segments')
+        conn.execute(f"UPDATE \"{schema}\".meta SET value = '2'")
+    assert _catalog(url, schema) == (V2_TABLES, V2_FUNCTIONS, "2")
+
+
+def test_a_version_2_postgres_schema_is_migrated_and_keeps_recall_segments(
+    postgres_url: str, pg_schema: str
+) -> None:
+    """Version 2 (the release before recall segments) is migrated to version 3 when a store
+    of this release first opens it: the table ``recall_segments`` is created, every session
+    and row is kept, and segments are then saved, and dropped with the session's rows."""
+    with PostgresStore(postgres_url, schema=pg_schema, ttl_seconds=3600) as store:
+        cm = ContextManager(store=store, token_counter="approximate")
+        cm.add_user_message("s", "hello")
+        cm.add_assistant_message("s", "hi there")
+        cm.add_fetched_context("s", "web", "a page", url="https://a.example")
+        cm.update_partial_context("s", {"k": [1, 2]})
+        cm.add_user_message("t", "other")
+        before = {sid: store.get_document(sid) for sid in ("s", "t")}
+    _back_to_version_2(postgres_url, pg_schema)
+    counts = {"fetched": 1, "fingerprints": 1, "messages": 3, "sessions": 2}
+    assert _rows(postgres_url, pg_schema, V2_TABLES) == counts
+    with PostgresStore(postgres_url, schema=pg_schema, ttl_seconds=3600) as store:
+        assert store.list_sessions() == ["s", "t"]
+        assert {sid: store.get_document(sid) for sid in ("s", "t")} == before
+        tables, functions, version = _catalog(postgres_url, pg_schema)
+        assert (tables, version) == ({*V2_TABLES, "recall_segments"}, "3")
+        assert functions == {*V2_FUNCTIONS, "save_recall"}
+        assert store.get_recall_segments("s") == []
+        assert store.save_recall_segments("s", ["one", "two"])
+        assert store.save_recall_segments("t", ["three"])
+        assert store.get_recall_segments("s") == ["one", "two"]
+        assert store.get_document("s") == before["s"]  # saving is not a write of the session
+        store.append_messages("s", [msg(9)], init=init("s"), now=NOW)
+        assert store.get_recall_segments("s") == ["one", "two"]
+        assert store.delete_messages("s", ["id-9"], now=NOW) == 1
+        assert store.get_recall_segments("s") == []
+        assert store.save_recall_segments("s", ["four"])
+        assert store.replace_document("t", init("t"), [msg(1)], []).added == 1
+        assert store.get_recall_segments("t") == []  # (drop_session, as version 3 wrote it)
+        assert store.delete("s")
+    assert _rows(postgres_url, pg_schema, tables)["recall_segments"] == 0
+
+
+def test_a_version_1_postgres_schema_is_migrated_through(postgres_url: str, pg_schema: str) -> None:
+    """Version 1 (the first layout) had every function of version 2 but ``append_one``:
+    opening it runs both migrations; the sessions, their counters and appends go on."""
+    assert postgres_module.SCHEMA_VERSION == 3
+    with PostgresStore(postgres_url, schema=pg_schema, ttl_seconds=3600) as store:
+        store.append_messages("s", [msg(1), msg(2)], init=init("s"), now=NOW)
+    _back_to_version_2(postgres_url, pg_schema)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:  # back to version 1
+        conn.execute(f'DROP FUNCTION "{pg_schema}".append_one')
+        conn.execute(f"UPDATE \"{pg_schema}\".meta SET value = '1'")
+    with PostgresStore(postgres_url, schema=pg_schema, ttl_seconds=3600) as store:
+        append = store.append_messages
+        assert append("s", [msg(2)], init=init("s"), now=NOW).added == 0
+        assert append("s", [msg(3)], init=init("s"), now=NOW).added == 1
+        created = append("new", [msg(1)], init=init("new"), now=NOW)
+        assert (created.created, created.added) == (True, 1)
+        header = store.get_header("s")
+        assert header is not None
+        assert (header["metadata"]["message_count"], header["metadata"]["token_count"]) == (3, 6)
+        assert [m["content"] for m in store.get_messages("s")] == ["m1", "m2", "m3"]
+        assert store.save_recall_segments("s", ["a"])
+        assert store.get_recall_segments("s") == ["a"]
+    _, functions, version = _catalog(postgres_url, pg_schema)
+    assert version == "3"
+    assert functions == {*V2_FUNCTIONS, "save_recall"}
+
+
+def test_the_release_before_refuses_a_version_3_postgres_schema(
+    postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that knows version 2 at most (the release before) refuses this layout."""
+    with PostgresStore(postgres_url, schema=pg_schema) as store:
+        store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
+        store.save_recall_segments("s", ["a"])
+    monkeypatch.setattr(_postgres_ops, "SCHEMA_VERSION", 2)  # where it is checked
+    with (
+        PostgresStore(postgres_url, schema=pg_schema) as older,
+        pytest.raises(StoreUnavailableError, match="has version 3, newer"),
+    ):
+        older.get_messages("s")
+    assert _catalog(postgres_url, pg_schema)[2] == "3"
