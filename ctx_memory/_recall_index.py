@@ -277,37 +277,35 @@ class RecallIndex:
     def segment(self, start: int, stop: int) -> dict[str, Any]:
         """What the index holds of positions ``start`` to ``stop - 1``, as plain data.
 
-        ``postings`` maps each term to ``[position - start, tf, ...]``. :meth:`add_segment`
-        of an index holding exactly ``start`` messages adds them back without their text
-        (:mod:`ctx_memory.recall` saves segments in the store). ``O(new text)`` for the
-        positions from :attr:`saved` on while :attr:`recent` keeps their term counts,
-        else a pass over every term.
+        ``postings`` maps each term to its positions minus ``start``; ``tfs`` gives the
+        term's frequency at each, for the terms that occur more than once in a message
+        (else 1). :meth:`add_segment` of an index holding exactly ``start`` messages adds
+        them back without their text (:mod:`ctx_memory.recall` saves segments in the
+        store). ``O(new text)`` for the positions from :attr:`saved` on while
+        :attr:`recent` keeps their term counts, else a pass over every term.
         """
         postings: dict[str, list[int]] = {}
+        tfs: dict[str, list[int]] = {}
         recent = self.recent
         if recent is not None and start == self.saved and stop - start == len(recent):
             for offset, counts in enumerate(recent):
                 for term, tf in counts.items():
-                    flat = postings.get(term)
-                    if flat is None:
-                        postings[term] = [offset, tf]
+                    found = postings.get(term)
+                    if found is None:
+                        postings[term] = [offset]
+                        tfs[term] = [tf]
                     else:
-                        flat += (offset, tf)
-            return self._segment_of(start, stop, postings)
-        tfs = self._tfs
-        for term, positions in self._postings.items():
-            if positions[-1] < start:
-                continue
-            lo = bisect_left(positions, start)
-            hi = bisect_left(positions, stop, lo)
-            if lo == hi:
-                continue
-            flat = postings[term] = [0] * (2 * (hi - lo))
-            flat[0::2] = [p - start for p in positions[lo:hi]]
-            flat[1::2] = tfs[term][lo:hi]
-        return self._segment_of(start, stop, postings)
-
-    def _segment_of(self, start: int, stop: int, postings: dict[str, list[int]]) -> dict[str, Any]:
+                        found.append(offset)
+                        tfs[term].append(tf)
+        else:
+            for term, positions in self._postings.items():
+                if positions[-1] < start:
+                    continue
+                lo = bisect_left(positions, start)
+                hi = bisect_left(positions, stop, lo)
+                if lo != hi:
+                    postings[term] = [p - start for p in positions[lo:hi]]
+                    tfs[term] = self._tfs[term][lo:hi]
         return {
             "start": start,
             "stop": stop,
@@ -316,6 +314,7 @@ class RecallIndex:
             "tokens": self.tokens[start:stop],
             "lengths": self.lengths[start:stop],
             "postings": postings,
+            "tfs": {term: f for term, f in tfs.items() if max(f) > 1},
         }
 
     def add_segment(self, segment: Mapping[str, Any]) -> None:
@@ -336,18 +335,22 @@ class RecallIndex:
             msg = f"segment {start}..{stop} does not follow {len(self.lengths)} messages"
             raise ValueError(msg)
         postings, tfs = self._postings, self._tfs
-        for term, flat in segment["postings"].items():
-            positions = [start + p for p in flat[0::2]]
-            if len(positions) * 2 != len(flat) or not 0 <= flat[0] <= flat[-2] < count:
+        frequencies: Mapping[str, list[int]] = segment["tfs"]
+        for term, relative in segment["postings"].items():
+            tf = frequencies.get(term)
+            if not (0 <= relative[0] <= relative[-1] < count) or (
+                tf is not None and len(tf) != len(relative)
+            ):
                 msg = f"segment {start}..{stop}: malformed postings of {term!r}"
                 raise ValueError(msg)
+            positions = [start + p for p in relative] if start else relative
             found = postings.get(term)
             if found is None:
                 postings[term] = positions
-                tfs[term] = flat[1::2]
+                tfs[term] = [1] * len(relative) if tf is None else tf
             else:
                 found.extend(positions)
-                tfs[term].extend(flat[1::2])
+                tfs[term].extend([1] * len(relative) if tf is None else tf)
         self.ids.extend(ids)
         self.roles.extend(roles)
         self.user_positions.extend(p for p, role in enumerate(roles, start) if role == "user")

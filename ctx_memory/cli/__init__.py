@@ -56,6 +56,7 @@ from ctx_memory.cli._output import (  # noqa: F401 - _fail, _note, printable: us
     _text,
     printable,
 )
+from ctx_memory.cli._reindex import reindex_command
 from ctx_memory.cli._search import prompt_command, search_command
 from ctx_memory.config import Settings, load_settings
 from ctx_memory.display import SessionView
@@ -102,6 +103,7 @@ app.command("migrate")(migrate_command)
 app.command("eval")(eval_command)  # ctx_memory/eval: imports the bench group when run
 app.command("search")(search_command)
 app.command("prompt")(prompt_command)
+app.command("reindex")(reindex_command)
 
 
 @dataclass(frozen=True)

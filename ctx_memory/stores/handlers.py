@@ -194,10 +194,10 @@ class OperationStore(BaseStore):
 
     # A store that keeps recall segments sets ``keeps_recall_segments`` and overrides both.
 
-    def _get_recall_segments(self, op: GetRecallSegments) -> list[str]:  # noqa: ARG002
+    def _get_recall_segments(self, op: GetRecallSegments) -> list[str]:
         """The saved recall segments; this default keeps none."""
         return []
 
-    def _save_recall_segments(self, op: SaveRecallSegments) -> bool:  # noqa: ARG002
+    def _save_recall_segments(self, op: SaveRecallSegments) -> bool:
         """Save recall segments; this default keeps none (``False``: not saved)."""
         return False
