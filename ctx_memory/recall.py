@@ -29,7 +29,7 @@ process that has not indexed a long session yet (a restarted server, another wor
 does not rebuild it from the history. Once :data:`SAVE_EVERY` (256) messages are indexed
 and not saved, the update that indexed them saves them as one segment
 (:class:`~ctx_memory.stores.ops.SaveRecallSegments`: their terms, ids, roles and token
-counts, JSON; built from the term counts kept since the last save, so ``O(new text)``).
+counts, JSON; the terms kept since the last save, joined, so ``O(new text)``).
 A cold index of a session of at least that many messages starts from the saved
 segments (:func:`load_segments`, one read), checks the last of them against the stored
 history (its message id) and indexes from the history only what follows; any mismatch,
