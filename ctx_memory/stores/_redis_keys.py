@@ -29,10 +29,16 @@ __all__ = [
 TAG_LENGTH = 64
 """Length of a session's hash tag (hex SHA-256 of its id); index members are tag + id."""
 
-LAYOUT_VERSION = 1
-"""Version of the key layout below, kept in :func:`layout_key` (``1``: the first release's)."""
+LAYOUT_VERSION = 2
+"""Version of the key layout below, kept in :func:`layout_key`.
 
-SESSION_SUFFIXES = ("h", "m", "f", "fp", "ids", "w", "wo")
+``1``: the first release's. ``2`` adds the list ``r`` (saved recall-index segments), which
+every write that removes or changes messages, and every removal of a session, deletes: a
+release of layout 1 would leave it behind, so it refuses layout 2. Layout 1 data is valid
+layout 2 data (no ``r`` keys yet): opening it only records the new version.
+"""
+
+SESSION_SUFFIXES = ("h", "m", "f", "fp", "ids", "w", "wo", "r")
 """The keys of one session, ``P:{T}:<suffix>``, in the order ``SESSION_SCRIPT`` takes."""
 
 
@@ -52,11 +58,12 @@ class SessionKeys(NamedTuple):
     ids: str
     w: str
     wo: str
+    r: str
 
     @property
-    def script_keys(self) -> tuple[str, str, str, str, str, str, str]:
+    def script_keys(self) -> tuple[str, str, str, str, str, str, str, str]:
         """The session's keys in the order ``SESSION_SCRIPT`` takes them."""
-        return self.h, self.m, self.f, self.fp, self.ids, self.w, self.wo
+        return self.h, self.m, self.f, self.fp, self.ids, self.w, self.wo, self.r
 
 
 @functools.lru_cache(maxsize=4096)
@@ -64,8 +71,8 @@ def session_keys(prefix: str, session_id: str) -> SessionKeys:
     """The keys of one session: ``P:{T}:<suffix>`` for each of ``SESSION_SUFFIXES``."""
     tag = session_tag(session_id)
     base = f"{prefix}:{{{tag}}}:"
-    h, m, f, fp, ids, w, wo = (base + suffix for suffix in SESSION_SUFFIXES)
-    return SessionKeys(h, m, f, fp, tag + session_id, ids, w, wo)
+    h, m, f, fp, ids, w, wo, r = (base + suffix for suffix in SESSION_SUFFIXES)
+    return SessionKeys(h, m, f, fp, tag + session_id, ids, w, wo, r)
 
 
 def index_key(prefix: str) -> str:

@@ -1,6 +1,6 @@
 """Lua scripts of the Redis store, read once at import from ``ctx_memory/stores/lua/``.
 
-Four scripts, each loaded on a server once and shared by the sync and asyncio clients.
+Five scripts, each loaded on a server once and shared by the sync and asyncio clients.
 Their source is package data, one file per part: ``common.lua`` (JSON and index helpers)
 comes first in ``session.lua`` and ``index.lua``, after a line setting ``TOKEN_WINDOW``;
 ``append_new.lua`` is included where ``session.lua`` and ``append.lua`` say
@@ -8,10 +8,10 @@ comes first in ``session.lua`` and ``index.lua``, after a line setting ``TOKEN_W
 the message triples). Nothing here talks to Redis.
 
 * :data:`SESSION_SCRIPT` runs every operation on one session (``ARGV[1]`` names it). Its
-  ``KEYS`` are the session's seven keys, which share one hash slot; on a single server the
-  LRU/expiry index keys follow as ``KEYS[8]``/``KEYS[9]`` so that index maintenance and
+  ``KEYS`` are the session's eight keys, which share one hash slot; on a single server the
+  LRU/expiry index keys follow as ``KEYS[9]``/``KEYS[10]`` so that index maintenance and
   eviction happen in the same atomic call. On Redis Cluster the index lives in its own
-  slot, so the script gets only the seven session keys and the client updates the index with
+  slot, so the script gets only the eight session keys and the client updates the index with
   :data:`INDEX_SCRIPT` in a second call.
 * :data:`INDEX_SCRIPT` maintains the index alone (cluster mode, ``gc`` and ``list``).
 * :data:`TOUCH_SCRIPT` is a read's LRU touch (``max_sessions`` set). The read itself
@@ -28,6 +28,8 @@ the message triples). Nothing here talks to Redis.
   hash, the list and the id set until the client knows the session has fetched items; if
   it has (and a TTL is set) it answers ``-2``, again having changed nothing, and the
   client repeats the call with the fetched keys too.
+* :data:`LAYOUT_SCRIPT` records the key layout version under a prefix (once per store
+  object, before its first operation), never lowering a newer one.
 
 Appends are idempotent by message id, with no window: the hash ``IDS`` holds the id of
 every message in the history, and a message whose id is in it is skipped (``HSETNX``
@@ -46,8 +48,8 @@ The merge code (``common.lua``) parses objects *structurally*: it walks the text
 every non-object value as its exact source text and re-emits objects key by key, so
 numbers, empty lists and unicode survive byte for byte and key order is preserved.
 
-``KEYS`` of :data:`SESSION_SCRIPT`: ``H, M, F, FP, IDS, W, WO`` (one hash slot), then the
-index on a single server. ``ARGV`` (unused slots are ``""``)::
+``KEYS`` of :data:`SESSION_SCRIPT`: ``H, M, F, FP, IDS, W, WO, R`` (one hash slot), then
+the index on a single server. ``ARGV`` (unused slots are ``""``)::
 
     1 "op:ttl_ms:max_sessions:write_token"   2 session id   3 now (JSON string)
     4 init header JSON ("" when the client believes the session exists; the script then
@@ -62,7 +64,14 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-__all__ = ["APPEND_SCRIPT", "INDEX_SCRIPT", "SESSION_SCRIPT", "TOKEN_WINDOW", "TOUCH_SCRIPT"]
+__all__ = [
+    "APPEND_SCRIPT",
+    "INDEX_SCRIPT",
+    "LAYOUT_SCRIPT",
+    "SESSION_SCRIPT",
+    "TOKEN_WINDOW",
+    "TOUCH_SCRIPT",
+]
 
 TOKEN_WINDOW = 600
 """Seconds (server time) a write token's result is kept at least (at most twice that)."""
@@ -93,3 +102,18 @@ APPEND_SCRIPT = _compose("append.lua")
 
 TOUCH_SCRIPT = _source("touch.lua")
 """A read's LRU touch: ``KEYS`` the index and, on a single server, the session's hash."""
+
+LAYOUT_SCRIPT = """\
+local raw = redis.call('GET', KEYS[1])
+local found = raw and string.match(raw, '^%d+$') and tonumber(raw)
+if not raw or (found and found < tonumber(ARGV[1])) then redis.call('SET', KEYS[1], ARGV[1]) end
+return raw
+"""
+"""The layout version check: ``KEYS`` the version key, ``ARGV`` this release's version.
+
+Answers the version key as it was (nil: no key, a new prefix or data written before the
+key existed, which is layout 1). When there was none or an older version, the key is set to
+``ARGV[1]`` in the same atomic step (every older layout is valid data of this one: see
+:data:`~ctx_memory.stores._redis_keys.LAYOUT_VERSION`); a newer or unreadable one is left
+as it is, for the client to refuse. Short enough to live here rather than in ``lua/``.
+"""

@@ -37,6 +37,7 @@ from ctx_memory.stores._redis_keys import (
 from ctx_memory.stores._redis_lua import (
     APPEND_SCRIPT,
     INDEX_SCRIPT,
+    LAYOUT_SCRIPT,
     SESSION_SCRIPT,
     TOUCH_SCRIPT,
 )
@@ -55,11 +56,13 @@ from ctx_memory.stores.ops import (
     GetFetched,
     GetHeader,
     GetMessages,
+    GetRecallSegments,
     ListPage,
     ListSessions,
     MergeShared,
     ReplaceDocument,
     ReplaceMessage,
+    SaveRecallSegments,
     SessionExists,
     SetShared,
     StoreOp,
@@ -95,8 +98,8 @@ __all__ = [
 # replies; ``_drive`` runs it on the sync client and ``_adrive`` on the asyncio client.
 
 
-SESSION, INDEX, APPEND, TOUCH = 0, 1, 2, 3
-SCRIPTS = (SESSION_SCRIPT, INDEX_SCRIPT, APPEND_SCRIPT, TOUCH_SCRIPT)
+SESSION, INDEX, APPEND, TOUCH, LAYOUT = 0, 1, 2, 3, 4
+SCRIPTS = (SESSION_SCRIPT, INDEX_SCRIPT, APPEND_SCRIPT, TOUCH_SCRIPT, LAYOUT_SCRIPT)
 SHAS = tuple(hashlib.sha1(s.encode()).hexdigest() for s in SCRIPTS)  # noqa: S324 - script id
 APPEND_SHA = SHAS[APPEND].encode()
 _SCRIPT_OF_SHA: dict[str | bytes, str] = {
@@ -107,7 +110,7 @@ _SCRIPT_OF_SHA: dict[str | bytes, str] = {
 class Eval(NamedTuple):
     """A call of one of :data:`SCRIPTS` (``EVALSHA``)."""
 
-    script: int  # SESSION, INDEX, APPEND or TOUCH
+    script: int  # SESSION, INDEX, APPEND, TOUCH or LAYOUT
     keys: tuple[str | bytes, ...]
     args: tuple[Any, ...]
 
@@ -369,9 +372,15 @@ class RedisOperations(BaseStore):
         return [m for m, ok in zip(members, alive, strict=True) if int(ok)], removed
 
     def _forget_stale(self, stale: Sequence[Any]) -> Generator[Request, Any, int]:
-        """Drop ``(member, score)`` pairs still at that score; report those expiries once."""
-        removed = [as_text(m) for m in (yield self._index("forget_stale", *stale))]
-        self._report([member_id(m) for m in removed], ())
+        """Drop ``(member, score)`` pairs still at that score; report those expiries once.
+
+        The recall segments of those sessions are deleted too: they expire no later than
+        the session's hash, but for segments saved with no TTL before the session got one.
+        """
+        removed = [member_id(m) for m in (yield self._index("forget_stale", *stale))]
+        if removed:
+            yield Pipeline(tuple(("DEL", session_keys(self.prefix, sid).r) for sid in removed))
+        self._report(removed, ())
         return len(removed)
 
     def _op_document(self, session_id: str) -> Generator[Request, Any, dict[str, Any] | None]:
@@ -618,18 +627,43 @@ class RedisOperations(BaseStore):
         self._report(expired, evicted)
         return WriteResult(created=created, added=added, evicted=tuple(evicted))
 
+    # ------------------------------------------------------------ recall segments
+
+    def _op_recall_segments(self, session_id: str) -> Generator[Request, Any, list[str]]:
+        """The list ``r``, if the session's hash exists (one round trip; not an access)."""
+        k = session_keys(self.prefix, session_id)
+        exists, segments = yield Pipeline((("EXISTS", k.h), ("LRANGE", k.r, 0, -1)))
+        return [as_text(s) for s in segments] if int(exists) else []
+
+    def _op_save_recall_segments(
+        self, session_id: str, segments: Sequence[str], replace: bool
+    ) -> Generator[Request, Any, bool]:
+        """Append to (``replace``: swap) the list ``r`` of an existing session (SESSION_SCRIPT)."""
+        if not segments and not replace:  # nothing to write: whether the session exists
+            return bool((yield Command(("EXISTS", session_keys(self.prefix, session_id).h))))
+        keys = session_keys(self.prefix, session_id).script_keys  # no index: not an access
+        token = self._token() if segments else ""
+        args = (f"recall:0:0:{token}", session_id, "", "", "1" if replace else "0", *segments)
+        return bool((yield Eval(SESSION, keys, args)))
+
     # ------------------------------------------------------------ the layout version
 
     def _op_layout(self) -> Generator[Request, Any, None]:
         """Mark the data under the prefix with this layout, or refuse a newer one.
 
-        Data written before the version key existed has the first layout (version 1), so a
-        missing key is set, never migrated.
+        Data written before the version key existed has the first layout (version 1). Data
+        of every older layout is valid data of this one (layout 2 only adds a key), so
+        migrating it is recording the new version, which LAYOUT_SCRIPT does atomically.
         """
-        key = layout_key(self.prefix)
-        yield Command(("SET", key, str(LAYOUT_VERSION), "NX"))
-        raw = yield Command(("GET", key))
-        found = LAYOUT_VERSION if raw is None else int(as_text(raw))
+        raw = yield Eval(LAYOUT, (layout_key(self.prefix),), (str(LAYOUT_VERSION),))
+        text = "1" if raw is None else as_text(raw)
+        if not (text.isascii() and text.isdigit()):
+            msg = (
+                f"the Redis data under key prefix {self.prefix!r} has an unreadable layout"
+                f" version {text!r} (key {layout_key(self.prefix)!r})"
+            )
+            raise StoreError(msg)
+        found = int(text)
         if found > LAYOUT_VERSION:
             msg = (
                 f"the Redis data under key prefix {self.prefix!r} has layout version {found},"
@@ -692,5 +726,9 @@ class RedisOperations(BaseStore):
                 return self._op_replace(op.session_id, op.header, op.messages, op.items)
             case CollectGarbage():
                 return self._op_gc()
+            case GetRecallSegments():
+                return self._op_recall_segments(op.session_id)
+            case SaveRecallSegments():
+                return self._op_save_recall_segments(op.session_id, op.segments, op.replace)
             case _:
                 assert_never(op)

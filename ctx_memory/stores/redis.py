@@ -20,6 +20,10 @@ with ``max_sessions`` the same round trip carries the session's LRU touch
 (``TOUCH_SCRIPT``, ``lua/touch.lua``, which touches only a session that exists and is
 indexed, so no read puts a deleted or evicted session back). The whole document (one
 snapshot) and ``exists`` are read by ``SESSION_SCRIPT``, which touches the index itself.
+The saved recall-index segments (derived data) are the list ``P:{T}:r``: saved by
+``SESSION_SCRIPT`` (only while the session exists, with the session's remaining TTL),
+read with an ``EXISTS`` of the hash in one round trip, neither an access; every script
+that removes or changes stored messages, or removes the session, deletes it.
 Expired sessions vanish by Redis-native expiry; ``gc()`` and ``list_sessions()``
 drop their index entries and report ``session_expired`` (once, whichever process drops
 it). On Redis Cluster the
@@ -260,6 +264,7 @@ class RedisStore(RedisOperations):
     """
 
     name = "redis"
+    keeps_recall_segments = True
 
     def __init__(
         self,

@@ -151,6 +151,54 @@ def test_the_previous_releases_redis_data_opens_and_takes_writes(
 
 
 @pytest.mark.redis
+async def test_redis_layout_one_data_is_migrated_to_this_layout(
+    redis_url: str, key_prefix: str
+) -> None:
+    """Layout 1 data (the version key written) needs no change: only the version is set."""
+    assert LAYOUT_VERSION == 2
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    _restore(client, key_prefix)
+    client.set(layout_key(key_prefix), "1")
+    before = {k: client.type(k) for k in client.scan_iter(match=f"{key_prefix}:*")}
+    store = RedisStore(redis_url, key_prefix=key_prefix)
+    assert store.get_recall_segments("s1") == []  # the first call migrates
+    assert client.get(layout_key(key_prefix)) == "2"
+    assert {k: client.type(k) for k in client.scan_iter(match=f"{key_prefix}:*")} == before
+    with ContextManager(store=store) as cm:
+        assert cm.list_sessions() == SESSIONS
+        assert _content(cm.get_context("s1")) == _content(DOCUMENT)
+        assert store.save_recall_segments("s1", ["seg"])
+        assert store.get_recall_segments("s1") == ["seg"]
+        assert cm.delete_context("s1")
+    assert store.get_recall_segments("s1") == []
+    assert not [k for k in client.scan_iter(match=f"{key_prefix}:*") if k.endswith(":r")]
+    # A second store (another process) finds layout 2 and leaves it as it is.
+    other = RedisStore(redis_url, key_prefix=key_prefix)
+    assert await other.aget_recall_segments("s2 ü ✓") == []
+    assert client.get(layout_key(key_prefix)) == "2"
+    await other.aclose()
+    store.close()
+    client.close()
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("version", ["two", "1.5", ""])
+def test_an_unreadable_redis_layout_is_refused(
+    redis_url: str, key_prefix: str, version: str
+) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.set(layout_key(key_prefix), version)
+    with (
+        RedisStore(redis_url, key_prefix=key_prefix) as store,
+        pytest.raises(StoreError, match="unreadable layout version"),
+    ):
+        store.list_sessions()
+    assert client.get(layout_key(key_prefix)) == version  # left as it was
+    client.delete(layout_key(key_prefix))
+    client.close()
+
+
+@pytest.mark.redis
 async def test_a_newer_redis_layout_is_refused(redis_url: str, key_prefix: str) -> None:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     _restore(client, key_prefix)

@@ -2,7 +2,7 @@
 -- "local TOKEN_WINDOW = <seconds>" that ctx_memory/stores/_redis_lua.py writes).
 
 local TAGLEN = 64
-local SUFFIXES = {'h', 'm', 'f', 'fp', 'ids', 'w', 'wo'}
+local SUFFIXES = {'h', 'm', 'f', 'fp', 'ids', 'w', 'wo', 'r'}
 
 local function skip_ws(s, i)
   return string.find(s, '[^ \t\r\n]', i) or (#s + 1)

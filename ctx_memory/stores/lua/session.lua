@@ -1,8 +1,9 @@
 -- SESSION_SCRIPT: every operation on one session (ctx_memory/stores/_redis_lua.py
 -- describes its KEYS and ARGV); common.lua comes first.
 
-local H, M, F, FP, IDS, W, WO = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local IDX, LEX = KEYS[8], KEYS[9]
+local H, M, F, FP, IDS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local W, WO, R = KEYS[6], KEYS[7], KEYS[8]
+local IDX, LEX = KEYS[9], KEYS[10]
 local op, ttl, maxs, token = string.match(ARGV[1], '^([^:]*):(%d+):(%d+):(.*)$')
 ttl, maxs = tonumber(ttl), tonumber(maxs)
 local sid, now, init = ARGV[2], ARGV[3], ARGV[4]
@@ -115,7 +116,7 @@ local function upsert()
   local mc = meta.vals['"message_count"'] or '0'
   local tc = meta.vals['"token_count"'] or '0'
   local sh = root.vals['"shared"'] or '{}'
-  redis.call('DEL', M, F, FP, IDS)
+  redis.call('DEL', M, F, FP, IDS, R)
   redis.call('HSET', H, 'id', sid, 'sp', dump(root.vals['"system_prompt"'] or 'null'),
     'md', dump(meta), 'sh', dump(sh))
   st.mc, st.tc, st.fx = tonumber(mc), tonumber(tc), false
@@ -218,7 +219,7 @@ elseif op == 'replace' then
   local a, c = seen_token()
   if a then return {c, a, {}, {}} end
   local existed = redis.call('EXISTS', H)
-  redis.call('DEL', H, M, F, FP, IDS)
+  redis.call('DEL', H, M, F, FP, IDS, R)
   redis.call('HSET', H, 'id', sid, 'sp', ARGV[5], 'md', ARGV[6], 'sh', ARGV[7])
   st.mc, st.tc = tonumber(ARGV[8]), tonumber(ARGV[9])
   local n = tonumber(ARGV[10])
@@ -241,7 +242,7 @@ elseif op == 'clear' then
   local a = seen_token()
   if a then return 1 end
   if redis.call('EXISTS', H) == 0 then return 0 end
-  redis.call('DEL', M, IDS)
+  redis.call('DEL', M, IDS, R)
   local fx = '0'
   if ARGV[5] == '1' then
     fx = redis.call('HGET', H, 'fx') or '0'
@@ -256,7 +257,7 @@ elseif op == 'clear' then
 
 elseif op == 'delete' then
   local existed = redis.call('DEL', H)
-  redis.call('DEL', M, F, FP, IDS, W, WO)
+  redis.call('DEL', M, F, FP, IDS, W, WO, R)
   if IDX then index_remove(IDX, LEX, member) end
   return existed
 
@@ -305,6 +306,7 @@ elseif op == 'msgdel' or op == 'msgset' or op == 'truncate' then
     result = #gone
   end
   if result > 0 then
+    redis.call('DEL', R)
     redis.call('HSET', H, 'ts', now, 'mc', string.format('%d', st.mc),
       'tc', string.format('%d', st.tc))
     refresh(st.fx)
@@ -312,6 +314,30 @@ elseif op == 'msgdel' or op == 'msgset' or op == 'truncate' then
   end
   keep_token(result, 0)
   return result
+
+elseif op == 'recall' then
+  -- Save recall-index segments (derived data, read back by a plain LRANGE of R): 5 replace
+  -- (0/1), 6.. the segments; the client sends no index keys and ttl = maxs = 0. Answers 0,
+  -- writing nothing, when the session does not exist. Not an access and not a write of
+  -- the session: no TTL refresh, no touch, no counters. R takes the session's remaining
+  -- TTL (none if it has none), so it may expire before the hash (whose TTL slides on later
+  -- writes; the segments are rebuilt). Every edit of the history deletes R.
+  local a = seen_token()
+  if a then return 1 end
+  if redis.call('EXISTS', H) == 0 then return 0 end
+  if ARGV[5] == '1' then redis.call('DEL', R) end
+  if #ARGV < 6 then return 1 end  -- nothing pushed: a retry changes nothing either
+  for i = 6, #ARGV, 4000 do
+    redis.call('RPUSH', R, unpack(ARGV, i, math.min(i + 3999, #ARGV)))
+  end
+  local pttl = redis.call('PTTL', H)
+  if pttl > 0 then redis.call('PEXPIRE', R, pttl) else redis.call('PERSIST', R) end
+  keep_token(1, 0)
+  -- A token hash this call made has no TTL yet: it takes the session's, as R does.
+  if pttl > 0 and token ~= '' and redis.call('PTTL', W) == -1 then
+    redis.call('PEXPIRE', W, pttl)
+  end
+  return 1
 
 -- Reads: the whole document, one snapshot (the header, the history and the fetched items
 -- agree), and whether the session exists. The other reads (history, count, header, fetched
