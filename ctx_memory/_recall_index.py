@@ -326,22 +326,8 @@ class RecallIndex:
         ):
             msg = f"segment {start}..{stop} does not follow {len(self.lengths)} messages"
             raise ValueError(msg)
-        postings, tfs, lengths = self._postings, self._tfs, self.lengths
-        for position, line in enumerate(lines, start):  # _post, written out: ~2x faster
-            words = line.split()
-            counts: dict[str, int] = {}
-            for word in words:
-                counts[word] = counts.get(word, 0) + 1
-            for term, tf in counts.items():
-                found = postings.get(term)
-                if found is None:
-                    postings[term] = [position]
-                    tfs[term] = [tf]
-                else:
-                    found.append(position)
-                    tfs[term].append(tf)
-            lengths.append(len(words))
-            self.total_length += len(words)
+        for position, line in enumerate(lines, start):
+            self._post(position, line.split())
         self.ids.extend(ids)
         self.roles.extend(roles)
         self.user_positions.extend(p for p, role in enumerate(roles, start) if role == "user")
