@@ -14,13 +14,15 @@ local member = string.sub(H, #H - 66, #H - 3) .. sid
 -- changed by the operation, written back by finish() in a single HSET.
 local st = {mc = 0, tc = 0, fx = false}
 
+-- The write token hashes W and WO come first: the clock may move on during a script (it
+-- does on Redis 7.0), and their expiry must never be later than the session hash's.
 local function refresh(fetched)
   if ttl > 0 then
+    redis.call('PEXPIRE', W, ttl)
+    redis.call('PEXPIRE', WO, ttl)
     redis.call('PEXPIRE', H, ttl)
     redis.call('PEXPIRE', M, ttl)
     redis.call('PEXPIRE', IDS, ttl)
-    redis.call('PEXPIRE', W, ttl)
-    redis.call('PEXPIRE', WO, ttl)
     if fetched then
       redis.call('PEXPIRE', F, ttl)
       redis.call('PEXPIRE', FP, ttl)
@@ -52,9 +54,38 @@ local function seen_token()
   return tonumber(a), tonumber(c)
 end
 
+-- W and WO expire when the session's hash H does (or never, if it never does): a write
+-- made after the refresh, or without one, would otherwise leave a W with no TTL (appends
+-- slide H's TTL, not W's, so W may be gone while H lives on) that outlives the session.
+-- Redis 7 gives H's expiry itself (PEXPIRETIME); before, they take its remaining TTL less
+-- a millisecond, which the clock may move on between the two commands.
+local function expire_tokens_with_session()
+  local at = redis.pcall('PEXPIRETIME', H)
+  if type(at) == 'number' then
+    if at > 0 then
+      redis.call('PEXPIREAT', W, at)
+      redis.call('PEXPIREAT', WO, at)
+      return
+    end
+  else
+    at = redis.call('PTTL', H)
+    if at > 0 then
+      redis.call('PEXPIRE', W, math.max(at - 1, 1))
+      redis.call('PEXPIRE', WO, math.max(at - 1, 1))
+      return
+    end
+  end
+  if at == -1 then
+    redis.call('PERSIST', W)
+    redis.call('PERSIST', WO)
+  end
+end
+
 -- Keep this write's result under its token; W becomes WO when its generation (started at
 -- server time 'wg', seconds) is TOKEN_WINDOW old, so every token is kept at least that long.
-local function keep_token(added, created)
+-- refreshing: refresh() follows in this call, which gives W and WO the session's TTL (so
+-- the token must be written before it); else (or with no TTL) they take H's expiry now.
+local function keep_token(added, created, refreshing)
   if token == '' then return end
   local t = tonumber(redis.call('TIME')[1])
   local wg = tonumber(redis.call('HGET', H, 'wg') or '0')
@@ -63,6 +94,7 @@ local function keep_token(added, created)
     redis.call('HSET', H, 'wg', t)
   end
   redis.call('HSET', W, token, added .. ':' .. created)
+  if not refreshing or ttl == 0 then expire_tokens_with_session() end
 end
 
 local function read_touch()
@@ -126,7 +158,7 @@ end
 local function finish(created, added)
   local mc, tc, fx = string.format('%d', st.mc), string.format('%d', st.tc), st.fx and '1' or '0'
   redis.call('HSET', H, 'ts', now, 'mc', mc, 'tc', tc, 'fx', fx)
-  keep_token(added, created)
+  keep_token(added, created, true)
   refresh(st.fx)
   local expired, evicted = {}, {}
   if IDX and (created == 1 or maxs > 0) then
@@ -250,7 +282,7 @@ elseif op == 'clear' then
     redis.call('DEL', F, FP)
   end
   redis.call('HSET', H, 'mc', 0, 'tc', 0, 'ts', now, 'fx', fx)
-  keep_token(0, 0)
+  keep_token(0, 0, true)
   refresh(fx == '1')
   if IDX and maxs > 0 then index_touch(IDX, LEX, member, true) end
   return 1
@@ -305,6 +337,10 @@ elseif op == 'msgdel' or op == 'msgset' or op == 'truncate' then
     st.mc = st.mc - #gone
     result = #gone
   end
+  -- The token before the refresh, which gives it the session's TTL. An edit that changed
+  -- nothing keeps its token too (a retry must answer 0 even if the id came since), with
+  -- the session's expiry: nothing is refreshed.
+  keep_token(result, 0, result > 0)
   if result > 0 then
     redis.call('DEL', R)
     redis.call('HSET', H, 'ts', now, 'mc', string.format('%d', st.mc),
@@ -312,7 +348,6 @@ elseif op == 'msgdel' or op == 'msgset' or op == 'truncate' then
     refresh(st.fx)
     if IDX and maxs > 0 then index_touch(IDX, LEX, member, true) end
   end
-  keep_token(result, 0)
   return result
 
 elseif op == 'recall' then
@@ -332,11 +367,7 @@ elseif op == 'recall' then
   end
   local pttl = redis.call('PTTL', H)
   if pttl > 0 then redis.call('PEXPIRE', R, pttl) else redis.call('PERSIST', R) end
-  keep_token(1, 0)
-  -- A token hash this call made has no TTL yet: it takes the session's, as R does.
-  if pttl > 0 and token ~= '' and redis.call('PTTL', W) == -1 then
-    redis.call('PEXPIRE', W, pttl)
-  end
+  keep_token(1, 0, false)  -- the token hashes take the session's expiry, as R does
   return 1
 
 -- Reads: the whole document, one snapshot (the header, the history and the fetched items
