@@ -162,6 +162,7 @@ class PostgresOperations(BaseStore):
     _sql: SchemaSql
     _reads: dict[str, Any]
     _append_sql: Any
+    _append_again_sql: Any
     _append_one_sql: Any
     _append_one_checked_sql: Any
     _prepared: dict[bytes, Prepared]
@@ -189,6 +190,7 @@ class PostgresOperations(BaseStore):
         self._reads["fetched_type"] = self._sql.read("fetched_type", touch=touch)
         init = "%s, %s, %s, %s, %s::float8, %s::integer"
         self._append_sql = self._sql.append()
+        self._append_again_sql = self._sql.append(again=True)
         self._append_one_sql = self._sql.append_one()
         self._append_one_checked_sql = self._sql.append_one_checked()
         # The hot statements (one message appended, a range of messages read) go through
@@ -273,12 +275,12 @@ class PostgresOperations(BaseStore):
     # ------------------------------------------------------------ operations
 
     def _plan(  # noqa: PLR0911, PLR0912 - one case per operation
-        self, op: StoreOp, found: Found, *, again: bool = False
+        self, op: StoreOp, found: Found, *, again: bool = False, token: int | None = None
     ) -> Generator[Statement, Any, Any]:
-        """The statements of ``op``; ``again``: a second attempt (see :meth:`_append_messages`)."""
+        """The statements of ``op`` (``again``, ``token``: see :meth:`_append_messages`)."""
         match op:
             case AppendMessages():
-                return self._append_messages(op, found, again=again)
+                return self._append_messages(op, found, again=again, token=token)
             case GetMessages():
                 return self._get_messages(op)
             case GetHeader():
@@ -403,13 +405,15 @@ class PostgresOperations(BaseStore):
         return self.ttl_seconds, self.max_sessions
 
     def _append_messages(
-        self, op: AppendMessages, found: Found, *, again: bool = False
+        self, op: AppendMessages, found: Found, *, again: bool = False, token: int | None = None
     ) -> Generator[Statement, Any, WriteResult]:
         """One message: plain SQL, which a known id makes fail (``UNIQUE (sk, id)``).
 
         The driver then tries again with ``again``: the function ``append_one`` alone,
         which skips the id. So does any second attempt (after a dropped connection, the
-        first may have stored the message).
+        first may have stored the message). ``token`` (``wt``) is stored with the messages
+        and a session created; a second attempt answers from it ``added`` and ``created``
+        as its first attempt would have (without one: only what it stored itself).
         """
         ms = op.messages
         if len(ms) == 1:  # the common case: scalar parameters, plain SQL on a live session
@@ -423,6 +427,7 @@ class PostgresOperations(BaseStore):
                 "init": dumps_validated(op.init),
                 "ttl": self.ttl_seconds,
                 "max": self.max_sessions,
+                "wt": token,
             }
             if again:
                 (reply,) = yield Statement(self._append_one_checked_sql, params)
@@ -435,7 +440,7 @@ class PostgresOperations(BaseStore):
         else:
             sp, md, sh, ts = _init_args(op.init)
             created, added, expired, evicted = yield Statement(
-                self._append_sql,
+                self._append_again_sql if again else self._append_sql,
                 {
                     "id": op.session_id,
                     "ids": [m.id for m in ms],
@@ -448,6 +453,7 @@ class PostgresOperations(BaseStore):
                     "ts": ts,
                     "ttl": self.ttl_seconds,
                     "max": self.max_sessions,
+                    "wt": token,
                 },
             )
         found.add(expired, evicted)

@@ -9,8 +9,8 @@ message ids and every stored value travel as bound parameters.
 Tables (schema version :data:`SCHEMA_VERSION`, kept in ``meta``)::
 
     meta(key, value)                        -- ('schema_version', '3')
-    sessions(sk, id, sp, md, sh, mc, tc, ts, n_messages, n_fetched, expires_at, last_access)
-    messages(sk, pos, id, tokens, body)     -- PRIMARY KEY (sk, pos), UNIQUE (sk, id)
+    sessions(sk, id, sp, md, sh, mc, tc, ts, n_messages, n_fetched, expires_at, last_access, ct)
+    messages(sk, pos, id, tokens, body, wt) -- PRIMARY KEY (sk, pos), UNIQUE (sk, id)
     fetched(sk, seq, source_type, body)     -- PRIMARY KEY (sk, seq)
     fingerprints(sk, fp)                    -- PRIMARY KEY (sk, fp)
     recall_segments(sk, seq, body)          -- PRIMARY KEY (sk, seq)
@@ -24,6 +24,12 @@ server time (sliding TTL; reads ignore an expired session, writes and ``collect(
 it); ``last_access`` comes from the sequence ``access_clock`` (LRU order). The sessions
 table has no index on ``expires_at`` or ``last_access``: an append then updates the
 session row in place (a HOT update), and garbage collection and LRU eviction scan it.
+
+Write tokens: every append carries a random ``bigint`` (the same on its second attempt),
+stored in ``messages.wt`` of each message it inserts and in ``sessions.ct`` of a session it
+creates (both nullable: rows written otherwise, or by an older release, have none). A
+second attempt (``p_again``) answers from them what its first attempt did: ``added``, the
+batch's messages stored with its token, ``created``, whether ``ct`` is its token.
 
 ``recall_segments`` holds a session's saved recall-index segments (opaque text written by
 :mod:`ctx_memory.recall`, in ``seq`` order). They are derived data: every write that
@@ -71,20 +77,32 @@ _RECALL_SEGMENTS = """CREATE TABLE {s}.recall_segments (
 );
 """
 
+# The write tokens (version 3): nullable columns without a default, so adding them rewrites
+# nothing (a change of the catalog only).
+_WRITE_TOKENS = """ALTER TABLE {s}.sessions ADD COLUMN ct bigint;
+ALTER TABLE {s}.messages ADD COLUMN wt bigint;
+"""
+
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     # 1 -> 2: the function append_one (the fallback of the one-message append). The tables
     # are unchanged; the functions are re-created after every migration, which adds it.
     1: (),
     # 2 -> 3: the table recall_segments (the functions re-created after it: drop_session
-    # deletes its rows, save_recall writes them).
-    2: (_RECALL_SEGMENTS,),
+    # deletes its rows, save_recall writes them) and the write tokens' columns (append and
+    # append_one take a token: new signatures, created beside the old ones).
+    2: (_RECALL_SEGMENTS, _WRITE_TOKENS),
 }
 """Statements taking a schema from version ``k`` to ``k + 1`` (``{s}`` is the schema).
 
 Opening a schema of an older version runs the statements from its version up, then
 re-creates the functions, in one transaction. Version 1 is the first layout; version 2
 adds the function ``append_one`` (no table changes); version 3 the table
-``recall_segments`` and the function ``save_recall``.
+``recall_segments``, the function ``save_recall``, and the write tokens: the columns
+``sessions.ct`` and ``messages.wt``, and ``append`` and ``append_one`` with two more
+parameters (the token, and whether this is a second attempt). Their version-2 forms stay in
+a migrated schema (a function of another signature is another function), so that a process
+of the release before, still running, goes on appending (storing no token) until it reopens
+the schema and refuses it.
 """
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
@@ -151,7 +169,8 @@ CREATE TABLE {s}.sessions (
     n_messages integer NOT NULL DEFAULT 0,
     n_fetched integer NOT NULL DEFAULT 0,
     expires_at timestamptz,
-    last_access bigint NOT NULL
+    last_access bigint NOT NULL,
+    ct bigint
 ) WITH (fillfactor = 70);
 CREATE TABLE {s}.messages (
     sk bigint NOT NULL,
@@ -159,6 +178,7 @@ CREATE TABLE {s}.messages (
     id text COLLATE "C" NOT NULL,
     tokens bigint NOT NULL,
     body text NOT NULL,
+    wt bigint,
     PRIMARY KEY (sk, pos),
     UNIQUE (sk, id)
 );
@@ -304,10 +324,15 @@ $fn$;
 
 -- Append messages: skip ids the session holds, bump the counters, slide the TTL. The common
 -- case (a live session, new ids) is one row lock, an insert per message, one HOT update.
+-- p_wt, the write's token, is stored with each message inserted and in the ct of a session
+-- created. p_again (a second attempt of the write, whose first may have been stored) then
+-- answers what the first attempt would have: the batch's messages stored with p_wt, and
+-- whether ct is p_wt.
 CREATE OR REPLACE FUNCTION {s}.append(p_id text, p_ids text[], p_tokens bigint[],
                                       p_bodies text[], p_now text,
                                       p_sp text, p_md text, p_sh text, p_ts text,
                                       p_ttl float8, p_max integer,
+                                      p_wt bigint, p_again boolean,
                                       OUT o_created boolean, OUT o_added integer,
                                       OUT o_expired text[], OUT o_evicted text[])
 LANGUAGE plpgsql AS $fn$
@@ -336,8 +361,8 @@ BEGIN
     END IF;
     -- the session row is locked: no other transaction inserts into this session meanwhile
     FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
-        INSERT INTO {s}.messages (sk, pos, id, tokens, body)
-        SELECT v_sk, v_n + o_added, p_ids[i], p_tokens[i], p_bodies[i]
+        INSERT INTO {s}.messages (sk, pos, id, tokens, body, wt)
+        SELECT v_sk, v_n + o_added, p_ids[i], p_tokens[i], p_bodies[i], p_wt
         WHERE NOT EXISTS (SELECT 1 FROM {s}.messages WHERE sk = v_sk AND id = p_ids[i]);
         IF FOUND THEN
             o_added := o_added + 1;
@@ -347,19 +372,26 @@ BEGIN
     IF o_added > 0 OR o_created THEN
         UPDATE {s}.sessions
         SET n_messages = n_messages + o_added, mc = mc + o_added, tc = tc + t, ts = p_now,
-            expires_at = {s}.expiry(p_ttl), last_access = nextval('{s}.access_clock')
+            expires_at = {s}.expiry(p_ttl), last_access = nextval('{s}.access_clock'),
+            ct = CASE WHEN o_created THEN p_wt ELSE ct END
         WHERE sk = v_sk;
+    END IF;
+    IF p_again AND p_wt IS NOT NULL THEN
+        SELECT count(*) INTO o_added FROM {s}.messages
+        WHERE sk = v_sk AND id = ANY(p_ids) AND wt = p_wt;
+        SELECT coalesce(ct = p_wt, false) INTO o_created FROM {s}.sessions WHERE sk = v_sk;
     END IF;
 END
 $fn$;
 
 -- Append one message (the fallback of SchemaSql.append_one: no live session, or a known
--- id): append with one-element arrays and the init header split from one JSON text (json,
--- not jsonb: each part is the text as written). The result as one JSON text:
--- [created, added, expired, evicted].
+-- id; and every second attempt): append with one-element arrays and the init header split
+-- from one JSON text (json, not jsonb: each part is the text as written). The result as one
+-- JSON text: [created, added, expired, evicted].
 CREATE OR REPLACE FUNCTION {s}.append_one(p_id text, p_mid text, p_tokens bigint,
                                           p_body text, p_now text, p_init text,
-                                          p_ttl float8, p_max integer) RETURNS text
+                                          p_ttl float8, p_max integer,
+                                          p_wt bigint, p_again boolean) RETURNS text
 LANGUAGE plpgsql AS $fn$
 DECLARE
     j json := p_init::json;
@@ -368,7 +400,7 @@ BEGIN
     a := {s}.append(p_id, ARRAY[p_mid], ARRAY[p_tokens], ARRAY[p_body], p_now,
                     (j -> 'system_prompt')::text, (j -> 'metadata')::text,
                     (j -> 'shared')::text, (j -> 'metadata' -> 'timestamp')::text,
-                    p_ttl, p_max);
+                    p_ttl, p_max, p_wt, p_again);
     RETURN json_build_array(a.o_created, a.o_added, a.o_expired, a.o_evicted)::text;
 END
 $fn$;
@@ -536,16 +568,18 @@ class SchemaSql:
         """The statements taking the schema from ``version`` to ``version + 1``."""
         return [self.q(statement) for statement in MIGRATIONS[version]]
 
-    def append(self) -> bytes:
+    def append(self, *, again: bool = False) -> bytes:
         """The statement appending messages: one call of the function ``append``.
 
         The arrays are binary parameters (``%b``): psycopg's text dumper escapes every
         element in Python (about 35 µs for one message body), the binary one copies it.
+        ``wt`` is the write's token; ``again``: the statement of a second attempt, which
+        answers from the token what the first did.
         """
         return self.q(
             "SELECT * FROM {s}.append(%(id)s, %(ids)b::text[], %(tokens)b::bigint[], "
             "%(bodies)b::text[], %(now)s, %(sp)s, %(md)s, %(sh)s, %(ts)s, %(ttl)s::float8, "
-            "%(max)s::integer)"
+            f"%(max)s::integer, %(wt)s::bigint, {str(again).lower()})"
         )
 
     def append_one(self) -> bytes:
@@ -570,7 +604,8 @@ class SchemaSql:
         the row lock) makes the ``INSERT`` fail with a unique violation, which rolls the
         whole statement back, counters included; the store then sends
         :meth:`append_one_checked`, which skips the id. A new id, nearly every append,
-        costs no lookup of its own (the index's uniqueness check is the lookup).
+        costs no lookup of its own (the index's uniqueness check is the lookup). The
+        message row keeps the write's token (``wt``: one more scalar parameter).
         """
         return self.q(
             "WITH u AS ("
@@ -580,12 +615,12 @@ class SchemaSql:
             "last_access = nextval('{s}.access_clock') "
             "WHERE s.id = %(id)s::text AND (s.expires_at IS NULL OR s.expires_at > now()) "
             "RETURNING s.sk, s.n_messages), "
-            "i AS (INSERT INTO {s}.messages (sk, pos, id, tokens, body) "
-            "SELECT u.sk, u.n_messages - 1, %(mid)s::text, %(tokens)s::bigint, %(body)s::text "
-            "FROM u) "
+            "i AS (INSERT INTO {s}.messages (sk, pos, id, tokens, body, wt) "
+            "SELECT u.sk, u.n_messages - 1, %(mid)s::text, %(tokens)s::bigint, %(body)s::text, "
+            "%(wt)s::bigint FROM u) "
             "SELECT coalesce((SELECT '' FROM u), {s}.append_one(%(id)s::text, %(mid)s::text, "
             "%(tokens)s::bigint, %(body)s::text, %(now)s::text, %(init)s::text, "
-            "%(ttl)s::float8, %(max)s::integer))"
+            "%(ttl)s::float8, %(max)s::integer, %(wt)s::bigint, false))"
         )
 
     def append_one_checked(self) -> bytes:
@@ -594,12 +629,15 @@ class SchemaSql:
         What the store sends after :meth:`append_one` met a unique violation, and on any
         second attempt of an append: the function locks the session row, then looks for
         the id in a snapshot taken after the lock (so a concurrent append of it that
-        committed meanwhile is seen) and skips it. The reply is its JSON text.
+        committed meanwhile is seen) and skips it. As a second attempt (``p_again``) it
+        answers ``added`` and ``created`` from the write's token: what the first attempt,
+        if it was stored, did (after a unique violation the first stored nothing: ``0``).
+        The reply is its JSON text.
         """
         return self.q(
             "SELECT {s}.append_one(%(id)s::text, %(mid)s::text, %(tokens)s::bigint, "
             "%(body)s::text, %(now)s::text, %(init)s::text, %(ttl)s::float8, "
-            "%(max)s::integer)"
+            "%(max)s::integer, %(wt)s::bigint, true)"
         )
 
     def save_recall(self) -> bytes:

@@ -4,7 +4,9 @@ psycopg 3 with connection pools (``psycopg_pool``): a sync pool for sync calls, 
 pool per event loop for the async twins (native async I/O, no worker threads). The schema,
 its tables and its functions are in :mod:`ctx_memory.stores._postgres_sql` (schema version
 3: sessions, messages, fetched items and their fingerprints, and the sessions' saved
-recall-index segments, ``recall_segments``, which every history edit drops).
+recall-index segments, ``recall_segments``, which every history edit drops; each message
+keeps the token of the append that stored it, ``wt``, and each session the token of the
+append that created it, ``ct``).
 
 Every operation is written once, as a generator that yields statements and receives their
 rows; :meth:`PostgresStore._drive` runs it on a sync connection and
@@ -35,7 +37,11 @@ recall segments saved after the session's are not repeated: they raise
 message looks for its id only through ``UNIQUE (sk, id)``: an id the session holds makes the
 statement fail whole (a unique violation, nothing written; the server logs it as an error
 with the message id), and the append is sent again as the function that skips it, as is
-every second attempt of an append.
+every second attempt of an append. Every append carries a random write token
+(:func:`_write_token`, drawn once per call, the same on its second attempt) stored with the
+messages it inserts and the session it creates: a second attempt after a lost reply answers
+what its first did, ``added`` (the batch's messages stored with its token) and ``created``
+(the session's ``ct`` is its token), so the manager's events are not lost.
 """
 
 from __future__ import annotations
@@ -138,6 +144,14 @@ _CREATED_MEANWHILE = (
     psycopg.errors.DuplicateSchema,
     psycopg.errors.UniqueViolation,
 )
+
+
+def _write_token() -> int:
+    """A random token for one append, the same on each of its attempts.
+
+    A signed 64-bit integer: the ``bigint`` kept in ``messages.wt`` and ``sessions.ct``.
+    """
+    return int.from_bytes(os.urandom(8), "little", signed=True)
 
 
 def _repeatable(op: StoreOp) -> bool:
@@ -461,13 +475,14 @@ class PostgresStore(PostgresOperations):
             self._give(lease)
 
     def _drive(self, op: StoreOp) -> Any:
+        token = _write_token() if isinstance(op, AppendMessages) else None
         for attempt in range(3):
             found = Found()
             lease = None
             try:
                 lease = self._take()
                 try:
-                    result = self._attempt(lease.conn, op, found, again=attempt > 0)
+                    result = self._attempt(lease.conn, op, found, again=attempt > 0, token=token)
                 finally:
                     self._give(lease)
             except (psycopg.OperationalError, OSError) as e:  # PoolTimeout too
@@ -486,13 +501,14 @@ class PostgresStore(PostgresOperations):
         raise AssertionError  # pragma: no cover - the loop returns or raises
 
     async def _adrive(self, op: StoreOp) -> Any:
+        token = _write_token() if isinstance(op, AppendMessages) else None
         for attempt in range(3):
             pool = await self._loop_pool()
             found = Found()
             try:
                 conn = await pool.getconn()
                 try:
-                    result = await self._aattempt(conn, op, found, again=attempt > 0)
+                    result = await self._aattempt(conn, op, found, again=attempt > 0, token=token)
                 finally:
                     await pool.putconn(conn)
             except (psycopg.OperationalError, OSError) as e:  # PoolTimeout too
@@ -545,11 +561,17 @@ class PostgresStore(PostgresOperations):
     # the connection is idle again and goes on serving calls.
 
     def _attempt(
-        self, conn: psycopg.Connection[Any], op: StoreOp, found: Found, *, again: bool
+        self,
+        conn: psycopg.Connection[Any],
+        op: StoreOp,
+        found: Found,
+        *,
+        again: bool,
+        token: int | None = None,
     ) -> Any:
         if not self._schema_ready:
             self._ready(conn)
-        steps = self._plan(op, found, again=again)
+        steps = self._plan(op, found, again=again, token=token)
         # A pool the caller gave may hold connections outside autocommit: a transaction then.
         if isinstance(op, _TRANSACTION) or not conn.autocommit:
             with conn.transaction():
@@ -557,11 +579,17 @@ class PostgresStore(PostgresOperations):
         return self._run(conn, steps)
 
     async def _aattempt(
-        self, conn: psycopg.AsyncConnection[Any], op: StoreOp, found: Found, *, again: bool
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        op: StoreOp,
+        found: Found,
+        *,
+        again: bool,
+        token: int | None = None,
     ) -> Any:
         if not self._schema_ready:
             await self._aready(conn)
-        steps = self._plan(op, found, again=again)
+        steps = self._plan(op, found, again=again, token=token)
         # A pool the caller gave may hold connections outside autocommit: a transaction then.
         if isinstance(op, _TRANSACTION) or not conn.autocommit:
             async with conn.transaction():

@@ -129,8 +129,9 @@ def test_a_retry_after_a_lost_reply_counts_once(
 ) -> None:
     """The append lands but its reply is lost (the connection drops): the store sends it
     again on a fresh connection, through the function, which finds the id and skips it.
-    The message is stored once and the reply is ``added == 0``: the store cannot tell its
-    own lost write from anyone else's (the Redis store can: it keeps write tokens)."""
+    The message is stored once, and the reply is the first attempt's, ``added == 1``: the
+    id was stored with this append's write token (``test_postgres_write_tokens.py`` drops
+    the connection for real)."""
     store.append_messages("s", [msg(0)], init=init("s"), now=NOW)
     send = postgres_module.send
     calls: list[int] = []
@@ -144,7 +145,7 @@ def test_a_retry_after_a_lost_reply_counts_once(
 
     monkeypatch.setattr(postgres_module, "send", lose_the_first_reply)
     result = store.append_messages("s", [msg(1, 3)], init=init("s"), now=LATER)
-    assert reply(result) == (False, 0, ())
+    assert reply(result) == (False, 1, ())
     assert calls == [1]  # the second attempt is the function, not the fast statement
     n, mc, tc, ts, _, _ = session_row(postgres_url, store.schema, "s")
     assert (n, mc, tc, ts) == (2, 2, 5, dumps(LATER))  # the first attempt's write, once

@@ -8,6 +8,7 @@ is made with today's store, then what the later versions added is taken away
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
@@ -48,6 +49,90 @@ LANGUAGE sql AS $fn$
     DELETE FROM "{s}".sessions WHERE sk = p_sk;
 $fn$
 """
+# append and append_one as version 2 wrote them (version 3 adds the write token and the
+# second-attempt flag: new signatures), the functions a process of that release calls
+V2_APPEND = """
+CREATE FUNCTION "{s}".append(p_id text, p_ids text[], p_tokens bigint[],
+                             p_bodies text[], p_now text,
+                             p_sp text, p_md text, p_sh text, p_ts text,
+                             p_ttl float8, p_max integer,
+                             OUT o_created boolean, OUT o_added integer,
+                             OUT o_expired text[], OUT o_evicted text[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    r record;
+    u record;
+    v_sk bigint;
+    v_n integer;
+    t bigint := 0;
+BEGIN
+    o_created := false;
+    o_added := 0;
+    o_expired := '{}';
+    o_evicted := '{}';
+    SELECT sk, n_messages, expires_at INTO r FROM "{s}".sessions WHERE id = p_id FOR UPDATE;
+    IF r.sk IS NULL OR r.expires_at <= now() THEN
+        u := "{s}".upsert(p_id, p_sp, p_md, p_sh, p_ts, p_ttl, p_max);
+        v_sk := u.o_sk;
+        v_n := u.o_n;
+        o_created := u.o_created;
+        o_expired := u.o_expired;
+        o_evicted := u.o_evicted;
+    ELSE
+        v_sk := r.sk;
+        v_n := r.n_messages;
+    END IF;
+    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
+        INSERT INTO "{s}".messages (sk, pos, id, tokens, body)
+        SELECT v_sk, v_n + o_added, p_ids[i], p_tokens[i], p_bodies[i]
+        WHERE NOT EXISTS (SELECT 1 FROM "{s}".messages WHERE sk = v_sk AND id = p_ids[i]);
+        IF FOUND THEN
+            o_added := o_added + 1;
+            t := t + p_tokens[i];
+        END IF;
+    END LOOP;
+    IF o_added > 0 OR o_created THEN
+        UPDATE "{s}".sessions
+        SET n_messages = n_messages + o_added, mc = mc + o_added, tc = tc + t, ts = p_now,
+            expires_at = "{s}".expiry(p_ttl), last_access = nextval('"{s}".access_clock')
+        WHERE sk = v_sk;
+    END IF;
+END
+$fn$;
+CREATE FUNCTION "{s}".append_one(p_id text, p_mid text, p_tokens bigint,
+                                 p_body text, p_now text, p_init text,
+                                 p_ttl float8, p_max integer) RETURNS text
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    j json := p_init::json;
+    a record;
+BEGIN
+    a := "{s}".append(p_id, ARRAY[p_mid], ARRAY[p_tokens], ARRAY[p_body], p_now,
+                      (j -> 'system_prompt')::text, (j -> 'metadata')::text,
+                      (j -> 'shared')::text, (j -> 'metadata' -> 'timestamp')::text,
+                      p_ttl, p_max);
+    RETURN json_build_array(a.o_created, a.o_added, a.o_expired, a.o_evicted)::text;
+END
+$fn$;
+"""
+V2_COLUMNS = {
+    "sessions": [
+        "sk",
+        "id",
+        "sp",
+        "md",
+        "sh",
+        "mc",
+        "tc",
+        "ts",
+        "n_messages",
+        "n_fetched",
+        "expires_at",
+        "last_access",
+    ],
+    "messages": ["sk", "pos", "id", "tokens", "body"],
+}
+V2_SIGNATURES = {("append", 11), ("append_one", 8)}
 
 
 def init(sid: str) -> Any:
@@ -76,6 +161,34 @@ def _catalog(url: str, schema: str) -> tuple[set[str], set[str], str]:
     return {t for (t,) in tables}, {f for (f,) in functions}, str(version)
 
 
+def _columns(url: str, schema: str) -> dict[str, list[str]]:
+    """The columns of ``sessions`` and ``messages``, in order."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {
+            table: [
+                name
+                for (name,) in conn.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+                    (schema, table),
+                )
+            ]
+            for table in ("sessions", "messages")
+        }
+
+
+def _signatures(url: str, schema: str) -> set[tuple[str, int]]:
+    """``(name, number of arguments)`` of every ``append`` and ``append_one``."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT p.proname, p.pronargs FROM pg_proc AS p "
+            "JOIN pg_namespace AS n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = %s AND p.proname IN ('append', 'append_one')",
+            (schema,),
+        ).fetchall()
+    return {(name, int(n)) for name, n in rows}
+
+
 def _rows(url: str, schema: str, tables: set[str]) -> dict[str, int]:
     with psycopg.connect(url, autocommit=True) as conn:
         return {
@@ -90,8 +203,15 @@ def _back_to_version_2(url: str, schema: str) -> None:
         conn.execute(f'DROP FUNCTION "{schema}".save_recall')
         conn.execute(V2_DROP_SESSION.replace("{s}", schema))
         conn.execute(f'DROP TABLE "{schema}".recall_segments')
+        conn.execute(f'DROP FUNCTION "{schema}".append_one')  # (the write tokens': below)
+        conn.execute(f'DROP FUNCTION "{schema}".append')
+        conn.execute(f'ALTER TABLE "{schema}".sessions DROP COLUMN ct')
+        conn.execute(f'ALTER TABLE "{schema}".messages DROP COLUMN wt')
+        conn.execute(V2_APPEND.replace("{s}", schema))
         conn.execute(f"UPDATE \"{schema}\".meta SET value = '2'")
     assert _catalog(url, schema) == (V2_TABLES, V2_FUNCTIONS, "2")
+    assert _columns(url, schema) == V2_COLUMNS
+    assert _signatures(url, schema) == V2_SIGNATURES
 
 
 def test_a_version_2_postgres_schema_is_migrated_and_keeps_recall_segments(
@@ -117,6 +237,16 @@ def test_a_version_2_postgres_schema_is_migrated_and_keeps_recall_segments(
         tables, functions, version = _catalog(postgres_url, pg_schema)
         assert (tables, version) == ({*V2_TABLES, "recall_segments"}, "3")
         assert functions == {*V2_FUNCTIONS, "save_recall"}
+        assert _columns(postgres_url, pg_schema) == {
+            "sessions": [*V2_COLUMNS["sessions"], "ct"],
+            "messages": [*V2_COLUMNS["messages"], "wt"],
+        }
+        # the version-2 forms stay beside the write tokens' ones (see _v2_process_appends)
+        assert _signatures(postgres_url, pg_schema) == {
+            *V2_SIGNATURES,
+            ("append", 13),
+            ("append_one", 10),
+        }
         assert store.get_recall_segments("s") == []
         assert store.save_recall_segments("s", ["one", "two"])
         assert store.save_recall_segments("t", ["three"])
@@ -129,8 +259,33 @@ def test_a_version_2_postgres_schema_is_migrated_and_keeps_recall_segments(
         assert store.save_recall_segments("s", ["four"])
         assert store.replace_document("t", init("t"), [msg(1)], []).added == 1
         assert store.get_recall_segments("t") == []  # (drop_session, as version 3 wrote it)
+        _v2_process_appends(postgres_url, pg_schema, "t")
+        assert [m["content"] for m in store.get_messages("t")] == ["m1", "m5", "m6"]
+        header = store.get_header("t")
+        assert header is not None
+        meta = header["metadata"]  # (the import set the counters of its header: 0)
+        assert (meta["message_count"], meta["token_count"]) == (2, 4)
+        assert store.append_messages("t", [msg(6), msg(7)], init=init("t"), now=NOW).added == 1
         assert store.delete("s")
     assert _rows(postgres_url, pg_schema, tables)["recall_segments"] == 0
+
+
+def _v2_process_appends(url: str, schema: str, sid: str) -> None:
+    """What a process of the release before, still running after the migration, sends to
+    append messages ``id-5`` and ``id-6``: its functions, kept, store them (with no write
+    token), and skip an id the session holds."""
+    head = dumps(init(sid))
+    with psycopg.connect(url, autocommit=True) as conn:
+        one = f'SELECT "{schema}".append_one(%s, %s, %s, %s, %s, %s, %s::float8, %s::integer)'
+        row = conn.execute(one, (sid, "id-5", 2, msg(5).json, dumps(NOW), head, 3600, None))
+        assert json.loads(row.fetchone()[0]) == [False, 1, [], []]  # type: ignore[index]
+        many = (
+            f'SELECT o_created, o_added FROM "{schema}".append(%s, %s::text[], %s::bigint[], '
+            "%s::text[], %s, %s, %s, %s, %s, %s::float8, %s::integer)"
+        )
+        sp, md, sh = dumps(None), dumps({}), dumps({})
+        args = (sid, ["id-5", "id-6"], [2, 2], [msg(5).json, msg(6).json], dumps(NOW), sp, md, sh)
+        assert conn.execute(many, (*args, None, 3600, None)).fetchone() == (False, 1)
 
 
 def test_a_version_1_postgres_schema_is_migrated_through(postgres_url: str, pg_schema: str) -> None:

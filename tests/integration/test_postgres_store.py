@@ -203,6 +203,7 @@ def test_a_concurrent_append_of_the_same_id_is_stored_once(
         "init": dumps(init("s")),
         "ttl": None,
         "max": None,
+        "wt": 7,  # another write's token
     }
     results: list[Any] = []
     with psycopg.connect(postgres_url) as other:  # a transaction held open
