@@ -404,7 +404,7 @@ class Recall(RecallEmbedding):
         Claimed under the lock (another caller does not save it too) and marked saved;
         :meth:`_unclaim` undoes that if the save fails.
         """
-        if not saves:
+        if not saves or len(index) - index.saved < self.save_every:  # checked again below
             return None
         with self._lock:
             start, stop = index.saved, len(index)
