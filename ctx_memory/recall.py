@@ -394,7 +394,7 @@ class Recall(RecallEmbedding):
 
     @staticmethod
     def _track(update: RecallUpdate, saves: bool) -> None:
-        """Keep the term counts of a fresh index's messages until they are saved."""
+        """Keep the terms of a fresh index's messages until they are saved (cheap to save)."""
         if saves and update.start == 0 and update.index.recent is None:
             update.index.recent = []
 
@@ -473,7 +473,9 @@ class Recall(RecallEmbedding):
     def _replan(self, session_id: str, header: Mapping[str, Any] | None) -> RecallUpdate:
         """A fresh index to build from the whole history (for :meth:`reindex`)."""
         self.forget(session_id, keep_vectors=True)
-        return self.plan(session_id, header, rebuild=True)
+        update = self.plan(session_id, header, rebuild=True)
+        update.index.recent = []  # the segment is then its messages' terms, joined
+        return update
 
     def _rebuilt(
         self, update: RecallUpdate, records: Sequence[Mapping[str, Any]], saves: bool
