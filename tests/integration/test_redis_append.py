@@ -8,8 +8,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import redis
-import redis.cluster
+from redis_raw import raw_client
 
 from ctx_memory.schema import dumps
 from ctx_memory.stores.base import EncodedItem, EncodedMessage, new_header
@@ -37,14 +36,6 @@ def msg(i: int, tokens: int = 2) -> EncodedMessage:
 
 def item(i: int) -> EncodedItem:
     return EncodedItem("web", dumps({"content": f"c{i}"}), 1, f"fp{i}")
-
-
-def raw_client(store: RedisStore) -> Any:
-    url = store._url
-    assert url is not None
-    if store.cluster:
-        return redis.cluster.RedisCluster.from_url(url, decode_responses=True)
-    return redis.Redis.from_url(url, decode_responses=True)
 
 
 def test_append_refreshes_the_ttl_of_every_key(make_store: Callable[..., BaseStore]) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 import redis.cluster
+from redis_raw import raw_client
 
 from ctx_memory.errors import StoreError
 from ctx_memory.schema import dumps
@@ -34,14 +35,6 @@ def msg(i: int) -> EncodedMessage:
     return EncodedMessage(
         dumps({"role": "user", "content": f"m{i}", "id": f"id-{i}"}), 2, f"id-{i}"
     )
-
-
-def raw_client(store: RedisStore) -> Any:
-    url = store._url
-    assert url is not None
-    if store.cluster:
-        return redis.cluster.RedisCluster.from_url(url, decode_responses=True)
-    return redis.Redis.from_url(url, decode_responses=True)
 
 
 def write(store: BaseStore, sid: str, i: int = 0) -> None:

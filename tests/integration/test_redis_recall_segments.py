@@ -10,8 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import redis
-import redis.cluster
+from redis_raw import raw_client
 
 from ctx_memory.schema import dumps
 from ctx_memory.stores.base import EncodedMessage, new_header
@@ -25,14 +24,6 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.redis, pytest.mark.stores("redis", "cluster")]
 
 NOW = "2025-01-01T00:00:00+00:00"
-
-
-def raw_client(store: RedisStore) -> Any:
-    url = store._url
-    assert url is not None
-    if store.cluster:
-        return redis.cluster.RedisCluster.from_url(url, decode_responses=True)
-    return redis.Redis.from_url(url, decode_responses=True)
 
 
 def init(sid: str) -> Any:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import redis
 import redis.cluster
+from redis_raw import raw_client
 
 from ctx_memory.schema import dumps
 from ctx_memory.stores.base import EncodedItem, EncodedMessage, new_header
@@ -31,14 +32,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.stores("redis", "cluster")]
 NOW = "2025-01-01T00:00:00+00:00"
 TTL_MS = 60_000
 RUN_DOWN_MS = 20_000  # what is left of the session's TTL when the write comes
-
-
-def raw_client(store: RedisStore) -> Any:
-    url = store._url
-    assert url is not None
-    if store.cluster:
-        return redis.cluster.RedisCluster.from_url(url, decode_responses=True)
-    return redis.Redis.from_url(url, decode_responses=True)
 
 
 def init(sid: str) -> Any:
