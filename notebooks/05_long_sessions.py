@@ -82,6 +82,20 @@ prompt
 [(hit.position, hit.message["role"], hit.terms) for hit in search_history(cm, SESSION, "passport")]
 
 # %% [markdown]
+# The index lives in the process and, once a session passes 256 messages, is also saved in
+# the store beside it (this one has 302): a restarted server or another worker loads it
+# instead of reading and tokenizing the whole history again. An edit of the history drops
+# it; `Recall.reindex` (or `ctx-memory reindex`) rebuilds it ahead of time.
+
+# %%
+from ctx_memory.recall import Recall
+
+another_process = Recall()  # nothing indexed in its memory yet
+index = another_process.index(cm, SESSION, cm.get_header(SESSION))
+assert (another_process.loads, another_process.rebuilds) == (1, 0)
+len(index), len(cm.store.get_recall_segments(SESSION))
+
+# %% [markdown]
 # ## Cache-stable prompts
 #
 # Providers cache prompt prefixes (OpenAI from 1,024 tokens, Anthropic at breakpoints), but
