@@ -20,13 +20,19 @@ fresh session gets) and reports that with ``WriteResult.created``. Reads never c
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
+
+from ctx_memory.errors import ValidationError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 R_co = TypeVar("R_co", covariant=True)
+
+_NOT_STORABLE = re.compile("[\x00\ud800-\udfff]")
+"""What a recall segment may not hold: NUL (PostgreSQL text) and lone surrogates (UTF-8)."""
 
 __all__ = [
     "AppendFetched",
@@ -361,11 +367,27 @@ class SaveRecallSegments(Op[bool]):
     with every write that removes or changes stored messages (delete, replace, truncate,
     clear, import) and with the session (delete, expiry, eviction); they may also expire
     earlier than the session (they are rebuilt from the history).
+
+    Raises:
+        ValidationError: A segment is not a ``str``, or holds a NUL character or a lone
+            surrogate (text every store keeps: JSON escapes both). Raised when the
+            operation is made, before anything is written.
     """
 
     session_id: str
     segments: tuple[str, ...]
     replace: bool = False
+
+    def __post_init__(self) -> None:
+        for i, segment in enumerate(self.segments):
+            if not isinstance(segment, str):
+                msg = f"recall segment {i} is a {type(segment).__name__}, not a str"
+                raise ValidationError(msg)
+            bad = _NOT_STORABLE.search(segment)
+            if bad is not None:
+                kind = "a NUL character" if bad.group() == "\x00" else "a lone surrogate"
+                msg = f"recall segment {i} holds {kind} at index {bad.start()}"
+                raise ValidationError(msg)
 
 
 StoreOp = (

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from ctx_memory.errors import ValidationError
 from ctx_memory.stores.base import EncodedMessage
 from ctx_memory.testing._base import LATER, ContractBase, append, init, item, msg, requires
 
@@ -85,6 +86,19 @@ class StoreRecallSegmentTests(ContractBase):
         assert store.save_recall_segments("s", ["d"], replace=True)
         assert store.get_recall_segments("s") == ["d"]
         assert store.save_recall_segments("s", [], replace=True)
+        assert store.get_recall_segments("s") == []
+
+    @pytest.mark.parametrize("bad", ["a\x00b", "a\ud800b", 7])
+    def test_unstorable_segments_are_refused_before_anything_is_written(
+        self, store: BaseStore, bad: object
+    ) -> None:
+        """A segment every store cannot keep is refused, naming it, and nothing is written.
+
+        A NUL, a lone surrogate, or not a ``str``: ``ValidationError`` before any write.
+        """
+        append(store, "s", 0)
+        with pytest.raises(ValidationError, match="recall segment 1"):
+            store.save_recall_segments("s", ["fine", bad])  # type: ignore[list-item]
         assert store.get_recall_segments("s") == []
 
     def test_recall_segments_never_create_a_session(self, store: BaseStore) -> None:
