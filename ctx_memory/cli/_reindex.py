@@ -21,7 +21,7 @@ __all__ = ["reindex_command"]
 def reindex_command(
     ctx: typer.Context,
     session_ids: Annotated[
-        list[str] | None, typer.Argument(help="Sessions to reindex (default: --all).")
+        list[str] | None, typer.Argument(help="Sessions to reindex (or give --all).")
     ] = None,
     *,
     every: Annotated[bool, typer.Option("--all", help="Reindex every session.")] = False,
