@@ -428,8 +428,10 @@ class Recall(RecallEmbedding):
             error,
         )
 
-    def _save(self, manager: ContextManager, session_id: str, index: RecallIndex) -> None:
-        claim = self._claim(index, self._saves(manager))
+    def _save(
+        self, manager: ContextManager, session_id: str, index: RecallIndex, saves: bool
+    ) -> None:
+        claim = self._claim(index, saves)
         if claim is None:
             return
         start, _, text = claim
@@ -438,8 +440,10 @@ class Recall(RecallEmbedding):
         except StoreError as e:
             self._unclaim(index, claim, e)
 
-    async def _asave(self, manager: ContextManager, session_id: str, index: RecallIndex) -> None:
-        claim = self._claim(index, self._saves(manager))
+    async def _asave(
+        self, manager: ContextManager, session_id: str, index: RecallIndex, saves: bool
+    ) -> None:
+        claim = self._claim(index, saves)
         if claim is None:
             return
         start, _, text = claim
@@ -484,12 +488,8 @@ class Recall(RecallEmbedding):
         index = self.apply(update, records)
         if index is None:
             return None
-        if not saves or len(index) < self.save_every:
-            return ()
-        with self._lock:
-            segment = index.segment(0, len(index))
-            index.saved, index.recent = len(index), []
-        return (encode_segment(segment),)
+        claim = self._claim(index, saves)  # the whole index: nothing of it is saved yet
+        return () if claim is None else (claim[2],)
 
     def reindex(self, manager: ContextManager, session_id: str) -> int:
         """Rebuild the session's index from its history and save it, whole, in the store.
@@ -565,7 +565,7 @@ class Recall(RecallEmbedding):
             self._track(update, saves)
         index = update.index if index is None else index
         self.embed_pending(index, session_id, notes=notes)
-        self._save(manager, session_id, index)
+        self._save(manager, session_id, index, saves)
         return index
 
     async def aindex(
@@ -595,7 +595,7 @@ class Recall(RecallEmbedding):
             self._track(update, saves)
         index = update.index if index is None else index
         await self.aembed_pending(index, session_id, notes=notes)
-        await self._asave(manager, session_id, index)
+        await self._asave(manager, session_id, index, saves)
         return index
 
 

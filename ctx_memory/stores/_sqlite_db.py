@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 
-__all__ = ["SqliteDatabase", "Tx"]
+__all__ = ["SqliteDatabase", "Tx", "live_row"]
 
 
 class Tx:
@@ -49,6 +49,16 @@ class Tx:
         self.now = now
         self.expired: list[str] = []
         self.evicted: list[str] = []
+
+
+def live_row(
+    conn: sqlite3.Connection, session_id: str, now: float, query: str = LIVE
+) -> Sequence[Any] | None:
+    """The session's row by ``query`` (``expires_at`` first), ``None`` if absent or expired."""
+    row: Sequence[Any] | None = conn.execute(query, (session_id,)).fetchone()
+    if row is None or (row[0] is not None and row[0] <= now):
+        return None
+    return row
 
 
 class SqliteDatabase(OperationStore):
@@ -319,10 +329,7 @@ class SqliteDatabase(OperationStore):
         query = HEADER if header else LIVE
 
         def lookup(conn: sqlite3.Connection, now: float) -> Sequence[Any] | None:
-            row: Sequence[Any] | None = conn.execute(query, (session_id,)).fetchone()
-            if row is None or (row[0] is not None and row[0] <= now):
-                return None
-            return row
+            return live_row(conn, session_id, now, query)
 
         if self.max_sessions is None:
 

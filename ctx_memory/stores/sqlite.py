@@ -59,12 +59,11 @@ from typing_extensions import override
 from ctx_memory.errors import StoreError, StoreUnavailableError
 from ctx_memory.schema import dumps
 from ctx_memory.stores._gc import GarbageCollector, check_interval, gc_interval
-from ctx_memory.stores._sqlite_db import SqliteDatabase, Tx
+from ctx_memory.stores._sqlite_db import SqliteDatabase, Tx, live_row
 from ctx_memory.stores._sqlite_schema import (
     APPEND,
     CLEAR,
     DROP_RECALL,
-    LIVE,
     SCHEMA_VERSION,  # noqa: F401 - re-exported
     TOUCH_WRITE,
     decode_header_row,
@@ -635,8 +634,7 @@ class SqliteStore(SqliteDatabase):
     @override
     def _get_recall_segments(self, op: GetRecallSegments) -> list[str]:
         def read(conn: sqlite3.Connection, now: float) -> list[str]:
-            row = conn.execute(LIVE, (op.session_id,)).fetchone()
-            if row is None or (row[0] is not None and row[0] <= now):
+            if live_row(conn, op.session_id, now) is None:
                 return []
             rows = conn.execute(
                 "SELECT body FROM recall_segments WHERE session_id = ? ORDER BY seq",
@@ -652,8 +650,7 @@ class SqliteStore(SqliteDatabase):
         session_id = op.session_id
 
         def body(conn: sqlite3.Connection, tx: Tx) -> bool:
-            row = conn.execute(LIVE, (session_id,)).fetchone()
-            if row is None or (row[0] is not None and row[0] <= tx.now):
+            if live_row(conn, session_id, tx.now) is None:
                 return False  # expired: left for the next write or gc to remove
             if op.replace:
                 conn.execute(DROP_RECALL, (session_id,))
