@@ -428,7 +428,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
                 session_id, tail, query=query, exclude_last=exclude_last, skip_ids=skip_ids,
                 system_prefix=system_prefix, budget=budget, now=now,
             )  # fmt: skip
-            tracing.report_attributes(span, prompt.report.as_dict())
+            tracing.report_attributes(span, prompt.report.as_dict)
             return prompt
 
     def _build(
@@ -488,7 +488,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
                 session_id, tail, query=query, exclude_last=exclude_last, skip_ids=skip_ids,
                 system_prefix=system_prefix, budget=budget, now=now,
             )  # fmt: skip
-            tracing.report_attributes(span, prompt.report.as_dict())
+            tracing.report_attributes(span, prompt.report.as_dict)
             return prompt
 
     async def _abuild(

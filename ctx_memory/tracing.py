@@ -54,7 +54,7 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
     from contextlib import AbstractContextManager
 
     from opentelemetry.trace import Tracer, TracerProvider
@@ -135,14 +135,17 @@ def assembly_span(session_id: str) -> AbstractContextManager[Any]:
     )
 
 
-def report_attributes(span: Any, report: Mapping[str, Any]) -> None:
-    """Put a report's scalar figures on ``span`` as ``ctx_memory.prompt.*`` (no-op if off)."""
+def report_attributes(span: Any, report: Callable[[], Mapping[str, Any]]) -> None:
+    """Put a report's scalar figures on ``span`` as ``ctx_memory.prompt.*`` (no-op if off).
+
+    ``report`` gives the report as a dict; it is called only while instrumented.
+    """
     if span is None:
         return
     span.set_attributes(
         {
             f"ctx_memory.prompt.{key}": value
-            for key, value in report.items()
+            for key, value in report().items()
             if isinstance(value, (str, bool, int, float))
         }
     )
