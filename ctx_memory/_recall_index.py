@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ctx_memory.ranking import Tokenizer
 
 __all__ = [
+    "CONTEXT_WEIGHT",
     "RRF_DEPTH",
     "RRF_K",
     "RecallHit",
@@ -30,6 +31,12 @@ __all__ = [
     "record_text",
     "unit_vector",
 ]
+
+CONTEXT_WEIGHT = 0.2
+"""How much a message's neighbours' BM25 adds to its own in the assembler's recall and the
+``recall`` tool (:meth:`RecallIndex.search`'s ``context``): a fifth of each. Measured by
+``ctx-memory eval`` on LoCoMo: gold-turn coverage at 4,000 tokens 78.3 % without, 82.9 %
+with; 0.1 to 0.5 all land within a point of that."""
 
 RRF_K = 60
 """Reciprocal rank fusion's constant: a message at rank ``r`` of a ranking adds
@@ -48,6 +55,30 @@ _RECALL_STOPWORDS = frozenset(
         *("really", "am", "were", "im", "ive", "youre", "thats"),
     )
 )
+
+
+def _in_context(
+    scores: dict[int, float], k: int, limit: int, weight: float
+) -> list[tuple[float, int]]:
+    """The ``k`` best ``(score, position)`` once each score gains ``weight`` times its neighbours'.
+
+    Re-scores the ``max(2k, 64)`` best positions by BM25 and their neighbours below
+    ``limit`` (a position with no score of its own counts 0).
+    """
+    get = scores.get
+    pool: set[int] = set()
+    for _, position in heapq.nlargest(
+        max(2 * k, 64), zip(scores.values(), scores.keys(), strict=True)
+    ):
+        pool.add(position)
+        if position:
+            pool.add(position - 1)
+        if position + 1 < limit:
+            pool.add(position + 1)
+    return heapq.nlargest(
+        k,
+        ((get(p, 0.0) + weight * (get(p - 1, 0.0) + get(p + 1, 0.0)), p) for p in pool),
+    )
 
 
 def _strip_suffix(word: str) -> str:
@@ -336,13 +367,21 @@ class RecallIndex:
         self.vectors.extend([None] * count)
 
     def search(
-        self, query: str, k: int = 10, *, before: int | None = None
+        self, query: str, k: int = 10, *, before: int | None = None, context: float = 0.0
     ) -> list[tuple[int, float, tuple[str, ...]]]:
         """The ``k`` best positions for ``query``: ``(position, score, matched terms)``.
 
-        Only positions below ``before`` (default: all) are considered; only messages
-        that share a term with the query are returned (score > 0), best first, the newer
-        first among equal scores. Matched terms are in query order.
+        Only positions below ``before`` (default: all) are considered, best first, the
+        newer first among equal scores. Matched terms are in query order.
+
+        With ``context`` 0 (the default) the score is the message's BM25 and only
+        messages that share a term with the query are returned. With ``context`` above 0
+        a message's score is its BM25 plus ``context`` times its two neighbours' (the
+        messages just before and after it): a message inside a passage about the query
+        outranks a stray mention, and a message next to strong matches is found though
+        it shares no term (its matched terms are then empty). The assembler's recall
+        uses :data:`CONTEXT_WEIGHT`. The pool re-scored is the ``max(2k, 64)`` best by
+        BM25 and their neighbours.
         """
         size = len(self.lengths)
         if size == 0 or k <= 0:
@@ -370,7 +409,10 @@ class RecallIndex:
                 scores[position] = get(position, 0.0) + weight * tf / (
                     c1 + c2 * lengths[position] + tf
                 )
-        best = heapq.nlargest(k, zip(scores.values(), scores.keys(), strict=True))
+        if context > 0.0 and scores:
+            best = _in_context(scores, k, limit, context)
+        else:
+            best = heapq.nlargest(k, zip(scores.values(), scores.keys(), strict=True))
         out: list[tuple[int, float, tuple[str, ...]]] = []
         for score, position in best:
             terms = tuple(term for term, postings in used if _contains(postings, position))

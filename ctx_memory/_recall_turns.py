@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from ctx_memory._recall_index import record_text
+from ctx_memory._recall_index import CONTEXT_WEIGHT, record_text
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -69,14 +69,16 @@ def tool_ranges(
 
     ``(start, stop)`` pairs, ``stop`` exclusive; at most ``k`` turns whose cached
     tokens add up to at most ``budget``. With ``query_vector`` (and vectors in the
-    index), hits are ranked by :meth:`RecallIndex.hybrid_search`, else by BM25.
+    index), hits are ranked by :meth:`RecallIndex.hybrid_search`, else by BM25 in
+    context (:data:`~ctx_memory.recall.CONTEXT_WEIGHT`).
     """
     chosen: list[tuple[int, int]] = []
     spent = 0
     if query_vector is not None and index.vector_count:
         positions = [hit.position for hit in index.hybrid_search(query, query_vector, k=k * 4)]
     else:
-        positions = [position for position, _, _ in index.search(query, k=k * 4)]
+        found = index.search(query, k=k * 4, context=CONTEXT_WEIGHT)
+        positions = [position for position, _, _ in found]
     for position in positions:
         start, stop = index.turn(position)
         if (start, stop) in chosen:

@@ -7,7 +7,10 @@ Three layers, from pure to I/O:
   the postings of the query's terms (Okapi BM25, the IDF and parameters of
   :func:`ctx_memory.ranking.bm25_scores`, terms from :func:`recall_terms`: folded case
   and accents, English stop words dropped, a light English stemmer) and
-  :meth:`RecallIndex.turn` gives the whole turn around a position. It also keeps each
+  :meth:`RecallIndex.turn` gives the whole turn around a position. The assembler's
+  recall and the tool search in context (:data:`CONTEXT_WEIGHT`): a message's score
+  gains a fifth of its neighbours', so a passage about the question outranks a stray
+  mention. It also keeps each
   message's role, id and cached ``token_count``, so choosing what to recall needs no read.
 - :class:`Recall` keeps one index per session of one manager's store in a bounded,
   in-process LRU cache and brings it up to date before each use by reading only the
@@ -67,6 +70,7 @@ from typing import TYPE_CHECKING, Any
 
 from ctx_memory._recall_embed import RecallEmbedding
 from ctx_memory._recall_index import (
+    CONTEXT_WEIGHT,
     RRF_DEPTH,
     RRF_K,
     RecallHit,
@@ -106,6 +110,7 @@ if TYPE_CHECKING:
     from ctx_memory.ranking import Tokenizer
 
 __all__ = [
+    "CONTEXT_WEIGHT",
     "EMBED_BATCH_SIZE",
     "INVALIDATING_EVENTS",
     "MAX_SEARCH_HITS",

@@ -15,8 +15,9 @@ what was read into messages (classic layout) or text on the last user message (s
 
 Given the question's vector (hybrid recall: the assembler's ``embeddings=``), the hits
 come from :meth:`~ctx_memory.recall.RecallIndex.hybrid_search` (BM25 and cosine
-similarity fused by reciprocal rank fusion) instead of BM25 alone; without one, nothing
-differs.
+similarity fused by reciprocal rank fusion) instead of BM25 in context (each message's
+BM25 plus :data:`~ctx_memory.recall.CONTEXT_WEIGHT` times its neighbours'); without one,
+nothing differs.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from langchain_core.messages import BaseMessage, HumanMessage
 from ctx_memory.assembly.messages import attach_context, records_to_messages
 from ctx_memory.assembly.sources import format_sources
 from ctx_memory.assembly.window import HistoryChunks, group_tool_results, repair_tool_pairs
-from ctx_memory.recall import format_turns, gap_text
+from ctx_memory.recall import CONTEXT_WEIGHT, format_turns, gap_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -145,7 +146,8 @@ def choose_turns(
     a layout adds). Turns are taken best first; one that does not fit is passed over
     for a smaller one. Messages whose id is in ``skip_ids`` are never recalled. With
     ``query_vector`` (and vectors in the index) the hits are those of
-    :meth:`~ctx_memory.recall.RecallIndex.hybrid_search`, else of BM25 alone.
+    :meth:`~ctx_memory.recall.RecallIndex.hybrid_search`, else of BM25 in context
+    (:data:`~ctx_memory.recall.CONTEXT_WEIGHT`).
     """
     chosen: dict[int, list[Any]] = {}
     spent = 0
@@ -157,7 +159,7 @@ def choose_turns(
             similarity = hit.similarity if hit.vector_rank is not None else None
             signals[hit.position] = (hit.bm25, similarity)
     else:
-        found = index.search(query, k=MAX_HITS, before=before)
+        found = index.search(query, k=MAX_HITS, before=before, context=CONTEXT_WEIGHT)
     for position, score, terms in found:
         start, stop = index.turn(position)
         stop = min(stop, before)
@@ -261,7 +263,12 @@ def recalled_entries(
                 "terms": list(terms),
             }
             if position not in signals:
-                entry["reason"] = f"BM25 {score:.2f} on {', '.join(terms)}; {whole}"
+                found_by = (
+                    f"BM25 {score:.2f} on {', '.join(terms)}"
+                    if terms
+                    else f"BM25 {score:.2f} from the messages beside it"
+                )
+                entry["reason"] = f"{found_by}; {whole}"
                 out.append(entry)
                 continue
             bm25, similarity = signals[position]

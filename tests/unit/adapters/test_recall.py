@@ -138,6 +138,37 @@ def test_index_search_before_turns_and_ties():
     assert index.search("nothing matches this", k=3) == []
 
 
+def test_search_in_context_adds_a_share_of_the_neighbours_scores():
+    texts = [
+        "kayak rental on the lake",  # 0: a stray mention
+        "we talked about the weather",  # 1
+        "the harbour tour starts at nine",  # 2
+        "booked two seats for it",  # 3: no term of the query, between two matches
+        "the harbour tour has a kayak stop",  # 4
+        "kayak again",  # 5: the newest, past `before` below
+    ]
+    index = RecallIndex()
+    index.extend({"role": "user", "content": t, "token_count": 5} for t in texts)
+    query = "harbour tour kayak"
+    plain = {p: s for p, s, _ in index.search(query, k=10)}
+    assert 3 not in plain  # BM25 alone: only messages with a term
+    assert 1 not in plain
+    weight = 0.25
+    found = index.search(query, k=10, context=weight)
+    scores = {p: s for p, s, _ in found}
+    for position, score in scores.items():
+        beside = plain.get(position - 1, 0.0) + plain.get(position + 1, 0.0)
+        assert score == pytest.approx(plain.get(position, 0.0) + weight * beside)
+    assert {p: t for p, _, t in found}[3] == ()  # found by its neighbours alone
+    assert scores[3] > scores[1] > 0.0
+    assert [s for _, s, _ in found] == sorted(scores.values(), reverse=True)
+    assert set(scores) == set(range(6))  # every match and every neighbour of one
+    # `before` bounds the neighbours too; context 0 is plain BM25.
+    assert max(p for p, _, _ in index.search(query, k=10, before=5, context=weight)) == 4
+    assert index.search(query, k=10, context=0.0) == index.search(query, k=10)
+    assert index.search("nothing matches this", k=3, context=weight) == []
+
+
 def test_cache_reads_only_new_messages_and_drops_edited_sessions(manager):
     recall = Recall()
     recall.watch(manager)
@@ -215,10 +246,16 @@ def test_a_fact_5000_messages_back_is_recalled_inside_2000_tokens(manager, layou
     assert FACT in text
     assert "Noted: the Orangery at Kew." in text
     recalled = result.report.recalled
-    assert recalled[0]["index"] == fact_position
-    assert set(recalled[0]["terms"]) >= {"sister", "wed", "venu"}  # stems
-    assert recalled[0]["message_id"] == manager.get_history("s1")[fact_position]["id"]
-    assert "BM25" in recalled[0]["reason"]
+    [fact] = [entry for entry in recalled if entry["index"] == fact_position]
+    assert set(fact["terms"]) >= {"sister", "wed", "venu"}  # stems
+    assert fact["message_id"] == manager.get_history("s1")[fact_position]["id"]
+    assert fact["reason"].startswith("BM25 ")
+    assert " on " in fact["reason"]
+    assert max(recalled, key=lambda entry: entry["score"]) is fact
+    # The turn before the fact's was recalled for being beside it; its reason says so.
+    assert any(not entry["terms"] for entry in recalled)
+    for entry in recalled:
+        assert ("from the messages beside it" in entry["reason"]) == (not entry["terms"])
     assert result.report.as_dict()["recalled"] == recalled
     assert "earlier messages not shown" in text
 
