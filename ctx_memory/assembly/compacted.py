@@ -248,6 +248,21 @@ class CompactedView:
                 out.append(record)
         return out
 
+    def verbatim_start(self, start: int) -> int:
+        """Where a window starting at ``start`` begins sending messages as they are stored.
+
+        A summary the window opens with stands for its covered range, so recall may still
+        bring back turns from that range (rung (c) of the compaction ladder): only turns
+        the window sends verbatim are never recalled twice.
+        """
+        moved = True
+        while moved:
+            moved = False
+            for entry in self.used.values():
+                if int(entry["first_index"]) <= start <= int(entry["last_index"]):
+                    start, moved = int(entry["last_index"]) + 1, True
+        return start
+
     def clears_output(self, position: int, tokens: int) -> bool:
         """Whether a recalled tool output of ``tokens`` at ``position`` is a placeholder.
 

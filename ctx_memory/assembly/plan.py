@@ -469,7 +469,9 @@ def finish_prompt(
     chosen = window.chosen
     history = records_to_messages(chosen)
     view = plan.history.view
-    window_start = _verbatim_start(window.start if window.start is not None else plan.end, view)
+    window_start = window.start if window.start is not None else plan.end
+    if view is not None:
+        window_start = view.verbatim_start(window_start)
     if view is not None and choice is not None:
         # Recalled turns clear old tool outputs as the window does (restorable by id).
         recalled = [
@@ -578,24 +580,6 @@ def finish_prompt(
         sources_text=sources_block(sources.chosen),
         model_kwargs=model_kwargs,
     )
-
-
-def _verbatim_start(start: int, view: CompactedView | None) -> int:
-    """Where the window's messages start being sent as they are stored.
-
-    A summary the window opens with stands for its covered range, so recall may still
-    bring back turns from that range (rung (c) of the compaction ladder): only turns the
-    window sends verbatim are never recalled twice.
-    """
-    if view is None:
-        return start
-    moved = True
-    while moved:
-        moved = False
-        for entry in view.used.values():
-            if int(entry["first_index"]) <= start <= int(entry["last_index"]):
-                start, moved = int(entry["last_index"]) + 1, True
-    return start
 
 
 def _outside(

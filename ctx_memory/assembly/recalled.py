@@ -362,10 +362,13 @@ def recall_beside_window(
     budget = plan.history_budget - window.tokens
     if plan.recall_max_tokens is not None:
         budget = min(budget, plan.recall_max_tokens)
+    before = window.start if window.start is not None else plan.end
+    if plan.history.view is not None:
+        before = plan.history.view.verbatim_start(before)  # a summary's range stays in reach
     choice = choose_turns(
         index,
         plan.query,
-        before=window.start if window.start is not None else plan.end,
+        before=before,
         budget=budget - _MARKER_ESTIMATE,  # the heading before the recalled turns
         overhead=_TEXT_OVERHEAD * 2,
         skip_ids=plan.skip_ids,

@@ -56,6 +56,38 @@ def test_recall_brings_back_a_turn_the_summary_covers(manager: ContextManager, l
     assert sent_after_summary + report.history_left_out_messages <= stored - covered + 1
 
 
+@pytest.mark.parametrize("layout", ["classic", "stable"])
+def test_recall_reaches_the_summary_s_range_when_the_window_opens_with_it(layout: str) -> None:
+    """The whole uncompacted history fits, so the window starts with the summary itself."""
+    manager = ContextManager(store=InMemoryStore())
+    manager.set_system_prompt("s1", "You are a helpful assistant.")
+    manager.add_user_message("s1", FACT)
+    manager.add_assistant_message("s1", "Noted: locker code 4417.")
+    for i in range(60):
+        manager.add_user_message("s1", f"Tell me about the weather on day {i} of the trip.")
+        manager.add_assistant_message("s1", f"Day {i} looks mild and partly cloudy, about 18 C.")
+    messages = manager.get_message_range("s1", 0, 117)
+    add_compaction(
+        manager, "s1", 0, 117, "The user asked about the trip's weather, day by day.",
+        first_id=messages[0]["id"], last_id=messages[-1]["id"],
+    )  # fmt: skip
+    assembler = ContextPromptAssembler(
+        manager,
+        max_tokens=900,
+        reserve_tokens=0,
+        layout=layout,
+        compaction=CompactionPolicy(summarize_at=None),
+    )
+    result = assembler.assemble("s1", "What is my locker code at the climbing gym?")
+    report = result.report
+    text = "\n".join(str(m.content) for m in result.messages)
+    assert "[Summary of messages 0-117]" in text
+    assert "Day 59 looks mild" in text  # the window holds every message after the summary
+    assert "4417" in text
+    assert [entry["index"] for entry in report.recalled][:1] == [0]
+    assert manager.token_counter.count_chat(result.messages) == report.total_tokens <= 900
+
+
 def test_without_recall_the_summary_alone_stands_for_the_range(manager: ContextManager) -> None:
     assembler = ContextPromptAssembler(
         manager,
