@@ -495,18 +495,17 @@ class PostgresOperations(BaseStore):
         return WriteResult(created=created, evicted=tuple(evicted))
 
     def _delete(self, op: DeleteSession) -> Generator[Statement, Any, bool]:
-        (count,) = yield Statement(
-            self._sql.q(
-                "WITH d AS (DELETE FROM {s}.sessions WHERE id = %(id)s RETURNING sk), "
-                "m AS (DELETE FROM {s}.messages WHERE sk IN (SELECT sk FROM d)), "
-                "f AS (DELETE FROM {s}.fetched WHERE sk IN (SELECT sk FROM d)), "
-                "p AS (DELETE FROM {s}.fingerprints WHERE sk IN (SELECT sk FROM d)), "
-                "r AS (DELETE FROM {s}.recall_segments WHERE sk IN (SELECT sk FROM d)) "
-                "SELECT count(*) FROM d"
-            ),
-            {"id": op.session_id},
+        # Two statements in one transaction (the store runs DeleteSession in one): lock the
+        # session row first, which waits for an append in flight to commit, then delete
+        # with a snapshot taken after it. One statement took its snapshot before that wait
+        # and left the waited-for append's messages behind, unreachable.
+        row = yield Statement(
+            self._sql.q("SELECT sk FROM {s}.sessions WHERE id = %s FOR UPDATE"), (op.session_id,)
         )
-        return bool(count)
+        if row is None:
+            return False
+        yield Statement(self._sql.q("SELECT {s}.drop_session(%s)"), (row[0],), NONE)
+        return True
 
     def _gc(self, found: Found) -> Generator[Statement, Any, int]:
         (expired,) = yield Statement(self._collect_sql)

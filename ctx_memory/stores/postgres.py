@@ -11,10 +11,10 @@ append that created it, ``ct``).
 Every operation is written once, as a generator that yields statements and receives their
 rows; :meth:`PostgresStore._drive` runs it on a sync connection and
 :meth:`PostgresStore._adrive` on an async one, so the two paths differ by ``await`` only.
-An append (messages or fetched items), a read, a delete, garbage collection and a save of
-recall segments are one statement each, so one round trip, in autocommit; the other writes
-(shared state, metadata, history edits, clear, import) run in one transaction that first
-locks the session row.
+An append (messages or fetched items), a read, garbage collection and a save of recall
+segments are one statement each, so one round trip, in autocommit; the other writes (shared
+state, metadata, history edits, clear, import, delete) run in one transaction that first
+locks the session row. A delete so waits for an append in flight and deletes what it wrote.
 
 Connections: a pool the store made lends its connections for longer than a call. Each call
 takes the most recently returned one from a stack (:class:`_Lease`) and puts it back, as many
@@ -92,6 +92,7 @@ from ctx_memory.stores.ops import (
     AppendMessages,
     ClearSession,
     DeleteMessages,
+    DeleteSession,
     MergeShared,
     ReplaceDocument,
     ReplaceMessage,
@@ -128,6 +129,7 @@ T = TypeVar("T")
 # Operations that run in one transaction (several statements), and those that may be sent
 # again after a dropped connection (see the module docstring).
 _TRANSACTION = (
+    DeleteSession,
     MergeShared,
     SetShared,
     UpdateHeader,

@@ -1,0 +1,107 @@
+"""Deleting a session while an append to it is in flight leaves nothing of it behind.
+
+The append holds the session row's lock until it commits. A delete that queued behind it
+must delete the messages that append wrote too: a delete run as one statement took its
+snapshot before the wait and left them behind, unreachable (the session row gone, the
+messages still on disk: a delete that did not delete).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import pytest
+
+from ctx_memory.schema import dumps
+from ctx_memory.stores.base import EncodedMessage, new_header
+from ctx_memory.stores.postgres import PostgresStore
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+pytestmark = pytest.mark.postgres
+
+NOW = "2025-01-01T00:00:00+00:00"
+
+
+def init() -> Any:
+    return new_header("s", now=NOW, encoding="o200k_base")
+
+
+def msg(i: int) -> EncodedMessage:
+    record = {"role": "user", "content": f"m{i}", "id": f"id-{i}", "token_count": 2}
+    return EncodedMessage(dumps(record), 2, f"id-{i}")
+
+
+@pytest.fixture
+def store(postgres_url: str, pg_schema: str) -> Iterator[PostgresStore]:
+    with PostgresStore(postgres_url, schema=pg_schema, ttl_seconds=3600, pool_size=2) as store:
+        yield store
+
+
+def waiting_on_locks(conn: psycopg.Connection[Any], marker: str) -> int:
+    row = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+        (f"%{marker}%",),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "a statement never queued on the row lock"
+        time.sleep(0.01)
+
+
+def rows_left(conn: psycopg.Connection[Any], schema: str, sk: int) -> int:
+    row = conn.execute(f'SELECT count(*) FROM "{schema}".messages WHERE sk = %s', (sk,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("run", ["sync", "async"])
+def test_a_delete_queued_behind_an_append_deletes_what_the_append_wrote(
+    store: PostgresStore, postgres_url: str, run: str
+) -> None:
+    schema = store.schema
+    store.append_messages("s", [msg(0)], init=init(), now=NOW)
+    with psycopg.connect(postgres_url, autocommit=True) as watcher:
+        found = watcher.execute(f'SELECT sk FROM "{schema}".sessions WHERE id = %s', ("s",))
+        (sk,) = found.fetchone() or (None,)
+        assert sk is not None
+        results: dict[str, Any] = {}
+        with psycopg.connect(postgres_url) as holder:
+            # Hold the session row, so the append and then the delete queue behind it.
+            holder.execute(f'SELECT 1 FROM "{schema}".sessions WHERE id = %s FOR UPDATE', ("s",))
+
+            def append() -> None:
+                results["append"] = store.append_messages("s", [msg(1)], init=init(), now=NOW)
+
+            def delete() -> None:
+                if run == "sync":
+                    results["delete"] = store.delete("s")
+                else:
+                    results["delete"] = asyncio.run(store.adelete("s"))
+
+            appending = threading.Thread(target=append)
+            appending.start()
+            wait_for(lambda: waiting_on_locks(watcher, "sessions") >= 1)
+            deleting = threading.Thread(target=delete)
+            deleting.start()
+            wait_for(lambda: waiting_on_locks(watcher, "sessions") >= 2)
+            holder.commit()  # the append runs and commits, then the delete
+            appending.join(10)
+            deleting.join(10)
+        assert results["append"].added == 1
+        assert results["delete"] is True
+        assert store.get_header("s") is None
+        assert rows_left(watcher, schema, sk) == 0  # nothing of the session left on disk
+        # The id is free again: a new session starts empty.
+        store.append_messages("s", [msg(2)], init=init(), now=NOW)
+        assert [m["id"] for m in store.get_messages("s")] == ["id-2"]
