@@ -677,7 +677,8 @@ def make_recall_tool(
 
     - ``Earlier turns of this conversation (positions in the history):`` up to ``k``
       whole turns (tool calls with their results), oldest first, with their positions
-      in the history (:func:`format_turns`);
+      in the history (:func:`format_turns`), found by BM25 in context as the
+      assembler's recall (:data:`CONTEXT_WEIGHT`);
     - ``Fetched sources matching the query (most relevant first):`` (with ``sources``,
       the default) up to ``source_k`` fetched items (``add_fetched_context``; of
       ``source_types`` only, when given) sharing a term with the query, ranked by BM25
