@@ -169,6 +169,34 @@ def test_search_in_context_adds_a_share_of_the_neighbours_scores():
     assert index.search("nothing matches this", k=3, context=weight) == []
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(st.sampled_from(WORDS[:12]), max_size=8), min_size=1, max_size=40),
+    st.lists(st.sampled_from(WORDS[:12]), min_size=1, max_size=4),
+    st.integers(min_value=1, max_value=12),
+    st.floats(min_value=0.05, max_value=1.0),
+    st.integers(min_value=0, max_value=45),
+)
+def test_search_in_context_is_the_brute_force_ranking(docs, query, k, weight, before):
+    """On histories smaller than the re-scored pool, the answer is exactly the best ``k``
+    of every message's BM25 plus ``weight`` times its neighbours', newer first on ties."""
+    index = RecallIndex()
+    index.extend({"role": "user", "content": " ".join(d), "token_count": 1} for d in docs)
+    text = " ".join(query)
+    limit = min(before, len(docs))
+    plain = {p: s for p, s, _ in index.search(text, k=1000, before=before)}
+    scored = {
+        p: plain.get(p, 0.0) + weight * (plain.get(p - 1, 0.0) + plain.get(p + 1, 0.0))
+        for p in range(limit)
+        if p in plain or p - 1 in plain or p + 1 in plain
+    }
+    expected = sorted(scored.items(), key=lambda item: (item[1], item[0]), reverse=True)[:k]
+    found = index.search(text, k=k, before=before, context=weight)
+    assert [(p, s) for p, s, _ in found] == expected
+    for position, _, terms in found:
+        assert bool(terms) == (position in plain)
+
+
 def test_cache_reads_only_new_messages_and_drops_edited_sessions(manager):
     recall = Recall()
     recall.watch(manager)
