@@ -34,9 +34,9 @@ __all__ = [
 
 CONTEXT_WEIGHT = 0.2
 """How much a message's neighbours' BM25 adds to its own in the assembler's recall and the
-``recall`` tool (:meth:`RecallIndex.search`'s ``context``): a fifth of each. Measured by
-``ctx-memory eval`` on LoCoMo: gold-turn coverage at 4,000 tokens 78.3 % without, 82.9 %
-with; 0.1 to 0.5 all land within a point of that."""
+``recall`` tool, lexical or hybrid (:meth:`RecallIndex.search`'s ``context``): a fifth of
+each. Measured by ``ctx-memory eval`` on LoCoMo: gold-turn coverage at 4,000 tokens 78.3 %
+without, 82.9 % with; 0.1 to 0.5 all land within a point of that."""
 
 RRF_K = 60
 """Reciprocal rank fusion's constant: a message at rank ``r`` of a ranking adds
@@ -480,12 +480,19 @@ class RecallIndex:
         }
 
     def hybrid_search(
-        self, query: str, query_vector: Sequence[float], k: int = 10, *, before: int | None = None
+        self,
+        query: str,
+        query_vector: Sequence[float],
+        k: int = 10,
+        *,
+        before: int | None = None,
+        context: float = 0.0,
     ) -> list[RecallHit]:
         """The ``k`` best positions for ``query`` by BM25 and by vector, fused.
 
         Reciprocal rank fusion: the messages below ``before`` are ranked twice, by BM25
-        (those sharing a term with the query, as :meth:`search`) and by cosine
+        (as :meth:`search` with the same ``context``: those sharing a term with the query,
+        and with ``context`` above 0 their neighbours) and by cosine
         similarity with ``query_vector`` (those with a vector and a similarity above 0);
         each ranking keeps its best ``max(k, RRF_DEPTH)``. A message's score is::
 
@@ -504,7 +511,7 @@ class RecallIndex:
             return []
         depth = max(k, RRF_DEPTH)
         similarity = self.similarities(query_vector, before=before)
-        lexical = self.search(query, k=depth, before=before)
+        lexical = self.search(query, k=depth, before=before, context=context)
         nearest = heapq.nlargest(depth, ((s, p) for p, s in similarity.items() if s > 0.0))
         fused: dict[int, float] = {}
         bm25_ranks: dict[int, int] = {}

@@ -69,13 +69,14 @@ def tool_ranges(
 
     ``(start, stop)`` pairs, ``stop`` exclusive; at most ``k`` turns whose cached
     tokens add up to at most ``budget``. With ``query_vector`` (and vectors in the
-    index), hits are ranked by :meth:`RecallIndex.hybrid_search`, else by BM25 in
-    context (:data:`~ctx_memory.recall.CONTEXT_WEIGHT`).
+    index), hits are ranked by :meth:`RecallIndex.hybrid_search`, else by BM25 alone;
+    both in context (:data:`~ctx_memory.recall.CONTEXT_WEIGHT`).
     """
     chosen: list[tuple[int, int]] = []
     spent = 0
     if query_vector is not None and index.vector_count:
-        positions = [hit.position for hit in index.hybrid_search(query, query_vector, k=k * 4)]
+        hits = index.hybrid_search(query, query_vector, k=k * 4, context=CONTEXT_WEIGHT)
+        positions = [hit.position for hit in hits]
     else:
         found = index.search(query, k=k * 4, context=CONTEXT_WEIGHT)
         positions = [position for position, _, _ in found]

@@ -13,11 +13,11 @@ what lies between (``[… 37 earlier messages not shown …]``).
 :func:`recall_step` runs the choice for an assembly and :func:`finish_recalled` turns
 what was read into messages (classic layout) or text on the last user message (stable).
 
-Given the question's vector (hybrid recall: the assembler's ``embeddings=``), the hits
-come from :meth:`~ctx_memory.recall.RecallIndex.hybrid_search` (BM25 and cosine
-similarity fused by reciprocal rank fusion) instead of BM25 in context (each message's
-BM25 plus :data:`~ctx_memory.recall.CONTEXT_WEIGHT` times its neighbours'); without one,
-nothing differs.
+Hits are ranked by BM25 in context (each message's BM25 plus
+:data:`~ctx_memory.recall.CONTEXT_WEIGHT` times its neighbours'). Given the question's
+vector (hybrid recall: the assembler's ``embeddings=``), they come from
+:meth:`~ctx_memory.recall.RecallIndex.hybrid_search`, which fuses that ranking with cosine
+similarity by reciprocal rank fusion; without one, nothing differs.
 """
 
 from __future__ import annotations
@@ -146,15 +146,18 @@ def choose_turns(
     a layout adds). Turns are taken best first; one that does not fit is passed over
     for a smaller one. Messages whose id is in ``skip_ids`` are never recalled. With
     ``query_vector`` (and vectors in the index) the hits are those of
-    :meth:`~ctx_memory.recall.RecallIndex.hybrid_search`, else of BM25 in context
-    (:data:`~ctx_memory.recall.CONTEXT_WEIGHT`).
+    :meth:`~ctx_memory.recall.RecallIndex.hybrid_search`, else of BM25 alone; both in
+    context (:data:`~ctx_memory.recall.CONTEXT_WEIGHT`).
     """
     chosen: dict[int, list[Any]] = {}
     spent = 0
     signals: dict[int, tuple[float, float | None]] = {}
     if query_vector is not None and index.vector_count:
         found: list[tuple[int, float, tuple[str, ...]]] = []
-        for hit in index.hybrid_search(query, query_vector, k=MAX_HITS, before=before):
+        hits = index.hybrid_search(
+            query, query_vector, k=MAX_HITS, before=before, context=CONTEXT_WEIGHT
+        )
+        for hit in hits:
             found.append((hit.position, hit.score, hit.terms))
             similarity = hit.similarity if hit.vector_rank is not None else None
             signals[hit.position] = (hit.bm25, similarity)
@@ -272,7 +275,11 @@ def recalled_entries(
                 out.append(entry)
                 continue
             bm25, similarity = signals[position]
-            found = [f"BM25 {bm25:.2f} on {', '.join(terms)}"] if terms else []
+            found = []
+            if terms:
+                found.append(f"BM25 {bm25:.2f} on {', '.join(terms)}")
+            elif bm25 > 0.0:
+                found.append(f"BM25 {bm25:.2f} from the messages beside it")
             if similarity is not None:
                 found.append(f"vector {similarity:.2f}")
             entry["bm25"] = round(bm25, 4)

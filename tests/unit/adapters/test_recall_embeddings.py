@@ -283,13 +283,18 @@ def test_reasons_name_both_rankings_when_both_found_it(manager):
         manager, max_tokens=1500, reserve_tokens=300, embeddings=ConceptEmbeddings()
     )
     result = assembler.assemble("s1", LEXICAL_QUESTION)
-    top = result.report.recalled[0]
-    assert top["index"] == fact_position(manager, "s1")
+    [top] = [e for e in result.report.recalled if e["index"] == fact_position(manager, "s1")]
+    assert max(result.report.recalled, key=lambda e: e["score"]) is top
     assert {"sister", "wed", "venu"} <= set(top["terms"])
     assert re.match(
         r"BM25 \d+\.\d\d on .* \+ vector 1\.00 \(fused 0\.0328\); whole turn", top["reason"]
     )
     assert top["score"] == pytest.approx(2 / (RRF_K + 1), abs=1e-4)
+    # Its neighbours are in the lexical ranking too (BM25 in context), with no terms.
+    beside = [e for e in result.report.recalled if not e["terms"] and e["bm25"] > 0]
+    assert beside
+    for entry in beside:
+        assert entry["reason"].startswith(f"BM25 {entry['bm25']:.2f} from the messages beside it")
 
 
 def test_vectors_are_computed_once_per_message(manager):
