@@ -6,14 +6,14 @@ import pytest
 
 from ctx_memory import ContextManager
 from ctx_memory.compaction import CompactionPolicy, add_compaction
-from ctx_memory.prompt import ContextPromptAssembler
+from ctx_memory.prompt import AssembledPrompt, ContextPromptAssembler
 from ctx_memory.stores.memory import InMemoryStore
 
 FACT = "My locker code at the climbing gym is 4417, please remember it."
 
 
-@pytest.fixture
-def manager() -> ContextManager:
+def summarised_session(last_index: int) -> ContextManager:
+    """The fact, 60 turns about the weather, and a summary of messages 0 to ``last_index``."""
     manager = ContextManager(store=InMemoryStore())
     manager.set_system_prompt("s1", "You are a helpful assistant.")
     manager.add_user_message("s1", FACT)
@@ -21,16 +21,21 @@ def manager() -> ContextManager:
     for i in range(60):
         manager.add_user_message("s1", f"Tell me about the weather on day {i} of the trip.")
         manager.add_assistant_message("s1", f"Day {i} looks mild and partly cloudy, about 18 C.")
-    messages = manager.get_message_range("s1", 0, 79)
+    messages = manager.get_message_range("s1", 0, last_index)
     add_compaction(
-        manager, "s1", 0, 79, "The user asked about the trip's weather, day by day.",
+        manager, "s1", 0, last_index, "The user asked about the trip's weather, day by day.",
         first_id=messages[0]["id"], last_id=messages[-1]["id"],
     )  # fmt: skip
     return manager
 
 
-@pytest.mark.parametrize("layout", ["classic", "stable"])
-def test_recall_brings_back_a_turn_the_summary_covers(manager: ContextManager, layout: str) -> None:
+@pytest.fixture
+def manager() -> ContextManager:
+    return summarised_session(79)
+
+
+def ask_locker_code(manager: ContextManager, layout: str) -> tuple[AssembledPrompt, str]:
+    """The locker question assembled in 900 tokens with a policy that never summarises."""
     assembler = ContextPromptAssembler(
         manager,
         max_tokens=900,
@@ -39,8 +44,13 @@ def test_recall_brings_back_a_turn_the_summary_covers(manager: ContextManager, l
         compaction=CompactionPolicy(summarize_at=None),
     )
     result = assembler.assemble("s1", "What is my locker code at the climbing gym?")
+    return result, "\n".join(str(m.content) for m in result.messages)
+
+
+@pytest.mark.parametrize("layout", ["classic", "stable"])
+def test_recall_brings_back_a_turn_the_summary_covers(manager: ContextManager, layout: str) -> None:
+    result, text = ask_locker_code(manager, layout)
     report = result.report
-    text = "\n".join(str(m.content) for m in result.messages)
     assert "[Summary of messages 0-79]" in text  # the summary is sent
     assert "4417" in text  # and recall found the fact it lost
     assert [entry["index"] for entry in report.recalled][:1] == [0]
@@ -59,28 +69,9 @@ def test_recall_brings_back_a_turn_the_summary_covers(manager: ContextManager, l
 @pytest.mark.parametrize("layout", ["classic", "stable"])
 def test_recall_reaches_the_summary_s_range_when_the_window_opens_with_it(layout: str) -> None:
     """The whole uncompacted history fits, so the window starts with the summary itself."""
-    manager = ContextManager(store=InMemoryStore())
-    manager.set_system_prompt("s1", "You are a helpful assistant.")
-    manager.add_user_message("s1", FACT)
-    manager.add_assistant_message("s1", "Noted: locker code 4417.")
-    for i in range(60):
-        manager.add_user_message("s1", f"Tell me about the weather on day {i} of the trip.")
-        manager.add_assistant_message("s1", f"Day {i} looks mild and partly cloudy, about 18 C.")
-    messages = manager.get_message_range("s1", 0, 117)
-    add_compaction(
-        manager, "s1", 0, 117, "The user asked about the trip's weather, day by day.",
-        first_id=messages[0]["id"], last_id=messages[-1]["id"],
-    )  # fmt: skip
-    assembler = ContextPromptAssembler(
-        manager,
-        max_tokens=900,
-        reserve_tokens=0,
-        layout=layout,
-        compaction=CompactionPolicy(summarize_at=None),
-    )
-    result = assembler.assemble("s1", "What is my locker code at the climbing gym?")
+    manager = summarised_session(117)
+    result, text = ask_locker_code(manager, layout)
     report = result.report
-    text = "\n".join(str(m.content) for m in result.messages)
     assert "[Summary of messages 0-117]" in text
     assert "Day 59 looks mild" in text  # the window holds every message after the summary
     assert "4417" in text
