@@ -291,6 +291,11 @@ class PostgresStore(PostgresOperations):
         self._apools: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, AsyncConnectionPool[Any]
         ] = weakref.WeakKeyDictionary()
+        # Per loop, the task that closes that loop's pool when the loop's tasks are
+        # cancelled at its end (see _close_at_loop_end).
+        self._guards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
         self._schema_ready = False
         self._closed = False
@@ -365,7 +370,23 @@ class PostgresStore(PostgresOperations):
             pool = AsyncConnectionPool(self._conninfo, open=False, **self._pool_options())
             await pool.open(wait=False)
             self._apools[loop] = pool
+            self._guard(loop, pool)
         return pool
+
+    def _guard(
+        self, loop: asyncio.AbstractEventLoop, pool: AsyncConnectionPool[Any] | None
+    ) -> None:
+        """Close ``pool`` when ``loop`` ends (``None``: stop guarding the loop's pool)."""
+        old = self._guards.pop(loop, None)
+        if old is not None and not old.done():
+            if _runs_here(loop):
+                old.cancel()
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(old.cancel)
+        if pool is not None:
+            self._guards[loop] = loop.create_task(
+                _close_at_loop_end(pool), name=f"ctx_memory-{self.schema}-pool-guard"
+            )
 
     def _pool_options(self) -> dict[str, Any]:
         return {
@@ -553,6 +574,7 @@ class PostgresStore(PostgresOperations):
             if replace:
                 del self._apools[loop]
         if replace:
+            self._guard(loop, None)
             await pool.close(timeout=0.2)
         elif not pool.closed:  # (another call may have replaced and closed it)
             await pool.check()
@@ -725,6 +747,8 @@ class PostgresStore(PostgresOperations):
             pool, self._pool = (self._pool, None) if self._owns_pool else (None, self._pool)
             apools = list(self._apools.items())
             self._apools.clear()
+            for loop in list(self._guards):
+                self._guard(loop, None)
         self._return_kept()
         if pool is not None:
             pool.close()
@@ -737,6 +761,7 @@ class PostgresStore(PostgresOperations):
         loop = asyncio.get_running_loop()
         with self._lock:
             apool = self._apools.pop(loop, None)
+            self._guard(loop, None)
         if apool is not None:
             await apool.close()
         self.close()  # the sync pool, other loops' pools, the garbage collector
@@ -745,6 +770,31 @@ class PostgresStore(PostgresOperations):
     def gc_running(self) -> bool:
         """Whether the background garbage collector is running."""
         return self._collector is not None and self._collector.running
+
+
+async def _close_at_loop_end(pool: AsyncConnectionPool[Any]) -> None:
+    """Wait until cancelled, then close ``pool``: one task per event loop with a pool.
+
+    ``asyncio.run`` (like other runners) cancels every task still pending when its main
+    coroutine returns, this one among them: the pool is then closed, so its connections do
+    not stay open on the server after the loop (a script that calls ``asyncio.run`` once per
+    job would otherwise run the server out of connections), and its scheduler and workers
+    stop. On Python 3.11, ``asyncio.wait_for`` inside the pool's scheduler can lose that
+    cancellation and wait forever, and ``asyncio.run`` with it; closing the pool ends the
+    scheduler whatever happened to the cancellation.
+    """
+    try:
+        await asyncio.get_running_loop().create_future()  # set by nothing: until cancelled
+    except asyncio.CancelledError:
+        idle = list(getattr(pool, "_pool", ()))  # (psycopg_pool's idle connections)
+        with contextlib.suppress(asyncio.CancelledError):
+            # It stops the scheduler and the workers, then waits for the workers, which
+            # were cancelled with this task: that wait raises before it closes the idle
+            # connections, so they are closed here.
+            await pool.close(timeout=1.0)
+        for conn in idle:
+            conn.pgconn.finish()
+        raise
 
 
 def _close_async_pool(loop: asyncio.AbstractEventLoop, pool: AsyncConnectionPool[Any]) -> None:
