@@ -61,6 +61,7 @@ from ctx_memory._extras import missing_extra
 from ctx_memory.config import redact_url, url_secrets, validate_postgres_url
 from ctx_memory.errors import StoreError, StoreUnavailableError
 from ctx_memory.stores._gc import GarbageCollector, check_interval, gc_interval
+from ctx_memory.stores._postgres_loops import close_async_pool, close_at_loop_end, runs_here
 from ctx_memory.stores._postgres_ops import (
     ALL,
     ONE,
@@ -292,7 +293,7 @@ class PostgresStore(PostgresOperations):
             asyncio.AbstractEventLoop, AsyncConnectionPool[Any]
         ] = weakref.WeakKeyDictionary()
         # Per loop, the task that closes that loop's pool when the loop's tasks are
-        # cancelled at its end (see _close_at_loop_end).
+        # cancelled at its end (see close_at_loop_end).
         self._guards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[None]] = (
             weakref.WeakKeyDictionary()
         )
@@ -379,13 +380,13 @@ class PostgresStore(PostgresOperations):
         """Close ``pool`` when ``loop`` ends (``None``: stop guarding the loop's pool)."""
         old = self._guards.pop(loop, None)
         if old is not None and not old.done():
-            if _runs_here(loop):
+            if runs_here(loop):
                 old.cancel()
             elif not loop.is_closed():
                 loop.call_soon_threadsafe(old.cancel)
         if pool is not None:
             self._guards[loop] = loop.create_task(
-                _close_at_loop_end(pool), name=f"ctx_memory-{self.schema}-pool-guard"
+                close_at_loop_end(pool), name=f"ctx_memory-{self.schema}-pool-guard"
             )
 
     def _pool_options(self) -> dict[str, Any]:
@@ -754,7 +755,7 @@ class PostgresStore(PostgresOperations):
             pool.close()
         self._return_kept()  # (one a call kept while this closed: closed by its pool now)
         for loop, apool in apools:
-            _close_async_pool(loop, apool)
+            close_async_pool(loop, apool)
 
     @override
     async def aclose(self) -> None:
@@ -770,50 +771,3 @@ class PostgresStore(PostgresOperations):
     def gc_running(self) -> bool:
         """Whether the background garbage collector is running."""
         return self._collector is not None and self._collector.running
-
-
-async def _close_at_loop_end(pool: AsyncConnectionPool[Any]) -> None:
-    """Wait until cancelled, then close ``pool``: one task per event loop with a pool.
-
-    ``asyncio.run`` (like other runners) cancels every task still pending when its main
-    coroutine returns, this one among them: the pool is then closed, so its connections do
-    not stay open on the server after the loop (a script that calls ``asyncio.run`` once per
-    job would otherwise run the server out of connections), and its scheduler and workers
-    stop. On Python 3.11, ``asyncio.wait_for`` inside the pool's scheduler can lose that
-    cancellation and wait forever, and ``asyncio.run`` with it; closing the pool ends the
-    scheduler whatever happened to the cancellation.
-    """
-    try:
-        await asyncio.get_running_loop().create_future()  # set by nothing: until cancelled
-    except asyncio.CancelledError:
-        idle = list(getattr(pool, "_pool", ()))  # (psycopg_pool's idle connections)
-        with contextlib.suppress(asyncio.CancelledError):
-            # It stops the scheduler and the workers, then waits for the workers, which
-            # were cancelled with this task: that wait raises before it closes the idle
-            # connections, so they are closed here.
-            await pool.close(timeout=1.0)
-        for conn in idle:
-            conn.pgconn.finish()
-        raise
-
-
-def _close_async_pool(loop: asyncio.AbstractEventLoop, pool: AsyncConnectionPool[Any]) -> None:
-    """Close an asyncio pool from sync code, on its own event loop if that still runs."""
-    if loop.is_closed():
-        for conn in list(getattr(pool, "_pool", ())):  # its tasks died with the loop
-            conn.pgconn.finish()
-        return
-    if loop.is_running():
-        if _runs_here(loop):  # a sync call blocking this loop: close it when the loop can
-            loop.create_task(pool.close())
-        else:
-            asyncio.run_coroutine_threadsafe(pool.close(), loop)
-        return
-    loop.run_until_complete(pool.close())
-
-
-def _runs_here(loop: asyncio.AbstractEventLoop) -> bool:
-    try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
