@@ -7,6 +7,7 @@ here is re-exported by :mod:`ctx_memory.recall`, which documents it.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import math
@@ -29,6 +30,7 @@ __all__ = [
     "VectorKey",
     "recall_terms",
     "record_text",
+    "text_key",
     "unit_vector",
 ]
 
@@ -45,7 +47,18 @@ RRF_K = 60
 RRF_DEPTH = 100
 """Each ranking (BM25, cosine) contributes its best ``max(k, RRF_DEPTH)`` messages."""
 
-VectorKey = tuple[str, int]  # (message id, hash of the embedded text): carries vectors over
+VectorKey = tuple[str, int]  # (message id, text_key of the embedded text): carries vectors over
+
+
+def text_key(text: str) -> int:
+    """A stable 64-bit digest of ``text`` (BLAKE2b): the same in every process and release.
+
+    With the message id, it says which text a vector was computed from (:data:`VectorKey`),
+    in the process and in saved segments.
+    """
+    return int.from_bytes(
+        hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big"
+    )
 
 
 _RECALL_STOPWORDS = frozenset(

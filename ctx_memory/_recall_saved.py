@@ -11,7 +11,11 @@ which documents when segments are written and read.
 
 from __future__ import annotations
 
+import base64
 import json
+import math
+import sys
+from array import array
 from typing import TYPE_CHECKING, Any
 
 from ctx_memory._recall_index import RecallIndex
@@ -24,8 +28,10 @@ __all__ = [
     "SAVE_EVERY",
     "SEGMENT_FORMAT",
     "TERMS_VERSION",
+    "embeddings_id",
     "encode_segment",
     "load_segments",
+    "segment_vectors",
 ]
 
 SEGMENT_FORMAT = 1
@@ -44,7 +50,95 @@ milliseconds), and writes pay for saving once per this many messages."""
 MAX_SEGMENTS = 16
 """A saved index in more segments than this is saved again as one."""
 
-_LOAD_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError)
+_LOAD_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError)
+
+
+_MODEL_FIELDS = ("model", "model_name", "model_id", "deployment", "dimensions", "size")
+
+
+def embeddings_id(embeddings: object) -> str:
+    """Which model made a segment's vectors: the class and its model fields.
+
+    ``"langchain_openai.embeddings.base.OpenAIEmbeddings model='text-embedding-3-small'"``.
+    Vectors saved under another id are not loaded (the messages are embedded again).
+    """
+    kind = type(embeddings)
+    parts = [f"{kind.__module__}.{kind.__qualname__}"]
+    for name in _MODEL_FIELDS:
+        value = getattr(embeddings, name, None)
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            parts.append(f"{name}={value!r}")
+    return " ".join(parts)
+
+
+def segment_vectors(index: RecallIndex, start: int, stop: int, model: str) -> dict[str, Any]:
+    """The ``"vectors"`` entry of a segment of positions ``start`` to ``stop - 1``.
+
+    ``data`` holds their unit vectors as little-endian float32, base64; ``have`` a ``1``
+    per position with a vector (a blank message has none); ``digests`` the
+    :func:`~ctx_memory.recall.text_key` of the text each was computed from (``None`` if
+    unknown); ``model`` the :func:`embeddings_id`.
+    """
+    keys = {p: key for key, p in index.vector_keys.items() if start <= p < stop}
+    flat = array("f")
+    have: list[str] = []
+    digests: list[int | None] = []
+    for position in range(start, stop):
+        vector = index.vectors[position]
+        key = keys.get(position)
+        have.append("0" if vector is None else "1")
+        digests.append(None if vector is None or key is None else key[1])
+        if vector is not None:
+            flat.extend(vector)
+    if sys.byteorder == "big":
+        flat.byteswap()
+    return {
+        "model": model,
+        "dims": index.dimensions,
+        "have": "".join(have),
+        "digests": digests,
+        "data": base64.b64encode(flat.tobytes()).decode("ascii"),
+    }
+
+
+def _saved_vectors(
+    segment: Mapping[str, Any], model: str, dimensions: int | None
+) -> list[tuple[int, tuple[float, ...], int | None]] | None:
+    """The segment's saved vectors for ``model``, checked, without touching an index.
+
+    ``(offset, unit vector, text digest)`` per message that has one; ``None`` if it has
+    none usable (another model, another length than ``dimensions``, malformed).
+    """
+    saved = segment.get("vectors")
+    if not isinstance(saved, dict) or saved.get("model") != model:
+        return None
+    have, digests, dims = saved["have"], saved["digests"], saved["dims"]
+    flat = array("f")
+    try:  # nothing is added yet: a malformed entry only ends the load here
+        flat.frombytes(base64.b64decode(saved["data"], validate=True))
+    except (TypeError, ValueError):
+        return None
+    if sys.byteorder == "big":
+        flat.byteswap()
+    count = have.count("1")
+    shaped = len(have) == segment["stop"] - segment["start"] == len(digests)
+    if count:
+        shaped = shaped and isinstance(dims, int) and dims > 0 and len(flat) == count * dims
+        shaped = shaped and dimensions in (None, dims)
+    if not shaped:
+        return None
+    out: list[tuple[int, tuple[float, ...], int | None]] = []
+    offset = 0
+    for i, flag in enumerate(have):
+        if flag == "0":
+            continue
+        unit = tuple(flat[offset : offset + dims])
+        offset += dims
+        if flag != "1" or not math.isfinite(sum(unit)):
+            return None
+        digest = digests[i]
+        out.append((i, unit, digest if isinstance(digest, int) else None))
+    return out
 
 
 def encode_segment(segment: Mapping[str, Any]) -> str:
@@ -53,15 +147,19 @@ def encode_segment(segment: Mapping[str, Any]) -> str:
     return json.dumps(saved, ensure_ascii=False, separators=(",", ":"))
 
 
-def load_segments(texts: Sequence[str], limit: int) -> tuple[RecallIndex, bool]:
+def load_segments(
+    texts: Sequence[str], limit: int, *, vectors: str | None = None
+) -> tuple[RecallIndex, bool]:
     """An index of the saved ``texts``, and whether they were a clean chain.
 
     Segments are added while each starts where the index ends and none reaches past
     ``limit`` (the session's ``message_count``). A segment another process saved twice
     is skipped; the first that does not fit, is of another format or terms version, or
-    is malformed ends the load. ``clean`` is false when anything was skipped or left,
-    or when there are more than :data:`MAX_SEGMENTS`: the caller then saves the whole
-    index again in one segment.
+    is malformed ends the load. With ``vectors`` (an :func:`embeddings_id`), each
+    segment's saved vectors are loaded too, and the first segment without vectors of that
+    model ends the load (its messages are then read and embedded). ``clean`` is false
+    when anything was skipped or left, or when there are more than :data:`MAX_SEGMENTS`:
+    the caller then saves the whole index again in one segment.
 
     Example:
         .. code-block:: python
@@ -85,7 +183,15 @@ def load_segments(texts: Sequence[str], limit: int) -> tuple[RecallIndex, bool]:
                 continue
             if not usable or segment["start"] != len(index) or segment["stop"] > limit:
                 return index, False
+            units = None if vectors is None else _saved_vectors(segment, vectors, index.dimensions)
+            if vectors is not None and units is None:
+                return index, False  # no vectors of this model: read and embed from here
             index.add_segment(segment)
+            start = segment["start"]
+            for offset, unit, digest in units or ():
+                message_id = index.ids[start + offset]
+                key = None if message_id is None or digest is None else (message_id, digest)
+                index._put(start + offset, unit, key)  # saved from checked unit vectors
         except _LOAD_ERRORS:
             return RecallIndex(), False  # possibly half added: start over
     return index, clean

@@ -40,9 +40,13 @@ gap or unknown format, and it is rebuilt from the history and saved again whole.
 store drops a session's segments with every write that removes or changes its messages
 and with the session, so they never describe another history. Segments are derived
 data: not exported, dropped at will (``ctx-memory reindex`` rebuilds and saves them),
-and written only for the default terms and without embeddings (vectors stay in the
-process). With a store whose ``keeps_recall_segments`` is false, each process rebuilds
-(about 0.2 s for 10,000 messages; ``benchmarks/bench_recall.py``).
+and written only for the default terms. A recall with embeddings saves its vectors in
+the same segments (:func:`segment_vectors`: float32 unit vectors, the
+:func:`text_key` of each text, the :func:`embeddings_id` of the model), once every
+message of the segment is embedded, and loads them back (the messages after the last
+saved segment are embedded); vectors of another model are not loaded (the session is
+embedded again and saved whole). With a store whose ``keeps_recall_segments`` is false,
+each process rebuilds (about 0.2 s for 10,000 messages; ``benchmarks/bench_recall.py``).
 
 Hybrid recall (optional): a :class:`Recall` made with a LangChain ``Embeddings``
 (``Recall(embeddings=...)``, ``recall_for(manager, embeddings)``, or the ``embeddings=``
@@ -78,6 +82,7 @@ from ctx_memory._recall_index import (
     VectorKey,
     recall_terms,
     record_text,
+    text_key,
     unit_vector,
 )
 from ctx_memory._recall_saved import (
@@ -85,8 +90,10 @@ from ctx_memory._recall_saved import (
     SAVE_EVERY,
     SEGMENT_FORMAT,
     TERMS_VERSION,
+    embeddings_id,
     encode_segment,
     load_segments,
+    segment_vectors,
 )
 from ctx_memory._recall_search import (
     MAX_SEARCH_HITS,
@@ -126,6 +133,7 @@ __all__ = [
     "SEGMENT_FORMAT",
     "TERMS_VERSION",
     "asearch_history",
+    "embeddings_id",
     "encode_segment",
     "format_turns",
     "gap_text",
@@ -135,6 +143,8 @@ __all__ = [
     "recall_for",
     "recall_terms",
     "search_history",
+    "segment_vectors",
+    "text_key",
     "tool_ranges",
     "unit_vector",
 ]
@@ -203,7 +213,9 @@ class Recall(RecallEmbedding):
             index, and survive a rebuild after an edit (matched by message id and text).
             A failing call is logged as a warning and retried for the same messages at
             the next update; meanwhile those messages are found by BM25 alone. Use one
-            embeddings object for the life of the process: vectors belong to it.
+            embeddings object for the life of the process: vectors belong to it. The
+            vectors are saved with the index's segments and loaded by any recall whose
+            embeddings have the same :func:`embeddings_id`.
         embed_batch_size: Most texts per ``embed_documents`` call.
         save_every: Save the index in the store once this many messages are indexed
             and not saved (see "Saved segments" in the module docs); ``0``: never read
@@ -245,6 +257,7 @@ class Recall(RecallEmbedding):
         self.tokenizer = tokenizer
         self.embeddings = embeddings
         self.embed_batch_size = embed_batch_size
+        self._vectors_model = None if embeddings is None else embeddings_id(embeddings)
         self._indexes: OrderedDict[str, RecallIndex] = OrderedDict()
         self._carried: OrderedDict[str, dict[VectorKey, tuple[float, ...]]] = OrderedDict()
         self._lock = threading.Lock()
@@ -362,7 +375,7 @@ class Recall(RecallEmbedding):
             if not text.strip():
                 continue
             message_id = record.get("id")
-            key = (str(message_id), hash(text)) if message_id is not None else None
+            key = (str(message_id), text_key(text)) if message_id is not None else None
             vector = carried.get(key) if key is not None else None
             if vector is not None and len(vector) == (index.dimensions or len(vector)):
                 index.set_vector(position, vector, key=key)
@@ -374,20 +387,16 @@ class Recall(RecallEmbedding):
     def _saves(self, manager: ContextManager) -> bool:
         """Whether indexes of ``manager``'s sessions are read from and saved in its store."""
         return (
-            self.save_every > 0
-            and self.tokenizer is None
-            and self.embeddings is None  # vectors are not saved: rebuild and embed
-            and manager.store.keeps_recall_segments
+            self.save_every > 0 and self.tokenizer is None and manager.store.keeps_recall_segments
         )
 
     def _loads(self, update: RecallUpdate, saves: bool) -> bool:
         """Whether to read saved segments: a cold index of a session long enough to have them."""
         return saves and update.start == 0 and update.stop + 1 >= self.save_every
 
-    @staticmethod
-    def _resume(update: RecallUpdate, texts: Sequence[str]) -> RecallUpdate:
+    def _resume(self, update: RecallUpdate, texts: Sequence[str]) -> RecallUpdate:
         """``update`` to extend the index the saved ``texts`` hold (unchanged if none)."""
-        index, clean = load_segments(texts, update.stop + 1)
+        index, clean = load_segments(texts, update.stop + 1, vectors=self._vectors_model)
         if not len(index):
             return update
         if clean:  # else it is saved again whole, in one segment
@@ -415,7 +424,11 @@ class Recall(RecallEmbedding):
             start, stop = index.saved, len(index)
             if stop - start < self.save_every:
                 return None
+            if any(p >= start for p in index.unembedded):
+                return None  # saved once embedded (the next update retries the embedding)
             segment = index.segment(start, stop)
+            if self._vectors_model is not None:
+                segment["vectors"] = segment_vectors(index, start, stop, self._vectors_model)
             index.saved, index.recent = stop, []
         return start, stop, encode_segment(segment)
 
@@ -486,13 +499,8 @@ class Recall(RecallEmbedding):
         update.index.recent = []  # the segment is then its messages' terms, joined
         return update
 
-    def _rebuilt(
-        self, update: RecallUpdate, records: Sequence[Mapping[str, Any]], saves: bool
-    ) -> tuple[str, ...] | None:
-        """The segments to save for a rebuilt index (``None``: the history moved, retry)."""
-        index = self.apply(update, records)
-        if index is None:
-            return None
+    def _whole(self, index: RecallIndex, saves: bool) -> tuple[str, ...]:
+        """The segments to save for a rebuilt (and embedded) index: one, or none."""
         claim = self._claim(index, saves)  # the whole index: nothing of it is saved yet
         return () if claim is None else (claim[2],)
 
@@ -511,11 +519,13 @@ class Recall(RecallEmbedding):
         for _ in range(3):
             update = self._replan(session_id, manager.get_header(session_id))
             records = manager.get_message_range(session_id, 0, update.stop) if update.reads else []
-            saved = self._rebuilt(update, records, saves)
-            if saved is not None:
+            index = self.apply(update, records)
+            if index is not None:
+                self.embed_pending(index, session_id)
+                saved = self._whole(index, saves)
                 if manager.store.keeps_recall_segments:
                     manager.execute(SaveRecallSegments(session_id, saved, replace=True))
-                return len(update.index) if saved else 0
+                return len(index) if saved else 0
         msg = f"the history of session {session_id!r} kept changing while it was indexed"
         raise StoreError(msg)
 
@@ -527,11 +537,13 @@ class Recall(RecallEmbedding):
             records = (
                 await manager.aget_message_range(session_id, 0, update.stop) if update.reads else []
             )
-            saved = self._rebuilt(update, records, saves)
-            if saved is not None:
+            index = self.apply(update, records)
+            if index is not None:
+                await self.aembed_pending(index, session_id)
+                saved = self._whole(index, saves)
                 if manager.store.keeps_recall_segments:
                     await manager.aexecute(SaveRecallSegments(session_id, saved, replace=True))
-                return len(update.index) if saved else 0
+                return len(index) if saved else 0
         msg = f"the history of session {session_id!r} kept changing while it was indexed"
         raise StoreError(msg)
 

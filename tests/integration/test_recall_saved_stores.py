@@ -66,3 +66,33 @@ def test_the_async_path_on_every_store(make_store: Callable[..., BaseStore]) -> 
         assert len(await store.aget_recall_segments("s")) == 1
 
     asyncio.run(scenario())
+
+
+def test_hybrid_recall_s_vectors_are_loaded_from_every_store(
+    make_store: Callable[..., BaseStore],
+) -> None:
+    from langchain_core.embeddings import DeterministicFakeEmbedding
+
+    class Counting(DeterministicFakeEmbedding):
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            calls.extend(texts)
+            return super().embed_documents(texts)
+
+    calls: list[str] = []
+    first_store = make_store()
+    first = ContextManager(store=first_store, token_counter="approximate")
+    fill(first, 300)
+    built = Recall(embeddings=Counting(size=12)).index(first, "s", first.get_header("s"))
+    assert len(calls) == 300
+    fill(first, 5, start=300)
+    second_store = make_store() if first_store.name != "memory" else first_store
+    second = ContextManager(store=second_store, token_counter="approximate")
+    calls.clear()
+    recall = Recall(embeddings=Counting(size=12))
+    index = recall.index(second, "s", second.get_header("s"))
+    assert (recall.loads, recall.rebuilds, index.vector_count) == (1, 0, 305)
+    assert len(calls) == 5  # only what followed the saved segment
+    for loaded, original in zip(index.vectors[:300], built.vectors[:300], strict=True):
+        assert loaded is not None
+        assert original is not None
+        assert max(abs(a - b) for a, b in zip(loaded, original, strict=True)) < 1e-6

@@ -261,17 +261,11 @@ def test_a_failed_save_is_logged_and_retried(caplog: pytest.LogCaptureFixture) -
     assert json.loads(text)["stop"] == 301
 
 
-def test_nothing_is_saved_with_embeddings_a_tokenizer_or_save_every_0() -> None:
-    from langchain_core.embeddings import DeterministicFakeEmbedding
-
+def test_nothing_is_saved_with_a_tokenizer_or_save_every_0() -> None:
     store = CountingStore()
     manager = ContextManager(store=store, token_counter="approximate")
     fill(manager, "s", 300)
-    for recall in (
-        Recall(embeddings=DeterministicFakeEmbedding(size=8)),
-        Recall(tokenizer=str.split),
-        Recall(save_every=0),
-    ):
+    for recall in (Recall(tokenizer=str.split), Recall(save_every=0)):
         fresh(recall, manager, "s")
         assert store.get_recall_segments("s") == []
 

@@ -346,15 +346,17 @@ def test_an_edit_embeds_only_the_message_it_changed(manager):
 
 async def test_async_assembly_uses_the_async_calls_and_equals_sync(manager):
     long_session(manager, "s1", 600, fact_at=40)
-    sync_embeddings = ConceptEmbeddings()
-    sync = ContextPromptAssembler(
-        manager, max_tokens=1500, reserve_tokens=300, embeddings=sync_embeddings
-    ).assemble("s1", SEMANTIC_QUESTION)
     embeddings = ConceptEmbeddings()
     assembler = ContextPromptAssembler(
         manager, max_tokens=1500, reserve_tokens=300, embeddings=embeddings
     )
     result = await assembler.aassemble("s1", SEMANTIC_QUESTION)
+    # The sync one loads the vectors the async one saved in the store (same model).
+    sync_embeddings = ConceptEmbeddings()
+    sync = ContextPromptAssembler(
+        manager, max_tokens=1500, reserve_tokens=300, embeddings=sync_embeddings
+    ).assemble("s1", SEMANTIC_QUESTION)
+    assert sync_embeddings.embedded == []
     assert embeddings.document_calls == []
     assert embeddings.query_calls == []
     assert embeddings.async_query_calls == [SEMANTIC_QUESTION]
