@@ -444,6 +444,8 @@ def finish_recalled(
     stable = draft.layout == "stable"
     context = "\n\n".join(p for p in (draft.volatile, format_sources(plan.sources.chosen)) if p)
 
+    built: list[list[BaseMessage]] = []  # the stable tail last measured (it is then kept)
+
     def stable_tail(
         kept: Sequence[tuple[RecalledTurn, list[Mapping[str, Any]]]],
     ) -> list[BaseMessage]:
@@ -452,8 +454,8 @@ def finish_recalled(
 
     def measure(kept: Sequence[tuple[RecalledTurn, list[Mapping[str, Any]]]]) -> int:
         if stable:
-            tail = stable_tail(kept)
-            return sum(counter.count_lc_message(m) for m in tail) - plan.tail_tokens
+            built[:] = [stable_tail(kept)]
+            return sum(counter.count_lc_message(m) for m in built[0]) - plan.tail_tokens
         gaps = gap_messages([(t.start, t.stop) for t, _ in kept], window_start)
         return sum(cost(r) for _, records in kept for r in records) + count_markers(counter, gaps)
 
@@ -462,8 +464,8 @@ def finish_recalled(
     kept, tokens, repaired = fit_recalled(turns, budget=budget, measure=measure)
     if not kept:
         return RecalledPart([], 0, repaired, [], list(plan.tail))
-    if stable:
-        return RecalledPart(kept, tokens, repaired, [], stable_tail(kept))
+    if stable:  # the turns kept are the last measured
+        return RecalledPart(kept, tokens, repaired, [], built[0])
     gaps = dict(gap_messages([(t.start, t.stop) for t, _ in kept], window_start))
     messages: list[BaseMessage] = []
     for turn, records in kept:
