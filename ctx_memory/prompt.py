@@ -463,8 +463,9 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         choice, chunks = recall_step(plan, index, query_vector=vector)
         window = read_history_window(self.manager, session_id, chunks)
         choice = choice or recall_beside_window(plan, index, window, query_vector=vector)
-        reads = choice.reads if choice is not None else []
-        recalled = [self.manager.get_message_range(session_id, a, b) for a, b in reads]
+        spans = choice.spans if choice is not None else []
+        read = [self.manager.get_message_range(session_id, a, b) for a, b in spans]
+        recalled = choice.split(read) if choice is not None else []
         excluded: list[dict[str, Any]] = []
         if plan.reads_excluded:
             excluded = self.manager.get_message_range(session_id, plan.end, plan.stored - 1)
@@ -523,8 +524,9 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         choice, chunks = recall_step(plan, index, query_vector=vector)
         window = await aread_history_window(self.manager, session_id, chunks)
         choice = choice or recall_beside_window(plan, index, window, query_vector=vector)
-        reads = choice.reads if choice is not None else []
-        recalled = [await self.manager.aget_message_range(session_id, a, b) for a, b in reads]
+        spans = choice.spans if choice is not None else []
+        read = [await self.manager.aget_message_range(session_id, a, b) for a, b in spans]
+        recalled = choice.split(read) if choice is not None else []
         excluded: list[dict[str, Any]] = []
         if plan.reads_excluded:
             excluded = await self.manager.aget_message_range(session_id, plan.end, plan.stored - 1)

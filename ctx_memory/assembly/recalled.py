@@ -119,6 +119,39 @@ class RecallChoice:
         """Inclusive ``(start, stop)`` ranges to read: one per turn."""
         return [(t.start, t.stop - 1) for t in self.turns]
 
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """:attr:`reads` joined where turns are adjacent: one read per run of turns.
+
+        Recall in context often picks a turn and the one beside it; on a networked store
+        each read is a round trip. :meth:`split` gives the records back per turn.
+        """
+        spans: list[tuple[int, int]] = []
+        for start, stop in self.reads:
+            if spans and spans[-1][1] + 1 == start:
+                spans[-1] = (spans[-1][0], stop)
+            else:
+                spans.append((start, stop))
+        return spans
+
+    def split(
+        self, spans_read: Sequence[Sequence[Mapping[str, Any]]]
+    ) -> list[Sequence[Mapping[str, Any]]]:
+        """The records read for :attr:`spans`, one list per turn (as :attr:`reads`).
+
+        A span read short (the history was shortened meanwhile) gives its turns what it
+        holds of them, as reading each turn would have.
+        """
+        out: list[Sequence[Mapping[str, Any]]] = []
+        spans = self.spans
+        at = 0
+        for start, stop in self.reads:
+            while spans[at][1] < stop:
+                at += 1
+            first = spans[at][0]
+            out.append(list(spans_read[at][start - first : stop - first + 1]))
+        return out
+
     def turn_records(
         self, reads: Sequence[Sequence[Mapping[str, Any]]]
     ) -> list[tuple[RecalledTurn, list[Mapping[str, Any]]]]:

@@ -169,6 +169,22 @@ def test_search_in_context_adds_a_share_of_the_neighbours_scores():
     assert index.search("nothing matches this", k=3, context=weight) == []
 
 
+def test_adjacent_recalled_turns_are_read_at_once_and_split_back():
+    from ctx_memory.assembly.recalled import RecallChoice, RecalledTurn
+
+    bounds = [(0, 2), (2, 4), (6, 8), (8, 9), (12, 14)]
+    choice = RecallChoice(tuple(RecalledTurn(a, b, 1.0, (), 1) for a, b in bounds), 100, {})
+    assert choice.reads == [(0, 1), (2, 3), (6, 7), (8, 8), (12, 13)]
+    assert choice.spans == [(0, 3), (6, 8), (12, 13)]
+    history = [{"id": f"m{i}"} for i in range(14)]
+    read = [history[a : b + 1] for a, b in choice.spans]
+    assert choice.split(read) == [history[a : b + 1] for a, b in choice.reads]
+    # A history shortened after the choice: each turn gets what the read holds of it.
+    short = [history[0:3], history[6:8], []]
+    ids = [[r["id"] for r in records] for records in choice.split(short)]
+    assert ids == [["m0", "m1"], ["m2"], ["m6", "m7"], [], []]
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.lists(st.sampled_from(WORDS[:12]), max_size=8), min_size=1, max_size=40),
