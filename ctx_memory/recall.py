@@ -10,8 +10,8 @@ Three layers, from pure to I/O:
   :meth:`RecallIndex.turn` gives the whole turn around a position. The assembler's
   recall and the tool search in context (:data:`CONTEXT_WEIGHT`): a message's score
   gains a fifth of its neighbours', so a passage about the question outranks a stray
-  mention. It also keeps each
-  message's role, id and cached ``token_count``, so choosing what to recall needs no read.
+  mention. It also keeps each message's role, id and cached ``token_count``, so
+  choosing what to recall needs no read.
 - :class:`Recall` keeps one index per session of one manager's store in a bounded,
   in-process LRU cache and brings it up to date before each use by reading only the
   messages written since (``get_message_range(session, n_indexed, message_count - 1)``).
