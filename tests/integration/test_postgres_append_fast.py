@@ -18,12 +18,12 @@ import psycopg
 import pytest
 from langchain_core.messages import HumanMessage
 from psycopg.pq import TransactionStatus
+from store_records import NOW, init, msg
 
 from ctx_memory.events import EventType
 from ctx_memory.manager import ContextManager
 from ctx_memory.schema import dumps
 from ctx_memory.stores import postgres as postgres_module
-from ctx_memory.stores.base import EncodedMessage, new_header
 from ctx_memory.stores.postgres import PostgresStore
 
 if TYPE_CHECKING:
@@ -33,17 +33,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.postgres
 
-NOW = "2025-01-01T00:00:00+00:00"
 LATER = "2025-01-02T00:00:00+00:00"
-
-
-def init(sid: str) -> Any:
-    return new_header(sid, now=NOW, encoding="o200k_base")
-
-
-def msg(i: int, tokens: int = 2, content: str | None = None) -> EncodedMessage:
-    record = {"role": "user", "content": content or f"m{i}", "id": f"id-{i}", "token_count": tokens}
-    return EncodedMessage(dumps(record), tokens, f"id-{i}")
 
 
 def reply(result: Any) -> tuple[bool, int, tuple[str, ...]]:

@@ -15,26 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+from store_records import NOW, init, msg
 
-from ctx_memory.schema import dumps
-from ctx_memory.stores.base import EncodedMessage, new_header
 from ctx_memory.stores.postgres import PostgresStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 pytestmark = pytest.mark.postgres
-
-NOW = "2025-01-01T00:00:00+00:00"
-
-
-def init() -> Any:
-    return new_header("s", now=NOW, encoding="o200k_base")
-
-
-def msg(i: int) -> EncodedMessage:
-    record = {"role": "user", "content": f"m{i}", "id": f"id-{i}", "token_count": 2}
-    return EncodedMessage(dumps(record), 2, f"id-{i}")
 
 
 @pytest.fixture
@@ -70,7 +58,7 @@ def test_a_delete_queued_behind_an_append_deletes_what_the_append_wrote(
     store: PostgresStore, postgres_url: str, run: str
 ) -> None:
     schema = store.schema
-    store.append_messages("s", [msg(0)], init=init(), now=NOW)
+    store.append_messages("s", [msg(0)], init=init("s"), now=NOW)
     with psycopg.connect(postgres_url, autocommit=True) as watcher:
         found = watcher.execute(f'SELECT sk FROM "{schema}".sessions WHERE id = %s', ("s",))
         (sk,) = found.fetchone() or (None,)
@@ -81,7 +69,7 @@ def test_a_delete_queued_behind_an_append_deletes_what_the_append_wrote(
             holder.execute(f'SELECT 1 FROM "{schema}".sessions WHERE id = %s FOR UPDATE', ("s",))
 
             def append() -> None:
-                results["append"] = store.append_messages("s", [msg(1)], init=init(), now=NOW)
+                results["append"] = store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
 
             def delete() -> None:
                 if run == "sync":
@@ -103,5 +91,5 @@ def test_a_delete_queued_behind_an_append_deletes_what_the_append_wrote(
         assert store.get_header("s") is None
         assert rows_left(watcher, schema, sk) == 0  # nothing of the session left on disk
         # The id is free again: a new session starts empty.
-        store.append_messages("s", [msg(2)], init=init(), now=NOW)
+        store.append_messages("s", [msg(2)], init=init("s"), now=NOW)
         assert [m["id"] for m in store.get_messages("s")] == ["id-2"]

@@ -8,27 +8,15 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from store_records import NOW, init, msg
 
 from ctx_memory.errors import StoreError, StoreUnavailableError
-from ctx_memory.schema import dumps
-from ctx_memory.stores.base import EncodedMessage, new_header
 from ctx_memory.stores.postgres import PostgresStore
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
-
-NOW = "2025-01-01T00:00:00+00:00"
-
-
-def init(sid: str) -> Any:
-    return new_header(sid, now=NOW, encoding="o200k_base")
-
-
-def msg(i: int, tokens: int = 2) -> EncodedMessage:
-    record = {"role": "user", "content": f"m{i}", "id": f"id-{i}", "token_count": tokens}
-    return EncodedMessage(dumps(record), tokens, f"id-{i}")
 
 
 @pytest.fixture

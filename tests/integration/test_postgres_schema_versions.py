@@ -9,22 +9,20 @@ is made with today's store, then what the later versions added is taken away
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import psycopg
 import pytest
+from store_records import NOW, init, msg
 
 from ctx_memory import ContextManager
 from ctx_memory.errors import StoreUnavailableError
 from ctx_memory.schema import dumps
 from ctx_memory.stores import _postgres_ops
 from ctx_memory.stores import postgres as postgres_module
-from ctx_memory.stores.base import EncodedMessage, new_header
 from ctx_memory.stores.postgres import PostgresStore
 
 pytestmark = pytest.mark.postgres
 
-NOW = "2025-01-01T00:00:00+00:00"
 V2_TABLES = {"meta", "sessions", "messages", "fetched", "fingerprints"}
 V2_FUNCTIONS = {
     "expiry",
@@ -133,15 +131,6 @@ V2_COLUMNS = {
     "messages": ["sk", "pos", "id", "tokens", "body"],
 }
 V2_SIGNATURES = {("append", 11), ("append_one", 8)}
-
-
-def init(sid: str) -> Any:
-    return new_header(sid, now=NOW, encoding="o200k_base")
-
-
-def msg(i: int) -> EncodedMessage:
-    record = {"role": "user", "content": f"m{i}", "id": f"id-{i}", "token_count": 2}
-    return EncodedMessage(dumps(record), 2, f"id-{i}")
 
 
 def _catalog(url: str, schema: str) -> tuple[set[str], set[str], str]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
+from store_records import NOW, init, msg
 
 from ctx_memory.config import load_settings
 from ctx_memory.errors import ConfigurationError, StoreUnavailableError
@@ -18,7 +19,7 @@ from ctx_memory.manager import ContextManager
 from ctx_memory.schema import dumps, dumps_validated
 from ctx_memory.stores import _postgres_ops, _postgres_sql, create_store
 from ctx_memory.stores import postgres as postgres_module
-from ctx_memory.stores.base import EncodedItem, EncodedMessage, new_header
+from ctx_memory.stores.base import EncodedItem, EncodedMessage
 from ctx_memory.stores.postgres import PostgresStore
 
 if TYPE_CHECKING:
@@ -26,17 +27,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.postgres
 
-NOW = "2025-01-01T00:00:00+00:00"
 TABLES = ("sessions", "messages", "fetched", "fingerprints", "recall_segments")
-
-
-def init(sid: str) -> Any:
-    return new_header(sid, now=NOW, encoding="o200k_base")
-
-
-def msg(i: int, tokens: int = 2) -> EncodedMessage:
-    record = {"role": "user", "content": f"m{i}", "id": f"id-{i}", "token_count": tokens}
-    return EncodedMessage(dumps(record), tokens, f"id-{i}")
 
 
 def rows(url: str, schema: str) -> dict[str, int]:

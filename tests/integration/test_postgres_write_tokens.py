@@ -16,32 +16,21 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
+from store_records import NOW, init, msg
 from test_postgres_schema_versions import _back_to_version_2
 
 from ctx_memory.events import EventType
 from ctx_memory.manager import ContextManager
-from ctx_memory.schema import dumps
 from ctx_memory.stores._postgres_ops import Statement
-from ctx_memory.stores.base import EncodedMessage, new_header
 from ctx_memory.stores.postgres import PostgresStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Generator
 
     from ctx_memory.events import Event
+    from ctx_memory.stores.base import EncodedMessage
 
 pytestmark = pytest.mark.postgres
-
-NOW = "2025-01-01T00:00:00+00:00"
-
-
-def init(sid: str) -> Any:
-    return new_header(sid, now=NOW, encoding="o200k_base")
-
-
-def msg(i: int, tokens: int = 2) -> EncodedMessage:
-    record = {"role": "user", "content": f"m{i}", "id": f"id-{i}", "token_count": tokens}
-    return EncodedMessage(dumps(record), tokens, f"id-{i}")
 
 
 def reply(result: Any) -> tuple[bool, int, tuple[str, ...]]:
