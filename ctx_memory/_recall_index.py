@@ -556,6 +556,24 @@ class RecallIndex:
             for score, position in best
         ]
 
+    def ranked(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        query_vector: Sequence[float] | None = None,
+        context: float = 0.0,
+    ) -> list[tuple[int, float, tuple[str, ...]]]:
+        """:meth:`hybrid_search` given a query vector (and vectors held), else :meth:`search`.
+
+        ``(position, score, matched terms)``, best first; the score is the fused one of a
+        hybrid search.
+        """
+        if query_vector is not None and self.vector_count:
+            hits = self.hybrid_search(query, query_vector, k=k, context=context)
+            return [(hit.position, hit.score, hit.terms) for hit in hits]
+        return self.search(query, k=k, context=context)
+
     # ------------------------------------------------------------ turns
 
     def turn(self, position: int) -> tuple[int, int]:

@@ -14,11 +14,8 @@ from typing import TYPE_CHECKING, Any
 from ctx_memory.errors import ValidationError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from langchain_core.embeddings import Embeddings
 
-    from ctx_memory._recall_index import RecallIndex
     from ctx_memory.manager import ContextManager
 
 __all__ = ["MAX_SEARCH_HITS", "HistoryHit", "asearch_history", "search_history"]
@@ -61,16 +58,6 @@ def _check(query: object, k: object) -> str:
         msg = f"k must be an int from 1 to {MAX_SEARCH_HITS}, got {k!r}"
         raise ValidationError(msg)
     return query
-
-
-def _ranked(
-    index: RecallIndex, query: str, k: int, vector: Sequence[float] | None
-) -> list[tuple[int, float, tuple[str, ...]]]:
-    if vector is not None and index.vector_count:
-        return [
-            (hit.position, hit.score, hit.terms) for hit in index.hybrid_search(query, vector, k=k)
-        ]
-    return index.search(query, k=k)
 
 
 def _hits(
@@ -125,7 +112,7 @@ def search_history(
     if header is None:
         return []
     index = recall.index(manager, session_id, header)
-    found = _ranked(index, query, k, recall.embed_query(query, index))
+    found = index.ranked(query, k, query_vector=recall.embed_query(query, index))
     reads = [manager.get_message_range(session_id, p, p) for p, _, _ in found]
     return _hits(found, reads)
 
@@ -147,6 +134,6 @@ async def asearch_history(
     if header is None:
         return []
     index = await recall.aindex(manager, session_id, header)
-    found = _ranked(index, query, k, await recall.aembed_query(query, index))
+    found = index.ranked(query, k, query_vector=await recall.aembed_query(query, index))
     reads = [await manager.aget_message_range(session_id, p, p) for p, _, _ in found]
     return _hits(found, reads)

@@ -74,13 +74,8 @@ def tool_ranges(
     """
     chosen: list[tuple[int, int]] = []
     spent = 0
-    if query_vector is not None and index.vector_count:
-        hits = index.hybrid_search(query, query_vector, k=k * 4, context=CONTEXT_WEIGHT)
-        positions = [hit.position for hit in hits]
-    else:
-        found = index.search(query, k=k * 4, context=CONTEXT_WEIGHT)
-        positions = [position for position, _, _ in found]
-    for position in positions:
+    found = index.ranked(query, k * 4, query_vector=query_vector, context=CONTEXT_WEIGHT)
+    for position, _, _ in found:
         start, stop = index.turn(position)
         if (start, stop) in chosen:
             continue
