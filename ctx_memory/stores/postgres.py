@@ -385,9 +385,28 @@ class PostgresStore(PostgresOperations):
             elif not loop.is_closed():
                 loop.call_soon_threadsafe(old.cancel)
         if pool is not None:
-            self._guards[loop] = loop.create_task(
+            guard = loop.create_task(
                 close_at_loop_end(pool), name=f"ctx_memory-{self.schema}-pool-guard"
             )
+            guard.add_done_callback(lambda _: self._forget_loop(loop, guard, pool))
+            self._guards[loop] = guard
+
+    def _forget_loop(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        guard: asyncio.Task[None],
+        pool: AsyncConnectionPool[Any],
+    ) -> None:
+        """Drop the entries of a loop whose guard finished.
+
+        Its pool and guard refer to the loop, so the weak keys alone would keep every loop
+        the store was ever used from.
+        """
+        with self._lock:
+            if self._guards.get(loop) is guard:
+                del self._guards[loop]
+            if self._apools.get(loop) is pool:
+                del self._apools[loop]
 
     def _pool_options(self) -> dict[str, Any]:
         return {

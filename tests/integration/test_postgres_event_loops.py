@@ -2,11 +2,12 @@
 
 The store opens one asyncio pool per event loop. When ``asyncio.run`` ends it cancels
 every task left, the pool's with them; the store then closes the pool and its idle
-connections. Before, each loop left its connections open on the server until the
-process ended (a script running one ``asyncio.run`` per job ran the server out of
-connections), and on Python 3.11.2 (Debian 12's) ``asyncio.run`` could wait forever for
-the pool's scheduler. The loops run in a child process, under a timeout, so a hang fails
-the test instead of stopping the suite.
+connections, and forgets the loop. Before, each loop left its connections open on the
+server until the process ended (a script running one ``asyncio.run`` per job ran the
+server out of connections), the store kept a reference to every such loop, and
+``asyncio.run`` could wait forever at its end (seen on Python 3.11.2, Debian 12's). The
+loops run in a child process, under a timeout, so a hang fails the test instead of
+stopping the suite.
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ SCRIPT = textwrap.dedent(
         asyncio.run(job(i))
         counts.append(ours())
     history = manager.get_history("s1")
+    kept = len(store._guards) + len(store._apools)  # entries of loops that ended
     store.close()
-    print(json.dumps({"before": before, "counts": counts, "messages": len(history)}))
+    print(json.dumps({"before": before, "counts": counts, "messages": len(history), "kept": kept}))
     """
 )
 
@@ -75,3 +77,4 @@ def test_each_loop_s_pool_is_closed_when_asyncio_run_ends(
     # Connections of other tests' stores in this process are idle and counted alike in
     # "before"; the child's own pools add at most the sync pool's and one loop's.
     assert max(report["counts"]) <= report["before"] + 2, report
+    assert report["kept"] == 0  # the store holds on to no loop that ended
