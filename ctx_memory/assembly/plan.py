@@ -240,6 +240,15 @@ class PromptPlan:
         """Whether older turns are to be recalled (the session's index is needed)."""
         return self.recall_budget > 0
 
+    def recall_room(self, window_tokens: int) -> int:
+        """What recalled turns may take beside a window of ``window_tokens``.
+
+        The history budget the window leaves, at most ``recall_max_tokens``.
+        """
+        room = self.history_budget - window_tokens
+        cap = self.recall_max_tokens
+        return room if cap is None else min(room, cap)
+
     @property
     def reads_excluded(self) -> bool:
         """Whether messages ``end`` to ``stored - 1`` are to be read (for the report)."""
@@ -456,7 +465,8 @@ def finish_prompt(
     ``choice`` and ``recalled`` are the turns
     :func:`~ctx_memory.assembly.recalled.recall_step` chose and the records
     read for them (one list per turn); they are repaired, counted exactly and cut to
-    what the window left of the history budget, weakest first. ``cache_hints`` holds
+    what the window left of the history budget (at most ``recall_max_tokens``), weakest
+    first. ``cache_hints`` holds
     ``"anthropic"`` (``cache_control`` on the system message and the last history
     message) and/or ``"openai"`` (``prompt_cache_key`` in
     :attr:`AssembledPrompt.model_kwargs`). ``notes`` are reported as
@@ -481,7 +491,7 @@ def finish_prompt(
     part = finish_recalled(
         plan,
         window_start,
-        plan.history_budget - window.tokens,
+        plan.recall_room(window.tokens),
         choice,
         recalled,
         counter=counter,

@@ -71,10 +71,14 @@ RECALL_HEADING = "Recalled from earlier in this conversation (oldest first):"
 
 _MARKER_ESTIMATE = 16  # a gap marker as a user message, upper bound for choosing
 _PLACEHOLDER_ESTIMATE = 48  # a cleared tool output's placeholder, upper bound for choosing
-# Per recalled message rendered as text, for choosing (the exact count decides): its
-# ``[position role]`` label (~4 tokens) and a share of the gap line before its turn
-# (~11 tokens per turn), less the per-message overhead its cached count includes (~4).
-_TEXT_OVERHEAD = 6
+# For choosing, in the stable layout (the exact count decides): per recalled message, its
+# ``[position role]`` label less the per-message overhead its cached count includes
+# (about 1 token); per turn that touches no other recalled turn, the gap line before it.
+_TEXT_OVERHEAD = 1
+_GAP_LINE = 11
+# The stable layout chooses this share more than the estimates say fits, and the exact
+# count drops the weakest turns: a budget left unused costs coverage.
+_SPARE_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -108,11 +112,13 @@ class RecallChoice:
         turns: The turns, in history order.
         budget: Tokens they may take.
         ids: Message ids by position (from the index), for the report.
+        spent: Their estimated tokens (cached counts and overheads, as chosen).
     """
 
     turns: tuple[RecalledTurn, ...]
     budget: int
     ids: Mapping[int, str | None]
+    spent: int = 0
 
     @property
     def reads(self) -> list[tuple[int, int]]:
@@ -166,6 +172,7 @@ def choose_turns(
     before: int,
     budget: int,
     overhead: int,
+    gap: int = 0,
     skip_ids: frozenset[str] = frozenset(),
     query_vector: Sequence[float] | None = None,
     cost: Callable[[int, int], int] | None = None,
@@ -175,14 +182,18 @@ def choose_turns(
     ``cost(start, stop)`` prices a turn (default: its messages' cached tokens,
     :meth:`RecallIndex.cost <ctx_memory.recall.RecallIndex.cost>`).
 
-    Each turn's cost is its cached tokens plus ``overhead`` (a gap marker or the text
-    a layout adds). Turns are taken best first; one that does not fit is passed over
-    for a smaller one. Messages whose id is in ``skip_ids`` are never recalled. With
-    ``query_vector`` (and vectors in the index) the hits are those of
+    Each turn's cost is its cached tokens, plus ``overhead`` per message (the text a
+    layout adds to each), plus ``gap`` (a gap marker) unless it touches a turn already
+    chosen. Turns are taken best first; one that does not fit is passed over for a
+    smaller one. :attr:`RecallChoice.spent` is what the chosen turns cost so. Messages
+    whose id is in ``skip_ids`` are never recalled. With ``query_vector`` (and vectors
+    in the index) the hits are those of
     :meth:`~ctx_memory.recall.RecallIndex.hybrid_search`, else of BM25 alone; both in
     context (:data:`~ctx_memory.recall.CONTEXT_WEIGHT`).
     """
     chosen: dict[int, list[Any]] = {}
+    starts: set[int] = set()
+    stops: set[int] = set()
     spent = 0
     signals: dict[int, tuple[float, float | None]] = {}
     if query_vector is not None and index.vector_count:
@@ -206,9 +217,12 @@ def choose_turns(
         if skip_ids and any(index.ids[p] in skip_ids for p in range(start, stop)):
             continue
         price = index.cost(start, stop) if cost is None else cost(start, stop)
-        if spent + price + overhead > budget:
+        extra = overhead * (stop - start) + (0 if start in stops or stop in starts else gap)
+        if spent + price + extra > budget:
             continue
-        spent += price + overhead
+        spent += price + extra
+        starts.add(start)
+        stops.add(stop)
         chosen[start] = [start, stop, score, [(position, score, terms)], price]
     turns = tuple(
         RecalledTurn(
@@ -222,7 +236,7 @@ def choose_turns(
         for s, e, score, hits, priced in (chosen[key] for key in sorted(chosen))
     )
     ids = {p: index.ids[p] for t in turns for p, _, _ in t.hits}
-    return RecallChoice(turns, budget, ids)
+    return RecallChoice(turns, budget, ids, spent)
 
 
 def gap_messages(turns: Sequence[tuple[int, int]], window_start: int) -> list[tuple[int, str]]:
@@ -249,6 +263,8 @@ def fit_recalled(
     """Repair each turn's tool pairs, then drop the weakest turns until ``measure`` fits.
 
     ``measure`` gives the exact tokens the turns add to the prompt (markers included).
+    Over budget, the weakest turns whose cached costs cover the excess go at once and
+    ``measure`` decides again (a recount per batch, not per turn).
 
     Returns:
         ``(kept turns, their exact tokens, messages dropped by the tool-pair repair)``.
@@ -264,8 +280,15 @@ def fit_recalled(
         tokens = measure(repaired)
         if tokens <= budget:
             return repaired, tokens, dropped
-        weakest = min(range(len(repaired)), key=lambda i: (repaired[i][0].score, -i))
-        del repaired[weakest]
+        # Drop the weakest turns whose estimated costs cover the excess, all at once:
+        # one recount per batch, not per turn (the recount decides again).
+        excess, freed, drop = tokens - budget, 0, set()
+        for i in sorted(range(len(repaired)), key=lambda i: (repaired[i][0].score, -i)):
+            drop.add(i)
+            freed += max(repaired[i][0].cost, 1)
+            if freed >= excess:
+                break
+        repaired = [turn for i, turn in enumerate(repaired) if i not in drop]
     return [], 0, dropped
 
 
@@ -357,20 +380,20 @@ def recall_step(
         return None, plan.history  # stable: recall_beside_window, once the window is read
     window_budget = plan.history_budget - plan.recall_budget
     before = recency_start(index, plan.end, window_budget)
-    overhead = _MARKER_ESTIMATE
     choice = choose_turns(
         index,
         plan.query,
         before=before,
         budget=plan.recall_budget - _MARKER_ESTIMATE,  # the marker between recall and window
-        overhead=overhead,
+        overhead=0,
+        gap=_MARKER_ESTIMATE,
         skip_ids=plan.skip_ids,
         query_vector=query_vector,
         cost=_view_cost(index, plan.history.view),
     )
     if not choice.turns:
         return None, plan.history
-    used = sum(t.cost + overhead for t in choice.turns) + _MARKER_ESTIMATE
+    used = choice.spent + _MARKER_ESTIMATE
     chunks = HistoryChunks(
         plan.draft.metadata,
         plan.history_budget - used,
@@ -394,14 +417,14 @@ def recall_beside_window(
     The window's size does not depend on the question, so it is read first; recall then
     gets everything of the history budget the window left (a window trimmed in blocks
     is between half full and full), at most ``recall_max_tokens``, and reaches every
-    turn before where the window really starts. ``None`` in the classic layout
-    (:func:`recall_step` chose before the window) or when nothing is recalled.
+    turn before where the window really starts. It chooses a twentieth more than the
+    estimates say fits; the exact count in :func:`finish_recalled` drops the weakest.
+    ``None`` in the classic layout (:func:`recall_step` chose before the window) or when
+    nothing is recalled.
     """
     if index is None or not plan.recalls or plan.draft.layout != "stable":
         return None
-    budget = plan.history_budget - window.tokens
-    if plan.recall_max_tokens is not None:
-        budget = min(budget, plan.recall_max_tokens)
+    budget = plan.recall_room(window.tokens)
     before = window.start if window.start is not None else plan.end
     if plan.history.view is not None:
         before = plan.history.view.verbatim_start(before)  # a summary's range stays in reach
@@ -409,8 +432,9 @@ def recall_beside_window(
         index,
         plan.query,
         before=before,
-        budget=budget - _MARKER_ESTIMATE,  # the heading before the recalled turns
-        overhead=_TEXT_OVERHEAD * 2,
+        budget=int((budget - _MARKER_ESTIMATE) * (1 + _SPARE_SHARE)),  # less the heading
+        overhead=_TEXT_OVERHEAD,
+        gap=_GAP_LINE,
         skip_ids=plan.skip_ids,
         query_vector=query_vector,
         cost=_view_cost(index, plan.history.view),

@@ -441,3 +441,42 @@ def test_warm_assembly_reads_only_what_it_sends(manager):
     result = assembler.assemble("s1", QUESTION)
     assert result.report.recalled
     assert sum(read) < 3 * result.report.history_messages + 10
+
+
+def test_stable_recall_fills_what_the_window_leaves(manager):
+    # Every user message matches the question, so recall is limited by its budget alone.
+    rng = random.Random(3)
+    messages: list[BaseMessage] = []
+    for i in range(600):
+        words = " ".join(rng.choice(WORDS) for _ in range(6))
+        messages += [HumanMessage(f"The orchard ledger {i}: {words}"), AIMessage("Noted.")]
+    manager.add_messages("s1", messages)
+    assembler = ContextPromptAssembler(manager, max_tokens=2000, reserve_tokens=0, layout="stable")
+    result = assembler.assemble("s1", "What did the orchard ledger say?")
+    report = result.report
+    assert COUNTER.count_chat(result.messages) == report.total_tokens <= 2000
+    turn = COUNTER.count_message("user", messages[0].text) + COUNTER.count_message("ai", "Noted.")
+    # Less than two turns' worth of the budget is left unused (260 tokens were, when each
+    # turn was priced at a fixed upper bound).
+    assert report.remaining_tokens < 2 * turn, (report.remaining_tokens, turn)
+    assert len(report.recalled) > 20
+
+
+def test_fit_recalled_drops_the_weakest_turns_covering_the_excess_at_once():
+    from ctx_memory.assembly.recalled import RecalledTurn, fit_recalled
+
+    turns = [
+        (RecalledTurn(i * 2, i * 2 + 2, score, ((i * 2, score, ("x",)),), 10), [{"role": "user"}])
+        for i, score in enumerate([5.0, 1.0, 3.0, 2.0, 4.0])
+    ]
+    measured: list[int] = []
+
+    def measure(kept):
+        measured.append(len(kept))
+        return 10 * len(kept)
+
+    kept, tokens, dropped = fit_recalled(turns, budget=25, measure=measure)
+    assert [t.score for t, _ in kept] == [5.0, 4.0]  # the three weakest, in history order
+    assert [t.start for t, _ in kept] == [0, 8]
+    assert (tokens, dropped) == (20, 0)
+    assert measured == [5, 2]  # one recount for the whole batch
