@@ -383,6 +383,8 @@ class SaveRecallSegments(Op[bool]):
             if not isinstance(segment, str):
                 msg = f"recall segment {i} is a {type(segment).__name__}, not a str"
                 raise ValidationError(msg)
+            if segment.isascii() and "\x00" not in segment:
+                continue  # the common case, checked at C speed (the regex is 100x slower)
             bad = _NOT_STORABLE.search(segment)
             if bad is not None:
                 kind = "a NUL character" if bad.group() == "\x00" else "a lone surrogate"
