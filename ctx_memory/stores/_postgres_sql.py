@@ -8,7 +8,7 @@ message ids and every stored value travel as bound parameters.
 
 Tables (schema version :data:`SCHEMA_VERSION`, kept in ``meta``)::
 
-    meta(key, value)                        -- ('schema_version', '3')
+    meta(key, value)                        -- ('schema_version', '4')
     sessions(sk, id, sp, md, sh, mc, tc, ts, n_messages, n_fetched, expires_at, last_access, ct)
     messages(sk, pos, id, tokens, body, wt) -- PRIMARY KEY (sk, pos), UNIQUE (sk, id)
     fetched(sk, seq, source_type, body)     -- PRIMARY KEY (sk, seq)
@@ -66,7 +66,7 @@ __all__ = [
     "schema_name_problem",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """The layout this module writes (``meta.schema_version``)."""
 
 _RECALL_SEGMENTS = """CREATE TABLE {s}.recall_segments (
@@ -91,6 +91,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # deletes its rows, save_recall writes them) and the write tokens' columns (append and
     # append_one take a token: new signatures, created beside the old ones).
     2: (_RECALL_SEGMENTS, _WRITE_TOKENS),
+    # 3 -> 4: evict checks that a victim is still the least recently used once it holds its
+    # row (no table changes; the functions re-created after it bring the new body).
+    3: (),
 }
 """Statements taking a schema from version ``k`` to ``k + 1`` (``{s}`` is the schema).
 
@@ -99,10 +102,12 @@ re-creates the functions, in one transaction. Version 1 is the first layout; ver
 adds the function ``append_one`` (no table changes); version 3 the table
 ``recall_segments``, the function ``save_recall``, and the write tokens: the columns
 ``sessions.ct`` and ``messages.wt``, and ``append`` and ``append_one`` with two more
-parameters (the token, and whether this is a second attempt). Their version-2 forms stay in
-a migrated schema (a function of another signature is another function), so that a process
-of the release before, still running, goes on appending (storing no token) until it reopens
-the schema and refuses it.
+parameters (the token, and whether this is a second attempt); version 4 the function
+``evict`` that does not evict a session written to while it chose (no table changes).
+The version-2 forms of ``append`` and ``append_one`` stay in a migrated schema (a function
+of another signature is another function), so that a process of a version-2 release, still
+running, goes on appending (storing no token) until it reopens the schema and refuses it; a
+process of a version-3 release calls the same functions as this one.
 """
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
@@ -231,24 +236,37 @@ END
 $fn$;
 
 -- After creating session p_keep: at most p_max sessions (expired ones go first).
+-- A victim is locked only if its last_access is still the one it was chosen for: a write
+-- that touched it meanwhile (committed, or holding its row until it commits) makes it
+-- recent, and the next least recently used goes instead (ORDER BY ... FOR UPDATE would
+-- lock and evict it anyway: the order is not checked again after the wait).
 CREATE OR REPLACE FUNCTION {s}.evict(p_max integer, p_keep bigint,
                                      OUT o_expired text[], OUT o_evicted text[])
 LANGUAGE plpgsql AS $fn$
 DECLARE
     r record;
     n bigint;
+    dropped integer;
 BEGIN
     o_evicted := '{{}}';
     PERFORM pg_advisory_xact_lock({lock});  -- creators count one at a time
     o_expired := {s}.collect();
-    SELECT count(*) INTO n FROM {s}.sessions;
-    IF n > p_max THEN
-        FOR r IN SELECT sk, id FROM {s}.sessions WHERE sk <> p_keep
-                 ORDER BY last_access LIMIT n - p_max FOR UPDATE LOOP
-            PERFORM {s}.drop_session(r.sk);
-            o_evicted := o_evicted || r.id;
+    LOOP
+        SELECT count(*) INTO n FROM {s}.sessions;
+        EXIT WHEN n <= p_max;
+        dropped := 0;
+        FOR r IN SELECT sk, id, last_access FROM {s}.sessions WHERE sk <> p_keep
+                 ORDER BY last_access LIMIT n - p_max LOOP
+            PERFORM 1 FROM {s}.sessions
+                WHERE sk = r.sk AND last_access = r.last_access FOR UPDATE;
+            IF FOUND THEN
+                PERFORM {s}.drop_session(r.sk);
+                o_evicted := o_evicted || r.id;
+                dropped := dropped + 1;
+            END IF;
         END LOOP;
-    END IF;
+        EXIT WHEN dropped = 0 AND NOT EXISTS (SELECT 1 FROM {s}.sessions WHERE sk <> p_keep);
+    END LOOP;
 END
 $fn$;
 

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
-from store_records import NOW, init, msg
+from store_records import NOW, init, msg, wait_for, waiting_on_locks
 
 from ctx_memory.stores.postgres import PostgresStore
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
 pytestmark = pytest.mark.postgres
 
@@ -29,22 +28,6 @@ pytestmark = pytest.mark.postgres
 def store(postgres_url: str, pg_schema: str) -> Iterator[PostgresStore]:
     with PostgresStore(postgres_url, schema=pg_schema, ttl_seconds=3600, pool_size=2) as store:
         yield store
-
-
-def waiting_on_locks(conn: psycopg.Connection[Any], marker: str) -> int:
-    row = conn.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
-        (f"%{marker}%",),
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-def wait_for(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, "a statement never queued on the row lock"
-        time.sleep(0.01)
 
 
 def rows_left(conn: psycopg.Connection[Any], schema: str, sk: int) -> int:

@@ -3,7 +3,8 @@ the release before it.
 
 There is no fixture file (as ``tests/fixtures`` has for SQLite and Redis): an older layout
 is made with today's store, then what the later versions added is taken away
-(:func:`_back_to_version_2`, whose result is checked against the version-2 catalog).
+(:func:`_back_to_version_3`, :func:`_back_to_version_2`, whose result is checked against
+the version-2 catalog).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ctx_memory.errors import StoreUnavailableError
 from ctx_memory.schema import dumps
 from ctx_memory.stores import _postgres_ops
 from ctx_memory.stores import postgres as postgres_module
+from ctx_memory.stores._postgres_sql import SchemaSql
 from ctx_memory.stores.postgres import PostgresStore
 
 pytestmark = pytest.mark.postgres
@@ -113,6 +115,29 @@ BEGIN
 END
 $fn$;
 """
+# evict as versions 1 to 3 wrote it (version 4 checks a victim's last_access once locked)
+V3_EVICT = """
+CREATE OR REPLACE FUNCTION "{s}".evict(p_max integer, p_keep bigint,
+                                       OUT o_expired text[], OUT o_evicted text[])
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    r record;
+    n bigint;
+BEGIN
+    o_evicted := '{}';
+    PERFORM pg_advisory_xact_lock({lock});
+    o_expired := "{s}".collect();
+    SELECT count(*) INTO n FROM "{s}".sessions;
+    IF n > p_max THEN
+        FOR r IN SELECT sk, id FROM "{s}".sessions WHERE sk <> p_keep
+                 ORDER BY last_access LIMIT n - p_max FOR UPDATE LOOP
+            PERFORM "{s}".drop_session(r.sk);
+            o_evicted := o_evicted || r.id;
+        END LOOP;
+    END IF;
+END
+$fn$;
+"""
 V2_COLUMNS = {
     "sessions": [
         "sk",
@@ -186,8 +211,30 @@ def _rows(url: str, schema: str, tables: set[str]) -> dict[str, int]:
         }
 
 
+def _evict_definition(url: str, schema: str) -> str:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT pg_get_functiondef(p.oid) FROM pg_proc AS p "
+            "JOIN pg_namespace AS n ON n.oid = p.pronamespace "
+            "WHERE n.nspname = %s AND p.proname = 'evict'",
+            (schema,),
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _back_to_version_3(url: str, schema: str) -> None:
+    """Turn a schema of today's layout into the one the version-3 release made."""
+    with psycopg.connect(url) as conn, conn.transaction():
+        lock = str(SchemaSql(schema).lock_key)
+        conn.execute(V3_EVICT.replace("{s}", schema).replace("{lock}", lock))
+        conn.execute(f"UPDATE \"{schema}\".meta SET value = '3'")
+    assert "r.last_access" not in _evict_definition(url, schema)
+
+
 def _back_to_version_2(url: str, schema: str) -> None:
     """Turn a schema of today's layout into the one the version-2 release made."""
+    _back_to_version_3(url, schema)
     with psycopg.connect(url) as conn, conn.transaction():
         conn.execute(f'DROP FUNCTION "{schema}".save_recall')
         conn.execute(V2_DROP_SESSION.replace("{s}", schema))
@@ -224,7 +271,7 @@ def test_a_version_2_postgres_schema_is_migrated_and_keeps_recall_segments(
         assert store.list_sessions() == ["s", "t"]
         assert {sid: store.get_document(sid) for sid in ("s", "t")} == before
         tables, functions, version = _catalog(postgres_url, pg_schema)
-        assert (tables, version) == ({*V2_TABLES, "recall_segments"}, "3")
+        assert (tables, version) == ({*V2_TABLES, "recall_segments"}, "4")
         assert functions == {*V2_FUNCTIONS, "save_recall"}
         assert _columns(postgres_url, pg_schema) == {
             "sessions": [*V2_COLUMNS["sessions"], "ct"],
@@ -280,7 +327,7 @@ def _v2_process_appends(url: str, schema: str, sid: str) -> None:
 def test_a_version_1_postgres_schema_is_migrated_through(postgres_url: str, pg_schema: str) -> None:
     """Version 1 (the first layout) had every function of version 2 but ``append_one``:
     opening it runs both migrations; the sessions, their counters and appends go on."""
-    assert postgres_module.SCHEMA_VERSION == 3
+    assert postgres_module.SCHEMA_VERSION == 4
     with PostgresStore(postgres_url, schema=pg_schema, ttl_seconds=3600) as store:
         store.append_messages("s", [msg(1), msg(2)], init=init("s"), now=NOW)
     _back_to_version_2(postgres_url, pg_schema)
@@ -300,21 +347,46 @@ def test_a_version_1_postgres_schema_is_migrated_through(postgres_url: str, pg_s
         assert store.save_recall_segments("s", ["a"])
         assert store.get_recall_segments("s") == ["a"]
     _, functions, version = _catalog(postgres_url, pg_schema)
-    assert version == "3"
+    assert version == "4"
     assert functions == {*V2_FUNCTIONS, "save_recall"}
+    assert "r.last_access" in _evict_definition(postgres_url, pg_schema)
 
 
-def test_the_release_before_refuses_a_version_3_postgres_schema(
+def test_a_version_3_postgres_schema_gets_the_eviction_that_checks_again(
+    postgres_url: str, pg_schema: str
+) -> None:
+    """Version 3 evicted a session written to while eviction waited for its row (see
+    ``test_postgres_evict_race.py``); opening it re-creates ``evict`` (no table changes),
+    and the sessions, their rows and the LRU order are kept."""
+    with PostgresStore(postgres_url, schema=pg_schema, max_sessions=3) as store:
+        for i, sid in enumerate(("a", "b", "c")):
+            store.append_messages(sid, [msg(i)], init=init(sid), now=NOW)
+        store.save_recall_segments("a", ["x"])
+        before = {sid: store.get_document(sid) for sid in ("a", "b", "c")}
+    tables, functions, _ = _catalog(postgres_url, pg_schema)
+    columns, signatures = _columns(postgres_url, pg_schema), _signatures(postgres_url, pg_schema)
+    _back_to_version_3(postgres_url, pg_schema)
+    with PostgresStore(postgres_url, schema=pg_schema, max_sessions=3) as store:
+        assert {sid: store.get_document(sid) for sid in ("a", "b", "c")} == before
+        assert _catalog(postgres_url, pg_schema) == (tables, functions, "4")
+        assert _columns(postgres_url, pg_schema) == columns
+        assert _signatures(postgres_url, pg_schema) == signatures
+        assert "r.last_access" in _evict_definition(postgres_url, pg_schema)
+        assert store.get_recall_segments("a") == ["x"]
+        assert store.append_messages("d", [msg(4)], init=init("d"), now=NOW).evicted == ("a",)
+
+
+def test_the_release_before_refuses_a_version_4_postgres_schema(
     postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A store that knows version 2 at most (the release before) refuses this layout."""
+    """A store that knows version 3 at most (the release before) refuses this layout."""
     with PostgresStore(postgres_url, schema=pg_schema) as store:
         store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
         store.save_recall_segments("s", ["a"])
-    monkeypatch.setattr(_postgres_ops, "SCHEMA_VERSION", 2)  # where it is checked
+    monkeypatch.setattr(_postgres_ops, "SCHEMA_VERSION", 3)  # where it is checked
     with (
         PostgresStore(postgres_url, schema=pg_schema) as older,
-        pytest.raises(StoreUnavailableError, match="has version 3, newer"),
+        pytest.raises(StoreUnavailableError, match="has version 4, newer"),
     ):
         older.get_messages("s")
-    assert _catalog(postgres_url, pg_schema)[2] == "3"
+    assert _catalog(postgres_url, pg_schema)[2] == "4"
