@@ -464,7 +464,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         window = read_history_window(self.manager, session_id, chunks)
         choice = choice or recall_beside_window(plan, index, window, query_vector=vector)
         spans = choice.spans if choice is not None else []
-        read = [self.manager.get_message_range(session_id, a, b) for a, b in spans]
+        read = self.manager.get_message_spans(session_id, spans)
         recalled = choice.split(read) if choice is not None else []
         excluded: list[dict[str, Any]] = []
         if plan.reads_excluded:
@@ -525,7 +525,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         window = await aread_history_window(self.manager, session_id, chunks)
         choice = choice or recall_beside_window(plan, index, window, query_vector=vector)
         spans = choice.spans if choice is not None else []
-        read = [await self.manager.aget_message_range(session_id, a, b) for a, b in spans]
+        read = await self.manager.aget_message_spans(session_id, spans)
         recalled = choice.split(read) if choice is not None else []
         excluded: list[dict[str, Any]] = []
         if plan.reads_excluded:

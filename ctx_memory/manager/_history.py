@@ -30,6 +30,7 @@ from ctx_memory.stores.ops import (
     DeleteMessages,
     GetFetched,
     GetMessages,
+    GetMessageSpans,
     ReplaceMessage,
     TruncateMessages,
 )
@@ -481,6 +482,26 @@ class HistoryMethods(SessionMethods):
         """Async :meth:`get_message_range`."""
         validate_session_id(session_id, existing=True)
         return await self._aexecute(GetMessages(session_id, start, end))
+
+    def get_message_spans(
+        self, session_id: str, spans: Sequence[tuple[int, int]]
+    ) -> list[list[dict[str, Any]]]:
+        """The records of each ``(start, end)`` span, read at once.
+
+        Spans are inclusive, ``0 <= start <= end``; one store round trip however many
+        there are (what recall reads).
+        """
+        validate_session_id(session_id, existing=True)
+        op = GetMessageSpans(session_id, tuple(spans))
+        return self._execute(op) if op.spans else []
+
+    async def aget_message_spans(
+        self, session_id: str, spans: Sequence[tuple[int, int]]
+    ) -> list[list[dict[str, Any]]]:
+        """Async :meth:`get_message_spans`."""
+        validate_session_id(session_id, existing=True)
+        op = GetMessageSpans(session_id, tuple(spans))
+        return await self._aexecute(op) if op.spans else []
 
     def get_fetched_context(
         self, session_id: str, source_type: str | None = None

@@ -44,6 +44,7 @@ from ctx_memory.stores.ops import (
     GetFetched,
     GetHeader,
     GetMessages,
+    GetMessageSpans,
     GetRecallSegments,
     ListPage,
     ListSessions,
@@ -185,7 +186,10 @@ class PostgresOperations(BaseStore):
         touch = self.max_sessions is not None
         self._reads = {
             kind: self._sql.read(kind, touch=touch)
-            for kind in ("exists", "count", "header", "document", "messages", "fetched")
+            for kind in (
+                *("exists", "count", "header", "document"),
+                *("messages", "message_spans", "fetched"),
+            )
         }
         self._reads["fetched_type"] = self._sql.read("fetched_type", touch=touch)
         init = "%s, %s, %s, %s, %s::float8, %s::integer"
@@ -283,6 +287,8 @@ class PostgresOperations(BaseStore):
                 return self._append_messages(op, found, again=again, token=token)
             case GetMessages():
                 return self._get_messages(op)
+            case GetMessageSpans():
+                return self._get_message_spans(op)
             case GetHeader():
                 return self._get_header(op)
             case GetDocument():
@@ -361,6 +367,17 @@ class PostgresOperations(BaseStore):
         row = yield from self._read("messages", id=op.session_id, lo=op.start, hi=op.end)
         messages: list[dict[str, Any]] = json.loads(row[0])  # one decode of the whole range
         return messages
+
+    def _get_message_spans(
+        self, op: GetMessageSpans
+    ) -> Generator[Statement, Any, list[list[dict[str, Any]]]]:
+        spans = op.spans
+        if not spans:
+            return []
+        los, his = [a for a, _ in spans], [b for _, b in spans]
+        row = yield from self._read("message_spans", id=op.session_id, los=los, his=his)
+        parts: list[list[dict[str, Any]]] = json.loads(row[0])  # one decode of every span
+        return parts or [[] for _ in spans]  # [] when the session is absent
 
     def _get_fetched(
         self, op: GetFetched

@@ -533,6 +533,15 @@ _READS = {
         "least(CASE WHEN %(hi)s < 0 THEN %(hi)s + s.n_messages ELSE %(hi)s END, "
         "s.n_messages - 1) ORDER BY m.pos) AS m"
     ),
+    # Several spans (non-negative, inclusive): one JSON array per span, in the spans' order,
+    # each an ordered index scan as above.
+    "message_spans": (
+        "SELECT '[' || coalesce(string_agg(x.j, ',' ORDER BY x.i), '') || ']' "
+        "FROM s CROSS JOIN LATERAL (SELECT r.i, '[' || coalesce((SELECT string_agg(b.body, ',') "
+        "FROM (SELECT m.body FROM {s}.messages AS m WHERE m.sk = s.sk AND m.pos BETWEEN r.lo "
+        "AND least(r.hi, s.n_messages - 1) ORDER BY m.pos) AS b), '') || ']' AS j "
+        "FROM unnest(%(los)s::integer[], %(his)s::integer[]) WITH ORDINALITY AS r(lo, hi, i)) AS x"
+    ),
     "fetched": f"SELECT ({_FETCHED_JSON}) FROM s",
     # one row per segment, in order (no rows: none, or no live session); never touched
     "recall_segments": (

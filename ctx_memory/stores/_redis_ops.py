@@ -56,6 +56,7 @@ from ctx_memory.stores.ops import (
     GetFetched,
     GetHeader,
     GetMessages,
+    GetMessageSpans,
     GetRecallSegments,
     ListPage,
     ListSessions,
@@ -239,16 +240,25 @@ class RedisOperations(BaseStore):
         """
         if self.max_sessions is None:  # no LRU index to touch, and reads never slide the TTL
             return (yield Command(command))
+        return (yield from self._plain_reads((command,), session_id))[0]
+
+    def _plain_reads(
+        self, commands: tuple[tuple[Any, ...], ...], session_id: str
+    ) -> Generator[Request, Any, list[Any]]:
+        """The replies of read ``commands`` in one round trip, as :meth:`_plain_read`."""
+        if self.max_sessions is None:
+            return list((yield Pipeline(commands)))
         touch = self._touch(session_id)
+        replies: list[Any]
         if self.cluster:
-            reply, exists = yield Pipeline(
-                (command, ("EXISTS", session_keys(self.prefix, session_id).h))
+            *replies, exists = yield Pipeline(
+                (*commands, ("EXISTS", session_keys(self.prefix, session_id).h))
             )
             if exists:
                 yield touch
-            return reply
-        reply, _ = yield Pipeline((command, _eval_command(touch)))
-        return reply
+            return replies
+        *replies, _ = yield Pipeline((*commands, _eval_command(touch)))
+        return replies
 
     def _write(
         self,
@@ -402,6 +412,17 @@ class RedisOperations(BaseStore):
     ) -> Generator[Request, Any, list[dict[str, Any]]]:
         command = ("LRANGE", session_keys(self.prefix, session_id).m, start, end)
         return decode_messages((yield from self._plain_read(command, session_id)))
+
+    def _op_message_spans(
+        self, session_id: str, spans: tuple[tuple[int, int], ...]
+    ) -> Generator[Request, Any, list[list[dict[str, Any]]]]:
+        if not spans:
+            return []
+        key = session_keys(self.prefix, session_id).m
+        commands = tuple(("LRANGE", key, start, end) for start, end in spans)
+        return [
+            decode_messages(reply) for reply in (yield from self._plain_reads(commands, session_id))
+        ]
 
     def _op_count(self, session_id: str) -> Generator[Request, Any, int]:
         command = ("LLEN", session_keys(self.prefix, session_id).m)
@@ -681,6 +702,8 @@ class RedisOperations(BaseStore):
                 return self._op_append_messages(op.session_id, op.messages, op.init, op.now)
             case GetMessages():
                 return self._op_messages(op.session_id, op.start, op.end)
+            case GetMessageSpans():
+                return self._op_message_spans(op.session_id, op.spans)
             case GetHeader():
                 return self._op_header(op.session_id)
             case GetDocument():

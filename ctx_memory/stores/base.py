@@ -365,6 +365,12 @@ class BaseStore(Closeable):
         """Execute :class:`~ctx_memory.stores.ops.GetMessages`."""
         return self.execute(ops.GetMessages(session_id, start, end))
 
+    def get_message_spans(
+        self, session_id: str, spans: Sequence[tuple[int, int]]
+    ) -> list[list[dict[str, Any]]]:
+        """Execute :class:`~ctx_memory.stores.ops.GetMessageSpans`."""
+        return self.execute(ops.GetMessageSpans(session_id, tuple(spans)))
+
     def count_messages(self, session_id: str) -> int:
         """Execute :class:`~ctx_memory.stores.ops.CountMessages`."""
         return self.execute(ops.CountMessages(session_id))
@@ -501,6 +507,12 @@ class BaseStore(Closeable):
     ) -> list[dict[str, Any]]:
         """Async :meth:`get_messages`."""
         return await self.aexecute(ops.GetMessages(session_id, start, end))
+
+    async def aget_message_spans(
+        self, session_id: str, spans: Sequence[tuple[int, int]]
+    ) -> list[list[dict[str, Any]]]:
+        """Async :meth:`get_message_spans`."""
+        return await self.aexecute(ops.GetMessageSpans(session_id, tuple(spans)))
 
     async def acount_messages(self, session_id: str) -> int:
         """Async :meth:`count_messages`."""

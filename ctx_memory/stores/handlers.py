@@ -32,6 +32,7 @@ from ctx_memory.stores.ops import (
     GetFetched,
     GetHeader,
     GetMessages,
+    GetMessageSpans,
     GetRecallSegments,
     ListPage,
     ListSessions,
@@ -63,6 +64,8 @@ class OperationStore(BaseStore):
                 return self._append_messages(op)
             case GetMessages():
                 return self._get_messages(op)
+            case GetMessageSpans():
+                return self._get_message_spans(op)
             case GetHeader():
                 return self._get_header(op)
             case GetDocument():
@@ -139,6 +142,14 @@ class OperationStore(BaseStore):
     @abc.abstractmethod
     def _get_messages(self, op: GetMessages) -> list[dict[str, Any]]:
         """Messages ``op.start..op.end`` (``LRANGE`` rules)."""
+
+    def _get_message_spans(self, op: GetMessageSpans) -> list[list[dict[str, Any]]]:
+        """Each span's messages; this default reads them one :meth:`_get_messages` each.
+
+        Override it to read them at once (one round trip, one snapshot).
+        """
+        session_id = op.session_id
+        return [self._get_messages(GetMessages(session_id, a, b)) for a, b in op.spans]
 
     @abc.abstractmethod
     def _count_messages(self, op: CountMessages) -> int:

@@ -36,6 +36,7 @@ from ctx_memory.stores.ops import (
     GetFetched,
     GetHeader,
     GetMessages,
+    GetMessageSpans,
     GetRecallSegments,
     ListPage,
     ListSessions,
@@ -280,6 +281,16 @@ class InMemoryStore(OperationStore):
 
         raw: list[str] = self._read(session_id, read, default=[])
         return _decode_all(raw)  # decode outside the lock
+
+    @override
+    def _get_message_spans(self, op: GetMessageSpans) -> list[list[dict[str, Any]]]:
+        spans = op.spans
+
+        def read(s: _Session) -> list[list[str]]:
+            return [s.messages[start : end + 1] for start, end in spans]
+
+        raw: list[list[str]] = self._read(op.session_id, read, default=None) or [[] for _ in spans]
+        return [_decode_all(part) for part in raw]  # decode outside the lock
 
     @override
     def _count_messages(self, op: CountMessages) -> int:

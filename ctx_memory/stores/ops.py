@@ -48,6 +48,7 @@ __all__ = [
     "GetDocument",
     "GetFetched",
     "GetHeader",
+    "GetMessageSpans",
     "GetMessages",
     "GetRecallSegments",
     "Header",
@@ -157,6 +158,32 @@ class GetMessages(Op[list[dict[str, Any]]]):
     session_id: str
     start: int = 0
     end: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class GetMessageSpans(Op[list[list[dict[str, Any]]]]):
+    """The messages of several spans at once: one list per ``(start, end)`` of ``spans``.
+
+    Each span is inclusive and counted from the first message (``0 <= start <= end``); a
+    span past the end of the history gives what it holds of it (``[]`` if nothing), and an
+    absent session gives ``[]`` for every span. The stores read them in one round trip
+    (what recall needs: a few dozen scattered turns per assembly); a store without a way
+    to do that reads them as separate :class:`GetMessages`.
+
+    Raises:
+        ValidationError: A span is not two integers ``0 <= start <= end``. Raised when the
+            operation is made.
+    """
+
+    session_id: str
+    spans: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        for i, span in enumerate(self.spans):
+            ok = isinstance(span, tuple) and len(span) == 2
+            if not ok or not all(type(x) is int for x in span) or not 0 <= span[0] <= span[1]:
+                msg = f"span {i} must be (start, end) with 0 <= start <= end, got {span!r}"
+                raise ValidationError(msg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,6 +422,7 @@ class SaveRecallSegments(Op[bool]):
 StoreOp = (
     AppendMessages
     | GetMessages
+    | GetMessageSpans
     | GetHeader
     | GetDocument
     | GetFetched

@@ -92,6 +92,7 @@ from ctx_memory.stores.ops import (
     GetFetched,
     GetHeader,
     GetMessages,
+    GetMessageSpans,
     GetRecallSegments,
     ListPage,
     ListSessions,
@@ -292,6 +293,25 @@ class SqliteStore(SqliteDatabase):
 
         rows: list[Any] = self._read(session_id, read, [])
         return [json.loads(r[0]) for r in rows]
+
+    @override
+    def _get_message_spans(self, op: GetMessageSpans) -> list[list[dict[str, Any]]]:
+        session_id, spans = op.session_id, op.spans
+
+        def read(conn: sqlite3.Connection, _row: Sequence[Any]) -> list[list[Any]]:
+            return [
+                conn.execute(
+                    "SELECT body FROM messages WHERE session_id = ? AND seq BETWEEN ? AND ? "
+                    "ORDER BY seq",
+                    (session_id, start, end),
+                ).fetchall()
+                for start, end in spans
+            ]
+
+        parts: list[list[Any]] | None = self._read(session_id, read, None)  # one snapshot
+        if parts is None:
+            return [[] for _ in spans]
+        return [[json.loads(r[0]) for r in rows] for rows in parts]
 
     @override
     def _count_messages(self, op: CountMessages) -> int:

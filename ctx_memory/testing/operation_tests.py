@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ctx_memory.errors import SharedStateTooLargeError
+from ctx_memory.errors import SharedStateTooLargeError, ValidationError
 from ctx_memory.stores.base import MAX_SHARED_BYTES, EncodedMessage
 from ctx_memory.testing._base import (
     LATER,
@@ -190,6 +190,34 @@ class StoreOperationTests(ContractBase):
         assert contents(store.get_messages("s", start, end)) == (
             expected[lo : hi + 1] if lo <= hi else []
         )
+
+    def test_get_message_spans_reads_each_span(self, store: BaseStore) -> None:
+        """``get_message_spans`` gives each inclusive span's messages, in the spans' order.
+
+        Past the end, what is there; a missing session, ``[]`` per span; bad spans refused.
+        """
+        append(store, "s", 0, 1, 2, 3, 4, 5, 6)
+        spans = [(5, 6), (0, 0), (2, 3), (6, 9), (8, 9), (1, 1)]
+        parts = store.get_message_spans("s", spans)
+        assert [contents(part) for part in parts] == [
+            ["m5", "m6"],
+            ["m0"],
+            ["m2", "m3"],
+            ["m6"],
+            [],
+            ["m1"],
+        ]
+        assert parts[2] == store.get_messages("s", 2, 3)  # the same records as a range read
+        assert store.get_message_spans("s", []) == []
+        assert store.get_message_spans("nope", [(0, 1), (3, 3)]) == [[], []]
+        assert asyncio.run(store.aget_message_spans("s", [(4, 4), (0, 1)])) == [
+            store.get_messages("s", 4, 4),
+            store.get_messages("s", 0, 1),
+        ]
+        for bad in ([(-1, 2)], [(3, 2)], [(0, 1.5)], [(0,)]):
+            with pytest.raises(ValidationError, match="span 0"):
+                store.get_message_spans("s", bad)  # type: ignore[arg-type]
+        assert not store.exists("nope")
 
     # -------------------------------------------------------------- fetched context
 

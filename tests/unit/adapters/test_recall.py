@@ -14,6 +14,7 @@ from ctx_memory import ContextManager, ContextPromptAssembler, InMemoryStore, To
 from ctx_memory.assembly.recalled import GAP_ID_PREFIX
 from ctx_memory.ranking import bm25_scores
 from ctx_memory.recall import Recall, RecallIndex, recall_for, recall_terms
+from ctx_memory.stores.ops import GetMessages, GetMessageSpans
 
 COUNTER = TokenCounter()  # an independent counter: the budget is recounted with it
 WORDS = [
@@ -424,23 +425,30 @@ def test_a_history_that_fits_is_sent_whole_without_recall(seeded):
     assert result.report.history_messages == 4
 
 
-def test_warm_assembly_reads_only_what_it_sends(manager):
+@pytest.mark.parametrize("layout", ["classic", "stable"])
+def test_warm_assembly_reads_only_what_it_sends_and_recalled_turns_at_once(manager, layout):
     long_session(manager, "s1", 2000, fact_at=30)
-    assembler = ContextPromptAssembler(manager, max_tokens=2000, reserve_tokens=0)
+    assembler = ContextPromptAssembler(manager, max_tokens=2000, reserve_tokens=0, layout=layout)
     assembler.assemble("s1", QUESTION)  # builds the index (reads the whole history once)
     manager.add_messages("s1", [HumanMessage("new"), AIMessage("news")])
-    read: list[int] = []
-    original = manager.get_message_range
+    calls: list[tuple[str, int]] = []
+    store = manager.store
+    original = store.handle
 
-    def spy(session_id, start, end):
-        records = original(session_id, start, end)
-        read.append(len(records))
-        return records
+    def spy(op):
+        result = original(op)
+        if isinstance(op, GetMessages):
+            calls.append(("range", len(result)))
+        elif isinstance(op, GetMessageSpans):
+            calls.append(("spans", sum(len(part) for part in result)))
+        return result
 
-    manager.get_message_range = spy
-    result = assembler.assemble("s1", QUESTION)
-    assert result.report.recalled
-    assert sum(read) < 3 * result.report.history_messages + 10
+    store.handle = spy  # type: ignore[method-assign]
+    result = assembler.assemble("s1", "the museum ticket, the harbour and the bakery")
+    recalled = result.report.recalled
+    assert len({e["index"] for e in recalled}) > 10  # many turns, far apart
+    assert [kind for kind, _ in calls].count("spans") == 1  # every recalled turn in one call
+    assert sum(n for _, n in calls) < 3 * result.report.history_messages + 10
 
 
 def test_stable_recall_fills_what_the_window_leaves(manager):
