@@ -113,7 +113,7 @@ def search_history(
         return []
     index = recall.index(manager, session_id, header)
     found = index.ranked(query, k, query_vector=recall.embed_query(query, index))
-    reads = [manager.get_message_range(session_id, p, p) for p, _, _ in found]
+    reads = manager.get_message_spans(session_id, [(p, p) for p, _, _ in found])
     return _hits(found, reads)
 
 
@@ -135,5 +135,5 @@ async def asearch_history(
         return []
     index = await recall.aindex(manager, session_id, header)
     found = index.ranked(query, k, query_vector=await recall.aembed_query(query, index))
-    reads = [await manager.aget_message_range(session_id, p, p) for p, _, _ in found]
+    reads = await manager.aget_message_spans(session_id, [(p, p) for p, _, _ in found])
     return _hits(found, reads)

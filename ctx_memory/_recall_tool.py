@@ -288,7 +288,8 @@ def build_recall_tool(
         index = recall.index(manager, sid, manager.get_header(sid))
         fetched = manager.get_fetched_context(sid) if sources else {}
         found, text = plan(index, fetched, query, recall.embed_query(query, index))
-        parts = [(a, manager.get_message_range(sid, a, b - 1)) for a, b in found]
+        reads = manager.get_message_spans(sid, [(a, b - 1) for a, b in found])
+        parts = [(a, records) for (a, _), records in zip(found, reads, strict=True)]
         return _answer(query, parts, text, with_sources=sources)
 
     async def arecall_turns(query: str, runtime: ToolRuntime[Any, Any] = None) -> str:  # type: ignore[assignment]
@@ -296,7 +297,8 @@ def build_recall_tool(
         index = await recall.aindex(manager, sid, await manager.aget_header(sid))
         fetched = await manager.aget_fetched_context(sid) if sources else {}
         found, text = plan(index, fetched, query, await recall.aembed_query(query, index))
-        parts = [(a, await manager.aget_message_range(sid, a, b - 1)) for a, b in found]
+        reads = await manager.aget_message_spans(sid, [(a, b - 1) for a, b in found])
+        parts = [(a, records) for (a, _), records in zip(found, reads, strict=True)]
         return _answer(query, parts, text, with_sources=sources)
 
     return StructuredTool.from_function(
