@@ -78,7 +78,7 @@ _TEXT_OVERHEAD = 1
 _GAP_LINE = 11
 # The stable layout chooses this share more than the estimates say fits, and the exact
 # count drops the weakest turns: a budget left unused costs coverage.
-_SPARE_SHARE = 0.05
+_SPARE_SHARE = 0.02
 
 
 @dataclass(frozen=True)
@@ -417,7 +417,7 @@ def recall_beside_window(
     The window's size does not depend on the question, so it is read first; recall then
     gets everything of the history budget the window left (a window trimmed in blocks
     is between half full and full), at most ``recall_max_tokens``, and reaches every
-    turn before where the window really starts. It chooses a twentieth more than the
+    turn before where the window really starts. It chooses 2 % more than the
     estimates say fits; the exact count in :func:`finish_recalled` drops the weakest.
     ``None`` in the classic layout (:func:`recall_step` chose before the window) or when
     nothing is recalled.

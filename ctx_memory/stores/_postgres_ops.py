@@ -184,14 +184,8 @@ class PostgresOperations(BaseStore):
     def _prepare_statements(self) -> None:
         q = self._sql.q
         touch = self.max_sessions is not None
-        self._reads = {
-            kind: self._sql.read(kind, touch=touch)
-            for kind in (
-                *("exists", "count", "header", "document"),
-                *("messages", "message_spans", "fetched"),
-            )
-        }
-        self._reads["fetched_type"] = self._sql.read("fetched_type", touch=touch)
+        kinds = "exists count header document messages message_spans fetched fetched_type"
+        self._reads = {kind: self._sql.read(kind, touch=touch) for kind in kinds.split()}
         init = "%s, %s, %s, %s, %s::float8, %s::integer"
         self._append_sql = self._sql.append()
         self._append_again_sql = self._sql.append(again=True)
@@ -371,13 +365,11 @@ class PostgresOperations(BaseStore):
     def _get_message_spans(
         self, op: GetMessageSpans
     ) -> Generator[Statement, Any, list[list[dict[str, Any]]]]:
-        spans = op.spans
-        if not spans:
+        if not op.spans:
             return []
-        los, his = [a for a, _ in spans], [b for _, b in spans]
+        los, his = ([span[i] for span in op.spans] for i in (0, 1))
         row = yield from self._read("message_spans", id=op.session_id, los=los, his=his)
-        parts: list[list[dict[str, Any]]] = json.loads(row[0])  # one decode of every span
-        return parts or [[] for _ in spans]  # [] when the session is absent
+        return json.loads(row[0]) or [[] for _ in op.spans]  # one decode; [] if no session
 
     def _get_fetched(
         self, op: GetFetched

@@ -191,16 +191,21 @@ def _columns(url: str, schema: str) -> dict[str, list[str]]:
         }
 
 
-def _signatures(url: str, schema: str) -> set[tuple[str, int]]:
-    """``(name, number of arguments)`` of every ``append`` and ``append_one``."""
+def _functions(url: str, schema: str, names: tuple[str, ...]) -> list[tuple[str, int, str]]:
+    """``(name, number of arguments, definition)`` of the schema's functions so named."""
     with psycopg.connect(url, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT p.proname, p.pronargs FROM pg_proc AS p "
+            "SELECT p.proname, p.pronargs, pg_get_functiondef(p.oid) FROM pg_proc AS p "
             "JOIN pg_namespace AS n ON n.oid = p.pronamespace "
-            "WHERE n.nspname = %s AND p.proname IN ('append', 'append_one')",
-            (schema,),
+            "WHERE n.nspname = %s AND p.proname = ANY(%s)",
+            (schema, list(names)),
         ).fetchall()
-    return {(name, int(n)) for name, n in rows}
+    return [(name, int(n), str(definition)) for name, n, definition in rows]
+
+
+def _signatures(url: str, schema: str) -> set[tuple[str, int]]:
+    """``(name, number of arguments)`` of every ``append`` and ``append_one``."""
+    return {(name, n) for name, n, _ in _functions(url, schema, ("append", "append_one"))}
 
 
 def _rows(url: str, schema: str, tables: set[str]) -> dict[str, int]:
@@ -212,15 +217,8 @@ def _rows(url: str, schema: str, tables: set[str]) -> dict[str, int]:
 
 
 def _evict_definition(url: str, schema: str) -> str:
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT pg_get_functiondef(p.oid) FROM pg_proc AS p "
-            "JOIN pg_namespace AS n ON n.oid = p.pronamespace "
-            "WHERE n.nspname = %s AND p.proname = 'evict'",
-            (schema,),
-        ).fetchone()
-    assert row is not None
-    return str(row[0])
+    [(_, _, definition)] = _functions(url, schema, ("evict",))
+    return definition
 
 
 def _back_to_version_3(url: str, schema: str) -> None:
