@@ -70,6 +70,25 @@ _RECALL_STOPWORDS = frozenset(
 )
 
 
+_SORT_LIMIT = 4096
+"""Up to this many scores, :func:`_largest` sorts (in C) rather than running ``heapq``."""
+
+
+def _largest(scores: dict[int, float], n: int) -> list[tuple[float, int]]:
+    """The ``n`` best ``(score, position)``, best first, the newer first among equal scores.
+
+    ``heapq.nlargest`` loops in Python over every score; up to :data:`_SORT_LIMIT` scores,
+    sorting them in C to find the ``n``-th and sorting what reaches it is 2 to 4 times
+    faster, with the same result.
+    """
+    if len(scores) > _SORT_LIMIT:
+        return heapq.nlargest(n, zip(scores.values(), scores.keys(), strict=True))
+    if len(scores) > n:
+        cut = sorted(scores.values())[-n]
+        return sorted([(v, p) for p, v in scores.items() if v >= cut], reverse=True)[:n]
+    return sorted(zip(scores.values(), scores.keys(), strict=True), reverse=True)
+
+
 def _in_context(
     scores: dict[int, float], k: int, limit: int, weight: float
 ) -> list[tuple[float, int]]:
@@ -80,9 +99,7 @@ def _in_context(
     """
     get = scores.get
     pool: set[int] = set()
-    for _, position in heapq.nlargest(
-        max(2 * k, 64), zip(scores.values(), scores.keys(), strict=True)
-    ):
+    for _, position in _largest(scores, max(2 * k, 64)):
         pool.add(position)
         if position:
             pool.add(position - 1)
@@ -430,7 +447,7 @@ class RecallIndex:
         if context > 0.0 and scores:
             best = _in_context(scores, k, limit, context)
         else:
-            best = heapq.nlargest(k, zip(scores.values(), scores.keys(), strict=True))
+            best = _largest(scores, k)
         out: list[tuple[int, float, tuple[str, ...]]] = []
         for score, position in best:
             terms = tuple(term for term, postings in used if _contains(postings, position))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import random
 import string
 
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
+import ctx_memory._recall_index as recall_index
 from ctx_memory import ContextManager, ContextPromptAssembler, InMemoryStore, TokenCounter
 from ctx_memory.assembly.recalled import GAP_ID_PREFIX
 from ctx_memory.ranking import bm25_scores
@@ -184,6 +186,26 @@ def test_adjacent_recalled_turns_are_read_at_once_and_split_back():
     short = [history[0:3], history[6:8], []]
     ids = [[r["id"] for r in records] for records in choice.split(short)]
     assert ids == [["m0", "m1"], ["m2"], ["m6", "m7"], [], []]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.integers(0, 500), st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.25]), max_size=80),
+    st.integers(min_value=1, max_value=90),
+    st.booleans(),
+)
+def test_the_n_best_scores_are_heapq_s_whichever_way_they_are_found(scores, n, sort):
+    """``_largest`` sorts up to ``_SORT_LIMIT`` scores, else runs ``heapq``: same result.
+
+    Ties (few distinct scores here) are broken the newer first either way.
+    """
+    expected = heapq.nlargest(n, zip(scores.values(), scores.keys(), strict=True))
+    limit = recall_index._SORT_LIMIT
+    try:
+        recall_index._SORT_LIMIT = limit if sort else 0
+        assert recall_index._largest(scores, n) == expected
+    finally:
+        recall_index._SORT_LIMIT = limit
 
 
 @settings(max_examples=200, deadline=None)
