@@ -218,6 +218,9 @@ class StoreOperationTests(ContractBase):
             with pytest.raises(ValidationError, match="span 0"):
                 store.get_message_spans("s", bad)  # type: ignore[arg-type]
         assert not store.exists("nope")
+        assert store.delete_messages("s", ["id-1"], now=NOW) == 1  # positions move up
+        parts = store.get_message_spans("s", [(1, 2), (5, 5), (6, 6)])
+        assert [contents(part) for part in parts] == [["m2", "m3"], ["m6"], []]
 
     # -------------------------------------------------------------- fetched context
 
