@@ -457,18 +457,22 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         )  # fmt: skip
         notes: list[str] = []
         index, vector = None, None
-        if plan.recalls:
+        if plan.recalls and plan.draft.layout == "classic":  # chosen before the window
             index = self.recall.index(self.manager, session_id, header, notes=notes)
             vector = self.recall.embed_query(plan.query, index, notes=notes)
         choice, chunks = recall_step(plan, index, query_vector=vector)
         window = read_history_window(self.manager, session_id, chunks)
+        excluded: list[dict[str, Any]] = []
+        if plan.reads_excluded:
+            excluded = self.manager.get_message_range(session_id, plan.end, plan.stored - 1)
+        if plan.recalls and index is None:  # stable: the newest messages are read already
+            known = [*chunks.reads, (plan.end, excluded)]
+            index = self.recall.index(self.manager, session_id, header, notes=notes, known=known)
+            vector = self.recall.embed_query(plan.query, index, notes=notes)
         choice = choice or recall_beside_window(plan, index, window, query_vector=vector)
         spans = choice.spans if choice is not None else []
         read = self.manager.get_message_spans(session_id, spans)
         recalled = choice.split(read) if choice is not None else []
-        excluded: list[dict[str, Any]] = []
-        if plan.reads_excluded:
-            excluded = self.manager.get_message_range(session_id, plan.end, plan.stored - 1)
         return self._finish(plan, window, excluded, choice, recalled, outcome, notes)
 
     async def abuild(
@@ -518,18 +522,24 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         )  # fmt: skip
         notes: list[str] = []
         index, vector = None, None
-        if plan.recalls:
+        if plan.recalls and plan.draft.layout == "classic":  # chosen before the window
             index = await self.recall.aindex(self.manager, session_id, header, notes=notes)
             vector = await self.recall.aembed_query(plan.query, index, notes=notes)
         choice, chunks = recall_step(plan, index, query_vector=vector)
         window = await aread_history_window(self.manager, session_id, chunks)
+        excluded: list[dict[str, Any]] = []
+        if plan.reads_excluded:
+            excluded = await self.manager.aget_message_range(session_id, plan.end, plan.stored - 1)
+        if plan.recalls and index is None:  # stable: the newest messages are read already
+            known = [*chunks.reads, (plan.end, excluded)]
+            index = await self.recall.aindex(
+                self.manager, session_id, header, notes=notes, known=known
+            )
+            vector = await self.recall.aembed_query(plan.query, index, notes=notes)
         choice = choice or recall_beside_window(plan, index, window, query_vector=vector)
         spans = choice.spans if choice is not None else []
         read = await self.manager.aget_message_spans(session_id, spans)
         recalled = choice.split(read) if choice is not None else []
-        excluded: list[dict[str, Any]] = []
-        if plan.reads_excluded:
-            excluded = await self.manager.aget_message_range(session_id, plan.end, plan.stored - 1)
         return self._finish(plan, window, excluded, choice, recalled, outcome, notes)
 
     # ------------------------------------------------------------ build: pure steps

@@ -556,13 +556,16 @@ class Recall(RecallEmbedding):
         header: Mapping[str, Any] | None,
         *,
         notes: list[str] | None = None,
+        known: Sequence[tuple[int, Sequence[Mapping[str, Any]]]] = (),
     ) -> RecallIndex:
         """The session's index, brought up to date (reads only what is new).
 
         A cold index of a long session starts from its saved segments, if any; enough
         newly indexed messages are saved as a segment (see "Saved segments" in the
         module docs). With embeddings, the messages added are embedded too
-        (:meth:`embed_pending`; a failure is appended to ``notes``).
+        (:meth:`embed_pending`; a failure is appended to ``notes``). ``known`` holds
+        ``(position, records)`` reads made since ``header`` was read (the stable layout's
+        window): when they hold every message to add, none is read again.
         """
         saves = self._saves(manager)
         update = self.plan(session_id, header)
@@ -570,11 +573,9 @@ class Recall(RecallEmbedding):
             update = self._resume(update, self._segments(manager, session_id))
         self._track(update, saves)
         for rebuild in (True, False):
-            records = (
-                manager.get_message_range(session_id, update.first, update.stop)
-                if update.reads
-                else []
-            )
+            records = _held(known, update)
+            if records is None:
+                records = manager.get_message_range(session_id, update.first, update.stop)
             index = self.apply(update, records)
             if index is not None or not rebuild:
                 break
@@ -592,6 +593,7 @@ class Recall(RecallEmbedding):
         header: Mapping[str, Any] | None,
         *,
         notes: list[str] | None = None,
+        known: Sequence[tuple[int, Sequence[Mapping[str, Any]]]] = (),
     ) -> RecallIndex:
         """Async :meth:`index` (``aembed_documents`` for the vectors)."""
         saves = self._saves(manager)
@@ -600,11 +602,9 @@ class Recall(RecallEmbedding):
             update = self._resume(update, await self._asegments(manager, session_id))
         self._track(update, saves)
         for rebuild in (True, False):
-            records = (
-                await manager.aget_message_range(session_id, update.first, update.stop)
-                if update.reads
-                else []
-            )
+            records = _held(known, update)
+            if records is None:
+                records = await manager.aget_message_range(session_id, update.first, update.stop)
             index = self.apply(update, records)
             if index is not None or not rebuild:
                 break
@@ -614,6 +614,28 @@ class Recall(RecallEmbedding):
         await self.aembed_pending(index, session_id, notes=notes)
         await self._asave(manager, session_id, index, saves)
         return index
+
+
+def _held(
+    known: Sequence[tuple[int, Sequence[Mapping[str, Any]]]], update: RecallUpdate
+) -> Sequence[Mapping[str, Any]] | None:
+    """The records ``update`` needs if ``known`` reads hold them all, else ``None``.
+
+    ``[]`` when nothing is to be read. Reads are joined where they touch (the window's
+    chunks, newest first, and the messages after it).
+    """
+    first, stop = update.first, update.stop
+    if stop < first:
+        return []
+    held: dict[int, Mapping[str, Any]] = {}
+    for start, records in known:
+        if start <= stop and start + len(records) > first:
+            lo = max(first, start)
+            for position in range(lo, min(stop, start + len(records) - 1) + 1):
+                held[position] = records[position - start]
+    if len(held) != stop - first + 1:
+        return None
+    return [held[p] for p in range(first, stop + 1)]
 
 
 def _same_message(index: RecallIndex, position: int, record: Mapping[str, Any]) -> bool:

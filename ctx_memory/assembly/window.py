@@ -371,6 +371,7 @@ class HistoryChunks:
         average = max(int(metadata.get("token_count", 0)) // max(stored, 1), 1)
         self._first = budget // average + 8 + len(skip_ids)
         self._reached = self.end
+        self.reads: list[tuple[int, Sequence[Mapping[str, Any]]]] = []  # as read, by start
         # The newest summary is pinned: its tokens are set aside before the window fills,
         # so it stands in front of the window even when the window does not reach back to
         # it (once its newest message is checked, by one read, to be the one it covered).
@@ -404,7 +405,12 @@ class HistoryChunks:
             size *= 2
 
     def feed(self, start: int, records: Sequence[Mapping[str, Any]]) -> bool:
-        """Take the records read from ``start`` on; return true once no more are needed."""
+        """Take the records read from ``start`` on; return true once no more are needed.
+
+        What is fed is kept in :attr:`reads` (the stable layout brings the recall index up
+        to date from it instead of reading the newest messages again).
+        """
+        self.reads.append((start, records))
         if self._pin_state == "unchecked" and self._pin is not None:
             position, summary = self._pin
             entry = self.view.summaries[position] if self.view is not None else {}

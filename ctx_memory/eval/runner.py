@@ -454,16 +454,22 @@ def _latency_session(
     return out
 
 
+WINDOW_READ = 62
+"""Messages the stable layout's window reads at once at 4,000 tokens on the latency session
+(its first chunk: the window's budget over the average message, plus 8)."""
+
+
 def _writes(
     manager: ContextManager, session_id: str, history: Sequence[BaseMessage]
 ) -> tuple[list[float], list[float]]:
     """Each message's write, and what keeping the recall index up to date costs.
 
     One ``add_messages`` call per message; after each user message, :meth:`Recall.index`
-    on a recall of its own: what the assembly for that message runs first (it reads back
-    the messages written since the previous assembly, the assistant's reply and this
-    question, and indexes them), so once per turn as in a chat. The header read before
-    it is the assembler's anyway, so it is not counted.
+    on a recall of its own, as the stable layout's assembly for that message runs it:
+    given the newest :data:`WINDOW_READ` messages its window read (the messages written
+    since the previous assembly, the assistant's reply and this question, are among them),
+    it indexes them; once per turn as in a chat. The header and window reads are the
+    assembler's anyway (recency alone makes them), so they are not counted.
     """
     recall = Recall()
     write_ms: list[float] = []
@@ -472,7 +478,11 @@ def _writes(
         write_ms.append(_timed(partial(manager.add_messages, session_id, [message])))
         if isinstance(message, HumanMessage):
             header = manager.get_header(session_id)
-            index_ms.append(_timed(partial(recall.index, manager, session_id, header)))
+            stored = int(header["metadata"]["message_count"]) if header else 0
+            start = max(stored - WINDOW_READ, 0)
+            known = [(start, manager.get_message_range(session_id, start, stored - 1))]
+            update = partial(recall.index, manager, session_id, header, known=known)
+            index_ms.append(_timed(update))
     return write_ms, index_ms
 
 

@@ -469,8 +469,16 @@ def test_warm_assembly_reads_only_what_it_sends_and_recalled_turns_at_once(manag
     result = assembler.assemble("s1", "the museum ticket, the harbour and the bakery")
     recalled = result.report.recalled
     assert len({e["index"] for e in recalled}) > 10  # many turns, far apart
-    assert [kind for kind, _ in calls].count("spans") == 1  # every recalled turn in one call
+    kinds = [kind for kind, _ in calls]
+    assert kinds.count("spans") == 1  # every recalled turn in one call
     assert sum(n for _, n in calls) < 3 * result.report.history_messages + 10
+    # The stable layout reads its window before recall, and the index takes the two new
+    # messages from that read; the classic layout chooses before its window: it reads them.
+    assert kinds.count("range") == (1 if layout == "stable" else 2)
+    calls.clear()
+    index = recall_for(manager).index(manager, "s1", manager.get_header("s1"))
+    assert (len(index), calls) == (manager.get_memory_stats("s1")["message_count"], [])
+    assert index.ids[-2:] == [r["id"] for r in manager.get_history("s1", last_k=2)]
 
 
 def test_stable_recall_fills_what_the_window_leaves(manager):
@@ -510,3 +518,33 @@ def test_fit_recalled_drops_the_weakest_turns_covering_the_excess_at_once():
     assert [t.start for t, _ in kept] == [0, 8]
     assert (tokens, dropped) == (20, 0)
     assert measured == [5, 2]  # one recount for the whole batch
+
+
+def test_index_takes_new_messages_from_reads_that_hold_them_all(manager):
+    manager.add_messages("s1", [HumanMessage(f"q{i}") for i in range(10)])
+    recall = Recall()
+    recall.index(manager, "s1", manager.get_header("s1"))
+    manager.add_messages("s1", [HumanMessage(f"q{i}") for i in range(10, 16)])
+    history = manager.get_history("s1")
+    read: list[tuple[int, int]] = []
+    original = manager.get_message_range
+
+    def spy(session_id, start, end):
+        read.append((start, end))
+        return original(session_id, start, end)
+
+    manager.get_message_range = spy
+    header = manager.get_header("s1")
+    # Reads with a hole (13 missing): the index reads what it needs itself.
+    holey = [(8, history[8:13]), (14, history[14:16])]
+    assert len(recall.index(manager, "s1", header, known=holey)) == 16
+    assert read == [(10, 15)]
+    manager.add_messages("s1", [HumanMessage(f"q{i}") for i in range(16, 20)])
+    history = manager.get_history("s1")
+    read.clear()
+    # Touching reads, newest first as a window reads them, and the messages after it.
+    known = [(17, history[17:19]), (12, history[12:17]), (19, history[19:20])]
+    index = recall.index(manager, "s1", manager.get_header("s1"), known=known)
+    assert (len(index), read) == (20, [])
+    assert index.ids[16:] == [r["id"] for r in history[16:]]
+    assert index.search("q18")[0][0] == 18
