@@ -14,7 +14,8 @@ Three layers, from pure to I/O:
   choosing what to recall needs no read.
 - :class:`Recall` keeps one index per session of one manager's store in a bounded,
   in-process LRU cache and brings it up to date before each use by reading only the
-  messages written since (``get_message_range(session, n_indexed, message_count - 1)``).
+  messages written since (``get_message_range(session, n_indexed, message_count - 1)``),
+  or by taking them from reads already made (``known=``: the stable layout's window).
   An index is dropped when the history was edited (``history_edited``,
   ``session_cleared``, ``session_deleted``, ``session_expired``, ``session_evicted``
   events), when ``message_count`` went down, or when the indexed ``token_count`` no
