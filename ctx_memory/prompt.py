@@ -58,6 +58,7 @@ from ctx_memory.compaction import CompactionOutcome, CompactionPolicy, acompact,
 from ctx_memory.errors import ValidationError
 from ctx_memory.ranking import bm25_scores, rank_sources, tokenize
 from ctx_memory.recall import Recall, recall_for
+from ctx_memory.records import held_range
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -457,13 +458,17 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         )  # fmt: skip
         notes: list[str] = []
         index, vector = None, None
+        newest = plan.newest_range()
+        known: list[tuple[int, Sequence[Mapping[str, Any]]]] = (
+            [(newest[0], self.manager.get_message_range(session_id, *newest))] if newest else []
+        )
         if plan.recalls and plan.draft.layout == "classic":  # chosen before the window
-            index = self.recall.index(self.manager, session_id, header, notes=notes)
+            index = self.recall.index(self.manager, session_id, header, notes=notes, known=known)
             vector = self.recall.embed_query(plan.query, index, notes=notes)
         choice, chunks = recall_step(plan, index, query_vector=vector)
-        window = read_history_window(self.manager, session_id, chunks)
-        excluded: list[dict[str, Any]] = []
-        if plan.reads_excluded:
+        window = read_history_window(self.manager, session_id, chunks, known=known)
+        excluded = held_range(known, plan.end, plan.stored - 1)
+        if excluded is None:
             excluded = self.manager.get_message_range(session_id, plan.end, plan.stored - 1)
         if plan.recalls and index is None:  # stable: the newest messages are read already
             known = [*chunks.reads, (plan.end, excluded)]
@@ -522,13 +527,21 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         )  # fmt: skip
         notes: list[str] = []
         index, vector = None, None
+        newest = plan.newest_range()
+        known: list[tuple[int, Sequence[Mapping[str, Any]]]] = (
+            [(newest[0], await self.manager.aget_message_range(session_id, *newest))]
+            if newest
+            else []
+        )
         if plan.recalls and plan.draft.layout == "classic":  # chosen before the window
-            index = await self.recall.aindex(self.manager, session_id, header, notes=notes)
+            index = await self.recall.aindex(
+                self.manager, session_id, header, notes=notes, known=known
+            )
             vector = await self.recall.aembed_query(plan.query, index, notes=notes)
         choice, chunks = recall_step(plan, index, query_vector=vector)
-        window = await aread_history_window(self.manager, session_id, chunks)
-        excluded: list[dict[str, Any]] = []
-        if plan.reads_excluded:
+        window = await aread_history_window(self.manager, session_id, chunks, known=known)
+        excluded = held_range(known, plan.end, plan.stored - 1)
+        if excluded is None:
             excluded = await self.manager.aget_message_range(session_id, plan.end, plan.stored - 1)
         if plan.recalls and index is None:  # stable: the newest messages are read already
             known = [*chunks.reads, (plan.end, excluded)]

@@ -105,6 +105,7 @@ from ctx_memory._recall_search import (
 from ctx_memory._recall_turns import format_turns, gap_text, tool_ranges
 from ctx_memory.errors import StoreError, ValidationError
 from ctx_memory.events import EventType
+from ctx_memory.records import held_range
 from ctx_memory.stores.ops import GetRecallSegments, SaveRecallSegments
 
 if TYPE_CHECKING:
@@ -574,7 +575,7 @@ class Recall(RecallEmbedding):
             update = self._resume(update, self._segments(manager, session_id))
         self._track(update, saves)
         for rebuild in (True, False):
-            records = _held(known, update)
+            records = held_range(known, update.first, update.stop)
             if records is None:
                 records = manager.get_message_range(session_id, update.first, update.stop)
             index = self.apply(update, records)
@@ -603,7 +604,7 @@ class Recall(RecallEmbedding):
             update = self._resume(update, await self._asegments(manager, session_id))
         self._track(update, saves)
         for rebuild in (True, False):
-            records = _held(known, update)
+            records = held_range(known, update.first, update.stop)
             if records is None:
                 records = await manager.aget_message_range(session_id, update.first, update.stop)
             index = self.apply(update, records)
@@ -615,28 +616,6 @@ class Recall(RecallEmbedding):
         await self.aembed_pending(index, session_id, notes=notes)
         await self._asave(manager, session_id, index, saves)
         return index
-
-
-def _held(
-    known: Sequence[tuple[int, Sequence[Mapping[str, Any]]]], update: RecallUpdate
-) -> Sequence[Mapping[str, Any]] | None:
-    """The records ``update`` needs if ``known`` reads hold them all, else ``None``.
-
-    ``[]`` when nothing is to be read. Reads are joined where they touch (the window's
-    chunks, newest first, and the messages after it).
-    """
-    first, stop = update.first, update.stop
-    if stop < first:
-        return []
-    held: dict[int, Mapping[str, Any]] = {}
-    for start, records in known:
-        if start <= stop and start + len(records) > first:
-            lo = max(first, start)
-            for position in range(lo, min(stop, start + len(records) - 1) + 1):
-                held[position] = records[position - start]
-    if len(held) != stop - first + 1:
-        return None
-    return [held[p] for p in range(first, stop + 1)]
 
 
 def _same_message(index: RecallIndex, position: int, record: Mapping[str, Any]) -> bool:

@@ -427,3 +427,22 @@ def api_message(record: Mapping[str, Any]) -> dict[str, Any]:
     if record.get("tool_call_id"):
         message["tool_call_id"] = record["tool_call_id"]
     return message
+
+
+def held_range(
+    reads: Sequence[tuple[int, Sequence[Mapping[str, Any]]]], first: int, stop: int
+) -> Sequence[Mapping[str, Any]] | None:
+    """The records at positions ``first`` to ``stop`` if ``reads`` hold them all, else ``None``.
+
+    ``reads`` are ``(position of the first, records)`` as read, in any order; reads that
+    touch or overlap are joined. ``[]`` when ``stop < first``.
+    """
+    if stop < first:
+        return []
+    held: dict[int, Mapping[str, Any]] = {}
+    for start, records in reads:
+        for position in range(max(first, start), min(stop, start + len(records) - 1) + 1):
+            held[position] = records[position - start]
+    if len(held) != stop - first + 1:
+        return None
+    return [held[p] for p in range(first, stop + 1)]

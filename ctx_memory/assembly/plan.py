@@ -249,6 +249,20 @@ class PromptPlan:
         cap = self.recall_max_tokens
         return room if cap is None else min(room, cap)
 
+    def newest_range(self) -> tuple[int, int] | None:
+        """Classic layout with recall: the newest messages to read before recall chooses.
+
+        The window's first read (a quarter more: recall may leave it room) and the
+        messages after ``end``: the index takes what it lacks from them, the window and
+        the report what they need (one read where there were three). ``None`` with a
+        compaction view (its reads skip summarised ranges) or without recall.
+        """
+        first = self.history.first_range() if self.recalls else None
+        if first is None or self.draft.layout != "classic":
+            return None
+        start, stop = first
+        return max(0, start - (stop - start + 1) // 4), self.stored - 1
+
     @property
     def reads_excluded(self) -> bool:
         """Whether messages ``end`` to ``stored - 1`` are to be read (for the report)."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from langchain_core.messages import BaseMessage
 
 from ctx_memory.assembly.compacted import summary_record
+from ctx_memory.records import held_range
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -385,6 +386,12 @@ class HistoryChunks:
                 if record["token_count"] <= budget * 3 // 4:  # the window keeps a quarter
                     self._pin, self._pin_state = (last, record), "unchecked"
 
+    def first_range(self) -> tuple[int, int] | None:
+        """The first range :meth:`ranges` gives, when it does not depend on a view."""
+        if self.view is not None or self.end <= 0:
+            return None
+        return max(0, self.end - max(self._first, 1)), self.end - 1
+
     def ranges(self) -> Iterator[tuple[int, int]]:
         """Inclusive ``(start, stop)`` ranges to read, newest first (:func:`history_chunks`).
 
@@ -451,22 +458,37 @@ class HistoryChunks:
 
 
 def read_history_window(
-    manager: ContextManager, session_id: str, chunks: HistoryChunks
+    manager: ContextManager,
+    session_id: str,
+    chunks: HistoryChunks,
+    *,
+    known: Sequence[tuple[int, Sequence[Mapping[str, Any]]]] = (),
 ) -> HistoryWindow:
-    """Read the newest whole turns that fit, newest first in chunks (see :class:`HistoryChunks`)."""
+    """Read the newest whole turns that fit, newest first in chunks (see :class:`HistoryChunks`).
+
+    A chunk that ``known`` reads (``(position, records)``) hold whole is not read again.
+    """
     for start, stop in chunks.ranges():
-        records = manager.get_message_range(session_id, start, stop)
+        records = held_range(known, start, stop)
+        if records is None:
+            records = manager.get_message_range(session_id, start, stop)
         if chunks.feed(start, records):
             break
     return chunks.finish()
 
 
 async def aread_history_window(
-    manager: ContextManager, session_id: str, chunks: HistoryChunks
+    manager: ContextManager,
+    session_id: str,
+    chunks: HistoryChunks,
+    *,
+    known: Sequence[tuple[int, Sequence[Mapping[str, Any]]]] = (),
 ) -> HistoryWindow:
     """Async :func:`read_history_window` (the store's native async reads)."""
     for start, stop in chunks.ranges():
-        records = await manager.aget_message_range(session_id, start, stop)
+        records = held_range(known, start, stop)
+        if records is None:
+            records = await manager.aget_message_range(session_id, start, stop)
         if chunks.feed(start, records):
             break
     return chunks.finish()

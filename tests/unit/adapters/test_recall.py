@@ -472,9 +472,10 @@ def test_warm_assembly_reads_only_what_it_sends_and_recalled_turns_at_once(manag
     kinds = [kind for kind, _ in calls]
     assert kinds.count("spans") == 1  # every recalled turn in one call
     assert sum(n for _, n in calls) < 3 * result.report.history_messages + 10
-    # The stable layout reads its window before recall, and the index takes the two new
-    # messages from that read; the classic layout chooses before its window: it reads them.
-    assert kinds.count("range") == (1 if layout == "stable" else 2)
+    # One read of the newest messages: the stable layout's window, which the index then
+    # takes the two new messages from; the classic layout's window range (and a quarter
+    # more) read before recall chooses, which the index and then the window take theirs from.
+    assert kinds.count("range") == 1
     calls.clear()
     index = recall_for(manager).index(manager, "s1", manager.get_header("s1"))
     assert (len(index), calls) == (manager.get_memory_stats("s1")["message_count"], [])
@@ -548,3 +549,48 @@ def test_index_takes_new_messages_from_reads_that_hold_them_all(manager):
     assert (len(index), read) == (20, [])
     assert index.ids[16:] == [r["id"] for r in history[16:]]
     assert index.search("q18")[0][0] == 18
+
+
+def test_held_range_joins_reads_and_says_when_they_fall_short():
+    from ctx_memory.records import held_range
+
+    rows = [{"i": i} for i in range(10)]
+    reads = [(6, rows[6:10]), (2, rows[2:6])]  # newest first, touching
+    assert held_range(reads, 3, 8) == rows[3:9]
+    assert held_range(reads, 0, 3) is None  # 0 and 1 were not read
+    assert held_range(reads, 9, 10) is None  # 10 is past what was read
+    assert held_range(reads, 5, 4) == []
+    assert held_range([], 0, 0) is None
+
+
+@pytest.mark.parametrize("share", [0.5, 0.05])
+def test_classic_assembly_reads_the_newest_messages_once(manager, share):
+    """The classic layout reads its window's range (and a quarter more) before recall
+    chooses; when recall leaves the window more room than that holds, the window reads the
+    rest itself, and the prompt is the one reading everything separately gives."""
+    long_session(manager, "s1", 1500, fact_at=20)
+    assembler = ContextPromptAssembler(
+        manager, max_tokens=3000, reserve_tokens=0, layout="classic", recall_share=share
+    )
+    assembler.assemble("s1", QUESTION)
+    manager.add_messages("s1", [HumanMessage("the museum ticket"), AIMessage("booked")])
+    reads: list[tuple[int, int]] = []
+    original = manager.get_message_range
+
+    def spy(session_id, start, end):
+        reads.append((start, end))
+        return original(session_id, start, end)
+
+    manager.get_message_range = spy
+    result = assembler.assemble("s1", QUESTION)
+    stored = manager.get_memory_stats("s1")["message_count"]
+    assert reads[0][1] == stored - 1  # the newest messages, read first
+    assert FACT in "\n".join(m.text for m in result.messages)
+    manager.get_message_range = original
+    fresh = ContextPromptAssembler(
+        manager, max_tokens=3000, reserve_tokens=0, layout="classic", recall_share=share,
+        recall=Recall(),
+    )  # fmt: skip
+    again = fresh.assemble("s1", QUESTION)  # a cold index: reads everything itself
+    assert [m.content for m in again.messages] == [m.content for m in result.messages]
+    assert len(reads) <= 2
