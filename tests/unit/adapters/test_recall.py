@@ -64,6 +64,19 @@ def positions_of(manager: ContextManager, session: str) -> dict[str, int]:
     return {r["id"]: i for i, r in enumerate(manager.get_history(session))}
 
 
+def spy_ranges(manager: ContextManager) -> list[tuple[int, int]]:
+    """Record every ``get_message_range`` of ``manager`` from now on: ``(start, end)``."""
+    reads: list[tuple[int, int]] = []
+    original = manager.get_message_range
+
+    def spy(session_id, start, end):
+        reads.append((start, end))
+        return original(session_id, start, end)
+
+    manager.get_message_range = spy  # type: ignore[method-assign]
+    return reads
+
+
 def assert_no_orphans(messages: list[BaseMessage]) -> None:
     open_calls: set[str] = set()
     for i, message in enumerate(messages):
@@ -240,14 +253,7 @@ def test_cache_reads_only_new_messages_and_drops_edited_sessions(manager):
     recall = Recall()
     recall.watch(manager)
     long_session(manager, "s1", 50, fact_at=3)
-    reads: list[tuple[int, int]] = []
-    original = manager.get_message_range
-
-    def spy(session_id, start, end):
-        reads.append((start, end))
-        return original(session_id, start, end)
-
-    manager.get_message_range = spy
+    reads = spy_ranges(manager)
     index = recall.index(manager, "s1", manager.get_header("s1"))
     assert len(index) == 102
     assert reads == [(0, 101)]
@@ -527,14 +533,7 @@ def test_index_takes_new_messages_from_reads_that_hold_them_all(manager):
     recall.index(manager, "s1", manager.get_header("s1"))
     manager.add_messages("s1", [HumanMessage(f"q{i}") for i in range(10, 16)])
     history = manager.get_history("s1")
-    read: list[tuple[int, int]] = []
-    original = manager.get_message_range
-
-    def spy(session_id, start, end):
-        read.append((start, end))
-        return original(session_id, start, end)
-
-    manager.get_message_range = spy
+    read = spy_ranges(manager)
     header = manager.get_header("s1")
     # Reads with a hole (13 missing): the index reads what it needs itself.
     holey = [(8, history[8:13]), (14, history[14:16])]
@@ -574,23 +573,15 @@ def test_classic_assembly_reads_the_newest_messages_once(manager, share):
     )
     assembler.assemble("s1", QUESTION)
     manager.add_messages("s1", [HumanMessage("the museum ticket"), AIMessage("booked")])
-    reads: list[tuple[int, int]] = []
-    original = manager.get_message_range
-
-    def spy(session_id, start, end):
-        reads.append((start, end))
-        return original(session_id, start, end)
-
-    manager.get_message_range = spy
+    reads = spy_ranges(manager)
     result = assembler.assemble("s1", QUESTION)
     stored = manager.get_memory_stats("s1")["message_count"]
     assert reads[0][1] == stored - 1  # the newest messages, read first
+    assert len(reads) <= 2
     assert FACT in "\n".join(m.text for m in result.messages)
-    manager.get_message_range = original
     fresh = ContextPromptAssembler(
         manager, max_tokens=3000, reserve_tokens=0, layout="classic", recall_share=share,
         recall=Recall(),
     )  # fmt: skip
     again = fresh.assemble("s1", QUESTION)  # a cold index: reads everything itself
     assert [m.content for m in again.messages] == [m.content for m in result.messages]
-    assert len(reads) <= 2
