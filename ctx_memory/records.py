@@ -439,6 +439,9 @@ def held_range(
     """
     if stop < first:
         return []
+    for start, records in reads:  # the common case: one read holds them all
+        if start <= first and stop < start + len(records):
+            return records[first - start : stop - start + 1]
     held: dict[int, Mapping[str, Any]] = {}
     for start, records in reads:
         for position in range(max(first, start), min(stop, start + len(records) - 1) + 1):

@@ -367,7 +367,7 @@ class PostgresOperations(BaseStore):
     ) -> Generator[Statement, Any, list[list[dict[str, Any]]]]:
         if not op.spans:
             return []
-        los, his = ([span[i] for span in op.spans] for i in (0, 1))
+        los, his = [a for a, _ in op.spans], [b for _, b in op.spans]
         row = yield from self._read("message_spans", id=op.session_id, los=los, his=his)
         return json.loads(row[0]) or [[] for _ in op.spans]  # one decode; [] if no session
 
