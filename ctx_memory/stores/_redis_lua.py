@@ -12,7 +12,8 @@ the message triples). Nothing here talks to Redis.
   LRU/expiry index keys follow as ``KEYS[9]``/``KEYS[10]`` so that index maintenance and
   eviction happen in the same atomic call. On Redis Cluster the index lives in its own
   slot, so the script gets only the eight session keys and the client updates the index with
-  :data:`INDEX_SCRIPT` in a second call.
+  :data:`INDEX_SCRIPT` in calls of its own, evicting in steps that a concurrent write
+  cannot fall between (``mark`` and ``evict`` here, ``forget_stale`` in the index).
 * :data:`INDEX_SCRIPT` maintains the index alone (cluster mode, ``gc`` and ``list``).
 * :data:`TOUCH_SCRIPT` is a read's LRU touch (``max_sessions`` set). The read itself
   (``LRANGE``, ``LLEN``, ``HMGET``) is a plain command in the same round trip (on a single

@@ -273,6 +273,7 @@ class RedisOperations(BaseStore):
         # whose first attempt landed answers that attempt's count.
         write_token = os.urandom(8).hex() if always_token else self._token()
         now_json = json_str(now)
+        yield from self._cluster_touch_first(session_id)
         known = session_id in self._known
         init_json = "" if known else dumps(clean_init(init))
         reply = yield self._session(
@@ -287,8 +288,8 @@ class RedisOperations(BaseStore):
             raise SharedStateTooLargeError(int(as_text(reply)[10:]), MAX_SHARED_BYTES)
         self._remember(session_id)
         created, added, expired, evicted = write_result(reply)
-        if self.cluster:
-            expired, evicted = yield from self._cluster_index_write(session_id, created)
+        if self.cluster and created:
+            expired, evicted = yield from self._cluster_created(session_id)
         self._report(expired, evicted)
         return WriteResult(created=created, added=added, evicted=tuple(evicted))
 
@@ -315,18 +316,59 @@ class RedisOperations(BaseStore):
         for session_id in session_ids:
             self._known.pop(session_id, None)
 
-    def _cluster_index_write(
-        self, session_id: str, created: bool, *, existing_only: bool = False
+    def _cluster_touch_first(
+        self, session_id: str, *, existing_only: bool = False
+    ) -> Generator[Request, Any, None]:
+        """On a cluster with ``max_sessions``, a write's LRU touch, sent before it."""
+        if self.cluster and self.max_sessions is not None:
+            member = session_keys(self.prefix, session_id).member
+            yield self._index("write", member, self._max, "0", "1" if existing_only else "0")
+
+    def _cluster_created(
+        self, session_id: str
     ) -> Generator[Request, Any, tuple[list[str], list[str]]]:
+        """Index a session a write created (on a cluster) and evict over ``max_sessions``."""
         member = session_keys(self.prefix, session_id).member
-        expired_m, evicted_m = yield self._index(
-            "write", member, self._max, "1" if created else "0", "1" if existing_only else "0"
-        )
-        evicted = [member_id(m) for m in evicted_m]
-        for victim in evicted:
-            keys = session_keys(self.prefix, victim).script_keys
-            yield Eval(SESSION, keys, ("delete:0:0:", victim, "", ""))
-        return [member_id(m) for m in expired_m], evicted
+        chosen = yield self._index("write", member, self._max, "1", "0")
+        return (yield from self._cluster_evict(chosen)) if chosen else ([], [])
+
+    def _cluster_evict(
+        self, chosen: Sequence[Any]
+    ) -> Generator[Request, Any, tuple[list[str], list[str]]]:
+        """Evict the sessions the index ``chosen`` (member, score pairs); (expired, evicted).
+
+        On one server eviction is one script. On a cluster the index and each session are
+        in different slots, so it takes four steps, none of which loses a write landing
+        between them: each victim is *marked* in its own slot; the index drops those whose
+        score is unchanged (no write or read touched them since they were chosen: writes
+        touch first, see :meth:`_cluster_touch_first`); each dropped one is deleted only if
+        still marked (every write removes the mark). A victim written meanwhile is kept and
+        indexed again (the index may then exceed ``max_sessions`` until the next creation).
+        """
+        token = os.urandom(8).hex()
+        members = [as_text(m) for m in chosen[::2]]
+        pairs: list[str] = []
+        gone: set[str] = set()
+        for member, score in zip(members, chosen[1::2], strict=True):
+            victim = member_id(member)
+            if not (yield self._session("mark", victim, token=token)):
+                gone.add(member)
+            pairs += (member, as_text(score))
+        expired: list[str] = []
+        evicted: list[str] = []
+        for member in (yield self._index("forget_stale", *pairs)):
+            victim = member_id(member)
+            if as_text(member) in gone:
+                expired.append(victim)
+                continue
+            deleted = int((yield self._session("evict", victim, token=token)))
+            if deleted == 1:
+                evicted.append(victim)
+            elif deleted == 0:  # written since it was marked: it stays, indexed again
+                yield self._index("write", as_text(member), self._max, "0", "0")
+            else:
+                expired.append(victim)
+        return expired, evicted
 
     def _report(self, expired: Sequence[str], evicted: Sequence[str]) -> None:
         """Forget and report sessions a call found expired or evicted."""
@@ -448,6 +490,7 @@ class RedisOperations(BaseStore):
         call = self._known.get(session_id)
         if call is not None:
             # The session exists as far as we know: APPEND_SCRIPT, which answers an integer.
+            yield from self._cluster_touch_first(session_id)
             tail = self._append_tail(messages, now)
             reply = yield Prepared(call, tail)
             if reply == -2:  # it has fetched items: their keys' TTL must be refreshed too
@@ -457,8 +500,8 @@ class RedisOperations(BaseStore):
                 created, added = bool(reply & 1), reply >> 1
                 expired: Sequence[str] = ()
                 evicted: Sequence[str] = ()
-                if self.cluster and (created or self.max_sessions is not None):
-                    expired, evicted = yield from self._cluster_index_write(session_id, created)
+                if self.cluster and created:  # a retry of the write that created it
+                    expired, evicted = yield from self._cluster_created(session_id)
                 if expired or evicted:
                     self._report(expired, evicted)
                 if evicted:
@@ -480,11 +523,9 @@ class RedisOperations(BaseStore):
         self, op: str, session_id: str, now: str, *extra: Any
     ) -> Generator[Request, Any, int]:
         """A history edit (``msgdel``, ``msgset``, ``truncate``): removed/replaced, or -1."""
+        yield from self._cluster_touch_first(session_id, existing_only=True)
         reply = yield self._session(op, session_id, *extra, token=self._token(), now=dumps(now))
-        result = int(reply)
-        if result > 0 and self.cluster and self.max_sessions is not None:
-            yield self._touch(session_id)
-        return result
+        return int(reply)
 
     def _op_delete_messages(
         self, session_id: str, message_ids: Sequence[str], now: str
@@ -601,6 +642,7 @@ class RedisOperations(BaseStore):
     def _op_clear(
         self, session_id: str, now: str, preserve_fetched: bool
     ) -> Generator[Request, Any, bool]:
+        yield from self._cluster_touch_first(session_id, existing_only=True)
         existed = bool(
             (
                 yield self._session(
@@ -612,8 +654,6 @@ class RedisOperations(BaseStore):
                 )
             )
         )
-        if existed and self.cluster:
-            yield from self._cluster_index_write(session_id, False, existing_only=True)
         return existed
 
     def _op_replace(
@@ -628,6 +668,7 @@ class RedisOperations(BaseStore):
         for item in items:
             pairs += (item.fingerprint, encode_fetched(item))
         ts = metadata.get("timestamp")
+        yield from self._cluster_touch_first(session_id)
         reply = yield self._session(
             "replace",
             session_id,
@@ -643,8 +684,8 @@ class RedisOperations(BaseStore):
             now=dumps(ts) if "timestamp" in metadata else "",
         )
         created, added, expired, evicted = write_result(reply)
-        if self.cluster:
-            expired, evicted = yield from self._cluster_index_write(session_id, created)
+        if self.cluster and created:
+            expired, evicted = yield from self._cluster_created(session_id)
         self._report(expired, evicted)
         return WriteResult(created=created, added=added, evicted=tuple(evicted))
 

@@ -27,13 +27,15 @@ that removes or changes stored messages, or removes the session, deletes it.
 Expired sessions vanish by Redis-native expiry; ``gc()`` and ``list_sessions()``
 drop their index entries and report ``session_expired`` (once, whichever process drops
 it). On Redis Cluster the
-index has its own slot: it is updated by a second call right after the session's script
-(when the write created the session or ``max_sessions`` is set; a read's touch follows the
-read, when the session exists), and an evicted session's
-keys are deleted by a third call per victim. A crash between those calls can leave a
-session unindexed (not listed until it is recreated or written again with
-``max_sessions`` set; it still expires by TTL) or dropped from the index but alive until
-its TTL; the session's own data is never half-written.
+index has its own slot: with ``max_sessions`` a write touches it in a call *before* the
+session's script (a read's touch follows the read, when the session exists), and a write
+that created the session indexes it in a call after, which chooses the victims of
+eviction. Each victim is then marked in its own slot, dropped from the index if its score
+is unchanged, and deleted if still marked (every write unmarks): a write landing during an
+eviction is never deleted (``RedisOperations._cluster_evict``). A crash between those
+calls can leave a session unindexed (not listed until it is recreated or written again
+with ``max_sessions`` set; it still expires by TTL) or dropped from the index but alive
+until its TTL; the session's own data is never half-written.
 
 Retries are safe. Appends skip every message whose id the session holds, so a retried
 append never stores a message twice, however many writes happen in between; each id

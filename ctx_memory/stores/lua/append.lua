@@ -11,7 +11,7 @@
 -- call changes nothing. IDS maps each id to the token of the write that stored it, so a
 -- retry of that write counts it as added, as the lost first answer did.
 local H, M, IDS = KEYS[1], KEYS[2], KEYS[3]
-local r = redis.call('HMGET', H, 'id', 'fx', 'mc', 'tc')
+local r = redis.call('HMGET', H, 'id', 'fx', 'mc', 'tc', 'ev')
 if not r[1] then return -1 end
 local ttl, token, now = string.match(ARGV[1], '^(%d+) (%x+) (.*)$')
 local nk = #KEYS
@@ -22,6 +22,8 @@ if n == 0 then  -- nothing new: a no-op (a retry answers what its first attempt 
   if again > 0 and redis.call('HGET', H, 'ct') == token then return again * 2 + 1 end
   return again * 2
 end
+-- A write unmarks a session chosen for eviction on a cluster (session.lua: 'mark').
+if r[5] then redis.call('HDEL', H, 'ev') end
 redis.call('HSET', H, 'ts', now, 'mc', string.format('%d', tonumber(r[3]) + n),
   'tc', string.format('%d', tonumber(r[4]) + tokens))
 if ttl ~= '0' then

@@ -119,8 +119,9 @@ local function index_remove(idx, lex, member)
 end
 
 -- Remove the least recently used members until at most maxs remain (never keep).
--- alive(member) tells whether a member's session still exists (nil: assume it does);
--- members whose session is gone are reported as expired, not evicted.
+-- alive(member) tells whether a member's session still exists; members whose session is
+-- gone are reported as expired, not evicted. (A single server: the session's own script
+-- evicts. On a cluster the index has its own slot: see index.lua's 'write'.)
 local function index_evict(idx, lex, maxs, keep, alive, evicted, expired)
   local n = redis.call('ZCARD', idx)
   while n > maxs do
@@ -129,7 +130,7 @@ local function index_evict(idx, lex, maxs, keep, alive, evicted, expired)
     if v == keep then v = c[2] end
     if not v then break end
     index_remove(idx, lex, v)
-    if alive and not alive(v) then
+    if not alive(v) then
       table.insert(expired, v)
     else
       table.insert(evicted, v)

@@ -5,16 +5,27 @@ local IDX, LEX, LEXV = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[1]
 
 if op == 'write' then
-  -- 2 member, 3 max sessions, 4 created (0/1), 5 existing only (0/1)
+  -- 2 member, 3 max sessions, 4 created (0/1), 5 existing only (0/1). Touches the member;
+  -- for a created session over max sessions, answers the least recently used others as
+  -- (member, score) pairs, still indexed: the client marks each in its own slot, then
+  -- removes those whose score is unchanged ('forget_stale'), then deletes each that no
+  -- write has unmarked since (RedisOperations._cluster_evict).
   local maxs = tonumber(ARGV[3])
-  local expired, evicted = {}, {}
+  local chosen = {}
   if ARGV[4] == '1' or maxs > 0 then
     index_touch(IDX, LEX, ARGV[2], ARGV[5] == '1')
-    if ARGV[4] == '1' and maxs > 0 then
-      index_evict(IDX, LEX, maxs, ARGV[2], nil, evicted, expired)
+    local over = redis.call('ZCARD', IDX) - maxs
+    if ARGV[4] == '1' and maxs > 0 and over > 0 then
+      local lru = redis.call('ZRANGE', IDX, 0, over, 'WITHSCORES')
+      for i = 1, #lru, 2 do
+        if lru[i] ~= ARGV[2] and #chosen < 2 * over then
+          table.insert(chosen, lru[i])
+          table.insert(chosen, lru[i + 1])
+        end
+      end
     end
   end
-  return {expired, evicted}
+  return chosen
 
 elseif op == 'members' then
   return redis.call('ZRANGE', IDX, 0, -1, 'WITHSCORES')
@@ -35,9 +46,10 @@ elseif op == 'page' then
   return redis.call('ZRANGEBYLEX', LEX, ARGV[2], ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))
 
 elseif op == 'forget_stale' then
-  -- 2.. (member, score) pairs read by a listing that found the session gone: remove each
-  -- only if its score is unchanged (nobody re-created it since); answer those removed, so
-  -- exactly one of several concurrent listings reports each expiry.
+  -- 2.. (member, score) pairs read by a listing that found the session gone, or chosen
+  -- for eviction on a cluster: remove each only if its score is unchanged (nobody touched
+  -- it since); answer those removed, so exactly one of several concurrent listings reports
+  -- each expiry, and one of several evictions takes each victim.
   local removed = {}
   for i = 2, #ARGV, 2 do
     local score = redis.call('ZSCORE', IDX, ARGV[i])

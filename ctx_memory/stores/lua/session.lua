@@ -12,7 +12,7 @@ local member = string.sub(H, #H - 66, #H - 3) .. sid
 
 -- The session's counters and whether it has fetched items ("fx"): read by upsert(),
 -- changed by the operation, written back by finish() in a single HSET.
-local st = {mc = 0, tc = 0, fx = false}
+local st = {mc = 0, tc = 0, fx = false, ev = false}
 
 -- The write token hashes W and WO come first: the clock may move on during a script (it
 -- does on Redis 7.0), and their expiry must never be later than the session hash's.
@@ -136,9 +136,9 @@ end
 local function upsert()
   local a, c = seen_token()
   if a then return nil, c, a end
-  local r = redis.call('HMGET', H, 'id', 'mc', 'tc', 'fx')
+  local r = redis.call('HMGET', H, 'id', 'mc', 'tc', 'fx', 'ev')
   if r[1] then
-    st.mc, st.tc, st.fx = tonumber(r[2]), tonumber(r[3]), r[4] == '1'
+    st.mc, st.tc, st.fx, st.ev = tonumber(r[2]), tonumber(r[3]), r[4] == '1', r[5]
     return '', 0
   end
   if init == '' then return 'init' end
@@ -158,6 +158,7 @@ end
 local function finish(created, added)
   local mc, tc, fx = string.format('%d', st.mc), string.format('%d', st.tc), st.fx and '1' or '0'
   redis.call('HSET', H, 'ts', now, 'mc', mc, 'tc', tc, 'fx', fx)
+  if st.ev then redis.call('HDEL', H, 'ev') end  -- a write unmarks an eviction's victim
   keep_token(added, created, true)
   refresh(st.fx)
   local expired, evicted = {}, {}
@@ -282,9 +283,27 @@ elseif op == 'clear' then
     redis.call('DEL', F, FP)
   end
   redis.call('HSET', H, 'mc', 0, 'tc', 0, 'ts', now, 'fx', fx)
+  redis.call('HDEL', H, 'ev')
   keep_token(0, 0, true)
   refresh(fx == '1')
   if IDX and maxs > 0 then index_touch(IDX, LEX, member, true) end
+  return 1
+
+elseif op == 'mark' then
+  -- Eviction on a cluster, where the index is in another slot: the victim chosen by the
+  -- index (index.lua 'write') is marked with the eviction's token before the index drops
+  -- it; every write of the session removes the mark ('ev'), and 'evict' deletes only a
+  -- session still marked, so a write that lands during the eviction keeps its session.
+  if redis.call('EXISTS', H) == 0 then return 0 end
+  redis.call('HSET', H, 'ev', token)
+  return 1
+
+elseif op == 'evict' then
+  -- Answers 1 (deleted), 0 (written since its mark: kept), -1 (gone already).
+  local r = redis.call('HMGET', H, 'id', 'ev')
+  if not r[1] then return -1 end
+  if r[2] ~= token then return 0 end
+  redis.call('DEL', H, M, F, FP, IDS, W, WO, R)
   return 1
 
 elseif op == 'delete' then
@@ -345,6 +364,7 @@ elseif op == 'msgdel' or op == 'msgset' or op == 'truncate' then
     redis.call('DEL', R)
     redis.call('HSET', H, 'ts', now, 'mc', string.format('%d', st.mc),
       'tc', string.format('%d', st.tc))
+    redis.call('HDEL', H, 'ev')
     refresh(st.fx)
     if IDX and maxs > 0 then index_touch(IDX, LEX, member, true) end
   end

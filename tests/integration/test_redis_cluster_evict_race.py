@@ -1,0 +1,141 @@
+"""Eviction on a Redis Cluster never deletes a write that lands while it runs.
+
+On a cluster the LRU index and each session are in different slots, so eviction takes
+several calls (``RedisOperations._cluster_evict``): choose, mark, drop from the index, delete.
+Here another store (another process, as far as Redis can tell) appends to the victim
+between each pair of those calls, and the appended message must survive: the victim is
+kept (a write touched it, so it is no longer the least recently used, or it unmarked it),
+or, when the append comes after the deletion, the session is created again holding it.
+Either way every session that exists is indexed, and nothing indexed is gone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from redis_raw import raw_client
+
+from ctx_memory.schema import dumps
+from ctx_memory.stores._redis_ops import INDEX, SESSION, Eval
+from ctx_memory.stores.base import EncodedMessage, new_header
+from ctx_memory.stores.redis import RedisStore, index_key, session_keys
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ctx_memory.stores.base import BaseStore
+
+pytestmark = [pytest.mark.redis, pytest.mark.stores("cluster")]
+
+NOW = "2025-01-01T00:00:00+00:00"
+
+
+def msg(text: str) -> EncodedMessage:
+    record = {"role": "user", "content": text, "id": f"id-{text}"}
+    return EncodedMessage(dumps(record), 2, f"id-{text}")
+
+
+def write(store: BaseStore, sid: str, text: str) -> None:
+    init = new_header(sid, now=NOW, encoding="o200k_base")
+    store.append_messages(sid, [msg(text)], init=init, now=NOW)
+
+
+def step(request: Any) -> str | None:
+    """Which eviction step ``request`` is, if it is one."""
+    if not isinstance(request, Eval):
+        return None
+    op = str(request.args[0]).partition(":")[0]
+    if request.script == SESSION and op in {"mark", "evict"}:
+        return op
+    if request.script == INDEX and op == "forget_stale":
+        return "forget_stale"
+    return None
+
+
+def interleave(store: RedisStore, before: str, action: Callable[[], None]) -> list[str]:
+    """Run ``action`` once, just before ``store`` sends the eviction step ``before``
+    (``"end"``: after the last step); returns the steps sent."""
+    sent: list[str] = []
+    do = store._do
+
+    def hooked(request: Any) -> Any:
+        name = step(request)
+        if name == before and before not in sent:
+            action()
+        if name is not None:
+            sent.append(name)
+        return do(request)
+
+    store._do = hooked  # type: ignore[method-assign]
+    return sent
+
+
+def indexed(store: RedisStore) -> set[str]:
+    client = raw_client(store)
+    members = client.zrange(index_key(store.prefix), 0, -1)
+    client.close()
+    return {m[len(session_keys(store.prefix, "x").member) - 1 :] for m in members}
+
+
+@pytest.mark.parametrize("before", ["mark", "forget_stale", "evict", "end"])
+def test_an_append_during_eviction_is_never_lost(
+    make_store: Callable[..., BaseStore], before: str
+) -> None:
+    evictor = make_store(max_sessions=2)
+    writer = make_store(max_sessions=2)  # another process on the same cluster
+    assert isinstance(evictor, RedisStore)
+    write(writer, "a", "first")
+    write(writer, "b", "first")  # a is now the least recently used
+    sent = interleave(evictor, before, lambda: write(writer, "a", "during"))
+    write(evictor, "c", "first")  # over max_sessions: the eviction chooses a
+    if before == "end":
+        write(writer, "a", "during")
+    assert {"mark", "forget_stale"} <= set(sent)  # an eviction did run
+    contents = [m["content"] for m in evictor.get_messages("a")]
+    assert "during" in contents  # acknowledged, so stored
+    if before in {"mark", "forget_stale", "evict"}:
+        assert contents == ["first", "during"]  # kept whole, not evicted
+    else:
+        assert contents == ["during"]  # evicted first, created again by the append
+    alive = {sid for sid in ("a", "b", "c") if evictor.exists(sid)}
+    assert "a" in alive
+    assert indexed(evictor) == alive  # every live session indexed, nothing else
+    assert set(evictor.list_sessions()) == alive
+
+
+def test_eviction_without_a_race_takes_the_least_recently_used(
+    make_store: Callable[..., BaseStore],
+) -> None:
+    store = make_store(max_sessions=2)
+    assert isinstance(store, RedisStore)
+    sent = interleave(store, "never", lambda: None)
+    for sid in ("a", "b", "c", "d"):
+        write(store, sid, "first")
+    assert store.list_sessions() == ["c", "d"]
+    assert indexed(store) == {"c", "d"}
+    assert sent == ["mark", "forget_stale", "evict"] * 2
+    client = raw_client(store)
+    for sid in ("a", "b"):
+        assert not any(client.exists(k) for k in session_keys(store.prefix, sid).script_keys)
+    assert client.hget(session_keys(store.prefix, "c").h, "ev") is None
+    client.close()
+
+
+def test_a_victim_read_after_it_was_chosen_is_kept(
+    make_store: Callable[..., BaseStore],
+) -> None:
+    """A read touches too: the eviction drops only members whose score is unchanged."""
+    evictor = make_store(max_sessions=2)
+    reader = make_store(max_sessions=2)
+    assert isinstance(evictor, RedisStore)
+    write(evictor, "a", "first")
+    write(evictor, "b", "first")
+    interleave(evictor, "forget_stale", lambda: reader.get_messages("a"))
+    write(evictor, "c", "first")
+    assert [m["content"] for m in evictor.get_messages("a")] == ["first"]
+    # The read kept a; it is marked but never deleted, and its next write unmarks it.
+    write(reader, "a", "later")
+    client = raw_client(evictor)
+    assert client.hget(session_keys(evictor.prefix, "a").h, "ev") is None
+    client.close()
