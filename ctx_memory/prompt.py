@@ -224,8 +224,9 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             (folded words, bigrams for Chinese, Japanese, Korean and Thai).
         layout: ``"classic"`` (default; the layout of earlier versions: sources and
             local time in the system message) or ``"stable"`` (system prompt first,
-            history trimmed in blocks, the volatile parts last, on the last user
-            message, so consecutive prompts share their prefix; see
+            history trimmed in blocks, the question's sources and recalled turns on
+            it, the page and local time last, so consecutive prompts share their
+            prefix, the steps of a tool loop all of it; see
             :mod:`ctx_memory.assembly.plan`).
         recall_share: When the stored history does not fit, this share of the
             history budget (default 0.5) goes to older whole turns matching the

@@ -4,7 +4,8 @@
   breakpoint; langchain-anthropic's ``ChatAnthropic`` passes it on to the API (at most
   four per request). :func:`anthropic_breakpoints` sets two: on the system message and
   on the last history message, the end of the prefix the stable layout keeps the same
-  from request to request.
+  from request to request; and, in an agent's tool loop, a third on the run's last
+  message, which the next step's request begins with.
 - OpenAI: ``prompt_cache_key`` is a request parameter that routes requests sharing a
   prefix to the same cache; with langchain-openai pass it as a call option,
   ``model.bind(prompt_cache_key=...)`` (or ``model_kwargs``). :func:`prompt_cache_key`
@@ -59,12 +60,15 @@ def with_cache_control(
 
 
 def anthropic_breakpoints(
-    messages: list[BaseMessage], *, has_system: bool, history: int
+    messages: list[BaseMessage], *, has_system: bool, history: int, run_end: int | None = None
 ) -> list[BaseMessage]:
     """``messages`` with ``cache_control`` on the system message and the last history one.
 
     ``history`` is how many history messages follow the system message (if any). Two of
-    Anthropic's four breakpoints: the prefix that stays the same between requests.
+    Anthropic's four breakpoints: the prefix that stays the same between requests. In an
+    agent's tool loop, ``run_end`` is the index of the run's last message (the last tool
+    result, before the stable layout's volatile context): a third breakpoint, since the
+    next step's request begins with everything up to it.
     """
     out = list(messages)
     first = 1 if has_system else 0
@@ -73,4 +77,6 @@ def anthropic_breakpoints(
     if history:
         last = first + history - 1
         out[last] = with_cache_control(out[last])
+    if run_end is not None and first + history <= run_end < len(out):
+        out[run_end] = with_cache_control(out[run_end])
     return out

@@ -1,6 +1,7 @@
 """Stored records as LangChain messages, fast: what a prompt's history is made of.
 
-:func:`attach_context` puts the stable layout's volatile parts on the last user message.
+:func:`attach_context` puts the stable layout's per-question and volatile parts on the user's
+messages.
 
 :func:`records_to_messages` gives what ``[record_to_message(r) for r in records]`` gives,
 message for message, but builds plain text messages (most of any history) without
@@ -24,7 +25,7 @@ __all__ = ["CONTEXT_CLOSE", "CONTEXT_OPEN", "attach_context", "records_to_messag
 
 CONTEXT_OPEN = "<context>"
 CONTEXT_CLOSE = "</context>"
-"""What the stable layout wraps the volatile parts in, on the last user message."""
+"""What the stable layout wraps its per-question and volatile parts in, on user messages."""
 
 _PLAIN_CLASSES: dict[str, type[BaseMessage]] = {
     "user": HumanMessage,
@@ -160,24 +161,51 @@ def records_to_messages(records: Iterable[Mapping[str, Any]]) -> list[BaseMessag
     return out
 
 
-def attach_context(tail: Sequence[BaseMessage], context: str) -> list[BaseMessage]:
-    """``tail`` with ``context`` put before the text of its last human message (a copy).
+def attach_context(
+    tail: Sequence[BaseMessage], context: str, volatile: str = ""
+) -> list[BaseMessage]:
+    """``tail`` with the stable layout's context attached (a copy).
 
-    Without a human message the context goes first, as one of its own. ``""`` changes
-    nothing.
+    ``context`` is what belongs to the question (ranked sources, recalled turns): it goes
+    before the text of the last user message. ``volatile`` is what changes with the clock
+    or the page (local time, current page): it goes last. When the last message is the
+    user's, both go on it, ``volatile`` first. In an agent's tool loop the question is
+    followed by tool calls and their results: the question keeps its context, so each
+    step's request begins with the previous one (the question and the earlier steps as
+    they were sent), and ``volatile`` follows the last message as a user message of its
+    own. Without a user message the context goes first, as one of its own. Empty parts
+    change nothing.
     """
     out = list(tail)
+    if not out:
+        joined = "\n\n".join(p for p in (volatile, context) if p)
+        return [HumanMessage(content=_wrapped(joined))] if joined else out
+    if context:
+        for i in range(len(out) - 1, -1, -1):
+            if isinstance(out[i], HumanMessage):
+                out = _prepended(out, i, context)
+                break
+        else:
+            out.insert(0, HumanMessage(content=_wrapped(context)))
+    if volatile:
+        out.append(HumanMessage(content=_wrapped(volatile)))
+    return out
+
+
+def _wrapped(context: str) -> str:
+    return f"{CONTEXT_OPEN}\n{context}\n{CONTEXT_CLOSE}"
+
+
+def _prepended(out: list[BaseMessage], i: int, context: str) -> list[BaseMessage]:
+    """``out`` with ``context`` (wrapped) before the text of ``out[i]`` (in place)."""
     if not context:
         return out
-    wrapped = f"{CONTEXT_OPEN}\n{context}\n{CONTEXT_CLOSE}"
-    for i in range(len(out) - 1, -1, -1):
-        message = out[i]
-        if isinstance(message, HumanMessage):
-            content = message.content
-            if isinstance(content, str):
-                new: Any = f"{wrapped}\n\n{content}" if content else wrapped
-            else:
-                new = [{"type": "text", "text": wrapped}, *content]
-            out[i] = message.model_copy(update={"content": new})
-            return out
-    return [HumanMessage(content=wrapped), *out]
+    wrapped = _wrapped(context)
+    message = out[i]
+    content = message.content
+    if isinstance(content, str):
+        new: Any = f"{wrapped}\n\n{content}" if content else wrapped
+    else:
+        new = [{"type": "text", "text": wrapped}, *content]
+    out[i] = message.model_copy(update={"content": new})
+    return out

@@ -26,10 +26,12 @@ in the system message; recalled turns as messages before the window, a gap marke
 each gap. ``"stable"``: only what rarely changes (an agent's system prompt, the
 session's system prompt and mode, the pinned sources) in the system message, then the
 history window trimmed in blocks
-(:meth:`HistoryWindow.finish <ctx_memory.assembly.window.HistoryWindow.finish>`), and
-the volatile parts (current page, local time, ranked sources, recalled turns as text)
-attached to the last user message of the tail, so the prompt's prefix stays the same
-from request to request.
+(:meth:`HistoryWindow.finish <ctx_memory.assembly.window.HistoryWindow.finish>`), then
+the tail: the question with what belongs to it (ranked sources, recalled turns as text),
+an agent's run after it, and last the parts that change with the clock or the page
+(current page, local time) in a user message of their own
+(:func:`~ctx_memory.assembly.messages.attach_context`). The prompt's prefix stays the same
+from request to request, and each step of a tool loop begins with the whole previous one.
 """
 
 from __future__ import annotations
@@ -175,7 +177,7 @@ def begin_prompt(
         header_text = format_header(meta, now=moment)
     session_head = head_text(system_prompt, header_text)
     head = "\n\n".join(part for part in (system_prefix, session_head) if part)
-    tail_tokens = sum(counter.count_lc_message(m) for m in attach_context(tail, volatile))
+    tail_tokens = sum(counter.count_lc_message(m) for m in attach_context(tail, "", volatile))
     head_tokens = counter.count_message("system", head) if head else 0
     fixed = REPLY_PRIMING + head_tokens + tail_tokens
     if fixed > budget:
@@ -436,8 +438,7 @@ def _stable_sources(
     chosen = list(block_plan.chosen)
     while True:
         pairs = ChosenSources([*first, *chosen], len(first))
-        context = "\n\n".join(p for p in (draft.volatile, format_sources(pairs)) if p)
-        tail = attach_context(draft.tail, context)
+        tail = attach_context(draft.tail, format_sources(pairs), draft.volatile)
         tail_tokens = sum(counter.count_lc_message(m) for m in tail)
         fixed = REPLY_PRIMING + system_tokens + tail_tokens
         if fixed <= draft.budget or not chosen:
@@ -522,7 +523,10 @@ def finish_prompt(
     messages.extend(tail)
     if "anthropic" in cache_hints:
         messages = anthropic_breakpoints(
-            messages, has_system=bool(sources.text), history=len(recall_messages) + len(history)
+            messages,
+            has_system=bool(sources.text),
+            history=len(recall_messages) + len(history),
+            run_end=_run_end(draft, len(messages)),
         )
     model_kwargs: dict[str, Any] = {}
     if "openai" in cache_hints:
@@ -604,6 +608,18 @@ def finish_prompt(
         sources_text=sources_block(sources.chosen),
         model_kwargs=model_kwargs,
     )
+
+
+def _run_end(draft: PromptDraft, count: int) -> int | None:
+    """Where a tool loop's run ends among the prompt's ``count`` messages (stable layout).
+
+    A step of a tool loop sends the question, then calls and their results: the index of
+    its last message (the volatile part, when there is one, follows it); ``None`` when
+    the tail is the question alone or the layout is classic.
+    """
+    if draft.layout != "stable" or len(draft.tail) < 2:
+        return None
+    return count - (2 if draft.volatile else 1)
 
 
 def _outside(

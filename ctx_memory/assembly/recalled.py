@@ -11,7 +11,7 @@ turns until what is left fits, and :func:`gap_messages` gives the visible marker
 what lies between (``[… 37 earlier messages not shown …]``).
 
 :func:`recall_step` runs the choice for an assembly and :func:`finish_recalled` turns
-what was read into messages (classic layout) or text on the last user message (stable).
+what was read into messages (classic layout) or text on the question's message (stable).
 
 Hits are ranked by BM25 in context (each message's BM25 plus
 :data:`~ctx_memory.recall.CONTEXT_WEIGHT` times its neighbours'). Given the question's
@@ -67,7 +67,7 @@ MAX_HITS = 64
 """Most matching messages considered per assembly."""
 
 RECALL_HEADING = "Recalled from earlier in this conversation (oldest first):"
-"""Opens the stable layout's recalled turns (text on the last user message)."""
+"""Opens the stable layout's recalled turns (text on the question's message)."""
 
 _MARKER_ESTIMATE = 16  # a gap marker as a user message, upper bound for choosing
 _PLACEHOLDER_ESTIMATE = 48  # a cleared tool output's placeholder, upper bound for choosing
@@ -493,13 +493,14 @@ def finish_recalled(
     Turns the window holds (from ``window_start`` on) are passed over. Classic layout:
     each turn as messages, a gap marker before it and before the window where messages
     are not shown. Stable layout: the turns as text (:func:`~ctx_memory.recall.format_turns`)
-    after the volatile header and sources on the last user message.
+    after the ranked sources on the question's message (the volatile lines go last:
+    :func:`~ctx_memory.assembly.messages.attach_context`).
     """
     draft = plan.draft
     turns = choice.turn_records(recalled) if choice is not None else []
     turns = [(t, r) for t, r in turns if t.stop <= window_start]  # never twice
     stable = draft.layout == "stable"
-    context = "\n\n".join(p for p in (draft.volatile, format_sources(plan.sources.chosen)) if p)
+    context = format_sources(plan.sources.chosen)
 
     built: list[list[BaseMessage]] = []  # the stable tail last measured (it is then kept)
 
@@ -507,7 +508,8 @@ def finish_recalled(
         kept: Sequence[tuple[RecalledTurn, list[Mapping[str, Any]]]],
     ) -> list[BaseMessage]:
         text = format_turns([(t.start, r) for t, r in kept], heading=RECALL_HEADING)
-        return attach_context(draft.tail, "\n\n".join(p for p in (context, text) if p))
+        joined = "\n\n".join(p for p in (context, text) if p)
+        return attach_context(draft.tail, joined, draft.volatile)
 
     def measure(kept: Sequence[tuple[RecalledTurn, list[Mapping[str, Any]]]]) -> int:
         if stable:

@@ -40,7 +40,7 @@ class AssemblyReport:
         total_tokens: Tokens of the whole prompt, reply priming included.
         system_tokens: The system message with system prompt and header only.
         sources_tokens: What the sources added to the prompt (stable layout: the
-            pinned ones in the system message and the ranked ones on the last user
+            pinned ones in the system message and the ranked ones on the question's
             message).
         history_tokens: The history messages included.
         question_tokens: The question message (for the agent middleware: the current

@@ -263,6 +263,7 @@ def test_hostile_session_content_is_inert(browser: Any, tmp_path: Path) -> None:
         page = context.new_page()
         _login(page, live.url)
         page.click("#sessions tbody a")
+        page.locator("#session").wait_for()  # the session's page has loaded
         assert page.title().startswith("Session <img")  # shown as text; no script set it
         assert page.locator("#session a[href^='javascript:']").count() == 0
         assert evil in page.locator("#session").inner_text()

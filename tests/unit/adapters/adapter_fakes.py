@@ -8,6 +8,8 @@ from langchain_core.language_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.tools import tool
 
+from ctx_memory.assembly.messages import CONTEXT_CLOSE, CONTEXT_OPEN
+
 
 class ToolCallingFakeModel(GenericFakeChatModel):
     """LangChain's GenericFakeChatModel that accepts ``bind_tools`` and records its inputs."""
@@ -66,3 +68,32 @@ class FlakyChatModel(GenericFakeChatModel):
 
 def flaky_model(*replies: str, failures: int = 0) -> FlakyChatModel:
     return FlakyChatModel(messages=iter([AIMessage(r) for r in replies]), failures=failures)
+
+
+def _context_only(message: BaseMessage) -> bool:
+    text = message.text
+    return text.startswith(CONTEXT_OPEN) and text.endswith(CONTEXT_CLOSE)
+
+
+def stable_parts(
+    messages: list[BaseMessage],
+) -> tuple[list[BaseMessage], BaseMessage, BaseMessage | None]:
+    """A stable-layout request of one question as (prefix, question, volatile part).
+
+    The prefix is the system message and the history window; the question carries its
+    ranked sources and recalled turns; the volatile part (current page, local time) is a
+    user message of its own, last, when there is one.
+    """
+    volatile = messages[-1] if len(messages) > 1 and _context_only(messages[-1]) else None
+    rest = messages[:-1] if volatile is not None else messages
+    return list(rest[:-1]), rest[-1], volatile
+
+
+def stable_prefix(messages: list[BaseMessage]) -> list[BaseMessage]:
+    """The system message and the history window of a stable-layout request."""
+    return stable_parts(messages)[0]
+
+
+def question_of(messages: list[BaseMessage]) -> BaseMessage:
+    """The question's message (with its sources and recalled turns) of a stable request."""
+    return stable_parts(messages)[1]

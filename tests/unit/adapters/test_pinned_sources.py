@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from adapter_fakes import ToolCallingFakeModel
+from adapter_fakes import ToolCallingFakeModel, question_of, stable_prefix
 from langchain.agents.middleware import ModelRequest, ModelResponse
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
@@ -223,7 +223,7 @@ def test_pinned_sources_go_first_in_the_system_message(manager, layout):
         # The ranked ones go last, numbered on after the pinned ones; never repeated.
         assert SOURCES_HEADING not in text
         assert "Current page" not in text
-        tail = result.messages[-1].text
+        tail = question_of(result.messages).text
         assert numbered(tail) == [3, 4, 5]
         assert PINNED_HEADING not in tail
         assert "Refund policy" not in tail
@@ -392,15 +392,15 @@ def test_stable_prefix_is_identical_across_questions_with_pinned_sources(manager
     )
     for result in (first, second):
         exact(result)
-        prefix = result.messages[:-1]  # system message (pinned included) + window
+        prefix = stable_prefix(result.messages)  # system message (pinned included) + window
         assert result.report.stable_prefix_tokens == sum(
             COUNTER.count_lc_message(m) for m in prefix
         )
         assert "Refund policy" in result.messages[0].text
         # The breakpoint is on the system message, which holds the pinned sources.
         assert result.messages[0].content[-1]["cache_control"] == {"type": "ephemeral"}
-    assert serialised(first.messages[:-1]) == serialised(second.messages[:-1])
-    # The ranked sources differ per question, but only in the last message.
+    assert serialised(stable_prefix(first.messages)) == serialised(stable_prefix(second.messages))
+    # The ranked sources differ per question, but only in the question's message.
     assert first.report.source_urls[2] != second.report.source_urls[2]
     assert first.report.source_urls[:2] == second.report.source_urls[:2]
     # Without the pinned ones the prefix is smaller by exactly what they take.
@@ -439,7 +439,7 @@ def test_stable_prefix_across_a_conversation_with_pinned_sources(manager):
     for before, after in itertools.pairwise(prompts):
         assert before[0] == after[0]  # the system message, pinned sources included
         assert PINNED_HEADING in before[0].text
-        if serialised(after).startswith(serialised(before[:-1])):
+        if serialised(after).startswith(serialised(stable_prefix(before))):
             extended += 1
     assert extended >= 15  # the rest are block trims of the window
 
@@ -474,8 +474,8 @@ def test_stable_layout_with_recalled_turns_numbers_ranked_sources_after_pinned(m
     )
     result = assembler.assemble("s1", "Where is my sister's wedding venue?")
     exact(result)
-    assert result.report.recalled  # the recalled turns went on the last message too
-    tail = result.messages[-1].text
+    assert result.report.recalled  # the recalled turns went on the question too
+    tail = question_of(result.messages).text
     assert "Orangery at Kew" in tail
     assert numbered(tail) == [2]
     assert PINNED_HEADING not in tail
@@ -530,7 +530,7 @@ def test_middleware_sends_sources_pinned_by_their_data(manager):
     assert system.text.startswith("Agent rules.")
     assert "[1] Refund policy" in system.text
     assert "[2] Traveller profile" in system.text
-    assert "[3]" in seen[0].messages[-1].text
+    assert "[3]" in question_of(seen[0].messages).text
 
 
 def test_middleware_pins_by_source_type(manager):
@@ -558,4 +558,4 @@ def test_middleware_pins_by_source_type(manager):
     # Every web_search item is pinned in the system message, whatever the question asks.
     assert "Rome hotels are cheapest in February." in system.text
     assert "Paris trains leave every hour" in system.text
-    assert "Rome hotels" not in seen[0].messages[-1].text
+    assert "Rome hotels" not in question_of(seen[0].messages).text

@@ -5,14 +5,15 @@ from __future__ import annotations
 import itertools
 import json
 import random
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, TypedDict
 
 import pytest
-from adapter_fakes import ToolCallingFakeModel, fake_model, tool_call
+from adapter_fakes import ToolCallingFakeModel, fake_model, question_of, stable_prefix, tool_call
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelRequest, ModelResponse
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 from ctx_memory import ContextManager, ContextPromptAssembler, ContextualChat, TokenCounter
 from ctx_memory.assembly.hints import prompt_cache_key
@@ -93,7 +94,7 @@ def test_over_50_turns_the_prefix_grows_and_moves_only_at_block_trims(manager):
     for n in range(49):
         before, after = prompts[n], prompts[n + 1]
         assert COUNTER.count_chat(before) == reports[n]["total_tokens"] <= 3000
-        prefix = before[:-1]  # the system message and the history window
+        prefix = stable_prefix(before)  # the system message and the history window
         # The stable prefix the report names is exactly that part of the prompt.
         assert (
             sum(COUNTER.count_lc_message(m) for m in prefix) == reports[n]["stable_prefix_tokens"]
@@ -109,16 +110,84 @@ def test_over_50_turns_the_prefix_grows_and_moves_only_at_block_trims(manager):
     # where a one-turn-at-a-time window would change its start on every request.
     assert 1 <= trims <= 14, trims
     assert trims / 49 <= 0.3
-    # The volatile parts are last: the local time, page and ranked sources are in the
-    # question's message, never in the system message.
+    # The volatile parts are last: the local time and page in a message of their own,
+    # the ranked sources on the question; never in the system message.
     assert "Current page" not in prompts[-1][0].text
     assert "[1]" not in prompts[-1][0].text
     assert "Current page: https://a.example" in prompts[-1][-1].text
-    assert "Sources (most relevant first" in prompts[-1][-1].text
+    assert "Sources (most relevant first" in question_of(prompts[-1]).text
     # What is stored is the question as asked, without the attached context.
     stored = manager.get_history("s1", last_k=2)
     assert stored[0]["content"].startswith(tuple(WORDS))
     assert "<context>" not in stored[0]["content"]
+
+
+@pytest.mark.parametrize("extras", [False, True])
+def test_a_tool_loop_step_begins_with_the_whole_previous_request(manager, extras):
+    """Each step of an agent's run re-sends the previous request as it was, but its
+    volatile part (the clock moves), and so does the next question once the run is in the
+    history. The question's own context (ranked sources, recalled turns) shares the
+    budget with the run, so with it the guarantee is the system message and window."""
+    setup_session(manager)
+    fill(manager, "s1", 20)
+    assembler = ContextPromptAssembler(
+        manager,
+        max_tokens=6000,
+        layout="stable",
+        max_sources=None if extras else 0,
+        recall_share=0.5 if extras else 0.0,
+        cache_hints=["anthropic"],
+    )
+    clock = iter(datetime(2025, 3, 1, 9, minute, tzinfo=UTC) for minute in range(0, 60, 3))
+
+    def store(message: BaseMessage) -> BaseMessage:
+        record = manager.add_messages("s1", [message])[0]
+        return message.model_copy(update={"id": record["id"]})
+
+    def request(run: list[BaseMessage], query: str) -> list[BaseMessage]:
+        skip = frozenset(m.id for m in run if m.id)
+        result = assembler.build("s1", run, query=query, skip_ids=skip, now=next(clock))
+        assert COUNTER.count_chat(result.messages) == result.report.total_tokens <= 6000
+        return list(result.messages)
+
+    requests: list[list[BaseMessage]] = []
+    heads: list[list[BaseMessage]] = []  # each request's system message and window
+    for task in range(2):
+        query = f"museum tickets and the hotel booking? ({task})"
+        run = [store(HumanMessage(query))]
+        for step in range(4):
+            if step:
+                call_id = f"c{task}{step}"
+                run.append(store(tool_call("search", call_id, q="museum")))
+                result = ToolMessage(f"Result {step}: " + "tickets " * 40, tool_call_id=call_id)
+                run.append(store(result))
+            requests.append(request(run, query))
+            heads.append(requests[-1][: -1 - len(run)])  # the run, then the volatile part
+        store(AIMessage(f"Done with task {task}."))
+
+    def plain(messages: list[BaseMessage]) -> str:  # what is sent, breakpoints aside
+        return serialised([m.model_copy(update={"content": m.text}) for m in messages])
+
+    for before, after, head in zip(requests, requests[1:], heads, strict=False):
+        assert before[-1].text.startswith("<context>\nCurrent page: https://a.example")
+        assert "local time" in before[-1].text
+        assert plain(after).startswith(plain(head))
+        if not extras:
+            assert plain(after).startswith(plain(before[:-1]))
+    if extras:
+        assert "Sources (most relevant first" in question_of(requests[0]).text
+    assert requests[0][-1].text != requests[1][-1].text  # the clock moved: said last
+    # The run's last message carries a breakpoint: the next step begins with it.
+    step = requests[2]
+    marked = [
+        i
+        for i, m in enumerate(step)
+        if isinstance(m.content, list)
+        and any(isinstance(b, dict) and "cache_control" in b for b in m.content)
+    ]
+    assert len(marked) == 3
+    assert marked[-1] == len(step) - 2
+    assert isinstance(step[-2], ToolMessage)
 
 
 def test_classic_layout_is_unchanged_by_default(seeded):
@@ -153,7 +222,7 @@ def test_anthropic_and_openai_hints_have_the_documented_shape(manager):
     system, messages = result.messages[0], result.messages
     assert isinstance(system, SystemMessage)
     assert system.content[-1]["cache_control"] == {"type": "ephemeral"}
-    last_history = messages[-2]
+    last_history = stable_prefix(messages)[-1]
     assert last_history.content[-1]["cache_control"] == {"type": "ephemeral"}
     breakpoints = [
         block
@@ -221,7 +290,7 @@ async def test_middleware_passes_the_layout_and_hints_through(manager, use_async
     assert sent.system_message.content[-1]["cache_control"] == {"type": "ephemeral"}
     assert sent.system_message.content[0]["text"].startswith("Agent rules.")
     assert "Current page" in sent.messages[-1].text
-    assert "hotel prices?" in sent.messages[-1].text
+    assert "hotel prices?" in question_of(sent.messages).text
     assert manager.get_history("s1", last_k=2)[0]["content"] == "hotel prices?"
 
 
