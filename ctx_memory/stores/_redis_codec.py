@@ -85,7 +85,7 @@ def as_int(value: Any) -> int:
 
 
 def write_result(reply: Sequence[Any]) -> tuple[bool, int, list[str], list[str]]:
-    """``created, added, expired ids, evicted ids`` from ``SESSION_SCRIPT``'s write reply."""
+    """``created, added, expired ids, evicted ids`` from a session script's write reply."""
     created, added, expired, evicted = reply
     return (
         bool(int(created)),

@@ -39,7 +39,7 @@ layout 2 data (no ``r`` keys yet): opening it only records the new version.
 """
 
 SESSION_SUFFIXES = ("h", "m", "f", "fp", "ids", "w", "wo", "r")
-"""The keys of one session, ``P:{T}:<suffix>``, in the order ``SESSION_SCRIPT`` takes."""
+"""The keys of one session, ``P:{T}:<suffix>``, in the order the session scripts take."""
 
 
 def session_tag(session_id: str) -> str:
@@ -62,7 +62,7 @@ class SessionKeys(NamedTuple):
 
     @property
     def script_keys(self) -> tuple[str, str, str, str, str, str, str, str]:
-        """The session's keys in the order ``SESSION_SCRIPT`` takes them."""
+        """The session's keys in the order the session scripts take them."""
         return self.h, self.m, self.f, self.fp, self.ids, self.w, self.wo, self.r
 
 

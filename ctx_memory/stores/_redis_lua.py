@@ -1,35 +1,40 @@
 """Lua scripts of the Redis store, read once at import from ``ctx_memory/stores/lua/``.
 
-Five scripts, each loaded on a server once and shared by the sync and asyncio clients.
-Their source is package data, one file per part: ``common.lua`` (JSON and index helpers)
-comes first in ``session.lua`` and ``index.lua``, after a line setting ``TOKEN_WINDOW``;
-``append_new.lua`` is included where ``session.lua`` and ``append.lua`` say
-``-- @include append_new.lua FIRST=<n>`` (``FIRST`` becomes ``n``, the first ``ARGV`` of
-the message triples). Nothing here talks to Redis.
+One script per operation (:class:`Script`), each loaded on a server once and shared by the
+sync and asyncio clients: no script picks its operation from an argument. Their source is
+package data, one file per part: ``common.lua`` (JSON and index helpers) comes first in the
+session and index scripts, after a line setting ``TOKEN_WINDOW``; then ``session.lua``
+(what every operation on one session shares: its keys, counters, write tokens, upsert and
+finish) and the operation's own ``session/<name>.lua``, or ``index.lua`` and
+``index/<name>.lua``. ``append_new.lua`` is included where ``session.lua`` and
+``append.lua`` say ``-- @include append_new.lua FIRST=<n>`` (``FIRST`` becomes ``n``, the
+first ``ARGV`` of the message triples). Nothing here talks to Redis.
 
-* :data:`SESSION_SCRIPT` runs every operation on one session (``ARGV[1]`` names it). Its
-  ``KEYS`` are the session's eight keys, which share one hash slot; on a single server the
-  LRU/expiry index keys follow as ``KEYS[9]``/``KEYS[10]`` so that index maintenance and
-  eviction happen in the same atomic call. On Redis Cluster the index lives in its own
-  slot, so the script gets only the eight session keys and the client updates the index with
-  :data:`INDEX_SCRIPT` in calls of its own, evicting in steps that a concurrent write
-  cannot fall between (``mark`` and ``evict`` here, ``forget_stale`` in the index).
-* :data:`INDEX_SCRIPT` maintains the index alone (cluster mode, ``gc`` and ``list``).
-* :data:`TOUCH_SCRIPT` is a read's LRU touch (``max_sessions`` set). The read itself
+* The session scripts (``Script.CREATE`` to ``Script.EVICT``) each run one operation on one
+  session. Their ``KEYS`` are the session's eight keys, which share one hash slot; on a
+  single server the LRU/expiry index keys follow as ``KEYS[9]``/``KEYS[10]`` so that index
+  maintenance and eviction happen in the same atomic call. On Redis Cluster the index lives
+  in its own slot, so a script gets only the eight session keys and the client updates the
+  index with the index scripts in calls of its own, evicting in steps that a concurrent
+  write cannot fall between (``MARK`` and ``EVICT`` on the victim, ``INDEX_FORGET_STALE``
+  in the index).
+* The index scripts (``Script.INDEX_WRITE`` to ``Script.INDEX_FORGET_STALE``) maintain the
+  index alone (cluster mode, ``gc`` and ``list``).
+* ``Script.TOUCH`` is a read's LRU touch (``max_sessions`` set). The read itself
   (``LRANGE``, ``LLEN``, ``HMGET``) is a plain command in the same round trip (on a single
   server) or sent first (on a cluster, where the index has its own slot): a reply passed
   through Lua costs more than the commands, every element becoming a Lua string and back.
   It touches only a session that exists and is indexed (``ZADD XX``), so no read puts a
   deleted or evicted session back in the index.
-* :data:`APPEND_SCRIPT` is the hot path: appending messages to a session that exists. It
+* ``Script.APPEND`` is the hot path: appending messages to a session that exists. It
   is small (no JSON parsing, no operation dispatch, no helper definitions to instantiate),
-  answers one integer and shares the hash fields and TTL rules of :data:`SESSION_SCRIPT`;
+  answers one integer and shares the hash fields and TTL rules of the session scripts;
   when the session does not exist it changes nothing and answers ``-1``, and the client
-  repeats the write with :data:`SESSION_SCRIPT` and the init header. It takes only the
+  repeats the write with ``Script.UPSERT_APPEND`` and the init header. It takes only the
   hash, the list and the id set until the client knows the session has fetched items; if
   it has (and a TTL is set) it answers ``-2``, again having changed nothing, and the
   client repeats the call with the fetched keys too.
-* :data:`LAYOUT_SCRIPT` records the key layout version under a prefix (once per store
+* ``Script.LAYOUT`` records the key layout version under a prefix (once per store
   object, before its first operation), never lowering a newer one.
 
 Appends are idempotent by message id, with no window: the hash ``IDS`` holds the id of
@@ -49,29 +54,31 @@ The merge code (``common.lua``) parses objects *structurally*: it walks the text
 every non-object value as its exact source text and re-emits objects key by key, so
 numbers, empty lists and unicode survive byte for byte and key order is preserved.
 
-``KEYS`` of :data:`SESSION_SCRIPT`: ``H, M, F, FP, IDS, W, WO, R`` (one hash slot), then
-the index on a single server. ``ARGV`` (unused slots are ``""``)::
+``KEYS`` of a session script: ``H, M, F, FP, IDS, W, WO, R`` (one hash slot), then the
+index on a single server. ``ARGV`` (unused slots are ``""``)::
 
-    1 "op:ttl_ms:max_sessions:write_token"   2 session id   3 now (JSON string)
+    1 "ttl_ms:max_sessions:write_token"   2 session id   3 now (JSON string)
     4 init header JSON ("" when the client believes the session exists; the script then
       answers "init" if it does not)   5.. operation arguments
 
 The key prefix and the index member (tag + id) are derived from ``KEYS[1]``. Writes answer
-``{created, added, expired_members, evicted_members}``.
+``{created, added, expired_members, evicted_members}``. ``KEYS`` of an index script: the
+index, its id list and the list's built flag; ``ARGV`` the operation's arguments.
 """
 
 from __future__ import annotations
 
 import re
+from enum import IntEnum
 from importlib import resources
 
 __all__ = [
     "APPEND_SCRIPT",
-    "INDEX_SCRIPT",
     "LAYOUT_SCRIPT",
-    "SESSION_SCRIPT",
+    "SOURCES",
     "TOKEN_WINDOW",
     "TOUCH_SCRIPT",
+    "Script",
 ]
 
 TOKEN_WINDOW = 600
@@ -82,7 +89,9 @@ _INCLUDE = re.compile(r"^[ \t]*-- @include (\S+) (\w+)=(\S+)\n", re.MULTILINE)
 
 def _source(name: str) -> str:
     """The text of ``lua/<name>``, read from the installed package."""
-    return resources.files(__package__).joinpath("lua", name).read_text(encoding="utf-8")
+    return (
+        resources.files(__package__).joinpath("lua", *name.split("/")).read_text(encoding="utf-8")
+    )
 
 
 def _compose(name: str) -> str:
@@ -92,11 +101,60 @@ def _compose(name: str) -> str:
 
 _COMMON = f"local TOKEN_WINDOW = {TOKEN_WINDOW}\n\n" + _source("common.lua")
 
-SESSION_SCRIPT = _COMMON + "\n" + _compose("session.lua")
-"""Every operation on one session; ``ARGV[1]`` names it."""
 
-INDEX_SCRIPT = _COMMON + "\n" + _compose("index.lua")
-"""The session index alone (Redis Cluster, ``gc`` and ``list``)."""
+class Script(IntEnum):
+    """The Lua scripts the Redis store runs, one operation each (its file in ``lua/``)."""
+
+    APPEND = 0  # append.lua: the hot path, messages to a session the client knows
+    TOUCH = 1  # touch.lua: a read's LRU touch
+    LAYOUT = 2  # the key layout version (:data:`LAYOUT_SCRIPT`)
+    UPSERT_APPEND = 3  # session/append.lua: messages, creating the session if missing
+    FETCH = 4  # session/fetch.lua: fetched items
+    MERGE = 5  # session/merge.lua: a partial update of the shared state
+    HEADER = 6  # session/header.lua: metadata and system prompt
+    CREATE = 7  # session/create.lua
+    REPLACE = 8  # session/replace.lua: a whole document (an import)
+    CLEAR = 9  # session/clear.lua
+    DELETE = 10  # session/delete.lua
+    MSGDEL = 11  # session/msgdel.lua: messages deleted by id
+    MSGSET = 12  # session/msgset.lua: a message replaced
+    TRUNCATE = 13  # session/truncate.lua: the history cut after a message
+    RECALL = 14  # session/recall.lua: recall-index segments saved
+    DOC = 15  # session/doc.lua: the whole document read
+    EXISTS = 16  # session/exists.lua
+    MARK = 17  # session/mark.lua: a cluster eviction's victim marked
+    EVICT = 18  # session/evict.lua: deleted if still marked
+    INDEX_WRITE = 19  # index/write.lua: a write's touch; victims chosen
+    INDEX_MEMBERS = 20  # index/members.lua
+    INDEX_FORGET = 21  # index/forget.lua
+    INDEX_PAGE = 22  # index/page.lua: a page of ids in id order
+    INDEX_FORGET_STALE = 23  # index/forget_stale.lua: members dropped if unchanged
+
+
+_FILES = {
+    Script.UPSERT_APPEND: "session/append.lua",
+    Script.FETCH: "session/fetch.lua",
+    Script.MERGE: "session/merge.lua",
+    Script.HEADER: "session/header.lua",
+    Script.CREATE: "session/create.lua",
+    Script.REPLACE: "session/replace.lua",
+    Script.CLEAR: "session/clear.lua",
+    Script.DELETE: "session/delete.lua",
+    Script.MSGDEL: "session/msgdel.lua",
+    Script.MSGSET: "session/msgset.lua",
+    Script.TRUNCATE: "session/truncate.lua",
+    Script.RECALL: "session/recall.lua",
+    Script.DOC: "session/doc.lua",
+    Script.EXISTS: "session/exists.lua",
+    Script.MARK: "session/mark.lua",
+    Script.EVICT: "session/evict.lua",
+    Script.INDEX_WRITE: "index/write.lua",
+    Script.INDEX_MEMBERS: "index/members.lua",
+    Script.INDEX_FORGET: "index/forget.lua",
+    Script.INDEX_PAGE: "index/page.lua",
+    Script.INDEX_FORGET_STALE: "index/forget_stale.lua",
+}
+"""Each session or index script's own file; ``session.lua`` or ``index.lua`` comes before it."""
 
 APPEND_SCRIPT = _compose("append.lua")
 """The hot path: appending messages to a session that exists."""
@@ -118,3 +176,18 @@ key existed, which is layout 1). When there was none or an older version, the ke
 :data:`~ctx_memory.stores._redis_keys.LAYOUT_VERSION`); a newer or unreadable one is left
 as it is, for the client to refuse. Short enough to live here rather than in ``lua/``.
 """
+
+
+def _operation(path: str) -> str:
+    """A session or index script: the shared part of its kind, then its own file."""
+    kind = path.split("/", 1)[0]
+    return _COMMON + "\n" + _compose(f"{kind}.lua") + "\n" + _compose(path)
+
+
+SOURCES: dict[Script, str] = {
+    Script.APPEND: APPEND_SCRIPT,
+    Script.TOUCH: TOUCH_SCRIPT,
+    Script.LAYOUT: LAYOUT_SCRIPT,
+    **{script: _operation(path) for script, path in _FILES.items()},
+}
+"""Every script's source by :class:`Script`."""

@@ -34,13 +34,7 @@ from ctx_memory.stores._redis_keys import (
     member_id,
     session_keys,
 )
-from ctx_memory.stores._redis_lua import (
-    APPEND_SCRIPT,
-    INDEX_SCRIPT,
-    LAYOUT_SCRIPT,
-    SESSION_SCRIPT,
-    TOUCH_SCRIPT,
-)
+from ctx_memory.stores._redis_lua import SOURCES, Script
 from ctx_memory.stores._redis_wire import pack_args
 from ctx_memory.stores.base import MAX_SHARED_BYTES, BaseStore, WriteResult, assemble_document
 from ctx_memory.stores.ops import (
@@ -99,10 +93,9 @@ __all__ = [
 # replies; ``_drive`` runs it on the sync client and ``_adrive`` on the asyncio client.
 
 
-SESSION, INDEX, APPEND, TOUCH, LAYOUT = 0, 1, 2, 3, 4
-SCRIPTS = (SESSION_SCRIPT, INDEX_SCRIPT, APPEND_SCRIPT, TOUCH_SCRIPT, LAYOUT_SCRIPT)
+SCRIPTS = tuple(SOURCES[script] for script in Script)  # by Script's value
 SHAS = tuple(hashlib.sha1(s.encode()).hexdigest() for s in SCRIPTS)  # noqa: S324 - script id
-APPEND_SHA = SHAS[APPEND].encode()
+APPEND_SHA = SHAS[Script.APPEND].encode()
 _SCRIPT_OF_SHA: dict[str | bytes, str] = {
     key: script for sha, script in zip(SHAS, SCRIPTS, strict=True) for key in (sha, sha.encode())
 }
@@ -111,7 +104,7 @@ _SCRIPT_OF_SHA: dict[str | bytes, str] = {
 class Eval(NamedTuple):
     """A call of one of :data:`SCRIPTS` (``EVALSHA``)."""
 
-    script: int  # SESSION, INDEX, APPEND, TOUCH or LAYOUT
+    script: Script
     keys: tuple[str | bytes, ...]
     args: tuple[Any, ...]
 
@@ -199,7 +192,7 @@ class RedisOperations(BaseStore):
 
     def _session(
         self,
-        op: str,
+        script: Script,
         session_id: str,
         *extra: Any,
         token: str = "",
@@ -209,21 +202,21 @@ class RedisOperations(BaseStore):
         keys: tuple[str, ...] = session_keys(self.prefix, session_id).script_keys
         if not self.cluster:
             keys += (self._idx, self._lex)
-        return Eval(SESSION, keys, (f"{op}:{self._limits}:{token}", session_id, now, init, *extra))
+        return Eval(script, keys, (f"{self._limits}:{token}", session_id, now, init, *extra))
 
-    def _index(self, op: str, *args: Any) -> Eval:
-        return Eval(INDEX, (self._idx, self._lex, self._lex + "v"), (op, *args))
+    def _index(self, script: Script, *args: Any) -> Eval:
+        return Eval(script, (self._idx, self._lex, self._lex + "v"), args)
 
     def _touch(self, session_id: str) -> Eval:
         """The LRU touch of a read (TOUCH_SCRIPT): of a session that exists and is indexed."""
         k = session_keys(self.prefix, session_id)
         # On a cluster the session's hash is in another slot: the caller read it first.
         keys = (self._idx,) if self.cluster else (self._idx, k.h)
-        return Eval(TOUCH, keys, (k.member,))
+        return Eval(Script.TOUCH, keys, (k.member,))
 
-    def _read(self, op: str, session_id: str, *extra: Any) -> Generator[Request, Any, Any]:
-        """A read in SESSION_SCRIPT (a document, existence): it touches the index itself."""
-        reply = yield self._session(op, session_id, *extra)
+    def _read(self, script: Script, session_id: str) -> Generator[Request, Any, Any]:
+        """A read by a session script (a document, existence): it touches the index itself."""
+        reply = yield self._session(script, session_id)
         if self.cluster and self.max_sessions is not None and reply:
             yield self._touch(session_id)
         return reply
@@ -262,7 +255,7 @@ class RedisOperations(BaseStore):
 
     def _write(
         self,
-        op: str,
+        script: Script,
         session_id: str,
         init: Header,
         now: str,
@@ -277,12 +270,12 @@ class RedisOperations(BaseStore):
         known = session_id in self._known
         init_json = "" if known else dumps(clean_init(init))
         reply = yield self._session(
-            op, session_id, *extra, token=write_token, now=now_json, init=init_json
+            script, session_id, *extra, token=write_token, now=now_json, init=init_json
         )
         if known and as_text(reply) == "init":  # gone since (expired, evicted, deleted elsewhere)
             init_json = dumps(clean_init(init))
             reply = yield self._session(
-                op, session_id, *extra, token=write_token, now=now_json, init=init_json
+                script, session_id, *extra, token=write_token, now=now_json, init=init_json
             )
         if isinstance(reply, (bytes, str)) and as_text(reply).startswith("too_large:"):
             raise SharedStateTooLargeError(int(as_text(reply)[10:]), MAX_SHARED_BYTES)
@@ -322,14 +315,16 @@ class RedisOperations(BaseStore):
         """On a cluster with ``max_sessions``, a write's LRU touch, sent before it."""
         if self.cluster and self.max_sessions is not None:
             member = session_keys(self.prefix, session_id).member
-            yield self._index("write", member, self._max, "0", "1" if existing_only else "0")
+            yield self._index(
+                Script.INDEX_WRITE, member, self._max, "0", "1" if existing_only else "0"
+            )
 
     def _cluster_created(
         self, session_id: str
     ) -> Generator[Request, Any, tuple[list[str], list[str]]]:
         """Index a session a write created (on a cluster) and evict over ``max_sessions``."""
         member = session_keys(self.prefix, session_id).member
-        chosen = yield self._index("write", member, self._max, "1", "0")
+        chosen = yield self._index(Script.INDEX_WRITE, member, self._max, "1", "0")
         return (yield from self._cluster_evict(chosen)) if chosen else ([], [])
 
     def _cluster_evict(
@@ -351,21 +346,21 @@ class RedisOperations(BaseStore):
         gone: set[str] = set()
         for member, score in zip(members, chosen[1::2], strict=True):
             victim = member_id(member)
-            if not (yield self._session("mark", victim, token=token)):
+            if not (yield self._session(Script.MARK, victim, token=token)):
                 gone.add(member)
             pairs += (member, as_text(score))
         expired: list[str] = []
         evicted: list[str] = []
-        for member in (yield self._index("forget_stale", *pairs)):
+        for member in (yield self._index(Script.INDEX_FORGET_STALE, *pairs)):
             victim = member_id(member)
             if as_text(member) in gone:
                 expired.append(victim)
                 continue
-            deleted = int((yield self._session("evict", victim, token=token)))
+            deleted = int((yield self._session(Script.EVICT, victim, token=token)))
             if deleted == 1:
                 evicted.append(victim)
             elif deleted == 0:  # written since it was marked: it stays, indexed again
-                yield self._index("write", as_text(member), self._max, "0", "0")
+                yield self._index(Script.INDEX_WRITE, as_text(member), self._max, "0", "0")
             else:
                 expired.append(victim)
         return expired, evicted
@@ -380,17 +375,17 @@ class RedisOperations(BaseStore):
             self._notify("session_evicted", victim)
 
     def _op_create(self, session_id: str, init: Header) -> Generator[Request, Any, WriteResult]:
-        return self._write("create", session_id, init, init["metadata"]["timestamp"])
+        return self._write(Script.CREATE, session_id, init, init["metadata"]["timestamp"])
 
     def _op_exists(self, session_id: str) -> Generator[Request, Any, bool]:
-        return bool((yield from self._read("exists", session_id)))
+        return bool((yield from self._read(Script.EXISTS, session_id)))
 
     def _op_delete(self, session_id: str) -> Generator[Request, Any, bool]:
         if self.cluster:
             # Unindex first: a write re-creating the session after the keys are gone indexes
             # it again, so no live session is left out of the index by this race.
-            yield self._index("forget", session_keys(self.prefix, session_id).member)
-        existed = bool((yield self._session("delete", session_id)))
+            yield self._index(Script.INDEX_FORGET, session_keys(self.prefix, session_id).member)
+        existed = bool((yield self._session(Script.DELETE, session_id)))
         self._forget((session_id,))
         return existed
 
@@ -409,7 +404,7 @@ class RedisOperations(BaseStore):
         the session since), and only the call that dropped it reports it: several
         processes listing at once report each expiry once.
         """
-        reply = yield self._index("members")
+        reply = yield self._index(Script.INDEX_MEMBERS)
         members = [as_text(m) for m in reply[0::2]]
         if not members:
             return [], 0
@@ -429,14 +424,14 @@ class RedisOperations(BaseStore):
         The recall segments of those sessions are deleted too: they expire no later than
         the session's hash, but for segments saved with no TTL before the session got one.
         """
-        removed = [member_id(m) for m in (yield self._index("forget_stale", *stale))]
+        removed = [member_id(m) for m in (yield self._index(Script.INDEX_FORGET_STALE, *stale))]
         if removed:
             yield Pipeline(tuple(("DEL", session_keys(self.prefix, sid).r) for sid in removed))
         self._report(removed, ())
         return len(removed)
 
     def _op_document(self, session_id: str) -> Generator[Request, Any, dict[str, Any] | None]:
-        reply = yield from self._read("doc", session_id)
+        reply = yield from self._read(Script.DOC, session_id)
         if not reply:
             return None
         fields, messages, fetched = reply
@@ -477,7 +472,7 @@ class RedisOperations(BaseStore):
         return decode_fetched((yield from self._plain_read(command, session_id)), source_type)
 
     def _append_tail(self, messages: Sequence[EncodedMessage], now: str) -> tuple[Any, ...]:
-        """The ``ARGV`` of :data:`APPEND_SCRIPT`: its scalars packed in one, then the messages."""
+        """The ``ARGV`` of ``APPEND_SCRIPT``: its scalars packed in one, then the messages."""
         head = f"{self._ttl_ms} {os.urandom(8).hex()} {json_str(now)}"
         if len(messages) == 1:
             msg = messages[0]
@@ -510,7 +505,7 @@ class RedisOperations(BaseStore):
             self._forget((session_id,))  # gone since: create it again with the init header
         return (
             yield from self._write(
-                "append",
+                Script.UPSERT_APPEND,
                 session_id,
                 init,
                 now,
@@ -520,11 +515,11 @@ class RedisOperations(BaseStore):
         )
 
     def _op_edit(
-        self, op: str, session_id: str, now: str, *extra: Any
+        self, script: Script, session_id: str, now: str, *extra: Any
     ) -> Generator[Request, Any, int]:
-        """A history edit (``msgdel``, ``msgset``, ``truncate``): removed/replaced, or -1."""
+        """A history edit (``MSGDEL``, ``MSGSET``, ``TRUNCATE``): removed/replaced, or -1."""
         yield from self._cluster_touch_first(session_id, existing_only=True)
-        reply = yield self._session(op, session_id, *extra, token=self._token(), now=dumps(now))
+        reply = yield self._session(script, session_id, *extra, token=self._token(), now=dumps(now))
         return int(reply)
 
     def _op_delete_messages(
@@ -532,13 +527,13 @@ class RedisOperations(BaseStore):
     ) -> Generator[Request, Any, int]:
         if not message_ids:
             return 0
-        return max(0, (yield from self._op_edit("msgdel", session_id, now, *message_ids)))
+        return max(0, (yield from self._op_edit(Script.MSGDEL, session_id, now, *message_ids)))
 
     def _op_replace_message(
         self, session_id: str, message_id: str, message: EncodedMessage, now: str
     ) -> Generator[Request, Any, bool]:
         reply = yield from self._op_edit(
-            "msgset", session_id, now, message_id, message.tokens, message.json
+            Script.MSGSET, session_id, now, message_id, message.tokens, message.json
         )
         return reply > 0
 
@@ -546,7 +541,7 @@ class RedisOperations(BaseStore):
         self, session_id: str, message_id: str, inclusive: bool, now: str
     ) -> Generator[Request, Any, int | None]:
         reply = yield from self._op_edit(
-            "truncate", session_id, now, message_id, "1" if inclusive else "0"
+            Script.TRUNCATE, session_id, now, message_id, "1" if inclusive else "0"
         )
         return None if reply < 0 else reply
 
@@ -561,7 +556,7 @@ class RedisOperations(BaseStore):
         page: list[str] = []
         while len(page) < limit:
             want = limit - len(page)
-            ids = [as_text(i) for i in (yield self._index("page", low, high, want))]
+            ids = [as_text(i) for i in (yield self._index(Script.INDEX_PAGE, low, high, want))]
             if not ids:
                 break
             keys = [session_keys(self.prefix, sid) for sid in ids]
@@ -592,7 +587,7 @@ class RedisOperations(BaseStore):
         for item in items:
             pairs += (item.fingerprint, encode_fetched(item))
         result = yield from self._write(
-            "fetch",
+            Script.FETCH,
             session_id,
             init,
             now,
@@ -607,7 +602,7 @@ class RedisOperations(BaseStore):
         self, session_id: str, mode: str, partial: Mapping[str, Any], init: Header, now: str
     ) -> Generator[Request, Any, WriteResult]:
         return self._write(
-            "merge",
+            Script.MERGE,
             session_id,
             init,
             now,
@@ -630,7 +625,7 @@ class RedisOperations(BaseStore):
             k: v for k, v in (metadata or {}).items() if k not in ("message_count", "token_count")
         }
         return self._write(
-            "header",
+            Script.HEADER,
             session_id,
             init,
             now,
@@ -646,7 +641,7 @@ class RedisOperations(BaseStore):
         existed = bool(
             (
                 yield self._session(
-                    "clear",
+                    Script.CLEAR,
                     session_id,
                     "1" if preserve_fetched else "0",
                     token=self._token(),
@@ -670,7 +665,7 @@ class RedisOperations(BaseStore):
         ts = metadata.get("timestamp")
         yield from self._cluster_touch_first(session_id)
         reply = yield self._session(
-            "replace",
+            Script.REPLACE,
             session_id,
             dumps(header["system_prompt"]),
             dumps(metadata),
@@ -700,13 +695,13 @@ class RedisOperations(BaseStore):
     def _op_save_recall_segments(
         self, session_id: str, segments: Sequence[str], replace: bool
     ) -> Generator[Request, Any, bool]:
-        """Append to (``replace``: swap) the list ``r`` of an existing session (SESSION_SCRIPT)."""
+        """Append to (``replace``: swap) the list ``r`` of an existing session (``RECALL``)."""
         if not segments and not replace:  # nothing to write: whether the session exists
             return bool((yield Command(("EXISTS", session_keys(self.prefix, session_id).h))))
         keys = session_keys(self.prefix, session_id).script_keys  # no index: not an access
         token = self._token() if segments else ""
-        args = (f"recall:0:0:{token}", session_id, "", "", "1" if replace else "0", *segments)
-        return bool((yield Eval(SESSION, keys, args)))
+        args = (f"0:0:{token}", session_id, "", "", "1" if replace else "0", *segments)
+        return bool((yield Eval(Script.RECALL, keys, args)))
 
     # ------------------------------------------------------------ the layout version
 
@@ -717,7 +712,7 @@ class RedisOperations(BaseStore):
         of every older layout is valid data of this one (layout 2 only adds a key), so
         migrating it is recording the new version, which LAYOUT_SCRIPT does atomically.
         """
-        raw = yield Eval(LAYOUT, (layout_key(self.prefix),), (str(LAYOUT_VERSION),))
+        raw = yield Eval(Script.LAYOUT, (layout_key(self.prefix),), (str(LAYOUT_VERSION),))
         text = "1" if raw is None else as_text(raw)
         if not (text.isascii() and text.isdigit()):
             msg = (

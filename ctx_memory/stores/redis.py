@@ -7,21 +7,22 @@ keys), plus two index sorted sets ``P:{__index__}:lru`` and ``P:{__index__}:ids`
 (``docs/stores.md``, "Redis key layout"), and :data:`SESSION_SUFFIXES` lists the parts.
 
 ``{T}`` is a hash tag: the keys of a session live in one slot, so one Lua script can
-change them atomically on Redis Cluster too. Every write to a session is one call of one
-script (``SESSION_SCRIPT``, from ``lua/session.lua``) that also bumps the counters,
+change them atomically on Redis Cluster too. Every write to a session is one call of the
+script for that operation (``lua/session/<operation>.lua`` after ``lua/session.lua``: one
+script per operation, :class:`~ctx_memory.stores._redis_lua.Script`) that also bumps the counters,
 refreshes the TTL of every key (``PEXPIRE``), and — on a single server — updates the index
 and evicts the least recently used sessions. Appending messages to a session this object
-has written before uses a small dedicated script (``APPEND_SCRIPT``, ``lua/append.lua``:
+has written before uses a small dedicated script (``Script.APPEND``, ``lua/append.lua``:
 one ``HMGET``, an ``HSETNX`` per message, one ``HSET``, the ``RPUSH`` and the ``PEXPIRE``
 calls, one integer back); if the session vanished meanwhile it changes nothing and the
 write is repeated with the init header. Reading the history, its length, the header or
 the fetched items is a plain ``LRANGE`` / ``LLEN`` / ``HMGET`` (reads never slide the TTL);
 with ``max_sessions`` the same round trip carries the session's LRU touch
-(``TOUCH_SCRIPT``, ``lua/touch.lua``, which touches only a session that exists and is
+(``Script.TOUCH``, ``lua/touch.lua``, which touches only a session that exists and is
 indexed, so no read puts a deleted or evicted session back). The whole document (one
-snapshot) and ``exists`` are read by ``SESSION_SCRIPT``, which touches the index itself.
+snapshot) and ``exists`` are read by their session scripts, which touch the index themselves.
 The saved recall-index segments (derived data) are the list ``P:{T}:r``: saved by
-``SESSION_SCRIPT`` (only while the session exists, with the session's remaining TTL),
+``Script.RECALL`` (only while the session exists, with the session's remaining TTL),
 read with an ``EXISTS`` of the hash in one round trip, neither an access; every script
 that removes or changes stored messages, or removes the session, deletes it.
 Expired sessions vanish by Redis-native expiry; ``gc()`` and ``list_sessions()``

@@ -17,7 +17,8 @@ import pytest
 from redis_raw import raw_client
 
 from ctx_memory.schema import dumps
-from ctx_memory.stores._redis_ops import INDEX, SESSION, Eval
+from ctx_memory.stores._redis_lua import Script
+from ctx_memory.stores._redis_ops import Eval
 from ctx_memory.stores.base import EncodedMessage, new_header
 from ctx_memory.stores.redis import RedisStore, index_key, session_keys
 
@@ -41,16 +42,12 @@ def write(store: BaseStore, sid: str, text: str) -> None:
     store.append_messages(sid, [msg(text)], init=init, now=NOW)
 
 
+STEPS = {Script.MARK: "mark", Script.INDEX_FORGET_STALE: "forget_stale", Script.EVICT: "evict"}
+
+
 def step(request: Any) -> str | None:
     """Which eviction step ``request`` is, if it is one."""
-    if not isinstance(request, Eval):
-        return None
-    op = str(request.args[0]).partition(":")[0]
-    if request.script == SESSION and op in {"mark", "evict"}:
-        return op
-    if request.script == INDEX and op == "forget_stale":
-        return "forget_stale"
-    return None
+    return STEPS.get(request.script) if isinstance(request, Eval) else None
 
 
 def interleave(store: RedisStore, before: str, action: Callable[[], None]) -> list[str]:

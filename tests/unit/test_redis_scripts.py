@@ -25,26 +25,30 @@ def test_the_scripts_are_found_as_package_resources() -> None:
     assert found == list(LUA_FILES)
     for name in LUA_FILES:
         assert lua.joinpath(name).read_text(encoding="utf-8").strip()
+    # One file per operation, each a script of its own.
+    for kind in ("session", "index"):
+        names = sorted(e.name for e in lua.joinpath(kind).iterdir() if e.name.endswith(".lua"))
+        expected = sorted(
+            path.split("/")[1] for path in _redis_lua._FILES.values() if path.startswith(kind)
+        )
+        assert names == expected
 
 
-def test_the_scripts_are_composed_without_markers() -> None:
-    scripts = (
-        _redis_lua.SESSION_SCRIPT,
-        _redis_lua.INDEX_SCRIPT,
-        _redis_lua.APPEND_SCRIPT,
-        _redis_lua.TOUCH_SCRIPT,
-    )
+def test_one_script_per_operation_and_none_picks_its_operation_from_an_argument() -> None:
+    sources = _redis_lua.SOURCES
+    assert set(sources) == set(_redis_lua.Script)
     common = resources.files("ctx_memory.stores").joinpath("lua", "common.lua").read_text()
-    for script in scripts:
-        assert not _redis_lua._INCLUDE.search(script)
-        assert "FIRST" not in script
-    assert common in _redis_lua.SESSION_SCRIPT
-    assert common in _redis_lua.INDEX_SCRIPT
-    assert common not in _redis_lua.APPEND_SCRIPT
-    assert common not in _redis_lua.TOUCH_SCRIPT
-    assert "for i = 5, #ARGV, 3 do" in _redis_lua.SESSION_SCRIPT
-    assert "for i = 2, #ARGV, 3 do" in _redis_lua.APPEND_SCRIPT
-    assert len({hashlib.sha1(s.encode()).hexdigest() for s in scripts}) == 4
+    for script, source in sources.items():
+        assert not _redis_lua._INCLUDE.search(source), script
+        assert "FIRST" not in source, script
+        assert "op ==" not in source, script  # no dispatch on an operation name
+        if script in (_redis_lua.Script.APPEND, _redis_lua.Script.TOUCH, _redis_lua.Script.LAYOUT):
+            assert common not in source
+        else:
+            assert common in source, script
+    assert "for i = 5, #ARGV, 3 do" in sources[_redis_lua.Script.UPSERT_APPEND]
+    assert "for i = 2, #ARGV, 3 do" in sources[_redis_lua.Script.APPEND]
+    assert len({hashlib.sha1(s.encode()).hexdigest() for s in sources.values()}) == len(sources)
 
 
 def test_keys_codecs_and_scripts_import_no_redis_client() -> None:

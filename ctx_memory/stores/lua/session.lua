@@ -1,10 +1,11 @@
--- SESSION_SCRIPT: every operation on one session (ctx_memory/stores/_redis_lua.py
--- describes its KEYS and ARGV); common.lua comes first.
+-- What every operation on one session shares: each script lua/session/<operation>.lua
+-- follows this text (and common.lua before it). ctx_memory/stores/_redis_lua.py describes
+-- their KEYS and ARGV.
 
 local H, M, F, FP, IDS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local W, WO, R = KEYS[6], KEYS[7], KEYS[8]
 local IDX, LEX = KEYS[9], KEYS[10]
-local op, ttl, maxs, token = string.match(ARGV[1], '^([^:]*):(%d+):(%d+):(.*)$')
+local ttl, maxs, token = string.match(ARGV[1], '^(%d+):(%d+):(.*)$')
 ttl, maxs = tonumber(ttl), tonumber(maxs)
 local sid, now, init = ARGV[2], ARGV[3], ARGV[4]
 local prefix = string.sub(H, 1, #H - 69)
@@ -179,183 +180,27 @@ local function append_new()
   return n, again
 end
 
-if op == 'append' then
+-- A write that creates the session when it is missing: body(created) runs once it exists.
+-- A missing session without an init header answers 'init' (the client sends it again with
+-- one); a write whose token was already applied answers that first result.
+local function upserted(body)
   local recent, created, added = upsert()
   if recent == 'init' then return 'init' end
   if recent == nil then return {created, added, {}, {}} end
-  local n, again = append_new()
-  if n == 0 and created == 0 then  -- every id known: a no-op
-    if again > 0 and redis.call('HGET', H, 'ct') == token then created = 1 end
-    return {created, again, {}, {}}
-  end
-  if created == 1 then redis.call('HSET', H, 'ct', token) end
-  return finish(created, n + again)
+  return body(created)
+end
 
-elseif op == 'fetch' then
-  local recent, created, added = upsert()
-  if recent == 'init' then return 'init' end
-  if recent == nil then return {created, added, {}, {}} end
-  local dedupe = ARGV[5] == '1'
-  local n = 0
-  for i = 6, #ARGV, 2 do
-    if redis.call('SADD', FP, ARGV[i]) == 1 or not dedupe then
-      redis.call('RPUSH', F, ARGV[i + 1])
-      n = n + 1
-    end
-  end
-  if #ARGV >= 6 then st.fx = true end
-  return finish(created, n)
-
-elseif op == 'merge' then
-  local partial = parse(ARGV[6])
-  local recent, created, added = upsert()
-  if recent == 'init' then return 'init' end
-  if recent == nil then return {created, added, {}, {}} end
-  local shared = parse(redis.call('HGET', H, 'sh'))
-  merge(shared, partial, ARGV[5] == 'deep')
-  local text = dump(shared)
-  -- 7: the size limit of shared in bytes. Nothing of an existing session has changed yet;
-  -- a session this call created (upsert wrote only its hash: no index, no eviction yet)
-  -- is removed again, so a refused write leaves no trace.
-  if #text > tonumber(ARGV[7]) then
-    if created == 1 then redis.call('DEL', H) end
-    return 'too_large:' .. #text
-  end
-  redis.call('HSET', H, 'sh', text)
-  return finish(created, 0)
-
-elseif op == 'header' then
-  local partial = nil
-  if ARGV[5] ~= '' then partial = parse(ARGV[5]) end
-  local recent, created, added = upsert()
-  if recent == 'init' then return 'init' end
-  if recent == nil then return {created, added, {}, {}} end
-  if partial then
-    local meta = parse(redis.call('HGET', H, 'md'))
-    merge(meta, partial, false)
-    redis.call('HSET', H, 'md', dump(meta))
-  end
-  if ARGV[6] == '1' then redis.call('HSET', H, 'sp', ARGV[7]) end
-  return finish(created, 0)
-
-elseif op == 'create' then
-  local recent, created, added = upsert()
-  if recent == 'init' then return 'init' end
-  if recent == nil then return {created, added, {}, {}} end
-  return finish(created, 0)
-
-elseif op == 'replace' then
-  -- 5 sp, 6 md, 7 sh, 8 mc, 9 tc, 10 number of messages, 11.. messages, then
-  -- (fingerprint, entry) pairs.
-  -- 5 sp, 6 md, 7 sh, 8 mc, 9 tc, 10 number of messages n, 11.. n (id, tokens, message)
-  -- triples, then (fingerprint, entry) pairs.
-  local a, c = seen_token()
-  if a then return {c, a, {}, {}} end
-  local existed = redis.call('EXISTS', H)
-  redis.call('DEL', H, M, F, FP, IDS, R)
-  redis.call('HSET', H, 'id', sid, 'sp', ARGV[5], 'md', ARGV[6], 'sh', ARGV[7])
-  st.mc, st.tc = tonumber(ARGV[8]), tonumber(ARGV[9])
-  local n = tonumber(ARGV[10])
-  local last = 10 + 3 * n
-  local added = 0
-  for i = 11, last, 3 do
-    if redis.call('HSETNX', IDS, ARGV[i], token) == 1 then
-      redis.call('RPUSH', M, ARGV[i + 2])
-      added = added + 1
-    end
-  end
-  for j = last + 1, #ARGV, 2 do
-    redis.call('SADD', FP, ARGV[j])
-    redis.call('RPUSH', F, ARGV[j + 1])
-  end
-  st.fx = #ARGV > last
-  return finish(1 - existed, added)
-
-elseif op == 'clear' then
-  local a = seen_token()
-  if a then return 1 end
-  if redis.call('EXISTS', H) == 0 then return 0 end
-  redis.call('DEL', M, IDS, R)
-  local fx = '0'
-  if ARGV[5] == '1' then
-    fx = redis.call('HGET', H, 'fx') or '0'
-  else
-    redis.call('DEL', F, FP)
-  end
-  redis.call('HSET', H, 'mc', 0, 'tc', 0, 'ts', now, 'fx', fx)
-  redis.call('HDEL', H, 'ev')
-  keep_token(0, 0, true)
-  refresh(fx == '1')
-  if IDX and maxs > 0 then index_touch(IDX, LEX, member, true) end
-  return 1
-
-elseif op == 'mark' then
-  -- Eviction on a cluster, where the index is in another slot: the victim chosen by the
-  -- index (index.lua 'write') is marked with the eviction's token before the index drops
-  -- it; every write of the session removes the mark ('ev'), and 'evict' deletes only a
-  -- session still marked, so a write that lands during the eviction keeps its session.
-  if redis.call('EXISTS', H) == 0 then return 0 end
-  redis.call('HSET', H, 'ev', token)
-  return 1
-
-elseif op == 'evict' then
-  -- Answers 1 (deleted), 0 (written since its mark: kept), -1 (gone already).
-  local r = redis.call('HMGET', H, 'id', 'ev')
-  if not r[1] then return -1 end
-  if r[2] ~= token then return 0 end
-  redis.call('DEL', H, M, F, FP, IDS, W, WO, R)
-  return 1
-
-elseif op == 'delete' then
-  local existed = redis.call('DEL', H)
-  redis.call('DEL', M, F, FP, IDS, W, WO, R)
-  if IDX then index_remove(IDX, LEX, member) end
-  return existed
-
-elseif op == 'msgdel' or op == 'msgset' or op == 'truncate' then
-  -- History edits on a live session: 5.. message ids (msgdel); 5 id, 6 tokens, 7 message
-  -- (msgset); 5 id, 6 inclusive 0/1 (truncate). Answers how many messages were removed
-  -- or replaced, or -1 when the session or the message is not there (truncate, msgset).
+-- A history edit of a live session (msgdel, msgset, truncate): change() edits M and the
+-- counters in st and answers how many messages it removed or replaced, or -1 when the
+-- message is not there (nothing changed). Answers that, or -1 when the session is missing.
+local function edit(change)
   local a = seen_token()
   if a then return a end
   local r = redis.call('HMGET', H, 'id', 'mc', 'tc', 'fx')
   if not r[1] then return -1 end
   st.mc, st.tc, st.fx = tonumber(r[2]), tonumber(r[3]), r[4] == '1'
-  local result = 0
-  if op == 'msgdel' then
-    for i = 5, #ARGV do
-      local pos, rec = find_message(ARGV[i])
-      if pos then
-        redis.call('LSET', M, pos, DELETED)
-        redis.call('HDEL', IDS, ARGV[i])
-        st.mc, st.tc = st.mc - 1, st.tc - (tonumber(rec.token_count) or 0)
-        result = result + 1
-      end
-    end
-    if result > 0 then redis.call('LREM', M, 0, DELETED) end
-  elseif op == 'msgset' then
-    local pos, rec = find_message(ARGV[5])
-    if not pos then return -1 end
-    redis.call('LSET', M, pos, ARGV[7])
-    st.tc = st.tc + tonumber(ARGV[6]) - (tonumber(rec.token_count) or 0)
-    result = 1
-  else
-    local pos = find_message(ARGV[5])
-    if not pos then return -1 end
-    local cut = pos + 1
-    if ARGV[6] == '1' then cut = pos end
-    local gone = redis.call('LRANGE', M, cut, -1)
-    for _, raw in ipairs(gone) do
-      local rec = decode_message(raw)
-      if rec then
-        if type(rec.id) == 'string' then redis.call('HDEL', IDS, rec.id) end
-        st.tc = st.tc - (tonumber(rec.token_count) or 0)
-      end
-    end
-    if cut == 0 then redis.call('DEL', M) else redis.call('LTRIM', M, 0, cut - 1) end
-    st.mc = st.mc - #gone
-    result = #gone
-  end
+  local result = change()
+  if result < 0 then return -1 end
   -- The token before the refresh, which gives it the session's TTL. An edit that changed
   -- nothing keeps its token too (a retry must answer 0 even if the id came since), with
   -- the session's expiry: nothing is refreshed.
@@ -369,39 +214,4 @@ elseif op == 'msgdel' or op == 'msgset' or op == 'truncate' then
     if IDX and maxs > 0 then index_touch(IDX, LEX, member, true) end
   end
   return result
-
-elseif op == 'recall' then
-  -- Save recall-index segments (derived data, read back by a plain LRANGE of R): 5 replace
-  -- (0/1), 6.. the segments; the client sends no index keys and ttl = maxs = 0. Answers 0,
-  -- writing nothing, when the session does not exist. Not an access and not a write of
-  -- the session: no TTL refresh, no touch, no counters. R takes the session's remaining
-  -- TTL (none if it has none), so it may expire before the hash (whose TTL slides on later
-  -- writes; the segments are rebuilt). Every edit of the history deletes R.
-  local a = seen_token()
-  if a then return 1 end
-  if redis.call('EXISTS', H) == 0 then return 0 end
-  if ARGV[5] == '1' then redis.call('DEL', R) end
-  if #ARGV < 6 then return 1 end  -- nothing pushed: a retry changes nothing either
-  for i = 6, #ARGV, 4000 do
-    redis.call('RPUSH', R, unpack(ARGV, i, math.min(i + 3999, #ARGV)))
-  end
-  local pttl = redis.call('PTTL', H)
-  if pttl > 0 then redis.call('PEXPIRE', R, pttl) else redis.call('PERSIST', R) end
-  keep_token(1, 0, false)  -- the token hashes take the session's expiry, as R does
-  return 1
-
--- Reads: the whole document, one snapshot (the header, the history and the fetched items
--- agree), and whether the session exists. The other reads (history, count, header, fetched
--- items) are plain commands sent with TOUCH_SCRIPT (touch.lua).
-elseif op == 'doc' then
-  local h = redis.call('HMGET', H, 'id', 'sp', 'md', 'sh', 'mc', 'tc', 'ts')
-  if not h[1] then return false end
-  read_touch()
-  return {h, redis.call('LRANGE', M, 0, -1), redis.call('LRANGE', F, 0, -1)}
-
-elseif op == 'exists' then
-  local e = redis.call('EXISTS', H)
-  if e == 1 then read_touch() end
-  return e
 end
-return redis.error_reply('ctx_memory: unknown operation ' .. tostring(op))
