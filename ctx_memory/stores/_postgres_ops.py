@@ -19,6 +19,7 @@ from ctx_memory.errors import StoreUnavailableError
 from ctx_memory.schema import dumps, dumps_validated
 from ctx_memory.stores._postgres_sql import (
     SCHEMA_VERSION,
+    Read,
     SchemaSql,
     prefix_end,
 )
@@ -161,7 +162,7 @@ class PostgresOperations(BaseStore):
     max_sessions: int | None
     schema: str
     _sql: SchemaSql
-    _reads: dict[str, Any]
+    _reads: dict[Read, Any]
     _append_sql: Any
     _append_again_sql: Any
     _append_one_sql: Any
@@ -184,8 +185,11 @@ class PostgresOperations(BaseStore):
     def _prepare_statements(self) -> None:
         q = self._sql.q
         touch = self.max_sessions is not None
-        kinds = "exists count header document messages message_spans fetched fetched_type"
-        self._reads = {kind: self._sql.read(kind, touch=touch) for kind in kinds.split()}
+        self._reads = {
+            kind: self._sql.read(kind, touch=touch)
+            for kind in Read
+            if kind is not Read.RECALL_SEGMENTS
+        }
         init = "%s, %s, %s, %s, %s::float8, %s::integer"
         self._append_sql = self._sql.append()
         self._append_again_sql = self._sql.append(again=True)
@@ -194,7 +198,7 @@ class PostgresOperations(BaseStore):
         # The hot statements (one message appended, a range of messages read) go through
         # libpq as prepared statements when the driver can (PostgresStore._run).
         self._prepared = {
-            sql: Prepared.of(sql) for sql in (self._append_one_sql, self._reads["messages"])
+            sql: Prepared.of(sql) for sql in (self._append_one_sql, self._reads[Read.MESSAGES])
         }
         self._append_fetched_sql = q(
             "SELECT * FROM {s}.append_fetched(%s, %s::text[], %s::text[], %s::text[], %s, %s, "  # noqa: S608 - constant text
@@ -208,7 +212,7 @@ class PostgresOperations(BaseStore):
         )
         self._live_sql = q("SELECT * FROM {s}.live(%s)")
         self._collect_sql = q("SELECT {s}.collect()")
-        self._recall_read_sql = self._sql.read("recall_segments", touch=False)  # no access
+        self._recall_read_sql = self._sql.read(Read.RECALL_SEGMENTS, touch=False)  # no access
         self._recall_save_sql = self._sql.save_recall()
         # UPDATE ... SET <columns>, then the touch: timestamp, TTL, LRU clock.
         self._touch_set = (
@@ -335,30 +339,30 @@ class PostgresOperations(BaseStore):
 
     # ---- reads (one statement each)
 
-    def _read(self, kind: str, **params: Any) -> Generator[Statement, Any, Any]:
+    def _read(self, kind: Read, **params: Any) -> Generator[Statement, Any, Any]:
         sql = self._reads[kind]
         row = yield Statement(sql, params, ONE, large=True, prepared=self._prepared.get(sql))
         return row
 
     def _exists(self, op: SessionExists) -> Generator[Statement, Any, bool]:
-        return (yield from self._read("exists", id=op.session_id)) is not None
+        return (yield from self._read(Read.EXISTS, id=op.session_id)) is not None
 
     def _count_messages(self, op: CountMessages) -> Generator[Statement, Any, int]:
-        row = yield from self._read("count", id=op.session_id)
+        row = yield from self._read(Read.COUNT, id=op.session_id)
         return 0 if row is None else int(row[0])
 
     def _get_header(self, op: GetHeader) -> Generator[Statement, Any, Header | None]:
-        row = yield from self._read("header", id=op.session_id)
+        row = yield from self._read(Read.HEADER, id=op.session_id)
         return None if row is None else _header(row)
 
     def _get_document(self, op: GetDocument) -> Generator[Statement, Any, dict[str, Any] | None]:
-        row = yield from self._read("document", id=op.session_id)
+        row = yield from self._read(Read.DOCUMENT, id=op.session_id)
         if row is None:
             return None
         return assemble_document(_header(row), json.loads(row[6]), _fetched(row[7]))
 
     def _get_messages(self, op: GetMessages) -> Generator[Statement, Any, list[dict[str, Any]]]:
-        row = yield from self._read("messages", id=op.session_id, lo=op.start, hi=op.end)
+        row = yield from self._read(Read.MESSAGES, id=op.session_id, lo=op.start, hi=op.end)
         messages: list[dict[str, Any]] = json.loads(row[0])  # one decode of the whole range
         return messages
 
@@ -368,16 +372,16 @@ class PostgresOperations(BaseStore):
         if not op.spans:
             return []
         los, his = [a for a, _ in op.spans], [b for _, b in op.spans]
-        row = yield from self._read("message_spans", id=op.session_id, los=los, his=his)
+        row = yield from self._read(Read.MESSAGE_SPANS, id=op.session_id, los=los, his=his)
         return json.loads(row[0]) or [[] for _ in op.spans]  # one decode; [] if no session
 
     def _get_fetched(
         self, op: GetFetched
     ) -> Generator[Statement, Any, dict[str, list[dict[str, Any]]]]:
         if op.source_type is None:
-            row = yield from self._read("fetched", id=op.session_id)
+            row = yield from self._read(Read.FETCHED, id=op.session_id)
         else:
-            row = yield from self._read("fetched_type", id=op.session_id, type=op.source_type)
+            row = yield from self._read(Read.FETCHED_TYPE, id=op.session_id, type=op.source_type)
         return {} if row is None else _fetched(row[0])
 
     def _list_sessions(self, found: Found) -> Generator[Statement, Any, list[str]]:

@@ -53,12 +53,14 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
+from enum import Enum
 
 from ctx_memory.errors import ConfigurationError
 
 __all__ = [
     "SCHEMA_VERSION",
     "MIGRATIONS",
+    "Read",
     "SchemaSql",
     "check_schema_name",
     "events_channel",
@@ -516,16 +518,32 @@ _FETCHED_JSON = (
     "SELECT '[' || coalesce(string_agg('[' || to_json(f.source_type)::text || ',' || f.body "
     "|| ']', ',' ORDER BY f.seq), '') || ']' FROM {s}.fetched AS f WHERE f.sk = s.sk"
 )
-_READS = {
-    "exists": "SELECT 1 FROM s",
-    "count": "SELECT s.n_messages FROM s",
-    "header": f"SELECT {_HEADER_COLUMNS} FROM s",
-    "document": f"SELECT {_HEADER_COLUMNS}, ({_MESSAGES_JSON}), ({_FETCHED_JSON}) FROM s",
+
+
+class Read(Enum):
+    """The reads of one live session, each one statement (:meth:`SchemaSql.read`)."""
+
+    EXISTS = "exists"
+    COUNT = "count"
+    HEADER = "header"
+    DOCUMENT = "document"
+    MESSAGES = "messages"
+    MESSAGE_SPANS = "message_spans"
+    FETCHED = "fetched"
+    FETCHED_TYPE = "fetched_type"
+    RECALL_SEGMENTS = "recall_segments"
+
+
+_READS: dict[Read, str] = {
+    Read.EXISTS: "SELECT 1 FROM s",
+    Read.COUNT: "SELECT s.n_messages FROM s",
+    Read.HEADER: f"SELECT {_HEADER_COLUMNS} FROM s",
+    Read.DOCUMENT: f"SELECT {_HEADER_COLUMNS}, ({_MESSAGES_JSON}), ({_FETCHED_JSON}) FROM s",
     # LRANGE bounds computed against the stored length: an indexed range scan of k rows, in
     # position order. The subquery's ORDER BY (it keeps the subquery from being flattened)
     # is the aggregate's order: one session row, a nested loop over the ordered index scan.
     # An ORDER BY inside string_agg would sort again (a tuplesort: 10 µs of a 30 µs read).
-    "messages": (
+    Read.MESSAGES: (
         "SELECT '[' || coalesce(string_agg(m.body, ','), '') || ']' "
         "FROM s CROSS JOIN LATERAL (SELECT m.body FROM {s}.messages AS m "
         "WHERE m.sk = s.sk AND m.pos BETWEEN "
@@ -535,19 +553,19 @@ _READS = {
     ),
     # Several spans (non-negative, inclusive): one JSON array per span, in the spans' order,
     # each an ordered index scan as above.
-    "message_spans": (
+    Read.MESSAGE_SPANS: (
         "SELECT '[' || coalesce(string_agg(x.j, ',' ORDER BY x.i), '') || ']' "
         "FROM s CROSS JOIN LATERAL (SELECT r.i, '[' || coalesce((SELECT string_agg(b.body, ',') "
         "FROM (SELECT m.body FROM {s}.messages AS m WHERE m.sk = s.sk AND m.pos BETWEEN r.lo "
         "AND least(r.hi, s.n_messages - 1) ORDER BY m.pos) AS b), '') || ']' AS j "
         "FROM unnest(%(los)s::integer[], %(his)s::integer[]) WITH ORDINALITY AS r(lo, hi, i)) AS x"
     ),
-    "fetched": f"SELECT ({_FETCHED_JSON}) FROM s",
+    Read.FETCHED: f"SELECT ({_FETCHED_JSON}) FROM s",
     # one row per segment, in order (no rows: none, or no live session); never touched
-    "recall_segments": (
+    Read.RECALL_SEGMENTS: (
         "SELECT r.body FROM s JOIN {s}.recall_segments AS r ON r.sk = s.sk ORDER BY r.seq"
     ),
-    "fetched_type": (
+    Read.FETCHED_TYPE: (
         "SELECT '[' || coalesce(string_agg('[' || to_json(f.source_type)::text || ',' || "
         "f.body || ']', ',' ORDER BY f.seq), '') || ']' FROM s JOIN {s}.fetched AS f "
         "ON f.sk = s.sk AND f.source_type = %(type)s"
@@ -675,7 +693,7 @@ class SchemaSql:
         """
         return self.q("SELECT {s}.save_recall(%(id)s, %(bodies)b::text[], %(replace)s)")
 
-    def read(self, kind: str, *, touch: bool) -> bytes:
-        """A read of one live session (``kind`` in ``_READS``), bumping LRU if ``touch``."""
+    def read(self, kind: Read, *, touch: bool) -> bytes:
+        """A read of one live session, bumping the LRU clock if ``touch``."""
         source = _TOUCH_SESSION if touch else _READ_SESSION
         return self.q(f"WITH s AS ({source}) {_READS[kind]}")
