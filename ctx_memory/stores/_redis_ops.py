@@ -485,7 +485,8 @@ class RedisOperations(BaseStore):
         call = self._known.get(session_id)
         if call is not None:
             # The session exists as far as we know: APPEND_SCRIPT, which answers an integer.
-            yield from self._cluster_touch_first(session_id)
+            if self.cluster:  # (a test, not a generator, on the hot path)
+                yield from self._cluster_touch_first(session_id)
             tail = self._append_tail(messages, now)
             reply = yield Prepared(call, tail)
             if reply == -2:  # it has fetched items: their keys' TTL must be refreshed too
