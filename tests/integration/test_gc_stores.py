@@ -124,7 +124,7 @@ async def test_the_thread_stops_on_close(make_store: Callable[..., BaseStore]) -
     (thread,) = gc_threads() - before
     await other.aclose()
     assert not thread.is_alive()
-    assert gc_threads() == before
+    assert gc_threads() <= before  # none started (one of an earlier test may end meanwhile)
 
 
 @pytest.mark.stores("sqlite", "redis")
@@ -132,7 +132,7 @@ def test_no_thread_without_an_interval(make_store: Callable[..., BaseStore]) -> 
     before = gc_threads()
     store: Any = make_store(ttl_seconds=60)
     assert not store.gc_running
-    assert gc_threads() == before
+    assert gc_threads() <= before  # none started (one of an earlier test may end meanwhile)
 
 
 def test_a_store_dropped_without_close_ends_its_thread() -> None:
@@ -192,7 +192,7 @@ def test_settings_run_the_collector(settings_store: Callable[..., BaseStore]) ->
     wait_for(lambda: sorted(seen) == ["a", "b"], "the collector reports both expiries")
     assert indexed(store) == 0
     store.close()
-    assert gc_threads() == before
+    assert gc_threads() <= before  # none started (one of an earlier test may end meanwhile)
 
 
 @pytest.mark.parametrize(
@@ -208,7 +208,7 @@ def test_garbage_collection_false_never_collects(
         garbage_collection=False, session_expiration_seconds=0.3, gc_interval_seconds=0.02
     )
     assert not store.gc_running
-    assert gc_threads() == before
+    assert gc_threads() <= before  # none started (one of an earlier test may end meanwhile)
     seen = expiries(store)
     add_sessions(store, ["a"])
     time.sleep(0.8)  # expired, and many intervals went by
@@ -219,7 +219,7 @@ def test_garbage_collection_false_never_collects(
 
     without_ttl: Any = settings_store(time_based_expiration=False, gc_interval_seconds=0.02)
     assert not without_ttl.gc_running  # nothing expires: nothing to collect
-    assert gc_threads() == before
+    assert gc_threads() <= before  # none started (one of an earlier test may end meanwhile)
 
 
 # ---------------------------------------------------------------- failures
