@@ -100,8 +100,9 @@ len(index), len(cm.store.get_recall_segments(SESSION))
 #
 # Providers cache prompt prefixes (OpenAI from 1,024 tokens, Anthropic at breakpoints), but
 # only while the prefix is byte-identical. `layout="stable"` puts what changes per request
-# (local time, the question's sources, the recalled turns) on the last user message and
-# trims the history window in blocks, so consecutive prompts share their start.
+# last (the question's sources and recalled turns on the question, the local time in a
+# message of its own after it) and trims the history window in blocks, so consecutive
+# prompts share their start.
 # `report.stable_prefix_tokens` counts it; `cache_hints` adds Anthropic's `cache_control`
 # breakpoints and OpenAI's `prompt_cache_key`.
 
