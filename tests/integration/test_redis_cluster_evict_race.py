@@ -37,9 +37,12 @@ def msg(text: str) -> EncodedMessage:
     return EncodedMessage(dumps(record), 2, f"id-{text}")
 
 
+def init(sid: str) -> Any:
+    return new_header(sid, now=NOW, encoding="o200k_base")
+
+
 def write(store: BaseStore, sid: str, text: str) -> None:
-    init = new_header(sid, now=NOW, encoding="o200k_base")
-    store.append_messages(sid, [msg(text)], init=init, now=NOW)
+    store.append_messages(sid, [msg(text)], init=init(sid), now=NOW)
 
 
 STEPS = {Script.MARK: "mark", Script.INDEX_FORGET_STALE: "forget_stale", Script.EVICT: "evict"}
@@ -136,3 +139,30 @@ def test_a_victim_read_after_it_was_chosen_is_kept(
     client = raw_client(evictor)
     assert client.hget(session_keys(evictor.prefix, "a").h, "ev") is None
     client.close()
+
+
+async def test_the_async_eviction_keeps_a_write_that_lands_during_it(
+    make_store: Callable[..., BaseStore],
+) -> None:
+    """The same steps on the asyncio client (one generator, two drivers)."""
+    evictor = make_store(max_sessions=2)
+    writer = make_store(max_sessions=2)
+    assert isinstance(evictor, RedisStore)
+    await writer.aappend_messages("a", [msg("first")], init=init("a"), now=NOW)
+    await writer.aappend_messages("b", [msg("first")], init=init("b"), now=NOW)
+    sent: list[str] = []
+    ado = evictor._ado
+
+    async def hooked(request: Any) -> Any:
+        name = step(request)
+        if name == "evict" and "evict" not in sent:
+            write(writer, "a", "during")  # lands after the index dropped a, before deletion
+        if name is not None:
+            sent.append(name)
+        return await ado(request)
+
+    evictor._ado = hooked  # type: ignore[method-assign]
+    await evictor.aappend_messages("c", [msg("first")], init=init("c"), now=NOW)
+    assert sent == ["mark", "forget_stale", "evict"]
+    assert [m["content"] for m in await evictor.aget_messages("a")] == ["first", "during"]
+    assert indexed(evictor) == {"a", "b", "c"}  # kept, and indexed again
