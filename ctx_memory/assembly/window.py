@@ -105,6 +105,7 @@ class HistoryWindow:
         self._selected_pos: list[int] = []
         self._pending_cost: list[int] = []
         self._selected_cost: list[int] = []
+        self._waiting: dict[str, int] = {}  # tool results fed whose call is not yet: their cost
 
     def feed(self, records: Iterable[Mapping[str, Any]], *, newest: int | None = None) -> bool:
         """Consume records, newest first; return true once no older record can fit.
@@ -128,6 +129,10 @@ class HistoryWindow:
             cost = int(record["token_count"]) if cost_of is _cached_cost else cost_of(record)
             self.seen += 1
             self.seen_tokens += cost
+            role = record["role"]
+            if role == "tool" or (role == "assistant" and record.get("tool_calls")):
+                self._tool_traffic = True
+                cost = self._paired_cost(record, role, cost)
             if self.tokens + self._pending_tokens + cost > budget:
                 self.done = True
                 return True
@@ -135,12 +140,26 @@ class HistoryWindow:
             pending_pos.append(position)
             pending_cost.append(cost)
             self._pending_tokens += cost
-            role = record["role"]
-            if role == "tool" or (role == "assistant" and record.get("tool_calls")):
-                self._tool_traffic = True
             if role == "user":
                 self._commit()
         return False
+
+    def _paired_cost(self, record: Mapping[str, Any], role: str, cost: int) -> int:
+        """What ``record`` adds to the window once the tool results it pairs with are counted.
+
+        A tool result (fed before its call, newest first) costs nothing until its call
+        comes: the repair drops a result whose call the window does not reach (another
+        writer's message between them can put the call in an older turn), so counting it
+        then would leave its tokens unused. The call pays for the results it answers.
+        """
+        waiting = self._waiting
+        if role == "tool":
+            call_id = record.get("tool_call_id")
+            if isinstance(call_id, str) and call_id and call_id not in waiting:
+                waiting[call_id] = cost
+                return 0
+            return cost
+        return cost + sum(waiting.pop(call_id, 0) for call_id in _calls_of(record))
 
     def _commit(self) -> None:
         self._selected.extend(self._pending)
@@ -197,8 +216,11 @@ class HistoryWindow:
             return chosen
         kept, dropped = repair_tool_pairs(chosen)
         if dropped:
-            self.tokens -= sum(self._cost(r) for r in dropped)
             self.dropped = dropped
+        # What is sent: a result that waited for its call was counted when the call came,
+        # so the kept records' own costs add up to at most what the window counted.
+        cost = self._cost
+        self.tokens = sum(int(r["token_count"]) if cost is _cached_cost else cost(r) for r in kept)
         return group_tool_results(kept)
 
 

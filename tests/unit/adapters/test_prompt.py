@@ -164,6 +164,33 @@ def test_history_window_skip():
     assert window.skipped == 1
 
 
+def test_history_window_spends_nothing_on_a_result_whose_call_it_does_not_reach():
+    """Another writer's message between a tool call and its result puts them in two turns.
+
+    A window reaching the result's turn but not the call's would drop the result in the
+    repair: its tokens are counted only once the call comes, so the newer turn still fits.
+    """
+    call = {"name": "t", "args": {}, "id": "c1"}
+    history = [
+        rec("user", id="u1"),
+        rec("assistant", tool_calls=[call], id="call"),
+        rec("user", id="u2"),  # the other writer's message
+        rec("tool", 100, tool_call_id="c1", id="result"),
+        rec("assistant", id="a2"),
+    ]
+    window = HistoryWindow(budget=60)
+    assert window.feed(reversed(history)) is True  # the call's turn (with its result) is over
+    kept = window.finish(at_start=False)
+    assert [r["id"] for r in kept] == ["u2", "a2"]  # the orphan result repaired away
+    assert window.tokens == 10 == sum(r["token_count"] for r in kept)
+    # With room for both turns, the result goes back beside its call.
+    window = HistoryWindow(budget=200)
+    window.feed(reversed(history))
+    kept = window.finish(at_start=True)
+    assert [r["id"] for r in kept] == ["u1", "call", "result", "u2", "a2"]
+    assert window.tokens == 120 == sum(r["token_count"] for r in kept)
+
+
 def test_repair_drops_orphans_and_unanswered_calls():
     call = {"name": "t", "args": {}, "id": "c1"}
     records = [
