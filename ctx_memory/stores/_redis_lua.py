@@ -69,7 +69,7 @@ index, its id list and the list's built flag; ``ARGV`` the operation's arguments
 from __future__ import annotations
 
 import re
-from enum import IntEnum
+from enum import Enum
 from importlib import resources
 
 __all__ = [
@@ -102,59 +102,38 @@ def _compose(name: str) -> str:
 _COMMON = f"local TOKEN_WINDOW = {TOKEN_WINDOW}\n\n" + _source("common.lua")
 
 
-class Script(IntEnum):
-    """The Lua scripts the Redis store runs, one operation each (its file in ``lua/``)."""
+class Script(Enum):
+    """The Lua scripts the Redis store runs, one operation each; the value is its file.
 
-    APPEND = 0  # append.lua: the hot path, messages to a session the client knows
-    TOUCH = 1  # touch.lua: a read's LRU touch
-    LAYOUT = 2  # the key layout version (:data:`LAYOUT_SCRIPT`)
-    UPSERT_APPEND = 3  # session/append.lua: messages, creating the session if missing
-    FETCH = 4  # session/fetch.lua: fetched items
-    MERGE = 5  # session/merge.lua: a partial update of the shared state
-    HEADER = 6  # session/header.lua: metadata and system prompt
-    CREATE = 7  # session/create.lua
-    REPLACE = 8  # session/replace.lua: a whole document (an import)
-    CLEAR = 9  # session/clear.lua
-    DELETE = 10  # session/delete.lua
-    MSGDEL = 11  # session/msgdel.lua: messages deleted by id
-    MSGSET = 12  # session/msgset.lua: a message replaced
-    TRUNCATE = 13  # session/truncate.lua: the history cut after a message
-    RECALL = 14  # session/recall.lua: recall-index segments saved
-    DOC = 15  # session/doc.lua: the whole document read
-    EXISTS = 16  # session/exists.lua
-    MARK = 17  # session/mark.lua: a cluster eviction's victim marked
-    EVICT = 18  # session/evict.lua: deleted if still marked
-    INDEX_WRITE = 19  # index/write.lua: a write's touch; victims chosen
-    INDEX_MEMBERS = 20  # index/members.lua
-    INDEX_FORGET = 21  # index/forget.lua
-    INDEX_PAGE = 22  # index/page.lua: a page of ids in id order
-    INDEX_FORGET_STALE = 23  # index/forget_stale.lua: members dropped if unchanged
+    A session script is ``session.lua`` then its own file, an index script ``index.lua``
+    then its own (:data:`SOURCES`).
+    """
 
+    APPEND = "append.lua"  # the hot path: messages to a session the client knows
+    TOUCH = "touch.lua"  # a read's LRU touch
+    LAYOUT = "(inline)"  # the key layout version (:data:`LAYOUT_SCRIPT`)
+    UPSERT_APPEND = "session/append.lua"  # messages, creating the session if missing
+    FETCH = "session/fetch.lua"  # fetched items
+    MERGE = "session/merge.lua"  # a partial update of the shared state
+    HEADER = "session/header.lua"  # metadata and system prompt
+    CREATE = "session/create.lua"
+    REPLACE = "session/replace.lua"  # a whole document (an import)
+    CLEAR = "session/clear.lua"
+    DELETE = "session/delete.lua"
+    MSGDEL = "session/msgdel.lua"  # messages deleted by id
+    MSGSET = "session/msgset.lua"  # a message replaced
+    TRUNCATE = "session/truncate.lua"  # the history cut after a message
+    RECALL = "session/recall.lua"  # recall-index segments saved
+    DOC = "session/doc.lua"  # the whole document read
+    EXISTS = "session/exists.lua"
+    MARK = "session/mark.lua"  # a cluster eviction's victim marked
+    EVICT = "session/evict.lua"  # deleted if still marked
+    INDEX_WRITE = "index/write.lua"  # a write's touch; victims chosen
+    INDEX_MEMBERS = "index/members.lua"
+    INDEX_FORGET = "index/forget.lua"
+    INDEX_PAGE = "index/page.lua"  # a page of ids in id order
+    INDEX_FORGET_STALE = "index/forget_stale.lua"  # members dropped if unchanged
 
-_FILES = {
-    Script.UPSERT_APPEND: "session/append.lua",
-    Script.FETCH: "session/fetch.lua",
-    Script.MERGE: "session/merge.lua",
-    Script.HEADER: "session/header.lua",
-    Script.CREATE: "session/create.lua",
-    Script.REPLACE: "session/replace.lua",
-    Script.CLEAR: "session/clear.lua",
-    Script.DELETE: "session/delete.lua",
-    Script.MSGDEL: "session/msgdel.lua",
-    Script.MSGSET: "session/msgset.lua",
-    Script.TRUNCATE: "session/truncate.lua",
-    Script.RECALL: "session/recall.lua",
-    Script.DOC: "session/doc.lua",
-    Script.EXISTS: "session/exists.lua",
-    Script.MARK: "session/mark.lua",
-    Script.EVICT: "session/evict.lua",
-    Script.INDEX_WRITE: "index/write.lua",
-    Script.INDEX_MEMBERS: "index/members.lua",
-    Script.INDEX_FORGET: "index/forget.lua",
-    Script.INDEX_PAGE: "index/page.lua",
-    Script.INDEX_FORGET_STALE: "index/forget_stale.lua",
-}
-"""Each session or index script's own file; ``session.lua`` or ``index.lua`` comes before it."""
 
 APPEND_SCRIPT = _compose("append.lua")
 """The hot path: appending messages to a session that exists."""
@@ -188,6 +167,6 @@ SOURCES: dict[Script, str] = {
     Script.APPEND: APPEND_SCRIPT,
     Script.TOUCH: TOUCH_SCRIPT,
     Script.LAYOUT: LAYOUT_SCRIPT,
-    **{script: _operation(path) for script, path in _FILES.items()},
+    **{script: _operation(script.value) for script in Script if "/" in script.value},
 }
 """Every script's source by :class:`Script`."""

@@ -73,7 +73,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APPEND_SHA",
-    "SCRIPTS",
     "SHAS",
     "Call",
     "Command",
@@ -93,16 +92,15 @@ __all__ = [
 # replies; ``_drive`` runs it on the sync client and ``_adrive`` on the asyncio client.
 
 
-SCRIPTS = tuple(SOURCES[script] for script in Script)  # by Script's value
-SHAS = tuple(hashlib.sha1(s.encode()).hexdigest() for s in SCRIPTS)  # noqa: S324 - script id
+SHAS = {s: hashlib.sha1(SOURCES[s].encode()).hexdigest() for s in Script}  # noqa: S324 - id
 APPEND_SHA = SHAS[Script.APPEND].encode()
 _SCRIPT_OF_SHA: dict[str | bytes, str] = {
-    key: script for sha, script in zip(SHAS, SCRIPTS, strict=True) for key in (sha, sha.encode())
+    key: SOURCES[script] for script, sha in SHAS.items() for key in (sha, sha.encode())
 }
 
 
 class Eval(NamedTuple):
-    """A call of one of :data:`SCRIPTS` (``EVALSHA``)."""
+    """A call of one of the Lua scripts (``EVALSHA``)."""
 
     script: Script
     keys: tuple[str | bytes, ...]

@@ -29,7 +29,7 @@ def test_the_scripts_are_found_as_package_resources() -> None:
     for kind in ("session", "index"):
         names = sorted(e.name for e in lua.joinpath(kind).iterdir() if e.name.endswith(".lua"))
         expected = sorted(
-            path.split("/")[1] for path in _redis_lua._FILES.values() if path.startswith(kind)
+            s.value.split("/")[1] for s in _redis_lua.Script if s.value.startswith(f"{kind}/")
         )
         assert names == expected
 
