@@ -34,20 +34,28 @@ def _line(position: int, record: Mapping[str, Any]) -> str:
 
 
 def format_turns(
-    turns: Sequence[tuple[int, Sequence[Mapping[str, Any]]]], *, heading: str = ""
+    turns: Sequence[tuple[int, Sequence[Mapping[str, Any]]]],
+    *,
+    heading: str = "",
+    positions: Sequence[Sequence[int]] | None = None,
 ) -> str:
     """Recalled turns as text: ``(start position, records)`` pairs, oldest first.
 
     Each message is a line labelled with its position and role (``[120 user] …``); a gap
     between turns (or before the first) is shown as ``[… n earlier messages not shown …]``.
+    A turn's records are at ``start``, ``start + 1``, ... unless ``positions`` (one
+    sequence per turn) says where each is: a turn whose tool pairs were repaired (some
+    records left out, a result moved after its call) keeps its true positions.
     """
     lines = [heading] if heading else []
     previous = 0
-    for start, records in turns:
-        if start > previous:
-            lines.append(gap_text(start - previous))
-        lines.extend(_line(start + i, r) for i, r in enumerate(records))
-        previous = start + len(records)
+    for i, (start, records) in enumerate(turns):
+        at = range(start, start + len(records)) if positions is None else positions[i]
+        first = min(at, default=start)
+        if first > previous:
+            lines.append(gap_text(first - previous))
+        lines.extend(_line(p, r) for p, r in zip(at, records, strict=True))
+        previous = max(previous, max(at, default=start - 1) + 1)
     return "\n".join(lines)
 
 

@@ -511,6 +511,7 @@ def finish_prompt(
         recalled,
         counter=counter,
         cost=_cached_cost if same_encoding else counter.count_record,
+        borrow=list(zip(window.dropped_at, window.dropped, strict=True)),
     )
     kept, recall_messages, tail = part.turns, part.messages, part.tail
     stable = draft.layout == "stable"
@@ -587,7 +588,7 @@ def finish_prompt(
             plan.end - len(chosen) - window.skipped - recalled_count - compacted.extra_messages, 0
         ),
         history_left_out_tokens=max(left_out_tokens, 0) if same_encoding else 0,
-        history_repaired_messages=len(window.dropped) + part.repaired,
+        history_repaired_messages=len(window.dropped) - part.borrowed + part.repaired,
         encoding=counter.encoding_name,
         recalled=recalled_entries(kept, choice.ids if choice is not None else {}),
         recall_tokens=part.tokens,

@@ -30,7 +30,12 @@ from langchain_core.messages import BaseMessage, HumanMessage
 
 from ctx_memory.assembly.messages import attach_context, records_to_messages
 from ctx_memory.assembly.sources import format_sources
-from ctx_memory.assembly.window import HistoryChunks, group_tool_results, repair_tool_pairs
+from ctx_memory.assembly.window import (
+    HistoryChunks,
+    call_ids,
+    group_tool_results,
+    repair_tool_pairs,
+)
 from ctx_memory.recall import CONTEXT_WEIGHT, format_turns, gap_text
 
 if TYPE_CHECKING:
@@ -48,6 +53,7 @@ __all__ = [
     "RecallChoice",
     "RecalledPart",
     "RecalledTurn",
+    "borrow_results",
     "choose_turns",
     "count_markers",
     "finish_recalled",
@@ -469,6 +475,8 @@ class RecalledPart:
         repaired: Messages dropped by the tool-pair repair.
         messages: Classic layout: markers and turns as messages, before the window.
         tail: The tail to send (stable layout: with the recalled text attached).
+        borrowed: Tool results the window had dropped (their call is in a recalled
+            turn) that are sent with that turn.
     """
 
     turns: list[tuple[RecalledTurn, list[Mapping[str, Any]]]]
@@ -476,6 +484,39 @@ class RecalledPart:
     repaired: int
     messages: list[BaseMessage] = field(default_factory=list)
     tail: list[BaseMessage] = field(default_factory=list)
+    borrowed: int = 0
+
+
+def borrow_results(
+    turns: Sequence[tuple[RecalledTurn, list[Mapping[str, Any]]]],
+    results: Sequence[tuple[int, Mapping[str, Any]]],
+) -> tuple[list[tuple[RecalledTurn, list[Mapping[str, Any]]]], dict[int, int]]:
+    """Each turn with the ``(position, record)`` tool ``results`` that answer its calls.
+
+    Another writer's message between an AI tool call and its results starts a new turn,
+    so a recalled turn can hold a call whose result is in the window's first turn; the
+    window drops that result (its call is not in the window) and the turn's repair would
+    drop the call. Given the window's dropped records, the turn gets them back (after its
+    own records; the repair groups each after its call), so the pair is sent once, whole.
+
+    Returns:
+        ``(turns, positions)``: ``positions`` maps ``id(record)`` of every record in the
+        turns to its position in the history.
+    """
+    positions = {id(r): t.start + i for t, records in turns for i, r in enumerate(records)}
+    waiting = {
+        str(record["tool_call_id"]): (position, record)
+        for position, record in results
+        if record.get("role") == "tool" and record.get("tool_call_id")
+    }
+    if not waiting:
+        return list(turns), positions
+    out: list[tuple[RecalledTurn, list[Mapping[str, Any]]]] = []
+    for turn, records in turns:
+        extra = [waiting.pop(c) for r in records for c in call_ids(r) if c in waiting]
+        positions.update((id(record), position) for position, record in extra)
+        out.append((turn, [*records, *(record for _, record in extra)]))
+    return out, positions
 
 
 def finish_recalled(
@@ -487,10 +528,13 @@ def finish_recalled(
     *,
     counter: TokenCounter,
     cost: Callable[[Mapping[str, Any]], int],
+    borrow: Sequence[tuple[int, Mapping[str, Any]]] = (),
 ) -> RecalledPart:
     """The recalled turns read, repaired and cut to ``budget`` counted exactly.
 
-    Turns the window holds (from ``window_start`` on) are passed over. Classic layout:
+    Turns the window holds (from ``window_start`` on) are passed over. ``borrow``: the
+    ``(position, record)`` pairs the window's repair dropped; a turn takes back the
+    results of its own calls among them (:func:`borrow_results`). Classic layout:
     each turn as messages, a gap marker before it and before the window where messages
     are not shown. Stable layout: the turns as text (:func:`~ctx_memory.recall.format_turns`)
     after the ranked sources on the question's message (the volatile lines go last:
@@ -499,6 +543,9 @@ def finish_recalled(
     draft = plan.draft
     turns = choice.turn_records(recalled) if choice is not None else []
     turns = [(t, r) for t, r in turns if t.stop <= window_start]  # never twice
+    plain = turns
+    turns, positions = borrow_results(turns, borrow)
+    lent = {id(record) for _, record in borrow}
     stable = draft.layout == "stable"
     context = format_sources(plan.sources.chosen)
 
@@ -507,7 +554,11 @@ def finish_recalled(
     def stable_tail(
         kept: Sequence[tuple[RecalledTurn, list[Mapping[str, Any]]]],
     ) -> list[BaseMessage]:
-        text = format_turns([(t.start, r) for t, r in kept], heading=RECALL_HEADING)
+        text = format_turns(
+            [(t.start, r) for t, r in kept],
+            heading=RECALL_HEADING,
+            positions=[[positions[id(record)] for record in r] for _, r in kept],
+        )
         joined = "\n\n".join(p for p in (context, text) if p)
         return attach_context(draft.tail, joined, draft.volatile)
 
@@ -521,10 +572,19 @@ def finish_recalled(
     if not turns:
         return RecalledPart([], 0, 0, [], list(plan.tail))
     kept, tokens, repaired = fit_recalled(turns, budget=budget, measure=measure)
+    borrowed = sum(1 for _, records in kept for record in records if id(record) in lent)
+    if any(len(a) != len(b) for (_, a), (_, b) in zip(turns, plain, strict=True)):
+        # A turn with the results it took back may no longer fit where it did without
+        # them (repaired down to its question): keep whichever choice sends more.
+        fitted = fit_recalled(plain, budget=budget, measure=measure)
+        if fitted[1] > tokens:
+            (kept, tokens, repaired), borrowed = fitted, 0
+        elif stable and kept:
+            measure(kept)  # the stable tail of the choice kept
     if not kept:
         return RecalledPart([], 0, repaired, [], list(plan.tail))
     if stable:  # the turns kept are the last measured
-        return RecalledPart(kept, tokens, repaired, [], built[0])
+        return RecalledPart(kept, tokens, repaired, [], built[0], borrowed)
     gaps = dict(gap_messages([(t.start, t.stop) for t, _ in kept], window_start))
     messages: list[BaseMessage] = []
     for turn, records in kept:
@@ -533,4 +593,4 @@ def finish_recalled(
         messages.extend(records_to_messages(records))
     if window_start in gaps:
         messages.append(marker_message(window_start, gaps[window_start]))
-    return RecalledPart(kept, tokens, repaired, messages, list(plan.tail))
+    return RecalledPart(kept, tokens, repaired, messages, list(plan.tail), borrowed)

@@ -33,6 +33,7 @@ __all__ = [
     "HistoryChunks",
     "HistoryWindow",
     "aread_history_window",
+    "call_ids",
     "group_tool_results",
     "history_chunks",
     "read_history_window",
@@ -97,6 +98,7 @@ class HistoryWindow:
         self._selected: list[Mapping[str, Any]] = []
         self.tokens = 0
         self.dropped: list[Mapping[str, Any]] = []
+        self.dropped_at: list[int] = []  # positions of ``dropped`` (when fed with positions)
         self.chosen: list[Mapping[str, Any]] = []
         self._tool_traffic = False
         self.start: int | None = None
@@ -159,7 +161,7 @@ class HistoryWindow:
                 waiting[call_id] = cost
                 return 0
             return cost
-        return cost + sum(waiting.pop(call_id, 0) for call_id in _calls_of(record))
+        return cost + sum(waiting.pop(call_id, 0) for call_id in call_ids(record))
 
     def _commit(self) -> None:
         self._selected.extend(self._pending)
@@ -217,6 +219,9 @@ class HistoryWindow:
         kept, dropped = repair_tool_pairs(chosen)
         if dropped:
             self.dropped = dropped
+            if self._selected_pos:
+                at = {id(r): p for r, p in zip(self._selected, self._selected_pos, strict=True)}
+                self.dropped_at = [at[id(r)] for r in dropped]
         # What is sent: a result that waited for its call was counted when the call came,
         # so the kept records' own costs add up to at most what the window counted.
         cost = self._cost
@@ -228,7 +233,8 @@ def _cached_cost(record: Mapping[str, Any]) -> int:
     return int(record["token_count"])
 
 
-def _calls_of(message: Mapping[str, Any] | BaseMessage) -> list[str]:
+def call_ids(message: Mapping[str, Any] | BaseMessage) -> list[str]:
+    """The ids of the tool calls an AI message (record or LangChain message) makes."""
     calls = (
         getattr(message, "tool_calls", None)
         if isinstance(message, BaseMessage)
@@ -282,7 +288,7 @@ def repair_tool_pairs(messages: Sequence[M]) -> tuple[list[M], list[M]]:
     for message in messages:
         role = _role_of(message)
         if role == "assistant":
-            calls = _calls_of(message)
+            calls = call_ids(message)
             if _has_tool_calls(message) and (not calls or not set(calls) <= answered):
                 dropped.append(message)
                 continue
@@ -318,7 +324,7 @@ def group_tool_results(messages: Sequence[M]) -> list[M]:
             continue
         out.append(message)
         if _role_of(message) == "assistant":
-            for call_id in _calls_of(message):
+            for call_id in call_ids(message):
                 for result in results.pop(call_id, ()):
                     if id(result) not in placed:
                         placed.add(id(result))
