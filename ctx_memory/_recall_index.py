@@ -598,12 +598,25 @@ class RecallIndex:
 
         A turn starts at a user message and runs to the next one (messages before the
         first user message form a turn of their own), so an AI tool call and its results
-        stay together.
+        stay together. A user message directly followed by a tool result does not start
+        a turn: it was written while a tool ran (another writer in a shared session), and
+        the result answers a call made before it, so the turn runs on through it.
         """
-        users = self.user_positions
-        at = bisect_right(users, position)
-        start = users[at - 1] if at else 0
-        stop = users[at] if at < len(users) else len(self.lengths)
+        users, roles = self.user_positions, self.roles
+        last = len(roles) - 1
+
+        def written_while_a_tool_ran(at: int) -> bool:
+            user = users[at]
+            return user < last and roles[user + 1] == "tool"
+
+        first = bisect_right(users, position)
+        after = first
+        while first and written_while_a_tool_ran(first - 1):
+            first -= 1
+        while after < len(users) and written_while_a_tool_ran(after):
+            after += 1
+        start = users[first - 1] if first else 0
+        stop = users[after] if after < len(users) else len(self.lengths)
         return start, stop
 
     def cost(self, start: int, stop: int) -> int:

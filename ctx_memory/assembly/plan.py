@@ -590,7 +590,7 @@ def finish_prompt(
         history_left_out_tokens=max(left_out_tokens, 0) if same_encoding else 0,
         history_repaired_messages=len(window.dropped) - part.borrowed + part.repaired,
         encoding=counter.encoding_name,
-        recalled=recalled_entries(kept, choice.ids if choice is not None else {}),
+        recalled=recalled_entries(kept, choice.ids if choice is not None else {}, part.shown),
         recall_tokens=part.tokens,
         stable_prefix_tokens=prefix,
         layout=draft.layout,

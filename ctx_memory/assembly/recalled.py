@@ -39,7 +39,7 @@ from ctx_memory.assembly.window import (
 from ctx_memory.recall import CONTEXT_WEIGHT, format_turns, gap_text
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Collection, Mapping, Sequence
 
     from ctx_memory.assembly.compacted import CompactedView
     from ctx_memory.assembly.plan import PromptPlan
@@ -306,8 +306,12 @@ def marker_message(position: int, text: str) -> BaseMessage:
 def recalled_entries(
     turns: Sequence[tuple[RecalledTurn, Sequence[Mapping[str, Any]]]],
     ids: Mapping[int, str | None],
+    shown: Collection[int] | None = None,
 ) -> list[dict[str, Any]]:
     """The report's ``recalled`` list: one JSON-native dict per matching message.
+
+    ``shown``: the positions of the messages sent (a hit the tool-pair repair dropped is
+    not listed); ``None``: every hit of the turns.
 
     ``message_id``, ``index``, ``score``, ``terms`` and ``reason``
     (``"BM25 3.20 on passport, number; whole turn 4-5 (2 messages)"``). A hybrid hit's
@@ -321,6 +325,8 @@ def recalled_entries(
         signals = {p: (bm25, similarity) for p, bm25, similarity in turn.signals}
         whole = f"whole turn {turn.start}-{turn.stop - 1} ({len(records)} messages)"
         for position, score, terms in turn.hits:
+            if shown is not None and position not in shown:
+                continue
             entry: dict[str, Any] = {
                 "message_id": ids.get(position),
                 "index": position,
@@ -477,6 +483,7 @@ class RecalledPart:
         tail: The tail to send (stable layout: with the recalled text attached).
         borrowed: Tool results the window had dropped (their call is in a recalled
             turn) that are sent with that turn.
+        shown: Positions in the history of the recalled messages sent.
     """
 
     turns: list[tuple[RecalledTurn, list[Mapping[str, Any]]]]
@@ -485,6 +492,7 @@ class RecalledPart:
     messages: list[BaseMessage] = field(default_factory=list)
     tail: list[BaseMessage] = field(default_factory=list)
     borrowed: int = 0
+    shown: frozenset[int] = frozenset()
 
 
 def borrow_results(
@@ -583,8 +591,9 @@ def finish_recalled(
             measure(kept)  # the stable tail of the choice kept
     if not kept:
         return RecalledPart([], 0, repaired, [], list(plan.tail))
+    shown = frozenset(positions[id(record)] for _, records in kept for record in records)
     if stable:  # the turns kept are the last measured
-        return RecalledPart(kept, tokens, repaired, [], built[0], borrowed)
+        return RecalledPart(kept, tokens, repaired, [], built[0], borrowed, shown)
     gaps = dict(gap_messages([(t.start, t.stop) for t, _ in kept], window_start))
     messages: list[BaseMessage] = []
     for turn, records in kept:
@@ -593,4 +602,4 @@ def finish_recalled(
         messages.extend(records_to_messages(records))
     if window_start in gaps:
         messages.append(marker_message(window_start, gaps[window_start]))
-    return RecalledPart(kept, tokens, repaired, messages, list(plan.tail), borrowed)
+    return RecalledPart(kept, tokens, repaired, messages, list(plan.tail), borrowed, shown)

@@ -16,7 +16,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMe
 from ctx_memory import ContextManager, ContextPromptAssembler, TokenCounter
 from ctx_memory.assembly.recalled import RECALL_HEADING
 from ctx_memory.eval.metrics import tool_pair_problems
-from ctx_memory.recall import format_turns
+from ctx_memory.recall import RecallIndex, format_turns
 
 COUNTER = TokenCounter()  # an independent counter: the budget is recounted with it
 QUESTION = "What did the passport tools say?"
@@ -123,3 +123,69 @@ def test_format_turns_labels_records_at_the_positions_given() -> None:
     assert lines[2].startswith("[5 assistant]")
     assert lines[3].startswith("[9 ")
     assert format_turns([(4, records)]).splitlines()[3].startswith("[6 ")
+
+
+def test_a_turn_runs_on_through_a_user_message_written_while_a_tool_ran() -> None:
+    index = RecallIndex()
+    index.extend(
+        [
+            {"role": "user", "content": "look it up", "token_count": 4},  # 0
+            {"role": "assistant", "content": "", "token_count": 3},  # 1: the call
+            {"role": "user", "content": "another writer", "token_count": 4},  # 2
+            {"role": "tool", "content": "result", "token_count": 3},  # 3
+            {"role": "assistant", "content": "found", "token_count": 3},  # 4
+            {"role": "user", "content": "next", "token_count": 3},  # 5
+            {"role": "assistant", "content": "ok", "token_count": 3},  # 6
+        ]
+    )
+    assert [index.turn(p) for p in range(7)] == [(0, 5)] * 5 + [(5, 7)] * 2
+
+
+def test_a_fact_in_a_result_delayed_by_another_writer_is_recalled_with_its_call() -> None:
+    """The hit is the result; its turn starts at the other writer's message, so the
+    result's call (in the turn before) must come back with it, or the repair drops it."""
+    manager = ContextManager()
+    call = {"name": "lookup", "args": {}, "id": "c1"}
+    manager.add_messages("s", [HumanMessage("look up the venue"), AIMessage("", tool_calls=[call])])
+    manager.add_messages("s", [HumanMessage("another writer says hi")])
+    fact = "The wedding venue is the Orangery at Kew Gardens."
+    manager.add_messages(
+        "s", [ToolMessage(fact + " filler" * 100, tool_call_id="c1"), AIMessage("Found it.")]
+    )
+    for i in range(60):
+        manager.add_messages(
+            "s", [HumanMessage(f"q{i} " + "word " * 50), AIMessage(f"a{i} " + "word " * 50)]
+        )
+    for layout in ("classic", "stable"):
+        for budget in (800, 3000):
+            prompt = ContextPromptAssembler(
+                manager, max_tokens=budget, reserve_tokens=0, layout=layout
+            ).assemble("s", "Where is the wedding venue?")
+            assert fact in " ".join(str(m.content) for m in prompt.messages), (layout, budget)
+            assert COUNTER.count_chat(prompt.messages) <= budget
+            problems = tool_pair_problems(prompt.messages)
+            assert (problems.orphan_results, problems.unanswered_calls) == (0, 0)
+            assert 3 in {entry["index"] for entry in prompt.report.recalled}
+
+
+def test_the_report_lists_no_hit_that_the_repair_left_out() -> None:
+    """A recalled hit on a call whose result is nowhere (still pending) is not sent."""
+    manager = ContextManager()
+    for i in range(60):
+        manager.add_messages(
+            "s", [HumanMessage(f"q{i} " + "word " * 50), AIMessage(f"a{i} " + "word " * 50)]
+        )
+    pending = {"name": "passport_lookup", "args": {"number": "X1234567"}, "id": "p1"}
+    manager.add_messages(
+        "s", [HumanMessage("hello"), AIMessage("", tool_calls=[pending]), AIMessage("later")]
+    )
+    for i in range(60):
+        manager.add_messages(
+            "s", [HumanMessage(f"r{i} " + "word " * 50), AIMessage(f"b{i} " + "word " * 50)]
+        )
+    prompt = ContextPromptAssembler(manager, max_tokens=1500, reserve_tokens=0).assemble(
+        "s", "passport lookup X1234567"
+    )
+    sent = {m.id for m in prompt.messages}
+    for entry in prompt.report.recalled:
+        assert entry["message_id"] in sent, entry
