@@ -403,9 +403,8 @@ def recall_step(
         query_vector=query_vector,
         cost=_view_cost(index, plan.history.view),
     )
-    if not choice.turns:
-        return None, plan.history
-    used = choice.spent + _MARKER_ESTIMATE
+    # What recall does not use goes back to the window: all of it when nothing matched.
+    used = choice.spent + _MARKER_ESTIMATE if choice.turns else 0
     chunks = HistoryChunks(
         plan.draft.metadata,
         plan.history_budget - used,
@@ -414,7 +413,7 @@ def recall_step(
         skip_ids=plan.skip_ids,
         view=plan.history.view,  # compactions apply to the resized window too
     )
-    return choice, chunks
+    return (choice if choice.turns else None), chunks
 
 
 def recall_beside_window(

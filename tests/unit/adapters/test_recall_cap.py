@@ -112,3 +112,22 @@ def test_stable_recall_takes_what_the_window_leaves(manager: ContextManager) -> 
         manager, max_tokens=6000, reserve_tokens=0, layout="stable", recall_max_tokens=300
     )
     assert 0 < capped.assemble("s1", question).report.recall_tokens <= 300
+
+
+def test_classic_recall_finding_nothing_gives_its_share_back_to_the_window() -> None:
+    """The default recall_share must not leave half the budget unused when no turn matches."""
+    manager = ContextManager()
+    for i in range(200):
+        manager.add_user_message("s", f"question {i} " + "pad " * 30)
+        manager.add_assistant_message("s", f"answer {i}")
+    reports = {
+        share: ContextPromptAssembler(
+            manager, max_tokens=8000, reserve_tokens=1000, recall_share=share
+        )
+        .assemble("s", "hi")
+        .report
+        for share in (0.0, 0.5)
+    }
+    assert reports[0.5].recalled == []
+    assert reports[0.5].total_tokens == reports[0.0].total_tokens > 6900
+    assert reports[0.5].history_messages == reports[0.0].history_messages
