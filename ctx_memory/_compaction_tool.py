@@ -10,7 +10,6 @@ from langchain.tools import ToolRuntime
 from langchain_core.tools import BaseTool, StructuredTool
 
 from ctx_memory._recall_tool import runtime_session
-from ctx_memory.recall import record_text
 
 if TYPE_CHECKING:
     from ctx_memory.manager import ContextManager
@@ -23,21 +22,29 @@ DESCRIPTION = (
 )
 
 
-def _answer(tool_call_id: str, history: list[dict[str, Any]]) -> str:
+Output = str | list[str | dict[str, Any]]
+
+
+def _answer(tool_call_id: str, history: list[dict[str, Any]]) -> Output:
+    """The stored output of ``tool_call_id``, exactly as the tool returned it.
+
+    Its content unchanged: a str as stored, content blocks as the list they were.
+    """
     for record in reversed(history):
         if record.get("role") == "tool" and record.get("tool_call_id") == tool_call_id:
-            return record_text(record)
+            content: Output = record.get("content") or ""
+            return content
     return f"No tool output with tool_call_id {tool_call_id!r} in this conversation."
 
 
 def build_restore_tool(manager: "ContextManager", session_id: str | None, *, name: str) -> BaseTool:
     """The tool (see :func:`ctx_memory.compaction.make_restore_tool`)."""
 
-    def restore(tool_call_id: str, runtime: ToolRuntime[Any, Any] = None) -> str:  # type: ignore[assignment]
+    def restore(tool_call_id: str, runtime: ToolRuntime[Any, Any] = None) -> Output:  # type: ignore[assignment]
         sid = runtime_session(runtime, session_id)
         return _answer(tool_call_id, manager.get_history(sid))
 
-    async def arestore(tool_call_id: str, runtime: ToolRuntime[Any, Any] = None) -> str:  # type: ignore[assignment]
+    async def arestore(tool_call_id: str, runtime: ToolRuntime[Any, Any] = None) -> Output:  # type: ignore[assignment]
         sid = runtime_session(runtime, session_id)
         return _answer(tool_call_id, await manager.aget_history(sid))
 

@@ -495,8 +495,9 @@ def make_restore_tool(
     """A LangChain tool that brings back a tool output cleared from the prompt, by call id.
 
     The session is found as the ``recall`` tool finds it (the agent's context, the
-    config's ``session_id`` or ``thread_id``, else ``session_id``). Needs the
-    ``agents`` extra.
+    config's ``session_id`` or ``thread_id``, else ``session_id``). It answers the
+    stored output exactly as the tool returned it (a str, or the list of content
+    blocks). Needs the ``agents`` extra.
 
     Example:
         .. code-block:: python
@@ -512,7 +513,7 @@ def make_restore_tool(
                 ToolMessage("Sunny, 21 C", tool_call_id="call-1", name="weather"),
             ])
             tool = make_restore_tool(manager, "s1")
-            assert "Sunny, 21 C" in tool.invoke({"tool_call_id": "call-1"})
+            assert tool.invoke({"tool_call_id": "call-1"}) == "Sunny, 21 C"
     """
     from ctx_memory._compaction_tool import build_restore_tool  # noqa: PLC0415 - optional extra
 

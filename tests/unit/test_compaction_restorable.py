@@ -131,3 +131,31 @@ def test_compact_records_the_ids_of_its_range(manager: ContextManager) -> None:
     assert outcome.entry["tool_call_ids"] == [
         r["tool_call_id"] for r in covered if r["role"] == "tool"
     ]
+
+
+def test_the_restore_tool_returns_the_stored_output_unchanged() -> None:
+    """The tool's exact output: not the search text (no tool name added, blocks kept)."""
+    manager = ContextManager()
+    blocks: list[str | dict[str, Any]] = [
+        {"type": "text", "text": "line one"},
+        {"type": "text", "text": "line two"},
+    ]
+    manager.add_messages(
+        "s",
+        [
+            HumanMessage("order status?"),
+            AIMessage(
+                "",
+                tool_calls=[
+                    {"name": "get_order", "args": {}, "id": "c1"},
+                    {"name": "get_notes", "args": {}, "id": "c2"},
+                ],
+            ),
+            ToolMessage('{"status": "refunded"}', tool_call_id="c1", name="get_order"),
+            ToolMessage(blocks, tool_call_id="c2", name="get_notes"),
+        ],
+    )
+    tool = make_restore_tool(manager, "s")
+    assert tool.invoke({"tool_call_id": "c1"}) == '{"status": "refunded"}'
+    assert tool.invoke({"tool_call_id": "c2"}) == blocks
+    assert "No tool output" in tool.invoke({"tool_call_id": "c9"})
