@@ -27,9 +27,10 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from langchain_core.tools import BaseTool, StructuredTool
 
+from ctx_memory._recall_turns import ranked_ranges
 from ctx_memory.prompt import session_id_from
 from ctx_memory.ranking import item_title, rank_sources
-from ctx_memory.recall import format_turns, recall_terms, tool_ranges
+from ctx_memory.recall import format_turns, recall_terms
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -235,6 +236,14 @@ def _answer(
     return f"Nothing earlier in this conversation matches {query!r}."
 
 
+def _by_rank(
+    found: Sequence[tuple[int, int]], reads: Sequence[list[dict[str, Any]]]
+) -> list[list[dict[str, Any]]]:
+    """``reads`` (of ``found`` sorted by position) back in the order of ``found``."""
+    by_start = dict(zip(sorted(a for a, _ in found), reads, strict=True))
+    return [by_start[a] for a, _ in found]
+
+
 def build_recall_tool(
     manager: "ContextManager",
     recall: "Recall",
@@ -277,29 +286,49 @@ def build_recall_tool(
         half = max_tokens // 2
         first = section(fetched, query, half) if fetched else ""
         spent = counter.count(first) if first else 0
-        found = tool_ranges(index, query, k, max_tokens - spent, query_vector=vector)
+        found = ranked_ranges(index, query, k, max_tokens - spent, query_vector=vector)
         used = sum(index.cost(a, b) for a, b in found)
         if first and used < half:  # the turns left room: the sources may take it
             first = section(fetched, query, max_tokens - used)
         return found, first
+
+    def fit(
+        query: str,
+        found: list[tuple[int, int]],
+        reads: Sequence[Sequence[dict[str, Any]]],
+        text: str,
+    ) -> str:
+        """The answer, counted exactly: the weakest turns go until it fits ``max_tokens``.
+
+        Turns were chosen by their cached counts; the labels, heading and gap lines
+        come on top.
+        """
+        parts = [(a, list(records)) for (a, _), records in zip(found, reads, strict=True)]
+        while True:
+            answer = _answer(query, sorted(parts), text, with_sources=sources)
+            excess = counter.count(answer) - max_tokens
+            if excess <= 0 or not parts:
+                return answer
+            freed = 0
+            while parts and freed < excess:  # the weakest first, enough to cover the excess
+                _, records = parts.pop()
+                freed += max(sum(int(r.get("token_count") or 0) for r in records), 1)
 
     def recall_turns(query: str, runtime: ToolRuntime[Any, Any] = None) -> str:  # type: ignore[assignment]
         sid = runtime_session(runtime, session_id)
         index = recall.index(manager, sid, manager.get_header(sid))
         fetched = manager.get_fetched_context(sid) if sources else {}
         found, text = plan(index, fetched, query, recall.embed_query(query, index))
-        reads = manager.get_message_spans(sid, [(a, b - 1) for a, b in found])
-        parts = [(a, records) for (a, _), records in zip(found, reads, strict=True)]
-        return _answer(query, parts, text, with_sources=sources)
+        reads = manager.get_message_spans(sid, sorted((a, b - 1) for a, b in found))
+        return fit(query, found, _by_rank(found, reads), text)
 
     async def arecall_turns(query: str, runtime: ToolRuntime[Any, Any] = None) -> str:  # type: ignore[assignment]
         sid = runtime_session(runtime, session_id)
         index = await recall.aindex(manager, sid, await manager.aget_header(sid))
         fetched = await manager.aget_fetched_context(sid) if sources else {}
         found, text = plan(index, fetched, query, await recall.aembed_query(query, index))
-        reads = await manager.aget_message_spans(sid, [(a, b - 1) for a, b in found])
-        parts = [(a, records) for (a, _), records in zip(found, reads, strict=True)]
-        return _answer(query, parts, text, with_sources=sources)
+        reads = await manager.aget_message_spans(sid, sorted((a, b - 1) for a, b in found))
+        return fit(query, found, _by_rank(found, reads), text)
 
     return StructuredTool.from_function(
         func=recall_turns,

@@ -80,6 +80,18 @@ def tool_ranges(
     index), hits are ranked by :meth:`RecallIndex.hybrid_search`, else by BM25 alone;
     both in context (:data:`~ctx_memory.recall.CONTEXT_WEIGHT`).
     """
+    return sorted(ranked_ranges(index, query, k, budget, query_vector=query_vector))
+
+
+def ranked_ranges(
+    index: RecallIndex,
+    query: str,
+    k: int,
+    budget: int,
+    *,
+    query_vector: Sequence[float] | None = None,
+) -> list[tuple[int, int]]:
+    """:func:`tool_ranges` best first (the order they were chosen in)."""
     chosen: list[tuple[int, int]] = []
     spent = 0
     found = index.ranked(query, k * 4, query_vector=query_vector, context=CONTEXT_WEIGHT)
@@ -94,4 +106,4 @@ def tool_ranges(
         spent += cost
         if len(chosen) >= k:
             break
-    return sorted(chosen)
+    return chosen

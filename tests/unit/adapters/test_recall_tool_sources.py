@@ -160,6 +160,20 @@ def test_the_tool_budget_holds_turns_and_sources(manager, max_tokens):
     turns = {index.turn(p) for p in shown_positions(answer)}
     assert turns  # some turns always fit: they get at least half
     assert sum(index.cost(*turn) for turn in turns) + sources_tokens <= max_tokens
+    assert COUNTER.count(answer) <= max_tokens  # the whole answer, counted exactly
+
+
+@pytest.mark.parametrize("max_tokens", [60, 120, 200, 1000, 2000])
+def test_the_answer_fits_max_tokens_counted_exactly(manager, max_tokens):
+    """Labels, the heading and gap lines come on top of the turns' cached counts."""
+    for i in range(30):
+        manager.add_user_message("s1", f"q{i} passport")
+        manager.add_assistant_message("s1", f"a{i}")
+    for k in (5, 30):
+        tool = make_recall_tool(manager, "s1", k=k, max_tokens=max_tokens, sources=False)
+        answer = tool.invoke({"query": "passport"})
+        assert COUNTER.count(answer) <= max_tokens
+        assert shown_positions(answer)  # the weakest turns went, not all of them
 
 
 def test_sources_take_what_the_turns_leave(manager):
