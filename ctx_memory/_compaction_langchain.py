@@ -51,12 +51,15 @@ STATE_START_KEY = "ctx_memory_state_start"
 
 
 def is_langchain_summary(message: BaseMessage) -> bool:
-    """Whether ``message`` is a summary ``SummarizationMiddleware`` put into the state."""
-    if not isinstance(message, HumanMessage):
-        return False
-    if message.additional_kwargs.get("lc_source") == "summarization":
-        return True
-    return isinstance(message.content, str) and message.content.startswith(SUMMARY_PREFIX)
+    """Whether ``message`` is a summary ``SummarizationMiddleware`` put into the state.
+
+    Known by its tag (``additional_kwargs["lc_source"] == "summarization"``, set since
+    LangChain 1.2.4), never by its text: a user may well type LangChain's opening line.
+    """
+    return (
+        isinstance(message, HumanMessage)
+        and message.additional_kwargs.get("lc_source") == "summarization"
+    )
 
 
 def split_summaries(

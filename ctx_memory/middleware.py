@@ -459,6 +459,11 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             if known(shared, compaction_id) or not body:
                 continue
             span = summary_span(records, kept, start, compactions_of(shared))
+            if span is None and start is not None and known(shared, f"lc-summary-{start}"):
+                # It summarises on from a summary whose compaction was removed: what both
+                # cover is stored, and the session assembles it whole, so it is not sent.
+                logger.info("LangChain summary %s: follows a removed compaction", message.id)
+                continue
             if span is None:
                 logger.info("LangChain summary %s: covered messages not stored", message.id)
                 unsent.append(message)

@@ -249,7 +249,52 @@ def test_summary_span_and_recognition() -> None:
     assert summary_span(records, kept, "s0", earlier) == (0, 3)
     assert summary_span(records, kept, "unknown", earlier) is None
     assert summary_span(records, kept, None, []) is None
-    assert is_langchain_summary(HumanMessage(f"{SUMMARY_PREFIX}\n\nx"))
+    assert not is_langchain_summary(HumanMessage(f"{SUMMARY_PREFIX}\n\nx"))  # a user may type it
     assert is_langchain_summary(HumanMessage("x", additional_kwargs={"lc_source": "summarization"}))
     assert not is_langchain_summary(HumanMessage("Here is my summary"))
     assert not is_langchain_summary(AIMessage(f"{SUMMARY_PREFIX} x"))
+
+
+def test_a_user_message_opening_like_a_summary_is_a_user_turn(manager: ContextManager) -> None:
+    """Only LangChain's tag makes a summary: the words alone are the user's."""
+    model = fake_model("Got it.", "You pasted your notes.")
+    agent = create_agent(model, tools=[], middleware=[ContextMiddleware(manager)])
+    config = {"configurable": {"session_id": "s1"}}
+    pasted = f"{SUMMARY_PREFIX} my notes"
+    agent.invoke({"messages": [("user", pasted)]}, config)
+    agent.invoke({"messages": [("user", "What did I paste?")]}, config)
+    assert [r["content"] for r in manager.get_history("s1")] == [
+        pasted,
+        "Got it.",
+        "What did I paste?",
+        "You pasted your notes.",
+    ]
+    assert pasted in _texts(model.seen[1])
+    assert get_compactions(manager, "s1") == []
+
+
+def test_a_summary_after_a_removed_one_is_not_sent_beside_the_history(
+    manager: ContextManager,
+) -> None:
+    """With a checkpointer, LangChain summarises on from its earlier summary; once that
+    compaction is removed, the session assembles whole and the new summary is not sent."""
+    model = fake_model(*(f"answer {i}" for i in range(8)))
+    summarizer = SummarizationMiddleware(
+        model=NamedFakeModel(messages=iter([AIMessage(f"LCSUM-{i}") for i in range(8)])),
+        trigger=("messages", 6),
+        keep=("messages", 2),
+    )
+    context = ContextMiddleware(manager, summarization=summarizer)
+    agent = create_agent(
+        model, tools=[], middleware=[summarizer, context], checkpointer=InMemorySaver()
+    )
+    config = {"configurable": {"session_id": "s1", "thread_id": "t1"}}
+    for i in range(5):
+        agent.invoke({"messages": [("user", f"q{i}")]}, config)
+    (entry,) = get_compactions(manager, "s1")
+    assert remove_compaction(manager, "s1", entry["id"])
+    agent.invoke({"messages": [("user", "q9")]}, config)
+    sent = _texts(model.seen[-1])
+    assert not any("LCSUM" in t or t.startswith(SUMMARY_PREFIX) for t in sent)
+    assert sent == [*(t for i in range(5) for t in (f"q{i}", f"answer {i}")), "q9"]
+    assert len(sent) == len(set(sent))  # every message once
