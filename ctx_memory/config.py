@@ -232,9 +232,16 @@ def _postgres_url_problem(url: str) -> str | None:  # noqa: PLR0911 - one return
         return f"has no valid host and port; {_ENCODE_HINT}"
     if "@" in parts.path or "@" in parts.query:
         return f"holds an '@' after the host; {_ENCODE_HINT}"
+    if parts.netloc.count("@") > 1:  # libpq and Python split the user info differently
+        return f"holds an unencoded '@' in the user name or password; {_ENCODE_HINT}"
+    if _BAD_ESCAPE.search(url):  # libpq refuses it, and psycopg's pool logs it verbatim
+        return f"holds a '%' that does not start a %XX escape; {_ENCODE_HINT}"
     if port == 0:
         return "the port must be a number from 1 to 65535"
     return None
+
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def validate_postgres_url(url: object) -> str:
@@ -247,6 +254,9 @@ def validate_postgres_url(url: object) -> str:
     if not isinstance(url, str):
         raise ConfigurationError("POSTGRES_URL", f"must be a string, got {type(url).__name__}")
     problem = _postgres_url_problem(url)
+    if problem is not None and not url.startswith(POSTGRES_SCHEMES):
+        # A libpq "key=value" string (or anything else): nothing to mask it by, so not shown.
+        raise ConfigurationError("POSTGRES_URL", f"{problem} (the value is not shown)")
     if problem is not None:
         raise ConfigurationError("POSTGRES_URL", f"{problem} (got {redact_url(url)!r})")
     return url
@@ -644,6 +654,8 @@ def _configuration_error(
     source = sources.get(field)
     if source is not None and source.secret:
         got = f"a {type(shown).__name__}"
+    elif field in _SECRET_URL_KEYS and isinstance(shown, str) and "://" not in shown:
+        got = "a value that is not a URL, not shown"  # a "key=value" string: nothing to mask by
     elif field in _SECRET_URL_KEYS and isinstance(shown, str):
         got = repr(redact_url(shown))
     else:

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from ctx_memory import ConfigurationError, ContextManager, CtxMemoryError, load_settings
 from ctx_memory.cli import app
-from ctx_memory.config import redact_url, url_secrets, validate_redis_url
+from ctx_memory.config import redact_url, url_secrets, validate_postgres_url, validate_redis_url
 from ctx_memory.stores.redis import RedisStore
 
 if TYPE_CHECKING:
@@ -294,3 +294,31 @@ def test_cli_options_repr_hides_the_url() -> None:
     from ctx_memory.cli import _Options
 
     assert_no_secret(repr(_Options(redis_url=VALID[0])))
+
+
+PASSWORD = "s3cr3tpw"
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        (f"host=db.internal port=5432 user=app password={PASSWORD}", "must start with"),
+        (f"postgresql://u:s3cr@{PASSWORD}@127.0.0.1:1/db", "unencoded '@'"),
+        (f"postgresql://u:{PASSWORD}%ZZ@127.0.0.1:1/db", "%XX escape"),
+    ],
+)
+def test_postgres_urls_libpq_would_misread_are_refused_without_the_password(
+    url: str, problem: str
+) -> None:
+    """A libpq key=value string, an unencoded '@' or a bad %-escape in the password: refused
+    at settings time, the password never in the message (psycopg's pool would log it)."""
+    with pytest.raises(ConfigurationError) as info:
+        validate_postgres_url(url)
+    assert problem in str(info.value)
+    with pytest.raises(ConfigurationError) as settings_info:
+        ContextManager(store="postgres", postgres_url=url)
+    for error in (info.value, settings_info.value):
+        assert error.key == "POSTGRES_URL"
+        assert PASSWORD not in str(error)
+        assert "3tpw" not in str(error)
+    assert validate_postgres_url("postgresql://u:s3cr%403tpw@127.0.0.1:1/db")  # encoded: fine
