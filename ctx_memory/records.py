@@ -19,7 +19,10 @@ from ctx_memory.errors import DocumentImportError, InvalidMessageError, Validati
 from ctx_memory.schema import (
     ContextMode,
     SessionDocument,
+    check_content_blocks,
     check_json_native,
+    check_key,
+    check_message_id,
     check_text,
     dumps,
     dumps_validated,
@@ -88,6 +91,7 @@ def _check_content(content: object, where: str) -> None:
             check_text(content, where)
         return
     if isinstance(content, list):
+        check_content_blocks(content, where)
         check_json_native(content, where)
         return
     msg = f"{where} must be a str or a list of content blocks, got {type(content).__name__}"
@@ -102,13 +106,15 @@ def build_record(
     timestamp: str | datetime | None,
     name: str | None = None,
     now: str | None = None,
+    where: str = "content",
 ) -> dict[str, Any]:
     """A validated message record (its ``id`` and ``token_count`` come at encoding).
 
-    ``now`` is the write's time, the record's ``timestamp`` when none is given.
+    ``now`` is the write's time, the record's ``timestamp`` when none is given; ``where``
+    names the content in an error message.
     """
     checked_role = validate_role(role)
-    _check_content(content, "content")
+    _check_content(content, where)
     record: dict[str, Any] = {
         "role": checked_role,
         "content": content,
@@ -179,6 +185,7 @@ def records_from(
                 timestamp=message.get("timestamp"),
                 name=message.get("name"),
                 now=now,
+                where=f"{where}.content",
             )
             record.update(extra)
             validate_record(record, where)
@@ -242,6 +249,11 @@ def encode_record(
             where = f"{where}[{index}]"
         msg = f"{where}.id must be a non-empty str or None, got {message_id!r}"
         raise InvalidMessageError(f"{where}.id", msg)
+    elif len(message_id) > 36 or not message_id.isascii() or "\x00" in message_id:
+        # A uuid (36 ASCII characters) needs no more checking: the hot path stays short.
+        check_message_id(
+            message_id, f"{where}[{index}].id" if index is not None else f"{where}.id", new=True
+        )
     tokens = record["token_count"] = counter.count_record(record)
     return EncodedMessage(dumps_validated(record), tokens, message_id)
 
@@ -259,7 +271,7 @@ def encode_item(
     if not isinstance(source_type, str) or not source_type.strip():
         msg = f"source_type must be a non-empty str, got {source_type!r}"
         raise ValidationError(msg)
-    check_text(source_type, "source_type")
+    check_key(source_type, "source_type")
     check_text(content, "content")
     check_text(url, "url", optional=True)
     extracted = dict(extracted_data or {})

@@ -58,7 +58,9 @@ __all__ = [
     "DOCUMENT_FORMAT_VERSION",
     "MAX_DEPTH",
     "MAX_INT",
+    "MAX_MESSAGE_ID_LENGTH",
     "MAX_SESSION_ID_LENGTH",
+    "POSITION_LIMIT",
     "MIN_INT",
     "ROLES",
     "ContextMode",
@@ -68,6 +70,10 @@ __all__ = [
     "SessionDocument",
     "SessionMetadata",
     "check_json_native",
+    "check_content_blocks",
+    "check_key",
+    "check_message_id",
+    "check_position",
     "check_text",
     "dumps",
     "dumps_validated",
@@ -91,6 +97,12 @@ of a newer version is refused by :func:`parse_document` with a message saying so
 """
 
 MAX_SESSION_ID_LENGTH = 256
+MAX_MESSAGE_ID_LENGTH = 512
+"""The longest message id a store keeps (every store: PostgreSQL indexes ids in a btree
+whose rows hold at most 2,704 bytes)."""
+POSITION_LIMIT = 2**31 - 1
+"""Positions, counts and limits beyond this are read as this (no history is that long;
+PostgreSQL's positions are 32-bit integers)."""
 """Longest accepted session id, in characters."""
 
 MAX_DEPTH = 100
@@ -307,6 +319,64 @@ def _scalar_problem(item: str | float | None) -> str:
     if isinstance(item, int):
         return "" if MIN_INT <= item <= MAX_INT else "is an integer outside the signed 64-bit range"
     return "" if math.isfinite(item) else f"is {item!r}, which JSON cannot represent"
+
+
+def check_key(value: object, path: str, *, optional: bool = False) -> None:
+    """:func:`check_text`, and no NUL character: for text every store keys or compares by.
+
+    PostgreSQL's text cannot hold U+0000, so no store accepts it in a message id, a source
+    type or a listing's prefix or cursor (the content of messages and items may hold it).
+    """
+    check_text(value, path, optional=optional)
+    if isinstance(value, str) and "\x00" in value:
+        msg = f"{path} holds a NUL character (U+0000), which no store keeps in a key"
+        raise ValidationError(msg)
+
+
+def check_message_id(value: object, path: str, *, new: bool = False) -> str:
+    """Return ``value`` if it can name a stored message, else raise InvalidMessageError.
+
+    A non-empty str of valid Unicode without NUL; with ``new`` (an id being stored), at
+    most :data:`MAX_MESSAGE_ID_LENGTH` characters. A lookup takes any length (it finds
+    nothing where no such id can be stored).
+    """
+    if not isinstance(value, str) or not value:
+        msg = f"{path} must be a non-empty str, got {value!r}"
+        raise InvalidMessageError(path, msg)
+    if new and len(value) > MAX_MESSAGE_ID_LENGTH:
+        msg = f"{path} is {len(value)} characters long; the limit is {MAX_MESSAGE_ID_LENGTH}"
+        raise InvalidMessageError(path, msg)
+    if "\x00" in value:
+        msg = f"{path} holds a NUL character (U+0000), which no store keeps in an id"
+        raise InvalidMessageError(path, msg)
+    if _SURROGATE.search(value) is not None:
+        msg = f"{path} holds a lone surrogate, which is not valid Unicode"
+        raise InvalidMessageError(path, msg)
+    return value
+
+
+def check_position(value: object, path: str, *, minimum: int | None = None) -> int:
+    """``value`` as a position, count or limit: an int (not a bool), at least ``minimum``.
+
+    Beyond :data:`POSITION_LIMIT` either way it is read as that limit, which every store
+    can take and which means the same as the value (all of the history).
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        msg = f"{path} must be an int, got {type(value).__name__}"
+        raise ValidationError(msg)
+    if minimum is not None and value < minimum:
+        msg = f"{path} must be at least {minimum}, got {value}"
+        raise ValidationError(msg)
+    return max(-POSITION_LIMIT, min(value, POSITION_LIMIT))
+
+
+def check_content_blocks(content: list[Any], path: str) -> None:
+    """Raise InvalidMessageError unless each item of a content list is a str or a dict."""
+    for index, block in enumerate(content):
+        if not isinstance(block, (str, dict)):
+            where = f"{path}[{index}]"
+            msg = f"{where} must be a str or a content block (a dict), got {type(block).__name__}"
+            raise InvalidMessageError(where, msg)
 
 
 def check_text(value: object, path: str, *, optional: bool = False) -> None:
@@ -568,6 +638,8 @@ def validate_record(record: Mapping[str, Any], where: str = "message") -> None:
         raise InvalidMessageError(f"{where}.{unknown[0]}", msg)
     check_json_native(dict(record), where)
     validate_role(record.get("role"))
+    if isinstance(content := record.get("content"), list):
+        check_content_blocks(content, f"{where}.content")
     try:
         MessageRecord.model_validate(record)
     except PydanticValidationError as e:

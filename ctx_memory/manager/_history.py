@@ -19,7 +19,9 @@ from ctx_memory.records import (
     records_from,
 )
 from ctx_memory.schema import (
-    check_text,
+    check_key,
+    check_message_id,
+    check_position,
     now_iso,
     record_to_message,
     validate_session_id,
@@ -229,7 +231,7 @@ class HistoryMethods(SessionMethods):
     @staticmethod
     def _plan_delete_message(session_id: str, message_id: str) -> DeleteMessages:
         validate_session_id(session_id, existing=True)
-        check_text(message_id, "message_id")
+        check_message_id(message_id, "message_id")
         return DeleteMessages(session_id, [message_id], now_iso())
 
     def _finish_edit(self, session_id: str, action: str, message_id: str, count: int) -> None:
@@ -264,7 +266,7 @@ class HistoryMethods(SessionMethods):
         metadata: Mapping[str, Any] | None,
     ) -> tuple[ReplaceMessage, dict[str, Any]]:
         validate_session_id(session_id, existing=True)
-        check_text(message_id, "message_id")
+        check_message_id(message_id, "message_id")
         (record,) = records_from([message], metadata)
         record["id"] = message_id  # the replacement takes the message's place and identity
         encoded = encode_record(record, self.token_counter, "message")
@@ -311,7 +313,7 @@ class HistoryMethods(SessionMethods):
     @staticmethod
     def _plan_truncate(session_id: str, message_id: str, inclusive: bool) -> TruncateMessages:
         validate_session_id(session_id, existing=True)
-        check_text(message_id, "message_id")
+        check_message_id(message_id, "message_id")
         return TruncateMessages(session_id, message_id, inclusive, now_iso())
 
     def _finish_truncate(self, op: TruncateMessages, removed: int | None) -> int:
@@ -440,9 +442,11 @@ class HistoryMethods(SessionMethods):
     @staticmethod
     def _plan_history(session_id: str, last_k: int | None) -> GetMessages | None:
         validate_session_id(session_id, existing=True)
-        if last_k is not None and (not isinstance(last_k, int) or last_k < 0):
+        if last_k is not None and (isinstance(last_k, bool) or not isinstance(last_k, int)):
             msg = f"last_k must be a non-negative int or None, got {last_k!r}"
             raise ValidationError(msg)
+        if last_k is not None:
+            last_k = check_position(last_k, "last_k", minimum=0)
         if last_k == 0:
             return None
         return GetMessages(session_id, 0 if last_k is None else -last_k, -1)
@@ -473,15 +477,18 @@ class HistoryMethods(SessionMethods):
 
     def get_message_range(self, session_id: str, start: int, end: int) -> list[dict[str, Any]]:
         """Records ``start..end`` inclusive, negative indices from the end (LRANGE)."""
+        return self._execute(self._plan_range(session_id, start, end))
+
+    @staticmethod
+    def _plan_range(session_id: str, start: int, end: int) -> GetMessages:
         validate_session_id(session_id, existing=True)
-        return self._execute(GetMessages(session_id, start, end))
+        return GetMessages(session_id, check_position(start, "start"), check_position(end, "end"))
 
     async def aget_message_range(
         self, session_id: str, start: int, end: int
     ) -> list[dict[str, Any]]:
         """Async :meth:`get_message_range`."""
-        validate_session_id(session_id, existing=True)
-        return await self._aexecute(GetMessages(session_id, start, end))
+        return await self._aexecute(self._plan_range(session_id, start, end))
 
     def get_message_spans(
         self, session_id: str, spans: Sequence[tuple[int, int]]
@@ -491,31 +498,46 @@ class HistoryMethods(SessionMethods):
         Spans are inclusive, ``0 <= start <= end``; one store round trip however many
         there are (what recall reads).
         """
-        validate_session_id(session_id, existing=True)
-        op = GetMessageSpans(session_id, tuple(spans))
+        op = self._plan_spans(session_id, spans)
         return self._execute(op) if op.spans else []
+
+    @staticmethod
+    def _plan_spans(session_id: str, spans: Sequence[tuple[int, int]]) -> GetMessageSpans:
+        validate_session_id(session_id, existing=True)
+        checked = []
+        for index, span in enumerate(spans):
+            if not isinstance(span, (tuple, list)) or len(span) != 2:
+                msg = f"spans[{index}] must be a (start, end) pair, got {span!r}"
+                raise ValidationError(msg)
+            start = check_position(span[0], f"spans[{index}][0]", minimum=0)
+            end = check_position(span[1], f"spans[{index}][1]", minimum=start)
+            checked.append((start, end))
+        return GetMessageSpans(session_id, tuple(checked))
 
     async def aget_message_spans(
         self, session_id: str, spans: Sequence[tuple[int, int]]
     ) -> list[list[dict[str, Any]]]:
         """Async :meth:`get_message_spans`."""
-        validate_session_id(session_id, existing=True)
-        op = GetMessageSpans(session_id, tuple(spans))
+        op = self._plan_spans(session_id, spans)
         return await self._aexecute(op) if op.spans else []
 
     def get_fetched_context(
         self, session_id: str, source_type: str | None = None
     ) -> dict[str, list[dict[str, Any]]]:
         """Fetched items by source type (only ``source_type`` if given)."""
+        return self._execute(self._plan_get_fetched(session_id, source_type))
+
+    @staticmethod
+    def _plan_get_fetched(session_id: str, source_type: str | None) -> GetFetched:
         validate_session_id(session_id, existing=True)
-        return self._execute(GetFetched(session_id, source_type))
+        check_key(source_type, "source_type", optional=True)
+        return GetFetched(session_id, source_type)
 
     async def aget_fetched_context(
         self, session_id: str, source_type: str | None = None
     ) -> dict[str, list[dict[str, Any]]]:
         """Async :meth:`get_fetched_context`."""
-        validate_session_id(session_id, existing=True)
-        return await self._aexecute(GetFetched(session_id, source_type))
+        return await self._aexecute(self._plan_get_fetched(session_id, source_type))
 
     @staticmethod
     def _formatted(header: Header | None, records: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -25,6 +25,8 @@ from ctx_memory.records import (
 from ctx_memory.schema import (
     ContextMode,
     check_json_native,
+    check_key,
+    check_position,
     check_text,
     dumps,
     exported,
@@ -358,14 +360,14 @@ class SessionMethods(ManagerCore):
 
     @staticmethod
     def _plan_list(prefix: str, limit: int | None, cursor: str | None) -> ListSessions | ListPage:
-        check_text(prefix, "prefix")
-        check_text(cursor, "cursor", optional=True)
+        check_key(prefix, "prefix")
+        check_key(cursor, "cursor", optional=True)
         if limit is None:
             return ListSessions()
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             msg = f"limit must be a positive int or None, got {limit!r}"
             raise ValidationError(msg)
-        return ListPage(limit, prefix, cursor)
+        return ListPage(check_position(limit, "limit"), prefix, cursor)
 
     @staticmethod
     def _finish_list(ids: list[str], prefix: str, cursor: str | None) -> list[str]:

@@ -28,7 +28,7 @@ from ctx_memory.errors import (
 )
 from ctx_memory.events import EventType
 from ctx_memory.manager import ContextManager
-from ctx_memory.schema import MAX_DEPTH, MAX_INT
+from ctx_memory.schema import MAX_DEPTH, MAX_INT, MAX_MESSAGE_ID_LENGTH
 from ctx_memory.stores.base import MAX_SHARED_BYTES, new_header
 from ctx_memory.stores.memory import InMemoryStore
 from ctx_memory.testing._base import ContractBase, StoreFactory, contents, requires
@@ -166,6 +166,33 @@ BAD_CALLS: dict[str, tuple[type[Exception], Callable[[ContextManager, str], Any]
     "shared over its size limit": (
         SharedStateTooLargeError,
         lambda cm, sid: cm.set_context(sid, "blob", "x" * MAX_SHARED_BYTES),
+    ),
+    "NUL in a message id": (
+        InvalidMessageError,
+        lambda cm, sid: cm.add_messages(sid, [HumanMessage("x", id="a\x00b")]),
+    ),
+    "message id over its length limit": (
+        InvalidMessageError,
+        lambda cm, sid: cm.add_messages(sid, [HumanMessage("x", id="i" * 513)]),
+    ),
+    "NUL in an imported message id": (
+        DocumentImportError,
+        lambda cm, sid: cm.import_session(
+            {"conversation_history": [{"role": "user", "content": "x", "id": "a\x00"}]},
+            session_id=sid,
+        ),
+    ),
+    "NUL in a source type": (
+        ValidationError,
+        lambda cm, sid: cm.add_fetched_context(sid, "web\x00", "text"),
+    ),
+    "a content block that is not a dict": (
+        InvalidMessageError,
+        lambda cm, sid: cm.add_user_message(sid, [1]),  # type: ignore[list-item]
+    ),
+    "NUL in the id of a message to delete": (
+        InvalidMessageError,
+        lambda cm, sid: cm.delete_message(sid, "q\x00"),
     ),
 }
 """Each bad value the manager refuses: the exception class and the call that sends it."""
@@ -338,11 +365,43 @@ class ManagerContractTests(ContractBase):
             cm.update_partial_context(session_id, {"k": 1})
         assert _snapshot(cm) == before
 
+    def test_reads_take_any_int_and_refuse_the_rest(self, cm: ContextManager) -> None:
+        """Positions, counts and limits of any size mean the same on every store."""
+        _chat(cm, "r", turns=3)
+        every = [r["id"] for r in cm.get_history("r")]
+        for big in (2**31 - 1, 2**31, 2**63 - 1, 2**64):
+            assert [r["id"] for r in cm.get_history("r", last_k=big)] == every
+            assert [r["id"] for r in cm.get_message_range("r", 0, big)] == every
+            assert [r["id"] for r in cm.get_message_range("r", -big, -1)] == every
+            assert [[r["id"] for r in span] for span in cm.get_message_spans("r", [(0, big)])] == [
+                every
+            ]
+            assert "r" in cm.list_sessions(limit=big)
+        assert cm.get_message_range("r", big, big) == []
+        for bad in (1.0, "0", None, True):
+            with pytest.raises(ValidationError):
+                cm.get_message_range("r", bad, 2)  # type: ignore[arg-type]
+            with pytest.raises(ValidationError):
+                cm.get_message_spans("r", [(bad, 2)])  # type: ignore[list-item]
+        for spans in ([(3, 1)], [(-1, 2)], [(0,)], [(0, 1, 2)]):
+            with pytest.raises(ValidationError):
+                cm.get_message_spans("r", spans)  # type: ignore[arg-type]
+        for prefix, cursor in (("a\x00", None), ("", "a\x00")):
+            with pytest.raises(ValidationError):
+                cm.list_sessions(prefix, limit=5, cursor=cursor)
+        with pytest.raises(ValidationError):
+            cm.get_fetched_context("r", "web\x00")
+        assert cm.delete_message("r", "i" * 2000) is False  # a lookup takes any length
+
     def test_values_at_the_limits_are_accepted(self, cm: ContextManager) -> None:
         """The deepest value, the largest integers and astral characters are stored exactly."""
         limit_value = {"deep": _nested(MAX_DEPTH - 2), "big": MAX_INT, "small": -MAX_INT - 1}
         cm.update_partial_context("existing", limit_value)
         cm.add_user_message("existing", "emoji ok \U0001f600", metadata={"n": MAX_INT})
+        longest = "\U0001f600" * MAX_MESSAGE_ID_LENGTH  # 4 bytes each in UTF-8
+        cm.add_messages("existing", [HumanMessage("long id", id=longest)])
+        assert cm.get_history("existing", last_k=1)[0]["id"] == longest
+        assert cm.delete_message("existing", longest)
         shared = cm.get_context("existing")["shared"]
         assert shared["big"] == MAX_INT
         assert shared["small"] == -MAX_INT - 1
