@@ -24,16 +24,24 @@ DESCRIPTION = (
 
 Output = str | list[str | dict[str, Any]]
 
+PAGE = 256
+"""Messages read per step, newest first: a recent output costs one read, however long the
+session (an append meanwhile moves older messages back, so a page may repeat, never skip)."""
 
-def _answer(tool_call_id: str, history: list[dict[str, Any]]) -> Output:
-    """The stored output of ``tool_call_id``, exactly as the tool returned it.
+
+def _found(tool_call_id: str, page: list[dict[str, Any]]) -> Output | None:
+    """The stored output of ``tool_call_id`` in ``page``, exactly as the tool returned it.
 
     Its content unchanged: a str as stored, content blocks as the list they were.
     """
-    for record in reversed(history):
+    for record in reversed(page):
         if record.get("role") == "tool" and record.get("tool_call_id") == tool_call_id:
             content: Output = record.get("content") or ""
             return content
+    return None
+
+
+def _missing(tool_call_id: str) -> str:
     return f"No tool output with tool_call_id {tool_call_id!r} in this conversation."
 
 
@@ -42,11 +50,27 @@ def build_restore_tool(manager: "ContextManager", session_id: str | None, *, nam
 
     def restore(tool_call_id: str, runtime: ToolRuntime[Any, Any] = None) -> Output:  # type: ignore[assignment]
         sid = runtime_session(runtime, session_id)
-        return _answer(tool_call_id, manager.get_history(sid))
+        end = -1
+        while True:
+            page = manager.get_message_range(sid, end - PAGE + 1, end)
+            found = _found(tool_call_id, page)
+            if found is not None:
+                return found
+            if len(page) < PAGE:
+                return _missing(tool_call_id)
+            end -= PAGE
 
     async def arestore(tool_call_id: str, runtime: ToolRuntime[Any, Any] = None) -> Output:  # type: ignore[assignment]
         sid = runtime_session(runtime, session_id)
-        return _answer(tool_call_id, await manager.aget_history(sid))
+        end = -1
+        while True:
+            page = await manager.aget_message_range(sid, end - PAGE + 1, end)
+            found = _found(tool_call_id, page)
+            if found is not None:
+                return found
+            if len(page) < PAGE:
+                return _missing(tool_call_id)
+            end -= PAGE
 
     return StructuredTool.from_function(
         func=restore, coroutine=arestore, name=name, description=DESCRIPTION

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.runnables import RunnableLambda
 
 from ctx_memory import ContextManager, ContextPromptAssembler, TokenCounter
+from ctx_memory._compaction_tool import PAGE
 from ctx_memory.assembly.compacted import (
     COMPACTIONS_KEY,
     RESTORABLE_PREFIX,
@@ -159,3 +161,51 @@ def test_the_restore_tool_returns_the_stored_output_unchanged() -> None:
     assert tool.invoke({"tool_call_id": "c1"}) == '{"status": "refunded"}'
     assert tool.invoke({"tool_call_id": "c2"}) == blocks
     assert "No tool output" in tool.invoke({"tool_call_id": "c9"})
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_the_restore_tool_pages_back_from_the_newest_messages(mode: str) -> None:
+    """An old output is found page by page; a recent one with one read of a page."""
+    manager = ContextManager()
+    _tools(manager, "s", 3)  # call_0 .. call_2, at the very start
+    for i in range(PAGE):  # more than two pages after them
+        manager.add_messages("s", [HumanMessage(f"chat {i}"), AIMessage(f"reply {i}")])
+    manager.add_messages(
+        "s",
+        [
+            HumanMessage("one more"),
+            AIMessage("", tool_calls=[{"name": "lookup", "args": {}, "id": "late"}]),
+            ToolMessage("late output", tool_call_id="late", name="lookup"),
+        ],
+    )
+    tool = make_restore_tool(manager, "s")
+    reads: list[tuple[int, int]] = []
+    original = manager.get_message_range, manager.aget_message_range
+
+    def spy(sid: str, start: int, end: int) -> list[dict[str, Any]]:
+        reads.append((start, end))
+        return original[0](sid, start, end)
+
+    async def aspy(sid: str, start: int, end: int) -> list[dict[str, Any]]:
+        reads.append((start, end))
+        return await original[1](sid, start, end)
+
+    manager.get_message_range = spy  # type: ignore[method-assign]
+    manager.aget_message_range = aspy  # type: ignore[method-assign]
+
+    def call(call_id: str) -> Any:
+        if mode == "sync":
+            return tool.invoke({"tool_call_id": call_id})
+        return asyncio.run(tool.ainvoke({"tool_call_id": call_id}))
+
+    assert call("late") == "late output"
+    assert reads == [(-PAGE, -1)]
+    stored = {
+        r["tool_call_id"]: r["content"] for r in manager.get_history("s") if r["role"] == "tool"
+    }
+    reads.clear()
+    assert call("call_0") == stored["call_0"]
+    assert len(reads) == 3  # (2 * PAGE + 3 + 3 * 3) messages: three pages
+    reads.clear()
+    assert "No tool output" in call("nowhere")
+    assert len(reads) == 3
