@@ -178,6 +178,7 @@ class Turn(NamedTuple):
     question: BaseMessage
     text: str
     reply_id: str
+    asked: str = ""  # when the question came (its stored timestamp)
 
 
 class _RetryKeys:
@@ -408,7 +409,7 @@ class ContextualChat(BackgroundCompactions, Runnable[PromptInput, AIMessage]):
             key = self._retry_keys.key(session_id, run_manager)
             question = question.model_copy(update={"id": key})
         reply_id = str(uuid.uuid5(_ID_NAMESPACE, f"{session_id}\x1f{question.id}\x1freply"))
-        return Turn(session_id, question, parsed.text, reply_id)
+        return Turn(session_id, question, parsed.text, reply_id, now_iso())
 
     def _turn_records(
         self, turn: Turn, reply: BaseMessage, started: float, prompt: AssembledPrompt
@@ -433,8 +434,11 @@ class ContextualChat(BackgroundCompactions, Runnable[PromptInput, AIMessage]):
         }
         record = message_to_record(message, timestamp=now_iso(), metadata=metadata)
         del record["token_count"]  # counted by the manager
+        # The question keeps the time it was asked; the reply, the time it came.
+        question = message_to_record(turn.question, timestamp=turn.asked or record["timestamp"])
+        del question["token_count"]
         meta = {**message.response_metadata, METADATA_KEY: extra}
-        return [turn.question, record], message.model_copy(update={"response_metadata": meta})
+        return [question, record], message.model_copy(update={"response_metadata": meta})
 
     def _model_for(self, prompt: AssembledPrompt) -> Runnable[LanguageModelInput, BaseMessage]:
         """The model, bound to the prompt's call options (``prompt_cache_key``) if any."""

@@ -321,10 +321,11 @@ class ApiKey(BaseModel):
 class Settings(BaseModel):
     """Every ctx_memory setting, validated. Field names are the keys in lower case.
 
-    ``store`` is the effective backend: the seed's ``USE_REDIS_CACHING=true`` selects
-    ``redis`` whatever ``STORE`` says. ``max_sessions`` and ``session_expiration_seconds``
-    not given take the default of that backend (see the module docstring); whether they
-    were given is in ``model_fields_set``.
+    ``store`` is the ``STORE`` setting as given; :attr:`backend` is the store a manager
+    opens: the seed's ``USE_REDIS_CACHING=true`` makes it ``redis`` whatever ``STORE``
+    says. ``max_sessions`` and ``session_expiration_seconds`` not given take the default
+    of that backend (see the module docstring); whether they were given is in
+    ``model_fields_set``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)

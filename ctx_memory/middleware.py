@@ -104,6 +104,7 @@ if TYPE_CHECKING:
     from ctx_memory.assembly.report import AssembledPrompt
     from ctx_memory.manager import ContextManager
     from ctx_memory.ranking import Tokenizer
+    from ctx_memory.recall import Recall
 
 __all__ = ["ContextMiddleware"]
 
@@ -195,6 +196,8 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         trim_block: Stable layout: share of the window dropped at once when full.
         embeddings: A LangChain ``Embeddings`` for hybrid recall (BM25 and vector
             similarity fused); see :class:`~ctx_memory.prompt.ContextPromptAssembler`.
+        recall: The index cache to use (default: the manager's shared one); pass the
+            one a ``recall`` tool uses to share its index.
         cache_hints: ``"anthropic"`` (``cache_control`` breakpoints on the messages)
             and/or ``"openai"`` (``prompt_cache_key`` in the request's
             ``model_settings``, which the agent binds to the model).
@@ -259,6 +262,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         recall_max_tokens: int | None = 4000,
         trim_block: float = 0.5,
         embeddings: Embeddings | None = None,
+        recall: Recall | None = None,
         cache_hints: Sequence[Literal["anthropic", "openai"]] = (),
         compaction: CompactionPolicy | None = None,
         summarization: AgentMiddleware[Any, Any] | None = None,
@@ -292,6 +296,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             recall_max_tokens=recall_max_tokens,
             trim_block=trim_block,
             embeddings=embeddings,
+            recall=recall,
             cache_hints=cache_hints,
             compaction=prompt_compaction,
         )
@@ -378,11 +383,13 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         *,
         started: float,
         prompt: AssembledPrompt,
+        asked: str,
     ) -> list[BaseMessage | dict[str, Any]]:
         """What to append once the model answered: the current run and the reply.
 
         Gives replies without an id their deterministic one first, persisting or not.
-        Nothing (``[]``) without ``persist``.
+        Nothing (``[]``) without ``persist``. The run's messages carry ``asked`` (the
+        model call's start: they were all there by then), the replies the time they came.
         """
         replies = _reply_messages(result)
         anchor = str(request.messages[-1].id) if request.messages else ""
@@ -393,8 +400,13 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
                 reply.id = _stable_id(session_id, anchor, "reply", str(index))
         if not self.persist:
             return []
+        stamped: list[BaseMessage | dict[str, Any]] = []
+        for message in run:
+            record = message_to_record(message, timestamp=asked)
+            del record["token_count"]  # counted by the manager
+            stamped.append(record)
         if not replies:
-            return list(run)
+            return stamped
         model = request.model
         name = self.model_name or next(
             (
@@ -421,7 +433,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             record = message_to_record(reply, timestamp=now, metadata=metadata)
             del record["token_count"]  # counted by the manager
             records.append(record)
-        return [*run, *records]
+        return [*stamped, *records]
 
     def _summaries_of(self, request: ModelRequest[Any]) -> list[BaseMessage]:
         """The request's LangChain summaries this middleware handles (none if not persisting)."""
@@ -553,9 +565,11 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         prompt = self.assembler.build(
             session_id, tail, query=query, skip_ids=skip, system_prefix=system
         )
-        started = time.perf_counter()
+        asked, started = now_iso(), time.perf_counter()
         result = handler(self._override(request, prompt))
-        written = self._written(session_id, request, run, result, started=started, prompt=prompt)
+        written = self._written(
+            session_id, request, run, result, started=started, prompt=prompt, asked=asked
+        )
         self._store(session_id, written)
         self._compact_later(session_id)
         return result
@@ -575,9 +589,11 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         prompt = await self.assembler.abuild(
             session_id, tail, query=query, skip_ids=skip, system_prefix=system
         )
-        started = time.perf_counter()
+        asked, started = now_iso(), time.perf_counter()
         result = await handler(self._override(request, prompt))
-        written = self._written(session_id, request, run, result, started=started, prompt=prompt)
+        written = self._written(
+            session_id, request, run, result, started=started, prompt=prompt, asked=asked
+        )
         await self._astore(session_id, written)
         self._acompact_later(session_id)
         return result

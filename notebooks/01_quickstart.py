@@ -48,11 +48,12 @@ cm.get_metadata(SESSION)
 # %% [markdown]
 # ## Chat with memory
 #
-# `ContextualChat` is one Runnable for the whole request: it records the question,
-# assembles a token-budgeted prompt (system prompt + header, sources, as much history
-# as fits, the question), calls the model and records the reply with the model name,
-# response time and sources used. The fake model below replays canned answers; a real
-# model is a one-line swap (see the end of the notebook).
+# `ContextualChat` is one Runnable for the whole request: it assembles a token-budgeted
+# prompt (system prompt + header, sources, as much history as fits, the question), calls
+# the model, then records the question and the reply (with the model name, response time
+# and sources used) in one write, so a failed call records nothing. The fake model
+# below replays canned answers; a real model is a one-line swap (see the end of the
+# notebook).
 
 # %%
 model = GenericFakeChatModel(

@@ -293,3 +293,11 @@ def test_agent_sees_sources(seeded):
     agent = create_agent(model, tools=[], middleware=[ContextMiddleware(seeded)])
     agent.invoke({"messages": [("user", "cheap Paris flights")]}, CONFIG)
     assert "[1] Paris flights" in model.seen[0][0].content
+
+
+def test_the_middleware_takes_the_recall_index_cache_to_share(manager) -> None:
+    from ctx_memory.recall import Recall, recall_for
+
+    own = Recall()
+    assert ContextMiddleware(manager, recall=own).assembler.recall is own
+    assert ContextMiddleware(manager).assembler.recall is recall_for(manager)
