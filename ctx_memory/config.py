@@ -169,16 +169,24 @@ def _redis_url_problem(url: str) -> str | None:  # noqa: PLR0911 - one return pe
         return "the path must be a database number, e.g. redis://localhost:6379/0"
     if port == 0:
         return "the port must be a number from 1 to 65535"
-    return _query_problem(parts.query) if parts.query else None
+    return _query_problem(parts.query, parts.scheme) if parts.query else None
 
 
-def _query_problem(query: str) -> str | None:
-    """A query parameter redis-py would refuse when connecting (its value is not shown)."""
+def _query_problem(query: str, scheme: str) -> str | None:
+    """A query parameter redis-py would refuse when connecting (its value is not shown).
+
+    redis-py parses the parameters it knows and passes any other to the connection
+    class, which raises ``TypeError`` on a name it does not take: such a name is refused
+    here, when the settings load.
+    """
     from redis.connection import URL_QUERY_ARGUMENT_PARSERS  # noqa: PLC0415 - rarely needed
 
     parsers: dict[str, Callable[[str], object]] = dict(URL_QUERY_ARGUMENT_PARSERS)  # type: ignore[arg-type]
+    accepted = _connection_parameters(scheme)
     for name, values in parse_qs(query, keep_blank_values=True).items():
         parser = parsers.get(name)
+        if parser is None and name not in accepted:
+            return f"query parameter {name!r} is not one redis-py takes"
         if parser is None or not values:
             continue
         try:
@@ -186,6 +194,24 @@ def _query_problem(query: str) -> str | None:
         except (TypeError, ValueError):
             return f"query parameter {name!r} has an invalid value"
     return None
+
+
+def _connection_parameters(scheme: str) -> frozenset[str]:
+    """The keyword arguments redis-py's connection class for ``scheme`` (and its pool) take."""
+    import inspect  # noqa: PLC0415 - rarely needed
+
+    from redis import connection  # noqa: PLC0415
+
+    classes: dict[str, type[Any]] = {
+        "rediss": connection.SSLConnection,
+        "unix": connection.UnixDomainSocketConnection,
+    }
+    names: set[str] = {"max_connections"}  # the pool's
+    for cls in classes.get(scheme, connection.Connection).__mro__:
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            names.update(inspect.signature(init).parameters)
+    return frozenset(names - {"self", "kwargs", "args"})
 
 
 def validate_redis_url(url: object) -> str:

@@ -17,8 +17,10 @@ target holds with *different* counts is a conflict: left alone (and reported) un
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -29,7 +31,7 @@ from ctx_memory.errors import ConfigurationError, CtxMemoryError
 from ctx_memory.records import encode_document
 from ctx_memory.schema import parse_document
 from ctx_memory.stores.ops import GetDocument, GetFetched, GetHeader, ListPage, ReplaceDocument
-from ctx_memory.tokens import TokenCounter
+from ctx_memory.tokens import APPROXIMATE, TokenCounter
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["MigrationReport", "migrate", "migrate_command", "open_store"]
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+_LIBPQ_KEYWORD = re.compile(r"\s*[A-Za-z_]+\s*=")  # "host=… password=…", not a path
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
@@ -51,7 +54,7 @@ def _take(url: str, *names: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(query=rest)), taken
 
 
-def open_store(url: str) -> BaseStore:
+def open_store(url: str, *, existing: bool = False) -> BaseStore:
     """The store a URL names, with no TTL and no session limit (nothing expires meanwhile).
 
     * ``memory://``: a new in-memory store (empty);
@@ -61,11 +64,18 @@ def open_store(url: str) -> BaseStore:
       the data and the client;
     * ``postgresql://``: a PostgreSQL store; ``schema`` (default ``ctx_memory``) selects it.
 
+    With ``existing`` (a source), a SQLite file must already exist: a typo is not an
+    empty store.
+
     Raises:
         ConfigurationError: An unknown scheme (the message lists the known ones; the URL is
-            shown with its password masked).
+            shown with its password masked), no SQLite path, a missing source file, or a
+            libpq ``key=value`` string (never shown: it may hold a password).
     """
     scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    if not scheme and _LIBPQ_KEYWORD.match(url):
+        msg = "a libpq key=value string is not a URL; use postgresql://… (the value is not shown)"
+        raise ConfigurationError("URL", msg)
     if scheme == "memory":
         from ctx_memory.stores.memory import InMemoryStore  # noqa: PLC0415
 
@@ -74,6 +84,10 @@ def open_store(url: str) -> BaseStore:
         from ctx_memory.stores.sqlite import SqliteStore  # noqa: PLC0415
 
         path = url if not scheme else url.split("://", 1)[1]
+        if not path.strip():
+            raise ConfigurationError("URL", f"{url!r} names no SQLite file")
+        if existing and not Path(path).is_file():
+            raise ConfigurationError("URL", f"no SQLite file at {path!r}")
         return SqliteStore(path)
     if scheme in _REDIS_SCHEMES:
         from ctx_memory.stores.redis import RedisStore  # noqa: PLC0415
@@ -237,7 +251,11 @@ def _copy(
     encoding = parsed.metadata.token_encoding
     counter = counters.get(encoding)
     if counter is None:
-        counter = counters[encoding] = TokenCounter(encoding=encoding)
+        counter = counters[encoding] = (
+            TokenCounter(approximate=True)  # a session counted with TOKEN_COUNTER=approximate
+            if encoding == APPROXIMATE
+            else TokenCounter(encoding=encoding)
+        )
     header, messages, items = encode_document(parsed, session_id, counter)
     target.execute(ReplaceDocument(session_id, header, messages, items))
 
@@ -266,9 +284,12 @@ def migrate_command(
     from rich.console import Console  # noqa: PLC0415
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # noqa: PLC0415
 
+    from ctx_memory.cli._output import quiet_pool_logs  # noqa: PLC0415 - the CLI imports this
+
+    quiet_pool_logs()
     where = f"{redact_url(source)} -> {redact_url(target)}"
     try:
-        with open_store(source) as src, open_store(target) as dst:
+        with open_store(source, existing=True) as src, open_store(target) as dst:
             console = Console(stderr=True)
             with Progress(
                 TextColumn("migrating"),

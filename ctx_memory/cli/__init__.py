@@ -21,7 +21,6 @@ document, JSON Lines, a JSON array of documents, or documents simply concatenate
 from __future__ import annotations
 
 import json
-import logging
 import shlex
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from ctx_memory.cli._output import (  # noqa: F401 - _fail, _note, printable: us
     _stdout_console,
     _text,
     printable,
+    quiet_pool_logs,
 )
 from ctx_memory.cli._reindex import reindex_command
 from ctx_memory.cli._search import prompt_command, search_command
@@ -152,18 +152,6 @@ class _Options:
 # --------------------------------------------------------------------------- helpers
 
 
-def _quiet_pool_logs() -> None:
-    """Keep psycopg_pool's per-attempt warnings off stderr when logging is not configured.
-
-    The pool logs each failed connection attempt; with no handler anywhere, Python prints
-    them (its "last resort" handler), a dozen lines before the command's one-line error.
-    A ``NullHandler`` stops only that: configured handlers still receive the records.
-    """
-    logger = logging.getLogger("psycopg.pool")
-    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
-        logger.addHandler(logging.NullHandler())
-
-
 @contextmanager
 def _open(ctx: typer.Context) -> Iterator[ContextManager]:
     """The manager the global options select; package errors become exit codes.
@@ -179,7 +167,7 @@ def _open(ctx: typer.Context) -> Iterator[ContextManager]:
             _fail_with(e)
         return
     options: _Options = root if isinstance(root, _Options) else _Options()
-    _quiet_pool_logs()
+    quiet_pool_logs()
     try:
         # Settings first: ContextManager's own ``store=`` keyword takes a store object.
         manager = ContextManager(options.settings())
@@ -385,7 +373,7 @@ def export_(
     document per line. `ctx-memory import` reads both. A file is written whole or not
     at all.
     """
-    ids = list(session_ids or [])
+    ids = list(dict.fromkeys(session_ids or []))  # an id given twice is exported once
     if bool(ids) == all_sessions:
         msg = "give session ids or --all (not both)"
         raise typer.BadParameter(msg, param_hint="SESSION_IDS / --all")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import stat
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -211,18 +213,42 @@ def _count(value: object) -> int:
 
 @contextmanager
 def _output(path: Path | None) -> Iterator[Any]:
-    """Write to ``path`` atomically (temp file + rename), or to stdout."""
+    """Write to ``path`` atomically (temp file + rename), or to stdout.
+
+    A symbolic link is written through (its target replaced atomically, the link kept);
+    what is not a regular file (a device such as ``/dev/null``, a pipe, ``/dev/stdout``)
+    is written to as it is, never replaced.
+    """
     if path is None or str(path) == "-":
         yield sys.stdout
         sys.stdout.flush()
         return
-    directory = path.resolve().parent
+    if path.exists() and not path.resolve().is_file():
+        with path.open("w", encoding="utf-8") as handle:
+            yield handle
+        return
+    path = path.resolve()  # through a link: its target is what gets replaced
+    directory = path.parent
     if not directory.is_dir():
         _fail(f"{path}: directory {directory} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
     try:
+        if path.exists():  # a file replaced keeps its permissions (a new one: owner only)
+            os.chmod(fd, stat.S_IMODE(path.stat().st_mode))
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             yield handle
         Path(tmp).replace(path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def quiet_pool_logs() -> None:
+    """Keep psycopg_pool's per-attempt warnings off stderr when logging is not configured.
+
+    The pool logs each failed connection attempt; with no handler anywhere, Python prints
+    them (its "last resort" handler), a dozen lines before the command's one-line error.
+    A ``NullHandler`` stops only that: configured handlers still receive the records.
+    """
+    logger = logging.getLogger("psycopg.pool")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())

@@ -1,0 +1,136 @@
+"""``ctx-memory export`` and ``migrate`` at the edges: what -o points at, odd arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import TYPE_CHECKING
+
+import pytest
+from typer.testing import CliRunner
+
+from ctx_memory import ContextManager
+from ctx_memory.cli import app
+from ctx_memory.config import validate_redis_url
+from ctx_memory.errors import ConfigurationError
+from ctx_memory.stores.sqlite import SqliteStore
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+runner = CliRunner()
+
+
+def _db(tmp_path: Path, *, approximate: bool = False) -> str:
+    path = str(tmp_path / "a.sqlite3")
+    counter = {"token_counter": "approximate"} if approximate else {}
+    with ContextManager(store=SqliteStore(path), **counter) as cm:  # type: ignore[arg-type]
+        for sid in ("s1", "s2"):
+            cm.add_user_message(sid, f"hello from {sid}")
+            cm.add_assistant_message(sid, "hi")
+    return path
+
+
+def _cli(db: str, *args: str) -> list[str]:
+    return ["--store", "sqlite", "--sqlite-path", db, *args]
+
+
+def test_export_writes_through_a_symlink_and_keeps_it(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    target = tmp_path / "target.jsonl"
+    target.write_text("old\n")
+    target.chmod(0o644)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    result = runner.invoke(app, _cli(db, "export", "--all", "-o", str(link)))
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink()
+    lines = target.read_text().splitlines()
+    assert [json.loads(line)["metadata"]["session_id"] for line in lines] == ["s1", "s2"]
+    assert target.stat().st_mode & 0o777 == 0o644  # a file replaced keeps its permissions
+
+
+def test_export_to_a_pipe_writes_into_it(tmp_path: Path) -> None:
+    """A FIFO (like /dev/stdout or a device) is written to, never replaced by a file."""
+    db = _db(tmp_path)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    result = runner.invoke(app, _cli(db, "export", "--all", "-o", str(fifo)))
+    reader.join(timeout=10)
+    assert result.exit_code == 0, result.output
+    assert fifo.is_fifo()
+    assert len(received[0].splitlines()) == 2
+
+
+def test_export_of_an_id_given_twice_can_be_imported(tmp_path: Path) -> None:
+    db = _db(tmp_path)
+    out = tmp_path / "dup.jsonl"
+    result = runner.invoke(app, _cli(db, "export", "s1", "s1", "s2", "-o", str(out)))
+    assert result.exit_code == 0, result.output
+    assert len(out.read_text().splitlines()) == 2
+    other = str(tmp_path / "b.sqlite3")
+    result = runner.invoke(app, _cli(other, "import", str(out)))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("source", ["typo.sqlite3", "", "sqlite://"])
+def test_migrate_refuses_a_source_that_is_no_store(
+    tmp_path: Path, source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["migrate", "--from", source, "--to", "memory://"])
+    assert result.exit_code == 2
+    assert "error:" in result.output
+    assert not (tmp_path / "typo.sqlite3").exists()  # not created as an empty store
+
+
+def test_migrate_refuses_a_libpq_string_without_showing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = _db(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    target = "host=db user=app password=hunter2 dbname=app"
+    result = runner.invoke(app, ["migrate", "--from", db, "--to", target])
+    assert result.exit_code == 2
+    assert "hunter2" not in result.output
+    assert not any("hunter2" in p.name for p in tmp_path.iterdir())
+
+
+def test_migrate_copies_sessions_counted_approximately(tmp_path: Path) -> None:
+    db = _db(tmp_path, approximate=True)
+    target = str(tmp_path / "b.sqlite3")
+    result = runner.invoke(app, ["migrate", "--from", db, "--to", target, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.splitlines()[-1])
+    assert (report["sessions"], report["copied"], report["mismatches"]) == (2, 2, [])
+
+
+def test_migrate_to_a_server_that_is_down_prints_one_error_line(tmp_path: Path) -> None:
+    """psycopg_pool's per-attempt warnings stay off stderr, as for the global options."""
+    db = _db(tmp_path)
+    url = "postgresql://u:pw@127.0.0.1:1/db?schema=x&connect_timeout=1"
+    result = runner.invoke(app, ["migrate", "--from", db, "--to", url])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error:")
+    assert ":pw@" not in result.output
+
+
+@pytest.mark.parametrize("url", ["redis://h/0?foo=1", "redis://h/0?key_prefix=x"])
+def test_a_redis_url_parameter_redis_py_does_not_take_is_refused_at_load(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="is not one redis-py takes"):
+        validate_redis_url(url)
+    result = runner.invoke(app, ["--store", "redis", "--redis-url", url, "sessions", "list"])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+def test_redis_url_parameters_redis_py_takes_are_accepted() -> None:
+    validate_redis_url("redis://h/0?client_name=app&socket_timeout=2&max_connections=5")
+    validate_redis_url("rediss://h/0?ssl_cert_reqs=none")
+    validate_redis_url("unix:///run/redis.sock?db=1")
