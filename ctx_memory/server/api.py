@@ -147,9 +147,8 @@ class NewMessage(_Body):
 # --------------------------------------------------------------------------- shared steps
 
 
-async def _session_id(manager: Any, request: Request, explicit: str | None = None) -> str:
-    if explicit is not None:
-        return str(await ContextIntegration(manager).aget_session_id({"session_id": explicit}))
+async def _session_id(manager: Any, request: Request) -> str:
+    """The request's session id where ``ContextIntegration`` looks: query, header, body."""
     return str(await ContextIntegration(manager).aget_session_id(request))
 
 
@@ -265,7 +264,7 @@ async def get_adv_response(
 @router.post("/agent_chat_response/", tags=["seed"], summary="The agent")
 async def agent_chat_response(request: Request, manager: Manager, body: TurnBody) -> Any:
     """Run the ``create_agent`` agent with ``ContextMiddleware`` on the question."""
-    sid = await _session_id(manager, request, body.session_id)
+    sid = await _session_id(manager, request)  # query, header, then body (docs/web.md)
     return await run_agent(
         state_of(request),
         manager,
@@ -279,7 +278,7 @@ async def agent_chat_response(request: Request, manager: Manager, body: TurnBody
 @router.post("/add_webtext/", tags=["seed"], summary="Text scraped from the user's page")
 async def add_webtext(request: Request, manager: Manager, body: WebText) -> Any:
     """Store page text as a ``js_scraping`` source (size limit: ``SERVER_MAX_WEBTEXT_BYTES``)."""
-    sid = await _session_id(manager, request, body.session_id)
+    sid = await _session_id(manager, request)  # query, header, then body (docs/web.md)
     return await _add_webtext(request, manager, sid, body)
 
 

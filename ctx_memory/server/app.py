@@ -17,7 +17,7 @@ import secrets
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_to_bytes
 
 from ctx_memory._extras import missing_extra
 
@@ -172,18 +172,39 @@ def session_path_id(value: str) -> str:
     return value.replace("%2F", "/").replace("%25", "%")
 
 
+def _valid_utf8(escaped: bytes) -> bool:
+    """Whether a percent-encoded path or query decodes to valid UTF-8 (no lone surrogate)."""
+    try:
+        unquote_to_bytes(escaped.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class _KeepEncodedSlashes:
-    """ASGI: routes see ``%2F`` in a path segment as data, not as a separator."""
+    """ASGI: routes see ``%2F`` in a path segment as data, not as a separator.
+
+    A path or query string whose escapes are not UTF-8 is answered 400: decoded with
+    replacement characters, ``%FF`` and ``%FE`` would name the same session.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         raw = scope.get("raw_path") if scope["type"] == "http" else None
+        if scope["type"] == "http" and not (
+            _valid_utf8(raw or b"") and _valid_utf8(scope.get("query_string") or b"")
+        ):
+            await _send_json(send, 400, "invalid_input", "the URL is not UTF-8 once decoded")
+            return
         if raw and b"%2" in raw.upper():
             raw = raw.split(b"?", 1)[0]
             scope = dict(scope)
-            scope["path"] = scope.get("root_path", "") + path_keeping_slashes(raw)
+            path = path_keeping_slashes(raw)
+            root = scope.get("root_path", "")
+            # An ASGI server serving under a root path puts it in raw_path already (uvicorn).
+            scope["path"] = path if path.startswith(root) else root + path
         await self.app(scope, receive, send)
 
 

@@ -55,7 +55,7 @@ PAGE_SIZE = 50
 _HEADERS = {
     "Content-Security-Policy": (
         "default-src 'none'; style-src 'unsafe-inline'; img-src data:; "
-        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'self'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -94,7 +94,13 @@ def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _root(request: Request) -> str:
+    """Where the app is mounted (``--root-path``, e.g. ``/ctx``; ``""`` at the top)."""
+    return str(request.scope.get("root_path") or "").rstrip("/")
+
+
 def _page(
+    request: Request,
     title: str,
     body: str,
     *,
@@ -113,19 +119,21 @@ def _page(
                 for t in tenants
             )
             choose = (
-                '<form method="get" action="/inspector/sessions">'
+                '<form method="get" action="sessions">'
                 '<label for="tenant">tenant</label>'
                 f'<select id="tenant" name="tenant">{options}</select>'
                 "<button type=submit>open</button></form>"
             )
         menu = (
             '<header><span class="brand">ctx_memory inspector</span>'
-            f'<a href="/inspector/sessions{query}">Sessions</a>'
-            f'<a href="/inspector/analytics{query}">Analytics</a>{choose}</header>'
+            f'<a href="sessions{query}">Sessions</a>'
+            f'<a href="analytics{query}">Analytics</a>{choose}</header>'
         )
     document = (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        # Links are relative to the inspector, wherever a proxy mounts the app.
+        f'<base href="{_e(_root(request))}/inspector/">'
         f"<title>{_e(title)} · ctx_memory</title><style>{_CSS}</style></head>"
         f"<body>{menu}<main>{body}</main></body></html>"
     )
@@ -148,7 +156,7 @@ def _needs_login(request: Request, exc: ServiceError) -> Response | None:
         target = quote(
             str(request.url.path) + ("?" + request.url.query if request.url.query else "")
         )
-        return RedirectResponse(f"/inspector/login?next={target}", status_code=303)
+        return RedirectResponse(f"{_root(request)}/inspector/login?next={target}", status_code=303)
     return None
 
 
@@ -188,10 +196,12 @@ def install(app: Any) -> None:
 # --------------------------------------------------------------------------- login
 
 
-def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/inspector") and "//" not in target and "\\" not in target:
+def _safe_next(request: Request, target: str | None) -> str:
+    """``target`` if it is a page of this inspector, else the sessions list."""
+    home = f"{_root(request)}/inspector"
+    if target and target.startswith(home) and "//" not in target and "\\" not in target:
         return target
-    return "/inspector/sessions"
+    return f"{home}/sessions"
 
 
 def _login_form(next_url: str, error: str | None = None) -> str:
@@ -199,7 +209,7 @@ def _login_form(next_url: str, error: str | None = None) -> str:
     return (
         '<div class="login"><h1>Inspector login</h1>'
         '<p class="muted">An admin key (SERVER_ADMIN_KEYS) opens the inspector.</p>'
-        f'{problem}<form method="post" action="/inspector/login">'
+        f'{problem}<form method="post" action="login">'
         f'<input type="hidden" name="next" value="{_e(next_url)}">'
         '<label for="key">Admin key</label>'
         '<input id="key" name="key" type="password" autocomplete="current-password" required>'
@@ -209,17 +219,17 @@ def _login_form(next_url: str, error: str | None = None) -> str:
 
 @router.get("")
 @router.get("/")
-async def home() -> Response:
+async def home(request: Request) -> Response:
     """The sessions list."""
-    return RedirectResponse("/inspector/sessions", status_code=303)
+    return RedirectResponse(f"{_root(request)}/inspector/sessions", status_code=303)
 
 
 @router.get("/login")
 async def login_page(request: Request, next: str | None = None) -> Response:
     """The login form (straight to the sessions on a server without keys)."""
     if not state_of(request).auth:
-        return RedirectResponse(_safe_next(next), status_code=303)
-    return _page("Log in", _login_form(_safe_next(next)), nav=False)
+        return RedirectResponse(_safe_next(request, next), status_code=303)
+    return _page(request, "Log in", _login_form(_safe_next(request, next)), nav=False)
 
 
 @router.post("/login")
@@ -228,21 +238,25 @@ async def login(request: Request) -> Response:
     state = state_of(request)
     form = parse_qs((await request.body()).decode("utf-8", "replace"), max_num_fields=4)
     key = (form.get("key") or [""])[0]
-    next_url = _safe_next((form.get("next") or [""])[0])
+    next_url = _safe_next(request, (form.get("next") or [""])[0])
     who = state.keys.identify(key) if state.auth else None
     if who is None or not who.admin:
         wait = state.bucket.take(f"login:{request.client.host if request.client else '-'}")
         if wait > 0:
             raise ServiceError(429, "rate_limited", "too many attempts", {"Retry-After": "60"})
         return _page(
-            "Log in", _login_form(next_url, "That is not an admin key."), status=401, nav=False
+            request,
+            "Log in",
+            _login_form(next_url, "That is not an admin key."),
+            status=401,
+            nav=False,
         )
     response = RedirectResponse(next_url, status_code=303)
     response.set_cookie(
         COOKIE_NAME,
         sign_cookie(state.cookie_secret, who.key_id),
         max_age=COOKIE_SECONDS,
-        path="/inspector",
+        path=f"{_root(request)}/inspector",
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -251,10 +265,11 @@ async def login(request: Request) -> Response:
 
 
 @router.post("/logout")
-async def logout() -> Response:
+async def logout(request: Request) -> Response:
     """Forget the cookie."""
-    response = RedirectResponse("/inspector/login", status_code=303)
-    response.delete_cookie(COOKIE_NAME, path="/inspector")
+    home = f"{_root(request)}/inspector"
+    response = RedirectResponse(f"{home}/login", status_code=303)
+    response.delete_cookie(COOKIE_NAME, path=home)
     return response
 
 
@@ -285,7 +300,7 @@ async def sessions_page(
         stats = await manager.aget_memory_stats(sid)
         if not stats.get("exists"):
             continue  # expired between the list and now
-        link = f"/inspector/sessions/{quote(sid, safe='')}?{urlencode({'tenant': name})}"
+        link = _session_link(sid, name)
         rows.append(
             "<tr>"
             f'<td><a href="{_e(link)}">{_e(sid)}</a></td>'
@@ -306,14 +321,12 @@ async def sessions_page(
     pager = []
     if cursor:
         first = urlencode({"tenant": name, "prefix": prefix})
-        pager.append(f'<a href="/inspector/sessions?{_e(first)}">« first page</a>')
+        pager.append(f'<a href="sessions?{_e(first)}">« first page</a>')
     if more:
         following = urlencode({"tenant": name, "prefix": prefix, "cursor": page[-1]})
-        pager.append(
-            f'<a id="next-page" href="/inspector/sessions?{_e(following)}">next page »</a>'
-        )
+        pager.append(f'<a id="next-page" href="sessions?{_e(following)}">next page »</a>')
     search = (
-        '<form class="search" method="get" action="/inspector/sessions">'
+        '<form class="search" method="get" action="sessions">'
         f'<input type="hidden" name="tenant" value="{_e(name)}">'
         f'<input id="prefix" name="prefix" value="{_e(prefix)}" placeholder="session id prefix">'
         '<button type="submit">Search</button></form>'
@@ -321,13 +334,22 @@ async def sessions_page(
     body = (
         f'<h1>Sessions of {_e(name)}</h1>{search}{table}<div class="pager">{"".join(pager)}</div>'
     )
-    return _page("Sessions", body, tenant=name, tenants=state_of(request).tenants.names)
+    return _page(request, "Sessions", body, tenant=name, tenants=state_of(request).tenants.names)
+
+
+def _session_link(session_id: str, tenant: str, page: str = "session") -> str:
+    """A link to a session's page (or its export), relative to the inspector.
+
+    The id goes in the query string: in a path, the ids ``.`` and ``..`` are dot segments
+    that browsers resolve away, even percent-encoded.
+    """
+    return f"{page}?{urlencode({'id': session_id, 'tenant': tenant})}"
 
 
 def _search_form(tenant: str, session_id: str, q: str, messages: int) -> str:
     return (
-        '<form class="search" method="get" '
-        f'action="/inspector/sessions/{_e(quote(session_id, safe=""))}">'
+        '<form class="search" method="get" action="session">'
+        f'<input type="hidden" name="id" value="{_e(session_id)}">'
         f'<input type="hidden" name="tenant" value="{_e(tenant)}">'
         f'<input type="hidden" name="messages" value="{messages}">'
         f'<input id="q" name="q" value="{_e(q)}" placeholder="words in this history">'
@@ -366,8 +388,42 @@ async def session_page(
     q: Annotated[str, Query(max_length=100_000)] = "",
 ) -> Response:
     """One session, rendered by :class:`~ctx_memory.display.SessionView`, and a search box."""
+    return await _session(request, who, session_path_id(session_id), tenant, messages, q)
+
+
+@router.get("/session")
+async def session_query_page(
+    request: Request,
+    who: Admin,
+    *,
+    id: Annotated[str, Query(max_length=1024)],
+    tenant: Annotated[str | None, Query(max_length=64)] = None,
+    messages: Annotated[int, Query(ge=1, le=5000)] = 200,
+    q: Annotated[str, Query(max_length=100_000)] = "",
+) -> Response:
+    """One session, its id in the query string (what the inspector's own links use)."""
+    return await _session(request, who, id, tenant, messages, q)
+
+
+@router.get("/session/export")
+async def session_export(
+    request: Request,
+    who: Admin,
+    *,
+    id: Annotated[str, Query(max_length=1024)],
+    tenant: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response:
+    """The session document as a JSON download, for the admin the page was shown to."""
+    _, manager = _tenant(request, who, tenant)
+    text = await manager.aexport_session(id)
+    headers = {"Content-Disposition": 'attachment; filename="session.json"'}
+    return Response(text, media_type="application/json", headers=headers)
+
+
+async def _session(  # noqa: PLR0917 - the page's query, passed on
+    request: Request, who: Principal, sid: str, tenant: str | None, messages: int, q: str
+) -> Response:
     name, manager = _tenant(request, who, tenant)
-    sid = session_path_id(session_id)
     state = state_of(request)
     view = SessionView(  # the budget bar as the chat turns spend it: their size and reserve
         manager,
@@ -377,8 +433,8 @@ async def session_page(
         max_messages=messages,
     )
     fragment = await run_in_threadpool(view.to_html)
-    back = f"/inspector/sessions?{urlencode({'tenant': name})}"
-    export = f"/v1/sessions/{quote(sid, safe='')}/export?{urlencode({'tenant': name})}"
+    back = f"sessions?{urlencode({'tenant': name})}"
+    export = _session_link(sid, name, "session/export")
     results = ""
     if q.strip():
         hits = _search_results(await asearch_history(manager, sid, q, k=MAX_SEARCH_HITS))
@@ -390,11 +446,12 @@ async def session_page(
     )
     found = await manager.asession_exists(sid)
     return _page(
+        request,
         f"Session {sid[:60]}",
         body,
         tenant=name,
         status=200 if found else 404,
-        tenants=state_of(request).tenants.names,
+        tenants=state.tenants.names,
     )
 
 
@@ -426,7 +483,7 @@ async def analytics_page(
         for m in ContextMode
     )
     filters = (
-        '<form class="search" method="get" action="/inspector/analytics">'
+        '<form class="search" method="get" action="analytics">'
         f'<input type="hidden" name="tenant" value="{_e(name)}">'
         f'<label>since <input type="datetime-local" name="since" value="{_e(_local(start))}">'
         f'</label><label>until <input type="datetime-local" name="until" value="{_e(_local(end))}">'
@@ -438,13 +495,18 @@ async def analytics_page(
     except ServiceError as e:
         body = f"<h1>Analytics</h1><p class='muted' id='analytics'>{_e(e.detail)}</p>"
         return _page(
-            "Analytics", body, tenant=name, status=501, tenants=state_of(request).tenants.names
+            request,
+            "Analytics",
+            body,
+            tenant=name,
+            status=501,
+            tenants=state_of(request).tenants.names,
         )
     report = await run_in_threadpool(
         analyze, manager, since=start, until=end, mode=chosen.value if chosen else None
     )
     body = f'<h1>Analytics of {_e(name)}</h1>{filters}<div id="analytics">{report.to_html()}</div>'
-    return _page("Analytics", body, tenant=name, tenants=state_of(request).tenants.names)
+    return _page(request, "Analytics", body, tenant=name, tenants=state_of(request).tenants.names)
 
 
 def _when(text: str) -> datetime | None:

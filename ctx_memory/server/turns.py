@@ -155,6 +155,58 @@ def _model_of(model: Any) -> str:
     return type(model).__name__
 
 
+class _Context:
+    """What a turn's request wrote to the session before the turn, to take back if it fails.
+
+    The request's mode and page go into the session's metadata before the prompt is built
+    (the prompt shows them). A turn that then records nothing (over the budget, a model
+    error, a client gone mid-stream) takes them back: the previous values where it changed
+    them and nobody changed them since, and a session this request created, if it still
+    holds nothing.
+    """
+
+    def __init__(self, manager: ContextManager, session_id: str) -> None:
+        self.manager = manager
+        self.session_id = session_id
+        self.existed = True
+        self.messages = 0
+        self.before: dict[str, Any] = {}
+        self.written: dict[str, Any] = {}
+
+    async def write(self, **fields: Any) -> None:
+        header = await self.manager.aget_header(self.session_id)
+        self.existed = header is not None
+        meta = header["metadata"] if header is not None else {}
+        self.messages = int(meta.get("message_count") or 0)
+        self.before = {key: meta.get(key) for key in fields}
+        await self.manager.aupdate_metadata(self.session_id, **fields)
+        self.written = (await self.manager.aget_metadata(self.session_id)) or {}
+        self.written = {key: self.written.get(key) for key in fields}
+
+    async def take_back(self) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                stats = await self.manager.aget_memory_stats(self.session_id)
+                if not stats.get("exists") or stats.get("message_count") != self.messages:
+                    return  # gone, or the turn (or another writer) recorded messages: kept
+                if not self.existed:
+                    if not stats.get("message_count") and not stats.get("fetched_item_count"):
+                        await self.manager.adelete_context(self.session_id)
+                    return
+                now = (await self.manager.aget_metadata(self.session_id)) or {}
+                back = {
+                    key: value
+                    for key, value in self.before.items()
+                    if now.get(key) == self.written.get(key) != value
+                }
+                if back:
+                    await self.manager.aupdate_metadata(self.session_id, **back)
+            except Exception as e:  # noqa: BLE001 - the turn's own error is what the client gets
+                logger.warning(
+                    "ctx_memory.server: could not take back a failed turn's context: %s", e
+                )
+
+
 async def _record_sources(
     state: ServerState, manager: ContextManager, session_id: str, question: str
 ) -> list[dict[str, Any]]:
@@ -182,8 +234,14 @@ async def run_chat(
     errors; later ones end the stream with an ``error`` event.
     """
     fields = {k: v for k, v in page.items() if v is not None}
-    await manager.aupdate_metadata(session_id, mode=mode, **fields)
-    found = await _record_sources(state, manager, session_id, question) if research else None
+    context = _Context(manager, session_id)
+    await context.write(mode=mode, **fields)
+    try:
+        found = await _record_sources(state, manager, session_id, question) if research else None
+    except BaseException:
+        await context.take_back()
+        raise
+    undo = context if not found else None  # recorded sources stay, with their context
     chat = state.chat(manager)
     payload = {"question": question, "session_id": session_id}
     span = _TurnSpan(state, session_id, "chat")
@@ -194,6 +252,8 @@ async def run_chat(
         except BaseException as e:
             span.fail(e)
             span.end()
+            if undo is not None:
+                await undo.take_back()
             raise
         span.finish(reply)
         span.end()
@@ -209,10 +269,20 @@ async def run_chat(
     except BaseException as e:
         span.fail(e)
         span.end()
+        if undo is not None:
+            await undo.take_back()
         raise
     span.first_token()
     return EventSourceResponse(
-        _events(replies, first=first, found=found, session_id=session_id, model=model, span=span),
+        _events(
+            replies,
+            first=first,
+            found=found,
+            session_id=session_id,
+            model=model,
+            span=span,
+            undo=undo,
+        ),
         ping=15,
         headers={"Cache-Control": "no-store"},
     )
@@ -226,7 +296,9 @@ async def _events(
     session_id: str,
     model: str,
     span: _TurnSpan,
+    undo: _Context | None = None,
 ) -> AsyncIterator[dict[str, str]]:
+    done = False
     try:
         if found is not None:
             yield _event("sources", found)
@@ -236,6 +308,7 @@ async def _events(
                 yield _event("token", {"content": item.text})
             meta = item.response_metadata.get(METADATA_KEY)
             if meta is not None:
+                done = True
                 span.finish(item)
                 yield _event(
                     "done",
@@ -264,6 +337,8 @@ async def _events(
     finally:
         with anyio.CancelScope(shield=True):
             await replies.aclose()  # type: ignore[attr-defined]
+            if not done and undo is not None:
+                await undo.take_back()
         span.end()
 
 
@@ -278,7 +353,8 @@ async def run_agent(
 ) -> dict[str, Any]:
     """Run the agent on the question; return its reply and the tools it used."""
     fields = {k: v for k, v in page.items() if v is not None}
-    await manager.aupdate_metadata(session_id, mode=mode, **fields)
+    context = _Context(manager, session_id)
+    await context.write(mode=mode, **fields)
     agent = state.agent(manager)
     span = _TurnSpan(state, session_id, "invoke_agent")
     question_message = HumanMessage(question, id=str(uuid.uuid4()))
@@ -289,6 +365,7 @@ async def run_agent(
     except BaseException as e:
         span.fail(e)
         span.end()
+        await context.take_back()  # unless the agent stored some of its run
         raise
     messages = list(result.get("messages", []))
     start = next(

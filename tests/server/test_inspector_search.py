@@ -72,7 +72,14 @@ def test_the_search_box_lists_hits_best_first(http: Any, manager: ContextManager
     plain = http.get("/inspector/sessions/trip%2F1")
     assert plain.status_code == 200
     assert '<input id="q" name="q" value=""' in plain.text
-    assert 'action="/inspector/sessions/trip%2F1"' in plain.text  # the form comes back here
+    # The form comes back to this session: its id in the query, the action relative to the
+    # inspector (the page's <base>), wherever a proxy mounts the app.
+    assert '<form class="search" method="get" action="session">' in plain.text
+    assert '<input type="hidden" name="id" value="trip/1">' in plain.text
+    assert '<base href="/inspector/">' in plain.text
+    same = http.get("/inspector/session", params={"id": "trip/1", "q": "passport visa"})
+    assert same.status_code == 200
+    assert "<h2>Search results</h2>" in same.text
     assert 'id="search-results"' not in plain.text
 
     page = http.get("/inspector/sessions/trip%2F1", params={"q": "passport visa"})

@@ -163,6 +163,24 @@ def test_a_question_over_the_budget_is_422_and_writes_nothing(
     assert response.status_code == 422
     assert response.json()["error"] == "over_budget"
     assert manager.get_history("big") == []
+    assert not manager.session_exists("big")  # the request's mode and page taken back too
+
+    manager.update_metadata("kept", mode="research", current_url="https://before.example")
+    manager.add_user_message("kept", "an earlier question")
+    before = manager.get_metadata("kept")
+    refused = client.post(
+        "/v1/sessions/kept/chat",
+        json={
+            "question": "word " * 2000,
+            "mode": "normal",
+            "current_url": "https://after.example",
+            "stream": False,
+        },
+    )
+    assert refused.status_code == 422
+    after = manager.get_metadata("kept")
+    assert (after["mode"], after["current_url"]) == (before["mode"], before["current_url"])
+    assert len(manager.get_history("kept")) == 1
 
 
 def test_health_needs_no_key(http: Any) -> None:
