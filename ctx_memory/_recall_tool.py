@@ -27,10 +27,9 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from langchain_core.tools import BaseTool, StructuredTool
 
-from ctx_memory._recall_turns import ranked_ranges
 from ctx_memory.prompt import session_id_from
 from ctx_memory.ranking import item_title, rank_sources
-from ctx_memory.recall import format_turns, recall_terms
+from ctx_memory.recall import format_turns, recall_terms, tool_ranges
 
 if TYPE_CHECKING:
     from collections import Counter
@@ -286,7 +285,9 @@ def build_recall_tool(
         half = max_tokens // 2
         first = section(fetched, query, half) if fetched else ""
         spent = counter.count(first) if first else 0
-        found = ranked_ranges(index, query, k, max_tokens - spent, query_vector=vector)
+        found = tool_ranges(
+            index, query, k, max_tokens - spent, query_vector=vector, best_first=True
+        )
         used = sum(index.cost(a, b) for a, b in found)
         if first and used < half:  # the turns left room: the sources may take it
             first = section(fetched, query, max_tokens - used)

@@ -72,26 +72,16 @@ def tool_ranges(
     budget: int,
     *,
     query_vector: Sequence[float] | None = None,
+    best_first: bool = False,
 ) -> list[tuple[int, int]]:
     """The whole turns to show for ``query``: best first, within ``budget``, oldest first.
 
     ``(start, stop)`` pairs, ``stop`` exclusive; at most ``k`` turns whose cached
     tokens add up to at most ``budget``. With ``query_vector`` (and vectors in the
     index), hits are ranked by :meth:`RecallIndex.hybrid_search`, else by BM25 alone;
-    both in context (:data:`~ctx_memory.recall.CONTEXT_WEIGHT`).
+    both in context (:data:`~ctx_memory.recall.CONTEXT_WEIGHT`). ``best_first``: in the
+    order they were chosen, not in history order.
     """
-    return sorted(ranked_ranges(index, query, k, budget, query_vector=query_vector))
-
-
-def ranked_ranges(
-    index: RecallIndex,
-    query: str,
-    k: int,
-    budget: int,
-    *,
-    query_vector: Sequence[float] | None = None,
-) -> list[tuple[int, int]]:
-    """:func:`tool_ranges` best first (the order they were chosen in)."""
     chosen: list[tuple[int, int]] = []
     spent = 0
     found = index.ranked(query, k * 4, query_vector=query_vector, context=CONTEXT_WEIGHT)
@@ -106,4 +96,4 @@ def ranked_ranges(
         spent += cost
         if len(chosen) >= k:
             break
-    return chosen
+    return chosen if best_first else sorted(chosen)
