@@ -106,7 +106,7 @@ def _json_object(raw: bytes | str) -> Values | None:
     """The JSON object in a body; ``None`` when it is malformed or not an object."""
     try:
         value = json.loads(raw)
-    except ValueError:  # malformed JSON or bytes that are not text: the body holds nothing
+    except (ValueError, RecursionError):  # malformed, not text, or nested past the parser
         return None
     return value if isinstance(value, dict) else None
 
@@ -250,6 +250,8 @@ def _starlette_parts(request: Any) -> list[Part]:
 def _starlette_body(request: Any, media_type: str) -> Values | None:
     if media_type in _FORMS:
         form: Values | None = getattr(request, "_form", None)
+        if form is None and getattr(request, "_stream_consumed", False):
+            return None  # the endpoint read the stream itself
         if form is None:
             raise RequestBodyNotReadError(_NEEDS_AWAIT.format(what="form"))
         return form
@@ -257,15 +259,21 @@ def _starlette_body(request: Any, media_type: str) -> Values | None:
         return _object(request._json)
     if hasattr(request, "_body"):
         return _json_object(request._body)
+    if getattr(request, "_stream_consumed", False):
+        return None  # the endpoint read the stream itself: the body is not ours to see
     raise RequestBodyNotReadError(_NEEDS_AWAIT.format(what="JSON body"))
 
 
 async def _astarlette_body(request: Any, media_type: str) -> Values | None:
     if media_type in _FORMS:
+        if getattr(request, "_stream_consumed", False) and not hasattr(request, "_form"):
+            return None
         form: Values = await request.form()
         return form
     if hasattr(request, "_json"):
         return _object(request._json)
+    if getattr(request, "_stream_consumed", False) and not hasattr(request, "_body"):
+        return None  # the endpoint read the stream itself: the body is not ours to see
     return _json_object(await request.body())
 
 

@@ -30,6 +30,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -246,7 +247,24 @@ def rank_sources(
     scores = bm25_scores(list(split(question)), documents, lengths)
     order = sorted(
         range(len(items)),
-        key=lambda i: (scores[i], str(items[i].get("timestamp") or ""), -i),
+        key=lambda i: (scores[i], _instant(items[i].get("timestamp")), -i),
         reverse=True,
     )
     return [(scores[i], items[i]) for i in order]
+
+
+def _instant(timestamp: object) -> float:
+    """A stored timestamp as seconds since the epoch (its offset applied; naive is UTC).
+
+    Recency compares instants, not text: ``10:00+09:00`` is before ``05:00+00:00``.
+    Unreadable or missing: the oldest.
+    """
+    if not timestamp:
+        return -math.inf
+    try:
+        when = datetime.fromisoformat(str(timestamp))
+    except ValueError:
+        return -math.inf
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()

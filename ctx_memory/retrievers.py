@@ -25,7 +25,7 @@ from langchain_core.runnables.config import ensure_config
 from pydantic import ConfigDict, Field
 from typing_extensions import override
 
-from ctx_memory.errors import NotSerializableError
+from ctx_memory.errors import NotSerializableError, ValidationError
 from ctx_memory.manager import ContextManager  # noqa: TC001 - pydantic field type, needed at runtime
 from ctx_memory.prompt import session_id_from
 from ctx_memory.ranking import Tokenizer, rank_sources
@@ -50,21 +50,29 @@ def item_to_document(item: Mapping[str, Any], *, score: float | None = None) -> 
 
     The metadata holds ``source_type``, ``url``, ``timestamp``, ``title``, ``site_name``,
     ``published_date``, the rest of ``extracted_data``, ``token_count`` and the BM25
-    ``score`` when given.
+    ``score`` when given. The item's own ``source_type``, ``url``, ``timestamp`` and
+    ``token_count`` win over keys of the same name in ``extracted_data``.
     """
     data = dict(item.get("extracted_data") or {})
-    metadata: dict[str, Any] = {
-        "source_type": item.get("source_type"),
-        "url": item.get("url"),
-        "timestamp": item.get("timestamp"),
-    }
+    metadata: dict[str, Any] = dict.fromkeys(("source_type", "url", "timestamp"))
     for key in _DATA_KEYS:
         metadata[key] = data.pop(key, None)
     metadata.update(data)
+    metadata["source_type"] = item.get("source_type")
+    metadata["url"] = item.get("url")
+    metadata["timestamp"] = item.get("timestamp")
     metadata["token_count"] = item.get("token_count")
     if score is not None:
         metadata["score"] = score
     return Document(page_content=str(item.get("content") or ""), metadata=metadata)
+
+
+def _count(k: object) -> int:
+    """A ``k`` given at invoke time: a non-negative int (a negative one slices from the end)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        msg = f"k must be a non-negative int, got {k!r}"
+        raise ValidationError(msg)
+    return k
 
 
 def _forward_session(config: RunnableConfig | None, kwargs: dict[str, Any]) -> None:
@@ -139,7 +147,7 @@ class FetchedContextRetriever(_SessionRetriever):
             assert strict.invoke("Lisbon trams") == []
     """
 
-    k: int = 4
+    k: int = Field(default=4, ge=0)
     source_types: list[str] | None = None
     min_score: float | None = None
     tokenizer: Tokenizer | None = Field(default=None, exclude=True)
@@ -156,7 +164,7 @@ class FetchedContextRetriever(_SessionRetriever):
         ranked = rank_sources(query, items, tokenizer=self.tokenizer)
         if self.min_score is not None:
             ranked = [(s, i) for s, i in ranked if s > 0.0 and s >= self.min_score]
-        limit = self.k if k is None else k
+        limit = self.k if k is None else _count(k)
         return [item_to_document(item, score=score) for score, item in ranked[:limit]]
 
     @override
@@ -227,7 +235,7 @@ class SourceRecordingRetriever(_SessionRetriever):
 
     retriever: BaseRetriever
     source_type: str = "web_search"
-    k: int | None = None
+    k: int | None = Field(default=None, ge=0)
 
     def _items(self, documents: list[Document]) -> list[dict[str, Any]]:
         items = []
@@ -253,7 +261,7 @@ class SourceRecordingRetriever(_SessionRetriever):
         return items
 
     def _limit(self, documents: list[Document], k: int | None) -> list[Document]:
-        limit = self.k if k is None else k
+        limit = self.k if k is None else _count(k)
         return documents if limit is None else documents[:limit]
 
     @override

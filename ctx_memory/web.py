@@ -71,7 +71,7 @@ MODE_KEYS = ("mode", "context_mode")
 MODE_HEADERS = ("X-Context-Mode",)
 """Default headers carrying the mode."""
 
-_RESEARCH = Field(("research", "deep_research"))
+_RESEARCH = (Field(("research",)), Field(("deep_research",)))
 _THINKING = Field(("thinking",))
 _METADATA = (
     ("current_url", Field(("current_url", "url", "page_url"))),
@@ -147,7 +147,7 @@ class ContextIntegration:
         self.manager = manager if manager is not None else get_context_manager()
         self._session = Field(_names(session_keys), _names(session_headers))
         self._mode = Field(_names(mode_keys), _names(mode_headers))
-        fields = [self._session, self._mode, _RESEARCH, _THINKING] + [f for _, f in _METADATA]
+        fields = [self._session, self._mode, *_RESEARCH, _THINKING] + [f for _, f in _METADATA]
         self._session_keys = tuple(dict.fromkeys(k for f in fields for k in f.keys))
 
     # ------------------------------------------------------------ flows (no I/O of their own)
@@ -161,7 +161,7 @@ class ContextIntegration:
         found = yield from find(request, self._session)
         if found is None:
             if default is not None:
-                return default
+                return validate_session_id(default)
             keys = "/".join(self._session.keys) or "-"
             headers = "/".join(self._session.headers) or "-"
             msg = (
@@ -170,8 +170,12 @@ class ContextIntegration:
             )
             raise InvalidSessionIdError(msg)
         value = found.value
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = str(value)
+        if isinstance(value, int) and not isinstance(value, bool):  # a JSON number: its digits
+            try:
+                value = str(value)
+            except ValueError:  # more digits than Python prints (4,300): far too long anyway
+                msg = f"the session id in the {found.origin} is a number far too long"
+                raise InvalidSessionIdError(msg) from None
         if not isinstance(value, str):
             kind = type(value).__name__
             msg = f"the session id in the {found.origin} must be a string, got {kind}"
@@ -185,7 +189,7 @@ class ContextIntegration:
     def _explicit_or_request_flow(
         self, request: Any, session_id: str | None
     ) -> Generator[Part, Values | None, str]:
-        if session_id is not None:  # an explicit argument comes first
+        if session_id:  # an explicit argument comes first (an empty one falls through)
             return session_id
         return (yield from self._session_id_flow(self._request(request), None))
 
@@ -193,9 +197,10 @@ class ContextIntegration:
         found = yield from find(request, self._mode)
         if found is not None:
             return _parse_mode(found)
-        research = yield from find(request, _RESEARCH)
-        if research is not None and _truthy(research.value):
-            return ContextMode.RESEARCH
+        for flag in _RESEARCH:  # either one, truthy: a false "research" hides no "deep_research"
+            research = yield from find(request, flag)
+            if research is not None and _truthy(research.value):
+                return ContextMode.RESEARCH
         thinking = yield from find(request, _THINKING)
         if thinking is not None and _truthy(thinking.value):
             return ContextMode.THINKING
