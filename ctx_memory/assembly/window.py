@@ -152,7 +152,9 @@ class HistoryWindow:
         A tool result (fed before its call, newest first) costs nothing until its call
         comes: the repair drops a result whose call the window does not reach (another
         writer's message between them can put the call in an older turn), so counting it
-        then would leave its tokens unused. The call pays for the results it answers.
+        then would leave its tokens unused. The call pays for the results it answers; a
+        call that some result never answers (still pending, or lost) is dropped by the
+        repair with every result it has, so it and they cost nothing.
         """
         waiting = self._waiting
         if role == "tool":
@@ -161,7 +163,10 @@ class HistoryWindow:
                 waiting[call_id] = cost
                 return 0
             return cost
-        return cost + sum(waiting.pop(call_id, 0) for call_id in call_ids(record))
+        calls = call_ids(record)
+        answered = bool(calls) and all(call_id in waiting for call_id in calls)
+        paid = sum(waiting.pop(call_id, 0) for call_id in calls)
+        return cost + paid if answered else 0
 
     def _commit(self) -> None:
         self._selected.extend(self._pending)
@@ -189,7 +194,12 @@ class HistoryWindow:
             return
         for i in range(len(positions) - 1, -1, -1):  # oldest first
             if positions[i] >= floor and self._selected[i]["role"] == "user":
-                self.tokens -= sum(self._selected_cost[i + 1 :])
+                cut = sum(self._selected_cost[i + 1 :])
+                if 2 * (self.tokens - cut) < self.budget:
+                    # The boundary falls inside a large turn: cutting there would leave
+                    # the window less than half full. Kept whole (it starts at a turn).
+                    return
+                self.tokens -= cut
                 del self._selected[i + 1 :], positions[i + 1 :], self._selected_cost[i + 1 :]
                 return
 
@@ -266,39 +276,57 @@ def _tool_call_id_of(message: Mapping[str, Any] | BaseMessage) -> str | None:
 M = TypeVar("M", "Mapping[str, Any]", BaseMessage)
 
 
+def _answers(messages: Sequence[M]) -> dict[int, list[int]]:
+    """Each AI tool-call message's results: ``{its index: [result indexes, in order]}``.
+
+    A result answers the latest call of its id before it that no earlier result answered:
+    ids can repeat (a retried write stored again with new message ids, a model reusing an
+    id in a later turn, a tool result stored twice), and each call gets at most one result
+    per time it was made. A result no call waits for answers nothing.
+    """
+    answers: dict[int, list[int]] = {}
+    waiting: dict[str, list[int]] = {}  # call id -> indexes of the AI messages still waiting
+    for index, message in enumerate(messages):
+        role = _role_of(message)
+        if role == "assistant" and _has_tool_calls(message):
+            answers[index] = []
+            for call in call_ids(message):
+                waiting.setdefault(call, []).append(index)
+        elif role == "tool" and (answered := _tool_call_id_of(message)):
+            callers = waiting.get(answered)
+            if callers:
+                answers[callers.pop()].append(index)
+    return answers
+
+
 def repair_tool_pairs(messages: Sequence[M]) -> tuple[list[M], list[M]]:
     """Drop orphan tool messages and AI tool calls without all their results.
 
     Works on stored records and on LangChain messages alike. An AI message whose tool
-    calls are not all answered by later tool messages is dropped, and then every tool
-    message whose call is not in an earlier kept AI message.
+    calls are not all answered by later tool messages is dropped, and so is every tool
+    message that answers no kept call (see :func:`_answers` for repeated call ids).
 
     Returns:
         ``(kept, dropped)``, both in the original order.
     """
     if not any(_role_of(m) == "tool" or _has_tool_calls(m) for m in messages):
         return list(messages), []  # the common case: no tool traffic at all
-    answered: set[str] = set()
-    for message in messages:
-        if _role_of(message) == "tool" and (call_id := _tool_call_id_of(message)):
-            answered.add(call_id)
+    answers = _answers(messages)
+    kept_results: set[int] = set()
+    dropped_calls: set[int] = set()
+    for index, results in answers.items():
+        calls = call_ids(messages[index])
+        if calls and len(results) == len(calls):
+            kept_results.update(results)
+        else:
+            dropped_calls.add(index)
     kept: list[M] = []
     dropped: list[M] = []
-    open_calls: set[str] = set()
-    for message in messages:
-        role = _role_of(message)
-        if role == "assistant":
-            calls = call_ids(message)
-            if _has_tool_calls(message) and (not calls or not set(calls) <= answered):
-                dropped.append(message)
-                continue
-            open_calls.update(calls)
-        elif role == "tool":
-            call_id = _tool_call_id_of(message)
-            if call_id is None or call_id not in open_calls:
-                dropped.append(message)
-                continue
-        kept.append(message)
+    for index, message in enumerate(messages):
+        if index in dropped_calls or (_role_of(message) == "tool" and index not in kept_results):
+            dropped.append(message)
+        else:
+            kept.append(message)
     return kept, dropped
 
 
@@ -311,24 +339,22 @@ def group_tool_results(messages: Sequence[M]) -> list[M]:
     calls), so the messages in between move after the results; nothing is dropped. Run
     after :func:`repair_tool_pairs`.
     """
-    results: dict[str, list[M]] = {}
-    for message in messages:
-        if _role_of(message) == "tool" and (call_id := _tool_call_id_of(message)):
-            results.setdefault(call_id, []).append(message)
-    if not results:
+    answers = _answers(messages)
+    if not any(answers.values()):
         return list(messages)
+    placed = {index for results in answers.values() for index in results}
     out: list[M] = []
-    placed: set[int] = set()
-    for message in messages:
-        if id(message) in placed:
+    for index, message in enumerate(messages):
+        if index in placed:
             continue
         out.append(message)
-        if _role_of(message) == "assistant":
-            for call_id in call_ids(message):
-                for result in results.pop(call_id, ()):
-                    if id(result) not in placed:
-                        placed.add(id(result))
-                        out.append(result)
+        results = answers.get(index)
+        if results:
+            order = {call_id: n for n, call_id in reversed(list(enumerate(call_ids(message))))}
+            ranked = sorted(
+                results, key=lambda r: order.get(_tool_call_id_of(messages[r]) or "", 0)
+            )
+            out.extend(messages[r] for r in ranked)
     return out
 
 

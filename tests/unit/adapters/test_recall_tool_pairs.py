@@ -78,7 +78,7 @@ def test_classic_recall_sends_the_split_pair_whole_once() -> None:
 def test_stable_recall_shows_the_split_pair_with_true_positions() -> None:
     manager = ContextManager()
     at = split_pair_session(manager, "s")
-    assembler = ContextPromptAssembler(manager, max_tokens=1500, reserve_tokens=0, layout="stable")
+    assembler = ContextPromptAssembler(manager, max_tokens=1200, reserve_tokens=0, layout="stable")
     prompt = assembler.assemble("s", QUESTION)
     text = next(str(m.content) for m in prompt.messages if RECALL_HEADING in str(m.content))
     labels = re.findall(r"^\[(\d+) ([a-z_ ]+?)[\]:\s]", text, flags=re.MULTILINE)
@@ -87,7 +87,7 @@ def test_stable_recall_shows_the_split_pair_with_true_positions() -> None:
     assert at["writer"] not in shown  # the window's first message, sent there
     assert "status status" in text
     assert "office office" in text
-    assert COUNTER.count_chat(prompt.messages) <= 1500
+    assert COUNTER.count_chat(prompt.messages) <= 1200
     problems = tool_pair_problems(prompt.messages)
     assert (problems.orphan_results, problems.unanswered_calls) == (0, 0)
 
