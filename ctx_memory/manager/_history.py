@@ -69,12 +69,15 @@ class HistoryMethods(SessionMethods):
     ) -> list[dict[str, Any]]:
         self._created(op.session_id, result)
         if result.added and self.events.listens(EventType.MESSAGE_ADDED):
+            # Messages already stored (re-sent by a retry or an agent's state) are skipped:
+            # the new ones are the call's last ``added`` (re-sent ones come first).
+            new = slice(len(records) - result.added, None)
             self.events.emit(
                 EventType.MESSAGE_ADDED,
                 op.session_id,
                 count=result.added,
-                roles=[r["role"] for r in records],
-                tokens=sum(m.tokens for m in op.messages),
+                roles=[r["role"] for r in records[new]],
+                tokens=sum(m.tokens for m in op.messages[new]),
             )
         return records
 

@@ -404,8 +404,9 @@ class SessionMethods(ManagerCore):
         return {
             "store": self.store.name,
             "session_count": len(sessions),
-            "max_sessions": self.settings.max_sessions,
-            "ttl_seconds": self.settings.ttl_seconds,
+            # The store's own limits (a store passed in need not follow the settings).
+            "max_sessions": getattr(self.store, "max_sessions", self.settings.max_sessions),
+            "ttl_seconds": getattr(self.store, "ttl_seconds", self.settings.ttl_seconds),
             "token_encoding": self.token_counter.encoding_name,
             "event_emission": self.events.enabled,
             "sessions_expired": self._lifecycle_counts["session_expired"],

@@ -187,11 +187,20 @@ class InMemoryStore(OperationStore):
             return session, False
         session = _Session(init)
         self._sessions[session_id] = session
-        if self.max_sessions is not None:
+        if self.max_sessions is not None and len(self._sessions) > self.max_sessions:
+            self._drop_expired(expired)  # the limit counts live sessions only
             while len(self._sessions) > self.max_sessions:
                 victim, _ = self._sessions.popitem(last=False)
                 evicted.append(victim)
         return session, True
+
+    def _drop_expired(self, expired: list[str]) -> None:
+        """Delete every expired session (lock held), reporting each as expired."""
+        now = self._clock()
+        for session_id, session in list(self._sessions.items()):
+            if session.expires_at is not None and session.expires_at <= now:
+                del self._sessions[session_id]
+                expired.append(session_id)
 
     def _touch(self, session: _Session, now: str) -> None:
         session.header["metadata"]["timestamp"] = now
@@ -526,7 +535,8 @@ class InMemoryStore(OperationStore):
             created = self._live(session_id, expired) is None
             self._sessions[session_id] = fresh
             self._sessions.move_to_end(session_id)
-            if self.max_sessions is not None:
+            if self.max_sessions is not None and len(self._sessions) > self.max_sessions:
+                self._drop_expired(expired)
                 while len(self._sessions) > self.max_sessions:
                     victim, _ = self._sessions.popitem(last=False)
                     evicted.append(victim)
@@ -537,11 +547,7 @@ class InMemoryStore(OperationStore):
     def _gc(self, op: CollectGarbage) -> int:
         expired: list[str] = []
         with self._lock:
-            now = self._clock()
-            for session_id, session in list(self._sessions.items()):
-                if session.expires_at is not None and session.expires_at <= now:
-                    del self._sessions[session_id]
-                    expired.append(session_id)
+            self._drop_expired(expired)
         self._report(expired)
         return len(expired)
 

@@ -64,6 +64,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, TypeVar, Union
@@ -583,10 +584,24 @@ class RedisStore(RedisOperations):
             except Exception:
                 logger.exception("ctx_memory event subscriber %r failed", callback)
 
+        def lost(error: BaseException, _pubsub: Any, _thread: Any) -> None:
+            # The server went away: say so once a second at most, wait, and go on; the
+            # next read reconnects and subscribes again (as the PostgreSQL listener does).
+            now = time.monotonic()
+            if now - last_warning[0] >= 1.0:
+                last_warning[0] = now
+                logger.warning(
+                    "ctx_memory: listening on %s failed (%s); reconnecting",
+                    self.channel,
+                    type(error).__name__,
+                )
+            time.sleep(0.2)
+
+        last_warning = [-1.0]
         try:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             pubsub.subscribe(**{self.channel: handle})
-            thread = pubsub.run_in_thread(sleep_time=0.01, daemon=True)
+            thread = pubsub.run_in_thread(sleep_time=0.01, daemon=True, exception_handler=lost)
         except (RedisError, *_UNAVAILABLE) as e:
             raise self._wrap(e) from e
         return EventSubscription(pubsub, thread)

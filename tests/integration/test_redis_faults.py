@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,7 @@ import redis
 import redis.asyncio
 from redis.crc import key_slot
 
+from ctx_memory import ContextManager
 from ctx_memory.errors import ConfigurationError, StoreError, StoreUnavailableError
 from ctx_memory.schema import dumps
 from ctx_memory.stores._redis_keys import LAYOUT_VERSION, layout_key
@@ -247,3 +249,35 @@ def test_from_settings(redis_url: str) -> None:
     assert (store.prefix, store.max_sessions, store.ttl_seconds) == ("fs", 7, 30)
     assert not store.cluster
     store.close()
+
+
+def test_an_event_subscription_outlives_a_server_restart(secured: RedisServer) -> None:
+    """The listener reconnects and subscribes again, as PostgreSQL's does."""
+    url = f"redis://:{SECRET}@127.0.0.1:{secured.port}/0"
+    publisher = ContextManager(
+        store="redis", redis_url=url, redis_key_prefix="sub", redis_publish_events=True
+    )
+    listener = RedisStore(url, key_prefix="sub")
+    got: list[dict[str, Any]] = []
+    subscription = listener.subscribe_events(got.append)
+    try:
+        time.sleep(0.3)
+        publisher.add_user_message("before", "hi")
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert got
+        secured.kill()
+        time.sleep(3)  # longer than redis-py's own reconnection attempts
+        secured.start()
+        got.clear()
+        deadline = time.monotonic() + 20
+        while not any(e["session_id"] == "after" for e in got):
+            assert time.monotonic() < deadline, "no event after the restart"
+            with contextlib.suppress(StoreError):  # the server may still be loading
+                publisher.add_user_message("after", "hi")
+            time.sleep(0.3)
+    finally:
+        subscription.close()
+        publisher.close()
+        listener.close()

@@ -582,3 +582,18 @@ def test_an_event_nobody_listens_to_is_not_built():
     assert seen == [event]
     emitter.on("*", seen.append)
     assert emitter.emit(EventType.MESSAGE_ADDED, "s", count=2) is seen[-1]
+
+
+def test_message_added_describes_only_the_new_messages() -> None:
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from ctx_memory import ContextManager
+
+    manager = ContextManager()
+    seen: list[dict[str, object]] = []
+    manager.on("message_added", lambda event: seen.append(dict(event.data)))
+    manager.add_messages("s", [HumanMessage("hello", id="a")])
+    reply = AIMessage("a much longer reply " * 5, id="b")
+    manager.add_messages("s", [HumanMessage("hello", id="a"), reply])
+    stored = manager.get_history("s")[-1]
+    assert seen[-1] == {"count": 1, "roles": ["assistant"], "tokens": stored["token_count"]}

@@ -140,3 +140,35 @@ def test_async_twins():
             assert await store.aexists("s")
 
     asyncio.run(main())
+
+
+def test_the_session_limit_counts_live_sessions_only(clock):
+    """An expired session read just before it expired (so recently used) must not make a
+    live one be evicted: it expires, and nothing is evicted while under the limit."""
+    events = []
+    store = InMemoryStore(ttl_seconds=1, max_sessions=3, clock=clock)
+    store.lifecycle_hook = lambda kind, sid: events.append((kind, sid))
+    store.append_messages("x", [msg(0)], init=init("x"), now=NOW)
+    clock.advance(0.5)
+    for sid in ("y", "z"):
+        store.append_messages(sid, [msg(1)], init=init(sid), now=NOW)
+    clock.advance(0.4)
+    assert store.get_messages("x")  # a read: x is the most recently used
+    clock.advance(0.3)  # x expired; y and z are live
+    store.append_messages("w", [msg(2)], init=init("w"), now=NOW)
+    assert events == [("session_expired", "x")]
+    assert sorted(store.list_sessions()) == ["w", "y", "z"]
+    clock.advance(0.5)  # y and z expired too: an expired LRU session is not "evicted"
+    store.append_messages("v", [msg(3)], init=init("v"), now=NOW)
+    assert ("session_evicted", "y") not in events
+
+
+def test_store_stats_show_the_limits_of_the_store_in_use(tmp_path):
+    from ctx_memory import ContextManager
+    from ctx_memory.stores.sqlite import SqliteStore
+
+    stats = ContextManager(store=InMemoryStore(ttl_seconds=1, max_sessions=2)).get_memory_stats()
+    assert (stats["max_sessions"], stats["ttl_seconds"]) == (2, 1)
+    with ContextManager(store=SqliteStore(str(tmp_path / "s.sqlite3"))) as cm:
+        stats = cm.get_memory_stats()
+    assert (stats["max_sessions"], stats["ttl_seconds"]) == (None, None)
