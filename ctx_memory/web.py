@@ -160,8 +160,8 @@ class ContextIntegration:
     ) -> Generator[Part, Values | None, str]:
         found = yield from find(request, self._session)
         if found is None:
-            if default is not None:
-                return validate_session_id(default)
+            if default is not None:  # checked like any id; "" may stand for "none"
+                return default if default == "" else validate_session_id(default)
             keys = "/".join(self._session.keys) or "-"
             headers = "/".join(self._session.headers) or "-"
             msg = (

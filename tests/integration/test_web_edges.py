@@ -86,7 +86,8 @@ def test_ids_explicit_empty_default_and_numbers(
 ) -> None:
     integration.add_web_content({"session_id": "from-request"}, "t", session_id="")
     assert manager.list_sessions() == ["from-request"]  # an empty explicit id falls through
-    for default in ("", "a\x00b", "x" * 300):
+    assert integration.get_session_id({}, default="") == ""  # "" may stand for "none"
+    for default in ("   ", "a\x00b", "x" * 300):
         with pytest.raises(InvalidSessionIdError):
             integration.get_session_id({}, default=default)
     assert integration.get_session_id({"session_id": 42}) == "42"  # a JSON number: its digits
