@@ -195,9 +195,10 @@ class HistoryWindow:
         for i in range(len(positions) - 1, -1, -1):  # oldest first
             if positions[i] >= floor and self._selected[i]["role"] == "user":
                 cut = sum(self._selected_cost[i + 1 :])
-                if 2 * (self.tokens - cut) < self.budget:
+                if 4 * (self.tokens - cut) < self.budget:
                     # The boundary falls inside a large turn: cutting there would leave
-                    # the window less than half full. Kept whole (it starts at a turn).
+                    # the window less than a quarter full (a block cut leaves about half).
+                    # Kept whole (it starts at a turn).
                     return
                 self.tokens -= cut
                 del self._selected[i + 1 :], positions[i + 1 :], self._selected_cost[i + 1 :]
