@@ -168,7 +168,7 @@ class InMemoryStore(OperationStore):
 
     # ------------------------------------------------------------ internals (lock held)
 
-    def _live(self, session_id: str, expired: list[str]) -> _Session | None:
+    def _live(self, session_id: str, expired: list[str], *, touch: bool = True) -> _Session | None:
         session = self._sessions.get(session_id)
         if session is None:
             return None
@@ -176,7 +176,8 @@ class InMemoryStore(OperationStore):
             del self._sessions[session_id]
             expired.append(session_id)
             return None
-        self._sessions.move_to_end(session_id)
+        if touch:
+            self._sessions.move_to_end(session_id)
         return session
 
     def _upsert(
@@ -229,10 +230,18 @@ class InMemoryStore(OperationStore):
         self._report(expired, evicted)
         return shared_result(created, added, evicted)
 
-    def _read(self, session_id: str, read: Callable[[_Session], Any], default: Any) -> Any:
+    def _read(
+        self,
+        session_id: str,
+        read: Callable[[_Session], Any],
+        default: Any,
+        *,
+        touch: bool = True,
+    ) -> Any:
+        """``read(session)`` under the lock; ``touch``: the lookup counts as an LRU access."""
         expired: list[str] = []
         with self._lock:
-            session = self._live(session_id, expired)
+            session = self._live(session_id, expired, touch=touch)
             result = default if session is None else read(session)
         self._report(expired)
         return result
@@ -363,10 +372,10 @@ class InMemoryStore(OperationStore):
                     kept.append(raw)
             s.messages = kept
             s.ids -= gone
-            self._counted(s, -len(gone), -tokens, now)
+            self._counted(session_id, s, -len(gone), -tokens, now)
             return len(gone)
 
-        return int(self._read(session_id, edit, default=0))
+        return int(self._read(session_id, edit, default=0, touch=False))
 
     @override
     def _replace_message(self, op: ReplaceMessage) -> bool:
@@ -378,10 +387,10 @@ class InMemoryStore(OperationStore):
                 return False
             index, old = found
             s.messages[index] = message.json
-            self._counted(s, 0, message.tokens - int(old.get("token_count", 0)), now)
+            self._counted(session_id, s, 0, message.tokens - int(old.get("token_count", 0)), now)
             return True
 
-        return bool(self._read(session_id, edit, default=False))
+        return bool(self._read(session_id, edit, default=False, touch=False))
 
     @override
     def _truncate_messages(self, op: TruncateMessages) -> int | None:
@@ -397,14 +406,19 @@ class InMemoryStore(OperationStore):
             s.ids -= {r.get("id") for r in removed}
             if removed:
                 tokens = sum(int(r.get("token_count", 0)) for r in removed)
-                self._counted(s, -len(removed), -tokens, now)
+                self._counted(session_id, s, -len(removed), -tokens, now)
             return len(removed)
 
-        result: int | None = self._read(session_id, edit, default=None)
+        result: int | None = self._read(session_id, edit, default=None, touch=False)
         return result
 
-    def _counted(self, s: _Session, messages: int, tokens: int, now: str) -> None:
-        """Counters and touch after a history edit (which drops the recall segments)."""
+    def _counted(self, session_id: str, s: _Session, messages: int, tokens: int, now: str) -> None:
+        """Counters and touch after a history edit (which drops the recall segments).
+
+        The edit is what makes the session recently used: an edit that finds nothing
+        to change (an unknown message id) is no access, as on the other stores.
+        """
+        self._sessions.move_to_end(session_id)
         s.recall_segments = []
         meta = s.header["metadata"]
         meta["message_count"] += messages

@@ -172,3 +172,15 @@ def test_store_stats_show_the_limits_of_the_store_in_use(tmp_path):
     with ContextManager(store=SqliteStore(str(tmp_path / "s.sqlite3"))) as cm:
         stats = cm.get_memory_stats()
     assert (stats["max_sessions"], stats["ttl_seconds"]) == (None, None)
+
+
+def test_an_edit_that_finds_nothing_is_no_lru_access():
+    """As on SQLite, Redis and PostgreSQL: an unknown message id changes nothing, moves nothing."""
+    store = InMemoryStore(max_sessions=2)
+    store.append_messages("a", [msg(0)], init=init("a"), now=NOW)
+    store.append_messages("b", [msg(1)], init=init("b"), now=NOW)
+    assert store.delete_messages("a", ["no-such-id"], now=NOW) == 0
+    assert store.truncate_messages("a", "no-such-id", inclusive=False, now=NOW) is None
+    assert store.append_messages("c", [msg(2)], init=init("c"), now=NOW).evicted == ("a",)
+    store.delete_messages("b", ["id-1"], now=NOW)  # an edit that changes something counts
+    assert store.append_messages("d", [msg(3)], init=init("d"), now=NOW).evicted == ("c",)
