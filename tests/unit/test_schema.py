@@ -228,6 +228,10 @@ def test_parse_document_names_the_bad_field(data, field):
         assert field in str(info.value)
 
 
+def _containers(inner: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    return st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4)
+
+
 JSON_VALUES = st.recursive(
     st.none()
     | st.booleans()
@@ -241,12 +245,33 @@ JSON_VALUES = st.recursive(
 
 @settings(max_examples=300, deadline=None)
 @given(JSON_VALUES)
-def test_dumps_validated_gives_the_text_dumps_gives(value: object) -> None:
+def test_dumps_validated_gives_the_value_dumps_gives(value: object) -> None:
+    assert json.loads(dumps_validated(value)) == json.loads(dumps(value))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(), _containers))
+def test_dumps_validated_gives_the_text_dumps_gives_but_for_floats(value: object) -> None:
+    """Only a float with an exponent is written otherwise (``1e16``, not ``1e+16``)."""
     assert dumps_validated(value) == dumps(value)
 
 
+def test_dumps_validated_of_a_record_is_the_text_dumps_gives() -> None:
+    record = {
+        "role": "user",
+        "content": 'Tu es "utile" ✓ 😀 \u2028 \x00\x1f\x7f \\ / tab\t',
+        "timestamp": "2026-01-02T03:04:05.000006+00:00",
+        "metadata": {"n": 1.5, "big": 10**20, "neg": -(2**63), "list": [True, None, 0.1]},
+        "token_count": 12,
+        "id": "m-1",
+    }
+    assert dumps_validated(record) == dumps(record)
+    del record["metadata"]["big"]  # orjson's path (no integer beyond 64 bits)
+    assert dumps_validated(record) == dumps(record)
+
+
 def test_dumps_validated_refuses_what_dumps_refuses() -> None:
-    for bad in (float("nan"), {"x": object()}):
+    for bad in (float("nan"), {"x": object()}, {"x": [float("inf")]}, [1, -float("inf")]):
         with pytest.raises((ValueError, TypeError)):
             dumps(bad)
         with pytest.raises((ValueError, TypeError)):
