@@ -157,6 +157,16 @@ def new_entry(
     return entry
 
 
+def _tombstones(replaces: object) -> dict[str, None]:
+    """``{id: None}`` for the compaction ids in ``replaces`` (checked: a sequence of str)."""
+    if isinstance(replaces, str) or not isinstance(replaces, (list, tuple)):
+        raise bad_field("replaces", f"must be a list of compaction ids, got {replaces!r}")
+    for compaction_id in replaces:
+        if not isinstance(compaction_id, str) or not compaction_id:
+            raise bad_field("replaces", f"must hold non-empty str ids, got {compaction_id!r}")
+    return dict.fromkeys(replaces)
+
+
 def _check_remove(compaction_id: object) -> str:
     if not isinstance(compaction_id, str) or not compaction_id:
         raise bad_field("id", f"must be a non-empty str, got {compaction_id!r}")
@@ -240,6 +250,7 @@ def add_compaction(
     first_id: str | None = None,
     last_id: str | None = None,
     tool_call_ids: Sequence[str] | None = None,
+    replaces: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Store a compaction of messages ``first_index``..``last_index`` (inclusive).
 
@@ -253,7 +264,9 @@ def add_compaction(
     ``SummarizationMiddleware`` summary and a policy's, say) replaces it, so one message
     is sent: the new entry covers the union of both ranges (when the other reaches
     further back, its text comes first and the extra messages are read for their counts
-    and tool-call ids) and the other is removed in the same write.
+    and tool-call ids) and the other is removed in the same write. So are the compactions
+    named in ``replaces``: those the new one stands for (a re-summary whose text takes in
+    an earlier summary, say), so stored state stays bounded.
 
     Returns:
         The entry written.
@@ -277,13 +290,14 @@ def add_compaction(
             assert len(manager.get_history("s1")) == 6  # messages untouched
     """
     _check_add(first_index, last_index, summary, kind, producer, compaction_id, tool_call_ids)
+    tombstones = _tombstones(replaces)
     records = manager.get_message_range(session_id, first_index, last_index)
     entry = new_entry(
         records, first_index, last_index, summary, kind=kind, producer=producer,
         compaction_id=compaction_id, first_id=first_id, last_id=last_id,
         counter=manager.token_counter, tool_call_ids=tool_call_ids,
     )  # fmt: skip
-    return write_entry(manager, session_id, entry)
+    return write_entry(manager, session_id, entry, tombstones)
 
 
 def write_entry(
@@ -337,16 +351,18 @@ async def aadd_compaction(
     first_id: str | None = None,
     last_id: str | None = None,
     tool_call_ids: Sequence[str] | None = None,
+    replaces: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Async :func:`add_compaction`."""
     _check_add(first_index, last_index, summary, kind, producer, compaction_id, tool_call_ids)
+    tombstones = _tombstones(replaces)
     records = await manager.aget_message_range(session_id, first_index, last_index)
     entry = new_entry(
         records, first_index, last_index, summary, kind=kind, producer=producer,
         compaction_id=compaction_id, first_id=first_id, last_id=last_id,
         counter=manager.token_counter, tool_call_ids=tool_call_ids,
     )  # fmt: skip
-    return await awrite_entry(manager, session_id, entry)
+    return await awrite_entry(manager, session_id, entry, tombstones)
 
 
 def get_compactions(manager: ContextManager, session_id: str) -> list[dict[str, Any]]:

@@ -71,6 +71,7 @@ from ctx_memory.assembly.compacted import (
     summary_text,
 )
 from ctx_memory.assembly.messages import records_to_messages
+from ctx_memory.errors import ValidationError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -253,7 +254,9 @@ class CompactionOutcome:
     Attributes:
         entry: The compaction written, or None.
         reason: Why nothing was written (``"not needed"``, ``"no turn boundary"``,
-            ``"summarizer failed: …"``, ``"summarizer returned nothing"``); ``""`` if written.
+            ``"summarizer failed: …"``, ``"summarizer returned nothing"``, ``"summary not
+            stored: …"`` when the session refused it: too large for its shared state, or
+            text no store keeps); ``""`` if written.
     """
 
     entry: dict[str, Any] | None = None
@@ -261,8 +264,8 @@ class CompactionOutcome:
 
     @property
     def failed(self) -> bool:
-        """Whether a summariser failed or returned nothing (reported by the assembly)."""
-        return self.reason.startswith("summarizer")
+        """Whether the summariser failed or the session refused its summary (reported)."""
+        return self.reason.startswith(("summarizer", "summary not stored"))
 
 
 def _covered(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -290,6 +293,11 @@ def _summary_of(result: Any) -> str:
     if callable(text) and not isinstance(text, str):  # langchain-core < 1.0: .text() method
         text = text()
     return text.strip() if isinstance(text, str) else ""
+
+
+def _unstored(error: ValidationError) -> str:
+    """The reason for a summary the session refused (too large for it, or not storable)."""
+    return f"summary not stored: {type(error).__name__}: {error}"
 
 
 def _failed(session_id: str, reason: str) -> CompactionOutcome:
@@ -448,7 +456,10 @@ def compact(
         step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
         counter=counter,
     )  # fmt: skip
-    return CompactionOutcome(entry=write_entry(manager, session_id, entry, tombstones))
+    try:
+        return CompactionOutcome(entry=write_entry(manager, session_id, entry, tombstones))
+    except ValidationError as e:  # the summary cannot be stored: as if the summariser failed
+        return _failed(session_id, _unstored(e))
 
 
 async def acompact(
@@ -486,7 +497,11 @@ async def acompact(
         step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
         counter=counter,
     )  # fmt: skip
-    return CompactionOutcome(entry=await awrite_entry(manager, session_id, entry, tombstones))
+    try:
+        written = await awrite_entry(manager, session_id, entry, tombstones)
+    except ValidationError as e:  # the summary cannot be stored: as if the summariser failed
+        return _failed(session_id, _unstored(e))
+    return CompactionOutcome(entry=written)
 
 
 def make_restore_tool(

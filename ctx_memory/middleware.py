@@ -73,6 +73,7 @@ from ctx_memory._compaction_background import (
     prompt_policy,
 )
 from ctx_memory._compaction_langchain import (
+    PRODUCER_NAME,
     STATE_START_KEY,
     compaction_id_for,
     known,
@@ -89,6 +90,7 @@ from ctx_memory.compaction import (
     add_compaction,
     make_restore_tool,
 )
+from ctx_memory.errors import ValidationError
 from ctx_memory.prompt import ContextPromptAssembler, session_id_from
 from ctx_memory.schema import message_to_record, now_iso
 
@@ -161,6 +163,15 @@ def _reply_messages(result: Any) -> list[BaseMessage]:
         return list(result.result)
     inner = getattr(result, "model_response", None)
     return list(inner.result) if isinstance(inner, ModelResponse) else []
+
+
+def _unstored_summary(message: BaseMessage, error: ValidationError) -> BaseMessage:
+    """A LangChain summary the session refused to store (too large, say): sent as it is."""
+    logger.warning(
+        "LangChain summary %s not stored as a compaction (%s: %s); sent as it is",
+        message.id, type(error).__name__, error,
+    )  # fmt: skip
+    return message
 
 
 class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState, Any]):
@@ -481,6 +492,14 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
                 unsent.append(message)
                 continue
             first, end = span
+            # A re-summary takes in the LangChain summaries inside its range (their text
+            # was in what it summarised): they are removed as it is written.
+            replaces = [
+                str(c["id"])
+                for c in compactions_of(shared)
+                if (c.get("producer") or {}).get("name") == PRODUCER_NAME
+                and first <= int(c["first_index"]) <= int(c["last_index"]) <= end
+            ]
             writes.append({
                 "first_index": first,
                 "last_index": end,
@@ -489,6 +508,8 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
                 "compaction_id": compaction_id,
                 "first_id": str(records[first].get("id")),
                 "last_id": str(records[end].get("id")),
+                "replaces": replaces,
+                "message": message,
             })  # fmt: skip
         return writes, unsent
 
@@ -531,7 +552,11 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             records = self.manager.get_history(session_id)
         writes, unsent = self._summary_writes(header, records, request, summaries)
         for write in writes:
-            add_compaction(self.manager, session_id, **write)
+            message = write.pop("message")
+            try:
+                add_compaction(self.manager, session_id, **write)
+            except ValidationError as e:
+                unsent.append(_unstored_summary(message, e))
         return unsent
 
     async def _arecord_summaries(
@@ -547,7 +572,11 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             records = await self.manager.aget_history(session_id)
         writes, unsent = self._summary_writes(header, records, request, summaries)
         for write in writes:
-            await aadd_compaction(self.manager, session_id, **write)
+            message = write.pop("message")
+            try:
+                await aadd_compaction(self.manager, session_id, **write)
+            except ValidationError as e:
+                unsent.append(_unstored_summary(message, e))
         return unsent
 
     @override

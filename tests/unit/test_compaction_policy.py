@@ -17,6 +17,7 @@ from ctx_memory.compaction import (
     compact,
     get_compactions,
 )
+from ctx_memory.errors import ValidationError
 from ctx_memory.eval.metrics import tool_pair_problems
 
 
@@ -225,3 +226,43 @@ def test_recalled_turns_can_be_seen_as_the_window_sees_them() -> None:
     assert out[3] is records[3]  # below min_tool_tokens
     assert view.cleared_calls == {"m6": "c1"}
     assert CompactedView([], counter, clear_before=5).recalled(records, 4)[2] is records[2]
+
+
+@pytest.mark.parametrize(
+    ("summary", "error"),
+    [("fact " * 300_000, "SharedStateTooLargeError"), ("AF100 \ud83d noted", "NotSerializableError")],
+)
+async def test_a_summary_the_session_refuses_is_reported_and_changes_nothing(
+    manager: ContextManager, summary: str, error: str
+) -> None:
+    """Too large for the shared state, or not storable: as if the summariser had failed."""
+    from langchain_core.runnables import RunnableLambda  # noqa: PLC0415
+
+    _session(manager, "s1", 12)
+    before = manager.export_session("s1")
+    policy = CompactionPolicy(
+        summarize_at=300, keep_recent=8, block=4, summarizer=RunnableLambda(lambda _: summary)
+    )
+    for outcome in (compact(manager, "s1", policy), await acompact(manager, "s1", policy)):
+        assert outcome.entry is None and outcome.failed
+        assert outcome.reason.startswith(f"summary not stored: {error}: ")
+    assert manager.export_session("s1") == before
+
+    # The assembler reports it and the prompt is built.
+    assembler = ContextPromptAssembler(manager, max_tokens=4000, compaction=policy)
+    result = assembler.assemble("s1", "Which order shipped first?")
+    (note,) = result.report.compaction_notes
+    assert note.startswith(f"summary not stored: {error}: ")
+
+
+def test_add_compaction_replaces_the_compactions_it_stands_for(manager: ContextManager) -> None:
+    _session(manager, "s1", 4)
+    old = add_compaction(manager, "s1", 0, 4, "Orders 1000 and 1001.")
+    new = add_compaction(manager, "s1", 0, 9, "Orders 1000 to 1002.", replaces=[old["id"]])
+    assert get_compactions(manager, "s1") == [new]
+    assert manager.get_header("s1")["shared"][COMPACTIONS_KEY][old["id"]] is None
+    before = manager.export_session("s1")
+    for bad in ("c-1", [""], [3]):
+        with pytest.raises(ValidationError, match="replaces"):
+            add_compaction(manager, "s1", 0, 9, "x", replaces=bad)  # type: ignore[arg-type]
+    assert manager.export_session("s1") == before

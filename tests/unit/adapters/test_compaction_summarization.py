@@ -21,6 +21,7 @@ from ctx_memory._compaction_langchain import (
     is_langchain_summary,
     summary_span,
 )
+from ctx_memory.assembly.compacted import COMPACTIONS_KEY
 from ctx_memory.compaction import get_compactions, remove_compaction
 
 SUMMARY = "Orders 1000 and 1001 were looked up; both shipped."
@@ -145,11 +146,13 @@ async def test_checkpointer_resummary_covers_the_earlier_summary(manager: Contex
     history = manager.get_history("s1")
     assert not any(SUMMARY in str(r["content"]) for r in history)
     assert len(history) == 12  # 2 questions, 6 AI messages, 4 tool results
-    entries = get_compactions(manager, "s1")
-    assert len(entries) == 2
-    first, second = sorted(entries, key=lambda e: e["last_index"])
-    assert first["first_index"] == second["first_index"] == 0  # the re-summary covers it
+    # The re-summary covers the earlier summary's range and took its text in: it replaced
+    # it in the same write (a tombstone stays), so stored state does not pile up.
+    (second,) = get_compactions(manager, "s1")
+    assert second["first_index"] == 0
     assert second["summary"] == SUMMARY + " Then 1002."
+    entries = manager.get_header("s1")["shared"][COMPACTIONS_KEY]
+    assert sorted(entries.values(), key=lambda e: e is not None) == [None, second]
     assert second["producer"] == {"name": PRODUCER_NAME, "model": "", "prompt_hash": ""}
     last_sent = model.seen[-1]
     _check_prompt_resummary(last_sent)
@@ -298,3 +301,23 @@ def test_a_summary_after_a_removed_one_is_not_sent_beside_the_history(
     assert not any("LCSUM" in t or t.startswith(SUMMARY_PREFIX) for t in sent)
     assert sent == [*(t for i in range(5) for t in (f"q{i}", f"answer {i}")), "q9"]
     assert len(sent) == len(set(sent))  # every message once
+
+
+def test_a_summary_the_session_cannot_store_is_sent_and_the_turn_goes_on(
+    manager: ContextManager,
+) -> None:
+    """A LangChain summary too large for the session's shared state (or not storable) is
+    sent as LangChain made it; the turn is not failed and nothing of it is stored."""
+    _seed(manager)
+    manager.set_context("s1", "big", "x" * 1_048_200)  # legal, near the limit
+    model = _tool_loop()
+    agent = _agent(manager, model)
+    agent.invoke(
+        {"messages": [("user", "Look up orders 1000 to 1003.")]},
+        {"configurable": {"session_id": "s1"}},
+    )
+    assert get_compactions(manager, "s1") == []
+    assert manager.get_history("s1")[-1]["content"] == "All shipped."
+    summarised = [sent for sent in model.seen if any(SUMMARY in t for t in _texts(sent))]
+    assert summarised  # LangChain's own summary message went to the model
+    assert all(sum(SUMMARY in t for t in _texts(sent)) == 1 for sent in summarised)
