@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ctx_memory.assembly.compacted import COMPACTIONS_KEY, compactions_of
+from ctx_memory.assembly.compacted import COMPACTIONS_KEY, compactions_of, producer_label
 
 if TYPE_CHECKING:
     from ctx_memory.manager import ContextManager
@@ -494,8 +494,7 @@ def _compactions_html(compactions: Sequence[Mapping[str, Any]]) -> str:
     """One folded row per compaction: range, kind, tokens, producer, time, summary."""
     rows = []
     for entry in compactions:
-        producer = entry.get("producer") or {}
-        name = producer.get("name", "?") if isinstance(producer, Mapping) else "?"
+        name = producer_label(entry.get("producer"))
         head = (
             f"messages {_e(entry.get('first_index'))}-{_e(entry.get('last_index'))} · "
             f"{_e(entry.get('kind', '?'))} · {_fmt(_num(entry.get('tokens_covered')))} → "

@@ -33,6 +33,7 @@ __all__ = [
     "compactions_of",
     "effective_summaries",
     "placeholder_text",
+    "producer_label",
     "summary_record",
     "summary_text",
 ]
@@ -126,6 +127,30 @@ def summary_record(entry: Mapping[str, Any], counter: TokenCounter) -> dict[str,
     }
     record["token_count"] = counter.count_record(record)
     return record
+
+
+def producer_label(producer: object) -> str:
+    """What wrote a compaction, for people: ``name (model, prompt <hash>)``.
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.assembly.compacted import producer_label
+
+            assert producer_label({"name": "chat", "model": "gpt-4o", "prompt_hash": "ab12"}) == (
+                "chat (gpt-4o, prompt ab12)"
+            )
+            assert producer_label({"name": "extractive", "model": "", "prompt_hash": ""}) == (
+                "extractive"
+            )
+    """
+    if not isinstance(producer, dict):
+        return "?"
+    name = str(producer.get("name") or "?")
+    details = [str(producer["model"])] if producer.get("model") else []
+    if producer.get("prompt_hash"):
+        details.append(f"prompt {producer['prompt_hash']}")
+    return f"{name} ({', '.join(details)})" if details else name
 
 
 def placeholder_text(call_id: str, position: int, tokens: int) -> str:

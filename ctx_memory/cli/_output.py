@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 
-from ctx_memory.assembly.compacted import COMPACTIONS_KEY, compactions_of
+from ctx_memory.assembly.compacted import COMPACTIONS_KEY, compactions_of, producer_label
 from ctx_memory.schema import exported
 
 if TYPE_CHECKING:
@@ -186,13 +186,12 @@ def _print_compactions(
     for name in ("messages", "kind", "tokens", "summary tokens", "producer", "created"):
         table.add_column(name, overflow="fold")
     for entry in compactions:
-        producer = entry.get("producer") or {}
         table.add_row(
             _text(f"{entry.get('first_index')}-{entry.get('last_index')}"),
             _text(entry.get("kind", "")),
             _text(entry.get("tokens_covered", "")),
             _text(entry.get("summary_tokens", "")),
-            _text(producer.get("name", "") if isinstance(producer, dict) else ""),
+            _text(producer_label(entry.get("producer"))),
             _text(entry.get("created_at", "")),
         )
     console.print(table)

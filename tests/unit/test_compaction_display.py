@@ -23,7 +23,12 @@ def _session(path: str) -> None:
             cm.add_user_message("s1", f"question {i} about flight AF{100 + i}")
             cm.add_assistant_message("s1", f"answer {i}")
         add_compaction(
-            cm, "s1", 0, 5, f"Asked about AF100-AF102. {HOSTILE}", producer={"name": "test"}
+            cm,
+            "s1",
+            0,
+            5,
+            f"Asked about AF100-AF102. {HOSTILE}",
+            producer={"name": "test", "model": "gpt-<i>4o", "prompt_hash": "9f3a"},
         )
 
 
@@ -40,6 +45,7 @@ def test_show_lists_compactions_and_prints_their_text_literally(tmp_path: Path) 
     assert "[bold]x[/bold]" in out  # not read as markup
     assert "\x1b" not in out  # control characters escaped
     assert "ctx_memory.compactions" not in out  # not repeated as shared state
+    assert "test (gpt-<i>4o, prompt 9f3a)" in out  # what wrote it: name, model, prompt hash
 
 
 def test_the_html_view_has_a_compactions_section_escaped(tmp_path: Path) -> None:
@@ -49,6 +55,7 @@ def test_the_html_view_has_a_compactions_section_escaped(tmp_path: Path) -> None
         html = render_session_html(cm.get_context("s1"))
     assert "<h4>Compactions (1)</h4>" in html
     assert "messages 0-5" in html
+    assert "test (gpt-&lt;i&gt;4o, prompt 9f3a)" in html
     assert "<script>alert(1)</script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "Shared state" not in html  # the only shared key is the compactions'
