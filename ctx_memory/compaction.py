@@ -457,9 +457,10 @@ def compact(
         counter=counter,
     )  # fmt: skip
     try:
-        return CompactionOutcome(entry=write_entry(manager, session_id, entry, tombstones))
+        written = write_entry(manager, session_id, entry, tombstones)
     except ValidationError as e:  # the summary cannot be stored: as if the summariser failed
         return _failed(session_id, _unstored(e))
+    return CompactionOutcome(entry=written)
 
 
 async def acompact(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,9 @@ if TYPE_CHECKING:
     from ctx_memory.tokens import TokenCounter
 
 __all__ = [
+    "COMPACTIONS_KEY",
     "RESERVED_METADATA",
+    "RESTORABLE_PREFIX",
     "api_message",
     "assistant_record",
     "build_record",
@@ -51,6 +54,8 @@ __all__ = [
     "new_message_id",
     "records_from",
     "session_stats",
+    "summary_record",
+    "summary_text",
 ]
 
 RESERVED_METADATA = frozenset(
@@ -333,6 +338,104 @@ def metadata_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+COMPACTIONS_KEY = "ctx_memory.compactions"
+"""The reserved ``shared`` key holding a session's compactions."""
+
+RESTORABLE_PREFIX = "Tool results restorable with restore_tool_result:"
+"""Opens the summary message's last line: the covered tool-call ids its text does not name."""
+
+
+_WORD = re.compile(r"[A-Za-z0-9_\-]+")
+
+
+def _listed_ids(entry: Mapping[str, Any]) -> list[str]:
+    """The covered tool-call ids the summary's text does not name (in their order)."""
+    ids = entry.get("tool_call_ids") or []
+    if not ids:
+        return []
+    named = set(_WORD.findall(str(entry.get("summary", ""))))
+    out: list[str] = []
+    for call_id in ids:
+        if isinstance(call_id, str) and call_id and call_id not in named and call_id not in out:
+            out.append(call_id)
+    return out
+
+
+def summary_text(entry: Mapping[str, Any]) -> str:
+    """The text of the message that stands for a summary compaction in a prompt.
+
+    ``[Summary of messages a-b]``, the summary, and (when the summary covers tool
+    results whose call ids its text does not name) a last line naming them, so each
+    covered tool output stays restorable by id whatever the summariser wrote. An entry
+    without ``tool_call_ids`` (written before they were recorded) has no such line.
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.records import summary_text
+
+            entry = {"first_index": 0, "last_index": 5, "summary": "tool f [c1]: ok",
+                     "tool_call_ids": ["c1", "c2"]}
+            assert summary_text(entry).splitlines() == [
+                "[Summary of messages 0-5]",
+                "tool f [c1]: ok",
+                "Tool results restorable with restore_tool_result: c2",
+            ]
+    """
+    first, last = entry["first_index"], entry["last_index"]
+    text = f"[Summary of messages {first}-{last}]\n{entry['summary']}"
+    listed = _listed_ids(entry)
+    if listed:
+        text += f"\n{RESTORABLE_PREFIX} {', '.join(listed)}"
+    return text
+
+
+def summary_record(entry: Mapping[str, Any], counter: TokenCounter) -> dict[str, Any]:
+    """The prompt message (as a stored-record dict) for a summary, counted exactly."""
+    record: dict[str, Any] = {
+        "role": "user",
+        "content": summary_text(entry),
+        "id": f"{COMPACTIONS_KEY}:{entry['id']}",
+    }
+    record["token_count"] = counter.count_record(record)
+    return record
+
+
+def _recounted_compactions(
+    shared: dict[str, Any], messages: Sequence[EncodedMessage], counter: TokenCounter
+) -> dict[str, Any]:
+    """``shared`` with each compaction's counts made exact for ``messages`` and ``counter``.
+
+    An imported document's ``tokens_covered`` and ``summary_tokens`` were counted with
+    the exporting manager's encoding; its messages are recounted with this one's, so the
+    entries are too (an entry whose range no longer matches the messages is left as is).
+    """
+    entries = shared.get(COMPACTIONS_KEY)
+    if not isinstance(entries, dict) or not entries:
+        return shared
+    totals = [0]
+    for message in messages:
+        totals.append(totals[-1] + message.tokens)
+    ids = [message.id for message in messages]
+    recounted: dict[str, Any] = {}
+    for key, entry in entries.items():
+        recounted[key] = entry
+        if not isinstance(entry, dict):
+            continue  # a tombstone
+        first, last = entry.get("first_index"), entry.get("last_index")
+        if (
+            type(first) is int
+            and type(last) is int
+            and 0 <= first <= last < len(ids)
+            and entry.get("first_id") == ids[first]
+            and entry.get("last_id") == ids[last]
+        ):
+            exact = recounted[key] = {**entry, "tokens_covered": totals[last + 1] - totals[first]}
+            if exact.get("kind") == "summary" and isinstance(exact.get("summary"), str):
+                exact["summary_tokens"] = summary_record(exact, counter)["token_count"]
+    return {**shared, COMPACTIONS_KEY: recounted}
+
+
 def encode_document(
     document: SessionDocument, target: str, counter: TokenCounter
 ) -> tuple[Header, list[EncodedMessage], list[EncodedItem]]:
@@ -379,7 +482,7 @@ def encode_document(
     header: Header = {
         "system_prompt": document.system_prompt,
         "metadata": metadata,
-        "shared": document.shared,
+        "shared": _recounted_compactions(document.shared, messages, counter),
     }
     return header, messages, items
 

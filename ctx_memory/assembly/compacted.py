@@ -18,13 +18,19 @@ entries from ``shared``, and the summary message.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
 
     from ctx_memory.tokens import TokenCounter
+
+from ctx_memory.records import (
+    COMPACTIONS_KEY,
+    RESTORABLE_PREFIX,
+    summary_record,
+    summary_text,
+)
 
 __all__ = [
     "COMPACTIONS_KEY",
@@ -37,14 +43,6 @@ __all__ = [
     "summary_record",
     "summary_text",
 ]
-
-COMPACTIONS_KEY = "ctx_memory.compactions"
-"""The reserved ``shared`` key holding a session's compactions."""
-
-RESTORABLE_PREFIX = "Tool results restorable with restore_tool_result:"
-"""Opens the summary message's last line: the covered tool-call ids its text does not name."""
-
-_WORD = re.compile(r"[A-Za-z0-9_\-]+")
 
 
 def compactions_of(shared: Mapping[str, Any] | None) -> list[dict[str, Any]]:
@@ -74,59 +72,6 @@ def effective_summaries(compactions: Sequence[Mapping[str, Any]]) -> list[dict[s
             out.append(entry)
             below = int(entry["first_index"])
     return out[::-1]
-
-
-def _listed_ids(entry: Mapping[str, Any]) -> list[str]:
-    """The covered tool-call ids the summary's text does not name (in their order)."""
-    ids = entry.get("tool_call_ids") or []
-    if not ids:
-        return []
-    named = set(_WORD.findall(str(entry.get("summary", ""))))
-    out: list[str] = []
-    for call_id in ids:
-        if isinstance(call_id, str) and call_id and call_id not in named and call_id not in out:
-            out.append(call_id)
-    return out
-
-
-def summary_text(entry: Mapping[str, Any]) -> str:
-    """The text of the message that stands for a summary compaction in a prompt.
-
-    ``[Summary of messages a-b]``, the summary, and (when the summary covers tool
-    results whose call ids its text does not name) a last line naming them, so each
-    covered tool output stays restorable by id whatever the summariser wrote. An entry
-    without ``tool_call_ids`` (written before they were recorded) has no such line.
-
-    Example:
-        .. code-block:: python
-
-            from ctx_memory.assembly.compacted import summary_text
-
-            entry = {"first_index": 0, "last_index": 5, "summary": "tool f [c1]: ok",
-                     "tool_call_ids": ["c1", "c2"]}
-            assert summary_text(entry).splitlines() == [
-                "[Summary of messages 0-5]",
-                "tool f [c1]: ok",
-                "Tool results restorable with restore_tool_result: c2",
-            ]
-    """
-    first, last = entry["first_index"], entry["last_index"]
-    text = f"[Summary of messages {first}-{last}]\n{entry['summary']}"
-    listed = _listed_ids(entry)
-    if listed:
-        text += f"\n{RESTORABLE_PREFIX} {', '.join(listed)}"
-    return text
-
-
-def summary_record(entry: Mapping[str, Any], counter: TokenCounter) -> dict[str, Any]:
-    """The prompt message (as a stored-record dict) for a summary, counted exactly."""
-    record: dict[str, Any] = {
-        "role": "user",
-        "content": summary_text(entry),
-        "id": f"{COMPACTIONS_KEY}:{entry['id']}",
-    }
-    record["token_count"] = counter.count_record(record)
-    return record
 
 
 def producer_label(producer: object) -> str:

@@ -9,6 +9,7 @@ import pytest
 from langchain_core.runnables import RunnableLambda
 
 from ctx_memory import ContextManager, ContextPromptAssembler, TokenCounter
+from ctx_memory.assembly.compacted import summary_record
 from ctx_memory.assembly.window import repair_tool_pairs
 from ctx_memory.compaction import (
     COMPACTIONS_KEY,
@@ -59,6 +60,31 @@ def test_round_trip_through_export_import_and_stores(store_manager: ContextManag
     exported = store_manager.export_session("s1")
     store_manager.import_session(exported, session_id="s2")
     assert get_compactions(store_manager, "s2") == [entry]
+
+
+def test_import_with_another_encoding_recounts_the_compactions(tmp_path: Path) -> None:
+    """An exported document's counts are the exporter's encoding's: the importer's exact
+    counts replace them, for the messages and for the compactions that cover them."""
+    with ContextManager(token_encoding="o200k_base") as source:
+        for i in range(6):
+            source.add_user_message("s1", f"Naïve café №{i}: 東京 → Zürich, 🚆 at 08:{i:02}.")
+            source.add_assistant_message("s1", f"Gebucht: Zug {i} über Basel — ✓ {'€' * i}")
+        entry = add_compaction(source, "s1", 0, 7, "Trains booked: 東京 → Zürich ✓ €€€.")
+        remove_compaction(source, "s1", add_compaction(source, "s1", 8, 9, "x")["id"])
+        exported = source.export_session("s1")
+    with ContextManager(token_encoding="cl100k_base") as target:
+        target.import_session(exported)
+        history = target.get_history("s1")
+        (imported,) = get_compactions(target, "s1")
+        counter = target.token_counter
+    assert imported["tokens_covered"] == sum(r["token_count"] for r in history[:8])
+    assert imported["tokens_covered"] != entry["tokens_covered"]
+    expected = summary_record(imported, counter)["token_count"]
+    assert imported["summary_tokens"] == expected != entry["summary_tokens"]
+    counts = {"tokens_covered", "summary_tokens"}
+    assert {k: v for k, v in imported.items() if k not in counts} == {
+        k: v for k, v in entry.items() if k not in counts
+    }
 
 
 def test_bad_entries_are_refused_before_any_write(manager: ContextManager) -> None:
