@@ -181,9 +181,15 @@ class InMemoryStore(OperationStore):
         return session
 
     def _upsert(
-        self, session_id: str, init: Header, expired: list[str], evicted: list[str]
+        self,
+        session_id: str,
+        init: Header,
+        expired: list[str],
+        evicted: list[str],
+        *,
+        touch: bool = True,
     ) -> tuple[_Session, bool]:
-        session = self._live(session_id, expired)
+        session = self._live(session_id, expired, touch=touch)
         if session is not None:
             return session, False
         session = _Session(init)
@@ -335,7 +341,9 @@ class InMemoryStore(OperationStore):
         expired: list[str] = []
         evicted: list[str] = []
         with self._lock:
-            s, created = self._upsert(op.session_id, op.init, expired, evicted)
+            # Touched (moved to the LRU end) only if it changes: appending only known ids
+            # is no access, as on the other stores.
+            s, created = self._upsert(op.session_id, op.init, expired, evicted, touch=False)
             ids, stored = s.ids, s.messages
             added = tokens = 0
             for m in op.messages:
@@ -345,6 +353,7 @@ class InMemoryStore(OperationStore):
                     added += 1
                     tokens += m.tokens
             if added or created:  # appending only known ids is a no-op
+                self._sessions.move_to_end(op.session_id)
                 meta = s.header["metadata"]
                 meta["message_count"] += added
                 meta["token_count"] += tokens

@@ -39,7 +39,7 @@ __all__ = [
 NOW = "2025-01-01T00:00:00+00:00"
 LATER = "2025-01-01T00:05:00+00:00"
 
-Capability = Literal["ttl", "max_sessions", "shared_backend"]
+Capability = Literal["ttl", "max_sessions", "shared_backend", "exact_lru"]
 """An optional store capability; a contract class declares it with ``supports_<name>``."""
 
 TestT = TypeVar("TestT", bound="Callable[..., Any]")
@@ -79,6 +79,7 @@ def _supports(cls: type[ContractBase], capability: str) -> bool:
         "ttl": cls.supports_ttl,
         "max_sessions": cls.supports_max_sessions,
         "shared_backend": cls.supports_shared_backend,
+        "exact_lru": cls.supports_exact_lru,
     }
     return flags[capability]
 
@@ -92,6 +93,10 @@ class ContractBase:
             recently used session.
         supports_shared_backend: Two store objects from one factory see each other's
             writes (a database or server, not one object's memory).
+        supports_exact_lru: With ``max_sessions``, a write that changes nothing (an
+            append of stored ids only) is no access: it leaves the LRU order as it was.
+            A store whose LRU index is touched before the write (Redis Cluster: the index
+            is in another hash slot than the session) says ``False``.
         excluded_tests: Names of the tests this class leaves out for want of a
             capability (set for each subclass).
     """
@@ -99,6 +104,7 @@ class ContractBase:
     supports_ttl: ClassVar[bool] = True
     supports_max_sessions: ClassVar[bool] = True
     supports_shared_backend: ClassVar[bool] = True
+    supports_exact_lru: ClassVar[bool] = True
     excluded_tests: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

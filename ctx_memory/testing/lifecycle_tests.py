@@ -9,6 +9,7 @@ import threading
 import time
 
 from ctx_memory.testing._base import (
+    LATER,
     NOW,
     ContractBase,
     StoreFactory,
@@ -147,6 +148,17 @@ class StoreLifecycleTests(ContractBase):
         # the read just above made "a" the most recently used
         assert store.replace_document("e", init("e"), [msg(1)], []).evicted == ("d",)
         assert store.list_sessions() == ["a", "e"]
+
+    @requires("max_sessions", "exact_lru")
+    def test_appending_only_known_ids_is_no_access(self, open_store: StoreFactory) -> None:
+        """A retried append whose ids are all stored changes nothing: not the LRU order."""
+        store = open_store(max_sessions=2)
+        append(store, "a", 0)
+        append(store, "b", 0)
+        again = store.append_messages("a", [msg(0)], init=init("a"), now=LATER)
+        assert (again.created, again.added) == (False, 0)
+        assert append(store, "c", 0).evicted == ("a",)
+        assert store.list_sessions() == ["b", "c"]
 
     @requires("max_sessions")
     def test_every_lifecycle_hook_hears_each_eviction(self, open_store: StoreFactory) -> None:

@@ -43,7 +43,9 @@ class TestRedisStore(BuiltInStore):
 
 @pytest.mark.stores("cluster")
 class TestRedisClusterStore(BuiltInStore):
-    pass
+    # The LRU index has its own hash slot and is touched before each write (see
+    # ctx_memory.stores._redis_ops: eviction on a cluster relies on it).
+    supports_exact_lru = False
 
 
 @pytest.mark.stores("postgres")
@@ -56,8 +58,9 @@ def test_every_built_in_store_runs_the_contract() -> None:
         "test_lru_is_shared_between_store_objects",
         "test_write_after_another_store_object_deleted_the_session",
     )
-    for suite in (TestSqliteStore, TestRedisStore, TestRedisClusterStore, TestPostgresStore):
+    for suite in (TestSqliteStore, TestRedisStore, TestPostgresStore):
         assert suite.excluded_tests == ()
+    assert TestRedisClusterStore.excluded_tests == ("test_appending_only_known_ids_is_no_access",)
 
 
 def test_every_built_in_store_keeps_recall_segments() -> None:
