@@ -80,9 +80,11 @@ _RECALL_SEGMENTS = """CREATE TABLE {s}.recall_segments (
 """
 
 # The write tokens (version 3): nullable columns without a default, so adding them rewrites
-# nothing (a change of the catalog only).
-_WRITE_TOKENS = """ALTER TABLE {s}.sessions ADD COLUMN ct bigint;
-ALTER TABLE {s}.messages ADD COLUMN wt bigint;
+# nothing (a change of the catalog only). IF NOT EXISTS: a schema labelled version 3 by the
+# development builds between the recall segments and the write tokens lacks them, so the
+# migration to version 4 adds them too (a no-op where version 3 has them).
+_WRITE_TOKENS = """ALTER TABLE {s}.sessions ADD COLUMN IF NOT EXISTS ct bigint;
+ALTER TABLE {s}.messages ADD COLUMN IF NOT EXISTS wt bigint;
 """
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -94,8 +96,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # append_one take a token: new signatures, created beside the old ones).
     2: (_RECALL_SEGMENTS, _WRITE_TOKENS),
     # 3 -> 4: evict checks that a victim is still the least recently used once it holds its
-    # row (no table changes; the functions re-created after it bring the new body).
-    3: (),
+    # row (the functions re-created after it bring the new body); the write tokens' columns
+    # where an early version-3 schema lacks them.
+    3: (_WRITE_TOKENS,),
 }
 """Statements taking a schema from version ``k`` to ``k + 1`` (``{s}`` is the schema).
 

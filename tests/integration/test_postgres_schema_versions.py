@@ -374,6 +374,30 @@ def test_a_version_3_postgres_schema_gets_the_eviction_that_checks_again(
         assert store.append_messages("d", [msg(4)], init=init("d"), now=NOW).evicted == ("a",)
 
 
+def test_an_early_version_3_postgres_schema_without_write_tokens_is_migrated(
+    postgres_url: str, pg_schema: str
+) -> None:
+    """Development builds labelled version 3 a schema with the recall segments but not yet
+    the write tokens' columns (``sessions.ct``, ``messages.wt``) nor the functions taking
+    them. Migrating it to version 4 adds what it lacks, so it is written to again."""
+    with PostgresStore(postgres_url, schema=pg_schema) as store:
+        store.append_messages("a", [msg(0)], init=init("a"), now=NOW)
+        before = store.get_document("a")
+    columns, signatures = _columns(postgres_url, pg_schema), _signatures(postgres_url, pg_schema)
+    _back_to_version_3(postgres_url, pg_schema)
+    with psycopg.connect(postgres_url) as conn, conn.transaction():
+        conn.execute(f'DROP FUNCTION "{pg_schema}".append_one')
+        conn.execute(f'DROP FUNCTION "{pg_schema}".append')
+        conn.execute(f'ALTER TABLE "{pg_schema}".sessions DROP COLUMN ct')
+        conn.execute(f'ALTER TABLE "{pg_schema}".messages DROP COLUMN wt')
+    with PostgresStore(postgres_url, schema=pg_schema) as store:
+        assert store.get_document("a") == before
+        assert _columns(postgres_url, pg_schema) == columns
+        assert _signatures(postgres_url, pg_schema) == signatures
+        assert store.append_messages("a", [msg(1)], init=init("a"), now=NOW).added == 1
+        assert store.append_messages("b", [msg(2)], init=init("b"), now=NOW).created
+
+
 def test_the_release_before_refuses_a_version_4_postgres_schema(
     postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
