@@ -25,11 +25,13 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = [
+    "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_SENTINEL_PORT",
     "aclose_client",
     "client_url",
     "close_client",
     "is_sentinel",
+    "pool_limit",
     "release_client",
     "runs_here",
     "scrub",
@@ -280,6 +282,22 @@ class _AsyncSentinelSSLConnection(
     _AsyncSentinelConnection, redis.asyncio.sentinel.SentinelManagedSSLConnection
 ):
     """:class:`_AsyncSentinelConnection` over TLS (``rediss+sentinel://``)."""
+
+
+DEFAULT_MAX_CONNECTIONS = 100
+"""redis-py's pool size when none is given (8.x); the store's gate when none is found."""
+
+
+def pool_limit(client: Any) -> int:
+    """How many connections ``client`` may open to one server (its pool's ``max_connections``).
+
+    A cluster client's per-node limit is in its nodes manager's connection options.
+    """
+    limit = getattr(getattr(client, "connection_pool", None), "max_connections", None)
+    if limit is None:
+        options = getattr(getattr(client, "nodes_manager", None), "connection_kwargs", None)
+        limit = options.get("max_connections") if isinstance(options, dict) else None
+    return limit if isinstance(limit, int) and limit > 0 else DEFAULT_MAX_CONNECTIONS
 
 
 def sentinel_master(url: str, options: dict[str, Any], *, asynchronous: bool) -> Any:

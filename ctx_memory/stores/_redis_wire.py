@@ -15,6 +15,8 @@ keeping what matters of that path:
 
 A client the store made keeps its connections between calls (``keep``): a stack of idle
 connections, as many as calls ran at once, taken back from the pool only by ``close``.
+When the pool has given all it may (``max_connections``, 100 by default), a call waits
+for a connection to come back (up to ``wait`` seconds) rather than fail.
 Checking a connection out of the pool and back costs about a fifth of a round trip (and a
 ``poll``), which the pool spends on finding one closed by the server or left with unread
 replies; the second cannot happen here, and the first is checked as the pool checks it
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +96,11 @@ def _read(connection: Any) -> Any:
         return error
 
 
+def _exhausted(error: BaseException) -> bool:
+    """Whether ``error`` is the pool's "Too many connections" (``MaxConnectionsError``)."""
+    return type(error).__name__ == "MaxConnectionsError" or str(error) == "Too many connections"
+
+
 def _closed(connection: Any) -> bool:
     """The pool's check of a connection it hands out: closed, or data nobody asked for."""
     try:
@@ -110,13 +118,27 @@ class Wire:
             out of the pool for each call and return it.
     """
 
-    def __init__(self, pool: Any, *, keep: bool) -> None:
+    def __init__(self, pool: Any, *, keep: bool, wait: float = 5.0) -> None:
         self.pool = pool
         self.keep = keep
+        self.wait = wait
         self._idle: list[tuple[Any, float]] = []  # (connection, idle since): a stack
         self._bare = _takes_no_command_name(type(pool))
+        self._returned = threading.Condition()
+        self._waiting = 0
 
     def _take(self) -> Any:
+        connection = self._idle_one()
+        if connection is not None:
+            return connection
+        try:
+            return self._new()
+        except RedisConnectionError as error:
+            if not _exhausted(error):
+                raise
+            return self._wait_for_one(error)
+
+    def _idle_one(self) -> Any | None:
         idle = self._idle
         while idle:
             try:
@@ -128,13 +150,46 @@ class Wire:
             if time.monotonic() - since > IDLE_CHECK and _closed(connection):
                 connection.disconnect()  # the next send connects again
             return connection
+        return None
+
+    def _new(self) -> Any:
         return self.pool.get_connection() if self._bare else self.pool.get_connection("EVALSHA")
+
+    def _wait_for_one(self, error: RedisConnectionError) -> Any:
+        """A connection once one comes back (or the pool has room again), within ``wait``."""
+        deadline = time.monotonic() + self.wait
+        with self._returned:
+            self._waiting += 1
+            try:
+                while True:
+                    connection = self._idle_one()
+                    if connection is not None:
+                        return connection
+                    if not self.keep:  # returned to the pool, which says nothing: ask it
+                        try:
+                            return self._new()
+                        except RedisConnectionError as again:
+                            if not _exhausted(again):
+                                raise
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        msg = (
+                            f"{error} (all {getattr(self.pool, 'max_connections', '?')} of "
+                            f"the pool's connections stayed busy for {self.wait:g} s)"
+                        )
+                        raise RedisConnectionError(msg) from None
+                    self._returned.wait(min(left, 0.01) if not self.keep else left)
+            finally:
+                self._waiting -= 1
 
     def _give(self, connection: Any) -> None:
         if self.keep:
             self._idle.append((connection, time.monotonic()))
         else:
             self.pool.release(connection)
+        if self._waiting:  # (read without the lock: a waiter counts itself before looking)
+            with self._returned:
+                self._returned.notify()
 
     def roundtrip(self, request: bytes, count: int) -> list[Any]:
         """Send ``request`` (``count`` packed commands); their replies, errors as values."""

@@ -92,6 +92,7 @@ from ctx_memory.stores._redis_clients import (
     close_client,
     is_sentinel,
     parse_sentinel_url,
+    pool_limit,
     release_client,
     runs_here,
     scrub,
@@ -322,6 +323,11 @@ class RedisStore(RedisOperations):
         self._owns_client = client is None
         self._client: SyncClient | None = None
         self._wire: Wire | None = None  # how a plain client's commands go (_redis_wire)
+        self._gate: threading.BoundedSemaphore | None = None  # the other clients' calls
+        self._wait = socket_timeout  # the longest a call waits for a free connection
+        self._agates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
         if client is not None:
             self._use(client)
         self._owns_async = async_client is None
@@ -388,11 +394,19 @@ class RedisStore(RedisOperations):
         }
 
     def _use(self, client: SyncClient) -> None:
-        """Send with ``client``: by its pool directly if it is a plain (pooled) client."""
+        """Send with ``client``: by its pool directly if it is a plain (pooled) client.
+
+        Calls beyond the pool's ``max_connections`` at once wait for a connection (the
+        wire's own wait; a semaphore on a cluster's) instead of failing with redis-py's
+        "Too many connections".
+        """
         self._wire = None
+        self._gate = None
         if isinstance(client, redis.Redis) and not self.cluster and client.connection is None:
             # Not a single-connection client: its pool's connections, kept if it is ours.
-            self._wire = Wire(client.connection_pool, keep=self._owns_client)
+            self._wire = Wire(client.connection_pool, keep=self._owns_client, wait=self._wait)
+        else:
+            self._gate = threading.BoundedSemaphore(pool_limit(client))
         self._client = client
 
     @property
@@ -488,11 +502,29 @@ class RedisStore(RedisOperations):
                 data = pack(commands)
             replies = wire.roundtrip(data, len(commands))
         else:
-            replies = _sync_replies(client, commands)
+            replies = self._gated(_sync_replies, client, commands)
         for i, script in _unloaded(commands, replies):
-            client.script_load(script)
-            replies[i] = _checked((_sync_replies(client, commands[i : i + 1]))[0])
+            if wire is not None:  # on the wire too: the pool's connections are the wire's
+                loaded = wire.roundtrip(pack([("SCRIPT", "LOAD", script), commands[i]]), 2)
+                _checked(loaded[0])
+                replies[i] = _checked(loaded[1])
+            else:
+                self._gated(client.script_load, script)
+                replies[i] = _checked(self._gated(_sync_replies, client, commands[i : i + 1])[0])
         return replies if isinstance(request, Pipeline) else replies[0]
+
+    def _gated(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)``, waiting while all the pool's connections are in use (not wired)."""
+        gate = self._gate
+        if gate is None:
+            return call(*args)
+        if not gate.acquire(timeout=self._wait):
+            msg = f"Too many connections: all in use for {self._wait:g} s"
+            raise redis.exceptions.ConnectionError(msg)
+        try:
+            return call(*args)
+        finally:
+            gate.release()
 
     async def _adrive(self, op: Generator[Request, Any, T]) -> T:
         try:
@@ -509,10 +541,17 @@ class RedisStore(RedisOperations):
     async def _ado(self, request: Request) -> Any:
         client = self.async_client
         commands = commands_of(request)
-        replies = await _async_replies(client, commands)
-        for i, script in _unloaded(commands, replies):
-            await client.script_load(script)
-            replies[i] = _checked((await _async_replies(client, commands[i : i + 1]))[0])
+        # At most the pool's max_connections calls at once on this loop: the others wait
+        # for their turn instead of failing with redis-py's "Too many connections".
+        loop = asyncio.get_running_loop()
+        gate = self._agates.get(loop)
+        if gate is None:
+            gate = self._agates[loop] = asyncio.Semaphore(pool_limit(client))
+        async with gate:
+            replies = await _async_replies(client, commands)
+            for i, script in _unloaded(commands, replies):
+                await client.script_load(script)
+                replies[i] = _checked((await _async_replies(client, commands[i : i + 1]))[0])
         return replies if isinstance(request, Pipeline) else replies[0]
 
     @override

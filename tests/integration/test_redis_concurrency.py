@@ -1,14 +1,18 @@
-"""Several processes writing one session at once, on Redis, Redis Cluster and SQLite."""
+"""Several processes (or many threads and tasks) writing one session at once, on Redis,
+Redis Cluster, SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from redis_workers import append_worker, build_manager, merge_worker, publish_worker
 
+from ctx_memory import ContextManager
 from ctx_memory.stores.redis import RedisStore
 
 if TYPE_CHECKING:
@@ -113,3 +117,43 @@ def test_published_events_are_the_in_process_events(
             time.sleep(0.02)
     assert len(local) == 6
     assert received == local
+
+
+@pytest.mark.stores("redis", "cluster", "sqlite", "postgres")
+def test_more_calls_at_once_than_the_pool_has_connections(
+    make_store: Callable[..., BaseStore],
+) -> None:
+    """200 asyncio tasks and 150 threads appending at once: every message is stored.
+
+    redis-py's pool gives at most 100 connections (``max_connections``) and raised "Too
+    many connections" for the rest; the store's calls now wait for a free connection.
+    """
+    manager = ContextManager(store=make_store())
+    manager.add_user_message("warm {s}", "the store's first call is done")
+
+    async def tasks() -> list[Any]:
+        calls = (manager.aadd_user_message("tasks {s}", f"m{i}") for i in range(200))
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    assert [r for r in asyncio.run(tasks()) if isinstance(r, BaseException)] == []
+    assert sorted(r["content"] for r in manager.get_history("tasks {s}")) == sorted(
+        f"m{i}" for i in range(200)
+    )
+
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(150)
+
+    def work(i: int) -> None:
+        barrier.wait()
+        try:
+            manager.add_user_message("threads {s}", f"t{i}")
+        except BaseException as e:  # collected, asserted below
+            errors.append(e)
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(150)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert errors == []
+    assert len(manager.get_history("threads {s}")) == 150
