@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -144,3 +145,33 @@ def test_redis_to_postgres_and_back(
         assert report.copied == len(SESSIONS)
     assert _documents(pg) == expected
     redis.Redis.from_url(redis_url).close()
+
+
+def test_sessions_counted_by_other_rules_are_copied_with_exact_counts(tmp_path: Path) -> None:
+    """A release with other counting rules stored other token counts: the copy recounts
+    (as every import does), the report lists the session as recounted, the run is ok and a
+    second run finds it there (no conflict, no mismatch)."""
+    path = tmp_path / "old.sqlite3"
+    with ContextManager(store=SqliteStore(str(path))) as cm:
+        cm.add_user_message("s1", "hello there")
+        cm.add_assistant_message("s1", "hi")
+        cm.add_user_message("s2", "untouched")
+        exact = cm.get_context("s1")
+    with sqlite3.connect(path) as db:  # what an older release would have counted
+        db.execute(
+            "UPDATE messages SET body = json_set(body, '$.token_count', 9) WHERE session_id = 's1'"
+        )
+        db.execute("UPDATE sessions SET tc = 18 WHERE id = 's1'")
+    target = tmp_path / "new.sqlite3"
+    for run in range(2):
+        with open_store(str(path)) as src, open_store(str(target)) as dst:
+            report = migrate(src, dst)
+        assert report.ok, report
+        assert report.recounted == ["s1"]
+        assert (report.copied, report.skipped) == ((2, 0) if run == 0 else (0, 2))
+    with ContextManager(store=SqliteStore(str(target))) as cm:
+        copied = cm.get_context("s1")
+    assert copied["metadata"]["token_count"] == exact["metadata"]["token_count"] != 18
+    assert [m["token_count"] for m in copied["conversation_history"]] == [
+        m["token_count"] for m in exact["conversation_history"]
+    ]
