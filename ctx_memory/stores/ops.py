@@ -64,6 +64,7 @@ __all__ = [
     "StoreOp",
     "TruncateMessages",
     "UpdateHeader",
+    "may_create",
     "WriteResult",
 ]
 
@@ -446,3 +447,8 @@ StoreOp = (
     | SaveRecallSegments
 )
 """Every operation: what :meth:`~ctx_memory.stores.base.BaseStore.handle` must cover."""
+
+
+def may_create(op: Op[Any]) -> bool:
+    """Whether ``op`` may create its session (a write carrying an init header, an import)."""
+    return isinstance(op, (CreateSession, ReplaceDocument)) or hasattr(op, "init")

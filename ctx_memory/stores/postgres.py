@@ -2,46 +2,33 @@
 
 psycopg 3 with connection pools (``psycopg_pool``): a sync pool for sync calls, an asyncio
 pool per event loop for the async twins (native async I/O, no worker threads). The schema,
-its tables and its functions are in :mod:`ctx_memory.stores._postgres_sql` (schema version
-3: sessions, messages, fetched items and their fingerprints, and the sessions' saved
-recall-index segments, ``recall_segments``, which every history edit drops; each message
-keeps the token of the append that stored it, ``wt``, and each session the token of the
-append that created it, ``ct``).
+its tables, functions and versions are in :mod:`ctx_memory.stores._postgres_sql`.
 
-Every operation is written once, as a generator that yields statements and receives their
-rows; :meth:`PostgresStore._drive` runs it on a sync connection and
-:meth:`PostgresStore._adrive` on an async one, so the two paths differ by ``await`` only.
-An append (messages or fetched items), a read, garbage collection and a save of recall
-segments are one statement each, so one round trip, in autocommit; the other writes (shared
-state, metadata, history edits, clear, import, delete) run in one transaction that first
-locks the session row. A delete so waits for an append in flight and deletes what it wrote.
+Every operation is a generator of statements, run by :meth:`PostgresStore._drive` on a sync
+connection and :meth:`PostgresStore._adrive` on an async one (``await`` only). An append
+(messages or fetched items), a read, garbage collection and a save of recall segments are
+one statement each, so one round trip, in autocommit; the other writes (shared state,
+metadata, history edits, clear, import, delete) run in one transaction that first locks the
+session row. A delete so waits for an append in flight and deletes what it wrote.
 
 Connections: a pool the store made lends its connections for longer than a call. Each call
-takes the most recently returned one from a stack (:class:`_Lease`) and puts it back, as many
-being kept as calls ran at once; every :data:`KEEP_SECONDS` a connection goes back through
-the pool (its lifetime and checks), and ``close`` returns them all. A checkout from
-``psycopg_pool`` and back costs 5 to 13 µs of Python per call, a tenth of a round trip;
-the pool checks nothing more on a checkout (no ``check`` callback), so a connection kept
-here is no less checked. A pool given to the store is used through ``getconn``/``putconn``
-on every call: the store holds none of its connections between calls. The event publisher
-takes its connection the same way. After ``fork`` a child never uses (nor closes) the
-connections its parent kept.
+takes the most recently returned one from a stack (:class:`_Lease`) and puts it back; every
+:data:`KEEP_SECONDS` a connection goes back through the pool (its lifetime and checks), and
+``close`` returns them all (a checkout from ``psycopg_pool`` and back costs 5 to 13 µs of
+Python, a tenth of a round trip). A pool given to the store is used through
+``getconn``/``putconn`` on every call. The event publisher takes its connection the same
+way. After ``fork`` a child never uses (nor closes) the connections its parent kept.
 
-Retries: a statement that meets a dropped connection (the server restarted, a proxy closed
-an idle connection) is sent again once, on a fresh connection, when sending it twice is
-harmless: reads, appends of messages (skipped by message id), and writes that set a value
-(create, delete, set shared, metadata, clear, import, history edits, recall segments saved
-with ``replace``). A deep merge of ``shared``, an append of fetched items, a truncation and
-recall segments saved after the session's are not repeated: they raise
-:class:`~ctx_memory.errors.StoreUnavailableError` and the caller decides. An append of one
-message looks for its id only through ``UNIQUE (sk, id)``: an id the session holds makes the
-statement fail whole (a unique violation, nothing written; the server logs it as an error
-with the message id), and the append is sent again as the function that skips it, as is
-every second attempt of an append. Every append carries a random write token
-(:func:`_write_token`, drawn once per call, the same on its second attempt) stored with the
-messages it inserts and the session it creates: a second attempt after a lost reply answers
-what its first did, ``added`` (the batch's messages stored with its token) and ``created``
-(the session's ``ct`` is its token), so the manager's events are not lost.
+Retries: a statement that meets a dropped connection is sent again once, on a fresh
+connection, when sending it twice is harmless: reads, appends of messages (skipped by message
+id), and writes that set a value. A deep merge of ``shared``, an append of fetched items, a
+truncation and recall segments saved after the session's are not repeated: they raise
+:class:`~ctx_memory.errors.StoreUnavailableError`. An append of one message looks for its id
+only through ``UNIQUE (sk, id)`` (an id the session holds fails the statement whole, and the
+append is sent again as the function that skips it). Every append carries a random write
+token (:func:`_write_token`, the same on its second attempt) stored with the messages it
+inserts and the session it creates: a second attempt after a lost reply answers what its
+first did (``added``, ``created``), so the manager's events are not lost.
 """
 
 from __future__ import annotations
@@ -88,6 +75,7 @@ from ctx_memory.stores._postgres_wire import (
 from ctx_memory.stores.base import (
     check_limits,
 )
+from ctx_memory.stores.memory import InMemoryStore
 from ctx_memory.stores.ops import (
     AppendFetched,
     AppendMessages,
@@ -102,6 +90,7 @@ from ctx_memory.stores.ops import (
     StoreOp,
     TruncateMessages,
     UpdateHeader,
+    may_create,
 )
 from ctx_memory.stores.postgres_events import PostgresEventPublisher, PostgresEventSubscription
 
@@ -205,6 +194,19 @@ def _scrub(value: object, secrets: list[str]) -> object:
     for secret in secrets:
         value = value.replace(secret, "***")
     return value
+
+
+_NO_SESSIONS = InMemoryStore()  # answers as a store without the session (never written)
+
+
+def _names_no_session(op: StoreOp) -> bool:
+    """Whether ``op`` reads or edits a session id with a NUL (no PostgreSQL text holds one).
+
+    Answered "absent", as other stores do for an unknown id; a write that may create the
+    session goes to the server, which refuses it.
+    """
+    session_id = getattr(op, "session_id", None)
+    return isinstance(session_id, str) and "\x00" in session_id and not may_create(op)
 
 
 class PostgresStore(PostgresOperations):
@@ -724,10 +726,14 @@ class PostgresStore(PostgresOperations):
 
     @override
     def handle(self, op: StoreOp) -> object:
+        if _names_no_session(op):
+            return _NO_SESSIONS.execute(op)
         return self._drive(op)
 
     @override
     async def ahandle(self, op: StoreOp) -> object:
+        if _names_no_session(op):
+            return _NO_SESSIONS.execute(op)
         return await self._adrive(op)
 
     # ------------------------------------------------------------ events across processes

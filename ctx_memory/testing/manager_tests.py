@@ -23,6 +23,7 @@ from ctx_memory.errors import (
     InvalidSessionIdError,
     MessageNotFoundError,
     NotSerializableError,
+    SessionNotFoundError,
     SharedStateTooLargeError,
     ValidationError,
 )
@@ -481,6 +482,24 @@ class ManagerContractTests(ContractBase):
         assert cm.clear(legacy)
         assert cm.delete_context(legacy)
         assert legacy not in cm.list_sessions()
+
+    @pytest.mark.parametrize("session_id", ["x\x00y", "\x00", "tab\there"])
+    async def test_an_unknown_id_with_control_characters_is_absent(
+        self, cm: ContextManager, session_id: str
+    ) -> None:
+        """Reading, clearing or deleting such an id answers "absent" (no store error)."""
+        assert cm.get_context(session_id) == {}
+        assert not cm.session_exists(session_id)
+        assert cm.get_history(session_id) == []
+        assert cm.get_history(session_id, last_k=3) == []
+        assert cm.get_fetched_context(session_id) == {}
+        assert not cm.clear(session_id)
+        assert not cm.delete_context(session_id)
+        assert cm.delete_message(session_id, "m1") is False
+        with pytest.raises(SessionNotFoundError):
+            cm.export_session(session_id)
+        assert await cm.aget_context(session_id) == {}
+        assert not await cm.adelete_context(session_id)
 
     # -------------------------------------------------------------- history edits
 
