@@ -58,7 +58,7 @@ from ctx_memory.cli._output import (  # noqa: F401 - _fail, _note, printable: us
 )
 from ctx_memory.cli._reindex import reindex_command
 from ctx_memory.cli._search import prompt_command, search_command
-from ctx_memory.config import Settings, load_settings
+from ctx_memory.config import BUILTIN_STORES, Settings, load_settings
 from ctx_memory.display import SessionView
 from ctx_memory.errors import (
     ConfigurationError,
@@ -136,8 +136,11 @@ class _Options:
             store = implied[0] if len(implied) == 1 else None
         values: dict[str, Any] = {}
         if store is not None:
-            values["store"] = store.lower()
-            values["use_redis_caching"] = store.lower() == "redis"
+            # Built-in names in any case (--store Redis); a third-party store's entry point
+            # name exactly as registered, as STORE takes it in settings.
+            store = store.lower() if store.lower() in BUILTIN_STORES else store
+            values["store"] = store
+            values["use_redis_caching"] = store == "redis"
         if self.sqlite_path is not None:
             values["sqlite_path"] = str(self.sqlite_path)
         if self.redis_url is not None:

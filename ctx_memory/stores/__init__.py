@@ -18,7 +18,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from ctx_memory.errors import ConfigurationError
+from ctx_memory.errors import ConfigurationError, CtxMemoryError
 from ctx_memory.stores._gc import gc_interval
 from ctx_memory.stores.base import BaseStore, EncodedItem, EncodedMessage, Header, WriteResult
 from ctx_memory.stores.memory import InMemoryStore
@@ -69,7 +69,18 @@ def _from_entry_point(name: str, settings: Settings) -> BaseStore:
     if not callable(factory):
         msg = f"the store {name!r} ({entry.value}) is neither a factory nor has from_settings"
         raise ConfigurationError("STORE", msg)
-    store = factory(settings)
+    try:
+        store = factory(settings)
+    except CtxMemoryError:
+        raise  # the store's own error (a server it cannot reach, say), as built-in stores'
+    except Exception as e:  # noqa: BLE001 - any failure to build is the STORE setting's
+        from ctx_memory.config import redact_url  # noqa: PLC0415 - config imports this module
+
+        msg = (
+            f"the store {name!r} ({entry.value}) could not be built: {type(e).__name__}: "
+            f"{redact_url(str(e))}"
+        )
+        raise ConfigurationError("STORE", msg) from None  # its text may hold a secret
     if not isinstance(store, BaseStore):
         msg = (
             f"the store {name!r} ({entry.value}) built a {type(store).__name__}, "

@@ -33,6 +33,19 @@ _EXAMPLE = re.compile(
 )
 
 
+RAISING_STORES = """
+from ctx_memory.stores.base import BaseStore
+
+
+def raising(settings):
+    raise RuntimeError("cannot reach postgresql://app:hunter2@db.internal/app")
+
+
+class AbstractStore(BaseStore):  # neither handle nor close: cannot be instantiated
+    pass
+"""
+
+
 def install(target: Path, name: str, entry_points: dict[str, str], module: str, code: str) -> None:
     """What ``pip install --target`` leaves: the module and its ``.dist-info``."""
     (target / f"{module}.py").write_text(code, encoding="utf-8")
@@ -57,6 +70,16 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
         code["code"],
     )
     install(tmp_path, "ctx-broken-store", {"broken": "no_such_module:Store"}, "unused", "")
+    install(
+        tmp_path,
+        "ctx-failing-stores",
+        {
+            "raising": "failing_stores:raising",
+            "Abstract-Store": "failing_stores:AbstractStore",
+        },
+        "failing_stores",
+        RAISING_STORES,
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in list(os.environ):
         if name.startswith("CTX_MEMORY_"):
@@ -90,13 +113,37 @@ def test_unknown_store_names_the_known_ones(site: Path) -> None:
         load_settings(store="countng")
     message = str(info.value)
     assert info.value.key == "STORE"
-    assert "known stores: broken, counting, memory, postgres, redis, sqlite" in message
+    known = "Abstract-Store, broken, counting, memory, postgres, raising, redis, sqlite"
+    assert f"known stores: {known}" in message
     assert "ctx_memory.stores" in message
 
 
 def test_a_store_that_cannot_be_imported_is_a_clear_error(site: Path) -> None:
     with pytest.raises(ConfigurationError, match=r"'broken' \(no_such_module:Store\) cannot be"):
         create_store(load_settings(store="broken"))
+
+
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("raising", "RuntimeError: cannot reach postgresql://app:***@db.internal/app"),
+     ("Abstract-Store", "could not be built: TypeError: ")],
+)  # fmt: skip
+def test_a_store_that_cannot_be_built_is_a_clear_error_without_secrets(
+    site: Path, name: str, problem: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        ContextManager(store=name)
+    assert info.value.key == "STORE"
+    assert f"{name!r}" in str(info.value)
+    assert problem in str(info.value)
+    assert info.value.__cause__ is None
+    assert "hunter2" not in repr(info.value)
+    # The CLI: one line, the name as registered (capitals kept), no secret, no traceback.
+    result = CliRunner().invoke(app, ["--store", name, "sessions", "list"])
+    assert result.exit_code == 2, result.output
+    assert problem in result.output
+    assert "hunter2" not in result.output
+    assert "Traceback" not in result.output
 
 
 def test_the_cli_uses_the_registered_store(site: Path) -> None:
