@@ -72,7 +72,10 @@ def open_store(url: str, *, existing: bool = False) -> BaseStore:
             shown with its password masked), no SQLite path, a missing source file, or a
             libpq ``key=value`` string (never shown: it may hold a password).
     """
-    scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    try:
+        scheme = urlsplit(url).scheme.lower() if "://" in url else ""
+    except ValueError as e:  # an unbalanced [ of an IPv6 host, say
+        raise ConfigurationError("URL", f"{redact_url(url)!r} is not a valid URL: {e}") from None
     if not scheme and _LIBPQ_KEYWORD.match(url):
         msg = "a libpq key=value string is not a URL; use postgresql://… (the value is not shown)"
         raise ConfigurationError("URL", msg)

@@ -22,6 +22,7 @@ from ctx_memory.stores._postgres_sql import (
     Read,
     SchemaSql,
     prefix_end,
+    schema_version,
 )
 from ctx_memory.stores.base import (
     BaseStore,
@@ -230,7 +231,7 @@ class PostgresOperations(BaseStore):
         (table,) = yield Statement(b"SELECT to_regclass(%s)::text", (meta,))
         if table is not None:
             row = yield Statement(version_sql)
-            if row is not None and int(row[0]) == SCHEMA_VERSION:
+            if row is not None and row[0] == str(SCHEMA_VERSION):
                 return  # the common case takes no lock
         yield Statement(b"SELECT pg_advisory_xact_lock(%s)", (sql.lock_key,), NONE)
         (table,) = yield Statement(b"SELECT to_regclass(%s)::text", (meta,))  # another process?
@@ -239,7 +240,7 @@ class PostgresOperations(BaseStore):
             version = SCHEMA_VERSION
         else:
             row = yield Statement(version_sql)
-            version = int(row[0]) if row is not None else 0
+            version = schema_version(row[0], f"{self.schema!r} at {self.url}") if row else 0
             if version > SCHEMA_VERSION:
                 msg = (
                     f"PostgreSQL schema {self.schema!r} at {self.url} has version {version}, "

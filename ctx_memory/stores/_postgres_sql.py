@@ -55,10 +55,11 @@ import zlib
 from dataclasses import dataclass
 from enum import Enum
 
-from ctx_memory.errors import ConfigurationError
+from ctx_memory.errors import ConfigurationError, StoreUnavailableError
 
 __all__ = [
     "SCHEMA_VERSION",
+    "schema_version",
     "MIGRATIONS",
     "Read",
     "SchemaSql",
@@ -114,6 +115,20 @@ of another signature is another function), so that a process of a version-2 rele
 running, goes on appending (storing no token) until it reopens the schema and refuses it; a
 process of a version-3 release calls the same functions as this one.
 """
+
+
+def schema_version(value: object, where: str) -> int:
+    """The version a schema's ``meta`` holds; a clear error if it is not a number."""
+    try:
+        return int(str(value))
+    except ValueError:
+        msg = (
+            f"PostgreSQL schema {where} has an unreadable version {value!r} in its 'meta' "
+            "table: not made by ctx_memory, or changed by hand; set POSTGRES_SCHEMA to "
+            "another schema"
+        )
+        raise StoreUnavailableError(msg) from None
+
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}")
 

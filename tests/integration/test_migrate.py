@@ -124,6 +124,20 @@ def test_the_command_reports_json_and_masks_passwords(
     assert secret not in unknown.output
 
 
+@pytest.mark.parametrize(
+    "url", ["postgres://u:pw-s3cret@[::1:16432/db", "redis://:pw-s3cret@[::1/0"]
+)
+def test_a_url_that_cannot_be_parsed_is_one_error_line(url: str) -> None:
+    with pytest.raises(ConfigurationError, match="is not a valid URL") as info:
+        open_store(url)
+    assert "pw-s3cret" not in str(info.value)
+    result = CliRunner().invoke(app, ["migrate", "--from", url, "--to", "memory://"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ")
+    assert "pw-s3cret" not in result.output
+    assert "Traceback" not in result.output
+
+
 def test_open_store_refuses_an_unknown_scheme_without_its_password() -> None:
     with pytest.raises(ConfigurationError, match="unknown scheme") as caught:
         open_store("mongodb://user:hunter2@db/x")

@@ -412,3 +412,15 @@ def test_the_release_before_refuses_a_version_4_postgres_schema(
     ):
         older.get_messages("s")
     assert _catalog(postgres_url, pg_schema)[2] == "4"
+
+
+def test_an_unreadable_schema_version_is_a_clear_error(postgres_url: str, pg_schema: str) -> None:
+    with PostgresStore(postgres_url, schema=pg_schema) as store:
+        store.append_messages("a", [msg(0)], init=init("a"), now=NOW)
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f"UPDATE \"{pg_schema}\".meta SET value = 'abc'")
+    with (
+        PostgresStore(postgres_url, schema=pg_schema) as store,
+        pytest.raises(StoreUnavailableError, match=r"unreadable version 'abc'"),
+    ):
+        store.get_messages("a")

@@ -230,13 +230,16 @@ def test_recalled_turns_can_be_seen_as_the_window_sees_them() -> None:
 
 @pytest.mark.parametrize(
     ("summary", "error"),
-    [("fact " * 300_000, "SharedStateTooLargeError"), ("AF100 \ud83d noted", "NotSerializableError")],
+    [
+        ("fact " * 300_000, "SharedStateTooLargeError"),
+        ("AF100 \ud83d noted", "NotSerializableError"),
+    ],
 )
 async def test_a_summary_the_session_refuses_is_reported_and_changes_nothing(
     manager: ContextManager, summary: str, error: str
 ) -> None:
     """Too large for the shared state, or not storable: as if the summariser had failed."""
-    from langchain_core.runnables import RunnableLambda  # noqa: PLC0415
+    from langchain_core.runnables import RunnableLambda
 
     _session(manager, "s1", 12)
     before = manager.export_session("s1")
@@ -244,7 +247,8 @@ async def test_a_summary_the_session_refuses_is_reported_and_changes_nothing(
         summarize_at=300, keep_recent=8, block=4, summarizer=RunnableLambda(lambda _: summary)
     )
     for outcome in (compact(manager, "s1", policy), await acompact(manager, "s1", policy)):
-        assert outcome.entry is None and outcome.failed
+        assert outcome.entry is None
+        assert outcome.failed
         assert outcome.reason.startswith(f"summary not stored: {error}: ")
     assert manager.export_session("s1") == before
 
