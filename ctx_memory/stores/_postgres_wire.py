@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.rows import tuple_row
+from psycopg_pool import PoolTimeout
 
 if TYPE_CHECKING:
     from ctx_memory.stores._postgres_ops import Prepared
 
 __all__ = [
+    "aconnect_error",
+    "connect_error",
     "acursor",
     "arelease_cursor",
     "asend",
@@ -227,3 +230,37 @@ def _size(row: tuple[Any, ...]) -> int:
         elif isinstance(value, list):
             size += 64 * len(value)
     return size
+
+
+def connect_error(error: BaseException, conninfo: str, seconds: float) -> str | None:
+    """Why a new connection to ``conninfo`` fails now (the server's words), else ``None``.
+
+    Only for ``error`` a pool timeout: psycopg_pool only logs why its connection attempts
+    failed (a wrong password, a database that does not exist) and raises ``PoolTimeout``,
+    so one direct attempt finds the cause to report.
+    """
+    if not isinstance(error, PoolTimeout):
+        return None
+    try:
+        psycopg.connect(conninfo, connect_timeout=max(1, round(seconds))).close()
+    except psycopg.OperationalError as failed:
+        return str(failed).strip() or type(failed).__name__
+    except Exception:  # noqa: BLE001 - only a hint for the error being raised
+        return None
+    return None
+
+
+async def aconnect_error(error: BaseException, conninfo: str, seconds: float) -> str | None:
+    """Async :func:`connect_error`."""
+    if not isinstance(error, PoolTimeout):
+        return None
+    try:
+        conn = await psycopg.AsyncConnection.connect(
+            conninfo, connect_timeout=max(1, round(seconds))
+        )
+        await conn.close()
+    except psycopg.OperationalError as failed:
+        return str(failed).strip() or type(failed).__name__
+    except Exception:  # noqa: BLE001 - only a hint for the error being raised
+        return None
+    return None

@@ -63,9 +63,11 @@ from ctx_memory.stores._postgres_sql import (
     events_channel,
 )
 from ctx_memory.stores._postgres_wire import (
+    aconnect_error,
     acursor,
     arelease_cursor,
     asend,
+    connect_error,
     cursor,
     prepared_session,
     release_cursor,
@@ -426,11 +428,12 @@ class PostgresStore(PostgresOperations):
             },
         }
 
-    def _unavailable(self, error: BaseException) -> StoreError:
+    def _unavailable(self, error: BaseException, cause: str | None = None) -> StoreError:
         secrets = url_secrets(self._conninfo)
         if secrets:  # the error becomes our error's __cause__: no password may stay in it
             error.args = tuple(_scrub(arg, secrets) for arg in error.args)
-        text = str(_scrub(str(error), secrets)) if secrets else str(error)
+        text = f"{error} (connecting: {cause})" if cause else str(error)
+        text = str(_scrub(text, secrets)) if secrets else text
         where = f"PostgreSQL at {self.url}"
         if isinstance(error, (psycopg.OperationalError, PoolTimeout, OSError)):
             return StoreUnavailableError(f"{where} is unavailable: {text.strip()}")
@@ -439,9 +442,7 @@ class PostgresStore(PostgresOperations):
     # ------------------------------------------------------------ drivers
 
     # Sync connections: kept between calls for a pool the store made (module docstring),
-    # else getconn/putconn (``pool.connection()``, a generator context with usage
-    # statistics, costs about 8 µs more). putconn rolls back a connection left in a
-    # transaction and drops a broken one; a connection in any state but idle goes to it.
+    # else getconn/putconn (which rolls back or drops a connection not left idle).
 
     def _take(self) -> _Lease:
         """A connection for one call: the last one kept, else one from the pool."""
@@ -532,8 +533,9 @@ class PostgresStore(PostgresOperations):
                     self._give(lease)
             except (psycopg.OperationalError, OSError) as e:  # PoolTimeout too
                 self._discard(lease.pool if lease is not None else self._pool)
-                if attempt > 0 or not _repeatable(op):
-                    raise self._unavailable(e) from e
+                cause = connect_error(e, self._conninfo, self._connect_timeout)
+                if attempt > 0 or not _repeatable(op) or cause:
+                    raise self._unavailable(e, cause) from e
                 continue
             except psycopg.errors.UniqueViolation as e:
                 if attempt < 2 and isinstance(op, AppendMessages):
@@ -558,8 +560,9 @@ class PostgresStore(PostgresOperations):
                     await pool.putconn(conn)
             except (psycopg.OperationalError, OSError) as e:  # PoolTimeout too
                 await self._adiscard(pool)
-                if attempt > 0 or not _repeatable(op):
-                    raise self._unavailable(e) from e
+                cause = await aconnect_error(e, self._conninfo, self._connect_timeout)
+                if attempt > 0 or not _repeatable(op) or cause:
+                    raise self._unavailable(e, cause) from e
                 continue
             except psycopg.errors.UniqueViolation as e:
                 if attempt < 2 and isinstance(op, AppendMessages):
@@ -602,9 +605,8 @@ class PostgresStore(PostgresOperations):
             await pool.check()
 
     # A statement that fails on the server (a unique violation: an append of an id the
-    # session holds) is rolled back whole: in autocommit its implicit transaction, else
-    # the transaction below, which psycopg rolls back as the error leaves it. Either way
-    # the connection is idle again and goes on serving calls.
+    # session holds) is rolled back whole (autocommit, or the transaction below): the
+    # connection is idle again and goes on serving calls.
 
     def _attempt(
         self,

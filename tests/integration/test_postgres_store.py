@@ -3,6 +3,7 @@ row, crafted ids, secrets, settings and the docstring example."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
 import textwrap
@@ -588,14 +589,26 @@ def test_unreachable_server_error_names_url_without_password() -> None:
     store.close()
 
 
-def test_wrong_password_error_hides_both(postgres_url: str) -> None:
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_wrong_password_error_says_so_and_hides_both(postgres_url: str, mode: str) -> None:
+    """The pool only logs why it cannot connect: the error asks the server once and says
+    why (it said only "couldn't get a connection after N sec"), without either password."""
     wrong = re.sub(r"(://[^:]+:)[^@]*@", r"\1Wr0ng-Secret@", postgres_url)
     store = PostgresStore(wrong, connect_timeout=2)
+    call = asyncio.to_thread(store.exists, "s") if mode == "sync" else store.aexists("s")
     with pytest.raises(StoreUnavailableError) as info:
-        store.exists("s")
+        await call
+    assert "password authentication failed" in str(info.value)
     text = f"{info.value} {info.value.__cause__!r} {info.value.__context__!r}"
     assert "Wr0ng-Secret" not in text
     assert _password(postgres_url) not in text
+    await store.aclose()
+
+
+def test_a_missing_database_is_named(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url.rsplit("/", 1)[0] + "/no_such_db", connect_timeout=2)
+    with pytest.raises(StoreUnavailableError, match='database "no_such_db" does not exist'):
+        store.get_document("s")
     store.close()
 
 
