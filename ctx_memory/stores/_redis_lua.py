@@ -128,6 +128,7 @@ class Script(Enum):
     EXISTS = "session/exists.lua"
     MARK = "session/mark.lua"  # a cluster eviction's victim marked
     EVICT = "session/evict.lua"  # deleted if still marked
+    UNMARK = "session/unmark.lua"  # taken back from an eviction by a write
     INDEX_WRITE = "index/write.lua"  # a write's touch; victims chosen
     INDEX_MEMBERS = "index/members.lua"
     INDEX_FORGET = "index/forget.lua"

@@ -9,9 +9,8 @@ once for both.
 
 from __future__ import annotations
 
-import hashlib
 import os
-from typing import TYPE_CHECKING, Any, NamedTuple, assert_never
+from typing import TYPE_CHECKING, Any, assert_never
 
 from ctx_memory.errors import SharedStateTooLargeError, StoreError
 from ctx_memory.schema import dumps
@@ -34,7 +33,20 @@ from ctx_memory.stores._redis_keys import (
     member_id,
     session_keys,
 )
-from ctx_memory.stores._redis_lua import SOURCES, Script
+from ctx_memory.stores._redis_lua import Script
+from ctx_memory.stores._redis_requests import (
+    APPEND_SHA,
+    SHAS,
+    Call,
+    Command,
+    Eval,
+    Pipeline,
+    Prepared,
+    Request,
+    commands_of,
+    eval_command,
+    script_of,
+)
 from ctx_memory.stores._redis_wire import pack_args
 from ctx_memory.stores.base import MAX_SHARED_BYTES, BaseStore, WriteResult, assemble_document
 from ctx_memory.stores.ops import (
@@ -83,86 +95,7 @@ __all__ = [
     "Request",
     "commands_of",
     "script_of",
-]
-
-
-# ---------------------------------------------------------------- requests
-
-# Every operation is written once, as a generator that yields requests and receives their
-# replies; ``_drive`` runs it on the sync client and ``_adrive`` on the asyncio client.
-
-
-SHAS = {s: hashlib.sha1(SOURCES[s].encode()).hexdigest() for s in Script}  # noqa: S324 - id
-APPEND_SHA = SHAS[Script.APPEND].encode()
-_SCRIPT_OF_SHA: dict[str | bytes, str] = {
-    key: SOURCES[script] for script, sha in SHAS.items() for key in (sha, sha.encode())
-}
-
-
-class Eval(NamedTuple):
-    """A call of one of the Lua scripts (``EVALSHA``)."""
-
-    script: Script
-    keys: tuple[str | bytes, ...]
-    args: tuple[Any, ...]
-
-
-class Command(NamedTuple):
-    """A complete command (``LRANGE``, ``ZMSCORE``, an ``EVALSHA`` whose sha names its script)."""
-
-    args: tuple[Any, ...]
-
-
-class Call(NamedTuple):
-    """The start of a command sent often (a known session's APPEND_SCRIPT call).
-
-    ``packed`` is ``args`` as RESP, packed once (:func:`~ctx_memory.stores._redis_wire.pack_args`).
-    """
-
-    args: tuple[Any, ...]
-    packed: bytes
-
-
-class Prepared(NamedTuple):
-    """One command: ``call``'s arguments, then ``tail``."""
-
-    call: Call
-    tail: tuple[Any, ...]
-
-
-class Pipeline(NamedTuple):
-    """Commands sent in one round trip, not atomically; the reply is the list of theirs.
-
-    None depends on another's effect: one answered ``NOSCRIPT`` (its script is loaded) is
-    sent again alone, after the others ran.
-    """
-
-    commands: tuple[tuple[Any, ...], ...]
-
-
-Request = Eval | Command | Prepared | Pipeline
-
-
-def _eval_command(request: Eval) -> tuple[Any, ...]:
-    return ("EVALSHA", SHAS[request.script], len(request.keys), *request.keys, *request.args)
-
-
-def commands_of(request: Request) -> tuple[tuple[Any, ...], ...]:
-    """The commands ``request`` sends, in order (one, but for a :class:`Pipeline`)."""
-    if isinstance(request, Command):
-        return (request.args,)
-    if isinstance(request, Eval):
-        return (_eval_command(request),)
-    if isinstance(request, Prepared):
-        return ((*request.call.args, *request.tail),)
-    return request.commands
-
-
-def script_of(command: tuple[Any, ...]) -> str | None:
-    """The script an ``EVALSHA`` command runs (to load where the server lacks it), or None."""
-    if len(command) > 1 and command[0] in ("EVALSHA", b"EVALSHA"):
-        return _SCRIPT_OF_SHA.get(command[1])
-    return None
+]  # the request types live in _redis_requests; re-exported for the store
 
 
 _MAX_SHARED = str(MAX_SHARED_BYTES)
@@ -248,7 +181,7 @@ class RedisOperations(BaseStore):
             if exists:
                 yield touch
             return replies
-        *replies, _ = yield Pipeline((*commands, _eval_command(touch)))
+        *replies, _ = yield Pipeline((*commands, eval_command(touch)))
         return replies
 
     def _write(
@@ -259,6 +192,7 @@ class RedisOperations(BaseStore):
         now: str,
         *extra: Any,
         always_token: bool = False,
+        again: bool = False,
     ) -> Generator[Request, Any, WriteResult]:
         # An append always carries a token: its message ids record it, so that a retry
         # whose first attempt landed answers that attempt's count.
@@ -279,8 +213,16 @@ class RedisOperations(BaseStore):
             raise SharedStateTooLargeError(int(as_text(reply)[10:]), MAX_SHARED_BYTES)
         self._remember(session_id)
         created, added, expired, evicted = write_result(reply)
-        if self.cluster and created:
-            expired, evicted = yield from self._cluster_created(session_id)
+        if self.cluster:
+            expired, evicted, alive = yield from self._cluster_settled(session_id, created=created)
+            if not alive and not again:  # an eviction deleted it as it was written: again
+                self._report(expired, evicted)
+                self._forget((session_id,))
+                return (
+                    yield from self._write(
+                        script, session_id, init, now, *extra, always_token=always_token, again=True
+                    )
+                )
         self._report(expired, evicted)
         return WriteResult(created=created, added=added, evicted=tuple(evicted))
 
@@ -317,13 +259,31 @@ class RedisOperations(BaseStore):
                 Script.INDEX_WRITE, member, self._max, "0", "1" if existing_only else "0"
             )
 
-    def _cluster_created(
-        self, session_id: str
-    ) -> Generator[Request, Any, tuple[list[str], list[str]]]:
-        """Index a session a write created (on a cluster) and evict over ``max_sessions``."""
+    def _cluster_settled(
+        self, session_id: str, *, created: bool
+    ) -> Generator[Request, Any, tuple[list[str], list[str], bool]]:
+        """After a write on a cluster: its LRU touch, eviction, and whether the session is there.
+
+        A session the write created is indexed and may start an eviction. A write touches
+        the index first (:meth:`_cluster_touch_first`), but an eviction may have chosen the
+        session just before that touch and marked it just after the write: its mark then
+        stays, the index drops the member and the eviction deletes the session that was just
+        written. This second touch finds the member missing in that case and takes the
+        session back (``UNMARK``: the eviction then keeps it), or, when the eviction deleted
+        it already, answers False: the caller writes again.
+        """
+        if not self.cluster or (not created and self.max_sessions is None):
+            return [], [], True
         member = session_keys(self.prefix, session_id).member
-        chosen = yield self._index(Script.INDEX_WRITE, member, self._max, "1", "0")
-        return (yield from self._cluster_evict(chosen)) if chosen else ([], [])
+        reply = yield self._index(
+            Script.INDEX_WRITE, member, self._max, "1" if created else "0", "0", "1"
+        )
+        missing, chosen = int(reply[0]), list(reply[1:])
+        expired, evicted = (yield from self._cluster_evict(chosen)) if chosen else ([], [])
+        alive = True
+        if missing and self.max_sessions is not None:
+            alive = bool((yield self._session(Script.UNMARK, session_id)))
+        return expired, evicted, alive
 
     def _cluster_evict(
         self, chosen: Sequence[Any]
@@ -490,18 +450,24 @@ class RedisOperations(BaseStore):
             if reply == -2:  # it has fetched items: their keys' TTL must be refreshed too
                 call = self._remember(session_id, fetched=True)
                 reply = yield Prepared(call, tail)  # same token: still applied once
-            if reply >= 0:
+            alive = reply >= 0
+            if alive:
                 created, added = bool(reply & 1), reply >> 1
                 expired: Sequence[str] = ()
                 evicted: Sequence[str] = ()
-                if self.cluster and created:  # a retry of the write that created it
-                    expired, evicted = yield from self._cluster_created(session_id)
+                if self.cluster:  # (created: a retry of the write that created it)
+                    expired, evicted, alive = yield from self._cluster_settled(
+                        session_id, created=created
+                    )
                 if expired or evicted:
                     self._report(expired, evicted)
-                if evicted:
+                if alive and evicted:
                     return WriteResult(created=created, added=added, evicted=tuple(evicted))
-                return append_result(reply)
-            self._forget((session_id,))  # gone since: create it again with the init header
+                if alive:
+                    return append_result(reply)
+            # Gone since (expired, evicted, deleted elsewhere, or by an eviction as it was
+            # written): create it again with the init header.
+            self._forget((session_id,))
         return (
             yield from self._write(
                 Script.UPSERT_APPEND,
@@ -656,6 +622,7 @@ class RedisOperations(BaseStore):
         header: Header,
         messages: Sequence[EncodedMessage],
         items: Sequence[EncodedItem],
+        again: bool = False,
     ) -> Generator[Request, Any, WriteResult]:
         metadata = dict(header["metadata"])
         pairs: list[str] = []
@@ -678,8 +645,11 @@ class RedisOperations(BaseStore):
             now=dumps(ts) if "timestamp" in metadata else "",
         )
         created, added, expired, evicted = write_result(reply)
-        if self.cluster and created:
-            expired, evicted = yield from self._cluster_created(session_id)
+        if self.cluster:
+            expired, evicted, alive = yield from self._cluster_settled(session_id, created=created)
+            if not alive and not again:  # an eviction deleted it as it was imported: again
+                self._report(expired, evicted)
+                return (yield from self._op_replace(session_id, header, messages, items, True))
         self._report(expired, evicted)
         return WriteResult(created=created, added=added, evicted=tuple(evicted))
 

@@ -166,3 +166,89 @@ async def test_the_async_eviction_keeps_a_write_that_lands_during_it(
     assert sent == ["mark", "forget_stale", "evict"]
     assert [m["content"] for m in await evictor.aget_messages("a")] == ["first", "during"]
     assert indexed(evictor) == {"a", "b", "c"}  # kept, and indexed again
+
+
+@pytest.mark.parametrize("deleted_before_the_writer_looks", [True, False])
+def test_a_write_between_the_choice_and_the_mark_is_kept(
+    make_store: Callable[..., BaseStore], deleted_before_the_writer_looks: bool
+) -> None:
+    """The writer touched the index *before* the eviction chose its session (others were
+    touched since, so it was still the least recently used), and its write landed between
+    the choice and the mark: the mark stayed, the index dropped the member and the eviction
+    deleted the session just written. The writer's second touch finds its member gone and
+    takes the session back (unmark), or writes again when it was deleted already."""
+    evictor = make_store(max_sessions=2)
+    writer = make_store(max_sessions=2)
+    reader = make_store(max_sessions=2)
+    assert isinstance(evictor, RedisStore)
+    assert isinstance(writer, RedisStore)
+    write(writer, "a", "first")
+    write(writer, "b", "first")
+    do = writer._do
+    landed = False
+
+    def hooked(request: Any) -> Any:
+        nonlocal landed
+        if landed or isinstance(request, Eval):  # the touches go through
+            return do(request)
+        landed = True  # the write itself: others first touch b, then the eviction chooses a
+        reader.get_messages("b")
+        reply: Any = None
+
+        def the_write() -> None:
+            nonlocal reply
+            reply = do(request)
+
+        interleave(evictor, "mark", the_write)
+        if deleted_before_the_writer_looks:
+            write(evictor, "c", "first")  # chooses a, [the write], marks, drops, deletes a
+        else:
+            evictor_do = evictor._do
+
+            def until_mark(inner: Any) -> Any:  # the eviction stops after its mark
+                if step(inner) in {"forget_stale", "evict"}:
+                    pending.append(inner)
+                    return [] if step(inner) == "forget_stale" else 0
+                return evictor_do(inner)
+
+            pending: list[Any] = []
+            evictor._do = until_mark  # type: ignore[method-assign]
+            write(evictor, "c", "first")
+            evictor._do = evictor_do  # type: ignore[method-assign]
+            assert [step(r) for r in pending] == ["forget_stale"]
+            # The dropped member, as that eviction's next call would have: a still marked.
+            evictor_do(pending[0])
+        return reply
+
+    writer._do = hooked  # type: ignore[method-assign]
+    write(writer, "a", "during")
+    assert landed
+    contents = [m["content"] for m in evictor.get_messages("a")]
+    assert "during" in contents  # acknowledged, so stored
+    if not deleted_before_the_writer_looks:
+        assert contents == ["first", "during"]  # taken back before the deletion
+        client = raw_client(evictor)
+        assert client.hget(session_keys(evictor.prefix, "a").h, "ev") is None
+        client.close()
+    alive = {sid for sid in ("a", "b", "c") if evictor.exists(sid)}
+    assert indexed(evictor) == alive
+
+
+def test_a_victim_two_evictions_marked_is_deleted_by_the_one_that_dropped_it(
+    make_store: Callable[..., BaseStore],
+) -> None:
+    """Each eviction marks with its own token, the later mark replacing the earlier; only
+    the eviction whose forget_stale removed the member deletes it, and it must, whichever
+    token the mark holds (the victim escaped both, and the index grew past the limit)."""
+    store = make_store(max_sessions=2)
+    assert isinstance(store, RedisStore)
+    write(store, "a", "first")
+    assert store._do(store._session(Script.MARK, "a", token="aaaa")) == 1
+    assert store._do(store._session(Script.MARK, "a", token="bbbb")) == 1
+    assert store._do(store._session(Script.EVICT, "a", token="aaaa")) == 1
+    assert not store.exists("a")
+    write(store, "b", "first")
+    assert store._do(store._session(Script.MARK, "b", token="aaaa")) == 1
+    write(store, "b", "later")  # a write unmarks: kept whatever the token
+    assert store._do(store._session(Script.EVICT, "b", token="aaaa")) == 0
+    assert [m["content"] for m in store.get_messages("b")] == ["first", "later"]

@@ -101,16 +101,18 @@ end
 -- existing session on top already (the most recent) leaves it as it is; a write's touch
 -- always moves the score, which tells a listing that dropped nothing yet that the session
 -- was written (re-created) since it found the session gone (forget_stale).
+-- Answers whether the member was missing from the index (and is now in it).
 local function index_touch(idx, lex, member, must_exist)
   local top = redis.call('ZRANGE', idx, -1, -1, 'WITHSCORES')
-  if must_exist and top[1] == member then return end
+  if must_exist and top[1] == member then return false end
   local tick = (tonumber(top[2]) or 0) + 1
   if must_exist then
     redis.call('ZADD', idx, 'XX', tick, member)
-  else
-    redis.call('ZADD', idx, tick, member)
-    redis.call('ZADD', lex, 0, string.sub(member, TAGLEN + 1))
+    return false
   end
+  local added = redis.call('ZADD', idx, tick, member) == 1
+  redis.call('ZADD', lex, 0, string.sub(member, TAGLEN + 1))
+  return added
 end
 
 local function index_remove(idx, lex, member)

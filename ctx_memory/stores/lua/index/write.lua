@@ -1,12 +1,15 @@
--- 1 member, 2 max sessions, 3 created (0/1), 4 existing only (0/1). Touches the member;
--- for a created session over max sessions, answers the least recently used others as
--- (member, score) pairs, still indexed: the client marks each in its own slot, then
--- removes those whose score is unchanged (forget_stale.lua), then deletes each that no
--- write has unmarked since (RedisOperations._cluster_evict).
+-- 1 member, 2 max sessions, 3 created (0/1), 4 existing only (0/1), 5 after a write (0/1,
+-- optional). Touches the member; for a created session over max sessions, answers the
+-- least recently used others as (member, score) pairs, still indexed: the client marks
+-- each in its own slot, then removes those whose score is unchanged (forget_stale.lua),
+-- then deletes each that no write has unmarked since (RedisOperations._cluster_evict).
+-- After a write (5 = 1) the answer starts with 1 if the member was missing: an eviction
+-- dropped it since the write's first touch, and the client takes the session back.
 local member, maxs = ARGV[1], tonumber(ARGV[2])
 local chosen = {}
+local missing = 0
 if ARGV[3] == '1' or maxs > 0 then
-  index_touch(IDX, LEX, member, ARGV[4] == '1')
+  if index_touch(IDX, LEX, member, ARGV[4] == '1') then missing = 1 end
   local over = redis.call('ZCARD', IDX) - maxs
   if ARGV[3] == '1' and maxs > 0 and over > 0 then
     local lru = redis.call('ZRANGE', IDX, 0, over, 'WITHSCORES')
@@ -18,4 +21,5 @@ if ARGV[3] == '1' or maxs > 0 then
     end
   end
 end
+if ARGV[5] == '1' then table.insert(chosen, 1, missing) end
 return chosen
