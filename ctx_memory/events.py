@@ -123,8 +123,14 @@ class EventEmitter:
             bool(registered.get(event_type) or registered.get(None)) or tracing.instrumented()
         )
 
-    def emit(self, event_type: EventType | str, session_id: str, **data: Any) -> Event | None:
+    def emit(
+        self, event_type: EventType | str, session_id: str, *, at: str | None = None, **data: Any
+    ) -> Event | None:
         """Deliver an event to its listeners; return it.
+
+        ``at`` is its timestamp (default: now); a store's expiry or eviction carries the
+        time the store reported it, the same for every manager on the store and for the
+        copy published to other processes.
 
         Returns ``None`` (and builds no event) when emission is disabled or nobody listens
         to this type: a write with no listener pays for no event object.
@@ -136,7 +142,7 @@ class EventEmitter:
         traced = tracing.instrumented()
         if not registered.get(kind) and not registered.get(None) and not traced:
             return None  # (read without the lock: a listener added meanwhile hears the next)
-        event = Event(kind, session_id, data)
+        event = Event(kind, session_id, data) if at is None else Event(kind, session_id, data, at)
         if traced:
             tracing.span_event(event)
         with self._lock:

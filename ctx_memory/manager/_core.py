@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ctx_memory.config import Settings, load_settings, with_overrides
 from ctx_memory.events import EventEmitter, EventType
 from ctx_memory.stores import create_store
-from ctx_memory.stores.base import Closeable, Header, new_header
+from ctx_memory.stores.base import Closeable, Header, lifecycle_time, new_header
 from ctx_memory.tokens import TokenCounter
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class ManagerCore(Closeable):
             self._lifecycle_counts[event_type] += 1
             why = "expired (TTL)" if event_type == "session_expired" else "evicted (LRU)"
             logger.info("ctx_memory: session %r %s on %s store", session_id, why, self.store.name)
-        self.events.emit(event_type, session_id)
+        self.events.emit(event_type, session_id, at=lifecycle_time())
 
     def _init(self, session_id: str, now: str) -> Header:
         return new_header(session_id, now=now, encoding=self.token_counter.encoding_name)

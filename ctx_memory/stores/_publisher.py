@@ -24,7 +24,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ctx_memory.events import Event, EventType
-from ctx_memory.schema import now_iso
+from ctx_memory.stores.base import lifecycle_time
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -70,7 +70,7 @@ class EventPublisher(abc.ABC):
 
     def lifecycle(self, event_type: str, session_id: str) -> None:
         """Publish an expiry or eviction the store found (a store lifecycle hook)."""
-        self._put(event_payload(Event(EventType(event_type), session_id, {}, now_iso())))
+        self._put(event_payload(Event(EventType(event_type), session_id, {}, lifecycle_time())))
 
     def _put(self, payload: str) -> None:
         if self._closed:

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextvars
 import copy
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ctx_memory import tracing
 from ctx_memory.errors import InvalidTTLError, SharedStateTooLargeError
+from ctx_memory.schema import now_iso
 from ctx_memory.stores import ops
 from ctx_memory.stores.ops import EncodedItem, EncodedMessage, Header, WriteResult
 
@@ -48,6 +50,7 @@ R = TypeVar("R")
 
 __all__ = [
     "BaseStore",
+    "lifecycle_time",
     "Closeable",
     "EncodedItem",
     "EncodedMessage",
@@ -215,6 +218,20 @@ class Closeable(abc.ABC):
         await self.aclose()
 
 
+_REPORTED_AT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "ctx_memory_lifecycle_at", default=None
+)
+
+
+def lifecycle_time() -> str:
+    """When the lifecycle event being reported (in a lifecycle hook) was found, else now.
+
+    Every hook of one report sees the same time, so every manager's event and the copy
+    published to other processes carry one timestamp.
+    """
+    return _REPORTED_AT.get() or now_iso()
+
+
 class BaseStore(Closeable):
     """One storage backend: it executes the typed operations of :mod:`ctx_memory.stores.ops`.
 
@@ -273,11 +290,15 @@ class BaseStore(Closeable):
         because its TTL ran out or because it was the least recently used, after the
         removal is stored (outside its locks), whichever call or thread found it.
         """
-        if self.lifecycle_hook is not None:
-            self.lifecycle_hook(event_type, session_id)
-        if self._lifecycle_hooks:
-            for hook in list(self._lifecycle_hooks.values()):
-                hook(event_type, session_id)
+        reported = _REPORTED_AT.set(now_iso())  # one time for every hook: lifecycle_time()
+        try:
+            if self.lifecycle_hook is not None:
+                self.lifecycle_hook(event_type, session_id)
+            if self._lifecycle_hooks:
+                for hook in list(self._lifecycle_hooks.values()):
+                    hook(event_type, session_id)
+        finally:
+            _REPORTED_AT.reset(reported)
 
     # ---------------------------------------------------------------- the interface
 

@@ -21,6 +21,7 @@ def build_manager(spec: dict[str, Any]) -> Any:
             cluster=spec["kind"] == "cluster",
             key_prefix=spec["prefix"],
             publish_events=spec.get("publish", False),
+            max_sessions=spec.get("max_sessions"),
         )
     return ContextManager(store=store, token_counter="approximate")
 

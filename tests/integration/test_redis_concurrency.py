@@ -99,7 +99,7 @@ def test_published_events_are_the_in_process_events(
     """Other processes receive exactly what this process's listeners got (Event.to_dict)."""
     store = make_store()
     assert isinstance(store, RedisStore)
-    spec = {**_spec(store, tmp_path), "publish": True}
+    spec = {**_spec(store, tmp_path), "publish": True, "max_sessions": 1}
     received: list[dict[str, Any]] = []
     local: list[dict[str, Any]] = []
     with store.subscribe_events(received.append):
@@ -110,13 +110,15 @@ def test_published_events_are_the_in_process_events(
         cm.add_fetched_context("same", "web", "page", url="https://a.example")
         cm.update_metadata("same", mode="research")
         cm.clear("same", preserve_fetched=True)
-        cm.delete_context("same")
+        cm.add_user_message("other", "evicts same")  # an eviction: the store reports it
+        cm.delete_context("other")
         cm.close()  # publishes what is queued before it returns
         deadline = time.monotonic() + 10
         while len(received) < len(local) and time.monotonic() < deadline:
             time.sleep(0.02)
-    assert len(local) == 6
-    assert received == local
+    assert "session_evicted" in [event["type"] for event in local]
+    assert len(local) == 9
+    assert received == local  # timestamps included: the eviction's too
 
 
 @pytest.mark.stores("redis", "cluster", "sqlite", "postgres")
