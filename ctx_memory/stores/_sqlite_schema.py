@@ -127,7 +127,9 @@ V1_SESSION_COLUMNS = frozenset(
 )
 # Version 1 -> 2: move the JSON columns out of ``sessions`` (rebuilt without them) and
 # give every message the id in its body; of several messages of a session with one id
-# (written by version 1, which did not deduplicate) only the first keeps it.
+# (written by version 1, which did not deduplicate: a retried batch) only the first keeps
+# it, and each later one is renamed ``<id>~<seq>``, in its body too, so the history, an
+# export and a delete by id agree (nothing is dropped).
 MIGRATE_V1 = (
     HEADERS,
     SHARED,
@@ -144,6 +146,9 @@ MIGRATE_V1 = (
     "CREATE INDEX messages_id_migration ON messages(session_id, id)",
     "UPDATE messages SET id = NULL WHERE id IS NOT NULL AND seq > (SELECT MIN(m.seq) "
     "FROM messages AS m WHERE m.session_id = messages.session_id AND m.id = messages.id)",
+    "UPDATE messages SET id = json_extract(body, '$.id') || '~' || seq, "
+    "body = json_set(body, '$.id', json_extract(body, '$.id') || '~' || seq) "
+    "WHERE id IS NULL AND json_type(body, '$.id') = 'text'",
     "DROP INDEX messages_id_migration",
     MESSAGE_IDS,
     FETCHED,

@@ -271,11 +271,15 @@ def make_old_file(path: str, *, bodies: list[str] | None = None) -> dict[str, An
     conn.execute("INSERT INTO fetched VALUES ('old', 0, 'web', ?)", (dumps(fetched),))
     conn.execute("INSERT INTO fingerprints VALUES ('old', 'fp-0')")
     conn.close()
+    # The migration renames a later duplicate of an id: the history, exports and deletes
+    # by id then agree.
+    history = [dict(m) for m in OLD_MESSAGES]
+    history[2]["id"] = "a~2"
     return {
         "system_prompt": "Be brief.",
         "metadata": {**meta, "message_count": 4, "token_count": 14, "timestamp": LATER},
         "fetched_context": {"web": [fetched]},
-        "conversation_history": OLD_MESSAGES,
+        "conversation_history": history,
         "shared": header["shared"],
     }
 
@@ -310,6 +314,7 @@ def test_a_file_of_the_first_schema_is_migrated_on_open(db: str) -> None:
             "mx",
         ]
         assert counters(store, "old") == (5, 17)
+        assert [m.get("id") for m in store.get_messages("old")][:3] == ["a", "b", "a~2"]
         # fingerprints, shared state and metadata came across
         assert (
             store.append_fetched("old", [item(0)], init=init("old"), now=NOW, dedupe=True).added
