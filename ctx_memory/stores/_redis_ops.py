@@ -36,16 +36,13 @@ from ctx_memory.stores._redis_keys import (
 from ctx_memory.stores._redis_lua import Script
 from ctx_memory.stores._redis_requests import (
     APPEND_SHA,
-    SHAS,
     Call,
     Command,
     Eval,
     Pipeline,
     Prepared,
     Request,
-    commands_of,
     eval_command,
-    script_of,
 )
 from ctx_memory.stores._redis_wire import pack_args
 from ctx_memory.stores.base import MAX_SHARED_BYTES, BaseStore, WriteResult, assemble_document
@@ -83,19 +80,7 @@ if TYPE_CHECKING:
 
     from ctx_memory.stores.base import EncodedItem, EncodedMessage, Header
 
-__all__ = [
-    "APPEND_SHA",
-    "SHAS",
-    "Call",
-    "Command",
-    "Eval",
-    "Pipeline",
-    "Prepared",
-    "RedisOperations",
-    "Request",
-    "commands_of",
-    "script_of",
-]  # the request types live in _redis_requests; re-exported for the store
+__all__ = ["RedisOperations"]
 
 
 _MAX_SHARED = str(MAX_SHARED_BYTES)

@@ -108,11 +108,11 @@ from ctx_memory.stores._redis_keys import (
     session_keys,
     session_tag,
 )
-from ctx_memory.stores._redis_ops import (
+from ctx_memory.stores._redis_ops import RedisOperations
+from ctx_memory.stores._redis_requests import (
     Call,
     Pipeline,
     Prepared,
-    RedisOperations,
     Request,
     commands_of,
     script_of,

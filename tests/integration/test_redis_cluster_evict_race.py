@@ -18,7 +18,7 @@ from redis_raw import raw_client
 
 from ctx_memory.schema import dumps
 from ctx_memory.stores._redis_lua import Script
-from ctx_memory.stores._redis_ops import Eval
+from ctx_memory.stores._redis_requests import Eval
 from ctx_memory.stores.base import EncodedMessage, new_header
 from ctx_memory.stores.redis import RedisStore, index_key, session_keys
 
