@@ -242,9 +242,10 @@ def connect_error(error: BaseException, conninfo: str, seconds: float) -> str | 
     if not isinstance(error, PoolTimeout):
         return None
     try:
-        psycopg.connect(conninfo, connect_timeout=max(1, round(seconds))).close()
+        conn = psycopg.Connection.connect(conninfo, connect_timeout=max(1, round(seconds)))
+        conn.close()
     except psycopg.OperationalError as failed:
-        return str(failed).strip() or type(failed).__name__
+        return " ".join(str(failed).split()) or type(failed).__name__
     except Exception:  # noqa: BLE001 - only a hint for the error being raised
         return None
     return None
@@ -260,7 +261,7 @@ async def aconnect_error(error: BaseException, conninfo: str, seconds: float) ->
         )
         await conn.close()
     except psycopg.OperationalError as failed:
-        return str(failed).strip() or type(failed).__name__
+        return " ".join(str(failed).split()) or type(failed).__name__
     except Exception:  # noqa: BLE001 - only a hint for the error being raised
         return None
     return None
