@@ -15,8 +15,10 @@ keeping what matters of that path:
 
 A client the store made keeps its connections between calls (``keep``): a stack of idle
 connections, as many as calls ran at once, taken back from the pool only by ``close``.
-When the pool has given all it may (``max_connections``, 100 by default), a call waits
-for a connection to come back (up to ``wait`` seconds) rather than fail.
+At most half the pool's ``max_connections`` (100 by default) are kept: more, after a burst
+of calls, go back to the pool, which the client's other uses (publishing events, pub/sub)
+need. When the pool has given all it may, a call waits for a connection to come back (up
+to ``wait`` seconds) rather than fail.
 Checking a connection out of the pool and back costs about a fifth of a round trip (and a
 ``poll``), which the pool spends on finding one closed by the server or left with unread
 replies; the second cannot happen here, and the first is checked as the pool checks it
@@ -126,6 +128,8 @@ class Wire:
         self._bare = _takes_no_command_name(type(pool))
         self._returned = threading.Condition()
         self._waiting = 0
+        limit = getattr(pool, "max_connections", None)
+        self._keep_at_most = max(1, limit // 2) if isinstance(limit, int) else 50
 
     def _take(self) -> Any:
         connection = self._idle_one()
@@ -165,12 +169,11 @@ class Wire:
                     connection = self._idle_one()
                     if connection is not None:
                         return connection
-                    if not self.keep:  # returned to the pool, which says nothing: ask it
-                        try:
-                            return self._new()
-                        except RedisConnectionError as again:
-                            if not _exhausted(again):
-                                raise
+                    try:  # one may have gone back to the pool, which says nothing: ask it
+                        return self._new()
+                    except RedisConnectionError as again:
+                        if not _exhausted(again):
+                            raise
                     left = deadline - time.monotonic()
                     if left <= 0:
                         msg = (
@@ -178,12 +181,12 @@ class Wire:
                             f"the pool's connections stayed busy for {self.wait:g} s)"
                         )
                         raise RedisConnectionError(msg) from None
-                    self._returned.wait(min(left, 0.01) if not self.keep else left)
+                    self._returned.wait(min(left, 0.01))
             finally:
                 self._waiting -= 1
 
     def _give(self, connection: Any) -> None:
-        if self.keep:
+        if self.keep and len(self._idle) < self._keep_at_most:
             self._idle.append((connection, time.monotonic()))
         else:
             self.pool.release(connection)
