@@ -462,7 +462,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         records: Sequence[Mapping[str, Any]],
         request: ModelRequest[Any],
         summaries: Sequence[BaseMessage],
-    ) -> tuple[list[dict[str, Any]], list[BaseMessage]]:
+    ) -> tuple[list[tuple[BaseMessage, dict[str, Any]]], list[BaseMessage]]:
         """The compactions to add for new summaries, and the summaries to send as they are.
 
         A summary already recorded (or recorded and since removed) is neither; one whose
@@ -474,7 +474,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         start = start if isinstance(start, str) else None
         last = max(i for i, m in enumerate(request.messages) if any(m is s for s in summaries))
         kept = list(request.messages[last + 1 :])
-        writes: list[dict[str, Any]] = []
+        writes: list[tuple[BaseMessage, dict[str, Any]]] = []
         unsent: list[BaseMessage] = []
         for message in summaries:
             compaction_id = compaction_id_for(message)
@@ -500,7 +500,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
                 if (c.get("producer") or {}).get("name") == PRODUCER_NAME
                 and first <= int(c["first_index"]) <= int(c["last_index"]) <= end
             ]
-            writes.append({
+            writes.append((message, {
                 "first_index": first,
                 "last_index": end,
                 "summary": body,
@@ -509,8 +509,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
                 "first_id": str(records[first].get("id")),
                 "last_id": str(records[end].get("id")),
                 "replaces": replaces,
-                "message": message,
-            })  # fmt: skip
+            }))  # fmt: skip
         return writes, unsent
 
     @staticmethod
@@ -551,8 +550,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         if self._needs_history(header, summaries):
             records = self.manager.get_history(session_id)
         writes, unsent = self._summary_writes(header, records, request, summaries)
-        for write in writes:
-            message = write.pop("message")
+        for message, write in writes:
             try:
                 add_compaction(self.manager, session_id, **write)
             except ValidationError as e:
@@ -571,8 +569,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         if self._needs_history(header, summaries):
             records = await self.manager.aget_history(session_id)
         writes, unsent = self._summary_writes(header, records, request, summaries)
-        for write in writes:
-            message = write.pop("message")
+        for message, write in writes:
             try:
                 await aadd_compaction(self.manager, session_id, **write)
             except ValidationError as e:

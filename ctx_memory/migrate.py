@@ -34,9 +34,9 @@ from ctx_memory.stores.ops import GetDocument, GetFetched, GetHeader, ListPage, 
 from ctx_memory.tokens import APPROXIMATE, TokenCounter
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable
 
-    from ctx_memory.stores.base import BaseStore, EncodedItem, Header
+    from ctx_memory.stores.base import BaseStore, Header
 
 __all__ = ["MigrationReport", "migrate", "migrate_command", "open_store"]
 
@@ -165,12 +165,18 @@ class MigrationReport:
         }
 
 
-def _counts(header: Header | None, fetched: Mapping[str, Sequence[Any]]) -> tuple[int, ...]:
+def _counts(header: Header | None, items: int) -> tuple[int, ...]:
+    """What a session holds: messages, tokens, fetched items (``()``: no session)."""
     if header is None:
         return ()
     meta = header["metadata"]
-    items = sum(len(v) for v in fetched.values())
     return int(meta["message_count"]), int(meta["token_count"]), items
+
+
+def _on(target: BaseStore, session_id: str) -> tuple[int, ...]:
+    """The counts of ``session_id`` on ``target``."""
+    fetched = target.execute(GetFetched(session_id))
+    return _counts(target.execute(GetHeader(session_id)), sum(map(len, fetched.values())))
 
 
 def _session_ids(store: BaseStore, prefix: str, page: int) -> list[str]:
@@ -216,21 +222,15 @@ def migrate(
             report.vanished.append(session_id)
         else:
             write = _encoded(session_id, document, counters)
-            stored = _counts(
-                {
-                    "system_prompt": document["system_prompt"],
-                    "metadata": document["metadata"],
-                    "shared": document["shared"],
-                },
-                document["fetched_context"],
-            )
-            expected = _counts(write.header, _fetched_counts(write.items))
-            if expected != stored:
+            stored: Header = {
+                "system_prompt": document["system_prompt"],
+                "metadata": document["metadata"],
+                "shared": document["shared"],
+            }
+            expected = _counts(write.header, len(write.items))
+            if expected != _counts(stored, sum(map(len, document["fetched_context"].values()))):
                 report.recounted.append(session_id)
-            there = _counts(
-                target.execute(GetHeader(session_id)),
-                target.execute(GetFetched(session_id)),
-            )
+            there = _on(target, session_id)
             if there == expected:
                 report.skipped += 1
             elif there and not overwrite:
@@ -238,13 +238,7 @@ def migrate(
             else:
                 target.execute(write)
                 report.copied += 1
-                if (
-                    _counts(
-                        target.execute(GetHeader(session_id)),
-                        target.execute(GetFetched(session_id)),
-                    )
-                    != expected
-                ):
+                if _on(target, session_id) != expected:
                     report.mismatches.append(session_id)
             if session_id not in report.conflicts:
                 report.messages += expected[0]
@@ -253,14 +247,6 @@ def migrate(
         if on_session is not None:
             on_session(session_id)
     return report
-
-
-def _fetched_counts(items: Sequence[EncodedItem]) -> dict[str, list[None]]:
-    """Items by source type, as :func:`_counts` counts them."""
-    out: dict[str, list[None]] = {}
-    for item in items:
-        out.setdefault(item.source_type, []).append(None)
-    return out
 
 
 def _encoded(

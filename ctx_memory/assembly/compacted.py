@@ -20,17 +20,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
-
-    from ctx_memory.tokens import TokenCounter
-
 from ctx_memory.records import (
     COMPACTIONS_KEY,
     RESTORABLE_PREFIX,
     summary_record,
     summary_text,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+
+    from ctx_memory.tokens import TokenCounter
 
 __all__ = [
     "COMPACTIONS_KEY",
