@@ -46,6 +46,9 @@ from ctx_memory.compaction import CompactionOutcome, CompactionPolicy, acompact,
 from ctx_memory.errors import ValidationError
 
 if TYPE_CHECKING:
+    from langchain_core.messages import BaseMessage
+
+    from ctx_memory._compaction_summarize import SentRequests
     from ctx_memory.manager import ContextManager
 
 __all__ = [
@@ -131,15 +134,27 @@ class BackgroundCompactor:
         manager: Where the sessions live.
         policy: The full policy (its summary trigger decides whether a run writes).
         workers: Most threads running sync compactions at once (each exits when idle).
+        sent: The assembler's last request per session (:attr:`ContextPromptAssembler.sent
+            <ctx_memory.prompt.ContextPromptAssembler.sent>`): a run passes the session's
+            as ``prefix_messages`` (and its window as ``window_tokens``), so a chat
+            summariser repeats the request just answered.
     """
 
-    def __init__(self, manager: ContextManager, policy: CompactionPolicy, *, workers: int = 2):
+    def __init__(
+        self,
+        manager: ContextManager,
+        policy: CompactionPolicy,
+        *,
+        workers: int = 2,
+        sent: SentRequests | None = None,
+    ):
         if workers < 1:
             msg = f"workers must be >= 1, got {workers}"
             raise ValidationError(msg)
         self.manager = manager
         self.policy = policy
         self.workers = workers
+        self.sent = sent
         self._lock = threading.Lock()
         self._slots: dict[str, _Slot] = {}
         self._queue: deque[str] = deque()
@@ -203,16 +218,27 @@ class BackgroundCompactor:
 
     # ------------------------------------------------------------ one compaction (I/O twins)
 
+    def _sent(self, session_id: str) -> tuple[list[BaseMessage] | None, int | None]:
+        """The request just answered and its history window (a chat summariser's prefix)."""
+        sent = None if self.sent is None else self.sent.get(session_id)
+        return (None, None) if sent is None else sent
+
     def _compact_once(self, session_id: str) -> CompactionOutcome:
         try:
-            return compact(self.manager, session_id, self.policy)
+            prefix, window = self._sent(session_id)
+            return compact(
+                self.manager, session_id, self.policy, prefix_messages=prefix, window_tokens=window
+            )
         except Exception as e:
             logger.exception("background compaction of session %r failed", session_id)
             return CompactionOutcome(reason=f"compaction failed: {type(e).__name__}: {e}")
 
     async def _acompact_once(self, session_id: str) -> CompactionOutcome:
         try:
-            return await acompact(self.manager, session_id, self.policy)
+            prefix, window = self._sent(session_id)
+            return await acompact(
+                self.manager, session_id, self.policy, prefix_messages=prefix, window_tokens=window
+            )
         except Exception as e:
             logger.exception("background compaction of session %r failed", session_id)
             return CompactionOutcome(reason=f"compaction failed: {type(e).__name__}: {e}")

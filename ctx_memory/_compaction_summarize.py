@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_SUMMARY_PROMPT",
     "PREFIX_KEY",
     "ExtractiveSummarizer",
+    "SentRequests",
     "chat_summarizer",
     "prefixed_request",
     "producer_of",
@@ -61,6 +63,45 @@ DEFAULT_PREFIX_INSTRUCTION = (
 
 PREFIX_KEY = "ctx_memory_prefix_messages"
 """``configurable`` key: the messages the live request sent, for :func:`chat_summarizer`."""
+
+
+class SentRequests:
+    """The newest request assembled for each recent session: a chat summariser's prefix.
+
+    :func:`chat_summarizer` re-sends the live request with one instruction after it, so
+    the provider's prompt cache serves the summarisation request
+    (:func:`prefixed_request`). The assembler keeps here what it built last for each of
+    the newest ``size`` sessions (a summariser that reads no prefix keeps nothing), and
+    passes it to :func:`~ctx_memory.compaction.compact` when it compacts before the next
+    request or, in the background, after the reply. Thread-safe.
+    """
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._sent: OrderedDict[str, tuple[list[BaseMessage], int]] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"SentRequests(sessions={len(self._sent)}, size={self.size})"
+
+    def put(self, session_id: str, messages: Sequence[BaseMessage], window: int) -> None:
+        """Remember ``messages`` (its history ``window`` in tokens) as ``session_id``'s last."""
+        with self._lock:
+            self._sent[session_id] = (list(messages), window)
+            self._sent.move_to_end(session_id)
+            while len(self._sent) > self.size:
+                self._sent.popitem(last=False)
+
+    def get(self, session_id: str) -> tuple[list[BaseMessage], int] | None:
+        """The request last built for ``session_id`` and its window (None if not kept)."""
+        with self._lock:
+            return self._sent.get(session_id)
+
+
+def reads_prefix(summarizer: Runnable[Any, Any]) -> bool:
+    """Whether ``summarizer`` may use the live request's messages (every one but ours)."""
+    return not isinstance(summarizer, ExtractiveSummarizer)
+
 
 _SUMMARY_OPENING = "[Summary of messages "
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")

@@ -382,7 +382,7 @@ class ContextualChat(BackgroundCompactions, Runnable[PromptInput, AIMessage]):
             self.assembler = copy.copy(self.assembler)
             self.assembler.compaction = prompt_policy(policy)
             if policy.summarize_at is not None:
-                self._background = BackgroundCompactor(manager, policy)
+                self._background = BackgroundCompactor(manager, policy, sent=self.assembler.sent)
         self.session_id = session_id
         self.model_name = model_name
         self.name = name

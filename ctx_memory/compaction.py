@@ -206,23 +206,40 @@ class CompactionPolicy:
         return self._floor(count - self.keep_tool_outputs)
 
     def summary_range(
-        self, metadata: Mapping[str, Any], compactions: Sequence[Mapping[str, Any]]
+        self,
+        metadata: Mapping[str, Any],
+        compactions: Sequence[Mapping[str, Any]],
+        window: int | None = None,
     ) -> tuple[int, int] | None:
         """The positions ``(start, boundary)`` to read for the next summary, or None.
 
         ``start`` follows the newest summary; ``boundary`` (read too: the summary ends
         before the turn start at or below it) is ``keep_recent`` back, on a block. The
         trigger counts the history less what the summaries a prompt uses save.
+
+        ``window``: the tokens the live request's history window had (the assembler
+        passes it when its summariser reads the live request). The trigger then also
+        fires once that count no longer fits the window, while what the summary leaves
+        (``keep_recent`` messages of the session's mean size) fits three quarters of
+        it: the messages to summarise are then the live request's, not a range it no
+        longer showed, and a summary frees at least a quarter of the window.
         """
         if self.summarize_at is None:
             return None
         used = effective_summaries(compactions)
         saved = sum(int(c["tokens_covered"]) - int(c["summary_tokens"]) for c in used)
-        if int(metadata.get("token_count", 0)) - saved <= self.summarize_at:
+        count = int(metadata.get("message_count", 0))
+        tokens = int(metadata.get("token_count", 0))
+        shown = tokens - saved
+        if shown <= self.summarize_at and not (
+            window is not None
+            and shown > window
+            and 4 * self.keep_recent * tokens <= 3 * count * window
+        ):
             return None
         summaries = [c for c in compactions if c.get("kind") == "summary"]
         start = max((int(c["last_index"]) + 1 for c in summaries), default=0)
-        boundary = self._floor(int(metadata.get("message_count", 0)) - self.keep_recent)
+        boundary = self._floor(count - self.keep_recent)
         if boundary - start < max(self.min_messages, 1):
             return None
         return start, boundary
@@ -319,11 +336,13 @@ class _Job:
         return self.start - 1 if self.chain else self.start
 
 
-def _job(policy: CompactionPolicy, header: Mapping[str, Any] | None) -> _Job | None:
+def _job(
+    policy: CompactionPolicy, header: Mapping[str, Any] | None, window: int | None
+) -> _Job | None:
     if header is None:
         return None
     compactions = compactions_of(header["shared"])
-    span = policy.summary_range(header["metadata"], compactions)
+    span = policy.summary_range(header["metadata"], compactions, window)
     if span is None:
         return None
     return _Job(span[0], span[1], policy.rolled_in(compactions, span[0]))
@@ -401,6 +420,7 @@ def compact(
     policy: CompactionPolicy,
     *,
     prefix_messages: Sequence[BaseMessage] | None = None,
+    window_tokens: int | None = None,
 ) -> CompactionOutcome:
     """Run rung (b) once: summarise the next range if the policy says so, and store it.
 
@@ -415,6 +435,8 @@ def compact(
     one instruction naming the covered messages by position, so the summarisation
     request shares the live request's prefix and the provider's prompt cache serves it
     (``ctx-memory eval`` measures the share); other summarisers ignore it.
+    ``window_tokens``: the live request's history window, for the window trigger
+    (:meth:`CompactionPolicy.summary_range`); the assembler passes both.
 
     Example:
         .. code-block:: python
@@ -432,7 +454,7 @@ def compact(
             assert "AF100" in outcome.entry["summary"]
     """
     counter = manager.token_counter
-    job = _job(policy, manager.get_header(session_id))
+    job = _job(policy, manager.get_header(session_id), window_tokens)
     if job is None:
         return CompactionOutcome(reason="not needed")
     records = manager.get_message_range(session_id, job.read_from, job.boundary)
@@ -469,10 +491,11 @@ async def acompact(
     policy: CompactionPolicy,
     *,
     prefix_messages: Sequence[BaseMessage] | None = None,
+    window_tokens: int | None = None,
 ) -> CompactionOutcome:
     """Async :func:`compact`."""
     counter = manager.token_counter
-    job = _job(policy, await manager.aget_header(session_id))
+    job = _job(policy, await manager.aget_header(session_id), window_tokens)
     if job is None:
         return CompactionOutcome(reason="not needed")
     records = await manager.aget_message_range(session_id, job.read_from, job.boundary)

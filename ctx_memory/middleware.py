@@ -285,8 +285,6 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         prompt_compaction = compaction or _USE_STORED
         if self.compaction_mode == "background" and compaction is not None:
             prompt_compaction = prompt_policy(compaction)
-            if compaction.summarize_at is not None:
-                self._background = BackgroundCompactor(manager, compaction)
         self.manager = manager
         self.session_id = session_id
         self.persist = persist
@@ -311,6 +309,10 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             cache_hints=cache_hints,
             compaction=prompt_compaction,
         )
+        background = self.compaction_mode == "background" and compaction is not None
+        if background and compaction is not None and compaction.summarize_at is not None:
+            sent = self.assembler.sent  # the compactor repeats the request just answered
+            self._background = BackgroundCompactor(manager, compaction, sent=sent)
         if compaction is not None and compaction.clear_tool_outputs_at is not None:
             self.tools = [make_restore_tool(manager, session_id)]
 

@@ -43,7 +43,9 @@ from langchain_core.runnables.utils import ConfigurableFieldSpec
 from typing_extensions import override
 
 from ctx_memory import tracing
+from ctx_memory._compaction_summarize import SentRequests, reads_prefix
 from ctx_memory.assembly.compacted import CompactedView, compactions_of
+from ctx_memory.assembly.options import check_options
 from ctx_memory.assembly.plan import begin_prompt, finish_prompt, plan_prompt
 from ctx_memory.assembly.recalled import recall_beside_window, recall_step
 from ctx_memory.assembly.report import AssembledPrompt, AssemblyReport
@@ -137,28 +139,6 @@ def session_id_from(
         )
         raise ValidationError(msg)
     return str(session_id)
-
-
-_HINTS = frozenset({"anthropic", "openai"})
-
-
-def _check_options(
-    layout: str, recall_share: float, trim_block: float, cache_hints: Sequence[str]
-) -> None:
-    """Validate the layout, recall and cache-hint options (a clear error for each)."""
-    if layout not in ("classic", "stable"):
-        msg = f"layout must be 'classic' or 'stable', got {layout!r}"
-        raise ValidationError(msg)
-    if not 0.0 <= recall_share < 1.0:
-        msg = f"recall_share must be at least 0 and below 1, got {recall_share}"
-        raise ValidationError(msg)
-    if not 0.0 <= trim_block < 1.0:
-        msg = f"trim_block must be at least 0 and below 1, got {trim_block}"
-        raise ValidationError(msg)
-    unknown = set(cache_hints) - _HINTS
-    if isinstance(cache_hints, str) or unknown:
-        msg = f"cache_hints takes a list of 'anthropic' and 'openai', got {cache_hints!r}"
-        raise ValidationError(msg)
 
 
 class Question(NamedTuple):
@@ -261,6 +241,10 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             compactions are then used in place of the messages they cover, old tool
             outputs are cleared from the prompt, and each build first summarises the
             next range when the policy's trigger fires (:func:`ctx_memory.compaction.compact`).
+            A summariser other than the extractive one is given the request this
+            assembler built last for the session (kept in :attr:`sent`) as
+            ``prefix_messages``, so a :func:`~ctx_memory.compaction.chat_summarizer`
+            request repeats it and the provider's prompt cache serves it.
             ``None`` (default): stored compactions are ignored and nothing is written.
 
     Example:
@@ -315,19 +299,11 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         pinned_source_types: Sequence[str] = (),
         embeddings: Embeddings | None = None,
     ) -> None:
-        if max_tokens <= 0 or reserve_tokens < 0 or reserve_tokens >= max_tokens:
-            msg = (
-                "need max_tokens > reserve_tokens >= 0, got "
-                f"max_tokens={max_tokens}, reserve_tokens={reserve_tokens}"
-            )
-            raise ValidationError(msg)
-        if not 0.0 <= sources_share <= 1.0:
-            msg = f"sources_share must be between 0 and 1, got {sources_share}"
-            raise ValidationError(msg)
-        _check_options(layout, recall_share, trim_block, cache_hints)
-        if isinstance(pinned_source_types, str):
-            msg = f"pinned_source_types takes a list of source types, got {pinned_source_types!r}"
-            raise ValidationError(msg)
+        check_options(
+            max_tokens=max_tokens, reserve_tokens=reserve_tokens, sources_share=sources_share,
+            layout=layout, recall_share=recall_share, recall_max_tokens=recall_max_tokens,
+            trim_block=trim_block, cache_hints=cache_hints, pinned_source_types=pinned_source_types,
+        )  # fmt: skip
         self.manager = manager
         self.max_tokens = max_tokens
         self.reserve_tokens = reserve_tokens
@@ -343,13 +319,6 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         self.tokenizer = tokenizer
         self.layout = layout
         self.recall_share = recall_share
-        if recall_max_tokens is not None and (
-            isinstance(recall_max_tokens, bool)
-            or not isinstance(recall_max_tokens, int)
-            or recall_max_tokens < 0
-        ):
-            msg = f"recall_max_tokens must be an int >= 0 or None, got {recall_max_tokens!r}"
-            raise ValidationError(msg)
         self.recall_max_tokens = recall_max_tokens
         self.trim_block = trim_block
         self.cache_hints = frozenset(cache_hints)
@@ -365,6 +334,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             msg = f"compaction must be a CompactionPolicy or None, got {type(compaction).__name__}"
             raise ValidationError(msg)
         self.compaction = compaction
+        self.sent = SentRequests()
         self._term_cache: dict[tuple[Any, ...], tuple[Counter[str], int]] = {}
         self._cut_cache: dict[tuple[Any, ...], str] = {}
 
@@ -431,6 +401,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
                 system_prefix=system_prefix, budget=budget, now=now,
             )  # fmt: skip
             tracing.report_attributes(span, prompt.report.as_dict)
+            self._remember(session_id, prompt)
             return prompt
 
     def _build(
@@ -447,8 +418,12 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
     ) -> AssembledPrompt:
         header = self.manager.get_header(session_id)
         outcome = None
-        if self._summarizes(header):
-            outcome = compact(self.manager, session_id, self._policy)
+        sent = self.sent.get(session_id)  # the request before: the summary's prefix
+        if self._summarizes(header, sent):
+            prefix, live = sent if sent is not None else (None, None)
+            outcome = compact(
+                self.manager, session_id, self._policy, prefix_messages=prefix, window_tokens=live
+            )
             if outcome.entry is not None:
                 header = self.manager.get_header(session_id)
         draft = self._begin(session_id, header, tail, prefix=system_prefix, budget=budget, now=now)
@@ -500,6 +475,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
                 system_prefix=system_prefix, budget=budget, now=now,
             )  # fmt: skip
             tracing.report_attributes(span, prompt.report.as_dict)
+            self._remember(session_id, prompt)
             return prompt
 
     async def _abuild(
@@ -516,8 +492,12 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
     ) -> AssembledPrompt:
         header = await self.manager.aget_header(session_id)
         outcome = None
-        if self._summarizes(header):
-            outcome = await acompact(self.manager, session_id, self._policy)
+        sent = self.sent.get(session_id)  # the request before: the summary's prefix
+        if self._summarizes(header, sent):
+            prefix, live = sent if sent is not None else (None, None)
+            outcome = await acompact(
+                self.manager, session_id, self._policy, prefix_messages=prefix, window_tokens=live
+            )
             if outcome.entry is not None:
                 header = await self.manager.aget_header(session_id)
         draft = self._begin(session_id, header, tail, prefix=system_prefix, budget=budget, now=now)
@@ -563,12 +543,20 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         assert self.compaction is not None
         return self.compaction
 
-    def _summarizes(self, header: Mapping[str, Any] | None) -> bool:
+    def _remember(self, session_id: str, prompt: AssembledPrompt) -> None:
+        """Keep the request for the next compaction's prefix (a chat summariser's cache hit)."""
+        if self.compaction is not None and reads_prefix(self.compaction.summarizer):
+            self.sent.put(session_id, prompt.messages, prompt.settled_window)
+
+    def _summarizes(
+        self, header: Mapping[str, Any] | None, sent: tuple[Any, int] | None = None
+    ) -> bool:
         """Whether the policy's summary trigger fires for this header (no I/O)."""
         if self.compaction is None or header is None:
             return False
         entries = compactions_of(header["shared"])
-        return self.compaction.summary_range(header["metadata"], entries) is not None
+        window = None if sent is None else sent[1]
+        return self.compaction.summary_range(header["metadata"], entries, window) is not None
 
     def _view(self, header: Mapping[str, Any] | None) -> CompactedView | None:
         if self.compaction is None or header is None:

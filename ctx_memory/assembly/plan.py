@@ -222,6 +222,8 @@ class PromptPlan:
         query: What recall searches for.
         skip_ids: Stored messages never sent from the history.
         recall_max_tokens: The most tokens recalled turns take (``None``: no cap).
+        settled_window: The window's budget once recall takes its share (it does once
+            the history outgrows the budget; the window's budget until then is more).
     """
 
     draft: PromptDraft
@@ -236,6 +238,7 @@ class PromptPlan:
     query: str = ""
     skip_ids: frozenset[str] = frozenset()
     recall_max_tokens: int | None = None
+    settled_window: int = 0
 
     @property
     def recalls(self) -> bool:
@@ -371,19 +374,21 @@ def plan_prompt(
         kept_back = sources_share if others else _QUESTION_SHARE
         steady = int((draft.budget - REPLY_PRIMING - sources.system_tokens) * (1 - kept_back))
         recalls = recall_share > 0 and stored_tokens > min(steady, history_budget) and end > 0
-        window_budget = int(steady * (1 - recall_share)) if recalls else steady
-        if recalls and recall_max_tokens is not None:
-            window_budget = max(window_budget, steady - recall_max_tokens)
-        window_budget = min(window_budget, history_budget)
+        settled = int(steady * (1 - recall_share))
+        if recall_max_tokens is not None:
+            settled = max(settled, steady - recall_max_tokens)
+        window_budget = min(settled if recalls else steady, history_budget)
         recall_budget = history_budget - window_budget if recalls else 0
         if recall_max_tokens is not None:
             recall_budget = min(recall_budget, recall_max_tokens)
         block = block_size(window_budget, meta, trim_block)
     else:
         recalls = recall_share > 0 and stored_tokens > history_budget and end > 0
-        recall_budget = int(history_budget * recall_share) if recalls else 0
-        if recall_max_tokens is not None:
-            recall_budget = min(recall_budget, recall_max_tokens)
+        share = int(history_budget * recall_share)
+        settled = history_budget - (
+            share if recall_max_tokens is None else min(share, recall_max_tokens)
+        )
+        recall_budget = history_budget - settled if recalls else 0
         window_budget = history_budget - recall_budget
     history = HistoryChunks(
         meta, window_budget, counter=counter, end=end, skip_ids=skip_ids, block=block, view=view
@@ -401,6 +406,7 @@ def plan_prompt(
         query,
         skip_ids,
         recall_max_tokens,
+        min(settled, history_budget),
     )
 
 
@@ -592,6 +598,7 @@ def finish_prompt(
         encoding=counter.encoding_name,
         recalled=recalled_entries(kept, choice.ids if choice is not None else {}, part.shown),
         recall_tokens=part.tokens,
+        window_budget=plan.history.window.budget,
         stable_prefix_tokens=prefix,
         layout=draft.layout,
         compactions=compacted.entries,
@@ -608,6 +615,7 @@ def finish_prompt(
         head=draft.head,
         sources_text=sources_block(sources.chosen),
         model_kwargs=model_kwargs,
+        settled_window=plan.settled_window,
     )
 
 

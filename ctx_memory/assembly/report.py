@@ -64,6 +64,8 @@ class AssemblyReport:
             came with its whole turn (counted in ``history_messages``).
         recall_tokens: Tokens the recalled turns and their gap markers take (in
             ``history_tokens``).
+        window_budget: Tokens the history window could take (what the history budget
+            left after recall's share; the window holds the newest turns up to it).
         stable_prefix_tokens: Tokens of the prompt's prefix that is, by construction,
             the same as the previous request's for this session unless something in
             it changed (stable layout: the system message and the history window,
@@ -108,6 +110,7 @@ class AssemblyReport:
     encoding: str
     recalled: list[dict[str, Any]] = field(default_factory=list)
     recall_tokens: int = 0
+    window_budget: int = 0
     stable_prefix_tokens: int = 0
     layout: str = "classic"
     compactions: list[dict[str, Any]] = field(default_factory=list)
@@ -175,6 +178,10 @@ class AssembledPrompt:
             block (``""`` for none).
         model_kwargs: Call options for the chat model (``prompt_cache_key`` with the
             ``"openai"`` cache hint): ``model.bind(**prompt.model_kwargs)``.
+        settled_window: The history window's budget once recall takes its share of the
+            history budget (as it does once the history outgrows it): what a compaction
+            keeps the shown history under, so that what it summarises is still in the
+            prompt it repeats (:meth:`~ctx_memory.compaction.CompactionPolicy.summary_range`).
     """
 
     messages: list[BaseMessage]
@@ -186,6 +193,7 @@ class AssembledPrompt:
     head: str = ""
     sources_text: str = ""
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    settled_window: int = 0
 
     def to_prompt_value(self) -> ChatPromptValue:
         """The messages as a :class:`ChatPromptValue`, what a chat model takes."""

@@ -14,12 +14,13 @@ same data, same budget:
 * ``ctx_memory classic (recency)``: the same assembler, recency only, no compaction.
 * ``ctx_memory classic + compaction (chat summariser)``, the variant: the same with
   :func:`~ctx_memory.compaction.chat_summarizer` on an offline stand-in chat model (it
-  answers with the extractive summary of what it is sent), compacting before each
-  request with the previous request's messages as ``prefix_messages``
-  (:func:`~ctx_memory.compaction.compact`), as an integration passing its last prompt
-  does. Each summarisation request is compared with the live request before it: the
-  share of its serialised tokens (:func:`~ctx_memory.eval.metrics.request_tokens`) that
-  is their common prefix (what a provider's prompt cache serves).
+  answers with the extractive summary of what it is sent). The assembler compacts
+  before each request and gives the summariser the request it built before
+  (``prefix_messages`` of :func:`~ctx_memory.compaction.compact`), as ``ContextualChat``
+  and ``ContextMiddleware`` do. Each summarisation request is compared with the live
+  request before it: the share of its serialised tokens
+  (:func:`~ctx_memory.eval.metrics.request_tokens`) that is their common prefix (what a
+  provider's prompt cache serves).
 * ``SummarizationMiddleware``: LangChain's middleware itself (its ``before_model`` on a
   state holding the whole thread, as with a checkpointer), with the same extractive
   summariser, triggered at 80 % of the budget and keeping the newest 40 %; the request is
@@ -163,7 +164,6 @@ class ChatCompactionContender(AssemblerContender):
         self.last: list[BaseMessage] | None = None
         self.prefix_shares: list[float] = []
         self.without_live = 0
-        self.in_assembler = 0
 
     @override
     def observe(self, messages: Sequence[BaseMessage]) -> None:
@@ -172,9 +172,13 @@ class ChatCompactionContender(AssemblerContender):
 
     @override
     def prompt(self, tail: Sequence[BaseMessage], query: str, now: datetime) -> Prompt:
-        """Compact with the previous request as the prefix, then assemble as usual."""
+        """Assemble as usual: the assembler compacts first, repeating the previous request.
+
+        Every summarisation request the model gets meanwhile is compared with the
+        request before it (the one the assembler keeps as the prefix).
+        """
         seen = len(self.model.requests)
-        compact(self.manager, self.session_id, self.policy, prefix_messages=self.last)
+        prompt = super().prompt(tail, query, now)
         for request in self.model.requests[seen:]:
             if self.last is None:
                 self.without_live += 1
@@ -182,9 +186,6 @@ class ChatCompactionContender(AssemblerContender):
             live = request_tokens(self.last, self.encoding)
             asked = request_tokens(request, self.encoding)
             self.prefix_shares.append(common_prefix_length(live, asked) / max(len(asked), 1))
-        seen = len(self.model.requests)
-        prompt = super().prompt(tail, query, now)
-        self.in_assembler += len(self.model.requests) - seen  # a second range at once
         self.last = prompt.messages
         return prompt
 
@@ -384,7 +385,6 @@ def _requests(chats: Sequence[ChatCompactionContender]) -> dict[str, Any]:
         "prefix_share_mean": mean(shares),
         "prefix_share_min": min(shares, default=None),
         "without_live_request": sum(chat.without_live for chat in chats),
-        "in_assembler_without_prefix": sum(chat.in_assembler for chat in chats),
     }
 
 

@@ -60,6 +60,7 @@ REPORT_KEYS = {
     "encoding",
     "recalled",
     "recall_tokens",
+    "window_budget",
     "stable_prefix_tokens",
     "layout",
 }
