@@ -13,6 +13,7 @@ through the manager's public API and hands what it read to these, in order:
   tool calls kept with their results) and the two short loops that read it, sync and
   async;
 - :mod:`ctx_memory.assembly.messages`: stored records as LangChain messages, fast;
+- :mod:`ctx_memory.assembly.options`: the assembler's options, checked when it is made;
 - :mod:`ctx_memory.assembly.report`: what an assembly gives back
   (:class:`~ctx_memory.assembly.report.AssembledPrompt`,
   :class:`~ctx_memory.assembly.report.AssemblyReport`).
