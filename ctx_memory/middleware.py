@@ -117,9 +117,21 @@ _USE_STORED = CompactionPolicy(clear_tool_outputs_at=None, summarize_at=None)
 
 
 class ContextAgentState(AgentState[Any]):
-    """The agent state with the id of its first message when the run began (private)."""
+    """The agent state with the middleware's private marks.
+
+    ``ctx_memory_state_start``: the id of the state's first message when the run began;
+    ``ctx_memory_run_start``: the id of the run's first message (the first of this
+    invocation's input); ``ctx_memory_seen``: the id of the state's last message when
+    the previous run ended (with a checkpointer, what follows it is the new input).
+    """
 
     ctx_memory_state_start: NotRequired[Annotated[str, PrivateStateAttr]]
+    ctx_memory_run_start: NotRequired[Annotated[str, PrivateStateAttr]]
+    ctx_memory_seen: NotRequired[Annotated[str, PrivateStateAttr]]
+
+
+_RUN_START_KEY = "ctx_memory_run_start"
+_SEEN_KEY = "ctx_memory_seen"
 
 
 _ID_NAMESPACE = uuid.UUID("5b0f1f8e-3c1e-4b5e-9a52-2f6a1d0c7e41")
@@ -335,12 +347,22 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
     state_schema = ContextAgentState
 
     @staticmethod
-    def _current_run(messages: Sequence[BaseMessage]) -> list[BaseMessage]:
-        """The messages from the last human message on (all of them if there is none).
+    def _current_run(
+        messages: Sequence[BaseMessage], state: Mapping[str, Any]
+    ) -> list[BaseMessage]:
+        """The run: from this invocation's first input message on.
 
+        That message is marked in the state as the run begins (:meth:`_start_of`); where
+        it is not found (a state rewritten since, or made before the mark existed), the
+        run is taken from the last human message on (all of it if there is none).
         LangChain summaries are left out: they are never a user turn.
         """
         _, messages = split_summaries(messages)
+        start = state.get(_RUN_START_KEY)
+        if isinstance(start, str):
+            for index, message in enumerate(messages):
+                if message.id == start:
+                    return list(messages[index:])
         for index in range(len(messages) - 1, -1, -1):
             if isinstance(messages[index], HumanMessage):
                 return list(messages[index:])
@@ -354,7 +376,8 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         """
         run: list[BaseMessage] = list(request.messages)
         if self.persist:
-            run = self._current_run(run)
+            state = request.state if isinstance(request.state, Mapping) else {}
+            run = self._current_run(run, state)
         _assign_ids(session_id, run)
         return run
 
@@ -516,15 +539,35 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
 
     @staticmethod
     def _start_of(state: AgentState[Any]) -> dict[str, Any] | None:
-        """The state update recording the state's first message id as the run begins."""
+        """The state update marking where the state and this run begin, as the run begins.
+
+        The run's first message is the first after the one the previous run ended with
+        (a checkpointer's state); without that mark, the state's first: all of it is
+        this invocation's input.
+        """
         messages = state.get("messages") or []
         if not messages or messages[0].id is None:
             return None
-        return {STATE_START_KEY: str(messages[0].id)}
+        update = {STATE_START_KEY: str(messages[0].id)}
+        ids = [m.id for m in messages]
+        seen = state.get(_SEEN_KEY)
+        first = ids.index(seen) + 1 if seen in ids else 0 if seen is None else None
+        if first is not None and first < len(messages) and messages[first].id is not None:
+            update[_RUN_START_KEY] = str(messages[first].id)
+        else:  # the mark is gone (the state was rewritten): the last-human rule decides
+            update[_RUN_START_KEY] = ""
+        return update
+
+    @staticmethod
+    def _end_of(state: AgentState[Any]) -> dict[str, Any] | None:
+        """The state update marking the state's last message (before a model call, at the end)."""
+        messages = state.get("messages") or []
+        last = messages[-1].id if messages else None
+        return None if last is None else {_SEEN_KEY: str(last)}
 
     def _final_run(self, session_id: str, state: AgentState[Any]) -> list[BaseMessage]:
         """The current run when the agent finishes, with ids (persisting or not)."""
-        run = self._current_run(state["messages"])
+        run = self._current_run(state["messages"], state)
         _assign_ids(session_id, run)
         return run if self.persist else []
 
@@ -637,10 +680,22 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         return self._start_of(state)
 
     @override
+    def before_model(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
+        # Marked before each model call too: the input of a run whose model call fails
+        # is not taken for the next run's input (it was neither answered nor stored).
+        return self._end_of(state)
+
+    @override
+    async def abefore_model(
+        self, state: AgentState[Any], runtime: Runtime[Any]
+    ) -> dict[str, Any] | None:
+        return self._end_of(state)
+
+    @override
     def after_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
         session_id = self._session(runtime)
         self._store(session_id, self._final_run(session_id, state))
-        return None
+        return self._end_of(state)
 
     @override
     async def aafter_agent(
@@ -648,4 +703,4 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
     ) -> dict[str, Any] | None:
         session_id = self._session(runtime)
         await self._astore(session_id, self._final_run(session_id, state))
-        return None
+        return self._end_of(state)

@@ -302,3 +302,33 @@ def test_the_middleware_ranks_sources_with_a_given_tokenizer(manager):
     middleware.assembler.assemble("tok", "tokyo trip")
     assert "tokyo trip" in seen
     assert any("Tokyo travel guide" in text for text in seen)
+
+
+@CHECKPOINTERS
+@pytest.mark.parametrize("calls", ["sync", "async"])
+async def test_every_input_message_is_sent_and_stored(manager, checkpointer, calls) -> None:
+    """An input of several messages is the run: none is taken for an earlier run."""
+    model = fake_model("Hello Ada.", "You live in Oslo.")
+    agent = _agent(manager, model, checkpointer=checkpointer)
+
+    async def run(messages) -> None:
+        state = {"messages": messages}
+        if calls == "sync":
+            agent.invoke(state, _config())
+        else:
+            await agent.ainvoke(state, _config())
+
+    await run([HumanMessage("My name is Ada."), HumanMessage("I live in Oslo.")])
+    await run([AIMessage("Anything else?"), HumanMessage("Where do I live?")])
+    assert [m.text for m in model.seen[0][1:]] == ["My name is Ada.", "I live in Oslo."]
+    stored = assert_stored_once(manager)
+    assert [(r["role"], r["content"]) for r in stored] == [
+        ("user", "My name is Ada."),
+        ("user", "I live in Oslo."),
+        ("assistant", "Hello Ada."),
+        ("assistant", "Anything else?"),
+        ("user", "Where do I live?"),
+        ("assistant", "You live in Oslo."),
+    ]
+    # The second call is sent the stored history once, then its own input.
+    assert [m.text for m in model.seen[1][1:]] == [r["content"] for r in stored[:5]]
