@@ -223,13 +223,24 @@ def source_section(
 
 
 def _answer(
-    query: str, parts: list[tuple[int, list[dict[str, Any]]]], sources: str, *, with_sources: bool
+    query: str,
+    parts: list[tuple[int, list[dict[str, Any]]]],
+    sources: str,
+    *,
+    with_sources: bool,
+    too_large: int | None = None,
 ) -> str:
+    """The tool's answer; ``too_large``: turns match but none fits this many tokens."""
     sections = [format_turns(parts, heading=HEADING)] if parts else []
     if sources:
         sections.append(sources)
     if sections:
         return "\n\n".join(sections)
+    if too_large is not None:
+        return (
+            f"Earlier turns match {query!r}, but none fits this tool's answer "
+            f"({too_large} tokens): ask about something more specific."
+        )
     if with_sources:
         return f"Nothing earlier in this conversation or its fetched sources matches {query!r}."
     return f"Nothing earlier in this conversation matches {query!r}."
@@ -298,15 +309,17 @@ def build_recall_tool(
         found: list[tuple[int, int]],
         reads: Sequence[Sequence[dict[str, Any]]],
         text: str,
+        matched: bool,
     ) -> str:
         """The answer, counted exactly: the weakest turns go until it fits ``max_tokens``.
 
         Turns were chosen by their cached counts; the labels, heading and gap lines
-        come on top.
+        come on top. ``matched``: some turn matches the query (fitting or not).
         """
         parts = [(a, list(records)) for (a, _), records in zip(found, reads, strict=True)]
         while True:
-            answer = _answer(query, sorted(parts), text, with_sources=sources)
+            big = max_tokens if matched else None
+            answer = _answer(query, sorted(parts), text, with_sources=sources, too_large=big)
             excess = counter.count(answer) - max_tokens
             if excess <= 0 or not parts:
                 return answer
@@ -321,7 +334,8 @@ def build_recall_tool(
         fetched = manager.get_fetched_context(sid) if sources else {}
         found, text = plan(index, fetched, query, recall.embed_query(query, index))
         reads = manager.get_message_spans(sid, sorted((a, b - 1) for a, b in found))
-        return fit(query, found, _by_rank(found, reads), text)
+        matched = bool(found) or bool(index.search(query, 1))
+        return fit(query, found, _by_rank(found, reads), text, matched)
 
     async def arecall_turns(query: str, runtime: ToolRuntime[Any, Any] = None) -> str:  # type: ignore[assignment]
         sid = runtime_session(runtime, session_id)
@@ -329,7 +343,8 @@ def build_recall_tool(
         fetched = await manager.aget_fetched_context(sid) if sources else {}
         found, text = plan(index, fetched, query, await recall.aembed_query(query, index))
         reads = await manager.aget_message_spans(sid, sorted((a, b - 1) for a, b in found))
-        return fit(query, found, _by_rank(found, reads), text)
+        matched = bool(found) or bool(index.search(query, 1))
+        return fit(query, found, _by_rank(found, reads), text, matched)
 
     return StructuredTool.from_function(
         func=recall_turns,

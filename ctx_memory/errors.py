@@ -41,6 +41,7 @@ __all__ = [
     "MessageNotFoundError",
     "NotSerializableError",
     "RequestBodyNotReadError",
+    "SessionExistsError",
     "SessionNotFoundError",
     "SharedStateTooLargeError",
     "StoreError",
@@ -141,6 +142,15 @@ class DocumentImportError(ValidationError):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(message)
+
+
+class SessionExistsError(DocumentImportError):
+    """An import without ``overwrite`` found the session there (checked as it writes)."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        msg = f"session {session_id!r} already exists (pass overwrite=True to replace it)"
+        super().__init__("metadata.session_id", msg)
 
 
 class SessionNotFoundError(CtxMemoryError, KeyError):

@@ -703,7 +703,9 @@ def make_recall_tool(
     The two are not ranked together (their scores are not comparable). Both fit in
     ``max_tokens``: the sources section (counted exactly) takes at most half of it,
     the turns (their cached token counts) the rest, and what the turns leave goes back
-    to the sources. The session id is ``session_id``, else the agent's
+    to the sources. When turns match but none fits ``max_tokens``, the answer says so
+    (and asks for something more specific) rather than that nothing matched. The
+    session id is ``session_id``, else the agent's
     ``runtime.context["session_id"]`` (or a ``session_id`` attribute), else
     ``config["configurable"]["session_id"]``, else the checkpointer's ``thread_id``:
     as :class:`~ctx_memory.middleware.ContextMiddleware` finds it. Sync and async.

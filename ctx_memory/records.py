@@ -442,17 +442,24 @@ def encode_document(
     """An imported document as a store writes it; counts recomputed with ``counter``.
 
     Raises:
-        DocumentImportError: ``shared`` is too large (or a message id is invalid).
+        DocumentImportError: ``shared`` is too large, or a message id is invalid or
+            repeated.
     """
     messages: list[EncodedMessage] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for index, record in enumerate(document.conversation_history):
         plain = record.model_dump(exclude_none=True)
         plain.setdefault("metadata", {})
         encoded = encode_record(plain, counter, f"conversation_history.{index}")
-        if encoded.id not in seen:  # a message id is stored once, as appends do
-            seen.add(encoded.id)
-            messages.append(encoded)
+        if encoded.id in seen:  # a store keeps one message per id: the other would be lost
+            where = f"conversation_history.{index}.id"
+            msg = (
+                f"invalid session document at {where}: {encoded.id!r} is also the id of "
+                f"conversation_history.{seen[encoded.id]} (a message id is unique in a session)"
+            )
+            raise DocumentImportError(where, msg)
+        seen[encoded.id] = index
+        messages.append(encoded)
     items: list[EncodedItem] = []
     for source_type, entries in document.fetched_context.items():
         for entry in entries:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ctx_memory.errors import (
     CtxMemoryError,
     DocumentImportError,
+    SessionExistsError,
     SessionNotFoundError,
     ValidationError,
 )
@@ -448,7 +449,7 @@ class SessionMethods(ManagerCore):
         return self._exported(session_id, await self.aget_context(session_id), indent)
 
     def _plan_import(
-        self, data: str | bytes | Mapping[str, Any], session_id: str | None
+        self, data: str | bytes | Mapping[str, Any], session_id: str | None, overwrite: bool
     ) -> ReplaceDocument:
         document = parse_document(data)
         target = session_id if session_id is not None else document.metadata.session_id
@@ -458,15 +459,11 @@ class SessionMethods(ManagerCore):
             msg = f"invalid session document at metadata.session_id: {e}"
             raise DocumentImportError("metadata.session_id", msg) from e
         header, messages, items = encode_document(document, target, self.token_counter)
-        return ReplaceDocument(target, header, messages, items)
-
-    @staticmethod
-    def _refuse_existing(op: ReplaceDocument, exists: bool) -> None:
-        if exists:
-            msg = f"session {op.session_id!r} already exists (pass overwrite=True to replace it)"
-            raise DocumentImportError("metadata.session_id", msg)
+        return ReplaceDocument(target, header, messages, items, if_absent=not overwrite)
 
     def _finish_import(self, op: ReplaceDocument, result: WriteResult) -> str:
+        if op.if_absent and not result.created:  # checked and refused in the write itself
+            raise SessionExistsError(op.session_id)
         self._created(op.session_id, result)
         self.events.emit(EventType.CONTEXT_UPDATED, op.session_id, imported=True)
         return op.session_id
@@ -484,12 +481,12 @@ class SessionMethods(ManagerCore):
         always exact. Nothing is written unless the whole document is valid.
 
         Raises:
-            DocumentImportError: Malformed JSON or a wrong shape (names the field), or the
-                session exists and ``overwrite`` is false.
+            DocumentImportError: Malformed JSON or a wrong shape (names the field), or
+                (:class:`~ctx_memory.errors.SessionExistsError`) the session exists and
+                ``overwrite`` is false: checked in the same atomic write, so of imports of
+                one new id at once exactly one succeeds.
         """
-        op = self._plan_import(data, session_id)
-        if not overwrite:
-            self._refuse_existing(op, self._execute(SessionExists(op.session_id)))
+        op = self._plan_import(data, session_id, overwrite)
         return self._finish_import(op, self._execute(op))
 
     async def aimport_session(
@@ -500,9 +497,7 @@ class SessionMethods(ManagerCore):
         overwrite: bool = True,
     ) -> str:
         """Async :meth:`import_session`."""
-        op = self._plan_import(data, session_id)
-        if not overwrite:
-            self._refuse_existing(op, await self._aexecute(SessionExists(op.session_id)))
+        op = self._plan_import(data, session_id, overwrite)
         return self._finish_import(op, await self._aexecute(op))
 
 

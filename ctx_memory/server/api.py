@@ -39,6 +39,7 @@ from fastapi.responses import JSONResponse
 from langchain_core.messages import HumanMessage
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from ctx_memory.errors import SessionExistsError
 from ctx_memory.recall import MAX_SEARCH_HITS, asearch_history
 from ctx_memory.schema import ContextMode
 from ctx_memory.server.app import session_path_id
@@ -142,6 +143,11 @@ class NewMessage(_Body):
     content: str | list[Any]
     metadata: dict[str, Any] | None = None
     name: str | None = Field(default=None, max_length=256)
+    id: str | None = Field(
+        default=None,
+        max_length=256,
+        description="The message's id: sent again (a retry), the message is stored once.",
+    )
 
 
 # --------------------------------------------------------------------------- shared steps
@@ -337,10 +343,12 @@ async def import_session(
     overwrite: Annotated[bool, Query(description="Replace a session with this id.")] = False,
 ) -> Any:
     """Store an exported document whole (all or nothing); 409 if it exists and not ``overwrite``."""
-    target = (document.get("metadata") or {}).get("session_id")
-    if not overwrite and isinstance(target, str) and await manager.asession_exists(target):
-        raise ServiceError(409, "conflict", "a session with this id exists (overwrite=true)")
-    sid = await manager.aimport_session(document, overwrite=overwrite)
+    try:
+        sid = await manager.aimport_session(document, overwrite=overwrite)
+    except SessionExistsError:
+        raise ServiceError(
+            409, "conflict", "a session with this id exists (overwrite=true)"
+        ) from None
     return {"session_id": sid}
 
 
@@ -403,14 +411,18 @@ async def get_messages(
     "/v1/sessions/{session_id}/messages", tags=["sessions"], status_code=201, summary="Append"
 )
 async def add_message(manager: Manager, session_id: SessionPath, body: NewMessage) -> Any:
-    """Append one message; return the stored record."""
-    return await manager.aadd_message(
-        session_path_id(session_id),
-        body.role,
-        body.content,
-        metadata=body.metadata,
-        name=body.name,
-    )
+    """Append one message; return the stored record (a known ``id`` is not stored again)."""
+    if body.id is None:
+        return await manager.aadd_message(
+            session_path_id(session_id),
+            body.role,
+            body.content,
+            metadata=body.metadata,
+            name=body.name,
+        )
+    message = body.model_dump(exclude_none=True)
+    (record,) = await manager.aadd_messages(session_path_id(session_id), [message])
+    return record
 
 
 @router.get("/v1/sessions/{session_id}/search", tags=["sessions"], summary="Search the history")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, assert_never
 from ctx_memory.errors import StoreUnavailableError
 from ctx_memory.schema import dumps, dumps_validated
 from ctx_memory.stores._postgres_sql import (
+    IMPORT_LOCK,
     SCHEMA_VERSION,
     Read,
     SchemaSql,
@@ -509,10 +510,8 @@ class PostgresOperations(BaseStore):
         return WriteResult(created=created, evicted=tuple(evicted))
 
     def _delete(self, op: DeleteSession) -> Generator[Statement, Any, bool]:
-        # Two statements in one transaction (the store runs DeleteSession in one): lock the
-        # session row first, which waits for an append in flight to commit, then delete
-        # with a snapshot taken after it. One statement took its snapshot before that wait
-        # and left the waited-for append's messages behind, unreachable.
+        # Lock the row (waiting for an append in flight), then delete with a later snapshot:
+        # one statement's snapshot predated the wait and left that append's messages behind.
         row = yield Statement(
             self._sql.q("SELECT sk FROM {s}.sessions WHERE id = %s FOR UPDATE"), (op.session_id,)
         )
@@ -720,8 +719,11 @@ class PostgresOperations(BaseStore):
     def _replace_document(
         self, op: ReplaceDocument, found: Found
     ) -> Generator[Statement, Any, WriteResult]:
+        yield Statement(IMPORT_LOCK, (op.session_id,), NONE)  # imports of one id take turns
         live = yield from self._live(op.session_id, found)
         created = live is None
+        if op.if_absent and not created:
+            return WriteResult(created=False, added=0)
         if live is not None:
             yield Statement(self._sql.q("SELECT {s}.drop_session(%s)"), (live[0],), NONE)
         meta = op.header["metadata"]

@@ -58,6 +58,7 @@ from enum import Enum
 from ctx_memory.errors import ConfigurationError, StoreUnavailableError
 
 __all__ = [
+    "IMPORT_LOCK",
     "SCHEMA_VERSION",
     "schema_version",
     "MIGRATIONS",
@@ -71,6 +72,10 @@ __all__ = [
 
 SCHEMA_VERSION = 4
 """The layout this module writes (``meta.schema_version``)."""
+
+IMPORT_LOCK = b"SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
+"""Imports of one session id take turns (a transaction lock on a hash of the id): two
+imports creating it would otherwise both find it absent, and one INSERT would fail."""
 
 _RECALL_SEGMENTS = """CREATE TABLE {s}.recall_segments (
     sk bigint NOT NULL,

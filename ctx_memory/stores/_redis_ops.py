@@ -607,6 +607,8 @@ class RedisOperations(BaseStore):
         header: Header,
         messages: Sequence[EncodedMessage],
         items: Sequence[EncodedItem],
+        *,
+        if_absent: bool,
         again: bool = False,
     ) -> Generator[Request, Any, WriteResult]:
         metadata = dict(header["metadata"])
@@ -628,13 +630,18 @@ class RedisOperations(BaseStore):
             *pairs,
             token=self._token(),
             now=dumps(ts) if "timestamp" in metadata else "",
+            init="absent" if if_absent else "",
         )
         created, added, expired, evicted = write_result(reply)
         if self.cluster:
             expired, evicted, alive = yield from self._cluster_settled(session_id, created=created)
             if not alive and not again:  # an eviction deleted it as it was imported: again
                 self._report(expired, evicted)
-                return (yield from self._op_replace(session_id, header, messages, items, True))
+                return (
+                    yield from self._op_replace(
+                        session_id, header, messages, items, if_absent=if_absent, again=True
+                    )
+                )
         self._report(expired, evicted)
         return WriteResult(created=created, added=added, evicted=tuple(evicted))
 
@@ -736,7 +743,9 @@ class RedisOperations(BaseStore):
             case ClearSession():
                 return self._op_clear(op.session_id, op.now, op.preserve_fetched)
             case ReplaceDocument():
-                return self._op_replace(op.session_id, op.header, op.messages, op.items)
+                return self._op_replace(
+                    op.session_id, op.header, op.messages, op.items, if_absent=op.if_absent
+                )
             case CollectGarbage():
                 return self._op_gc()
             case GetRecallSegments():

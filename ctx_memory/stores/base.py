@@ -256,6 +256,11 @@ class BaseStore(Closeable):
     (:class:`~ctx_memory.stores.ops.GetRecallSegments`,
     :class:`~ctx_memory.stores.ops.SaveRecallSegments`); a store that does not answers
     ``[]`` and ``False``, and each process rebuilds its indexes from the history."""
+    imports_if_absent: bool = False
+    """Whether the store's :class:`~ctx_memory.stores.ops.ReplaceDocument` honours
+    ``if_absent`` in its own atomic step; if not, :class:`~ctx_memory.stores.handlers.
+    OperationStore` checks :class:`~ctx_memory.stores.ops.SessionExists` first (two
+    imports of one new id at once may then both write)."""
     offload: bool = True
     """Whether the default :meth:`ahandle` runs :meth:`handle` in a worker thread."""
 
@@ -475,9 +480,11 @@ class BaseStore(Closeable):
         header: Header,
         messages: Sequence[EncodedMessage],
         items: Sequence[EncodedItem],
+        *,
+        if_absent: bool = False,
     ) -> WriteResult:
         """Execute :class:`~ctx_memory.stores.ops.ReplaceDocument`."""
-        return self.execute(ops.ReplaceDocument(session_id, header, messages, items))
+        return self.execute(ops.ReplaceDocument(session_id, header, messages, items, if_absent))
 
     def gc(self) -> int:
         """Execute :class:`~ctx_memory.stores.ops.CollectGarbage`."""
@@ -620,9 +627,13 @@ class BaseStore(Closeable):
         header: Header,
         messages: Sequence[EncodedMessage],
         items: Sequence[EncodedItem],
+        *,
+        if_absent: bool = False,
     ) -> WriteResult:
         """Async :meth:`replace_document`."""
-        return await self.aexecute(ops.ReplaceDocument(session_id, header, messages, items))
+        return await self.aexecute(
+            ops.ReplaceDocument(session_id, header, messages, items, if_absent)
+        )
 
     async def agc(self) -> int:
         """Async :meth:`gc`."""

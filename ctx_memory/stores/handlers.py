@@ -45,10 +45,11 @@ from ctx_memory.stores.ops import (
     StoreOp,
     TruncateMessages,
     UpdateHeader,
+    WriteResult,
 )
 
 if TYPE_CHECKING:
-    from ctx_memory.stores.ops import Header, WriteResult
+    from ctx_memory.stores.ops import Header
 
 __all__ = ["OperationStore"]
 
@@ -101,6 +102,9 @@ class OperationStore(BaseStore):
             case ClearSession():
                 return self._clear(op)
             case ReplaceDocument():
+                checks = op.if_absent and not self.imports_if_absent
+                if checks and self._exists(SessionExists(op.session_id)):
+                    return WriteResult(created=False, added=0)
                 return self._replace_document(op)
             case CollectGarbage():
                 return self._gc(op)

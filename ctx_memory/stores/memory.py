@@ -138,6 +138,7 @@ class InMemoryStore(OperationStore):
 
     name = "memory"
     keeps_recall_segments = True
+    imports_if_absent = True
     offload = False  # the lock is held for microseconds: no thread hop for async callers
 
     def __init__(
@@ -556,6 +557,8 @@ class InMemoryStore(OperationStore):
         evicted: list[str] = []
         with self._lock:
             created = self._live(session_id, expired) is None
+            if op.if_absent and not created:
+                return WriteResult(created=False, added=0)
             self._sessions[session_id] = fresh
             self._sessions.move_to_end(session_id)
             if self.max_sessions is not None and len(self._sessions) > self.max_sessions:

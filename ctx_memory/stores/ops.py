@@ -357,12 +357,17 @@ class ClearSession(Op[bool]):
 
 @dataclass(frozen=True, slots=True)
 class ReplaceDocument(Op[WriteResult]):
-    """Atomically replace the whole session (import). Counters come from ``header``."""
+    """Atomically replace the whole session (import). Counters come from ``header``.
+
+    ``if_absent``: write only if the session does not exist, in the same atomic step
+    (``created`` is then false when it existed and nothing was written).
+    """
 
     session_id: str
     header: Header
     messages: Sequence[EncodedMessage]
     items: Sequence[EncodedItem]
+    if_absent: bool = False
 
 
 @dataclass(frozen=True, slots=True)

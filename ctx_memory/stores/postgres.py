@@ -150,9 +150,7 @@ def _write_token() -> int:
 
 def _repeatable(op: StoreOp) -> bool:
     """Whether sending ``op`` twice is harmless (an appending save of segments is not)."""
-    if isinstance(op, SaveRecallSegments):
-        return op.replace
-    return not isinstance(op, _NOT_REPEATED)
+    return op.replace if isinstance(op, SaveRecallSegments) else not isinstance(op, _NOT_REPEATED)
 
 
 class _Lease(NamedTuple):
@@ -260,6 +258,7 @@ class PostgresStore(PostgresOperations):
 
     name = "postgres"
     keeps_recall_segments = True
+    imports_if_absent = True
 
     def __init__(
         self,

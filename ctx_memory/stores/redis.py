@@ -270,6 +270,7 @@ class RedisStore(RedisOperations):
 
     name = "redis"
     keeps_recall_segments = True
+    imports_if_absent = True
 
     def __init__(
         self,

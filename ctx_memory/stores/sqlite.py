@@ -154,6 +154,7 @@ class SqliteStore(SqliteDatabase):
 
     name = "sqlite"
     keeps_recall_segments = True
+    imports_if_absent = True
 
     def __init__(
         self,
@@ -623,6 +624,8 @@ class SqliteStore(SqliteDatabase):
 
         def body(conn: sqlite3.Connection, tx: Tx) -> WriteResult:
             created = self._live(conn, tx, session_id) is None
+            if op.if_absent and not created:
+                return WriteResult(created=False, added=0)
             self._drop(conn, session_id)
             self._insert(conn, session_id, header, tx)
             # A message id is stored once, as appends do: a repeated id is skipped.

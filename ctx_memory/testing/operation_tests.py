@@ -440,6 +440,38 @@ class StoreOperationTests(ContractBase):
         assert store.replace_document("new", init("new"), [], []).created
         assert store.list_sessions() == ["new", "s"]
 
+    def test_replace_document_if_absent(self, store: BaseStore) -> None:
+        """``if_absent`` writes a new session and leaves an existing one untouched."""
+        assert store.replace_document("s", init("s"), [msg(0)], [], if_absent=True).created
+        refused = store.replace_document("s", init("s"), [msg(1), msg(2)], [], if_absent=True)
+        assert (refused.created, refused.added) == (False, 0)
+        assert [m["id"] for m in store.get_messages("s")] == ["id-0"]
+
+    def test_concurrent_imports_of_one_new_id(self, store: BaseStore) -> None:
+        """Imports of one new id at once all succeed; with ``if_absent`` exactly one writes.
+
+        The second half applies to a store declaring ``imports_if_absent`` (its check and
+        write are one atomic step); every built-in store does.
+        """
+        from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+        def put(i: int, *, absent: bool) -> bool:
+            doc = [msg(100 * i + j) for j in range(3)]
+            return store.replace_document(
+                f"s{absent}", init(f"s{absent}"), doc, [], if_absent=absent
+            ).created
+
+        with ThreadPoolExecutor(8) as pool:
+            assert sum(pool.map(lambda i: put(i, absent=False), range(8))) >= 1  # none fails
+            assert len(store.get_messages("sFalse")) == 3
+            if not store.imports_if_absent:
+                return
+            created = list(pool.map(lambda i: put(i, absent=True), range(8)))
+        assert created.count(True) == 1
+        winner = created.index(True)
+        expected = [f"id-{100 * winner + j}" for j in range(3)]
+        assert [m["id"] for m in store.get_messages("sTrue")] == expected
+
     def test_replace_document_keeps_each_message_id_once(self, store: BaseStore) -> None:
         """An imported history holding an id twice keeps its first occurrence only."""
         result = store.replace_document("s", init("s"), [msg(0), msg(1), msg(0)], [])

@@ -203,3 +203,53 @@ def test_analytics_as_json_with_filters(http: Any, manager: ContextManager) -> N
     assert later["sessions"]["matched"] == 0
     assert http.get("/v1/analytics", params={"mode": "dreaming"}).status_code == 422
     assert http.get("/v1/analytics", params={"since": "yesterday"}).status_code == 422
+
+
+def test_an_import_whose_metadata_is_no_object_is_refused_by_field(
+    http: Any, manager: ContextManager
+) -> None:
+    manager.add_user_message("x", "hi")
+    document = json.loads(manager.export_session("x"))
+    manager.delete_context("x")
+    for metadata in ([1], "text", 5, True):
+        response = http.post("/v1/sessions", json={**document, "metadata": metadata})
+        assert response.status_code == 422, metadata
+        assert response.json()["field"] == "metadata"
+    document["conversation_history"].append(document["conversation_history"][0])
+    response = http.post("/v1/sessions", json=document)  # one message id twice
+    assert response.status_code == 422
+    assert response.json()["field"] == "conversation_history.1.id"
+    assert manager.list_sessions() == []
+
+
+def test_a_message_sent_again_with_its_id_is_stored_once(
+    http: Any, manager: ContextManager
+) -> None:
+    message = {"role": "user", "content": "book the 9:40 flight", "id": "client-7"}
+    for _ in range(2):  # a retry after a lost response
+        response = http.post("/v1/sessions/m/messages", json=message)
+        assert response.status_code == 201
+        assert response.json()["id"] == "client-7"
+    assert [(r["id"], r["content"]) for r in manager.get_history("m")] == [
+        ("client-7", "book the 9:40 flight")
+    ]
+    bad = http.post("/v1/sessions/m/messages", json={**message, "id": "x" * 300})
+    assert bad.status_code == 422
+
+
+def test_parallel_imports_of_one_new_id_create_it_once(http: Any, manager: ContextManager) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    manager.add_user_message("race", "seed")
+    document = json.loads(manager.export_session("race"))
+    manager.delete_context("race")
+
+    def post(i: int) -> int:
+        doc = {**document, "system_prompt": f"writer {i}"}
+        return int(http.post("/v1/sessions", json=doc).status_code)
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(post, range(8)))
+    assert sorted(statuses) == [201] + [409] * 7
+    winner = statuses.index(201)
+    assert manager.get_context("race")["system_prompt"] == f"writer {winner}"

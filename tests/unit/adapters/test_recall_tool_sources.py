@@ -265,3 +265,20 @@ async def test_the_recall_tool_finds_a_fetched_source_inside_a_real_agent(manage
     stored = manager.get_history("s1", last_k=3)
     assert stored[1]["role"] == "tool"
     assert FACT in stored[1]["content"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_match_too_large_for_the_answer_is_not_called_no_match(mode: str) -> None:
+    manager = ContextManager()
+    manager.add_user_message("s1", "What is the door code?")
+    manager.add_assistant_message("s1", "The door code is " + "4711 and more digits " * 600)
+    tool = make_recall_tool(manager, "s1", max_tokens=200, sources=False)
+    query = {"query": "door code"}
+    answer = tool.invoke(query) if mode == "sync" else await tool.ainvoke(query)
+    assert answer.startswith("Earlier turns match 'door code', but none fits")
+    nothing = (
+        tool.invoke({"query": "zeppelin"})
+        if mode == "sync"
+        else await tool.ainvoke({"query": "zeppelin"})
+    )
+    assert nothing == "Nothing earlier in this conversation matches 'zeppelin'."

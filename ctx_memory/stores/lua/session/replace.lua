@@ -1,8 +1,10 @@
 -- Replace the whole session (an import): 5 sp, 6 md, 7 sh, 8 mc, 9 tc, 10 the number of
 -- messages n, 11.. n (id, tokens, message) triples, then (fingerprint, entry) pairs.
+-- init 'absent': only if the session does not exist (else nothing is written).
 local a, c = seen_token()
 if a then return {c, a, {}, {}} end
 local existed = redis.call('EXISTS', H)
+if init == 'absent' and existed == 1 then return {0, 0, {}, {}} end
 redis.call('DEL', H, M, F, FP, IDS, R)
 redis.call('HSET', H, 'id', sid, 'sp', ARGV[5], 'md', ARGV[6], 'sh', ARGV[7])
 st.mc, st.tc = tonumber(ARGV[8]), tonumber(ARGV[9])
