@@ -109,6 +109,13 @@ def _unauthorized(detail: str) -> ServiceError:
     return ServiceError(401, "unauthorized", detail, {"WWW-Authenticate": "Bearer"})
 
 
+def _inspector_page(request: Request) -> bool:
+    root = str(request.scope.get("root_path") or "")
+    path = str(request.scope.get("path") or "")
+    path = path.removeprefix(root) if root and path.startswith(root) else path
+    return path == "/inspector" or path.startswith("/inspector/")
+
+
 def _identify(request: Request, key: str | None) -> Principal:
     state = state_of(request)
     if not state.auth:
@@ -118,7 +125,8 @@ def _identify(request: Request, key: str | None) -> Principal:
         if found is None:
             raise _unauthorized("unknown API key")
         return found
-    cookie = request.cookies.get(COOKIE_NAME)
+    # The inspector's login cookie opens its pages only: the API takes keys in headers.
+    cookie = request.cookies.get(COOKIE_NAME) if _inspector_page(request) else None
     if cookie:
         key_id = verify_cookie(state.cookie_secret, cookie)
         if key_id is not None and key_id in state.admin_key_ids:

@@ -373,3 +373,19 @@ def test_analytics_count_the_keys_own_tenant_only(keyed: Any) -> None:
     admin = keyed.get("/v1/analytics", params={"tenant": "b"}, headers=auth(ADMIN)).json()
     assert admin["sessions"]["scanned"] == 1
     assert keyed.get("/inspector/sessions", headers=auth(KEY_A)).status_code == 403
+
+
+def test_the_inspector_cookie_opens_no_api_route() -> None:
+    """The login cookie is for the inspector's pages: the API wants a key in a header."""
+    from ctx_memory.server.security import _inspector_page
+
+    class Req:
+        def __init__(self, path: str, root: str = "") -> None:
+            self.scope = {"path": path, "root_path": root}
+
+    assert _inspector_page(Req("/inspector"))  # type: ignore[arg-type]
+    assert _inspector_page(Req("/inspector/sessions/a"))  # type: ignore[arg-type]
+    assert _inspector_page(Req("/ctx/inspector/x", "/ctx"))  # type: ignore[arg-type]
+    assert not _inspector_page(Req("/v1/sessions"))  # type: ignore[arg-type]
+    assert not _inspector_page(Req("/inspectorx"))  # type: ignore[arg-type]
+    assert not _inspector_page(Req("/ctx/v1/whoami", "/ctx"))  # type: ignore[arg-type]
