@@ -59,6 +59,20 @@ def with_cache_control(
     return message.model_copy(update={"content": blocks})
 
 
+def _without_cache_control(message: BaseMessage) -> BaseMessage:
+    """``message``, or a copy without the ``cache_control`` of its content blocks."""
+    content = message.content
+    if isinstance(content, str) or not any(
+        isinstance(b, dict) and "cache_control" in b for b in content
+    ):
+        return message
+    blocks = [
+        {k: v for k, v in b.items() if k != "cache_control"} if isinstance(b, dict) else b
+        for b in content
+    ]
+    return message.model_copy(update={"content": blocks})
+
+
 def anthropic_breakpoints(
     messages: list[BaseMessage], *, has_system: bool, history: int, run_end: int | None = None
 ) -> list[BaseMessage]:
@@ -68,9 +82,12 @@ def anthropic_breakpoints(
     Anthropic's four breakpoints: the prefix that stays the same between requests. In an
     agent's tool loop, ``run_end`` is the index of the run's last message (the last tool
     result, before the stable layout's volatile context): a third breakpoint, since the
-    next step's request begins with everything up to it.
+    next step's request begins with everything up to it. Breakpoints the messages
+    already carry (stored content blocks with their own ``cache_control``) are removed
+    first, so a request never holds more than these three (Anthropic refuses more than
+    four).
     """
-    out = list(messages)
+    out = [_without_cache_control(m) for m in messages]
     first = 1 if has_system else 0
     if has_system:
         out[0] = with_cache_control(out[0])

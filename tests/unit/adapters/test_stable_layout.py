@@ -245,6 +245,31 @@ def test_anthropic_and_openai_hints_have_the_documented_shape(manager):
     assert plain.model_kwargs == {}
 
 
+def test_stored_cache_control_never_adds_breakpoints(manager):
+    """Stored blocks carrying their own ``cache_control`` lose it: at most ours are sent."""
+    mark = {"type": "ephemeral"}
+    for i in range(6):
+        manager.add_messages("s1", [
+            HumanMessage([{"type": "text", "text": f"question {i}", "cache_control": mark}]),
+            AIMessage([{"type": "text", "text": f"answer {i}", "cache_control": mark}]),
+        ])  # fmt: skip
+    for layout in ("classic", "stable"):
+        assembler = ContextPromptAssembler(
+            manager, max_tokens=3000, layout=layout, cache_hints=["anthropic"]
+        )
+        messages = assembler.assemble("s1", "and then?").messages
+        breakpoints = [
+            block
+            for m in messages
+            if isinstance(m.content, list)
+            for block in m.content
+            if isinstance(block, dict) and "cache_control" in block
+        ]
+        assert 1 <= len(breakpoints) <= 3, layout
+    stored = manager.get_history("s1")  # the session keeps what was stored
+    assert all(r["content"][0]["cache_control"] == mark for r in stored)
+
+
 async def test_contextual_chat_binds_the_prompt_cache_key(manager):
     manager.add_user_message("s1", "hi")
     model = KwargsModel(messages=iter([AIMessage("a"), AIMessage("b")]))
