@@ -57,10 +57,10 @@ from ctx_memory.prompt import (
     parse_question,
     session_id_from,
 )
-from ctx_memory.schema import message_to_record, now_iso
+from ctx_memory.schema import message_to_record, now_iso, record_to_message
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Iterator, Sequence
 
     from langchain_core.callbacks import (
         AsyncCallbackManagerForChainRun,
@@ -77,6 +77,9 @@ if TYPE_CHECKING:
 __all__ = ["METADATA_KEY", "ContextualChat", "cited_sources", "reply_metadata"]
 
 METADATA_KEY = "ctx_memory"
+
+_REPLAY_WINDOW = 64
+"""Newest messages a retried turn looks through for the reply an earlier attempt stored."""
 """The key of ctx_memory's part of a reply's ``response_metadata``."""
 
 _REPORT_LEFT_OUT = frozenset({"session_id", "source_urls"})  # said once, elsewhere
@@ -179,6 +182,7 @@ class Turn(NamedTuple):
     text: str
     reply_id: str
     asked: str = ""  # when the question came (its stored timestamp)
+    again: bool = False  # an earlier attempt may have recorded it (a retry, or an id given)
 
 
 class _RetryKeys:
@@ -195,22 +199,23 @@ class _RetryKeys:
         self._keys: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._lock = threading.Lock()
 
-    def key(self, session_id: str, run_manager: BaseRunManager | None) -> str:
+    def key(self, session_id: str, run_manager: BaseRunManager | None) -> tuple[str, bool]:
+        """The turn key, and whether an earlier attempt used it (this run is a retry)."""
         parent = getattr(run_manager, "parent_run_id", None)
         tags = getattr(run_manager, "tags", None) or ()
         fresh = str(uuid.uuid4())
         if parent is None:
-            return fresh
+            return fresh, False
         slot = (str(parent), session_id)
         retrying = any(isinstance(t, str) and t.startswith(_RETRY_TAG) for t in tags)
         with self._lock:
             if retrying and slot in self._keys:
                 self._keys.move_to_end(slot)
-                return self._keys[slot]
+                return self._keys[slot], True
             self._keys[slot] = fresh
             if len(self._keys) > self._size:
                 self._keys.popitem(last=False)
-        return fresh
+        return fresh, False
 
 
 class _ReplyStream:
@@ -405,11 +410,40 @@ class ContextualChat(BackgroundCompactions, Runnable[PromptInput, AIMessage]):
         )
         parsed = parse_question(input_, self.assembler.input_key)
         question = parsed.message
+        again = question.id is not None  # the caller's id: it may have been sent before
         if question.id is None:
-            key = self._retry_keys.key(session_id, run_manager)
+            key, again = self._retry_keys.key(session_id, run_manager)
             question = question.model_copy(update={"id": key})
         reply_id = str(uuid.uuid5(_ID_NAMESPACE, f"{session_id}\x1f{question.id}\x1freply"))
-        return Turn(session_id, question, parsed.text, reply_id, now_iso())
+        return Turn(session_id, question, parsed.text, reply_id, now_iso(), again)
+
+    @staticmethod
+    def _replayed(
+        turn: Turn, records: Sequence[Mapping[str, Any]], prompt: AssembledPrompt
+    ) -> AIMessage | None:
+        """The turn's reply as an earlier attempt stored it, if it did (else None)."""
+        for record in reversed(records):
+            if record.get("id") == turn.reply_id:
+                message = record_to_message(record)
+                if not isinstance(message, AIMessage):
+                    return None
+                meta = {**message.response_metadata, METADATA_KEY: reply_metadata(prompt, message)}
+                return message.model_copy(update={"response_metadata": meta})
+        return None
+
+    def _stored_reply(self, turn: Turn, prompt: AssembledPrompt) -> AIMessage | None:
+        """A retried turn whose reply is stored gets that reply: the model is not asked again."""
+        if not turn.again:
+            return None
+        records = self.manager.get_history(turn.session_id, last_k=_REPLAY_WINDOW)
+        return self._replayed(turn, records, prompt)
+
+    async def _astored_reply(self, turn: Turn, prompt: AssembledPrompt) -> AIMessage | None:
+        """Async :meth:`_stored_reply`."""
+        if not turn.again:
+            return None
+        records = await self.manager.aget_history(turn.session_id, last_k=_REPLAY_WINDOW)
+        return self._replayed(turn, records, prompt)
 
     def _turn_records(
         self, turn: Turn, reply: BaseMessage, started: float, prompt: AssembledPrompt
@@ -517,6 +551,9 @@ class ContextualChat(BackgroundCompactions, Runnable[PromptInput, AIMessage]):
     ) -> AIMessage:
         turn = self._turn(input_, config, run_manager)
         prompt = self._assemble(turn, run_manager)
+        stored = self._stored_reply(turn, prompt)
+        if stored is not None:
+            return stored
         started = time.perf_counter()
         reply = self._model_for(prompt).invoke(prompt.messages, self._child(config, run_manager))
         return self._record(turn, reply, started, prompt)
@@ -529,6 +566,9 @@ class ContextualChat(BackgroundCompactions, Runnable[PromptInput, AIMessage]):
     ) -> AIMessage:
         turn = self._turn(input_, config, run_manager)
         prompt = await self._aassemble(turn, run_manager)
+        stored = await self._astored_reply(turn, prompt)
+        if stored is not None:
+            return stored
         started = time.perf_counter()
         reply = await self._model_for(prompt).ainvoke(
             prompt.messages, self._child(config, run_manager)
@@ -563,6 +603,10 @@ class ContextualChat(BackgroundCompactions, Runnable[PromptInput, AIMessage]):
         input_ = _join(list(inputs))
         turn = self._turn(input_, config, run_manager)
         prompt = self._assemble(turn, run_manager)
+        stored = self._stored_reply(turn, prompt)
+        if stored is not None:
+            yield stored
+            return
         started = time.perf_counter()
         stream = _ReplyStream(turn.reply_id)
         model = self._model_for(prompt)
@@ -581,6 +625,10 @@ class ContextualChat(BackgroundCompactions, Runnable[PromptInput, AIMessage]):
         input_ = _join([part async for part in inputs])
         turn = self._turn(input_, config, run_manager)
         prompt = await self._aassemble(turn, run_manager)
+        stored = await self._astored_reply(turn, prompt)
+        if stored is not None:
+            yield stored
+            return
         started = time.perf_counter()
         stream = _ReplyStream(turn.reply_id)
         model = self._model_for(prompt)

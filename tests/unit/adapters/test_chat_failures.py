@@ -307,3 +307,74 @@ def test_the_reply_is_stored_losslessly_in_the_turn_write(manager):
     assert record["metadata"]["model"] == "gpt-x"
     assert record["metadata"]["tools_used"] == ["book"]
     assert manager.get_history("s1")[0]["metadata"] == {}
+
+
+class LostReply(ContextManager):
+    """Its next ``lose`` appends commit, then report an error (a dropped connection)."""
+
+    lose = 0
+
+    def add_messages(self, session_id: Any, messages: Any, **kwargs: Any) -> Any:
+        out = super().add_messages(session_id, messages, **kwargs)
+        if self.lose:
+            self.lose -= 1
+            msg = "reply lost after commit"
+            raise ConnectionError(msg)
+        return out
+
+    async def aadd_messages(self, session_id: Any, messages: Any, **kwargs: Any) -> Any:
+        out = await super().aadd_messages(session_id, messages, **kwargs)
+        if self.lose:
+            self.lose -= 1
+            msg = "reply lost after commit"
+            raise ConnectionError(msg)
+        return out
+
+
+class CountingModel(GenericFakeChatModel):
+    calls: int = 0
+
+    def _generate(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        return super()._generate(*args, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke"])
+async def test_a_retried_turn_returns_the_reply_it_stored(mode: str) -> None:
+    """A retry after a landed write gives the stored answer; the model is not asked twice."""
+    manager = LostReply()
+    model = CountingModel(messages=iter([AIMessage("Answer A"), AIMessage("Answer B")]))
+    chat = ContextualChat(manager, model).with_retry(
+        stop_after_attempt=2,
+        wait_exponential_jitter=False,
+        retry_if_exception_type=(ConnectionError,),
+    )
+    config = {"configurable": {"session_id": "s1"}}
+    manager.lose = 1
+    reply = chat.invoke("q1", config) if mode == "invoke" else await chat.ainvoke("q1", config)
+    stored = manager.get_messages("s1")
+    assert [m.text for m in stored] == ["q1", "Answer A"]
+    assert (reply.id, reply.text) == (stored[-1].id, "Answer A")
+    assert model.calls == 1
+    assert reply.response_metadata["ctx_memory"]["session_id"] == "s1"
+
+
+@pytest.mark.parametrize("mode", ["invoke", "ainvoke", "stream", "astream"])
+async def test_a_question_sent_again_with_its_id_gets_its_first_answer(mode: str) -> None:
+    manager = ContextManager()
+    model = CountingModel(messages=iter([AIMessage("Answer C"), AIMessage("Answer D")]))
+    chat = ContextualChat(manager, model)
+    config = {"configurable": {"session_id": "s2"}}
+    question = HumanMessage("q2", id="client-msg-7")
+    first = chat.invoke(question, config)
+    if mode == "invoke":
+        again = chat.invoke(question, config)
+    elif mode == "ainvoke":
+        again = await chat.ainvoke(question, config)
+    elif mode == "stream":
+        (again,) = list(chat.stream(question, config))
+    else:
+        (again,) = [chunk async for chunk in chat.astream(question, config)]
+    assert (again.id, again.text) == (first.id, "Answer C")
+    assert model.calls == 1
+    assert [m.text for m in manager.get_messages("s2")] == ["q2", "Answer C"]
