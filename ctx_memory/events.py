@@ -90,11 +90,19 @@ class EventEmitter:
         self.enabled = enabled
         self._lock = threading.Lock()
         self._listeners: dict[EventType | None, list[Callable[[Event], None]]] = {}
+        self._always: dict[EventType | None, list[Callable[[Event], None]]] = {}
 
     def on(
-        self, event_type: EventType | str | None, listener: Callable[[Event], None]
+        self,
+        event_type: EventType | str | None,
+        listener: Callable[[Event], None],
+        *,
+        always: bool = False,
     ) -> Callable[[], None]:
         """Call ``listener`` for ``event_type`` (``None`` or ``"*"``: every event).
+
+        ``always``: call it even while emission is disabled (ctx_memory's own caches,
+        such as the recall index, which must hear of every edit to stay correct).
 
         Returns:
             A function that removes the listener again.
@@ -102,15 +110,18 @@ class EventEmitter:
         key = None if event_type in (None, "*") else EventType(event_type)
         with self._lock:
             self._listeners.setdefault(key, []).append(listener)
+            if always:
+                self._always.setdefault(key, []).append(listener)
         return lambda: self.off(event_type, listener)
 
     def off(self, event_type: EventType | str | None, listener: Callable[[Event], None]) -> None:
         """Remove a listener registered with :meth:`on` (no error if it is not there)."""
         key = None if event_type in (None, "*") else EventType(event_type)
         with self._lock:
-            listeners = self._listeners.get(key, [])
-            if listener in listeners:
-                listeners.remove(listener)
+            for registry in (self._listeners, self._always):
+                listeners = registry.get(key, [])
+                if listener in listeners:
+                    listeners.remove(listener)
 
     def has_listeners(self) -> bool:
         """Whether any listener is registered."""
@@ -136,10 +147,24 @@ class EventEmitter:
         to this type: a write with no listener pays for no event object.
         """
         if not self.enabled:
+            if self._always:  # ctx_memory's own listeners hear it all the same
+                self._deliver(self._always, event_type, session_id, at, data, traced=False)
             return None
+        return self._deliver(
+            self._listeners, event_type, session_id, at, data, traced=tracing.instrumented()
+        )
+
+    def _deliver(
+        self,
+        registered: dict[EventType | None, list[Callable[[Event], None]]],
+        event_type: EventType | str,
+        session_id: str,
+        at: str | None,
+        data: dict[str, Any],
+        *,
+        traced: bool,
+    ) -> Event | None:
         kind = event_type if type(event_type) is EventType else EventType(event_type)
-        registered = self._listeners
-        traced = tracing.instrumented()
         if not registered.get(kind) and not registered.get(None) and not traced:
             return None  # (read without the lock: a listener added meanwhile hears the next)
         event = Event(kind, session_id, data) if at is None else Event(kind, session_id, data, at)

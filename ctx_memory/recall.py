@@ -269,8 +269,8 @@ class Recall(RecallEmbedding):
 
     def watch(self, manager: ContextManager) -> None:
         """Drop a session's index whenever ``manager`` reports its history edited or gone."""
-        for event_type in INVALIDATING_EVENTS:
-            self._subscriptions.append(manager.on(event_type, self._on_event))
+        for event_type in INVALIDATING_EVENTS:  # heard even with EVENT_EMISSION=false
+            self._subscriptions.append(manager.events.on(event_type, self._on_event, always=True))
 
     def unwatch(self) -> None:
         """Stop listening to the managers :meth:`watch` registered on."""

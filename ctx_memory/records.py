@@ -443,22 +443,25 @@ def encode_document(
 
     Raises:
         DocumentImportError: ``shared`` is too large, or a message id is invalid or
-            repeated.
+            repeated by another message (the same message twice is stored once).
     """
     messages: list[EncodedMessage] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[int, EncodedMessage]] = {}
     for index, record in enumerate(document.conversation_history):
         plain = record.model_dump(exclude_none=True)
         plain.setdefault("metadata", {})
         encoded = encode_record(plain, counter, f"conversation_history.{index}")
-        if encoded.id in seen:  # a store keeps one message per id: the other would be lost
-            where = f"conversation_history.{index}.id"
+        if encoded.id in seen:
+            first, earlier = seen[encoded.id]
+            if earlier.json == encoded.json:  # the same message twice: stored once, as appends do
+                continue
+            where = f"conversation_history.{index}.id"  # else one of the two would be lost
             msg = (
                 f"invalid session document at {where}: {encoded.id!r} is also the id of "
-                f"conversation_history.{seen[encoded.id]} (a message id is unique in a session)"
+                f"conversation_history.{first}, another message (an id is unique in a session)"
             )
             raise DocumentImportError(where, msg)
-        seen[encoded.id] = index
+        seen[encoded.id] = (index, encoded)
         messages.append(encoded)
     items: list[EncodedItem] = []
     for source_type, entries in document.fetched_context.items():

@@ -215,8 +215,9 @@ def test_an_import_whose_metadata_is_no_object_is_refused_by_field(
         response = http.post("/v1/sessions", json={**document, "metadata": metadata})
         assert response.status_code == 422, metadata
         assert response.json()["field"] == "metadata"
-    document["conversation_history"].append(document["conversation_history"][0])
-    response = http.post("/v1/sessions", json=document)  # one message id twice
+    twin = {**document["conversation_history"][0], "content": "another message"}
+    document["conversation_history"].append(twin)
+    response = http.post("/v1/sessions", json=document)  # one id on two messages
     assert response.status_code == 422
     assert response.json()["field"] == "conversation_history.1.id"
     assert manager.list_sessions() == []
