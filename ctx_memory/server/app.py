@@ -261,6 +261,47 @@ async def _send_json(send: Send, status: int, error: str, detail: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+_UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class _NoCrossSite:
+    """ASGI: refuse what another site's page makes a browser send (CSRF).
+
+    A key-less server on loopback trusts whoever reaches it, and a page from any site can
+    make the user's browser reach it: a form POST needs no preflight, an ``<img>`` sends a
+    GET. Browsers say where a request comes from: ``Sec-Fetch-Site: cross-site`` (or
+    ``same-site``); a browser too old to send it, by an ``Origin`` that is not the
+    server's own on a POST, PUT or DELETE. Such a request is refused with 403 unless its
+    origin is listed in ``SERVER_CORS_ORIGINS`` (a browser extension). Clients that are not browsers send
+    neither header, and typing a URL (``Sec-Fetch-Site: none``) or the inspector's own
+    pages (``same-origin``) pass.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: Sequence[str]) -> None:
+        self.app = app
+        self.allowed = frozenset(o.rstrip("/") for o in allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self._cross_site(scope):
+            await _send_json(
+                send, 403, "forbidden", "a request from another site's page is refused"
+            )
+            return
+        await self.app(scope, receive, send)
+
+    def _cross_site(self, scope: Scope) -> bool:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        origin = headers.get("origin", "").rstrip("/")
+        if origin and origin in self.allowed:
+            return False
+        site = headers.get("sec-fetch-site")
+        if site is not None:  # set by the browser itself (a page cannot forge it)
+            return site in ("cross-site", "same-site")
+        if scope["method"] not in _UNSAFE_METHODS or not origin:
+            return False
+        return bool(origin != f"{scope.get('scheme', 'http')}://{headers.get('host', '')}")
+
+
 # --------------------------------------------------------------------------- errors
 
 _STATUS_CODES = {
@@ -449,6 +490,7 @@ def create_app(
     inspector.install(app)
     app.add_middleware(_KeepEncodedSlashes)
     app.add_middleware(_BodyLimit, limit=settings.server_max_body_bytes)
+    app.add_middleware(_NoCrossSite, allowed=list(settings.server_cors_origins))
     if settings.server_cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -389,3 +389,31 @@ def test_the_inspector_cookie_opens_no_api_route() -> None:
     assert not _inspector_page(Req("/v1/sessions"))  # type: ignore[arg-type]
     assert not _inspector_page(Req("/inspectorx"))  # type: ignore[arg-type]
     assert not _inspector_page(Req("/ctx/v1/whoami", "/ctx"))  # type: ignore[arg-type]
+
+
+def test_another_sites_page_cannot_change_a_keyless_server(serve: Any) -> None:
+    """CSRF: what another site's page makes a browser send is refused; other clients pass."""
+    extension = "chrome-extension://abcdefghijklmnop"
+    settings = load_settings(store="memory", server_cors_origins=[extension])
+    client = serve(create_app(settings=settings))
+    client.post("/v1/sessions/victim/messages", json={"role": "user", "content": "keep"})
+    evil = {"Origin": "https://evil.example"}
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    assert client.post("/v1/sessions/victim/clear", headers={**evil, **form}).status_code == 403
+    image = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Dest": "image"}
+    chat = client.get("/chat_response/", params={"session_id": "victim", "question": "hi"},
+                      headers=image)  # fmt: skip
+    assert chat.status_code == 403
+    assert chat.json()["error"] == "forbidden"
+    assert client.post("/v1/sessions/victim/clear", headers={"Origin": "null"}).status_code == 403
+    history = client.get("/v1/sessions/victim/messages").json()["messages"]
+    assert [m["content"] for m in history] == ["keep"]  # nothing changed
+    # The extension listed in SERVER_CORS_ORIGINS, the server's own pages, a typed URL and
+    # clients that are not browsers all pass.
+    listed = {"Origin": extension, "Sec-Fetch-Site": "cross-site"}
+    own = {"Origin": str(client.base_url).rstrip("/"), "Sec-Fetch-Site": "same-origin"}
+    for headers in (listed, own, {"Sec-Fetch-Site": "none"}, {}):
+        added = client.post(
+            "/v1/sessions/victim/messages", json={"role": "user", "content": "x"}, headers=headers
+        )
+        assert added.status_code == 201, headers
