@@ -272,8 +272,8 @@ class _NoCrossSite:
     GET. Browsers say where a request comes from: ``Sec-Fetch-Site: cross-site`` (or
     ``same-site``); a browser too old to send it, by an ``Origin`` that is not the
     server's own on a POST, PUT or DELETE. Such a request is refused with 403 unless its
-    origin is listed in ``SERVER_CORS_ORIGINS`` (a browser extension). Clients that are not browsers send
-    neither header, and typing a URL (``Sec-Fetch-Site: none``) or the inspector's own
+    origin is listed in ``SERVER_CORS_ORIGINS`` (a browser extension). Clients that are
+    not browsers send neither header, and typing a URL (``Sec-Fetch-Site: none``) or the inspector's own
     pages (``same-origin``) pass.
     """
 
