@@ -273,8 +273,8 @@ class _NoCrossSite:
     ``same-site``); a browser too old to send it, by an ``Origin`` that is not the
     server's own on a POST, PUT or DELETE. Such a request is refused with 403 unless its
     origin is listed in ``SERVER_CORS_ORIGINS`` (a browser extension). Clients that are
-    not browsers send neither header, and typing a URL (``Sec-Fetch-Site: none``) or the inspector's own
-    pages (``same-origin``) pass.
+    not browsers send neither header; a typed URL (``Sec-Fetch-Site: none``) and the
+    inspector's own pages (``same-origin``) pass.
     """
 
     def __init__(self, app: ASGIApp, allowed: Sequence[str]) -> None:
