@@ -475,6 +475,33 @@ class Settings(BaseModel):
     def _zero_is_unlimited(cls, value: int | None) -> int | None:
         return value or None
 
+    @field_validator("redis_key_prefix")
+    @classmethod
+    def _check_redis_key_prefix(cls, value: str) -> str:
+        if "{" in value or "}" in value:
+            msg = f"must not contain '{{' or '}}' (hash tags), got {value!r}"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("sqlite_path")
+    @classmethod
+    def _check_sqlite_path(cls, value: str) -> str:
+        if not value.strip():  # SQLite would open a temporary database, gone at exit
+            msg = "must name a database file (or ':memory:'), got an empty path"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("token_encoding")
+    @classmethod
+    def _check_token_encoding(cls, value: str | None) -> str | None:
+        import tiktoken  # noqa: PLC0415 - the names are known offline, no download
+
+        if value is not None and value not in tiktoken.list_encoding_names():
+            known = ", ".join(sorted(tiktoken.list_encoding_names()))
+            msg = f"unknown tiktoken encoding {value!r} (known: {known})"
+            raise ValueError(msg)
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:

@@ -55,6 +55,10 @@ def test_use_redis_caching_selects_redis():
         ("CTX_MEMORY_TOKEN_COUNTER", "words", "TOKEN_COUNTER"),
         ("CTX_MEMORY_REDIS_URL", "http://x", "REDIS_URL"),
         ("CTX_MEMORY_MAX_SESION", "5", "MAX_SESION"),
+        ("CTX_MEMORY_SQLITE_PATH", "", "SQLITE_PATH"),  # SQLite: a temporary database
+        ("CTX_MEMORY_SQLITE_PATH", "  ", "SQLITE_PATH"),
+        ("CTX_MEMORY_TOKEN_ENCODING", "bogus", "TOKEN_ENCODING"),
+        ("CTX_MEMORY_REDIS_KEY_PREFIX", "a{b}", "REDIS_KEY_PREFIX"),
     ],
 )
 def test_wrong_values_fail_at_load_naming_the_key(monkeypatch, env, value, key):
