@@ -85,6 +85,8 @@ def iso_timestamp(value: str | datetime | None, now: str | None = None) -> str:
             value = value.replace(tzinfo=UTC)
         return value.isoformat()
     if isinstance(value, str):
+        if not value.isascii():  # no store keeps a lone surrogate: refused before any write
+            check_text(value, "timestamp")
         return value
     msg = f"timestamp must be an ISO-8601 str or a datetime, got {type(value).__name__}"
     raise ValidationError(msg)
@@ -316,6 +318,9 @@ def encode_items(
     return out
 
 
+_TEXT_METADATA = frozenset({"current_url", "user_timezone", "user_time"})
+
+
 def metadata_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Metadata fields a caller may set, checked (mode by name, datetimes as ISO text)."""
     out: dict[str, Any] = {}
@@ -333,6 +338,8 @@ def metadata_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
                 raise ValidationError(msg) from None
         elif key == "user_time" and isinstance(given, datetime):
             value = given.isoformat()
+        elif key in _TEXT_METADATA:  # typed as the session document types them, or its
+            check_text(given, f"metadata.{key}", optional=True)  # export would not import
         out[key] = value
     check_json_native(out, "metadata")
     return out

@@ -117,6 +117,10 @@ PostgreSQL's positions are 32-bit integers)."""
 MAX_DEPTH = 100
 """Deepest nesting of dicts and lists in a stored value (a top-level dict is depth 1)."""
 
+_DOCUMENT_NESTING = 4
+"""Containers above the deepest-placed value in a session document (an item's
+``extracted_data``: the document, ``fetched_context``, the type's list, the item)."""
+
 MAX_INT = 2**63 - 1
 """Largest integer a stored value may hold (signed 64-bit, as every store keeps it)."""
 
@@ -294,7 +298,7 @@ def validate_role(role: object) -> Role:
     return cast("Role", normalised)
 
 
-def check_json_native(value: Any, path: str = "value") -> None:
+def check_json_native(value: Any, path: str = "value", *, max_depth: int = MAX_DEPTH) -> None:
     """Raise NotSerializableError unless every store can keep ``value`` exactly.
 
     Accepted: dict (with str keys), list, tuple, str, int, finite float, bool and None,
@@ -311,8 +315,8 @@ def check_json_native(value: Any, path: str = "value") -> None:
             if problem:
                 raise NotSerializableError(where, f"{where} {problem}")
             continue
-        if isinstance(item, (dict, list, tuple)) and depth >= MAX_DEPTH:
-            msg = f"{where} is nested more than {MAX_DEPTH} levels deep"
+        if isinstance(item, (dict, list, tuple)) and depth >= max_depth:
+            msg = f"{where} is nested more than {max_depth} levels deep"
             raise NotSerializableError(where, msg)
         if isinstance(item, dict):
             for key, sub in item.items():
@@ -519,7 +523,9 @@ def parse_document(data: str | bytes | Mapping[str, Any]) -> SessionDocument:
         msg = f"session document must be a JSON object, got {type(data).__name__}"
         raise DocumentImportError("", msg)
     try:
-        check_json_native(data, "document")
+        # A value the write API took (MAX_DEPTH deep) sits up to 4 containers below the
+        # document (fetched_context, its list, the item, extracted_data): its export imports.
+        check_json_native(data, "document", max_depth=MAX_DEPTH + _DOCUMENT_NESTING)
     except NotSerializableError as e:
         raise DocumentImportError(e.path.removeprefix("document."), str(e)) from e
     version = data.get("format_version", 1)
@@ -547,6 +553,11 @@ def parse_document(data: str | bytes | Mapping[str, Any]) -> SessionDocument:
             msg = f"invalid session document at {field}: {problem[1]}"
             raise DocumentImportError(field, msg)
     for source_type, items in document.fetched_context.items():
+        try:
+            check_key(source_type, "source_type")  # as add_fetched_context refuses it
+        except ValidationError as e:
+            field = f"fetched_context.{source_type!r}"
+            raise DocumentImportError(field, f"invalid session document at {field}: {e}") from e
         for index, item in enumerate(items):
             if item.source_type != source_type:
                 field = f"fetched_context.{source_type}.{index}.source_type"

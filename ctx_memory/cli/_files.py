@@ -16,10 +16,12 @@ from ctx_memory.errors import (
     StoreUnavailableError,
     ValidationError,
 )
+from ctx_memory.records import encode_document
 from ctx_memory.schema import parse_document, validate_session_id
 
 if TYPE_CHECKING:
     from ctx_memory.manager import ContextManager
+    from ctx_memory.tokens import TokenCounter
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def _validate_all(
         if not isinstance(doc.data, dict):  # text is never re-parsed: no double decoding
             errors.append(_not_an_object(doc))
             continue
-        problem = _document_problem(doc.data, session_id)
+        problem = _document_problem(doc.data, session_id, manager.token_counter)
         if isinstance(problem, str):
             errors.append(f"{doc.where}, {problem}")
             continue
@@ -179,8 +181,14 @@ def _not_an_object(doc: ParsedDocument) -> str:
     return message
 
 
-def _document_problem(data: dict[str, Any], session_id: str | None) -> tuple[str] | str:
-    """``(target id,)`` for a document the store will take, else ``"field X: why"``."""
+def _document_problem(
+    data: dict[str, Any], session_id: str | None, counter: TokenCounter
+) -> tuple[str] | str:
+    """``(target id,)`` for a document the store will take, else ``"field X: why"``.
+
+    The document is checked as the import will encode it (message ids, the size of
+    ``shared``), so that a file fails before its first document is written.
+    """
     try:
         parsed = parse_document(data)
         target = session_id if session_id is not None else parsed.metadata.session_id
@@ -188,6 +196,7 @@ def _document_problem(data: dict[str, Any], session_id: str | None) -> tuple[str
             validate_session_id(target)
         except CtxMemoryError as e:
             raise DocumentImportError("metadata.session_id", str(e)) from None
+        encode_document(parsed, target, counter)
     except DocumentImportError as e:
         where = f"field {e.field}" if e.field else "the whole document"
         return f"{where}: {e}"

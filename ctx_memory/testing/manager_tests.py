@@ -94,6 +94,26 @@ BAD_CALLS: dict[str, tuple[type[Exception], Callable[[ContextManager, str], Any]
         NotSerializableError,
         lambda cm, sid: cm.add_user_message(sid, f"bad {SURROGATE}"),
     ),
+    "lone surrogate in a message timestamp": (
+        NotSerializableError,
+        lambda cm, sid: cm.add_user_message(sid, "hi", timestamp=f"2026-{SURROGATE}"),
+    ),
+    "lone surrogate in a fetched item timestamp": (
+        NotSerializableError,
+        lambda cm, sid: cm.add_fetched_context(sid, "web", "c", timestamp=SURROGATE),
+    ),
+    "current_url that is no text": (
+        ValidationError,
+        lambda cm, sid: cm.update_metadata(sid, current_url=5),  # type: ignore[arg-type]
+    ),
+    "user_time that is no text": (
+        ValidationError,
+        lambda cm, sid: cm.update_metadata(sid, user_time=1.5),  # type: ignore[arg-type]
+    ),
+    "user_timezone in create_session metadata that is no text": (
+        ValidationError,
+        lambda cm, sid: cm.create_session(sid, metadata={"user_timezone": ["x"]}),
+    ),
     "lone surrogate in a content block": (
         NotSerializableError,
         lambda cm, sid: cm.add_user_message(sid, [{"type": "text", "text": SURROGATE}]),
@@ -408,6 +428,14 @@ class ManagerContractTests(ContractBase):
         assert shared["small"] == -MAX_INT - 1
         assert shared["deep"] == _nested(MAX_DEPTH - 2)
         assert cm.get_history("existing", last_k=1)[0]["content"] == "emoji ok \U0001f600"
+        # Values as deep as each write takes them export and import again, unchanged.
+        cm.set_context("existing", "deepest", _nested(MAX_DEPTH - 1))
+        cm.add_user_message("existing", "m", metadata={"v": _nested(MAX_DEPTH - 2)})
+        cm.add_fetched_context("existing", "web", "c", extracted_data={"v": _nested(MAX_DEPTH - 2)})
+        exported = cm.export_session("existing")
+        cm.import_session(exported, session_id="copy")
+        assert json.loads(cm.export_session("copy"))["shared"] == json.loads(exported)["shared"]
+        assert cm.get_history("copy") == cm.get_history("existing")
 
     @pytest.mark.parametrize(
         ("field", "mutate"),
@@ -430,6 +458,7 @@ class ManagerContractTests(ContractBase):
                 ),
             ),
             ("conversation_history", lambda d: d["conversation_history"][0].update(colour="red")),
+            ("fetched_context", lambda d: d["fetched_context"].update({"web\x00": []})),
             ("shared", lambda d: d["shared"].update(blob="x" * MAX_SHARED_BYTES)),
         ],
     )

@@ -313,6 +313,27 @@ def test_bad_document_rejects_whole_file_naming_document_and_field(
     assert target.list_sessions() == []
 
 
+def test_what_only_the_write_would_refuse_fails_the_file_first(
+    source: ContextManager, target: ContextManager
+) -> None:
+    """A NUL message id, a ``shared`` over its limit or a NUL source type in document 2 fail
+    the file before document 1 is written (they were found only when writing it)."""
+    docs = _jsonl(source)
+    docs[1]["conversation_history"][0]["id"] = "a\x00b"  # type: ignore[index]
+    docs[2]["shared"] = {"blob": "x" * (1024 * 1024)}  # type: ignore[index]
+    docs[3]["fetched_context"] = {"web\x00": []}  # type: ignore[index]
+    target.add_user_message(str(docs[0]["metadata"]["session_id"]), "kept")  # type: ignore[index]
+    before = target.export_session(str(docs[0]["metadata"]["session_id"]))  # type: ignore[index]
+    text = "".join(json.dumps(d) + "\n" for d in docs)
+    result = run(target, "import", "-", input=text)
+    assert result.exit_code == 1
+    assert "document 2 (line 2), field conversation_history.0.id" in result.stderr
+    assert "document 3 (line 3), field shared" in result.stderr
+    assert "document 4 (line 4), field fetched_context" in result.stderr
+    assert "nothing was imported" in result.stderr
+    assert target.export_session(str(docs[0]["metadata"]["session_id"])) == before  # type: ignore[index]
+
+
 def test_every_invalid_document_is_reported(source: ContextManager, target: ContextManager) -> None:
     docs = _jsonl(source)
     docs[0]["metadata"]["session_id"] = ""  # type: ignore[index]
