@@ -286,6 +286,9 @@ class RecallIndex:
         self.roles: list[str] = []
         self.ids: list[str | None] = []
         self.tokens: list[int] = []
+        # Each message's text hash, in this process only (None: from a saved segment, or
+        # content blocks): an edit that keeps every count is caught where it is read again.
+        self.digests: list[int | None] = []
         self.token_sum = 0
         self.user_positions: list[int] = []
         self.vectors: list[tuple[float, ...] | None] = []  # by position; None: no vector
@@ -314,6 +317,7 @@ class RecallIndex:
         self.ids.append(str(message_id) if message_id is not None else None)
         tokens = int(record.get("token_count") or 0)
         self.tokens.append(tokens)
+        self.digests.append(hash(content) if type(content) is str else None)
         self.token_sum += tokens
         if role == "user":
             self.user_positions.append(position)
@@ -341,6 +345,27 @@ class RecallIndex:
         """Index messages in history order."""
         for record in records:
             self.add(record)
+
+    def edited(self, reads: Iterable[tuple[int, Sequence[Mapping[str, Any]]]]) -> bool:
+        """Whether a message in ``reads`` (``(position, records)``) is not what this index holds.
+
+        Another id, or the same id with other text, at an indexed position: an edit made
+        where no event reached this process (another process) that kept the message
+        count and the token total, which :meth:`Recall.apply
+        <ctx_memory.recall.Recall.apply>` checks. Positions loaded from saved segments are
+        checked by id only.
+        """
+        size, ids, digests = len(self.lengths), self.ids, self.digests
+        for start, records in reads:
+            for position in range(max(start, 0), min(start + len(records), size)):
+                record = records[position - start]
+                found, expected = record.get("id"), ids[position]
+                if found is not None and expected is not None and str(found) != expected:
+                    return True
+                content, digest = record.get("content"), digests[position]
+                if digest is not None and type(content) is str and hash(content) != digest:
+                    return True
+        return False
 
     # ------------------------------------------------------------ segments
 
@@ -398,6 +423,7 @@ class RecallIndex:
         self.roles.extend(roles)
         self.user_positions.extend(p for p, role in enumerate(roles, start) if role == "user")
         self.tokens.extend(tokens)
+        self.digests.extend([None] * count)
         self.token_sum += sum(tokens)
         self.vectors.extend([None] * count)
 

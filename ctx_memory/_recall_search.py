@@ -111,9 +111,13 @@ def search_history(
     header = manager.get_header(session_id)
     if header is None:
         return []
-    index = recall.index(manager, session_id, header)
-    found = index.ranked(query, k, query_vector=recall.embed_query(query, index))
-    reads = manager.get_message_spans(session_id, [(p, p) for p, _, _ in found])
+    for _ in range(2):  # a hit whose text was edited elsewhere: rebuilt, searched again
+        index = recall.index(manager, session_id, header)
+        found = index.ranked(query, k, query_vector=recall.embed_query(query, index))
+        reads = manager.get_message_spans(session_id, [(p, p) for p, _, _ in found])
+        if not index.edited([(p, r) for (p, _, _), r in zip(found, reads, strict=True)]):
+            break
+        recall.forget(session_id, keep_vectors=True)
     return _hits(found, reads)
 
 
@@ -133,7 +137,11 @@ async def asearch_history(
     header = await manager.aget_header(session_id)
     if header is None:
         return []
-    index = await recall.aindex(manager, session_id, header)
-    found = index.ranked(query, k, query_vector=await recall.aembed_query(query, index))
-    reads = await manager.aget_message_spans(session_id, [(p, p) for p, _, _ in found])
+    for _ in range(2):  # a hit whose text was edited elsewhere: rebuilt, searched again
+        index = await recall.aindex(manager, session_id, header)
+        found = index.ranked(query, k, query_vector=await recall.aembed_query(query, index))
+        reads = await manager.aget_message_spans(session_id, [(p, p) for p, _, _ in found])
+        if not index.edited([(p, r) for (p, _, _), r in zip(found, reads, strict=True)]):
+            break
+        recall.forget(session_id, keep_vectors=True)
     return _hits(found, reads)

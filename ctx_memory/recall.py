@@ -579,6 +579,9 @@ class Recall(RecallEmbedding):
             if records is None:
                 records = manager.get_message_range(session_id, update.first, update.stop)
             index = self.apply(update, records)
+            if index is not None and index.edited(known):  # same counts, other text
+                self.forget(session_id, keep_vectors=True)
+                index = None
             if index is not None or not rebuild:
                 break
             update = self.plan(session_id, header, rebuild=True)
@@ -608,6 +611,9 @@ class Recall(RecallEmbedding):
             if records is None:
                 records = await manager.aget_message_range(session_id, update.first, update.stop)
             index = self.apply(update, records)
+            if index is not None and index.edited(known):  # same counts, other text
+                self.forget(session_id, keep_vectors=True)
+                index = None
             if index is not None or not rebuild:
                 break
             update = self.plan(session_id, header, rebuild=True)
