@@ -40,7 +40,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
 from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictBool, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic import ValidationError as PydanticValidationError
 
 from ctx_memory.errors import ConfigurationError
@@ -344,6 +352,34 @@ class ApiKey(BaseModel):
     sha256: str = Field(pattern=_SHA256_PATTERN)
 
 
+def _prefix_problem(value: str) -> str | None:
+    if "{" in value or "}" in value:
+        return f"must not contain '{{' or '}}' (hash tags), got {value!r}"
+    return None
+
+
+def _sqlite_path_problem(value: str) -> str | None:
+    if not value.strip():  # SQLite would open a temporary database, gone at exit
+        return "must name a database file (or ':memory:'), got an empty path"
+    return None
+
+
+def _encoding_problem(value: str) -> str | None:
+    import tiktoken  # noqa: PLC0415 - the names are known offline, no download
+
+    if value not in tiktoken.list_encoding_names():
+        known = ", ".join(sorted(tiktoken.list_encoding_names()))
+        return f"unknown tiktoken encoding {value!r} (known: {known})"
+    return None
+
+
+_VALUE_PROBLEMS: dict[str, Callable[[str], str | None]] = {
+    "redis_key_prefix": _prefix_problem,
+    "sqlite_path": _sqlite_path_problem,
+    "token_encoding": _encoding_problem,
+}
+
+
 class Settings(BaseModel):
     """Every ctx_memory setting, validated. Field names are the keys in lower case.
 
@@ -475,31 +511,12 @@ class Settings(BaseModel):
     def _zero_is_unlimited(cls, value: int | None) -> int | None:
         return value or None
 
-    @field_validator("redis_key_prefix")
+    @field_validator("redis_key_prefix", "sqlite_path", "token_encoding")
     @classmethod
-    def _check_redis_key_prefix(cls, value: str) -> str:
-        if "{" in value or "}" in value:
-            msg = f"must not contain '{{' or '}}' (hash tags), got {value!r}"
-            raise ValueError(msg)
-        return value
-
-    @field_validator("sqlite_path")
-    @classmethod
-    def _check_sqlite_path(cls, value: str) -> str:
-        if not value.strip():  # SQLite would open a temporary database, gone at exit
-            msg = "must name a database file (or ':memory:'), got an empty path"
-            raise ValueError(msg)
-        return value
-
-    @field_validator("token_encoding")
-    @classmethod
-    def _check_token_encoding(cls, value: str | None) -> str | None:
-        import tiktoken  # noqa: PLC0415 - the names are known offline, no download
-
-        if value is not None and value not in tiktoken.list_encoding_names():
-            known = ", ".join(sorted(tiktoken.list_encoding_names()))
-            msg = f"unknown tiktoken encoding {value!r} (known: {known})"
-            raise ValueError(msg)
+    def _check_named_value(cls, value: str | None, info: ValidationInfo) -> str | None:
+        problem = None if value is None else _VALUE_PROBLEMS[str(info.field_name)](value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     @field_validator("redis_url")

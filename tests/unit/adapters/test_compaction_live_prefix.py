@@ -11,18 +11,16 @@ window trigger summarises while the covered messages are still in the window.
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import pytest
 import tiktoken
 from adapter_fakes import fake_model
 from langchain.agents import create_agent
-from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.messages import BaseMessage, HumanMessage
 
 from ctx_memory import ContextManager, ContextualChat
 from ctx_memory.compaction import CompactionPolicy, chat_summarizer, get_compactions
+from ctx_memory.eval.compaction import StandInSummaryModel as SummaryModel
 from ctx_memory.eval.metrics import common_prefix_length, request_tokens
 from ctx_memory.middleware import ContextMiddleware
 
@@ -42,23 +40,6 @@ WORDS = [
     "train",
     "Lyon",
 ]
-
-
-class SummaryModel(BaseChatModel):
-    """Records each summarisation request; answers with a short summary."""
-
-    requests: list[list[BaseMessage]] = []  # noqa: RUF012 - a fresh list per instance below
-
-    @property
-    def _llm_type(self) -> str:
-        return "summary-recorder"
-
-    def _generate(
-        self, messages: list[BaseMessage], stop: Any = None, run_manager: Any = None, **_: Any
-    ) -> ChatResult:
-        self.requests.append(list(messages))
-        text = f"Summary {len(self.requests)}: bookings discussed."
-        return ChatResult(generations=[ChatGeneration(message=AIMessage(text))])
 
 
 def _text(rng: random.Random, words: int) -> str:

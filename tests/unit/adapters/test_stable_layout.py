@@ -213,6 +213,17 @@ def test_trimming_moves_the_window_in_blocks(manager):
     assert 1 <= changes <= 6  # blocks, not one turn per request (40 changes)
 
 
+def _breakpoints(messages):
+    """The content blocks carrying Anthropic's ``cache_control``."""
+    return [
+        block
+        for m in messages
+        if isinstance(m.content, list)
+        for block in m.content
+        if isinstance(block, dict) and "cache_control" in block
+    ]
+
+
 def test_anthropic_and_openai_hints_have_the_documented_shape(manager):
     setup_session(manager)
     assembler = ContextPromptAssembler(
@@ -224,13 +235,7 @@ def test_anthropic_and_openai_hints_have_the_documented_shape(manager):
     assert system.content[-1]["cache_control"] == {"type": "ephemeral"}
     last_history = stable_prefix(messages)[-1]
     assert last_history.content[-1]["cache_control"] == {"type": "ephemeral"}
-    breakpoints = [
-        block
-        for m in messages
-        if isinstance(m.content, list)
-        for block in m.content
-        if isinstance(block, dict) and "cache_control" in block
-    ]
+    breakpoints = _breakpoints(messages)
     assert len(breakpoints) == 2 <= 4
     assert COUNTER.count_chat(messages) == result.report.total_tokens  # hints cost nothing
     key = result.model_kwargs["prompt_cache_key"]
@@ -258,13 +263,7 @@ def test_stored_cache_control_never_adds_breakpoints(manager):
             manager, max_tokens=3000, layout=layout, cache_hints=["anthropic"]
         )
         messages = assembler.assemble("s1", "and then?").messages
-        breakpoints = [
-            block
-            for m in messages
-            if isinstance(m.content, list)
-            for block in m.content
-            if isinstance(block, dict) and "cache_control" in block
-        ]
+        breakpoints = _breakpoints(messages)
         assert 1 <= len(breakpoints) <= 3, layout
     stored = manager.get_history("s1")  # the session keeps what was stored
     assert all(r["content"][0]["cache_control"] == mark for r in stored)
