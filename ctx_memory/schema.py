@@ -117,9 +117,6 @@ PostgreSQL's positions are 32-bit integers)."""
 MAX_DEPTH = 100
 """Deepest nesting of dicts and lists in a stored value (a top-level dict is depth 1)."""
 
-_DOCUMENT_NESTING = 4
-"""Containers above the deepest-placed value in a session document (an item's
-``extracted_data``: the document, ``fetched_context``, the type's list, the item)."""
 
 MAX_INT = 2**63 - 1
 """Largest integer a stored value may hold (signed 64-bit, as every store keeps it)."""
@@ -506,6 +503,39 @@ def exported(document: Mapping[str, Any]) -> dict[str, Any]:
     return {"format_version": DOCUMENT_FORMAT_VERSION, **document}
 
 
+def _check_document_values(data: Mapping[str, Any]) -> None:
+    """:func:`check_json_native` on each part of a document, as deep as its writes allow.
+
+    A write checks the value it is given (:data:`MAX_DEPTH` deep from that value): a
+    ``set_context`` value sits one level below ``shared``, message metadata one below
+    its record, an item's ``extracted_data`` one below the item. So each record, item
+    and ``shared`` may hold one level more than :data:`MAX_DEPTH` from its own root,
+    and a session's export imports again.
+    """
+    deeper = MAX_DEPTH + 1
+    rest = dict(data)
+    check_json_native(rest.pop("metadata", None), "document.metadata")  # as its writes
+    check_json_native(rest.pop("shared", None), "document.shared", max_depth=deeper)
+    history = rest.pop("conversation_history", None)
+    if isinstance(history, list):
+        for i, record in enumerate(history):
+            check_json_native(record, f"document.conversation_history[{i}]", max_depth=deeper)
+    else:
+        check_json_native(history, "document.conversation_history")
+    fetched = rest.pop("fetched_context", None)
+    if isinstance(fetched, dict):
+        for source_type, items in fetched.items():
+            where = f"document.fetched_context.{source_type}"
+            if not isinstance(source_type, str) or not isinstance(items, list):
+                check_json_native({source_type: items}, "document.fetched_context")
+                continue
+            for i, item in enumerate(items):
+                check_json_native(item, f"{where}[{i}]", max_depth=deeper)
+    else:
+        check_json_native(fetched, "document.fetched_context")
+    check_json_native(rest, "document")
+
+
 def parse_document(data: str | bytes | Mapping[str, Any]) -> SessionDocument:
     """Validate a session document from JSON text or a mapping.
 
@@ -523,9 +553,7 @@ def parse_document(data: str | bytes | Mapping[str, Any]) -> SessionDocument:
         msg = f"session document must be a JSON object, got {type(data).__name__}"
         raise DocumentImportError("", msg)
     try:
-        # A value the write API took (MAX_DEPTH deep) sits up to 4 containers below the
-        # document (fetched_context, its list, the item, extracted_data): its export imports.
-        check_json_native(data, "document", max_depth=MAX_DEPTH + _DOCUMENT_NESTING)
+        _check_document_values(data)
     except NotSerializableError as e:
         raise DocumentImportError(e.path.removeprefix("document."), str(e)) from e
     version = data.get("format_version", 1)

@@ -429,9 +429,10 @@ class ManagerContractTests(ContractBase):
         assert shared["deep"] == _nested(MAX_DEPTH - 2)
         assert cm.get_history("existing", last_k=1)[0]["content"] == "emoji ok \U0001f600"
         # Values as deep as each write takes them export and import again, unchanged.
-        cm.set_context("existing", "deepest", _nested(MAX_DEPTH - 1))
-        cm.add_user_message("existing", "m", metadata={"v": _nested(MAX_DEPTH - 2)})
-        cm.add_fetched_context("existing", "web", "c", extracted_data={"v": _nested(MAX_DEPTH - 2)})
+        cm.set_context("existing", "deepest", _nested(MAX_DEPTH))
+        cm.update_metadata("existing", deepest=_nested(MAX_DEPTH - 1))
+        cm.add_user_message("existing", "m", metadata={"v": _nested(MAX_DEPTH - 1)})
+        cm.add_fetched_context("existing", "web", "c", extracted_data={"v": _nested(MAX_DEPTH - 1)})
         exported = cm.export_session("existing")
         cm.import_session(exported, session_id="copy")
         assert json.loads(cm.export_session("copy"))["shared"] == json.loads(exported)["shared"]
@@ -445,6 +446,7 @@ class ManagerContractTests(ContractBase):
                 lambda d: d["conversation_history"][0].update(content=SURROGATE),
             ),
             ("shared", lambda d: d["shared"].update(deep=_nested(MAX_DEPTH + 5))),
+            ("shared", lambda d: d["shared"].update(deep=_nested(MAX_DEPTH + 1))),
             ("shared", lambda d: d["shared"].update(n=10**30)),
             (
                 "conversation_history",
