@@ -36,7 +36,7 @@ def reindex_command(
     from ctx_memory.cli._output import _fail, printable  # noqa: PLC0415
 
     if bool(session_ids) == every:
-        _fail("name the sessions to reindex, or pass --all (not both)")
+        _fail("name the sessions to reindex, or pass --all (not both)", code=2)
     with _open(ctx) as manager:
         if not manager.store.keeps_recall_segments:
             _fail(

@@ -141,7 +141,8 @@ def prompt_command(
         )
         prompt = assembler.assemble(session_id, question)
     if as_json:
-        typer.echo(json.dumps(prompt.as_dict(), ensure_ascii=False, indent=2))
+        shown = {"session_id": session_id, "question": question, **prompt.as_dict()}
+        typer.echo(json.dumps(shown, ensure_ascii=False, indent=2))  # as GET .../prompt
         return
     for message, sent in zip(prompt.messages, prompt.as_dict()["messages"], strict=True):
         typer.echo(f"── {printable(str(sent['role']))} ──")

@@ -192,10 +192,21 @@ class TokenBucket:
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m ctx_memory.server.keys [TENANT] [--admin]``: a new key and its line."""
-    admin = "--admin" in argv
-    names = [arg for arg in argv if not arg.startswith("-")]
-    tenant = names[0] if names else DEFAULT_TENANT
+    """``python -m ctx_memory.server.keys [TENANT] [--admin]``: a new key and its line.
+
+    ``--help`` describes it; an unknown option or a second tenant is an error (exit 2),
+    not a key for the default tenant.
+    """
+    import argparse  # noqa: PLC0415 - the command line only
+
+    parser = argparse.ArgumentParser(
+        prog="python -m ctx_memory.server.keys",
+        description="Make a new API key; print it once and the settings line with its SHA-256.",
+    )
+    parser.add_argument("tenant", nargs="?", default=DEFAULT_TENANT, help="the key's tenant")
+    parser.add_argument("--admin", action="store_true", help="an admin key (every tenant)")
+    args = parser.parse_args(argv)  # exits 2 on a usage error, 0 after --help
+    admin, tenant = bool(args.admin), str(args.tenant)
     try:
         check_tenant(tenant)
     except ValueError as e:

@@ -417,3 +417,14 @@ def test_another_sites_page_cannot_change_a_keyless_server(serve: Any) -> None:
             "/v1/sessions/victim/messages", json={"role": "user", "content": "x"}, headers=headers
         )
         assert added.status_code == 201, headers
+
+
+def test_the_key_tool_refuses_unknown_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from ctx_memory.server.keys import _main
+
+    with pytest.raises(SystemExit) as info:
+        _main(["--admn"])  # a typo is no tenant key for "default"
+    assert info.value.code == 2
+    assert "ctxm_" not in capsys.readouterr().out
+    assert _main(["acme", "--admin"]) == 0
+    assert "SERVER_ADMIN_KEYS" in capsys.readouterr().out

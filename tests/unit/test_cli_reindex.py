@@ -68,16 +68,18 @@ def test_reindex_all_on_a_sqlite_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "message", "code"),
     [
-        ((), "name the sessions to reindex, or pass --all"),
-        (("long", "--all"), "name the sessions to reindex, or pass --all"),
-        (("nope",), "session 'nope' does not exist"),
+        ((), "name the sessions to reindex, or pass --all", 2),  # usage errors exit 2
+        (("long", "--all"), "name the sessions to reindex, or pass --all", 2),
+        (("nope",), "session 'nope' does not exist", 1),
     ],
 )
-def test_reindex_refuses_bad_input(manager: ContextManager, args: tuple[str], message: str) -> None:
+def test_reindex_refuses_bad_input(
+    manager: ContextManager, args: tuple[str], message: str, code: int
+) -> None:
     result = run(manager, "reindex", *args)
-    assert result.exit_code == 1
+    assert result.exit_code == code
     assert message in result.output
     assert manager.store.get_recall_segments("long") == []
 

@@ -93,6 +93,7 @@ def test_prompt_shows_what_the_model_gets_and_writes_nothing(manager: ContextMan
     assert "recalled: message 12 (passport, number)" in out
     assert manager.get_context("s1") == before
     data = json.loads(run(manager, *args, "--json").stdout)
+    assert (data["session_id"], data["question"]) == ("s1", "What is my passport number?")
     report = data["report"]
     assert report["budget"] == 600
     assert report["layout"] == "stable"
