@@ -346,8 +346,15 @@ class RecallIndex:
         for record in records:
             self.add(record)
 
-    def edited(self, reads: Iterable[tuple[int, Sequence[Mapping[str, Any]]]]) -> bool:
+    def edited(
+        self,
+        reads: Iterable[tuple[int, Sequence[Mapping[str, Any]]]],
+        first: int = 0,
+        stop: int | None = None,
+    ) -> bool:
         """Whether a message in ``reads`` (``(position, records)``) is not what this index holds.
+
+        Only positions from ``first`` to ``stop`` (default: every indexed one) are compared.
 
         Another id, or the same id with other text, at an indexed position: an edit made
         where no event reached this process (another process) that kept the message
@@ -355,9 +362,10 @@ class RecallIndex:
         <ctx_memory.recall.Recall.apply>` checks. Positions loaded from saved segments are
         checked by id only.
         """
-        size, ids, digests = len(self.lengths), self.ids, self.digests
+        ids, digests = self.ids, self.digests
+        size = len(self.lengths) if stop is None else min(stop, len(self.lengths))
         for start, records in reads:
-            for position in range(max(start, 0), min(start + len(records), size)):
+            for position in range(max(start, first, 0), min(start + len(records), size)):
                 record = records[position - start]
                 found, expected = record.get("id"), ids[position]
                 if found is not None and expected is not None and str(found) != expected:
