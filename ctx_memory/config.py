@@ -67,6 +67,7 @@ __all__ = [
     "ApiKey",
     "Settings",
     "load_settings",
+    "masked",
     "redact_url",
     "setting_differences",
     "url_secrets",
@@ -313,6 +314,19 @@ def _store_name_problem(name: str) -> str | None:
 
 
 _SECRET_URL_KEYS = ("redis_url", "postgres_url")
+_SECRET_VALUE_KEYS = ("server_api_keys", "server_admin_keys", "server_cookie_secret")
+"""Settings whose wrong value may be a secret itself (a raw API key where its SHA-256 goes)."""
+_SECRET_KWARG = re.compile(r"key|secret|token|password|passwd|credential|auth", re.IGNORECASE)
+"""Names of ``SERVER_CHAT_MODEL_KWARGS`` entries masked in ``repr(settings)``."""
+
+
+def masked(name: str, value: Any) -> Any:
+    """A setting's value as shown (``repr``, differences): passwords and credentials masked."""
+    if name in _SECRET_URL_KEYS and isinstance(value, str):
+        return redact_url(value)
+    if name == "server_chat_model_kwargs" and isinstance(value, dict):
+        return {k: "***" if _SECRET_KWARG.search(str(k)) else v for k, v in value.items()}
+    return value
 
 
 # --------------------------------------------------------------------------- settings
@@ -541,7 +555,7 @@ class Settings(BaseModel):
 
     def __repr_args__(self) -> Any:
         for key, value in super().__repr_args__():
-            yield key, (redact_url(value) if key in _SECRET_URL_KEYS else value)
+            yield key, (masked(key, value) if key is not None else value)
 
 
 _KEYS = frozenset(name.upper() for name in Settings.model_fields)
@@ -723,8 +737,8 @@ def _configuration_error(
     message = str(first["msg"]).removeprefix("Value error, ")
     shown = first.get("input")
     source = sources.get(field)
-    if source is not None and source.secret:
-        got = f"a {type(shown).__name__}"
+    if (source is not None and source.secret) or field in _SECRET_VALUE_KEYS:
+        got = f"a {type(shown).__name__}, not shown"  # a raw key or a credential
     elif field in _SECRET_URL_KEYS and isinstance(shown, str) and "://" not in shown:
         got = "a value that is not a URL, not shown"  # a "key=value" string: nothing to mask by
     elif field in _SECRET_URL_KEYS and isinstance(shown, str):
@@ -770,8 +784,7 @@ def setting_differences(current: Settings, other: Settings) -> list[tuple[str, s
     mine, theirs = current.model_dump(), other.model_dump()
 
     def shown(name: str, value: object) -> str:
-        secret = name in _SECRET_URL_KEYS and isinstance(value, str)
-        return repr(redact_url(str(value)) if secret else value)
+        return repr(masked(name, value))
 
     return [
         (name.upper(), f"{name.upper()}={shown(name, value)} (asked {shown(name, theirs[name])})")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ctx_memory import ConfigurationError, ContextManager, load_settings
-from ctx_memory.config import redact_url
+from ctx_memory.config import redact_url, setting_differences
 
 
 def test_defaults():
@@ -125,3 +125,22 @@ def test_store_name_as_constructor_argument(tmp_path):
     with ContextManager(store="sqlite", sqlite_path=str(tmp_path / "x.sqlite3")) as cm:
         assert cm.store.name == "sqlite"
         assert cm.settings.store == "sqlite"
+
+
+def test_a_raw_key_where_a_digest_goes_is_not_shown(monkeypatch):
+    raw = "ctxm_this-is-a-raw-api-key-0123456789"
+    monkeypatch.setenv("CTX_MEMORY_SERVER_ADMIN_KEYS", f'["{raw}"]')
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert info.value.key == "SERVER_ADMIN_KEYS"
+    assert raw not in str(info.value)
+    assert info.value.__cause__ is None
+
+
+def test_chat_model_credentials_are_masked_when_settings_are_shown():
+    settings = load_settings(server_chat_model_kwargs={"api_key": "sk-secret", "temperature": 0})
+    assert "sk-secret" not in repr(settings)
+    assert "'temperature': 0" in repr(settings)
+    assert settings.server_chat_model_kwargs["api_key"] == "sk-secret"  # kept, only masked
+    differences = setting_differences(settings, load_settings())
+    assert all("sk-secret" not in text for _, text in differences)
