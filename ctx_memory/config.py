@@ -38,7 +38,6 @@ import re
 from difflib import get_close_matches
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple
-from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
 
 from pydantic import (
     BaseModel,
@@ -51,6 +50,18 @@ from pydantic import (
 )
 from pydantic import ValidationError as PydanticValidationError
 
+from ctx_memory._store_urls import (
+    BUILTIN_STORES,
+    POSTGRES_SCHEMES,
+    REDIS_SCHEMES,
+    postgres_url_problem,
+    redact_url,
+    redis_url_problem,
+    store_name_problem,
+    url_secrets,
+    validate_postgres_url,
+    validate_redis_url,
+)
 from ctx_memory.errors import ConfigurationError
 from ctx_memory.stores.base import MAX_TTL_SECONDS
 
@@ -58,11 +69,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = [
+    "BUILTIN_STORES",
     "ENV_PREFIX",
     "MEMORY_MAX_SESSIONS",
     "MEMORY_TTL_SECONDS",
     "NAMESPACE",
     "PERSISTENT_TTL_SECONDS",
+    "POSTGRES_SCHEMES",
+    "REDIS_SCHEMES",
     "SETTINGS_FILES",
     "ApiKey",
     "Settings",
@@ -89,229 +103,6 @@ MEMORY_TTL_SECONDS = 3600.0
 
 PERSISTENT_TTL_SECONDS = 30 * 86_400.0
 """``SESSION_EXPIRATION_SECONDS`` of SQLite and Redis when the setting is not given."""
-
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
-
-# --------------------------------------------------------------------------- URLs
-
-# A query parameter whose name mentions a secret (``password=``, ``ssl_password=``...):
-# its value runs to the next ``&`` (``#`` and ``?`` included, whatever a parser makes of
-# them), so nothing of it survives.
-_SECRET_PARAM = re.compile(r"([?&][^=&]*(?:pass|secret|token|auth)[^=&]*=)([^&]*)", re.IGNORECASE)
-_DB_PATH = re.compile(r"/?(?:\d+/?)?")
-_ENCODE_HINT = (
-    "percent-encode '/', '?', '#' and '@' in a user name or password (%2F, %3F, %23, %40)"
-)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with every password replaced by ``***`` (safe to log or print).
-
-    Masks the password of the user-info part (``redis://user:***@host``), up to the last
-    ``@``, so an unencoded ``/``, ``?``, ``#`` or ``@`` in it is masked too; and the value
-    of any query parameter naming a secret (``?password=***``). Works on malformed URLs
-    and on text without ``://`` as well: it never parses, so it never fails.
-
-    Example:
-        .. code-block:: python
-
-            from ctx_memory.config import redact_url
-
-            assert redact_url("redis://:p/a#s@h:6379/0") == "redis://:***@h:6379/0"
-            assert redact_url("redis://h/0?password=pw") == "redis://h/0?password=***"
-    """
-    text = _SECRET_PARAM.sub(r"\1***", str(url))
-    scheme, sep, rest = text.partition("://")
-    if not sep:
-        scheme, rest = "", text
-    at = rest.rfind("@")
-    if at < 0:
-        return text
-    userinfo, host = rest[:at], rest[at + 1 :]
-    if ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***"
-    return f"{scheme}{sep}{userinfo}@{host}"
-
-
-def url_secrets(url: str) -> list[str]:
-    """The passwords a URL holds (as written and percent-decoded), longest first.
-
-    What :func:`redact_url` masks, for scrubbing text that may quote them (a client
-    library's error message).
-    """
-    text = str(url)
-    found = [m.group(2) for m in _SECRET_PARAM.finditer(text)]
-    rest = text.partition("://")[2] or text
-    at = rest.rfind("@")
-    if at >= 0 and ":" in rest[:at]:
-        found.append(rest[:at].split(":", 1)[1])
-    secrets = {s for value in found for s in (value, unquote(value), unquote_plus(value)) if s}
-    return sorted(secrets, key=len, reverse=True)
-
-
-def _redis_url_problem(url: str) -> str | None:  # noqa: PLR0911 - one return per fault
-    """What is wrong with a Redis URL (worded for ``invalid setting REDIS_URL: ...``)."""
-    if not url.startswith(REDIS_SCHEMES):
-        return (
-            "must start with redis://, rediss://, unix:// or redis+sentinel:// "
-            "(e.g. redis://localhost:6379/0)"
-        )
-    if any(ch.isspace() or not ch.isprintable() for ch in url):
-        return "must not contain spaces or control characters"
-    if "#" in url:
-        return f"holds a '#' (a URL fragment means nothing to Redis); {_ENCODE_HINT}"
-    if url.startswith(REDIS_SCHEMES[3:]):
-        from ctx_memory.stores.redis import sentinel_url_problem  # noqa: PLC0415 - redis-py
-
-        return sentinel_url_problem(url)
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return f"has no valid host and port; {_ENCODE_HINT}"
-    if "@" in parts.path or "@" in parts.query:
-        return f"holds an '@' after the host; {_ENCODE_HINT}"
-    if parts.scheme == "unix":
-        if not parts.path:
-            return "unix:// needs a socket path, e.g. unix:///run/redis/redis.sock"
-    elif not _DB_PATH.fullmatch(parts.path):
-        return "the path must be a database number, e.g. redis://localhost:6379/0"
-    if port == 0:
-        return "the port must be a number from 1 to 65535"
-    return _query_problem(parts.query, parts.scheme) if parts.query else None
-
-
-def _query_problem(query: str, scheme: str) -> str | None:
-    """A query parameter redis-py would refuse when connecting (its value is not shown).
-
-    redis-py parses the parameters it knows and passes any other to the connection
-    class, which raises ``TypeError`` on a name it does not take: such a name is refused
-    here, when the settings load.
-    """
-    from redis.connection import URL_QUERY_ARGUMENT_PARSERS  # noqa: PLC0415 - rarely needed
-
-    parsers: dict[str, Callable[[str], object]] = dict(URL_QUERY_ARGUMENT_PARSERS)  # type: ignore[arg-type]
-    accepted = _connection_parameters(scheme)
-    for name, values in parse_qs(query, keep_blank_values=True).items():
-        parser = parsers.get(name)
-        if parser is None and name not in accepted:
-            return f"query parameter {name!r} is not one redis-py takes"
-        if parser is None or not values:
-            continue
-        try:
-            parser(values[0])
-        except (TypeError, ValueError):
-            return f"query parameter {name!r} has an invalid value"
-    return None
-
-
-def _connection_parameters(scheme: str) -> frozenset[str]:
-    """The keyword arguments redis-py's connection class for ``scheme`` (and its pool) take."""
-    import inspect  # noqa: PLC0415 - rarely needed
-
-    from redis import connection  # noqa: PLC0415
-
-    classes: dict[str, type[Any]] = {
-        "rediss": connection.SSLConnection,
-        "unix": connection.UnixDomainSocketConnection,
-    }
-    names: set[str] = {"max_connections"}  # the pool's
-    for cls in classes.get(scheme, connection.Connection).__mro__:
-        init = cls.__dict__.get("__init__")
-        if init is not None:
-            names.update(inspect.signature(init).parameters)
-    return frozenset(names - {"self", "kwargs", "args"})
-
-
-def validate_redis_url(url: object) -> str:
-    """Return ``url`` if redis-py will read it as the server it names, else raise.
-
-    Accepts ``redis://``, ``rediss://`` and ``unix://`` URLs, and ``redis+sentinel://`` /
-    ``rediss+sentinel://`` (read by :func:`ctx_memory.stores.redis.parse_sentinel_url`).
-    Refuses anything redis-py would misread: no scheme, a ``#``, an ``@`` after the host
-    (an unencoded ``/`` or ``?`` in a password), a port or database that is not a number,
-    a bad known query value.
-
-    Raises:
-        ConfigurationError: Names ``REDIS_URL``; the message shows the URL only through
-            :func:`redact_url` and chains no other exception.
-    """
-    if not isinstance(url, str):
-        raise ConfigurationError("REDIS_URL", f"must be a string, got {type(url).__name__}")
-    problem = _redis_url_problem(url)
-    if problem is not None:
-        raise ConfigurationError("REDIS_URL", f"{problem} (got {redact_url(url)!r})")
-    return url
-
-
-# --------------------------------------------------------------------------- PostgreSQL
-# The PostgreSQL store's settings (POSTGRES_* keys of the Settings class below) and the
-# names STORE accepts (built-in stores and third-party stores registered by entry point).
-
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
-BUILTIN_STORES = ("memory", "postgres", "redis", "sqlite")
-
-
-def _postgres_url_problem(url: str) -> str | None:  # noqa: PLR0911 - one return per problem
-    """What is wrong with a PostgreSQL URL, or ``None``; never quotes the URL."""
-    if not url.startswith(POSTGRES_SCHEMES):
-        return "must start with postgresql:// or postgres://"
-    if any(c.isspace() or ord(c) < 32 for c in url):
-        return "must not contain spaces or control characters"
-    if "#" in url:
-        return f"holds a '#' (a URL fragment means nothing to PostgreSQL); {_ENCODE_HINT}"
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return f"has no valid host and port; {_ENCODE_HINT}"
-    if "@" in parts.path or "@" in parts.query:
-        return f"holds an '@' after the host; {_ENCODE_HINT}"
-    if parts.netloc.count("@") > 1:  # libpq and Python split the user info differently
-        return f"holds an unencoded '@' in the user name or password; {_ENCODE_HINT}"
-    if _BAD_ESCAPE.search(url):  # libpq refuses it, and psycopg's pool logs it verbatim
-        return f"holds a '%' that does not start a %XX escape; {_ENCODE_HINT}"
-    if port == 0:
-        return "the port must be a number from 1 to 65535"
-    return None
-
-
-_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-
-
-def validate_postgres_url(url: object) -> str:
-    """Return ``url`` if it is a ``postgresql://`` URL libpq reads as written, else raise.
-
-    Raises:
-        ConfigurationError: Names ``POSTGRES_URL``; the message shows the URL only through
-            :func:`redact_url` and chains no other exception.
-    """
-    if not isinstance(url, str):
-        raise ConfigurationError("POSTGRES_URL", f"must be a string, got {type(url).__name__}")
-    problem = _postgres_url_problem(url)
-    if problem is not None and not url.startswith(POSTGRES_SCHEMES):
-        # A libpq "key=value" string (or anything else): nothing to mask it by, so not shown.
-        raise ConfigurationError("POSTGRES_URL", f"{problem} (the value is not shown)")
-    if problem is not None:
-        raise ConfigurationError("POSTGRES_URL", f"{problem} (got {redact_url(url)!r})")
-    return url
-
-
-def _store_name_problem(name: str) -> str | None:
-    """Why ``name`` selects no store (neither built in nor registered), or ``None``."""
-    if name in BUILTIN_STORES:
-        return None
-    from ctx_memory.stores import registered_stores  # noqa: PLC0415 - reads entry points
-
-    registered = registered_stores()
-    if name in registered:
-        return None
-    known = ", ".join(sorted({*BUILTIN_STORES, *registered}))
-    return (
-        f"no store has that name; known stores: {known} (a third-party store registers "
-        "its name in the 'ctx_memory.stores' entry point group)"
-    )
-
 
 _SECRET_URL_KEYS = ("redis_url", "postgres_url")
 _SECRET_VALUE_KEYS = ("server_api_keys", "server_admin_keys", "server_cookie_secret")
@@ -447,7 +238,7 @@ class Settings(BaseModel):
     @field_validator("postgres_url")
     @classmethod
     def _check_postgres_url(cls, value: str) -> str:
-        problem = _postgres_url_problem(value)
+        problem = postgres_url_problem(value)
         if problem is not None:
             raise ValueError(problem)
         return value
@@ -465,7 +256,7 @@ class Settings(BaseModel):
     @field_validator("store")
     @classmethod
     def _check_store(cls, value: str) -> str:
-        problem = _store_name_problem(value)
+        problem = store_name_problem(value)
         if problem is not None:
             raise ValueError(problem)
         return value
@@ -536,7 +327,7 @@ class Settings(BaseModel):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
-        problem = _redis_url_problem(value)
+        problem = redis_url_problem(value)
         if problem is not None:
             raise ValueError(problem)
         return value
