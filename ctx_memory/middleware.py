@@ -350,23 +350,26 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
     def _current_run(
         messages: Sequence[BaseMessage], state: Mapping[str, Any]
     ) -> list[BaseMessage]:
-        """The run: from this invocation's first input message on.
+        """The run: from this invocation's first input message, or its last human message.
 
-        That message is marked in the state as the run begins (:meth:`_start_of`); where
-        it is not found (a state rewritten since, or made before the mark existed), the
-        run is taken from the last human message on (all of it if there is none).
-        LangChain summaries are left out: they are never a user turn.
+        The first input message is marked in the state as the run begins
+        (:meth:`_start_of`); the run starts there, or earlier at the last human message
+        (a run resumed after an interrupt has no input of its own: its question came
+        before the mark). Without a mark (a state rewritten since, or made before the
+        mark existed) the run is taken from the last human message on (all of it if
+        there is none). LangChain summaries are left out: they are never a user turn.
         """
         _, messages = split_summaries(messages)
+        human = next(
+            (i for i in range(len(messages) - 1, -1, -1) if isinstance(messages[i], HumanMessage)),
+            0,
+        )
         start = state.get(_RUN_START_KEY)
         if isinstance(start, str):
             for index, message in enumerate(messages):
                 if message.id == start:
-                    return list(messages[index:])
-        for index in range(len(messages) - 1, -1, -1):
-            if isinstance(messages[index], HumanMessage):
-                return list(messages[index:])
-        return list(messages)
+                    return list(messages[min(index, human) :])
+        return list(messages[human:])
 
     def _run_of(self, session_id: str, request: ModelRequest[Any]) -> list[BaseMessage]:
         """The current run (every message of the request if not persisting), with ids.
