@@ -77,10 +77,10 @@ if TYPE_CHECKING:
 __all__ = ["METADATA_KEY", "ContextualChat", "cited_sources", "reply_metadata"]
 
 METADATA_KEY = "ctx_memory"
+"""The key of ctx_memory's part of a reply's ``response_metadata``."""
 
 _REPLAY_WINDOW = 64
 """Newest messages a retried turn looks through for the reply an earlier attempt stored."""
-"""The key of ctx_memory's part of a reply's ``response_metadata``."""
 
 _REPORT_LEFT_OUT = frozenset({"session_id", "source_urls"})  # said once, elsewhere
 _CITATION = re.compile(r"\[(\d+(?:\s*(?:[,;]|[-\u2013])\s*\d+)*)\]")

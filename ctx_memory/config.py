@@ -107,7 +107,9 @@ PERSISTENT_TTL_SECONDS = 30 * 86_400.0
 _SECRET_URL_KEYS = ("redis_url", "postgres_url")
 _SECRET_VALUE_KEYS = ("server_api_keys", "server_admin_keys", "server_cookie_secret")
 """Settings whose wrong value may be a secret itself (a raw API key where its SHA-256 goes)."""
-_SECRET_KWARG = re.compile(r"key|secret|token|password|passwd|credential|auth", re.IGNORECASE)
+_SECRET_KWARG = re.compile(
+    r"key|secret|password|passwd|credential|auth|(?:^|[_-])token(?:$|[_-])", re.IGNORECASE
+)
 """Names of ``SERVER_CHAT_MODEL_KWARGS`` entries masked in ``repr(settings)``."""
 
 
@@ -115,8 +117,20 @@ def masked(name: str, value: Any) -> Any:
     """A setting's value as shown (``repr``, differences): passwords and credentials masked."""
     if name in _SECRET_URL_KEYS and isinstance(value, str):
         return redact_url(value)
-    if name == "server_chat_model_kwargs" and isinstance(value, dict):
-        return {k: "***" if _SECRET_KWARG.search(str(k)) else v for k, v in value.items()}
+    if name == "server_chat_model_kwargs":
+        return _masked_kwargs(value)
+    return value
+
+
+def _masked_kwargs(value: Any) -> Any:
+    """``value`` with credential-named entries masked, at any depth (headers included)."""
+    if isinstance(value, dict):
+        return {
+            k: "***" if _SECRET_KWARG.search(str(k)) else _masked_kwargs(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return type(value)(_masked_kwargs(v) for v in value)
     return value
 
 

@@ -545,8 +545,11 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         """The state update marking where the state and this run begin, as the run begins.
 
         The run's first message is the first after the one the previous run ended with
-        (a checkpointer's state); without that mark, the state's first: all of it is
-        this invocation's input.
+        (a checkpointer's state). Without that mark (no checkpointer: the caller sends
+        the input, perhaps after the history it keeps itself), the input messages that
+        end the state: the last human message and the human and system messages just
+        before it (a history the caller sends back ends each earlier run with an AI
+        message, which stops the walk).
         """
         messages = state.get("messages") or []
         if not messages or messages[0].id is None:
@@ -554,7 +557,11 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         update = {STATE_START_KEY: str(messages[0].id)}
         ids = [m.id for m in messages]
         seen = state.get(_SEEN_KEY)
-        first = ids.index(seen) + 1 if seen in ids else 0 if seen is None else None
+        first = ids.index(seen) + 1 if seen in ids else None
+        if seen is None:
+            first = len(messages)
+            while first > 0 and isinstance(messages[first - 1], (HumanMessage, SystemMessage)):
+                first -= 1
         if first is not None and first < len(messages) and messages[first].id is not None:
             update[_RUN_START_KEY] = str(messages[first].id)
         else:  # the mark is gone (the state was rewritten): the last-human rule decides

@@ -136,6 +136,10 @@ class WebText(_Body):
     source_type: str = Field(default="js_scraping", min_length=1, max_length=64)
 
 
+_RETRY_WINDOW = 64
+"""Newest messages a ``POST .../messages`` with an ``id`` looks through for the stored one."""
+
+
 class NewMessage(_Body):
     """A message to append (``role``: user, assistant, system or tool)."""
 
@@ -420,8 +424,12 @@ async def add_message(manager: Manager, session_id: SessionPath, body: NewMessag
             metadata=body.metadata,
             name=body.name,
         )
-    message = body.model_dump(exclude_none=True)
-    (record,) = await manager.aadd_messages(session_path_id(session_id), [message])
+    sid = session_path_id(session_id)
+    (record,) = await manager.aadd_messages(sid, [body.model_dump(exclude_none=True)])
+    # A retry of a stored id wrote nothing: answer what the session holds under it.
+    for stored in reversed(await manager.aget_history(sid, last_k=_RETRY_WINDOW)):
+        if stored.get("id") == body.id:
+            return stored
     return record
 
 

@@ -292,7 +292,7 @@ class _NoCrossSite:
     def _cross_site(self, scope: Scope) -> bool:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         origin = headers.get("origin", "").rstrip("/")
-        if origin and origin in self.allowed:
+        if origin and (origin in self.allowed or "*" in self.allowed):  # "*": any origin
             return False
         site = headers.get("sec-fetch-site")
         if site is not None:  # set by the browser itself (a page cannot forge it)

@@ -417,6 +417,10 @@ def test_another_sites_page_cannot_change_a_keyless_server(serve: Any) -> None:
             "/v1/sessions/victim/messages", json={"role": "user", "content": "x"}, headers=headers
         )
         assert added.status_code == 201, headers
+    # SERVER_CORS_ORIGINS = ["*"] lets any origin in, as CORS then does.
+    anyone = serve(create_app(settings=load_settings(store="memory", server_cors_origins=["*"])))
+    cross = {"Origin": "https://app.example", "Sec-Fetch-Site": "cross-site"}
+    assert anyone.get("/v1/sessions", headers=cross).status_code == 200
 
 
 def test_the_key_tool_refuses_unknown_options(capsys: pytest.CaptureFixture[str]) -> None:

@@ -138,9 +138,18 @@ def test_a_raw_key_where_a_digest_goes_is_not_shown(monkeypatch):
 
 
 def test_chat_model_credentials_are_masked_when_settings_are_shown():
-    settings = load_settings(server_chat_model_kwargs={"api_key": "sk-secret", "temperature": 0})
+    kwargs = {
+        "api_key": "sk-secret",
+        "temperature": 0,
+        "max_tokens": 512,
+        "default_headers": {"Authorization": "Bearer sk-proxy", "X-Trace": "t"},
+    }
+    settings = load_settings(server_chat_model_kwargs=kwargs)
     assert "sk-secret" not in repr(settings)
+    assert "sk-proxy" not in repr(settings)  # nested headers too
     assert "'temperature': 0" in repr(settings)
+    assert "'max_tokens': 512" in repr(settings)  # no credential
+    assert "'X-Trace': 't'" in repr(settings)
     assert settings.server_chat_model_kwargs["api_key"] == "sk-secret"  # kept, only masked
     differences = setting_differences(settings, load_settings())
     assert all("sk-secret" not in text for _, text in differences)

@@ -19,6 +19,9 @@ from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 
 from ctx_memory.middleware import ContextMiddleware
+from ctx_memory.tokens import TokenCounter
+
+COUNTER = TokenCounter()
 
 CHECKPOINTERS = pytest.mark.parametrize(
     "checkpointer", [False, True], ids=["no-checkpointer", "checkpointer"]
@@ -319,10 +322,12 @@ async def test_every_input_message_is_sent_and_stored(manager, checkpointer, cal
             await agent.ainvoke(state, _config())
 
     await run([HumanMessage("My name is Ada."), HumanMessage("I live in Oslo.")])
+    # With a checkpointer the run is whatever follows the previous one, an AI message
+    # included; without one, the human and system messages that end the input.
     await run([AIMessage("Anything else?"), HumanMessage("Where do I live?")])
     assert [m.text for m in model.seen[0][1:]] == ["My name is Ada.", "I live in Oslo."]
     stored = assert_stored_once(manager)
-    assert [(r["role"], r["content"]) for r in stored] == [
+    expected = [
         ("user", "My name is Ada."),
         ("user", "I live in Oslo."),
         ("assistant", "Hello Ada."),
@@ -330,5 +335,30 @@ async def test_every_input_message_is_sent_and_stored(manager, checkpointer, cal
         ("user", "Where do I live?"),
         ("assistant", "You live in Oslo."),
     ]
+    if not checkpointer:
+        expected.remove(("assistant", "Anything else?"))
+    assert [(r["role"], r["content"]) for r in stored] == expected
     # The second call is sent the stored history once, then its own input.
-    assert [m.text for m in model.seen[1][1:]] == [r["content"] for r in stored[:5]]
+    assert [m.text for m in model.seen[1][1:]] == [r["content"] for r in stored[:-1]]
+
+
+@pytest.mark.parametrize("calls", ["sync", "async"])
+async def test_a_caller_sending_its_history_back_has_it_trimmed(manager, calls) -> None:
+    """No checkpointer, the caller re-sends ``result["messages"]`` plus a question: the
+    earlier turns are history (stored once, trimmed to the budget), not this run."""
+    replies = [f"answer {i} " + "word " * 60 for i in range(12)]
+    model = fake_model(*replies)
+    agent = create_agent(
+        model, middleware=[ContextMiddleware(manager, max_tokens=1200, reserve_tokens=200)]
+    )
+    messages: list = []
+    for i in range(12):
+        state = {"messages": [*messages, HumanMessage(f"question {i} " + "word " * 60)]}
+        if calls == "sync":
+            result = agent.invoke(state, _config())
+        else:
+            result = await agent.ainvoke(state, _config())
+        messages = result["messages"]
+    stored = assert_stored_once(manager)
+    assert len(stored) == 24
+    assert all(COUNTER.count_chat(seen) <= 1000 for seen in model.seen)  # never over budget
