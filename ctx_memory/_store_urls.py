@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, unquote, unquote_plus, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, unquote_plus, urlsplit
 
 from ctx_memory.errors import ConfigurationError
 
@@ -103,6 +103,19 @@ def redis_url_problem(url: str) -> str | None:  # noqa: PLR0911 - one return per
         from ctx_memory.stores.redis import sentinel_url_problem  # noqa: PLC0415 - redis-py
 
         return sentinel_url_problem(url)
+    parts = _split(url)
+    if isinstance(parts, str):
+        return parts
+    if parts.scheme == "unix":
+        if not parts.path:
+            return "unix:// needs a socket path, e.g. unix:///run/redis/redis.sock"
+    elif not _DB_PATH.fullmatch(parts.path):
+        return "the path must be a database number, e.g. redis://localhost:6379/0"
+    return _query_problem(parts.query, parts.scheme) if parts.query else None
+
+
+def _split(url: str) -> SplitResult | str:
+    """``url`` split, or what is wrong with its host and port (an '@' after the host too)."""
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -110,14 +123,9 @@ def redis_url_problem(url: str) -> str | None:  # noqa: PLR0911 - one return per
         return f"has no valid host and port; {_ENCODE_HINT}"
     if "@" in parts.path or "@" in parts.query:
         return f"holds an '@' after the host; {_ENCODE_HINT}"
-    if parts.scheme == "unix":
-        if not parts.path:
-            return "unix:// needs a socket path, e.g. unix:///run/redis/redis.sock"
-    elif not _DB_PATH.fullmatch(parts.path):
-        return "the path must be a database number, e.g. redis://localhost:6379/0"
     if port == 0:
         return "the port must be a number from 1 to 65535"
-    return _query_problem(parts.query, parts.scheme) if parts.query else None
+    return parts
 
 
 def _query_problem(query: str, scheme: str) -> str | None:
@@ -199,19 +207,13 @@ def postgres_url_problem(url: str) -> str | None:  # noqa: PLR0911 - one return 
         return "must not contain spaces or control characters"
     if "#" in url:
         return f"holds a '#' (a URL fragment means nothing to PostgreSQL); {_ENCODE_HINT}"
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return f"has no valid host and port; {_ENCODE_HINT}"
-    if "@" in parts.path or "@" in parts.query:
-        return f"holds an '@' after the host; {_ENCODE_HINT}"
+    parts = _split(url)
+    if isinstance(parts, str):
+        return parts
     if parts.netloc.count("@") > 1:  # libpq and Python split the user info differently
         return f"holds an unencoded '@' in the user name or password; {_ENCODE_HINT}"
     if _BAD_ESCAPE.search(url):  # libpq refuses it, and psycopg's pool logs it verbatim
         return f"holds a '%' that does not start a %XX escape; {_ENCODE_HINT}"
-    if port == 0:
-        return "the port must be a number from 1 to 65535"
     return None
 
 
