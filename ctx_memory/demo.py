@@ -50,15 +50,15 @@ PAGE_TEXT = "Paris (CDG) from New York (JFK): daily non-stop flights, from $420 
 CHAT_TURNS = [
     (
         "Which source says when to book?",
-        "Source [1], the booking guide: book 6-8 weeks ahead for economy.",
+        "The booking guide: book 6-8 weeks ahead for economy [1].",
     ),
     (
         "Is there a non-stop from JFK?",
-        "Yes: daily non-stops JFK to CDG from $420 round trip [2].",
+        "Yes: daily non-stops JFK to CDG from $420 round trip [1].",
     ),
     (
         "Summarise my options in one line.",
-        "Book 6-8 weeks ahead [1], take the $420 JFK non-stop [2], pick a flexible fare [3].",
+        "Pick a flexible fare [1], book 6-8 weeks ahead [2] and take the $420 JFK non-stop.",
     ),
 ]
 
@@ -105,7 +105,7 @@ def run_demo(
     # 5. The (scripted) model answers; the reply is recorded with what produced it.
     manager.add_assistant_message(
         session_id,
-        "Book 6-8 weeks ahead and compare fares [1]; non-stops from JFK start at $420 [2].",
+        "Book 6-8 weeks ahead and compare fares [1]; a flexible fare lets you change dates [2].",
         model="scripted-demo-model",
         response_time_ms=850,
         sources_used=[r["url"] for r in SEARCH_RESULTS],

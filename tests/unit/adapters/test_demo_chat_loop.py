@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 from ctx_memory.demo import CHAT_TURNS, run_chat_loop, run_demo
 
 
@@ -25,3 +27,33 @@ def test_chat_loop_alone_stays_in_budget(manager):
         if line.strip().startswith("prompt:"):
             used, budget = line.split()[1].split("/")
             assert int(used) <= int(budget)
+
+
+def test_canned_replies_cite_the_sources_their_prompt_numbers(manager):
+    """Each scripted reply's ``[n]`` is the source that says what the reply says."""
+    from ctx_memory.demo import ContextPromptAssembler, run_demo
+
+    prompts: list[str] = []
+    original = ContextPromptAssembler.assemble
+
+    def assemble(self, *args, **kwargs):
+        assembled = original(self, *args, **kwargs)
+        prompts.append(assembled.system)
+        return assembled
+
+    ContextPromptAssembler.assemble = assemble  # type: ignore[method-assign]
+    try:
+        run_demo(manager, echo=lambda _: None)
+    finally:
+        ContextPromptAssembler.assemble = original  # type: ignore[method-assign]
+    # What each cited claim needs its source to say, by a word of it.
+    claims = {"weeks ahead": "6-8 weeks", "non-stop": "non-stop", "flexible": "Flexible"}
+    assert len(prompts) == len(CHAT_TURNS)
+    for system, (_, reply) in zip(prompts, CHAT_TURNS, strict=True):
+        numbered = dict(re.findall(r"^\[(\d+)\] .*\n(.*)$", system, re.MULTILINE))
+        for clause in re.split(r"[;,]|\band\b", reply):
+            for cited in re.findall(r"\[(\d+)\]", clause):
+                needed = [word for key, word in claims.items() if key in clause.lower()]
+                assert needed, clause
+                assert cited in numbered, (clause, system)
+                assert all(word in numbered[cited] for word in needed), (clause, system)
