@@ -330,7 +330,9 @@ def migrate_command(
         )
     for session_id in report.conflicts:
         typer.echo(
-            f"conflict: {session_id!r} differs on the target (--overwrite replaces it)", err=True
+            f"conflict: {session_id!r}: the target's copy has other counts than the source's"
+            " (one of them changed since it was copied; --overwrite replaces the target's)",
+            err=True,
         )
     for session_id in report.mismatches:
         typer.echo(

@@ -102,6 +102,13 @@ def test_the_command_reports_json_and_masks_passwords(
     again = runner.invoke(app, args)
     assert again.exit_code == 0
     assert f"{len(SESSIONS)} already there" in again.stdout
+    with ContextManager(store=SqliteStore(str(tmp_path / "a.sqlite3"))) as cm:
+        cm.add_user_message("user-002", "written on the source since")
+    changed = runner.invoke(app, args)
+    assert changed.exit_code == 1
+    assert "conflict: 'user-002': the target's copy has other counts than the source's" in (
+        changed.stderr
+    )
     secret = "s3cr3t-pw"
     refused = runner.invoke(
         app,
