@@ -329,7 +329,7 @@ class PostgresOperations(BaseStore):
             case ClearSession():
                 return self._clear(op, found)
             case ReplaceDocument():
-                return self._replace_document(op, found)
+                return self._replace_document(op, found, again=again, token=token)
             case CollectGarbage():
                 return self._gc(found)
             case GetRecallSegments():
@@ -717,21 +717,28 @@ class PostgresOperations(BaseStore):
         return len(rows)
 
     def _replace_document(
-        self, op: ReplaceDocument, found: Found
+        self, op: ReplaceDocument, found: Found, *, again: bool = False, token: int | None = None
     ) -> Generator[Statement, Any, WriteResult]:
+        # ``token`` in ``ct``: sent ``again`` after a lost reply, it answers as its first attempt
         yield Statement(IMPORT_LOCK, (op.session_id,), NONE)  # imports of one id take turns
         live = yield from self._live(op.session_id, found)
         created = live is None
-        if op.if_absent and not created:
-            return WriteResult(created=False, added=0)
+        firsts: dict[str, Any] = {}  # a message id is stored once, as appends do
+        messages = [firsts.setdefault(m.id, m) for m in op.messages if m.id not in firsts]
+        if op.if_absent and live is not None:
+            (ct,) = yield Statement(
+                self._sql.q("SELECT ct FROM {s}.sessions WHERE sk = %s"), (live[0],)
+            )
+            mine = again and token is not None and ct == token
+            return WriteResult(created=mine, added=len(messages) if mine else 0)
         if live is not None:
             yield Statement(self._sql.q("SELECT {s}.drop_session(%s)"), (live[0],), NONE)
         meta = op.header["metadata"]
         (sk,) = yield Statement(
             self._sql.q(
-                "INSERT INTO {s}.sessions (id, sp, md, sh, mc, tc, ts, expires_at, last_access) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, {s}.expiry(%s::float8), "
-                "nextval('{s}.access_clock')) RETURNING sk"
+                "INSERT INTO {s}.sessions (id, sp, md, sh, mc, tc, ts, expires_at, last_access, "
+                "ct) VALUES (%s, %s, %s, %s, %s, %s, %s, {s}.expiry(%s::float8), "
+                "nextval('{s}.access_clock'), %s) RETURNING sk"
             ),
             (
                 op.session_id,
@@ -742,15 +749,9 @@ class PostgresOperations(BaseStore):
                 int(meta.get("token_count", 0)),
                 dumps(meta["timestamp"]) if "timestamp" in meta else None,
                 self.ttl_seconds,
+                token,
             ),
         )
-        # A message id is stored once, as appends do: a repeated id is skipped.
-        seen: set[str] = set()
-        messages = []
-        for m in op.messages:
-            if m.id not in seen:
-                seen.add(m.id)
-                messages.append(m)
         yield Statement(
             self._sql.q(
                 "INSERT INTO {s}.messages (sk, pos, id, tokens, body) "
@@ -766,7 +767,6 @@ class PostgresOperations(BaseStore):
             ),
             NONE,
         )
-        items = op.items
         yield Statement(
             self._sql.q(
                 "WITH f AS (INSERT INTO {s}.fetched (sk, seq, source_type, body) "
@@ -779,15 +779,15 @@ class PostgresOperations(BaseStore):
             ),
             {
                 "sk": sk,
-                "types": [i.source_type for i in items],
-                "bodies": [i.json for i in items],
-                "fps": [i.fingerprint for i in items],
+                "types": [i.source_type for i in op.items],
+                "bodies": [i.json for i in op.items],
+                "fps": [i.fingerprint for i in op.items],
             },
             NONE,
         )
         yield Statement(
             self._sql.q("UPDATE {s}.sessions SET n_messages = %s, n_fetched = %s WHERE sk = %s"),
-            (len(messages), len(items), sk),
+            (len(messages), len(op.items), sk),
             NONE,
         )
         evicted: tuple[str, ...] = ()

@@ -28,7 +28,7 @@ only through ``UNIQUE (sk, id)`` (an id the session holds fails the statement wh
 append is sent again as the function that skips it). Every append carries a random write
 token (:func:`_write_token`, the same on its second attempt) stored with the messages it
 inserts and the session it creates: a second attempt after a lost reply answers what its
-first did (``added``, ``created``), so the manager's events are not lost.
+first did (``added``, ``created``), so the manager's events are not lost. So does an import.
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ _TRANSACTION = (
     TruncateMessages,
 )
 _NOT_REPEATED = (MergeShared, AppendFetched, TruncateMessages)
+_TOKENED = (AppendMessages, ReplaceDocument)  # a second attempt answers as the first
 _CREATED_MEANWHILE = (
     psycopg.errors.DuplicateTable,
     psycopg.errors.DuplicateObject,
@@ -141,7 +142,7 @@ _CREATED_MEANWHILE = (
 
 
 def _write_token() -> int:
-    """A random token for one append, the same on each of its attempts.
+    """A random token for one append or import, the same on each of its attempts.
 
     A signed 64-bit integer: the ``bigint`` kept in ``messages.wt`` and ``sessions.ct``.
     """
@@ -520,7 +521,7 @@ class PostgresStore(PostgresOperations):
             self._give(lease)
 
     def _drive(self, op: StoreOp) -> Any:
-        token = _write_token() if isinstance(op, AppendMessages) else None
+        token = _write_token() if isinstance(op, _TOKENED) else None
         for attempt in range(3):
             found = Found()
             lease = None
@@ -547,7 +548,7 @@ class PostgresStore(PostgresOperations):
         raise AssertionError  # pragma: no cover - the loop returns or raises
 
     async def _adrive(self, op: StoreOp) -> Any:
-        token = _write_token() if isinstance(op, AppendMessages) else None
+        token = _write_token() if isinstance(op, _TOKENED) else None
         for attempt in range(3):
             pool = await self._loop_pool()
             found = Found()

@@ -19,6 +19,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from store_records import NOW, init, msg
 from test_postgres_schema_versions import _back_to_version_2
 
+from ctx_memory.errors import SessionExistsError
 from ctx_memory.events import EventType
 from ctx_memory.manager import ContextManager
 from ctx_memory.stores._postgres_ops import Statement
@@ -221,3 +222,70 @@ async def test_the_manager_emits_each_event_once_after_a_lost_reply(
     meta, control = cm.get_metadata("s"), cm.get_metadata("control")
     assert meta["message_count"] == control["message_count"] == 2 * size
     assert meta["token_count"] == control["token_count"] > 0
+
+
+class DropsAfterCommit:
+    """Drops the connection of the next operation once its transaction committed, for real
+    (``pg_terminate_backend``), then sends one more statement on it: ``OperationalError``,
+    as for a reply lost after the commit of a multi-statement write."""
+
+    def __init__(self, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.url = url
+        self.armed = 0
+        self.dropped: list[int] = []
+        attempt, aattempt = PostgresStore._attempt, PostgresStore._aattempt
+
+        def dropping(store: PostgresStore, conn: Any, *args: Any, **kwargs: Any) -> Any:
+            result = attempt(store, conn, *args, **kwargs)
+            if self._take(conn):
+                conn.execute("SELECT 1")  # the connection is gone: OperationalError
+            return result
+
+        async def adropping(store: PostgresStore, conn: Any, *args: Any, **kwargs: Any) -> Any:
+            result = await aattempt(store, conn, *args, **kwargs)
+            if self._take(conn):
+                await conn.execute("SELECT 1")
+            return result
+
+        monkeypatch.setattr(PostgresStore, "_attempt", dropping)
+        monkeypatch.setattr(PostgresStore, "_aattempt", adropping)
+
+    def _take(self, conn: Any) -> bool:
+        if not self.armed:
+            return False
+        self.armed -= 1
+        pid = conn.info.backend_pid
+        with psycopg.connect(self.url, autocommit=True) as other:
+            other.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+        self.dropped.append(pid)
+        return True
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_an_import_without_overwrite_whose_reply_is_lost_succeeds_once(
+    store: PostgresStore, postgres_url: str, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """The import committed, its reply was lost: the second attempt finds the session its
+    first attempt wrote (its token), so the import succeeds as it did, one
+    ``session_created``; another import of the same id is still refused."""
+    source = ContextManager(token_counter="approximate")
+    source.add_messages("s", [HumanMessage("hi", id="q"), AIMessage("hello", id="a")])
+    document = source.export_session("s")
+    cm = ContextManager(store=store, token_counter="approximate")
+    created: list[Event] = []
+    cm.on(EventType.SESSION_CREATED, created.append)
+    drops = DropsAfterCommit(postgres_url, monkeypatch)
+    drops.armed = 1
+
+    async def load() -> str:
+        if mode == "async":
+            return await cm.aimport_session(document, overwrite=False)
+        return cm.import_session(document, overwrite=False)
+
+    assert await load() == "s"
+    assert len(drops.dropped) == 1
+    assert [e.session_id for e in created] == ["s"]
+    assert [r["id"] for r in cm.get_history("s")] == ["q", "a"]
+    assert cm.get_metadata("s")["message_count"] == 2
+    with pytest.raises(SessionExistsError):
+        await load()
