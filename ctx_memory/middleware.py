@@ -14,7 +14,9 @@ On every model call the middleware
    session, so the model gets every message at most once, checkpointer or not;
 2. once the model has answered, appends the current run and the reply (with ``model``,
    ``response_time_ms``, ``sources_used`` and ``tools_used`` in its metadata) in one
-   write. A failed model call writes no message. Appends are idempotent by message id, so
+   write. A failed model call writes no message, unless a tool already ran in this run:
+   the run so far is then stored with its tool results (an earlier call stored the tool
+   call; the tool's output is not lost). Appends are idempotent by message id, so
    a message the session already holds is passed over, whoever wrote it and whatever
    else was written since: another agent on the same session, an agent used as a tool
    that inherits ``configurable.session_id``, or a plain
@@ -61,7 +63,13 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
 
 from typing import NotRequired
 
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
 from langchain_core.runnables.config import var_child_runnable_config
 from typing_extensions import override
 
@@ -430,7 +438,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         Nothing (``[]``) without ``persist``. The run's messages carry ``asked`` (the
         model call's start: they were all there by then), the replies the time they came.
         """
-        replies = _reply_messages(result)
+        replies = _reply_messages(result) if result is not None else []
         anchor = str(request.messages[-1].id) if request.messages else ""
         for index, reply in enumerate(replies):
             if reply.id is None:
@@ -473,6 +481,11 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             del record["token_count"]  # counted by the manager
             records.append(record)
         return [*stamped, *records]
+
+    @staticmethod
+    def _ran_tools(run: Sequence[BaseMessage]) -> bool:
+        """Whether the run holds a tool result: a model call of this run asked for it."""
+        return any(isinstance(m, ToolMessage) for m in run)
 
     def _summaries_of(self, request: ModelRequest[Any]) -> list[BaseMessage]:
         """The request's LangChain summaries this middleware handles (none if not persisting)."""
@@ -647,7 +660,15 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             session_id, tail, query=query, skip_ids=skip, system_prefix=system
         )
         asked, started = now_iso(), time.perf_counter()
-        result = handler(self._override(request, prompt))
+        try:
+            result = handler(self._override(request, prompt))
+        except BaseException:
+            if self._ran_tools(run):  # keep what the tools returned: they ran
+                kept = self._written(
+                    session_id, request, run, None, started=started, prompt=prompt, asked=asked
+                )
+                self._store(session_id, kept)
+            raise
         written = self._written(
             session_id, request, run, result, started=started, prompt=prompt, asked=asked
         )
@@ -671,7 +692,15 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             session_id, tail, query=query, skip_ids=skip, system_prefix=system
         )
         asked, started = now_iso(), time.perf_counter()
-        result = await handler(self._override(request, prompt))
+        try:
+            result = await handler(self._override(request, prompt))
+        except BaseException:
+            if self._ran_tools(run):  # keep what the tools returned: they ran
+                kept = self._written(
+                    session_id, request, run, None, started=started, prompt=prompt, asked=asked
+                )
+                await self._astore(session_id, kept)
+            raise
         written = self._written(
             session_id, request, run, result, started=started, prompt=prompt, asked=asked
         )

@@ -6,7 +6,7 @@ import warnings
 from types import SimpleNamespace
 
 import pytest
-from adapter_fakes import fake_model, get_weather, tool_call
+from adapter_fakes import ToolCallingFakeModel, fake_model, get_weather, tool_call
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelRequest, ModelResponse
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
@@ -301,3 +301,44 @@ def test_the_middleware_takes_the_recall_index_cache_to_share(manager) -> None:
     own = Recall()
     assert ContextMiddleware(manager, recall=own).assembler.recall is own
     assert ContextMiddleware(manager).assembler.recall is recall_for(manager)
+
+
+class _FailsAfterToolCall(ToolCallingFakeModel):
+    """Asks for the weather, then fails on the model call that would read the result."""
+
+    def _generate(self, messages, *args, **kwargs):
+        if any(isinstance(m, ToolMessage) for m in messages):
+            msg = "model unavailable"
+            raise ConnectionError(msg)
+        return super()._generate(messages, *args, **kwargs)
+
+
+async def _invoke(agent, mode, state):
+    if mode == "async":
+        return await agent.ainvoke(state, CONFIG)
+    return agent.invoke(state, CONFIG)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("checkpointer", [None, "memory"], ids=["no-checkpointer", "checkpointer"])
+async def test_a_failed_model_call_keeps_the_tool_results_that_ran(manager, mode, checkpointer):
+    """The first model call asked for a tool (stored with the question), the tool ran, the
+    next model call failed: the tool's result is stored too, so the session holds no
+    unanswered tool call and loses no tool output; the failure still propagates."""
+    model = _FailsAfterToolCall(messages=iter([tool_call("get_weather", "c1", city="Paris")]))
+    agent = _agent(manager, model, InMemorySaver() if checkpointer else None)
+    asked = {"messages": [("user", "Weather in Paris?")]}
+    with pytest.raises(ConnectionError):
+        await _invoke(agent, mode, asked)
+    stored = manager.get_history("s1")
+    assert [r["role"] for r in stored] == ["user", "assistant", "tool"]
+    assert stored[2]["content"] == "Sunny in Paris"
+    assert stored[2]["tool_call_id"] == "c1"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_failed_first_model_call_still_writes_nothing(manager, mode):
+    agent = _agent(manager, _FailsAfterToolCall(messages=iter([])))
+    with pytest.raises(Exception):  # noqa: B017, PT011 - whatever the exhausted fake raises
+        await _invoke(agent, mode, {"messages": [("user", "hi")]})
+    assert manager.get_history("s1") == []
