@@ -10,6 +10,7 @@ from ctx_memory.errors import (
 )
 from ctx_memory.events import EventType
 from ctx_memory.records import (
+    COMPACTIONS_KEY,
     api_message,
     assistant_record,
     build_record,
@@ -48,6 +49,47 @@ if TYPE_CHECKING:
 from ctx_memory.manager._sessions import SessionMethods
 
 Content = str | list[str | dict[str, Any]]
+
+
+def _summaries(header: Header | None) -> list[Mapping[str, Any]]:
+    """The summary compactions stored in a header's ``shared`` (tombstones skipped)."""
+    shared: Mapping[str, Any] = (header["shared"] if header else None) or {}
+    entries = shared.get(COMPACTIONS_KEY) or {}
+    if not isinstance(entries, dict):
+        return []
+    return [e for e in entries.values() if isinstance(e, dict) and e.get("kind") == "summary"]
+
+
+def _span(summaries: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    """The positions from the first summary's first covered message to the last's last."""
+    return (
+        min(int(e["first_index"]) for e in summaries),
+        max(int(e["last_index"]) for e in summaries),
+    )
+
+
+def _stale(
+    summaries: Sequence[Mapping[str, Any]],
+    start: int,
+    records: Sequence[Mapping[str, Any]],
+    replaced: str | None,
+) -> dict[str, None]:
+    """Tombstones for the summaries an edit made stale.
+
+    ``records`` are the messages from position ``start`` on, read after the edit. A
+    summary is stale when its newest covered message is no longer at its place (a
+    deletion or truncation moved or removed it) or, for a replacement, when it covers the
+    ``replaced`` message id (its text summarises what that message no longer says).
+    """
+    ids = [r.get("id") for r in records]
+    stale: dict[str, None] = {}
+    for entry in summaries:
+        first, last = int(entry["first_index"]) - start, int(entry["last_index"]) - start
+        covered = ids[first : last + 1]
+        moved = len(covered) != last - first + 1 or covered[-1] != entry.get("last_id")
+        if moved or (replaced is not None and replaced in covered):
+            stale[str(entry["id"])] = None
+    return stale
 
 
 class HistoryMethods(SessionMethods):
@@ -247,10 +289,42 @@ class HistoryMethods(SessionMethods):
                 count=count,
             )
 
+    def _drop_stale_summaries(self, session_id: str, replaced: str | None = None) -> None:
+        """After an edit: remove the summary compactions it made stale (see :func:`_stale`).
+
+        A summary of text the history no longer holds (a redacted message, say) must not
+        reach the model, nor stay in the document.
+        """
+        summaries = _summaries(self.get_header(session_id))
+        if not summaries:
+            return
+        start, stop = _span(summaries)
+        records = self.get_message_range(session_id, start, stop)
+        stale = _stale(summaries, start, records, replaced)
+        if stale:
+            self.update_partial_context(session_id, {COMPACTIONS_KEY: stale}, reserved=True)
+
+    async def _adrop_stale_summaries(self, session_id: str, replaced: str | None = None) -> None:
+        """Async :meth:`_drop_stale_summaries`."""
+        summaries = _summaries(await self.aget_header(session_id))
+        if not summaries:
+            return
+        start, stop = _span(summaries)
+        records = await self.aget_message_range(session_id, start, stop)
+        stale = _stale(summaries, start, records, replaced)
+        if stale:
+            await self.aupdate_partial_context(session_id, {COMPACTIONS_KEY: stale}, reserved=True)
+
     def delete_message(self, session_id: str, message_id: str) -> bool:
-        """Remove one message by id, atomically (counters follow); return whether it was there."""
+        """Remove one message by id, atomically (counters follow); return whether it was there.
+
+        Summary compactions whose range the deletion changed are removed
+        (:mod:`ctx_memory.compaction`).
+        """
         op = self._plan_delete_message(session_id, message_id)
         removed = self._execute(op)
+        if removed:
+            self._drop_stale_summaries(session_id)
         self._finish_edit(session_id, "delete", message_id, removed)
         return bool(removed)
 
@@ -258,6 +332,8 @@ class HistoryMethods(SessionMethods):
         """Async :meth:`delete_message`."""
         op = self._plan_delete_message(session_id, message_id)
         removed = await self._aexecute(op)
+        if removed:
+            await self._adrop_stale_summaries(session_id)
         self._finish_edit(session_id, "delete", message_id, removed)
         return bool(removed)
 
@@ -291,13 +367,17 @@ class HistoryMethods(SessionMethods):
         """Put ``message`` in the place of the message with ``message_id``; return the record.
 
         The replacement keeps the id (and the position) of the message it replaces, so an
-        edited question is still the same turn; ``token_count`` follows. Atomic.
+        edited question is still the same turn; ``token_count`` follows. Atomic. Summary
+        compactions covering the message are then removed: they summarise its old text.
 
         Raises:
             MessageNotFoundError: No message of the session has that id.
         """
         op, record = self._plan_replace(session_id, message_id, message, metadata)
-        self._finish_replace(op, self._execute(op))
+        found = self._execute(op)
+        if found:
+            self._drop_stale_summaries(session_id, message_id)
+        self._finish_replace(op, found)
         return record
 
     async def areplace_message(
@@ -310,7 +390,10 @@ class HistoryMethods(SessionMethods):
     ) -> dict[str, Any]:
         """Async :meth:`replace_message`."""
         op, record = self._plan_replace(session_id, message_id, message, metadata)
-        self._finish_replace(op, await self._aexecute(op))
+        found = await self._aexecute(op)
+        if found:
+            await self._adrop_stale_summaries(session_id, message_id)
+        self._finish_replace(op, found)
         return record
 
     @staticmethod
@@ -330,20 +413,27 @@ class HistoryMethods(SessionMethods):
 
         For a chat UI: regenerate an answer (truncate after the question, then ask again)
         or edit the last question (:meth:`replace_message`, then truncate after it).
-        Atomic, counters follow. Returns how many messages were removed.
+        Atomic, counters follow; summary compactions reaching past the cut are then
+        removed. Returns how many messages were removed.
 
         Raises:
             MessageNotFoundError: No message of the session has that id.
         """
         op = self._plan_truncate(session_id, message_id, inclusive)
-        return self._finish_truncate(op, self._execute(op))
+        removed = self._execute(op)
+        if removed:
+            self._drop_stale_summaries(session_id)
+        return self._finish_truncate(op, removed)
 
     async def atruncate_after(
         self, session_id: str, message_id: str, *, inclusive: bool = False
     ) -> int:
         """Async :meth:`truncate_after`."""
         op = self._plan_truncate(session_id, message_id, inclusive)
-        return self._finish_truncate(op, await self._aexecute(op))
+        removed = await self._aexecute(op)
+        if removed:
+            await self._adrop_stale_summaries(session_id)
+        return self._finish_truncate(op, removed)
 
     def _plan_fetched(
         self, session_id: str, encoded: Sequence[tuple[EncodedItem, dict[str, Any]]], dedupe: bool

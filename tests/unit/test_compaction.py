@@ -160,9 +160,12 @@ def test_summary_replaces_its_range_and_removing_restores(
 
 
 def test_a_stale_compaction_is_not_used_and_said_so(manager: ContextManager) -> None:
+    """An edit made below the manager (a store call, an older release's process) leaves
+    the entry in place: the view sees the moved boundary and says why it skips it."""
     _chat(manager, "s1", 40)
     add_compaction(manager, "s1", 0, 59, "old summary")
-    manager.delete_message("s1", manager.get_history("s1")[10]["id"])
+    deleted = manager.get_history("s1")[10]["id"]
+    assert manager.store.delete_messages("s1", [deleted], now="2026-01-01T00:00:00+00:00")
     assembler = ContextPromptAssembler(
         manager, max_tokens=8000, compaction=CompactionPolicy(summarize_at=None)
     )
@@ -240,3 +243,55 @@ def test_generated_traces_never_orphan_and_count_exactly(layout: str) -> None:
         )
         assert get_compactions(manager, "s"), "the policy summarised"
         stored.extend(history)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("edit", ["replace", "delete", "truncate"])
+async def test_an_edit_inside_a_summarised_range_removes_the_summary(
+    store_manager: ContextManager, mode: str, edit: str
+) -> None:
+    """A summary of text the history no longer holds (a redacted card number) is removed
+    by the edit: it is neither sent nor kept; summaries the edit left whole stay."""
+    manager = store_manager
+    _chat(manager, "s1", 40)
+    manager.replace_message("s1", manager.get_history("s1")[6]["id"], {"role": "user",
+        "content": "My card is 4111 1111 1111 1111."})  # fmt: skip
+    inner = add_compaction(manager, "s1", 0, 19, "Card 4111 1111 1111 1111; flights AF100-AF109.")
+    outer = add_compaction(manager, "s1", 30, 49, "Flights AF115-AF124.")
+    target = manager.get_history("s1")[6]["id"]
+    redacted = {"role": "user", "content": "My card is [REDACTED]."}
+    if edit == "replace":
+        if mode == "async":
+            await manager.areplace_message("s1", target, redacted)
+        else:
+            manager.replace_message("s1", target, redacted)
+        kept = [outer["id"]]  # positions did not move: the later summary still holds
+    elif edit == "delete":
+        if mode == "async":
+            assert await manager.adelete_message("s1", target)
+        else:
+            assert manager.delete_message("s1", target)
+        kept = []  # every later position moved by one
+    else:
+        cut = manager.get_history("s1")[40]["id"]
+        if mode == "async":
+            assert await manager.atruncate_after("s1", cut)
+        else:
+            assert manager.truncate_after("s1", cut)
+        kept = [inner["id"]]  # the cut is inside the later range only
+    assert [e["id"] for e in get_compactions(manager, "s1")] == kept
+    prompt = ContextPromptAssembler(manager, max_tokens=8000).assemble("s1", "my card?")
+    sent = "\n".join(m.text for m in prompt.messages)
+    assert ("4111" in sent) == (edit == "truncate")
+    assert prompt.report.compaction_notes == []
+
+
+def test_an_edit_outside_every_summarised_range_keeps_the_summaries(
+    manager: ContextManager,
+) -> None:
+    _chat(manager, "s1", 40)
+    entry = add_compaction(manager, "s1", 0, 19, "Flights AF100-AF109.")
+    later = manager.get_history("s1")[60]["id"]
+    manager.replace_message("s1", later, {"role": "user", "content": "edited"})
+    assert manager.delete_message("s1", manager.get_history("s1")[70]["id"])
+    assert [e["id"] for e in get_compactions(manager, "s1")] == [entry["id"]]

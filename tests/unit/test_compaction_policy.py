@@ -124,7 +124,9 @@ def test_a_stale_summary_is_not_rolled_in(manager: ContextManager) -> None:
     policy = CompactionPolicy(summarize_at=100, keep_recent=8, block=4, min_messages=4)
     first = compact(manager, "s", policy).entry
     assert first is not None
-    manager.delete_message("s", manager.get_history("s")[first["last_index"]]["id"])
+    # deleted below the manager (which would have removed the entry): the entry is stale
+    stale = manager.get_history("s")[first["last_index"]]["id"]
+    assert manager.store.delete_messages("s", [stale], now="2026-01-01T00:00:00+00:00")
     manager.add_messages("s", [m for i in range(12, 18) for m in _turn(i)])
     second = compact(manager, "s", policy).entry
     assert second is not None
