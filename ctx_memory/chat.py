@@ -160,14 +160,36 @@ def _as_message(message: BaseMessage) -> AIMessage:
     return message
 
 
+def _input_add(joined: Any, part: Any) -> Any:
+    """``joined + part`` as LangChain adds streamed chunks; ``part`` where they do not add.
+
+    Dicts add key by key (``AddableDict``'s rule): a step that builds a dict
+    (``RunnableParallel``, ``RunnablePassthrough.assign``) streams one partial dict per
+    key, and a key's streamed pieces (a question from a model) are added up too.
+    """
+    if isinstance(joined, Mapping) and isinstance(part, Mapping):
+        out = dict(joined)
+        for key, value in part.items():
+            if out.get(key) is None:
+                out[key] = value
+            elif value is not None:
+                out[key] = _input_add(out[key], value)
+        return out
+    try:
+        return joined + part
+    except TypeError:
+        return part
+
+
 def _join(inputs: list[Any]) -> Any:
-    """The single input of a streamed run (string chunks are joined)."""
+    """The single input of a streamed run: its chunks added up, as ``invoke`` gets it."""
     if not inputs:
         msg = "ContextualChat got no input"
         raise ValidationError(msg)
-    if all(isinstance(part, str) for part in inputs):
-        return "".join(inputs)
-    return inputs[-1]
+    joined = inputs[0]
+    for part in inputs[1:]:
+        joined = _input_add(joined, part)
+    return joined
 
 
 _ID_NAMESPACE = uuid.UUID("0f3c8a52-6d0e-4a59-b1f4-7c2e9d18a6b3")

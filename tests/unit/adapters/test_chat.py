@@ -7,7 +7,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.language_models import FakeMessagesListChatModel, GenericFakeChatModel
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough
 
 from ctx_memory import ContextPromptAssembler, ContextualChat, TokenCounter, ValidationError
 
@@ -166,3 +166,50 @@ def test_session_id_is_a_declared_configurable(manager):
     chain = ContextPromptAssembler(manager) | fake("x")
     assert [spec.id for spec in chain.config_specs] == ["session_id"]
     assert [s.id for s in ContextualChat(manager, fake("x")).config_specs] == ["session_id"]
+
+
+def _answers():
+    n = 0
+    while True:
+        n += 1
+        yield AIMessage(f"answer {n}")
+
+
+def _stored(manager, sid):
+    return [(r["role"], r["content"]) for r in manager.get_history(sid)]
+
+
+@pytest.mark.parametrize("mode", ["invoke", "stream", "astream"])
+async def test_a_dict_built_by_the_chain_reaches_the_chat_whole(manager, mode):
+    """``RunnableParallel`` and ``RunnablePassthrough.assign`` stream one partial dict per
+    key: the turn goes to the input's session, with its question, as with ``invoke``."""
+    manager.add_user_message("default", "another user's question")
+    manager.add_assistant_message("default", "its reply")
+    model = GenericFakeChatModel(messages=_answers())
+    chat = ContextualChat(manager, model, max_tokens=2000, session_id="default")
+    built = RunnableParallel(question=RunnablePassthrough(), session_id=lambda _: "bob") | chat
+    assigned = RunnablePassthrough.assign(question=lambda d: d["text"].strip()) | chat
+    for chain, given, sid in (
+        (built, "Capital of France?", "bob"),
+        (assigned, {"session_id": "alice", "text": " Capital of Italy? "}, "alice"),
+    ):
+        if mode == "invoke":
+            reply = chain.invoke(given).content
+        elif mode == "stream":
+            reply = "".join(str(chunk.content) for chunk in chain.stream(given))
+        else:
+            reply = "".join([str(chunk.content) async for chunk in chain.astream(given)])
+        question = given if isinstance(given, str) else given["text"].strip()
+        assert _stored(manager, sid) == [("user", question), ("assistant", reply)]
+    assert _stored(manager, "default") == [
+        ("user", "another user's question"),
+        ("assistant", "its reply"),
+    ]
+
+
+def test_streamed_string_chunks_still_join():
+    from ctx_memory.chat import _join
+
+    assert _join(["What ", "is ", "this?"]) == "What is this?"
+    assert _join([{"a": "x"}, {"a": "y", "b": None}, {"b": 1}]) == {"a": "xy", "b": 1}
+    assert _join([{"q": 1}, {"q": None}]) == {"q": 1}
