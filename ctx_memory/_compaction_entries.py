@@ -300,14 +300,40 @@ def add_compaction(
     return write_entry(manager, session_id, entry, tombstones)
 
 
+def _inside(entry: Mapping[str, Any], live: Sequence[Mapping[str, Any]]) -> dict[str, None]:
+    """Tombstones for the other live summaries within ``entry``'s range: never used again.
+
+    Another compactor's summary written while this one's summariser ran (two processes,
+    two chats in background mode) lands inside the range this one covers; left live, each
+    such race would keep a dead entry in ``shared`` for good.
+    """
+    if entry.get("kind") != "summary":
+        return {}
+    first, last = int(entry["first_index"]), int(entry["last_index"])
+    return {
+        str(other["id"]): None
+        for other in live
+        if other.get("kind") == "summary"
+        and other.get("id") != entry["id"]
+        and first <= int(other["first_index"])
+        and int(other["last_index"]) <= last
+    }
+
+
 def write_entry(
     manager: ContextManager,
     session_id: str,
     entry: dict[str, Any],
     tombstones: Mapping[str, None] | None = None,
+    *,
+    inside: bool = False,
 ) -> dict[str, Any]:
-    """Write ``entry``, merged with the summaries at its boundary, in one atomic update."""
-    same = _same_end(entry, get_compactions(manager, session_id))
+    """Write ``entry``, merged with the summaries at its boundary, in one atomic update.
+
+    ``inside``: also remove the live summaries within its range (:func:`_inside`).
+    """
+    live = get_compactions(manager, session_id)
+    same = _same_end(entry, live)
     wider = _wider(entry, same)
     extra = None
     if wider is not None:
@@ -315,6 +341,8 @@ def write_entry(
             session_id, int(wider["first_index"]), int(entry["first_index"]) - 1
         )
     entry, update = _settled(entry, same, extra, manager.token_counter, tombstones)
+    if inside:
+        update = {**_inside(entry, live), **update}
     manager.update_partial_context(session_id, {COMPACTIONS_KEY: update}, reserved=True)
     return entry
 
@@ -324,9 +352,12 @@ async def awrite_entry(
     session_id: str,
     entry: dict[str, Any],
     tombstones: Mapping[str, None] | None = None,
+    *,
+    inside: bool = False,
 ) -> dict[str, Any]:
     """Async :func:`write_entry`."""
-    same = _same_end(entry, await aget_compactions(manager, session_id))
+    live = await aget_compactions(manager, session_id)
+    same = _same_end(entry, live)
     wider = _wider(entry, same)
     extra = None
     if wider is not None:
@@ -334,6 +365,8 @@ async def awrite_entry(
             session_id, int(wider["first_index"]), int(entry["first_index"]) - 1
         )
     entry, update = _settled(entry, same, extra, manager.token_counter, tombstones)
+    if inside:
+        update = {**_inside(entry, live), **update}
     await manager.aupdate_partial_context(session_id, {COMPACTIONS_KEY: update}, reserved=True)
     return entry
 

@@ -479,7 +479,7 @@ def compact(
         counter=counter,
     )  # fmt: skip
     try:
-        written = write_entry(manager, session_id, entry, tombstones)
+        written = write_entry(manager, session_id, entry, tombstones, inside=True)
     except ValidationError as e:  # the summary cannot be stored: as if the summariser failed
         return _failed(session_id, _unstored(e))
     return CompactionOutcome(entry=written)
@@ -522,7 +522,7 @@ async def acompact(
         counter=counter,
     )  # fmt: skip
     try:
-        written = await awrite_entry(manager, session_id, entry, tombstones)
+        written = await awrite_entry(manager, session_id, entry, tombstones, inside=True)
     except ValidationError as e:  # the summary cannot be stored: as if the summariser failed
         return _failed(session_id, _unstored(e))
     return CompactionOutcome(entry=written)

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.runnables import RunnableLambda
 
 from ctx_memory import ContextManager, ContextPromptAssembler, TokenCounter
 from ctx_memory.assembly.compacted import COMPACTIONS_KEY, CompactedView, summary_record
@@ -272,3 +273,48 @@ def test_add_compaction_replaces_the_compactions_it_stands_for(manager: ContextM
         with pytest.raises(ValidationError, match="replaces"):
             add_compaction(manager, "s1", 0, 9, "x", replaces=bad)  # type: ignore[arg-type]
     assert manager.export_session("s1") == before
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_two_compactors_racing_leave_no_dead_summary(
+    manager: ContextManager, mode: str
+) -> None:
+    """Another compactor's summary lands while this one's summariser runs. One inside the
+    range this one covers is removed by this one's write; one reaching further (this one's
+    is then inside it) is removed by the next compaction. ``shared`` stays bounded."""
+    _session(manager, "s", 12)
+    other: list[tuple[int, int]] = [(0, 7)]
+
+    def summarise(messages: list[BaseMessage]) -> str:
+        if other:  # the other compactor finishes first
+            first, last = other.pop()
+            add_compaction(manager, "s", first, last, f"other {first}-{last}")
+        return "ours"
+
+    policy = CompactionPolicy(
+        summarize_at=100,
+        keep_recent=8,
+        block=4,
+        min_messages=4,
+        summarizer=RunnableLambda(summarise),
+    )
+
+    async def run() -> Any:
+        if mode == "async":
+            return (await acompact(manager, "s", policy)).entry
+        return compact(manager, "s", policy).entry
+
+    ours = await run()
+    assert ours is not None
+    assert (ours["first_index"], ours["last_index"] > 7) == (0, True)
+    assert [c["id"] for c in _summaries(manager, "s")] == [ours["id"]]
+    # the other way round: the other summary reaches further than ours
+    manager.add_messages("s", [m for i in range(12, 16) for m in _turn(i)])
+    length = manager.get_metadata("s")["message_count"]
+    other.append((0, length - 9))
+    second = await run()
+    assert second is not None
+    manager.add_messages("s", [m for i in range(16, 24) for m in _turn(i)])
+    third = await run()
+    assert third is not None
+    assert [c["id"] for c in _summaries(manager, "s")] == [third["id"]]
