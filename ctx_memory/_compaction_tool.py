@@ -18,7 +18,8 @@ __all__ = ["build_restore_tool"]
 
 DESCRIPTION = (
     "Bring back a tool output that was cleared from view to save space. Pass `tool_call_id`: "
-    "the id named in the placeholder. Returns the tool's full output."
+    "the id named in the placeholder, and `message`: the message number it names (a call id "
+    "can repeat). Returns the tool's full output."
 )
 
 
@@ -48,8 +49,17 @@ def _missing(tool_call_id: str) -> str:
 def build_restore_tool(manager: "ContextManager", session_id: str | None, *, name: str) -> BaseTool:
     """The tool (see :func:`ctx_memory.compaction.make_restore_tool`)."""
 
-    def restore(tool_call_id: str, runtime: ToolRuntime[Any, Any] = None) -> Output:  # type: ignore[assignment]
+    def restore(
+        tool_call_id: str,
+        message: int | None = None,
+        runtime: ToolRuntime[Any, Any] = None,  # type: ignore[assignment]
+    ) -> Output:
         sid = runtime_session(runtime, session_id)
+        if message is not None and message >= 0:  # the placeholder's: the very output
+            page = manager.get_message_range(sid, message, message)
+            found = _found(tool_call_id, page)
+            if found is not None:
+                return found
         end = -1
         while True:
             page = manager.get_message_range(sid, end - PAGE + 1, end)
@@ -60,8 +70,17 @@ def build_restore_tool(manager: "ContextManager", session_id: str | None, *, nam
                 return _missing(tool_call_id)
             end -= PAGE
 
-    async def arestore(tool_call_id: str, runtime: ToolRuntime[Any, Any] = None) -> Output:  # type: ignore[assignment]
+    async def arestore(
+        tool_call_id: str,
+        message: int | None = None,
+        runtime: ToolRuntime[Any, Any] = None,  # type: ignore[assignment]
+    ) -> Output:
         sid = runtime_session(runtime, session_id)
+        if message is not None and message >= 0:  # the placeholder's: the very output
+            page = await manager.aget_message_range(sid, message, message)
+            found = _found(tool_call_id, page)
+            if found is not None:
+                return found
         end = -1
         while True:
             page = await manager.aget_message_range(sid, end - PAGE + 1, end)

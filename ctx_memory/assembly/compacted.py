@@ -102,7 +102,7 @@ def placeholder_text(call_id: str, position: int, tokens: int) -> str:
     """What a cleared tool output is replaced by in a prompt."""
     return (
         f"[Tool output cleared from view ({tokens} tokens, message {position}). "
-        f'Call restore_tool_result with tool_call_id="{call_id}" to see it.]'
+        f'Call restore_tool_result with tool_call_id="{call_id}", message={position} to see it.]'
     )
 
 

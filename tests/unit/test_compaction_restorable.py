@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import pytest
@@ -209,3 +210,38 @@ def test_the_restore_tool_pages_back_from_the_newest_messages(mode: str) -> None
     reads.clear()
     assert "No tool output" in call("nowhere")
     assert len(reads) == 3
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_repeated_call_id_is_restored_by_the_placeholders_message_number(mode: str) -> None:
+    """A model that reuses a call id in later turns: each placeholder names its message, and
+    the tool given that number brings back that very output, not the newest with the id."""
+    manager = ContextManager()
+    for city in ("Oslo", "Rome", "Lima"):
+        manager.add_messages(
+            "s",
+            [
+                HumanMessage(f"weather in {city}?"),
+                AIMessage("", tool_calls=[{"name": "weather", "args": {}, "id": "call_0"}]),
+                ToolMessage(f"{city}: " + "sunny " * 60, tool_call_id="call_0", name="weather"),
+                AIMessage(f"{city} is sunny."),
+            ],
+        )
+    manager.add_user_message("s", "and now?")
+    policy = CompactionPolicy(
+        summarize_at=None, clear_tool_outputs_at=10, tool_output_min_tokens=10
+    )
+    prompt = ContextPromptAssembler(manager, max_tokens=8000, compaction=policy).assemble(
+        "s", "and now?"
+    )
+    placeholders = [m.text for m in prompt.messages if m.text.startswith("[Tool output cleared")]
+    assert len(placeholders) == 3
+    tool = make_restore_tool(manager, "s")
+    for text, city in zip(placeholders, ("Oslo", "Rome", "Lima"), strict=True):
+        args = re.search(r'tool_call_id="([^"]+)", message=(\d+)', text)
+        assert args is not None, text
+        given = {"tool_call_id": args[1], "message": int(args[2])}
+        output = tool.invoke(given) if mode == "sync" else asyncio.run(tool.ainvoke(given))
+        assert output.startswith(f"{city}: ")
+    # a number that is not that call's output falls back to the newest with the id
+    assert tool.invoke({"tool_call_id": "call_0", "message": 0}).startswith("Lima: ")
