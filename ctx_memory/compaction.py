@@ -285,23 +285,36 @@ class CompactionOutcome:
         return self.reason.startswith(("summarizer", "summary not stored"))
 
 
+ABANDONED_AFTER = 16
+"""User messages after which a tool call still without its result counts as abandoned (a
+tool that raised, a cancelled run): it no longer keeps the summary from cutting after it."""
+
+
 def _covered(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """The records up to the last safe turn start after the first: whole, closed turns.
 
     A cut is at a user message before which every tool call has its result (so no
     result is left after the summary without its call, and a pending call is never
-    summarised); with interleaved writers that is not every user message.
+    summarised); with interleaved writers that is not every user message. A call
+    :data:`ABANDONED_AFTER` user messages old with no result is not waited for: else one
+    abandoned call would stop every later summary of the session.
     """
     best = 0
-    open_calls: set[str] = set()
+    open_calls: dict[str, int] = {}  # call id -> user messages seen since it was made
     for i, record in enumerate(records):
-        if i and record.get("role") == "user" and not open_calls:
-            best = i
+        if record.get("role") == "user":
+            for call_id, age in list(open_calls.items()):
+                if age + 1 >= ABANDONED_AFTER:
+                    del open_calls[call_id]
+                else:
+                    open_calls[call_id] = age + 1
+            if i and not open_calls:
+                best = i
         for call in record.get("tool_calls") or ():
             if call.get("id"):
-                open_calls.add(str(call["id"]))
+                open_calls[str(call["id"])] = 0
         if record.get("role") == "tool" and record.get("tool_call_id"):
-            open_calls.discard(str(record["tool_call_id"]))
+            open_calls.pop(str(record["tool_call_id"]), None)
     return list(records[:best])
 
 

@@ -318,3 +318,29 @@ async def test_two_compactors_racing_leave_no_dead_summary(
     third = await run()
     assert third is not None
     assert [c["id"] for c in _summaries(manager, "s")] == [third["id"]]
+
+
+def test_an_abandoned_tool_call_stops_blocking_summaries(manager: ContextManager) -> None:
+    """A tool call that never got its result (the tool raised, the run was cancelled):
+    once ``ABANDONED_AFTER`` user turns passed, summaries cut after it again."""
+    from ctx_memory.compaction import ABANDONED_AFTER
+
+    manager.add_messages(
+        "s",
+        [
+            HumanMessage("A: check the order."),
+            AIMessage("", tool_calls=[{"name": "lookup", "args": {}, "id": "lost"}]),
+        ],
+    )
+    policy = CompactionPolicy(summarize_at=100, keep_recent=4, block=1, min_messages=1)
+    _session(manager, "s", ABANDONED_AFTER - 2)
+    assert compact(manager, "s", policy).reason == "no turn boundary"  # may still be running
+    _session(manager, "s", 4)
+    entry = compact(manager, "s", policy).entry
+    assert entry is not None
+    assert entry["first_index"] == 0
+    assert entry["last_index"] > 2 * ABANDONED_AFTER  # well past the abandoned call
+    result = ContextPromptAssembler(manager, max_tokens=4000, compaction=policy).assemble(
+        "s", "next?"
+    )
+    assert tool_pair_problems(result.messages).total == 0
