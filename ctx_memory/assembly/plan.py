@@ -616,6 +616,8 @@ def finish_prompt(
         sources_text=sources_block(sources.chosen),
         model_kwargs=model_kwargs,
         settled_window=plan.settled_window,
+        volatile=draft.volatile,
+        recalled_text=part.text,
     )
 
 

@@ -483,6 +483,7 @@ class RecalledPart:
         borrowed: Tool results the window had dropped (their call is in a recalled
             turn) that are sent with that turn.
         shown: Positions in the history of the recalled messages sent.
+        text: Stable layout: the recalled turns' text as attached to the question.
     """
 
     turns: list[tuple[RecalledTurn, list[Mapping[str, Any]]]]
@@ -492,6 +493,7 @@ class RecalledPart:
     tail: list[BaseMessage] = field(default_factory=list)
     borrowed: int = 0
     shown: frozenset[int] = frozenset()
+    text: str = ""
 
 
 def borrow_results(
@@ -557,6 +559,7 @@ def finish_recalled(
     context = format_sources(plan.sources.chosen)
 
     built: list[list[BaseMessage]] = []  # the stable tail last measured (it is then kept)
+    texts: list[str] = [""]  # and its recalled text
 
     def stable_tail(
         kept: Sequence[tuple[RecalledTurn, list[Mapping[str, Any]]]],
@@ -566,6 +569,7 @@ def finish_recalled(
             heading=RECALL_HEADING,
             positions=[[positions[id(record)] for record in r] for _, r in kept],
         )
+        texts[0] = text
         joined = "\n\n".join(p for p in (context, text) if p)
         return attach_context(draft.tail, joined, draft.volatile)
 
@@ -592,7 +596,7 @@ def finish_recalled(
         return RecalledPart([], 0, repaired, [], list(plan.tail))
     shown = frozenset(positions[id(record)] for _, records in kept for record in records)
     if stable:  # the turns kept are the last measured
-        return RecalledPart(kept, tokens, repaired, [], built[0], borrowed, shown)
+        return RecalledPart(kept, tokens, repaired, [], built[0], borrowed, shown, texts[0])
     gaps = dict(gap_messages([(t.start, t.stop) for t, _ in kept], window_start))
     messages: list[BaseMessage] = []
     for turn, records in kept:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, cast
 from langchain_core.messages import convert_to_openai_messages
 from langchain_core.prompt_values import ChatPromptValue
 
+from ctx_memory.assembly.messages import CONTEXT_CLOSE, CONTEXT_OPEN
 from ctx_memory.ranking import item_title
 
 if TYPE_CHECKING:
@@ -182,6 +183,10 @@ class AssembledPrompt:
             history budget (as it does once the history outgrows it): what a compaction
             keeps the shown history under, so that what it summarises is still in the
             prompt it repeats (:meth:`~ctx_memory.compaction.CompactionPolicy.summary_range`).
+        volatile: Stable layout: the header lines that change with the clock or the
+            page (current page, local time), sent last (``""`` classic: in ``head``).
+        recalled_text: Stable layout: the recalled turns as text, sent on the question
+            (``""`` classic: they are in ``history``).
     """
 
     messages: list[BaseMessage]
@@ -194,6 +199,8 @@ class AssembledPrompt:
     sources_text: str = ""
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     settled_window: int = 0
+    volatile: str = ""
+    recalled_text: str = ""
 
     def to_prompt_value(self) -> ChatPromptValue:
         """The messages as a :class:`ChatPromptValue`, what a chat model takes."""
@@ -237,11 +244,16 @@ class AssembledPrompt:
 
         ``system`` (system prompt + header), ``sources`` (the numbered block),
         ``history`` (messages, for a ``MessagesPlaceholder``), ``question`` (text) and
-        ``report``.
+        ``report``. The same for both layouts: the stable layout's volatile header lines
+        are in ``system`` and its recalled turns before the question's text (in
+        ``<context>`` tags, as that layout sends them), so a template written for one
+        layout loses nothing with the other.
         """
         question = self.question.text if self.question is not None else ""
+        if self.recalled_text:
+            question = f"{CONTEXT_OPEN}\n{self.recalled_text}\n{CONTEXT_CLOSE}\n\n{question}"
         return {
-            "system": self.head,
+            "system": "\n\n".join(p for p in (self.head, self.volatile) if p),
             "sources": self.sources_text,
             "history": list(self.history),
             "question": question,

@@ -562,3 +562,29 @@ def test_custom_tokenizer_ranks_the_sources(manager):
     assert plain.report.source_urls[0] == "https://b.example"
     custom = ContextPromptAssembler(manager, tokenizer=tokenizer).assemble("s1", "one")
     assert custom.report.source_urls[0] == "https://a.example"
+
+
+@pytest.mark.parametrize("layout", ["classic", "stable"])
+def test_variables_carry_the_header_and_recalled_turns_in_both_layouts(manager, layout):
+    """A template fed ``as_variables()`` sends what ``assemble()`` does: the page and local
+    time header, and the turns recall brought back, in either layout."""
+    manager.set_system_prompt("s1", "You are the front desk.")
+    manager.update_metadata(
+        "s1", mode="research", current_url="https://kew.example/booking", user_timezone="UTC"
+    )
+    manager.add_user_message("s1", "My passport number is X1234567")
+    manager.add_assistant_message("s1", "Noted.")
+    for i in range(120):
+        manager.add_user_message("s1", f"Question {i} about the stay")
+        manager.add_assistant_message("s1", f"Answer {i} about the stay")
+    template = ChatPromptTemplate.from_messages(
+        [("system", "{system}\n{sources}"), MessagesPlaceholder("history"), ("human", "{question}")]
+    )
+    assembler = ContextPromptAssembler(manager, max_tokens=1500, reserve_tokens=200, layout=layout)
+    question = "What was my passport number?"
+    assert assembler.assemble("s1", question).report.recalled
+    sent = (assembler.as_variables() | template).invoke(question, config=CONFIG).to_messages()
+    text = "\n".join(m.text for m in sent)
+    for needle in ("X1234567", "Current page: https://kew.example/booking", "local time"):
+        assert needle in text, needle
+    assert sent[-1].text.endswith(question)
