@@ -14,12 +14,11 @@ On every model call the middleware
    session, so the model gets every message at most once, checkpointer or not;
 2. once the model has answered, appends the current run and the reply (with ``model``,
    ``response_time_ms``, ``sources_used`` and ``tools_used`` in its metadata) in one
-   write. A failed model call writes no message, unless a tool already ran in this run:
-   the run so far is then stored with its tool results (an earlier call stored the tool
-   call; the tool's output is not lost). Appends are idempotent by message id, so
-   a message the session already holds is passed over, whoever wrote it and whatever
-   else was written since: another agent on the same session, an agent used as a tool
-   that inherits ``configurable.session_id``, or a plain
+   write, as the agent state holds them. A failed first model call writes nothing; once
+   tools ran, the run is stored before each model call (no tool output is lost). Appends
+   are idempotent by message id, so a message the session holds is passed over, whoever
+   wrote it and whatever else was written since: another agent on the same session, an
+   agent used as a tool that inherits ``configurable.session_id``, or a plain
    :meth:`~ctx_memory.manager.ContextManager.add_user_message`. LangGraph's
    ``add_messages`` reducer gives every state message an id; a message without one gets
    a deterministic id (derived from the session, the message before it and its
@@ -35,11 +34,12 @@ compactions; ``compaction=`` adds clearing and summarising of its own, before th
 or, with ``compaction_mode="background"``, after the reply is stored.
 
 After the agent finishes, the current run is appended once more, which stores anything
-no model call saw (e.g. the result of a ``return_direct`` tool). Messages of earlier runs
-held only by a checkpointer (say, after :meth:`~ctx_memory.manager.ContextManager.clear`)
-are not written back. No orphan tool message is ever sent: the history window starts at
-a user message and is repaired (:func:`~ctx_memory.assembly.window.repair_tool_pairs`), and so is
-the current run.
+no model call saw (e.g. the result of a ``return_direct`` tool), and a reply an
+``after_model`` hook changed once stored (``PIIMiddleware`` redacting it) is replaced.
+Messages of earlier runs held only by a checkpointer (say, after
+:meth:`~ctx_memory.manager.ContextManager.clear`) are not written back. No orphan tool
+message is ever sent: the history window starts at a user message and is repaired
+(:func:`~ctx_memory.assembly.window.repair_tool_pairs`), and so is the current run.
 
 Tool schemas are not counted; keep ``reserve_tokens`` large enough for them and the reply.
 """
@@ -90,6 +90,7 @@ from ctx_memory._compaction_langchain import (
     summary_body,
     summary_span,
 )
+from ctx_memory._middleware_replies import RecentReplies, reply_digest
 from ctx_memory.assembly.compacted import compactions_of
 from ctx_memory.assembly.window import repair_tool_pairs
 from ctx_memory.compaction import (
@@ -329,6 +330,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             cache_hints=cache_hints,
             compaction=prompt_compaction,
         )
+        self._replies = RecentReplies()  # replies stored, until the agent ends: (digest, metadata)
         background = self.compaction_mode == "background" and compaction is not None
         if background and compaction is not None and compaction.summarize_at is not None:
             sent = self.assembler.sent  # the compactor repeats the request just answered
@@ -438,7 +440,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         Nothing (``[]``) without ``persist``. The run's messages carry ``asked`` (the
         model call's start: they were all there by then), the replies the time they came.
         """
-        replies = _reply_messages(result) if result is not None else []
+        replies = _reply_messages(result)
         anchor = str(request.messages[-1].id) if request.messages else ""
         for index, reply in enumerate(replies):
             if reply.id is None:
@@ -448,7 +450,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         if not self.persist:
             return []
         stamped: list[BaseMessage | dict[str, Any]] = []
-        for message in run:
+        for message in self._as_in_state(request, run):
             record = message_to_record(message, timestamp=asked)
             del record["token_count"]  # counted by the manager
             stamped.append(record)
@@ -480,7 +482,34 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             record = message_to_record(reply, timestamp=now, metadata=metadata)
             del record["token_count"]  # counted by the manager
             records.append(record)
+            self._replies.put((session_id, str(reply.id)), (reply_digest(reply), metadata))
         return [*stamped, *records]
+
+    @staticmethod
+    def _as_in_state(request: ModelRequest[Any], run: list[BaseMessage]) -> list[BaseMessage]:
+        """The run's messages as the agent state holds them (by id).
+
+        A middleware wrapping the model call from outside may pass edited copies inward
+        (``ContextEditingMiddleware`` clears old tool outputs in the request only): the
+        session stores what the agent state holds, not what one request showed.
+        """
+        state = request.state if isinstance(request.state, Mapping) else {}
+        held = {m.id: m for m in state.get("messages") or ()}
+        return [held.get(m.id, m) if m.id is not None else m for m in run]
+
+    def _changed_replies(
+        self, session_id: str, run: Sequence[BaseMessage]
+    ) -> list[tuple[BaseMessage, dict[str, Any]]]:
+        """Replies stored here that the state holds changed (and their stored metadata).
+
+        An ``after_model`` hook replaced them once stored (``PIIMiddleware`` redacting).
+        """
+        changed = []
+        for message in run:
+            kept = self._replies.take((session_id, str(message.id)))
+            if kept is not None and kept[0] != reply_digest(message):
+                changed.append((message, kept[1]))
+        return changed
 
     @staticmethod
     def _ran_tools(run: Sequence[BaseMessage]) -> bool:
@@ -660,15 +689,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             session_id, tail, query=query, skip_ids=skip, system_prefix=system
         )
         asked, started = now_iso(), time.perf_counter()
-        try:
-            result = handler(self._override(request, prompt))
-        except BaseException:
-            if self._ran_tools(run):  # keep what the tools returned: they ran
-                kept = self._written(
-                    session_id, request, run, None, started=started, prompt=prompt, asked=asked
-                )
-                self._store(session_id, kept)
-            raise
+        result = handler(self._override(request, prompt))
         written = self._written(
             session_id, request, run, result, started=started, prompt=prompt, asked=asked
         )
@@ -692,15 +713,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             session_id, tail, query=query, skip_ids=skip, system_prefix=system
         )
         asked, started = now_iso(), time.perf_counter()
-        try:
-            result = await handler(self._override(request, prompt))
-        except BaseException:
-            if self._ran_tools(run):  # keep what the tools returned: they ran
-                kept = self._written(
-                    session_id, request, run, None, started=started, prompt=prompt, asked=asked
-                )
-                await self._astore(session_id, kept)
-            raise
+        result = await handler(self._override(request, prompt))
         written = self._written(
             session_id, request, run, result, started=started, prompt=prompt, asked=asked
         )
@@ -720,6 +733,13 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
 
     @override
     def before_model(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
+        # Once tools ran, the run so far is stored before the model is called again: a
+        # failure from here on (the model, the budget, another middleware) loses no tool
+        # output and leaves no stored call unanswered.
+        session_id = self._session(runtime)
+        run = self._final_run(session_id, state)
+        if self._ran_tools(run):
+            self._store(session_id, run)
         # Marked before each model call too: the input of a run whose model call fails
         # is not taken for the next run's input (it was neither answered nor stored).
         return self._end_of(state)
@@ -728,12 +748,19 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
     async def abefore_model(
         self, state: AgentState[Any], runtime: Runtime[Any]
     ) -> dict[str, Any] | None:
+        session_id = self._session(runtime)
+        run = self._final_run(session_id, state)
+        if self._ran_tools(run):
+            await self._astore(session_id, run)
         return self._end_of(state)
 
     @override
     def after_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
         session_id = self._session(runtime)
-        self._store(session_id, self._final_run(session_id, state))
+        run = self._final_run(session_id, state)
+        self._store(session_id, run)
+        for message, metadata in self._changed_replies(session_id, run):
+            self.manager.replace_message(session_id, str(message.id), message, metadata=metadata)
         return self._end_of(state)
 
     @override
@@ -741,5 +768,10 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         self, state: AgentState[Any], runtime: Runtime[Any]
     ) -> dict[str, Any] | None:
         session_id = self._session(runtime)
-        await self._astore(session_id, self._final_run(session_id, state))
+        run = self._final_run(session_id, state)
+        await self._astore(session_id, run)
+        for message, metadata in self._changed_replies(session_id, run):
+            await self.manager.areplace_message(
+                session_id, str(message.id), message, metadata=metadata
+            )
         return self._end_of(state)

@@ -342,3 +342,69 @@ async def test_a_failed_first_model_call_still_writes_nothing(manager, mode):
     with pytest.raises(Exception):  # noqa: B017, PT011 - whatever the exhausted fake raises
         await _invoke(agent, mode, {"messages": [("user", "hi")]})
     assert manager.get_history("s1") == []
+
+
+def _order(n: int) -> str:
+    return f"order {n}: shipped, tracking code TRK-{n} " + "detail " * 30
+
+
+@tool
+def get_order(n: int) -> str:
+    """Order details."""
+    return _order(n)
+
+
+def test_an_outer_context_editing_middleware_does_not_change_what_is_stored(manager):
+    """``ContextEditingMiddleware`` wrapping the model call from outside clears old tool
+    outputs in the request it passes inward: the session stores the state's outputs."""
+    from langchain.agents.middleware import ContextEditingMiddleware
+    from langchain.agents.middleware.context_editing import ClearToolUsesEdit
+
+    calls = [{"name": "get_order", "args": {"n": i}, "id": f"c{i}"} for i in range(5)]
+    model = fake_model(AIMessage("", tool_calls=calls), "All five shipped.")
+    editing = ContextEditingMiddleware(
+        edits=[ClearToolUsesEdit(trigger=200, keep=3)], token_count_method="approximate"
+    )
+    agent = create_agent(model, tools=[get_order], middleware=[editing, ContextMiddleware(manager)])
+    agent.invoke({"messages": [("user", "status of orders 0-4?")]}, CONFIG)
+    assert any("[cleared]" in str(m.content) for m in model.seen[-1])  # the edit happened
+    stored = [r["content"] for r in manager.get_history("s1") if r["role"] == "tool"]
+    assert stored == [_order(i) for i in range(5)]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_reply_redacted_after_the_model_call_is_stored_redacted(manager, mode):
+    """``PIIMiddleware(apply_to_output=True)`` redacts the reply in the state after it was
+    stored: the stored copy is replaced (same id and metadata), and the next prompt sends
+    the redacted text."""
+    from langchain.agents.middleware import PIIMiddleware
+
+    model = fake_model("Write to alice.secret@example.com", "ok")
+    pii = PIIMiddleware("email", strategy="redact", apply_to_input=True, apply_to_output=True)
+    agent = create_agent(
+        model, tools=[], middleware=[ContextMiddleware(manager), pii], checkpointer=InMemorySaver()
+    )
+    await _invoke(agent, mode, {"messages": [("user", "what is the support email?")]})
+    stored = manager.get_history("s1")
+    assert stored[1]["content"] == "Write to [REDACTED_EMAIL]"
+    assert stored[1]["metadata"]["model"]
+    await _invoke(agent, mode, {"messages": [("user", "thanks")]})
+    sent = "\n".join(str(m.content) for m in model.seen[-1])
+    assert "alice.secret" not in sent
+    assert "[REDACTED_EMAIL]" in sent
+
+
+def test_a_model_call_limit_after_a_tool_ran_keeps_its_result(manager):
+    """A middleware raising before the next model call (a call limit): the tool's result
+    was stored before the model was to be called again."""
+    from langchain.agents.middleware import ModelCallLimitMiddleware
+
+    limit = ModelCallLimitMiddleware(run_limit=1, exit_behavior="error")
+    agent = create_agent(
+        fake_model(tool_call("get_weather", "c1", city="Paris"), "never"),
+        tools=[get_weather],
+        middleware=[ContextMiddleware(manager), limit],
+    )
+    with pytest.raises(Exception, match="limit"):
+        agent.invoke({"messages": [("user", "Weather in Paris?")]}, CONFIG)
+    assert [r["role"] for r in manager.get_history("s1")] == ["user", "assistant", "tool"]

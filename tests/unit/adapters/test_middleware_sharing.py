@@ -279,15 +279,16 @@ async def test_a_failed_model_call_writes_nothing(manager, checkpointer):
     assert [r["content"] for r in manager.get_history("s1")] == ["again", "Here you go."]
 
 
-def test_the_run_and_the_reply_land_in_one_write(manager):
+def test_the_run_and_the_reply_land_in_one_write_tool_results_before_the_call(manager):
     writes = []
     manager.on("message_added", writes.append)
     model = fake_model(tool_call("get_weather", "c1", city="Paris"), "Sunny.")
     _agent(manager, model, checkpointer=False).invoke(
         {"messages": [("user", "Weather?")]}, _config()
     )
-    # call 1: question + tool call; call 2: tool result + answer (the rest already held)
-    assert len(writes) == 2
+    # call 1: question + tool call; before call 2: the tool result (stored before the model
+    # is called again, so a failure loses no tool output); call 2: the answer
+    assert [w.data["roles"] for w in writes] == [["user", "assistant"], ["tool"], ["assistant"]]
     assert len(manager.get_history("s1")) == 4
 
 
