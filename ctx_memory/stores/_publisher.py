@@ -6,7 +6,10 @@ pub/sub, PostgreSQL ``NOTIFY``) returns one from
 :class:`ContextManager <ctx_memory.manager.ContextManager>` on the store adds it to its
 emitter, so other processes receive the same :meth:`Event.to_dict
 <ctx_memory.events.Event.to_dict>` objects as in-process listeners. Expiries and evictions,
-which the store finds, are published once per store (not once per manager sharing it).
+which the store finds, are published once per store (not once per manager sharing it), unless
+every manager on the store has ``EVENT_EMISSION=false``: their emitters then deliver nothing
+to this listener, and the store's own report is held back too, so that other processes get
+no events at all rather than a part of them. A store with no manager publishes its reports.
 Publishing happens on a background thread: a write never waits for it, sync or async, and
 events leave in the order they happened. A subclass only says how a batch is sent.
 
@@ -23,11 +26,11 @@ import queue
 import threading
 from typing import TYPE_CHECKING, Any
 
-from ctx_memory.events import Event, EventType
+from ctx_memory.events import Event, EventEmitter, EventType
 from ctx_memory.stores.base import lifecycle_time
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
 __all__ = ["EventPublisher", "event_payload"]
 
@@ -62,14 +65,34 @@ class EventPublisher(abc.ABC):
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._hooks: Mapping[object, object] | None = None
 
     def __call__(self, event: Event) -> None:
         """Publish an event a manager emitted (lifecycle events come from :meth:`lifecycle`)."""
         if event.type not in _LIFECYCLE:
             self._put(event_payload(event))
 
+    def watch(self, hooks: Mapping[object, object]) -> None:
+        """Read the store's lifecycle hooks, keyed by each manager's emitter, on each report.
+
+        That is how ``EVENT_EMISSION`` (an emitter's ``enabled``) reaches the store's
+        reports; the store calls it when it starts publishing (``BaseStore._publish_with``).
+        """
+        self._hooks = hooks
+
+    def _muted(self) -> bool:
+        """Whether managers use the store and every one of them has emission turned off."""
+        keys = list(self._hooks or ())  # one step: a manager may add its hook meanwhile
+        emitters = [key for key in keys if isinstance(key, EventEmitter)]
+        return bool(emitters) and not any(emitter.enabled for emitter in emitters)
+
     def lifecycle(self, event_type: str, session_id: str) -> None:
-        """Publish an expiry or eviction the store found (a store lifecycle hook)."""
+        """Publish an expiry or eviction the store found (a store lifecycle hook).
+
+        Once per store, not once per manager; nothing when :meth:`_muted`.
+        """
+        if self._muted():
+            return
         self._put(event_payload(Event(EventType(event_type), session_id, {}, lifecycle_time())))
 
     def _put(self, payload: str) -> None:

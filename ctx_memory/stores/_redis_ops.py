@@ -178,12 +178,16 @@ class RedisOperations(BaseStore):
         *extra: Any,
         always_token: bool = False,
         again: bool = False,
+        touched: bool = False,
+        indexed: bool | None = None,
     ) -> Generator[Request, Any, WriteResult]:
         # An append always carries a token: its message ids record it, so that a retry
-        # whose first attempt landed answers that attempt's count.
+        # whose first attempt landed answers that attempt's count. touched: the caller sent
+        # the first touch already, which answered ``indexed`` (see _cluster_touch_first).
         write_token = os.urandom(8).hex() if always_token else self._token()
         now_json = json_str(now)
-        yield from self._cluster_touch_first(session_id)
+        if not touched:
+            indexed = yield from self._cluster_touch_first(session_id)
         known = session_id in self._known
         init_json = "" if known else dumps(clean_init(init))
         reply = yield self._session(
@@ -196,10 +200,12 @@ class RedisOperations(BaseStore):
             )
         if isinstance(reply, (bytes, str)) and as_text(reply).startswith("too_large:"):
             raise SharedStateTooLargeError(int(as_text(reply)[10:]), MAX_SHARED_BYTES)
-        self._remember(session_id)
         created, added, expired, evicted = write_result(reply)
         if self.cluster:
-            expired, evicted, alive = yield from self._cluster_settled(session_id, created=created)
+            # (Not after an eviction deleted it: the session's old entry is gone, reported.)
+            expired, evicted, alive = yield from self._cluster_settled(
+                session_id, created=created, look=not again, indexed=indexed
+            )
             if not alive and not again:  # an eviction deleted it as it was written: again
                 self._report(expired, evicted)
                 self._forget((session_id,))
@@ -208,7 +214,10 @@ class RedisOperations(BaseStore):
                         script, session_id, init, now, *extra, always_token=always_token, again=True
                     )
                 )
+        # Reported before it is remembered: the expiry reported may be this session's own
+        # (this write re-created it), which _report forgets.
         self._report(expired, evicted)
+        self._remember(session_id)
         return WriteResult(created=created, added=added, evicted=tuple(evicted))
 
     def _token(self) -> str:
@@ -236,16 +245,28 @@ class RedisOperations(BaseStore):
 
     def _cluster_touch_first(
         self, session_id: str, *, existing_only: bool = False
-    ) -> Generator[Request, Any, None]:
-        """On a cluster with ``max_sessions``, a write's LRU touch, sent before it."""
+    ) -> Generator[Request, Any, bool | None]:
+        """On a cluster with ``max_sessions``, a write's LRU touch, sent before it.
+
+        Answers whether the session was indexed before this touch (which indexes it), for
+        :meth:`_cluster_settled`; None when nothing was sent or ``existing_only``.
+        """
         if self.cluster and self.max_sessions is not None:
             member = session_keys(self.prefix, session_id).member
-            yield self._index(
-                Script.INDEX_WRITE, member, self._max, "0", "1" if existing_only else "0"
-            )
+            if existing_only:
+                yield self._index(Script.INDEX_WRITE, member, self._max, "0", "1")
+                return None
+            reply = yield self._index(Script.INDEX_WRITE, member, self._max, "0", "0", "1")
+            return not int(reply[0])
+        return None
 
     def _cluster_settled(
-        self, session_id: str, *, created: bool
+        self,
+        session_id: str,
+        *,
+        created: bool,
+        look: bool = False,
+        indexed: bool | None = None,
     ) -> Generator[Request, Any, tuple[list[str], list[str], bool]]:
         """After a write on a cluster: its LRU touch, eviction, and whether the session is there.
 
@@ -256,6 +277,12 @@ class RedisOperations(BaseStore):
         written. This second touch finds the member missing in that case and takes the
         session back (``UNMARK``: the eviction then keeps it), or, when the eviction deleted
         it already, answers False: the caller writes again.
+
+        ``look``: a session the write created whose member was indexed already (``indexed``,
+        as the first touch found it; else as this touch finds it) had expired, its member
+        waiting for gc; the write takes the member over (its score moves, so no listing
+        drops it), and the expiry is reported here, once, as on a single server (finish()
+        in ``session.lua``). A collector that dropped the member first reported it itself.
         """
         if not self.cluster or (not created and self.max_sessions is None):
             return [], [], True
@@ -265,6 +292,8 @@ class RedisOperations(BaseStore):
         )
         missing, chosen = int(reply[0]), list(reply[1:])
         expired, evicted = (yield from self._cluster_evict(chosen)) if chosen else ([], [])
+        if look and created and (not missing if indexed is None else indexed):
+            expired.insert(0, session_id)
         alive = True
         if missing and self.max_sessions is not None:
             alive = bool((yield self._session(Script.UNMARK, session_id)))
@@ -426,10 +455,11 @@ class RedisOperations(BaseStore):
         self, session_id: str, messages: Sequence[EncodedMessage], init: Header, now: str
     ) -> Generator[Request, Any, WriteResult]:
         call = self._known.get(session_id)
+        indexed: bool | None = None
         if call is not None:
             # The session exists as far as we know: APPEND_SCRIPT, which answers an integer.
             if self.cluster:  # (a test, not a generator, on the hot path)
-                yield from self._cluster_touch_first(session_id)
+                indexed = yield from self._cluster_touch_first(session_id)
             tail = self._append_tail(messages, now)
             reply = yield Prepared(call, tail)
             if reply == -2:  # it has fetched items: their keys' TTL must be refreshed too
@@ -450,6 +480,7 @@ class RedisOperations(BaseStore):
                     return WriteResult(created=created, added=added, evicted=tuple(evicted))
                 if alive:
                     return append_result(reply)
+                indexed = False  # an eviction deleted it as it was written: no expiry
             # Gone since (expired, evicted, deleted elsewhere, or by an eviction as it was
             # written): create it again with the init header.
             self._forget((session_id,))
@@ -461,6 +492,8 @@ class RedisOperations(BaseStore):
                 now,
                 *triples(messages),
                 always_token=True,
+                touched=call is not None,
+                indexed=indexed,
             )
         )
 
@@ -616,7 +649,7 @@ class RedisOperations(BaseStore):
         for item in items:
             pairs += (item.fingerprint, encode_fetched(item))
         ts = metadata.get("timestamp")
-        yield from self._cluster_touch_first(session_id)
+        indexed = yield from self._cluster_touch_first(session_id)
         reply = yield self._session(
             Script.REPLACE,
             session_id,
@@ -634,7 +667,9 @@ class RedisOperations(BaseStore):
         )
         created, added, expired, evicted = write_result(reply)
         if self.cluster:
-            expired, evicted, alive = yield from self._cluster_settled(session_id, created=created)
+            expired, evicted, alive = yield from self._cluster_settled(
+                session_id, created=created, look=not again, indexed=indexed
+            )
             if not alive and not again:  # an eviction deleted it as it was imported: again
                 self._report(expired, evicted)
                 return (

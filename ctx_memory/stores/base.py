@@ -338,6 +338,7 @@ class BaseStore(Closeable):
         self.publisher = publisher
         if publisher is not None:  # expiries and evictions: once per store, not per manager
             self.add_lifecycle_hook(publisher.lifecycle, key=publisher)
+            publisher.watch(self._lifecycle_hooks or {})  # EVENT_EMISSION: managers' emitters
 
     def event_listeners(self) -> tuple[Callable[[Event], None], ...]:
         """Listeners every manager on this store adds to its emitter: its publisher, if any."""

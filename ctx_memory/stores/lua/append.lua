@@ -4,8 +4,9 @@
 --       a single server (so 3 or 5 keys without the index, 7 with it).
 -- ARGV: 1 "<ttl ms, 0: none> <write token, hex> <now JSON>", then (id, tokens, message)
 --       triples.
--- Answers -1 (session missing) or -2 (it has fetched items whose TTL must be refreshed
--- but F and FP were not given), both having changed nothing, else added * 2 + created
+-- Answers -1 (session missing) or -2 (it has fetched items whose TTL must be refreshed,
+-- or removed with no TTL, but F and FP were not given), both having changed nothing, else
+-- added * 2 + created
 -- (created only for a retry of the write that created the session: hash field 'ct').
 -- Messages whose id is in IDS are skipped; when all are, the
 -- call changes nothing. IDS maps each id to the token of the write that stored it, so a
@@ -15,7 +16,7 @@ local r = redis.call('HMGET', H, 'id', 'fx', 'mc', 'tc', 'ev')
 if not r[1] then return -1 end
 local ttl, token, now = string.match(ARGV[1], '^(%d+) (%x+) (.*)$')
 local nk = #KEYS
-local fetched = r[2] == '1' and ttl ~= '0'
+local fetched = r[2] == '1'
 if fetched and nk < 5 then return -2 end
 -- @include append_new.lua FIRST=2
 if n == 0 then  -- nothing new: a no-op (a retry answers what its first attempt did)
@@ -33,6 +34,14 @@ if ttl ~= '0' then
   if fetched then
     redis.call('PEXPIRE', KEYS[4], ttl)
     redis.call('PEXPIRE', KEYS[5], ttl)
+  end
+else  -- no TTL (never): a TTL an earlier write gave the session must not stay
+  redis.call('PERSIST', H)
+  redis.call('PERSIST', M)
+  redis.call('PERSIST', IDS)
+  if fetched then
+    redis.call('PERSIST', KEYS[4])
+    redis.call('PERSIST', KEYS[5])
   end
 end
 if nk == 7 then

@@ -17,6 +17,9 @@ local st = {mc = 0, tc = 0, fx = false, ev = false}
 
 -- The write token hashes W and WO come first: the clock may move on during a script (it
 -- does on Redis 7.0), and their expiry must never be later than the session hash's.
+-- With no TTL (0: never) the same keys are made permanent: a session written before under
+-- a TTL (another store object, or the setting before a change) would otherwise keep that
+-- TTL and expire with everything written since, where SQLite and PostgreSQL keep it.
 local function refresh(fetched)
   if ttl > 0 then
     redis.call('PEXPIRE', W, ttl)
@@ -27,6 +30,16 @@ local function refresh(fetched)
     if fetched then
       redis.call('PEXPIRE', F, ttl)
       redis.call('PEXPIRE', FP, ttl)
+    end
+  else
+    redis.call('PERSIST', W)
+    redis.call('PERSIST', WO)
+    redis.call('PERSIST', H)
+    redis.call('PERSIST', M)
+    redis.call('PERSIST', IDS)
+    if fetched then
+      redis.call('PERSIST', F)
+      redis.call('PERSIST', FP)
     end
   end
 end
@@ -84,8 +97,8 @@ end
 
 -- Keep this write's result under its token; W becomes WO when its generation (started at
 -- server time 'wg', seconds) is TOKEN_WINDOW old, so every token is kept at least that long.
--- refreshing: refresh() follows in this call, which gives W and WO the session's TTL (so
--- the token must be written before it); else (or with no TTL) they take H's expiry now.
+-- refreshing: refresh() follows in this call, which gives W and WO the session's TTL, or
+-- none with no TTL (so the token must be written before it); else they take H's expiry now.
 local function keep_token(added, created, refreshing)
   if token == '' then return end
   local t = tonumber(redis.call('TIME')[1])
@@ -95,7 +108,7 @@ local function keep_token(added, created, refreshing)
     redis.call('HSET', H, 'wg', t)
   end
   redis.call('HSET', W, token, added .. ':' .. created)
-  if not refreshing or ttl == 0 then expire_tokens_with_session() end
+  if not refreshing then expire_tokens_with_session() end
 end
 
 local function read_touch()
@@ -164,7 +177,12 @@ local function finish(created, added)
   refresh(st.fx)
   local expired, evicted = {}, {}
   if IDX and (created == 1 or maxs > 0) then
-    index_touch(IDX, LEX, member, false)
+    -- A session this write created that was indexed already had expired (its keys were
+    -- gone, its member waited for gc): the write takes the member over, so no gc() or
+    -- listing could find that expiry any more, and it is reported here, once.
+    if not index_touch(IDX, LEX, member, false) and created == 1 then
+      table.insert(expired, member)
+    end
     if created == 1 and maxs > 0 then
       index_evict(IDX, LEX, maxs, member, alive, evicted, expired)
       drop_members(evicted)

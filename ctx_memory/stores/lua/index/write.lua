@@ -1,10 +1,13 @@
--- 1 member, 2 max sessions, 3 created (0/1), 4 existing only (0/1), 5 after a write (0/1,
--- optional). Touches the member; for a created session over max sessions, answers the
--- least recently used others as (member, score) pairs, still indexed: the client marks
--- each in its own slot, then removes those whose score is unchanged (forget_stale.lua),
--- then deletes each that no write has unmarked since (RedisOperations._cluster_evict).
--- After a write (5 = 1) the answer starts with 1 if the member was missing: an eviction
--- dropped it since the write's first touch, and the client takes the session back.
+-- 1 member, 2 max sessions, 3 created (0/1), 4 existing only (0/1), 5 answer whether
+-- the member was missing (0/1, optional). Touches the member; for a created session over
+-- max sessions, answers the least recently used others as (member, score) pairs, still
+-- indexed: the client marks each in its own slot, then removes those whose score is
+-- unchanged (forget_stale.lua), then deletes each that no write has unmarked since
+-- (RedisOperations._cluster_evict).
+-- With 5 = 1 the answer starts with 1 if the member was missing. After a write: an
+-- eviction dropped it since the write's first touch, and the client takes the session
+-- back. On a write's first touch: it was not indexed, so if the write creates the session
+-- it had not expired unreported (RedisOperations._cluster_settled).
 local member, maxs = ARGV[1], tonumber(ARGV[2])
 local chosen = {}
 local missing = 0
