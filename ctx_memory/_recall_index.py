@@ -206,6 +206,13 @@ def record_text(record: Mapping[str, Any]) -> str:
     return " ".join(part for part in parts if part)
 
 
+def _digest(record: Mapping[str, Any]) -> int:
+    """The hash :meth:`RecallIndex.add` keeps of a message: of the text it indexed."""
+    content = record.get("content")
+    plain = type(content) is str and not record.get("tool_calls") and not record.get("name")
+    return hash(content if plain else record_text(record))
+
+
 def _contains(postings: Sequence[int], position: int) -> bool:
     at = bisect_left(postings, position)
     return at < len(postings) and postings[at] == position
@@ -286,9 +293,10 @@ class RecallIndex:
         self.roles: list[str] = []
         self.ids: list[str | None] = []
         self.tokens: list[int] = []
-        # Each message's text hash, in this process only (None: from a saved segment, or
-        # content blocks): an edit that keeps every count is caught where it is read again.
-        self.digests: list[int | None] = []
+        # Each message's searchable text hash, in this process only (:func:`_digest`), or
+        # for a position loaded from a saved segment its terms line: an edit that keeps
+        # every count is caught where the message is read again (:meth:`edited`).
+        self.digests: list[int | str | None] = []
         self.token_sum = 0
         self.user_positions: list[int] = []
         self.vectors: list[tuple[float, ...] | None] = []  # by position; None: no vector
@@ -307,7 +315,8 @@ class RecallIndex:
         position = len(self.lengths)
         content = record.get("content")
         plain = type(content) is str and not record.get("tool_calls") and not record.get("name")
-        words = self._split(content if plain else record_text(record))  # type: ignore[arg-type]
+        text: str = content if plain else record_text(record)  # type: ignore[assignment]
+        words = self._split(text)
         if self.recent is not None:
             self.recent.append(words)
         self._post(position, words)
@@ -317,7 +326,7 @@ class RecallIndex:
         self.ids.append(str(message_id) if message_id is not None else None)
         tokens = int(record.get("token_count") or 0)
         self.tokens.append(tokens)
-        self.digests.append(hash(content) if type(content) is str else None)
+        self.digests.append(hash(text))
         self.token_sum += tokens
         if role == "user":
             self.user_positions.append(position)
@@ -356,11 +365,12 @@ class RecallIndex:
 
         Only positions from ``first`` to ``stop`` (default: every indexed one) are compared.
 
-        Another id, or the same id with other text, at an indexed position: an edit made
-        where no event reached this process (another process) that kept the message
-        count and the token total, which :meth:`Recall.apply
-        <ctx_memory.recall.Recall.apply>` checks. Positions loaded from saved segments are
-        checked by id only.
+        Another id, or the same id with other searchable text (its content, content
+        blocks, tool names and arguments), at an indexed position: an edit made where no
+        event reached this process (another process) that kept the message count and the
+        token total, which :meth:`Recall.apply <ctx_memory.recall.Recall.apply>` checks.
+        A position loaded from a saved segment is compared by its terms (what the index
+        holds of it).
         """
         ids, digests = self.ids, self.digests
         size = len(self.lengths) if stop is None else min(stop, len(self.lengths))
@@ -370,8 +380,13 @@ class RecallIndex:
                 found, expected = record.get("id"), ids[position]
                 if found is not None and expected is not None and str(found) != expected:
                     return True
-                content, digest = record.get("content"), digests[position]
-                if digest is not None and type(content) is str and hash(content) != digest:
+                digest = digests[position]
+                if digest is None:
+                    continue
+                if isinstance(digest, str):  # a saved segment's terms line
+                    if sorted(digest.split()) != sorted(self._split(record_text(record))):
+                        return True
+                elif _digest(record) != digest:
                     return True
         return False
 
@@ -431,7 +446,7 @@ class RecallIndex:
         self.roles.extend(roles)
         self.user_positions.extend(p for p, role in enumerate(roles, start) if role == "user")
         self.tokens.extend(tokens)
-        self.digests.extend([None] * count)
+        self.digests.extend(lines)  # compared term by term when read again (:meth:`edited`)
         self.token_sum += sum(tokens)
         self.vectors.extend([None] * count)
 

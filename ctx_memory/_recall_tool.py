@@ -229,13 +229,20 @@ def _answer(
     *,
     with_sources: bool,
     too_large: int | None = None,
+    brief: bool = False,
 ) -> str:
-    """The tool's answer; ``too_large``: turns match but none fits this many tokens."""
+    """The tool's answer; ``too_large``: turns match but none fits this many tokens.
+
+    ``brief``: the few words of an answer with nothing to show, without the query (when
+    quoting it would not fit ``max_tokens``).
+    """
     sections = [format_turns(parts, heading=HEADING)] if parts else []
     if sources:
         sections.append(sources)
     if sections:
         return "\n\n".join(sections)
+    if brief:
+        return f"Matches, none within {too_large} tokens." if too_large else "No match."
     if too_large is not None:
         return (
             f"Earlier turns match {query!r}, but none fits this tool's answer "
@@ -321,8 +328,10 @@ def build_recall_tool(
             big = max_tokens if matched else None
             answer = _answer(query, sorted(parts), text, with_sources=sources, too_large=big)
             excess = counter.count(answer) - max_tokens
-            if excess <= 0 or not parts:
+            if excess <= 0:
                 return answer
+            if not parts:  # a long query quoted: said without it
+                return _answer("", [], text, with_sources=sources, too_large=big, brief=True)
             freed = 0
             while parts and freed < excess:  # the weakest first, enough to cover the excess
                 _, records = parts.pop()

@@ -157,8 +157,11 @@ INVALIDATING_EVENTS = (
     EventType.SESSION_DELETED,
     EventType.SESSION_EXPIRED,
     EventType.SESSION_EVICTED,
+    EventType.CONTEXT_UPDATED,
 )
-"""Events after which a session's index is dropped (rebuilt on next use)."""
+"""Events after which a session's index is dropped (rebuilt on next use);
+``context_updated`` only for an import (``imported`` in its data: the whole history
+replaced)."""
 
 EDIT_CHECK = 4
 """Messages before those an update adds that are compared with the assembly's reads of them
@@ -284,7 +287,10 @@ class Recall(RecallEmbedding):
             self._subscriptions.pop()()
 
     def _on_event(self, event: Event) -> None:
-        self.forget(event.session_id, keep_vectors=event.type == EventType.HISTORY_EDITED)
+        if event.type == EventType.CONTEXT_UPDATED and not event.data.get("imported"):
+            return  # metadata, shared state, a system prompt: the history is as it was
+        keep = event.type in (EventType.HISTORY_EDITED, EventType.CONTEXT_UPDATED)
+        self.forget(event.session_id, keep_vectors=keep)
 
     def forget(self, session_id: str, *, keep_vectors: bool = False) -> None:
         """Drop the session's index (it is rebuilt on next use).
@@ -346,10 +352,14 @@ class Recall(RecallEmbedding):
                 return None
             records = records[update.overlap :]
         with self._lock:
-            if len(index) == update.start:  # not extended meanwhile by another caller
-                index.extend(records)
+            # Another caller may have extended the index meanwhile, with fewer messages
+            # than this one read (its update planned from the same length): add the rest.
+            have = len(index)
+            if update.start <= have < update.start + len(records):
+                added = records[have - update.start :]
+                index.extend(added)
                 if self.embeddings is not None:
-                    self._queue(update.session_id, index, update.start, records)
+                    self._queue(update.session_id, index, have, added)
             consistent = index.token_sum == update.token_count or len(index) != update.stop + 1
             if not consistent:
                 dropped = self._indexes.pop(update.session_id, None)

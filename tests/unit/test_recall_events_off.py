@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ctx_memory import ContextManager, ContextPromptAssembler, EventEmitter, EventType
-from ctx_memory.recall import search_history
+from ctx_memory.recall import recall_for, search_history
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -69,3 +69,118 @@ def test_an_edit_by_another_process_with_equal_counts_is_caught_where_it_is_read
     assert [h.position for h in search_history(a, "s1", "rome")] == [61]
     a.close()
     b.close()
+
+
+def _pair(tmp_path: Path) -> tuple[ContextManager, ContextManager]:
+    """Two managers on one SQLite file: two processes, each with its own recall index."""
+    path = str(tmp_path / "s.sqlite3")
+    return (
+        ContextManager(store="sqlite", sqlite_path=path),
+        ContextManager(store="sqlite", sqlite_path=path),
+    )
+
+
+def test_an_import_over_a_session_drops_this_processs_index() -> None:
+    """An import of the same counts (one word changed) replaces the whole history."""
+    manager = ContextManager()
+    manager.add_user_message("s1", "The password is pelican")
+    manager.add_assistant_message("s1", "Noted.")
+    assert [h.position for h in search_history(manager, "s1", "pelican")] == [0]
+    document = manager.export_session("s1").replace("pelican", "flamingo")
+    manager.import_session(document)
+    # dropped by the import itself (the assembler's recall would use it as it is)
+    assert recall_for(manager).plan("s1", manager.get_header("s1")).start == 0
+    assert search_history(manager, "s1", "pelican") == []
+    assert [h.position for h in search_history(manager, "s1", "flamingo")] == [0]
+
+
+def test_edits_of_content_blocks_and_tool_arguments_are_caught_where_read(
+    tmp_path: Path,
+) -> None:
+    """The read-back compares what was indexed: content blocks and tool-call arguments
+    too, not only plain text."""
+    a, b = _pair(tmp_path)
+    a.add_messages(
+        "s1",
+        [
+            {"role": "user", "content": [{"type": "text", "text": "The password is pelican"}]},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"name": "weather", "args": {"city": "Paris"}, "id": "c1"}]},
+            {"role": "tool", "content": "sunny", "tool_call_id": "c1", "name": "weather"},
+        ],
+    )  # fmt: skip
+    assert [h.position for h in search_history(a, "s1", "pelican")] == [0]
+    assert [h.position for h in search_history(a, "s1", "paris")] == [1]
+    first, call = b.get_history("s1")[:2]
+    b.replace_message("s1", first["id"], {"role": "user", "content": [
+        {"type": "text", "text": "The password is flamingo"}]})  # fmt: skip
+    b.replace_message("s1", call["id"], {"role": "assistant", "content": "", "tool_calls": [
+        {"name": "weather", "args": {"city": "Rome"}, "id": "c1"}]})  # fmt: skip
+    assert b.get_metadata("s1")["token_count"] == a.get_metadata("s1")["token_count"]
+    assert search_history(a, "s1", "pelican") == []  # the hit read back: rebuilt
+    assert [h.position for h in search_history(a, "s1", "flamingo")] == [0]
+    assert search_history(a, "s1", "paris") == []
+    assert [h.position for h in search_history(a, "s1", "rome")] == [1]
+    a.close()
+    b.close()
+
+
+def test_an_index_loaded_from_saved_segments_checks_hits_by_their_terms(
+    tmp_path: Path,
+) -> None:
+    """A restarted worker loads the index from the saved segments (no text): an edit by
+    another process that kept every count is still caught when a hit is read back."""
+    from ctx_memory.recall import SAVE_EVERY
+
+    a, b = _pair(tmp_path)
+    b.add_user_message("s1", "The password is pelican")
+    for i in range(SAVE_EVERY + 40):
+        b.add_assistant_message("s1", f"Filler answer number {i}.")
+    assert search_history(b, "s1", "pelican")  # B indexes the session and saves segments
+    assert [h.position for h in search_history(a, "s1", "pelican")] == [0]
+    assert recall_for(a).loads == 1  # A's index came from the segments
+    first = b.get_message_range("s1", 0, 0)[0]
+    b.replace_message("s1", first["id"], {"role": "user", "content": "The password is flamingo"})
+    assert search_history(a, "s1", "pelican") == []
+    assert [h.position for h in search_history(a, "s1", "flamingo")] == [0]
+    a.close()
+    b.close()
+
+
+def test_two_updates_planned_at_once_each_index_what_it_read() -> None:
+    """Two callers plan from the same cached index; the one that read less applies first:
+    the other adds the rest of what it read instead of searching without it."""
+    from ctx_memory.recall import Recall
+
+    manager = ContextManager()
+    recall = Recall()
+    for i in range(10):
+        manager.add_user_message("s1", f"word{i}")
+    first = recall.plan("s1", manager.get_header("s1"))
+    assert recall.apply(first, manager.get_message_range("s1", 0, -1)) is not None
+    for i in range(10, 20):
+        manager.add_user_message("s1", f"word{i}")
+    early = recall.plan("s1", {"metadata": {**manager.get_metadata("s1"), "message_count": 15}})
+    late = recall.plan("s1", manager.get_header("s1"))
+    early_records = manager.get_message_range("s1", early.start, early.stop)
+    early_tokens = sum(r["token_count"] for r in manager.get_message_range("s1", 0, 14))
+    early = type(early)(early.session_id, early.index, early.start, early.stop, early_tokens)
+    assert recall.apply(early, early_records) is not None  # holds 15 messages now
+    index = recall.apply(late, manager.get_message_range("s1", late.start, late.stop))
+    assert index is not None
+    assert len(index) == 20
+    assert [position for position, _, _ in index.search("word17", 1)] == [17]
+
+
+def test_the_recall_tools_answers_without_matches_fit_max_tokens() -> None:
+    """A long query is not quoted back past ``max_tokens``."""
+    from ctx_memory import TokenCounter
+    from ctx_memory.recall import make_recall_tool
+
+    manager = ContextManager()
+    manager.add_user_message("s1", "The door code is 4412")
+    manager.add_assistant_message("s1", "Noted. " + "More words here. " * 30)
+    counter = TokenCounter()
+    for query, max_tokens in (("zebra " * 300, 200), ("quokka wallaby", 12), ("door code", 20)):
+        answer = make_recall_tool(manager, "s1", max_tokens=max_tokens).invoke({"query": query})
+        assert counter.count(answer) <= max_tokens, (query[:20], answer)
