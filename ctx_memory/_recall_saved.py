@@ -152,10 +152,11 @@ def load_segments(
 ) -> tuple[RecallIndex, bool]:
     """An index of the saved ``texts``, and whether they were a clean chain.
 
-    Segments are added while each starts where the index ends and none reaches past
-    ``limit`` (the session's ``message_count``). A segment another process saved twice
-    is skipped; the first that does not fit, is of another format or terms version, or
-    is malformed ends the load. With ``vectors`` (an :func:`embeddings_id`), each
+    The segments added form the chain from position 0 that reaches furthest, each
+    starting where the one before stops, none past ``limit`` (the session's
+    ``message_count``): segments saved twice, or by two workers each from where its own
+    last save stopped (interleaved), are passed over, as are those of another format or
+    terms version and malformed ones. With ``vectors`` (an :func:`embeddings_id`), each
     segment's saved vectors are loaded too, and the first segment without vectors of that
     model ends the load (its messages are then read and embedded). ``clean`` is false
     when anything was skipped or left, or when there are more than :data:`MAX_SEGMENTS`:
@@ -172,17 +173,23 @@ def load_segments(
             assert clean and loaded.search("wifi password")[0][0] == 0
             assert load_segments(["not json"], limit=1)[0].lengths == []
     """
-    index = RecallIndex()
+    usable: dict[int, list[dict[str, Any]]] = {}  # start -> the segments starting there
     clean = len(texts) <= MAX_SEGMENTS
     for text in texts:
         try:
             segment: dict[str, Any] = json.loads(text)
-            usable = segment["v"] == SEGMENT_FORMAT and segment["terms"] == TERMS_VERSION
-            if usable and segment["stop"] <= len(index):
-                clean = False  # saved twice (two processes at once): already in
-                continue
-            if not usable or segment["start"] != len(index) or segment["stop"] > limit:
-                return index, False
+            fits = segment["v"] == SEGMENT_FORMAT and segment["terms"] == TERMS_VERSION
+            fits = fits and 0 <= int(segment["start"]) < int(segment["stop"]) <= limit
+        except _LOAD_ERRORS:
+            fits = False
+        if fits:
+            usable.setdefault(int(segment["start"]), []).append(segment)
+        else:
+            clean = False
+    index = RecallIndex()
+    used = 0
+    for segment in _longest_chain(usable):
+        try:
             units = None if vectors is None else _saved_vectors(segment, vectors, index.dimensions)
             if vectors is not None and units is None:
                 return index, False  # no vectors of this model: read and embed from here
@@ -194,4 +201,26 @@ def load_segments(
                 index._put(start + offset, unit, key)  # saved from checked unit vectors
         except _LOAD_ERRORS:
             return RecallIndex(), False  # possibly half added: start over
-    return index, clean
+        used += 1
+    return index, clean and used == sum(len(found) for found in usable.values())
+
+
+def _longest_chain(segments: Mapping[int, Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The segments from position 0 on, each starting where the one before stops.
+
+    The chain reaching furthest: two workers that each saved the session's segments from
+    where their own last save stopped interleave them, and either chain may be whole.
+    """
+    reach: dict[int, int] = {}  # start -> the furthest position a chain from it reaches
+    first: dict[int, dict[str, Any]] = {}  # start -> the segment that chain begins with
+    for start in sorted(segments, reverse=True):  # a segment stops after it starts
+        for segment in segments[start]:
+            stop = int(segment["stop"])
+            end = reach.get(stop, stop)
+            if end > reach.get(start, start):
+                reach[start], first[start] = end, segment
+    chain, at = [], 0
+    while at in first:
+        chain.append(first[at])
+        at = int(first[at]["stop"])
+    return chain

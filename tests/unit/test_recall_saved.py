@@ -128,6 +128,23 @@ def test_what_does_not_fit_ends_the_load() -> None:
     assert (len(loaded), clean) == (20, False)  # too many: saved again whole
 
 
+def test_segments_two_workers_saved_interleaved_load_whole() -> None:
+    """Two workers serving one session each save from where their own last save stopped:
+    the load follows the chain that reaches furthest instead of stopping at the first
+    segment out of line (and says the chain is not clean, so it is saved again whole)."""
+    index = RecallIndex()
+    index.extend(records(1200))
+    spans = [(0, 400), (300, 700), (400, 800), (700, 1100), (800, 1200), (1100, 1150)]
+    texts = [encode_segment(index.segment(a, b)) for a, b in spans]
+    loaded, clean = load_segments(texts, limit=1200)
+    assert len(loaded) == 1200
+    assert not clean
+    assert loaded.ids == index.ids
+    assert loaded.search("rome wedding", 5) == index.search("rome wedding", 5)
+    loaded, clean = load_segments(texts[:2] + texts[3:4], limit=1200)  # no chain past 400
+    assert (len(loaded), clean) == (400, False)
+
+
 # ---------------------------------------------------------------------- through a store
 
 
