@@ -82,6 +82,9 @@ METADATA_KEY = "ctx_memory"
 _REPLAY_WINDOW = 64
 """Newest messages a retried turn looks through for the reply an earlier attempt stored."""
 
+_PAGE = 256
+"""Messages read per step when a retried turn's reply is older than :data:`_REPLAY_WINDOW`."""
+
 _REPORT_LEFT_OUT = frozenset({"session_id", "source_urls"})  # said once, elsewhere
 _CITATION = re.compile(r"\[(\d+(?:\s*(?:[,;]|[-\u2013])\s*\d+)*)\]")
 _CITATION_PART = re.compile(r"(\d+)(?:\s*[-\u2013]\s*(\d+))?")
@@ -551,20 +554,41 @@ class ContextualChat(BackgroundCompactions, Runnable[PromptInput, AIMessage]):
     def _record(
         self, turn: Turn, reply: BaseMessage, started: float, prompt: AssembledPrompt
     ) -> AIMessage:
-        """Write the question and the reply in one append; return the reply as stored."""
+        """Write the question and the reply in one append; return the reply as stored.
+
+        When the session held the reply's id already (a retry of a turn older than the
+        look-back of :meth:`_stored_reply`), nothing was added: the reply stored then is
+        looked up and returned, not the new one nobody will find stored.
+        """
         written, message = self._turn_records(turn, reply, started, prompt)
-        self.manager.add_messages(turn.session_id, written)
+        added = self.manager._add_counted(turn.session_id, written)
         self._compact_later(turn.session_id)
-        return message
+        if added or not turn.again:
+            return message
+        end = -1
+        while True:  # newest first, a page at a time: the rare retry pays for its distance
+            page = self.manager.get_message_range(turn.session_id, end - _PAGE + 1, end)
+            found = self._replayed(turn, page, prompt)
+            if found is not None or len(page) < _PAGE:
+                return found or message
+            end -= _PAGE
 
     async def _arecord(
         self, turn: Turn, reply: BaseMessage, started: float, prompt: AssembledPrompt
     ) -> AIMessage:
         """Async :meth:`_record`."""
         written, message = self._turn_records(turn, reply, started, prompt)
-        await self.manager.aadd_messages(turn.session_id, written)
+        added = await self.manager._aadd_counted(turn.session_id, written)
         self._acompact_later(turn.session_id)
-        return message
+        if added or not turn.again:
+            return message
+        end = -1
+        while True:  # newest first, a page at a time: the rare retry pays for its distance
+            page = await self.manager.aget_message_range(turn.session_id, end - _PAGE + 1, end)
+            found = self._replayed(turn, page, prompt)
+            if found is not None or len(page) < _PAGE:
+                return found or message
+            end -= _PAGE
 
     # ------------------------------------------------------------ invoke
 

@@ -273,6 +273,32 @@ class HistoryMethods(SessionMethods):
         now = now_iso()
         return await self._aappend(session_id, records_from(messages, metadata, now), now)
 
+    def _add_counted(
+        self, session_id: str, messages: Sequence[BaseMessage | Mapping[str, Any]]
+    ) -> int:
+        """:meth:`add_messages`, answering how many were added (the others' ids were held)."""
+        now = now_iso()
+        records = records_from(messages, None, now)
+        op = self._plan_append(session_id, records, now)
+        if op is None:
+            return 0
+        result = self._execute(op)
+        self._finish_append(op, result, records)
+        return result.added
+
+    async def _aadd_counted(
+        self, session_id: str, messages: Sequence[BaseMessage | Mapping[str, Any]]
+    ) -> int:
+        """Async :meth:`_add_counted`."""
+        now = now_iso()
+        records = records_from(messages, None, now)
+        op = self._plan_append(session_id, records, now)
+        if op is None:
+            return 0
+        result = await self._aexecute(op)
+        self._finish_append(op, result, records)
+        return result.added
+
     @staticmethod
     def _plan_delete_message(session_id: str, message_id: str) -> DeleteMessages:
         validate_session_id(session_id, existing=True)

@@ -378,3 +378,29 @@ async def test_a_question_sent_again_with_its_id_gets_its_first_answer(mode: str
     assert (again.id, again.text) == (first.id, "Answer C")
     assert model.calls == 1
     assert [m.text for m in manager.get_messages("s2")] == ["q2", "Answer C"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_question_resent_after_the_look_back_gets_the_stored_reply(manager, mode):
+    """The same ``HumanMessage(id=...)`` again once its turn is over 64 messages old: the
+    model is asked (the look-back does not reach it), its new answer is not stored (the
+    ids are held), and the caller gets the stored reply, as the session holds it."""
+    from langchain_core.language_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from ctx_memory import ContextualChat
+
+    model = GenericFakeChatModel(messages=iter([AIMessage("Answer A"), AIMessage("Answer B")]))
+    chat = ContextualChat(manager, model, max_tokens=4000)
+    config = {"configurable": {"session_id": "s1"}}
+    question = HumanMessage("What is the door code?", id="q-1")
+    first = chat.invoke(question, config=config)
+    for i in range(300):  # more than a page of later turns
+        manager.add_user_message("s1", f"later question {i}")
+        manager.add_assistant_message("s1", f"later answer {i}")
+    again = (
+        chat.invoke(question, config) if mode == "sync" else await chat.ainvoke(question, config)
+    )
+    assert (again.id, again.content) == (first.id, "Answer A")
+    stored = [r for r in manager.get_history("s1") if r["id"] == first.id]
+    assert [r["content"] for r in stored] == ["Answer A"]
