@@ -82,9 +82,6 @@ METADATA_KEY = "ctx_memory"
 _REPLAY_WINDOW = 64
 """Newest messages a retried turn looks through for the reply an earlier attempt stored."""
 
-_PAGE = 256
-"""Messages read per step when a retried turn's reply is older than :data:`_REPLAY_WINDOW`."""
-
 _REPORT_LEFT_OUT = frozenset({"session_id", "source_urls"})  # said once, elsewhere
 _CITATION = re.compile(r"\[(\d+(?:\s*(?:[,;]|[-\u2013])\s*\d+)*)\]")
 _CITATION_PART = re.compile(r"(\d+)(?:\s*[-\u2013]\s*(\d+))?")
@@ -558,37 +555,28 @@ class ContextualChat(BackgroundCompactions, Runnable[PromptInput, AIMessage]):
 
         When the session held the reply's id already (a retry of a turn older than the
         look-back of :meth:`_stored_reply`), nothing was added: the reply stored then is
-        looked up and returned, not the new one nobody will find stored.
+        looked up (:meth:`~ctx_memory.manager.ContextManager.get_message`) and returned,
+        not the new one nobody will find stored.
         """
         written, message = self._turn_records(turn, reply, started, prompt)
-        added = self.manager._add_counted(turn.session_id, written)
+        _, added = self.manager._add_counted(turn.session_id, written)
         self._compact_later(turn.session_id)
         if added or not turn.again:
             return message
-        end = -1
-        while True:  # newest first, a page at a time: the rare retry pays for its distance
-            page = self.manager.get_message_range(turn.session_id, end - _PAGE + 1, end)
-            found = self._replayed(turn, page, prompt)
-            if found is not None or len(page) < _PAGE:
-                return found or message
-            end -= _PAGE
+        stored = self.manager.get_message(turn.session_id, turn.reply_id)
+        return self._replayed(turn, [stored] if stored else [], prompt) or message
 
     async def _arecord(
         self, turn: Turn, reply: BaseMessage, started: float, prompt: AssembledPrompt
     ) -> AIMessage:
         """Async :meth:`_record`."""
         written, message = self._turn_records(turn, reply, started, prompt)
-        added = await self.manager._aadd_counted(turn.session_id, written)
+        _, added = await self.manager._aadd_counted(turn.session_id, written)
         self._acompact_later(turn.session_id)
         if added or not turn.again:
             return message
-        end = -1
-        while True:  # newest first, a page at a time: the rare retry pays for its distance
-            page = await self.manager.aget_message_range(turn.session_id, end - _PAGE + 1, end)
-            found = self._replayed(turn, page, prompt)
-            if found is not None or len(page) < _PAGE:
-                return found or message
-            end -= _PAGE
+        stored = await self.manager.aget_message(turn.session_id, turn.reply_id)
+        return self._replayed(turn, [stored] if stored else [], prompt) or message
 
     # ------------------------------------------------------------ invoke
 

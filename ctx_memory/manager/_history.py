@@ -51,6 +51,18 @@ from ctx_memory.manager._sessions import SessionMethods
 Content = str | list[str | dict[str, Any]]
 
 
+FIND_PAGE = 256
+"""Messages :meth:`HistoryMethods.get_message` reads per step, newest first."""
+
+
+def _with_id(page: list[dict[str, Any]], message_id: str) -> dict[str, Any] | None:
+    """The record of ``page`` with ``message_id`` (the newest, were two to share it)."""
+    for index in range(len(page) - 1, -1, -1):
+        if page[index].get("id") == message_id:
+            return page[index]
+    return None
+
+
 def _summaries(header: Header | None) -> list[Mapping[str, Any]]:
     """The summary compactions stored in a header's ``shared`` (tombstones skipped)."""
     shared: Mapping[str, Any] = (header["shared"] if header else None) or {}
@@ -275,29 +287,53 @@ class HistoryMethods(SessionMethods):
 
     def _add_counted(
         self, session_id: str, messages: Sequence[BaseMessage | Mapping[str, Any]]
-    ) -> int:
-        """:meth:`add_messages`, answering how many were added (the others' ids were held)."""
+    ) -> tuple[list[dict[str, Any]], int]:
+        """:meth:`add_messages`, and how many were added (the others' ids were held)."""
         now = now_iso()
         records = records_from(messages, None, now)
         op = self._plan_append(session_id, records, now)
         if op is None:
-            return 0
+            return records, 0
         result = self._execute(op)
-        self._finish_append(op, result, records)
-        return result.added
+        return self._finish_append(op, result, records), result.added
 
     async def _aadd_counted(
         self, session_id: str, messages: Sequence[BaseMessage | Mapping[str, Any]]
-    ) -> int:
+    ) -> tuple[list[dict[str, Any]], int]:
         """Async :meth:`_add_counted`."""
         now = now_iso()
         records = records_from(messages, None, now)
         op = self._plan_append(session_id, records, now)
         if op is None:
-            return 0
+            return records, 0
         result = await self._aexecute(op)
-        self._finish_append(op, result, records)
-        return result.added
+        return self._finish_append(op, result, records), result.added
+
+    def get_message(self, session_id: str, message_id: str) -> dict[str, Any] | None:
+        """The stored message with ``message_id``, or ``None`` if the session holds none.
+
+        Looked for from the newest message back, :data:`FIND_PAGE` messages per read: a
+        recent message costs one read, an old one a read per page before it.
+        """
+        check_message_id(message_id, "message_id")
+        end = -1
+        while True:
+            page = self.get_message_range(session_id, end - FIND_PAGE + 1, end)
+            found = _with_id(page, message_id)
+            if found is not None or len(page) < FIND_PAGE:
+                return found
+            end -= FIND_PAGE
+
+    async def aget_message(self, session_id: str, message_id: str) -> dict[str, Any] | None:
+        """Async :meth:`get_message`."""
+        check_message_id(message_id, "message_id")
+        end = -1
+        while True:
+            page = await self.aget_message_range(session_id, end - FIND_PAGE + 1, end)
+            found = _with_id(page, message_id)
+            if found is not None or len(page) < FIND_PAGE:
+                return found
+            end -= FIND_PAGE
 
     @staticmethod
     def _plan_delete_message(session_id: str, message_id: str) -> DeleteMessages:

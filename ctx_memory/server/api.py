@@ -136,10 +136,6 @@ class WebText(_Body):
     source_type: str = Field(default="js_scraping", min_length=1, max_length=64)
 
 
-_RETRY_WINDOW = 64
-"""Newest messages a ``POST .../messages`` with an ``id`` looks through for the stored one."""
-
-
 class NewMessage(_Body):
     """A message to append (``role``: user, assistant, system or tool)."""
 
@@ -425,12 +421,11 @@ async def add_message(manager: Manager, session_id: SessionPath, body: NewMessag
             name=body.name,
         )
     sid = session_path_id(session_id)
-    (record,) = await manager.aadd_messages(sid, [body.model_dump(exclude_none=True)])
+    (record,), added = await manager._aadd_counted(sid, [body.model_dump(exclude_none=True)])
+    if added:
+        return record
     # A retry of a stored id wrote nothing: answer what the session holds under it.
-    for stored in reversed(await manager.aget_history(sid, last_k=_RETRY_WINDOW)):
-        if stored.get("id") == body.id:
-            return stored
-    return record
+    return await manager.aget_message(sid, body.id) or record
 
 
 @router.get("/v1/sessions/{session_id}/search", tags=["sessions"], summary="Search the history")

@@ -235,6 +235,10 @@ def test_a_message_sent_again_with_its_id_is_stored_once(
     assert [(r["id"], r["content"]) for r in manager.get_history("m")] == [
         ("client-7", "book the 9:40 flight")
     ]
+    for i in range(300):  # the retry comes long after: hundreds of messages later
+        manager.add_user_message("m", f"later {i}")
+    late = http.post("/v1/sessions/m/messages", json={**message, "content": "something else"})
+    assert late.json() == first
     bad = http.post("/v1/sessions/m/messages", json={**message, "id": "x" * 300})
     assert bad.status_code == 422
 
