@@ -1,9 +1,10 @@
-"""What :class:`~ctx_memory.middleware.ContextMiddleware` remembers of the replies it stored.
+"""What :class:`~ctx_memory.middleware.ContextMiddleware` remembers of the messages it stored.
 
-A reply is stored as the model gave it, inside the model call; an ``after_model`` hook
-of another middleware may change it in the agent state afterwards (``PIIMiddleware``
-redacting an e-mail address). The middleware keeps each stored reply's digest until the
-agent ends, and replaces the stored copy if the state's differs.
+A message is stored as the agent state holds it when the middleware writes it; another
+middleware may change it in the state afterwards: ``PIIMiddleware`` redacts a reply in
+``after_model``, or tool results in a ``before_model`` that runs after this middleware's.
+The middleware keeps each stored message's digest until the agent ends, and replaces the
+stored copy when the state's differs (same id, same place).
 """
 
 from __future__ import annotations
@@ -12,25 +13,29 @@ import json
 import threading
 from typing import TYPE_CHECKING, Any
 
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, ToolMessage
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from langchain_core.messages import BaseMessage
 
-__all__ = ["RecentReplies", "reply_digest"]
+__all__ = ["StoredDigests", "message_digest"]
 
 
-def reply_digest(message: BaseMessage) -> int:
-    """What a reply says (its content and tool calls), to see whether it changed since."""
+def message_digest(message: BaseMessage) -> int:
+    """What a message says (its content and tool calls), to see whether it changed since."""
     calls = message.tool_calls if isinstance(message, AIMessage) else []
     return hash(json.dumps([message.content, calls], sort_keys=True, default=str))
 
 
-class RecentReplies:
+class StoredDigests:
     """``(session id, message id) -> (digest, metadata)``, bounded (oldest dropped first).
 
-    Shared by the agent's threads (a lock); bounded, so replies of runs that never end
-    (an error, an interrupt never resumed) do not pile up.
+    ``metadata``: what the stored record's metadata is (a reply's model, response time,
+    sources and tools), for the replacement. Shared by the agent's threads (a lock);
+    bounded, so the messages of runs that never end (an error, an interrupt never
+    resumed) do not pile up.
     """
 
     LIMIT = 4096
@@ -40,13 +45,57 @@ class RecentReplies:
         self._lock = threading.Lock()
 
     def put(self, key: tuple[str, str], value: tuple[int, dict[str, Any]]) -> None:
-        """Remember a stored reply."""
+        """Remember a stored message."""
         with self._lock:
             self._items[key] = value
             while len(self._items) > self.LIMIT:
                 del self._items[next(iter(self._items))]
 
+    def get(self, key: tuple[str, str]) -> tuple[int, dict[str, Any]] | None:
+        """What is remembered of a stored message (``None``: nothing)."""
+        with self._lock:
+            return self._items.get(key)
+
     def take(self, key: tuple[str, str]) -> tuple[int, dict[str, Any]] | None:
-        """Forget a stored reply; what was remembered of it (``None``: nothing)."""
+        """Forget a stored message; what was remembered of it (``None``: nothing)."""
         with self._lock:
             return self._items.pop(key, None)
+
+    def remember(
+        self, session_id: str, message: BaseMessage, metadata: dict[str, Any] | None = None
+    ) -> None:
+        """Keep what ``message`` said as stored, unless it is known already."""
+        key = (session_id, str(message.id))
+        if self.get(key) is None:
+            self.put(key, (message_digest(message), metadata or {}))
+
+    def changed(
+        self, session_id: str, messages: Sequence[BaseMessage], *, forget: bool = False
+    ) -> list[tuple[BaseMessage, dict[str, Any]]]:
+        """Messages stored that the state now holds changed, with their stored metadata.
+
+        Another middleware changed them once stored: ``PIIMiddleware`` redacting a reply
+        (``after_model``) or tool results (a ``before_model`` after this one's). The
+        caller replaces the stored copies; ``forget``: the run ends, forget them all.
+        """
+        changed = []
+        for message in messages:
+            key = (session_id, str(message.id))
+            kept = self.take(key) if forget else self.get(key)
+            if kept is None or kept[0] == message_digest(message):
+                continue
+            changed.append((message, kept[1]))
+            if not forget:
+                self.put(key, (message_digest(message), kept[1]))
+        return changed
+
+    def asked_for_tools(self, session_id: str, run: Sequence[BaseMessage]) -> bool:
+        """Whether a model call of the run asked for tools (its reply stored) and they answered.
+
+        Tool results a caller sent with its input do not count: a failed first model call
+        writes nothing.
+        """
+        return any(isinstance(m, ToolMessage) for m in run) and any(
+            isinstance(m, AIMessage) and m.tool_calls and self.get((session_id, str(m.id)))
+            for m in run
+        )

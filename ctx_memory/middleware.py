@@ -34,8 +34,9 @@ compactions; ``compaction=`` adds clearing and summarising of its own, before th
 or, with ``compaction_mode="background"``, after the reply is stored.
 
 After the agent finishes, the current run is appended once more, which stores anything
-no model call saw (e.g. the result of a ``return_direct`` tool), and a reply an
-``after_model`` hook changed once stored (``PIIMiddleware`` redacting it) is replaced.
+no model call saw (e.g. the result of a ``return_direct`` tool). A message another
+middleware changed once stored (``PIIMiddleware`` redacting it) is replaced then, or at the
+next model call.
 Messages of earlier runs held only by a checkpointer (say, after
 :meth:`~ctx_memory.manager.ContextManager.clear`) are not written back. No orphan tool
 message is ever sent: the history window starts at a user message and is repaired
@@ -68,7 +69,6 @@ from langchain_core.messages import (
     BaseMessage,
     HumanMessage,
     SystemMessage,
-    ToolMessage,
 )
 from langchain_core.runnables.config import var_child_runnable_config
 from typing_extensions import override
@@ -90,7 +90,7 @@ from ctx_memory._compaction_langchain import (
     summary_body,
     summary_span,
 )
-from ctx_memory._middleware_replies import RecentReplies, reply_digest
+from ctx_memory._middleware_replies import StoredDigests
 from ctx_memory.assembly.compacted import compactions_of
 from ctx_memory.assembly.window import repair_tool_pairs
 from ctx_memory.compaction import (
@@ -330,7 +330,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             cache_hints=cache_hints,
             compaction=prompt_compaction,
         )
-        self._replies = RecentReplies()  # replies stored, until the agent ends: (digest, metadata)
+        self._stored = StoredDigests()  # what was stored, until the agent ends
         background = self.compaction_mode == "background" and compaction is not None
         if background and compaction is not None and compaction.summarize_at is not None:
             sent = self.assembler.sent  # the compactor repeats the request just answered
@@ -454,6 +454,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             record = message_to_record(message, timestamp=asked)
             del record["token_count"]  # counted by the manager
             stamped.append(record)
+            self._stored.remember(session_id, message)
         if not replies:
             return stamped
         model = request.model
@@ -482,7 +483,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             record = message_to_record(reply, timestamp=now, metadata=metadata)
             del record["token_count"]  # counted by the manager
             records.append(record)
-            self._replies.put((session_id, str(reply.id)), (reply_digest(reply), metadata))
+            self._stored.remember(session_id, reply, metadata)
         return [*stamped, *records]
 
     @staticmethod
@@ -496,25 +497,6 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         state = request.state if isinstance(request.state, Mapping) else {}
         held = {m.id: m for m in state.get("messages") or ()}
         return [held.get(m.id, m) if m.id is not None else m for m in run]
-
-    def _changed_replies(
-        self, session_id: str, run: Sequence[BaseMessage]
-    ) -> list[tuple[BaseMessage, dict[str, Any]]]:
-        """Replies stored here that the state holds changed (and their stored metadata).
-
-        An ``after_model`` hook replaced them once stored (``PIIMiddleware`` redacting).
-        """
-        changed = []
-        for message in run:
-            kept = self._replies.take((session_id, str(message.id)))
-            if kept is not None and kept[0] != reply_digest(message):
-                changed.append((message, kept[1]))
-        return changed
-
-    @staticmethod
-    def _ran_tools(run: Sequence[BaseMessage]) -> bool:
-        """Whether the run holds a tool result: a model call of this run asked for it."""
-        return any(isinstance(m, ToolMessage) for m in run)
 
     def _summaries_of(self, request: ModelRequest[Any]) -> list[BaseMessage]:
         """The request's LangChain summaries this middleware handles (none if not persisting)."""
@@ -681,6 +663,8 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
     ) -> ModelCallResult[Any]:
         session_id = self._session(request.runtime)
         run = self._run_of(session_id, request)
+        for message, metadata in self._stored.changed(session_id, self._as_in_state(request, run)):
+            self.manager.replace_message(session_id, str(message.id), message, metadata=metadata)
         # A LangChain summary is stored as a compaction (not a turn) before the prompt
         # is built, so the prompt sends it once, in place of what it covers.
         unsent = self._record_summaries(session_id, request)
@@ -705,6 +689,10 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
     ) -> ModelCallResult[Any]:
         session_id = self._session(request.runtime)
         run = self._run_of(session_id, request)
+        for message, metadata in self._stored.changed(session_id, self._as_in_state(request, run)):
+            await self.manager.areplace_message(
+                session_id, str(message.id), message, metadata=metadata
+            )
         # A LangChain summary is stored as a compaction (not a turn) before the prompt
         # is built, so the prompt sends it once, in place of what it covers.
         unsent = await self._arecord_summaries(session_id, request)
@@ -738,7 +726,9 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         # output and leaves no stored call unanswered.
         session_id = self._session(runtime)
         run = self._final_run(session_id, state)
-        if self._ran_tools(run):
+        if self._stored.asked_for_tools(session_id, run):
+            for message in run:
+                self._stored.remember(session_id, message)
             self._store(session_id, run)
         # Marked before each model call too: the input of a run whose model call fails
         # is not taken for the next run's input (it was neither answered nor stored).
@@ -750,7 +740,9 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
     ) -> dict[str, Any] | None:
         session_id = self._session(runtime)
         run = self._final_run(session_id, state)
-        if self._ran_tools(run):
+        if self._stored.asked_for_tools(session_id, run):
+            for message in run:
+                self._stored.remember(session_id, message)
             await self._astore(session_id, run)
         return self._end_of(state)
 
@@ -759,7 +751,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         session_id = self._session(runtime)
         run = self._final_run(session_id, state)
         self._store(session_id, run)
-        for message, metadata in self._changed_replies(session_id, run):
+        for message, metadata in self._stored.changed(session_id, run, forget=True):
             self.manager.replace_message(session_id, str(message.id), message, metadata=metadata)
         return self._end_of(state)
 
@@ -770,7 +762,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         session_id = self._session(runtime)
         run = self._final_run(session_id, state)
         await self._astore(session_id, run)
-        for message, metadata in self._changed_replies(session_id, run):
+        for message, metadata in self._stored.changed(session_id, run, forget=True):
             await self.manager.areplace_message(
                 session_id, str(message.id), message, metadata=metadata
             )

@@ -37,6 +37,7 @@ local function refresh(fetched)
     redis.call('PERSIST', H)
     redis.call('PERSIST', M)
     redis.call('PERSIST', IDS)
+    redis.call('PERSIST', R)  -- the saved recall index keeps the session's expiry
     if fetched then
       redis.call('PERSIST', F)
       redis.call('PERSIST', FP)

@@ -408,3 +408,48 @@ def test_a_model_call_limit_after_a_tool_ran_keeps_its_result(manager):
     with pytest.raises(Exception, match="limit"):
         agent.invoke({"messages": [("user", "Weather in Paris?")]}, CONFIG)
     assert [r["role"] for r in manager.get_history("s1")] == ["user", "assistant", "tool"]
+
+
+@tool
+def lookup_customer(who: str) -> str:
+    """Customer record."""
+    return f"{who}: contact alice.secret@example.com, VIP"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_tool_results_redacted_by_a_later_middleware_are_stored_redacted(manager, mode):
+    """``PIIMiddleware`` after ``ContextMiddleware`` redacts tool results in its
+    ``before_model``, after this one stored them: the stored copy is replaced before the
+    model is called, and no later prompt carries the address."""
+    from langchain.agents.middleware import PIIMiddleware
+
+    model = fake_model(tool_call("lookup_customer", "c1", who="Alice"), "Found.", "ok")
+    pii = PIIMiddleware(
+        "email", strategy="redact", apply_to_input=False, apply_to_tool_results=True
+    )
+    agent = create_agent(
+        model,
+        tools=[lookup_customer],
+        middleware=[ContextMiddleware(manager), pii],
+        checkpointer=InMemorySaver(),
+    )
+    await _invoke(agent, mode, {"messages": [("user", "Who is Alice?")]})
+    stored = [r["content"] for r in manager.get_history("s1") if r["role"] == "tool"]
+    assert stored == ["Alice: contact [REDACTED_EMAIL], VIP"]
+    await _invoke(agent, mode, {"messages": [("user", "Thanks")]})
+    assert "alice.secret" not in "\n".join(str(m.content) for m in model.seen[-1])
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_tool_results_in_the_input_are_not_stored_by_a_failed_first_call(manager, mode):
+    """A client that ran the tool itself sends its result: no model call of this run asked
+    for it, so a failed first call still writes nothing."""
+    agent = _agent(manager, _FailsAfterToolCall(messages=iter([])))
+    given = [
+        HumanMessage("Book it", id="h1"),
+        AIMessage("", tool_calls=[{"name": "get_weather", "args": {}, "id": "c1"}], id="a1"),
+        ToolMessage("booked #42", tool_call_id="c1", id="t1"),
+    ]
+    with pytest.raises(ConnectionError):
+        await _invoke(agent, mode, {"messages": given})
+    assert manager.get_history("s1") == []
