@@ -72,34 +72,39 @@ def _summaries(header: Header | None) -> list[Mapping[str, Any]]:
     return [e for e in entries.values() if isinstance(e, dict) and e.get("kind") == "summary"]
 
 
-def _span(summaries: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
-    """The positions from the first summary's first covered message to the last's last."""
-    return (
-        min(int(e["first_index"]) for e in summaries),
-        max(int(e["last_index"]) for e in summaries),
-    )
+def _pages(count: int, low: int) -> list[tuple[int, int]]:
+    """``(start, end)`` pages of :data:`FIND_PAGE` positions, from ``count - 1`` down to ``low``."""
+    return [(max(end - FIND_PAGE + 1, low), end) for end in range(count - 1, low - 1, -FIND_PAGE)]
+
+
+def _position(page: list[dict[str, Any]], start: int, message_id: str) -> int | None:
+    """Where in the history the record of ``page`` (read from ``start``) with the id is."""
+    for offset in range(len(page) - 1, -1, -1):
+        if page[offset].get("id") == message_id:
+            return start + offset
+    return None
 
 
 def _stale(
     summaries: Sequence[Mapping[str, Any]],
-    start: int,
-    records: Sequence[Mapping[str, Any]],
-    replaced: str | None,
+    ends: Sequence[Sequence[Mapping[str, Any]]],
+    position: int | None,
 ) -> dict[str, None]:
     """Tombstones for the summaries an edit made stale.
 
-    ``records`` are the messages from position ``start`` on, read after the edit. A
-    summary is stale when its newest covered message is no longer at its place (a
-    deletion or truncation moved or removed it) or, for a replacement, when it covers the
-    ``replaced`` message id (its text summarises what that message no longer says).
+    ``ends[i]`` holds the message read, after the edit, at summary ``i``'s newest covered
+    position (none past the history's end). A summary is stale when that message is not the
+    one it covered (a deletion or truncation moved or removed it) or when it covers
+    ``position``, where a replaced message is (its text summarises what that message no
+    longer says).
     """
-    ids = [r.get("id") for r in records]
     stale: dict[str, None] = {}
-    for entry in summaries:
-        first, last = int(entry["first_index"]) - start, int(entry["last_index"]) - start
-        covered = ids[first : last + 1]
-        moved = len(covered) != last - first + 1 or covered[-1] != entry.get("last_id")
-        if moved or (replaced is not None and replaced in covered):
+    for entry, end in zip(summaries, ends, strict=True):
+        moved = not end or end[0].get("id") != entry.get("last_id")
+        covers = position is not None and (
+            int(entry["first_index"]) <= position <= int(entry["last_index"])
+        )
+        if moved or covers:
             stale[str(entry["id"])] = None
     return stale
 
@@ -355,25 +360,43 @@ class HistoryMethods(SessionMethods):
         """After an edit: remove the summary compactions it made stale (see :func:`_stale`).
 
         A summary of text the history no longer holds (a redacted message, say) must not
-        reach the model, nor stay in the document.
+        reach the model, nor stay in the document. Reads each summary's newest covered
+        message (one read) and, for a replacement, the history from the newest message
+        back to the replaced one, a page at a time, no further back than the summaries.
         """
-        summaries = _summaries(self.get_header(session_id))
-        if not summaries:
+        header = self.get_header(session_id)
+        summaries = _summaries(header)
+        if header is None or not summaries:
             return
-        start, stop = _span(summaries)
-        records = self.get_message_range(session_id, start, stop)
-        stale = _stale(summaries, start, records, replaced)
+        lasts = [(int(e["last_index"]), int(e["last_index"])) for e in summaries]
+        ends = self.get_message_spans(session_id, lasts)
+        position = None
+        low = min(int(e["first_index"]) for e in summaries)
+        for start, end in _pages(int(header["metadata"]["message_count"]), low):
+            if replaced is None or position is not None:
+                break
+            page = self.get_message_range(session_id, start, end)
+            position = _position(page, start, replaced)
+        stale = _stale(summaries, ends, position)
         if stale:
             self.update_partial_context(session_id, {COMPACTIONS_KEY: stale}, reserved=True)
 
     async def _adrop_stale_summaries(self, session_id: str, replaced: str | None = None) -> None:
         """Async :meth:`_drop_stale_summaries`."""
-        summaries = _summaries(await self.aget_header(session_id))
-        if not summaries:
+        header = await self.aget_header(session_id)
+        summaries = _summaries(header)
+        if header is None or not summaries:
             return
-        start, stop = _span(summaries)
-        records = await self.aget_message_range(session_id, start, stop)
-        stale = _stale(summaries, start, records, replaced)
+        lasts = [(int(e["last_index"]), int(e["last_index"])) for e in summaries]
+        ends = await self.aget_message_spans(session_id, lasts)
+        position = None
+        low = min(int(e["first_index"]) for e in summaries)
+        for start, end in _pages(int(header["metadata"]["message_count"]), low):
+            if replaced is None or position is not None:
+                break
+            page = await self.aget_message_range(session_id, start, end)
+            position = _position(page, start, replaced)
+        stale = _stale(summaries, ends, position)
         if stale:
             await self.aupdate_partial_context(session_id, {COMPACTIONS_KEY: stale}, reserved=True)
 

@@ -289,9 +289,19 @@ async def test_an_edit_inside_a_summarised_range_removes_the_summary(
 def test_an_edit_outside_every_summarised_range_keeps_the_summaries(
     manager: ContextManager,
 ) -> None:
-    _chat(manager, "s1", 40)
-    entry = add_compaction(manager, "s1", 0, 19, "Flights AF100-AF109.")
-    later = manager.get_history("s1")[60]["id"]
+    _chat(manager, "s1", 400)
+    entry = add_compaction(manager, "s1", 0, 699, "Flights AF100-AF449.")
+    later = manager.get_history("s1")[760]["id"]
+    read: list[int] = []
+    original = manager.get_message_range
+
+    def spy(sid: str, start: int, end: int) -> list[dict[str, Any]]:
+        records = original(sid, start, end)
+        read.append(len(records))
+        return records
+
+    manager.get_message_range = spy  # type: ignore[method-assign]
     manager.replace_message("s1", later, {"role": "user", "content": "edited"})
-    assert manager.delete_message("s1", manager.get_history("s1")[70]["id"])
+    assert sum(read) <= 256  # the newest page finds it: the summarised 700 are not read
+    assert manager.delete_message("s1", manager.get_history("s1")[770]["id"])
     assert [e["id"] for e in get_compactions(manager, "s1")] == [entry["id"]]
