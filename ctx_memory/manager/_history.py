@@ -408,18 +408,18 @@ class HistoryMethods(SessionMethods):
         """
         op = self._plan_delete_message(session_id, message_id)
         removed = self._execute(op)
+        self._finish_edit(session_id, "delete", message_id, removed)  # first: the event
         if removed:
             self._drop_stale_summaries(session_id)
-        self._finish_edit(session_id, "delete", message_id, removed)
         return bool(removed)
 
     async def adelete_message(self, session_id: str, message_id: str) -> bool:
         """Async :meth:`delete_message`."""
         op = self._plan_delete_message(session_id, message_id)
         removed = await self._aexecute(op)
+        self._finish_edit(session_id, "delete", message_id, removed)  # first: the event
         if removed:
             await self._adrop_stale_summaries(session_id)
-        self._finish_edit(session_id, "delete", message_id, removed)
         return bool(removed)
 
     def _plan_replace(
@@ -460,9 +460,8 @@ class HistoryMethods(SessionMethods):
         """
         op, record = self._plan_replace(session_id, message_id, message, metadata)
         found = self._execute(op)
-        if found:
-            self._drop_stale_summaries(session_id, message_id)
-        self._finish_replace(op, found)
+        self._finish_replace(op, found)  # first: the event (or MessageNotFoundError)
+        self._drop_stale_summaries(session_id, message_id)
         return record
 
     async def areplace_message(
@@ -476,9 +475,8 @@ class HistoryMethods(SessionMethods):
         """Async :meth:`replace_message`."""
         op, record = self._plan_replace(session_id, message_id, message, metadata)
         found = await self._aexecute(op)
-        if found:
-            await self._adrop_stale_summaries(session_id, message_id)
-        self._finish_replace(op, found)
+        self._finish_replace(op, found)  # first: the event (or MessageNotFoundError)
+        await self._adrop_stale_summaries(session_id, message_id)
         return record
 
     @staticmethod
@@ -506,9 +504,10 @@ class HistoryMethods(SessionMethods):
         """
         op = self._plan_truncate(session_id, message_id, inclusive)
         removed = self._execute(op)
-        if removed:
+        count = self._finish_truncate(op, removed)  # first: the event
+        if count:
             self._drop_stale_summaries(session_id)
-        return self._finish_truncate(op, removed)
+        return count
 
     async def atruncate_after(
         self, session_id: str, message_id: str, *, inclusive: bool = False
@@ -516,9 +515,10 @@ class HistoryMethods(SessionMethods):
         """Async :meth:`truncate_after`."""
         op = self._plan_truncate(session_id, message_id, inclusive)
         removed = await self._aexecute(op)
-        if removed:
+        count = self._finish_truncate(op, removed)  # first: the event
+        if count:
             await self._adrop_stale_summaries(session_id)
-        return self._finish_truncate(op, removed)
+        return count
 
     def _plan_fetched(
         self, session_id: str, encoded: Sequence[tuple[EncodedItem, dict[str, Any]]], dedupe: bool
