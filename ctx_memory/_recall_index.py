@@ -206,13 +206,6 @@ def record_text(record: Mapping[str, Any]) -> str:
     return " ".join(part for part in parts if part)
 
 
-def _digest(record: Mapping[str, Any]) -> int:
-    """The hash :meth:`RecallIndex.add` keeps of a message: of the text it indexed."""
-    content = record.get("content")
-    plain = type(content) is str and not record.get("tool_calls") and not record.get("name")
-    return hash(content if plain else record_text(record))
-
-
 def _contains(postings: Sequence[int], position: int) -> bool:
     at = bisect_left(postings, position)
     return at < len(postings) and postings[at] == position
@@ -381,12 +374,14 @@ class RecallIndex:
                 if found is not None and expected is not None and str(found) != expected:
                     return True
                 digest = digests[position]
-                if digest is None:
-                    continue
                 if isinstance(digest, str):  # a saved segment's terms line
                     if sorted(digest.split()) != sorted(self._split(record_text(record))):
                         return True
-                elif _digest(record) != digest:
+                    continue
+                content = record.get("content")  # else what :meth:`add` hashed: its text
+                plain = type(content) is str and not record.get("tool_calls")
+                text = content if plain and not record.get("name") else record_text(record)
+                if digest is not None and hash(text) != digest:
                     return True
         return False
 
