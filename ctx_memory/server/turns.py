@@ -162,7 +162,7 @@ class _Context:
     (the prompt shows them). A turn that then records nothing (over the budget, a model
     error, a client gone mid-stream) takes them back: the previous values where it changed
     them and nobody changed them since, and a session this request created, if it still
-    holds nothing.
+    holds nothing and nobody wrote to it since.
     """
 
     def __init__(self, manager: ContextManager, session_id: str) -> None:
@@ -172,6 +172,7 @@ class _Context:
         self.messages = 0
         self.before: dict[str, Any] = {}
         self.written: dict[str, Any] = {}
+        self.left: Any = None  # the header as this request left it
 
     async def write(self, **fields: Any) -> None:
         header = await self.manager.aget_header(self.session_id)
@@ -180,8 +181,9 @@ class _Context:
         self.messages = int(meta.get("message_count") or 0)
         self.before = {key: meta.get(key) for key in fields}
         await self.manager.aupdate_metadata(self.session_id, **fields)
-        self.written = (await self.manager.aget_metadata(self.session_id)) or {}
-        self.written = {key: self.written.get(key) for key in fields}
+        self.left = await self.manager.aget_header(self.session_id)
+        written = self.left["metadata"] if self.left is not None else {}
+        self.written = {key: written.get(key) for key in fields}
 
     async def take_back(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -190,7 +192,14 @@ class _Context:
                 if not stats.get("exists") or stats.get("message_count") != self.messages:
                     return  # gone, or the turn (or another writer) recorded messages: kept
                 if not self.existed:
-                    if not stats.get("message_count") and not stats.get("fetched_item_count"):
+                    # Only as this request left it: another client's write since (an
+                    # import, another turn's page, shared state) keeps the session.
+                    left = await self.manager.aget_header(self.session_id) == self.left
+                    if (
+                        left
+                        and not stats.get("message_count")
+                        and not stats.get("fetched_item_count")
+                    ):
                         await self.manager.adelete_context(self.session_id)
                     return
                 now = (await self.manager.aget_metadata(self.session_id)) or {}
@@ -209,12 +218,14 @@ class _Context:
 
 async def _record_sources(
     state: ServerState, manager: ContextManager, session_id: str, question: str
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], int]:
+    """The search results (title and URL each), and how many were new to the session."""
     documents = await state.retriever.ainvoke(question)
     results = [document_result(d) for d in documents if d.page_content]
+    added = 0
     if results:
-        await ContextIntegration(manager).aadd_search_results(session_id, results)
-    return [{"title": r.get("title"), "url": r.get("url")} for r in results]
+        added = await ContextIntegration(manager).aadd_search_results(session_id, results)
+    return [{"title": r.get("title"), "url": r.get("url")} for r in results], added
 
 
 async def run_chat(
@@ -236,12 +247,15 @@ async def run_chat(
     fields = {k: v for k, v in page.items() if v is not None}
     context = _Context(manager, session_id)
     await context.write(mode=mode, **fields)
+    found: list[dict[str, Any]] | None = None
+    added = 0
     try:
-        found = await _record_sources(state, manager, session_id, question) if research else None
+        if research:
+            found, added = await _record_sources(state, manager, session_id, question)
     except BaseException:
         await context.take_back()
         raise
-    undo = context if not found else None  # recorded sources stay, with their context
+    undo = context if not added else None  # new sources stay, with their context
     chat = state.chat(manager)
     payload = {"question": question, "session_id": session_id}
     span = _TurnSpan(state, session_id, "chat")
