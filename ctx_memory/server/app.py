@@ -367,14 +367,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         logger.error("ctx_memory.server: %s: %s", type(exc).__name__, exc)
         return _error(500, "internal_error", "the server could not complete the request")
 
-    async def upstream(_: Request, exc: Exception) -> Any:
-        # Not ctx_memory's: the chat model, a retriever or an agent's tool (a provider's
-        # rate limit, a search service down). Its text may carry what the provider echoes
-        # back (keys, URLs): the log gets the type only, with the traceback for operators.
-        logger.error("ctx_memory.server: the model, retriever or agent failed: %s",
-                     type(exc).__name__, exc_info=exc)  # fmt: skip
-        detail = f"the model, retriever or agent failed ({type(exc).__name__})"
-        return _error(502, "upstream_error", detail)
+    async def unexpected(_: Request, exc: Exception) -> Any:
+        # Anything else still answers JSON; its text may carry what a library echoed back
+        # (keys, URLs): the client gets the type, the log the traceback.
+        logger.error("ctx_memory.server: %s", type(exc).__name__, exc_info=exc)
+        detail = f"the server could not complete the request ({type(exc).__name__})"
+        return _error(500, "internal_error", detail)
 
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
@@ -386,7 +384,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BudgetExceededError, over_budget)
     app.add_exception_handler(StoreError, store_down)
     app.add_exception_handler(CtxMemoryError, internal)
-    app.add_exception_handler(Exception, upstream)
+    app.add_exception_handler(Exception, unexpected)
 
 
 # --------------------------------------------------------------------------- the factory

@@ -45,7 +45,8 @@ from langchain_core.messages import AIMessage, HumanMessage
 from sse_starlette import EventSourceResponse
 
 from ctx_memory.chat import METADATA_KEY
-from ctx_memory.errors import StoreError
+from ctx_memory.errors import CtxMemoryError, StoreError
+from ctx_memory.server.security import ServiceError
 from ctx_memory.server.tracing import turn_attributes
 from ctx_memory.web import ContextIntegration
 
@@ -216,6 +217,21 @@ class _Context:
                 )
 
 
+def _upstream(error: BaseException) -> None:
+    """Raise a failure of the model, the retriever or the agent as ``502 upstream_error``.
+
+    ctx_memory's own errors (a store outage, a question over the budget) and the
+    service's keep their status; a cancellation is not an error. The exception's text
+    may echo what a provider sent (a key, a URL): the client gets its type, the log the
+    traceback.
+    """
+    if isinstance(error, CtxMemoryError | ServiceError) or not isinstance(error, Exception):
+        return
+    logger.error("ctx_memory.server: the model, retriever or agent failed", exc_info=error)
+    detail = f"the model, retriever or agent failed ({type(error).__name__})"
+    raise ServiceError(502, "upstream_error", detail) from error
+
+
 async def _record_sources(
     state: ServerState, manager: ContextManager, session_id: str, question: str
 ) -> tuple[list[dict[str, Any]], int]:
@@ -252,8 +268,9 @@ async def run_chat(
     try:
         if research:
             found, added = await _record_sources(state, manager, session_id, question)
-    except BaseException:
+    except BaseException as e:
         await context.take_back()
+        _upstream(e)
         raise
     undo = context if not added else None  # new sources stay, with their context
     chat = state.chat(manager)
@@ -268,6 +285,7 @@ async def run_chat(
             span.end()
             if undo is not None:
                 await undo.take_back()
+            _upstream(e)
             raise
         span.finish(reply)
         span.end()
@@ -285,6 +303,7 @@ async def run_chat(
         span.end()
         if undo is not None:
             await undo.take_back()
+        _upstream(e)
         raise
     span.first_token()
     return EventSourceResponse(
@@ -380,6 +399,7 @@ async def run_agent(
         span.fail(e)
         span.end()
         await context.take_back()  # unless the agent stored some of its run
+        _upstream(e)
         raise
     messages = list(result.get("messages", []))
     start = next(
