@@ -13,7 +13,7 @@ import json
 import threading
 from typing import TYPE_CHECKING, Any
 
-from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.messages import AIMessage
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -88,14 +88,3 @@ class StoredDigests:
             if not forget:
                 self.put(key, (message_digest(message), kept[1]))
         return changed
-
-    def asked_for_tools(self, session_id: str, run: Sequence[BaseMessage]) -> bool:
-        """Whether a model call of the run asked for tools (its reply stored) and they answered.
-
-        Tool results a caller sent with its input do not count: a failed first model call
-        writes nothing.
-        """
-        return any(isinstance(m, ToolMessage) for m in run) and any(
-            isinstance(m, AIMessage) and m.tool_calls and self.get((session_id, str(m.id)))
-            for m in run
-        )

@@ -69,6 +69,7 @@ from langchain_core.messages import (
     BaseMessage,
     HumanMessage,
     SystemMessage,
+    ToolMessage,
 )
 from langchain_core.runnables.config import var_child_runnable_config
 from typing_extensions import override
@@ -131,16 +132,33 @@ class ContextAgentState(AgentState[Any]):
     ``ctx_memory_state_start``: the id of the state's first message when the run began;
     ``ctx_memory_run_start``: the id of the run's first message (the first of this
     invocation's input); ``ctx_memory_seen``: the id of the state's last message when
-    the previous run ended (with a checkpointer, what follows it is the new input).
+    the previous run ended (with a checkpointer, what follows it is the new input);
+    ``ctx_memory_input_end``: the id of the state's last message when the run began (tool
+    results after it came from this run's tools, not from the caller).
     """
 
     ctx_memory_state_start: NotRequired[Annotated[str, PrivateStateAttr]]
     ctx_memory_run_start: NotRequired[Annotated[str, PrivateStateAttr]]
     ctx_memory_seen: NotRequired[Annotated[str, PrivateStateAttr]]
+    ctx_memory_input_end: NotRequired[Annotated[str, PrivateStateAttr]]
 
 
 _RUN_START_KEY = "ctx_memory_run_start"
 _SEEN_KEY = "ctx_memory_seen"
+_INPUT_END_KEY = "ctx_memory_input_end"
+
+
+def _tools_ran(state: Mapping[str, Any], run: Sequence[BaseMessage]) -> bool:
+    """Whether the run holds results of tools it ran (after its input, a model's calls).
+
+    Tool results a caller sent with its input do not count: a failed first model call
+    writes nothing. Read from the state (a checkpointer keeps it): an interrupted run
+    resumed by another process or a new agent counts its tools too.
+    """
+    end = state.get(_INPUT_END_KEY)
+    ids = [message.id for message in run]
+    first = ids.index(end) + 1 if end in ids else 0  # no mark (or rewritten): the whole run
+    return any(isinstance(message, ToolMessage) for message in run[first:])
 
 
 _ID_NAMESPACE = uuid.UUID("5b0f1f8e-3c1e-4b5e-9a52-2f6a1d0c7e41")
@@ -578,7 +596,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         messages = state.get("messages") or []
         if not messages or messages[0].id is None:
             return None
-        update = {STATE_START_KEY: str(messages[0].id)}
+        update = {STATE_START_KEY: str(messages[0].id), _INPUT_END_KEY: str(messages[-1].id)}
         ids = [m.id for m in messages]
         seen = state.get(_SEEN_KEY)
         first = ids.index(seen) + 1 if seen in ids else None
@@ -726,7 +744,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         # output and leaves no stored call unanswered.
         session_id = self._session(runtime)
         run = self._final_run(session_id, state)
-        if self._stored.asked_for_tools(session_id, run):
+        if _tools_ran(state, run):
             for message in run:
                 self._stored.remember(session_id, message)
             self._store(session_id, run)
@@ -740,7 +758,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
     ) -> dict[str, Any] | None:
         session_id = self._session(runtime)
         run = self._final_run(session_id, state)
-        if self._stored.asked_for_tools(session_id, run):
+        if _tools_ran(state, run):
             for message in run:
                 self._stored.remember(session_id, message)
             await self._astore(session_id, run)

@@ -453,3 +453,29 @@ async def test_tool_results_in_the_input_are_not_stored_by_a_failed_first_call(m
     with pytest.raises(ConnectionError):
         await _invoke(agent, mode, {"messages": given})
     assert manager.get_history("s1") == []
+
+
+def test_a_run_resumed_by_another_middleware_instance_keeps_its_tool_results(manager):
+    """A human-approval interrupt resumed by a new agent (a restart, another worker on the
+    same checkpointer): the tool result is stored before the failing model call, as the
+    state (not the first instance's memory) says the tool ran in this run."""
+    from langchain.agents.middleware import HumanInTheLoopMiddleware
+    from langgraph.types import Command
+
+    saver = InMemorySaver()
+
+    def agent():
+        model = _FailsAfterToolCall(messages=iter([tool_call("get_weather", "c1", city="Paris")]))
+        approval = HumanInTheLoopMiddleware({"get_weather": True})
+        return create_agent(
+            model,
+            tools=[get_weather],
+            checkpointer=saver,
+            middleware=[ContextMiddleware(manager), approval],
+        )
+
+    assert agent().invoke({"messages": [("user", "Weather in Paris?")]}, CONFIG)["__interrupt__"]
+    with pytest.raises(ConnectionError):
+        agent().invoke(Command(resume={"decisions": [{"type": "approve"}]}), CONFIG)
+    stored = manager.get_history("s1")
+    assert [(r["role"], r["content"]) for r in stored][2:] == [("tool", "Sunny in Paris")]
