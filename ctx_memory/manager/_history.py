@@ -57,10 +57,8 @@ FIND_PAGE = 256
 
 def _with_id(page: list[dict[str, Any]], message_id: str) -> dict[str, Any] | None:
     """The record of ``page`` with ``message_id`` (the newest, were two to share it)."""
-    for index in range(len(page) - 1, -1, -1):
-        if page[index].get("id") == message_id:
-            return page[index]
-    return None
+    position = _position(page, 0, message_id)
+    return None if position is None else page[position]
 
 
 def _summaries(header: Header | None) -> list[Mapping[str, Any]]:
