@@ -9,10 +9,11 @@ re-exports the public names.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ctx_memory.assembly.compacted import COMPACTIONS_KEY, compactions_of, summary_record
 from ctx_memory.errors import ValidationError
+from ctx_memory.records import KINDS, Kind, bad_field, check_compaction_fields
 from ctx_memory.schema import now_iso
 
 if TYPE_CHECKING:
@@ -36,58 +37,6 @@ __all__ = [
     "tool_ids_of",
     "write_entry",
 ]
-
-KINDS = ("summary", "tool_outputs_cleared")
-Kind = Literal["summary", "tool_outputs_cleared"]
-_MAX_ID = 128
-
-
-# ------------------------------------------------------------------ validation (pure)
-
-
-def bad_field(field_name: str, problem: str) -> ValidationError:
-    return ValidationError(f"compaction {field_name}: {problem}")
-
-
-def _check_add(  # noqa: PLR0917 - the public signature's fields, in its order
-    first_index: object,
-    last_index: object,
-    summary: object,
-    kind: object,
-    producer: object,
-    compaction_id: object,
-    tool_call_ids: object = None,
-) -> None:
-    for name, value in (("first_index", first_index), ("last_index", last_index)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise bad_field(name, f"must be an int >= 0, got {value!r}")
-    assert isinstance(first_index, int)
-    assert isinstance(last_index, int)
-    if last_index < first_index:
-        raise bad_field("last_index", f"{last_index} is before first_index {first_index}")
-    if kind not in KINDS:
-        raise bad_field("kind", f"must be one of {KINDS}, got {kind!r}")
-    if not isinstance(summary, str):
-        raise bad_field("summary", f"must be a str, got {type(summary).__name__}")
-    if kind == "summary" and not summary.strip():
-        raise bad_field("summary", "is empty (a summary compaction needs text)")
-    if producer is not None:
-        if not isinstance(producer, dict) or not set(producer) <= {"name", "model", "prompt_hash"}:
-            raise bad_field(
-                "producer", f"must be a dict of name, model, prompt_hash; got {producer!r}"
-            )
-        for key, value in producer.items():
-            if not isinstance(value, str):
-                raise bad_field(f"producer.{key}", f"must be a str, got {value!r}")
-    if compaction_id is not None and (
-        not isinstance(compaction_id, str) or not compaction_id or len(compaction_id) > _MAX_ID
-    ):
-        raise bad_field("id", f"must be a non-empty str of at most {_MAX_ID} chars")
-    if tool_call_ids is not None and (
-        not isinstance(tool_call_ids, (list, tuple))
-        or not all(isinstance(i, str) and i for i in tool_call_ids)
-    ):
-        raise bad_field("tool_call_ids", f"must be a list of non-empty str, got {tool_call_ids!r}")
 
 
 def tool_ids_of(records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -289,7 +238,9 @@ def add_compaction(
             assert get_compactions(manager, "s1") == [entry]
             assert len(manager.get_history("s1")) == 6  # messages untouched
     """
-    _check_add(first_index, last_index, summary, kind, producer, compaction_id, tool_call_ids)
+    check_compaction_fields(
+        first_index, last_index, summary, kind, producer, compaction_id, tool_call_ids
+    )
     tombstones = _tombstones(replaces)
     records = manager.get_message_range(session_id, first_index, last_index)
     entry = new_entry(
@@ -387,7 +338,9 @@ async def aadd_compaction(
     replaces: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Async :func:`add_compaction`."""
-    _check_add(first_index, last_index, summary, kind, producer, compaction_id, tool_call_ids)
+    check_compaction_fields(
+        first_index, last_index, summary, kind, producer, compaction_id, tool_call_ids
+    )
     tombstones = _tombstones(replaces)
     records = await manager.aget_message_range(session_id, first_index, last_index)
     entry = new_entry(

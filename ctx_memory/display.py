@@ -125,6 +125,25 @@ def _link(url: object, text: object | None = None) -> str:
     return label
 
 
+def _listed(value: object) -> list[Any]:
+    """A metadata list (``tools_used``, ``sources_used``) as items; one value is one item.
+
+    Metadata is free-form: a string or a number there is shown as itself, not iterated.
+    """
+    if value is None or value == "":
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _source_link(entry: object) -> str:
+    """A ``sources_used`` entry: a URL, or a dict with ``url`` (and maybe ``title``)."""
+    if isinstance(entry, Mapping):
+        return _link(entry.get("url"), entry.get("title") or entry.get("url"))
+    return _link(entry)
+
+
 def _fold(text: str, limit: int = PREVIEW_CHARS, *, pre: bool = True) -> str:
     """``text`` escaped; past ``limit`` characters the rest folds into ``<details>``."""
     wrap = ('<div class="txt">', "</div>") if pre else ("<div>", "</div>")
@@ -366,7 +385,9 @@ def _message_html(record: Mapping[str, Any], index: int) -> str:
         extras.append(f'<span class="chip">{_e(meta["model"])}</span>')
     if meta.get("response_time_ms") is not None:
         extras.append(f'<span class="chip">{_e(meta["response_time_ms"])} ms</span>')
-    extras.extend(f'<span class="chip">tool: {_e(t)}</span>' for t in meta.get("tools_used") or [])
+    extras.extend(
+        f'<span class="chip">tool: {_e(t)}</span>' for t in _listed(meta.get("tools_used"))
+    )
     if record.get("tool_call_id"):
         extras.append(f'<span class="chip">reply to {_e(record["tool_call_id"])}</span>')
     body = _fold(_content_text(record.get("content")))
@@ -379,9 +400,9 @@ def _message_html(record: Mapping[str, Any], index: int) -> str:
             for c in calls
             if isinstance(c, Mapping)
         )
-    used = meta.get("sources_used") or []
+    used = _listed(meta.get("sources_used"))
     if used:
-        body += '<div class="muted">sources: ' + ", ".join(_link(u) for u in used) + "</div>"
+        body += '<div class="muted">sources: ' + ", ".join(map(_source_link, used)) + "</div>"
     return (
         f'<div class="msg" style="border-left-color:{color}"><div class="head">'
         f'<span class="muted">#{index}</span> '

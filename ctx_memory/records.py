@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.messages import BaseMessage
 
@@ -40,15 +40,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMPACTIONS_KEY",
+    "KINDS",
     "RESERVED_METADATA",
     "RESTORABLE_PREFIX",
     "api_message",
     "assistant_record",
+    "bad_field",
     "build_record",
+    "check_compaction_entry",
+    "check_compaction_fields",
     "encode_document",
     "encode_item",
     "encode_items",
     "encode_record",
+    "Kind",
     "iso_timestamp",
     "metadata_fields",
     "new_message_id",
@@ -56,6 +61,7 @@ __all__ = [
     "session_stats",
     "summary_record",
     "summary_text",
+    "well_formed_compaction",
 ]
 
 RESERVED_METADATA = frozenset(
@@ -348,6 +354,115 @@ def metadata_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
 COMPACTIONS_KEY = "ctx_memory.compactions"
 """The reserved ``shared`` key holding a session's compactions."""
 
+KINDS = ("summary", "tool_outputs_cleared")
+Kind = Literal["summary", "tool_outputs_cleared"]
+_MAX_COMPACTION_ID = 128
+
+
+def bad_field(field_name: str, problem: str) -> ValidationError:
+    """The error for a compaction field: ``compaction <field>: <problem>``."""
+    return ValidationError(f"compaction {field_name}: {problem}")
+
+
+def check_compaction_fields(  # noqa: PLR0917 - the public signature's fields, in its order
+    first_index: object,
+    last_index: object,
+    summary: object,
+    kind: object,
+    producer: object,
+    compaction_id: object,
+    tool_call_ids: object = None,
+) -> None:
+    """The fields of a compaction as ``add_compaction`` takes them; raises naming the field."""
+    for name, value in (("first_index", first_index), ("last_index", last_index)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise bad_field(name, f"must be an int >= 0, got {value!r}")
+    assert isinstance(first_index, int)
+    assert isinstance(last_index, int)
+    if last_index < first_index:
+        raise bad_field("last_index", f"{last_index} is before first_index {first_index}")
+    if kind not in KINDS:
+        raise bad_field("kind", f"must be one of {KINDS}, got {kind!r}")
+    if not isinstance(summary, str):
+        raise bad_field("summary", f"must be a str, got {type(summary).__name__}")
+    if kind == "summary" and not summary.strip():
+        raise bad_field("summary", "is empty (a summary compaction needs text)")
+    if producer is not None:
+        if not isinstance(producer, dict) or not set(producer) <= {"name", "model", "prompt_hash"}:
+            raise bad_field(
+                "producer", f"must be a dict of name, model, prompt_hash; got {producer!r}"
+            )
+        for key, value in producer.items():
+            if not isinstance(value, str):
+                raise bad_field(f"producer.{key}", f"must be a str, got {value!r}")
+    if compaction_id is not None and (
+        not isinstance(compaction_id, str)
+        or not compaction_id
+        or len(compaction_id) > _MAX_COMPACTION_ID
+    ):
+        raise bad_field("id", f"must be a non-empty str of at most {_MAX_COMPACTION_ID} chars")
+    if tool_call_ids is not None and (
+        not isinstance(tool_call_ids, (list, tuple))
+        or not all(isinstance(i, str) and i for i in tool_call_ids)
+    ):
+        raise bad_field("tool_call_ids", f"must be a list of non-empty str, got {tool_call_ids!r}")
+
+
+def check_compaction_entry(key: object, entry: object) -> None:
+    """A stored compaction entry (``shared[COMPACTIONS_KEY][key]``) as this release writes it.
+
+    ``None`` is a tombstone. Raises :class:`ValidationError` naming the field.
+    """
+    if entry is None:
+        return
+    if not isinstance(entry, dict):
+        raise bad_field("entry", f"must be a dict or None, got {type(entry).__name__}")
+    check_compaction_fields(
+        entry.get("first_index"),
+        entry.get("last_index"),
+        entry.get("summary"),
+        entry.get("kind"),
+        entry.get("producer"),
+        entry.get("id"),
+        entry.get("tool_call_ids"),
+    )
+    if entry["id"] != key:
+        raise bad_field("id", f"{entry['id']!r} is not its key {key!r}")
+    for name in ("first_id", "last_id", "created_at"):
+        if entry.get(name) is not None and not isinstance(entry[name], str):
+            raise bad_field(name, f"must be a str, got {entry[name]!r}")
+    for name in ("tokens_covered", "summary_tokens"):
+        value = entry.get(name)
+        if value is not None and (type(value) is not int or value < 0):
+            raise bad_field(name, f"must be an int >= 0, got {value!r}")
+
+
+def well_formed_compaction(key: object, entry: object) -> bool:
+    """Whether a stored entry can be used: import refuses others, older data may hold them."""
+    try:
+        check_compaction_entry(key, entry)
+    except ValidationError:
+        return False
+    return True
+
+
+def _check_compactions(shared: Mapping[str, Any]) -> None:
+    """An imported document's compaction entries, each well formed (before anything is written)."""
+    entries = shared.get(COMPACTIONS_KEY)
+    if entries is None:
+        return
+    where = f"shared.{COMPACTIONS_KEY}"
+    if not isinstance(entries, dict):
+        msg = f"invalid session document at {where}: must be a dict of compactions by id"
+        raise DocumentImportError(where, msg)
+    for key, entry in entries.items():
+        try:
+            check_compaction_entry(key, entry)
+        except ValidationError as e:
+            at = f"{where}.{key}"
+            raise DocumentImportError(at, f"invalid session document at {at}: {e}") from None
+
+
 RESTORABLE_PREFIX = "Tool results restorable with restore_tool_result:"
 """Opens the summary message's last line: the covered tool-call ids its text does not name."""
 
@@ -457,7 +572,10 @@ def encode_document(
     for index, record in enumerate(document.conversation_history):
         plain = record.model_dump(exclude_none=True)
         plain.setdefault("metadata", {})
-        encoded = encode_record(plain, counter, f"conversation_history.{index}")
+        try:
+            encoded = encode_record(plain, counter, f"conversation_history.{index}")
+        except InvalidMessageError as e:  # the id: import errors name their field
+            raise DocumentImportError(e.path, f"invalid session document at {e.path}: {e}") from None
         if encoded.id in seen:
             first, earlier = seen[encoded.id]
             if earlier.json == encoded.json:  # the same message twice: stored once, as appends do
@@ -491,6 +609,7 @@ def encode_document(
         token_encoding=counter.encoding_name,
         system_prompt_tokens=counter.count(document.system_prompt) if document.system_prompt else 0,
     )
+    _check_compactions(document.shared)
     try:
         check_shared_size(dumps(document.shared))
     except ValidationError as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,14 @@ UNKNOWN = "(unknown)"
 NO_MODE = "(none)"
 """The mode counted for a session whose ``metadata.mode`` is missing or null."""
 
-_UTC_SUFFIXES = ("+00:00", "Z")
+_UTC_TEXT = re.compile(
+    r"(\d{4}-[01]\d-[0-3]\d)T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?(?:Z|\+00:00)",
+    re.ASCII,
+)
+"""A UTC timestamp as the manager writes it (``now_iso``): its date needs no conversion."""
+
+_VALID_DAYS: dict[str, bool] = {}
+"""Whether each ``YYYY-MM-DD`` seen is a real date (a cache of at most 4,096 days)."""
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -52,8 +60,15 @@ def _parse(value: object) -> datetime | None:
 
 def _day(value: object) -> str | None:
     """The UTC date (``YYYY-MM-DD``) of an ISO timestamp; ``None`` if it is not one."""
-    if isinstance(value, str) and value.endswith(_UTC_SUFFIXES) and len(value) >= 20:
-        return value[:10]  # already UTC: what the manager writes (now_iso)
+    match = _UTC_TEXT.fullmatch(value) if isinstance(value, str) else None
+    if match is not None:  # already UTC: what the manager writes (now_iso)
+        day = match[1]
+        valid = _VALID_DAYS.get(day)
+        if valid is None:
+            valid = _parse(day) is not None
+            if len(_VALID_DAYS) < 4096:
+                _VALID_DAYS[day] = valid
+        return day if valid else None
     parsed = _parse(value)
     return None if parsed is None else parsed.date().isoformat()
 

@@ -25,6 +25,7 @@ from ctx_memory.records import (
     RESTORABLE_PREFIX,
     summary_record,
     summary_text,
+    well_formed_compaction,
 )
 
 if TYPE_CHECKING:
@@ -46,12 +47,16 @@ __all__ = [
 
 
 def compactions_of(shared: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The live compactions in a ``shared`` dict, oldest range first (tombstones skipped)."""
+    """The live compactions in a ``shared`` dict, oldest range first.
+
+    Tombstones are skipped, and so is an entry that is not well formed
+    (:func:`~ctx_memory.records.well_formed_compaction`): it is never used.
+    """
     entries = (shared or {}).get(COMPACTIONS_KEY) or {}
     if not isinstance(entries, dict):
         return []
-    live = [dict(e) for e in entries.values() if isinstance(e, dict) and e.get("id")]
-    return sorted(live, key=lambda e: (int(e.get("first_index", 0)), str(e["id"])))
+    live = [dict(e) for k, e in entries.items() if e is not None and well_formed_compaction(k, e)]
+    return sorted(live, key=lambda e: (e["first_index"], e["id"]))
 
 
 def effective_summaries(compactions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -181,9 +181,15 @@ def begin_prompt(
     head_tokens = counter.count_message("system", head) if head else 0
     fixed = REPLY_PRIMING + head_tokens + tail_tokens
     if fixed > budget:
+        question = sum(counter.count_lc_message(m) for m in tail) if volatile else tail_tokens
+        moved = (  # the stable layout's page and time lines ride on the question's message
+            f", {tail_tokens - question} of them the page and time lines sent with the question"
+            if tail_tokens > question
+            else ""
+        )
         msg = (
-            f"the system prompt and header ({head_tokens} tokens) and the question "
-            f"({tail_tokens} tokens) need {fixed} tokens with the reply priming, "
+            f"the system prompt and header ({head_tokens + tail_tokens - question} tokens{moved}) "
+            f"and the question ({question} tokens) need {fixed} tokens with the reply priming, "
             f"over the budget of {budget} (max_tokens={max_tokens} - "
             f"reserve_tokens={reserve_tokens}); shorten them or raise max_tokens"
         )

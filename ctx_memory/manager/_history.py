@@ -18,6 +18,7 @@ from ctx_memory.records import (
     encode_items,
     encode_record,
     records_from,
+    well_formed_compaction,
 )
 from ctx_memory.schema import (
     check_key,
@@ -67,7 +68,11 @@ def _summaries(header: Header | None) -> list[Mapping[str, Any]]:
     entries = shared.get(COMPACTIONS_KEY) or {}
     if not isinstance(entries, dict):
         return []
-    return [e for e in entries.values() if isinstance(e, dict) and e.get("kind") == "summary"]
+    return [
+        e
+        for k, e in entries.items()
+        if isinstance(e, dict) and e.get("kind") == "summary" and well_formed_compaction(k, e)
+    ]
 
 
 def _pages(count: int, low: int) -> list[tuple[int, int]]:

@@ -462,6 +462,24 @@ def test_unparseable_timestamps_are_counted_not_fatal() -> None:
     assert timed.report().sessions == 0
 
 
+@pytest.mark.parametrize(
+    "stamp",
+    ["yesterday, around noon Z", "2026-13-45T10:00:00Z", "2026-02-30T10:00:00+00:00",
+     "2026-03-01T25:00:00+00:00", "2026-03-01T10:61:00Z"],
+)  # fmt: skip
+def test_text_that_looks_utc_but_is_no_timestamp_is_skipped(stamp: str) -> None:
+    """A text ending like a UTC timestamp is parsed, not trusted: skipped, never a crash."""
+    aggregator = Aggregator()
+    aggregator.add({"metadata": {"created_at": "2026-03-01T09:00:00Z"}, "conversation_history": [
+        {"role": "user", "content": "q", "timestamp": "2026-03-01T09:00:00Z"},
+        {"role": "assistant", "content": "a", "timestamp": stamp},
+        {"role": "user", "content": "q2", "timestamp": stamp},
+    ]})  # fmt: skip
+    report = aggregator.report()
+    assert (report.turns, report.skipped_timestamps) == (2, 2)
+    assert [(d.date, d.turns) for d in report.days] == [("2026-03-01", 1)]
+
+
 # --------------------------------------------------------------------------- adapters
 
 

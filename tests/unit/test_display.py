@@ -159,6 +159,30 @@ def test_content_blocks_and_tool_calls(cm: ContextManager) -> None:
     assert "<code>search</code>" in markup
 
 
+@pytest.mark.parametrize(
+    ("meta", "chips", "shown"),
+    [
+        ({"tools_used": 7}, ["tool: 7"], []),
+        ({"tools_used": "web_search"}, ["tool: web_search"], []),
+        ({"sources_used": 5}, [], ["5"]),
+        ({"sources_used": "https://a.example/x"}, [], ['href="https://a.example/x"']),
+        ({"sources_used": [{"url": "https://b.example/", "title": "B"}]}, [],
+         ['href="https://b.example/"', ">B</a>"]),
+    ],
+)  # fmt: skip
+def test_free_form_tools_and_sources_metadata_renders(
+    meta: dict[str, object], chips: list[str], shown: list[str]
+) -> None:
+    """Metadata is free-form: one value is one chip or source, never iterated or a crash."""
+    cm = ContextManager()
+    cm.add_assistant_message("free", "ok", metadata=meta)
+    markup = render_session_html(cm.get_context("free"))
+    parse(markup)
+    assert re.findall(r'class="chip">(tool: [^<]*)<', markup) == chips
+    for text in shown:
+        assert text in markup
+
+
 def test_session_document_model_renders_like_the_dict(cm: ContextManager) -> None:
     from ctx_memory.schema import parse_document
 

@@ -333,6 +333,47 @@ def test_import_rejects_bad_documents_and_writes_nothing(manager):
     assert manager.list_sessions() == ["s"]
 
 
+def _compaction(**fields: object) -> dict[str, object]:
+    entry: dict[str, object] = {"id": "c1", "kind": "summary", "first_index": 0,
+                                "last_index": 0, "summary": "s"}  # fmt: skip
+    entry.update(fields)
+    return {"ctx_memory.compactions": {"c1": entry}}
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "field"),
+    [
+        (lambda d: d["conversation_history"][0].update(id="a\x00b"), "conversation_history.0.id"),
+        (lambda d: d["conversation_history"][0].update(id="x" * 513), "conversation_history.0.id"),
+        (lambda d: d["conversation_history"][0].update(id=""), "conversation_history.0.id"),
+        (lambda d: d.update(shared={"ctx_memory.compactions": [1]}),
+         "shared.ctx_memory.compactions"),
+        (lambda d: d.update(shared=_compaction(first_index="x")), "shared.ctx_memory.compactions.c1"),
+        (lambda d: d.update(shared=_compaction(last_index=None)),
+         "shared.ctx_memory.compactions.c1"),
+        (lambda d: d.update(shared=_compaction(kind="poem")), "shared.ctx_memory.compactions.c1"),
+        (lambda d: d.update(shared=_compaction(id="c2")), "shared.ctx_memory.compactions.c1"),
+        (lambda d: d.update(shared=_compaction(tokens_covered=-1)),
+         "shared.ctx_memory.compactions.c1"),
+    ],
+)  # fmt: skip
+def test_import_names_a_bad_message_id_or_compaction_entry(manager, corrupt, field):
+    """Each is a DocumentImportError naming its field (HTTP 422), and nothing is written."""
+    manager.add_user_message("s", "keep me")
+    document = json.loads(manager.export_session("s"))
+    corrupt(document)
+    document["metadata"]["session_id"] = "other"
+    with pytest.raises(DocumentImportError) as info:
+        manager.import_session(document)
+    assert info.value.field == field
+    assert str(info.value).startswith(f"invalid session document at {field}")
+    assert manager.list_sessions() == ["s"]
+    document = json.loads(manager.export_session("s"))
+    document["shared"] = _compaction()  # a well-formed entry imports
+    manager.import_session(document, session_id="other")
+    assert manager.get_context("other")["shared"]["ctx_memory.compactions"]["c1"]["id"] == "c1"
+
+
 def test_export_missing_session(manager):
     with pytest.raises(SessionNotFoundError, match="does not exist"):
         manager.export_session("ghost")

@@ -345,6 +345,18 @@ def test_budget_exceeded_names_the_numbers(seeded):
         assembler.assemble("s1", "When should I book?")
 
 
+@pytest.mark.parametrize("layout", ["classic", "stable"])
+def test_budget_exceeded_counts_the_page_as_header_not_question(layout):
+    """The stable layout sends the page and time with the question: still the header's cost."""
+    manager = ContextManager()
+    manager.set_system_prompt("s", "You are terse.")
+    manager.update_metadata("s", current_url="https://shop.example/" + "a/" * 400)
+    question = TokenCounter().count_message("user", "What is the price?")
+    assembler = ContextPromptAssembler(manager, max_tokens=300, reserve_tokens=0, layout=layout)
+    with pytest.raises(BudgetExceededError, match=rf"and the question \({question} tokens\)"):
+        assembler.assemble("s", "What is the price?")
+
+
 def test_invalid_budget_settings(manager):
     with pytest.raises(ValidationError):
         ContextPromptAssembler(manager, max_tokens=100, reserve_tokens=100)
