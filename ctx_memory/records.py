@@ -575,7 +575,8 @@ def encode_document(
         try:
             encoded = encode_record(plain, counter, f"conversation_history.{index}")
         except InvalidMessageError as e:  # the id: import errors name their field
-            raise DocumentImportError(e.path, f"invalid session document at {e.path}: {e}") from None
+            msg = f"invalid session document at {e.path}: {e}"
+            raise DocumentImportError(e.path, msg) from None
         if encoded.id in seen:
             first, earlier = seen[encoded.id]
             if earlier.json == encoded.json:  # the same message twice: stored once, as appends do

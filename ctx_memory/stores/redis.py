@@ -549,6 +549,13 @@ class RedisStore(RedisOperations):
         if gate is None:
             gate = self._agates[loop] = asyncio.Semaphore(pool_limit(client))
         async with gate:
+            if self.cluster:
+                # redis-py routes a command that arrives while the cluster client has no
+                # slot map (before its first command completes, or after a MOVED storm
+                # reset it) to a random node; each MOVED counts towards resetting the
+                # map again, which drops every in-flight connection. Load the map first
+                # (at once when it is loaded).
+                await client.initialize()
             replies = await _async_replies(client, commands)
             for i, script in _unloaded(commands, replies):
                 await client.script_load(script)
