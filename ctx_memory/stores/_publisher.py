@@ -14,16 +14,21 @@ Publishing happens on a background thread: a write never waits for it, sync or a
 events leave in the order they happened. A subclass only says how a batch is sent.
 
 Events are notifications, not data: one the server does not take (it is down) is logged
-and dropped, never retried into a later write's path.
+and dropped, never retried into a later write's path. What is still queued when the program
+exits (a job that never closes its manager) is sent before it ends: up to
+:data:`EXIT_FLUSH_SECONDS` for all publishers together.
 """
 
 from __future__ import annotations
 
 import abc
+import atexit
 import json
 import logging
 import queue
 import threading
+import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from ctx_memory.events import Event, EventEmitter, EventType
@@ -32,13 +37,28 @@ from ctx_memory.stores.base import lifecycle_time
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-__all__ = ["EventPublisher", "event_payload"]
+__all__ = ["EXIT_FLUSH_SECONDS", "EventPublisher", "event_payload"]
 
 logger = logging.getLogger(__name__)
 
 _LIFECYCLE = frozenset({EventType.SESSION_EXPIRED, EventType.SESSION_EVICTED})
 _STOP = object()
 _BATCH = 256
+
+EXIT_FLUSH_SECONDS = 5.0
+"""How long the program's exit waits, at most, for the events still queued to be sent."""
+
+_LIVE: weakref.WeakSet[EventPublisher] = weakref.WeakSet()
+"""Publishers whose thread has started: flushed at exit."""
+
+
+def _flush_at_exit() -> None:
+    deadline = time.monotonic() + EXIT_FLUSH_SECONDS
+    for publisher in list(_LIVE):
+        publisher.close(max(0.0, deadline - time.monotonic()))
+
+
+atexit.register(_flush_at_exit)
 
 
 def event_payload(event: Event) -> str:
@@ -106,6 +126,7 @@ class EventPublisher(abc.ABC):
                         target=self._run, name=f"ctx_memory-publish-{self.channel}", daemon=True
                     )
                     self._thread.start()
+                    _LIVE.add(self)
 
     def _run(self) -> None:
         while True:

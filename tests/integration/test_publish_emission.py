@@ -78,3 +78,51 @@ def test_nothing_is_published_with_emission_off(make_store: Callable[..., BaseSt
         quiet.close()
         wait_for(lambda: "session_expired:b" in received)
     assert received == ["session_evicted:a", "session_expired:b"]
+
+
+_EXITING_JOB = """
+import json, sys
+from ctx_memory import ContextManager
+spec = json.loads(sys.argv[1])
+if spec["kind"] == "postgres":
+    from ctx_memory.stores.postgres import PostgresStore
+    store = PostgresStore(spec["url"], schema=spec["schema"], publish_events=True)
+else:
+    from ctx_memory.stores.redis import RedisStore
+    store = RedisStore(spec["url"], cluster=spec["kind"] == "cluster",
+                       key_prefix=spec["prefix"], publish_events=True)
+cm = ContextManager(store=store, token_counter="approximate")
+for i in range(300):
+    cm.add_user_message("job", f"step {i}")
+# the program ends here: no close()
+"""
+
+
+def test_a_program_that_exits_without_close_still_publishes_its_events(
+    make_store: Callable[..., BaseStore],
+) -> None:
+    """The events still queued at exit are sent before the program ends (they were lost)."""
+    import json
+    import subprocess
+    import sys
+
+    listener: Any = make_store()
+    listener.exists("warm-up")  # (PostgreSQL: the schema exists before LISTEN)
+    if hasattr(listener, "schema"):
+        spec = {"kind": "postgres", "url": listener._conninfo, "schema": listener.schema}
+    else:
+        kind = "cluster" if listener.cluster else "redis"
+        spec = {"kind": kind, "url": listener._url, "prefix": listener.prefix}
+    received: list[str] = []
+    with listener.subscribe_events(lambda e: received.append(e["type"])):
+        time.sleep(0.3)  # the subscription is live
+        done = subprocess.run(
+            [sys.executable, "-c", _EXITING_JOB, json.dumps(spec)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        wait_for(lambda: len(received) >= 301)
+    assert received == ["session_created"] + ["message_added"] * 300
