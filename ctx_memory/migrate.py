@@ -8,10 +8,13 @@ TTL and no session limit, so nothing expires or is evicted while it is copied.
 counts recomputed exactly in the session's own encoding) and then checks every copied
 session's message, token and fetched-item counts on the target against the source.
 
-It is resumable: a session the target already holds with the same counts is skipped, so
-running the command again after an interruption continues where it stopped. A session the
-target holds with *different* counts is a conflict: left alone (and reported) unless
-``overwrite`` is given, so a migration never silently replaces newer data.
+It is resumable: a session the target already holds exactly as it would be written (every
+message, count, fetched item, the prompt, metadata and ``shared``) is skipped, so running
+the command again after an interruption continues where it stopped. A session the target
+holds with *any* difference is a conflict: left alone (and reported) unless ``overwrite`` is
+given, so a migration never silently replaces newer data. A session no store would accept
+as it is (an import would refuse it too) is reported as failed, naming the field, and the
+others are copied.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import typer
 
 from ctx_memory.config import redact_url
-from ctx_memory.errors import ConfigurationError, CtxMemoryError
+from ctx_memory.errors import ConfigurationError, CtxMemoryError, DocumentImportError
 from ctx_memory.records import encode_document
 from ctx_memory.schema import parse_document
 from ctx_memory.stores.ops import GetDocument, GetFetched, GetHeader, ListPage, ReplaceDocument
@@ -120,8 +123,11 @@ class MigrationReport:
     Attributes:
         sessions: Sessions the source held (with the prefix).
         copied: Sessions written to the target.
-        skipped: Sessions the target already held with the same counts (an earlier run).
-        conflicts: Sessions the target held with other counts, left alone.
+        skipped: Sessions the target already held exactly as they would be written (an
+            earlier run).
+        conflicts: Sessions the target held with any difference, left alone.
+        failed: ``(session id, reason)`` of the sessions that could not be written as they
+            are (a value every store refuses, such as a malformed compaction entry).
         vanished: Sessions that expired or were deleted on the source while copying.
         messages: Messages in the copied and skipped sessions.
         tokens: Their tokens (``metadata.token_count`` summed).
@@ -136,6 +142,7 @@ class MigrationReport:
     copied: int = 0
     skipped: int = 0
     conflicts: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
     vanished: list[str] = field(default_factory=list)
     messages: int = 0
     tokens: int = 0
@@ -146,7 +153,7 @@ class MigrationReport:
     @property
     def ok(self) -> bool:
         """Every session is on the target with the source's counts."""
-        return not self.conflicts and not self.mismatches
+        return not self.conflicts and not self.mismatches and not self.failed
 
     def as_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data."""
@@ -155,6 +162,7 @@ class MigrationReport:
             "copied": self.copied,
             "skipped": self.skipped,
             "conflicts": self.conflicts,
+            "failed": [{"session_id": sid, "error": error} for sid, error in self.failed],
             "vanished": self.vanished,
             "messages": self.messages,
             "tokens": self.tokens,
@@ -171,6 +179,23 @@ def _counts(header: Header | None, items: int) -> tuple[int, ...]:
         return ()
     meta = header["metadata"]
     return int(meta["message_count"]), int(meta["token_count"]), items
+
+
+def _held(
+    target: BaseStore, session_id: str, counters: dict[str, TokenCounter]
+) -> ReplaceDocument | str | None:
+    """The write that would give ``target``'s copy of the session as it is (``None``: none).
+
+    A copy that cannot be read back as a document is the error's text: it differs from
+    any write.
+    """
+    document = target.execute(GetDocument(session_id))
+    if document is None:
+        return None
+    try:
+        return _encoded(session_id, document, counters)
+    except DocumentImportError as e:
+        return str(e)
 
 
 def _on(target: BaseStore, session_id: str) -> tuple[int, ...]:
@@ -205,7 +230,7 @@ def migrate(
         source: Where the sessions are.
         target: Where they go.
         prefix: Only sessions whose id starts with it.
-        overwrite: Replace sessions the target holds with other counts (else: conflicts).
+        overwrite: Replace sessions the target holds with any difference (else: conflicts).
         page_size: Session ids listed per page.
         on_session: Called with each session id once it is handled (a progress bar).
 
@@ -221,7 +246,13 @@ def migrate(
         if document is None:
             report.vanished.append(session_id)
         else:
-            write = _encoded(session_id, document, counters)
+            try:
+                write = _encoded(session_id, document, counters)
+            except DocumentImportError as e:
+                report.failed.append((session_id, str(e)))
+                if on_session is not None:
+                    on_session(session_id)
+                continue
             stored: Header = {
                 "system_prompt": document["system_prompt"],
                 "metadata": document["metadata"],
@@ -230,10 +261,10 @@ def migrate(
             expected = _counts(write.header, len(write.items))
             if expected != _counts(stored, sum(map(len, document["fetched_context"].values()))):
                 report.recounted.append(session_id)
-            there = _on(target, session_id)
-            if there == expected:
+            there = _held(target, session_id, counters)
+            if there == write:
                 report.skipped += 1
-            elif there and not overwrite:
+            elif there is not None and not overwrite:
                 report.conflicts.append(session_id)
             else:
                 target.execute(write)
@@ -282,7 +313,7 @@ def migrate_command(
     prefix: Annotated[str, typer.Option(help="Only sessions whose id starts with this.")] = "",
     overwrite: Annotated[
         bool,
-        typer.Option(help="Replace sessions the target holds with other counts."),
+        typer.Option(help="Replace sessions the target holds with any difference."),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
@@ -290,7 +321,8 @@ def migrate_command(
 
     URLs: memory://, sqlite:///path (or a path), redis://…?key_prefix=P, rediss://,
     redis+sentinel://, postgresql://…?schema=S. Run it again after an interruption: the
-    sessions already copied are skipped. Exits 1 if a session differs on the target.
+    sessions already copied are skipped. Exits 1 if a session differs on the target or
+    cannot be copied as it is.
     """
     from rich.console import Console  # noqa: PLC0415
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn  # noqa: PLC0415
@@ -325,15 +357,18 @@ def migrate_command(
         typer.echo(
             f"{where}: {report.sessions} session(s): {report.copied} copied,"
             f" {report.skipped} already there, {len(report.conflicts)} conflict(s),"
+            f" {len(report.failed)} failed,"
             f" {len(report.vanished)} gone meanwhile; {report.messages} messages,"
             f" {report.tokens} tokens, {report.fetched_items} fetched items verified"
         )
     for session_id in report.conflicts:
         typer.echo(
-            f"conflict: {session_id!r}: the target's copy has other counts than the source's"
+            f"conflict: {session_id!r}: the target's copy differs from the source's"
             " (one of them changed since it was copied; --overwrite replaces the target's)",
             err=True,
         )
+    for session_id, error in report.failed:
+        typer.echo(f"failed: {session_id!r}: {error}", err=True)
     for session_id in report.mismatches:
         typer.echo(
             f"mismatch: {session_id!r} has other counts on the target after copying", err=True

@@ -19,6 +19,9 @@ from ctx_memory.errors import (
 )
 from ctx_memory.events import EventType
 from ctx_memory.records import (
+    COMPACTIONS_KEY,
+    bad_field,
+    check_compaction_entry,
     encode_document,
     metadata_fields,
     session_stats,
@@ -212,6 +215,12 @@ class SessionMethods(ManagerCore):
             msg = f"partial context must be a mapping, got {type(partial).__name__}"
             raise ValidationError(msg)
         _refuse_reserved(partial, reserved=reserved)
+        if COMPACTIONS_KEY in partial:  # a reserved write: whole entries or tombstones
+            entries = partial[COMPACTIONS_KEY]
+            if not isinstance(entries, Mapping):
+                raise bad_field("entries", f"must be a mapping, got {type(entries).__name__}")
+            for key, entry in entries.items():
+                check_compaction_entry(key, entry)
         check_json_native(dict(partial), "shared")
         check_shared_size(dumps(dict(partial)))  # a new session holds just this
         now = now_iso()

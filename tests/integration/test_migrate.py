@@ -106,9 +106,7 @@ def test_the_command_reports_json_and_masks_passwords(
         cm.add_user_message("user-002", "written on the source since")
     changed = runner.invoke(app, args)
     assert changed.exit_code == 1
-    assert "conflict: 'user-002': the target's copy has other counts than the source's" in (
-        changed.stderr
-    )
+    assert "conflict: 'user-002': the target's copy differs from the source's" in changed.stderr
     secret = "s3cr3t-pw"
     refused = runner.invoke(
         app,
@@ -196,3 +194,58 @@ def test_sessions_counted_by_other_rules_are_copied_with_exact_counts(tmp_path: 
     assert [m["token_count"] for m in copied["conversation_history"]] == [
         m["token_count"] for m in exact["conversation_history"]
     ]
+
+
+def test_a_change_that_keeps_the_counts_is_a_conflict_and_overwrite_copies_it(
+    tmp_path: Path,
+) -> None:
+    """Same message, token and item counts but another prompt, metadata, shared state or a
+    message of the same length: the target's copy is not "already there" (it was skipped
+    and reported verified, even with --overwrite)."""
+    source, target = tmp_path / "src.sqlite3", tmp_path / "dst.sqlite3"
+    with ContextManager(store=SqliteStore(str(source))) as cm:
+        cm.add_user_message("s1", "hello")
+        cm.set_system_prompt("s1", "v1 prompt")
+        cm.update_partial_context("s1", {"plan": "v1"})
+    with open_store(str(source)) as src, open_store(str(target)) as dst:
+        assert migrate(src, dst).copied == 1
+    with ContextManager(store=SqliteStore(str(source))) as cm:
+        first = cm.get_history("s1")[0]
+        cm.replace_message("s1", first["id"], {"role": "user", "content": "world"})  # same count
+        cm.set_system_prompt("s1", "v2 prompt")
+        cm.update_metadata("s1", current_url="https://new.example")
+        cm.update_partial_context("s1", {"plan": "v2"})
+        changed = cm.get_context("s1")
+    with open_store(str(source)) as src, open_store(str(target)) as dst:
+        report = migrate(src, dst)
+        assert (report.conflicts, report.skipped, report.ok) == (["s1"], 0, False)
+        forced = migrate(src, dst, overwrite=True)
+        assert (forced.copied, forced.ok) == (1, True)
+        assert migrate(src, dst).skipped == 1  # and then it is there
+    assert _documents(str(target)) == {"s1": changed}
+
+
+def test_a_session_no_store_accepts_fails_alone_and_is_named(tmp_path: Path) -> None:
+    """A stored value an import refuses (a malformed compaction entry from outside the
+    API) fails that session, named with the field; the others are copied, exit code 1."""
+    source, target = tmp_path / "src.sqlite3", tmp_path / "dst.sqlite3"
+    with ContextManager(store=SqliteStore(str(source))) as cm:
+        for sid in ("a1", "b2", "c3"):
+            cm.add_user_message(sid, f"hi from {sid}")
+    bad = {"ctx_memory.compactions": {"c1": {"id": "c1", "kind": "summary", "first_index": 0,
+                                             "last_index": 0, "summary": ""}}}  # fmt: skip
+    with sqlite3.connect(source) as db:
+        db.execute("UPDATE session_shared SET sh = ? WHERE session_id = 'b2'", (json.dumps(bad),))
+    result = CliRunner().invoke(
+        app, ["migrate", "--from", str(source), "--to", str(target), "--json"]
+    )
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["failed"] == [{
+        "session_id": "b2",
+        "error": "invalid session document at shared.ctx_memory.compactions.c1: "
+                 "compaction summary: is empty (a summary compaction needs text)",
+    }]  # fmt: skip
+    assert (report["copied"], report["ok"]) == (2, False)
+    assert "failed: 'b2': invalid session document at shared.ctx_memory" in result.stderr
+    assert sorted(_documents(str(target))) == ["a1", "c3"]

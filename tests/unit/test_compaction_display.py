@@ -74,3 +74,25 @@ def test_the_compactions_key_is_reserved_for_ctx_memory() -> None:
             cm.set_context("s1", "ctx_memory.anything", 1)
         assert "ctx_memory.compactions" not in cm.get_context("s1")["shared"]
         cm.update_partial_context("s1", {"ctx_memory_note": 1})  # only the dotted prefix
+
+
+def test_even_a_reserved_write_of_compactions_holds_only_well_formed_entries() -> None:
+    """The features' own write (``reserved=True``) is checked like an import: a malformed
+    entry is refused naming its field, so no store holds one an import would refuse."""
+    import pytest
+
+    from ctx_memory.errors import ValidationError
+
+    entry = {"id": "c1", "kind": "summary", "first_index": 0, "last_index": 0, "summary": ""}
+    with ContextManager() as cm:
+        cm.add_user_message("s1", "hi")
+        with pytest.raises(ValidationError, match="compaction summary: is empty"):
+            cm.update_partial_context(
+                "s1", {"ctx_memory.compactions": {"c1": entry}}, reserved=True
+            )
+        with pytest.raises(ValidationError, match="compaction entries: must be a mapping"):
+            cm.update_partial_context("s1", {"ctx_memory.compactions": [entry]}, reserved=True)
+        assert "ctx_memory.compactions" not in cm.get_context("s1")["shared"]
+        entry["summary"] = "said hi"
+        cm.update_partial_context("s1", {"ctx_memory.compactions": {"c1": entry}}, reserved=True)
+        cm.update_partial_context("s1", {"ctx_memory.compactions": {"c1": None}}, reserved=True)
