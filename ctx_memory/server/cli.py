@@ -12,6 +12,7 @@ password.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from typing import TYPE_CHECKING, Annotated
 
@@ -23,6 +24,17 @@ if TYPE_CHECKING:
 
 __all__ = ["is_loopback", "serve"]
 
+
+
+class LogLevel(enum.StrEnum):
+    """uvicorn's log levels (an unknown one is a usage error, before the server starts)."""
+
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+    DEBUG = "debug"
+    TRACE = "trace"
 
 def is_loopback(host: str) -> bool:
     """Whether ``host`` is a loopback address or ``localhost`` (pure)."""
@@ -68,7 +80,9 @@ def serve(
     root_path: Annotated[
         str, typer.Option(help="The path prefix a proxy serves the app under, e.g. /ctx.")
     ] = "",
-    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+    log_level: Annotated[
+        LogLevel, typer.Option(case_sensitive=False, help="uvicorn's log level.")
+    ] = LogLevel.INFO,
 ) -> None:
     """Serve seed 001's endpoints, the /v1 API and the inspector (docs/server.md)."""
     try:
@@ -117,7 +131,7 @@ def serve(
         proxy_headers=proxy_headers,
         forwarded_allow_ips=forwarded_allow_ips,
         root_path=root_path,
-        log_level=log_level,
+        log_level=log_level.value,
         reload=False,
     )
     uvicorn.Server(config).run()

@@ -120,6 +120,22 @@ def test_serve_refuses_every_interface_without_keys(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_an_unknown_log_level_is_a_usage_error_before_serving(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "ctx_memory", "serve", "--log-level", "bogus", "--port", "1"],
+        cwd=tmp_path,
+        env={**_env(), "COLUMNS": "200", "TERM": "dumb"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "'bogus' is not one of" in done.stderr
+    assert "serving" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_the_cli_imports_no_web_framework() -> None:
     code = (
         "import sys, ctx_memory.cli, ctx_memory.server, ctx_memory.server.cli;"
