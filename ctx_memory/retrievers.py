@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from langchain_core.runnables.config import ensure_config
+from langchain_core.runnables.config import ensure_config, run_in_executor
 from pydantic import ConfigDict, Field
 from typing_extensions import override
 
@@ -192,6 +192,12 @@ class FetchedContextRetriever(_SessionRetriever):
         return self._rank(query, fetched, k)
 
 
+def _sync_only(retriever: BaseRetriever) -> bool:
+    """Whether ``retriever`` has no async retrieval of its own (LangChain's fallback runs)."""
+    own = type(retriever)._aget_relevant_documents
+    return own is BaseRetriever._aget_relevant_documents
+
+
 class SourceRecordingRetriever(_SessionRetriever):
     """Wraps a retriever and records what it returns in the session's fetched context.
 
@@ -291,7 +297,13 @@ class SourceRecordingRetriever(_SessionRetriever):
     ) -> list[Document]:
         session = self._session(session_id)
         extra = {} if k is None else {"k": k}
-        found = await self.retriever.ainvoke(query, {"callbacks": run_manager.get_child()}, **extra)
+        config: RunnableConfig = {"callbacks": run_manager.get_child()}
+        if extra and _sync_only(self.retriever):
+            # LangChain's async fallback passes no keyword on to a sync-only retriever:
+            # run its invoke (which does) in a thread, as that fallback would.
+            found = await run_in_executor(None, self.retriever.invoke, query, config, **extra)
+        else:
+            found = await self.retriever.ainvoke(query, config, **extra)
         documents = self._limit(found, k)
         await self.manager.aadd_fetched_items(session, self._items(documents), dedupe=True)
         return documents

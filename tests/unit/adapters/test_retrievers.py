@@ -157,6 +157,18 @@ async def test_recording_async(manager):
     assert len((await manager.aget_fetched_context("s1"))["web_search"]) == 1
 
 
+async def test_recording_async_passes_k_to_a_sync_only_retriever(manager):
+    """``ainvoke(..., k=)`` gives what ``invoke(..., k=)`` gives: LangChain's async fallback
+    for a retriever with only ``_get_relevant_documents`` takes no keyword arguments."""
+    config = {"configurable": {"session_id": "s1"}}
+    recording = SourceRecordingRetriever(retriever=FakeSearch(), manager=manager)
+    sync = recording.invoke("q", config=config, k=1)
+    assert [d.page_content for d in await recording.ainvoke("q", config=config, k=1)] == [
+        d.page_content for d in sync
+    ]
+    assert len(sync) == 1
+
+
 # --------------------------------------------------------------------------- every language
 
 WORLD = [
