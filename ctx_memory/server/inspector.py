@@ -20,7 +20,7 @@ from a session is escaped (the view escapes its own).
 from __future__ import annotations
 
 import html
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qs, quote, urlencode
 
@@ -485,8 +485,9 @@ async def analytics_page(
     filters = (
         '<form class="search" method="get" action="analytics">'
         f'<input type="hidden" name="tenant" value="{_e(name)}">'
-        f'<label>since <input type="datetime-local" name="since" value="{_e(_local(start))}">'
-        f'</label><label>until <input type="datetime-local" name="until" value="{_e(_local(end))}">'
+        '<label>since (UTC) <input type="datetime-local" name="since"'
+        f' value="{_e(_local(start))}"></label><label>until (UTC)'
+        f' <input type="datetime-local" name="until" value="{_e(_local(end))}">'
         f'</label><label>mode <select name="mode"><option value="">any</option>{modes}</select>'
         '</label><button type="submit">Apply</button></form>'
     )
@@ -514,4 +515,12 @@ def _when(text: str) -> datetime | None:
 
 
 def _local(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M") if value is not None else ""
+    """A filter time for the form's ``datetime-local`` field, in UTC.
+
+    A time without an offset is read as UTC, so a given offset is applied, not dropped.
+    """
+    if value is None:
+        return ""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M")

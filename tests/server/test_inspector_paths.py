@@ -107,3 +107,14 @@ def test_seed_endpoints_take_the_session_id_from_the_query_then_the_header(
     assert answer.status_code == 200
     assert http.post("/add_webtext/", json=body).status_code == 200
     assert manager.list_sessions() == ["from-body", "from-header", "from-query"]
+
+
+def test_the_analytics_filter_keeps_a_given_offset_as_utc(
+    http: Any, manager: ContextManager
+) -> None:
+    """The form's fields have no offset (read as UTC): a given one is applied, not dropped."""
+    manager.add_user_message("s", "hi")
+    page = http.get("/inspector/analytics", params={"since": "2026-03-01T10:00:00+02:00"})
+    assert page.status_code == 200
+    assert 'name="since" value="2026-03-01T08:00"' in page.text
+    assert "since (UTC)" in page.text
