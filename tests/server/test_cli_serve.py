@@ -105,31 +105,28 @@ def test_serve_with_keys_from_settings_toml(served: Any, tmp_path: Path) -> None
     assert hash_api_key(KEY_A) not in err
 
 
-def test_serve_refuses_every_interface_without_keys(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "ctx_memory", "serve", "--host", "0.0.0.0", "--port", "1"],
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2
-    assert "refusing to serve on 0.0.0.0 without keys" in done.stderr
-    assert "Traceback" not in done.stderr
-
-
-def test_an_unknown_log_level_is_a_usage_error_before_serving(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "ctx_memory", "serve", "--log-level", "bogus", "--port", "1"],
-        cwd=tmp_path,
+def _serve_refused(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``ctx-memory serve ARGS`` that must stop before serving (port 1 is never bound)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ctx_memory", "serve", *args, "--port", "1"],
+        cwd=cwd,
         env={**_env(), "COLUMNS": "200", "TERM": "dumb"},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
+
+
+def test_serve_refuses_every_interface_without_keys(tmp_path: Path) -> None:
+    done = _serve_refused(tmp_path, "--host", "0.0.0.0")
+    assert done.returncode == 2
+    assert "refusing to serve on 0.0.0.0 without keys" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_an_unknown_log_level_is_a_usage_error_before_serving(tmp_path: Path) -> None:
+    done = _serve_refused(tmp_path, "--log-level", "bogus")
     assert done.returncode == 2
     assert "'bogus' is not one of" in done.stderr
     assert "serving" not in done.stderr
