@@ -48,7 +48,12 @@ from ctx_memory._extras import missing_extra
 from ctx_memory.config import redact_url, url_secrets, validate_postgres_url
 from ctx_memory.errors import StoreError, StoreUnavailableError
 from ctx_memory.stores._gc import GarbageCollector, check_interval, gc_interval
-from ctx_memory.stores._postgres_loops import close_async_pool, close_at_loop_end, runs_here
+from ctx_memory.stores._postgres_loops import (
+    cancel_guard,
+    close_async_pool,
+    close_at_loop_end,
+    open_loop_pool,
+)
 from ctx_memory.stores._postgres_ops import (
     ALL,
     ONE,
@@ -372,8 +377,7 @@ class PostgresStore(PostgresOperations):
         if pool is None:
             if self._closed:
                 raise StoreError(f"PostgreSQL store {self.url} is closed")
-            pool = AsyncConnectionPool(self._conninfo, open=False, **self._pool_options())
-            await pool.open(wait=False)
+            pool = await open_loop_pool(self._conninfo, self._pool_options())
             self._apools[loop] = pool
             self._guard(loop, pool)
         return pool
@@ -382,12 +386,7 @@ class PostgresStore(PostgresOperations):
         self, loop: asyncio.AbstractEventLoop, pool: AsyncConnectionPool[Any] | None
     ) -> None:
         """Close ``pool`` when ``loop`` ends (``None``: stop guarding the loop's pool)."""
-        old = self._guards.pop(loop, None)
-        if old is not None and not old.done():
-            if runs_here(loop):
-                old.cancel()
-            elif not loop.is_closed():
-                loop.call_soon_threadsafe(old.cancel)
+        cancel_guard(loop, self._guards.pop(loop, None))
         if pool is not None:
             guard = loop.create_task(
                 close_at_loop_end(pool), name=f"ctx_memory-{self.schema}-pool-guard"
