@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 from langchain_core.chat_history import BaseChatMessageHistory
 from typing_extensions import override
 
-from ctx_memory.schema import validate_session_id
+from ctx_memory.schema import record_to_message, validate_session_id
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
+    from typing import Any
 
     from langchain_core.messages import BaseMessage
 
@@ -36,8 +37,10 @@ class ContextChatMessageHistory(BaseChatMessageHistory):
     Args:
         manager: Where the session lives.
         session_id: The session.
-        last_k: Only the newest ``last_k`` messages are read (``None``: all). Reading is
-            O(``last_k``), whatever the session's length.
+        last_k: Only the newest ``last_k`` messages are read (``None``: all), widened back
+            to the AI message whose tool calls the oldest of them answers: the messages
+            never open with a tool result, which a model refuses without its call. Reading
+            is O(``last_k``) (plus that exchange), whatever the session's length.
 
     Example:
         .. code-block:: python
@@ -71,12 +74,24 @@ class ContextChatMessageHistory(BaseChatMessageHistory):
     @property
     @override
     def messages(self) -> list[BaseMessage]:  # type: ignore[override]
-        """The stored messages (the newest ``last_k`` if set), oldest first."""
-        return self.manager.get_messages(self.session_id, self.last_k)
+        """The stored messages (the newest ``last_k`` if set, see above), oldest first."""
+        read = self.last_k
+        while True:
+            records = self.manager.get_history(self.session_id, read)
+            start = _window_start(records, self.last_k, read)
+            if start is not None:
+                return [record_to_message(r) for r in records[start:]]
+            read = 2 * len(records)
 
     @override
     async def aget_messages(self) -> list[BaseMessage]:
-        return await self.manager.aget_messages(self.session_id, self.last_k)
+        read = self.last_k
+        while True:
+            records = await self.manager.aget_history(self.session_id, read)
+            start = _window_start(records, self.last_k, read)
+            if start is not None:
+                return [record_to_message(r) for r in records[start:]]
+            read = 2 * len(records)
 
     @override
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
@@ -95,3 +110,20 @@ class ContextChatMessageHistory(BaseChatMessageHistory):
     async def aclear(self) -> None:
         """Async :meth:`clear`."""
         await self.manager.aclear(self.session_id, preserve_fetched=True)
+
+
+def _window_start(
+    records: Sequence[Mapping[str, Any]], last_k: int | None, read: int | None
+) -> int | None:
+    """Where the messages begin in ``records`` (the newest ``read``); ``None``: read more.
+
+    The newest ``last_k``, moved back over tool results to the message that called them.
+    """
+    if last_k is None or last_k <= 0:
+        return 0
+    start = max(0, len(records) - last_k)
+    while start > 0 and records[start].get("role") == "tool":
+        start -= 1
+    if start == 0 and records and records[0].get("role") == "tool" and len(records) == read:
+        return None  # the call is older than what was read
+    return start

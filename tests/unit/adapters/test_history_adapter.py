@@ -25,12 +25,39 @@ def test_round_trip_last_k_and_clear(manager):
     assert history.messages == messages
     history.add_messages(messages)  # appends are idempotent by message id
     assert history.messages == messages
-    assert ContextChatMessageHistory(manager, "s1", last_k=2).messages == messages[2:]
+    # The newest two open with a tool result: widened back to the call it answers.
+    assert ContextChatMessageHistory(manager, "s1", last_k=2).messages == messages[1:]
+    assert ContextChatMessageHistory(manager, "s1", last_k=1).messages == messages[3:]
     manager.add_fetched_context("s1", "web", "kept")
     history.clear()
     assert history.messages == []
     assert manager.get_fetched_context("s1")  # sources survive a history clear
     assert "s1" in repr(history)
+
+
+@pytest.mark.parametrize("calls", [1, 3, 40])
+async def test_last_k_never_opens_with_a_tool_result(manager, calls):
+    """RunnableWithMessageHistory sends these to the model: a tool result without its call
+    is refused by providers. However many results the call had, the window reaches it."""
+    history = ContextChatMessageHistory(manager, "s1")
+    ids = [f"c{i}" for i in range(calls)]
+    tool_calls = [{"name": "t", "args": {}, "id": i} for i in ids]
+    history.add_messages([
+        HumanMessage("weather?", id="h1"),
+        AIMessage("", id="a1", tool_calls=tool_calls),
+        *(ToolMessage(f"sunny {i}", tool_call_id=i, id=f"t-{i}") for i in ids),
+        AIMessage("Sunny.", id="a2"),
+        HumanMessage("again?", id="h2"),
+    ])  # fmt: skip
+    for last_k in range(1, calls + 5):
+        windowed = ContextChatMessageHistory(manager, "s1", last_k=last_k)
+        got = windowed.messages
+        assert got == await windowed.aget_messages()
+        assert len(got) >= min(last_k, calls + 4)
+        assert got[0].type != "tool"
+        answered = {m.tool_call_id for m in got if isinstance(m, ToolMessage)}
+        called = {c["id"] for m in got if isinstance(m, AIMessage) for c in m.tool_calls}
+        assert answered <= called
 
 
 async def test_async_is_native(manager):
