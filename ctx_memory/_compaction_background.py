@@ -29,7 +29,6 @@ summariser cannot keep the process alive. Async work lives on its event loop: aw
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextvars
 import logging
 import threading
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING, Literal
 
 from langchain_core.runnables.config import var_child_runnable_config
 
+from ctx_memory._exit import at_exit
 from ctx_memory.compaction import CompactionOutcome, CompactionPolicy, acompact, compact
 from ctx_memory.errors import ValidationError
 
@@ -411,11 +411,13 @@ class BackgroundCompactor:
 _LIVE: weakref.WeakSet[BackgroundCompactor] = weakref.WeakSet()
 
 
-@atexit.register
 def _drain_at_exit() -> None:
     deadline = monotonic() + EXIT_TIMEOUT_SECONDS
     for compactor in list(_LIVE):
         compactor._drain_threads(deadline)
+
+
+at_exit(_drain_at_exit, "work")  # before the events it emits are flushed
 
 
 class BackgroundCompactions:

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 __all__ = ["is_loopback", "serve"]
 
 
-
 class LogLevel(enum.StrEnum):
     """uvicorn's log levels (an unknown one is a usage error, before the server starts)."""
 
@@ -35,6 +34,7 @@ class LogLevel(enum.StrEnum):
     INFO = "info"
     DEBUG = "debug"
     TRACE = "trace"
+
 
 def is_loopback(host: str) -> bool:
     """Whether ``host`` is a loopback address or ``localhost`` (pure)."""

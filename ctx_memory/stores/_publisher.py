@@ -22,15 +22,16 @@ exits (a job that never closes its manager) is sent before it ends: up to
 from __future__ import annotations
 
 import abc
-import atexit
 import json
 import logging
+import os
 import queue
 import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from ctx_memory._exit import at_exit
 from ctx_memory.events import Event, EventEmitter, EventType
 from ctx_memory.stores.base import lifecycle_time
 
@@ -58,7 +59,24 @@ def _flush_at_exit() -> None:
         publisher.close(max(0.0, deadline - time.monotonic()))
 
 
-atexit.register(_flush_at_exit)
+at_exit(_flush_at_exit, "events")  # after background work (a summary) has emitted its own
+
+
+def _forget_parent_threads() -> None:
+    """In a forked child: start its own publishing thread on its next event.
+
+    The parent's thread does not run in the child, and the events queued before the fork
+    are the parent's to send.
+    """
+    for publisher in list(_LIVE):
+        publisher._lock = threading.Lock()
+        publisher._thread = None
+        publisher._queue = queue.SimpleQueue()
+    _LIVE.clear()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_forget_parent_threads)
 
 
 def event_payload(event: Event) -> str:

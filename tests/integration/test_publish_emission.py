@@ -94,14 +94,35 @@ else:
 cm = ContextManager(store=store, token_counter="approximate")
 for i in range(300):
     cm.add_user_message("job", f"step {i}")
+if len(sys.argv) > 2:  # and a summary written in the background after a reply
+    import time
+    from langchain_core.language_models import GenericFakeChatModel
+    from langchain_core.messages import AIMessage
+    from langchain_core.runnables import RunnableLambda
+    from ctx_memory import ContextualChat
+    from ctx_memory.compaction import CompactionPolicy
+
+    def slow_summary(messages):
+        time.sleep(0.5)  # a model call, still running when the program ends
+        return AIMessage("Steps 0 to 299 were logged.")
+
+    chat = ContextualChat(
+        cm, GenericFakeChatModel(messages=iter([AIMessage("Done.")])), max_tokens=4000,
+        compaction=CompactionPolicy(summarize_at=300, keep_recent=16, block=8,
+                                    summarizer=RunnableLambda(slow_summary)),
+        compaction_mode="background",
+    )
+    chat.invoke("Which step was first?", config={"configurable": {"session_id": "job"}})
 # the program ends here: no close()
 """
 
 
+@pytest.mark.parametrize("background", [False, True], ids=["writes", "background-summary"])
 def test_a_program_that_exits_without_close_still_publishes_its_events(
-    make_store: Callable[..., BaseStore],
+    make_store: Callable[..., BaseStore], background: bool
 ) -> None:
-    """The events still queued at exit are sent before the program ends (they were lost)."""
+    """The events still queued at exit are sent before the program ends (they were lost),
+    and so is the event of a summary the exit waits for (it was emitted after the flush)."""
     import json
     import subprocess
     import sys
@@ -117,12 +138,44 @@ def test_a_program_that_exits_without_close_still_publishes_its_events(
     with listener.subscribe_events(lambda e: received.append(e["type"])):
         time.sleep(0.3)  # the subscription is live
         done = subprocess.run(
-            [sys.executable, "-c", _EXITING_JOB, json.dumps(spec)],
+            [sys.executable, "-c", _EXITING_JOB, json.dumps(spec), *(["chat"] * background)],
             capture_output=True,
             text=True,
             timeout=120,
             check=False,
         )
         assert done.returncode == 0, done.stderr
-        wait_for(lambda: len(received) >= 301)
-    assert received == ["session_created"] + ["message_added"] * 300
+        expected = ["session_created"] + ["message_added"] * 300
+        if background:  # the turn, then the summary's compaction entry
+            expected += ["message_added", "context_updated"]
+        wait_for(lambda: len(received) >= len(expected))
+    assert received == expected
+
+
+def test_a_forked_child_publishes_its_own_events(make_store: Callable[..., BaseStore]) -> None:
+    """A child forked after the publisher started (gunicorn --preload, a forking job
+    runner) starts its own publishing thread: the parent's does not run in it."""
+    import os
+
+    listener: Any = make_store()
+    listener.exists("warm-up")
+    received: list[str] = []
+    with listener.subscribe_events(lambda e: received.append(f"{e['type']}:{e['session_id']}")):
+        time.sleep(0.3)
+        cm = ContextManager(store=make_store(publish_events=True), token_counter="approximate")
+        cm.add_user_message("parent", "before the fork")
+        wait_for(lambda: len(received) == 2)
+        pid = os.fork()
+        if pid == 0:  # the child: write, then end without close() (os._exit skips nothing
+            try:  # of ours: the flush runs from sys.exit's atexit handlers)
+                cm.add_user_message("child", "from the child")
+                time.sleep(0.5)  # its own thread sends it while it runs
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert status == 0
+        wait_for(lambda: "message_added:child" in received)
+    assert received == [
+        "session_created:parent", "message_added:parent",
+        "session_created:child", "message_added:child",
+    ]  # fmt: skip
