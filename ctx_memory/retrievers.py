@@ -193,9 +193,15 @@ class FetchedContextRetriever(_SessionRetriever):
 
 
 def _sync_only(retriever: BaseRetriever) -> bool:
-    """Whether ``retriever`` has no async retrieval of its own (LangChain's fallback runs)."""
-    own = type(retriever)._aget_relevant_documents
-    return own is BaseRetriever._aget_relevant_documents
+    """Whether ``retriever`` has no async path of its own (LangChain's fallback would run).
+
+    Its own ``_aget_relevant_documents`` or its own ``ainvoke`` is an async path.
+    """
+    kind = type(retriever)
+    return (
+        kind._aget_relevant_documents is BaseRetriever._aget_relevant_documents
+        and kind.ainvoke is BaseRetriever.ainvoke
+    )
 
 
 class SourceRecordingRetriever(_SessionRetriever):

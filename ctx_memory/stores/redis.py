@@ -152,6 +152,9 @@ SyncClient = Union["redis.Redis", "redis.cluster.RedisCluster"]
 AsyncClient = Union["redis.asyncio.Redis", "redis.asyncio.cluster.RedisCluster"]
 
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_FAILED = (RedisError, redis.exceptions.RedisClusterException, *_UNAVAILABLE)
+"""What a call wraps: redis-py's cluster errors ("cannot be connected", a slot no live
+node serves) are no ``RedisError``."""
 
 
 # A server that does not hold a script (restarted, failed over, SCRIPT FLUSH, a cluster
@@ -329,6 +332,7 @@ class RedisStore(RedisOperations):
         self._agates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
+        self._ainitialized: weakref.WeakSet[Any] = weakref.WeakSet()  # cluster clients
         if client is not None:
             self._use(client)
         self._owns_async = async_client is None
@@ -427,7 +431,7 @@ class RedisStore(RedisOperations):
                             client = sentinel_master(self._url, kwargs, asynchronous=False)
                         else:
                             client = redis.Redis.from_url(self._url, **kwargs)
-                    except (RedisError, redis.exceptions.RedisClusterException, *_UNAVAILABLE) as e:
+                    except _FAILED as e:
                         raise self._wrap(e) from e
                     self._use(client)
         assert self._client is not None
@@ -473,7 +477,11 @@ class RedisStore(RedisOperations):
         if secrets and any(secret in str(arg) for arg in error.args for secret in secrets):
             # The error becomes our error's __cause__: no password may stay in it either.
             error.args = tuple(scrub(arg, secrets) for arg in error.args)
-        if isinstance(error, _UNAVAILABLE) or "ClusterDown" in type(error).__name__:
+        if (
+            isinstance(error, (*_UNAVAILABLE, redis.exceptions.SlotNotCoveredError))
+            or "ClusterDown" in type(error).__name__
+            or "cannot be connected" in str(error)  # every startup node is down
+        ):
             return StoreUnavailableError(f"{where} is unavailable: {error}")
         return StoreError(f"{where} failed: {type(error).__name__}: {error}")
 
@@ -488,7 +496,7 @@ class RedisStore(RedisOperations):
             return stop.value  # type: ignore[no-any-return]
         except StoreError:
             raise
-        except (RedisError, *_UNAVAILABLE) as e:
+        except _FAILED as e:
             raise self._wrap(e) from e
 
     def _do(self, request: Request) -> Any:
@@ -536,7 +544,7 @@ class RedisStore(RedisOperations):
             return stop.value  # type: ignore[no-any-return]
         except StoreError:
             raise
-        except (RedisError, *_UNAVAILABLE) as e:
+        except _FAILED as e:
             raise self._wrap(e) from e
 
     async def _ado(self, request: Request) -> Any:
@@ -549,13 +557,14 @@ class RedisStore(RedisOperations):
         if gate is None:
             gate = self._agates[loop] = asyncio.Semaphore(pool_limit(client))
         async with gate:
-            if self.cluster:
-                # redis-py routes a command that arrives while the cluster client has no
-                # slot map (before its first command completes, or after a MOVED storm
-                # reset it) to a random node; each MOVED counts towards resetting the
-                # map again, which drops every in-flight connection. Load the map first
-                # (at once when it is loaded).
+            if self.cluster and client not in self._ainitialized:
+                # redis-py routes a command that arrives before a new cluster client has
+                # its slot map to a random node; every fifth MOVED resets the map, which
+                # drops every connection in flight. Load it before the loop's first calls
+                # (once: after a failure redis-py's own retries reinitialise, skipping the
+                # failed node).
                 await client.initialize()
+                self._ainitialized.add(client)
             replies = await _async_replies(client, commands)
             for i, script in _unloaded(commands, replies):
                 await client.script_load(script)
@@ -649,6 +658,6 @@ class RedisStore(RedisOperations):
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             pubsub.subscribe(**{self.channel: handle})
             thread = pubsub.run_in_thread(sleep_time=0.01, daemon=True, exception_handler=lost)
-        except (RedisError, *_UNAVAILABLE) as e:
+        except _FAILED as e:
             raise self._wrap(e) from e
         return EventSubscription(pubsub, thread)

@@ -130,6 +130,20 @@ async def test_unreachable_server_async() -> None:
     await store.aclose()
 
 
+async def test_an_unreachable_cluster_is_unavailable_sync_and_async() -> None:
+    """redis-py's "Redis Cluster cannot be connected" is no RedisError: it escaped raw."""
+    store = RedisStore(
+        f"redis://:{SECRET}@127.0.0.1:1/0", cluster=True, max_retries=0, socket_timeout=0.5
+    )
+    with pytest.raises(StoreUnavailableError, match="cannot be connected") as info:
+        store.get_document("s")
+    assert SECRET not in str(info.value)
+    with pytest.raises(StoreUnavailableError, match="cannot be connected") as info:
+        await store.aget_document("s")
+    assert SECRET not in str(info.value)
+    await store.aclose()
+
+
 def test_acl_user_and_password_in_url(secured: RedisServer) -> None:
     with RedisStore(f"redis://alice:{SECRET}@127.0.0.1:{secured.port}/0", key_prefix="acl") as s:
         s.append_messages("s", [msg(0)], init=init("s"), now=NOW)

@@ -169,6 +169,22 @@ async def test_recording_async_passes_k_to_a_sync_only_retriever(manager):
     assert len(sync) == 1
 
 
+async def test_recording_async_keeps_a_retrievers_own_ainvoke_with_k(manager):
+    """A retriever whose async path is its own ``ainvoke`` keeps it when ``k`` is given."""
+
+    class AsyncOnly(FakeSearch):
+        def _get_relevant_documents(self, query: str, *, run_manager: Any, k: int | None = None):
+            raise NotImplementedError("use ainvoke")
+
+        async def ainvoke(self, input: Any, config: Any = None, **kwargs: Any) -> Any:
+            return FakeSearch().invoke(input, config, **kwargs)
+
+    recording = SourceRecordingRetriever(retriever=AsyncOnly(), manager=manager)
+    config = {"configurable": {"session_id": "s1"}}
+    assert len(await recording.ainvoke("q", config=config, k=2)) == 2
+    assert len(await recording.ainvoke("q", config=config)) == 4
+
+
 # --------------------------------------------------------------------------- every language
 
 WORLD = [
