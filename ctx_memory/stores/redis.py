@@ -158,7 +158,8 @@ node serves) are no ``RedisError``."""
 
 
 # A server that does not hold a script (restarted, failed over, SCRIPT FLUSH, a cluster
-# node) answers NOSCRIPT: the drivers load the script there and send that command again.
+# node) answers NOSCRIPT: the drivers send that command again with the script's body
+# (EVAL), which loads it there.
 
 
 def _unloaded(commands: Sequence[tuple[Any, ...]], replies: list[Any]) -> list[tuple[int, str]]:
@@ -171,6 +172,32 @@ def _unloaded(commands: Sequence[tuple[Any, ...]], replies: list[Any]) -> list[t
                 raise reply
             missing.append((i, script))
     return missing
+
+
+def _with_body(command: tuple[Any, ...], script: str) -> tuple[Any, ...]:
+    """An ``EVALSHA`` command sent again as ``EVAL`` with its script's body.
+
+    The node that runs it keeps the script, so it is loaded only where the command's keys
+    are: ``SCRIPT LOAD`` on a cluster goes to every primary and fails if one is down.
+    """
+    return ("EVAL", script, *command[2:])
+
+
+def _closed_under_the_call(error: BaseException) -> bool:
+    """Whether ``error`` is redis-py's asyncio connection used after it was closed.
+
+    A connection closed meanwhile (by the server, or by redis-py's cluster client resetting
+    a node's connections while others use them) surfaces as an ``AttributeError`` or
+    ``TypeError`` raised inside redis-py or asyncio's transport (redis-py issue 4287), not
+    as a ``ConnectionError``.
+    """
+    modules = []
+    trace = error.__traceback__
+    while trace is not None:
+        modules.append(str(trace.tb_frame.f_globals.get("__name__", "")))
+        trace = trace.tb_next
+    inside = modules[-1].startswith(("redis.", "asyncio.")) if modules else False
+    return inside and any(m.startswith("redis.asyncio.") for m in modules)
 
 
 def _checked(reply: Any) -> Any:
@@ -518,8 +545,8 @@ class RedisStore(RedisOperations):
                 _checked(loaded[0])
                 replies[i] = _checked(loaded[1])
             else:
-                self._gated(client.script_load, script)
-                replies[i] = _checked(self._gated(_sync_replies, client, commands[i : i + 1])[0])
+                again = [_with_body(commands[i], script)]
+                replies[i] = _checked(self._gated(_sync_replies, client, again)[0])
         return replies if isinstance(request, Pipeline) else replies[0]
 
     def _gated(self, call: Callable[..., T], *args: Any) -> T:
@@ -546,6 +573,11 @@ class RedisStore(RedisOperations):
             raise
         except _FAILED as e:
             raise self._wrap(e) from e
+        except (AttributeError, TypeError) as e:
+            if not _closed_under_the_call(e):
+                raise
+            dropped = RedisConnectionError(f"the connection was closed during the call ({e})")
+            raise self._wrap(dropped) from e
 
     async def _ado(self, request: Request) -> Any:
         client = self.async_client
@@ -567,8 +599,8 @@ class RedisStore(RedisOperations):
                 self._ainitialized.add(client)
             replies = await _async_replies(client, commands)
             for i, script in _unloaded(commands, replies):
-                await client.script_load(script)
-                replies[i] = _checked((await _async_replies(client, commands[i : i + 1]))[0])
+                again = [_with_body(commands[i], script)]
+                replies[i] = _checked((await _async_replies(client, again))[0])
         return replies if isinstance(request, Pipeline) else replies[0]
 
     @override

@@ -248,6 +248,57 @@ def test_cluster_spreads_sessions(redis_cluster_url: str, key_prefix: str) -> No
     store.close()
 
 
+async def test_a_cluster_node_without_the_script_gets_it_only_there(
+    redis_cluster_url: str, key_prefix: str
+) -> None:
+    """NOSCRIPT is answered by sending the command again with the script's body (EVAL) to
+    the node that needs it. ``SCRIPT LOAD`` went to every primary: with one of them down,
+    every session's first write after a node lost its scripts failed."""
+    store = RedisStore(redis_cluster_url, cluster=True, key_prefix=key_prefix)
+    manager = ContextManager(store=store)
+    manager.add_user_message("sync", "created")  # loads the create script where it runs
+    await manager.aadd_user_message("async", "created")
+    client = redis.cluster.RedisCluster.from_url(redis_cluster_url)
+    primaries = client.get_primaries()
+    for node in primaries:
+        node.redis_connection.script_flush()
+    manager.add_user_message("sync", "appended")  # the append script: nowhere now
+    await manager.aadd_user_message("async", "appended")
+    owners = {
+        client.get_node_from_key(session_keys(key_prefix, sid).script_keys[0]).name
+        for sid in ("sync", "async")
+    }
+    loaded = {
+        node.name: int(node.redis_connection.info("memory").get("number_of_cached_scripts", 0))
+        for node in primaries
+    }
+    assert {name for name, count in loaded.items() if count} == owners, loaded
+    assert [m["content"] for m in manager.get_history("async")] == ["created", "appended"]
+    assert [m["content"] for m in manager.get_history("sync")] == ["created", "appended"]
+    client.close()
+    await store.aclose()
+
+
+def test_a_connection_closed_under_an_asyncio_call_is_recognised() -> None:
+    """redis-py leaks an AttributeError for a connection closed during a call (its issue
+    4287): the store reports it as unavailable, not as a raw AttributeError."""
+    import asyncio
+
+    from ctx_memory.stores.redis import _closed_under_the_call
+
+    connection = redis.asyncio.Connection(host="127.0.0.1", port=1)
+
+    async def send() -> None:
+        await connection._send_packed_command([b"PING"])  # never connected: no writer
+
+    with pytest.raises(AttributeError) as info:
+        asyncio.run(send())
+    assert _closed_under_the_call(info.value)
+    with pytest.raises(AttributeError) as ours:
+        _ = object().missing  # type: ignore[attr-defined]
+    assert not _closed_under_the_call(ours.value)
+
+
 def test_from_settings(redis_url: str) -> None:
     from ctx_memory.config import load_settings
 
