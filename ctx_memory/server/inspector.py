@@ -485,9 +485,9 @@ async def analytics_page(
     filters = (
         '<form class="search" method="get" action="analytics">'
         f'<input type="hidden" name="tenant" value="{_e(name)}">'
-        '<label>since (UTC) <input type="datetime-local" name="since"'
-        f' value="{_e(_local(start))}"></label><label>until (UTC)'
-        f' <input type="datetime-local" name="until" value="{_e(_local(end))}">'
+        '<label>since (UTC) <input type="datetime-local" step="1" name="since"'
+        f' value="{_e(_local(start))}"></label><label>until (UTC) <input'
+        f' type="datetime-local" step="1" name="until" value="{_e(_local(end))}">'
         f'</label><label>mode <select name="mode"><option value="">any</option>{modes}</select>'
         '</label><button type="submit">Apply</button></form>'
     )
@@ -523,4 +523,4 @@ def _local(value: datetime | None) -> str:
         return ""
     if value.tzinfo is not None:
         value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M")
+    return value.strftime("%Y-%m-%dT%H:%M:%S")

@@ -8,16 +8,19 @@ cursor for everything else.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
 from psycopg.rows import tuple_row
 from psycopg_pool import PoolTimeout
 
 if TYPE_CHECKING:
+    from psycopg_pool import ConnectionPool
+
     from ctx_memory.stores._postgres_ops import Prepared
 
 __all__ = [
+    "Lease",
     "aconnect_error",
     "connect_error",
     "acursor",
@@ -65,6 +68,14 @@ class _Session:
     def __init__(self, encoding: str) -> None:
         self.encoding = encoding
         self.names: set[bytes] = set()
+
+
+class Lease(NamedTuple):
+    """A connection taken from ``pool``, to go back to it by ``until`` (monotonic time)."""
+
+    pool: ConnectionPool[Any]
+    conn: psycopg.Connection[Any]
+    until: float
 
 
 def prepared_session(

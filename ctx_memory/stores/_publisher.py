@@ -52,6 +52,9 @@ EXIT_FLUSH_SECONDS = 5.0
 _LIVE: weakref.WeakSet[EventPublisher] = weakref.WeakSet()
 """Publishers whose thread has started: flushed at exit."""
 
+_ALL: weakref.WeakSet[EventPublisher] = weakref.WeakSet()
+"""Every publisher: a forked child resets each (one may be starting its thread)."""
+
 
 def _flush_at_exit() -> None:
     deadline = time.monotonic() + EXIT_FLUSH_SECONDS
@@ -68,8 +71,8 @@ def _forget_parent_threads() -> None:
     The parent's thread does not run in the child, and the events queued before the fork
     are the parent's to send.
     """
-    for publisher in list(_LIVE):
-        publisher._lock = threading.Lock()
+    for publisher in list(_ALL):
+        publisher._lock = threading.Lock()  # (another thread may have held it at the fork)
         publisher._thread = None
         publisher._queue = queue.SimpleQueue()
     _LIVE.clear()
@@ -104,6 +107,7 @@ class EventPublisher(abc.ABC):
         self._thread: threading.Thread | None = None
         self._closed = False
         self._hooks: Mapping[object, object] | None = None
+        _ALL.add(self)
 
     def __call__(self, event: Event) -> None:
         """Publish an event a manager emitted (lifecycle events come from :meth:`lifecycle`)."""

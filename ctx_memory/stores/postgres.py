@@ -12,7 +12,7 @@ metadata, history edits, clear, import, delete) run in one transaction that firs
 session row. A delete so waits for an append in flight and deletes what it wrote.
 
 Connections: a pool the store made lends its connections for longer than a call. Each call
-takes the most recently returned one from a stack (:class:`_Lease`) and puts it back; every
+takes the most recently returned one from a stack (:class:`Lease`) and puts it back; every
 :data:`KEEP_SECONDS` a connection goes back through the pool (its lifetime and checks), and
 ``close`` returns them all (a checkout from ``psycopg_pool`` and back costs 5 to 13 µs of
 Python, a tenth of a round trip). A pool given to the store is used through
@@ -40,7 +40,7 @@ import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from typing_extensions import override
 
@@ -68,6 +68,7 @@ from ctx_memory.stores._postgres_sql import (
     events_channel,
 )
 from ctx_memory.stores._postgres_wire import (
+    Lease,
     aconnect_error,
     acursor,
     arelease_cursor,
@@ -159,14 +160,6 @@ def _repeatable(op: StoreOp) -> bool:
     return op.replace if isinstance(op, SaveRecallSegments) else not isinstance(op, _NOT_REPEATED)
 
 
-class _Lease(NamedTuple):
-    """A connection taken from ``pool``, to go back to it by ``until`` (monotonic time)."""
-
-    pool: ConnectionPool[Any]
-    conn: psycopg.Connection[Any]
-    until: float
-
-
 class _Connections:
     """The event publisher's connection source: the store's, as its own calls take them."""
 
@@ -183,14 +176,22 @@ _IDLE = TransactionStatus.IDLE
 _STORES: weakref.WeakSet[PostgresStore] = weakref.WeakSet()
 
 
-def _forget_kept_connections() -> None:
-    """In a forked child: drop the parent's kept connections (unused, and not closed)."""
+def _forget_parent_connections() -> None:
+    """In a forked child: drop the parent's connections and pools (unused, and not closed).
+
+    Their sockets are the parent's sessions; the child opens its own on its next call. A
+    pool passed in (``pool=``) is the caller's to replace in the child.
+    """
     for store in list(_STORES):
-        store._kept = []
+        store._kept, store._waiting, store._lock = [], 0, threading.Lock()
+        store._apools.clear()
+        store._guards.clear()
+        if store._owns_pool:
+            store._pool = None
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_forget_kept_connections)
+    os.register_at_fork(after_in_child=_forget_parent_connections)
 
 
 def _scrub(value: object, secrets: list[str]) -> object:
@@ -294,7 +295,7 @@ class PostgresStore(PostgresOperations):
         self._connect_timeout = connect_timeout
         self._pool: ConnectionPool[Any] | None = pool
         self._owns_pool = pool is None
-        self._kept: list[_Lease] = []  # idle connections of our own pool, the latest last
+        self._kept: list[Lease] = []  # idle connections of our own pool, the latest last
         self._waiting = 0  # calls waiting for a connection from the pool
         _STORES.add(self)
         self._given_apool = async_pool
@@ -443,7 +444,7 @@ class PostgresStore(PostgresOperations):
     # Sync connections: kept between calls for a pool the store made (module docstring),
     # else getconn/putconn (which rolls back or drops a connection not left idle).
 
-    def _take(self) -> _Lease:
+    def _take(self) -> Lease:
         """A connection for one call: the last one kept, else one from the pool."""
         lease = self._pop_kept()
         if lease is not None:
@@ -457,12 +458,12 @@ class PostgresStore(PostgresOperations):
             if lease is not None:
                 return lease
             pool = self.pool
-            return _Lease(pool, pool.getconn(), time.monotonic() + KEEP_SECONDS)
+            return Lease(pool, pool.getconn(), time.monotonic() + KEEP_SECONDS)
         finally:
             with self._lock:
                 self._waiting -= 1
 
-    def _pop_kept(self) -> _Lease | None:
+    def _pop_kept(self) -> Lease | None:
         kept = self._kept
         while kept:
             try:
@@ -474,7 +475,7 @@ class PostgresStore(PostgresOperations):
             lease.pool.putconn(lease.conn)  # due for the pool, or of a replaced pool
         return None
 
-    def _give(self, lease: _Lease) -> None:
+    def _give(self, lease: Lease) -> None:
         """Keep the connection for the next call, or give it back to its pool."""
         if (
             self._owns_pool

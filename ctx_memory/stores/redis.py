@@ -61,6 +61,7 @@ the client).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -359,7 +360,6 @@ class RedisStore(RedisOperations):
         self._agates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
-        self._ainitialized: weakref.WeakSet[Any] = weakref.WeakSet()  # cluster clients
         if client is not None:
             self._use(client)
         self._owns_async = async_client is None
@@ -589,14 +589,14 @@ class RedisStore(RedisOperations):
         if gate is None:
             gate = self._agates[loop] = asyncio.Semaphore(pool_limit(client))
         async with gate:
-            if self.cluster and client not in self._ainitialized:
-                # redis-py routes a command that arrives before a new cluster client has
-                # its slot map to a random node; every fifth MOVED resets the map, which
-                # drops every connection in flight. Load it before the loop's first calls
-                # (once: after a failure redis-py's own retries reinitialise, skipping the
-                # failed node).
-                await client.initialize()
-                self._ainitialized.add(client)
+            if self.cluster and getattr(client, "_initialize", False):
+                # redis-py routes a command that arrives while a cluster client has no slot
+                # map (a new client, or one a node failure reset) to a random node; every
+                # fifth MOVED resets the map again, which drops every connection in flight.
+                # Load it first; if that fails, the command's own retries (which skip the
+                # failed node) take over.
+                with contextlib.suppress(*_FAILED):
+                    await client.initialize()
             replies = await _async_replies(client, commands)
             for i, script in _unloaded(commands, replies):
                 again = [_with_body(commands[i], script)]

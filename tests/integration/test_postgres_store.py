@@ -730,6 +730,44 @@ def test_a_forked_child_drops_the_kept_connections_without_closing_them(
         assert store.count_messages("s") == 2
 
 
+def _child_writes_on_its_own_connections(store: PostgresStore, out: Any) -> None:
+    backend = None
+    try:
+        for i in range(40):
+            store.append_messages("child", [msg(i)], init=init("child"), now=NOW)
+        with store.pool.connection() as conn:
+            backend = conn.info.backend_pid
+    finally:
+        out.put(backend)
+
+
+def test_a_forked_child_opens_its_own_pool_and_both_keep_writing(
+    postgres_url: str, pg_schema: str
+) -> None:
+    """The child's calls took the parent's pooled connection: two processes on one server
+    session (a hang, a failed write, a prepared statement "already exists")."""
+    import multiprocessing
+
+    with PostgresStore(postgres_url, schema=pg_schema) as store:
+        store.append_messages("parent", [msg(0)], init=init("parent"), now=NOW)
+        with store.pool.connection() as conn:
+            parents = {conn.info.backend_pid}
+        ctx = multiprocessing.get_context("fork")
+        out = ctx.Queue()
+        child = ctx.Process(target=_child_writes_on_its_own_connections, args=(store, out))
+        child.start()
+        for i in range(1, 40):  # meanwhile, on the parent's connections
+            store.append_messages("parent", [msg(i)], init=init("parent"), now=NOW)
+            with store.pool.connection() as conn:
+                parents.add(conn.info.backend_pid)
+        child_backend = out.get(timeout=60)
+        child.join(30)
+        assert child.exitcode == 0
+        assert child_backend is not None
+        assert child_backend not in parents
+        assert store.count_messages("parent") == store.count_messages("child") == 40
+
+
 async def test_native_async_on_two_event_loops_in_turn(postgres_url: str, pg_schema: str) -> None:
     store = PostgresStore(postgres_url, schema=pg_schema)
     await store.aappend_messages("s", [msg(1)], init=init("s"), now=NOW)
