@@ -144,11 +144,28 @@ class EventPublisher(abc.ABC):
         if self._thread is None:
             with self._lock:
                 if self._thread is None and not self._closed:
-                    self._thread = threading.Thread(
+                    thread = threading.Thread(
                         target=self._run, name=f"ctx_memory-publish-{self.channel}", daemon=True
                     )
-                    self._thread.start()
+                    try:
+                        thread.start()
+                    except RuntimeError:  # no new thread at interpreter exit (Python 3.12)
+                        self._send_queued()
+                        return
+                    self._thread = thread
                     _LIVE.add(self)
+
+    def _send_queued(self) -> None:
+        """Send what is queued from this thread (no publishing thread could start)."""
+        payloads = []
+        while True:
+            try:
+                payloads.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        sendable = [p for p in payloads if isinstance(p, str)]
+        if sendable:
+            self._publish(sendable)
 
     def _run(self) -> None:
         while True:

@@ -9,9 +9,13 @@ would release and a thread that never ran, so the child's events were never sent
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 from ctx_memory.stores import _publisher
 from ctx_memory.stores._publisher import EventPublisher
+
+if TYPE_CHECKING:
+    import pytest
 
 
 class _Recording(EventPublisher):
@@ -35,3 +39,19 @@ def test_the_fork_handler_resets_a_publisher_caught_starting_its_thread() -> Non
     publisher._put("the child's event")
     publisher.close(timeout=5)
     assert publisher.sent == ["the child's event"]
+
+
+def test_when_no_thread_can_start_the_event_is_sent_from_the_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Python 3.12 refuses a new thread at interpreter exit, where a background summary may
+    emit the first event of a publisher: it is sent from the calling thread instead."""
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    publisher = _Recording()
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    publisher._put("at exit")
+    assert publisher.sent == ["at exit"]
+    assert publisher._thread is None
