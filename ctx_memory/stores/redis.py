@@ -525,6 +525,11 @@ class RedisStore(RedisOperations):
             raise
         except _FAILED as e:
             raise self._wrap(e) from e
+        except (AttributeError, TypeError) as e:  # (the asyncio twin's case; never here)
+            if not _closed_under_the_call(e):
+                raise
+            dropped = RedisConnectionError(f"the connection was closed during the call ({e})")
+            raise self._wrap(dropped) from e
 
     def _do(self, request: Request) -> Any:
         client: Any = self.client  # RedisCluster.execute_command is untyped
