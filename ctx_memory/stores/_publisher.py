@@ -157,30 +157,27 @@ class EventPublisher(abc.ABC):
 
     def _send_queued(self) -> None:
         """Send what is queued from this thread (no publishing thread could start)."""
-        payloads = []
-        while True:
-            try:
-                payloads.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        sendable = [p for p in payloads if isinstance(p, str)]
-        if sendable:
-            self._publish(sendable)
+        while self._send_batch([]):
+            pass
 
     def _run(self) -> None:
-        while True:
-            batch = [self._queue.get()]
-            while len(batch) < _BATCH:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = _STOP in batch
-            payloads = [p for p in batch if isinstance(p, str)]
-            if payloads:
-                self._publish(payloads)
-            if stop:
-                return
+        while self._send_batch([self._queue.get()]):
+            pass
+
+    def _send_batch(self, batch: list[object]) -> bool:
+        """Send ``batch`` and what is queued after it (up to a batch); whether to go on.
+
+        False once the queue is empty (when ``batch`` starts empty) or the stop mark is sent.
+        """
+        while len(batch) < _BATCH:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        payloads = [p for p in batch if isinstance(p, str)]
+        if payloads:
+            self._publish(payloads)
+        return bool(batch) and _STOP not in batch
 
     @abc.abstractmethod
     def _publish(self, payloads: list[str]) -> None:
