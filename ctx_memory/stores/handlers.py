@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, assert_never
 
 from typing_extensions import override
 
+from ctx_memory.errors import StoreError
 from ctx_memory.stores.base import BaseStore
 from ctx_memory.stores.ops import (
     AppendFetched,
@@ -55,11 +56,24 @@ __all__ = ["OperationStore"]
 
 
 class OperationStore(BaseStore):
-    """A :class:`~ctx_memory.stores.base.BaseStore` calling one method per operation."""
+    """A :class:`~ctx_memory.stores.base.BaseStore` calling one method per operation.
+
+    A subclass whose :meth:`close` sets ``_closed`` refuses every operation after it
+    with :meth:`_closed_error` (a :class:`~ctx_memory.errors.StoreError`), as the
+    built-in stores do.
+    """
+
+    _closed: bool = False
+
+    def _closed_error(self) -> StoreError:
+        """The error an operation after :meth:`close` raises."""
+        return StoreError(f"{self!r} is closed")
 
     @override
     def handle(self, op: StoreOp) -> object:  # noqa: PLR0911, PLR0912 - one case per operation
-        """Call the method of ``op``'s operation."""
+        """Call the method of ``op``'s operation (a :class:`StoreError` once closed)."""
+        if self._closed:
+            raise self._closed_error()
         match op:
             case AppendMessages():
                 return self._append_messages(op)

@@ -606,9 +606,11 @@ class InMemoryStore(OperationStore):
 
     @override
     def close(self) -> None:
+        """Stop the garbage collector; every operation after this raises ``StoreError``."""
         collector, self._collector = self._collector, None
         if collector is not None:
             collector.stop()
+        self._closed = True
 
     @property
     def gc_running(self) -> bool:

@@ -446,6 +446,8 @@ class RedisStore(RedisOperations):
         """The sync client (created from the URL on first use)."""
         if self._client is None:
             with self._lock:
+                if self._closed:
+                    raise self._closed_error()
                 if self._client is None:
                     kwargs = self._retry_kwargs(redis.retry.Retry)
                     assert self._url is not None
@@ -474,12 +476,16 @@ class RedisStore(RedisOperations):
         """
         if not self._owns_async:
             assert self._aclient is not None
+            if self._closed:
+                raise self._closed_error()
             return self._aclient
         loop = asyncio.get_running_loop()
         client = self._aclients.get(loop)
         if client is not None:
             return client
         with self._lock:
+            if self._closed:
+                raise self._closed_error()
             for old in [old for old in self._aclients if old.is_closed()]:
                 release_client(self._aclients.pop(old))
             kwargs = self._retry_kwargs(redis.asyncio.retry.Retry)
@@ -497,6 +503,9 @@ class RedisStore(RedisOperations):
     def async_client_count(self) -> int:
         """How many asyncio clients this store holds open (one per live event loop)."""
         return len(self._aclients)
+
+    def _closed_error(self) -> StoreError:
+        return StoreError(f"Redis store {self.url} is closed")
 
     def _wrap(self, error: BaseException) -> StoreError:
         where = f"Redis at {self.url}"

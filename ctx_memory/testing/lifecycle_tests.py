@@ -5,9 +5,13 @@ The docstring of each test is the clause of the contract it checks.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
+import pytest
+
+from ctx_memory.errors import StoreError
 from ctx_memory.testing._base import (
     LATER,
     NOW,
@@ -31,6 +35,22 @@ class StoreLifecycleTests(ContractBase):
         with open_store() as store:
             append(store, "s", 0)
         store.close()
+
+    def test_operations_after_close_are_refused(self, open_store: StoreFactory) -> None:
+        """Once closed, a store refuses every operation, sync and async, with ``StoreError``.
+
+        Nothing is reopened behind the caller's back: a closed store stays closed, the
+        same on every backend.
+        """
+        store = open_store()
+        append(store, "s", 0)
+        store.close()
+        with pytest.raises(StoreError):
+            store.get_header("s")
+        with pytest.raises(StoreError):
+            append(store, "s", 1)
+        with pytest.raises(StoreError):
+            asyncio.run(store.aget_header("s"))
 
     # -------------------------------------------------------------- concurrency
 

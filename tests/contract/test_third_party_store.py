@@ -426,7 +426,8 @@ class BlobStore(OperationStore):
 
     @override
     def close(self) -> None:
-        """Nothing to release: the backend belongs to whoever made it."""
+        """Nothing to release (the backend belongs to whoever made it); refuse from now on."""
+        self._closed = True
 
 
 # ---------------------------------------------------------------------- the suite
