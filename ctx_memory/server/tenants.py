@@ -9,6 +9,8 @@ store      where tenant ``acme`` lives (:func:`tenant_settings`)
 =========  ==========================================================================
 memory     its own :class:`~ctx_memory.stores.memory.InMemoryStore` (own ``MAX_SESSIONS``)
 sqlite     its own file: ``ctx_memory.sqlite3`` becomes ``ctx_memory.tenant-acme.sqlite3``
+           (a path with no extension: ``.sqlite3`` added for a tenant named like a
+           side file, ``acme-wal``, so it is never tenant ``acme``'s WAL)
 redis      its own key prefix: ``REDIS_KEY_PREFIX`` + ``:tenant:acme``
 postgres   its own schema: ``POSTGRES_SCHEMA``'s first 15 characters, ``_t`` and 22 hex
            digits of a SHA-256 of schema and tenant (:func:`postgres_tenant_schema`)
@@ -52,6 +54,10 @@ def postgres_tenant_schema(schema: str, tenant: str) -> str:
     return f"{schema[:15]}_t{digest}"
 
 
+_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+"""What SQLite appends to a database's name for the files it keeps beside it."""
+
+
 def tenant_settings(settings: Settings, tenant: str) -> Settings:
     """The settings of ``tenant``'s store: ``settings`` with the tenant's namespace.
 
@@ -83,7 +89,11 @@ def tenant_settings(settings: Settings, tenant: str) -> Settings:
         if path in ("", ":memory:"):
             return settings  # a private database per store object already
         pure = PurePath(path)
-        name = f"{pure.stem}.tenant-{tenant}{pure.suffix}"
+        suffix = pure.suffix
+        if not suffix and tenant.endswith(_SQLITE_SIDE_FILES):
+            # Without an extension, tenant "acme-wal"'s file would be tenant "acme"'s WAL.
+            suffix = ".sqlite3"
+        name = f"{pure.stem}.tenant-{tenant}{suffix}"
         return with_overrides(settings, sqlite_path=str(pure.with_name(name)))
     if backend == "postgres":
         schema = postgres_tenant_schema(settings.postgres_schema, tenant)

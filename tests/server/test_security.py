@@ -11,9 +11,11 @@ import pytest
 import redis
 from server_helpers import ADMIN, KEY_A, KEY_B, auth, free_port, keyed_settings, sse_events
 
+from ctx_memory import ContextManager
 from ctx_memory.config import load_settings
 from ctx_memory.server import create_app
 from ctx_memory.server.keys import hash_api_key
+from ctx_memory.server.tenants import tenant_settings
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -282,6 +284,27 @@ def test_sqlite_tenants_live_in_their_own_files(serve: Any, tmp_path: Path) -> N
             dump = "\n".join(db.iterdump())
         assert text in dump
         assert ("text of B" if tenant == "a" else "text of A") not in dump
+
+
+@pytest.mark.parametrize("side", ["wal", "shm", "journal"])
+def test_a_tenant_named_like_a_side_file_is_not_another_tenants_wal(
+    tmp_path: Path, side: str
+) -> None:
+    """With no extension, tenant ``acme-wal`` got ``x.tenant-acme-wal``: ``acme``'s WAL."""
+    settings = keyed_settings(store="sqlite", sqlite_path=str(tmp_path / "x"))
+    own = {t: tenant_settings(settings, t).sqlite_path for t in ("acme", f"acme-{side}")}
+    assert own["acme"] == str(tmp_path / "x.tenant-acme")
+    assert own[f"acme-{side}"] == str(tmp_path / f"x.tenant-acme-{side}.sqlite3")
+    managers = [ContextManager(settings=tenant_settings(settings, t)) for t in own]
+    try:  # both open at once, as in the service: before, acme-wal opened acme's live WAL
+        for tenant, manager in zip(own, managers, strict=True):
+            manager.add_user_message("s", f"from {tenant}")
+    finally:
+        for manager in managers:
+            manager.close()
+    for tenant in own:
+        with ContextManager(settings=tenant_settings(settings, tenant)) as manager:
+            assert [m["content"] for m in manager.get_history("s")] == [f"from {tenant}"]
 
 
 @pytest.mark.redis
