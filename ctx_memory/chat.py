@@ -289,8 +289,8 @@ class ContextualChat(BackgroundCompactions, Runnable[PromptInput, AIMessage]):
     dict's ``"session_id"``, else ``config["configurable"]["session_id"]``, else
     ``session_id``. Output: the model's ``AIMessage`` (chunks when streaming), stored
     with ``metadata`` ``model``, ``response_time_ms``, ``sources_used`` (URLs of the
-    sources in the prompt), ``cited`` (the source numbers the reply cites) and
-    ``tools_used`` (names of the reply's tool calls).
+    sources in the prompt, ``None`` for one without), ``cited`` (the source numbers the
+    reply cites) and ``tools_used`` (names of the reply's tool calls).
 
     The reply carries ``response_metadata["ctx_memory"]`` (:func:`reply_metadata`):
     ``sources_used`` (``[{"n", "url", "title", "source_type"}]``, the numbered sources
@@ -476,15 +476,15 @@ class ContextualChat(BackgroundCompactions, Runnable[PromptInput, AIMessage]):
         caller's copy also gets ``response_metadata["ctx_memory"]``. The stored record
         keeps the model's message whole without that annotation (which would make every
         later prompt heavier to build and is no part of what the model said); its
-        ``metadata`` holds ``sources_used`` (the URLs) and ``cited`` (the source numbers
-        the reply cites).
+        ``metadata`` holds ``sources_used`` (the URLs, ``None`` for a source without
+        one) and ``cited`` (the source numbers the reply cites).
         """
         message = _as_message(reply).model_copy(update={"id": turn.reply_id})
         extra = reply_metadata(prompt, message)
         metadata = {
             "model": _model_name(self.model, message, self.model_name),
             "response_time_ms": round((time.perf_counter() - started) * 1000, 3),
-            "sources_used": list(prompt.report.source_urls),
+            "sources_used": [source["url"] for source in prompt.sources_used()],
             "cited": list(extra["cited"]),
             "tools_used": [call["name"] for call in message.tool_calls],
         }

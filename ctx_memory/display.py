@@ -138,7 +138,12 @@ def _listed(value: object) -> list[Any]:
 
 
 def _source_link(entry: object) -> str:
-    """A ``sources_used`` entry: a URL, or a dict with ``url`` (and maybe ``title``)."""
+    """A ``sources_used`` entry: a URL, or a dict with ``url`` (and maybe ``title``).
+
+    ``None`` is a source the prompt held without a URL (what ``ContextualChat`` records).
+    """
+    if entry is None:
+        return "(no URL)"
     if isinstance(entry, Mapping):
         return _link(entry.get("url"), entry.get("title") or entry.get("url"))
     return _link(entry)

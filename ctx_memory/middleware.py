@@ -492,7 +492,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         metadata = {
             "model": name,
             "response_time_ms": round((time.perf_counter() - started) * 1000, 3),
-            "sources_used": list(prompt.report.source_urls),
+            "sources_used": [source["url"] for source in prompt.sources_used()],
             "tools_used": tools,
         }
         now = now_iso()

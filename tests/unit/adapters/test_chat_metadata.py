@@ -32,6 +32,7 @@ from ctx_memory import (
     TokenCounter,
     ValidationError,
 )
+from ctx_memory.analytics import Aggregator
 from ctx_memory.chat import METADATA_KEY, cited_sources, reply_metadata
 
 if TYPE_CHECKING:
@@ -216,6 +217,25 @@ def test_a_source_without_url_or_title(manager):
     chat = ContextualChat(manager, seeing("Trains [1]."), session_id="s1")
     [source] = chat.invoke("How do I travel?").response_metadata[METADATA_KEY]["sources_used"]
     assert source == {"n": 1, "url": None, "title": "Untitled", "source_type": "notes"}
+
+
+def test_a_source_without_url_is_stored_as_none_not_its_title(manager):
+    """Stored ``sources_used`` held headings ("Untitled") that analytics counted as URLs."""
+    manager.add_fetched_context("s1", "notes", "The user prefers trains.")
+    manager.add_fetched_context("s1", "notes", "The user hates buses.")
+    manager.add_fetched_context(
+        "s1", "web_search", "Trains to Lyon leave hourly.", url="https://rail.example/lyon"
+    )
+    chat = ContextualChat(manager, seeing("Trains [1][2][3]."), session_id="s1")
+    shown = chat.invoke("How do I travel by train?").response_metadata[METADATA_KEY]
+    stored = manager.get_history("s1")[-1]["metadata"]
+    assert stored["sources_used"] == [s["url"] for s in shown["sources_used"]]
+    assert sorted(stored["sources_used"], key=str) == [None, None, "https://rail.example/lyon"]
+    assert stored["cited"] == [1, 2, 3]
+    aggregator = Aggregator()
+    aggregator.add(manager.get_context("s1"))
+    sources = aggregator.report().sources
+    assert (sources.fetched_urls, sources.used_urls, sources.cited_urls) == (1, 1, 1)
 
 
 def test_batch_over_sessions_reports_each_session(seeded):

@@ -83,6 +83,14 @@ def test_wrap_injects_prompt_sources_history_and_persists(seeded):
     assert meta["response_time_ms"] >= 0
 
 
+def test_a_source_without_url_is_recorded_as_none(manager):
+    manager.add_fetched_context("s1", "notes", "The user prefers trains.")
+    middleware = ContextMiddleware(manager)
+    handler = Handler(AIMessage("Trains [1].", id="a1"))
+    middleware.wrap_model_call(_request([HumanMessage("How to travel?", id="h1")]), handler)
+    assert manager.get_history("s1")[-1]["metadata"]["sources_used"] == [None]
+
+
 async def test_awrap_same_as_wrap(seeded):
     middleware = ContextMiddleware(seeded)
     handler = Handler(AIMessage("x", id="a1"))
