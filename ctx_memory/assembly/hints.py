@@ -40,23 +40,58 @@ def with_cache_control(
     """A copy of ``message`` whose last content block carries Anthropic's ``cache_control``.
 
     String content becomes one text block (the same tokens). langchain-anthropic passes
-    ``cache_control`` on content blocks through to the API as a cache breakpoint.
+    ``cache_control`` on content blocks through to the API as a cache breakpoint. Blank
+    text takes none (Anthropic refuses it there): a message with nothing else is returned
+    as it is.
     """
     control = dict(cache_control or {"type": "ephemeral"})
     content = message.content
     blocks: list[Any]
+    if not _has_markable(message):
+        return message
     if isinstance(content, str):
         blocks = [{"type": "text", "text": content, "cache_control": control}]
     else:
         blocks = list(content)
         for i in range(len(blocks) - 1, -1, -1):
+            if not _markable(blocks[i]):
+                continue
             if isinstance(blocks[i], dict):
                 blocks[i] = {**blocks[i], "cache_control": control}
-                break
-            if isinstance(blocks[i], str):
+            else:
                 blocks[i] = {"type": "text", "text": blocks[i], "cache_control": control}
-                break
+            break
     return message.model_copy(update={"content": blocks})
+
+
+def _markable(block: object) -> bool:
+    """Whether Anthropic takes ``cache_control`` on ``block``: not on blank text."""
+    if isinstance(block, str):
+        return bool(block.strip())
+    if isinstance(block, dict):
+        text = block.get("text")
+        return block.get("type") != "text" or (isinstance(text, str) and bool(text.strip()))
+    return False
+
+
+def _has_markable(message: BaseMessage) -> bool:
+    content = message.content
+    if isinstance(content, str):
+        return _markable(content)
+    return any(_markable(block) for block in content)
+
+
+def _markable_at_or_before(messages: list[BaseMessage], index: int, first: int) -> int | None:
+    """The newest message at ``index`` or before (down to ``first``) a breakpoint can go on.
+
+    Anthropic refuses ``cache_control`` on an empty text block (an AI message that only
+    calls tools, an empty tool result): the breakpoint moves back to the message before,
+    which caches a little less and is valid.
+    """
+    for i in range(index, first - 1, -1):
+        if _has_markable(messages[i]):
+            return i
+    return None
 
 
 def _without_cache_control(message: BaseMessage) -> BaseMessage:
@@ -78,6 +113,9 @@ def anthropic_breakpoints(
 ) -> list[BaseMessage]:
     """``messages`` with ``cache_control`` on the system message and the last history one.
 
+    A message with no text to mark (an AI message that only calls tools, an empty tool
+    result) passes its breakpoint to the message before it.
+
     ``history`` is how many history messages follow the system message (if any). Two of
     Anthropic's four breakpoints: the prefix that stays the same between requests. In an
     agent's tool loop, ``run_end`` is the index of the run's last message (the last tool
@@ -89,11 +127,13 @@ def anthropic_breakpoints(
     """
     out = [_without_cache_control(m) for m in messages]
     first = 1 if has_system else 0
+    marks: list[int | None] = []
     if has_system:
-        out[0] = with_cache_control(out[0])
+        marks.append(_markable_at_or_before(out, 0, 0))
     if history:
-        last = first + history - 1
-        out[last] = with_cache_control(out[last])
+        marks.append(_markable_at_or_before(out, first + history - 1, first))
     if run_end is not None and first + history <= run_end < len(out):
-        out[run_end] = with_cache_control(out[run_end])
+        marks.append(_markable_at_or_before(out, run_end, first + history))
+    for index in dict.fromkeys(m for m in marks if m is not None):
+        out[index] = with_cache_control(out[index])
     return out

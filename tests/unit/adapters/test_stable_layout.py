@@ -16,7 +16,7 @@ from langchain.agents.middleware import ModelRequest, ModelResponse
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 from ctx_memory import ContextManager, ContextPromptAssembler, ContextualChat, TokenCounter
-from ctx_memory.assembly.hints import prompt_cache_key
+from ctx_memory.assembly.hints import prompt_cache_key, with_cache_control
 from ctx_memory.middleware import ContextMiddleware
 from ctx_memory.recall import make_recall_tool
 
@@ -248,6 +248,36 @@ def test_anthropic_and_openai_hints_have_the_documented_shape(manager):
     plain = ContextPromptAssembler(manager, max_tokens=3000, layout="stable").assemble("s1", "x")
     assert isinstance(plain.messages[0].content, str)
     assert plain.model_kwargs == {}
+
+
+@pytest.mark.parametrize("layout", ["classic", "stable"])
+def test_no_breakpoint_on_an_empty_text_block(manager, layout):
+    """Anthropic refuses ``cache_control`` on empty text: the breakpoint moves back."""
+    manager.add_user_message("s1", "weather in Paris?")
+    manager.add_messages("s1", [
+        AIMessage("", tool_calls=[{"name": "weather", "args": {}, "id": "c1"}]),
+        ToolMessage("", tool_call_id="c1"),
+        AIMessage([{"type": "text", "text": " "}], tool_calls=[
+            {"name": "weather", "args": {}, "id": "c2"}]),
+        ToolMessage([{"type": "text", "text": ""}], tool_call_id="c2"),
+    ])  # fmt: skip
+    assembler = ContextPromptAssembler(
+        manager, max_tokens=3000, layout=layout, cache_hints=["anthropic"]
+    )
+    messages = assembler.assemble("s1", "and tomorrow?").messages
+    marked = [
+        (m, block)
+        for m in messages
+        if isinstance(m.content, list)
+        for block in m.content
+        if isinstance(block, dict) and "cache_control" in block
+    ]
+    assert marked, "the system message and the question before the tool calls keep theirs"
+    for message, block in marked:
+        assert block.get("type") != "text" or block["text"].strip(), message
+    [question] = [m for m, _ in marked if isinstance(m, HumanMessage)]
+    assert "weather in Paris?" in str(question.content)
+    assert with_cache_control(AIMessage("")).content == ""
 
 
 def test_stored_cache_control_never_adds_breakpoints(manager):
