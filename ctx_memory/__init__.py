@@ -40,6 +40,7 @@ from ctx_memory.errors import (
     SharedStateTooLargeError,
     StoreError,
     StoreUnavailableError,
+    StoreVersionError,
     TokenizerError,
     ValidationError,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "SourceRecordingRetriever",
     "StoreError",
     "StoreUnavailableError",
+    "StoreVersionError",
     "TokenCounter",
     "TokenizerError",
     "ValidationError",

@@ -24,7 +24,8 @@ The tree::
     ├── TokenizerError              a tiktoken encoding cannot be loaded (names the remedies)
     ├── BudgetExceededError         system prompt + question alone exceed the token budget
     └── StoreError                  the backend failed
-        └── StoreUnavailableError   the backend is unreachable (names the URL, hides the password)
+        ├── StoreUnavailableError   the backend is unreachable (names the URL, hides the password)
+        └── StoreVersionError       the stored data is of a newer format version: upgrade
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ __all__ = [
     "SharedStateTooLargeError",
     "StoreError",
     "StoreUnavailableError",
+    "StoreVersionError",
     "TokenizerError",
     "ValidationError",
 ]
@@ -200,4 +202,14 @@ class StoreUnavailableError(StoreError, ConnectionError):
     """The storage backend cannot be reached.
 
     The message names the backend's address with any password replaced by ``***``.
+    """
+
+
+class StoreVersionError(StoreError):
+    """The store holds data of a newer format version than this ctx_memory reads.
+
+    A SQLite file, a PostgreSQL schema or Redis data under a key prefix written by a newer
+    release: nothing is read or written, and trying again cannot help. The message names
+    the version found, the one understood and what to do (upgrade ctx_memory, or use
+    another file, schema or key prefix).
     """

@@ -42,11 +42,12 @@ from ctx_memory.errors import (
     MessageNotFoundError,
     SessionNotFoundError,
     StoreError,
+    StoreVersionError,
     ValidationError,
 )
 from ctx_memory.server.keys import DEFAULT_TENANT, KeyRing, TokenBucket
 from ctx_memory.server.models import build_chat_model, build_retriever, build_tools
-from ctx_memory.server.security import ServiceError
+from ctx_memory.server.security import STORE_VERSION_DETAIL, ServiceError
 from ctx_memory.server.tenants import Tenants, settings_factory
 from ctx_memory.server.tracing import TracingMiddleware, get_tracer
 
@@ -363,6 +364,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         detail = "the session store is unavailable; retry later"
         return _error(503, "store_unavailable", detail, {"Retry-After": str(RETRY_AFTER_SECONDS)})
 
+    async def store_too_new(_: Request, exc: Exception) -> Any:
+        logger.error("ctx_memory.server: store refused: %s", exc)
+        return _error(500, "store_version", STORE_VERSION_DETAIL)
+
     async def internal(_: Request, exc: Exception) -> Any:
         logger.error("ctx_memory.server: %s: %s", type(exc).__name__, exc)
         return _error(500, "internal_error", "the server could not complete the request")
@@ -382,6 +387,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DocumentImportError, import_invalid)
     app.add_exception_handler(ValidationError, invalid)
     app.add_exception_handler(BudgetExceededError, over_budget)
+    app.add_exception_handler(StoreVersionError, store_too_new)
     app.add_exception_handler(StoreError, store_down)
     app.add_exception_handler(CtxMemoryError, internal)
     app.add_exception_handler(Exception, unexpected)

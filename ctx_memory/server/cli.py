@@ -59,6 +59,27 @@ def _settings_and_manager(ctx: typer.Context) -> tuple[Settings, ContextManager 
     return (options.settings() if options.overrides() else load_settings()), None
 
 
+def _refuse_newer_data(settings: Settings, manager: ContextManager | None) -> None:
+    """Raise ``StoreVersionError`` if the store holds data of a newer ctx_memory.
+
+    Every request would fail, so the service does not start. A store unreachable now is
+    no reason not to: requests get 503 until it is back.
+    """
+    from ctx_memory.errors import StoreError, StoreVersionError  # noqa: PLC0415
+    from ctx_memory.manager import ContextManager  # noqa: PLC0415
+
+    check = manager if manager is not None else ContextManager(settings=settings)
+    try:
+        check.session_exists("ctx-memory-serve")
+    except StoreVersionError:
+        raise
+    except StoreError:
+        pass
+    finally:
+        if check is not manager:
+            check.close()
+
+
 def serve(
     ctx: typer.Context,
     *,
@@ -108,6 +129,8 @@ def serve(
                 code=2,
             )
         app = create_app(manager, settings)
+        if not auth:  # one tenant, on the configured store: refuse what it cannot read
+            _refuse_newer_data(settings, manager)
     except CtxMemoryError as e:
         _fail_with(e)
     tenants = len({entry.tenant for entry in settings.server_api_keys})

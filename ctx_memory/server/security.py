@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from ctx_memory.server.app import ServerState
 
 __all__ = [
+    "STORE_VERSION_DETAIL",
     "COOKIE_NAME",
     "ServiceError",
     "admin_principal",
@@ -43,6 +44,12 @@ __all__ = [
     "tenant_manager",
     "verify_cookie",
 ]
+
+STORE_VERSION_DETAIL = (
+    "the session store holds data written by a newer ctx_memory; upgrade ctx_memory "
+    "(the server log names the store and the versions)"
+)
+"""What a client is told when the store refuses data of a newer version (HTTP 500)."""
 
 COOKIE_NAME = "ctxm_inspector"
 COOKIE_SECONDS = 8 * 3600

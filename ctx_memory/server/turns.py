@@ -45,8 +45,8 @@ from langchain_core.messages import AIMessage, HumanMessage
 from sse_starlette import EventSourceResponse
 
 from ctx_memory.chat import METADATA_KEY
-from ctx_memory.errors import CtxMemoryError, StoreError
-from ctx_memory.server.security import ServiceError
+from ctx_memory.errors import CtxMemoryError, StoreError, StoreVersionError
+from ctx_memory.server.security import STORE_VERSION_DETAIL, ServiceError
 from ctx_memory.server.tracing import turn_attributes
 from ctx_memory.web import ContextIntegration
 
@@ -357,7 +357,10 @@ async def _events(
             item = await anext(replies, None)
     except Exception as e:  # noqa: BLE001 - the status is sent: the client gets an event
         span.fail(e)
-        if isinstance(e, StoreError):
+        if isinstance(e, StoreVersionError):
+            logger.error("ctx_memory.server: store refused mid-stream: %s", e)
+            error = {"error": "store_version", "detail": STORE_VERSION_DETAIL}
+        elif isinstance(e, StoreError):
             logger.warning("ctx_memory.server: store error mid-stream: %s", e)
             error = {"error": "store_unavailable", "detail": "the session store is unavailable"}
         else:

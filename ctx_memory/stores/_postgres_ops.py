@@ -11,11 +11,9 @@ from __future__ import annotations
 import abc
 import json
 import logging
-import re
-import zlib
-from typing import TYPE_CHECKING, Any, NamedTuple, assert_never
+from typing import TYPE_CHECKING, Any, assert_never
 
-from ctx_memory.errors import StoreUnavailableError
+from ctx_memory.errors import StoreUnavailableError, StoreVersionError
 from ctx_memory.schema import dumps, dumps_validated
 from ctx_memory.stores._postgres_sql import (
     IMPORT_LOCK,
@@ -25,6 +23,7 @@ from ctx_memory.stores._postgres_sql import (
     prefix_end,
     schema_version,
 )
+from ctx_memory.stores._postgres_statements import ALL, NONE, ONE, Found, Prepared, Statement
 from ctx_memory.stores.base import (
     BaseStore,
     Header,
@@ -64,66 +63,6 @@ from ctx_memory.stores.ops import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Generator, Sequence
-
-
-NONE, ONE, ALL = 0, 1, 2
-
-
-class Prepared(NamedTuple):
-    """A statement the driver may send as a server-side prepared statement through libpq.
-
-    ``sql`` is its text with ``$n`` parameters, ``order`` their names in ``$n`` order. Its
-    columns must all be text (the driver decodes them as text, no loaders).
-    """
-
-    name: bytes
-    sql: bytes
-    order: tuple[str, ...]
-
-    @classmethod
-    def of(cls, text: bytes) -> Prepared:
-        """The prepared form of ``text`` (``%(name)s`` parameters), named after its text."""
-        order: list[str] = []
-
-        def number(match: re.Match[bytes]) -> bytes:
-            key = match[1].decode()
-            if key not in order:
-                order.append(key)
-            return b"$%d" % (order.index(key) + 1)
-
-        body = re.sub(rb"%\((\w+)\)s", number, text).replace(b"%%", b"%")  # psycopg's escape
-        name = b"ctx_memory_%08x" % zlib.crc32(body)
-        return cls(name, body, tuple(order))
-
-
-class Statement(NamedTuple):
-    """One statement: its text, its parameters, and what to fetch (none, one row, all).
-
-    ``large``: the reply may be large (a history, a document): the driver then checks its
-    size, so that a cached cursor does not keep a large result alive. ``prepared``: the
-    driver may send it through libpq as that prepared statement instead (``params`` is
-    then a dict, and one row is fetched).
-    """
-
-    sql: bytes
-    params: Any = ()
-    fetch: int = ONE
-    large: bool = False
-    prepared: Prepared | None = None
-
-
-class Found:
-    """Sessions one call found expired or evicted (reported after its commit)."""
-
-    __slots__ = ("evicted", "expired")
-
-    def __init__(self) -> None:
-        self.expired: list[str] = []
-        self.evicted: list[str] = []
-
-    def add(self, expired: Sequence[str] | None, evicted: Sequence[str] | None = None) -> None:
-        self.expired += expired or ()
-        self.evicted += evicted or ()
 
 
 def _init_args(init: Header) -> tuple[str, str, str, str | None]:
@@ -213,6 +152,7 @@ class PostgresOperations(BaseStore):
             "FROM {s}.upsert(%s, " + init + ") AS u"
         )
         self._live_sql = q("SELECT * FROM {s}.live(%s)")
+        self._set_ct_sql = q("UPDATE {s}.sessions SET ct = %s WHERE sk = %s")
         self._collect_sql = q("SELECT {s}.collect()")
         self._recall_read_sql = self._sql.read(Read.RECALL_SEGMENTS, touch=False)  # no access
         self._recall_save_sql = self._sql.save_recall()
@@ -248,7 +188,7 @@ class PostgresOperations(BaseStore):
                     f"newer than this ctx_memory understands ({SCHEMA_VERSION}): upgrade "
                     "ctx_memory, or set POSTGRES_SCHEMA to another schema"
                 )
-                raise StoreUnavailableError(msg)
+                raise StoreVersionError(msg)
             if version < 1:
                 msg = (
                     f"PostgreSQL schema {self.schema!r} at {self.url} has a 'meta' table "
@@ -322,10 +262,16 @@ class PostgresOperations(BaseStore):
             case SetShared():
                 value = json.loads(dumps(op.value))
                 return self._write_shared(
-                    op.session_id, op.init, op.now, lambda s: s.__setitem__(op.key, value), found
+                    op.session_id,
+                    op.init,
+                    op.now,
+                    lambda s: s.__setitem__(op.key, value),
+                    found,
+                    again=again,
+                    token=token,
                 )
             case UpdateHeader():
-                return self._update_header(op, found)
+                return self._update_header(op, found, again=again, token=token)
             case ClearSession():
                 return self._clear(op, found)
             case ReplaceDocument():
@@ -537,13 +483,29 @@ class PostgresOperations(BaseStore):
     # ---- writes in one transaction (the session row locked first)
 
     def _upsert(
-        self, session_id: str, init: Header, found: Found
+        self,
+        session_id: str,
+        init: Header,
+        found: Found,
+        *,
+        again: bool = False,
+        token: int | None = None,
     ) -> Generator[Statement, Any, tuple[int, bool, tuple[str, ...]]]:
-        """Lock the session, creating it from ``init``: ``(sk, created, evicted)``."""
+        """Lock the session, creating it from ``init``: ``(sk, created, evicted)``.
+
+        With a write ``token``, a session this creates keeps it (``ct``, in the same
+        transaction), and the write sent ``again`` after a lost reply finds it there:
+        ``created`` is then what the first attempt answered.
+        """
         sk, created, _, expired, evicted = yield Statement(
             self._upsert_sql, (session_id, *_init_args(init), *self._limits())
         )
         found.add(expired, evicted)
+        if token is not None and created:
+            yield Statement(self._set_ct_sql, (token, sk), NONE)
+        elif token is not None and again:
+            (ct,) = yield Statement(self._sql.q("SELECT ct FROM {s}.sessions WHERE sk = %s"), (sk,))
+            created = ct == token
         return sk, created, tuple(evicted)
 
     def _live(
@@ -578,10 +540,15 @@ class PostgresOperations(BaseStore):
         now: str,
         change: Callable[[dict[str, Any]], object],
         found: Found,
+        *,
+        again: bool = False,
+        token: int | None = None,
     ) -> Generator[Statement, Any, WriteResult]:
         """Replace ``shared`` by its changed copy; too large: raise (the transaction rolls back)."""
-        sk, created, evicted = yield from self._upsert(session_id, init, found)
-        if created:
+        sk, created, evicted = yield from self._upsert(
+            session_id, init, found, again=again, token=token
+        )
+        if created and not again:
             shared: dict[str, Any] = json.loads(dumps(init["shared"]))
         else:
             (sh,) = yield Statement(self._sql.q("SELECT sh FROM {s}.sessions WHERE sk = %s"), (sk,))
@@ -593,14 +560,16 @@ class PostgresOperations(BaseStore):
         return WriteResult(created=created, evicted=evicted)
 
     def _update_header(
-        self, op: UpdateHeader, found: Found
+        self, op: UpdateHeader, found: Found, *, again: bool = False, token: int | None = None
     ) -> Generator[Statement, Any, WriteResult]:
         fields = {
             k: v
             for k, v in (op.metadata or {}).items()
             if k not in ("message_count", "token_count")
         }
-        sk, created, evicted = yield from self._upsert(op.session_id, op.init, found)
+        sk, created, evicted = yield from self._upsert(
+            op.session_id, op.init, found, again=again, token=token
+        )
         md: str | None = None
         if fields:
             (current,) = yield Statement(

@@ -17,7 +17,7 @@ from psycopg_pool import PoolTimeout
 if TYPE_CHECKING:
     from psycopg_pool import ConnectionPool
 
-    from ctx_memory.stores._postgres_ops import Prepared
+    from ctx_memory.stores._postgres_statements import Prepared
 
 __all__ = [
     "Lease",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, assert_never
 
-from ctx_memory.errors import SharedStateTooLargeError, StoreError
+from ctx_memory.errors import SharedStateTooLargeError, StoreError, StoreVersionError
 from ctx_memory.schema import dumps
 from ctx_memory.stores._redis_codec import (
     append_result,
@@ -723,7 +723,7 @@ class RedisOperations(BaseStore):
                 f" newer than this ctx_memory writes ({LAYOUT_VERSION}): upgrade ctx_memory"
                 " (or use another REDIS_KEY_PREFIX)"
             )
-            raise StoreError(msg)
+            raise StoreVersionError(msg)
 
     # ------------------------------------------------------------ operation -> requests
 

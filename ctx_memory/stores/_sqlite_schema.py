@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from ctx_memory.errors import StoreUnavailableError
+from ctx_memory.errors import StoreUnavailableError, StoreVersionError
 
 if TYPE_CHECKING:
     import sqlite3
@@ -43,6 +43,7 @@ __all__ = [
     "TOUCH_WRITE",
     "V1_SESSION_COLUMNS",
     "ensure_schema",
+    "refuse_newer",
     "decode_header_row",
     "lrange_bounds",
     "prefix_end",
@@ -231,20 +232,32 @@ def decode_header_row(row: Sequence[Any]) -> Header:
     return {"system_prompt": json.loads(sp), "metadata": metadata, "shared": json.loads(sh)}
 
 
+def refuse_newer(conn: sqlite3.Connection, path: str) -> int:
+    """The file's schema version; raise if it is newer than this module's.
+
+    Reads only (no lock, no journal mode set): a file this release cannot read is left
+    exactly as it was.
+
+    Raises:
+        StoreVersionError: The file was written by a newer ctx_memory.
+    """
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > SCHEMA_VERSION:
+        msg = (
+            f"SQLite database {path!r} has schema version {version}, newer than "
+            f"this ctx_memory understands ({SCHEMA_VERSION}); upgrade ctx_memory"
+        )
+        raise StoreVersionError(msg)
+    return int(version)
+
+
 def ensure_schema(conn: sqlite3.Connection, path: str) -> None:
     """Create the tables, or migrate a version-1 or version-2 file, in one transaction."""
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
-    if version == SCHEMA_VERSION:
+    if refuse_newer(conn, path) == SCHEMA_VERSION:
         return  # the common case takes no lock
     conn.execute("BEGIN IMMEDIATE")
     try:
-        (version,) = conn.execute("PRAGMA user_version").fetchone()  # another process?
-        if version > SCHEMA_VERSION:
-            msg = (
-                f"SQLite database {path!r} has schema version {version}, newer than "
-                f"this ctx_memory understands ({SCHEMA_VERSION}); upgrade ctx_memory"
-            )
-            raise StoreUnavailableError(msg)
+        version = refuse_newer(conn, path)  # another process may have changed it
         if version < SCHEMA_VERSION:
             columns = {r[1] for r in conn.execute("PRAGMA table_info(sessions)")}
             if not columns:

@@ -28,7 +28,8 @@ only through ``UNIQUE (sk, id)`` (an id the session holds fails the statement wh
 append is sent again as the function that skips it). Every append carries a random write
 token (:func:`_write_token`, the same on its second attempt) stored with the messages it
 inserts and the session it creates: a second attempt after a lost reply answers what its
-first did (``added``, ``created``), so the manager's events are not lost. So does an import.
+first did (``added``, ``created``), so the manager's events are not lost. So do an import
+and metadata and ``set`` writes (a session they create keeps their token in ``ct``).
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ _TRANSACTION = (
     TruncateMessages,
 )
 _NOT_REPEATED = (MergeShared, AppendFetched, TruncateMessages)
-_TOKENED = (AppendMessages, ReplaceDocument)  # a second attempt answers as the first
+_TOKENED = (AppendMessages, ReplaceDocument, SetShared, UpdateHeader)  # answered as the first
 _CREATED_MEANWHILE = (
     psycopg.errors.DuplicateTable,
     psycopg.errors.DuplicateObject,

@@ -70,6 +70,7 @@ from ctx_memory.stores._sqlite_schema import (
     ensure_schema,
     lrange_bounds,
     prefix_end,
+    refuse_newer,
 )
 from ctx_memory.stores.base import (
     Header,
@@ -184,6 +185,7 @@ class SqliteStore(SqliteDatabase):
         conn: sqlite3.Connection | None = None
         try:
             conn = self._connect(self.path)
+            refuse_newer(conn, self.path)  # before the journal mode: a newer file stays as is
             if not self._private:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")

@@ -16,7 +16,7 @@ import pytest
 from store_records import NOW, init, msg
 
 from ctx_memory import ContextManager
-from ctx_memory.errors import StoreUnavailableError
+from ctx_memory.errors import StoreUnavailableError, StoreVersionError
 from ctx_memory.schema import dumps
 from ctx_memory.stores import _postgres_ops
 from ctx_memory.stores import postgres as postgres_module
@@ -408,7 +408,7 @@ def test_the_release_before_refuses_a_version_4_postgres_schema(
     monkeypatch.setattr(_postgres_ops, "SCHEMA_VERSION", 3)  # where it is checked
     with (
         PostgresStore(postgres_url, schema=pg_schema) as older,
-        pytest.raises(StoreUnavailableError, match="has version 4, newer"),
+        pytest.raises(StoreVersionError, match="has version 4, newer"),
     ):
         older.get_messages("s")
     assert _catalog(postgres_url, pg_schema)[2] == "4"

@@ -15,7 +15,7 @@ import pytest
 from store_records import NOW, init, msg
 
 from ctx_memory.config import load_settings
-from ctx_memory.errors import ConfigurationError, StoreUnavailableError
+from ctx_memory.errors import ConfigurationError, StoreUnavailableError, StoreVersionError
 from ctx_memory.manager import ContextManager
 from ctx_memory.schema import dumps, dumps_validated
 from ctx_memory.stores import _postgres_ops, _postgres_sql, create_store
@@ -407,7 +407,7 @@ def test_a_newer_schema_is_refused_with_what_to_do(store: PostgresStore, postgre
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(f"UPDATE \"{store.schema}\".meta SET value = '99'")
     newer = PostgresStore(postgres_url, schema=store.schema)
-    with pytest.raises(StoreUnavailableError) as info:
+    with pytest.raises(StoreVersionError) as info:
         newer.get_messages("s")
     message = str(info.value)
     assert "version 99" in message

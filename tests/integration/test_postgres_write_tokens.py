@@ -289,3 +289,46 @@ async def test_an_import_without_overwrite_whose_reply_is_lost_succeeds_once(
     assert cm.get_metadata("s")["message_count"] == 2
     with pytest.raises(SessionExistsError):
         await load()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("write", ["update_metadata", "set_system_prompt", "set_context"])
+async def test_a_write_that_created_the_session_says_so_after_a_lost_reply(
+    store: PostgresStore, postgres_url: str, monkeypatch: pytest.MonkeyPatch, mode: str, write: str
+) -> None:
+    """Metadata, system prompt and ``set`` writes that create the session keep their token
+    on it: the second attempt after a lost reply answers ``created`` as the first did, so
+    ``session_created`` is emitted once (before, never), and the write is applied once."""
+    cm = ContextManager(store=store, token_counter="approximate")
+    created: list[Event] = []
+    cm.on(EventType.SESSION_CREATED, created.append)
+    drops = DropsAfterCommit(postgres_url, monkeypatch)
+    calls: dict[str, tuple[Any, Any]] = {  # (sync, async)
+        "update_metadata": (
+            lambda sid: cm.update_metadata(sid, mode="research"),
+            lambda sid: cm.aupdate_metadata(sid, mode="research"),
+        ),
+        "set_system_prompt": (
+            lambda sid: cm.set_system_prompt(sid, "Be brief."),
+            lambda sid: cm.aset_system_prompt(sid, "Be brief."),
+        ),
+        "set_context": (
+            lambda sid: cm.set_context(sid, "k", {"v": 1}),
+            lambda sid: cm.aset_context(sid, "k", {"v": 1}),
+        ),
+    }
+    for sid in ("s", "control"):
+        drops.armed = 1 if sid == "s" else 0
+        if mode == "async":
+            await calls[write][1](sid)
+        else:
+            calls[write][0](sid)
+    assert len(drops.dropped) == 1
+    assert [e.session_id for e in created] == ["s", "control"]
+    doc, control = cm.get_context("s"), cm.get_context("control")
+    for part in ("system_prompt", "shared"):
+        assert doc[part] == control[part]
+    assert doc["metadata"].get("mode") == control["metadata"].get("mode")
+    created.clear()  # a later write to the session it created is no creation
+    cm.update_metadata("s", mode="thinking")
+    assert created == []

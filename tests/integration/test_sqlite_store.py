@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ctx_memory.errors import StoreUnavailableError
+from ctx_memory.errors import StoreUnavailableError, StoreVersionError
 from ctx_memory.schema import dumps
 from ctx_memory.stores.base import EncodedItem, EncodedMessage, Header, new_header
 from ctx_memory.stores.sqlite import SCHEMA_VERSION, SqliteStore
@@ -390,5 +390,5 @@ def test_a_file_of_a_newer_schema_is_refused(db: str) -> None:
     conn = sqlite3.connect(db)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(StoreUnavailableError, match="newer"):
+    with pytest.raises(StoreVersionError, match="newer"):
         SqliteStore(db)

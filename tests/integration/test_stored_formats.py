@@ -22,7 +22,7 @@ import pytest
 import redis
 
 from ctx_memory import ContextManager
-from ctx_memory.errors import DocumentImportError, StoreError, StoreUnavailableError
+from ctx_memory.errors import DocumentImportError, StoreError, StoreVersionError
 from ctx_memory.schema import DOCUMENT_FORMAT_VERSION, parse_document
 from ctx_memory.stores._redis_keys import LAYOUT_VERSION, layout_key
 from ctx_memory.stores.redis import RedisStore
@@ -99,15 +99,62 @@ def test_the_previous_releases_sqlite_file_opens_and_takes_writes(tmp_path: Path
     assert version == SCHEMA_VERSION
 
 
-def test_a_newer_sqlite_schema_is_refused(tmp_path: Path) -> None:
+def _newer_sqlite_file(tmp_path: Path) -> Path:
     path = tmp_path / "ctx.sqlite3"
     shutil.copy(FIXTURES / "sqlite-v2.sqlite3", path)
     conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode = DELETE")  # as a newer release might have left it
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.commit()
     conn.close()
-    with pytest.raises(StoreUnavailableError, match="upgrade ctx_memory"):
+    return path
+
+
+def test_a_newer_sqlite_schema_is_refused(tmp_path: Path) -> None:
+    path = _newer_sqlite_file(tmp_path)
+    with pytest.raises(StoreVersionError, match="upgrade ctx_memory"):
         SqliteStore(str(path)).list_sessions()
+
+
+def test_a_newer_sqlite_file_is_left_exactly_as_it_was(tmp_path: Path) -> None:
+    """Before, the store set WAL mode on the file before reading its version."""
+    path = _newer_sqlite_file(tmp_path)
+    before = path.read_bytes()
+    with pytest.raises(StoreVersionError):
+        SqliteStore(str(path))
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ctx.sqlite3"]
+
+
+def test_the_http_service_says_a_newer_store_needs_an_upgrade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not 503 "retry later" (retrying cannot help): 500 ``store_version``; and ``serve``
+    does not start on it."""
+    import uvicorn
+    from fastapi.testclient import TestClient
+    from typer.testing import CliRunner
+
+    from ctx_memory.cli import app as cli
+    from ctx_memory.config import load_settings
+    from ctx_memory.server import create_app
+
+    path = _newer_sqlite_file(tmp_path)
+    settings = load_settings(store="sqlite", sqlite_path=str(path))
+    with TestClient(create_app(settings=settings)) as client:
+        response = client.get("/v1/sessions")
+    assert response.status_code == 500
+    body = response.json()
+    assert body["error"] == "store_version"
+    assert "upgrade ctx_memory" in body["detail"]
+    assert str(tmp_path) not in body["detail"]  # the path is logged, not sent
+    served: list[object] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, *a, **k: served.append(self))
+    result = CliRunner().invoke(cli, ["--sqlite-path", str(path), "serve", "--port", "0"])
+    assert served == []  # before, it served: every request then answered 503
+    assert result.exit_code == 1
+    assert "upgrade ctx_memory" in result.output
+    assert "serving" not in result.output
 
 
 # ------------------------------------------------------------------ Redis
@@ -170,7 +217,7 @@ async def test_redis_layout_one_data_is_migrated_to_this_layout(
         assert store.save_recall_segments("s1", ["seg"])
         assert store.get_recall_segments("s1") == ["seg"]
         assert cm.delete_context("s1")
-    assert store.get_recall_segments("s1") == []
+        assert store.get_recall_segments("s1") == []
     assert not [k for k in client.scan_iter(match=f"{key_prefix}:*") if k.endswith(":r")]
     # A second store (another process) finds layout 2 and leaves it as it is.
     other = RedisStore(redis_url, key_prefix=key_prefix)
@@ -204,9 +251,9 @@ async def test_a_newer_redis_layout_is_refused(redis_url: str, key_prefix: str) 
     _restore(client, key_prefix)
     client.set(layout_key(key_prefix), str(LAYOUT_VERSION + 1))
     store = RedisStore(redis_url, key_prefix=key_prefix)
-    with pytest.raises(StoreError, match="upgrade ctx_memory"):
+    with pytest.raises(StoreVersionError, match="upgrade ctx_memory"):
         store.get_header("s1")
-    with pytest.raises(StoreError, match=f"layout version {LAYOUT_VERSION + 1}"):
+    with pytest.raises(StoreVersionError, match=f"layout version {LAYOUT_VERSION + 1}"):
         await store.aget_header("s1")
     await store.aclose()
     client.close()
