@@ -246,7 +246,7 @@ class PostgresOperations(BaseStore):
             case CreateSession():
                 return self._create(op, found)
             case DeleteSession():
-                return self._delete(op)
+                return self._delete(op, found)
             case DeleteMessages():
                 return self._delete_messages(op, found)
             case ReplaceMessage():
@@ -455,15 +455,22 @@ class PostgresOperations(BaseStore):
         found.add(expired, evicted)
         return WriteResult(created=created, evicted=tuple(evicted))
 
-    def _delete(self, op: DeleteSession) -> Generator[Statement, Any, bool]:
+    def _delete(self, op: DeleteSession, found: Found) -> Generator[Statement, Any, bool]:
         # Lock the row (waiting for an append in flight), then delete with a later snapshot:
         # one statement's snapshot predated the wait and left that append's messages behind.
         row = yield Statement(
-            self._sql.q("SELECT sk FROM {s}.sessions WHERE id = %s FOR UPDATE"), (op.session_id,)
+            self._sql.q(
+                "SELECT sk, coalesce(expires_at <= now(), false) FROM {s}.sessions "
+                "WHERE id = %s FOR UPDATE"
+            ),
+            (op.session_id,),
         )
         if row is None:
             return False
         yield Statement(self._sql.q("SELECT {s}.drop_session(%s)"), (row[0],), NONE)
+        if row[1]:  # it had expired: it did not exist, and its expiry is reported
+            found.add([op.session_id])
+            return False
         return True
 
     def _gc(self, found: Found) -> Generator[Statement, Any, int]:

@@ -353,13 +353,20 @@ class RedisOperations(BaseStore):
         return bool((yield from self._read(Script.EXISTS, session_id)))
 
     def _op_delete(self, session_id: str) -> Generator[Request, Any, bool]:
+        indexed = 0
         if self.cluster:
             # Unindex first: a write re-creating the session after the keys are gone indexes
             # it again, so no live session is left out of the index by this race.
-            yield self._index(Script.INDEX_FORGET, session_keys(self.prefix, session_id).member)
-        existed = bool((yield self._session(Script.DELETE, session_id)))
+            member = session_keys(self.prefix, session_id).member
+            indexed = int((yield self._index(Script.INDEX_FORGET, member)))
+        reply = int((yield self._session(Script.DELETE, session_id)))
+        if reply == -1 or (reply == 0 and indexed):
+            # Only its index entry was left: it had expired. It did not exist; this call,
+            # which removed the entry, reports the expiry (as a listing or gc() would).
+            self._report((session_id,), ())
+            return False
         self._forget((session_id,))
-        return existed
+        return reply == 1
 
     def _op_gc(self) -> Generator[Request, Any, int]:
         _, expired = yield from self._members()

@@ -268,8 +268,13 @@ class InMemoryStore(OperationStore):
     @override
     def _delete(self, op: DeleteSession) -> bool:
         session_id = op.session_id
-        with self._lock:
-            return self._sessions.pop(session_id, None) is not None
+        expired: list[str] = []
+        with self._lock:  # an expired session did not exist: removed, reported as expired
+            existed = self._live(session_id, expired, touch=False) is not None
+            if existed:
+                del self._sessions[session_id]
+        self._report(expired)
+        return existed
 
     @override
     def _list_sessions(self, op: ListSessions) -> list[str]:

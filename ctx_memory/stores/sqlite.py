@@ -237,7 +237,12 @@ class SqliteStore(SqliteDatabase):
     @override
     def _delete(self, op: DeleteSession) -> bool:
         session_id = op.session_id
-        return bool(self._tx(lambda conn, _tx: self._drop(conn, session_id)))
+
+        def body(conn: sqlite3.Connection, tx: Tx) -> bool:
+            # An expired session did not exist: ``_live`` removes it and reports it expired.
+            return self._live(conn, tx, session_id) is not None and self._drop(conn, session_id)
+
+        return bool(self._tx(body))
 
     @override
     def _list_sessions(self, op: ListSessions) -> list[str]:

@@ -113,6 +113,25 @@ class StoreLifecycleTests(ContractBase):
         assert contents(store.get_messages("drop")) == ["m5"]
 
     @requires("ttl")
+    def test_deleting_an_expired_session_reports_its_expiry(self, open_store: StoreFactory) -> None:
+        """An expired session does not exist: ``delete`` answers ``False`` and reports it.
+
+        What is left of it is removed, and its expiry reported once, as a listing or
+        ``gc`` would.
+        """
+        store = open_store(ttl_seconds=0.3)
+        events: list[tuple[str, str]] = []
+        store.lifecycle_hook = lambda kind, sid: events.append((kind, sid))
+        append(store, "gone", 0)
+        time.sleep(0.45)
+        assert store.delete("gone") is False
+        assert events == [("session_expired", "gone")]
+        assert store.delete("gone") is False
+        assert store.gc() == 0
+        assert store.list_sessions() == []
+        assert events == [("session_expired", "gone")]
+
+    @requires("ttl")
     def test_each_expiry_is_reported_once(self, open_store: StoreFactory) -> None:
         """Every expired session is reported once to every hook, whoever finds it first."""
         store = open_store(ttl_seconds=0.3)

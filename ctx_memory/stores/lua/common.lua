@@ -115,9 +115,11 @@ local function index_touch(idx, lex, member, must_exist)
   return added
 end
 
+-- Answers 1 if the member was in the index, else 0.
 local function index_remove(idx, lex, member)
-  redis.call('ZREM', idx, member)
+  local removed = redis.call('ZREM', idx, member)
   redis.call('ZREM', lex, string.sub(member, TAGLEN + 1))
+  return removed
 end
 
 -- Remove the least recently used members until at most maxs remain (never keep).
