@@ -501,6 +501,38 @@ class StoreOperationTests(ContractBase):
         assert header["metadata"]["timestamp"] == LATER
         assert append(store, "s", 1).added == 1  # a deleted id is free again
         assert contents(store.get_messages("s")) == ["m0", "m2", "m4", "m1"]
+        assert store.delete_messages("s", ["id-2", "id-2", "id-4", "id-2"], now=LATER) == 2
+
+    def test_ids_that_differ_only_in_case_or_normal_form_are_different_sessions(
+        self, store: BaseStore
+    ) -> None:
+        """Session ids are compared as exact strings.
+
+        No case folding, no Unicode normalisation, no trimming: a case-insensitive
+        collation, say, would merge them.
+        """
+        pairs = [("Alice", "alice"), ("caf\u00e9", "cafe\u0301"), ("user", "user "), ("a", "A")]
+        ids = list(dict.fromkeys(sid for pair in pairs for sid in pair))
+        for n, sid in enumerate(ids):
+            append(store, sid, n)
+        for n, sid in enumerate(ids):
+            assert contents(store.get_messages(sid)) == [f"m{n}"], sid
+        assert store.list_sessions() == sorted(ids)
+
+    def test_the_init_header_given_is_not_kept(self, store: BaseStore) -> None:
+        """The store keeps its own copy of ``init``.
+
+        The caller changing it later, or the store counting into it, changes neither side.
+        """
+        given = init("s")
+        store.append_messages("s", [msg(0)], init=given, now=NOW)
+        assert given == init("s")  # the store's counters did not land in the caller's dict
+        given["metadata"]["mode"] = "mutated"
+        given["shared"]["k"] = "mutated"
+        header = store.get_header("s")
+        assert header is not None
+        assert header["metadata"]["mode"] == "normal"
+        assert header["shared"] == {}
 
     def test_replace_message(self, store: BaseStore) -> None:
         """``replace_message`` keeps the place; ``token_count`` moves by the difference."""

@@ -167,6 +167,31 @@ class StoreRecallSegmentTests(ContractBase):
         append(store, "s", 0)
         assert store.get_recall_segments("s") == []
 
+    @requires("ttl")
+    def test_saving_or_reading_recall_segments_does_not_refresh_the_ttl(
+        self, open_store: StoreFactory
+    ) -> None:
+        """Segments are no access: a session saved to or read from still expires on time."""
+        store = open_store(ttl_seconds=0.6)
+        append(store, "s", 0)
+        time.sleep(0.35)
+        store.save_recall_segments("s", ["a"])
+        store.get_recall_segments("s")
+        time.sleep(0.4)
+        assert not store.exists("s")
+
+    @requires("max_sessions")
+    def test_recall_segments_are_no_lru_access(self, open_store: StoreFactory) -> None:
+        """Saving or reading segments does not make a session the most recently used."""
+        store = open_store(max_sessions=2)
+        append(store, "old", 0)
+        append(store, "new", 0)
+        store.save_recall_segments("old", ["a"])
+        store.get_recall_segments("old")
+        append(store, "third", 0)  # evicts the least recently used: still "old"
+        assert not store.exists("old")
+        assert store.exists("new")
+
     @requires("max_sessions")
     def test_recall_segments_go_with_an_evicted_session(self, open_store: StoreFactory) -> None:
         """An evicted session's segments go with it."""

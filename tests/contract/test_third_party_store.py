@@ -145,7 +145,8 @@ class BlobStore(OperationStore):
             blob = self._live(session_id, gone, touch=False)
             created = blob is None
             if blob is None:
-                blob = {"header": init, "messages": [], "fetched": [], "fps": []}
+                header = json.loads(dumps(init))  # its own copy: never the caller's dict
+                blob = {"header": header, "messages": [], "fetched": [], "fps": []}
             added = change(blob)
             evicted: list[str] = []
             if created or added or not append:  # appending only known ids changes nothing
