@@ -162,6 +162,7 @@ class BackgroundCompactor:
         self._tasks: set[asyncio.Task[None]] = set()
         self._finished: deque[Finished] = deque(maxlen=1024)
         _LIVE.add(self)
+        manager.before_close(self)
 
     def __repr__(self) -> str:
         return f"BackgroundCompactor(pending={len(self._slots)}, workers={self.workers})"
@@ -395,7 +396,7 @@ class BackgroundCompactor:
             await asleep(_POLL_SECONDS)
         return self._take()
 
-    def _drain_threads(self, deadline: float) -> None:
+    def _drain_threads(self, deadline: float, when: str = "exiting") -> None:
         """At exit: wait for the threads' work until ``deadline`` (tasks' loops are gone)."""
         while True:
             with self._lock:
@@ -403,9 +404,22 @@ class BackgroundCompactor:
             if not left:
                 return
             if monotonic() >= deadline:
-                logger.warning("exiting with background compactions unfinished: %s", left)
+                logger.warning("%s with background compactions unfinished: %s", when, left)
                 return
             sleep(_POLL_SECONDS)
+
+    def finish_for_close(self) -> None:
+        """The manager closes: its threads' pending work first (at most the exit wait)."""
+        self._drain_threads(monotonic() + EXIT_TIMEOUT_SECONDS, "closing the manager")
+
+    async def afinish_for_close(self) -> None:
+        """The manager closes (``aclose``): all pending work first, tasks included."""
+        deadline = self._adeadline(EXIT_TIMEOUT_SECONDS)
+        try:
+            while self._busy(deadline):  # noqa: ASYNC110 - as aflush, without taking outcomes
+                await asleep(_POLL_SECONDS)
+        except TimeoutError as e:
+            logger.warning("closing the manager with %s", e)
 
 
 _LIVE: weakref.WeakSet[BackgroundCompactor] = weakref.WeakSet()

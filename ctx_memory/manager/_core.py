@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, TypeVar
+import weakref
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ctx_memory.config import Settings, load_settings, with_overrides
 from ctx_memory.events import EventEmitter, EventType
@@ -33,6 +34,17 @@ if TYPE_CHECKING:
 
 
 R = TypeVar("R")
+
+
+class PendingWork(Protocol):
+    """Background work a manager finishes before its store closes (``before_close``)."""
+
+    def finish_for_close(self) -> None:
+        """Finish (or give up within a time limit) before the store closes."""
+
+    async def afinish_for_close(self) -> None:
+        """Async :meth:`finish_for_close` (``aclose``: the loop's own tasks may finish too)."""
+
 
 logger = logging.getLogger("ctx_memory")
 
@@ -66,6 +78,8 @@ class ManagerCore(Closeable):
             self.events.on(None, listener)
         self._token_counter = counter
         self._counter_lock = threading.Lock()
+        # Work that needs the store, finished by close() / aclose() before the store closes.
+        self._closing: list[weakref.ref[PendingWork]] = []
 
     def __repr__(self) -> str:
         return f"ContextManager(store={self.store!r})"
@@ -150,12 +164,36 @@ class ManagerCore(Closeable):
         for listener in self._store_listeners:
             self.events.off(None, listener)
 
+    def before_close(self, work: PendingWork) -> None:
+        """Have :meth:`close` finish ``work`` before the store closes.
+
+        :meth:`close` calls ``work.finish_for_close()``, :meth:`aclose` awaits
+        ``work.afinish_for_close()``. For work in the background that still needs the
+        store, such as a background compactor's pending
+        summaries: it finishes (within its own time limit) before the store closes.
+        ``work`` is held weakly: an object gone since is skipped.
+        """
+        self._closing.append(weakref.ref(work))
+
+    def _pending_work(self) -> list[PendingWork]:
+        work = [ref() for ref in self._closing]
+        self._closing = []
+        return [w for w in work if w is not None]
+
     def close(self) -> None:
-        """Close the store (stops the garbage collector, releases connections)."""
+        """Close the store (stops the garbage collector, releases connections).
+
+        Background work on this manager registered with :meth:`before_close` (pending
+        summaries) is finished first.
+        """
+        for work in self._pending_work():
+            work.finish_for_close()
         self._detach()
         self.store.close()
 
     async def aclose(self) -> None:
         """Async :meth:`close`."""
+        for work in self._pending_work():
+            await work.afinish_for_close()
         self._detach()
         await self.store.aclose()

@@ -41,6 +41,9 @@ ALLOWED: dict[str, str] = {
     "_requests.py:_adjango_session": "Django < 5.0 sessions have no async reads: sync fallback",
     "chat.py:ContextualChat._astream_run": "an async iterator is collected by a comprehension",
     "chat.py:ContextualChat.astream": "an async iterator of one input needs a generator",
+    "_compaction_background.py:BackgroundCompactor.afinish_for_close": (
+        "a sync close can wait for threads only; awaiting lets the loop's own tasks finish"
+    ),
     "retrievers.py:SourceRecordingRetriever._aget_relevant_documents": (
         "LangChain's async fallback for a sync-only retriever drops invoke's k: run its"
         " invoke in a thread instead"

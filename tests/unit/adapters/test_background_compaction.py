@@ -554,3 +554,34 @@ def test_the_process_exits_after_draining_what_can_finish(tmp_path: Path) -> Non
         assert entry["summary"] == "A slow summary."
         assert get_compactions(manager, "stuck") == []
         assert len(manager.get_history("slow")) == 42
+
+
+@pytest.mark.parametrize("mode", ["close", "aclose"])
+async def test_closing_the_manager_finishes_the_pending_summary_first(
+    tmp_path: Path, mode: str
+) -> None:
+    """``with ContextManager(...)`` ending (or ``aclose``) while a summary is pending: it
+    is written before the store closes. Before, a closed store refused it (on SQLite and
+    PostgreSQL always, on Redis and in memory once closed stores refused everything)."""
+    path = str(tmp_path / "ctx.sqlite3")
+    manager = ContextManager(store=SqliteStore(path))
+    _seed(manager)
+    gate = Gate()
+    chat = _chat(manager, gate)
+    if mode == "close":
+        chat.invoke("Question?", config=SESSION)
+        assert gate.started.wait(WAIT)
+        threading.Timer(0.2, gate.open).start()  # finishes while close() waits for it
+        manager.close()
+    else:
+        await chat.ainvoke("Question?", config=SESSION)
+        await _until(gate.started)
+        asyncio.get_running_loop().call_later(0.2, gate.open)
+        await manager.aclose()
+    assert chat.compactions_pending == frozenset()
+    [(session, outcome)] = chat.flush_compactions(timeout=WAIT)
+    assert (session, outcome.entry is not None) == ("s1", True), outcome.reason
+    with ContextManager(store=SqliteStore(path)) as reopened:
+        assert [e["summary"] for e in get_compactions(reopened, "s1")] == [
+            "Booking codes of 32 messages."
+        ]
