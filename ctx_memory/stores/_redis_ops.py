@@ -353,16 +353,20 @@ class RedisOperations(BaseStore):
         return bool((yield from self._read(Script.EXISTS, session_id)))
 
     def _op_delete(self, session_id: str) -> Generator[Request, Any, bool]:
-        indexed = 0
+        gone = False  # only its index entry is left: it expired
         if self.cluster:
+            keys = session_keys(self.prefix, session_id)
+            # Its keys are looked for before it is unindexed: a session another delete
+            # removes meanwhile was live, not expired, when this call found it.
+            (alive,) = yield Pipeline((("EXISTS", keys.h),))
             # Unindex first: a write re-creating the session after the keys are gone indexes
             # it again, so no live session is left out of the index by this race.
-            member = session_keys(self.prefix, session_id).member
-            indexed = int((yield self._index(Script.INDEX_FORGET, member)))
+            indexed = int((yield self._index(Script.INDEX_FORGET, keys.member)))
+            gone = not alive and indexed == 1
         reply = int((yield self._session(Script.DELETE, session_id)))
-        if reply == -1 or (reply == 0 and indexed):
-            # Only its index entry was left: it had expired. It did not exist; this call,
-            # which removed the entry, reports the expiry (as a listing or gc() would).
+        if reply == -1 or (gone and reply == 0):
+            # It did not exist; this call, which removed its index entry, reports the
+            # expiry (as a listing or gc() would).
             self._report((session_id,), ())
             return False
         self._forget((session_id,))

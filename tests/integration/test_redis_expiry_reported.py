@@ -94,3 +94,55 @@ def test_another_store_re_creating_it_reports_it_once(
     ]
     assert first.get_memory_stats()["sessions_expired"] == 1
     assert second.get_memory_stats()["sessions_expired"] == 1
+
+
+def test_two_deletes_of_a_live_cluster_session_report_no_expiry(
+    redis_cluster_url: str, key_prefix: str
+) -> None:
+    """A deletes after B removed the session A found live: no ``session_expired``.
+
+    On a cluster a delete unindexes the session in one call and deletes its keys in
+    another; B's whole delete falls between A's two. Before, A then found the keys gone
+    and its index entry removed, and reported an expiry that never happened (34 of 150
+    threaded pairs). A deleted expired session is still reported (the test above).
+    """
+    from ctx_memory.stores.redis import RedisStore
+
+    a = RedisStore(redis_cluster_url, cluster=True, key_prefix=key_prefix)
+    b = RedisStore(redis_cluster_url, cluster=True, key_prefix=key_prefix)
+    heard: list[tuple[str, str, str]] = []
+    a.lifecycle_hook = lambda kind, sid: heard.append(("a", kind, sid))
+    b.lifecycle_hook = lambda kind, sid: heard.append(("b", kind, sid))
+
+    def finish(steps: Any, request: Any) -> Any:
+        while True:
+            try:
+                request = steps.send(a._do(request))
+            except StopIteration as stop:
+                return stop.value
+
+    try:
+        for before_b in (1, 2):  # B's whole delete lands after A's first call, or second
+            sid = f"live-{before_b}"
+            a.create(sid, _init(sid))
+            steps = a._op_delete(sid)  # A's requests, run one at a time
+            request = next(steps)
+            for _ in range(before_b - 1):
+                request = steps.send(a._do(request))
+            answer = a._do(request)
+            assert b.delete(sid) is True
+            try:
+                request = steps.send(answer)
+            except StopIteration as stop:  # pragma: no cover - A has a call left
+                raise AssertionError(stop.value) from None
+            assert finish(steps, request) is False
+        assert heard == []
+    finally:
+        a.close()
+        b.close()
+
+
+def _init(session_id: str) -> Any:
+    from ctx_memory.stores.base import new_header
+
+    return new_header(session_id, now="2026-01-01T00:00:00+00:00", encoding="o200k_base")
