@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
 
 from ctx_memory.config import with_overrides
@@ -166,6 +166,39 @@ def settings_factory(settings: Settings) -> Callable[[str], ContextManager]:
     tenant_settings(settings, "probe")
 
     def build(tenant: str) -> ContextManager:
-        return ContextManager(tenant_settings(settings, tenant))
+        own = tenant_settings(settings, tenant)
+        if own.backend == "sqlite":
+            _refuse_a_renamed_file(settings.sqlite_path, own.sqlite_path, tenant)
+        return ContextManager(own)
 
     return build
+
+
+def _refuse_a_renamed_file(base: str, path: str, tenant: str) -> None:
+    """Refuse a tenant file that would lose a database a release before this one wrote.
+
+    Under a path with no extension, a tenant named like a SQLite side file
+    (``acme-wal``) had ``x.tenant-acme-wal``: also tenant ``acme``'s WAL. It now has
+    ``x.tenant-acme-wal.sqlite3``. While the old file holds a database, that tenant's
+    sessions would be out of sight, and opening tenant ``acme`` would take it for its WAL
+    and drop it: both refuse, saying to rename it (with the service stopped).
+    """
+    if PurePath(base).suffix:
+        return
+    own = Path(path)
+    legacy = [Path(f"{path}{side}") for side in _SQLITE_SIDE_FILES]  # beside this tenant's
+    if own.suffix == ".sqlite3" and tenant.endswith(_SQLITE_SIDE_FILES) and not own.exists():
+        legacy.append(own.with_suffix(""))  # where this tenant's file was
+    for old in legacy:
+        try:
+            with old.open("rb") as f:
+                head = f.read(16)
+        except OSError:
+            continue
+        if head == b"SQLite format 3\x00":
+            msg = (
+                f"{old.name!r} holds the sessions of a tenant a release before this one kept "
+                f"there; with the service stopped, rename it to {old.name + '.sqlite3'!r} "
+                "(its name is also another tenant's SQLite side file)"
+            )
+            raise ConfigurationError("SQLITE_PATH", msg)

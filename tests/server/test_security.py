@@ -13,9 +13,10 @@ from server_helpers import ADMIN, KEY_A, KEY_B, auth, free_port, keyed_settings,
 
 from ctx_memory import ContextManager
 from ctx_memory.config import load_settings
+from ctx_memory.errors import ConfigurationError
 from ctx_memory.server import create_app
 from ctx_memory.server.keys import hash_api_key
-from ctx_memory.server.tenants import tenant_settings
+from ctx_memory.server.tenants import settings_factory, tenant_settings
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -305,6 +306,29 @@ def test_a_tenant_named_like_a_side_file_is_not_another_tenants_wal(
     for tenant in own:
         with ContextManager(settings=tenant_settings(settings, tenant)) as manager:
             assert [m["content"] for m in manager.get_history("s")] == [f"from {tenant}"]
+
+
+def test_a_side_file_tenants_file_of_the_release_before_is_not_silently_replaced(
+    tmp_path: Path,
+) -> None:
+    """Its sessions stay in ``x.tenant-acme-wal``: the service says to rename the file
+    rather than open a new, empty ``x.tenant-acme-wal.sqlite3``."""
+    settings = keyed_settings(store="sqlite", sqlite_path=str(tmp_path / "x"))
+    with ContextManager(store="sqlite", sqlite_path=str(tmp_path / "x.tenant-acme-wal")) as old:
+        old.add_user_message("order-42", "kept")  # as the release before wrote it
+    build = settings_factory(settings)
+    for tenant in ("acme-wal", "acme"):  # acme would take the file for its WAL and drop it
+        with pytest.raises(ConfigurationError, match=r"rename it to 'x\.tenant-acme-wal\.sqlite3'"):
+            build(tenant)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.tenant-acme-wal"]
+    build("other").close()  # other tenants are not concerned
+    (tmp_path / "x.tenant-acme-wal").rename(tmp_path / "x.tenant-acme-wal.sqlite3")
+    with build("acme-wal") as manager:
+        assert manager.list_sessions() == ["order-42"]
+    with build("acme") as manager:
+        manager.add_user_message("a1", "acme's own")
+    with build("acme-wal") as manager:
+        assert manager.list_sessions() == ["order-42"]
 
 
 @pytest.mark.redis
