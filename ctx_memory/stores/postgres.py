@@ -25,11 +25,10 @@ id), and writes that set a value. A deep merge of ``shared``, an append of fetch
 truncation and recall segments saved after the session's are not repeated: they raise
 :class:`~ctx_memory.errors.StoreUnavailableError`. An append of one message looks for its id
 only through ``UNIQUE (sk, id)`` (an id the session holds fails the statement whole, and the
-append is sent again as the function that skips it). Every append carries a random write
-token (:func:`_write_token`, the same on its second attempt) stored with the messages it
-inserts and the session it creates: a second attempt after a lost reply answers what its
-first did (``added``, ``created``), so the manager's events are not lost. So do an import
-and metadata and ``set`` writes (a session they create keeps their token in ``ct``).
+append is sent again as the function that skips it). Appends, imports, metadata and ``set``
+writes carry a random write token (:func:`_write_token`, the same on a second attempt) kept
+with what they insert and the session they create (``ct``): a second attempt after a lost
+reply answers what its first did (``added``, ``created``), so no manager event is lost.
 """
 
 from __future__ import annotations
@@ -358,7 +357,7 @@ class PostgresStore(PostgresOperations):
     @property
     def pool(self) -> ConnectionPool[Any]:
         """The sync connection pool (opened from the URL on first use)."""
-        if self._pool is None:
+        if self._pool is None or self._closed:  # (a pool the caller gave stays set)
             with self._lock:
                 if self._closed:
                     raise StoreError(f"PostgreSQL store {self.url} is closed")
@@ -372,13 +371,13 @@ class PostgresStore(PostgresOperations):
 
     async def _loop_pool(self) -> AsyncConnectionPool[Any]:
         """The asyncio pool of the running event loop (opened on its first use)."""
+        if self._closed:  # (a pool the caller gave stays set)
+            raise StoreError(f"PostgreSQL store {self.url} is closed")
         if self._given_apool is not None:
             return self._given_apool
         loop = asyncio.get_running_loop()
         pool = self._apools.get(loop)
         if pool is None:
-            if self._closed:
-                raise StoreError(f"PostgreSQL store {self.url} is closed")
             pool = await open_loop_pool(self._conninfo, self._pool_options())
             self._apools[loop] = pool
             self._guard(loop, pool)

@@ -15,7 +15,12 @@ import pytest
 from store_records import NOW, init, msg
 
 from ctx_memory.config import load_settings
-from ctx_memory.errors import ConfigurationError, StoreUnavailableError, StoreVersionError
+from ctx_memory.errors import (
+    ConfigurationError,
+    StoreError,
+    StoreUnavailableError,
+    StoreVersionError,
+)
 from ctx_memory.manager import ContextManager
 from ctx_memory.schema import dumps, dumps_validated
 from ctx_memory.stores import _postgres_ops, _postgres_sql, create_store
@@ -656,6 +661,21 @@ def test_an_existing_pool_is_used_and_not_closed(postgres_url: str, pg_schema: s
         store.close()
         with pool.connection() as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
+        with pytest.raises(StoreError, match="is closed"):  # the pool is open, the store not
+            store.count_messages("s")
+
+
+async def test_a_store_on_a_given_async_pool_refuses_calls_once_closed(
+    postgres_url: str, pg_schema: str
+) -> None:
+    from psycopg_pool import AsyncConnectionPool
+
+    async with AsyncConnectionPool(postgres_url, min_size=1, max_size=2, open=False) as apool:
+        store = PostgresStore(postgres_url, async_pool=apool, schema=pg_schema)
+        await store.aappend_messages("s", [msg(1)], init=init("s"), now=NOW)
+        await store.aclose()
+        with pytest.raises(StoreError, match="is closed"):
+            await store.acount_messages("s")
 
 
 def test_the_store_keeps_its_own_connections_between_calls(
