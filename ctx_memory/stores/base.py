@@ -151,7 +151,7 @@ def check_limits(ttl_seconds: float | None, max_sessions: int | None) -> float |
     Raises:
         InvalidTTLError: ``ttl_seconds`` is negative, not a finite number, a bool, or
             longer than :data:`MAX_TTL_SECONDS`.
-        ValueError: ``max_sessions`` is below 1.
+        ValueError: ``max_sessions`` is not an int (a bool is not) of at least 1.
     """
     if ttl_seconds is not None and (
         isinstance(ttl_seconds, bool)
@@ -163,8 +163,10 @@ def check_limits(ttl_seconds: float | None, max_sessions: int | None) -> float |
             f"got {ttl_seconds!r}"
         )
         raise InvalidTTLError(msg)
-    if max_sessions is not None and max_sessions < 1:
-        msg = f"max_sessions must be at least 1, got {max_sessions!r}"
+    if max_sessions is not None and (
+        isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1
+    ):
+        msg = f"max_sessions must be an int of at least 1 or None, got {max_sessions!r}"
         raise ValueError(msg)
     return ttl_seconds or None
 

@@ -117,7 +117,8 @@ class OperationStore(BaseStore):
                 return self._clear(op)
             case ReplaceDocument():
                 checks = op.if_absent and not self.imports_if_absent
-                if checks and self._exists(SessionExists(op.session_id)):
+                # Looked for by listing, which is no access: a refused import is no LRU touch.
+                if checks and self._list_page(ListPage(1, op.session_id)) == [op.session_id]:
                     return WriteResult(created=False, added=0)
                 return self._replace_document(op)
             case CollectGarbage():

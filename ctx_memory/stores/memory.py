@@ -493,7 +493,7 @@ class InMemoryStore(OperationStore):
         evicted: list[str] = []
         try:
             with self._lock:
-                current = self._live(session_id, expired)
+                current = self._live(session_id, expired, touch=False)  # refused: no access
                 merged = change(current.header["shared"] if current else _clone(init["shared"]))
                 check_shared_size(dumps(merged))
                 session, created = self._upsert(session_id, init, expired, evicted)
@@ -561,7 +561,7 @@ class InMemoryStore(OperationStore):
         expired: list[str] = []
         evicted: list[str] = []
         with self._lock:
-            created = self._live(session_id, expired) is None
+            created = self._live(session_id, expired, touch=False) is None  # refused: no access
             if op.if_absent and not created:
                 return WriteResult(created=False, added=0)
             self._sessions[session_id] = fresh

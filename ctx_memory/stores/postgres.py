@@ -19,11 +19,10 @@ Python, a tenth of a round trip). A pool given to the store is used through
 ``getconn``/``putconn`` on every call. The event publisher takes its connection the same
 way. After ``fork`` a child never uses (nor closes) the connections its parent kept.
 
-Retries: a statement that meets a dropped connection is sent again once, on a fresh
-connection, when sending it twice is harmless: reads, appends of messages (skipped by message
-id), and writes that set a value. A deep merge of ``shared``, an append of fetched items, a
-truncation and recall segments saved after the session's are not repeated: they raise
-:class:`~ctx_memory.errors.StoreUnavailableError`. An append of one message looks for its id
+Retries: a statement meeting a dropped connection is sent again once, on a fresh connection,
+when that is harmless: reads, appends (skipped by message id), writes setting a value. A deep
+merge of ``shared``, fetched items, a truncation and recall segments saved after the session's
+are not repeated: they raise ``StoreUnavailableError``. An append of one message looks for its id
 only through ``UNIQUE (sk, id)`` (an id the session holds fails the statement whole, and the
 append is sent again as the function that skips it). Appends, imports, metadata and ``set``
 writes carry a random write token (:func:`_write_token`, the same on a second attempt) kept
@@ -137,6 +136,7 @@ _TRANSACTION = (
     ReplaceMessage,
     TruncateMessages,
 )
+_INT4 = 2**31 - 1  # the SQL functions' max_sessions: a larger limit is none in practice
 _NOT_REPEATED = (MergeShared, AppendFetched, TruncateMessages)
 _TOKENED = (AppendMessages, ReplaceDocument, SetShared, UpdateHeader)  # answered as the first
 _CREATED_MEANWHILE = (
@@ -282,7 +282,7 @@ class PostgresStore(PostgresOperations):
         gc_interval_seconds: float | None = None,
     ) -> None:
         self.ttl_seconds = check_limits(ttl_seconds, max_sessions)
-        self.max_sessions = max_sessions
+        self.max_sessions = max_sessions if max_sessions is None else min(max_sessions, _INT4)
         self.schema = check_schema_name(schema)
         gc_interval_seconds = check_interval(gc_interval_seconds)
         if pool is None and async_pool is None and url is None:

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ctx_memory.errors import StoreError
+from ctx_memory.errors import SharedStateTooLargeError, StoreError
 from ctx_memory.testing._base import (
     LATER,
     NOW,
@@ -214,6 +214,32 @@ class StoreLifecycleTests(ContractBase):
         assert append(store, "c", 0).evicted == ("b",)
         assert first == ["session_evicted:a"]
         assert second == ["session_evicted:a", "session_evicted:b"]
+
+    @requires("max_sessions", "exact_lru")
+    @pytest.mark.parametrize("write", ["import_if_absent", "shared_too_large", "no_op_edit"])
+    def test_a_refused_or_empty_write_is_no_access(
+        self, open_store: StoreFactory, write: str
+    ) -> None:
+        """A write refused whole, or an edit that finds nothing to change, is no access."""
+        store = open_store(max_sessions=2)
+        append(store, "a", 0)
+        append(store, "b", 0)
+        if write == "import_if_absent":
+            taken = store.replace_document("a", init("a"), [msg(5)], [], if_absent=True)
+            assert (taken.created, taken.added) == (False, 0)
+        elif write == "shared_too_large":
+            with pytest.raises(SharedStateTooLargeError):
+                store.set_shared("a", "k", "x" * (1 << 20), init=init("a"), now=LATER)
+        else:
+            assert store.delete_messages("a", ["not-there"], now=LATER) == 0
+        assert append(store, "c", 0).evicted == ("a",)
+
+    @requires("max_sessions")
+    def test_max_sessions_must_be_a_whole_number(self, store_factory: StoreFactory) -> None:
+        """``max_sessions`` is refused unless it is an int of at least 1 (a bool is not)."""
+        for bad in (True, 1.5, 0, "2"):
+            with pytest.raises(ValueError, match="max_sessions"):
+                store_factory(max_sessions=bad)  # type: ignore[arg-type]
 
     # -------------------------------------------------------------- several store objects
 

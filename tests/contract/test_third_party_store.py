@@ -476,6 +476,8 @@ def test_only_the_tests_of_missing_capabilities_are_left_out() -> None:
         "test_ttl_expiry_and_sliding_refresh",
         "test_each_expiry_is_reported_once",
         "test_deleting_an_expired_session_reports_its_expiry",
+        "test_a_refused_or_empty_write_is_no_access",
+        "test_max_sessions_must_be_a_whole_number",
         "test_recall_segments_are_no_lru_access",
         "test_saving_or_reading_recall_segments_does_not_refresh_the_ttl",
         "test_list_page_skips_expired_sessions",

@@ -807,3 +807,12 @@ def test_docstring_example_runs(postgres_url: str) -> None:
     )
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute('DROP SCHEMA IF EXISTS "ctx_memory" CASCADE')
+
+
+def test_a_session_limit_beyond_an_sql_integer_works(postgres_url: str, pg_schema: str) -> None:
+    """``MAX_SESSIONS`` of 2**31 or more: every other store took it, PostgreSQL's functions
+    (``integer``) failed every write. It is now the largest they take: no limit in practice."""
+    with PostgresStore(postgres_url, schema=pg_schema, max_sessions=3_000_000_000) as store:
+        assert store.max_sessions == 2**31 - 1
+        store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
+        assert store.count_messages("s") == 1
