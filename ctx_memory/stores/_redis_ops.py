@@ -356,18 +356,15 @@ class RedisOperations(BaseStore):
         gone = False  # only its index entry is left: it expired
         if self.cluster:
             keys = session_keys(self.prefix, session_id)
-            # Its keys are looked for before it is unindexed: a session another delete
-            # removes meanwhile was live, not expired, when this call found it.
+            # Keys looked for first: one another delete removes meanwhile was live, not
+            # expired. Then unindexed before the keys go: a write re-creating the session
+            # after that indexes it again, so no live session is left out of the index.
             (alive,) = yield Pipeline((("EXISTS", keys.h),))
-            # Unindex first: a write re-creating the session after the keys are gone indexes
-            # it again, so no live session is left out of the index by this race.
             indexed = int((yield self._index(Script.INDEX_FORGET, keys.member)))
             gone = not alive and indexed == 1
         reply = int((yield self._session(Script.DELETE, session_id)))
-        if reply == -1 or (gone and reply == 0):
-            # It did not exist; this call, which removed its index entry, reports the
-            # expiry (as a listing or gc() would).
-            self._report((session_id,), ())
+        if reply == -1 or (gone and reply == 0):  # it did not exist: this call, which
+            self._report((session_id,), ())  # removed its index entry, reports the expiry
             return False
         self._forget((session_id,))
         return reply == 1
