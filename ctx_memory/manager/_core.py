@@ -173,7 +173,8 @@ class ManagerCore(Closeable):
         summaries: it finishes (within its own time limit) before the store closes.
         ``work`` is held weakly: an object gone since is skipped.
         """
-        self._closing.append(weakref.ref(work))
+        alive = [ref for ref in self._closing if ref() is not None]  # (dead ones dropped)
+        self._closing = [*alive, weakref.ref(work)]
 
     def _pending_work(self) -> list[PendingWork]:
         work = [ref() for ref in self._closing]
