@@ -64,13 +64,19 @@ def with_cache_control(
     return message.model_copy(update={"content": blocks})
 
 
+_UNMARKABLE = frozenset({"thinking", "redacted_thinking"})
+"""Block types Anthropic refuses ``cache_control`` on (cached as part of the request)."""
+
+
 def _markable(block: object) -> bool:
-    """Whether Anthropic takes ``cache_control`` on ``block``: not on blank text."""
+    """Whether Anthropic takes ``cache_control`` on ``block``: not blank text, not thinking."""
     if isinstance(block, str):
         return bool(block.strip())
     if isinstance(block, dict):
-        text = block.get("text")
-        return block.get("type") != "text" or (isinstance(text, str) and bool(text.strip()))
+        kind, text = block.get("type"), block.get("text")
+        if kind == "text":
+            return isinstance(text, str) and bool(text.strip())
+        return kind not in _UNMARKABLE
     return False
 
 

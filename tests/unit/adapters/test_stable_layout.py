@@ -278,6 +278,13 @@ def test_no_breakpoint_on_an_empty_text_block(manager, layout):
     [question] = [m for m, _ in marked if isinstance(m, HumanMessage)]
     assert "weather in Paris?" in str(question.content)
     assert with_cache_control(AIMessage("")).content == ""
+    thinking = AIMessage([
+        {"type": "text", "text": "The answer."},
+        {"type": "thinking", "thinking": "...", "signature": "x"},
+    ])  # fmt: skip
+    marked_blocks = with_cache_control(thinking).content
+    assert "cache_control" in marked_blocks[0]  # the text, not the thinking block after it
+    assert "cache_control" not in marked_blocks[1]
 
 
 def test_stored_cache_control_never_adds_breakpoints(manager):
