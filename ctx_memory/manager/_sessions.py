@@ -93,25 +93,39 @@ class SessionMethods(ManagerCore):
 
     def _plan_create(
         self, session_id: str, system_prompt: str | None, metadata: Mapping[str, Any] | None
-    ) -> CreateSession | UpdateHeader:
-        if system_prompt is None and not metadata:
-            validate_session_id(session_id)
-            return CreateSession(session_id, self._init(session_id, now_iso()))
-        return self._plan_header(
-            session_id,
-            metadata or {},
-            system_prompt,
-            set_system_prompt=system_prompt is not None,
-        )
+    ) -> tuple[CreateSession, list[str]]:
+        """The creation, and the fields it sets beyond a fresh header's (for the event).
 
-    def _finish_header(self, op: CreateSession | UpdateHeader, result: WriteResult) -> bool:
+        The system prompt and metadata go into the header the session is created with, so
+        a session that exists already is left exactly as it is.
+        """
+        validate_session_id(session_id)
+        init = self._init(session_id, now_iso())
+        fields: list[str] = []
+        if metadata:
+            checked = metadata_fields(metadata)
+            init["metadata"].update(checked)
+            fields += sorted(checked)
+        if system_prompt is not None:
+            check_text(system_prompt, "system prompt", optional=True)
+            init["system_prompt"] = system_prompt
+            tokens = self.token_counter.count(system_prompt) if system_prompt else 0
+            init["metadata"]["system_prompt_tokens"] = tokens
+            fields.append("system_prompt")
+        return CreateSession(session_id, init), fields
+
+    def _finish_create(self, op: CreateSession, result: WriteResult, fields: list[str]) -> bool:
         self._created(op.session_id, result)
-        if isinstance(op, UpdateHeader):
-            changed = sorted(k for k in op.metadata if k != "system_prompt_tokens")
-            if op.set_system_prompt:
-                changed.append("system_prompt")
-            self.events.emit(EventType.METADATA_UPDATED, op.session_id, fields=changed)
+        if result.created and fields:
+            self.events.emit(EventType.METADATA_UPDATED, op.session_id, fields=fields)
         return result.created
+
+    def _finish_header(self, op: UpdateHeader, result: WriteResult) -> None:
+        self._created(op.session_id, result)
+        changed = sorted(k for k in op.metadata if k != "system_prompt_tokens")
+        if op.set_system_prompt:
+            changed.append("system_prompt")
+        self.events.emit(EventType.METADATA_UPDATED, op.session_id, fields=changed)
 
     def create_session(
         self,
@@ -120,9 +134,15 @@ class SessionMethods(ManagerCore):
         system_prompt: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Create a session (no change if it exists); return whether it was created."""
-        op = self._plan_create(session_id, system_prompt, metadata)
-        return self._finish_header(op, self._execute(op))
+        """Create a session; return whether it was created.
+
+        ``system_prompt`` and ``metadata`` are the new session's. A session that exists
+        already keeps its prompt, metadata and content (use :meth:`set_system_prompt` and
+        :meth:`update_metadata` to change them); it is only touched (its ``timestamp`` and
+        TTL renewed, like any write), and ``False`` is returned.
+        """
+        op, fields = self._plan_create(session_id, system_prompt, metadata)
+        return self._finish_create(op, self._execute(op), fields)
 
     async def acreate_session(
         self,
@@ -132,8 +152,8 @@ class SessionMethods(ManagerCore):
         metadata: Mapping[str, Any] | None = None,
     ) -> bool:
         """Async :meth:`create_session`."""
-        op = self._plan_create(session_id, system_prompt, metadata)
-        return self._finish_header(op, await self._aexecute(op))
+        op, fields = self._plan_create(session_id, system_prompt, metadata)
+        return self._finish_create(op, await self._aexecute(op), fields)
 
     @staticmethod
     def _metadata_given(

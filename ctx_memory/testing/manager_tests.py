@@ -611,6 +611,30 @@ class ManagerContractTests(ContractBase):
         asyncio.run(main())
         assert _consistent(cm) == ["a0", "q1", "a1"]
 
+    def test_create_session_leaves_an_existing_session_as_it_is(self, store: BaseStore) -> None:
+        """The prompt and metadata given are the new session's; an existing one keeps its own."""
+        cm = manager(store)
+        events: list[tuple[str, dict[str, Any]]] = []
+        cm.on(None, lambda e: events.append((e.type.value, dict(e.data))))
+        assert cm.create_session(
+            "s", system_prompt="A's prompt", metadata={"mode": "research", "owner": "A"}
+        )
+        assert events == [
+            ("session_created", {}),
+            ("metadata_updated", {"fields": ["mode", "owner", "system_prompt"]}),
+        ]
+        before = cm.get_context("s")
+        assert before["system_prompt"] == "A's prompt"
+        assert before["metadata"]["system_prompt_tokens"] == cm.token_counter.count("A's prompt")
+        assert (before["metadata"]["mode"], before["metadata"]["owner"]) == ("research", "A")
+        events.clear()
+        assert not cm.create_session("s", system_prompt="B's prompt", metadata={"owner": "B"})
+        assert not cm.create_session("s")
+        assert events == []
+        after = cm.get_context("s")
+        del before["metadata"]["timestamp"], after["metadata"]["timestamp"]  # only touched
+        assert after == before
+
     # -------------------------------------------------------------- paging
 
     def test_paging_through_sessions(self, store: BaseStore) -> None:
