@@ -26,6 +26,7 @@ from ctx_memory.schema import (
     check_key,
     check_message_id,
     check_text,
+    check_time_zone,
     dumps,
     dumps_validated,
     fingerprint,
@@ -364,6 +365,8 @@ def metadata_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
                 raise ValidationError(msg) from None
         elif key == "user_time" and isinstance(given, datetime):
             value = given.isoformat()
+        elif key == "user_timezone":
+            check_time_zone(given, "metadata.user_timezone")
         elif key in _TEXT_METADATA:  # typed as the session document types them, or its
             check_text(given, f"metadata.{key}", optional=True)  # export would not import
         out[key] = value

@@ -26,7 +26,7 @@ import json
 import math
 import re
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -419,6 +419,37 @@ def check_text(value: object, path: str, *, optional: bool = False) -> None:
     if _SURROGATE.search(value) is not None:
         msg = f"{path} holds a lone surrogate, which is not valid Unicode"
         raise NotSerializableError(path, msg)
+
+
+def time_zone(name: str) -> tzinfo | None:
+    """The IANA time zone ``name`` names, or ``None`` if the zone database has no such zone.
+
+    Every way a name can fail to load is ``None``: unknown (``Not/AZone``), malformed
+    (``../x``), a directory of the database (``Europe``), a name too long for a file name.
+    """
+    from zoneinfo import ZoneInfo  # noqa: PLC0415 - rarely needed
+
+    try:
+        return ZoneInfo(name)
+    except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
+        return None
+
+
+@functools.cache
+def _have_zone_database() -> bool:
+    return time_zone("UTC") is not None
+
+
+def check_time_zone(value: object, path: str) -> None:
+    """Raise ValidationError unless ``value`` is None, ``""`` or a zone the database knows.
+
+    Without any zone database (``tzdata`` not installed where the system has none) every
+    name would fail, so then any text passes and is ignored where a local time is shown.
+    """
+    check_text(value, path, optional=True)
+    if value and _have_zone_database() and time_zone(str(value)) is None:
+        msg = f"{path}: unknown time zone {value!r}; expected an IANA name such as 'Europe/Paris'"
+        raise ValidationError(msg)
 
 
 def fingerprint(source_type: str, url: str | None, content: str) -> str:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ctx_memory.ranking import item_key, item_title
+from ctx_memory.schema import time_zone
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, MutableMapping, Sequence
@@ -144,12 +145,8 @@ def format_header(
 
 
 def _now_in(zone: str, now: datetime) -> str | None:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415 - rarely needed
-
-    try:
-        return now.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M")
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
+    found = time_zone(zone)  # a zone stored before it was checked, or imported: skipped
+    return None if found is None else now.astimezone(found).strftime("%Y-%m-%d %H:%M")
 
 
 def _source_heading(number: int, item: Mapping[str, Any]) -> str:

@@ -110,6 +110,18 @@ BAD_CALLS: dict[str, tuple[type[Exception], Callable[[ContextManager, str], Any]
         ValidationError,
         lambda cm, sid: cm.update_metadata(sid, user_time=1.5),  # type: ignore[arg-type]
     ),
+    "user_timezone that names no zone": (
+        ValidationError,
+        lambda cm, sid: cm.update_metadata(sid, user_timezone="Not/AZone"),
+    ),
+    "user_timezone that names a directory of the zone database": (
+        ValidationError,
+        lambda cm, sid: cm.update_metadata(sid, user_timezone="Europe"),
+    ),
+    "user_timezone too long for a file name": (
+        ValidationError,
+        lambda cm, sid: cm.create_session(sid, metadata={"user_timezone": "x" * 300}),
+    ),
     "user_timezone in create_session metadata that is no text": (
         ValidationError,
         lambda cm, sid: cm.create_session(sid, metadata={"user_timezone": ["x"]}),

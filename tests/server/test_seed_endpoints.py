@@ -70,6 +70,19 @@ def test_chat_response_streams_tokens_and_records_the_turn(
     assert (meta["mode"], meta["user_timezone"]) == ("thinking", "Europe/Paris")
 
 
+def test_chat_response_refuses_an_unknown_time_zone_before_writing(
+    http: Any, manager: ContextManager
+) -> None:
+    for zone in ("Europe", "Not/AZone"):  # (a name over 64 characters: 422 from the query)
+        params = {"session_id": "tz", "question": "Hi", "stream": "false", "user_timezone": zone}
+        response = http.get("/chat_response/", params=params)
+        assert response.status_code == 400, response.text
+        body = response.json()
+        assert body["error"] == "invalid_input"
+        assert body["detail"].startswith("metadata.user_timezone: unknown time zone")
+    assert manager.get_history("tz") == []
+
+
 def test_chat_response_as_json(http: Any, manager: ContextManager) -> None:
     response = http.get(
         "/chat_response/", params={"session": "s2", "question": "Hi", "stream": "false"}

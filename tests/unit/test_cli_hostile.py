@@ -42,9 +42,13 @@ def db(tmp_path: Path) -> str:
             cm.update_metadata(
                 sid,
                 current_url="[/]",
-                user_timezone="[bold]tz[/bold]",
                 **{"[/]extra": "\x1b[31mred\r\nline", "note": "[red]n\x07"},
             )
+            # a zone the manager now refuses, as a session stored before it checked them has
+            header = cm.get_header(sid)
+            assert header is not None
+            header["metadata"] = {**header["metadata"], "user_timezone": "[bold]tz[/bold]"}
+            cm.store.replace_document(sid, header, [], [])
             cm.set_system_prompt(sid, "You are [bold]bold[/bold]\x1b[2J.")
             cm.add_fetched_context(
                 sid,
