@@ -217,12 +217,9 @@ class SessionMethods(ManagerCore):
 
     def _plan_set_context(self, session_id: str, key: str, value: Any) -> SetShared:
         validate_session_id(session_id)
-        if not isinstance(key, str) or not key:
-            msg = f"context key must be a non-empty str, got {key!r}"
-            raise ValidationError(msg)
-        check_text(key, "shared key")
+        _check_top_keys([key])
         _refuse_reserved([key], reserved=False)
-        check_json_native(value, f"shared.{key}")
+        _check_shared_values({key: value})
         check_shared_size(dumps({key: value}))  # a new session holds just this
         now = now_iso()
         return SetShared(session_id, key, value, self._init(session_id, now), now)
@@ -234,6 +231,7 @@ class SessionMethods(ManagerCore):
         if not isinstance(partial, Mapping):
             msg = f"partial context must be a mapping, got {type(partial).__name__}"
             raise ValidationError(msg)
+        _check_top_keys(partial)
         _refuse_reserved(partial, reserved=reserved)
         if COMPACTIONS_KEY in partial:  # a reserved write: whole entries or tombstones
             entries = partial[COMPACTIONS_KEY]
@@ -241,7 +239,7 @@ class SessionMethods(ManagerCore):
                 raise bad_field("entries", f"must be a mapping, got {type(entries).__name__}")
             for key, entry in entries.items():
                 check_compaction_entry(key, entry)
-        check_json_native(dict(partial), "shared")
+        _check_shared_values(partial)
         check_shared_size(dumps(dict(partial)))  # a new session holds just this
         now = now_iso()
         return MergeShared(session_id, dict(partial), self._init(session_id, now), now)
@@ -544,3 +542,22 @@ def _refuse_reserved(keys: Iterable[object], *, reserved: bool) -> None:
                 " to ctx_memory's own features (compactions)"
             )
             raise ValidationError(msg)
+
+
+def _check_top_keys(keys: Iterable[object]) -> None:
+    """A key of ``shared`` itself is a non-empty str (``set_context`` could not name ``""``)."""
+    for key in keys:
+        if not isinstance(key, str) or not key:
+            msg = f"context key must be a non-empty str, got {key!r}"
+            raise ValidationError(msg)
+
+
+def _check_shared_values(values: Mapping[str, Any]) -> None:
+    """Keys of ``shared`` and their values, checked alike by ``set_context`` and a merge.
+
+    A value's depth counts from the value itself, so ``set_context(sid, k, v)`` and
+    ``update_partial_context(sid, {k: v})`` take the same ``v``.
+    """
+    for key, value in values.items():
+        check_text(key, "shared key")
+        check_json_native(value, f"shared.{key}")

@@ -74,6 +74,14 @@ BAD_CALLS: dict[str, tuple[type[Exception], Callable[[ContextManager, str], Any]
         NotSerializableError,
         lambda cm, sid: cm.update_partial_context(sid, {"ok": 1, "deep": _nested(10_000)}),
     ),
+    "empty top-level key in a merge": (
+        ValidationError,
+        lambda cm, sid: cm.update_partial_context(sid, {"ok": 1, "": 2}),
+    ),
+    "merged value just over the limit": (
+        NotSerializableError,
+        lambda cm, sid: cm.update_partial_context(sid, {"k": _nested(MAX_DEPTH + 1)}),
+    ),
     "deep value just over the limit": (
         NotSerializableError,
         lambda cm, sid: cm.set_context(sid, "k", _nested(MAX_DEPTH + 1)),
@@ -442,6 +450,7 @@ class ManagerContractTests(ContractBase):
         assert cm.get_history("existing", last_k=1)[0]["content"] == "emoji ok \U0001f600"
         # Values as deep as each write takes them export and import again, unchanged.
         cm.set_context("existing", "deepest", _nested(MAX_DEPTH))
+        cm.update_partial_context("existing", {"merged": _nested(MAX_DEPTH)})  # as deep
         cm.update_metadata("existing", deepest=_nested(MAX_DEPTH - 1))
         cm.add_user_message("existing", "m", metadata={"v": _nested(MAX_DEPTH - 1)})
         cm.add_fetched_context("existing", "web", "c", extracted_data={"v": _nested(MAX_DEPTH - 1)})
