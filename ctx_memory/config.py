@@ -218,7 +218,7 @@ class Settings(BaseModel):
         default_factory=_default_ttl, ge=0, le=MAX_TTL_SECONDS, allow_inf_nan=False
     )
     garbage_collection: StrictBool = True
-    gc_interval_seconds: float = Field(default=60.0, gt=0, allow_inf_nan=False)
+    gc_interval_seconds: float = Field(default=60.0, gt=0, le=MAX_TTL_SECONDS, allow_inf_nan=False)
     async_operations: StrictBool = True
     event_emission: StrictBool = True
     max_sessions: int | None = Field(default_factory=_default_max_sessions, ge=0)

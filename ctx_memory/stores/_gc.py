@@ -14,6 +14,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from ctx_memory.errors import ConfigurationError, StoreError
+from ctx_memory.stores.base import MAX_TTL_SECONDS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -44,8 +45,13 @@ def check_interval(interval: float | None) -> float | None:
     """
     if interval is None:
         return None
-    if isinstance(interval, bool) or not (interval > 0 and math.isfinite(interval)):
-        msg = f"must be a positive number of seconds, got {interval!r}"
+    if isinstance(interval, bool) or not (
+        interval > 0 and math.isfinite(interval) and interval <= MAX_TTL_SECONDS
+    ):
+        msg = (
+            f"must be a positive number of seconds up to {MAX_TTL_SECONDS} (ten years, as a"
+            f" TTL), got {interval!r}"
+        )
         raise ConfigurationError("GC_INTERVAL_SECONDS", msg)
     return interval
 

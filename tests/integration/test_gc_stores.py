@@ -21,9 +21,10 @@ import pytest
 import redis
 import redis.cluster
 
-from ctx_memory import ContextManager
+from ctx_memory import ConfigurationError, ContextManager
 from ctx_memory.config import load_settings
 from ctx_memory.stores import create_store
+from ctx_memory.stores.base import MAX_TTL_SECONDS
 from ctx_memory.stores.redis import RedisStore, index_key
 from ctx_memory.stores.sqlite import SqliteStore
 
@@ -317,3 +318,15 @@ def test_a_failing_hook_is_logged_and_collection_goes_on(
         assert "listener bug" in str(record.exc_info[1])
     finally:
         store.close()
+
+
+def test_the_longest_interval_runs_and_a_longer_one_is_refused() -> None:
+    """Up to ten years (as a TTL) the collector waits; beyond, the store refuses to open."""
+    store = SqliteStore(":memory:", ttl_seconds=60, gc_interval_seconds=MAX_TTL_SECONDS)
+    try:
+        time.sleep(0.05)
+        assert store.gc_running  # waiting, not crashed
+    finally:
+        store.close()
+    with pytest.raises(ConfigurationError, match="GC_INTERVAL_SECONDS"):
+        SqliteStore(":memory:", ttl_seconds=60, gc_interval_seconds=MAX_TTL_SECONDS + 1)
