@@ -72,7 +72,11 @@ class ManagerCore(Closeable):
         self.events = events or EventEmitter(enabled=settings.event_emission)
         self.store = store if store is not None else create_store(settings)
         self._lifecycle_counts = {"session_expired": 0, "session_evicted": 0}
-        self._remove_hook = self.store.add_lifecycle_hook(self._on_lifecycle, key=self.events)
+        # The store holds the hook, not the manager: managers built on a shared store and
+        # dropped without close() (which would close the store) are freed, and their hook
+        # leaves the store with them.
+        self._remove_hook = self.store.add_lifecycle_hook(_weak_hook(self), key=self.events)
+        weakref.finalize(self, self._remove_hook)
         self._store_listeners = self.store.event_listeners()
         for listener in self._store_listeners:
             self.events.on(None, listener)
@@ -198,3 +202,15 @@ class ManagerCore(Closeable):
             await work.afinish_for_close()
         self._detach()
         await self.store.aclose()
+
+
+def _weak_hook(manager: ManagerCore) -> Callable[[str, str], None]:
+    """``manager._on_lifecycle`` through a weak reference (a no-op once it is gone)."""
+    method = weakref.WeakMethod(manager._on_lifecycle)
+
+    def hook(event_type: str, session_id: str) -> None:
+        found = method()
+        if found is not None:
+            found(event_type, session_id)
+
+    return hook

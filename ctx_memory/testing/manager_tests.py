@@ -9,8 +9,10 @@ The docstring of each test is the clause of the contract it checks.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -709,3 +711,21 @@ class ManagerContractTests(ContractBase):
         assert heard == {"first": ["a"], "second": ["a"]}
         assert first.get_memory_stats()["sessions_evicted"] == 1
         assert second.get_memory_stats()["sessions_evicted"] == 1
+
+    @requires("max_sessions")
+    def test_a_manager_dropped_from_a_shared_store_is_freed(self, open_store: StoreFactory) -> None:
+        """The store does not keep the managers built on it (closing one closes the store)."""
+        store = open_store(max_sessions=1)
+        live = manager(store)
+        heard: list[str] = []
+        live.on(EventType.SESSION_EVICTED, lambda e: heard.append(e.session_id))
+        dropped = []
+        for i in range(20):
+            passing = manager(store)
+            passing.add_user_message(f"d{i}", "hi")  # evicts the session before it
+            dropped.append(weakref.ref(passing))
+            del passing
+        gc.collect()
+        assert [ref() for ref in dropped] == [None] * 20
+        live.add_user_message("last", "hi")
+        assert heard == [f"d{i}" for i in range(20)]  # each once, by the one manager left
