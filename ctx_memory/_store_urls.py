@@ -7,7 +7,9 @@ public names.
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, parse_qs, unquote, unquote_plus, urlsplit
 
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILTIN_STORES",
+    "hide_in_logs",
     "POSTGRES_SCHEMES",
     "REDIS_SCHEMES",
     "postgres_url_problem",
@@ -33,10 +36,19 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis
 
 # --------------------------------------------------------------------------- URLs
 
-# A query parameter whose name mentions a secret (``password=``, ``ssl_password=``...):
-# its value runs to the next ``&`` (``#`` and ``?`` included, whatever a parser makes of
-# them), so nothing of it survives.
-_SECRET_PARAM = re.compile(r"([?&][^=&]*(?:pass|secret|token|auth)[^=&]*=)([^&]*)", re.IGNORECASE)
+# A query parameter: its value runs to the next ``&name=`` (``#``, ``?`` and an ``&`` that
+# starts no parameter included, whatever a parser makes of them), so nothing of a secret
+# value survives. A name mentions a secret (``password``, ``ssl_password``...) once
+# percent-decoded: ``p%61ssword`` logs in as well.
+_PARAM = re.compile(r"([?&])([^=&]*)=((?:[^&]|&(?![^&=]*=))*)")
+_SECRET_NAME = re.compile(r"pass|secret|token|auth", re.IGNORECASE)
+
+
+def _secret_values(text: str) -> list[re.Match[str]]:
+    """The query parameters of ``text`` whose (decoded) name mentions a secret."""
+    return [m for m in _PARAM.finditer(text) if _SECRET_NAME.search(unquote_plus(m.group(2)))]
+
+
 _DB_PATH = re.compile(r"/?(?:\d+/?)?")
 _ENCODE_HINT = (
     "percent-encode '/', '?', '#' and '@' in a user name or password (%2F, %3F, %23, %40)"
@@ -59,7 +71,9 @@ def redact_url(url: str) -> str:
             assert redact_url("redis://:p/a#s@h:6379/0") == "redis://:***@h:6379/0"
             assert redact_url("redis://h/0?password=pw") == "redis://h/0?password=***"
     """
-    text = _SECRET_PARAM.sub(r"\1***", str(url))
+    text = str(url)
+    for found in reversed(_secret_values(text)):
+        text = f"{text[: found.start(3)]}***{text[found.end(3) :]}"
     scheme, sep, rest = text.partition("://")
     if not sep:
         scheme, rest = "", text
@@ -79,7 +93,8 @@ def url_secrets(url: str) -> list[str]:
     library's error message).
     """
     text = str(url)
-    found = [m.group(2) for m in _SECRET_PARAM.finditer(text)]
+    found = [m.group(3) for m in _secret_values(text)]
+    found += [part for m in _secret_values(text) for part in m.group(3).split("&")]
     rest = text.partition("://")[2] or text
     at = rest.rfind("@")
     if at >= 0 and ":" in rest[:at]:
@@ -102,7 +117,11 @@ def redis_url_problem(url: str) -> str | None:  # noqa: PLR0911 - one return per
     if url.startswith(REDIS_SCHEMES[3:]):
         from ctx_memory.stores.redis import sentinel_url_problem  # noqa: PLC0415 - redis-py
 
-        return sentinel_url_problem(url)
+        problem, query = sentinel_url_problem(url), url.partition("?")[2]
+        if problem is None and query:  # the master's parameters: redis-py's, as below
+            plain = "rediss" if url.startswith("rediss") else "redis"
+            return _query_problem(query, plain, also=("sentinel_password", "sentinel_username"))
+        return problem
     parts = _split(url)
     if isinstance(parts, str):
         return parts
@@ -128,7 +147,7 @@ def _split(url: str) -> SplitResult | str:
     return parts
 
 
-def _query_problem(query: str, scheme: str) -> str | None:
+def _query_problem(query: str, scheme: str, also: tuple[str, ...] = ()) -> str | None:
     """A query parameter redis-py would refuse when connecting (its value is not shown).
 
     redis-py parses the parameters it knows and passes any other to the connection
@@ -138,7 +157,9 @@ def _query_problem(query: str, scheme: str) -> str | None:
     from redis.connection import URL_QUERY_ARGUMENT_PARSERS  # noqa: PLC0415 - rarely needed
 
     parsers: dict[str, Callable[[str], object]] = dict(URL_QUERY_ARGUMENT_PARSERS)  # type: ignore[arg-type]
-    accepted = _connection_parameters(scheme)
+    accepted = _connection_parameters(scheme) | set(also)
+    if any(part and "=" not in part for part in query.split("&")):  # maybe a password's end
+        return "holds a query part without '=' (not shown): write an '&' in a password as %26"
     for name, values in parse_qs(query, keep_blank_values=True).items():
         parser = parsers.get(name)
         if parser is None and name not in accepted:
@@ -146,9 +167,11 @@ def _query_problem(query: str, scheme: str) -> str | None:
         if parser is None or not values:
             continue
         try:
-            parser(values[0])
+            value = parser(values[0])
         except (TypeError, ValueError):
             return f"query parameter {name!r} has an invalid value"
+        if name == "max_connections" and isinstance(value, int) and value < 1:
+            return "query parameter 'max_connections' must be 1 or more"
     return None
 
 
@@ -214,10 +237,55 @@ def postgres_url_problem(url: str) -> str | None:  # noqa: PLR0911 - one return 
         return f"holds an unencoded '@' in the user name or password; {_ENCODE_HINT}"
     if _BAD_ESCAPE.search(url):  # libpq refuses it, and psycopg's pool logs it verbatim
         return f"holds a '%' that does not start a %XX escape; {_ENCODE_HINT}"
+    if "%00" in url:  # libpq refuses a NUL, quoting the value
+        return "holds %00 (a NUL character), which no PostgreSQL text or password can hold"
+    host = parts.netloc.rpartition("@")[2]
+    if host.startswith("[") and not re.fullmatch(r"\[[^\]]*\](?::\d*)?", host):
+        return "has something other than ':port' after its [IPv6] host"
     return None
 
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+class _SecretFilter(logging.Filter):
+    """Replaces the secrets it was given by ``***`` in every record of its logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        secrets = sorted(self.secrets, key=len, reverse=True)
+        if not secrets:
+            return True
+        text = record.getMessage()
+        if any(secret in text for secret in secrets):
+            for secret in secrets:
+                text = text.replace(secret, "***")
+            record.msg, record.args = text, ()
+        return True
+
+
+_FILTERS: dict[str, _SecretFilter] = {}
+_FILTERS_LOCK = threading.Lock()
+
+
+def hide_in_logs(logger_name: str, url: str) -> str:
+    """Mask the passwords ``url`` holds in whatever the logger ``logger_name`` logs.
+
+    For a client library that logs why it could not connect, quoting the connection
+    string (psycopg_pool does, for a URL libpq refuses); returns ``url``.
+    """
+    secrets = url_secrets(url)
+    if secrets:
+        with _FILTERS_LOCK:
+            found = _FILTERS.get(logger_name)
+            if found is None:
+                found = _FILTERS[logger_name] = _SecretFilter()
+                logging.getLogger(logger_name).addFilter(found)
+            found.secrets.update(secrets)
+    return url
 
 
 def validate_postgres_url(url: object) -> str:

@@ -107,6 +107,8 @@ PERSISTENT_TTL_SECONDS = 30 * 86_400.0
 _SECRET_URL_KEYS = ("redis_url", "postgres_url")
 _SECRET_VALUE_KEYS = ("server_api_keys", "server_admin_keys", "server_cookie_secret")
 """Settings whose wrong value may be a secret itself (a raw API key where its SHA-256 goes)."""
+_SECRET_SHAPES = ("server_chat_model_kwargs",)
+"""Settings whose value holds secrets (an ``api_key``): a wrong one is not quoted."""
 _SECRET_KWARG = re.compile(
     r"key|secret|password|passwd|credential|auth|(?:^|[_-])token(?:$|[_-])", re.IGNORECASE
 )
@@ -542,9 +544,11 @@ def _configuration_error(
     message = str(first["msg"]).removeprefix("Value error, ")
     shown = first.get("input")
     source = sources.get(field)
-    if (source is not None and source.secret) or field in _SECRET_VALUE_KEYS:
+    if (source is not None and source.secret) or field in _SECRET_VALUE_KEYS + _SECRET_SHAPES:
         got = f"a {type(shown).__name__}, not shown"  # a raw key or a credential
-    elif field in _SECRET_URL_KEYS and isinstance(shown, str) and "://" not in shown:
+    elif field in _SECRET_URL_KEYS and not isinstance(shown, str):
+        got = f"a {type(shown).__name__}, not shown"  # a list or table of URLs: not masked
+    elif field in _SECRET_URL_KEYS and "://" not in shown:
         got = "a value that is not a URL, not shown"  # a "key=value" string: nothing to mask by
     elif field in _SECRET_URL_KEYS and isinstance(shown, str):
         got = repr(redact_url(shown))

@@ -44,7 +44,14 @@ if TYPE_CHECKING:
 __all__ = ["MigrationReport", "migrate", "migrate_command", "open_store"]
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
-_LIBPQ_KEYWORD = re.compile(r"\s*[A-Za-z_]+\s*=")  # "host=… password=…", not a path
+# "host=… password=…" (quoted or not), not a path
+_LIBPQ_KEYWORD = re.compile(
+    r"^\W*[A-Za-z_]+\s*=|\b(?:password|passfile|sslpassword)\s*=", re.IGNORECASE
+)
+# "redis:/…", "postgresql:…": a URL missing its "//", not a file name
+_SCHEME_TYPO = re.compile(
+    r"\s*(?:memory|sqlite|rediss?|unix|rediss?\+sentinel|postgres(?:ql)?):", re.IGNORECASE
+)
 _POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
@@ -79,8 +86,11 @@ def open_store(url: str, *, existing: bool = False) -> BaseStore:
         scheme = urlsplit(url).scheme.lower() if "://" in url else ""
     except ValueError as e:  # an unbalanced [ of an IPv6 host, say
         raise ConfigurationError("URL", f"{redact_url(url)!r} is not a valid URL: {e}") from None
-    if not scheme and _LIBPQ_KEYWORD.match(url):
+    if not scheme and _LIBPQ_KEYWORD.search(url):
         msg = "a libpq key=value string is not a URL; use postgresql://… (the value is not shown)"
+        raise ConfigurationError("URL", msg)
+    if not scheme and _SCHEME_TYPO.match(url):
+        msg = f"{redact_url(url)!r} is not a URL nor a file name: write the scheme with '://'"
         raise ConfigurationError("URL", msg)
     if scheme == "memory":
         from ctx_memory.stores.memory import InMemoryStore  # noqa: PLC0415

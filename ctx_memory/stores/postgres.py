@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from typing_extensions import override
 
 from ctx_memory._extras import missing_extra
-from ctx_memory.config import redact_url, url_secrets, validate_postgres_url
+from ctx_memory._store_urls import hide_in_logs, redact_url, url_secrets, validate_postgres_url
 from ctx_memory.errors import StoreError, StoreUnavailableError
 from ctx_memory.stores._gc import GarbageCollector, check_interval, gc_interval
 from ctx_memory.stores._postgres_loops import (
@@ -290,7 +290,7 @@ class PostgresStore(PostgresOperations):
         if url is not None and pool is None:
             url = validate_postgres_url(url)
         conninfo = url if url is not None else str((pool or async_pool).conninfo)  # type: ignore[union-attr]
-        self._conninfo = conninfo
+        self._conninfo = hide_in_logs("psycopg.pool", conninfo)  # pool warnings quote it
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout
         self._pool: ConnectionPool[Any] | None = pool

@@ -1,0 +1,134 @@
+"""More forms a password takes, none of them printed (the third review's findings).
+
+A percent-encoded parameter name, an unencoded ``&`` inside a password, a URL or key-value
+setting of the wrong type, URLs libpq refuses while quoting them (psycopg_pool logs each
+attempt), and ``migrate`` arguments that are URLs with a typo.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import pytest
+from typer.testing import CliRunner
+
+from ctx_memory import ConfigurationError, load_settings
+from ctx_memory._store_urls import hide_in_logs
+from ctx_memory.cli import app
+from ctx_memory.config import redact_url, url_secrets, validate_postgres_url, validate_redis_url
+from ctx_memory.migrate import open_store
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+SECRET = "S3cr3t"
+TAIL = "P4ssTail"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"redis://h/0?p%61ssword={SECRET}&db=1", "redis://h/0?p%61ssword=***&db=1"),
+        (f"redis://h/0?PASS%57ORD={SECRET}", "redis://h/0?PASS%57ORD=***"),
+        (f"redis://h/0?password={SECRET}&{TAIL}", "redis://h/0?password=***"),
+        (f"redis://h/0?password={SECRET}&{TAIL}&db=2", "redis://h/0?password=***&db=2"),
+        (
+            f"postgresql://h/db?sslpassword={SECRET}&user=u",
+            "postgresql://h/db?sslpassword=***&user=u",
+        ),
+    ],
+)
+def test_redact_url_masks_encoded_names_and_unencoded_ampersands(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert SECRET in url_secrets(url)
+
+
+def test_a_query_part_without_a_value_is_refused_unnamed() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        validate_redis_url(f"redis://h:6379/0?password={SECRET}&{TAIL}")
+    assert "%26" in str(info.value)
+    assert SECRET not in str(info.value)
+    assert TAIL not in str(info.value)
+    assert validate_redis_url("redis://h:6379/0?db=1&")  # an empty part is nothing
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://h:6379/0?max_connections=-1", "'max_connections' must be 1 or more"),
+        ("redis://h:6379/0?max_connections=0", "'max_connections' must be 1 or more"),
+        (f"redis+sentinel://:{SECRET}@h:26379/mymaster?foo=bar", "'foo' is not one redis-py"),
+    ],
+)
+def test_query_parameters_redis_py_would_crash_on_are_refused_at_load(
+    url: str, problem: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=problem) as info:
+        validate_redis_url(url)
+    assert SECRET not in str(info.value)
+    ok = "redis+sentinel://:pw@h:26379/mymaster?sentinel_password=x&socket_timeout=2"
+    assert validate_redis_url(ok) == ok
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        (f"postgresql://app:{SECRET}%00@h:5432/db", "%00"),
+        (f"postgresql://app@h:5432/db?password={SECRET}%00", "%00"),
+        (f"postgresql://app:{SECRET}@[::1]x/db", "IPv6"),
+    ],
+)
+def test_urls_libpq_would_quote_are_refused(url: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError, match=problem) as info:
+        validate_postgres_url(url)
+    assert SECRET not in str(info.value)
+    assert validate_postgres_url("postgresql://app:pw@[::1]:5432/db")
+
+
+def test_a_client_librarys_log_records_are_scrubbed(caplog: pytest.LogCaptureFixture) -> None:
+    url = f"postgresql://app:{SECRET}-x@h/db?sslpassword={SECRET}-y"
+    assert hide_in_logs("ctx_memory.tests.client", url) == url
+    with caplog.at_level(logging.WARNING, logger="ctx_memory.tests.client"):
+        logging.getLogger("ctx_memory.tests.client").warning("cannot connect to %r", url)
+    assert SECRET not in caplog.text
+    assert "cannot connect to" in caplog.text
+
+
+def test_a_url_setting_of_the_wrong_type_is_not_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CTX_MEMORY_REDIS_URL", f'["redis://:{SECRET}@h:6379/0"]')
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert info.value.key == "REDIS_URL"
+    assert SECRET not in str(info.value)
+    assert "a list, not shown" in str(info.value)
+
+
+def test_malformed_chat_model_kwargs_are_not_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CTX_MEMORY_SERVER_CHAT_MODEL_KWARGS", f'{{api_key="sk-{SECRET}"')
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert info.value.key == "SERVER_CHAT_MODEL_KWARGS"
+    assert SECRET not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "argument",
+    [
+        f"redis:/:{SECRET}@127.0.0.1:6379/0",
+        f"postgresql:/app:{SECRET}@db.internal:5432/app",
+        f"'host=db.internal password={SECRET}'",
+        f"dbname=app password={SECRET}",
+    ],
+)
+def test_migrate_takes_no_url_typo_for_a_file(
+    argument: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError) as info:
+        open_store(argument)
+    assert SECRET not in str(info.value)
+    result = CliRunner().invoke(app, ["migrate", "--from", "memory://", "--to", argument])
+    assert result.exit_code != 0
+    assert SECRET not in result.output
+    assert list(tmp_path.iterdir()) == []  # no file made under a name holding the password
