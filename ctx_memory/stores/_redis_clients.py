@@ -69,7 +69,11 @@ def release_client(client: Any) -> None:
     ``_available_connections``/``_in_use_connections`` (a pool) or ``_connections`` (a
     cluster node); anything else is left to the garbage collector.
     """
+    if hasattr(client, "_initialize"):  # a cluster client: closed, as aclose() leaves it, so
+        client._initialize = True  # redis-py does not report it "Unclosed" when collected
     holders = [getattr(client, "connection_pool", None), *getattr(client, "get_nodes", list)()]
+    manager = getattr(client, "nodes_manager", None)  # a cluster's startup nodes are apart
+    holders += list(getattr(manager, "startup_nodes", {}).values())
     holders += [sentinel.connection_pool for sentinel in _sentinels_of(client)]
     for holder in holders:
         connections = [
@@ -83,6 +87,8 @@ def release_client(client: Any) -> None:
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+            if writer is not None:  # disconnected: nothing left to report or to close later
+                connection._reader = connection._writer = None
 
 
 def client_url(client: Any) -> str:
