@@ -29,6 +29,24 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
+def _not_a_cancelled_connect(record: logging.LogRecord) -> bool:
+    """Drop psycopg_pool's "error connecting" for one of our pools cancelled with its loop.
+
+    A short ``asyncio.run`` with concurrent calls makes the pool grow, and may end while
+    the extra connection is being opened: the attempt is cancelled with the loop's tasks,
+    which is no error (the pool is being closed). Other failures are kept.
+    """
+    args = record.args if isinstance(record.args, tuple) else ()
+    return not (
+        str(record.msg).startswith("error connecting in")
+        and any(isinstance(arg, asyncio.CancelledError) for arg in args)
+        and any(isinstance(arg, str) and arg.startswith("ctx_memory-") for arg in args)
+    )
+
+
+logging.getLogger("psycopg.pool").addFilter(_not_a_cancelled_connect)
+
 CLOSE_SECONDS = 1.0
 """Longest a pool closed on an idle event loop from another loop's thread waits for its
 workers to stop (its connections are closed after that in any case)."""

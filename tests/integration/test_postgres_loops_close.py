@@ -178,3 +178,21 @@ def test_a_short_asyncio_run_opens_one_connection_and_logs_no_error(
     assert [pool.get_stats().get("connections_num") for pool in pools] == [1] * 10
     assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
     assert all(pool.closed for pool in pools)
+
+
+def test_concurrent_calls_in_short_runs_log_no_cancelled_connect(
+    cm: ContextManager, own_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Concurrent calls grow the pool; a connection still opening when the run ends is
+    cancelled with the loop, which is no error to log. Nothing stays open either."""
+    cm.add_user_message("s1", "hello")
+    before = connections(own_url)
+
+    async def job() -> None:
+        await asyncio.gather(*(cm.aget_history("s1") for _ in range(4)))
+
+    with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
+        for _ in range(15):
+            asyncio.run(job())
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
+    assert settles_at(own_url, before) == before
