@@ -44,6 +44,7 @@ from ctx_memory.cli._files import (  # noqa: F401 - re-exported
     read_documents,
 )
 from ctx_memory.cli._output import (  # noqa: F401 - _fail, _note, printable: used by other commands
+    RedactingGroup,
     _count,
     _dump_line,
     _fail,
@@ -85,6 +86,7 @@ _MEMORY_NOTE = (
 
 app = typer.Typer(
     name="ctx-memory",
+    cls=RedactingGroup,
     help=(
         "Inspect and manage ctx_memory sessions on the configured store.\n\n"
         + _MEMORY_NOTE
@@ -95,7 +97,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
-sessions_app = typer.Typer(help="List sessions.", no_args_is_help=True, rich_markup_mode="markdown")
+sessions_app = typer.Typer(
+    help="List sessions.", no_args_is_help=True, rich_markup_mode="markdown", cls=RedactingGroup
+)
 app.add_typer(sessions_app, name="sessions")
 app.command("serve")(serve)  # ctx_memory/server/cli.py: imports the server extra when run
 app.command("analytics")(analytics_command)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
+from typer.core import TyperGroup
+from typing_extensions import override
 
 from ctx_memory.assembly.compacted import COMPACTIONS_KEY, compactions_of, producer_label
 from ctx_memory.schema import exported
@@ -251,3 +253,51 @@ def quiet_pool_logs() -> None:
     logger = logging.getLogger("psycopg.pool")
     if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
         logger.addHandler(logging.NullHandler())
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][\w+.-]*:/{1,2}[^\s'\"]+")
+_SECRET_IN_TEXT = re.compile(r"(?i)\b((?:ssl)?pass(?:word|wd)?|pwd)=[^\s'\"]+")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URL in it masked, and any ``password=...`` too.
+
+    For messages that quote what the user typed; URLs go through
+    :func:`~ctx_memory.config.redact_url`.
+    """
+    from ctx_memory.config import redact_url  # noqa: PLC0415 - only when a usage error shows
+
+    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+    return _SECRET_IN_TEXT.sub(r"\1=***", text)
+
+
+def _redacted_usage_error(error: Exception) -> None:
+    """Mask what a usage error (exit code 2, from click or typer's own copy) quotes."""
+    message = getattr(error, "message", None)
+    if getattr(error, "exit_code", None) == 2 and isinstance(message, str):
+        vars(error)["message"] = redact_text(message)
+
+
+class RedactingGroup(TyperGroup):
+    """Typer's command group, whose usage errors quote no password.
+
+    Click quotes what it could not use ("No such command 'redis://:pw@host'", "Got
+    unexpected extra argument (...)"): a URL typed without its option would be printed
+    whole.
+    """
+
+    @override
+    def make_context(self, info_name: Any, args: Any, parent: Any = None, **extra: Any) -> Any:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except Exception as e:
+            _redacted_usage_error(e)
+            raise
+
+    @override
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as e:  # a subcommand's own parsing, or an unknown name
+            _redacted_usage_error(e)
+            raise

@@ -132,3 +132,19 @@ def test_migrate_takes_no_url_typo_for_a_file(
     assert result.exit_code != 0
     assert SECRET not in result.output
     assert list(tmp_path.iterdir()) == []  # no file made under a name holding the password
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--store", "redis", f"redis://:{SECRET}@cache.internal:6379/0", "stats"],
+        ["migrate", "--from", "a.db", "--to", "memory://", f"redis://:{SECRET}@h:6379/0"],
+        ["sessions", f"postgresql://app:{SECRET}@db/app"],
+        ["sessions", "list", f"--bogus=password={SECRET}"],
+    ],
+)
+def test_usage_errors_quote_no_password(args: list[str]) -> None:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert SECRET not in result.output
+    assert "***" in result.output or "Usage" in result.output
