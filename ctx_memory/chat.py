@@ -57,7 +57,6 @@ from ctx_memory.prompt import (
     parse_question,
     session_id_from,
 )
-from ctx_memory.records import new_message_id
 from ctx_memory.schema import message_to_record, now_iso, record_to_message
 
 if TYPE_CHECKING:
@@ -226,7 +225,7 @@ class _RetryKeys:
         """The turn key, and whether an earlier attempt used it (this run is a retry)."""
         parent = getattr(run_manager, "parent_run_id", None)
         tags = getattr(run_manager, "tags", None) or ()
-        fresh = new_message_id()
+        fresh = str(uuid.uuid4())
         if parent is None:
             return fresh, False
         slot = (str(parent), session_id)
@@ -321,7 +320,7 @@ class ContextualChat(BackgroundCompactions, Runnable[PromptInput, AIMessage]):
       had not been asked. A stream is recorded once the model's last chunk was read,
       before the stream's final chunk is yielded;
     - the question and the reply carry ids: the question keeps its own (a
-      ``HumanMessage`` with an ``id``), else gets a new id; the reply's id derives
+      ``HumanMessage`` with an ``id``), else gets a new uuid4; the reply's id derives
       from the question's and replaces the model's per-call id (on the returned message,
       on every streamed chunk and in storage). Appends are idempotent by id, so running
       the same turn again cannot record it twice: ``chat.with_retry()`` reuses the first

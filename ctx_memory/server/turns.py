@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -45,7 +46,6 @@ from sse_starlette import EventSourceResponse
 
 from ctx_memory.chat import METADATA_KEY
 from ctx_memory.errors import CtxMemoryError, StoreError, StoreVersionError
-from ctx_memory.records import new_message_id
 from ctx_memory.server.security import STORE_VERSION_DETAIL, ServiceError
 from ctx_memory.server.tracing import turn_attributes
 from ctx_memory.web import ContextIntegration
@@ -393,7 +393,7 @@ async def run_agent(
     await context.write(mode=mode, **fields)
     agent = state.agent(manager)
     span = _TurnSpan(state, session_id, "invoke_agent")
-    question_message = HumanMessage(question, id=new_message_id())
+    question_message = HumanMessage(question, id=str(uuid.uuid4()))
     try:
         result = await agent.ainvoke(
             {"messages": [question_message]}, {"configurable": {"session_id": session_id}}
