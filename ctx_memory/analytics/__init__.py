@@ -17,6 +17,7 @@ from __future__ import annotations
 from ctx_memory.analytics._aggregate import NO_MODE, UNKNOWN, Aggregator
 from ctx_memory.analytics._charts import bar_chart, line_chart
 from ctx_memory.analytics._report import (
+    MAX_DENSE_DAYS,
     SCHEMA,
     AnalyticsReport,
     DayCount,
@@ -29,6 +30,7 @@ from ctx_memory.analytics._report import (
 from ctx_memory.analytics._scan import PAGE_SIZE, analyze, session_ids
 
 __all__ = [
+    "MAX_DENSE_DAYS",
     "NO_MODE",
     "PAGE_SIZE",
     "SCHEMA",

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 from ctx_memory.analytics._report import (
+    MAX_DENSE_DAYS,
     ROLE_ORDER,
     AnalyticsReport,
     DayCount,
@@ -38,24 +39,41 @@ _VALID_DAYS: dict[str, bool] = {}
 """Whether each ``YYYY-MM-DD`` seen is a real date (a cache of at most 4,096 days)."""
 
 
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
+@overload
+def as_utc(value: datetime | None) -> datetime | None: ...
 def as_utc(value: datetime | None) -> datetime | None:
-    """``value`` as an aware UTC datetime (a naive one is taken to be UTC already)."""
+    """``value`` as an aware UTC datetime (a naive one is taken to be UTC already).
+
+    Raises:
+        ValueError: ``value`` has no UTC equivalent: its offset takes it out of the years
+            1 to 9999 a datetime holds (``0001-01-01T00:00:00+05:00`` is in year 0 in UTC).
+    """
     if value is None:
         return None
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        msg = f"{value.isoformat()} is outside the range of UTC datetimes (years 1 to 9999)"
+        raise ValueError(msg) from None
 
 
 def _parse(value: object) -> datetime | None:
-    """An ISO-8601 timestamp as an aware UTC datetime; ``None`` if it is not one."""
+    """An ISO-8601 timestamp as an aware UTC datetime; ``None`` if it is not one.
+
+    A timestamp whose offset takes it out of UTC's range is not one either.
+    """
     if not isinstance(value, str):
         return None
     try:
-        parsed = datetime.fromisoformat(value)
+        return as_utc(datetime.fromisoformat(value))
     except ValueError:
         return None
-    return as_utc(parsed)
 
 
 def _day(value: object) -> str | None:
@@ -119,6 +137,10 @@ class Aggregator:
         mode: Keep sessions whose ``metadata.mode`` is this (``normal``, ``thinking``,
             ``research`` or any other string).
 
+    Raises:
+        ValueError: ``since`` or ``until`` has no UTC equivalent (its offset takes it out
+            of the years 1 to 9999).
+
     Example:
         .. code-block:: python
 
@@ -168,7 +190,8 @@ class Aggregator:
         self.tool_results: dict[str, int] = {}
         self.tool_errors: dict[str, int] = {}
         self.fetched_items: dict[str, int] = {}
-        self.fetched_urls: dict[str, int] = {}
+        self.fetched_urls = 0
+        self.fetched_urls_by_type: dict[str, int] = {}
         self.cited_by_type: dict[str, int] = {}
         self.used_urls = 0
         self.cited_urls = 0
@@ -239,27 +262,38 @@ class Aggregator:
         for document in documents:
             self.add(document)
 
-    def _add_fetched(self, fetched: Mapping[str, Any]) -> dict[str, str]:
-        """Count fetched items; return the session's fetched URLs with their source type."""
-        urls: dict[str, str] = {}
+    def _add_fetched(self, fetched: Mapping[str, Any]) -> dict[str, list[str]]:
+        """Count fetched items; return the session's fetched URLs with their source types.
+
+        A URL counts once for the session, and once for each source type that fetched it
+        (a page the extension scraped that a search found too is in both types' ``urls``).
+        """
+        types_of: dict[str, list[str]] = {}
         for source_type, items in fetched.items():
             if not isinstance(items, list):
                 continue
             _bump(self.fetched_items, source_type, len(items))
             tokens = 0
+            urls: set[str] = set()
             for item in items:
                 if not isinstance(item, dict):
                     continue
                 tokens += _int(item.get("token_count"))
                 url = item.get("url")
                 if isinstance(url, str) and url and url not in urls:
-                    urls[url] = source_type
-                    _bump(self.fetched_urls, source_type)
+                    urls.add(url)
+                    types_of.setdefault(url, []).append(source_type)
+            _bump(self.fetched_urls_by_type, source_type, len(urls))
             _bump(self.fetched_tokens, source_type, tokens)
-        return urls
+        self.fetched_urls += len(types_of)
+        return types_of
 
-    def _add_history(self, history: list[Any], fetched_urls: Mapping[str, str]) -> int:
-        """Count one session's messages; return its turns (user messages)."""
+    def _add_history(self, history: list[Any], fetched_urls: Mapping[str, list[str]]) -> int:
+        """Count one session's messages; return its turns (user messages).
+
+        Every counted message's ``timestamp`` is read once, whatever its role: one that
+        is there but unreadable adds one to ``skipped_timestamps``.
+        """
         turns = 0
         used: set[str] = set()
         cited: set[str] = set()
@@ -279,26 +313,34 @@ class Aggregator:
             tokens = message.get("token_count")
             if type(tokens) is int:  # the hot loop: no call for the common case
                 tokens_by_role[role] += tokens
+            stamp = message.get("timestamp")
             if role == "user":
                 turns += 1
-                day = _day(message.get("timestamp"))
-                if day is None:
-                    self.skipped_timestamps += 1
-                else:
+                day = _day(stamp)
+                if day is not None:
                     turns_by_day[day] = turns_by_day.get(day, 0) + 1
-            elif role == "assistant":
+                elif stamp is not None:
+                    self.skipped_timestamps += 1
+            elif stamp is not None and _parse(stamp) is None:  # other roles: is it readable?
+                self.skipped_timestamps += 1
+            if role == "assistant":
                 self._add_reply(message, previous, used, cited, call_names)
             elif role == "tool":
                 self._add_tool_result(message, call_names)
             previous = message
         self.used_urls += len(used)
+        self._add_cited(cited, fetched_urls)
+        return turns
+
+    def _add_cited(self, cited: set[str], fetched_urls: Mapping[str, list[str]]) -> None:
+        """A session's cited URLs; a fetched one counts for each type that fetched it."""
         self.cited_urls += len(cited)
         for url in cited:
-            source_type = fetched_urls.get(url)
-            if source_type is not None:
+            source_types = fetched_urls.get(url)
+            if source_types is not None:
                 self.cited_fetched += 1
-                _bump(self.cited_by_type, source_type)
-        return turns
+                for source_type in source_types:
+                    _bump(self.cited_by_type, source_type)
 
     def _add_reply(
         self,
@@ -363,9 +405,12 @@ class Aggregator:
                     _bump(self.tool_calls, name)
 
     def _estimate(self, asked: object, answered: object) -> None:
+        """The gap between a question and its reply (an unreadable timestamp: none).
+
+        :meth:`_add_history` has counted an unreadable timestamp already, once.
+        """
         start, end = _parse(asked), _parse(answered)
         if start is None or end is None:
-            self.skipped_timestamps += 1
             return
         gap = (end - start).total_seconds() * 1000
         if gap >= 0:
@@ -383,17 +428,22 @@ class Aggregator:
     # ------------------------------------------------------------------ result
 
     def _days(self) -> tuple[DayCount, ...]:
-        active = self.sessions_by_day.keys() | self.turns_by_day.keys()
+        """Every day from the first to the last active one, or only the active days.
+
+        Only the active days when they span over :data:`MAX_DENSE_DAYS`: the list's length
+        then follows the data, not how far apart its oldest and newest dates are.
+        """
+        active = sorted(self.sessions_by_day.keys() | self.turns_by_day.keys())
         if not active:
             return ()
-        first, last = date.fromisoformat(min(active)), date.fromisoformat(max(active))
-        out = []
-        for offset in range((last - first).days + 1):
-            key = (first + timedelta(days=offset)).isoformat()
-            out.append(
-                DayCount(key, self.sessions_by_day.get(key, 0), self.turns_by_day.get(key, 0))
-            )
-        return tuple(out)
+        first, last = date.fromisoformat(active[0]), date.fromisoformat(active[-1])
+        span = (last - first).days + 1
+        if span <= MAX_DENSE_DAYS:
+            active = [(first + timedelta(days=offset)).isoformat() for offset in range(span)]
+        return tuple(
+            DayCount(key, self.sessions_by_day.get(key, 0), self.turns_by_day.get(key, 0))
+            for key in active
+        )
 
     def report(self, *, generated_at: datetime | None = None) -> AnalyticsReport:
         """The figures counted so far (the aggregator can go on counting afterwards)."""
@@ -416,14 +466,14 @@ class Aggregator:
         by_type = {
             t: {
                 "items": items,
-                "urls": self.fetched_urls.get(t, 0),
+                "urls": self.fetched_urls_by_type.get(t, 0),
                 "cited_urls": self.cited_by_type.get(t, 0),
             }
             for t, items in _ranked(self.fetched_items).items()
         }
         sources = SourceUsage(
             fetched_items=sum(self.fetched_items.values()),
-            fetched_urls=sum(self.fetched_urls.values()),
+            fetched_urls=self.fetched_urls,
             used_urls=self.used_urls,
             cited_urls=self.cited_urls,
             cited_fetched_urls=self.cited_fetched,

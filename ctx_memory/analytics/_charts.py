@@ -11,6 +11,8 @@ from __future__ import annotations
 import html
 from typing import TYPE_CHECKING
 
+from ctx_memory.analytics._report import SPARSE_DAYS_NOTE
+
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
@@ -260,6 +262,8 @@ def render_report_html(report: AnalyticsReport) -> str:
         },
         title="Sessions and turns per day (UTC)",
     )
+    if report.days_sparse:
+        over_time += f'<p class="muted">{_e(SPARSE_DAYS_NOTE)}</p>'
     sections = bar_chart(
         [(k, [v]) for k, v in report.tokens_by_section.items()],
         series=["tokens"],

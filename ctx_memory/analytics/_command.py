@@ -9,21 +9,28 @@ from typing import Annotated
 
 import typer
 
+from ctx_memory.analytics._aggregate import as_utc
 from ctx_memory.analytics._scan import analyze
 
 __all__ = ["analytics_command", "parse_instant"]
 
 
 def parse_instant(value: str, option: str) -> datetime:
-    """``--since`` / ``--until``: an ISO date or date-time; without a zone it is UTC.
+    """``--since`` / ``--until``: an ISO date or date-time, as UTC (without a zone it is UTC).
 
     Raises:
-        typer.BadParameter: Not an ISO-8601 date or date-time.
+        typer.BadParameter: Not an ISO-8601 date or date-time, or one without a UTC
+            equivalent (``0001-01-01T00:00+05:00`` is in year 0 in UTC).
     """
     try:
-        return datetime.fromisoformat(value.strip())
+        instant = datetime.fromisoformat(value.strip())
     except ValueError:
         msg = f"{value!r} is not an ISO date or date-time (e.g. 2026-03-01 or 2026-03-01T12:00Z)"
+        raise typer.BadParameter(msg, param_hint=option) from None
+    try:
+        return as_utc(instant)
+    except ValueError:
+        msg = f"{value!r} falls outside the years 1 to 9999 once converted to UTC"
         raise typer.BadParameter(msg, param_hint=option) from None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -11,6 +12,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
 __all__ = [
+    "MAX_DENSE_DAYS",
     "SCHEMA",
     "AnalyticsReport",
     "DayCount",
@@ -23,6 +25,19 @@ __all__ = [
 
 SCHEMA = "ctx_memory.analytics/1"
 """The ``schema`` value of :meth:`AnalyticsReport.as_dict`; bumped when a key changes."""
+
+MAX_DENSE_DAYS = 3660
+"""The longest span (in days, about ten years) whose every day the per-day list holds.
+
+Past it, the list holds only the days with activity, so its length follows the data, not
+the dates: one session dated year 1 among sessions of 2026 would otherwise make it 739,677
+days long.
+"""
+
+SPARSE_DAYS_NOTE = (
+    f"Only days with activity are listed: the days span over {MAX_DENSE_DAYS:,} days."
+)
+"""What the Markdown and HTML renderings say under a sparse per-day list."""
 
 ROLE_ORDER = ("user", "assistant", "system", "tool")
 SECTION_ORDER = ("system_prompt", "history", "fetched_sources")
@@ -206,7 +221,7 @@ class SourceUsage:
         replies_with_sources: Replies whose prompt held at least one source.
         replies_citing: Replies that cite at least one source.
         by_type: Per source type: ``items``, ``urls`` and ``cited_urls`` (cited URLs
-            fetched under that type).
+            fetched under that type). A URL fetched under two types counts for each.
 
     Example:
         .. code-block:: python
@@ -294,7 +309,9 @@ class AnalyticsReport:
         tokens_by_role: Stored tokens per role (the messages' cached ``token_count``).
         tokens_by_section: ``system_prompt``, ``history`` and ``fetched_sources`` tokens.
         tokens_by_source_type: Fetched-source tokens per source type.
-        days: One entry per UTC day from the first to the last active day (zeros kept).
+        days: One entry per UTC day from the first to the last active day (zeros kept);
+            only the active days when that would be more than :data:`MAX_DENSE_DAYS`
+            entries (see :attr:`days_sparse`).
         models: Replies per model, most replies first.
         latency_ms: Recorded ``response_time_ms`` of every reply that has one.
         latency_estimated_ms: For replies without a recorded latency that directly follow
@@ -302,8 +319,10 @@ class AnalyticsReport:
         sources: Sources fetched against sources used and cited.
         tools: Tool usage, most calls first.
         modes: Selected sessions per ``metadata.mode``, most first.
-        skipped_timestamps: Timestamps that could not be parsed (their message still
-            counts, but not on the day chart or in the estimated latency).
+        skipped_timestamps: Message timestamps that are there but could not be read:
+            not ISO 8601, or outside UTC's range once their offset is applied. Each counts
+            once, whatever the message's role (the message still counts, but not on the
+            day chart or in the estimated latency).
 
     Example:
         .. code-block:: python
@@ -350,6 +369,14 @@ class AnalyticsReport:
     def abandoned_rate(self) -> float:
         """Share of sessions with at least one turn that stopped after exactly one."""
         return _ratio(self.sessions_one_turn, self.sessions - self.sessions_empty)
+
+    @property
+    def days_sparse(self) -> bool:
+        """Whether :attr:`days` lists only active days: they span over :data:`MAX_DENSE_DAYS`."""
+        if not self.days:
+            return False
+        first, last = date.fromisoformat(self.days[0].date), date.fromisoformat(self.days[-1].date)
+        return (last - first).days + 1 > MAX_DENSE_DAYS
 
     @property
     def total_tokens(self) -> int:
@@ -524,6 +551,8 @@ def _markdown(report: AnalyticsReport) -> str:
     out += _table(["mode", "sessions"], [(k, _num(v)) for k, v in report.modes.items()])
     if report.days:
         out += ["## Per day (UTC)", ""]
+        if report.days_sparse:
+            out += [SPARSE_DAYS_NOTE, ""]
         out += _table(
             ["date", "sessions", "turns"],
             [(d.date, _num(d.sessions), _num(d.turns)) for d in report.days],

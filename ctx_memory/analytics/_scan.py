@@ -135,6 +135,10 @@ def analyze(
     Returns:
         The report; see :class:`~ctx_memory.analytics.AnalyticsReport`.
 
+    Raises:
+        ValueError: ``since`` or ``until`` has no UTC equivalent (its offset takes it out
+            of the years 1 to 9999), checked before any session is read.
+
     Example:
         .. code-block:: python
 

@@ -29,7 +29,7 @@ the tenant's manager from :func:`~ctx_memory.server.security.tenant_manager`.
 from __future__ import annotations
 
 import copy
-from datetime import datetime  # noqa: TC003 - FastAPI reads the annotations
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
@@ -37,7 +37,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from langchain_core.messages import HumanMessage
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
 
 from ctx_memory.errors import SessionExistsError
 from ctx_memory.recall import MAX_SEARCH_HITS, asearch_history
@@ -564,11 +564,33 @@ async def store_stats(manager: Manager) -> Any:
     return JSONResponse(await manager.aget_memory_stats(None))
 
 
+def utc_bound(value: datetime | None) -> datetime | None:
+    """An analytics ``since`` / ``until`` bound, checked to have a UTC equivalent.
+
+    Analytics compares instants in UTC, and an offset can take a valid ISO 8601 time out
+    of the years 1 to 9999 a datetime holds (``0001-01-01T00:00:00+05:00``).
+
+    Raises:
+        ValueError: The bound has no UTC equivalent (a validation error, like any other
+            invalid value).
+    """
+    if value is not None and value.tzinfo is not None:
+        try:
+            value.astimezone(UTC)
+        except OverflowError:
+            msg = f"{value.isoformat()} is outside the range of UTC datetimes (years 1 to 9999)"
+            raise ValueError(msg) from None
+    return value
+
+
+AnalyticsBound = Annotated[datetime | None, AfterValidator(utc_bound)]
+
+
 @router.get("/v1/analytics", tags=["service"], summary="Analytics across sessions")
 async def analytics(
     manager: Manager,
-    since: Annotated[datetime | None, Query(description="ISO 8601: sessions active since.")] = None,
-    until: Annotated[datetime | None, Query(description="ISO 8601: ... and until.")] = None,
+    since: Annotated[AnalyticsBound, Query(description="ISO 8601: sessions active since.")] = None,
+    until: Annotated[AnalyticsBound, Query(description="ISO 8601: ... and until.")] = None,
     mode: Annotated[ContextMode | None, Query(description="Only sessions in this mode.")] = None,
 ) -> Any:
     """``ctx_memory.analytics.analyze(...)`` over the tenant's sessions, as JSON."""

@@ -466,17 +466,18 @@ async def analytics_page(
     mode: Annotated[str, Query(max_length=16)] = "",
 ) -> Response:
     """The analytics report of the tenant's sessions (empty filters: none)."""
-    from ctx_memory.server.api import load_analyze  # noqa: PLC0415
+    from ctx_memory.server.api import load_analyze, utc_bound  # noqa: PLC0415
 
     name, manager = _tenant(request, who, tenant)
     try:
-        start, end = _when(since), _when(until)
+        start, end = utc_bound(_when(since)), utc_bound(_when(until))
         chosen = ContextMode(mode) if mode else None
     except ValueError:
         raise ServiceError(
             400,
             "bad_request",
-            "since/until must be ISO 8601 times and mode one of normal, thinking, research",
+            "since/until must be ISO 8601 times (years 1 to 9999 in UTC) and mode one of"
+            " normal, thinking, research",
         ) from None
     modes = "".join(
         f'<option value="{m.value}"{" selected" if chosen is m else ""}>{m.value}</option>'
@@ -522,5 +523,5 @@ def _local(value: datetime | None) -> str:
     if value is None:
         return ""
     if value.tzinfo is not None:
-        value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S")
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(timespec="seconds")  # strftime's %Y drops year 1's zeros
