@@ -204,13 +204,15 @@ class ManagerCore(Closeable):
         await self.store.aclose()
 
 
-def _weak_hook(manager: ManagerCore) -> Callable[[str, str], None]:
-    """``manager._on_lifecycle`` through a weak reference (a no-op once it is gone)."""
+def _weak_hook(manager: ManagerCore) -> Callable[[str, str], bool]:
+    """``manager._on_lifecycle`` through a weak reference; ``False`` once it is gone."""
     method = weakref.WeakMethod(manager._on_lifecycle)
 
-    def hook(event_type: str, session_id: str) -> None:
+    def hook(event_type: str, session_id: str) -> bool:
         found = method()
-        if found is not None:
-            found(event_type, session_id)
+        if found is None:
+            return False  # another manager on the same emitter hears it, if any
+        found(event_type, session_id)
+        return True
 
     return hook

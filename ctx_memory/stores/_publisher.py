@@ -107,6 +107,7 @@ class EventPublisher(abc.ABC):
         self._thread: threading.Thread | None = None
         self._closed = False
         self._hooks: Mapping[object, object] | None = None
+        self._was_muted = False
         _ALL.add(self)
 
     def __call__(self, event: Event) -> None:
@@ -123,10 +124,20 @@ class EventPublisher(abc.ABC):
         self._hooks = hooks
 
     def _muted(self) -> bool:
-        """Whether managers use the store and every one of them has emission turned off."""
+        """Whether every manager using the store has emission turned off.
+
+        With no manager on the store any more (they were dropped), as it was when the
+        last ones were there: the settings they were made with still hold.
+        """
         keys = list(self._hooks or ())  # one step: a manager may add its hook meanwhile
         emitters = [key for key in keys if isinstance(key, EventEmitter)]
-        return bool(emitters) and not any(emitter.enabled for emitter in emitters)
+        if emitters:
+            self._was_muted = not any(emitter.enabled for emitter in emitters)
+        return self._was_muted
+
+    def remember_emission(self) -> None:
+        """Note whether the managers on the store emit: called as one of them leaves."""
+        self._muted()
 
     def lifecycle(self, event_type: str, session_id: str) -> None:
         """Publish an expiry or eviction the store found (a store lifecycle hook).

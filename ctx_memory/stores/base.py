@@ -267,26 +267,35 @@ class BaseStore(Closeable):
     """Whether the default :meth:`ahandle` runs :meth:`handle` in a worker thread."""
 
     lifecycle_hook: Callable[[str, str], None] | None = None
-    _lifecycle_hooks: dict[object, Callable[[str, str], None]] | None = None
+    _lifecycle_hooks: dict[object, list[Callable[[str, str], bool | None]]] | None = None
 
     def add_lifecycle_hook(
-        self, hook: Callable[[str, str], None], *, key: object = None
+        self, hook: Callable[[str, str], bool | None], *, key: object = None
     ) -> Callable[[], None]:
         """Also report lifecycle events to ``hook``; returns a function that removes it.
 
         Every manager sharing this store registers one, so each hears every expiry and
-        eviction whichever manager's call (or the garbage collector) found it. Hooks
-        registered with the same ``key`` replace each other (one per event emitter).
+        eviction whichever manager's call (or the garbage collector) found it. Of the hooks
+        registered with the same ``key`` (managers sharing one event emitter) one hears
+        each event: the newest whose call does not answer ``False`` (a hook whose manager
+        is gone answers ``False``, and the next one hears it).
         """
         hooks = self._lifecycle_hooks
         if hooks is None:
             hooks = self._lifecycle_hooks = {}
         slot = key if key is not None else hook
-        hooks[slot] = hook
+        hooks[slot] = [hook, *hooks.get(slot, ())]
 
         def remove() -> None:
-            if hooks.get(slot) is hook:
-                del hooks[slot]
+            found = hooks.get(slot, [])
+            if hook in found:
+                if self.publisher is not None:  # what EVENT_EMISSION says, while it is here
+                    self.publisher.remember_emission()
+                rest = [h for h in found if h is not hook]
+                if rest:
+                    hooks[slot] = rest
+                else:
+                    del hooks[slot]
 
         return remove
 
@@ -302,8 +311,10 @@ class BaseStore(Closeable):
             if self.lifecycle_hook is not None:
                 self.lifecycle_hook(event_type, session_id)
             if self._lifecycle_hooks:
-                for hook in list(self._lifecycle_hooks.values()):
-                    hook(event_type, session_id)
+                for same_key in list(self._lifecycle_hooks.values()):
+                    for hook in same_key:
+                        if hook(event_type, session_id) is not False:
+                            break
         finally:
             _REPORTED_AT.reset(reported)
 

@@ -729,3 +729,23 @@ class ManagerContractTests(ContractBase):
         assert [ref() for ref in dropped] == [None] * 20
         live.add_user_message("last", "hi")
         assert heard == [f"d{i}" for i in range(20)]  # each once, by the one manager left
+
+    @requires("max_sessions")
+    def test_managers_sharing_an_emitter_hear_each_event_once(
+        self, open_store: StoreFactory
+    ) -> None:
+        """Two managers on one store and one emitter hear each eviction once.
+
+        Also after one of them is dropped.
+        """
+        store = open_store(max_sessions=1)
+        first = manager(store)
+        second = ContextManager(first.settings, store=store, events=first.events)
+        heard: list[str] = []
+        first.on(EventType.SESSION_EVICTED, lambda e: heard.append(e.session_id))
+        first.add_user_message("a", "hi")
+        second.add_user_message("b", "hi")  # evicts a
+        del second
+        gc.collect()
+        first.add_user_message("c", "hi")  # evicts b
+        assert heard == ["a", "b"]

@@ -9,6 +9,7 @@ publishes its own reports (``test_expiries_are_published_once``).
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -73,11 +74,36 @@ def test_nothing_is_published_with_emission_off(make_store: Callable[..., BaseSt
         listener.delete("sentinel")  # (a store, not a manager: no event)
         store = make_store(ttl_seconds=TTL, max_sessions=1, publish_events=True)
         quiet = ContextManager(store=store, event_emission=False, token_counter="approximate")
-        ContextManager(store=store, token_counter="approximate")
+        loud = ContextManager(store=store, token_counter="approximate")  # kept: it emits
         lifecycle_and_writes(quiet)
         quiet.close()
         wait_for(lambda: "session_expired:b" in received)
+        del loud
     assert received == ["session_evicted:a", "session_expired:b"]
+
+
+def test_emission_stays_off_after_the_stores_managers_are_dropped(
+    make_store: Callable[..., BaseStore],
+) -> None:
+    """A store whose muted managers were dropped (not closed) still publishes nothing."""
+    listener: Any = make_store()
+    listener.exists("warm-up")
+    received: list[str] = []
+    store = make_store(ttl_seconds=TTL, publish_events=True)
+    with listener.subscribe_events(lambda e: received.append(f"{e['type']}:{e['session_id']}")):
+        time.sleep(0.3)
+        cm = ContextManager(store=store, event_emission=False, token_counter="approximate")
+        cm.add_user_message("gone", "hi")
+        del cm
+        gc.collect()
+        time.sleep(TTL + 0.3)
+        assert store.gc() == 1  # the expiry, reported by the store with no manager left
+        store.close()  # publishes what is queued before it returns
+        loud = ContextManager(store=make_store(publish_events=True), token_counter="approximate")
+        loud.add_user_message("sentinel", "hi")
+        loud.close()
+        wait_for(lambda: "message_added:sentinel" in received)
+    assert received == ["session_created:sentinel", "message_added:sentinel"]
 
 
 _EXITING_JOB = """
