@@ -40,7 +40,7 @@ REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "redis
 # starts no parameter included, whatever a parser makes of them), so nothing of a secret
 # value survives. A name mentions a secret (``password``, ``ssl_password``...) once
 # percent-decoded: ``p%61ssword`` logs in as well.
-_PARAM = re.compile(r"([?&])([^=&]*)=((?:[^&]|&(?![^&=]*=))*)")
+_PARAM = re.compile(r"([?&])([^=&?]*)=((?:[^&]|&(?![^&=]*=))*)")
 _SECRET_NAME = re.compile(r"pass|secret|token|auth", re.IGNORECASE)
 
 
@@ -170,8 +170,8 @@ def _query_problem(query: str, scheme: str, also: tuple[str, ...] = ()) -> str |
             value = parser(values[0])
         except (TypeError, ValueError):
             return f"query parameter {name!r} has an invalid value"
-        if name == "max_connections" and isinstance(value, int) and value < 1:
-            return "query parameter 'max_connections' must be 1 or more"
+        if name == "max_connections" and isinstance(value, int) and value < 0:
+            return "query parameter 'max_connections' must be 0 (redis-py's default) or more"
     return None
 
 
@@ -239,9 +239,9 @@ def postgres_url_problem(url: str) -> str | None:  # noqa: PLR0911 - one return 
         return f"holds a '%' that does not start a %XX escape; {_ENCODE_HINT}"
     if "%00" in url:  # libpq refuses a NUL, quoting the value
         return "holds %00 (a NUL character), which no PostgreSQL text or password can hold"
-    host = parts.netloc.rpartition("@")[2]
-    if host.startswith("[") and not re.fullmatch(r"\[[^\]]*\](?::\d*)?", host):
-        return "has something other than ':port' after its [IPv6] host"
+    hosts = parts.netloc.rpartition("@")[2].split(",")  # libpq takes several: h1,[::1]:5433
+    if any(h.startswith("[") and not re.fullmatch(r"\[[^\]]*\](?::\d*)?", h) for h in hosts):
+        return "has something other than ':port' after an [IPv6] host"
     return None
 
 
@@ -249,42 +249,52 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 class _SecretFilter(logging.Filter):
-    """Replaces the secrets it was given by ``***`` in every record of its logger."""
+    """Masks, in the records of its logger that name one of its tags, that tag's secrets.
+
+    A record names a tag when one of its arguments is that text (psycopg_pool passes its
+    pool's name: ``error connecting in %r: %s``); other records are left alone. Each URL
+    is replaced by its :func:`redact_url` form, then each password of 4 characters or
+    more wherever it stands (a 1-character password would garble the whole line).
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.secrets: set[str] = set()
+        self.urls: dict[str, set[str]] = {}  # tag -> the URLs registered under it
 
     def filter(self, record: logging.LogRecord) -> bool:
-        secrets = sorted(self.secrets, key=len, reverse=True)
-        if not secrets:
+        args = record.args if isinstance(record.args, tuple) else ()
+        urls = {u for arg in args if isinstance(arg, str) for u in self.urls.get(arg, ())}
+        if not urls:
             return True
         text = record.getMessage()
-        if any(secret in text for secret in secrets):
-            for secret in secrets:
-                text = text.replace(secret, "***")
-            record.msg, record.args = text, ()
+        for url in sorted(urls, key=len, reverse=True):
+            text = text.replace(url, redact_url(url))
+        secrets = {s for url in urls for s in url_secrets(url) if len(s) >= _SHORTEST_MASKED}
+        for secret in sorted(secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        record.msg, record.args = text, ()
         return True
 
 
+_SHORTEST_MASKED = 4
 _FILTERS: dict[str, _SecretFilter] = {}
 _FILTERS_LOCK = threading.Lock()
 
 
-def hide_in_logs(logger_name: str, url: str) -> str:
-    """Mask the passwords ``url`` holds in whatever the logger ``logger_name`` logs.
+def hide_in_logs(logger_name: str, url: str, *, tag: str) -> str:
+    """Mask the passwords ``url`` holds in the records of ``logger_name`` that name ``tag``.
 
     For a client library that logs why it could not connect, quoting the connection
-    string (psycopg_pool does, for a URL libpq refuses); returns ``url``.
+    string (psycopg_pool does, for a URL libpq refuses), with a name of ours among the
+    record's arguments (the pool's name); returns ``url``.
     """
-    secrets = url_secrets(url)
-    if secrets:
+    if url_secrets(url):
         with _FILTERS_LOCK:
             found = _FILTERS.get(logger_name)
             if found is None:
                 found = _FILTERS[logger_name] = _SecretFilter()
                 logging.getLogger(logger_name).addFilter(found)
-            found.secrets.update(secrets)
+            found.urls = {**found.urls, tag: found.urls.get(tag, set()) | {url}}
     return url
 
 

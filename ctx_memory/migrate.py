@@ -46,7 +46,7 @@ __all__ = ["MigrationReport", "migrate", "migrate_command", "open_store"]
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
 # "host=… password=…" (quoted or not), not a path
 _LIBPQ_KEYWORD = re.compile(
-    r"^\W*[A-Za-z_]+\s*=|\b(?:password|passfile|sslpassword)\s*=", re.IGNORECASE
+    r"^[\s'\"]*[A-Za-z_]+\s*=|(?:^|\s)(?:password|passfile|sslpassword)\s*=", re.IGNORECASE
 )
 # "redis:/…", "postgresql:…": a URL missing its "//", not a file name
 _SCHEME_TYPO = re.compile(

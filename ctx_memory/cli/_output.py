@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from ctx_memory.assembly.compacted import COMPACTIONS_KEY, compactions_of, produ
 from ctx_memory.schema import exported
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
     from rich.console import Console
     from rich.progress import Progress
@@ -255,27 +256,36 @@ def quiet_pool_logs() -> None:
         logger.addHandler(logging.NullHandler())
 
 
-_URL_IN_TEXT = re.compile(r"[A-Za-z][\w+.-]*:/{1,2}[^\s'\"]+")
-_SECRET_IN_TEXT = re.compile(r"(?i)\b((?:ssl)?pass(?:word|wd)?|pwd)=[^\s'\"]+")
+_SECRETISH = re.compile(r"@|://|pass|secret|token|pwd|api[_-]?key", re.IGNORECASE)
+_ARGS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("ctx_memory_cli_args")
 
 
-def redact_text(text: str) -> str:
-    """``text`` with every URL in it masked, and any ``password=...`` too.
-
-    For messages that quote what the user typed; URLs go through
-    :func:`~ctx_memory.config.redact_url`.
-    """
+def _masked(argument: str) -> str:
     from ctx_memory.config import redact_url  # noqa: PLC0415 - only when a usage error shows
 
-    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
-    return _SECRET_IN_TEXT.sub(r"\1=***", text)
+    shown = redact_url(argument)
+    return shown if shown != argument else "***"
+
+
+def redact_arguments(text: str, arguments: Sequence[str]) -> str:
+    """``text`` with each argument that may hold a secret masked where it quotes it.
+
+    An argument with ``@``, ``://`` or a word such as ``pass`` or ``token`` in it is shown
+    through :func:`~ctx_memory.config.redact_url`, or as ``***`` when that finds nothing
+    to mask; the others are left as they are. Plain substring replacement: no pattern to
+    backtrack on, however long the text.
+    """
+    for argument in sorted(set(arguments), key=len, reverse=True):
+        if argument and _SECRETISH.search(argument) and argument in text:
+            text = text.replace(argument, _masked(argument))
+    return text
 
 
 def _redacted_usage_error(error: Exception) -> None:
     """Mask what a usage error (exit code 2, from click or typer's own copy) quotes."""
     message = getattr(error, "message", None)
     if getattr(error, "exit_code", None) == 2 and isinstance(message, str):
-        vars(error)["message"] = redact_text(message)
+        vars(error)["message"] = redact_arguments(message, _ARGS.get(()))
 
 
 class RedactingGroup(TyperGroup):
@@ -283,11 +293,14 @@ class RedactingGroup(TyperGroup):
 
     Click quotes what it could not use ("No such command 'redis://:pw@host'", "Got
     unexpected extra argument (...)"): a URL typed without its option would be printed
-    whole.
+    whole. The command line's arguments are noted as it is parsed, and those that may
+    hold a secret are masked wherever an error quotes them.
     """
 
     @override
     def make_context(self, info_name: Any, args: Any, parent: Any = None, **extra: Any) -> Any:
+        if parent is None:
+            _ARGS.set(tuple(str(a) for a in args))
         try:
             return super().make_context(info_name, args, parent, **extra)
         except Exception as e:

@@ -290,7 +290,7 @@ class PostgresStore(PostgresOperations):
         if url is not None and pool is None:
             url = validate_postgres_url(url)
         conninfo = url if url is not None else str((pool or async_pool).conninfo)  # type: ignore[union-attr]
-        self._conninfo = hide_in_logs("psycopg.pool", conninfo)  # pool warnings quote it
+        self._conninfo = hide_in_logs("psycopg.pool", conninfo, tag=f"ctx_memory-{self.schema}")
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout
         self._pool: ConnectionPool[Any] | None = pool

@@ -56,8 +56,7 @@ def test_a_query_part_without_a_value_is_refused_unnamed() -> None:
 @pytest.mark.parametrize(
     ("url", "problem"),
     [
-        ("redis://h:6379/0?max_connections=-1", "'max_connections' must be 1 or more"),
-        ("redis://h:6379/0?max_connections=0", "'max_connections' must be 1 or more"),
+        ("redis://h:6379/0?max_connections=-1", "'max_connections' must be 0"),
         (f"redis+sentinel://:{SECRET}@h:26379/mymaster?foo=bar", "'foo' is not one redis-py"),
     ],
 )
@@ -67,8 +66,11 @@ def test_query_parameters_redis_py_would_crash_on_are_refused_at_load(
     with pytest.raises(ConfigurationError, match=problem) as info:
         validate_redis_url(url)
     assert SECRET not in str(info.value)
-    ok = "redis+sentinel://:pw@h:26379/mymaster?sentinel_password=x&socket_timeout=2"
-    assert validate_redis_url(ok) == ok
+    for ok in (
+        "redis+sentinel://:pw@h:26379/mymaster?sentinel_password=x&socket_timeout=2",
+        "redis://h:6379/0?max_connections=0",  # redis-py's default pool size
+    ):
+        assert validate_redis_url(ok) == ok
 
 
 @pytest.mark.parametrize(
@@ -83,16 +85,33 @@ def test_urls_libpq_would_quote_are_refused(url: str, problem: str) -> None:
     with pytest.raises(ConfigurationError, match=problem) as info:
         validate_postgres_url(url)
     assert SECRET not in str(info.value)
-    assert validate_postgres_url("postgresql://app:pw@[::1]:5432/db")
+    for ok in (
+        "postgresql://app:pw@[::1]:5432/db",
+        "postgresql://app:pw@[::1],127.0.0.1/db?port=5432,5433",  # libpq's several hosts
+        "postgresql://app:pw@h1:5432,[::1]:5433/db",
+    ):
+        assert validate_postgres_url(ok) == ok
 
 
 def test_a_client_librarys_log_records_are_scrubbed(caplog: pytest.LogCaptureFixture) -> None:
+    """Records naming the tag lose the URL's passwords; others are left as they are."""
     url = f"postgresql://app:{SECRET}-x@h/db?sslpassword={SECRET}-y"
-    assert hide_in_logs("ctx_memory.tests.client", url) == url
+    short = "postgresql://postgres:e@postgres/db"  # a toy password: masked in the URL only
+    logger = logging.getLogger("ctx_memory.tests.client")
+    assert hide_in_logs("ctx_memory.tests.client", url, tag="ctx_memory-a") == url
+    hide_in_logs("ctx_memory.tests.client", short, tag="ctx_memory-b")
     with caplog.at_level(logging.WARNING, logger="ctx_memory.tests.client"):
-        logging.getLogger("ctx_memory.tests.client").warning("cannot connect to %r", url)
+        logger.warning(
+            "error connecting in %r: cannot use %r (%s)", "ctx_memory-a", url, f"{SECRET}-x"
+        )
+        logger.warning("error connecting in %r: %s: host postgres", "ctx_memory-b", short)
+        logger.warning("error connecting in %r: %s", "someone-elses-pool", "server error")
+    lines = caplog.text.splitlines()
     assert SECRET not in caplog.text
-    assert "cannot connect to" in caplog.text
+    assert "cannot use 'postgresql://app:***@h/db?sslpassword=***'" in lines[0]
+    assert "postgresql://postgres:***@postgres/db: host postgres" in lines[1]
+    assert "someone-elses-pool" in lines[2]
+    assert "server error" in lines[2]
 
 
 def test_a_url_setting_of_the_wrong_type_is_not_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,6 +160,11 @@ def test_migrate_takes_no_url_typo_for_a_file(
         ["migrate", "--from", "a.db", "--to", "memory://", f"redis://:{SECRET}@h:6379/0"],
         ["sessions", f"postgresql://app:{SECRET}@db/app"],
         ["sessions", "list", f"--bogus=password={SECRET}"],
+        [f"redis://:{SECRET}'P@h/0"],  # a quote in the password
+        [f"admin:{SECRET}@db.example.com"],  # user info without a scheme
+        ["show", "s1", f"PGPASSWORD={SECRET}"],
+        ["show", "s1", f"host=db sentinel_password={SECRET}"],
+        [f"redis://:{SECRET}@h/0?x=" + "a" * 100_000],  # long: no pattern to backtrack on
     ],
 )
 def test_usage_errors_quote_no_password(args: list[str]) -> None:
@@ -148,3 +172,17 @@ def test_usage_errors_quote_no_password(args: list[str]) -> None:
     assert result.exit_code == 2
     assert SECRET not in result.output
     assert "***" in result.output or "Usage" in result.output
+
+
+@pytest.mark.parametrize("name", ["run=3.db", "./run=3.db", "./k=v.sqlite3", "old-password=x.db"])
+def test_file_names_with_an_equals_sign_are_still_files(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    if name == "run=3.db":
+        with pytest.raises(ConfigurationError, match="libpq"):  # the shape of "host=x"
+            open_store(name)
+        return
+    store = open_store(name)
+    store.close()
+    assert (tmp_path / name.removeprefix("./")).is_file()
