@@ -486,6 +486,8 @@ def test_only_the_tests_of_missing_capabilities_are_left_out() -> None:
         "test_appending_only_known_ids_is_no_access",
         "test_every_lifecycle_hook_hears_each_eviction",
         "test_each_manager_on_a_store_hears_its_evictions",
+        "test_a_manager_dropped_from_a_shared_store_is_freed",
+        "test_managers_sharing_an_emitter_hear_each_event_once",
         "test_write_after_another_store_object_deleted_the_session",
         "test_lru_is_shared_between_store_objects",
         "test_recall_segments_expire_with_the_session",
