@@ -4,23 +4,44 @@ A message is stored as the agent state holds it when the middleware writes it; a
 middleware may change it in the state afterwards: ``PIIMiddleware`` redacts a reply in
 ``after_model``, or tool results in a ``before_model`` that runs after this middleware's.
 The middleware keeps each stored message's digest until the agent ends, and replaces the
-stored copy when the state's differs (same id, same place).
+stored copy when the state's differs (same id, same place). A run resumed by another agent
+(another process, a new instance: after an interrupt) holds replies this one did not
+store: their stored copies are read back (:meth:`StoredDigests.seed`) to compare with.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage
 
+from ctx_memory.schema import record_to_message
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from langchain.agents.middleware import ModelRequest
     from langchain_core.messages import BaseMessage
 
-__all__ = ["StoredDigests", "message_digest"]
+__all__ = ["LOOK_BACK", "StoredDigests", "as_in_state", "message_digest"]
+
+LOOK_BACK = 256
+"""How many of the newest stored messages :meth:`StoredDigests.seed` looks among."""
+
+
+def as_in_state(request: ModelRequest[Any], run: list[BaseMessage]) -> list[BaseMessage]:
+    """The run's messages as the agent state holds them (by id).
+
+    A middleware wrapping the model call from outside may pass edited copies inward
+    (``ContextEditingMiddleware`` clears old tool outputs in the request only): the
+    session stores what the agent state holds, not what one request showed.
+    """
+    state = request.state if isinstance(request.state, Mapping) else {}
+    held = {m.id: m for m in state.get("messages") or ()}
+    return [held.get(m.id, m) if m.id is not None else m for m in run]
 
 
 def message_digest(message: BaseMessage) -> int:
@@ -88,3 +109,19 @@ class StoredDigests:
             if not forget:
                 self.put(key, (message_digest(message), kept[1]))
         return changed
+
+    def unseen_replies(self, session_id: str, messages: Sequence[BaseMessage]) -> bool:
+        """Whether ``messages`` hold a reply this agent did not store (a resumed run)."""
+        with self._lock:
+            return any(
+                isinstance(m, AIMessage) and m.id and (session_id, str(m.id)) not in self._items
+                for m in messages
+            )
+
+    def seed(self, session_id: str, records: Sequence[dict[str, Any]]) -> None:
+        """Remember stored records (the newest of the session) not remembered yet."""
+        for record in records:
+            key = (session_id, str(record.get("id")))
+            if record.get("id") and self.get(key) is None:
+                stored = record_to_message(record)
+                self.put(key, (message_digest(stored), dict(record.get("metadata") or {})))

@@ -91,7 +91,7 @@ from ctx_memory._compaction_langchain import (
     summary_body,
     summary_span,
 )
-from ctx_memory._middleware_replies import StoredDigests
+from ctx_memory._middleware_replies import LOOK_BACK, StoredDigests, as_in_state
 from ctx_memory.assembly.compacted import compactions_of
 from ctx_memory.assembly.window import repair_tool_pairs
 from ctx_memory.compaction import (
@@ -468,7 +468,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         if not self.persist:
             return []
         stamped: list[BaseMessage | dict[str, Any]] = []
-        for message in self._as_in_state(request, run):
+        for message in as_in_state(request, run):
             record = message_to_record(message, timestamp=asked)
             del record["token_count"]  # counted by the manager
             stamped.append(record)
@@ -504,17 +504,17 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             self._stored.remember(session_id, reply, metadata)
         return [*stamped, *records]
 
-    @staticmethod
-    def _as_in_state(request: ModelRequest[Any], run: list[BaseMessage]) -> list[BaseMessage]:
-        """The run's messages as the agent state holds them (by id).
+    def _seed(self, session_id: str, messages: list[BaseMessage]) -> None:
+        """Read back the stored copies of replies another agent stored (a resumed run)."""
+        if self._stored.unseen_replies(session_id, messages):
+            self._stored.seed(session_id, self.manager.get_history(session_id, last_k=LOOK_BACK))
 
-        A middleware wrapping the model call from outside may pass edited copies inward
-        (``ContextEditingMiddleware`` clears old tool outputs in the request only): the
-        session stores what the agent state holds, not what one request showed.
-        """
-        state = request.state if isinstance(request.state, Mapping) else {}
-        held = {m.id: m for m in state.get("messages") or ()}
-        return [held.get(m.id, m) if m.id is not None else m for m in run]
+    async def _aseed(self, session_id: str, messages: list[BaseMessage]) -> None:
+        """Async :meth:`_seed`."""
+        if self._stored.unseen_replies(session_id, messages):
+            self._stored.seed(
+                session_id, await self.manager.aget_history(session_id, last_k=LOOK_BACK)
+            )
 
     def _summaries_of(self, request: ModelRequest[Any]) -> list[BaseMessage]:
         """The request's LangChain summaries this middleware handles (none if not persisting)."""
@@ -681,7 +681,8 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
     ) -> ModelCallResult[Any]:
         session_id = self._session(request.runtime)
         run = self._run_of(session_id, request)
-        for message, metadata in self._stored.changed(session_id, self._as_in_state(request, run)):
+        self._seed(session_id, run)
+        for message, metadata in self._stored.changed(session_id, as_in_state(request, run)):
             self.manager.replace_message(session_id, str(message.id), message, metadata=metadata)
         # A LangChain summary is stored as a compaction (not a turn) before the prompt
         # is built, so the prompt sends it once, in place of what it covers.
@@ -707,7 +708,8 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
     ) -> ModelCallResult[Any]:
         session_id = self._session(request.runtime)
         run = self._run_of(session_id, request)
-        for message, metadata in self._stored.changed(session_id, self._as_in_state(request, run)):
+        await self._aseed(session_id, run)
+        for message, metadata in self._stored.changed(session_id, as_in_state(request, run)):
             await self.manager.areplace_message(
                 session_id, str(message.id), message, metadata=metadata
             )
@@ -745,6 +747,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         session_id = self._session(runtime)
         run = self._final_run(session_id, state)
         if _tools_ran(state, run):
+            self._seed(session_id, run)  # first: a reply another agent stored is compared
             for message in run:
                 self._stored.remember(session_id, message)
             self._store(session_id, run)
@@ -759,6 +762,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
         session_id = self._session(runtime)
         run = self._final_run(session_id, state)
         if _tools_ran(state, run):
+            await self._aseed(session_id, run)
             for message in run:
                 self._stored.remember(session_id, message)
             await self._astore(session_id, run)
@@ -768,6 +772,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
     def after_agent(self, state: AgentState[Any], runtime: Runtime[Any]) -> dict[str, Any] | None:
         session_id = self._session(runtime)
         run = self._final_run(session_id, state)
+        self._seed(session_id, run)
         self._store(session_id, run)
         for message, metadata in self._stored.changed(session_id, run, forget=True):
             self.manager.replace_message(session_id, str(message.id), message, metadata=metadata)
@@ -779,6 +784,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
     ) -> dict[str, Any] | None:
         session_id = self._session(runtime)
         run = self._final_run(session_id, state)
+        await self._aseed(session_id, run)
         await self._astore(session_id, run)
         for message, metadata in self._stored.changed(session_id, run, forget=True):
             await self.manager.areplace_message(

@@ -402,6 +402,42 @@ async def test_a_reply_redacted_after_the_model_call_is_stored_redacted(manager,
     assert "[REDACTED_EMAIL]" in sent
 
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_redacted_reply_is_replaced_when_another_agent_resumes_the_run(manager, mode):
+    """Paused for approval after the reply was stored and redacted in the state, the run is
+    resumed by a new agent (another worker): it reads the stored copy back and replaces it,
+    so neither the session nor the next prompt holds what was redacted."""
+    from langchain.agents.middleware import HumanInTheLoopMiddleware, PIIMiddleware
+    from langgraph.types import Command
+
+    calls = [{"name": "get_weather", "args": {"city": "Paris"}, "id": "c1"}]
+    model = fake_model(
+        AIMessage("Asking for alice.secret@example.com", tool_calls=calls), "Sent.", "Done."
+    )
+    checkpointer = InMemorySaver()
+
+    def agent():  # what each worker builds: its own middleware instances
+        return create_agent(
+            model,
+            tools=[get_weather],
+            middleware=[
+                ContextMiddleware(manager),
+                PIIMiddleware("email", strategy="redact", apply_to_output=True),
+                HumanInTheLoopMiddleware(interrupt_on={"get_weather": True}),
+            ],
+            checkpointer=checkpointer,
+        )
+
+    await _invoke(agent(), mode, {"messages": [("user", "weather for her?")]})
+    resumed = Command(resume={"decisions": [{"type": "approve"}]})
+    await _invoke(agent(), mode, resumed)
+    await _invoke(agent(), mode, {"messages": [("user", "and now?")]})
+    stored = manager.get_history("s1")
+    assert "alice.secret" not in str(stored)
+    assert "[REDACTED_EMAIL]" in str(stored[1])
+    assert "alice.secret" not in "\n".join(str(m) for m in model.seen[-1])
+
+
 def test_a_model_call_limit_after_a_tool_ran_keeps_its_result(manager):
     """A middleware raising before the next model call (a call limit): the tool's result
     was stored before the model was to be called again."""
