@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +24,8 @@ from ctx_memory.records import encode_document
 from ctx_memory.schema import parse_document, validate_session_id
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from ctx_memory.manager import ContextManager
     from ctx_memory.tokens import TokenCounter
 
@@ -240,26 +246,67 @@ def _write_all(
             existing = manager.get_context(target)
             if existing:
                 before[target] = existing
+    saved = _save_before(before)  # raises: nothing written yet
     touched: list[str] = []
     failure: str | None = None
-    with _progress("importing") as progress:
+    with _progress("importing") as progress, _terminate_as_interrupt():
         task = progress.add_task("import", total=len(documents))
         for doc, target in zip(documents, targets, strict=True):
-            touched.append(target)
             try:
                 manager.import_session(doc.data, session_id=target, overwrite=overwrite)
             except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - undo, whatever failed
+                if isinstance(e, (StoreUnavailableError, KeyboardInterrupt)):
+                    touched.append(target)  # it may have landed: undone too
                 detail = str(e) if isinstance(e, CtxMemoryError) else f"{type(e).__name__}: {e}"
+                if isinstance(e, KeyboardInterrupt):
+                    detail = "interrupted (Ctrl-C or SIGTERM)"
                 failure = f"{doc.where}: {detail}"
                 break
+            touched.append(target)
             progress.advance(task)
     if failure is None:
+        _forget(saved)
         return None
     left = _undo(manager, touched, before)
     if not left:
-        return f"{failure}; nothing was imported (the {len(touched) - 1} written were undone)"
+        _forget(saved)
+        return f"{failure}; nothing was imported (the {len(touched)} written were undone)"
     shown = ", ".join(map(repr, left[:10])) + (" …" if len(left) > 10 else "")
-    return f"{failure}; could not undo {len(left)} session(s): {shown}"
+    message = f"{failure}; could not undo {len(left)} session(s): {shown}"
+    if saved is not None and any(target in before for target in left):
+        message += (
+            f"; what they held before the import is in {saved} (`ctx-memory import "
+            f"--overwrite {saved}` puts it back)"
+        )
+    return message
+
+
+def _save_before(before: dict[str, dict[str, Any]]) -> Path | None:
+    """Write the sessions an import will replace to a file of their own, first.
+
+    An undo that fails (the disk filled up, the server went away) would otherwise lose
+    them with this process: the file (JSON Lines, owner-only) is kept until the import
+    succeeded or was undone. If it cannot be written, nothing is imported.
+    """
+    if not before:
+        return None
+    handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed below, kept on failure
+        "w", encoding="utf-8", prefix="ctx-memory-before-import-", suffix=".jsonl", delete=False
+    )
+    path = Path(handle.name)
+    try:
+        with handle:
+            for document in before.values():
+                handle.write(json.dumps(document, ensure_ascii=False) + "\n")
+    except OSError as e:
+        path.unlink(missing_ok=True)
+        _fail(f"could not save the sessions the import replaces ({e}); nothing was imported")
+    return path
+
+
+def _forget(saved: Path | None) -> None:
+    if saved is not None:
+        saved.unlink(missing_ok=True)
 
 
 def _undo(
@@ -292,3 +339,20 @@ def _undo(
 
 
 _UNDO_ATTEMPTS = 4
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``timeout``, ``docker stop``, systemd) undoes an import as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

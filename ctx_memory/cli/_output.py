@@ -219,8 +219,19 @@ def _output(path: Path | None) -> Iterator[Any]:
 
     A symbolic link is written through (its target replaced atomically, the link kept);
     what is not a regular file (a device such as ``/dev/null``, a pipe, ``/dev/stdout``)
-    is written to as it is, never replaced.
+    is written to as it is, never replaced. A write that fails (a full disk, a read-only
+    directory) is one error line; a file being replaced is left as it was.
     """
+    try:
+        with _written_to(path) as handle:
+            yield handle
+    except OSError as e:
+        where = "stdout" if path is None or str(path) == "-" else str(path)
+        _fail(f"{where}: cannot write: {e.strerror or e}")
+
+
+@contextmanager
+def _written_to(path: Path | None) -> Iterator[Any]:
     if path is None or str(path) == "-":
         yield sys.stdout
         sys.stdout.flush()

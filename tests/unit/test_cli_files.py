@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 from ctx_memory import ContextManager
 from ctx_memory.cli import app
 from ctx_memory.config import validate_redis_url
-from ctx_memory.errors import ConfigurationError
+from ctx_memory.errors import ConfigurationError, StoreError
 from ctx_memory.stores.sqlite import SqliteStore
 
 if TYPE_CHECKING:
@@ -134,3 +135,115 @@ def test_redis_url_parameters_redis_py_takes_are_accepted() -> None:
     validate_redis_url("redis://h/0?client_name=app&socket_timeout=2&max_connections=5")
     validate_redis_url("rediss://h/0?ssl_cert_reqs=none")
     validate_redis_url("unix:///run/redis.sock?db=1")
+
+
+def test_an_import_whose_undo_fails_says_where_the_replaced_sessions_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills up: the write fails, and so does the undo. What the replaced sessions
+    held was saved before the first write; the message names that file, which puts them
+    back once the disk has room."""
+    db = str(tmp_path / "s.db")
+    with ContextManager(store="sqlite", sqlite_path=db, token_counter="approximate") as cm:
+        for i in range(4):
+            cm.add_user_message(f"s{i}", f"original {i}")
+        old = {f"s{i}": cm.get_context(f"s{i}") for i in range(4)}
+        text = "".join(
+            json.dumps(
+                {
+                    **old[f"s{i}"],
+                    "conversation_history": [
+                        {
+                            "role": "user",
+                            "content": f"new {i}",
+                            "timestamp": "2026-01-01T00:00:00+00:00",
+                        }
+                    ],
+                }
+            )
+            + "\n"
+            for i in range(4)
+        )
+    real = ContextManager.import_session
+    calls: list[str] = []
+
+    def full_after_two(self: ContextManager, data: object, **kwargs: object) -> str:
+        calls.append(str(kwargs.get("session_id")))
+        if len(calls) > 2:
+            raise StoreError("database or disk is full")
+        return real(self, data, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ContextManager, "import_session", full_after_two)
+    result = runner.invoke(app, ["--sqlite-path", db, "import", "-"], input=text)
+    assert result.exit_code == 1
+    assert "could not undo 2 session(s): 's1', 's0'" in result.stderr
+    saved = result.stderr.split("what they held before the import is in ")[1].split(" ")[0]
+    assert oct(os.stat(saved).st_mode & 0o777) == "0o600"
+    monkeypatch.setattr(ContextManager, "import_session", real)
+    restored = runner.invoke(app, ["--sqlite-path", db, "import", "--overwrite", saved])
+    assert restored.exit_code == 0, restored.output
+    with ContextManager(store="sqlite", sqlite_path=db, token_counter="approximate") as cm:
+        assert [cm.get_history(f"s{i}")[0]["content"] for i in range(4)] == [
+            f"original {i}" for i in range(4)
+        ]
+    os.unlink(saved)
+
+
+def test_a_successful_import_leaves_no_saved_copy(tmp_path: Path) -> None:
+    db = str(tmp_path / "s.db")
+    with ContextManager(store="sqlite", sqlite_path=db, token_counter="approximate") as cm:
+        cm.add_user_message("s0", "original")
+        text = json.dumps(cm.get_context("s0"))
+    before = set(os.listdir(tempfile.gettempdir()))
+    assert runner.invoke(app, ["--sqlite-path", db, "import", "-"], input=text).exit_code == 0
+    made = set(os.listdir(tempfile.gettempdir())) - before
+    assert not [name for name in made if name.startswith("ctx-memory-before-import-")]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this platform")
+def test_an_export_that_cannot_be_written_is_one_error_line(tmp_path: Path) -> None:
+    """A full disk (``/dev/full`` answers every write with ENOSPC): no traceback."""
+    db = _db(tmp_path)
+    result = runner.invoke(app, [*_cli(db, "export", "--all", "-o", "/dev/full")])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == "error: /dev/full: cannot write: No space left on device"
+
+
+def test_an_import_stopped_by_sigterm_is_undone(tmp_path: Path) -> None:
+    """``timeout``, ``docker stop`` and systemd send SIGTERM: undone as Ctrl-C is."""
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "s.db"
+    with ContextManager(store="sqlite", sqlite_path=str(db), token_counter="approximate") as cm:
+        cm.add_user_message("pre", "existing")
+    when = "2026-01-01T00:00:00+00:00"
+    docs = [
+        {
+            "metadata": {"session_id": f"imp{i:04d}", "created_at": when, "timestamp": when},
+            "conversation_history": [{"role": "user", "content": f"hi {i}", "timestamp": when}],
+        }
+        for i in range(3000)
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    command = [sys.executable, "-m", "ctx_memory", "--sqlite-path", str(db), "import", str(source)]
+    env = {**os.environ, "CTX_MEMORY_TOKEN_COUNTER": "approximate"}
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    written = 0
+    while written < 5 and time.monotonic() < deadline and process.poll() is None:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            written = conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] - 1
+        time.sleep(0.01)
+    assert written >= 5, "the import finished before it could be stopped"
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert "interrupted (Ctrl-C or SIGTERM)" in err
+    assert "nothing was imported" in err
+    with ContextManager(store="sqlite", sqlite_path=str(db), token_counter="approximate") as cm:
+        assert cm.list_sessions() == ["pre"]
