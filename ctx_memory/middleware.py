@@ -93,7 +93,7 @@ from ctx_memory._compaction_langchain import (
 )
 from ctx_memory._middleware_replies import LOOK_BACK, StoredDigests, as_in_state
 from ctx_memory.assembly.compacted import compactions_of
-from ctx_memory.assembly.window import repair_tool_pairs
+from ctx_memory.assembly.window import group_tool_results, repair_tool_pairs
 from ctx_memory.compaction import (
     CompactionPolicy,
     aadd_compaction,
@@ -420,7 +420,7 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
 
         Also the agent's own system prompt and the ids the stored history passes over.
         """
-        tail, _ = repair_tool_pairs(run)
+        tail = group_tool_results(repair_tool_pairs(run)[0])  # each result after its call
         query = next((m.text for m in reversed(tail) if isinstance(m, HumanMessage)), "")
         system = request.system_message.text if request.system_message is not None else ""
         skip = frozenset(str(m.id) for m in run if m.id)

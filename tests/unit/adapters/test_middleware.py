@@ -4,14 +4,16 @@ import importlib
 import sys
 import warnings
 from types import SimpleNamespace
+from typing import Annotated
 
 import pytest
 from adapter_fakes import ToolCallingFakeModel, fake_model, get_weather, tool_call
 from langchain.agents import create_agent
 from langchain.agents.middleware import ModelRequest, ModelResponse
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
-from langchain_core.tools import tool
+from langchain_core.tools import InjectedToolCallId, tool
 from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.types import Command
 
 from ctx_memory import BudgetExceededError, TokenCounter, ValidationError
 from ctx_memory.middleware import ContextMiddleware
@@ -436,6 +438,42 @@ async def test_a_redacted_reply_is_replaced_when_another_agent_resumes_the_run(m
     assert "alice.secret" not in str(stored)
     assert "[REDACTED_EMAIL]" in str(stored[1])
     assert "alice.secret" not in "\n".join(str(m) for m in model.seen[-1])
+
+
+@tool
+def screenshot(page: str, tool_call_id: Annotated[str, InjectedToolCallId]) -> Command:
+    """A screenshot: the image goes in a user message (tool messages cannot carry one)."""
+    return Command(
+        update={
+            "messages": [
+                ToolMessage("screenshot attached below", tool_call_id=tool_call_id),
+                HumanMessage(f"[image of {page}]"),
+            ]
+        }
+    )
+
+
+def test_a_tool_result_split_from_its_call_in_the_current_run_is_sent_after_it(manager):
+    """A tool adds a user message after its result while a parallel call still runs: the
+    current run is sent with each result right after its call, as the stored history is."""
+    calls = [
+        {"name": "screenshot", "args": {"page": "home"}, "id": "c1"},
+        {"name": "get_weather", "args": {"city": "Paris"}, "id": "c2"},
+    ]
+    model = fake_model(AIMessage("", tool_calls=calls), "Here you go.")
+    agent = create_agent(
+        model, tools=[screenshot, get_weather], middleware=[ContextMiddleware(manager)]
+    )
+    agent.invoke({"messages": [("user", "screenshot and weather")]}, CONFIG)
+    sent = model.seen[1]
+    kinds = [(m.type, getattr(m, "tool_call_id", None)) for m in sent if m.type != "system"]
+    assert kinds == [
+        ("human", None),
+        ("ai", None),
+        ("tool", "c1"),
+        ("tool", "c2"),
+        ("human", None),
+    ]
 
 
 def test_a_model_call_limit_after_a_tool_ran_keeps_its_result(manager):
