@@ -114,21 +114,26 @@ def test_a_client_librarys_log_records_are_scrubbed(caplog: pytest.LogCaptureFix
     assert "server error" in lines[2]
 
 
-def test_a_url_setting_of_the_wrong_type_is_not_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CTX_MEMORY_REDIS_URL", f'["redis://:{SECRET}@h:6379/0"]')
+@pytest.mark.parametrize(
+    ("env", "value", "key"),
+    [
+        ("CTX_MEMORY_REDIS_URL", f'["redis://:{SECRET}@h:6379/0"]', "REDIS_URL"),  # a list
+        (
+            "CTX_MEMORY_SERVER_CHAT_MODEL_KWARGS",
+            f'{{api_key="sk-{SECRET}"',
+            "SERVER_CHAT_MODEL_KWARGS",
+        ),
+    ],
+)
+def test_a_setting_holding_secrets_is_not_quoted_when_wrong(
+    env: str, value: str, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(env, value)
     with pytest.raises(ConfigurationError) as info:
         load_settings()
-    assert info.value.key == "REDIS_URL"
+    assert info.value.key == key
     assert SECRET not in str(info.value)
-    assert "a list, not shown" in str(info.value)
-
-
-def test_malformed_chat_model_kwargs_are_not_quoted(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CTX_MEMORY_SERVER_CHAT_MODEL_KWARGS", f'{{api_key="sk-{SECRET}"')
-    with pytest.raises(ConfigurationError) as info:
-        load_settings()
-    assert info.value.key == "SERVER_CHAT_MODEL_KWARGS"
-    assert SECRET not in str(info.value)
+    assert "not shown" in str(info.value)
 
 
 @pytest.mark.parametrize(
