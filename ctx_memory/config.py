@@ -338,6 +338,8 @@ class Settings(BaseModel):
         problem = None if value is None else _VALUE_PROBLEMS[str(info.field_name)](value)
         if problem is not None:
             raise ValueError(problem)
+        if info.field_name == "sqlite_path" and value is not None:
+            return os.path.expanduser(value)  # "~/sessions.db" as a shell would read it
         return value
 
     @field_validator("redis_url")

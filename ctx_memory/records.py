@@ -8,6 +8,7 @@ operation; a store only ever receives the encoded result.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -156,6 +157,13 @@ def assistant_record(
     now: str | None = None,
 ) -> dict[str, Any]:
     """The assistant's reply, with what produced it in its metadata (seed 001)."""
+    if response_time_ms is not None and (
+        isinstance(response_time_ms, bool)
+        or not isinstance(response_time_ms, (int, float))
+        or not 0 <= response_time_ms < math.inf
+    ):
+        msg = f"response_time_ms must be a number of milliseconds >= 0, got {response_time_ms!r}"
+        raise ValidationError(msg)
     given = {
         "model": model,
         "response_time_ms": response_time_ms,

@@ -169,7 +169,7 @@ class SqliteStore(SqliteDatabase):
     ) -> None:
         ttl_seconds = check_limits(ttl_seconds, max_sessions)
         gc_interval_seconds = check_interval(gc_interval_seconds)
-        self.path = str(path)
+        self.path = os.path.expanduser(str(path))  # "~/sessions.db" as a shell reads it
         self.ttl_seconds = ttl_seconds
         self.max_sessions = max_sessions
         self._clock = clock

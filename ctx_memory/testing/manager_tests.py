@@ -76,6 +76,14 @@ BAD_CALLS: dict[str, tuple[type[Exception], Callable[[ContextManager, str], Any]
         NotSerializableError,
         lambda cm, sid: cm.update_partial_context(sid, {"ok": 1, "deep": _nested(10_000)}),
     ),
+    "negative response_time_ms": (
+        ValidationError,
+        lambda cm, sid: cm.add_assistant_message(sid, "hi", response_time_ms=-5),
+    ),
+    "response_time_ms as text": (
+        ValidationError,
+        lambda cm, sid: cm.add_assistant_message(sid, "hi", response_time_ms="850"),  # type: ignore[arg-type]
+    ),
     "empty top-level key in a merge": (
         ValidationError,
         lambda cm, sid: cm.update_partial_context(sid, {"ok": 1, "": 2}),

@@ -155,3 +155,19 @@ def test_chat_model_credentials_are_masked_when_settings_are_shown():
     assert settings.server_chat_model_kwargs["api_key"] == "sk-secret"  # kept, only masked
     differences = setting_differences(settings, load_settings())
     assert all("sk-secret" not in text for _, text in differences)
+
+
+def test_a_sqlite_path_under_home_is_expanded(tmp_path, monkeypatch):
+    """``~/sessions.db`` names a file in the home directory, as in a shell."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CTX_MEMORY_SQLITE_PATH", "~/sessions.db")
+    settings = load_settings(store="sqlite")
+    assert settings.sqlite_path == str(tmp_path / "sessions.db")
+    with ContextManager(settings) as cm:
+        cm.add_user_message("s", "hi")
+    assert (tmp_path / "sessions.db").is_file()
+    from ctx_memory.stores.sqlite import SqliteStore
+
+    store = SqliteStore("~/direct.db")
+    store.close()
+    assert (tmp_path / "direct.db").is_file()
