@@ -76,7 +76,7 @@ class ManagerCore(Closeable):
         # dropped without close() (which would close the store) are freed, and their hook
         # leaves the store with them.
         self._remove_hook = self.store.add_lifecycle_hook(_weak_hook(self), key=self.events)
-        weakref.finalize(self, self._remove_hook)
+        weakref.finalize(self, self._remove_hook).atexit = False  # exit: nothing to free
         self._store_listeners = self.store.event_listeners()
         for listener in self._store_listeners:
             self.events.on(None, listener)
