@@ -230,19 +230,24 @@ def postgres_url_problem(url: str) -> str | None:  # noqa: PLR0911 - one return 
         return "must not contain spaces or control characters"
     if "#" in url:
         return f"holds a '#' (a URL fragment means nothing to PostgreSQL); {_ENCODE_HINT}"
-    parts = _split(url)
-    if isinstance(parts, str):
-        return parts
-    if parts.netloc.count("@") > 1:  # libpq and Python split the user info differently
+    netloc = re.split(r"[/?]", url.split("://", 1)[1], maxsplit=1)[0]
+    hosts = netloc.rpartition("@")[2].split(",")  # libpq takes several: h1,[::1]:5433
+    if len(hosts) == 1:  # one host: Python's parser reads it as libpq does
+        parts = _split(url)
+        if isinstance(parts, str):
+            return parts
+    if netloc.count("@") > 1:  # libpq and Python split the user info differently
         return f"holds an unencoded '@' in the user name or password; {_ENCODE_HINT}"
     if _BAD_ESCAPE.search(url):  # libpq refuses it, and psycopg's pool logs it verbatim
         return f"holds a '%' that does not start a %XX escape; {_ENCODE_HINT}"
     if "%00" in url:  # libpq refuses a NUL, quoting the value
         return "holds %00 (a NUL character), which no PostgreSQL text or password can hold"
-    hosts = parts.netloc.rpartition("@")[2].split(",")  # libpq takes several: h1,[::1]:5433
-    if any(h.startswith("[") and not re.fullmatch(r"\[[^\]]*\](?::\d*)?", h) for h in hosts):
-        return "has something other than ':port' after an [IPv6] host"
+    if not all(_HOST_PORT.fullmatch(h) for h in hosts):
+        return "has a host libpq cannot read: host[:port] or [IPv6][:port], comma-separated"
     return None
+
+
+_HOST_PORT = re.compile(r"(?:\[[^\[\]]*\]|[^\[\]:,]*)(?::\d*)?")
 
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")

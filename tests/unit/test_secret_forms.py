@@ -78,7 +78,7 @@ def test_query_parameters_redis_py_would_crash_on_are_refused_at_load(
     [
         (f"postgresql://app:{SECRET}%00@h:5432/db", "%00"),
         (f"postgresql://app@h:5432/db?password={SECRET}%00", "%00"),
-        (f"postgresql://app:{SECRET}@[::1]x/db", "host"),  # (newer Pythons: urlsplit refuses)
+        (f"postgresql://app:{SECRET}@[::1]x/db", "host"),  # (some Pythons: urlsplit refuses)
     ],
 )
 def test_urls_libpq_would_quote_are_refused(url: str, problem: str) -> None:
