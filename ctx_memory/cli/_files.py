@@ -248,6 +248,7 @@ def _write_all(
                 before[target] = existing
     saved = _save_before(before)  # raises: nothing written yet
     touched: list[str] = []
+    written = 0
     failure: str | None = None
     with _progress("importing") as progress, _terminate_as_interrupt():
         task = progress.add_task("import", total=len(documents))
@@ -255,6 +256,7 @@ def _write_all(
             try:
                 manager.import_session(doc.data, session_id=target, overwrite=overwrite)
             except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - undo, whatever failed
+                written = len(touched)
                 if isinstance(e, (StoreUnavailableError, KeyboardInterrupt)):
                     touched.append(target)  # it may have landed: undone too
                 detail = str(e) if isinstance(e, CtxMemoryError) else f"{type(e).__name__}: {e}"
@@ -270,7 +272,7 @@ def _write_all(
     left = _undo(manager, touched, before)
     if not left:
         _forget(saved)
-        return f"{failure}; nothing was imported (the {len(touched)} written were undone)"
+        return f"{failure}; nothing was imported (the {written} written were undone)"
     shown = ", ".join(map(repr, left[:10])) + (" …" if len(left) > 10 else "")
     message = f"{failure}; could not undo {len(left)} session(s): {shown}"
     if saved is not None and any(target in before for target in left):
