@@ -63,6 +63,7 @@ from ctx_memory._store_urls import (
     validate_redis_url,
 )
 from ctx_memory.errors import ConfigurationError
+from ctx_memory.stores._gc import MIN_GC_INTERVAL_SECONDS
 from ctx_memory.stores.base import MAX_TTL_SECONDS
 
 if TYPE_CHECKING:
@@ -220,7 +221,9 @@ class Settings(BaseModel):
         default_factory=_default_ttl, ge=0, le=MAX_TTL_SECONDS, allow_inf_nan=False
     )
     garbage_collection: StrictBool = True
-    gc_interval_seconds: float = Field(default=60.0, gt=0, le=MAX_TTL_SECONDS, allow_inf_nan=False)
+    gc_interval_seconds: float = Field(
+        default=60.0, ge=MIN_GC_INTERVAL_SECONDS, le=MAX_TTL_SECONDS, allow_inf_nan=False
+    )
     async_operations: StrictBool = True
     event_emission: StrictBool = True
     max_sessions: int | None = Field(default_factory=_default_max_sessions, ge=0)

@@ -37,7 +37,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from langchain_core.messages import HumanMessage
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AliasChoices, BeforeValidator, BaseModel, ConfigDict, Field
 
 from ctx_memory.errors import SessionExistsError
 from ctx_memory.recall import MAX_SEARCH_HITS, asearch_history
@@ -583,7 +583,27 @@ def utc_bound(value: datetime | None) -> datetime | None:
     return value
 
 
-AnalyticsBound = Annotated[datetime | None, AfterValidator(utc_bound)]
+def iso_bound(value: object) -> object:
+    """A query's ``since`` / ``until`` text read as ISO 8601, as the inspector and CLI read it.
+
+    Without it pydantic would also take ``1700000000`` (a Unix time), which the other two
+    refuse.
+
+    Raises:
+        ValueError: Not an ISO 8601 date or date-time (a validation error).
+    """
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value.strip())
+        except ValueError:
+            msg = f"{value!r} is not an ISO 8601 date or date-time (e.g. 2026-03-01T12:00Z)"
+            raise ValueError(msg) from None
+    return value
+
+
+AnalyticsBound = Annotated[
+    datetime | None, BeforeValidator(iso_bound), AfterValidator(utc_bound)
+]
 
 
 @router.get("/v1/analytics", tags=["service"], summary="Analytics across sessions")

@@ -512,7 +512,7 @@ async def analytics_page(
 
 
 def _when(text: str) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
+    return datetime.fromisoformat(text.strip()) if text.strip() else None
 
 
 def _local(value: datetime | None) -> str:

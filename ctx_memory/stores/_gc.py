@@ -21,7 +21,10 @@ if TYPE_CHECKING:
 
     from ctx_memory.config import Settings
 
-__all__ = ["GarbageCollector", "check_interval", "gc_interval"]
+__all__ = ["MIN_GC_INTERVAL_SECONDS", "GarbageCollector", "check_interval", "gc_interval"]
+
+MIN_GC_INTERVAL_SECONDS = 0.01
+"""The shortest collector interval: below it the thread would spin, a server under a loop."""
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +41,7 @@ def gc_interval(settings: Settings) -> float | None:
 
 
 def check_interval(interval: float | None) -> float | None:
-    """``interval`` if it is ``None`` or a positive, finite number of seconds, else raise.
+    """``interval`` if it is ``None`` or 10 ms to ten years (in seconds), else raise.
 
     Raises:
         ConfigurationError: Names ``GC_INTERVAL_SECONDS``.
@@ -46,11 +49,11 @@ def check_interval(interval: float | None) -> float | None:
     if interval is None:
         return None
     if isinstance(interval, bool) or not (
-        interval > 0 and math.isfinite(interval) and interval <= MAX_TTL_SECONDS
+        math.isfinite(interval) and MIN_GC_INTERVAL_SECONDS <= interval <= MAX_TTL_SECONDS
     ):
         msg = (
-            f"must be a positive number of seconds up to {MAX_TTL_SECONDS} (ten years, as a"
-            f" TTL), got {interval!r}"
+            f"must be a number of seconds from {MIN_GC_INTERVAL_SECONDS} up to"
+            f" {MAX_TTL_SECONDS} (ten years, as a TTL), got {interval!r}"
         )
         raise ConfigurationError("GC_INTERVAL_SECONDS", msg)
     return interval

@@ -330,3 +330,5 @@ def test_the_longest_interval_runs_and_a_longer_one_is_refused() -> None:
         store.close()
     with pytest.raises(ConfigurationError, match="GC_INTERVAL_SECONDS"):
         SqliteStore(":memory:", ttl_seconds=60, gc_interval_seconds=MAX_TTL_SECONDS + 1)
+    with pytest.raises(ConfigurationError, match="GC_INTERVAL_SECONDS"):  # a busy loop
+        SqliteStore(":memory:", ttl_seconds=60, gc_interval_seconds=0.001)

@@ -61,6 +61,8 @@ def test_use_redis_caching_selects_redis():
         ("CTX_MEMORY_REDIS_KEY_PREFIX", "a{b}", "REDIS_KEY_PREFIX"),
         # beyond what a thread can wait: the collector died on its first wait
         ("CTX_MEMORY_GC_INTERVAL_SECONDS", "1e10", "GC_INTERVAL_SECONDS"),
+        # a collector looping without pause against the store
+        ("CTX_MEMORY_GC_INTERVAL_SECONDS", "1e-9", "GC_INTERVAL_SECONDS"),
     ],
 )
 def test_wrong_values_fail_at_load_naming_the_key(monkeypatch, env, value, key):
