@@ -37,7 +37,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from langchain_core.messages import HumanMessage
-from pydantic import AfterValidator, AliasChoices, BeforeValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
 from ctx_memory.errors import SessionExistsError
 from ctx_memory.recall import MAX_SEARCH_HITS, asearch_history
@@ -601,9 +601,7 @@ def iso_bound(value: object) -> object:
     return value
 
 
-AnalyticsBound = Annotated[
-    datetime | None, BeforeValidator(iso_bound), AfterValidator(utc_bound)
-]
+AnalyticsBound = Annotated[datetime | None, BeforeValidator(iso_bound), AfterValidator(utc_bound)]
 
 
 @router.get("/v1/analytics", tags=["service"], summary="Analytics across sessions")
