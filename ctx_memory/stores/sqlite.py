@@ -114,6 +114,10 @@ if TYPE_CHECKING:
 
 __all__ = ["SqliteStore", "lrange_bounds"]
 
+SQLITE_MAX_PATH_BYTES = 512 - len("-journal")
+"""The longest database path SQLite's Unix layer opens: 512 bytes (``MAX_PATHNAME``) for the
+path of the database's journal. Beyond it SQLite says only "unable to open database file"."""
+
 
 class SqliteStore(SqliteDatabase):
     """Sessions in an SQLite file (stdlib ``sqlite3``, WAL), safe for several processes.
@@ -198,6 +202,8 @@ class SqliteStore(SqliteDatabase):
             if isinstance(e, StoreError) or not isinstance(e, (sqlite3.Error, OSError)):
                 raise
             msg = f"SQLite database {self.path!r} cannot be opened: {e}"
+            if len(os.fsencode(os.path.abspath(self.path))) > SQLITE_MAX_PATH_BYTES:
+                msg += f" (SQLite opens paths of up to {SQLITE_MAX_PATH_BYTES} bytes)"
             raise StoreUnavailableError(msg) from e
         self._conn: sqlite3.Connection | None = conn
         self._collector = (

@@ -19,7 +19,7 @@ import pytest
 from ctx_memory.errors import StoreError, StoreUnavailableError
 from ctx_memory.schema import dumps
 from ctx_memory.stores.base import EncodedMessage, Header, new_header
-from ctx_memory.stores.sqlite import SqliteStore
+from ctx_memory.stores.sqlite import SQLITE_MAX_PATH_BYTES, SqliteStore
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -355,3 +355,14 @@ def test_memory_database_reads_and_writes(tmp_path: Path) -> None:
         store.append_messages("s", [msg(0), msg(0), msg(1)], init=init("s"), now=NOW)
         assert contents(store.get_messages("s")) == ["m0", "m1"]
         assert store.list_sessions() == ["s"]
+
+
+def test_a_path_too_long_for_sqlite_says_so(tmp_path: Path) -> None:
+    """SQLite answers only "unable to open database file"; the error adds its path limit."""
+    folder = tmp_path / ("a" * 200) / ("b" * 200)
+    folder.mkdir(parents=True)
+    room = SQLITE_MAX_PATH_BYTES - len(os.fsencode(folder)) - 1
+    fits = folder / ("c" * room)
+    SqliteStore(str(fits)).close()  # the longest path opens
+    with pytest.raises(StoreUnavailableError, match="SQLite opens paths of up to 504 bytes"):
+        SqliteStore(str(folder / ("c" * (room + 1))))
