@@ -460,7 +460,7 @@ class PostgresOperations(BaseStore):
         # one statement's snapshot predated the wait and left that append's messages behind.
         row = yield Statement(
             self._sql.q(
-                "SELECT sk, coalesce(expires_at <= now(), false) FROM {s}.sessions "
+                "SELECT sk, coalesce(expires_at <= clock_timestamp(), false) FROM {s}.sessions "
                 "WHERE id = %s FOR UPDATE"
             ),
             (op.session_id,),

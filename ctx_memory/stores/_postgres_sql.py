@@ -70,8 +70,14 @@ __all__ = [
     "schema_name_problem",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """The layout this module writes (``meta.schema_version``)."""
+
+FAST_APPEND_WAIT_MS = 10
+"""The longest wait for a session's row, held by a transaction that only locked it, after
+which the one-message fast path still stands (its expiry judged with the time from before
+the wait, this far off); past it the append is made again by the function, which reads the
+clock once it holds the row."""
 
 IMPORT_LOCK = b"SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
 """Imports of one session id take turns (a transaction lock on a hash of the id): two
@@ -105,6 +111,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # row (the functions re-created after it bring the new body); the write tokens' columns
     # where an early version-3 schema lacks them.
     3: (_WRITE_TOKENS,),
+    # 4 -> 5: the functions read the clock when they use it (clock_timestamp()), not at the
+    # transaction's start, and waited() is new; the functions re-created after it bring them.
+    4: (),
 }
 """Statements taking a schema from version ``k`` to ``k + 1`` (``{s}`` is the schema).
 
@@ -114,7 +123,9 @@ adds the function ``append_one`` (no table changes); version 3 the table
 ``recall_segments``, the function ``save_recall``, and the write tokens: the columns
 ``sessions.ct`` and ``messages.wt``, and ``append`` and ``append_one`` with two more
 parameters (the token, and whether this is a second attempt); version 4 the function
-``evict`` that does not evict a session written to while it chose (no table changes).
+``evict`` that does not evict a session written to while it chose (no table changes);
+version 5 functions that judge expiry by the time after their row lock, and ``waited``
+(no table changes).
 The version-2 forms of ``append`` and ``append_one`` stay in a migrated schema (a function
 of another signature is another function), so that a process of a version-2 release, still
 running, goes on appending (storing no token) until it reopens the schema and refuses it; a
@@ -229,10 +240,14 @@ CREATE TABLE {s}.fingerprints (
 )
 
 # The functions: re-created (CREATE OR REPLACE) whenever the schema is created or migrated.
+# Their time is clock_timestamp(), read when used, not now(), the transaction's start: a
+# write that waited for a session's row lock must neither extend a session that expired
+# meanwhile nor set an expiry already past.
 _FUNCTIONS = """
 CREATE OR REPLACE FUNCTION {s}.expiry(p_ttl float8) RETURNS timestamptz
-LANGUAGE sql STABLE AS $fn$
-    SELECT CASE WHEN p_ttl IS NULL THEN NULL ELSE now() + p_ttl * interval '1 second' END
+LANGUAGE sql VOLATILE AS $fn$
+    SELECT CASE WHEN p_ttl IS NULL THEN NULL
+                ELSE clock_timestamp() + p_ttl * interval '1 second' END
 $fn$;
 
 CREATE OR REPLACE FUNCTION {s}.drop_session(p_sk bigint) RETURNS void
@@ -251,7 +266,7 @@ DECLARE
     r record;
     gone text[] := '{{}}';
 BEGIN
-    FOR r IN SELECT sk, id FROM {s}.sessions WHERE expires_at <= now() ORDER BY id
+    FOR r IN SELECT sk, id FROM {s}.sessions WHERE expires_at <= clock_timestamp() ORDER BY id
              FOR UPDATE SKIP LOCKED LOOP
         PERFORM {s}.drop_session(r.sk);
         gone := gone || r.id;
@@ -308,7 +323,7 @@ BEGIN
     IF r.sk IS NULL THEN
         RETURN;
     END IF;
-    IF r.expires_at IS NOT NULL AND r.expires_at <= now() THEN
+    IF r.expires_at IS NOT NULL AND r.expires_at <= clock_timestamp() THEN
         PERFORM {s}.drop_session(r.sk);
         o_expired := ARRAY[p_id];
         RETURN;
@@ -391,7 +406,7 @@ BEGIN
     o_expired := '{{}}';
     o_evicted := '{{}}';
     SELECT sk, n_messages, expires_at INTO r FROM {s}.sessions WHERE id = p_id FOR UPDATE;
-    IF r.sk IS NULL OR r.expires_at <= now() THEN
+    IF r.sk IS NULL OR r.expires_at <= clock_timestamp() THEN
         u := {s}.upsert(p_id, p_sp, p_md, p_sh, p_ts, p_ttl, p_max);
         v_sk := u.o_sk;
         v_n := u.o_n;
@@ -495,7 +510,7 @@ DECLARE
     v_next integer := 0;
 BEGIN
     SELECT sk INTO v_sk FROM {s}.sessions
-    WHERE id = p_id AND (expires_at IS NULL OR expires_at > now()) FOR UPDATE;
+    WHERE id = p_id AND (expires_at IS NULL OR expires_at > clock_timestamp()) FOR UPDATE;
     IF v_sk IS NULL THEN
         RETURN false;
     END IF;
@@ -508,6 +523,14 @@ BEGIN
     INSERT INTO {s}.recall_segments (sk, seq, body)
     SELECT v_sk, v_next + t.n - 1, t.body FROM unnest(p_bodies) WITH ORDINALITY AS t(body, n);
     RETURN true;
+END
+$fn$;
+
+-- Fail the statement calling it (the one-message fast path, after waiting for a row lock).
+CREATE OR REPLACE FUNCTION {s}.waited() RETURNS text
+LANGUAGE plpgsql AS $fn$
+BEGIN
+    RAISE EXCEPTION 'the append waited for the session row' USING ERRCODE = 'lock_not_available';
 END
 $fn$;
 
@@ -661,10 +684,18 @@ class SchemaSql:
         The reply is then ``''``. When the ``UPDATE`` matches nothing (no such session or
         an expired one), the same statement calls ``append_one``, which calls ``append``
         (it creates, expires or evicts) and replies ``[created, added, expired, evicted]``
-        as JSON text. ``coalesce`` calls it only then; being a function, it adds little to
-        the statement's plan, which is set up on every execution (an inline fallback,
-        ``UNION ALL SELECT * FROM append(...)`` with its arguments, cost about 20 µs more
-        per append though never run).
+        as JSON text. An ``UPDATE`` that waits for the row is evaluated again on the row
+        its holder wrote (``WHERE`` and ``SET``, so the expiry with the clock after the
+        wait), but not when the holder only locked the row: it then judged the expiry,
+        and computed the new one, with the time from before the wait. ``RETURNING`` reads
+        the clock again; an expiry more than :data:`FAST_APPEND_WAIT_MS` behind it makes
+        the function ``waited`` fail the statement with ``lock_not_available``, which
+        rolls it back, and the store sends :meth:`append_one_checked`, whose function
+        reads the clock after the lock. ``coalesce`` calls ``append_one`` only when the
+        ``UPDATE`` matched nothing; being a function, it adds little to the statement's
+        plan, which is set up on every execution (an inline fallback, ``UNION ALL SELECT *
+        FROM append(...)`` with its arguments, cost about 20 µs more per append though
+        never run).
 
         Nothing looks for the message id first: ``UNIQUE (sk, id)`` does. A message id the
         session holds (a retry of an append whose reply was lost, an id the caller chose
@@ -681,12 +712,15 @@ class SchemaSql:
             "tc = s.tc + %(tokens)s::bigint, ts = %(now)s::text, "
             "expires_at = {s}.expiry(%(ttl)s::float8), "
             "last_access = nextval('{s}.access_clock') "
-            "WHERE s.id = %(id)s::text AND (s.expires_at IS NULL OR s.expires_at > now()) "
-            "RETURNING s.sk, s.n_messages), "
+            "WHERE s.id = %(id)s::text AND (s.expires_at IS NULL OR "
+            "s.expires_at > clock_timestamp()) "
+            "RETURNING s.sk, s.n_messages, s.expires_at < {s}.expiry(%(ttl)s::float8) - "
+            f"interval '{FAST_APPEND_WAIT_MS} ms' AS waited), "
             "i AS (INSERT INTO {s}.messages (sk, pos, id, tokens, body, wt) "
             "SELECT u.sk, u.n_messages - 1, %(mid)s::text, %(tokens)s::bigint, %(body)s::text, "
             "%(wt)s::bigint FROM u) "
-            "SELECT coalesce((SELECT '' FROM u), {s}.append_one(%(id)s::text, %(mid)s::text, "
+            "SELECT coalesce((SELECT CASE WHEN u.waited THEN {s}.waited() ELSE '' END FROM u), "
+            "{s}.append_one(%(id)s::text, %(mid)s::text, "
             "%(tokens)s::bigint, %(body)s::text, %(now)s::text, %(init)s::text, "
             "%(ttl)s::float8, %(max)s::integer, %(wt)s::bigint, false))"
         )

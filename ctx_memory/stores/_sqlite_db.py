@@ -153,13 +153,15 @@ class SqliteDatabase(OperationStore):
 
     def _tx(self, body: Callable[[sqlite3.Connection, Tx], Any]) -> Any:
         """Run ``body`` in one write transaction, then report what it expired or evicted."""
-        tx = Tx(self._clock())
         with self._lock:
             conn = self._conn
             if conn is None:
                 raise self._closed_error()
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                # The clock once the write lock is held: a write that waited for it must
+                # neither extend a session that expired meanwhile nor set a past expiry.
+                tx = Tx(self._clock())
                 try:
                     self._check_file()
                     result = body(conn, tx)

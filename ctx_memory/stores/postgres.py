@@ -139,6 +139,8 @@ _TRANSACTION = (
 _INT4 = 2**31 - 1  # the SQL functions' max_sessions: a larger limit is none in practice
 _NOT_REPEATED = (MergeShared, AppendFetched, TruncateMessages)
 _TOKENED = (AppendMessages, ReplaceDocument, SetShared, UpdateHeader)  # answered as the first
+# The one-message fast path rolled back: an id the session holds, or a wait for its row.
+_FAST_PATH_MISSED = (psycopg.errors.UniqueViolation, psycopg.errors.LockNotAvailable)
 _CREATED_MEANWHILE = (
     psycopg.errors.DuplicateTable,
     psycopg.errors.DuplicateObject,
@@ -531,16 +533,16 @@ class PostgresStore(PostgresOperations):
                     result = self._attempt(lease.conn, op, found, again=attempt > 0, token=token)
                 finally:
                     self._give(lease)
+            except _FAST_PATH_MISSED as e:  # before OperationalError: LockNotAvailable is one
+                if attempt < 2 and isinstance(op, AppendMessages):
+                    continue  # the function skips a held id, judges expiry after the lock
+                raise self._unavailable(e) from e
             except (psycopg.OperationalError, OSError) as e:  # PoolTimeout too
                 self._discard(lease.pool if lease is not None else self._pool)
                 cause = connect_error(e, self._conninfo, self._connect_timeout)
                 if attempt > 0 or not _repeatable(op) or cause:
                     raise self._unavailable(e, cause) from e
                 continue
-            except psycopg.errors.UniqueViolation as e:
-                if attempt < 2 and isinstance(op, AppendMessages):
-                    continue  # an id the session holds: the function skips it (_plan again)
-                raise self._unavailable(e) from e
             except psycopg.Error as e:
                 raise self._unavailable(e) from e
             self._report(found)
@@ -558,16 +560,16 @@ class PostgresStore(PostgresOperations):
                     result = await self._aattempt(conn, op, found, again=attempt > 0, token=token)
                 finally:
                     await pool.putconn(conn)
+            except _FAST_PATH_MISSED as e:  # before OperationalError: LockNotAvailable is one
+                if attempt < 2 and isinstance(op, AppendMessages):
+                    continue  # the function skips a held id, judges expiry after the lock
+                raise self._unavailable(e) from e
             except (psycopg.OperationalError, OSError) as e:  # PoolTimeout too
                 await self._adiscard(pool)
                 cause = await aconnect_error(e, self._conninfo, self._connect_timeout)
                 if attempt > 0 or not _repeatable(op) or cause:
                     raise self._unavailable(e, cause) from e
                 continue
-            except psycopg.errors.UniqueViolation as e:
-                if attempt < 2 and isinstance(op, AppendMessages):
-                    continue  # an id the session holds: the function skips it (_plan again)
-                raise self._unavailable(e) from e
             except psycopg.Error as e:
                 raise self._unavailable(e) from e
             self._report(found)

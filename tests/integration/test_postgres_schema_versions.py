@@ -221,8 +221,30 @@ def _evict_definition(url: str, schema: str) -> str:
     return definition
 
 
+def _clock_of(url: str, schema: str) -> set[str]:
+    """The clocks the functions that judge expiry read: ``now()``, ``clock_timestamp()``."""
+    found = set()
+    for _, _, definition in _functions(url, schema, ("expiry", "live", "append", "collect")):
+        found |= {clock for clock in ("now()", "clock_timestamp()") if clock in definition}
+    return found
+
+
+def _back_to_version_4(url: str, schema: str) -> None:
+    """Turn a schema of today's layout into the one the version-4 release made: the same
+    functions, their time the transaction's start (``now()``)."""
+    functions = SchemaSql(schema).create_functions().decode()
+    old = functions.replace("clock_timestamp()", "now()")
+    old = old.replace("sql VOLATILE AS", "sql STABLE AS")
+    with psycopg.connect(url) as conn, conn.transaction():
+        conn.execute(old.encode())
+        conn.execute(f'DROP FUNCTION "{schema}".waited')
+        conn.execute(f"UPDATE \"{schema}\".meta SET value = '4'")
+    assert _clock_of(url, schema) == {"now()"}
+
+
 def _back_to_version_3(url: str, schema: str) -> None:
     """Turn a schema of today's layout into the one the version-3 release made."""
+    _back_to_version_4(url, schema)
     with psycopg.connect(url) as conn, conn.transaction():
         lock = str(SchemaSql(schema).lock_key)
         conn.execute(V3_EVICT.replace("{s}", schema).replace("{lock}", lock))
@@ -269,8 +291,8 @@ def test_a_version_2_postgres_schema_is_migrated_and_keeps_recall_segments(
         assert store.list_sessions() == ["s", "t"]
         assert {sid: store.get_document(sid) for sid in ("s", "t")} == before
         tables, functions, version = _catalog(postgres_url, pg_schema)
-        assert (tables, version) == ({*V2_TABLES, "recall_segments"}, "4")
-        assert functions == {*V2_FUNCTIONS, "save_recall"}
+        assert (tables, version) == ({*V2_TABLES, "recall_segments"}, "5")
+        assert functions == {*V2_FUNCTIONS, "save_recall", "waited"}
         assert _columns(postgres_url, pg_schema) == {
             "sessions": [*V2_COLUMNS["sessions"], "ct"],
             "messages": [*V2_COLUMNS["messages"], "wt"],
@@ -325,7 +347,7 @@ def _v2_process_appends(url: str, schema: str, sid: str) -> None:
 def test_a_version_1_postgres_schema_is_migrated_through(postgres_url: str, pg_schema: str) -> None:
     """Version 1 (the first layout) had every function of version 2 but ``append_one``:
     opening it runs both migrations; the sessions, their counters and appends go on."""
-    assert postgres_module.SCHEMA_VERSION == 4
+    assert postgres_module.SCHEMA_VERSION == 5
     with PostgresStore(postgres_url, schema=pg_schema, ttl_seconds=3600) as store:
         store.append_messages("s", [msg(1), msg(2)], init=init("s"), now=NOW)
     _back_to_version_2(postgres_url, pg_schema)
@@ -345,8 +367,8 @@ def test_a_version_1_postgres_schema_is_migrated_through(postgres_url: str, pg_s
         assert store.save_recall_segments("s", ["a"])
         assert store.get_recall_segments("s") == ["a"]
     _, functions, version = _catalog(postgres_url, pg_schema)
-    assert version == "4"
-    assert functions == {*V2_FUNCTIONS, "save_recall"}
+    assert version == "5"
+    assert functions == {*V2_FUNCTIONS, "save_recall", "waited"}
     assert "r.last_access" in _evict_definition(postgres_url, pg_schema)
 
 
@@ -366,12 +388,31 @@ def test_a_version_3_postgres_schema_gets_the_eviction_that_checks_again(
     _back_to_version_3(postgres_url, pg_schema)
     with PostgresStore(postgres_url, schema=pg_schema, max_sessions=3) as store:
         assert {sid: store.get_document(sid) for sid in ("a", "b", "c")} == before
-        assert _catalog(postgres_url, pg_schema) == (tables, functions, "4")
+        assert _catalog(postgres_url, pg_schema) == (tables, functions, "5")
         assert _columns(postgres_url, pg_schema) == columns
         assert _signatures(postgres_url, pg_schema) == signatures
         assert "r.last_access" in _evict_definition(postgres_url, pg_schema)
         assert store.get_recall_segments("a") == ["x"]
         assert store.append_messages("d", [msg(4)], init=init("d"), now=NOW).evicted == ("a",)
+
+
+def test_a_version_4_postgres_schema_gets_functions_that_read_the_clock_after_the_lock(
+    postgres_url: str, pg_schema: str
+) -> None:
+    """Version 4 judged expiry with the transaction's start (see
+    ``test_expiry_after_a_lock_wait.py``); opening it re-creates the functions, and the
+    sessions are kept."""
+    with PostgresStore(postgres_url, schema=pg_schema, ttl_seconds=3600) as store:
+        store.append_messages("a", [msg(0)], init=init("a"), now=NOW)
+        before = store.get_document("a")
+    catalog = _catalog(postgres_url, pg_schema)
+    _back_to_version_4(postgres_url, pg_schema)
+    with PostgresStore(postgres_url, schema=pg_schema, ttl_seconds=3600) as store:
+        assert store.get_document("a") == before
+        assert _catalog(postgres_url, pg_schema) == catalog  # waited() is back
+        assert "waited" in catalog[1]
+        assert _clock_of(postgres_url, pg_schema) == {"clock_timestamp()"}
+        assert store.append_messages("a", [msg(1)], init=init("a"), now=NOW).added == 1
 
 
 def test_an_early_version_3_postgres_schema_without_write_tokens_is_migrated(
@@ -398,20 +439,20 @@ def test_an_early_version_3_postgres_schema_without_write_tokens_is_migrated(
         assert store.append_messages("b", [msg(2)], init=init("b"), now=NOW).created
 
 
-def test_the_release_before_refuses_a_version_4_postgres_schema(
+def test_the_release_before_refuses_a_version_5_postgres_schema(
     postgres_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A store that knows version 3 at most (the release before) refuses this layout."""
+    """A store that knows version 4 at most (the release before) refuses this layout."""
     with PostgresStore(postgres_url, schema=pg_schema) as store:
         store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
         store.save_recall_segments("s", ["a"])
-    monkeypatch.setattr(_postgres_ops, "SCHEMA_VERSION", 3)  # where it is checked
+    monkeypatch.setattr(_postgres_ops, "SCHEMA_VERSION", 4)  # where it is checked
     with (
         PostgresStore(postgres_url, schema=pg_schema) as older,
-        pytest.raises(StoreVersionError, match="has version 4, newer"),
+        pytest.raises(StoreVersionError, match="has version 5, newer"),
     ):
         older.get_messages("s")
-    assert _catalog(postgres_url, pg_schema)[2] == "4"
+    assert _catalog(postgres_url, pg_schema)[2] == "5"
 
 
 def test_an_unreadable_schema_version_is_a_clear_error(postgres_url: str, pg_schema: str) -> None:
