@@ -42,7 +42,7 @@ __all__ = [
 # these do not need (adapting by type, the prepared-statement bookkeeping, result loaders,
 # row makers). Errors are psycopg's (error_from_result: the class of the SQLSTATE), a lost
 # connection its OperationalError, as through a cursor. A statement the server forgot
-# (DEALLOCATE, DISCARD ALL) is prepared again. A connection with psycopg's prepared
+# (DEALLOCATE, DISCARD ALL), or never prepared (its reply an error), is prepared again. A connection with psycopg's prepared
 # statements turned off (prepare_threshold None, as behind PgBouncer before 1.21) gets
 # none from the store either: the cursor sends the statement unprepared. Without psycopg's
 # execute generator (another psycopg than 3.2 to 3.3) the cursor path is used.
@@ -137,8 +137,12 @@ def send(
             with conn.lock:
                 if prepared.name not in session.names:
                     conn.pgconn.send_prepare(prepared.name, prepared.sql)
-                    _check(conn.wait(_execute_generator(conn.pgconn)), session.encoding)
+                    # Named before the reply: a caller cancelled or interrupted while
+                    # waiting leaves the connection idle with the statement prepared
+                    # (psycopg reads the reply), and preparing it again would fail. One
+                    # the server did not prepare is prepared again at its first use.
                     session.names.add(prepared.name)
+                    _check(conn.wait(_execute_generator(conn.pgconn)), session.encoding)
                 conn.pgconn.send_query_prepared(prepared.name, values)
                 results = conn.wait(_execute_generator(conn.pgconn))
             return _row(results, session.encoding)
@@ -161,8 +165,12 @@ async def asend(
             async with conn.lock:
                 if prepared.name not in session.names:
                     conn.pgconn.send_prepare(prepared.name, prepared.sql)
-                    _check(await conn.wait(_execute_generator(conn.pgconn)), session.encoding)
+                    # Named before the reply: a caller cancelled or interrupted while
+                    # waiting leaves the connection idle with the statement prepared
+                    # (psycopg reads the reply), and preparing it again would fail. One
+                    # the server did not prepare is prepared again at its first use.
                     session.names.add(prepared.name)
+                    _check(await conn.wait(_execute_generator(conn.pgconn)), session.encoding)
                 conn.pgconn.send_query_prepared(prepared.name, values)
                 results = await conn.wait(_execute_generator(conn.pgconn))
             return _row(results, session.encoding)
