@@ -42,10 +42,11 @@ __all__ = [
 # these do not need (adapting by type, the prepared-statement bookkeeping, result loaders,
 # row makers). Errors are psycopg's (error_from_result: the class of the SQLSTATE), a lost
 # connection its OperationalError, as through a cursor. A statement the server forgot
-# (DEALLOCATE, DISCARD ALL), or never prepared (its reply an error), is prepared again. A connection with psycopg's prepared
-# statements turned off (prepare_threshold None, as behind PgBouncer before 1.21) gets
-# none from the store either: the cursor sends the statement unprepared. Without psycopg's
-# execute generator (another psycopg than 3.2 to 3.3) the cursor path is used.
+# (DEALLOCATE, DISCARD ALL), or never prepared (its reply an error), is prepared again. A
+# connection with psycopg's prepared statements turned off (prepare_threshold None, as
+# behind PgBouncer before 1.21) gets none from the store either: the cursor sends the
+# statement unprepared. Without psycopg's execute generator (another psycopg than 3.2 to
+# 3.3) the cursor path is used.
 
 try:
     from psycopg.errors import error_from_result
