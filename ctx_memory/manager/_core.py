@@ -24,7 +24,7 @@ from ctx_memory.stores.base import Closeable, Header, lifecycle_time, new_header
 from ctx_memory.tokens import TokenCounter
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Coroutine
 
     from ctx_memory.events import Event
     from ctx_memory.stores.base import BaseStore, WriteResult
@@ -47,6 +47,28 @@ class PendingWork(Protocol):
 
 
 logger = logging.getLogger("ctx_memory")
+
+_WHOLE: set[asyncio.Future[Any]] = set()  # the tasks of run_whole, until they end
+
+
+def _settle(task: asyncio.Future[Any]) -> None:
+    _WHOLE.discard(task)
+    error = None if task.cancelled() else task.exception()  # read: no "never retrieved"
+    if error is not None:  # the caller saw it, unless it was cancelled meanwhile
+        logger.debug("a write that ran whole failed: %r", error)
+
+
+async def run_whole(steps: Coroutine[Any, Any, R]) -> R:
+    """Await ``steps`` in a task that a cancellation of the caller does not stop.
+
+    For writes of more than one step (a history edit, then the removal of the summaries
+    it made stale): the caller sees its ``CancelledError`` at once, and the task goes on
+    to the end, so what the first step stored is never left without the others.
+    """
+    task = asyncio.ensure_future(steps)
+    _WHOLE.add(task)
+    task.add_done_callback(_settle)
+    return await asyncio.shield(task)
 
 
 class ManagerCore(Closeable):

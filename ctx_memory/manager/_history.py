@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
     from ctx_memory.stores.base import EncodedItem, Header, WriteResult
 
+from ctx_memory.manager._core import run_whole
 from ctx_memory.manager._sessions import SessionMethods
 
 Content = str | list[str | dict[str, Any]]
@@ -60,6 +61,29 @@ def _with_id(page: list[dict[str, Any]], message_id: str) -> dict[str, Any] | No
     """The record of ``page`` with ``message_id`` (the newest, were two to share it)."""
     position = _position(page, 0, message_id)
     return None if position is None else page[position]
+
+
+def _count(header: Header | None) -> int:
+    """The message count of a header (``0`` for a session that is gone)."""
+    return int(header["metadata"]["message_count"]) if header else 0
+
+
+Edit = DeleteMessages | ReplaceMessage | TruncateMessages
+
+
+def _edited(op: Edit, result: int | bool | None) -> tuple[str, str, int]:
+    """``(action, message id, messages changed)`` of a history edit's store result.
+
+    Raises:
+        MessageNotFoundError: A replacement or truncation found no message with the id.
+    """
+    if isinstance(op, DeleteMessages):
+        return "delete", op.message_ids[0], int(result or 0)
+    if result is None or result is False:
+        raise MessageNotFoundError(op.session_id, op.message_id)
+    if isinstance(op, ReplaceMessage):
+        return "replace", op.message_id, 1
+    return "truncate", op.message_id, int(result)
 
 
 def _summaries(header: Header | None) -> list[Mapping[str, Any]]:
@@ -321,27 +345,34 @@ class HistoryMethods(SessionMethods):
         """The stored message with ``message_id``, or ``None`` if the session holds none.
 
         Looked for from the newest message back, :data:`FIND_PAGE` messages per read: a
-        recent message costs one read, an old one a read per page before it.
+        recent message costs one read, an old one a read per page before it. Past the
+        first page the pages are read by position from the start (the header's count): a
+        deletion of newer messages meanwhile does not move older ones, so none is passed
+        over (read from the end, they would move into a page already read).
         """
         check_message_id(message_id, "message_id")
-        end = -1
-        while True:
-            page = self.get_message_range(session_id, end - FIND_PAGE + 1, end)
-            found = _with_id(page, message_id)
-            if found is not None or len(page) < FIND_PAGE:
+        page = self.get_message_range(session_id, -FIND_PAGE, -1)
+        found = _with_id(page, message_id)
+        if found is not None or len(page) < FIND_PAGE:
+            return found
+        for start, end in _pages(_count(self.get_header(session_id)), 0):
+            found = _with_id(self.get_message_range(session_id, start, end), message_id)
+            if found is not None:
                 return found
-            end -= FIND_PAGE
+        return None
 
     async def aget_message(self, session_id: str, message_id: str) -> dict[str, Any] | None:
         """Async :meth:`get_message`."""
         check_message_id(message_id, "message_id")
-        end = -1
-        while True:
-            page = await self.aget_message_range(session_id, end - FIND_PAGE + 1, end)
-            found = _with_id(page, message_id)
-            if found is not None or len(page) < FIND_PAGE:
+        page = await self.aget_message_range(session_id, -FIND_PAGE, -1)
+        found = _with_id(page, message_id)
+        if found is not None or len(page) < FIND_PAGE:
+            return found
+        for start, end in _pages(_count(await self.aget_header(session_id)), 0):
+            found = _with_id(await self.aget_message_range(session_id, start, end), message_id)
+            if found is not None:
                 return found
-            end -= FIND_PAGE
+        return None
 
     @staticmethod
     def _plan_delete_message(session_id: str, message_id: str) -> DeleteMessages:
@@ -349,15 +380,57 @@ class HistoryMethods(SessionMethods):
         check_message_id(message_id, "message_id")
         return DeleteMessages(session_id, [message_id], now_iso())
 
-    def _finish_edit(self, session_id: str, action: str, message_id: str, count: int) -> None:
-        if count:
-            self.events.emit(
-                EventType.HISTORY_EDITED,
-                session_id,
-                action=action,
-                message_id=message_id,
-                count=count,
-            )
+    def _edit(self, op: Edit, replaced: str | None = None) -> int:
+        """Run a history edit whole: see :meth:`_edit_steps` (async: :meth:`_aedit`)."""
+        return self._edit_steps(op, replaced)
+
+    async def _aedit(self, op: Edit, replaced: str | None = None) -> int:
+        """Async :meth:`_edit`: the steps in a task a cancelled caller does not stop.
+
+        An edit cancelled after it was stored (SQLite's thread or the server finish it)
+        would keep the summaries it made stale, a redacted text among them: the task runs
+        the removal too (:func:`~ctx_memory.manager._core.run_whole`).
+        """
+        return await run_whole(self._aedit_steps(op, replaced))
+
+    def _edit_steps(self, op: Edit, replaced: str | None) -> int:
+        """Execute ``op``, emit ``history_edited``, remove the summaries it made stale.
+
+        The removal runs even when a listener raises (a ``KeyboardInterrupt`` while it
+        runs): the edit is stored, so its stale summaries must go. ``replaced``: the id
+        of a message whose text changed (summaries covering it are stale).
+        """
+        action, message_id, count = _edited(op, self._execute(op))
+        try:
+            if count:
+                self.events.emit(
+                    EventType.HISTORY_EDITED,
+                    op.session_id,
+                    action=action,
+                    message_id=message_id,
+                    count=count,
+                )
+        finally:
+            if count:
+                self._drop_stale_summaries(op.session_id, replaced)
+        return count
+
+    async def _aedit_steps(self, op: Edit, replaced: str | None) -> int:
+        """Async :meth:`_edit_steps`."""
+        action, message_id, count = _edited(op, await self._aexecute(op))
+        try:
+            if count:
+                self.events.emit(
+                    EventType.HISTORY_EDITED,
+                    op.session_id,
+                    action=action,
+                    message_id=message_id,
+                    count=count,
+                )
+        finally:
+            if count:
+                await self._adrop_stale_summaries(op.session_id, replaced)
+        return count
 
     def _drop_stale_summaries(self, session_id: str, replaced: str | None = None) -> None:
         """After an edit: remove the summary compactions it made stale (see :func:`_stale`).
@@ -409,21 +482,11 @@ class HistoryMethods(SessionMethods):
         Summary compactions whose range the deletion changed are removed
         (:mod:`ctx_memory.compaction`).
         """
-        op = self._plan_delete_message(session_id, message_id)
-        removed = self._execute(op)
-        self._finish_edit(session_id, "delete", message_id, removed)  # first: the event
-        if removed:
-            self._drop_stale_summaries(session_id)
-        return bool(removed)
+        return bool(self._edit(self._plan_delete_message(session_id, message_id)))
 
     async def adelete_message(self, session_id: str, message_id: str) -> bool:
         """Async :meth:`delete_message`."""
-        op = self._plan_delete_message(session_id, message_id)
-        removed = await self._aexecute(op)
-        self._finish_edit(session_id, "delete", message_id, removed)  # first: the event
-        if removed:
-            await self._adrop_stale_summaries(session_id)
-        return bool(removed)
+        return bool(await self._aedit(self._plan_delete_message(session_id, message_id)))
 
     def _plan_replace(
         self,
@@ -438,11 +501,6 @@ class HistoryMethods(SessionMethods):
         record["id"] = message_id  # the replacement takes the message's place and identity
         encoded = encode_record(record, self.token_counter, "message")
         return ReplaceMessage(session_id, message_id, encoded, now_iso()), record
-
-    def _finish_replace(self, op: ReplaceMessage, found: bool) -> None:
-        if not found:
-            raise MessageNotFoundError(op.session_id, op.message_id)
-        self._finish_edit(op.session_id, "replace", op.message_id, 1)
 
     def replace_message(
         self,
@@ -462,9 +520,7 @@ class HistoryMethods(SessionMethods):
             MessageNotFoundError: No message of the session has that id.
         """
         op, record = self._plan_replace(session_id, message_id, message, metadata)
-        found = self._execute(op)
-        self._finish_replace(op, found)  # first: the event (or MessageNotFoundError)
-        self._drop_stale_summaries(session_id, message_id)
+        self._edit(op, message_id)
         return record
 
     async def areplace_message(
@@ -477,9 +533,7 @@ class HistoryMethods(SessionMethods):
     ) -> dict[str, Any]:
         """Async :meth:`replace_message`."""
         op, record = self._plan_replace(session_id, message_id, message, metadata)
-        found = await self._aexecute(op)
-        self._finish_replace(op, found)  # first: the event (or MessageNotFoundError)
-        await self._adrop_stale_summaries(session_id, message_id)
+        await self._aedit(op, message_id)
         return record
 
     @staticmethod
@@ -487,12 +541,6 @@ class HistoryMethods(SessionMethods):
         validate_session_id(session_id, existing=True)
         check_message_id(message_id, "message_id")
         return TruncateMessages(session_id, message_id, inclusive, now_iso())
-
-    def _finish_truncate(self, op: TruncateMessages, removed: int | None) -> int:
-        if removed is None:
-            raise MessageNotFoundError(op.session_id, op.message_id)
-        self._finish_edit(op.session_id, "truncate", op.message_id, removed)
-        return removed
 
     def truncate_after(self, session_id: str, message_id: str, *, inclusive: bool = False) -> int:
         """Remove every message after ``message_id`` (and it too with ``inclusive``).
@@ -505,23 +553,13 @@ class HistoryMethods(SessionMethods):
         Raises:
             MessageNotFoundError: No message of the session has that id.
         """
-        op = self._plan_truncate(session_id, message_id, inclusive)
-        removed = self._execute(op)
-        count = self._finish_truncate(op, removed)  # first: the event
-        if count:
-            self._drop_stale_summaries(session_id)
-        return count
+        return self._edit(self._plan_truncate(session_id, message_id, inclusive))
 
     async def atruncate_after(
         self, session_id: str, message_id: str, *, inclusive: bool = False
     ) -> int:
         """Async :meth:`truncate_after`."""
-        op = self._plan_truncate(session_id, message_id, inclusive)
-        removed = await self._aexecute(op)
-        count = self._finish_truncate(op, removed)  # first: the event
-        if count:
-            await self._adrop_stale_summaries(session_id)
-        return count
+        return await self._aedit(self._plan_truncate(session_id, message_id, inclusive))
 
     def _plan_fetched(
         self, session_id: str, encoded: Sequence[tuple[EncodedItem, dict[str, Any]]], dedupe: bool

@@ -22,6 +22,10 @@ ALLOWED: dict[str, str] = {
     "manager/_core.py:ManagerCore._aexecute": (
         "with ASYNC_OPERATIONS=false the async twin runs the sync store call in a thread"
     ),
+    "manager/_history.py:HistoryMethods._aedit": (
+        "a cancelled caller does not stop an edit half-way: its steps run in a task"
+        " (run_whole), so the summaries it made stale are removed too"
+    ),
     "stores/base.py:BaseStore.ahandle": "the default async path: a worker thread or inline",
     "stores/base.py:Closeable.aclose": "closing is sync unless a subclass says otherwise",
     "stores/redis.py:RedisStore.aclose": "an asyncio client is closed on its own loop first",

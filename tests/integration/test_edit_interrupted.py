@@ -1,0 +1,107 @@
+"""A history edit interrupted half-way still removes the summaries it made stale.
+
+An edit is stored first; then ``history_edited`` is emitted and the summary compactions
+covering the edited text are removed. A listener raising ``KeyboardInterrupt`` (Ctrl-C
+while it runs), or a task cancelled after the edit was stored (SQLite's thread and the
+servers finish what they started), once left the summary in place: a redacted card number
+went on reaching the model through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+
+from ctx_memory import ContextManager, ContextPromptAssembler
+from ctx_memory.compaction import CompactionPolicy, get_compactions
+from ctx_memory.manager import _core
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ctx_memory.stores.base import BaseStore
+
+CARD = "4111-1111-1111-1111"
+REDACTED = HumanMessage("My card is [redacted], book AF100.")
+
+
+def _seed(manager: ContextManager, sid: str) -> None:
+    """40 turns, the first holding the card number, summarised (the summary quotes it)."""
+    messages: list[Any] = [HumanMessage(f"My card is {CARD}, book AF100.", id="m0")]
+    messages.append(AIMessage("Noted.", id="r0"))
+    for i in range(1, 40):
+        messages += [HumanMessage(f"Flight {i} is AF{100 + i}.", id=f"m{i}"), AIMessage("Ok.")]
+    manager.add_messages(sid, messages)
+    policy = CompactionPolicy(summarize_at=300, keep_recent=16, block=8)
+    ContextPromptAssembler(manager, max_tokens=4000, compaction=policy).assemble(sid, "First?")
+    assert CARD in str(get_compactions(manager, sid))
+
+
+def _edits(manager: ContextManager) -> dict[str, Callable[[str], Any]]:
+    return {
+        "replace": lambda sid: manager.replace_message(sid, "m0", REDACTED),
+        "delete": lambda sid: manager.delete_message(sid, "m0"),
+        "truncate": lambda sid: manager.truncate_after(sid, "m0", inclusive=True),
+    }
+
+
+def _aedits(manager: ContextManager) -> dict[str, Callable[[str], Any]]:
+    return {
+        "replace": lambda sid: manager.areplace_message(sid, "m0", REDACTED),
+        "delete": lambda sid: manager.adelete_message(sid, "m0"),
+        "truncate": lambda sid: manager.atruncate_after(sid, "m0", inclusive=True),
+    }
+
+
+def _card_left(manager: ContextManager, sid: str) -> bool:
+    return CARD in str(manager.get_history(sid)) or CARD in str(get_compactions(manager, sid))
+
+
+@pytest.mark.parametrize("edit", ["replace", "delete", "truncate"])
+def test_a_listener_interrupted_edit_removes_its_stale_summaries(
+    make_store: Callable[..., BaseStore], edit: str
+) -> None:
+    manager = ContextManager(store=make_store())
+    _seed(manager, "s")
+
+    def ctrl_c(event: object) -> None:
+        raise KeyboardInterrupt
+
+    manager.on("history_edited", ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        _edits(manager)[edit]("s")
+    assert not _card_left(manager, "s")
+
+
+@pytest.mark.parametrize("edit", ["replace", "delete", "truncate"])
+def test_a_cancelled_edit_is_whole_or_absent(
+    make_store: Callable[..., BaseStore], edit: str
+) -> None:
+    """Cancelled at every point: either nothing changed, or the card is gone everywhere."""
+    manager = ContextManager(store=make_store())
+
+    async def cancel_after(sid: str, ticks: int) -> None:
+        task = asyncio.ensure_future(_aedits(manager)[edit](sid))
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):  # (done already: not cancelled)
+            await task
+        await asyncio.gather(*_core._WHOLE, return_exceptions=True)  # the edit's task ends
+
+    landed = 0
+    for ticks in range(0, 40, 3):
+        sid = f"s{ticks}"
+        _seed(manager, sid)
+        asyncio.run(cancel_after(sid, ticks))
+        m0 = [m for m in manager.get_history(sid) if m["id"] == "m0"]
+        if m0 and CARD in str(m0):  # not stored: nothing changed
+            assert CARD in str(get_compactions(manager, sid))
+            continue
+        landed += 1
+        assert not _card_left(manager, sid), ticks
+    assert landed  # some cancellations came after the edit was stored
