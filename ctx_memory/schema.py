@@ -421,14 +421,22 @@ def check_text(value: object, path: str, *, optional: bool = False) -> None:
         raise NotSerializableError(path, msg)
 
 
+_NOT_ZONES = frozenset({"localtime", "posixrules"})
+
+
 def time_zone(name: str) -> tzinfo | None:
     """The IANA time zone ``name`` names, or ``None`` if the zone database has no such zone.
 
     Every way a name can fail to load is ``None``: unknown (``Not/AZone``), malformed
     (``../x``), a directory of the database (``Europe``), a name too long for a file name.
+    So are the files a system's zone directory holds beside the zones, which the ``tzdata``
+    package does not (a name means the same zone on every host): ``localtime`` (the
+    server's own zone), ``posixrules`` and the ``posix/`` and ``right/`` copies.
     """
     from zoneinfo import ZoneInfo  # noqa: PLC0415 - rarely needed
 
+    if name in _NOT_ZONES or name.startswith(("posix/", "right/")):
+        return None
     try:
         return ZoneInfo(name)
     except (KeyError, ValueError, OSError):  # ZoneInfoNotFoundError is a KeyError
