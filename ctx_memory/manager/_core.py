@@ -48,27 +48,11 @@ class PendingWork(Protocol):
 
 logger = logging.getLogger("ctx_memory")
 
-_WHOLE: set[asyncio.Future[Any]] = set()  # the tasks of run_whole, until they end
-
 
 def _settle(task: asyncio.Future[Any]) -> None:
-    _WHOLE.discard(task)
     error = None if task.cancelled() else task.exception()  # read: no "never retrieved"
     if error is not None:  # the caller saw it, unless it was cancelled meanwhile
         logger.debug("a write that ran whole failed: %r", error)
-
-
-async def run_whole(steps: Coroutine[Any, Any, R]) -> R:
-    """Await ``steps`` in a task that a cancellation of the caller does not stop.
-
-    For writes of more than one step (a history edit, then the removal of the summaries
-    it made stale): the caller sees its ``CancelledError`` at once, and the task goes on
-    to the end, so what the first step stored is never left without the others.
-    """
-    task = asyncio.ensure_future(steps)
-    _WHOLE.add(task)
-    task.add_done_callback(_settle)
-    return await asyncio.shield(task)
 
 
 class ManagerCore(Closeable):
@@ -106,6 +90,7 @@ class ManagerCore(Closeable):
         self._counter_lock = threading.Lock()
         # Work that needs the store, finished by close() / aclose() before the store closes.
         self._closing: list[weakref.ref[PendingWork]] = []
+        self._whole: set[asyncio.Future[Any]] = set()  # _run_whole's tasks, until they end
 
     def __repr__(self) -> str:
         return f"ContextManager(store={self.store!r})"
@@ -190,6 +175,20 @@ class ManagerCore(Closeable):
         for listener in self._store_listeners:
             self.events.off(None, listener)
 
+    async def _run_whole(self, steps: Coroutine[Any, Any, R]) -> R:
+        """Await ``steps`` in a task that a cancellation of the caller does not stop.
+
+        For writes of more than one step (a history edit, then the removal of the
+        summaries it made stale): the caller sees its ``CancelledError`` at once, and the
+        task goes on to the end, so what the first step stored is never left without the
+        others. :meth:`aclose` waits for such tasks before the store closes.
+        """
+        task = asyncio.ensure_future(steps)
+        self._whole.add(task)
+        task.add_done_callback(self._whole.discard)
+        task.add_done_callback(_settle)
+        return await asyncio.shield(task)
+
     def before_close(self, work: PendingWork) -> None:
         """Have :meth:`close` finish ``work`` before the store closes.
 
@@ -220,6 +219,9 @@ class ManagerCore(Closeable):
 
     async def aclose(self) -> None:
         """Async :meth:`close`."""
+        loop = asyncio.get_running_loop()
+        mine = [task for task in self._whole if task.get_loop() is loop]
+        await asyncio.gather(*mine, return_exceptions=True)  # edits whose callers left
         for work in self._pending_work():
             await work.afinish_for_close()
         self._detach()

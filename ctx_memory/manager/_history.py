@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ctx_memory.errors import (
-    MessageNotFoundError,
     ValidationError,
 )
 from ctx_memory.events import EventType
@@ -18,7 +17,6 @@ from ctx_memory.records import (
     encode_items,
     encode_record,
     records_from,
-    well_formed_compaction,
 )
 from ctx_memory.schema import (
     check_key,
@@ -47,93 +45,21 @@ if TYPE_CHECKING:
 
     from ctx_memory.stores.base import EncodedItem, Header, WriteResult
 
-from ctx_memory.manager._core import run_whole
+from ctx_memory.manager._edits import (
+    FIND_PAGE,
+    INTERRUPTED,
+    Edit,
+    count_of,
+    edited,
+    pages,
+    position_of,
+    stale_summaries,
+    summaries_of,
+    with_id,
+)
 from ctx_memory.manager._sessions import SessionMethods
 
 Content = str | list[str | dict[str, Any]]
-
-
-FIND_PAGE = 256
-"""Messages :meth:`HistoryMethods.get_message` reads per step, newest first."""
-
-
-def _with_id(page: list[dict[str, Any]], message_id: str) -> dict[str, Any] | None:
-    """The record of ``page`` with ``message_id`` (the newest, were two to share it)."""
-    position = _position(page, 0, message_id)
-    return None if position is None else page[position]
-
-
-def _count(header: Header | None) -> int:
-    """The message count of a header (``0`` for a session that is gone)."""
-    return int(header["metadata"]["message_count"]) if header else 0
-
-
-Edit = DeleteMessages | ReplaceMessage | TruncateMessages
-
-
-def _edited(op: Edit, result: int | bool | None) -> tuple[str, str, int]:
-    """``(action, message id, messages changed)`` of a history edit's store result.
-
-    Raises:
-        MessageNotFoundError: A replacement or truncation found no message with the id.
-    """
-    if isinstance(op, DeleteMessages):
-        return "delete", op.message_ids[0], int(result or 0)
-    if result is None or result is False:
-        raise MessageNotFoundError(op.session_id, op.message_id)
-    if isinstance(op, ReplaceMessage):
-        return "replace", op.message_id, 1
-    return "truncate", op.message_id, int(result)
-
-
-def _summaries(header: Header | None) -> list[Mapping[str, Any]]:
-    """The summary compactions stored in a header's ``shared`` (tombstones skipped)."""
-    shared: Mapping[str, Any] = (header["shared"] if header else None) or {}
-    entries = shared.get(COMPACTIONS_KEY) or {}
-    if not isinstance(entries, dict):
-        return []
-    return [
-        e
-        for k, e in entries.items()
-        if isinstance(e, dict) and e.get("kind") == "summary" and well_formed_compaction(k, e)
-    ]
-
-
-def _pages(count: int, low: int) -> list[tuple[int, int]]:
-    """``(start, end)`` pages of :data:`FIND_PAGE` positions, from ``count - 1`` down to ``low``."""
-    return [(max(end - FIND_PAGE + 1, low), end) for end in range(count - 1, low - 1, -FIND_PAGE)]
-
-
-def _position(page: list[dict[str, Any]], start: int, message_id: str) -> int | None:
-    """Where in the history the record of ``page`` (read from ``start``) with the id is."""
-    for offset in range(len(page) - 1, -1, -1):
-        if page[offset].get("id") == message_id:
-            return start + offset
-    return None
-
-
-def _stale(
-    summaries: Sequence[Mapping[str, Any]],
-    ends: Sequence[Sequence[Mapping[str, Any]]],
-    position: int | None,
-) -> dict[str, None]:
-    """Tombstones for the summaries an edit made stale.
-
-    ``ends[i]`` holds the message read, after the edit, at summary ``i``'s newest covered
-    position (none past the history's end). A summary is stale when that message is not the
-    one it covered (a deletion or truncation moved or removed it) or when it covers
-    ``position``, where a replaced message is (its text summarises what that message no
-    longer says).
-    """
-    stale: dict[str, None] = {}
-    for entry, end in zip(summaries, ends, strict=True):
-        moved = not end or end[0].get("id") != entry.get("last_id")
-        covers = position is not None and (
-            int(entry["first_index"]) <= position <= int(entry["last_index"])
-        )
-        if moved or covers:
-            stale[str(entry["id"])] = None
-    return stale
 
 
 class HistoryMethods(SessionMethods):
@@ -352,11 +278,11 @@ class HistoryMethods(SessionMethods):
         """
         check_message_id(message_id, "message_id")
         page = self.get_message_range(session_id, -FIND_PAGE, -1)
-        found = _with_id(page, message_id)
+        found = with_id(page, message_id)
         if found is not None or len(page) < FIND_PAGE:
             return found
-        for start, end in _pages(_count(self.get_header(session_id)), 0):
-            found = _with_id(self.get_message_range(session_id, start, end), message_id)
+        for start, end in pages(count_of(self.get_header(session_id)), 0):
+            found = with_id(self.get_message_range(session_id, start, end), message_id)
             if found is not None:
                 return found
         return None
@@ -365,11 +291,11 @@ class HistoryMethods(SessionMethods):
         """Async :meth:`get_message`."""
         check_message_id(message_id, "message_id")
         page = await self.aget_message_range(session_id, -FIND_PAGE, -1)
-        found = _with_id(page, message_id)
+        found = with_id(page, message_id)
         if found is not None or len(page) < FIND_PAGE:
             return found
-        for start, end in _pages(_count(await self.aget_header(session_id)), 0):
-            found = _with_id(await self.aget_message_range(session_id, start, end), message_id)
+        for start, end in pages(count_of(await self.aget_header(session_id)), 0):
+            found = with_id(await self.aget_message_range(session_id, start, end), message_id)
             if found is not None:
                 return found
         return None
@@ -389,9 +315,9 @@ class HistoryMethods(SessionMethods):
 
         An edit cancelled after it was stored (SQLite's thread or the server finish it)
         would keep the summaries it made stale, a redacted text among them: the task runs
-        the removal too (:func:`~ctx_memory.manager._core.run_whole`).
+        the removal too (:meth:`~ctx_memory.manager._core.ManagerCore._run_whole`).
         """
-        return await run_whole(self._aedit_steps(op, replaced))
+        return await self._run_whole(self._aedit_steps(op, replaced))
 
     def _edit_steps(self, op: Edit, replaced: str | None) -> int:
         """Execute ``op``, emit ``history_edited``, remove the summaries it made stale.
@@ -400,7 +326,12 @@ class HistoryMethods(SessionMethods):
         runs): the edit is stored, so its stale summaries must go. ``replaced``: the id
         of a message whose text changed (summaries covering it are stale).
         """
-        action, message_id, count = _edited(op, self._execute(op))
+        try:
+            result = self._execute(op)
+        except INTERRUPTED:  # landed or not (SQLite's thread finishes it): what is stale goes
+            self._drop_stale(op.session_id, replaced)
+            raise
+        action, message_id, count = edited(op, result)
         try:
             if count:
                 self.events.emit(
@@ -412,12 +343,36 @@ class HistoryMethods(SessionMethods):
                 )
         finally:
             if count:
-                self._drop_stale_summaries(op.session_id, replaced)
+                self._drop_stale(op.session_id, replaced)
         return count
+
+    def _drop_stale(self, session_id: str, replaced: str | None) -> None:
+        """:meth:`_drop_stale_summaries`, again when interrupted (then re-raised).
+
+        An event loop's end cancels a task once: the second run is not cancelled.
+        """
+        try:
+            self._drop_stale_summaries(session_id, replaced)
+        except INTERRUPTED:
+            self._drop_stale_summaries(session_id, replaced)
+            raise
+
+    async def _adrop_stale(self, session_id: str, replaced: str | None) -> None:
+        """Async :meth:`_drop_stale`."""
+        try:
+            await self._adrop_stale_summaries(session_id, replaced)
+        except INTERRUPTED:
+            await self._adrop_stale_summaries(session_id, replaced)
+            raise
 
     async def _aedit_steps(self, op: Edit, replaced: str | None) -> int:
         """Async :meth:`_edit_steps`."""
-        action, message_id, count = _edited(op, await self._aexecute(op))
+        try:
+            result = await self._aexecute(op)
+        except INTERRUPTED:  # landed or not (SQLite's thread finishes it): what is stale goes
+            await self._adrop_stale(op.session_id, replaced)
+            raise
+        action, message_id, count = edited(op, result)
         try:
             if count:
                 self.events.emit(
@@ -429,11 +384,11 @@ class HistoryMethods(SessionMethods):
                 )
         finally:
             if count:
-                await self._adrop_stale_summaries(op.session_id, replaced)
+                await self._adrop_stale(op.session_id, replaced)
         return count
 
     def _drop_stale_summaries(self, session_id: str, replaced: str | None = None) -> None:
-        """After an edit: remove the summary compactions it made stale (see :func:`_stale`).
+        """After an edit: remove the summary compactions it made stale (:func:`stale_summaries`).
 
         A summary of text the history no longer holds (a redacted message, say) must not
         reach the model, nor stay in the document. Reads each summary's newest covered
@@ -441,38 +396,38 @@ class HistoryMethods(SessionMethods):
         back to the replaced one, a page at a time, no further back than the summaries.
         """
         header = self.get_header(session_id)
-        summaries = _summaries(header)
+        summaries = summaries_of(header)
         if header is None or not summaries:
             return
         lasts = [(int(e["last_index"]), int(e["last_index"])) for e in summaries]
         ends = self.get_message_spans(session_id, lasts)
         position = None
         low = min(int(e["first_index"]) for e in summaries)
-        for start, end in _pages(int(header["metadata"]["message_count"]), low):
+        for start, end in pages(int(header["metadata"]["message_count"]), low):
             if replaced is None or position is not None:
                 break
             page = self.get_message_range(session_id, start, end)
-            position = _position(page, start, replaced)
-        stale = _stale(summaries, ends, position)
+            position = position_of(page, start, replaced)
+        stale = stale_summaries(summaries, ends, position)
         if stale:
             self.update_partial_context(session_id, {COMPACTIONS_KEY: stale}, reserved=True)
 
     async def _adrop_stale_summaries(self, session_id: str, replaced: str | None = None) -> None:
         """Async :meth:`_drop_stale_summaries`."""
         header = await self.aget_header(session_id)
-        summaries = _summaries(header)
+        summaries = summaries_of(header)
         if header is None or not summaries:
             return
         lasts = [(int(e["last_index"]), int(e["last_index"])) for e in summaries]
         ends = await self.aget_message_spans(session_id, lasts)
         position = None
         low = min(int(e["first_index"]) for e in summaries)
-        for start, end in _pages(int(header["metadata"]["message_count"]), low):
+        for start, end in pages(int(header["metadata"]["message_count"]), low):
             if replaced is None or position is not None:
                 break
             page = await self.aget_message_range(session_id, start, end)
-            position = _position(page, start, replaced)
-        stale = _stale(summaries, ends, position)
+            position = position_of(page, start, replaced)
+        stale = stale_summaries(summaries, ends, position)
         if stale:
             await self.aupdate_partial_context(session_id, {COMPACTIONS_KEY: stale}, reserved=True)
 

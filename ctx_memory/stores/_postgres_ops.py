@@ -459,16 +459,20 @@ class PostgresOperations(BaseStore):
         # Lock the row (waiting for an append in flight), then delete with a later snapshot:
         # one statement's snapshot predated the wait and left that append's messages behind.
         row = yield Statement(
-            self._sql.q(
-                "SELECT sk, coalesce(expires_at <= clock_timestamp(), false) FROM {s}.sessions "
-                "WHERE id = %s FOR UPDATE"
-            ),
+            self._sql.q("SELECT sk, expires_at FROM {s}.sessions WHERE id = %s FOR UPDATE"),
             (op.session_id,),
         )
         if row is None:
             return False
-        yield Statement(self._sql.q("SELECT {s}.drop_session(%s)"), (row[0],), NONE)
-        if row[1]:  # it had expired: it did not exist, and its expiry is reported
+        # Expired or not by the clock after the lock (a locking SELECT's columns are not
+        # evaluated again when the holder only locked the row).
+        (expired, _) = yield Statement(
+            self._sql.q(
+                "SELECT coalesce(%s::timestamptz <= clock_timestamp(), false), {s}.drop_session(%s)"
+            ),
+            (row[1], row[0]),
+        )
+        if expired:  # it had expired: it did not exist, and its expiry is reported
             found.add([op.session_id])
             return False
         return True
@@ -761,11 +765,6 @@ class PostgresOperations(BaseStore):
             },
             NONE,
         )
-        yield Statement(
-            self._sql.q("UPDATE {s}.sessions SET n_messages = %s, n_fetched = %s WHERE sk = %s"),
-            (len(messages), len(op.items), sk),
-            NONE,
-        )
         evicted: tuple[str, ...] = ()
         if created and self.max_sessions is not None:
             expired, victims = yield Statement(
@@ -773,4 +772,13 @@ class PostgresOperations(BaseStore):
             )
             found.add(expired, victims)
             evicted = tuple(victims)
+        # Last, the expiry again: from now, not from before the rows (and eviction's wait).
+        yield Statement(
+            self._sql.q(
+                "UPDATE {s}.sessions SET n_messages = %s, n_fetched = %s, "
+                "expires_at = {s}.expiry(%s::float8) WHERE sk = %s"
+            ),
+            (len(messages), len(op.items), self.ttl_seconds, sk),
+            NONE,
+        )
         return WriteResult(created=created, added=len(messages), evicted=evicted)

@@ -290,7 +290,15 @@ DECLARE
 BEGIN
     o_evicted := '{{}}';
     PERFORM pg_advisory_xact_lock({lock});  -- creators count one at a time
-    o_expired := {s}.collect();
+    -- collect(), but never p_keep: made before this wait, it may look expired after it
+    -- (the write that made it sets its expiry again once this returns)
+    o_expired := '{{}}';
+    FOR r IN SELECT sk, id FROM {s}.sessions
+             WHERE expires_at <= clock_timestamp() AND sk <> p_keep ORDER BY id
+             FOR UPDATE SKIP LOCKED LOOP
+        PERFORM {s}.drop_session(r.sk);
+        o_expired := o_expired || r.id;
+    END LOOP;
     LOOP
         SELECT count(*) INTO n FROM {s}.sessions;
         EXIT WHEN n <= p_max;

@@ -42,8 +42,8 @@ __all__ = [
 # these do not need (adapting by type, the prepared-statement bookkeeping, result loaders,
 # row makers). Errors are psycopg's (error_from_result: the class of the SQLSTATE), a lost
 # connection its OperationalError, as through a cursor. A statement the server forgot
-# (DEALLOCATE, DISCARD ALL), or never prepared (its reply an error), is prepared again. A
-# connection with psycopg's prepared statements turned off (prepare_threshold None, as
+# (DEALLOCATE, DISCARD ALL) is prepared again; a connection whose prepare was cut short is
+# closed. A connection with psycopg's prepared statements turned off (prepare_threshold None, as
 # behind PgBouncer before 1.21) gets none from the store either: the cursor sends the
 # statement unprepared. Without psycopg's execute generator (another psycopg than 3.2 to
 # 3.3) the cursor path is used.
@@ -138,12 +138,16 @@ def send(
             with conn.lock:
                 if prepared.name not in session.names:
                     conn.pgconn.send_prepare(prepared.name, prepared.sql)
-                    # Named before the reply: a caller cancelled or interrupted while
-                    # waiting leaves the connection idle with the statement prepared
-                    # (psycopg reads the reply), and preparing it again would fail. One
-                    # the server did not prepare is prepared again at its first use.
+                    try:
+                        reply = conn.wait(_execute_generator(conn.pgconn))
+                    except BaseException:
+                        # Cut short (a cancelled task, Ctrl-C, a lost connection): whether
+                        # the server prepared it is unknown, and either guess can fail
+                        # every later call. The connection goes; the pool makes another.
+                        conn.pgconn.finish()  # (not close(): a pool may take it back)
+                        raise
+                    _check(reply, session.encoding)  # an error reply: not prepared
                     session.names.add(prepared.name)
-                    _check(conn.wait(_execute_generator(conn.pgconn)), session.encoding)
                 conn.pgconn.send_query_prepared(prepared.name, values)
                 results = conn.wait(_execute_generator(conn.pgconn))
             return _row(results, session.encoding)
@@ -166,12 +170,16 @@ async def asend(
             async with conn.lock:
                 if prepared.name not in session.names:
                     conn.pgconn.send_prepare(prepared.name, prepared.sql)
-                    # Named before the reply: a caller cancelled or interrupted while
-                    # waiting leaves the connection idle with the statement prepared
-                    # (psycopg reads the reply), and preparing it again would fail. One
-                    # the server did not prepare is prepared again at its first use.
+                    try:
+                        reply = await conn.wait(_execute_generator(conn.pgconn))
+                    except BaseException:
+                        # Cut short (a cancelled task, Ctrl-C, a lost connection): whether
+                        # the server prepared it is unknown, and either guess can fail
+                        # every later call. The connection goes; the pool makes another.
+                        conn.pgconn.finish()  # (not close(): a pool may take it back)
+                        raise
+                    _check(reply, session.encoding)  # an error reply: not prepared
                     session.names.add(prepared.name)
-                    _check(await conn.wait(_execute_generator(conn.pgconn)), session.encoding)
                 conn.pgconn.send_query_prepared(prepared.name, values)
                 results = await conn.wait(_execute_generator(conn.pgconn))
             return _row(results, session.encoding)

@@ -147,3 +147,50 @@ def test_a_fast_append_made_again_keeps_the_pool(postgres_url: str, pg_schema: s
         assert [m["content"] for m in manager.get_history("s")] == ["first", "second"]
     finally:
         manager.close()
+
+
+def test_a_delete_that_waited_past_the_expiry_finds_the_session_expired(
+    waiting: tuple[ContextManager, Any],
+) -> None:
+    manager, hold = waiting
+    manager.add_user_message("s", "old")
+    events: list[str] = []
+    manager.on(None, lambda event: events.append(event.type))
+    with hold("s", TTL * 1.6):
+        time.sleep(0.05)
+        assert manager.delete_context("s") is False  # it had expired by then
+    assert "session_expired" in events
+    assert "session_deleted" not in events
+
+
+def test_a_session_made_before_a_long_eviction_wait_is_not_collected_by_it(
+    postgres_url: str, pg_schema: str
+) -> None:
+    """With a session limit, a creator waits for the others (an advisory lock) before it
+    evicts; a wait longer than the TTL must not make it collect the session it made."""
+    import psycopg
+
+    from ctx_memory.stores._postgres_sql import SchemaSql
+    from ctx_memory.stores.postgres import PostgresStore
+
+    store = PostgresStore(postgres_url, schema=pg_schema, ttl_seconds=TTL, max_sessions=5)
+    manager = ContextManager(store=store)
+    try:
+        manager.add_user_message("first", "hi")  # the schema made
+        with psycopg.connect(postgres_url) as other:
+            other.execute("SELECT pg_advisory_xact_lock(%s)", (SchemaSql(pg_schema).lock_key,))
+            releaser = threading.Timer(TTL * 1.5, other.commit)
+            releaser.start()
+            manager.add_user_message("new", "hello")
+            manager.update_metadata("meta", mode="research")
+            releaser.join()
+        assert [m["content"] for m in manager.get_history("new")] == ["hello"]
+        assert manager.get_metadata("meta")["mode"] == "research"
+        with psycopg.connect(postgres_url) as conn:
+            orphans = conn.execute(
+                f'SELECT count(*) FROM "{pg_schema}".messages AS m WHERE NOT EXISTS '
+                f'(SELECT 1 FROM "{pg_schema}".sessions AS s WHERE s.sk = m.sk)'
+            ).fetchone()
+        assert orphans == (0,)
+    finally:
+        manager.close()

@@ -26,6 +26,9 @@ ALLOWED: dict[str, str] = {
         "a cancelled caller does not stop an edit half-way: its steps run in a task"
         " (run_whole), so the summaries it made stale are removed too"
     ),
+    "manager/_core.py:ManagerCore.aclose": (
+        "first waits for the edits whose cancelled callers left them running (_run_whole)"
+    ),
     "stores/base.py:BaseStore.ahandle": "the default async path: a worker thread or inline",
     "stores/base.py:Closeable.aclose": "closing is sync unless a subclass says otherwise",
     "stores/redis.py:RedisStore.aclose": "an asyncio client is closed on its own loop first",
