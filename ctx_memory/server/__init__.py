@@ -13,7 +13,9 @@ imports no web framework: :func:`create_app` loads FastAPI when first used.
 * :mod:`ctx_memory.server.inspector`: the browser inspector;
 * :mod:`ctx_memory.server.models`: the chat model, search retriever and agent tools from
   settings, with stand-ins for the demo and tests;
-* :mod:`ctx_memory.server.tracing`: OpenTelemetry spans (the ``otel`` extra).
+* :mod:`ctx_memory.server.tracing`: OpenTelemetry spans (the ``otel`` extra);
+* :mod:`ctx_memory.server.cli`: ``ctx-memory serve``; :mod:`ctx_memory.server.access_log`:
+  its access log, with the credentials a client put in a URL masked.
 """
 
 from __future__ import annotations

@@ -7,13 +7,20 @@ works without the ``server`` extra; ``serve`` imports them when it runs and rais
 Without keys in settings the service needs none, and then it listens on loopback only:
 ``--host 0.0.0.0`` without ``SERVER_API_KEYS`` / ``SERVER_ADMIN_KEYS`` is refused unless
 ``SERVER_AUTH = "off"`` says an open service is meant. Nothing printed shows a key or a
-password.
+password, and the access log masks credentials a client put in a URL
+(:mod:`ctx_memory.server.access_log`).
+
+``serve`` binds its address before it says it is serving: an address in use (or a host
+that does not resolve) is one ``error:`` line and exit code 1, and uvicorn then serves on
+the sockets bound.
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
+import os
+import socket
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -22,7 +29,7 @@ if TYPE_CHECKING:
     from ctx_memory.config import Settings
     from ctx_memory.manager import ContextManager
 
-__all__ = ["is_loopback", "serve"]
+__all__ = ["http_url", "is_loopback", "listen", "serve"]
 
 
 class LogLevel(enum.StrEnum):
@@ -44,6 +51,45 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def http_url(host: str, port: int, root_path: str = "") -> str:
+    """``http://host:port/root`` with an IPv6 address in brackets (pure)."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}{root_path}"
+
+
+def listen(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Sockets listening on ``host:port``, one per address the host resolves to.
+
+    As asyncio's ``create_server`` (which uvicorn calls with a host and port) binds them:
+    ``SO_REUSEADDR`` on POSIX, IPv6 sockets IPv6 only; with port 0, the port the first
+    one got for the others.
+
+    Raises:
+        OSError: The host does not resolve, or an address is in use or not ours to bind.
+    """
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):  # once each, in order
+            if port == 0 and sockets:
+                bind_to = (address[0], sockets[0].getsockname()[1], *address[2:])
+            else:
+                bind_to = address
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            if os.name == "posix":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(bind_to)
+            sock.listen(backlog)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def _settings_and_manager(ctx: typer.Context) -> tuple[Settings, ContextManager | None]:
@@ -109,6 +155,7 @@ def serve(
     try:
         import uvicorn  # noqa: PLC0415 - the server extra
 
+        from ctx_memory.server import access_log  # noqa: PLC0415
         from ctx_memory.server.app import auth_enabled, create_app  # noqa: PLC0415
     except ImportError as e:
         from ctx_memory._extras import missing_extra  # noqa: PLC0415
@@ -133,20 +180,6 @@ def serve(
             _refuse_newer_data(settings, manager)
     except CtxMemoryError as e:
         _fail_with(e)
-    tenants = len({entry.tenant for entry in settings.server_api_keys})
-    who = (
-        f"keys required ({tenants} tenant(s), {len(settings.server_admin_keys)} admin key(s))"
-        if auth
-        else "no keys (one open tenant)"
-    )
-    typer.echo(
-        printable(
-            f"ctx_memory: serving the {settings.backend} store, {who}, chat model"
-            f" {settings.server_chat_model!r}, on http://{host}:{port}{root_path}"
-            " (/docs: the API, /inspector: the inspector)"
-        ),
-        err=True,
-    )
     config = uvicorn.Config(
         app,
         host=host,
@@ -156,5 +189,25 @@ def serve(
         root_path=root_path,
         log_level=log_level.value,
         reload=False,
+    )  # configures uvicorn's loggers: the filter goes on after
+    access_log.install()
+    try:
+        sockets = listen(host, port, config.backlog)
+    except OSError as e:
+        _fail(f"cannot listen on {http_url(host, port)}: {e.strerror or e}")
+    tenants = len({entry.tenant for entry in settings.server_api_keys})
+    who = (
+        f"keys required ({tenants} tenant(s), {len(settings.server_admin_keys)} admin key(s))"
+        if auth
+        else "no keys (one open tenant)"
     )
-    uvicorn.Server(config).run()
+    bound = int(sockets[0].getsockname()[1])
+    typer.echo(
+        printable(
+            f"ctx_memory: serving the {settings.backend} store, {who}, chat model"
+            f" {settings.server_chat_model!r}, on {http_url(host, bound, root_path)}"
+            " (/docs: the API, /inspector: the inspector)"
+        ),
+        err=True,
+    )
+    uvicorn.Server(config).run(sockets=sockets)

@@ -4,7 +4,9 @@ A chat turn is :class:`~ctx_memory.chat.ContextualChat` itself, so it is recorde
 as the library records it: the question and the reply land together once the model's last
 token was read, with the model, response time, sources used and citations. A stream that
 does not finish records nothing: when the client goes away mid-stream the server stops
-reading the model, and the session is as if the question had not been asked.
+reading the model, and the session is as if the question had not been asked (but for
+the request's mode and page in the metadata of a session the request created: see
+``_Context``).
 
 The stream's events (``text/event-stream``; each ``data`` is one JSON object):
 
@@ -21,6 +23,12 @@ error      instead of ``done`` when the turn failed after the stream began
            (``{"error", "detail"}``); nothing was recorded
 =========  ================================================================================
 
+When the server shuts down (SIGTERM, Ctrl-C) an open stream's turn has
+:data:`SHUTDOWN_GRACE_SECONDS` to finish and end with ``done``; past that the server stops
+reading the model and the stream ends with ``error`` ``shutting_down`` (nothing recorded),
+rather than breaking off (sse-starlette cancels its streams when uvicorn shuts down unless
+given a grace period: :class:`_Drain`).
+
 Research mode first asks the configured retriever and records its documents as
 ``fetched_context["web_search"]`` items (deduplicated, so a retried question adds none),
 then runs the chat turn, whose prompt numbers them as sources the reply cites as ``[n]``.
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -62,9 +71,21 @@ if TYPE_CHECKING:
     from ctx_memory.schema import ContextMode
     from ctx_memory.server.app import ServerState
 
-__all__ = ["document_result", "run_agent", "run_chat"]
+__all__ = ["SHUTDOWN_GRACE_SECONDS", "SHUTTING_DOWN", "document_result", "run_agent", "run_chat"]
 
 logger = logging.getLogger("ctx_memory.server")
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+"""How long a streamed turn may go on once the server starts shutting down."""
+
+_CLOSING_SECONDS = 5.0
+"""Then, how long the stream has to take the turn's context back and send ``error``."""
+
+SHUTTING_DOWN = {
+    "error": "shutting_down",
+    "detail": "the server shut down before the turn finished: nothing was recorded",
+}
+"""The ``error`` event's data of a stream the shutdown cut."""
 
 
 def document_result(document: Document) -> dict[str, Any]:
@@ -162,8 +183,12 @@ class _Context:
     The request's mode and page go into the session's metadata before the prompt is built
     (the prompt shows them). A turn that then records nothing (over the budget, a model
     error, a client gone mid-stream) takes them back: the previous values where it changed
-    them and nobody changed them since, and a session this request created, if it still
-    holds nothing and nobody wrote to it since.
+    them and nobody changed them since.
+
+    A session this request created stays, holding the request's mode and page. Deleting
+    it would take a check (nothing in it) and a delete, two store calls with no store
+    operation to make them one: another client's write landing between them (an append
+    already answered ``201``) would be deleted with it.
     """
 
     def __init__(self, manager: ContextManager, session_id: str) -> None:
@@ -173,7 +198,6 @@ class _Context:
         self.messages = 0
         self.before: dict[str, Any] = {}
         self.written: dict[str, Any] = {}
-        self.left: Any = None  # the header as this request left it
 
     async def write(self, **fields: Any) -> None:
         header = await self.manager.aget_header(self.session_id)
@@ -182,27 +206,20 @@ class _Context:
         self.messages = int(meta.get("message_count") or 0)
         self.before = {key: meta.get(key) for key in fields}
         await self.manager.aupdate_metadata(self.session_id, **fields)
-        self.left = await self.manager.aget_header(self.session_id)
-        written = self.left["metadata"] if self.left is not None else {}
+        if not self.existed:
+            return  # nothing to take back (the class's docstring says why)
+        left = await self.manager.aget_header(self.session_id)
+        written = left["metadata"] if left is not None else {}
         self.written = {key: written.get(key) for key in fields}
 
     async def take_back(self) -> None:
+        if not self.existed:
+            return  # never deleted: another client may have written to it meanwhile
         with anyio.CancelScope(shield=True):
             try:
                 stats = await self.manager.aget_memory_stats(self.session_id)
                 if not stats.get("exists") or stats.get("message_count") != self.messages:
                     return  # gone, or the turn (or another writer) recorded messages: kept
-                if not self.existed:
-                    # Only as this request left it: another client's write since (an
-                    # import, another turn's page, shared state) keeps the session.
-                    left = await self.manager.aget_header(self.session_id) == self.left
-                    if (
-                        left
-                        and not stats.get("message_count")
-                        and not stats.get("fetched_item_count")
-                    ):
-                        await self.manager.adelete_context(self.session_id)
-                    return
                 now = (await self.manager.aget_metadata(self.session_id)) or {}
                 back = {
                     key: value
@@ -215,6 +232,44 @@ class _Context:
                 logger.warning(
                     "ctx_memory.server: could not take back a failed turn's context: %s", e
                 )
+
+
+class _ShuttingDown(Exception):  # noqa: N818 - a state, not a failure
+    """The server shut down and the turn's grace ran out before it finished."""
+
+
+class _Drain:
+    """How a stream ends when the server shuts down: its turn gets a grace to finish.
+
+    sse-starlette sets :attr:`shutdown` when uvicorn starts shutting down and then waits
+    ``SHUTDOWN_GRACE_SECONDS + _CLOSING_SECONDS`` for the stream to end before cancelling
+    it. :meth:`watch` runs beside the stream (its ``data_sender_callable``): once shutdown
+    began it gives the read of the model a deadline ``SHUTDOWN_GRACE_SECONDS`` away, and
+    :meth:`next` raises :class:`_ShuttingDown` when a read reached it, so the stream can
+    end with an ``error`` event before it is cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.shutdown = anyio.Event()
+        self.deadline = math.inf
+        self.reading: anyio.CancelScope | None = None
+
+    async def watch(self) -> None:
+        await self.shutdown.wait()
+        self.deadline = anyio.current_time() + SHUTDOWN_GRACE_SECONDS
+        if self.reading is not None:
+            self.reading.deadline = self.deadline
+
+    async def next(self, replies: AsyncIterator[AIMessage]) -> AIMessage | None:
+        """The turn's next item (``None``: the end).
+
+        Raises:
+            _ShuttingDown: The deadline passed first (the model's stream is then closed:
+                a cancelled stream records nothing).
+        """
+        with anyio.CancelScope(deadline=self.deadline) as self.reading:
+            return await anext(replies, None)
+        raise _ShuttingDown
 
 
 def _upstream(error: BaseException) -> None:
@@ -306,6 +361,7 @@ async def run_chat(
         _upstream(e)
         raise
     span.first_token()
+    drain = _Drain()
     return EventSourceResponse(
         _events(
             replies,
@@ -315,10 +371,27 @@ async def run_chat(
             model=model,
             span=span,
             undo=undo,
+            drain=drain,
         ),
         ping=15,
         headers={"Cache-Control": "no-store"},
+        data_sender_callable=drain.watch,
+        shutdown_event=drain.shutdown,
+        shutdown_grace_period=SHUTDOWN_GRACE_SECONDS + _CLOSING_SECONDS,
     )
+
+
+def _failed_mid_stream(error: Exception) -> dict[str, str]:
+    """The ``error`` event of a turn that failed after its stream began (logs the error)."""
+    if isinstance(error, StoreVersionError):
+        logger.error("ctx_memory.server: store refused mid-stream: %s", error)
+        return {"error": "store_version", "detail": STORE_VERSION_DETAIL}
+    if isinstance(error, StoreError):
+        logger.warning("ctx_memory.server: store error mid-stream: %s", error)
+        return {"error": "store_unavailable", "detail": "the session store is unavailable"}
+    name = type(error).__name__
+    logger.error("ctx_memory.server: turn failed mid-stream: %s: %s", name, error)
+    return {"error": "turn_failed", "detail": "the model or the store failed"}
 
 
 async def _events(
@@ -330,6 +403,7 @@ async def _events(
     model: str,
     span: _TurnSpan,
     undo: _Context | None = None,
+    drain: _Drain,
 ) -> AsyncIterator[dict[str, str]]:
     done = False
     try:
@@ -354,19 +428,15 @@ async def _events(
                         "report": meta.get("report", {}),
                     },
                 )
-            item = await anext(replies, None)
+            item = await drain.next(replies)
+    except _ShuttingDown as e:
+        if not done:
+            span.fail(e)
+            logger.warning("ctx_memory.server: a streamed turn cut by the shutdown")
+            yield _event("error", SHUTTING_DOWN)
     except Exception as e:  # noqa: BLE001 - the status is sent: the client gets an event
         span.fail(e)
-        if isinstance(e, StoreVersionError):
-            logger.error("ctx_memory.server: store refused mid-stream: %s", e)
-            error = {"error": "store_version", "detail": STORE_VERSION_DETAIL}
-        elif isinstance(e, StoreError):
-            logger.warning("ctx_memory.server: store error mid-stream: %s", e)
-            error = {"error": "store_unavailable", "detail": "the session store is unavailable"}
-        else:
-            logger.error("ctx_memory.server: turn failed mid-stream: %s: %s", type(e).__name__, e)
-            error = {"error": "turn_failed", "detail": "the model or the store failed"}
-        yield _event("error", error)
+        yield _event("error", _failed_mid_stream(e))
     except BaseException as e:  # the client went away (cancelled): nothing recorded
         span.fail(e)
         raise

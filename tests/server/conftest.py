@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from server_helpers import LiveServer
+from server_helpers import LiveServer, Served
 
 from ctx_memory import ContextManager
 from ctx_memory.server import create_app
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from fastapi import FastAPI
 
@@ -59,6 +60,22 @@ def serve(request: pytest.FixtureRequest) -> Iterator[Any]:
 def http(serve: Any, manager: ContextManager) -> Any:
     """A client of an open app (no keys) over ``manager``."""
     return serve(create_app(manager))
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Any]:
+    """``served(*global_args)``: ``ctx-memory serve`` in a process, in ``tmp_path``."""
+    started: list[Served] = []
+
+    def start(*args: str) -> Served:
+        server = Served(tmp_path, *args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -1,14 +1,20 @@
-"""Helpers of the HTTP service tests: keys, a uvicorn server in a thread, SSE parsing."""
+"""Helpers of the HTTP service tests: keys, uvicorn in a thread or ``ctx-memory serve`` in a
+process, SSE parsing."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import httpx
+import pytest
 import uvicorn
 
 from ctx_memory.config import load_settings
@@ -17,6 +23,7 @@ from ctx_memory.server.models import DemoChatModel
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
     from fastapi import FastAPI
     from langchain_core.outputs import ChatGenerationChunk
@@ -82,6 +89,52 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(15)
+
+
+def serve_env() -> dict[str, str]:
+    """This process's environment without ``CTX_MEMORY_*`` (settings come from the cwd)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CTX_MEMORY_")}
+
+
+class Served:
+    """``ctx-memory [ARGS] serve --port <free>`` in a process, in ``cwd``, up and answering."""
+
+    def __init__(self, cwd: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "ctx_memory", *args, "serve", "--port", str(self.port)]
+        # A file, not a pipe: nobody reads a pipe while it serves, and a full one (the
+        # access log of many requests) would block the server.
+        self.log = cwd / f"serve-{self.port}.err"
+        self.access_log = cwd / f"serve-{self.port}.out"  # uvicorn's access log: stdout
+        with self.log.open("wb") as err, self.access_log.open("wb") as out:
+            self.proc = subprocess.Popen(command, cwd=cwd, env=serve_env(), stdout=out, stderr=err)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                self.proc.wait(10)
+                pytest.fail(f"ctx-memory serve did not start: {self.stderr()[-2000:]}")
+            time.sleep(0.1)
+
+    def stderr(self) -> str:
+        """What it wrote to stderr so far."""
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def stdout(self) -> str:
+        """What it wrote to stdout so far (uvicorn's access log)."""
+        return self.access_log.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self, sig: int = signal.SIGINT) -> str:
+        """Stop it with ``sig``; what it wrote to stderr."""
+        self.proc.send_signal(sig)
+        self.proc.wait(60)
+        return self.stderr()
 
 
 def sse_events(text: str) -> list[tuple[str, str]]:

@@ -3,67 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
+import socket
 import subprocess
 import sys
-import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from server_helpers import ADMIN, KEY_A, auth, free_port, sse_events
+from server_helpers import ADMIN, KEY_A, auth, serve_env, sse_events
 
 from ctx_memory.server.keys import hash_api_key
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("CTX_MEMORY_")}
-
-
-class Served:
-    def __init__(self, cwd: Path, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "ctx_memory", *args, "serve", "--port", str(self.port)]
-        self.proc = subprocess.Popen(
-            command, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                _, err = self.proc.communicate(timeout=10)
-                pytest.fail(f"ctx-memory serve did not start: {err[-2000:]}")
-            time.sleep(0.1)
-
-    def stop(self) -> str:
-        self.proc.send_signal(signal.SIGINT)
-        _, err = self.proc.communicate(timeout=30)
-        return err
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Any]:
-    started: list[Served] = []
-
-    def start(*args: str) -> Served:
-        server = Served(tmp_path, *args)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        if server.proc.poll() is None:
-            server.stop()
 
 
 def test_serve_runs_the_seed_endpoints_on_the_configured_store(served: Any, tmp_path: Path) -> None:
@@ -98,11 +50,19 @@ def test_serve_with_keys_from_settings_toml(served: Any, tmp_path: Path) -> None
     assert httpx.get(f"{server.url}/v1/sessions").status_code == 401
     ok = httpx.get(f"{server.url}/v1/whoami", headers=auth(KEY_A))
     assert ok.json()["tenant"] == "acme"
+    # a key in the URL is refused, and the access log masks it
+    in_url = {"limit": "5", "api_key": KEY_A, "token": ADMIN}
+    assert httpx.get(f"{server.url}/v1/sessions", params=in_url).status_code == 401
+    assert httpx.get(f"{server.url}/v1/sessions/{KEY_A}", headers=auth(KEY_A)).status_code == 404
     err = server.stop()
     assert "keys required (1 tenant(s), 1 admin key(s))" in err
-    assert KEY_A not in err
-    assert ADMIN not in err
-    assert hash_api_key(KEY_A) not in err
+    access = server.stdout()
+    assert '"GET /v1/sessions?limit=5&api_key=***&token=*** HTTP/1.1" 401' in access
+    assert '"GET /v1/sessions/ctxm_*** HTTP/1.1" 404' in access
+    for printed in (err, access):
+        assert KEY_A not in printed
+        assert ADMIN not in printed
+        assert hash_api_key(KEY_A) not in printed
 
 
 def _serve_refused(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -110,7 +70,7 @@ def _serve_refused(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "ctx_memory", "serve", *args, "--port", "1"],
         cwd=cwd,
-        env={**_env(), "COLUMNS": "200", "TERM": "dumb"},
+        env={**serve_env(), "COLUMNS": "200", "TERM": "dumb"},
         capture_output=True,
         text=True,
         timeout=60,
@@ -133,6 +93,46 @@ def test_an_unknown_log_level_is_a_usage_error_before_serving(tmp_path: Path) ->
     assert "Traceback" not in done.stderr
 
 
+def test_serve_on_a_port_in_use_is_one_error_line_and_exit_code_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "ctx_memory", "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env={**serve_env(), "COLUMNS": "200", "TERM": "dumb"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: cannot listen on http://127.0.0.1:{port}: Address already in use"]
+    assert "serving" not in done.stderr
+    assert "ERROR" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_listen_binds_before_serving_and_reports_the_port_it_got() -> None:
+    from ctx_memory.server.cli import http_url, listen
+
+    sockets = listen("127.0.0.1", 0, backlog=8)
+    try:
+        port = sockets[0].getsockname()[1]
+        assert port > 0
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # listening already: uvicorn only serves on it
+        with pytest.raises(OSError, match="in use"):
+            listen("127.0.0.1", port, backlog=8)
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert http_url("::1", 8000, "/ctx") == "http://[::1]:8000/ctx"
+    assert http_url("localhost", 8000) == "http://localhost:8000"
+
+
 def test_the_cli_imports_no_web_framework() -> None:
     code = (
         "import sys, ctx_memory.cli, ctx_memory.server, ctx_memory.server.cli;"
@@ -153,7 +153,7 @@ def test_serve_is_in_the_help() -> None:
         text=True,
         timeout=60,
         check=False,
-        env={**_env(), "COLUMNS": "200", "TERM": "dumb"},
+        env={**serve_env(), "COLUMNS": "200", "TERM": "dumb"},
     )
     assert done.returncode == 0
     for option in ("--host", "--port", "--proxy-headers", "--forwarded-allow-ips", "--root-path"):
