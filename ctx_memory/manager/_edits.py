@@ -22,6 +22,7 @@ __all__ = [
     "INTERRUPTED",
     "Edit",
     "count_of",
+    "edit_of",
     "edited",
     "pages",
     "position_of",
@@ -49,19 +50,24 @@ Edit = DeleteMessages | ReplaceMessage | TruncateMessages
 INTERRUPTED = (KeyboardInterrupt, asyncio.CancelledError)  # (the task: an event loop's end)
 
 
-def edited(op: Edit, result: int | bool | None) -> tuple[str, str, int]:
-    """``(action, message id, messages changed)`` of a history edit's store result.
+def edit_of(op: Edit) -> tuple[str, str]:
+    """``(action, message id)`` of a history edit, as ``history_edited`` reports it."""
+    if isinstance(op, DeleteMessages):
+        return "delete", op.message_ids[0]
+    return ("replace" if isinstance(op, ReplaceMessage) else "truncate"), op.message_id
+
+
+def edited(op: Edit, result: int | bool | None) -> int:
+    """How many messages a history edit's store result says it changed.
 
     Raises:
         MessageNotFoundError: A replacement or truncation found no message with the id.
     """
     if isinstance(op, DeleteMessages):
-        return "delete", op.message_ids[0], int(result or 0)
+        return int(result or 0)
     if result is None or result is False:
         raise MessageNotFoundError(op.session_id, op.message_id)
-    if isinstance(op, ReplaceMessage):
-        return "replace", op.message_id, 1
-    return "truncate", op.message_id, int(result)
+    return 1 if isinstance(op, ReplaceMessage) else int(result)
 
 
 def summaries_of(header: Header | None) -> list[Mapping[str, Any]]:

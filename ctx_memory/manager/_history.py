@@ -50,6 +50,7 @@ from ctx_memory.manager._edits import (
     INTERRUPTED,
     Edit,
     count_of,
+    edit_of,
     edited,
     pages,
     position_of,
@@ -331,20 +332,24 @@ class HistoryMethods(SessionMethods):
         except INTERRUPTED:  # landed or not (SQLite's thread finishes it): what is stale goes
             self._drop_stale(op.session_id, replaced)
             raise
-        action, message_id, count = edited(op, result)
+        count = edited(op, result)
         try:
-            if count:
-                self.events.emit(
-                    EventType.HISTORY_EDITED,
-                    op.session_id,
-                    action=action,
-                    message_id=message_id,
-                    count=count,
-                )
+            self._emit_edited(op, count)
         finally:
             if count:
                 self._drop_stale(op.session_id, replaced)
         return count
+
+    def _emit_edited(self, op: Edit, count: int) -> None:
+        if count:
+            action, message_id = edit_of(op)
+            self.events.emit(
+                EventType.HISTORY_EDITED,
+                op.session_id,
+                action=action,
+                message_id=message_id,
+                count=count,
+            )
 
     def _drop_stale(self, session_id: str, replaced: str | None) -> None:
         """:meth:`_drop_stale_summaries`, again when interrupted (then re-raised).
@@ -372,16 +377,9 @@ class HistoryMethods(SessionMethods):
         except INTERRUPTED:  # landed or not (SQLite's thread finishes it): what is stale goes
             await self._adrop_stale(op.session_id, replaced)
             raise
-        action, message_id, count = edited(op, result)
+        count = edited(op, result)
         try:
-            if count:
-                self.events.emit(
-                    EventType.HISTORY_EDITED,
-                    op.session_id,
-                    action=action,
-                    message_id=message_id,
-                    count=count,
-                )
+            self._emit_edited(op, count)
         finally:
             if count:
                 await self._adrop_stale(op.session_id, replaced)
