@@ -136,9 +136,11 @@ class CompactionPolicy:
             tool outputs of at least ``tool_output_min_tokens`` are sent as a
             placeholder naming the tool-call id, except the newest
             ``keep_tool_outputs`` messages' (that boundary rounded down to a multiple of
-            ``block``, so it moves in steps) and those of the turn in progress (after the
-            newest stored user message). ``None``: never. Prompt only; nothing is
-            written.
+            ``block``, so it moves in steps) and those of the turn in progress (the
+            prompt's question, or an agent's current run, when it has its own user
+            message: then every stored turn is finished, from a run's first step on;
+            else the stored messages after the newest user message). ``None``: never.
+            Prompt only; nothing is written.
         keep_tool_outputs: Newest messages whose tool outputs are always sent whole;
             ``0`` (the default): none but the turn in progress, at every turn (no
             rounding to ``block``).

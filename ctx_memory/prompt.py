@@ -217,8 +217,9 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             are never part of a cacheable prefix: the cap keeps what a large budget
             pays for them at full price bounded.
         trim_block: Stable layout: when the window is full it moves in blocks of
-            about this share of what it holds (default 0.5), rather than a turn at a
-            time; ``0`` moves it a turn at a time.
+            about this share of its budget (default 0.5; tokens of the stored history,
+            so its start never moves back while the budget stays), rather than a turn
+            at a time; ``0`` moves it a turn at a time.
         cache_hints: Provider prompt-cache hints to emit: ``"anthropic"``
             (``cache_control`` on the system message and the last history message)
             and/or ``"openai"`` (``prompt_cache_key`` derived from the session id, in
@@ -389,7 +390,8 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
                 them in ``tail``).
             system_prefix: An agent's own system prompt, before the session's.
             budget: Override ``max_tokens - reserve_tokens``.
-            now: The current time (for the header's local time); default: now.
+            now: The current time (for the header's local time); default: now. A
+                naive datetime is UTC, whatever the host's zone.
 
         Raises:
             BudgetExceededError: The system prompt, header and ``tail`` alone exceed the
@@ -430,7 +432,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         fetched = self.manager.get_fetched_context(session_id) if draft.reads_sources else {}
         plan = self._plan(
             draft, fetched, query=query, exclude_last=exclude_last, skip_ids=skip_ids,
-            view=self._view(header),
+            view=self._view(header, tail),
         )  # fmt: skip
         notes: list[str] = []
         index, vector = None, None
@@ -443,7 +445,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             vector = self.recall.embed_query(plan.query, index, notes=notes)
         choice, chunks = recall_step(plan, index, query_vector=vector)
         window = read_history_window(self.manager, session_id, chunks, known=known)
-        excluded = held_range(known, plan.end, plan.stored - 1)
+        excluded = held_range([*known, *chunks.reads], plan.end, plan.stored - 1)
         if excluded is None:
             excluded = self.manager.get_message_range(session_id, plan.end, plan.stored - 1)
         if plan.recalls and index is None:  # stable: the newest messages are read already
@@ -504,7 +506,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         fetched = await self.manager.aget_fetched_context(session_id) if draft.reads_sources else {}
         plan = self._plan(
             draft, fetched, query=query, exclude_last=exclude_last, skip_ids=skip_ids,
-            view=self._view(header),
+            view=self._view(header, tail),
         )  # fmt: skip
         notes: list[str] = []
         index, vector = None, None
@@ -521,7 +523,7 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             vector = await self.recall.aembed_query(plan.query, index, notes=notes)
         choice, chunks = recall_step(plan, index, query_vector=vector)
         window = await aread_history_window(self.manager, session_id, chunks, known=known)
-        excluded = held_range(known, plan.end, plan.stored - 1)
+        excluded = held_range([*known, *chunks.reads], plan.end, plan.stored - 1)
         if excluded is None:
             excluded = await self.manager.aget_message_range(session_id, plan.end, plan.stored - 1)
         if plan.recalls and index is None:  # stable: the newest messages are read already
@@ -558,7 +560,9 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
         window = None if sent is None else sent[1]
         return self.compaction.summary_range(header["metadata"], entries, window) is not None
 
-    def _view(self, header: Mapping[str, Any] | None) -> CompactedView | None:
+    def _view(
+        self, header: Mapping[str, Any] | None, tail: Sequence[BaseMessage]
+    ) -> CompactedView | None:
         if self.compaction is None or header is None:
             return None
         return CompactedView(
@@ -566,6 +570,10 @@ class ContextPromptAssembler(Runnable[PromptInput, ChatPromptValue]):
             self.manager.token_counter,
             clear_before=self.compaction.clear_before(header["metadata"]),
             min_tool_tokens=self.compaction.tool_output_min_tokens,
+            # A question (or a run from its input on) is the turn in progress: the stored
+            # turns' outputs are cleared from a run's first step on, not from its second
+            # (once its question is stored), so the steps share their prefix.
+            tail_turn=any(isinstance(m, HumanMessage) for m in tail),
         )
 
     def _begin(

@@ -42,6 +42,7 @@ __all__ = [
     "Tokenizer",
     "bm25_scores",
     "fold",
+    "instant",
     "item_key",
     "item_title",
     "rank_sources",
@@ -247,17 +248,26 @@ def rank_sources(
     scores = bm25_scores(list(split(question)), documents, lengths)
     order = sorted(
         range(len(items)),
-        key=lambda i: (scores[i], _instant(items[i].get("timestamp")), -i),
+        key=lambda i: (scores[i], instant(items[i].get("timestamp")), -i),
         reverse=True,
     )
     return [(scores[i], items[i]) for i in order]
 
 
-def _instant(timestamp: object) -> float:
+def instant(timestamp: object) -> float:
     """A stored timestamp as seconds since the epoch (its offset applied; naive is UTC).
 
     Recency compares instants, not text: ``10:00+09:00`` is before ``05:00+00:00``.
-    Unreadable or missing: the oldest.
+    Unreadable or missing: ``-inf``, the oldest.
+
+    Example:
+        .. code-block:: python
+
+            from ctx_memory.ranking import instant
+
+            assert instant("2026-03-02T18:00:00+09:00") < instant("2026-03-02T10:00:00+00:00")
+            assert instant("2026-03-02T09:00:00") == instant("2026-03-02T09:00:00+00:00")
+            assert instant("yesterday") == instant(None) == float("-inf")
     """
     if not timestamp:
         return -math.inf

@@ -9,7 +9,9 @@ the tool-call ids of the tool results it covers that its text does not name alre
 (``restore_tool_result`` brings any of them back). A compaction whose newest covered
 message is no longer at ``last_index`` with ``last_id`` (history edited since) is not
 used, and said so in :attr:`CompactedView.notes`. Tool outputs of the turn in progress
-(after the newest user message the view reads) are never cleared by ``clear_before``.
+are never cleared by ``clear_before``: the prompt's tail when it asks a question of its
+own (every stored turn is then finished), else the stored messages after the newest
+user message the view reads.
 Nothing here writes.
 
 Also the pure half of :mod:`ctx_memory.compaction`'s data: the reserved key, reading the
@@ -118,9 +120,16 @@ class CompactedView:
         compactions: The session's live compactions (:func:`compactions_of`).
         counter: Counts the summary and placeholder messages exactly.
         clear_before: Tool outputs at positions below this (and of at least
-            ``min_tool_tokens``) become placeholders, except those after the newest
-            user message read (the turn in progress); ``0``: none.
+            ``min_tool_tokens``) become placeholders, except those of the turn in
+            progress; ``0``: none.
         min_tool_tokens: Smaller tool outputs are kept.
+        tail_turn: The prompt's tail starts a turn (it holds a user message: the
+            question, or an agent's current run from its input on), so that is the
+            turn in progress and every stored turn is finished (stored copies of the
+            tail's messages are sent from the tail, whole): a tool loop clears the
+            previous run's outputs from its first step on, not from the step after
+            its question is stored. ``False``: the turn in progress is the stored
+            messages after the newest user message read.
 
     Example:
         .. code-block:: python
@@ -149,6 +158,7 @@ class CompactedView:
         *,
         clear_before: int = 0,
         min_tool_tokens: int = 0,
+        tail_turn: bool = False,
     ) -> None:
         self.counter = counter
         # One summary per newest covered message: the one reaching furthest back (then
@@ -174,7 +184,9 @@ class CompactedView:
         self.notes: list[str] = []
         self._skip_to: int | None = None  # inside a summary: positions >= this are covered
         self._resume: int | None = None
-        self._turn_open = True  # no user message read yet: tool outputs are the current turn's
+        # Tool outputs read before any user message are the turn in progress's, unless
+        # the tail is that turn.
+        self._turn_open = not tail_turn
 
     @property
     def active(self) -> bool:

@@ -91,19 +91,19 @@ Layout = Literal["classic", "stable"]
 _QUESTION_SHARE = 0.1  # stable layout without sources: kept back for the question
 
 
-def block_size(budget: int, metadata: Mapping[str, Any], share: float) -> int:
-    """Positions per trimming block: ``share`` of the messages ``budget`` holds.
+def block_size(budget: int, share: float) -> int:
+    """Tokens per trimming block: ``share`` of the window's ``budget``, a power of two.
 
-    Rounded to the nearest power of two, from the session's average message size, so
-    it stays the same from one request to the next (and a multiple of the next smaller
-    size when it changes). Under 2 positions: ``0`` (no block trimming).
+    Counted in tokens of the stored history, not in messages: a block boundary is where
+    the history's running token count crosses a multiple of it
+    (:meth:`HistoryWindow.finish <ctx_memory.assembly.window.HistoryWindow.finish>`), so
+    the boundaries depend on the stored messages and the budget alone, never on the
+    question or the session's average message size, and stay where they are from one
+    request to the next. Rounded to the nearest power of two, so a small change of the
+    budget does not move them. ``0`` (no block trimming) when ``share`` is.
     """
-    if share <= 0:
-        return 0
-    stored = int(metadata.get("message_count", 0))
-    average = max(int(metadata.get("token_count", 0)) / max(stored, 1), 1.0)
-    wanted = share * budget / average
-    return 2 ** round(math.log2(wanted)) if wanted >= 2 else 0
+    wanted = share * budget
+    return 2 ** round(math.log2(wanted)) if wanted >= 1 else 0
 
 
 @dataclass(frozen=True)
@@ -315,7 +315,7 @@ def plan_prompt(
     history budget, at most ``recall_max_tokens`` (``None``: no cap), is kept for
     recalled turns (:func:`~ctx_memory.assembly.recalled.recall_step`); what the cap
     leaves goes to the window. In the stable layout the window
-    is trimmed in blocks of ``trim_block`` of what it holds (:func:`block_size`). With
+    is trimmed in blocks of ``trim_block`` of its budget, in tokens (:func:`block_size`). With
     ``view``, the history is read as compactions rewrite it
     (:mod:`ctx_memory.assembly.compacted`).
     """
@@ -387,7 +387,9 @@ def plan_prompt(
         recall_budget = history_budget - window_budget if recalls else 0
         if recall_max_tokens is not None:
             recall_budget = min(recall_budget, recall_max_tokens)
-        block = block_size(window_budget, meta, trim_block)
+        # Blocks of what the window holds once settled, not of this request's budget: a
+        # long run's tail shrinks the window for a while, not the blocks it moves by.
+        block = block_size(settled, trim_block)
     else:
         recalls = recall_share > 0 and stored_tokens > history_budget and end > 0
         share = int(history_budget * recall_share)

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from typing import TYPE_CHECKING, Any, Literal
 
-from ctx_memory.ranking import item_key, item_title
+from ctx_memory.ranking import instant, item_key, item_title
 from ctx_memory.schema import time_zone
 
 if TYPE_CHECKING:
@@ -100,15 +101,18 @@ def split_pinned(
 ) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
     """``(pinned, others)``: the pinned items oldest first, the others as given.
 
-    Pinned items are ordered by ``timestamp`` (ISO 8601, as stored), ties in the order
-    given (stored order within a source type), so the order does not depend on the
-    question and a newly pinned item goes last.
+    Pinned items are ordered by the instant their ``timestamp`` names (ISO 8601 with its
+    offset applied, naive read as UTC; :func:`~ctx_memory.ranking.instant`), not by its
+    text, so ``18:00+09:00`` comes before ``10:00+00:00``. Ties keep the order given
+    (stored order within a source type); a missing or unreadable timestamp counts as the
+    oldest, as in ranking. The order does not depend on the question, and a newly
+    pinned item goes last.
     """
     pinned: list[Mapping[str, Any]] = []
     others: list[Mapping[str, Any]] = []
     for item in items:
         (pinned if is_pinned(item, pinned_types) else others).append(item)
-    pinned.sort(key=lambda item: str(item.get("timestamp") or ""))
+    pinned.sort(key=lambda item: instant(item.get("timestamp")))
     return pinned, others
 
 
@@ -122,7 +126,8 @@ def format_header(
 
     Only what is known is shown; the default ``normal`` mode is not. The user's local
     time is ``metadata.user_time`` (with ``user_timezone`` in brackets); without it, but
-    with a timezone, it is ``now`` converted to that zone. ``part="stable"`` gives the
+    with a timezone, it is ``now`` converted to that zone (a naive ``now`` is UTC, as
+    everywhere in ctx_memory, whatever the host's zone). ``part="stable"`` gives the
     mode line alone (what rarely changes), ``part="volatile"`` the current page and
     local time (what changes from request to request; the stable layout sends them last).
     """
@@ -146,7 +151,11 @@ def format_header(
 
 def _now_in(zone: str, now: datetime) -> str | None:
     found = time_zone(zone)  # a zone stored before it was checked, or imported: skipped
-    return None if found is None else now.astimezone(found).strftime("%Y-%m-%d %H:%M")
+    if found is None:
+        return None
+    if now.tzinfo is None:  # naive is UTC, not the host's zone (astimezone's reading)
+        now = now.replace(tzinfo=UTC)
+    return now.astimezone(found).strftime("%Y-%m-%d %H:%M")
 
 
 def _source_heading(number: int, item: Mapping[str, Any]) -> str:

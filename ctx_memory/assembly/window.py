@@ -15,6 +15,8 @@ differ by ``await`` alone.
 
 from __future__ import annotations
 
+import itertools
+import operator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from langchain_core.messages import BaseMessage
@@ -57,9 +59,12 @@ class HistoryWindow:
         cost: Tokens of one record (default: its cached ``token_count``).
         skip: Returns true for records to pass over entirely (e.g. messages the caller
             sends anyway); they neither count nor end a turn.
+        stored: Tokens a record stands for in the stored history (default: its cached
+            ``token_count``; a placeholder or summary stands for more): what block
+            boundaries count (:meth:`finish`).
 
     Fed with positions (``newest=`` in :meth:`feed`), it also knows :attr:`start`, the
-    position of the oldest record chosen, and :meth:`finish` can trim in blocks.
+    position of the oldest record chosen; :meth:`finish` can trim in blocks of tokens.
 
     Example:
         .. code-block:: python
@@ -84,10 +89,12 @@ class HistoryWindow:
         *,
         cost: Callable[[Mapping[str, Any]], int] | None = None,
         skip: Callable[[Mapping[str, Any]], bool] | None = None,
+        stored: Callable[[Mapping[str, Any]], int] | None = None,
     ) -> None:
         self.budget = max(budget, 0)
         self._cost = cost or _cached_cost
         self._skip = skip
+        self._stored = stored
         self.seen = 0
         self.seen_tokens = 0
         self.skipped = 0
@@ -107,6 +114,7 @@ class HistoryWindow:
         self._selected_pos: list[int] = []
         self._pending_cost: list[int] = []
         self._selected_cost: list[int] = []
+        self._skipped_at: list[tuple[int, int]] = []  # (position, stored tokens), newest first
         self._waiting: dict[str, int] = {}  # tool results fed whose call is not yet: their cost
 
     def feed(self, records: Iterable[Mapping[str, Any]], *, newest: int | None = None) -> bool:
@@ -126,7 +134,10 @@ class HistoryWindow:
             self._pos -= 1
             if skip is not None and skip(record):
                 self.skipped += 1
-                self.skipped_tokens += int(record.get("token_count") or 0)
+                tokens = int(record.get("token_count") or 0)
+                self.skipped_tokens += tokens
+                stored = tokens if self._stored is None else self._stored(record)
+                self._skipped_at.append((position, stored))
                 continue
             cost = int(record["token_count"]) if cost_of is _cached_cost else cost_of(record)
             self.seen += 1
@@ -178,22 +189,44 @@ class HistoryWindow:
         self._pending_cost.clear()
         self._pending_tokens = 0
 
-    def _trim_to_block(self, block: int) -> None:
-        """Drop the oldest turns so the window starts at or after a multiple of ``block``.
+    def _above(self) -> list[int]:
+        """Stored tokens from the newest record fed down to each chosen one, it included.
 
-        The start then moves only when the window, full, crosses the next multiple: the
-        prefix of the prompt stays the same over many requests, and about ``block``
-        messages go at once.
+        Chosen records are newest first; records passed over count where they were.
         """
-        positions = self._selected_pos
-        if block <= 1 or not positions:
+        selected = self._selected
+        if self._stored is None:
+            stored = list(map(int, map(_TOKEN_COUNT, selected)))
+        else:
+            stored = list(map(self._stored, selected))
+        if self._skipped_at:
+            skipped = iter(self._skipped_at)  # newest first, like the chosen records
+            pending = next(skipped, None)
+            for i, position in enumerate(self._selected_pos):
+                while pending is not None and pending[0] > position:
+                    stored[i] += pending[1]
+                    pending = next(skipped, None)
+        return list(itertools.accumulate(stored))
+
+    def _trim_to_block(self, block: int, total: int) -> None:
+        """Drop the oldest turns so the window starts at or after a multiple of ``block`` tokens.
+
+        Boundaries count the stored history's tokens from its first message (``total``:
+        those up to the newest record fed), so they are fixed once written: the start
+        then moves only when the window, full, crosses the next one, never back while
+        the budget stays, and about ``block`` tokens go at once, whatever the messages'
+        sizes. The prefix of the prompt stays the same over many requests.
+        """
+        if block <= 0 or not self._selected:
             return
-        oldest = positions[-1]
+        above = self._above()
+        oldest = total - above[-1]  # stored tokens before the oldest record kept
         floor = -(-oldest // block) * block
         if floor == oldest and self._selected[-1]["role"] == "user":
             return
-        for i in range(len(positions) - 1, -1, -1):  # oldest first
-            if positions[i] >= floor and self._selected[i]["role"] == "user":
+        limit = total - floor  # a record at or after the boundary has at most this above it
+        for i in range(len(above) - 1, -1, -1):  # oldest first
+            if above[i] <= limit and self._selected[i]["role"] == "user":
                 cut = sum(self._selected_cost[i + 1 :])
                 if 4 * (self.tokens - cut) < self.budget:
                     # The boundary falls inside a large turn: cutting there would leave
@@ -201,23 +234,28 @@ class HistoryWindow:
                     # Kept whole (it starts at a turn).
                     return
                 self.tokens -= cut
-                del self._selected[i + 1 :], positions[i + 1 :], self._selected_cost[i + 1 :]
+                del self._selected[i + 1 :], self._selected_pos[i + 1 :]
+                del self._selected_cost[i + 1 :]
                 return
 
-    def finish(self, *, at_start: bool, block: int = 0) -> list[Mapping[str, Any]]:
+    def finish(self, *, at_start: bool, block: int = 0, total: int = 0) -> list[Mapping[str, Any]]:
         """The chosen records, oldest first.
 
         Args:
             at_start: The oldest record fed was the first of the history, so messages
                 before the first user message (a greeting, say) may be kept.
             block: When the window is full (older records did not fit), start it at the
-                first user message at or after a multiple of ``block`` positions (needs
-                positions, see :meth:`feed`); ``0``: no trimming.
+                first user message at or after the next block boundary: where the
+                stored history's tokens before a record (see ``stored``) reach a
+                multiple of ``block``; ``0``: no trimming.
+            total: The stored tokens of the history from its first message up to the
+                newest record fed, so boundaries are counted from the first message
+                and are the same from one request to the next.
         """
         if at_start and not self.done and self._pending:
             self._commit()
         elif block and self.done:
-            self._trim_to_block(block)
+            self._trim_to_block(block, total)
         self._pending = []
         self._pending_pos = []
         self._pending_cost = []
@@ -242,6 +280,20 @@ class HistoryWindow:
 
 def _cached_cost(record: Mapping[str, Any]) -> int:
     return int(record["token_count"])
+
+
+_TOKEN_COUNT = operator.itemgetter("token_count")
+
+
+def _stored_tokens(view: CompactedView) -> Callable[[Mapping[str, Any]], int]:
+    """The stored tokens a record the view fed stands for (a summary: those it covers)."""
+    replaced = view.replaced
+
+    def stored(record: Mapping[str, Any]) -> int:
+        tokens = replaced.get(str(record.get("id")))
+        return int(record["token_count"]) if tokens is None else tokens
+
+    return stored
 
 
 def call_ids(message: Mapping[str, Any] | BaseMessage) -> list[str]:
@@ -377,8 +429,9 @@ class HistoryChunks:
     ``metadata`` is the session's (for ``message_count``, ``token_count`` and
     ``token_encoding``); the first range is sized from the average message so one read
     usually suffices. Messages before index ``end`` (default: all) are considered.
-    With ``block``, a full window is trimmed in blocks of that many positions
-    (:meth:`HistoryWindow.finish`).
+    With ``block``, a full window is trimmed in blocks of that many tokens of the stored
+    history, counted from its first message (:meth:`HistoryWindow.finish`); the messages
+    from ``end`` on are then read first, for their tokens.
     Cached counts are used unless the session was counted in another encoding. Stored
     messages whose ``id`` is in ``skip_ids`` are passed over. With ``view`` (a
     :class:`~ctx_memory.assembly.compacted.CompactedView`), records are fed as the view
@@ -418,11 +471,17 @@ class HistoryChunks:
         self.view = view if view is not None and view.active else None
         self.counter = counter
         self.end = stored if end is None else min(end, stored)
+        self.stored = stored
+        # The stored tokens before ``end``: the block boundaries count from the first
+        # message. Those of the messages from ``end`` on are taken off once read.
+        self._total = int(metadata.get("token_count", 0))
+        self._after = bool(block) and self.end < stored  # to read first, for their tokens
         same_encoding = metadata.get("token_encoding") in (None, counter.encoding_name)
         self.window = HistoryWindow(
             budget,
             cost=None if same_encoding else counter.count_record,
             skip=(lambda r: r.get("id") in skip_ids) if skip_ids else None,
+            stored=_stored_tokens(self.view) if self.view is not None else None,
         )
         average = max(int(metadata.get("token_count", 0)) // max(stored, 1), 1)
         self._first = budget // average + 8 + len(skip_ids)
@@ -450,11 +509,15 @@ class HistoryChunks:
     def ranges(self) -> Iterator[tuple[int, int]]:
         """Inclusive ``(start, stop)`` ranges to read, newest first (:func:`history_chunks`).
 
-        With a view, a range a summary covers is not read.
+        With a view, a range a summary covers is not read. Trimming in blocks, the
+        messages from ``end`` on come first.
         """
+        if self._after:
+            yield self.end, self.stored - 1
         if self.view is None:
-            return history_chunks(self.end, self._first)
-        return self._view_ranges(self.view)
+            yield from history_chunks(self.end, self._first)
+        else:
+            yield from self._view_ranges(self.view)
 
     def _view_ranges(self, view: CompactedView) -> Iterator[tuple[int, int]]:
         if self._pin is not None:
@@ -473,6 +536,10 @@ class HistoryChunks:
         to date from it instead of reading the newest messages again).
         """
         self.reads.append((start, records))
+        if self._after and start == self.end:  # not history: only their tokens count
+            self._after = False
+            self._total -= sum(int(r.get("token_count") or 0) for r in records)
+            return False
         if self._pin_state == "unchecked" and self._pin is not None:
             position, summary = self._pin
             entry = self.view.summaries[position] if self.view is not None else {}
@@ -499,7 +566,9 @@ class HistoryChunks:
     def finish(self) -> HistoryWindow:
         """The finished window; its ``chosen`` records are oldest first."""
         window = self.window
-        window.chosen = window.finish(at_start=self._reached == 0, block=self.block)
+        window.chosen = window.finish(
+            at_start=self._reached == 0, block=self.block, total=self._total
+        )
         if window.start is None:
             window.start = self.end
         if self._pin_state == "kept" and self._pin is not None and self.view is not None:

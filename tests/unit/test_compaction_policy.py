@@ -49,15 +49,28 @@ def test_defaults_clear_every_finished_turn_but_keep_the_turn_in_progress(
     manager: ContextManager,
 ) -> None:
     _session(manager, "s", 6)
-    manager.add_messages("s", _turn(6)[:3])  # the turn in progress: its tool result is in
+    run = _turn(6)[:3]
+    stored = manager.add_messages("s", run)  # the run in progress: its tool result is in
     policy = CompactionPolicy(summarize_at=None, clear_tool_outputs_at=1000)
     assert policy.clear_before(manager.get_header("s")["metadata"]) == 27
     assembler = ContextPromptAssembler(manager, max_tokens=8000, compaction=policy)
-    result = assembler.assemble("s", "and?")
+    # The run as the tail (its stored copies passed over): it keeps its tool output.
+    tail = [m.model_copy(update={"id": r["id"]}) for m, r in zip(run, stored, strict=True)]
+    result = assembler.build("s", tail, query="and?", skip_ids=frozenset(r["id"] for r in stored))
     tools = [m for m in result.messages if isinstance(m, ToolMessage)]
     assert [m.text.startswith("[Tool output cleared") for m in tools] == [True] * 6 + [False]
     assert result.report.tool_outputs_cleared == [f"call_{i}_0" for i in range(6)]
     assert result.report.total_tokens == TokenCounter().count_chat(result.messages)
+    # A tail that asks nothing of its own: the stored turn after the newest user message
+    # is the one in progress.
+    result = assembler.build("s", [AIMessage("Checking the order.")], query="")
+    tools = [m for m in result.messages if isinstance(m, ToolMessage)]
+    assert [m.text.startswith("[Tool output cleared") for m in tools] == [True] * 6 + [False]
+    # A new question starts a turn: every stored one is finished, the unanswered one too.
+    result = assembler.assemble("s", "and?")
+    tools = [m for m in result.messages if isinstance(m, ToolMessage)]
+    assert [m.text.startswith("[Tool output cleared") for m in tools] == [True] * 7
+    assert result.report.tool_outputs_cleared == [f"call_{i}_0" for i in range(7)]
 
 
 def test_keep_tool_outputs_still_rounds_to_the_block() -> None:

@@ -126,8 +126,9 @@ def test_over_50_turns_the_prefix_grows_and_moves_only_at_block_trims(manager):
 def test_a_tool_loop_step_begins_with_the_whole_previous_request(manager, extras):
     """Each step of an agent's run re-sends the previous request as it was, but its
     volatile part (the clock moves), and so does the next question once the run is in the
-    history. The question's own context (ranked sources, recalled turns) shares the
-    budget with the run, so with it the guarantee is the system message and window."""
+    history, unless the run filled the window (a block trim). The question's own context
+    (ranked sources, recalled turns) shares the budget with the run, so with it the
+    guarantee is the system message and window."""
     setup_session(manager)
     fill(manager, "s1", 20)
     assembler = ContextPromptAssembler(
@@ -144,10 +145,13 @@ def test_a_tool_loop_step_begins_with_the_whole_previous_request(manager, extras
         record = manager.add_messages("s1", [message])[0]
         return message.model_copy(update={"id": record["id"]})
 
+    starts: list[int] = []  # each request's window start
+
     def request(run: list[BaseMessage], query: str) -> list[BaseMessage]:
         skip = frozenset(m.id for m in run if m.id)
         result = assembler.build("s1", run, query=query, skip_ids=skip, now=next(clock))
         assert COUNTER.count_chat(result.messages) == result.report.total_tokens <= 6000
+        starts.append(result.report.history_left_out_messages)
         return list(result.messages)
 
     requests: list[list[BaseMessage]] = []
@@ -168,12 +172,18 @@ def test_a_tool_loop_step_begins_with_the_whole_previous_request(manager, extras
     def plain(messages: list[BaseMessage]) -> str:  # what is sent, breakpoints aside
         return serialised([m.model_copy(update={"content": m.text}) for m in messages])
 
-    for before, after, head in zip(requests, requests[1:], heads, strict=False):
+    for i, (before, after, head) in enumerate(zip(requests, requests[1:], heads, strict=False)):
         assert before[-1].text.startswith("<context>\nCurrent page: https://a.example")
         assert "local time" in before[-1].text
+        if starts[i + 1] != starts[i]:  # a trim: forward, and only as a new run begins
+            assert (i + 1) % 4 == 0
+            assert starts[i + 1] > starts[i]
+            assert after[0] == before[0]  # the system message stays
+            continue
         assert plain(after).startswith(plain(head))
         if not extras:
             assert plain(after).startswith(plain(before[:-1]))
+    assert len(set(starts)) <= 2  # at most one trim in eight requests
     if extras:
         assert "Sources (most relevant first" in question_of(requests[0]).text
     assert requests[0][-1].text != requests[1][-1].text  # the clock moved: said last
