@@ -139,8 +139,7 @@ _TRANSACTION = (
 _INT4 = 2**31 - 1  # the SQL functions' max_sessions: a larger limit is none in practice
 _NOT_REPEATED = (MergeShared, AppendFetched, TruncateMessages)
 _TOKENED = (AppendMessages, ReplaceDocument, SetShared, UpdateHeader)  # answered as the first
-# The one-message fast path rolled back: an id the session holds, or a wait for its row.
-_FAST_PATH_MISSED = (psycopg.errors.UniqueViolation, psycopg.errors.LockNotAvailable)
+_FAST_PATH_MISSED = (psycopg.errors.UniqueViolation, psycopg.errors.LockNotAvailable)  # rolled back
 _CREATED_MEANWHILE = (
     psycopg.errors.DuplicateTable,
     psycopg.errors.DuplicateObject,
@@ -606,9 +605,8 @@ class PostgresStore(PostgresOperations):
         elif not pool.closed:  # (another call may have replaced and closed it)
             await pool.check()
 
-    # A statement that fails on the server (a unique violation: an append of an id the
-    # session holds) is rolled back whole (autocommit, or the transaction below): the
-    # connection is idle again and goes on serving calls.
+    # A statement failing on the server (an id the session holds, a wait for a row) is
+    # rolled back whole (autocommit, or the transaction below): the connection serves on.
 
     def _attempt(
         self,
