@@ -250,9 +250,12 @@ def _write_all(
     touched: list[str] = []
     written = 0
     failure: str | None = None
-    with _progress("importing") as progress, _terminate_as_interrupt():
+    with _progress("importing") as progress, _stop_requests() as stop:
         task = progress.add_task("import", total=len(documents))
         for doc, target in zip(documents, targets, strict=True):
+            if stop.requested:
+                written, failure = len(touched), f"{doc.where}: {_INTERRUPTED}"
+                break
             try:
                 manager.import_session(doc.data, session_id=target, overwrite=overwrite)
             except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - undo, whatever failed
@@ -261,15 +264,15 @@ def _write_all(
                     touched.append(target)  # it may have landed: undone too
                 detail = str(e) if isinstance(e, CtxMemoryError) else f"{type(e).__name__}: {e}"
                 if isinstance(e, KeyboardInterrupt):
-                    detail = "interrupted (Ctrl-C or SIGTERM)"
+                    detail = _INTERRUPTED
                 failure = f"{doc.where}: {detail}"
                 break
             touched.append(target)
             progress.advance(task)
-    if failure is None:
-        _forget(saved)
-        return None
-    left = _undo(manager, touched, before)
+        if failure is None:
+            _forget(saved)
+            return None
+        left = _undo(manager, touched, before)
     if not left:
         _forget(saved)
         return f"{failure}; nothing was imported (the {written} written were undone)"
@@ -320,41 +323,70 @@ def _undo(
     meets a dropped connection (the failure being undone may have been the server closing
     it) is tried again, a few times, whatever the store's own retry setting.
     """
-    left = []
-    for target in reversed(touched):
-        for attempt in range(_UNDO_ATTEMPTS):
-            try:
-                if target in before:
-                    manager.import_session(before[target], session_id=target, overwrite=True)
-                else:
-                    manager.delete_context(target)
-                break
-            except StoreUnavailableError:
-                if attempt + 1 < _UNDO_ATTEMPTS:
-                    time.sleep(0.05 * 4**attempt)
-                    continue
-                left.append(target)
-            except Exception:  # noqa: BLE001 - report what is left, keep undoing the rest
-                left.append(target)
-                break
+    left: list[str] = []
+    pending = list(reversed(touched))
+    while pending:
+        target = pending.pop(0)
+        try:
+            undone = _undo_one(manager, target, before)
+        except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: the rest stays as it is
+            return [*left, target, *pending]
+        if not undone:
+            left.append(target)
     return left
+
+
+def _undo_one(manager: ContextManager, target: str, before: dict[str, dict[str, Any]]) -> bool:
+    """Undo one session (tried again after a dropped connection); whether it was."""
+    for attempt in range(_UNDO_ATTEMPTS):
+        try:
+            if target in before:
+                manager.import_session(before[target], session_id=target, overwrite=True)
+            else:
+                manager.delete_context(target)
+        except StoreUnavailableError:
+            if attempt + 1 < _UNDO_ATTEMPTS:
+                time.sleep(0.05 * 4**attempt)
+        except Exception:  # noqa: BLE001 - report what is left, keep undoing the rest
+            return False
+        else:
+            return True
+    return False
 
 
 _UNDO_ATTEMPTS = 4
 
 
+_INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
+
+
+class _StopRequest:
+    requested = False
+
+
 @contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``timeout``, ``docker stop``, systemd) undoes an import as Ctrl-C does."""
+def _stop_requests() -> Iterator[_StopRequest]:
+    """Ctrl-C and SIGTERM (``timeout``, ``docker stop``, systemd) stop an import, which is undone.
+
+    The first signal only asks: the import stops between two documents, and undoes them,
+    rather than at whatever instruction the signal arrives (inside a store's transaction,
+    or between a write and the note that it was made, so that it would be left in place).
+    A second signal interrupts at once, even an undo in progress (what it has not undone
+    yet is then named).
+    """
+    request = _StopRequest()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield request
         return
 
-    def interrupt(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
+    def stop(_signum: int, _frame: object) -> None:
+        if request.requested:
+            raise KeyboardInterrupt
+        request.requested = True
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield request
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -158,19 +158,24 @@ class SqliteDatabase(OperationStore):
             if conn is None:
                 raise self._closed_error()
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                # The clock once the write lock is held: a write that waited for it must
-                # neither extend a session that expired meanwhile nor set a past expiry.
-                tx = Tx(self._clock())
                 try:
+                    if conn.in_transaction:  # left by a write a signal interrupted
+                        conn.execute("ROLLBACK")
+                    conn.execute("BEGIN IMMEDIATE")
+                    # The clock once the write lock is held: a write that waited for it
+                    # must neither extend a session that expired meanwhile nor set a past
+                    # expiry.
+                    tx = Tx(self._clock())
                     self._check_file()
                     result = body(conn, tx)
                     self._check_file()
+                    conn.execute("COMMIT")
                 except BaseException:
+                    # Also a KeyboardInterrupt just after BEGIN or a failed COMMIT: the
+                    # write lock is never kept (other processes would wait on it).
                     if conn.in_transaction:  # some errors already rolled it back
                         conn.execute("ROLLBACK")
                     raise
-                conn.execute("COMMIT")
             except sqlite3.Error as e:
                 raise self._failed(e) from e
         for session_id in tx.expired:
@@ -204,8 +209,10 @@ class SqliteDatabase(OperationStore):
         self, conn: sqlite3.Connection, body: Callable[[sqlite3.Connection, float], Any], now: float
     ) -> Any:
         try:
-            conn.execute("BEGIN")
             try:
+                if conn.in_transaction:  # left by a call a signal interrupted
+                    conn.execute("ROLLBACK")
+                conn.execute("BEGIN")
                 self._check_file()
                 result = body(conn, now)
             finally:

@@ -366,3 +366,40 @@ def test_a_path_too_long_for_sqlite_says_so(tmp_path: Path) -> None:
     SqliteStore(str(fits)).close()  # the longest path opens
     with pytest.raises(StoreUnavailableError, match="SQLite opens paths of up to 504 bytes"):
         SqliteStore(str(folder / ("c" * (room + 1))))
+
+
+# ------------------------------------------------------------------ a signal mid-write
+
+
+class InterruptingClock:
+    """Wall clock whose next reading, once armed, raises ``KeyboardInterrupt``.
+
+    A write reads the clock just after ``BEGIN IMMEDIATE``: that is where Ctrl-C (or a
+    SIGTERM turned into an interrupt) lands when it arrives while SQLite takes the lock.
+    """
+
+    def __init__(self) -> None:
+        self.armed = False
+
+    def __call__(self) -> float:
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+        return 1_735_689_600.0
+
+
+@pytest.mark.parametrize("where", ["file", "memory"])
+def test_a_write_interrupted_after_begin_keeps_no_lock_and_no_transaction(
+    db: str, where: str
+) -> None:
+    clock = InterruptingClock()
+    with SqliteStore(db if where == "file" else ":memory:", clock=clock) as store:
+        store.append_messages("s", [msg(0)], init=init("s"), now=NOW)
+        clock.armed = True
+        with pytest.raises(KeyboardInterrupt):
+            store.append_messages("s", [msg(1)], init=init("s"), now=NOW)
+        if where == "file":
+            assert not write_lock_is_held(db)  # other processes can write
+        assert contents(store.get_messages("s")) == ["m0"]  # nothing half-written
+        store.append_messages("s", [msg(2)], init=init("s"), now=NOW)
+        assert contents(store.get_messages("s")) == ["m0", "m2"]

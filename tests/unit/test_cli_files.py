@@ -247,3 +247,85 @@ def test_an_import_stopped_by_sigterm_is_undone(tmp_path: Path) -> None:
     assert "nothing was imported" in err
     with ContextManager(store="sqlite", sqlite_path=str(db), token_counter="approximate") as cm:
         assert cm.list_sessions() == ["pre"]
+
+
+def _import_file(tmp_path: Path, count: int) -> Path:
+    when = "2026-01-01T00:00:00+00:00"
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "metadata": {"session_id": f"imp{i}", "created_at": when, "timestamp": when},
+                    "conversation_history": [{"role": "user", "content": "hi", "timestamp": when}],
+                }
+            )
+            + "\n"
+            for i in range(count)
+        )
+    )
+    return source
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_between_two_documents_stops_the_import_and_undoes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: str
+) -> None:
+    """The signal lands outside any store call (just after a write returned): still undone."""
+    import signal
+
+    db = _db(tmp_path)
+    source = _import_file(tmp_path, 6)
+    real = ContextManager.import_session
+    calls = []
+
+    def import_then_signal(self: ContextManager, *args: object, **kwargs: object) -> object:
+        result = real(self, *args, **kwargs)  # type: ignore[arg-type]
+        calls.append(kwargs["session_id"])
+        if len(calls) == 3:
+            os.kill(os.getpid(), getattr(signal, signum))
+        return result
+
+    monkeypatch.setattr(ContextManager, "import_session", import_then_signal)
+    result = runner.invoke(app, _cli(db, "import", str(source)))
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == (
+        f"error: {source}: document 4 (line 4): interrupted (Ctrl-C or SIGTERM); "
+        "nothing was imported (the 3 written were undone)"
+    )
+    assert calls == ["imp0", "imp1", "imp2"]
+    with ContextManager(store=SqliteStore(db)) as cm:
+        assert sorted(cm.list_sessions()) == ["s1", "s2"]
+
+
+def test_a_second_signal_stops_the_undo_and_names_what_is_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    db = _db(tmp_path)
+    source = _import_file(tmp_path, 6)
+    real_import, real_delete = ContextManager.import_session, ContextManager.delete_context
+
+    def import_then_signal(self: ContextManager, *args: object, **kwargs: object) -> object:
+        result = real_import(self, *args, **kwargs)  # type: ignore[arg-type]
+        if kwargs["session_id"] == "imp3":
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    def signal_then_delete(self: ContextManager, session_id: str) -> bool:
+        if session_id == "imp2":
+            os.kill(os.getpid(), signal.SIGINT)  # the second: raised here, before the delete
+        return real_delete(self, session_id)
+
+    monkeypatch.setattr(ContextManager, "import_session", import_then_signal)
+    monkeypatch.setattr(ContextManager, "delete_context", signal_then_delete)
+    result = runner.invoke(app, _cli(db, "import", str(source)))
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == (
+        f"error: {source}: document 5 (line 5): interrupted (Ctrl-C or SIGTERM); "
+        "could not undo 3 session(s): 'imp2', 'imp1', 'imp0'"
+    )
+    with ContextManager(store=SqliteStore(db)) as cm:
+        assert sorted(cm.list_sessions()) == ["imp0", "imp1", "imp2", "s1", "s2"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
