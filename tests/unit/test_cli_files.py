@@ -267,26 +267,40 @@ def _import_file(tmp_path: Path, count: int) -> Path:
     return source
 
 
+def _signal_at(
+    monkeypatch: pytest.MonkeyPatch, method: str, session_id: str, signum: str, *, after: bool
+) -> list[str]:
+    """Make ``ContextManager.<method>`` send itself ``signum`` for ``session_id``.
+
+    Before the real call, or ``after`` it returned; the ids it was called for come back.
+    """
+    import signal
+
+    real = getattr(ContextManager, method)
+    calls: list[str] = []
+
+    def signalling(self: ContextManager, *args: object, **kwargs: object) -> object:
+        target = kwargs.get("session_id", args[-1] if args else None)
+        if not after and target == session_id:
+            os.kill(os.getpid(), getattr(signal, signum))
+        result = real(self, *args, **kwargs)
+        calls.append(str(target))
+        if after and target == session_id:
+            os.kill(os.getpid(), getattr(signal, signum))
+        return result
+
+    monkeypatch.setattr(ContextManager, method, signalling)
+    return calls
+
+
 @pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
 def test_a_signal_between_two_documents_stops_the_import_and_undoes_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: str
 ) -> None:
     """The signal lands outside any store call (just after a write returned): still undone."""
-    import signal
-
     db = _db(tmp_path)
     source = _import_file(tmp_path, 6)
-    real = ContextManager.import_session
-    calls = []
-
-    def import_then_signal(self: ContextManager, *args: object, **kwargs: object) -> object:
-        result = real(self, *args, **kwargs)  # type: ignore[arg-type]
-        calls.append(kwargs["session_id"])
-        if len(calls) == 3:
-            os.kill(os.getpid(), getattr(signal, signum))
-        return result
-
-    monkeypatch.setattr(ContextManager, "import_session", import_then_signal)
+    calls = _signal_at(monkeypatch, "import_session", "imp2", signum, after=True)
     result = runner.invoke(app, _cli(db, "import", str(source)))
     assert result.exit_code == 1, result.output
     assert result.stderr.strip() == (
@@ -305,21 +319,9 @@ def test_a_second_signal_stops_the_undo_and_names_what_is_left(
 
     db = _db(tmp_path)
     source = _import_file(tmp_path, 6)
-    real_import, real_delete = ContextManager.import_session, ContextManager.delete_context
-
-    def import_then_signal(self: ContextManager, *args: object, **kwargs: object) -> object:
-        result = real_import(self, *args, **kwargs)  # type: ignore[arg-type]
-        if kwargs["session_id"] == "imp3":
-            os.kill(os.getpid(), signal.SIGINT)
-        return result
-
-    def signal_then_delete(self: ContextManager, session_id: str) -> bool:
-        if session_id == "imp2":
-            os.kill(os.getpid(), signal.SIGINT)  # the second: raised here, before the delete
-        return real_delete(self, session_id)
-
-    monkeypatch.setattr(ContextManager, "import_session", import_then_signal)
-    monkeypatch.setattr(ContextManager, "delete_context", signal_then_delete)
+    _signal_at(monkeypatch, "import_session", "imp3", "SIGINT", after=True)
+    # the second: raised before imp2's delete, the first of the undo (newest first)
+    _signal_at(monkeypatch, "delete_context", "imp2", "SIGINT", after=False)
     result = runner.invoke(app, _cli(db, "import", str(source)))
     assert result.exit_code == 1, result.output
     assert result.stderr.strip() == (
