@@ -16,6 +16,7 @@ from ctx_memory.errors import ValidationError
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
 
+    from ctx_memory._recall_index import RecallIndex
     from ctx_memory.manager import ContextManager
 
 __all__ = ["MAX_SEARCH_HITS", "HistoryHit", "asearch_history", "search_history"]
@@ -60,14 +61,33 @@ def _check(query: object, k: object) -> str:
     return query
 
 
+_SEARCHES = 3
+"""Searches at most, each after a hit's text was found edited since it was indexed."""
+
+
 def _hits(
-    found: list[tuple[int, float, tuple[str, ...]]], records: list[list[dict[str, Any]]]
+    index: RecallIndex,
+    found: list[tuple[int, float, tuple[str, ...]]],
+    records: list[list[dict[str, Any]]],
 ) -> list[HistoryHit]:
+    """The hits whose read-back message is the one ranked.
+
+    Gone: the history was shortened since it was indexed. Edited: another writer changed
+    it (again) while the search ran; its text may not hold the terms it was ranked for.
+    """
     return [
         HistoryHit(position, score, terms, read[0])
         for (position, score, terms), read in zip(found, records, strict=True)
-        if read  # the history was shortened since it was indexed: that hit is gone
+        if read and not index.edited([(position, read)])
     ]
+
+
+def _edited(
+    index: RecallIndex,
+    found: list[tuple[int, float, tuple[str, ...]]],
+    records: list[list[dict[str, Any]]],
+) -> bool:
+    return index.edited([(p, r) for (p, _, _), r in zip(found, records, strict=True)])
 
 
 def search_history(
@@ -108,17 +128,17 @@ def search_history(
 
     query = _check(query, k)
     recall = recall_for(manager, embeddings)
-    header = manager.get_header(session_id)
-    if header is None:
-        return []
-    for _ in range(2):  # a hit whose text was edited elsewhere: rebuilt, searched again
+    for _ in range(_SEARCHES):  # a hit edited elsewhere: rebuilt, searched again
+        header = manager.get_header(session_id)
+        if header is None:
+            return []
         index = recall.index(manager, session_id, header)
         found = index.ranked(query, k, query_vector=recall.embed_query(query, index))
         reads = manager.get_message_spans(session_id, [(p, p) for p, _, _ in found])
-        if not index.edited([(p, r) for (p, _, _), r in zip(found, reads, strict=True)]):
+        if not _edited(index, found, reads):
             break
         recall.forget(session_id, keep_vectors=True)
-    return _hits(found, reads)
+    return _hits(index, found, reads)
 
 
 async def asearch_history(
@@ -134,14 +154,14 @@ async def asearch_history(
 
     query = _check(query, k)
     recall = recall_for(manager, embeddings)
-    header = await manager.aget_header(session_id)
-    if header is None:
-        return []
-    for _ in range(2):  # a hit whose text was edited elsewhere: rebuilt, searched again
+    for _ in range(_SEARCHES):  # a hit edited elsewhere: rebuilt, searched again
+        header = await manager.aget_header(session_id)
+        if header is None:
+            return []
         index = await recall.aindex(manager, session_id, header)
         found = index.ranked(query, k, query_vector=await recall.aembed_query(query, index))
         reads = await manager.aget_message_spans(session_id, [(p, p) for p, _, _ in found])
-        if not index.edited([(p, r) for (p, _, _), r in zip(found, reads, strict=True)]):
+        if not _edited(index, found, reads):
             break
         recall.forget(session_id, keep_vectors=True)
-    return _hits(found, reads)
+    return _hits(index, found, reads)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import pytest
+
 from ctx_memory import ContextManager, ContextPromptAssembler, EventEmitter, EventType
 from ctx_memory.recall import recall_for, search_history
 
@@ -184,3 +186,33 @@ def test_the_recall_tools_answers_without_matches_fit_max_tokens() -> None:
     for query, max_tokens in (("zebra " * 300, 200), ("quokka wallaby", 12), ("door code", 20)):
         answer = make_recall_tool(manager, "s1", max_tokens=max_tokens).invoke({"query": query})
         assert counter.count(answer) <= max_tokens, (query[:20], answer)
+
+
+@pytest.mark.parametrize("edits", [1, 2, 3, 5])
+def test_a_search_never_answers_a_message_edited_while_it_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, edits: int
+) -> None:
+    """B deletes A's oldest message each time A reads its hits back, ``edits`` times.
+
+    Every hit that comes back holds the word it was ranked for; after three searches a hit
+    still edited is left out rather than answered with another message's text.
+    """
+    a, b = _pair(tmp_path)
+    for i in range(30):
+        a.add_user_message("s1", f"kiwi{i} alpha")
+    assert [h.position for h in search_history(a, "s1", "kiwi20")] == [20]
+    real = a.get_message_spans
+    done = []
+
+    def edited_meanwhile(session_id: str, spans: list[tuple[int, int]]) -> object:
+        if len(done) < edits:
+            done.append(b.delete_message(session_id, b.get_history(session_id)[0]["id"]))
+        return real(session_id, spans)
+
+    monkeypatch.setattr(a, "get_message_spans", edited_meanwhile)
+    hits = search_history(a, "s1", "kiwi20", k=3)
+    assert all("kiwi20" in hit.message["content"] for hit in hits)
+    assert [h.message["content"] for h in hits] == (["kiwi20 alpha"] if edits < 3 else [])
+    assert done == [True] * min(edits, 3)
+    a.close()
+    b.close()
