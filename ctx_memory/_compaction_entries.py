@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KINDS",
     "Kind",
+    "RolledAwayError",
     "aadd_compaction",
     "aget_compactions",
     "add_compaction",
@@ -183,6 +184,22 @@ def _settled(
     return entry, {**(tombstones or {}), **removed, entry["id"]: entry}
 
 
+class RolledAwayError(Exception):
+    """A summary a new one takes in was removed while it was made (nothing is written).
+
+    An edit of a message it covered made it stale (and so the new summary's text), or
+    another compactor took it in first.
+    """
+
+
+def _check_rolled(tombstones: Mapping[str, None] | None, live: Sequence[Mapping[str, Any]]) -> None:
+    ids = {str(e["id"]) for e in live}
+    gone = [cid for cid in tombstones or () if cid not in ids]
+    if gone:
+        msg = f"summaries {gone} were removed while the summary taking them in was made"
+        raise RolledAwayError(msg)
+
+
 # ------------------------------------------------------------------ the data: I/O twins
 
 
@@ -278,12 +295,17 @@ def write_entry(
     tombstones: Mapping[str, None] | None = None,
     *,
     inside: bool = False,
+    rolling: bool = False,
 ) -> dict[str, Any]:
     """Write ``entry``, merged with the summaries at its boundary, in one atomic update.
 
     ``inside``: also remove the live summaries within its range (:func:`_inside`).
+    ``rolling``: ``entry`` takes in the summaries ``tombstones`` names; raises
+    :class:`RolledAwayError` if one is no longer live.
     """
     live = get_compactions(manager, session_id)
+    if rolling:
+        _check_rolled(tombstones, live)
     same = _same_end(entry, live)
     wider = _wider(entry, same)
     extra = None
@@ -305,9 +327,12 @@ async def awrite_entry(
     tombstones: Mapping[str, None] | None = None,
     *,
     inside: bool = False,
+    rolling: bool = False,
 ) -> dict[str, Any]:
     """Async :func:`write_entry`."""
     live = await aget_compactions(manager, session_id)
+    if rolling:
+        _check_rolled(tombstones, live)
     same = _same_end(entry, live)
     wider = _wider(entry, same)
     extra = None

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ctx_memory._compaction_entries import (
+    RolledAwayError,
     aadd_compaction,
     add_compaction,
     aget_compactions,
@@ -87,6 +88,7 @@ __all__ = [
     "COMPACTIONS_KEY",
     "DEFAULT_PREFIX_INSTRUCTION",
     "DEFAULT_SUMMARY_PROMPT",
+    "EDITED",
     "CompactionOutcome",
     "CompactionPolicy",
     "ExtractiveSummarizer",
@@ -275,7 +277,8 @@ class CompactionOutcome:
         reason: Why nothing was written (``"not needed"``, ``"no turn boundary"``,
             ``"summarizer failed: …"``, ``"summarizer returned nothing"``, ``"summary not
             stored: …"`` when the session refused it: too large for its shared state, or
-            text no store keeps); ``""`` if written.
+            text no store keeps, :data:`EDITED` when an edit changed what it covers while
+            it was made); ``""`` if written.
     """
 
     entry: dict[str, Any] | None = None
@@ -330,6 +333,16 @@ def _summary_of(result: Any) -> str:
 def _unstored(error: ValidationError) -> str:
     """The reason for a summary the session refused (too large for it, or not storable)."""
     return f"summary not stored: {type(error).__name__}: {error}"
+
+
+EDITED = "history edited while summarizing"
+"""The reason when an edit (or another compactor) changed what a summary covered while it
+was made: nothing is stored, the next compaction summarises the range again."""
+
+
+def _edited(session_id: str) -> CompactionOutcome:
+    logger.info("compaction of session %r not stored: %s", session_id, EDITED)
+    return CompactionOutcome(reason=EDITED)
 
 
 def _failed(session_id: str, reason: str) -> CompactionOutcome:
@@ -429,6 +442,58 @@ def _config(prefix_messages: Sequence[BaseMessage] | None) -> RunnableConfig | N
     return {"configurable": {PREFIX_KEY: list(prefix_messages)}}
 
 
+def _store(
+    manager: ContextManager,
+    session_id: str,
+    job: _Job,
+    step: _Step,
+    *,
+    entry: dict[str, Any],
+    tombstones: dict[str, None],
+) -> CompactionOutcome:
+    """Write the summary, then check that what it covers was not edited meanwhile."""
+    try:
+        written = write_entry(manager, session_id, entry, tombstones, inside=True, rolling=True)
+    except ValidationError as e:  # the summary cannot be stored: as if the summariser failed
+        return _failed(session_id, _unstored(e))
+    except RolledAwayError:
+        return _edited(session_id)
+    # An edit that landed while the summariser ran found this summary not yet there to
+    # remove: the covered messages are read again now that it is (a later edit removes it).
+    last = job.start + len(step.covered) - 1
+    if manager.get_message_range(session_id, job.start, last) != step.covered:
+        remove_compaction(manager, session_id, str(written["id"]))
+        return _edited(session_id)
+    return CompactionOutcome(entry=written)
+
+
+async def _astore(
+    manager: ContextManager,
+    session_id: str,
+    job: _Job,
+    step: _Step,
+    *,
+    entry: dict[str, Any],
+    tombstones: dict[str, None],
+) -> CompactionOutcome:
+    """Async :func:`_store`."""
+    try:
+        written = await awrite_entry(
+            manager, session_id, entry, tombstones, inside=True, rolling=True
+        )
+    except ValidationError as e:  # the summary cannot be stored: as if the summariser failed
+        return _failed(session_id, _unstored(e))
+    except RolledAwayError:
+        return _edited(session_id)
+    # An edit that landed while the summariser ran found this summary not yet there to
+    # remove: the covered messages are read again now that it is (a later edit removes it).
+    last = job.start + len(step.covered) - 1
+    if await manager.aget_message_range(session_id, job.start, last) != step.covered:
+        await aremove_compaction(manager, session_id, str(written["id"]))
+        return _edited(session_id)
+    return CompactionOutcome(entry=written)
+
+
 def compact(
     manager: ContextManager,
     session_id: str,
@@ -493,11 +558,7 @@ def compact(
         step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
         counter=counter,
     )  # fmt: skip
-    try:
-        written = write_entry(manager, session_id, entry, tombstones, inside=True)
-    except ValidationError as e:  # the summary cannot be stored: as if the summariser failed
-        return _failed(session_id, _unstored(e))
-    return CompactionOutcome(entry=written)
+    return _store(manager, session_id, job, step, entry=entry, tombstones=tombstones)
 
 
 async def acompact(
@@ -536,11 +597,7 @@ async def acompact(
         step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
         counter=counter,
     )  # fmt: skip
-    try:
-        written = await awrite_entry(manager, session_id, entry, tombstones, inside=True)
-    except ValidationError as e:  # the summary cannot be stored: as if the summariser failed
-        return _failed(session_id, _unstored(e))
-    return CompactionOutcome(entry=written)
+    return await _astore(manager, session_id, job, step, entry=entry, tombstones=tombstones)
 
 
 def make_restore_tool(
