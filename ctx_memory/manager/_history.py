@@ -323,21 +323,26 @@ class HistoryMethods(SessionMethods):
     def _edit_steps(self, op: Edit, replaced: str | None) -> int:
         """Execute ``op``, emit ``history_edited``, remove the summaries it made stale.
 
-        The removal runs even when a listener raises (a ``KeyboardInterrupt`` while it
-        runs): the edit is stored, so its stale summaries must go. ``replaced``: the id
-        of a message whose text changed (summaries covering it are stale).
+        The removal runs whatever lands after the store call (a ``KeyboardInterrupt``
+        just after it returned, or while a listener or the removal itself runs): the edit
+        may be stored, so its stale summaries must go. An interrupted removal is run
+        again (an event loop's end cancels a task once). ``replaced``: the id of a
+        message whose text changed (summaries covering it are stale).
         """
+        count = 0
         try:
             result = self._execute(op)
-        except INTERRUPTED:  # landed or not (SQLite's thread finishes it): what is stale goes
-            self._drop_stale(op.session_id, replaced)
-            raise
-        count = edited(op, result)
-        try:
+            count = edited(op, result)
             self._emit_edited(op, count)
-        finally:
             if count:
-                self._drop_stale(op.session_id, replaced)
+                self._drop_stale_summaries(op.session_id, replaced)
+        except INTERRUPTED:  # landed or not (SQLite's thread finishes it): what is stale goes
+            self._drop_stale_summaries(op.session_id, replaced)
+            raise
+        except BaseException:  # a listener's error (or the removal's: tried once more)
+            if count:
+                self._drop_stale_summaries(op.session_id, replaced)
+            raise
         return count
 
     def _emit_edited(self, op: Edit, count: int) -> None:
@@ -351,38 +356,22 @@ class HistoryMethods(SessionMethods):
                 count=count,
             )
 
-    def _drop_stale(self, session_id: str, replaced: str | None) -> None:
-        """:meth:`_drop_stale_summaries`, again when interrupted (then re-raised).
-
-        An event loop's end cancels a task once: the second run is not cancelled.
-        """
-        try:
-            self._drop_stale_summaries(session_id, replaced)
-        except INTERRUPTED:
-            self._drop_stale_summaries(session_id, replaced)
-            raise
-
-    async def _adrop_stale(self, session_id: str, replaced: str | None) -> None:
-        """Async :meth:`_drop_stale`."""
-        try:
-            await self._adrop_stale_summaries(session_id, replaced)
-        except INTERRUPTED:
-            await self._adrop_stale_summaries(session_id, replaced)
-            raise
-
     async def _aedit_steps(self, op: Edit, replaced: str | None) -> int:
         """Async :meth:`_edit_steps`."""
+        count = 0
         try:
             result = await self._aexecute(op)
-        except INTERRUPTED:  # landed or not (SQLite's thread finishes it): what is stale goes
-            await self._adrop_stale(op.session_id, replaced)
-            raise
-        count = edited(op, result)
-        try:
+            count = edited(op, result)
             self._emit_edited(op, count)
-        finally:
             if count:
-                await self._adrop_stale(op.session_id, replaced)
+                await self._adrop_stale_summaries(op.session_id, replaced)
+        except INTERRUPTED:  # landed or not (SQLite's thread finishes it): what is stale goes
+            await self._adrop_stale_summaries(op.session_id, replaced)
+            raise
+        except BaseException:  # a listener's error (or the removal's: tried once more)
+            if count:
+                await self._adrop_stale_summaries(op.session_id, replaced)
+            raise
         return count
 
     def _drop_stale_summaries(self, session_id: str, replaced: str | None = None) -> None:

@@ -77,6 +77,39 @@ def test_a_listener_interrupted_edit_removes_its_stale_summaries(
     assert not _card_left(manager, "s")
 
 
+@pytest.mark.parametrize("where", ["edited", "_emit_edited", "_drop_stale_summaries"])
+@pytest.mark.parametrize("edit", ["replace", "delete", "truncate"])
+def test_an_edit_interrupted_just_after_the_store_call_removes_its_stale_summaries(
+    make_store: Callable[..., BaseStore],
+    monkeypatch: pytest.MonkeyPatch,
+    edit: str,
+    where: str,
+) -> None:
+    """Ctrl-C lands on entry to the next call once the store answered (the edit is stored).
+
+    ``edited`` reads the store's answer, ``_emit_edited`` tells the listeners and the
+    removal itself may be interrupted once (it runs again).
+    """
+    from ctx_memory.manager import _history
+
+    manager = ContextManager(store=make_store())
+    _seed(manager, "s")
+    owner: Any = _history if where == "edited" else type(manager)
+    real = getattr(owner, where)
+    calls: list[str] = []
+
+    def interrupted_once(*args: Any, **kwargs: Any) -> Any:
+        calls.append(where)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, where, interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        _edits(manager)[edit]("s")
+    assert not _card_left(manager, "s")
+
+
 @pytest.mark.parametrize("edit", ["replace", "delete", "truncate"])
 def test_a_cancelled_edit_is_whole_or_absent(
     make_store: Callable[..., BaseStore], edit: str
