@@ -39,7 +39,9 @@ segments (:func:`load_segments`, one read), checks the last of them against the 
 history (its message id) and indexes from the history only what follows; any mismatch,
 gap or unknown format, and it is rebuilt from the history and saved again whole. The
 store drops a session's segments with every write that removes or changes its messages
-and with the session, so they never describe another history. Segments are derived
+and with the session, and a segment's messages are read back before it is saved (an
+index that missed another process's edit is rebuilt, not saved), so they never describe
+another history. Segments are derived
 data: not exported, dropped at will (``ctx-memory reindex`` rebuilds and saves them),
 and written only for the default terms. A recall with embeddings saves its vectors in
 the same segments (:func:`segment_vectors`: float32 unit vectors, the
@@ -470,8 +472,13 @@ class Recall(RecallEmbedding):
         claim = self._claim(index, saves)
         if claim is None:
             return
-        start, _, text = claim
-        try:  # from position 0: instead of whatever is saved (a stale or broken chain)
+        start, stop, text = claim
+        try:
+            read = manager.get_message_range(session_id, start, stop - 1)
+            if index.edited([(start, read)], start, stop):
+                self._stale(session_id)
+                return
+            # from position 0: instead of whatever is saved (a stale or broken chain)
             manager.execute(SaveRecallSegments(session_id, (text,), replace=start == 0))
         except StoreError as e:
             self._unclaim(index, claim, e)
@@ -482,11 +489,27 @@ class Recall(RecallEmbedding):
         claim = self._claim(index, saves)
         if claim is None:
             return
-        start, _, text = claim
-        try:  # from position 0: instead of whatever is saved (a stale or broken chain)
+        start, stop, text = claim
+        try:
+            read = await manager.aget_message_range(session_id, start, stop - 1)
+            if index.edited([(start, read)], start, stop):
+                self._stale(session_id)
+                return
+            # from position 0: instead of whatever is saved (a stale or broken chain)
             await manager.aexecute(SaveRecallSegments(session_id, (text,), replace=start == 0))
         except StoreError as e:
             self._unclaim(index, claim, e)
+
+    def _stale(self, session_id: str) -> None:
+        """An index about to be saved no longer matches the history: dropped, not saved.
+
+        Another process edited a message it holds and kept every count, which no check of
+        an update sees: saved, it would outlive this process (a restart would load it).
+        """
+        logger.info(
+            "recall: the index of session %r was edited elsewhere; rebuilding it", session_id
+        )
+        self.forget(session_id, keep_vectors=True)
 
     @staticmethod
     def _unread(session_id: str, error: Exception) -> list[str]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
+from langchain_core.messages import HumanMessage
 
 from ctx_memory import ContextManager, ContextPromptAssembler, EventEmitter, EventType
-from ctx_memory.recall import recall_for, search_history
+from ctx_memory.recall import SAVE_EVERY, recall_for, search_history
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -216,3 +217,27 @@ def test_a_search_never_answers_a_message_edited_while_it_ran(
     assert done == [True] * min(edits, 3)
     a.close()
     b.close()
+
+
+def test_an_index_edited_elsewhere_is_never_saved_for_the_next_process(tmp_path: Path) -> None:
+    """B's edit keeps every count, so A's index cannot see it; A's next save would have
+    outlived A (a restart loads the saved segments). The save reads its messages first."""
+    a, b = _pair(tmp_path)
+    messages = [
+        HumanMessage("kiwi ten alpha" if i == 10 else f"filler message number {i}", id=f"m{i}")
+        for i in range(SAVE_EVERY - 1)
+    ]
+    a.add_messages("s1", messages)
+    assert [h.position for h in search_history(a, "s1", "kiwi")] == [10]  # nothing saved yet
+    counter = a.token_counter
+    assert counter.count("plum ten alpha") == counter.count("kiwi ten alpha")
+    b.replace_message("s1", "m10", HumanMessage("plum ten alpha"))
+    a.add_messages("s1", [HumanMessage("filler message number last")])
+    search_history(a, "s1", "filler", k=1)  # A's index reaches SAVE_EVERY: a save is due
+    fresh = ContextManager(store="sqlite", sqlite_path=str(tmp_path / "s.sqlite3"))
+    for manager in (fresh, a):
+        assert [h.position for h in search_history(manager, "s1", "plum")] == [10]
+        assert search_history(manager, "s1", "kiwi") == []
+    assert recall_for(fresh).loads == 0  # what was saved, if anything, was not A's stale index
+    for manager in (a, b, fresh):
+        manager.close()
