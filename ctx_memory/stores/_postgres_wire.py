@@ -2,12 +2,14 @@
 
 :func:`send` / :func:`asend` run a :class:`~ctx_memory.stores._postgres_sql.Statement`'s
 prepared form on a connection; :func:`cursor` / :func:`acursor` give the connection's kept
-cursor for everything else.
+cursor for everything else; :func:`unkeep` / :func:`to_pool` move a connection between the
+store's kept stack, a call, and the pool.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import psycopg
@@ -15,6 +17,8 @@ from psycopg.rows import tuple_row
 from psycopg_pool import PoolTimeout
 
 if TYPE_CHECKING:
+    import threading
+
     from psycopg_pool import ConnectionPool
 
     from ctx_memory.stores._postgres_statements import Prepared
@@ -30,7 +34,10 @@ __all__ = [
     "release_cursor",
     "send",
     "prepared_session",
+    "scrub",
     "sizeable",
+    "to_pool",
+    "unkeep",
 ]
 
 
@@ -57,6 +64,7 @@ else:
     _LIBPQ = True
 
 _PREPARED = "_ctx_memory_prepared"
+_DUPLICATE = psycopg.errors.DuplicatePreparedStatement
 _TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
 _COMMAND_OK = psycopg.pq.ExecStatus.COMMAND_OK
 
@@ -77,6 +85,49 @@ class Lease(NamedTuple):
     pool: ConnectionPool[Any]
     conn: psycopg.Connection[Any]
     until: float
+
+
+# A connection the store took from its pool is always in one place: the pool, the stack the
+# store keeps between calls (``kept``), or the list ``held`` of the one call using it. It goes
+# from ``kept`` to ``held`` with no call in between (``del``, then ``append``, under the store's
+# lock), and to the pool only once out of ``held``. A Ctrl-C (its exception is raised at a
+# function's start, after a call into C returns, on a loop's jump back) so finds it in one of
+# them: a call gives ``held`` back in a ``finally``, again if that was cut short at its start.
+# One cut short inside psycopg_pool's getconn or putconn is the pool's.
+
+
+def unkeep(
+    kept: list[Lease],
+    lock: threading.Lock,
+    held: list[Lease],
+    pool: ConnectionPool[Any] | None = None,
+    *,
+    due: bool = False,
+) -> bool:
+    """Move a kept connection into ``held``; ``False``: none to move.
+
+    The latest one (of ``pool`` if given); with ``due``, the oldest, only if its time is up
+    (:attr:`Lease.until`) and it is not the only one kept.
+    """
+    with lock:
+        i = len(kept) - 1
+        if due:
+            i = 0 if i > 0 and kept[0].until <= time.monotonic() else -1
+        while i >= 0 and pool is not None and kept[i].pool is not pool:
+            i -= 1
+        if i < 0:
+            return False
+        lease = kept[i]
+        del kept[i]
+        held.append(lease)  # (no call since it left the stack: nothing can land in between)
+    return True
+
+
+def to_pool(held: list[Lease]) -> None:
+    """Give ``held``'s last connection back to its pool."""
+    lease = held[-1]
+    del held[-1]  # (first: a putconn cut short must not leave it to be given twice)
+    lease.pool.putconn(lease.conn)
 
 
 def prepared_session(
@@ -111,11 +162,12 @@ def _encode(value: object, encoding: str) -> bytes | None:
     raise TypeError(msg)
 
 
-def _check(results: list[Any], encoding: str) -> None:
-    """Raise psycopg's error for a statement that failed."""
+def _failure(results: list[Any], encoding: str) -> psycopg.Error | None:
+    """The error psycopg raises for a statement that failed, else ``None``."""
     result = results[-1]
     if result.status not in (_TUPLES_OK, _COMMAND_OK):
-        raise error_from_result(result, encoding=encoding)
+        return error_from_result(result, encoding=encoding)
+    return None
 
 
 def _row(results: list[Any], encoding: str) -> tuple[str | None, ...] | None:
@@ -129,6 +181,59 @@ def _row(results: list[Any], encoding: str) -> tuple[str | None, ...] | None:
     return tuple(None if v is None else bytes(v).decode(encoding) for v in values)
 
 
+# From the moment a PREPARE goes out until its name is in ``session.names``, the server and
+# the connection's record may disagree. Whatever cuts that short (a cancelled task, a Ctrl-C
+# landing anywhere in it, even right after the reply arrived, a lost connection) finishes the
+# connection: whether the server prepared the statement is then unknown, and either guess
+# fails every later call on it (DuplicatePreparedStatement, or a statement that does not
+# exist). The pool drops a finished connection and makes another. An error reply is known
+# (nothing prepared): it is raised and the connection serves on. A prepared statement stays
+# when a transaction rolls back, so a name recorded in one stays true. A name the server
+# holds and the record lacks (after someone DEALLOCATEd one statement of several, the record
+# forgets them all) is a statement of the same text, named after it: DuplicatePreparedStatement
+# records it, and it is run (in a transaction, which the error aborted, from the next call).
+
+
+def _prepare(conn: psycopg.Connection[Any], session: _Session, prepared: Prepared) -> None:
+    """Prepare ``prepared`` on ``conn`` and record it, else close ``conn`` (see above)."""
+    error: psycopg.Error | None = None
+    agreed = False
+    try:
+        conn.pgconn.send_prepare(prepared.name, prepared.sql)
+        reply = conn.wait(_execute_generator(conn.pgconn))
+        error = _failure(reply, session.encoding)  # an error reply: not prepared, but for
+        if error is None or isinstance(error, _DUPLICATE):  # one prepared before (see above)
+            session.names.add(prepared.name)
+            error = None
+        agreed = True
+    finally:
+        if not agreed:
+            conn.pgconn.finish()  # (not close(): a pool may take it back)
+    if error is not None:
+        raise error
+
+
+async def _aprepare(
+    conn: psycopg.AsyncConnection[Any], session: _Session, prepared: Prepared
+) -> None:
+    """Async :func:`_prepare`."""
+    error: psycopg.Error | None = None
+    agreed = False
+    try:
+        conn.pgconn.send_prepare(prepared.name, prepared.sql)
+        reply = await conn.wait(_execute_generator(conn.pgconn))
+        error = _failure(reply, session.encoding)  # an error reply: not prepared, but for
+        if error is None or isinstance(error, _DUPLICATE):  # one prepared before (see above)
+            session.names.add(prepared.name)
+            error = None
+        agreed = True
+    finally:
+        if not agreed:
+            conn.pgconn.finish()  # (not close(): a pool may take it back)
+    if error is not None:
+        raise error
+
+
 def send(
     conn: psycopg.Connection[Any], session: _Session, prepared: Prepared, params: dict[str, Any]
 ) -> Any:
@@ -137,17 +242,7 @@ def send(
         try:
             with conn.lock:
                 if prepared.name not in session.names:
-                    conn.pgconn.send_prepare(prepared.name, prepared.sql)
-                    try:
-                        reply = conn.wait(_execute_generator(conn.pgconn))
-                    except BaseException:
-                        # Cut short (a cancelled task, Ctrl-C, a lost connection): whether
-                        # the server prepared it is unknown, and either guess can fail
-                        # every later call. The connection goes; the pool makes another.
-                        conn.pgconn.finish()  # (not close(): a pool may take it back)
-                        raise
-                    _check(reply, session.encoding)  # an error reply: not prepared
-                    session.names.add(prepared.name)
+                    _prepare(conn, session, prepared)
                 conn.pgconn.send_query_prepared(prepared.name, values)
                 results = conn.wait(_execute_generator(conn.pgconn))
             return _row(results, session.encoding)
@@ -169,17 +264,7 @@ async def asend(
         try:
             async with conn.lock:
                 if prepared.name not in session.names:
-                    conn.pgconn.send_prepare(prepared.name, prepared.sql)
-                    try:
-                        reply = await conn.wait(_execute_generator(conn.pgconn))
-                    except BaseException:
-                        # Cut short (a cancelled task, Ctrl-C, a lost connection): whether
-                        # the server prepared it is unknown, and either guess can fail
-                        # every later call. The connection goes; the pool makes another.
-                        conn.pgconn.finish()  # (not close(): a pool may take it back)
-                        raise
-                    _check(reply, session.encoding)  # an error reply: not prepared
-                    session.names.add(prepared.name)
+                    await _aprepare(conn, session, prepared)
                 conn.pgconn.send_query_prepared(prepared.name, values)
                 results = await conn.wait(_execute_generator(conn.pgconn))
             return _row(results, session.encoding)
@@ -258,6 +343,15 @@ def _size(row: tuple[Any, ...]) -> int:
         elif isinstance(value, list):
             size += 64 * len(value)
     return size
+
+
+def scrub(value: object, secrets: list[str]) -> object:
+    """An exception argument with every secret replaced by ``***``."""
+    if not isinstance(value, str):
+        return value if not any(secret in str(value) for secret in secrets) else "***"
+    for secret in secrets:
+        value = value.replace(secret, "***")
+    return value
 
 
 def connect_error(error: BaseException, conninfo: str, seconds: float) -> str | None:

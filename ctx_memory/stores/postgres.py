@@ -53,13 +53,7 @@ from ctx_memory.stores._postgres_loops import (
     close_at_loop_end,
     open_loop_pool,
 )
-from ctx_memory.stores._postgres_ops import (
-    ALL,
-    ONE,
-    Found,
-    PostgresOperations,
-    Statement,
-)
+from ctx_memory.stores._postgres_ops import ALL, ONE, Found, PostgresOperations, Statement
 from ctx_memory.stores._postgres_sql import (
     SCHEMA_VERSION,
     SchemaSql,
@@ -76,12 +70,13 @@ from ctx_memory.stores._postgres_wire import (
     cursor,
     prepared_session,
     release_cursor,
+    scrub,
     send,
     sizeable,
+    to_pool,
+    unkeep,
 )
-from ctx_memory.stores.base import (
-    check_limits,
-)
+from ctx_memory.stores.base import check_limits
 from ctx_memory.stores.memory import InMemoryStore
 from ctx_memory.stores.ops import (
     AppendFetched,
@@ -193,15 +188,6 @@ def _forget_parent_connections() -> None:
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
     os.register_at_fork(after_in_child=_forget_parent_connections)
-
-
-def _scrub(value: object, secrets: list[str]) -> object:
-    """An exception argument with every secret replaced by ``***``."""
-    if not isinstance(value, str):
-        return value if not any(secret in str(value) for secret in secrets) else "***"
-    for secret in secrets:
-        value = value.replace(secret, "***")
-    return value
 
 
 _NO_SESSIONS = InMemoryStore()  # answers as a store without the session (never written)
@@ -432,9 +418,9 @@ class PostgresStore(PostgresOperations):
     def _unavailable(self, error: BaseException, cause: str | None = None) -> StoreError:
         secrets = url_secrets(self._conninfo)
         if secrets:  # the error becomes our error's __cause__: no password may stay in it
-            error.args = tuple(_scrub(arg, secrets) for arg in error.args)
+            error.args = tuple(scrub(arg, secrets) for arg in error.args)
         text = f"{error} (connecting: {cause})" if cause else str(error)
-        text = str(_scrub(text, secrets)) if secrets else text
+        text = str(scrub(text, secrets)) if secrets else text
         where = f"PostgreSQL at {self.url}"
         if isinstance(error, (psycopg.OperationalError, PoolTimeout, OSError)):
             return StoreUnavailableError(f"{where} is unavailable: {text.strip()}")
@@ -443,95 +429,106 @@ class PostgresStore(PostgresOperations):
     # ------------------------------------------------------------ drivers
 
     # Sync connections: kept between calls for a pool the store made (module docstring),
-    # else getconn/putconn (which rolls back or drops a connection not left idle).
+    # else getconn/putconn (which rolls back or drops a connection not left idle). A call
+    # holds its connection in a list, ``held``: see _postgres_wire.unkeep for why.
 
-    def _take(self) -> Lease:
-        """A connection for one call: the last one kept, else one from the pool."""
-        lease = self._pop_kept()
-        if lease is not None:
-            return lease
+    def _take(self, held: list[Lease]) -> None:
+        """Put a connection for one call in ``held`` (empty): the last kept, else the pool's.
+
+        Whatever is raised, what it took is in ``held`` or was given back.
+        """
+        if self._pop_kept(held):
+            return
         # From the pool, which may make this call wait for a connection: while it waits,
         # a call ending gives its connection to the pool rather than keeping it (_give).
-        with self._lock:
-            self._waiting += 1
         try:
-            lease = self._pop_kept()  # (one kept just before the count went up)
-            if lease is not None:
-                return lease
+            with self._lock:  # (a Ctrl-C lands after the count went up, never before)
+                self._waiting += 1
+            if self._pop_kept(held):  # (one kept just before the count went up)
+                return
             pool = self.pool
-            return Lease(pool, pool.getconn(), time.monotonic() + KEEP_SECONDS)
+            conn = pool.getconn()
+            try:
+                held.append(Lease(pool, conn, time.monotonic() + KEEP_SECONDS))
+            except BaseException:  # (a Ctrl-C after getconn returned)
+                if not held:
+                    pool.putconn(conn)
+                raise
         finally:
             with self._lock:
                 self._waiting -= 1
 
-    def _pop_kept(self) -> Lease | None:
-        kept = self._kept
-        while kept:
-            try:
-                lease = kept.pop()
-            except IndexError:  # another thread took the last one
-                return None
+    def _pop_kept(self, held: list[Lease]) -> bool:
+        while unkeep(self._kept, self._lock, held):
+            lease = held[-1]
             if lease.pool is self._pool and lease.until > time.monotonic():
-                return lease
-            lease.pool.putconn(lease.conn)  # due for the pool, or of a replaced pool
-        return None
+                return True
+            to_pool(held)  # due for the pool, or of a replaced pool
+        return False
 
-    def _give(self, lease: Lease) -> None:
-        """Keep the connection for the next call, or give it back to its pool."""
+    def _give(self, held: list[Lease]) -> None:
+        """Keep ``held``'s connection for the next call, or give it back to its pool."""
+        if not held:
+            return
+        lease = held[-1]
         if (
             self._owns_pool
             and not self._closed
             and lease.pool is self._pool
             and lease.conn.pgconn.transaction_status == _IDLE
         ):
-            kept = self._kept
-            kept.append(lease)
-            if self._waiting:  # (read after the append: see _take) a call waits on the pool
-                with contextlib.suppress(IndexError):  # (taken meanwhile)
-                    spare = kept.pop()
-                    spare.pool.putconn(spare.conn)
-            elif len(kept) > 1 and kept[0].until <= time.monotonic():
-                # the least recently used one, left idle since calls ran more at once:
-                # back to the pool, which closes it when it stays idle
-                with contextlib.suppress(IndexError):  # (taken meanwhile)
-                    oldest = kept.pop(0)
-                    oldest.pool.putconn(oldest.conn)
+            with self._lock:
+                del held[-1]
+                self._kept.append(lease)  # (no call in between, as in unkeep)
+            # (_waiting read after the append: see _take) a call waits on the pool: a spare
+            # goes to it. Else the least recently used one, left idle since calls ran more
+            # at once, goes back to the pool, which closes it when it stays idle.
+            if unkeep(self._kept, self._lock, held, due=not self._waiting):
+                to_pool(held)
         else:
-            lease.pool.putconn(lease.conn)
+            to_pool(held)
 
     def _return_kept(self, pool: ConnectionPool[Any] | None = None) -> None:
         """Give the kept connections (of ``pool``, else all) back to their pool."""
-        kept, self._kept = self._kept, []
-        while True:  # pop, not iterate: a call may still take from this list meanwhile
-            try:
-                lease = kept.pop()
-            except IndexError:
-                return
-            if pool is None or lease.pool is pool:
-                lease.pool.putconn(lease.conn)
-            else:
-                self._kept.append(lease)
+        held: list[Lease] = []
+        try:
+            while unkeep(self._kept, self._lock, held, pool):
+                to_pool(held)
+        finally:
+            if held:  # (a Ctrl-C before to_pool took it)
+                to_pool(held)
 
     @contextlib.contextmanager
     def _borrow(self) -> Iterator[psycopg.Connection[Any]]:
         """A connection for a ``with`` block, taken as the store's calls take theirs."""
-        lease = self._take()
+        held: list[Lease] = []
         try:
-            yield lease.conn
+            self._take(held)
+            yield held[0].conn
         finally:
-            self._give(lease)
+            try:
+                self._give(held)
+            finally:
+                if held:  # (a Ctrl-C at the start of _give)
+                    self._give(held)
 
     def _drive(self, op: StoreOp) -> Any:
         token = _write_token() if isinstance(op, _TOKENED) else None
         for attempt in range(3):
             found = Found()
+            held: list[Lease] = []
             lease = None
             try:
-                lease = self._take()
                 try:
+                    self._take(held)
+                    lease = held[0]
                     result = self._attempt(lease.conn, op, found, again=attempt > 0, token=token)
                 finally:
-                    self._give(lease)
+                    try:
+                        self._give(held)
+                    finally:
+                        if held:  # (a Ctrl-C at the start of _give)
+                            self._give(held)
             except _FAST_PATH_MISSED as e:  # before OperationalError: LockNotAvailable is one
                 if attempt < 2 and isinstance(op, AppendMessages):
                     continue  # the function skips a held id, judges expiry after the lock
@@ -553,12 +550,14 @@ class PostgresStore(PostgresOperations):
         for attempt in range(3):
             pool = await self._loop_pool()
             found = Found()
+            conn = None
             try:
-                conn = await pool.getconn()
-                try:
+                try:  # (conn set as getconn returns: an exception after finds it)
+                    conn = await pool.getconn()
                     result = await self._aattempt(conn, op, found, again=attempt > 0, token=token)
                 finally:
-                    await pool.putconn(conn)
+                    if conn is not None:
+                        await pool.putconn(conn)
             except _FAST_PATH_MISSED as e:  # before OperationalError: LockNotAvailable is one
                 if attempt < 2 and isinstance(op, AppendMessages):
                     continue  # the function skips a held id, judges expiry after the lock
