@@ -1,4 +1,14 @@
-"""The in-memory store: one process, thread-safe, with TTL, LRU and a garbage collector."""
+"""The in-memory store: one process, thread-safe, with TTL, LRU and a garbage collector.
+
+Every write is whole or nothing, also when a ``KeyboardInterrupt`` (Ctrl-C, a notebook's
+interrupt button) lands in it. CPython raises one only where it checks for signals: at
+the start of a function, right after a call returns, and at a loop's backward jump. So a
+write first computes every new value off to the side (new lists, sets, dicts and counts;
+an interrupt there changes nothing), then publishes them with plain assignments that
+hold no call (attribute and item stores, ``+=``, ``|=`` and ``-=`` on lists and sets,
+``del history[cut:]``); its one call, the LRU move or :meth:`InMemoryStore._place` for
+a new session, comes last.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +17,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
@@ -51,11 +62,15 @@ from ctx_memory.stores.ops import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Sequence, Set
+
+    _Plan = Callable[["_Session"], tuple[int, Header, dict[str, list[str]], Set[str]]]
 
 __all__ = ["InMemoryStore"]
 
 logger = logging.getLogger(__name__)
+
+_NO_IDS: frozenset[str] = frozenset()
 
 
 def _clone(value: Any) -> Any:
@@ -181,26 +196,37 @@ class InMemoryStore(OperationStore):
             self._sessions.move_to_end(session_id)
         return session
 
-    def _upsert(
-        self,
-        session_id: str,
-        init: Header,
-        expired: list[str],
-        evicted: list[str],
-        *,
-        touch: bool = True,
-    ) -> tuple[_Session, bool]:
-        session = self._live(session_id, expired, touch=touch)
-        if session is not None:
-            return session, False
-        session = _Session(init)
-        self._sessions[session_id] = session
-        if self.max_sessions is not None and len(self._sessions) > self.max_sessions:
+    def _expiry(self) -> float | None:
+        """When a session written now expires (``None``: never)."""
+        ttl = self.ttl_seconds
+        return None if ttl is None else self._clock() + ttl
+
+    def _place(
+        self, session_id: str, session: _Session, expired: list[str], evicted: list[str]
+    ) -> None:
+        """Add a new, fully written session: the last step of its write (lock held).
+
+        Room is planned first, changing nothing a read sees (the expired sessions it drops
+        read as absent already); then the session goes in, and the least recently used one
+        beyond ``max_sessions`` out, with no call in between: a Ctrl-C lands before (the
+        session never existed) or after (written whole, the limit kept).
+        """
+        sessions = self._sessions
+        limit = self.max_sessions
+        victims: list[str] = []
+        if limit is not None and len(sessions) >= limit:
             self._drop_expired(expired)  # the limit counts live sessions only
-            while len(self._sessions) > self.max_sessions:
-                victim, _ = self._sessions.popitem(last=False)
-                evicted.append(victim)
-        return session, True
+            victims = list(islice(sessions, max(len(sessions) + 1 - limit, 0)))
+        if len(victims) > 1:  # only after max_sessions was lowered: a whole new table
+            doomed = set(victims)
+            table = OrderedDict((k, v) for k, v in sessions.items() if k not in doomed)
+            table[session_id] = session
+            self._sessions = table
+        else:
+            sessions[session_id] = session
+            if victims:
+                del sessions[victims[0]]
+        evicted += victims
 
     def _drop_expired(self, expired: list[str]) -> None:
         """Delete every expired session (lock held), reporting each as expired."""
@@ -210,31 +236,40 @@ class InMemoryStore(OperationStore):
                 del self._sessions[session_id]
                 expired.append(session_id)
 
-    def _touch(self, session: _Session, now: str) -> None:
-        session.header["metadata"]["timestamp"] = now
-        if self.ttl_seconds is not None:
-            session.expires_at = self._clock() + self.ttl_seconds
-
     def _report(self, expired: list[str], evicted: Sequence[str] = ()) -> None:
         for session_id in expired:
             self._notify("session_expired", session_id)
         for session_id in evicted:
             self._notify("session_evicted", session_id)
 
-    def _write(
-        self,
-        session_id: str,
-        init: Header,
-        now: str,
-        apply: Callable[[_Session], int],
-    ) -> WriteResult:
+    def _write(self, session_id: str, init: Header, now: str, plan: _Plan) -> WriteResult:
+        """Upsert the session and apply ``plan``'s change, whole or not at all.
+
+        ``plan(session)`` computes the change without making it (it may refuse, by
+        raising) and returns ``(added, header, fetched, fingerprints to add)``, then
+        published with plain assignments (see the module docstring). A missing session is
+        built off to the side and only then placed, evicting if need be.
+        """
         expired: list[str] = []
         evicted: list[str] = []
-        with self._lock:
-            session, created = self._upsert(session_id, init, expired, evicted)
-            added = apply(session)
-            self._touch(session, now)
-        self._report(expired, evicted)
+        try:
+            with self._lock:
+                s = self._live(session_id, expired, touch=False)  # refused: no access
+                created = s is None
+                if s is None:
+                    s = _Session(init)
+                added, header, fetched, fingerprints = plan(s)
+                expires = self._expiry()
+                # Publish: no call before the last step.
+                s.header, s.fetched, s.expires_at = header, fetched, expires
+                s.fingerprints |= fingerprints
+                header["metadata"]["timestamp"] = now
+                if created:
+                    self._place(session_id, s, expired, evicted)
+                else:
+                    self._sessions.move_to_end(session_id)
+        finally:
+            self._report(expired, evicted)
         return shared_result(created, added, evicted)
 
     def _read(
@@ -258,7 +293,12 @@ class InMemoryStore(OperationStore):
     @override
     def _create(self, op: CreateSession) -> WriteResult:
         session_id, init = op.session_id, op.init
-        return self._write(session_id, init, init["metadata"]["timestamp"], lambda _s: 0)
+        return self._write(
+            session_id,
+            init,
+            init["metadata"]["timestamp"],
+            lambda s: (0, s.header, s.fetched, _NO_IDS),
+        )
 
     @override
     def _exists(self, op: SessionExists) -> bool:
@@ -343,27 +383,52 @@ class InMemoryStore(OperationStore):
     @override
     def _append_messages(self, op: AppendMessages) -> WriteResult:
         # The hot path, written out (no closure, no generic _write): its cost is what an
-        # in-memory append costs beyond encoding the message.
+        # in-memory append costs beyond encoding the message. What it adds is gathered
+        # off to the side, then published without a call (see the module docstring).
         expired: list[str] = []
         evicted: list[str] = []
+        session_id, messages = op.session_id, op.messages
         with self._lock:
-            # Touched (moved to the LRU end) only if it changes: appending only known ids
-            # is no access, as on the other stores.
-            s, created = self._upsert(op.session_id, op.init, expired, evicted, touch=False)
-            ids, stored = s.ids, s.messages
-            added = tokens = 0
-            for m in op.messages:
-                if m.id not in ids:  # a stored id is skipped: appends are idempotent by id
-                    ids.add(m.id)
-                    stored.append(m.json)
-                    added += 1
-                    tokens += m.tokens
-            if added or created:  # appending only known ids is a no-op
-                self._sessions.move_to_end(op.session_id)
+            s = self._live(session_id, expired, touch=False)
+            created = s is None
+            if s is None:
+                s = _Session(op.init)
+            ids = s.ids
+            fresh: Set[str]
+            texts: Sequence[str]
+            if len(messages) == 1:  # the common case: no loop, no containers to grow
+                m = messages[0]
+                if m.id in ids:  # a stored id is skipped: appends are idempotent by id
+                    fresh, texts, tokens = _NO_IDS, (), 0
+                else:
+                    fresh, texts, tokens = {m.id}, (m.json,), m.tokens
+            else:
+                new_ids: set[str] = set()
+                new_texts: list[str] = []
+                tokens = 0
+                for m in messages:
+                    if m.id not in ids and m.id not in new_ids:
+                        new_ids.add(m.id)
+                        new_texts.append(m.json)
+                        tokens += m.tokens
+                fresh, texts = new_ids, new_texts
+            added = len(texts)
+            # Appending only known ids is a no-op, and no access (as on the other stores).
+            if added or created:
+                ttl = self.ttl_seconds
+                expires = None if ttl is None else self._clock() + ttl
                 meta = s.header["metadata"]
+                # Publish: no call before the last step.
+                s.messages += texts
+                s.ids |= fresh
                 meta["message_count"] += added
                 meta["token_count"] += tokens
-                self._touch(s, op.now)
+                meta["timestamp"] = op.now
+                s.expires_at = expires
+                if created:
+                    self._place(session_id, s, expired, evicted)
+                else:
+                    self._sessions.move_to_end(session_id)
         if expired or evicted:
             self._report(expired, evicted)
         return shared_result(created, added, evicted)
@@ -378,17 +443,23 @@ class InMemoryStore(OperationStore):
             if not gone:
                 return 0
             kept: list[str] = []
-            tokens = 0
+            count, tokens = len(gone), 0
             for raw in s.messages:
                 record = json.loads(raw)
                 if record.get("id") in gone:
                     tokens += int(record.get("token_count", 0))
                 else:
                     kept.append(raw)
-            s.messages = kept
+            expires = self._expiry()
+            meta = s.header["metadata"]
+            # Publish: no call before the last step (an edit drops the recall segments).
+            s.messages, s.recall_segments, s.expires_at = kept, [], expires
             s.ids -= gone
-            self._counted(session_id, s, -len(gone), -tokens, now)
-            return len(gone)
+            meta["message_count"] -= count
+            meta["token_count"] -= tokens
+            meta["timestamp"] = now
+            self._sessions.move_to_end(session_id)  # an edit that finds nothing: no access
+            return count
 
         return int(self._read(session_id, edit, default=0, touch=False))
 
@@ -401,8 +472,15 @@ class InMemoryStore(OperationStore):
             if found is None:
                 return False
             index, old = found
+            tokens = message.tokens - int(old.get("token_count", 0))
+            expires = self._expiry()
+            meta = s.header["metadata"]
+            # Publish: no call before the last step (an edit drops the recall segments).
             s.messages[index] = message.json
-            self._counted(session_id, s, 0, message.tokens - int(old.get("token_count", 0)), now)
+            s.recall_segments, s.expires_at = [], expires
+            meta["token_count"] += tokens
+            meta["timestamp"] = now
+            self._sessions.move_to_end(session_id)  # an edit that finds nothing: no access
             return True
 
         return bool(self._read(session_id, edit, default=False, touch=False))
@@ -417,28 +495,25 @@ class InMemoryStore(OperationStore):
                 return None
             cut = found[0] if inclusive else found[0] + 1
             removed = _decode_all(s.messages[cut:])
+            if not removed:
+                return 0
+            gone = {r.get("id") for r in removed}
+            count = len(removed)
+            tokens = sum(int(r.get("token_count", 0)) for r in removed)
+            expires = self._expiry()
+            meta = s.header["metadata"]
+            # Publish: no call before the last step (an edit drops the recall segments).
             del s.messages[cut:]
-            s.ids -= {r.get("id") for r in removed}
-            if removed:
-                tokens = sum(int(r.get("token_count", 0)) for r in removed)
-                self._counted(session_id, s, -len(removed), -tokens, now)
-            return len(removed)
+            s.ids -= gone
+            s.recall_segments, s.expires_at = [], expires
+            meta["message_count"] -= count
+            meta["token_count"] -= tokens
+            meta["timestamp"] = now
+            self._sessions.move_to_end(session_id)  # an edit that finds nothing: no access
+            return count
 
         result: int | None = self._read(session_id, edit, default=None, touch=False)
         return result
-
-    def _counted(self, session_id: str, s: _Session, messages: int, tokens: int, now: str) -> None:
-        """Counters and touch after a history edit (which drops the recall segments).
-
-        The edit is what makes the session recently used: an edit that finds nothing
-        to change (an unknown message id) is no access, as on the other stores.
-        """
-        self._sessions.move_to_end(session_id)
-        s.recall_segments = []
-        meta = s.header["metadata"]
-        meta["message_count"] += messages
-        meta["token_count"] += tokens
-        self._touch(s, now)
 
     @override
     def _list_page(self, op: ListPage) -> list[str]:
@@ -454,17 +529,25 @@ class InMemoryStore(OperationStore):
     def _append_fetched(self, op: AppendFetched) -> WriteResult:
         session_id, items, init, now, dedupe = op.session_id, op.items, op.init, op.now, op.dedupe
 
-        def apply(s: _Session) -> int:
+        def plan(s: _Session) -> tuple[int, Header, dict[str, list[str]], Set[str]]:
+            seen = s.fingerprints
+            fresh: set[str] = set()
+            new: dict[str, list[str]] = {}
             added = 0
             for item in items:
-                if dedupe and item.fingerprint in s.fingerprints:
+                if dedupe and (item.fingerprint in seen or item.fingerprint in fresh):
                     continue
-                s.fingerprints.add(item.fingerprint)
-                s.fetched.setdefault(item.source_type, []).append(item.json)
+                fresh.add(item.fingerprint)
+                new.setdefault(item.source_type, []).append(item.json)
                 added += 1
-            return added
+            fetched = s.fetched
+            if new:  # the lists that grow are copied, the others shared
+                fetched = dict(fetched)
+                for source_type, texts in new.items():
+                    fetched[source_type] = [*fetched.get(source_type, ()), *texts]
+            return added, s.header, fetched, fresh
 
-        return self._write(session_id, init, now, apply)
+        return self._write(session_id, init, now, plan)
 
     @override
     def _merge_shared(self, op: MergeShared) -> WriteResult:
@@ -486,22 +569,16 @@ class InMemoryStore(OperationStore):
     ) -> WriteResult:
         """Replace ``shared`` by ``change(shared)``, refused whole when it would be too large.
 
-        The size is checked before the session is created (or another one evicted), so a
-        refused write changes nothing, on a missing session too.
+        The size is checked before anything is written (a session created, or another one
+        evicted), so a refused write changes nothing, on a missing session too.
         """
-        expired: list[str] = []
-        evicted: list[str] = []
-        try:
-            with self._lock:
-                current = self._live(session_id, expired, touch=False)  # refused: no access
-                merged = change(current.header["shared"] if current else _clone(init["shared"]))
-                check_shared_size(dumps(merged))
-                session, created = self._upsert(session_id, init, expired, evicted)
-                session.header["shared"] = merged
-                self._touch(session, now)
-        finally:
-            self._report(expired, evicted)
-        return WriteResult(created=created, evicted=tuple(evicted))
+
+        def plan(s: _Session) -> tuple[int, Header, dict[str, list[str]], Set[str]]:
+            merged = change(s.header["shared"])  # a new dict: the stored one is unchanged
+            check_shared_size(dumps(merged))
+            return 0, {**s.header, "shared": merged}, s.fetched, _NO_IDS
+
+        return self._write(session_id, init, now, plan)
 
     @override
     def _update_header(self, op: UpdateHeader) -> WriteResult:
@@ -519,31 +596,33 @@ class InMemoryStore(OperationStore):
             if k not in ("message_count", "token_count")
         }
 
-        def apply(s: _Session) -> int:
-            s.header["metadata"].update(fields)
+        def plan(s: _Session) -> tuple[int, Header, dict[str, list[str]], Set[str]]:
+            header: Header = {**s.header, "metadata": {**s.header["metadata"], **fields}}
             if set_system_prompt:
-                s.header["system_prompt"] = system_prompt
-            return 0
+                header["system_prompt"] = system_prompt
+            return 0, header, s.fetched, _NO_IDS
 
-        return self._write(session_id, init, now, apply)
+        return self._write(session_id, init, now, plan)
 
     @override
     def _clear(self, op: ClearSession) -> bool:
         session_id, now, preserve_fetched = op.session_id, op.now, op.preserve_fetched
 
         def apply(s: _Session) -> bool:
-            s.messages = []
-            s.ids = set()
-            s.recall_segments = []
-            s.header["metadata"]["message_count"] = 0
-            s.header["metadata"]["token_count"] = 0
+            ids: set[str] = set()
+            fingerprints: set[str] = set()
+            expires = self._expiry()
+            meta = s.header["metadata"]
+            # Publish: no call before the last step.
+            s.messages, s.ids, s.recall_segments, s.expires_at = [], ids, [], expires
+            meta["message_count"] = meta["token_count"] = 0
+            meta["timestamp"] = now
             if not preserve_fetched:
-                s.fetched = {}
-                s.fingerprints = set()
-            self._touch(s, now)
+                s.fetched, s.fingerprints = {}, fingerprints
+            self._sessions.move_to_end(session_id)
             return True
 
-        return bool(self._read(session_id, apply, default=False))
+        return bool(self._read(session_id, apply, default=False, touch=False))
 
     @override
     def _replace_document(self, op: ReplaceDocument) -> WriteResult:
@@ -564,13 +643,11 @@ class InMemoryStore(OperationStore):
             created = self._live(session_id, expired, touch=False) is None  # refused: no access
             if op.if_absent and not created:
                 return WriteResult(created=False, added=0)
-            self._sessions[session_id] = fresh
-            self._sessions.move_to_end(session_id)
-            if self.max_sessions is not None and len(self._sessions) > self.max_sessions:
-                self._drop_expired(expired)
-                while len(self._sessions) > self.max_sessions:
-                    victim, _ = self._sessions.popitem(last=False)
-                    evicted.append(victim)
+            if created:
+                self._place(session_id, fresh, expired, evicted)
+            else:  # the session built whole off to the side goes in with one store
+                self._sessions[session_id] = fresh
+                self._sessions.move_to_end(session_id)
         self._report(expired, evicted)
         return WriteResult(created=created, added=len(fresh.messages), evicted=tuple(evicted))
 
