@@ -26,6 +26,8 @@ __all__ = [
     "postgres_url_problem",
     "redact_url",
     "redis_url_problem",
+    "scrub",
+    "scrub_error",
     "store_name_problem",
     "url_secrets",
     "validate_postgres_url",
@@ -101,6 +103,28 @@ def url_secrets(url: str) -> list[str]:
         found.append(rest[:at].split(":", 1)[1])
     secrets = {s for value in found for s in (value, unquote(value), unquote_plus(value)) if s}
     return sorted(secrets, key=len, reverse=True)
+
+
+def scrub(value: object, secrets: list[str]) -> object:
+    """``value`` (an exception argument) with every secret (:func:`url_secrets`) as ``***``."""
+    if not isinstance(value, str):
+        return value if not any(secret in str(value) for secret in secrets) else "***"
+    for secret in secrets:
+        value = value.replace(secret, "***")
+    return value
+
+
+def scrub_error(error: BaseException, url: str, suffix: str = "") -> str:
+    """Mask ``url``'s secrets (:func:`url_secrets`) in ``error``'s arguments as ``***``.
+
+    The error becomes a store error's ``__cause__``: no password may stay in it. Returns
+    ``str(error) + suffix``, masked the same way.
+    """
+    secrets = url_secrets(url)
+    if not secrets:
+        return f"{error}{suffix}"
+    error.args = tuple(scrub(arg, secrets) for arg in error.args)
+    return str(scrub(f"{error}{suffix}", secrets))
 
 
 def redis_url_problem(url: str) -> str | None:  # noqa: PLR0911 - one return per fault

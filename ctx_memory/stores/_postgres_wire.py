@@ -34,7 +34,6 @@ __all__ = [
     "release_cursor",
     "send",
     "prepared_session",
-    "scrub",
     "sizeable",
     "to_pool",
     "unkeep",
@@ -343,15 +342,6 @@ def _size(row: tuple[Any, ...]) -> int:
         elif isinstance(value, list):
             size += 64 * len(value)
     return size
-
-
-def scrub(value: object, secrets: list[str]) -> object:
-    """An exception argument with every secret replaced by ``***``."""
-    if not isinstance(value, str):
-        return value if not any(secret in str(value) for secret in secrets) else "***"
-    for secret in secrets:
-        value = value.replace(secret, "***")
-    return value
 
 
 def connect_error(error: BaseException, conninfo: str, seconds: float) -> str | None:

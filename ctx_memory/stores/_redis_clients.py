@@ -34,7 +34,6 @@ __all__ = [
     "pool_limit",
     "release_client",
     "runs_here",
-    "scrub",
     "sentinel_master",
     "DEFAULT_SENTINEL_SERVICE",
     "SENTINEL_SCHEMES",
@@ -42,15 +41,6 @@ __all__ = [
     "parse_sentinel_url",
     "sentinel_url_problem",
 ]
-
-
-def scrub(value: object, secrets: list[str]) -> object:
-    """``value`` (an exception argument) with every secret replaced by ``***``."""
-    if not isinstance(value, str):
-        return value if not any(secret in str(value) for secret in secrets) else "***"
-    for secret in secrets:
-        value = value.replace(secret, "***")
-    return value
 
 
 def runs_here(loop: asyncio.AbstractEventLoop) -> bool:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from typing_extensions import override
 
 from ctx_memory._extras import missing_extra
-from ctx_memory._store_urls import hide_in_logs, redact_url, url_secrets, validate_postgres_url
+from ctx_memory._store_urls import hide_in_logs, redact_url, scrub_error, validate_postgres_url
 from ctx_memory.errors import StoreError, StoreUnavailableError
 from ctx_memory.stores._gc import GarbageCollector, check_interval, gc_interval
 from ctx_memory.stores._postgres_loops import (
@@ -70,7 +70,6 @@ from ctx_memory.stores._postgres_wire import (
     cursor,
     prepared_session,
     release_cursor,
-    scrub,
     send,
     sizeable,
     to_pool,
@@ -416,11 +415,7 @@ class PostgresStore(PostgresOperations):
         }
 
     def _unavailable(self, error: BaseException, cause: str | None = None) -> StoreError:
-        secrets = url_secrets(self._conninfo)
-        if secrets:  # the error becomes our error's __cause__: no password may stay in it
-            error.args = tuple(scrub(arg, secrets) for arg in error.args)
-        text = f"{error} (connecting: {cause})" if cause else str(error)
-        text = str(scrub(text, secrets)) if secrets else text
+        text = scrub_error(error, self._conninfo, f" (connecting: {cause})" if cause else "")
         where = f"PostgreSQL at {self.url}"
         if isinstance(error, (psycopg.OperationalError, PoolTimeout, OSError)):
             return StoreUnavailableError(f"{where} is unavailable: {text.strip()}")

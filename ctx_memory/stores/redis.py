@@ -80,7 +80,8 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from typing_extensions import override
 
-from ctx_memory.config import redact_url, url_secrets, validate_redis_url
+from ctx_memory._store_urls import scrub_error
+from ctx_memory.config import redact_url, validate_redis_url
 from ctx_memory.errors import (
     ConfigurationError,
     StoreError,
@@ -96,7 +97,6 @@ from ctx_memory.stores._redis_clients import (
     pool_limit,
     release_client,
     runs_here,
-    scrub,
     sentinel_master,
     sentinel_url_problem,
 )
@@ -509,10 +509,7 @@ class RedisStore(RedisOperations):
 
     def _wrap(self, error: BaseException) -> StoreError:
         where = f"Redis at {self.url}"
-        secrets = url_secrets(self._url or "")
-        if secrets and any(secret in str(arg) for arg in error.args for secret in secrets):
-            # The error becomes our error's __cause__: no password may stay in it either.
-            error.args = tuple(scrub(arg, secrets) for arg in error.args)
+        scrub_error(error, self._url or "")  # (its __cause__: no password may stay in it)
         if (
             isinstance(error, (*_UNAVAILABLE, redis.exceptions.SlotNotCoveredError))
             or "ClusterDown" in type(error).__name__
