@@ -33,7 +33,14 @@ from ctx_memory.config import redact_url
 from ctx_memory.errors import ConfigurationError, CtxMemoryError, DocumentImportError
 from ctx_memory.records import encode_document
 from ctx_memory.schema import parse_document
-from ctx_memory.stores.ops import GetDocument, GetFetched, GetHeader, ListPage, ReplaceDocument
+from ctx_memory.stores.ops import (
+    DeleteSession,
+    GetDocument,
+    GetFetched,
+    GetHeader,
+    ListPage,
+    ReplaceDocument,
+)
 from ctx_memory.tokens import APPROXIMATE, TokenCounter
 
 if TYPE_CHECKING:
@@ -214,6 +221,18 @@ def _on(target: BaseStore, session_id: str) -> tuple[int, ...]:
     return _counts(target.execute(GetHeader(session_id)), sum(map(len, fetched.values())))
 
 
+def _copy(target: BaseStore, write: ReplaceDocument, *, anew: bool) -> None:
+    """Write a session; ``anew``: deleted first, so that it is indexed.
+
+    For one the target holds but does not list: a Redis Cluster write cut off (a kill)
+    between the session and its index entry, which a write of a session that exists does
+    not add.
+    """
+    if anew:
+        target.execute(DeleteSession(write.session_id))
+    target.execute(write)
+
+
 def _session_ids(store: BaseStore, prefix: str, page: int) -> list[str]:
     ids: list[str] = []
     cursor: str | None = None
@@ -250,6 +269,7 @@ def migrate(
     report = MigrationReport()
     counters: dict[str, TokenCounter] = {}
     ids = _session_ids(source, prefix, page_size)
+    listed = set(_session_ids(target, prefix, page_size))
     report.sessions = len(ids)
     for session_id in ids:
         document = source.execute(GetDocument(session_id))
@@ -272,12 +292,12 @@ def migrate(
             if expected != _counts(stored, sum(map(len, document["fetched_context"].values()))):
                 report.recounted.append(session_id)
             there = _held(target, session_id, counters)
-            if there == write:
+            if there == write and session_id in listed:
                 report.skipped += 1
-            elif there is not None and not overwrite:
+            elif there is not None and there != write and not overwrite:
                 report.conflicts.append(session_id)
             else:
-                target.execute(write)
+                _copy(target, write, anew=there is not None and session_id not in listed)
                 report.copied += 1
                 if _on(target, session_id) != expected:
                     report.mismatches.append(session_id)

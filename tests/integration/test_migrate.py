@@ -249,3 +249,33 @@ def test_a_session_no_store_accepts_fails_alone_and_is_named(tmp_path: Path) -> 
     assert (report["copied"], report["ok"]) == (2, False)
     assert "failed: 'b2': invalid session document at shared.ctx_memory" in result.stderr
     assert sorted(_documents(str(target))) == ["a1", "c3"]
+
+
+def test_a_session_a_killed_run_left_unlisted_on_a_cluster_is_written_again(
+    tmp_path: Path, redis_cluster_url: str, key_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a Cluster a write and the session's index entry are two calls: a kill between them
+    left the session unlisted, and the next run skipped it as already there."""
+    from ctx_memory.stores._redis_ops import RedisOperations
+
+    _fill(tmp_path / "a.sqlite3")
+    real = RedisOperations._cluster_settled
+
+    def killed_after_the_write(self: Any, session_id: str, **kwargs: Any) -> Any:
+        if session_id == "user-003":
+            raise KeyboardInterrupt  # (the session is written, its index entry is not)
+        return (yield from real(self, session_id, **kwargs))
+
+    there = f"{redis_cluster_url}?key_prefix={key_prefix}&cluster=true"
+    with open_store(str(tmp_path / "a.sqlite3")) as src, open_store(there) as dst:
+        monkeypatch.setattr(RedisOperations, "_cluster_settled", killed_after_the_write)
+        with pytest.raises(KeyboardInterrupt):
+            migrate(src, dst, prefix="user-00")
+        monkeypatch.undo()
+        assert dst.get_document("user-003") is not None
+        assert "user-003" not in dst.list_sessions()
+        again = migrate(src, dst, prefix="user-00")
+        assert again.ok
+        assert (again.skipped, again.copied) == (3, 7)  # user-003 written again, 004-009
+        assert sorted(dst.list_sessions()) == [f"user-00{i}" for i in range(10)]
+        assert migrate(src, dst, prefix="user-00").skipped == 10
