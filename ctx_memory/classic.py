@@ -25,10 +25,11 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, get_bu
 from pydantic import ConfigDict, Field
 from typing_extensions import override
 
+from ctx_memory.assembly.messages import records_to_messages
 from ctx_memory.assembly.window import HistoryChunks, aread_history_window, read_history_window
 from ctx_memory.history import ContextChatMessageHistory
 from ctx_memory.manager import ContextManager  # noqa: TC001 - pydantic field type
-from ctx_memory.schema import record_to_message, validate_session_id
+from ctx_memory.schema import validate_session_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -147,7 +148,7 @@ class ContextMemory(BaseChatMemory):
         if header is None:
             return []
         window = read_history_window(self.manager, self.session_id, self._chunks(header))
-        return [record_to_message(r) for r in window.chosen]
+        return records_to_messages(window.chosen)
 
     async def _aload(self) -> list[BaseMessage]:
         """Async :meth:`_load`."""
@@ -155,7 +156,7 @@ class ContextMemory(BaseChatMemory):
         if header is None:
             return []
         window = await aread_history_window(self.manager, self.session_id, self._chunks(header))
-        return [record_to_message(r) for r in window.chosen]
+        return records_to_messages(window.chosen)
 
     def _variables(self, messages: list[BaseMessage]) -> dict[str, Any]:
         if self.return_messages:

@@ -7,7 +7,8 @@ messages.
 message for message, but builds plain text messages (most of any history) without
 re-running pydantic validation on values known valid (:class:`_PlainMessageFactory`,
 which checks itself against the real constructor and steps aside if they ever differ).
-Everything else goes through :func:`~ctx_memory.schema.record_to_message`.
+Everything else goes through :func:`~ctx_memory.schema.record_to_message`; an AI message
+then loses the calls that no stored result can answer (:func:`_sendable`).
 """
 
 from __future__ import annotations
@@ -131,12 +132,14 @@ def _builder(role: str) -> Callable[[str, str | None], BaseMessage]:
 
 
 def records_to_messages(records: Iterable[Mapping[str, Any]]) -> list[BaseMessage]:
-    """``[record_to_message(r) for r in records]``, equal message for message, faster.
+    """Stored records as a prompt sends them: ``record_to_message`` of each, faster.
 
     Plain text records (user, assistant or system; string content; a str id or none; no
     name, kwargs, response metadata or tool calls), most of any history, take a fast path
     that skips re-validating what is known valid (see :class:`_PlainMessageFactory`);
-    all others go through :func:`~ctx_memory.schema.record_to_message`.
+    all others go through :func:`~ctx_memory.schema.record_to_message`, and an AI message
+    loses the calls no stored result can answer (:func:`_sendable`: malformed tool calls,
+    a legacy function call).
     """
     out: list[BaseMessage] = []
     append = out.append
@@ -157,8 +160,31 @@ def records_to_messages(records: Iterable[Mapping[str, Any]]) -> list[BaseMessag
                 build = builders[role] = _builder(role)
             append(build(content, message_id))
         else:
-            append(record_to_message(record))
+            append(_sendable(record_to_message(record)))
     return out
+
+
+_UNSENT_KWARGS = ("function_call", "tool_calls")
+
+
+def _sendable(message: BaseMessage) -> BaseMessage:
+    """A stored AI message as a prompt sends it: without calls no stored result answers.
+
+    A model's malformed tool call (``invalid_tool_calls``: arguments that are not JSON)
+    and a legacy ``additional_kwargs["function_call"]`` stay in the store, lossless, but
+    are not sent from it: chat APIs send both as calls that need a result (``ChatOpenAI``
+    sends invalid calls as tool calls), the store never holds one (LangChain's agent
+    answers an invalid call with an error result in that request only), and the stored
+    ``token_count`` leaves them out. The raw ``additional_kwargs["tool_calls"]`` go with
+    them (the parsed ``tool_calls``, which chat models send, stay).
+    """
+    if not isinstance(message, AIMessage):
+        return message
+    kwargs = message.additional_kwargs
+    if not message.invalid_tool_calls and "function_call" not in kwargs:
+        return message
+    kept = {key: value for key, value in kwargs.items() if key not in _UNSENT_KWARGS}
+    return message.model_copy(update={"invalid_tool_calls": [], "additional_kwargs": kept})
 
 
 def attach_context(

@@ -296,20 +296,28 @@ def _stored_tokens(view: CompactedView) -> Callable[[Mapping[str, Any]], int]:
     return stored
 
 
+def _calls_of(message: Mapping[str, Any] | BaseMessage) -> list[Any]:
+    """An AI message's tool calls; a LangChain message's malformed ones count too.
+
+    Chat APIs send ``invalid_tool_calls`` as calls (``ChatOpenAI`` does) and LangChain's
+    agent answers each with an error result in the request, so in a request's tail they
+    pair like any call. A stored message's are never sent
+    (:func:`~ctx_memory.assembly.messages.records_to_messages`), so a record's do not.
+    """
+    if isinstance(message, BaseMessage):
+        calls = list(getattr(message, "tool_calls", None) or ())
+        calls += getattr(message, "invalid_tool_calls", None) or ()
+        return calls
+    return list(message.get("tool_calls") or ())
+
+
 def call_ids(message: Mapping[str, Any] | BaseMessage) -> list[str]:
     """The ids of the tool calls an AI message (record or LangChain message) makes."""
-    calls = (
-        getattr(message, "tool_calls", None)
-        if isinstance(message, BaseMessage)
-        else message.get("tool_calls")
-    )
-    return [str(c.get("id")) for c in calls or () if c.get("id")]
+    return [str(c.get("id")) for c in _calls_of(message) if c.get("id")]
 
 
 def _has_tool_calls(message: Mapping[str, Any] | BaseMessage) -> bool:
-    if isinstance(message, BaseMessage):
-        return bool(getattr(message, "tool_calls", None))
-    return bool(message.get("tool_calls"))
+    return bool(_calls_of(message))
 
 
 def _role_of(message: Mapping[str, Any] | BaseMessage) -> str:

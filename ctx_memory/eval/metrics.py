@@ -21,6 +21,7 @@ that hold an answer, the token lists of consecutive requests) and returns number
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import convert_to_openai_messages
+
+from ctx_memory.tokens import TokenCounter, block_kind
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -331,7 +334,10 @@ def tool_pair_problems(messages: Sequence[BaseMessage]) -> ToolPairProblems:
         unanswered += len(pending)  # the run of tool messages ended
         pending = set()
         open_calls = set()
-        calls = getattr(message, "tool_calls", None) or []
+        calls = [
+            *(getattr(message, "tool_calls", None) or ()),
+            *(getattr(message, "invalid_tool_calls", None) or ()),  # sent as calls too
+        ]
         if message.type == "ai" and calls:
             ids = {str(call.get("id")) for call in calls}
             pending = set(ids)
@@ -405,38 +411,56 @@ def _content_tokens(content: Any, encoding: tiktoken.Encoding) -> int:
     for block in content:
         if isinstance(block, str):
             total += len(encoding.encode_ordinary(block))
-        elif block.get("type") == "text" and isinstance(block.get("text"), str):
-            total += len(encoding.encode_ordinary(block["text"]))
+        elif (kind := block_kind(block)) in ("text", "file") and isinstance(block.get("text"), str):
+            total += len(encoding.encode_ordinary(block["text"]))  # a text-plain file: its text
+        elif kind in _PRICED:
+            total += _pricing().count_block(block)  # a formula, not text: nothing to recount
         else:
             text = json.dumps(block, separators=(",", ":"), sort_keys=True, default=str)
             total += len(encoding.encode_ordinary(text))
     return total
 
 
+_PRICED = frozenset(("image", "audio", "file"))
+
+
+@functools.cache
+def _pricing() -> TokenCounter:
+    """A counter for the documented image, audio and file prices only."""
+    return TokenCounter()
+
+
 def recount_tokens(messages: Sequence[BaseMessage], encoding: tiktoken.Encoding) -> int:
     """A prompt's tokens, recounted from the OpenAI-format request with tiktoken alone.
 
-    The convention :mod:`ctx_memory.tokens` documents (text content only; images and
-    files are not recounted): 3 per message + role + content, 1 + name for a named
+    The convention :mod:`ctx_memory.tokens` documents: 3 per message + role + content
+    (each text block on its own, as the request's content parts), 1 + name for a named
     message, the call id of a tool result, the compact sorted JSON of
-    ``[{name, arguments}]`` for tool calls, and 3 priming the reply.
+    ``[{name, arguments}]`` for tool calls (malformed ones too, their arguments as the
+    raw text: ``ChatOpenAI`` sends them as calls), and 3 priming the reply. Image, audio
+    and file blocks are priced by the module's formulas; there is no text to recount.
     """
     total = _REPLY_PRIMING
-    for wire in convert_to_openai_messages(list(messages)):
+    wires = convert_to_openai_messages(list(messages), text_format="block")
+    for message, wire in zip(messages, wires, strict=True):
         total += _PER_MESSAGE + len(encoding.encode_ordinary(wire["role"]))
         total += _content_tokens(wire.get("content"), encoding)
         if wire.get("name"):
             total += _PER_NAME + len(encoding.encode_ordinary(wire["name"]))
         if wire.get("tool_call_id"):
             total += len(encoding.encode_ordinary(wire["tool_call_id"]))
-        if wire.get("tool_calls"):
-            calls = [
-                {
-                    "name": call["function"]["name"],
-                    "arguments": json.loads(call["function"]["arguments"] or "{}"),
-                }
-                for call in wire["tool_calls"]
-            ]
+        calls = [
+            {
+                "name": call["function"]["name"],
+                "arguments": json.loads(call["function"]["arguments"] or "{}"),
+            }
+            for call in wire.get("tool_calls") or ()
+        ]
+        calls += [
+            {"name": call.get("name"), "arguments": call.get("args")}
+            for call in getattr(message, "invalid_tool_calls", None) or ()
+        ]
+        if calls:
             text = json.dumps(calls, separators=(",", ":"), sort_keys=True)
             total += len(encoding.encode_ordinary(text))
     return total

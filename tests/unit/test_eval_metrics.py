@@ -294,3 +294,34 @@ def test_compaction_part_runs_clean_and_is_reported() -> None:
     assert "## Compaction: tool-heavy traces with planted facts" in text
     assert f"| {COMPACTION} |" in text
     assert "| 0 / 0 |" in text
+
+
+def test_recount_counts_each_text_block_and_prices_images_like_the_counter() -> None:
+    import base64
+    import struct
+
+    import tiktoken
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from ctx_memory import TokenCounter
+    from ctx_memory.eval.metrics import recount_tokens
+
+    encoding = tiktoken.get_encoding("o200k_base")
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", 13)
+        + b"IHDR"
+        + struct.pack(">II", 1400, 900)
+        + b"\x08\x02\x00\x00\x00"
+        + b"\x00" * 6000
+    )
+    url = "data:image/png;base64," + base64.b64encode(png).decode()
+    blocks = [{"type": "text", "text": "first part"}, {"type": "text", "text": "second"}]
+    messages = [
+        HumanMessage([*blocks, {"type": "image_url", "image_url": {"url": url}}]),
+        AIMessage(["plain", {"type": "text", "text": "block"}]),
+    ]
+    counted = TokenCounter("o200k_base").count_chat(messages)
+    assert recount_tokens(messages, encoding) == counted
+    # The image's price, not its base64 text (which would be thousands of tokens).
+    assert counted < 1200
