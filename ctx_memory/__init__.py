@@ -42,6 +42,7 @@ from ctx_memory.errors import (
     StoreUnavailableError,
     StoreVersionError,
     TokenizerError,
+    UntokenizableTextError,
     ValidationError,
 )
 from ctx_memory.events import Event, EventEmitter, EventType
@@ -105,6 +106,7 @@ __all__ = [
     "StoreVersionError",
     "TokenCounter",
     "TokenizerError",
+    "UntokenizableTextError",
     "ValidationError",
     "__version__",
     "create_store",

@@ -275,7 +275,8 @@ class CompactionOutcome:
     Attributes:
         entry: The compaction written, or None.
         reason: Why nothing was written (``"not needed"``, ``"no turn boundary"``,
-            ``"summarizer failed: …"``, ``"summarizer returned nothing"``, ``"summary not
+            ``"summarizer failed: …"``, ``"summarizer returned nothing"``, ``"summarizer
+            returned N tokens for M covered: not shorter"``, ``"summary not
             stored: …"`` when the session refused it: too large for its shared state, or
             text no store keeps, :data:`EDITED` when an edit changed what it covers while
             it was made); ``""`` if written.
@@ -435,6 +436,18 @@ def _rolled_entry(
     return entry, {str(e["id"]): None for e in step.chain}
 
 
+def _saves_nothing(entry: Mapping[str, Any]) -> str:
+    """Why a summary no shorter than what it covers is refused (``""``: it is shorter).
+
+    Sent instead of the messages, it would take more of the window than they did, and one
+    that no window can hold leaves the whole range out of the prompt.
+    """
+    summary, covered = int(entry["summary_tokens"]), int(entry["tokens_covered"])
+    if summary < covered:
+        return ""
+    return f"summarizer returned {summary} tokens for {covered} covered: not shorter"
+
+
 def _config(prefix_messages: Sequence[BaseMessage] | None) -> RunnableConfig | None:
     """The summariser's config: the live request's messages, for a chat summariser."""
     if not prefix_messages:
@@ -558,6 +571,8 @@ def compact(
         step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
         counter=counter,
     )  # fmt: skip
+    if unsaved := _saves_nothing(entry):
+        return _failed(session_id, unsaved)
     return _store(manager, session_id, job, step, entry=entry, tombstones=tombstones)
 
 
@@ -597,6 +612,8 @@ async def acompact(
         step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
         counter=counter,
     )  # fmt: skip
+    if unsaved := _saves_nothing(entry):
+        return _failed(session_id, unsaved)
     return await _astore(manager, session_id, job, step, entry=entry, tombstones=tombstones)
 
 

@@ -16,6 +16,7 @@ The tree::
     │   │                           nested deeper than 100 levels
     │   ├── InvalidMessageError     a message dict with an unknown field or a malformed one
     │   ├── SharedStateTooLargeError  ``shared`` would exceed its size limit (1 MiB of JSON)
+    │   ├── UntokenizableTextError  text tiktoken cannot count (a run of about a million spaces)
     │   ├── InvalidTTLError         a negative or non-numeric TTL
     │   └── DocumentImportError     malformed JSON or a wrong shape on import (names the field)
     ├── SessionNotFoundError        an operation that needs an existing session (also KeyError)
@@ -48,6 +49,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailableError",
     "StoreVersionError",
+    "UntokenizableTextError",
     "TokenizerError",
     "ValidationError",
 ]
@@ -106,6 +108,28 @@ class InvalidMessageError(ValidationError):
     def __init__(self, path: str, message: str) -> None:
         self.path = path
         super().__init__(message)
+
+
+class UntokenizableTextError(ValidationError):
+    """tiktoken could not count a text: its pre-tokenising regex gives up on it.
+
+    A run of about a million spaces makes tiktoken's Rust core fail (a stack overflow,
+    raised as a ``PanicException`` that derives from ``BaseException``). The text's count
+    cannot be exact, so the message, source or prompt part holding it is refused; nothing
+    was written.
+
+    Attributes:
+        length: The text's length in characters.
+        encoding: The tiktoken encoding that failed.
+    """
+
+    def __init__(self, length: int, encoding: str, detail: str) -> None:
+        self.length = length
+        self.encoding = encoding
+        super().__init__(
+            f"tiktoken ({encoding}) cannot tokenize a text of {length:,} characters "
+            f"(a very long run of spaces?): {detail}"
+        )
 
 
 class SharedStateTooLargeError(ValidationError):

@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import tiktoken
 
-from ctx_memory.errors import ConfigurationError, TokenizerError
+from ctx_memory.errors import ConfigurationError, TokenizerError, UntokenizableTextError
 from ctx_memory.images import (
     LOW_DETAIL_TOKENS,
     image_size_from_base64,
@@ -232,7 +232,12 @@ class TokenCounter:
         """Tokens in ``text`` (special-token markers are counted as plain text)."""
         if self._encoding is None:
             return -(-len(text) // _CHARS_PER_TOKEN)
-        return len(self._encoding.encode_ordinary(text))
+        try:
+            return len(self._encoding.encode_ordinary(text))
+        except BaseException as e:  # tiktoken's Rust panic is a BaseException
+            if type(e).__name__ != "PanicException":
+                raise
+            raise UntokenizableTextError(len(text), self.encoding_name, str(e)) from None
 
     def truncate(self, text: str, max_tokens: int) -> str:
         """``text`` cut to at most ``max_tokens`` tokens (whole tokens, from the start)."""
@@ -240,7 +245,12 @@ class TokenCounter:
             return ""
         if self._encoding is None:
             return text[: max_tokens * _CHARS_PER_TOKEN]
-        tokens = self._encoding.encode_ordinary(text)
+        try:
+            tokens = self._encoding.encode_ordinary(text)
+        except BaseException as e:  # tiktoken's Rust panic is a BaseException
+            if type(e).__name__ != "PanicException":
+                raise
+            raise UntokenizableTextError(len(text), self.encoding_name, str(e)) from None
         if len(tokens) <= max_tokens:
             return text
         cut = self._encoding.decode(tokens[:max_tokens])
@@ -321,7 +331,11 @@ class TokenCounter:
         )
 
     def count_lc_message(self, message: BaseMessage) -> int:
-        """Tokens of one LangChain message, overhead included."""
+        """Tokens of one LangChain message, overhead included.
+
+        Malformed tool calls (``invalid_tool_calls``, their arguments as the raw text the
+        model wrote) count with the others: chat APIs send them as tool calls.
+        """
         from ctx_memory.schema import validate_role  # noqa: PLC0415 - avoid import cycle
 
         role = message.role if message.type == "chat" else message.type  # type: ignore[attr-defined]
@@ -329,7 +343,10 @@ class TokenCounter:
             validate_role(role.removesuffix("Chunk").lower()),
             message.content,
             name=message.name,
-            tool_calls=getattr(message, "tool_calls", None),
+            tool_calls=[
+                *(getattr(message, "tool_calls", None) or ()),
+                *(getattr(message, "invalid_tool_calls", None) or ()),
+            ],
             tool_call_id=getattr(message, "tool_call_id", None),
         )
 

@@ -247,7 +247,8 @@ def test_recalled_turns_can_be_seen_as_the_window_sees_them() -> None:
 @pytest.mark.parametrize(
     ("summary", "error"),
     [
-        ("fact " * 300_000, "SharedStateTooLargeError"),
+        # Over 1 MiB of JSON in fewer tokens than it covers (spaces: ~128 a token).
+        (("fact" + " " * 400_000) * 3 + "fact", "SharedStateTooLargeError"),
         ("AF100 \ud83d noted", "NotSerializableError"),
     ],
 )
@@ -257,6 +258,7 @@ async def test_a_summary_the_session_refuses_is_reported_and_changes_nothing(
     """Too large for the shared state, or not storable: as if the summariser had failed."""
     from langchain_core.runnables import RunnableLambda
 
+    manager.add_user_message("s1", "order history " * 10_000)  # more tokens than the summary
     _session(manager, "s1", 12)
     before = manager.export_session("s1")
     policy = CompactionPolicy(
@@ -357,3 +359,32 @@ def test_an_abandoned_tool_call_stops_blocking_summaries(manager: ContextManager
         "s", "next?"
     )
     assert tool_pair_problems(result.messages).total == 0
+
+
+async def test_a_summary_no_shorter_than_what_it_covers_is_refused_and_reported(
+    manager: ContextManager,
+) -> None:
+    """Sent in place of the messages it would take more room; one no window holds would
+    leave the whole range out of the prompt."""
+    from langchain_core.runnables import RunnableLambda
+
+    _session(manager, "s1", 12)
+    before = manager.export_session("s1")
+    policy = CompactionPolicy(
+        summarize_at=300,
+        keep_recent=8,
+        block=4,
+        summarizer=RunnableLambda(lambda _: "AF100 shipped first. " * 3000),
+    )
+    for outcome in (compact(manager, "s1", policy), await acompact(manager, "s1", policy)):
+        assert outcome.entry is None
+        assert outcome.failed
+        assert outcome.reason.startswith("summarizer returned ")
+        assert outcome.reason.endswith(" covered: not shorter")
+    assert manager.export_session("s1") == before
+    result = ContextPromptAssembler(manager, max_tokens=4000, compaction=policy).assemble(
+        "s1", "Which order shipped first?"
+    )
+    (note,) = result.report.compaction_notes
+    assert "not shorter" in note
+    assert result.report.history_messages == len(manager.get_history("s1"))  # all of it

@@ -260,3 +260,32 @@ def test_a_150_kb_image_fits_the_default_budget():
     result = ContextPromptAssembler(manager).assemble("s1", question)  # default 8000 - 1000
     assert result.report.question_tokens == expected
     assert result.report.total_tokens == counter.count_chat(result.messages) < 1000
+
+
+def test_text_tiktoken_cannot_tokenize_is_a_validation_error_and_nothing_is_written() -> None:
+    """tiktoken's Rust core overflows its stack on a run of about a million spaces and
+    raises a PanicException (a BaseException): refused as bad input instead."""
+    from ctx_memory import (
+        ContextIntegration,
+        ContextManager,
+        UntokenizableTextError,
+        ValidationError,
+    )
+
+    hostile = "a" + " " * 1_200_000 + "b"
+    with pytest.raises(UntokenizableTextError) as caught:
+        TokenCounter("o200k_base").count(hostile)
+    assert isinstance(caught.value, ValidationError)
+    assert caught.value.length == len(hostile)
+    assert "1,200,002 characters" in str(caught.value)
+    manager = ContextManager()
+    with pytest.raises(UntokenizableTextError):
+        manager.add_user_message("s", hostile)
+    assert manager.get_context("s") == {}
+    manager.add_user_message("s", "hello")
+    before = manager.export_session("s")
+    with pytest.raises(UntokenizableTextError):
+        ContextIntegration(manager).add_web_content(
+            text_content=hostile, current_url="https://x.example", session_id="s"
+        )
+    assert manager.export_session("s") == before
