@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import BaseMessage, HumanMessage
 
-from ctx_memory.assembly.compacted import COMPACTIONS_KEY
+from ctx_memory.assembly.compacted import COMPACTIONS_KEY, compactions_of
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -117,6 +117,27 @@ def producer_for(middleware: Any | None) -> dict[str, str]:
         "model": _model_name(model),
         "prompt_hash": _hash(prompt) if isinstance(prompt, str) and prompt else "",
     }
+
+
+def summarised_from(shared: Mapping[str, Any] | None, state_start: str | None) -> str | None:
+    """Where a summary's range starts: ``state_start``, or the summary that replaced it.
+
+    A run that began from a LangChain summary keeps that summary's id as its start; when
+    LangChain summarises again within the run, the first re-summary's compaction replaces
+    that summary's, and each later one takes in the one before it. So when the start's
+    compaction was recorded but is no longer live, the range starts where the newest live
+    LangChain compaction starts (its summary id is returned). With none live (the user
+    removed it), ``state_start`` as it is.
+    """
+    if state_start is None or not known(shared, f"lc-summary-{state_start}"):
+        return state_start
+    live = [
+        c for c in compactions_of(shared) if (c.get("producer") or {}).get("name") == PRODUCER_NAME
+    ]
+    if any(c["id"] == f"lc-summary-{state_start}" for c in live) or not live:
+        return state_start
+    newest = max(live, key=lambda c: int(c["last_index"]))
+    return str(newest["id"]).removeprefix("lc-summary-")
 
 
 def summary_span(

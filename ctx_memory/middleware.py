@@ -88,6 +88,7 @@ from ctx_memory._compaction_langchain import (
     known,
     producer_for,
     split_summaries,
+    summarised_from,
     summary_body,
     summary_span,
 )
@@ -551,7 +552,8 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             body = summary_body(message)
             if known(shared, compaction_id) or not body:
                 continue
-            span = summary_span(records, kept, start, compactions_of(shared))
+            origin = summarised_from(shared, start)  # past a re-summary of this run
+            span = summary_span(records, kept, origin, compactions_of(shared))
             if span is None and start is not None and known(shared, f"lc-summary-{start}"):
                 # It summarises on from a summary whose compaction was removed: what both
                 # cover is stored, and the session assembles it whole, so it is not sent.

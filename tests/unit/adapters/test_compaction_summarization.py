@@ -321,3 +321,50 @@ def test_a_summary_the_session_cannot_store_is_sent_and_the_turn_goes_on(
     summarised = [sent for sent in model.seen if any(SUMMARY in t for t in _texts(sent))]
     assert summarised  # LangChain's own summary message went to the model
     assert all(sum(SUMMARY in t for t in _texts(sent)) == 1 for sent in summarised)
+
+
+def test_summaries_made_again_within_one_run_are_all_stored_never_sent_raw(
+    manager: ContextManager,
+) -> None:
+    """LangChain summarising twice or more in one run: each re-summary replaces the
+    compaction before it (the run's start is then that one's), so none is sent as
+    LangChain's user message beside the history it covers, in this run or the next."""
+    summaries = [AIMessage(f"Summary number {i}: orders looked up.") for i in range(40)]
+    summarizer = SummarizationMiddleware(
+        model=NamedFakeModel(messages=iter(summaries)),
+        trigger=("messages", 5),
+        keep=("messages", 2),
+    )
+    context = ContextMiddleware(
+        manager, max_tokens=6000, reserve_tokens=500, summarization=summarizer
+    )
+    model = fake_model(
+        tool_call("lookup", "call-0", order=1000),
+        "One shipped.",
+        *(tool_call("lookup", f"call-{i}", order=1000 + i) for i in range(1, 7)),
+        "Six more shipped.",
+        *(tool_call("lookup", f"call-{i}", order=1000 + i) for i in range(7, 10)),
+        "Three more shipped.",
+        "Nothing else.",
+    )
+    agent = create_agent(
+        model, tools=[lookup], middleware=[summarizer, context], checkpointer=InMemorySaver()
+    )
+    config = {"configurable": {"thread_id": "s1"}}
+    # The third run begins from a summary in the state and summarises three more times.
+    for question in ("Order 1000?", "Orders 1001 to 1006?", "Orders 1007 to 1009?", "More?"):
+        agent.invoke({"messages": [("user", question)]}, config)
+
+    history = manager.get_history("s1")
+    assert not any("Summary number" in str(r["content"]) for r in history)
+    (entry,) = get_compactions(manager, "s1")  # each re-summary replaced the one before
+    assert entry["first_index"] == 0
+    assert entry["summary"].startswith("Summary number")
+    summarised = [sent for sent in model.seen if any("Summary number" in t for t in _texts(sent))]
+    assert len(summarised) >= 4
+    for sent in model.seen:
+        texts = _texts(sent)
+        assert not any(t.startswith(SUMMARY_PREFIX) for t in texts)  # never LangChain's copy
+        assert sum("Summary number" in t for t in texts) <= 1
+        bodies = [(m.type, m.text, getattr(m, "tool_call_id", None)) for m in sent if m.text]
+        assert len(bodies) == len(set(bodies))  # nothing twice
