@@ -18,6 +18,7 @@ from psycopg_pool import PoolTimeout
 
 if TYPE_CHECKING:
     import threading
+    from collections.abc import AsyncIterator, Iterator
 
     from psycopg_pool import ConnectionPool
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Lease",
     "aconnect_error",
+    "atransaction",
     "connect_error",
     "acursor",
     "arelease_cursor",
@@ -36,6 +38,7 @@ __all__ = [
     "prepared_session",
     "sizeable",
     "to_pool",
+    "transaction",
     "unkeep",
 ]
 
@@ -377,3 +380,37 @@ async def aconnect_error(error: BaseException, conninfo: str, seconds: float) ->
     except Exception:  # noqa: BLE001 - only a hint for the error being raised
         return None
     return None
+
+
+# psycopg undoes the start of a transaction that a Ctrl-C cuts short, but one landing as that
+# start is entered (``Connection.wait`` called, its generator not yet run) is undone though it
+# never began: the connection's count of open transactions goes below zero, and every later
+# transaction on it fails (OutOfOrderTransactionNesting). A connection that an interrupt or
+# a cancellation leaves mid-transaction is therefore finished: its pool drops it and makes
+# another. An error (Exception) is rolled back as psycopg does; the connection serves on.
+
+
+@contextlib.contextmanager
+def transaction(conn: psycopg.Connection[Any]) -> Iterator[None]:
+    """``conn.transaction()``; finishes ``conn`` when a Ctrl-C cuts it short (see above)."""
+    try:
+        with conn.transaction():
+            yield
+    except Exception:
+        raise
+    except BaseException:
+        conn.pgconn.finish()  # (not close(): a pool may take it back)
+        raise
+
+
+@contextlib.asynccontextmanager
+async def atransaction(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """Async :func:`transaction`: a cancellation too finishes ``conn``."""
+    try:
+        async with conn.transaction():
+            yield
+    except Exception:
+        raise
+    except BaseException:
+        conn.pgconn.finish()  # (not close(): a pool may take it back)
+        raise

@@ -66,6 +66,7 @@ from ctx_memory.stores._postgres_wire import (
     acursor,
     arelease_cursor,
     asend,
+    atransaction,
     connect_error,
     cursor,
     prepared_session,
@@ -73,6 +74,7 @@ from ctx_memory.stores._postgres_wire import (
     send,
     sizeable,
     to_pool,
+    transaction,
     unkeep,
 )
 from ctx_memory.stores.base import check_limits
@@ -616,7 +618,7 @@ class PostgresStore(PostgresOperations):
         steps = self._plan(op, found, again=again, token=token)
         # A pool the caller gave may hold connections outside autocommit: a transaction then.
         if isinstance(op, _TRANSACTION) or not conn.autocommit:
-            with conn.transaction():
+            with transaction(conn):
                 return self._run(conn, steps)
         return self._run(conn, steps)
 
@@ -634,7 +636,7 @@ class PostgresStore(PostgresOperations):
         steps = self._plan(op, found, again=again, token=token)
         # A pool the caller gave may hold connections outside autocommit: a transaction then.
         if isinstance(op, _TRANSACTION) or not conn.autocommit:
-            async with conn.transaction():
+            async with atransaction(conn):
                 return await self._arun(conn, steps)
         return await self._arun(conn, steps)
 
@@ -644,7 +646,7 @@ class PostgresStore(PostgresOperations):
         # and it tries again in a new transaction, which sees them.
         for attempt in range(3):
             try:
-                with conn.transaction():
+                with transaction(conn):
                     self._run(conn, self._ensure_schema())
             except _CREATED_MEANWHILE:
                 if attempt == 2:
@@ -659,7 +661,7 @@ class PostgresStore(PostgresOperations):
         # and it tries again in a new transaction, which sees them.
         for attempt in range(3):
             try:
-                async with conn.transaction():
+                async with atransaction(conn):
                     await self._arun(conn, self._ensure_schema())
             except _CREATED_MEANWHILE:
                 if attempt == 2:

@@ -265,3 +265,86 @@ def test_a_ctrl_c_as_the_connection_is_given_back_leaks_none(
     monkeypatch.setattr(PostgresStore, "_give", cut.wrap(PostgresStore._give))
     with PostgresStore(postgres_url, schema=pg_schema, pool_size=2, connect_timeout=1) as store:
         interrupted_calls(store, cut, from_the_pool=from_the_pool)
+
+
+# ------------------------------------------------------------ a transaction's start
+
+
+@pytest.fixture
+def transaction_start_cut(monkeypatch: pytest.MonkeyPatch) -> Cut:
+    """A Ctrl-C as psycopg enters ``Connection.wait`` to start a transaction.
+
+    psycopg undoes the start on the way out though it never began: the connection's count
+    of open transactions went below zero, and every later transaction on it failed with
+    ``OutOfOrderTransactionNesting`` until the process restarted.
+    """
+    import sys
+
+    cut = Cut()
+    sync_wait, async_wait = psycopg.Connection.wait, psycopg.AsyncConnection.wait
+
+    def starting() -> bool:
+        caller = sys._getframe(2).f_code
+        return caller.co_name in ("__enter__", "__aenter__") and caller.co_filename.endswith(
+            "transaction.py"
+        )
+
+    def wait(self: psycopg.Connection[Any], *args: Any, **kwargs: Any) -> Any:
+        if starting():
+            cut()
+        return sync_wait(self, *args, **kwargs)
+
+    async def await_(self: psycopg.AsyncConnection[Any], *args: Any, **kwargs: Any) -> Any:
+        if starting():
+            cut()
+        return await async_wait(self, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "wait", wait)
+    monkeypatch.setattr(psycopg.AsyncConnection, "wait", await_)
+    return cut
+
+
+def test_a_ctrl_c_as_a_transaction_starts_leaves_the_store_usable(
+    postgres_url: str, pg_schema: str, transaction_start_cut: Cut
+) -> None:
+    with PostgresStore(postgres_url, schema=pg_schema, pool_size=1) as store:
+        manager = ContextManager(store=store)
+        manager.set_context("s", "k", 0)
+        transaction_start_cut.armed = 1
+        with pytest.raises(KeyboardInterrupt):
+            manager.set_context("s", "k", -1)
+        assert transaction_start_cut.cuts == 1
+        for i in range(LATER):  # each failed with OutOfOrderTransactionNesting
+            manager.set_context("s", f"k{i}", i)
+        shared = manager.get_context("s")["shared"]
+        assert shared["k"] == 0
+        assert [shared[f"k{i}"] for i in range(LATER)] == list(range(LATER))
+        stats = store.pool.get_stats()
+        assert stats["pool_available"] + len(store._kept) == stats["pool_size"]
+
+
+def test_async_a_ctrl_c_as_a_transaction_starts_leaves_the_store_usable(
+    postgres_url: str, pg_schema: str, transaction_start_cut: Cut
+) -> None:
+    store = PostgresStore(postgres_url, schema=pg_schema, pool_size=1)
+    manager = ContextManager(store=store)
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(manager.aset_context("s", "k", 0))
+        transaction_start_cut.armed = 1
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(manager.aset_context("s", "k", -1))
+        assert transaction_start_cut.cuts == 1
+
+        async def later() -> None:
+            for i in range(LATER):
+                await manager.aset_context("s", f"k{i}", i)
+            shared = (await manager.aget_context("s"))["shared"]
+            assert shared["k"] == 0
+            assert [shared[f"k{i}"] for i in range(LATER)] == list(range(LATER))
+
+        loop.run_until_complete(later())
+        loop.run_until_complete(manager.aclose())
+    finally:
+        loop.close()
+        store.close()
