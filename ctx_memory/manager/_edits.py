@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from ctx_memory.errors import MessageNotFoundError
 from ctx_memory.records import COMPACTIONS_KEY, well_formed_compaction
+from ctx_memory.stores.base import BaseStore
 from ctx_memory.stores.ops import DeleteMessages, ReplaceMessage, TruncateMessages
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ __all__ = [
     "count_of",
     "edit_of",
     "edited",
+    "in_worker_thread",
     "pages",
     "position_of",
     "stale_summaries",
@@ -48,6 +50,17 @@ def count_of(header: Header | None) -> int:
 
 Edit = DeleteMessages | ReplaceMessage | TruncateMessages
 INTERRUPTED = (KeyboardInterrupt, asyncio.CancelledError)  # (the task: an event loop's end)
+
+
+def in_worker_thread(store: BaseStore, async_operations: bool) -> bool:
+    """Whether an async call runs ``store``'s sync code in a worker thread.
+
+    So with ``ASYNC_OPERATIONS=false``, and for a store without an async path of its own
+    (SQLite). Such a write lands whatever its awaiting caller does: a cancelled caller
+    (an event loop's end) cannot wait for it.
+    """
+    own = type(store).ahandle is not BaseStore.ahandle
+    return not async_operations or (not own and store.offload)
 
 
 def edit_of(op: Edit) -> tuple[str, str]:

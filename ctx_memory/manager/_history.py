@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from ctx_memory.errors import (
@@ -52,6 +53,7 @@ from ctx_memory.manager._edits import (
     count_of,
     edit_of,
     edited,
+    in_worker_thread,
     pages,
     position_of,
     stale_summaries,
@@ -357,22 +359,42 @@ class HistoryMethods(SessionMethods):
             )
 
     async def _aedit_steps(self, op: Edit, replaced: str | None) -> int:
-        """Async :meth:`_edit_steps`."""
+        """Async :meth:`_edit_steps`.
+
+        When the store call runs in a worker thread (SQLite), that thread also removes the
+        stale summaries, after the edit: a cancelled caller (an event loop's end) cannot
+        wait for the edit to land, and before it lands nothing is stale yet.
+        """
         count = 0
+        threaded = in_worker_thread(self.store, self.settings.async_operations)
         try:
-            result = await self._aexecute(op)
+            if threaded:
+                result = await asyncio.to_thread(self._edit_then_drop, op, replaced)
+            else:
+                result = await self._aexecute(op)
             count = edited(op, result)
             self._emit_edited(op, count)
-            if count:
+            if count and not threaded:
                 await self._adrop_stale_summaries(op.session_id, replaced)
-        except INTERRUPTED:  # landed or not (SQLite's thread finishes it): what is stale goes
-            await self._adrop_stale_summaries(op.session_id, replaced)
+        except INTERRUPTED:  # landed or not: what is stale goes (in the thread: after it)
+            if not threaded:
+                await self._adrop_stale_summaries(op.session_id, replaced)
             raise
         except BaseException:  # a listener's error (or the removal's: tried once more)
             if count:
                 await self._adrop_stale_summaries(op.session_id, replaced)
             raise
         return count
+
+    def _edit_then_drop(self, op: Edit, replaced: str | None) -> int | bool | None:
+        """In a worker thread: execute ``op``, then remove the summaries it made stale."""
+        result = self._execute(op)
+        if edited(op, result):
+            try:
+                self._drop_stale_summaries(op.session_id, replaced)
+            except Exception:  # noqa: BLE001 - tried once more, as :meth:`_edit_steps` does
+                self._drop_stale_summaries(op.session_id, replaced)
+        return result
 
     def _drop_stale_summaries(self, session_id: str, replaced: str | None = None) -> None:
         """After an edit: remove the summary compactions it made stale (:func:`stale_summaries`).

@@ -150,3 +150,50 @@ def test_a_cancelled_edit_is_whole_or_absent(
             landed += 1
             assert not stale, (end, ticks)
     assert landed  # some cancellations came after the edit was stored
+
+
+@pytest.mark.parametrize("edit", ["replace", "delete", "truncate"])
+def test_an_edit_left_in_sqlites_thread_as_the_loop_ends_removes_its_stale_summaries(
+    tmp_path: Any, edit: str
+) -> None:
+    """``asyncio.run`` ends (cancelling the edit) while the edit waits in SQLite's worker
+    thread for a write lock another process holds: the thread stores the edit after the
+    loop is gone, and removes the summaries it made stale after it. The removal once ran
+    in the cancelled task, before the edit landed, and found nothing stale yet."""
+    import subprocess
+    import sys
+
+    from ctx_memory.stores.sqlite import SqliteStore
+
+    path = str(tmp_path / "s.db")
+    manager = ContextManager(store=SqliteStore(path))
+    _seed(manager, "s")
+    assert CARD in str(get_compactions(manager, "s"))
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys, time\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True)\n"
+            "time.sleep(0.5); c.execute('COMMIT')",
+            path,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+
+        async def main() -> None:
+            asyncio.get_running_loop().create_task(_aedits(manager)[edit]("s"))
+            await asyncio.sleep(0.05)  # the edit waits in the thread; main returns
+
+        asyncio.run(main())  # waits for the worker thread as it shuts its executor down
+    finally:
+        holder.wait(timeout=10)
+    reader = ContextManager(store=SqliteStore(path))
+    assert not _card_left(reader, "s")
+    reader.close()
+    manager.close()

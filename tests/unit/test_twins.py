@@ -26,6 +26,10 @@ ALLOWED: dict[str, str] = {
         "a cancelled caller does not stop an edit half-way: its steps run in a task"
         " (run_whole), so the summaries it made stale are removed too"
     ),
+    "manager/_history.py:HistoryMethods._aedit_steps": (
+        "when the store call runs in a worker thread (SQLite), the stale summaries are"
+        " removed in that thread after it: a cancelled caller cannot wait for it to land"
+    ),
     "manager/_core.py:ManagerCore.aclose": (
         "first waits for the edits whose cancelled callers left them running (_run_whole)"
     ),
