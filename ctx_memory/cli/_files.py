@@ -272,12 +272,14 @@ def _write_all(
         if failure is None:
             _forget(saved)
             return None
-        left = _undo(manager, touched, before)
+        left, stopped = _undo(manager, touched, before)
     if not left:
         _forget(saved)
         return f"{failure}; nothing was imported (the {written} written were undone)"
     shown = ", ".join(map(repr, left[:10])) + (" …" if len(left) > 10 else "")
     message = f"{failure}; could not undo {len(left)} session(s): {shown}"
+    if stopped:  # (the first named may have been undone as the second signal landed)
+        message = f"{failure}; the undo was stopped: {len(left)} may hold the import: {shown}"
     if saved is not None and any(target in before for target in left):
         message += (
             f"; what they held before the import is in {saved} (`ctx-memory import "
@@ -316,8 +318,11 @@ def _forget(saved: Path | None) -> None:
 
 def _undo(
     manager: ContextManager, touched: list[str], before: dict[str, dict[str, Any]]
-) -> list[str]:
-    """Put ``touched`` sessions back as in ``before`` (absent: delete); those that failed.
+) -> tuple[list[str], bool]:
+    """Put ``touched`` sessions back as in ``before`` (absent: delete).
+
+    Returns those not put back, and whether a second Ctrl-C or SIGTERM stopped it (the
+    first of those may then have been put back just as it landed).
 
     Each step is idempotent (a delete, or a whole document written again), so a step that
     meets a dropped connection (the failure being undone may have been the server closing
@@ -330,10 +335,10 @@ def _undo(
         try:
             undone = _undo_one(manager, target, before)
         except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: the rest stays as it is
-            return [*left, target, *pending]
+            return [*left, target, *pending], True
         if not undone:
             left.append(target)
-    return left
+    return left, False
 
 
 def _undo_one(manager: ContextManager, target: str, before: dict[str, dict[str, Any]]) -> bool:

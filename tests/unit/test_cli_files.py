@@ -326,7 +326,7 @@ def test_a_second_signal_stops_the_undo_and_names_what_is_left(
     assert result.exit_code == 1, result.output
     assert result.stderr.strip() == (
         f"error: {source}: document 5 (line 5): interrupted (Ctrl-C or SIGTERM); "
-        "could not undo 3 session(s): 'imp2', 'imp1', 'imp0'"
+        "the undo was stopped: 3 may hold the import: 'imp2', 'imp1', 'imp0'"
     )
     with ContextManager(store=SqliteStore(db)) as cm:
         assert sorted(cm.list_sessions()) == ["imp0", "imp1", "imp2", "s1", "s2"]
