@@ -29,7 +29,8 @@ import abc
 import asyncio
 import contextvars
 import copy
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+import threading
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from ctx_memory import tracing
 from ctx_memory.errors import InvalidTTLError, SharedStateTooLargeError
@@ -184,6 +185,14 @@ def assemble_document(
         "conversation_history": messages,
         "shared": header["shared"],
     }
+
+
+S = TypeVar("S", bound="Closeable | _Stoppable")
+_SUBSCRIBING = threading.Lock()
+
+
+class _Stoppable(Protocol):
+    def close(self) -> None: ...
 
 
 class Closeable(abc.ABC):
@@ -341,6 +350,23 @@ class BaseStore(Closeable):
     publisher: EventPublisher | None = None
     """What publishes this store's events to other processes, if anything (see
     ``ctx_memory.stores._publisher``); set with :meth:`_publish_with`."""
+
+    def _subscribed(self, subscription: S) -> S:
+        """``subscription``, kept so that this store's ``close()`` stops it too.
+
+        A listener's thread outlives the object ``subscribe_events`` returned when a caller
+        drops it (the docs' examples do): the store holds it until it closes.
+        """
+        with _SUBSCRIBING:
+            self.__dict__.setdefault("_subscriptions", []).append(subscription)
+        return subscription
+
+    def _stop_subscriptions(self) -> None:
+        """Close the event subscriptions made through this store (each close is idempotent)."""
+        with _SUBSCRIBING:
+            subscriptions = self.__dict__.pop("_subscriptions", [])
+        for subscription in subscriptions:
+            subscription.close()
 
     def _publish_with(self, publisher: EventPublisher | None) -> None:
         """Publish events with ``publisher``: managers add it, lifecycle events reach it once.

@@ -753,7 +753,9 @@ class PostgresStore(PostgresOperations):
             StoreUnavailableError: The server cannot be reached (URL shown masked).
         """
         try:
-            return PostgresEventSubscription(self._conninfo, self.channel, callback)
+            return self._subscribed(
+                PostgresEventSubscription(self._conninfo, self.channel, callback)
+            )
         except (psycopg.Error, OSError) as e:
             raise self._unavailable(e) from e
 
@@ -761,6 +763,7 @@ class PostgresStore(PostgresOperations):
 
     @override
     def close(self) -> None:
+        self._stop_subscriptions()
         if self.publisher is not None:
             self.publisher.close()
         collector, self._collector = self._collector, None

@@ -630,6 +630,7 @@ class RedisStore(RedisOperations):
 
     @override
     def close(self) -> None:
+        self._stop_subscriptions()
         if self.publisher is not None:
             self.publisher.close()
         self._closed = True
@@ -703,4 +704,4 @@ class RedisStore(RedisOperations):
             thread = pubsub.run_in_thread(sleep_time=0.01, daemon=True, exception_handler=lost)
         except _FAILED as e:
             raise self._wrap(e) from e
-        return EventSubscription(pubsub, thread)
+        return self._subscribed(EventSubscription(pubsub, thread))

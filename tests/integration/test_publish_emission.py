@@ -205,3 +205,26 @@ def test_a_forked_child_publishes_its_own_events(make_store: Callable[..., BaseS
         "session_created:parent", "message_added:parent",
         "session_created:child", "message_added:child",
     ]  # fmt: skip
+
+
+def test_closing_the_store_stops_the_subscriptions_it_made(
+    make_store: Callable[..., BaseStore],
+) -> None:
+    """``close()`` stops every listener ``subscribe_events`` started, its return value
+    dropped or not (the docs' examples drop it): none reconnects, none calls back."""
+    listener: Any = make_store()
+    listener.exists("warm-up")  # (PostgreSQL: the schema exists before LISTEN)
+    received: list[str] = []
+    listener.subscribe_events(lambda e: received.append(e["session_id"]))  # dropped
+    kept = listener.subscribe_events(lambda e: received.append("kept:" + e["session_id"]))
+    time.sleep(0.3)  # both are live
+    writer = ContextManager(store=make_store(publish_events=True), token_counter="approximate")
+    writer.add_user_message("before", "hi")
+    wait_for(lambda: {"before", "kept:before"} <= set(received))
+    kept.close()  # closed by its caller first: the store's close() closes it again, harmlessly
+    listener.close()
+    received.clear()
+    writer.add_user_message("after", "hi")
+    writer.close()
+    time.sleep(1.0)  # longer than a reconnect takes
+    assert received == []
