@@ -464,16 +464,23 @@ def _store(
     entry: dict[str, Any],
     tombstones: dict[str, None],
 ) -> CompactionOutcome:
-    """Write the summary, then check that what it covers was not edited meanwhile."""
+    """Write the summary unless what it covers was edited meanwhile; check again after.
+
+    Checked before the write, an edit made while the summariser ran is never seen by
+    another process's prompt (once written, any process uses the summary); checked after
+    it, an edit that landed in between (and found no summary yet to remove) removes it.
+    """
+    last = job.start + len(step.covered) - 1
+    if manager.get_message_range(session_id, job.start, last) != step.covered:
+        return _edited(session_id)
     try:
         written = write_entry(manager, session_id, entry, tombstones, inside=True, rolling=True)
     except ValidationError as e:  # the summary cannot be stored: as if the summariser failed
         return _failed(session_id, _unstored(e))
     except RolledAwayError:
         return _edited(session_id)
-    # An edit that landed while the summariser ran found this summary not yet there to
-    # remove: the covered messages are read again now that it is (a later edit removes it).
-    last = job.start + len(step.covered) - 1
+    # An edit that landed since the check found this summary not yet there to remove: the
+    # covered messages are read again now that it is (a later edit removes it).
     if manager.get_message_range(session_id, job.start, last) != step.covered:
         remove_compaction(manager, session_id, str(written["id"]))
         return _edited(session_id)
@@ -490,6 +497,9 @@ async def _astore(
     tombstones: dict[str, None],
 ) -> CompactionOutcome:
     """Async :func:`_store`."""
+    last = job.start + len(step.covered) - 1
+    if await manager.aget_message_range(session_id, job.start, last) != step.covered:
+        return _edited(session_id)
     try:
         written = await awrite_entry(
             manager, session_id, entry, tombstones, inside=True, rolling=True
@@ -498,9 +508,8 @@ async def _astore(
         return _failed(session_id, _unstored(e))
     except RolledAwayError:
         return _edited(session_id)
-    # An edit that landed while the summariser ran found this summary not yet there to
-    # remove: the covered messages are read again now that it is (a later edit removes it).
-    last = job.start + len(step.covered) - 1
+    # An edit that landed since the check found this summary not yet there to remove: the
+    # covered messages are read again now that it is (a later edit removes it).
     if await manager.aget_message_range(session_id, job.start, last) != step.covered:
         await aremove_compaction(manager, session_id, str(written["id"]))
         return _edited(session_id)

@@ -16,6 +16,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.runnables import RunnableLambda
 
 from ctx_memory import ContextManager, ContextPromptAssembler
+from ctx_memory.assembly.compacted import COMPACTIONS_KEY
 from ctx_memory.compaction import EDITED, CompactionPolicy, acompact, compact, get_compactions
 from ctx_memory.stores.memory import InMemoryStore
 
@@ -98,6 +99,10 @@ def test_a_summary_of_text_edited_meanwhile_is_not_stored(
     assert (outcome.entry, outcome.reason, outcome.failed) == (None, EDITED, False)
     assert CARD not in str(get_compactions(manager, "s1"))
     assert not _card_sent(manager, "s1")
+    # Never written, not even for an instant another process could have used it in: no
+    # entry and no tombstone of a removed one.
+    shared = (manager.get_header("s1") or {"shared": {}})["shared"]
+    assert not shared.get(COMPACTIONS_KEY)
     if kind != "truncate":  # the next compaction summarises the edited history
         again = compact(manager, "s1", _policy())
         assert again.entry is not None
