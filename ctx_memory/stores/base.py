@@ -187,7 +187,7 @@ def assemble_document(
     }
 
 
-S = TypeVar("S", bound="Closeable | _Stoppable")
+S = TypeVar("S", bound="_Stoppable")
 _SUBSCRIBING = threading.Lock()
 
 

@@ -140,33 +140,49 @@ def test_a_ctrl_c_once_the_prepare_is_answered_leaves_appends_working(
     assert_whole(manager, store)
 
 
-def test_async_a_ctrl_c_once_the_prepare_is_answered_leaves_appends_working(
-    postgres_url: str, pg_schema: str, prepare_cut: Cut
+def cut_on_a_loop(
+    store: PostgresStore,
+    cut: Cut,
+    warm: Callable[[], Any],
+    interrupted: Callable[[], Any],
+    later: Callable[[], Any],
 ) -> None:
-    """On an event loop run by ``run_until_complete``: the Ctrl-C ends that run only."""
-    store = PostgresStore(postgres_url, schema=pg_schema, pool_size=1)
-    manager = ContextManager(store=store)
+    """On an event loop run by ``run_until_complete`` (the Ctrl-C ends that run only):
+    ``warm()``, then ``interrupted()`` cut short once, then ``later()``; all coroutines."""
     loop = asyncio.new_event_loop()
     try:
-        loop.run_until_complete(manager.aset_context("warm", "k", 1))
-        prepare_cut.armed = 1
+        loop.run_until_complete(warm())
+        cut.armed = 1
         with pytest.raises(KeyboardInterrupt):
-            loop.run_until_complete(manager.aadd_user_message("s", "cut short"))
-        assert prepare_cut.cuts == 1
-
-        async def later() -> None:
-            for i in range(LATER):
-                await manager.aadd_user_message("s", f"m{i}")
-                assert [m["content"] for m in await manager.aget_history("s", last_k=1)] == [
-                    f"m{i}"
-                ]
-
+            loop.run_until_complete(interrupted())
+        assert cut.cuts == 1
         loop.run_until_complete(later())
-        assert_whole(manager, store)
-        loop.run_until_complete(manager.aclose())
     finally:
         loop.close()
         store.close()
+
+
+def test_async_a_ctrl_c_once_the_prepare_is_answered_leaves_appends_working(
+    postgres_url: str, pg_schema: str, prepare_cut: Cut
+) -> None:
+    store = PostgresStore(postgres_url, schema=pg_schema, pool_size=1)
+    manager = ContextManager(store=store)
+
+    async def later() -> None:
+        for i in range(LATER):
+            await manager.aadd_user_message("s", f"m{i}")
+            last = await manager.aget_history("s", last_k=1)
+            assert [m["content"] for m in last] == [f"m{i}"]
+        assert_whole(manager, store)
+        await manager.aclose()
+
+    cut_on_a_loop(
+        store,
+        prepare_cut,
+        lambda: manager.aset_context("warm", "k", 1),
+        lambda: manager.aadd_user_message("s", "cut short"),
+        later,
+    )
 
 
 def test_send_closes_the_connection_only_when_the_prepare_is_cut_short(
@@ -328,23 +344,19 @@ def test_async_a_ctrl_c_as_a_transaction_starts_leaves_the_store_usable(
 ) -> None:
     store = PostgresStore(postgres_url, schema=pg_schema, pool_size=1)
     manager = ContextManager(store=store)
-    loop = asyncio.new_event_loop()
-    try:
-        loop.run_until_complete(manager.aset_context("s", "k", 0))
-        transaction_start_cut.armed = 1
-        with pytest.raises(KeyboardInterrupt):
-            loop.run_until_complete(manager.aset_context("s", "k", -1))
-        assert transaction_start_cut.cuts == 1
 
-        async def later() -> None:
-            for i in range(LATER):
-                await manager.aset_context("s", f"k{i}", i)
-            shared = (await manager.aget_context("s"))["shared"]
-            assert shared["k"] == 0
-            assert [shared[f"k{i}"] for i in range(LATER)] == list(range(LATER))
+    async def later() -> None:
+        for i in range(LATER):
+            await manager.aset_context("s", f"k{i}", i)
+        shared = (await manager.aget_context("s"))["shared"]
+        assert shared["k"] == 0
+        assert [shared[f"k{i}"] for i in range(LATER)] == list(range(LATER))
+        await manager.aclose()
 
-        loop.run_until_complete(later())
-        loop.run_until_complete(manager.aclose())
-    finally:
-        loop.close()
-        store.close()
+    cut_on_a_loop(
+        store,
+        transaction_start_cut,
+        lambda: manager.aset_context("s", "k", 0),
+        lambda: manager.aset_context("s", "k", -1),
+        later,
+    )
