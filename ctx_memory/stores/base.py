@@ -192,6 +192,9 @@ _SUBSCRIBING = threading.Lock()
 
 
 class _Stoppable(Protocol):
+    @property
+    def closed(self) -> bool: ...
+
     def close(self) -> None: ...
 
 
@@ -358,15 +361,27 @@ class BaseStore(Closeable):
         drops it (the docs' examples do): the store holds it until it closes.
         """
         with _SUBSCRIBING:
-            self.__dict__.setdefault("_subscriptions", []).append(subscription)
+            kept = [s for s in self.__dict__.get("_subscriptions", ()) if not s.closed]
+            kept.append(subscription)
+            self.__dict__["_subscriptions"] = kept  # those the caller closed are let go
         return subscription
 
     def _stop_subscriptions(self) -> None:
-        """Close the event subscriptions made through this store (each close is idempotent)."""
+        """Close the event subscriptions made through this store (each close is idempotent).
+
+        Every one is closed even if closing another fails; the first failure is raised
+        after.
+        """
         with _SUBSCRIBING:
             subscriptions = self.__dict__.pop("_subscriptions", [])
+        failure: BaseException | None = None
         for subscription in subscriptions:
-            subscription.close()
+            try:
+                subscription.close()
+            except BaseException as e:  # noqa: BLE001 - the others are closed first
+                failure = failure or e
+        if failure is not None:
+            raise failure
 
     def _publish_with(self, publisher: EventPublisher | None) -> None:
         """Publish events with ``publisher``: managers add it, lifecycle events reach it once.

@@ -145,6 +145,11 @@ class PostgresEventSubscription:
         except Exception:
             logger.exception("ctx_memory event subscriber %r failed", self._callback)
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._stop.is_set()
+
     def close(self) -> None:
         """Stop listening and close the connection. Idempotent."""
         self._stop.set()

@@ -244,10 +244,24 @@ class EventSubscription:
     def __init__(self, pubsub: Any, thread: PubSubWorkerThread) -> None:
         self._pubsub = pubsub
         self._thread = thread
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (the listener stops after its current event)."""
+        return self._closed
 
     def close(self) -> None:
-        """Stop listening and release the connection."""
+        """Stop listening and release the connection. Idempotent.
+
+        From the listener's own thread (a callback closing its subscription or its store)
+        it does not wait for itself: the listener stops after the current callback and
+        releases the connection then.
+        """
+        self._closed = True
         self._thread.stop()
+        if self._thread is threading.current_thread():
+            return
         self._thread.join(timeout=5)
         self._pubsub.close()
 

@@ -10,6 +10,7 @@ publishes its own reports (``test_expiries_are_published_once``).
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -228,3 +229,49 @@ def test_closing_the_store_stops_the_subscriptions_it_made(
     writer.close()
     time.sleep(1.0)  # longer than a reconnect takes
     assert received == []
+
+
+def test_a_callback_can_close_its_store(make_store: Callable[..., BaseStore]) -> None:
+    """A listener that shuts the store down from its callback closes it whole: its own
+    subscription (no wait for the thread it runs in), the others, the collector."""
+    store: Any = make_store(gc_interval_seconds=60)
+    store.exists("warm-up")
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def shut_down(_event: dict[str, Any]) -> None:
+        try:
+            store.close()
+        except BaseException as e:
+            errors.append(e)
+        done.set()
+
+    store.subscribe_events(shut_down)
+    received: list[str] = []
+    other = store.subscribe_events(lambda e: received.append(e["session_id"]))
+    time.sleep(0.3)
+    writer = ContextManager(store=make_store(publish_events=True), token_counter="approximate")
+    writer.add_user_message("s", "hi")
+    assert done.wait(10)
+    assert errors == []
+    assert store._closed
+    assert not store.gc_running
+    assert other.closed
+    received.clear()
+    writer.add_user_message("after", "hi")
+    writer.close()
+    time.sleep(1.0)  # longer than a reconnect takes
+    assert received == []
+
+
+def test_subscriptions_closed_by_their_caller_are_let_go(
+    make_store: Callable[..., BaseStore],
+) -> None:
+    """The store keeps a subscription until its own close() only while it is open: one
+    subscribing and closing in a loop does not grow the store."""
+    store: Any = make_store()
+    store.exists("warm-up")
+    for _ in range(20):
+        store.subscribe_events(lambda _event: None).close()
+    assert len(store.__dict__.get("_subscriptions", ())) <= 1
+    store.close()
