@@ -34,6 +34,7 @@ from ctx_memory.stores.ops import (
     GetFetched,
     GetMessages,
     GetMessageSpans,
+    MergeShared,
     ReplaceMessage,
     TruncateMessages,
 )
@@ -363,51 +364,81 @@ class HistoryMethods(SessionMethods):
 
         When the store call runs in a worker thread (SQLite), that thread also removes the
         stale summaries, after the edit: a cancelled caller (an event loop's end) cannot
-        wait for the edit to land, and before it lands nothing is stale yet.
+        wait for the edit to land, and before it lands nothing is stale yet. The events
+        are emitted here, in the caller's thread and in the sync order (``history_edited``,
+        then the removal's ``context_updated``).
         """
         count = 0
         threaded = in_worker_thread(self.store, self.settings.async_operations)
+        retry = True  # whether a failed removal is tried once more here
         try:
             if threaded:
-                result = await asyncio.to_thread(self._edit_then_drop, op, replaced)
+                result, dropped = await asyncio.to_thread(self._edit_then_drop, op, replaced)
+                count = edited(op, result)
+                self._emit_edited(op, count)
+                if isinstance(dropped, Exception):  # tried twice in the thread
+                    retry = False
+                    raise dropped
+                if dropped is not None:
+                    self._finish_shared(*dropped)
             else:
-                result = await self._aexecute(op)
-            count = edited(op, result)
-            self._emit_edited(op, count)
-            if count and not threaded:
-                await self._adrop_stale_summaries(op.session_id, replaced)
+                count = edited(op, await self._aexecute(op))
+                self._emit_edited(op, count)
+                if count:
+                    await self._adrop_stale_summaries(op.session_id, replaced)
         except INTERRUPTED:  # landed or not: what is stale goes (in the thread: after it)
             if not threaded:
                 await self._adrop_stale_summaries(op.session_id, replaced)
             raise
         except BaseException:  # a listener's error (or the removal's: tried once more)
-            if count:
+            if count and retry:
                 await self._adrop_stale_summaries(op.session_id, replaced)
             raise
         return count
 
-    def _edit_then_drop(self, op: Edit, replaced: str | None) -> int | bool | None:
-        """In a worker thread: execute ``op``, then remove the summaries it made stale."""
+    def _edit_then_drop(
+        self, op: Edit, replaced: str | None
+    ) -> tuple[int | bool | None, tuple[MergeShared, WriteResult] | Exception | None]:
+        """In a worker thread: execute ``op``, then remove the summaries it made stale.
+
+        Returns the edit's result and the removal (:meth:`_remove_stale_summaries`: the
+        merge and its result, for the caller's ``context_updated``), or what the removal
+        raised twice (the edit is stored: the caller reports it first, then raises it).
+        """
         result = self._execute(op)
-        if edited(op, result):
+        if not edited(op, result):
+            return result, None
+        try:
+            return result, self._remove_stale_summaries(op.session_id, replaced)
+        except Exception:  # noqa: BLE001 - tried once more, as :meth:`_edit_steps` does
             try:
-                self._drop_stale_summaries(op.session_id, replaced)
-            except Exception:  # noqa: BLE001 - tried once more, as :meth:`_edit_steps` does
-                self._drop_stale_summaries(op.session_id, replaced)
-        return result
+                return result, self._remove_stale_summaries(op.session_id, replaced)
+            except Exception as e:  # noqa: BLE001 - the caller raises it after the event
+                return result, e
 
     def _drop_stale_summaries(self, session_id: str, replaced: str | None = None) -> None:
         """After an edit: remove the summary compactions it made stale (:func:`stale_summaries`).
 
         A summary of text the history no longer holds (a redacted message, say) must not
-        reach the model, nor stay in the document. Reads each summary's newest covered
-        message (one read) and, for a replacement, the history from the newest message
-        back to the replaced one, a page at a time, no further back than the summaries.
+        reach the model, nor stay in the document. ``context_updated`` reports a removal.
+        """
+        removed = self._remove_stale_summaries(session_id, replaced)
+        if removed is not None:
+            self._finish_shared(*removed)
+
+    def _remove_stale_summaries(
+        self, session_id: str, replaced: str | None = None
+    ) -> tuple[MergeShared, WriteResult] | None:
+        """:meth:`_drop_stale_summaries` without its event: the merge made, and its result.
+
+        Reads each summary's newest covered message (one read) and, for a replacement,
+        the history from the newest message back to the replaced one, a page at a time,
+        no further back than the summaries.
         """
         header = self.get_header(session_id)
         summaries = summaries_of(header)
         if header is None or not summaries:
-            return
+            return None
         lasts = [(int(e["last_index"]), int(e["last_index"])) for e in summaries]
         ends = self.get_message_spans(session_id, lasts)
         position = None
@@ -418,15 +449,25 @@ class HistoryMethods(SessionMethods):
             page = self.get_message_range(session_id, start, end)
             position = position_of(page, start, replaced)
         stale = stale_summaries(summaries, ends, position)
-        if stale:
-            self.update_partial_context(session_id, {COMPACTIONS_KEY: stale}, reserved=True)
+        if not stale:
+            return None
+        merge = self._plan_merge(session_id, {COMPACTIONS_KEY: stale}, reserved=True)
+        return merge, self._execute(merge)
 
     async def _adrop_stale_summaries(self, session_id: str, replaced: str | None = None) -> None:
         """Async :meth:`_drop_stale_summaries`."""
+        removed = await self._aremove_stale_summaries(session_id, replaced)
+        if removed is not None:
+            self._finish_shared(*removed)
+
+    async def _aremove_stale_summaries(
+        self, session_id: str, replaced: str | None = None
+    ) -> tuple[MergeShared, WriteResult] | None:
+        """Async :meth:`_remove_stale_summaries`."""
         header = await self.aget_header(session_id)
         summaries = summaries_of(header)
         if header is None or not summaries:
-            return
+            return None
         lasts = [(int(e["last_index"]), int(e["last_index"])) for e in summaries]
         ends = await self.aget_message_spans(session_id, lasts)
         position = None
@@ -437,8 +478,10 @@ class HistoryMethods(SessionMethods):
             page = await self.aget_message_range(session_id, start, end)
             position = position_of(page, start, replaced)
         stale = stale_summaries(summaries, ends, position)
-        if stale:
-            await self.aupdate_partial_context(session_id, {COMPACTIONS_KEY: stale}, reserved=True)
+        if not stale:
+            return None
+        merge = self._plan_merge(session_id, {COMPACTIONS_KEY: stale}, reserved=True)
+        return merge, await self._aexecute(merge)
 
     def delete_message(self, session_id: str, message_id: str) -> bool:
         """Remove one message by id, atomically (counters follow); return whether it was there.

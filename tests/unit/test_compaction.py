@@ -23,9 +23,10 @@ from ctx_memory.compaction import (
     get_compactions,
     remove_compaction,
 )
-from ctx_memory.errors import ValidationError
+from ctx_memory.errors import StoreUnavailableError, ValidationError
 from ctx_memory.eval.data import agent_trace
 from ctx_memory.stores.memory import InMemoryStore
+from ctx_memory.stores.ops import MergeShared
 from ctx_memory.stores.sqlite import SqliteStore
 
 if TYPE_CHECKING:
@@ -305,3 +306,68 @@ def test_an_edit_outside_every_summarised_range_keeps_the_summaries(
     assert sum(read) <= 256  # the newest page finds it: the summarised 700 are not read
     assert manager.delete_message("s1", manager.get_history("s1")[770]["id"])
     assert [e["id"] for e in get_compactions(manager, "s1")] == [entry["id"]]
+
+
+class _FailingMerges(SqliteStore):
+    """A SQLite store whose shared-state merges fail while ``fail`` is set."""
+
+    fail = False
+
+    def handle(self, op: Any) -> object:
+        if self.fail and isinstance(op, MergeShared):
+            raise StoreUnavailableError("the merge failed (injected)")
+        return super().handle(op)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("store_kind", ["memory", "sqlite"])
+async def test_an_edits_events_come_in_order_in_the_callers_thread(
+    tmp_path: Path, mode: str, store_kind: str
+) -> None:
+    """``history_edited`` then the summary removal's ``context_updated``, both in the
+    caller's thread, async on a store run in a worker thread (SQLite) as everywhere."""
+    store = InMemoryStore() if store_kind == "memory" else SqliteStore(str(tmp_path / "e.db"))
+    manager = ContextManager(store=store)
+    _chat(manager, "s1", 6)
+    add_compaction(manager, "s1", 0, 5, "Flights AF100-AF102.")
+    seen: list[tuple[str, str]] = []
+
+    def on(event: Any) -> None:
+        seen.append((event.type.value, threading.current_thread().name))
+
+    manager.add_event_listener(on, "history_edited")
+    manager.add_event_listener(on, "context_updated")
+    target = manager.get_history("s1")[2]["id"]
+    if mode == "async":
+        assert await manager.adelete_message("s1", target)
+    else:
+        assert manager.delete_message("s1", target)
+    here = threading.current_thread().name
+    assert seen == [("history_edited", here), ("context_updated", here)]
+    assert get_compactions(manager, "s1") == []
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_an_edit_whose_summary_removal_fails_is_still_reported(
+    tmp_path: Path, mode: str
+) -> None:
+    """The edit is stored: ``history_edited`` says so before the removal's error is
+    raised (async on SQLite, whose worker thread runs the removal, as sync)."""
+    store = _FailingMerges(str(tmp_path / "f.db"))
+    manager = ContextManager(store=store)
+    _chat(manager, "s1", 6)
+    add_compaction(manager, "s1", 0, 5, "Flights AF100-AF102.")
+    edits: list[str] = []
+    manager.add_event_listener(lambda e: edits.append(e.data["action"]), "history_edited")
+    target = manager.get_history("s1")[2]["id"]
+    store.fail = True
+    if mode == "async":
+        with pytest.raises(StoreUnavailableError, match="injected"):
+            await manager.adelete_message("s1", target)
+    else:
+        with pytest.raises(StoreUnavailableError, match="injected"):
+            manager.delete_message("s1", target)
+    assert edits == ["delete"]
+    assert target not in [m["id"] for m in manager.get_history("s1")]
+    store.fail = False
+    assert len(get_compactions(manager, "s1")) == 1  # stale, and not used: said so
