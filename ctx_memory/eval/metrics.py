@@ -441,28 +441,38 @@ def recount_tokens(messages: Sequence[BaseMessage], encoding: tiktoken.Encoding)
     and file blocks are priced by the module's formulas; there is no text to recount.
     """
     total = _REPLY_PRIMING
-    wires = convert_to_openai_messages(list(messages), text_format="block")
-    for message, wire in zip(messages, wires, strict=True):
-        total += _PER_MESSAGE + len(encoding.encode_ordinary(wire["role"]))
-        total += _content_tokens(wire.get("content"), encoding)
-        if wire.get("name"):
-            total += _PER_NAME + len(encoding.encode_ordinary(wire["name"]))
-        if wire.get("tool_call_id"):
-            total += len(encoding.encode_ordinary(wire["tool_call_id"]))
-        calls = [
-            {
-                "name": call["function"]["name"],
-                "arguments": json.loads(call["function"]["arguments"] or "{}"),
-            }
-            for call in wire.get("tool_calls") or ()
-        ]
-        calls += [
-            {"name": call.get("name"), "arguments": call.get("args")}
-            for call in getattr(message, "invalid_tool_calls", None) or ()
-        ]
-        if calls:
-            text = json.dumps(calls, separators=(",", ":"), sort_keys=True)
-            total += len(encoding.encode_ordinary(text))
+    for message in messages:
+        # one message can be several on the wire (Anthropic-style tool_result blocks
+        # become tool messages of their own); its malformed calls are counted once
+        for index, wire in enumerate(convert_to_openai_messages([message], text_format="block")):
+            total += _wire_tokens(wire, message if index == 0 else None, encoding)
+    return total
+
+
+def _wire_tokens(
+    wire: Mapping[str, Any], message: BaseMessage | None, encoding: tiktoken.Encoding
+) -> int:
+    """One OpenAI-format message's tokens; ``message``'s malformed tool calls with it."""
+    total = _PER_MESSAGE + len(encoding.encode_ordinary(wire["role"]))
+    total += _content_tokens(wire.get("content"), encoding)
+    if wire.get("name"):
+        total += _PER_NAME + len(encoding.encode_ordinary(wire["name"]))
+    if wire.get("tool_call_id"):
+        total += len(encoding.encode_ordinary(wire["tool_call_id"]))
+    calls = [
+        {
+            "name": call["function"]["name"],
+            "arguments": json.loads(call["function"]["arguments"] or "{}"),
+        }
+        for call in wire.get("tool_calls") or ()
+    ]
+    calls += [
+        {"name": call.get("name"), "arguments": call.get("args")}
+        for call in getattr(message, "invalid_tool_calls", None) or ()
+    ]
+    if calls:
+        text = json.dumps(calls, separators=(",", ":"), sort_keys=True)
+        total += len(encoding.encode_ordinary(text))
     return total
 
 

@@ -325,3 +325,20 @@ def test_recount_counts_each_text_block_and_prices_images_like_the_counter() -> 
     assert recount_tokens(messages, encoding) == counted
     # The image's price, not its base64 text (which would be thousands of tokens).
     assert counted < 1200
+
+
+def test_recount_counts_a_message_sent_as_several() -> None:
+    """An Anthropic-style ``tool_result`` block goes on the OpenAI wire as a tool message
+    of its own: counted as the messages it becomes."""
+    asked = HumanMessage("What's the weather?")
+    calling = call("toolu_1")
+    blocks = HumanMessage(
+        [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "Sunny, 21 C"},
+            {"type": "text", "text": "And tomorrow?"},
+        ]
+    )
+    as_sent = [ToolMessage("Sunny, 21 C", tool_call_id="toolu_1"), HumanMessage("And tomorrow?")]
+    assert recount_tokens([asked, calling, blocks], ENC) == recount_tokens(
+        [asked, calling, *as_sent], ENC
+    )
