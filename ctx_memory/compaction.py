@@ -576,10 +576,13 @@ def compact(
     summary = _summary_of(result)
     if not summary:
         return _failed(session_id, "summarizer returned nothing")
-    entry, tombstones = _rolled_entry(
-        step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
-        counter=counter,
-    )  # fmt: skip
+    try:
+        entry, tombstones = _rolled_entry(
+            step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
+            counter=counter,
+        )  # fmt: skip
+    except ValidationError as e:  # a text tiktoken cannot count (UntokenizableTextError)
+        return _failed(session_id, _unstored(e))
     if unsaved := _saves_nothing(entry):
         return _failed(session_id, unsaved)
     return _store(manager, session_id, job, step, entry=entry, tombstones=tombstones)
@@ -617,10 +620,13 @@ async def acompact(
     summary = _summary_of(result)
     if not summary:
         return _failed(session_id, "summarizer returned nothing")
-    entry, tombstones = _rolled_entry(
-        step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
-        counter=counter,
-    )  # fmt: skip
+    try:
+        entry, tombstones = _rolled_entry(
+            step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
+            counter=counter,
+        )  # fmt: skip
+    except ValidationError as e:  # a text tiktoken cannot count (UntokenizableTextError)
+        return _failed(session_id, _unstored(e))
     if unsaved := _saves_nothing(entry):
         return _failed(session_id, unsaved)
     return await _astore(manager, session_id, job, step, entry=entry, tombstones=tombstones)

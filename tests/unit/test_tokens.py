@@ -289,3 +289,28 @@ def test_text_tiktoken_cannot_tokenize_is_a_validation_error_and_nothing_is_writ
             text_content=hostile, current_url="https://x.example", session_id="s"
         )
     assert manager.export_session("s") == before
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_summary_tiktoken_cannot_tokenize_is_reported_not_raised(mode: str) -> None:
+    """A summariser answering such a text changes nothing: the outcome says why."""
+    from langchain_core.runnables import RunnableLambda
+
+    from ctx_memory import ContextManager
+    from ctx_memory.compaction import CompactionPolicy, acompact, compact
+
+    manager = ContextManager()
+    for i in range(20):
+        manager.add_user_message("c", f"question {i} " * 20)
+        manager.add_assistant_message("c", f"answer {i} " * 20)
+    before = manager.export_session("c")
+    degenerate = RunnableLambda(lambda _messages: "Summary:" + " " * 1_200_000 + "end")
+    policy = CompactionPolicy(summarize_at=10, keep_recent=4, block=2, summarizer=degenerate)
+    if mode == "async":
+        outcome = await acompact(manager, "c", policy)
+    else:
+        outcome = compact(manager, "c", policy)
+    assert outcome.entry is None
+    assert outcome.reason.startswith("summary not stored: UntokenizableTextError")
+    assert outcome.failed
+    assert manager.export_session("c") == before
