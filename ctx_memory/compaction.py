@@ -516,6 +516,32 @@ async def _astore(
     return CompactionOutcome(entry=written)
 
 
+def _made_entry(
+    session_id: str,
+    result: Any,
+    step: _Step,
+    job: _Job,
+    *,
+    policy: CompactionPolicy,
+    older_ids: dict[str, list[str]],
+    counter: TokenCounter,
+) -> tuple[dict[str, Any], dict[str, None]] | CompactionOutcome:
+    """The entry (and tombstones) a summariser's ``result`` makes, or why none is stored."""
+    summary = _summary_of(result)
+    if not summary:
+        return _failed(session_id, "summarizer returned nothing")
+    try:
+        entry, tombstones = _rolled_entry(
+            step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
+            counter=counter,
+        )  # fmt: skip
+    except ValidationError as e:  # a text tiktoken cannot count (UntokenizableTextError)
+        return _failed(session_id, _unstored(e))
+    if unsaved := _saves_nothing(entry):
+        return _failed(session_id, unsaved)
+    return entry, tombstones
+
+
 def compact(
     manager: ContextManager,
     session_id: str,
@@ -573,18 +599,12 @@ def compact(
         result = policy.summarizer.invoke(step.messages, config=_config(prefix_messages))
     except Exception as e:  # noqa: BLE001 - any summariser failure is reported, not raised
         return _failed(session_id, f"summarizer failed: {type(e).__name__}: {e}")
-    summary = _summary_of(result)
-    if not summary:
-        return _failed(session_id, "summarizer returned nothing")
-    try:
-        entry, tombstones = _rolled_entry(
-            step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
-            counter=counter,
-        )  # fmt: skip
-    except ValidationError as e:  # a text tiktoken cannot count (UntokenizableTextError)
-        return _failed(session_id, _unstored(e))
-    if unsaved := _saves_nothing(entry):
-        return _failed(session_id, unsaved)
+    made = _made_entry(
+        session_id, result, step, job, policy=policy, older_ids=older_ids, counter=counter
+    )
+    if isinstance(made, CompactionOutcome):
+        return made
+    entry, tombstones = made
     return _store(manager, session_id, job, step, entry=entry, tombstones=tombstones)
 
 
@@ -617,18 +637,12 @@ async def acompact(
         result = await policy.summarizer.ainvoke(step.messages, config=_config(prefix_messages))
     except Exception as e:  # noqa: BLE001 - any summariser failure is reported, not raised
         return _failed(session_id, f"summarizer failed: {type(e).__name__}: {e}")
-    summary = _summary_of(result)
-    if not summary:
-        return _failed(session_id, "summarizer returned nothing")
-    try:
-        entry, tombstones = _rolled_entry(
-            step, job, summary, producer=producer_of(policy.summarizer), older_ids=older_ids,
-            counter=counter,
-        )  # fmt: skip
-    except ValidationError as e:  # a text tiktoken cannot count (UntokenizableTextError)
-        return _failed(session_id, _unstored(e))
-    if unsaved := _saves_nothing(entry):
-        return _failed(session_id, unsaved)
+    made = _made_entry(
+        session_id, result, step, job, policy=policy, older_ids=older_ids, counter=counter
+    )
+    if isinstance(made, CompactionOutcome):
+        return made
+    entry, tombstones = made
     return await _astore(manager, session_id, job, step, entry=entry, tombstones=tombstones)
 
 
