@@ -64,6 +64,15 @@ if TYPE_CHECKING:
 from ctx_memory.manager._core import ManagerCore
 
 
+def live_compactions(header: Header | None) -> dict[str, None]:
+    """Tombstones for every live compaction in a header's ``shared`` (``{}``: none)."""
+    shared: Mapping[str, Any] = (header["shared"] if header else None) or {}
+    entries = shared.get(COMPACTIONS_KEY)
+    if not isinstance(entries, Mapping):
+        return {}
+    return {str(k): None for k, e in entries.items() if e is not None}
+
+
 class SessionMethods(ManagerCore):
     """Whole-session operations (see :class:`~ctx_memory.manager.ContextManager`)."""
 
@@ -365,16 +374,39 @@ class SessionMethods(ManagerCore):
     def clear(self, session_id: str, preserve_fetched: bool = False) -> bool:
         """Drop the history (and fetched context unless ``preserve_fetched``).
 
-        System prompt, metadata and shared state stay; counters restart at zero.
+        System prompt, metadata and shared state stay; counters restart at zero. The
+        compactions of the history (:mod:`ctx_memory.compaction`: summaries of its text)
+        go with it: removed before the history, so that a clear cut short leaves the
+        history as it was without them, and once more after it (one written meanwhile).
         Returns whether the session existed.
         """
         op = self._plan_clear(session_id, preserve_fetched)
-        return self._finish_clear(op, self._execute(op))
+        self._remove_compactions(session_id)
+        existed = self._execute(op)
+        if existed:
+            self._remove_compactions(session_id)
+        return self._finish_clear(op, existed)
 
     async def aclear(self, session_id: str, preserve_fetched: bool = False) -> bool:
         """Async :meth:`clear`."""
         op = self._plan_clear(session_id, preserve_fetched)
-        return self._finish_clear(op, await self._aexecute(op))
+        await self._aremove_compactions(session_id)
+        existed = await self._aexecute(op)
+        if existed:
+            await self._aremove_compactions(session_id)
+        return self._finish_clear(op, existed)
+
+    def _remove_compactions(self, session_id: str) -> None:
+        """Tombstone every live compaction of the session (the history is going)."""
+        if tombstones := live_compactions(self.get_header(session_id)):
+            self.update_partial_context(session_id, {COMPACTIONS_KEY: tombstones}, reserved=True)
+
+    async def _aremove_compactions(self, session_id: str) -> None:
+        """Async :meth:`_remove_compactions`."""
+        if tombstones := live_compactions(await self.aget_header(session_id)):
+            await self.aupdate_partial_context(
+                session_id, {COMPACTIONS_KEY: tombstones}, reserved=True
+            )
 
     def session_exists(self, session_id: str) -> bool:
         """Whether the session exists (and has not expired)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -371,3 +372,33 @@ async def test_an_edit_whose_summary_removal_fails_is_still_reported(
     assert target not in [m["id"] for m in manager.get_history("s1")]
     store.fail = False
     assert len(get_compactions(manager, "s1")) == 1  # stale, and not used: said so
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_clearing_the_history_removes_its_compactions(
+    store_manager: ContextManager, mode: str
+) -> None:
+    """A summary of cleared text neither stays in the document nor stands in for the
+    messages written after the clear (ids may be reused once cleared)."""
+    manager = store_manager
+    for i in range(20):
+        manager.add_messages(
+            "s1", [{"role": "user", "content": f"card 4111-{i:04d}", "id": f"q{i}"}]
+        )
+        manager.add_messages("s1", [{"role": "assistant", "content": "Noted.", "id": f"a{i}"}])
+    policy = CompactionPolicy(summarize_at=100, keep_recent=8, block=4)
+    assert compact(manager, "s1", policy).entry is not None
+    if mode == "async":
+        assert await manager.aclear("s1", preserve_fetched=True)
+    else:
+        assert manager.clear("s1", preserve_fetched=True)
+    assert get_compactions(manager, "s1") == []
+    assert "4111" not in json.dumps(manager.export_session("s1"))
+    for i in range(20):
+        manager.add_messages("s1", [{"role": "user", "content": f"weather {i}", "id": f"q{i}"}])
+        manager.add_messages("s1", [{"role": "assistant", "content": "Sunny.", "id": f"a{i}"}])
+    prompt = ContextPromptAssembler(manager, max_tokens=4000).assemble("s1", "what did I say?")
+    sent = "\n".join(m.text for m in prompt.messages)
+    assert "4111" not in sent
+    assert "weather 0" in sent
+    assert prompt.report.compactions == []
