@@ -700,7 +700,7 @@ class PostgresOperations(BaseStore):
         self, op: ReplaceDocument, found: Found, *, again: bool = False, token: int | None = None
     ) -> Generator[Statement, Any, WriteResult]:
         # ``token`` in ``ct``: sent ``again`` after a lost reply, it answers as its first attempt
-        yield Statement(IMPORT_LOCK, (op.session_id,), NONE)  # imports of one id take turns
+        yield Statement(IMPORT_LOCK, (op.session_id, self._sql.lock_key), NONE)  # take turns
         live = yield from self._live(op.session_id, found)
         created = live is None
         firsts: dict[str, Any] = {}  # a message id is stored once, as appends do

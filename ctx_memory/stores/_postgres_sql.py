@@ -79,9 +79,11 @@ which the one-message fast path still stands (its expiry judged with the time fr
 the wait, this far off); past it the append is made again by the function, which reads the
 clock once it holds the row."""
 
-IMPORT_LOCK = b"SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"
-"""Imports of one session id take turns (a transaction lock on a hash of the id): two
-imports creating it would otherwise both find it absent, and one INSERT would fail."""
+IMPORT_LOCK = b"SELECT pg_advisory_xact_lock(hashtextextended(%s, %s))"
+"""Imports of one session id take turns (a transaction lock on a hash of the id, seeded
+with the schema's :attr:`SchemaSql.lock_key`: advisory locks span the database, and imports in
+other schemas do not wait for each other): two imports creating it would otherwise both
+find it absent, and one INSERT would fail."""
 
 _RECALL_SEGMENTS = """CREATE TABLE {s}.recall_segments (
     sk bigint NOT NULL,

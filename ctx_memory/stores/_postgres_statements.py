@@ -8,8 +8,8 @@ Pure: no connection, no I/O.
 
 from __future__ import annotations
 
+import hashlib
 import re
-import zlib
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
@@ -33,7 +33,12 @@ class Prepared(NamedTuple):
 
     @classmethod
     def of(cls, text: bytes) -> Prepared:
-        """The prepared form of ``text`` (``%(name)s`` parameters), named after its text."""
+        """The prepared form of ``text`` (``%(name)s`` parameters), named after its text.
+
+        The name is 128 bits of the text's BLAKE2b digest: two schemas sharing a pool (one
+        connection may serve both) never meet on a name, even ones chosen to collide
+        (a CRC-32 could be forced by picking schema names).
+        """
         order: list[str] = []
 
         def number(match: re.Match[bytes]) -> bytes:
@@ -43,7 +48,7 @@ class Prepared(NamedTuple):
             return b"$%d" % (order.index(key) + 1)
 
         body = re.sub(rb"%\((\w+)\)s", number, text).replace(b"%%", b"%")  # psycopg's escape
-        name = b"ctx_memory_%08x" % zlib.crc32(body)
+        name = b"ctx_memory_" + hashlib.blake2b(body, digest_size=16).hexdigest().encode()
         return cls(name, body, tuple(order))
 
 

@@ -8,6 +8,7 @@ import inspect
 import re
 import textwrap
 import time
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -248,6 +249,55 @@ def test_prepared_statement_text_numbers_each_named_parameter_once() -> None:
     assert prepared.order == ("b", "a", "c")
     assert prepared.name.startswith(b"ctx_memory_")
     assert _postgres_ops.Prepared.of(b"SELECT %(a)s").name != prepared.name
+
+
+CRC_TWINS = ("tvvekwlpxlsfh", "tduxbdagnvvkn")
+"""Schema names whose statements' texts have equal CRC-32s (the names' old form)."""
+
+
+def test_two_schemas_on_one_pool_never_share_a_prepared_statement(postgres_url: str) -> None:
+    """Statements are named by a 128-bit digest of their text: a connection that served one
+    schema runs the other's own statements, even for names chosen to collide."""
+    from psycopg_pool import ConnectionPool
+
+    assert len({zlib.crc32(_postgres_sql.SchemaSql(s).read(_postgres_sql.Read.MESSAGES,
+                touch=False)) for s in CRC_TWINS}) == 1  # fmt: skip
+    try:
+        with ConnectionPool(postgres_url, min_size=1, max_size=1) as pool:
+            first, second = (PostgresStore(pool=pool, schema=s) for s in CRC_TWINS)
+            for store, text in ((first, "first's"), (second, "second's")):
+                ContextManager(store=store).add_user_message("s", text)
+            for store, text in ((first, "first's"), (second, "second's")):
+                assert [m["content"] for m in store.get_messages("s")] == [text]
+            assert rows(postgres_url, CRC_TWINS[1])["messages"] == 1
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            for schema in CRC_TWINS:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def test_imports_in_other_schemas_do_not_wait_for_each_other(
+    postgres_url: str, pg_schema: str
+) -> None:
+    """The import lock of a session id is the schema's: a transaction holding it in one
+    schema does not hold up an import of the same id in another."""
+    other = f"{pg_schema}_b"
+    try:
+        with (
+            PostgresStore(postgres_url, schema=pg_schema) as mine,
+            PostgresStore(postgres_url, schema=other) as theirs,
+        ):
+            document = ContextManager(store=mine)
+            document.add_user_message("shared-id", "hi")
+            exported = document.export_session("shared-id")
+            with psycopg.connect(postgres_url) as holder:  # their import's lock, held
+                holder.execute(_postgres_sql.IMPORT_LOCK, ("shared-id", theirs._sql.lock_key))
+                started = time.monotonic()
+                ContextManager(store=mine).import_session(exported, session_id="shared-id")
+                assert time.monotonic() - started < 1.0
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{other}" CASCADE')
 
 
 def test_prepared_statements_the_server_forgot_are_prepared_again(
