@@ -36,22 +36,121 @@ one but ``ZMSCORE``, whose raw scores it passes back as they are).
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import redis.asyncio.sentinel
+import redis.sentinel
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["IDLE_CHECK", "Wire", "pack", "pack_args", "pack_prepared"]
+__all__ = [
+    "IDLE_CHECK",
+    "MASTER_CHECK",
+    "MasterWatch",
+    "Wire",
+    "pack",
+    "pack_args",
+    "pack_prepared",
+]
+
+logger = logging.getLogger("ctx_memory.stores.redis")
 
 IDLE_CHECK = 1.0
 """Seconds a kept connection may stay idle before it is checked (closed by the server?)."""
+
+MASTER_CHECK = 0.5
+"""Seconds between two questions to the sentinels about where the master is, while calls run."""
+
+
+class MasterWatch:
+    """Asks the sentinels behind a pool where the master is, at most every :data:`MASTER_CHECK`.
+
+    A connection stays connected to the server it reached. After a failover that did not
+    close it (``SENTINEL FAILOVER``, a network split), the old master still takes writes
+    until the sentinels make it a replica, seconds later, and then drops them: every
+    write in between is acknowledged and lost. A call made after the sentinels name a new
+    master must not go to the old one: :meth:`moved` says when a connection is on a server
+    the sentinels no longer name (the caller reconnects it); the pool's own
+    ``get_master_address`` drops its idle connections then. Writes made between the
+    promotion and the next check (at most :data:`MASTER_CHECK` plus the time the
+    sentinels take to agree) can still be lost: Redis replicates asynchronously; a
+    master's ``min-replicas-to-write`` setting closes that gap (see the docs).
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.master: tuple[str, int] | None = None
+        self._checked = time.monotonic()
+
+    @staticmethod
+    def of(pool: Any) -> MasterWatch | None:
+        """A watch for a Sentinel master pool, else ``None``."""
+        sentinel = (
+            redis.sentinel.SentinelConnectionPool,
+            redis.asyncio.sentinel.SentinelConnectionPool,
+        )
+        return MasterWatch(pool) if isinstance(pool, sentinel) else None
+
+    def due(self) -> bool:
+        """Whether it is time to ask again (and the clock is reset if so)."""
+        now = time.monotonic()
+        if now - self._checked < MASTER_CHECK:
+            return False
+        self._checked = now
+        return True
+
+    def found(self, address: Any) -> None:
+        """Record the master the sentinels named."""
+        if isinstance(address, (tuple, list)) and len(address) == 2:
+            self.master = (str(address[0]), int(address[1]))
+
+    def failed(self, error: BaseException) -> None:
+        """No sentinel answered: go on with the connections as they are."""
+        logger.debug("ctx_memory: no sentinel said where the master is (%s)", error)
+
+    def check(self) -> None:
+        """Ask the sentinels (sync pool) if it is time."""
+        if self.due():
+            try:
+                self.found(self.pool.get_master_address())
+            except (RedisError, OSError) as error:
+                self.failed(error)
+
+    async def acheck(self) -> None:
+        """Ask the sentinels (asyncio pool) if it is time.
+
+        An asyncio pool's ``get_master_address`` drops its idle connections when the
+        master moved, and gives the busy ones back as they are: they are closed too (a
+        call on one fails and its ``Retry`` reconnects it: the store's writes are safe to
+        repeat).
+        """
+        if self.due():
+            before = self.pool.master_address
+            try:
+                address = await self.pool.get_master_address()
+            except (RedisError, OSError) as error:
+                self.failed(error)
+                return
+            self.found(address)
+            if before is not None and tuple(before) != tuple(address):
+                await self.pool.disconnect(inuse_connections=True)
+
+    def moved(self, connection: Any) -> bool:
+        """Whether ``connection`` is connected to a server the sentinels no longer name."""
+        master = self.master
+        return (
+            master is not None
+            and getattr(connection, "_sock", None) is not None
+            and (str(connection.host), int(connection.port)) != master
+        )
 
 
 def _bulk(arg: Any) -> bytes:
@@ -130,8 +229,18 @@ class Wire:
         self._waiting = 0
         limit = getattr(pool, "max_connections", None)
         self._keep_at_most = max(1, limit // 2) if isinstance(limit, int) else 50
+        self._watch = MasterWatch.of(pool)
 
     def _take(self) -> Any:
+        connection = self._take_one()
+        watch = self._watch
+        if watch is not None:
+            watch.check()
+            if watch.moved(connection):
+                connection.disconnect()  # the next send connects to the master named now
+        return connection
+
+    def _take_one(self) -> Any:
         connection = self._idle_one()
         if connection is not None:
             return connection

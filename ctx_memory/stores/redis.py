@@ -118,7 +118,7 @@ from ctx_memory.stores._redis_requests import (
     commands_of,
     script_of,
 )
-from ctx_memory.stores._redis_wire import Wire, pack, pack_prepared
+from ctx_memory.stores._redis_wire import MasterWatch, Wire, pack, pack_prepared
 from ctx_memory.stores.base import check_limits
 from ctx_memory.stores.redis_events import RedisEventPublisher
 
@@ -374,6 +374,9 @@ class RedisStore(RedisOperations):
         self._agates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
+        self._awatches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MasterWatch | None] = (
+            weakref.WeakKeyDictionary()
+        )  # where the sentinels say the master is, per loop
         if client is not None:
             self._use(client)
         self._owns_async = async_client is None
@@ -613,6 +616,10 @@ class RedisStore(RedisOperations):
         gate = self._agates.get(loop)
         if gate is None:
             gate = self._agates[loop] = asyncio.Semaphore(pool_limit(client))
+            self._awatches[loop] = MasterWatch.of(getattr(client, "connection_pool", None))
+        watch = self._awatches.get(loop)
+        if watch is not None:
+            await watch.acheck()
         async with gate:
             if self.cluster and getattr(client, "_initialize", False):
                 # redis-py routes a command that arrives while a cluster client has no slot

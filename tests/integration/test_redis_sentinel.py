@@ -20,6 +20,7 @@ from ctx_memory import ContextManager
 from ctx_memory.config import load_settings
 from ctx_memory.errors import ConfigurationError, StoreUnavailableError
 from ctx_memory.stores import create_store
+from ctx_memory.stores._redis_wire import MASTER_CHECK
 from ctx_memory.stores.redis import RedisStore, index_key, parse_sentinel_url
 
 if TYPE_CHECKING:
@@ -147,6 +148,50 @@ async def test_sentinel_failover_keeps_the_store_writing(
     assert await store.alist_sessions() == expected
     with setup.data_client(new) as master:
         assert master.zcard(index_key(key_prefix)) == len(expected)  # on the new master
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_writes_go_to_the_new_master_before_the_old_one_is_demoted(
+    redis_sentinel: SentinelSetup, make: Callable[..., RedisStore], key_prefix: str, mode: str
+) -> None:
+    """After ``SENTINEL FAILOVER`` the old master takes writes (and later drops them) until
+    the sentinels demote it, seconds on: the store asks the sentinels every
+    ``MASTER_CHECK`` seconds while calls run, so its writes reach the new master well
+    before that."""
+    setup = redis_sentinel
+    old, new = setup.master, setup.replica
+    cm = manager(make(ttl_seconds=3600))
+    cm.add_user_message("before", "hi")
+    await cm.aadd_user_message("before-async", "hi")
+    replicated(setup, old)
+    with setup.sentinel_client() as sentinel:
+        assert sentinel.sentinel_failover("ctxmaster")
+    setup.wait_until(
+        lambda: (
+            all(setup.master_port(i) == new.port for i in range(len(setup.sentinels)))
+            and role(setup, new) == "master"
+        ),
+        "the sentinels name the new master",
+    )
+    deadline = time.monotonic() + MASTER_CHECK + 0.5
+    i = 0
+    while time.monotonic() < deadline:  # calls keep running: the store asks meanwhile
+        if mode == "async":
+            await cm.aadd_user_message("during", f"m{i}")
+        else:
+            cm.add_user_message("during", f"m{i}")
+        i += 1
+        await asyncio.sleep(0.02)
+    if mode == "async":
+        await cm.aadd_user_message("after", "lands on the new master")
+    else:
+        cm.add_user_message("after", "lands on the new master")
+    still_master = role(setup, old) == "master"
+    with setup.data_client(new) as master:
+        assert RedisStore(client=master, key_prefix=key_prefix).exists("after")
+    with setup.data_client(old) as replica:  # (demoted now or soon: what it took is lost)
+        assert not RedisStore(client=replica, key_prefix=key_prefix).exists("after")
+    assert still_master  # the window this test is about: the old master still took writes
 
 
 async def test_master_killed_the_store_writes_to_the_promoted_replica(
