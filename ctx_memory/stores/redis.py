@@ -153,6 +153,10 @@ SyncClient = Union["redis.Redis", "redis.cluster.RedisCluster"]
 AsyncClient = Union["redis.asyncio.Redis", "redis.asyncio.cluster.RedisCluster"]
 
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_REFUSED_FOR_NOW = ("NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING")
+"""Error replies of a server that cannot take the call now but may soon (or another server
+may): a master without enough replicas (``min-replicas-to-write``), a demoted master, a
+replica cut off from its master, a server loading its data. Nothing was written."""
 _FAILED = (RedisError, redis.exceptions.RedisClusterException, *_UNAVAILABLE)
 """What a call wraps: redis-py's cluster errors ("cannot be connected", a slot no live
 node serves) are no ``RedisError``."""
@@ -531,6 +535,7 @@ class RedisStore(RedisOperations):
             isinstance(error, (*_UNAVAILABLE, redis.exceptions.SlotNotCoveredError))
             or "ClusterDown" in type(error).__name__
             or "cannot be connected" in str(error)  # every startup node is down
+            or str(error).startswith(_REFUSED_FOR_NOW)
         ):
             return StoreUnavailableError(f"{where} is unavailable: {error}")
         return StoreError(f"{where} failed: {type(error).__name__}: {error}")

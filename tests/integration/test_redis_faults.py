@@ -346,3 +346,42 @@ def test_an_event_subscription_outlives_a_server_restart(secured: RedisServer) -
         subscription.close()
         publisher.close()
         listener.close()
+
+
+async def _attempt(write: Any) -> None:
+    result = write()
+    if result is not None:
+        await result
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_master_refusing_writes_for_now_is_unavailable_and_nothing_is_written(
+    redis_url: str, key_prefix: str, mode: str
+) -> None:
+    """``min-replicas-to-write`` unmet (a master cut off from its replicas after a failover):
+    every write raises ``StoreUnavailableError`` (retry it) and writes nothing."""
+    store = RedisStore(redis_url, key_prefix=key_prefix)
+    cm = ContextManager(store=store, token_counter="approximate")
+    cm.add_user_message("s", "one")
+    server = redis.Redis.from_url(redis_url)
+    server.config_set("min-replicas-to-write", 1)
+    try:
+        writes = [
+            lambda: cm.aadd_user_message("s", "two"),
+            lambda: cm.aadd_user_message("new", "x"),
+            lambda: cm.aupdate_partial_context("s", {"k": 1}),
+        ] if mode == "async" else [
+            lambda: cm.add_user_message("s", "two"),
+            lambda: cm.add_user_message("new", "x"),
+            lambda: cm.update_partial_context("s", {"k": 1}),
+        ]  # fmt: skip
+        for write in writes:
+            with pytest.raises(StoreUnavailableError, match="NOREPLICAS"):
+                await _attempt(write)
+    finally:
+        server.config_set("min-replicas-to-write", 0)
+        server.close()
+    assert [m["content"] for m in cm.get_history("s")] == ["one"]
+    assert not cm.session_exists("new")
+    assert cm.get_context("s")["shared"] == {}
+    cm.close()
