@@ -353,6 +353,40 @@ class Settings(BaseModel):
             raise ValueError(problem)
         return value
 
+    @field_validator("server_api_keys")
+    @classmethod
+    def _a_key_opens_one_tenant(cls, keys: tuple[ApiKey, ...]) -> tuple[ApiKey, ...]:
+        """A key opens one tenant: listed for two, it would open only one, silently.
+
+        Positions are named, never the hashes.
+        """
+        tenants: dict[str, tuple[int, str]] = {}
+        for index, key in enumerate(keys):
+            at, tenant = tenants.setdefault(key.sha256, (index, key.tenant))
+            if tenant != key.tenant:
+                msg = (
+                    f"entry {index} (tenant {key.tenant!r}) has the key of entry {at} "
+                    f"(tenant {tenant!r}): a key opens one tenant"
+                )
+                raise ValueError(msg)
+        return keys
+
+    @field_validator("server_admin_keys")
+    @classmethod
+    def _admin_keys_are_no_tenants(
+        cls, digests: tuple[str, ...], info: ValidationInfo
+    ) -> tuple[str, ...]:
+        """A tenant's key among the admin keys would open every tenant."""
+        tenants = {key.sha256: key.tenant for key in info.data.get("server_api_keys") or ()}
+        for index, digest in enumerate(digests):
+            if digest in tenants:
+                msg = (
+                    f"entry {index} is also the key of tenant {tenants[digest]!r} in "
+                    "SERVER_API_KEYS: an admin key opens every tenant, a tenant's key one"
+                )
+                raise ValueError(msg)
+        return digests
+
     @property
     def backend(self) -> str:
         """The store actually used (``USE_REDIS_CACHING`` wins)."""
@@ -549,7 +583,9 @@ def _configuration_error(
     message = str(first["msg"]).removeprefix("Value error, ")
     shown = first.get("input")
     source = sources.get(field)
-    if (source is not None and source.secret) or field in _SECRET_VALUE_KEYS + _SECRET_SHAPES:
+    if not field:
+        got = "the settings, not shown"  # all of them: secrets among them
+    elif (source is not None and source.secret) or field in _SECRET_VALUE_KEYS + _SECRET_SHAPES:
         got = f"a {type(shown).__name__}, not shown"  # a raw key or a credential
     elif field in _SECRET_URL_KEYS and not isinstance(shown, str):
         got = f"a {type(shown).__name__}, not shown"  # a list or table of URLs: not masked

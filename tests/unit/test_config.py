@@ -141,6 +141,27 @@ def test_a_raw_key_where_a_digest_goes_is_not_shown(monkeypatch):
     assert info.value.__cause__ is None
 
 
+def test_a_key_opens_one_tenant_and_is_not_also_an_admin_key():
+    """Refused at load, naming the entries, never a hash: one key for two tenants would
+    open one of them only; a tenant's key among the admin keys would open every tenant."""
+    from ctx_memory.server.keys import hash_api_key
+
+    digest = hash_api_key("ctxm_shared")
+    twice = [{"tenant": "acme", "sha256": digest}, {"tenant": "globex", "sha256": digest}]
+    with pytest.raises(
+        ConfigurationError, match=r"entry 1 \(tenant 'globex'\) has the key of entry 0"
+    ) as info:
+        load_settings(server_api_keys=twice)
+    assert info.value.key == "SERVER_API_KEYS"
+    assert digest not in str(info.value)
+    acme = [{"tenant": "acme", "sha256": digest}]
+    with pytest.raises(ConfigurationError, match="also the key of tenant 'acme'") as info:
+        load_settings(server_api_keys=acme, server_admin_keys=[digest])
+    assert info.value.key == "SERVER_ADMIN_KEYS"
+    assert digest not in str(info.value)
+    assert load_settings(server_api_keys=acme * 2).server_api_keys  # listed twice: harmless
+
+
 def test_chat_model_credentials_are_masked_when_settings_are_shown():
     kwargs = {
         "api_key": "sk-secret",
