@@ -268,6 +268,24 @@ def postgres_url_problem(url: str) -> str | None:  # noqa: PLR0911 - one return 
         return "holds %00 (a NUL character), which no PostgreSQL text or password can hold"
     if not all(_HOST_PORT.fullmatch(h) for h in hosts):
         return "has a host libpq cannot read: host[:port] or [IPv6][:port], comma-separated"
+    return _libpq_query_problem(url.split("?", 1)[1] if "?" in url else "")
+
+
+def _libpq_query_problem(query: str) -> str | None:
+    """A query parameter libpq would refuse (when the driver is installed to ask), or None."""
+    try:
+        from psycopg import pq  # noqa: PLC0415 - the postgres extra, maybe absent
+    except ImportError:
+        return None
+    names = {d.keyword.decode() for d in pq.Conninfo.get_defaults()} | {"ssl"}  # ssl=true
+    for name in parse_qs(query, keep_blank_values=True):
+        if name not in names:
+            hint = (
+                " (the schema is POSTGRES_SCHEMA; ?schema= is for ctx-memory migrate's URLs)"
+                if name == "schema"
+                else ""
+            )
+            return f"query parameter {name!r} is not one libpq takes{hint}"
     return None
 
 

@@ -63,6 +63,8 @@ def test_use_redis_caching_selects_redis():
         ("CTX_MEMORY_GC_INTERVAL_SECONDS", "1e10", "GC_INTERVAL_SECONDS"),
         # a collector looping without pause against the store
         ("CTX_MEMORY_GC_INTERVAL_SECONDS", "1e-9", "GC_INTERVAL_SECONDS"),
+        # libpq refuses it when connecting (after the pool's timeout): refused at load
+        ("CTX_MEMORY_POSTGRES_URL", "postgresql://u:pw@h/db?schema=s", "POSTGRES_URL"),
     ],
 )
 def test_wrong_values_fail_at_load_naming_the_key(monkeypatch, env, value, key):
