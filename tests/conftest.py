@@ -164,7 +164,21 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         yield url
         return
     _require_redis()
-    root = tmp_path_factory.mktemp("cluster")
+    nodes = start_cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield nodes[0].url
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def start_cluster(
+    root: Path, *, replicas: int = 0, node_timeout_ms: int = 5000
+) -> list[RedisServer]:
+    """A 3-master Redis Cluster (``replicas`` per master) in ``root``, at cluster_state:ok.
+
+    The caller stops the nodes. ``nodes[0]`` is a master.
+    """
     nodes = [
         RedisServer(
             root / f"n{i}",
@@ -173,9 +187,9 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
             "--cluster-config-file",
             "nodes.conf",
             "--cluster-node-timeout",
-            "5000",
+            str(node_timeout_ms),
         )
-        for i in range(3)
+        for i in range(3 * (1 + replicas))
     ]
     try:
         for node in nodes:
@@ -187,7 +201,7 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
                 "create",
                 *[f"127.0.0.1:{n.port}" for n in nodes],
                 "--cluster-replicas",
-                "0",
+                str(replicas),
                 "--cluster-yes",
             ],
             check=True,
@@ -202,11 +216,20 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
                     msg = "the test Redis Cluster did not reach cluster_state:ok"
                     raise RuntimeError(msg)
                 time.sleep(0.05)
+            while (
+                client.info("replication")["role"] == "slave"
+                and client.info("replication").get("master_link_status") != "up"
+            ):  # a replica that never synced would not take over from its master
+                if time.monotonic() > deadline:
+                    msg = "a replica of the test Redis Cluster did not sync"
+                    raise RuntimeError(msg)
+                time.sleep(0.05)
             client.close()
-        yield nodes[0].url
-    finally:
+    except BaseException:
         for node in nodes:
             node.stop()
+        raise
+    return nodes
 
 
 @pytest.fixture

@@ -512,13 +512,30 @@ class RedisStore(RedisOperations):
             kwargs = self._retry_kwargs(redis.asyncio.retry.Retry)
             assert self._url is not None
             if self.cluster:
-                client = redis.asyncio.cluster.RedisCluster.from_url(self._url, **kwargs)
+                client = redis.asyncio.cluster.RedisCluster.from_url(
+                    self._url, startup_nodes=self._known_nodes(), **kwargs
+                )
             elif is_sentinel(self._url):
                 client = sentinel_master(self._url, kwargs, asynchronous=True)
             else:
                 client = redis.asyncio.Redis.from_url(self._url, **kwargs)
             self._aclients[loop] = client
         return client
+
+    def _known_nodes(self) -> list[redis.asyncio.cluster.ClusterNode]:
+        """The cluster nodes this store's clients know, to start a new loop's client from.
+
+        ``REDIS_URL`` names one node: a client started from it alone fails while that node
+        is down, though the cluster promoted its replica. The nodes the sync client and
+        the other loops' clients found are tried too.
+        """
+        known: dict[tuple[str, int], None] = {}
+        clients = [self._client, *self._aclients.values()]
+        for client in clients:
+            with contextlib.suppress(AttributeError, RuntimeError, TypeError):
+                for node in client.get_nodes():  # type: ignore[union-attr]
+                    known[str(node.host), int(node.port)] = None
+        return [redis.asyncio.cluster.ClusterNode(host, port) for host, port in known]
 
     @property
     def async_client_count(self) -> int:

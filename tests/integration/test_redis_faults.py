@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -385,3 +386,44 @@ async def test_a_master_refusing_writes_for_now_is_unavailable_and_nothing_is_wr
     assert not cm.session_exists("new")
     assert cm.get_context("s")["shared"] == {}
     cm.close()
+
+
+def test_a_cluster_store_reaches_the_cluster_on_a_new_loop_with_its_url_node_down(
+    tmp_path_factory: pytest.TempPathFactory, key_prefix: str
+) -> None:
+    """``REDIS_URL`` names one node. Once it is down and its replica promoted, the store
+    still works on a new event loop (``asyncio.run`` per call): that loop's client starts
+    from the nodes the store's other clients found, not from the URL's alone."""
+    from conftest import start_cluster
+
+    root = tmp_path_factory.mktemp("cluster-down")
+    nodes = start_cluster(root, replicas=1, node_timeout_ms=1000)
+    try:
+        store = RedisStore(nodes[0].url, cluster=True, key_prefix=key_prefix, socket_timeout=2)
+        cm = ContextManager(store=store, token_counter="approximate")
+        cm.add_user_message("s", "before")
+        asyncio.run(cm.aadd_user_message("s", "before, async"))
+        nodes[0].kill()
+        others = [redis.Redis(port=n.port) for n in nodes[1:]]
+        dead = f"127.0.0.1:{nodes[0].port}"
+
+        def recovered(client: redis.Redis) -> bool:
+            listed = client.execute_command("CLUSTER", "NODES").decode()
+            flags = [line.split()[2] for line in listed.splitlines() if dead in line.split()[1]]
+            return "fail" in flags[0].split(",") and client.cluster("info")["cluster_state"] == "ok"
+
+        deadline = time.monotonic() + 30
+        while not all(recovered(c) for c in others):  # its replica promoted, seen by all
+            assert time.monotonic() < deadline, "the cluster did not recover"
+            time.sleep(0.1)
+        for client in others:
+            client.close()
+        cm.add_user_message("s", "after")
+        asyncio.run(cm.aadd_user_message("s", "after, async, on a new loop"))
+        assert [m["content"] for m in cm.get_history("s")] == [
+            "before", "before, async", "after", "after, async, on a new loop"
+        ]  # fmt: skip
+        store.close()
+    finally:
+        for node in nodes:
+            node.stop()
