@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qs, unquote
@@ -35,6 +36,7 @@ __all__ = [
     "release_client",
     "runs_here",
     "sentinel_master",
+    "sentinel_failure",
     "DEFAULT_SENTINEL_SERVICE",
     "SENTINEL_SCHEMES",
     "SentinelURL",
@@ -323,6 +325,32 @@ def sentinel_master(url: str, options: dict[str, Any], *, asynchronous: bool) ->
     return manager.master_for(
         target.service, redis_class=redis_class, connection_class=connection_class
     )
+
+
+_NOT_FOUND = (redis.sentinel.MasterNotFoundError, redis.asyncio.sentinel.MasterNotFoundError)
+_SENTINEL_ERROR = re.compile(r"\)> - (.*?)(?=, <redis\.|$)")
+
+
+def sentinel_failure(error: BaseException) -> str | None:
+    """A short text for redis-py's "No master found" error, else ``None``.
+
+    redis-py's message holds each sentinel client's whole repr (kilobytes of pool options)
+    before the sentinel's own error; this keeps the errors, once each, and says so when
+    the sentinels refused the credentials.
+    """
+    if not isinstance(error, _NOT_FOUND):
+        return None
+    head, _, rest = str(error).partition(" : ")
+    reasons = list(dict.fromkeys(_SENTINEL_ERROR.findall(rest)))
+    text = head
+    if reasons:
+        text += f" (the sentinels answered: {'; '.join(reasons)})"
+    if any("AuthenticationError" in reason for reason in reasons):
+        text += (
+            "; the sentinels refused the credentials: give theirs as ?sentinel_password= "
+            "(the URL's password is the master's, and theirs too when none is given)"
+        )
+    return text
 
 
 def _sentinels_of(client: Any) -> list[Any]:

@@ -97,6 +97,7 @@ from ctx_memory.stores._redis_clients import (
     pool_limit,
     release_client,
     runs_here,
+    sentinel_failure,
     sentinel_master,
     sentinel_url_problem,
 )
@@ -554,7 +555,8 @@ class RedisStore(RedisOperations):
             or "cannot be connected" in str(error)  # every startup node is down
             or str(error).startswith(_REFUSED_FOR_NOW)
         ):
-            return StoreUnavailableError(f"{where} is unavailable: {error}")
+            text = sentinel_failure(error) or str(error)
+            return StoreUnavailableError(f"{where} is unavailable: {text}")
         return StoreError(f"{where} failed: {type(error).__name__}: {error}")
 
     # ------------------------------------------------------------ drivers

@@ -294,6 +294,31 @@ def test_cluster_through_sentinel_is_refused(redis_sentinel: SentinelSetup) -> N
     assert redis_sentinel.password not in str(info.value)
 
 
+async def test_sentinels_refusing_the_credentials_say_so_briefly(
+    redis_sentinel: SentinelSetup,
+) -> None:
+    """redis-py's "No master found" holds kilobytes of client reprs; the store's error
+    keeps each sentinel's answer once and names the setting to fix, sync and async."""
+    setup = redis_sentinel
+    right = f"sentinel_password={setup.sentinel_password}"
+    url = setup.url.replace(right, "sentinel_password=wrong-pw-0")
+    with RedisStore(url, socket_timeout=2, max_retries=0) as store:
+        cm = manager(store)
+        with pytest.raises(StoreUnavailableError) as sync_error:
+            cm.add_user_message("s", "hi")
+        with pytest.raises(StoreUnavailableError) as async_error:
+            await cm.aadd_user_message("s", "hi")
+    for error in (sync_error.value, async_error.value):
+        text = str(error)
+        assert "No master found for 'ctxmaster'" in text
+        assert "refused the credentials" in text
+        assert "?sentinel_password=" in text
+        assert "<redis." not in text
+        assert len(text) < 600
+        assert setup.password not in text
+        assert setup.sentinel_password not in text
+
+
 # ---------------------------------------------------------------- the URL
 
 
