@@ -23,11 +23,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONTEXT_WEIGHT",
+    "ECHO_TOOLS",
     "RRF_DEPTH",
     "RRF_K",
     "RecallHit",
     "RecallIndex",
     "VectorKey",
+    "indexed_text",
     "recall_terms",
     "record_text",
     "text_key",
@@ -206,6 +208,28 @@ def record_text(record: Mapping[str, Any]) -> str:
     return " ".join(part for part in parts if part)
 
 
+ECHO_TOOLS = frozenset({"recall", "restore_tool_result"})
+"""The default names of ctx_memory's own tools (``make_recall_tool``,
+``make_restore_tool``): their results repeat stored messages, so they are not indexed
+(nor the calls' arguments, the queries): recall would find its own earlier answers, each
+nested in the next, and through them text since edited away."""
+
+
+def indexed_text(record: Mapping[str, Any]) -> str:
+    """What the recall index takes of a stored message.
+
+    :func:`record_text`, but nothing of a result of :data:`ECHO_TOOLS` and nothing of
+    calls to them.
+    """
+    calls = record.get("tool_calls") or ()
+    if record.get("role") == "tool" and record.get("name") in ECHO_TOOLS:
+        return ""
+    if any(isinstance(c, dict) and c.get("name") in ECHO_TOOLS for c in calls):
+        kept = [c for c in calls if not (isinstance(c, dict) and c.get("name") in ECHO_TOOLS)]
+        return record_text({**record, "tool_calls": kept})
+    return record_text(record)
+
+
 def _contains(postings: Sequence[int], position: int) -> bool:
     at = bisect_left(postings, position)
     return at < len(postings) and postings[at] == position
@@ -308,7 +332,7 @@ class RecallIndex:
         position = len(self.lengths)
         content = record.get("content")
         plain = type(content) is str and not record.get("tool_calls") and not record.get("name")
-        text: str = content if plain else record_text(record)  # type: ignore[assignment]
+        text: str = content if plain else indexed_text(record)  # type: ignore[assignment]
         words = self._split(text)
         if self.recent is not None:
             self.recent.append(words)
@@ -375,12 +399,12 @@ class RecallIndex:
                     return True
                 digest = digests[position]
                 if isinstance(digest, str):  # a saved segment's terms line
-                    if sorted(digest.split()) != sorted(self._split(record_text(record))):
+                    if sorted(digest.split()) != sorted(self._split(indexed_text(record))):
                         return True
                     continue
                 content = record.get("content")  # else what :meth:`add` hashed: its text
                 plain = type(content) is str and not record.get("tool_calls")
-                text = content if plain and not record.get("name") else record_text(record)
+                text = content if plain and not record.get("name") else indexed_text(record)
                 if digest is not None and hash(text) != digest:
                     return True
         return False
@@ -624,16 +648,17 @@ class RecallIndex:
         *,
         query_vector: Sequence[float] | None = None,
         context: float = 0.0,
+        before: int | None = None,
     ) -> list[tuple[int, float, tuple[str, ...]]]:
         """:meth:`hybrid_search` given a query vector (and vectors held), else :meth:`search`.
 
         ``(position, score, matched terms)``, best first; the score is the fused one of a
-        hybrid search.
+        hybrid search. Only positions below ``before`` (default: all).
         """
         if query_vector is not None and self.vector_count:
-            hits = self.hybrid_search(query, query_vector, k=k, context=context)
+            hits = self.hybrid_search(query, query_vector, k=k, context=context, before=before)
             return [(hit.position, hit.score, hit.terms) for hit in hits]
-        return self.search(query, k=k, context=context)
+        return self.search(query, k=k, context=context, before=before)
 
     # ------------------------------------------------------------ turns
 

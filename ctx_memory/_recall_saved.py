@@ -37,10 +37,12 @@ __all__ = [
 SEGMENT_FORMAT = 1
 """Version of a segment's layout (its ``"v"``); another version is not read."""
 
-TERMS_VERSION = "recall_terms/1"
+TERMS_VERSION = "recall_terms/2"
 """Which :func:`~ctx_memory.recall.recall_terms` made a segment's terms (its ``"terms"``).
-Changed whenever the terms change (stop words, stemmer): older segments are then not read
-and the index is rebuilt from the history, and saved again."""
+Changed whenever the terms change (stop words, stemmer, what of a record is indexed):
+older segments are then not read and the index is rebuilt from the history, and saved
+again. Version 2: the results of ctx_memory's own tools and the calls to them are not
+indexed (:data:`~ctx_memory._recall_index.ECHO_TOOLS`)."""
 
 SAVE_EVERY = 256
 """Messages indexed and not yet saved before :class:`~ctx_memory.recall.Recall` saves them

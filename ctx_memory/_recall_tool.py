@@ -76,6 +76,22 @@ def runtime_session(runtime: Any, default: str | None) -> str:
     return session_id_from(config, fallback, owner="the recall tool")
 
 
+def turn_in_progress(index: "RecallIndex", runtime: Any) -> int | None:
+    """Where the agent's turn in progress starts in the history, if it is stored.
+
+    The newest stored user message, when the agent's state holds it (``ContextMiddleware``
+    stores the run before its tools run): that turn is in view, and its question (and the
+    call to the tool itself) would match the query. ``None`` otherwise.
+    """
+    users = index.user_positions
+    state = getattr(runtime, "state", None)
+    messages = state.get("messages") if isinstance(state, Mapping) else None
+    if not users or not messages:
+        return None
+    ids = {str(m.id) for m in messages if getattr(m, "id", None) is not None}
+    return users[-1] if index.ids[users[-1]] in ids else None
+
+
 # ------------------------------------------------------------------ fetched sources
 
 
@@ -298,14 +314,16 @@ def build_recall_tool(
         index: "RecallIndex",
         fetched: Mapping[str, Sequence[Mapping[str, Any]]],
         query: str,
-        vector: Sequence[float] | None = None,
+        vector: Sequence[float] | None,
+        before: int | None,
     ) -> tuple[list[tuple[int, int]], str]:
         half = max_tokens // 2
         first = section(fetched, query, half) if fetched else ""
         spent = counter.count(first) if first else 0
         found = tool_ranges(
-            index, query, k, max_tokens - spent, query_vector=vector, best_first=True
-        )
+            index, query, k, max_tokens - spent, query_vector=vector, best_first=True,
+            before=before,
+        )  # fmt: skip
         used = sum(index.cost(a, b) for a, b in found)
         if first and used < half:  # the turns left room: the sources may take it
             first = section(fetched, query, max_tokens - used)
@@ -341,18 +359,21 @@ def build_recall_tool(
         sid = runtime_session(runtime, session_id)
         index = recall.index(manager, sid, manager.get_header(sid))
         fetched = manager.get_fetched_context(sid) if sources else {}
-        found, text = plan(index, fetched, query, recall.embed_query(query, index))
+        before = turn_in_progress(index, runtime)
+        found, text = plan(index, fetched, query, recall.embed_query(query, index), before)
         reads = manager.get_message_spans(sid, sorted((a, b - 1) for a, b in found))
-        matched = bool(found) or bool(index.search(query, 1))
+        matched = bool(found) or bool(index.search(query, 1, before=before))
         return fit(query, found, _by_rank(found, reads), text, matched)
 
     async def arecall_turns(query: str, runtime: ToolRuntime[Any, Any] = None) -> str:  # type: ignore[assignment]
         sid = runtime_session(runtime, session_id)
         index = await recall.aindex(manager, sid, await manager.aget_header(sid))
         fetched = await manager.aget_fetched_context(sid) if sources else {}
-        found, text = plan(index, fetched, query, await recall.aembed_query(query, index))
+        before = turn_in_progress(index, runtime)
+        vector = await recall.aembed_query(query, index)
+        found, text = plan(index, fetched, query, vector, before)
         reads = await manager.aget_message_spans(sid, sorted((a, b - 1) for a, b in found))
-        matched = bool(found) or bool(index.search(query, 1))
+        matched = bool(found) or bool(index.search(query, 1, before=before))
         return fit(query, found, _by_rank(found, reads), text, matched)
 
     return StructuredTool.from_function(

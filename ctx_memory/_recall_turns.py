@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from ctx_memory._recall_index import CONTEXT_WEIGHT, record_text
+from ctx_memory._recall_index import CONTEXT_WEIGHT, ECHO_TOOLS, record_text
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -21,6 +21,8 @@ __all__ = ["format_turns", "gap_text", "tool_ranges"]
 def _line(position: int, record: Mapping[str, Any]) -> str:
     role = str(record.get("role"))
     text = record_text({**record, "tool_calls": None, "name": None})
+    if role == "tool" and record.get("name") in ECHO_TOOLS:  # its lines are stored anyway
+        return f"[{position} tool result ({record.get('name')})] (an earlier answer of the tool)"
     if role == "tool":
         label = f"tool result ({record.get('name') or record.get('tool_call_id') or 'tool'})"
         return f"[{position} {label}] {text}"
@@ -73,6 +75,7 @@ def tool_ranges(
     *,
     query_vector: Sequence[float] | None = None,
     best_first: bool = False,
+    before: int | None = None,
 ) -> list[tuple[int, int]]:
     """The whole turns to show for ``query``: best first, within ``budget``, oldest first.
 
@@ -80,13 +83,18 @@ def tool_ranges(
     tokens add up to at most ``budget``. With ``query_vector`` (and vectors in the
     index), hits are ranked by :meth:`RecallIndex.hybrid_search`, else by BM25 alone;
     both in context (:data:`~ctx_memory.recall.CONTEXT_WEIGHT`). ``best_first``: in the
-    order they were chosen, not in history order.
+    order they were chosen, not in history order. ``before``: only turns of the
+    messages below this position (the turn in progress, which is in view, is not shown).
     """
     chosen: list[tuple[int, int]] = []
     spent = 0
-    found = index.ranked(query, k * 4, query_vector=query_vector, context=CONTEXT_WEIGHT)
+    found = index.ranked(
+        query, k * 4, query_vector=query_vector, context=CONTEXT_WEIGHT, before=before
+    )
     for position, _, _ in found:
         start, stop = index.turn(position)
+        if before is not None:
+            stop = min(stop, before)
         if (start, stop) in chosen:
             continue
         cost = index.cost(start, stop)

@@ -83,6 +83,7 @@ from ctx_memory._recall_index import (
     RecallHit,
     RecallIndex,
     VectorKey,
+    indexed_text,
     recall_terms,
     record_text,
     text_key,
@@ -391,7 +392,7 @@ class Recall(RecallEmbedding):
         """Queue the new records' texts for embedding (under the lock)."""
         carried = self._carried.get(session_id) or {}
         for position, record in enumerate(records, start):
-            text = record_text(record)
+            text = indexed_text(record)
             if not text.strip():
                 continue
             message_id = record.get("id")

@@ -253,8 +253,9 @@ async def test_the_recall_tool_finds_a_fetched_source_inside_a_real_agent(manage
     assert result["messages"][-1].content == "Under the blue flowerpot."
     tool_result = result["messages"][-2]
     assert tool_result.type == "tool"
-    # The question itself is stored (a matching turn); the page, in its own section.
-    assert tool_result.content.startswith(HEADING)
+    # The question is stored but in view (the turn in progress): only the page is shown.
+    assert HEADING not in tool_result.content
+    assert "Where is the spare key?" not in tool_result.content
     section = sources_part(tool_result.content)
     assert FACT in section
     assert "[web_page] Holiday flat guide - https://flat.example/guide" in section

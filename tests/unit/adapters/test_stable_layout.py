@@ -18,7 +18,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from ctx_memory import ContextManager, ContextPromptAssembler, ContextualChat, TokenCounter
 from ctx_memory.assembly.hints import prompt_cache_key, with_cache_control
 from ctx_memory.middleware import ContextMiddleware
-from ctx_memory.recall import make_recall_tool
+from ctx_memory.recall import make_recall_tool, search_history
 
 COUNTER = TokenCounter()
 WORDS = [
@@ -406,6 +406,37 @@ def test_the_recall_tool_inside_a_real_agent(manager, how):
     stored = manager.get_history("s1", last_k=3)
     assert stored[1]["role"] == "tool"
     assert FACT in stored[1]["content"]
+
+
+def test_the_recall_tool_finds_neither_the_turn_in_progress_nor_its_own_answers(manager):
+    """The question being answered (stored before the tools run) and the tool's earlier
+    answers, stored as tool messages, are not what it looks for: asked again and again it
+    shows the older turn, not its own answers nested in each other; once that turn is
+    redacted, the redacted text does not come back through them."""
+    card = "My card number is 4111-2222-3333-4444 and the door code is 4471."
+    manager.add_messages("s1", [HumanMessage(card), AIMessage("Saved both.")])
+    fill(manager, "s1", 400)
+
+    def ask(query: str) -> str:
+        asked_at = len(manager.get_history("s1"))
+        model = fake_model(tool_call("recall", f"call-{asked_at}", query=query), "ok")
+        agent = create_agent(
+            model, tools=[make_recall_tool(manager)], middleware=[ContextMiddleware(manager)]
+        )
+        config = {"configurable": {"session_id": "s1"}}
+        result = agent.invoke({"messages": [("user", f"Remind me: {query}?")]}, config)
+        answer = str(result["messages"][-2].content)
+        assert f"[{asked_at} user]" not in answer  # the turn in progress is in view
+        return answer
+
+    for _ in range(3):
+        answer = ask("door code")
+        assert "[0 user] " + card in answer
+        assert answer.count("4471") == 1  # once: no earlier answer nested in this one
+    first = manager.get_history("s1")[0]["id"]
+    manager.replace_message("s1", first, HumanMessage("My card number is [REDACTED]."))
+    assert "4111" not in ask("card number")
+    assert [h.position for h in search_history(manager, "s1", "4111")] == []
 
 
 async def test_the_recall_tool_async(manager):
