@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from ctx_memory._recall_index import unit_vector
+
 if TYPE_CHECKING:
     import threading
     from collections.abc import Sequence
@@ -45,19 +47,29 @@ class RecallEmbedding:
     ) -> None:
         """Keep a batch's vectors, all or none.
 
+        A vector that is empty, zero or not finite (a bag-of-words model given a text of
+        words it does not know) is no vector: that message is found by BM25 alone, and is
+        not sent again; the others keep theirs.
+
         Raises:
-            ValueError: Not one usable vector per text, or of a different length.
+            ValueError: Not one vector per text, or vectors of different lengths.
         """
         if len(vectors) != len(batch):
             msg = f"embed_documents returned {len(vectors)} vectors for {len(batch)} texts"
             raise ValueError(msg)
         with self._lock:
-            units = [index.query_vector(v) for v in vectors]
-            if len({len(u) for u in units}) > 1:
+            units = [unit_vector(v) for v in vectors]
+            lengths = {len(u) for u in units if u is not None}
+            if index.dimensions is not None:
+                lengths.add(index.dimensions)
+            if len(lengths) > 1:
                 msg = "embed_documents returned vectors of different lengths"
                 raise ValueError(msg)
             for (position, _, key), unit in zip(batch, units, strict=True):
-                index._put(position, unit, key)  # checked just above
+                if unit is not None:
+                    index._put(position, unit, key)  # checked just above
+        if unusable := sum(u is None for u in units):
+            logger.info("embeddings: %d empty or zero vectors: BM25 alone finds those", unusable)
 
     def _failed(
         self,

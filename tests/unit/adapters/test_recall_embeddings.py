@@ -431,6 +431,30 @@ def test_an_embeddings_returning_the_wrong_shape_is_a_failure_too(manager, caplo
     assert FACT in text_of(result.messages)
 
 
+def test_a_zero_vector_leaves_only_its_message_without_one(manager):
+    """A bag-of-words model gives a text of unknown words the zero vector: that message is
+    found by BM25 alone and not sent again; the rest of its batch keeps its vectors."""
+    sent: list[str] = []
+
+    class BagOfWords(ConceptEmbeddings):
+        def embed_documents(self, texts: list[str]) -> list[list[float]]:
+            sent.extend(texts)
+            vectors = super().embed_documents(texts)
+            return [[0.0] * len(v) if t == "ok" else v for t, v in zip(texts, vectors, strict=True)]
+
+    for i in range(50):
+        manager.add_user_message("s1", f"Question {i} about the trip")
+        manager.add_assistant_message("s1", f"Answer {i}")
+    manager.add_user_message("s1", "ok")
+    embeddings = BagOfWords()
+    tool = make_recall_tool(manager, "s1", embeddings=embeddings)
+    for _ in range(3):
+        tool.invoke({"query": "trip"})
+    index = recall_for(manager, embeddings).index(manager, "s1", manager.get_header("s1"))
+    assert index.vector_count == 100
+    assert len(sent) == 101  # each once
+
+
 def tool_session(manager: ContextManager, rng: random.Random, turns: int) -> None:
     messages: list[BaseMessage] = []
     for i in range(turns):
