@@ -189,7 +189,10 @@ class RecallUpdate:
         stop: Last position to read (inclusive); ``stop < start`` means nothing to read.
         token_count: The session's ``metadata.token_count`` when its header was read.
         overlap: Messages read before ``start`` (0 or 1): the last one the index holds,
-            read again to check its id (an index loaded from saved segments).
+            read again to check its id (an index loaded from saved segments, or kept from
+            an earlier update: another process may have deleted the session and written
+            one with as many tokens since; the assembler's window read holds it).
+        loaded: The index was loaded from saved segments.
     """
 
     session_id: str
@@ -198,6 +201,7 @@ class RecallUpdate:
     stop: int
     token_count: int
     overlap: int = 0
+    loaded: bool = False
 
     @property
     def first(self) -> int:
@@ -336,7 +340,8 @@ class Recall(RecallEmbedding):
                 self._carry(session_id, index)
         if index is None or len(index) > stored:
             index = RecallIndex(self.tokenizer)
-        return RecallUpdate(session_id, index, len(index), stored - 1, token_count)
+        overlap = 1 if len(index) else 0  # its last message, read again (by id)
+        return RecallUpdate(session_id, index, len(index), stored - 1, token_count, overlap)
 
     def apply(
         self, update: RecallUpdate, records: Sequence[Mapping[str, Any]]
@@ -350,7 +355,7 @@ class Recall(RecallEmbedding):
         those whose vector a rebuilt index carries over.
         """
         index = update.index
-        if update.overlap:  # loaded from segments: is its last message still there?
+        if update.overlap:  # is the last message it holds still there?
             if not records or not _same_message(index, update.start - 1, records[0]):
                 return None
             records = records[update.overlap :]
@@ -378,7 +383,7 @@ class Recall(RecallEmbedding):
                 self._carried.pop(update.session_id, None)  # used by this rebuild
         if update.start == 0 and update.reads:
             self.rebuilds += 1
-        elif update.overlap:
+        elif update.loaded:
             self.loads += 1
         return index
 
@@ -424,7 +429,7 @@ class Recall(RecallEmbedding):
             index.saved = len(index)
             index.recent = []
         return RecallUpdate(
-            update.session_id, index, len(index), update.stop, update.token_count, overlap=1
+            update.session_id, index, len(index), update.stop, update.token_count, 1, True
         )
 
     @staticmethod

@@ -169,7 +169,7 @@ def test_two_updates_planned_at_once_each_index_what_it_read() -> None:
     early_tokens = sum(r["token_count"] for r in manager.get_message_range("s1", 0, 14))
     early = type(early)(early.session_id, early.index, early.start, early.stop, early_tokens)
     assert recall.apply(early, early_records) is not None  # holds 15 messages now
-    index = recall.apply(late, manager.get_message_range("s1", late.start, late.stop))
+    index = recall.apply(late, manager.get_message_range("s1", late.first, late.stop))
     assert index is not None
     assert len(index) == 20
     assert [position for position, _, _ in index.search("word17", 1)] == [17]
