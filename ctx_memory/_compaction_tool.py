@@ -7,6 +7,7 @@ annotation, which must be a real class at run time (as in :mod:`ctx_memory._reca
 from typing import TYPE_CHECKING, Any
 
 from langchain.tools import ToolRuntime
+from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool
 
 from ctx_memory._recall_tool import runtime_session
@@ -53,8 +54,9 @@ def build_restore_tool(manager: "ContextManager", session_id: str | None, *, nam
         tool_call_id: str,
         message: int | None = None,
         runtime: ToolRuntime[Any, Any] = None,  # type: ignore[assignment]
+        config: RunnableConfig = None,  # type: ignore[assignment]
     ) -> Output:
-        sid = runtime_session(runtime, session_id)
+        sid = runtime_session(runtime, session_id, config, owner="the restore_tool_result tool")
         if message is not None and message >= 0:  # the placeholder's: the very output
             page = manager.get_message_range(sid, message, message)
             found = _found(tool_call_id, page)
@@ -74,8 +76,9 @@ def build_restore_tool(manager: "ContextManager", session_id: str | None, *, nam
         tool_call_id: str,
         message: int | None = None,
         runtime: ToolRuntime[Any, Any] = None,  # type: ignore[assignment]
+        config: RunnableConfig = None,  # type: ignore[assignment]
     ) -> Output:
-        sid = runtime_session(runtime, session_id)
+        sid = runtime_session(runtime, session_id, config, owner="the restore_tool_result tool")
         if message is not None and message >= 0:  # the placeholder's: the very output
             page = await manager.aget_message_range(sid, message, message)
             found = _found(tool_call_id, page)

@@ -25,16 +25,16 @@ try:
 except ImportError as e:  # pragma: no cover - exercised only without the extra
     raise missing_extra("agents", "ctx_memory.recall.make_recall_tool", e) from e
 
+from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import BaseTool, StructuredTool
 
+from ctx_memory.errors import ValidationError
 from ctx_memory.prompt import session_id_from
 from ctx_memory.ranking import item_title, rank_sources
 from ctx_memory.recall import format_turns, recall_terms, tool_ranges
 
 if TYPE_CHECKING:
     from collections import Counter
-
-    from langchain_core.runnables import RunnableConfig
 
     from ctx_memory.manager import ContextManager
     from ctx_memory.recall import Recall, RecallIndex
@@ -63,17 +63,27 @@ _ELLIPSIS = "…"
 _TERM_CACHE_LIMIT = 4096
 
 
-def runtime_session(runtime: Any, default: str | None) -> str:
-    """The session id as ContextMiddleware finds it: context, configurable, thread, default."""
+def runtime_session(
+    runtime: Any,
+    default: str | None,
+    config: "RunnableConfig | None" = None,
+    *,
+    owner: str = "the recall tool",
+) -> str:
+    """The session id as ContextMiddleware finds it: context, configurable, thread, default.
+
+    From the agent's ``runtime``; a tool invoked by hand (no runtime) takes the ``config``
+    it was invoked with (LangChain passes it to a tool function that names it).
+    """
     context = getattr(runtime, "context", None)
     if isinstance(context, Mapping) and context.get("session_id"):
         return str(context["session_id"])
     if context is not None and getattr(context, "session_id", None):
         return str(context.session_id)
-    config = cast("RunnableConfig", getattr(runtime, "config", None) or {})
-    configurable = config.get("configurable") or {}
+    found = cast("RunnableConfig", getattr(runtime, "config", None) or config or {})
+    configurable = found.get("configurable") or {}
     fallback = configurable.get("thread_id") or default
-    return session_id_from(config, fallback, owner="the recall tool")
+    return session_id_from(found, fallback, owner=owner)
 
 
 def turn_in_progress(index: "RecallIndex", runtime: Any) -> int | None:
@@ -277,6 +287,21 @@ def _by_rank(
     return [by_start[a] for a, _ in found]
 
 
+MIN_MAX_TOKENS = 16
+"""The least ``max_tokens`` of the tool: its shortest answers ("Matches, none within N
+tokens.") fit it."""
+
+
+def _check_options(*, k: int, max_tokens: int, source_k: int, cap: int) -> None:
+    """Refuse options the tool could not keep (``ValidationError`` naming the option)."""
+    least = {"k": 1, "max_tokens": MIN_MAX_TOKENS, "source_k": 0, "source_token_cap": 1}
+    given = {"k": k, "max_tokens": max_tokens, "source_k": source_k, "source_token_cap": cap}
+    for option, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < least[option]:
+            msg = f"make_recall_tool: {option} must be an int >= {least[option]}, got {value!r}"
+            raise ValidationError(msg)
+
+
 def build_recall_tool(
     manager: "ContextManager",
     recall: "Recall",
@@ -296,6 +321,7 @@ def build_recall_tool(
     exactly), the turns (cached token counts) the rest; what the turns do not use goes
     to the sources.
     """
+    _check_options(k=k, max_tokens=max_tokens, source_k=source_k, cap=source_token_cap)
     counter = manager.token_counter
     split = recall.tokenizer or recall_terms
     term_cache: dict[tuple[Any, ...], tuple[Counter[str], int]] = {}
@@ -355,8 +381,12 @@ def build_recall_tool(
                 _, records = parts.pop()
                 freed += max(sum(int(r.get("token_count") or 0) for r in records), 1)
 
-    def recall_turns(query: str, runtime: ToolRuntime[Any, Any] = None) -> str:  # type: ignore[assignment]
-        sid = runtime_session(runtime, session_id)
+    def recall_turns(
+        query: str,
+        runtime: ToolRuntime[Any, Any] = None,  # type: ignore[assignment]
+        config: RunnableConfig = None,  # type: ignore[assignment]
+    ) -> str:
+        sid = runtime_session(runtime, session_id, config, owner=f"the {name} tool")
         index = recall.index(manager, sid, manager.get_header(sid))
         fetched = manager.get_fetched_context(sid) if sources else {}
         before = turn_in_progress(index, runtime)
@@ -365,8 +395,12 @@ def build_recall_tool(
         matched = bool(found) or bool(index.search(query, 1, before=before))
         return fit(query, found, _by_rank(found, reads), text, matched)
 
-    async def arecall_turns(query: str, runtime: ToolRuntime[Any, Any] = None) -> str:  # type: ignore[assignment]
-        sid = runtime_session(runtime, session_id)
+    async def arecall_turns(
+        query: str,
+        runtime: ToolRuntime[Any, Any] = None,  # type: ignore[assignment]
+        config: RunnableConfig = None,  # type: ignore[assignment]
+    ) -> str:
+        sid = runtime_session(runtime, session_id, config, owner=f"the {name} tool")
         index = await recall.aindex(manager, sid, await manager.aget_header(sid))
         fetched = await manager.aget_fetched_context(sid) if sources else {}
         before = turn_in_progress(index, runtime)

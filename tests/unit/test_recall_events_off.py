@@ -184,7 +184,7 @@ def test_the_recall_tools_answers_without_matches_fit_max_tokens() -> None:
     manager.add_user_message("s1", "The door code is 4412")
     manager.add_assistant_message("s1", "Noted. " + "More words here. " * 30)
     counter = TokenCounter()
-    for query, max_tokens in (("zebra " * 300, 200), ("quokka wallaby", 12), ("door code", 20)):
+    for query, max_tokens in (("zebra " * 300, 200), ("quokka wallaby", 16), ("door code", 20)):
         answer = make_recall_tool(manager, "s1", max_tokens=max_tokens).invoke({"query": query})
         assert counter.count(answer) <= max_tokens, (query[:20], answer)
 
@@ -241,3 +241,37 @@ def test_an_index_edited_elsewhere_is_never_saved_for_the_next_process(tmp_path:
     assert recall_for(fresh).loads == 0  # what was saved, if anything, was not A's stale index
     for manager in (a, b, fresh):
         manager.close()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("k", 0), ("k", -1), ("max_tokens", 5), ("max_tokens", -10), ("source_k", -1),
+     ("source_token_cap", 0), ("k", True), ("max_tokens", 2000.0)],
+)  # fmt: skip
+def test_the_recall_tool_refuses_options_it_could_not_keep(option: str, value: object) -> None:
+    from ctx_memory.errors import ValidationError
+    from ctx_memory.recall import make_recall_tool
+
+    with pytest.raises(ValidationError, match=f"{option} must be an int"):
+        make_recall_tool(ContextManager(), "s1", **{option: value})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_the_tools_take_the_session_from_the_config_they_are_invoked_with(mode: str) -> None:
+    """Invoked by hand, as the error for a missing session id advises."""
+    from ctx_memory.compaction import make_restore_tool
+    from ctx_memory.errors import ValidationError
+    from ctx_memory.recall import make_recall_tool
+
+    manager = ContextManager()
+    manager.add_user_message("s1", "hello zebra")
+    config = {"configurable": {"session_id": "s1"}}
+    recall, restore = make_recall_tool(manager), make_restore_tool(manager)
+    if mode == "async":
+        assert "hello zebra" in await recall.ainvoke({"query": "zebra"}, config=config)
+        assert "No tool output" in await restore.ainvoke({"tool_call_id": "c1"}, config=config)
+    else:
+        assert "hello zebra" in recall.invoke({"query": "zebra"}, config=config)
+        assert "No tool output" in restore.invoke({"tool_call_id": "c1"}, config=config)
+    with pytest.raises(ValidationError, match="the restore_tool_result tool needs a session id"):
+        restore.invoke({"tool_call_id": "c1"})
