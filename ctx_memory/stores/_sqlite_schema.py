@@ -130,7 +130,8 @@ V1_SESSION_COLUMNS = frozenset(
 # give every message the id in its body; of several messages of a session with one id
 # (written by version 1, which did not deduplicate: a retried batch) only the first keeps
 # it, and each later one is renamed ``<id>~<seq>``, in its body too, so the history, an
-# export and a delete by id agree (nothing is dropped).
+# export and a delete by id agree (nothing is dropped); where the session already holds
+# that name, ``<id>~<seq>~<random hex>``.
 MIGRATE_V1 = (
     HEADERS,
     SHARED,
@@ -149,7 +150,14 @@ MIGRATE_V1 = (
     "FROM messages AS m WHERE m.session_id = messages.session_id AND m.id = messages.id)",
     "UPDATE messages SET id = json_extract(body, '$.id') || '~' || seq, "
     "body = json_set(body, '$.id', json_extract(body, '$.id') || '~' || seq) "
-    "WHERE id IS NULL AND json_type(body, '$.id') = 'text'",
+    "WHERE id IS NULL AND json_type(body, '$.id') = 'text' AND NOT EXISTS (SELECT 1 "
+    "FROM messages AS m WHERE m.session_id = messages.session_id "
+    "AND m.id = json_extract(messages.body, '$.id') || '~' || messages.seq)",
+    # ``<id>~<seq>`` taken by another message of the session: a random suffix as well
+    "UPDATE messages SET id = json_extract(body, '$.id') || '~' || seq || '~' || "
+    "lower(hex(randomblob(6))) WHERE id IS NULL AND json_type(body, '$.id') = 'text'",
+    "UPDATE messages SET body = json_set(body, '$.id', id) "
+    "WHERE id IS NOT NULL AND json_extract(body, '$.id') IS NOT id",
     "DROP INDEX messages_id_migration",
     MESSAGE_IDS,
     FETCHED,

@@ -335,6 +335,26 @@ def test_a_file_of_the_first_schema_is_migrated_on_open(db: str) -> None:
         assert again.get_header("old")["shared"]["plan"] == {"step": 2, "done": True}  # type: ignore[index]
 
 
+def test_a_renamed_duplicate_id_never_takes_an_id_the_session_holds(db: str) -> None:
+    """Version 1 held ``a``, ``a~2`` and a retried ``a`` at seq 2: the rename ``a~2`` is
+    taken, so it gets a random suffix as well; the file opens and nothing is dropped."""
+    bodies = [
+        dumps({"role": "user", "content": "first", "token_count": 2, "id": "a"}),
+        dumps({"role": "assistant", "content": "second", "token_count": 3, "id": "a~2"}),
+        dumps({"role": "user", "content": "retried", "token_count": 4, "id": "a"}),
+        dumps({"role": "user", "content": "no id", "token_count": 5}),
+    ]
+    make_old_file(db, bodies=bodies)
+    with SqliteStore(db) as store:
+        stored = store.get_messages("old")
+        assert [m["content"] for m in stored] == ["first", "second", "retried", "no id"]
+        ids = [m.get("id") for m in stored]
+        assert ids[:2] == ["a", "a~2"]
+        assert re.fullmatch(r"a~2~[0-9a-f]{12}", ids[2])
+        assert store.get_document("old")["conversation_history"][2]["id"] == ids[2]
+        assert store.list_sessions() == ["old", "other"]
+
+
 def test_a_version_2_file_gains_the_recall_segments_table_and_keeps_its_data(
     tmp_path: Path,
 ) -> None:
