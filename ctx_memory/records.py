@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import secrets
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -569,6 +570,14 @@ def _recounted_compactions(
     return {**shared, COMPACTIONS_KEY: recounted}
 
 
+def _free_id(wanted: str, seen: Mapping[str, object], document: SessionDocument) -> str:
+    """``wanted``, or with a random suffix when a message of ``document`` holds it."""
+    taken = set(seen) | {str(r.id) for r in document.conversation_history if r.id is not None}
+    while wanted in taken:
+        wanted = f"{wanted}~{secrets.token_hex(6)}"
+    return wanted
+
+
 def encode_document(
     document: SessionDocument, target: str, counter: TokenCounter
 ) -> tuple[Header, list[EncodedMessage], list[EncodedItem]]:
@@ -580,6 +589,10 @@ def encode_document(
     """
     messages: list[EncodedMessage] = []
     seen: dict[str, tuple[int, EncodedMessage]] = {}
+    # An export of a release before format_version (and before ids were deduplicated: a
+    # retried batch) may hold one id on two messages: the later one is renamed, as the
+    # SQLite migration renames it, rather than the document refused.
+    legacy = "format_version" not in document.model_fields_set
     for index, record in enumerate(document.conversation_history):
         plain = record.model_dump(exclude_none=True)
         plain.setdefault("metadata", {})
@@ -588,6 +601,9 @@ def encode_document(
         except InvalidMessageError as e:  # the id: import errors name their field
             msg = f"invalid session document at {e.path}: {e}"
             raise DocumentImportError(e.path, msg) from None
+        if encoded.id in seen and legacy and seen[encoded.id][1].json != encoded.json:
+            plain["id"] = _free_id(f"{encoded.id}~{index}", seen, document)
+            encoded = encode_record(plain, counter, f"conversation_history.{index}")
         if encoded.id in seen:
             first, earlier = seen[encoded.id]
             if earlier.json == encoded.json:  # the same message twice: stored once, as appends do

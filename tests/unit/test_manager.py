@@ -333,6 +333,26 @@ def test_import_rejects_bad_documents_and_writes_nothing(manager):
     assert manager.list_sessions() == ["s"]
 
 
+def test_one_id_on_two_messages_is_refused_unless_the_export_predates_format_version(manager):
+    """An export of a release before ``format_version`` (which did not deduplicate a
+    retried batch) is imported with the later message renamed ``<id>~<position>``, as the
+    SQLite migration renames it; a current document holding it is refused."""
+    manager.add_user_message("s", "first")
+    manager.add_assistant_message("s", "second")
+    document = json.loads(manager.export_session("s"))
+    twice = document["conversation_history"][0]["id"]
+    document["conversation_history"].append(
+        {**document["conversation_history"][0], "content": "retried"}
+    )
+    with pytest.raises(DocumentImportError, match=r"is also the id of conversation_history\.0"):
+        manager.import_session(document, session_id="current")
+    del document["format_version"]
+    assert manager.import_session(document, session_id="legacy") == "legacy"
+    history = manager.get_history("legacy")
+    assert [m["content"] for m in history] == ["first", "second", "retried"]
+    assert [m["id"] for m in history] == [twice, history[1]["id"], f"{twice}~2"]
+
+
 def _compaction(**fields: object) -> dict[str, object]:
     entry: dict[str, object] = {"id": "c1", "kind": "summary", "first_index": 0,
                                 "last_index": 0, "summary": "s"}  # fmt: skip
