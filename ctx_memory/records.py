@@ -12,6 +12,7 @@ import math
 import os
 import re
 import secrets
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -570,6 +571,20 @@ def _recounted_compactions(
     return {**shared, COMPACTIONS_KEY: recounted}
 
 
+_IDLESS = uuid.UUID("5b8f2f57-1c8e-4d35-9a4e-2f0c7f3c6a11")
+"""Namespace of the ids given to messages an early release stored without one."""
+
+
+def _id_for(session_id: str, position: int, record: Mapping[str, Any]) -> str:
+    """An id for a message stored without one (by an early release).
+
+    A UUID5 of its session, position and content, so that importing or migrating it again
+    (a resumed ``migrate``, another target) gives it the same id.
+    """
+    text = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
+    return str(uuid.uuid5(_IDLESS, f"{session_id}\n{position}\n{text}"))
+
+
 def _free_id(wanted: str, seen: Mapping[str, object], document: SessionDocument) -> str:
     """``wanted``, or with a random suffix when a message of ``document`` holds it."""
     taken = set(seen) | {str(r.id) for r in document.conversation_history if r.id is not None}
@@ -596,6 +611,8 @@ def encode_document(
     for index, record in enumerate(document.conversation_history):
         plain = record.model_dump(exclude_none=True)
         plain.setdefault("metadata", {})
+        if plain.get("id") is None:  # stored by an early release: the same id every time
+            plain["id"] = _id_for(target, index, plain)
         try:
             encoded = encode_record(plain, counter, f"conversation_history.{index}")
         except InvalidMessageError as e:  # the id: import errors name their field

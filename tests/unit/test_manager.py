@@ -353,6 +353,24 @@ def test_one_id_on_two_messages_is_refused_unless_the_export_predates_format_ver
     assert [m["id"] for m in history] == [twice, history[1]["id"], f"{twice}~2"]
 
 
+def test_messages_stored_without_an_id_get_the_same_id_at_every_import(manager):
+    """An early release stored messages without ids: importing (or migrating) such a
+    document again gives each the same id, so a resumed ``migrate`` finds it there."""
+    manager.add_user_message("s", "first")
+    manager.add_assistant_message("s", "second")
+    document = json.loads(manager.export_session("s"))
+    for record in document["conversation_history"]:
+        del record["id"]
+    manager.import_session(document, session_id="a")
+    ids = [m["id"] for m in manager.get_history("a")]
+    manager.import_session(document, session_id="a")  # again, over it
+    assert [m["id"] for m in manager.get_history("a")] == ids
+    assert len(set(ids)) == 2
+    other = ContextManager()
+    other.import_session(document, session_id="a")  # another store: the same ids
+    assert [m["id"] for m in other.get_history("a")] == ids
+
+
 def _compaction(**fields: object) -> dict[str, object]:
     entry: dict[str, object] = {"id": "c1", "kind": "summary", "first_index": 0,
                                 "last_index": 0, "summary": "s"}  # fmt: skip
