@@ -203,6 +203,21 @@ def _check_rolled(tombstones: Mapping[str, None] | None, live: Sequence[Mapping[
 # ------------------------------------------------------------------ the data: I/O twins
 
 
+REPLACED_KEPT = 32
+"""How many ids of the compactions an entry took in it keeps (its ``replaces``)."""
+
+
+def _record_replaced(entry: dict[str, Any], tombstones: Mapping[str, None]) -> None:
+    """Keep in ``entry`` the ids of the compactions it takes in (``replaces``).
+
+    Where a LangChain summary chain went: a run that began from a summary whose
+    compaction a re-summary took in follows it to the one standing for it now, while a
+    compaction the user removed stays removed (see ``summarised_from``).
+    """
+    if tombstones:
+        entry["replaces"] = list(tombstones)[-REPLACED_KEPT:]
+
+
 def add_compaction(
     manager: ContextManager,
     session_id: str,
@@ -265,6 +280,7 @@ def add_compaction(
         compaction_id=compaction_id, first_id=first_id, last_id=last_id,
         counter=manager.token_counter, tool_call_ids=tool_call_ids,
     )  # fmt: skip
+    _record_replaced(entry, tombstones)
     return write_entry(manager, session_id, entry, tombstones)
 
 
@@ -373,6 +389,7 @@ async def aadd_compaction(
         compaction_id=compaction_id, first_id=first_id, last_id=last_id,
         counter=manager.token_counter, tool_call_ids=tool_call_ids,
     )  # fmt: skip
+    _record_replaced(entry, tombstones)
     return await awrite_entry(manager, session_id, entry, tombstones)
 
 

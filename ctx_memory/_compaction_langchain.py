@@ -124,19 +124,22 @@ def summarised_from(shared: Mapping[str, Any] | None, state_start: str | None) -
 
     A run that began from a LangChain summary keeps that summary's id as its start; when
     LangChain summarises again within the run, the first re-summary's compaction replaces
-    that summary's, and each later one takes in the one before it. So when the start's
-    compaction was recorded but is no longer live, the range starts where the newest live
-    LangChain compaction starts (its summary id is returned). With none live (the user
-    removed it), ``state_start`` as it is.
+    that summary's, and each later one takes in the one before it (each entry lists what
+    it took in, transitively: its ``replaces``). So when the start's compaction was
+    recorded but is no longer live, the range starts where the live LangChain compaction
+    that took it in starts (its summary id is returned). With none (the user removed it),
+    ``state_start`` as it is: a removed compaction stays removed.
     """
-    if state_start is None or not known(shared, f"lc-summary-{state_start}"):
+    start = f"lc-summary-{state_start}"
+    if state_start is None or not known(shared, start):
         return state_start
     live = [
         c for c in compactions_of(shared) if (c.get("producer") or {}).get("name") == PRODUCER_NAME
     ]
-    if any(c["id"] == f"lc-summary-{state_start}" for c in live) or not live:
+    took_in = [c for c in live if start in (c.get("replaces") or ())]
+    if any(c["id"] == start for c in live) or not took_in:
         return state_start
-    newest = max(live, key=lambda c: int(c["last_index"]))
+    newest = max(took_in, key=lambda c: int(c["last_index"]))
     return str(newest["id"]).removeprefix("lc-summary-")
 
 

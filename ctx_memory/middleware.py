@@ -566,12 +566,17 @@ class ContextMiddleware(BackgroundCompactions, AgentMiddleware[ContextAgentState
             first, end = span
             # A re-summary takes in the LangChain summaries inside its range (their text
             # was in what it summarised): they are removed as it is written.
-            replaces = [
-                str(c["id"])
+            taken = [
+                c
                 for c in compactions_of(shared)
                 if (c.get("producer") or {}).get("name") == PRODUCER_NAME
                 and first <= int(c["first_index"]) <= int(c["last_index"]) <= end
             ]
+            # with what they took in: the chain a later run's start is followed along
+            replaces = list(dict.fromkeys(
+                [str(r) for c in taken for r in c.get("replaces") or ()]
+                + [str(c["id"]) for c in taken]
+            ))  # fmt: skip
             writes.append((message, {
                 "first_index": first,
                 "last_index": end,

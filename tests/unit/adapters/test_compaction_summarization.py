@@ -22,7 +22,7 @@ from ctx_memory._compaction_langchain import (
     summary_span,
 )
 from ctx_memory.assembly.compacted import COMPACTIONS_KEY
-from ctx_memory.compaction import get_compactions, remove_compaction
+from ctx_memory.compaction import add_compaction, get_compactions, remove_compaction
 
 SUMMARY = "Orders 1000 and 1001 were looked up; both shipped."
 
@@ -301,6 +301,53 @@ def test_a_summary_after_a_removed_one_is_not_sent_beside_the_history(
     assert not any("LCSUM" in t or t.startswith(SUMMARY_PREFIX) for t in sent)
     assert sent == [*(t for i in range(5) for t in (f"q{i}", f"answer {i}")), "q9"]
     assert len(sent) == len(set(sent))  # every message once
+
+
+def test_a_summary_after_a_removed_one_never_takes_another_threads_compaction(
+    manager: ContextManager,
+) -> None:
+    """The run began from a summary whose compaction the user removed; another thread of
+    the session has a live LangChain compaction of its own. The new summary follows the
+    removed one (not stored, not sent): it does not take the other's range and text."""
+    for i in range(15):
+        manager.add_user_message("s1", f"question {i} (fact F{i})")
+        manager.add_assistant_message("s1", f"answer {i}")
+    records = manager.get_history("s1")
+    lc = {"name": PRODUCER_NAME, "model": "", "prompt_hash": ""}
+    add_compaction(manager, "s1", 0, 9, "Thread one: Ada ordered 1000.",
+                   compaction_id="lc-summary-A", producer=lc)  # fmt: skip
+    add_compaction(manager, "s1", 20, 25, "Thread two: orders 1001-1003.",
+                   compaction_id="lc-summary-S0", producer=lc)  # fmt: skip
+    assert remove_compaction(manager, "s1", "lc-summary-S0")
+    summary = HumanMessage(
+        f"{SUMMARY_PREFIX}\n\nThread two: orders 1001-1005.",
+        id="S1",
+        additional_kwargs={"lc_source": "summarization"},
+    )
+    kept = [HumanMessage(records[28]["content"], id=records[28]["id"]),
+            AIMessage(records[29]["content"], id=records[29]["id"])]  # fmt: skip
+    messages = [summary, *kept, HumanMessage("next?", id="h-next")]
+    request = ModelRequest(
+        model=GenericFakeChatModel(messages=iter([])),
+        messages=messages,
+        system_message=None,
+        state={"messages": messages, "ctx_memory_state_start": "S0"},
+        runtime=SimpleNamespace(context={"session_id": "s1"}),
+    )
+    seen: list[list[str]] = []
+
+    def handler(sent: ModelRequest) -> ModelResponse:
+        seen.append([m.text for m in sent.messages])
+        return ModelResponse(result=[AIMessage("ok", id="a-next")])
+
+    ContextMiddleware(manager, max_tokens=6000, reserve_tokens=500).wrap_model_call(
+        request, handler
+    )
+    assert [c["id"] for c in get_compactions(manager, "s1")] == ["lc-summary-A"]
+    sent = " | ".join(seen[0])
+    assert "Thread one" in sent
+    assert all(f"F{i})" in sent for i in range(5, 10))  # between A and S0: still sent
+    assert "Thread two: orders 1001-1005" not in sent
 
 
 def test_a_summary_the_session_cannot_store_is_sent_and_the_turn_goes_on(
