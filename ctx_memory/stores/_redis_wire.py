@@ -70,24 +70,31 @@ MASTER_CHECK = 0.5
 """Seconds between two questions to the sentinels about where the master is, while calls run."""
 
 
+def _address(value: Any) -> tuple[str, int] | None:
+    """``(host, port)`` of a Sentinel answer, else ``None``."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        return str(value[0]), int(value[1])
+    return None
+
+
 class MasterWatch:
     """Asks the sentinels behind a pool where the master is, at most every :data:`MASTER_CHECK`.
 
     A connection stays connected to the server it reached. After a failover that did not
     close it (``SENTINEL FAILOVER``, a network split), the old master still takes writes
     until the sentinels make it a replica, seconds later, and then drops them: every
-    write in between is acknowledged and lost. A call made after the sentinels name a new
-    master must not go to the old one: :meth:`moved` says when a connection is on a server
-    the sentinels no longer name (the caller reconnects it); the pool's own
-    ``get_master_address`` drops its idle connections then. Writes made between the
-    promotion and the next check (at most :data:`MASTER_CHECK` plus the time the
-    sentinels take to agree) can still be lost: Redis replicates asynchronously; a
-    master's ``min-replicas-to-write`` setting closes that gap (see the docs).
+    write in between is acknowledged and lost. So while calls run, the sentinels are asked
+    again; when they name another master, every connection of the pool is closed (a call
+    on one fails and its ``Retry`` reconnects it to the new master: the store's writes are
+    safe to repeat), and :meth:`moved` tells a kept connection to reconnect. Writes made
+    between the promotion and the next question (at most :data:`MASTER_CHECK` plus the
+    time the sentinels take to agree) can still be lost: Redis replicates asynchronously;
+    a master's ``min-replicas-to-write`` setting closes that gap (see the docs).
     """
 
     def __init__(self, pool: Any) -> None:
         self.pool = pool
-        self.master: tuple[str, int] | None = None
+        self.master: tuple[str, int] | None = None  # the sentinels' last answer
         self._checked = time.monotonic()
 
     @staticmethod
@@ -107,41 +114,47 @@ class MasterWatch:
         self._checked = now
         return True
 
-    def found(self, address: Any) -> None:
-        """Record the master the sentinels named."""
-        if isinstance(address, (tuple, list)) and len(address) == 2:
-            self.master = (str(address[0]), int(address[1]))
+    def known(self) -> tuple[str, int] | None:
+        """Where connections went so far: the last answer, else the pool's own lookup."""
+        return self.master or _address(getattr(self.pool, "master_address", None))
+
+    def found(self, address: Any, before: tuple[str, int] | None) -> bool:
+        """Record the master the sentinels named; whether it moved from ``before``."""
+        named = _address(address)
+        if named is None:
+            return False
+        self.master = named
+        return before is not None and before != named
 
     def failed(self, error: BaseException) -> None:
         """No sentinel answered: go on with the connections as they are."""
         logger.debug("ctx_memory: no sentinel said where the master is (%s)", error)
 
     def check(self) -> None:
-        """Ask the sentinels (sync pool) if it is time."""
-        if self.due():
-            try:
-                self.found(self.pool.get_master_address())
-            except (RedisError, OSError) as error:
-                self.failed(error)
+        """Ask the sentinels (sync pool) if it is time; on a move, close every connection."""
+        if not self.due():
+            return
+        before = self.known()
+        try:
+            moved = self.found(self.pool.get_master_address(), before)
+        except (RedisError, OSError) as error:
+            self.failed(error)
+            return
+        if moved:
+            self.pool.disconnect(inuse_connections=True)
 
     async def acheck(self) -> None:
-        """Ask the sentinels (asyncio pool) if it is time.
-
-        An asyncio pool's ``get_master_address`` drops its idle connections when the
-        master moved, and gives the busy ones back as they are: they are closed too (a
-        call on one fails and its ``Retry`` reconnects it: the store's writes are safe to
-        repeat).
-        """
-        if self.due():
-            before = self.pool.master_address
-            try:
-                address = await self.pool.get_master_address()
-            except (RedisError, OSError) as error:
-                self.failed(error)
-                return
-            self.found(address)
-            if before is not None and tuple(before) != tuple(address):
-                await self.pool.disconnect(inuse_connections=True)
+        """Async :meth:`check` (an asyncio pool)."""
+        if not self.due():
+            return
+        before = self.known()
+        try:
+            moved = self.found(await self.pool.get_master_address(), before)
+        except (RedisError, OSError) as error:
+            self.failed(error)
+            return
+        if moved:
+            await self.pool.disconnect(inuse_connections=True)
 
     def moved(self, connection: Any) -> bool:
         """Whether ``connection`` is connected to a server the sentinels no longer name."""
