@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import typer
 
@@ -63,12 +63,22 @@ _POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
 def _take(url: str, *names: str) -> tuple[str, dict[str, str]]:
-    """``url`` without the query parameters ``names``, and their values."""
+    """``url`` without the query parameters ``names``, and their values.
+
+    A value is %-decoded only: a ``+`` stays a ``+`` (a key prefix may hold one; form
+    decoding would read it as a space and open another, empty prefix). The other
+    parameters are left as written, for the driver.
+    """
     parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    taken = {k: v for k, v in query if k in names}
-    rest = urlencode([(k, v) for k, v in query if k not in names])
-    return urlunsplit(parts._replace(query=rest)), taken
+    taken: dict[str, str] = {}
+    rest: list[str] = []
+    for piece in parts.query.split("&") if parts.query else ():
+        key, _, value = piece.partition("=")
+        if unquote(key) in names:
+            taken[unquote(key)] = unquote(value)
+        else:
+            rest.append(piece)
+    return urlunsplit(parts._replace(query="&".join(rest))), taken
 
 
 def open_store(url: str, *, existing: bool = False) -> BaseStore:

@@ -331,3 +331,25 @@ def test_a_second_signal_stops_the_undo_and_names_what_is_left(
     with ContextManager(store=SqliteStore(db)) as cm:
         assert sorted(cm.list_sessions()) == ["imp0", "imp1", "imp2", "s1", "s2"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+@pytest.mark.parametrize(
+    ("url", "plain", "taken"),
+    [
+        ("redis://h/0?key_prefix=plus+x", "redis://h/0", {"key_prefix": "plus+x"}),
+        ("redis://h/0?key_prefix=a%2Bb&cluster=true", "redis://h/0", {"key_prefix": "a+b",
+                                                                        "cluster": "true"}),
+        ("redis://h/0?socket_timeout=2&key_prefix=p%20q", "redis://h/0?socket_timeout=2",
+         {"key_prefix": "p q"}),
+        ("postgresql://u:p%40w@h/db?schema=s_1&sslmode=require",
+         "postgresql://u:p%40w@h/db?sslmode=require", {"schema": "s_1"}),
+    ],
+)  # fmt: skip
+def test_migrate_takes_its_own_url_parameters_as_written(
+    url: str, plain: str, taken: dict[str, str]
+) -> None:
+    """``+`` in a key prefix is a ``+`` (form decoding read it as a space: another, empty
+    prefix); the driver's parameters stay as they were written."""
+    from ctx_memory.migrate import _take
+
+    assert _take(url, "key_prefix", "cluster", "schema") == (plain, taken)
