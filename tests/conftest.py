@@ -172,6 +172,14 @@ def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
             node.stop()
 
 
+@pytest.fixture
+def cluster_factory() -> Callable[..., list[RedisServer]]:
+    """:func:`start_cluster`, for a test that needs a cluster of its own (the caller stops
+    its nodes)."""
+    _require_redis()
+    return start_cluster
+
+
 def start_cluster(
     root: Path, *, replicas: int = 0, node_timeout_ms: int = 5000
 ) -> list[RedisServer]:

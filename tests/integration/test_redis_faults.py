@@ -389,15 +389,15 @@ async def test_a_master_refusing_writes_for_now_is_unavailable_and_nothing_is_wr
 
 
 def test_a_cluster_store_reaches_the_cluster_on_a_new_loop_with_its_url_node_down(
-    tmp_path_factory: pytest.TempPathFactory, key_prefix: str
+    tmp_path_factory: pytest.TempPathFactory,
+    key_prefix: str,
+    cluster_factory: Callable[..., list[RedisServer]],
 ) -> None:
     """``REDIS_URL`` names one node. Once it is down and its replica promoted, the store
     still works on a new event loop (``asyncio.run`` per call): that loop's client starts
     from the nodes the store's other clients found, not from the URL's alone."""
-    from conftest import start_cluster
-
     root = tmp_path_factory.mktemp("cluster-down")
-    nodes = start_cluster(root, replicas=1, node_timeout_ms=1000)
+    nodes = cluster_factory(root, replicas=1, node_timeout_ms=1000)
     try:
         store = RedisStore(nodes[0].url, cluster=True, key_prefix=key_prefix, socket_timeout=2)
         cm = ContextManager(store=store, token_counter="approximate")
