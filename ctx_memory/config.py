@@ -591,8 +591,10 @@ def _configuration_error(
         got = f"a {type(shown).__name__}, not shown"  # a list or table of URLs: not masked
     elif field in _SECRET_URL_KEYS and "://" not in shown:
         got = "a value that is not a URL, not shown"  # a "key=value" string: nothing to mask by
-    elif field in _SECRET_URL_KEYS and isinstance(shown, str):
-        got = repr(redact_url(shown))
+    elif isinstance(shown, str) and (field in _SECRET_URL_KEYS or "://" in shown):
+        got = repr(redact_url(shown))  # a URL where a name goes too (STORE=redis://…)
+    elif isinstance(shown, str) and "@" in shown:  # user:password@host without a scheme
+        got = "a value holding '@', not shown"
     else:
         got = repr(shown)
     where = f", in {source.where}" if source is not None else ""

@@ -268,6 +268,7 @@ def quiet_pool_logs() -> None:
 
 
 _SECRETISH = re.compile(r"@|://|pass|secret|token|pwd|api[_-]?key", re.IGNORECASE)
+_OPTION_NAME = re.compile(r"--?[A-Za-z][A-Za-z0-9-]*")
 _ARGS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("ctx_memory_cli_args")
 
 
@@ -287,6 +288,8 @@ def redact_arguments(text: str, arguments: Sequence[str]) -> str:
     backtrack on, however long the text.
     """
     for argument in sorted(set(arguments), key=len, reverse=True):
+        if _OPTION_NAME.fullmatch(argument):  # --max-tokens, --pass: named, never a secret
+            continue
         if argument and _SECRETISH.search(argument) and argument in text:
             text = text.replace(argument, _masked(argument))
     return text

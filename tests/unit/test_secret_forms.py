@@ -123,6 +123,7 @@ def test_a_client_librarys_log_records_are_scrubbed(caplog: pytest.LogCaptureFix
             f'{{api_key="sk-{SECRET}"',
             "SERVER_CHAT_MODEL_KWARGS",
         ),
+        ("CTX_MEMORY_STORE", f"app:{SECRET}@db.internal", "STORE"),  # no scheme to mask by
     ],
 )
 def test_a_setting_holding_secrets_is_not_quoted_when_wrong(
@@ -134,6 +135,41 @@ def test_a_setting_holding_secrets_is_not_quoted_when_wrong(
     assert info.value.key == key
     assert SECRET not in str(info.value)
     assert "not shown" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value", [f"redis://:{SECRET}@127.0.0.1:6379/0", f"postgresql://app:{SECRET}@db/app"]
+)
+def test_a_url_where_a_store_name_goes_is_shown_masked(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STORE is a name; a URL given there (flag, environment, file) is quoted masked."""
+    monkeypatch.setenv("CTX_MEMORY_STORE", value)
+    with pytest.raises(ConfigurationError) as info:
+        load_settings()
+    assert info.value.key == "STORE"
+    assert SECRET not in str(info.value)
+    assert ":***@" in str(info.value)
+    monkeypatch.delenv("CTX_MEMORY_STORE")
+    result = CliRunner().invoke(app, ["--store", value, "sessions", "list"])
+    assert result.exit_code == 2
+    assert SECRET not in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["prompt", "s1", "q", "--max-tokens", "10", "--reserve-tokens", "20"],
+         "--reserve-tokens"),
+        (["prompt", "s1", "q", "--max-token", "10"], "--max-token"),
+        (["show", "--pass"], "--pass"),
+    ],
+)  # fmt: skip
+def test_usage_errors_name_the_option_typed(args: list[str], named: str) -> None:
+    """An option's name is no secret, whatever words it holds."""
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert named in result.output
 
 
 @pytest.mark.parametrize(
