@@ -56,6 +56,7 @@ from ctx_memory.cli._output import (  # noqa: F401 - _fail, _note, printable: us
     _text,
     printable,
     quiet_pool_logs,
+    run_writing_stdout,
 )
 from ctx_memory.cli._reindex import reindex_command
 from ctx_memory.cli._search import prompt_command, search_command
@@ -527,7 +528,7 @@ def gc(ctx: typer.Context) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    run_writing_stdout(app)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import errno
+import io
 import json
 import logging
 import os
@@ -253,6 +256,34 @@ def _written_to(path: Path | None) -> Iterator[Any]:
         Path(tmp).replace(path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+class _ClosedStdout(io.TextIOBase):
+    """``sys.stdout`` when the shell closed it (``>&-``): a write fails as a write would."""
+
+    def write(self, _text: str) -> int:
+        raise OSError(errno.EBADF, "stdout is closed")
+
+
+def run_writing_stdout(run: Callable[[], object]) -> None:
+    """``run()``, with output that cannot be written said in one line (exit 1).
+
+    A full disk or a closed stdout made every command that prints end in a traceback; only
+    ``export`` said it in one line. What is buffered is flushed before the exit, so a write
+    that fails then is said too.
+    """
+    if sys.stdout is None:
+        sys.stdout = _ClosedStdout()
+    try:
+        try:
+            run()
+        finally:
+            sys.stdout.flush()
+    except OSError as e:
+        with contextlib.suppress(OSError, ValueError):  # nothing more can reach stdout
+            sys.stdout = _ClosedStdout()
+        typer.echo(f"error: stdout: cannot write: {e.strerror or e}", err=True)
+        raise SystemExit(1) from None
 
 
 def quiet_pool_logs() -> None:

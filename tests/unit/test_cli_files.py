@@ -353,3 +353,42 @@ def test_migrate_takes_its_own_url_parameters_as_written(
     from ctx_memory.migrate import _take
 
     assert _take(url, "key_prefix", "cluster", "schema") == (plain, taken)
+
+
+@pytest.mark.parametrize(
+    ("args", "stdout"),
+    [
+        (["sessions", "list"], "full"),
+        (["show", "s1", "--json"], "full"),
+        (["stats"], "full"),
+        (["export", "--all"], "closed"),
+        (["show", "s1"], "closed"),
+    ],
+)
+def test_output_that_cannot_be_written_is_one_error_line(
+    tmp_path: Path, args: list[str], stdout: str
+) -> None:
+    """A full disk (``> /dev/full``) or a closed stdout (``>&-``): one line, exit 1."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "s.db"
+    with ContextManager(store="sqlite", sqlite_path=str(db), token_counter="approximate") as cm:
+        cm.add_user_message("s1", "hello")
+    command = [sys.executable, "-m", "ctx_memory", "--sqlite-path", str(db), *args]
+    env = {**os.environ, "CTX_MEMORY_TOKEN_COUNTER": "approximate"}
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            command,
+            stdout=full if stdout == "full" else None,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            check=False,
+            close_fds=True,
+            pass_fds=(),
+            **({"preexec_fn": lambda: os.close(1)} if stdout == "closed" else {}),
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: stdout: cannot write")
