@@ -308,6 +308,9 @@ def _save_before(before: dict[str, dict[str, Any]]) -> Path | None:
     except OSError as e:
         path.unlink(missing_ok=True)
         _fail(f"could not save the sessions the import replaces ({e}); nothing was imported")
+    except BaseException:  # interrupted before anything is written: no partial copy stays
+        path.unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -10,9 +10,11 @@ import json
 import logging
 import os
 import re
+import signal
 import stat
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -258,6 +260,15 @@ def _written_to(path: Path | None) -> Iterator[Any]:
         Path(tmp).unlink(missing_ok=True)
 
 
+INTERRUPTED_EXIT = 130
+"""The exit status after a Ctrl-C (or SIGTERM): 128 + SIGINT, as Typer exits."""
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    """SIGTERM (``timeout``, ``docker stop``) stops a command as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 class _ClosedStdout(io.TextIOBase):
     """``sys.stdout`` when the shell closed it (``>&-``): a write fails as a write would."""
 
@@ -274,11 +285,17 @@ def run_writing_stdout(run: Callable[[], object]) -> None:
     """
     if sys.stdout is None:
         sys.stdout = _ClosedStdout()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # cleanups run, as for Ctrl-C
     try:
         try:
             run()
         finally:
             sys.stdout.flush()
+    except SystemExit as e:
+        if e.code == INTERRUPTED_EXIT:  # Typer's exit for a KeyboardInterrupt: say so
+            typer.echo("error: interrupted (Ctrl-C or SIGTERM)", err=True)
+        raise
     except OSError as e:
         with contextlib.suppress(OSError, ValueError):  # nothing more can reach stdout
             sys.stdout = _ClosedStdout()

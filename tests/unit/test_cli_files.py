@@ -392,3 +392,38 @@ def test_output_that_cannot_be_written_is_one_error_line(
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: stdout: cannot write")
+
+
+def test_an_export_stopped_by_sigterm_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """SIGTERM (``timeout``) stops a command as Ctrl-C does: its cleanups run (the export's
+    temporary file goes, the file it replaces stays) and it says it was interrupted."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "s.db"
+    with ContextManager(store="sqlite", sqlite_path=str(db), token_counter="approximate") as cm:
+        for i in range(3000):
+            cm.add_user_message(f"s{i:04d}", "hello " * 50)
+    out = tmp_path / "out"
+    out.mkdir()
+    backup = out / "backup.jsonl"
+    backup.write_text("kept\n")
+    command = [sys.executable, "-m", "ctx_memory", "--sqlite-path", str(db), "export", "--all",
+               "-o", str(backup)]  # fmt: skip
+    env = {**os.environ, "CTX_MEMORY_TOKEN_COUNTER": "approximate"}
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(p.name != "backup.jsonl" for p in out.iterdir()):
+            break  # writing its temporary file
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.fail("the export ended before the signal: make it longer")
+    assert process.returncode == 130
+    assert "interrupted" in err
+    assert [p.name for p in out.iterdir()] == ["backup.jsonl"]
+    assert backup.read_text() == "kept\n"
