@@ -205,8 +205,9 @@ def serve(
     typer.echo(
         printable(
             f"ctx_memory: serving the {settings.backend} store, {who}, chat model"
-            f" {settings.server_chat_model!r}, on {http_url(host, bound, root_path)}"
+            f" {settings.server_chat_model!r}, on {http_url(host, bound)}"
             " (/docs: the API, /inspector: the inspector)"
+            + (f"; behind the proxy at {root_path}" if root_path else "")
         ),
         err=True,
     )
