@@ -593,8 +593,8 @@ def _configuration_error(
         got = "a value that is not a URL, not shown"  # a "key=value" string: nothing to mask by
     elif isinstance(shown, str) and (field in _SECRET_URL_KEYS or "://" in shown):
         got = repr(redact_url(shown))  # a URL where a name goes too (STORE=redis://…)
-    elif isinstance(shown, str) and "@" in shown:  # user:password@host without a scheme
-        got = "a value holding '@', not shown"
+    elif "@" in repr(shown) or "://" in repr(shown):  # user:password@host, or in a list
+        got = f"a {type(shown).__name__} holding '@' or '://', not shown"
     else:
         got = repr(shown)
     where = f", in {source.where}" if source is not None else ""

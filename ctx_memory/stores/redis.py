@@ -154,10 +154,12 @@ SyncClient = Union["redis.Redis", "redis.cluster.RedisCluster"]
 AsyncClient = Union["redis.asyncio.Redis", "redis.asyncio.cluster.RedisCluster"]
 
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_REFUSED_NOW = (redis.exceptions.ReadOnlyError, redis.exceptions.MasterDownError)
 _REFUSED_FOR_NOW = ("NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING")
 """Error replies of a server that cannot take the call now but may soon (or another server
 may): a master without enough replicas (``min-replicas-to-write``), a demoted master, a
-replica cut off from its master, a server loading its data. Nothing was written."""
+replica cut off from its master, a server loading its data. Nothing was written. redis-py
+raises some as their own classes (``_REFUSED_NOW``), their code left out of the text."""
 _FAILED = (RedisError, redis.exceptions.RedisClusterException, *_UNAVAILABLE)
 """What a call wraps: redis-py's cluster errors ("cannot be connected", a slot no live
 node serves) are no ``RedisError``."""
@@ -550,7 +552,7 @@ class RedisStore(RedisOperations):
         where = f"Redis at {self.url}"
         scrub_error(error, self._url or "")  # (its __cause__: no password may stay in it)
         if (
-            isinstance(error, (*_UNAVAILABLE, redis.exceptions.SlotNotCoveredError))
+            isinstance(error, (*_UNAVAILABLE, *_REFUSED_NOW, redis.exceptions.SlotNotCoveredError))
             or "ClusterDown" in type(error).__name__
             or "cannot be connected" in str(error)  # every startup node is down
             or str(error).startswith(_REFUSED_FOR_NOW)

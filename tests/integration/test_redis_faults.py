@@ -427,3 +427,19 @@ def test_a_cluster_store_reaches_the_cluster_on_a_new_loop_with_its_url_node_dow
     finally:
         for node in nodes:
             node.stop()
+
+
+def test_a_replica_refusing_a_write_is_unavailable(
+    redis_server_factory: Callable[..., RedisServer], key_prefix: str
+) -> None:
+    """redis-py raises READONLY as its own class with the code left out of its text: still
+    ``StoreUnavailableError`` (a demoted master: retry on the new one), nothing written."""
+    master = redis_server_factory()
+    replica = redis_server_factory("--replicaof", "127.0.0.1", str(master.port))
+    store = RedisStore(replica.url, key_prefix=key_prefix)
+    cm = ContextManager(store=store, token_counter="approximate")
+    with pytest.raises(StoreUnavailableError, match="read only replica"):
+        cm.add_user_message("s", "hi")
+    cm.close()
+    with RedisStore(master.url, key_prefix=key_prefix) as on_master:
+        assert not on_master.exists("s")

@@ -124,6 +124,7 @@ def test_a_client_librarys_log_records_are_scrubbed(caplog: pytest.LogCaptureFix
             "SERVER_CHAT_MODEL_KWARGS",
         ),
         ("CTX_MEMORY_STORE", f"app:{SECRET}@db.internal", "STORE"),  # no scheme to mask by
+        ("CTX_MEMORY_STORE", f'["redis://:{SECRET}@h:6379/0"]', "STORE"),  # in a list
     ],
 )
 def test_a_setting_holding_secrets_is_not_quoted_when_wrong(
