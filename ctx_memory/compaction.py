@@ -39,6 +39,8 @@ returns nothing changes nothing; :class:`CompactionOutcome` says why.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -436,6 +438,38 @@ def _rolled_entry(
     return entry, {str(e["id"]): None for e in step.chain}
 
 
+_Asked = tuple[int, str, str, str]
+_REFUSED: OrderedDict[_Asked, str] = OrderedDict()
+_REFUSED_LOCK = threading.Lock()
+REFUSED_KEPT = 1024
+"""Summaries refused as no shorter than what they cover, remembered per summariser
+object, session and range (its first and last message ids; the newest this many): the
+same range is not sent to the summariser again at every request (a chat model's cost)
+but once it grows."""
+
+
+def _ends(step: _Step) -> tuple[str, str]:
+    """The ids of the first and last message a summary would cover (its range, by id)."""
+    return str(step.covered[0].get("id")), str(step.covered[-1].get("id"))
+
+
+def _refused_before(key: _Asked) -> CompactionOutcome | None:
+    """The outcome of a range whose summary was refused as not shorter, if it was."""
+    with _REFUSED_LOCK:
+        reason = _REFUSED.get(key)
+    if reason is None:
+        return None
+    return CompactionOutcome(reason=reason)  # as reported then: not asked again
+
+
+def _remember_refusal(key: _Asked, outcome: CompactionOutcome) -> None:
+    if outcome.reason.endswith(": not shorter"):
+        with _REFUSED_LOCK:
+            _REFUSED[key] = outcome.reason
+            while len(_REFUSED) > REFUSED_KEPT:
+                _REFUSED.popitem(last=False)
+
+
 def _saves_nothing(entry: Mapping[str, Any]) -> str:
     """Why a summary no shorter than what it covers is refused (``""``: it is shorter).
 
@@ -595,6 +629,9 @@ def compact(
         )
         for e in _needs_ids(step.chain)
     }
+    asked = (id(policy.summarizer), session_id, *_ends(step))
+    if refused := _refused_before(asked):
+        return refused
     try:
         result = policy.summarizer.invoke(step.messages, config=_config(prefix_messages))
     except Exception as e:  # noqa: BLE001 - any summariser failure is reported, not raised
@@ -603,6 +640,7 @@ def compact(
         session_id, result, step, job, policy=policy, older_ids=older_ids, counter=counter
     )
     if isinstance(made, CompactionOutcome):
+        _remember_refusal(asked, made)
         return made
     entry, tombstones = made
     return _store(manager, session_id, job, step, entry=entry, tombstones=tombstones)
@@ -633,6 +671,9 @@ async def acompact(
         )
         for e in _needs_ids(step.chain)
     }
+    asked = (id(policy.summarizer), session_id, *_ends(step))
+    if refused := _refused_before(asked):
+        return refused
     try:
         result = await policy.summarizer.ainvoke(step.messages, config=_config(prefix_messages))
     except Exception as e:  # noqa: BLE001 - any summariser failure is reported, not raised
@@ -641,6 +682,7 @@ async def acompact(
         session_id, result, step, job, policy=policy, older_ids=older_ids, counter=counter
     )
     if isinstance(made, CompactionOutcome):
+        _remember_refusal(asked, made)
         return made
     entry, tombstones = made
     return await _astore(manager, session_id, job, step, entry=entry, tombstones=tombstones)

@@ -370,11 +370,14 @@ async def test_a_summary_no_shorter_than_what_it_covers_is_refused_and_reported(
 
     _session(manager, "s1", 12)
     before = manager.export_session("s1")
+    asked: list[int] = []
+
+    def long_summary(messages: list[object]) -> str:
+        asked.append(len(messages))
+        return "AF100 shipped first. " * 3000
+
     policy = CompactionPolicy(
-        summarize_at=300,
-        keep_recent=8,
-        block=4,
-        summarizer=RunnableLambda(lambda _: "AF100 shipped first. " * 3000),
+        summarize_at=300, keep_recent=8, block=4, summarizer=RunnableLambda(long_summary)
     )
     for outcome in (compact(manager, "s1", policy), await acompact(manager, "s1", policy)):
         assert outcome.entry is None
@@ -382,9 +385,15 @@ async def test_a_summary_no_shorter_than_what_it_covers_is_refused_and_reported(
         assert outcome.reason.startswith("summarizer returned ")
         assert outcome.reason.endswith(" covered: not shorter")
     assert manager.export_session("s1") == before
+    assert len(asked) == 1  # the same range is not sent again (a chat model's cost)
     result = ContextPromptAssembler(manager, max_tokens=4000, compaction=policy).assemble(
         "s1", "Which order shipped first?"
     )
     (note,) = result.report.compaction_notes
     assert "not shorter" in note
     assert result.report.history_messages == len(manager.get_history("s1"))  # all of it
+    assert len(asked) == 1
+    for i in range(12, 24):  # once the range grows, it is asked again
+        manager.add_messages("s1", _turn(i))
+    compact(manager, "s1", policy)
+    assert len(asked) == 2
