@@ -29,6 +29,7 @@ __all__ = [
     "pages",
     "position_of",
     "stale_summaries",
+    "live_compactions",
     "summaries_of",
     "with_id",
 ]
@@ -81,6 +82,15 @@ def edited(op: Edit, result: int | bool | None) -> int:
     if result is None or result is False:
         raise MessageNotFoundError(op.session_id, op.message_id)
     return 1 if isinstance(op, ReplaceMessage) else int(result)
+
+
+def live_compactions(header: Header | None) -> dict[str, None]:
+    """Tombstones for every live compaction in a header's ``shared`` (``{}``: none)."""
+    shared: Mapping[str, Any] = (header["shared"] if header else None) or {}
+    entries = shared.get(COMPACTIONS_KEY)
+    if not isinstance(entries, dict):
+        return {}
+    return {str(k): None for k, e in entries.items() if e is not None}
 
 
 def summaries_of(header: Header | None) -> list[Mapping[str, Any]]:

@@ -62,15 +62,7 @@ if TYPE_CHECKING:
     from ctx_memory.stores.base import WriteResult
 
 from ctx_memory.manager._core import ManagerCore
-
-
-def live_compactions(header: Header | None) -> dict[str, None]:
-    """Tombstones for every live compaction in a header's ``shared`` (``{}``: none)."""
-    shared: Mapping[str, Any] = (header["shared"] if header else None) or {}
-    entries = shared.get(COMPACTIONS_KEY)
-    if not isinstance(entries, Mapping):
-        return {}
-    return {str(k): None for k, e in entries.items() if e is not None}
+from ctx_memory.manager._edits import live_compactions
 
 
 class SessionMethods(ManagerCore):

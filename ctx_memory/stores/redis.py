@@ -378,12 +378,11 @@ class RedisStore(RedisOperations):
         self._wire: Wire | None = None  # how a plain client's commands go (_redis_wire)
         self._gate: threading.BoundedSemaphore | None = None  # the other clients' calls
         self._wait = socket_timeout  # the longest a call waits for a free connection
-        self._agates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._awatches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, MasterWatch | None] = (
-            weakref.WeakKeyDictionary()
-        )  # where the sentinels say the master is, per loop
+        # per event loop: its gate (at most the pool's connections at once) and where the
+        # sentinels say the master is (None: no Sentinel)
+        self._agates: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[asyncio.Semaphore, MasterWatch | None]
+        ] = weakref.WeakKeyDictionary()
         if client is not None:
             self._use(client)
         self._owns_async = async_client is None
@@ -639,11 +638,11 @@ class RedisStore(RedisOperations):
         # At most the pool's max_connections calls at once on this loop: the others wait
         # for their turn instead of failing with redis-py's "Too many connections".
         loop = asyncio.get_running_loop()
-        gate = self._agates.get(loop)
-        if gate is None:
-            gate = self._agates[loop] = asyncio.Semaphore(pool_limit(client))
-            self._awatches[loop] = MasterWatch.of(getattr(client, "connection_pool", None))
-        watch = self._awatches.get(loop)
+        found = self._agates.get(loop)
+        if found is None:
+            watch = MasterWatch.of(getattr(client, "connection_pool", None))
+            found = self._agates[loop] = (asyncio.Semaphore(pool_limit(client)), watch)
+        gate, watch = found
         if watch is not None:
             await watch.acheck()
         async with gate:
